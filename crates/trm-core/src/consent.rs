@@ -1,0 +1,158 @@
+//! The victim's consent to a disclosure: per purpose, per recipient country, with an expiry,
+//! optionally narrowed to some data categories. Checked at the moment of every disclosure.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use time::{Date, OffsetDateTime};
+use uuid::Uuid;
+
+use crate::{
+    error::{Guard, GuardError},
+    ids::NodeId,
+    model::{DataCategory, Purpose},
+    policy,
+};
+
+/// One recorded consent. Several consents are separate grants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consent {
+    pub consent_id: Uuid,
+    pub case_id: Uuid,
+    pub purposes: Vec<Purpose>,
+    pub recipients: Vec<NodeId>,
+    /// Last day the consent is valid; `None`: no expiry.
+    pub expires_on: Option<Date>,
+    pub informed: bool,
+    /// ISO 639 code of the language the victim was informed in.
+    pub information_language: String,
+    /// Empty: everything the purpose allows except contact.
+    pub categories: Vec<DataCategory>,
+    pub recorded_at: OffsetDateTime,
+    pub withdrawn_at: Option<OffsetDateTime>,
+}
+
+impl Consent {
+    /// Returns whether the consent is in force on `today`.
+    pub fn is_active(&self, today: Date) -> bool {
+        self.informed
+            && self.withdrawn_at.is_none()
+            && self.expires_on.is_none_or(|last| today <= last)
+    }
+
+    /// Returns whether the consent covers a disclosure for `purpose` to `recipient` on `today`.
+    pub fn covers(&self, purpose: Purpose, recipient: NodeId, today: Date) -> bool {
+        self.is_active(today) && self.purposes.contains(&purpose) && self.recipients.contains(&recipient)
+    }
+
+    /// Returns the categories this consent grants for `purpose` (within what the purpose allows).
+    pub fn granted_categories(&self, purpose: Purpose) -> BTreeSet<DataCategory> {
+        let allowed = policy::allowed_categories(purpose);
+        if self.categories.is_empty() {
+            allowed
+                .into_iter()
+                .filter(|c| *c != DataCategory::Contact)
+                .collect()
+        } else {
+            self.categories
+                .iter()
+                .copied()
+                .filter(|c| allowed.contains(c))
+                .collect()
+        }
+    }
+}
+
+/// Returns the categories that may be disclosed for `purpose` to `recipient` on `today`: the
+/// union of what every active consent covering them grants. Refused with the `consent` guard
+/// when no consent covers the disclosure.
+pub fn grant(
+    consents: &[Consent],
+    purpose: Purpose,
+    recipient: NodeId,
+    today: Date,
+) -> Result<BTreeSet<DataCategory>, GuardError> {
+    let covering: Vec<&Consent> = consents
+        .iter()
+        .filter(|c| c.covers(purpose, recipient, today))
+        .collect();
+    if covering.is_empty() {
+        return Err(GuardError::new(
+            Guard::Consent,
+            format!(
+                "no active consent covers purpose {} to {recipient}",
+                purpose.as_str()
+            ),
+        ));
+    }
+    Ok(covering
+        .into_iter()
+        .flat_map(|c| c.granted_categories(purpose))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::{date, datetime};
+
+    fn consent(purposes: &[Purpose], to: &str, expires: Option<Date>) -> Consent {
+        Consent {
+            consent_id: Uuid::nil(),
+            case_id: Uuid::nil(),
+            purposes: purposes.to_vec(),
+            recipients: vec![to.parse().unwrap()],
+            expires_on: expires,
+            informed: true,
+            information_language: "en".into(),
+            categories: vec![],
+            recorded_at: datetime!(2026-01-01 0:00 UTC),
+            withdrawn_at: None,
+        }
+    }
+
+    #[test]
+    fn consent_scope_is_purpose_recipient_and_expiry() {
+        let ro = "RO".parse().unwrap();
+        let c = [consent(&[Purpose::ReferralAssistance], "RO", Some(date!(2026 - 03 - 01)))];
+        let today = date!(2026 - 02 - 01);
+        assert!(grant(&c, Purpose::ReferralAssistance, ro, today).is_ok());
+        assert_eq!(
+            grant(&c, Purpose::ReturnPlanning, ro, today).unwrap_err().guard,
+            Guard::Consent
+        );
+        assert!(grant(&c, Purpose::ReferralAssistance, "NG".parse().unwrap(), today).is_err());
+        assert!(grant(&c, Purpose::ReferralAssistance, ro, date!(2026 - 03 - 01)).is_ok());
+        assert!(grant(&c, Purpose::ReferralAssistance, ro, date!(2026 - 03 - 02)).is_err());
+    }
+
+    #[test]
+    fn withdrawn_consent_grants_nothing() {
+        let mut c = consent(&[Purpose::ReferralAssistance], "RO", None);
+        c.withdrawn_at = Some(datetime!(2026-01-02 0:00 UTC));
+        assert!(grant(&[c], Purpose::ReferralAssistance, "RO".parse().unwrap(), date!(2026 - 01 - 03)).is_err());
+    }
+
+    #[test]
+    fn contact_only_when_listed_explicitly() {
+        let ro = "RO".parse().unwrap();
+        let today = date!(2026 - 01 - 03);
+        let plain = consent(&[Purpose::ReturnPlanning], "RO", None);
+        let got = grant(std::slice::from_ref(&plain), Purpose::ReturnPlanning, ro, today).unwrap();
+        assert!(got.contains(&DataCategory::Identity));
+        assert!(!got.contains(&DataCategory::Contact));
+        let mut with_contact = plain.clone();
+        with_contact.categories = vec![DataCategory::Contact, DataCategory::Demographics];
+        let got = grant(&[plain, with_contact], Purpose::ReturnPlanning, ro, today).unwrap();
+        assert!(got.contains(&DataCategory::Contact));
+        assert!(got.contains(&DataCategory::Identity));
+    }
+
+    #[test]
+    fn a_consent_category_the_purpose_does_not_allow_is_not_granted() {
+        let mut c = consent(&[Purpose::ReferralAssistance], "RO", None);
+        c.categories = vec![DataCategory::Identity, DataCategory::Needs];
+        let got = grant(&[c], Purpose::ReferralAssistance, "RO".parse().unwrap(), date!(2026 - 01 - 03)).unwrap();
+        assert_eq!(got.into_iter().collect::<Vec<_>>(), vec![DataCategory::Needs]);
+    }
+}

@@ -1,0 +1,241 @@
+//! Identifiers: node ids (ISO 3166-1 alpha-2), organisations, roles and record ids.
+
+use std::{fmt, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::FieldError;
+
+/// A node id: the ISO 3166-1 alpha-2 code, upper case, of the country that runs the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NodeId([u8; 2]);
+
+impl NodeId {
+    /// Parses a country code; `field` names the input for the error.
+    pub fn parse(field: &str, s: &str) -> Result<Self, FieldError> {
+        s.parse()
+            .map_err(|_| FieldError::new(field, "must be an ISO 3166-1 alpha-2 code in upper case"))
+    }
+
+    /// Returns the code as text.
+    pub fn as_str(&self) -> &str {
+        // Both bytes are ASCII upper-case letters by construction.
+        std::str::from_utf8(&self.0).unwrap_or("??")
+    }
+}
+
+impl FromStr for NodeId {
+    type Err = InvalidNodeId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.as_bytes() {
+            [a, b] if a.is_ascii_uppercase() && b.is_ascii_uppercase() => Ok(NodeId([*a, *b])),
+            _ => Err(InvalidNodeId),
+        }
+    }
+}
+
+impl TryFrom<String> for NodeId {
+    type Error = InvalidNodeId;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<NodeId> for String {
+    fn from(id: NodeId) -> Self {
+        id.as_str().to_owned()
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The text is not an upper-case ISO 3166-1 alpha-2 code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not an ISO 3166-1 alpha-2 code in upper case")]
+pub struct InvalidNodeId;
+
+/// An organisation id (a service provider, a ministry): 1 to 64 of `a-z 0-9 - _`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct OrgId(String);
+
+impl OrgId {
+    /// Parses an organisation id; `field` names the input for the error.
+    pub fn parse(field: &str, s: &str) -> Result<Self, FieldError> {
+        s.parse().map_err(|_| {
+            FieldError::new(field, "must be 1 to 64 characters of a-z, 0-9, '-' or '_'")
+        })
+    }
+
+    /// Returns the id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for OrgId {
+    type Err = InvalidOrgId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if ok {
+            Ok(OrgId(s.to_owned()))
+        } else {
+            Err(InvalidOrgId)
+        }
+    }
+}
+
+impl TryFrom<String> for OrgId {
+    type Error = InvalidOrgId;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<OrgId> for String {
+    fn from(id: OrgId) -> Self {
+        id.0
+    }
+}
+
+impl fmt::Display for OrgId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The text is not a valid organisation id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not a valid organisation id")]
+pub struct InvalidOrgId;
+
+/// The role a local client certificate carries (`trm://client/<role>/<org>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// NGOs, shelters, social services: their own organisation's cases.
+    ServiceProvider,
+    /// The national focal point: everything national.
+    FocalPoint,
+    /// Prosecutors and MLA central authorities: hearings, never victim records.
+    JudicialAuthority,
+    /// Keeps the node running: admin RPCs only, never victim records.
+    Operator,
+}
+
+impl Role {
+    /// Every role, in the order of the contract.
+    pub const ALL: [Role; 4] = [
+        Role::ServiceProvider,
+        Role::FocalPoint,
+        Role::JudicialAuthority,
+        Role::Operator,
+    ];
+
+    /// Returns the role's name as written in certificates and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::ServiceProvider => "service_provider",
+            Role::FocalPoint => "focal_point",
+            Role::JudicialAuthority => "judicial_authority",
+            Role::Operator => "operator",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = UnknownRole;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or(UnknownRole)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The text names no role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role (service_provider, focal_point, judicial_authority, operator)")]
+pub struct UnknownRole;
+
+/// The principal behind a local request, read from its client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub role: Role,
+    pub org: OrgId,
+}
+
+/// Returns the SAN URI a node's TLS certificate carries.
+pub fn node_uri(node: NodeId) -> String {
+    format!("trm://node/{node}")
+}
+
+/// Returns the SAN URI a local client certificate carries.
+pub fn client_uri(role: Role, org: &OrgId) -> String {
+    format!("trm://client/{role}/{org}")
+}
+
+/// Parses a node SAN URI (`trm://node/AT`).
+pub fn parse_node_uri(uri: &str) -> Option<NodeId> {
+    uri.strip_prefix("trm://node/")?.parse().ok()
+}
+
+/// Parses a client SAN URI (`trm://client/<role>/<org>`).
+pub fn parse_client_uri(uri: &str) -> Option<Principal> {
+    let rest = uri.strip_prefix("trm://client/")?;
+    let (role, org) = rest.split_once('/')?;
+    Some(Principal {
+        role: role.parse().ok()?,
+        org: org.parse().ok()?,
+    })
+}
+
+/// Parses a record id (a UUID in canonical text); `field` names the input for the error.
+pub fn parse_id(field: &str, s: &str) -> Result<uuid::Uuid, FieldError> {
+    if s.is_empty() {
+        return Err(FieldError::new(field, "is required"));
+    }
+    uuid::Uuid::try_parse(s).map_err(|_| FieldError::new(field, "must be a UUID"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_are_two_upper_case_letters() {
+        assert_eq!("AT".parse::<NodeId>().map(|n| n.to_string()), Ok("AT".into()));
+        for bad in ["at", "AUT", "A", "", "A1", "ÄT"] {
+            assert!(bad.parse::<NodeId>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn client_uris_round_trip_and_reject_unknown_roles() {
+        let org: OrgId = "sp1".parse().unwrap();
+        let uri = client_uri(Role::ServiceProvider, &org);
+        assert_eq!(uri, "trm://client/service_provider/sp1");
+        assert_eq!(
+            parse_client_uri(&uri),
+            Some(Principal { role: Role::ServiceProvider, org })
+        );
+        assert_eq!(parse_client_uri("trm://client/admin/x"), None);
+        assert_eq!(parse_client_uri("trm://node/AT"), None);
+        assert_eq!(parse_node_uri("trm://node/AT"), Some("AT".parse().unwrap()));
+    }
+}

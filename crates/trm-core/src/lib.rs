@@ -1,0 +1,21 @@
+//! Domain of the TRM federation: identifiers, victim records, consent, the disclosure policy
+//! and the flow state machines. No I/O, no async: every rule here is a pure function that the
+//! node, the store and the federation layer call.
+//!
+//! Parts:
+//! - [`ids`]: node ids (country codes), organisations, roles, record ids.
+//! - [`model`]: victim records and the enums of the contract.
+//! - [`consent`]: the victim's consent and whether it covers a disclosure.
+//! - [`policy`]: the versioned disclosure table, applied outbound and inbound.
+//! - [`referral`]: the referral state machine.
+#![forbid(unsafe_code)]
+
+pub mod consent;
+pub mod error;
+pub mod ids;
+pub mod limits;
+pub mod model;
+pub mod policy;
+pub mod referral;
+
+pub use error::{FieldError, Guard, GuardError};

@@ -1,0 +1,278 @@
+//! Victim records and the enums of the contract, as the domain sees them: every value here
+//! has been parsed and checked at the edge.
+
+use serde::{Deserialize, Serialize};
+use time::{Date, OffsetDateTime};
+use uuid::Uuid;
+
+use crate::{
+    error::FieldError,
+    ids::{NodeId, OrgId},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Gender {
+    Female,
+    Male,
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum NeedKind {
+    Shelter,
+    Medical,
+    Psychological,
+    Legal,
+    Interpretation,
+    Financial,
+    Education,
+    Employment,
+    FamilyTracing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Urgency {
+    Routine,
+    Urgent,
+    Emergency,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ExploitationType {
+    Sexual,
+    ForcedLabour,
+    ForcedCriminality,
+    DomesticServitude,
+    ForcedMarriage,
+    Begging,
+    OrganRemoval,
+    Other,
+}
+
+/// The age bands of the Human Trafficking Case Data Standard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AgeBand {
+    B0To8,
+    B9To17,
+    B18To20,
+    B21To23,
+    B24To26,
+    B27To29,
+    B30To38,
+    B39To47,
+    B48Plus,
+}
+
+impl AgeBand {
+    /// Returns the band of someone born on `born` as of `today`.
+    pub fn of(born: Date, today: Date) -> AgeBand {
+        let mut age = today.year() - born.year();
+        if (today.month() as u8, today.day()) < (born.month() as u8, born.day()) {
+            age -= 1;
+        }
+        match age {
+            i32::MIN..=8 => AgeBand::B0To8,
+            9..=17 => AgeBand::B9To17,
+            18..=20 => AgeBand::B18To20,
+            21..=23 => AgeBand::B21To23,
+            24..=26 => AgeBand::B24To26,
+            27..=29 => AgeBand::B27To29,
+            30..=38 => AgeBand::B30To38,
+            39..=47 => AgeBand::B39To47,
+            _ => AgeBand::B48Plus,
+        }
+    }
+}
+
+/// Why data is disclosed to another node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Purpose {
+    ReferralAssistance,
+    ReturnPlanning,
+    WitnessHearing,
+}
+
+impl Purpose {
+    /// Returns the purpose's name as used in audit entries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::ReferralAssistance => "referral_assistance",
+            Purpose::ReturnPlanning => "return_planning",
+            Purpose::WitnessHearing => "witness_hearing",
+        }
+    }
+}
+
+/// The category each field of a victim record belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum DataCategory {
+    Identity,
+    Contact,
+    Demographics,
+    Needs,
+    Exploitation,
+    Child,
+    Proceedings,
+}
+
+impl DataCategory {
+    /// Returns the category's name as used in audit entries and refusals.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataCategory::Identity => "identity",
+            DataCategory::Contact => "contact",
+            DataCategory::Demographics => "demographics",
+            DataCategory::Needs => "needs",
+            DataCategory::Exploitation => "exploitation",
+            DataCategory::Child => "child",
+            DataCategory::Proceedings => "proceedings",
+        }
+    }
+}
+
+/// A victim's personal data, as collected by the node's own users.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Person {
+    pub given_name: String,
+    pub family_name: String,
+    pub date_of_birth: Option<Date>,
+    pub gender: Gender,
+    pub citizenship: Vec<NodeId>,
+    pub languages: Vec<String>,
+    pub document_number: String,
+    pub address: String,
+    pub phone: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Needs {
+    pub kinds: Vec<NeedKind>,
+    pub urgency: Option<Urgency>,
+    /// Free text for the local case worker; never leaves the node.
+    pub notes: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Exploitation {
+    pub types: Vec<ExploitationType>,
+    pub countries: Vec<NodeId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ChildInfo {
+    pub is_child: bool,
+    pub guardian_assigned: bool,
+    pub best_interests_determined: bool,
+}
+
+/// A new case as a client submits it, after parsing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewCase {
+    pub person: Person,
+    pub needs: Needs,
+    pub exploitation: Exploitation,
+    pub child: ChildInfo,
+    pub identified_on: Option<Date>,
+}
+
+/// A victim record held by the node that collected it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaseRecord {
+    pub case_id: Uuid,
+    pub person: Person,
+    pub needs: Needs,
+    pub exploitation: Exploitation,
+    pub child: ChildInfo,
+    /// The day the victim was identified; starts the reflection period.
+    pub identified_on: Date,
+    /// The service provider organisation that owns the case.
+    pub organisation: OrgId,
+    pub created_at: OffsetDateTime,
+}
+
+/// Needs as they may cross a border: no free-text notes.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DisclosedNeeds {
+    pub kinds: Vec<NeedKind>,
+    pub urgency: Option<Urgency>,
+}
+
+/// Identity and contact data as they may cross a border (return planning only).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DisclosedIdentity {
+    pub given_name: String,
+    pub family_name: String,
+    pub date_of_birth: Option<Date>,
+    pub document_number: String,
+    /// Contact category.
+    pub address: String,
+    /// Contact category.
+    pub phone: String,
+}
+
+impl DisclosedIdentity {
+    /// Returns whether any identity-category field is set.
+    pub fn has_identity(&self) -> bool {
+        !self.given_name.is_empty()
+            || !self.family_name.is_empty()
+            || self.date_of_birth.is_some()
+            || !self.document_number.is_empty()
+    }
+
+    /// Returns whether any contact-category field is set.
+    pub fn has_contact(&self) -> bool {
+        !self.address.is_empty() || !self.phone.is_empty()
+    }
+}
+
+/// What crosses a border for one purpose. Every part is optional: a part is present only
+/// when the purpose and the consent allow its category.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DisclosedCase {
+    /// Pairwise pseudonym of the case between the two nodes.
+    pub case_ref: String,
+    pub age_band: Option<AgeBand>,
+    pub gender: Option<Gender>,
+    pub citizenship: Vec<NodeId>,
+    pub languages: Vec<String>,
+    pub needs: Option<DisclosedNeeds>,
+    pub exploitation: Option<Exploitation>,
+    pub child: Option<ChildInfo>,
+    pub identity: Option<DisclosedIdentity>,
+}
+
+/// Parses a `YYYY-MM-DD` date; `field` names the input for the error.
+pub fn parse_date(field: &str, s: &str) -> Result<Date, FieldError> {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    Date::parse(s, format).map_err(|_| FieldError::new(field, "must be a date YYYY-MM-DD"))
+}
+
+/// Formats a date as `YYYY-MM-DD`.
+pub fn format_date(d: Date) -> String {
+    format!("{:04}-{:02}-{:02}", d.year(), d.month() as u8, d.day())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::date;
+
+    #[test]
+    fn age_band_counts_birthdays_not_years() {
+        let today = date!(2026 - 06 - 15);
+        assert_eq!(AgeBand::of(date!(2008 - 06 - 16), today), AgeBand::B9To17);
+        assert_eq!(AgeBand::of(date!(2008 - 06 - 15), today), AgeBand::B18To20);
+        assert_eq!(AgeBand::of(date!(1990 - 01 - 01), today), AgeBand::B30To38);
+        assert_eq!(AgeBand::of(date!(1950 - 01 - 01), today), AgeBand::B48Plus);
+        assert_eq!(AgeBand::of(date!(2025 - 01 - 01), today), AgeBand::B0To8);
+    }
+
+    #[test]
+    fn dates_parse_strictly() {
+        assert_eq!(parse_date("d", "2026-02-28").map(format_date), Ok("2026-02-28".into()));
+        for bad in ["2026-02-30", "28.02.2026", "", "2026-2-3"] {
+            let err = parse_date("person.date_of_birth", bad).unwrap_err();
+            assert_eq!(err.field, "person.date_of_birth");
+        }
+    }
+}

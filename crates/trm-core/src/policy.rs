@@ -1,0 +1,404 @@
+//! The disclosure policy: a versioned table purpose -> fields (each field belongs to a data
+//! category). It is the single place that decides what may cross a border, applied when an
+//! outbound payload is built ([`disclose`]) and when an inbound one is accepted
+//! ([`check_inbound`]). Health details and free-text notes have no field here: they never
+//! leave a node.
+
+use std::collections::BTreeSet;
+
+use time::Date;
+
+use crate::model::{
+    AgeBand, CaseRecord, DataCategory, DisclosedCase, DisclosedIdentity, DisclosedNeeds,
+    NeedKind, Purpose,
+};
+
+/// Version of the table below; carried in every envelope as `policy_version`.
+pub const POLICY_VERSION: &str = "trm-policy-1";
+
+/// A field of a disclosed case, named as in the proto contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Field {
+    AgeBand,
+    Gender,
+    Citizenship,
+    Languages,
+    NeedKinds,
+    Urgency,
+    ExploitationTypes,
+    ExploitationCountries,
+    Child,
+    GivenName,
+    FamilyName,
+    DateOfBirth,
+    DocumentNumber,
+    Address,
+    Phone,
+}
+
+impl Field {
+    /// Every field, in contract order.
+    pub const ALL: [Field; 15] = [
+        Field::AgeBand,
+        Field::Gender,
+        Field::Citizenship,
+        Field::Languages,
+        Field::NeedKinds,
+        Field::Urgency,
+        Field::ExploitationTypes,
+        Field::ExploitationCountries,
+        Field::Child,
+        Field::GivenName,
+        Field::FamilyName,
+        Field::DateOfBirth,
+        Field::DocumentNumber,
+        Field::Address,
+        Field::Phone,
+    ];
+
+    /// Returns the category the field belongs to.
+    pub fn category(self) -> DataCategory {
+        match self {
+            Field::AgeBand | Field::Gender | Field::Citizenship | Field::Languages => {
+                DataCategory::Demographics
+            }
+            Field::NeedKinds | Field::Urgency => DataCategory::Needs,
+            Field::ExploitationTypes | Field::ExploitationCountries => DataCategory::Exploitation,
+            Field::Child => DataCategory::Child,
+            Field::GivenName | Field::FamilyName | Field::DateOfBirth | Field::DocumentNumber => {
+                DataCategory::Identity
+            }
+            Field::Address | Field::Phone => DataCategory::Contact,
+        }
+    }
+
+    /// Returns the field's path in `DisclosedCase`.
+    pub fn path(self) -> &'static str {
+        match self {
+            Field::AgeBand => "disclosed.age_band",
+            Field::Gender => "disclosed.gender",
+            Field::Citizenship => "disclosed.citizenship",
+            Field::Languages => "disclosed.languages",
+            Field::NeedKinds => "disclosed.needs.kinds",
+            Field::Urgency => "disclosed.needs.urgency",
+            Field::ExploitationTypes => "disclosed.exploitation.types",
+            Field::ExploitationCountries => "disclosed.exploitation.countries",
+            Field::Child => "disclosed.child",
+            Field::GivenName => "disclosed.identity.given_name",
+            Field::FamilyName => "disclosed.identity.family_name",
+            Field::DateOfBirth => "disclosed.identity.date_of_birth",
+            Field::DocumentNumber => "disclosed.identity.document_number",
+            Field::Address => "disclosed.identity.address",
+            Field::Phone => "disclosed.identity.phone",
+        }
+    }
+}
+
+/// Returns the fields `purpose` allows to cross (before consent narrows them).
+pub fn allowed_fields(purpose: Purpose) -> &'static [Field] {
+    use Field::*;
+    match purpose {
+        Purpose::ReferralAssistance => &[
+            AgeBand,
+            Gender,
+            Citizenship,
+            Languages,
+            NeedKinds,
+            Urgency,
+            ExploitationTypes,
+            ExploitationCountries,
+            Child,
+        ],
+        Purpose::ReturnPlanning => &[
+            AgeBand,
+            Gender,
+            Citizenship,
+            Languages,
+            NeedKinds,
+            Urgency,
+            Child,
+            GivenName,
+            FamilyName,
+            DateOfBirth,
+            DocumentNumber,
+            Address,
+            Phone,
+        ],
+        // Language and child flags only; support needs only.
+        Purpose::WitnessHearing => &[Languages, NeedKinds, Child],
+    }
+}
+
+/// Returns the categories `purpose` allows (proceedings travel as coordination flags of the
+/// flow messages, not inside a disclosed case).
+pub fn allowed_categories(purpose: Purpose) -> BTreeSet<DataCategory> {
+    let mut set: BTreeSet<DataCategory> =
+        allowed_fields(purpose).iter().map(|f| f.category()).collect();
+    if matches!(purpose, Purpose::ReturnPlanning | Purpose::WitnessHearing) {
+        set.insert(DataCategory::Proceedings);
+    }
+    set
+}
+
+/// Need kinds that count as support needs for a witness hearing.
+const HEARING_SUPPORT_NEEDS: [NeedKind; 3] = [
+    NeedKind::Psychological,
+    NeedKind::Interpretation,
+    NeedKind::Legal,
+];
+
+/// Builds what crosses the border for `purpose`: only fields the purpose allows whose
+/// category `granted` holds (the consent scope). Age band replaces the date of birth outside
+/// identity; free-text notes never leave.
+pub fn disclose(
+    case: &CaseRecord,
+    purpose: Purpose,
+    granted: &BTreeSet<DataCategory>,
+    case_ref: String,
+    today: Date,
+) -> DisclosedCase {
+    let may = |f: Field| allowed_fields(purpose).contains(&f) && granted.contains(&f.category());
+    let p = &case.person;
+    let mut d = DisclosedCase {
+        case_ref,
+        ..DisclosedCase::default()
+    };
+    if may(Field::AgeBand) {
+        d.age_band = p.date_of_birth.map(|born| AgeBand::of(born, today));
+    }
+    if may(Field::Gender) {
+        d.gender = Some(p.gender);
+    }
+    if may(Field::Citizenship) {
+        d.citizenship = p.citizenship.clone();
+    }
+    if may(Field::Languages) {
+        d.languages = p.languages.clone();
+    }
+    if may(Field::NeedKinds) || may(Field::Urgency) {
+        let mut kinds = if may(Field::NeedKinds) {
+            case.needs.kinds.clone()
+        } else {
+            vec![]
+        };
+        if purpose == Purpose::WitnessHearing {
+            kinds.retain(|k| HEARING_SUPPORT_NEEDS.contains(k));
+        }
+        d.needs = Some(DisclosedNeeds {
+            kinds,
+            urgency: if may(Field::Urgency) {
+                case.needs.urgency
+            } else {
+                None
+            },
+        });
+    }
+    if may(Field::ExploitationTypes) || may(Field::ExploitationCountries) {
+        let mut e = case.exploitation.clone();
+        if !may(Field::ExploitationCountries) {
+            e.countries.clear();
+        }
+        if !may(Field::ExploitationTypes) {
+            e.types.clear();
+        }
+        d.exploitation = Some(e);
+    }
+    if may(Field::Child) {
+        d.child = Some(case.child);
+    }
+    let identity = DisclosedIdentity {
+        given_name: pick(may(Field::GivenName), &p.given_name),
+        family_name: pick(may(Field::FamilyName), &p.family_name),
+        date_of_birth: p.date_of_birth.filter(|_| may(Field::DateOfBirth)),
+        document_number: pick(may(Field::DocumentNumber), &p.document_number),
+        address: pick(may(Field::Address), &p.address),
+        phone: pick(may(Field::Phone), &p.phone),
+    };
+    if identity.has_identity() || identity.has_contact() {
+        d.identity = Some(identity);
+    }
+    d
+}
+
+fn pick(allowed: bool, value: &str) -> String {
+    if allowed {
+        value.to_owned()
+    } else {
+        String::new()
+    }
+}
+
+/// Returns the fields that carry data in a disclosed case.
+pub fn fields_present(d: &DisclosedCase) -> Vec<Field> {
+    let mut present = Vec::new();
+    let mut mark = |cond: bool, f: Field| {
+        if cond {
+            present.push(f);
+        }
+    };
+    mark(d.age_band.is_some(), Field::AgeBand);
+    mark(d.gender.is_some(), Field::Gender);
+    mark(!d.citizenship.is_empty(), Field::Citizenship);
+    mark(!d.languages.is_empty(), Field::Languages);
+    if let Some(n) = &d.needs {
+        mark(!n.kinds.is_empty(), Field::NeedKinds);
+        mark(n.urgency.is_some(), Field::Urgency);
+    }
+    if let Some(e) = &d.exploitation {
+        mark(!e.types.is_empty(), Field::ExploitationTypes);
+        mark(!e.countries.is_empty(), Field::ExploitationCountries);
+    }
+    mark(d.child.is_some(), Field::Child);
+    if let Some(i) = &d.identity {
+        mark(!i.given_name.is_empty(), Field::GivenName);
+        mark(!i.family_name.is_empty(), Field::FamilyName);
+        mark(i.date_of_birth.is_some(), Field::DateOfBirth);
+        mark(!i.document_number.is_empty(), Field::DocumentNumber);
+        mark(!i.address.is_empty(), Field::Address);
+        mark(!i.phone.is_empty(), Field::Phone);
+    }
+    present
+}
+
+/// A payload carries a field its purpose does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("policy violation: {} ({}) is not allowed for {}", field.path(), field.category().as_str(), purpose.as_str())]
+pub struct PolicyViolation {
+    pub purpose: Purpose,
+    pub field: Field,
+}
+
+/// Checks an inbound disclosed case against the same table the sender must apply: a field
+/// the purpose does not allow is a violation, and the whole payload is refused.
+pub fn check_inbound(purpose: Purpose, d: &DisclosedCase) -> Result<(), PolicyViolation> {
+    match fields_present(d)
+        .into_iter()
+        .find(|f| !allowed_fields(purpose).contains(f))
+    {
+        Some(field) => Err(PolicyViolation { purpose, field }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::*;
+    use time::macros::{date, datetime};
+
+    fn case() -> CaseRecord {
+        CaseRecord {
+            case_id: uuid::Uuid::nil(),
+            person: Person {
+                given_name: "Ana".into(),
+                family_name: "Pop".into(),
+                date_of_birth: Some(date!(2001 - 04 - 02)),
+                gender: Gender::Female,
+                citizenship: vec!["RO".parse().unwrap()],
+                languages: vec!["ro".into()],
+                document_number: "X1".into(),
+                address: "Street 1".into(),
+                phone: "+40".into(),
+            },
+            needs: Needs {
+                kinds: vec![NeedKind::Shelter, NeedKind::Psychological],
+                urgency: Some(Urgency::Urgent),
+                notes: "private note".into(),
+            },
+            exploitation: Exploitation {
+                types: vec![ExploitationType::Sexual],
+                countries: vec!["AT".parse().unwrap()],
+            },
+            child: ChildInfo::default(),
+            identified_on: date!(2026 - 01 - 01),
+            organisation: "sp1".parse().unwrap(),
+            created_at: datetime!(2026-01-01 0:00 UTC),
+        }
+    }
+
+    fn all() -> BTreeSet<DataCategory> {
+        [
+            DataCategory::Identity,
+            DataCategory::Contact,
+            DataCategory::Demographics,
+            DataCategory::Needs,
+            DataCategory::Exploitation,
+            DataCategory::Child,
+            DataCategory::Proceedings,
+        ]
+        .into()
+    }
+
+    #[test]
+    fn every_purpose_discloses_exactly_its_fields_when_everything_is_granted() {
+        for purpose in [Purpose::ReferralAssistance, Purpose::ReturnPlanning, Purpose::WitnessHearing] {
+            let d = disclose(&case(), purpose, &all(), "ref".into(), date!(2026 - 06 - 01));
+            let present: BTreeSet<Field> = fields_present(&d).into_iter().collect();
+            let allowed: BTreeSet<Field> = allowed_fields(purpose).iter().copied().collect();
+            assert_eq!(present, allowed, "{purpose:?}");
+            assert!(check_inbound(purpose, &d).is_ok());
+        }
+    }
+
+    #[test]
+    fn referral_carries_age_band_and_never_identity() {
+        let d = disclose(&case(), Purpose::ReferralAssistance, &all(), "r".into(), date!(2026 - 06 - 01));
+        assert_eq!(d.age_band, Some(AgeBand::B24To26));
+        assert!(d.identity.is_none());
+    }
+
+    #[test]
+    fn consent_narrows_the_purpose() {
+        let granted = [DataCategory::Needs].into();
+        let d = disclose(&case(), Purpose::ReferralAssistance, &granted, "r".into(), date!(2026 - 06 - 01));
+        let present: Vec<Field> = fields_present(&d);
+        assert_eq!(present, vec![Field::NeedKinds, Field::Urgency]);
+    }
+
+    #[test]
+    fn inbound_check_refuses_every_field_outside_the_purpose() {
+        let full = disclose(&case(), Purpose::ReturnPlanning, &all(), "r".into(), date!(2026 - 06 - 01));
+        let full_ref = disclose(&case(), Purpose::ReferralAssistance, &all(), "r".into(), date!(2026 - 06 - 01));
+        for purpose in [Purpose::ReferralAssistance, Purpose::ReturnPlanning, Purpose::WitnessHearing] {
+            for field in Field::ALL {
+                let allowed = allowed_fields(purpose).contains(&field);
+                // A case carrying just this one field.
+                let source = if fields_present(&full).contains(&field) { &full } else { &full_ref };
+                let mut one = DisclosedCase::default();
+                copy_field(source, &mut one, field);
+                assert_eq!(fields_present(&one), vec![field]);
+                assert_eq!(check_inbound(purpose, &one).is_ok(), allowed, "{purpose:?} {field:?}");
+            }
+        }
+    }
+
+    fn copy_field(from: &DisclosedCase, to: &mut DisclosedCase, f: Field) {
+        let id = || from.identity.clone().unwrap_or_default();
+        let needs = || from.needs.clone().unwrap_or_default();
+        let ex = || from.exploitation.clone().unwrap_or_default();
+        match f {
+            Field::AgeBand => to.age_band = from.age_band,
+            Field::Gender => to.gender = from.gender,
+            Field::Citizenship => to.citizenship = from.citizenship.clone(),
+            Field::Languages => to.languages = from.languages.clone(),
+            Field::NeedKinds => to.needs = Some(DisclosedNeeds { kinds: needs().kinds, urgency: None }),
+            Field::Urgency => to.needs = Some(DisclosedNeeds { kinds: vec![], urgency: needs().urgency }),
+            Field::ExploitationTypes => to.exploitation = Some(Exploitation { types: ex().types, countries: vec![] }),
+            Field::ExploitationCountries => to.exploitation = Some(Exploitation { types: vec![], countries: ex().countries }),
+            Field::Child => to.child = from.child,
+            Field::GivenName => to.identity = Some(DisclosedIdentity { given_name: id().given_name, ..Default::default() }),
+            Field::FamilyName => to.identity = Some(DisclosedIdentity { family_name: id().family_name, ..Default::default() }),
+            Field::DateOfBirth => to.identity = Some(DisclosedIdentity { date_of_birth: id().date_of_birth, ..Default::default() }),
+            Field::DocumentNumber => to.identity = Some(DisclosedIdentity { document_number: id().document_number, ..Default::default() }),
+            Field::Address => to.identity = Some(DisclosedIdentity { address: id().address, ..Default::default() }),
+            Field::Phone => to.identity = Some(DisclosedIdentity { phone: id().phone, ..Default::default() }),
+        }
+    }
+
+    #[test]
+    fn hearing_gets_support_needs_only() {
+        let d = disclose(&case(), Purpose::WitnessHearing, &all(), "r".into(), date!(2026 - 06 - 01));
+        assert_eq!(d.needs.map(|n| n.kinds), Some(vec![NeedKind::Psychological]));
+        assert!(d.gender.is_none());
+    }
+}

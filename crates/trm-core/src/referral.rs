@@ -1,0 +1,113 @@
+//! The referral state machine: `draft -> sent -> delivered -> accepted | declined ->
+//! in_assistance -> closed`, and `withdrawn` from any open state.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Guard, GuardError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ReferralStatus {
+    Draft,
+    Sent,
+    Delivered,
+    Accepted,
+    Declined,
+    InAssistance,
+    Closed,
+    Withdrawn,
+}
+
+impl ReferralStatus {
+    /// Returns the status name as used in errors and audit entries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReferralStatus::Draft => "draft",
+            ReferralStatus::Sent => "sent",
+            ReferralStatus::Delivered => "delivered",
+            ReferralStatus::Accepted => "accepted",
+            ReferralStatus::Declined => "declined",
+            ReferralStatus::InAssistance => "in_assistance",
+            ReferralStatus::Closed => "closed",
+            ReferralStatus::Withdrawn => "withdrawn",
+        }
+    }
+
+    /// Returns whether no further transition is possible.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            ReferralStatus::Declined | ReferralStatus::Closed | ReferralStatus::Withdrawn
+        )
+    }
+}
+
+/// What happens to a referral.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReferralEvent {
+    /// The origin sent the offer.
+    Send,
+    /// The origin holds the destination's signed receipt.
+    Delivered,
+    Accept,
+    Decline,
+    /// The destination assigned the case to a local service provider.
+    Assign,
+    Close,
+    Withdraw,
+}
+
+/// Returns the status after `event`, or the `state` guard's refusal naming the current state.
+pub fn next(status: ReferralStatus, event: ReferralEvent) -> Result<ReferralStatus, GuardError> {
+    use ReferralEvent as E;
+    use ReferralStatus as S;
+    let to = match (status, event) {
+        (S::Draft, E::Send) => S::Sent,
+        (S::Sent, E::Delivered) => S::Delivered,
+        // The answer may overtake the receipt at the origin.
+        (S::Sent | S::Delivered, E::Accept) => S::Accepted,
+        (S::Sent | S::Delivered, E::Decline) => S::Declined,
+        (S::Accepted, E::Assign) => S::InAssistance,
+        (S::Accepted | S::InAssistance, E::Close) => S::Closed,
+        (s, E::Withdraw) if !s.is_final() => S::Withdrawn,
+        _ => {
+            return Err(GuardError::new(
+                Guard::State,
+                format!("referral is {}; {:?} is not possible", status.as_str(), event),
+            ))
+        }
+    };
+    Ok(to)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ReferralEvent as E;
+    use ReferralStatus as S;
+
+    #[test]
+    fn the_happy_path_runs_to_closed() {
+        let mut s = S::Draft;
+        for e in [E::Send, E::Delivered, E::Accept, E::Assign, E::Close] {
+            s = next(s, e).unwrap();
+        }
+        assert_eq!(s, S::Closed);
+    }
+
+    #[test]
+    fn final_states_refuse_everything_naming_the_state() {
+        for s in [S::Declined, S::Closed, S::Withdrawn] {
+            for e in [E::Send, E::Delivered, E::Accept, E::Decline, E::Assign, E::Close, E::Withdraw] {
+                let err = next(s, e).unwrap_err();
+                assert_eq!(err.guard, Guard::State);
+                assert!(err.reason.contains(s.as_str()));
+            }
+        }
+    }
+
+    #[test]
+    fn cannot_assign_before_acceptance() {
+        assert!(next(S::Delivered, E::Assign).is_err());
+        assert_eq!(next(S::Delivered, E::Withdraw), Ok(S::Withdrawn));
+    }
+}
