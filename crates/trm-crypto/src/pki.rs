@@ -1,0 +1,230 @@
+//! Certificates of the federation. Every TLS key is ECDSA P-256 (standard gRPC clients in
+//! other languages cannot handshake with Ed25519 TLS keys). Identities travel as SAN URIs:
+//! `trm://node/<ID>` for nodes, `trm://client/<role>/<org>` for local clients.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
+};
+use time::{Duration, OffsetDateTime};
+use trm_core::ids::{self, NodeId, OrgId, Principal, Role};
+
+use crate::{CryptoError, Result};
+
+/// Validity of a certificate authority.
+const CA_VALIDITY: Duration = Duration::days(3650);
+/// Validity of a leaf certificate.
+const LEAF_VALIDITY: Duration = Duration::days(825);
+
+/// A certificate and its private key, both PEM.
+#[derive(Clone)]
+pub struct CertifiedKey {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CertifiedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertifiedKey").finish_non_exhaustive()
+    }
+}
+
+/// A certificate authority that issues the federation's certificates.
+pub struct Authority {
+    cert_pem: String,
+    key: KeyPair,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority").finish_non_exhaustive()
+    }
+}
+
+fn base_params(common_name: &str, validity: Duration) -> Result<CertificateParams> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    params.distinguished_name.push(DnType::OrganizationName, "TRM federation");
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + validity;
+    let mut serial = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut serial);
+    serial[0] &= 0x7f;
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
+    Ok(params)
+}
+
+fn add_hosts(params: &mut CertificateParams, hosts: &[String]) -> Result<()> {
+    for host in hosts {
+        let san = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(host.as_str().try_into()?),
+        };
+        params.subject_alt_names.push(san);
+    }
+    Ok(())
+}
+
+impl Authority {
+    /// Generates a new self-signed authority named `common_name`.
+    pub fn generate(common_name: &str) -> Result<Self> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = base_params(common_name, CA_VALIDITY)?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key)?;
+        Ok(Self {
+            cert_pem: cert.pem(),
+            key,
+        })
+    }
+
+    /// Loads an authority from its certificate and private key (PEM).
+    pub fn load(cert_pem: &str, key_pem: &str) -> Result<Self> {
+        let key = KeyPair::from_pem(key_pem)?;
+        // Parse once now, so a mismatched or broken certificate fails here.
+        Issuer::from_ca_cert_pem(cert_pem, &key)?;
+        Ok(Self {
+            cert_pem: cert_pem.to_owned(),
+            key,
+        })
+    }
+
+    /// Returns the authority's certificate (PEM): the trust anchor to distribute.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// Returns the authority's private key (PEM), to be written with mode 0600.
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    fn issue(&self, params: CertificateParams) -> Result<CertifiedKey> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)?;
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok(CertifiedKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Issues a node's federation certificate: server and client authentication, the node id
+    /// as `trm://node/<ID>`, valid for `hosts` (DNS names or IP addresses).
+    pub fn issue_node(&self, node: NodeId, hosts: &[String]) -> Result<CertifiedKey> {
+        let mut params = base_params(&format!("trm node {node}"), LEAF_VALIDITY)?;
+        params
+            .subject_alt_names
+            .push(SanType::URI(ids::node_uri(node).as_str().try_into()?));
+        add_hosts(&mut params, hosts)?;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.issue(params)
+    }
+
+    /// Issues a server certificate for a node's local ports (services, admin).
+    pub fn issue_server(&self, common_name: &str, hosts: &[String]) -> Result<CertifiedKey> {
+        let mut params = base_params(common_name, LEAF_VALIDITY)?;
+        add_hosts(&mut params, hosts)?;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(params)
+    }
+
+    /// Issues a local client certificate carrying `trm://client/<role>/<org>`.
+    pub fn issue_client(&self, role: Role, org: &OrgId) -> Result<CertifiedKey> {
+        let mut params = base_params(&format!("{role} {org}"), LEAF_VALIDITY)?;
+        params
+            .subject_alt_names
+            .push(SanType::URI(ids::client_uri(role, org).as_str().try_into()?));
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(params)
+    }
+}
+
+/// Returns the SAN URIs of a DER certificate.
+pub fn san_uris(cert_der: &[u8]) -> Result<Vec<String>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|_| CryptoError::Certificate("cannot parse certificate".into()))?;
+    let mut out = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::URI(uri) = name {
+                out.push((*uri).to_owned());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Returns the node id a federation certificate carries, if exactly one.
+pub fn node_of(cert_der: &[u8]) -> Option<NodeId> {
+    let nodes: Vec<NodeId> = san_uris(cert_der)
+        .ok()?
+        .iter()
+        .filter_map(|u| ids::parse_node_uri(u))
+        .collect();
+    match nodes.as_slice() {
+        [one] => Some(*one),
+        _ => None,
+    }
+}
+
+/// Returns the principal a local client certificate carries, if exactly one.
+pub fn principal_of(cert_der: &[u8]) -> Option<Principal> {
+    let mut found: Vec<Principal> = san_uris(cert_der)
+        .ok()?
+        .iter()
+        .filter_map(|u| ids::parse_client_uri(u))
+        .collect();
+    if found.len() == 1 {
+        found.pop()
+    } else {
+        None
+    }
+}
+
+/// Returns the DER of the first certificate in a PEM text.
+pub fn first_der(pem_text: &str) -> Result<Vec<u8>> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem_text.as_bytes())
+        .map_err(|_| CryptoError::Certificate("not a PEM certificate".into()))?;
+    Ok(pem.contents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_certificates_carry_their_trm_identity() {
+        let ca = Authority::generate("test ca").unwrap();
+        let node = ca
+            .issue_node("AT".parse().unwrap(), &["localhost".into(), "127.0.0.1".into()])
+            .unwrap();
+        let der = first_der(&node.cert_pem).unwrap();
+        assert_eq!(node_of(&der), Some("AT".parse().unwrap()));
+        assert_eq!(principal_of(&der), None);
+
+        let org: OrgId = "sp1".parse().unwrap();
+        let client = ca.issue_client(Role::ServiceProvider, &org).unwrap();
+        let der = first_der(&client.cert_pem).unwrap();
+        assert_eq!(
+            principal_of(&der),
+            Some(Principal { role: Role::ServiceProvider, org })
+        );
+        assert!(node.key_pem.contains("PRIVATE KEY"));
+
+        let again = Authority::load(ca.cert_pem(), &ca.key_pem()).unwrap();
+        assert!(again.issue_server("s", &["localhost".into()]).is_ok());
+    }
+}

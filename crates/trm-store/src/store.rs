@@ -1,0 +1,535 @@
+//! The sled database of one node and its transactions.
+
+use std::{path::Path, sync::Arc};
+
+use serde::{de::DeserializeOwned, Serialize};
+use sled::{
+    transaction::{ConflictableTransactionError, TransactionError, TransactionalTree},
+    Transactional, Tree,
+};
+use time::{format_description::well_known::Rfc3339, OffsetDateTime};
+use trm_crypto::aead::SecretKey;
+
+use crate::{
+    audit::{self, AuditEntry, AuditHead, AuditRecord, AuditReport},
+    durability::GroupCommit,
+    error::{Result, StoreError, TxError, TxFail},
+};
+
+/// The trees of the database. Records in `Cases`, `Referrals`, `Returns`, `Hearings` are
+/// sealed; the others hold ids, states and sealed blobs only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TreeName {
+    /// Audit head and other small node state.
+    Meta,
+    /// Wrapped per-subject data keys.
+    Keys,
+    Cases,
+    Consents,
+    Referrals,
+    Returns,
+    Hearings,
+    /// Pairwise case references, both ways.
+    CaseRefs,
+    /// Queued outbound envelopes, by peer and sequence.
+    Outbox,
+    DeadLetters,
+    /// Receipts given for inbound message ids (idempotency).
+    Inbox,
+    /// Signed receipts received from peers (proof of delivery).
+    Receipts,
+    Audit,
+}
+
+impl TreeName {
+    const ALL: [TreeName; 13] = [
+        TreeName::Meta,
+        TreeName::Keys,
+        TreeName::Cases,
+        TreeName::Consents,
+        TreeName::Referrals,
+        TreeName::Returns,
+        TreeName::Hearings,
+        TreeName::CaseRefs,
+        TreeName::Outbox,
+        TreeName::DeadLetters,
+        TreeName::Inbox,
+        TreeName::Receipts,
+        TreeName::Audit,
+    ];
+
+    /// Returns the tree's name on disk.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TreeName::Meta => "meta",
+            TreeName::Keys => "keys",
+            TreeName::Cases => "cases",
+            TreeName::Consents => "consents",
+            TreeName::Referrals => "referrals",
+            TreeName::Returns => "returns",
+            TreeName::Hearings => "hearings",
+            TreeName::CaseRefs => "case_refs",
+            TreeName::Outbox => "outbox",
+            TreeName::DeadLetters => "dead_letters",
+            TreeName::Inbox => "inbox",
+            TreeName::Receipts => "receipts",
+            TreeName::Audit => "audit",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+const AUDIT_HEAD: &[u8] = b"audit_head";
+
+/// One node's database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    trees: Vec<Tree>,
+    master: SecretKey,
+    commit: Arc<GroupCommit>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+fn aad(tree: TreeName, key: &[u8]) -> Vec<u8> {
+    let mut a = tree.as_str().as_bytes().to_vec();
+    a.push(0);
+    a.extend_from_slice(key);
+    a
+}
+
+fn decode<T: DeserializeOwned>(tree: TreeName, key: &[u8], bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|_| StoreError::Decode {
+        tree: tree.as_str(),
+        key: String::from_utf8_lossy(key).into_owned(),
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|_| StoreError::Encode)
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir` with the node's master key.
+    pub fn open(dir: &Path, master: SecretKey) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let db = sled::Config::new().path(dir).open()?;
+        let trees = TreeName::ALL
+            .iter()
+            .map(|t| db.open_tree(t.as_str()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let commit = GroupCommit::new(db.clone(), dir)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                trees,
+                master,
+                commit,
+            }),
+        })
+    }
+
+    fn tree(&self, t: TreeName) -> &Tree {
+        &self.inner.trees[t.index()]
+    }
+
+    /// Runs `f` as one atomic transaction over every tree. `f` may run more than once (sled
+    /// retries on conflict), so it must not have effects outside the transaction. An `Abort`
+    /// writes nothing and is returned as `Err(TxFail::Abort)`.
+    pub fn transact<R, E, F>(&self, f: F) -> std::result::Result<R, TxFail<E>>
+    where
+        F: Fn(&Tx<'_>) -> std::result::Result<R, TxFail<E>>,
+    {
+        let trees: &[Tree] = &self.inner.trees;
+        let result = trees.transaction(|view: &Vec<TransactionalTree>| {
+            let tx = Tx {
+                view,
+                master: &self.inner.master,
+            };
+            match f(&tx) {
+                Ok(r) => Ok(r),
+                Err(TxFail::Tx(TxError::Conflict)) => Err(ConflictableTransactionError::Conflict),
+                Err(TxFail::Tx(TxError::Store(StoreError::Sled(e)))) => {
+                    Err(ConflictableTransactionError::Storage(e))
+                }
+                Err(other) => Err(ConflictableTransactionError::Abort(other)),
+            }
+        });
+        match result {
+            Ok(r) => Ok(r),
+            Err(TransactionError::Abort(fail)) => Err(fail),
+            Err(TransactionError::Storage(e)) => Err(TxFail::Tx(TxError::Store(e.into()))),
+        }
+    }
+
+    /// Waits until every write committed so far is on stable storage. Acknowledge a client or
+    /// a peer only after this returns.
+    pub async fn durable(&self) -> Result<()> {
+        let commit = self.inner.commit.clone();
+        tokio::task::spawn_blocking(move || commit.sync())
+            .await
+            .map_err(|_| StoreError::Durability)?
+    }
+
+    /// Same as [`Store::durable`], for callers outside an async runtime.
+    pub fn durable_blocking(&self) -> Result<()> {
+        self.inner.commit.sync()
+    }
+
+    /// Reads a sealed record (its subject is its key).
+    pub fn get_sealed<T: DeserializeOwned>(&self, tree: TreeName, key: &[u8]) -> Result<Option<T>> {
+        let Some(sealed) = self.tree(tree).get(key)? else {
+            return Ok(None);
+        };
+        let Some(dk) = self.data_key(key)? else {
+            return Ok(None);
+        };
+        let plain = dk.open(&aad(tree, key), &sealed)?;
+        decode(tree, key, &plain).map(Some)
+    }
+
+    /// Reads every sealed record of a tree whose key starts with `prefix`.
+    pub fn scan_sealed<T: DeserializeOwned>(&self, tree: TreeName, prefix: &[u8]) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        for item in self.tree(tree).scan_prefix(prefix) {
+            let (key, _) = item?;
+            if let Some(v) = self.get_sealed(tree, &key)? {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads a clear record (no personal data).
+    pub fn get_json<T: DeserializeOwned>(&self, tree: TreeName, key: &[u8]) -> Result<Option<T>> {
+        match self.tree(tree).get(key)? {
+            Some(bytes) => decode(tree, key, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads every clear record of a tree whose key starts with `prefix`, with its key.
+    pub fn scan_json<T: DeserializeOwned>(
+        &self,
+        tree: TreeName,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, T)>> {
+        self.tree(tree)
+            .scan_prefix(prefix)
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((k.to_vec(), decode(tree, &k, &v)?))
+            })
+            .collect()
+    }
+
+    /// Returns the number of records in a tree whose key starts with `prefix`.
+    pub fn count(&self, tree: TreeName, prefix: &[u8]) -> usize {
+        self.tree(tree).scan_prefix(prefix).count()
+    }
+
+    /// Opens bytes sealed with [`Tx::seal_for`]; `None` when the subject was shredded.
+    pub fn open_for(&self, subject: &[u8], aad: &[u8], sealed: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.data_key(subject)? {
+            Some(dk) => Ok(Some(dk.open(aad, sealed)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn data_key(&self, subject: &[u8]) -> Result<Option<SecretKey>> {
+        match self.tree(TreeName::Keys).get(subject)? {
+            Some(wrapped) => Ok(Some(self.inner.master.unwrap_key(subject, &wrapped)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Returns every audit entry in order.
+    pub fn audit_entries(&self) -> Result<Vec<AuditEntry>> {
+        self.scan_json::<AuditEntry>(TreeName::Audit, b"")
+            .map(|v| v.into_iter().map(|(_, e)| e).collect())
+    }
+
+    /// Verifies the audit chain: any modified, reordered or removed entry is detected.
+    pub fn verify_audit(&self) -> Result<AuditReport> {
+        let head: AuditHead = self.get_json(TreeName::Meta, AUDIT_HEAD)?.unwrap_or_default();
+        let entries = self
+            .tree(TreeName::Audit)
+            .iter()
+            .map(|item| item.ok().and_then(|(_, v)| serde_json::from_slice(&v).ok()));
+        Ok(audit::verify(entries, &head))
+    }
+
+    /// Appends one audit entry in its own transaction and makes it durable.
+    pub async fn audit(&self, record: AuditRecord) -> Result<()> {
+        self.transact::<(), (), _>(|tx| tx.audit(record.clone()))
+            .map_err(|e| match e {
+                TxFail::Tx(TxError::Store(e)) => e,
+                _ => StoreError::Durability,
+            })?;
+        self.durable().await
+    }
+
+    /// Raw access for tests and backups: the underlying tree.
+    pub fn raw_tree(&self, tree: TreeName) -> &Tree {
+        self.tree(tree)
+    }
+
+    /// Flushes and syncs; call on shutdown.
+    pub fn close(&self) -> Result<()> {
+        self.inner.commit.sync()?;
+        self.inner.db.flush()?;
+        Ok(())
+    }
+}
+
+/// A view of every tree inside one transaction.
+pub struct Tx<'a> {
+    view: &'a Vec<TransactionalTree>,
+    master: &'a SecretKey,
+}
+
+impl Tx<'_> {
+    fn tree(&self, t: TreeName) -> &TransactionalTree {
+        &self.view[t.index()]
+    }
+
+    fn data_key(&self, subject: &[u8], create: bool) -> std::result::Result<Option<SecretKey>, TxError> {
+        let keys = self.tree(TreeName::Keys);
+        if let Some(wrapped) = keys.get(subject)? {
+            return Ok(Some(
+                self.master
+                    .unwrap_key(subject, &wrapped)
+                    .map_err(StoreError::from)?,
+            ));
+        }
+        if !create {
+            return Ok(None);
+        }
+        let dk = SecretKey::generate();
+        let wrapped = self.master.wrap(subject, &dk).map_err(StoreError::from)?;
+        keys.insert(subject, wrapped)?;
+        Ok(Some(dk))
+    }
+
+    /// Writes a record sealed under its own subject key (the record's key), creating the
+    /// subject key on first use.
+    pub fn put_sealed<T: Serialize>(&self, tree: TreeName, key: &[u8], value: &T) -> std::result::Result<(), TxError> {
+        let sealed = self.seal_for(key, &aad(tree, key), &encode(value)?)?;
+        self.tree(tree).insert(key, sealed)?;
+        Ok(())
+    }
+
+    /// Reads a sealed record inside the transaction.
+    pub fn get_sealed<T: DeserializeOwned>(&self, tree: TreeName, key: &[u8]) -> std::result::Result<Option<T>, TxError> {
+        let Some(sealed) = self.tree(tree).get(key)? else {
+            return Ok(None);
+        };
+        let Some(dk) = self.data_key(key, false)? else {
+            return Ok(None);
+        };
+        let plain = dk.open(&aad(tree, key), &sealed).map_err(StoreError::from)?;
+        Ok(Some(decode(tree, key, &plain)?))
+    }
+
+    /// Seals bytes under `subject`'s data key (created on first use).
+    pub fn seal_for(&self, subject: &[u8], aad: &[u8], plain: &[u8]) -> std::result::Result<Vec<u8>, TxError> {
+        let dk = self.data_key(subject, true)?.ok_or(TxError::Conflict)?;
+        Ok(dk.seal(aad, plain).map_err(StoreError::from)?)
+    }
+
+    /// Destroys `subject`'s data key: what was sealed under it can never be opened again.
+    pub fn shred(&self, subject: &[u8]) -> std::result::Result<(), TxError> {
+        self.tree(TreeName::Keys).remove(subject)?;
+        Ok(())
+    }
+
+    /// Writes a clear record (no personal data).
+    pub fn put_json<T: Serialize>(&self, tree: TreeName, key: &[u8], value: &T) -> std::result::Result<(), TxError> {
+        self.tree(tree).insert(key, encode(value)?)?;
+        Ok(())
+    }
+
+    /// Reads a clear record.
+    pub fn get_json<T: DeserializeOwned>(&self, tree: TreeName, key: &[u8]) -> std::result::Result<Option<T>, TxError> {
+        match self.tree(tree).get(key)? {
+            Some(bytes) => Ok(Some(decode(tree, key, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes a record.
+    pub fn remove(&self, tree: TreeName, key: &[u8]) -> std::result::Result<(), TxError> {
+        self.tree(tree).remove(key)?;
+        Ok(())
+    }
+
+    /// Returns a fresh, strictly increasing id (for queue ordering).
+    pub fn next_id(&self) -> std::result::Result<u64, TxError> {
+        Ok(self.tree(TreeName::Meta).generate_id().map_err(StoreError::from)?)
+    }
+
+    /// Appends an entry to the audit chain, in this transaction.
+    pub fn audit<E>(&self, record: AuditRecord) -> std::result::Result<(), TxFail<E>> {
+        let head: AuditHead = self.get_json(TreeName::Meta, AUDIT_HEAD)?.unwrap_or_default();
+        let seq = head.seq + 1;
+        let at = OffsetDateTime::now_utc()
+            .format(&Rfc3339)
+            .unwrap_or_default();
+        let entry = AuditEntry::chain(seq, at, record, head.hash);
+        self.put_json(TreeName::Audit, &seq.to_be_bytes(), &entry)?;
+        self.put_json(
+            TreeName::Meta,
+            AUDIT_HEAD,
+            &AuditHead {
+                seq,
+                hash: entry.hash.clone(),
+            },
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Rec {
+        name: String,
+    }
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), SecretKey::generate()).unwrap();
+        (dir, store)
+    }
+
+    fn put(store: &Store, key: &[u8], name: &str) {
+        store
+            .transact::<(), (), _>(|tx| {
+                tx.put_sealed(TreeName::Cases, key, &Rec { name: name.into() })?;
+                tx.audit(AuditRecord::new("test", "put", "k", "ok"))
+            })
+            .unwrap();
+        store.durable_blocking().unwrap();
+    }
+
+    fn files_contain(dir: &Path, needle: &[u8]) -> bool {
+        walk(dir).into_iter().any(|p| {
+            std::fs::read(&p)
+                .map(|b| b.windows(needle.len()).any(|w| w == needle))
+                .unwrap_or(false)
+        })
+    }
+
+    fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut out = vec![];
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn sealed_records_are_never_on_disk_in_clear_and_shred_for_good() {
+        let (dir, store) = open();
+        put(&store, b"case-1", "Zorica Unique-Name");
+        assert_eq!(
+            store.get_sealed::<Rec>(TreeName::Cases, b"case-1").unwrap(),
+            Some(Rec { name: "Zorica Unique-Name".into() })
+        );
+        store.close().unwrap();
+        assert!(!files_contain(dir.path(), b"Zorica Unique-Name"));
+
+        store
+            .transact::<(), (), _>(|tx| tx.shred(b"case-1").map_err(Into::into))
+            .unwrap();
+        assert_eq!(store.get_sealed::<Rec>(TreeName::Cases, b"case-1").unwrap(), None);
+    }
+
+    #[test]
+    fn an_aborted_transaction_writes_nothing() {
+        let (_dir, store) = open();
+        let r = store.transact::<(), &str, _>(|tx| {
+            tx.put_sealed(TreeName::Cases, b"x", &Rec { name: "n".into() })?;
+            tx.audit(AuditRecord::new("test", "put", "x", "ok"))?;
+            Err(TxFail::Abort("refused"))
+        });
+        assert!(matches!(r, Err(TxFail::Abort("refused"))));
+        assert_eq!(store.get_sealed::<Rec>(TreeName::Cases, b"x").unwrap(), None);
+        assert_eq!(store.audit_entries().unwrap().len(), 0);
+    }
+
+    #[test]
+    fn audit_chain_detects_modification_reordering_and_removal() {
+        let (_dir, store) = open();
+        for i in 0..4u8 {
+            put(&store, &[b'k', i], "n");
+        }
+        let report = store.verify_audit().unwrap();
+        assert_eq!((report.ok, report.entries_checked), (true, 4));
+
+        let audit = store.raw_tree(TreeName::Audit);
+        let original: Vec<_> = audit.iter().map(|r| r.unwrap()).collect();
+        let restore = || {
+            audit.clear().unwrap();
+            for (k, v) in &original {
+                audit.insert(k, v.clone()).unwrap();
+            }
+        };
+
+        // Modified: change the outcome of entry 2.
+        let mut e: AuditEntry = serde_json::from_slice(&original[1].1).unwrap();
+        e.record.outcome = "refused".into();
+        audit.insert(&original[1].0, serde_json::to_vec(&e).unwrap()).unwrap();
+        let r = store.verify_audit().unwrap();
+        assert_eq!((r.ok, r.first_bad_entry), (false, 2));
+        restore();
+
+        // Reordered: swap entries 2 and 3.
+        audit.insert(&original[1].0, original[2].1.clone()).unwrap();
+        audit.insert(&original[2].0, original[1].1.clone()).unwrap();
+        assert!(!store.verify_audit().unwrap().ok);
+        restore();
+
+        // Removed: the middle, then the tail.
+        audit.remove(&original[2].0).unwrap();
+        assert_eq!(store.verify_audit().unwrap().first_bad_entry, 3);
+        restore();
+        audit.remove(&original[3].0).unwrap();
+        assert!(!store.verify_audit().unwrap().ok);
+        restore();
+        assert!(store.verify_audit().unwrap().ok);
+    }
+
+    #[test]
+    fn writes_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let master = SecretKey::generate();
+        {
+            let store = Store::open(dir.path(), master.clone()).unwrap();
+            put(&store, b"c", "name");
+        }
+        let store = Store::open(dir.path(), master).unwrap();
+        assert!(store.get_sealed::<Rec>(TreeName::Cases, b"c").unwrap().is_some());
+        assert!(store.verify_audit().unwrap().ok);
+    }
+}
