@@ -2,8 +2,62 @@
 //! in_assistance -> closed`, and `withdrawn` from any open state.
 
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
 
-use crate::error::{Guard, GuardError};
+use crate::{
+    error::{Guard, GuardError},
+    ids::{NodeId, OrgId},
+    model::{DisclosedCase, NeedKind},
+};
+
+/// A referral as one node holds it. At the origin, `disclosed` is exactly what was sent; at
+/// the destination, exactly what arrived. `referral_id` is the same on both nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReferralRecord {
+    pub referral_id: Uuid,
+    pub origin: NodeId,
+    pub destination: NodeId,
+    pub status: ReferralStatus,
+    pub disclosed: DisclosedCase,
+    pub requested_services: Vec<NeedKind>,
+    /// The local case (origin only).
+    pub case_id: Option<Uuid>,
+    /// The organisation that may read the referral besides focal points: at the origin the
+    /// case's owner, at the destination the assigned service provider.
+    pub organisation: Option<OrgId>,
+    pub status_reason: String,
+    pub erasure_confirmed: bool,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+/// Which way a record travelled, seen from this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Direction {
+    Incoming,
+    Outgoing,
+}
+
+impl ReferralRecord {
+    /// Returns the direction of the referral as seen from `me`.
+    pub fn direction(&self, me: NodeId) -> Direction {
+        if self.origin == me {
+            Direction::Outgoing
+        } else {
+            Direction::Incoming
+        }
+    }
+
+    /// Returns the other node of the referral, seen from `me`.
+    pub fn peer(&self, me: NodeId) -> NodeId {
+        if self.origin == me {
+            self.destination
+        } else {
+            self.origin
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ReferralStatus {
