@@ -1,1 +1,33 @@
+//! The TRM node: one country's national focal point in the federation.
+//!
+//! Parts:
+//! - [`config`]: the TOML configuration, parsed strictly and validated;
+//! - [`server`]: wiring of storage, delivery and the four ports (`services`, `federation`,
+//!   `admin`, `metrics`), from bound listeners to graceful shutdown;
+//! - [`authz`]: principals from client certificates and what each role may do;
+//! - [`referral`]: `ReferralService` (cases, consent, referrals);
+//! - [`flows`]: the node's reaction to peers' envelopes and receipts;
+//! - [`admin`]: `AdminService`; [`metrics`]: the plain-HTTP probes;
+//! - [`pending`]: contract services whose flows are not built yet (UNIMPLEMENTED);
+//! - [`error`]: the one place where errors become gRPC codes.
 #![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod authz;
+pub mod config;
+pub mod ctx;
+pub mod error;
+pub mod flows;
+pub mod metrics;
+pub mod pending;
+pub mod referral;
+pub mod server;
+
+pub use config::NodeConfig;
+pub use server::{run, Addrs, Listeners, NodeError, NodeHandle};
+
+/// Installs the process-wide rustls crypto provider (ring). Call once at start-up, before
+/// any TLS configuration is built; later calls are harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,304 @@
+//! The inbound `FederationService`. An envelope is checked in this order, and nothing is
+//! decoded or changed before the signature verifies: the TLS peer is a directory entry; the
+//! key id names one of its keys; the signature over the exact body bytes; the body decodes;
+//! sender = TLS peer; the key was valid at `created_at`; recipient = this node; `created_at`
+//! within the replay window and not ahead by more than the clock skew; the message id not seen
+//! before (a duplicate gets the original receipt); then the payload is applied by the
+//! [`FlowHandler`], whose refusal becomes a signed REJECTED receipt. Every refusal is audited.
+
+use std::sync::Arc;
+
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use time::{Duration, OffsetDateTime};
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+use trm_core::{ids::NodeId, limits::MAX_ENVELOPE, policy::POLICY_VERSION};
+use trm_crypto::signing::{SigningIdentity, ENVELOPE_TAG};
+use trm_proto::{
+    convert::from_ts,
+    v1::{
+        federation_service_server::FederationService, DeliverBatchRequest, EnvelopeBody,
+        GetNodeInfoRequest, NodeInfo, ReceiptOutcome, SignedEnvelope, SignedReceipt, SigningKey,
+    },
+};
+use trm_store::{audit::AuditRecord, Store, TreeName, TxFail};
+
+use crate::{envelope, payload_kind, FlowHandler, Inbound, PeerDirectory, Rejection};
+
+/// Settings of the receive pipeline.
+#[derive(Debug, Clone)]
+pub struct InboundConfig {
+    /// This node.
+    pub node: NodeId,
+    /// How old an envelope may be (default 7 days).
+    pub replay_window: Duration,
+    /// How far ahead of our clock an envelope may be dated (default 5 minutes).
+    pub clock_skew: Duration,
+}
+
+impl InboundConfig {
+    /// Returns the defaults of DESIGN.md for `node`.
+    pub fn new(node: NodeId) -> Self {
+        Self {
+            node,
+            replay_window: Duration::days(7),
+            clock_skew: Duration::minutes(5),
+        }
+    }
+}
+
+/// The receipt given for a message id, kept so a duplicate gets it back unchanged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InboxEntry {
+    /// Hex of the encoded `SignedReceipt`.
+    pub receipt: String,
+    pub received_at: i64,
+}
+
+impl InboxEntry {
+    fn new(receipt: &SignedReceipt) -> Self {
+        Self {
+            receipt: hex::encode(receipt.encode_to_vec()),
+            received_at: OffsetDateTime::now_utc().unix_timestamp(),
+        }
+    }
+
+    fn receipt(&self) -> Option<SignedReceipt> {
+        let bytes = hex::decode(&self.receipt).ok()?;
+        SignedReceipt::decode(bytes.as_slice()).ok()
+    }
+}
+
+enum Abort {
+    Duplicate(InboxEntry),
+    Rejected(Rejection),
+}
+
+/// The federation port's service.
+pub struct FederationServer {
+    cfg: InboundConfig,
+    identity: Arc<SigningIdentity>,
+    directory: Arc<PeerDirectory>,
+    store: Store,
+    handler: Arc<dyn FlowHandler>,
+}
+
+impl FederationServer {
+    /// Returns the service for this node.
+    pub fn new(
+        cfg: InboundConfig,
+        identity: Arc<SigningIdentity>,
+        directory: Arc<PeerDirectory>,
+        store: Store,
+        handler: Arc<dyn FlowHandler>,
+    ) -> Self {
+        Self {
+            cfg,
+            identity,
+            directory,
+            store,
+            handler,
+        }
+    }
+
+    /// Audits a refusal and returns it as a gRPC error.
+    async fn refuse(&self, peer: Option<NodeId>, message_id: &str, status: Status) -> Status {
+        let actor = peer.map_or_else(|| "peer:unknown".to_owned(), |p| format!("peer:{p}"));
+        warn!(peer = %actor, code = ?status.code(), reason = %status.message(), "envelope refused");
+        let record = AuditRecord::new(actor, "envelope.refuse", message_id, "refused")
+            .detail(format!("{:?}: {}", status.code(), status.message()));
+        if let Err(e) = self.store.audit(record).await {
+            warn!(error = %e, "cannot audit a refusal");
+            return Status::unavailable("storage unavailable");
+        }
+        status
+    }
+
+    /// Returns the node id of the authenticated TLS peer, if it is in the directory.
+    async fn tls_peer<T>(&self, request: &Request<T>) -> Result<NodeId, Status> {
+        let node = request
+            .peer_certs()
+            .and_then(|certs| certs.first().and_then(|c| trm_crypto::pki::node_of(c.as_ref())));
+        let Some(node) = node else {
+            return Err(self
+                .refuse(None, "-", Status::unauthenticated("unknown peer: no trm node identity in the TLS certificate"))
+                .await);
+        };
+        if self.directory.get(node).is_none() {
+            return Err(self
+                .refuse(Some(node), "-", Status::unauthenticated(format!("unknown peer {node}")))
+                .await);
+        }
+        Ok(node)
+    }
+
+    /// Runs the receive pipeline for one envelope from the authenticated TLS peer `peer`.
+    pub async fn receive(&self, peer: NodeId, env: SignedEnvelope) -> Result<SignedReceipt, Status> {
+        match self.check(peer, &env) {
+            Ok((body, created_at)) => self.apply(peer, &env, body, created_at).await,
+            Err((message_id, status)) => Err(self.refuse(Some(peer), &message_id, status).await),
+        }
+    }
+
+    /// The checks before any effect; an error carries the message id when known.
+    fn check(&self, peer: NodeId, env: &SignedEnvelope) -> Result<(EnvelopeBody, OffsetDateTime), (String, Status)> {
+        let early = |s: Status| ("-".to_owned(), s);
+        if env.body.len() > MAX_ENVELOPE {
+            return Err(early(Status::resource_exhausted("envelope larger than the limit")));
+        }
+        let entry = self
+            .directory
+            .get(peer)
+            .ok_or_else(|| early(Status::unauthenticated(format!("unknown peer {peer}"))))?;
+        let key = entry
+            .key(&env.key_id)
+            .ok_or_else(|| early(Status::unauthenticated("unknown signing key")))?;
+        trm_crypto::signing::verify(&key.public, ENVELOPE_TAG, &env.body, &env.signature)
+            .map_err(|_| early(Status::unauthenticated("bad signature")))?;
+        let body = EnvelopeBody::decode(env.body.as_slice())
+            .map_err(|_| early(Status::invalid_argument("body does not decode")))?;
+        let mid = body.message_id.clone();
+        let fail = |s: Status| (mid.clone(), s);
+        if body.sender != peer.as_str() {
+            return Err(fail(Status::permission_denied("sender is not the TLS peer")));
+        }
+        let created_at = from_ts("created_at", body.created_at.as_ref())
+            .map_err(|e| fail(Status::invalid_argument(e.to_string())))?;
+        if !key.valid_at(created_at) {
+            return Err(fail(Status::unauthenticated("signing key not valid at created_at")));
+        }
+        if body.recipient != self.cfg.node.as_str() {
+            return Err(fail(Status::invalid_argument("recipient is not this node")));
+        }
+        let now = OffsetDateTime::now_utc();
+        if created_at < now - self.cfg.replay_window {
+            return Err(fail(Status::invalid_argument("stale: created_at is outside the replay window")));
+        }
+        if created_at > now + self.cfg.clock_skew {
+            return Err(fail(Status::invalid_argument("created_at is in the future")));
+        }
+        match uuid::Uuid::try_parse(&body.message_id) {
+            Ok(u) if u.get_version_num() == 7 => {}
+            _ => return Err(fail(Status::invalid_argument("message_id must be a UUIDv7"))),
+        }
+        if body.payload.is_none() {
+            return Err(fail(Status::invalid_argument("payload is required")));
+        }
+        Ok((body, created_at))
+    }
+
+    async fn apply(
+        &self,
+        peer: NodeId,
+        env: &SignedEnvelope,
+        body: EnvelopeBody,
+        created_at: OffsetDateTime,
+    ) -> Result<SignedReceipt, Status> {
+        let Some(payload) = body.payload.as_ref() else {
+            return Err(Status::invalid_argument("payload is required"));
+        };
+        let mid = body.message_id.as_bytes();
+        let kind = payload_kind(payload);
+        let inbound = Inbound {
+            sender: peer,
+            message_id: &body.message_id,
+            case_ref: &body.case_ref,
+            created_at,
+            payload,
+        };
+        let actor = format!("peer:{peer}");
+        let result = self.store.transact(|tx| {
+            if let Some(seen) = tx.get_json::<InboxEntry>(TreeName::Inbox, mid)? {
+                return Err(TxFail::Abort(Abort::Duplicate(seen)));
+            }
+            if body.policy_version != POLICY_VERSION {
+                return Err(TxFail::Abort(Abort::Rejected(Rejection(format!(
+                    "policy violation: policy version {} is not {POLICY_VERSION}",
+                    body.policy_version
+                )))));
+            }
+            self.handler.apply(tx, &inbound).map_err(|e| match e {
+                TxFail::Abort(r) => TxFail::Abort(Abort::Rejected(r)),
+                TxFail::Tx(t) => TxFail::Tx(t),
+            })?;
+            let receipt = envelope::receipt(&self.identity, self.cfg.node, &body.message_id, &env.body, ReceiptOutcome::Accepted, "");
+            tx.put_json(TreeName::Inbox, mid, &InboxEntry::new(&receipt))?;
+            tx.audit(AuditRecord::new(actor.clone(), "envelope.accept", &body.message_id, "accepted").detail(kind))?;
+            Ok(receipt)
+        });
+        let receipt = match result {
+            Ok(receipt) => receipt,
+            Err(TxFail::Abort(Abort::Duplicate(seen))) => {
+                info!(peer = %peer, message_id = %body.message_id, "duplicate envelope: original receipt returned");
+                return seen
+                    .receipt()
+                    .ok_or_else(|| Status::unavailable("storage unavailable"));
+            }
+            Err(TxFail::Abort(Abort::Rejected(Rejection(reason)))) => {
+                warn!(peer = %peer, message_id = %body.message_id, kind, reason = %reason, "envelope rejected");
+                self.reject(peer, env, &body.message_id, kind, &reason)?
+            }
+            Err(TxFail::Tx(e)) => {
+                warn!(error = ?e, "storage fault while applying an envelope");
+                return Err(Status::unavailable("storage unavailable"));
+            }
+        };
+        self.store.durable().await.map_err(|e| {
+            warn!(error = %e, "storage fault at the durable point");
+            Status::unavailable("storage unavailable")
+        })?;
+        Ok(receipt)
+    }
+
+    /// Records a REJECTED receipt (and its audit entry) for an authenticated envelope.
+    fn reject(&self, peer: NodeId, env: &SignedEnvelope, message_id: &str, kind: &str, reason: &str) -> Result<SignedReceipt, Status> {
+        let mid = message_id.as_bytes();
+        let result = self.store.transact::<_, InboxEntry, _>(|tx| {
+            if let Some(seen) = tx.get_json::<InboxEntry>(TreeName::Inbox, mid)? {
+                return Err(TxFail::Abort(seen));
+            }
+            let receipt = envelope::receipt(&self.identity, self.cfg.node, message_id, &env.body, ReceiptOutcome::Rejected, reason);
+            tx.put_json(TreeName::Inbox, mid, &InboxEntry::new(&receipt))?;
+            tx.audit(
+                AuditRecord::new(format!("peer:{peer}"), "envelope.reject", message_id, "rejected")
+                    .detail(format!("{kind}: {reason}")),
+            )?;
+            Ok(receipt)
+        });
+        match result {
+            Ok(r) => Ok(r),
+            Err(TxFail::Abort(seen)) => seen.receipt().ok_or_else(|| Status::unavailable("storage unavailable")),
+            Err(TxFail::Tx(_)) => Err(Status::unavailable("storage unavailable")),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl FederationService for FederationServer {
+    async fn deliver(&self, request: Request<SignedEnvelope>) -> Result<Response<SignedReceipt>, Status> {
+        let peer = self.tls_peer(&request).await?;
+        self.receive(peer, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn deliver_batch(&self, request: Request<DeliverBatchRequest>) -> Result<Response<SignedReceipt>, Status> {
+        self.tls_peer(&request).await?;
+        Err(Status::unimplemented(
+            "DeliverBatch: batched delivery is not available yet; use Deliver",
+        ))
+    }
+
+    async fn get_node_info(&self, request: Request<GetNodeInfoRequest>) -> Result<Response<NodeInfo>, Status> {
+        self.tls_peer(&request).await?;
+        Ok(Response::new(NodeInfo {
+            node_id: self.cfg.node.to_string(),
+            keys: vec![SigningKey {
+                key_id: self.identity.key_id().to_owned(),
+                public_key: self.identity.public().as_bytes().to_vec(),
+                valid_from: None,
+                valid_until: None,
+            }],
+            policy_version: POLICY_VERSION.to_owned(),
+        }))
+    }
+}

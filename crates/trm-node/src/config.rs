@@ -1,0 +1,355 @@
+//! Node configuration: one TOML file per node. Parsed with unknown keys refused (the error
+//! names the key), relative paths resolved against the file's folder, then validated for
+//! meaning (files exist, peers unique, reflection period at least 30 days).
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use trm_core::ids::NodeId;
+
+/// Errors of loading a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{key}: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node: NodeSection,
+    #[serde(default)]
+    pub listen: ListenSection,
+    pub tls: TlsSection,
+    pub signing: SigningSection,
+    #[serde(default)]
+    pub policy: PolicySection,
+    #[serde(default)]
+    pub delivery: DeliverySection,
+    /// The peer directory.
+    #[serde(default)]
+    pub peers: Vec<PeerSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// ISO 3166-1 alpha-2 code of the country running the node.
+    pub id: NodeId,
+    /// Human name, e.g. "Austria national focal point".
+    #[serde(default)]
+    pub name: String,
+    /// Folder of the sled database.
+    pub data_dir: PathBuf,
+    /// The master key that wraps every data key (32 bytes, mode 0600); kept outside
+    /// `data_dir` so a copy of the data alone reveals nothing.
+    #[serde(default = "default_master_key")]
+    pub master_key: PathBuf,
+}
+
+fn default_master_key() -> PathBuf {
+    PathBuf::from("keys/master.key")
+}
+
+/// Listen addresses, each `"host:port"`. The services, admin and metrics ports default to
+/// loopback: exposing them is a deliberate act.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenSection {
+    #[serde(default = "default_services")]
+    pub services: SocketAddr,
+    #[serde(default = "default_federation")]
+    pub federation: SocketAddr,
+    #[serde(default = "default_admin")]
+    pub admin: SocketAddr,
+    #[serde(default = "default_metrics")]
+    pub metrics: SocketAddr,
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+fn default_services() -> SocketAddr {
+    loopback(7400)
+}
+fn default_federation() -> SocketAddr {
+    loopback(7401)
+}
+fn default_admin() -> SocketAddr {
+    loopback(7402)
+}
+fn default_metrics() -> SocketAddr {
+    loopback(7403)
+}
+
+impl Default for ListenSection {
+    fn default() -> Self {
+        Self {
+            services: default_services(),
+            federation: default_federation(),
+            admin: default_admin(),
+            metrics: default_metrics(),
+        }
+    }
+}
+
+/// TLS material (PEM files).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// This node's federation certificate (server and client auth, `trm://node/<ID>`).
+    pub federation_cert: PathBuf,
+    pub federation_key: PathBuf,
+    /// The CA peers' federation certificates chain to.
+    pub federation_ca: PathBuf,
+    /// Server certificate of the services and admin ports.
+    pub services_cert: PathBuf,
+    pub services_key: PathBuf,
+    /// The CA of local client certificates.
+    pub client_ca: PathBuf,
+    /// The client CA's private key: needed only by `trmctl client issue`.
+    #[serde(default)]
+    pub client_ca_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningSection {
+    /// The ed25519 signing key (PKCS#8 PEM, mode 0600).
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySection {
+    /// Recovery and reflection period in days; never below 30 (CoE Convention art. 13).
+    #[serde(default = "default_reflection")]
+    pub reflection_period_days: u32,
+    /// How old an inbound envelope may be, in days.
+    #[serde(default = "default_replay_window")]
+    pub replay_window_days: u32,
+}
+
+fn default_reflection() -> u32 {
+    30
+}
+fn default_replay_window() -> u32 {
+    7
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        Self {
+            reflection_period_days: default_reflection(),
+            replay_window_days: default_replay_window(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySection {
+    /// Longest wait between two delivery attempts to one peer, in seconds.
+    #[serde(default = "default_backoff_cap")]
+    pub backoff_cap_secs: u64,
+    /// How long one delivery attempt may take, in seconds.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+}
+
+fn default_backoff_cap() -> u64 {
+    600
+}
+fn default_request_timeout() -> u64 {
+    10
+}
+
+impl Default for DeliverySection {
+    fn default() -> Self {
+        Self {
+            backoff_cap_secs: default_backoff_cap(),
+            request_timeout_secs: default_request_timeout(),
+        }
+    }
+}
+
+/// One peer of the directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    pub id: NodeId,
+    /// `"host:port"` of the peer's federation port.
+    pub endpoint: String,
+    /// PEM file of the CA the peer's TLS certificate chains to.
+    pub tls_ca: PathBuf,
+    /// PEM files of the peer's ed25519 public signing keys.
+    pub signing_keys: Vec<PathBuf>,
+}
+
+impl NodeConfig {
+    /// Reads, resolves and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut cfg = Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.display().to_string(),
+            message,
+        })?;
+        cfg.resolve(base);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML text (no path resolution, no validation).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.message().to_owned())
+    }
+
+    /// Makes every relative path relative to `base`.
+    pub fn resolve(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.node.data_dir);
+        fix(&mut self.node.master_key);
+        for p in [
+            &mut self.tls.federation_cert,
+            &mut self.tls.federation_key,
+            &mut self.tls.federation_ca,
+            &mut self.tls.services_cert,
+            &mut self.tls.services_key,
+            &mut self.tls.client_ca,
+            &mut self.signing.key,
+        ] {
+            fix(p);
+        }
+        if let Some(p) = self.tls.client_ca_key.as_mut() {
+            fix(p);
+        }
+        for peer in &mut self.peers {
+            fix(&mut peer.tls_ca);
+            peer.signing_keys.iter_mut().for_each(fix);
+        }
+    }
+
+    /// Checks meaning: files exist, peers unique and not this node, limits respected.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.policy.reflection_period_days < 30 {
+            return Err(invalid(
+                "policy.reflection_period_days",
+                "must be at least 30 (Council of Europe Convention art. 13)",
+            ));
+        }
+        if self.policy.replay_window_days == 0 {
+            return Err(invalid("policy.replay_window_days", "must be at least 1"));
+        }
+        if self.delivery.backoff_cap_secs == 0 {
+            return Err(invalid("delivery.backoff_cap_secs", "must be at least 1"));
+        }
+        let files = [
+            ("tls.federation_cert", &self.tls.federation_cert),
+            ("tls.federation_key", &self.tls.federation_key),
+            ("tls.federation_ca", &self.tls.federation_ca),
+            ("tls.services_cert", &self.tls.services_cert),
+            ("tls.services_key", &self.tls.services_key),
+            ("tls.client_ca", &self.tls.client_ca),
+            ("signing.key", &self.signing.key),
+            ("node.master_key", &self.node.master_key),
+        ];
+        for (key, path) in files {
+            if !path.is_file() {
+                return Err(invalid(key, format!("file {} does not exist", path.display())));
+            }
+        }
+        let mut seen = Vec::new();
+        for (i, peer) in self.peers.iter().enumerate() {
+            let key = format!("peers[{i}]");
+            if peer.id == self.node.id {
+                return Err(invalid(&format!("{key}.id"), "a node is not its own peer"));
+            }
+            if seen.contains(&peer.id) {
+                return Err(invalid(&format!("{key}.id"), format!("peer {} listed twice", peer.id)));
+            }
+            seen.push(peer.id);
+            if !peer.endpoint.contains(':') {
+                return Err(invalid(&format!("{key}.endpoint"), "must be host:port"));
+            }
+            if peer.signing_keys.is_empty() {
+                return Err(invalid(&format!("{key}.signing_keys"), "at least one key is required"));
+            }
+            for p in std::iter::once(&peer.tls_ca).chain(&peer.signing_keys) {
+                if !p.is_file() {
+                    return Err(invalid(&key, format!("file {} does not exist", p.display())));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[node]
+id = "AT"
+data_dir = "data"
+[tls]
+federation_cert = "a"
+federation_key = "a"
+federation_ca = "a"
+services_cert = "a"
+services_key = "a"
+client_ca = "a"
+[signing]
+key = "a"
+"#;
+
+    #[test]
+    fn defaults_are_safe() {
+        let cfg = NodeConfig::parse(MINIMAL).unwrap();
+        assert_eq!(cfg.policy.reflection_period_days, 30);
+        assert!(cfg.listen.services.ip().is_loopback());
+        assert!(cfg.listen.admin.ip().is_loopback());
+        assert!(cfg.listen.metrics.ip().is_loopback());
+        assert_eq!(cfg.delivery.backoff_cap_secs, 600);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = NodeConfig::parse(&format!("{MINIMAL}\n[policy]\nreflection_days = 10\n")).unwrap_err();
+        assert!(err.contains("reflection_days"), "{err}");
+    }
+
+    #[test]
+    fn reflection_period_below_30_days_is_refused() {
+        let mut cfg = NodeConfig::parse(MINIMAL).unwrap();
+        cfg.policy.reflection_period_days = 29;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.starts_with("policy.reflection_period_days"), "{err}");
+    }
+}

@@ -1,0 +1,405 @@
+//! `ReferralService`: victim records, consent and referrals, for service providers and focal
+//! points. Every read of a victim record is audited; every change commits together with its
+//! audit entry and, when something crosses a border, its outbound envelope.
+
+use std::collections::BTreeSet;
+
+use time::OffsetDateTime;
+use tonic::{Request, Response, Status};
+use tracing::{info, instrument};
+use trm_core::{
+    consent::{self, Consent},
+    ids::{OrgId, Principal, Role},
+    model::{CaseRecord, Purpose},
+    policy,
+    referral::{next, Direction, ReferralEvent, ReferralRecord, ReferralStatus},
+    FieldError,
+};
+use trm_federation::outbox;
+use trm_proto::{
+    convert,
+    v1::{self as w, envelope_body::Payload, referral_service_server::ReferralService},
+};
+use trm_store::{audit::AuditRecord, TreeName, Tx, TxFail};
+use uuid::Uuid;
+
+use crate::{
+    authz::{self, actor, require, require_org, CASE_ROLES},
+    ctx::{case_ref_key, new_case_ref, today, Ctx},
+    error::{ApiError, ApiResult},
+};
+
+/// The referral service of one node.
+#[derive(Debug, Clone)]
+pub struct Referrals {
+    ctx: Ctx,
+}
+
+impl Referrals {
+    /// Returns the service.
+    pub fn new(ctx: Ctx) -> Self {
+        Self { ctx }
+    }
+}
+
+type TxResult<T> = Result<T, TxFail<ApiError>>;
+
+fn consent_key(case_id: &Uuid, consent_id: &Uuid) -> Vec<u8> {
+    format!("{case_id}/{consent_id}").into_bytes()
+}
+
+fn load_case(tx: &Tx<'_>, case_id: &Uuid) -> TxResult<CaseRecord> {
+    tx.get_sealed::<CaseRecord>(TreeName::Cases, case_id.as_bytes())?
+        .ok_or(TxFail::Abort(ApiError::NotFound("case")))
+}
+
+fn load_referral(tx: &Tx<'_>, id: &Uuid) -> TxResult<ReferralRecord> {
+    tx.get_sealed::<ReferralRecord>(TreeName::Referrals, id.as_bytes())?
+        .ok_or(TxFail::Abort(ApiError::NotFound("referral")))
+}
+
+impl Referrals {
+    /// Commits `f`, waits for durability, then wakes the delivery worker of `wake` if any.
+    async fn commit<R>(&self, wake: Option<trm_core::ids::NodeId>, f: impl Fn(&Tx<'_>) -> TxResult<R>) -> ApiResult<R> {
+        let r = self.ctx.store.transact(f)?;
+        self.ctx.store.durable().await?;
+        if let Some(peer) = wake {
+            self.ctx.delivery.wake(peer);
+        }
+        Ok(r)
+    }
+
+    /// Returns the consents recorded for a case (keyed by the case id prefix).
+    fn consents_of(&self, case_id: &Uuid) -> TxResult<Vec<Consent>> {
+        Ok(self
+            .ctx
+            .store
+            .scan_json::<Consent>(TreeName::Consents, format!("{case_id}/").as_bytes())
+            .map_err(ApiError::from)?
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect())
+    }
+
+    /// Sends a referral status change to the other node, with the audit entry, atomically.
+    fn update_referral(
+        &self,
+        tx: &Tx<'_>,
+        p: &Principal,
+        id: &Uuid,
+        event: ReferralEvent,
+        reason: &str,
+        assign: Option<&OrgId>,
+    ) -> TxResult<ReferralRecord> {
+        let mut r = load_referral(tx, id)?;
+        let me = self.ctx.id;
+        let at_destination = r.direction(me) == Direction::Incoming;
+        match event {
+            ReferralEvent::Accept | ReferralEvent::Decline | ReferralEvent::Assign if !at_destination => {
+                return Err(ApiError::Denied("only the destination answers or assigns a referral".into()).into());
+            }
+            _ => {}
+        }
+        if p.role != Role::FocalPoint {
+            require_org(p, r.organisation.as_ref())?;
+        }
+        r.status = next(r.status, event).map_err(ApiError::from)?;
+        r.status_reason = reason.to_owned();
+        r.updated_at = OffsetDateTime::now_utc();
+        if let Some(org) = assign {
+            r.organisation = Some(org.clone());
+        }
+        tx.put_sealed(TreeName::Referrals, id.as_bytes(), &r)?;
+        let peer = r.peer(me);
+        let update = w::ReferralUpdate {
+            referral_id: id.to_string(),
+            status: convert::referral_status_to_wire(r.status) as i32,
+            reason: reason.to_owned(),
+        };
+        outbox::enqueue(tx, &self.ctx.identity, me, peer, &id.to_string(), &r.disclosed.case_ref, Payload::ReferralUpdate(update))?;
+        tx.audit(AuditRecord::new(actor(p), "referral.update", id.to_string(), r.status.as_str()))?;
+        Ok(r)
+    }
+}
+
+#[tonic::async_trait]
+impl ReferralService for Referrals {
+    #[instrument(skip_all)]
+    async fn create_case(&self, request: Request<w::CreateCaseRequest>) -> Result<Response<w::Case>, Status> {
+        let p = authz::principal(&request)?;
+        require(&p, CASE_ROLES, "create cases")?;
+        let new = convert::new_case(request.get_ref(), today()).map_err(ApiError::from)?;
+        let case = CaseRecord {
+            case_id: Uuid::now_v7(),
+            person: new.person,
+            needs: new.needs,
+            exploitation: new.exploitation,
+            child: new.child,
+            identified_on: new.identified_on.unwrap_or_else(today),
+            organisation: p.org.clone(),
+            created_at: OffsetDateTime::now_utc(),
+        };
+        self.commit(None, |tx| {
+            tx.put_sealed(TreeName::Cases, case.case_id.as_bytes(), &case)?;
+            tx.audit(AuditRecord::new(actor(&p), "case.create", case.case_id.to_string(), "ok"))?;
+            Ok(())
+        })
+        .await?;
+        info!(case_id = %case.case_id, org = %p.org, "case created");
+        Ok(Response::new(convert::case_to_wire(&case)))
+    }
+
+    #[instrument(skip_all)]
+    async fn get_case(&self, request: Request<w::GetCaseRequest>) -> Result<Response<w::Case>, Status> {
+        let p = authz::principal(&request)?;
+        require(&p, CASE_ROLES, "read victim records")?;
+        let id = convert::id("case_id", &request.get_ref().case_id).map_err(ApiError::from)?;
+        let case = self
+            .ctx
+            .store
+            .get_sealed::<CaseRecord>(TreeName::Cases, id.as_bytes())
+            .map_err(ApiError::from)?
+            .ok_or(ApiError::NotFound("case"))?;
+        require_org(&p, Some(&case.organisation))?;
+        self.ctx
+            .store
+            .audit(AuditRecord::new(actor(&p), "case.read", id.to_string(), "ok"))
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(convert::case_to_wire(&case)))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_cases(&self, request: Request<w::ListCasesRequest>) -> Result<Response<w::ListCasesResponse>, Status> {
+        let p = authz::principal(&request)?;
+        require(&p, CASE_ROLES, "read victim records")?;
+        let cases: Vec<CaseRecord> = self
+            .ctx
+            .store
+            .scan_sealed::<CaseRecord>(TreeName::Cases, b"")
+            .map_err(ApiError::from)?
+            .into_iter()
+            .filter(|c| p.role == Role::FocalPoint || c.organisation == p.org)
+            .collect();
+        let ids: Vec<String> = cases.iter().map(|c| c.case_id.to_string()).collect();
+        self.ctx
+            .store
+            .audit(AuditRecord::new(actor(&p), "case.list", "-", "ok").detail(ids.join(",")))
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(w::ListCasesResponse {
+            cases: cases.iter().map(convert::case_to_wire).collect(),
+        }))
+    }
+
+    #[instrument(skip_all)]
+    async fn record_consent(&self, request: Request<w::RecordConsentRequest>) -> Result<Response<w::Consent>, Status> {
+        let p = authz::principal(&request)?;
+        require(&p, CASE_ROLES, "record consent")?;
+        let input = convert::consent_input(request.get_ref(), today()).map_err(ApiError::from)?;
+        let consent = Consent {
+            consent_id: Uuid::now_v7(),
+            case_id: input.case_id,
+            purposes: input.purposes,
+            recipients: input.recipients,
+            expires_on: input.expires_on,
+            informed: true,
+            information_language: input.information_language,
+            categories: input.categories,
+            recorded_at: OffsetDateTime::now_utc(),
+            withdrawn_at: None,
+        };
+        self.commit(None, |tx| {
+            let case = load_case(tx, &consent.case_id)?;
+            require_org(&p, Some(&case.organisation))?;
+            tx.put_json(TreeName::Consents, &consent_key(&consent.case_id, &consent.consent_id), &consent)?;
+            let purposes: Vec<&str> = consent.purposes.iter().map(|p| p.as_str()).collect();
+            tx.audit(
+                AuditRecord::new(actor(&p), "consent.record", consent.consent_id.to_string(), "ok")
+                    .detail(format!("case={} purposes={}", consent.case_id, purposes.join(","))),
+            )?;
+            Ok(())
+        })
+        .await?;
+        Ok(Response::new(convert::consent_to_wire(&consent)))
+    }
+
+    async fn withdraw_consent(&self, request: Request<w::WithdrawConsentRequest>) -> Result<Response<w::Consent>, Status> {
+        authz::principal(&request)?;
+        Err(Status::unimplemented(
+            "WithdrawConsent: consent withdrawal with erasure at every recipient is not available yet",
+        ))
+    }
+
+    #[instrument(skip_all)]
+    async fn submit_referral(&self, request: Request<w::SubmitReferralRequest>) -> Result<Response<w::Referral>, Status> {
+        let p = authz::principal(&request)?;
+        require(&p, CASE_ROLES, "submit referrals")?;
+        let req = request.get_ref();
+        let case_id = convert::id("case_id", &req.case_id).map_err(ApiError::from)?;
+        let destination = convert::country("destination", &req.destination).map_err(ApiError::from)?;
+        if destination == self.ctx.id || self.ctx.directory.get(destination).is_none() {
+            return Err(ApiError::from(FieldError::new("destination", "is not a peer of this node")).into());
+        }
+        let requested_services = convert::enums("requested_services", &req.requested_services).map_err(ApiError::from)?;
+        let reason = convert::text("reason", &req.reason).map_err(ApiError::from)?;
+        let referral_id = Uuid::now_v7();
+        let me = self.ctx.id;
+        let record = self
+            .commit(Some(destination), |tx| {
+                let case = load_case(tx, &case_id)?;
+                require_org(&p, Some(&case.organisation))?;
+                let consents = self.consents_of(&case_id)?;
+                let granted: BTreeSet<_> = consent::grant(&consents, Purpose::ReferralAssistance, destination, today()).map_err(ApiError::from)?;
+                let ref_key = case_ref_key(&case_id, destination);
+                let case_ref = match tx.get_json::<String>(TreeName::CaseRefs, &ref_key)? {
+                    Some(r) => r,
+                    None => {
+                        let r = new_case_ref();
+                        tx.put_json(TreeName::CaseRefs, &ref_key, &r)?;
+                        r
+                    }
+                };
+                let disclosed = policy::disclose(&case, Purpose::ReferralAssistance, &granted, case_ref.clone(), today());
+                let now = OffsetDateTime::now_utc();
+                let record = ReferralRecord {
+                    referral_id,
+                    origin: me,
+                    destination,
+                    status: next(ReferralStatus::Draft, ReferralEvent::Send).map_err(ApiError::from)?,
+                    disclosed,
+                    requested_services: requested_services.clone(),
+                    case_id: Some(case_id),
+                    organisation: Some(case.organisation.clone()),
+                    status_reason: String::new(),
+                    erasure_confirmed: false,
+                    created_at: now,
+                    updated_at: now,
+                };
+                tx.put_sealed(TreeName::Referrals, referral_id.as_bytes(), &record)?;
+                let offer = w::ReferralOffer {
+                    referral_id: referral_id.to_string(),
+                    disclosed: Some(convert::disclosed_to_wire(&record.disclosed)),
+                    requested_services: convert::enums_to_wire(&requested_services),
+                };
+                let message_id = outbox::enqueue(tx, &self.ctx.identity, me, destination, &referral_id.to_string(), &case_ref, Payload::ReferralOffer(offer))?;
+                let fields: Vec<&str> = policy::fields_present(&record.disclosed).iter().map(|f| f.path()).collect();
+                tx.audit(
+                    AuditRecord::new(actor(&p), "referral.submit", referral_id.to_string(), "sent").detail(format!(
+                        "case={case_id} to={destination} purpose={} message={message_id} fields={} reason_len={}",
+                        Purpose::ReferralAssistance.as_str(),
+                        fields.join(","),
+                        reason.len()
+                    )),
+                )?;
+                Ok(record)
+            })
+            .await?;
+        info!(referral_id = %referral_id, to = %destination, "referral submitted");
+        Ok(Response::new(convert::referral_to_wire(&record)))
+    }
+
+    #[instrument(skip_all)]
+    async fn get_referral(&self, request: Request<w::GetReferralRequest>) -> Result<Response<w::Referral>, Status> {
+        let p = authz::principal(&request)?;
+        require(&p, CASE_ROLES, "read referrals")?;
+        let id = convert::id("referral_id", &request.get_ref().referral_id).map_err(ApiError::from)?;
+        let r = self
+            .ctx
+            .store
+            .get_sealed::<ReferralRecord>(TreeName::Referrals, id.as_bytes())
+            .map_err(ApiError::from)?
+            .ok_or(ApiError::NotFound("referral"))?;
+        require_org(&p, r.organisation.as_ref())?;
+        self.ctx
+            .store
+            .audit(AuditRecord::new(actor(&p), "referral.read", id.to_string(), "ok"))
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(convert::referral_to_wire(&r)))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_referrals(&self, request: Request<w::ListReferralsRequest>) -> Result<Response<w::ListReferralsResponse>, Status> {
+        let p = authz::principal(&request)?;
+        require(&p, CASE_ROLES, "read referrals")?;
+        let direction = convert::direction("direction", request.get_ref().direction).map_err(ApiError::from)?;
+        let me = self.ctx.id;
+        let referrals: Vec<ReferralRecord> = self
+            .ctx
+            .store
+            .scan_sealed::<ReferralRecord>(TreeName::Referrals, b"")
+            .map_err(ApiError::from)?
+            .into_iter()
+            .filter(|r| r.direction(me) == direction)
+            .filter(|r| require_org(&p, r.organisation.as_ref()).is_ok())
+            .collect();
+        let ids: Vec<String> = referrals.iter().map(|r| r.referral_id.to_string()).collect();
+        self.ctx
+            .store
+            .audit(AuditRecord::new(actor(&p), "referral.list", "-", "ok").detail(ids.join(",")))
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(w::ListReferralsResponse {
+            referrals: referrals.iter().map(convert::referral_to_wire).collect(),
+        }))
+    }
+
+    #[instrument(skip_all)]
+    async fn respond_to_referral(&self, request: Request<w::RespondToReferralRequest>) -> Result<Response<w::Referral>, Status> {
+        let p = authz::principal(&request)?;
+        require(&p, &[Role::FocalPoint], "answer incoming referrals")?;
+        let req = request.get_ref();
+        let id = convert::id("referral_id", &req.referral_id).map_err(ApiError::from)?;
+        let event = match w::ReferralDecision::try_from(req.decision) {
+            Ok(w::ReferralDecision::Accept) => ReferralEvent::Accept,
+            Ok(w::ReferralDecision::Decline) => ReferralEvent::Decline,
+            _ => return Err(ApiError::from(FieldError::new("decision", "must be REFERRAL_DECISION_ACCEPT or REFERRAL_DECISION_DECLINE")).into()),
+        };
+        let reason = convert::text("reason", &req.reason).map_err(ApiError::from)?;
+        let origin = self.peer_of(&id)?;
+        let r = self
+            .commit(Some(origin), |tx| self.update_referral(tx, &p, &id, event, &reason, None))
+            .await?;
+        Ok(Response::new(convert::referral_to_wire(&r)))
+    }
+
+    #[instrument(skip_all)]
+    async fn assign_case(&self, request: Request<w::AssignCaseRequest>) -> Result<Response<w::Referral>, Status> {
+        let p = authz::principal(&request)?;
+        require(&p, &[Role::FocalPoint], "assign cases")?;
+        let req = request.get_ref();
+        let id = convert::id("referral_id", &req.referral_id).map_err(ApiError::from)?;
+        let org = OrgId::parse("organisation", &req.organisation).map_err(ApiError::from)?;
+        let origin = self.peer_of(&id)?;
+        let r = self
+            .commit(Some(origin), |tx| self.update_referral(tx, &p, &id, ReferralEvent::Assign, "", Some(&org)))
+            .await?;
+        Ok(Response::new(convert::referral_to_wire(&r)))
+    }
+
+    #[instrument(skip_all)]
+    async fn close_referral(&self, request: Request<w::CloseReferralRequest>) -> Result<Response<w::Referral>, Status> {
+        let p = authz::principal(&request)?;
+        require(&p, CASE_ROLES, "close referrals")?;
+        let req = request.get_ref();
+        let id = convert::id("referral_id", &req.referral_id).map_err(ApiError::from)?;
+        let reason = convert::text("reason", &req.reason).map_err(ApiError::from)?;
+        let peer = self.peer_of(&id)?;
+        let r = self
+            .commit(Some(peer), |tx| self.update_referral(tx, &p, &id, ReferralEvent::Close, &reason, None))
+            .await?;
+        Ok(Response::new(convert::referral_to_wire(&r)))
+    }
+}
+
+impl Referrals {
+    fn peer_of(&self, id: &Uuid) -> ApiResult<trm_core::ids::NodeId> {
+        let r = self
+            .ctx
+            .store
+            .get_sealed::<ReferralRecord>(TreeName::Referrals, id.as_bytes())?
+            .ok_or(ApiError::NotFound("referral"))?;
+        Ok(r.peer(self.ctx.id))
+    }
+}
