@@ -44,8 +44,12 @@ impl Referrals {
 
 type TxResult<T> = Result<T, TxFail<ApiError>>;
 
-fn consent_key(case_id: &Uuid, consent_id: &Uuid) -> Vec<u8> {
-    format!("{case_id}/{consent_id}").into_bytes()
+/// Returns the consents recorded for a case. They live under the case id as one list, so a
+/// disclosure reads them in its own transaction and conflicts with a concurrent withdrawal.
+fn consents_of(tx: &Tx<'_>, case_id: &Uuid) -> TxResult<Vec<Consent>> {
+    Ok(tx
+        .get_json::<Vec<Consent>>(TreeName::Consents, case_id.as_bytes())?
+        .unwrap_or_default())
 }
 
 fn load_case(tx: &Tx<'_>, case_id: &Uuid) -> TxResult<CaseRecord> {
@@ -67,18 +71,6 @@ impl Referrals {
             self.ctx.delivery.wake(peer);
         }
         Ok(r)
-    }
-
-    /// Returns the consents recorded for a case (keyed by the case id prefix).
-    fn consents_of(&self, case_id: &Uuid) -> TxResult<Vec<Consent>> {
-        Ok(self
-            .ctx
-            .store
-            .scan_json::<Consent>(TreeName::Consents, format!("{case_id}/").as_bytes())
-            .map_err(ApiError::from)?
-            .into_iter()
-            .map(|(_, c)| c)
-            .collect())
     }
 
     /// Sends a referral status change to the other node, with the audit entry, atomically.
@@ -212,7 +204,12 @@ impl ReferralService for Referrals {
         self.commit(None, |tx| {
             let case = load_case(tx, &consent.case_id)?;
             require_org(&p, Some(&case.organisation))?;
-            tx.put_json(TreeName::Consents, &consent_key(&consent.case_id, &consent.consent_id), &consent)?;
+            let mut consents = consents_of(tx, &consent.case_id)?;
+            if consents.len() >= trm_core::limits::MAX_ITEMS {
+                return Err(ApiError::from(FieldError::new("case_id", "too many consents recorded for this case")).into());
+            }
+            consents.push(consent.clone());
+            tx.put_json(TreeName::Consents, consent.case_id.as_bytes(), &consents)?;
             let purposes: Vec<&str> = consent.purposes.iter().map(|p| p.as_str()).collect();
             tx.audit(
                 AuditRecord::new(actor(&p), "consent.record", consent.consent_id.to_string(), "ok")
@@ -249,7 +246,7 @@ impl ReferralService for Referrals {
             .commit(Some(destination), |tx| {
                 let case = load_case(tx, &case_id)?;
                 require_org(&p, Some(&case.organisation))?;
-                let consents = self.consents_of(&case_id)?;
+                let consents = consents_of(tx, &case_id)?;
                 let granted: BTreeSet<_> = consent::grant(&consents, Purpose::ReferralAssistance, destination, today()).map_err(ApiError::from)?;
                 let ref_key = case_ref_key(&case_id, destination);
                 let case_ref = match tx.get_json::<String>(TreeName::CaseRefs, &ref_key)? {

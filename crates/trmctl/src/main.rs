@@ -1,2 +1,153 @@
+//! `trmctl`: the operator CLI of the TRM federation.
 #![forbid(unsafe_code)]
-fn main() {}
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use trm_core::ids::{NodeId, OrgId, Role};
+use trmctl::sandbox::{self, InitOutcome, NodeSpec};
+
+#[derive(Debug, Parser)]
+#[command(name = "trmctl", version, about = "Operate TRM federation nodes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// A local federation of sandbox nodes on loopback.
+    Sandbox {
+        #[command(subcommand)]
+        command: SandboxCommand,
+    },
+    /// Local client certificates.
+    Client {
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SandboxCommand {
+    /// Writes node configs, keys and certificates for every node.
+    Init {
+        #[arg(long, default_value = "sandbox")]
+        dir: PathBuf,
+        /// Comma-separated node ids (ISO 3166-1 alpha-2).
+        #[arg(long, default_value = "AT,RO,NG", value_delimiter = ',')]
+        nodes: Vec<NodeId>,
+        #[arg(long, default_value_t = 7400)]
+        base_port: u16,
+        /// Overwrite existing node folders.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Runs every node of the sandbox (initialising it if needed) until Ctrl-C; with
+    /// --scenario, plays the story through the public API and exits.
+    Up {
+        #[arg(long, default_value = "sandbox")]
+        dir: PathBuf,
+        #[arg(long)]
+        scenario: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientCommand {
+    /// Issues a client certificate signed by a node's client CA.
+    Issue {
+        #[arg(long)]
+        config: PathBuf,
+        /// service_provider, focal_point, judicial_authority or operator.
+        #[arg(long)]
+        role: Role,
+        #[arg(long)]
+        org: OrgId,
+        /// Writes PREFIX.pem and PREFIX.key.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    trm_node::install_crypto_provider();
+    match cli.command {
+        Command::Sandbox { command: SandboxCommand::Init { dir, nodes, base_port, force } } => {
+            init(&dir, &nodes, base_port, force)
+        }
+        Command::Sandbox { command: SandboxCommand::Up { dir, scenario } } => {
+            tokio::runtime::Runtime::new()?.block_on(up(dir, scenario))
+        }
+        Command::Client { command: ClientCommand::Issue { config, role, org, out } } => {
+            let (cert, key) = trmctl::client::issue(&config, role, &org, &out)?;
+            println!("wrote {} and {}", cert.display(), key.display());
+            Ok(())
+        }
+    }
+}
+
+fn init(dir: &std::path::Path, nodes: &[NodeId], base_port: u16, force: bool) -> Result<()> {
+    if nodes.is_empty() {
+        bail!("--nodes names no node");
+    }
+    let specs = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, id)| NodeSpec::from_base(*id, i, base_port))
+        .collect::<Result<Vec<_>>>()?;
+    for outcome in sandbox::init(dir, &specs, force)? {
+        match outcome {
+            InitOutcome::Created(p) => println!("created {}", p.display()),
+            InitOutcome::Kept(p) => println!("kept {} as it is (use --force to rewrite it)", p.display()),
+        }
+    }
+    Ok(())
+}
+
+async fn up(dir: PathBuf, scenario: bool) -> Result<()> {
+    if !dir.is_dir() || sandbox::nodes_in(&dir)?.is_empty() {
+        init(&dir, &["AT".parse()?, "RO".parse()?, "NG".parse()?], 7400, false)?;
+    }
+    let ids = sandbox::nodes_in(&dir)?;
+    let mut nodes = Vec::new();
+    for id in &ids {
+        let cfg = trm_node::NodeConfig::load(&sandbox::config_path(&dir, *id))?;
+        let listeners = trm_node::Listeners::bind(&cfg.listen)
+            .await
+            .with_context(|| format!("binding the ports of {id} (is another sandbox running?)"))?;
+        let handle = trm_node::NodeHandle::spawn(cfg, listeners)?;
+        println!(
+            "node {id}: services {} federation {} admin {} metrics http://{}/metrics",
+            handle.addrs.services, handle.addrs.federation, handle.addrs.admin, handle.addrs.metrics
+        );
+        nodes.push(handle);
+    }
+    let result = if scenario {
+        if ids.len() < 2 {
+            bail!("the scenario needs at least two nodes");
+        }
+        let mut out = std::io::stdout();
+        trmctl::scenario::run(&dir, ids[0], ids[1], &mut out).await.map(|_| ())
+    } else {
+        println!("sandbox running in {}; Ctrl-C stops it", dir.display());
+        tokio::signal::ctrl_c().await?;
+        Ok(())
+    };
+    for node in nodes {
+        node.stop().await?;
+    }
+    if result.is_ok() && scenario {
+        println!("scenario complete");
+    }
+    result
+}

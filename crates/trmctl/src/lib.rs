@@ -1,0 +1,9 @@
+//! The operator CLI's library: the sandbox federation ([`sandbox`]), local client
+//! certificates ([`client`]) and gRPC connections with a node's client certificates
+//! ([`connect`]), and the sandbox story ([`scenario`]).
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod connect;
+pub mod sandbox;
+pub mod scenario;

@@ -1,0 +1,213 @@
+//! The sandbox federation: a throwaway federation CA and, per node, `DIR/<ID>/node.toml`,
+//! its keys and certificates, the CA a local client must trust (`services-ca.pem`) and one
+//! client certificate per role (`clients/<role>.pem` and `.key`). Every node lists the others
+//! as peers. The i-th node listens on base+10i (services), +1 (federation), +2 (admin),
+//! +3 (metrics), all on loopback.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+use trm_core::ids::{NodeId, OrgId, Role};
+use trm_crypto::{aead::SecretKey, files, pki::Authority, signing::SigningIdentity};
+
+/// Where one sandbox node listens.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeSpec {
+    pub id: NodeId,
+    pub services: SocketAddr,
+    pub federation: SocketAddr,
+    pub admin: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+impl NodeSpec {
+    /// Returns the spec of the `index`-th node from `base_port`.
+    pub fn from_base(id: NodeId, index: usize, base_port: u16) -> Result<Self> {
+        let offset = u16::try_from(index * 10).context("too many nodes")?;
+        let port = |d: u16| -> Result<SocketAddr> {
+            let p = base_port
+                .checked_add(offset + d)
+                .context("port out of range: lower --base-port")?;
+            Ok(SocketAddr::from(([127, 0, 0, 1], p)))
+        };
+        Ok(Self {
+            id,
+            services: port(0)?,
+            federation: port(1)?,
+            admin: port(2)?,
+            metrics: port(3)?,
+        })
+    }
+}
+
+/// Returns the organisation of each role's sandbox client certificate.
+pub fn sandbox_org(role: Role) -> Result<OrgId> {
+    let org = match role {
+        Role::ServiceProvider => "sp1",
+        Role::FocalPoint => "nfp",
+        Role::JudicialAuthority => "prosecutor",
+        Role::Operator => "ops",
+    };
+    Ok(OrgId::parse("org", org)?)
+}
+
+/// What `init` did with one node folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InitOutcome {
+    Created(PathBuf),
+    Kept(PathBuf),
+}
+
+/// Returns the node folder of `id` in `dir`.
+pub fn node_dir(dir: &Path, id: NodeId) -> PathBuf {
+    dir.join(id.as_str())
+}
+
+/// Returns the config file of `id` in `dir`.
+pub fn config_path(dir: &Path, id: NodeId) -> PathBuf {
+    node_dir(dir, id).join("node.toml")
+}
+
+fn federation_ca(dir: &Path) -> Result<Authority> {
+    let cert = dir.join("federation-ca.pem");
+    let key = dir.join("federation-ca.key");
+    if cert.is_file() && key.is_file() {
+        return Authority::load(&files::read_text(&cert)?, &files::read_text(&key)?)
+            .context("loading the sandbox federation CA");
+    }
+    let ca = Authority::generate("TRM sandbox federation CA")?;
+    files::write_public(&cert, ca.cert_pem().as_bytes())?;
+    files::write_secret(&key, ca.key_pem().as_bytes())?;
+    Ok(ca)
+}
+
+/// Writes the sandbox for `nodes` into `dir`. An existing node folder is kept as it is
+/// unless `force`.
+pub fn init(dir: &Path, nodes: &[NodeSpec], force: bool) -> Result<Vec<InitOutcome>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let fed_ca = federation_ca(dir)?;
+    let hosts = ["localhost".to_owned(), "127.0.0.1".to_owned()];
+    // Signing keys first: every node needs its peers' public keys.
+    let mut publics = Vec::new();
+    let mut outcomes = Vec::new();
+    for spec in nodes {
+        let nd = node_dir(dir, spec.id);
+        let pub_path = nd.join("keys/signing.pub.pem");
+        if nd.join("node.toml").is_file() && !force {
+            publics.push(files::read_text(&pub_path).context("kept node lacks keys/signing.pub.pem")?);
+            outcomes.push(InitOutcome::Kept(nd));
+            continue;
+        }
+        if nd.exists() {
+            std::fs::remove_dir_all(&nd)?;
+        }
+        for sub in ["keys", "tls", "clients", "peers", "data"] {
+            std::fs::create_dir_all(nd.join(sub))?;
+        }
+        let signing = SigningIdentity::generate();
+        signing.save(&nd.join("keys/signing.pem"))?;
+        let public = trm_crypto::signing::public_to_pem(&signing.public())?;
+        files::write_public(&pub_path, public.as_bytes())?;
+        SecretKey::generate().save(&nd.join("keys/master.key"))?;
+        publics.push(public);
+
+        let node_cert = fed_ca.issue_node(spec.id, &hosts)?;
+        files::write_public(&nd.join("tls/federation.pem"), node_cert.cert_pem.as_bytes())?;
+        files::write_secret(&nd.join("tls/federation.key"), node_cert.key_pem.as_bytes())?;
+        files::write_public(&nd.join("tls/federation-ca.pem"), fed_ca.cert_pem().as_bytes())?;
+
+        let services_ca = Authority::generate(&format!("TRM sandbox {} services CA", spec.id))?;
+        files::write_public(&nd.join("services-ca.pem"), services_ca.cert_pem().as_bytes())?;
+        let server = services_ca.issue_server(&format!("trm node {} services", spec.id), &hosts)?;
+        files::write_public(&nd.join("tls/services.pem"), server.cert_pem.as_bytes())?;
+        files::write_secret(&nd.join("tls/services.key"), server.key_pem.as_bytes())?;
+
+        let client_ca = Authority::generate(&format!("TRM sandbox {} client CA", spec.id))?;
+        files::write_public(&nd.join("tls/client-ca.pem"), client_ca.cert_pem().as_bytes())?;
+        files::write_secret(&nd.join("tls/client-ca.key"), client_ca.key_pem().as_bytes())?;
+        for role in Role::ALL {
+            let c = client_ca.issue_client(role, &sandbox_org(role)?)?;
+            files::write_public(&nd.join(format!("clients/{role}.pem")), c.cert_pem.as_bytes())?;
+            files::write_secret(&nd.join(format!("clients/{role}.key")), c.key_pem.as_bytes())?;
+        }
+        outcomes.push(InitOutcome::Created(nd));
+    }
+    for (i, spec) in nodes.iter().enumerate() {
+        let InitOutcome::Created(nd) = &outcomes[i] else {
+            continue;
+        };
+        let mut peers = String::new();
+        for (j, peer) in nodes.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let key_file = format!("peers/{}.pub.pem", peer.id);
+            files::write_public(&nd.join(&key_file), publics[j].as_bytes())?;
+            peers.push_str(&format!(
+                "\n[[peers]]\nid = \"{}\"\nendpoint = \"{}\"\ntls_ca = \"tls/federation-ca.pem\"\nsigning_keys = [\"{key_file}\"]\n",
+                peer.id, peer.federation
+            ));
+        }
+        let toml = format!(
+            r#"# Sandbox node {id}: throwaway keys and certificates, loopback only.
+[node]
+id = "{id}"
+name = "{id} national focal point (sandbox)"
+data_dir = "data"
+master_key = "keys/master.key"
+
+[listen]
+services = "{services}"
+federation = "{federation}"
+admin = "{admin}"
+metrics = "{metrics}"
+
+[tls]
+federation_cert = "tls/federation.pem"
+federation_key = "tls/federation.key"
+federation_ca = "tls/federation-ca.pem"
+services_cert = "tls/services.pem"
+services_key = "tls/services.key"
+client_ca = "tls/client-ca.pem"
+client_ca_key = "tls/client-ca.key"
+
+[signing]
+key = "keys/signing.pem"
+
+[policy]
+reflection_period_days = 30
+
+[delivery]
+backoff_cap_secs = 5
+{peers}"#,
+            id = spec.id,
+            services = spec.services,
+            federation = spec.federation,
+            admin = spec.admin,
+            metrics = spec.metrics,
+        );
+        files::write_public(&nd.join("node.toml"), toml.as_bytes())?;
+    }
+    Ok(outcomes)
+}
+
+/// Returns the ids of the nodes in a sandbox folder (every `<ID>/node.toml`), in the order
+/// of their services ports (the order they were initialised in).
+pub fn nodes_in(dir: &Path) -> Result<Vec<NodeId>> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<NodeId>().ok()) {
+            let config = entry.path().join("node.toml");
+            if config.is_file() {
+                let port = trm_node::NodeConfig::load(&config)?.listen.services.port();
+                ids.push((port, id));
+            }
+        }
+    }
+    ids.sort();
+    Ok(ids.into_iter().map(|(_, id)| id).collect())
+}

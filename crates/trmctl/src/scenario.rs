@@ -1,0 +1,219 @@
+//! The sandbox story, played through the public gRPC API with the sandbox's client
+//! certificates: a service provider in the first country records a victim, her consent and a
+//! referral to the second country; that country's focal point accepts and assigns the case.
+//! It prints what each node holds and what crossed the border.
+
+use std::{io::Write, path::Path, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use tonic::{transport::Channel, Code};
+use trm_core::ids::{NodeId, Role};
+use trm_node::NodeConfig;
+use trm_proto::v1::{
+    self as w, admin_service_client::AdminServiceClient, referral_service_client::ReferralServiceClient,
+};
+
+use crate::{connect, sandbox};
+
+/// What the story ended with, for callers that check it.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub referral_id: String,
+    /// The referral as the origin holds it at the end.
+    pub at_origin: w::Referral,
+    /// The referral as the destination holds it at the end.
+    pub at_destination: w::Referral,
+    /// The code a referral without consent was refused with.
+    pub without_consent: Code,
+}
+
+/// Opens a channel to a sandbox node's services (or admin) port as `role`.
+pub async fn client(dir: &Path, node: NodeId, role: Role, admin: bool) -> Result<Channel> {
+    let cfg = NodeConfig::load(&sandbox::config_path(dir, node))?;
+    let nd = sandbox::node_dir(dir, node);
+    let addr = if admin { cfg.listen.admin } else { cfg.listen.services };
+    connect::channel(
+        &addr.to_string(),
+        &nd.join("services-ca.pem"),
+        &nd.join(format!("clients/{role}.pem")),
+        &nd.join(format!("clients/{role}.key")),
+    )
+    .await
+}
+
+async fn referrals(dir: &Path, node: NodeId, role: Role) -> Result<ReferralServiceClient<Channel>> {
+    Ok(ReferralServiceClient::new(client(dir, node, role, false).await?))
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, for at most `deadline`.
+async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Some(v) = f().await? {
+            return Ok(v);
+        }
+        if start.elapsed() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn status_name(v: i32) -> &'static str {
+    w::ReferralStatus::try_from(v).map_or("?", |s| s.as_str_name())
+}
+
+async fn referral_status(c: &mut ReferralServiceClient<Channel>, id: &str) -> Result<w::Referral> {
+    Ok(c.get_referral(w::GetReferralRequest { referral_id: id.to_owned() }).await?.into_inner())
+}
+
+/// Plays the story from `origin` to `destination` (nodes already running), writing what
+/// happens to `out`.
+pub async fn run(dir: &Path, origin: NodeId, destination: NodeId, out: &mut impl Write) -> Result<Outcome> {
+    let deadline = Duration::from_secs(60);
+    let mut sp = referrals(dir, origin, Role::ServiceProvider).await?;
+    let mut dest_fp = referrals(dir, destination, Role::FocalPoint).await?;
+
+    writeln!(out, "== {origin}: a service provider records an identified victim (fictional data)")?;
+    let case = sp
+        .create_case(w::CreateCaseRequest {
+            person: Some(w::Person {
+                given_name: "Maria".into(),
+                family_name: "Exemplu".into(),
+                date_of_birth: "2001-04-02".into(),
+                gender: w::Gender::Female as i32,
+                citizenship: vec![destination.to_string()],
+                languages: vec!["ro".into(), "en".into()],
+                document_number: "SANDBOX-0001".into(),
+                address: "Shelter 1, Sandbox Street".into(),
+                phone: "+00 000 0000".into(),
+            }),
+            needs: Some(w::Needs {
+                kinds: vec![w::NeedKind::Shelter as i32, w::NeedKind::Psychological as i32],
+                urgency: w::Urgency::Urgent as i32,
+                notes: "case worker's private notes".into(),
+            }),
+            exploitation: Some(w::Exploitation {
+                types: vec![w::ExploitationType::ForcedLabour as i32],
+                countries: vec![origin.to_string()],
+            }),
+            child: Some(w::ChildInfo::default()),
+            identified_on: String::new(),
+        })
+        .await
+        .context("CreateCase")?
+        .into_inner();
+    writeln!(out, "   {origin} holds case {} (full record, sealed at rest):", case.case_id)?;
+    writeln!(out, "   {:?}", case.person)?;
+
+    writeln!(out, "== {origin}: a referral to {destination} without consent is refused")?;
+    let refused = sp
+        .submit_referral(w::SubmitReferralRequest {
+            case_id: case.case_id.clone(),
+            destination: destination.to_string(),
+            requested_services: vec![w::NeedKind::Shelter as i32],
+            reason: String::new(),
+        })
+        .await;
+    let without_consent = match refused {
+        Ok(_) => bail!("a referral without consent was accepted"),
+        Err(status) => {
+            writeln!(out, "   {:?}: {}", status.code(), status.message())?;
+            status.code()
+        }
+    };
+
+    writeln!(out, "== {origin}: the victim gives informed consent to a referral to {destination}")?;
+    let consent = sp
+        .record_consent(w::RecordConsentRequest {
+            case_id: case.case_id.clone(),
+            purposes: vec![w::Purpose::ReferralAssistance as i32],
+            recipients: vec![destination.to_string()],
+            expires_on: String::new(),
+            informed: true,
+            information_language: "ro".into(),
+            categories: vec![],
+        })
+        .await
+        .context("RecordConsent")?
+        .into_inner();
+    writeln!(out, "   consent {} recorded", consent.consent_id)?;
+
+    writeln!(out, "== {origin}: referral submitted to {destination}")?;
+    let referral = sp
+        .submit_referral(w::SubmitReferralRequest {
+            case_id: case.case_id.clone(),
+            destination: destination.to_string(),
+            requested_services: vec![w::NeedKind::Shelter as i32, w::NeedKind::Psychological as i32],
+            reason: "safe accommodation near family".into(),
+        })
+        .await
+        .context("SubmitReferral")?
+        .into_inner();
+    let id = referral.referral_id.clone();
+    writeln!(out, "   referral {id}: {}", status_name(referral.status))?;
+
+    let arrived = wait_for("the referral to arrive", deadline, || {
+        let mut c = dest_fp.clone();
+        let id = id.clone();
+        async move {
+            let list = c
+                .list_referrals(w::ListReferralsRequest { direction: w::Direction::Incoming as i32 })
+                .await?
+                .into_inner();
+            Ok(list.referrals.into_iter().find(|r| r.referral_id == id))
+        }
+    })
+    .await?;
+    writeln!(out, "== what crossed the border ({origin} -> {destination}), as {destination} holds it:")?;
+    writeln!(out, "   {:?}", arrived.disclosed)?;
+
+    writeln!(out, "== {destination}: the focal point accepts and assigns the case to a service provider")?;
+    dest_fp
+        .respond_to_referral(w::RespondToReferralRequest {
+            referral_id: id.clone(),
+            decision: w::ReferralDecision::Accept as i32,
+            reason: String::new(),
+        })
+        .await
+        .context("RespondToReferral")?;
+    dest_fp
+        .assign_case(w::AssignCaseRequest { referral_id: id.clone(), organisation: "sp1".into() })
+        .await
+        .context("AssignCase")?;
+
+    let at_origin = wait_for("the answer to reach the origin", deadline, || {
+        let mut c = sp.clone();
+        let id = id.clone();
+        async move {
+            let r = referral_status(&mut c, &id).await?;
+            Ok((r.status == w::ReferralStatus::InAssistance as i32).then_some(r))
+        }
+    })
+    .await?;
+    let at_destination = referral_status(&mut dest_fp, &id).await?;
+    writeln!(out, "   {origin} sees referral {id}: {}", status_name(at_origin.status))?;
+    writeln!(out, "   {destination} sees referral {id}: {}", status_name(at_destination.status))?;
+
+    for node in [origin, destination] {
+        let mut admin = AdminServiceClient::new(client(dir, node, Role::Operator, true).await?);
+        let audit = admin.verify_audit(w::VerifyAuditRequest {}).await?.into_inner();
+        let status = admin.status(w::StatusRequest {}).await?.into_inner();
+        writeln!(
+            out,
+            "== {node}: audit chain ok={} ({} entries); outbox depth {}",
+            audit.ok, audit.entries_checked, status.outbox_depth
+        )?;
+    }
+    writeln!(out, "== return planning and witness hearings: not available in this version yet")?;
+    Ok(Outcome {
+        referral_id: id,
+        at_origin,
+        at_destination,
+        without_consent,
+    })
+}
