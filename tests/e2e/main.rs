@@ -1,1 +1,6 @@
+//! Cross-node end-to-end tests: real nodes, real mutual TLS, real sled, on loopback. One
+//! test binary for the whole crate.
 
+mod access;
+mod referral;
+mod transport;

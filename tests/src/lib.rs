@@ -1,1 +1,149 @@
+//! Test support for cross-node tests: [`TestFederation`] starts real nodes in this process,
+//! each with sled in a temporary folder, listeners on `127.0.0.1:0` and the mutual-TLS
+//! material of a freshly initialised sandbox.
 #![forbid(unsafe_code)]
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+use trm_core::ids::{NodeId, Role};
+use trm_node::{Listeners, NodeConfig, NodeHandle};
+use trm_proto::v1::{
+    admin_service_client::AdminServiceClient, referral_service_client::ReferralServiceClient,
+};
+use trmctl::sandbox::{self, NodeSpec};
+
+/// Real nodes on loopback, stopped by [`TestFederation::stop`] (or dropped with the runtime).
+pub struct TestFederation {
+    dir: TempDir,
+    nodes: Vec<NodeHandle>,
+}
+
+async fn bind() -> Result<(TcpListener, SocketAddr)> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let a = l.local_addr()?;
+    Ok((l, a))
+}
+
+impl TestFederation {
+    /// Starts one node per id, every node a peer of every other.
+    pub async fn start(ids: &[&str]) -> Result<Self> {
+        trm_node::install_crypto_provider();
+        let dir = tempfile::tempdir()?;
+        let mut listeners = Vec::new();
+        let mut specs = Vec::new();
+        for id in ids {
+            let (services, s) = bind().await?;
+            let (federation, f) = bind().await?;
+            let (admin, a) = bind().await?;
+            let (metrics, m) = bind().await?;
+            listeners.push(Listeners {
+                services,
+                federation,
+                admin,
+                metrics,
+            });
+            specs.push(NodeSpec {
+                id: id.parse()?,
+                services: s,
+                federation: f,
+                admin: a,
+                metrics: m,
+            });
+        }
+        sandbox::init(dir.path(), &specs, false)?;
+        let mut nodes = Vec::new();
+        for (spec, l) in specs.iter().zip(listeners) {
+            let cfg = NodeConfig::load(&sandbox::config_path(dir.path(), spec.id))?;
+            nodes.push(NodeHandle::spawn(cfg, l)?);
+        }
+        Ok(Self { dir, nodes })
+    }
+
+    /// Returns the sandbox folder (node folders, certificates, data).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Returns the running node `id`.
+    pub fn node(&self, id: &str) -> Result<&NodeHandle> {
+        let id: NodeId = id.parse()?;
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .context("no such node")
+    }
+
+    /// Returns a `ReferralService` client of node `id` authenticated as `role`.
+    pub async fn referrals(&self, id: &str, role: Role) -> Result<ReferralServiceClient<Channel>> {
+        let ch = trmctl::scenario::client(self.dir(), id.parse()?, role, false).await?;
+        Ok(ReferralServiceClient::new(ch))
+    }
+
+    /// Returns an `AdminService` client of node `id` authenticated as `role`.
+    pub async fn admin(&self, id: &str, role: Role) -> Result<AdminServiceClient<Channel>> {
+        let ch = trmctl::scenario::client(self.dir(), id.parse()?, role, true).await?;
+        Ok(AdminServiceClient::new(ch))
+    }
+
+    /// Stops every node, flushing their stores.
+    pub async fn stop(self) -> Result<TempDir> {
+        for n in self.nodes {
+            n.stop().await?;
+        }
+        Ok(self.dir)
+    }
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, for at most 30 s.
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f().await? {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Returns every file below `dir`.
+pub fn files_below(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Returns the files below `dir` that contain `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    files_below(dir)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(p)
+                .map(|b| b.windows(needle.len()).any(|w| w == needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}

@@ -42,7 +42,9 @@ impl Consent {
 
     /// Returns whether the consent covers a disclosure for `purpose` to `recipient` on `today`.
     pub fn covers(&self, purpose: Purpose, recipient: NodeId, today: Date) -> bool {
-        self.is_active(today) && self.purposes.contains(&purpose) && self.recipients.contains(&recipient)
+        self.is_active(today)
+            && self.purposes.contains(&purpose)
+            && self.recipients.contains(&recipient)
     }
 
     /// Returns the categories this consent grants for `purpose` (within what the purpose allows).
@@ -114,14 +116,26 @@ mod tests {
     #[test]
     fn consent_scope_is_purpose_recipient_and_expiry() {
         let ro = "RO".parse().unwrap();
-        let c = [consent(&[Purpose::ReferralAssistance], "RO", Some(date!(2026 - 03 - 01)))];
+        let c = [consent(
+            &[Purpose::ReferralAssistance],
+            "RO",
+            Some(date!(2026 - 03 - 01)),
+        )];
         let today = date!(2026 - 02 - 01);
         assert!(grant(&c, Purpose::ReferralAssistance, ro, today).is_ok());
         assert_eq!(
-            grant(&c, Purpose::ReturnPlanning, ro, today).unwrap_err().guard,
+            grant(&c, Purpose::ReturnPlanning, ro, today)
+                .unwrap_err()
+                .guard,
             Guard::Consent
         );
-        assert!(grant(&c, Purpose::ReferralAssistance, "NG".parse().unwrap(), today).is_err());
+        assert!(grant(
+            &c,
+            Purpose::ReferralAssistance,
+            "NG".parse().unwrap(),
+            today
+        )
+        .is_err());
         assert!(grant(&c, Purpose::ReferralAssistance, ro, date!(2026 - 03 - 01)).is_ok());
         assert!(grant(&c, Purpose::ReferralAssistance, ro, date!(2026 - 03 - 02)).is_err());
     }
@@ -130,7 +144,13 @@ mod tests {
     fn withdrawn_consent_grants_nothing() {
         let mut c = consent(&[Purpose::ReferralAssistance], "RO", None);
         c.withdrawn_at = Some(datetime!(2026-01-02 0:00 UTC));
-        assert!(grant(&[c], Purpose::ReferralAssistance, "RO".parse().unwrap(), date!(2026 - 01 - 03)).is_err());
+        assert!(grant(
+            &[c],
+            Purpose::ReferralAssistance,
+            "RO".parse().unwrap(),
+            date!(2026 - 01 - 03)
+        )
+        .is_err());
     }
 
     #[test]
@@ -138,7 +158,13 @@ mod tests {
         let ro = "RO".parse().unwrap();
         let today = date!(2026 - 01 - 03);
         let plain = consent(&[Purpose::ReturnPlanning], "RO", None);
-        let got = grant(std::slice::from_ref(&plain), Purpose::ReturnPlanning, ro, today).unwrap();
+        let got = grant(
+            std::slice::from_ref(&plain),
+            Purpose::ReturnPlanning,
+            ro,
+            today,
+        )
+        .unwrap();
         assert!(got.contains(&DataCategory::Identity));
         assert!(!got.contains(&DataCategory::Contact));
         let mut with_contact = plain.clone();
@@ -152,7 +178,16 @@ mod tests {
     fn a_consent_category_the_purpose_does_not_allow_is_not_granted() {
         let mut c = consent(&[Purpose::ReferralAssistance], "RO", None);
         c.categories = vec![DataCategory::Identity, DataCategory::Needs];
-        let got = grant(&[c], Purpose::ReferralAssistance, "RO".parse().unwrap(), date!(2026 - 01 - 03)).unwrap();
-        assert_eq!(got.into_iter().collect::<Vec<_>>(), vec![DataCategory::Needs]);
+        let got = grant(
+            &[c],
+            Purpose::ReferralAssistance,
+            "RO".parse().unwrap(),
+            date!(2026 - 01 - 03),
+        )
+        .unwrap();
+        assert_eq!(
+            got.into_iter().collect::<Vec<_>>(),
+            vec![DataCategory::Needs]
+        );
     }
 }

@@ -83,8 +83,7 @@ impl FromStr for OrgId {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let ok = !s.is_empty()
             && s.len() <= 64
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
         if ok {
             Ok(OrgId(s.to_owned()))
@@ -219,7 +218,10 @@ mod tests {
 
     #[test]
     fn node_ids_are_two_upper_case_letters() {
-        assert_eq!("AT".parse::<NodeId>().map(|n| n.to_string()), Ok("AT".into()));
+        assert_eq!(
+            "AT".parse::<NodeId>().map(|n| n.to_string()),
+            Ok("AT".into())
+        );
         for bad in ["at", "AUT", "A", "", "A1", "ÄT"] {
             assert!(bad.parse::<NodeId>().is_err(), "{bad}");
         }
@@ -232,7 +234,10 @@ mod tests {
         assert_eq!(uri, "trm://client/service_provider/sp1");
         assert_eq!(
             parse_client_uri(&uri),
-            Some(Principal { role: Role::ServiceProvider, org })
+            Some(Principal {
+                role: Role::ServiceProvider,
+                org
+            })
         );
         assert_eq!(parse_client_uri("trm://client/admin/x"), None);
         assert_eq!(parse_client_uri("trm://node/AT"), None);

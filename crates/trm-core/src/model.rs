@@ -269,7 +269,10 @@ mod tests {
 
     #[test]
     fn dates_parse_strictly() {
-        assert_eq!(parse_date("d", "2026-02-28").map(format_date), Ok("2026-02-28".into()));
+        assert_eq!(
+            parse_date("d", "2026-02-28").map(format_date),
+            Ok("2026-02-28".into())
+        );
         for bad in ["2026-02-30", "28.02.2026", "", "2026-2-3"] {
             let err = parse_date("person.date_of_birth", bad).unwrap_err();
             assert_eq!(err.field, "person.date_of_birth");

@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use time::Date;
 
 use crate::model::{
-    AgeBand, CaseRecord, DataCategory, DisclosedCase, DisclosedIdentity, DisclosedNeeds,
-    NeedKind, Purpose,
+    AgeBand, CaseRecord, DataCategory, DisclosedCase, DisclosedIdentity, DisclosedNeeds, NeedKind,
+    Purpose,
 };
 
 /// Version of the table below; carried in every envelope as `policy_version`.
@@ -132,8 +132,10 @@ pub fn allowed_fields(purpose: Purpose) -> &'static [Field] {
 /// Returns the categories `purpose` allows (proceedings travel as coordination flags of the
 /// flow messages, not inside a disclosed case).
 pub fn allowed_categories(purpose: Purpose) -> BTreeSet<DataCategory> {
-    let mut set: BTreeSet<DataCategory> =
-        allowed_fields(purpose).iter().map(|f| f.category()).collect();
+    let mut set: BTreeSet<DataCategory> = allowed_fields(purpose)
+        .iter()
+        .map(|f| f.category())
+        .collect();
     if matches!(purpose, Purpose::ReturnPlanning | Purpose::WitnessHearing) {
         set.insert(DataCategory::Proceedings);
     }
@@ -331,8 +333,18 @@ mod tests {
 
     #[test]
     fn every_purpose_discloses_exactly_its_fields_when_everything_is_granted() {
-        for purpose in [Purpose::ReferralAssistance, Purpose::ReturnPlanning, Purpose::WitnessHearing] {
-            let d = disclose(&case(), purpose, &all(), "ref".into(), date!(2026 - 06 - 01));
+        for purpose in [
+            Purpose::ReferralAssistance,
+            Purpose::ReturnPlanning,
+            Purpose::WitnessHearing,
+        ] {
+            let d = disclose(
+                &case(),
+                purpose,
+                &all(),
+                "ref".into(),
+                date!(2026 - 06 - 01),
+            );
             let present: BTreeSet<Field> = fields_present(&d).into_iter().collect();
             let allowed: BTreeSet<Field> = allowed_fields(purpose).iter().copied().collect();
             assert_eq!(present, allowed, "{purpose:?}");
@@ -342,7 +354,13 @@ mod tests {
 
     #[test]
     fn referral_carries_age_band_and_never_identity() {
-        let d = disclose(&case(), Purpose::ReferralAssistance, &all(), "r".into(), date!(2026 - 06 - 01));
+        let d = disclose(
+            &case(),
+            Purpose::ReferralAssistance,
+            &all(),
+            "r".into(),
+            date!(2026 - 06 - 01),
+        );
         assert_eq!(d.age_band, Some(AgeBand::B24To26));
         assert!(d.identity.is_none());
     }
@@ -350,24 +368,54 @@ mod tests {
     #[test]
     fn consent_narrows_the_purpose() {
         let granted = [DataCategory::Needs].into();
-        let d = disclose(&case(), Purpose::ReferralAssistance, &granted, "r".into(), date!(2026 - 06 - 01));
+        let d = disclose(
+            &case(),
+            Purpose::ReferralAssistance,
+            &granted,
+            "r".into(),
+            date!(2026 - 06 - 01),
+        );
         let present: Vec<Field> = fields_present(&d);
         assert_eq!(present, vec![Field::NeedKinds, Field::Urgency]);
     }
 
     #[test]
     fn inbound_check_refuses_every_field_outside_the_purpose() {
-        let full = disclose(&case(), Purpose::ReturnPlanning, &all(), "r".into(), date!(2026 - 06 - 01));
-        let full_ref = disclose(&case(), Purpose::ReferralAssistance, &all(), "r".into(), date!(2026 - 06 - 01));
-        for purpose in [Purpose::ReferralAssistance, Purpose::ReturnPlanning, Purpose::WitnessHearing] {
+        let full = disclose(
+            &case(),
+            Purpose::ReturnPlanning,
+            &all(),
+            "r".into(),
+            date!(2026 - 06 - 01),
+        );
+        let full_ref = disclose(
+            &case(),
+            Purpose::ReferralAssistance,
+            &all(),
+            "r".into(),
+            date!(2026 - 06 - 01),
+        );
+        for purpose in [
+            Purpose::ReferralAssistance,
+            Purpose::ReturnPlanning,
+            Purpose::WitnessHearing,
+        ] {
             for field in Field::ALL {
                 let allowed = allowed_fields(purpose).contains(&field);
                 // A case carrying just this one field.
-                let source = if fields_present(&full).contains(&field) { &full } else { &full_ref };
+                let source = if fields_present(&full).contains(&field) {
+                    &full
+                } else {
+                    &full_ref
+                };
                 let mut one = DisclosedCase::default();
                 copy_field(source, &mut one, field);
                 assert_eq!(fields_present(&one), vec![field]);
-                assert_eq!(check_inbound(purpose, &one).is_ok(), allowed, "{purpose:?} {field:?}");
+                assert_eq!(
+                    check_inbound(purpose, &one).is_ok(),
+                    allowed,
+                    "{purpose:?} {field:?}"
+                );
             }
         }
     }
@@ -381,24 +429,83 @@ mod tests {
             Field::Gender => to.gender = from.gender,
             Field::Citizenship => to.citizenship = from.citizenship.clone(),
             Field::Languages => to.languages = from.languages.clone(),
-            Field::NeedKinds => to.needs = Some(DisclosedNeeds { kinds: needs().kinds, urgency: None }),
-            Field::Urgency => to.needs = Some(DisclosedNeeds { kinds: vec![], urgency: needs().urgency }),
-            Field::ExploitationTypes => to.exploitation = Some(Exploitation { types: ex().types, countries: vec![] }),
-            Field::ExploitationCountries => to.exploitation = Some(Exploitation { types: vec![], countries: ex().countries }),
+            Field::NeedKinds => {
+                to.needs = Some(DisclosedNeeds {
+                    kinds: needs().kinds,
+                    urgency: None,
+                })
+            }
+            Field::Urgency => {
+                to.needs = Some(DisclosedNeeds {
+                    kinds: vec![],
+                    urgency: needs().urgency,
+                })
+            }
+            Field::ExploitationTypes => {
+                to.exploitation = Some(Exploitation {
+                    types: ex().types,
+                    countries: vec![],
+                })
+            }
+            Field::ExploitationCountries => {
+                to.exploitation = Some(Exploitation {
+                    types: vec![],
+                    countries: ex().countries,
+                })
+            }
             Field::Child => to.child = from.child,
-            Field::GivenName => to.identity = Some(DisclosedIdentity { given_name: id().given_name, ..Default::default() }),
-            Field::FamilyName => to.identity = Some(DisclosedIdentity { family_name: id().family_name, ..Default::default() }),
-            Field::DateOfBirth => to.identity = Some(DisclosedIdentity { date_of_birth: id().date_of_birth, ..Default::default() }),
-            Field::DocumentNumber => to.identity = Some(DisclosedIdentity { document_number: id().document_number, ..Default::default() }),
-            Field::Address => to.identity = Some(DisclosedIdentity { address: id().address, ..Default::default() }),
-            Field::Phone => to.identity = Some(DisclosedIdentity { phone: id().phone, ..Default::default() }),
+            Field::GivenName => {
+                to.identity = Some(DisclosedIdentity {
+                    given_name: id().given_name,
+                    ..Default::default()
+                })
+            }
+            Field::FamilyName => {
+                to.identity = Some(DisclosedIdentity {
+                    family_name: id().family_name,
+                    ..Default::default()
+                })
+            }
+            Field::DateOfBirth => {
+                to.identity = Some(DisclosedIdentity {
+                    date_of_birth: id().date_of_birth,
+                    ..Default::default()
+                })
+            }
+            Field::DocumentNumber => {
+                to.identity = Some(DisclosedIdentity {
+                    document_number: id().document_number,
+                    ..Default::default()
+                })
+            }
+            Field::Address => {
+                to.identity = Some(DisclosedIdentity {
+                    address: id().address,
+                    ..Default::default()
+                })
+            }
+            Field::Phone => {
+                to.identity = Some(DisclosedIdentity {
+                    phone: id().phone,
+                    ..Default::default()
+                })
+            }
         }
     }
 
     #[test]
     fn hearing_gets_support_needs_only() {
-        let d = disclose(&case(), Purpose::WitnessHearing, &all(), "r".into(), date!(2026 - 06 - 01));
-        assert_eq!(d.needs.map(|n| n.kinds), Some(vec![NeedKind::Psychological]));
+        let d = disclose(
+            &case(),
+            Purpose::WitnessHearing,
+            &all(),
+            "r".into(),
+            date!(2026 - 06 - 01),
+        );
+        assert_eq!(
+            d.needs.map(|n| n.kinds),
+            Some(vec![NeedKind::Psychological])
+        );
         assert!(d.gender.is_none());
     }
 }

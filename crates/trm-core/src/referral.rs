@@ -126,7 +126,11 @@ pub fn next(status: ReferralStatus, event: ReferralEvent) -> Result<ReferralStat
         _ => {
             return Err(GuardError::new(
                 Guard::State,
-                format!("referral is {}; {:?} is not possible", status.as_str(), event),
+                format!(
+                    "referral is {}; {:?} is not possible",
+                    status.as_str(),
+                    event
+                ),
             ))
         }
     };
@@ -151,7 +155,15 @@ mod tests {
     #[test]
     fn final_states_refuse_everything_naming_the_state() {
         for s in [S::Declined, S::Closed, S::Withdrawn] {
-            for e in [E::Send, E::Delivered, E::Accept, E::Decline, E::Assign, E::Close, E::Withdraw] {
+            for e in [
+                E::Send,
+                E::Delivered,
+                E::Accept,
+                E::Decline,
+                E::Assign,
+                E::Close,
+                E::Withdraw,
+            ] {
                 let err = next(s, e).unwrap_err();
                 assert_eq!(err.guard, Guard::State);
                 assert!(err.reason.contains(s.as_str()));

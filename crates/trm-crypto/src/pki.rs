@@ -43,8 +43,12 @@ impl std::fmt::Debug for Authority {
 
 fn base_params(common_name: &str, validity: Duration) -> Result<CertificateParams> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name.push(DnType::CommonName, common_name);
-    params.distinguished_name.push(DnType::OrganizationName, "TRM federation");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "TRM federation");
     let now = OffsetDateTime::now_utc();
     params.not_before = now - Duration::hours(1);
     params.not_after = now + validity;
@@ -143,9 +147,9 @@ impl Authority {
     /// Issues a local client certificate carrying `trm://client/<role>/<org>`.
     pub fn issue_client(&self, role: Role, org: &OrgId) -> Result<CertifiedKey> {
         let mut params = base_params(&format!("{role} {org}"), LEAF_VALIDITY)?;
-        params
-            .subject_alt_names
-            .push(SanType::URI(ids::client_uri(role, org).as_str().try_into()?));
+        params.subject_alt_names.push(SanType::URI(
+            ids::client_uri(role, org).as_str().try_into()?,
+        ));
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.issue(params)
@@ -209,7 +213,10 @@ mod tests {
     fn issued_certificates_carry_their_trm_identity() {
         let ca = Authority::generate("test ca").unwrap();
         let node = ca
-            .issue_node("AT".parse().unwrap(), &["localhost".into(), "127.0.0.1".into()])
+            .issue_node(
+                "AT".parse().unwrap(),
+                &["localhost".into(), "127.0.0.1".into()],
+            )
             .unwrap();
         let der = first_der(&node.cert_pem).unwrap();
         assert_eq!(node_of(&der), Some("AT".parse().unwrap()));
@@ -220,7 +227,10 @@ mod tests {
         let der = first_der(&client.cert_pem).unwrap();
         assert_eq!(
             principal_of(&der),
-            Some(Principal { role: Role::ServiceProvider, org })
+            Some(Principal {
+                role: Role::ServiceProvider,
+                org
+            })
         );
         assert!(node.key_pem.contains("PRIVATE KEY"));
 

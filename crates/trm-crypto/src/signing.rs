@@ -5,7 +5,10 @@
 use std::path::Path;
 
 use ed25519_dalek::{
-    pkcs8::{spki::der::pem::LineEnding, DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey},
+    pkcs8::{
+        spki::der::pem::LineEnding, DecodePrivateKey, DecodePublicKey, EncodePrivateKey,
+        EncodePublicKey,
+    },
     Signature, Signer, SigningKey, VerifyingKey,
 };
 
@@ -63,8 +66,9 @@ impl SigningIdentity {
     /// Reads a PKCS#8 PEM private key file.
     pub fn load(path: &Path) -> Result<Self> {
         let pem = files::read_text(path)?;
-        let key = SigningKey::from_pkcs8_pem(&pem)
-            .map_err(|_| CryptoError::MalformedKey(format!("{}: not an ed25519 PKCS#8 PEM key", path.display())))?;
+        let key = SigningKey::from_pkcs8_pem(&pem).map_err(|_| {
+            CryptoError::MalformedKey(format!("{}: not an ed25519 PKCS#8 PEM key", path.display()))
+        })?;
         Ok(Self::from_key(key))
     }
 
@@ -106,7 +110,8 @@ pub fn public_from_bytes(bytes: &[u8]) -> Result<VerifyingKey> {
     let raw: [u8; 32] = bytes
         .try_into()
         .map_err(|_| CryptoError::MalformedKey("public key must be 32 bytes".into()))?;
-    VerifyingKey::from_bytes(&raw).map_err(|_| CryptoError::MalformedKey("not an ed25519 point".into()))
+    VerifyingKey::from_bytes(&raw)
+        .map_err(|_| CryptoError::MalformedKey("not an ed25519 point".into()))
 }
 
 /// Encodes a public key as SPKI PEM (`-----BEGIN PUBLIC KEY-----`).

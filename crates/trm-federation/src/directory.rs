@@ -28,7 +28,8 @@ impl PeerKey {
 
     /// Returns whether the key was valid at `t`.
     pub fn valid_at(&self, t: OffsetDateTime) -> bool {
-        self.valid_from.is_none_or(|from| t >= from) && self.valid_until.is_none_or(|until| t <= until)
+        self.valid_from.is_none_or(|from| t >= from)
+            && self.valid_until.is_none_or(|until| t <= until)
     }
 }
 

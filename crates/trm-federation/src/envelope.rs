@@ -6,7 +6,10 @@ use trm_core::{ids::NodeId, policy::POLICY_VERSION};
 use trm_crypto::signing::{SigningIdentity, ENVELOPE_TAG, RECEIPT_TAG};
 use trm_proto::{
     convert::ts,
-    v1::{envelope_body::Payload, EnvelopeBody, ReceiptBody, ReceiptOutcome, SignedEnvelope, SignedReceipt},
+    v1::{
+        envelope_body::Payload, EnvelopeBody, ReceiptBody, ReceiptOutcome, SignedEnvelope,
+        SignedReceipt,
+    },
 };
 
 /// Builds and signs an envelope with a fresh UUIDv7 message id.
@@ -17,7 +20,15 @@ pub fn seal(
     case_ref: &str,
     payload: Payload,
 ) -> SignedEnvelope {
-    seal_with_id(identity, sender, recipient, case_ref, payload, &uuid::Uuid::now_v7().to_string(), OffsetDateTime::now_utc())
+    seal_with_id(
+        identity,
+        sender,
+        recipient,
+        case_ref,
+        payload,
+        &uuid::Uuid::now_v7().to_string(),
+        OffsetDateTime::now_utc(),
+    )
 }
 
 /// Builds and signs an envelope with the given message id and creation time (a retry keeps

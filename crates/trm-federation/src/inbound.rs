@@ -117,24 +117,40 @@ impl FederationServer {
 
     /// Returns the node id of the authenticated TLS peer, if it is in the directory.
     async fn tls_peer<T>(&self, request: &Request<T>) -> Result<NodeId, Status> {
-        let node = request
-            .peer_certs()
-            .and_then(|certs| certs.first().and_then(|c| trm_crypto::pki::node_of(c.as_ref())));
+        let node = request.peer_certs().and_then(|certs| {
+            certs
+                .first()
+                .and_then(|c| trm_crypto::pki::node_of(c.as_ref()))
+        });
         let Some(node) = node else {
             return Err(self
-                .refuse(None, "-", Status::unauthenticated("unknown peer: no trm node identity in the TLS certificate"))
+                .refuse(
+                    None,
+                    "-",
+                    Status::unauthenticated(
+                        "unknown peer: no trm node identity in the TLS certificate",
+                    ),
+                )
                 .await);
         };
         if self.directory.get(node).is_none() {
             return Err(self
-                .refuse(Some(node), "-", Status::unauthenticated(format!("unknown peer {node}")))
+                .refuse(
+                    Some(node),
+                    "-",
+                    Status::unauthenticated(format!("unknown peer {node}")),
+                )
                 .await);
         }
         Ok(node)
     }
 
     /// Runs the receive pipeline for one envelope from the authenticated TLS peer `peer`.
-    pub async fn receive(&self, peer: NodeId, env: SignedEnvelope) -> Result<SignedReceipt, Status> {
+    pub async fn receive(
+        &self,
+        peer: NodeId,
+        env: SignedEnvelope,
+    ) -> Result<SignedReceipt, Status> {
         match self.check(peer, &env) {
             Ok((body, created_at)) => self.apply(peer, &env, body, created_at).await,
             Err((message_id, status)) => Err(self.refuse(Some(peer), &message_id, status).await),
@@ -142,10 +158,16 @@ impl FederationServer {
     }
 
     /// The checks before any effect; an error carries the message id when known.
-    fn check(&self, peer: NodeId, env: &SignedEnvelope) -> Result<(EnvelopeBody, OffsetDateTime), (String, Status)> {
+    fn check(
+        &self,
+        peer: NodeId,
+        env: &SignedEnvelope,
+    ) -> Result<(EnvelopeBody, OffsetDateTime), (String, Status)> {
         let early = |s: Status| ("-".to_owned(), s);
         if env.body.len() > MAX_ENVELOPE {
-            return Err(early(Status::resource_exhausted("envelope larger than the limit")));
+            return Err(early(Status::resource_exhausted(
+                "envelope larger than the limit",
+            )));
         }
         let entry = self
             .directory
@@ -161,26 +183,38 @@ impl FederationServer {
         let mid = body.message_id.clone();
         let fail = |s: Status| (mid.clone(), s);
         if body.sender != peer.as_str() {
-            return Err(fail(Status::permission_denied("sender is not the TLS peer")));
+            return Err(fail(Status::permission_denied(
+                "sender is not the TLS peer",
+            )));
         }
         let created_at = from_ts("created_at", body.created_at.as_ref())
             .map_err(|e| fail(Status::invalid_argument(e.to_string())))?;
         if !key.valid_at(created_at) {
-            return Err(fail(Status::unauthenticated("signing key not valid at created_at")));
+            return Err(fail(Status::unauthenticated(
+                "signing key not valid at created_at",
+            )));
         }
         if body.recipient != self.cfg.node.as_str() {
             return Err(fail(Status::invalid_argument("recipient is not this node")));
         }
         let now = OffsetDateTime::now_utc();
         if created_at < now - self.cfg.replay_window {
-            return Err(fail(Status::invalid_argument("stale: created_at is outside the replay window")));
+            return Err(fail(Status::invalid_argument(
+                "stale: created_at is outside the replay window",
+            )));
         }
         if created_at > now + self.cfg.clock_skew {
-            return Err(fail(Status::invalid_argument("created_at is in the future")));
+            return Err(fail(Status::invalid_argument(
+                "created_at is in the future",
+            )));
         }
         match uuid::Uuid::try_parse(&body.message_id) {
             Ok(u) if u.get_version_num() == 7 => {}
-            _ => return Err(fail(Status::invalid_argument("message_id must be a UUIDv7"))),
+            _ => {
+                return Err(fail(Status::invalid_argument(
+                    "message_id must be a UUIDv7",
+                )))
+            }
         }
         if body.payload.is_none() {
             return Err(fail(Status::invalid_argument("payload is required")));
@@ -222,9 +256,24 @@ impl FederationServer {
                 TxFail::Abort(r) => TxFail::Abort(Abort::Rejected(r)),
                 TxFail::Tx(t) => TxFail::Tx(t),
             })?;
-            let receipt = envelope::receipt(&self.identity, self.cfg.node, &body.message_id, &env.body, ReceiptOutcome::Accepted, "");
+            let receipt = envelope::receipt(
+                &self.identity,
+                self.cfg.node,
+                &body.message_id,
+                &env.body,
+                ReceiptOutcome::Accepted,
+                "",
+            );
             tx.put_json(TreeName::Inbox, mid, &InboxEntry::new(&receipt))?;
-            tx.audit(AuditRecord::new(actor.clone(), "envelope.accept", &body.message_id, "accepted").detail(kind))?;
+            tx.audit(
+                AuditRecord::new(
+                    actor.clone(),
+                    "envelope.accept",
+                    &body.message_id,
+                    "accepted",
+                )
+                .detail(kind),
+            )?;
             Ok(receipt)
         });
         let receipt = match result {
@@ -252,23 +301,44 @@ impl FederationServer {
     }
 
     /// Records a REJECTED receipt (and its audit entry) for an authenticated envelope.
-    fn reject(&self, peer: NodeId, env: &SignedEnvelope, message_id: &str, kind: &str, reason: &str) -> Result<SignedReceipt, Status> {
+    fn reject(
+        &self,
+        peer: NodeId,
+        env: &SignedEnvelope,
+        message_id: &str,
+        kind: &str,
+        reason: &str,
+    ) -> Result<SignedReceipt, Status> {
         let mid = message_id.as_bytes();
         let result = self.store.transact::<_, InboxEntry, _>(|tx| {
             if let Some(seen) = tx.get_json::<InboxEntry>(TreeName::Inbox, mid)? {
                 return Err(TxFail::Abort(seen));
             }
-            let receipt = envelope::receipt(&self.identity, self.cfg.node, message_id, &env.body, ReceiptOutcome::Rejected, reason);
+            let receipt = envelope::receipt(
+                &self.identity,
+                self.cfg.node,
+                message_id,
+                &env.body,
+                ReceiptOutcome::Rejected,
+                reason,
+            );
             tx.put_json(TreeName::Inbox, mid, &InboxEntry::new(&receipt))?;
             tx.audit(
-                AuditRecord::new(format!("peer:{peer}"), "envelope.reject", message_id, "rejected")
-                    .detail(format!("{kind}: {reason}")),
+                AuditRecord::new(
+                    format!("peer:{peer}"),
+                    "envelope.reject",
+                    message_id,
+                    "rejected",
+                )
+                .detail(format!("{kind}: {reason}")),
             )?;
             Ok(receipt)
         });
         match result {
             Ok(r) => Ok(r),
-            Err(TxFail::Abort(seen)) => seen.receipt().ok_or_else(|| Status::unavailable("storage unavailable")),
+            Err(TxFail::Abort(seen)) => seen
+                .receipt()
+                .ok_or_else(|| Status::unavailable("storage unavailable")),
             Err(TxFail::Tx(_)) => Err(Status::unavailable("storage unavailable")),
         }
     }
@@ -276,19 +346,30 @@ impl FederationServer {
 
 #[tonic::async_trait]
 impl FederationService for FederationServer {
-    async fn deliver(&self, request: Request<SignedEnvelope>) -> Result<Response<SignedReceipt>, Status> {
+    async fn deliver(
+        &self,
+        request: Request<SignedEnvelope>,
+    ) -> Result<Response<SignedReceipt>, Status> {
         let peer = self.tls_peer(&request).await?;
-        self.receive(peer, request.into_inner()).await.map(Response::new)
+        self.receive(peer, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
-    async fn deliver_batch(&self, request: Request<DeliverBatchRequest>) -> Result<Response<SignedReceipt>, Status> {
+    async fn deliver_batch(
+        &self,
+        request: Request<DeliverBatchRequest>,
+    ) -> Result<Response<SignedReceipt>, Status> {
         self.tls_peer(&request).await?;
         Err(Status::unimplemented(
             "DeliverBatch: batched delivery is not available yet; use Deliver",
         ))
     }
 
-    async fn get_node_info(&self, request: Request<GetNodeInfoRequest>) -> Result<Response<NodeInfo>, Status> {
+    async fn get_node_info(
+        &self,
+        request: Request<GetNodeInfoRequest>,
+    ) -> Result<Response<NodeInfo>, Status> {
         self.tls_peer(&request).await?;
         Ok(Response::new(NodeInfo {
             node_id: self.cfg.node.to_string(),

@@ -67,7 +67,11 @@ pub fn enqueue(
     let message_id = trm_proto::v1::EnvelopeBody::decode(env.body.as_slice())
         .map(|b| b.message_id)
         .unwrap_or_default();
-    let sealed = tx.seal_for(subject.as_bytes(), &envelope_aad(&message_id), &env.encode_to_vec())?;
+    let sealed = tx.seal_for(
+        subject.as_bytes(),
+        &envelope_aad(&message_id),
+        &env.encode_to_vec(),
+    )?;
     let item = OutboxItem {
         message_id: message_id.clone(),
         peer,
@@ -128,7 +132,9 @@ struct Inner {
 
 impl std::fmt::Debug for Delivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Delivery").field("cfg", &self.inner.cfg).finish_non_exhaustive()
+        f.debug_struct("Delivery")
+            .field("cfg", &self.inner.cfg)
+            .finish_non_exhaustive()
     }
 }
 
@@ -207,7 +213,10 @@ impl Delivery {
             .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_owned())?;
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(entry.tls_ca_pem.as_bytes()))
-            .identity(Identity::from_pem(&self.inner.cfg.tls_cert_pem, &self.inner.cfg.tls_key_pem))
+            .identity(Identity::from_pem(
+                &self.inner.cfg.tls_cert_pem,
+                &self.inner.cfg.tls_key_pem,
+            ))
             .domain_name(host);
         let channel = Endpoint::from_shared(format!("https://{}", entry.endpoint))
             .ok()?
@@ -232,7 +241,11 @@ impl Delivery {
             if *shutdown.borrow() {
                 return;
             }
-            let next = match self.inner.store.scan_json::<OutboxItem>(TreeName::Outbox, peer.as_str().as_bytes()) {
+            let next = match self
+                .inner
+                .store
+                .scan_json::<OutboxItem>(TreeName::Outbox, peer.as_str().as_bytes())
+            {
                 Ok(mut items) if !items.is_empty() => Some(items.swap_remove(0)),
                 Ok(_) => None,
                 Err(e) => {
@@ -305,16 +318,22 @@ impl Delivery {
         item: &OutboxItem,
     ) -> Result<(), Failure> {
         let store = &self.inner.store;
-        let sealed = hex::decode(&item.sealed).map_err(|_| Failure::Store("outbox entry corrupt".into()))?;
+        let sealed =
+            hex::decode(&item.sealed).map_err(|_| Failure::Store("outbox entry corrupt".into()))?;
         let opened = store
-            .open_for(item.subject.as_bytes(), &envelope_aad(&item.message_id), &sealed)
+            .open_for(
+                item.subject.as_bytes(),
+                &envelope_aad(&item.message_id),
+                &sealed,
+            )
             .map_err(|e| Failure::Store(e.to_string()))?;
         let Some(bytes) = opened else {
             // The subject was erased: its queued copy is shredded with it.
             info!(peer = %peer, message_id = %item.message_id, "queued envelope's subject erased; dropped");
             return self.finish(key, item, None).await;
         };
-        let env = SignedEnvelope::decode(bytes.as_slice()).map_err(|_| Failure::Store("queued envelope corrupt".into()))?;
+        let env = SignedEnvelope::decode(bytes.as_slice())
+            .map_err(|_| Failure::Store("queued envelope corrupt".into()))?;
         let receipt = client
             .deliver(env.clone())
             .await
@@ -323,7 +342,8 @@ impl Delivery {
         let (outcome, reason) = self
             .verify_receipt(peer, item, &env, &receipt)
             .map_err(Failure::Retry)?;
-        self.finish(key, item, Some((receipt, outcome, reason))).await
+        self.finish(key, item, Some((receipt, outcome, reason)))
+            .await
     }
 
     /// Checks a receipt: signed by a key of `peer`, for this message id, over the exact body.
@@ -334,18 +354,26 @@ impl Delivery {
         env: &SignedEnvelope,
         receipt: &SignedReceipt,
     ) -> Result<(ReceiptOutcome, String), String> {
-        let entry = self.inner.directory.get(peer).ok_or("peer no longer in the directory")?;
-        let key = entry.key(&receipt.key_id).ok_or("receipt signed by an unknown key")?;
+        let entry = self
+            .inner
+            .directory
+            .get(peer)
+            .ok_or("peer no longer in the directory")?;
+        let key = entry
+            .key(&receipt.key_id)
+            .ok_or("receipt signed by an unknown key")?;
         trm_crypto::signing::verify(&key.public, RECEIPT_TAG, &receipt.body, &receipt.signature)
             .map_err(|_| "receipt signature does not verify")?;
-        let body = ReceiptBody::decode(receipt.body.as_slice()).map_err(|_| "receipt does not decode")?;
+        let body =
+            ReceiptBody::decode(receipt.body.as_slice()).map_err(|_| "receipt does not decode")?;
         if body.message_id != item.message_id
             || body.body_sha256 != trm_crypto::sha256(&env.body)
             || body.receiver != peer.as_str()
         {
             return Err("receipt is not for the envelope sent".into());
         }
-        let outcome = ReceiptOutcome::try_from(body.outcome).map_err(|_| "receipt outcome unknown")?;
+        let outcome =
+            ReceiptOutcome::try_from(body.outcome).map_err(|_| "receipt outcome unknown")?;
         if outcome == ReceiptOutcome::Unspecified {
             return Err("receipt outcome unspecified".into());
         }
@@ -364,10 +392,17 @@ impl Delivery {
         let r = self.inner.store.transact(|tx| {
             tx.remove(TreeName::Outbox, key)?;
             let Some((receipt, outcome, reason)) = &receipt else {
-                tx.audit(AuditRecord::new("node", "outbox.drop", &item.message_id, "erased").detail(item.kind.clone()))?;
+                tx.audit(
+                    AuditRecord::new("node", "outbox.drop", &item.message_id, "erased")
+                        .detail(item.kind.clone()),
+                )?;
                 return Ok(());
             };
-            tx.put_json(TreeName::Receipts, item.message_id.as_bytes(), &hex::encode(receipt.encode_to_vec()))?;
+            tx.put_json(
+                TreeName::Receipts,
+                item.message_id.as_bytes(),
+                &hex::encode(receipt.encode_to_vec()),
+            )?;
             if *outcome == ReceiptOutcome::Rejected {
                 let mut dead = item.clone();
                 dead.last_error = reason.clone();
@@ -375,11 +410,20 @@ impl Delivery {
             }
             handler.on_receipt(tx, item, *outcome, reason)?;
             tx.audit(
-                AuditRecord::new(format!("peer:{}", item.peer), "envelope.receipt", &item.message_id, outcome.as_str_name())
-                    .detail(format!("{} {}", item.kind, reason)),
+                AuditRecord::new(
+                    format!("peer:{}", item.peer),
+                    "envelope.receipt",
+                    &item.message_id,
+                    outcome.as_str_name(),
+                )
+                .detail(format!("{} {}", item.kind, reason)),
             )
         });
         r.map_err(|e| Failure::Store(format!("{e:?}")))?;
-        self.inner.store.durable().await.map_err(|e| Failure::Store(e.to_string()))
+        self.inner
+            .store
+            .durable()
+            .await
+            .map_err(|e| Failure::Store(e.to_string()))
     }
 }

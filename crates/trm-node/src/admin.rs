@@ -36,7 +36,10 @@ fn unavailable(rpc: &str, capability: &str) -> Status {
 
 #[tonic::async_trait]
 impl AdminService for Admin {
-    async fn status(&self, request: Request<w::StatusRequest>) -> Result<Response<w::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        request: Request<w::StatusRequest>,
+    ) -> Result<Response<w::StatusResponse>, Status> {
         Self::operator(&request)?;
         let store = &self.ctx.store;
         let peers = self
@@ -63,7 +66,10 @@ impl AdminService for Admin {
         }))
     }
 
-    async fn list_peers(&self, request: Request<w::ListPeersRequest>) -> Result<Response<w::ListPeersResponse>, Status> {
+    async fn list_peers(
+        &self,
+        request: Request<w::ListPeersRequest>,
+    ) -> Result<Response<w::ListPeersResponse>, Status> {
         Self::operator(&request)?;
         let peers = self
             .ctx
@@ -84,27 +90,48 @@ impl AdminService for Admin {
         Ok(Response::new(w::ListPeersResponse { peers }))
     }
 
-    async fn upsert_peer(&self, request: Request<w::UpsertPeerRequest>) -> Result<Response<w::Peer>, Status> {
+    async fn upsert_peer(
+        &self,
+        request: Request<w::UpsertPeerRequest>,
+    ) -> Result<Response<w::Peer>, Status> {
         Self::operator(&request)?;
-        Err(unavailable("UpsertPeer", "changing the peer directory at run time"))
+        Err(unavailable(
+            "UpsertPeer",
+            "changing the peer directory at run time",
+        ))
     }
 
-    async fn remove_peer(&self, request: Request<w::RemovePeerRequest>) -> Result<Response<w::RemovePeerResponse>, Status> {
+    async fn remove_peer(
+        &self,
+        request: Request<w::RemovePeerRequest>,
+    ) -> Result<Response<w::RemovePeerResponse>, Status> {
         Self::operator(&request)?;
-        Err(unavailable("RemovePeer", "changing the peer directory at run time"))
+        Err(unavailable(
+            "RemovePeer",
+            "changing the peer directory at run time",
+        ))
     }
 
-    async fn list_outbox(&self, request: Request<w::ListOutboxRequest>) -> Result<Response<w::ListOutboxResponse>, Status> {
+    async fn list_outbox(
+        &self,
+        request: Request<w::ListOutboxRequest>,
+    ) -> Result<Response<w::ListOutboxResponse>, Status> {
         Self::operator(&request)?;
         Err(unavailable("ListOutbox", "outbox inspection"))
     }
 
-    async fn retry_delivery(&self, request: Request<w::RetryDeliveryRequest>) -> Result<Response<w::RetryDeliveryResponse>, Status> {
+    async fn retry_delivery(
+        &self,
+        request: Request<w::RetryDeliveryRequest>,
+    ) -> Result<Response<w::RetryDeliveryResponse>, Status> {
         Self::operator(&request)?;
         Err(unavailable("RetryDelivery", "dead-letter retry"))
     }
 
-    async fn verify_audit(&self, request: Request<w::VerifyAuditRequest>) -> Result<Response<w::VerifyAuditResponse>, Status> {
+    async fn verify_audit(
+        &self,
+        request: Request<w::VerifyAuditRequest>,
+    ) -> Result<Response<w::VerifyAuditResponse>, Status> {
         Self::operator(&request)?;
         let report = self.ctx.store.verify_audit().map_err(ApiError::from)?;
         Ok(Response::new(w::VerifyAuditResponse {
@@ -114,17 +141,26 @@ impl AdminService for Admin {
         }))
     }
 
-    async fn rotate_signing_key(&self, request: Request<w::RotateSigningKeyRequest>) -> Result<Response<w::RotateSigningKeyResponse>, Status> {
+    async fn rotate_signing_key(
+        &self,
+        request: Request<w::RotateSigningKeyRequest>,
+    ) -> Result<Response<w::RotateSigningKeyResponse>, Status> {
         Self::operator(&request)?;
         Err(unavailable("RotateSigningKey", "signing-key rotation"))
     }
 
-    async fn export_statistics(&self, request: Request<w::ExportStatisticsRequest>) -> Result<Response<w::ExportStatisticsResponse>, Status> {
+    async fn export_statistics(
+        &self,
+        request: Request<w::ExportStatisticsRequest>,
+    ) -> Result<Response<w::ExportStatisticsResponse>, Status> {
         Self::operator(&request)?;
         Err(unavailable("ExportStatistics", "aggregate statistics"))
     }
 
-    async fn backup(&self, request: Request<w::BackupRequest>) -> Result<Response<w::BackupResponse>, Status> {
+    async fn backup(
+        &self,
+        request: Request<w::BackupRequest>,
+    ) -> Result<Response<w::BackupResponse>, Status> {
         Self::operator(&request)?;
         Err(unavailable("Backup", "online backup"))
     }

@@ -11,8 +11,16 @@ use crate::error::ApiError;
 pub fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
     request
         .peer_certs()
-        .and_then(|certs| certs.first().and_then(|c| trm_crypto::pki::principal_of(c.as_ref())))
-        .ok_or_else(|| Status::unauthenticated("client certificate carries no trm://client/<role>/<org> identity"))
+        .and_then(|certs| {
+            certs
+                .first()
+                .and_then(|c| trm_crypto::pki::principal_of(c.as_ref()))
+        })
+        .ok_or_else(|| {
+            Status::unauthenticated(
+                "client certificate carries no trm://client/<role>/<org> identity",
+            )
+        })
 }
 
 /// Refuses unless the principal has one of `roles`.
@@ -20,7 +28,10 @@ pub fn require(p: &Principal, roles: &[Role], action: &str) -> Result<(), ApiErr
     if roles.contains(&p.role) {
         Ok(())
     } else {
-        Err(ApiError::Denied(format!("role {} may not {action}", p.role)))
+        Err(ApiError::Denied(format!(
+            "role {} may not {action}",
+            p.role
+        )))
     }
 }
 

@@ -281,7 +281,10 @@ impl NodeConfig {
         ];
         for (key, path) in files {
             if !path.is_file() {
-                return Err(invalid(key, format!("file {} does not exist", path.display())));
+                return Err(invalid(
+                    key,
+                    format!("file {} does not exist", path.display()),
+                ));
             }
         }
         let mut seen = Vec::new();
@@ -291,18 +294,27 @@ impl NodeConfig {
                 return Err(invalid(&format!("{key}.id"), "a node is not its own peer"));
             }
             if seen.contains(&peer.id) {
-                return Err(invalid(&format!("{key}.id"), format!("peer {} listed twice", peer.id)));
+                return Err(invalid(
+                    &format!("{key}.id"),
+                    format!("peer {} listed twice", peer.id),
+                ));
             }
             seen.push(peer.id);
             if !peer.endpoint.contains(':') {
                 return Err(invalid(&format!("{key}.endpoint"), "must be host:port"));
             }
             if peer.signing_keys.is_empty() {
-                return Err(invalid(&format!("{key}.signing_keys"), "at least one key is required"));
+                return Err(invalid(
+                    &format!("{key}.signing_keys"),
+                    "at least one key is required",
+                ));
             }
             for p in std::iter::once(&peer.tls_ca).chain(&peer.signing_keys) {
                 if !p.is_file() {
-                    return Err(invalid(&key, format!("file {} does not exist", p.display())));
+                    return Err(invalid(
+                        &key,
+                        format!("file {} does not exist", p.display()),
+                    ));
                 }
             }
         }
@@ -341,8 +353,16 @@ key = "a"
 
     #[test]
     fn unknown_keys_are_named() {
-        let err = NodeConfig::parse(&format!("{MINIMAL}\n[policy]\nreflection_days = 10\n")).unwrap_err();
+        let err =
+            NodeConfig::parse(&format!("{MINIMAL}\n[policy]\nreflection_days = 10\n")).unwrap_err();
         assert!(err.contains("reflection_days"), "{err}");
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let cfg = NodeConfig::parse(include_str!("../../../node-config/AT.toml")).unwrap();
+        assert_eq!(cfg.peers.len(), 2);
+        assert_eq!(cfg.node.id.as_str(), "AT");
     }
 
     #[test]

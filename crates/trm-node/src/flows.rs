@@ -31,17 +31,33 @@ fn reject(reason: impl Into<String>) -> TxFail<Rejection> {
 }
 
 impl Flows {
-    fn referral_offer(&self, tx: &Tx<'_>, inbound: &Inbound<'_>, offer: &ReferralOffer) -> FlowResult {
-        let referral_id = Uuid::try_parse(&offer.referral_id).map_err(|_| reject("malformed: referral_id"))?;
-        let wire = offer.disclosed.as_ref().ok_or_else(|| reject("malformed: disclosed is required"))?;
-        let disclosed = convert::disclosed_from_wire(wire).map_err(|e| reject(format!("policy violation: {e}")))?;
-        policy::check_inbound(Purpose::ReferralAssistance, &disclosed).map_err(|v| reject(v.to_string()))?;
+    fn referral_offer(
+        &self,
+        tx: &Tx<'_>,
+        inbound: &Inbound<'_>,
+        offer: &ReferralOffer,
+    ) -> FlowResult {
+        let referral_id =
+            Uuid::try_parse(&offer.referral_id).map_err(|_| reject("malformed: referral_id"))?;
+        let wire = offer
+            .disclosed
+            .as_ref()
+            .ok_or_else(|| reject("malformed: disclosed is required"))?;
+        let disclosed = convert::disclosed_from_wire(wire)
+            .map_err(|e| reject(format!("policy violation: {e}")))?;
+        policy::check_inbound(Purpose::ReferralAssistance, &disclosed)
+            .map_err(|v| reject(v.to_string()))?;
         if disclosed.case_ref != inbound.case_ref {
-            return Err(reject("malformed: disclosed.case_ref differs from the envelope's case_ref"));
+            return Err(reject(
+                "malformed: disclosed.case_ref differs from the envelope's case_ref",
+            ));
         }
         let requested_services = convert::enums("requested_services", &offer.requested_services)
             .map_err(|e| reject(format!("malformed: {e}")))?;
-        if tx.get_sealed::<ReferralRecord>(TreeName::Referrals, referral_id.as_bytes())?.is_some() {
+        if tx
+            .get_sealed::<ReferralRecord>(TreeName::Referrals, referral_id.as_bytes())?
+            .is_some()
+        {
             return Err(reject("invalid transition: referral already exists"));
         }
         let now = OffsetDateTime::now_utc();
@@ -60,18 +76,31 @@ impl Flows {
             updated_at: now,
         };
         tx.put_sealed(TreeName::Referrals, referral_id.as_bytes(), &record)?;
-        tx.put_json(TreeName::CaseRefs, &inbound_ref_key(inbound.sender, inbound.case_ref), &referral_id.to_string())?;
+        tx.put_json(
+            TreeName::CaseRefs,
+            &inbound_ref_key(inbound.sender, inbound.case_ref),
+            &referral_id.to_string(),
+        )?;
         Ok(())
     }
 
-    fn referral_update(&self, tx: &Tx<'_>, inbound: &Inbound<'_>, update: &ReferralUpdate) -> FlowResult {
-        let referral_id = Uuid::try_parse(&update.referral_id).map_err(|_| reject("malformed: referral_id"))?;
-        let status = convert::referral_status_from_wire("status", update.status).map_err(|e| reject(format!("malformed: {e}")))?;
+    fn referral_update(
+        &self,
+        tx: &Tx<'_>,
+        inbound: &Inbound<'_>,
+        update: &ReferralUpdate,
+    ) -> FlowResult {
+        let referral_id =
+            Uuid::try_parse(&update.referral_id).map_err(|_| reject("malformed: referral_id"))?;
+        let status = convert::referral_status_from_wire("status", update.status)
+            .map_err(|e| reject(format!("malformed: {e}")))?;
         let mut r = tx
             .get_sealed::<ReferralRecord>(TreeName::Referrals, referral_id.as_bytes())?
             .ok_or_else(|| reject("unknown case reference: no such referral"))?;
         if r.peer(self.id) != inbound.sender {
-            return Err(reject("unknown case reference: referral not shared with the sender"));
+            return Err(reject(
+                "unknown case reference: referral not shared with the sender",
+            ));
         }
         let from_destination = r.destination == inbound.sender;
         let event = match (status, from_destination) {
@@ -80,10 +109,17 @@ impl Flows {
             (ReferralStatus::InAssistance, true) => ReferralEvent::Assign,
             (ReferralStatus::Closed, _) => ReferralEvent::Close,
             (ReferralStatus::Withdrawn, _) => ReferralEvent::Withdraw,
-            _ => return Err(reject(format!("invalid transition: {} from this sender", status.as_str()))),
+            _ => {
+                return Err(reject(format!(
+                    "invalid transition: {} from this sender",
+                    status.as_str()
+                )))
+            }
         };
-        r.status = next(r.status, event).map_err(|g| reject(format!("invalid transition: {}", g.reason)))?;
-        r.status_reason = convert::text("reason", &update.reason).map_err(|e| reject(format!("malformed: {e}")))?;
+        r.status = next(r.status, event)
+            .map_err(|g| reject(format!("invalid transition: {}", g.reason)))?;
+        r.status_reason = convert::text("reason", &update.reason)
+            .map_err(|e| reject(format!("malformed: {e}")))?;
         r.updated_at = OffsetDateTime::now_utc();
         tx.put_sealed(TreeName::Referrals, referral_id.as_bytes(), &r)?;
         Ok(())
@@ -102,18 +138,27 @@ impl FlowHandler for Flows {
         }
     }
 
-    fn on_receipt(&self, tx: &Tx<'_>, item: &OutboxItem, outcome: ReceiptOutcome, reason: &str) -> FlowResult {
+    fn on_receipt(
+        &self,
+        tx: &Tx<'_>,
+        item: &OutboxItem,
+        outcome: ReceiptOutcome,
+        reason: &str,
+    ) -> FlowResult {
         if item.kind != "referral_offer" {
             return Ok(());
         }
         let Ok(id) = Uuid::try_parse(&item.subject) else {
             return Ok(());
         };
-        let Some(mut r) = tx.get_sealed::<ReferralRecord>(TreeName::Referrals, id.as_bytes())? else {
+        let Some(mut r) = tx.get_sealed::<ReferralRecord>(TreeName::Referrals, id.as_bytes())?
+        else {
             return Ok(());
         };
         match outcome {
-            ReceiptOutcome::Accepted | ReceiptOutcome::Duplicate if r.status == ReferralStatus::Sent => {
+            ReceiptOutcome::Accepted | ReceiptOutcome::Duplicate
+                if r.status == ReferralStatus::Sent =>
+            {
                 r.status = ReferralStatus::Delivered;
             }
             ReceiptOutcome::Rejected => {

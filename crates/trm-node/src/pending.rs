@@ -3,7 +3,10 @@
 //! the whole contract today.
 
 use tonic::{Request, Response, Status};
-use trm_proto::v1::{self as w, return_planning_service_server::ReturnPlanningService, witness_hearing_service_server::WitnessHearingService};
+use trm_proto::v1::{
+    self as w, return_planning_service_server::ReturnPlanningService,
+    witness_hearing_service_server::WitnessHearingService,
+};
 
 use crate::authz;
 

@@ -64,7 +64,11 @@ fn load_referral(tx: &Tx<'_>, id: &Uuid) -> TxResult<ReferralRecord> {
 
 impl Referrals {
     /// Commits `f`, waits for durability, then wakes the delivery worker of `wake` if any.
-    async fn commit<R>(&self, wake: Option<trm_core::ids::NodeId>, f: impl Fn(&Tx<'_>) -> TxResult<R>) -> ApiResult<R> {
+    async fn commit<R>(
+        &self,
+        wake: Option<trm_core::ids::NodeId>,
+        f: impl Fn(&Tx<'_>) -> TxResult<R>,
+    ) -> ApiResult<R> {
         let r = self.ctx.store.transact(f)?;
         self.ctx.store.durable().await?;
         if let Some(peer) = wake {
@@ -87,8 +91,13 @@ impl Referrals {
         let me = self.ctx.id;
         let at_destination = r.direction(me) == Direction::Incoming;
         match event {
-            ReferralEvent::Accept | ReferralEvent::Decline | ReferralEvent::Assign if !at_destination => {
-                return Err(ApiError::Denied("only the destination answers or assigns a referral".into()).into());
+            ReferralEvent::Accept | ReferralEvent::Decline | ReferralEvent::Assign
+                if !at_destination =>
+            {
+                return Err(ApiError::Denied(
+                    "only the destination answers or assigns a referral".into(),
+                )
+                .into());
             }
             _ => {}
         }
@@ -108,8 +117,21 @@ impl Referrals {
             status: convert::referral_status_to_wire(r.status) as i32,
             reason: reason.to_owned(),
         };
-        outbox::enqueue(tx, &self.ctx.identity, me, peer, &id.to_string(), &r.disclosed.case_ref, Payload::ReferralUpdate(update))?;
-        tx.audit(AuditRecord::new(actor(p), "referral.update", id.to_string(), r.status.as_str()))?;
+        outbox::enqueue(
+            tx,
+            &self.ctx.identity,
+            me,
+            peer,
+            &id.to_string(),
+            &r.disclosed.case_ref,
+            Payload::ReferralUpdate(update),
+        )?;
+        tx.audit(AuditRecord::new(
+            actor(p),
+            "referral.update",
+            id.to_string(),
+            r.status.as_str(),
+        ))?;
         Ok(r)
     }
 }
@@ -117,7 +139,10 @@ impl Referrals {
 #[tonic::async_trait]
 impl ReferralService for Referrals {
     #[instrument(skip_all)]
-    async fn create_case(&self, request: Request<w::CreateCaseRequest>) -> Result<Response<w::Case>, Status> {
+    async fn create_case(
+        &self,
+        request: Request<w::CreateCaseRequest>,
+    ) -> Result<Response<w::Case>, Status> {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "create cases")?;
         let new = convert::new_case(request.get_ref(), today()).map_err(ApiError::from)?;
@@ -133,7 +158,12 @@ impl ReferralService for Referrals {
         };
         self.commit(None, |tx| {
             tx.put_sealed(TreeName::Cases, case.case_id.as_bytes(), &case)?;
-            tx.audit(AuditRecord::new(actor(&p), "case.create", case.case_id.to_string(), "ok"))?;
+            tx.audit(AuditRecord::new(
+                actor(&p),
+                "case.create",
+                case.case_id.to_string(),
+                "ok",
+            ))?;
             Ok(())
         })
         .await?;
@@ -142,7 +172,10 @@ impl ReferralService for Referrals {
     }
 
     #[instrument(skip_all)]
-    async fn get_case(&self, request: Request<w::GetCaseRequest>) -> Result<Response<w::Case>, Status> {
+    async fn get_case(
+        &self,
+        request: Request<w::GetCaseRequest>,
+    ) -> Result<Response<w::Case>, Status> {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "read victim records")?;
         let id = convert::id("case_id", &request.get_ref().case_id).map_err(ApiError::from)?;
@@ -155,14 +188,22 @@ impl ReferralService for Referrals {
         require_org(&p, Some(&case.organisation))?;
         self.ctx
             .store
-            .audit(AuditRecord::new(actor(&p), "case.read", id.to_string(), "ok"))
+            .audit(AuditRecord::new(
+                actor(&p),
+                "case.read",
+                id.to_string(),
+                "ok",
+            ))
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(convert::case_to_wire(&case)))
     }
 
     #[instrument(skip_all)]
-    async fn list_cases(&self, request: Request<w::ListCasesRequest>) -> Result<Response<w::ListCasesResponse>, Status> {
+    async fn list_cases(
+        &self,
+        request: Request<w::ListCasesRequest>,
+    ) -> Result<Response<w::ListCasesResponse>, Status> {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "read victim records")?;
         let cases: Vec<CaseRecord> = self
@@ -185,7 +226,10 @@ impl ReferralService for Referrals {
     }
 
     #[instrument(skip_all)]
-    async fn record_consent(&self, request: Request<w::RecordConsentRequest>) -> Result<Response<w::Consent>, Status> {
+    async fn record_consent(
+        &self,
+        request: Request<w::RecordConsentRequest>,
+    ) -> Result<Response<w::Consent>, Status> {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "record consent")?;
         let input = convert::consent_input(request.get_ref(), today()).map_err(ApiError::from)?;
@@ -206,14 +250,27 @@ impl ReferralService for Referrals {
             require_org(&p, Some(&case.organisation))?;
             let mut consents = consents_of(tx, &consent.case_id)?;
             if consents.len() >= trm_core::limits::MAX_ITEMS {
-                return Err(ApiError::from(FieldError::new("case_id", "too many consents recorded for this case")).into());
+                return Err(ApiError::from(FieldError::new(
+                    "case_id",
+                    "too many consents recorded for this case",
+                ))
+                .into());
             }
             consents.push(consent.clone());
             tx.put_json(TreeName::Consents, consent.case_id.as_bytes(), &consents)?;
             let purposes: Vec<&str> = consent.purposes.iter().map(|p| p.as_str()).collect();
             tx.audit(
-                AuditRecord::new(actor(&p), "consent.record", consent.consent_id.to_string(), "ok")
-                    .detail(format!("case={} purposes={}", consent.case_id, purposes.join(","))),
+                AuditRecord::new(
+                    actor(&p),
+                    "consent.record",
+                    consent.consent_id.to_string(),
+                    "ok",
+                )
+                .detail(format!(
+                    "case={} purposes={}",
+                    consent.case_id,
+                    purposes.join(",")
+                )),
             )?;
             Ok(())
         })
@@ -221,7 +278,10 @@ impl ReferralService for Referrals {
         Ok(Response::new(convert::consent_to_wire(&consent)))
     }
 
-    async fn withdraw_consent(&self, request: Request<w::WithdrawConsentRequest>) -> Result<Response<w::Consent>, Status> {
+    async fn withdraw_consent(
+        &self,
+        request: Request<w::WithdrawConsentRequest>,
+    ) -> Result<Response<w::Consent>, Status> {
         authz::principal(&request)?;
         Err(Status::unimplemented(
             "WithdrawConsent: consent withdrawal with erasure at every recipient is not available yet",
@@ -229,16 +289,25 @@ impl ReferralService for Referrals {
     }
 
     #[instrument(skip_all)]
-    async fn submit_referral(&self, request: Request<w::SubmitReferralRequest>) -> Result<Response<w::Referral>, Status> {
+    async fn submit_referral(
+        &self,
+        request: Request<w::SubmitReferralRequest>,
+    ) -> Result<Response<w::Referral>, Status> {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "submit referrals")?;
         let req = request.get_ref();
         let case_id = convert::id("case_id", &req.case_id).map_err(ApiError::from)?;
-        let destination = convert::country("destination", &req.destination).map_err(ApiError::from)?;
+        let destination =
+            convert::country("destination", &req.destination).map_err(ApiError::from)?;
         if destination == self.ctx.id || self.ctx.directory.get(destination).is_none() {
-            return Err(ApiError::from(FieldError::new("destination", "is not a peer of this node")).into());
+            return Err(ApiError::from(FieldError::new(
+                "destination",
+                "is not a peer of this node",
+            ))
+            .into());
         }
-        let requested_services = convert::enums("requested_services", &req.requested_services).map_err(ApiError::from)?;
+        let requested_services = convert::enums("requested_services", &req.requested_services)
+            .map_err(ApiError::from)?;
         let reason = convert::text("reason", &req.reason).map_err(ApiError::from)?;
         let referral_id = Uuid::now_v7();
         let me = self.ctx.id;
@@ -297,10 +366,14 @@ impl ReferralService for Referrals {
     }
 
     #[instrument(skip_all)]
-    async fn get_referral(&self, request: Request<w::GetReferralRequest>) -> Result<Response<w::Referral>, Status> {
+    async fn get_referral(
+        &self,
+        request: Request<w::GetReferralRequest>,
+    ) -> Result<Response<w::Referral>, Status> {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "read referrals")?;
-        let id = convert::id("referral_id", &request.get_ref().referral_id).map_err(ApiError::from)?;
+        let id =
+            convert::id("referral_id", &request.get_ref().referral_id).map_err(ApiError::from)?;
         let r = self
             .ctx
             .store
@@ -310,17 +383,26 @@ impl ReferralService for Referrals {
         require_org(&p, r.organisation.as_ref())?;
         self.ctx
             .store
-            .audit(AuditRecord::new(actor(&p), "referral.read", id.to_string(), "ok"))
+            .audit(AuditRecord::new(
+                actor(&p),
+                "referral.read",
+                id.to_string(),
+                "ok",
+            ))
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(convert::referral_to_wire(&r)))
     }
 
     #[instrument(skip_all)]
-    async fn list_referrals(&self, request: Request<w::ListReferralsRequest>) -> Result<Response<w::ListReferralsResponse>, Status> {
+    async fn list_referrals(
+        &self,
+        request: Request<w::ListReferralsRequest>,
+    ) -> Result<Response<w::ListReferralsResponse>, Status> {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "read referrals")?;
-        let direction = convert::direction("direction", request.get_ref().direction).map_err(ApiError::from)?;
+        let direction =
+            convert::direction("direction", request.get_ref().direction).map_err(ApiError::from)?;
         let me = self.ctx.id;
         let referrals: Vec<ReferralRecord> = self
             .ctx
@@ -331,7 +413,10 @@ impl ReferralService for Referrals {
             .filter(|r| r.direction(me) == direction)
             .filter(|r| require_org(&p, r.organisation.as_ref()).is_ok())
             .collect();
-        let ids: Vec<String> = referrals.iter().map(|r| r.referral_id.to_string()).collect();
+        let ids: Vec<String> = referrals
+            .iter()
+            .map(|r| r.referral_id.to_string())
+            .collect();
         self.ctx
             .store
             .audit(AuditRecord::new(actor(&p), "referral.list", "-", "ok").detail(ids.join(",")))
@@ -343,7 +428,10 @@ impl ReferralService for Referrals {
     }
 
     #[instrument(skip_all)]
-    async fn respond_to_referral(&self, request: Request<w::RespondToReferralRequest>) -> Result<Response<w::Referral>, Status> {
+    async fn respond_to_referral(
+        &self,
+        request: Request<w::RespondToReferralRequest>,
+    ) -> Result<Response<w::Referral>, Status> {
         let p = authz::principal(&request)?;
         require(&p, &[Role::FocalPoint], "answer incoming referrals")?;
         let req = request.get_ref();
@@ -351,18 +439,29 @@ impl ReferralService for Referrals {
         let event = match w::ReferralDecision::try_from(req.decision) {
             Ok(w::ReferralDecision::Accept) => ReferralEvent::Accept,
             Ok(w::ReferralDecision::Decline) => ReferralEvent::Decline,
-            _ => return Err(ApiError::from(FieldError::new("decision", "must be REFERRAL_DECISION_ACCEPT or REFERRAL_DECISION_DECLINE")).into()),
+            _ => {
+                return Err(ApiError::from(FieldError::new(
+                    "decision",
+                    "must be REFERRAL_DECISION_ACCEPT or REFERRAL_DECISION_DECLINE",
+                ))
+                .into())
+            }
         };
         let reason = convert::text("reason", &req.reason).map_err(ApiError::from)?;
         let origin = self.peer_of(&id)?;
         let r = self
-            .commit(Some(origin), |tx| self.update_referral(tx, &p, &id, event, &reason, None))
+            .commit(Some(origin), |tx| {
+                self.update_referral(tx, &p, &id, event, &reason, None)
+            })
             .await?;
         Ok(Response::new(convert::referral_to_wire(&r)))
     }
 
     #[instrument(skip_all)]
-    async fn assign_case(&self, request: Request<w::AssignCaseRequest>) -> Result<Response<w::Referral>, Status> {
+    async fn assign_case(
+        &self,
+        request: Request<w::AssignCaseRequest>,
+    ) -> Result<Response<w::Referral>, Status> {
         let p = authz::principal(&request)?;
         require(&p, &[Role::FocalPoint], "assign cases")?;
         let req = request.get_ref();
@@ -370,13 +469,18 @@ impl ReferralService for Referrals {
         let org = OrgId::parse("organisation", &req.organisation).map_err(ApiError::from)?;
         let origin = self.peer_of(&id)?;
         let r = self
-            .commit(Some(origin), |tx| self.update_referral(tx, &p, &id, ReferralEvent::Assign, "", Some(&org)))
+            .commit(Some(origin), |tx| {
+                self.update_referral(tx, &p, &id, ReferralEvent::Assign, "", Some(&org))
+            })
             .await?;
         Ok(Response::new(convert::referral_to_wire(&r)))
     }
 
     #[instrument(skip_all)]
-    async fn close_referral(&self, request: Request<w::CloseReferralRequest>) -> Result<Response<w::Referral>, Status> {
+    async fn close_referral(
+        &self,
+        request: Request<w::CloseReferralRequest>,
+    ) -> Result<Response<w::Referral>, Status> {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "close referrals")?;
         let req = request.get_ref();
@@ -384,7 +488,9 @@ impl ReferralService for Referrals {
         let reason = convert::text("reason", &req.reason).map_err(ApiError::from)?;
         let peer = self.peer_of(&id)?;
         let r = self
-            .commit(Some(peer), |tx| self.update_referral(tx, &p, &id, ReferralEvent::Close, &reason, None))
+            .commit(Some(peer), |tx| {
+                self.update_referral(tx, &p, &id, ReferralEvent::Close, &reason, None)
+            })
             .await?;
         Ok(Response::new(convert::referral_to_wire(&r)))
     }

@@ -11,7 +11,8 @@ use tracing::{error, info, warn};
 use trm_core::limits::{MAX_BATCH, MAX_LOCAL_REQUEST};
 use trm_crypto::{aead::SecretKey, files, signing::SigningIdentity};
 use trm_federation::{
-    inbound::InboundConfig, Delivery, DeliveryConfig, FederationServer, Peer, PeerDirectory, PeerKey,
+    inbound::InboundConfig, Delivery, DeliveryConfig, FederationServer, Peer, PeerDirectory,
+    PeerKey,
 };
 use trm_proto::v1::{
     admin_service_server::AdminServiceServer, federation_service_server::FederationServiceServer,
@@ -116,10 +117,8 @@ pub fn load_directory(config: &NodeConfig) -> Result<PeerDirectory, NodeError> {
     Ok(PeerDirectory::new(peers))
 }
 
-fn shutdown_signal(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
-    async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    }
+async fn shutdown_signal(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
 }
 
 /// Runs a node until `shutdown` completes.
@@ -143,7 +142,10 @@ pub async fn run(
             fed_roots.push_str(&peer.tls_ca_pem);
         }
     }
-    let services_identity = Identity::from_pem(files::read(&tls.services_cert)?, files::read(&tls.services_key)?);
+    let services_identity = Identity::from_pem(
+        files::read(&tls.services_cert)?,
+        files::read(&tls.services_key)?,
+    );
     let client_ca = Certificate::from_pem(files::read(&tls.client_ca)?);
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -171,8 +173,14 @@ pub async fn run(
     let mut inbound = InboundConfig::new(node);
     inbound.replay_window = time::Duration::days(i64::from(config.policy.replay_window_days));
 
-    let federation = FederationServiceServer::new(FederationServer::new(inbound, identity, directory, store.clone(), handler))
-        .max_decoding_message_size(MAX_BATCH + FRAMING);
+    let federation = FederationServiceServer::new(FederationServer::new(
+        inbound,
+        identity,
+        directory,
+        store.clone(),
+        handler,
+    ))
+    .max_decoding_message_size(MAX_BATCH + FRAMING);
     let fed_server = Server::builder()
         .tls_config(
             ServerTlsConfig::new()
@@ -180,10 +188,15 @@ pub async fn run(
                 .client_ca_root(Certificate::from_pem(fed_roots)),
         )?
         .add_service(federation)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.federation), shutdown_signal(stop_rx.clone()));
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listeners.federation),
+            shutdown_signal(stop_rx.clone()),
+        );
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<ReferralServiceServer<Referrals>>().await;
+    health
+        .set_serving::<ReferralServiceServer<Referrals>>()
+        .await;
     health.set_serving::<AdminServiceServer<Admin>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -195,25 +208,56 @@ pub async fn run(
         .client_ca_root(client_ca);
     let services_server = Server::builder()
         .tls_config(local_tls.clone())?
-        .add_service(ReferralServiceServer::new(Referrals::new(ctx.clone())).max_decoding_message_size(MAX_LOCAL_REQUEST))
-        .add_service(ReturnPlanningServiceServer::new(PendingReturns).max_decoding_message_size(MAX_LOCAL_REQUEST))
-        .add_service(WitnessHearingServiceServer::new(PendingHearings).max_decoding_message_size(MAX_LOCAL_REQUEST))
+        .add_service(
+            ReferralServiceServer::new(Referrals::new(ctx.clone()))
+                .max_decoding_message_size(MAX_LOCAL_REQUEST),
+        )
+        .add_service(
+            ReturnPlanningServiceServer::new(PendingReturns)
+                .max_decoding_message_size(MAX_LOCAL_REQUEST),
+        )
+        .add_service(
+            WitnessHearingServiceServer::new(PendingHearings)
+                .max_decoding_message_size(MAX_LOCAL_REQUEST),
+        )
         .add_service(health_service.clone())
         .add_service(reflection.clone())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.services), shutdown_signal(stop_rx.clone()));
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listeners.services),
+            shutdown_signal(stop_rx.clone()),
+        );
     let admin_server = Server::builder()
         .tls_config(local_tls)?
-        .add_service(AdminServiceServer::new(Admin::new(ctx.clone())).max_decoding_message_size(MAX_LOCAL_REQUEST))
+        .add_service(
+            AdminServiceServer::new(Admin::new(ctx.clone()))
+                .max_decoding_message_size(MAX_LOCAL_REQUEST),
+        )
         .add_service(health_service)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.admin), shutdown_signal(stop_rx.clone()));
-    let metrics_server = axum::serve(listeners.metrics, metrics::router(ctx)).with_graceful_shutdown(shutdown_signal(stop_rx.clone()));
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listeners.admin),
+            shutdown_signal(stop_rx.clone()),
+        );
+    let metrics_server = axum::serve(listeners.metrics, metrics::router(ctx))
+        .with_graceful_shutdown(shutdown_signal(stop_rx.clone()));
 
     let tasks: Vec<(&str, JoinHandle<Result<(), String>>)> = vec![
-        ("federation", tokio::spawn(async move { fed_server.await.map_err(|e| e.to_string()) })),
-        ("services", tokio::spawn(async move { services_server.await.map_err(|e| e.to_string()) })),
-        ("admin", tokio::spawn(async move { admin_server.await.map_err(|e| e.to_string()) })),
-        ("metrics", tokio::spawn(async move { metrics_server.await.map_err(|e| e.to_string()) })),
+        (
+            "federation",
+            tokio::spawn(async move { fed_server.await.map_err(|e| e.to_string()) }),
+        ),
+        (
+            "services",
+            tokio::spawn(async move { services_server.await.map_err(|e| e.to_string()) }),
+        ),
+        (
+            "admin",
+            tokio::spawn(async move { admin_server.await.map_err(|e| e.to_string()) }),
+        ),
+        (
+            "metrics",
+            tokio::spawn(async move { metrics_server.await.map_err(|e| e.to_string()) }),
+        ),
     ];
     info!(node = %node, "node running");
     shutdown.await;
@@ -272,6 +316,8 @@ impl NodeHandle {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
-        self.task.await.map_err(|e| NodeError::Task(e.to_string()))?
+        self.task
+            .await
+            .map_err(|e| NodeError::Task(e.to_string()))?
     }
 }

@@ -129,10 +129,16 @@ pub fn short(field: &str, s: &str, required: bool) -> Result<String, FieldError>
         return Err(FieldError::new(field, "is required"));
     }
     if s.chars().count() > MAX_SHORT {
-        return Err(FieldError::new(field, format!("at most {MAX_SHORT} characters")));
+        return Err(FieldError::new(
+            field,
+            format!("at most {MAX_SHORT} characters"),
+        ));
     }
     if s.chars().any(char::is_control) {
-        return Err(FieldError::new(field, "must not contain control characters"));
+        return Err(FieldError::new(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(s.trim().to_owned())
 }
@@ -140,7 +146,10 @@ pub fn short(field: &str, s: &str, required: bool) -> Result<String, FieldError>
 /// Parses free text: at most [`MAX_TEXT`] characters.
 pub fn text(field: &str, s: &str) -> Result<String, FieldError> {
     if s.chars().count() > MAX_TEXT {
-        return Err(FieldError::new(field, format!("at most {MAX_TEXT} characters")));
+        return Err(FieldError::new(
+            field,
+            format!("at most {MAX_TEXT} characters"),
+        ));
     }
     Ok(s.to_owned())
 }
@@ -172,7 +181,10 @@ pub fn language(field: &str, s: &str) -> Result<String, FieldError> {
     if ok {
         Ok(s.to_owned())
     } else {
-        Err(FieldError::new(field, "must be an ISO 639 code (2 or 3 lower-case letters)"))
+        Err(FieldError::new(
+            field,
+            "must be an ISO 639 code (2 or 3 lower-case letters)",
+        ))
     }
 }
 
@@ -231,7 +243,10 @@ pub fn new_case(req: &w::CreateCaseRequest, today: Date) -> Result<d::NewCase, F
         .ok_or_else(|| FieldError::new("person", "is required"))?;
     let date_of_birth = opt_date("person.date_of_birth", &p.date_of_birth)?;
     if date_of_birth.is_some_and(|dob| dob > today) {
-        return Err(FieldError::new("person.date_of_birth", "must not be in the future"));
+        return Err(FieldError::new(
+            "person.date_of_birth",
+            "must not be in the future",
+        ));
     }
     let person = d::Person {
         given_name: short("person.given_name", &p.given_name, false)?,
@@ -245,7 +260,10 @@ pub fn new_case(req: &w::CreateCaseRequest, today: Date) -> Result<d::NewCase, F
         phone: short("person.phone", &p.phone, false)?,
     };
     if person.given_name.is_empty() && person.family_name.is_empty() {
-        return Err(FieldError::new("person.given_name", "a given or family name is required"));
+        return Err(FieldError::new(
+            "person.given_name",
+            "a given or family name is required",
+        ));
     }
     let needs = match &req.needs {
         Some(n) => d::Needs {
@@ -264,7 +282,10 @@ pub fn new_case(req: &w::CreateCaseRequest, today: Date) -> Result<d::NewCase, F
     };
     let identified_on = opt_date("identified_on", &req.identified_on)?;
     if identified_on.is_some_and(|day| day > today) {
-        return Err(FieldError::new("identified_on", "must not be in the future"));
+        return Err(FieldError::new(
+            "identified_on",
+            "must not be in the future",
+        ));
     }
     Ok(d::NewCase {
         person,
@@ -340,15 +361,24 @@ pub struct ConsentInput {
 
 /// Parses `RecordConsentRequest`. A consent must be informed, name at least one purpose and
 /// one recipient, and not be expired already.
-pub fn consent_input(req: &w::RecordConsentRequest, today: Date) -> Result<ConsentInput, FieldError> {
+pub fn consent_input(
+    req: &w::RecordConsentRequest,
+    today: Date,
+) -> Result<ConsentInput, FieldError> {
     let case_id = id("case_id", &req.case_id)?;
     let purposes = enums("purposes", &req.purposes)?;
     if purposes.is_empty() {
-        return Err(FieldError::new("purposes", "at least one purpose is required"));
+        return Err(FieldError::new(
+            "purposes",
+            "at least one purpose is required",
+        ));
     }
     let recipients = countries("recipients", &req.recipients)?;
     if recipients.is_empty() {
-        return Err(FieldError::new("recipients", "at least one recipient country is required"));
+        return Err(FieldError::new(
+            "recipients",
+            "at least one recipient country is required",
+        ));
     }
     if !req.informed {
         return Err(FieldError::new(
@@ -432,7 +462,10 @@ pub fn disclosed_from_wire(x: &w::DisclosedCase) -> Result<d::DisclosedCase, Fie
     let needs = match &x.needs {
         Some(n) => {
             if !n.notes.is_empty() {
-                return Err(FieldError::new(f("needs.notes"), "free-text notes never cross a border"));
+                return Err(FieldError::new(
+                    f("needs.notes"),
+                    "free-text notes never cross a border",
+                ));
             }
             Some(d::DisclosedNeeds {
                 kinds: enums(&f("needs.kinds"), &n.kinds)?,
@@ -505,7 +538,10 @@ pub fn direction(field: &str, v: i32) -> Result<trm_core::referral::Direction, F
     match w::Direction::try_from(v) {
         Ok(w::Direction::Incoming) => Ok(trm_core::referral::Direction::Incoming),
         Ok(w::Direction::Outgoing) => Ok(trm_core::referral::Direction::Outgoing),
-        _ => Err(FieldError::new(field, "must be DIRECTION_INCOMING or DIRECTION_OUTGOING")),
+        _ => Err(FieldError::new(
+            field,
+            "must be DIRECTION_INCOMING or DIRECTION_OUTGOING",
+        )),
     }
 }
 
@@ -530,14 +566,33 @@ mod tests {
     fn bad_fields_are_named() {
         let today = date!(2026 - 01 - 01);
         assert!(new_case(&request(), today).is_ok());
-        let cases: Vec<(fn(&mut w::CreateCaseRequest), &str)> = vec![
+        type Mutation = fn(&mut w::CreateCaseRequest);
+        let cases: Vec<(Mutation, &str)> = vec![
             (|r| r.person = None, "person"),
             (|r| r.person.as_mut().unwrap().gender = 0, "person.gender"),
-            (|r| r.person.as_mut().unwrap().date_of_birth = "2000-13-01".into(), "person.date_of_birth"),
-            (|r| r.person.as_mut().unwrap().citizenship = vec!["ro".into()], "person.citizenship[0]"),
-            (|r| r.person.as_mut().unwrap().given_name = "x".repeat(201), "person.given_name"),
+            (
+                |r| r.person.as_mut().unwrap().date_of_birth = "2000-13-01".into(),
+                "person.date_of_birth",
+            ),
+            (
+                |r| r.person.as_mut().unwrap().citizenship = vec!["ro".into()],
+                "person.citizenship[0]",
+            ),
+            (
+                |r| r.person.as_mut().unwrap().given_name = "x".repeat(201),
+                "person.given_name",
+            ),
             (|r| r.identified_on = "2030-01-01".into(), "identified_on"),
-            (|r| r.needs = Some(w::Needs { kinds: vec![99], urgency: 1, notes: String::new() }), "needs.kinds[0]"),
+            (
+                |r| {
+                    r.needs = Some(w::Needs {
+                        kinds: vec![99],
+                        urgency: 1,
+                        notes: String::new(),
+                    })
+                },
+                "needs.kinds[0]",
+            ),
         ];
         for (mutate, field) in cases {
             let mut r = request();
@@ -548,19 +603,35 @@ mod tests {
 
     #[test]
     fn inbound_notes_and_identity_extras_are_refused() {
-        let base = w::DisclosedCase { case_ref: "r".into(), ..Default::default() };
+        let base = w::DisclosedCase {
+            case_ref: "r".into(),
+            ..Default::default()
+        };
         assert!(disclosed_from_wire(&base).is_ok());
         let mut notes = base.clone();
-        notes.needs = Some(w::Needs { notes: "x".into(), ..Default::default() });
-        assert_eq!(disclosed_from_wire(&notes).unwrap_err().field, "disclosed.needs.notes");
+        notes.needs = Some(w::Needs {
+            notes: "x".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            disclosed_from_wire(&notes).unwrap_err().field,
+            "disclosed.needs.notes"
+        );
         let mut extra = base;
-        extra.identity = Some(w::Person { gender: 1, ..Default::default() });
-        assert_eq!(disclosed_from_wire(&extra).unwrap_err().field, "disclosed.identity");
+        extra.identity = Some(w::Person {
+            gender: 1,
+            ..Default::default()
+        });
+        assert_eq!(
+            disclosed_from_wire(&extra).unwrap_err().field,
+            "disclosed.identity"
+        );
     }
 
     #[test]
     fn timestamps_round_trip() {
-        let t = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap() + time::Duration::nanoseconds(5);
+        let t = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap()
+            + time::Duration::nanoseconds(5);
         assert_eq!(from_ts("t", Some(&ts(t))).unwrap(), t);
         assert!(from_ts("t", None).is_err());
     }

@@ -115,23 +115,23 @@ where
     I: IntoIterator<Item = Option<AuditEntry>>,
 {
     let mut prev = String::new();
-    let mut expected = 1u64;
     let mut checked = 0u64;
-    for entry in entries {
-        let bad = |checked| AuditReport {
-            ok: false,
-            entries_checked: checked,
-            first_bad_entry: expected,
-        };
-        let Some(e) = entry else {
-            return bad(checked);
-        };
-        if e.seq != expected || e.prev != prev || e.compute_hash() != e.hash {
-            return bad(checked);
+    for (expected, entry) in (1u64..).zip(entries) {
+        let valid = entry.is_some_and(|e| {
+            let ok = e.seq == expected && e.prev == prev && e.compute_hash() == e.hash;
+            if ok {
+                prev = e.hash;
+            }
+            ok
+        });
+        if !valid {
+            return AuditReport {
+                ok: false,
+                entries_checked: checked,
+                first_bad_entry: expected,
+            };
         }
         checked += 1;
-        prev = e.hash;
-        expected += 1;
     }
     if head.seq != checked || head.hash != prev {
         return AuditReport {

@@ -201,7 +201,11 @@ impl Store {
     }
 
     /// Reads every sealed record of a tree whose key starts with `prefix`.
-    pub fn scan_sealed<T: DeserializeOwned>(&self, tree: TreeName, prefix: &[u8]) -> Result<Vec<T>> {
+    pub fn scan_sealed<T: DeserializeOwned>(
+        &self,
+        tree: TreeName,
+        prefix: &[u8],
+    ) -> Result<Vec<T>> {
         let mut out = Vec::new();
         for item in self.tree(tree).scan_prefix(prefix) {
             let (key, _) = item?;
@@ -263,7 +267,9 @@ impl Store {
 
     /// Verifies the audit chain: any modified, reordered or removed entry is detected.
     pub fn verify_audit(&self) -> Result<AuditReport> {
-        let head: AuditHead = self.get_json(TreeName::Meta, AUDIT_HEAD)?.unwrap_or_default();
+        let head: AuditHead = self
+            .get_json(TreeName::Meta, AUDIT_HEAD)?
+            .unwrap_or_default();
         let entries = self
             .tree(TreeName::Audit)
             .iter()
@@ -305,7 +311,11 @@ impl Tx<'_> {
         &self.view[t.index()]
     }
 
-    fn data_key(&self, subject: &[u8], create: bool) -> std::result::Result<Option<SecretKey>, TxError> {
+    fn data_key(
+        &self,
+        subject: &[u8],
+        create: bool,
+    ) -> std::result::Result<Option<SecretKey>, TxError> {
         let keys = self.tree(TreeName::Keys);
         if let Some(wrapped) = keys.get(subject)? {
             return Ok(Some(
@@ -325,26 +335,42 @@ impl Tx<'_> {
 
     /// Writes a record sealed under its own subject key (the record's key), creating the
     /// subject key on first use.
-    pub fn put_sealed<T: Serialize>(&self, tree: TreeName, key: &[u8], value: &T) -> std::result::Result<(), TxError> {
+    pub fn put_sealed<T: Serialize>(
+        &self,
+        tree: TreeName,
+        key: &[u8],
+        value: &T,
+    ) -> std::result::Result<(), TxError> {
         let sealed = self.seal_for(key, &aad(tree, key), &encode(value)?)?;
         self.tree(tree).insert(key, sealed)?;
         Ok(())
     }
 
     /// Reads a sealed record inside the transaction.
-    pub fn get_sealed<T: DeserializeOwned>(&self, tree: TreeName, key: &[u8]) -> std::result::Result<Option<T>, TxError> {
+    pub fn get_sealed<T: DeserializeOwned>(
+        &self,
+        tree: TreeName,
+        key: &[u8],
+    ) -> std::result::Result<Option<T>, TxError> {
         let Some(sealed) = self.tree(tree).get(key)? else {
             return Ok(None);
         };
         let Some(dk) = self.data_key(key, false)? else {
             return Ok(None);
         };
-        let plain = dk.open(&aad(tree, key), &sealed).map_err(StoreError::from)?;
+        let plain = dk
+            .open(&aad(tree, key), &sealed)
+            .map_err(StoreError::from)?;
         Ok(Some(decode(tree, key, &plain)?))
     }
 
     /// Seals bytes under `subject`'s data key (created on first use).
-    pub fn seal_for(&self, subject: &[u8], aad: &[u8], plain: &[u8]) -> std::result::Result<Vec<u8>, TxError> {
+    pub fn seal_for(
+        &self,
+        subject: &[u8],
+        aad: &[u8],
+        plain: &[u8],
+    ) -> std::result::Result<Vec<u8>, TxError> {
         let dk = self.data_key(subject, true)?.ok_or(TxError::Conflict)?;
         Ok(dk.seal(aad, plain).map_err(StoreError::from)?)
     }
@@ -356,13 +382,22 @@ impl Tx<'_> {
     }
 
     /// Writes a clear record (no personal data).
-    pub fn put_json<T: Serialize>(&self, tree: TreeName, key: &[u8], value: &T) -> std::result::Result<(), TxError> {
+    pub fn put_json<T: Serialize>(
+        &self,
+        tree: TreeName,
+        key: &[u8],
+        value: &T,
+    ) -> std::result::Result<(), TxError> {
         self.tree(tree).insert(key, encode(value)?)?;
         Ok(())
     }
 
     /// Reads a clear record.
-    pub fn get_json<T: DeserializeOwned>(&self, tree: TreeName, key: &[u8]) -> std::result::Result<Option<T>, TxError> {
+    pub fn get_json<T: DeserializeOwned>(
+        &self,
+        tree: TreeName,
+        key: &[u8],
+    ) -> std::result::Result<Option<T>, TxError> {
         match self.tree(tree).get(key)? {
             Some(bytes) => Ok(Some(decode(tree, key, &bytes)?)),
             None => Ok(None),
@@ -377,12 +412,17 @@ impl Tx<'_> {
 
     /// Returns a fresh, strictly increasing id (for queue ordering).
     pub fn next_id(&self) -> std::result::Result<u64, TxError> {
-        Ok(self.tree(TreeName::Meta).generate_id().map_err(StoreError::from)?)
+        Ok(self
+            .tree(TreeName::Meta)
+            .generate_id()
+            .map_err(StoreError::from)?)
     }
 
     /// Appends an entry to the audit chain, in this transaction.
     pub fn audit<E>(&self, record: AuditRecord) -> std::result::Result<(), TxFail<E>> {
-        let head: AuditHead = self.get_json(TreeName::Meta, AUDIT_HEAD)?.unwrap_or_default();
+        let head: AuditHead = self
+            .get_json(TreeName::Meta, AUDIT_HEAD)?
+            .unwrap_or_default();
         let seq = head.seq + 1;
         let at = OffsetDateTime::now_utc()
             .format(&Rfc3339)
@@ -454,7 +494,9 @@ mod tests {
         put(&store, b"case-1", "Zorica Unique-Name");
         assert_eq!(
             store.get_sealed::<Rec>(TreeName::Cases, b"case-1").unwrap(),
-            Some(Rec { name: "Zorica Unique-Name".into() })
+            Some(Rec {
+                name: "Zorica Unique-Name".into()
+            })
         );
         store.close().unwrap();
         assert!(!files_contain(dir.path(), b"Zorica Unique-Name"));
@@ -462,7 +504,10 @@ mod tests {
         store
             .transact::<(), (), _>(|tx| tx.shred(b"case-1").map_err(Into::into))
             .unwrap();
-        assert_eq!(store.get_sealed::<Rec>(TreeName::Cases, b"case-1").unwrap(), None);
+        assert_eq!(
+            store.get_sealed::<Rec>(TreeName::Cases, b"case-1").unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -474,7 +519,10 @@ mod tests {
             Err(TxFail::Abort("refused"))
         });
         assert!(matches!(r, Err(TxFail::Abort("refused"))));
-        assert_eq!(store.get_sealed::<Rec>(TreeName::Cases, b"x").unwrap(), None);
+        assert_eq!(
+            store.get_sealed::<Rec>(TreeName::Cases, b"x").unwrap(),
+            None
+        );
         assert_eq!(store.audit_entries().unwrap().len(), 0);
     }
 
@@ -499,7 +547,9 @@ mod tests {
         // Modified: change the outcome of entry 2.
         let mut e: AuditEntry = serde_json::from_slice(&original[1].1).unwrap();
         e.record.outcome = "refused".into();
-        audit.insert(&original[1].0, serde_json::to_vec(&e).unwrap()).unwrap();
+        audit
+            .insert(&original[1].0, serde_json::to_vec(&e).unwrap())
+            .unwrap();
         let r = store.verify_audit().unwrap();
         assert_eq!((r.ok, r.first_bad_entry), (false, 2));
         restore();
@@ -529,7 +579,10 @@ mod tests {
             put(&store, b"c", "name");
         }
         let store = Store::open(dir.path(), master).unwrap();
-        assert!(store.get_sealed::<Rec>(TreeName::Cases, b"c").unwrap().is_some());
+        assert!(store
+            .get_sealed::<Rec>(TreeName::Cases, b"c")
+            .unwrap()
+            .is_some());
         assert!(store.verify_audit().unwrap().ok);
     }
 }

@@ -12,10 +12,16 @@ use trm_node::NodeConfig;
 pub fn issue(config: &Path, role: Role, org: &OrgId, out: &Path) -> Result<(PathBuf, PathBuf)> {
     let cfg = NodeConfig::load(config)?;
     let Some(ca_key) = cfg.tls.client_ca_key.as_ref() else {
-        bail!("tls.client_ca_key is not set in {}: this host cannot issue client certificates", config.display());
+        bail!(
+            "tls.client_ca_key is not set in {}: this host cannot issue client certificates",
+            config.display()
+        );
     };
-    let ca = Authority::load(&files::read_text(&cfg.tls.client_ca)?, &files::read_text(ca_key)?)
-        .context("loading the client CA")?;
+    let ca = Authority::load(
+        &files::read_text(&cfg.tls.client_ca)?,
+        &files::read_text(ca_key)?,
+    )
+    .context("loading the client CA")?;
     let issued = ca.issue_client(role, org)?;
     let cert = with_ext(out, "pem");
     let key = with_ext(out, "key");

@@ -82,13 +82,27 @@ fn main() -> Result<()> {
         .init();
     trm_node::install_crypto_provider();
     match cli.command {
-        Command::Sandbox { command: SandboxCommand::Init { dir, nodes, base_port, force } } => {
-            init(&dir, &nodes, base_port, force)
-        }
-        Command::Sandbox { command: SandboxCommand::Up { dir, scenario } } => {
-            tokio::runtime::Runtime::new()?.block_on(up(dir, scenario))
-        }
-        Command::Client { command: ClientCommand::Issue { config, role, org, out } } => {
+        Command::Sandbox {
+            command:
+                SandboxCommand::Init {
+                    dir,
+                    nodes,
+                    base_port,
+                    force,
+                },
+        } => init(&dir, &nodes, base_port, force),
+        Command::Sandbox {
+            command: SandboxCommand::Up { dir, scenario },
+        } => tokio::runtime::Runtime::new()?.block_on(up(dir, scenario)),
+        Command::Client {
+            command:
+                ClientCommand::Issue {
+                    config,
+                    role,
+                    org,
+                    out,
+                },
+        } => {
             let (cert, key) = trmctl::client::issue(&config, role, &org, &out)?;
             println!("wrote {} and {}", cert.display(), key.display());
             Ok(())
@@ -108,7 +122,9 @@ fn init(dir: &std::path::Path, nodes: &[NodeId], base_port: u16, force: bool) ->
     for outcome in sandbox::init(dir, &specs, force)? {
         match outcome {
             InitOutcome::Created(p) => println!("created {}", p.display()),
-            InitOutcome::Kept(p) => println!("kept {} as it is (use --force to rewrite it)", p.display()),
+            InitOutcome::Kept(p) => {
+                println!("kept {} as it is (use --force to rewrite it)", p.display())
+            }
         }
     }
     Ok(())
@@ -116,7 +132,12 @@ fn init(dir: &std::path::Path, nodes: &[NodeId], base_port: u16, force: bool) ->
 
 async fn up(dir: PathBuf, scenario: bool) -> Result<()> {
     if !dir.is_dir() || sandbox::nodes_in(&dir)?.is_empty() {
-        init(&dir, &["AT".parse()?, "RO".parse()?, "NG".parse()?], 7400, false)?;
+        init(
+            &dir,
+            &["AT".parse()?, "RO".parse()?, "NG".parse()?],
+            7400,
+            false,
+        )?;
     }
     let ids = sandbox::nodes_in(&dir)?;
     let mut nodes = Vec::new();
@@ -128,7 +149,10 @@ async fn up(dir: PathBuf, scenario: bool) -> Result<()> {
         let handle = trm_node::NodeHandle::spawn(cfg, listeners)?;
         println!(
             "node {id}: services {} federation {} admin {} metrics http://{}/metrics",
-            handle.addrs.services, handle.addrs.federation, handle.addrs.admin, handle.addrs.metrics
+            handle.addrs.services,
+            handle.addrs.federation,
+            handle.addrs.admin,
+            handle.addrs.metrics
         );
         nodes.push(handle);
     }
@@ -137,7 +161,9 @@ async fn up(dir: PathBuf, scenario: bool) -> Result<()> {
             bail!("the scenario needs at least two nodes");
         }
         let mut out = std::io::stdout();
-        trmctl::scenario::run(&dir, ids[0], ids[1], &mut out).await.map(|_| ())
+        trmctl::scenario::run(&dir, ids[0], ids[1], &mut out)
+            .await
+            .map(|_| ())
     } else {
         println!("sandbox running in {}; Ctrl-C stops it", dir.display());
         tokio::signal::ctrl_c().await?;

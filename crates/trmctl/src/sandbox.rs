@@ -97,7 +97,8 @@ pub fn init(dir: &Path, nodes: &[NodeSpec], force: bool) -> Result<Vec<InitOutco
         let nd = node_dir(dir, spec.id);
         let pub_path = nd.join("keys/signing.pub.pem");
         if nd.join("node.toml").is_file() && !force {
-            publics.push(files::read_text(&pub_path).context("kept node lacks keys/signing.pub.pem")?);
+            publics
+                .push(files::read_text(&pub_path).context("kept node lacks keys/signing.pub.pem")?);
             outcomes.push(InitOutcome::Kept(nd));
             continue;
         }
@@ -115,23 +116,44 @@ pub fn init(dir: &Path, nodes: &[NodeSpec], force: bool) -> Result<Vec<InitOutco
         publics.push(public);
 
         let node_cert = fed_ca.issue_node(spec.id, &hosts)?;
-        files::write_public(&nd.join("tls/federation.pem"), node_cert.cert_pem.as_bytes())?;
+        files::write_public(
+            &nd.join("tls/federation.pem"),
+            node_cert.cert_pem.as_bytes(),
+        )?;
         files::write_secret(&nd.join("tls/federation.key"), node_cert.key_pem.as_bytes())?;
-        files::write_public(&nd.join("tls/federation-ca.pem"), fed_ca.cert_pem().as_bytes())?;
+        files::write_public(
+            &nd.join("tls/federation-ca.pem"),
+            fed_ca.cert_pem().as_bytes(),
+        )?;
 
         let services_ca = Authority::generate(&format!("TRM sandbox {} services CA", spec.id))?;
-        files::write_public(&nd.join("services-ca.pem"), services_ca.cert_pem().as_bytes())?;
+        files::write_public(
+            &nd.join("services-ca.pem"),
+            services_ca.cert_pem().as_bytes(),
+        )?;
         let server = services_ca.issue_server(&format!("trm node {} services", spec.id), &hosts)?;
         files::write_public(&nd.join("tls/services.pem"), server.cert_pem.as_bytes())?;
         files::write_secret(&nd.join("tls/services.key"), server.key_pem.as_bytes())?;
 
         let client_ca = Authority::generate(&format!("TRM sandbox {} client CA", spec.id))?;
-        files::write_public(&nd.join("tls/client-ca.pem"), client_ca.cert_pem().as_bytes())?;
-        files::write_secret(&nd.join("tls/client-ca.key"), client_ca.key_pem().as_bytes())?;
+        files::write_public(
+            &nd.join("tls/client-ca.pem"),
+            client_ca.cert_pem().as_bytes(),
+        )?;
+        files::write_secret(
+            &nd.join("tls/client-ca.key"),
+            client_ca.key_pem().as_bytes(),
+        )?;
         for role in Role::ALL {
             let c = client_ca.issue_client(role, &sandbox_org(role)?)?;
-            files::write_public(&nd.join(format!("clients/{role}.pem")), c.cert_pem.as_bytes())?;
-            files::write_secret(&nd.join(format!("clients/{role}.key")), c.key_pem.as_bytes())?;
+            files::write_public(
+                &nd.join(format!("clients/{role}.pem")),
+                c.cert_pem.as_bytes(),
+            )?;
+            files::write_secret(
+                &nd.join(format!("clients/{role}.key")),
+                c.key_pem.as_bytes(),
+            )?;
         }
         outcomes.push(InitOutcome::Created(nd));
     }
@@ -200,7 +222,11 @@ pub fn nodes_in(dir: &Path) -> Result<Vec<NodeId>> {
     let mut ids = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let entry = entry?;
-        if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<NodeId>().ok()) {
+        if let Some(id) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<NodeId>().ok())
+        {
             let config = entry.path().join("node.toml");
             if config.is_file() {
                 let port = trm_node::NodeConfig::load(&config)?.listen.services.port();

@@ -10,7 +10,8 @@ use tonic::{transport::Channel, Code};
 use trm_core::ids::{NodeId, Role};
 use trm_node::NodeConfig;
 use trm_proto::v1::{
-    self as w, admin_service_client::AdminServiceClient, referral_service_client::ReferralServiceClient,
+    self as w, admin_service_client::AdminServiceClient,
+    referral_service_client::ReferralServiceClient,
 };
 
 use crate::{connect, sandbox};
@@ -31,7 +32,11 @@ pub struct Outcome {
 pub async fn client(dir: &Path, node: NodeId, role: Role, admin: bool) -> Result<Channel> {
     let cfg = NodeConfig::load(&sandbox::config_path(dir, node))?;
     let nd = sandbox::node_dir(dir, node);
-    let addr = if admin { cfg.listen.admin } else { cfg.listen.services };
+    let addr = if admin {
+        cfg.listen.admin
+    } else {
+        cfg.listen.services
+    };
     connect::channel(
         &addr.to_string(),
         &nd.join("services-ca.pem"),
@@ -42,7 +47,9 @@ pub async fn client(dir: &Path, node: NodeId, role: Role, admin: bool) -> Result
 }
 
 async fn referrals(dir: &Path, node: NodeId, role: Role) -> Result<ReferralServiceClient<Channel>> {
-    Ok(ReferralServiceClient::new(client(dir, node, role, false).await?))
+    Ok(ReferralServiceClient::new(
+        client(dir, node, role, false).await?,
+    ))
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, for at most `deadline`.
@@ -68,17 +75,29 @@ fn status_name(v: i32) -> &'static str {
 }
 
 async fn referral_status(c: &mut ReferralServiceClient<Channel>, id: &str) -> Result<w::Referral> {
-    Ok(c.get_referral(w::GetReferralRequest { referral_id: id.to_owned() }).await?.into_inner())
+    Ok(c.get_referral(w::GetReferralRequest {
+        referral_id: id.to_owned(),
+    })
+    .await?
+    .into_inner())
 }
 
 /// Plays the story from `origin` to `destination` (nodes already running), writing what
 /// happens to `out`.
-pub async fn run(dir: &Path, origin: NodeId, destination: NodeId, out: &mut impl Write) -> Result<Outcome> {
+pub async fn run(
+    dir: &Path,
+    origin: NodeId,
+    destination: NodeId,
+    out: &mut impl Write,
+) -> Result<Outcome> {
     let deadline = Duration::from_secs(60);
     let mut sp = referrals(dir, origin, Role::ServiceProvider).await?;
     let mut dest_fp = referrals(dir, destination, Role::FocalPoint).await?;
 
-    writeln!(out, "== {origin}: a service provider records an identified victim (fictional data)")?;
+    writeln!(
+        out,
+        "== {origin}: a service provider records an identified victim (fictional data)"
+    )?;
     let case = sp
         .create_case(w::CreateCaseRequest {
             person: Some(w::Person {
@@ -93,7 +112,10 @@ pub async fn run(dir: &Path, origin: NodeId, destination: NodeId, out: &mut impl
                 phone: "+00 000 0000".into(),
             }),
             needs: Some(w::Needs {
-                kinds: vec![w::NeedKind::Shelter as i32, w::NeedKind::Psychological as i32],
+                kinds: vec![
+                    w::NeedKind::Shelter as i32,
+                    w::NeedKind::Psychological as i32,
+                ],
                 urgency: w::Urgency::Urgent as i32,
                 notes: "case worker's private notes".into(),
             }),
@@ -107,10 +129,17 @@ pub async fn run(dir: &Path, origin: NodeId, destination: NodeId, out: &mut impl
         .await
         .context("CreateCase")?
         .into_inner();
-    writeln!(out, "   {origin} holds case {} (full record, sealed at rest):", case.case_id)?;
+    writeln!(
+        out,
+        "   {origin} holds case {} (full record, sealed at rest):",
+        case.case_id
+    )?;
     writeln!(out, "   {:?}", case.person)?;
 
-    writeln!(out, "== {origin}: a referral to {destination} without consent is refused")?;
+    writeln!(
+        out,
+        "== {origin}: a referral to {destination} without consent is refused"
+    )?;
     let refused = sp
         .submit_referral(w::SubmitReferralRequest {
             case_id: case.case_id.clone(),
@@ -127,7 +156,10 @@ pub async fn run(dir: &Path, origin: NodeId, destination: NodeId, out: &mut impl
         }
     };
 
-    writeln!(out, "== {origin}: the victim gives informed consent to a referral to {destination}")?;
+    writeln!(
+        out,
+        "== {origin}: the victim gives informed consent to a referral to {destination}"
+    )?;
     let consent = sp
         .record_consent(w::RecordConsentRequest {
             case_id: case.case_id.clone(),
@@ -148,7 +180,10 @@ pub async fn run(dir: &Path, origin: NodeId, destination: NodeId, out: &mut impl
         .submit_referral(w::SubmitReferralRequest {
             case_id: case.case_id.clone(),
             destination: destination.to_string(),
-            requested_services: vec![w::NeedKind::Shelter as i32, w::NeedKind::Psychological as i32],
+            requested_services: vec![
+                w::NeedKind::Shelter as i32,
+                w::NeedKind::Psychological as i32,
+            ],
             reason: "safe accommodation near family".into(),
         })
         .await
@@ -162,17 +197,25 @@ pub async fn run(dir: &Path, origin: NodeId, destination: NodeId, out: &mut impl
         let id = id.clone();
         async move {
             let list = c
-                .list_referrals(w::ListReferralsRequest { direction: w::Direction::Incoming as i32 })
+                .list_referrals(w::ListReferralsRequest {
+                    direction: w::Direction::Incoming as i32,
+                })
                 .await?
                 .into_inner();
             Ok(list.referrals.into_iter().find(|r| r.referral_id == id))
         }
     })
     .await?;
-    writeln!(out, "== what crossed the border ({origin} -> {destination}), as {destination} holds it:")?;
+    writeln!(
+        out,
+        "== what crossed the border ({origin} -> {destination}), as {destination} holds it:"
+    )?;
     writeln!(out, "   {:?}", arrived.disclosed)?;
 
-    writeln!(out, "== {destination}: the focal point accepts and assigns the case to a service provider")?;
+    writeln!(
+        out,
+        "== {destination}: the focal point accepts and assigns the case to a service provider"
+    )?;
     dest_fp
         .respond_to_referral(w::RespondToReferralRequest {
             referral_id: id.clone(),
@@ -182,7 +225,10 @@ pub async fn run(dir: &Path, origin: NodeId, destination: NodeId, out: &mut impl
         .await
         .context("RespondToReferral")?;
     dest_fp
-        .assign_case(w::AssignCaseRequest { referral_id: id.clone(), organisation: "sp1".into() })
+        .assign_case(w::AssignCaseRequest {
+            referral_id: id.clone(),
+            organisation: "sp1".into(),
+        })
         .await
         .context("AssignCase")?;
 
@@ -196,12 +242,23 @@ pub async fn run(dir: &Path, origin: NodeId, destination: NodeId, out: &mut impl
     })
     .await?;
     let at_destination = referral_status(&mut dest_fp, &id).await?;
-    writeln!(out, "   {origin} sees referral {id}: {}", status_name(at_origin.status))?;
-    writeln!(out, "   {destination} sees referral {id}: {}", status_name(at_destination.status))?;
+    writeln!(
+        out,
+        "   {origin} sees referral {id}: {}",
+        status_name(at_origin.status)
+    )?;
+    writeln!(
+        out,
+        "   {destination} sees referral {id}: {}",
+        status_name(at_destination.status)
+    )?;
 
     for node in [origin, destination] {
         let mut admin = AdminServiceClient::new(client(dir, node, Role::Operator, true).await?);
-        let audit = admin.verify_audit(w::VerifyAuditRequest {}).await?.into_inner();
+        let audit = admin
+            .verify_audit(w::VerifyAuditRequest {})
+            .await?
+            .into_inner();
         let status = admin.status(w::StatusRequest {}).await?.into_inner();
         writeln!(
             out,
@@ -209,7 +266,10 @@ pub async fn run(dir: &Path, origin: NodeId, destination: NodeId, out: &mut impl
             audit.ok, audit.entries_checked, status.outbox_depth
         )?;
     }
-    writeln!(out, "== return planning and witness hearings: not available in this version yet")?;
+    writeln!(
+        out,
+        "== return planning and witness hearings: not available in this version yet"
+    )?;
     Ok(Outcome {
         referral_id: id,
         at_origin,

@@ -1,0 +1,244 @@
+//! The federation port trusts nobody by default: unknown CAs are refused in the TLS
+//! handshake, and an envelope is verified before it has any effect.
+
+use std::path::Path;
+
+use prost::Message;
+use tonic::{
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+    Code,
+};
+use trm_core::ids::{NodeId, Role};
+use trm_crypto::{
+    files,
+    pki::Authority,
+    signing::{self, SigningIdentity, RECEIPT_TAG},
+};
+use trm_federation::envelope;
+use trm_proto::v1::{
+    self as w, envelope_body::Payload, federation_service_client::FederationServiceClient,
+    ReceiptBody, ReceiptOutcome,
+};
+use trm_tests::TestFederation;
+
+async fn federation_client(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+    cert_pem: &str,
+    key_pem: &str,
+) -> anyhow::Result<FederationServiceClient<Channel>> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(files::read(ca)?))
+        .identity(Identity::from_pem(cert_pem, key_pem))
+        .domain_name("localhost");
+    let channel = Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(tls)?
+        .connect_lazy();
+    Ok(FederationServiceClient::new(channel))
+}
+
+/// A client of AT's federation port presenting RO's real federation certificate.
+async fn as_ro(fed: &TestFederation) -> anyhow::Result<FederationServiceClient<Channel>> {
+    let ro = fed.dir().join("RO/tls");
+    federation_client(
+        fed.node("AT")?.addrs.federation,
+        &fed.dir().join("AT/tls/federation-ca.pem"),
+        &files::read_text(&ro.join("federation.pem"))?,
+        &files::read_text(&ro.join("federation.key"))?,
+    )
+    .await
+}
+
+async fn audit_entries(fed: &TestFederation, node: &str) -> anyhow::Result<u64> {
+    let mut admin = fed.admin(node, Role::Operator).await?;
+    let r = admin
+        .verify_audit(w::VerifyAuditRequest {})
+        .await?
+        .into_inner();
+    assert!(r.ok);
+    Ok(r.entries_checked)
+}
+
+#[tokio::test]
+async fn peer_certificate_from_an_unknown_ca_is_refused_in_the_handshake() -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    // Control: RO's real certificate is let in.
+    let info = as_ro(&fed)
+        .await?
+        .get_node_info(w::GetNodeInfoRequest {})
+        .await?
+        .into_inner();
+    assert_eq!(info.node_id, "AT");
+
+    // Same node id, same host names, but issued by a CA AT does not trust.
+    let rogue = Authority::generate("rogue CA")?;
+    let cert = rogue.issue_node("RO".parse()?, &["localhost".into(), "127.0.0.1".into()])?;
+    let mut client = federation_client(
+        fed.node("AT")?.addrs.federation,
+        &fed.dir().join("AT/tls/federation-ca.pem"),
+        &cert.cert_pem,
+        &cert.key_pem,
+    )
+    .await?;
+    let err = client
+        .get_node_info(w::GetNodeInfoRequest {})
+        .await
+        .expect_err("unknown CA");
+    assert!(
+        matches!(
+            err.code(),
+            Code::Unavailable | Code::Unknown | Code::Internal
+        ),
+        "{err:?}"
+    );
+    let ro_key = SigningIdentity::load(&fed.dir().join("RO/keys/signing.pem"))?;
+    let env = envelope::seal(
+        &ro_key,
+        "RO".parse()?,
+        "AT".parse()?,
+        "ref",
+        offer("ref", None),
+    );
+    assert!(client.deliver(env).await.is_err());
+    fed.stop().await?;
+    Ok(())
+}
+
+fn offer(case_ref: &str, identity: Option<w::Person>) -> Payload {
+    Payload::ReferralOffer(w::ReferralOffer {
+        referral_id: uuid::Uuid::now_v7().to_string(),
+        disclosed: Some(w::DisclosedCase {
+            case_ref: case_ref.into(),
+            age_band: w::AgeBand::AgeBand1820 as i32,
+            identity,
+            ..Default::default()
+        }),
+        requested_services: vec![w::NeedKind::Shelter as i32],
+    })
+}
+
+#[tokio::test]
+async fn envelopes_are_verified_before_any_effect_and_receipts_bind_the_bytes() -> anyhow::Result<()>
+{
+    let fed = TestFederation::start(&["AT", "RO", "NG"]).await?;
+    let (at, ro, ng): (NodeId, NodeId, NodeId) = ("AT".parse()?, "RO".parse()?, "NG".parse()?);
+    let ro_key = SigningIdentity::load(&fed.dir().join("RO/keys/signing.pem"))?;
+    let ng_key = SigningIdentity::load(&fed.dir().join("NG/keys/signing.pem"))?;
+    let at_public = signing::public_from_pem(&files::read_text(
+        &fed.dir().join("AT/keys/signing.pub.pem"),
+    )?)?;
+    let mut client = as_ro(&fed).await?;
+    let before = audit_entries(&fed, "AT").await?;
+
+    let good = envelope::seal(&ro_key, ro, at, "ref-a", offer("ref-a", None));
+    let refusals = [
+        (
+            "tampered signature",
+            {
+                let mut e = good.clone();
+                e.signature[10] ^= 1;
+                e
+            },
+            Code::Unauthenticated,
+        ),
+        (
+            "tampered body",
+            {
+                let mut e = good.clone();
+                let n = e.body.len() - 1;
+                e.body[n] ^= 1;
+                e
+            },
+            Code::Unauthenticated,
+        ),
+        (
+            "another node's key",
+            envelope::seal(&ng_key, ng, at, "r", offer("r", None)),
+            Code::Unauthenticated,
+        ),
+        (
+            "sender is not the TLS peer",
+            envelope::seal(&ro_key, ng, at, "r", offer("r", None)),
+            Code::PermissionDenied,
+        ),
+        (
+            "recipient is not this node",
+            envelope::seal(&ro_key, ro, ng, "r", offer("r", None)),
+            Code::InvalidArgument,
+        ),
+    ];
+    for (what, env, code) in &refusals {
+        let err = client.deliver(env.clone()).await.expect_err(what);
+        assert_eq!(err.code(), *code, "{what}: {err:?}");
+    }
+    assert_eq!(
+        audit_entries(&fed, "AT").await?,
+        before + refusals.len() as u64,
+        "each refusal is audited"
+    );
+    let mut at_fp = fed.referrals("AT", Role::FocalPoint).await?;
+    let incoming = at_fp
+        .list_referrals(w::ListReferralsRequest {
+            direction: w::Direction::Incoming as i32,
+        })
+        .await?
+        .into_inner();
+    assert!(
+        incoming.referrals.is_empty(),
+        "no refused envelope had an effect"
+    );
+
+    // The untampered envelope is accepted, with a receipt signed by AT over its exact bytes.
+    let receipt = client.deliver(good.clone()).await?.into_inner();
+    signing::verify(&at_public, RECEIPT_TAG, &receipt.body, &receipt.signature)?;
+    let body = ReceiptBody::decode(receipt.body.as_slice())?;
+    assert_eq!(body.outcome, ReceiptOutcome::Accepted as i32);
+    assert_eq!(body.body_sha256, trm_crypto::sha256(&good.body).to_vec());
+    assert_eq!(body.receiver, "AT");
+    // Delivered again: the same receipt, and still one referral.
+    let again = client.deliver(good).await?.into_inner();
+    assert_eq!(again, receipt);
+    let incoming = at_fp
+        .list_referrals(w::ListReferralsRequest {
+            direction: w::Direction::Incoming as i32,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(incoming.referrals.len(), 1);
+    assert_eq!(incoming.referrals[0].origin, "RO");
+
+    // Authenticated but carrying identity in a referral: a signed REJECTED receipt, no effect.
+    let leaky = envelope::seal(
+        &ro_key,
+        ro,
+        at,
+        "ref-b",
+        offer(
+            "ref-b",
+            Some(w::Person {
+                family_name: "Leaked".into(),
+                ..Default::default()
+            }),
+        ),
+    );
+    let rejected = client.deliver(leaky).await?.into_inner();
+    signing::verify(&at_public, RECEIPT_TAG, &rejected.body, &rejected.signature)?;
+    let body = ReceiptBody::decode(rejected.body.as_slice())?;
+    assert_eq!(body.outcome, ReceiptOutcome::Rejected as i32);
+    assert!(
+        body.reason.starts_with("policy violation"),
+        "{}",
+        body.reason
+    );
+    assert!(body.reason.contains("identity"), "{}", body.reason);
+    assert!(!body.reason.contains("Leaked"));
+    let incoming = at_fp
+        .list_referrals(w::ListReferralsRequest {
+            direction: w::Direction::Incoming as i32,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(incoming.referrals.len(), 1);
+    fed.stop().await?;
+    Ok(())
+}
