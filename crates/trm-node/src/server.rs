@@ -198,10 +198,17 @@ pub async fn run(
         .set_serving::<ReferralServiceServer<Referrals>>()
         .await;
     health.set_serving::<AdminServiceServer<Admin>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // v1 for current tools, v1alpha for the many clients that still only speak it.
+    let reflection_v1 = reflection()
         .build_v1()
+        .map_err(|e| NodeError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .map_err(|e| NodeError::Reflection(e.to_string()))?;
     let local_tls = ServerTlsConfig::new()
         .identity(services_identity)
@@ -221,7 +228,8 @@ pub async fn run(
                 .max_decoding_message_size(MAX_LOCAL_REQUEST),
         )
         .add_service(health_service.clone())
-        .add_service(reflection.clone())
+        .add_service(reflection_v1.clone())
+        .add_service(reflection_v1alpha.clone())
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listeners.services),
             shutdown_signal(stop_rx.clone()),
@@ -233,7 +241,8 @@ pub async fn run(
                 .max_decoding_message_size(MAX_LOCAL_REQUEST),
         )
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listeners.admin),
             shutdown_signal(stop_rx.clone()),
