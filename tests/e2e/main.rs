@@ -2,5 +2,6 @@
 //! test binary for the whole crate.
 
 mod access;
+mod privacy;
 mod referral;
 mod transport;

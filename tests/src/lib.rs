@@ -28,10 +28,51 @@ async fn bind() -> Result<(TcpListener, SocketAddr)> {
     Ok((l, a))
 }
 
+/// Everything the nodes of this test process logged (at debug level and above, trace for the
+/// project's own crates), for tests that check no personal data reaches a log line.
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&log_buffer().lock().map(|b| b.clone()).unwrap_or_default())
+        .into_owned()
+}
+
+fn log_buffer() -> &'static std::sync::Mutex<Vec<u8>> {
+    static BUFFER: std::sync::OnceLock<std::sync::Mutex<Vec<u8>>> = std::sync::OnceLock::new();
+    BUFFER.get_or_init(Default::default)
+}
+
+struct BufferWriter;
+
+impl std::io::Write for BufferWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut b) = log_buffer().lock() {
+            b.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::new(
+            "debug,trm_node=trace,trm_federation=trace,trm_store=trace,trm_core=trace,trmctl=trace",
+        );
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(|| BufferWriter)
+            .try_init();
+    });
+}
+
 impl TestFederation {
     /// Starts one node per id, every node a peer of every other.
     pub async fn start(ids: &[&str]) -> Result<Self> {
         trm_node::install_crypto_provider();
+        capture_logs();
         let dir = tempfile::tempdir()?;
         let mut listeners = Vec::new();
         let mut specs = Vec::new();

@@ -30,6 +30,10 @@ pub struct Consent {
     pub categories: Vec<DataCategory>,
     pub recorded_at: OffsetDateTime,
     pub withdrawn_at: Option<OffsetDateTime>,
+    /// Ids of the referrals (and later return plans) disclosed under this consent: what its
+    /// withdrawal erases at the recipients.
+    #[serde(default)]
+    pub disclosures: Vec<Uuid>,
 }
 
 impl Consent {
@@ -65,15 +69,24 @@ impl Consent {
     }
 }
 
-/// Returns the categories that may be disclosed for `purpose` to `recipient` on `today`: the
-/// union of what every active consent covering them grants. Refused with the `consent` guard
-/// when no consent covers the disclosure.
+/// What the victim's consents allow for one disclosure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The union of the categories every covering consent grants.
+    pub categories: BTreeSet<DataCategory>,
+    /// The consents the disclosure relies on: withdrawing any of them erases it.
+    pub consent_ids: Vec<Uuid>,
+}
+
+/// Returns what may be disclosed for `purpose` to `recipient` on `today`: the union of what
+/// every active consent covering them grants. Refused with the `consent` guard when no
+/// consent covers the disclosure.
 pub fn grant(
     consents: &[Consent],
     purpose: Purpose,
     recipient: NodeId,
     today: Date,
-) -> Result<BTreeSet<DataCategory>, GuardError> {
+) -> Result<Grant, GuardError> {
     let covering: Vec<&Consent> = consents
         .iter()
         .filter(|c| c.covers(purpose, recipient, today))
@@ -87,10 +100,13 @@ pub fn grant(
             ),
         ));
     }
-    Ok(covering
-        .into_iter()
-        .flat_map(|c| c.granted_categories(purpose))
-        .collect())
+    Ok(Grant {
+        categories: covering
+            .iter()
+            .flat_map(|c| c.granted_categories(purpose))
+            .collect(),
+        consent_ids: covering.iter().map(|c| c.consent_id).collect(),
+    })
 }
 
 #[cfg(test)]
@@ -110,6 +126,7 @@ mod tests {
             categories: vec![],
             recorded_at: datetime!(2026-01-01 0:00 UTC),
             withdrawn_at: None,
+            disclosures: vec![],
         }
     }
 
@@ -165,11 +182,14 @@ mod tests {
             today,
         )
         .unwrap();
-        assert!(got.contains(&DataCategory::Identity));
-        assert!(!got.contains(&DataCategory::Contact));
+        assert!(got.categories.contains(&DataCategory::Identity));
+        assert!(!got.categories.contains(&DataCategory::Contact));
         let mut with_contact = plain.clone();
         with_contact.categories = vec![DataCategory::Contact, DataCategory::Demographics];
+        with_contact.consent_id = Uuid::from_u128(2);
         let got = grant(&[plain, with_contact], Purpose::ReturnPlanning, ro, today).unwrap();
+        assert_eq!(got.consent_ids, vec![Uuid::nil(), Uuid::from_u128(2)]);
+        let got = got.categories;
         assert!(got.contains(&DataCategory::Contact));
         assert!(got.contains(&DataCategory::Identity));
     }
@@ -186,7 +206,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            got.into_iter().collect::<Vec<_>>(),
+            got.categories.into_iter().collect::<Vec<_>>(),
             vec![DataCategory::Needs]
         );
     }

@@ -366,6 +366,61 @@ mod tests {
     }
 
     #[test]
+    fn disclosure_matrix_every_purpose_by_every_granted_category() {
+        let categories = all();
+        for purpose in [
+            Purpose::ReferralAssistance,
+            Purpose::ReturnPlanning,
+            Purpose::WitnessHearing,
+        ] {
+            for category in &categories {
+                let granted = [*category].into();
+                let d = disclose(
+                    &case(),
+                    purpose,
+                    &granted,
+                    "r".into(),
+                    date!(2026 - 06 - 01),
+                );
+                let present: BTreeSet<Field> = fields_present(&d).into_iter().collect();
+                let expected: BTreeSet<Field> = allowed_fields(purpose)
+                    .iter()
+                    .copied()
+                    .filter(|f| f.category() == *category)
+                    .collect();
+                assert_eq!(
+                    present, expected,
+                    "{purpose:?} with only {category:?} granted"
+                );
+                assert!(check_inbound(purpose, &d).is_ok());
+            }
+        }
+        // The table itself: identity never for a referral or a hearing, exploitation never
+        // for return planning or a hearing.
+        for (purpose, forbidden) in [
+            (
+                Purpose::ReferralAssistance,
+                [DataCategory::Identity, DataCategory::Contact],
+            ),
+            (
+                Purpose::WitnessHearing,
+                [DataCategory::Identity, DataCategory::Contact],
+            ),
+            (
+                Purpose::ReturnPlanning,
+                [DataCategory::Exploitation, DataCategory::Exploitation],
+            ),
+        ] {
+            for c in forbidden {
+                assert!(
+                    !allowed_categories(purpose).contains(&c),
+                    "{purpose:?} {c:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn consent_narrows_the_purpose() {
         let granted = [DataCategory::Needs].into();
         let d = disclose(

@@ -27,6 +27,13 @@ pub struct ReferralRecord {
     /// case's owner, at the destination the assigned service provider.
     pub organisation: Option<OrgId>,
     pub status_reason: String,
+    /// Origin only: the consents the disclosure relied on. Withdrawing any of them erases
+    /// the destination's copy.
+    #[serde(default)]
+    pub consent_ids: Vec<Uuid>,
+    /// Origin only: erasure of the destination's copy was requested.
+    #[serde(default)]
+    pub erasure_requested: bool,
     pub erasure_confirmed: bool,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,

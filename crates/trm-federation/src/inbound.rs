@@ -276,8 +276,12 @@ impl FederationServer {
             )?;
             Ok(receipt)
         });
+        let mut accepted = false;
         let receipt = match result {
-            Ok(receipt) => receipt,
+            Ok(receipt) => {
+                accepted = true;
+                receipt
+            }
             Err(TxFail::Abort(Abort::Duplicate(seen))) => {
                 info!(peer = %peer, message_id = %body.message_id, "duplicate envelope: original receipt returned");
                 return seen
@@ -297,6 +301,9 @@ impl FederationServer {
             warn!(error = %e, "storage fault at the durable point");
             Status::unavailable("storage unavailable")
         })?;
+        if accepted {
+            self.handler.committed(peer);
+        }
         Ok(receipt)
     }
 

@@ -1,6 +1,8 @@
 //! The node's reaction to federation traffic ([`FlowHandler`]): inbound payloads applied
 //! inside the transaction that records their receipt, and peers' receipts for what we sent.
 
+use std::sync::{Arc, OnceLock};
+
 use time::OffsetDateTime;
 use trm_core::{
     ids::NodeId,
@@ -8,10 +10,15 @@ use trm_core::{
     policy,
     referral::{next, ReferralEvent, ReferralRecord, ReferralStatus},
 };
-use trm_federation::{FlowHandler, Inbound, OutboxItem, Rejection};
+use trm_crypto::signing::SigningIdentity;
+use trm_federation::{outbox, Delivery, FlowHandler, Inbound, OutboxItem, Rejection};
 use trm_proto::{
     convert,
-    v1::{envelope_body::Payload, ReceiptOutcome, ReferralOffer, ReferralUpdate},
+    convert::ts,
+    v1::{
+        envelope_body::Payload, ErasureConfirmation, ErasureRequest, ReceiptOutcome, ReferralOffer,
+        ReferralUpdate,
+    },
 };
 use trm_store::{TreeName, Tx, TxFail};
 use uuid::Uuid;
@@ -19,9 +26,13 @@ use uuid::Uuid;
 use crate::ctx::inbound_ref_key;
 
 /// Applies the flows' payloads for node `id`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Flows {
     pub id: NodeId,
+    /// Signs replies queued while applying (erasure confirmations).
+    pub identity: Arc<SigningIdentity>,
+    /// Set once the delivery worker runs (it needs this handler to start).
+    pub delivery: OnceLock<Delivery>,
 }
 
 type FlowResult = Result<(), TxFail<Rejection>>;
@@ -71,6 +82,8 @@ impl Flows {
             case_id: None,
             organisation: None,
             status_reason: String::new(),
+            consent_ids: vec![],
+            erasure_requested: false,
             erasure_confirmed: false,
             created_at: now,
             updated_at: now,
@@ -126,11 +139,89 @@ impl Flows {
     }
 }
 
+impl Flows {
+    /// Erases what the origin disclosed under a withdrawn consent: the copy becomes a
+    /// tombstone with ids only, its data key is destroyed, and a signed confirmation goes back.
+    fn erasure_request(
+        &self,
+        tx: &Tx<'_>,
+        inbound: &Inbound<'_>,
+        req: &ErasureRequest,
+    ) -> FlowResult {
+        let id = Uuid::try_parse(&req.subject_id).map_err(|_| reject("malformed: subject_id"))?;
+        if let Some(mut r) = tx.get_sealed::<ReferralRecord>(TreeName::Referrals, id.as_bytes())? {
+            if r.origin != inbound.sender || r.destination != self.id {
+                return Err(reject(
+                    "unknown case reference: subject not received from the sender",
+                ));
+            }
+            r.disclosed = trm_core::model::DisclosedCase {
+                case_ref: r.disclosed.case_ref.clone(),
+                ..Default::default()
+            };
+            r.requested_services.clear();
+            r.status = ReferralStatus::Withdrawn;
+            r.status_reason = convert::text("reason", &req.reason).unwrap_or_default();
+            r.updated_at = OffsetDateTime::now_utc();
+            // Destroys the old data key: earlier copies, in backups or queued, stay unreadable.
+            tx.shred(id.as_bytes())?;
+            tx.put_sealed(TreeName::Referrals, id.as_bytes(), &r)?;
+        }
+        // Nothing held (never arrived, or erased before) is erased as well: confirm either way.
+        let confirmation = ErasureConfirmation {
+            subject_id: id.to_string(),
+            erased_at: Some(ts(OffsetDateTime::now_utc())),
+        };
+        outbox::enqueue(
+            tx,
+            &self.identity,
+            self.id,
+            inbound.sender,
+            &id.to_string(),
+            inbound.case_ref,
+            Payload::ErasureConfirmation(confirmation),
+        )?;
+        Ok(())
+    }
+
+    fn erasure_confirmation(
+        &self,
+        tx: &Tx<'_>,
+        inbound: &Inbound<'_>,
+        c: &ErasureConfirmation,
+    ) -> FlowResult {
+        let id = Uuid::try_parse(&c.subject_id).map_err(|_| reject("malformed: subject_id"))?;
+        let mut r = tx
+            .get_sealed::<ReferralRecord>(TreeName::Referrals, id.as_bytes())?
+            .ok_or_else(|| reject("unknown case reference: no such subject"))?;
+        if r.destination != inbound.sender || r.origin != self.id {
+            return Err(reject(
+                "unknown case reference: subject not sent to the sender",
+            ));
+        }
+        if !r.erasure_requested {
+            return Err(reject("invalid transition: no erasure was requested"));
+        }
+        r.erasure_confirmed = true;
+        r.updated_at = OffsetDateTime::now_utc();
+        tx.put_sealed(TreeName::Referrals, id.as_bytes(), &r)?;
+        Ok(())
+    }
+}
+
 impl FlowHandler for Flows {
+    fn committed(&self, sender: NodeId) {
+        if let Some(d) = self.delivery.get() {
+            d.wake(sender);
+        }
+    }
+
     fn apply(&self, tx: &Tx<'_>, inbound: &Inbound<'_>) -> FlowResult {
         match inbound.payload {
             Payload::ReferralOffer(offer) => self.referral_offer(tx, inbound, offer),
             Payload::ReferralUpdate(update) => self.referral_update(tx, inbound, update),
+            Payload::ErasureRequest(req) => self.erasure_request(tx, inbound, req),
+            Payload::ErasureConfirmation(c) => self.erasure_confirmation(tx, inbound, c),
             other => Err(reject(format!(
                 "unsupported payload: {} is not handled by this node yet",
                 trm_federation::payload_kind(other)

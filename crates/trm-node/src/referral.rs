@@ -2,8 +2,6 @@
 //! points. Every read of a victim record is audited; every change commits together with its
 //! audit entry and, when something crosses a border, its outbound envelope.
 
-use std::collections::BTreeSet;
-
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
@@ -13,7 +11,7 @@ use trm_core::{
     model::{CaseRecord, Purpose},
     policy,
     referral::{next, Direction, ReferralEvent, ReferralRecord, ReferralStatus},
-    FieldError,
+    FieldError, Guard, GuardError,
 };
 use trm_federation::outbox;
 use trm_proto::{
@@ -244,6 +242,7 @@ impl ReferralService for Referrals {
             categories: input.categories,
             recorded_at: OffsetDateTime::now_utc(),
             withdrawn_at: None,
+            disclosures: vec![],
         };
         self.commit(None, |tx| {
             let case = load_case(tx, &consent.case_id)?;
@@ -278,14 +277,54 @@ impl ReferralService for Referrals {
         Ok(Response::new(convert::consent_to_wire(&consent)))
     }
 
+    #[instrument(skip_all)]
     async fn withdraw_consent(
         &self,
         request: Request<w::WithdrawConsentRequest>,
     ) -> Result<Response<w::Consent>, Status> {
-        authz::principal(&request)?;
-        Err(Status::unimplemented(
-            "WithdrawConsent: consent withdrawal with erasure at every recipient is not available yet",
-        ))
+        let p = authz::principal(&request)?;
+        require(&p, CASE_ROLES, "withdraw consent")?;
+        let req = request.get_ref();
+        let case_id = convert::id("case_id", &req.case_id).map_err(ApiError::from)?;
+        let consent_id = convert::id("consent_id", &req.consent_id).map_err(ApiError::from)?;
+        let me = self.ctx.id;
+        let (consent, peers) = self
+            .commit(None, |tx| {
+                let case = load_case(tx, &case_id)?;
+                require_org(&p, Some(&case.organisation))?;
+                let mut consents = consents_of(tx, &case_id)?;
+                let consent = consents
+                    .iter_mut()
+                    .find(|c| c.consent_id == consent_id)
+                    .ok_or(ApiError::NotFound("consent"))?;
+                if consent.withdrawn_at.is_some() {
+                    return Err(ApiError::from(GuardError::new(
+                        Guard::Consent,
+                        "consent is already withdrawn",
+                    ))
+                    .into());
+                }
+                consent.withdrawn_at = Some(OffsetDateTime::now_utc());
+                let withdrawn = consent.clone();
+                tx.put_json(TreeName::Consents, case_id.as_bytes(), &consents)?;
+                let mut peers = Vec::new();
+                for rid in &withdrawn.disclosures {
+                    if let Some(peer) = self.request_erasure(tx, rid)? {
+                        peers.push(peer);
+                    }
+                }
+                tx.audit(
+                    AuditRecord::new(actor(&p), "consent.withdraw", consent_id.to_string(), "ok")
+                        .detail(format!("case={case_id} erasure_requests={}", peers.len())),
+                )?;
+                Ok((withdrawn, peers))
+            })
+            .await?;
+        for peer in peers {
+            self.ctx.delivery.wake(peer);
+        }
+        info!(consent_id = %consent_id, node = %me, "consent withdrawn");
+        Ok(Response::new(convert::consent_to_wire(&consent)))
     }
 
     #[instrument(skip_all)]
@@ -316,7 +355,7 @@ impl ReferralService for Referrals {
                 let case = load_case(tx, &case_id)?;
                 require_org(&p, Some(&case.organisation))?;
                 let consents = consents_of(tx, &case_id)?;
-                let granted: BTreeSet<_> = consent::grant(&consents, Purpose::ReferralAssistance, destination, today()).map_err(ApiError::from)?;
+                let grant = consent::grant(&consents, Purpose::ReferralAssistance, destination, today()).map_err(ApiError::from)?;
                 let ref_key = case_ref_key(&case_id, destination);
                 let case_ref = match tx.get_json::<String>(TreeName::CaseRefs, &ref_key)? {
                     Some(r) => r,
@@ -326,7 +365,7 @@ impl ReferralService for Referrals {
                         r
                     }
                 };
-                let disclosed = policy::disclose(&case, Purpose::ReferralAssistance, &granted, case_ref.clone(), today());
+                let disclosed = policy::disclose(&case, Purpose::ReferralAssistance, &grant.categories, case_ref.clone(), today());
                 let now = OffsetDateTime::now_utc();
                 let record = ReferralRecord {
                     referral_id,
@@ -338,11 +377,18 @@ impl ReferralService for Referrals {
                     case_id: Some(case_id),
                     organisation: Some(case.organisation.clone()),
                     status_reason: String::new(),
+                    consent_ids: grant.consent_ids.clone(),
+                    erasure_requested: false,
                     erasure_confirmed: false,
                     created_at: now,
                     updated_at: now,
                 };
                 tx.put_sealed(TreeName::Referrals, referral_id.as_bytes(), &record)?;
+                let mut consents = consents;
+                for c in consents.iter_mut().filter(|c| grant.consent_ids.contains(&c.consent_id)) {
+                    c.disclosures.push(referral_id);
+                }
+                tx.put_json(TreeName::Consents, case_id.as_bytes(), &consents)?;
                 let offer = w::ReferralOffer {
                     referral_id: referral_id.to_string(),
                     disclosed: Some(convert::disclosed_to_wire(&record.disclosed)),
@@ -494,9 +540,63 @@ impl ReferralService for Referrals {
             .await?;
         Ok(Response::new(convert::referral_to_wire(&r)))
     }
+
+    #[instrument(skip_all)]
+    async fn withdraw_referral(
+        &self,
+        request: Request<w::WithdrawReferralRequest>,
+    ) -> Result<Response<w::Referral>, Status> {
+        let p = authz::principal(&request)?;
+        require(&p, CASE_ROLES, "withdraw referrals")?;
+        let req = request.get_ref();
+        let id = convert::id("referral_id", &req.referral_id).map_err(ApiError::from)?;
+        let reason = convert::text("reason", &req.reason).map_err(ApiError::from)?;
+        let peer = self.peer_of(&id)?;
+        let r = self
+            .commit(Some(peer), |tx| {
+                self.update_referral(tx, &p, &id, ReferralEvent::Withdraw, &reason, None)
+            })
+            .await?;
+        Ok(Response::new(convert::referral_to_wire(&r)))
+    }
 }
 
 impl Referrals {
+    /// Marks an outgoing referral withdrawn, shreds its data key (so queued copies not yet
+    /// delivered are gone too) and queues a signed erasure request to its destination.
+    /// Returns the destination, or `None` when erasure was already requested.
+    fn request_erasure(&self, tx: &Tx<'_>, rid: &Uuid) -> TxResult<Option<trm_core::ids::NodeId>> {
+        let Some(mut r) = tx.get_sealed::<ReferralRecord>(TreeName::Referrals, rid.as_bytes())?
+        else {
+            return Ok(None);
+        };
+        if r.erasure_requested {
+            return Ok(None);
+        }
+        if !r.status.is_final() {
+            r.status = ReferralStatus::Withdrawn;
+        }
+        r.status_reason = "consent withdrawn".into();
+        r.erasure_requested = true;
+        r.updated_at = OffsetDateTime::now_utc();
+        tx.shred(rid.as_bytes())?;
+        tx.put_sealed(TreeName::Referrals, rid.as_bytes(), &r)?;
+        let request = w::ErasureRequest {
+            subject_id: rid.to_string(),
+            reason: "consent withdrawn".into(),
+        };
+        outbox::enqueue(
+            tx,
+            &self.ctx.identity,
+            self.ctx.id,
+            r.destination,
+            &rid.to_string(),
+            &r.disclosed.case_ref,
+            Payload::ErasureRequest(request),
+        )?;
+        Ok(Some(r.destination))
+    }
+
     fn peer_of(&self, id: &Uuid) -> ApiResult<trm_core::ids::NodeId> {
         let r = self
             .ctx

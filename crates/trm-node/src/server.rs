@@ -149,7 +149,11 @@ pub async fn run(
     let client_ca = Certificate::from_pem(files::read(&tls.client_ca)?);
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let handler = Arc::new(Flows { id: node });
+    let handler = Arc::new(Flows {
+        id: node,
+        identity: identity.clone(),
+        delivery: std::sync::OnceLock::new(),
+    });
     let delivery = Delivery::start(
         DeliveryConfig {
             node,
@@ -163,6 +167,7 @@ pub async fn run(
         handler.clone(),
         stop_rx.clone(),
     );
+    let _ = handler.delivery.set(delivery.clone());
     let ctx = Ctx {
         id: node,
         store: store.clone(),

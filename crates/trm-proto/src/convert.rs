@@ -523,6 +523,7 @@ pub fn referral_to_wire(r: &ReferralRecord) -> w::Referral {
         created_at: Some(ts(r.created_at)),
         updated_at: Some(ts(r.updated_at)),
         erasure_confirmed: r.erasure_confirmed,
+        erasure_requested: r.erasure_requested,
         requested_services: enums_to_wire(&r.requested_services),
         case_id: r.case_id.map(|c| c.to_string()).unwrap_or_default(),
         status_reason: r.status_reason.clone(),

@@ -1,0 +1,258 @@
+//! Consent withdrawal, erasure at every recipient, and no personal data in logs or files.
+
+use tonic::Code;
+use trm_core::ids::Role;
+use trm_proto::v1 as w;
+use trm_tests::{captured_logs, eventually, files_containing, TestFederation};
+
+const NAME: &str = "Vasilica Withdrawtest";
+const BIRTH: &str = "1997-03-14";
+const DOCUMENT: &str = "DOC-77-WITHDRAW";
+const ADDRESS: &str = "Erasure Lane 5";
+
+#[tokio::test]
+async fn consent_withdrawal_erases_every_recipient_copy_and_each_confirms() -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO", "NG"]).await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let (given, family) = NAME.split_once(' ').unwrap_or((NAME, ""));
+    let case = sp
+        .create_case(w::CreateCaseRequest {
+            person: Some(w::Person {
+                given_name: given.into(),
+                family_name: family.into(),
+                date_of_birth: BIRTH.into(),
+                gender: w::Gender::Female as i32,
+                document_number: DOCUMENT.into(),
+                address: ADDRESS.into(),
+                ..Default::default()
+            }),
+            needs: Some(w::Needs {
+                kinds: vec![w::NeedKind::Shelter as i32],
+                urgency: w::Urgency::Urgent as i32,
+                notes: String::new(),
+            }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let consent = sp
+        .record_consent(w::RecordConsentRequest {
+            case_id: case.case_id.clone(),
+            purposes: vec![w::Purpose::ReferralAssistance as i32],
+            recipients: vec!["RO".into(), "NG".into()],
+            informed: true,
+            information_language: "ro".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let mut sent = Vec::new();
+    for to in ["RO", "NG"] {
+        let r = sp
+            .submit_referral(w::SubmitReferralRequest {
+                case_id: case.case_id.clone(),
+                destination: to.into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        sent.push((to, r.referral_id));
+    }
+    // Both arrive; RO accepts.
+    for (to, id) in &sent {
+        let mut fp = fed.referrals(to, Role::FocalPoint).await?;
+        eventually("the referral to arrive", || {
+            let mut fp = fp.clone();
+            let id = id.clone();
+            async move {
+                Ok(fp
+                    .get_referral(w::GetReferralRequest { referral_id: id })
+                    .await
+                    .ok())
+            }
+        })
+        .await?;
+        if *to == "RO" {
+            fp.respond_to_referral(w::RespondToReferralRequest {
+                referral_id: id.clone(),
+                decision: w::ReferralDecision::Accept as i32,
+                reason: String::new(),
+            })
+            .await?;
+        }
+    }
+
+    let withdrawn = sp
+        .withdraw_consent(w::WithdrawConsentRequest {
+            case_id: case.case_id.clone(),
+            consent_id: consent.consent_id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert!(withdrawn.withdrawn_at.is_some());
+
+    // Every recipient confirms; the origin shows it.
+    for (to, id) in &sent {
+        let at_origin = eventually("the erasure confirmation", || {
+            let mut sp = sp.clone();
+            let id = id.clone();
+            async move {
+                let r = sp
+                    .get_referral(w::GetReferralRequest { referral_id: id })
+                    .await?
+                    .into_inner();
+                Ok(r.erasure_confirmed.then_some(r))
+            }
+        })
+        .await?;
+        assert!(at_origin.erasure_requested, "{to}");
+        assert_eq!(
+            at_origin.status,
+            w::ReferralStatus::Withdrawn as i32,
+            "{to}"
+        );
+        let mut fp = fed.referrals(to, Role::FocalPoint).await?;
+        let copy = fp
+            .get_referral(w::GetReferralRequest {
+                referral_id: id.clone(),
+            })
+            .await?
+            .into_inner();
+        assert_eq!(copy.status, w::ReferralStatus::Withdrawn as i32, "{to}");
+        let d = copy.disclosed.unwrap_or_default();
+        assert_eq!(
+            w::DisclosedCase {
+                case_ref: d.case_ref.clone(),
+                ..Default::default()
+            },
+            d,
+            "{to} keeps only a tombstone with ids"
+        );
+        assert!(copy.requested_services.is_empty());
+    }
+
+    // No further disclosure under the withdrawn consent; withdrawing twice is refused.
+    let err = sp
+        .submit_referral(w::SubmitReferralRequest {
+            case_id: case.case_id.clone(),
+            destination: "RO".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("consent withdrawn");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().starts_with("consent"));
+    let err = sp
+        .withdraw_consent(w::WithdrawConsentRequest {
+            case_id: case.case_id.clone(),
+            consent_id: consent.consent_id.clone(),
+        })
+        .await
+        .expect_err("already withdrawn");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    let admin = fed.admin("AT", Role::Operator).await?;
+    let status = eventually("the origin's outbox to drain", || {
+        let mut admin = admin.clone();
+        async move {
+            let s = admin.status(w::StatusRequest {}).await?.into_inner();
+            Ok((s.outbox_depth == 0).then_some(s))
+        }
+    })
+    .await?;
+    assert_eq!(status.dead_letters, 0);
+
+    // Neither the files nor the logs of any node hold the victim's data in clear.
+    let dir = fed.stop().await?;
+    let logs = captured_logs();
+    assert!(logs.contains("referral submitted"), "logs were captured");
+    for needle in [given, family, BIRTH, DOCUMENT, ADDRESS] {
+        assert!(!logs.contains(needle), "{needle} in the logs");
+        let hits = files_containing(dir.path(), needle.as_bytes());
+        assert!(hits.is_empty(), "{needle} in clear in {hits:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn either_side_can_withdraw_an_open_referral() -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let case = sp
+        .create_case(w::CreateCaseRequest {
+            person: Some(w::Person {
+                given_name: "W".into(),
+                gender: w::Gender::Male as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    sp.record_consent(w::RecordConsentRequest {
+        case_id: case.case_id.clone(),
+        purposes: vec![w::Purpose::ReferralAssistance as i32],
+        recipients: vec!["RO".into()],
+        informed: true,
+        information_language: "en".into(),
+        ..Default::default()
+    })
+    .await?;
+    let ro = fed.referrals("RO", Role::FocalPoint).await?;
+    for withdrawer in ["RO", "AT"] {
+        let r = sp
+            .submit_referral(w::SubmitReferralRequest {
+                case_id: case.case_id.clone(),
+                destination: "RO".into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let id = r.referral_id.clone();
+        eventually("arrival", || {
+            let mut ro = ro.clone();
+            let id = id.clone();
+            async move {
+                Ok(ro
+                    .get_referral(w::GetReferralRequest { referral_id: id })
+                    .await
+                    .ok())
+            }
+        })
+        .await?;
+        let (mut mine, mut other) = if withdrawer == "RO" {
+            (ro.clone(), sp.clone())
+        } else {
+            (sp.clone(), ro.clone())
+        };
+        mine.withdraw_referral(w::WithdrawReferralRequest {
+            referral_id: id.clone(),
+            reason: "no longer needed".into(),
+        })
+        .await?;
+        let seen = eventually("the withdrawal to reach the other side", || {
+            let mut other = other.clone();
+            let id = id.clone();
+            async move {
+                let r = other
+                    .get_referral(w::GetReferralRequest { referral_id: id })
+                    .await?
+                    .into_inner();
+                Ok((r.status == w::ReferralStatus::Withdrawn as i32).then_some(r))
+            }
+        })
+        .await?;
+        assert_eq!(seen.status_reason, "no longer needed");
+        let err = other
+            .withdraw_referral(w::WithdrawReferralRequest {
+                referral_id: id,
+                reason: String::new(),
+            })
+            .await
+            .expect_err("already withdrawn");
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert!(err.message().contains("withdrawn"), "{}", err.message());
+    }
+    fed.stop().await?;
+    Ok(())
+}
