@@ -2,6 +2,7 @@
 //! test binary for the whole crate.
 
 mod access;
+mod audit;
 mod privacy;
 mod referral;
 mod transport;

@@ -19,6 +19,7 @@ use trmctl::sandbox::{self, NodeSpec};
 /// Real nodes on loopback, stopped by [`TestFederation::stop`] (or dropped with the runtime).
 pub struct TestFederation {
     dir: TempDir,
+    specs: Vec<NodeSpec>,
     nodes: Vec<NodeHandle>,
 }
 
@@ -101,7 +102,38 @@ impl TestFederation {
             let cfg = NodeConfig::load(&sandbox::config_path(dir.path(), spec.id))?;
             nodes.push(NodeHandle::spawn(cfg, l)?);
         }
-        Ok(Self { dir, nodes })
+        Ok(Self { dir, specs, nodes })
+    }
+
+    /// Stops node `id` (flushing its store); its folder and ports stay reserved for it.
+    pub async fn stop_node(&mut self, id: &str) -> Result<()> {
+        let id: NodeId = id.parse()?;
+        let i = self
+            .nodes
+            .iter()
+            .position(|n| n.id == id)
+            .context("node not running")?;
+        self.nodes.remove(i).stop().await?;
+        Ok(())
+    }
+
+    /// Starts node `id` again on its own addresses, from what is on disk.
+    pub async fn start_node(&mut self, id: &str) -> Result<()> {
+        let id: NodeId = id.parse()?;
+        let spec = *self
+            .specs
+            .iter()
+            .find(|s| s.id == id)
+            .context("no such node")?;
+        let listeners = Listeners {
+            services: TcpListener::bind(spec.services).await?,
+            federation: TcpListener::bind(spec.federation).await?,
+            admin: TcpListener::bind(spec.admin).await?,
+            metrics: TcpListener::bind(spec.metrics).await?,
+        };
+        let cfg = NodeConfig::load(&sandbox::config_path(self.dir(), id))?;
+        self.nodes.push(NodeHandle::spawn(cfg, listeners)?);
+        Ok(())
     }
 
     /// Returns the sandbox folder (node folders, certificates, data).

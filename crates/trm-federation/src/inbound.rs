@@ -24,7 +24,7 @@ use trm_proto::{
 };
 use trm_store::{audit::AuditRecord, Store, TreeName, TxFail};
 
-use crate::{envelope, payload_kind, FlowHandler, Inbound, PeerDirectory, Rejection};
+use crate::{envelope, payload_kind, Delivery, FlowHandler, Inbound, PeerDirectory, Rejection};
 
 /// Settings of the receive pipeline.
 #[derive(Debug, Clone)]
@@ -82,6 +82,7 @@ pub struct FederationServer {
     directory: Arc<PeerDirectory>,
     store: Store,
     handler: Arc<dyn FlowHandler>,
+    delivery: Delivery,
 }
 
 impl FederationServer {
@@ -92,6 +93,7 @@ impl FederationServer {
         directory: Arc<PeerDirectory>,
         store: Store,
         handler: Arc<dyn FlowHandler>,
+        delivery: Delivery,
     ) -> Self {
         Self {
             cfg,
@@ -99,6 +101,7 @@ impl FederationServer {
             directory,
             store,
             handler,
+            delivery,
         }
     }
 
@@ -302,7 +305,8 @@ impl FederationServer {
             Status::unavailable("storage unavailable")
         })?;
         if accepted {
-            self.handler.committed(peer);
+            // A reply the flow queued (an erasure confirmation, say) goes out now.
+            self.delivery.wake(peer);
         }
         Ok(receipt)
     }

@@ -49,12 +49,6 @@ pub trait FlowHandler: Send + Sync + 'static {
         outcome: trm_proto::v1::ReceiptOutcome,
         reason: &str,
     ) -> Result<(), TxFail<Rejection>>;
-
-    /// Called once an accepted inbound envelope from `sender` is durable: a reply queued by
-    /// [`FlowHandler::apply`] can be sent now.
-    fn committed(&self, sender: trm_core::ids::NodeId) {
-        let _ = sender;
-    }
 }
 
 /// Returns the name of a payload kind, for the outbox and audit entries.

@@ -128,6 +128,7 @@ struct Inner {
     handler: Arc<dyn FlowHandler>,
     wakers: HashMap<NodeId, Arc<Notify>>,
     states: std::sync::Mutex<HashMap<NodeId, PeerState>>,
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -168,14 +169,37 @@ impl Delivery {
                 handler,
                 wakers,
                 states: Default::default(),
+                tasks: Default::default(),
             }),
         };
-        for peer in delivery.inner.wakers.keys().copied() {
-            let d = delivery.clone();
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move { d.run_peer(peer, shutdown).await });
+        let tasks: Vec<_> = delivery
+            .inner
+            .wakers
+            .keys()
+            .copied()
+            .map(|peer| {
+                let d = delivery.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move { d.run_peer(peer, shutdown).await })
+            })
+            .collect();
+        if let Ok(mut t) = delivery.inner.tasks.lock() {
+            *t = tasks;
         }
         delivery
+    }
+
+    /// Waits until every worker has stopped (after the shutdown signal).
+    pub async fn stopped(&self) {
+        let tasks = self
+            .inner
+            .tasks
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        for t in tasks {
+            let _ = t.await;
+        }
     }
 
     /// Tells the worker of `peer` that new work is queued.

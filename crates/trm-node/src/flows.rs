@@ -1,7 +1,7 @@
 //! The node's reaction to federation traffic ([`FlowHandler`]): inbound payloads applied
 //! inside the transaction that records their receipt, and peers' receipts for what we sent.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use time::OffsetDateTime;
 use trm_core::{
@@ -11,7 +11,7 @@ use trm_core::{
     referral::{next, ReferralEvent, ReferralRecord, ReferralStatus},
 };
 use trm_crypto::signing::SigningIdentity;
-use trm_federation::{outbox, Delivery, FlowHandler, Inbound, OutboxItem, Rejection};
+use trm_federation::{outbox, FlowHandler, Inbound, OutboxItem, Rejection};
 use trm_proto::{
     convert,
     convert::ts,
@@ -31,8 +31,6 @@ pub struct Flows {
     pub id: NodeId,
     /// Signs replies queued while applying (erasure confirmations).
     pub identity: Arc<SigningIdentity>,
-    /// Set once the delivery worker runs (it needs this handler to start).
-    pub delivery: OnceLock<Delivery>,
 }
 
 type FlowResult = Result<(), TxFail<Rejection>>;
@@ -210,12 +208,6 @@ impl Flows {
 }
 
 impl FlowHandler for Flows {
-    fn committed(&self, sender: NodeId) {
-        if let Some(d) = self.delivery.get() {
-            d.wake(sender);
-        }
-    }
-
     fn apply(&self, tx: &Tx<'_>, inbound: &Inbound<'_>) -> FlowResult {
         match inbound.payload {
             Payload::ReferralOffer(offer) => self.referral_offer(tx, inbound, offer),

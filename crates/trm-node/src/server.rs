@@ -152,7 +152,6 @@ pub async fn run(
     let handler = Arc::new(Flows {
         id: node,
         identity: identity.clone(),
-        delivery: std::sync::OnceLock::new(),
     });
     let delivery = Delivery::start(
         DeliveryConfig {
@@ -167,13 +166,12 @@ pub async fn run(
         handler.clone(),
         stop_rx.clone(),
     );
-    let _ = handler.delivery.set(delivery.clone());
     let ctx = Ctx {
         id: node,
         store: store.clone(),
         identity: identity.clone(),
         directory: directory.clone(),
-        delivery,
+        delivery: delivery.clone(),
     };
     let mut inbound = InboundConfig::new(node);
     inbound.replay_window = time::Duration::days(i64::from(config.policy.replay_window_days));
@@ -184,6 +182,7 @@ pub async fn run(
         directory,
         store.clone(),
         handler,
+        delivery.clone(),
     ))
     .max_decoding_message_size(MAX_BATCH + FRAMING);
     let fed_server = Server::builder()
@@ -289,6 +288,7 @@ pub async fn run(
             Err(_) => warn!(server = name, "grace period over; connections dropped"),
         }
     }
+    delivery.stopped().await;
     store.close()?;
     info!(node = %node, "stopped");
     failure.map_or(Ok(()), Err)

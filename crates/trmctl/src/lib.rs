@@ -1,8 +1,10 @@
-//! The operator CLI's library: the sandbox federation ([`sandbox`]), local client
+//! The operator CLI's library: the sandbox federation ([`sandbox`]), admin-port commands
+//! ([`admin`]), local client
 //! certificates ([`client`]) and gRPC connections with a node's client certificates
 //! ([`connect`]), and the sandbox story ([`scenario`]).
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod client;
 pub mod connect;
 pub mod sandbox;
