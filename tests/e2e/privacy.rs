@@ -256,3 +256,96 @@ async fn either_side_can_withdraw_an_open_referral() -> anyhow::Result<()> {
     fed.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn erasing_a_case_destroys_it_here_and_every_copy_elsewhere() -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO", "NG"]).await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let case = sp
+        .create_case(w::CreateCaseRequest {
+            person: Some(w::Person {
+                given_name: "Erase".into(),
+                gender: w::Gender::Female as i32,
+                ..Default::default()
+            }),
+            needs: Some(w::Needs {
+                kinds: vec![w::NeedKind::Medical as i32],
+                urgency: w::Urgency::Routine as i32,
+                notes: String::new(),
+            }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    // Two consents, one per destination.
+    for to in ["RO", "NG"] {
+        sp.record_consent(w::RecordConsentRequest {
+            case_id: case.case_id.clone(),
+            purposes: vec![w::Purpose::ReferralAssistance as i32],
+            recipients: vec![to.into()],
+            informed: true,
+            information_language: "en".into(),
+            ..Default::default()
+        })
+        .await?;
+    }
+    let mut refs = Vec::new();
+    for to in ["RO", "NG"] {
+        let r = sp
+            .submit_referral(w::SubmitReferralRequest {
+                case_id: case.case_id.clone(),
+                destination: to.into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        refs.push((to, r.referral_id, r.disclosed.unwrap_or_default().case_ref));
+    }
+    // Pairwise pseudonyms: the two recipients cannot link the case by reference.
+    assert_ne!(refs[0].2, refs[1].2);
+
+    let erased = sp
+        .erase_case(w::EraseCaseRequest {
+            case_id: case.case_id.clone(),
+            reason: "victim's request".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(erased.erasure_requests, 2);
+    let err = sp
+        .get_case(w::GetCaseRequest {
+            case_id: case.case_id.clone(),
+        })
+        .await
+        .expect_err("erased");
+    assert_eq!(err.code(), Code::NotFound);
+    for (to, id, _) in &refs {
+        let r = eventually("every recipient's confirmation", || {
+            let mut sp = sp.clone();
+            let id = id.clone();
+            async move {
+                let r = sp
+                    .get_referral(w::GetReferralRequest { referral_id: id })
+                    .await?
+                    .into_inner();
+                Ok(r.erasure_confirmed.then_some(r))
+            }
+        })
+        .await?;
+        assert_eq!(r.status, w::ReferralStatus::Withdrawn as i32, "{to}");
+        let mut fp = fed.referrals(to, Role::FocalPoint).await?;
+        let copy = fp
+            .get_referral(w::GetReferralRequest {
+                referral_id: id.clone(),
+            })
+            .await?
+            .into_inner();
+        assert_eq!(
+            copy.disclosed.and_then(|d| d.needs),
+            None,
+            "{to} erased its copy"
+        );
+    }
+    fed.stop().await?;
+    Ok(())
+}

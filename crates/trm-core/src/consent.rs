@@ -92,13 +92,30 @@ pub fn grant(
         .filter(|c| c.covers(purpose, recipient, today))
         .collect();
     if covering.is_empty() {
-        return Err(GuardError::new(
-            Guard::Consent,
-            format!(
+        // Name the consent that would have covered it, if one lapsed.
+        let lapsed = consents
+            .iter()
+            .filter(|c| c.purposes.contains(&purpose) && c.recipients.contains(&recipient))
+            .find_map(|c| match (c.withdrawn_at, c.expires_on) {
+                (Some(_), _) => Some(format!("consent {} was withdrawn", c.consent_id)),
+                (None, Some(last)) if today > last => Some(format!(
+                    "consent {} expired on {}",
+                    c.consent_id,
+                    crate::model::format_date(last)
+                )),
+                _ => None,
+            });
+        let reason = match lapsed {
+            Some(why) => format!(
+                "{why}; no active consent covers purpose {} to {recipient}",
+                purpose.as_str()
+            ),
+            None => format!(
                 "no active consent covers purpose {} to {recipient}",
                 purpose.as_str()
             ),
-        ));
+        };
+        return Err(GuardError::new(Guard::Consent, reason));
     }
     Ok(Grant {
         categories: covering
@@ -154,6 +171,13 @@ mod tests {
         )
         .is_err());
         assert!(grant(&c, Purpose::ReferralAssistance, ro, date!(2026 - 03 - 01)).is_ok());
+        let expired =
+            grant(&c, Purpose::ReferralAssistance, ro, date!(2026 - 03 - 02)).unwrap_err();
+        assert!(
+            expired.reason.contains("expired on 2026-03-01"),
+            "{}",
+            expired.reason
+        );
         assert!(grant(&c, Purpose::ReferralAssistance, ro, date!(2026 - 03 - 02)).is_err());
     }
 

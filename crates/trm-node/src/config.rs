@@ -207,6 +207,14 @@ pub struct PeerSection {
 impl NodeConfig {
     /// Reads, resolves and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let cfg = Self::load_unvalidated(path)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads and resolves a configuration file without checking that its files exist (for
+    /// the commands that create them).
+    pub fn load_unvalidated(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
@@ -217,7 +225,6 @@ impl NodeConfig {
             message,
         })?;
         cfg.resolve(base);
-        cfg.validate()?;
         Ok(cfg)
     }
 

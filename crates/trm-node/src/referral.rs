@@ -542,6 +542,61 @@ impl ReferralService for Referrals {
     }
 
     #[instrument(skip_all)]
+    async fn erase_case(
+        &self,
+        request: Request<w::EraseCaseRequest>,
+    ) -> Result<Response<w::EraseCaseResponse>, Status> {
+        let p = authz::principal(&request)?;
+        require(&p, CASE_ROLES, "erase victim records")?;
+        let req = request.get_ref();
+        let case_id = convert::id("case_id", &req.case_id).map_err(ApiError::from)?;
+        let reason = convert::short("reason", &req.reason, false).map_err(ApiError::from)?;
+        let peers = self
+            .commit(None, |tx| {
+                let case = load_case(tx, &case_id)?;
+                require_org(&p, Some(&case.organisation))?;
+                let mut consents = consents_of(tx, &case_id)?;
+                let now = OffsetDateTime::now_utc();
+                let mut disclosures = Vec::new();
+                for c in consents.iter_mut() {
+                    c.withdrawn_at.get_or_insert(now);
+                    disclosures.extend(c.disclosures.iter().copied());
+                }
+                disclosures.sort();
+                disclosures.dedup();
+                tx.put_json(TreeName::Consents, case_id.as_bytes(), &consents)?;
+                let mut peers = Vec::new();
+                for rid in &disclosures {
+                    if let Some(peer) = self.request_erasure(tx, rid)? {
+                        peers.push(peer);
+                    }
+                }
+                // Crypto-shredding: without its data key the sealed record is gone for good.
+                tx.shred(case_id.as_bytes())?;
+                tx.remove(TreeName::Cases, case_id.as_bytes())?;
+                tx.audit(
+                    AuditRecord::new(actor(&p), "case.erase", case_id.to_string(), "ok").detail(
+                        format!(
+                            "erasure_requests={} reason_len={}",
+                            peers.len(),
+                            reason.len()
+                        ),
+                    ),
+                )?;
+                Ok(peers)
+            })
+            .await?;
+        for peer in &peers {
+            self.ctx.delivery.wake(*peer);
+        }
+        info!(case_id = %case_id, "case erased");
+        Ok(Response::new(w::EraseCaseResponse {
+            case_id: case_id.to_string(),
+            erasure_requests: peers.len() as u32,
+        }))
+    }
+
+    #[instrument(skip_all)]
     async fn withdraw_referral(
         &self,
         request: Request<w::WithdrawReferralRequest>,

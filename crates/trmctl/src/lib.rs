@@ -7,5 +7,6 @@
 pub mod admin;
 pub mod client;
 pub mod connect;
+pub mod keys;
 pub mod sandbox;
 pub mod scenario;

@@ -32,6 +32,11 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// A node's own keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -52,6 +57,16 @@ struct AdminArgs {
     /// CA of the node's admin server certificate; default: services-ca.pem beside the config.
     #[arg(long)]
     ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Creates the signing key and master key named in the config if missing (mode 0600);
+    /// never overwrites one.
+    Init {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -128,6 +143,23 @@ fn main() -> Result<()> {
         Command::Sandbox {
             command: SandboxCommand::Up { dir, scenario },
         } => tokio::runtime::Runtime::new()?.block_on(up(dir, scenario)),
+        Command::Keys {
+            command: KeysCommand::Init { config },
+        } => {
+            let r = trmctl::keys::init(&config)?;
+            for p in &r.created {
+                println!("created {}", p.display());
+            }
+            for p in &r.kept {
+                println!("kept {} as it is", p.display());
+            }
+            println!(
+                "signing key id {}; public key for peers: {}",
+                r.key_id,
+                r.public_key.display()
+            );
+            Ok(())
+        }
         Command::Status { admin } => tokio::runtime::Runtime::new()?.block_on(status(admin)),
         Command::Audit {
             command: AuditCommand::Verify { admin },
