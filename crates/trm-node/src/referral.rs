@@ -61,6 +61,18 @@ fn load_referral(tx: &Tx<'_>, id: &Uuid) -> TxResult<ReferralRecord> {
 }
 
 impl Referrals {
+    /// Records a read of victim records (who, which ids, when) durably before the answer.
+    async fn audit_read(
+        &self,
+        p: &Principal,
+        action: &str,
+        subject: String,
+        ids: String,
+    ) -> ApiResult<()> {
+        let record = AuditRecord::new(actor(p), action, subject, "ok").detail(ids);
+        Ok(self.ctx.store.audit(record).await?)
+    }
+
     /// Commits `f`, waits for durability, then wakes the delivery worker of `wake` if any.
     async fn commit<R>(
         &self,
@@ -184,16 +196,8 @@ impl ReferralService for Referrals {
             .map_err(ApiError::from)?
             .ok_or(ApiError::NotFound("case"))?;
         require_org(&p, Some(&case.organisation))?;
-        self.ctx
-            .store
-            .audit(AuditRecord::new(
-                actor(&p),
-                "case.read",
-                id.to_string(),
-                "ok",
-            ))
-            .await
-            .map_err(ApiError::from)?;
+        self.audit_read(&p, "case.read", id.to_string(), String::new())
+            .await?;
         Ok(Response::new(convert::case_to_wire(&case)))
     }
 
@@ -213,11 +217,8 @@ impl ReferralService for Referrals {
             .filter(|c| p.role == Role::FocalPoint || c.organisation == p.org)
             .collect();
         let ids: Vec<String> = cases.iter().map(|c| c.case_id.to_string()).collect();
-        self.ctx
-            .store
-            .audit(AuditRecord::new(actor(&p), "case.list", "-", "ok").detail(ids.join(",")))
-            .await
-            .map_err(ApiError::from)?;
+        self.audit_read(&p, "case.list", "-".into(), ids.join(","))
+            .await?;
         Ok(Response::new(w::ListCasesResponse {
             cases: cases.iter().map(convert::case_to_wire).collect(),
         }))
@@ -427,16 +428,8 @@ impl ReferralService for Referrals {
             .map_err(ApiError::from)?
             .ok_or(ApiError::NotFound("referral"))?;
         require_org(&p, r.organisation.as_ref())?;
-        self.ctx
-            .store
-            .audit(AuditRecord::new(
-                actor(&p),
-                "referral.read",
-                id.to_string(),
-                "ok",
-            ))
-            .await
-            .map_err(ApiError::from)?;
+        self.audit_read(&p, "referral.read", id.to_string(), String::new())
+            .await?;
         Ok(Response::new(convert::referral_to_wire(&r)))
     }
 
@@ -463,11 +456,8 @@ impl ReferralService for Referrals {
             .iter()
             .map(|r| r.referral_id.to_string())
             .collect();
-        self.ctx
-            .store
-            .audit(AuditRecord::new(actor(&p), "referral.list", "-", "ok").detail(ids.join(",")))
-            .await
-            .map_err(ApiError::from)?;
+        self.audit_read(&p, "referral.list", "-".into(), ids.join(","))
+            .await?;
         Ok(Response::new(w::ListReferralsResponse {
             referrals: referrals.iter().map(convert::referral_to_wire).collect(),
         }))
