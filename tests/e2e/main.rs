@@ -5,4 +5,5 @@ mod access;
 mod audit;
 mod privacy;
 mod referral;
+mod returns;
 mod transport;

@@ -220,3 +220,52 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
         })
         .collect()
 }
+
+/// Builders of requests that the tests repeat.
+pub mod requests {
+    use trm_proto::v1 as w;
+
+    /// A case of an adult woman identified `days_ago` days ago, with a full identity.
+    pub fn case(given_name: &str, identified_days_ago: i64) -> w::CreateCaseRequest {
+        let identified =
+            time::OffsetDateTime::now_utc().date() - time::Duration::days(identified_days_ago);
+        w::CreateCaseRequest {
+            person: Some(w::Person {
+                given_name: given_name.into(),
+                family_name: "Testperson".into(),
+                date_of_birth: "1995-05-05".into(),
+                gender: w::Gender::Female as i32,
+                citizenship: vec!["RO".into()],
+                languages: vec!["ro".into()],
+                document_number: "P-1234567".into(),
+                address: "Strada Test 1".into(),
+                phone: "+40 700 000 000".into(),
+            }),
+            needs: Some(w::Needs {
+                kinds: vec![w::NeedKind::Shelter as i32],
+                urgency: w::Urgency::Routine as i32,
+                notes: String::new(),
+            }),
+            identified_on: trm_core::model::format_date(identified),
+            ..Default::default()
+        }
+    }
+
+    /// An informed consent for `purposes` to `recipients`, narrowed to `categories` if any.
+    pub fn consent(
+        case_id: &str,
+        purposes: &[w::Purpose],
+        recipients: &[&str],
+        categories: &[w::DataCategory],
+    ) -> w::RecordConsentRequest {
+        w::RecordConsentRequest {
+            case_id: case_id.into(),
+            purposes: purposes.iter().map(|p| *p as i32).collect(),
+            recipients: recipients.iter().map(|r| (*r).into()).collect(),
+            expires_on: String::new(),
+            informed: true,
+            information_language: "ro".into(),
+            categories: categories.iter().map(|c| *c as i32).collect(),
+        }
+    }
+}

@@ -8,6 +8,7 @@
 //! - [`consent`]: the victim's consent and whether it covers a disclosure.
 //! - [`policy`]: the versioned disclosure table, applied outbound and inbound.
 //! - [`referral`]: the referral state machine.
+//! - [`returns`]: return-planning guards and the return state machine.
 #![forbid(unsafe_code)]
 
 pub mod consent;
@@ -17,5 +18,6 @@ pub mod limits;
 pub mod model;
 pub mod policy;
 pub mod referral;
+pub mod returns;
 
 pub use error::{FieldError, Guard, GuardError};

@@ -9,6 +9,7 @@ use trm_core::{
     model::Purpose,
     policy,
     referral::{next, ReferralEvent, ReferralRecord, ReferralStatus},
+    returns::{ReturnEvent, ReturnRecord, ReturnStatus, Side},
 };
 use trm_crypto::signing::SigningIdentity;
 use trm_federation::{outbox, FlowHandler, Inbound, OutboxItem, Rejection};
@@ -17,13 +18,16 @@ use trm_proto::{
     convert::ts,
     v1::{
         envelope_body::Payload, ErasureConfirmation, ErasureRequest, ReceiptOutcome, ReferralOffer,
-        ReferralUpdate,
+        ReferralUpdate, ReturnRequest, ReturnUpdate,
     },
 };
 use trm_store::{TreeName, Tx, TxFail};
 use uuid::Uuid;
 
-use crate::ctx::inbound_ref_key;
+use crate::{
+    ctx::inbound_ref_key,
+    returns::{apply_event, StepDetails},
+};
 
 /// Applies the flows' payloads for node `id`.
 #[derive(Debug)]
@@ -147,28 +151,44 @@ impl Flows {
         req: &ErasureRequest,
     ) -> FlowResult {
         let id = Uuid::try_parse(&req.subject_id).map_err(|_| reject("malformed: subject_id"))?;
-        if let Some(mut r) = tx.get_sealed::<ReferralRecord>(TreeName::Referrals, id.as_bytes())? {
+        let key = id.as_bytes();
+        let reason = convert::text("reason", &req.reason).unwrap_or_default();
+        let now = OffsetDateTime::now_utc();
+        let not_from_sender =
+            || reject("unknown case reference: subject not received from the sender");
+        // The copy becomes a tombstone with ids only; destroying the old data key keeps
+        // earlier copies, in backups or queued, unreadable.
+        if let Some(mut r) = tx.get_sealed::<ReferralRecord>(TreeName::Referrals, key)? {
             if r.origin != inbound.sender || r.destination != self.id {
-                return Err(reject(
-                    "unknown case reference: subject not received from the sender",
-                ));
+                return Err(not_from_sender());
             }
-            r.disclosed = trm_core::model::DisclosedCase {
-                case_ref: r.disclosed.case_ref.clone(),
-                ..Default::default()
-            };
+            r.disclosed = tombstone(&r.disclosed);
             r.requested_services.clear();
             r.status = ReferralStatus::Withdrawn;
-            r.status_reason = convert::text("reason", &req.reason).unwrap_or_default();
-            r.updated_at = OffsetDateTime::now_utc();
-            // Destroys the old data key: earlier copies, in backups or queued, stay unreadable.
-            tx.shred(id.as_bytes())?;
-            tx.put_sealed(TreeName::Referrals, id.as_bytes(), &r)?;
+            r.status_reason = reason;
+            r.updated_at = now;
+            tx.shred(key)?;
+            tx.put_sealed(TreeName::Referrals, key, &r)?;
+        } else if let Some(mut r) = tx.get_sealed::<ReturnRecord>(TreeName::Returns, key)? {
+            if r.origin != inbound.sender || r.destination != self.id {
+                return Err(not_from_sender());
+            }
+            r.disclosed = tombstone(&r.disclosed);
+            r.reception_details.clear();
+            r.travel_details.clear();
+            r.follow_ups.clear();
+            if !r.status.is_final() {
+                r.status = ReturnStatus::Halted;
+            }
+            r.status_reason = reason;
+            r.updated_at = now;
+            tx.shred(key)?;
+            tx.put_sealed(TreeName::Returns, key, &r)?;
         }
         // Nothing held (never arrived, or erased before) is erased as well: confirm either way.
         let confirmation = ErasureConfirmation {
             subject_id: id.to_string(),
-            erased_at: Some(ts(OffsetDateTime::now_utc())),
+            erased_at: Some(ts(now)),
         };
         outbox::enqueue(
             tx,
@@ -189,21 +209,141 @@ impl Flows {
         c: &ErasureConfirmation,
     ) -> FlowResult {
         let id = Uuid::try_parse(&c.subject_id).map_err(|_| reject("malformed: subject_id"))?;
-        let mut r = tx
-            .get_sealed::<ReferralRecord>(TreeName::Referrals, id.as_bytes())?
-            .ok_or_else(|| reject("unknown case reference: no such subject"))?;
-        if r.destination != inbound.sender || r.origin != self.id {
+        let key = id.as_bytes();
+        let not_sent = || reject("unknown case reference: subject not sent to the sender");
+        let no_request = || reject("invalid transition: no erasure was requested");
+        if let Some(mut r) = tx.get_sealed::<ReferralRecord>(TreeName::Referrals, key)? {
+            if r.destination != inbound.sender || r.origin != self.id {
+                return Err(not_sent());
+            }
+            if !r.erasure_requested {
+                return Err(no_request());
+            }
+            r.erasure_confirmed = true;
+            r.updated_at = OffsetDateTime::now_utc();
+            tx.put_sealed(TreeName::Referrals, key, &r)?;
+        } else if let Some(mut r) = tx.get_sealed::<ReturnRecord>(TreeName::Returns, key)? {
+            if r.destination != inbound.sender || r.origin != self.id {
+                return Err(not_sent());
+            }
+            if !r.erasure_requested {
+                return Err(no_request());
+            }
+            r.erasure_confirmed = true;
+            r.updated_at = OffsetDateTime::now_utc();
+            tx.put_sealed(TreeName::Returns, key, &r)?;
+        } else {
+            return Err(reject("unknown case reference: no such subject"));
+        }
+        Ok(())
+    }
+
+    fn return_request(
+        &self,
+        tx: &Tx<'_>,
+        inbound: &Inbound<'_>,
+        req: &ReturnRequest,
+    ) -> FlowResult {
+        let return_id =
+            Uuid::try_parse(&req.return_id).map_err(|_| reject("malformed: return_id"))?;
+        let wire = req
+            .disclosed
+            .as_ref()
+            .ok_or_else(|| reject("malformed: disclosed is required"))?;
+        let disclosed = convert::disclosed_from_wire(wire)
+            .map_err(|e| reject(format!("policy violation: {e}")))?;
+        policy::check_inbound(Purpose::ReturnPlanning, &disclosed)
+            .map_err(|v| reject(v.to_string()))?;
+        if disclosed.case_ref != inbound.case_ref {
             return Err(reject(
-                "unknown case reference: subject not sent to the sender",
+                "malformed: disclosed.case_ref differs from the envelope's case_ref",
             ));
         }
-        if !r.erasure_requested {
-            return Err(reject("invalid transition: no erasure was requested"));
+        if tx
+            .get_sealed::<ReturnRecord>(TreeName::Returns, return_id.as_bytes())?
+            .is_some()
+        {
+            return Err(reject("invalid transition: return plan already exists"));
         }
-        r.erasure_confirmed = true;
-        r.updated_at = OffsetDateTime::now_utc();
-        tx.put_sealed(TreeName::Referrals, id.as_bytes(), &r)?;
+        let now = OffsetDateTime::now_utc();
+        let record = ReturnRecord {
+            return_id,
+            origin: inbound.sender,
+            destination: self.id,
+            status: ReturnStatus::Requested,
+            disclosed,
+            hearing_pending: req.hearing_pending,
+            compensation_pending: req.compensation_pending,
+            case_id: None,
+            organisation: None,
+            status_reason: String::new(),
+            reception_details: String::new(),
+            travel_at: None,
+            travel_details: String::new(),
+            follow_ups: vec![],
+            consent_ids: vec![],
+            erasure_requested: false,
+            erasure_confirmed: false,
+            created_at: now,
+            updated_at: now,
+        };
+        tx.put_sealed(TreeName::Returns, return_id.as_bytes(), &record)?;
+        tx.put_json(
+            TreeName::CaseRefs,
+            &inbound_ref_key(inbound.sender, inbound.case_ref),
+            &return_id.to_string(),
+        )?;
         Ok(())
+    }
+
+    fn return_update(&self, tx: &Tx<'_>, inbound: &Inbound<'_>, u: &ReturnUpdate) -> FlowResult {
+        let id = Uuid::try_parse(&u.return_id).map_err(|_| reject("malformed: return_id"))?;
+        let status = convert::return_status_from_wire("status", u.status)
+            .map_err(|e| reject(format!("malformed: {e}")))?;
+        let mut r = tx
+            .get_sealed::<ReturnRecord>(TreeName::Returns, id.as_bytes())?
+            .ok_or_else(|| reject("unknown case reference: no such return plan"))?;
+        if r.peer(self.id) != inbound.sender {
+            return Err(reject(
+                "unknown case reference: return plan not shared with the sender",
+            ));
+        }
+        let sender_side = if r.origin == inbound.sender {
+            Side::Requesting
+        } else {
+            Side::Receiving
+        };
+        let event = ReturnEvent::leading_to(status, sender_side, r.status).ok_or_else(|| {
+            reject(format!(
+                "invalid transition: {} from this sender",
+                status.as_str()
+            ))
+        })?;
+        let step = StepDetails {
+            reason: convert::text("reason", &u.reason)
+                .map_err(|e| reject(format!("malformed: {e}")))?,
+            details: convert::text("details", &u.details)
+                .map_err(|e| reject(format!("malformed: {e}")))?,
+            travel_at: match u.travel_at.as_ref() {
+                Some(t) => Some(
+                    convert::from_ts("travel_at", Some(t))
+                        .map_err(|e| reject(format!("malformed: {e}")))?,
+                ),
+                None => None,
+            },
+        };
+        apply_event(&mut r, event, &step)
+            .map_err(|g| reject(format!("invalid transition: {}", g.reason)))?;
+        tx.put_sealed(TreeName::Returns, id.as_bytes(), &r)?;
+        Ok(())
+    }
+}
+
+/// Returns what is kept of an erased copy: the pairwise reference, nothing else.
+fn tombstone(d: &trm_core::model::DisclosedCase) -> trm_core::model::DisclosedCase {
+    trm_core::model::DisclosedCase {
+        case_ref: d.case_ref.clone(),
+        ..Default::default()
     }
 }
 
@@ -212,6 +352,8 @@ impl FlowHandler for Flows {
         match inbound.payload {
             Payload::ReferralOffer(offer) => self.referral_offer(tx, inbound, offer),
             Payload::ReferralUpdate(update) => self.referral_update(tx, inbound, update),
+            Payload::ReturnRequest(req) => self.return_request(tx, inbound, req),
+            Payload::ReturnUpdate(u) => self.return_update(tx, inbound, u),
             Payload::ErasureRequest(req) => self.erasure_request(tx, inbound, req),
             Payload::ErasureConfirmation(c) => self.erasure_confirmation(tx, inbound, c),
             other => Err(reject(format!(

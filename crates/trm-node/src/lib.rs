@@ -6,6 +6,8 @@
 //!   `admin`, `metrics`), from bound listeners to graceful shutdown;
 //! - [`authz`]: principals from client certificates and what each role may do;
 //! - [`referral`]: `ReferralService` (cases, consent, referrals);
+//! - [`returns`]: `ReturnPlanningService` (guards, plans, every step across the border);
+//! - [`erasure`]: erasure requests to the recipients of a disclosure;
 //! - [`flows`]: the node's reaction to peers' envelopes and receipts;
 //! - [`admin`]: `AdminService`; [`metrics`]: the plain-HTTP probes;
 //! - [`pending`]: contract services whose flows are not built yet (UNIMPLEMENTED);
@@ -16,11 +18,13 @@ pub mod admin;
 pub mod authz;
 pub mod config;
 pub mod ctx;
+pub mod erasure;
 pub mod error;
 pub mod flows;
 pub mod metrics;
 pub mod pending;
 pub mod referral;
+pub mod returns;
 pub mod server;
 
 pub use config::NodeConfig;

@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::{
     authz::{self, actor, require, require_org, CASE_ROLES},
-    ctx::{case_ref_key, new_case_ref, today, Ctx},
+    ctx::{case_ref_key, consents_of, load_case, new_case_ref, today, Ctx, TxResult},
     error::{ApiError, ApiResult},
 };
 
@@ -40,53 +40,12 @@ impl Referrals {
     }
 }
 
-type TxResult<T> = Result<T, TxFail<ApiError>>;
-
-/// Returns the consents recorded for a case. They live under the case id as one list, so a
-/// disclosure reads them in its own transaction and conflicts with a concurrent withdrawal.
-fn consents_of(tx: &Tx<'_>, case_id: &Uuid) -> TxResult<Vec<Consent>> {
-    Ok(tx
-        .get_json::<Vec<Consent>>(TreeName::Consents, case_id.as_bytes())?
-        .unwrap_or_default())
-}
-
-fn load_case(tx: &Tx<'_>, case_id: &Uuid) -> TxResult<CaseRecord> {
-    tx.get_sealed::<CaseRecord>(TreeName::Cases, case_id.as_bytes())?
-        .ok_or(TxFail::Abort(ApiError::NotFound("case")))
-}
-
 fn load_referral(tx: &Tx<'_>, id: &Uuid) -> TxResult<ReferralRecord> {
     tx.get_sealed::<ReferralRecord>(TreeName::Referrals, id.as_bytes())?
         .ok_or(TxFail::Abort(ApiError::NotFound("referral")))
 }
 
 impl Referrals {
-    /// Records a read of victim records (who, which ids, when) durably before the answer.
-    async fn audit_read(
-        &self,
-        p: &Principal,
-        action: &str,
-        subject: String,
-        ids: String,
-    ) -> ApiResult<()> {
-        let record = AuditRecord::new(actor(p), action, subject, "ok").detail(ids);
-        Ok(self.ctx.store.audit(record).await?)
-    }
-
-    /// Commits `f`, waits for durability, then wakes the delivery worker of `wake` if any.
-    async fn commit<R>(
-        &self,
-        wake: Option<trm_core::ids::NodeId>,
-        f: impl Fn(&Tx<'_>) -> TxResult<R>,
-    ) -> ApiResult<R> {
-        let r = self.ctx.store.transact(f)?;
-        self.ctx.store.durable().await?;
-        if let Some(peer) = wake {
-            self.ctx.delivery.wake(peer);
-        }
-        Ok(r)
-    }
-
     /// Sends a referral status change to the other node, with the audit entry, atomically.
     fn update_referral(
         &self,
@@ -166,17 +125,18 @@ impl ReferralService for Referrals {
             organisation: p.org.clone(),
             created_at: OffsetDateTime::now_utc(),
         };
-        self.commit(None, |tx| {
-            tx.put_sealed(TreeName::Cases, case.case_id.as_bytes(), &case)?;
-            tx.audit(AuditRecord::new(
-                actor(&p),
-                "case.create",
-                case.case_id.to_string(),
-                "ok",
-            ))?;
-            Ok(())
-        })
-        .await?;
+        self.ctx
+            .commit(None, |tx| {
+                tx.put_sealed(TreeName::Cases, case.case_id.as_bytes(), &case)?;
+                tx.audit(AuditRecord::new(
+                    actor(&p),
+                    "case.create",
+                    case.case_id.to_string(),
+                    "ok",
+                ))?;
+                Ok(())
+            })
+            .await?;
         info!(case_id = %case.case_id, org = %p.org, "case created");
         Ok(Response::new(convert::case_to_wire(&case)))
     }
@@ -196,7 +156,8 @@ impl ReferralService for Referrals {
             .map_err(ApiError::from)?
             .ok_or(ApiError::NotFound("case"))?;
         require_org(&p, Some(&case.organisation))?;
-        self.audit_read(&p, "case.read", id.to_string(), String::new())
+        self.ctx
+            .audit_read(&p, "case.read", id.to_string(), String::new())
             .await?;
         Ok(Response::new(convert::case_to_wire(&case)))
     }
@@ -217,7 +178,8 @@ impl ReferralService for Referrals {
             .filter(|c| p.role == Role::FocalPoint || c.organisation == p.org)
             .collect();
         let ids: Vec<String> = cases.iter().map(|c| c.case_id.to_string()).collect();
-        self.audit_read(&p, "case.list", "-".into(), ids.join(","))
+        self.ctx
+            .audit_read(&p, "case.list", "-".into(), ids.join(","))
             .await?;
         Ok(Response::new(w::ListCasesResponse {
             cases: cases.iter().map(convert::case_to_wire).collect(),
@@ -245,36 +207,37 @@ impl ReferralService for Referrals {
             withdrawn_at: None,
             disclosures: vec![],
         };
-        self.commit(None, |tx| {
-            let case = load_case(tx, &consent.case_id)?;
-            require_org(&p, Some(&case.organisation))?;
-            let mut consents = consents_of(tx, &consent.case_id)?;
-            if consents.len() >= trm_core::limits::MAX_ITEMS {
-                return Err(ApiError::from(FieldError::new(
-                    "case_id",
-                    "too many consents recorded for this case",
-                ))
-                .into());
-            }
-            consents.push(consent.clone());
-            tx.put_json(TreeName::Consents, consent.case_id.as_bytes(), &consents)?;
-            let purposes: Vec<&str> = consent.purposes.iter().map(|p| p.as_str()).collect();
-            tx.audit(
-                AuditRecord::new(
-                    actor(&p),
-                    "consent.record",
-                    consent.consent_id.to_string(),
-                    "ok",
-                )
-                .detail(format!(
-                    "case={} purposes={}",
-                    consent.case_id,
-                    purposes.join(",")
-                )),
-            )?;
-            Ok(())
-        })
-        .await?;
+        self.ctx
+            .commit(None, |tx| {
+                let case = load_case(tx, &consent.case_id)?;
+                require_org(&p, Some(&case.organisation))?;
+                let mut consents = consents_of(tx, &consent.case_id)?;
+                if consents.len() >= trm_core::limits::MAX_ITEMS {
+                    return Err(ApiError::from(FieldError::new(
+                        "case_id",
+                        "too many consents recorded for this case",
+                    ))
+                    .into());
+                }
+                consents.push(consent.clone());
+                tx.put_json(TreeName::Consents, consent.case_id.as_bytes(), &consents)?;
+                let purposes: Vec<&str> = consent.purposes.iter().map(|p| p.as_str()).collect();
+                tx.audit(
+                    AuditRecord::new(
+                        actor(&p),
+                        "consent.record",
+                        consent.consent_id.to_string(),
+                        "ok",
+                    )
+                    .detail(format!(
+                        "case={} purposes={}",
+                        consent.case_id,
+                        purposes.join(",")
+                    )),
+                )?;
+                Ok(())
+            })
+            .await?;
         Ok(Response::new(convert::consent_to_wire(&consent)))
     }
 
@@ -290,6 +253,7 @@ impl ReferralService for Referrals {
         let consent_id = convert::id("consent_id", &req.consent_id).map_err(ApiError::from)?;
         let me = self.ctx.id;
         let (consent, peers) = self
+            .ctx
             .commit(None, |tx| {
                 let case = load_case(tx, &case_id)?;
                 require_org(&p, Some(&case.organisation))?;
@@ -310,7 +274,7 @@ impl ReferralService for Referrals {
                 tx.put_json(TreeName::Consents, case_id.as_bytes(), &consents)?;
                 let mut peers = Vec::new();
                 for rid in &withdrawn.disclosures {
-                    if let Some(peer) = self.request_erasure(tx, rid)? {
+                    if let Some(peer) = crate::erasure::request(&self.ctx, tx, rid)? {
                         peers.push(peer);
                     }
                 }
@@ -351,7 +315,7 @@ impl ReferralService for Referrals {
         let reason = convert::text("reason", &req.reason).map_err(ApiError::from)?;
         let referral_id = Uuid::now_v7();
         let me = self.ctx.id;
-        let record = self
+        let record = self.ctx
             .commit(Some(destination), |tx| {
                 let case = load_case(tx, &case_id)?;
                 require_org(&p, Some(&case.organisation))?;
@@ -428,7 +392,8 @@ impl ReferralService for Referrals {
             .map_err(ApiError::from)?
             .ok_or(ApiError::NotFound("referral"))?;
         require_org(&p, r.organisation.as_ref())?;
-        self.audit_read(&p, "referral.read", id.to_string(), String::new())
+        self.ctx
+            .audit_read(&p, "referral.read", id.to_string(), String::new())
             .await?;
         Ok(Response::new(convert::referral_to_wire(&r)))
     }
@@ -456,7 +421,8 @@ impl ReferralService for Referrals {
             .iter()
             .map(|r| r.referral_id.to_string())
             .collect();
-        self.audit_read(&p, "referral.list", "-".into(), ids.join(","))
+        self.ctx
+            .audit_read(&p, "referral.list", "-".into(), ids.join(","))
             .await?;
         Ok(Response::new(w::ListReferralsResponse {
             referrals: referrals.iter().map(convert::referral_to_wire).collect(),
@@ -486,6 +452,7 @@ impl ReferralService for Referrals {
         let reason = convert::text("reason", &req.reason).map_err(ApiError::from)?;
         let origin = self.peer_of(&id)?;
         let r = self
+            .ctx
             .commit(Some(origin), |tx| {
                 self.update_referral(tx, &p, &id, event, &reason, None)
             })
@@ -505,6 +472,7 @@ impl ReferralService for Referrals {
         let org = OrgId::parse("organisation", &req.organisation).map_err(ApiError::from)?;
         let origin = self.peer_of(&id)?;
         let r = self
+            .ctx
             .commit(Some(origin), |tx| {
                 self.update_referral(tx, &p, &id, ReferralEvent::Assign, "", Some(&org))
             })
@@ -524,6 +492,7 @@ impl ReferralService for Referrals {
         let reason = convert::text("reason", &req.reason).map_err(ApiError::from)?;
         let peer = self.peer_of(&id)?;
         let r = self
+            .ctx
             .commit(Some(peer), |tx| {
                 self.update_referral(tx, &p, &id, ReferralEvent::Close, &reason, None)
             })
@@ -541,41 +510,41 @@ impl ReferralService for Referrals {
         let req = request.get_ref();
         let case_id = convert::id("case_id", &req.case_id).map_err(ApiError::from)?;
         let reason = convert::short("reason", &req.reason, false).map_err(ApiError::from)?;
-        let peers = self
-            .commit(None, |tx| {
-                let case = load_case(tx, &case_id)?;
-                require_org(&p, Some(&case.organisation))?;
-                let mut consents = consents_of(tx, &case_id)?;
-                let now = OffsetDateTime::now_utc();
-                let mut disclosures = Vec::new();
-                for c in consents.iter_mut() {
-                    c.withdrawn_at.get_or_insert(now);
-                    disclosures.extend(c.disclosures.iter().copied());
-                }
-                disclosures.sort();
-                disclosures.dedup();
-                tx.put_json(TreeName::Consents, case_id.as_bytes(), &consents)?;
-                let mut peers = Vec::new();
-                for rid in &disclosures {
-                    if let Some(peer) = self.request_erasure(tx, rid)? {
-                        peers.push(peer);
+        let peers =
+            self.ctx
+                .commit(None, |tx| {
+                    let case = load_case(tx, &case_id)?;
+                    require_org(&p, Some(&case.organisation))?;
+                    let mut consents = consents_of(tx, &case_id)?;
+                    let now = OffsetDateTime::now_utc();
+                    let mut disclosures = Vec::new();
+                    for c in consents.iter_mut() {
+                        c.withdrawn_at.get_or_insert(now);
+                        disclosures.extend(c.disclosures.iter().copied());
                     }
-                }
-                // Crypto-shredding: without its data key the sealed record is gone for good.
-                tx.shred(case_id.as_bytes())?;
-                tx.remove(TreeName::Cases, case_id.as_bytes())?;
-                tx.audit(
-                    AuditRecord::new(actor(&p), "case.erase", case_id.to_string(), "ok").detail(
-                        format!(
-                            "erasure_requests={} reason_len={}",
-                            peers.len(),
-                            reason.len()
-                        ),
-                    ),
-                )?;
-                Ok(peers)
-            })
-            .await?;
+                    disclosures.sort();
+                    disclosures.dedup();
+                    tx.put_json(TreeName::Consents, case_id.as_bytes(), &consents)?;
+                    let mut peers = Vec::new();
+                    for rid in &disclosures {
+                        if let Some(peer) = crate::erasure::request(&self.ctx, tx, rid)? {
+                            peers.push(peer);
+                        }
+                    }
+                    // Crypto-shredding: without its data key the sealed record is gone for good.
+                    tx.shred(case_id.as_bytes())?;
+                    tx.remove(TreeName::Cases, case_id.as_bytes())?;
+                    tx.audit(
+                        AuditRecord::new(actor(&p), "case.erase", case_id.to_string(), "ok")
+                            .detail(format!(
+                                "erasure_requests={} reason_len={}",
+                                peers.len(),
+                                reason.len()
+                            )),
+                    )?;
+                    Ok(peers)
+                })
+                .await?;
         for peer in &peers {
             self.ctx.delivery.wake(*peer);
         }
@@ -598,6 +567,7 @@ impl ReferralService for Referrals {
         let reason = convert::text("reason", &req.reason).map_err(ApiError::from)?;
         let peer = self.peer_of(&id)?;
         let r = self
+            .ctx
             .commit(Some(peer), |tx| {
                 self.update_referral(tx, &p, &id, ReferralEvent::Withdraw, &reason, None)
             })
@@ -607,41 +577,6 @@ impl ReferralService for Referrals {
 }
 
 impl Referrals {
-    /// Marks an outgoing referral withdrawn, shreds its data key (so queued copies not yet
-    /// delivered are gone too) and queues a signed erasure request to its destination.
-    /// Returns the destination, or `None` when erasure was already requested.
-    fn request_erasure(&self, tx: &Tx<'_>, rid: &Uuid) -> TxResult<Option<trm_core::ids::NodeId>> {
-        let Some(mut r) = tx.get_sealed::<ReferralRecord>(TreeName::Referrals, rid.as_bytes())?
-        else {
-            return Ok(None);
-        };
-        if r.erasure_requested {
-            return Ok(None);
-        }
-        if !r.status.is_final() {
-            r.status = ReferralStatus::Withdrawn;
-        }
-        r.status_reason = "consent withdrawn".into();
-        r.erasure_requested = true;
-        r.updated_at = OffsetDateTime::now_utc();
-        tx.shred(rid.as_bytes())?;
-        tx.put_sealed(TreeName::Referrals, rid.as_bytes(), &r)?;
-        let request = w::ErasureRequest {
-            subject_id: rid.to_string(),
-            reason: "consent withdrawn".into(),
-        };
-        outbox::enqueue(
-            tx,
-            &self.ctx.identity,
-            self.ctx.id,
-            r.destination,
-            &rid.to_string(),
-            &r.disclosed.case_ref,
-            Payload::ErasureRequest(request),
-        )?;
-        Ok(Some(r.destination))
-    }
-
     fn peer_of(&self, id: &Uuid) -> ApiResult<trm_core::ids::NodeId> {
         let r = self
             .ctx

@@ -28,8 +28,9 @@ use crate::{
     ctx::Ctx,
     flows::Flows,
     metrics,
-    pending::{PendingHearings, PendingReturns},
+    pending::PendingHearings,
     referral::Referrals,
+    returns::Returns,
 };
 
 /// How long in-flight requests may take to finish after shutdown is asked for.
@@ -172,6 +173,7 @@ pub async fn run(
         identity: identity.clone(),
         directory: directory.clone(),
         delivery: delivery.clone(),
+        reflection_period_days: config.policy.reflection_period_days,
     };
     let mut inbound = InboundConfig::new(node);
     inbound.replay_window = time::Duration::days(i64::from(config.policy.replay_window_days));
@@ -224,7 +226,7 @@ pub async fn run(
                 .max_decoding_message_size(MAX_LOCAL_REQUEST),
         )
         .add_service(
-            ReturnPlanningServiceServer::new(PendingReturns)
+            ReturnPlanningServiceServer::new(Returns::new(ctx.clone()))
                 .max_decoding_message_size(MAX_LOCAL_REQUEST),
         )
         .add_service(

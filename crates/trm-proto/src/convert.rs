@@ -10,6 +10,7 @@ use trm_core::{
     limits::{MAX_ITEMS, MAX_SHORT, MAX_TEXT},
     model::{self as d, format_date, parse_date},
     referral::{ReferralRecord, ReferralStatus},
+    returns::{ReturnDecision, ReturnRecord, ReturnStatus, RiskAssessment, RiskLevel},
     FieldError,
 };
 use uuid::Uuid;
@@ -543,6 +544,127 @@ pub fn direction(field: &str, v: i32) -> Result<trm_core::referral::Direction, F
             field,
             "must be DIRECTION_INCOMING or DIRECTION_OUTGOING",
         )),
+    }
+}
+
+/// Parses a risk level (required).
+pub fn risk_level(field: &str, v: i32) -> Result<RiskLevel, FieldError> {
+    match w::RiskLevel::try_from(v) {
+        Ok(w::RiskLevel::Low) => Ok(RiskLevel::Low),
+        Ok(w::RiskLevel::Medium) => Ok(RiskLevel::Medium),
+        Ok(w::RiskLevel::High) => Ok(RiskLevel::High),
+        _ => Err(FieldError::new(
+            field,
+            "must be RISK_LEVEL_LOW, _MEDIUM or _HIGH",
+        )),
+    }
+}
+
+fn risk_level_to_wire(l: RiskLevel) -> i32 {
+    match l {
+        RiskLevel::Low => w::RiskLevel::Low as i32,
+        RiskLevel::Medium => w::RiskLevel::Medium as i32,
+        RiskLevel::High => w::RiskLevel::High as i32,
+    }
+}
+
+/// Parses a list of short strings (at most [`MAX_ITEMS`], each at most [`MAX_SHORT`]).
+pub fn shorts(field: &str, values: &[String]) -> Result<Vec<String>, FieldError> {
+    check_items(field, values.len())?;
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| short(&format!("{field}[{i}]"), v, true))
+        .collect()
+}
+
+/// Returns the wire form of a risk assessment.
+pub fn risk_to_wire(r: &RiskAssessment) -> w::RiskAssessment {
+    w::RiskAssessment {
+        assessment_id: r.assessment_id.to_string(),
+        case_id: r.case_id.to_string(),
+        level: risk_level_to_wire(r.level),
+        non_refoulement_concern: r.non_refoulement_concern,
+        retrafficking_risk: r.retrafficking_risk,
+        family_at_risk: r.family_at_risk,
+        factors: r.factors.clone(),
+        recorded_at: Some(ts(r.recorded_at)),
+    }
+}
+
+/// Returns the wire form of a return decision.
+pub fn decision_to_wire(d: &ReturnDecision) -> w::ReturnDecision {
+    w::ReturnDecision {
+        case_id: d.case_id.to_string(),
+        voluntary: d.voluntary,
+        informed: d.informed,
+        reflection_period_waived: d.reflection_period_waived,
+        recorded_at: Some(ts(d.recorded_at)),
+    }
+}
+
+/// Parses a return status (for inbound updates).
+pub fn return_status_from_wire(field: &str, v: i32) -> Result<ReturnStatus, FieldError> {
+    use w::ReturnStatus as W;
+    Ok(match W::try_from(v) {
+        Ok(W::Proposed) => ReturnStatus::Proposed,
+        Ok(W::Requested) => ReturnStatus::Requested,
+        Ok(W::ReceptionConfirmed) => ReturnStatus::ReceptionConfirmed,
+        Ok(W::ConcernRaised) => ReturnStatus::ConcernRaised,
+        Ok(W::Scheduled) => ReturnStatus::Scheduled,
+        Ok(W::Travelled) => ReturnStatus::Travelled,
+        Ok(W::Arrived) => ReturnStatus::Arrived,
+        Ok(W::FollowUp) => ReturnStatus::FollowUp,
+        Ok(W::Closed) => ReturnStatus::Closed,
+        Ok(W::Halted) => ReturnStatus::Halted,
+        _ => return Err(FieldError::new(field, "must be a known return status")),
+    })
+}
+
+/// Returns the wire value of a return status.
+pub fn return_status_to_wire(s: ReturnStatus) -> i32 {
+    use w::ReturnStatus as W;
+    (match s {
+        ReturnStatus::Proposed => W::Proposed,
+        ReturnStatus::Requested => W::Requested,
+        ReturnStatus::ReceptionConfirmed => W::ReceptionConfirmed,
+        ReturnStatus::ConcernRaised => W::ConcernRaised,
+        ReturnStatus::Scheduled => W::Scheduled,
+        ReturnStatus::Travelled => W::Travelled,
+        ReturnStatus::Arrived => W::Arrived,
+        ReturnStatus::FollowUp => W::FollowUp,
+        ReturnStatus::Closed => W::Closed,
+        ReturnStatus::Halted => W::Halted,
+    }) as i32
+}
+
+/// Returns the wire form of a return plan as this node holds it.
+pub fn return_to_wire(r: &ReturnRecord) -> w::ReturnPlan {
+    w::ReturnPlan {
+        return_id: r.return_id.to_string(),
+        origin: r.origin.to_string(),
+        destination: r.destination.to_string(),
+        status: return_status_to_wire(r.status),
+        disclosed: Some(disclosed_to_wire(&r.disclosed)),
+        hearing_pending: r.hearing_pending,
+        compensation_pending: r.compensation_pending,
+        created_at: Some(ts(r.created_at)),
+        updated_at: Some(ts(r.updated_at)),
+        status_reason: r.status_reason.clone(),
+        reception_details: r.reception_details.clone(),
+        travel_at: r.travel_at.map(ts),
+        travel_details: r.travel_details.clone(),
+        follow_ups: r
+            .follow_ups
+            .iter()
+            .map(|f| w::FollowUp {
+                recorded_at: Some(ts(f.recorded_at)),
+                notes: f.notes.clone(),
+            })
+            .collect(),
+        case_id: r.case_id.map(|c| c.to_string()).unwrap_or_default(),
+        erasure_requested: r.erasure_requested,
+        erasure_confirmed: r.erasure_confirmed,
     }
 }
 

@@ -29,6 +29,10 @@ pub enum TreeName {
     Referrals,
     Returns,
     Hearings,
+    /// Risk assessments per case (sealed under the case's key).
+    RiskAssessments,
+    /// The victim's return decisions per case (sealed under the case's key).
+    ReturnDecisions,
     /// Pairwise case references, both ways.
     CaseRefs,
     /// Queued outbound envelopes, by peer and sequence.
@@ -42,7 +46,7 @@ pub enum TreeName {
 }
 
 impl TreeName {
-    const ALL: [TreeName; 13] = [
+    const ALL: [TreeName; 15] = [
         TreeName::Meta,
         TreeName::Keys,
         TreeName::Cases,
@@ -50,6 +54,8 @@ impl TreeName {
         TreeName::Referrals,
         TreeName::Returns,
         TreeName::Hearings,
+        TreeName::RiskAssessments,
+        TreeName::ReturnDecisions,
         TreeName::CaseRefs,
         TreeName::Outbox,
         TreeName::DeadLetters,
@@ -68,6 +74,8 @@ impl TreeName {
             TreeName::Referrals => "referrals",
             TreeName::Returns => "returns",
             TreeName::Hearings => "hearings",
+            TreeName::RiskAssessments => "risk_assessments",
+            TreeName::ReturnDecisions => "return_decisions",
             TreeName::CaseRefs => "case_refs",
             TreeName::Outbox => "outbox",
             TreeName::DeadLetters => "dead_letters",

@@ -1,0 +1,532 @@
+//! Return planning: safe and preferably voluntary return (UN Protocol art. 8, CoE Convention
+//! art. 13 and 16, non-refoulement). The guards a return request must pass, and the plan's
+//! state machine: `requested -> reception_confirmed | concern_raised -> scheduled ->
+//! travelled -> arrived -> follow_up* -> closed`, and `halted` from any open state.
+
+use serde::{Deserialize, Serialize};
+use time::{Date, Duration, OffsetDateTime};
+use uuid::Uuid;
+
+use crate::{
+    error::{Guard, GuardError},
+    ids::{NodeId, OrgId},
+    model::{CaseRecord, DisclosedCase},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RiskLevel {
+    Low,
+    Medium,
+    High,
+}
+
+/// One risk assessment of a return; the newest one counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RiskAssessment {
+    pub assessment_id: Uuid,
+    pub case_id: Uuid,
+    pub level: RiskLevel,
+    pub non_refoulement_concern: bool,
+    pub retrafficking_risk: bool,
+    pub family_at_risk: bool,
+    /// Short descriptions of the factors considered; stay on this node.
+    pub factors: Vec<String>,
+    pub recorded_at: OffsetDateTime,
+}
+
+/// The victim's recorded decision on return; the newest one counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReturnDecision {
+    pub case_id: Uuid,
+    pub voluntary: bool,
+    pub informed: bool,
+    pub reflection_period_waived: bool,
+    pub recorded_at: OffsetDateTime,
+}
+
+/// Checks every guard of a return request; the first refusal names its guard. The consent
+/// guard is checked by the disclosure itself.
+pub fn check_guards(
+    case: &CaseRecord,
+    risk: Option<&RiskAssessment>,
+    decision: Option<&ReturnDecision>,
+    reflection_period_days: u32,
+    today: Date,
+) -> Result<(), GuardError> {
+    let Some(risk) = risk else {
+        return Err(GuardError::new(
+            Guard::Risk,
+            "no risk assessment is recorded for the case",
+        ));
+    };
+    if risk.non_refoulement_concern {
+        return Err(GuardError::new(
+            Guard::NonRefoulement,
+            "the latest risk assessment raises a non-refoulement concern",
+        ));
+    }
+    if risk.retrafficking_risk {
+        return Err(GuardError::new(
+            Guard::Risk,
+            "the latest risk assessment finds a re-trafficking risk",
+        ));
+    }
+    if risk.family_at_risk {
+        return Err(GuardError::new(
+            Guard::Risk,
+            "the latest risk assessment finds the family at risk",
+        ));
+    }
+    if risk.level == RiskLevel::High {
+        return Err(GuardError::new(
+            Guard::Risk,
+            "the latest risk assessment is HIGH",
+        ));
+    }
+    let Some(decision) = decision else {
+        return Err(GuardError::new(
+            Guard::Decision,
+            "the victim's decision on return is not recorded",
+        ));
+    };
+    if !decision.informed || !decision.voluntary {
+        return Err(GuardError::new(
+            Guard::Decision,
+            "the victim's recorded decision is not informed and voluntary",
+        ));
+    }
+    let period_ends = case.identified_on + Duration::days(i64::from(reflection_period_days));
+    if today < period_ends && !decision.reflection_period_waived {
+        return Err(GuardError::new(
+            Guard::ReflectionPeriod,
+            format!(
+                "the reflection period of {reflection_period_days} days ends on {} and was not waived by the victim",
+                crate::model::format_date(period_ends)
+            ),
+        ));
+    }
+    if case.child.is_child && !case.child.best_interests_determined {
+        return Err(GuardError::new(
+            Guard::BestInterests,
+            "a child's return needs a best-interests determination",
+        ));
+    }
+    if case.child.is_child && !case.child.guardian_assigned {
+        return Err(GuardError::new(
+            Guard::Guardian,
+            "a child's return needs an assigned guardian",
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ReturnStatus {
+    Proposed,
+    Requested,
+    ReceptionConfirmed,
+    ConcernRaised,
+    Scheduled,
+    Travelled,
+    Arrived,
+    FollowUp,
+    Closed,
+    Halted,
+}
+
+impl ReturnStatus {
+    /// Returns the status name as used in errors and audit entries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReturnStatus::Proposed => "proposed",
+            ReturnStatus::Requested => "requested",
+            ReturnStatus::ReceptionConfirmed => "reception_confirmed",
+            ReturnStatus::ConcernRaised => "concern_raised",
+            ReturnStatus::Scheduled => "scheduled",
+            ReturnStatus::Travelled => "travelled",
+            ReturnStatus::Arrived => "arrived",
+            ReturnStatus::FollowUp => "follow_up",
+            ReturnStatus::Closed => "closed",
+            ReturnStatus::Halted => "halted",
+        }
+    }
+
+    /// Returns whether the plan is over.
+    pub fn is_final(self) -> bool {
+        matches!(self, ReturnStatus::Closed | ReturnStatus::Halted)
+    }
+}
+
+/// What happens to a plan, and which side may make it happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReturnEvent {
+    /// Country of return: who receives the person, where and when.
+    ConfirmReception,
+    /// Country of return: the plan stops on both sides until the concern is resolved.
+    RaiseConcern,
+    /// Country of return: the concern is resolved; the plan waits for reception again.
+    ResolveConcern,
+    /// Requesting country (where the victim is).
+    Schedule,
+    /// Requesting country.
+    Travel,
+    /// Country of return.
+    Arrive,
+    /// Country of return: reintegration monitoring.
+    FollowUp,
+    /// Either side, with a reason.
+    Close,
+    /// Either side, with a reason.
+    Halt,
+}
+
+/// Which node of a plan acts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The node that requested the return (where the victim is).
+    Requesting,
+    /// The country of return.
+    Receiving,
+}
+
+impl ReturnEvent {
+    /// Returns whether `side` may cause this event.
+    pub fn allowed_for(self, side: Side) -> bool {
+        use ReturnEvent as E;
+        match self {
+            E::ConfirmReception | E::RaiseConcern | E::ResolveConcern | E::Arrive | E::FollowUp => {
+                side == Side::Receiving
+            }
+            E::Schedule | E::Travel => side == Side::Requesting,
+            E::Close | E::Halt => true,
+        }
+    }
+
+    /// Returns the event that leads to `status` when announced by `side`, if any.
+    pub fn leading_to(status: ReturnStatus, side: Side, from: ReturnStatus) -> Option<Self> {
+        use ReturnEvent as E;
+        use ReturnStatus as S;
+        let event = match status {
+            S::ReceptionConfirmed => E::ConfirmReception,
+            S::ConcernRaised => E::RaiseConcern,
+            S::Requested if from == S::ConcernRaised => E::ResolveConcern,
+            S::Scheduled => E::Schedule,
+            S::Travelled => E::Travel,
+            S::Arrived => E::Arrive,
+            S::FollowUp => E::FollowUp,
+            S::Closed => E::Close,
+            S::Halted => E::Halt,
+            _ => return None,
+        };
+        event.allowed_for(side).then_some(event)
+    }
+}
+
+/// Returns the status after `event`, or the `state` guard's refusal naming the current state.
+pub fn next(status: ReturnStatus, event: ReturnEvent) -> Result<ReturnStatus, GuardError> {
+    use ReturnEvent as E;
+    use ReturnStatus as S;
+    let to = match (status, event) {
+        (S::Requested, E::ConfirmReception) => S::ReceptionConfirmed,
+        (S::Requested | S::ReceptionConfirmed | S::Scheduled, E::RaiseConcern) => S::ConcernRaised,
+        (S::ConcernRaised, E::ResolveConcern) => S::Requested,
+        (S::ReceptionConfirmed | S::Scheduled, E::Schedule) => S::Scheduled,
+        (S::Scheduled, E::Travel) => S::Travelled,
+        (S::Travelled, E::Arrive) => S::Arrived,
+        (S::Arrived | S::FollowUp, E::FollowUp) => S::FollowUp,
+        (S::Arrived | S::FollowUp, E::Close) => S::Closed,
+        (s, E::Halt) if !s.is_final() => S::Halted,
+        _ => {
+            return Err(GuardError::new(
+                Guard::State,
+                format!(
+                    "return plan is {}; {:?} is not possible",
+                    status.as_str(),
+                    event
+                ),
+            ))
+        }
+    };
+    Ok(to)
+}
+
+/// A follow-up record (reintegration monitoring).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowUpRecord {
+    pub recorded_at: OffsetDateTime,
+    pub notes: String,
+}
+
+/// A return plan as one node holds it; `return_id` is the same on both nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReturnRecord {
+    pub return_id: Uuid,
+    /// The requesting node (where the victim is).
+    pub origin: NodeId,
+    /// The country of return.
+    pub destination: NodeId,
+    pub status: ReturnStatus,
+    pub disclosed: DisclosedCase,
+    pub hearing_pending: bool,
+    pub compensation_pending: bool,
+    /// Requesting side only.
+    pub case_id: Option<Uuid>,
+    /// Requesting side: the case's organisation.
+    pub organisation: Option<OrgId>,
+    pub status_reason: String,
+    pub reception_details: String,
+    pub travel_at: Option<OffsetDateTime>,
+    pub travel_details: String,
+    pub follow_ups: Vec<FollowUpRecord>,
+    pub consent_ids: Vec<Uuid>,
+    pub erasure_requested: bool,
+    pub erasure_confirmed: bool,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+impl ReturnRecord {
+    /// Returns this node's side of the plan.
+    pub fn side(&self, me: NodeId) -> Side {
+        if self.origin == me {
+            Side::Requesting
+        } else {
+            Side::Receiving
+        }
+    }
+
+    /// Returns the other node.
+    pub fn peer(&self, me: NodeId) -> NodeId {
+        if self.origin == me {
+            self.destination
+        } else {
+            self.origin
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::*;
+    use time::macros::{date, datetime};
+    use ReturnEvent as E;
+    use ReturnStatus as S;
+
+    fn case(identified_on: Date, child: ChildInfo) -> CaseRecord {
+        CaseRecord {
+            case_id: Uuid::nil(),
+            person: Person {
+                given_name: "A".into(),
+                family_name: String::new(),
+                date_of_birth: None,
+                gender: Gender::Female,
+                citizenship: vec![],
+                languages: vec![],
+                document_number: String::new(),
+                address: String::new(),
+                phone: String::new(),
+            },
+            needs: Needs::default(),
+            exploitation: Exploitation::default(),
+            child,
+            identified_on,
+            organisation: "sp1".parse().unwrap(),
+            created_at: datetime!(2026-01-01 0:00 UTC),
+        }
+    }
+
+    fn risk(level: RiskLevel, nr: bool, rt: bool, fam: bool) -> RiskAssessment {
+        RiskAssessment {
+            assessment_id: Uuid::nil(),
+            case_id: Uuid::nil(),
+            level,
+            non_refoulement_concern: nr,
+            retrafficking_risk: rt,
+            family_at_risk: fam,
+            factors: vec![],
+            recorded_at: datetime!(2026-01-01 0:00 UTC),
+        }
+    }
+
+    fn decision(voluntary: bool, informed: bool, waived: bool) -> ReturnDecision {
+        ReturnDecision {
+            case_id: Uuid::nil(),
+            voluntary,
+            informed,
+            reflection_period_waived: waived,
+            recorded_at: datetime!(2026-01-01 0:00 UTC),
+        }
+    }
+
+    #[test]
+    fn each_guard_refuses_by_name_and_then_allows() {
+        let today = date!(2026 - 03 - 01);
+        let long_ago = date!(2026 - 01 - 01);
+        let ok_case = case(long_ago, ChildInfo::default());
+        let low = risk(RiskLevel::Low, false, false, false);
+        let yes = decision(true, true, false);
+        let guard = |c: &CaseRecord, r: Option<&RiskAssessment>, d: Option<&ReturnDecision>| {
+            check_guards(c, r, d, 30, today).err().map(|e| e.guard)
+        };
+        assert_eq!(guard(&ok_case, None, Some(&yes)), Some(Guard::Risk));
+        assert_eq!(
+            guard(
+                &ok_case,
+                Some(&risk(RiskLevel::Low, true, false, false)),
+                Some(&yes)
+            ),
+            Some(Guard::NonRefoulement)
+        );
+        assert_eq!(
+            guard(
+                &ok_case,
+                Some(&risk(RiskLevel::Low, false, true, false)),
+                Some(&yes)
+            ),
+            Some(Guard::Risk)
+        );
+        assert_eq!(
+            guard(
+                &ok_case,
+                Some(&risk(RiskLevel::Low, false, false, true)),
+                Some(&yes)
+            ),
+            Some(Guard::Risk)
+        );
+        assert_eq!(
+            guard(
+                &ok_case,
+                Some(&risk(RiskLevel::High, false, false, false)),
+                Some(&yes)
+            ),
+            Some(Guard::Risk)
+        );
+        assert_eq!(
+            guard(
+                &ok_case,
+                Some(&risk(RiskLevel::Medium, false, false, false)),
+                Some(&yes)
+            ),
+            None
+        );
+        assert_eq!(guard(&ok_case, Some(&low), None), Some(Guard::Decision));
+        assert_eq!(
+            guard(&ok_case, Some(&low), Some(&decision(false, true, false))),
+            Some(Guard::Decision)
+        );
+        assert_eq!(
+            guard(&ok_case, Some(&low), Some(&decision(true, false, false))),
+            Some(Guard::Decision)
+        );
+        // Identified 10 days ago: the reflection period runs unless waived.
+        let recent = case(date!(2026 - 02 - 19), ChildInfo::default());
+        assert_eq!(
+            guard(&recent, Some(&low), Some(&yes)),
+            Some(Guard::ReflectionPeriod)
+        );
+        assert_eq!(
+            guard(&recent, Some(&low), Some(&decision(true, true, true))),
+            None
+        );
+        // 30 days is the minimum; a longer configured period counts.
+        assert!(check_guards(
+            &case(date!(2026 - 01 - 20), ChildInfo::default()),
+            Some(&low),
+            Some(&yes),
+            45,
+            today
+        )
+        .is_err());
+        let child = |bi, g| {
+            case(
+                long_ago,
+                ChildInfo {
+                    is_child: true,
+                    guardian_assigned: g,
+                    best_interests_determined: bi,
+                },
+            )
+        };
+        assert_eq!(
+            guard(&child(false, true), Some(&low), Some(&yes)),
+            Some(Guard::BestInterests)
+        );
+        assert_eq!(
+            guard(&child(true, false), Some(&low), Some(&yes)),
+            Some(Guard::Guardian)
+        );
+        assert_eq!(guard(&child(true, true), Some(&low), Some(&yes)), None);
+        assert_eq!(guard(&ok_case, Some(&low), Some(&yes)), None);
+    }
+
+    #[test]
+    fn the_whole_path_and_a_concern() {
+        let mut s = S::Requested;
+        for e in [
+            E::RaiseConcern,
+            E::ResolveConcern,
+            E::ConfirmReception,
+            E::Schedule,
+            E::Travel,
+            E::Arrive,
+            E::FollowUp,
+            E::FollowUp,
+            E::Close,
+        ] {
+            s = next(s, e).unwrap();
+        }
+        assert_eq!(s, S::Closed);
+        assert_eq!(
+            next(S::Requested, E::Schedule).unwrap_err().guard,
+            Guard::State
+        );
+        assert_eq!(
+            next(S::ConcernRaised, E::Schedule).unwrap_err().guard,
+            Guard::State
+        );
+    }
+
+    #[test]
+    fn halted_and_closed_plans_accept_nothing() {
+        for s in [S::Halted, S::Closed] {
+            for e in [
+                E::ConfirmReception,
+                E::RaiseConcern,
+                E::ResolveConcern,
+                E::Schedule,
+                E::Travel,
+                E::Arrive,
+                E::FollowUp,
+                E::Close,
+                E::Halt,
+            ] {
+                assert!(next(s, e).is_err(), "{s:?} {e:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn each_side_announces_only_its_own_events() {
+        assert_eq!(
+            ReturnEvent::leading_to(S::ReceptionConfirmed, Side::Receiving, S::Requested),
+            Some(E::ConfirmReception)
+        );
+        assert_eq!(
+            ReturnEvent::leading_to(S::ReceptionConfirmed, Side::Requesting, S::Requested),
+            None
+        );
+        assert_eq!(
+            ReturnEvent::leading_to(S::Scheduled, Side::Receiving, S::ReceptionConfirmed),
+            None
+        );
+        assert_eq!(
+            ReturnEvent::leading_to(S::Requested, Side::Receiving, S::ConcernRaised),
+            Some(E::ResolveConcern)
+        );
+        assert_eq!(
+            ReturnEvent::leading_to(S::Halted, Side::Requesting, S::Scheduled),
+            Some(E::Halt)
+        );
+    }
+}

@@ -1,0 +1,662 @@
+//! `ReturnPlanningService`: safe, voluntary return between the country where the victim is
+//! (the requesting side) and the country of return. Risk assessments and the victim's
+//! decision are recorded on the case; `ProposeReturn` checks every guard and the consent
+//! before anything leaves; each later step is carried to the other node.
+
+use time::OffsetDateTime;
+use tonic::{Request, Response, Status};
+use tracing::{info, instrument};
+use trm_core::{
+    consent,
+    ids::{Principal, Role},
+    model::Purpose,
+    policy,
+    returns::{
+        check_guards, next, FollowUpRecord, ReturnDecision, ReturnEvent, ReturnRecord,
+        ReturnStatus, RiskAssessment, Side,
+    },
+    FieldError,
+};
+use trm_federation::outbox;
+use trm_proto::{
+    convert,
+    v1::{
+        self as w, envelope_body::Payload, return_planning_service_server::ReturnPlanningService,
+    },
+};
+use trm_store::{audit::AuditRecord, TreeName, Tx, TxFail};
+use uuid::Uuid;
+
+use crate::{
+    authz::{self, actor, require, require_org, CASE_ROLES},
+    ctx::{case_ref_key, consents_of, load_case, new_case_ref, today, Ctx, TxResult},
+    error::{ApiError, ApiResult},
+};
+
+/// The return-planning service of one node.
+#[derive(Debug, Clone)]
+pub struct Returns {
+    ctx: Ctx,
+}
+
+impl Returns {
+    /// Returns the service.
+    pub fn new(ctx: Ctx) -> Self {
+        Self { ctx }
+    }
+}
+
+/// Loads a return plan inside a transaction; NOT_FOUND when absent.
+pub fn load_return(tx: &Tx<'_>, id: &Uuid) -> TxResult<ReturnRecord> {
+    tx.get_sealed::<ReturnRecord>(TreeName::Returns, id.as_bytes())?
+        .ok_or(TxFail::Abort(ApiError::NotFound("return plan")))
+}
+
+/// What a step carries besides its event.
+#[derive(Debug, Clone, Default)]
+pub struct StepDetails {
+    pub reason: String,
+    pub details: String,
+    pub travel_at: Option<OffsetDateTime>,
+}
+
+/// Applies `event` to a plan (both for a local step and for the peer's announcement of it):
+/// the new status, and the details that go with it.
+pub fn apply_event(
+    r: &mut ReturnRecord,
+    event: ReturnEvent,
+    step: &StepDetails,
+) -> Result<(), trm_core::GuardError> {
+    r.status = next(r.status, event)?;
+    match event {
+        ReturnEvent::ConfirmReception => r.reception_details = step.details.clone(),
+        ReturnEvent::Schedule => {
+            r.travel_at = step.travel_at;
+            r.travel_details = step.details.clone();
+        }
+        ReturnEvent::FollowUp => r.follow_ups.push(FollowUpRecord {
+            recorded_at: OffsetDateTime::now_utc(),
+            notes: step.details.clone(),
+        }),
+        ReturnEvent::RaiseConcern | ReturnEvent::ResolveConcern | ReturnEvent::Arrive
+            if !step.details.is_empty() =>
+        {
+            r.status_reason = step.details.clone();
+        }
+        _ => {}
+    }
+    if !step.reason.is_empty() {
+        r.status_reason = step.reason.clone();
+    }
+    r.updated_at = OffsetDateTime::now_utc();
+    Ok(())
+}
+
+fn id_of(field: &str, s: &str) -> Result<Uuid, Status> {
+    convert::id(field, s).map_err(|e| ApiError::from(e).into())
+}
+
+impl Returns {
+    /// One step of a plan by a local user: authorised for its side, valid for its state,
+    /// recorded and announced to the other node in one transaction.
+    async fn step(
+        &self,
+        p: &Principal,
+        id: Uuid,
+        event: ReturnEvent,
+        step: StepDetails,
+    ) -> ApiResult<ReturnRecord> {
+        let me = self.ctx.id;
+        let peer = {
+            let r = self
+                .ctx
+                .store
+                .get_sealed::<ReturnRecord>(TreeName::Returns, id.as_bytes())?
+                .ok_or(ApiError::NotFound("return plan"))?;
+            r.peer(me)
+        };
+        self.ctx
+            .commit(Some(peer), |tx| {
+                let mut r = load_return(tx, &id)?;
+                let side = r.side(me);
+                if !event.allowed_for(side) {
+                    let who = if side == Side::Requesting {
+                        "requesting"
+                    } else {
+                        "receiving"
+                    };
+                    return Err(ApiError::Denied(format!(
+                        "the {who} country may not {event:?} a return plan"
+                    ))
+                    .into());
+                }
+                match side {
+                    Side::Requesting if p.role == Role::ServiceProvider => {
+                        require_org(p, r.organisation.as_ref())?
+                    }
+                    Side::Requesting => {}
+                    Side::Receiving => {
+                        require(p, &[Role::FocalPoint], "act on an incoming return plan")?
+                    }
+                }
+                apply_event(&mut r, event, &step).map_err(ApiError::from)?;
+                tx.put_sealed(TreeName::Returns, id.as_bytes(), &r)?;
+                let update = w::ReturnUpdate {
+                    return_id: id.to_string(),
+                    status: convert::return_status_to_wire(r.status),
+                    reason: step.reason.clone(),
+                    details: step.details.clone(),
+                    travel_at: step.travel_at.map(convert::ts),
+                };
+                outbox::enqueue(
+                    tx,
+                    &self.ctx.identity,
+                    me,
+                    r.peer(me),
+                    &id.to_string(),
+                    &r.disclosed.case_ref,
+                    Payload::ReturnUpdate(update),
+                )?;
+                tx.audit(AuditRecord::new(
+                    actor(p),
+                    "return.update",
+                    id.to_string(),
+                    r.status.as_str(),
+                ))?;
+                Ok(r)
+            })
+            .await
+    }
+
+    fn readable(&self, p: &Principal, r: &ReturnRecord) -> bool {
+        p.role == Role::FocalPoint
+            || (r.organisation.as_ref() == Some(&p.org) && p.role == Role::ServiceProvider)
+    }
+}
+
+fn text(field: &str, s: &str) -> Result<String, Status> {
+    convert::text(field, s).map_err(|e| ApiError::from(e).into())
+}
+
+fn required_text(field: &str, s: &str) -> Result<String, Status> {
+    if s.trim().is_empty() {
+        return Err(ApiError::from(FieldError::new(field, "is required")).into());
+    }
+    text(field, s)
+}
+
+#[tonic::async_trait]
+impl ReturnPlanningService for Returns {
+    #[instrument(skip_all)]
+    async fn record_risk_assessment(
+        &self,
+        request: Request<w::RecordRiskAssessmentRequest>,
+    ) -> Result<Response<w::RiskAssessment>, Status> {
+        let p = authz::principal(&request)?;
+        require(&p, CASE_ROLES, "record risk assessments")?;
+        let req = request.get_ref();
+        let case_id = id_of("case_id", &req.case_id)?;
+        let assessment = RiskAssessment {
+            assessment_id: Uuid::now_v7(),
+            case_id,
+            level: convert::risk_level("level", req.level).map_err(ApiError::from)?,
+            non_refoulement_concern: req.non_refoulement_concern,
+            retrafficking_risk: req.retrafficking_risk,
+            family_at_risk: req.family_at_risk,
+            factors: convert::shorts("factors", &req.factors).map_err(ApiError::from)?,
+            recorded_at: OffsetDateTime::now_utc(),
+        };
+        self.ctx
+            .commit(None, |tx| {
+                let case = load_case(tx, &case_id)?;
+                require_org(&p, Some(&case.organisation))?;
+                let mut all = tx
+                    .get_sealed::<Vec<RiskAssessment>>(
+                        TreeName::RiskAssessments,
+                        case_id.as_bytes(),
+                    )?
+                    .unwrap_or_default();
+                all.push(assessment.clone());
+                tx.put_sealed(TreeName::RiskAssessments, case_id.as_bytes(), &all)?;
+                tx.audit(
+                    AuditRecord::new(
+                        actor(&p),
+                        "risk.record",
+                        assessment.assessment_id.to_string(),
+                        "ok",
+                    )
+                    .detail(format!("case={case_id}")),
+                )?;
+                Ok(())
+            })
+            .await?;
+        Ok(Response::new(convert::risk_to_wire(&assessment)))
+    }
+
+    #[instrument(skip_all)]
+    async fn record_return_decision(
+        &self,
+        request: Request<w::RecordReturnDecisionRequest>,
+    ) -> Result<Response<w::ReturnDecision>, Status> {
+        let p = authz::principal(&request)?;
+        require(&p, CASE_ROLES, "record return decisions")?;
+        let req = request.get_ref();
+        let case_id = id_of("case_id", &req.case_id)?;
+        let decision = ReturnDecision {
+            case_id,
+            voluntary: req.voluntary,
+            informed: req.informed,
+            reflection_period_waived: req.reflection_period_waived,
+            recorded_at: OffsetDateTime::now_utc(),
+        };
+        self.ctx
+            .commit(None, |tx| {
+                let case = load_case(tx, &case_id)?;
+                require_org(&p, Some(&case.organisation))?;
+                let mut all = tx
+                    .get_sealed::<Vec<ReturnDecision>>(
+                        TreeName::ReturnDecisions,
+                        case_id.as_bytes(),
+                    )?
+                    .unwrap_or_default();
+                all.push(decision.clone());
+                tx.put_sealed(TreeName::ReturnDecisions, case_id.as_bytes(), &all)?;
+                tx.audit(AuditRecord::new(
+                    actor(&p),
+                    "return.decision",
+                    case_id.to_string(),
+                    "ok",
+                ))?;
+                Ok(())
+            })
+            .await?;
+        Ok(Response::new(convert::decision_to_wire(&decision)))
+    }
+
+    #[instrument(skip_all)]
+    async fn propose_return(
+        &self,
+        request: Request<w::ProposeReturnRequest>,
+    ) -> Result<Response<w::ReturnPlan>, Status> {
+        let p = authz::principal(&request)?;
+        require(&p, CASE_ROLES, "propose returns")?;
+        let req = request.get_ref();
+        let case_id = id_of("case_id", &req.case_id)?;
+        let destination =
+            convert::country("destination", &req.destination).map_err(ApiError::from)?;
+        if destination == self.ctx.id || self.ctx.directory.get(destination).is_none() {
+            return Err(ApiError::from(FieldError::new(
+                "destination",
+                "is not a peer of this node",
+            ))
+            .into());
+        }
+        let me = self.ctx.id;
+        let return_id = Uuid::now_v7();
+        let record = self
+            .ctx
+            .commit(Some(destination), |tx| {
+                let case = load_case(tx, &case_id)?;
+                require_org(&p, Some(&case.organisation))?;
+                let risk = tx
+                    .get_sealed::<Vec<RiskAssessment>>(
+                        TreeName::RiskAssessments,
+                        case_id.as_bytes(),
+                    )?
+                    .unwrap_or_default();
+                let decisions = tx
+                    .get_sealed::<Vec<ReturnDecision>>(
+                        TreeName::ReturnDecisions,
+                        case_id.as_bytes(),
+                    )?
+                    .unwrap_or_default();
+                check_guards(
+                    &case,
+                    risk.last(),
+                    decisions.last(),
+                    self.ctx.reflection_period_days,
+                    today(),
+                )
+                .map_err(ApiError::from)?;
+                let mut consents = consents_of(tx, &case_id)?;
+                let grant =
+                    consent::grant(&consents, Purpose::ReturnPlanning, destination, today())
+                        .map_err(ApiError::from)?;
+                let ref_key = case_ref_key(&case_id, destination);
+                let case_ref = match tx.get_json::<String>(TreeName::CaseRefs, &ref_key)? {
+                    Some(r) => r,
+                    None => {
+                        let r = new_case_ref();
+                        tx.put_json(TreeName::CaseRefs, &ref_key, &r)?;
+                        r
+                    }
+                };
+                let disclosed = policy::disclose(
+                    &case,
+                    Purpose::ReturnPlanning,
+                    &grant.categories,
+                    case_ref.clone(),
+                    today(),
+                );
+                let now = OffsetDateTime::now_utc();
+                let record = ReturnRecord {
+                    return_id,
+                    origin: me,
+                    destination,
+                    status: ReturnStatus::Requested,
+                    disclosed,
+                    hearing_pending: req.hearing_pending,
+                    compensation_pending: req.compensation_pending,
+                    case_id: Some(case_id),
+                    organisation: Some(case.organisation.clone()),
+                    status_reason: String::new(),
+                    reception_details: String::new(),
+                    travel_at: None,
+                    travel_details: String::new(),
+                    follow_ups: vec![],
+                    consent_ids: grant.consent_ids.clone(),
+                    erasure_requested: false,
+                    erasure_confirmed: false,
+                    created_at: now,
+                    updated_at: now,
+                };
+                tx.put_sealed(TreeName::Returns, return_id.as_bytes(), &record)?;
+                for c in consents
+                    .iter_mut()
+                    .filter(|c| grant.consent_ids.contains(&c.consent_id))
+                {
+                    c.disclosures.push(return_id);
+                }
+                tx.put_json(TreeName::Consents, case_id.as_bytes(), &consents)?;
+                let request = w::ReturnRequest {
+                    return_id: return_id.to_string(),
+                    disclosed: Some(convert::disclosed_to_wire(&record.disclosed)),
+                    hearing_pending: record.hearing_pending,
+                    compensation_pending: record.compensation_pending,
+                };
+                let message_id = outbox::enqueue(
+                    tx,
+                    &self.ctx.identity,
+                    me,
+                    destination,
+                    &return_id.to_string(),
+                    &case_ref,
+                    Payload::ReturnRequest(request),
+                )?;
+                let fields: Vec<&str> = policy::fields_present(&record.disclosed)
+                    .iter()
+                    .map(|f| f.path())
+                    .collect();
+                tx.audit(
+                    AuditRecord::new(
+                        actor(&p),
+                        "return.propose",
+                        return_id.to_string(),
+                        "requested",
+                    )
+                    .detail(format!(
+                        "case={case_id} to={destination} purpose={} message={message_id} fields={}",
+                        Purpose::ReturnPlanning.as_str(),
+                        fields.join(",")
+                    )),
+                )?;
+                Ok(record)
+            })
+            .await?;
+        info!(return_id = %return_id, to = %destination, "return requested");
+        Ok(Response::new(convert::return_to_wire(&record)))
+    }
+
+    #[instrument(skip_all)]
+    async fn get_return_plan(
+        &self,
+        request: Request<w::GetReturnPlanRequest>,
+    ) -> Result<Response<w::ReturnPlan>, Status> {
+        let p = authz::principal(&request)?;
+        require(&p, CASE_ROLES, "read return plans")?;
+        let id = id_of("return_id", &request.get_ref().return_id)?;
+        let r = self
+            .ctx
+            .store
+            .get_sealed::<ReturnRecord>(TreeName::Returns, id.as_bytes())
+            .map_err(ApiError::from)?
+            .ok_or(ApiError::NotFound("return plan"))?;
+        if !self.readable(&p, &r) {
+            return Err(ApiError::Denied(format!(
+                "organisation {} may not access this record",
+                p.org
+            ))
+            .into());
+        }
+        self.ctx
+            .audit_read(&p, "return.read", id.to_string(), String::new())
+            .await?;
+        Ok(Response::new(convert::return_to_wire(&r)))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_return_plans(
+        &self,
+        request: Request<w::ListReturnPlansRequest>,
+    ) -> Result<Response<w::ListReturnPlansResponse>, Status> {
+        let p = authz::principal(&request)?;
+        require(&p, CASE_ROLES, "read return plans")?;
+        let direction =
+            convert::direction("direction", request.get_ref().direction).map_err(ApiError::from)?;
+        let me = self.ctx.id;
+        let wanted = match direction {
+            trm_core::referral::Direction::Outgoing => Side::Requesting,
+            trm_core::referral::Direction::Incoming => Side::Receiving,
+        };
+        let plans: Vec<ReturnRecord> = self
+            .ctx
+            .store
+            .scan_sealed::<ReturnRecord>(TreeName::Returns, b"")
+            .map_err(ApiError::from)?
+            .into_iter()
+            .filter(|r| r.side(me) == wanted && self.readable(&p, r))
+            .collect();
+        let ids: Vec<String> = plans.iter().map(|r| r.return_id.to_string()).collect();
+        self.ctx
+            .audit_read(&p, "return.list", "-".into(), ids.join(","))
+            .await?;
+        Ok(Response::new(w::ListReturnPlansResponse {
+            return_plans: plans.iter().map(convert::return_to_wire).collect(),
+        }))
+    }
+
+    #[instrument(skip_all)]
+    async fn respond_to_return(
+        &self,
+        request: Request<w::RespondToReturnRequest>,
+    ) -> Result<Response<w::ReturnPlan>, Status> {
+        let p = authz::principal(&request)?;
+        require(&p, &[Role::FocalPoint], "answer incoming return requests")?;
+        let req = request.get_ref();
+        let id = id_of("return_id", &req.return_id)?;
+        let event =
+            match w::ReturnResponse::try_from(req.response) {
+                Ok(w::ReturnResponse::ConfirmReception) => ReturnEvent::ConfirmReception,
+                Ok(w::ReturnResponse::RaiseConcern) => ReturnEvent::RaiseConcern,
+                _ => return Err(ApiError::from(FieldError::new(
+                    "response",
+                    "must be RETURN_RESPONSE_CONFIRM_RECEPTION or RETURN_RESPONSE_RAISE_CONCERN",
+                ))
+                .into()),
+            };
+        let details = required_text("details", &req.details)?;
+        let r = self
+            .step(
+                &p,
+                id,
+                event,
+                StepDetails {
+                    details,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(Response::new(convert::return_to_wire(&r)))
+    }
+
+    #[instrument(skip_all)]
+    async fn schedule_return(
+        &self,
+        request: Request<w::ScheduleReturnRequest>,
+    ) -> Result<Response<w::ReturnPlan>, Status> {
+        let p = authz::principal(&request)?;
+        require(&p, CASE_ROLES, "schedule returns")?;
+        let req = request.get_ref();
+        let id = id_of("return_id", &req.return_id)?;
+        let travel_at =
+            convert::from_ts("travel_at", req.travel_at.as_ref()).map_err(ApiError::from)?;
+        let details = text("details", &req.details)?;
+        let r = self
+            .step(
+                &p,
+                id,
+                ReturnEvent::Schedule,
+                StepDetails {
+                    details,
+                    travel_at: Some(travel_at),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(Response::new(convert::return_to_wire(&r)))
+    }
+
+    #[instrument(skip_all)]
+    async fn confirm_arrival(
+        &self,
+        request: Request<w::ConfirmArrivalRequest>,
+    ) -> Result<Response<w::ReturnPlan>, Status> {
+        let p = authz::principal(&request)?;
+        require(&p, &[Role::FocalPoint], "confirm arrivals")?;
+        let req = request.get_ref();
+        let id = id_of("return_id", &req.return_id)?;
+        let details = text("details", &req.details)?;
+        let r = self
+            .step(
+                &p,
+                id,
+                ReturnEvent::Arrive,
+                StepDetails {
+                    details,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(Response::new(convert::return_to_wire(&r)))
+    }
+
+    #[instrument(skip_all)]
+    async fn record_follow_up(
+        &self,
+        request: Request<w::RecordFollowUpRequest>,
+    ) -> Result<Response<w::ReturnPlan>, Status> {
+        let p = authz::principal(&request)?;
+        require(&p, &[Role::FocalPoint], "record follow-ups")?;
+        let req = request.get_ref();
+        let id = id_of("return_id", &req.return_id)?;
+        let details = required_text("notes", &req.notes)?;
+        let r = self
+            .step(
+                &p,
+                id,
+                ReturnEvent::FollowUp,
+                StepDetails {
+                    details,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(Response::new(convert::return_to_wire(&r)))
+    }
+
+    #[instrument(skip_all)]
+    async fn halt_return(
+        &self,
+        request: Request<w::HaltReturnRequest>,
+    ) -> Result<Response<w::ReturnPlan>, Status> {
+        let p = authz::principal(&request)?;
+        require(&p, CASE_ROLES, "halt returns")?;
+        let req = request.get_ref();
+        let id = id_of("return_id", &req.return_id)?;
+        let reason = required_text("reason", &req.reason)?;
+        let r = self
+            .step(
+                &p,
+                id,
+                ReturnEvent::Halt,
+                StepDetails {
+                    reason,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(Response::new(convert::return_to_wire(&r)))
+    }
+
+    #[instrument(skip_all)]
+    async fn record_travel(
+        &self,
+        request: Request<w::RecordTravelRequest>,
+    ) -> Result<Response<w::ReturnPlan>, Status> {
+        let p = authz::principal(&request)?;
+        require(&p, CASE_ROLES, "record travel")?;
+        let id = id_of("return_id", &request.get_ref().return_id)?;
+        let r = self
+            .step(&p, id, ReturnEvent::Travel, StepDetails::default())
+            .await?;
+        Ok(Response::new(convert::return_to_wire(&r)))
+    }
+
+    #[instrument(skip_all)]
+    async fn resolve_concern(
+        &self,
+        request: Request<w::ResolveConcernRequest>,
+    ) -> Result<Response<w::ReturnPlan>, Status> {
+        let p = authz::principal(&request)?;
+        require(&p, &[Role::FocalPoint], "resolve concerns")?;
+        let req = request.get_ref();
+        let id = id_of("return_id", &req.return_id)?;
+        let details = required_text("details", &req.details)?;
+        let r = self
+            .step(
+                &p,
+                id,
+                ReturnEvent::ResolveConcern,
+                StepDetails {
+                    details,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(Response::new(convert::return_to_wire(&r)))
+    }
+
+    #[instrument(skip_all)]
+    async fn close_return(
+        &self,
+        request: Request<w::CloseReturnRequest>,
+    ) -> Result<Response<w::ReturnPlan>, Status> {
+        let p = authz::principal(&request)?;
+        require(&p, CASE_ROLES, "close returns")?;
+        let req = request.get_ref();
+        let id = id_of("return_id", &req.return_id)?;
+        let reason = required_text("reason", &req.reason)?;
+        let r = self
+            .step(
+                &p,
+                id,
+                ReturnEvent::Close,
+                StepDetails {
+                    reason,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(Response::new(convert::return_to_wire(&r)))
+    }
+}
