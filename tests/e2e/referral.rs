@@ -62,6 +62,22 @@ async fn referral_from_at_is_accepted_by_ro_and_only_the_referral_fields_cross(
         "the origin's case id stays at the origin"
     );
 
+    // The return story: identity for travel documents crossed under the return consent,
+    // contact did not; the plan reached follow-up on both sides.
+    for plan in [&outcome.return_at_origin, &outcome.return_at_destination] {
+        assert_eq!(plan.status, w::ReturnStatus::FollowUp as i32);
+        assert!(plan.compensation_pending);
+    }
+    let person = outcome
+        .return_at_destination
+        .disclosed
+        .clone()
+        .unwrap_or_default()
+        .identity
+        .unwrap_or_default();
+    assert_eq!(person.family_name, "Exemplu");
+    assert!(person.address.is_empty() && person.phone.is_empty());
+
     // Nothing personal is in clear in either node's files.
     let dir = fed.stop().await?;
     for node in ["AT", "RO"] {

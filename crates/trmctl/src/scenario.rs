@@ -12,6 +12,7 @@ use trm_node::NodeConfig;
 use trm_proto::v1::{
     self as w, admin_service_client::AdminServiceClient,
     referral_service_client::ReferralServiceClient,
+    return_planning_service_client::ReturnPlanningServiceClient,
 };
 
 use crate::{connect, sandbox};
@@ -26,6 +27,10 @@ pub struct Outcome {
     pub at_destination: w::Referral,
     /// The code a referral without consent was refused with.
     pub without_consent: Code,
+    /// The return plan as the requesting node holds it at the end.
+    pub return_at_origin: w::ReturnPlan,
+    /// The return plan as the country of return holds it at the end.
+    pub return_at_destination: w::ReturnPlan,
 }
 
 /// Opens a channel to a sandbox node's services (or admin) port as `role`.
@@ -253,6 +258,9 @@ pub async fn run(
         status_name(at_destination.status)
     )?;
 
+    let (return_at_origin, return_at_destination) =
+        return_story(dir, origin, destination, &case.case_id, out).await?;
+
     for node in [origin, destination] {
         let mut admin = AdminServiceClient::new(client(dir, node, Role::Operator, true).await?);
         let audit = admin
@@ -268,12 +276,176 @@ pub async fn run(
     }
     writeln!(
         out,
-        "== return planning and witness hearings: not available in this version yet"
+        "== witness hearings: not available in this version yet"
     )?;
     Ok(Outcome {
         referral_id: id,
         at_origin,
         at_destination,
         without_consent,
+        return_at_origin,
+        return_at_destination,
     })
+}
+
+fn return_status_name(v: i32) -> &'static str {
+    w::ReturnStatus::try_from(v).map_or("?", |s| s.as_str_name())
+}
+
+async fn wait_return(
+    c: &ReturnPlanningServiceClient<Channel>,
+    id: &str,
+    status: w::ReturnStatus,
+) -> Result<w::ReturnPlan> {
+    wait_for(
+        "the return plan to move on",
+        Duration::from_secs(60),
+        || {
+            let mut c = c.clone();
+            let id = id.to_owned();
+            async move {
+                let r = c
+                    .get_return_plan(w::GetReturnPlanRequest { return_id: id })
+                    .await;
+                Ok(r.ok()
+                    .map(|r| r.into_inner())
+                    .filter(|r| r.status == status as i32))
+            }
+        },
+    )
+    .await
+}
+
+/// The victim decides to go home: a safe, voluntary return from `origin` to `destination`.
+async fn return_story(
+    dir: &Path,
+    origin: NodeId,
+    destination: NodeId,
+    case_id: &str,
+    out: &mut impl Write,
+) -> Result<(w::ReturnPlan, w::ReturnPlan)> {
+    let mut sp = referrals(dir, origin, Role::ServiceProvider).await?;
+    let mut at =
+        ReturnPlanningServiceClient::new(client(dir, origin, Role::ServiceProvider, false).await?);
+    let mut ro =
+        ReturnPlanningServiceClient::new(client(dir, destination, Role::FocalPoint, false).await?);
+    writeln!(
+        out,
+        "== {origin}: the victim decides to return to {destination}"
+    )?;
+    at.record_risk_assessment(w::RecordRiskAssessmentRequest {
+        case_id: case_id.to_owned(),
+        level: w::RiskLevel::Low as i32,
+        non_refoulement_concern: false,
+        retrafficking_risk: false,
+        family_at_risk: false,
+        factors: vec!["recruiter convicted".into(), "family supportive".into()],
+    })
+    .await
+    .context("RecordRiskAssessment")?;
+    let early = at
+        .propose_return(w::ProposeReturnRequest {
+            case_id: case_id.to_owned(),
+            destination: destination.to_string(),
+            ..Default::default()
+        })
+        .await;
+    if let Err(status) = &early {
+        writeln!(
+            out,
+            "   before her decision is recorded: {:?}: {}",
+            status.code(),
+            status.message()
+        )?;
+    }
+    at.record_return_decision(w::RecordReturnDecisionRequest {
+        case_id: case_id.to_owned(),
+        voluntary: true,
+        informed: true,
+        reflection_period_waived: true,
+    })
+    .await
+    .context("RecordReturnDecision")?;
+    sp.record_consent(w::RecordConsentRequest {
+        case_id: case_id.to_owned(),
+        purposes: vec![w::Purpose::ReturnPlanning as i32],
+        recipients: vec![destination.to_string()],
+        informed: true,
+        information_language: "ro".into(),
+        ..Default::default()
+    })
+    .await
+    .context("RecordConsent (return planning)")?;
+    let plan = at
+        .propose_return(w::ProposeReturnRequest {
+            case_id: case_id.to_owned(),
+            destination: destination.to_string(),
+            hearing_pending: false,
+            compensation_pending: true,
+        })
+        .await
+        .context("ProposeReturn")?
+        .into_inner();
+    let id = plan.return_id.clone();
+    let arrived = wait_return(&ro, &id, w::ReturnStatus::Requested).await?;
+    writeln!(out, "== what crossed the border for the return ({origin} -> {destination}), as {destination} holds it:")?;
+    writeln!(out, "   {:?}", arrived.disclosed)?;
+    ro.respond_to_return(w::RespondToReturnRequest {
+        return_id: id.clone(),
+        response: w::ReturnResponse::ConfirmReception as i32,
+        details: "a case worker of a partner NGO meets her at arrivals".into(),
+    })
+    .await
+    .context("RespondToReturn")?;
+    wait_return(&at, &id, w::ReturnStatus::ReceptionConfirmed).await?;
+    let travel_at = prost_types::Timestamp {
+        seconds: time::OffsetDateTime::now_utc().unix_timestamp() + 7 * 86_400,
+        nanos: 0,
+    };
+    at.schedule_return(w::ScheduleReturnRequest {
+        return_id: id.clone(),
+        travel_at: Some(travel_at),
+        details: "accompanied flight".into(),
+    })
+    .await
+    .context("ScheduleReturn")?;
+    wait_return(&ro, &id, w::ReturnStatus::Scheduled).await?;
+    at.record_travel(w::RecordTravelRequest {
+        return_id: id.clone(),
+    })
+    .await
+    .context("RecordTravel")?;
+    wait_return(&ro, &id, w::ReturnStatus::Travelled).await?;
+    ro.confirm_arrival(w::ConfirmArrivalRequest {
+        return_id: id.clone(),
+        details: "met at arrivals".into(),
+    })
+    .await
+    .context("ConfirmArrival")?;
+    wait_return(&at, &id, w::ReturnStatus::Arrived).await?;
+    ro.record_follow_up(w::RecordFollowUpRequest {
+        return_id: id.clone(),
+        notes: "first month: housing and training".into(),
+    })
+    .await
+    .context("RecordFollowUp")?;
+    let at_view = wait_return(&at, &id, w::ReturnStatus::FollowUp).await?;
+    let ro_view = ro
+        .get_return_plan(w::GetReturnPlanRequest {
+            return_id: id.clone(),
+        })
+        .await?
+        .into_inner();
+    writeln!(
+        out,
+        "   {origin} sees return {id}: {} (compensation pending: {})",
+        return_status_name(at_view.status),
+        at_view.compensation_pending
+    )?;
+    writeln!(
+        out,
+        "   {destination} sees return {id}: {}",
+        return_status_name(ro_view.status)
+    )?;
+    Ok((at_view, ro_view))
 }
