@@ -13,6 +13,8 @@ use trm_core::ids::{NodeId, Role};
 use trm_node::{Listeners, NodeConfig, NodeHandle};
 use trm_proto::v1::{
     admin_service_client::AdminServiceClient, referral_service_client::ReferralServiceClient,
+    return_planning_service_client::ReturnPlanningServiceClient,
+    witness_hearing_service_client::WitnessHearingServiceClient,
 };
 use trmctl::sandbox::{self, NodeSpec};
 
@@ -154,6 +156,26 @@ impl TestFederation {
     pub async fn referrals(&self, id: &str, role: Role) -> Result<ReferralServiceClient<Channel>> {
         let ch = trmctl::scenario::client(self.dir(), id.parse()?, role, false).await?;
         Ok(ReferralServiceClient::new(ch))
+    }
+
+    /// Returns a `WitnessHearingService` client of node `id` authenticated as `role`.
+    pub async fn hearings(
+        &self,
+        id: &str,
+        role: Role,
+    ) -> Result<WitnessHearingServiceClient<Channel>> {
+        let ch = trmctl::scenario::client(self.dir(), id.parse()?, role, false).await?;
+        Ok(WitnessHearingServiceClient::new(ch))
+    }
+
+    /// Returns a `ReturnPlanningService` client of node `id` authenticated as `role`.
+    pub async fn returns(
+        &self,
+        id: &str,
+        role: Role,
+    ) -> Result<ReturnPlanningServiceClient<Channel>> {
+        let ch = trmctl::scenario::client(self.dir(), id.parse()?, role, false).await?;
+        Ok(ReturnPlanningServiceClient::new(ch))
     }
 
     /// Returns an `AdminService` client of node `id` authenticated as `role`.

@@ -9,10 +9,12 @@
 //! - [`policy`]: the versioned disclosure table, applied outbound and inbound.
 //! - [`referral`]: the referral state machine.
 //! - [`returns`]: return-planning guards and the return state machine.
+//! - [`hearing`]: witness-hearing states and the child-witness rule.
 #![forbid(unsafe_code)]
 
 pub mod consent;
 pub mod error;
+pub mod hearing;
 pub mod ids;
 pub mod limits;
 pub mod model;

@@ -86,6 +86,34 @@ pub fn enqueue(
     Ok(message_id)
 }
 
+/// Opens a queued envelope: the exact signed bytes that will be sent. `None` when its
+/// subject was erased (the queued copy is shredded with it).
+pub fn open_queued(store: &Store, item: &OutboxItem) -> Result<Option<SignedEnvelope>, String> {
+    let sealed = hex::decode(&item.sealed).map_err(|_| "outbox entry corrupt".to_owned())?;
+    let opened = store
+        .open_for(
+            item.subject.as_bytes(),
+            &envelope_aad(&item.message_id),
+            &sealed,
+        )
+        .map_err(|e| e.to_string())?;
+    opened
+        .map(|bytes| {
+            SignedEnvelope::decode(bytes.as_slice())
+                .map_err(|_| "queued envelope corrupt".to_owned())
+        })
+        .transpose()
+}
+
+/// Returns every queued item, in delivery order per peer.
+pub fn queued(store: &Store) -> Result<Vec<OutboxItem>, trm_store::StoreError> {
+    Ok(store
+        .scan_json::<OutboxItem>(TreeName::Outbox, b"")?
+        .into_iter()
+        .map(|(_, item)| item)
+        .collect())
+}
+
 /// Settings of the delivery worker.
 #[derive(Clone)]
 pub struct DeliveryConfig {

@@ -95,11 +95,53 @@ pub fn new_case_ref() -> String {
 }
 
 /// Key of the case reference of `case` towards `peer` (origin side).
-pub fn case_ref_key(case: &uuid::Uuid, peer: NodeId) -> Vec<u8> {
+fn case_ref_key(case: &Uuid, peer: NodeId) -> Vec<u8> {
     format!("out/{case}/{peer}").into_bytes()
 }
 
+/// Key resolving a reference this node gave `peer` back to the local case.
+fn outbound_ref_key(peer: NodeId, case_ref: &str) -> Vec<u8> {
+    format!("ref/{peer}/{case_ref}").into_bytes()
+}
+
+/// Returns the pairwise reference of `case` towards `peer`, creating it on first use.
+pub fn case_ref_for(tx: &Tx<'_>, case: &Uuid, peer: NodeId) -> TxResult<String> {
+    let key = case_ref_key(case, peer);
+    if let Some(r) = tx.get_json::<String>(TreeName::CaseRefs, &key)? {
+        return Ok(r);
+    }
+    let r = new_case_ref();
+    tx.put_json(TreeName::CaseRefs, &key, &r)?;
+    tx.put_json(
+        TreeName::CaseRefs,
+        &outbound_ref_key(peer, &r),
+        &case.to_string(),
+    )?;
+    Ok(r)
+}
+
+/// Returns the existing pairwise reference of `case` towards `peer`, if the case was ever
+/// exchanged with it.
+pub fn existing_case_ref(tx: &Tx<'_>, case: &Uuid, peer: NodeId) -> TxResult<Option<String>> {
+    Ok(tx.get_json::<String>(TreeName::CaseRefs, &case_ref_key(case, peer))?)
+}
+
+/// Resolves a reference shared with `peer` (either way) to the local record it names: a
+/// case this node sent, or a referral or return plan it received.
+pub fn resolve_case_ref(tx: &Tx<'_>, peer: NodeId, case_ref: &str) -> TxResult<Option<Uuid>> {
+    for key in [
+        inbound_ref_key(peer, case_ref),
+        outbound_ref_key(peer, case_ref),
+    ] {
+        if let Some(id) = tx.get_json::<String>(TreeName::CaseRefs, &key)? {
+            return Ok(Uuid::try_parse(&id).ok());
+        }
+    }
+    Ok(None)
+}
+
 /// Key resolving a reference received from `peer` to the local record (receiving side).
+/// The first record received under a reference is the one it resolves to.
 pub fn inbound_ref_key(peer: NodeId, case_ref: &str) -> Vec<u8> {
     format!("in/{peer}/{case_ref}").into_bytes()
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 use trm_core::{
+    hearing::{check_child_measures, HearingEvent, HearingRecord, HearingStatus},
     ids::NodeId,
     model::Purpose,
     policy,
@@ -17,15 +18,16 @@ use trm_proto::{
     convert,
     convert::ts,
     v1::{
-        envelope_body::Payload, ErasureConfirmation, ErasureRequest, ReceiptOutcome, ReferralOffer,
-        ReferralUpdate, ReturnRequest, ReturnUpdate,
+        envelope_body::Payload, ErasureConfirmation, ErasureRequest, HearingRequest, HearingUpdate,
+        ReceiptOutcome, ReferralOffer, ReferralUpdate, ReturnRequest, ReturnUpdate,
     },
 };
 use trm_store::{TreeName, Tx, TxFail};
 use uuid::Uuid;
 
 use crate::{
-    ctx::inbound_ref_key,
+    ctx::{inbound_ref_key, resolve_case_ref},
+    hearing::{self, HearingStep},
     returns::{apply_event, StepDetails},
 };
 
@@ -91,11 +93,7 @@ impl Flows {
             updated_at: now,
         };
         tx.put_sealed(TreeName::Referrals, referral_id.as_bytes(), &record)?;
-        tx.put_json(
-            TreeName::CaseRefs,
-            &inbound_ref_key(inbound.sender, inbound.case_ref),
-            &referral_id.to_string(),
-        )?;
+        remember_ref(tx, inbound, referral_id)?;
         Ok(())
     }
 
@@ -288,11 +286,7 @@ impl Flows {
             updated_at: now,
         };
         tx.put_sealed(TreeName::Returns, return_id.as_bytes(), &record)?;
-        tx.put_json(
-            TreeName::CaseRefs,
-            &inbound_ref_key(inbound.sender, inbound.case_ref),
-            &return_id.to_string(),
-        )?;
+        remember_ref(tx, inbound, return_id)?;
         Ok(())
     }
 
@@ -339,6 +333,109 @@ impl Flows {
     }
 }
 
+impl Flows {
+    /// A hearing request for a witness here: the reference must resolve to a record
+    /// exchanged with the requesting country; a child witness needs the child measures.
+    fn hearing_request(
+        &self,
+        tx: &Tx<'_>,
+        inbound: &Inbound<'_>,
+        req: &HearingRequest,
+    ) -> FlowResult {
+        let malformed = |e: trm_core::FieldError| reject(format!("malformed: {e}"));
+        let hearing_id =
+            Uuid::try_parse(&req.hearing_id).map_err(|_| reject("malformed: hearing_id"))?;
+        let subject_id = resolve_case_ref(tx, inbound.sender, inbound.case_ref)
+            .map_err(|_| reject("unknown case reference"))?
+            .ok_or_else(|| reject("unknown case reference: no record was exchanged with the requesting country under it"))?;
+        let subject = hearing::subject(tx, &subject_id, inbound.sender)
+            .map_err(|_| reject("unknown case reference"))?
+            .ok_or_else(|| reject("unknown case reference: the record is gone"))?;
+        let measures = convert::enums("measures", &req.measures).map_err(malformed)?;
+        check_child_measures(subject.is_child, &measures)
+            .map_err(|g| reject(format!("policy violation: {}", g.reason)))?;
+        if tx
+            .get_sealed::<HearingRecord>(TreeName::Hearings, hearing_id.as_bytes())?
+            .is_some()
+        {
+            return Err(reject("invalid transition: hearing already exists"));
+        }
+        let now = OffsetDateTime::now_utc();
+        let record = HearingRecord {
+            hearing_id,
+            requesting_country: inbound.sender,
+            witness_country: self.id,
+            status: HearingStatus::Requested,
+            case_ref: inbound.case_ref.to_owned(),
+            subject: subject_id,
+            proceeding_reference: convert::short(
+                "proceeding_reference",
+                &req.proceeding_reference,
+                true,
+            )
+            .map_err(malformed)?,
+            legal_basis: convert::short("legal_basis", &req.legal_basis, true)
+                .map_err(malformed)?,
+            measures,
+            language: convert::language("language", &req.language).map_err(malformed)?,
+            proposed_times: convert::timestamps("proposed_times", &req.proposed_times)
+                .map_err(malformed)?,
+            scheduled_at: None,
+            status_reason: String::new(),
+            minutes_reference: String::new(),
+            created_at: now,
+            updated_at: now,
+        };
+        tx.put_sealed(TreeName::Hearings, hearing_id.as_bytes(), &record)?;
+        Ok(())
+    }
+
+    fn hearing_update(&self, tx: &Tx<'_>, inbound: &Inbound<'_>, u: &HearingUpdate) -> FlowResult {
+        let malformed = |e: trm_core::FieldError| reject(format!("malformed: {e}"));
+        let id = Uuid::try_parse(&u.hearing_id).map_err(|_| reject("malformed: hearing_id"))?;
+        let status = convert::hearing_status_from_wire("status", u.status).map_err(malformed)?;
+        let mut h = tx
+            .get_sealed::<HearingRecord>(TreeName::Hearings, id.as_bytes())?
+            .ok_or_else(|| reject("unknown case reference: no such hearing"))?;
+        if h.peer(self.id) != inbound.sender {
+            return Err(reject(
+                "unknown case reference: hearing not shared with the sender",
+            ));
+        }
+        let from_witness_side = h.witness_country == inbound.sender;
+        let event = HearingEvent::leading_to(status)
+            .filter(|e| e.allowed_for(from_witness_side))
+            .ok_or_else(|| {
+                reject(format!(
+                    "invalid transition: {} from this sender",
+                    status.as_str()
+                ))
+            })?;
+        let step = HearingStep {
+            reason: convert::text("reason", &u.reason).map_err(malformed)?,
+            scheduled_at: match u.scheduled_at.as_ref() {
+                Some(t) => Some(convert::from_ts("scheduled_at", Some(t)).map_err(malformed)?),
+                None => None,
+            },
+            minutes_reference: convert::short("minutes_reference", &u.minutes_reference, false)
+                .map_err(malformed)?,
+        };
+        hearing::apply_event(&mut h, event, &step)
+            .map_err(|g| reject(format!("invalid transition: {}", g.reason)))?;
+        tx.put_sealed(TreeName::Hearings, id.as_bytes(), &h)?;
+        Ok(())
+    }
+}
+
+/// Lets the sender's reference resolve to `record` (the first record received under it).
+fn remember_ref(tx: &Tx<'_>, inbound: &Inbound<'_>, record: Uuid) -> FlowResult {
+    let key = inbound_ref_key(inbound.sender, inbound.case_ref);
+    if tx.get_json::<String>(TreeName::CaseRefs, &key)?.is_none() {
+        tx.put_json(TreeName::CaseRefs, &key, &record.to_string())?;
+    }
+    Ok(())
+}
+
 /// Returns what is kept of an erased copy: the pairwise reference, nothing else.
 fn tombstone(d: &trm_core::model::DisclosedCase) -> trm_core::model::DisclosedCase {
     trm_core::model::DisclosedCase {
@@ -354,6 +451,8 @@ impl FlowHandler for Flows {
             Payload::ReferralUpdate(update) => self.referral_update(tx, inbound, update),
             Payload::ReturnRequest(req) => self.return_request(tx, inbound, req),
             Payload::ReturnUpdate(u) => self.return_update(tx, inbound, u),
+            Payload::HearingRequest(req) => self.hearing_request(tx, inbound, req),
+            Payload::HearingUpdate(u) => self.hearing_update(tx, inbound, u),
             Payload::ErasureRequest(req) => self.erasure_request(tx, inbound, req),
             Payload::ErasureConfirmation(c) => self.erasure_confirmation(tx, inbound, c),
             other => Err(reject(format!(
@@ -370,29 +469,45 @@ impl FlowHandler for Flows {
         outcome: ReceiptOutcome,
         reason: &str,
     ) -> FlowResult {
-        if item.kind != "referral_offer" {
-            return Ok(());
-        }
         let Ok(id) = Uuid::try_parse(&item.subject) else {
             return Ok(());
         };
-        let Some(mut r) = tx.get_sealed::<ReferralRecord>(TreeName::Referrals, id.as_bytes())?
-        else {
-            return Ok(());
-        };
-        match outcome {
-            ReceiptOutcome::Accepted | ReceiptOutcome::Duplicate
-                if r.status == ReferralStatus::Sent =>
-            {
-                r.status = ReferralStatus::Delivered;
+        match item.kind.as_str() {
+            "referral_offer" => {
+                let Some(mut r) =
+                    tx.get_sealed::<ReferralRecord>(TreeName::Referrals, id.as_bytes())?
+                else {
+                    return Ok(());
+                };
+                match outcome {
+                    ReceiptOutcome::Accepted | ReceiptOutcome::Duplicate
+                        if r.status == ReferralStatus::Sent =>
+                    {
+                        r.status = ReferralStatus::Delivered;
+                    }
+                    ReceiptOutcome::Rejected => {
+                        r.status_reason = format!("refused by {}: {reason}", item.peer);
+                    }
+                    _ => return Ok(()),
+                }
+                r.updated_at = OffsetDateTime::now_utc();
+                tx.put_sealed(TreeName::Referrals, id.as_bytes(), &r)?;
             }
-            ReceiptOutcome::Rejected => {
-                r.status_reason = format!("refused by {}: {reason}", item.peer);
+            "hearing_request" if outcome == ReceiptOutcome::Rejected => {
+                let Some(mut h) =
+                    tx.get_sealed::<HearingRecord>(TreeName::Hearings, id.as_bytes())?
+                else {
+                    return Ok(());
+                };
+                if h.status == HearingStatus::Requested {
+                    h.status = HearingStatus::Cancelled;
+                    h.status_reason = format!("refused by {}: {reason}", item.peer);
+                    h.updated_at = OffsetDateTime::now_utc();
+                    tx.put_sealed(TreeName::Hearings, id.as_bytes(), &h)?;
+                }
             }
-            _ => return Ok(()),
+            _ => {}
         }
-        r.updated_at = OffsetDateTime::now_utc();
-        tx.put_sealed(TreeName::Referrals, id.as_bytes(), &r)?;
         Ok(())
     }
 }

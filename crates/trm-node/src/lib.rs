@@ -7,10 +7,10 @@
 //! - [`authz`]: principals from client certificates and what each role may do;
 //! - [`referral`]: `ReferralService` (cases, consent, referrals);
 //! - [`returns`]: `ReturnPlanningService` (guards, plans, every step across the border);
+//! - [`hearing`]: `WitnessHearingService` (MLA video-conference hearings);
 //! - [`erasure`]: erasure requests to the recipients of a disclosure;
 //! - [`flows`]: the node's reaction to peers' envelopes and receipts;
 //! - [`admin`]: `AdminService`; [`metrics`]: the plain-HTTP probes;
-//! - [`pending`]: contract services whose flows are not built yet (UNIMPLEMENTED);
 //! - [`error`]: the one place where errors become gRPC codes.
 #![forbid(unsafe_code)]
 
@@ -21,8 +21,8 @@ pub mod ctx;
 pub mod erasure;
 pub mod error;
 pub mod flows;
+pub mod hearing;
 pub mod metrics;
-pub mod pending;
 pub mod referral;
 pub mod returns;
 pub mod server;

@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::{
     authz::{self, actor, require, require_org, CASE_ROLES},
-    ctx::{case_ref_key, consents_of, load_case, new_case_ref, today, Ctx, TxResult},
+    ctx::{case_ref_for, consents_of, load_case, today, Ctx, TxResult},
     error::{ApiError, ApiResult},
 };
 
@@ -321,15 +321,7 @@ impl ReferralService for Referrals {
                 require_org(&p, Some(&case.organisation))?;
                 let consents = consents_of(tx, &case_id)?;
                 let grant = consent::grant(&consents, Purpose::ReferralAssistance, destination, today()).map_err(ApiError::from)?;
-                let ref_key = case_ref_key(&case_id, destination);
-                let case_ref = match tx.get_json::<String>(TreeName::CaseRefs, &ref_key)? {
-                    Some(r) => r,
-                    None => {
-                        let r = new_case_ref();
-                        tx.put_json(TreeName::CaseRefs, &ref_key, &r)?;
-                        r
-                    }
-                };
+                let case_ref = case_ref_for(tx, &case_id, destination)?;
                 let disclosed = policy::disclose(&case, Purpose::ReferralAssistance, &grant.categories, case_ref.clone(), today());
                 let now = OffsetDateTime::now_utc();
                 let record = ReferralRecord {

@@ -29,7 +29,7 @@ use uuid::Uuid;
 
 use crate::{
     authz::{self, actor, require, require_org, CASE_ROLES},
-    ctx::{case_ref_key, consents_of, load_case, new_case_ref, today, Ctx, TxResult},
+    ctx::{case_ref_for, consents_of, load_case, today, Ctx, TxResult},
     error::{ApiError, ApiResult},
 };
 
@@ -322,15 +322,7 @@ impl ReturnPlanningService for Returns {
                 let grant =
                     consent::grant(&consents, Purpose::ReturnPlanning, destination, today())
                         .map_err(ApiError::from)?;
-                let ref_key = case_ref_key(&case_id, destination);
-                let case_ref = match tx.get_json::<String>(TreeName::CaseRefs, &ref_key)? {
-                    Some(r) => r,
-                    None => {
-                        let r = new_case_ref();
-                        tx.put_json(TreeName::CaseRefs, &ref_key, &r)?;
-                        r
-                    }
-                };
+                let case_ref = case_ref_for(tx, &case_id, destination)?;
                 let disclosed = policy::disclose(
                     &case,
                     Purpose::ReturnPlanning,

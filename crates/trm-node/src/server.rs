@@ -27,8 +27,8 @@ use crate::{
     config::{ListenSection, NodeConfig},
     ctx::Ctx,
     flows::Flows,
+    hearing::Hearings,
     metrics,
-    pending::PendingHearings,
     referral::Referrals,
     returns::Returns,
 };
@@ -230,7 +230,7 @@ pub async fn run(
                 .max_decoding_message_size(MAX_LOCAL_REQUEST),
         )
         .add_service(
-            WitnessHearingServiceServer::new(PendingHearings)
+            WitnessHearingServiceServer::new(Hearings::new(ctx.clone()))
                 .max_decoding_message_size(MAX_LOCAL_REQUEST),
         )
         .add_service(health_service.clone())

@@ -6,9 +6,10 @@ use prost_types::Timestamp;
 use time::{Date, OffsetDateTime};
 use trm_core::{
     consent::Consent,
+    hearing::{HearingRecord, HearingStatus},
     ids::{parse_id, NodeId},
     limits::{MAX_ITEMS, MAX_SHORT, MAX_TEXT},
-    model::{self as d, format_date, parse_date},
+    model::{format_date, parse_date},
     referral::{ReferralRecord, ReferralStatus},
     returns::{ReturnDecision, ReturnRecord, ReturnStatus, RiskAssessment, RiskLevel},
     FieldError,
@@ -16,6 +17,12 @@ use trm_core::{
 use uuid::Uuid;
 
 use crate::v1 as w;
+
+/// Domain enums of other modules, in the `d` namespace the enum table below uses.
+mod d {
+    pub use trm_core::hearing::ProtectiveMeasure;
+    pub use trm_core::model::*;
+}
 
 /// A domain enum with a wire counterpart.
 pub trait WireEnum: Sized + Copy {
@@ -61,6 +68,13 @@ wire_enum!(AgeBand <=> AgeBand {
 wire_enum!(Purpose <=> Purpose {
     ReferralAssistance <=> ReferralAssistance, ReturnPlanning <=> ReturnPlanning,
     WitnessHearing <=> WitnessHearing,
+});
+wire_enum!(ProtectiveMeasure <=> ProtectiveMeasure {
+    Anonymity <=> Anonymity, VoiceDistortion <=> VoiceDistortion,
+    ImageDistortion <=> ImageDistortion, SupportPerson <=> SupportPerson,
+    PsychologistPresent <=> PsychologistPresent, NoDefendantVisible <=> NoDefendantVisible,
+    ChildFriendlyRoom <=> ChildFriendlyRoom, ClosedSession <=> ClosedSession,
+    Interpreter <=> Interpreter,
 });
 wire_enum!(DataCategory <=> DataCategory {
     Identity <=> Identity, Contact <=> Contact, Demographics <=> Demographics, Needs <=> Needs,
@@ -665,6 +679,74 @@ pub fn return_to_wire(r: &ReturnRecord) -> w::ReturnPlan {
         case_id: r.case_id.map(|c| c.to_string()).unwrap_or_default(),
         erasure_requested: r.erasure_requested,
         erasure_confirmed: r.erasure_confirmed,
+    }
+}
+
+/// Parses a hearing status (for inbound updates).
+pub fn hearing_status_from_wire(field: &str, v: i32) -> Result<HearingStatus, FieldError> {
+    use w::HearingStatus as W;
+    Ok(match W::try_from(v) {
+        Ok(W::Requested) => HearingStatus::Requested,
+        Ok(W::Accepted) => HearingStatus::Accepted,
+        Ok(W::Declined) => HearingStatus::Declined,
+        Ok(W::Scheduled) => HearingStatus::Scheduled,
+        Ok(W::Held) => HearingStatus::Held,
+        Ok(W::Cancelled) => HearingStatus::Cancelled,
+        _ => return Err(FieldError::new(field, "must be a known hearing status")),
+    })
+}
+
+/// Returns the wire value of a hearing status.
+pub fn hearing_status_to_wire(s: HearingStatus) -> i32 {
+    use w::HearingStatus as W;
+    (match s {
+        HearingStatus::Requested => W::Requested,
+        HearingStatus::Accepted => W::Accepted,
+        HearingStatus::Declined => W::Declined,
+        HearingStatus::Scheduled => W::Scheduled,
+        HearingStatus::Held => W::Held,
+        HearingStatus::Cancelled => W::Cancelled,
+    }) as i32
+}
+
+/// Parses a list of timestamps.
+pub fn timestamps(field: &str, values: &[Timestamp]) -> Result<Vec<OffsetDateTime>, FieldError> {
+    check_items(field, values.len())?;
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, t)| from_ts(&format!("{field}[{i}]"), Some(t)))
+        .collect()
+}
+
+/// Returns the wire form of a hearing; `withheld` gives the view a service provider may
+/// have: the id and the status, nothing else.
+pub fn hearing_to_wire(h: &HearingRecord, withheld: bool) -> w::Hearing {
+    if withheld {
+        return w::Hearing {
+            hearing_id: h.hearing_id.to_string(),
+            status: hearing_status_to_wire(h.status),
+            details_withheld: true,
+            ..Default::default()
+        };
+    }
+    w::Hearing {
+        hearing_id: h.hearing_id.to_string(),
+        requesting_country: h.requesting_country.to_string(),
+        witness_country: h.witness_country.to_string(),
+        status: hearing_status_to_wire(h.status),
+        case_ref: h.case_ref.clone(),
+        measures: enums_to_wire(&h.measures),
+        language: h.language.clone(),
+        scheduled_at: h.scheduled_at.map(ts),
+        created_at: Some(ts(h.created_at)),
+        updated_at: Some(ts(h.updated_at)),
+        proceeding_reference: h.proceeding_reference.clone(),
+        legal_basis: h.legal_basis.clone(),
+        proposed_times: h.proposed_times.iter().copied().map(ts).collect(),
+        status_reason: h.status_reason.clone(),
+        minutes_reference: h.minutes_reference.clone(),
+        details_withheld: false,
     }
 }
 

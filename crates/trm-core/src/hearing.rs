@@ -1,0 +1,214 @@
+//! Witness hearings by video-conference under mutual legal assistance (UNTOC art. 18
+//! para. 18): `requested -> accepted | declined -> scheduled -> held | cancelled`. The legal
+//! basis is the MLA request, not consent; the witness is named only by the pairwise case
+//! reference and may decline. Nothing here touches a referral or a return plan: assistance
+//! never depends on testimony.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{
+    error::{Guard, GuardError},
+    ids::NodeId,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ProtectiveMeasure {
+    Anonymity,
+    VoiceDistortion,
+    ImageDistortion,
+    SupportPerson,
+    PsychologistPresent,
+    NoDefendantVisible,
+    ChildFriendlyRoom,
+    ClosedSession,
+    Interpreter,
+}
+
+/// Refuses a hearing of a child witness without a child-friendly room and a support person.
+pub fn check_child_measures(
+    is_child: bool,
+    measures: &[ProtectiveMeasure],
+) -> Result<(), GuardError> {
+    let has = |m| measures.contains(&m);
+    if is_child
+        && !(has(ProtectiveMeasure::ChildFriendlyRoom) && has(ProtectiveMeasure::SupportPerson))
+    {
+        return Err(GuardError::new(
+            Guard::BestInterests,
+            "a child witness requires CHILD_FRIENDLY_ROOM and SUPPORT_PERSON",
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum HearingStatus {
+    Requested,
+    Accepted,
+    Declined,
+    Scheduled,
+    Held,
+    Cancelled,
+}
+
+impl HearingStatus {
+    /// Returns the status name as used in errors and audit entries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HearingStatus::Requested => "requested",
+            HearingStatus::Accepted => "accepted",
+            HearingStatus::Declined => "declined",
+            HearingStatus::Scheduled => "scheduled",
+            HearingStatus::Held => "held",
+            HearingStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Returns whether the hearing is over.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            HearingStatus::Declined | HearingStatus::Held | HearingStatus::Cancelled
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HearingEvent {
+    /// Requested country: the witness agrees to be heard.
+    Accept,
+    /// Requested country: the witness declined, a protection risk, or legal grounds.
+    Decline,
+    /// Requested country: a time is fixed.
+    Schedule,
+    /// Either side: the hearing took place.
+    Hold,
+    /// Either side.
+    Cancel,
+}
+
+impl HearingEvent {
+    /// Returns whether the requested country (where the witness is) or the requesting one
+    /// may cause this event.
+    pub fn allowed_for(self, witness_side: bool) -> bool {
+        match self {
+            HearingEvent::Accept | HearingEvent::Decline | HearingEvent::Schedule => witness_side,
+            HearingEvent::Hold | HearingEvent::Cancel => true,
+        }
+    }
+
+    /// Returns the event an update to `status` announces.
+    pub fn leading_to(status: HearingStatus) -> Option<Self> {
+        match status {
+            HearingStatus::Accepted => Some(HearingEvent::Accept),
+            HearingStatus::Declined => Some(HearingEvent::Decline),
+            HearingStatus::Scheduled => Some(HearingEvent::Schedule),
+            HearingStatus::Held => Some(HearingEvent::Hold),
+            HearingStatus::Cancelled => Some(HearingEvent::Cancel),
+            HearingStatus::Requested => None,
+        }
+    }
+}
+
+/// Returns the status after `event`, or the `state` guard's refusal naming the current state.
+pub fn next(status: HearingStatus, event: HearingEvent) -> Result<HearingStatus, GuardError> {
+    use HearingEvent as E;
+    use HearingStatus as S;
+    let to = match (status, event) {
+        (S::Requested, E::Accept) => S::Accepted,
+        (S::Requested | S::Accepted, E::Decline) => S::Declined,
+        (S::Requested | S::Accepted | S::Scheduled, E::Schedule) => S::Scheduled,
+        (S::Scheduled, E::Hold) => S::Held,
+        (s, E::Cancel) if !s.is_final() => S::Cancelled,
+        _ => {
+            return Err(GuardError::new(
+                Guard::State,
+                format!(
+                    "hearing is {}; {:?} is not possible",
+                    status.as_str(),
+                    event
+                ),
+            ))
+        }
+    };
+    Ok(to)
+}
+
+/// A hearing as one node holds it; `hearing_id` is the same on both nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HearingRecord {
+    pub hearing_id: Uuid,
+    pub requesting_country: NodeId,
+    pub witness_country: NodeId,
+    pub status: HearingStatus,
+    /// Pairwise reference of the witness's case between the two nodes.
+    pub case_ref: String,
+    /// The local record the reference resolves to (case, referral or return plan).
+    pub subject: Uuid,
+    pub proceeding_reference: String,
+    pub legal_basis: String,
+    pub measures: Vec<ProtectiveMeasure>,
+    pub language: String,
+    pub proposed_times: Vec<OffsetDateTime>,
+    pub scheduled_at: Option<OffsetDateTime>,
+    pub status_reason: String,
+    pub minutes_reference: String,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+impl HearingRecord {
+    /// Returns whether `me` is the witness's country.
+    pub fn at_witness_side(&self, me: NodeId) -> bool {
+        self.witness_country == me
+    }
+
+    /// Returns the other node.
+    pub fn peer(&self, me: NodeId) -> NodeId {
+        if self.witness_country == me {
+            self.requesting_country
+        } else {
+            self.witness_country
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use HearingEvent as E;
+    use HearingStatus as S;
+
+    #[test]
+    fn a_child_witness_needs_a_child_friendly_room_and_a_support_person() {
+        use ProtectiveMeasure as M;
+        assert!(check_child_measures(false, &[]).is_ok());
+        assert!(check_child_measures(true, &[M::ChildFriendlyRoom]).is_err());
+        assert!(check_child_measures(true, &[M::SupportPerson]).is_err());
+        assert!(check_child_measures(
+            true,
+            &[M::SupportPerson, M::ChildFriendlyRoom, M::Anonymity]
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn paths_and_final_states() {
+        let mut s = S::Requested;
+        for e in [E::Accept, E::Schedule, E::Schedule, E::Hold] {
+            s = next(s, e).unwrap();
+        }
+        assert_eq!(s, S::Held);
+        assert_eq!(next(S::Requested, E::Schedule), Ok(S::Scheduled));
+        for s in [S::Declined, S::Held, S::Cancelled] {
+            for e in [E::Accept, E::Decline, E::Schedule, E::Hold, E::Cancel] {
+                assert_eq!(next(s, e).unwrap_err().guard, Guard::State);
+            }
+        }
+        assert!(next(S::Accepted, E::Hold).is_err());
+        assert!(!E::Accept.allowed_for(false));
+        assert!(E::Cancel.allowed_for(false) && E::Cancel.allowed_for(true));
+    }
+}

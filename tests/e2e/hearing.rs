@@ -1,0 +1,581 @@
+//! Witness hearings between a requesting country (AT) and the witness's country (RO).
+
+use prost::Message;
+use prost_types::Timestamp;
+use tonic::{transport::Channel, Code};
+use trm_core::ids::Role;
+use trm_crypto::{aead::SecretKey, files, signing::SigningIdentity};
+use trm_federation::{envelope, outbox};
+use trm_proto::v1::{
+    self as w, envelope_body::Payload, federation_service_client::FederationServiceClient,
+    referral_service_client::ReferralServiceClient,
+    witness_hearing_service_client::WitnessHearingServiceClient, EnvelopeBody, ReceiptBody,
+    ReceiptOutcome,
+};
+use trm_store::Store;
+use trm_tests::{eventually, requests, TestFederation};
+
+type Hearings = WitnessHearingServiceClient<Channel>;
+
+/// A case in AT referred to RO and accepted there, assigned to RO's `sp1`. Returns the case
+/// id and the referral id.
+async fn referred_case(fed: &TestFederation, child: bool) -> anyhow::Result<(String, String)> {
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let mut req = requests::case("Witness", 40);
+    if child {
+        req.child = Some(w::ChildInfo {
+            is_child: true,
+            guardian_assigned: true,
+            best_interests_determined: true,
+        });
+    }
+    let case_id = sp.create_case(req).await?.into_inner().case_id;
+    sp.record_consent(requests::consent(
+        &case_id,
+        &[w::Purpose::ReferralAssistance, w::Purpose::ReturnPlanning],
+        &["RO"],
+        &[],
+    ))
+    .await?;
+    let referral_id = sp
+        .submit_referral(w::SubmitReferralRequest {
+            case_id: case_id.clone(),
+            destination: "RO".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .referral_id;
+    let mut ro = fed.referrals("RO", Role::FocalPoint).await?;
+    eventually("the referral at RO", || {
+        let mut ro = ro.clone();
+        let id = referral_id.clone();
+        async move {
+            Ok(ro
+                .get_referral(w::GetReferralRequest { referral_id: id })
+                .await
+                .ok())
+        }
+    })
+    .await?;
+    ro.respond_to_referral(w::RespondToReferralRequest {
+        referral_id: referral_id.clone(),
+        decision: w::ReferralDecision::Accept as i32,
+        reason: String::new(),
+    })
+    .await?;
+    ro.assign_case(w::AssignCaseRequest {
+        referral_id: referral_id.clone(),
+        organisation: "sp1".into(),
+    })
+    .await?;
+    Ok((case_id, referral_id))
+}
+
+fn at(seconds: i64) -> Timestamp {
+    Timestamp { seconds, nanos: 0 }
+}
+
+fn hearing_request(case_id: &str, measures: &[w::ProtectiveMeasure]) -> w::RequestHearingRequest {
+    w::RequestHearingRequest {
+        case_id: case_id.into(),
+        witness_country: "RO".into(),
+        proceeding_reference: "AT-LG-2026-0042".into(),
+        measures: measures.iter().map(|m| *m as i32).collect(),
+        language: "ro".into(),
+        legal_basis: "MLA request 2026/17 (UNTOC art. 18)".into(),
+        proposed_times: vec![at(1_900_000_000), at(1_900_086_400)],
+    }
+}
+
+async fn wait_hearing(
+    c: &Hearings,
+    id: &str,
+    status: w::HearingStatus,
+) -> anyhow::Result<w::Hearing> {
+    eventually(&format!("hearing {status:?}"), || {
+        let mut c = c.clone();
+        let id = id.to_owned();
+        async move {
+            let h = c.get_hearing(w::GetHearingRequest { hearing_id: id }).await;
+            Ok(h.ok()
+                .map(|h| h.into_inner())
+                .filter(|h| h.status == status as i32))
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_hearing_runs_from_request_to_held_naming_the_witness_only_by_reference(
+) -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let (case_id, referral_id) = referred_case(&fed, false).await?;
+    let mut ja = fed.hearings("AT", Role::JudicialAuthority).await?;
+    let mut ro = fed.hearings("RO", Role::FocalPoint).await?;
+    let measures = [
+        w::ProtectiveMeasure::VoiceDistortion,
+        w::ProtectiveMeasure::PsychologistPresent,
+    ];
+    let id = ja
+        .request_hearing(hearing_request(&case_id, &measures))
+        .await?
+        .into_inner()
+        .hearing_id;
+
+    let got = wait_hearing(&ro, &id, w::HearingStatus::Requested).await?;
+    let ro_referral = fed
+        .referrals("RO", Role::FocalPoint)
+        .await?
+        .get_referral(w::GetReferralRequest { referral_id })
+        .await?
+        .into_inner();
+    assert_eq!(
+        got.case_ref,
+        ro_referral.disclosed.unwrap_or_default().case_ref,
+        "resolved by the pairwise reference"
+    );
+    assert_eq!(
+        (
+            got.requesting_country.as_str(),
+            got.witness_country.as_str()
+        ),
+        ("AT", "RO")
+    );
+    assert_eq!(got.legal_basis, "MLA request 2026/17 (UNTOC art. 18)");
+    assert_eq!(
+        got.measures,
+        measures.iter().map(|m| *m as i32).collect::<Vec<_>>()
+    );
+    assert_eq!(got.proposed_times.len(), 2);
+
+    ro.respond_to_hearing(w::RespondToHearingRequest {
+        hearing_id: id.clone(),
+        decision: w::HearingDecision::Accept as i32,
+        ..Default::default()
+    })
+    .await?;
+    wait_hearing(&ja, &id, w::HearingStatus::Accepted).await?;
+    ro.respond_to_hearing(w::RespondToHearingRequest {
+        hearing_id: id.clone(),
+        decision: w::HearingDecision::Schedule as i32,
+        reason: String::new(),
+        scheduled_at: Some(at(1_900_086_400)),
+    })
+    .await?;
+    let seen = wait_hearing(&ja, &id, w::HearingStatus::Scheduled).await?;
+    assert_eq!(seen.scheduled_at, Some(at(1_900_086_400)));
+    // Only the witness's country answers the request.
+    let err = ja
+        .respond_to_hearing(w::RespondToHearingRequest {
+            hearing_id: id.clone(),
+            decision: w::HearingDecision::Accept as i32,
+            ..Default::default()
+        })
+        .await
+        .expect_err("requesting side");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    ja.record_hearing_outcome(w::RecordHearingOutcomeRequest {
+        hearing_id: id.clone(),
+        minutes_reference: "MIN-2026-0042-1".into(),
+    })
+    .await?;
+    let held = wait_hearing(&ro, &id, w::HearingStatus::Held).await?;
+    assert_eq!(held.minutes_reference, "MIN-2026-0042-1");
+    fed.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn only_judicial_authorities_request_and_providers_see_only_that_a_hearing_is_pending(
+) -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let (case_id, _) = referred_case(&fed, false).await?;
+    for role in [Role::ServiceProvider, Role::FocalPoint, Role::Operator] {
+        let mut c = fed.hearings("AT", role).await?;
+        let err = c
+            .request_hearing(hearing_request(&case_id, &[]))
+            .await
+            .expect_err("not a judicial authority");
+        assert_eq!(err.code(), Code::PermissionDenied, "{role}");
+    }
+    let mut ja = fed.hearings("AT", Role::JudicialAuthority).await?;
+    let id = ja
+        .request_hearing(hearing_request(&case_id, &[]))
+        .await?
+        .into_inner()
+        .hearing_id;
+    let ro_fp = fed.hearings("RO", Role::FocalPoint).await?;
+    wait_hearing(&ro_fp, &id, w::HearingStatus::Requested).await?;
+
+    // RO's provider looking after the witness sees the hearing is pending, nothing else.
+    let mut ro_sp = fed.hearings("RO", Role::ServiceProvider).await?;
+    let list = ro_sp
+        .list_hearings(w::ListHearingsRequest {
+            direction: w::Direction::Incoming as i32,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(list.hearings.len(), 1);
+    let h = &list.hearings[0];
+    assert!(h.details_withheld);
+    assert_eq!(h.status, w::HearingStatus::Requested as i32);
+    assert!(
+        h.case_ref.is_empty()
+            && h.proceeding_reference.is_empty()
+            && h.legal_basis.is_empty()
+            && h.measures.is_empty()
+    );
+    let err = ro_sp
+        .respond_to_hearing(w::RespondToHearingRequest {
+            hearing_id: id.clone(),
+            decision: w::HearingDecision::Accept as i32,
+            ..Default::default()
+        })
+        .await
+        .expect_err("provider answering");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let mut ro_ops = fed.hearings("RO", Role::Operator).await?;
+    assert_eq!(
+        ro_ops
+            .get_hearing(w::GetHearingRequest {
+                hearing_id: id.clone()
+            })
+            .await
+            .expect_err("operator")
+            .code(),
+        Code::PermissionDenied
+    );
+    // A judicial authority of the witness's country may answer.
+    let mut ro_ja = fed.hearings("RO", Role::JudicialAuthority).await?;
+    ro_ja
+        .respond_to_hearing(w::RespondToHearingRequest {
+            hearing_id: id.clone(),
+            decision: w::HearingDecision::Accept as i32,
+            ..Default::default()
+        })
+        .await?;
+    wait_hearing(&ja, &id, w::HearingStatus::Accepted).await?;
+    fed.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_declined_hearing_leaves_referral_and_return_plan_unchanged_on_both_nodes(
+) -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let (case_id, referral_id) = referred_case(&fed, false).await?;
+    let mut at_rp = fed.returns("AT", Role::FocalPoint).await?;
+    at_rp
+        .record_risk_assessment(w::RecordRiskAssessmentRequest {
+            case_id: case_id.clone(),
+            level: w::RiskLevel::Low as i32,
+            ..Default::default()
+        })
+        .await?;
+    at_rp
+        .record_return_decision(w::RecordReturnDecisionRequest {
+            case_id: case_id.clone(),
+            voluntary: true,
+            informed: true,
+            reflection_period_waived: false,
+        })
+        .await?;
+    let return_id = at_rp
+        .propose_return(w::ProposeReturnRequest {
+            case_id: case_id.clone(),
+            destination: "RO".into(),
+            hearing_pending: true,
+            compensation_pending: false,
+        })
+        .await?
+        .into_inner()
+        .return_id;
+    let ro_rp = fed.returns("RO", Role::FocalPoint).await?;
+    eventually("the return request at RO", || {
+        let mut c = ro_rp.clone();
+        let id = return_id.clone();
+        async move {
+            Ok(c.get_return_plan(w::GetReturnPlanRequest { return_id: id })
+                .await
+                .ok())
+        }
+    })
+    .await?;
+    let at_ref = fed.referrals("AT", Role::FocalPoint).await?;
+    let mut ro_ref = fed.referrals("RO", Role::FocalPoint).await?;
+    let in_assistance = |mut c: ReferralServiceClient<Channel>, id: String| async move {
+        let r = c
+            .get_referral(w::GetReferralRequest { referral_id: id })
+            .await?
+            .into_inner();
+        Ok::<_, anyhow::Error>((r.status == w::ReferralStatus::InAssistance as i32).then_some(r))
+    };
+    eventually("AT to see the assignment", || {
+        in_assistance(at_ref.clone(), referral_id.clone())
+    })
+    .await?;
+
+    let snapshot = |mut a: ReferralServiceClient<Channel>,
+                    mut b: ReferralServiceClient<Channel>| {
+        let (referral_id, return_id) = (referral_id.clone(), return_id.clone());
+        let (mut ra, mut rb) = (at_rp.clone(), ro_rp.clone());
+        async move {
+            Ok::<_, anyhow::Error>((
+                a.get_referral(w::GetReferralRequest {
+                    referral_id: referral_id.clone(),
+                })
+                .await?
+                .into_inner(),
+                b.get_referral(w::GetReferralRequest { referral_id })
+                    .await?
+                    .into_inner(),
+                ra.get_return_plan(w::GetReturnPlanRequest {
+                    return_id: return_id.clone(),
+                })
+                .await?
+                .into_inner(),
+                rb.get_return_plan(w::GetReturnPlanRequest { return_id })
+                    .await?
+                    .into_inner(),
+            ))
+        }
+    };
+    let before = snapshot(at_ref.clone(), ro_ref.clone()).await?;
+
+    let mut ja = fed.hearings("AT", Role::JudicialAuthority).await?;
+    let id = ja
+        .request_hearing(hearing_request(&case_id, &[]))
+        .await?
+        .into_inner()
+        .hearing_id;
+    let mut ro = fed.hearings("RO", Role::FocalPoint).await?;
+    wait_hearing(&ro, &id, w::HearingStatus::Requested).await?;
+    let err = ro
+        .respond_to_hearing(w::RespondToHearingRequest {
+            hearing_id: id.clone(),
+            decision: w::HearingDecision::Decline as i32,
+            ..Default::default()
+        })
+        .await
+        .expect_err("a decline needs its reason");
+    assert!(err.message().starts_with("reason"));
+    ro.respond_to_hearing(w::RespondToHearingRequest {
+        hearing_id: id.clone(),
+        decision: w::HearingDecision::Decline as i32,
+        reason: "the witness declined".into(),
+        ..Default::default()
+    })
+    .await?;
+    let declined = wait_hearing(&ja, &id, w::HearingStatus::Declined).await?;
+    assert_eq!(declined.status_reason, "the witness declined");
+
+    let after = snapshot(at_ref.clone(), ro_ref.clone()).await?;
+    assert_eq!(
+        before, after,
+        "declining a hearing changes no referral or return plan"
+    );
+    // And assistance goes on: the referral can still be closed normally.
+    ro_ref
+        .close_referral(w::CloseReferralRequest {
+            referral_id: referral_id.clone(),
+            reason: "assistance completed".into(),
+        })
+        .await?;
+    fed.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_child_witness_needs_a_child_friendly_room_and_a_support_person() -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let (case_id, _) = referred_case(&fed, true).await?;
+    let mut ja = fed.hearings("AT", Role::JudicialAuthority).await?;
+    for measures in [
+        vec![],
+        vec![w::ProtectiveMeasure::ChildFriendlyRoom],
+        vec![w::ProtectiveMeasure::SupportPerson],
+    ] {
+        let err = ja
+            .request_hearing(hearing_request(&case_id, &measures))
+            .await
+            .expect_err("child measures");
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert!(
+            err.message().starts_with("best_interests"),
+            "{}",
+            err.message()
+        );
+    }
+    let ok = ja
+        .request_hearing(hearing_request(
+            &case_id,
+            &[
+                w::ProtectiveMeasure::ChildFriendlyRoom,
+                w::ProtectiveMeasure::SupportPerson,
+            ],
+        ))
+        .await?
+        .into_inner();
+    let ro = fed.hearings("RO", Role::FocalPoint).await?;
+    wait_hearing(&ro, &ok.hearing_id, w::HearingStatus::Requested).await?;
+    fed.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_hearing_for_a_case_not_exchanged_is_refused_on_both_sides_and_audited(
+) -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO", "NG"]).await?;
+    let (case_id, _) = referred_case(&fed, false).await?;
+    let mut ja = fed.hearings("AT", Role::JudicialAuthority).await?;
+    let mut req = hearing_request(&case_id, &[]);
+    req.witness_country = "NG".into();
+    let err = ja
+        .request_hearing(req)
+        .await
+        .expect_err("never exchanged with NG");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().starts_with("state"), "{}", err.message());
+    let mut req = hearing_request(&uuid::Uuid::now_v7().to_string(), &[]);
+    req.witness_country = "RO".into();
+    assert_eq!(
+        ja.request_hearing(req)
+            .await
+            .expect_err("unknown case")
+            .code(),
+        Code::NotFound
+    );
+
+    // RO receives a signed request from AT under a reference it never shared.
+    let mut admin = fed.admin("RO", Role::Operator).await?;
+    let before = admin
+        .verify_audit(w::VerifyAuditRequest {})
+        .await?
+        .into_inner()
+        .entries_checked;
+    let at_key = SigningIdentity::load(&fed.dir().join("AT/keys/signing.pem"))?;
+    let tls = fed.dir().join("AT/tls");
+    let channel = tonic::transport::Endpoint::from_shared(format!(
+        "https://{}",
+        fed.node("RO")?.addrs.federation
+    ))?
+    .tls_config(
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(files::read(
+                &tls.join("federation-ca.pem"),
+            )?))
+            .identity(tonic::transport::Identity::from_pem(
+                files::read(&tls.join("federation.pem"))?,
+                files::read(&tls.join("federation.key"))?,
+            ))
+            .domain_name("localhost"),
+    )?
+    .connect()
+    .await?;
+    let env = envelope::seal(
+        &at_key,
+        "AT".parse()?,
+        "RO".parse()?,
+        "0123456789abcdef0123456789abcdef",
+        Payload::HearingRequest(w::HearingRequest {
+            hearing_id: uuid::Uuid::now_v7().to_string(),
+            proceeding_reference: "X".into(),
+            legal_basis: "MLA".into(),
+            language: "ro".into(),
+            ..Default::default()
+        }),
+    );
+    let receipt = FederationServiceClient::new(channel)
+        .deliver(env)
+        .await?
+        .into_inner();
+    let body = ReceiptBody::decode(receipt.body.as_slice())?;
+    assert_eq!(body.outcome, ReceiptOutcome::Rejected as i32);
+    assert!(
+        body.reason.starts_with("unknown case reference"),
+        "{}",
+        body.reason
+    );
+    let after = admin
+        .verify_audit(w::VerifyAuditRequest {})
+        .await?
+        .into_inner()
+        .entries_checked;
+    assert_eq!(after, before + 1, "the refusal is audited");
+    let list = fed
+        .hearings("RO", Role::FocalPoint)
+        .await?
+        .list_hearings(w::ListHearingsRequest {
+            direction: w::Direction::Incoming as i32,
+        })
+        .await?
+        .into_inner();
+    assert!(list.hearings.is_empty());
+    fed.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_hearing_request_on_the_wire_carries_no_identity() -> anyhow::Result<()> {
+    let mut fed = TestFederation::start(&["AT", "RO"]).await?;
+    let (case_id, _) = referred_case(&fed, false).await?;
+    // Hold the envelope in AT's outbox: RO is down.
+    fed.stop_node("RO").await?;
+    let mut ja = fed.hearings("AT", Role::JudicialAuthority).await?;
+    let id = ja
+        .request_hearing(hearing_request(
+            &case_id,
+            &[w::ProtectiveMeasure::Anonymity],
+        ))
+        .await?
+        .into_inner()
+        .hearing_id;
+    fed.stop_node("AT").await?;
+
+    let at = fed.dir().join("AT");
+    let store = Store::open(
+        &at.join("data"),
+        SecretKey::load(&at.join("keys/master.key"))?,
+    )?;
+    let items = outbox::queued(&store)?;
+    let item = items
+        .iter()
+        .find(|i| i.kind == "hearing_request")
+        .expect("queued hearing request");
+    let env = outbox::open_queued(&store, item)
+        .map_err(anyhow::Error::msg)?
+        .expect("not erased");
+    let bytes = env.encode_to_vec();
+    let person = requests::case("Witness", 40).person.unwrap_or_default();
+    for needle in [
+        person.given_name,
+        person.family_name,
+        person.date_of_birth,
+        person.document_number,
+        person.address,
+        person.phone,
+    ] {
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "{needle} on the wire"
+        );
+    }
+    let body = EnvelopeBody::decode(env.body.as_slice())?;
+    assert_eq!(body.case_ref.len(), 32);
+    let Some(Payload::HearingRequest(h)) = body.payload else {
+        panic!("not a hearing request")
+    };
+    assert_eq!(h.hearing_id, id);
+    assert_eq!(h.legal_basis, "MLA request 2026/17 (UNTOC art. 18)");
+    store.close()?;
+    drop(store);
+
+    // Back up: the queued request is delivered after the restart.
+    fed.start_node("RO").await?;
+    fed.start_node("AT").await?;
+    let ro = fed.hearings("RO", Role::FocalPoint).await?;
+    wait_hearing(&ro, &id, w::HearingStatus::Requested).await?;
+    fed.stop().await?;
+    Ok(())
+}
