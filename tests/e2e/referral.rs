@@ -78,6 +78,13 @@ async fn referral_from_at_is_accepted_by_ro_and_only_the_referral_fields_cross(
     assert_eq!(person.family_name, "Exemplu");
     assert!(person.address.is_empty() && person.phone.is_empty());
 
+    // The hearing was held; the witness's country got the reference, never identity.
+    assert_eq!(
+        outcome.hearing_at_witness.status,
+        w::HearingStatus::Held as i32
+    );
+    assert_eq!(outcome.hearing_at_witness.case_ref, d.case_ref);
+
     // Nothing personal is in clear in either node's files.
     let dir = fed.stop().await?;
     for node in ["AT", "RO"] {

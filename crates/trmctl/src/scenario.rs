@@ -13,6 +13,7 @@ use trm_proto::v1::{
     self as w, admin_service_client::AdminServiceClient,
     referral_service_client::ReferralServiceClient,
     return_planning_service_client::ReturnPlanningServiceClient,
+    witness_hearing_service_client::WitnessHearingServiceClient,
 };
 
 use crate::{connect, sandbox};
@@ -31,6 +32,8 @@ pub struct Outcome {
     pub return_at_origin: w::ReturnPlan,
     /// The return plan as the country of return holds it at the end.
     pub return_at_destination: w::ReturnPlan,
+    /// The hearing as the witness's country holds it at the end.
+    pub hearing_at_witness: w::Hearing,
 }
 
 /// Opens a channel to a sandbox node's services (or admin) port as `role`.
@@ -260,6 +263,7 @@ pub async fn run(
 
     let (return_at_origin, return_at_destination) =
         return_story(dir, origin, destination, &case.case_id, out).await?;
+    let hearing_at_witness = hearing_story(dir, origin, destination, &case.case_id, out).await?;
 
     for node in [origin, destination] {
         let mut admin = AdminServiceClient::new(client(dir, node, Role::Operator, true).await?);
@@ -274,10 +278,6 @@ pub async fn run(
             audit.ok, audit.entries_checked, status.outbox_depth
         )?;
     }
-    writeln!(
-        out,
-        "== witness hearings: not available in this version yet"
-    )?;
     Ok(Outcome {
         referral_id: id,
         at_origin,
@@ -285,7 +285,105 @@ pub async fn run(
         without_consent,
         return_at_origin,
         return_at_destination,
+        hearing_at_witness,
     })
+}
+
+async fn wait_hearing(
+    c: &WitnessHearingServiceClient<Channel>,
+    id: &str,
+    status: w::HearingStatus,
+) -> Result<w::Hearing> {
+    wait_for("the hearing to move on", Duration::from_secs(60), || {
+        let mut c = c.clone();
+        let id = id.to_owned();
+        async move {
+            let h = c.get_hearing(w::GetHearingRequest { hearing_id: id }).await;
+            Ok(h.ok()
+                .map(|h| h.into_inner())
+                .filter(|h| h.status == status as i32))
+        }
+    })
+    .await
+}
+
+/// The prosecution in `origin` asks to hear the victim, now in `destination`, as a witness
+/// by video-conference.
+async fn hearing_story(
+    dir: &Path,
+    origin: NodeId,
+    destination: NodeId,
+    case_id: &str,
+    out: &mut impl Write,
+) -> Result<w::Hearing> {
+    let mut ja = WitnessHearingServiceClient::new(
+        client(dir, origin, Role::JudicialAuthority, false).await?,
+    );
+    let mut fp =
+        WitnessHearingServiceClient::new(client(dir, destination, Role::FocalPoint, false).await?);
+    writeln!(out, "== {origin}: a prosecutor requests a video-conference hearing of the witness in {destination}")?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let proposed = prost_types::Timestamp {
+        seconds: now + 21 * 86_400,
+        nanos: 0,
+    };
+    let hearing = ja
+        .request_hearing(w::RequestHearingRequest {
+            case_id: case_id.to_owned(),
+            witness_country: destination.to_string(),
+            proceeding_reference: "SANDBOX-PROC-1".into(),
+            measures: vec![
+                w::ProtectiveMeasure::VoiceDistortion as i32,
+                w::ProtectiveMeasure::PsychologistPresent as i32,
+                w::ProtectiveMeasure::Interpreter as i32,
+            ],
+            language: "ro".into(),
+            legal_basis: "MLA request under UNTOC art. 18 para. 18".into(),
+            proposed_times: vec![proposed],
+        })
+        .await
+        .context("RequestHearing")?
+        .into_inner();
+    let id = hearing.hearing_id.clone();
+    let arrived = wait_hearing(&fp, &id, w::HearingStatus::Requested).await?;
+    writeln!(out, "== what crossed the border for the hearing ({origin} -> {destination}): the witness only by reference")?;
+    let measures: Vec<&str> = arrived
+        .measures
+        .iter()
+        .map(|m| w::ProtectiveMeasure::try_from(*m).map_or("?", |m| m.as_str_name()))
+        .collect();
+    writeln!(
+        out,
+        "   case_ref {} proceeding {} legal basis {:?} language {} measures {:?}",
+        arrived.case_ref,
+        arrived.proceeding_reference,
+        arrived.legal_basis,
+        arrived.language,
+        measures
+    )?;
+    fp.respond_to_hearing(w::RespondToHearingRequest {
+        hearing_id: id.clone(),
+        decision: w::HearingDecision::Schedule as i32,
+        reason: "the witness agreed; support person present".into(),
+        scheduled_at: Some(proposed),
+    })
+    .await
+    .context("RespondToHearing")?;
+    wait_hearing(&ja, &id, w::HearingStatus::Scheduled).await?;
+    ja.record_hearing_outcome(w::RecordHearingOutcomeRequest {
+        hearing_id: id.clone(),
+        minutes_reference: "SANDBOX-MIN-1".into(),
+    })
+    .await
+    .context("RecordHearingOutcome")?;
+    let held = wait_hearing(&fp, &id, w::HearingStatus::Held).await?;
+    writeln!(
+        out,
+        "   hearing {id}: {} (minutes {})",
+        w::HearingStatus::try_from(held.status).map_or("?", |s| s.as_str_name()),
+        held.minutes_reference
+    )?;
+    Ok(held)
 }
 
 fn return_status_name(v: i32) -> &'static str {
