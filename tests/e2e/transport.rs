@@ -242,3 +242,138 @@ async fn envelopes_are_verified_before_any_effect_and_receipts_bind_the_bytes() 
     fed.stop().await?;
     Ok(())
 }
+
+/// What an impostor server saw.
+#[derive(Default)]
+struct Seen {
+    handshakes: std::sync::atomic::AtomicUsize,
+    closed: std::sync::atomic::AtomicUsize,
+    bytes: std::sync::atomic::AtomicUsize,
+}
+
+/// A TLS server on `addr` presenting `node`'s genuine federation certificate (and requiring
+/// a client certificate from the federation CA); counts handshakes and the application
+/// bytes it is sent. Stops accepting when the returned task is aborted.
+async fn impostor(
+    addr: std::net::SocketAddr,
+    dir: &Path,
+    node: &str,
+) -> anyhow::Result<(std::sync::Arc<Seen>, tokio::task::JoinHandle<()>)> {
+    use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    use std::sync::{atomic::Ordering, Arc};
+    let tls = dir.join(node).join("tls");
+    let chain = CertificateDer::pem_file_iter(tls.join("federation.pem"))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(tls.join("federation.key"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(tls.join("federation-ca.pem"))? {
+        roots.add(c?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let seen = Arc::new(Seen::default());
+    let s = seen.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, s) = (acceptor.clone(), s.clone());
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    s.handshakes.fetch_add(1, Ordering::SeqCst);
+                    let mut buf = Vec::new();
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(5),
+                        tls.read_to_end(&mut buf),
+                    )
+                    .await;
+                    s.bytes.fetch_add(buf.len(), Ordering::SeqCst);
+                    s.closed.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    Ok((seen, task))
+}
+
+#[tokio::test]
+async fn delivery_goes_only_to_a_server_proving_the_peers_identity() -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    let mut fed = TestFederation::start(&["AT", "RO", "NG"]).await?;
+    let ro_addr = fed.node("RO")?.addrs.federation;
+    fed.stop_node("RO").await?;
+    // NG's genuine federation certificate, at RO's address.
+    let (seen, task) = impostor(ro_addr, fed.dir(), "NG").await?;
+
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let case = sp
+        .create_case(trm_tests::requests::case("Imp", 5))
+        .await?
+        .into_inner();
+    sp.record_consent(trm_tests::requests::consent(
+        &case.case_id,
+        &[w::Purpose::ReferralAssistance],
+        &["RO"],
+        &[],
+    ))
+    .await?;
+    let referral = sp
+        .submit_referral(w::SubmitReferralRequest {
+            case_id: case.case_id.clone(),
+            destination: "RO".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    trm_tests::eventually("a delivery attempt to end at the impostor", || {
+        let seen = seen.clone();
+        async move { Ok((seen.closed.load(Ordering::SeqCst) >= 1).then_some(())) }
+    })
+    .await?;
+    assert_eq!(
+        seen.bytes.load(Ordering::SeqCst),
+        0,
+        "not one byte of the envelope reached the impostor"
+    );
+    let id = referral.referral_id.clone();
+    let r = sp
+        .get_referral(w::GetReferralRequest {
+            referral_id: id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        r.status,
+        w::ReferralStatus::Sent as i32,
+        "no receipt from an impostor"
+    );
+
+    // The impostor goes away and the real RO comes back: the referral is delivered.
+    task.abort();
+    let _ = task.await;
+    fed.start_node("RO").await?;
+    trm_tests::eventually("delivery to the real RO", || {
+        let mut sp = sp.clone();
+        let id = id.clone();
+        async move {
+            let r = sp
+                .get_referral(w::GetReferralRequest { referral_id: id })
+                .await?
+                .into_inner();
+            Ok((r.status == w::ReferralStatus::Delivered as i32).then_some(()))
+        }
+    })
+    .await?;
+    fed.stop().await?;
+    Ok(())
+}

@@ -1,5 +1,6 @@
 //! Node-to-node federation: who our peers are, how envelopes are sealed and opened, the
 //! inbound `FederationService`, and the outbox delivery worker.
+//! - [`connect`]: outbound connections that verify the peer's identity;
 //! - [`directory`]: peers with their endpoint, TLS trust anchor and signing keys;
 //! - [`envelope`]: sealing outbound envelopes and signing receipts;
 //! - [`inbound`]: the receive pipeline, verifying in DESIGN.md's order before any effect;
@@ -7,6 +8,7 @@
 //!   worker that delivers them and keeps the peers' signed receipts.
 #![forbid(unsafe_code)]
 
+pub mod connect;
 pub mod directory;
 pub mod envelope;
 pub mod inbound;

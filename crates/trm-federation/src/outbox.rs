@@ -13,7 +13,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::{watch, Notify};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 use trm_core::ids::NodeId;
 use trm_crypto::signing::{SigningIdentity, RECEIPT_TAG};
@@ -259,25 +259,19 @@ impl Delivery {
 
     fn client(&self, peer: NodeId) -> Option<FederationServiceClient<Channel>> {
         let entry = self.inner.directory.get(peer)?;
-        let host = entry
-            .endpoint
-            .rsplit_once(':')
-            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_owned())?;
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(entry.tls_ca_pem.as_bytes()))
-            .identity(Identity::from_pem(
-                &self.inner.cfg.tls_cert_pem,
-                &self.inner.cfg.tls_key_pem,
-            ))
-            .domain_name(host);
-        let channel = Endpoint::from_shared(format!("https://{}", entry.endpoint))
-            .ok()?
-            .tls_config(tls)
-            .ok()?
-            .connect_timeout(self.inner.cfg.request_timeout)
-            .timeout(self.inner.cfg.request_timeout)
-            .connect_lazy();
-        Some(FederationServiceClient::new(channel))
+        let cfg = &self.inner.cfg;
+        match crate::connect::channel(
+            &entry,
+            &cfg.tls_cert_pem,
+            &cfg.tls_key_pem,
+            cfg.request_timeout,
+        ) {
+            Ok(channel) => Some(FederationServiceClient::new(channel)),
+            Err(e) => {
+                warn!(peer = %peer, error = %e, "cannot build a connection to the peer");
+                None
+            }
+        }
     }
 
     async fn run_peer(self, peer: NodeId, mut shutdown: watch::Receiver<bool>) {
