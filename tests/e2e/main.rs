@@ -3,6 +3,7 @@
 
 mod access;
 mod audit;
+mod directory;
 mod hearing;
 mod privacy;
 mod referral;

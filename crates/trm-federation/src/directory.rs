@@ -1,6 +1,11 @@
 //! The peer directory: a node accepts nothing from a node that is not in it.
 
-use std::{collections::BTreeMap, sync::RwLock};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::RwLock,
+};
+
+use serde::{Deserialize, Serialize};
 
 use time::OffsetDateTime;
 use trm_core::ids::NodeId;
@@ -51,10 +56,84 @@ impl Peer {
     }
 }
 
-/// The peers of this node.
+/// The peers of this node, and the nodes removed from it (refused with PERMISSION_DENIED).
 #[derive(Debug, Default)]
 pub struct PeerDirectory {
     peers: RwLock<BTreeMap<NodeId, Peer>>,
+    removed: RwLock<BTreeSet<NodeId>>,
+}
+
+/// A signing key as stored: SPKI PEM and its validity window (unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredKey {
+    pub public_pem: String,
+    pub valid_from: Option<i64>,
+    pub valid_until: Option<i64>,
+}
+
+/// A peer as stored by the operator's changes at run time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredPeer {
+    pub id: NodeId,
+    pub endpoint: String,
+    pub tls_ca_pem: String,
+    pub keys: Vec<StoredKey>,
+}
+
+/// The operator's changes to the configured directory, kept in the node's store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectoryChanges {
+    pub upserted: Vec<StoredPeer>,
+    pub removed: Vec<NodeId>,
+}
+
+fn at(t: Option<i64>) -> Option<OffsetDateTime> {
+    t.and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
+}
+
+impl StoredPeer {
+    /// Returns the peer, or the reason its keys do not parse.
+    pub fn to_peer(&self) -> Result<Peer, trm_crypto::CryptoError> {
+        let keys = self
+            .keys
+            .iter()
+            .map(|k| {
+                let public = trm_crypto::signing::public_from_pem(&k.public_pem)?;
+                Ok(PeerKey {
+                    key_id: trm_crypto::signing::key_id(&public),
+                    public,
+                    valid_from: at(k.valid_from),
+                    valid_until: at(k.valid_until),
+                })
+            })
+            .collect::<Result<Vec<_>, trm_crypto::CryptoError>>()?;
+        Ok(Peer {
+            id: self.id,
+            endpoint: self.endpoint.clone(),
+            tls_ca_pem: self.tls_ca_pem.clone(),
+            keys,
+        })
+    }
+
+    /// Returns the stored form of a peer.
+    pub fn from_peer(p: &Peer) -> Result<Self, trm_crypto::CryptoError> {
+        Ok(Self {
+            id: p.id,
+            endpoint: p.endpoint.clone(),
+            tls_ca_pem: p.tls_ca_pem.clone(),
+            keys: p
+                .keys
+                .iter()
+                .map(|k| {
+                    Ok(StoredKey {
+                        public_pem: trm_crypto::signing::public_to_pem(&k.public)?,
+                        valid_from: k.valid_from.map(|t| t.unix_timestamp()),
+                        valid_until: k.valid_until.map(|t| t.unix_timestamp()),
+                    })
+                })
+                .collect::<Result<Vec<_>, trm_crypto::CryptoError>>()?,
+        })
+    }
 }
 
 impl PeerDirectory {
@@ -62,6 +141,7 @@ impl PeerDirectory {
     pub fn new(peers: impl IntoIterator<Item = Peer>) -> Self {
         Self {
             peers: RwLock::new(peers.into_iter().map(|p| (p.id, p)).collect()),
+            removed: RwLock::default(),
         }
     }
 
@@ -76,6 +156,49 @@ impl PeerDirectory {
             .read()
             .map(|p| p.keys().copied().collect())
             .unwrap_or_default()
+    }
+
+    /// Adds or replaces a peer; a removed node becomes a peer again.
+    pub fn upsert(&self, peer: Peer) {
+        if let Ok(mut r) = self.removed.write() {
+            r.remove(&peer.id);
+        }
+        if let Ok(mut p) = self.peers.write() {
+            p.insert(peer.id, peer);
+        }
+    }
+
+    /// Removes a peer: nothing is sent to it and nothing accepted from it. Returns whether
+    /// it was a peer.
+    pub fn remove(&self, id: NodeId) -> bool {
+        let was = self
+            .peers
+            .write()
+            .map(|mut p| p.remove(&id).is_some())
+            .unwrap_or(false);
+        if let Ok(mut r) = self.removed.write() {
+            r.insert(id);
+        }
+        was
+    }
+
+    /// Returns whether `id` was removed from the directory.
+    pub fn is_removed(&self, id: NodeId) -> bool {
+        self.removed
+            .read()
+            .map(|r| r.contains(&id))
+            .unwrap_or(false)
+    }
+
+    /// Applies the operator's stored changes over the configured peers.
+    pub fn apply(&self, changes: &DirectoryChanges) -> Result<(), trm_crypto::CryptoError> {
+        for p in &changes.upserted {
+            self.upsert(p.to_peer()?);
+        }
+        for id in &changes.removed {
+            self.remove(*id);
+        }
+        Ok(())
     }
 
     /// Returns every peer.

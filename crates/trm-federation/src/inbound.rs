@@ -24,7 +24,10 @@ use trm_proto::{
 };
 use trm_store::{audit::AuditRecord, Store, TreeName, TxFail};
 
-use crate::{envelope, payload_kind, Delivery, FlowHandler, Inbound, PeerDirectory, Rejection};
+use crate::{
+    envelope, payload_kind, Counters, Delivery, FlowHandler, Inbound, PeerDirectory, Refusal,
+    Rejection,
+};
 
 /// Settings of the receive pipeline.
 #[derive(Debug, Clone)]
@@ -70,6 +73,29 @@ impl InboxEntry {
     }
 }
 
+/// Forgets inbound message ids received before `before` (DESIGN.md: remembered for at least
+/// twice the replay window; older envelopes are refused as stale anyway). Returns how many.
+pub fn prune_inbox(store: &Store, before: OffsetDateTime) -> Result<usize, trm_store::StoreError> {
+    let cutoff = before.unix_timestamp();
+    let old: Vec<Vec<u8>> = store
+        .scan_json::<InboxEntry>(TreeName::Inbox, b"")?
+        .into_iter()
+        .filter(|(_, e)| e.received_at < cutoff)
+        .map(|(k, _)| k)
+        .collect();
+    for chunk in old.chunks(512) {
+        store
+            .transact::<(), (), _>(|tx| {
+                for k in chunk {
+                    tx.remove(TreeName::Inbox, k)?;
+                }
+                Ok(())
+            })
+            .map_err(|_| trm_store::StoreError::Durability)?;
+    }
+    Ok(old.len())
+}
+
 enum Abort {
     Duplicate(InboxEntry),
     Rejected(Rejection),
@@ -83,6 +109,7 @@ pub struct FederationServer {
     store: Store,
     handler: Arc<dyn FlowHandler>,
     delivery: Delivery,
+    counters: Arc<Counters>,
 }
 
 impl FederationServer {
@@ -94,6 +121,7 @@ impl FederationServer {
         store: Store,
         handler: Arc<dyn FlowHandler>,
         delivery: Delivery,
+        counters: Arc<Counters>,
     ) -> Self {
         Self {
             cfg,
@@ -102,13 +130,22 @@ impl FederationServer {
             store,
             handler,
             delivery,
+            counters,
         }
     }
 
-    /// Audits a refusal and returns it as a gRPC error.
-    async fn refuse(&self, peer: Option<NodeId>, message_id: &str, status: Status) -> Status {
+    /// Counts and audits a refusal and returns it as the gRPC error DESIGN.md prescribes.
+    async fn refuse(
+        &self,
+        peer: Option<NodeId>,
+        message_id: &str,
+        refusal: Refusal,
+        detail: &str,
+    ) -> Status {
         let actor = peer.map_or_else(|| "peer:unknown".to_owned(), |p| format!("peer:{p}"));
-        warn!(peer = %actor, code = ?status.code(), reason = %status.message(), "envelope refused");
+        let status = refusal.status(detail);
+        self.counters.refused(refusal);
+        warn!(peer = %actor, reason = refusal.label(), detail, "envelope refused");
         let record = AuditRecord::new(actor, "envelope.refuse", message_id, "refused")
             .detail(format!("{:?}: {}", status.code(), status.message()));
         if let Err(e) = self.store.audit(record).await {
@@ -130,18 +167,28 @@ impl FederationServer {
                 .refuse(
                     None,
                     "-",
-                    Status::unauthenticated(
-                        "unknown peer: no trm node identity in the TLS certificate",
-                    ),
+                    Refusal::UnknownPeer,
+                    "no trm node identity in the TLS certificate",
                 )
                 .await);
         };
+        if self.directory.is_removed(node) {
+            return Err(self
+                .refuse(
+                    Some(node),
+                    "-",
+                    Refusal::RemovedPeer,
+                    "removed from the peer directory",
+                )
+                .await);
+        }
         if self.directory.get(node).is_none() {
             return Err(self
                 .refuse(
                     Some(node),
                     "-",
-                    Status::unauthenticated(format!("unknown peer {node}")),
+                    Refusal::UnknownPeer,
+                    "not in the peer directory",
                 )
                 .await);
         }
@@ -156,71 +203,77 @@ impl FederationServer {
     ) -> Result<SignedReceipt, Status> {
         match self.check(peer, &env) {
             Ok((body, created_at)) => self.apply(peer, &env, body, created_at).await,
-            Err((message_id, status)) => Err(self.refuse(Some(peer), &message_id, status).await),
+            Err((message_id, refusal, detail)) => {
+                Err(self.refuse(Some(peer), &message_id, refusal, detail).await)
+            }
         }
     }
 
-    /// The checks before any effect; an error carries the message id when known.
+    /// The checks before any effect; a refusal carries the message id when known.
     fn check(
         &self,
         peer: NodeId,
         env: &SignedEnvelope,
-    ) -> Result<(EnvelopeBody, OffsetDateTime), (String, Status)> {
-        let early = |s: Status| ("-".to_owned(), s);
+    ) -> Result<(EnvelopeBody, OffsetDateTime), (String, Refusal, &'static str)> {
+        let early = |r: Refusal, d: &'static str| ("-".to_owned(), r, d);
         if env.body.len() > MAX_ENVELOPE {
-            return Err(early(Status::resource_exhausted(
-                "envelope larger than the limit",
-            )));
+            return Err(early(Refusal::Oversize, "envelope larger than the limit"));
         }
         let entry = self
             .directory
             .get(peer)
-            .ok_or_else(|| early(Status::unauthenticated(format!("unknown peer {peer}"))))?;
-        let key = entry
-            .key(&env.key_id)
-            .ok_or_else(|| early(Status::unauthenticated("unknown signing key")))?;
-        trm_crypto::signing::verify(&key.public, ENVELOPE_TAG, &env.body, &env.signature)
-            .map_err(|_| early(Status::unauthenticated("bad signature")))?;
+            .ok_or_else(|| early(Refusal::UnknownPeer, "not in the peer directory"))?;
+        let key = entry.key(&env.key_id).ok_or_else(|| {
+            early(
+                Refusal::UnknownKey,
+                "key id names none of the peer's signing keys",
+            )
+        })?;
+        trm_crypto::signing::verify(&key.public, ENVELOPE_TAG, &env.body, &env.signature).map_err(
+            |_| {
+                early(
+                    Refusal::BadSignature,
+                    "signature does not verify over the body",
+                )
+            },
+        )?;
         let body = EnvelopeBody::decode(env.body.as_slice())
-            .map_err(|_| early(Status::invalid_argument("body does not decode")))?;
+            .map_err(|_| early(Refusal::Malformed, "body does not decode"))?;
         let mid = body.message_id.clone();
-        let fail = |s: Status| (mid.clone(), s);
+        let fail = |r: Refusal, d: &'static str| (mid.clone(), r, d);
         if body.sender != peer.as_str() {
-            return Err(fail(Status::permission_denied(
-                "sender is not the TLS peer",
-            )));
+            return Err(fail(Refusal::SenderMismatch, "sender is not the TLS peer"));
         }
         let created_at = from_ts("created_at", body.created_at.as_ref())
-            .map_err(|e| fail(Status::invalid_argument(e.to_string())))?;
+            .map_err(|_| fail(Refusal::Malformed, "created_at is missing or out of range"))?;
         if !key.valid_at(created_at) {
-            return Err(fail(Status::unauthenticated(
+            return Err(fail(
+                Refusal::RetiredKey,
                 "signing key not valid at created_at",
-            )));
+            ));
         }
         if body.recipient != self.cfg.node.as_str() {
-            return Err(fail(Status::invalid_argument("recipient is not this node")));
+            return Err(fail(Refusal::WrongRecipient, "recipient is not this node"));
         }
         let now = OffsetDateTime::now_utc();
         if created_at < now - self.cfg.replay_window {
-            return Err(fail(Status::invalid_argument(
-                "stale: created_at is outside the replay window",
-            )));
+            return Err(fail(
+                Refusal::Stale,
+                "created_at is outside the replay window",
+            ));
         }
         if created_at > now + self.cfg.clock_skew {
-            return Err(fail(Status::invalid_argument(
-                "created_at is in the future",
-            )));
+            return Err(fail(
+                Refusal::Future,
+                "created_at is ahead of the allowed clock skew",
+            ));
         }
         match uuid::Uuid::try_parse(&body.message_id) {
             Ok(u) if u.get_version_num() == 7 => {}
-            _ => {
-                return Err(fail(Status::invalid_argument(
-                    "message_id must be a UUIDv7",
-                )))
-            }
+            _ => return Err(fail(Refusal::Malformed, "message_id must be a UUIDv7")),
         }
         if body.payload.is_none() {
-            return Err(fail(Status::invalid_argument("payload is required")));
+            return Err(fail(Refusal::Malformed, "payload is required"));
         }
         Ok((body, created_at))
     }
@@ -283,9 +336,11 @@ impl FederationServer {
         let receipt = match result {
             Ok(receipt) => {
                 accepted = true;
+                Counters::bump(&self.counters.accepted);
                 receipt
             }
             Err(TxFail::Abort(Abort::Duplicate(seen))) => {
+                Counters::bump(&self.counters.duplicates);
                 info!(peer = %peer, message_id = %body.message_id, "duplicate envelope: original receipt returned");
                 return seen
                     .receipt()
@@ -293,6 +348,7 @@ impl FederationServer {
             }
             Err(TxFail::Abort(Abort::Rejected(Rejection(reason)))) => {
                 warn!(peer = %peer, message_id = %body.message_id, kind, reason = %reason, "envelope rejected");
+                Counters::bump(&self.counters.rejected);
                 self.reject(peer, env, &body.message_id, kind, &reason)?
             }
             Err(TxFail::Tx(e)) => {

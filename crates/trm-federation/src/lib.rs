@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod connect;
+pub mod counters;
 pub mod directory;
 pub mod envelope;
 pub mod inbound;
@@ -18,6 +19,7 @@ use trm_proto::v1::envelope_body::Payload;
 use trm_store::Tx;
 use trm_store::TxFail;
 
+pub use counters::{Counters, Refusal};
 pub use directory::{Peer, PeerDirectory, PeerKey};
 pub use inbound::{FederationServer, InboundConfig};
 pub use outbox::{Delivery, DeliveryConfig, OutboxItem};

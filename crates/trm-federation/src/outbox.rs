@@ -23,7 +23,27 @@ use trm_proto::v1::{
 };
 use trm_store::{audit::AuditRecord, Store, TreeName, Tx, TxError};
 
-use crate::{envelope, payload_kind, FlowHandler, PeerDirectory};
+use crate::{envelope, payload_kind, Counters, FlowHandler, PeerDirectory};
+
+/// Why a dead letter could not be retried.
+#[derive(Debug, thiserror::Error)]
+pub enum RetryError {
+    #[error("no dead letter has that message id")]
+    NotFound,
+    #[error("the envelope's subject was erased; there is nothing to send")]
+    Erased,
+    #[error("storage: {0}")]
+    Store(String),
+}
+
+/// Returns the dead letters.
+pub fn dead_letters(store: &Store) -> Result<Vec<OutboxItem>, trm_store::StoreError> {
+    Ok(store
+        .scan_json::<OutboxItem>(TreeName::DeadLetters, b"")?
+        .into_iter()
+        .map(|(_, item)| item)
+        .collect())
+}
 
 /// A queued outbound envelope. The envelope itself is sealed; the rest is metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +138,9 @@ pub fn queued(store: &Store) -> Result<Vec<OutboxItem>, trm_store::StoreError> {
 #[derive(Clone)]
 pub struct DeliveryConfig {
     pub node: NodeId,
+    /// An envelope still undelivered this long after it was sealed becomes a dead letter
+    /// (the receiver would refuse it as stale anyway).
+    pub replay_window: Duration,
     /// Longest wait between two attempts to one peer.
     pub backoff_cap: Duration,
     /// How long one delivery attempt may take.
@@ -152,9 +175,12 @@ pub struct Delivery {
 struct Inner {
     cfg: DeliveryConfig,
     store: Store,
+    identity: Arc<SigningIdentity>,
+    counters: Arc<Counters>,
     directory: Arc<PeerDirectory>,
     handler: Arc<dyn FlowHandler>,
-    wakers: HashMap<NodeId, Arc<Notify>>,
+    wakers: std::sync::Mutex<HashMap<NodeId, Arc<Notify>>>,
+    shutdown: watch::Receiver<bool>,
     states: std::sync::Mutex<HashMap<NodeId, PeerState>>,
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -171,8 +197,23 @@ impl std::fmt::Debug for Delivery {
 enum Failure {
     /// Worth retrying later (peer down, timeout, transient refusal).
     Retry(String),
+    /// The peer refused the envelope for good: it goes to the dead letters.
+    Permanent(String),
     /// The store failed; retry later too, but say so.
     Store(String),
+}
+
+/// Returns whether a gRPC refusal of an envelope can never turn into an acceptance.
+fn is_permanent(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::InvalidArgument
+            | Code::PermissionDenied
+            | Code::OutOfRange
+            | Code::FailedPrecondition
+            | Code::Unimplemented
+    )
 }
 
 impl Delivery {
@@ -180,41 +221,47 @@ impl Delivery {
     pub fn start(
         cfg: DeliveryConfig,
         store: Store,
+        identity: Arc<SigningIdentity>,
+        counters: Arc<Counters>,
         directory: Arc<PeerDirectory>,
         handler: Arc<dyn FlowHandler>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        let wakers = directory
-            .ids()
-            .into_iter()
-            .map(|id| (id, Arc::new(Notify::new())))
-            .collect();
         let delivery = Delivery {
             inner: Arc::new(Inner {
                 cfg,
                 store,
+                identity,
+                counters,
                 directory,
                 handler,
-                wakers,
+                wakers: Default::default(),
+                shutdown,
                 states: Default::default(),
                 tasks: Default::default(),
             }),
         };
-        let tasks: Vec<_> = delivery
-            .inner
-            .wakers
-            .keys()
-            .copied()
-            .map(|peer| {
-                let d = delivery.clone();
-                let shutdown = shutdown.clone();
-                tokio::spawn(async move { d.run_peer(peer, shutdown).await })
-            })
-            .collect();
-        if let Ok(mut t) = delivery.inner.tasks.lock() {
-            *t = tasks;
+        for peer in delivery.inner.directory.ids() {
+            delivery.ensure_worker(peer);
         }
         delivery
+    }
+
+    /// Starts the worker of `peer` if it has none (a peer added at run time).
+    pub fn ensure_worker(&self, peer: NodeId) {
+        let Ok(mut wakers) = self.inner.wakers.lock() else {
+            return;
+        };
+        if wakers.contains_key(&peer) {
+            return;
+        }
+        wakers.insert(peer, Arc::new(Notify::new()));
+        let d = self.clone();
+        let shutdown = self.inner.shutdown.clone();
+        let task = tokio::spawn(async move { d.run_peer(peer, shutdown).await });
+        if let Ok(mut t) = self.inner.tasks.lock() {
+            t.push(task);
+        }
     }
 
     /// Waits until every worker has stopped (after the shutdown signal).
@@ -232,7 +279,13 @@ impl Delivery {
 
     /// Tells the worker of `peer` that new work is queued.
     pub fn wake(&self, peer: NodeId) {
-        if let Some(n) = self.inner.wakers.get(&peer) {
+        if let Some(n) = self
+            .inner
+            .wakers
+            .lock()
+            .ok()
+            .and_then(|w| w.get(&peer).cloned())
+        {
             n.notify_one();
         }
     }
@@ -275,18 +328,44 @@ impl Delivery {
     }
 
     async fn run_peer(self, peer: NodeId, mut shutdown: watch::Receiver<bool>) {
-        let Some(notify) = self.inner.wakers.get(&peer).cloned() else {
+        let Some(notify) = self
+            .inner
+            .wakers
+            .lock()
+            .ok()
+            .and_then(|w| w.get(&peer).cloned())
+        else {
             return;
         };
-        let Some(mut client) = self.client(peer) else {
-            warn!(peer = %peer, "peer endpoint or trust anchor unusable; no delivery to it");
-            return;
-        };
+        // The client is rebuilt when the peer's endpoint or trust anchor changes.
+        let mut client: Option<((String, String), FederationServiceClient<Channel>)> = None;
         let mut failures: u32 = 0;
         loop {
             if *shutdown.borrow() {
                 return;
             }
+            let Some(entry) = self.inner.directory.get(peer) else {
+                // Removed: nothing is sent until it is a peer again.
+                tokio::select! {
+                    _ = notify.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                    _ = shutdown.changed() => return,
+                }
+                continue;
+            };
+            let built_for = (entry.endpoint.clone(), entry.tls_ca_pem.clone());
+            if client.as_ref().is_none_or(|(b, _)| *b != built_for) {
+                client = self.client(peer).map(|c| (built_for, c));
+            }
+            let Some((_, client)) = client.as_mut() else {
+                warn!(peer = %peer, "peer endpoint or trust anchor unusable; waiting for a directory change");
+                tokio::select! {
+                    _ = notify.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                    _ = shutdown.changed() => return,
+                }
+                continue;
+            };
             let next = match self
                 .inner
                 .store
@@ -307,7 +386,22 @@ impl Delivery {
                 }
                 continue;
             };
-            match self.attempt(&mut client, peer, &key, &item).await {
+            let age = OffsetDateTime::now_utc().unix_timestamp() - item.created_at;
+            let outcome = if age > self.inner.cfg.replay_window.as_secs() as i64 {
+                Err(Failure::Permanent(
+                    "undelivered within the replay window".into(),
+                ))
+            } else {
+                self.attempt(client, peer, &key, &item).await
+            };
+            let outcome = match outcome {
+                Err(Failure::Permanent(why)) => match self.dead_letter(&key, &item, &why).await {
+                    Ok(()) => continue,
+                    Err(e) => Err(e),
+                },
+                other => other,
+            };
+            match outcome {
                 Ok(()) => {
                     failures = 0;
                     self.set_state(peer, true, true);
@@ -315,8 +409,9 @@ impl Delivery {
                 Err(failure) => {
                     let (reachable, why) = match failure {
                         Failure::Retry(why) => (false, why),
-                        Failure::Store(why) => (true, why),
+                        Failure::Store(why) | Failure::Permanent(why) => (true, why),
                     };
+                    Counters::bump(&self.inner.counters.attempts_failed);
                     self.set_state(peer, reachable, false);
                     failures = failures.saturating_add(1);
                     self.note_failure(&key, &item, &why);
@@ -383,7 +478,14 @@ impl Delivery {
         let receipt = client
             .deliver(env.clone())
             .await
-            .map_err(|s| Failure::Retry(format!("{:?}: {}", s.code(), s.message())))?
+            .map_err(|s| {
+                let why = format!("{:?}: {}", s.code(), s.message());
+                if is_permanent(s.code()) {
+                    Failure::Permanent(why)
+                } else {
+                    Failure::Retry(why)
+                }
+            })?
             .into_inner();
         let (outcome, reason) = self
             .verify_receipt(peer, item, &env, &receipt)
@@ -470,6 +572,100 @@ impl Delivery {
             .store
             .durable()
             .await
-            .map_err(|e| Failure::Store(e.to_string()))
+            .map_err(|e| Failure::Store(e.to_string()))?;
+        if receipt.is_some() {
+            Counters::bump(&self.inner.counters.delivered);
+        }
+        Ok(())
+    }
+
+    /// Moves an entry the peer will never accept to the dead letters, where operators see it
+    /// (`ListOutbox`) and may retry it (`RetryDelivery`); the flow is told as for a refusal.
+    async fn dead_letter(&self, key: &[u8], item: &OutboxItem, why: &str) -> Result<(), Failure> {
+        warn!(peer = %item.peer, message_id = %item.message_id, reason = %why, "envelope moved to the dead letters");
+        let mut dead = item.clone();
+        dead.last_error = why.to_owned();
+        dead.attempts = dead.attempts.saturating_add(1);
+        let handler = &self.inner.handler;
+        self.inner
+            .store
+            .transact(|tx| {
+                tx.remove(TreeName::Outbox, key)?;
+                tx.put_json(TreeName::DeadLetters, key, &dead)?;
+                handler.on_receipt(tx, item, ReceiptOutcome::Rejected, why)?;
+                tx.audit(
+                    AuditRecord::new(
+                        "node",
+                        "outbox.dead_letter",
+                        &item.message_id,
+                        "dead_letter",
+                    )
+                    .detail(format!("{} to {}: {why}", item.kind, item.peer)),
+                )
+            })
+            .map_err(|e| Failure::Store(format!("{e:?}")))?;
+        self.inner
+            .store
+            .durable()
+            .await
+            .map_err(|e| Failure::Store(e.to_string()))?;
+        Counters::bump(&self.inner.counters.dead_lettered);
+        Ok(())
+    }
+
+    /// An operator's retry of a dead letter: the envelope is re-sealed with the same message
+    /// id and a fresh `created_at`, and queued again in its place.
+    pub async fn retry(&self, message_id: &str) -> Result<NodeId, RetryError> {
+        let store = &self.inner.store;
+        let (key, item) = store
+            .scan_json::<OutboxItem>(TreeName::DeadLetters, b"")
+            .map_err(|e| RetryError::Store(e.to_string()))?
+            .into_iter()
+            .find(|(_, i)| i.message_id == message_id)
+            .ok_or(RetryError::NotFound)?;
+        let env = open_queued(store, &item)
+            .map_err(RetryError::Store)?
+            .ok_or(RetryError::Erased)?;
+        let body = trm_proto::v1::EnvelopeBody::decode(env.body.as_slice())
+            .map_err(|_| RetryError::Store("dead letter corrupt".into()))?;
+        let payload = body
+            .payload
+            .ok_or_else(|| RetryError::Store("dead letter has no payload".into()))?;
+        let fresh = envelope::seal_with_id(
+            &self.inner.identity,
+            self.inner.cfg.node,
+            item.peer,
+            &body.case_ref,
+            payload,
+            message_id,
+            OffsetDateTime::now_utc(),
+        );
+        let mut queued = item.clone();
+        queued.created_at = OffsetDateTime::now_utc().unix_timestamp();
+        queued.attempts = 0;
+        queued.last_error.clear();
+        store
+            .transact::<(), (), _>(|tx| {
+                let sealed = tx.seal_for(
+                    item.subject.as_bytes(),
+                    &envelope_aad(message_id),
+                    &fresh.encode_to_vec(),
+                )?;
+                let mut q = queued.clone();
+                q.sealed = hex::encode(sealed);
+                tx.remove(TreeName::DeadLetters, &key)?;
+                tx.put_json(TreeName::Outbox, &key, &q)?;
+                tx.audit(
+                    AuditRecord::new("operator", "outbox.retry", message_id, "queued")
+                        .detail(item.kind.clone()),
+                )
+            })
+            .map_err(|e| RetryError::Store(format!("{e:?}")))?;
+        store
+            .durable()
+            .await
+            .map_err(|e| RetryError::Store(e.to_string()))?;
+        self.wake(item.peer);
+        Ok(item.peer)
     }
 }

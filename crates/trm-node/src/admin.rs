@@ -2,14 +2,27 @@
 //! returns victim records.
 
 use tonic::{Request, Response, Status};
+use tracing::info;
+use trm_core::FieldError;
 use trm_core::{ids::Role, policy::POLICY_VERSION};
-use trm_proto::{convert::ts, v1 as w, v1::admin_service_server::AdminService};
+use trm_federation::{
+    directory::{DirectoryChanges, StoredPeer},
+    outbox::{self, OutboxItem, RetryError},
+    Peer, PeerKey,
+};
+use trm_proto::{
+    convert::{self, ts},
+    v1 as w,
+    v1::admin_service_server::AdminService,
+};
+use trm_store::audit::AuditRecord;
 use trm_store::TreeName;
 
 use crate::{
     authz::{self, require},
     ctx::Ctx,
     error::ApiError,
+    server::DIRECTORY_CHANGES,
 };
 
 /// The admin service of one node.
@@ -19,6 +32,33 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// Records a change of the peer directory durably (it is applied over the configured
+    /// peers at every start), audited.
+    async fn change_directory(&self, f: impl Fn(&mut DirectoryChanges)) -> Result<(), ApiError> {
+        self.ctx
+            .commit(None, |tx| {
+                let mut changes: DirectoryChanges = tx
+                    .get_json(TreeName::Meta, DIRECTORY_CHANGES)?
+                    .unwrap_or_default();
+                f(&mut changes);
+                tx.put_json(TreeName::Meta, DIRECTORY_CHANGES, &changes)?;
+                tx.audit(
+                    AuditRecord::new("operator", "peers.change", "-", "ok").detail(format!(
+                        "peers_changed={} removed={}",
+                        changes.upserted.len(),
+                        changes
+                            .removed
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    )),
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
     /// Returns the service.
     pub fn new(ctx: Ctx) -> Self {
         Self { ctx }
@@ -95,10 +135,70 @@ impl AdminService for Admin {
         request: Request<w::UpsertPeerRequest>,
     ) -> Result<Response<w::Peer>, Status> {
         Self::operator(&request)?;
-        Err(unavailable(
-            "UpsertPeer",
-            "changing the peer directory at run time",
-        ))
+        let wire = request
+            .into_inner()
+            .peer
+            .ok_or_else(|| ApiError::from(FieldError::new("peer", "is required")))?;
+        let id = convert::country("peer.node_id", &wire.node_id).map_err(ApiError::from)?;
+        if id == self.ctx.id {
+            return Err(ApiError::from(FieldError::new(
+                "peer.node_id",
+                "a node is not its own peer",
+            ))
+            .into());
+        }
+        let endpoint =
+            convert::short("peer.endpoint", &wire.endpoint, true).map_err(ApiError::from)?;
+        if !endpoint.contains(':') {
+            return Err(
+                ApiError::from(FieldError::new("peer.endpoint", "must be host:port")).into(),
+            );
+        }
+        if trm_crypto::pki::first_der(&wire.tls_ca_pem).is_err() {
+            return Err(ApiError::from(FieldError::new(
+                "peer.tls_ca_pem",
+                "must be a PEM certificate",
+            ))
+            .into());
+        }
+        if wire.signing_keys_pem.is_empty() {
+            return Err(ApiError::from(FieldError::new(
+                "peer.signing_keys_pem",
+                "at least one key is required",
+            ))
+            .into());
+        }
+        let mut keys = Vec::new();
+        for (i, pem) in wire.signing_keys_pem.iter().enumerate() {
+            let public = trm_crypto::signing::public_from_pem(pem).map_err(|_| {
+                ApiError::from(FieldError::new(
+                    format!("peer.signing_keys_pem[{i}]"),
+                    "must be an ed25519 public key PEM",
+                ))
+            })?;
+            keys.push(PeerKey::new(public));
+        }
+        let peer = Peer {
+            id,
+            endpoint,
+            tls_ca_pem: wire.tls_ca_pem.clone(),
+            keys,
+        };
+        let stored = StoredPeer::from_peer(&peer).map_err(|e| ApiError::Store(e.to_string()))?;
+        self.change_directory(|changes| {
+            changes.removed.retain(|r| *r != id);
+            changes.upserted.retain(|p| p.id != id);
+            changes.upserted.push(stored.clone());
+        })
+        .await?;
+        self.ctx.directory.upsert(peer);
+        self.ctx.delivery.ensure_worker(id);
+        self.ctx.delivery.wake(id);
+        info!(peer = %id, "peer added or changed");
+        Ok(Response::new(w::Peer {
+            node_id: id.to_string(),
+            ..wire
+        }))
     }
 
     async fn remove_peer(
@@ -106,10 +206,20 @@ impl AdminService for Admin {
         request: Request<w::RemovePeerRequest>,
     ) -> Result<Response<w::RemovePeerResponse>, Status> {
         Self::operator(&request)?;
-        Err(unavailable(
-            "RemovePeer",
-            "changing the peer directory at run time",
-        ))
+        let id = convert::country("node_id", &request.get_ref().node_id).map_err(ApiError::from)?;
+        if self.ctx.directory.get(id).is_none() {
+            return Err(ApiError::NotFound("peer").into());
+        }
+        self.change_directory(|changes| {
+            changes.upserted.retain(|p| p.id != id);
+            if !changes.removed.contains(&id) {
+                changes.removed.push(id);
+            }
+        })
+        .await?;
+        self.ctx.directory.remove(id);
+        info!(peer = %id, "peer removed: no traffic either way");
+        Ok(Response::new(w::RemovePeerResponse {}))
     }
 
     async fn list_outbox(
@@ -117,7 +227,43 @@ impl AdminService for Admin {
         request: Request<w::ListOutboxRequest>,
     ) -> Result<Response<w::ListOutboxResponse>, Status> {
         Self::operator(&request)?;
-        Err(unavailable("ListOutbox", "outbox inspection"))
+        let req = request.get_ref();
+        let peer = if req.peer.is_empty() {
+            None
+        } else {
+            Some(convert::country("peer", &req.peer).map_err(ApiError::from)?)
+        };
+        let store = &self.ctx.store;
+        let mut items: Vec<(OutboxItem, bool)> = outbox::dead_letters(store)
+            .map_err(ApiError::from)?
+            .into_iter()
+            .map(|i| (i, true))
+            .collect();
+        if !req.dead_letters_only {
+            items.extend(
+                outbox::queued(store)
+                    .map_err(ApiError::from)?
+                    .into_iter()
+                    .map(|i| (i, false)),
+            );
+        }
+        let entries = items
+            .into_iter()
+            .filter(|(i, _)| peer.is_none_or(|p| i.peer == p))
+            .map(|(i, dead)| w::OutboxEntry {
+                message_id: i.message_id,
+                peer: i.peer.to_string(),
+                kind: i.kind,
+                attempts: i.attempts,
+                created_at: time::OffsetDateTime::from_unix_timestamp(i.created_at)
+                    .ok()
+                    .map(convert::ts),
+                next_attempt_at: None,
+                dead_letter: dead,
+                last_error: i.last_error,
+            })
+            .collect();
+        Ok(Response::new(w::ListOutboxResponse { entries }))
     }
 
     async fn retry_delivery(
@@ -125,7 +271,16 @@ impl AdminService for Admin {
         request: Request<w::RetryDeliveryRequest>,
     ) -> Result<Response<w::RetryDeliveryResponse>, Status> {
         Self::operator(&request)?;
-        Err(unavailable("RetryDelivery", "dead-letter retry"))
+        let message_id =
+            convert::id("message_id", &request.get_ref().message_id).map_err(ApiError::from)?;
+        match self.ctx.delivery.retry(&message_id.to_string()).await {
+            Ok(_) => Ok(Response::new(w::RetryDeliveryResponse {})),
+            Err(RetryError::NotFound) => Err(ApiError::NotFound("dead letter").into()),
+            Err(RetryError::Erased) => Err(Status::failed_precondition(
+                "state: the envelope's subject was erased; nothing to send",
+            )),
+            Err(RetryError::Store(detail)) => Err(ApiError::Store(detail).into()),
+        }
     }
 
     async fn verify_audit(

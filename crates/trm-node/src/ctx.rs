@@ -31,6 +31,8 @@ pub struct Ctx {
     pub delivery: Delivery,
     /// The node's recovery and reflection period (never below 30 days).
     pub reflection_period_days: u32,
+    /// Federation traffic counters, for the metrics port.
+    pub counters: Arc<trm_federation::Counters>,
 }
 
 impl Ctx {

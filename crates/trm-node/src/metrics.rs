@@ -2,6 +2,7 @@
 //! Only counts, never personal data or ids.
 
 use axum::{extract::State, http::StatusCode, routing::get, Router};
+use trm_federation::Counters;
 use trm_store::TreeName;
 
 use crate::ctx::Ctx;
@@ -63,5 +64,47 @@ async fn metrics(State(ctx): State<Ctx>) -> String {
         "Peers in the directory.",
         ctx.directory.ids().len(),
     );
+    let c = &ctx.counters;
+    let mut counter = |name: &str, help: &str, value: u64| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+        ));
+    };
+    counter(
+        "trm_envelopes_accepted_total",
+        "Inbound envelopes accepted.",
+        Counters::get(&c.accepted),
+    );
+    counter(
+        "trm_envelopes_rejected_total",
+        "Inbound envelopes answered REJECTED.",
+        Counters::get(&c.rejected),
+    );
+    counter(
+        "trm_envelopes_duplicate_total",
+        "Inbound duplicates answered with the original receipt.",
+        Counters::get(&c.duplicates),
+    );
+    counter(
+        "trm_deliveries_total",
+        "Outbound envelopes with a verified receipt.",
+        Counters::get(&c.delivered),
+    );
+    counter(
+        "trm_delivery_failures_total",
+        "Failed outbound attempts (retried).",
+        Counters::get(&c.attempts_failed),
+    );
+    counter(
+        "trm_dead_lettered_total",
+        "Outbound envelopes moved to the dead letters.",
+        Counters::get(&c.dead_lettered),
+    );
+    out.push_str("# HELP trm_envelopes_refused_total Inbound envelopes refused before any effect, by reason.\n# TYPE trm_envelopes_refused_total counter\n");
+    for (reason, n) in c.refusals() {
+        out.push_str(&format!(
+            "trm_envelopes_refused_total{{reason=\"{reason}\"}} {n}\n"
+        ));
+    }
     out
 }

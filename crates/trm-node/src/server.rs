@@ -10,6 +10,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::{error, info, warn};
 use trm_core::limits::{MAX_BATCH, MAX_LOCAL_REQUEST};
 use trm_crypto::{aead::SecretKey, files, signing::SigningIdentity};
+use trm_federation::directory::DirectoryChanges;
 use trm_federation::{
     inbound::InboundConfig, Delivery, DeliveryConfig, FederationServer, Peer, PeerDirectory,
     PeerKey,
@@ -20,7 +21,10 @@ use trm_proto::v1::{
     return_planning_service_server::ReturnPlanningServiceServer,
     witness_hearing_service_server::WitnessHearingServiceServer, FILE_DESCRIPTOR_SET,
 };
-use trm_store::Store;
+use trm_store::{Store, TreeName};
+
+/// Key of the operator's peer-directory changes in the meta tree.
+pub const DIRECTORY_CHANGES: &[u8] = b"directory_changes";
 
 use crate::{
     admin::Admin,
@@ -122,6 +126,23 @@ async fn shutdown_signal(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
+/// Periodic upkeep until shutdown: forgets inbound message ids older than twice the replay
+/// window (at start, then hourly).
+async fn housekeeping(store: Store, replay_window: Duration, mut stop: watch::Receiver<bool>) {
+    loop {
+        let before = time::OffsetDateTime::now_utc() - 2 * replay_window;
+        match trm_federation::inbound::prune_inbox(&store, before) {
+            Ok(0) => {}
+            Ok(n) => info!(forgotten = n, "old inbound message ids pruned"),
+            Err(e) => warn!(error = %e, "cannot prune the inbox"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 /// Runs a node until `shutdown` completes.
 pub async fn run(
     config: NodeConfig,
@@ -132,7 +153,11 @@ pub async fn run(
     let identity = Arc::new(SigningIdentity::load(&config.signing.key)?);
     let master = SecretKey::load(&config.node.master_key)?;
     let store = Store::open(&config.node.data_dir, master)?;
-    let directory = Arc::new(load_directory(&config)?);
+    let directory = load_directory(&config)?;
+    if let Some(changes) = store.get_json::<DirectoryChanges>(TreeName::Meta, DIRECTORY_CHANGES)? {
+        directory.apply(&changes)?;
+    }
+    let directory = Arc::new(directory);
     let tls = &config.tls;
     let fed_cert = files::read_text(&tls.federation_cert)?;
     let fed_key = files::read_text(&tls.federation_key)?;
@@ -150,6 +175,9 @@ pub async fn run(
     let client_ca = Certificate::from_pem(files::read(&tls.client_ca)?);
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let counters = Arc::new(trm_federation::Counters::default());
+    let replay_window =
+        std::time::Duration::from_secs(u64::from(config.policy.replay_window_days) * 86_400);
     let handler = Arc::new(Flows {
         id: node,
         identity: identity.clone(),
@@ -157,12 +185,15 @@ pub async fn run(
     let delivery = Delivery::start(
         DeliveryConfig {
             node,
+            replay_window,
             backoff_cap: Duration::from_secs(config.delivery.backoff_cap_secs),
             request_timeout: Duration::from_secs(config.delivery.request_timeout_secs),
             tls_cert_pem: fed_cert.clone(),
             tls_key_pem: fed_key.clone(),
         },
         store.clone(),
+        identity.clone(),
+        counters.clone(),
         directory.clone(),
         handler.clone(),
         stop_rx.clone(),
@@ -174,6 +205,7 @@ pub async fn run(
         directory: directory.clone(),
         delivery: delivery.clone(),
         reflection_period_days: config.policy.reflection_period_days,
+        counters: counters.clone(),
     };
     let mut inbound = InboundConfig::new(node);
     inbound.replay_window = time::Duration::days(i64::from(config.policy.replay_window_days));
@@ -185,6 +217,7 @@ pub async fn run(
         store.clone(),
         handler,
         delivery.clone(),
+        counters.clone(),
     ))
     .max_decoding_message_size(MAX_BATCH + FRAMING);
     let fed_server = Server::builder()
@@ -256,6 +289,7 @@ pub async fn run(
     let metrics_server = axum::serve(listeners.metrics, metrics::router(ctx))
         .with_graceful_shutdown(shutdown_signal(stop_rx.clone()));
 
+    let housekeeping = tokio::spawn(housekeeping(store.clone(), replay_window, stop_rx.clone()));
     let tasks: Vec<(&str, JoinHandle<Result<(), String>>)> = vec![
         (
             "federation",
@@ -291,6 +325,7 @@ pub async fn run(
         }
     }
     delivery.stopped().await;
+    let _ = housekeeping.await;
     store.close()?;
     info!(node = %node, "stopped");
     failure.map_or(Ok(()), Err)

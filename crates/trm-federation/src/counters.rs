@@ -1,0 +1,107 @@
+//! Counters of the federation traffic, for the metrics port. Labels are fixed reason names,
+//! never ids or contents.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
+};
+
+/// Why an inbound envelope was refused before any effect (answered with a gRPC error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Refusal {
+    UnknownPeer,
+    RemovedPeer,
+    UnknownKey,
+    BadSignature,
+    Malformed,
+    SenderMismatch,
+    RetiredKey,
+    WrongRecipient,
+    Stale,
+    Future,
+    Oversize,
+    TooManyRequests,
+}
+
+impl Refusal {
+    /// Returns the label used in metrics and audit entries.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::UnknownPeer => "unknown_peer",
+            Refusal::RemovedPeer => "removed_peer",
+            Refusal::UnknownKey => "unknown_key",
+            Refusal::BadSignature => "bad_signature",
+            Refusal::Malformed => "malformed",
+            Refusal::SenderMismatch => "sender_mismatch",
+            Refusal::RetiredKey => "retired_key",
+            Refusal::WrongRecipient => "wrong_recipient",
+            Refusal::Stale => "stale",
+            Refusal::Future => "future",
+            Refusal::Oversize => "oversize",
+            Refusal::TooManyRequests => "too_many_requests",
+        }
+    }
+
+    /// Returns the gRPC error DESIGN.md prescribes, with `detail` as its message.
+    pub fn status(self, detail: &str) -> tonic::Status {
+        use tonic::Status;
+        let msg = format!("{}: {detail}", self.label());
+        match self {
+            Refusal::UnknownPeer
+            | Refusal::UnknownKey
+            | Refusal::BadSignature
+            | Refusal::RetiredKey => Status::unauthenticated(msg),
+            Refusal::SenderMismatch | Refusal::RemovedPeer => Status::permission_denied(msg),
+            Refusal::Malformed | Refusal::WrongRecipient | Refusal::Stale | Refusal::Future => {
+                Status::invalid_argument(msg)
+            }
+            Refusal::Oversize | Refusal::TooManyRequests => Status::resource_exhausted(msg),
+        }
+    }
+}
+
+/// The node's federation counters.
+#[derive(Debug, Default)]
+pub struct Counters {
+    refused: Mutex<BTreeMap<&'static str, u64>>,
+    /// Authenticated envelopes by receipt outcome.
+    pub accepted: AtomicU64,
+    pub rejected: AtomicU64,
+    pub duplicates: AtomicU64,
+    /// Outbound envelopes with a verified receipt.
+    pub delivered: AtomicU64,
+    /// Outbound envelopes moved to the dead letters.
+    pub dead_lettered: AtomicU64,
+    /// Failed outbound attempts (to be retried).
+    pub attempts_failed: AtomicU64,
+}
+
+impl Counters {
+    /// Counts a refusal.
+    pub fn refused(&self, r: Refusal) {
+        if let Ok(mut m) = self.refused.lock() {
+            *m.entry(r.label()).or_default() += 1;
+        }
+    }
+
+    /// Returns the refusal counts by reason.
+    pub fn refusals(&self) -> Vec<(&'static str, u64)> {
+        self.refused
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Adds one to a counter.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
