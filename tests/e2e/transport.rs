@@ -377,3 +377,252 @@ async fn delivery_goes_only_to_a_server_proving_the_peers_identity() -> anyhow::
     fed.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn stale_future_and_oversize_envelopes_are_refused_counted_and_audited() -> anyhow::Result<()>
+{
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let (at, ro): (NodeId, NodeId) = ("AT".parse()?, "RO".parse()?);
+    let ro_key = SigningIdentity::load(&fed.dir().join("RO/keys/signing.pem"))?;
+    let mut client = as_ro(&fed).await?;
+    let before = audit_entries(&fed, "AT").await?;
+    let now = time::OffsetDateTime::now_utc();
+    let id = || uuid::Uuid::now_v7().to_string();
+    let cases = [
+        (
+            "stale",
+            envelope::seal_with_id(
+                &ro_key,
+                ro,
+                at,
+                "r",
+                offer("r", None),
+                &id(),
+                now - time::Duration::days(8),
+            ),
+            Code::InvalidArgument,
+        ),
+        (
+            "future",
+            envelope::seal_with_id(
+                &ro_key,
+                ro,
+                at,
+                "r",
+                offer("r", None),
+                &id(),
+                now + time::Duration::minutes(10),
+            ),
+            Code::InvalidArgument,
+        ),
+        (
+            "oversize",
+            envelope::seal(
+                &ro_key,
+                ro,
+                at,
+                "r",
+                offer(&"x".repeat(4 * 1024 * 1024 + 1), None),
+            ),
+            Code::ResourceExhausted,
+        ),
+    ];
+    for (reason, env, code) in &cases {
+        let err = client.deliver(env.clone()).await.expect_err(reason);
+        assert_eq!(err.code(), *code, "{reason}");
+        assert!(
+            err.message().starts_with(reason),
+            "{reason}: {}",
+            err.message()
+        );
+    }
+    // Just inside the window and the clock skew: accepted.
+    let fine = envelope::seal_with_id(
+        &ro_key,
+        ro,
+        at,
+        "r2",
+        offer("r2", None),
+        &id(),
+        now - time::Duration::days(6),
+    );
+    let receipt = client.deliver(fine).await?.into_inner();
+    assert_eq!(
+        ReceiptBody::decode(receipt.body.as_slice())?.outcome,
+        ReceiptOutcome::Accepted as i32
+    );
+
+    assert_eq!(
+        audit_entries(&fed, "AT").await?,
+        before + cases.len() as u64 + 1
+    );
+    let page = trm_tests::metrics(fed.node("AT")?.addrs.metrics).await?;
+    for (reason, _, _) in &cases {
+        assert!(
+            page.contains(&format!(
+                "trm_envelopes_refused_total{{reason=\"{reason}\"}} 1"
+            )),
+            "{reason}: {page}"
+        );
+    }
+    assert!(page.contains("trm_envelopes_accepted_total 1"), "{page}");
+    fed.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_peer_that_was_down_receives_everything_exactly_once_in_order() -> anyhow::Result<()> {
+    let mut fed = TestFederation::start(&["AT", "RO"]).await?;
+    fed.stop_node("RO").await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let mut sent = Vec::new();
+    for i in 0..6 {
+        let case = sp
+            .create_case(trm_tests::requests::case(&format!("Queued{i}"), 5))
+            .await?
+            .into_inner();
+        sp.record_consent(trm_tests::requests::consent(
+            &case.case_id,
+            &[w::Purpose::ReferralAssistance],
+            &["RO"],
+            &[],
+        ))
+        .await?;
+        let r = sp
+            .submit_referral(w::SubmitReferralRequest {
+                case_id: case.case_id,
+                destination: "RO".into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        sent.push(r.referral_id);
+    }
+    fed.start_node("RO").await?;
+    let fp = fed.referrals("RO", Role::FocalPoint).await?;
+    let mut got = trm_tests::eventually("all six at RO", || {
+        let mut fp = fp.clone();
+        async move {
+            let l = fp
+                .list_referrals(w::ListReferralsRequest {
+                    direction: w::Direction::Incoming as i32,
+                })
+                .await?
+                .into_inner();
+            Ok((l.referrals.len() >= 6).then_some(l.referrals))
+        }
+    })
+    .await?;
+    assert_eq!(got.len(), 6, "exactly once");
+    // In the order they were submitted: RO stamps each on arrival.
+    got.sort_by_key(|r| r.created_at.map(|t| (t.seconds, t.nanos)));
+    assert_eq!(
+        got.iter()
+            .map(|r| r.referral_id.clone())
+            .collect::<Vec<_>>(),
+        sent
+    );
+    for id in &sent {
+        trm_tests::eventually("delivered at AT", || {
+            let mut sp = sp.clone();
+            let id = id.clone();
+            async move {
+                let r = sp
+                    .get_referral(w::GetReferralRequest { referral_id: id })
+                    .await?
+                    .into_inner();
+                Ok((r.status == w::ReferralStatus::Delivered as i32).then_some(()))
+            }
+        })
+        .await?;
+    }
+    let page = trm_tests::metrics(fed.node("RO")?.addrs.metrics).await?;
+    assert!(page.contains("trm_envelopes_accepted_total 6"), "{page}");
+    fed.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_black_holed_peer_does_not_hold_up_delivery_to_another() -> anyhow::Result<()> {
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    };
+    let mut fed = TestFederation::start(&["AT", "RO", "NG"]).await?;
+    let ng_addr = fed.node("NG")?.addrs.federation;
+    fed.stop_node("NG").await?;
+    // Accepts TCP and never answers.
+    let hole = tokio::net::TcpListener::bind(ng_addr).await?;
+    let (accepted, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (a, c) = (accepted.clone(), closed.clone());
+    let task = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = hole.accept().await {
+            a.fetch_add(1, Ordering::SeqCst);
+            let c = c.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = [0u8; 4096];
+                while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+                c.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let mut ids = Vec::new();
+    for to in ["NG", "RO"] {
+        let case = sp
+            .create_case(trm_tests::requests::case("Hole", 5))
+            .await?
+            .into_inner();
+        sp.record_consent(trm_tests::requests::consent(
+            &case.case_id,
+            &[w::Purpose::ReferralAssistance],
+            &[to],
+            &[],
+        ))
+        .await?;
+        ids.push(
+            sp.submit_referral(w::SubmitReferralRequest {
+                case_id: case.case_id,
+                destination: to.into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .referral_id,
+        );
+    }
+    trm_tests::eventually("AT to be stuck on NG", || {
+        let a = accepted.clone();
+        async move { Ok((a.load(Ordering::SeqCst) >= 1).then_some(())) }
+    })
+    .await?;
+    let ro = fed.referrals("RO", Role::FocalPoint).await?;
+    trm_tests::eventually("the referral to reach RO", || {
+        let mut ro = ro.clone();
+        let id = ids[1].clone();
+        async move {
+            Ok(ro
+                .get_referral(w::GetReferralRequest { referral_id: id })
+                .await
+                .ok())
+        }
+    })
+    .await?;
+    // RO got its referral while AT's attempt on NG was still hanging.
+    assert_eq!(
+        closed.load(Ordering::SeqCst),
+        0,
+        "delivery to RO waited for NG"
+    );
+    let ng = sp
+        .get_referral(w::GetReferralRequest {
+            referral_id: ids[0].clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(ng.status, w::ReferralStatus::Sent as i32);
+    task.abort();
+    fed.stop().await?;
+    Ok(())
+}

@@ -392,7 +392,12 @@ impl Delivery {
                     "undelivered within the replay window".into(),
                 ))
             } else {
-                self.attempt(client, peer, &key, &item).await
+                // Shutdown interrupts an attempt in flight: the receiver is idempotent, so an
+                // envelope whose receipt is lost is simply sent again after the restart.
+                tokio::select! {
+                    r = self.attempt(client, peer, &key, &item) => r,
+                    _ = shutdown.changed() => return,
+                }
             };
             let outcome = match outcome {
                 Err(Failure::Permanent(why)) => match self.dead_letter(&key, &item, &why).await {
