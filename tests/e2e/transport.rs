@@ -626,3 +626,158 @@ async fn a_black_holed_peer_does_not_hold_up_delivery_to_another() -> anyhow::Re
     fed.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn key_rotation_keeps_old_messages_valid_in_their_window_and_refuses_a_retired_key(
+) -> anyhow::Result<()> {
+    let mut fed = TestFederation::start(&["AT", "RO"]).await?;
+    let (at, ro): (NodeId, NodeId) = ("AT".parse()?, "RO".parse()?);
+    let old_key = SigningIdentity::load(&fed.dir().join("RO/keys/signing.pem"))?;
+    let before_rotation = time::OffsetDateTime::now_utc() - time::Duration::seconds(30);
+    let mut ro_admin = fed.admin("RO", Role::Operator).await?;
+    let new_id = ro_admin
+        .rotate_signing_key(w::RotateSigningKeyRequest { overlap_days: 7 })
+        .await?
+        .into_inner()
+        .key_id;
+    assert_ne!(new_id, old_key.key_id());
+    let new_key = SigningIdentity::load(&fed.dir().join("RO/keys/signing.pem"))?;
+    assert_eq!(
+        new_key.key_id(),
+        new_id,
+        "the new key replaced the key file"
+    );
+
+    // AT learns the new key from RO's announcement, signed by the key it trusted.
+    let mut at_admin = fed.admin("AT", Role::Operator).await?;
+    trm_tests::eventually("AT to learn RO's new key", || {
+        let mut a = at_admin.clone();
+        async move {
+            let peers = a
+                .list_peers(w::ListPeersRequest {})
+                .await?
+                .into_inner()
+                .peers;
+            Ok((peers
+                .iter()
+                .any(|p| p.node_id == "RO" && p.signing_keys_pem.len() == 2))
+            .then_some(()))
+        }
+    })
+    .await?;
+    // RO lists both keys with their windows (asked by AT over the federation port).
+    let at_tls = fed.dir().join("AT/tls");
+    let mut to_ro = federation_client(
+        fed.node("RO")?.addrs.federation,
+        &at_tls.join("federation-ca.pem"),
+        &files::read_text(&at_tls.join("federation.pem"))?,
+        &files::read_text(&at_tls.join("federation.key"))?,
+    )
+    .await?;
+    let info = to_ro
+        .get_node_info(w::GetNodeInfoRequest {})
+        .await?
+        .into_inner();
+    assert_eq!(info.node_id, "RO");
+    let old_listed = info
+        .keys
+        .iter()
+        .find(|k| k.key_id == old_key.key_id())
+        .expect("old key listed");
+    let new_listed = info
+        .keys
+        .iter()
+        .find(|k| k.key_id == new_id)
+        .expect("new key listed");
+    assert!(old_listed.valid_until.is_some() && old_listed.valid_from.is_none());
+    assert_eq!(
+        new_listed.valid_from, old_listed.valid_until,
+        "the new key signs from the old one's end"
+    );
+    assert_eq!(new_listed.public_key, new_key.public().as_bytes().to_vec());
+    let mut client = as_ro(&fed).await?;
+    let id = || uuid::Uuid::now_v7().to_string();
+    // Created before the rotation, signed by the old key: still verifies.
+    let old_msg = envelope::seal_with_id(
+        &old_key,
+        ro,
+        at,
+        "k1",
+        offer("k1", None),
+        &id(),
+        before_rotation,
+    );
+    let r = client.deliver(old_msg).await?.into_inner();
+    assert_eq!(
+        ReceiptBody::decode(r.body.as_slice())?.outcome,
+        ReceiptOutcome::Accepted as i32
+    );
+    // Created now, signed by the retired key: refused.
+    let late = envelope::seal(&old_key, ro, at, "k2", offer("k2", None));
+    let err = client.deliver(late).await.expect_err("retired key");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(
+        err.message().starts_with("retired_key"),
+        "{}",
+        err.message()
+    );
+    // Created now, signed by the new key: accepted.
+    let fresh = envelope::seal(&new_key, ro, at, "k3", offer("k3", None));
+    let r = client.deliver(fresh).await?.into_inner();
+    assert_eq!(
+        ReceiptBody::decode(r.body.as_slice())?.outcome,
+        ReceiptOutcome::Accepted as i32
+    );
+
+    // What AT learnt survives its restart; RO's receipts (new key) verify at AT.
+    fed.stop_node("AT").await?;
+    fed.start_node("AT").await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let case = sp
+        .create_case(trm_tests::requests::case("Rot", 5))
+        .await?
+        .into_inner();
+    sp.record_consent(trm_tests::requests::consent(
+        &case.case_id,
+        &[w::Purpose::ReferralAssistance],
+        &["RO"],
+        &[],
+    ))
+    .await?;
+    let rid = sp
+        .submit_referral(w::SubmitReferralRequest {
+            case_id: case.case_id,
+            destination: "RO".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .referral_id;
+    trm_tests::eventually("a receipt signed by RO's new key", || {
+        let mut sp = sp.clone();
+        let id = rid.clone();
+        async move {
+            let r = sp
+                .get_referral(w::GetReferralRequest { referral_id: id })
+                .await?
+                .into_inner();
+            Ok((r.status == w::ReferralStatus::Delivered as i32).then_some(()))
+        }
+    })
+    .await?;
+    at_admin = fed.admin("AT", Role::Operator).await?;
+    let peers = at_admin
+        .list_peers(w::ListPeersRequest {})
+        .await?
+        .into_inner()
+        .peers;
+    assert_eq!(
+        peers
+            .iter()
+            .find(|p| p.node_id == "RO")
+            .map(|p| p.signing_keys_pem.len()),
+        Some(2)
+    );
+    fed.stop().await?;
+    Ok(())
+}

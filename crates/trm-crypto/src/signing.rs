@@ -9,7 +9,7 @@ use ed25519_dalek::{
         spki::der::pem::LineEnding, DecodePrivateKey, DecodePublicKey, EncodePrivateKey,
         EncodePublicKey,
     },
-    Signature, Signer, SigningKey, VerifyingKey,
+    Signature, Signer as _, SigningKey, VerifyingKey,
 };
 
 use crate::{files, sha256, CryptoError, Result};
@@ -128,6 +128,38 @@ pub fn public_from_pem(pem: &str) -> Result<VerifyingKey> {
 }
 
 pub use ed25519_dalek::VerifyingKey as PublicKey;
+
+/// The node's current signing key, replaceable at run time (key rotation) while every
+/// component keeps the same handle.
+#[derive(Debug)]
+pub struct Signer {
+    current: std::sync::RwLock<std::sync::Arc<SigningIdentity>>,
+}
+
+impl Signer {
+    /// Returns a signer using `identity`.
+    pub fn new(identity: SigningIdentity) -> Self {
+        Self {
+            current: std::sync::RwLock::new(std::sync::Arc::new(identity)),
+        }
+    }
+
+    /// Returns the key that signs now.
+    pub fn current(&self) -> std::sync::Arc<SigningIdentity> {
+        match self.current.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Makes `identity` the key that signs from now on.
+    pub fn replace(&self, identity: SigningIdentity) {
+        match self.current.write() {
+            Ok(mut c) => *c = std::sync::Arc::new(identity),
+            Err(poisoned) => *poisoned.into_inner() = std::sync::Arc::new(identity),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -14,12 +14,12 @@ use time::{Duration, OffsetDateTime};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 use trm_core::{ids::NodeId, limits::MAX_ENVELOPE, policy::POLICY_VERSION};
-use trm_crypto::signing::{SigningIdentity, ENVELOPE_TAG};
+use trm_crypto::signing::{Signer, ENVELOPE_TAG};
 use trm_proto::{
     convert::from_ts,
     v1::{
         federation_service_server::FederationService, DeliverBatchRequest, EnvelopeBody,
-        GetNodeInfoRequest, NodeInfo, ReceiptOutcome, SignedEnvelope, SignedReceipt, SigningKey,
+        GetNodeInfoRequest, NodeInfo, ReceiptOutcome, SignedEnvelope, SignedReceipt,
     },
 };
 use trm_store::{audit::AuditRecord, Store, TreeName, TxFail};
@@ -104,7 +104,7 @@ enum Abort {
 /// The federation port's service.
 pub struct FederationServer {
     cfg: InboundConfig,
-    identity: Arc<SigningIdentity>,
+    identity: Arc<Signer>,
     directory: Arc<PeerDirectory>,
     store: Store,
     handler: Arc<dyn FlowHandler>,
@@ -116,7 +116,7 @@ impl FederationServer {
     /// Returns the service for this node.
     pub fn new(
         cfg: InboundConfig,
-        identity: Arc<SigningIdentity>,
+        identity: Arc<Signer>,
         directory: Arc<PeerDirectory>,
         store: Store,
         handler: Arc<dyn FlowHandler>,
@@ -292,6 +292,7 @@ impl FederationServer {
         let kind = payload_kind(payload);
         let inbound = Inbound {
             sender: peer,
+            key_id: &env.key_id,
             message_id: &body.message_id,
             case_ref: &body.case_ref,
             created_at,
@@ -313,7 +314,7 @@ impl FederationServer {
                 TxFail::Tx(t) => TxFail::Tx(t),
             })?;
             let receipt = envelope::receipt(
-                &self.identity,
+                &self.identity.current(),
                 self.cfg.node,
                 &body.message_id,
                 &env.body,
@@ -382,7 +383,7 @@ impl FederationServer {
                 return Err(TxFail::Abort(seen));
             }
             let receipt = envelope::receipt(
-                &self.identity,
+                &self.identity.current(),
                 self.cfg.node,
                 message_id,
                 &env.body,
@@ -440,12 +441,10 @@ impl FederationService for FederationServer {
         self.tls_peer(&request).await?;
         Ok(Response::new(NodeInfo {
             node_id: self.cfg.node.to_string(),
-            keys: vec![SigningKey {
-                key_id: self.identity.key_id().to_owned(),
-                public_key: self.identity.public().as_bytes().to_vec(),
-                valid_from: None,
-                valid_until: None,
-            }],
+            keys: crate::keys::listed(&self.store, &self.identity.current())
+                .iter()
+                .map(crate::keys::OwnKey::to_wire)
+                .collect(),
             policy_version: POLICY_VERSION.to_owned(),
         }))
     }

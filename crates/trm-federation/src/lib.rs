@@ -13,6 +13,7 @@ pub mod counters;
 pub mod directory;
 pub mod envelope;
 pub mod inbound;
+pub mod keys;
 pub mod outbox;
 
 use trm_proto::v1::envelope_body::Payload;
@@ -33,6 +34,8 @@ pub struct Rejection(pub String);
 #[derive(Debug)]
 pub struct Inbound<'a> {
     pub sender: trm_core::ids::NodeId,
+    /// The key that signed the envelope.
+    pub key_id: &'a str,
     pub message_id: &'a str,
     pub case_ref: &'a str,
     pub created_at: time::OffsetDateTime,

@@ -16,7 +16,7 @@ use tokio::sync::{watch, Notify};
 use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 use trm_core::ids::NodeId;
-use trm_crypto::signing::{SigningIdentity, RECEIPT_TAG};
+use trm_crypto::signing::{Signer, SigningIdentity, RECEIPT_TAG};
 use trm_proto::v1::{
     envelope_body::Payload, federation_service_client::FederationServiceClient, ReceiptBody,
     ReceiptOutcome, SignedEnvelope, SignedReceipt,
@@ -82,11 +82,42 @@ pub fn enqueue(
     case_ref: &str,
     payload: Payload,
 ) -> Result<String, TxError> {
+    enqueue_at(
+        tx,
+        identity,
+        me,
+        peer,
+        subject,
+        case_ref,
+        payload,
+        OffsetDateTime::now_utc(),
+    )
+}
+
+/// Same as [`enqueue`], dated `created_at` (a key announcement is dated at the rotation
+/// instant, the last moment the old key signs).
+#[allow(clippy::too_many_arguments)]
+pub fn enqueue_at(
+    tx: &Tx<'_>,
+    identity: &SigningIdentity,
+    me: NodeId,
+    peer: NodeId,
+    subject: &str,
+    case_ref: &str,
+    payload: Payload,
+    created_at: OffsetDateTime,
+) -> Result<String, TxError> {
     let kind = payload_kind(&payload).to_owned();
-    let env = envelope::seal(identity, me, peer, case_ref, payload);
-    let message_id = trm_proto::v1::EnvelopeBody::decode(env.body.as_slice())
-        .map(|b| b.message_id)
-        .unwrap_or_default();
+    let message_id = uuid::Uuid::now_v7().to_string();
+    let env = envelope::seal_with_id(
+        identity,
+        me,
+        peer,
+        case_ref,
+        payload,
+        &message_id,
+        created_at,
+    );
     let sealed = tx.seal_for(
         subject.as_bytes(),
         &envelope_aad(&message_id),
@@ -175,7 +206,7 @@ pub struct Delivery {
 struct Inner {
     cfg: DeliveryConfig,
     store: Store,
-    identity: Arc<SigningIdentity>,
+    identity: Arc<Signer>,
     counters: Arc<Counters>,
     directory: Arc<PeerDirectory>,
     handler: Arc<dyn FlowHandler>,
@@ -221,7 +252,7 @@ impl Delivery {
     pub fn start(
         cfg: DeliveryConfig,
         store: Store,
-        identity: Arc<SigningIdentity>,
+        identity: Arc<Signer>,
         counters: Arc<Counters>,
         directory: Arc<PeerDirectory>,
         handler: Arc<dyn FlowHandler>,
@@ -637,7 +668,7 @@ impl Delivery {
             .payload
             .ok_or_else(|| RetryError::Store("dead letter has no payload".into()))?;
         let fresh = envelope::seal_with_id(
-            &self.inner.identity,
+            &self.inner.identity.current(),
             self.inner.cfg.node,
             item.peer,
             &body.case_ref,

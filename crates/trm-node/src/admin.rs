@@ -5,11 +5,14 @@ use tonic::{Request, Response, Status};
 use tracing::info;
 use trm_core::FieldError;
 use trm_core::{ids::Role, policy::POLICY_VERSION};
+use trm_crypto::signing::SigningIdentity;
 use trm_federation::{
     directory::{DirectoryChanges, StoredPeer},
+    keys::{self, OwnKey},
     outbox::{self, OutboxItem, RetryError},
     Peer, PeerKey,
 };
+use trm_proto::v1::envelope_body::Payload;
 use trm_proto::{
     convert::{self, ts},
     v1 as w,
@@ -301,7 +304,56 @@ impl AdminService for Admin {
         request: Request<w::RotateSigningKeyRequest>,
     ) -> Result<Response<w::RotateSigningKeyResponse>, Status> {
         Self::operator(&request)?;
-        Err(unavailable("RotateSigningKey", "signing-key rotation"))
+        let overlap_days = match request.get_ref().overlap_days {
+            0 => self.ctx.replay_window_days,
+            d => d.max(self.ctx.replay_window_days),
+        };
+        let ctx = &self.ctx;
+        let old = ctx.identity.current();
+        let new = SigningIdentity::generate();
+        let now = time::OffsetDateTime::now_utc();
+        // The new key replaces the file first: after a crash here the node restarts signing
+        // with the new key, and the operator announces it again by rotating once more.
+        let staged = ctx.signing_key_path.with_extension("rotating");
+        new.save(&staged)
+            .map_err(|e| ApiError::Store(e.to_string()))?;
+        std::fs::rename(&staged, &ctx.signing_key_path)
+            .map_err(|e| ApiError::Store(e.to_string()))?;
+        let mut keys = keys::listed(&ctx.store, &old);
+        for k in keys.iter_mut().filter(|k| k.key_id == old.key_id()) {
+            k.valid_until = Some(now.unix_timestamp());
+            k.listed_until =
+                Some((now + time::Duration::days(i64::from(overlap_days))).unix_timestamp());
+        }
+        let announced = OwnKey::new(&new, Some(now));
+        keys.push(announced.clone());
+        let peers = ctx.directory.ids();
+        ctx.commit(None, |tx| {
+            tx.put_json(TreeName::Meta, keys::OWN_KEYS, &keys)?;
+            for peer in &peers {
+                // Signed by the old key, which the peer trusts, dated at its last instant.
+                let payload = Payload::KeyAnnouncement(w::KeyAnnouncement {
+                    key: Some(announced.to_wire()),
+                });
+                outbox::enqueue_at(tx, &old, ctx.id, *peer, "keys", "", payload, now)?;
+            }
+            tx.audit(
+                AuditRecord::new("operator", "keys.rotate", new.key_id(), "ok").detail(format!(
+                    "previous={} overlap_days={overlap_days} announced_to={}",
+                    old.key_id(),
+                    peers.len()
+                )),
+            )?;
+            Ok(())
+        })
+        .await?;
+        let key_id = new.key_id().to_owned();
+        ctx.identity.replace(new);
+        for peer in peers {
+            ctx.delivery.wake(peer);
+        }
+        info!(key_id = %key_id, "signing key rotated");
+        Ok(Response::new(w::RotateSigningKeyResponse { key_id }))
     }
 
     async fn export_statistics(

@@ -8,7 +8,7 @@ use trm_core::{
     ids::{NodeId, Principal},
     model::CaseRecord,
 };
-use trm_crypto::signing::SigningIdentity;
+use trm_crypto::signing::Signer;
 use trm_federation::{Delivery, PeerDirectory};
 use trm_store::{audit::AuditRecord, Store, TreeName, Tx, TxFail};
 use uuid::Uuid;
@@ -26,13 +26,17 @@ pub type TxResult<T> = Result<T, TxFail<ApiError>>;
 pub struct Ctx {
     pub id: NodeId,
     pub store: Store,
-    pub identity: Arc<SigningIdentity>,
+    pub identity: Arc<Signer>,
     pub directory: Arc<PeerDirectory>,
     pub delivery: Delivery,
     /// The node's recovery and reflection period (never below 30 days).
     pub reflection_period_days: u32,
     /// Federation traffic counters, for the metrics port.
     pub counters: Arc<trm_federation::Counters>,
+    /// Where the signing key lives (key rotation replaces it).
+    pub signing_key_path: std::path::PathBuf,
+    /// How long envelopes stay acceptable; a rotated key stays listed at least this long.
+    pub replay_window_days: u32,
 }
 
 impl Ctx {

@@ -58,7 +58,7 @@ pub fn request(ctx: &Ctx, tx: &Tx<'_>, id: &Uuid) -> TxResult<Option<NodeId>> {
     };
     outbox::enqueue(
         tx,
-        &ctx.identity,
+        &ctx.identity.current(),
         ctx.id,
         recipient,
         &id.to_string(),

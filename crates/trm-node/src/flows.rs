@@ -12,8 +12,11 @@ use trm_core::{
     referral::{next, ReferralEvent, ReferralRecord, ReferralStatus},
     returns::{ReturnEvent, ReturnRecord, ReturnStatus, Side},
 };
-use trm_crypto::signing::SigningIdentity;
-use trm_federation::{outbox, FlowHandler, Inbound, OutboxItem, Rejection};
+use trm_crypto::signing::Signer;
+use trm_federation::{
+    directory::{DirectoryChanges, StoredPeer},
+    outbox, FlowHandler, Inbound, OutboxItem, PeerDirectory, PeerKey, Rejection,
+};
 use trm_proto::{
     convert,
     convert::ts,
@@ -29,6 +32,7 @@ use crate::{
     ctx::{inbound_ref_key, resolve_case_ref},
     hearing::{self, HearingStep},
     returns::{apply_event, StepDetails},
+    server::DIRECTORY_CHANGES,
 };
 
 /// Applies the flows' payloads for node `id`.
@@ -36,7 +40,9 @@ use crate::{
 pub struct Flows {
     pub id: NodeId,
     /// Signs replies queued while applying (erasure confirmations).
-    pub identity: Arc<SigningIdentity>,
+    pub identity: Arc<Signer>,
+    /// Learns peers' new signing keys from their announcements.
+    pub directory: Arc<PeerDirectory>,
 }
 
 type FlowResult = Result<(), TxFail<Rejection>>;
@@ -190,7 +196,7 @@ impl Flows {
         };
         outbox::enqueue(
             tx,
-            &self.identity,
+            &self.identity.current(),
             self.id,
             inbound.sender,
             &id.to_string(),
@@ -427,6 +433,60 @@ impl Flows {
     }
 }
 
+impl Flows {
+    /// A peer's new signing key, announced under a key we already trust: earlier keys stop
+    /// being valid when the new one starts, and the change is kept across restarts.
+    fn key_announcement(
+        &self,
+        tx: &Tx<'_>,
+        inbound: &Inbound<'_>,
+        a: &trm_proto::v1::KeyAnnouncement,
+    ) -> FlowResult {
+        let k = a
+            .key
+            .as_ref()
+            .ok_or_else(|| reject("malformed: key is required"))?;
+        let public = trm_crypto::signing::public_from_bytes(&k.public_key)
+            .map_err(|_| reject("malformed: key.public_key"))?;
+        if trm_crypto::signing::key_id(&public) != k.key_id {
+            return Err(reject(
+                "malformed: key.key_id does not match key.public_key",
+            ));
+        }
+        let valid_from = match k.valid_from.as_ref() {
+            Some(t) => convert::from_ts("key.valid_from", Some(t))
+                .map_err(|e| reject(format!("malformed: {e}")))?,
+            None => inbound.created_at,
+        };
+        let mut peer = self
+            .directory
+            .get(inbound.sender)
+            .ok_or_else(|| reject("unknown case reference: sender not in the directory"))?;
+        if peer.key(&k.key_id).is_some() {
+            return Ok(());
+        }
+        for old in peer.keys.iter_mut().filter(|o| o.valid_until.is_none()) {
+            old.valid_until = Some(valid_from);
+        }
+        peer.keys.push(PeerKey {
+            key_id: k.key_id.clone(),
+            public,
+            valid_from: Some(valid_from),
+            valid_until: None,
+        });
+        let stored = StoredPeer::from_peer(&peer).map_err(|_| reject("malformed: key"))?;
+        let mut changes: DirectoryChanges = tx
+            .get_json(TreeName::Meta, DIRECTORY_CHANGES)?
+            .unwrap_or_default();
+        changes.upserted.retain(|p| p.id != inbound.sender);
+        changes.upserted.push(stored);
+        tx.put_json(TreeName::Meta, DIRECTORY_CHANGES, &changes)?;
+        // Idempotent if the transaction runs again.
+        self.directory.upsert(peer);
+        Ok(())
+    }
+}
+
 /// Lets the sender's reference resolve to `record` (the first record received under it).
 fn remember_ref(tx: &Tx<'_>, inbound: &Inbound<'_>, record: Uuid) -> FlowResult {
     let key = inbound_ref_key(inbound.sender, inbound.case_ref);
@@ -453,12 +513,9 @@ impl FlowHandler for Flows {
             Payload::ReturnUpdate(u) => self.return_update(tx, inbound, u),
             Payload::HearingRequest(req) => self.hearing_request(tx, inbound, req),
             Payload::HearingUpdate(u) => self.hearing_update(tx, inbound, u),
+            Payload::KeyAnnouncement(a) => self.key_announcement(tx, inbound, a),
             Payload::ErasureRequest(req) => self.erasure_request(tx, inbound, req),
             Payload::ErasureConfirmation(c) => self.erasure_confirmation(tx, inbound, c),
-            other => Err(reject(format!(
-                "unsupported payload: {} is not handled by this node yet",
-                trm_federation::payload_kind(other)
-            ))),
         }
     }
 

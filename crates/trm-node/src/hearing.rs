@@ -187,7 +187,7 @@ impl Hearings {
                 };
                 outbox::enqueue(
                     tx,
-                    &self.ctx.identity,
+                    &self.ctx.identity.current(),
                     me,
                     peer,
                     &id.to_string(),
@@ -272,7 +272,7 @@ impl WitnessHearingService for Hearings {
                     language: language.clone(),
                     proposed_times: proposed_times.iter().copied().map(convert::ts).collect(),
                 };
-                let message_id = outbox::enqueue(tx, &self.ctx.identity, me, witness_country, &hearing_id.to_string(), &case_ref, Payload::HearingRequest(payload))?;
+                let message_id = outbox::enqueue(tx, &self.ctx.identity.current(), me, witness_country, &hearing_id.to_string(), &case_ref, Payload::HearingRequest(payload))?;
                 tx.audit(AuditRecord::new(actor(&p), "hearing.request", hearing_id.to_string(), "requested").detail(format!(
                     "to={witness_country} purpose=witness_hearing legal_basis_len={} message={message_id}",
                     legal_basis.len()

@@ -88,7 +88,7 @@ impl Referrals {
         };
         outbox::enqueue(
             tx,
-            &self.ctx.identity,
+            &self.ctx.identity.current(),
             me,
             peer,
             &id.to_string(),
@@ -351,7 +351,7 @@ impl ReferralService for Referrals {
                     disclosed: Some(convert::disclosed_to_wire(&record.disclosed)),
                     requested_services: convert::enums_to_wire(&requested_services),
                 };
-                let message_id = outbox::enqueue(tx, &self.ctx.identity, me, destination, &referral_id.to_string(), &case_ref, Payload::ReferralOffer(offer))?;
+                let message_id = outbox::enqueue(tx, &self.ctx.identity.current(), me, destination, &referral_id.to_string(), &case_ref, Payload::ReferralOffer(offer))?;
                 let fields: Vec<&str> = policy::fields_present(&record.disclosed).iter().map(|f| f.path()).collect();
                 tx.audit(
                     AuditRecord::new(actor(&p), "referral.submit", referral_id.to_string(), "sent").detail(format!(

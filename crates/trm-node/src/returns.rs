@@ -150,7 +150,7 @@ impl Returns {
                 };
                 outbox::enqueue(
                     tx,
-                    &self.ctx.identity,
+                    &self.ctx.identity.current(),
                     me,
                     r.peer(me),
                     &id.to_string(),
@@ -368,7 +368,7 @@ impl ReturnPlanningService for Returns {
                 };
                 let message_id = outbox::enqueue(
                     tx,
-                    &self.ctx.identity,
+                    &self.ctx.identity.current(),
                     me,
                     destination,
                     &return_id.to_string(),

@@ -9,7 +9,11 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::{error, info, warn};
 use trm_core::limits::{MAX_BATCH, MAX_LOCAL_REQUEST};
-use trm_crypto::{aead::SecretKey, files, signing::SigningIdentity};
+use trm_crypto::{
+    aead::SecretKey,
+    files,
+    signing::{Signer, SigningIdentity},
+};
 use trm_federation::directory::DirectoryChanges;
 use trm_federation::{
     inbound::InboundConfig, Delivery, DeliveryConfig, FederationServer, Peer, PeerDirectory,
@@ -150,7 +154,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
     let node = config.node.id;
-    let identity = Arc::new(SigningIdentity::load(&config.signing.key)?);
+    let identity = Arc::new(Signer::new(SigningIdentity::load(&config.signing.key)?));
     let master = SecretKey::load(&config.node.master_key)?;
     let store = Store::open(&config.node.data_dir, master)?;
     let directory = load_directory(&config)?;
@@ -181,6 +185,7 @@ pub async fn run(
     let handler = Arc::new(Flows {
         id: node,
         identity: identity.clone(),
+        directory: directory.clone(),
     });
     let delivery = Delivery::start(
         DeliveryConfig {
@@ -206,6 +211,8 @@ pub async fn run(
         delivery: delivery.clone(),
         reflection_period_days: config.policy.reflection_period_days,
         counters: counters.clone(),
+        signing_key_path: config.signing.key.clone(),
+        replay_window_days: config.policy.replay_window_days,
     };
     let mut inbound = InboundConfig::new(node);
     inbound.replay_window = time::Duration::days(i64::from(config.policy.replay_window_days));
