@@ -17,7 +17,7 @@ use trm_crypto::{
 use trm_federation::envelope;
 use trm_proto::v1::{
     self as w, envelope_body::Payload, federation_service_client::FederationServiceClient,
-    ReceiptBody, ReceiptOutcome,
+    EnvelopeBody, ReceiptBody, ReceiptOutcome,
 };
 use trm_tests::TestFederation;
 
@@ -538,6 +538,10 @@ async fn a_peer_that_was_down_receives_everything_exactly_once_in_order() -> any
     }
     let page = trm_tests::metrics(fed.node("RO")?.addrs.metrics).await?;
     assert!(page.contains("trm_envelopes_accepted_total 6"), "{page}");
+    assert!(
+        !page.contains("trm_batches_received_total 0"),
+        "the queue was sent in batches: {page}"
+    );
     fed.stop().await?;
     Ok(())
 }
@@ -778,6 +782,91 @@ async fn key_rotation_keeps_old_messages_valid_in_their_window_and_refuses_a_ret
             .map(|p| p.signing_keys_pem.len()),
         Some(2)
     );
+    fed.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_batch_is_checked_whole_before_any_effect_and_answered_entry_by_entry(
+) -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let (at, ro): (NodeId, NodeId) = ("AT".parse()?, "RO".parse()?);
+    let ro_key = SigningIdentity::load(&fed.dir().join("RO/keys/signing.pem"))?;
+    let at_public = signing::public_from_pem(&files::read_text(
+        &fed.dir().join("AT/keys/signing.pub.pem"),
+    )?)?;
+    let mut client = as_ro(&fed).await?;
+    let at_fp = fed.referrals("AT", Role::FocalPoint).await?;
+    let incoming = |mut c: trm_proto::v1::referral_service_client::ReferralServiceClient<
+        Channel,
+    >| async move {
+        Ok::<_, anyhow::Error>(
+            c.list_referrals(w::ListReferralsRequest {
+                direction: w::Direction::Incoming as i32,
+            })
+            .await?
+            .into_inner()
+            .referrals
+            .len(),
+        )
+    };
+
+    let first = envelope::seal(&ro_key, ro, at, "b1", offer("b1", None));
+    client.deliver(first.clone()).await?;
+    let second = envelope::seal(&ro_key, ro, at, "b2", offer("b2", None));
+    let leaky = envelope::seal(
+        &ro_key,
+        ro,
+        at,
+        "b3",
+        offer(
+            "b3",
+            Some(w::Person {
+                given_name: "X".into(),
+                ..Default::default()
+            }),
+        ),
+    );
+
+    // One bad signature refuses the whole batch, and nothing in it takes effect.
+    let mut tampered = second.clone();
+    tampered.signature[0] ^= 1;
+    let err = client
+        .deliver_batch(w::DeliverBatchRequest {
+            envelopes: vec![second.clone(), tampered],
+        })
+        .await
+        .expect_err("tampered entry");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert_eq!(incoming(at_fp.clone()).await?, 1);
+
+    let receipt = client
+        .deliver_batch(w::DeliverBatchRequest {
+            envelopes: vec![first.clone(), second.clone(), leaky.clone()],
+        })
+        .await?
+        .into_inner();
+    signing::verify(&at_public, RECEIPT_TAG, &receipt.body, &receipt.signature)?;
+    let body = w::BatchReceiptBody::decode(receipt.body.as_slice())?;
+    assert_eq!(body.receiver, "AT");
+    let outcomes: Vec<i32> = body.entries.iter().map(|e| e.outcome).collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            ReceiptOutcome::Duplicate as i32,
+            ReceiptOutcome::Accepted as i32,
+            ReceiptOutcome::Rejected as i32
+        ]
+    );
+    for (entry, env) in body.entries.iter().zip([&first, &second, &leaky]) {
+        assert_eq!(entry.body_sha256, trm_crypto::sha256(&env.body).to_vec());
+        assert_eq!(
+            entry.message_id,
+            EnvelopeBody::decode(env.body.as_slice())?.message_id
+        );
+    }
+    assert!(body.entries[2].reason.starts_with("policy violation"));
+    assert_eq!(incoming(at_fp.clone()).await?, 2);
     fed.stop().await?;
     Ok(())
 }

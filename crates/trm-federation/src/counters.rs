@@ -71,6 +71,8 @@ pub struct Counters {
     pub accepted: AtomicU64,
     pub rejected: AtomicU64,
     pub duplicates: AtomicU64,
+    /// Inbound `DeliverBatch` calls answered.
+    pub batches: AtomicU64,
     /// Outbound envelopes with a verified receipt.
     pub delivered: AtomicU64,
     /// Outbound envelopes moved to the dead letters.

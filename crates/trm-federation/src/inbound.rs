@@ -13,13 +13,18 @@ use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
-use trm_core::{ids::NodeId, limits::MAX_ENVELOPE, policy::POLICY_VERSION};
+use trm_core::{
+    ids::NodeId,
+    limits::{MAX_BATCH, MAX_ENVELOPE},
+    policy::POLICY_VERSION,
+};
 use trm_crypto::signing::{Signer, ENVELOPE_TAG};
 use trm_proto::{
     convert::from_ts,
     v1::{
-        federation_service_server::FederationService, DeliverBatchRequest, EnvelopeBody,
-        GetNodeInfoRequest, NodeInfo, ReceiptOutcome, SignedEnvelope, SignedReceipt,
+        federation_service_server::FederationService, BatchReceiptBody, BatchReceiptEntry,
+        DeliverBatchRequest, EnvelopeBody, GetNodeInfoRequest, NodeInfo, ReceiptOutcome,
+        SignedEnvelope, SignedReceipt,
     },
 };
 use trm_store::{audit::AuditRecord, Store, TreeName, TxFail};
@@ -94,6 +99,18 @@ pub fn prune_inbox(store: &Store, before: OffsetDateTime) -> Result<usize, trm_s
             .map_err(|_| trm_store::StoreError::Durability)?;
     }
     Ok(old.len())
+}
+
+/// The most envelopes one batch may carry.
+pub const MAX_BATCH_ENVELOPES: usize = 512;
+
+/// What applying one envelope gave.
+struct Applied {
+    receipt: SignedReceipt,
+    outcome: ReceiptOutcome,
+    reason: String,
+    /// Whether it changed anything (not a duplicate, not rejected).
+    effect: bool,
 }
 
 enum Abort {
@@ -201,12 +218,79 @@ impl FederationServer {
         peer: NodeId,
         env: SignedEnvelope,
     ) -> Result<SignedReceipt, Status> {
-        match self.check(peer, &env) {
-            Ok((body, created_at)) => self.apply(peer, &env, body, created_at).await,
+        let (body, created_at) = match self.check(peer, &env) {
+            Ok(checked) => checked,
             Err((message_id, refusal, detail)) => {
-                Err(self.refuse(Some(peer), &message_id, refusal, detail).await)
+                return Err(self.refuse(Some(peer), &message_id, refusal, detail).await)
+            }
+        };
+        let applied = self.apply_one(peer, &env, body, created_at)?;
+        self.durable().await?;
+        if applied.effect {
+            // A reply the flow queued (an erasure confirmation, say) goes out now.
+            self.delivery.wake(peer);
+        }
+        Ok(applied.receipt)
+    }
+
+    /// Runs the pipeline for a batch: every envelope is checked before any has an effect
+    /// (one failing check refuses the whole batch), then each is applied, all are made
+    /// durable at once, and one signed receipt lists each message's id, hash and outcome.
+    pub async fn receive_batch(
+        &self,
+        peer: NodeId,
+        envelopes: Vec<SignedEnvelope>,
+    ) -> Result<SignedReceipt, Status> {
+        let total: usize = envelopes.iter().map(|e| e.body.len()).sum();
+        if envelopes.len() > MAX_BATCH_ENVELOPES || total > MAX_BATCH {
+            return Err(self
+                .refuse(
+                    Some(peer),
+                    "-",
+                    Refusal::Oversize,
+                    "batch larger than the limit",
+                )
+                .await);
+        }
+        let mut checked = Vec::with_capacity(envelopes.len());
+        for env in &envelopes {
+            match self.check(peer, env) {
+                Ok(c) => checked.push(c),
+                Err((message_id, refusal, detail)) => {
+                    return Err(self.refuse(Some(peer), &message_id, refusal, detail).await)
+                }
             }
         }
+        let mut entries = Vec::with_capacity(envelopes.len());
+        let mut effect = false;
+        for (env, (body, created_at)) in envelopes.iter().zip(checked) {
+            let message_id = body.message_id.clone();
+            let applied = self.apply_one(peer, env, body, created_at)?;
+            effect |= applied.effect;
+            entries.push(BatchReceiptEntry {
+                message_id,
+                body_sha256: trm_crypto::sha256(&env.body).to_vec(),
+                outcome: applied.outcome as i32,
+                reason: applied.reason,
+            });
+        }
+        self.durable().await?;
+        Counters::bump(&self.counters.batches);
+        if effect {
+            self.delivery.wake(peer);
+        }
+        let body = BatchReceiptBody {
+            receiver: self.cfg.node.to_string(),
+            received_at: Some(trm_proto::convert::ts(OffsetDateTime::now_utc())),
+            entries,
+        }
+        .encode_to_vec();
+        let signer = self.identity.current();
+        Ok(SignedReceipt {
+            signature: signer.sign(trm_crypto::signing::RECEIPT_TAG, &body),
+            key_id: signer.key_id().to_owned(),
+            body,
+        })
     }
 
     /// The checks before any effect; a refusal carries the message id when known.
@@ -278,13 +362,13 @@ impl FederationServer {
         Ok((body, created_at))
     }
 
-    async fn apply(
+    fn apply_one(
         &self,
         peer: NodeId,
         env: &SignedEnvelope,
         body: EnvelopeBody,
         created_at: OffsetDateTime,
-    ) -> Result<SignedReceipt, Status> {
+    ) -> Result<Applied, Status> {
         let Some(payload) = body.payload.as_ref() else {
             return Err(Status::invalid_argument("payload is required"));
         };
@@ -333,39 +417,53 @@ impl FederationServer {
             )?;
             Ok(receipt)
         });
-        let mut accepted = false;
-        let receipt = match result {
+        match result {
             Ok(receipt) => {
-                accepted = true;
                 Counters::bump(&self.counters.accepted);
-                receipt
+                Ok(Applied {
+                    receipt,
+                    outcome: ReceiptOutcome::Accepted,
+                    reason: String::new(),
+                    effect: true,
+                })
             }
             Err(TxFail::Abort(Abort::Duplicate(seen))) => {
                 Counters::bump(&self.counters.duplicates);
                 info!(peer = %peer, message_id = %body.message_id, "duplicate envelope: original receipt returned");
-                return seen
+                let receipt = seen
                     .receipt()
-                    .ok_or_else(|| Status::unavailable("storage unavailable"));
+                    .ok_or_else(|| Status::unavailable("storage unavailable"))?;
+                Ok(Applied {
+                    receipt,
+                    outcome: ReceiptOutcome::Duplicate,
+                    reason: String::new(),
+                    effect: false,
+                })
             }
             Err(TxFail::Abort(Abort::Rejected(Rejection(reason)))) => {
                 warn!(peer = %peer, message_id = %body.message_id, kind, reason = %reason, "envelope rejected");
                 Counters::bump(&self.counters.rejected);
-                self.reject(peer, env, &body.message_id, kind, &reason)?
+                let receipt = self.reject(peer, env, &body.message_id, kind, &reason)?;
+                Ok(Applied {
+                    receipt,
+                    outcome: ReceiptOutcome::Rejected,
+                    reason,
+                    effect: false,
+                })
             }
             Err(TxFail::Tx(e)) => {
                 warn!(error = ?e, "storage fault while applying an envelope");
-                return Err(Status::unavailable("storage unavailable"));
+                Err(Status::unavailable("storage unavailable"))
             }
-        };
+        }
+    }
+
+    /// Waits for the durable point (acknowledge nothing before it).
+    async fn durable(&self) -> Result<(), Status> {
         self.store.durable().await.map_err(|e| {
             warn!(error = %e, "storage fault at the durable point");
             Status::unavailable("storage unavailable")
-        })?;
-        if accepted {
-            // A reply the flow queued (an erasure confirmation, say) goes out now.
-            self.delivery.wake(peer);
-        }
-        Ok(receipt)
+        })
     }
 
     /// Records a REJECTED receipt (and its audit entry) for an authenticated envelope.
@@ -428,10 +526,10 @@ impl FederationService for FederationServer {
         &self,
         request: Request<DeliverBatchRequest>,
     ) -> Result<Response<SignedReceipt>, Status> {
-        self.tls_peer(&request).await?;
-        Err(Status::unimplemented(
-            "DeliverBatch: batched delivery is not available yet; use Deliver",
-        ))
+        let peer = self.tls_peer(&request).await?;
+        self.receive_batch(peer, request.into_inner().envelopes)
+            .await
+            .map(Response::new)
     }
 
     async fn get_node_info(

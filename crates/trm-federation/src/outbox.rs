@@ -18,9 +18,14 @@ use tracing::{debug, info, warn};
 use trm_core::ids::NodeId;
 use trm_crypto::signing::{Signer, SigningIdentity, RECEIPT_TAG};
 use trm_proto::v1::{
-    envelope_body::Payload, federation_service_client::FederationServiceClient, ReceiptBody,
-    ReceiptOutcome, SignedEnvelope, SignedReceipt,
+    envelope_body::Payload, federation_service_client::FederationServiceClient, BatchReceiptBody,
+    DeliverBatchRequest, ReceiptBody, ReceiptOutcome, SignedEnvelope, SignedReceipt,
 };
+
+/// The most envelopes sent in one batch.
+const SEND_BATCH: usize = 64;
+/// The most sealed bytes sent in one batch (well inside the receiver's 16 MiB limit).
+const SEND_BATCH_BYTES: usize = 8 << 20;
 use trm_store::{audit::AuditRecord, Store, TreeName, Tx, TxError};
 
 use crate::{envelope, payload_kind, Counters, FlowHandler, PeerDirectory};
@@ -371,6 +376,7 @@ impl Delivery {
         // The client is rebuilt when the peer's endpoint or trust anchor changes.
         let mut client: Option<((String, String), FederationServiceClient<Channel>)> = None;
         let mut failures: u32 = 0;
+        let mut single = false;
         loop {
             if *shutdown.borrow() {
                 return;
@@ -397,39 +403,74 @@ impl Delivery {
                 }
                 continue;
             };
-            let next = match self
+            let mut queue = match self
                 .inner
                 .store
                 .scan_json::<OutboxItem>(TreeName::Outbox, peer.as_str().as_bytes())
             {
-                Ok(mut items) if !items.is_empty() => Some(items.swap_remove(0)),
-                Ok(_) => None,
+                Ok(items) => items,
                 Err(e) => {
                     warn!(peer = %peer, error = %e, "cannot read the outbox");
-                    None
+                    Vec::new()
                 }
             };
-            let Some((key, item)) = next else {
+            if queue.is_empty() {
                 tokio::select! {
                     _ = notify.notified() => {}
                     _ = tokio::time::sleep(Duration::from_secs(30)) => {}
                     _ = shutdown.changed() => return,
                 }
                 continue;
-            };
-            let age = OffsetDateTime::now_utc().unix_timestamp() - item.created_at;
-            let outcome = if age > self.inner.cfg.replay_window.as_secs() as i64 {
+            }
+            let window = self.inner.cfg.replay_window.as_secs() as i64;
+            let now = OffsetDateTime::now_utc().unix_timestamp();
+            // A batch: the envelopes at the head of the queue still inside the window, within
+            // the batch limits; the first one past the window goes to the dead letters alone.
+            let mut batch = Vec::new();
+            let mut bytes = 0usize;
+            for (k, item) in queue.drain(..) {
+                let expired = now - item.created_at > window;
+                if (expired && !batch.is_empty())
+                    || batch.len() >= SEND_BATCH
+                    || bytes + item.sealed.len() / 2 > SEND_BATCH_BYTES && !batch.is_empty()
+                {
+                    break;
+                }
+                bytes += item.sealed.len() / 2;
+                batch.push((k, item));
+                if expired {
+                    break;
+                }
+            }
+            let (key, item) = batch[0].clone();
+            let outcome = if now - item.created_at > window {
                 Err(Failure::Permanent(
                     "undelivered within the replay window".into(),
                 ))
-            } else {
+            } else if batch.len() > 1 && !single {
                 // Shutdown interrupts an attempt in flight: the receiver is idempotent, so an
                 // envelope whose receipt is lost is simply sent again after the restart.
+                tokio::select! {
+                    r = self.attempt_batch(client, peer, &batch) => r,
+                    _ = shutdown.changed() => return,
+                }
+            } else {
                 tokio::select! {
                     r = self.attempt(client, peer, &key, &item) => r,
                     _ = shutdown.changed() => return,
                 }
             };
+            // A batch refused as a whole is sent one by one, so that only the envelope at
+            // fault goes to the dead letters.
+            let outcome = match outcome {
+                Err(Failure::Permanent(why)) if batch.len() > 1 && !single => {
+                    debug!(peer = %peer, reason = %why, "batch refused; sending one by one");
+                    single = true;
+                    continue;
+                }
+                other => other,
+            };
+            single = false;
             let outcome = match outcome {
                 Err(Failure::Permanent(why)) => match self.dead_letter(&key, &item, &why).await {
                     Ok(()) => continue,
@@ -528,6 +569,119 @@ impl Delivery {
             .map_err(Failure::Retry)?;
         self.finish(key, item, Some((receipt, outcome, reason)))
             .await
+    }
+
+    /// Sends several queued envelopes in one `DeliverBatch` and records every outcome.
+    async fn attempt_batch(
+        &self,
+        client: &mut FederationServiceClient<Channel>,
+        peer: NodeId,
+        batch: &[(Vec<u8>, OutboxItem)],
+    ) -> Result<(), Failure> {
+        let mut envelopes = Vec::with_capacity(batch.len());
+        for (key, item) in batch {
+            match open_queued(&self.inner.store, item).map_err(Failure::Store)? {
+                Some(env) => envelopes.push(env),
+                // Erased meanwhile: drop it and try again with what is left.
+                None => return self.finish(key, item, None).await,
+            }
+        }
+        let receipt = client
+            .deliver_batch(DeliverBatchRequest {
+                envelopes: envelopes.clone(),
+            })
+            .await
+            .map_err(|s| {
+                let why = format!("{:?}: {}", s.code(), s.message());
+                if is_permanent(s.code()) {
+                    Failure::Permanent(why)
+                } else {
+                    Failure::Retry(why)
+                }
+            })?
+            .into_inner();
+        let outcomes = self
+            .verify_batch_receipt(peer, batch, &envelopes, &receipt)
+            .map_err(Failure::Retry)?;
+        let handler = &self.inner.handler;
+        let proof = hex::encode(receipt.encode_to_vec());
+        self.inner
+            .store
+            .transact(|tx| {
+                for ((key, item), (outcome, reason)) in batch.iter().zip(&outcomes) {
+                    tx.remove(TreeName::Outbox, key)?;
+                    tx.put_json(TreeName::Receipts, item.message_id.as_bytes(), &proof)?;
+                    if *outcome == ReceiptOutcome::Rejected {
+                        let mut dead = item.clone();
+                        dead.last_error = reason.clone();
+                        tx.put_json(TreeName::DeadLetters, key, &dead)?;
+                    }
+                    handler.on_receipt(tx, item, *outcome, reason)?;
+                    tx.audit(
+                        AuditRecord::new(
+                            format!("peer:{}", item.peer),
+                            "envelope.receipt",
+                            &item.message_id,
+                            outcome.as_str_name(),
+                        )
+                        .detail(format!("{} {reason} (batch)", item.kind)),
+                    )?;
+                }
+                Ok(())
+            })
+            .map_err(|e| Failure::Store(format!("{e:?}")))?;
+        self.inner
+            .store
+            .durable()
+            .await
+            .map_err(|e| Failure::Store(e.to_string()))?;
+        for _ in batch {
+            Counters::bump(&self.inner.counters.delivered);
+        }
+        Ok(())
+    }
+
+    /// Checks a batch receipt: signed by a key of `peer`, one entry per envelope sent, each
+    /// naming its message id and the hash of its exact body.
+    fn verify_batch_receipt(
+        &self,
+        peer: NodeId,
+        batch: &[(Vec<u8>, OutboxItem)],
+        envelopes: &[SignedEnvelope],
+        receipt: &SignedReceipt,
+    ) -> Result<Vec<(ReceiptOutcome, String)>, String> {
+        let entry = self
+            .inner
+            .directory
+            .get(peer)
+            .ok_or("peer no longer in the directory")?;
+        let key = entry
+            .key(&receipt.key_id)
+            .ok_or("receipt signed by an unknown key")?;
+        trm_crypto::signing::verify(&key.public, RECEIPT_TAG, &receipt.body, &receipt.signature)
+            .map_err(|_| "receipt signature does not verify")?;
+        let body = BatchReceiptBody::decode(receipt.body.as_slice())
+            .map_err(|_| "batch receipt does not decode")?;
+        if body.receiver != peer.as_str() || body.entries.len() != batch.len() {
+            return Err("batch receipt is not for the batch sent".into());
+        }
+        batch
+            .iter()
+            .zip(envelopes)
+            .zip(&body.entries)
+            .map(|(((_, item), env), e)| {
+                if e.message_id != item.message_id || e.body_sha256 != trm_crypto::sha256(&env.body)
+                {
+                    return Err("batch receipt entry is not for the envelope sent".to_owned());
+                }
+                match ReceiptOutcome::try_from(e.outcome) {
+                    Ok(ReceiptOutcome::Unspecified) | Err(_) => {
+                        Err("batch receipt outcome unknown".to_owned())
+                    }
+                    Ok(o) => Ok((o, e.reason.clone())),
+                }
+            })
+            .collect()
     }
 
     /// Checks a receipt: signed by a key of `peer`, for this message id, over the exact body.

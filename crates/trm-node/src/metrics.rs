@@ -86,6 +86,11 @@ async fn metrics(State(ctx): State<Ctx>) -> String {
         Counters::get(&c.duplicates),
     );
     counter(
+        "trm_batches_received_total",
+        "Inbound DeliverBatch calls answered.",
+        Counters::get(&c.batches),
+    );
+    counter(
         "trm_deliveries_total",
         "Outbound envelopes with a verified receipt.",
         Counters::get(&c.delivered),
