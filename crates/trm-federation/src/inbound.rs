@@ -29,6 +29,7 @@ use trm_proto::{
 };
 use trm_store::{audit::AuditRecord, Store, TreeName, TxFail};
 
+use crate::slots::{PeerSlots, Slot};
 use crate::{
     envelope, payload_kind, Counters, Delivery, FlowHandler, Inbound, PeerDirectory, Refusal,
     Rejection,
@@ -43,6 +44,8 @@ pub struct InboundConfig {
     pub replay_window: Duration,
     /// How far ahead of our clock an envelope may be dated (default 5 minutes).
     pub clock_skew: Duration,
+    /// Concurrent requests one peer may have in flight (default 16).
+    pub max_in_flight_per_peer: usize,
 }
 
 impl InboundConfig {
@@ -52,6 +55,7 @@ impl InboundConfig {
             node,
             replay_window: Duration::days(7),
             clock_skew: Duration::minutes(5),
+            max_in_flight_per_peer: 16,
         }
     }
 }
@@ -127,6 +131,7 @@ pub struct FederationServer {
     handler: Arc<dyn FlowHandler>,
     delivery: Delivery,
     counters: Arc<Counters>,
+    slots: PeerSlots,
 }
 
 impl FederationServer {
@@ -140,6 +145,7 @@ impl FederationServer {
         delivery: Delivery,
         counters: Arc<Counters>,
     ) -> Self {
+        let cfg_slots = cfg.max_in_flight_per_peer;
         Self {
             cfg,
             identity,
@@ -148,6 +154,7 @@ impl FederationServer {
             handler,
             delivery,
             counters,
+            slots: PeerSlots::new(cfg_slots),
         }
     }
 
@@ -170,6 +177,21 @@ impl FederationServer {
             return Status::unavailable("storage unavailable");
         }
         status
+    }
+
+    /// Takes one of `peer`'s in-flight slots, or refuses the request.
+    async fn slot(&self, peer: NodeId) -> Result<Slot, Status> {
+        match self.slots.try_acquire(peer) {
+            Some(slot) => Ok(slot),
+            None => Err(self
+                .refuse(
+                    Some(peer),
+                    "-",
+                    Refusal::TooManyRequests,
+                    "too many concurrent requests from this peer",
+                )
+                .await),
+        }
     }
 
     /// Returns the node id of the authenticated TLS peer, if it is in the directory.
@@ -517,6 +539,7 @@ impl FederationService for FederationServer {
         request: Request<SignedEnvelope>,
     ) -> Result<Response<SignedReceipt>, Status> {
         let peer = self.tls_peer(&request).await?;
+        let _slot = self.slot(peer).await?;
         self.receive(peer, request.into_inner())
             .await
             .map(Response::new)
@@ -527,6 +550,7 @@ impl FederationService for FederationServer {
         request: Request<DeliverBatchRequest>,
     ) -> Result<Response<SignedReceipt>, Status> {
         let peer = self.tls_peer(&request).await?;
+        let _slot = self.slot(peer).await?;
         self.receive_batch(peer, request.into_inner().envelopes)
             .await
             .map(Response::new)

@@ -15,6 +15,7 @@ pub mod envelope;
 pub mod inbound;
 pub mod keys;
 pub mod outbox;
+pub mod slots;
 
 use trm_proto::v1::envelope_body::Payload;
 use trm_store::Tx;
