@@ -72,10 +72,15 @@ fn capture_logs() {
 }
 
 impl TestFederation {
-    /// Starts one node per id, every node a peer of every other.
+    /// Starts one node per id, every node a peer of every other, capturing their logs.
     pub async fn start(ids: &[&str]) -> Result<Self> {
-        trm_node::install_crypto_provider();
         capture_logs();
+        Self::start_quiet(ids).await
+    }
+
+    /// Same as [`TestFederation::start`] without capturing logs (benchmarks).
+    pub async fn start_quiet(ids: &[&str]) -> Result<Self> {
+        trm_node::install_crypto_provider();
         let dir = tempfile::tempdir()?;
         let mut listeners = Vec::new();
         let mut specs = Vec::new();
