@@ -150,6 +150,7 @@ async fn a_removed_peer_gets_nothing_and_is_refused_and_dead_letters_can_be_retr
                 endpoint: fed.node("AT")?.addrs.federation.to_string(),
                 tls_ca_pem: files::read_text(&at.join("tls/federation-ca.pem"))?,
                 signing_keys_pem: vec![files::read_text(&at.join("keys/signing.pub.pem"))?],
+                tls_pin_sha256: String::new(),
             }),
         })
         .await?;
@@ -184,6 +185,113 @@ async fn a_removed_peer_gets_nothing_and_is_refused_and_dead_letters_can_be_retr
         .await
         .expect_err("no longer a dead letter");
     assert_eq!(err.code(), tonic::Code::NotFound);
+    fed.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pinned_certificate_is_required_both_ways_and_unknown_nodes_are_refused(
+) -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let ro = fed.dir().join("RO");
+    let ro_cert = trm_crypto::pki::first_der(&files::read_text(&ro.join("tls/federation.pem"))?)?;
+    let right_pin = hex::encode(trm_crypto::sha256(&ro_cert));
+    let mut at_admin = fed.admin("AT", Role::Operator).await?;
+    let pin_ro = |pin: String| w::UpsertPeerRequest {
+        peer: Some(w::Peer {
+            node_id: "RO".into(),
+            endpoint: fed
+                .node("RO")
+                .map(|n| n.addrs.federation.to_string())
+                .unwrap_or_default(),
+            tls_ca_pem: files::read_text(&ro.join("tls/federation-ca.pem")).unwrap_or_default(),
+            signing_keys_pem: vec![
+                files::read_text(&ro.join("keys/signing.pub.pem")).unwrap_or_default()
+            ],
+            tls_pin_sha256: pin,
+        }),
+    };
+    let err = at_admin
+        .upsert_peer(pin_ro("abc".into()))
+        .await
+        .expect_err("malformed pin");
+    assert!(
+        err.message().starts_with("peer.tls_pin_sha256"),
+        "{}",
+        err.message()
+    );
+
+    // The right pin: traffic flows both ways.
+    at_admin.upsert_peer(pin_ro(right_pin)).await?;
+    refer(&fed, "AT", "RO").await?;
+    refer(&fed, "RO", "AT").await?;
+    eventually("both referrals", || async {
+        Ok((incoming(&fed, "RO").await? == 1 && incoming(&fed, "AT").await? == 1).then_some(()))
+    })
+    .await?;
+
+    // A pin RO's certificate does not match: AT neither sends to RO nor accepts from it.
+    at_admin.upsert_peer(pin_ro("0".repeat(64))).await?;
+    refer(&fed, "AT", "RO").await?;
+    refer(&fed, "RO", "AT").await?;
+    let at_queue = eventually("AT's refused attempt", || async {
+        let q = outbox(&fed, "AT", false).await?;
+        Ok(q.first().filter(|e| e.attempts > 0).cloned())
+    })
+    .await?;
+    assert!(
+        at_queue.last_error.contains("pinned"),
+        "{}",
+        at_queue.last_error
+    );
+    let ro_queue = eventually("RO's refused attempt", || async {
+        let q = outbox(&fed, "RO", false).await?;
+        Ok(q.first().filter(|e| e.attempts > 0).cloned())
+    })
+    .await?;
+    assert!(
+        ro_queue.last_error.contains("Unauthenticated") && ro_queue.last_error.contains("pinned"),
+        "{}",
+        ro_queue.last_error
+    );
+    assert_eq!(
+        (incoming(&fed, "RO").await?, incoming(&fed, "AT").await?),
+        (1, 1)
+    );
+
+    // A node with a genuine federation certificate that is not in the directory.
+    let ca = trm_crypto::pki::Authority::load(
+        &files::read_text(&fed.dir().join("federation-ca.pem"))?,
+        &files::read_text(&fed.dir().join("federation-ca.key"))?,
+    )?;
+    let xx = ca.issue_node("XX".parse()?, &["localhost".into()])?;
+    let channel = tonic::transport::Endpoint::from_shared(format!(
+        "https://{}",
+        fed.node("AT")?.addrs.federation
+    ))?
+    .tls_config(
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(files::read(
+                &fed.dir().join("federation-ca.pem"),
+            )?))
+            .identity(tonic::transport::Identity::from_pem(
+                &xx.cert_pem,
+                &xx.key_pem,
+            ))
+            .domain_name("localhost"),
+    )?
+    .connect()
+    .await?;
+    let err = trm_proto::v1::federation_service_client::FederationServiceClient::new(channel)
+        .get_node_info(w::GetNodeInfoRequest {})
+        .await
+        .expect_err("XX is no peer");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert!(
+        err.message().starts_with("unknown_peer"),
+        "{}",
+        err.message()
+    );
     fed.stop().await?;
     Ok(())
 }

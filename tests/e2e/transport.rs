@@ -207,6 +207,24 @@ async fn envelopes_are_verified_before_any_effect_and_receipts_bind_the_bytes() 
     assert_eq!(incoming.referrals.len(), 1);
     assert_eq!(incoming.referrals[0].origin, "RO");
 
+    // An update the sender may not make (the origin accepting its own referral): REJECTED.
+    let update = Payload::ReferralUpdate(w::ReferralUpdate {
+        referral_id: incoming.referrals[0].referral_id.clone(),
+        status: w::ReferralStatus::Accepted as i32,
+        reason: String::new(),
+    });
+    let r = client
+        .deliver(envelope::seal(&ro_key, ro, at, "ref-a", update))
+        .await?
+        .into_inner();
+    let body = ReceiptBody::decode(r.body.as_slice())?;
+    assert_eq!(body.outcome, ReceiptOutcome::Rejected as i32);
+    assert!(
+        body.reason.starts_with("invalid transition"),
+        "{}",
+        body.reason
+    );
+
     // Authenticated but carrying identity in a referral: a signed REJECTED receipt, no effect.
     let leaky = envelope::seal(
         &ro_key,

@@ -62,20 +62,27 @@ pub fn channel(
     let server_name = ServerName::try_from(host)
         .map_err(|_| invalid("peer endpoint host is not a valid name"))?;
     let expected: NodeId = peer.id;
+    let pinned = peer.clone();
     let connector = tower::service_fn(move |_: Uri| {
         let config = config.clone();
         let endpoint = endpoint.clone();
         let server_name = server_name.clone();
+        let pinned = pinned.clone();
         async move {
             let tcp = TcpStream::connect(&endpoint).await?;
             tcp.set_nodelay(true)?;
             let tls = TlsConnector::from(config).connect(server_name, tcp).await?;
-            let presented = tls
+            let leaf = tls
                 .get_ref()
                 .1
                 .peer_certificates()
-                .and_then(|certs| certs.first())
-                .and_then(|c| trm_crypto::pki::node_of(c.as_ref()));
+                .and_then(|certs| certs.first());
+            if !leaf.is_some_and(|c| pinned.pin_matches(c.as_ref())) {
+                return Err(invalid(format!(
+                    "server at {endpoint} does not present the certificate pinned for {expected}"
+                )));
+            }
+            let presented = leaf.and_then(|c| trm_crypto::pki::node_of(c.as_ref()));
             if presented != Some(expected) {
                 return Err(invalid(format!(
                     "server at {endpoint} does not prove the identity of node {expected}"

@@ -46,10 +46,20 @@ pub struct Peer {
     pub endpoint: String,
     /// PEM of the CA its TLS certificate chains to.
     pub tls_ca_pem: String,
+    /// Lowercase hex SHA-256 of its TLS certificate (DER), when pinned.
+    pub tls_pin: Option<String>,
     pub keys: Vec<PeerKey>,
 }
 
 impl Peer {
+    /// Returns whether `cert_der` is acceptable as this peer's certificate under its pin
+    /// (always, when none is set).
+    pub fn pin_matches(&self, cert_der: &[u8]) -> bool {
+        self.tls_pin
+            .as_ref()
+            .is_none_or(|pin| *pin == hex::encode(trm_crypto::sha256(cert_der)))
+    }
+
     /// Returns the signing key named `key_id`.
     pub fn key(&self, key_id: &str) -> Option<&PeerKey> {
         self.keys.iter().find(|k| k.key_id == key_id)
@@ -77,6 +87,8 @@ pub struct StoredPeer {
     pub id: NodeId,
     pub endpoint: String,
     pub tls_ca_pem: String,
+    #[serde(default)]
+    pub tls_pin: Option<String>,
     pub keys: Vec<StoredKey>,
 }
 
@@ -111,6 +123,7 @@ impl StoredPeer {
             id: self.id,
             endpoint: self.endpoint.clone(),
             tls_ca_pem: self.tls_ca_pem.clone(),
+            tls_pin: self.tls_pin.clone(),
             keys,
         })
     }
@@ -121,6 +134,7 @@ impl StoredPeer {
             id: p.id,
             endpoint: p.endpoint.clone(),
             tls_ca_pem: p.tls_ca_pem.clone(),
+            tls_pin: p.tls_pin.clone(),
             keys: p
                 .keys
                 .iter()

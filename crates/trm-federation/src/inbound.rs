@@ -196,11 +196,10 @@ impl FederationServer {
 
     /// Returns the node id of the authenticated TLS peer, if it is in the directory.
     async fn tls_peer<T>(&self, request: &Request<T>) -> Result<NodeId, Status> {
-        let node = request.peer_certs().and_then(|certs| {
-            certs
-                .first()
-                .and_then(|c| trm_crypto::pki::node_of(c.as_ref()))
-        });
+        let leaf = request
+            .peer_certs()
+            .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()));
+        let node = leaf.as_deref().and_then(trm_crypto::pki::node_of);
         let Some(node) = node else {
             return Err(self
                 .refuse(
@@ -221,13 +220,23 @@ impl FederationServer {
                 )
                 .await);
         }
-        if self.directory.get(node).is_none() {
+        let Some(peer) = self.directory.get(node) else {
             return Err(self
                 .refuse(
                     Some(node),
                     "-",
                     Refusal::UnknownPeer,
                     "not in the peer directory",
+                )
+                .await);
+        };
+        if !leaf.as_deref().is_some_and(|der| peer.pin_matches(der)) {
+            return Err(self
+                .refuse(
+                    Some(node),
+                    "-",
+                    Refusal::UnknownPeer,
+                    "certificate is not the one pinned for this peer",
                 )
                 .await);
         }

@@ -22,6 +22,9 @@ use trm_proto::v1::{
     DeliverBatchRequest, ReceiptBody, ReceiptOutcome, SignedEnvelope, SignedReceipt,
 };
 
+/// What a connection to a peer was built for: its endpoint, CA and pin.
+type TrustKey = (String, String, Option<String>);
+
 /// The most envelopes sent in one batch.
 const SEND_BATCH: usize = 64;
 /// The most sealed bytes sent in one batch (well inside the receiver's 16 MiB limit).
@@ -373,8 +376,9 @@ impl Delivery {
         else {
             return;
         };
-        // The client is rebuilt when the peer's endpoint or trust anchor changes.
-        let mut client: Option<((String, String), FederationServiceClient<Channel>)> = None;
+        // The client (and its connection) is rebuilt when the peer's endpoint or TLS trust
+        // (CA, pin) changes: identity is checked when a connection is made.
+        let mut client: Option<(TrustKey, FederationServiceClient<Channel>)> = None;
         let mut failures: u32 = 0;
         let mut single = false;
         loop {
@@ -390,7 +394,11 @@ impl Delivery {
                 }
                 continue;
             };
-            let built_for = (entry.endpoint.clone(), entry.tls_ca_pem.clone());
+            let built_for = (
+                entry.endpoint.clone(),
+                entry.tls_ca_pem.clone(),
+                entry.tls_pin.clone(),
+            );
             if client.as_ref().is_none_or(|(b, _)| *b != built_for) {
                 client = self.client(peer).map(|c| (built_for, c));
             }

@@ -123,6 +123,7 @@ impl AdminService for Admin {
                 node_id: p.id.to_string(),
                 endpoint: p.endpoint,
                 tls_ca_pem: p.tls_ca_pem,
+                tls_pin_sha256: p.tls_pin.unwrap_or_default(),
                 signing_keys_pem: p
                     .keys
                     .iter()
@@ -181,10 +182,22 @@ impl AdminService for Admin {
             })?;
             keys.push(PeerKey::new(public));
         }
+        let tls_pin = match wire.tls_pin_sha256.as_str() {
+            "" => None,
+            pin if crate::config::valid_pin(pin) => Some(pin.to_owned()),
+            _ => {
+                return Err(ApiError::from(FieldError::new(
+                    "peer.tls_pin_sha256",
+                    "must be 64 lowercase hex characters",
+                ))
+                .into())
+            }
+        };
         let peer = Peer {
             id,
             endpoint,
             tls_ca_pem: wire.tls_ca_pem.clone(),
+            tls_pin,
             keys,
         };
         let stored = StoredPeer::from_peer(&peer).map_err(|e| ApiError::Store(e.to_string()))?;

@@ -202,6 +202,17 @@ pub struct PeerSection {
     pub tls_ca: PathBuf,
     /// PEM files of the peer's ed25519 public signing keys.
     pub signing_keys: Vec<PathBuf>,
+    /// Optional pin: lowercase hex SHA-256 of the peer's TLS certificate (DER).
+    #[serde(default)]
+    pub tls_pin_sha256: Option<String>,
+}
+
+/// Returns whether `pin` is 64 lowercase hex characters (a SHA-256).
+pub fn valid_pin(pin: &str) -> bool {
+    pin.len() == 64
+        && pin
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl NodeConfig {
@@ -309,6 +320,16 @@ impl NodeConfig {
             seen.push(peer.id);
             if !peer.endpoint.contains(':') {
                 return Err(invalid(&format!("{key}.endpoint"), "must be host:port"));
+            }
+            if peer
+                .tls_pin_sha256
+                .as_deref()
+                .is_some_and(|p| !valid_pin(p))
+            {
+                return Err(invalid(
+                    &format!("{key}.tls_pin_sha256"),
+                    "must be 64 lowercase hex characters",
+                ));
             }
             if peer.signing_keys.is_empty() {
                 return Err(invalid(

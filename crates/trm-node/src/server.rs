@@ -120,6 +120,7 @@ pub fn load_directory(config: &NodeConfig) -> Result<PeerDirectory, NodeError> {
             id: p.id,
             endpoint: p.endpoint.clone(),
             tls_ca_pem: files::read_text(&p.tls_ca)?,
+            tls_pin: p.tls_pin_sha256.clone(),
             keys,
         });
     }
