@@ -60,19 +60,11 @@ impl Flows {
     ) -> FlowResult {
         let referral_id =
             Uuid::try_parse(&offer.referral_id).map_err(|_| reject("malformed: referral_id"))?;
-        let wire = offer
-            .disclosed
-            .as_ref()
-            .ok_or_else(|| reject("malformed: disclosed is required"))?;
-        let disclosed = convert::disclosed_from_wire(wire)
-            .map_err(|e| reject(format!("policy violation: {e}")))?;
-        policy::check_inbound(Purpose::ReferralAssistance, &disclosed)
-            .map_err(|v| reject(v.to_string()))?;
-        if disclosed.case_ref != inbound.case_ref {
-            return Err(reject(
-                "malformed: disclosed.case_ref differs from the envelope's case_ref",
-            ));
-        }
+        let disclosed = inbound_disclosure(
+            inbound,
+            offer.disclosed.as_ref(),
+            Purpose::ReferralAssistance,
+        )?;
         let requested_services = convert::enums("requested_services", &offer.requested_services)
             .map_err(|e| reject(format!("malformed: {e}")))?;
         if tx
@@ -250,19 +242,8 @@ impl Flows {
     ) -> FlowResult {
         let return_id =
             Uuid::try_parse(&req.return_id).map_err(|_| reject("malformed: return_id"))?;
-        let wire = req
-            .disclosed
-            .as_ref()
-            .ok_or_else(|| reject("malformed: disclosed is required"))?;
-        let disclosed = convert::disclosed_from_wire(wire)
-            .map_err(|e| reject(format!("policy violation: {e}")))?;
-        policy::check_inbound(Purpose::ReturnPlanning, &disclosed)
-            .map_err(|v| reject(v.to_string()))?;
-        if disclosed.case_ref != inbound.case_ref {
-            return Err(reject(
-                "malformed: disclosed.case_ref differs from the envelope's case_ref",
-            ));
-        }
+        let disclosed =
+            inbound_disclosure(inbound, req.disclosed.as_ref(), Purpose::ReturnPlanning)?;
         if tx
             .get_sealed::<ReturnRecord>(TreeName::Returns, return_id.as_bytes())?
             .is_some()
@@ -485,6 +466,25 @@ impl Flows {
         self.directory.upsert(peer);
         Ok(())
     }
+}
+
+/// Parses what crossed for `purpose` and checks it against the same disclosure table the
+/// sender must apply: a field the purpose does not allow refuses the whole payload.
+fn inbound_disclosure(
+    inbound: &Inbound<'_>,
+    wire: Option<&trm_proto::v1::DisclosedCase>,
+    purpose: Purpose,
+) -> Result<trm_core::model::DisclosedCase, TxFail<Rejection>> {
+    let wire = wire.ok_or_else(|| reject("malformed: disclosed is required"))?;
+    let disclosed =
+        convert::disclosed_from_wire(wire).map_err(|e| reject(format!("policy violation: {e}")))?;
+    policy::check_inbound(purpose, &disclosed).map_err(|v| reject(v.to_string()))?;
+    if disclosed.case_ref != inbound.case_ref {
+        return Err(reject(
+            "malformed: disclosed.case_ref differs from the envelope's case_ref",
+        ));
+    }
+    Ok(disclosed)
 }
 
 /// Lets the sender's reference resolve to `record` (the first record received under it).

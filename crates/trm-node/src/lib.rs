@@ -18,6 +18,7 @@ pub mod admin;
 pub mod authz;
 pub mod config;
 pub mod ctx;
+pub mod disclosure;
 pub mod erasure;
 pub mod error;
 pub mod flows;

@@ -6,10 +6,9 @@ use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 use trm_core::{
-    consent::{self, Consent},
+    consent::Consent,
     ids::{OrgId, Principal, Role},
     model::{CaseRecord, Purpose},
-    policy,
     referral::{next, Direction, ReferralEvent, ReferralRecord, ReferralStatus},
     FieldError, Guard, GuardError,
 };
@@ -23,7 +22,8 @@ use uuid::Uuid;
 
 use crate::{
     authz::{self, actor, require, require_org, CASE_ROLES},
-    ctx::{case_ref_for, consents_of, load_case, today, Ctx, TxResult},
+    ctx::{consents_of, load_case, today, Ctx, TxResult},
+    disclosure,
     error::{ApiError, ApiResult},
 };
 
@@ -301,65 +301,56 @@ impl ReferralService for Referrals {
         require(&p, CASE_ROLES, "submit referrals")?;
         let req = request.get_ref();
         let case_id = convert::id("case_id", &req.case_id).map_err(ApiError::from)?;
-        let destination =
-            convert::country("destination", &req.destination).map_err(ApiError::from)?;
-        if destination == self.ctx.id || self.ctx.directory.get(destination).is_none() {
-            return Err(ApiError::from(FieldError::new(
-                "destination",
-                "is not a peer of this node",
-            ))
-            .into());
-        }
+        let destination = disclosure::peer_destination(&self.ctx, "destination", &req.destination)?;
         let requested_services = convert::enums("requested_services", &req.requested_services)
             .map_err(ApiError::from)?;
         let reason = convert::text("reason", &req.reason).map_err(ApiError::from)?;
         let referral_id = Uuid::now_v7();
         let me = self.ctx.id;
-        let record = self.ctx
+        let record = self
+            .ctx
             .commit(Some(destination), |tx| {
-                let case = load_case(tx, &case_id)?;
-                require_org(&p, Some(&case.organisation))?;
-                let consents = consents_of(tx, &case_id)?;
-                let grant = consent::grant(&consents, Purpose::ReferralAssistance, destination, today()).map_err(ApiError::from)?;
-                let case_ref = case_ref_for(tx, &case_id, destination)?;
-                let disclosed = policy::disclose(&case, Purpose::ReferralAssistance, &grant.categories, case_ref.clone(), today());
+                let d = disclosure::prepare(
+                    tx,
+                    &p,
+                    &case_id,
+                    Purpose::ReferralAssistance,
+                    destination,
+                    |_, _| Ok(()),
+                )?;
                 let now = OffsetDateTime::now_utc();
                 let record = ReferralRecord {
                     referral_id,
                     origin: me,
                     destination,
-                    status: next(ReferralStatus::Draft, ReferralEvent::Send).map_err(ApiError::from)?,
-                    disclosed,
+                    status: next(ReferralStatus::Draft, ReferralEvent::Send)
+                        .map_err(ApiError::from)?,
+                    disclosed: d.disclosed.clone(),
                     requested_services: requested_services.clone(),
                     case_id: Some(case_id),
-                    organisation: Some(case.organisation.clone()),
+                    organisation: Some(d.case.organisation.clone()),
                     status_reason: String::new(),
-                    consent_ids: grant.consent_ids.clone(),
+                    consent_ids: d.consent_ids.clone(),
                     erasure_requested: false,
                     erasure_confirmed: false,
                     created_at: now,
                     updated_at: now,
                 };
                 tx.put_sealed(TreeName::Referrals, referral_id.as_bytes(), &record)?;
-                let mut consents = consents;
-                for c in consents.iter_mut().filter(|c| grant.consent_ids.contains(&c.consent_id)) {
-                    c.disclosures.push(referral_id);
-                }
-                tx.put_json(TreeName::Consents, case_id.as_bytes(), &consents)?;
                 let offer = w::ReferralOffer {
                     referral_id: referral_id.to_string(),
                     disclosed: Some(convert::disclosed_to_wire(&record.disclosed)),
                     requested_services: convert::enums_to_wire(&requested_services),
                 };
-                let message_id = outbox::enqueue(tx, &self.ctx.identity.current(), me, destination, &referral_id.to_string(), &case_ref, Payload::ReferralOffer(offer))?;
-                let fields: Vec<&str> = policy::fields_present(&record.disclosed).iter().map(|f| f.path()).collect();
-                tx.audit(
-                    AuditRecord::new(actor(&p), "referral.submit", referral_id.to_string(), "sent").detail(format!(
-                        "case={case_id} to={destination} purpose={} message={message_id} fields={} reason_len={}",
-                        Purpose::ReferralAssistance.as_str(),
-                        fields.join(","),
-                        reason.len()
-                    )),
+                d.send(
+                    tx,
+                    &self.ctx,
+                    &p,
+                    referral_id,
+                    Payload::ReferralOffer(offer),
+                    "referral.submit",
+                    "sent",
+                    &format!("reason_len={}", reason.len()),
                 )?;
                 Ok(record)
             })

@@ -7,10 +7,8 @@ use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 use trm_core::{
-    consent,
     ids::{Principal, Role},
-    model::Purpose,
-    policy,
+    model::{CaseRecord, Purpose},
     returns::{
         check_guards, next, FollowUpRecord, ReturnDecision, ReturnEvent, ReturnRecord,
         ReturnStatus, RiskAssessment, Side,
@@ -29,7 +27,8 @@ use uuid::Uuid;
 
 use crate::{
     authz::{self, actor, require, require_org, CASE_ROLES},
-    ctx::{case_ref_for, consents_of, load_case, today, Ctx, TxResult},
+    ctx::{load_case, today, Ctx, TxResult},
+    disclosure,
     error::{ApiError, ApiResult},
 };
 
@@ -282,115 +281,77 @@ impl ReturnPlanningService for Returns {
         require(&p, CASE_ROLES, "propose returns")?;
         let req = request.get_ref();
         let case_id = id_of("case_id", &req.case_id)?;
-        let destination =
-            convert::country("destination", &req.destination).map_err(ApiError::from)?;
-        if destination == self.ctx.id || self.ctx.directory.get(destination).is_none() {
-            return Err(ApiError::from(FieldError::new(
-                "destination",
-                "is not a peer of this node",
-            ))
-            .into());
-        }
+        let destination = disclosure::peer_destination(&self.ctx, "destination", &req.destination)?;
         let me = self.ctx.id;
         let return_id = Uuid::now_v7();
+        let reflection_days = self.ctx.reflection_period_days;
+        // Every guard of the return, on the latest assessment and decision.
+        let guards = |tx: &Tx<'_>, case: &CaseRecord| -> TxResult<()> {
+            let risk = tx
+                .get_sealed::<Vec<RiskAssessment>>(TreeName::RiskAssessments, case_id.as_bytes())?
+                .unwrap_or_default();
+            let decisions = tx
+                .get_sealed::<Vec<ReturnDecision>>(TreeName::ReturnDecisions, case_id.as_bytes())?
+                .unwrap_or_default();
+            check_guards(
+                case,
+                risk.last(),
+                decisions.last(),
+                reflection_days,
+                today(),
+            )
+            .map_err(ApiError::from)?;
+            Ok(())
+        };
         let record = self
             .ctx
             .commit(Some(destination), |tx| {
-                let case = load_case(tx, &case_id)?;
-                require_org(&p, Some(&case.organisation))?;
-                let risk = tx
-                    .get_sealed::<Vec<RiskAssessment>>(
-                        TreeName::RiskAssessments,
-                        case_id.as_bytes(),
-                    )?
-                    .unwrap_or_default();
-                let decisions = tx
-                    .get_sealed::<Vec<ReturnDecision>>(
-                        TreeName::ReturnDecisions,
-                        case_id.as_bytes(),
-                    )?
-                    .unwrap_or_default();
-                check_guards(
-                    &case,
-                    risk.last(),
-                    decisions.last(),
-                    self.ctx.reflection_period_days,
-                    today(),
-                )
-                .map_err(ApiError::from)?;
-                let mut consents = consents_of(tx, &case_id)?;
-                let grant =
-                    consent::grant(&consents, Purpose::ReturnPlanning, destination, today())
-                        .map_err(ApiError::from)?;
-                let case_ref = case_ref_for(tx, &case_id, destination)?;
-                let disclosed = policy::disclose(
-                    &case,
+                let d = disclosure::prepare(
+                    tx,
+                    &p,
+                    &case_id,
                     Purpose::ReturnPlanning,
-                    &grant.categories,
-                    case_ref.clone(),
-                    today(),
-                );
+                    destination,
+                    guards,
+                )?;
                 let now = OffsetDateTime::now_utc();
                 let record = ReturnRecord {
                     return_id,
                     origin: me,
                     destination,
                     status: ReturnStatus::Requested,
-                    disclosed,
+                    disclosed: d.disclosed.clone(),
                     hearing_pending: req.hearing_pending,
                     compensation_pending: req.compensation_pending,
                     case_id: Some(case_id),
-                    organisation: Some(case.organisation.clone()),
+                    organisation: Some(d.case.organisation.clone()),
                     status_reason: String::new(),
                     reception_details: String::new(),
                     travel_at: None,
                     travel_details: String::new(),
                     follow_ups: vec![],
-                    consent_ids: grant.consent_ids.clone(),
+                    consent_ids: d.consent_ids.clone(),
                     erasure_requested: false,
                     erasure_confirmed: false,
                     created_at: now,
                     updated_at: now,
                 };
                 tx.put_sealed(TreeName::Returns, return_id.as_bytes(), &record)?;
-                for c in consents
-                    .iter_mut()
-                    .filter(|c| grant.consent_ids.contains(&c.consent_id))
-                {
-                    c.disclosures.push(return_id);
-                }
-                tx.put_json(TreeName::Consents, case_id.as_bytes(), &consents)?;
                 let request = w::ReturnRequest {
                     return_id: return_id.to_string(),
                     disclosed: Some(convert::disclosed_to_wire(&record.disclosed)),
                     hearing_pending: record.hearing_pending,
                     compensation_pending: record.compensation_pending,
                 };
-                let message_id = outbox::enqueue(
+                d.send(
                     tx,
-                    &self.ctx.identity.current(),
-                    me,
-                    destination,
-                    &return_id.to_string(),
-                    &case_ref,
+                    &self.ctx,
+                    &p,
+                    return_id,
                     Payload::ReturnRequest(request),
-                )?;
-                let fields: Vec<&str> = policy::fields_present(&record.disclosed)
-                    .iter()
-                    .map(|f| f.path())
-                    .collect();
-                tx.audit(
-                    AuditRecord::new(
-                        actor(&p),
-                        "return.propose",
-                        return_id.to_string(),
-                        "requested",
-                    )
-                    .detail(format!(
-                        "case={case_id} to={destination} purpose={} message={message_id} fields={}",
-                        Purpose::ReturnPlanning.as_str(),
-                        fields.join(",")
-                    )),
+                    "return.propose",
+                    "requested",
+                    "",
                 )?;
                 Ok(record)
             })
