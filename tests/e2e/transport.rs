@@ -885,6 +885,26 @@ async fn a_batch_is_checked_whole_before_any_effect_and_answered_entry_by_entry(
     }
     assert!(body.entries[2].reason.starts_with("policy violation"));
     assert_eq!(incoming(at_fp.clone()).await?, 2);
+
+    // More envelopes than a batch may carry: refused whole, nothing applied.
+    let many: Vec<_> = (0..513)
+        .map(|i| {
+            envelope::seal(
+                &ro_key,
+                ro,
+                at,
+                &format!("m{i}"),
+                offer(&format!("m{i}"), None),
+            )
+        })
+        .collect();
+    let err = client
+        .deliver_batch(w::DeliverBatchRequest { envelopes: many })
+        .await
+        .expect_err("too many");
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(err.message().starts_with("oversize"), "{}", err.message());
+    assert_eq!(incoming(at_fp.clone()).await?, 2);
     fed.stop().await?;
     Ok(())
 }
