@@ -1,9 +1,13 @@
 //! Node-to-node federation: who our peers are, how envelopes are sealed and opened, the
 //! inbound `FederationService`, and the outbox delivery worker.
 //! - [`connect`]: outbound connections that verify the peer's identity;
-//! - [`directory`]: peers with their endpoint, TLS trust anchor and signing keys;
+//! - [`counters`]: traffic counters and the refusal reasons;
+//! - [`directory`]: peers with their endpoint, TLS trust (CA, optional pin) and signing keys,
+//!   changed at run time;
 //! - [`envelope`]: sealing outbound envelopes and signing receipts;
 //! - [`inbound`]: the receive pipeline, verifying in DESIGN.md's order before any effect;
+//! - [`keys`]: this node's signing keys over time (rotation with overlap);
+//! - [`slots`]: the per-peer cap on concurrent inbound requests;
 //! - [`outbox`]: queueing envelopes in the same transaction as the state change, and the
 //!   worker that delivers them and keeps the peers' signed receipts.
 #![forbid(unsafe_code)]

@@ -8,7 +8,9 @@
 //! - [`referral`]: `ReferralService` (cases, consent, referrals);
 //! - [`returns`]: `ReturnPlanningService` (guards, plans, every step across the border);
 //! - [`hearing`]: `WitnessHearingService` (MLA video-conference hearings);
+//! - [`disclosure`]: what leaves the node for a purpose, under consent, and its record;
 //! - [`erasure`]: erasure requests to the recipients of a disclosure;
+//! - [`ctx`]: what every service shares (store, signer, directory, delivery);
 //! - [`flows`]: the node's reaction to peers' envelopes and receipts;
 //! - [`admin`]: `AdminService`; [`metrics`]: the plain-HTTP probes;
 //! - [`error`]: the one place where errors become gRPC codes.
