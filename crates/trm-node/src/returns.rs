@@ -167,6 +167,18 @@ impl Returns {
             .await
     }
 
+    /// Takes a step and answers with the plan as it now stands.
+    async fn respond(
+        &self,
+        p: &Principal,
+        id: Uuid,
+        event: ReturnEvent,
+        step: StepDetails,
+    ) -> Result<Response<w::ReturnPlan>, Status> {
+        let r = self.step(p, id, event, step).await?;
+        Ok(Response::new(convert::return_to_wire(&r)))
+    }
+
     fn readable(&self, p: &Principal, r: &ReturnRecord) -> bool {
         p.role == Role::FocalPoint
             || (r.organisation.as_ref() == Some(&p.org) && p.role == Role::ServiceProvider)
@@ -438,18 +450,11 @@ impl ReturnPlanningService for Returns {
                 .into()),
             };
         let details = required_text("details", &req.details)?;
-        let r = self
-            .step(
-                &p,
-                id,
-                event,
-                StepDetails {
-                    details,
-                    ..Default::default()
-                },
-            )
-            .await?;
-        Ok(Response::new(convert::return_to_wire(&r)))
+        let step = StepDetails {
+            details,
+            ..Default::default()
+        };
+        self.respond(&p, id, event, step).await
     }
 
     #[instrument(skip_all)]
@@ -464,19 +469,17 @@ impl ReturnPlanningService for Returns {
         let travel_at =
             convert::from_ts("travel_at", req.travel_at.as_ref()).map_err(ApiError::from)?;
         let details = text("details", &req.details)?;
-        let r = self
-            .step(
-                &p,
-                id,
-                ReturnEvent::Schedule,
-                StepDetails {
-                    details,
-                    travel_at: Some(travel_at),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        Ok(Response::new(convert::return_to_wire(&r)))
+        self.respond(
+            &p,
+            id,
+            ReturnEvent::Schedule,
+            StepDetails {
+                details,
+                travel_at: Some(travel_at),
+                ..Default::default()
+            },
+        )
+        .await
     }
 
     #[instrument(skip_all)]
@@ -489,18 +492,16 @@ impl ReturnPlanningService for Returns {
         let req = request.get_ref();
         let id = id_of("return_id", &req.return_id)?;
         let details = text("details", &req.details)?;
-        let r = self
-            .step(
-                &p,
-                id,
-                ReturnEvent::Arrive,
-                StepDetails {
-                    details,
-                    ..Default::default()
-                },
-            )
-            .await?;
-        Ok(Response::new(convert::return_to_wire(&r)))
+        self.respond(
+            &p,
+            id,
+            ReturnEvent::Arrive,
+            StepDetails {
+                details,
+                ..Default::default()
+            },
+        )
+        .await
     }
 
     #[instrument(skip_all)]
@@ -513,18 +514,16 @@ impl ReturnPlanningService for Returns {
         let req = request.get_ref();
         let id = id_of("return_id", &req.return_id)?;
         let details = required_text("notes", &req.notes)?;
-        let r = self
-            .step(
-                &p,
-                id,
-                ReturnEvent::FollowUp,
-                StepDetails {
-                    details,
-                    ..Default::default()
-                },
-            )
-            .await?;
-        Ok(Response::new(convert::return_to_wire(&r)))
+        self.respond(
+            &p,
+            id,
+            ReturnEvent::FollowUp,
+            StepDetails {
+                details,
+                ..Default::default()
+            },
+        )
+        .await
     }
 
     #[instrument(skip_all)]
@@ -537,18 +536,16 @@ impl ReturnPlanningService for Returns {
         let req = request.get_ref();
         let id = id_of("return_id", &req.return_id)?;
         let reason = required_text("reason", &req.reason)?;
-        let r = self
-            .step(
-                &p,
-                id,
-                ReturnEvent::Halt,
-                StepDetails {
-                    reason,
-                    ..Default::default()
-                },
-            )
-            .await?;
-        Ok(Response::new(convert::return_to_wire(&r)))
+        self.respond(
+            &p,
+            id,
+            ReturnEvent::Halt,
+            StepDetails {
+                reason,
+                ..Default::default()
+            },
+        )
+        .await
     }
 
     #[instrument(skip_all)]
@@ -559,10 +556,8 @@ impl ReturnPlanningService for Returns {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "record travel")?;
         let id = id_of("return_id", &request.get_ref().return_id)?;
-        let r = self
-            .step(&p, id, ReturnEvent::Travel, StepDetails::default())
-            .await?;
-        Ok(Response::new(convert::return_to_wire(&r)))
+        self.respond(&p, id, ReturnEvent::Travel, StepDetails::default())
+            .await
     }
 
     #[instrument(skip_all)]
@@ -575,18 +570,16 @@ impl ReturnPlanningService for Returns {
         let req = request.get_ref();
         let id = id_of("return_id", &req.return_id)?;
         let details = required_text("details", &req.details)?;
-        let r = self
-            .step(
-                &p,
-                id,
-                ReturnEvent::ResolveConcern,
-                StepDetails {
-                    details,
-                    ..Default::default()
-                },
-            )
-            .await?;
-        Ok(Response::new(convert::return_to_wire(&r)))
+        self.respond(
+            &p,
+            id,
+            ReturnEvent::ResolveConcern,
+            StepDetails {
+                details,
+                ..Default::default()
+            },
+        )
+        .await
     }
 
     #[instrument(skip_all)]
@@ -599,17 +592,15 @@ impl ReturnPlanningService for Returns {
         let req = request.get_ref();
         let id = id_of("return_id", &req.return_id)?;
         let reason = required_text("reason", &req.reason)?;
-        let r = self
-            .step(
-                &p,
-                id,
-                ReturnEvent::Close,
-                StepDetails {
-                    reason,
-                    ..Default::default()
-                },
-            )
-            .await?;
-        Ok(Response::new(convert::return_to_wire(&r)))
+        self.respond(
+            &p,
+            id,
+            ReturnEvent::Close,
+            StepDetails {
+                reason,
+                ..Default::default()
+            },
+        )
+        .await
     }
 }
