@@ -42,6 +42,7 @@ async fn tampering_with_the_audit_log_on_disk_is_detected() -> anyhow::Result<()
     let tamper = |f: &mut dyn FnMut(&sled::Tree, &Entries)| -> anyhow::Result<()> {
         let store = Store::open(
             &at.join("data"),
+            &at.join("keys/data-keys.store"),
             SecretKey::load(&at.join("keys/master.key"))?,
         )?;
         let tree = store.raw_tree(TreeName::Audit);

@@ -536,6 +536,7 @@ async fn the_hearing_request_on_the_wire_carries_no_identity() -> anyhow::Result
     let at = fed.dir().join("AT");
     let store = Store::open(
         &at.join("data"),
+        &at.join("keys/data-keys.store"),
         SecretKey::load(&at.join("keys/master.key"))?,
     )?;
     let items = outbox::queued(&store)?;

@@ -63,6 +63,14 @@ pub struct NodeSection {
     /// `data_dir` so a copy of the data alone reveals nothing.
     #[serde(default = "default_master_key")]
     pub master_key: PathBuf,
+    /// The wrapped per-record data keys, outside `data_dir`: a backup of `data_dir` then
+    /// holds ciphertext only, and an erased record stays erased in every copy of it.
+    #[serde(default = "default_key_store")]
+    pub key_store: PathBuf,
+}
+
+fn default_key_store() -> PathBuf {
+    PathBuf::from("keys/data-keys.store")
 }
 
 fn default_master_key() -> PathBuf {
@@ -253,6 +261,7 @@ impl NodeConfig {
         };
         fix(&mut self.node.data_dir);
         fix(&mut self.node.master_key);
+        fix(&mut self.node.key_store);
         for p in [
             &mut self.tls.federation_cert,
             &mut self.tls.federation_key,
@@ -283,6 +292,12 @@ impl NodeConfig {
         }
         if self.policy.replay_window_days == 0 {
             return Err(invalid("policy.replay_window_days", "must be at least 1"));
+        }
+        if self.node.key_store.starts_with(&self.node.data_dir) {
+            return Err(invalid(
+                "node.key_store",
+                "must be outside node.data_dir, so that copies of the data cannot open erased records",
+            ));
         }
         if self.delivery.backoff_cap_secs == 0 {
             return Err(invalid("delivery.backoff_cap_secs", "must be at least 1"));
@@ -391,6 +406,19 @@ key = "a"
         let cfg = NodeConfig::parse(include_str!("../../../node-config/AT.toml")).unwrap();
         assert_eq!(cfg.peers.len(), 2);
         assert_eq!(cfg.node.id.as_str(), "AT");
+    }
+
+    #[test]
+    fn the_key_store_must_live_outside_the_data_dir() {
+        let mut cfg = NodeConfig::parse(MINIMAL).unwrap();
+        cfg.resolve(Path::new("/srv/trm"));
+        assert_eq!(
+            cfg.node.key_store,
+            Path::new("/srv/trm/keys/data-keys.store")
+        );
+        cfg.node.key_store = cfg.node.data_dir.join("keys.store");
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.starts_with("node.key_store"), "{err}");
     }
 
     #[test]

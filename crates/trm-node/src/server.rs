@@ -157,7 +157,7 @@ pub async fn run(
     let node = config.node.id;
     let identity = Arc::new(Signer::new(SigningIdentity::load(&config.signing.key)?));
     let master = SecretKey::load(&config.node.master_key)?;
-    let store = Store::open(&config.node.data_dir, master)?;
+    let store = Store::open(&config.node.data_dir, &config.node.key_store, master)?;
     let directory = load_directory(&config)?;
     if let Some(changes) = store.get_json::<DirectoryChanges>(TreeName::Meta, DIRECTORY_CHANGES)? {
         directory.apply(&changes)?;

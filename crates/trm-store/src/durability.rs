@@ -1,4 +1,4 @@
-//! The durable point. sled 0.34's `flush()` ends in `sync_file_range`, which survives a
+//! The durable point: the data-key store is synced, then sled. sled 0.34's `flush()` ends in `sync_file_range`, which survives a
 //! process crash but not a power cut (the disk's write cache is not flushed). After the flush
 //! the database file is `fdatasync`ed. Concurrent writers share one flush: each takes a
 //! ticket after its commit; whoever holds the lock flushes for every ticket issued before it
@@ -13,11 +13,12 @@ use std::{
     },
 };
 
-use crate::{Result, StoreError};
+use crate::{keystore::KeyStore, Result, StoreError};
 
 pub(crate) struct GroupCommit {
     db: sled::Db,
     file: File,
+    keys: Arc<KeyStore>,
     /// Tickets handed out to committed writers.
     issued: AtomicU64,
     /// Highest ticket known durable; the lock serialises flushes.
@@ -25,13 +26,14 @@ pub(crate) struct GroupCommit {
 }
 
 impl GroupCommit {
-    pub(crate) fn new(db: sled::Db, dir: &Path) -> Result<Arc<Self>> {
+    pub(crate) fn new(db: sled::Db, dir: &Path, keys: Arc<KeyStore>) -> Result<Arc<Self>> {
         let file = File::open(dir.join("db"))?;
         // The directory entry of a new database must survive a power cut as well.
         File::open(dir)?.sync_all()?;
         Ok(Arc::new(Self {
             db,
             file,
+            keys,
             issued: AtomicU64::new(0),
             durable: Mutex::new(0),
         }))
@@ -45,6 +47,8 @@ impl GroupCommit {
             return Ok(());
         }
         let upto = self.issued.load(Ordering::SeqCst);
+        // Data keys first: a record must never be durable without the key that opens it.
+        self.keys.sync()?;
         self.db.flush()?;
         self.file.sync_data()?;
         *durable = upto;

@@ -19,6 +19,8 @@ pub enum StoreError {
     Encode,
     #[error("durability worker is gone")]
     Durability,
+    #[error("the data-key store {0} is missing: without it no sealed record can be opened")]
+    KeyStoreMissing(String),
 }
 
 /// An error inside a transaction closure from the store itself.

@@ -14,6 +14,7 @@ use crate::{
     audit::{self, AuditEntry, AuditHead, AuditRecord, AuditReport},
     durability::GroupCommit,
     error::{Result, StoreError, TxError, TxFail},
+    keystore::{slot_id, KeyStore},
 };
 
 /// The trees of the database. Records in `Cases`, `Referrals`, `Returns`, `Hearings` are
@@ -22,8 +23,11 @@ use crate::{
 pub enum TreeName {
     /// Audit head and other small node state.
     Meta,
-    /// Wrapped per-subject data keys.
-    Keys,
+    /// The generation of each subject's data key (shredding starts a new one).
+    KeyGenerations,
+    /// Key-store slots to overwrite, written in the shredding transaction and cleared once
+    /// the slot is zeroed (a crash in between is finished at the next start).
+    PendingShreds,
     Cases,
     Consents,
     Referrals,
@@ -46,9 +50,10 @@ pub enum TreeName {
 }
 
 impl TreeName {
-    const ALL: [TreeName; 15] = [
+    const ALL: [TreeName; 16] = [
         TreeName::Meta,
-        TreeName::Keys,
+        TreeName::KeyGenerations,
+        TreeName::PendingShreds,
         TreeName::Cases,
         TreeName::Consents,
         TreeName::Referrals,
@@ -68,7 +73,8 @@ impl TreeName {
     pub fn as_str(self) -> &'static str {
         match self {
             TreeName::Meta => "meta",
-            TreeName::Keys => "keys",
+            TreeName::KeyGenerations => "key_generations",
+            TreeName::PendingShreds => "pending_shreds",
             TreeName::Cases => "cases",
             TreeName::Consents => "consents",
             TreeName::Referrals => "referrals",
@@ -102,8 +108,13 @@ struct Inner {
     db: sled::Db,
     trees: Vec<Tree>,
     master: SecretKey,
+    keys: Arc<KeyStore>,
     commit: Arc<GroupCommit>,
 }
+
+/// Marks, in the meta tree, that this database's keys live in a key store: opening it
+/// later without that file is refused instead of silently starting an empty one.
+const KEY_STORE_IN_USE: &[u8] = b"key_store_in_use";
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -130,20 +141,38 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
 }
 
 impl Store {
-    /// Opens (or creates) the database in `dir` with the node's master key.
-    pub fn open(dir: &Path, master: SecretKey) -> Result<Self> {
+    /// Opens (or creates) the database in `dir`, its data keys in `key_store` (a file kept
+    /// outside `dir`), wrapped by the node's master key. Shreds left unfinished by a crash
+    /// are finished now.
+    pub fn open(dir: &Path, key_store: &Path, master: SecretKey) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let db = sled::Config::new().path(dir).open()?;
         let trees = TreeName::ALL
             .iter()
             .map(|t| db.open_tree(t.as_str()))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        let commit = GroupCommit::new(db.clone(), dir)?;
+        let meta = &trees[TreeName::Meta.index()];
+        if !key_store.is_file() && meta.get(KEY_STORE_IN_USE)?.is_some() {
+            return Err(StoreError::KeyStoreMissing(key_store.display().to_string()));
+        }
+        let keys = Arc::new(KeyStore::open(key_store)?);
+        meta.insert(KEY_STORE_IN_USE, &b"1"[..])?;
+        let pending = &trees[TreeName::PendingShreds.index()];
+        for item in pending.iter() {
+            let (id, _) = item?;
+            if let Ok(id) = <[u8; 32]>::try_from(id.as_ref()) {
+                keys.erase(&id)?;
+            }
+            pending.remove(id)?;
+        }
+        let commit = GroupCommit::new(db.clone(), dir, keys.clone())?;
+        commit.sync()?;
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
                 trees,
                 master,
+                keys,
                 commit,
             }),
         })
@@ -161,10 +190,14 @@ impl Store {
         F: Fn(&Tx<'_>) -> std::result::Result<R, TxFail<E>>,
     {
         let trees: &[Tree] = &self.inner.trees;
+        let shreds = std::cell::RefCell::new(Vec::new());
         let result = trees.transaction(|view: &Vec<TransactionalTree>| {
+            shreds.borrow_mut().clear();
             let tx = Tx {
                 view,
                 master: &self.inner.master,
+                keys: &self.inner.keys,
+                shreds: &shreds,
             };
             match f(&tx) {
                 Ok(r) => Ok(r),
@@ -176,7 +209,19 @@ impl Store {
             }
         });
         match result {
-            Ok(r) => Ok(r),
+            Ok(r) => {
+                // Committed: now the shredded keys' slots are overwritten for good.
+                for id in shreds.take() {
+                    self.inner
+                        .keys
+                        .erase(&id)
+                        .and_then(|()| {
+                            Ok(self.tree(TreeName::PendingShreds).remove(id).map(|_| ())?)
+                        })
+                        .map_err(|e| TxFail::Tx(TxError::Store(e)))?;
+                }
+                Ok(r)
+            }
             Err(TransactionError::Abort(fail)) => Err(fail),
             Err(TransactionError::Storage(e)) => Err(TxFail::Tx(TxError::Store(e.into()))),
         }
@@ -261,8 +306,13 @@ impl Store {
     }
 
     fn data_key(&self, subject: &[u8]) -> Result<Option<SecretKey>> {
-        match self.tree(TreeName::Keys).get(subject)? {
-            Some(wrapped) => Ok(Some(self.inner.master.unwrap_key(subject, &wrapped)?)),
+        let generation = match self.tree(TreeName::KeyGenerations).get(subject)? {
+            Some(g) => decode(TreeName::KeyGenerations, subject, &g)?,
+            None => 0u32,
+        };
+        let id = slot_id(subject, generation);
+        match self.inner.keys.get(&id)? {
+            Some(wrapped) => Ok(Some(self.inner.master.unwrap_key(&id, &wrapped)?)),
             None => Ok(None),
         }
     }
@@ -312,6 +362,9 @@ impl Store {
 pub struct Tx<'a> {
     view: &'a Vec<TransactionalTree>,
     master: &'a SecretKey,
+    keys: &'a KeyStore,
+    /// Key-store slots to overwrite once this transaction has committed.
+    shreds: &'a std::cell::RefCell<Vec<[u8; 32]>>,
 }
 
 impl Tx<'_> {
@@ -319,25 +372,33 @@ impl Tx<'_> {
         &self.view[t.index()]
     }
 
+    fn generation(&self, subject: &[u8]) -> std::result::Result<u32, TxError> {
+        Ok(self
+            .get_json::<u32>(TreeName::KeyGenerations, subject)?
+            .unwrap_or(0))
+    }
+
     fn data_key(
         &self,
         subject: &[u8],
         create: bool,
     ) -> std::result::Result<Option<SecretKey>, TxError> {
-        let keys = self.tree(TreeName::Keys);
-        if let Some(wrapped) = keys.get(subject)? {
+        let id = slot_id(subject, self.generation(subject)?);
+        if let Some(wrapped) = self.keys.get(&id)? {
             return Ok(Some(
                 self.master
-                    .unwrap_key(subject, &wrapped)
+                    .unwrap_key(&id, &wrapped)
                     .map_err(StoreError::from)?,
             ));
         }
         if !create {
             return Ok(None);
         }
+        // Written before the commit (an aborted transaction leaves an unused slot), made
+        // durable with the transaction by the next durable point.
         let dk = SecretKey::generate();
-        let wrapped = self.master.wrap(subject, &dk).map_err(StoreError::from)?;
-        keys.insert(subject, wrapped)?;
+        let wrapped = self.master.wrap(&id, &dk).map_err(StoreError::from)?;
+        self.keys.put(&id, &wrapped)?;
         Ok(Some(dk))
     }
 
@@ -383,9 +444,16 @@ impl Tx<'_> {
         Ok(dk.seal(aad, plain).map_err(StoreError::from)?)
     }
 
-    /// Destroys `subject`'s data key: what was sealed under it can never be opened again.
+    /// Destroys `subject`'s data key: what was sealed under it can never be opened again,
+    /// from this database or from any copy of it. A record written under `subject` later in
+    /// the same transaction gets a new key.
     pub fn shred(&self, subject: &[u8]) -> std::result::Result<(), TxError> {
-        self.tree(TreeName::Keys).remove(subject)?;
+        let generation = self.generation(subject)?;
+        let id = slot_id(subject, generation);
+        self.put_json(TreeName::KeyGenerations, subject, &(generation + 1))?;
+        self.tree(TreeName::PendingShreds)
+            .insert(&id[..], &b""[..])?;
+        self.shreds.borrow_mut().push(id);
         Ok(())
     }
 
@@ -461,7 +529,12 @@ mod tests {
 
     fn open() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db"), SecretKey::generate()).unwrap();
+        let store = Store::open(
+            &dir.path().join("db"),
+            &dir.path().join("keys.store"),
+            SecretKey::generate(),
+        )
+        .unwrap();
         (dir, store)
     }
 
@@ -496,9 +569,27 @@ mod tests {
         out
     }
 
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap().flatten() {
+            let target = to.join(e.file_name());
+            if e.path().is_dir() {
+                copy_dir(&e.path(), &target);
+            } else {
+                std::fs::copy(e.path(), target).unwrap();
+            }
+        }
+    }
+
     #[test]
     fn sealed_records_are_never_on_disk_in_clear_and_shred_for_good() {
-        let (dir, store) = open();
+        let dir = tempfile::tempdir().unwrap();
+        let (db, keys, master) = (
+            dir.path().join("db"),
+            dir.path().join("keys.store"),
+            SecretKey::generate(),
+        );
+        let store = Store::open(&db, &keys, master.clone()).unwrap();
         put(&store, b"case-1", "Zorica Unique-Name");
         assert_eq!(
             store.get_sealed::<Rec>(TreeName::Cases, b"case-1").unwrap(),
@@ -508,14 +599,65 @@ mod tests {
         );
         store.close().unwrap();
         assert!(!files_contain(dir.path(), b"Zorica Unique-Name"));
+        // A backup of the database folder, taken before the erasure.
+        let backup = dir.path().join("backup");
+        copy_dir(&db, &backup);
 
+        // Shred, and in the same transaction write a tombstone under the same subject.
         store
-            .transact::<(), (), _>(|tx| tx.shred(b"case-1").map_err(Into::into))
+            .transact::<(), (), _>(|tx| {
+                tx.shred(b"case-1")?;
+                tx.put_sealed(
+                    TreeName::Cases,
+                    b"case-1",
+                    &Rec {
+                        name: "tombstone".into(),
+                    },
+                )?;
+                Ok(())
+            })
             .unwrap();
+        store.durable_blocking().unwrap();
         assert_eq!(
             store.get_sealed::<Rec>(TreeName::Cases, b"case-1").unwrap(),
+            Some(Rec {
+                name: "tombstone".into()
+            }),
+            "a record written after the shred gets a new key"
+        );
+        drop(store);
+
+        // The backup, with the master key and the current key store, opens nothing.
+        let restored = Store::open(&backup, &keys, master).unwrap();
+        assert_eq!(
+            restored
+                .get_sealed::<Rec>(TreeName::Cases, b"case-1")
+                .unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn a_database_without_its_key_store_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let master = SecretKey::generate();
+        {
+            let store = Store::open(
+                &dir.path().join("db"),
+                &dir.path().join("keys.store"),
+                master.clone(),
+            )
+            .unwrap();
+            put(&store, b"c", "n");
+        }
+        std::fs::remove_file(dir.path().join("keys.store")).unwrap();
+        let err = Store::open(
+            &dir.path().join("db"),
+            &dir.path().join("keys.store"),
+            master,
+        )
+        .unwrap_err();
+        assert!(matches!(err, StoreError::KeyStoreMissing(_)), "{err}");
     }
 
     #[test]
@@ -583,10 +725,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let master = SecretKey::generate();
         {
-            let store = Store::open(dir.path(), master.clone()).unwrap();
+            let store = Store::open(
+                &dir.path().join("db"),
+                &dir.path().join("keys.store"),
+                master.clone(),
+            )
+            .unwrap();
             put(&store, b"c", "name");
         }
-        let store = Store::open(dir.path(), master).unwrap();
+        let store = Store::open(
+            &dir.path().join("db"),
+            &dir.path().join("keys.store"),
+            master,
+        )
+        .unwrap();
         assert!(store
             .get_sealed::<Rec>(TreeName::Cases, b"c")
             .unwrap()

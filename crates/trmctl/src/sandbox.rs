@@ -180,6 +180,7 @@ id = "{id}"
 name = "{id} national focal point (sandbox)"
 data_dir = "data"
 master_key = "keys/master.key"
+key_store = "keys/data-keys.store"
 
 [listen]
 services = "{services}"
