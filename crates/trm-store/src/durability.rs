@@ -1,4 +1,4 @@
-//! The durable point: the data-key store is synced, then sled. sled 0.34's `flush()` ends in `sync_file_range`, which survives a
+//! The durable point: the data-key store and sled, synced side by side. sled 0.34's `flush()` ends in `sync_file_range`, which survives a
 //! process crash but not a power cut (the disk's write cache is not flushed). After the flush
 //! the database file is `fdatasync`ed. Concurrent writers share one flush: each takes a
 //! ticket after its commit; whoever holds the lock flushes for every ticket issued before it
@@ -47,10 +47,18 @@ impl GroupCommit {
             return Ok(());
         }
         let upto = self.issued.load(Ordering::SeqCst);
-        // Data keys first: a record must never be durable without the key that opens it.
-        self.keys.sync()?;
-        self.db.flush()?;
-        self.file.sync_data()?;
+        // The key store and sled are synced side by side: an acknowledgement waits for both,
+        // so a crash in between loses only writes that nobody was told about.
+        std::thread::scope(|scope| {
+            let keys = scope.spawn(|| self.keys.sync());
+            let data = self
+                .db
+                .flush()
+                .map_err(StoreError::from)
+                .and_then(|_| Ok(self.file.sync_data()?));
+            let keys = keys.join().map_err(|_| StoreError::Durability)?;
+            data.and(keys)
+        })?;
         *durable = upto;
         Ok(())
     }

@@ -31,9 +31,12 @@ pub fn slot_id(subject: &[u8], generation: u32) -> [u8; 32] {
 
 struct Inner {
     file: File,
-    index: HashMap<[u8; 32], u64>,
+    /// Slot id -> (offset, wrapped key): reads never touch the disk.
+    index: HashMap<[u8; 32], (u64, Vec<u8>)>,
     free: Vec<u64>,
     len: u64,
+    /// Keys written since the last sync.
+    dirty: bool,
 }
 
 /// The key store file.
@@ -77,7 +80,7 @@ impl KeyStore {
             if id == [0u8; ID] {
                 free.push(offset);
             } else {
-                index.insert(id, offset);
+                index.insert(id, (offset, slot[ID..ID + WRAPPED].to_vec()));
             }
         }
         Ok(Self {
@@ -86,20 +89,15 @@ impl KeyStore {
                 index,
                 free,
                 len: full as u64,
+                dirty: false,
             }),
         })
     }
 
     /// Returns the wrapped key in slot `id`.
     pub fn get(&self, id: &[u8; 32]) -> Result<Option<Vec<u8>>> {
-        let mut inner = self.inner.lock().map_err(poisoned)?;
-        let Some(offset) = inner.index.get(id).copied() else {
-            return Ok(None);
-        };
-        let mut slot = [0u8; SLOT];
-        inner.file.seek(SeekFrom::Start(offset))?;
-        inner.file.read_exact(&mut slot)?;
-        Ok(Some(slot[ID..ID + WRAPPED].to_vec()))
+        let inner = self.inner.lock().map_err(poisoned)?;
+        Ok(inner.index.get(id).map(|(_, wrapped)| wrapped.clone()))
     }
 
     /// Writes a wrapped key into slot `id` unless it already holds one (idempotent). The
@@ -125,14 +123,15 @@ impl KeyStore {
         slot[ID..ID + WRAPPED].copy_from_slice(wrapped);
         inner.file.seek(SeekFrom::Start(offset))?;
         inner.file.write_all(&slot)?;
-        inner.index.insert(*id, offset);
+        inner.index.insert(*id, (offset, wrapped.to_vec()));
+        inner.dirty = true;
         Ok(())
     }
 
     /// Overwrites slot `id` with zeros and syncs the file: the key is gone.
     pub fn erase(&self, id: &[u8; 32]) -> Result<()> {
         let mut inner = self.inner.lock().map_err(poisoned)?;
-        let Some(offset) = inner.index.remove(id) else {
+        let Some((offset, _)) = inner.index.remove(id) else {
             return Ok(());
         };
         inner.file.seek(SeekFrom::Start(offset))?;
@@ -142,10 +141,13 @@ impl KeyStore {
         Ok(())
     }
 
-    /// Makes every write so far durable.
+    /// Makes every write so far durable (nothing to do when no key was written).
     pub fn sync(&self) -> Result<()> {
-        let inner = self.inner.lock().map_err(poisoned)?;
-        inner.file.sync_data()?;
+        let mut inner = self.inner.lock().map_err(poisoned)?;
+        if inner.dirty {
+            inner.file.sync_data()?;
+            inner.dirty = false;
+        }
         Ok(())
     }
 }
