@@ -113,8 +113,8 @@ struct Applied {
     receipt: SignedReceipt,
     outcome: ReceiptOutcome,
     reason: String,
-    /// Whether it changed anything (not a duplicate, not rejected).
-    effect: bool,
+    /// What the flow queued while applying it (replies to wake after the durable point).
+    queued: Vec<String>,
 }
 
 enum Abort {
@@ -257,10 +257,8 @@ impl FederationServer {
         };
         let applied = self.apply_one(peer, &env, body, created_at)?;
         self.durable().await?;
-        if applied.effect {
-            // A reply the flow queued (an erasure confirmation, say) goes out now.
-            self.delivery.wake(peer);
-        }
+        // A reply the flow queued (an erasure confirmation, say) goes out now.
+        self.delivery.wake_noted(&applied.queued);
         Ok(applied.receipt)
     }
 
@@ -293,11 +291,11 @@ impl FederationServer {
             }
         }
         let mut entries = Vec::with_capacity(envelopes.len());
-        let mut effect = false;
+        let mut queued = Vec::new();
         for (env, (body, created_at)) in envelopes.iter().zip(checked) {
             let message_id = body.message_id.clone();
             let applied = self.apply_one(peer, env, body, created_at)?;
-            effect |= applied.effect;
+            queued.extend(applied.queued);
             entries.push(BatchReceiptEntry {
                 message_id,
                 body_sha256: trm_crypto::sha256(&env.body).to_vec(),
@@ -307,9 +305,7 @@ impl FederationServer {
         }
         self.durable().await?;
         Counters::bump(&self.counters.batches);
-        if effect {
-            self.delivery.wake(peer);
-        }
+        self.delivery.wake_noted(&queued);
         let body = BatchReceiptBody {
             receiver: self.cfg.node.to_string(),
             received_at: Some(trm_proto::convert::ts(OffsetDateTime::now_utc())),
@@ -414,7 +410,7 @@ impl FederationServer {
             payload,
         };
         let actor = format!("peer:{peer}");
-        let result = self.store.transact(|tx| {
+        let result = self.store.transact_noting(|tx| {
             if let Some(seen) = tx.get_json::<InboxEntry>(TreeName::Inbox, mid)? {
                 return Err(TxFail::Abort(Abort::Duplicate(seen)));
             }
@@ -449,13 +445,13 @@ impl FederationServer {
             Ok(receipt)
         });
         match result {
-            Ok(receipt) => {
+            Ok((receipt, queued)) => {
                 Counters::bump(&self.counters.accepted);
                 Ok(Applied {
                     receipt,
                     outcome: ReceiptOutcome::Accepted,
                     reason: String::new(),
-                    effect: true,
+                    queued,
                 })
             }
             Err(TxFail::Abort(Abort::Duplicate(seen))) => {
@@ -468,7 +464,7 @@ impl FederationServer {
                     receipt,
                     outcome: ReceiptOutcome::Duplicate,
                     reason: String::new(),
-                    effect: false,
+                    queued: Vec::new(),
                 })
             }
             Err(TxFail::Abort(Abort::Rejected(Rejection(reason)))) => {
@@ -479,7 +475,7 @@ impl FederationServer {
                     receipt,
                     outcome: ReceiptOutcome::Rejected,
                     reason,
-                    effect: false,
+                    queued: Vec::new(),
                 })
             }
             Err(TxFail::Tx(e)) => {

@@ -102,6 +102,11 @@ pub fn enqueue(
     )
 }
 
+/// The note a transaction carries for each peer it queued an envelope for.
+fn wake_note(peer: NodeId) -> String {
+    format!("outbox/{peer}")
+}
+
 /// Same as [`enqueue`], dated `created_at` (a key announcement is dated at the rotation
 /// instant, the last moment the old key signs).
 #[allow(clippy::too_many_arguments)]
@@ -116,6 +121,7 @@ pub fn enqueue_at(
     created_at: OffsetDateTime,
 ) -> Result<String, TxError> {
     let kind = payload_kind(&payload).to_owned();
+    tx.notify_after_commit(&wake_note(peer));
     let message_id = uuid::Uuid::now_v7().to_string();
     let env = envelope::seal_with_id(
         identity,
@@ -313,6 +319,17 @@ impl Delivery {
             .unwrap_or_default();
         for t in tasks {
             let _ = t.await;
+        }
+    }
+
+    /// Wakes the worker of every peer a committed transaction queued envelopes for (the
+    /// notes of [`trm_store::Store::transact_noting`]). Call after the durable point.
+    pub fn wake_noted(&self, notes: &[String]) {
+        for peer in notes
+            .iter()
+            .filter_map(|n| n.strip_prefix("outbox/")?.parse::<NodeId>().ok())
+        {
+            self.wake(peer);
         }
     }
 

@@ -39,7 +39,7 @@ impl Admin {
     /// peers at every start), audited.
     async fn change_directory(&self, f: impl Fn(&mut DirectoryChanges)) -> Result<(), ApiError> {
         self.ctx
-            .commit(None, |tx| {
+            .commit(|tx| {
                 let mut changes: DirectoryChanges = tx
                     .get_json(TreeName::Meta, DIRECTORY_CHANGES)?
                     .unwrap_or_default();
@@ -341,7 +341,7 @@ impl AdminService for Admin {
         let announced = OwnKey::new(&new, Some(now));
         keys.push(announced.clone());
         let peers = ctx.directory.ids();
-        ctx.commit(None, |tx| {
+        ctx.commit(|tx| {
             tx.put_json(TreeName::Meta, keys::OWN_KEYS, &keys)?;
             for peer in &peers {
                 // Signed by the old key, which the peer trusts, dated at its last instant.
@@ -362,9 +362,6 @@ impl AdminService for Admin {
         .await?;
         let key_id = new.key_id().to_owned();
         ctx.identity.replace(new);
-        for peer in peers {
-            ctx.delivery.wake(peer);
-        }
         info!(key_id = %key_id, "signing key rotated");
         Ok(Response::new(w::RotateSigningKeyResponse { key_id }))
     }

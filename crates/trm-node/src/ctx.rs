@@ -40,18 +40,12 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Commits `f`, waits for durability, then wakes the delivery worker of `wake` if any:
-    /// the caller answers only after this returns.
-    pub async fn commit<R>(
-        &self,
-        wake: Option<NodeId>,
-        f: impl Fn(&Tx<'_>) -> TxResult<R>,
-    ) -> ApiResult<R> {
-        let r = self.store.transact(f)?;
+    /// Commits `f`, waits for durability, then wakes the delivery workers of the peers `f`
+    /// queued envelopes for: the caller answers only after this returns.
+    pub async fn commit<R>(&self, f: impl Fn(&Tx<'_>) -> TxResult<R>) -> ApiResult<R> {
+        let (r, queued) = self.store.transact_noting(f)?;
         self.store.durable().await?;
-        if let Some(peer) = wake {
-            self.delivery.wake(peer);
-        }
+        self.delivery.wake_noted(&queued);
         Ok(r)
     }
 

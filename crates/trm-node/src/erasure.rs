@@ -3,7 +3,6 @@
 
 use time::OffsetDateTime;
 use trm_core::{
-    ids::NodeId,
     referral::{ReferralRecord, ReferralStatus},
     returns::{ReturnRecord, ReturnStatus},
 };
@@ -19,13 +18,13 @@ const REASON: &str = "consent withdrawn";
 /// Asks the recipient of disclosure `id` (a referral or a return plan this node sent) to
 /// erase its copy: the record is withdrawn (or halted), its data key shredded so queued
 /// copies not yet delivered are gone too, and a signed erasure request is queued. Returns
-/// the recipient, or `None` when erasure was already requested or `id` is unknown.
-pub fn request(ctx: &Ctx, tx: &Tx<'_>, id: &Uuid) -> TxResult<Option<NodeId>> {
+/// whether a request was queued (not when erasure was already requested or `id` is unknown).
+pub fn request(ctx: &Ctx, tx: &Tx<'_>, id: &Uuid) -> TxResult<bool> {
     let key = id.as_bytes();
     let (recipient, case_ref) =
         if let Some(mut r) = tx.get_sealed::<ReferralRecord>(TreeName::Referrals, key)? {
             if r.erasure_requested || r.origin != ctx.id {
-                return Ok(None);
+                return Ok(false);
             }
             if !r.status.is_final() {
                 r.status = ReferralStatus::Withdrawn;
@@ -38,7 +37,7 @@ pub fn request(ctx: &Ctx, tx: &Tx<'_>, id: &Uuid) -> TxResult<Option<NodeId>> {
             (r.destination, r.disclosed.case_ref)
         } else if let Some(mut r) = tx.get_sealed::<ReturnRecord>(TreeName::Returns, key)? {
             if r.erasure_requested || r.origin != ctx.id {
-                return Ok(None);
+                return Ok(false);
             }
             if !r.status.is_final() {
                 r.status = ReturnStatus::Halted;
@@ -50,7 +49,7 @@ pub fn request(ctx: &Ctx, tx: &Tx<'_>, id: &Uuid) -> TxResult<Option<NodeId>> {
             tx.put_sealed(TreeName::Returns, key, &r)?;
             (r.destination, r.disclosed.case_ref)
         } else {
-            return Ok(None);
+            return Ok(false);
         };
     let request = ErasureRequest {
         subject_id: id.to_string(),
@@ -65,5 +64,5 @@ pub fn request(ctx: &Ctx, tx: &Tx<'_>, id: &Uuid) -> TxResult<Option<NodeId>> {
         &case_ref,
         Payload::ErasureRequest(request),
     )?;
-    Ok(Some(recipient))
+    Ok(true)
 }

@@ -163,9 +163,8 @@ impl Hearings {
         step: HearingStep,
     ) -> ApiResult<HearingRecord> {
         let me = self.ctx.id;
-        let peer = self.load(&id)?.peer(me);
         self.ctx
-            .commit(Some(peer), |tx| {
+            .commit(|tx| {
                 let mut h = tx
                     .get_sealed::<HearingRecord>(TreeName::Hearings, id.as_bytes())?
                     .ok_or(TxFail::Abort(ApiError::NotFound("hearing")))?;
@@ -189,7 +188,7 @@ impl Hearings {
                     tx,
                     &self.ctx.identity.current(),
                     me,
-                    peer,
+                    h.peer(me),
                     &id.to_string(),
                     &h.case_ref,
                     Payload::HearingUpdate(update),
@@ -238,7 +237,7 @@ impl WitnessHearingService for Hearings {
         let hearing_id = Uuid::now_v7();
         let record = self
             .ctx
-            .commit(Some(witness_country), |tx| {
+            .commit(|tx| {
                 let s = subject(tx, &subject_id, witness_country)?.ok_or(TxFail::Abort(ApiError::NotFound("case")))?;
                 let case_ref = s.case_ref.ok_or_else(|| {
                     ApiError::from(GuardError::new(Guard::State, format!("the case was never exchanged with {witness_country}")))

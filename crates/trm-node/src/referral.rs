@@ -24,7 +24,7 @@ use crate::{
     authz::{self, actor, require, require_org, CASE_ROLES},
     ctx::{consents_of, load_case, today, Ctx, TxResult},
     disclosure,
-    error::{ApiError, ApiResult},
+    error::ApiError,
 };
 
 /// The referral service of one node.
@@ -126,7 +126,7 @@ impl ReferralService for Referrals {
             created_at: OffsetDateTime::now_utc(),
         };
         self.ctx
-            .commit(None, |tx| {
+            .commit(|tx| {
                 tx.put_sealed(TreeName::Cases, case.case_id.as_bytes(), &case)?;
                 tx.audit(AuditRecord::new(
                     actor(&p),
@@ -208,7 +208,7 @@ impl ReferralService for Referrals {
             disclosures: vec![],
         };
         self.ctx
-            .commit(None, |tx| {
+            .commit(|tx| {
                 let case = load_case(tx, &consent.case_id)?;
                 require_org(&p, Some(&case.organisation))?;
                 let mut consents = consents_of(tx, &consent.case_id)?;
@@ -252,9 +252,9 @@ impl ReferralService for Referrals {
         let case_id = convert::id("case_id", &req.case_id).map_err(ApiError::from)?;
         let consent_id = convert::id("consent_id", &req.consent_id).map_err(ApiError::from)?;
         let me = self.ctx.id;
-        let (consent, peers) = self
+        let (consent, requested) = self
             .ctx
-            .commit(None, |tx| {
+            .commit(|tx| {
                 let case = load_case(tx, &case_id)?;
                 require_org(&p, Some(&case.organisation))?;
                 let mut consents = consents_of(tx, &case_id)?;
@@ -272,23 +272,18 @@ impl ReferralService for Referrals {
                 consent.withdrawn_at = Some(OffsetDateTime::now_utc());
                 let withdrawn = consent.clone();
                 tx.put_json(TreeName::Consents, case_id.as_bytes(), &consents)?;
-                let mut peers = Vec::new();
+                let mut requested = 0;
                 for rid in &withdrawn.disclosures {
-                    if let Some(peer) = crate::erasure::request(&self.ctx, tx, rid)? {
-                        peers.push(peer);
-                    }
+                    requested += usize::from(crate::erasure::request(&self.ctx, tx, rid)?);
                 }
                 tx.audit(
                     AuditRecord::new(actor(&p), "consent.withdraw", consent_id.to_string(), "ok")
-                        .detail(format!("case={case_id} erasure_requests={}", peers.len())),
+                        .detail(format!("case={case_id} erasure_requests={requested}")),
                 )?;
-                Ok((withdrawn, peers))
+                Ok((withdrawn, requested))
             })
             .await?;
-        for peer in peers {
-            self.ctx.delivery.wake(peer);
-        }
-        info!(consent_id = %consent_id, node = %me, "consent withdrawn");
+        info!(consent_id = %consent_id, node = %me, erasure_requests = requested, "consent withdrawn");
         Ok(Response::new(convert::consent_to_wire(&consent)))
     }
 
@@ -309,7 +304,7 @@ impl ReferralService for Referrals {
         let me = self.ctx.id;
         let record = self
             .ctx
-            .commit(Some(destination), |tx| {
+            .commit(|tx| {
                 let d = disclosure::prepare(
                     tx,
                     &p,
@@ -433,12 +428,9 @@ impl ReferralService for Referrals {
             }
         };
         let reason = convert::text("reason", &req.reason).map_err(ApiError::from)?;
-        let origin = self.peer_of(&id)?;
         let r = self
             .ctx
-            .commit(Some(origin), |tx| {
-                self.update_referral(tx, &p, &id, event, &reason, None)
-            })
+            .commit(|tx| self.update_referral(tx, &p, &id, event, &reason, None))
             .await?;
         Ok(Response::new(convert::referral_to_wire(&r)))
     }
@@ -453,12 +445,9 @@ impl ReferralService for Referrals {
         let req = request.get_ref();
         let id = convert::id("referral_id", &req.referral_id).map_err(ApiError::from)?;
         let org = OrgId::parse("organisation", &req.organisation).map_err(ApiError::from)?;
-        let origin = self.peer_of(&id)?;
         let r = self
             .ctx
-            .commit(Some(origin), |tx| {
-                self.update_referral(tx, &p, &id, ReferralEvent::Assign, "", Some(&org))
-            })
+            .commit(|tx| self.update_referral(tx, &p, &id, ReferralEvent::Assign, "", Some(&org)))
             .await?;
         Ok(Response::new(convert::referral_to_wire(&r)))
     }
@@ -473,12 +462,9 @@ impl ReferralService for Referrals {
         let req = request.get_ref();
         let id = convert::id("referral_id", &req.referral_id).map_err(ApiError::from)?;
         let reason = convert::text("reason", &req.reason).map_err(ApiError::from)?;
-        let peer = self.peer_of(&id)?;
         let r = self
             .ctx
-            .commit(Some(peer), |tx| {
-                self.update_referral(tx, &p, &id, ReferralEvent::Close, &reason, None)
-            })
+            .commit(|tx| self.update_referral(tx, &p, &id, ReferralEvent::Close, &reason, None))
             .await?;
         Ok(Response::new(convert::referral_to_wire(&r)))
     }
@@ -493,48 +479,40 @@ impl ReferralService for Referrals {
         let req = request.get_ref();
         let case_id = convert::id("case_id", &req.case_id).map_err(ApiError::from)?;
         let reason = convert::short("reason", &req.reason, false).map_err(ApiError::from)?;
-        let peers =
-            self.ctx
-                .commit(None, |tx| {
-                    let case = load_case(tx, &case_id)?;
-                    require_org(&p, Some(&case.organisation))?;
-                    let mut consents = consents_of(tx, &case_id)?;
-                    let now = OffsetDateTime::now_utc();
-                    let mut disclosures = Vec::new();
-                    for c in consents.iter_mut() {
-                        c.withdrawn_at.get_or_insert(now);
-                        disclosures.extend(c.disclosures.iter().copied());
-                    }
-                    disclosures.sort();
-                    disclosures.dedup();
-                    tx.put_json(TreeName::Consents, case_id.as_bytes(), &consents)?;
-                    let mut peers = Vec::new();
-                    for rid in &disclosures {
-                        if let Some(peer) = crate::erasure::request(&self.ctx, tx, rid)? {
-                            peers.push(peer);
-                        }
-                    }
-                    // Crypto-shredding: without its data key the sealed record is gone for good.
-                    tx.shred(case_id.as_bytes())?;
-                    tx.remove(TreeName::Cases, case_id.as_bytes())?;
-                    tx.audit(
-                        AuditRecord::new(actor(&p), "case.erase", case_id.to_string(), "ok")
-                            .detail(format!(
-                                "erasure_requests={} reason_len={}",
-                                peers.len(),
-                                reason.len()
-                            )),
-                    )?;
-                    Ok(peers)
-                })
-                .await?;
-        for peer in &peers {
-            self.ctx.delivery.wake(*peer);
-        }
+        let requested = self
+            .ctx
+            .commit(|tx| {
+                let case = load_case(tx, &case_id)?;
+                require_org(&p, Some(&case.organisation))?;
+                let mut consents = consents_of(tx, &case_id)?;
+                let now = OffsetDateTime::now_utc();
+                let mut disclosures = Vec::new();
+                for c in consents.iter_mut() {
+                    c.withdrawn_at.get_or_insert(now);
+                    disclosures.extend(c.disclosures.iter().copied());
+                }
+                disclosures.sort();
+                disclosures.dedup();
+                tx.put_json(TreeName::Consents, case_id.as_bytes(), &consents)?;
+                let mut requested: u32 = 0;
+                for rid in &disclosures {
+                    requested += u32::from(crate::erasure::request(&self.ctx, tx, rid)?);
+                }
+                // Crypto-shredding: without its data key the sealed record is gone for good.
+                tx.shred(case_id.as_bytes())?;
+                tx.remove(TreeName::Cases, case_id.as_bytes())?;
+                tx.audit(
+                    AuditRecord::new(actor(&p), "case.erase", case_id.to_string(), "ok").detail(
+                        format!("erasure_requests={requested} reason_len={}", reason.len()),
+                    ),
+                )?;
+                Ok(requested)
+            })
+            .await?;
         info!(case_id = %case_id, "case erased");
         Ok(Response::new(w::EraseCaseResponse {
             case_id: case_id.to_string(),
-            erasure_requests: peers.len() as u32,
+            erasure_requests: requested,
         }))
     }
 
@@ -548,24 +526,10 @@ impl ReferralService for Referrals {
         let req = request.get_ref();
         let id = convert::id("referral_id", &req.referral_id).map_err(ApiError::from)?;
         let reason = convert::text("reason", &req.reason).map_err(ApiError::from)?;
-        let peer = self.peer_of(&id)?;
         let r = self
             .ctx
-            .commit(Some(peer), |tx| {
-                self.update_referral(tx, &p, &id, ReferralEvent::Withdraw, &reason, None)
-            })
+            .commit(|tx| self.update_referral(tx, &p, &id, ReferralEvent::Withdraw, &reason, None))
             .await?;
         Ok(Response::new(convert::referral_to_wire(&r)))
-    }
-}
-
-impl Referrals {
-    fn peer_of(&self, id: &Uuid) -> ApiResult<trm_core::ids::NodeId> {
-        let r = self
-            .ctx
-            .store
-            .get_sealed::<ReferralRecord>(TreeName::Referrals, id.as_bytes())?
-            .ok_or(ApiError::NotFound("referral"))?;
-        Ok(r.peer(self.ctx.id))
     }
 }

@@ -106,16 +106,8 @@ impl Returns {
         step: StepDetails,
     ) -> ApiResult<ReturnRecord> {
         let me = self.ctx.id;
-        let peer = {
-            let r = self
-                .ctx
-                .store
-                .get_sealed::<ReturnRecord>(TreeName::Returns, id.as_bytes())?
-                .ok_or(ApiError::NotFound("return plan"))?;
-            r.peer(me)
-        };
         self.ctx
-            .commit(Some(peer), |tx| {
+            .commit(|tx| {
                 let mut r = load_return(tx, &id)?;
                 let side = r.side(me);
                 if !event.allowed_for(side) {
@@ -218,7 +210,7 @@ impl ReturnPlanningService for Returns {
             recorded_at: OffsetDateTime::now_utc(),
         };
         self.ctx
-            .commit(None, |tx| {
+            .commit(|tx| {
                 let case = load_case(tx, &case_id)?;
                 require_org(&p, Some(&case.organisation))?;
                 let mut all = tx
@@ -261,7 +253,7 @@ impl ReturnPlanningService for Returns {
             recorded_at: OffsetDateTime::now_utc(),
         };
         self.ctx
-            .commit(None, |tx| {
+            .commit(|tx| {
                 let case = load_case(tx, &case_id)?;
                 require_org(&p, Some(&case.organisation))?;
                 let mut all = tx
@@ -317,7 +309,7 @@ impl ReturnPlanningService for Returns {
         };
         let record = self
             .ctx
-            .commit(Some(destination), |tx| {
+            .commit(|tx| {
                 let d = disclosure::prepare(
                     tx,
                     &p,

@@ -189,15 +189,27 @@ impl Store {
     where
         F: Fn(&Tx<'_>) -> std::result::Result<R, TxFail<E>>,
     {
+        self.transact_noting(f).map(|(r, _)| r)
+    }
+
+    /// Same as [`Store::transact`], also returning what the committed attempt asked to be
+    /// told after the commit ([`Tx::notify_after_commit`]), without duplicates.
+    pub fn transact_noting<R, E, F>(&self, f: F) -> std::result::Result<(R, Vec<String>), TxFail<E>>
+    where
+        F: Fn(&Tx<'_>) -> std::result::Result<R, TxFail<E>>,
+    {
         let trees: &[Tree] = &self.inner.trees;
         let shreds = std::cell::RefCell::new(Vec::new());
+        let notes = std::cell::RefCell::new(Vec::new());
         let result = trees.transaction(|view: &Vec<TransactionalTree>| {
             shreds.borrow_mut().clear();
+            notes.borrow_mut().clear();
             let tx = Tx {
                 view,
                 master: &self.inner.master,
                 keys: &self.inner.keys,
                 shreds: &shreds,
+                notes: &notes,
             };
             match f(&tx) {
                 Ok(r) => Ok(r),
@@ -221,7 +233,7 @@ impl Store {
                         tracing::error!(error = %e, "cannot erase a shredded key now; finished at the next start");
                     }
                 }
-                Ok(r)
+                Ok((r, notes.take()))
             }
             Err(TransactionError::Abort(fail)) => Err(fail),
             Err(TransactionError::Storage(e)) => Err(TxFail::Tx(TxError::Store(e.into()))),
@@ -366,6 +378,8 @@ pub struct Tx<'a> {
     keys: &'a KeyStore,
     /// Key-store slots to overwrite once this transaction has committed.
     shreds: &'a std::cell::RefCell<Vec<[u8; 32]>>,
+    /// What the caller wants to be told once this transaction has committed.
+    notes: &'a std::cell::RefCell<Vec<String>>,
 }
 
 impl Tx<'_> {
@@ -443,6 +457,15 @@ impl Tx<'_> {
     ) -> std::result::Result<Vec<u8>, TxError> {
         let dk = self.data_key(subject, true)?.ok_or(TxError::Conflict)?;
         Ok(dk.seal(aad, plain).map_err(StoreError::from)?)
+    }
+
+    /// Asks to be told `note` once this transaction has committed (for instance which peer
+    /// now has an envelope queued). Returned by [`Store::transact_noting`].
+    pub fn notify_after_commit(&self, note: &str) {
+        let mut notes = self.notes.borrow_mut();
+        if !notes.iter().any(|n| n == note) {
+            notes.push(note.to_owned());
+        }
     }
 
     /// Destroys `subject`'s data key: what was sealed under it can never be opened again,
