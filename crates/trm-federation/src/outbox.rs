@@ -428,11 +428,11 @@ impl Delivery {
                 }
                 continue;
             };
-            let mut queue = match self
-                .inner
-                .store
-                .scan_json::<OutboxItem>(TreeName::Outbox, peer.as_str().as_bytes())
-            {
+            let mut queue = match self.inner.store.scan_json_first::<OutboxItem>(
+                TreeName::Outbox,
+                peer.as_str().as_bytes(),
+                SEND_BATCH,
+            ) {
                 Ok(items) => items,
                 Err(e) => {
                     warn!(peer = %peer, error = %e, "cannot read the outbox");

@@ -16,13 +16,13 @@ pub fn router(ctx: Ctx) -> Router {
         .with_state(ctx)
 }
 
+/// Ready when the database answers. Verifying the audit chain is `VerifyAudit`'s job: it
+/// reads every entry, too much for a probe that runs every few seconds.
 async fn ready(State(ctx): State<Ctx>) -> (StatusCode, &'static str) {
-    match ctx.store.verify_audit() {
-        Ok(r) if r.ok => (StatusCode::OK, "ready\n"),
-        _ => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "audit chain or storage unhealthy\n",
-        ),
+    if ctx.store.is_readable() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n")
     }
 }
 
