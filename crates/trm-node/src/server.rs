@@ -321,15 +321,22 @@ pub async fn run(
     info!(node = %node, "shutting down");
     let _ = stop_tx.send(true);
     let mut failure = None;
-    for (name, task) in tasks {
-        match tokio::time::timeout(GRACE, task).await {
+    // One grace period for all servers; whatever still runs then is stopped, so that no
+    // request is served (and no port held) after the node has stopped.
+    let deadline = tokio::time::Instant::now() + GRACE;
+    for (name, mut task) in tasks {
+        match tokio::time::timeout_at(deadline, &mut task).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => {
                 error!(server = name, error = %e, "server stopped with an error");
                 failure = Some(NodeError::Task(format!("{name}: {e}")));
             }
             Ok(Err(e)) => failure = Some(NodeError::Task(format!("{name}: {e}"))),
-            Err(_) => warn!(server = name, "grace period over; connections dropped"),
+            Err(_) => {
+                task.abort();
+                let _ = task.await;
+                warn!(server = name, "grace period over; connections dropped");
+            }
         }
     }
     delivery.stopped().await;
