@@ -4,28 +4,7 @@
 use trm_core::ids::Role;
 use trm_crypto::files;
 use trm_proto::v1 as w;
-use trm_tests::{eventually, metrics, requests, TestFederation};
-
-async fn refer(fed: &TestFederation, from: &str, to: &str) -> anyhow::Result<String> {
-    let mut sp = fed.referrals(from, Role::ServiceProvider).await?;
-    let case = sp.create_case(requests::case("Dir", 5)).await?.into_inner();
-    sp.record_consent(requests::consent(
-        &case.case_id,
-        &[w::Purpose::ReferralAssistance],
-        &[to],
-        &[],
-    ))
-    .await?;
-    Ok(sp
-        .submit_referral(w::SubmitReferralRequest {
-            case_id: case.case_id,
-            destination: to.into(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .referral_id)
-}
+use trm_tests::{eventually, metrics, refer, referral_with_status, TestFederation};
 
 async fn incoming(fed: &TestFederation, node: &str) -> anyhow::Result<usize> {
     let mut fp = fed.referrals(node, Role::FocalPoint).await?;
@@ -164,18 +143,7 @@ async fn a_removed_peer_gets_nothing_and_is_refused_and_dead_letters_can_be_retr
             message_id: dead[0].message_id.clone(),
         })
         .await?;
-    eventually("AT's retried referral to be delivered", || {
-        let mut sp = at_sp.clone();
-        let id = at_referral.clone();
-        async move {
-            let r = sp
-                .get_referral(w::GetReferralRequest { referral_id: id })
-                .await?
-                .into_inner();
-            Ok((r.status == w::ReferralStatus::Delivered as i32).then_some(()))
-        }
-    })
-    .await?;
+    referral_with_status(&at_sp, &at_referral, w::ReferralStatus::Delivered).await?;
     assert_eq!(incoming(&fed, "RO").await?, 1);
     assert!(outbox(&fed, "AT", false).await?.is_empty());
     let err = at_admin

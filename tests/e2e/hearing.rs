@@ -447,8 +447,22 @@ async fn a_hearing_for_a_case_not_exchanged_is_refused_on_both_sides_and_audited
         Code::NotFound
     );
 
-    // RO receives a signed request from AT under a reference it never shared.
+    // RO receives a signed request from AT under a reference it never shared. First let RO
+    // finish its own deliveries (their receipts add audit entries of their own).
     let mut admin = fed.admin("RO", Role::Operator).await?;
+    eventually("RO's outbox to drain", || {
+        let mut a = admin.clone();
+        async move {
+            Ok((a
+                .status(w::StatusRequest {})
+                .await?
+                .into_inner()
+                .outbox_depth
+                == 0)
+                .then_some(()))
+        }
+    })
+    .await?;
     let before = admin
         .verify_audit(w::VerifyAuditRequest {})
         .await?

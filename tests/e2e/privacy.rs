@@ -230,18 +230,8 @@ async fn either_side_can_withdraw_an_open_referral() -> anyhow::Result<()> {
             reason: "no longer needed".into(),
         })
         .await?;
-        let seen = eventually("the withdrawal to reach the other side", || {
-            let mut other = other.clone();
-            let id = id.clone();
-            async move {
-                let r = other
-                    .get_referral(w::GetReferralRequest { referral_id: id })
-                    .await?
-                    .into_inner();
-                Ok((r.status == w::ReferralStatus::Withdrawn as i32).then_some(r))
-            }
-        })
-        .await?;
+        let seen =
+            trm_tests::referral_with_status(&other, &id, w::ReferralStatus::Withdrawn).await?;
         assert_eq!(seen.status_reason, "no longer needed");
         let err = other
             .withdraw_referral(w::WithdrawReferralRequest {

@@ -198,18 +198,9 @@ async fn referral_without_matching_consent_is_refused_and_nothing_is_sent() -> a
         }
     })
     .await?;
-    let delivered = eventually("the receipt to mark it delivered", || {
-        let mut sp = sp.clone();
-        let id = sent.referral_id.clone();
-        async move {
-            let r = sp
-                .get_referral(w::GetReferralRequest { referral_id: id })
-                .await?
-                .into_inner();
-            Ok((r.status == w::ReferralStatus::Delivered as i32).then_some(r))
-        }
-    })
-    .await?;
+    let delivered =
+        trm_tests::referral_with_status(&sp, &sent.referral_id, w::ReferralStatus::Delivered)
+            .await?;
     assert_eq!(delivered.destination, "NG");
     // RO never saw anything.
     let incoming = ro

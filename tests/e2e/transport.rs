@@ -334,25 +334,7 @@ async fn delivery_goes_only_to_a_server_proving_the_peers_identity() -> anyhow::
     let (seen, task) = impostor(ro_addr, fed.dir(), "NG").await?;
 
     let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
-    let case = sp
-        .create_case(trm_tests::requests::case("Imp", 5))
-        .await?
-        .into_inner();
-    sp.record_consent(trm_tests::requests::consent(
-        &case.case_id,
-        &[w::Purpose::ReferralAssistance],
-        &["RO"],
-        &[],
-    ))
-    .await?;
-    let referral = sp
-        .submit_referral(w::SubmitReferralRequest {
-            case_id: case.case_id.clone(),
-            destination: "RO".into(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
+    let referral_id = trm_tests::refer(&fed, "AT", "RO").await?;
     trm_tests::eventually("a delivery attempt to end at the impostor", || {
         let seen = seen.clone();
         async move { Ok((seen.closed.load(Ordering::SeqCst) >= 1).then_some(())) }
@@ -363,7 +345,7 @@ async fn delivery_goes_only_to_a_server_proving_the_peers_identity() -> anyhow::
         0,
         "not one byte of the envelope reached the impostor"
     );
-    let id = referral.referral_id.clone();
+    let id = referral_id;
     let r = sp
         .get_referral(w::GetReferralRequest {
             referral_id: id.clone(),
@@ -380,18 +362,7 @@ async fn delivery_goes_only_to_a_server_proving_the_peers_identity() -> anyhow::
     task.abort();
     let _ = task.await;
     fed.start_node("RO").await?;
-    trm_tests::eventually("delivery to the real RO", || {
-        let mut sp = sp.clone();
-        let id = id.clone();
-        async move {
-            let r = sp
-                .get_referral(w::GetReferralRequest { referral_id: id })
-                .await?
-                .into_inner();
-            Ok((r.status == w::ReferralStatus::Delivered as i32).then_some(()))
-        }
-    })
-    .await?;
+    trm_tests::referral_with_status(&sp, &id, w::ReferralStatus::Delivered).await?;
     fed.stop().await?;
     Ok(())
 }
@@ -492,29 +463,10 @@ async fn stale_future_and_oversize_envelopes_are_refused_counted_and_audited() -
 async fn a_peer_that_was_down_receives_everything_exactly_once_in_order() -> anyhow::Result<()> {
     let mut fed = TestFederation::start(&["AT", "RO"]).await?;
     fed.stop_node("RO").await?;
-    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let sp = fed.referrals("AT", Role::ServiceProvider).await?;
     let mut sent = Vec::new();
-    for i in 0..6 {
-        let case = sp
-            .create_case(trm_tests::requests::case(&format!("Queued{i}"), 5))
-            .await?
-            .into_inner();
-        sp.record_consent(trm_tests::requests::consent(
-            &case.case_id,
-            &[w::Purpose::ReferralAssistance],
-            &["RO"],
-            &[],
-        ))
-        .await?;
-        let r = sp
-            .submit_referral(w::SubmitReferralRequest {
-                case_id: case.case_id,
-                destination: "RO".into(),
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        sent.push(r.referral_id);
+    for _ in 0..6 {
+        sent.push(trm_tests::refer(&fed, "AT", "RO").await?);
     }
     fed.start_node("RO").await?;
     let fp = fed.referrals("RO", Role::FocalPoint).await?;
@@ -541,18 +493,7 @@ async fn a_peer_that_was_down_receives_everything_exactly_once_in_order() -> any
         sent
     );
     for id in &sent {
-        trm_tests::eventually("delivered at AT", || {
-            let mut sp = sp.clone();
-            let id = id.clone();
-            async move {
-                let r = sp
-                    .get_referral(w::GetReferralRequest { referral_id: id })
-                    .await?
-                    .into_inner();
-                Ok((r.status == w::ReferralStatus::Delivered as i32).then_some(()))
-            }
-        })
-        .await?;
+        trm_tests::referral_with_status(&sp, id, w::ReferralStatus::Delivered).await?;
     }
     let page = trm_tests::metrics(fed.node("RO")?.addrs.metrics).await?;
     assert!(page.contains("trm_envelopes_accepted_total 6"), "{page}");
@@ -592,27 +533,7 @@ async fn a_black_holed_peer_does_not_hold_up_delivery_to_another() -> anyhow::Re
     let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
     let mut ids = Vec::new();
     for to in ["NG", "RO"] {
-        let case = sp
-            .create_case(trm_tests::requests::case("Hole", 5))
-            .await?
-            .into_inner();
-        sp.record_consent(trm_tests::requests::consent(
-            &case.case_id,
-            &[w::Purpose::ReferralAssistance],
-            &[to],
-            &[],
-        ))
-        .await?;
-        ids.push(
-            sp.submit_referral(w::SubmitReferralRequest {
-                case_id: case.case_id,
-                destination: to.into(),
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .referral_id,
-        );
+        ids.push(trm_tests::refer(&fed, "AT", to).await?);
     }
     trm_tests::eventually("AT to be stuck on NG", || {
         let a = accepted.clone();
@@ -754,39 +675,9 @@ async fn key_rotation_keeps_old_messages_valid_in_their_window_and_refuses_a_ret
     // What AT learnt survives its restart; RO's receipts (new key) verify at AT.
     fed.stop_node("AT").await?;
     fed.start_node("AT").await?;
-    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
-    let case = sp
-        .create_case(trm_tests::requests::case("Rot", 5))
-        .await?
-        .into_inner();
-    sp.record_consent(trm_tests::requests::consent(
-        &case.case_id,
-        &[w::Purpose::ReferralAssistance],
-        &["RO"],
-        &[],
-    ))
-    .await?;
-    let rid = sp
-        .submit_referral(w::SubmitReferralRequest {
-            case_id: case.case_id,
-            destination: "RO".into(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .referral_id;
-    trm_tests::eventually("a receipt signed by RO's new key", || {
-        let mut sp = sp.clone();
-        let id = rid.clone();
-        async move {
-            let r = sp
-                .get_referral(w::GetReferralRequest { referral_id: id })
-                .await?
-                .into_inner();
-            Ok((r.status == w::ReferralStatus::Delivered as i32).then_some(()))
-        }
-    })
-    .await?;
+    let sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let rid = trm_tests::refer(&fed, "AT", "RO").await?;
+    trm_tests::referral_with_status(&sp, &rid, w::ReferralStatus::Delivered).await?;
     at_admin = fed.admin("AT", Role::Operator).await?;
     let peers = at_admin
         .list_peers(w::ListPeersRequest {})

@@ -307,3 +307,50 @@ pub async fn metrics(addr: SocketAddr) -> Result<String> {
     s.read_to_string(&mut out).await?;
     Ok(out)
 }
+
+/// Creates a case at `from` (as its service provider), records a referral consent to `to`
+/// and submits a referral there. Returns the referral id.
+pub async fn refer(fed: &TestFederation, from: &str, to: &str) -> Result<String> {
+    let mut sp = fed.referrals(from, Role::ServiceProvider).await?;
+    let case = sp
+        .create_case(requests::case("Referred", 5))
+        .await?
+        .into_inner();
+    sp.record_consent(requests::consent(
+        &case.case_id,
+        &[trm_proto::v1::Purpose::ReferralAssistance],
+        &[to],
+        &[],
+    ))
+    .await?;
+    Ok(sp
+        .submit_referral(trm_proto::v1::SubmitReferralRequest {
+            case_id: case.case_id,
+            destination: to.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .referral_id)
+}
+
+/// Polls `client` until referral `id` has `status`; returns it.
+pub async fn referral_with_status(
+    client: &ReferralServiceClient<Channel>,
+    id: &str,
+    status: trm_proto::v1::ReferralStatus,
+) -> Result<trm_proto::v1::Referral> {
+    eventually(&format!("referral {status:?}"), || {
+        let mut c = client.clone();
+        let id = id.to_owned();
+        async move {
+            let r = c
+                .get_referral(trm_proto::v1::GetReferralRequest { referral_id: id })
+                .await;
+            Ok(r.ok()
+                .map(|r| r.into_inner())
+                .filter(|r| r.status == status as i32))
+        }
+    })
+    .await
+}
