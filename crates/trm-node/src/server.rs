@@ -372,11 +372,6 @@ impl NodeHandle {
         })
     }
 
-    /// Returns whether the node stopped on its own (a start-up error).
-    pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
-    }
-
     /// Stops the node and waits for it.
     pub async fn stop(mut self) -> Result<(), NodeError> {
         if let Some(tx) = self.stop.take() {

@@ -21,7 +21,6 @@ use crate::{connect, sandbox};
 /// What the story ended with, for callers that check it.
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    pub referral_id: String,
     /// The referral as the origin holds it at the end.
     pub at_origin: w::Referral,
     /// The referral as the destination holds it at the end.
@@ -279,7 +278,6 @@ pub async fn run(
         )?;
     }
     Ok(Outcome {
-        referral_id: id,
         at_origin,
         at_destination,
         without_consent,
