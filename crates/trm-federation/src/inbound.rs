@@ -31,7 +31,7 @@ use trm_store::{audit::AuditRecord, Store, TreeName, TxFail};
 
 use crate::slots::{PeerSlots, Slot};
 use crate::{
-    envelope, payload_kind, Counters, Delivery, FlowHandler, Inbound, PeerDirectory, Refusal,
+    envelope, payload_kind, Counters, Delivery, FlowHandler, Inbound, Peer, PeerDirectory, Refusal,
     Rejection,
 };
 
@@ -194,8 +194,9 @@ impl FederationServer {
         }
     }
 
-    /// Returns the node id of the authenticated TLS peer, if it is in the directory.
-    async fn tls_peer<T>(&self, request: &Request<T>) -> Result<NodeId, Status> {
+    /// Returns the directory entry of the authenticated TLS peer, refusing a node that is not
+    /// (or no longer) a peer or whose certificate is not the pinned one.
+    async fn tls_peer<T>(&self, request: &Request<T>) -> Result<Peer, Status> {
         let leaf = request
             .peer_certs()
             .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()));
@@ -240,16 +241,17 @@ impl FederationServer {
                 )
                 .await);
         }
-        Ok(node)
+        Ok(peer)
     }
 
-    /// Runs the receive pipeline for one envelope from the authenticated TLS peer `peer`.
+    /// Runs the receive pipeline for one envelope from the authenticated TLS peer `entry`.
     pub async fn receive(
         &self,
-        peer: NodeId,
+        entry: &Peer,
         env: SignedEnvelope,
     ) -> Result<SignedReceipt, Status> {
-        let (body, created_at) = match self.check(peer, &env) {
+        let peer = entry.id;
+        let (body, created_at) = match self.check(entry, &env) {
             Ok(checked) => checked,
             Err((message_id, refusal, detail)) => {
                 return Err(self.refuse(Some(peer), &message_id, refusal, detail).await)
@@ -267,9 +269,10 @@ impl FederationServer {
     /// durable at once, and one signed receipt lists each message's id, hash and outcome.
     pub async fn receive_batch(
         &self,
-        peer: NodeId,
+        entry: &Peer,
         envelopes: Vec<SignedEnvelope>,
     ) -> Result<SignedReceipt, Status> {
+        let peer = entry.id;
         let total: usize = envelopes.iter().map(|e| e.body.len()).sum();
         if envelopes.len() > MAX_BATCH_ENVELOPES || total > MAX_BATCH {
             return Err(self
@@ -283,7 +286,7 @@ impl FederationServer {
         }
         let mut checked = Vec::with_capacity(envelopes.len());
         for env in &envelopes {
-            match self.check(peer, env) {
+            match self.check(entry, env) {
                 Ok(c) => checked.push(c),
                 Err((message_id, refusal, detail)) => {
                     return Err(self.refuse(Some(peer), &message_id, refusal, detail).await)
@@ -323,17 +326,13 @@ impl FederationServer {
     /// The checks before any effect; a refusal carries the message id when known.
     fn check(
         &self,
-        peer: NodeId,
+        entry: &Peer,
         env: &SignedEnvelope,
     ) -> Result<(EnvelopeBody, OffsetDateTime), (String, Refusal, &'static str)> {
         let early = |r: Refusal, d: &'static str| ("-".to_owned(), r, d);
         if env.body.len() > MAX_ENVELOPE {
             return Err(early(Refusal::Oversize, "envelope larger than the limit"));
         }
-        let entry = self
-            .directory
-            .get(peer)
-            .ok_or_else(|| early(Refusal::UnknownPeer, "not in the peer directory"))?;
         let key = entry.key(&env.key_id).ok_or_else(|| {
             early(
                 Refusal::UnknownKey,
@@ -352,7 +351,7 @@ impl FederationServer {
             .map_err(|_| early(Refusal::Malformed, "body does not decode"))?;
         let mid = body.message_id.clone();
         let fail = |r: Refusal, d: &'static str| (mid.clone(), r, d);
-        if body.sender != peer.as_str() {
+        if body.sender != entry.id.as_str() {
             return Err(fail(Refusal::SenderMismatch, "sender is not the TLS peer"));
         }
         let created_at = from_ts("created_at", body.created_at.as_ref())
@@ -544,8 +543,8 @@ impl FederationService for FederationServer {
         request: Request<SignedEnvelope>,
     ) -> Result<Response<SignedReceipt>, Status> {
         let peer = self.tls_peer(&request).await?;
-        let _slot = self.slot(peer).await?;
-        self.receive(peer, request.into_inner())
+        let _slot = self.slot(peer.id).await?;
+        self.receive(&peer, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -555,8 +554,8 @@ impl FederationService for FederationServer {
         request: Request<DeliverBatchRequest>,
     ) -> Result<Response<SignedReceipt>, Status> {
         let peer = self.tls_peer(&request).await?;
-        let _slot = self.slot(peer).await?;
-        self.receive_batch(peer, request.into_inner().envelopes)
+        let _slot = self.slot(peer.id).await?;
+        self.receive_batch(&peer, request.into_inner().envelopes)
             .await
             .map(Response::new)
     }
