@@ -29,7 +29,7 @@ type TrustKey = (String, String, Option<String>);
 const SEND_BATCH: usize = 64;
 /// The most sealed bytes sent in one batch (well inside the receiver's 16 MiB limit).
 const SEND_BATCH_BYTES: usize = 8 << 20;
-use trm_store::{audit::AuditRecord, Store, TreeName, Tx, TxError};
+use trm_store::{audit::AuditRecord, Store, TreeName, Tx, TxError, TxFail};
 
 use crate::{envelope, payload_kind, Counters, FlowHandler, PeerDirectory};
 
@@ -177,6 +177,38 @@ pub fn queued(store: &Store) -> Result<Vec<OutboxItem>, trm_store::StoreError> {
         .into_iter()
         .map(|(_, item)| item)
         .collect())
+}
+
+/// Records a peer's verified answer for a queued item (already removed from the outbox):
+/// the signed receipt kept as proof, a refusal moved to the dead letters, the flow told,
+/// and the audit entry.
+#[allow(clippy::too_many_arguments)]
+fn record_outcome(
+    tx: &Tx<'_>,
+    handler: &dyn FlowHandler,
+    key: &[u8],
+    item: &OutboxItem,
+    proof: &str,
+    outcome: ReceiptOutcome,
+    reason: &str,
+    how: &str,
+) -> Result<(), TxFail<crate::Rejection>> {
+    tx.put_json(TreeName::Receipts, item.message_id.as_bytes(), &proof)?;
+    if outcome == ReceiptOutcome::Rejected {
+        let mut dead = item.clone();
+        dead.last_error = reason.to_owned();
+        tx.put_json(TreeName::DeadLetters, key, &dead)?;
+    }
+    handler.on_receipt(tx, item, outcome, reason)?;
+    tx.audit(
+        AuditRecord::new(
+            format!("peer:{}", item.peer),
+            "envelope.receipt",
+            &item.message_id,
+            outcome.as_str_name(),
+        )
+        .detail(format!("{} {reason}{how}", item.kind)),
+    )
 }
 
 /// Settings of the delivery worker.
@@ -635,21 +667,15 @@ impl Delivery {
             .transact(|tx| {
                 for ((key, item), (outcome, reason)) in batch.iter().zip(&outcomes) {
                     tx.remove(TreeName::Outbox, key)?;
-                    tx.put_json(TreeName::Receipts, item.message_id.as_bytes(), &proof)?;
-                    if *outcome == ReceiptOutcome::Rejected {
-                        let mut dead = item.clone();
-                        dead.last_error = reason.clone();
-                        tx.put_json(TreeName::DeadLetters, key, &dead)?;
-                    }
-                    handler.on_receipt(tx, item, *outcome, reason)?;
-                    tx.audit(
-                        AuditRecord::new(
-                            format!("peer:{}", item.peer),
-                            "envelope.receipt",
-                            &item.message_id,
-                            outcome.as_str_name(),
-                        )
-                        .detail(format!("{} {reason} (batch)", item.kind)),
+                    record_outcome(
+                        tx,
+                        handler.as_ref(),
+                        key,
+                        item,
+                        &proof,
+                        *outcome,
+                        reason,
+                        " (batch)",
                     )?;
                 }
                 Ok(())
@@ -761,25 +787,16 @@ impl Delivery {
                 )?;
                 return Ok(());
             };
-            tx.put_json(
-                TreeName::Receipts,
-                item.message_id.as_bytes(),
-                &hex::encode(receipt.encode_to_vec()),
-            )?;
-            if *outcome == ReceiptOutcome::Rejected {
-                let mut dead = item.clone();
-                dead.last_error = reason.clone();
-                tx.put_json(TreeName::DeadLetters, key, &dead)?;
-            }
-            handler.on_receipt(tx, item, *outcome, reason)?;
-            tx.audit(
-                AuditRecord::new(
-                    format!("peer:{}", item.peer),
-                    "envelope.receipt",
-                    &item.message_id,
-                    outcome.as_str_name(),
-                )
-                .detail(format!("{} {}", item.kind, reason)),
+            let proof = hex::encode(receipt.encode_to_vec());
+            record_outcome(
+                tx,
+                handler.as_ref(),
+                key,
+                item,
+                &proof,
+                *outcome,
+                reason,
+                "",
             )
         });
         r.map_err(|e| Failure::Store(format!("{e:?}")))?;
