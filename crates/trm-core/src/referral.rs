@@ -117,6 +117,35 @@ pub enum ReferralEvent {
     Withdraw,
 }
 
+impl ReferralEvent {
+    /// Returns whether the destination (`true`) or the origin (`false`) may cause this
+    /// event: only the destination answers and assigns; either side closes or withdraws.
+    pub fn allowed_for(self, at_destination: bool) -> bool {
+        match self {
+            ReferralEvent::Accept | ReferralEvent::Decline | ReferralEvent::Assign => {
+                at_destination
+            }
+            ReferralEvent::Close | ReferralEvent::Withdraw => true,
+            ReferralEvent::Send | ReferralEvent::Delivered => !at_destination,
+        }
+    }
+
+    /// Returns the event a peer's update to `status` announces, if that side may cause it.
+    pub fn leading_to(status: ReferralStatus, from_destination: bool) -> Option<Self> {
+        let event = match status {
+            ReferralStatus::Accepted => ReferralEvent::Accept,
+            ReferralStatus::Declined => ReferralEvent::Decline,
+            ReferralStatus::InAssistance => ReferralEvent::Assign,
+            ReferralStatus::Closed => ReferralEvent::Close,
+            ReferralStatus::Withdrawn => ReferralEvent::Withdraw,
+            ReferralStatus::Draft | ReferralStatus::Sent | ReferralStatus::Delivered => {
+                return None
+            }
+        };
+        event.allowed_for(from_destination).then_some(event)
+    }
+}
+
 /// Returns the status after `event`, or the `state` guard's refusal naming the current state.
 pub fn next(status: ReferralStatus, event: ReferralEvent) -> Result<ReferralStatus, GuardError> {
     use ReferralEvent as E;
@@ -176,6 +205,22 @@ mod tests {
                 assert!(err.reason.contains(s.as_str()));
             }
         }
+    }
+
+    #[test]
+    fn only_the_destination_answers_and_either_side_closes() {
+        assert_eq!(
+            ReferralEvent::leading_to(S::Accepted, true),
+            Some(E::Accept)
+        );
+        assert_eq!(ReferralEvent::leading_to(S::Accepted, false), None);
+        assert_eq!(ReferralEvent::leading_to(S::InAssistance, false), None);
+        assert_eq!(ReferralEvent::leading_to(S::Closed, false), Some(E::Close));
+        assert_eq!(
+            ReferralEvent::leading_to(S::Withdrawn, true),
+            Some(E::Withdraw)
+        );
+        assert_eq!(ReferralEvent::leading_to(S::Delivered, true), None);
     }
 
     #[test]

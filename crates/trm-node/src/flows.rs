@@ -114,19 +114,12 @@ impl Flows {
             ));
         }
         let from_destination = r.destination == inbound.sender;
-        let event = match (status, from_destination) {
-            (ReferralStatus::Accepted, true) => ReferralEvent::Accept,
-            (ReferralStatus::Declined, true) => ReferralEvent::Decline,
-            (ReferralStatus::InAssistance, true) => ReferralEvent::Assign,
-            (ReferralStatus::Closed, _) => ReferralEvent::Close,
-            (ReferralStatus::Withdrawn, _) => ReferralEvent::Withdraw,
-            _ => {
-                return Err(reject(format!(
-                    "invalid transition: {} from this sender",
-                    status.as_str()
-                )))
-            }
-        };
+        let event = ReferralEvent::leading_to(status, from_destination).ok_or_else(|| {
+            reject(format!(
+                "invalid transition: {} from this sender",
+                status.as_str()
+            ))
+        })?;
         r.status = next(r.status, event)
             .map_err(|g| reject(format!("invalid transition: {}", g.reason)))?;
         r.status_reason = convert::text("reason", &update.reason)

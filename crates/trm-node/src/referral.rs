@@ -59,16 +59,11 @@ impl Referrals {
         let mut r = load_referral(tx, id)?;
         let me = self.ctx.id;
         let at_destination = r.direction(me) == Direction::Incoming;
-        match event {
-            ReferralEvent::Accept | ReferralEvent::Decline | ReferralEvent::Assign
-                if !at_destination =>
-            {
-                return Err(ApiError::Denied(
-                    "only the destination answers or assigns a referral".into(),
-                )
-                .into());
-            }
-            _ => {}
+        if !event.allowed_for(at_destination) {
+            return Err(ApiError::Denied(
+                "only the destination answers or assigns a referral".into(),
+            )
+            .into());
         }
         if p.role != Role::FocalPoint {
             require_org(p, r.organisation.as_ref())?;
