@@ -280,6 +280,18 @@ enum Failure {
     Store(String),
 }
 
+impl From<tonic::Status> for Failure {
+    /// A peer's gRPC error: for good (dead letter) or worth another attempt.
+    fn from(s: tonic::Status) -> Self {
+        let why = format!("{:?}: {}", s.code(), s.message());
+        if is_permanent(s.code()) {
+            Failure::Permanent(why)
+        } else {
+            Failure::Retry(why)
+        }
+    }
+}
+
 /// Returns whether a gRPC refusal of an envelope can never turn into an acceptance.
 fn is_permanent(code: tonic::Code) -> bool {
     use tonic::Code;
@@ -612,14 +624,7 @@ impl Delivery {
         let receipt = client
             .deliver(env.clone())
             .await
-            .map_err(|s| {
-                let why = format!("{:?}: {}", s.code(), s.message());
-                if is_permanent(s.code()) {
-                    Failure::Permanent(why)
-                } else {
-                    Failure::Retry(why)
-                }
-            })?
+            .map_err(Failure::from)?
             .into_inner();
         let (outcome, reason) = self
             .verify_receipt(peer, item, &env, &receipt)
@@ -648,14 +653,7 @@ impl Delivery {
                 envelopes: envelopes.clone(),
             })
             .await
-            .map_err(|s| {
-                let why = format!("{:?}: {}", s.code(), s.message());
-                if is_permanent(s.code()) {
-                    Failure::Permanent(why)
-                } else {
-                    Failure::Retry(why)
-                }
-            })?
+            .map_err(Failure::from)?
             .into_inner();
         let outcomes = self
             .verify_batch_receipt(peer, batch, &envelopes, &receipt)
