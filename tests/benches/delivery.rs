@@ -82,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
     let arrived = fp
         .list_referrals(w::ListReferralsRequest {
             direction: w::Direction::Incoming as i32,
+            ..Default::default()
         })
         .await?
         .into_inner()

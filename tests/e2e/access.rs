@@ -37,7 +37,7 @@ async fn roles_that_may_not_act_are_refused_with_permission_denied() -> anyhow::
             .expect_err("may not read victim records");
         assert_eq!(err.code(), Code::PermissionDenied, "{role}");
         assert_eq!(
-            c.list_cases(w::ListCasesRequest {})
+            c.list_cases(w::ListCasesRequest::default())
                 .await
                 .expect_err("list")
                 .code(),
@@ -91,6 +91,7 @@ async fn service_providers_see_only_their_own_organisation_and_issued_certificat
         Role::ServiceProvider,
         &"sp2".parse()?,
         &prefix,
+        trm_crypto::pki::CLIENT_VALIDITY_DAYS,
     )?;
     let channel = trmctl::connect::channel(
         &fed.node("AT")?.addrs.services.to_string(),
@@ -111,7 +112,7 @@ async fn service_providers_see_only_their_own_organisation_and_issued_certificat
         .expect_err("other org");
     assert_eq!(err.code(), Code::PermissionDenied);
     let listed = sp2
-        .list_cases(w::ListCasesRequest {})
+        .list_cases(w::ListCasesRequest::default())
         .await?
         .into_inner()
         .cases;
@@ -138,7 +139,7 @@ async fn service_providers_see_only_their_own_organisation_and_issued_certificat
     // The focal point sees the whole node.
     let mut fp = fed.referrals("AT", Role::FocalPoint).await?;
     assert_eq!(
-        fp.list_cases(w::ListCasesRequest {})
+        fp.list_cases(w::ListCasesRequest::default())
             .await?
             .into_inner()
             .cases

@@ -105,3 +105,80 @@ async fn tampering_with_the_audit_log_on_disk_is_detected() -> anyhow::Result<()
     fed.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_chain_recomputed_by_someone_without_the_signing_key_is_detected() -> anyhow::Result<()> {
+    let mut fed = TestFederation::start(&["AT"]).await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    for name in ["A", "B", "C"] {
+        sp.create_case(w::CreateCaseRequest {
+            person: Some(w::Person {
+                given_name: name.into(),
+                gender: w::Gender::Other as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await?;
+    }
+    let clean = verify(&fed).await?;
+    assert!(clean.ok);
+    assert_eq!(clean.signed_through, clean.entries_checked);
+    fed.stop_node("AT").await?;
+    let at = fed.dir().join("AT");
+    {
+        // An intruder rewrites entry 2 and recomputes every hash after it, and the head.
+        let store = Store::open(
+            &at.join("data"),
+            &at.join("keys/data-keys.store"),
+            SecretKey::load(&at.join("keys/master.key"))?,
+        )?;
+        let tree = store.raw_tree(TreeName::Audit);
+        let mut entries: Vec<AuditEntry> = tree
+            .iter()
+            .map(|r| Ok(serde_json::from_slice(&r?.1)?))
+            .collect::<anyhow::Result<_>>()?;
+        entries[1].record.actor = "client:focal_point/someone-else".into();
+        let mut prev = entries[0].hash.clone();
+        for e in entries.iter_mut().skip(1) {
+            *e = AuditEntry::chain(e.seq, e.at.clone(), e.record.clone(), prev.clone());
+            prev = e.hash.clone();
+            tree.insert(e.seq.to_be_bytes(), serde_json::to_vec(&e)?)?;
+        }
+        let head = trm_store::audit::AuditHead {
+            seq: entries.len() as u64,
+            hash: prev,
+        };
+        store
+            .raw_tree(TreeName::Meta)
+            .insert(b"audit_head", serde_json::to_vec(&head)?)?;
+        store.close()?;
+    }
+    fed.start_node("AT").await?;
+    let report = verify(&fed).await?;
+    assert!(
+        !report.ok,
+        "a recomputed chain does not match the signed head"
+    );
+    assert_eq!(report.first_bad_entry, clean.entries_checked);
+    // Deleting the signed head as well does not help: its anchor lives outside the database.
+    fed.stop_node("AT").await?;
+    {
+        let store = Store::open(
+            &at.join("data"),
+            &at.join("keys/data-keys.store"),
+            SecretKey::load(&at.join("keys/master.key"))?,
+        )?;
+        store
+            .raw_tree(TreeName::Meta)
+            .remove(b"audit_head_signed")?;
+        store.close()?;
+    }
+    fed.start_node("AT").await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    sp.list_cases(w::ListCasesRequest::default()).await?;
+    let report = verify(&fed).await?;
+    assert!(!report.ok, "the node signs nothing over a rewritten chain");
+    fed.stop().await?;
+    Ok(())
+}

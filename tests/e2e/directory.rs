@@ -11,6 +11,7 @@ async fn incoming(fed: &TestFederation, node: &str) -> anyhow::Result<usize> {
     Ok(fp
         .list_referrals(w::ListReferralsRequest {
             direction: w::Direction::Incoming as i32,
+            ..Default::default()
         })
         .await?
         .into_inner()
@@ -28,6 +29,7 @@ async fn outbox(
         .list_outbox(w::ListOutboxRequest {
             peer: String::new(),
             dead_letters_only: dead_only,
+            ..Default::default()
         })
         .await?
         .into_inner()
@@ -69,7 +71,7 @@ async fn a_removed_peer_gets_nothing_and_is_refused_and_dead_letters_can_be_retr
     let mut ro_admin = fed.admin("RO", Role::Operator).await?;
     assert!(
         ro_admin
-            .list_peers(w::ListPeersRequest {})
+            .list_peers(w::ListPeersRequest::default())
             .await?
             .into_inner()
             .peers
@@ -130,6 +132,7 @@ async fn a_removed_peer_gets_nothing_and_is_refused_and_dead_letters_can_be_retr
                 tls_ca_pem: files::read_text(&at.join("tls/federation-ca.pem"))?,
                 signing_keys_pem: vec![files::read_text(&at.join("keys/signing.pub.pem"))?],
                 tls_pin_sha256: String::new(),
+                ..Default::default()
             }),
         })
         .await?;
@@ -177,6 +180,7 @@ async fn a_pinned_certificate_is_required_both_ways_and_unknown_nodes_are_refuse
                 files::read_text(&ro.join("keys/signing.pub.pem")).unwrap_or_default()
             ],
             tls_pin_sha256: pin,
+            ..Default::default()
         }),
     };
     let err = at_admin
@@ -227,10 +231,10 @@ async fn a_pinned_certificate_is_required_both_ways_and_unknown_nodes_are_refuse
         (1, 1)
     );
 
-    // A node with a genuine federation certificate that is not in the directory.
+    // A node with a certificate from a peer's genuine CA that is not in the directory.
     let ca = trm_crypto::pki::Authority::load(
-        &files::read_text(&fed.dir().join("federation-ca.pem"))?,
-        &files::read_text(&fed.dir().join("federation-ca.key"))?,
+        &files::read_text(&ro.join("tls/federation-ca.pem"))?,
+        &files::read_text(&ro.join("tls/federation-ca.key"))?,
     )?;
     let xx = ca.issue_node("XX".parse()?, &["localhost".into()])?;
     let channel = tonic::transport::Endpoint::from_shared(format!(
@@ -240,7 +244,7 @@ async fn a_pinned_certificate_is_required_both_ways_and_unknown_nodes_are_refuse
     .tls_config(
         tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(files::read(
-                &fed.dir().join("federation-ca.pem"),
+                &fed.dir().join("AT/tls/federation-ca.pem"),
             )?))
             .identity(tonic::transport::Identity::from_pem(
                 &xx.cert_pem,

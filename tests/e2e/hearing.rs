@@ -213,6 +213,7 @@ async fn only_judicial_authorities_request_and_providers_see_only_that_a_hearing
     let list = ro_sp
         .list_hearings(w::ListHearingsRequest {
             direction: w::Direction::Incoming as i32,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -477,7 +478,7 @@ async fn a_hearing_for_a_case_not_exchanged_is_refused_on_both_sides_and_audited
     .tls_config(
         tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(files::read(
-                &tls.join("federation-ca.pem"),
+                &fed.dir().join("AT/peers/RO-ca.pem"),
             )?))
             .identity(tonic::transport::Identity::from_pem(
                 files::read(&tls.join("federation.pem"))?,
@@ -522,6 +523,7 @@ async fn a_hearing_for_a_case_not_exchanged_is_refused_on_both_sides_and_audited
         .await?
         .list_hearings(w::ListHearingsRequest {
             direction: w::Direction::Incoming as i32,
+            ..Default::default()
         })
         .await?
         .into_inner();

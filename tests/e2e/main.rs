@@ -9,3 +9,4 @@ mod privacy;
 mod referral;
 mod returns;
 mod transport;
+mod trust;

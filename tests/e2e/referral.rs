@@ -155,6 +155,7 @@ async fn referral_without_matching_consent_is_refused_and_nothing_is_sent() -> a
     let outgoing = sp
         .list_referrals(w::ListReferralsRequest {
             direction: w::Direction::Outgoing as i32,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -172,6 +173,7 @@ async fn referral_without_matching_consent_is_refused_and_nothing_is_sent() -> a
     let incoming = ro
         .list_referrals(w::ListReferralsRequest {
             direction: w::Direction::Incoming as i32,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -206,6 +208,7 @@ async fn referral_without_matching_consent_is_refused_and_nothing_is_sent() -> a
     let incoming = ro
         .list_referrals(w::ListReferralsRequest {
             direction: w::Direction::Incoming as i32,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -265,7 +268,7 @@ async fn bad_input_names_the_field_and_changes_nothing() -> anyhow::Result<()> {
         "the value is not echoed"
     );
     assert!(sp
-        .list_cases(w::ListCasesRequest {})
+        .list_cases(w::ListCasesRequest::default())
         .await?
         .into_inner()
         .cases

@@ -8,11 +8,14 @@ use trm_proto::v1::{
 };
 use trm_tests::{eventually, requests, TestFederation};
 
-type Returns = ReturnPlanningServiceClient<Channel>;
+pub(crate) type Returns = ReturnPlanningServiceClient<Channel>;
 
-async fn returns(fed: &TestFederation, node: &str, role: Role) -> anyhow::Result<Returns> {
-    let ch = trmctl::scenario::client(fed.dir(), node.parse()?, role, false).await?;
-    Ok(ReturnPlanningServiceClient::new(ch))
+pub(crate) async fn returns(
+    fed: &TestFederation,
+    node: &str,
+    role: Role,
+) -> anyhow::Result<Returns> {
+    fed.returns(node, role).await
 }
 
 fn risk(
@@ -41,7 +44,7 @@ fn decision(case_id: &str, waived: bool) -> w::RecordReturnDecisionRequest {
     }
 }
 
-fn propose(case_id: &str) -> w::ProposeReturnRequest {
+pub(crate) fn propose(case_id: &str) -> w::ProposeReturnRequest {
     w::ProposeReturnRequest {
         case_id: case_id.into(),
         destination: "RO".into(),
@@ -147,6 +150,7 @@ async fn every_guard_is_refused_by_name_until_the_return_may_be_requested() -> a
     let out = rp
         .list_return_plans(w::ListReturnPlansRequest {
             direction: w::Direction::Outgoing as i32,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -194,7 +198,7 @@ async fn every_guard_is_refused_by_name_until_the_return_may_be_requested() -> a
 }
 
 /// A case in AT whose return to RO passes every guard, with the given consent categories.
-async fn ready_case(
+pub(crate) async fn ready_case(
     sp: &mut ReferralServiceClient<Channel>,
     rp: &mut Returns,
     categories: &[w::DataCategory],

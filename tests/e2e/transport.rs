@@ -21,7 +21,7 @@ use trm_proto::v1::{
 };
 use trm_tests::TestFederation;
 
-async fn federation_client(
+pub(crate) async fn federation_client(
     addr: std::net::SocketAddr,
     ca: &Path,
     cert_pem: &str,
@@ -38,7 +38,9 @@ async fn federation_client(
 }
 
 /// A client of AT's federation port presenting RO's real federation certificate.
-async fn as_ro(fed: &TestFederation) -> anyhow::Result<FederationServiceClient<Channel>> {
+pub(crate) async fn as_ro(
+    fed: &TestFederation,
+) -> anyhow::Result<FederationServiceClient<Channel>> {
     let ro = fed.dir().join("RO/tls");
     federation_client(
         fed.node("AT")?.addrs.federation,
@@ -104,7 +106,7 @@ async fn peer_certificate_from_an_unknown_ca_is_refused_in_the_handshake() -> an
     Ok(())
 }
 
-fn offer(case_ref: &str, identity: Option<w::Person>) -> Payload {
+pub(crate) fn offer(case_ref: &str, identity: Option<w::Person>) -> Payload {
     Payload::ReferralOffer(w::ReferralOffer {
         referral_id: uuid::Uuid::now_v7().to_string(),
         disclosed: Some(w::DisclosedCase {
@@ -180,6 +182,7 @@ async fn envelopes_are_verified_before_any_effect_and_receipts_bind_the_bytes() 
     let incoming = at_fp
         .list_referrals(w::ListReferralsRequest {
             direction: w::Direction::Incoming as i32,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -201,6 +204,7 @@ async fn envelopes_are_verified_before_any_effect_and_receipts_bind_the_bytes() 
     let incoming = at_fp
         .list_referrals(w::ListReferralsRequest {
             direction: w::Direction::Incoming as i32,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -253,6 +257,7 @@ async fn envelopes_are_verified_before_any_effect_and_receipts_bind_the_bytes() 
     let incoming = at_fp
         .list_referrals(w::ListReferralsRequest {
             direction: w::Direction::Incoming as i32,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -269,22 +274,30 @@ struct Seen {
     bytes: std::sync::atomic::AtomicUsize,
 }
 
-/// A TLS server on `addr` presenting `node`'s genuine federation certificate (and requiring
-/// a client certificate from the federation CA); counts handshakes and the application
-/// bytes it is sent. Stops accepting when the returned task is aborted.
+/// A TLS server on `addr` presenting a certificate that claims `claims` but is issued by
+/// `ca_of`'s genuine federation CA (a member's CA certifying another member), requiring a
+/// client certificate from `client_ca_of`'s CA; counts handshakes and the application bytes
+/// it is sent. Stops accepting when the returned task is aborted.
 async fn impostor(
     addr: std::net::SocketAddr,
     dir: &Path,
-    node: &str,
+    ca_of: &str,
+    claims: &str,
+    client_ca_of: &str,
 ) -> anyhow::Result<(std::sync::Arc<Seen>, tokio::task::JoinHandle<()>)> {
     use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
     use std::sync::{atomic::Ordering, Arc};
-    let tls = dir.join(node).join("tls");
-    let chain = CertificateDer::pem_file_iter(tls.join("federation.pem"))?
+    let tls = dir.join(ca_of).join("tls");
+    let ca = Authority::load(
+        &files::read_text(&tls.join("federation-ca.pem"))?,
+        &files::read_text(&tls.join("federation-ca.key"))?,
+    )?;
+    let forged = ca.issue_node(claims.parse()?, &["localhost".into(), "127.0.0.1".into()])?;
+    let chain = CertificateDer::pem_slice_iter(forged.cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_file(tls.join("federation.key"))?;
+    let key = PrivateKeyDer::from_pem_slice(forged.key_pem.as_bytes())?;
     let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(tls.join("federation-ca.pem"))? {
+    for c in CertificateDer::pem_file_iter(dir.join(client_ca_of).join("tls/federation-ca.pem"))? {
         roots.add(c?)?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -330,8 +343,8 @@ async fn delivery_goes_only_to_a_server_proving_the_peers_identity() -> anyhow::
     let mut fed = TestFederation::start(&["AT", "RO", "NG"]).await?;
     let ro_addr = fed.node("RO")?.addrs.federation;
     fed.stop_node("RO").await?;
-    // NG's genuine federation certificate, at RO's address.
-    let (seen, task) = impostor(ro_addr, fed.dir(), "NG").await?;
+    // A certificate from RO's genuine CA claiming NG, at RO's address.
+    let (seen, task) = impostor(ro_addr, fed.dir(), "RO", "NG", "AT").await?;
 
     let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
     let referral_id = trm_tests::refer(&fed, "AT", "RO").await?;
@@ -476,6 +489,7 @@ async fn a_peer_that_was_down_receives_everything_exactly_once_in_order() -> any
             let l = fp
                 .list_referrals(w::ListReferralsRequest {
                     direction: w::Direction::Incoming as i32,
+                    ..Default::default()
                 })
                 .await?
                 .into_inner();
@@ -597,7 +611,7 @@ async fn key_rotation_keeps_old_messages_valid_in_their_window_and_refuses_a_ret
         let mut a = at_admin.clone();
         async move {
             let peers = a
-                .list_peers(w::ListPeersRequest {})
+                .list_peers(w::ListPeersRequest::default())
                 .await?
                 .into_inner()
                 .peers;
@@ -612,7 +626,7 @@ async fn key_rotation_keeps_old_messages_valid_in_their_window_and_refuses_a_ret
     let at_tls = fed.dir().join("AT/tls");
     let mut to_ro = federation_client(
         fed.node("RO")?.addrs.federation,
-        &at_tls.join("federation-ca.pem"),
+        &fed.dir().join("AT/peers/RO-ca.pem"),
         &files::read_text(&at_tls.join("federation.pem"))?,
         &files::read_text(&at_tls.join("federation.key"))?,
     )
@@ -680,7 +694,7 @@ async fn key_rotation_keeps_old_messages_valid_in_their_window_and_refuses_a_ret
     trm_tests::referral_with_status(&sp, &rid, w::ReferralStatus::Delivered).await?;
     at_admin = fed.admin("AT", Role::Operator).await?;
     let peers = at_admin
-        .list_peers(w::ListPeersRequest {})
+        .list_peers(w::ListPeersRequest::default())
         .await?
         .into_inner()
         .peers;
@@ -712,6 +726,7 @@ async fn a_batch_is_checked_whole_before_any_effect_and_answered_entry_by_entry(
         Ok::<_, anyhow::Error>(
             c.list_referrals(w::ListReferralsRequest {
                 direction: w::Direction::Incoming as i32,
+                ..Default::default()
             })
             .await?
             .into_inner()

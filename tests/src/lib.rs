@@ -1,28 +1,30 @@
 //! Test support for cross-node tests: [`TestFederation`] starts real nodes in this process,
-//! each with sled in a temporary folder, listeners on `127.0.0.1:0` and the mutual-TLS
-//! material of a freshly initialised sandbox.
+//! each with sled in a temporary folder, listeners on `127.0.0.1:0` and mutual-TLS material
+//! of its own: one federation CA per country (as in a real federation, where no member's CA
+//! may certify another member), a services CA, a client CA and one client certificate per
+//! role. [`FederationBuilder`] chooses the nodes, the topology and config overrides per test.
 #![forbid(unsafe_code)]
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
-use tonic::transport::Channel;
-use trm_core::ids::{NodeId, Role};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use trm_core::ids::{NodeId, OrgId, Role};
+use trm_crypto::{aead::SecretKey, files, pki::Authority, signing::SigningIdentity};
 use trm_node::{Listeners, NodeConfig, NodeHandle};
 use trm_proto::v1::{
     admin_service_client::AdminServiceClient, referral_service_client::ReferralServiceClient,
     return_planning_service_client::ReturnPlanningServiceClient,
     witness_hearing_service_client::WitnessHearingServiceClient,
 };
-use trmctl::sandbox::{self, NodeSpec};
-
 /// Real nodes on loopback, stopped by [`TestFederation::stop`] (or dropped with the runtime).
 pub struct TestFederation {
     dir: TempDir,
-    specs: Vec<NodeSpec>,
+    specs: Vec<Spec>,
     nodes: Vec<NodeHandle>,
+    overrides: Vec<Override>,
 }
 
 async fn bind() -> Result<(TcpListener, SocketAddr)> {
@@ -71,20 +73,71 @@ fn capture_logs() {
     });
 }
 
-impl TestFederation {
-    /// Starts one node per id, every node a peer of every other, capturing their logs.
-    pub async fn start(ids: &[&str]) -> Result<Self> {
-        capture_logs();
-        Self::start_quiet(ids).await
+/// Where one test node listens.
+#[derive(Debug, Clone, Copy)]
+struct Spec {
+    id: NodeId,
+    services: SocketAddr,
+    federation: SocketAddr,
+    admin: SocketAddr,
+    metrics: SocketAddr,
+}
+
+/// A change to a node's configuration before it starts (every start, restarts included).
+pub type Override = Arc<dyn Fn(NodeId, &mut NodeConfig) + Send + Sync>;
+
+/// Chooses the nodes of a test federation, who peers with whom and config overrides.
+pub struct FederationBuilder {
+    ids: Vec<String>,
+    /// Pairs that are not each other's peers (both directions).
+    strangers: Vec<(String, String)>,
+    overrides: Vec<Override>,
+    capture_logs: bool,
+}
+
+impl FederationBuilder {
+    /// Every node is a peer of every other unless [`FederationBuilder::not_peers`] says so.
+    pub fn nodes(mut self, ids: &[&str]) -> Self {
+        self.ids = ids.iter().map(|s| (*s).to_owned()).collect();
+        self
     }
 
-    /// Same as [`TestFederation::start`] without capturing logs (benchmarks).
-    pub async fn start_quiet(ids: &[&str]) -> Result<Self> {
+    /// `a` and `b` do not list each other as peers.
+    pub fn not_peers(mut self, a: &str, b: &str) -> Self {
+        self.strangers.push((a.to_owned(), b.to_owned()));
+        self
+    }
+
+    /// Changes every node's configuration before it starts.
+    pub fn config(mut self, f: impl Fn(NodeId, &mut NodeConfig) + Send + Sync + 'static) -> Self {
+        self.overrides.push(Arc::new(f));
+        self
+    }
+
+    /// Does not capture the nodes' logs (benchmarks).
+    pub fn quiet(mut self) -> Self {
+        self.capture_logs = false;
+        self
+    }
+
+    fn peers(&self, a: &str, b: &str) -> bool {
+        a != b
+            && !self
+                .strangers
+                .iter()
+                .any(|(x, y)| (x == a && y == b) || (x == b && y == a))
+    }
+
+    /// Writes every node's keys, certificates and config, and starts the nodes.
+    pub async fn start(self) -> Result<TestFederation> {
+        if self.capture_logs {
+            capture_logs();
+        }
         trm_node::install_crypto_provider();
         let dir = tempfile::tempdir()?;
         let mut listeners = Vec::new();
         let mut specs = Vec::new();
-        for id in ids {
+        for id in &self.ids {
             let (services, s) = bind().await?;
             let (federation, f) = bind().await?;
             let (admin, a) = bind().await?;
@@ -95,7 +148,7 @@ impl TestFederation {
                 admin,
                 metrics,
             });
-            specs.push(NodeSpec {
+            specs.push(Spec {
                 id: id.parse()?,
                 services: s,
                 federation: f,
@@ -103,13 +156,205 @@ impl TestFederation {
                 metrics: m,
             });
         }
-        sandbox::init(dir.path(), &specs, false)?;
-        let mut nodes = Vec::new();
-        for (spec, l) in specs.iter().zip(listeners) {
-            let cfg = NodeConfig::load(&sandbox::config_path(dir.path(), spec.id))?;
-            nodes.push(NodeHandle::spawn(cfg, l)?);
+        for spec in &specs {
+            write_node(dir.path(), spec)?;
         }
-        Ok(Self { dir, specs, nodes })
+        for spec in &specs {
+            let peers: Vec<&Spec> = specs
+                .iter()
+                .filter(|p| self.peers(spec.id.as_str(), p.id.as_str()))
+                .collect();
+            write_config(dir.path(), spec, &peers)?;
+        }
+        let mut fed = TestFederation {
+            dir,
+            specs,
+            nodes: Vec::new(),
+            overrides: self.overrides,
+        };
+        for (spec, l) in fed.specs.clone().iter().zip(listeners) {
+            let cfg = fed.config(spec.id)?;
+            fed.nodes.push(NodeHandle::spawn(cfg, l)?);
+        }
+        Ok(fed)
+    }
+}
+
+/// Returns the organisation of each role's test client certificate.
+pub fn test_org(role: Role) -> OrgId {
+    let org = match role {
+        Role::ServiceProvider => "sp1",
+        Role::FocalPoint => "nfp",
+        Role::JudicialAuthority => "prosecutor",
+        Role::Operator => "ops",
+    };
+    OrgId::parse("org", org).unwrap_or_else(|_| unreachable!("fixed organisation ids parse"))
+}
+
+/// Writes one node's keys and certificates: its own federation CA (`tls/federation-ca.pem`
+/// and `.key`), its federation certificate, services and client CAs, a client certificate
+/// per role.
+fn write_node(dir: &Path, spec: &Spec) -> Result<()> {
+    let nd = dir.join(spec.id.as_str());
+    for sub in ["keys", "tls", "clients", "peers", "data"] {
+        std::fs::create_dir_all(nd.join(sub))?;
+    }
+    let hosts = ["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let signing = SigningIdentity::generate();
+    signing.save(&nd.join("keys/signing.pem"))?;
+    files::write_public(
+        &nd.join("keys/signing.pub.pem"),
+        trm_crypto::signing::public_to_pem(&signing.public())?.as_bytes(),
+    )?;
+    SecretKey::generate().save(&nd.join("keys/master.key"))?;
+    let fed_ca = Authority::generate(&format!("TRM test {} federation CA", spec.id))?;
+    files::write_public(
+        &nd.join("tls/federation-ca.pem"),
+        fed_ca.cert_pem().as_bytes(),
+    )?;
+    files::write_secret(
+        &nd.join("tls/federation-ca.key"),
+        fed_ca.key_pem().as_bytes(),
+    )?;
+    let node_cert = fed_ca.issue_node(spec.id, &hosts)?;
+    files::write_public(
+        &nd.join("tls/federation.pem"),
+        node_cert.cert_pem.as_bytes(),
+    )?;
+    files::write_secret(&nd.join("tls/federation.key"), node_cert.key_pem.as_bytes())?;
+    let services_ca = Authority::generate(&format!("TRM test {} services CA", spec.id))?;
+    files::write_public(
+        &nd.join("services-ca.pem"),
+        services_ca.cert_pem().as_bytes(),
+    )?;
+    let server = services_ca.issue_server(&format!("trm node {} services", spec.id), &hosts)?;
+    files::write_public(&nd.join("tls/services.pem"), server.cert_pem.as_bytes())?;
+    files::write_secret(&nd.join("tls/services.key"), server.key_pem.as_bytes())?;
+    let client_ca = Authority::generate(&format!("TRM test {} client CA", spec.id))?;
+    files::write_public(
+        &nd.join("tls/client-ca.pem"),
+        client_ca.cert_pem().as_bytes(),
+    )?;
+    files::write_secret(
+        &nd.join("tls/client-ca.key"),
+        client_ca.key_pem().as_bytes(),
+    )?;
+    for role in Role::ALL {
+        let c = client_ca.issue_client(role, &test_org(role))?;
+        files::write_public(
+            &nd.join(format!("clients/{role}.pem")),
+            c.cert_pem.as_bytes(),
+        )?;
+        files::write_secret(
+            &nd.join(format!("clients/{role}.key")),
+            c.key_pem.as_bytes(),
+        )?;
+    }
+    Ok(())
+}
+
+/// Writes `node.toml` for `spec`, listing `peers` with each peer's own CA and key.
+fn write_config(dir: &Path, spec: &Spec, peers: &[&Spec]) -> Result<()> {
+    let nd = dir.join(spec.id.as_str());
+    let mut peer_sections = String::new();
+    for peer in peers {
+        let pd = dir.join(peer.id.as_str());
+        let ca = format!("peers/{}-ca.pem", peer.id);
+        let key = format!("peers/{}.pub.pem", peer.id);
+        std::fs::copy(pd.join("tls/federation-ca.pem"), nd.join(&ca))?;
+        std::fs::copy(pd.join("keys/signing.pub.pem"), nd.join(&key))?;
+        peer_sections.push_str(&format!(
+            "\n[[peers]]\nid = \"{}\"\nendpoint = \"{}\"\ntls_ca = \"{ca}\"\nsigning_keys = [\"{key}\"]\n",
+            peer.id, peer.federation
+        ));
+    }
+    let toml = format!(
+        r#"[node]
+id = "{id}"
+data_dir = "data"
+master_key = "keys/master.key"
+key_store = "keys/data-keys.store"
+
+[listen]
+services = "{services}"
+federation = "{federation}"
+admin = "{admin}"
+metrics = "{metrics}"
+
+[tls]
+federation_cert = "tls/federation.pem"
+federation_key = "tls/federation.key"
+federation_ca = "tls/federation-ca.pem"
+services_cert = "tls/services.pem"
+services_key = "tls/services.key"
+client_ca = "tls/client-ca.pem"
+client_ca_key = "tls/client-ca.key"
+
+[signing]
+key = "keys/signing.pem"
+
+[delivery]
+backoff_cap_secs = 5
+{peer_sections}"#,
+        id = spec.id,
+        services = spec.services,
+        federation = spec.federation,
+        admin = spec.admin,
+        metrics = spec.metrics,
+    );
+    files::write_public(&nd.join("node.toml"), toml.as_bytes())?;
+    Ok(())
+}
+
+/// Opens a channel to `addr` trusting `ca` for the server (host name `localhost`) and
+/// presenting the client certificate `cert`/`key` (PEM files), as any client of a node does.
+pub async fn connect(addr: SocketAddr, ca: &Path, cert: &Path, key: &Path) -> Result<Channel> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(files::read(ca)?))
+        .identity(Identity::from_pem(files::read(cert)?, files::read(key)?))
+        .domain_name("localhost");
+    Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {addr}"))
+}
+
+impl TestFederation {
+    /// Returns a builder: one federation CA per country, every node a peer of every other.
+    pub fn builder() -> FederationBuilder {
+        FederationBuilder {
+            ids: Vec::new(),
+            strangers: Vec::new(),
+            overrides: Vec::new(),
+            capture_logs: true,
+        }
+    }
+
+    /// Starts one node per id, every node a peer of every other, capturing their logs.
+    pub async fn start(ids: &[&str]) -> Result<Self> {
+        Self::builder().nodes(ids).start().await
+    }
+
+    /// Same as [`TestFederation::start`] without capturing logs (benchmarks).
+    pub async fn start_quiet(ids: &[&str]) -> Result<Self> {
+        Self::builder().nodes(ids).quiet().start().await
+    }
+
+    /// Returns the configuration of node `id` as it starts: its file, then the overrides.
+    pub fn config(&self, id: NodeId) -> Result<NodeConfig> {
+        let mut cfg = NodeConfig::load(&self.config_path(id))?;
+        for o in &self.overrides {
+            o(id, &mut cfg);
+        }
+        Ok(cfg)
+    }
+
+    /// Returns the config file of node `id`.
+    pub fn config_path(&self, id: NodeId) -> std::path::PathBuf {
+        self.dir().join(id.as_str()).join("node.toml")
     }
 
     /// Stops node `id` (flushing its store); its folder and ports stay reserved for it.
@@ -138,14 +383,19 @@ impl TestFederation {
             admin: TcpListener::bind(spec.admin).await?,
             metrics: TcpListener::bind(spec.metrics).await?,
         };
-        let cfg = NodeConfig::load(&sandbox::config_path(self.dir(), id))?;
+        let cfg = self.config(id)?;
         self.nodes.push(NodeHandle::spawn(cfg, listeners)?);
         Ok(())
     }
 
-    /// Returns the sandbox folder (node folders, certificates, data).
+    /// Returns the federation folder (node folders, certificates, data).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Returns the folder of node `id`.
+    pub fn node_dir(&self, id: &str) -> std::path::PathBuf {
+        self.dir().join(id)
     }
 
     /// Returns the running node `id`.
@@ -157,10 +407,34 @@ impl TestFederation {
             .context("no such node")
     }
 
+    /// Returns the addresses node `id` listens on, running or not.
+    fn spec(&self, id: &str) -> Result<Spec> {
+        let id: NodeId = id.parse()?;
+        self.specs
+            .iter()
+            .find(|s| s.id == id)
+            .copied()
+            .context("no such node")
+    }
+
+    /// Opens a channel to node `id`'s services (or admin) port as `role`.
+    pub async fn channel(&self, id: &str, role: Role, admin: bool) -> Result<Channel> {
+        let spec = self.spec(id)?;
+        let nd = self.node_dir(id);
+        connect(
+            if admin { spec.admin } else { spec.services },
+            &nd.join("services-ca.pem"),
+            &nd.join(format!("clients/{role}.pem")),
+            &nd.join(format!("clients/{role}.key")),
+        )
+        .await
+    }
+
     /// Returns a `ReferralService` client of node `id` authenticated as `role`.
     pub async fn referrals(&self, id: &str, role: Role) -> Result<ReferralServiceClient<Channel>> {
-        let ch = trmctl::scenario::client(self.dir(), id.parse()?, role, false).await?;
-        Ok(ReferralServiceClient::new(ch))
+        Ok(ReferralServiceClient::new(
+            self.channel(id, role, false).await?,
+        ))
     }
 
     /// Returns a `WitnessHearingService` client of node `id` authenticated as `role`.
@@ -169,8 +443,9 @@ impl TestFederation {
         id: &str,
         role: Role,
     ) -> Result<WitnessHearingServiceClient<Channel>> {
-        let ch = trmctl::scenario::client(self.dir(), id.parse()?, role, false).await?;
-        Ok(WitnessHearingServiceClient::new(ch))
+        Ok(WitnessHearingServiceClient::new(
+            self.channel(id, role, false).await?,
+        ))
     }
 
     /// Returns a `ReturnPlanningService` client of node `id` authenticated as `role`.
@@ -179,14 +454,14 @@ impl TestFederation {
         id: &str,
         role: Role,
     ) -> Result<ReturnPlanningServiceClient<Channel>> {
-        let ch = trmctl::scenario::client(self.dir(), id.parse()?, role, false).await?;
-        Ok(ReturnPlanningServiceClient::new(ch))
+        Ok(ReturnPlanningServiceClient::new(
+            self.channel(id, role, false).await?,
+        ))
     }
 
     /// Returns an `AdminService` client of node `id` authenticated as `role`.
     pub async fn admin(&self, id: &str, role: Role) -> Result<AdminServiceClient<Channel>> {
-        let ch = trmctl::scenario::client(self.dir(), id.parse()?, role, true).await?;
-        Ok(AdminServiceClient::new(ch))
+        Ok(AdminServiceClient::new(self.channel(id, role, true).await?))
     }
 
     /// Stops every node, flushing their stores.

@@ -13,8 +13,10 @@ use crate::{CryptoError, Result};
 
 /// Validity of a certificate authority.
 const CA_VALIDITY: Duration = Duration::days(3650);
-/// Validity of a leaf certificate.
+/// Validity of a node's or a server's certificate.
 const LEAF_VALIDITY: Duration = Duration::days(825);
+/// Default validity of a local client certificate (the CA/Browser Forum's 397 days).
+pub const CLIENT_VALIDITY_DAYS: u32 = 397;
 
 /// A certificate and its private key, both PEM.
 #[derive(Clone)]
@@ -144,12 +146,40 @@ impl Authority {
         self.issue(params)
     }
 
-    /// Issues a local client certificate carrying `trm://client/<role>/<org>`.
+    /// Issues a local client certificate carrying `trm://client/<role>/<org>`, valid for
+    /// [`CLIENT_VALIDITY_DAYS`].
     pub fn issue_client(&self, role: Role, org: &OrgId) -> Result<CertifiedKey> {
-        let mut params = base_params(&format!("{role} {org}"), LEAF_VALIDITY)?;
-        params.subject_alt_names.push(SanType::URI(
-            ids::client_uri(role, org).as_str().try_into()?,
-        ));
+        self.issue_client_for(role, org, CLIENT_VALIDITY_DAYS)
+    }
+
+    /// Issues a local client certificate valid for `days` days.
+    pub fn issue_client_for(&self, role: Role, org: &OrgId, days: u32) -> Result<CertifiedKey> {
+        let now = OffsetDateTime::now_utc();
+        self.issue_client_raw(
+            &format!("{role} {org}"),
+            &[ids::client_uri(role, org)],
+            now - Duration::hours(1),
+            now + Duration::days(i64::from(days)),
+        )
+    }
+
+    /// Issues a client-authentication certificate with exactly the given URIs and validity:
+    /// what operators of other tools, and tests of the refusals, need.
+    pub fn issue_client_raw(
+        &self,
+        common_name: &str,
+        uris: &[String],
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<CertifiedKey> {
+        let mut params = base_params(common_name, LEAF_VALIDITY)?;
+        params.not_before = not_before;
+        params.not_after = not_after;
+        for uri in uris {
+            params
+                .subject_alt_names
+                .push(SanType::URI(uri.as_str().try_into()?));
+        }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.issue(params)
@@ -171,31 +201,41 @@ pub fn san_uris(cert_der: &[u8]) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Returns the node id a federation certificate carries, if exactly one.
+/// Returns the node id a federation certificate carries: its one and only URI must be
+/// `trm://node/<ID>` (a certificate with several URIs names no one).
 pub fn node_of(cert_der: &[u8]) -> Option<NodeId> {
-    let nodes: Vec<NodeId> = san_uris(cert_der)
-        .ok()?
-        .iter()
-        .filter_map(|u| ids::parse_node_uri(u))
-        .collect();
-    match nodes.as_slice() {
-        [one] => Some(*one),
+    match san_uris(cert_der).ok()?.as_slice() {
+        [one] => ids::parse_node_uri(one),
         _ => None,
     }
 }
 
-/// Returns the principal a local client certificate carries, if exactly one.
+/// Returns the principal a local client certificate carries: its one and only URI must be
+/// `trm://client/<role>/<org>`.
 pub fn principal_of(cert_der: &[u8]) -> Option<Principal> {
-    let mut found: Vec<Principal> = san_uris(cert_der)
-        .ok()?
-        .iter()
-        .filter_map(|u| ids::parse_client_uri(u))
-        .collect();
-    if found.len() == 1 {
-        found.pop()
-    } else {
-        None
+    match san_uris(cert_der).ok()?.as_slice() {
+        [one] => ids::parse_client_uri(one),
+        _ => None,
     }
+}
+
+/// Returns a certificate's serial number in lower-case hex, without separators or leading
+/// zeros (the form `RevokeClientCertificate` takes).
+pub fn serial_hex(cert_der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let hex = hex::encode(cert.raw_serial());
+    let trimmed = hex.trim_start_matches('0');
+    Some(if trimmed.is_empty() {
+        "0".to_owned()
+    } else {
+        trimmed.to_owned()
+    })
+}
+
+/// Returns a certificate's end of validity.
+pub fn not_after(cert_der: &[u8]) -> Option<OffsetDateTime> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    Some(cert.validity().not_after.to_datetime())
 }
 
 /// Returns the DER of the first certificate in a PEM text.

@@ -42,12 +42,16 @@ pub fn signed_bytes(tag: &[u8], body: &[u8]) -> Vec<u8> {
 pub struct SigningIdentity {
     key: SigningKey,
     key_id: String,
+    /// Set while the key is being rotated out: the instant its validity ends at the peers.
+    /// Nothing it signs is dated later (see [`SigningIdentity::clamp`]).
+    signs_until: Option<time::OffsetDateTime>,
 }
 
 impl std::fmt::Debug for SigningIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SigningIdentity")
             .field("key_id", &self.key_id)
+            .field("signs_until", &self.signs_until)
             .finish_non_exhaustive()
     }
 }
@@ -60,7 +64,26 @@ impl SigningIdentity {
 
     fn from_key(key: SigningKey) -> Self {
         let key_id = key_id(&key.verifying_key());
-        Self { key, key_id }
+        Self {
+            key,
+            key_id,
+            signs_until: None,
+        }
+    }
+
+    /// Returns this key, retiring at `t`: what it signs from now on is dated `t` at the
+    /// latest, so that a peer that learns of its successor (valid from `t`) still accepts it.
+    pub fn retiring_at(&self, t: time::OffsetDateTime) -> Self {
+        Self {
+            signs_until: Some(t),
+            ..self.clone()
+        }
+    }
+
+    /// Returns `t`, or the instant the key retires if that is earlier: the creation time to
+    /// write into what this key signs.
+    pub fn clamp(&self, t: time::OffsetDateTime) -> time::OffsetDateTime {
+        self.signs_until.map_or(t, |until| t.min(until))
     }
 
     /// Reads a PKCS#8 PEM private key file.
@@ -72,13 +95,22 @@ impl SigningIdentity {
         Ok(Self::from_key(key))
     }
 
-    /// Writes the private key as PKCS#8 PEM with mode 0600.
+    /// Writes the private key as PKCS#8 v1 PEM (RFC 8410, without the optional public key
+    /// of v2, so that `openssl pkey` and Python's `cryptography` read it) with mode 0600.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let pem = self
-            .key
+        files::write_secret(path, self.to_pkcs8_v1_pem()?.as_bytes())
+    }
+
+    /// Returns the private key as PKCS#8 v1 PEM.
+    pub fn to_pkcs8_v1_pem(&self) -> Result<String> {
+        let bytes = ed25519_dalek::pkcs8::KeypairBytes {
+            secret_key: self.key.to_bytes(),
+            public_key: None,
+        };
+        let pem = bytes
             .to_pkcs8_pem(LineEnding::LF)
             .map_err(|_| CryptoError::MalformedKey("cannot encode signing key".into()))?;
-        files::write_secret(path, pem.as_bytes())
+        Ok(pem.to_string())
     }
 
     /// Returns the key id.
@@ -191,10 +223,29 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+        // PKCS#8 v1 (RFC 8410 section 7): version 0 and no public key, 48 bytes of DER.
+        let der = ed25519_dalek::pkcs8::spki::der::pem::decode_vec(text.as_bytes())
+            .unwrap()
+            .1;
+        assert_eq!(der.len(), 48, "v1 form, without the public key");
+        assert_eq!(
+            &der[..16],
+            &hex::decode("302e020100300506032b657004220420").unwrap()[..]
+        );
         let back = SigningIdentity::load(&path).unwrap();
         assert_eq!(back.key_id(), id.key_id());
         assert_eq!(back.key_id().len(), 16);
         let pem = public_to_pem(&id.public()).unwrap();
         assert_eq!(public_from_pem(&pem).unwrap(), id.public());
+    }
+
+    #[test]
+    fn keys_written_in_the_v2_form_by_earlier_versions_are_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.pem");
+        let id = SigningIdentity::generate();
+        let v2 = id.key.to_pkcs8_pem(LineEnding::LF).unwrap();
+        std::fs::write(&path, v2.as_bytes()).unwrap();
+        assert_eq!(SigningIdentity::load(&path).unwrap().key_id(), id.key_id());
     }
 }

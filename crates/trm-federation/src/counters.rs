@@ -14,6 +14,8 @@ use std::{
 pub enum Refusal {
     UnknownPeer,
     RemovedPeer,
+    /// The certificate names a peer but does not chain to that peer's own trust anchor.
+    UntrustedCertificate,
     UnknownKey,
     BadSignature,
     Malformed,
@@ -32,6 +34,7 @@ impl Refusal {
         match self {
             Refusal::UnknownPeer => "unknown_peer",
             Refusal::RemovedPeer => "removed_peer",
+            Refusal::UntrustedCertificate => "untrusted_certificate",
             Refusal::UnknownKey => "unknown_key",
             Refusal::BadSignature => "bad_signature",
             Refusal::Malformed => "malformed",
@@ -51,6 +54,7 @@ impl Refusal {
         let msg = format!("{}: {detail}", self.label());
         match self {
             Refusal::UnknownPeer
+            | Refusal::UntrustedCertificate
             | Refusal::UnknownKey
             | Refusal::BadSignature
             | Refusal::RetiredKey => Status::unauthenticated(msg),

@@ -1,18 +1,34 @@
 //! The peer directory: a node accepts nothing from a node that is not in it.
+//!
+//! Each peer has an endpoint, its own TLS trust anchor (a certificate claiming to be the
+//! peer is accepted only if it chains to that anchor: one member's CA never certifies
+//! another), an optional certificate pin and its signing keys with validity windows. The
+//! directory is built from the configuration, then the operator's changes
+//! ([`DirectoryChanges`], kept in the store), then the keys peers announced
+//! ([`LearnedKeys`], kept apart so that an announcement never overrides what the operator
+//! configured). Every change takes effect at once, for new and open connections.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    sync::RwLock,
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, PoisonError, RwLock},
 };
 
+use rustls::{
+    client::danger::HandshakeSignatureValid,
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, UnixTime},
+    server::danger::{ClientCertVerified, ClientCertVerifier},
+    server::WebPkiClientVerifier,
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
+use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
-
 use time::OffsetDateTime;
 use trm_core::ids::NodeId;
 use trm_crypto::signing::PublicKey;
 
 /// One of a peer's signing keys, with its validity window (rotation with overlap).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerKey {
     pub key_id: String,
     pub public: PublicKey,
@@ -44,7 +60,7 @@ pub struct Peer {
     pub id: NodeId,
     /// `host:port` of its federation port.
     pub endpoint: String,
-    /// PEM of the CA its TLS certificate chains to.
+    /// PEM of the CA its TLS certificate chains to: its own trust anchor.
     pub tls_ca_pem: String,
     /// Lowercase hex SHA-256 of its TLS certificate (DER), when pinned.
     pub tls_pin: Option<String>,
@@ -64,13 +80,429 @@ impl Peer {
     pub fn key(&self, key_id: &str) -> Option<&PeerKey> {
         self.keys.iter().find(|k| k.key_id == key_id)
     }
+
+    /// Returns the peer's newest key: the one valid from the latest instant (a key without
+    /// a start counts as the oldest; among equals, the last listed). Only this key may
+    /// announce a successor.
+    pub fn newest_key(&self) -> Option<&PeerKey> {
+        self.keys
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, k)| (k.valid_from, *i))
+            .map(|(_, k)| k)
+    }
+}
+
+/// Why a directory change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    #[error("tls_ca_pem holds no usable CA certificate")]
+    TrustAnchor,
+    #[error("a signing key does not parse")]
+    Key,
+}
+
+/// A peer with its compiled trust anchor.
+struct Entry {
+    peer: Peer,
+    /// The keys the configuration or the operator gave (learned keys are merged over them).
+    base_keys: Vec<PeerKey>,
+    anchor: Vec<CertificateDer<'static>>,
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("peer", &self.peer.id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    peers: BTreeMap<NodeId, Entry>,
+    /// Removed nodes, with what they were: their anchor still lets their connection through
+    /// the handshake so that the refusal is answered (PERMISSION_DENIED) and audited.
+    removed: BTreeMap<NodeId, Option<Entry>>,
+    /// Keys announced by each peer (windows and new keys), merged over its base keys.
+    learned: BTreeMap<NodeId, Vec<PeerKey>>,
+    /// Verifies a chain against any anchor the directory knows: only for certificates that
+    /// claim a node which is no (longer a) peer, so that the pipeline can refuse them.
+    any_anchor: Option<Arc<dyn ClientCertVerifier>>,
+    /// Bumped on every change: cached verifications of older generations are stale.
+    generation: u64,
 }
 
 /// The peers of this node, and the nodes removed from it (refused with PERMISSION_DENIED).
-#[derive(Debug, Default)]
 pub struct PeerDirectory {
-    peers: RwLock<BTreeMap<NodeId, Peer>>,
-    removed: RwLock<BTreeSet<NodeId>>,
+    state: RwLock<State>,
+    provider: Arc<CryptoProvider>,
+    /// Leaf certificate digest -> (peer, generation) of a chain verified against the peer's
+    /// own anchor, so that each request re-checks it at the cost of a hash.
+    verified: RwLock<HashMap<[u8; 32], (NodeId, u64)>>,
+}
+
+impl std::fmt::Debug for PeerDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerDirectory")
+            .field("peers", &self.ids())
+            .finish_non_exhaustive()
+    }
+}
+
+fn anchors(pem: &str) -> Result<Vec<CertificateDer<'static>>, DirectoryError> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| DirectoryError::TrustAnchor)?;
+    if certs.is_empty() {
+        return Err(DirectoryError::TrustAnchor);
+    }
+    Ok(certs)
+}
+
+fn verifier_over(
+    certs: &[CertificateDer<'static>],
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, DirectoryError> {
+    let mut roots = RootCertStore::empty();
+    for c in certs {
+        roots
+            .add(c.clone())
+            .map_err(|_| DirectoryError::TrustAnchor)?;
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|_| DirectoryError::TrustAnchor)
+}
+
+/// Returns `base` with the learned keys merged over it: a learned key replaces the window
+/// of a base key with the same id, or is added.
+pub fn merge_keys(base: &[PeerKey], learned: &[PeerKey]) -> Vec<PeerKey> {
+    let mut keys = base.to_vec();
+    for l in learned {
+        match keys.iter_mut().find(|k| k.key_id == l.key_id) {
+            Some(k) => *k = l.clone(),
+            None => keys.push(l.clone()),
+        }
+    }
+    keys
+}
+
+impl State {
+    fn rebuild_any_anchor(&mut self, provider: &Arc<CryptoProvider>) {
+        let certs: Vec<CertificateDer<'static>> = self
+            .peers
+            .values()
+            .chain(self.removed.values().flatten())
+            .flat_map(|e| e.anchor.iter().cloned())
+            .collect();
+        self.any_anchor = if certs.is_empty() {
+            None
+        } else {
+            verifier_over(&certs, provider).ok()
+        };
+        self.generation += 1;
+    }
+}
+
+impl PeerDirectory {
+    /// Returns a directory holding `peers`; refused if a peer's trust anchor is unusable.
+    pub fn new(peers: impl IntoIterator<Item = Peer>) -> Result<Self, DirectoryError> {
+        let directory = Self {
+            state: RwLock::default(),
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            verified: RwLock::default(),
+        };
+        for p in peers {
+            directory.upsert(p)?;
+        }
+        Ok(directory)
+    }
+
+    /// Checks that `pem` holds a usable trust anchor.
+    pub fn check_anchor(pem: &str) -> Result<(), DirectoryError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        verifier_over(&anchors(pem)?, &provider).map(|_| ())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Returns the peer `id`.
+    pub fn get(&self, id: NodeId) -> Option<Peer> {
+        self.read().peers.get(&id).map(|e| e.peer.clone())
+    }
+
+    /// Returns every peer id.
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.read().peers.keys().copied().collect()
+    }
+
+    /// Returns every peer.
+    pub fn all(&self) -> Vec<Peer> {
+        self.read().peers.values().map(|e| e.peer.clone()).collect()
+    }
+
+    /// Adds or replaces a peer (its keys become exactly `peer.keys`: what it announced
+    /// before is forgotten); a removed node becomes a peer again.
+    pub fn upsert(&self, peer: Peer) -> Result<(), DirectoryError> {
+        let anchor = anchors(&peer.tls_ca_pem)?;
+        let verifier = verifier_over(&anchor, &self.provider)?;
+        let mut state = self.write();
+        state.removed.remove(&peer.id);
+        state.learned.remove(&peer.id);
+        state.peers.insert(
+            peer.id,
+            Entry {
+                base_keys: peer.keys.clone(),
+                peer,
+                anchor,
+                verifier,
+            },
+        );
+        state.rebuild_any_anchor(&self.provider);
+        Ok(())
+    }
+
+    /// Removes a peer: nothing is sent to it and nothing accepted from it. Returns whether
+    /// it was a peer.
+    pub fn remove(&self, id: NodeId) -> bool {
+        let mut state = self.write();
+        let was = state.peers.remove(&id);
+        let existed = was.is_some();
+        state.learned.remove(&id);
+        match was {
+            Some(e) => {
+                state.removed.insert(id, Some(e));
+            }
+            None => {
+                state.removed.entry(id).or_insert(None);
+            }
+        }
+        state.rebuild_any_anchor(&self.provider);
+        existed
+    }
+
+    /// Returns whether `id` was removed from the directory.
+    pub fn is_removed(&self, id: NodeId) -> bool {
+        self.read().removed.contains_key(&id)
+    }
+
+    /// Makes `keys` what peer `id` announced (merged over its configured keys).
+    pub fn set_learned(&self, id: NodeId, keys: Vec<PeerKey>) {
+        let mut state = self.write();
+        if let Some(e) = state.peers.get_mut(&id) {
+            e.peer.keys = merge_keys(&e.base_keys, &keys);
+        }
+        state.learned.insert(id, keys);
+    }
+
+    /// Returns the keys the configuration or the operator gave peer `id`.
+    pub fn base_keys(&self, id: NodeId) -> Option<Vec<PeerKey>> {
+        self.read().peers.get(&id).map(|e| e.base_keys.clone())
+    }
+
+    /// Reads what peer `id` announced from the store and applies it (after a commit that
+    /// changed it).
+    pub fn reload_learned(
+        &self,
+        store: &trm_store::Store,
+        id: NodeId,
+    ) -> Result<(), DirectoryError> {
+        let learned: LearnedKeys = store
+            .get_json(trm_store::TreeName::Meta, LEARNED_KEYS)
+            .map_err(|_| DirectoryError::Key)?
+            .unwrap_or_default();
+        let keys = learned
+            .peers
+            .get(&id)
+            .map(|keys| {
+                keys.iter()
+                    .map(StoredKey::to_key)
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()
+            .map_err(|_| DirectoryError::Key)?
+            .unwrap_or_default();
+        self.set_learned(id, keys);
+        Ok(())
+    }
+
+    /// Returns what peer `id` announced.
+    pub fn learned(&self, id: NodeId) -> Vec<PeerKey> {
+        self.read().learned.get(&id).cloned().unwrap_or_default()
+    }
+
+    /// Applies the operator's stored changes over the configured peers, then the keys the
+    /// peers announced.
+    pub fn apply(
+        &self,
+        changes: &DirectoryChanges,
+        learned: &LearnedKeys,
+    ) -> Result<(), DirectoryError> {
+        for p in &changes.upserted {
+            self.upsert(p.to_peer().map_err(|_| DirectoryError::Key)?)?;
+        }
+        for id in &changes.removed {
+            self.remove(*id);
+        }
+        for (id, keys) in &learned.peers {
+            let keys = keys
+                .iter()
+                .map(StoredKey::to_key)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| DirectoryError::Key)?;
+            self.set_learned(*id, keys);
+        }
+        Ok(())
+    }
+
+    /// Returns the peer whose certificate chain `certs` (leaf first) is: the leaf names
+    /// exactly one node, that node is a peer, the chain verifies against that peer's own
+    /// trust anchor, and the leaf matches its pin. Checked on every request, so a change of
+    /// anchor or pin takes effect on open connections too.
+    pub fn authenticate(&self, certs: &[CertificateDer<'_>]) -> Result<Peer, AuthFailure> {
+        let Some(leaf) = certs.first() else {
+            return Err(AuthFailure::NoIdentity);
+        };
+        let node = trm_crypto::pki::node_of(leaf.as_ref()).ok_or(AuthFailure::NoIdentity)?;
+        let state = self.read();
+        if state.removed.contains_key(&node) {
+            return Err(AuthFailure::Removed(node));
+        }
+        let entry = state.peers.get(&node).ok_or(AuthFailure::Unknown(node))?;
+        let digest = trm_crypto::sha256(leaf.as_ref());
+        let cached = self
+            .verified
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&digest)
+            .is_some_and(|(n, g)| *n == node && *g == state.generation);
+        if !cached {
+            entry
+                .verifier
+                .verify_client_cert(leaf, &certs[1..], UnixTime::now())
+                .map_err(|_| AuthFailure::WrongAnchor(node))?;
+            let mut verified = self
+                .verified
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if verified.len() > 4096 {
+                verified.clear();
+            }
+            verified.insert(digest, (node, state.generation));
+        }
+        if !entry.peer.pin_matches(leaf.as_ref()) {
+            return Err(AuthFailure::Pin(node));
+        }
+        Ok(entry.peer.clone())
+    }
+
+    /// Returns the TLS client-certificate verifier of the federation port, which follows
+    /// this directory as it changes.
+    pub fn client_verifier(self: &Arc<Self>) -> Arc<dyn ClientCertVerifier> {
+        Arc::new(PeerCertVerifier {
+            directory: self.clone(),
+        })
+    }
+}
+
+/// Why a TLS peer is not accepted as a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// The certificate names no node, or more than one.
+    NoIdentity,
+    Unknown(NodeId),
+    Removed(NodeId),
+    /// The chain does not verify against the claimed peer's own anchor.
+    WrongAnchor(NodeId),
+    /// The certificate is not the one pinned for the peer.
+    Pin(NodeId),
+}
+
+/// Verifies a federation client certificate during the handshake: against the claimed
+/// peer's own anchor when it names a peer; against any known anchor otherwise (the
+/// pipeline then refuses it as unknown or removed, with its gRPC code and an audit entry).
+/// A certificate from a CA the directory does not know never completes the handshake.
+struct PeerCertVerifier {
+    directory: Arc<PeerDirectory>,
+}
+
+impl std::fmt::Debug for PeerCertVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerCertVerifier").finish_non_exhaustive()
+    }
+}
+
+impl ClientCertVerifier for PeerCertVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let node = trm_crypto::pki::node_of(end_entity.as_ref()).ok_or(
+            rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure),
+        )?;
+        let verifier = {
+            let state = self.directory.read();
+            match state.peers.get(&node) {
+                Some(entry) => Some(entry.verifier.clone()),
+                None => state.any_anchor.clone(),
+            }
+        };
+        match verifier {
+            Some(v) => v.verify_client_cert(end_entity, intermediates, now),
+            None => Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.directory.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.directory.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.directory
+            .provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 /// A signing key as stored: SPKI PEM and its validity window (unix seconds).
@@ -79,6 +511,32 @@ pub struct StoredKey {
     pub public_pem: String,
     pub valid_from: Option<i64>,
     pub valid_until: Option<i64>,
+}
+
+fn at(t: Option<i64>) -> Option<OffsetDateTime> {
+    t.and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
+}
+
+impl StoredKey {
+    /// Returns the key, or the reason it does not parse.
+    pub fn to_key(&self) -> Result<PeerKey, trm_crypto::CryptoError> {
+        let public = trm_crypto::signing::public_from_pem(&self.public_pem)?;
+        Ok(PeerKey {
+            key_id: trm_crypto::signing::key_id(&public),
+            public,
+            valid_from: at(self.valid_from),
+            valid_until: at(self.valid_until),
+        })
+    }
+
+    /// Returns the stored form of a key.
+    pub fn from_key(k: &PeerKey) -> Result<Self, trm_crypto::CryptoError> {
+        Ok(Self {
+            public_pem: trm_crypto::signing::public_to_pem(&k.public)?,
+            valid_from: k.valid_from.map(|t| t.unix_timestamp()),
+            valid_until: k.valid_until.map(|t| t.unix_timestamp()),
+        })
+    }
 }
 
 /// A peer as stored by the operator's changes at run time.
@@ -99,32 +557,26 @@ pub struct DirectoryChanges {
     pub removed: Vec<NodeId>,
 }
 
-fn at(t: Option<i64>) -> Option<OffsetDateTime> {
-    t.and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
+/// The keys each peer announced, kept in the node's store apart from the operator's
+/// changes: they only ever add keys and end the windows of the keys they succeed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LearnedKeys {
+    pub peers: BTreeMap<NodeId, Vec<StoredKey>>,
 }
 
 impl StoredPeer {
     /// Returns the peer, or the reason its keys do not parse.
     pub fn to_peer(&self) -> Result<Peer, trm_crypto::CryptoError> {
-        let keys = self
-            .keys
-            .iter()
-            .map(|k| {
-                let public = trm_crypto::signing::public_from_pem(&k.public_pem)?;
-                Ok(PeerKey {
-                    key_id: trm_crypto::signing::key_id(&public),
-                    public,
-                    valid_from: at(k.valid_from),
-                    valid_until: at(k.valid_until),
-                })
-            })
-            .collect::<Result<Vec<_>, trm_crypto::CryptoError>>()?;
         Ok(Peer {
             id: self.id,
             endpoint: self.endpoint.clone(),
             tls_ca_pem: self.tls_ca_pem.clone(),
             tls_pin: self.tls_pin.clone(),
-            keys,
+            keys: self
+                .keys
+                .iter()
+                .map(StoredKey::to_key)
+                .collect::<Result<Vec<_>, _>>()?,
         })
     }
 
@@ -138,88 +590,39 @@ impl StoredPeer {
             keys: p
                 .keys
                 .iter()
-                .map(|k| {
-                    Ok(StoredKey {
-                        public_pem: trm_crypto::signing::public_to_pem(&k.public)?,
-                        valid_from: k.valid_from.map(|t| t.unix_timestamp()),
-                        valid_until: k.valid_until.map(|t| t.unix_timestamp()),
-                    })
-                })
-                .collect::<Result<Vec<_>, trm_crypto::CryptoError>>()?,
+                .map(StoredKey::from_key)
+                .collect::<Result<Vec<_>, _>>()?,
         })
     }
 }
 
-impl PeerDirectory {
-    /// Returns a directory holding `peers`.
-    pub fn new(peers: impl IntoIterator<Item = Peer>) -> Self {
-        Self {
-            peers: RwLock::new(peers.into_iter().map(|p| (p.id, p)).collect()),
-            removed: RwLock::default(),
-        }
-    }
+/// Key of the operator's directory changes in the store's meta records.
+pub const DIRECTORY_CHANGES: &[u8] = b"directory_changes";
+/// Key of the keys peers announced in the store's meta records.
+pub const LEARNED_KEYS: &[u8] = b"learned_keys";
 
-    /// Returns the peer `id`.
-    pub fn get(&self, id: NodeId) -> Option<Peer> {
-        self.peers.read().ok()?.get(&id).cloned()
-    }
+/// Reads the operator's directory changes and the learned keys from the store.
+pub fn load_changes(
+    store: &trm_store::Store,
+) -> Result<(DirectoryChanges, LearnedKeys), trm_store::StoreError> {
+    use trm_store::TreeName;
+    Ok((
+        store
+            .get_json(TreeName::Meta, DIRECTORY_CHANGES)?
+            .unwrap_or_default(),
+        store
+            .get_json(TreeName::Meta, LEARNED_KEYS)?
+            .unwrap_or_default(),
+    ))
+}
 
-    /// Returns every peer id.
-    pub fn ids(&self) -> Vec<NodeId> {
-        self.peers
-            .read()
-            .map(|p| p.keys().copied().collect())
-            .unwrap_or_default()
-    }
+/// The note a transaction carries when it changed what a peer announced: the directory
+/// reloads that peer's learned keys once the transaction is durable.
+pub fn learned_note(peer: NodeId) -> String {
+    format!("directory/{peer}")
+}
 
-    /// Adds or replaces a peer; a removed node becomes a peer again.
-    pub fn upsert(&self, peer: Peer) {
-        if let Ok(mut r) = self.removed.write() {
-            r.remove(&peer.id);
-        }
-        if let Ok(mut p) = self.peers.write() {
-            p.insert(peer.id, peer);
-        }
-    }
-
-    /// Removes a peer: nothing is sent to it and nothing accepted from it. Returns whether
-    /// it was a peer.
-    pub fn remove(&self, id: NodeId) -> bool {
-        let was = self
-            .peers
-            .write()
-            .map(|mut p| p.remove(&id).is_some())
-            .unwrap_or(false);
-        if let Ok(mut r) = self.removed.write() {
-            r.insert(id);
-        }
-        was
-    }
-
-    /// Returns whether `id` was removed from the directory.
-    pub fn is_removed(&self, id: NodeId) -> bool {
-        self.removed
-            .read()
-            .map(|r| r.contains(&id))
-            .unwrap_or(false)
-    }
-
-    /// Applies the operator's stored changes over the configured peers.
-    pub fn apply(&self, changes: &DirectoryChanges) -> Result<(), trm_crypto::CryptoError> {
-        for p in &changes.upserted {
-            self.upsert(p.to_peer()?);
-        }
-        for id in &changes.removed {
-            self.remove(*id);
-        }
-        Ok(())
-    }
-
-    /// Returns every peer.
-    pub fn all(&self) -> Vec<Peer> {
-        self.peers
-            .read()
-            .map(|p| p.values().cloned().collect())
-            .unwrap_or_default()
-    }
+/// Returns the peer a [`learned_note`] names.
+pub fn learned_note_peer(note: &str) -> Option<NodeId> {
+    note.strip_prefix("directory/")?.parse().ok()
 }

@@ -42,6 +42,7 @@ pub fn seal_with_id(
     message_id: &str,
     created_at: OffsetDateTime,
 ) -> SignedEnvelope {
+    let created_at = identity.clamp(created_at);
     let body = EnvelopeBody {
         message_id: message_id.to_owned(),
         sender: sender.to_string(),

@@ -23,12 +23,13 @@ use trm_proto::{
     convert::from_ts,
     v1::{
         federation_service_server::FederationService, BatchReceiptBody, BatchReceiptEntry,
-        DeliverBatchRequest, EnvelopeBody, GetNodeInfoRequest, NodeInfo, ReceiptOutcome,
-        SignedEnvelope, SignedReceipt,
+        DeliverBatchRequest, EnvelopeBody, GetNodeInfoRequest, NodeInfo, ReceiptBody,
+        ReceiptOutcome, SignedEnvelope, SignedReceipt,
     },
 };
 use trm_store::{audit::AuditRecord, Store, TreeName, TxFail};
 
+use crate::refusals::RefusalLog;
 use crate::slots::{PeerSlots, Slot};
 use crate::{
     envelope, payload_kind, Counters, Delivery, FlowHandler, Inbound, Peer, PeerDirectory, Refusal,
@@ -80,6 +81,13 @@ impl InboxEntry {
         let bytes = hex::decode(&self.receipt).ok()?;
         SignedReceipt::decode(bytes.as_slice()).ok()
     }
+
+    /// Returns the outcome and reason the original receipt gave.
+    fn outcome(receipt: &SignedReceipt) -> Option<(ReceiptOutcome, String)> {
+        let body = ReceiptBody::decode(receipt.body.as_slice()).ok()?;
+        let outcome = ReceiptOutcome::try_from(body.outcome).ok()?;
+        Some((outcome, body.reason))
+    }
 }
 
 /// Forgets inbound message ids received before `before` (DESIGN.md: remembered for at least
@@ -113,6 +121,8 @@ struct Applied {
     receipt: SignedReceipt,
     outcome: ReceiptOutcome,
     reason: String,
+    /// Seen before: no second effect.
+    duplicate: bool,
     /// What the flow queued while applying it (replies to wake after the durable point).
     queued: Vec<String>,
 }
@@ -132,6 +142,7 @@ pub struct FederationServer {
     delivery: Delivery,
     counters: Arc<Counters>,
     slots: PeerSlots,
+    refusals: Arc<RefusalLog>,
 }
 
 impl FederationServer {
@@ -147,6 +158,7 @@ impl FederationServer {
     ) -> Self {
         let cfg_slots = cfg.max_in_flight_per_peer;
         Self {
+            refusals: Arc::new(RefusalLog::new(store.clone())),
             cfg,
             identity,
             directory,
@@ -156,6 +168,11 @@ impl FederationServer {
             counters,
             slots: PeerSlots::new(cfg_slots),
         }
+    }
+
+    /// Returns the log of refusals, to flush periodically and at shutdown.
+    pub fn refusal_log(&self) -> Arc<RefusalLog> {
+        self.refusals.clone()
     }
 
     /// Counts and audits a refusal and returns it as the gRPC error DESIGN.md prescribes.
@@ -170,9 +187,9 @@ impl FederationServer {
         let status = refusal.status(detail);
         self.counters.refused(refusal);
         warn!(peer = %actor, reason = refusal.label(), detail, "envelope refused");
-        let record = AuditRecord::new(actor, "envelope.refuse", message_id, "refused")
+        let record = AuditRecord::new(actor.clone(), "envelope.refuse", message_id, "refused")
             .detail(format!("{:?}: {}", status.code(), status.message()));
-        if let Err(e) = self.store.audit(record).await {
+        if let Err(e) = self.refusals.record(&actor, refusal.label(), record).await {
             warn!(error = %e, "cannot audit a refusal");
             return Status::unavailable("storage unavailable");
         }
@@ -195,53 +212,43 @@ impl FederationServer {
     }
 
     /// Returns the directory entry of the authenticated TLS peer, refusing a node that is not
-    /// (or no longer) a peer or whose certificate is not the pinned one.
+    /// (or no longer) a peer, whose certificate does not chain to its own trust anchor, or
+    /// whose certificate is not the pinned one. Checked on every request.
     async fn tls_peer<T>(&self, request: &Request<T>) -> Result<Peer, Status> {
-        let leaf = request
-            .peer_certs()
-            .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()));
-        let node = leaf.as_deref().and_then(trm_crypto::pki::node_of);
-        let Some(node) = node else {
-            return Err(self
-                .refuse(
-                    None,
-                    "-",
-                    Refusal::UnknownPeer,
-                    "no trm node identity in the TLS certificate",
-                )
-                .await);
-        };
-        if self.directory.is_removed(node) {
-            return Err(self
-                .refuse(
-                    Some(node),
-                    "-",
-                    Refusal::RemovedPeer,
-                    "removed from the peer directory",
-                )
-                .await);
+        use crate::directory::AuthFailure;
+        let certs = request.peer_certs();
+        let certs = certs.as_deref().map(Vec::as_slice).unwrap_or_default();
+        match self.directory.authenticate(certs) {
+            Ok(peer) => Ok(peer),
+            Err(failure) => {
+                let (node, refusal, detail) = match failure {
+                    AuthFailure::NoIdentity => (
+                        None,
+                        Refusal::UnknownPeer,
+                        "no trm node identity in the TLS certificate",
+                    ),
+                    AuthFailure::Unknown(n) => {
+                        (Some(n), Refusal::UnknownPeer, "not in the peer directory")
+                    }
+                    AuthFailure::Removed(n) => (
+                        Some(n),
+                        Refusal::RemovedPeer,
+                        "removed from the peer directory",
+                    ),
+                    AuthFailure::WrongAnchor(n) => (
+                        Some(n),
+                        Refusal::UntrustedCertificate,
+                        "certificate does not chain to the peer's own trust anchor",
+                    ),
+                    AuthFailure::Pin(n) => (
+                        Some(n),
+                        Refusal::UnknownPeer,
+                        "certificate is not the one pinned for this peer",
+                    ),
+                };
+                Err(self.refuse(node, "-", refusal, detail).await)
+            }
         }
-        let Some(peer) = self.directory.get(node) else {
-            return Err(self
-                .refuse(
-                    Some(node),
-                    "-",
-                    Refusal::UnknownPeer,
-                    "not in the peer directory",
-                )
-                .await);
-        };
-        if !leaf.as_deref().is_some_and(|der| peer.pin_matches(der)) {
-            return Err(self
-                .refuse(
-                    Some(node),
-                    "-",
-                    Refusal::UnknownPeer,
-                    "certificate is not the one pinned for this peer",
-                )
-                .await);
-        }
-        Ok(peer)
     }
 
     /// Runs the receive pipeline for one envelope from the authenticated TLS peer `entry`.
@@ -259,8 +266,7 @@ impl FederationServer {
         };
         let applied = self.apply_one(peer, &env, body, created_at)?;
         self.durable().await?;
-        // A reply the flow queued (an erasure confirmation, say) goes out now.
-        self.delivery.wake_noted(&applied.queued);
+        self.after_durable(&applied.queued);
         Ok(applied.receipt)
     }
 
@@ -304,11 +310,12 @@ impl FederationServer {
                 body_sha256: trm_crypto::sha256(&env.body).to_vec(),
                 outcome: applied.outcome as i32,
                 reason: applied.reason,
+                duplicate: applied.duplicate,
             });
         }
         self.durable().await?;
         Counters::bump(&self.counters.batches);
-        self.delivery.wake_noted(&queued);
+        self.after_durable(&queued);
         let body = BatchReceiptBody {
             receiver: self.cfg.node.to_string(),
             received_at: Some(trm_proto::convert::ts(OffsetDateTime::now_utc())),
@@ -450,6 +457,7 @@ impl FederationServer {
                     receipt,
                     outcome: ReceiptOutcome::Accepted,
                     reason: String::new(),
+                    duplicate: false,
                     queued,
                 })
             }
@@ -459,10 +467,16 @@ impl FederationServer {
                 let receipt = seen
                     .receipt()
                     .ok_or_else(|| Status::unavailable("storage unavailable"))?;
+                // A duplicate carries the original outcome: one first rejected stays rejected.
+                let (outcome, reason) = match InboxEntry::outcome(&receipt) {
+                    Some((ReceiptOutcome::Rejected, reason)) => (ReceiptOutcome::Rejected, reason),
+                    _ => (ReceiptOutcome::Duplicate, String::new()),
+                };
                 Ok(Applied {
                     receipt,
-                    outcome: ReceiptOutcome::Duplicate,
-                    reason: String::new(),
+                    outcome,
+                    reason,
+                    duplicate: true,
                     queued: Vec::new(),
                 })
             }
@@ -474,12 +488,27 @@ impl FederationServer {
                     receipt,
                     outcome: ReceiptOutcome::Rejected,
                     reason,
+                    duplicate: false,
                     queued: Vec::new(),
                 })
             }
             Err(TxFail::Tx(e)) => {
                 warn!(error = ?e, "storage fault while applying an envelope");
                 Err(Status::unavailable("storage unavailable"))
+            }
+        }
+    }
+
+    /// What the applied envelopes asked for once durable: replies they queued (an erasure
+    /// confirmation, say) go out, and keys a peer announced take effect.
+    fn after_durable(&self, notes: &[String]) {
+        self.delivery.wake_noted(notes);
+        for peer in notes
+            .iter()
+            .filter_map(|n| crate::directory::learned_note_peer(n))
+        {
+            if let Err(e) = self.directory.reload_learned(&self.store, peer) {
+                warn!(peer = %peer, error = %e, "cannot apply the keys a peer announced");
             }
         }
     }

@@ -65,3 +65,50 @@ pub fn listed(store: &Store, current: &SigningIdentity) -> Vec<OwnKey> {
     keys.retain(|k| k.listed_until.is_none_or(|t| t > now));
     keys
 }
+
+/// Returns where a rotation stages the new key before it is committed.
+pub fn staged_path(key_path: &std::path::Path) -> std::path::PathBuf {
+    key_path.with_extension("rotating")
+}
+
+/// Finishes or undoes a rotation a crash interrupted: a staged key that the store lists (its
+/// announcement committed) replaces the key file; one it does not list is deleted. Returns
+/// whether the key file was replaced.
+pub fn recover_rotation(
+    store: &Store,
+    key_path: &std::path::Path,
+) -> Result<bool, trm_crypto::CryptoError> {
+    let staged = staged_path(key_path);
+    if !staged.is_file() {
+        return Ok(false);
+    }
+    let identity = SigningIdentity::load(&staged)?;
+    let committed = store
+        .get_json::<Vec<OwnKey>>(TreeName::Meta, OWN_KEYS)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+        .iter()
+        .any(|k| k.key_id == identity.key_id());
+    let io = |source| trm_crypto::CryptoError::KeyFile {
+        path: key_path.display().to_string(),
+        source,
+    };
+    if committed {
+        std::fs::rename(&staged, key_path).map_err(io)?;
+        if let Some(dir) = key_path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+        }
+        tracing::warn!(
+            key_id = identity.key_id(),
+            "finished a signing-key rotation interrupted by a crash"
+        );
+        Ok(true)
+    } else {
+        std::fs::remove_file(&staged).map_err(io)?;
+        tracing::warn!("dropped a staged signing key whose rotation never committed");
+        Ok(false)
+    }
+}

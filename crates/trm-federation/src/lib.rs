@@ -8,6 +8,7 @@
 //! - [`inbound`]: the receive pipeline, verifying in DESIGN.md's order before any effect;
 //! - [`keys`]: this node's signing keys over time (rotation with overlap);
 //! - [`slots`]: the per-peer cap on concurrent inbound requests;
+//! - [`refusals`]: auditing refusals, aggregated under a flood;
 //! - [`outbox`]: queueing envelopes in the same transaction as the state change, and the
 //!   worker that delivers them and keeps the peers' signed receipts.
 #![forbid(unsafe_code)]
@@ -19,6 +20,7 @@ pub mod envelope;
 pub mod inbound;
 pub mod keys;
 pub mod outbox;
+pub mod refusals;
 pub mod slots;
 
 use trm_proto::v1::envelope_body::Payload;

@@ -29,7 +29,7 @@ type TrustKey = (String, String, Option<String>);
 const SEND_BATCH: usize = 64;
 /// The most sealed bytes sent in one batch (well inside the receiver's 16 MiB limit).
 const SEND_BATCH_BYTES: usize = 8 << 20;
-use trm_store::{audit::AuditRecord, Store, TreeName, Tx, TxError, TxFail};
+use trm_store::{audit::AuditRecord, Store, Subject, TreeName, Tx, TxError, TxFail};
 
 use crate::{envelope, payload_kind, Counters, FlowHandler, PeerDirectory};
 
@@ -58,8 +58,11 @@ pub fn dead_letters(store: &Store) -> Result<Vec<OutboxItem>, trm_store::StoreEr
 pub struct OutboxItem {
     pub message_id: String,
     pub peer: NodeId,
-    /// The record the envelope is about (referral id, return id ...): its data key seals it.
+    /// The record the envelope is about (referral id, return id ...).
     pub subject: String,
+    /// Hex of the data-key subject that seals the envelope (the record's): shredding it
+    /// destroys the queued copy with the record.
+    pub sealed_under: String,
     /// Payload kind, e.g. `referral_offer`.
     pub kind: String,
     /// Hex of the sealed, encoded `SignedEnvelope`.
@@ -79,6 +82,14 @@ fn envelope_aad(message_id: &str) -> Vec<u8> {
     format!("outbox\0{message_id}").into_bytes()
 }
 
+/// What an outbound envelope is about: the record's id (for the flow's reaction to the
+/// receipt) and the data-key subject that seals the queued copy.
+#[derive(Debug, Clone, Copy)]
+pub struct About<'a> {
+    pub id: &'a str,
+    pub sealed_under: &'a Subject,
+}
+
 /// Seals an envelope for `peer` and queues it inside the caller's transaction. Returns the
 /// message id. Call [`Delivery::wake`] after the transaction is durable.
 pub fn enqueue(
@@ -86,7 +97,7 @@ pub fn enqueue(
     identity: &SigningIdentity,
     me: NodeId,
     peer: NodeId,
-    subject: &str,
+    about: About<'_>,
     case_ref: &str,
     payload: Payload,
 ) -> Result<String, TxError> {
@@ -95,7 +106,7 @@ pub fn enqueue(
         identity,
         me,
         peer,
-        subject,
+        about,
         case_ref,
         payload,
         OffsetDateTime::now_utc(),
@@ -115,7 +126,7 @@ pub fn enqueue_at(
     identity: &SigningIdentity,
     me: NodeId,
     peer: NodeId,
-    subject: &str,
+    about: About<'_>,
     case_ref: &str,
     payload: Payload,
     created_at: OffsetDateTime,
@@ -133,14 +144,15 @@ pub fn enqueue_at(
         created_at,
     );
     let sealed = tx.seal_for(
-        subject.as_bytes(),
+        about.sealed_under,
         &envelope_aad(&message_id),
         &env.encode_to_vec(),
     )?;
     let item = OutboxItem {
         message_id: message_id.clone(),
         peer,
-        subject: subject.to_owned(),
+        subject: about.id.to_owned(),
+        sealed_under: hex::encode(about.sealed_under.as_bytes()),
         kind,
         sealed: hex::encode(sealed),
         attempts: 0,
@@ -151,16 +163,24 @@ pub fn enqueue_at(
     Ok(message_id)
 }
 
+impl OutboxItem {
+    /// Returns the data-key subject that seals the queued envelope.
+    pub fn sealed_under(&self) -> Option<Subject> {
+        hex::decode(&self.sealed_under)
+            .ok()
+            .map(Subject::from_bytes)
+    }
+}
+
 /// Opens a queued envelope: the exact signed bytes that will be sent. `None` when its
 /// subject was erased (the queued copy is shredded with it).
 pub fn open_queued(store: &Store, item: &OutboxItem) -> Result<Option<SignedEnvelope>, String> {
     let sealed = hex::decode(&item.sealed).map_err(|_| "outbox entry corrupt".to_owned())?;
+    let subject = item
+        .sealed_under()
+        .ok_or_else(|| "outbox entry corrupt".to_owned())?;
     let opened = store
-        .open_for(
-            item.subject.as_bytes(),
-            &envelope_aad(&item.message_id),
-            &sealed,
-        )
+        .open_for(&subject, &envelope_aad(&item.message_id), &sealed)
         .map_err(|e| e.to_string())?;
     opened
         .map(|bytes| {
@@ -604,23 +624,11 @@ impl Delivery {
         key: &[u8],
         item: &OutboxItem,
     ) -> Result<(), Failure> {
-        let store = &self.inner.store;
-        let sealed =
-            hex::decode(&item.sealed).map_err(|_| Failure::Store("outbox entry corrupt".into()))?;
-        let opened = store
-            .open_for(
-                item.subject.as_bytes(),
-                &envelope_aad(&item.message_id),
-                &sealed,
-            )
-            .map_err(|e| Failure::Store(e.to_string()))?;
-        let Some(bytes) = opened else {
+        let Some(env) = open_queued(&self.inner.store, item).map_err(Failure::Store)? else {
             // The subject was erased: its queued copy is shredded with it.
             info!(peer = %peer, message_id = %item.message_id, "queued envelope's subject erased; dropped");
             return self.finish(key, item, None).await;
         };
-        let env = SignedEnvelope::decode(bytes.as_slice())
-            .map_err(|_| Failure::Store("queued envelope corrupt".into()))?;
         let receipt = client
             .deliver(env.clone())
             .await
@@ -874,13 +882,13 @@ impl Delivery {
         queued.created_at = OffsetDateTime::now_utc().unix_timestamp();
         queued.attempts = 0;
         queued.last_error.clear();
+        let subject = item
+            .sealed_under()
+            .ok_or_else(|| RetryError::Store("dead letter corrupt".into()))?;
         store
             .transact::<(), (), _>(|tx| {
-                let sealed = tx.seal_for(
-                    item.subject.as_bytes(),
-                    &envelope_aad(message_id),
-                    &fresh.encode_to_vec(),
-                )?;
+                let sealed =
+                    tx.seal_for(&subject, &envelope_aad(message_id), &fresh.encode_to_vec())?;
                 let mut q = queued.clone();
                 q.sealed = hex::encode(sealed);
                 tx.remove(TreeName::DeadLetters, &key)?;

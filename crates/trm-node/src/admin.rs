@@ -1,13 +1,13 @@
-//! `AdminService`, for operators only: node status, peers, audit verification. Never
-//! returns victim records.
+//! `AdminService`, for operators only: node status, peers, the outbox, audit verification,
+//! key rotation and client-certificate revocation. Never returns victim records.
 
+use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
-use tracing::info;
-use trm_core::FieldError;
-use trm_core::{ids::Role, policy::POLICY_VERSION};
+use tracing::{error, info};
+use trm_core::{ids::Role, limits::Page, policy::POLICY_VERSION, FieldError, Guard, GuardError};
 use trm_crypto::signing::SigningIdentity;
 use trm_federation::{
-    directory::{DirectoryChanges, StoredPeer},
+    directory::{DirectoryChanges, LearnedKeys, StoredPeer, DIRECTORY_CHANGES, LEARNED_KEYS},
     keys::{self, OwnKey},
     outbox::{self, OutboxItem, RetryError},
     Peer, PeerKey,
@@ -25,8 +25,14 @@ use crate::{
     authz::{self, require},
     ctx::Ctx,
     error::ApiError,
-    server::DIRECTORY_CHANGES,
+    gate::Revoked,
 };
+
+/// The longest overlap a rotation may ask for (ten years).
+pub const MAX_OVERLAP_DAYS: u32 = 3650;
+
+/// Key of the revoked client certificates in the store's meta records.
+pub const REVOKED_CLIENTS: &[u8] = b"revoked_clients";
 
 /// The admin service of one node.
 #[derive(Debug, Clone)]
@@ -34,34 +40,11 @@ pub struct Admin {
     ctx: Ctx,
 }
 
-impl Admin {
-    /// Records a change of the peer directory durably (it is applied over the configured
-    /// peers at every start), audited.
-    async fn change_directory(&self, f: impl Fn(&mut DirectoryChanges)) -> Result<(), ApiError> {
-        self.ctx
-            .commit(|tx| {
-                let mut changes: DirectoryChanges = tx
-                    .get_json(TreeName::Meta, DIRECTORY_CHANGES)?
-                    .unwrap_or_default();
-                f(&mut changes);
-                tx.put_json(TreeName::Meta, DIRECTORY_CHANGES, &changes)?;
-                tx.audit(
-                    AuditRecord::new("operator", "peers.change", "-", "ok").detail(format!(
-                        "peers_changed={} removed={}",
-                        changes.upserted.len(),
-                        changes
-                            .removed
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    )),
-                )?;
-                Ok(())
-            })
-            .await
-    }
+fn field_error(field: &str, problem: &str) -> Status {
+    ApiError::from(FieldError::new(field, problem)).into()
+}
 
+impl Admin {
     /// Returns the service.
     pub fn new(ctx: Ctx) -> Self {
         Self { ctx }
@@ -71,10 +54,236 @@ impl Admin {
         let p = authz::principal(request)?;
         require(&p, &[Role::Operator], "use the admin service").map_err(Status::from)
     }
+
+    /// Records a change of the peer directory durably (applied over the configured peers at
+    /// every start), forgetting what the changed peer announced, audited.
+    async fn change_directory(
+        &self,
+        peer: trm_core::ids::NodeId,
+        f: impl Fn(&mut DirectoryChanges),
+    ) -> Result<(), ApiError> {
+        self.ctx
+            .commit(|tx| {
+                let mut changes: DirectoryChanges = tx
+                    .get_json(TreeName::Meta, DIRECTORY_CHANGES)?
+                    .unwrap_or_default();
+                f(&mut changes);
+                tx.put_json(TreeName::Meta, DIRECTORY_CHANGES, &changes)?;
+                let mut learned: LearnedKeys = tx
+                    .get_json(TreeName::Meta, LEARNED_KEYS)?
+                    .unwrap_or_default();
+                if learned.peers.remove(&peer).is_some() {
+                    tx.put_json(TreeName::Meta, LEARNED_KEYS, &learned)?;
+                }
+                let removed = changes.removed.contains(&peer);
+                tx.audit(
+                    AuditRecord::new("operator", "peers.change", peer.to_string(), "ok").detail(
+                        if removed {
+                            "removed"
+                        } else {
+                            "added or changed"
+                        },
+                    ),
+                )?;
+                Ok(())
+            })
+            .await
+    }
 }
 
 fn unavailable(rpc: &str, capability: &str) -> Status {
     Status::unimplemented(format!("{rpc}: {capability} is not available yet"))
+}
+
+fn time_of(t: Option<OffsetDateTime>) -> Option<prost_types::Timestamp> {
+    t.map(ts)
+}
+
+/// Returns the wire form of a peer: its keys as PEM and with their ids and windows.
+fn peer_to_wire(p: Peer) -> w::Peer {
+    w::Peer {
+        node_id: p.id.to_string(),
+        endpoint: p.endpoint,
+        tls_ca_pem: p.tls_ca_pem,
+        tls_pin_sha256: p.tls_pin.unwrap_or_default(),
+        signing_keys_pem: p
+            .keys
+            .iter()
+            .filter_map(|k| trm_crypto::signing::public_to_pem(&k.public).ok())
+            .collect(),
+        signing_keys: p
+            .keys
+            .iter()
+            .map(|k| w::SigningKey {
+                key_id: k.key_id.clone(),
+                public_key: k.public.as_bytes().to_vec(),
+                valid_from: time_of(k.valid_from),
+                valid_until: time_of(k.valid_until),
+            })
+            .collect(),
+    }
+}
+
+/// Parses the keys of an `UpsertPeer`: the windowed keys when given, else the PEMs, each
+/// keeping the window the directory already knows for it (so nothing retired revives).
+fn keys_from_wire(wire: &w::Peer, known: &[PeerKey]) -> Result<Vec<PeerKey>, Status> {
+    if !wire.signing_keys.is_empty() {
+        let mut keys = Vec::new();
+        for (i, k) in wire.signing_keys.iter().enumerate() {
+            let name = format!("peer.signing_keys[{i}]");
+            let public = trm_crypto::signing::public_from_bytes(&k.public_key).map_err(|_| {
+                field_error(
+                    &format!("{name}.public_key"),
+                    "must be 32 raw bytes of an ed25519 key",
+                )
+            })?;
+            let key_id = trm_crypto::signing::key_id(&public);
+            if !k.key_id.is_empty() && k.key_id != key_id {
+                return Err(field_error(
+                    &format!("{name}.key_id"),
+                    "does not match public_key",
+                ));
+            }
+            let window = |f: &str, t: Option<&prost_types::Timestamp>| {
+                t.map(|t| convert::from_ts(&format!("{name}.{f}"), Some(t)))
+                    .transpose()
+                    .map_err(|e| Status::from(ApiError::from(e)))
+            };
+            let valid_from = window("valid_from", k.valid_from.as_ref())?;
+            let valid_until = window("valid_until", k.valid_until.as_ref())?;
+            if let (Some(f), Some(u)) = (valid_from, valid_until) {
+                if u < f {
+                    return Err(field_error(
+                        &format!("{name}.valid_until"),
+                        "is before valid_from",
+                    ));
+                }
+            }
+            keys.push(PeerKey {
+                key_id,
+                public,
+                valid_from,
+                valid_until,
+            });
+        }
+        return Ok(keys);
+    }
+    if wire.signing_keys_pem.is_empty() {
+        return Err(field_error(
+            "peer.signing_keys_pem",
+            "at least one key is required",
+        ));
+    }
+    let mut keys = Vec::new();
+    for (i, pem) in wire.signing_keys_pem.iter().enumerate() {
+        let public = trm_crypto::signing::public_from_pem(pem).map_err(|_| {
+            field_error(
+                &format!("peer.signing_keys_pem[{i}]"),
+                "must be an ed25519 public key PEM",
+            )
+        })?;
+        let fresh = PeerKey::new(public);
+        keys.push(
+            known
+                .iter()
+                .find(|k| k.key_id == fresh.key_id)
+                .cloned()
+                .unwrap_or(fresh),
+        );
+    }
+    Ok(keys)
+}
+
+fn page_of(size: i32, token: &str) -> Result<Page, Status> {
+    convert::page(size, token).map_err(|e| ApiError::from(e).into())
+}
+
+/// Parses a certificate serial as `RevokeClientCertificate` takes it.
+fn serial(s: &str) -> Result<String, Status> {
+    let ok = !s.is_empty()
+        && s.len() <= 40
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && (s == "0" || !s.starts_with('0'));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(field_error(
+            "serial_hex",
+            "must be the serial number in lower-case hex, without separators or leading zeros",
+        ))
+    }
+}
+
+impl Admin {
+    /// Returns the public key of this node's signing key `key_id` (current or still listed).
+    fn own_key(&self, key_id: &str) -> Option<trm_crypto::signing::PublicKey> {
+        let current = self.ctx.identity.current();
+        if current.key_id() == key_id {
+            return Some(current.public());
+        }
+        keys::listed(&self.ctx.store, &current)
+            .into_iter()
+            .find(|k| k.key_id == key_id)
+            .and_then(|k| hex::decode(k.public).ok())
+            .and_then(|b| trm_crypto::signing::public_from_bytes(&b).ok())
+    }
+
+    /// Verifies the audit chain and that it matches the head this node signed: a chain
+    /// recomputed by someone who could write the database, but does not hold the signing
+    /// key, is detected.
+    async fn verified_audit(&self) -> Result<w::VerifyAuditResponse, ApiError> {
+        let store = &self.ctx.store;
+        let mut attempt = 0;
+        loop {
+            // Every entry so far is then covered by a signed head, unless a write lands in
+            // between (tried again).
+            store.durable().await?;
+            let report = store.verify_audit()?;
+            let mut out = w::VerifyAuditResponse {
+                ok: report.ok,
+                entries_checked: report.entries_checked,
+                first_bad_entry: report.first_bad_entry,
+                signed_through: 0,
+                signed_by: String::new(),
+            };
+            if !report.ok {
+                return Ok(out);
+            }
+            let Some(signed) = report.signed else {
+                out.ok = out.entries_checked == 0;
+                out.first_bad_entry = u64::from(!out.ok);
+                return Ok(out);
+            };
+            let signature_ok = self.own_key(&signed.key_id).is_some_and(|key| {
+                hex::decode(&signed.signature).is_ok_and(|sig| {
+                    trm_crypto::signing::verify(
+                        &key,
+                        trm_store::audit::HEAD_TAG,
+                        &trm_store::audit::SignedHead::body(signed.seq, &signed.hash),
+                        &sig,
+                    )
+                    .is_ok()
+                })
+            });
+            out.signed_by = signed.key_id.clone();
+            let matches = signed.seq == 0 || report.hash_at_signed.as_deref() == Some(&signed.hash);
+            if !signature_ok || !matches || signed.seq > report.entries_checked {
+                out.ok = false;
+                out.first_bad_entry = if signature_ok { signed.seq.max(1) } else { 1 };
+                return Ok(out);
+            }
+            out.signed_through = signed.seq;
+            if signed.seq == report.entries_checked || attempt >= 3 {
+                out.ok = signed.seq == report.entries_checked;
+                if !out.ok {
+                    out.first_bad_entry = signed.seq + 1;
+                }
+                return Ok(out);
+            }
+            attempt += 1;
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -114,24 +323,13 @@ impl AdminService for Admin {
         request: Request<w::ListPeersRequest>,
     ) -> Result<Response<w::ListPeersResponse>, Status> {
         Self::operator(&request)?;
-        let peers = self
-            .ctx
-            .directory
-            .all()
-            .into_iter()
-            .map(|p| w::Peer {
-                node_id: p.id.to_string(),
-                endpoint: p.endpoint,
-                tls_ca_pem: p.tls_ca_pem,
-                tls_pin_sha256: p.tls_pin.unwrap_or_default(),
-                signing_keys_pem: p
-                    .keys
-                    .iter()
-                    .filter_map(|k| trm_crypto::signing::public_to_pem(&k.public).ok())
-                    .collect(),
-            })
-            .collect();
-        Ok(Response::new(w::ListPeersResponse { peers }))
+        let req = request.get_ref();
+        let page = page_of(req.page_size, &req.page_token)?;
+        let (peers, next_page_token) = page.take(self.ctx.directory.all(), |p| p.id.to_string());
+        Ok(Response::new(w::ListPeersResponse {
+            peers: peers.into_iter().map(peer_to_wire).collect(),
+            next_page_token,
+        }))
     }
 
     async fn upsert_peer(
@@ -142,55 +340,34 @@ impl AdminService for Admin {
         let wire = request
             .into_inner()
             .peer
-            .ok_or_else(|| ApiError::from(FieldError::new("peer", "is required")))?;
+            .ok_or_else(|| field_error("peer", "is required"))?;
         let id = convert::country("peer.node_id", &wire.node_id).map_err(ApiError::from)?;
         if id == self.ctx.id {
-            return Err(ApiError::from(FieldError::new(
-                "peer.node_id",
-                "a node is not its own peer",
-            ))
-            .into());
+            return Err(field_error("peer.node_id", "a node is not its own peer"));
         }
         let endpoint =
             convert::short("peer.endpoint", &wire.endpoint, true).map_err(ApiError::from)?;
         if !endpoint.contains(':') {
-            return Err(
-                ApiError::from(FieldError::new("peer.endpoint", "must be host:port")).into(),
-            );
+            return Err(field_error("peer.endpoint", "must be host:port"));
         }
-        if trm_crypto::pki::first_der(&wire.tls_ca_pem).is_err() {
-            return Err(ApiError::from(FieldError::new(
-                "peer.tls_ca_pem",
-                "must be a PEM certificate",
-            ))
-            .into());
+        if trm_federation::PeerDirectory::check_anchor(&wire.tls_ca_pem).is_err() {
+            return Err(field_error("peer.tls_ca_pem", "must be a PEM certificate"));
         }
-        if wire.signing_keys_pem.is_empty() {
-            return Err(ApiError::from(FieldError::new(
-                "peer.signing_keys_pem",
-                "at least one key is required",
-            ))
-            .into());
-        }
-        let mut keys = Vec::new();
-        for (i, pem) in wire.signing_keys_pem.iter().enumerate() {
-            let public = trm_crypto::signing::public_from_pem(pem).map_err(|_| {
-                ApiError::from(FieldError::new(
-                    format!("peer.signing_keys_pem[{i}]"),
-                    "must be an ed25519 public key PEM",
-                ))
-            })?;
-            keys.push(PeerKey::new(public));
-        }
+        let known = self
+            .ctx
+            .directory
+            .get(id)
+            .map(|p| p.keys)
+            .unwrap_or_default();
+        let keys = keys_from_wire(&wire, &known)?;
         let tls_pin = match wire.tls_pin_sha256.as_str() {
             "" => None,
             pin if crate::config::valid_pin(pin) => Some(pin.to_owned()),
             _ => {
-                return Err(ApiError::from(FieldError::new(
+                return Err(field_error(
                     "peer.tls_pin_sha256",
                     "must be 64 lowercase hex characters",
                 ))
-                .into())
             }
         };
         let peer = Peer {
@@ -201,20 +378,21 @@ impl AdminService for Admin {
             keys,
         };
         let stored = StoredPeer::from_peer(&peer).map_err(|e| ApiError::Store(e.to_string()))?;
-        self.change_directory(|changes| {
+        self.change_directory(id, |changes| {
             changes.removed.retain(|r| *r != id);
             changes.upserted.retain(|p| p.id != id);
             changes.upserted.push(stored.clone());
         })
         .await?;
-        self.ctx.directory.upsert(peer);
+        if let Err(e) = self.ctx.directory.upsert(peer.clone()) {
+            // Checked above; the change is stored and applies at the next start.
+            error!(peer = %id, error = %e, "peer change stored but not applied");
+            return Err(ApiError::Store(e.to_string()).into());
+        }
         self.ctx.delivery.ensure_worker(id);
         self.ctx.delivery.wake(id);
         info!(peer = %id, "peer added or changed");
-        Ok(Response::new(w::Peer {
-            node_id: id.to_string(),
-            ..wire
-        }))
+        Ok(Response::new(peer_to_wire(peer)))
     }
 
     async fn remove_peer(
@@ -226,7 +404,7 @@ impl AdminService for Admin {
         if self.ctx.directory.get(id).is_none() {
             return Err(ApiError::NotFound("peer").into());
         }
-        self.change_directory(|changes| {
+        self.change_directory(id, |changes| {
             changes.upserted.retain(|p| p.id != id);
             if !changes.removed.contains(&id) {
                 changes.removed.push(id);
@@ -244,6 +422,7 @@ impl AdminService for Admin {
     ) -> Result<Response<w::ListOutboxResponse>, Status> {
         Self::operator(&request)?;
         let req = request.get_ref();
+        let page = page_of(req.page_size, &req.page_token)?;
         let peer = if req.peer.is_empty() {
             None
         } else {
@@ -263,15 +442,17 @@ impl AdminService for Admin {
                     .map(|i| (i, false)),
             );
         }
+        items.retain(|(i, _)| peer.is_none_or(|p| i.peer == p));
+        items.sort_by(|a, b| a.0.message_id.cmp(&b.0.message_id));
+        let (items, next_page_token) = page.take(items, |(i, _)| i.message_id.clone());
         let entries = items
             .into_iter()
-            .filter(|(i, _)| peer.is_none_or(|p| i.peer == p))
             .map(|(i, dead)| w::OutboxEntry {
                 message_id: i.message_id,
                 peer: i.peer.to_string(),
                 kind: i.kind,
                 attempts: i.attempts,
-                created_at: time::OffsetDateTime::from_unix_timestamp(i.created_at)
+                created_at: OffsetDateTime::from_unix_timestamp(i.created_at)
                     .ok()
                     .map(convert::ts),
                 next_attempt_at: None,
@@ -279,7 +460,10 @@ impl AdminService for Admin {
                 last_error: i.last_error,
             })
             .collect();
-        Ok(Response::new(w::ListOutboxResponse { entries }))
+        Ok(Response::new(w::ListOutboxResponse {
+            entries,
+            next_page_token,
+        }))
     }
 
     async fn retry_delivery(
@@ -292,9 +476,11 @@ impl AdminService for Admin {
         match self.ctx.delivery.retry(&message_id.to_string()).await {
             Ok(_) => Ok(Response::new(w::RetryDeliveryResponse {})),
             Err(RetryError::NotFound) => Err(ApiError::NotFound("dead letter").into()),
-            Err(RetryError::Erased) => Err(Status::failed_precondition(
-                "state: the envelope's subject was erased; nothing to send",
-            )),
+            Err(RetryError::Erased) => Err(ApiError::from(GuardError::new(
+                Guard::Consent,
+                "the envelope's subject was erased (consent withdrawn or case erased); nothing may be sent",
+            ))
+            .into()),
             Err(RetryError::Store(detail)) => Err(ApiError::Store(detail).into()),
         }
     }
@@ -304,11 +490,66 @@ impl AdminService for Admin {
         request: Request<w::VerifyAuditRequest>,
     ) -> Result<Response<w::VerifyAuditResponse>, Status> {
         Self::operator(&request)?;
-        let report = self.ctx.store.verify_audit().map_err(ApiError::from)?;
-        Ok(Response::new(w::VerifyAuditResponse {
-            ok: report.ok,
-            entries_checked: report.entries_checked,
-            first_bad_entry: report.first_bad_entry,
+        Ok(Response::new(self.verified_audit().await?))
+    }
+
+    async fn export_audit(
+        &self,
+        request: Request<w::ExportAuditRequest>,
+    ) -> Result<Response<w::ExportAuditResponse>, Status> {
+        Self::operator(&request)?;
+        let req = request.get_ref();
+        let size = match usize::try_from(req.page_size) {
+            Err(_) => return Err(field_error("page_size", "must not be negative")),
+            Ok(0) => 500,
+            Ok(n) => n.min(1000),
+        };
+        let after = match req.page_token.as_str() {
+            "" => 0,
+            t => t
+                .parse::<u64>()
+                .map_err(|_| field_error("page_token", "is not a token this node gave"))?,
+        };
+        let store = &self.ctx.store;
+        store.durable().await.map_err(ApiError::from)?;
+        let report = store.verify_audit().map_err(ApiError::from)?;
+        let entries = store
+            .audit_entries(after, size + 1)
+            .map_err(ApiError::from)?;
+        let more = entries.len() > size;
+        let entries: Vec<w::AuditEntry> = entries
+            .into_iter()
+            .take(size)
+            .map(|e| w::AuditEntry {
+                seq: e.seq,
+                at: e.at,
+                actor: e.record.actor,
+                action: e.record.action,
+                subject: e.record.subject,
+                outcome: e.record.outcome,
+                detail: e.record.detail,
+                prev: e.prev,
+                hash: e.hash,
+            })
+            .collect();
+        let next_page_token = match (more, entries.last()) {
+            (true, Some(last)) => last.seq.to_string(),
+            _ => String::new(),
+        };
+        let head = report.signed.map(|s| w::SignedAuditHead {
+            public_key: self
+                .own_key(&s.key_id)
+                .map(|k| k.as_bytes().to_vec())
+                .unwrap_or_default(),
+            seq: s.seq,
+            hash: s.hash,
+            key_id: s.key_id,
+            signature_hex: s.signature,
+        });
+        Ok(Response::new(w::ExportAuditResponse {
+            entries,
+            head,
+            next_page_token,
         }))
     }
 
@@ -317,49 +558,75 @@ impl AdminService for Admin {
         request: Request<w::RotateSigningKeyRequest>,
     ) -> Result<Response<w::RotateSigningKeyResponse>, Status> {
         Self::operator(&request)?;
-        let overlap_days = match request.get_ref().overlap_days {
-            0 => self.ctx.replay_window_days,
-            d => d.max(self.ctx.replay_window_days),
-        };
+        let requested = request.get_ref().overlap_days;
+        if requested > MAX_OVERLAP_DAYS {
+            return Err(field_error(
+                "overlap_days",
+                &format!("must be at most {MAX_OVERLAP_DAYS}"),
+            ));
+        }
         let ctx = &self.ctx;
+        let overlap_days = requested.max(ctx.replay_window_days);
         let old = ctx.identity.current();
         let new = SigningIdentity::generate();
-        let now = time::OffsetDateTime::now_utc();
-        // The new key replaces the file first: after a crash here the node restarts signing
-        // with the new key, and the operator announces it again by rotating once more.
-        let staged = ctx.signing_key_path.with_extension("rotating");
+        // The rotation instant is a whole second: key windows are kept and announced in
+        // seconds, and the announcement (dated at it) must not predate the new key.
+        let now = OffsetDateTime::now_utc();
+        let now = now.replace_nanosecond(0).unwrap_or(now);
+        let listed_until = now + time::Duration::days(i64::from(overlap_days));
+        // The new key is staged beside the old one and takes its place only once its
+        // announcement is durable: a crash in between is finished (or undone) at start-up,
+        // so the node never signs with a key its peers were not told about.
+        let staged = keys::staged_path(&ctx.signing_key_path);
         new.save(&staged)
             .map_err(|e| ApiError::Store(e.to_string()))?;
-        std::fs::rename(&staged, &ctx.signing_key_path)
-            .map_err(|e| ApiError::Store(e.to_string()))?;
+        // From now on the old key dates what it signs no later than `now`, the instant its
+        // validity ends at the peers.
+        ctx.identity.replace(old.retiring_at(now));
         let mut keys = keys::listed(&ctx.store, &old);
         for k in keys.iter_mut().filter(|k| k.key_id == old.key_id()) {
             k.valid_until = Some(now.unix_timestamp());
-            k.listed_until =
-                Some((now + time::Duration::days(i64::from(overlap_days))).unix_timestamp());
+            k.listed_until = Some(listed_until.unix_timestamp());
         }
         let announced = OwnKey::new(&new, Some(now));
         keys.push(announced.clone());
         let peers = ctx.directory.ids();
-        ctx.commit(|tx| {
-            tx.put_json(TreeName::Meta, keys::OWN_KEYS, &keys)?;
-            for peer in &peers {
-                // Signed by the old key, which the peer trusts, dated at its last instant.
-                let payload = Payload::KeyAnnouncement(w::KeyAnnouncement {
-                    key: Some(announced.to_wire()),
-                });
-                outbox::enqueue_at(tx, &old, ctx.id, *peer, "keys", "", payload, now)?;
-            }
-            tx.audit(
-                AuditRecord::new("operator", "keys.rotate", new.key_id(), "ok").detail(format!(
-                    "previous={} overlap_days={overlap_days} announced_to={}",
-                    old.key_id(),
-                    peers.len()
-                )),
-            )?;
-            Ok(())
-        })
-        .await?;
+        let keys_subject = trm_store::Subject::named("node", b"keys");
+        let committed = ctx
+            .commit(|tx| {
+                tx.put_json(TreeName::Meta, keys::OWN_KEYS, &keys)?;
+                for peer in &peers {
+                    // Signed by the old key, which the peer trusts, dated at its last instant.
+                    let payload = Payload::KeyAnnouncement(w::KeyAnnouncement {
+                        key: Some(announced.to_wire()),
+                    });
+                    let about = outbox::About {
+                        id: "keys",
+                        sealed_under: &keys_subject,
+                    };
+                    outbox::enqueue_at(tx, &old, ctx.id, *peer, about, "", payload, now)?;
+                }
+                tx.audit(
+                    AuditRecord::new("operator", "keys.rotate", new.key_id(), "ok").detail(
+                        format!(
+                            "previous={} overlap_days={overlap_days} announced_to={}",
+                            old.key_id(),
+                            peers.len()
+                        ),
+                    ),
+                )?;
+                Ok(())
+            })
+            .await;
+        if let Err(e) = committed {
+            ctx.identity.replace((*old).clone());
+            let _ = std::fs::remove_file(&staged);
+            return Err(e.into());
+        }
+        if let Err(e) = keys::recover_rotation(&ctx.store, &ctx.signing_key_path) {
+            // The rotation is committed; the staged key takes its place at the next start.
+            error!(error = %e, "cannot move the new signing key into place yet");
+        }
         let key_id = new.key_id().to_owned();
         ctx.identity.replace(new);
         info!(key_id = %key_id, "signing key rotated");
@@ -380,5 +647,69 @@ impl AdminService for Admin {
     ) -> Result<Response<w::BackupResponse>, Status> {
         Self::operator(&request)?;
         Err(unavailable("Backup", "online backup"))
+    }
+
+    async fn revoke_client_certificate(
+        &self,
+        request: Request<w::RevokeClientCertificateRequest>,
+    ) -> Result<Response<w::RevokedClientCertificate>, Status> {
+        Self::operator(&request)?;
+        let serial_hex = serial(&request.get_ref().serial_hex)?;
+        let now = OffsetDateTime::now_utc();
+        let revoked = self
+            .ctx
+            .commit(|tx| {
+                let mut all: Vec<Revoked> = tx
+                    .get_json(TreeName::Meta, REVOKED_CLIENTS)?
+                    .unwrap_or_default();
+                if let Some(r) = all.iter().find(|r| r.serial_hex == serial_hex) {
+                    return Ok(r.clone());
+                }
+                let r = Revoked {
+                    serial_hex: serial_hex.clone(),
+                    revoked_at: now.unix_timestamp(),
+                };
+                all.push(r.clone());
+                tx.put_json(TreeName::Meta, REVOKED_CLIENTS, &all)?;
+                tx.audit(AuditRecord::new(
+                    "operator",
+                    "client.revoke",
+                    &serial_hex,
+                    "revoked",
+                ))?;
+                Ok(r)
+            })
+            .await?;
+        self.ctx.revocations.add(&revoked);
+        info!(serial = %serial_hex, "client certificate revoked");
+        Ok(Response::new(w::RevokedClientCertificate {
+            serial_hex: revoked.serial_hex,
+            revoked_at: OffsetDateTime::from_unix_timestamp(revoked.revoked_at)
+                .ok()
+                .map(ts),
+        }))
+    }
+
+    async fn list_revoked_client_certificates(
+        &self,
+        request: Request<w::ListRevokedClientCertificatesRequest>,
+    ) -> Result<Response<w::ListRevokedClientCertificatesResponse>, Status> {
+        Self::operator(&request)?;
+        let req = request.get_ref();
+        let page = page_of(req.page_size, &req.page_token)?;
+        let (items, next_page_token) =
+            page.take(self.ctx.revocations.list(), |r| r.serial_hex.clone());
+        Ok(Response::new(w::ListRevokedClientCertificatesResponse {
+            certificates: items
+                .into_iter()
+                .map(|r| w::RevokedClientCertificate {
+                    serial_hex: r.serial_hex,
+                    revoked_at: OffsetDateTime::from_unix_timestamp(r.revoked_at)
+                        .ok()
+                        .map(ts),
+                })
+                .collect(),
+            next_page_token,
+        }))
     }
 }

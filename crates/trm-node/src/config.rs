@@ -44,6 +44,8 @@ pub struct NodeConfig {
     pub policy: PolicySection,
     #[serde(default)]
     pub delivery: DeliverySection,
+    #[serde(default)]
+    pub limits: LimitsSection,
     /// The peer directory.
     #[serde(default)]
     pub peers: Vec<PeerSection>,
@@ -199,6 +201,96 @@ impl Default for DeliverySection {
     }
 }
 
+/// Bounds on what callers may take of the node (every port).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Connections open at once on each port, TLS handshakes included.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds a client may take to finish the TLS handshake before it is disconnected.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout_secs: u64,
+    /// Concurrent requests (HTTP/2 streams) on one connection.
+    #[serde(default = "default_max_streams")]
+    pub max_concurrent_streams: u32,
+    /// Seconds between HTTP/2 keepalive pings to an idle connection.
+    #[serde(default = "default_keepalive_interval")]
+    pub keepalive_interval_secs: u64,
+    /// Seconds to wait for a keepalive answer before the connection is closed.
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout_secs: u64,
+    /// Sustained requests per second one client certificate may make (services, admin).
+    #[serde(default = "default_client_rate")]
+    pub client_requests_per_second: u32,
+    /// Requests one client certificate may make at once above its sustained rate.
+    #[serde(default = "default_client_burst")]
+    pub client_burst: u32,
+    /// Sustained requests per second one peer node may make (federation).
+    #[serde(default = "default_peer_rate")]
+    pub peer_requests_per_second: u32,
+    /// Requests one peer may make at once above its sustained rate.
+    #[serde(default = "default_peer_burst")]
+    pub peer_burst: u32,
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_handshake_timeout() -> u64 {
+    10
+}
+fn default_max_streams() -> u32 {
+    64
+}
+fn default_keepalive_interval() -> u64 {
+    30
+}
+fn default_keepalive_timeout() -> u64 {
+    10
+}
+fn default_client_rate() -> u32 {
+    200
+}
+fn default_client_burst() -> u32 {
+    400
+}
+fn default_peer_rate() -> u32 {
+    500
+}
+fn default_peer_burst() -> u32 {
+    1000
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_connections: default_max_connections(),
+            handshake_timeout_secs: default_handshake_timeout(),
+            max_concurrent_streams: default_max_streams(),
+            keepalive_interval_secs: default_keepalive_interval(),
+            keepalive_timeout_secs: default_keepalive_timeout(),
+            client_requests_per_second: default_client_rate(),
+            client_burst: default_client_burst(),
+            peer_requests_per_second: default_peer_rate(),
+            peer_burst: default_peer_burst(),
+        }
+    }
+}
+
+/// Refuses `value` outside `lo..=hi`, naming `key`.
+fn bounded<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    value: T,
+    lo: T,
+    hi: T,
+) -> Result<(), ConfigError> {
+    if value < lo || value > hi {
+        return Err(invalid(key, format!("must be between {lo} and {hi}")));
+    }
+    Ok(())
+}
+
 /// One peer of the directory.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -290,17 +382,75 @@ impl NodeConfig {
                 "must be at least 30 (Council of Europe Convention art. 13)",
             ));
         }
-        if self.policy.replay_window_days == 0 {
-            return Err(invalid("policy.replay_window_days", "must be at least 1"));
+        bounded(
+            "policy.reflection_period_days",
+            self.policy.reflection_period_days,
+            30,
+            3650,
+        )?;
+        bounded(
+            "policy.replay_window_days",
+            self.policy.replay_window_days,
+            1,
+            90,
+        )?;
+        bounded(
+            "delivery.backoff_cap_secs",
+            self.delivery.backoff_cap_secs,
+            1,
+            86_400,
+        )?;
+        bounded(
+            "delivery.request_timeout_secs",
+            self.delivery.request_timeout_secs,
+            1,
+            600,
+        )?;
+        let l = &self.limits;
+        bounded("limits.max_connections", l.max_connections, 1, 65_536)?;
+        bounded(
+            "limits.handshake_timeout_secs",
+            l.handshake_timeout_secs,
+            1,
+            300,
+        )?;
+        bounded(
+            "limits.max_concurrent_streams",
+            l.max_concurrent_streams,
+            1,
+            4096,
+        )?;
+        bounded(
+            "limits.keepalive_interval_secs",
+            l.keepalive_interval_secs,
+            1,
+            3600,
+        )?;
+        bounded(
+            "limits.keepalive_timeout_secs",
+            l.keepalive_timeout_secs,
+            1,
+            600,
+        )?;
+        for (key, v) in [
+            (
+                "limits.client_requests_per_second",
+                l.client_requests_per_second,
+            ),
+            ("limits.client_burst", l.client_burst),
+            (
+                "limits.peer_requests_per_second",
+                l.peer_requests_per_second,
+            ),
+            ("limits.peer_burst", l.peer_burst),
+        ] {
+            bounded(key, v, 1, 1_000_000)?;
         }
         if self.node.key_store.starts_with(&self.node.data_dir) {
             return Err(invalid(
                 "node.key_store",
                 "must be outside node.data_dir, so that copies of the data cannot open erased records",
             ));
-        }
-        if self.delivery.backoff_cap_secs == 0 {
-            return Err(invalid("delivery.backoff_cap_secs", "must be at least 1"));
         }
         let files = [
             ("tls.federation_cert", &self.tls.federation_cert),
@@ -419,6 +569,39 @@ key = "a"
         cfg.node.key_store = cfg.node.data_dir.join("keys.store");
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.starts_with("node.key_store"), "{err}");
+    }
+
+    #[test]
+    fn values_that_would_overflow_or_stall_are_refused_naming_the_key() {
+        type Change = Box<dyn Fn(&mut NodeConfig)>;
+        let cases: Vec<(&str, Change)> = vec![
+            (
+                "policy.replay_window_days",
+                Box::new(|c| c.policy.replay_window_days = 1_000_000_000),
+            ),
+            (
+                "policy.reflection_period_days",
+                Box::new(|c| c.policy.reflection_period_days = u32::MAX),
+            ),
+            (
+                "delivery.request_timeout_secs",
+                Box::new(|c| c.delivery.request_timeout_secs = 0),
+            ),
+            (
+                "delivery.backoff_cap_secs",
+                Box::new(|c| c.delivery.backoff_cap_secs = u64::MAX),
+            ),
+            (
+                "limits.handshake_timeout_secs",
+                Box::new(|c| c.limits.handshake_timeout_secs = 0),
+            ),
+        ];
+        for (key, change) in cases {
+            let mut cfg = NodeConfig::parse(MINIMAL).unwrap();
+            change(&mut cfg);
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.starts_with(key), "{key}: {err}");
+        }
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct Ctx {
     pub signing_key_path: std::path::PathBuf,
     /// How long envelopes stay acceptable; a rotated key stays listed at least this long.
     pub replay_window_days: u32,
+    /// Revoked client certificates, checked on every request.
+    pub revocations: Arc<crate::gate::Revocations>,
 }
 
 impl Ctx {

@@ -11,7 +11,7 @@ use trm_core::{
 };
 use trm_federation::outbox;
 use trm_proto::v1::envelope_body::Payload;
-use trm_store::{audit::AuditRecord, TreeName, Tx};
+use trm_store::{audit::AuditRecord, Subject, TreeName, Tx};
 use uuid::Uuid;
 
 use crate::{
@@ -80,6 +80,7 @@ impl Disclosure {
         ctx: &Ctx,
         p: &Principal,
         subject: Uuid,
+        tree: TreeName,
         payload: Payload,
         action: &str,
         outcome: &str,
@@ -99,7 +100,10 @@ impl Disclosure {
             &ctx.identity.current(),
             ctx.id,
             self.recipient,
-            &subject.to_string(),
+            outbox::About {
+                id: &subject.to_string(),
+                sealed_under: &Subject::of(tree, subject.as_bytes()),
+            },
             &self.case_ref,
             payload,
         )?;

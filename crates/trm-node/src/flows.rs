@@ -14,7 +14,7 @@ use trm_core::{
 };
 use trm_crypto::signing::Signer;
 use trm_federation::{
-    directory::{DirectoryChanges, StoredPeer},
+    directory::{LearnedKeys, StoredKey, LEARNED_KEYS},
     outbox, FlowHandler, Inbound, OutboxItem, PeerDirectory, PeerKey, Rejection,
 };
 use trm_proto::{
@@ -25,14 +25,14 @@ use trm_proto::{
         ReceiptOutcome, ReferralOffer, ReferralUpdate, ReturnRequest, ReturnUpdate,
     },
 };
-use trm_store::{TreeName, Tx, TxFail};
+use trm_store::{Subject, TreeName, Tx, TxFail};
 use uuid::Uuid;
 
 use crate::{
     ctx::{inbound_ref_key, resolve_case_ref},
+    erasure::tombstone,
     hearing::{self, HearingStep},
     returns::{apply_event, StepDetails},
-    server::DIRECTORY_CHANGES,
 };
 
 /// Applies the flows' payloads for node `id`.
@@ -67,12 +67,7 @@ impl Flows {
         )?;
         let requested_services = convert::enums("requested_services", &offer.requested_services)
             .map_err(|e| reject(format!("malformed: {e}")))?;
-        if tx
-            .get_sealed::<ReferralRecord>(TreeName::Referrals, referral_id.as_bytes())?
-            .is_some()
-        {
-            return Err(reject("invalid transition: referral already exists"));
-        }
+        id_is_new(tx, &referral_id, "referral_id")?;
         let now = OffsetDateTime::now_utc();
         let record = ReferralRecord {
             referral_id,
@@ -156,7 +151,7 @@ impl Flows {
             r.status = ReferralStatus::Withdrawn;
             r.status_reason = reason;
             r.updated_at = now;
-            tx.shred(key)?;
+            tx.shred(&Subject::of(TreeName::Referrals, key))?;
             tx.put_sealed(TreeName::Referrals, key, &r)?;
         } else if let Some(mut r) = tx.get_sealed::<ReturnRecord>(TreeName::Returns, key)? {
             if r.origin != inbound.sender || r.destination != self.id {
@@ -171,7 +166,7 @@ impl Flows {
             }
             r.status_reason = reason;
             r.updated_at = now;
-            tx.shred(key)?;
+            tx.shred(&Subject::of(TreeName::Returns, key))?;
             tx.put_sealed(TreeName::Returns, key, &r)?;
         }
         // Nothing held (never arrived, or erased before) is erased as well: confirm either way.
@@ -184,7 +179,10 @@ impl Flows {
             &self.identity.current(),
             self.id,
             inbound.sender,
-            &id.to_string(),
+            outbox::About {
+                id: &id.to_string(),
+                sealed_under: &Subject::named("erasure", id.as_bytes()),
+            },
             inbound.case_ref,
             Payload::ErasureConfirmation(confirmation),
         )?;
@@ -237,12 +235,7 @@ impl Flows {
             Uuid::try_parse(&req.return_id).map_err(|_| reject("malformed: return_id"))?;
         let disclosed =
             inbound_disclosure(inbound, req.disclosed.as_ref(), Purpose::ReturnPlanning)?;
-        if tx
-            .get_sealed::<ReturnRecord>(TreeName::Returns, return_id.as_bytes())?
-            .is_some()
-        {
-            return Err(reject("invalid transition: return plan already exists"));
-        }
+        id_is_new(tx, &return_id, "return_id")?;
         let now = OffsetDateTime::now_utc();
         let record = ReturnRecord {
             return_id,
@@ -334,12 +327,7 @@ impl Flows {
         let measures = convert::enums("measures", &req.measures).map_err(malformed)?;
         check_child_measures(subject.is_child, &measures)
             .map_err(|g| reject(format!("policy violation: {}", g.reason)))?;
-        if tx
-            .get_sealed::<HearingRecord>(TreeName::Hearings, hearing_id.as_bytes())?
-            .is_some()
-        {
-            return Err(reject("invalid transition: hearing already exists"));
-        }
+        id_is_new(tx, &hearing_id, "hearing_id")?;
         let now = OffsetDateTime::now_utc();
         let record = HearingRecord {
             hearing_id,
@@ -408,8 +396,12 @@ impl Flows {
 }
 
 impl Flows {
-    /// A peer's new signing key, announced under a key we already trust: earlier keys stop
-    /// being valid when the new one starts, and the change is kept across restarts.
+    /// A peer's new signing key. Accepted only when signed by the peer's newest known key,
+    /// valid from no earlier than the envelope's `created_at` and the signer's own start;
+    /// the signer (and any older key still open) then ends where the new key starts, and no
+    /// newer key is ever ended. A retired key verifies old messages; it never introduces
+    /// keys. What is learned is kept apart from the operator's directory and applied to the
+    /// in-memory directory only after the commit.
     fn key_announcement(
         &self,
         tx: &Tx<'_>,
@@ -432,31 +424,75 @@ impl Flows {
                 .map_err(|e| reject(format!("malformed: {e}")))?,
             None => inbound.created_at,
         };
-        let mut peer = self
+        let base = self
             .directory
-            .get(inbound.sender)
+            .base_keys(inbound.sender)
             .ok_or_else(|| reject("unknown case reference: sender not in the directory"))?;
+        let mut learned: LearnedKeys = tx
+            .get_json(TreeName::Meta, LEARNED_KEYS)?
+            .unwrap_or_default();
+        let mut known: Vec<PeerKey> = learned
+            .peers
+            .get(&inbound.sender)
+            .map(|keys| keys.iter().filter_map(|k| k.to_key().ok()).collect())
+            .unwrap_or_default();
+        let peer = trm_federation::Peer {
+            id: inbound.sender,
+            endpoint: String::new(),
+            tls_ca_pem: String::new(),
+            tls_pin: None,
+            keys: trm_federation::directory::merge_keys(&base, &known),
+        };
         if peer.key(&k.key_id).is_some() {
             return Ok(());
         }
-        for old in peer.keys.iter_mut().filter(|o| o.valid_until.is_none()) {
-            old.valid_until = Some(valid_from);
+        let signer = peer
+            .key(inbound.key_id)
+            .ok_or_else(|| reject("policy violation: the announcement's signer is unknown"))?;
+        if peer.newest_key().map(|n| n.key_id.as_str()) != Some(inbound.key_id) {
+            return Err(reject(
+                "policy violation: a key announcement must be signed by the sender's newest key",
+            ));
         }
-        peer.keys.push(PeerKey {
+        if valid_from < inbound.created_at {
+            return Err(reject(
+                "policy violation: key.valid_from is before the announcement's created_at",
+            ));
+        }
+        if signer.valid_from.is_some_and(|from| valid_from < from) {
+            return Err(reject(
+                "policy violation: key.valid_from is before the signer's own valid_from",
+            ));
+        }
+        let signer_from = signer.valid_from;
+        // The signer is the newest key: ending it and the older keys still open never ends
+        // a newer one.
+        for old in peer
+            .keys
+            .iter()
+            .filter(|o| o.valid_until.is_none() && o.valid_from <= signer_from)
+        {
+            let mut ended = old.clone();
+            ended.valid_until = Some(valid_from);
+            match known.iter_mut().find(|x| x.key_id == ended.key_id) {
+                Some(x) => *x = ended,
+                None => known.push(ended),
+            }
+        }
+        known.push(PeerKey {
             key_id: k.key_id.clone(),
             public,
             valid_from: Some(valid_from),
             valid_until: None,
         });
-        let stored = StoredPeer::from_peer(&peer).map_err(|_| reject("malformed: key"))?;
-        let mut changes: DirectoryChanges = tx
-            .get_json(TreeName::Meta, DIRECTORY_CHANGES)?
-            .unwrap_or_default();
-        changes.upserted.retain(|p| p.id != inbound.sender);
-        changes.upserted.push(stored);
-        tx.put_json(TreeName::Meta, DIRECTORY_CHANGES, &changes)?;
-        // Idempotent if the transaction runs again.
-        self.directory.upsert(peer);
+        let stored = known
+            .iter()
+            .map(StoredKey::from_key)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| reject("malformed: key"))?;
+        learned.peers.insert(inbound.sender, stored);
+        tx.put_json(TreeName::Meta, LEARNED_KEYS, &learned)?;
+        tx.notify_after_commit(&trm_federation::directory::learned_note(inbound.sender));
         Ok(())
     }
 }
@@ -480,6 +516,24 @@ fn inbound_disclosure(
     Ok(disclosed)
 }
 
+/// Refuses an id a peer chose for a new record when it names any record this node holds,
+/// of whatever kind: a peer never reaches a local record through an id it picked.
+fn id_is_new(tx: &Tx<'_>, id: &Uuid, field: &str) -> FlowResult {
+    for tree in [
+        TreeName::Cases,
+        TreeName::Referrals,
+        TreeName::Returns,
+        TreeName::Hearings,
+    ] {
+        if tx.exists(tree, id.as_bytes())? {
+            return Err(reject(format!(
+                "invalid transition: {field} names a record that already exists"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Lets the sender's reference resolve to `record` (the first record received under it).
 fn remember_ref(tx: &Tx<'_>, inbound: &Inbound<'_>, record: Uuid) -> FlowResult {
     let key = inbound_ref_key(inbound.sender, inbound.case_ref);
@@ -487,14 +541,6 @@ fn remember_ref(tx: &Tx<'_>, inbound: &Inbound<'_>, record: Uuid) -> FlowResult 
         tx.put_json(TreeName::CaseRefs, &key, &record.to_string())?;
     }
     Ok(())
-}
-
-/// Returns what is kept of an erased copy: the pairwise reference, nothing else.
-fn tombstone(d: &trm_core::model::DisclosedCase) -> trm_core::model::DisclosedCase {
-    trm_core::model::DisclosedCase {
-        case_ref: d.case_ref.clone(),
-        ..Default::default()
-    }
 }
 
 impl FlowHandler for Flows {

@@ -189,7 +189,10 @@ impl Hearings {
                     &self.ctx.identity.current(),
                     me,
                     h.peer(me),
-                    &id.to_string(),
+                    outbox::About {
+                        id: &id.to_string(),
+                        sealed_under: &trm_store::Subject::of(TreeName::Hearings, id.as_bytes()),
+                    },
                     &h.case_ref,
                     Payload::HearingUpdate(update),
                 )?;
@@ -271,7 +274,11 @@ impl WitnessHearingService for Hearings {
                     language: language.clone(),
                     proposed_times: proposed_times.iter().copied().map(convert::ts).collect(),
                 };
-                let message_id = outbox::enqueue(tx, &self.ctx.identity.current(), me, witness_country, &hearing_id.to_string(), &case_ref, Payload::HearingRequest(payload))?;
+                let about = outbox::About {
+                    id: &hearing_id.to_string(),
+                    sealed_under: &trm_store::Subject::of(TreeName::Hearings, hearing_id.as_bytes()),
+                };
+                let message_id = outbox::enqueue(tx, &self.ctx.identity.current(), me, witness_country, about, &case_ref, Payload::HearingRequest(payload))?;
                 tx.audit(AuditRecord::new(actor(&p), "hearing.request", hearing_id.to_string(), "requested").detail(format!(
                     "to={witness_country} purpose=witness_hearing legal_basis_len={} message={message_id}",
                     legal_basis.len()
@@ -317,10 +324,12 @@ impl WitnessHearingService for Hearings {
             ],
             "read hearings",
         )?;
-        let direction = field(convert::direction("direction", request.get_ref().direction))?;
+        let req = request.get_ref();
+        let direction = field(convert::direction("direction", req.direction))?;
+        let page = field(convert::page(req.page_size, &req.page_token))?;
         let me = self.ctx.id;
         let witness_side = direction == trm_core::referral::Direction::Incoming;
-        let mut hearings = Vec::new();
+        let mut visible = Vec::new();
         for h in self
             .ctx
             .store
@@ -331,14 +340,18 @@ impl WitnessHearingService for Hearings {
                 continue;
             }
             if let Some(full) = self.visibility(&p, &h) {
-                hearings.push(convert::hearing_to_wire(&h, !full));
+                visible.push(convert::hearing_to_wire(&h, !full));
             }
         }
+        let (hearings, next_page_token) = page.take(visible, |h| h.hearing_id.clone());
         let ids: Vec<&str> = hearings.iter().map(|h| h.hearing_id.as_str()).collect();
         self.ctx
             .audit_read(&p, "hearing.list", "-".into(), ids.join(","))
             .await?;
-        Ok(Response::new(w::ListHearingsResponse { hearings }))
+        Ok(Response::new(w::ListHearingsResponse {
+            hearings,
+            next_page_token,
+        }))
     }
 
     #[instrument(skip_all)]

@@ -13,6 +13,8 @@
 //! - [`ctx`]: what every service shares (store, signer, directory, delivery);
 //! - [`flows`]: the node's reaction to peers' envelopes and receipts;
 //! - [`admin`]: `AdminService`; [`metrics`]: the plain-HTTP probes;
+//! - [`listen`]: accepting TLS connections under limits (handshake deadline, connection cap);
+//! - [`gate`]: the per-request checks (revoked certificates, request rates);
 //! - [`error`]: the one place where errors become gRPC codes.
 #![forbid(unsafe_code)]
 
@@ -24,7 +26,9 @@ pub mod disclosure;
 pub mod erasure;
 pub mod error;
 pub mod flows;
+pub mod gate;
 pub mod hearing;
+pub mod listen;
 pub mod metrics;
 pub mod referral;
 pub mod returns;

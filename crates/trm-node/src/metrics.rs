@@ -5,20 +5,20 @@ use axum::{extract::State, http::StatusCode, routing::get, Router};
 use trm_federation::Counters;
 use trm_store::TreeName;
 
-use crate::ctx::Ctx;
+use crate::{ctx::Ctx, gate::GateCounters};
 
 /// Returns the router of the metrics port.
-pub fn router(ctx: Ctx) -> Router {
+pub fn router(ctx: Ctx, gates: GateCounters) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(ctx)
+        .with_state((ctx, gates))
 }
 
 /// Ready when the database answers. Verifying the audit chain is `VerifyAudit`'s job: it
 /// reads every entry, too much for a probe that runs every few seconds.
-async fn ready(State(ctx): State<Ctx>) -> (StatusCode, &'static str) {
+async fn ready(State((ctx, _)): State<(Ctx, GateCounters)>) -> (StatusCode, &'static str) {
     if ctx.store.is_readable() {
         (StatusCode::OK, "ready\n")
     } else {
@@ -26,7 +26,7 @@ async fn ready(State(ctx): State<Ctx>) -> (StatusCode, &'static str) {
     }
 }
 
-async fn metrics(State(ctx): State<Ctx>) -> String {
+async fn metrics(State((ctx, gates)): State<(Ctx, GateCounters)>) -> String {
     let s = &ctx.store;
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, value: usize| {
@@ -104,6 +104,18 @@ async fn metrics(State(ctx): State<Ctx>) -> String {
         "trm_dead_lettered_total",
         "Outbound envelopes moved to the dead letters.",
         Counters::get(&c.dead_lettered),
+    );
+    counter(
+        "trm_requests_rate_limited_total",
+        "Requests refused for going over their caller's rate (RESOURCE_EXHAUSTED).",
+        gates
+            .rate_limited
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
+    counter(
+        "trm_requests_revoked_total",
+        "Requests refused because their client certificate is revoked.",
+        gates.revoked.load(std::sync::atomic::Ordering::Relaxed),
     );
     out.push_str("# HELP trm_envelopes_refused_total Inbound envelopes refused before any effect, by reason.\n# TYPE trm_envelopes_refused_total counter\n");
     for (reason, n) in c.refusals() {

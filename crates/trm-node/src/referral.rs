@@ -17,7 +17,7 @@ use trm_proto::{
     convert,
     v1::{self as w, envelope_body::Payload, referral_service_server::ReferralService},
 };
-use trm_store::{audit::AuditRecord, TreeName, Tx, TxFail};
+use trm_store::{audit::AuditRecord, Subject, TreeName, Tx, TxFail};
 use uuid::Uuid;
 
 use crate::{
@@ -86,7 +86,10 @@ impl Referrals {
             &self.ctx.identity.current(),
             me,
             peer,
-            &id.to_string(),
+            outbox::About {
+                id: &id.to_string(),
+                sealed_under: &Subject::of(TreeName::Referrals, id.as_bytes()),
+            },
             &r.disclosed.case_ref,
             Payload::ReferralUpdate(update),
         )?;
@@ -164,20 +167,23 @@ impl ReferralService for Referrals {
     ) -> Result<Response<w::ListCasesResponse>, Status> {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "read victim records")?;
-        let cases: Vec<CaseRecord> = self
+        let req = request.get_ref();
+        let page = convert::page(req.page_size, &req.page_token).map_err(ApiError::from)?;
+        let all = self
             .ctx
             .store
             .scan_sealed::<CaseRecord>(TreeName::Cases, b"")
             .map_err(ApiError::from)?
             .into_iter()
-            .filter(|c| p.role == Role::FocalPoint || c.organisation == p.org)
-            .collect();
+            .filter(|c| p.role == Role::FocalPoint || c.organisation == p.org);
+        let (cases, next_page_token) = page.take(all, |c| c.case_id.to_string());
         let ids: Vec<String> = cases.iter().map(|c| c.case_id.to_string()).collect();
         self.ctx
             .audit_read(&p, "case.list", "-".into(), ids.join(","))
             .await?;
         Ok(Response::new(w::ListCasesResponse {
             cases: cases.iter().map(convert::case_to_wire).collect(),
+            next_page_token,
         }))
     }
 
@@ -269,7 +275,7 @@ impl ReferralService for Referrals {
                 tx.put_json(TreeName::Consents, case_id.as_bytes(), &consents)?;
                 let mut requested = 0;
                 for rid in &withdrawn.disclosures {
-                    requested += usize::from(crate::erasure::request(&self.ctx, tx, rid)?);
+                    requested += usize::from(crate::erasure::request(&self.ctx, tx, rid, false)?);
                 }
                 tx.audit(
                     AuditRecord::new(actor(&p), "consent.withdraw", consent_id.to_string(), "ok")
@@ -337,6 +343,7 @@ impl ReferralService for Referrals {
                     &self.ctx,
                     &p,
                     referral_id,
+                    TreeName::Referrals,
                     Payload::ReferralOffer(offer),
                     "referral.submit",
                     "sent",
@@ -378,18 +385,19 @@ impl ReferralService for Referrals {
     ) -> Result<Response<w::ListReferralsResponse>, Status> {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "read referrals")?;
-        let direction =
-            convert::direction("direction", request.get_ref().direction).map_err(ApiError::from)?;
+        let req = request.get_ref();
+        let direction = convert::direction("direction", req.direction).map_err(ApiError::from)?;
+        let page = convert::page(req.page_size, &req.page_token).map_err(ApiError::from)?;
         let me = self.ctx.id;
-        let referrals: Vec<ReferralRecord> = self
+        let all = self
             .ctx
             .store
             .scan_sealed::<ReferralRecord>(TreeName::Referrals, b"")
             .map_err(ApiError::from)?
             .into_iter()
             .filter(|r| r.direction(me) == direction)
-            .filter(|r| require_org(&p, r.organisation.as_ref()).is_ok())
-            .collect();
+            .filter(|r| require_org(&p, r.organisation.as_ref()).is_ok());
+        let (referrals, next_page_token) = page.take(all, |r| r.referral_id.to_string());
         let ids: Vec<String> = referrals
             .iter()
             .map(|r| r.referral_id.to_string())
@@ -399,6 +407,7 @@ impl ReferralService for Referrals {
             .await?;
         Ok(Response::new(w::ListReferralsResponse {
             referrals: referrals.iter().map(convert::referral_to_wire).collect(),
+            next_page_token,
         }))
     }
 
@@ -491,10 +500,10 @@ impl ReferralService for Referrals {
                 tx.put_json(TreeName::Consents, case_id.as_bytes(), &consents)?;
                 let mut requested: u32 = 0;
                 for rid in &disclosures {
-                    requested += u32::from(crate::erasure::request(&self.ctx, tx, rid)?);
+                    requested += u32::from(crate::erasure::request(&self.ctx, tx, rid, true)?);
                 }
                 // Crypto-shredding: without its data key the sealed record is gone for good.
-                tx.shred(case_id.as_bytes())?;
+                tx.shred(&Subject::of(TreeName::Cases, case_id.as_bytes()))?;
                 tx.remove(TreeName::Cases, case_id.as_bytes())?;
                 tx.audit(
                     AuditRecord::new(actor(&p), "case.erase", case_id.to_string(), "ok").detail(

@@ -22,7 +22,7 @@ use trm_proto::{
         self as w, envelope_body::Payload, return_planning_service_server::ReturnPlanningService,
     },
 };
-use trm_store::{audit::AuditRecord, TreeName, Tx, TxFail};
+use trm_store::{audit::AuditRecord, Subject, TreeName, Tx, TxFail};
 use uuid::Uuid;
 
 use crate::{
@@ -66,6 +66,15 @@ pub fn apply_event(
     event: ReturnEvent,
     step: &StepDetails,
 ) -> Result<(), trm_core::GuardError> {
+    if event == ReturnEvent::FollowUp && r.follow_ups.len() >= trm_core::limits::MAX_ITEMS {
+        return Err(trm_core::GuardError::new(
+            trm_core::Guard::State,
+            format!(
+                "the plan already holds {} follow-ups, the most one plan keeps",
+                trm_core::limits::MAX_ITEMS
+            ),
+        ));
+    }
     r.status = next(r.status, event)?;
     match event {
         ReturnEvent::ConfirmReception => r.reception_details = step.details.clone(),
@@ -144,7 +153,10 @@ impl Returns {
                     &self.ctx.identity.current(),
                     me,
                     r.peer(me),
-                    &id.to_string(),
+                    outbox::About {
+                        id: &id.to_string(),
+                        sealed_under: &Subject::of(TreeName::Returns, id.as_bytes()),
+                    },
                     &r.disclosed.case_ref,
                     Payload::ReturnUpdate(update),
                 )?;
@@ -219,6 +231,13 @@ impl ReturnPlanningService for Returns {
                         case_id.as_bytes(),
                     )?
                     .unwrap_or_default();
+                if all.len() >= trm_core::limits::MAX_ITEMS {
+                    return Err(ApiError::from(FieldError::new(
+                        "case_id",
+                        "the case already holds 64 risk assessments, the most one case keeps",
+                    ))
+                    .into());
+                }
                 all.push(assessment.clone());
                 tx.put_sealed(TreeName::RiskAssessments, case_id.as_bytes(), &all)?;
                 tx.audit(
@@ -262,6 +281,13 @@ impl ReturnPlanningService for Returns {
                         case_id.as_bytes(),
                     )?
                     .unwrap_or_default();
+                if all.len() >= trm_core::limits::MAX_ITEMS {
+                    return Err(ApiError::from(FieldError::new(
+                        "case_id",
+                        "the case already holds 64 return decisions, the most one case keeps",
+                    ))
+                    .into());
+                }
                 all.push(decision.clone());
                 tx.put_sealed(TreeName::ReturnDecisions, case_id.as_bytes(), &all)?;
                 tx.audit(AuditRecord::new(
@@ -352,6 +378,7 @@ impl ReturnPlanningService for Returns {
                     &self.ctx,
                     &p,
                     return_id,
+                    TreeName::Returns,
                     Payload::ReturnRequest(request),
                     "return.propose",
                     "requested",
@@ -398,27 +425,29 @@ impl ReturnPlanningService for Returns {
     ) -> Result<Response<w::ListReturnPlansResponse>, Status> {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "read return plans")?;
-        let direction =
-            convert::direction("direction", request.get_ref().direction).map_err(ApiError::from)?;
+        let req = request.get_ref();
+        let direction = convert::direction("direction", req.direction).map_err(ApiError::from)?;
+        let page = convert::page(req.page_size, &req.page_token).map_err(ApiError::from)?;
         let me = self.ctx.id;
         let wanted = match direction {
             trm_core::referral::Direction::Outgoing => Side::Requesting,
             trm_core::referral::Direction::Incoming => Side::Receiving,
         };
-        let plans: Vec<ReturnRecord> = self
+        let all = self
             .ctx
             .store
             .scan_sealed::<ReturnRecord>(TreeName::Returns, b"")
             .map_err(ApiError::from)?
             .into_iter()
-            .filter(|r| r.side(me) == wanted && self.readable(&p, r))
-            .collect();
+            .filter(|r| r.side(me) == wanted && self.readable(&p, r));
+        let (plans, next_page_token) = page.take(all, |r| r.return_id.to_string());
         let ids: Vec<String> = plans.iter().map(|r| r.return_id.to_string()).collect();
         self.ctx
             .audit_read(&p, "return.list", "-".into(), ids.join(","))
             .await?;
         Ok(Response::new(w::ListReturnPlansResponse {
             return_plans: plans.iter().map(convert::return_to_wire).collect(),
+            next_page_token,
         }))
     }
 

@@ -1,12 +1,13 @@
-//! Wiring: load the node's keys and peers, open the store, start the delivery worker and the
-//! four ports from already-bound listeners, and stop everything on a shutdown future with a
-//! grace period, flushing the store on the way out.
+//! Wiring, in three steps as linkerd2-proxy's main does: [`build`] loads the node's keys,
+//! peers and store; [`Built::spawn`] starts the delivery worker and the four ports from
+//! already-bound listeners; [`Running::drain`] stops everything on shutdown with one grace
+//! period, flushing the store on the way out.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
+use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tracing::{error, info, warn};
 use trm_core::limits::{MAX_BATCH, MAX_LOCAL_REQUEST};
 use trm_crypto::{
@@ -14,10 +15,9 @@ use trm_crypto::{
     files,
     signing::{Signer, SigningIdentity},
 };
-use trm_federation::directory::DirectoryChanges;
 use trm_federation::{
-    inbound::InboundConfig, Delivery, DeliveryConfig, FederationServer, Peer, PeerDirectory,
-    PeerKey,
+    inbound::InboundConfig, refusals::RefusalLog, Delivery, DeliveryConfig, FederationServer, Peer,
+    PeerDirectory, PeerKey,
 };
 use trm_proto::v1::{
     admin_service_server::AdminServiceServer, federation_service_server::FederationServiceServer,
@@ -27,15 +27,14 @@ use trm_proto::v1::{
 };
 use trm_store::{Store, TreeName};
 
-/// Key of the operator's peer-directory changes in the meta tree.
-pub const DIRECTORY_CHANGES: &[u8] = b"directory_changes";
-
 use crate::{
-    admin::Admin,
+    admin::{Admin, REVOKED_CLIENTS},
     config::{ListenSection, NodeConfig},
     ctx::Ctx,
     flows::Flows,
+    gate::{CallerKey, Gate, GateCounters, RateLimits, RevocationAware, Revocations, Revoked},
     hearing::Hearings,
+    listen::{self, AcceptLimits},
     metrics,
     referral::Referrals,
     returns::Returns,
@@ -57,8 +56,10 @@ pub enum NodeError {
     Store(#[from] trm_store::StoreError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
-    #[error("transport: {0}")]
-    Transport(#[from] tonic::transport::Error),
+    #[error("tls: {0}")]
+    Tls(String),
+    #[error("peer directory: {0}")]
+    Directory(#[from] trm_federation::directory::DirectoryError),
     #[error("reflection: {0}")]
     Reflection(String),
     #[error("a server task failed: {0}")]
@@ -124,7 +125,7 @@ pub fn load_directory(config: &NodeConfig) -> Result<PeerDirectory, NodeError> {
             keys,
         });
     }
-    Ok(PeerDirectory::new(peers))
+    Ok(PeerDirectory::new(peers)?)
 }
 
 async fn shutdown_signal(mut rx: watch::Receiver<bool>) {
@@ -132,57 +133,153 @@ async fn shutdown_signal(mut rx: watch::Receiver<bool>) {
 }
 
 /// Periodic upkeep until shutdown: forgets inbound message ids older than twice the replay
-/// window (at start, then hourly).
-async fn housekeeping(store: Store, replay_window: Duration, mut stop: watch::Receiver<bool>) {
+/// window (at start, then hourly) and writes the aggregate entries of refusal floods (every
+/// window, and once more on the way out).
+async fn housekeeping(
+    store: Store,
+    refusals: Arc<RefusalLog>,
+    replay_window: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut last_prune: Option<tokio::time::Instant> = None;
     loop {
-        let before = time::OffsetDateTime::now_utc() - 2 * replay_window;
-        match trm_federation::inbound::prune_inbox(&store, before) {
-            Ok(0) => {}
-            Ok(n) => info!(forgotten = n, "old inbound message ids pruned"),
-            Err(e) => warn!(error = %e, "cannot prune the inbox"),
+        if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
+            let before = time::OffsetDateTime::now_utc() - 2 * replay_window;
+            match trm_federation::inbound::prune_inbox(&store, before) {
+                Ok(0) => {}
+                Ok(n) => info!(forgotten = n, "old inbound message ids pruned"),
+                Err(e) => warn!(error = %e, "cannot prune the inbox"),
+            }
+            last_prune = Some(tokio::time::Instant::now());
         }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
-            _ = stop.wait_for(|s| *s) => return,
+        if let Err(e) = refusals.flush(false).await {
+            warn!(error = %e, "cannot audit a flood of refusals");
+        }
+        if let Err(e) = store.anchor_audit_head() {
+            warn!(error = %e, "cannot anchor the signed audit head");
+        }
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(trm_federation::refusals::WINDOW) => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        if stopping {
+            if let Err(e) = refusals.flush(true).await {
+                warn!(error = %e, "cannot audit a flood of refusals");
+            }
+            return;
         }
     }
 }
 
-/// Runs a node until `shutdown` completes.
-pub async fn run(
+fn tls_error(e: impl std::fmt::Display) -> NodeError {
+    NodeError::Tls(e.to_string())
+}
+
+/// Reads a PEM certificate chain and its private key.
+fn cert_and_key(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), NodeError> {
+    let chain = CertificateDer::pem_slice_iter(&files::read(cert)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| NodeError::Tls(format!("{}: not a PEM certificate", cert.display())))?;
+    let key = PrivateKeyDer::from_pem_slice(&files::read(key)?)
+        .map_err(|_| NodeError::Tls(format!("{}: not a PEM private key", key.display())))?;
+    Ok((chain, key))
+}
+
+/// Returns a TLS server configuration presenting `cert`/`key` and verifying clients with
+/// `verifier`, speaking HTTP/2.
+fn server_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+) -> Result<Arc<rustls::ServerConfig>, NodeError> {
+    let (chain, key) = cert_and_key(cert, key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(tls_error)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(tls_error)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Returns the verifier of local client certificates: the node's client CA, revoked
+/// certificates refused.
+fn client_verifier(
+    client_ca: &std::path::Path,
+    revocations: Arc<Revocations>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, NodeError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&files::read(client_ca)?) {
+        roots.add(c.map_err(tls_error)?).map_err(tls_error)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let inner =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(tls_error)?;
+    Ok(Arc::new(RevocationAware::new(inner, revocations)))
+}
+
+/// A node whose state is loaded, ready to serve.
+pub struct Built {
     config: NodeConfig,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), NodeError> {
+    ctx: Ctx,
+    store: Store,
+    delivery: Delivery,
+    federation: FederationServer,
+    stop: watch::Sender<bool>,
+    stopped: watch::Receiver<bool>,
+    federation_tls: Arc<rustls::ServerConfig>,
+    local_tls: Arc<rustls::ServerConfig>,
+    gates: GateCounters,
+}
+
+impl std::fmt::Debug for Built {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Built")
+            .field("node", &self.ctx.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads everything a node needs before it listens: keys (finishing a rotation a crash
+/// interrupted), the store, the peer directory with the operator's changes and the keys
+/// peers announced, revoked client certificates, TLS configurations, the delivery worker.
+pub async fn build(config: NodeConfig) -> Result<Built, NodeError> {
     let node = config.node.id;
-    let identity = Arc::new(Signer::new(SigningIdentity::load(&config.signing.key)?));
     let master = SecretKey::load(&config.node.master_key)?;
     let store = Store::open(&config.node.data_dir, &config.node.key_store, master)?;
+    trm_federation::keys::recover_rotation(&store, &config.signing.key)?;
+    let identity = Arc::new(Signer::new(SigningIdentity::load(&config.signing.key)?));
+    store.sign_audit_head_with(identity.clone())?;
     let directory = load_directory(&config)?;
-    if let Some(changes) = store.get_json::<DirectoryChanges>(TreeName::Meta, DIRECTORY_CHANGES)? {
-        directory.apply(&changes)?;
-    }
+    let (changes, learned) = trm_federation::directory::load_changes(&store)?;
+    directory.apply(&changes, &learned)?;
     let directory = Arc::new(directory);
+    let revoked: Vec<Revoked> = store
+        .get_json(TreeName::Meta, REVOKED_CLIENTS)?
+        .unwrap_or_default();
+    let revocations = Arc::new(Revocations::new(&revoked));
     let tls = &config.tls;
-    let fed_cert = files::read_text(&tls.federation_cert)?;
-    let fed_key = files::read_text(&tls.federation_key)?;
-    let mut fed_roots = files::read_text(&tls.federation_ca)?;
-    for peer in directory.all() {
-        if !fed_roots.contains(peer.tls_ca_pem.trim()) {
-            fed_roots.push('\n');
-            fed_roots.push_str(&peer.tls_ca_pem);
-        }
-    }
-    let services_identity = Identity::from_pem(
-        files::read(&tls.services_cert)?,
-        files::read(&tls.services_key)?,
-    );
-    let client_ca = Certificate::from_pem(files::read(&tls.client_ca)?);
+    let federation_tls = server_tls(
+        &tls.federation_cert,
+        &tls.federation_key,
+        directory.client_verifier(),
+    )?;
+    let local_tls = server_tls(
+        &tls.services_cert,
+        &tls.services_key,
+        client_verifier(&tls.client_ca, revocations.clone())?,
+    )?;
 
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop, stopped) = watch::channel(false);
     let counters = Arc::new(trm_federation::Counters::default());
-    let replay_window =
-        std::time::Duration::from_secs(u64::from(config.policy.replay_window_days) * 86_400);
+    let replay_window = Duration::from_secs(u64::from(config.policy.replay_window_days) * 86_400);
     let handler = Arc::new(Flows {
         id: node,
         identity: identity.clone(),
@@ -194,15 +291,15 @@ pub async fn run(
             replay_window,
             backoff_cap: Duration::from_secs(config.delivery.backoff_cap_secs),
             request_timeout: Duration::from_secs(config.delivery.request_timeout_secs),
-            tls_cert_pem: fed_cert.clone(),
-            tls_key_pem: fed_key.clone(),
+            tls_cert_pem: files::read_text(&tls.federation_cert)?,
+            tls_key_pem: files::read_text(&tls.federation_key)?,
         },
         store.clone(),
         identity.clone(),
         counters.clone(),
         directory.clone(),
         handler.clone(),
-        stop_rx.clone(),
+        stopped.clone(),
     );
     let ctx = Ctx {
         id: node,
@@ -214,136 +311,265 @@ pub async fn run(
         counters: counters.clone(),
         signing_key_path: config.signing.key.clone(),
         replay_window_days: config.policy.replay_window_days,
+        revocations,
     };
     let mut inbound = InboundConfig::new(node);
     inbound.replay_window = time::Duration::days(i64::from(config.policy.replay_window_days));
-
-    let federation = FederationServiceServer::new(FederationServer::new(
+    let federation = FederationServer::new(
         inbound,
         identity,
         directory,
         store.clone(),
         handler,
         delivery.clone(),
-        counters.clone(),
-    ))
-    .max_decoding_message_size(MAX_BATCH + FRAMING);
-    let fed_server = Server::builder()
-        .tls_config(
-            ServerTlsConfig::new()
-                .identity(Identity::from_pem(&fed_cert, &fed_key))
-                .client_ca_root(Certificate::from_pem(fed_roots)),
-        )?
-        .add_service(federation)
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.federation),
-            shutdown_signal(stop_rx.clone()),
-        );
+        counters,
+    );
+    Ok(Built {
+        config,
+        ctx,
+        store,
+        delivery,
+        federation,
+        stop,
+        stopped,
+        federation_tls,
+        local_tls,
+        gates: GateCounters::default(),
+    })
+}
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<ReferralServiceServer<Referrals>>()
-        .await;
-    health.set_serving::<AdminServiceServer<Admin>>().await;
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    // v1 for current tools, v1alpha for the many clients that still only speak it.
-    let reflection_v1 = reflection()
-        .build_v1()
-        .map_err(|e| NodeError::Reflection(e.to_string()))?;
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .map_err(|e| NodeError::Reflection(e.to_string()))?;
-    let local_tls = ServerTlsConfig::new()
-        .identity(services_identity)
-        .client_ca_root(client_ca);
-    let services_server = Server::builder()
-        .tls_config(local_tls.clone())?
-        .add_service(
-            ReferralServiceServer::new(Referrals::new(ctx.clone()))
-                .max_decoding_message_size(MAX_LOCAL_REQUEST),
-        )
-        .add_service(
-            ReturnPlanningServiceServer::new(Returns::new(ctx.clone()))
-                .max_decoding_message_size(MAX_LOCAL_REQUEST),
-        )
-        .add_service(
-            WitnessHearingServiceServer::new(Hearings::new(ctx.clone()))
-                .max_decoding_message_size(MAX_LOCAL_REQUEST),
-        )
-        .add_service(health_service.clone())
-        .add_service(reflection_v1.clone())
-        .add_service(reflection_v1alpha.clone())
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.services),
-            shutdown_signal(stop_rx.clone()),
-        );
-    let admin_server = Server::builder()
-        .tls_config(local_tls)?
-        .add_service(
-            AdminServiceServer::new(Admin::new(ctx.clone()))
-                .max_decoding_message_size(MAX_LOCAL_REQUEST),
-        )
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.admin),
-            shutdown_signal(stop_rx.clone()),
-        );
-    let metrics_server = axum::serve(listeners.metrics, metrics::router(ctx))
-        .with_graceful_shutdown(shutdown_signal(stop_rx.clone()));
+/// A running node: its server tasks, to drain on shutdown.
+pub struct Running {
+    node: trm_core::ids::NodeId,
+    stop: watch::Sender<bool>,
+    tasks: Vec<(&'static str, JoinHandle<Result<(), String>>)>,
+    acceptors: Vec<JoinHandle<()>>,
+    housekeeping: JoinHandle<()>,
+    delivery: Delivery,
+    store: Store,
+}
 
-    let housekeeping = tokio::spawn(housekeeping(store.clone(), replay_window, stop_rx.clone()));
-    let tasks: Vec<(&str, JoinHandle<Result<(), String>>)> = vec![
-        (
-            "federation",
-            tokio::spawn(async move { fed_server.await.map_err(|e| e.to_string()) }),
-        ),
-        (
-            "services",
-            tokio::spawn(async move { services_server.await.map_err(|e| e.to_string()) }),
-        ),
-        (
-            "admin",
-            tokio::spawn(async move { admin_server.await.map_err(|e| e.to_string()) }),
-        ),
-        (
-            "metrics",
-            tokio::spawn(async move { metrics_server.await.map_err(|e| e.to_string()) }),
-        ),
-    ];
-    info!(node = %node, "node running");
-    shutdown.await;
-    info!(node = %node, "shutting down");
-    let _ = stop_tx.send(true);
-    let mut failure = None;
-    // One grace period for all servers; whatever still runs then is stopped, so that no
-    // request is served (and no port held) after the node has stopped.
-    let deadline = tokio::time::Instant::now() + GRACE;
-    for (name, mut task) in tasks {
-        match tokio::time::timeout_at(deadline, &mut task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => {
-                error!(server = name, error = %e, "server stopped with an error");
-                failure = Some(NodeError::Task(format!("{name}: {e}")));
-            }
-            Ok(Err(e)) => failure = Some(NodeError::Task(format!("{name}: {e}"))),
-            Err(_) => {
-                task.abort();
-                let _ = task.await;
-                warn!(server = name, "grace period over; connections dropped");
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Built {
+    /// Returns a tonic server with the node's connection limits.
+    fn server(&self) -> Server {
+        let l = &self.config.limits;
+        Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(l.keepalive_interval_secs)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(l.keepalive_timeout_secs)))
+            .max_concurrent_streams(Some(l.max_concurrent_streams))
+            .http2_max_pending_accept_reset_streams(Some(64))
+    }
+
+    fn gate(&self, key: CallerKey) -> Arc<Gate> {
+        let l = &self.config.limits;
+        let (limits, revocations) = match key {
+            CallerKey::ClientCertificate => (
+                RateLimits {
+                    per_second: l.client_requests_per_second,
+                    burst: l.client_burst,
+                },
+                Some(self.ctx.revocations.clone()),
+            ),
+            CallerKey::PeerNode => (
+                RateLimits {
+                    per_second: l.peer_requests_per_second,
+                    burst: l.peer_burst,
+                },
+                None,
+            ),
+        };
+        Arc::new(Gate::new(limits, key, revocations, &self.gates))
+    }
+
+    /// Starts the housekeeping and the four ports on `listeners`.
+    pub async fn spawn(self, listeners: Listeners) -> Result<Running, NodeError> {
+        let l = &self.config.limits;
+        let accept = AcceptLimits {
+            max_connections: l.max_connections,
+            handshake_timeout: Duration::from_secs(l.handshake_timeout_secs),
+        };
+        let mut acceptors = Vec::new();
+        let mut incoming = |listener: TcpListener, tls: &Arc<rustls::ServerConfig>| {
+            let (stream, task) =
+                listen::incoming(listener, tls.clone(), accept, self.stopped.clone());
+            acceptors.push(task);
+            stream
+        };
+        let fed_incoming = incoming(listeners.federation, &self.federation_tls);
+        let services_incoming = incoming(listeners.services, &self.local_tls);
+        let admin_incoming = incoming(listeners.admin, &self.local_tls);
+
+        let peer_gate = self.gate(CallerKey::PeerNode);
+        let client_gate = self.gate(CallerKey::ClientCertificate);
+        let servers = [self.server(), self.server(), self.server()];
+        let Built {
+            config,
+            ctx,
+            store,
+            delivery,
+            federation,
+            stop,
+            stopped,
+            gates,
+            ..
+        } = self;
+        let [fed_builder, services_builder, admin_builder] = servers;
+        let refusals = federation.refusal_log();
+        let federation =
+            FederationServiceServer::new(federation).max_decoding_message_size(MAX_BATCH + FRAMING);
+        let fed_server = fed_builder
+            .layer(tonic::service::InterceptorLayer::new(
+                move |r: tonic::Request<()>| peer_gate.check(&r).map(|()| r),
+            ))
+            .add_service(federation)
+            .serve_with_incoming_shutdown(fed_incoming, shutdown_signal(stopped.clone()));
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        // v1 for current tools, v1alpha for the many clients that still only speak it.
+        let reflection_v1 = reflection()
+            .build_v1()
+            .map_err(|e| NodeError::Reflection(e.to_string()))?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .map_err(|e| NodeError::Reflection(e.to_string()))?;
+        health
+            .set_serving::<ReferralServiceServer<Referrals>>()
+            .await;
+        health.set_serving::<AdminServiceServer<Admin>>().await;
+        let services_gate = client_gate.clone();
+        let services_server = services_builder
+            .layer(tonic::service::InterceptorLayer::new(
+                move |r: tonic::Request<()>| services_gate.check(&r).map(|()| r),
+            ))
+            .add_service(
+                ReferralServiceServer::new(Referrals::new(ctx.clone()))
+                    .max_decoding_message_size(MAX_LOCAL_REQUEST),
+            )
+            .add_service(
+                ReturnPlanningServiceServer::new(Returns::new(ctx.clone()))
+                    .max_decoding_message_size(MAX_LOCAL_REQUEST),
+            )
+            .add_service(
+                WitnessHearingServiceServer::new(Hearings::new(ctx.clone()))
+                    .max_decoding_message_size(MAX_LOCAL_REQUEST),
+            )
+            .add_service(health_service.clone())
+            .add_service(reflection_v1.clone())
+            .add_service(reflection_v1alpha.clone())
+            .serve_with_incoming_shutdown(services_incoming, shutdown_signal(stopped.clone()));
+        let admin_gate = client_gate;
+        let admin_server = admin_builder
+            .layer(tonic::service::InterceptorLayer::new(
+                move |r: tonic::Request<()>| admin_gate.check(&r).map(|()| r),
+            ))
+            .add_service(
+                AdminServiceServer::new(Admin::new(ctx.clone()))
+                    .max_decoding_message_size(MAX_LOCAL_REQUEST),
+            )
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .serve_with_incoming_shutdown(admin_incoming, shutdown_signal(stopped.clone()));
+        let metrics_server = axum::serve(listeners.metrics, metrics::router(ctx.clone(), gates))
+            .with_graceful_shutdown(shutdown_signal(stopped.clone()));
+
+        let replay_window =
+            Duration::from_secs(u64::from(config.policy.replay_window_days) * 86_400);
+        let housekeeping = tokio::spawn(housekeeping(
+            store.clone(),
+            refusals,
+            replay_window,
+            stopped,
+        ));
+        let tasks: Vec<(&str, JoinHandle<Result<(), String>>)> = vec![
+            (
+                "federation",
+                tokio::spawn(async move { fed_server.await.map_err(|e| e.to_string()) }),
+            ),
+            (
+                "services",
+                tokio::spawn(async move { services_server.await.map_err(|e| e.to_string()) }),
+            ),
+            (
+                "admin",
+                tokio::spawn(async move { admin_server.await.map_err(|e| e.to_string()) }),
+            ),
+            (
+                "metrics",
+                tokio::spawn(async move { metrics_server.await.map_err(|e| e.to_string()) }),
+            ),
+        ];
+        info!(node = %ctx.id, "node running");
+        Ok(Running {
+            node: ctx.id,
+            stop,
+            tasks,
+            acceptors,
+            housekeeping,
+            delivery,
+            store,
+        })
+    }
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish within one grace period (whatever
+    /// still runs then is stopped, so that no request is served and no port held after the
+    /// node has stopped), stops the delivery worker and flushes the store.
+    pub async fn drain(self) -> Result<(), NodeError> {
+        info!(node = %self.node, "shutting down");
+        let _ = self.stop.send(true);
+        let mut failure = None;
+        let deadline = tokio::time::Instant::now() + GRACE;
+        for (name, mut task) in self.tasks {
+            match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => {
+                    error!(server = name, error = %e, "server stopped with an error");
+                    failure = Some(NodeError::Task(format!("{name}: {e}")));
+                }
+                Ok(Err(e)) => failure = Some(NodeError::Task(format!("{name}: {e}"))),
+                Err(_) => {
+                    task.abort();
+                    let _ = task.await;
+                    warn!(server = name, "grace period over; connections dropped");
+                }
             }
         }
+        for a in self.acceptors {
+            a.abort();
+            let _ = a.await;
+        }
+        self.delivery.stopped().await;
+        let _ = self.housekeeping.await;
+        self.store.close()?;
+        info!(node = %self.node, "stopped");
+        failure.map_or(Ok(()), Err)
     }
-    delivery.stopped().await;
-    let _ = housekeeping.await;
-    store.close()?;
-    info!(node = %node, "stopped");
-    failure.map_or(Ok(()), Err)
+}
+
+/// Runs a node until `shutdown` completes.
+pub async fn run(
+    config: NodeConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    let running = build(config).await?.spawn(listeners).await?;
+    shutdown.await;
+    running.drain().await
 }
 
 /// A node running in this process (tests, the sandbox).

@@ -148,6 +148,7 @@ async fn a_referral_acknowledged_just_before_sigkill_is_delivered_after_restart(
     let incoming = fp
         .list_referrals(w::ListReferralsRequest {
             direction: w::Direction::Incoming as i32,
+            ..Default::default()
         })
         .await?
         .into_inner();

@@ -750,6 +750,27 @@ pub fn hearing_to_wire(h: &HearingRecord, withheld: bool) -> w::Hearing {
     }
 }
 
+/// Parses the `page_size` and `page_token` of a `List*` request: a negative size is
+/// refused, zero means the default, more than the maximum is served the maximum.
+pub fn page(size: i32, token: &str) -> Result<trm_core::limits::Page, FieldError> {
+    use trm_core::limits::{Page, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+    let size = match usize::try_from(size) {
+        Err(_) => return Err(FieldError::new("page_size", "must not be negative")),
+        Ok(0) => DEFAULT_PAGE_SIZE,
+        Ok(n) => n.min(MAX_PAGE_SIZE),
+    };
+    if token.len() > MAX_SHORT || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(FieldError::new(
+            "page_token",
+            "is not a token this node gave",
+        ));
+    }
+    Ok(Page {
+        size,
+        after: (!token.is_empty()).then(|| token.to_owned()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -106,6 +106,31 @@ pub struct AuditReport {
     pub entries_checked: u64,
     /// Sequence number of the first entry that does not verify (0 when ok).
     pub first_bad_entry: u64,
+    /// The head as the node signed it at its last durable point.
+    pub signed: Option<SignedHead>,
+    /// Hash of the entry at the signed head's sequence, as the chain holds it now.
+    pub hash_at_signed: Option<String>,
+}
+
+/// Tag of audit-head signatures.
+pub const HEAD_TAG: &[u8] = b"trm/audit-head/v1";
+
+/// The chain's head signed with the node's signing key at a durable point: whoever can
+/// write the database but does not hold the key cannot recompute history unnoticed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedHead {
+    pub seq: u64,
+    pub hash: String,
+    pub key_id: String,
+    /// Hex of the ed25519 signature over [`HEAD_TAG`], a zero byte and [`SignedHead::body`].
+    pub signature: String,
+}
+
+impl SignedHead {
+    /// Returns the signed bytes of a head.
+    pub fn body(seq: u64, hash: &str) -> Vec<u8> {
+        format!("{seq}:{hash}").into_bytes()
+    }
 }
 
 /// Verifies entries in stored order against the head: sequence without gaps, each `prev`
@@ -129,6 +154,8 @@ where
                 ok: false,
                 entries_checked: checked,
                 first_bad_entry: expected,
+                signed: None,
+                hash_at_signed: None,
             };
         }
         checked += 1;
@@ -138,11 +165,15 @@ where
             ok: false,
             entries_checked: checked,
             first_bad_entry: checked + 1,
+            signed: None,
+            hash_at_signed: None,
         };
     }
     AuditReport {
         ok: true,
         entries_checked: checked,
         first_bad_entry: 0,
+        signed: None,
+        hash_at_signed: None,
     }
 }

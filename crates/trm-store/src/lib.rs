@@ -17,4 +17,4 @@ pub mod keystore;
 mod store;
 
 pub use error::{Result, StoreError, TxError, TxFail};
-pub use store::{Store, TreeName, Tx};
+pub use store::{Store, Subject, TreeName, Tx};

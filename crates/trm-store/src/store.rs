@@ -94,9 +94,63 @@ impl TreeName {
     fn index(self) -> usize {
         self as usize
     }
+
+    /// Returns the kind of data-key subject the sealed records of this tree belong to: a
+    /// case's risk assessments and return decisions share the case's key; a referral, a
+    /// return plan and a hearing each have their own.
+    fn subject_kind(self) -> &'static str {
+        match self {
+            TreeName::Cases | TreeName::RiskAssessments | TreeName::ReturnDecisions => "case",
+            TreeName::Referrals => "referral",
+            TreeName::Returns => "return",
+            TreeName::Hearings => "hearing",
+            other => other.as_str(),
+        }
+    }
 }
 
-const AUDIT_HEAD: &[u8] = b"audit_head";
+/// Whose data key seals something: a kind of record and its key. Subjects are namespaced
+/// per kind, so an id chosen by a peer for one kind of record can never name the key of a
+/// record of another kind.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Subject(Vec<u8>);
+
+impl Subject {
+    /// Returns the subject of the record `key` of `tree`.
+    pub fn of(tree: TreeName, key: &[u8]) -> Self {
+        Self::named(tree.subject_kind(), key)
+    }
+
+    /// Returns the subject `key` of kind `kind` (for what is not a record of a tree, such as
+    /// the node's own key announcements).
+    pub fn named(kind: &str, key: &[u8]) -> Self {
+        let mut bytes = kind.as_bytes().to_vec();
+        bytes.push(b'/');
+        bytes.extend_from_slice(key);
+        Self(bytes)
+    }
+
+    /// Returns the subject's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Returns the subject of bytes written by [`Subject::as_bytes`].
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+}
+
+/// Length of the key generation that prefixes sealed bytes.
+const GEN_LEN: usize = 4;
+
+/// Splits sealed bytes into the key generation that sealed them and the ciphertext.
+fn split_generation(sealed: &[u8]) -> Option<(u32, &[u8])> {
+    let (gen, rest) = sealed.split_at_checked(GEN_LEN)?;
+    Some((u32::from_be_bytes(gen.try_into().ok()?), rest))
+}
+
+use crate::durability::{AUDIT_HEAD, AUDIT_HEAD_SIGNED};
 
 /// One node's database. Cheap to clone.
 #[derive(Clone)]
@@ -106,6 +160,9 @@ pub struct Store {
 
 struct Inner {
     db: sled::Db,
+    /// A copy of the signed audit head outside the database (beside the key store), so that
+    /// deleting the signed head from the database does not let a rewritten chain be signed.
+    anchor: std::path::PathBuf,
     trees: Vec<Tree>,
     master: SecretKey,
     keys: Arc<KeyStore>,
@@ -165,10 +222,17 @@ impl Store {
             }
             pending.remove(id)?;
         }
-        let commit = GroupCommit::new(db.clone(), dir, keys.clone())?;
+        let commit = GroupCommit::new(
+            db.clone(),
+            trees[TreeName::Meta.index()].clone(),
+            trees[TreeName::Audit.index()].clone(),
+            dir,
+            keys.clone(),
+        )?;
         commit.sync()?;
         Ok(Self {
             inner: Arc::new(Inner {
+                anchor: key_store.with_extension("audit-anchor"),
                 db,
                 trees,
                 master,
@@ -254,16 +318,16 @@ impl Store {
         self.inner.commit.sync()
     }
 
-    /// Reads a sealed record (its subject is its key).
+    /// Reads a sealed record (its subject is its tree's kind and its key); `None` when
+    /// absent or shredded.
     pub fn get_sealed<T: DeserializeOwned>(&self, tree: TreeName, key: &[u8]) -> Result<Option<T>> {
         let Some(sealed) = self.tree(tree).get(key)? else {
             return Ok(None);
         };
-        let Some(dk) = self.data_key(key)? else {
-            return Ok(None);
-        };
-        let plain = dk.open(&aad(tree, key), &sealed)?;
-        decode(tree, key, &plain).map(Some)
+        match self.open_for(&Subject::of(tree, key), &aad(tree, key), &sealed)? {
+            Some(plain) => decode(tree, key, &plain).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Reads every sealed record of a tree whose key starts with `prefix`.
@@ -326,27 +390,30 @@ impl Store {
         self.tree(tree).scan_prefix(prefix).count()
     }
 
-    /// Opens bytes sealed with [`Tx::seal_for`]; `None` when the subject was shredded.
-    pub fn open_for(&self, subject: &[u8], aad: &[u8], sealed: &[u8]) -> Result<Option<Vec<u8>>> {
-        match self.data_key(subject)? {
-            Some(dk) => Ok(Some(dk.open(aad, sealed)?)),
-            None => Ok(None),
-        }
-    }
-
-    fn data_key(&self, subject: &[u8]) -> Result<Option<SecretKey>> {
-        let generation = match self.tree(TreeName::KeyGenerations).get(subject)? {
-            Some(g) => decode(TreeName::KeyGenerations, subject, &g)?,
-            None => 0u32,
+    /// Opens bytes sealed with [`Tx::seal_for`] under the key generation that sealed them;
+    /// `None` when that key was shredded (erased), whatever was sealed later.
+    pub fn open_for(
+        &self,
+        subject: &Subject,
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<Option<Vec<u8>>> {
+        let Some((generation, ciphertext)) = split_generation(sealed) else {
+            return Err(StoreError::Crypto(trm_crypto::CryptoError::Unseal));
         };
-        let id = slot_id(subject, generation);
+        let id = slot_id(subject.as_bytes(), generation);
         match self.inner.keys.get(&id)? {
-            Some(wrapped) => Ok(Some(self.inner.master.unwrap_key(&id, &wrapped)?)),
+            Some(wrapped) => {
+                let dk = self.inner.master.unwrap_key(&id, &wrapped)?;
+                Ok(Some(dk.open(aad, ciphertext)?))
+            }
             None => Ok(None),
         }
     }
 
-    /// Verifies the audit chain: any modified, reordered or removed entry is detected.
+    /// Verifies the audit chain: any modified, reordered or removed entry is detected. The
+    /// report carries the signed head and the hash the chain now holds at its sequence, for
+    /// the caller to check the signature with the node's keys.
     pub fn verify_audit(&self) -> Result<AuditReport> {
         let head: AuditHead = self
             .get_json(TreeName::Meta, AUDIT_HEAD)?
@@ -355,7 +422,88 @@ impl Store {
             .tree(TreeName::Audit)
             .iter()
             .map(|item| item.ok().and_then(|(_, v)| serde_json::from_slice(&v).ok()));
-        Ok(audit::verify(entries, &head))
+        let mut report = audit::verify(entries, &head);
+        report.signed = self.get_json(TreeName::Meta, AUDIT_HEAD_SIGNED)?;
+        if let Some(anchor) = self.read_anchor()? {
+            let holds = self.inner.commit.chain_holds(anchor.seq, &anchor.hash)?
+                && report.signed.as_ref().is_some_and(|s| s.seq >= anchor.seq);
+            if !holds && report.ok {
+                report.ok = false;
+                report.first_bad_entry = anchor.seq.max(1);
+            }
+        }
+        if let Some(s) = &report.signed {
+            report.hash_at_signed = self
+                .get_json::<AuditEntry>(TreeName::Audit, &s.seq.to_be_bytes())?
+                .map(|e| e.hash);
+        }
+        Ok(report)
+    }
+
+    /// Returns up to `limit` audit entries after sequence `after`, in order.
+    pub fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>> {
+        let start = (after + 1).to_be_bytes();
+        self.tree(TreeName::Audit)
+            .range(start..)
+            .take(limit)
+            .map(|item| {
+                let (k, v) = item?;
+                decode(TreeName::Audit, &k, &v)
+            })
+            .collect()
+    }
+
+    /// Signs the audit head with `signer`'s key at every durable point from now on (and
+    /// now) — unless the chain no longer holds what the node anchored outside the database,
+    /// in which case nothing is signed over it again and [`Store::verify_audit`] reports it.
+    pub fn sign_audit_head_with(&self, signer: Arc<trm_crypto::signing::Signer>) -> Result<()> {
+        if let Some(anchor) = self.read_anchor()? {
+            let signed = self.inner.commit.signed_head()?;
+            let consistent = signed.is_some_and(|s| s.seq >= anchor.seq)
+                && self.inner.commit.chain_holds(anchor.seq, &anchor.hash)?;
+            if !consistent {
+                self.inner.commit.mark_tampered();
+            }
+        }
+        self.inner.commit.set_signer(signer);
+        self.inner.commit.sync()?;
+        self.anchor_audit_head()
+    }
+
+    /// Copies the signed audit head to its anchor outside the database (written whole and
+    /// synced). Run periodically and at shutdown; the anchor may lag the signed head.
+    pub fn anchor_audit_head(&self) -> Result<()> {
+        let Some(signed) = self.inner.commit.signed_head()? else {
+            return Ok(());
+        };
+        if self.read_anchor()?.as_ref() == Some(&signed) {
+            return Ok(());
+        }
+        let tmp = self.inner.anchor.with_extension("audit-anchor.tmp");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&encode(&signed)?)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.inner.anchor)?;
+        if let Some(dir) = self.inner.anchor.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    fn read_anchor(&self) -> Result<Option<audit::SignedHead>> {
+        match std::fs::read(&self.inner.anchor) {
+            Ok(b) => Ok(Some(serde_json::from_slice(&b).map_err(|_| {
+                StoreError::Decode {
+                    tree: "anchor",
+                    key: "audit".into(),
+                }
+            })?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Appends one audit entry in its own transaction and makes it durable.
@@ -373,11 +521,11 @@ impl Store {
         self.tree(tree)
     }
 
-    /// Flushes and syncs; call on shutdown.
+    /// Flushes and syncs, and anchors the signed audit head; call on shutdown.
     pub fn close(&self) -> Result<()> {
         self.inner.commit.sync()?;
         self.inner.db.flush()?;
-        Ok(())
+        self.anchor_audit_head()
     }
 }
 
@@ -406,9 +554,10 @@ impl Tx<'_> {
     fn data_key(
         &self,
         subject: &[u8],
+        generation: u32,
         create: bool,
     ) -> std::result::Result<Option<SecretKey>, TxError> {
-        let id = slot_id(subject, self.generation(subject)?);
+        let id = slot_id(subject, generation);
         if let Some(wrapped) = self.keys.get(&id)? {
             return Ok(Some(
                 self.master
@@ -427,20 +576,20 @@ impl Tx<'_> {
         Ok(Some(dk))
     }
 
-    /// Writes a record sealed under its own subject key (the record's key), creating the
-    /// subject key on first use.
+    /// Writes a record sealed under its subject's key (its tree's kind and its key),
+    /// creating the key on first use.
     pub fn put_sealed<T: Serialize>(
         &self,
         tree: TreeName,
         key: &[u8],
         value: &T,
     ) -> std::result::Result<(), TxError> {
-        let sealed = self.seal_for(key, &aad(tree, key), &encode(value)?)?;
+        let sealed = self.seal_for(&Subject::of(tree, key), &aad(tree, key), &encode(value)?)?;
         self.tree(tree).insert(key, sealed)?;
         Ok(())
     }
 
-    /// Reads a sealed record inside the transaction.
+    /// Reads a sealed record inside the transaction; `None` when absent or shredded.
     pub fn get_sealed<T: DeserializeOwned>(
         &self,
         tree: TreeName,
@@ -449,24 +598,39 @@ impl Tx<'_> {
         let Some(sealed) = self.tree(tree).get(key)? else {
             return Ok(None);
         };
-        let Some(dk) = self.data_key(key, false)? else {
+        let Some((generation, ciphertext)) = split_generation(&sealed) else {
+            return Err(StoreError::Crypto(trm_crypto::CryptoError::Unseal).into());
+        };
+        let subject = Subject::of(tree, key);
+        let Some(dk) = self.data_key(subject.as_bytes(), generation, false)? else {
             return Ok(None);
         };
         let plain = dk
-            .open(&aad(tree, key), &sealed)
+            .open(&aad(tree, key), ciphertext)
             .map_err(StoreError::from)?;
         Ok(Some(decode(tree, key, &plain)?))
     }
 
-    /// Seals bytes under `subject`'s data key (created on first use).
+    /// Returns whether `tree` holds a record under `key`.
+    pub fn exists(&self, tree: TreeName, key: &[u8]) -> std::result::Result<bool, TxError> {
+        Ok(self.tree(tree).get(key)?.is_some())
+    }
+
+    /// Seals bytes under `subject`'s current data key (created on first use); the sealed
+    /// bytes name the key generation, so a later shred makes them unreadable for good.
     pub fn seal_for(
         &self,
-        subject: &[u8],
+        subject: &Subject,
         aad: &[u8],
         plain: &[u8],
     ) -> std::result::Result<Vec<u8>, TxError> {
-        let dk = self.data_key(subject, true)?.ok_or(TxError::Conflict)?;
-        Ok(dk.seal(aad, plain).map_err(StoreError::from)?)
+        let generation = self.generation(subject.as_bytes())?;
+        let dk = self
+            .data_key(subject.as_bytes(), generation, true)?
+            .ok_or(TxError::Conflict)?;
+        let mut out = generation.to_be_bytes().to_vec();
+        out.extend(dk.seal(aad, plain).map_err(StoreError::from)?);
+        Ok(out)
     }
 
     /// Asks to be told `note` once this transaction has committed (for instance which peer
@@ -481,7 +645,8 @@ impl Tx<'_> {
     /// Destroys `subject`'s data key: what was sealed under it can never be opened again,
     /// from this database or from any copy of it. A record written under `subject` later in
     /// the same transaction gets a new key.
-    pub fn shred(&self, subject: &[u8]) -> std::result::Result<(), TxError> {
+    pub fn shred(&self, subject: &Subject) -> std::result::Result<(), TxError> {
+        let subject = subject.as_bytes();
         let generation = self.generation(subject)?;
         let id = slot_id(subject, generation);
         self.put_json(TreeName::KeyGenerations, subject, &(generation + 1))?;
@@ -640,7 +805,7 @@ mod tests {
         // Shred, and in the same transaction write a tombstone under the same subject.
         store
             .transact::<(), (), _>(|tx| {
-                tx.shred(b"case-1")?;
+                tx.shred(&Subject::of(TreeName::Cases, b"case-1"))?;
                 tx.put_sealed(
                     TreeName::Cases,
                     b"case-1",

@@ -1,4 +1,5 @@
-//! Operator commands over a node's admin port: status and audit verification.
+//! Operator commands over a node's admin port: status, audit verification and export,
+//! client-certificate revocation.
 
 use std::path::{Path, PathBuf};
 
@@ -40,4 +41,119 @@ pub async fn verify_audit(
 /// Returns the node's status.
 pub async fn status(admin: &mut AdminServiceClient<Channel>) -> Result<w::StatusResponse> {
     Ok(admin.status(w::StatusRequest {}).await?.into_inner())
+}
+
+/// Returns the serial (lower-case hex, no leading zeros) of the certificate in a PEM file.
+pub fn serial_of_pem(path: &Path) -> Result<String> {
+    let pem = trm_crypto::files::read_text(path)?;
+    let der = trm_crypto::pki::first_der(&pem)
+        .with_context(|| format!("{} holds no PEM certificate", path.display()))?;
+    trm_crypto::pki::serial_hex(&der)
+        .with_context(|| format!("{} does not parse as a certificate", path.display()))
+}
+
+/// Revokes the client certificate with `serial_hex`.
+pub async fn revoke(
+    admin: &mut AdminServiceClient<Channel>,
+    serial_hex: &str,
+) -> Result<w::RevokedClientCertificate> {
+    Ok(admin
+        .revoke_client_certificate(w::RevokeClientCertificateRequest {
+            serial_hex: serial_hex.to_owned(),
+        })
+        .await?
+        .into_inner())
+}
+
+/// Returns every revoked client certificate, page by page.
+pub async fn revoked(
+    admin: &mut AdminServiceClient<Channel>,
+) -> Result<Vec<w::RevokedClientCertificate>> {
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = admin
+            .list_revoked_client_certificates(w::ListRevokedClientCertificatesRequest {
+                page_size: 100,
+                page_token: page_token.clone(),
+            })
+            .await?
+            .into_inner();
+        out.extend(page.certificates);
+        if page.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Writes the node's audit chain to `out` as JSON lines (one entry a line, then one line
+/// with the signed head), after checking that the chain links up and matches the head's
+/// signature. Returns the number of entries written.
+pub async fn export_audit(
+    admin: &mut AdminServiceClient<Channel>,
+    out: &mut dyn std::io::Write,
+) -> Result<u64> {
+    let mut page_token = String::new();
+    let mut count = 0u64;
+    let mut prev = String::new();
+    let mut hashes = Vec::new();
+    let head = loop {
+        let page = admin
+            .export_audit(w::ExportAuditRequest {
+                page_size: 1000,
+                page_token: page_token.clone(),
+            })
+            .await?
+            .into_inner();
+        for e in &page.entries {
+            if e.prev != prev {
+                anyhow::bail!("the exported chain does not link up at entry {}", e.seq);
+            }
+            prev = e.hash.clone();
+            hashes.push(e.hash.clone());
+            let line = serde_json::json!({
+                "seq": e.seq, "at": e.at, "actor": e.actor, "action": e.action,
+                "subject": e.subject, "outcome": e.outcome, "detail": e.detail,
+                "prev": e.prev, "hash": e.hash,
+            });
+            writeln!(out, "{line}")?;
+            count += 1;
+        }
+        if page.next_page_token.is_empty() {
+            break page.head;
+        }
+        page_token = page.next_page_token;
+    };
+    let Some(head) = head else {
+        anyhow::bail!("the node has no signed audit head");
+    };
+    let public = trm_crypto::signing::public_from_bytes(&head.public_key)
+        .context("the signed head names no usable public key")?;
+    let signature = hex::decode(&head.signature_hex).context("the head's signature is not hex")?;
+    trm_crypto::signing::verify(
+        &public,
+        trm_store_head_tag(),
+        format!("{}:{}", head.seq, head.hash).as_bytes(),
+        &signature,
+    )
+    .context("the head's signature does not verify")?;
+    let at_head = usize::try_from(head.seq)
+        .ok()
+        .and_then(|s| s.checked_sub(1))
+        .and_then(|i| hashes.get(i));
+    if head.seq > 0 && at_head != Some(&head.hash) {
+        anyhow::bail!("the signed head does not match the exported chain");
+    }
+    let line = serde_json::json!({
+        "signed_head": { "seq": head.seq, "hash": head.hash, "key_id": head.key_id,
+            "signature_hex": head.signature_hex, "public_key_hex": hex::encode(&head.public_key) }
+    });
+    writeln!(out, "{line}")?;
+    Ok(count)
+}
+
+/// The tag of audit-head signatures (`trm/audit-head/v1`).
+fn trm_store_head_tag() -> &'static [u8] {
+    b"trm/audit-head/v1"
 }

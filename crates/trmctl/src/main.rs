@@ -71,10 +71,20 @@ enum KeysCommand {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Verifies the hash chain; exits non-zero if any entry was modified, reordered or removed.
+    /// Verifies the hash chain and the head the node signed; exits non-zero if any entry
+    /// was modified, reordered, removed or the chain recomputed.
     Verify {
         #[command(flatten)]
         admin: AdminArgs,
+    },
+    /// Writes the audit chain (ids, actions, outcomes; no personal data) and the node's
+    /// signed head as JSON lines, after checking the signature.
+    Export {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// File to write; standard output when omitted.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -117,6 +127,29 @@ enum ClientCommand {
         /// Writes PREFIX.pem and PREFIX.key.
         #[arg(long)]
         out: PathBuf,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = trm_crypto::pki::CLIENT_VALIDITY_DAYS)]
+        days: u32,
+    },
+    /// Revokes a client certificate of the node: every request made with it is refused from
+    /// now on, open connections included.
+    Revoke {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The certificate's serial number (lower-case hex, no separators or leading zeros).
+        #[arg(long, conflicts_with = "cert", required_unless_present = "cert")]
+        serial: Option<String>,
+        /// The certificate itself (PEM file); its serial is read from it.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+    },
+    /// Lists the revoked client certificates.
+    Revoked {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Prints JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -164,6 +197,9 @@ fn main() -> Result<()> {
         Command::Audit {
             command: AuditCommand::Verify { admin },
         } => tokio::runtime::Runtime::new()?.block_on(verify_audit(admin)),
+        Command::Audit {
+            command: AuditCommand::Export { admin, out },
+        } => tokio::runtime::Runtime::new()?.block_on(export_audit(admin, out)),
         Command::Client {
             command:
                 ClientCommand::Issue {
@@ -171,12 +207,24 @@ fn main() -> Result<()> {
                     role,
                     org,
                     out,
+                    days,
                 },
         } => {
-            let (cert, key) = trmctl::client::issue(&config, role, &org, &out)?;
+            let (cert, key) = trmctl::client::issue(&config, role, &org, &out, days)?;
             println!("wrote {} and {}", cert.display(), key.display());
             Ok(())
         }
+        Command::Client {
+            command:
+                ClientCommand::Revoke {
+                    admin,
+                    serial,
+                    cert,
+                },
+        } => tokio::runtime::Runtime::new()?.block_on(revoke(admin, serial, cert)),
+        Command::Client {
+            command: ClientCommand::Revoked { admin, json },
+        } => tokio::runtime::Runtime::new()?.block_on(revoked(admin, json)),
     }
 }
 
@@ -209,6 +257,76 @@ async fn verify_audit(admin: AdminArgs) -> Result<()> {
         );
     }
     println!("audit chain ok: {} entries verified", r.entries_checked);
+    Ok(())
+}
+
+async fn export_audit(admin: AdminArgs, out: Option<PathBuf>) -> Result<()> {
+    let mut c =
+        trmctl::admin::connect(&admin.config, admin.client.as_deref(), admin.ca.as_deref()).await?;
+    let n = match &out {
+        Some(path) => {
+            let mut f = std::fs::File::create(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            trmctl::admin::export_audit(&mut c, &mut f).await?
+        }
+        None => trmctl::admin::export_audit(&mut c, &mut std::io::stdout()).await?,
+    };
+    if let Some(path) = out {
+        println!(
+            "wrote {n} audit entries and the signed head to {}",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+async fn revoke(admin: AdminArgs, serial: Option<String>, cert: Option<PathBuf>) -> Result<()> {
+    let serial = match (serial, cert) {
+        (Some(s), _) => s,
+        (None, Some(path)) => trmctl::admin::serial_of_pem(&path)?,
+        (None, None) => bail!("name the certificate with --serial HEX or --cert PEM"),
+    };
+    let mut c =
+        trmctl::admin::connect(&admin.config, admin.client.as_deref(), admin.ca.as_deref()).await?;
+    let r = trmctl::admin::revoke(&mut c, &serial).await?;
+    println!(
+        "revoked client certificate {}: every request made with it is refused from now on",
+        r.serial_hex
+    );
+    Ok(())
+}
+
+async fn revoked(admin: AdminArgs, json: bool) -> Result<()> {
+    let mut c =
+        trmctl::admin::connect(&admin.config, admin.client.as_deref(), admin.ca.as_deref()).await?;
+    let all = trmctl::admin::revoked(&mut c).await?;
+    if json {
+        let items: Vec<_> = all
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "serial_hex": r.serial_hex,
+                    "revoked_at": r.revoked_at.as_ref().map(|t| t.seconds),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(items));
+        return Ok(());
+    }
+    if all.is_empty() {
+        println!("no client certificate is revoked");
+    }
+    for r in all {
+        let at = r
+            .revoked_at
+            .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default();
+        println!("{}  revoked {at}", r.serial_hex);
+    }
     Ok(())
 }
 

@@ -206,6 +206,7 @@ pub async fn run(
             let list = c
                 .list_referrals(w::ListReferralsRequest {
                     direction: w::Direction::Incoming as i32,
+                    ..Default::default()
                 })
                 .await?
                 .into_inner();
