@@ -132,6 +132,74 @@ enum Abort {
     Rejected(Rejection),
 }
 
+/// The peer check of the federation port's interceptor (see [`FederationServer::precheck`]).
+#[derive(Clone)]
+pub struct Precheck {
+    directory: Arc<PeerDirectory>,
+    counters: Arc<Counters>,
+    refusals: Arc<RefusalLog>,
+}
+
+impl std::fmt::Debug for Precheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Precheck").finish_non_exhaustive()
+    }
+}
+
+/// Returns who a failed authentication names, the refusal and its detail.
+fn refusal_of(failure: crate::directory::AuthFailure) -> (Option<NodeId>, Refusal, &'static str) {
+    use crate::directory::AuthFailure;
+    match failure {
+        AuthFailure::NoIdentity => (
+            None,
+            Refusal::UnknownPeer,
+            "no trm node identity in the TLS certificate",
+        ),
+        AuthFailure::Unknown(n) => (Some(n), Refusal::UnknownPeer, "not in the peer directory"),
+        AuthFailure::Removed(n) => (
+            Some(n),
+            Refusal::RemovedPeer,
+            "removed from the peer directory",
+        ),
+        AuthFailure::WrongAnchor(n) => (
+            Some(n),
+            Refusal::UntrustedCertificate,
+            "certificate does not chain to the peer's own trust anchor",
+        ),
+        AuthFailure::Pin(n) => (
+            Some(n),
+            Refusal::UnknownPeer,
+            "certificate is not the one pinned for this peer",
+        ),
+    }
+}
+
+impl Precheck {
+    /// Lets a request from a proven peer through; refuses any other with the code DESIGN.md
+    /// prescribes, counting it and auditing it in the background (the answer does not wait).
+    pub fn check<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let certs = request.peer_certs();
+        let certs = certs.as_deref().map(Vec::as_slice).unwrap_or_default();
+        let Err(failure) = self.directory.authenticate(certs) else {
+            return Ok(());
+        };
+        let (node, refusal, detail) = refusal_of(failure);
+        let actor = node.map_or_else(|| "peer:unknown".to_owned(), |p| format!("peer:{p}"));
+        let status = refusal.status(detail);
+        self.counters.refused(refusal);
+        warn!(peer = %actor, reason = refusal.label(), detail, "request refused before its body was read");
+        let record = AuditRecord::new(actor.clone(), "envelope.refuse", "-", "refused")
+            .detail(format!("{:?}: {}", status.code(), status.message()));
+        let refusals = self.refusals.clone();
+        tokio::spawn(async move {
+            if let Err(e) = refusals.record(&actor, refusal.label(), record).await {
+                warn!(error = %e, "cannot audit a refusal");
+            }
+        });
+        Err(status)
+    }
+}
+
 /// The federation port's service.
 pub struct FederationServer {
     cfg: InboundConfig,
@@ -167,6 +235,17 @@ impl FederationServer {
             delivery,
             counters,
             slots: PeerSlots::new(cfg_slots),
+        }
+    }
+
+    /// Returns the check that runs on a request's headers, before its body is read: the TLS
+    /// peer must be a directory peer proven by its own anchor (and pin). A request that
+    /// fails it is refused without buffering its body; the refusal is counted and audited.
+    pub fn precheck(&self) -> Precheck {
+        Precheck {
+            directory: self.directory.clone(),
+            counters: self.counters.clone(),
+            refusals: self.refusals.clone(),
         }
     }
 
@@ -215,37 +294,12 @@ impl FederationServer {
     /// (or no longer) a peer, whose certificate does not chain to its own trust anchor, or
     /// whose certificate is not the pinned one. Checked on every request.
     async fn tls_peer<T>(&self, request: &Request<T>) -> Result<Peer, Status> {
-        use crate::directory::AuthFailure;
         let certs = request.peer_certs();
         let certs = certs.as_deref().map(Vec::as_slice).unwrap_or_default();
         match self.directory.authenticate(certs) {
             Ok(peer) => Ok(peer),
             Err(failure) => {
-                let (node, refusal, detail) = match failure {
-                    AuthFailure::NoIdentity => (
-                        None,
-                        Refusal::UnknownPeer,
-                        "no trm node identity in the TLS certificate",
-                    ),
-                    AuthFailure::Unknown(n) => {
-                        (Some(n), Refusal::UnknownPeer, "not in the peer directory")
-                    }
-                    AuthFailure::Removed(n) => (
-                        Some(n),
-                        Refusal::RemovedPeer,
-                        "removed from the peer directory",
-                    ),
-                    AuthFailure::WrongAnchor(n) => (
-                        Some(n),
-                        Refusal::UntrustedCertificate,
-                        "certificate does not chain to the peer's own trust anchor",
-                    ),
-                    AuthFailure::Pin(n) => (
-                        Some(n),
-                        Refusal::UnknownPeer,
-                        "certificate is not the one pinned for this peer",
-                    ),
-                };
+                let (node, refusal, detail) = refusal_of(failure);
                 Err(self.refuse(node, "-", refusal, detail).await)
             }
         }

@@ -423,11 +423,15 @@ impl Built {
         } = self;
         let [fed_builder, services_builder, admin_builder] = servers;
         let refusals = federation.refusal_log();
+        let precheck = federation.precheck();
         let federation =
             FederationServiceServer::new(federation).max_decoding_message_size(MAX_BATCH + FRAMING);
         let fed_server = fed_builder
             .layer(tonic::service::InterceptorLayer::new(
-                move |r: tonic::Request<()>| peer_gate.check(&r).map(|()| r),
+                move |r: tonic::Request<()>| {
+                    precheck.check(&r)?;
+                    peer_gate.check(&r).map(|()| r)
+                },
             ))
             .add_service(federation)
             .serve_with_incoming_shutdown(fed_incoming, shutdown_signal(stopped.clone()));
