@@ -50,6 +50,7 @@ async fn roles_that_may_not_act_are_refused_with_permission_denied() -> anyhow::
             referral_id: uuid::Uuid::now_v7().to_string(),
             decision: w::ReferralDecision::Accept as i32,
             reason: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("service provider answering");

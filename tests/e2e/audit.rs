@@ -2,13 +2,12 @@
 //! `AdminService.VerifyAudit` after a restart.
 
 use trm_core::ids::Role;
-use trm_crypto::aead::SecretKey;
 use trm_proto::v1 as w;
-use trm_store::{audit::AuditEntry, Store, TreeName};
-use trm_tests::TestFederation;
+use trm_store::audit::AuditEntry;
+use trm_tests::{RawDb, TestFederation};
 
 /// The raw audit entries of a database, in stored order.
-type Entries = [(sled::IVec, sled::IVec)];
+type Entries = [(Vec<u8>, Vec<u8>)];
 
 async fn verify(fed: &TestFederation) -> anyhow::Result<w::VerifyAuditResponse> {
     let mut admin = fed.admin("AT", Role::Operator).await?;
@@ -39,35 +38,29 @@ async fn tampering_with_the_audit_log_on_disk_is_detected() -> anyhow::Result<()
 
     let at = fed.dir().join("AT");
     // Opens the stopped node's database as an intruder with disk access would.
-    let tamper = |f: &mut dyn FnMut(&sled::Tree, &Entries)| -> anyhow::Result<()> {
-        let store = Store::open(
-            &at.join("data"),
-            &at.join("keys/data-keys.store"),
-            SecretKey::load(&at.join("keys/master.key"))?,
-        )?;
-        let tree = store.raw_tree(TreeName::Audit);
-        let entries: Vec<_> = tree.iter().collect::<Result<_, _>>()?;
-        f(tree, &entries);
-        store.close()?;
+    let tamper = |f: &mut dyn FnMut(&RawDb, &Entries)| -> anyhow::Result<()> {
+        let db = RawDb::open(&at.join("data"))?;
+        let entries = db.audit_raw()?;
+        f(&db, &entries);
+        db.close()?;
         Ok(())
     };
-    type Tamper = Box<dyn Fn(&sled::Tree, &Entries)>;
+    type Tamper = Box<dyn Fn(&RawDb, &Entries)>;
     let cases: Vec<(&str, Tamper, u64)> = vec![
         (
             "modified",
             Box::new(|t, e| {
-                let mut entry: AuditEntry = serde_json::from_slice(&e[1].1).unwrap();
+                let mut entry: AuditEntry = serde_json::from_slice(&e[1].1[1..]).unwrap();
                 entry.record.actor = "client:focal_point/someone-else".into();
-                t.insert(&e[1].0, serde_json::to_vec(&entry).unwrap())
-                    .unwrap();
+                t.put_audit(&e[1].0, &entry).unwrap();
             }),
             2,
         ),
         (
             "reordered",
             Box::new(|t, e| {
-                t.insert(&e[0].0, e[1].1.clone()).unwrap();
-                t.insert(&e[1].0, e[0].1.clone()).unwrap();
+                t.put_raw(&e[0].0, &e[1].1).unwrap();
+                t.put_raw(&e[1].0, &e[0].1).unwrap();
             }),
             1,
         ),
@@ -94,9 +87,8 @@ async fn tampering_with_the_audit_log_on_disk_is_detected() -> anyhow::Result<()
         // Put the original entries back: the chain verifies again.
         fed.stop_node("AT").await?;
         tamper(&mut |t, _| {
-            t.clear().unwrap();
             for (k, v) in &saved {
-                t.insert(k, v.clone()).unwrap();
+                t.put_raw(k, v).unwrap();
             }
         })?;
         fed.start_node("AT").await?;
@@ -128,31 +120,20 @@ async fn a_chain_recomputed_by_someone_without_the_signing_key_is_detected() -> 
     let at = fed.dir().join("AT");
     {
         // An intruder rewrites entry 2 and recomputes every hash after it, and the head.
-        let store = Store::open(
-            &at.join("data"),
-            &at.join("keys/data-keys.store"),
-            SecretKey::load(&at.join("keys/master.key"))?,
-        )?;
-        let tree = store.raw_tree(TreeName::Audit);
-        let mut entries: Vec<AuditEntry> = tree
-            .iter()
-            .map(|r| Ok(serde_json::from_slice(&r?.1)?))
-            .collect::<anyhow::Result<_>>()?;
-        entries[1].record.actor = "client:focal_point/someone-else".into();
-        let mut prev = entries[0].hash.clone();
-        for e in entries.iter_mut().skip(1) {
+        let db = RawDb::open(&at.join("data"))?;
+        let mut entries = db.audit()?;
+        entries[1].1.record.actor = "client:focal_point/someone-else".into();
+        let mut prev = entries[0].1.hash.clone();
+        for (k, e) in entries.iter_mut().skip(1) {
             *e = AuditEntry::chain(e.seq, e.at.clone(), e.record.clone(), prev.clone());
             prev = e.hash.clone();
-            tree.insert(e.seq.to_be_bytes(), serde_json::to_vec(&e)?)?;
+            db.put_audit(k, e)?;
         }
-        let head = trm_store::audit::AuditHead {
+        db.set_head(&trm_store::audit::AuditHead {
             seq: entries.len() as u64,
             hash: prev,
-        };
-        store
-            .raw_tree(TreeName::Meta)
-            .insert(b"audit_head", serde_json::to_vec(&head)?)?;
-        store.close()?;
+        })?;
+        db.close()?;
     }
     fed.start_node("AT").await?;
     let report = verify(&fed).await?;
@@ -164,15 +145,9 @@ async fn a_chain_recomputed_by_someone_without_the_signing_key_is_detected() -> 
     // Deleting the signed head as well does not help: its anchor lives outside the database.
     fed.stop_node("AT").await?;
     {
-        let store = Store::open(
-            &at.join("data"),
-            &at.join("keys/data-keys.store"),
-            SecretKey::load(&at.join("keys/master.key"))?,
-        )?;
-        store
-            .raw_tree(TreeName::Meta)
-            .remove(b"audit_head_signed")?;
-        store.close()?;
+        let db = RawDb::open(&at.join("data"))?;
+        db.remove(b"m/audit_head_signed")?;
+        db.close()?;
     }
     fed.start_node("AT").await?;
     let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;

@@ -47,6 +47,7 @@ async fn a_removed_peer_gets_nothing_and_is_refused_and_dead_letters_can_be_retr
     ro_admin
         .remove_peer(w::RemovePeerRequest {
             node_id: "AT".into(),
+            ..Default::default()
         })
         .await?;
     let err = fed
@@ -134,6 +135,7 @@ async fn a_removed_peer_gets_nothing_and_is_refused_and_dead_letters_can_be_retr
                 tls_pin_sha256: String::new(),
                 ..Default::default()
             }),
+            ..Default::default()
         })
         .await?;
     eventually("RO's referral to reach AT", || async {
@@ -144,6 +146,7 @@ async fn a_removed_peer_gets_nothing_and_is_refused_and_dead_letters_can_be_retr
     at_admin
         .retry_delivery(w::RetryDeliveryRequest {
             message_id: dead[0].message_id.clone(),
+            ..Default::default()
         })
         .await?;
     referral_with_status(&at_sp, &at_referral, w::ReferralStatus::Delivered).await?;
@@ -152,6 +155,7 @@ async fn a_removed_peer_gets_nothing_and_is_refused_and_dead_letters_can_be_retr
     let err = at_admin
         .retry_delivery(w::RetryDeliveryRequest {
             message_id: dead[0].message_id.clone(),
+            ..Default::default()
         })
         .await
         .expect_err("no longer a dead letter");
@@ -182,6 +186,7 @@ async fn a_pinned_certificate_is_required_both_ways_and_unknown_nodes_are_refuse
             tls_pin_sha256: pin,
             ..Default::default()
         }),
+        ..Default::default()
     };
     let err = at_admin
         .upsert_peer(pin_ro("abc".into()))

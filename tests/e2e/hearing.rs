@@ -4,15 +4,14 @@ use prost::Message;
 use prost_types::Timestamp;
 use tonic::{transport::Channel, Code};
 use trm_core::ids::Role;
-use trm_crypto::{aead::SecretKey, files, signing::SigningIdentity};
-use trm_federation::{envelope, outbox};
+use trm_crypto::{files, signing::SigningIdentity};
+use trm_federation::envelope;
 use trm_proto::v1::{
     self as w, envelope_body::Payload, federation_service_client::FederationServiceClient,
     referral_service_client::ReferralServiceClient,
     witness_hearing_service_client::WitnessHearingServiceClient, EnvelopeBody, ReceiptBody,
     ReceiptOutcome,
 };
-use trm_store::Store;
 use trm_tests::{eventually, requests, TestFederation};
 
 type Hearings = WitnessHearingServiceClient<Channel>;
@@ -62,11 +61,13 @@ async fn referred_case(fed: &TestFederation, child: bool) -> anyhow::Result<(Str
         referral_id: referral_id.clone(),
         decision: w::ReferralDecision::Accept as i32,
         reason: String::new(),
+        ..Default::default()
     })
     .await?;
     ro.assign_case(w::AssignCaseRequest {
         referral_id: referral_id.clone(),
         organisation: "sp1".into(),
+        ..Default::default()
     })
     .await?;
     Ok((case_id, referral_id))
@@ -85,6 +86,7 @@ fn hearing_request(case_id: &str, measures: &[w::ProtectiveMeasure]) -> w::Reque
         language: "ro".into(),
         legal_basis: "MLA request 2026/17 (UNTOC art. 18)".into(),
         proposed_times: vec![at(1_900_000_000), at(1_900_086_400)],
+        ..Default::default()
     }
 }
 
@@ -161,6 +163,7 @@ async fn a_hearing_runs_from_request_to_held_naming_the_witness_only_by_referenc
         decision: w::HearingDecision::Schedule as i32,
         reason: String::new(),
         scheduled_at: Some(at(1_900_086_400)),
+        ..Default::default()
     })
     .await?;
     let seen = wait_hearing(&ja, &id, w::HearingStatus::Scheduled).await?;
@@ -178,6 +181,7 @@ async fn a_hearing_runs_from_request_to_held_naming_the_witness_only_by_referenc
     ja.record_hearing_outcome(w::RecordHearingOutcomeRequest {
         hearing_id: id.clone(),
         minutes_reference: "MIN-2026-0042-1".into(),
+        ..Default::default()
     })
     .await?;
     let held = wait_hearing(&ro, &id, w::HearingStatus::Held).await?;
@@ -240,7 +244,7 @@ async fn only_judicial_authorities_request_and_providers_see_only_that_a_hearing
     assert_eq!(
         ro_ops
             .get_hearing(w::GetHearingRequest {
-                hearing_id: id.clone()
+                hearing_id: id.clone(),
             })
             .await
             .expect_err("operator")
@@ -280,6 +284,7 @@ async fn a_declined_hearing_leaves_referral_and_return_plan_unchanged_on_both_no
             voluntary: true,
             informed: true,
             reflection_period_waived: false,
+            ..Default::default()
         })
         .await?;
     let return_id = at_rp
@@ -288,6 +293,7 @@ async fn a_declined_hearing_leaves_referral_and_return_plan_unchanged_on_both_no
             destination: "RO".into(),
             hearing_pending: true,
             compensation_pending: false,
+            ..Default::default()
         })
         .await?
         .into_inner()
@@ -381,6 +387,7 @@ async fn a_declined_hearing_leaves_referral_and_return_plan_unchanged_on_both_no
         .close_referral(w::CloseReferralRequest {
             referral_id: referral_id.clone(),
             reason: "assistance completed".into(),
+            ..Default::default()
         })
         .await?;
     fed.stop().await?;
@@ -549,20 +556,15 @@ async fn the_hearing_request_on_the_wire_carries_no_identity() -> anyhow::Result
         .hearing_id;
     fed.stop_node("AT").await?;
 
-    let at = fed.dir().join("AT");
-    let store = Store::open(
-        &at.join("data"),
-        &at.join("keys/data-keys.store"),
-        SecretKey::load(&at.join("keys/master.key"))?,
-    )?;
-    let items = outbox::queued(&store)?;
+    let store = trm_tests::open_store(&fed, "AT")?;
+    let items = store.outbox_items(None, usize::MAX)?;
     let item = items
         .iter()
-        .find(|i| i.kind == "hearing_request")
+        .find(|i| i.kind == trm_core::messages::EnvelopeKind::HearingRequest)
         .expect("queued hearing request");
-    let env = outbox::open_queued(&store, item)
-        .map_err(anyhow::Error::msg)?
-        .expect("not erased");
+    let env = trm_proto::v1::SignedEnvelope::decode(
+        store.open_envelope(item)?.expect("not erased").as_slice(),
+    )?;
     let bytes = env.encode_to_vec();
     let person = requests::case("Witness", 40).person.unwrap_or_default();
     for needle in [

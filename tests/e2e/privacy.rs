@@ -77,6 +77,7 @@ async fn consent_withdrawal_erases_every_recipient_copy_and_each_confirms() -> a
                 referral_id: id.clone(),
                 decision: w::ReferralDecision::Accept as i32,
                 reason: String::new(),
+                ..Default::default()
             })
             .await?;
         }
@@ -86,6 +87,7 @@ async fn consent_withdrawal_erases_every_recipient_copy_and_each_confirms() -> a
         .withdraw_consent(w::WithdrawConsentRequest {
             case_id: case.case_id.clone(),
             consent_id: consent.consent_id.clone(),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -146,6 +148,7 @@ async fn consent_withdrawal_erases_every_recipient_copy_and_each_confirms() -> a
         .withdraw_consent(w::WithdrawConsentRequest {
             case_id: case.case_id.clone(),
             consent_id: consent.consent_id.clone(),
+            ..Default::default()
         })
         .await
         .expect_err("already withdrawn");
@@ -228,6 +231,7 @@ async fn either_side_can_withdraw_an_open_referral() -> anyhow::Result<()> {
         mine.withdraw_referral(w::WithdrawReferralRequest {
             referral_id: id.clone(),
             reason: "no longer needed".into(),
+            ..Default::default()
         })
         .await?;
         let seen =
@@ -237,6 +241,7 @@ async fn either_side_can_withdraw_an_open_referral() -> anyhow::Result<()> {
             .withdraw_referral(w::WithdrawReferralRequest {
                 referral_id: id,
                 reason: String::new(),
+                ..Default::default()
             })
             .await
             .expect_err("already withdrawn");
@@ -298,6 +303,7 @@ async fn erasing_a_case_destroys_it_here_and_every_copy_elsewhere() -> anyhow::R
         .erase_case(w::EraseCaseRequest {
             case_id: case.case_id.clone(),
             reason: "victim's request".into(),
+            ..Default::default()
         })
         .await?
         .into_inner();

@@ -218,6 +218,7 @@ async fn referral_without_matching_consent_is_refused_and_nothing_is_sent() -> a
         referral_id: sent.referral_id.clone(),
         decision: w::ReferralDecision::Decline as i32,
         reason: "no capacity".into(),
+        ..Default::default()
     })
     .await?;
     let again = ng
@@ -225,6 +226,7 @@ async fn referral_without_matching_consent_is_refused_and_nothing_is_sent() -> a
             referral_id: sent.referral_id.clone(),
             decision: w::ReferralDecision::Accept as i32,
             reason: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("a declined referral cannot be accepted");

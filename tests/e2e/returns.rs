@@ -32,6 +32,7 @@ fn risk(
         retrafficking_risk: rt,
         family_at_risk: fam,
         factors: vec!["family contacted".into()],
+        ..Default::default()
     }
 }
 
@@ -41,6 +42,7 @@ fn decision(case_id: &str, waived: bool) -> w::RecordReturnDecisionRequest {
         voluntary: true,
         informed: true,
         reflection_period_waived: waived,
+        ..Default::default()
     }
 }
 
@@ -50,6 +52,7 @@ pub(crate) fn propose(case_id: &str) -> w::ProposeReturnRequest {
         destination: "RO".into(),
         hearing_pending: true,
         compensation_pending: true,
+        ..Default::default()
     }
 }
 
@@ -130,6 +133,7 @@ async fn every_guard_is_refused_by_name_until_the_return_may_be_requested() -> a
         voluntary: false,
         informed: true,
         reflection_period_waived: true,
+        ..Default::default()
     })
     .await?;
     assert_eq!(refused_by(&mut rp, &case_id).await, "decision");
@@ -239,6 +243,7 @@ async fn a_return_runs_its_whole_path_across_two_nodes_through_a_concern() -> an
         return_id: id.clone(),
         response: response as i32,
         details: details.into(),
+        ..Default::default()
     };
 
     ro.respond_to_return(respond(
@@ -256,6 +261,7 @@ async fn a_return_runs_its_whole_path_across_two_nodes_through_a_concern() -> an
                 nanos: 0,
             }),
             details: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("a concern halts the plan");
@@ -269,6 +275,7 @@ async fn a_return_runs_its_whole_path_across_two_nodes_through_a_concern() -> an
     ro.resolve_concern(w::ResolveConcernRequest {
         return_id: id.clone(),
         details: "place found in Bacau".into(),
+        ..Default::default()
     })
     .await?;
     wait_status(&at, &id, w::ReturnStatus::Requested).await?;
@@ -291,6 +298,7 @@ async fn a_return_runs_its_whole_path_across_two_nodes_through_a_concern() -> an
         return_id: id.clone(),
         travel_at: Some(travel_at),
         details: "flight OS 791".into(),
+        ..Default::default()
     })
     .await?;
     let ro_view = wait_status(&ro, &id, w::ReturnStatus::Scheduled).await?;
@@ -298,6 +306,7 @@ async fn a_return_runs_its_whole_path_across_two_nodes_through_a_concern() -> an
     assert_eq!(ro_view.travel_details, "flight OS 791");
     at.record_travel(w::RecordTravelRequest {
         return_id: id.clone(),
+        ..Default::default()
     })
     .await?;
     wait_status(&ro, &id, w::ReturnStatus::Travelled).await?;
@@ -306,6 +315,7 @@ async fn a_return_runs_its_whole_path_across_two_nodes_through_a_concern() -> an
         .confirm_arrival(w::ConfirmArrivalRequest {
             return_id: id.clone(),
             details: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("wrong side");
@@ -313,6 +323,7 @@ async fn a_return_runs_its_whole_path_across_two_nodes_through_a_concern() -> an
     ro.confirm_arrival(w::ConfirmArrivalRequest {
         return_id: id.clone(),
         details: "met at the airport".into(),
+        ..Default::default()
     })
     .await?;
     wait_status(&at, &id, w::ReturnStatus::Arrived).await?;
@@ -320,6 +331,7 @@ async fn a_return_runs_its_whole_path_across_two_nodes_through_a_concern() -> an
         ro.record_follow_up(w::RecordFollowUpRequest {
             return_id: id.clone(),
             notes: notes.into(),
+            ..Default::default()
         })
         .await?;
     }
@@ -339,6 +351,7 @@ async fn a_return_runs_its_whole_path_across_two_nodes_through_a_concern() -> an
     at.close_return(w::CloseReturnRequest {
         return_id: id.clone(),
         reason: "reintegration completed".into(),
+        ..Default::default()
     })
     .await?;
     let ro_view = wait_status(&ro, &id, w::ReturnStatus::Closed).await?;
@@ -367,6 +380,7 @@ async fn a_halted_plan_sends_nothing_further() -> anyhow::Result<()> {
     ro.halt_return(w::HaltReturnRequest {
         return_id: id.clone(),
         reason: "threats against the family".into(),
+        ..Default::default()
     })
     .await?;
     let at_view = wait_status(&at, &id, w::ReturnStatus::Halted).await?;
@@ -396,6 +410,7 @@ async fn a_halted_plan_sends_nothing_further() -> anyhow::Result<()> {
                 nanos: 0,
             }),
             details: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("halted");
@@ -405,6 +420,7 @@ async fn a_halted_plan_sends_nothing_further() -> anyhow::Result<()> {
             return_id: id.clone(),
             response: w::ReturnResponse::ConfirmReception as i32,
             details: "x".into(),
+            ..Default::default()
         })
         .await
         .expect_err("halted");
@@ -487,6 +503,7 @@ async fn identity_crosses_only_under_return_consent_and_contact_only_if_listed(
         .erase_case(w::EraseCaseRequest {
             case_id: case_id.clone(),
             reason: String::new(),
+            ..Default::default()
         })
         .await?
         .into_inner();

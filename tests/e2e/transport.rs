@@ -593,7 +593,10 @@ async fn key_rotation_keeps_old_messages_valid_in_their_window_and_refuses_a_ret
     let before_rotation = time::OffsetDateTime::now_utc() - time::Duration::seconds(30);
     let mut ro_admin = fed.admin("RO", Role::Operator).await?;
     let new_id = ro_admin
-        .rotate_signing_key(w::RotateSigningKeyRequest { overlap_days: 7 })
+        .rotate_signing_key(w::RotateSigningKeyRequest {
+            overlap_days: 7,
+            ..Default::default()
+        })
         .await?
         .into_inner()
         .key_id;

@@ -88,6 +88,7 @@ async fn a_referral_queued_under_a_withdrawn_consent_is_destroyed_and_never_sent
     sp.withdraw_consent(w::WithdrawConsentRequest {
         case_id,
         consent_id,
+        ..Default::default()
     })
     .await?;
     fed.start_node("RO").await?;
@@ -120,6 +121,7 @@ async fn a_dead_letter_of_an_erased_case_is_destroyed_and_cannot_be_retried() ->
         .await?
         .remove_peer(w::RemovePeerRequest {
             node_id: "AT".into(),
+            ..Default::default()
         })
         .await?;
     let (case_id, _, _) = referred(&fed).await?;
@@ -133,6 +135,7 @@ async fn a_dead_letter_of_an_erased_case_is_destroyed_and_cannot_be_retried() ->
         .erase_case(w::EraseCaseRequest {
             case_id,
             reason: "victim asked".into(),
+            ..Default::default()
         })
         .await?;
     let err = fed
@@ -140,6 +143,7 @@ async fn a_dead_letter_of_an_erased_case_is_destroyed_and_cannot_be_retried() ->
         .await?
         .retry_delivery(w::RetryDeliveryRequest {
             message_id: dead[0].message_id.clone(),
+            ..Default::default()
         })
         .await
         .expect_err("an erased case's dead letter is never sent");
@@ -154,7 +158,10 @@ async fn rotate_ro(fed: &TestFederation) -> anyhow::Result<(SigningIdentity, Sig
     let old = SigningIdentity::load(&fed.dir().join("RO/keys/signing.pem"))?;
     fed.admin("RO", Role::Operator)
         .await?
-        .rotate_signing_key(w::RotateSigningKeyRequest { overlap_days: 7 })
+        .rotate_signing_key(w::RotateSigningKeyRequest {
+            overlap_days: 7,
+            ..Default::default()
+        })
         .await?;
     let new = SigningIdentity::load(&fed.dir().join("RO/keys/signing.pem"))?;
     eventually("AT to learn RO's new key", || async {
@@ -303,12 +310,14 @@ async fn a_peer_added_at_run_time_is_trusted_without_a_restart() -> anyhow::Resu
         .await?
         .upsert_peer(w::UpsertPeerRequest {
             peer: Some(peer_entry(&fed, "NG", ng_addr)),
+            ..Default::default()
         })
         .await?;
     fed.admin("NG", Role::Operator)
         .await?
         .upsert_peer(w::UpsertPeerRequest {
             peer: Some(peer_entry(&fed, "AT", at_addr)),
+            ..Default::default()
         })
         .await?;
     refer(&fed, "NG", "AT").await?;
@@ -461,6 +470,7 @@ async fn the_directory_keeps_key_windows_through_a_list_and_upsert() -> anyhow::
     at_admin
         .upsert_peer(w::UpsertPeerRequest {
             peer: Some(ro_entry.clone()),
+            ..Default::default()
         })
         .await?;
     let mut client = as_ro(&fed).await?;
@@ -525,6 +535,7 @@ async fn a_rotation_that_cannot_complete_changes_nothing() -> anyhow::Result<()>
         .await?
         .rotate_signing_key(w::RotateSigningKeyRequest {
             overlap_days: u32::MAX,
+            ..Default::default()
         })
         .await
         .expect_err("an overlap of millions of years");
@@ -561,6 +572,7 @@ async fn a_revoked_client_certificate_is_refused_at_once_and_after_a_restart() -
     let err = admin
         .revoke_client_certificate(w::RevokeClientCertificateRequest {
             serial_hex: format!("0{serial}"),
+            ..Default::default()
         })
         .await
         .expect_err("leading zero");
@@ -573,6 +585,7 @@ async fn a_revoked_client_certificate_is_refused_at_once_and_after_a_restart() -
     admin
         .revoke_client_certificate(w::RevokeClientCertificateRequest {
             serial_hex: serial.clone(),
+            ..Default::default()
         })
         .await?;
     // The open connection is refused at its next request.
@@ -781,6 +794,7 @@ async fn service_providers_cannot_touch_another_organisations_returns_or_referra
         .halt_return(w::HaltReturnRequest {
             return_id: plan.return_id.clone(),
             reason: "not mine".into(),
+            ..Default::default()
         })
         .await
         .expect_err("halting another organisation's plan");
@@ -792,6 +806,7 @@ async fn service_providers_cannot_touch_another_organisations_returns_or_referra
                 .close_referral(w::CloseReferralRequest {
                     referral_id: referral_id.clone(),
                     reason: "x".into(),
+                    ..Default::default()
                 })
                 .await
                 .map(|_| ()),
@@ -802,6 +817,7 @@ async fn service_providers_cannot_touch_another_organisations_returns_or_referra
                 .withdraw_referral(w::WithdrawReferralRequest {
                     referral_id: referral_id.clone(),
                     reason: "x".into(),
+                    ..Default::default()
                 })
                 .await
                 .map(|_| ()),

@@ -568,6 +568,7 @@ pub mod requests {
             informed: true,
             information_language: "ro".into(),
             categories: categories.iter().map(|c| *c as i32).collect(),
+            ..Default::default()
         }
     }
 }
@@ -628,4 +629,93 @@ pub async fn referral_with_status(
         }
     })
     .await
+}
+
+/// Opens the store of stopped node `id` of `fed` (its config's folders and keys).
+pub fn open_store(fed: &TestFederation, id: &str) -> Result<trm_store::Store> {
+    let cfg = fed.config(id.parse()?)?;
+    Ok(trm_store::Store::open(trm_store::StoreOptions {
+        node: cfg.node.id,
+        data_dir: cfg.node.data_dir.clone(),
+        key_store: cfg.node.key_store.clone(),
+        master: SecretKey::load(&cfg.node.master_key)?,
+        sled: Default::default(),
+    })?)
+}
+
+/// The raw database of a stopped node, as an intruder with disk access sees it: the sled
+/// engine's layout (audit entries under `a/` by sequence, small node state under `m/`,
+/// every small value behind a zero tag byte).
+pub struct RawDb {
+    db: sled::Db,
+}
+
+impl RawDb {
+    /// Opens the database folder of a stopped node.
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        // sled releases its lock once its last background write of the stopped node ends.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match sled::open(data_dir) {
+                Ok(db) => return Ok(Self { db }),
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Returns every audit entry, raw, in order.
+    pub fn audit_raw(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.db
+            .scan_prefix(b"a/")
+            .map(|r| {
+                let (k, v) = r?;
+                Ok((k.to_vec(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Returns every audit entry, decoded, with its key.
+    pub fn audit(&self) -> Result<Vec<(Vec<u8>, trm_store::audit::AuditEntry)>> {
+        self.audit_raw()?
+            .into_iter()
+            .map(|(k, v)| Ok((k, serde_json::from_slice(&v[1..])?)))
+            .collect()
+    }
+
+    /// Writes an audit entry under `key`.
+    pub fn put_audit(&self, key: &[u8], e: &trm_store::audit::AuditEntry) -> Result<()> {
+        let mut v = vec![0u8];
+        v.extend(serde_json::to_vec(e)?);
+        self.db.insert(key, v)?;
+        Ok(())
+    }
+
+    /// Writes raw bytes under `key`.
+    pub fn put_raw(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.db.insert(key, value)?;
+        Ok(())
+    }
+
+    /// Removes `key`.
+    pub fn remove(&self, key: &[u8]) -> Result<()> {
+        self.db.remove(key)?;
+        Ok(())
+    }
+
+    /// Sets the chain's head.
+    pub fn set_head(&self, head: &trm_store::audit::AuditHead) -> Result<()> {
+        let mut v = vec![0u8];
+        v.extend(serde_json::to_vec(head)?);
+        self.db.insert(b"m/audit_head", v)?;
+        Ok(())
+    }
+
+    /// Flushes and closes the database.
+    pub fn close(self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
 }

@@ -3,9 +3,9 @@
 
 use std::collections::BTreeSet;
 
+use crate::ids::{CaseId, ConsentId};
 use serde::{Deserialize, Serialize};
 use time::{Date, OffsetDateTime};
-use uuid::Uuid;
 
 use crate::{
     error::{Guard, GuardError},
@@ -17,8 +17,8 @@ use crate::{
 /// One recorded consent. Several consents are separate grants.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Consent {
-    pub consent_id: Uuid,
-    pub case_id: Uuid,
+    pub consent_id: ConsentId,
+    pub case_id: CaseId,
     pub purposes: Vec<Purpose>,
     pub recipients: Vec<NodeId>,
     /// Last day the consent is valid; `None`: no expiry.
@@ -30,10 +30,6 @@ pub struct Consent {
     pub categories: Vec<DataCategory>,
     pub recorded_at: OffsetDateTime,
     pub withdrawn_at: Option<OffsetDateTime>,
-    /// Ids of the referrals (and later return plans) disclosed under this consent: what its
-    /// withdrawal erases at the recipients.
-    #[serde(default)]
-    pub disclosures: Vec<Uuid>,
 }
 
 impl Consent {
@@ -75,7 +71,7 @@ pub struct Grant {
     /// The union of the categories every covering consent grants.
     pub categories: BTreeSet<DataCategory>,
     /// The consents the disclosure relies on: withdrawing any of them erases it.
-    pub consent_ids: Vec<Uuid>,
+    pub consent_ids: Vec<ConsentId>,
 }
 
 /// Returns what may be disclosed for `purpose` to `recipient` on `today`: the union of what
@@ -133,8 +129,8 @@ mod tests {
 
     fn consent(purposes: &[Purpose], to: &str, expires: Option<Date>) -> Consent {
         Consent {
-            consent_id: Uuid::nil(),
-            case_id: Uuid::nil(),
+            consent_id: ConsentId::from_uuid(uuid::Uuid::nil()),
+            case_id: CaseId::from_uuid(uuid::Uuid::nil()),
             purposes: purposes.to_vec(),
             recipients: vec![to.parse().unwrap()],
             expires_on: expires,
@@ -143,7 +139,6 @@ mod tests {
             categories: vec![],
             recorded_at: datetime!(2026-01-01 0:00 UTC),
             withdrawn_at: None,
-            disclosures: vec![],
         }
     }
 
@@ -210,9 +205,15 @@ mod tests {
         assert!(!got.categories.contains(&DataCategory::Contact));
         let mut with_contact = plain.clone();
         with_contact.categories = vec![DataCategory::Contact, DataCategory::Demographics];
-        with_contact.consent_id = Uuid::from_u128(2);
+        with_contact.consent_id = ConsentId::from_uuid(uuid::Uuid::from_u128(2));
         let got = grant(&[plain, with_contact], Purpose::ReturnPlanning, ro, today).unwrap();
-        assert_eq!(got.consent_ids, vec![Uuid::nil(), Uuid::from_u128(2)]);
+        assert_eq!(
+            got.consent_ids,
+            vec![
+                ConsentId::from_uuid(uuid::Uuid::nil()),
+                ConsentId::from_uuid(uuid::Uuid::from_u128(2))
+            ]
+        );
         let got = got.categories;
         assert!(got.contains(&DataCategory::Contact));
         assert!(got.contains(&DataCategory::Identity));

@@ -6,11 +6,11 @@
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use uuid::Uuid;
 
 use crate::{
     error::{Guard, GuardError},
     ids::NodeId,
+    ids::{HearingId, WitnessRecord},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -139,14 +139,14 @@ pub fn next(status: HearingStatus, event: HearingEvent) -> Result<HearingStatus,
 /// A hearing as one node holds it; `hearing_id` is the same on both nodes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HearingRecord {
-    pub hearing_id: Uuid,
+    pub hearing_id: HearingId,
     pub requesting_country: NodeId,
     pub witness_country: NodeId,
     pub status: HearingStatus,
     /// Pairwise reference of the witness's case between the two nodes.
     pub case_ref: String,
     /// The local record the reference resolves to (case, referral or return plan).
-    pub subject: Uuid,
+    pub subject: WitnessRecord,
     pub proceeding_reference: String,
     pub legal_basis: String,
     pub measures: Vec<ProtectiveMeasure>,
@@ -159,7 +159,29 @@ pub struct HearingRecord {
     pub updated_at: OffsetDateTime,
 }
 
+/// What a hearing step carries besides its event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HearingStep {
+    pub reason: String,
+    pub scheduled_at: Option<OffsetDateTime>,
+    pub minutes_reference: String,
+}
+
 impl HearingRecord {
+    /// Applies `event` (a local step, or the other node's announcement of it).
+    pub fn apply(&mut self, event: HearingEvent, step: &HearingStep) -> Result<(), GuardError> {
+        self.status = next(self.status, event)?;
+        if event == HearingEvent::Schedule {
+            self.scheduled_at = step.scheduled_at;
+        }
+        if event == HearingEvent::Hold {
+            self.minutes_reference = step.minutes_reference.clone();
+        }
+        self.status_reason = step.reason.clone();
+        self.updated_at = OffsetDateTime::now_utc();
+        Ok(())
+    }
+
     /// Returns whether `me` is the witness's country.
     pub fn at_witness_side(&self, me: NodeId) -> bool {
         self.witness_country == me

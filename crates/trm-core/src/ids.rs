@@ -212,6 +212,105 @@ pub fn parse_id(field: &str, s: &str) -> Result<uuid::Uuid, FieldError> {
     uuid::Uuid::try_parse(s).map_err(|_| FieldError::new(field, "must be a UUID"))
 }
 
+macro_rules! record_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(uuid::Uuid);
+
+        impl $name {
+            /// Returns a new id (UUIDv7: ordered by creation time).
+            pub fn new() -> Self {
+                Self(uuid::Uuid::now_v7())
+            }
+
+            /// Returns the id a UUID is.
+            pub fn from_uuid(u: uuid::Uuid) -> Self {
+                Self(u)
+            }
+
+            /// Returns the UUID.
+            pub fn uuid(self) -> uuid::Uuid {
+                self.0
+            }
+
+            /// Returns the 16 bytes of the UUID.
+            pub fn as_bytes(&self) -> &[u8; 16] {
+                self.0.as_bytes()
+            }
+
+            /// Returns the id of 16 bytes.
+            pub fn from_bytes(b: [u8; 16]) -> Self {
+                Self(uuid::Uuid::from_bytes(b))
+            }
+
+            /// Parses the canonical text; `field` names the input for the error.
+            pub fn parse(field: &str, s: &str) -> Result<Self, FieldError> {
+                parse_id(field, s).map(Self)
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+record_id!(
+    /// A victim's case, held by the node that collected it.
+    CaseId
+);
+record_id!(
+    /// A referral; the same on both nodes.
+    ReferralId
+);
+record_id!(
+    /// A return plan; the same on both nodes.
+    ReturnId
+);
+record_id!(
+    /// A witness hearing; the same on both nodes.
+    HearingId
+);
+record_id!(
+    /// One recorded consent.
+    ConsentId
+);
+record_id!(
+    /// One risk assessment.
+    AssessmentId
+);
+record_id!(
+    /// One envelope between nodes (UUIDv7).
+    MessageId
+);
+
+/// A record another node holds a copy of: what a consent's withdrawal erases there, and
+/// what a hearing's witness reference resolves to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Shared {
+    Referral(ReferralId),
+    Return(ReturnId),
+}
+
+/// The local record a witness is known by: a case of this node, or a referral or return
+/// plan received from the requesting country.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum WitnessRecord {
+    Case(CaseId),
+    Referral(ReferralId),
+    Return(ReturnId),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@
 //! - [`model`]: victim records and the enums of the contract.
 //! - [`consent`]: the victim's consent and whether it covers a disclosure.
 //! - [`policy`]: the versioned disclosure table, applied outbound and inbound.
+//! - [`messages`]: the kinds of envelope between nodes and the record each is about.
 //! - [`referral`]: the referral state machine.
 //! - [`returns`]: return-planning guards and the return state machine.
 //! - [`hearing`]: witness-hearing states and the child-witness rule.
@@ -17,6 +18,7 @@ pub mod error;
 pub mod hearing;
 pub mod ids;
 pub mod limits;
+pub mod messages;
 pub mod model;
 pub mod policy;
 pub mod referral;

@@ -3,11 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 use time::{Date, OffsetDateTime};
-use uuid::Uuid;
 
 use crate::{
     error::FieldError,
-    ids::{NodeId, OrgId},
+    ids::{CaseId, NodeId, OrgId},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -178,7 +177,7 @@ pub struct NewCase {
 /// A victim record held by the node that collected it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaseRecord {
-    pub case_id: Uuid,
+    pub case_id: CaseId,
     pub person: Person,
     pub needs: Needs,
     pub exploitation: Exploitation,

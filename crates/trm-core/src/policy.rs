@@ -290,7 +290,7 @@ mod tests {
 
     fn case() -> CaseRecord {
         CaseRecord {
-            case_id: uuid::Uuid::nil(),
+            case_id: crate::ids::CaseId::from_uuid(uuid::Uuid::nil()),
             person: Person {
                 given_name: "Ana".into(),
                 family_name: "Pop".into(),

@@ -3,11 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use uuid::Uuid;
 
 use crate::{
     error::{Guard, GuardError},
-    ids::{NodeId, OrgId},
+    ids::{CaseId, ConsentId, NodeId, OrgId, ReferralId},
     model::{DisclosedCase, NeedKind},
 };
 
@@ -15,14 +14,14 @@ use crate::{
 /// the destination, exactly what arrived. `referral_id` is the same on both nodes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReferralRecord {
-    pub referral_id: Uuid,
+    pub referral_id: ReferralId,
     pub origin: NodeId,
     pub destination: NodeId,
     pub status: ReferralStatus,
     pub disclosed: DisclosedCase,
     pub requested_services: Vec<NeedKind>,
     /// The local case (origin only).
-    pub case_id: Option<Uuid>,
+    pub case_id: Option<CaseId>,
     /// The organisation that may read the referral besides focal points: at the origin the
     /// case's owner, at the destination the assigned service provider.
     pub organisation: Option<OrgId>,
@@ -30,7 +29,7 @@ pub struct ReferralRecord {
     /// Origin only: the consents the disclosure relied on. Withdrawing any of them erases
     /// the destination's copy.
     #[serde(default)]
-    pub consent_ids: Vec<Uuid>,
+    pub consent_ids: Vec<ConsentId>,
     /// Origin only: erasure of the destination's copy was requested.
     #[serde(default)]
     pub erasure_requested: bool,

@@ -5,11 +5,10 @@
 
 use serde::{Deserialize, Serialize};
 use time::{Date, Duration, OffsetDateTime};
-use uuid::Uuid;
 
 use crate::{
     error::{Guard, GuardError},
-    ids::{NodeId, OrgId},
+    ids::{AssessmentId, CaseId, ConsentId, NodeId, OrgId, ReturnId},
     model::{CaseRecord, DisclosedCase},
 };
 
@@ -23,8 +22,8 @@ pub enum RiskLevel {
 /// One risk assessment of a return; the newest one counts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RiskAssessment {
-    pub assessment_id: Uuid,
-    pub case_id: Uuid,
+    pub assessment_id: AssessmentId,
+    pub case_id: CaseId,
     pub level: RiskLevel,
     pub non_refoulement_concern: bool,
     pub retrafficking_risk: bool,
@@ -37,7 +36,7 @@ pub struct RiskAssessment {
 /// The victim's recorded decision on return; the newest one counts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReturnDecision {
-    pub case_id: Uuid,
+    pub case_id: CaseId,
     pub voluntary: bool,
     pub informed: bool,
     pub reflection_period_waived: bool,
@@ -260,7 +259,7 @@ pub struct FollowUpRecord {
 /// A return plan as one node holds it; `return_id` is the same on both nodes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReturnRecord {
-    pub return_id: Uuid,
+    pub return_id: ReturnId,
     /// The requesting node (where the victim is).
     pub origin: NodeId,
     /// The country of return.
@@ -270,7 +269,7 @@ pub struct ReturnRecord {
     pub hearing_pending: bool,
     pub compensation_pending: bool,
     /// Requesting side only.
-    pub case_id: Option<Uuid>,
+    pub case_id: Option<CaseId>,
     /// Requesting side: the case's organisation.
     pub organisation: Option<OrgId>,
     pub status_reason: String,
@@ -278,14 +277,61 @@ pub struct ReturnRecord {
     pub travel_at: Option<OffsetDateTime>,
     pub travel_details: String,
     pub follow_ups: Vec<FollowUpRecord>,
-    pub consent_ids: Vec<Uuid>,
+    pub consent_ids: Vec<ConsentId>,
     pub erasure_requested: bool,
     pub erasure_confirmed: bool,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
 }
 
+/// What a step of a plan carries besides its event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepDetails {
+    pub reason: String,
+    pub details: String,
+    pub travel_at: Option<OffsetDateTime>,
+}
+
 impl ReturnRecord {
+    /// Applies `event` (a local step, or the other node's announcement of it): the new
+    /// status, and the details that go with it. A plan keeps at most
+    /// [`crate::limits::MAX_ITEMS`] follow-ups, whoever adds them.
+    pub fn apply(&mut self, event: ReturnEvent, step: &StepDetails) -> Result<(), GuardError> {
+        if event == ReturnEvent::FollowUp && self.follow_ups.len() >= crate::limits::MAX_ITEMS {
+            return Err(GuardError::new(
+                Guard::State,
+                format!(
+                    "the plan already holds {} follow-ups, the most one plan keeps",
+                    crate::limits::MAX_ITEMS
+                ),
+            ));
+        }
+        self.status = next(self.status, event)?;
+        let now = OffsetDateTime::now_utc();
+        match event {
+            ReturnEvent::ConfirmReception => self.reception_details = step.details.clone(),
+            ReturnEvent::Schedule => {
+                self.travel_at = step.travel_at;
+                self.travel_details = step.details.clone();
+            }
+            ReturnEvent::FollowUp => self.follow_ups.push(FollowUpRecord {
+                recorded_at: now,
+                notes: step.details.clone(),
+            }),
+            ReturnEvent::RaiseConcern | ReturnEvent::ResolveConcern | ReturnEvent::Arrive
+                if !step.details.is_empty() =>
+            {
+                self.status_reason = step.details.clone();
+            }
+            _ => {}
+        }
+        if !step.reason.is_empty() {
+            self.status_reason = step.reason.clone();
+        }
+        self.updated_at = now;
+        Ok(())
+    }
+
     /// Returns this node's side of the plan.
     pub fn side(&self, me: NodeId) -> Side {
         if self.origin == me {
@@ -315,7 +361,7 @@ mod tests {
 
     fn case(identified_on: Date, child: ChildInfo) -> CaseRecord {
         CaseRecord {
-            case_id: Uuid::nil(),
+            case_id: CaseId::from_uuid(uuid::Uuid::nil()),
             person: Person {
                 given_name: "A".into(),
                 family_name: String::new(),
@@ -338,8 +384,8 @@ mod tests {
 
     fn risk(level: RiskLevel, nr: bool, rt: bool, fam: bool) -> RiskAssessment {
         RiskAssessment {
-            assessment_id: Uuid::nil(),
-            case_id: Uuid::nil(),
+            assessment_id: AssessmentId::from_uuid(uuid::Uuid::nil()),
+            case_id: CaseId::from_uuid(uuid::Uuid::nil()),
             level,
             non_refoulement_concern: nr,
             retrafficking_risk: rt,
@@ -351,7 +397,7 @@ mod tests {
 
     fn decision(voluntary: bool, informed: bool, waived: bool) -> ReturnDecision {
         ReturnDecision {
-            case_id: Uuid::nil(),
+            case_id: CaseId::from_uuid(uuid::Uuid::nil()),
             voluntary,
             informed,
             reflection_period_waived: waived,
@@ -528,5 +574,41 @@ mod tests {
             ReturnEvent::leading_to(S::Halted, Side::Requesting, S::Scheduled),
             Some(E::Halt)
         );
+    }
+
+    #[test]
+    fn a_plan_keeps_at_most_64_follow_ups_whoever_adds_them() {
+        let now = OffsetDateTime::now_utc();
+        let mut plan = ReturnRecord {
+            return_id: ReturnId::new(),
+            origin: "AT".parse().unwrap(),
+            destination: "RO".parse().unwrap(),
+            status: S::Arrived,
+            disclosed: DisclosedCase::default(),
+            hearing_pending: false,
+            compensation_pending: false,
+            case_id: None,
+            organisation: None,
+            status_reason: String::new(),
+            reception_details: String::new(),
+            travel_at: None,
+            travel_details: String::new(),
+            follow_ups: vec![],
+            consent_ids: vec![],
+            erasure_requested: false,
+            erasure_confirmed: false,
+            created_at: now,
+            updated_at: now,
+        };
+        let step = StepDetails {
+            details: "visited".into(),
+            ..Default::default()
+        };
+        for _ in 0..crate::limits::MAX_ITEMS {
+            plan.apply(E::FollowUp, &step).unwrap();
+        }
+        let err = plan.apply(E::FollowUp, &step).unwrap_err();
+        assert_eq!(err.guard, Guard::State);
+        assert_eq!(plan.follow_ups.len(), crate::limits::MAX_ITEMS);
     }
 }

@@ -22,10 +22,10 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
 };
 use rustls_pki_types::pem::PemObject;
-use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use trm_core::ids::NodeId;
 use trm_crypto::signing::PublicKey;
+pub use trm_store::repo::directory::{DirectoryChanges, LearnedKeys, StoredKey, StoredPeer};
 
 /// One of a peer's signing keys, with its validity window (rotation with overlap).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -315,16 +315,13 @@ impl PeerDirectory {
         store: &trm_store::Store,
         id: NodeId,
     ) -> Result<(), DirectoryError> {
-        let learned: LearnedKeys = store
-            .get_json(trm_store::TreeName::Meta, LEARNED_KEYS)
-            .map_err(|_| DirectoryError::Key)?
-            .unwrap_or_default();
+        let learned = store.learned_keys().map_err(|_| DirectoryError::Key)?;
         let keys = learned
             .peers
             .get(&id)
             .map(|keys| {
                 keys.iter()
-                    .map(StoredKey::to_key)
+                    .map(key_from_stored)
                     .collect::<Result<Vec<_>, _>>()
             })
             .transpose()
@@ -347,7 +344,7 @@ impl PeerDirectory {
         learned: &LearnedKeys,
     ) -> Result<(), DirectoryError> {
         for p in &changes.upserted {
-            self.upsert(p.to_peer().map_err(|_| DirectoryError::Key)?)?;
+            self.upsert(peer_from_stored(p).map_err(|_| DirectoryError::Key)?)?;
         }
         for id in &changes.removed {
             self.remove(*id);
@@ -355,7 +352,7 @@ impl PeerDirectory {
         for (id, keys) in &learned.peers {
             let keys = keys
                 .iter()
-                .map(StoredKey::to_key)
+                .map(key_from_stored)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|_| DirectoryError::Key)?;
             self.set_learned(*id, keys);
@@ -505,124 +502,52 @@ impl ClientCertVerifier for PeerCertVerifier {
     }
 }
 
-/// A signing key as stored: SPKI PEM and its validity window (unix seconds).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredKey {
-    pub public_pem: String,
-    pub valid_from: Option<i64>,
-    pub valid_until: Option<i64>,
+/// Returns the key a stored key is, or why it does not parse.
+pub fn key_from_stored(k: &StoredKey) -> Result<PeerKey, trm_crypto::CryptoError> {
+    let public = trm_crypto::signing::public_from_pem(&k.public_pem)?;
+    Ok(PeerKey {
+        key_id: trm_crypto::signing::key_id(&public),
+        public,
+        valid_from: k.valid_from,
+        valid_until: k.valid_until,
+    })
 }
 
-fn at(t: Option<i64>) -> Option<OffsetDateTime> {
-    t.and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
+/// Returns the stored form of a key.
+pub fn stored_from_key(k: &PeerKey) -> Result<StoredKey, trm_crypto::CryptoError> {
+    Ok(StoredKey {
+        public_pem: trm_crypto::signing::public_to_pem(&k.public)?,
+        valid_from: k.valid_from,
+        valid_until: k.valid_until,
+    })
 }
 
-impl StoredKey {
-    /// Returns the key, or the reason it does not parse.
-    pub fn to_key(&self) -> Result<PeerKey, trm_crypto::CryptoError> {
-        let public = trm_crypto::signing::public_from_pem(&self.public_pem)?;
-        Ok(PeerKey {
-            key_id: trm_crypto::signing::key_id(&public),
-            public,
-            valid_from: at(self.valid_from),
-            valid_until: at(self.valid_until),
-        })
-    }
-
-    /// Returns the stored form of a key.
-    pub fn from_key(k: &PeerKey) -> Result<Self, trm_crypto::CryptoError> {
-        Ok(Self {
-            public_pem: trm_crypto::signing::public_to_pem(&k.public)?,
-            valid_from: k.valid_from.map(|t| t.unix_timestamp()),
-            valid_until: k.valid_until.map(|t| t.unix_timestamp()),
-        })
-    }
+/// Returns the peer a stored peer is, or why its keys do not parse.
+pub fn peer_from_stored(p: &StoredPeer) -> Result<Peer, trm_crypto::CryptoError> {
+    Ok(Peer {
+        id: p.id,
+        endpoint: p.endpoint.clone(),
+        tls_ca_pem: p.tls_ca_pem.clone(),
+        tls_pin: p.tls_pin.clone(),
+        keys: p
+            .keys
+            .iter()
+            .map(key_from_stored)
+            .collect::<Result<Vec<_>, _>>()?,
+    })
 }
 
-/// A peer as stored by the operator's changes at run time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredPeer {
-    pub id: NodeId,
-    pub endpoint: String,
-    pub tls_ca_pem: String,
-    #[serde(default)]
-    pub tls_pin: Option<String>,
-    pub keys: Vec<StoredKey>,
-}
-
-/// The operator's changes to the configured directory, kept in the node's store.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DirectoryChanges {
-    pub upserted: Vec<StoredPeer>,
-    pub removed: Vec<NodeId>,
-}
-
-/// The keys each peer announced, kept in the node's store apart from the operator's
-/// changes: they only ever add keys and end the windows of the keys they succeed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LearnedKeys {
-    pub peers: BTreeMap<NodeId, Vec<StoredKey>>,
-}
-
-impl StoredPeer {
-    /// Returns the peer, or the reason its keys do not parse.
-    pub fn to_peer(&self) -> Result<Peer, trm_crypto::CryptoError> {
-        Ok(Peer {
-            id: self.id,
-            endpoint: self.endpoint.clone(),
-            tls_ca_pem: self.tls_ca_pem.clone(),
-            tls_pin: self.tls_pin.clone(),
-            keys: self
-                .keys
-                .iter()
-                .map(StoredKey::to_key)
-                .collect::<Result<Vec<_>, _>>()?,
-        })
-    }
-
-    /// Returns the stored form of a peer.
-    pub fn from_peer(p: &Peer) -> Result<Self, trm_crypto::CryptoError> {
-        Ok(Self {
-            id: p.id,
-            endpoint: p.endpoint.clone(),
-            tls_ca_pem: p.tls_ca_pem.clone(),
-            tls_pin: p.tls_pin.clone(),
-            keys: p
-                .keys
-                .iter()
-                .map(StoredKey::from_key)
-                .collect::<Result<Vec<_>, _>>()?,
-        })
-    }
-}
-
-/// Key of the operator's directory changes in the store's meta records.
-pub const DIRECTORY_CHANGES: &[u8] = b"directory_changes";
-/// Key of the keys peers announced in the store's meta records.
-pub const LEARNED_KEYS: &[u8] = b"learned_keys";
-
-/// Reads the operator's directory changes and the learned keys from the store.
-pub fn load_changes(
-    store: &trm_store::Store,
-) -> Result<(DirectoryChanges, LearnedKeys), trm_store::StoreError> {
-    use trm_store::TreeName;
-    Ok((
-        store
-            .get_json(TreeName::Meta, DIRECTORY_CHANGES)?
-            .unwrap_or_default(),
-        store
-            .get_json(TreeName::Meta, LEARNED_KEYS)?
-            .unwrap_or_default(),
-    ))
-}
-
-/// The note a transaction carries when it changed what a peer announced: the directory
-/// reloads that peer's learned keys once the transaction is durable.
-pub fn learned_note(peer: NodeId) -> String {
-    format!("directory/{peer}")
-}
-
-/// Returns the peer a [`learned_note`] names.
-pub fn learned_note_peer(note: &str) -> Option<NodeId> {
-    note.strip_prefix("directory/")?.parse().ok()
+/// Returns the stored form of a peer.
+pub fn stored_from_peer(p: &Peer) -> Result<StoredPeer, trm_crypto::CryptoError> {
+    Ok(StoredPeer {
+        id: p.id,
+        endpoint: p.endpoint.clone(),
+        tls_ca_pem: p.tls_ca_pem.clone(),
+        tls_pin: p.tls_pin.clone(),
+        keys: p
+            .keys
+            .iter()
+            .map(stored_from_key)
+            .collect::<Result<Vec<_>, _>>()?,
+    })
 }

@@ -9,12 +9,11 @@
 use std::sync::Arc;
 
 use prost::Message;
-use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 use trm_core::{
-    ids::NodeId,
+    ids::{MessageId, NodeId},
     limits::{MAX_BATCH, MAX_ENVELOPE},
     policy::POLICY_VERSION,
 };
@@ -27,7 +26,7 @@ use trm_proto::{
         ReceiptOutcome, SignedEnvelope, SignedReceipt,
     },
 };
-use trm_store::{audit::AuditRecord, Store, TreeName, TxFail};
+use trm_store::{audit::AuditRecord, Note, Store, StoreError, Tx, TxFail};
 
 use crate::refusals::RefusalLog;
 use crate::slots::{PeerSlots, Slot};
@@ -61,56 +60,28 @@ impl InboundConfig {
     }
 }
 
-/// The receipt given for a message id, kept so a duplicate gets it back unchanged.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct InboxEntry {
-    /// Hex of the encoded `SignedReceipt`.
-    pub receipt: String,
-    pub received_at: i64,
-}
-
-impl InboxEntry {
-    fn new(receipt: &SignedReceipt) -> Self {
-        Self {
-            receipt: hex::encode(receipt.encode_to_vec()),
-            received_at: OffsetDateTime::now_utc().unix_timestamp(),
-        }
-    }
-
-    fn receipt(&self) -> Option<SignedReceipt> {
-        let bytes = hex::decode(&self.receipt).ok()?;
-        SignedReceipt::decode(bytes.as_slice()).ok()
-    }
-
-    /// Returns the outcome and reason the original receipt gave.
-    fn outcome(receipt: &SignedReceipt) -> Option<(ReceiptOutcome, String)> {
-        let body = ReceiptBody::decode(receipt.body.as_slice()).ok()?;
-        let outcome = ReceiptOutcome::try_from(body.outcome).ok()?;
-        Some((outcome, body.reason))
-    }
+/// Returns the outcome and reason a receipt gave.
+fn outcome_of(receipt: &SignedReceipt) -> Option<(ReceiptOutcome, String)> {
+    let body = ReceiptBody::decode(receipt.body.as_slice()).ok()?;
+    let outcome = ReceiptOutcome::try_from(body.outcome).ok()?;
+    Some((outcome, body.reason))
 }
 
 /// Forgets inbound message ids received before `before` (DESIGN.md: remembered for at least
 /// twice the replay window; older envelopes are refused as stale anyway). Returns how many.
-pub fn prune_inbox(store: &Store, before: OffsetDateTime) -> Result<usize, trm_store::StoreError> {
-    let cutoff = before.unix_timestamp();
-    let old: Vec<Vec<u8>> = store
-        .scan_json::<InboxEntry>(TreeName::Inbox, b"")?
-        .into_iter()
-        .filter(|(_, e)| e.received_at < cutoff)
-        .map(|(k, _)| k)
-        .collect();
-    for chunk in old.chunks(512) {
-        store
-            .transact::<(), (), _>(|tx| {
-                for k in chunk {
-                    tx.remove(TreeName::Inbox, k)?;
-                }
-                Ok(())
-            })
-            .map_err(|_| trm_store::StoreError::Durability)?;
+pub async fn prune_inbox(store: &Store, before: OffsetDateTime) -> Result<usize, StoreError> {
+    let mut total = 0;
+    loop {
+        let n = store
+            .commit::<usize, (), _>(move |tx| Ok(tx.forget_inbox_before(before, 512)?))
+            .await
+            .map_err(TxFail::into_store)?
+            .value;
+        total += n;
+        if n < 512 {
+            return Ok(total);
+        }
     }
-    Ok(old.len())
 }
 
 /// The most envelopes one batch may carry.
@@ -123,13 +94,86 @@ struct Applied {
     reason: String,
     /// Seen before: no second effect.
     duplicate: bool,
-    /// What the flow queued while applying it (replies to wake after the durable point).
-    queued: Vec<String>,
 }
 
-enum Abort {
-    Duplicate(InboxEntry),
-    Rejected(Rejection),
+/// An envelope that passed every check before any effect.
+#[derive(Debug, Clone)]
+struct Checked {
+    inbound: Inbound,
+    /// The exact body bytes received (receipts are bound to them).
+    body: Vec<u8>,
+    policy_version: String,
+}
+
+/// What the receive pipeline needs inside the writer's transaction.
+#[derive(Clone)]
+struct Applier {
+    node: NodeId,
+    identity: Arc<Signer>,
+    handler: Arc<dyn FlowHandler>,
+}
+
+impl Applier {
+    /// Applies one checked envelope in `tx`: a duplicate gets its original receipt (and
+    /// outcome) back with no second effect; otherwise the flow applies it under a savepoint
+    /// of its own, and the signed receipt (ACCEPTED, or REJECTED with the reason) is kept with
+    /// its audit entry.
+    fn apply(&self, tx: &mut Tx<'_>, c: &Checked) -> Result<Applied, StoreError> {
+        let mid = c.inbound.message_id;
+        if let Some(seen) = tx.inbox(mid)? {
+            let receipt = SignedReceipt::decode(seen.receipt.as_slice())
+                .map_err(|_| StoreError::Decode("stored receipt"))?;
+            // A duplicate carries the original outcome: one first rejected stays rejected.
+            let (outcome, reason) = match outcome_of(&receipt) {
+                Some((ReceiptOutcome::Rejected, reason)) => (ReceiptOutcome::Rejected, reason),
+                _ => (ReceiptOutcome::Duplicate, String::new()),
+            };
+            return Ok(Applied {
+                receipt,
+                outcome,
+                reason,
+                duplicate: true,
+            });
+        }
+        let kind = payload_kind(&c.inbound.payload);
+        let result = if c.policy_version != POLICY_VERSION {
+            Err(Rejection(format!(
+                "policy violation: policy version {} is not {POLICY_VERSION}",
+                c.policy_version
+            )))
+        } else {
+            tx.attempt(|tx| self.handler.apply(tx, &c.inbound))?
+        };
+        let (outcome, reason) = match result {
+            Ok(()) => (ReceiptOutcome::Accepted, String::new()),
+            Err(Rejection(reason)) => (ReceiptOutcome::Rejected, reason),
+        };
+        let receipt = envelope::receipt(
+            &self.identity.current(),
+            self.node,
+            &mid.to_string(),
+            &c.body,
+            outcome,
+            &reason,
+        );
+        tx.put_inbox(mid, &receipt.encode_to_vec())?;
+        let actor = format!("peer:{}", c.inbound.sender);
+        let record = match outcome {
+            ReceiptOutcome::Accepted => {
+                AuditRecord::new(actor, "envelope.accept", mid.to_string(), "accepted")
+                    .detail(kind.as_str())
+            }
+            _ => AuditRecord::new(actor, "envelope.reject", mid.to_string(), "rejected")
+                .detail(format!("{kind}: {reason}")),
+        };
+        tx.audit(record)?;
+        Ok(Applied {
+            receipt,
+            outcome,
+            reason,
+            duplicate: false,
+        })
+    }
 }
 
 /// The peer check of the federation port's interceptor (see [`FederationServer::precheck`]).
@@ -305,6 +349,29 @@ impl FederationServer {
         }
     }
 
+    fn applier(&self) -> Applier {
+        Applier {
+            node: self.cfg.node,
+            identity: self.identity.clone(),
+            handler: self.handler.clone(),
+        }
+    }
+
+    /// Counts what applying gave and logs a rejection.
+    fn count(&self, applied: &Applied, c: &Checked) {
+        match (applied.duplicate, applied.outcome) {
+            (true, _) => {
+                Counters::bump(&self.counters.duplicates);
+                info!(peer = %c.inbound.sender, message_id = %c.inbound.message_id, "duplicate envelope: original receipt returned");
+            }
+            (false, ReceiptOutcome::Rejected) => {
+                Counters::bump(&self.counters.rejected);
+                warn!(peer = %c.inbound.sender, message_id = %c.inbound.message_id, kind = %payload_kind(&c.inbound.payload), reason = %applied.reason, "envelope rejected");
+            }
+            _ => Counters::bump(&self.counters.accepted),
+        }
+    }
+
     /// Runs the receive pipeline for one envelope from the authenticated TLS peer `entry`.
     pub async fn receive(
         &self,
@@ -312,21 +379,28 @@ impl FederationServer {
         env: SignedEnvelope,
     ) -> Result<SignedReceipt, Status> {
         let peer = entry.id;
-        let (body, created_at) = match self.check(entry, &env) {
+        let checked = match self.check(entry, &env) {
             Ok(checked) => checked,
             Err((message_id, refusal, detail)) => {
                 return Err(self.refuse(Some(peer), &message_id, refusal, detail).await)
             }
         };
-        let applied = self.apply_one(peer, &env, body, created_at)?;
-        self.durable().await?;
-        self.after_durable(&applied.queued);
-        Ok(applied.receipt)
+        let applier = self.applier();
+        let c = checked.clone();
+        let committed = self
+            .store
+            .commit::<Applied, (), _>(move |tx| Ok(applier.apply(tx, &c)?))
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        self.count(&committed.value, &checked);
+        self.after_durable(&committed.notes);
+        Ok(committed.value.receipt)
     }
 
     /// Runs the pipeline for a batch: every envelope is checked before any has an effect
-    /// (one failing check refuses the whole batch), then each is applied, all are made
-    /// durable at once, and one signed receipt lists each message's id, hash and outcome.
+    /// (one failing check refuses the whole batch), then all are applied in one transaction
+    /// and made durable at once, and one signed receipt lists each message's id, hash and
+    /// outcome.
     pub async fn receive_batch(
         &self,
         entry: &Peer,
@@ -353,23 +427,32 @@ impl FederationServer {
                 }
             }
         }
-        let mut entries = Vec::with_capacity(envelopes.len());
-        let mut queued = Vec::new();
-        for (env, (body, created_at)) in envelopes.iter().zip(checked) {
-            let message_id = body.message_id.clone();
-            let applied = self.apply_one(peer, env, body, created_at)?;
-            queued.extend(applied.queued);
+        let applier = self.applier();
+        let all = checked.clone();
+        let committed = self
+            .store
+            .commit::<Vec<Applied>, (), _>(move |tx| {
+                let mut out = Vec::with_capacity(all.len());
+                for c in &all {
+                    out.push(applier.apply(tx, c)?);
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let mut entries = Vec::with_capacity(checked.len());
+        for (c, applied) in checked.iter().zip(&committed.value) {
+            self.count(applied, c);
             entries.push(BatchReceiptEntry {
-                message_id,
-                body_sha256: trm_crypto::sha256(&env.body).to_vec(),
+                message_id: c.inbound.message_id.to_string(),
+                body_sha256: trm_crypto::sha256(&c.body).to_vec(),
                 outcome: applied.outcome as i32,
-                reason: applied.reason,
+                reason: applied.reason.clone(),
                 duplicate: applied.duplicate,
             });
         }
-        self.durable().await?;
         Counters::bump(&self.counters.batches);
-        self.after_durable(&queued);
+        self.after_durable(&committed.notes);
         let body = BatchReceiptBody {
             receiver: self.cfg.node.to_string(),
             received_at: Some(trm_proto::convert::ts(OffsetDateTime::now_utc())),
@@ -384,12 +467,18 @@ impl FederationServer {
         })
     }
 
+    /// Logs a storage fault and returns what the peer is told.
+    fn unavailable(&self, e: TxFail<()>) -> Status {
+        warn!(error = %e.into_store(), "storage fault while applying envelopes");
+        Status::unavailable("storage unavailable")
+    }
+
     /// The checks before any effect; a refusal carries the message id when known.
     fn check(
         &self,
         entry: &Peer,
         env: &SignedEnvelope,
-    ) -> Result<(EnvelopeBody, OffsetDateTime), (String, Refusal, &'static str)> {
+    ) -> Result<Checked, (String, Refusal, &'static str)> {
         let early = |r: Refusal, d: &'static str| ("-".to_owned(), r, d);
         if env.body.len() > MAX_ENVELOPE {
             return Err(early(Refusal::Oversize, "envelope larger than the limit"));
@@ -439,182 +528,37 @@ impl FederationServer {
                 "created_at is ahead of the allowed clock skew",
             ));
         }
-        match uuid::Uuid::try_parse(&body.message_id) {
-            Ok(u) if u.get_version_num() == 7 => {}
+        let message_id = match uuid::Uuid::try_parse(&body.message_id) {
+            Ok(u) if u.get_version_num() == 7 => MessageId::from_uuid(u),
             _ => return Err(fail(Refusal::Malformed, "message_id must be a UUIDv7")),
-        }
-        if body.payload.is_none() {
+        };
+        let Some(payload) = body.payload else {
             return Err(fail(Refusal::Malformed, "payload is required"));
-        }
-        Ok((body, created_at))
-    }
-
-    fn apply_one(
-        &self,
-        peer: NodeId,
-        env: &SignedEnvelope,
-        body: EnvelopeBody,
-        created_at: OffsetDateTime,
-    ) -> Result<Applied, Status> {
-        let Some(payload) = body.payload.as_ref() else {
-            return Err(Status::invalid_argument("payload is required"));
         };
-        let mid = body.message_id.as_bytes();
-        let kind = payload_kind(payload);
-        let inbound = Inbound {
-            sender: peer,
-            key_id: &env.key_id,
-            message_id: &body.message_id,
-            case_ref: &body.case_ref,
-            created_at,
-            payload,
-        };
-        let actor = format!("peer:{peer}");
-        let result = self.store.transact_noting(|tx| {
-            if let Some(seen) = tx.get_json::<InboxEntry>(TreeName::Inbox, mid)? {
-                return Err(TxFail::Abort(Abort::Duplicate(seen)));
-            }
-            if body.policy_version != POLICY_VERSION {
-                return Err(TxFail::Abort(Abort::Rejected(Rejection(format!(
-                    "policy violation: policy version {} is not {POLICY_VERSION}",
-                    body.policy_version
-                )))));
-            }
-            self.handler.apply(tx, &inbound).map_err(|e| match e {
-                TxFail::Abort(r) => TxFail::Abort(Abort::Rejected(r)),
-                TxFail::Tx(t) => TxFail::Tx(t),
-            })?;
-            let receipt = envelope::receipt(
-                &self.identity.current(),
-                self.cfg.node,
-                &body.message_id,
-                &env.body,
-                ReceiptOutcome::Accepted,
-                "",
-            );
-            tx.put_json(TreeName::Inbox, mid, &InboxEntry::new(&receipt))?;
-            tx.audit(
-                AuditRecord::new(
-                    actor.clone(),
-                    "envelope.accept",
-                    &body.message_id,
-                    "accepted",
-                )
-                .detail(kind),
-            )?;
-            Ok(receipt)
-        });
-        match result {
-            Ok((receipt, queued)) => {
-                Counters::bump(&self.counters.accepted);
-                Ok(Applied {
-                    receipt,
-                    outcome: ReceiptOutcome::Accepted,
-                    reason: String::new(),
-                    duplicate: false,
-                    queued,
-                })
-            }
-            Err(TxFail::Abort(Abort::Duplicate(seen))) => {
-                Counters::bump(&self.counters.duplicates);
-                info!(peer = %peer, message_id = %body.message_id, "duplicate envelope: original receipt returned");
-                let receipt = seen
-                    .receipt()
-                    .ok_or_else(|| Status::unavailable("storage unavailable"))?;
-                // A duplicate carries the original outcome: one first rejected stays rejected.
-                let (outcome, reason) = match InboxEntry::outcome(&receipt) {
-                    Some((ReceiptOutcome::Rejected, reason)) => (ReceiptOutcome::Rejected, reason),
-                    _ => (ReceiptOutcome::Duplicate, String::new()),
-                };
-                Ok(Applied {
-                    receipt,
-                    outcome,
-                    reason,
-                    duplicate: true,
-                    queued: Vec::new(),
-                })
-            }
-            Err(TxFail::Abort(Abort::Rejected(Rejection(reason)))) => {
-                warn!(peer = %peer, message_id = %body.message_id, kind, reason = %reason, "envelope rejected");
-                Counters::bump(&self.counters.rejected);
-                let receipt = self.reject(peer, env, &body.message_id, kind, &reason)?;
-                Ok(Applied {
-                    receipt,
-                    outcome: ReceiptOutcome::Rejected,
-                    reason,
-                    duplicate: false,
-                    queued: Vec::new(),
-                })
-            }
-            Err(TxFail::Tx(e)) => {
-                warn!(error = ?e, "storage fault while applying an envelope");
-                Err(Status::unavailable("storage unavailable"))
-            }
-        }
+        Ok(Checked {
+            inbound: Inbound {
+                sender: entry.id,
+                key_id: env.key_id.clone(),
+                message_id,
+                case_ref: body.case_ref,
+                created_at,
+                payload,
+            },
+            body: env.body.clone(),
+            policy_version: body.policy_version,
+        })
     }
 
     /// What the applied envelopes asked for once durable: replies they queued (an erasure
     /// confirmation, say) go out, and keys a peer announced take effect.
-    fn after_durable(&self, notes: &[String]) {
+    fn after_durable(&self, notes: &[Note]) {
         self.delivery.wake_noted(notes);
-        for peer in notes
-            .iter()
-            .filter_map(|n| crate::directory::learned_note_peer(n))
-        {
-            if let Err(e) = self.directory.reload_learned(&self.store, peer) {
-                warn!(peer = %peer, error = %e, "cannot apply the keys a peer announced");
+        for n in notes {
+            if let Note::PeerKeys(peer) = n {
+                if let Err(e) = self.directory.reload_learned(&self.store, *peer) {
+                    warn!(peer = %peer, error = %e, "cannot apply the keys a peer announced");
+                }
             }
-        }
-    }
-
-    /// Waits for the durable point (acknowledge nothing before it).
-    async fn durable(&self) -> Result<(), Status> {
-        self.store.durable().await.map_err(|e| {
-            warn!(error = %e, "storage fault at the durable point");
-            Status::unavailable("storage unavailable")
-        })
-    }
-
-    /// Records a REJECTED receipt (and its audit entry) for an authenticated envelope.
-    fn reject(
-        &self,
-        peer: NodeId,
-        env: &SignedEnvelope,
-        message_id: &str,
-        kind: &str,
-        reason: &str,
-    ) -> Result<SignedReceipt, Status> {
-        let mid = message_id.as_bytes();
-        let result = self.store.transact::<_, InboxEntry, _>(|tx| {
-            if let Some(seen) = tx.get_json::<InboxEntry>(TreeName::Inbox, mid)? {
-                return Err(TxFail::Abort(seen));
-            }
-            let receipt = envelope::receipt(
-                &self.identity.current(),
-                self.cfg.node,
-                message_id,
-                &env.body,
-                ReceiptOutcome::Rejected,
-                reason,
-            );
-            tx.put_json(TreeName::Inbox, mid, &InboxEntry::new(&receipt))?;
-            tx.audit(
-                AuditRecord::new(
-                    format!("peer:{peer}"),
-                    "envelope.reject",
-                    message_id,
-                    "rejected",
-                )
-                .detail(format!("{kind}: {reason}")),
-            )?;
-            Ok(receipt)
-        });
-        match result {
-            Ok(r) => Ok(r),
-            Err(TxFail::Abort(seen)) => seen
-                .receipt()
-                .ok_or_else(|| Status::unavailable("storage unavailable")),
-            Err(TxFail::Tx(_)) => Err(Status::unavailable("storage unavailable")),
         }
     }
 }
@@ -652,7 +596,7 @@ impl FederationService for FederationServer {
             node_id: self.cfg.node.to_string(),
             keys: crate::keys::listed(&self.store, &self.identity.current())
                 .iter()
-                .map(crate::keys::OwnKey::to_wire)
+                .map(crate::keys::to_wire)
                 .collect(),
             policy_version: POLICY_VERSION.to_owned(),
         }))

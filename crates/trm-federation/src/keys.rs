@@ -2,65 +2,41 @@
 //! signing at the rotation instant but stays listed (for peers to verify what it signed
 //! before) until `listed_until`.
 
-use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use trm_crypto::signing::SigningIdentity;
 use trm_proto::{convert::ts, v1::SigningKey};
-use trm_store::{Store, TreeName};
+use trm_store::Store;
 
-/// Key of the key set in the meta tree.
-pub const OWN_KEYS: &[u8] = b"own_keys";
+pub use trm_store::repo::directory::OwnKey;
 
-/// One of this node's signing keys (public part and windows, unix seconds).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OwnKey {
-    pub key_id: String,
-    /// Hex of the 32 raw bytes.
-    pub public: String,
-    pub valid_from: Option<i64>,
-    pub valid_until: Option<i64>,
-    /// After this, the key is no longer listed at all.
-    pub listed_until: Option<i64>,
+/// Returns the entry of a key valid from `valid_from` on.
+pub fn own_key(identity: &SigningIdentity, valid_from: Option<OffsetDateTime>) -> OwnKey {
+    OwnKey {
+        key_id: identity.key_id().to_owned(),
+        public: hex::encode(identity.public().as_bytes()),
+        valid_from,
+        valid_until: None,
+        listed_until: None,
+    }
 }
 
-impl OwnKey {
-    /// Returns the entry of a key valid from `valid_from` on.
-    pub fn new(identity: &SigningIdentity, valid_from: Option<OffsetDateTime>) -> Self {
-        Self {
-            key_id: identity.key_id().to_owned(),
-            public: hex::encode(identity.public().as_bytes()),
-            valid_from: valid_from.map(|t| t.unix_timestamp()),
-            valid_until: None,
-            listed_until: None,
-        }
-    }
-
-    /// Returns the wire form.
-    pub fn to_wire(&self) -> SigningKey {
-        let t = |s: Option<i64>| {
-            s.and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
-                .map(ts)
-        };
-        SigningKey {
-            key_id: self.key_id.clone(),
-            public_key: hex::decode(&self.public).unwrap_or_default(),
-            valid_from: t(self.valid_from),
-            valid_until: t(self.valid_until),
-        }
+/// Returns the wire form of one of this node's keys.
+pub fn to_wire(k: &OwnKey) -> SigningKey {
+    SigningKey {
+        key_id: k.key_id.clone(),
+        public_key: hex::decode(&k.public).unwrap_or_default(),
+        valid_from: k.valid_from.map(ts),
+        valid_until: k.valid_until.map(ts),
     }
 }
 
 /// Returns the keys to list now: the stored set (always including `current`) without the
 /// keys whose listing ended.
 pub fn listed(store: &Store, current: &SigningIdentity) -> Vec<OwnKey> {
-    let now = OffsetDateTime::now_utc().unix_timestamp();
-    let mut keys: Vec<OwnKey> = store
-        .get_json(TreeName::Meta, OWN_KEYS)
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    let now = OffsetDateTime::now_utc();
+    let mut keys = store.own_keys().unwrap_or_default();
     if !keys.iter().any(|k| k.key_id == current.key_id()) {
-        keys.push(OwnKey::new(current, None));
+        keys.push(own_key(current, None));
     }
     keys.retain(|k| k.listed_until.is_none_or(|t| t > now));
     keys
@@ -84,9 +60,7 @@ pub fn recover_rotation(
     }
     let identity = SigningIdentity::load(&staged)?;
     let committed = store
-        .get_json::<Vec<OwnKey>>(TreeName::Meta, OWN_KEYS)
-        .ok()
-        .flatten()
+        .own_keys()
         .unwrap_or_default()
         .iter()
         .any(|k| k.key_id == identity.key_id());

@@ -23,14 +23,17 @@ pub mod outbox;
 pub mod refusals;
 pub mod slots;
 
+use trm_core::{
+    ids::{MessageId, NodeId},
+    messages::EnvelopeKind,
+};
 use trm_proto::v1::envelope_body::Payload;
-use trm_store::Tx;
-use trm_store::TxFail;
+use trm_store::{repo::outbox::OutboxItem, Tx, TxFail};
 
 pub use counters::{Counters, Refusal};
 pub use directory::{Peer, PeerDirectory, PeerKey};
 pub use inbound::{FederationServer, InboundConfig};
-pub use outbox::{Delivery, DeliveryConfig, OutboxItem};
+pub use outbox::{Delivery, DeliveryConfig};
 
 /// Why a node refuses an authenticated envelope on policy or state: the reason goes into the
 /// signed REJECTED receipt and the audit log, so it names fields and states, never values.
@@ -38,44 +41,45 @@ pub use outbox::{Delivery, DeliveryConfig, OutboxItem};
 pub struct Rejection(pub String);
 
 /// An authenticated, decoded inbound envelope.
-#[derive(Debug)]
-pub struct Inbound<'a> {
-    pub sender: trm_core::ids::NodeId,
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub sender: NodeId,
     /// The key that signed the envelope.
-    pub key_id: &'a str,
-    pub message_id: &'a str,
-    pub case_ref: &'a str,
+    pub key_id: String,
+    pub message_id: MessageId,
+    pub case_ref: String,
     pub created_at: time::OffsetDateTime,
-    pub payload: &'a Payload,
+    pub payload: Payload,
 }
 
 /// What the node does with the federation's traffic. Both calls run inside the store
 /// transaction that also records the receipt, so effect and receipt commit together.
 pub trait FlowHandler: Send + Sync + 'static {
-    /// Applies an inbound payload; a [`Rejection`] writes nothing and is answered REJECTED.
-    fn apply(&self, tx: &Tx<'_>, inbound: &Inbound<'_>) -> Result<(), TxFail<Rejection>>;
+    /// Applies an inbound payload; a [`Rejection`] keeps nothing it wrote and is answered
+    /// REJECTED.
+    fn apply(&self, tx: &mut Tx<'_>, inbound: &Inbound) -> Result<(), TxFail<Rejection>>;
 
     /// Records the peer's verified receipt for one of our outbox entries.
     fn on_receipt(
         &self,
-        tx: &Tx<'_>,
+        tx: &mut Tx<'_>,
         item: &OutboxItem,
         outcome: trm_proto::v1::ReceiptOutcome,
         reason: &str,
     ) -> Result<(), TxFail<Rejection>>;
 }
 
-/// Returns the name of a payload kind, for the outbox and audit entries.
-pub fn payload_kind(p: &Payload) -> &'static str {
+/// Returns the kind of a payload.
+pub fn payload_kind(p: &Payload) -> EnvelopeKind {
     match p {
-        Payload::ReferralOffer(_) => "referral_offer",
-        Payload::ReferralUpdate(_) => "referral_update",
-        Payload::ReturnRequest(_) => "return_request",
-        Payload::ReturnUpdate(_) => "return_update",
-        Payload::HearingRequest(_) => "hearing_request",
-        Payload::HearingUpdate(_) => "hearing_update",
-        Payload::ErasureRequest(_) => "erasure_request",
-        Payload::ErasureConfirmation(_) => "erasure_confirmation",
-        Payload::KeyAnnouncement(_) => "key_announcement",
+        Payload::ReferralOffer(_) => EnvelopeKind::ReferralOffer,
+        Payload::ReferralUpdate(_) => EnvelopeKind::ReferralUpdate,
+        Payload::ReturnRequest(_) => EnvelopeKind::ReturnRequest,
+        Payload::ReturnUpdate(_) => EnvelopeKind::ReturnUpdate,
+        Payload::HearingRequest(_) => EnvelopeKind::HearingRequest,
+        Payload::HearingUpdate(_) => EnvelopeKind::HearingUpdate,
+        Payload::ErasureRequest(_) => EnvelopeKind::ErasureRequest,
+        Payload::ErasureConfirmation(_) => EnvelopeKind::ErasureConfirmation,
+        Payload::KeyAnnouncement(_) => EnvelopeKind::KeyAnnouncement,
     }
 }

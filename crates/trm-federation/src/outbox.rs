@@ -1,26 +1,34 @@
-//! The outbox and its delivery worker. An envelope is queued in the same store transaction
-//! as the state change that caused it ([`enqueue`]), sealed under the subject's data key (so
-//! erasing the subject shreds queued copies too). One worker per peer delivers its queue in
-//! order, verifies the peer's signed receipt against the exact bytes sent, and records it in
-//! one transaction with the outbox removal and the flow's reaction. Failures back off
-//! exponentially with jitter up to a cap; one peer's trouble never holds up another's queue.
-//! Work left in the outbox is picked up again at start-up.
+//! The outbox and its delivery worker. An envelope is signed and queued in the same store
+//! transaction as the state change that caused it ([`enqueue`]), sealed under the key of
+//! the record it is about (so erasing the record destroys the queued copy too). One worker
+//! per peer delivers its queue in order, only what is durable, in batches; verifies the
+//! peer's signed receipt against the exact bytes sent; and records it in one transaction
+//! with the outbox removal and the flow's reaction. Failures back off exponentially with
+//! jitter up to a cap; one peer's trouble never holds up another's queue. Work left in the
+//! outbox is picked up again at start-up.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use prost::Message;
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::{watch, Notify};
 use tonic::transport::Channel;
 use tracing::{debug, info, warn};
-use trm_core::ids::NodeId;
+use trm_core::{
+    ids::{MessageId, NodeId},
+    messages::Topic,
+};
 use trm_crypto::signing::{Signer, SigningIdentity, RECEIPT_TAG};
 use trm_proto::v1::{
     envelope_body::Payload, federation_service_client::FederationServiceClient, BatchReceiptBody,
     DeliverBatchRequest, ReceiptBody, ReceiptOutcome, SignedEnvelope, SignedReceipt,
 };
+use trm_store::{
+    audit::AuditRecord, repo::outbox::OutboxItem, Note, Store, StoreError, Tx, TxFail,
+};
+
+use crate::{envelope, payload_kind, Counters, FlowHandler, PeerDirectory};
 
 /// What a connection to a peer was built for: its endpoint, CA and pin.
 type TrustKey = (String, String, Option<String>);
@@ -29,9 +37,6 @@ type TrustKey = (String, String, Option<String>);
 const SEND_BATCH: usize = 64;
 /// The most sealed bytes sent in one batch (well inside the receiver's 16 MiB limit).
 const SEND_BATCH_BYTES: usize = 8 << 20;
-use trm_store::{audit::AuditRecord, Store, Subject, TreeName, Tx, TxError, TxFail};
-
-use crate::{envelope, payload_kind, Counters, FlowHandler, PeerDirectory};
 
 /// Why a dead letter could not be retried.
 #[derive(Debug, thiserror::Error)]
@@ -44,191 +49,51 @@ pub enum RetryError {
     Store(String),
 }
 
-/// Returns the dead letters.
-pub fn dead_letters(store: &Store) -> Result<Vec<OutboxItem>, trm_store::StoreError> {
-    Ok(store
-        .scan_json::<OutboxItem>(TreeName::DeadLetters, b"")?
-        .into_iter()
-        .map(|(_, item)| item)
-        .collect())
-}
-
-/// A queued outbound envelope. The envelope itself is sealed; the rest is metadata.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OutboxItem {
-    pub message_id: String,
-    pub peer: NodeId,
-    /// The record the envelope is about (referral id, return id ...).
-    pub subject: String,
-    /// Hex of the data-key subject that seals the envelope (the record's): shredding it
-    /// destroys the queued copy with the record.
-    pub sealed_under: String,
-    /// Payload kind, e.g. `referral_offer`.
-    pub kind: String,
-    /// Hex of the sealed, encoded `SignedEnvelope`.
-    pub sealed: String,
-    pub attempts: u32,
-    pub created_at: i64,
-    pub last_error: String,
-}
-
-fn outbox_key(peer: NodeId, seq: u64) -> Vec<u8> {
-    let mut k = peer.as_str().as_bytes().to_vec();
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
-}
-
-fn envelope_aad(message_id: &str) -> Vec<u8> {
-    format!("outbox\0{message_id}").into_bytes()
-}
-
-/// What an outbound envelope is about: the record's id (for the flow's reaction to the
-/// receipt) and the data-key subject that seals the queued copy.
-#[derive(Debug, Clone, Copy)]
-pub struct About<'a> {
-    pub id: &'a str,
-    pub sealed_under: &'a Subject,
-}
-
-/// Seals an envelope for `peer` and queues it inside the caller's transaction. Returns the
-/// message id. Call [`Delivery::wake`] after the transaction is durable.
+/// Signs an envelope for `peer` and queues it inside the caller's transaction. Returns the
+/// message id. The peer's worker is woken once the transaction is durable.
 pub fn enqueue(
-    tx: &Tx<'_>,
+    tx: &mut Tx<'_>,
     identity: &SigningIdentity,
-    me: NodeId,
     peer: NodeId,
-    about: About<'_>,
+    topic: Topic,
     case_ref: &str,
     payload: Payload,
-) -> Result<String, TxError> {
+) -> Result<MessageId, StoreError> {
     enqueue_at(
         tx,
         identity,
-        me,
         peer,
-        about,
+        topic,
         case_ref,
         payload,
         OffsetDateTime::now_utc(),
     )
 }
 
-/// The note a transaction carries for each peer it queued an envelope for.
-fn wake_note(peer: NodeId) -> String {
-    format!("outbox/{peer}")
-}
-
 /// Same as [`enqueue`], dated `created_at` (a key announcement is dated at the rotation
 /// instant, the last moment the old key signs).
-#[allow(clippy::too_many_arguments)]
 pub fn enqueue_at(
-    tx: &Tx<'_>,
+    tx: &mut Tx<'_>,
     identity: &SigningIdentity,
-    me: NodeId,
     peer: NodeId,
-    about: About<'_>,
+    topic: Topic,
     case_ref: &str,
     payload: Payload,
     created_at: OffsetDateTime,
-) -> Result<String, TxError> {
-    let kind = payload_kind(&payload).to_owned();
-    tx.notify_after_commit(&wake_note(peer));
-    let message_id = uuid::Uuid::now_v7().to_string();
+) -> Result<MessageId, StoreError> {
+    let kind = payload_kind(&payload);
+    let message_id = MessageId::new();
     let env = envelope::seal_with_id(
         identity,
-        me,
+        tx.node(),
         peer,
         case_ref,
         payload,
-        &message_id,
+        &message_id.to_string(),
         created_at,
     );
-    let sealed = tx.seal_for(
-        about.sealed_under,
-        &envelope_aad(&message_id),
-        &env.encode_to_vec(),
-    )?;
-    let item = OutboxItem {
-        message_id: message_id.clone(),
-        peer,
-        subject: about.id.to_owned(),
-        sealed_under: hex::encode(about.sealed_under.as_bytes()),
-        kind,
-        sealed: hex::encode(sealed),
-        attempts: 0,
-        created_at: OffsetDateTime::now_utc().unix_timestamp(),
-        last_error: String::new(),
-    };
-    tx.put_json(TreeName::Outbox, &outbox_key(peer, tx.next_id()?), &item)?;
+    tx.queue_envelope(peer, message_id, topic, kind, &env.encode_to_vec())?;
     Ok(message_id)
-}
-
-impl OutboxItem {
-    /// Returns the data-key subject that seals the queued envelope.
-    pub fn sealed_under(&self) -> Option<Subject> {
-        hex::decode(&self.sealed_under)
-            .ok()
-            .map(Subject::from_bytes)
-    }
-}
-
-/// Opens a queued envelope: the exact signed bytes that will be sent. `None` when its
-/// subject was erased (the queued copy is shredded with it).
-pub fn open_queued(store: &Store, item: &OutboxItem) -> Result<Option<SignedEnvelope>, String> {
-    let sealed = hex::decode(&item.sealed).map_err(|_| "outbox entry corrupt".to_owned())?;
-    let subject = item
-        .sealed_under()
-        .ok_or_else(|| "outbox entry corrupt".to_owned())?;
-    let opened = store
-        .open_for(&subject, &envelope_aad(&item.message_id), &sealed)
-        .map_err(|e| e.to_string())?;
-    opened
-        .map(|bytes| {
-            SignedEnvelope::decode(bytes.as_slice())
-                .map_err(|_| "queued envelope corrupt".to_owned())
-        })
-        .transpose()
-}
-
-/// Returns every queued item, in delivery order per peer.
-pub fn queued(store: &Store) -> Result<Vec<OutboxItem>, trm_store::StoreError> {
-    Ok(store
-        .scan_json::<OutboxItem>(TreeName::Outbox, b"")?
-        .into_iter()
-        .map(|(_, item)| item)
-        .collect())
-}
-
-/// Records a peer's verified answer for a queued item (already removed from the outbox):
-/// the signed receipt kept as proof, a refusal moved to the dead letters, the flow told,
-/// and the audit entry.
-#[allow(clippy::too_many_arguments)]
-fn record_outcome(
-    tx: &Tx<'_>,
-    handler: &dyn FlowHandler,
-    key: &[u8],
-    item: &OutboxItem,
-    proof: &str,
-    outcome: ReceiptOutcome,
-    reason: &str,
-    how: &str,
-) -> Result<(), TxFail<crate::Rejection>> {
-    tx.put_json(TreeName::Receipts, item.message_id.as_bytes(), &proof)?;
-    if outcome == ReceiptOutcome::Rejected {
-        let mut dead = item.clone();
-        dead.last_error = reason.to_owned();
-        tx.put_json(TreeName::DeadLetters, key, &dead)?;
-    }
-    handler.on_receipt(tx, item, outcome, reason)?;
-    tx.audit(
-        AuditRecord::new(
-            format!("peer:{}", item.peer),
-            "envelope.receipt",
-            &item.message_id,
-            outcome.as_str_name(),
-        )
-        .detail(format!("{} {reason}{how}", item.kind)),
-    )
 }
 
 /// Settings of the delivery worker.
@@ -312,6 +177,15 @@ impl From<tonic::Status> for Failure {
     }
 }
 
+impl<E: std::fmt::Debug> From<TxFail<E>> for Failure {
+    fn from(e: TxFail<E>) -> Self {
+        match e {
+            TxFail::Store(e) => Failure::Store(e.to_string()),
+            TxFail::Abort(e) => Failure::Store(format!("{e:?}")),
+        }
+    }
+}
+
 /// Returns whether a gRPC refusal of an envelope can never turn into an acceptance.
 fn is_permanent(code: tonic::Code) -> bool {
     use tonic::Code;
@@ -323,6 +197,35 @@ fn is_permanent(code: tonic::Code) -> bool {
             | Code::FailedPrecondition
             | Code::Unimplemented
     )
+}
+
+/// Records a peer's verified answer for a queued item: the signed receipt kept as proof, a
+/// refusal moved to the dead letters, the flow told, and the audit entry.
+fn record_outcome(
+    tx: &mut Tx<'_>,
+    handler: &dyn FlowHandler,
+    item: &OutboxItem,
+    proof: &[u8],
+    outcome: ReceiptOutcome,
+    reason: &str,
+    how: &str,
+) -> Result<(), TxFail<crate::Rejection>> {
+    if outcome == ReceiptOutcome::Rejected {
+        tx.dead_letter(item, reason, Some(proof))?;
+    } else {
+        tx.finish_queued(item, Some(proof))?;
+    }
+    handler.on_receipt(tx, item, outcome, reason)?;
+    tx.audit(
+        AuditRecord::new(
+            format!("peer:{}", item.peer),
+            "envelope.receipt",
+            item.message_id.to_string(),
+            outcome.as_str_name(),
+        )
+        .detail(format!("{} {reason}{how}", item.kind)),
+    )?;
+    Ok(())
 }
 
 impl Delivery {
@@ -386,14 +289,12 @@ impl Delivery {
         }
     }
 
-    /// Wakes the worker of every peer a committed transaction queued envelopes for (the
-    /// notes of [`trm_store::Store::transact_noting`]). Call after the durable point.
-    pub fn wake_noted(&self, notes: &[String]) {
-        for peer in notes
-            .iter()
-            .filter_map(|n| n.strip_prefix("outbox/")?.parse::<NodeId>().ok())
-        {
-            self.wake(peer);
+    /// Wakes the worker of every peer a durable transaction queued envelopes for.
+    pub fn wake_noted(&self, notes: &[Note]) {
+        for n in notes {
+            if let Note::Wake(peer) = n {
+                self.wake(*peer);
+            }
         }
     }
 
@@ -492,11 +393,7 @@ impl Delivery {
                 }
                 continue;
             };
-            let mut queue = match self.inner.store.scan_json_first::<OutboxItem>(
-                TreeName::Outbox,
-                peer.as_str().as_bytes(),
-                SEND_BATCH,
-            ) {
+            let queue = match self.inner.store.outbox_head(peer, SEND_BATCH) {
                 Ok(items) => items,
                 Err(e) => {
                     warn!(peer = %peer, error = %e, "cannot read the outbox");
@@ -511,27 +408,28 @@ impl Delivery {
                 }
                 continue;
             }
-            let window = self.inner.cfg.replay_window.as_secs() as i64;
-            let now = OffsetDateTime::now_utc().unix_timestamp();
+            let window = time::Duration::try_from(self.inner.cfg.replay_window)
+                .unwrap_or(time::Duration::days(7));
+            let now = OffsetDateTime::now_utc();
             // A batch: the envelopes at the head of the queue still inside the window, within
             // the batch limits; the first one past the window goes to the dead letters alone.
             let mut batch = Vec::new();
             let mut bytes = 0usize;
-            for (k, item) in queue.drain(..) {
+            for item in queue {
                 let expired = now - item.created_at > window;
                 if (expired && !batch.is_empty())
                     || batch.len() >= SEND_BATCH
-                    || bytes + item.sealed.len() / 2 > SEND_BATCH_BYTES && !batch.is_empty()
+                    || bytes + item.sealed.len() > SEND_BATCH_BYTES && !batch.is_empty()
                 {
                     break;
                 }
-                bytes += item.sealed.len() / 2;
-                batch.push((k, item));
+                bytes += item.sealed.len();
+                batch.push(item);
                 if expired {
                     break;
                 }
             }
-            let (key, item) = batch[0].clone();
+            let item = batch[0].clone();
             let outcome = if now - item.created_at > window {
                 Err(Failure::Permanent(
                     "undelivered within the replay window".into(),
@@ -545,7 +443,7 @@ impl Delivery {
                 }
             } else {
                 tokio::select! {
-                    r = self.attempt(client, peer, &key, &item) => r,
+                    r = self.attempt(client, peer, &item) => r,
                     _ = shutdown.changed() => return,
                 }
             };
@@ -561,7 +459,7 @@ impl Delivery {
             };
             single = false;
             let outcome = match outcome {
-                Err(Failure::Permanent(why)) => match self.dead_letter(&key, &item, &why).await {
+                Err(Failure::Permanent(why)) => match self.dead_letter(&item, &why).await {
                     Ok(()) => continue,
                     Err(e) => Err(e),
                 },
@@ -580,7 +478,7 @@ impl Delivery {
                     Counters::bump(&self.inner.counters.attempts_failed);
                     self.set_state(peer, reachable, false);
                     failures = failures.saturating_add(1);
-                    self.note_failure(&key, &item, &why);
+                    self.note_failure(&item, &why).await;
                     let wait = self.backoff(failures);
                     debug!(peer = %peer, message_id = %item.message_id, wait_ms = wait.as_millis() as u64, reason = %why, "delivery failed; backing off");
                     tokio::select! {
@@ -601,33 +499,59 @@ impl Delivery {
         half + rand::thread_rng().gen_range(Duration::ZERO..=half)
     }
 
-    fn note_failure(&self, key: &[u8], item: &OutboxItem, why: &str) {
-        let mut updated = item.clone();
-        updated.attempts = updated.attempts.saturating_add(1);
-        updated.last_error = why.to_owned();
-        let r = self.inner.store.transact::<(), (), _>(|tx| {
-            // Only if the entry is still queued (not delivered meanwhile).
-            if tx.get_json::<OutboxItem>(TreeName::Outbox, key)?.is_some() {
-                tx.put_json(TreeName::Outbox, key, &updated)?;
-            }
-            Ok(())
-        });
+    async fn note_failure(&self, item: &OutboxItem, why: &str) {
+        let (peer, seq, why) = (item.peer, item.seq, why.to_owned());
+        let r = self
+            .inner
+            .store
+            .commit::<(), (), _>(move |tx| Ok(tx.note_attempt(peer, seq, &why)?))
+            .await;
         if r.is_err() {
             warn!(message_id = %item.message_id, "cannot record a delivery failure");
         }
+    }
+
+    /// Opens a queued envelope; `None` when its subject was erased.
+    fn open(&self, item: &OutboxItem) -> Result<Option<SignedEnvelope>, Failure> {
+        match self
+            .inner
+            .store
+            .open_envelope(item)
+            .map_err(|e| Failure::Store(e.to_string()))?
+        {
+            Some(bytes) => SignedEnvelope::decode(bytes.as_slice())
+                .map(Some)
+                .map_err(|_| Failure::Store("queued envelope corrupt".into())),
+            None => Ok(None),
+        }
+    }
+
+    /// Drops a queued item whose subject was erased: the queued copy went with it.
+    async fn drop_erased(&self, item: &OutboxItem) -> Result<(), Failure> {
+        info!(peer = %item.peer, message_id = %item.message_id, "queued envelope's subject erased; dropped");
+        let item = item.clone();
+        self.inner
+            .store
+            .commit::<(), (), _>(move |tx| {
+                tx.finish_queued(&item, None)?;
+                tx.audit(
+                    AuditRecord::new("node", "outbox.drop", item.message_id.to_string(), "erased")
+                        .detail(item.kind.as_str()),
+                )?;
+                Ok(())
+            })
+            .await?;
+        Ok(())
     }
 
     async fn attempt(
         &self,
         client: &mut FederationServiceClient<Channel>,
         peer: NodeId,
-        key: &[u8],
         item: &OutboxItem,
     ) -> Result<(), Failure> {
-        let Some(env) = open_queued(&self.inner.store, item).map_err(Failure::Store)? else {
-            // The subject was erased: its queued copy is shredded with it.
-            info!(peer = %peer, message_id = %item.message_id, "queued envelope's subject erased; dropped");
-            return self.finish(key, item, None).await;
+        let Some(env) = self.open(item)? else {
+            return self.drop_erased(item).await;
         };
         let receipt = client
             .deliver(env.clone())
@@ -637,23 +561,33 @@ impl Delivery {
         let (outcome, reason) = self
             .verify_receipt(peer, item, &env, &receipt)
             .map_err(Failure::Retry)?;
-        self.finish(key, item, Some((receipt, outcome, reason)))
-            .await
+        let handler = self.inner.handler.clone();
+        let proof = receipt.encode_to_vec();
+        let item = item.clone();
+        self.inner
+            .store
+            .commit(move |tx| {
+                record_outcome(tx, handler.as_ref(), &item, &proof, outcome, &reason, "")
+            })
+            .await?;
+        Counters::bump(&self.inner.counters.delivered);
+        Ok(())
     }
 
-    /// Sends several queued envelopes in one `DeliverBatch` and records every outcome.
+    /// Sends several queued envelopes in one `DeliverBatch` and records every outcome in
+    /// one transaction.
     async fn attempt_batch(
         &self,
         client: &mut FederationServiceClient<Channel>,
         peer: NodeId,
-        batch: &[(Vec<u8>, OutboxItem)],
+        batch: &[OutboxItem],
     ) -> Result<(), Failure> {
         let mut envelopes = Vec::with_capacity(batch.len());
-        for (key, item) in batch {
-            match open_queued(&self.inner.store, item).map_err(Failure::Store)? {
+        for item in batch {
+            match self.open(item)? {
                 Some(env) => envelopes.push(env),
                 // Erased meanwhile: drop it and try again with what is left.
-                None => return self.finish(key, item, None).await,
+                None => return self.drop_erased(item).await,
             }
         }
         let receipt = client
@@ -666,17 +600,16 @@ impl Delivery {
         let outcomes = self
             .verify_batch_receipt(peer, batch, &envelopes, &receipt)
             .map_err(Failure::Retry)?;
-        let handler = &self.inner.handler;
-        let proof = hex::encode(receipt.encode_to_vec());
+        let handler = self.inner.handler.clone();
+        let proof = receipt.encode_to_vec();
+        let items = batch.to_vec();
         self.inner
             .store
-            .transact(|tx| {
-                for ((key, item), (outcome, reason)) in batch.iter().zip(&outcomes) {
-                    tx.remove(TreeName::Outbox, key)?;
+            .commit(move |tx| {
+                for (item, (outcome, reason)) in items.iter().zip(&outcomes) {
                     record_outcome(
                         tx,
                         handler.as_ref(),
-                        key,
                         item,
                         &proof,
                         *outcome,
@@ -686,12 +619,7 @@ impl Delivery {
                 }
                 Ok(())
             })
-            .map_err(|e| Failure::Store(format!("{e:?}")))?;
-        self.inner
-            .store
-            .durable()
-            .await
-            .map_err(|e| Failure::Store(e.to_string()))?;
+            .await?;
         for _ in batch {
             Counters::bump(&self.inner.counters.delivered);
         }
@@ -703,7 +631,7 @@ impl Delivery {
     fn verify_batch_receipt(
         &self,
         peer: NodeId,
-        batch: &[(Vec<u8>, OutboxItem)],
+        batch: &[OutboxItem],
         envelopes: &[SignedEnvelope],
         receipt: &SignedReceipt,
     ) -> Result<Vec<(ReceiptOutcome, String)>, String> {
@@ -726,8 +654,9 @@ impl Delivery {
             .iter()
             .zip(envelopes)
             .zip(&body.entries)
-            .map(|(((_, item), env), e)| {
-                if e.message_id != item.message_id || e.body_sha256 != trm_crypto::sha256(&env.body)
+            .map(|((item, env), e)| {
+                if e.message_id != item.message_id.to_string()
+                    || e.body_sha256 != trm_crypto::sha256(&env.body)
                 {
                     return Err("batch receipt entry is not for the envelope sent".to_owned());
                 }
@@ -761,7 +690,7 @@ impl Delivery {
             .map_err(|_| "receipt signature does not verify")?;
         let body =
             ReceiptBody::decode(receipt.body.as_slice()).map_err(|_| "receipt does not decode")?;
-        if body.message_id != item.message_id
+        if body.message_id != item.message_id.to_string()
             || body.body_sha256 != trm_crypto::sha256(&env.body)
             || body.receiver != peer.as_str()
         {
@@ -775,135 +704,79 @@ impl Delivery {
         Ok((outcome, body.reason))
     }
 
-    /// Removes a delivered entry, keeps the receipt as proof, and lets the flow react, all in
-    /// one transaction; a REJECTED receipt moves the entry to the dead letters.
-    async fn finish(
-        &self,
-        key: &[u8],
-        item: &OutboxItem,
-        receipt: Option<(SignedReceipt, ReceiptOutcome, String)>,
-    ) -> Result<(), Failure> {
-        let handler = &self.inner.handler;
-        let r = self.inner.store.transact(|tx| {
-            tx.remove(TreeName::Outbox, key)?;
-            let Some((receipt, outcome, reason)) = &receipt else {
-                tx.audit(
-                    AuditRecord::new("node", "outbox.drop", &item.message_id, "erased")
-                        .detail(item.kind.clone()),
-                )?;
-                return Ok(());
-            };
-            let proof = hex::encode(receipt.encode_to_vec());
-            record_outcome(
-                tx,
-                handler.as_ref(),
-                key,
-                item,
-                &proof,
-                *outcome,
-                reason,
-                "",
-            )
-        });
-        r.map_err(|e| Failure::Store(format!("{e:?}")))?;
-        self.inner
-            .store
-            .durable()
-            .await
-            .map_err(|e| Failure::Store(e.to_string()))?;
-        if receipt.is_some() {
-            Counters::bump(&self.inner.counters.delivered);
-        }
-        Ok(())
-    }
-
     /// Moves an entry the peer will never accept to the dead letters, where operators see it
     /// (`ListOutbox`) and may retry it (`RetryDelivery`); the flow is told as for a refusal.
-    async fn dead_letter(&self, key: &[u8], item: &OutboxItem, why: &str) -> Result<(), Failure> {
+    async fn dead_letter(&self, item: &OutboxItem, why: &str) -> Result<(), Failure> {
         warn!(peer = %item.peer, message_id = %item.message_id, reason = %why, "envelope moved to the dead letters");
-        let mut dead = item.clone();
-        dead.last_error = why.to_owned();
-        dead.attempts = dead.attempts.saturating_add(1);
-        let handler = &self.inner.handler;
+        let handler = self.inner.handler.clone();
+        let (item, why) = (item.clone(), why.to_owned());
         self.inner
             .store
-            .transact(|tx| {
-                tx.remove(TreeName::Outbox, key)?;
-                tx.put_json(TreeName::DeadLetters, key, &dead)?;
-                handler.on_receipt(tx, item, ReceiptOutcome::Rejected, why)?;
+            .commit(move |tx| {
+                tx.dead_letter(&item, &why, None)?;
+                handler.on_receipt(tx, &item, ReceiptOutcome::Rejected, &why)?;
                 tx.audit(
                     AuditRecord::new(
                         "node",
                         "outbox.dead_letter",
-                        &item.message_id,
+                        item.message_id.to_string(),
                         "dead_letter",
                     )
                     .detail(format!("{} to {}: {why}", item.kind, item.peer)),
-                )
+                )?;
+                Ok(())
             })
-            .map_err(|e| Failure::Store(format!("{e:?}")))?;
-        self.inner
-            .store
-            .durable()
-            .await
-            .map_err(|e| Failure::Store(e.to_string()))?;
+            .await?;
         Counters::bump(&self.inner.counters.dead_lettered);
         Ok(())
     }
 
     /// An operator's retry of a dead letter: the envelope is re-sealed with the same message
     /// id and a fresh `created_at`, and queued again in its place.
-    pub async fn retry(&self, message_id: &str) -> Result<NodeId, RetryError> {
-        let store = &self.inner.store;
-        let (key, item) = store
-            .scan_json::<OutboxItem>(TreeName::DeadLetters, b"")
-            .map_err(|e| RetryError::Store(e.to_string()))?
-            .into_iter()
-            .find(|(_, i)| i.message_id == message_id)
-            .ok_or(RetryError::NotFound)?;
-        let env = open_queued(store, &item)
-            .map_err(RetryError::Store)?
-            .ok_or(RetryError::Erased)?;
-        let body = trm_proto::v1::EnvelopeBody::decode(env.body.as_slice())
-            .map_err(|_| RetryError::Store("dead letter corrupt".into()))?;
-        let payload = body
-            .payload
-            .ok_or_else(|| RetryError::Store("dead letter has no payload".into()))?;
-        let fresh = envelope::seal_with_id(
-            &self.inner.identity.current(),
-            self.inner.cfg.node,
-            item.peer,
-            &body.case_ref,
-            payload,
-            message_id,
-            OffsetDateTime::now_utc(),
-        );
-        let mut queued = item.clone();
-        queued.created_at = OffsetDateTime::now_utc().unix_timestamp();
-        queued.attempts = 0;
-        queued.last_error.clear();
-        let subject = item
-            .sealed_under()
-            .ok_or_else(|| RetryError::Store("dead letter corrupt".into()))?;
-        store
-            .transact::<(), (), _>(|tx| {
-                let sealed =
-                    tx.seal_for(&subject, &envelope_aad(message_id), &fresh.encode_to_vec())?;
-                let mut q = queued.clone();
-                q.sealed = hex::encode(sealed);
-                tx.remove(TreeName::DeadLetters, &key)?;
-                tx.put_json(TreeName::Outbox, &key, &q)?;
+    pub async fn retry(&self, message_id: MessageId) -> Result<NodeId, RetryError> {
+        let identity = self.inner.identity.clone();
+        let node = self.inner.cfg.node;
+        let r = self
+            .inner
+            .store
+            .commit(move |tx| {
+                let Some(dead) = tx.dead_letter_of(message_id)? else {
+                    return Err(TxFail::Abort(RetryError::NotFound));
+                };
+                let Some(bytes) = tx.open_envelope(&dead)? else {
+                    return Err(TxFail::Abort(RetryError::Erased));
+                };
+                let env = SignedEnvelope::decode(bytes.as_slice())
+                    .map_err(|_| TxFail::Abort(RetryError::Store("dead letter corrupt".into())))?;
+                let body = trm_proto::v1::EnvelopeBody::decode(env.body.as_slice())
+                    .map_err(|_| TxFail::Abort(RetryError::Store("dead letter corrupt".into())))?;
+                let payload = body.payload.ok_or_else(|| {
+                    TxFail::Abort(RetryError::Store("dead letter has no payload".into()))
+                })?;
+                let fresh = envelope::seal_with_id(
+                    &identity.current(),
+                    node,
+                    dead.peer,
+                    &body.case_ref,
+                    payload,
+                    &message_id.to_string(),
+                    OffsetDateTime::now_utc(),
+                );
+                tx.requeue(&dead, &fresh.encode_to_vec())?;
                 tx.audit(
-                    AuditRecord::new("operator", "outbox.retry", message_id, "queued")
-                        .detail(item.kind.clone()),
-                )
+                    AuditRecord::new("operator", "outbox.retry", message_id.to_string(), "queued")
+                        .detail(dead.kind.as_str()),
+                )?;
+                Ok(dead.peer)
             })
-            .map_err(|e| RetryError::Store(format!("{e:?}")))?;
-        store
-            .durable()
-            .await
-            .map_err(|e| RetryError::Store(e.to_string()))?;
-        self.wake(item.peer);
-        Ok(item.peer)
+            .await;
+        match r {
+            Ok(c) => {
+                self.wake_noted(&c.notes);
+                Ok(c.value)
+            }
+            Err(TxFail::Abort(e)) => Err(e),
+            Err(TxFail::Store(e)) => Err(RetryError::Store(e.to_string())),
+        }
     }
 }

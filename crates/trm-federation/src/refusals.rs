@@ -90,18 +90,18 @@ impl RefusalLog {
                 }
             }
         };
+        let actor = actor.to_owned();
         self.store
-            .transact::<(), (), _>(|tx| {
+            .commit::<(), (), _>(move |tx| {
                 if closed > 0 {
-                    tx.audit(aggregate(actor, reason, closed))?;
+                    tx.audit(aggregate(&actor, reason, closed))?;
                 }
-                tx.audit(record.clone())
+                tx.audit(record.clone())?;
+                Ok(())
             })
-            .map_err(|e| match e {
-                TxFail::Tx(trm_store::TxError::Store(e)) => e,
-                _ => StoreError::Durability,
-            })?;
-        self.store.durable().await
+            .await
+            .map_err(TxFail::into_store)?;
+        Ok(())
     }
 
     /// Writes the aggregate entry of every window that has closed (all of them when `all`,
@@ -121,16 +121,14 @@ impl RefusalLog {
             return Ok(());
         }
         self.store
-            .transact::<(), (), _>(|tx| {
+            .commit::<(), (), _>(move |tx| {
                 for (actor, reason, count) in &due {
                     tx.audit(aggregate(actor, reason, *count))?;
                 }
                 Ok(())
             })
-            .map_err(|e| match e {
-                TxFail::Tx(trm_store::TxError::Store(e)) => e,
-                _ => StoreError::Durability,
-            })?;
-        self.store.durable().await
+            .await
+            .map_err(TxFail::into_store)?;
+        Ok(())
     }
 }

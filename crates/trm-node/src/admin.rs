@@ -4,12 +4,13 @@
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 use tracing::{error, info};
+use trm_core::{ids::MessageId, messages::Topic};
 use trm_core::{ids::Role, limits::Page, policy::POLICY_VERSION, FieldError, Guard, GuardError};
 use trm_crypto::signing::SigningIdentity;
 use trm_federation::{
-    directory::{DirectoryChanges, LearnedKeys, StoredPeer, DIRECTORY_CHANGES, LEARNED_KEYS},
-    keys::{self, OwnKey},
-    outbox::{self, OutboxItem, RetryError},
+    directory::{stored_from_peer, DirectoryChanges},
+    keys,
+    outbox::{self, RetryError},
     Peer, PeerKey,
 };
 use trm_proto::v1::envelope_body::Payload;
@@ -18,21 +19,16 @@ use trm_proto::{
     v1 as w,
     v1::admin_service_server::AdminService,
 };
-use trm_store::audit::AuditRecord;
-use trm_store::TreeName;
+use trm_store::{audit::AuditRecord, repo::directory::Revoked, repo::outbox::OutboxItem};
 
 use crate::{
     authz::{self, require},
     ctx::Ctx,
     error::ApiError,
-    gate::Revoked,
 };
 
 /// The longest overlap a rotation may ask for (ten years).
 pub const MAX_OVERLAP_DAYS: u32 = 3650;
-
-/// Key of the revoked client certificates in the store's meta records.
-pub const REVOKED_CLIENTS: &[u8] = b"revoked_clients";
 
 /// The admin service of one node.
 #[derive(Debug, Clone)]
@@ -60,20 +56,16 @@ impl Admin {
     async fn change_directory(
         &self,
         peer: trm_core::ids::NodeId,
-        f: impl Fn(&mut DirectoryChanges),
+        f: impl Fn(&mut DirectoryChanges) + Send + 'static,
     ) -> Result<(), ApiError> {
         self.ctx
-            .commit(|tx| {
-                let mut changes: DirectoryChanges = tx
-                    .get_json(TreeName::Meta, DIRECTORY_CHANGES)?
-                    .unwrap_or_default();
+            .commit(move |tx| {
+                let mut changes = tx.directory_changes()?;
                 f(&mut changes);
-                tx.put_json(TreeName::Meta, DIRECTORY_CHANGES, &changes)?;
-                let mut learned: LearnedKeys = tx
-                    .get_json(TreeName::Meta, LEARNED_KEYS)?
-                    .unwrap_or_default();
+                tx.put_directory_changes(&changes)?;
+                let mut learned = tx.learned_keys()?;
                 if learned.peers.remove(&peer).is_some() {
-                    tx.put_json(TreeName::Meta, LEARNED_KEYS, &learned)?;
+                    tx.put_learned_keys(&learned)?;
                 }
                 let removed = changes.removed.contains(&peer);
                 tx.audit(
@@ -304,16 +296,16 @@ impl AdminService for Admin {
                 w::PeerStatus {
                     node_id: id.to_string(),
                     reachable: state.reachable,
-                    outbox_depth: store.count(TreeName::Outbox, id.as_str().as_bytes()) as u64,
+                    outbox_depth: store.outbox_depth(id).unwrap_or_default(),
                     last_delivery: state.last_delivery.map(ts),
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
         Ok(Response::new(w::StatusResponse {
             node_id: self.ctx.id.to_string(),
             policy_version: POLICY_VERSION.to_owned(),
-            outbox_depth: store.count(TreeName::Outbox, b"") as u64,
-            dead_letters: store.count(TreeName::DeadLetters, b"") as u64,
+            outbox_depth: peers.iter().map(|p| p.outbox_depth).sum(),
+            dead_letters: store.dead_letter_count().map_err(ApiError::from)?,
             peers,
         }))
     }
@@ -377,8 +369,8 @@ impl AdminService for Admin {
             tls_pin,
             keys,
         };
-        let stored = StoredPeer::from_peer(&peer).map_err(|e| ApiError::Store(e.to_string()))?;
-        self.change_directory(id, |changes| {
+        let stored = stored_from_peer(&peer).map_err(|e| ApiError::Store(e.to_string()))?;
+        self.change_directory(id, move |changes| {
             changes.removed.retain(|r| *r != id);
             changes.upserted.retain(|p| p.id != id);
             changes.upserted.push(stored.clone());
@@ -404,7 +396,7 @@ impl AdminService for Admin {
         if self.ctx.directory.get(id).is_none() {
             return Err(ApiError::NotFound("peer").into());
         }
-        self.change_directory(id, |changes| {
+        self.change_directory(id, move |changes| {
             changes.upserted.retain(|p| p.id != id);
             if !changes.removed.contains(&id) {
                 changes.removed.push(id);
@@ -429,32 +421,32 @@ impl AdminService for Admin {
             Some(convert::country("peer", &req.peer).map_err(ApiError::from)?)
         };
         let store = &self.ctx.store;
-        let mut items: Vec<(OutboxItem, bool)> = outbox::dead_letters(store)
+        let mut items: Vec<(OutboxItem, bool)> = store
+            .dead_letters(None, usize::MAX)
             .map_err(ApiError::from)?
             .into_iter()
             .map(|i| (i, true))
             .collect();
         if !req.dead_letters_only {
             items.extend(
-                outbox::queued(store)
+                store
+                    .outbox_items(None, usize::MAX)
                     .map_err(ApiError::from)?
                     .into_iter()
                     .map(|i| (i, false)),
             );
         }
         items.retain(|(i, _)| peer.is_none_or(|p| i.peer == p));
-        items.sort_by(|a, b| a.0.message_id.cmp(&b.0.message_id));
-        let (items, next_page_token) = page.take(items, |(i, _)| i.message_id.clone());
+        items.sort_by_key(|(i, _)| i.message_id);
+        let (items, next_page_token) = page.take(items, |(i, _)| i.message_id.to_string());
         let entries = items
             .into_iter()
             .map(|(i, dead)| w::OutboxEntry {
-                message_id: i.message_id,
+                message_id: i.message_id.to_string(),
                 peer: i.peer.to_string(),
-                kind: i.kind,
+                kind: i.kind.as_str().to_owned(),
                 attempts: i.attempts,
-                created_at: OffsetDateTime::from_unix_timestamp(i.created_at)
-                    .ok()
-                    .map(convert::ts),
+                created_at: Some(convert::ts(i.created_at)),
                 next_attempt_at: None,
                 dead_letter: dead,
                 last_error: i.last_error,
@@ -471,9 +463,9 @@ impl AdminService for Admin {
         request: Request<w::RetryDeliveryRequest>,
     ) -> Result<Response<w::RetryDeliveryResponse>, Status> {
         Self::operator(&request)?;
-        let message_id =
-            convert::id("message_id", &request.get_ref().message_id).map_err(ApiError::from)?;
-        match self.ctx.delivery.retry(&message_id.to_string()).await {
+        let message_id = MessageId::parse("message_id", &request.get_ref().message_id)
+            .map_err(ApiError::from)?;
+        match self.ctx.delivery.retry(message_id).await {
             Ok(_) => Ok(Response::new(w::RetryDeliveryResponse {})),
             Err(RetryError::NotFound) => Err(ApiError::NotFound("dead letter").into()),
             Err(RetryError::Erased) => Err(ApiError::from(GuardError::new(
@@ -585,32 +577,28 @@ impl AdminService for Admin {
         ctx.identity.replace(old.retiring_at(now));
         let mut keys = keys::listed(&ctx.store, &old);
         for k in keys.iter_mut().filter(|k| k.key_id == old.key_id()) {
-            k.valid_until = Some(now.unix_timestamp());
-            k.listed_until = Some(listed_until.unix_timestamp());
+            k.valid_until = Some(now);
+            k.listed_until = Some(listed_until);
         }
-        let announced = OwnKey::new(&new, Some(now));
+        let announced = keys::own_key(&new, Some(now));
         keys.push(announced.clone());
         let peers = ctx.directory.ids();
-        let keys_subject = trm_store::Subject::named("node", b"keys");
+        let (signer, new_id) = (old.clone(), new.key_id().to_owned());
         let committed = ctx
-            .commit(|tx| {
-                tx.put_json(TreeName::Meta, keys::OWN_KEYS, &keys)?;
+            .commit(move |tx| {
+                tx.put_own_keys(&keys)?;
                 for peer in &peers {
                     // Signed by the old key, which the peer trusts, dated at its last instant.
                     let payload = Payload::KeyAnnouncement(w::KeyAnnouncement {
-                        key: Some(announced.to_wire()),
+                        key: Some(keys::to_wire(&announced)),
                     });
-                    let about = outbox::About {
-                        id: "keys",
-                        sealed_under: &keys_subject,
-                    };
-                    outbox::enqueue_at(tx, &old, ctx.id, *peer, about, "", payload, now)?;
+                    outbox::enqueue_at(tx, &signer, *peer, Topic::NodeKeys, "", payload, now)?;
                 }
                 tx.audit(
-                    AuditRecord::new("operator", "keys.rotate", new.key_id(), "ok").detail(
+                    AuditRecord::new("operator", "keys.rotate", new_id.clone(), "ok").detail(
                         format!(
                             "previous={} overlap_days={overlap_days} announced_to={}",
-                            old.key_id(),
+                            signer.key_id(),
                             peers.len()
                         ),
                     ),
@@ -656,21 +644,21 @@ impl AdminService for Admin {
         Self::operator(&request)?;
         let serial_hex = serial(&request.get_ref().serial_hex)?;
         let now = OffsetDateTime::now_utc();
+        let serial_for = serial_hex.clone();
         let revoked = self
             .ctx
-            .commit(|tx| {
-                let mut all: Vec<Revoked> = tx
-                    .get_json(TreeName::Meta, REVOKED_CLIENTS)?
-                    .unwrap_or_default();
+            .commit(move |tx| {
+                let serial_hex = serial_for.clone();
+                let mut all = tx.revoked_clients()?;
                 if let Some(r) = all.iter().find(|r| r.serial_hex == serial_hex) {
                     return Ok(r.clone());
                 }
                 let r = Revoked {
                     serial_hex: serial_hex.clone(),
-                    revoked_at: now.unix_timestamp(),
+                    revoked_at: now,
                 };
                 all.push(r.clone());
-                tx.put_json(TreeName::Meta, REVOKED_CLIENTS, &all)?;
+                tx.put_revoked_clients(&all)?;
                 tx.audit(AuditRecord::new(
                     "operator",
                     "client.revoke",
@@ -684,9 +672,7 @@ impl AdminService for Admin {
         info!(serial = %serial_hex, "client certificate revoked");
         Ok(Response::new(w::RevokedClientCertificate {
             serial_hex: revoked.serial_hex,
-            revoked_at: OffsetDateTime::from_unix_timestamp(revoked.revoked_at)
-                .ok()
-                .map(ts),
+            revoked_at: Some(ts(revoked.revoked_at)),
         }))
     }
 
@@ -704,9 +690,7 @@ impl AdminService for Admin {
                 .into_iter()
                 .map(|r| w::RevokedClientCertificate {
                     serial_hex: r.serial_hex,
-                    revoked_at: OffsetDateTime::from_unix_timestamp(r.revoked_at)
-                        .ok()
-                        .map(ts),
+                    revoked_at: Some(ts(r.revoked_at)),
                 })
                 .collect(),
             next_page_token,

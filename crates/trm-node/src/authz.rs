@@ -23,6 +23,19 @@ pub fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
         })
 }
 
+/// Returns the key of the client certificate of a request (its serial number), which
+/// idempotent requests are remembered under.
+pub fn client_key<T>(request: &Request<T>) -> String {
+    request
+        .peer_certs()
+        .and_then(|certs| {
+            certs
+                .first()
+                .and_then(|c| trm_crypto::pki::serial_hex(c.as_ref()))
+        })
+        .unwrap_or_default()
+}
+
 /// Refuses unless the principal has one of `roles`.
 pub fn require(p: &Principal, roles: &[Role], action: &str) -> Result<(), ApiError> {
     if roles.contains(&p.role) {

@@ -46,6 +46,8 @@ pub struct NodeConfig {
     pub delivery: DeliverySection,
     #[serde(default)]
     pub limits: LimitsSection,
+    #[serde(default)]
+    pub storage: StorageSection,
     /// The peer directory.
     #[serde(default)]
     pub peers: Vec<PeerSection>,
@@ -197,6 +199,36 @@ impl Default for DeliverySection {
         Self {
             backoff_cap_secs: default_backoff_cap(),
             request_timeout_secs: default_request_timeout(),
+        }
+    }
+}
+
+/// The storage engine and its key hierarchy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    /// `sled` (embedded, the default).
+    #[serde(default = "default_engine")]
+    pub engine: String,
+    /// Hours between rotations of the key-encryption key: older copies of the database
+    /// (sled's log segments, copies of the folder) stop opening erased records within this
+    /// bound.
+    #[serde(default = "default_kek_rotation")]
+    pub kek_rotation_hours: u32,
+}
+
+fn default_engine() -> String {
+    "sled".into()
+}
+fn default_kek_rotation() -> u32 {
+    24
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Self {
+            engine: default_engine(),
+            kek_rotation_hours: default_kek_rotation(),
         }
     }
 }
@@ -405,6 +437,18 @@ impl NodeConfig {
             self.delivery.request_timeout_secs,
             1,
             600,
+        )?;
+        if self.storage.engine != "sled" {
+            return Err(invalid(
+                "storage.engine",
+                "must be \"sled\" (the PostgreSQL engine is not available in this build)",
+            ));
+        }
+        bounded(
+            "storage.kek_rotation_hours",
+            self.storage.kek_rotation_hours,
+            1,
+            24 * 30,
         )?;
         let l = &self.limits;
         bounded("limits.max_connections", l.max_connections, 1, 65_536)?;

@@ -3,15 +3,10 @@
 use std::sync::Arc;
 
 use time::{Date, OffsetDateTime};
-use trm_core::{
-    consent::Consent,
-    ids::{NodeId, Principal},
-    model::CaseRecord,
-};
+use trm_core::ids::{NodeId, Principal};
 use trm_crypto::signing::Signer;
 use trm_federation::{Delivery, PeerDirectory};
-use trm_store::{audit::AuditRecord, Store, TreeName, Tx, TxFail};
-use uuid::Uuid;
+use trm_store::{audit::AuditRecord, Note, Store, Tx, TxFail};
 
 use crate::{
     authz::actor,
@@ -42,16 +37,33 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Commits `f`, waits for durability, then wakes the delivery workers of the peers `f`
-    /// queued envelopes for: the caller answers only after this returns.
-    pub async fn commit<R>(&self, f: impl Fn(&Tx<'_>) -> TxResult<R>) -> ApiResult<R> {
-        let (r, queued) = self.store.transact_noting(f)?;
-        self.store.durable().await?;
-        self.delivery.wake_noted(&queued);
-        Ok(r)
+    /// Commits `f` through the store's commit pipeline (it returns once durable), then does
+    /// what the transaction asked for (waking the delivery workers of the peers it queued
+    /// envelopes for): the caller answers only after this returns.
+    pub async fn commit<R, F>(&self, f: F) -> ApiResult<R>
+    where
+        F: Fn(&mut Tx<'_>) -> TxResult<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let committed = self.store.commit(f).await?;
+        self.after_commit(&committed.notes);
+        Ok(committed.value)
     }
 
-    /// Records a read of victim records (who, which ids, when) durably before the answer.
+    /// Does what durable transactions asked for.
+    pub fn after_commit(&self, notes: &[Note]) {
+        self.delivery.wake_noted(notes);
+        for n in notes {
+            if let Note::PeerKeys(peer) = n {
+                if let Err(e) = self.directory.reload_learned(&self.store, *peer) {
+                    tracing::warn!(peer = %peer, error = %e, "cannot apply the keys a peer announced");
+                }
+            }
+        }
+    }
+
+    /// Records a read of victim records (who, which ids, when) durably before the answer:
+    /// a read whose audit entry cannot be written is refused.
     pub async fn audit_read(
         &self,
         p: &Principal,
@@ -60,22 +72,12 @@ impl Ctx {
         ids: String,
     ) -> ApiResult<()> {
         let record = AuditRecord::new(actor(p), action, subject, "ok").detail(ids);
-        Ok(self.store.audit(record).await?)
+        self.commit(move |tx| {
+            tx.audit(record.clone())?;
+            Ok(())
+        })
+        .await
     }
-}
-
-/// Returns the consents recorded for a case. They live under the case id as one list, so a
-/// disclosure reads them in its own transaction and conflicts with a concurrent withdrawal.
-pub fn consents_of(tx: &Tx<'_>, case_id: &Uuid) -> TxResult<Vec<Consent>> {
-    Ok(tx
-        .get_json::<Vec<Consent>>(TreeName::Consents, case_id.as_bytes())?
-        .unwrap_or_default())
-}
-
-/// Loads a case inside a transaction; NOT_FOUND when absent.
-pub fn load_case(tx: &Tx<'_>, case_id: &Uuid) -> TxResult<CaseRecord> {
-    tx.get_sealed::<CaseRecord>(TreeName::Cases, case_id.as_bytes())?
-        .ok_or(TxFail::Abort(ApiError::NotFound("case")))
 }
 
 impl std::fmt::Debug for Ctx {
@@ -91,59 +93,99 @@ pub fn today() -> Date {
     OffsetDateTime::now_utc().date()
 }
 
-/// Returns a new pairwise case reference: 128 random bits, unlinkable across peers.
-pub fn new_case_ref() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+/// A request that may be retried (AIP-155): the client certificate that made it, its
+/// `request_id`, and a digest of the request without that id.
+#[derive(Debug, Clone)]
+pub struct Idempotent {
+    client: String,
+    request_id: uuid::Uuid,
+    digest: Vec<u8>,
 }
 
-/// Key of the case reference of `case` towards `peer` (origin side).
-fn case_ref_key(case: &Uuid, peer: NodeId) -> Vec<u8> {
-    format!("out/{case}/{peer}").into_bytes()
+/// What a retryable request gave: done now, or done before (the key of its result).
+#[derive(Debug)]
+pub enum Done<R> {
+    Now(R),
+    Before(String),
 }
 
-/// Key resolving a reference this node gave `peer` back to the local case.
-fn outbound_ref_key(peer: NodeId, case_ref: &str) -> Vec<u8> {
-    format!("ref/{peer}/{case_ref}").into_bytes()
-}
-
-/// Returns the pairwise reference of `case` towards `peer`, creating it on first use.
-pub fn case_ref_for(tx: &Tx<'_>, case: &Uuid, peer: NodeId) -> TxResult<String> {
-    let key = case_ref_key(case, peer);
-    if let Some(r) = tx.get_json::<String>(TreeName::CaseRefs, &key)? {
-        return Ok(r);
+impl Idempotent {
+    /// Reads the `request_id` of `request` (`None` when empty); `without_id` is the
+    /// request with its id cleared, whose digest tells a retry from a different request.
+    pub fn of<T, M: prost::Message>(
+        request: &tonic::Request<T>,
+        request_id: &str,
+        without_id: &M,
+    ) -> ApiResult<Option<Self>> {
+        if request_id.is_empty() {
+            return Ok(None);
+        }
+        let id = uuid::Uuid::try_parse(request_id).map_err(|_| {
+            ApiError::from(trm_core::FieldError::new("request_id", "must be a UUID"))
+        })?;
+        Ok(Some(Self {
+            client: crate::authz::client_key(request),
+            request_id: id,
+            digest: trm_crypto::sha256(&without_id.encode_to_vec()).to_vec(),
+        }))
     }
-    let r = new_case_ref();
-    tx.put_json(TreeName::CaseRefs, &key, &r)?;
-    tx.put_json(
-        TreeName::CaseRefs,
-        &outbound_ref_key(peer, &r),
-        &case.to_string(),
-    )?;
-    Ok(r)
-}
 
-/// Returns the existing pairwise reference of `case` towards `peer`, if the case was ever
-/// exchanged with it.
-pub fn existing_case_ref(tx: &Tx<'_>, case: &Uuid, peer: NodeId) -> TxResult<Option<String>> {
-    Ok(tx.get_json::<String>(TreeName::CaseRefs, &case_ref_key(case, peer))?)
-}
-
-/// Resolves a reference shared with `peer` (either way) to the local record it names: a
-/// case this node sent, or a referral or return plan it received.
-pub fn resolve_case_ref(tx: &Tx<'_>, peer: NodeId, case_ref: &str) -> TxResult<Option<Uuid>> {
-    for key in [
-        inbound_ref_key(peer, case_ref),
-        outbound_ref_key(peer, case_ref),
-    ] {
-        if let Some(id) = tx.get_json::<String>(TreeName::CaseRefs, &key)? {
-            return Ok(Uuid::try_parse(&id).ok());
+    /// Returns the key of the result of the same request made before, refusing the same id
+    /// with a different request (INVALID_ARGUMENT naming `request_id`).
+    pub fn before(&self, tx: &mut Tx<'_>) -> TxResult<Option<String>> {
+        match tx.request(&self.client, self.request_id)? {
+            Some(r) if r.digest == self.digest => Ok(Some(r.result)),
+            Some(_) => Err(ApiError::from(trm_core::FieldError::new(
+                "request_id",
+                "was used for a different request",
+            ))
+            .into()),
+            None => Ok(None),
         }
     }
-    Ok(None)
+
+    /// Remembers `result` (ids only, never personal data) as what the request gave.
+    pub fn remember(&self, tx: &mut Tx<'_>, result: String) -> TxResult<()> {
+        tx.put_request(
+            &self.client,
+            self.request_id,
+            &trm_store::repo::requests::RequestRecord {
+                digest: self.digest.clone(),
+                result,
+                at: OffsetDateTime::now_utc(),
+            },
+        )?;
+        Ok(())
+    }
 }
 
-/// Key resolving a reference received from `peer` to the local record (receiving side).
-/// The first record received under a reference is the one it resolves to.
-pub fn inbound_ref_key(peer: NodeId, case_ref: &str) -> Vec<u8> {
-    format!("in/{peer}/{case_ref}").into_bytes()
+impl Ctx {
+    /// Commits a retryable request: when `idem` names a request already done, nothing is
+    /// changed and the key of its result is returned; otherwise `f` runs, and the key of its
+    /// result (`key`) is remembered with it in the same transaction.
+    pub async fn commit_once<R, F, K>(
+        &self,
+        idem: Option<Idempotent>,
+        key: K,
+        f: F,
+    ) -> ApiResult<Done<R>>
+    where
+        F: Fn(&mut Tx<'_>) -> TxResult<R> + Send + 'static,
+        K: Fn(&R) -> String + Send + 'static,
+        R: Send + 'static,
+    {
+        self.commit(move |tx| {
+            if let Some(i) = &idem {
+                if let Some(before) = i.before(tx)? {
+                    return Ok(Done::Before(before));
+                }
+            }
+            let r = f(tx)?;
+            if let Some(i) = &idem {
+                i.remember(tx, key(&r))?;
+            }
+            Ok(Done::Now(r))
+        })
+        .await
+    }
 }

@@ -4,19 +4,19 @@
 //! in the caller's transaction.
 
 use trm_core::{
-    consent::{self, Consent},
-    ids::{NodeId, Principal},
+    consent,
+    ids::{CaseId, ConsentId, NodeId, Principal, Shared},
+    messages::Topic,
     model::{CaseRecord, DisclosedCase, Purpose},
     policy, FieldError,
 };
 use trm_federation::outbox;
 use trm_proto::v1::envelope_body::Payload;
-use trm_store::{audit::AuditRecord, Subject, TreeName, Tx};
-use uuid::Uuid;
+use trm_store::{audit::AuditRecord, Tx};
 
 use crate::{
     authz::{actor, require_org},
-    ctx::{case_ref_for, consents_of, load_case, today, Ctx, TxResult},
+    ctx::{today, Ctx, TxResult},
     error::{ApiError, ApiResult},
 };
 
@@ -29,6 +29,12 @@ pub fn peer_destination(ctx: &Ctx, field: &str, s: &str) -> ApiResult<NodeId> {
     Ok(destination)
 }
 
+/// Loads a case inside a transaction; NOT_FOUND when absent.
+pub fn load_case(tx: &mut Tx<'_>, id: CaseId) -> TxResult<CaseRecord> {
+    tx.case(id)?
+        .ok_or_else(|| ApiError::NotFound("case").into())
+}
+
 /// What is about to cross for one purpose to one recipient.
 #[derive(Debug)]
 pub struct Disclosure {
@@ -37,27 +43,26 @@ pub struct Disclosure {
     pub recipient: NodeId,
     pub case_ref: String,
     pub disclosed: DisclosedCase,
-    pub consent_ids: Vec<Uuid>,
-    consents: Vec<Consent>,
+    pub consent_ids: Vec<ConsentId>,
 }
 
 /// Prepares a disclosure of case `case_id` inside `tx`: the principal must look after the
 /// case, `guards` must pass (the flow's own preconditions), and an active consent must cover
 /// `purpose` to `recipient` (the `consent` guard otherwise).
 pub fn prepare(
-    tx: &Tx<'_>,
+    tx: &mut Tx<'_>,
     p: &Principal,
-    case_id: &Uuid,
+    case_id: CaseId,
     purpose: Purpose,
     recipient: NodeId,
-    guards: impl Fn(&Tx<'_>, &CaseRecord) -> TxResult<()>,
+    guards: impl Fn(&mut Tx<'_>, &CaseRecord) -> TxResult<()>,
 ) -> TxResult<Disclosure> {
     let case = load_case(tx, case_id)?;
     require_org(p, Some(&case.organisation))?;
     guards(tx, &case)?;
-    let consents = consents_of(tx, case_id)?;
+    let consents = tx.consents(case_id)?;
     let grant = consent::grant(&consents, purpose, recipient, today()).map_err(ApiError::from)?;
-    let case_ref = case_ref_for(tx, case_id, recipient)?;
+    let case_ref = tx.case_ref_or_new(case_id, recipient)?;
     let disclosed = policy::disclose(&case, purpose, &grant.categories, case_ref.clone(), today());
     Ok(Disclosure {
         case,
@@ -66,44 +71,36 @@ pub fn prepare(
         case_ref,
         disclosed,
         consent_ids: grant.consent_ids,
-        consents,
     })
 }
 
 impl Disclosure {
-    /// Records `subject` on the consents the disclosure relies on, queues `payload` to the
+    /// Records `shared` under the consents the disclosure relies on, queues `payload` to the
     /// recipient and audits `action` with the fields that crossed (names, never values).
     #[allow(clippy::too_many_arguments)]
     pub fn send(
-        mut self,
-        tx: &Tx<'_>,
+        self,
+        tx: &mut Tx<'_>,
         ctx: &Ctx,
         p: &Principal,
-        subject: Uuid,
-        tree: TreeName,
+        shared: Shared,
         payload: Payload,
         action: &str,
         outcome: &str,
         detail: &str,
-    ) -> TxResult<String> {
-        let case_id = self.case.case_id;
-        for c in self
-            .consents
-            .iter_mut()
-            .filter(|c| self.consent_ids.contains(&c.consent_id))
-        {
-            c.disclosures.push(subject);
+    ) -> TxResult<()> {
+        for c in &self.consent_ids {
+            tx.record_disclosure(*c, shared)?;
         }
-        tx.put_json(TreeName::Consents, case_id.as_bytes(), &self.consents)?;
+        let (topic, subject) = match shared {
+            Shared::Referral(id) => (Topic::Referral(id), id.to_string()),
+            Shared::Return(id) => (Topic::Return(id), id.to_string()),
+        };
         let message_id = outbox::enqueue(
             tx,
             &ctx.identity.current(),
-            ctx.id,
             self.recipient,
-            outbox::About {
-                id: &subject.to_string(),
-                sealed_under: &Subject::of(tree, subject.as_bytes()),
-            },
+            topic,
             &self.case_ref,
             payload,
         )?;
@@ -112,13 +109,14 @@ impl Disclosure {
             .map(|f| f.path())
             .collect();
         tx.audit(
-            AuditRecord::new(actor(p), action, subject.to_string(), outcome).detail(format!(
-                "case={case_id} to={} purpose={} message={message_id} fields={} {detail}",
+            AuditRecord::new(actor(p), action, subject, outcome).detail(format!(
+                "case={} to={} purpose={} message={message_id} fields={} {detail}",
+                self.case.case_id,
                 self.recipient,
                 self.purpose.as_str(),
                 fields.join(","),
             )),
         )?;
-        Ok(message_id)
+        Ok(())
     }
 }

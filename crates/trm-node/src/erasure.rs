@@ -2,31 +2,33 @@
 //! side of the exchange. The recipient's side is in [`crate::flows`].
 
 use time::OffsetDateTime;
-use trm_core::model::DisclosedCase;
 use trm_core::{
-    referral::{ReferralRecord, ReferralStatus},
-    returns::{ReturnRecord, ReturnStatus},
+    ids::Shared, messages::Topic, model::DisclosedCase, referral::ReferralStatus,
+    returns::ReturnStatus,
 };
 use trm_federation::outbox;
 use trm_proto::v1::{envelope_body::Payload, ErasureRequest};
-use trm_store::{Subject, TreeName, Tx};
-use uuid::Uuid;
+use trm_store::{Subject, Tx};
 
 use crate::ctx::{Ctx, TxResult};
 
 const REASON: &str = "consent withdrawn";
 
-/// Asks the recipient of disclosure `id` (a referral or a return plan this node sent) to
-/// erase its copy: the record is withdrawn (or halted), its data key shredded so queued
+/// Asks the recipient of disclosure `shared` (a referral or a return plan this node sent)
+/// to erase its copy: the record is withdrawn (or halted), its data key shredded so queued
 /// copies not yet delivered are gone too, and a signed erasure request is queued. Returns
-/// whether a request was queued (not when erasure was already requested or `id` is unknown).
+/// whether a request was queued (not when erasure was already requested or the record is
+/// unknown).
 ///
 /// With `erase_local` (the whole case is erased), this node's own record of what it sent
 /// keeps nothing but the pairwise reference as well.
-pub fn request(ctx: &Ctx, tx: &Tx<'_>, id: &Uuid, erase_local: bool) -> TxResult<bool> {
-    let key = id.as_bytes();
-    let (recipient, case_ref, tree) =
-        if let Some(mut r) = tx.get_sealed::<ReferralRecord>(TreeName::Referrals, key)? {
+pub fn request(ctx: &Ctx, tx: &mut Tx<'_>, shared: Shared, erase_local: bool) -> TxResult<bool> {
+    let now = OffsetDateTime::now_utc();
+    let (recipient, case_ref, topic) = match shared {
+        Shared::Referral(id) => {
+            let Some(mut r) = tx.referral(id)? else {
+                return Ok(false);
+            };
             if r.erasure_requested || r.origin != ctx.id {
                 return Ok(false);
             }
@@ -35,16 +37,20 @@ pub fn request(ctx: &Ctx, tx: &Tx<'_>, id: &Uuid, erase_local: bool) -> TxResult
             }
             r.status_reason = REASON.into();
             r.erasure_requested = true;
-            r.updated_at = OffsetDateTime::now_utc();
+            r.updated_at = now;
             let case_ref = r.disclosed.case_ref.clone();
             if erase_local {
                 r.disclosed = tombstone(&r.disclosed);
                 r.requested_services.clear();
             }
-            tx.shred(&Subject::of(TreeName::Referrals, key))?;
-            tx.put_sealed(TreeName::Referrals, key, &r)?;
-            (r.destination, case_ref, TreeName::Referrals)
-        } else if let Some(mut r) = tx.get_sealed::<ReturnRecord>(TreeName::Returns, key)? {
+            tx.shred(&Subject::referral(id))?;
+            tx.put_referral(&r)?;
+            (r.destination, case_ref, Topic::Referral(id))
+        }
+        Shared::Return(id) => {
+            let Some(mut r) = tx.return_plan(id)? else {
+                return Ok(false);
+            };
             if r.erasure_requested || r.origin != ctx.id {
                 return Ok(false);
             }
@@ -53,7 +59,7 @@ pub fn request(ctx: &Ctx, tx: &Tx<'_>, id: &Uuid, erase_local: bool) -> TxResult
             }
             r.status_reason = REASON.into();
             r.erasure_requested = true;
-            r.updated_at = OffsetDateTime::now_utc();
+            r.updated_at = now;
             let case_ref = r.disclosed.case_ref.clone();
             if erase_local {
                 r.disclosed = tombstone(&r.disclosed);
@@ -61,25 +67,24 @@ pub fn request(ctx: &Ctx, tx: &Tx<'_>, id: &Uuid, erase_local: bool) -> TxResult
                 r.travel_details.clear();
                 r.follow_ups.clear();
             }
-            tx.shred(&Subject::of(TreeName::Returns, key))?;
-            tx.put_sealed(TreeName::Returns, key, &r)?;
-            (r.destination, case_ref, TreeName::Returns)
-        } else {
-            return Ok(false);
-        };
+            tx.shred(&Subject::return_plan(id))?;
+            tx.put_return_plan(&r)?;
+            (r.destination, case_ref, Topic::Return(id))
+        }
+    };
+    let subject_id = match shared {
+        Shared::Referral(id) => id.to_string(),
+        Shared::Return(id) => id.to_string(),
+    };
     let request = ErasureRequest {
-        subject_id: id.to_string(),
+        subject_id,
         reason: REASON.into(),
     };
     outbox::enqueue(
         tx,
         &ctx.identity.current(),
-        ctx.id,
         recipient,
-        outbox::About {
-            id: &id.to_string(),
-            sealed_under: &Subject::of(tree, key),
-        },
+        topic,
         &case_ref,
         Payload::ErasureRequest(request),
     )?;

@@ -4,7 +4,7 @@
 use tonic::Status;
 use tracing::error;
 use trm_core::{FieldError, GuardError};
-use trm_store::{StoreError, TxError, TxFail};
+use trm_store::{StoreError, TxFail};
 
 /// What a local RPC can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +39,7 @@ impl From<TxFail<ApiError>> for ApiError {
     fn from(e: TxFail<ApiError>) -> Self {
         match e {
             TxFail::Abort(api) => api,
-            TxFail::Tx(TxError::Store(s)) => s.into(),
-            TxFail::Tx(TxError::Conflict) => ApiError::Store("transaction conflict".into()),
+            TxFail::Store(s) => s.into(),
         }
     }
 }

@@ -5,17 +5,18 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 use trm_core::{
-    hearing::{check_child_measures, HearingEvent, HearingRecord, HearingStatus},
-    ids::NodeId,
+    hearing::{check_child_measures, HearingEvent, HearingRecord, HearingStatus, HearingStep},
+    ids::{HearingId, NodeId, ReferralId, ReturnId, WitnessRecord},
+    messages::{EnvelopeKind, Topic},
     model::Purpose,
     policy,
     referral::{next, ReferralEvent, ReferralRecord, ReferralStatus},
-    returns::{ReturnEvent, ReturnRecord, ReturnStatus, Side},
+    returns::{ReturnEvent, ReturnRecord, ReturnStatus, Side, StepDetails},
 };
 use trm_crypto::signing::Signer;
 use trm_federation::{
-    directory::{LearnedKeys, StoredKey, LEARNED_KEYS},
-    outbox, FlowHandler, Inbound, OutboxItem, PeerDirectory, PeerKey, Rejection,
+    directory::{key_from_stored, merge_keys, stored_from_key},
+    outbox, FlowHandler, Inbound, PeerDirectory, PeerKey, Rejection,
 };
 use trm_proto::{
     convert,
@@ -25,15 +26,9 @@ use trm_proto::{
         ReceiptOutcome, ReferralOffer, ReferralUpdate, ReturnRequest, ReturnUpdate,
     },
 };
-use trm_store::{Subject, TreeName, Tx, TxFail};
-use uuid::Uuid;
+use trm_store::{repo::outbox::OutboxItem, Note, Subject, Tx, TxFail};
 
-use crate::{
-    ctx::{inbound_ref_key, resolve_case_ref},
-    erasure::tombstone,
-    hearing::{self, HearingStep},
-    returns::{apply_event, StepDetails},
-};
+use crate::{erasure::tombstone, hearing::witness_of};
 
 /// Applies the flows' payloads for node `id`.
 #[derive(Debug)]
@@ -41,7 +36,7 @@ pub struct Flows {
     pub id: NodeId,
     /// Signs replies queued while applying (erasure confirmations).
     pub identity: Arc<Signer>,
-    /// Learns peers' new signing keys from their announcements.
+    /// Knows peers' keys, for their announcements of new ones.
     pub directory: Arc<PeerDirectory>,
 }
 
@@ -51,15 +46,26 @@ fn reject(reason: impl Into<String>) -> TxFail<Rejection> {
     TxFail::Abort(Rejection(reason.into()))
 }
 
+/// Refuses an id a peer chose for a new record when it names any record this node holds,
+/// of whatever kind: a peer never reaches a local record through an id it picked.
+fn id_is_new(tx: &mut Tx<'_>, id: uuid::Uuid, field: &str) -> FlowResult {
+    if tx.names_a_record(id)? {
+        return Err(reject(format!(
+            "invalid transition: {field} names a record that already exists"
+        )));
+    }
+    Ok(())
+}
+
 impl Flows {
     fn referral_offer(
         &self,
-        tx: &Tx<'_>,
-        inbound: &Inbound<'_>,
+        tx: &mut Tx<'_>,
+        inbound: &Inbound,
         offer: &ReferralOffer,
     ) -> FlowResult {
-        let referral_id =
-            Uuid::try_parse(&offer.referral_id).map_err(|_| reject("malformed: referral_id"))?;
+        let referral_id = ReferralId::parse("referral_id", &offer.referral_id)
+            .map_err(|_| reject("malformed: referral_id"))?;
         let disclosed = inbound_disclosure(
             inbound,
             offer.disclosed.as_ref(),
@@ -67,7 +73,7 @@ impl Flows {
         )?;
         let requested_services = convert::enums("requested_services", &offer.requested_services)
             .map_err(|e| reject(format!("malformed: {e}")))?;
-        id_is_new(tx, &referral_id, "referral_id")?;
+        id_is_new(tx, referral_id.uuid(), "referral_id")?;
         let now = OffsetDateTime::now_utc();
         let record = ReferralRecord {
             referral_id,
@@ -85,23 +91,27 @@ impl Flows {
             created_at: now,
             updated_at: now,
         };
-        tx.put_sealed(TreeName::Referrals, referral_id.as_bytes(), &record)?;
-        remember_ref(tx, inbound, referral_id)?;
+        tx.put_referral(&record)?;
+        tx.remember_received_ref(
+            inbound.sender,
+            &inbound.case_ref,
+            WitnessRecord::Referral(referral_id),
+        )?;
         Ok(())
     }
 
     fn referral_update(
         &self,
-        tx: &Tx<'_>,
-        inbound: &Inbound<'_>,
+        tx: &mut Tx<'_>,
+        inbound: &Inbound,
         update: &ReferralUpdate,
     ) -> FlowResult {
-        let referral_id =
-            Uuid::try_parse(&update.referral_id).map_err(|_| reject("malformed: referral_id"))?;
+        let referral_id = ReferralId::parse("referral_id", &update.referral_id)
+            .map_err(|_| reject("malformed: referral_id"))?;
         let status = convert::referral_status_from_wire("status", update.status)
             .map_err(|e| reject(format!("malformed: {e}")))?;
         let mut r = tx
-            .get_sealed::<ReferralRecord>(TreeName::Referrals, referral_id.as_bytes())?
+            .referral(referral_id)?
             .ok_or_else(|| reject("unknown case reference: no such referral"))?;
         if r.peer(self.id) != inbound.sender {
             return Err(reject(
@@ -120,29 +130,29 @@ impl Flows {
         r.status_reason = convert::text("reason", &update.reason)
             .map_err(|e| reject(format!("malformed: {e}")))?;
         r.updated_at = OffsetDateTime::now_utc();
-        tx.put_sealed(TreeName::Referrals, referral_id.as_bytes(), &r)?;
+        tx.put_referral(&r)?;
         Ok(())
     }
-}
 
-impl Flows {
     /// Erases what the origin disclosed under a withdrawn consent: the copy becomes a
     /// tombstone with ids only, its data key is destroyed, and a signed confirmation goes back.
     fn erasure_request(
         &self,
-        tx: &Tx<'_>,
-        inbound: &Inbound<'_>,
+        tx: &mut Tx<'_>,
+        inbound: &Inbound,
         req: &ErasureRequest,
     ) -> FlowResult {
-        let id = Uuid::try_parse(&req.subject_id).map_err(|_| reject("malformed: subject_id"))?;
-        let key = id.as_bytes();
+        let id =
+            uuid::Uuid::try_parse(&req.subject_id).map_err(|_| reject("malformed: subject_id"))?;
         let reason = convert::text("reason", &req.reason).unwrap_or_default();
         let now = OffsetDateTime::now_utc();
         let not_from_sender =
             || reject("unknown case reference: subject not received from the sender");
         // The copy becomes a tombstone with ids only; destroying the old data key keeps
         // earlier copies, in backups or queued, unreadable.
-        if let Some(mut r) = tx.get_sealed::<ReferralRecord>(TreeName::Referrals, key)? {
+        let referral_id = ReferralId::from_uuid(id);
+        let return_id = ReturnId::from_uuid(id);
+        if let Some(mut r) = tx.referral(referral_id)? {
             if r.origin != inbound.sender || r.destination != self.id {
                 return Err(not_from_sender());
             }
@@ -151,9 +161,9 @@ impl Flows {
             r.status = ReferralStatus::Withdrawn;
             r.status_reason = reason;
             r.updated_at = now;
-            tx.shred(&Subject::of(TreeName::Referrals, key))?;
-            tx.put_sealed(TreeName::Referrals, key, &r)?;
-        } else if let Some(mut r) = tx.get_sealed::<ReturnRecord>(TreeName::Returns, key)? {
+            tx.shred(&Subject::referral(referral_id))?;
+            tx.put_referral(&r)?;
+        } else if let Some(mut r) = tx.return_plan(return_id)? {
             if r.origin != inbound.sender || r.destination != self.id {
                 return Err(not_from_sender());
             }
@@ -166,8 +176,8 @@ impl Flows {
             }
             r.status_reason = reason;
             r.updated_at = now;
-            tx.shred(&Subject::of(TreeName::Returns, key))?;
-            tx.put_sealed(TreeName::Returns, key, &r)?;
+            tx.shred(&Subject::return_plan(return_id))?;
+            tx.put_return_plan(&r)?;
         }
         // Nothing held (never arrived, or erased before) is erased as well: confirm either way.
         let confirmation = ErasureConfirmation {
@@ -177,13 +187,9 @@ impl Flows {
         outbox::enqueue(
             tx,
             &self.identity.current(),
-            self.id,
             inbound.sender,
-            outbox::About {
-                id: &id.to_string(),
-                sealed_under: &Subject::named("erasure", id.as_bytes()),
-            },
-            inbound.case_ref,
+            Topic::Erasure(id),
+            &inbound.case_ref,
             Payload::ErasureConfirmation(confirmation),
         )?;
         Ok(())
@@ -191,15 +197,15 @@ impl Flows {
 
     fn erasure_confirmation(
         &self,
-        tx: &Tx<'_>,
-        inbound: &Inbound<'_>,
+        tx: &mut Tx<'_>,
+        inbound: &Inbound,
         c: &ErasureConfirmation,
     ) -> FlowResult {
-        let id = Uuid::try_parse(&c.subject_id).map_err(|_| reject("malformed: subject_id"))?;
-        let key = id.as_bytes();
+        let id =
+            uuid::Uuid::try_parse(&c.subject_id).map_err(|_| reject("malformed: subject_id"))?;
         let not_sent = || reject("unknown case reference: subject not sent to the sender");
         let no_request = || reject("invalid transition: no erasure was requested");
-        if let Some(mut r) = tx.get_sealed::<ReferralRecord>(TreeName::Referrals, key)? {
+        if let Some(mut r) = tx.referral(ReferralId::from_uuid(id))? {
             if r.destination != inbound.sender || r.origin != self.id {
                 return Err(not_sent());
             }
@@ -208,8 +214,8 @@ impl Flows {
             }
             r.erasure_confirmed = true;
             r.updated_at = OffsetDateTime::now_utc();
-            tx.put_sealed(TreeName::Referrals, key, &r)?;
-        } else if let Some(mut r) = tx.get_sealed::<ReturnRecord>(TreeName::Returns, key)? {
+            tx.put_referral(&r)?;
+        } else if let Some(mut r) = tx.return_plan(ReturnId::from_uuid(id))? {
             if r.destination != inbound.sender || r.origin != self.id {
                 return Err(not_sent());
             }
@@ -218,7 +224,7 @@ impl Flows {
             }
             r.erasure_confirmed = true;
             r.updated_at = OffsetDateTime::now_utc();
-            tx.put_sealed(TreeName::Returns, key, &r)?;
+            tx.put_return_plan(&r)?;
         } else {
             return Err(reject("unknown case reference: no such subject"));
         }
@@ -227,15 +233,15 @@ impl Flows {
 
     fn return_request(
         &self,
-        tx: &Tx<'_>,
-        inbound: &Inbound<'_>,
+        tx: &mut Tx<'_>,
+        inbound: &Inbound,
         req: &ReturnRequest,
     ) -> FlowResult {
-        let return_id =
-            Uuid::try_parse(&req.return_id).map_err(|_| reject("malformed: return_id"))?;
+        let return_id = ReturnId::parse("return_id", &req.return_id)
+            .map_err(|_| reject("malformed: return_id"))?;
         let disclosed =
             inbound_disclosure(inbound, req.disclosed.as_ref(), Purpose::ReturnPlanning)?;
-        id_is_new(tx, &return_id, "return_id")?;
+        id_is_new(tx, return_id.uuid(), "return_id")?;
         let now = OffsetDateTime::now_utc();
         let record = ReturnRecord {
             return_id,
@@ -258,17 +264,22 @@ impl Flows {
             created_at: now,
             updated_at: now,
         };
-        tx.put_sealed(TreeName::Returns, return_id.as_bytes(), &record)?;
-        remember_ref(tx, inbound, return_id)?;
+        tx.put_return_plan(&record)?;
+        tx.remember_received_ref(
+            inbound.sender,
+            &inbound.case_ref,
+            WitnessRecord::Return(return_id),
+        )?;
         Ok(())
     }
 
-    fn return_update(&self, tx: &Tx<'_>, inbound: &Inbound<'_>, u: &ReturnUpdate) -> FlowResult {
-        let id = Uuid::try_parse(&u.return_id).map_err(|_| reject("malformed: return_id"))?;
+    fn return_update(&self, tx: &mut Tx<'_>, inbound: &Inbound, u: &ReturnUpdate) -> FlowResult {
+        let id = ReturnId::parse("return_id", &u.return_id)
+            .map_err(|_| reject("malformed: return_id"))?;
         let status = convert::return_status_from_wire("status", u.status)
             .map_err(|e| reject(format!("malformed: {e}")))?;
         let mut r = tx
-            .get_sealed::<ReturnRecord>(TreeName::Returns, id.as_bytes())?
+            .return_plan(id)?
             .ok_or_else(|| reject("unknown case reference: no such return plan"))?;
         if r.peer(self.id) != inbound.sender {
             return Err(reject(
@@ -299,43 +310,41 @@ impl Flows {
                 None => None,
             },
         };
-        apply_event(&mut r, event, &step)
+        r.apply(event, &step)
             .map_err(|g| reject(format!("invalid transition: {}", g.reason)))?;
-        tx.put_sealed(TreeName::Returns, id.as_bytes(), &r)?;
+        tx.put_return_plan(&r)?;
         Ok(())
     }
-}
 
-impl Flows {
     /// A hearing request for a witness here: the reference must resolve to a record
     /// exchanged with the requesting country; a child witness needs the child measures.
     fn hearing_request(
         &self,
-        tx: &Tx<'_>,
-        inbound: &Inbound<'_>,
+        tx: &mut Tx<'_>,
+        inbound: &Inbound,
         req: &HearingRequest,
     ) -> FlowResult {
         let malformed = |e: trm_core::FieldError| reject(format!("malformed: {e}"));
-        let hearing_id =
-            Uuid::try_parse(&req.hearing_id).map_err(|_| reject("malformed: hearing_id"))?;
-        let subject_id = resolve_case_ref(tx, inbound.sender, inbound.case_ref)
-            .map_err(|_| reject("unknown case reference"))?
+        let hearing_id = HearingId::parse("hearing_id", &req.hearing_id)
+            .map_err(|_| reject("malformed: hearing_id"))?;
+        let record = tx
+            .resolve_ref(inbound.sender, &inbound.case_ref)?
             .ok_or_else(|| reject("unknown case reference: no record was exchanged with the requesting country under it"))?;
-        let subject = hearing::subject(tx, &subject_id, inbound.sender)
+        let witness = witness_of(tx, record, inbound.sender)
             .map_err(|_| reject("unknown case reference"))?
             .ok_or_else(|| reject("unknown case reference: the record is gone"))?;
         let measures = convert::enums("measures", &req.measures).map_err(malformed)?;
-        check_child_measures(subject.is_child, &measures)
+        check_child_measures(witness.is_child, &measures)
             .map_err(|g| reject(format!("policy violation: {}", g.reason)))?;
-        id_is_new(tx, &hearing_id, "hearing_id")?;
+        id_is_new(tx, hearing_id.uuid(), "hearing_id")?;
         let now = OffsetDateTime::now_utc();
         let record = HearingRecord {
             hearing_id,
             requesting_country: inbound.sender,
             witness_country: self.id,
             status: HearingStatus::Requested,
-            case_ref: inbound.case_ref.to_owned(),
-            subject: subject_id,
+            case_ref: inbound.case_ref.clone(),
+            subject: record,
             proceeding_reference: convert::short(
                 "proceeding_reference",
                 &req.proceeding_reference,
@@ -354,16 +363,17 @@ impl Flows {
             created_at: now,
             updated_at: now,
         };
-        tx.put_sealed(TreeName::Hearings, hearing_id.as_bytes(), &record)?;
+        tx.put_hearing(&record)?;
         Ok(())
     }
 
-    fn hearing_update(&self, tx: &Tx<'_>, inbound: &Inbound<'_>, u: &HearingUpdate) -> FlowResult {
+    fn hearing_update(&self, tx: &mut Tx<'_>, inbound: &Inbound, u: &HearingUpdate) -> FlowResult {
         let malformed = |e: trm_core::FieldError| reject(format!("malformed: {e}"));
-        let id = Uuid::try_parse(&u.hearing_id).map_err(|_| reject("malformed: hearing_id"))?;
+        let id = HearingId::parse("hearing_id", &u.hearing_id)
+            .map_err(|_| reject("malformed: hearing_id"))?;
         let status = convert::hearing_status_from_wire("status", u.status).map_err(malformed)?;
         let mut h = tx
-            .get_sealed::<HearingRecord>(TreeName::Hearings, id.as_bytes())?
+            .hearing(id)?
             .ok_or_else(|| reject("unknown case reference: no such hearing"))?;
         if h.peer(self.id) != inbound.sender {
             return Err(reject(
@@ -388,14 +398,12 @@ impl Flows {
             minutes_reference: convert::short("minutes_reference", &u.minutes_reference, false)
                 .map_err(malformed)?,
         };
-        hearing::apply_event(&mut h, event, &step)
+        h.apply(event, &step)
             .map_err(|g| reject(format!("invalid transition: {}", g.reason)))?;
-        tx.put_sealed(TreeName::Hearings, id.as_bytes(), &h)?;
+        tx.put_hearing(&h)?;
         Ok(())
     }
-}
 
-impl Flows {
     /// A peer's new signing key. Accepted only when signed by the peer's newest known key,
     /// valid from no earlier than the envelope's `created_at` and the signer's own start;
     /// the signer (and any older key still open) then ends where the new key starts, and no
@@ -404,8 +412,8 @@ impl Flows {
     /// in-memory directory only after the commit.
     fn key_announcement(
         &self,
-        tx: &Tx<'_>,
-        inbound: &Inbound<'_>,
+        tx: &mut Tx<'_>,
+        inbound: &Inbound,
         a: &trm_proto::v1::KeyAnnouncement,
     ) -> FlowResult {
         let k = a
@@ -428,28 +436,30 @@ impl Flows {
             .directory
             .base_keys(inbound.sender)
             .ok_or_else(|| reject("unknown case reference: sender not in the directory"))?;
-        let mut learned: LearnedKeys = tx
-            .get_json(TreeName::Meta, LEARNED_KEYS)?
-            .unwrap_or_default();
+        let mut learned = tx.learned_keys()?;
         let mut known: Vec<PeerKey> = learned
             .peers
             .get(&inbound.sender)
-            .map(|keys| keys.iter().filter_map(|k| k.to_key().ok()).collect())
+            .map(|keys| {
+                keys.iter()
+                    .filter_map(|k| key_from_stored(k).ok())
+                    .collect()
+            })
             .unwrap_or_default();
         let peer = trm_federation::Peer {
             id: inbound.sender,
             endpoint: String::new(),
             tls_ca_pem: String::new(),
             tls_pin: None,
-            keys: trm_federation::directory::merge_keys(&base, &known),
+            keys: merge_keys(&base, &known),
         };
         if peer.key(&k.key_id).is_some() {
             return Ok(());
         }
         let signer = peer
-            .key(inbound.key_id)
+            .key(&inbound.key_id)
             .ok_or_else(|| reject("policy violation: the announcement's signer is unknown"))?;
-        if peer.newest_key().map(|n| n.key_id.as_str()) != Some(inbound.key_id) {
+        if peer.newest_key().map(|n| n.key_id.as_str()) != Some(inbound.key_id.as_str()) {
             return Err(reject(
                 "policy violation: a key announcement must be signed by the sender's newest key",
             ));
@@ -487,12 +497,12 @@ impl Flows {
         });
         let stored = known
             .iter()
-            .map(StoredKey::from_key)
+            .map(stored_from_key)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| reject("malformed: key"))?;
         learned.peers.insert(inbound.sender, stored);
-        tx.put_json(TreeName::Meta, LEARNED_KEYS, &learned)?;
-        tx.notify_after_commit(&trm_federation::directory::learned_note(inbound.sender));
+        tx.put_learned_keys(&learned)?;
+        tx.note(Note::PeerKeys(inbound.sender));
         Ok(())
     }
 }
@@ -500,7 +510,7 @@ impl Flows {
 /// Parses what crossed for `purpose` and checks it against the same disclosure table the
 /// sender must apply: a field the purpose does not allow refuses the whole payload.
 fn inbound_disclosure(
-    inbound: &Inbound<'_>,
+    inbound: &Inbound,
     wire: Option<&trm_proto::v1::DisclosedCase>,
     purpose: Purpose,
 ) -> Result<trm_core::model::DisclosedCase, TxFail<Rejection>> {
@@ -516,36 +526,9 @@ fn inbound_disclosure(
     Ok(disclosed)
 }
 
-/// Refuses an id a peer chose for a new record when it names any record this node holds,
-/// of whatever kind: a peer never reaches a local record through an id it picked.
-fn id_is_new(tx: &Tx<'_>, id: &Uuid, field: &str) -> FlowResult {
-    for tree in [
-        TreeName::Cases,
-        TreeName::Referrals,
-        TreeName::Returns,
-        TreeName::Hearings,
-    ] {
-        if tx.exists(tree, id.as_bytes())? {
-            return Err(reject(format!(
-                "invalid transition: {field} names a record that already exists"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Lets the sender's reference resolve to `record` (the first record received under it).
-fn remember_ref(tx: &Tx<'_>, inbound: &Inbound<'_>, record: Uuid) -> FlowResult {
-    let key = inbound_ref_key(inbound.sender, inbound.case_ref);
-    if tx.get_json::<String>(TreeName::CaseRefs, &key)?.is_none() {
-        tx.put_json(TreeName::CaseRefs, &key, &record.to_string())?;
-    }
-    Ok(())
-}
-
 impl FlowHandler for Flows {
-    fn apply(&self, tx: &Tx<'_>, inbound: &Inbound<'_>) -> FlowResult {
-        match inbound.payload {
+    fn apply(&self, tx: &mut Tx<'_>, inbound: &Inbound) -> FlowResult {
+        match &inbound.payload {
             Payload::ReferralOffer(offer) => self.referral_offer(tx, inbound, offer),
             Payload::ReferralUpdate(update) => self.referral_update(tx, inbound, update),
             Payload::ReturnRequest(req) => self.return_request(tx, inbound, req),
@@ -560,19 +543,14 @@ impl FlowHandler for Flows {
 
     fn on_receipt(
         &self,
-        tx: &Tx<'_>,
+        tx: &mut Tx<'_>,
         item: &OutboxItem,
         outcome: ReceiptOutcome,
         reason: &str,
     ) -> FlowResult {
-        let Ok(id) = Uuid::try_parse(&item.subject) else {
-            return Ok(());
-        };
-        match item.kind.as_str() {
-            "referral_offer" => {
-                let Some(mut r) =
-                    tx.get_sealed::<ReferralRecord>(TreeName::Referrals, id.as_bytes())?
-                else {
+        match (item.kind, item.topic) {
+            (EnvelopeKind::ReferralOffer, Topic::Referral(id)) => {
+                let Some(mut r) = tx.referral(id)? else {
                     return Ok(());
                 };
                 match outcome {
@@ -587,19 +565,19 @@ impl FlowHandler for Flows {
                     _ => return Ok(()),
                 }
                 r.updated_at = OffsetDateTime::now_utc();
-                tx.put_sealed(TreeName::Referrals, id.as_bytes(), &r)?;
+                tx.put_referral(&r)?;
             }
-            "hearing_request" if outcome == ReceiptOutcome::Rejected => {
-                let Some(mut h) =
-                    tx.get_sealed::<HearingRecord>(TreeName::Hearings, id.as_bytes())?
-                else {
+            (EnvelopeKind::HearingRequest, Topic::Hearing(id))
+                if outcome == ReceiptOutcome::Rejected =>
+            {
+                let Some(mut h) = tx.hearing(id)? else {
                     return Ok(());
                 };
                 if h.status == HearingStatus::Requested {
                     h.status = HearingStatus::Cancelled;
                     h.status_reason = format!("refused by {}: {reason}", item.peer);
                     h.updated_at = OffsetDateTime::now_utc();
-                    tx.put_sealed(TreeName::Hearings, id.as_bytes(), &h)?;
+                    tx.put_hearing(&h)?;
                 }
             }
             _ => {}

@@ -19,22 +19,14 @@ use rustls::{
     server::danger::{ClientCertVerified, ClientCertVerifier},
     CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme,
 };
-use serde::{Deserialize, Serialize};
 use tonic::{Request, Status};
 
-/// A revoked client certificate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Revoked {
-    /// Lower-case hex serial number, without separators or leading zeros.
-    pub serial_hex: String,
-    /// Unix seconds.
-    pub revoked_at: i64,
-}
+pub use trm_store::repo::directory::Revoked;
 
 /// The revoked client certificates of this node, as every request sees them.
 #[derive(Debug, Default)]
 pub struct Revocations {
-    serials: RwLock<BTreeMap<String, i64>>,
+    serials: RwLock<BTreeMap<String, time::OffsetDateTime>>,
 }
 
 impl Revocations {

@@ -10,12 +10,11 @@ use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 use trm_core::{
     hearing::{
-        check_child_measures, next, HearingEvent, HearingRecord, HearingStatus, ProtectiveMeasure,
+        check_child_measures, HearingEvent, HearingRecord, HearingStatus, HearingStep,
+        ProtectiveMeasure,
     },
-    ids::{NodeId, OrgId, Principal, Role},
-    model::CaseRecord,
-    referral::ReferralRecord,
-    returns::ReturnRecord,
+    ids::{CaseId, HearingId, NodeId, OrgId, Principal, ReferralId, ReturnId, Role, WitnessRecord},
+    messages::Topic,
     FieldError, Guard, GuardError,
 };
 use trm_federation::outbox;
@@ -25,12 +24,11 @@ use trm_proto::{
         self as w, envelope_body::Payload, witness_hearing_service_server::WitnessHearingService,
     },
 };
-use trm_store::{audit::AuditRecord, Store, TreeName, Tx, TxFail};
-use uuid::Uuid;
+use trm_store::{audit::AuditRecord, Store, Tx};
 
 use crate::{
     authz::{self, actor, require},
-    ctx::{existing_case_ref, Ctx, TxResult},
+    ctx::{Ctx, Done, Idempotent, TxResult},
     error::{ApiError, ApiResult},
 };
 
@@ -52,159 +50,175 @@ impl Hearings {
 
 /// What a local record tells about the witness: the pairwise reference towards `peer`,
 /// whether a child, and which organisation looks after the record.
-pub struct Subject {
+#[derive(Debug)]
+pub struct Witness {
+    pub record: WitnessRecord,
     pub case_ref: Option<String>,
     pub is_child: bool,
     pub organisation: Option<OrgId>,
 }
 
-/// Looks up a local record (case, or referral / return plan shared with `peer`) by id.
-pub fn subject(tx: &Tx<'_>, id: &Uuid, peer: NodeId) -> TxResult<Option<Subject>> {
-    let key = id.as_bytes();
-    if let Some(c) = tx.get_sealed::<CaseRecord>(TreeName::Cases, key)? {
-        return Ok(Some(Subject {
-            case_ref: existing_case_ref(tx, id, peer)?,
-            is_child: c.child.is_child,
-            organisation: Some(c.organisation),
-        }));
-    }
-    if let Some(r) = tx.get_sealed::<ReferralRecord>(TreeName::Referrals, key)? {
-        let shared = r.origin == peer || r.destination == peer;
-        return Ok(Some(Subject {
-            case_ref: shared.then(|| r.disclosed.case_ref.clone()),
-            is_child: r.disclosed.child.is_some_and(|c| c.is_child),
-            organisation: r.organisation,
-        }));
-    }
-    if let Some(r) = tx.get_sealed::<ReturnRecord>(TreeName::Returns, key)? {
-        let shared = r.origin == peer || r.destination == peer;
-        return Ok(Some(Subject {
-            case_ref: shared.then(|| r.disclosed.case_ref.clone()),
-            is_child: r.disclosed.child.is_some_and(|c| c.is_child),
-            organisation: r.organisation,
-        }));
+/// Looks up a local record by id: a case, or a referral or return plan (the reference
+/// counts only if it is shared with `peer`).
+pub fn witness(tx: &mut Tx<'_>, id: uuid::Uuid, peer: NodeId) -> TxResult<Option<Witness>> {
+    for record in [
+        WitnessRecord::Case(CaseId::from_uuid(id)),
+        WitnessRecord::Referral(ReferralId::from_uuid(id)),
+        WitnessRecord::Return(ReturnId::from_uuid(id)),
+    ] {
+        if let Some(w) = witness_of(tx, record, peer)? {
+            return Ok(Some(w));
+        }
     }
     Ok(None)
 }
 
+/// Looks up the witness a known local record is.
+pub fn witness_of(
+    tx: &mut Tx<'_>,
+    record: WitnessRecord,
+    peer: NodeId,
+) -> TxResult<Option<Witness>> {
+    Ok(match record {
+        WitnessRecord::Case(id) => match tx.case(id)? {
+            Some(c) => Some(Witness {
+                record,
+                case_ref: tx.case_ref(id, peer)?,
+                is_child: c.child.is_child,
+                organisation: Some(c.organisation),
+            }),
+            None => None,
+        },
+        WitnessRecord::Referral(id) => tx.referral(id)?.map(|r| Witness {
+            record,
+            case_ref: (r.origin == peer || r.destination == peer)
+                .then(|| r.disclosed.case_ref.clone()),
+            is_child: r.disclosed.child.is_some_and(|c| c.is_child),
+            organisation: r.organisation,
+        }),
+        WitnessRecord::Return(id) => tx.return_plan(id)?.map(|r| Witness {
+            record,
+            case_ref: (r.origin == peer || r.destination == peer)
+                .then(|| r.disclosed.case_ref.clone()),
+            is_child: r.disclosed.child.is_some_and(|c| c.is_child),
+            organisation: r.organisation,
+        }),
+    })
+}
+
 /// Returns the organisation that looks after a hearing's local subject, read outside a
 /// transaction.
-fn subject_org(store: &Store, id: &Uuid) -> Option<OrgId> {
-    let key = id.as_bytes();
-    if let Ok(Some(c)) = store.get_sealed::<CaseRecord>(TreeName::Cases, key) {
-        return Some(c.organisation);
+fn subject_org(store: &Store, record: WitnessRecord) -> Option<OrgId> {
+    match record {
+        WitnessRecord::Case(id) => store.case(id).ok().flatten().map(|c| c.organisation),
+        WitnessRecord::Referral(id) => store
+            .referral(id)
+            .ok()
+            .flatten()
+            .and_then(|r| r.organisation),
+        WitnessRecord::Return(id) => store
+            .return_plan(id)
+            .ok()
+            .flatten()
+            .and_then(|r| r.organisation),
     }
-    if let Ok(Some(r)) = store.get_sealed::<ReferralRecord>(TreeName::Referrals, key) {
-        return r.organisation;
-    }
-    if let Ok(Some(r)) = store.get_sealed::<ReturnRecord>(TreeName::Returns, key) {
-        return r.organisation;
-    }
-    None
-}
-
-/// What a hearing step carries besides its event.
-#[derive(Debug, Clone, Default)]
-pub struct HearingStep {
-    pub reason: String,
-    pub scheduled_at: Option<OffsetDateTime>,
-    pub minutes_reference: String,
-}
-
-/// Applies `event` to a hearing (a local step, or the peer's announcement of it).
-pub fn apply_event(
-    h: &mut HearingRecord,
-    event: HearingEvent,
-    step: &HearingStep,
-) -> Result<(), GuardError> {
-    h.status = next(h.status, event)?;
-    if event == HearingEvent::Schedule {
-        h.scheduled_at = step.scheduled_at;
-    }
-    if event == HearingEvent::Hold {
-        h.minutes_reference = step.minutes_reference.clone();
-    }
-    h.status_reason = step.reason.clone();
-    h.updated_at = OffsetDateTime::now_utc();
-    Ok(())
 }
 
 fn field<T>(r: Result<T, FieldError>) -> Result<T, Status> {
     r.map_err(|e| ApiError::from(e).into())
 }
 
+fn without_id<M: Clone>(m: &M, clear: impl Fn(&mut M)) -> M {
+    let mut c = m.clone();
+    clear(&mut c);
+    c
+}
+
+/// Returns whether `p` sees the hearing's details; `Some(false)`: only that it is pending
+/// (a service provider looking after the witness's record).
+fn visibility(store: &Store, p: &Principal, h: &HearingRecord) -> Option<bool> {
+    match p.role {
+        Role::JudicialAuthority | Role::FocalPoint => Some(true),
+        Role::ServiceProvider if subject_org(store, h.subject).as_ref() == Some(&p.org) => {
+            Some(false)
+        }
+        _ => None,
+    }
+}
+
+/// One hearing step by a local user, announced to the other node in one transaction.
+fn step_in(
+    ctx: &Ctx,
+    tx: &mut Tx<'_>,
+    p: &Principal,
+    id: HearingId,
+    event: HearingEvent,
+    step: &HearingStep,
+) -> TxResult<HearingRecord> {
+    let me = ctx.id;
+    let mut h = tx.hearing(id)?.ok_or(ApiError::NotFound("hearing"))?;
+    let witness_side = h.at_witness_side(me);
+    if !event.allowed_for(witness_side) {
+        return Err(ApiError::Denied(format!(
+            "only the witness's country may {event:?} a hearing"
+        ))
+        .into());
+    }
+    h.apply(event, step).map_err(ApiError::from)?;
+    tx.put_hearing(&h)?;
+    let update = w::HearingUpdate {
+        hearing_id: id.to_string(),
+        status: convert::hearing_status_to_wire(h.status),
+        reason: step.reason.clone(),
+        scheduled_at: step.scheduled_at.map(convert::ts),
+        minutes_reference: step.minutes_reference.clone(),
+    };
+    outbox::enqueue(
+        tx,
+        &ctx.identity.current(),
+        h.peer(me),
+        Topic::Hearing(id),
+        &h.case_ref,
+        Payload::HearingUpdate(update),
+    )?;
+    tx.audit(AuditRecord::new(
+        actor(p),
+        "hearing.update",
+        id.to_string(),
+        h.status.as_str(),
+    ))?;
+    Ok(h)
+}
+
 impl Hearings {
-    fn load(&self, id: &Uuid) -> ApiResult<HearingRecord> {
+    fn load(&self, id: HearingId) -> ApiResult<HearingRecord> {
         self.ctx
             .store
-            .get_sealed::<HearingRecord>(TreeName::Hearings, id.as_bytes())?
+            .hearing(id)?
             .ok_or(ApiError::NotFound("hearing"))
-    }
-
-    /// Returns whether `p` sees the hearing's details; `Some(false)`: only that it is
-    /// pending (a service provider looking after the witness's record).
-    fn visibility(&self, p: &Principal, h: &HearingRecord) -> Option<bool> {
-        match p.role {
-            Role::JudicialAuthority | Role::FocalPoint => Some(true),
-            Role::ServiceProvider
-                if subject_org(&self.ctx.store, &h.subject).as_ref() == Some(&p.org) =>
-            {
-                Some(false)
-            }
-            _ => None,
-        }
     }
 
     async fn step(
         &self,
-        p: &Principal,
-        id: Uuid,
+        p: Principal,
+        idem: Option<Idempotent>,
+        id: HearingId,
         event: HearingEvent,
         step: HearingStep,
     ) -> ApiResult<HearingRecord> {
-        let me = self.ctx.id;
-        self.ctx
-            .commit(|tx| {
-                let mut h = tx
-                    .get_sealed::<HearingRecord>(TreeName::Hearings, id.as_bytes())?
-                    .ok_or(TxFail::Abort(ApiError::NotFound("hearing")))?;
-                let witness_side = h.at_witness_side(me);
-                if !event.allowed_for(witness_side) {
-                    return Err(ApiError::Denied(format!(
-                        "only the witness's country may {event:?} a hearing"
-                    ))
-                    .into());
-                }
-                apply_event(&mut h, event, &step).map_err(ApiError::from)?;
-                tx.put_sealed(TreeName::Hearings, id.as_bytes(), &h)?;
-                let update = w::HearingUpdate {
-                    hearing_id: id.to_string(),
-                    status: convert::hearing_status_to_wire(h.status),
-                    reason: step.reason.clone(),
-                    scheduled_at: step.scheduled_at.map(convert::ts),
-                    minutes_reference: step.minutes_reference.clone(),
-                };
-                outbox::enqueue(
-                    tx,
-                    &self.ctx.identity.current(),
-                    me,
-                    h.peer(me),
-                    outbox::About {
-                        id: &id.to_string(),
-                        sealed_under: &trm_store::Subject::of(TreeName::Hearings, id.as_bytes()),
-                    },
-                    &h.case_ref,
-                    Payload::HearingUpdate(update),
-                )?;
-                tx.audit(AuditRecord::new(
-                    actor(p),
-                    "hearing.update",
-                    id.to_string(),
-                    h.status.as_str(),
-                ))?;
-                Ok(h)
-            })
-            .await
+        let (ctx, who) = (self.ctx.clone(), p);
+        let done = self
+            .ctx
+            .commit_once(
+                idem,
+                |h: &HearingRecord| h.hearing_id.to_string(),
+                move |tx| step_in(&ctx, tx, &who, id, event, &step),
+            )
+            .await?;
+        match done {
+            Done::Now(h) => Ok(h),
+            Done::Before(key) => self.load(HearingId::parse("request_id", &key)?),
+        }
     }
 }
 
@@ -218,7 +232,12 @@ impl WitnessHearingService for Hearings {
         let p = authz::principal(&request)?;
         require(&p, &[Role::JudicialAuthority], "request hearings")?;
         let req = request.get_ref();
-        let subject_id = field(convert::id("case_id", &req.case_id))?;
+        let idem = Idempotent::of(
+            &request,
+            &req.request_id,
+            &without_id(req, |r| r.request_id.clear()),
+        )?;
+        let subject_id = field(trm_core::ids::parse_id("case_id", &req.case_id))?;
         let witness_country = field(convert::country("witness_country", &req.witness_country))?;
         if witness_country == self.ctx.id || self.ctx.directory.get(witness_country).is_none() {
             return Err(ApiError::from(FieldError::new(
@@ -236,57 +255,79 @@ impl WitnessHearingService for Hearings {
         let measures: Vec<ProtectiveMeasure> = field(convert::enums("measures", &req.measures))?;
         let language = field(convert::language("language", &req.language))?;
         let proposed_times = field(convert::timestamps("proposed_times", &req.proposed_times))?;
-        let me = self.ctx.id;
-        let hearing_id = Uuid::now_v7();
-        let record = self
+        let hearing_id = HearingId::new();
+        let (ctx, who) = (self.ctx.clone(), p.clone());
+        let done = self
             .ctx
-            .commit(|tx| {
-                let s = subject(tx, &subject_id, witness_country)?.ok_or(TxFail::Abort(ApiError::NotFound("case")))?;
-                let case_ref = s.case_ref.ok_or_else(|| {
-                    ApiError::from(GuardError::new(Guard::State, format!("the case was never exchanged with {witness_country}")))
-                })?;
-                check_child_measures(s.is_child, &measures).map_err(ApiError::from)?;
-                let now = OffsetDateTime::now_utc();
-                let record = HearingRecord {
-                    hearing_id,
-                    requesting_country: me,
-                    witness_country,
-                    status: HearingStatus::Requested,
-                    case_ref: case_ref.clone(),
-                    subject: subject_id,
-                    proceeding_reference: proceeding_reference.clone(),
-                    legal_basis: legal_basis.clone(),
-                    measures: measures.clone(),
-                    language: language.clone(),
-                    proposed_times: proposed_times.clone(),
-                    scheduled_at: None,
-                    status_reason: String::new(),
-                    minutes_reference: String::new(),
-                    created_at: now,
-                    updated_at: now,
-                };
-                tx.put_sealed(TreeName::Hearings, hearing_id.as_bytes(), &record)?;
-                let payload = w::HearingRequest {
-                    hearing_id: hearing_id.to_string(),
-                    proceeding_reference: proceeding_reference.clone(),
-                    legal_basis: legal_basis.clone(),
-                    measures: measures.iter().map(|m| m.to_wire()).collect(),
-                    language: language.clone(),
-                    proposed_times: proposed_times.iter().copied().map(convert::ts).collect(),
-                };
-                let about = outbox::About {
-                    id: &hearing_id.to_string(),
-                    sealed_under: &trm_store::Subject::of(TreeName::Hearings, hearing_id.as_bytes()),
-                };
-                let message_id = outbox::enqueue(tx, &self.ctx.identity.current(), me, witness_country, about, &case_ref, Payload::HearingRequest(payload))?;
-                tx.audit(AuditRecord::new(actor(&p), "hearing.request", hearing_id.to_string(), "requested").detail(format!(
-                    "to={witness_country} purpose=witness_hearing legal_basis_len={} message={message_id}",
-                    legal_basis.len()
-                )))?;
-                Ok(record)
-            })
+            .commit_once(
+                idem,
+                |h: &HearingRecord| h.hearing_id.to_string(),
+                move |tx| {
+                    let s = witness(tx, subject_id, witness_country)?
+                        .ok_or(ApiError::NotFound("case"))?;
+                    let case_ref = s.case_ref.clone().ok_or_else(|| {
+                        ApiError::from(GuardError::new(
+                            Guard::State,
+                            format!("the case was never exchanged with {witness_country}"),
+                        ))
+                    })?;
+                    check_child_measures(s.is_child, &measures).map_err(ApiError::from)?;
+                    let now = OffsetDateTime::now_utc();
+                    let record = HearingRecord {
+                        hearing_id,
+                        requesting_country: ctx.id,
+                        witness_country,
+                        status: HearingStatus::Requested,
+                        case_ref: case_ref.clone(),
+                        subject: s.record,
+                        proceeding_reference: proceeding_reference.clone(),
+                        legal_basis: legal_basis.clone(),
+                        measures: measures.clone(),
+                        language: language.clone(),
+                        proposed_times: proposed_times.clone(),
+                        scheduled_at: None,
+                        status_reason: String::new(),
+                        minutes_reference: String::new(),
+                        created_at: now,
+                        updated_at: now,
+                    };
+                    tx.put_hearing(&record)?;
+                    let payload = w::HearingRequest {
+                        hearing_id: hearing_id.to_string(),
+                        proceeding_reference: proceeding_reference.clone(),
+                        legal_basis: legal_basis.clone(),
+                        measures: measures.iter().map(|m| m.to_wire()).collect(),
+                        language: language.clone(),
+                        proposed_times: proposed_times.iter().copied().map(convert::ts).collect(),
+                    };
+                    let message_id = outbox::enqueue(
+                        tx,
+                        &ctx.identity.current(),
+                        witness_country,
+                        Topic::Hearing(hearing_id),
+                        &case_ref,
+                        Payload::HearingRequest(payload),
+                    )?;
+                    tx.audit(
+                        AuditRecord::new(actor(&who), "hearing.request", hearing_id.to_string(), "requested")
+                            .detail(format!(
+                                "to={witness_country} purpose=witness_hearing legal_basis_len={} message={message_id}",
+                                legal_basis.len()
+                            )),
+                    )?;
+                    Ok(record)
+                },
+            )
             .await?;
-        info!(hearing_id = %hearing_id, to = %witness_country, "hearing requested");
+        let record = match done {
+            Done::Now(h) => {
+                info!(hearing_id = %hearing_id, to = %witness_country, "hearing requested");
+                h
+            }
+            Done::Before(key) => {
+                self.load(HearingId::parse("request_id", &key).map_err(ApiError::from)?)?
+            }
+        };
         Ok(Response::new(convert::hearing_to_wire(&record, false)))
     }
 
@@ -296,9 +337,12 @@ impl WitnessHearingService for Hearings {
         request: Request<w::GetHearingRequest>,
     ) -> Result<Response<w::Hearing>, Status> {
         let p = authz::principal(&request)?;
-        let id = field(convert::id("hearing_id", &request.get_ref().hearing_id))?;
-        let h = self.load(&id)?;
-        let Some(full) = self.visibility(&p, &h) else {
+        let id = field(HearingId::parse(
+            "hearing_id",
+            &request.get_ref().hearing_id,
+        ))?;
+        let h = self.load(id)?;
+        let Some(full) = visibility(&self.ctx.store, &p, &h) else {
             return Err(
                 ApiError::Denied(format!("role {} may not read this hearing", p.role)).into(),
             );
@@ -327,23 +371,34 @@ impl WitnessHearingService for Hearings {
         let req = request.get_ref();
         let direction = field(convert::direction("direction", req.direction))?;
         let page = field(convert::page(req.page_size, &req.page_token))?;
-        let me = self.ctx.id;
-        let witness_side = direction == trm_core::referral::Direction::Incoming;
-        let mut visible = Vec::new();
-        for h in self
-            .ctx
-            .store
-            .scan_sealed::<HearingRecord>(TreeName::Hearings, b"")
-            .map_err(ApiError::from)?
-        {
-            if h.at_witness_side(me) != witness_side {
-                continue;
-            }
-            if let Some(full) = self.visibility(&p, &h) {
-                visible.push(convert::hearing_to_wire(&h, !full));
-            }
-        }
-        let (hearings, next_page_token) = page.take(visible, |h| h.hearing_id.clone());
+        let after = page
+            .after
+            .as_deref()
+            .map(|t| HearingId::parse("page_token", t))
+            .transpose()
+            .map_err(ApiError::from)?;
+        let store = &self.ctx.store;
+        let mut found = store
+            .hearings(direction, after, page.size + 1, |h| {
+                visibility(store, &p, h).is_some()
+            })
+            .map_err(ApiError::from)?;
+        let next_page_token = if found.len() > page.size {
+            found.truncate(page.size);
+            found
+                .last()
+                .map(|h| h.hearing_id.to_string())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let hearings: Vec<w::Hearing> = found
+            .iter()
+            .map(|h| {
+                let full = visibility(store, &p, h).unwrap_or(false);
+                convert::hearing_to_wire(h, !full)
+            })
+            .collect();
         let ids: Vec<&str> = hearings.iter().map(|h| h.hearing_id.as_str()).collect();
         self.ctx
             .audit_read(&p, "hearing.list", "-".into(), ids.join(","))
@@ -362,7 +417,12 @@ impl WitnessHearingService for Hearings {
         let p = authz::principal(&request)?;
         require(&p, HEARING_ROLES, "answer hearing requests")?;
         let req = request.get_ref();
-        let id = field(convert::id("hearing_id", &req.hearing_id))?;
+        let idem = Idempotent::of(
+            &request,
+            &req.request_id,
+            &without_id(req, |r| r.request_id.clear()),
+        )?;
+        let id = field(HearingId::parse("hearing_id", &req.hearing_id))?;
         let reason = field(convert::text("reason", &req.reason))?;
         let (event, scheduled_at) = match w::HearingDecision::try_from(req.decision) {
             Ok(w::HearingDecision::Accept) => (HearingEvent::Accept, None),
@@ -393,7 +453,8 @@ impl WitnessHearingService for Hearings {
         };
         let h = self
             .step(
-                &p,
+                p,
+                idem,
                 id,
                 event,
                 HearingStep {
@@ -414,7 +475,12 @@ impl WitnessHearingService for Hearings {
         let p = authz::principal(&request)?;
         require(&p, HEARING_ROLES, "record hearing outcomes")?;
         let req = request.get_ref();
-        let id = field(convert::id("hearing_id", &req.hearing_id))?;
+        let idem = Idempotent::of(
+            &request,
+            &req.request_id,
+            &without_id(req, |r| r.request_id.clear()),
+        )?;
+        let id = field(HearingId::parse("hearing_id", &req.hearing_id))?;
         let minutes_reference = field(convert::short(
             "minutes_reference",
             &req.minutes_reference,
@@ -422,7 +488,8 @@ impl WitnessHearingService for Hearings {
         ))?;
         let h = self
             .step(
-                &p,
+                p,
+                idem,
                 id,
                 HearingEvent::Hold,
                 HearingStep {
@@ -442,14 +509,20 @@ impl WitnessHearingService for Hearings {
         let p = authz::principal(&request)?;
         require(&p, HEARING_ROLES, "cancel hearings")?;
         let req = request.get_ref();
-        let id = field(convert::id("hearing_id", &req.hearing_id))?;
+        let idem = Idempotent::of(
+            &request,
+            &req.request_id,
+            &without_id(req, |r| r.request_id.clear()),
+        )?;
+        let id = field(HearingId::parse("hearing_id", &req.hearing_id))?;
         let reason = field(convert::text("reason", &req.reason))?;
         if reason.trim().is_empty() {
             return Err(ApiError::from(FieldError::new("reason", "is required")).into());
         }
         let h = self
             .step(
-                &p,
+                p,
+                idem,
                 id,
                 HearingEvent::Cancel,
                 HearingStep {

@@ -3,7 +3,6 @@
 
 use axum::{extract::State, http::StatusCode, routing::get, Router};
 use trm_federation::Counters;
-use trm_store::TreeName;
 
 use crate::{ctx::Ctx, gate::GateCounters};
 
@@ -34,30 +33,24 @@ async fn metrics(State((ctx, gates)): State<(Ctx, GateCounters)>) -> String {
             "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
         ));
     };
+    let peers = ctx.directory.ids();
     gauge(
         "trm_outbox_depth",
         "Envelopes waiting for delivery.",
-        s.count(TreeName::Outbox, b""),
+        peers
+            .iter()
+            .map(|p| s.outbox_depth(*p).unwrap_or_default())
+            .sum::<u64>() as usize,
     );
     gauge(
         "trm_dead_letters",
         "Envelopes refused for good by a peer.",
-        s.count(TreeName::DeadLetters, b""),
-    );
-    gauge(
-        "trm_inbox_messages",
-        "Inbound message ids remembered.",
-        s.count(TreeName::Inbox, b""),
-    );
-    gauge(
-        "trm_receipts_held",
-        "Signed receipts kept as proof of delivery.",
-        s.count(TreeName::Receipts, b""),
+        s.dead_letter_count().unwrap_or_default() as usize,
     );
     gauge(
         "trm_audit_entries",
         "Entries in the audit chain.",
-        s.count(TreeName::Audit, b""),
+        s.audit_len().unwrap_or_default() as usize,
     );
     gauge(
         "trm_peers",

@@ -7,7 +7,8 @@ use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 use trm_core::{
     consent::Consent,
-    ids::{OrgId, Principal, Role},
+    ids::{CaseId, ConsentId, OrgId, Principal, ReferralId, Role, Shared},
+    messages::Topic,
     model::{CaseRecord, Purpose},
     referral::{next, Direction, ReferralEvent, ReferralRecord, ReferralStatus},
     FieldError, Guard, GuardError,
@@ -17,14 +18,13 @@ use trm_proto::{
     convert,
     v1::{self as w, envelope_body::Payload, referral_service_server::ReferralService},
 };
-use trm_store::{audit::AuditRecord, Subject, TreeName, Tx, TxFail};
-use uuid::Uuid;
+use trm_store::{audit::AuditRecord, Tx};
 
 use crate::{
     authz::{self, actor, require, require_org, CASE_ROLES},
-    ctx::{consents_of, load_case, today, Ctx, TxResult},
-    disclosure,
-    error::ApiError,
+    ctx::{today, Ctx, Done, Idempotent, TxResult},
+    disclosure::{self, load_case},
+    error::{ApiError, ApiResult},
 };
 
 /// The referral service of one node.
@@ -40,66 +40,107 @@ impl Referrals {
     }
 }
 
-fn load_referral(tx: &Tx<'_>, id: &Uuid) -> TxResult<ReferralRecord> {
-    tx.get_sealed::<ReferralRecord>(TreeName::Referrals, id.as_bytes())?
-        .ok_or(TxFail::Abort(ApiError::NotFound("referral")))
+fn load_referral(tx: &mut Tx<'_>, id: ReferralId) -> TxResult<ReferralRecord> {
+    tx.referral(id)?
+        .ok_or_else(|| ApiError::NotFound("referral").into())
+}
+
+/// Returns the request without its request id, for the digest of a retry.
+fn without_id<M: Clone>(m: &M, clear: impl Fn(&mut M)) -> M {
+    let mut c = m.clone();
+    clear(&mut c);
+    c
+}
+
+/// Sends a referral status change to the other node, with the audit entry, atomically.
+fn update_referral(
+    ctx: &Ctx,
+    tx: &mut Tx<'_>,
+    p: &Principal,
+    id: ReferralId,
+    event: ReferralEvent,
+    reason: &str,
+    assign: Option<&OrgId>,
+) -> TxResult<ReferralRecord> {
+    let mut r = load_referral(tx, id)?;
+    let me = ctx.id;
+    let at_destination = r.direction(me) == Direction::Incoming;
+    if !event.allowed_for(at_destination) {
+        return Err(
+            ApiError::Denied("only the destination answers or assigns a referral".into()).into(),
+        );
+    }
+    if p.role != Role::FocalPoint {
+        require_org(p, r.organisation.as_ref())?;
+    }
+    r.status = next(r.status, event).map_err(ApiError::from)?;
+    r.status_reason = reason.to_owned();
+    r.updated_at = OffsetDateTime::now_utc();
+    if let Some(org) = assign {
+        r.organisation = Some(org.clone());
+    }
+    tx.put_referral(&r)?;
+    let update = w::ReferralUpdate {
+        referral_id: id.to_string(),
+        status: convert::referral_status_to_wire(r.status) as i32,
+        reason: reason.to_owned(),
+    };
+    outbox::enqueue(
+        tx,
+        &ctx.identity.current(),
+        r.peer(me),
+        Topic::Referral(id),
+        &r.disclosed.case_ref,
+        Payload::ReferralUpdate(update),
+    )?;
+    tx.audit(AuditRecord::new(
+        actor(p),
+        "referral.update",
+        id.to_string(),
+        r.status.as_str(),
+    ))?;
+    Ok(r)
 }
 
 impl Referrals {
-    /// Sends a referral status change to the other node, with the audit entry, atomically.
-    fn update_referral(
+    /// Returns the referral a retried request produced, as it stands now.
+    async fn replayed_referral(&self, p: &Principal, key: &str) -> ApiResult<w::Referral> {
+        let id = ReferralId::parse("request_id", key)?;
+        let r = self
+            .ctx
+            .store
+            .referral(id)?
+            .ok_or(ApiError::NotFound("referral"))?;
+        self.ctx
+            .audit_read(p, "referral.read", id.to_string(), "replay".into())
+            .await?;
+        Ok(convert::referral_to_wire(&r))
+    }
+
+    /// Answers a retryable referral step.
+    async fn step(
         &self,
-        tx: &Tx<'_>,
-        p: &Principal,
-        id: &Uuid,
+        p: Principal,
+        idem: Option<Idempotent>,
+        id: ReferralId,
         event: ReferralEvent,
-        reason: &str,
-        assign: Option<&OrgId>,
-    ) -> TxResult<ReferralRecord> {
-        let mut r = load_referral(tx, id)?;
-        let me = self.ctx.id;
-        let at_destination = r.direction(me) == Direction::Incoming;
-        if !event.allowed_for(at_destination) {
-            return Err(ApiError::Denied(
-                "only the destination answers or assigns a referral".into(),
+        reason: String,
+        assign: Option<OrgId>,
+    ) -> Result<Response<w::Referral>, Status> {
+        let ctx = self.ctx.clone();
+        let who = p.clone();
+        let done = self
+            .ctx
+            .commit_once(
+                idem,
+                |r: &ReferralRecord| r.referral_id.to_string(),
+                move |tx| update_referral(&ctx, tx, &who, id, event, &reason, assign.as_ref()),
             )
-            .into());
-        }
-        if p.role != Role::FocalPoint {
-            require_org(p, r.organisation.as_ref())?;
-        }
-        r.status = next(r.status, event).map_err(ApiError::from)?;
-        r.status_reason = reason.to_owned();
-        r.updated_at = OffsetDateTime::now_utc();
-        if let Some(org) = assign {
-            r.organisation = Some(org.clone());
-        }
-        tx.put_sealed(TreeName::Referrals, id.as_bytes(), &r)?;
-        let peer = r.peer(me);
-        let update = w::ReferralUpdate {
-            referral_id: id.to_string(),
-            status: convert::referral_status_to_wire(r.status) as i32,
-            reason: reason.to_owned(),
-        };
-        outbox::enqueue(
-            tx,
-            &self.ctx.identity.current(),
-            me,
-            peer,
-            outbox::About {
-                id: &id.to_string(),
-                sealed_under: &Subject::of(TreeName::Referrals, id.as_bytes()),
-            },
-            &r.disclosed.case_ref,
-            Payload::ReferralUpdate(update),
-        )?;
-        tx.audit(AuditRecord::new(
-            actor(p),
-            "referral.update",
-            id.to_string(),
-            r.status.as_str(),
-        ))?;
-        Ok(r)
+            .await?;
+        Ok(Response::new(match done {
+            Done::Now(r) => convert::referral_to_wire(&r),
+            Done::Before(key) => self.replayed_referral(&p, &key).await?,
+        }))
     }
 }
 
@@ -112,9 +153,15 @@ impl ReferralService for Referrals {
     ) -> Result<Response<w::Case>, Status> {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "create cases")?;
-        let new = convert::new_case(request.get_ref(), today()).map_err(ApiError::from)?;
+        let req = request.get_ref();
+        let idem = Idempotent::of(
+            &request,
+            &req.request_id,
+            &without_id(req, |r| r.request_id.clear()),
+        )?;
+        let new = convert::new_case(req, today()).map_err(ApiError::from)?;
         let case = CaseRecord {
-            case_id: Uuid::now_v7(),
+            case_id: CaseId::new(),
             person: new.person,
             needs: new.needs,
             exploitation: new.exploitation,
@@ -123,18 +170,35 @@ impl ReferralService for Referrals {
             organisation: p.org.clone(),
             created_at: OffsetDateTime::now_utc(),
         };
-        self.ctx
-            .commit(|tx| {
-                tx.put_sealed(TreeName::Cases, case.case_id.as_bytes(), &case)?;
-                tx.audit(AuditRecord::new(
-                    actor(&p),
-                    "case.create",
-                    case.case_id.to_string(),
-                    "ok",
-                ))?;
-                Ok(())
-            })
+        let (record, who) = (case.clone(), actor(&p));
+        let done = self
+            .ctx
+            .commit_once(
+                idem,
+                |id: &CaseId| id.to_string(),
+                move |tx| {
+                    tx.put_case(&record)?;
+                    tx.audit(AuditRecord::new(
+                        who.clone(),
+                        "case.create",
+                        record.case_id.to_string(),
+                        "ok",
+                    ))?;
+                    Ok(record.case_id)
+                },
+            )
             .await?;
+        let case = match done {
+            Done::Now(_) => case,
+            Done::Before(key) => {
+                let id = CaseId::parse("request_id", &key).map_err(ApiError::from)?;
+                self.ctx
+                    .store
+                    .case(id)
+                    .map_err(ApiError::from)?
+                    .ok_or(ApiError::NotFound("case"))?
+            }
+        };
         info!(case_id = %case.case_id, org = %p.org, "case created");
         Ok(Response::new(convert::case_to_wire(&case)))
     }
@@ -146,11 +210,11 @@ impl ReferralService for Referrals {
     ) -> Result<Response<w::Case>, Status> {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "read victim records")?;
-        let id = convert::id("case_id", &request.get_ref().case_id).map_err(ApiError::from)?;
+        let id = CaseId::parse("case_id", &request.get_ref().case_id).map_err(ApiError::from)?;
         let case = self
             .ctx
             .store
-            .get_sealed::<CaseRecord>(TreeName::Cases, id.as_bytes())
+            .case(id)
             .map_err(ApiError::from)?
             .ok_or(ApiError::NotFound("case"))?;
         require_org(&p, Some(&case.organisation))?;
@@ -169,14 +233,27 @@ impl ReferralService for Referrals {
         require(&p, CASE_ROLES, "read victim records")?;
         let req = request.get_ref();
         let page = convert::page(req.page_size, &req.page_token).map_err(ApiError::from)?;
-        let all = self
+        let after = page
+            .after
+            .as_deref()
+            .map(|t| CaseId::parse("page_token", t))
+            .transpose()
+            .map_err(ApiError::from)?;
+        let org = (p.role != Role::FocalPoint).then_some(&p.org);
+        let mut cases = self
             .ctx
             .store
-            .scan_sealed::<CaseRecord>(TreeName::Cases, b"")
-            .map_err(ApiError::from)?
-            .into_iter()
-            .filter(|c| p.role == Role::FocalPoint || c.organisation == p.org);
-        let (cases, next_page_token) = page.take(all, |c| c.case_id.to_string());
+            .cases(org, after, page.size + 1)
+            .map_err(ApiError::from)?;
+        let next_page_token = if cases.len() > page.size {
+            cases.truncate(page.size);
+            cases
+                .last()
+                .map(|c| c.case_id.to_string())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
         let ids: Vec<String> = cases.iter().map(|c| c.case_id.to_string()).collect();
         self.ctx
             .audit_read(&p, "case.list", "-".into(), ids.join(","))
@@ -194,9 +271,15 @@ impl ReferralService for Referrals {
     ) -> Result<Response<w::Consent>, Status> {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "record consent")?;
-        let input = convert::consent_input(request.get_ref(), today()).map_err(ApiError::from)?;
+        let req = request.get_ref();
+        let idem = Idempotent::of(
+            &request,
+            &req.request_id,
+            &without_id(req, |r| r.request_id.clear()),
+        )?;
+        let input = convert::consent_input(req, today()).map_err(ApiError::from)?;
         let consent = Consent {
-            consent_id: Uuid::now_v7(),
+            consent_id: ConsentId::new(),
             case_id: input.case_id,
             purposes: input.purposes,
             recipients: input.recipients,
@@ -206,39 +289,48 @@ impl ReferralService for Referrals {
             categories: input.categories,
             recorded_at: OffsetDateTime::now_utc(),
             withdrawn_at: None,
-            disclosures: vec![],
         };
-        self.ctx
-            .commit(|tx| {
-                let case = load_case(tx, &consent.case_id)?;
-                require_org(&p, Some(&case.organisation))?;
-                let mut consents = consents_of(tx, &consent.case_id)?;
-                if consents.len() >= trm_core::limits::MAX_ITEMS {
-                    return Err(ApiError::from(FieldError::new(
-                        "case_id",
-                        "too many consents recorded for this case",
-                    ))
-                    .into());
-                }
-                consents.push(consent.clone());
-                tx.put_json(TreeName::Consents, consent.case_id.as_bytes(), &consents)?;
-                let purposes: Vec<&str> = consent.purposes.iter().map(|p| p.as_str()).collect();
-                tx.audit(
-                    AuditRecord::new(
-                        actor(&p),
-                        "consent.record",
-                        consent.consent_id.to_string(),
-                        "ok",
-                    )
-                    .detail(format!(
-                        "case={} purposes={}",
-                        consent.case_id,
-                        purposes.join(",")
-                    )),
-                )?;
-                Ok(())
-            })
+        let (record, who) = (consent.clone(), p.clone());
+        let done = self
+            .ctx
+            .commit_once(
+                idem,
+                |c: &Consent| format!("{}/{}", c.case_id, c.consent_id),
+                move |tx| {
+                    let case = load_case(tx, record.case_id)?;
+                    require_org(&who, Some(&case.organisation))?;
+                    let mut consents = tx.consents(record.case_id)?;
+                    if consents.len() >= trm_core::limits::MAX_ITEMS {
+                        return Err(ApiError::from(FieldError::new(
+                            "case_id",
+                            "too many consents recorded for this case",
+                        ))
+                        .into());
+                    }
+                    consents.push(record.clone());
+                    tx.put_consents(record.case_id, &consents)?;
+                    let purposes: Vec<&str> = record.purposes.iter().map(|p| p.as_str()).collect();
+                    tx.audit(
+                        AuditRecord::new(
+                            actor(&who),
+                            "consent.record",
+                            record.consent_id.to_string(),
+                            "ok",
+                        )
+                        .detail(format!(
+                            "case={} purposes={}",
+                            record.case_id,
+                            purposes.join(",")
+                        )),
+                    )?;
+                    Ok(record.clone())
+                },
+            )
             .await?;
+        let consent = match done {
+            Done::Now(c) => c,
+            Done::Before(key) => consent_of(&self.ctx, &key)?,
+        };
         Ok(Response::new(convert::consent_to_wire(&consent)))
     }
 
@@ -250,41 +342,61 @@ impl ReferralService for Referrals {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "withdraw consent")?;
         let req = request.get_ref();
-        let case_id = convert::id("case_id", &req.case_id).map_err(ApiError::from)?;
-        let consent_id = convert::id("consent_id", &req.consent_id).map_err(ApiError::from)?;
-        let me = self.ctx.id;
-        let (consent, requested) = self
+        let idem = Idempotent::of(
+            &request,
+            &req.request_id,
+            &without_id(req, |r| r.request_id.clear()),
+        )?;
+        let case_id = CaseId::parse("case_id", &req.case_id).map_err(ApiError::from)?;
+        let consent_id = ConsentId::parse("consent_id", &req.consent_id).map_err(ApiError::from)?;
+        let (ctx, who) = (self.ctx.clone(), p.clone());
+        let done = self
             .ctx
-            .commit(|tx| {
-                let case = load_case(tx, &case_id)?;
-                require_org(&p, Some(&case.organisation))?;
-                let mut consents = consents_of(tx, &case_id)?;
-                let consent = consents
-                    .iter_mut()
-                    .find(|c| c.consent_id == consent_id)
-                    .ok_or(ApiError::NotFound("consent"))?;
-                if consent.withdrawn_at.is_some() {
-                    return Err(ApiError::from(GuardError::new(
-                        Guard::Consent,
-                        "consent is already withdrawn",
-                    ))
-                    .into());
-                }
-                consent.withdrawn_at = Some(OffsetDateTime::now_utc());
-                let withdrawn = consent.clone();
-                tx.put_json(TreeName::Consents, case_id.as_bytes(), &consents)?;
-                let mut requested = 0;
-                for rid in &withdrawn.disclosures {
-                    requested += usize::from(crate::erasure::request(&self.ctx, tx, rid, false)?);
-                }
-                tx.audit(
-                    AuditRecord::new(actor(&p), "consent.withdraw", consent_id.to_string(), "ok")
+            .commit_once(
+                idem,
+                |(c, _): &(Consent, usize)| format!("{}/{}", c.case_id, c.consent_id),
+                move |tx| {
+                    let case = load_case(tx, case_id)?;
+                    require_org(&who, Some(&case.organisation))?;
+                    let mut consents = tx.consents(case_id)?;
+                    let consent = consents
+                        .iter_mut()
+                        .find(|c| c.consent_id == consent_id)
+                        .ok_or(ApiError::NotFound("consent"))?;
+                    if consent.withdrawn_at.is_some() {
+                        return Err(ApiError::from(GuardError::new(
+                            Guard::Consent,
+                            "consent is already withdrawn",
+                        ))
+                        .into());
+                    }
+                    consent.withdrawn_at = Some(OffsetDateTime::now_utc());
+                    let withdrawn = consent.clone();
+                    tx.put_consents(case_id, &consents)?;
+                    let mut requested = 0;
+                    for shared in tx.disclosures(consent_id)? {
+                        requested += usize::from(crate::erasure::request(&ctx, tx, shared, false)?);
+                    }
+                    tx.audit(
+                        AuditRecord::new(
+                            actor(&who),
+                            "consent.withdraw",
+                            consent_id.to_string(),
+                            "ok",
+                        )
                         .detail(format!("case={case_id} erasure_requests={requested}")),
-                )?;
-                Ok((withdrawn, requested))
-            })
+                    )?;
+                    Ok((withdrawn, requested))
+                },
+            )
             .await?;
-        info!(consent_id = %consent_id, node = %me, erasure_requests = requested, "consent withdrawn");
+        let consent = match done {
+            Done::Now((c, requested)) => {
+                info!(consent_id = %consent_id, node = %self.ctx.id, erasure_requests = requested, "consent withdrawn");
+                c
+            }
+            Done::Before(key) => consent_of(&self.ctx, &key)?,
+        };
         Ok(Response::new(convert::consent_to_wire(&consent)))
     }
 
@@ -296,64 +408,84 @@ impl ReferralService for Referrals {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "submit referrals")?;
         let req = request.get_ref();
-        let case_id = convert::id("case_id", &req.case_id).map_err(ApiError::from)?;
+        let idem = Idempotent::of(
+            &request,
+            &req.request_id,
+            &without_id(req, |r| r.request_id.clear()),
+        )?;
+        let case_id = CaseId::parse("case_id", &req.case_id).map_err(ApiError::from)?;
         let destination = disclosure::peer_destination(&self.ctx, "destination", &req.destination)?;
         let requested_services = convert::enums("requested_services", &req.requested_services)
             .map_err(ApiError::from)?;
         let reason = convert::text("reason", &req.reason).map_err(ApiError::from)?;
-        let referral_id = Uuid::now_v7();
-        let me = self.ctx.id;
-        let record = self
+        let referral_id = ReferralId::new();
+        let (ctx, who) = (self.ctx.clone(), p.clone());
+        let done = self
             .ctx
-            .commit(|tx| {
-                let d = disclosure::prepare(
-                    tx,
-                    &p,
-                    &case_id,
-                    Purpose::ReferralAssistance,
-                    destination,
-                    |_, _| Ok(()),
-                )?;
-                let now = OffsetDateTime::now_utc();
-                let record = ReferralRecord {
-                    referral_id,
-                    origin: me,
-                    destination,
-                    status: next(ReferralStatus::Draft, ReferralEvent::Send)
-                        .map_err(ApiError::from)?,
-                    disclosed: d.disclosed.clone(),
-                    requested_services: requested_services.clone(),
-                    case_id: Some(case_id),
-                    organisation: Some(d.case.organisation.clone()),
-                    status_reason: String::new(),
-                    consent_ids: d.consent_ids.clone(),
-                    erasure_requested: false,
-                    erasure_confirmed: false,
-                    created_at: now,
-                    updated_at: now,
-                };
-                tx.put_sealed(TreeName::Referrals, referral_id.as_bytes(), &record)?;
-                let offer = w::ReferralOffer {
-                    referral_id: referral_id.to_string(),
-                    disclosed: Some(convert::disclosed_to_wire(&record.disclosed)),
-                    requested_services: convert::enums_to_wire(&requested_services),
-                };
-                d.send(
-                    tx,
-                    &self.ctx,
-                    &p,
-                    referral_id,
-                    TreeName::Referrals,
-                    Payload::ReferralOffer(offer),
-                    "referral.submit",
-                    "sent",
-                    &format!("reason_len={}", reason.len()),
-                )?;
-                Ok(record)
-            })
+            .commit_once(
+                idem,
+                |r: &ReferralRecord| r.referral_id.to_string(),
+                move |tx| {
+                    if let Some(open) = tx.open_referral(case_id, destination)? {
+                        return Err(ApiError::Exists(format!(
+                            "referral {open} of this case to {destination} is still open"
+                        ))
+                        .into());
+                    }
+                    let d = disclosure::prepare(
+                        tx,
+                        &who,
+                        case_id,
+                        Purpose::ReferralAssistance,
+                        destination,
+                        |_, _| Ok(()),
+                    )?;
+                    let now = OffsetDateTime::now_utc();
+                    let record = ReferralRecord {
+                        referral_id,
+                        origin: ctx.id,
+                        destination,
+                        status: next(ReferralStatus::Draft, ReferralEvent::Send)
+                            .map_err(ApiError::from)?,
+                        disclosed: d.disclosed.clone(),
+                        requested_services: requested_services.clone(),
+                        case_id: Some(case_id),
+                        organisation: Some(d.case.organisation.clone()),
+                        status_reason: String::new(),
+                        consent_ids: d.consent_ids.clone(),
+                        erasure_requested: false,
+                        erasure_confirmed: false,
+                        created_at: now,
+                        updated_at: now,
+                    };
+                    tx.put_referral(&record)?;
+                    let offer = w::ReferralOffer {
+                        referral_id: referral_id.to_string(),
+                        disclosed: Some(convert::disclosed_to_wire(&record.disclosed)),
+                        requested_services: convert::enums_to_wire(&requested_services),
+                    };
+                    d.send(
+                        tx,
+                        &ctx,
+                        &who,
+                        Shared::Referral(referral_id),
+                        Payload::ReferralOffer(offer),
+                        "referral.submit",
+                        "sent",
+                        &format!("reason_len={}", reason.len()),
+                    )?;
+                    Ok(record)
+                },
+            )
             .await?;
-        info!(referral_id = %referral_id, to = %destination, "referral submitted");
-        Ok(Response::new(convert::referral_to_wire(&record)))
+        let referral = match done {
+            Done::Now(r) => {
+                info!(referral_id = %r.referral_id, to = %destination, "referral submitted");
+                convert::referral_to_wire(&r)
+            }
+            Done::Before(key) => self.replayed_referral(&p, &key).await?,
+        };
+        Ok(Response::new(referral))
     }
 
     #[instrument(skip_all)]
@@ -363,12 +495,12 @@ impl ReferralService for Referrals {
     ) -> Result<Response<w::Referral>, Status> {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "read referrals")?;
-        let id =
-            convert::id("referral_id", &request.get_ref().referral_id).map_err(ApiError::from)?;
+        let id = ReferralId::parse("referral_id", &request.get_ref().referral_id)
+            .map_err(ApiError::from)?;
         let r = self
             .ctx
             .store
-            .get_sealed::<ReferralRecord>(TreeName::Referrals, id.as_bytes())
+            .referral(id)
             .map_err(ApiError::from)?
             .ok_or(ApiError::NotFound("referral"))?;
         require_org(&p, r.organisation.as_ref())?;
@@ -388,16 +520,28 @@ impl ReferralService for Referrals {
         let req = request.get_ref();
         let direction = convert::direction("direction", req.direction).map_err(ApiError::from)?;
         let page = convert::page(req.page_size, &req.page_token).map_err(ApiError::from)?;
-        let me = self.ctx.id;
-        let all = self
+        let after = page
+            .after
+            .as_deref()
+            .map(|t| ReferralId::parse("page_token", t))
+            .transpose()
+            .map_err(ApiError::from)?;
+        let mut referrals = self
             .ctx
             .store
-            .scan_sealed::<ReferralRecord>(TreeName::Referrals, b"")
-            .map_err(ApiError::from)?
-            .into_iter()
-            .filter(|r| r.direction(me) == direction)
-            .filter(|r| require_org(&p, r.organisation.as_ref()).is_ok());
-        let (referrals, next_page_token) = page.take(all, |r| r.referral_id.to_string());
+            .referrals(direction, after, page.size + 1, |org| {
+                require_org(&p, org).is_ok()
+            })
+            .map_err(ApiError::from)?;
+        let next_page_token = if referrals.len() > page.size {
+            referrals.truncate(page.size);
+            referrals
+                .last()
+                .map(|r| r.referral_id.to_string())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
         let ids: Vec<String> = referrals
             .iter()
             .map(|r| r.referral_id.to_string())
@@ -419,7 +563,12 @@ impl ReferralService for Referrals {
         let p = authz::principal(&request)?;
         require(&p, &[Role::FocalPoint], "answer incoming referrals")?;
         let req = request.get_ref();
-        let id = convert::id("referral_id", &req.referral_id).map_err(ApiError::from)?;
+        let idem = Idempotent::of(
+            &request,
+            &req.request_id,
+            &without_id(req, |r| r.request_id.clear()),
+        )?;
+        let id = ReferralId::parse("referral_id", &req.referral_id).map_err(ApiError::from)?;
         let event = match w::ReferralDecision::try_from(req.decision) {
             Ok(w::ReferralDecision::Accept) => ReferralEvent::Accept,
             Ok(w::ReferralDecision::Decline) => ReferralEvent::Decline,
@@ -432,11 +581,7 @@ impl ReferralService for Referrals {
             }
         };
         let reason = convert::text("reason", &req.reason).map_err(ApiError::from)?;
-        let r = self
-            .ctx
-            .commit(|tx| self.update_referral(tx, &p, &id, event, &reason, None))
-            .await?;
-        Ok(Response::new(convert::referral_to_wire(&r)))
+        self.step(p, idem, id, event, reason, None).await
     }
 
     #[instrument(skip_all)]
@@ -447,13 +592,15 @@ impl ReferralService for Referrals {
         let p = authz::principal(&request)?;
         require(&p, &[Role::FocalPoint], "assign cases")?;
         let req = request.get_ref();
-        let id = convert::id("referral_id", &req.referral_id).map_err(ApiError::from)?;
+        let idem = Idempotent::of(
+            &request,
+            &req.request_id,
+            &without_id(req, |r| r.request_id.clear()),
+        )?;
+        let id = ReferralId::parse("referral_id", &req.referral_id).map_err(ApiError::from)?;
         let org = OrgId::parse("organisation", &req.organisation).map_err(ApiError::from)?;
-        let r = self
-            .ctx
-            .commit(|tx| self.update_referral(tx, &p, &id, ReferralEvent::Assign, "", Some(&org)))
-            .await?;
-        Ok(Response::new(convert::referral_to_wire(&r)))
+        self.step(p, idem, id, ReferralEvent::Assign, String::new(), Some(org))
+            .await
     }
 
     #[instrument(skip_all)]
@@ -464,13 +611,15 @@ impl ReferralService for Referrals {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "close referrals")?;
         let req = request.get_ref();
-        let id = convert::id("referral_id", &req.referral_id).map_err(ApiError::from)?;
+        let idem = Idempotent::of(
+            &request,
+            &req.request_id,
+            &without_id(req, |r| r.request_id.clear()),
+        )?;
+        let id = ReferralId::parse("referral_id", &req.referral_id).map_err(ApiError::from)?;
         let reason = convert::text("reason", &req.reason).map_err(ApiError::from)?;
-        let r = self
-            .ctx
-            .commit(|tx| self.update_referral(tx, &p, &id, ReferralEvent::Close, &reason, None))
-            .await?;
-        Ok(Response::new(convert::referral_to_wire(&r)))
+        self.step(p, idem, id, ReferralEvent::Close, reason, None)
+            .await
     }
 
     #[instrument(skip_all)]
@@ -481,38 +630,53 @@ impl ReferralService for Referrals {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "erase victim records")?;
         let req = request.get_ref();
-        let case_id = convert::id("case_id", &req.case_id).map_err(ApiError::from)?;
+        let idem = Idempotent::of(
+            &request,
+            &req.request_id,
+            &without_id(req, |r| r.request_id.clear()),
+        )?;
+        let case_id = CaseId::parse("case_id", &req.case_id).map_err(ApiError::from)?;
         let reason = convert::short("reason", &req.reason, false).map_err(ApiError::from)?;
-        let requested = self
+        let (ctx, who) = (self.ctx.clone(), p.clone());
+        let done = self
             .ctx
-            .commit(|tx| {
-                let case = load_case(tx, &case_id)?;
-                require_org(&p, Some(&case.organisation))?;
-                let mut consents = consents_of(tx, &case_id)?;
-                let now = OffsetDateTime::now_utc();
-                let mut disclosures = Vec::new();
-                for c in consents.iter_mut() {
-                    c.withdrawn_at.get_or_insert(now);
-                    disclosures.extend(c.disclosures.iter().copied());
-                }
-                disclosures.sort();
-                disclosures.dedup();
-                tx.put_json(TreeName::Consents, case_id.as_bytes(), &consents)?;
-                let mut requested: u32 = 0;
-                for rid in &disclosures {
-                    requested += u32::from(crate::erasure::request(&self.ctx, tx, rid, true)?);
-                }
-                // Crypto-shredding: without its data key the sealed record is gone for good.
-                tx.shred(&Subject::of(TreeName::Cases, case_id.as_bytes()))?;
-                tx.remove(TreeName::Cases, case_id.as_bytes())?;
-                tx.audit(
-                    AuditRecord::new(actor(&p), "case.erase", case_id.to_string(), "ok").detail(
-                        format!("erasure_requests={requested} reason_len={}", reason.len()),
-                    ),
-                )?;
-                Ok(requested)
-            })
+            .commit_once(
+                idem,
+                |n: &u32| n.to_string(),
+                move |tx| {
+                    let case = load_case(tx, case_id)?;
+                    require_org(&who, Some(&case.organisation))?;
+                    let mut consents = tx.consents(case_id)?;
+                    let now = OffsetDateTime::now_utc();
+                    let mut disclosures = Vec::new();
+                    for c in consents.iter_mut() {
+                        c.withdrawn_at.get_or_insert(now);
+                        disclosures.extend(tx.disclosures(c.consent_id)?);
+                    }
+                    disclosures.sort();
+                    disclosures.dedup();
+                    tx.put_consents(case_id, &consents)?;
+                    let mut requested: u32 = 0;
+                    for shared in &disclosures {
+                        requested += u32::from(crate::erasure::request(&ctx, tx, *shared, true)?);
+                    }
+                    // Crypto-shredding: without its data key the sealed record is gone for good.
+                    tx.erase_case(&case)?;
+                    tx.audit(
+                        AuditRecord::new(actor(&who), "case.erase", case_id.to_string(), "ok")
+                            .detail(format!(
+                                "erasure_requests={requested} reason_len={}",
+                                reason.len()
+                            )),
+                    )?;
+                    Ok(requested)
+                },
+            )
             .await?;
+        let requested = match done {
+            Done::Now(n) => n,
+            Done::Before(key) => key.parse().unwrap_or_default(),
+        };
         info!(case_id = %case_id, "case erased");
         Ok(Response::new(w::EraseCaseResponse {
             case_id: case_id.to_string(),
@@ -528,12 +692,28 @@ impl ReferralService for Referrals {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "withdraw referrals")?;
         let req = request.get_ref();
-        let id = convert::id("referral_id", &req.referral_id).map_err(ApiError::from)?;
+        let idem = Idempotent::of(
+            &request,
+            &req.request_id,
+            &without_id(req, |r| r.request_id.clear()),
+        )?;
+        let id = ReferralId::parse("referral_id", &req.referral_id).map_err(ApiError::from)?;
         let reason = convert::text("reason", &req.reason).map_err(ApiError::from)?;
-        let r = self
-            .ctx
-            .commit(|tx| self.update_referral(tx, &p, &id, ReferralEvent::Withdraw, &reason, None))
-            .await?;
-        Ok(Response::new(convert::referral_to_wire(&r)))
+        self.step(p, idem, id, ReferralEvent::Withdraw, reason, None)
+            .await
     }
+}
+
+/// Returns the consent a retried request produced (`case/consent`), as it stands now.
+fn consent_of(ctx: &Ctx, key: &str) -> ApiResult<Consent> {
+    let (case, consent) = key
+        .split_once('/')
+        .ok_or_else(|| ApiError::Store("request record corrupt".into()))?;
+    let case = CaseId::parse("request_id", case)?;
+    let consent = ConsentId::parse("request_id", consent)?;
+    ctx.store
+        .consents(case)?
+        .into_iter()
+        .find(|c| c.consent_id == consent)
+        .ok_or(ApiError::NotFound("consent"))
 }

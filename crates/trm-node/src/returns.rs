@@ -7,11 +7,12 @@ use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 use trm_core::{
-    ids::{Principal, Role},
+    ids::{AssessmentId, CaseId, OrgId, Principal, ReturnId, Role, Shared},
+    messages::Topic,
     model::{CaseRecord, Purpose},
     returns::{
-        check_guards, next, FollowUpRecord, ReturnDecision, ReturnEvent, ReturnRecord,
-        ReturnStatus, RiskAssessment, Side,
+        check_guards, ReturnDecision, ReturnEvent, ReturnRecord, ReturnStatus, RiskAssessment,
+        Side, StepDetails,
     },
     FieldError,
 };
@@ -22,13 +23,12 @@ use trm_proto::{
         self as w, envelope_body::Payload, return_planning_service_server::ReturnPlanningService,
     },
 };
-use trm_store::{audit::AuditRecord, Subject, TreeName, Tx, TxFail};
-use uuid::Uuid;
+use trm_store::{audit::AuditRecord, Tx};
 
 use crate::{
     authz::{self, actor, require, require_org, CASE_ROLES},
-    ctx::{load_case, today, Ctx, TxResult},
-    disclosure,
+    ctx::{today, Ctx, Done, Idempotent, TxResult},
+    disclosure::{self, load_case},
     error::{ApiError, ApiResult},
 };
 
@@ -46,151 +46,124 @@ impl Returns {
 }
 
 /// Loads a return plan inside a transaction; NOT_FOUND when absent.
-pub fn load_return(tx: &Tx<'_>, id: &Uuid) -> TxResult<ReturnRecord> {
-    tx.get_sealed::<ReturnRecord>(TreeName::Returns, id.as_bytes())?
-        .ok_or(TxFail::Abort(ApiError::NotFound("return plan")))
+pub fn load_return(tx: &mut Tx<'_>, id: ReturnId) -> TxResult<ReturnRecord> {
+    tx.return_plan(id)?
+        .ok_or_else(|| ApiError::NotFound("return plan").into())
 }
 
-/// What a step carries besides its event.
-#[derive(Debug, Clone, Default)]
-pub struct StepDetails {
-    pub reason: String,
-    pub details: String,
-    pub travel_at: Option<OffsetDateTime>,
+fn parse<T>(r: Result<T, FieldError>) -> Result<T, Status> {
+    r.map_err(|e| ApiError::from(e).into())
 }
 
-/// Applies `event` to a plan (both for a local step and for the peer's announcement of it):
-/// the new status, and the details that go with it.
-pub fn apply_event(
-    r: &mut ReturnRecord,
+fn without_id<M: Clone>(m: &M, clear: impl Fn(&mut M)) -> M {
+    let mut c = m.clone();
+    clear(&mut c);
+    c
+}
+
+/// Returns whether `p` may read a plan of organisation `org`.
+fn readable(p: &Principal, org: Option<&OrgId>) -> bool {
+    p.role == Role::FocalPoint || (p.role == Role::ServiceProvider && org == Some(&p.org))
+}
+
+/// One step of a plan by a local user: authorised for its side, valid for its state,
+/// recorded and announced to the other node in one transaction.
+fn step_in(
+    ctx: &Ctx,
+    tx: &mut Tx<'_>,
+    p: &Principal,
+    id: ReturnId,
     event: ReturnEvent,
     step: &StepDetails,
-) -> Result<(), trm_core::GuardError> {
-    if event == ReturnEvent::FollowUp && r.follow_ups.len() >= trm_core::limits::MAX_ITEMS {
-        return Err(trm_core::GuardError::new(
-            trm_core::Guard::State,
-            format!(
-                "the plan already holds {} follow-ups, the most one plan keeps",
-                trm_core::limits::MAX_ITEMS
-            ),
-        ));
+) -> TxResult<ReturnRecord> {
+    let me = ctx.id;
+    let mut r = load_return(tx, id)?;
+    let side = r.side(me);
+    if !event.allowed_for(side) {
+        let who = if side == Side::Requesting {
+            "requesting"
+        } else {
+            "receiving"
+        };
+        return Err(
+            ApiError::Denied(format!("the {who} country may not {event:?} a return plan")).into(),
+        );
     }
-    r.status = next(r.status, event)?;
-    match event {
-        ReturnEvent::ConfirmReception => r.reception_details = step.details.clone(),
-        ReturnEvent::Schedule => {
-            r.travel_at = step.travel_at;
-            r.travel_details = step.details.clone();
+    match side {
+        Side::Requesting if p.role == Role::ServiceProvider => {
+            require_org(p, r.organisation.as_ref())?
         }
-        ReturnEvent::FollowUp => r.follow_ups.push(FollowUpRecord {
-            recorded_at: OffsetDateTime::now_utc(),
-            notes: step.details.clone(),
-        }),
-        ReturnEvent::RaiseConcern | ReturnEvent::ResolveConcern | ReturnEvent::Arrive
-            if !step.details.is_empty() =>
-        {
-            r.status_reason = step.details.clone();
-        }
-        _ => {}
+        Side::Requesting => {}
+        Side::Receiving => require(p, &[Role::FocalPoint], "act on an incoming return plan")?,
     }
-    if !step.reason.is_empty() {
-        r.status_reason = step.reason.clone();
-    }
-    r.updated_at = OffsetDateTime::now_utc();
-    Ok(())
-}
-
-fn id_of(field: &str, s: &str) -> Result<Uuid, Status> {
-    convert::id(field, s).map_err(|e| ApiError::from(e).into())
+    r.apply(event, step).map_err(ApiError::from)?;
+    tx.put_return_plan(&r)?;
+    let update = w::ReturnUpdate {
+        return_id: id.to_string(),
+        status: convert::return_status_to_wire(r.status),
+        reason: step.reason.clone(),
+        details: step.details.clone(),
+        travel_at: step.travel_at.map(convert::ts),
+    };
+    outbox::enqueue(
+        tx,
+        &ctx.identity.current(),
+        r.peer(me),
+        Topic::Return(id),
+        &r.disclosed.case_ref,
+        Payload::ReturnUpdate(update),
+    )?;
+    tx.audit(AuditRecord::new(
+        actor(p),
+        "return.update",
+        id.to_string(),
+        r.status.as_str(),
+    ))?;
+    Ok(r)
 }
 
 impl Returns {
-    /// One step of a plan by a local user: authorised for its side, valid for its state,
-    /// recorded and announced to the other node in one transaction.
-    async fn step(
-        &self,
-        p: &Principal,
-        id: Uuid,
-        event: ReturnEvent,
-        step: StepDetails,
-    ) -> ApiResult<ReturnRecord> {
-        let me = self.ctx.id;
+    /// Returns the plan a retried request produced, as it stands now.
+    async fn replayed(&self, p: &Principal, key: &str) -> ApiResult<w::ReturnPlan> {
+        let id = ReturnId::parse("request_id", key)?;
+        let r = self
+            .ctx
+            .store
+            .return_plan(id)?
+            .ok_or(ApiError::NotFound("return plan"))?;
         self.ctx
-            .commit(|tx| {
-                let mut r = load_return(tx, &id)?;
-                let side = r.side(me);
-                if !event.allowed_for(side) {
-                    let who = if side == Side::Requesting {
-                        "requesting"
-                    } else {
-                        "receiving"
-                    };
-                    return Err(ApiError::Denied(format!(
-                        "the {who} country may not {event:?} a return plan"
-                    ))
-                    .into());
-                }
-                match side {
-                    Side::Requesting if p.role == Role::ServiceProvider => {
-                        require_org(p, r.organisation.as_ref())?
-                    }
-                    Side::Requesting => {}
-                    Side::Receiving => {
-                        require(p, &[Role::FocalPoint], "act on an incoming return plan")?
-                    }
-                }
-                apply_event(&mut r, event, &step).map_err(ApiError::from)?;
-                tx.put_sealed(TreeName::Returns, id.as_bytes(), &r)?;
-                let update = w::ReturnUpdate {
-                    return_id: id.to_string(),
-                    status: convert::return_status_to_wire(r.status),
-                    reason: step.reason.clone(),
-                    details: step.details.clone(),
-                    travel_at: step.travel_at.map(convert::ts),
-                };
-                outbox::enqueue(
-                    tx,
-                    &self.ctx.identity.current(),
-                    me,
-                    r.peer(me),
-                    outbox::About {
-                        id: &id.to_string(),
-                        sealed_under: &Subject::of(TreeName::Returns, id.as_bytes()),
-                    },
-                    &r.disclosed.case_ref,
-                    Payload::ReturnUpdate(update),
-                )?;
-                tx.audit(AuditRecord::new(
-                    actor(p),
-                    "return.update",
-                    id.to_string(),
-                    r.status.as_str(),
-                ))?;
-                Ok(r)
-            })
-            .await
+            .audit_read(p, "return.read", id.to_string(), "replay".into())
+            .await?;
+        Ok(convert::return_to_wire(&r))
     }
 
     /// Takes a step and answers with the plan as it now stands.
     async fn respond(
         &self,
-        p: &Principal,
-        id: Uuid,
+        p: Principal,
+        idem: Option<Idempotent>,
+        id: ReturnId,
         event: ReturnEvent,
         step: StepDetails,
     ) -> Result<Response<w::ReturnPlan>, Status> {
-        let r = self.step(p, id, event, step).await?;
-        Ok(Response::new(convert::return_to_wire(&r)))
-    }
-
-    fn readable(&self, p: &Principal, r: &ReturnRecord) -> bool {
-        p.role == Role::FocalPoint
-            || (r.organisation.as_ref() == Some(&p.org) && p.role == Role::ServiceProvider)
+        let (ctx, who) = (self.ctx.clone(), p.clone());
+        let done = self
+            .ctx
+            .commit_once(
+                idem,
+                |r: &ReturnRecord| r.return_id.to_string(),
+                move |tx| step_in(&ctx, tx, &who, id, event, &step),
+            )
+            .await?;
+        Ok(Response::new(match done {
+            Done::Now(r) => convert::return_to_wire(&r),
+            Done::Before(key) => self.replayed(&p, &key).await?,
+        }))
     }
 }
 
 fn text(field: &str, s: &str) -> Result<String, Status> {
-    convert::text(field, s).map_err(|e| ApiError::from(e).into())
+    parse(convert::text(field, s))
 }
 
 fn required_text(field: &str, s: &str) -> Result<String, Status> {
@@ -210,9 +183,14 @@ impl ReturnPlanningService for Returns {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "record risk assessments")?;
         let req = request.get_ref();
-        let case_id = id_of("case_id", &req.case_id)?;
+        let idem = Idempotent::of(
+            &request,
+            &req.request_id,
+            &without_id(req, |r| r.request_id.clear()),
+        )?;
+        let case_id = parse(CaseId::parse("case_id", &req.case_id))?;
         let assessment = RiskAssessment {
-            assessment_id: Uuid::now_v7(),
+            assessment_id: AssessmentId::new(),
             case_id,
             level: convert::risk_level("level", req.level).map_err(ApiError::from)?,
             non_refoulement_concern: req.non_refoulement_concern,
@@ -221,37 +199,51 @@ impl ReturnPlanningService for Returns {
             factors: convert::shorts("factors", &req.factors).map_err(ApiError::from)?,
             recorded_at: OffsetDateTime::now_utc(),
         };
-        self.ctx
-            .commit(|tx| {
-                let case = load_case(tx, &case_id)?;
-                require_org(&p, Some(&case.organisation))?;
-                let mut all = tx
-                    .get_sealed::<Vec<RiskAssessment>>(
-                        TreeName::RiskAssessments,
-                        case_id.as_bytes(),
-                    )?
-                    .unwrap_or_default();
-                if all.len() >= trm_core::limits::MAX_ITEMS {
-                    return Err(ApiError::from(FieldError::new(
-                        "case_id",
-                        "the case already holds 64 risk assessments, the most one case keeps",
-                    ))
-                    .into());
-                }
-                all.push(assessment.clone());
-                tx.put_sealed(TreeName::RiskAssessments, case_id.as_bytes(), &all)?;
-                tx.audit(
-                    AuditRecord::new(
-                        actor(&p),
-                        "risk.record",
-                        assessment.assessment_id.to_string(),
-                        "ok",
-                    )
-                    .detail(format!("case={case_id}")),
-                )?;
-                Ok(())
-            })
+        let (record, who) = (assessment.clone(), p.clone());
+        let done = self
+            .ctx
+            .commit_once(
+                idem,
+                |a: &RiskAssessment| a.assessment_id.to_string(),
+                move |tx| {
+                    let case = load_case(tx, case_id)?;
+                    require_org(&who, Some(&case.organisation))?;
+                    let mut all = tx.risk_assessments(case_id)?;
+                    if all.len() >= trm_core::limits::MAX_ITEMS {
+                        return Err(ApiError::from(FieldError::new(
+                            "case_id",
+                            "the case already holds 64 risk assessments, the most one case keeps",
+                        ))
+                        .into());
+                    }
+                    all.push(record.clone());
+                    tx.put_risk_assessments(case_id, &all)?;
+                    tx.audit(
+                        AuditRecord::new(
+                            actor(&who),
+                            "risk.record",
+                            record.assessment_id.to_string(),
+                            "ok",
+                        )
+                        .detail(format!("case={case_id}")),
+                    )?;
+                    Ok(record.clone())
+                },
+            )
             .await?;
+        let assessment = match done {
+            Done::Now(a) => a,
+            Done::Before(key) => {
+                let id = AssessmentId::parse("request_id", &key).map_err(ApiError::from)?;
+                self.ctx
+                    .store
+                    .risk_assessments(case_id)
+                    .map_err(ApiError::from)?
+                    .into_iter()
+                    .find(|a| a.assessment_id == id)
+                    .ok_or(ApiError::NotFound("risk assessment"))?
+            }
+        };
         Ok(Response::new(convert::risk_to_wire(&assessment)))
     }
 
@@ -263,7 +255,12 @@ impl ReturnPlanningService for Returns {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "record return decisions")?;
         let req = request.get_ref();
-        let case_id = id_of("case_id", &req.case_id)?;
+        let idem = Idempotent::of(
+            &request,
+            &req.request_id,
+            &without_id(req, |r| r.request_id.clear()),
+        )?;
+        let case_id = parse(CaseId::parse("case_id", &req.case_id))?;
         let decision = ReturnDecision {
             case_id,
             voluntary: req.voluntary,
@@ -271,33 +268,33 @@ impl ReturnPlanningService for Returns {
             reflection_period_waived: req.reflection_period_waived,
             recorded_at: OffsetDateTime::now_utc(),
         };
+        let (record, who) = (decision.clone(), p.clone());
         self.ctx
-            .commit(|tx| {
-                let case = load_case(tx, &case_id)?;
-                require_org(&p, Some(&case.organisation))?;
-                let mut all = tx
-                    .get_sealed::<Vec<ReturnDecision>>(
-                        TreeName::ReturnDecisions,
-                        case_id.as_bytes(),
-                    )?
-                    .unwrap_or_default();
-                if all.len() >= trm_core::limits::MAX_ITEMS {
-                    return Err(ApiError::from(FieldError::new(
-                        "case_id",
-                        "the case already holds 64 return decisions, the most one case keeps",
-                    ))
-                    .into());
-                }
-                all.push(decision.clone());
-                tx.put_sealed(TreeName::ReturnDecisions, case_id.as_bytes(), &all)?;
-                tx.audit(AuditRecord::new(
-                    actor(&p),
-                    "return.decision",
-                    case_id.to_string(),
-                    "ok",
-                ))?;
-                Ok(())
-            })
+            .commit_once(
+                idem,
+                |_: &()| String::new(),
+                move |tx| {
+                    let case = load_case(tx, case_id)?;
+                    require_org(&who, Some(&case.organisation))?;
+                    let mut all = tx.return_decisions(case_id)?;
+                    if all.len() >= trm_core::limits::MAX_ITEMS {
+                        return Err(ApiError::from(FieldError::new(
+                            "case_id",
+                            "the case already holds 64 return decisions, the most one case keeps",
+                        ))
+                        .into());
+                    }
+                    all.push(record.clone());
+                    tx.put_return_decisions(case_id, &all)?;
+                    tx.audit(AuditRecord::new(
+                        actor(&who),
+                        "return.decision",
+                        case_id.to_string(),
+                        "ok",
+                    ))?;
+                    Ok(())
+                },
+            )
             .await?;
         Ok(Response::new(convert::decision_to_wire(&decision)))
     }
@@ -309,86 +306,96 @@ impl ReturnPlanningService for Returns {
     ) -> Result<Response<w::ReturnPlan>, Status> {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "propose returns")?;
-        let req = request.get_ref();
-        let case_id = id_of("case_id", &req.case_id)?;
+        let req = request.get_ref().clone();
+        let idem = Idempotent::of(
+            &request,
+            &req.request_id,
+            &without_id(&req, |r| r.request_id.clear()),
+        )?;
+        let case_id = parse(CaseId::parse("case_id", &req.case_id))?;
         let destination = disclosure::peer_destination(&self.ctx, "destination", &req.destination)?;
-        let me = self.ctx.id;
-        let return_id = Uuid::now_v7();
+        let return_id = ReturnId::new();
         let reflection_days = self.ctx.reflection_period_days;
-        // Every guard of the return, on the latest assessment and decision.
-        let guards = |tx: &Tx<'_>, case: &CaseRecord| -> TxResult<()> {
-            let risk = tx
-                .get_sealed::<Vec<RiskAssessment>>(TreeName::RiskAssessments, case_id.as_bytes())?
-                .unwrap_or_default();
-            let decisions = tx
-                .get_sealed::<Vec<ReturnDecision>>(TreeName::ReturnDecisions, case_id.as_bytes())?
-                .unwrap_or_default();
-            check_guards(
-                case,
-                risk.last(),
-                decisions.last(),
-                reflection_days,
-                today(),
-            )
-            .map_err(ApiError::from)?;
-            Ok(())
-        };
-        let record = self
+        let (ctx, who) = (self.ctx.clone(), p.clone());
+        let done = self
             .ctx
-            .commit(|tx| {
-                let d = disclosure::prepare(
-                    tx,
-                    &p,
-                    &case_id,
-                    Purpose::ReturnPlanning,
-                    destination,
-                    guards,
-                )?;
-                let now = OffsetDateTime::now_utc();
-                let record = ReturnRecord {
-                    return_id,
-                    origin: me,
-                    destination,
-                    status: ReturnStatus::Requested,
-                    disclosed: d.disclosed.clone(),
-                    hearing_pending: req.hearing_pending,
-                    compensation_pending: req.compensation_pending,
-                    case_id: Some(case_id),
-                    organisation: Some(d.case.organisation.clone()),
-                    status_reason: String::new(),
-                    reception_details: String::new(),
-                    travel_at: None,
-                    travel_details: String::new(),
-                    follow_ups: vec![],
-                    consent_ids: d.consent_ids.clone(),
-                    erasure_requested: false,
-                    erasure_confirmed: false,
-                    created_at: now,
-                    updated_at: now,
-                };
-                tx.put_sealed(TreeName::Returns, return_id.as_bytes(), &record)?;
-                let request = w::ReturnRequest {
-                    return_id: return_id.to_string(),
-                    disclosed: Some(convert::disclosed_to_wire(&record.disclosed)),
-                    hearing_pending: record.hearing_pending,
-                    compensation_pending: record.compensation_pending,
-                };
-                d.send(
-                    tx,
-                    &self.ctx,
-                    &p,
-                    return_id,
-                    TreeName::Returns,
-                    Payload::ReturnRequest(request),
-                    "return.propose",
-                    "requested",
-                    "",
-                )?;
-                Ok(record)
-            })
+            .commit_once(
+                idem,
+                |r: &ReturnRecord| r.return_id.to_string(),
+                move |tx| {
+                    // Every guard of the return, on the latest assessment and decision.
+                    let guards = |tx: &mut Tx<'_>, case: &CaseRecord| -> TxResult<()> {
+                        let risk = tx.risk_assessments(case_id)?;
+                        let decisions = tx.return_decisions(case_id)?;
+                        check_guards(
+                            case,
+                            risk.last(),
+                            decisions.last(),
+                            reflection_days,
+                            today(),
+                        )
+                        .map_err(ApiError::from)?;
+                        Ok(())
+                    };
+                    let d = disclosure::prepare(
+                        tx,
+                        &who,
+                        case_id,
+                        Purpose::ReturnPlanning,
+                        destination,
+                        guards,
+                    )?;
+                    let now = OffsetDateTime::now_utc();
+                    let record = ReturnRecord {
+                        return_id,
+                        origin: ctx.id,
+                        destination,
+                        status: ReturnStatus::Requested,
+                        disclosed: d.disclosed.clone(),
+                        hearing_pending: req.hearing_pending,
+                        compensation_pending: req.compensation_pending,
+                        case_id: Some(case_id),
+                        organisation: Some(d.case.organisation.clone()),
+                        status_reason: String::new(),
+                        reception_details: String::new(),
+                        travel_at: None,
+                        travel_details: String::new(),
+                        follow_ups: vec![],
+                        consent_ids: d.consent_ids.clone(),
+                        erasure_requested: false,
+                        erasure_confirmed: false,
+                        created_at: now,
+                        updated_at: now,
+                    };
+                    tx.put_return_plan(&record)?;
+                    let request = w::ReturnRequest {
+                        return_id: return_id.to_string(),
+                        disclosed: Some(convert::disclosed_to_wire(&record.disclosed)),
+                        hearing_pending: record.hearing_pending,
+                        compensation_pending: record.compensation_pending,
+                    };
+                    d.send(
+                        tx,
+                        &ctx,
+                        &who,
+                        Shared::Return(return_id),
+                        Payload::ReturnRequest(request),
+                        "return.propose",
+                        "requested",
+                        "",
+                    )?;
+                    Ok(record)
+                },
+            )
             .await?;
-        info!(return_id = %return_id, to = %destination, "return requested");
-        Ok(Response::new(convert::return_to_wire(&record)))
+        let plan = match done {
+            Done::Now(r) => {
+                info!(return_id = %return_id, to = %destination, "return requested");
+                convert::return_to_wire(&r)
+            }
+            Done::Before(key) => self.replayed(&p, &key).await?,
+        };
+        Ok(Response::new(plan))
     }
 
     #[instrument(skip_all)]
@@ -398,14 +405,14 @@ impl ReturnPlanningService for Returns {
     ) -> Result<Response<w::ReturnPlan>, Status> {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "read return plans")?;
-        let id = id_of("return_id", &request.get_ref().return_id)?;
+        let id = parse(ReturnId::parse("return_id", &request.get_ref().return_id))?;
         let r = self
             .ctx
             .store
-            .get_sealed::<ReturnRecord>(TreeName::Returns, id.as_bytes())
+            .return_plan(id)
             .map_err(ApiError::from)?
             .ok_or(ApiError::NotFound("return plan"))?;
-        if !self.readable(&p, &r) {
+        if !readable(&p, r.organisation.as_ref()) {
             return Err(ApiError::Denied(format!(
                 "organisation {} may not access this record",
                 p.org
@@ -428,19 +435,26 @@ impl ReturnPlanningService for Returns {
         let req = request.get_ref();
         let direction = convert::direction("direction", req.direction).map_err(ApiError::from)?;
         let page = convert::page(req.page_size, &req.page_token).map_err(ApiError::from)?;
-        let me = self.ctx.id;
-        let wanted = match direction {
-            trm_core::referral::Direction::Outgoing => Side::Requesting,
-            trm_core::referral::Direction::Incoming => Side::Receiving,
-        };
-        let all = self
+        let after = page
+            .after
+            .as_deref()
+            .map(|t| ReturnId::parse("page_token", t))
+            .transpose()
+            .map_err(ApiError::from)?;
+        let mut plans = self
             .ctx
             .store
-            .scan_sealed::<ReturnRecord>(TreeName::Returns, b"")
-            .map_err(ApiError::from)?
-            .into_iter()
-            .filter(|r| r.side(me) == wanted && self.readable(&p, r));
-        let (plans, next_page_token) = page.take(all, |r| r.return_id.to_string());
+            .return_plans(direction, after, page.size + 1, |org| readable(&p, org))
+            .map_err(ApiError::from)?;
+        let next_page_token = if plans.len() > page.size {
+            plans.truncate(page.size);
+            plans
+                .last()
+                .map(|r| r.return_id.to_string())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
         let ids: Vec<String> = plans.iter().map(|r| r.return_id.to_string()).collect();
         self.ctx
             .audit_read(&p, "return.list", "-".into(), ids.join(","))
@@ -459,7 +473,12 @@ impl ReturnPlanningService for Returns {
         let p = authz::principal(&request)?;
         require(&p, &[Role::FocalPoint], "answer incoming return requests")?;
         let req = request.get_ref();
-        let id = id_of("return_id", &req.return_id)?;
+        let idem = Idempotent::of(
+            &request,
+            &req.request_id,
+            &without_id(req, |r| r.request_id.clear()),
+        )?;
+        let id = parse(ReturnId::parse("return_id", &req.return_id))?;
         let event =
             match w::ReturnResponse::try_from(req.response) {
                 Ok(w::ReturnResponse::ConfirmReception) => ReturnEvent::ConfirmReception,
@@ -475,7 +494,7 @@ impl ReturnPlanningService for Returns {
             details,
             ..Default::default()
         };
-        self.respond(&p, id, event, step).await
+        self.respond(p, idem, id, event, step).await
     }
 
     #[instrument(skip_all)]
@@ -486,12 +505,18 @@ impl ReturnPlanningService for Returns {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "schedule returns")?;
         let req = request.get_ref();
-        let id = id_of("return_id", &req.return_id)?;
+        let idem = Idempotent::of(
+            &request,
+            &req.request_id,
+            &without_id(req, |r| r.request_id.clear()),
+        )?;
+        let id = parse(ReturnId::parse("return_id", &req.return_id))?;
         let travel_at =
             convert::from_ts("travel_at", req.travel_at.as_ref()).map_err(ApiError::from)?;
         let details = text("details", &req.details)?;
         self.respond(
-            &p,
+            p,
+            idem,
             id,
             ReturnEvent::Schedule,
             StepDetails {
@@ -511,10 +536,16 @@ impl ReturnPlanningService for Returns {
         let p = authz::principal(&request)?;
         require(&p, &[Role::FocalPoint], "confirm arrivals")?;
         let req = request.get_ref();
-        let id = id_of("return_id", &req.return_id)?;
+        let idem = Idempotent::of(
+            &request,
+            &req.request_id,
+            &without_id(req, |r| r.request_id.clear()),
+        )?;
+        let id = parse(ReturnId::parse("return_id", &req.return_id))?;
         let details = text("details", &req.details)?;
         self.respond(
-            &p,
+            p,
+            idem,
             id,
             ReturnEvent::Arrive,
             StepDetails {
@@ -533,10 +564,16 @@ impl ReturnPlanningService for Returns {
         let p = authz::principal(&request)?;
         require(&p, &[Role::FocalPoint], "record follow-ups")?;
         let req = request.get_ref();
-        let id = id_of("return_id", &req.return_id)?;
+        let idem = Idempotent::of(
+            &request,
+            &req.request_id,
+            &without_id(req, |r| r.request_id.clear()),
+        )?;
+        let id = parse(ReturnId::parse("return_id", &req.return_id))?;
         let details = required_text("notes", &req.notes)?;
         self.respond(
-            &p,
+            p,
+            idem,
             id,
             ReturnEvent::FollowUp,
             StepDetails {
@@ -555,10 +592,16 @@ impl ReturnPlanningService for Returns {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "halt returns")?;
         let req = request.get_ref();
-        let id = id_of("return_id", &req.return_id)?;
+        let idem = Idempotent::of(
+            &request,
+            &req.request_id,
+            &without_id(req, |r| r.request_id.clear()),
+        )?;
+        let id = parse(ReturnId::parse("return_id", &req.return_id))?;
         let reason = required_text("reason", &req.reason)?;
         self.respond(
-            &p,
+            p,
+            idem,
             id,
             ReturnEvent::Halt,
             StepDetails {
@@ -576,8 +619,14 @@ impl ReturnPlanningService for Returns {
     ) -> Result<Response<w::ReturnPlan>, Status> {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "record travel")?;
-        let id = id_of("return_id", &request.get_ref().return_id)?;
-        self.respond(&p, id, ReturnEvent::Travel, StepDetails::default())
+        let req = request.get_ref();
+        let idem = Idempotent::of(
+            &request,
+            &req.request_id,
+            &without_id(req, |r| r.request_id.clear()),
+        )?;
+        let id = parse(ReturnId::parse("return_id", &req.return_id))?;
+        self.respond(p, idem, id, ReturnEvent::Travel, StepDetails::default())
             .await
     }
 
@@ -589,10 +638,16 @@ impl ReturnPlanningService for Returns {
         let p = authz::principal(&request)?;
         require(&p, &[Role::FocalPoint], "resolve concerns")?;
         let req = request.get_ref();
-        let id = id_of("return_id", &req.return_id)?;
+        let idem = Idempotent::of(
+            &request,
+            &req.request_id,
+            &without_id(req, |r| r.request_id.clear()),
+        )?;
+        let id = parse(ReturnId::parse("return_id", &req.return_id))?;
         let details = required_text("details", &req.details)?;
         self.respond(
-            &p,
+            p,
+            idem,
             id,
             ReturnEvent::ResolveConcern,
             StepDetails {
@@ -611,10 +666,16 @@ impl ReturnPlanningService for Returns {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "close returns")?;
         let req = request.get_ref();
-        let id = id_of("return_id", &req.return_id)?;
+        let idem = Idempotent::of(
+            &request,
+            &req.request_id,
+            &without_id(req, |r| r.request_id.clear()),
+        )?;
+        let id = parse(ReturnId::parse("return_id", &req.return_id))?;
         let reason = required_text("reason", &req.reason)?;
         self.respond(
-            &p,
+            p,
+            idem,
             id,
             ReturnEvent::Close,
             StepDetails {

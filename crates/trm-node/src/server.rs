@@ -25,14 +25,14 @@ use trm_proto::v1::{
     return_planning_service_server::ReturnPlanningServiceServer,
     witness_hearing_service_server::WitnessHearingServiceServer, FILE_DESCRIPTOR_SET,
 };
-use trm_store::{Store, TreeName};
+use trm_store::{engine::sled::SledOptions, Store, StoreOptions};
 
 use crate::{
-    admin::{Admin, REVOKED_CLIENTS},
+    admin::Admin,
     config::{ListenSection, NodeConfig},
     ctx::Ctx,
     flows::Flows,
-    gate::{CallerKey, Gate, GateCounters, RateLimits, RevocationAware, Revocations, Revoked},
+    gate::{CallerKey, Gate, GateCounters, RateLimits, RevocationAware, Revocations},
     hearing::Hearings,
     listen::{self, AcceptLimits},
     metrics,
@@ -139,16 +139,28 @@ async fn housekeeping(
     store: Store,
     refusals: Arc<RefusalLog>,
     replay_window: Duration,
+    kek_rotation: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut last_prune: Option<tokio::time::Instant> = None;
     loop {
         if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
             let before = time::OffsetDateTime::now_utc() - 2 * replay_window;
-            match trm_federation::inbound::prune_inbox(&store, before) {
+            match trm_federation::inbound::prune_inbox(&store, before).await {
                 Ok(0) => {}
                 Ok(n) => info!(forgotten = n, "old inbound message ids pruned"),
                 Err(e) => warn!(error = %e, "cannot prune the inbox"),
+            }
+            let day_ago = time::OffsetDateTime::now_utc() - time::Duration::hours(24);
+            let pruned = store
+                .commit::<usize, (), _>(move |tx| Ok(tx.forget_requests_before(day_ago, 4096)?))
+                .await;
+            if let Err(e) = pruned {
+                warn!(error = %e.into_store(), "cannot forget old request ids");
+            }
+            match store.rotate_kek_if_due(kek_rotation.as_secs() as i64).await {
+                Ok(true) | Ok(false) => {}
+                Err(e) => warn!(error = %e, "cannot rotate the key-encryption key"),
             }
             last_prune = Some(tokio::time::Instant::now());
         }
@@ -253,18 +265,20 @@ impl std::fmt::Debug for Built {
 pub async fn build(config: NodeConfig) -> Result<Built, NodeError> {
     let node = config.node.id;
     let master = SecretKey::load(&config.node.master_key)?;
-    let store = Store::open(&config.node.data_dir, &config.node.key_store, master)?;
+    let store = Store::open(StoreOptions {
+        node,
+        data_dir: config.node.data_dir.clone(),
+        key_store: config.node.key_store.clone(),
+        master,
+        sled: SledOptions::default(),
+    })?;
     trm_federation::keys::recover_rotation(&store, &config.signing.key)?;
     let identity = Arc::new(Signer::new(SigningIdentity::load(&config.signing.key)?));
-    store.sign_audit_head_with(identity.clone())?;
+    store.sign_audit_head_with(identity.clone()).await?;
     let directory = load_directory(&config)?;
-    let (changes, learned) = trm_federation::directory::load_changes(&store)?;
-    directory.apply(&changes, &learned)?;
+    directory.apply(&store.directory_changes()?, &store.learned_keys()?)?;
     let directory = Arc::new(directory);
-    let revoked: Vec<Revoked> = store
-        .get_json(TreeName::Meta, REVOKED_CLIENTS)?
-        .unwrap_or_default();
-    let revocations = Arc::new(Revocations::new(&revoked));
+    let revocations = Arc::new(Revocations::new(&store.revoked_clients()?));
     let tls = &config.tls;
     let federation_tls = server_tls(
         &tls.federation_cert,
@@ -492,10 +506,12 @@ impl Built {
 
         let replay_window =
             Duration::from_secs(u64::from(config.policy.replay_window_days) * 86_400);
+        let kek_rotation = Duration::from_secs(u64::from(config.storage.kek_rotation_hours) * 3600);
         let housekeeping = tokio::spawn(housekeeping(
             store.clone(),
             refusals,
             replay_window,
+            kek_rotation,
             stopped,
         ));
         let tasks: Vec<(&str, JoinHandle<Result<(), String>>)> = vec![

@@ -366,7 +366,7 @@ pub fn case_to_wire(c: &d::CaseRecord) -> w::Case {
 /// A parsed `RecordConsentRequest`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsentInput {
-    pub case_id: Uuid,
+    pub case_id: trm_core::ids::CaseId,
     pub purposes: Vec<d::Purpose>,
     pub recipients: Vec<NodeId>,
     pub expires_on: Option<Date>,
@@ -380,7 +380,7 @@ pub fn consent_input(
     req: &w::RecordConsentRequest,
     today: Date,
 ) -> Result<ConsentInput, FieldError> {
-    let case_id = id("case_id", &req.case_id)?;
+    let case_id = trm_core::ids::CaseId::parse("case_id", &req.case_id)?;
     let purposes = enums("purposes", &req.purposes)?;
     if purposes.is_empty() {
         return Err(FieldError::new(

@@ -1,74 +1,63 @@
-//! Errors of the store. Messages carry tree and key names at most, never record contents.
-
-use sled::transaction::UnabortableTransactionError;
+//! Errors of the store. Messages carry record kinds and key names at most, never record
+//! contents; engine, I/O and crypto details are for the log, never for a client or a peer.
 
 /// Result alias of this crate.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// What the store can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("storage: {0}")]
-    Sled(#[from] sled::Error),
+    #[error("engine: {0}")]
+    Engine(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     #[error("crypto: {0}")]
     Crypto(#[from] trm_crypto::CryptoError),
-    #[error("record {tree}/{key} does not decode")]
-    Decode { tree: &'static str, key: String },
-    #[error("record does not encode")]
+    #[error("a stored {0} does not decode")]
+    Decode(&'static str),
+    #[error("a record does not encode")]
     Encode,
-    #[error("durability worker is gone")]
-    Durability,
-    #[error("the data-key store {0} is missing: without it no sealed record can be opened")]
+    #[error("store corrupt: {0}")]
+    Corrupt(&'static str),
+    /// A durable point failed: what the group wrote may or may not be on disk.
+    #[error("sync failed: {0}")]
+    Sync(String),
+    /// The store stopped taking writes after a failed durable point.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    #[error("the key file {0} is missing: without it no sealed record can be opened")]
     KeyStoreMissing(String),
+    #[error("the store's writer has stopped")]
+    Stopped,
 }
 
-/// An error inside a transaction closure from the store itself.
-#[derive(Debug)]
-pub enum TxError {
-    /// Another transaction touched the same keys: sled retries the closure.
-    Conflict,
-    /// A fault of the store (I/O, crypto, decoding).
-    Store(StoreError),
-}
-
-impl From<UnabortableTransactionError> for TxError {
-    fn from(e: UnabortableTransactionError) -> Self {
-        match e {
-            UnabortableTransactionError::Conflict => TxError::Conflict,
-            UnabortableTransactionError::Storage(e) => TxError::Store(StoreError::Sled(e)),
-        }
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Engine(e.to_string())
     }
 }
 
-impl From<StoreError> for TxError {
-    fn from(e: StoreError) -> Self {
-        TxError::Store(e)
-    }
-}
-
-/// Why a transaction closure stopped: the caller's own refusal (`Abort`, nothing is written)
-/// or a store error.
+/// Why a transaction closure stopped: the caller's own refusal (`Abort`: nothing it wrote
+/// is kept) or a store error.
 #[derive(Debug)]
 pub enum TxFail<E> {
     Abort(E),
-    Tx(TxError),
-}
-
-impl<E> From<TxError> for TxFail<E> {
-    fn from(e: TxError) -> Self {
-        TxFail::Tx(e)
-    }
-}
-
-impl<E> From<UnabortableTransactionError> for TxFail<E> {
-    fn from(e: UnabortableTransactionError) -> Self {
-        TxFail::Tx(e.into())
-    }
+    Store(StoreError),
 }
 
 impl<E> From<StoreError> for TxFail<E> {
     fn from(e: StoreError) -> Self {
-        TxFail::Tx(TxError::Store(e))
+        TxFail::Store(e)
+    }
+}
+
+impl<E> TxFail<E> {
+    /// Returns the store error of a transaction that cannot refuse (an `Abort` is reported
+    /// as a store fault).
+    pub fn into_store(self) -> StoreError {
+        match self {
+            TxFail::Store(e) => e,
+            TxFail::Abort(_) => StoreError::Corrupt("a transaction refused unexpectedly"),
+        }
     }
 }

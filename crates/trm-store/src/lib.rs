@@ -1,20 +1,31 @@
-//! Persistence of a node in one sled database:
-//! - records holding personal data are sealed with XChaCha20-Poly1305 under a per-subject
-//!   data key wrapped by the node's master key ([`Tx::put_sealed`]); the keys live in a
-//!   file of their own outside the database folder ([`keystore`]), and erasing a subject
-//!   overwrites its key there ([`Tx::shred`]), so no copy of the database can open it again;
-//! - multi-tree transactions ([`Store::transact`]) so a state change, its outbound envelope
-//!   and its audit entry commit together;
-//! - a durable point that is real ([`Store::durable`]): sled's flush, then `fdatasync` of its
-//!   file, shared by every writer waiting at the time (group commit);
-//! - an append-only, hash-chained audit log ([`audit`]) holding ids and field names only.
+//! Persistence of a node: typed repositories over a storage engine.
+//!
+//! - [`engine`]: the engine interface (one ordered key space, transactions with savepoints,
+//!   a durable commit) and its sled engine; the PostgreSQL engine fits the same interface;
+//! - [`repo`]: the typed repositories (cases, consents, referrals, returns, hearings,
+//!   outbox, inbox, audit, directory, requests) and the one key layout;
+//! - [`Store`]: the handle: reads of committed state, and [`Store::commit`] through the one
+//!   commit pipeline ([`writer`]): a thread outside the async runtime that applies every
+//!   waiting request in one transaction and makes the group durable with one sync;
+//! - [`keys`]: the key hierarchy (master key, rotating KEKs, per-subject data keys in the
+//!   database) that seals every record holding personal data and shreds it on erasure;
+//! - [`Subject`]: whose key seals what, namespaced per kind of record.
 #![forbid(unsafe_code)]
 
-pub mod audit;
-mod durability;
+pub mod engine;
 mod error;
-pub mod keystore;
+pub mod keys;
+pub mod repo;
 mod store;
+mod subject;
+mod tx;
+pub mod writer;
 
-pub use error::{Result, StoreError, TxError, TxFail};
-pub use store::{Store, Subject, TreeName, Tx};
+pub use error::{Result, StoreError, TxFail};
+pub use repo::audit;
+pub use store::{Committed, Store, StoreOptions};
+pub use subject::Subject;
+pub use tx::{Note, Tx};
+
+#[cfg(test)]
+mod tests;

@@ -60,6 +60,7 @@ pub async fn revoke(
     Ok(admin
         .revoke_client_certificate(w::RevokeClientCertificateRequest {
             serial_hex: serial_hex.to_owned(),
+            ..Default::default()
         })
         .await?
         .into_inner())

@@ -132,6 +132,7 @@ pub async fn run(
             }),
             child: Some(w::ChildInfo::default()),
             identified_on: String::new(),
+            ..Default::default()
         })
         .await
         .context("CreateCase")?
@@ -153,6 +154,7 @@ pub async fn run(
             destination: destination.to_string(),
             requested_services: vec![w::NeedKind::Shelter as i32],
             reason: String::new(),
+            ..Default::default()
         })
         .await;
     let without_consent = match refused {
@@ -176,6 +178,7 @@ pub async fn run(
             informed: true,
             information_language: "ro".into(),
             categories: vec![],
+            ..Default::default()
         })
         .await
         .context("RecordConsent")?
@@ -192,6 +195,7 @@ pub async fn run(
                 w::NeedKind::Psychological as i32,
             ],
             reason: "safe accommodation near family".into(),
+            ..Default::default()
         })
         .await
         .context("SubmitReferral")?
@@ -229,6 +233,7 @@ pub async fn run(
             referral_id: id.clone(),
             decision: w::ReferralDecision::Accept as i32,
             reason: String::new(),
+            ..Default::default()
         })
         .await
         .context("RespondToReferral")?;
@@ -236,6 +241,7 @@ pub async fn run(
         .assign_case(w::AssignCaseRequest {
             referral_id: id.clone(),
             organisation: "sp1".into(),
+            ..Default::default()
         })
         .await
         .context("AssignCase")?;
@@ -339,6 +345,7 @@ async fn hearing_story(
             language: "ro".into(),
             legal_basis: "MLA request under UNTOC art. 18 para. 18".into(),
             proposed_times: vec![proposed],
+            ..Default::default()
         })
         .await
         .context("RequestHearing")?
@@ -365,6 +372,7 @@ async fn hearing_story(
         decision: w::HearingDecision::Schedule as i32,
         reason: "the witness agreed; support person present".into(),
         scheduled_at: Some(proposed),
+        ..Default::default()
     })
     .await
     .context("RespondToHearing")?;
@@ -372,6 +380,7 @@ async fn hearing_story(
     ja.record_hearing_outcome(w::RecordHearingOutcomeRequest {
         hearing_id: id.clone(),
         minutes_reference: "SANDBOX-MIN-1".into(),
+        ..Default::default()
     })
     .await
     .context("RecordHearingOutcome")?;
@@ -437,6 +446,7 @@ async fn return_story(
         retrafficking_risk: false,
         family_at_risk: false,
         factors: vec!["recruiter convicted".into(), "family supportive".into()],
+        ..Default::default()
     })
     .await
     .context("RecordRiskAssessment")?;
@@ -460,6 +470,7 @@ async fn return_story(
         voluntary: true,
         informed: true,
         reflection_period_waived: true,
+        ..Default::default()
     })
     .await
     .context("RecordReturnDecision")?;
@@ -479,6 +490,7 @@ async fn return_story(
             destination: destination.to_string(),
             hearing_pending: false,
             compensation_pending: true,
+            ..Default::default()
         })
         .await
         .context("ProposeReturn")?
@@ -491,6 +503,7 @@ async fn return_story(
         return_id: id.clone(),
         response: w::ReturnResponse::ConfirmReception as i32,
         details: "a case worker of a partner NGO meets her at arrivals".into(),
+        ..Default::default()
     })
     .await
     .context("RespondToReturn")?;
@@ -503,12 +516,14 @@ async fn return_story(
         return_id: id.clone(),
         travel_at: Some(travel_at),
         details: "accompanied flight".into(),
+        ..Default::default()
     })
     .await
     .context("ScheduleReturn")?;
     wait_return(&ro, &id, w::ReturnStatus::Scheduled).await?;
     at.record_travel(w::RecordTravelRequest {
         return_id: id.clone(),
+        ..Default::default()
     })
     .await
     .context("RecordTravel")?;
@@ -516,6 +531,7 @@ async fn return_story(
     ro.confirm_arrival(w::ConfirmArrivalRequest {
         return_id: id.clone(),
         details: "met at arrivals".into(),
+        ..Default::default()
     })
     .await
     .context("ConfirmArrival")?;
@@ -523,6 +539,7 @@ async fn return_story(
     ro.record_follow_up(w::RecordFollowUpRequest {
         return_id: id.clone(),
         notes: "first month: housing and training".into(),
+        ..Default::default()
     })
     .await
     .context("RecordFollowUp")?;

@@ -1,0 +1,354 @@
+//! The audit log: append-only and hash-chained. Each entry holds who did what to which id,
+//! with which outcome, and the hash of the previous entry; it never holds personal data (the
+//! callers pass ids, field names, purposes and reasons only).
+
+use serde::{Deserialize, Serialize};
+use time::{format_description::well_known::Rfc3339, OffsetDateTime};
+
+use crate::{
+    engine::EngineTx,
+    repo::layout,
+    tx::{decode, encode, Tx},
+    Result, Store, StoreError,
+};
+
+const HEAD: &str = "audit_head";
+const SIGNED: &str = "audit_head_signed";
+
+/// What a caller records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Who: `client:<role>/<org>`, `peer:<ID>`, `node`.
+    pub actor: String,
+    /// What, e.g. `case.create`, `envelope.refuse`.
+    pub action: String,
+    /// Which record or message id.
+    pub subject: String,
+    /// `ok`, `refused`, `accepted`, `rejected` ...
+    pub outcome: String,
+    /// Field names, purposes, reasons; never values.
+    pub detail: String,
+}
+
+impl AuditRecord {
+    /// Returns a record with an empty detail.
+    pub fn new(
+        actor: impl Into<String>,
+        action: impl Into<String>,
+        subject: impl Into<String>,
+        outcome: impl Into<String>,
+    ) -> Self {
+        Self {
+            actor: actor.into(),
+            action: action.into(),
+            subject: subject.into(),
+            outcome: outcome.into(),
+            detail: String::new(),
+        }
+    }
+
+    /// Sets the detail.
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = detail.into();
+        self
+    }
+}
+
+/// One stored entry of the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: u64,
+    /// RFC 3339 UTC.
+    pub at: String,
+    pub record: AuditRecord,
+    /// Hex SHA-256 of the previous entry ("" for the first).
+    pub prev: String,
+    /// Hex SHA-256 of this entry's `seq`, `at`, `record` and `prev`.
+    pub hash: String,
+}
+
+#[derive(Serialize)]
+struct Hashed<'a> {
+    seq: u64,
+    at: &'a str,
+    record: &'a AuditRecord,
+    prev: &'a str,
+}
+
+impl AuditEntry {
+    /// Builds the entry following `prev` (sequence `seq`).
+    pub fn chain(seq: u64, at: String, record: AuditRecord, prev: String) -> Self {
+        let mut e = Self {
+            seq,
+            at,
+            record,
+            prev,
+            hash: String::new(),
+        };
+        e.hash = e.compute_hash();
+        e
+    }
+
+    /// Recomputes the hash from the entry's contents.
+    pub fn compute_hash(&self) -> String {
+        let canonical = serde_json::to_vec(&Hashed {
+            seq: self.seq,
+            at: &self.at,
+            record: &self.record,
+            prev: &self.prev,
+        })
+        .unwrap_or_default();
+        hex::encode(trm_crypto::sha256(&canonical))
+    }
+}
+
+/// The chain's head, kept in the meta tree and updated in the same transaction as each
+/// append, so a removed tail is detected too.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditHead {
+    pub seq: u64,
+    pub hash: String,
+}
+
+/// The result of verifying the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditReport {
+    pub ok: bool,
+    pub entries_checked: u64,
+    /// Sequence number of the first entry that does not verify (0 when ok).
+    pub first_bad_entry: u64,
+    /// The head as the node signed it at its last durable point.
+    pub signed: Option<SignedHead>,
+    /// Hash of the entry at the signed head's sequence, as the chain holds it now.
+    pub hash_at_signed: Option<String>,
+}
+
+/// Tag of audit-head signatures.
+pub const HEAD_TAG: &[u8] = b"trm/audit-head/v1";
+
+/// The chain's head signed with the node's signing key at a durable point: whoever can
+/// write the database but does not hold the key cannot recompute history unnoticed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedHead {
+    pub seq: u64,
+    pub hash: String,
+    pub key_id: String,
+    /// Hex of the ed25519 signature over [`HEAD_TAG`], a zero byte and [`SignedHead::body`].
+    pub signature: String,
+}
+
+impl SignedHead {
+    /// Returns the signed bytes of a head.
+    pub fn body(seq: u64, hash: &str) -> Vec<u8> {
+        format!("{seq}:{hash}").into_bytes()
+    }
+}
+
+/// Verifies entries in stored order against the head: sequence without gaps, each `prev`
+/// equal to the previous hash, each hash recomputed, the last one equal to the head.
+pub fn verify<I>(entries: I, head: &AuditHead) -> AuditReport
+where
+    I: IntoIterator<Item = Option<AuditEntry>>,
+{
+    let mut prev = String::new();
+    let mut checked = 0u64;
+    for (expected, entry) in (1u64..).zip(entries) {
+        let valid = entry.is_some_and(|e| {
+            let ok = e.seq == expected && e.prev == prev && e.compute_hash() == e.hash;
+            if ok {
+                prev = e.hash;
+            }
+            ok
+        });
+        if !valid {
+            return AuditReport {
+                ok: false,
+                entries_checked: checked,
+                first_bad_entry: expected,
+                signed: None,
+                hash_at_signed: None,
+            };
+        }
+        checked += 1;
+    }
+    if head.seq != checked || head.hash != prev {
+        return AuditReport {
+            ok: false,
+            entries_checked: checked,
+            first_bad_entry: checked + 1,
+            signed: None,
+            hash_at_signed: None,
+        };
+    }
+    AuditReport {
+        ok: true,
+        entries_checked: checked,
+        first_bad_entry: 0,
+        signed: None,
+        hash_at_signed: None,
+    }
+}
+
+impl Tx<'_> {
+    /// Appends an entry to the audit chain, in this transaction.
+    pub fn audit(&mut self, record: AuditRecord) -> Result<()> {
+        let head: AuditHead = self
+            .get_json("audit head", &layout::meta(HEAD))?
+            .unwrap_or_default();
+        let seq = head.seq + 1;
+        let at = OffsetDateTime::now_utc()
+            .format(&Rfc3339)
+            .unwrap_or_default();
+        let entry = AuditEntry::chain(seq, at, record, head.hash);
+        self.put_json(&layout::audit(seq), &entry)?;
+        self.put_json(
+            &layout::meta(HEAD),
+            &AuditHead {
+                seq,
+                hash: entry.hash.clone(),
+            },
+        )?;
+        self.fx.audited = true;
+        Ok(())
+    }
+}
+
+/// Signs the head in `etx` unless it is signed already; refuses (returns `false`) when the
+/// chain no longer holds, at the last signed sequence, the hash that was signed.
+pub(crate) fn sign_head(
+    etx: &mut dyn EngineTx,
+    signer: &trm_crypto::signing::Signer,
+) -> Result<bool> {
+    let head: AuditHead = match etx.get(&layout::meta(HEAD))? {
+        Some(b) => decode("audit head", &b)?,
+        None => AuditHead::default(),
+    };
+    let key = signer.current();
+    if let Some(b) = etx.get(&layout::meta(SIGNED))? {
+        let s: SignedHead = decode("signed audit head", &b)?;
+        if s.seq == head.seq && s.hash == head.hash && s.key_id == key.key_id() {
+            return Ok(true);
+        }
+        let at_signed = match etx.get(&layout::audit(s.seq))? {
+            Some(e) => Some(decode::<AuditEntry>("audit entry", &e)?.hash),
+            None => None,
+        };
+        if (s.seq > 0 && at_signed.as_deref() != Some(s.hash.as_str())) || head.seq < s.seq {
+            return Ok(false);
+        }
+    }
+    let signature = key.sign(HEAD_TAG, &SignedHead::body(head.seq, &head.hash));
+    let signed = SignedHead {
+        seq: head.seq,
+        hash: head.hash,
+        key_id: key.key_id().to_owned(),
+        signature: hex::encode(signature),
+    };
+    etx.put(&layout::meta(SIGNED), &encode(&signed)?)?;
+    Ok(true)
+}
+
+impl Store {
+    /// Verifies the audit chain: any modified, reordered or removed entry is detected. The
+    /// report carries the signed head and the hash the chain now holds at its sequence, for
+    /// the caller to check the signature with the node's keys; a chain that does not hold
+    /// what the node anchored outside the database is reported as broken.
+    pub fn verify_audit(&self) -> Result<AuditReport> {
+        let head: AuditHead = self
+            .get_json("audit head", &layout::meta(HEAD))?
+            .unwrap_or_default();
+        let mut entries = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.scan_raw(layout::AUDIT, after.as_deref(), 4096)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            entries.extend(
+                page.into_iter()
+                    .map(|(_, v)| decode::<AuditEntry>("audit entry", &v).ok()),
+            );
+        }
+        let mut report = verify(entries, &head);
+        report.signed = self.get_json("signed audit head", &layout::meta(SIGNED))?;
+        if let Some(s) = &report.signed {
+            report.hash_at_signed = self
+                .get_json::<AuditEntry>("audit entry", &layout::audit(s.seq))?
+                .map(|e| e.hash);
+        }
+        if report.ok && !self.anchor_consistent()? {
+            report.ok = false;
+            report.first_bad_entry = self.read_anchor()?.map_or(1, |a| a.seq.max(1));
+        }
+        Ok(report)
+    }
+
+    /// Returns up to `limit` audit entries after sequence `after`, in order.
+    pub fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>> {
+        let start = layout::audit(after);
+        self.scan_raw(layout::AUDIT, Some(&start), limit)?
+            .into_iter()
+            .map(|(_, v)| decode("audit entry", &v))
+            .collect()
+    }
+
+    /// Returns the number of entries in the chain.
+    pub fn audit_len(&self) -> Result<u64> {
+        Ok(self
+            .get_json::<AuditHead>("audit head", &layout::meta(HEAD))?
+            .unwrap_or_default()
+            .seq)
+    }
+
+    /// Copies the signed audit head to its anchor outside the database (written whole and
+    /// synced). Run periodically and at shutdown; the anchor may lag the signed head.
+    pub fn anchor_audit_head(&self) -> Result<()> {
+        let Some(signed) =
+            self.get_json::<SignedHead>("signed audit head", &layout::meta(SIGNED))?
+        else {
+            return Ok(());
+        };
+        if self.read_anchor()?.as_ref() == Some(&signed) {
+            return Ok(());
+        }
+        let path = self.anchor_path();
+        let tmp = path.with_extension("audit-anchor.tmp");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&encode(&signed)?)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    fn read_anchor(&self) -> Result<Option<SignedHead>> {
+        match std::fs::read(self.anchor_path()) {
+            Ok(b) => decode("audit anchor", &b).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Io(e)),
+        }
+    }
+
+    /// Returns whether the chain still holds the anchored head (and the database a signed
+    /// head at least as recent).
+    pub(crate) fn anchor_consistent(&self) -> Result<bool> {
+        let Some(anchor) = self.read_anchor()? else {
+            return Ok(true);
+        };
+        let signed: Option<SignedHead> =
+            self.get_json("signed audit head", &layout::meta(SIGNED))?;
+        if signed.is_none_or(|s| s.seq < anchor.seq) {
+            return Ok(false);
+        }
+        if anchor.seq == 0 {
+            return Ok(true);
+        }
+        Ok(self
+            .get_json::<AuditEntry>("audit entry", &layout::audit(anchor.seq))?
+            .is_some_and(|e| e.hash == anchor.hash))
+    }
+}

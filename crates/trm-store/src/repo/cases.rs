@@ -1,0 +1,253 @@
+//! Cases and what hangs off them: consents (and what was disclosed under each), risk
+//! assessments, return decisions, and the pairwise references a case is known by at each
+//! peer. Cases, risk assessments and decisions are sealed under the case's key.
+
+use trm_core::{
+    consent::Consent,
+    ids::{CaseId, ConsentId, NodeId, OrgId, Shared, WitnessRecord},
+    model::CaseRecord,
+    returns::{ReturnDecision, RiskAssessment},
+};
+
+use crate::{repo::layout, subject::Subject, Result, Store, Tx};
+
+/// Returns a new pairwise case reference: 128 random bits, unlinkable across peers.
+fn new_case_ref() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+fn target_bytes(t: WitnessRecord) -> Vec<u8> {
+    match t {
+        WitnessRecord::Case(c) => [&b"c"[..], c.as_bytes()].concat(),
+        WitnessRecord::Referral(r) => [&b"r"[..], r.as_bytes()].concat(),
+        WitnessRecord::Return(r) => [&b"t"[..], r.as_bytes()].concat(),
+    }
+}
+
+fn target_from(b: &[u8]) -> Option<WitnessRecord> {
+    let (tag, id) = b.split_first()?;
+    let id: [u8; 16] = id.try_into().ok()?;
+    match tag {
+        b'c' => Some(WitnessRecord::Case(CaseId::from_bytes(id))),
+        b'r' => Some(WitnessRecord::Referral(
+            trm_core::ids::ReferralId::from_bytes(id),
+        )),
+        b't' => Some(WitnessRecord::Return(trm_core::ids::ReturnId::from_bytes(
+            id,
+        ))),
+        _ => None,
+    }
+}
+
+impl Tx<'_> {
+    /// Returns the case `id`.
+    pub fn case(&mut self, id: CaseId) -> Result<Option<CaseRecord>> {
+        self.get_sealed("case", &layout::case(id), &Subject::case(id))
+    }
+
+    /// Writes a case (new or changed).
+    pub fn put_case(&mut self, case: &CaseRecord) -> Result<()> {
+        self.put_sealed(
+            &layout::case(case.case_id),
+            &Subject::case(case.case_id),
+            case,
+        )?;
+        self.put_raw(&layout::case_of_org(&case.organisation, case.case_id), b"")
+    }
+
+    /// Erases a case: its key is shredded (its record, risk assessments and decisions can
+    /// never be opened again) and its records removed.
+    pub fn erase_case(&mut self, case: &CaseRecord) -> Result<()> {
+        let id = case.case_id;
+        self.shred(&Subject::case(id))?;
+        self.delete(&layout::case(id))?;
+        self.delete(&layout::case_of_org(&case.organisation, id))?;
+        self.delete(&layout::risk(id))?;
+        self.delete(&layout::decisions(id))
+    }
+
+    /// Returns the consents recorded for a case.
+    pub fn consents(&mut self, case: CaseId) -> Result<Vec<Consent>> {
+        Ok(self
+            .get_json("consents", &layout::consents(case))?
+            .unwrap_or_default())
+    }
+
+    /// Writes the consents of a case (ids, purposes, recipients; no personal data).
+    pub fn put_consents(&mut self, case: CaseId, consents: &[Consent]) -> Result<()> {
+        self.put_json(&layout::consents(case), &consents)
+    }
+
+    /// Records that `shared` was disclosed under `consent`: withdrawing it erases that copy.
+    pub fn record_disclosure(&mut self, consent: ConsentId, shared: Shared) -> Result<()> {
+        self.put_raw(&layout::disclosure(consent, shared), b"")
+    }
+
+    /// Returns what was disclosed under `consent`.
+    pub fn disclosures(&mut self, consent: ConsentId) -> Result<Vec<Shared>> {
+        let prefix = layout::disclosures(consent);
+        Ok(self
+            .scan_raw(&prefix, None, usize::MAX)?
+            .into_iter()
+            .filter_map(|(k, _)| layout::shared_from(&k[prefix.len()..]))
+            .collect())
+    }
+
+    /// Returns the risk assessments of a case, oldest first.
+    pub fn risk_assessments(&mut self, case: CaseId) -> Result<Vec<RiskAssessment>> {
+        Ok(self
+            .get_sealed(
+                "risk assessments",
+                &layout::risk(case),
+                &Subject::case(case),
+            )?
+            .unwrap_or_default())
+    }
+
+    /// Writes the risk assessments of a case.
+    pub fn put_risk_assessments(&mut self, case: CaseId, all: &[RiskAssessment]) -> Result<()> {
+        self.put_sealed(&layout::risk(case), &Subject::case(case), &all)
+    }
+
+    /// Returns the victim's return decisions on a case, oldest first.
+    pub fn return_decisions(&mut self, case: CaseId) -> Result<Vec<ReturnDecision>> {
+        Ok(self
+            .get_sealed(
+                "return decisions",
+                &layout::decisions(case),
+                &Subject::case(case),
+            )?
+            .unwrap_or_default())
+    }
+
+    /// Writes the return decisions of a case.
+    pub fn put_return_decisions(&mut self, case: CaseId, all: &[ReturnDecision]) -> Result<()> {
+        self.put_sealed(&layout::decisions(case), &Subject::case(case), &all)
+    }
+
+    /// Returns the pairwise reference of `case` towards `peer`, if the case was exchanged
+    /// with it.
+    pub fn case_ref(&mut self, case: CaseId, peer: NodeId) -> Result<Option<String>> {
+        self.get_json("case reference", &layout::ref_of(case, peer))
+    }
+
+    /// Returns the pairwise reference of `case` towards `peer`, creating it on first use.
+    pub fn case_ref_or_new(&mut self, case: CaseId, peer: NodeId) -> Result<String> {
+        if let Some(r) = self.case_ref(case, peer)? {
+            return Ok(r);
+        }
+        let r = new_case_ref();
+        self.put_json(&layout::ref_of(case, peer), &r)?;
+        self.put_raw(
+            &layout::ref_given(peer, &r),
+            &target_bytes(WitnessRecord::Case(case)),
+        )?;
+        Ok(r)
+    }
+
+    /// Lets `peer`'s reference resolve to `record` (the first record received under it).
+    pub fn remember_received_ref(
+        &mut self,
+        peer: NodeId,
+        case_ref: &str,
+        record: WitnessRecord,
+    ) -> Result<()> {
+        let key = layout::ref_received(peer, case_ref);
+        if !self.exists(&key)? {
+            self.put_raw(&key, &target_bytes(record))?;
+        }
+        Ok(())
+    }
+
+    /// Resolves a reference shared with `peer` (either way) to the local record it names:
+    /// a case this node sent, or a referral or return plan it received.
+    pub fn resolve_ref(&mut self, peer: NodeId, case_ref: &str) -> Result<Option<WitnessRecord>> {
+        for key in [
+            layout::ref_received(peer, case_ref),
+            layout::ref_given(peer, case_ref),
+        ] {
+            if let Some(b) = self.get_raw(&key)? {
+                return Ok(target_from(&b));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Returns whether any record of this node (case, referral, return plan, hearing) has
+    /// the id `id`.
+    pub fn names_a_record(&mut self, id: uuid::Uuid) -> Result<bool> {
+        use trm_core::ids::{HearingId, ReferralId, ReturnId};
+        Ok(self.exists(&layout::case(CaseId::from_uuid(id)))?
+            || self.exists(&layout::referral(ReferralId::from_uuid(id)))?
+            || self.exists(&layout::return_plan(ReturnId::from_uuid(id)))?
+            || self.exists(&layout::hearing(HearingId::from_uuid(id)))?)
+    }
+}
+
+impl Store {
+    /// Returns the case `id`.
+    pub fn case(&self, id: CaseId) -> Result<Option<CaseRecord>> {
+        self.get_sealed("case", &layout::case(id), &Subject::case(id))
+    }
+
+    /// Returns up to `limit` cases after `after` (in id order: creation order), of one
+    /// organisation or of the whole node.
+    pub fn cases(
+        &self,
+        org: Option<&OrgId>,
+        after: Option<CaseId>,
+        limit: usize,
+    ) -> Result<Vec<CaseRecord>> {
+        let mut out = Vec::new();
+        match org {
+            Some(org) => {
+                let prefix = layout::cases_of_org(org);
+                let after = after.map(|a| layout::case_of_org(org, a));
+                for (k, _) in self.scan_raw(&prefix, after.as_deref(), limit)? {
+                    let Ok(id) = <[u8; 16]>::try_from(&k[prefix.len()..]) else {
+                        continue;
+                    };
+                    if let Some(c) = self.case(CaseId::from_bytes(id))? {
+                        out.push(c);
+                    }
+                }
+            }
+            None => {
+                let after = after.map(layout::case);
+                for (k, v) in self.scan_raw(layout::CASES, after.as_deref(), limit)? {
+                    let Ok(id) = <[u8; 16]>::try_from(&k[layout::CASES.len()..]) else {
+                        continue;
+                    };
+                    let id = CaseId::from_bytes(id);
+                    if let Some(plain) = self.open_sealed(&Subject::case(id), &k, &v)? {
+                        out.push(crate::tx::decode("case", &plain)?);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Returns the consents recorded for a case.
+    pub fn consents(&self, case: CaseId) -> Result<Vec<Consent>> {
+        Ok(self
+            .get_json("consents", &layout::consents(case))?
+            .unwrap_or_default())
+    }
+
+    /// Returns the risk assessments of a case, oldest first.
+    pub fn risk_assessments(&self, case: CaseId) -> Result<Vec<RiskAssessment>> {
+        Ok(self
+            .get_sealed(
+                "risk assessments",
+                &layout::risk(case),
+                &Subject::case(case),
+            )?
+            .unwrap_or_default())
+    }
+
+    /// Returns the pairwise reference of `case` towards `peer`.
+    pub fn case_ref(&self, case: CaseId, peer: NodeId) -> Result<Option<String>> {
+        self.get_json("case reference", &layout::ref_of(case, peer))
+    }
+}

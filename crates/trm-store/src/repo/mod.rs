@@ -1,0 +1,227 @@
+//! The typed repositories: cases (with consents, risk assessments, return decisions and
+//! pairwise references), flows (referrals, return plans, hearings), outbox and inbox, the
+//! audit chain, the directory and the node's own key material, idempotent requests and
+//! statistics counters. Each is a set of methods on [`crate::Tx`] (writes, and reads that
+//! see the transaction) and on [`crate::Store`] (reads of committed state). [`layout`] is
+//! the one place that knows how records are keyed.
+
+pub mod audit;
+pub mod cases;
+pub mod directory;
+pub mod flows;
+pub mod outbox;
+pub mod requests;
+
+/// The key layout: one ordered key space, each record kind under a prefix of its own.
+pub(crate) mod layout {
+    use trm_core::ids::{
+        CaseId, ConsentId, HearingId, NodeId, OrgId, ReferralId, ReturnId, Shared,
+    };
+
+    use crate::subject::Subject;
+
+    fn key(prefix: &str, parts: &[&[u8]]) -> Vec<u8> {
+        let mut k = prefix.as_bytes().to_vec();
+        for p in parts {
+            k.extend_from_slice(p);
+        }
+        k
+    }
+
+    /// Small node state, by name.
+    pub fn meta(name: &str) -> Vec<u8> {
+        key("m/", &[name.as_bytes()])
+    }
+
+    /// A subject's data key of one generation.
+    pub fn data_key(subject: &Subject, gen: u32) -> Vec<u8> {
+        let s = subject.as_bytes();
+        key(
+            "k/",
+            &[&(s.len() as u16).to_be_bytes(), s, &gen.to_be_bytes()],
+        )
+    }
+
+    /// Every data key.
+    pub const DATA_KEYS: &[u8] = b"k/";
+
+    /// A subject's current key generation.
+    pub fn generation(subject: &Subject) -> Vec<u8> {
+        key("g/", &[subject.as_bytes()])
+    }
+
+    pub fn case(id: CaseId) -> Vec<u8> {
+        key("c/", &[id.as_bytes()])
+    }
+
+    pub const CASES: &[u8] = b"c/";
+
+    /// Index of the cases of one organisation.
+    pub fn case_of_org(org: &OrgId, id: CaseId) -> Vec<u8> {
+        key("co/", &[org.as_str().as_bytes(), b"/", id.as_bytes()])
+    }
+
+    pub fn cases_of_org(org: &OrgId) -> Vec<u8> {
+        key("co/", &[org.as_str().as_bytes(), b"/"])
+    }
+
+    pub fn consents(case: CaseId) -> Vec<u8> {
+        key("cn/", &[case.as_bytes()])
+    }
+
+    fn shared_bytes(s: Shared) -> [u8; 17] {
+        let (tag, id) = match s {
+            Shared::Referral(r) => (b'r', *r.as_bytes()),
+            Shared::Return(r) => (b't', *r.as_bytes()),
+        };
+        let mut b = [0u8; 17];
+        b[0] = tag;
+        b[1..].copy_from_slice(&id);
+        b
+    }
+
+    pub fn shared_from(b: &[u8]) -> Option<Shared> {
+        let (tag, id) = b.split_first()?;
+        let id: [u8; 16] = id.try_into().ok()?;
+        match tag {
+            b'r' => Some(Shared::Referral(ReferralId::from_bytes(id))),
+            b't' => Some(Shared::Return(ReturnId::from_bytes(id))),
+            _ => None,
+        }
+    }
+
+    /// A record disclosed under a consent.
+    pub fn disclosure(consent: ConsentId, s: Shared) -> Vec<u8> {
+        key("cd/", &[consent.as_bytes(), &shared_bytes(s)])
+    }
+
+    pub fn disclosures(consent: ConsentId) -> Vec<u8> {
+        key("cd/", &[consent.as_bytes()])
+    }
+
+    pub fn risk(case: CaseId) -> Vec<u8> {
+        key("ra/", &[case.as_bytes()])
+    }
+
+    pub fn decisions(case: CaseId) -> Vec<u8> {
+        key("rd/", &[case.as_bytes()])
+    }
+
+    /// The pairwise reference of a case towards a peer (origin side).
+    pub fn ref_of(case: CaseId, peer: NodeId) -> Vec<u8> {
+        key("xo/", &[case.as_bytes(), peer.as_str().as_bytes()])
+    }
+
+    /// A reference this node gave a peer, back to the case.
+    pub fn ref_given(peer: NodeId, case_ref: &str) -> Vec<u8> {
+        key("xr/", &[peer.as_str().as_bytes(), case_ref.as_bytes()])
+    }
+
+    /// A reference received from a peer, to the record it first came with.
+    pub fn ref_received(peer: NodeId, case_ref: &str) -> Vec<u8> {
+        key("xi/", &[peer.as_str().as_bytes(), case_ref.as_bytes()])
+    }
+
+    pub fn referral(id: ReferralId) -> Vec<u8> {
+        key("r/", &[id.as_bytes()])
+    }
+
+    /// Index of referrals by direction (`i` incoming, `o` outgoing).
+    pub fn referral_index(dir: u8, id: ReferralId) -> Vec<u8> {
+        key("ri/", &[&[dir], id.as_bytes()])
+    }
+
+    pub fn referral_indexes(dir: u8) -> Vec<u8> {
+        key("ri/", &[&[dir]])
+    }
+
+    /// The open referral of a case to a destination.
+    pub fn open_referral(case: CaseId, destination: NodeId) -> Vec<u8> {
+        key("ro/", &[case.as_bytes(), destination.as_str().as_bytes()])
+    }
+
+    pub fn return_plan(id: ReturnId) -> Vec<u8> {
+        key("t/", &[id.as_bytes()])
+    }
+
+    pub fn return_index(dir: u8, id: ReturnId) -> Vec<u8> {
+        key("ti/", &[&[dir], id.as_bytes()])
+    }
+
+    pub fn return_indexes(dir: u8) -> Vec<u8> {
+        key("ti/", &[&[dir]])
+    }
+
+    pub fn hearing(id: HearingId) -> Vec<u8> {
+        key("h/", &[id.as_bytes()])
+    }
+
+    pub fn hearing_index(dir: u8, id: HearingId) -> Vec<u8> {
+        key("hi/", &[&[dir], id.as_bytes()])
+    }
+
+    pub fn hearing_indexes(dir: u8) -> Vec<u8> {
+        key("hi/", &[&[dir]])
+    }
+
+    /// A queued envelope: per peer, in the order queued.
+    pub fn outbox(peer: NodeId, seq: u64) -> Vec<u8> {
+        key("o/", &[peer.as_str().as_bytes(), &seq.to_be_bytes()])
+    }
+
+    pub fn outbox_of(peer: NodeId) -> Vec<u8> {
+        key("o/", &[peer.as_str().as_bytes()])
+    }
+
+    pub const OUTBOX: &[u8] = b"o/";
+
+    pub fn dead_letter(peer: NodeId, seq: u64) -> Vec<u8> {
+        key("dl/", &[peer.as_str().as_bytes(), &seq.to_be_bytes()])
+    }
+
+    pub const DEAD_LETTERS: &[u8] = b"dl/";
+
+    /// Where a message id is queued or dead-lettered.
+    pub fn message(message_id: &uuid::Uuid) -> Vec<u8> {
+        key("om/", &[message_id.as_bytes()])
+    }
+
+    /// The receipt given for an inbound message.
+    pub fn inbox(message_id: &uuid::Uuid) -> Vec<u8> {
+        key("i/", &[message_id.as_bytes()])
+    }
+
+    pub const INBOX: &[u8] = b"i/";
+
+    /// A peer's receipt for an outbound message.
+    pub fn receipt(message_id: &uuid::Uuid) -> Vec<u8> {
+        key("p/", &[message_id.as_bytes()])
+    }
+
+    pub fn audit(seq: u64) -> Vec<u8> {
+        key("a/", &[&seq.to_be_bytes()])
+    }
+
+    pub const AUDIT: &[u8] = b"a/";
+
+    /// An idempotent request of one client.
+    pub fn request(client: &str, request_id: &uuid::Uuid) -> Vec<u8> {
+        key(
+            "q/",
+            &[
+                &(client.len() as u16).to_be_bytes(),
+                client.as_bytes(),
+                request_id.as_bytes(),
+            ],
+        )
+    }
+
+    pub const REQUESTS: &[u8] = b"q/";
+}
+
+/// Direction tags of the flow indexes.
+pub(crate) const INCOMING: u8 = b'i';
+pub(crate) const OUTGOING: u8 = b'o';
+
+/// A page of committed records (AIP-158): the records and the token of the next page.
+pub type PageOf<T> = (Vec<T>, String);

@@ -1,0 +1,377 @@
+//! The outbox (envelopes queued per peer, in order, sealed under their record's key), dead
+//! letters, the peers' receipts kept as proof, and the inbox (the receipt given for each
+//! inbound message id, so that a duplicate gets it back).
+//!
+//! Delivery reads only what is durable: the writer publishes the highest outbox sequence of
+//! each durable group, and [`Store::outbox_head`] stops there.
+
+use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use trm_core::{
+    ids::{MessageId, NodeId},
+    messages::{EnvelopeKind, Topic},
+};
+
+use crate::{
+    repo::layout,
+    subject::Subject,
+    tx::{decode, Note},
+    Result, Store, Tx,
+};
+
+/// Hex for bytes in JSON records.
+pub(crate) mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(b))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        hex::decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A queued outbound envelope. The envelope itself is sealed; the rest is metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxItem {
+    /// Position in the peer's queue.
+    pub seq: u64,
+    pub message_id: MessageId,
+    pub peer: NodeId,
+    /// The record the envelope is about: its key seals the envelope.
+    pub topic: Topic,
+    pub kind: EnvelopeKind,
+    /// The sealed, encoded `SignedEnvelope`.
+    #[serde(with = "hex_bytes")]
+    pub sealed: Vec<u8>,
+    pub attempts: u32,
+    pub created_at: OffsetDateTime,
+    pub last_error: String,
+}
+
+/// The receipt given for an inbound message, kept so a duplicate gets it back unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxEntry {
+    /// The encoded `SignedReceipt`.
+    #[serde(with = "hex_bytes")]
+    pub receipt: Vec<u8>,
+    pub received_at: OffsetDateTime,
+}
+
+/// Where a message id is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Whereabouts {
+    peer: NodeId,
+    seq: u64,
+    dead: bool,
+}
+
+/// Returns the data-key subject that seals envelopes about `topic`.
+pub fn subject_of(topic: &Topic) -> Subject {
+    match topic {
+        Topic::Referral(id) => Subject::referral(*id),
+        Topic::Return(id) => Subject::return_plan(*id),
+        Topic::Hearing(id) => Subject::hearing(*id),
+        Topic::Erasure(id) => Subject::named("erasure", id.as_bytes()),
+        Topic::NodeKeys => Subject::named("node", b"keys"),
+    }
+}
+
+fn aad(message_id: MessageId) -> Vec<u8> {
+    let mut a = b"outbox\0".to_vec();
+    a.extend_from_slice(message_id.as_bytes());
+    a
+}
+
+fn depth_key(peer: NodeId) -> String {
+    format!("outbox_depth/{peer}")
+}
+
+impl Tx<'_> {
+    fn add_to_counter(&mut self, name: &str, delta: i64) -> Result<()> {
+        let key = layout::meta(name);
+        let now = self
+            .get_raw(&key)?
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        let next = now.saturating_add_signed(delta);
+        self.put_raw(&key, &next.to_be_bytes())
+    }
+
+    /// Seals an encoded envelope under its topic's key and queues it for `peer`, after
+    /// everything queued before. Returns its position.
+    pub fn queue_envelope(
+        &mut self,
+        peer: NodeId,
+        message_id: MessageId,
+        topic: Topic,
+        kind: EnvelopeKind,
+        envelope: &[u8],
+    ) -> Result<u64> {
+        let sealed = self.seal(&subject_of(&topic), &aad(message_id), envelope)?;
+        let seq = self.next_counter("outbox_seq")?;
+        let item = OutboxItem {
+            seq,
+            message_id,
+            peer,
+            topic,
+            kind,
+            sealed,
+            attempts: 0,
+            created_at: OffsetDateTime::now_utc(),
+            last_error: String::new(),
+        };
+        self.put_json(&layout::outbox(peer, seq), &item)?;
+        self.put_json(
+            &layout::message(&message_id.uuid()),
+            &Whereabouts {
+                peer,
+                seq,
+                dead: false,
+            },
+        )?;
+        self.add_to_counter(&depth_key(peer), 1)?;
+        self.fx.outbox_seq = self.fx.outbox_seq.max(Some(seq));
+        self.note(Note::Wake(peer));
+        Ok(seq)
+    }
+
+    /// Returns the queued item at `seq` of `peer`, if still queued.
+    pub fn queued(&mut self, peer: NodeId, seq: u64) -> Result<Option<OutboxItem>> {
+        self.get_json("outbox item", &layout::outbox(peer, seq))
+    }
+
+    /// Removes a queued item that was delivered (its `receipt` kept as proof) or whose
+    /// subject was erased (no receipt).
+    pub fn finish_queued(&mut self, item: &OutboxItem, receipt: Option<&[u8]>) -> Result<()> {
+        if !self.exists(&layout::outbox(item.peer, item.seq))? {
+            return Ok(());
+        }
+        self.delete(&layout::outbox(item.peer, item.seq))?;
+        self.delete(&layout::message(&item.message_id.uuid()))?;
+        self.add_to_counter(&depth_key(item.peer), -1)?;
+        if let Some(r) = receipt {
+            self.put_raw(&layout::receipt(&item.message_id.uuid()), r)?;
+        }
+        Ok(())
+    }
+
+    /// Moves a queued item the peer will never accept to the dead letters.
+    pub fn dead_letter(
+        &mut self,
+        item: &OutboxItem,
+        why: &str,
+        receipt: Option<&[u8]>,
+    ) -> Result<()> {
+        self.finish_queued(item, receipt)?;
+        let mut dead = item.clone();
+        dead.last_error = why.to_owned();
+        dead.attempts = dead.attempts.saturating_add(1);
+        self.put_json(&layout::dead_letter(item.peer, item.seq), &dead)?;
+        self.put_json(
+            &layout::message(&item.message_id.uuid()),
+            &Whereabouts {
+                peer: item.peer,
+                seq: item.seq,
+                dead: true,
+            },
+        )?;
+        self.add_to_counter("dead_letters", 1)
+    }
+
+    /// Records a failed attempt on a queued item (if still queued).
+    pub fn note_attempt(&mut self, peer: NodeId, seq: u64, why: &str) -> Result<()> {
+        if let Some(mut item) = self.queued(peer, seq)? {
+            item.attempts = item.attempts.saturating_add(1);
+            item.last_error = why.to_owned();
+            self.put_json(&layout::outbox(peer, seq), &item)?;
+        }
+        Ok(())
+    }
+
+    /// Returns the dead letter of `message_id`.
+    pub fn dead_letter_of(&mut self, message_id: MessageId) -> Result<Option<OutboxItem>> {
+        let Some(w) =
+            self.get_json::<Whereabouts>("message index", &layout::message(&message_id.uuid()))?
+        else {
+            return Ok(None);
+        };
+        if !w.dead {
+            return Ok(None);
+        }
+        self.get_json("dead letter", &layout::dead_letter(w.peer, w.seq))
+    }
+
+    /// Opens a queued or dead envelope; `None` when its topic's key was shredded.
+    pub fn open_envelope(&mut self, item: &OutboxItem) -> Result<Option<Vec<u8>>> {
+        self.open(
+            &subject_of(&item.topic),
+            &aad(item.message_id),
+            &item.sealed,
+        )
+    }
+
+    /// Queues a dead letter again, in its old place, with a freshly sealed `envelope`.
+    pub fn requeue(&mut self, dead: &OutboxItem, envelope: &[u8]) -> Result<()> {
+        let sealed = self.seal(&subject_of(&dead.topic), &aad(dead.message_id), envelope)?;
+        let item = OutboxItem {
+            sealed,
+            attempts: 0,
+            created_at: OffsetDateTime::now_utc(),
+            last_error: String::new(),
+            ..dead.clone()
+        };
+        self.delete(&layout::dead_letter(dead.peer, dead.seq))?;
+        self.put_json(&layout::outbox(dead.peer, dead.seq), &item)?;
+        self.put_json(
+            &layout::message(&dead.message_id.uuid()),
+            &Whereabouts {
+                peer: dead.peer,
+                seq: dead.seq,
+                dead: false,
+            },
+        )?;
+        self.add_to_counter("dead_letters", -1)?;
+        self.add_to_counter(&depth_key(dead.peer), 1)?;
+        self.note(Note::Wake(dead.peer));
+        Ok(())
+    }
+
+    /// Returns the receipt given for inbound `message_id`.
+    pub fn inbox(&mut self, message_id: MessageId) -> Result<Option<InboxEntry>> {
+        self.get_json("inbox entry", &layout::inbox(&message_id.uuid()))
+    }
+
+    /// Keeps the receipt given for inbound `message_id`.
+    pub fn put_inbox(&mut self, message_id: MessageId, receipt: &[u8]) -> Result<()> {
+        self.put_json(
+            &layout::inbox(&message_id.uuid()),
+            &InboxEntry {
+                receipt: receipt.to_vec(),
+                received_at: OffsetDateTime::now_utc(),
+            },
+        )
+    }
+
+    /// Forgets inbound message ids received before `before` (their UUIDv7 time).
+    pub fn forget_inbox_before(&mut self, before: OffsetDateTime, limit: usize) -> Result<usize> {
+        let cutoff = uuid_floor(before);
+        let mut n = 0;
+        for (k, _) in self.scan_raw(layout::INBOX, None, limit)? {
+            let Some(id) = k
+                .get(layout::INBOX.len()..)
+                .and_then(|b| <[u8; 16]>::try_from(b).ok())
+            else {
+                continue;
+            };
+            if id >= cutoff {
+                break;
+            }
+            self.delete(&k)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// Returns the smallest UUIDv7 of the millisecond `t`.
+fn uuid_floor(t: OffsetDateTime) -> [u8; 16] {
+    let ms = (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+    let mut b = [0u8; 16];
+    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    b
+}
+
+impl Store {
+    /// Returns up to `limit` durable items at the head of `peer`'s queue, in order.
+    pub fn outbox_head(&self, peer: NodeId, limit: usize) -> Result<Vec<OutboxItem>> {
+        let durable = self.shared().outbox_durable.load(Ordering::SeqCst);
+        let mut out = Vec::new();
+        for (_, v) in self.scan_raw(&layout::outbox_of(peer), None, limit)? {
+            let item: OutboxItem = decode("outbox item", &v)?;
+            if item.seq > durable {
+                break;
+            }
+            out.push(item);
+        }
+        Ok(out)
+    }
+
+    /// Returns up to `limit` queued items of every peer after `after` (peer, sequence).
+    pub fn outbox_items(
+        &self,
+        after: Option<(NodeId, u64)>,
+        limit: usize,
+    ) -> Result<Vec<OutboxItem>> {
+        let after = after.map(|(p, s)| layout::outbox(p, s));
+        self.scan_raw(layout::OUTBOX, after.as_deref(), limit)?
+            .into_iter()
+            .map(|(_, v)| decode("outbox item", &v))
+            .collect()
+    }
+
+    /// Returns up to `limit` dead letters after `after` (peer, sequence).
+    pub fn dead_letters(
+        &self,
+        after: Option<(NodeId, u64)>,
+        limit: usize,
+    ) -> Result<Vec<OutboxItem>> {
+        let after = after.map(|(p, s)| layout::dead_letter(p, s));
+        self.scan_raw(layout::DEAD_LETTERS, after.as_deref(), limit)?
+            .into_iter()
+            .map(|(_, v)| decode("dead letter", &v))
+            .collect()
+    }
+
+    /// Opens a queued envelope: the exact signed bytes that will be sent; `None` when its
+    /// topic's key was shredded (the queued copy was erased with the record).
+    pub fn open_envelope(&self, item: &OutboxItem) -> Result<Option<Vec<u8>>> {
+        self.open_sealed(
+            &subject_of(&item.topic),
+            &aad(item.message_id),
+            &item.sealed,
+        )
+    }
+
+    fn counter(&self, name: &str) -> Result<u64> {
+        Ok(self
+            .engine()
+            .get(&layout::meta(name))?
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0))
+    }
+
+    /// Returns how many envelopes are queued for `peer` (a counter: no scan).
+    pub fn outbox_depth(&self, peer: NodeId) -> Result<u64> {
+        self.counter(&depth_key(peer))
+    }
+
+    /// Returns how many dead letters there are (a counter: no scan).
+    pub fn dead_letter_count(&self) -> Result<u64> {
+        self.counter("dead_letters")
+    }
+
+    /// Returns the receipt a peer gave for outbound `message_id`.
+    pub fn receipt(&self, message_id: MessageId) -> Result<Option<Vec<u8>>> {
+        self.engine().get(&layout::receipt(&message_id.uuid()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_uuid_floor_orders_before_every_id_of_later_milliseconds() {
+        let t = OffsetDateTime::now_utc();
+        let later = uuid::Uuid::now_v7();
+        assert!(uuid_floor(t) <= *later.as_bytes());
+        assert!(uuid_floor(t + time::Duration::seconds(5)) > *later.as_bytes());
+    }
+}

@@ -1,0 +1,377 @@
+//! Tests of the store on a real sled database in a temporary folder.
+
+use std::path::{Path, PathBuf};
+
+use time::{macros::date, OffsetDateTime};
+use trm_core::{
+    ids::{CaseId, NodeId, OrgId},
+    model::{CaseRecord, ChildInfo, Exploitation, Gender, Needs, Person},
+};
+use trm_crypto::aead::SecretKey;
+
+use crate::{
+    audit::{AuditEntry, AuditRecord},
+    engine::sled::SledOptions,
+    Store, StoreError, StoreOptions, Subject, TxFail,
+};
+
+fn options(dir: &Path, master: &SecretKey) -> StoreOptions {
+    StoreOptions {
+        node: "AT".parse::<NodeId>().unwrap(),
+        data_dir: dir.join("db"),
+        key_store: dir.join("keys/kek.store"),
+        master: master.clone(),
+        sled: SledOptions::default(),
+    }
+}
+
+fn open(dir: &Path, master: &SecretKey) -> Store {
+    Store::open(options(dir, master)).unwrap()
+}
+
+fn case(name: &str) -> CaseRecord {
+    CaseRecord {
+        case_id: CaseId::new(),
+        person: Person {
+            given_name: name.into(),
+            family_name: "Testperson".into(),
+            date_of_birth: Some(date!(1990 - 01 - 01)),
+            gender: Gender::Female,
+            citizenship: vec![],
+            languages: vec![],
+            document_number: String::new(),
+            address: String::new(),
+            phone: String::new(),
+        },
+        needs: Needs::default(),
+        exploitation: Exploitation::default(),
+        child: ChildInfo::default(),
+        identified_on: date!(2026 - 01 - 01),
+        organisation: "sp1".parse::<OrgId>().unwrap(),
+        created_at: OffsetDateTime::now_utc(),
+    }
+}
+
+fn put(store: &Store, c: &CaseRecord) {
+    let c = c.clone();
+    store
+        .commit_blocking::<(), (), _>(move |tx| {
+            tx.put_case(&c)?;
+            tx.audit(AuditRecord::new(
+                "test",
+                "case.create",
+                c.case_id.to_string(),
+                "ok",
+            ))?;
+            Ok(())
+        })
+        .unwrap();
+}
+
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    walk(dir)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(p)
+                .map(|b| b.windows(needle.len()).any(|w| w == needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn sealed_records_are_never_on_disk_in_clear_and_a_shredded_case_is_gone_from_every_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = SecretKey::generate();
+    let store = open(dir.path(), &master);
+    let c = case("Zorica Unique-Name");
+    put(&store, &c);
+    assert_eq!(
+        store.case(c.case_id).unwrap().unwrap().person.given_name,
+        "Zorica Unique-Name"
+    );
+    store.close().unwrap();
+    drop(store);
+    assert!(files_containing(dir.path(), b"Zorica Unique-Name").is_empty());
+    // A copy of the whole node (database and key file), taken before the erasure.
+    let backup = dir.path().join("backup");
+    copy_dir(&dir.path().join("db"), &backup.join("db"));
+    copy_dir(&dir.path().join("keys"), &backup.join("keys"));
+
+    let store = open(dir.path(), &master);
+    let erased = c.clone();
+    store
+        .commit_blocking::<(), (), _>(move |tx| {
+            tx.erase_case(&erased)?;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(
+        store.case(c.case_id).unwrap(),
+        None,
+        "the live copy is gone at once"
+    );
+    // Within the rotation bound the KEK the copy holds the key under is destroyed.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    assert!(rt.block_on(store.rotate_kek_if_due(0)).unwrap());
+    store.close().unwrap();
+    drop(store);
+    // The old copy of the database, with the master key and the live key file: nothing.
+    let old = Store::open(StoreOptions {
+        data_dir: backup.join("db"),
+        ..options(dir.path(), &master)
+    })
+    .unwrap();
+    assert!(matches!(
+        old.case(c.case_id),
+        Err(StoreError::Corrupt(_)) | Ok(None)
+    ));
+}
+
+#[test]
+fn a_database_without_its_key_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = SecretKey::generate();
+    {
+        let store = open(dir.path(), &master);
+        put(&store, &case("n"));
+        store.close().unwrap();
+    }
+    std::fs::remove_file(dir.path().join("keys/kek.store")).unwrap();
+    let err = Store::open(options(dir.path(), &master)).unwrap_err();
+    assert!(matches!(err, StoreError::KeyStoreMissing(_)), "{err}");
+}
+
+#[test]
+fn a_refused_request_writes_nothing_and_fails_no_other_request_of_its_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &SecretKey::generate());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cases: Vec<CaseRecord> = (0..64).map(|i| case(&format!("c{i}"))).collect();
+    let results = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for (i, c) in cases.iter().cloned().enumerate() {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store
+                    .commit::<(), &'static str, _>(move |tx| {
+                        tx.put_case(&c)?;
+                        tx.audit(AuditRecord::new("test", "put", c.case_id.to_string(), "ok"))?;
+                        if i % 2 == 1 {
+                            return Err(TxFail::Abort("refused"));
+                        }
+                        Ok(())
+                    })
+                    .await
+            }));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
+    for (i, (r, c)) in results.iter().zip(&cases).enumerate() {
+        let stored = store.case(c.case_id).unwrap();
+        if i % 2 == 1 {
+            assert!(matches!(r, Err(TxFail::Abort("refused"))));
+            assert_eq!(stored, None, "a refused request leaves nothing");
+        } else {
+            assert!(r.is_ok());
+            assert!(stored.is_some());
+        }
+    }
+    let report = store.verify_audit().unwrap();
+    assert_eq!((report.ok, report.entries_checked), (true, 32));
+}
+
+#[test]
+fn a_failed_durable_point_latches_and_refuses_every_later_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f = fail.clone();
+    let store = Store::open(StoreOptions {
+        sled: SledOptions {
+            sync_hook: Some(std::sync::Arc::new(move || {
+                if f.load(std::sync::atomic::Ordering::SeqCst) {
+                    Err(std::io::Error::other("injected"))
+                } else {
+                    Ok(())
+                }
+            })),
+            ..Default::default()
+        },
+        ..options(dir.path(), &SecretKey::generate())
+    })
+    .unwrap();
+    put(&store, &case("before"));
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let c = case("during");
+    let r = store.commit_blocking::<(), (), _>(move |tx| {
+        tx.put_case(&c)?;
+        Ok(())
+    });
+    assert!(matches!(r, Err(TxFail::Store(StoreError::Unavailable(_)))));
+    assert!(store.failure().is_some());
+    // The disk is fine again, but what the failed group wrote may already have been seen:
+    // the store stays stopped.
+    fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    let c = case("after");
+    let r = store.commit_blocking::<(), (), _>(move |tx| {
+        tx.put_case(&c)?;
+        Ok(())
+    });
+    assert!(matches!(r, Err(TxFail::Store(StoreError::Unavailable(_)))));
+}
+
+#[test]
+fn every_file_written_is_synced_before_the_commit_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &SecretKey::generate());
+    for i in 0..200 {
+        let mut c = case(&"x".repeat(2000 + i));
+        c.person.address = "y".repeat(9000);
+        put(&store, &c);
+        assert_eq!(store.unsynced_files().unwrap(), Vec::<PathBuf>::new());
+    }
+}
+
+#[test]
+fn audit_chain_detects_modification_reordering_and_removal() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = SecretKey::generate();
+    let store = open(dir.path(), &master);
+    for i in 0..4 {
+        put(&store, &case(&format!("k{i}")));
+    }
+    let report = store.verify_audit().unwrap();
+    assert_eq!((report.ok, report.entries_checked), (true, 4));
+    store.close().unwrap();
+    drop(store);
+    let db = dir.path().join("db");
+    // Tamper with the raw database as an intruder with disk access would.
+    type Entries = [(Vec<u8>, Vec<u8>)];
+    type Tamper = Box<dyn Fn(&sled::Db, &Entries)>;
+    let tamper = |f: &dyn Fn(&sled::Db, &Entries)| {
+        let raw = crate::engine::sled::open_raw(&db);
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = raw
+            .scan_prefix(b"a/")
+            .map(|r| {
+                let (k, v) = r.unwrap();
+                (k.to_vec(), v.to_vec())
+            })
+            .collect();
+        f(&raw, &entries);
+        raw.flush().unwrap();
+    };
+    let stored = |v: &[u8]| -> AuditEntry { serde_json::from_slice(&v[1..]).unwrap() };
+    let encode = |e: &AuditEntry| -> Vec<u8> {
+        let mut v = vec![0u8];
+        v.extend(serde_json::to_vec(e).unwrap());
+        v
+    };
+    let cases: Vec<(&str, Tamper, u64)> = vec![
+        (
+            "modified",
+            Box::new(move |t, e| {
+                let mut entry = stored(&e[1].1);
+                entry.record.outcome = "refused".into();
+                t.insert(&e[1].0, encode(&entry)).unwrap();
+            }),
+            2,
+        ),
+        (
+            "reordered",
+            Box::new(|t, e| {
+                t.insert(&e[1].0, e[2].1.clone()).unwrap();
+                t.insert(&e[2].0, e[1].1.clone()).unwrap();
+            }),
+            2,
+        ),
+        (
+            "removed",
+            Box::new(|t, e| {
+                t.remove(&e[2].0).unwrap();
+            }),
+            3,
+        ),
+    ];
+    for (what, f, first_bad) in cases {
+        let saved = std::cell::RefCell::new(Vec::new());
+        tamper(&|t, e| {
+            saved.borrow_mut().extend_from_slice(e);
+            f(t, e);
+        });
+        let saved = saved.into_inner();
+        let store = open(dir.path(), &master);
+        let r = store.verify_audit().unwrap();
+        assert!(!r.ok, "{what}");
+        assert_eq!(r.first_bad_entry, first_bad, "{what}");
+        store.close().unwrap();
+        drop(store);
+        tamper(&|t, _| {
+            for (k, v) in &saved {
+                t.insert(k, v.clone()).unwrap();
+            }
+        });
+        let store = open(dir.path(), &master);
+        assert!(
+            store.verify_audit().unwrap().ok,
+            "after restoring the {what} entry"
+        );
+        store.close().unwrap();
+    }
+}
+
+#[test]
+fn records_survive_reopening_and_keys_are_not_loaded_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = SecretKey::generate();
+    let cases: Vec<CaseRecord> = (0..50).map(|i| case(&format!("r{i}"))).collect();
+    {
+        let store = open(dir.path(), &master);
+        for c in &cases {
+            put(&store, c);
+        }
+        store.close().unwrap();
+    }
+    let store = open(dir.path(), &master);
+    for c in &cases {
+        assert_eq!(store.case(c.case_id).unwrap().as_ref(), Some(c));
+    }
+    let subject = Subject::case(cases[0].case_id);
+    assert!(!subject.as_bytes().is_empty());
+    assert!(store.verify_audit().unwrap().ok);
+}

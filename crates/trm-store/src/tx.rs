@@ -1,0 +1,264 @@
+//! The transaction a closure runs in ([`Tx`]): what it reads sees what earlier requests of
+//! the same group wrote; what it writes is kept only if it returns `Ok`. The typed
+//! repositories (`repo::*`) are methods on it; the primitives below are theirs alone.
+
+use serde::{de::DeserializeOwned, Serialize};
+use trm_core::ids::NodeId;
+
+use crate::{
+    engine::{prefix_end, EngineTx},
+    keys::KeyRing,
+    repo::layout,
+    subject::Subject,
+    Result, StoreError,
+};
+
+/// What a committed transaction asks of the node once it is durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    /// Envelopes are queued for this peer: wake its delivery worker.
+    Wake(NodeId),
+    /// What this peer announced changed: reload its keys into the directory.
+    PeerKeys(NodeId),
+}
+
+/// What one request did besides its writes, kept with them or dropped with them.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Effects {
+    pub notes: Vec<Note>,
+    /// Data-key slots shredded: forgotten from the key cache once durable.
+    pub shredded: Vec<Vec<u8>>,
+    /// The highest outbox sequence written.
+    pub outbox_seq: Option<u64>,
+    /// Whether the audit chain grew.
+    pub audited: bool,
+}
+
+impl Effects {
+    pub(crate) fn merge(&mut self, other: Effects) {
+        for n in other.notes {
+            if !self.notes.contains(&n) {
+                self.notes.push(n);
+            }
+        }
+        self.shredded.extend(other.shredded);
+        self.outbox_seq = self.outbox_seq.max(other.outbox_seq);
+        self.audited |= other.audited;
+    }
+}
+
+/// One request's view of the store inside the writer's transaction.
+pub struct Tx<'a> {
+    /// The node whose store it is.
+    pub(crate) node: NodeId,
+    pub(crate) etx: &'a mut dyn EngineTx,
+    pub(crate) keys: &'a KeyRing,
+    pub(crate) fx: &'a mut Effects,
+}
+
+impl std::fmt::Debug for Tx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tx").finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|_| StoreError::Encode)
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|_| StoreError::Decode(what))
+}
+
+/// Length of the key generation that prefixes sealed bytes.
+const GEN_LEN: usize = 4;
+
+/// Splits sealed bytes into the generation of the key that sealed them and the ciphertext.
+pub(crate) fn split_generation(sealed: &[u8]) -> Result<(u32, &[u8])> {
+    let (gen, rest) = sealed
+        .split_at_checked(GEN_LEN)
+        .ok_or(StoreError::Corrupt("sealed value"))?;
+    let gen = u32::from_be_bytes(gen.try_into().map_err(|_| StoreError::Corrupt("sealed"))?);
+    Ok((gen, rest))
+}
+
+impl Tx<'_> {
+    /// Returns the node whose store this is.
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// Asks the node to do `note` once this transaction is durable.
+    pub fn note(&mut self, note: Note) {
+        if !self.fx.notes.contains(&note) {
+            self.fx.notes.push(note);
+        }
+    }
+
+    /// Runs `f` under a savepoint of its own: when it refuses, what it wrote (and asked for
+    /// after the commit) is forgotten and the refusal returned, and the transaction goes on.
+    pub fn attempt<R, E>(
+        &mut self,
+        f: impl FnOnce(&mut Tx<'_>) -> std::result::Result<R, crate::TxFail<E>>,
+    ) -> Result<std::result::Result<R, E>> {
+        self.etx.savepoint()?;
+        let saved = self.fx.clone();
+        match f(self) {
+            Ok(r) => {
+                self.etx.release_savepoint()?;
+                Ok(Ok(r))
+            }
+            Err(crate::TxFail::Abort(e)) => {
+                self.etx.rollback_to_savepoint()?;
+                *self.fx = saved;
+                Ok(Err(e))
+            }
+            Err(crate::TxFail::Store(e)) => Err(e),
+        }
+    }
+
+    pub(crate) fn get_raw(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.etx.get(key)
+    }
+
+    pub(crate) fn put_raw(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.etx.put(key, value)
+    }
+
+    pub(crate) fn delete(&mut self, key: &[u8]) -> Result<()> {
+        self.etx.delete(key)
+    }
+
+    pub(crate) fn exists(&mut self, key: &[u8]) -> Result<bool> {
+        Ok(self.etx.get(key)?.is_some())
+    }
+
+    /// Returns up to `limit` entries whose keys start with `prefix`, after `after` if given.
+    pub(crate) fn scan_raw(
+        &mut self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let start = match after {
+            Some(a) => {
+                let mut s = a.to_vec();
+                s.push(0);
+                s
+            }
+            None => prefix.to_vec(),
+        };
+        self.etx.range(&start, &prefix_end(prefix), limit)
+    }
+
+    pub(crate) fn get_json<T: DeserializeOwned>(
+        &mut self,
+        what: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>> {
+        match self.etx.get(key)? {
+            Some(b) => decode(what, &b).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn put_json<T: Serialize>(&mut self, key: &[u8], value: &T) -> Result<()> {
+        self.etx.put(key, &encode(value)?)
+    }
+
+    fn generation(&mut self, subject: &Subject) -> Result<u32> {
+        Ok(self
+            .etx
+            .get(&layout::generation(subject))?
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_be_bytes)
+            .unwrap_or(0))
+    }
+
+    /// Seals `plain` under `subject`'s current data key (created on first use, in this
+    /// transaction), bound to `aad`. The sealed bytes name the key's generation, so a later
+    /// shred leaves them unreadable for good.
+    pub fn seal(&mut self, subject: &Subject, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>> {
+        let gen = self.generation(subject)?;
+        let slot = layout::data_key(subject, gen);
+        let dk = match self.etx.get(&slot)? {
+            Some(stored) => self.keys.unwrap(&slot, &stored)?,
+            None => {
+                let (dk, stored) = self.keys.new_data_key(&slot)?;
+                self.etx.put(&slot, &stored)?;
+                dk
+            }
+        };
+        let mut out = gen.to_be_bytes().to_vec();
+        out.extend(dk.seal(aad, plain)?);
+        Ok(out)
+    }
+
+    /// Opens what [`Tx::seal`] sealed; `None` when its key was shredded.
+    pub fn open(
+        &mut self,
+        subject: &Subject,
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<Option<Vec<u8>>> {
+        let (gen, ct) = split_generation(sealed)?;
+        let slot = layout::data_key(subject, gen);
+        match self.etx.get(&slot)? {
+            Some(stored) => Ok(Some(self.keys.unwrap(&slot, &stored)?.open(aad, ct)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn put_sealed<T: Serialize>(
+        &mut self,
+        key: &[u8],
+        subject: &Subject,
+        value: &T,
+    ) -> Result<()> {
+        let sealed = self.seal(subject, key, &encode(value)?)?;
+        self.etx.put(key, &sealed)
+    }
+
+    pub(crate) fn get_sealed<T: DeserializeOwned>(
+        &mut self,
+        what: &'static str,
+        key: &[u8],
+        subject: &Subject,
+    ) -> Result<Option<T>> {
+        let Some(sealed) = self.etx.get(key)? else {
+            return Ok(None);
+        };
+        match self.open(subject, key, &sealed)? {
+            Some(plain) => decode(what, &plain).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Destroys `subject`'s current data key in this transaction: what was sealed under it
+    /// can never be opened again, here or from any later copy of the store; older copies
+    /// stop opening once the KEK they hold it under is retired. What is sealed under the
+    /// subject later in the transaction gets a new key.
+    pub fn shred(&mut self, subject: &Subject) -> Result<()> {
+        let gen = self.generation(subject)?;
+        let slot = layout::data_key(subject, gen);
+        self.etx.delete(&slot)?;
+        self.etx
+            .put(&layout::generation(subject), &(gen + 1).to_be_bytes())?;
+        self.fx.shredded.push(slot);
+        Ok(())
+    }
+
+    /// Returns the next value of the counter `name` (1 for the first).
+    pub(crate) fn next_counter(&mut self, name: &str) -> Result<u64> {
+        let key = layout::meta(name);
+        let next = self
+            .etx
+            .get(&key)?
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0)
+            + 1;
+        self.etx.put(&key, &next.to_be_bytes())?;
+        Ok(next)
+    }
+}

@@ -1,0 +1,183 @@
+//! The one commit pipeline: a thread of its own, outside the async runtime, takes every
+//! request waiting at the time, runs them one after the other in one engine transaction
+//! (each under a savepoint, so a request that fails leaves nothing and fails no other),
+//! signs the audit head, and commits once: one durable point for the whole group. Then it
+//! answers each request with its own result. A failed durable point latches: from then on
+//! every write is refused, because what the group wrote may already have been seen.
+
+use std::{
+    any::Any,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc::{Receiver, TryRecvError},
+        Arc, Mutex, PoisonError, RwLock,
+    },
+};
+
+use tokio::sync::oneshot;
+use tracing::error;
+
+use crate::{
+    engine::Engine,
+    keys::KeyRing,
+    repo::audit::sign_head,
+    tx::{Effects, Note, Tx},
+    StoreError,
+};
+
+/// The most requests one group takes.
+const MAX_GROUP: usize = 512;
+
+/// Why a request failed, type-erased for the trip through the writer.
+pub(crate) enum JobFail {
+    Abort(Box<dyn Any + Send>),
+    Store(StoreError),
+}
+
+pub(crate) type JobOutput = Result<(Box<dyn Any + Send>, Vec<Note>), JobFail>;
+pub(crate) type JobFn = Box<dyn FnMut(&mut Tx<'_>) -> Result<Box<dyn Any + Send>, JobFail> + Send>;
+
+/// A request waiting for the writer.
+pub(crate) struct Job {
+    pub run: JobFn,
+    pub reply: oneshot::Sender<JobOutput>,
+}
+
+/// The store's health: whether a durable point failed (and why).
+#[derive(Debug, Default)]
+pub struct Health {
+    failed: Mutex<Option<String>>,
+}
+
+impl Health {
+    /// Returns why the store stopped taking writes, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn fail(&self, why: String) {
+        let mut f = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        if f.is_none() {
+            error!(reason = %why, "a durable point failed: the node takes no more writes until it is restarted");
+            *f = Some(why);
+        }
+    }
+}
+
+/// What the writer shares with the store handle.
+pub(crate) struct Shared {
+    pub node: trm_core::ids::NodeId,
+    pub engine: Arc<dyn Engine>,
+    pub keys: Arc<KeyRing>,
+    pub health: Arc<Health>,
+    /// The highest outbox sequence known durable: delivery reads nothing beyond it.
+    pub outbox_durable: Arc<AtomicU64>,
+    /// Signs the audit head at each durable point, once the node's key is known.
+    pub signer: RwLock<Option<Arc<trm_crypto::signing::Signer>>>,
+    /// The chain was found rewritten: nothing is signed over it again.
+    pub tampered: AtomicBool,
+}
+
+/// Runs groups of requests until every sender is gone.
+pub(crate) fn run(shared: Arc<Shared>, jobs: Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(j) => group.push(j),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        run_group(&shared, group);
+    }
+}
+
+fn refuse_all(group: Vec<Job>, why: &str) {
+    for job in group {
+        let _ = job
+            .reply
+            .send(Err(JobFail::Store(StoreError::Unavailable(why.to_owned()))));
+    }
+}
+
+fn run_group(shared: &Shared, mut group: Vec<Job>) {
+    if let Some(why) = shared.health.failure() {
+        return refuse_all(group, &why);
+    }
+    let mut etx = match shared.engine.begin() {
+        Ok(t) => t,
+        Err(e) => return refuse_all(group, &e.to_string()),
+    };
+    let mut outputs: Vec<JobOutput> = Vec::with_capacity(group.len());
+    let mut all = Effects::default();
+    for job in group.iter_mut() {
+        if let Err(e) = etx.savepoint() {
+            outputs.push(Err(JobFail::Store(e)));
+            continue;
+        }
+        let mut fx = Effects::default();
+        let result = {
+            let mut tx = Tx {
+                node: shared.node,
+                etx: &mut *etx,
+                keys: &shared.keys,
+                fx: &mut fx,
+            };
+            (job.run)(&mut tx)
+        };
+        match result {
+            Ok(value) => match etx.release_savepoint() {
+                Ok(()) => {
+                    outputs.push(Ok((value, fx.notes.clone())));
+                    all.merge(fx);
+                }
+                Err(e) => outputs.push(Err(JobFail::Store(e))),
+            },
+            Err(fail) => {
+                if let Err(e) = etx.rollback_to_savepoint() {
+                    // The transaction can no longer be trusted: nothing of it is committed.
+                    drop(etx);
+                    shared.health.fail(e.to_string());
+                    return refuse_all(group, &e.to_string());
+                }
+                outputs.push(Err(fail));
+            }
+        }
+    }
+    if all.audited && !shared.tampered.load(Ordering::SeqCst) {
+        let signer = shared
+            .signer
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(signer) = signer {
+            match sign_head(&mut *etx, &signer) {
+                Ok(true) => {}
+                Ok(false) => {
+                    shared.tampered.store(true, Ordering::SeqCst);
+                    error!("the audit chain no longer holds the head this node signed: not signing over it");
+                }
+                Err(e) => {
+                    drop(etx);
+                    return refuse_all(group, &e.to_string());
+                }
+            }
+        }
+    }
+    if let Err(e) = etx.commit() {
+        shared.health.fail(e.to_string());
+        return refuse_all(group, &e.to_string());
+    }
+    for slot in &all.shredded {
+        shared.keys.forget(slot);
+    }
+    if let Some(seq) = all.outbox_seq {
+        shared.outbox_durable.fetch_max(seq, Ordering::SeqCst);
+    }
+    for (job, output) in group.into_iter().zip(outputs) {
+        let _ = job.reply.send(output);
+    }
+}
