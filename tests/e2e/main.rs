@@ -4,6 +4,7 @@
 mod access;
 mod audit;
 mod directory;
+mod durability;
 mod hearing;
 mod privacy;
 mod referral;

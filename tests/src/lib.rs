@@ -25,6 +25,7 @@ pub struct TestFederation {
     specs: Vec<Spec>,
     nodes: Vec<NodeHandle>,
     overrides: Vec<Override>,
+    options: std::collections::HashMap<String, trm_node::NodeOptions>,
 }
 
 async fn bind() -> Result<(TcpListener, SocketAddr)> {
@@ -89,6 +90,7 @@ pub type Override = Arc<dyn Fn(NodeId, &mut NodeConfig) + Send + Sync>;
 /// Chooses the nodes of a test federation, who peers with whom and config overrides.
 pub struct FederationBuilder {
     ids: Vec<String>,
+    options: std::collections::HashMap<String, trm_node::NodeOptions>,
     /// Pairs that are not each other's peers (both directions).
     strangers: Vec<(String, String)>,
     overrides: Vec<Override>,
@@ -111,6 +113,16 @@ impl FederationBuilder {
     /// Changes every node's configuration before it starts.
     pub fn config(mut self, f: impl Fn(NodeId, &mut NodeConfig) + Send + Sync + 'static) -> Self {
         self.overrides.push(Arc::new(f));
+        self
+    }
+
+    /// Runs `hook` before each sync of node `id`'s durable point (an error fails it).
+    pub fn sync_hook(
+        mut self,
+        id: &str,
+        hook: impl Fn() -> std::io::Result<()> + Send + Sync + 'static,
+    ) -> Self {
+        self.options.entry(id.to_owned()).or_default().sync_hook = Some(Arc::new(hook));
         self
     }
 
@@ -171,10 +183,12 @@ impl FederationBuilder {
             specs,
             nodes: Vec::new(),
             overrides: self.overrides,
+            options: self.options,
         };
         for (spec, l) in fed.specs.clone().iter().zip(listeners) {
             let cfg = fed.config(spec.id)?;
-            fed.nodes.push(NodeHandle::spawn(cfg, l)?);
+            let options = fed.options_of(spec.id);
+            fed.nodes.push(NodeHandle::spawn_with(cfg, options, l)?);
         }
         Ok(fed)
     }
@@ -329,6 +343,7 @@ impl TestFederation {
             ids: Vec::new(),
             strangers: Vec::new(),
             overrides: Vec::new(),
+            options: Default::default(),
             capture_logs: true,
         }
     }
@@ -384,8 +399,14 @@ impl TestFederation {
             metrics: TcpListener::bind(spec.metrics).await?,
         };
         let cfg = self.config(id)?;
-        self.nodes.push(NodeHandle::spawn(cfg, listeners)?);
+        let options = self.options_of(id);
+        self.nodes
+            .push(NodeHandle::spawn_with(cfg, options, listeners)?);
         Ok(())
+    }
+
+    fn options_of(&self, id: NodeId) -> trm_node::NodeOptions {
+        self.options.get(id.as_str()).cloned().unwrap_or_default()
     }
 
     /// Returns the federation folder (node folders, certificates, data).
@@ -575,9 +596,14 @@ pub mod requests {
 
 /// Reads a node's metrics page (plain HTTP on the metrics port).
 pub async fn metrics(addr: SocketAddr) -> Result<String> {
+    http_get(addr, "/metrics").await
+}
+
+/// Returns the whole HTTP/1.0 answer (status line, headers, body) to `GET path`.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
         .await?;
     let mut out = String::new();
     s.read_to_string(&mut out).await?;

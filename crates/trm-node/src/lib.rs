@@ -35,7 +35,7 @@ pub mod returns;
 pub mod server;
 
 pub use config::NodeConfig;
-pub use server::{run, Addrs, Listeners, NodeError, NodeHandle};
+pub use server::{run, run_with, Addrs, Listeners, NodeError, NodeHandle, NodeOptions};
 
 /// Installs the process-wide rustls crypto provider (ring). Call once at start-up, before
 /// any TLS configuration is built; later calls are harmless.

@@ -10,18 +10,40 @@ use crate::{ctx::Ctx, gate::GateCounters};
 pub fn router(ctx: Ctx, gates: GateCounters) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(live))
         .route("/readyz", get(ready))
         .with_state((ctx, gates))
 }
 
-/// Ready when the database answers. Verifying the audit chain is `VerifyAudit`'s job: it
-/// reads every entry, too much for a probe that runs every few seconds.
-async fn ready(State((ctx, _)): State<(Ctx, GateCounters)>) -> (StatusCode, &'static str) {
+/// Alive unless the store stopped taking writes after a failed durable point (only a
+/// restart, after the disk is looked at, brings it back).
+async fn live(State((ctx, _)): State<(Ctx, GateCounters)>) -> (StatusCode, String) {
+    match ctx.store.failure() {
+        None => (StatusCode::OK, "ok\n".into()),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("storage failed: {why}\n"),
+        ),
+    }
+}
+
+/// Ready when the database answers and takes writes. Verifying the audit chain is
+/// `VerifyAudit`'s job: it reads every entry, too much for a probe that runs every few
+/// seconds.
+async fn ready(State((ctx, _)): State<(Ctx, GateCounters)>) -> (StatusCode, String) {
+    if let Some(why) = ctx.store.failure() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("storage failed: {why}\n"),
+        );
+    }
     if ctx.store.is_readable() {
-        (StatusCode::OK, "ready\n")
+        (StatusCode::OK, "ready\n".into())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage unavailable\n".into(),
+        )
     }
 }
 

@@ -237,6 +237,32 @@ fn client_verifier(
     Ok(Arc::new(RevocationAware::new(inner, revocations)))
 }
 
+/// What a node is built with besides its configuration (tests inject faults here).
+#[derive(Clone, Default)]
+pub struct NodeOptions {
+    /// Run before each sync of the durable point; an error fails it (fault injection).
+    pub sync_hook: Option<trm_store::engine::sled::SyncHook>,
+}
+
+impl std::fmt::Debug for NodeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeOptions")
+            .field("sync_hook", &self.sync_hook.is_some())
+            .finish()
+    }
+}
+
+/// Marks every service of a node NOT_SERVING for gRPC health checking.
+async fn not_serving(health: &tonic_health::server::HealthReporter) {
+    health
+        .set_not_serving::<ReferralServiceServer<Referrals>>()
+        .await;
+    health.set_not_serving::<AdminServiceServer<Admin>>().await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+}
+
 /// A node whose state is loaded, ready to serve.
 pub struct Built {
     config: NodeConfig,
@@ -262,7 +288,7 @@ impl std::fmt::Debug for Built {
 /// Loads everything a node needs before it listens: keys (finishing a rotation a crash
 /// interrupted), the store, the peer directory with the operator's changes and the keys
 /// peers announced, revoked client certificates, TLS configurations, the delivery worker.
-pub async fn build(config: NodeConfig) -> Result<Built, NodeError> {
+pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, NodeError> {
     let node = config.node.id;
     let master = SecretKey::load(&config.node.master_key)?;
     let store = Store::open(StoreOptions {
@@ -270,7 +296,10 @@ pub async fn build(config: NodeConfig) -> Result<Built, NodeError> {
         data_dir: config.node.data_dir.clone(),
         key_store: config.node.key_store.clone(),
         master,
-        sled: SledOptions::default(),
+        sled: SledOptions {
+            sync_hook: options.sync_hook,
+            ..SledOptions::default()
+        },
     })?;
     trm_federation::keys::recover_rotation(&store, &config.signing.key)?;
     let identity = Arc::new(Signer::new(SigningIdentity::load(&config.signing.key)?));
@@ -355,6 +384,8 @@ pub async fn build(config: NodeConfig) -> Result<Built, NodeError> {
 /// A running node: its server tasks, to drain on shutdown.
 pub struct Running {
     node: trm_core::ids::NodeId,
+    health: tonic_health::server::HealthReporter,
+    health_task: JoinHandle<()>,
     stop: watch::Sender<bool>,
     tasks: Vec<(&'static str, JoinHandle<Result<(), String>>)>,
     acceptors: Vec<JoinHandle<()>>,
@@ -467,6 +498,17 @@ impl Built {
             .set_serving::<ReferralServiceServer<Referrals>>()
             .await;
         health.set_serving::<AdminServiceServer<Admin>>().await;
+        // A failed durable point turns the node NOT_SERVING for good.
+        let mut failure = store.watch_failure();
+        let on_failure = health.clone();
+        let health_task = tokio::spawn(async move {
+            while failure.changed().await.is_ok() {
+                if failure.borrow().is_some() {
+                    not_serving(&on_failure).await;
+                    return;
+                }
+            }
+        });
         let services_gate = client_gate.clone();
         let services_server = services_builder
             .layer(tonic::service::InterceptorLayer::new(
@@ -535,6 +577,8 @@ impl Built {
         info!(node = %ctx.id, "node running");
         Ok(Running {
             node: ctx.id,
+            health,
+            health_task,
             stop,
             tasks,
             acceptors,
@@ -551,6 +595,9 @@ impl Running {
     /// node has stopped), stops the delivery worker and flushes the store.
     pub async fn drain(self) -> Result<(), NodeError> {
         info!(node = %self.node, "shutting down");
+        // Load balancers and probes see the node leave before its ports close.
+        not_serving(&self.health).await;
+        self.health_task.abort();
         let _ = self.stop.send(true);
         let mut failure = None;
         let deadline = tokio::time::Instant::now() + GRACE;
@@ -587,7 +634,17 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
-    let running = build(config).await?.spawn(listeners).await?;
+    run_with(config, NodeOptions::default(), listeners, shutdown).await
+}
+
+/// Same as [`run`], with `options`.
+pub async fn run_with(
+    config: NodeConfig,
+    options: NodeOptions,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    let running = build(config, options).await?.spawn(listeners).await?;
     shutdown.await;
     running.drain().await
 }
@@ -604,10 +661,19 @@ pub struct NodeHandle {
 impl NodeHandle {
     /// Starts a node on already-bound listeners.
     pub fn spawn(config: NodeConfig, listeners: Listeners) -> Result<Self, NodeError> {
+        Self::spawn_with(config, NodeOptions::default(), listeners)
+    }
+
+    /// Starts a node with `options` on already-bound listeners.
+    pub fn spawn_with(
+        config: NodeConfig,
+        options: NodeOptions,
+        listeners: Listeners,
+    ) -> Result<Self, NodeError> {
         let addrs = listeners.addrs()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let id = config.node.id;
-        let task = tokio::spawn(run(config, listeners, async move {
+        let task = tokio::spawn(run_with(config, options, listeners, async move {
             let _ = rx.await;
         }));
         Ok(Self {

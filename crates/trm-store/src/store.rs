@@ -249,6 +249,11 @@ impl Store {
         self.inner.shared.health.failure()
     }
 
+    /// Returns a receiver that sees a failed durable point when it happens.
+    pub fn watch_failure(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.inner.shared.health.watch()
+    }
+
     /// Returns whether the engine answers a read (for readiness probes).
     pub fn is_readable(&self) -> bool {
         self.engine().get(&layout::meta(KEY_FILE_IN_USE)).is_ok()

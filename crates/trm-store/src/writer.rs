@@ -44,9 +44,19 @@ pub(crate) struct Job {
 }
 
 /// The store's health: whether a durable point failed (and why).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
     failed: Mutex<Option<String>>,
+    changes: tokio::sync::watch::Sender<Option<String>>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            failed: Mutex::default(),
+            changes: tokio::sync::watch::channel(None).0,
+        }
+    }
 }
 
 impl Health {
@@ -58,11 +68,17 @@ impl Health {
             .clone()
     }
 
+    /// Returns a receiver that sees the failure when it happens.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.changes.subscribe()
+    }
+
     fn fail(&self, why: String) {
         let mut f = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
         if f.is_none() {
             error!(reason = %why, "a durable point failed: the node takes no more writes until it is restarted");
-            *f = Some(why);
+            *f = Some(why.clone());
+            self.changes.send_replace(Some(why));
         }
     }
 }

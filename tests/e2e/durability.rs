@@ -1,0 +1,181 @@
+//! The durable point: what a node acknowledged survives, and a failed sync stops the node
+//! from taking writes, says why, and turns it NOT_SERVING.
+
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
+};
+
+use tonic::Code;
+use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
+use trm_core::ids::Role;
+use trm_proto::v1 as w;
+use trm_tests::{captured_logs, http_get, requests, TestFederation};
+
+#[tokio::test]
+async fn a_failed_sync_stops_writes_turns_the_node_not_serving_and_loses_nothing_acknowledged(
+) -> anyhow::Result<()> {
+    let disk_fails = Arc::new(AtomicBool::new(false));
+    let fails = disk_fails.clone();
+    let mut fed = TestFederation::builder()
+        .nodes(&["AT"])
+        .sync_hook("AT", move || {
+            if fails.load(Ordering::SeqCst) {
+                Err(std::io::Error::other("injected: the disk refused to sync"))
+            } else {
+                Ok(())
+            }
+        })
+        .start()
+        .await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let kept = sp
+        .create_case(requests::case("Acknowledged", 3))
+        .await?
+        .into_inner();
+
+    disk_fails.store(true, Ordering::SeqCst);
+    let err = sp
+        .create_case(requests::case("Never acknowledged", 3))
+        .await
+        .expect_err("the sync failed");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(
+        err.message(),
+        "storage unavailable",
+        "no detail reaches the client"
+    );
+
+    // The disk answers again, but what the failed group wrote may already have been seen:
+    // the node takes no more writes, and no read of a victim record goes unaudited.
+    disk_fails.store(false, Ordering::SeqCst);
+    let err = sp
+        .create_case(requests::case("After", 3))
+        .await
+        .expect_err("latched");
+    assert_eq!(err.code(), Code::Unavailable);
+    let err = sp
+        .get_case(w::GetCaseRequest {
+            case_id: kept.case_id.clone(),
+        })
+        .await
+        .expect_err("a read whose audit entry cannot be written is refused");
+    assert_eq!(err.code(), Code::Unavailable);
+    let metrics = fed.node("AT")?.addrs.metrics;
+    let ready = http_get(metrics, "/readyz").await?;
+    assert!(ready.starts_with("HTTP/1.0 503"), "{ready}");
+    assert!(ready.contains("storage failed"), "{ready}");
+    let channel = fed.channel("AT", Role::ServiceProvider, false).await?;
+    let status = trm_tests::eventually("NOT_SERVING", || {
+        let mut health = HealthClient::new(channel.clone());
+        async move {
+            let s = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: "trm.v1.ReferralService".into(),
+                })
+                .await?
+                .into_inner()
+                .status;
+            Ok((s == ServingStatus::NotServing as i32).then_some(s))
+        }
+    })
+    .await?;
+    assert_eq!(status, ServingStatus::NotServing as i32);
+    assert!(
+        captured_logs().contains("a durable point failed"),
+        "the cause is logged"
+    );
+
+    // After a restart (the disk looked at) what was acknowledged is there.
+    fed.stop_node("AT").await?;
+    fed.start_node("AT").await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let back = sp
+        .get_case(w::GetCaseRequest {
+            case_id: kept.case_id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(back.person, kept.person);
+    fed.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_retried_request_returns_the_original_result_and_changes_nothing() -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let mut create = requests::case("Retried", 3);
+    create.request_id = request_id.clone();
+    let first = sp.create_case(create.clone()).await?.into_inner();
+    let again = sp.create_case(create.clone()).await?.into_inner();
+    assert_eq!(first.case_id, again.case_id, "the original result");
+    let listed = sp
+        .list_cases(w::ListCasesRequest::default())
+        .await?
+        .into_inner()
+        .cases;
+    assert_eq!(listed.len(), 1, "no second case");
+    // The same id with another request.
+    let mut other = requests::case("Someone else", 3);
+    other.request_id = request_id.clone();
+    let err = sp
+        .create_case(other)
+        .await
+        .expect_err("a different request");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("request_id"), "{}", err.message());
+    // Another client certificate with the same id is another request.
+    let mut fp = fed.referrals("AT", Role::FocalPoint).await?;
+    let theirs = fp.create_case(create).await?.into_inner();
+    assert_ne!(theirs.case_id, first.case_id);
+
+    // A referral submitted twice with one id is one referral; a second open referral of the
+    // case to the same destination is refused.
+    sp.record_consent(requests::consent(
+        &first.case_id,
+        &[w::Purpose::ReferralAssistance],
+        &["RO"],
+        &[],
+    ))
+    .await?;
+    let submit = w::SubmitReferralRequest {
+        case_id: first.case_id.clone(),
+        destination: "RO".into(),
+        request_id: uuid::Uuid::new_v4().to_string(),
+        ..Default::default()
+    };
+    let r1 = sp.submit_referral(submit.clone()).await?.into_inner();
+    let r2 = sp.submit_referral(submit.clone()).await?.into_inner();
+    assert_eq!(r1.referral_id, r2.referral_id);
+    let err = sp
+        .submit_referral(w::SubmitReferralRequest {
+            request_id: String::new(),
+            ..submit
+        })
+        .await
+        .expect_err("a second open referral of the case to RO");
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    let at_ro = trm_tests::eventually("the referral at RO", || async {
+        let l = fed
+            .referrals("RO", Role::FocalPoint)
+            .await?
+            .list_referrals(w::ListReferralsRequest {
+                direction: w::Direction::Incoming as i32,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .referrals;
+        Ok((!l.is_empty()).then_some(l))
+    })
+    .await?;
+    assert_eq!(
+        at_ro.len(),
+        1,
+        "one referral of the victim at the destination"
+    );
+    fed.stop().await?;
+    Ok(())
+}
