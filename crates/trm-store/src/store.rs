@@ -112,6 +112,7 @@ impl Store {
             outbox_durable: Arc::new(AtomicU64::new(0)),
             signer: RwLock::new(None),
             tampered: AtomicBool::new(false),
+            counts: Default::default(),
         });
         let (tx, rx) = sync_channel(QUEUE);
         let s = shared.clone();
@@ -127,6 +128,7 @@ impl Store {
                 anchor: key_store.with_extension("audit-anchor"),
             }),
         };
+        store.count_outbox()?;
         // Every queued envelope present at start is durable.
         let last = store
             .inner

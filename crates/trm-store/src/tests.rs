@@ -375,3 +375,59 @@ fn records_survive_reopening_and_keys_are_not_loaded_at_start() {
     assert!(!subject.as_bytes().is_empty());
     assert!(store.verify_audit().unwrap().ok);
 }
+
+#[test]
+fn queue_depths_follow_only_committed_work_and_are_recounted_on_reopening() {
+    use trm_core::{
+        ids::{MessageId, ReferralId},
+        messages::{EnvelopeKind, Topic},
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let master = SecretKey::generate();
+    let (de, it): (NodeId, NodeId) = ("DE".parse().unwrap(), "IT".parse().unwrap());
+    let store = open(dir.path(), &master);
+    let topic = Topic::Referral(ReferralId::new());
+    for i in 0..6 {
+        let r = store.commit_blocking::<(), &'static str, _>(move |tx| {
+            let peer = if i < 4 { de } else { it };
+            tx.queue_envelope(
+                peer,
+                MessageId::new(),
+                topic,
+                EnvelopeKind::ReferralOffer,
+                b"env",
+            )?;
+            if i == 3 {
+                return Err(TxFail::Abort("refused"));
+            }
+            Ok(())
+        });
+        assert_eq!(r.is_ok(), i != 3);
+    }
+    assert_eq!(
+        (
+            store.outbox_depth(de).unwrap(),
+            store.outbox_depth(it).unwrap()
+        ),
+        (3, 2)
+    );
+    let first = store.outbox_head(de, 1).unwrap().remove(0);
+    store
+        .commit_blocking::<(), (), _>(move |tx| {
+            Ok(tx.dead_letter(&first, "refused by peer", None)?)
+        })
+        .unwrap();
+    assert_eq!(store.outbox_depth(de).unwrap(), 2);
+    assert_eq!(store.dead_letter_count().unwrap(), 1);
+    store.close().unwrap();
+    drop(store);
+    let store = open(dir.path(), &master);
+    assert_eq!(
+        (
+            store.outbox_depth(de).unwrap(),
+            store.outbox_depth(it).unwrap()
+        ),
+        (2, 2)
+    );
+    assert_eq!(store.dead_letter_count().unwrap(), 1);
+}

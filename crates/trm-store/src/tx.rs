@@ -32,6 +32,10 @@ pub(crate) struct Effects {
     pub outbox_seq: Option<u64>,
     /// Whether the audit chain grew.
     pub audited: bool,
+    /// Change in the number of envelopes queued per peer.
+    pub queued: std::collections::HashMap<NodeId, i64>,
+    /// Change in the number of dead letters.
+    pub dead_letters: i64,
 }
 
 impl Effects {
@@ -44,6 +48,10 @@ impl Effects {
         self.shredded.extend(other.shredded);
         self.outbox_seq = self.outbox_seq.max(other.outbox_seq);
         self.audited |= other.audited;
+        for (peer, d) in other.queued {
+            *self.queued.entry(peer).or_default() += d;
+        }
+        self.dead_letters += other.dead_letters;
     }
 }
 

@@ -83,6 +83,45 @@ impl Health {
     }
 }
 
+/// Counts the node keeps in memory (the metrics read them; no scan).
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    queued: Mutex<std::collections::HashMap<trm_core::ids::NodeId, u64>>,
+    dead_letters: AtomicU64,
+}
+
+impl Counts {
+    pub(crate) fn apply(
+        &self,
+        queued: &std::collections::HashMap<trm_core::ids::NodeId, i64>,
+        dead: i64,
+    ) {
+        let mut q = self.queued.lock().unwrap_or_else(PoisonError::into_inner);
+        for (peer, d) in queued {
+            let n = q.entry(*peer).or_default();
+            *n = n.saturating_add_signed(*d);
+        }
+        let _ = self
+            .dead_letters
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                Some(n.saturating_add_signed(dead))
+            });
+    }
+
+    pub(crate) fn queued(&self, peer: trm_core::ids::NodeId) -> u64 {
+        self.queued
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&peer)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub(crate) fn dead_letters(&self) -> u64 {
+        self.dead_letters.load(Ordering::SeqCst)
+    }
+}
+
 /// What the writer shares with the store handle.
 pub(crate) struct Shared {
     pub node: trm_core::ids::NodeId,
@@ -95,6 +134,7 @@ pub(crate) struct Shared {
     pub signer: RwLock<Option<Arc<trm_crypto::signing::Signer>>>,
     /// The chain was found rewritten: nothing is signed over it again.
     pub tampered: AtomicBool,
+    pub counts: Counts,
 }
 
 /// Runs groups of requests until every sender is gone.
@@ -193,6 +233,7 @@ fn run_group(shared: &Shared, mut group: Vec<Job>) {
     if let Some(seq) = all.outbox_seq {
         shared.outbox_durable.fetch_max(seq, Ordering::SeqCst);
     }
+    shared.counts.apply(&all.queued, all.dead_letters);
     for (job, output) in group.into_iter().zip(outputs) {
         let _ = job.reply.send(output);
     }

@@ -66,6 +66,10 @@ pub struct SledEngine {
     hook: Option<SyncHook>,
     /// The files under `dir` as last synced.
     synced: Mutex<HashMap<PathBuf, FileState>>,
+    /// The names in the folder and in `blobs/` at the last sync: sled changes no file but
+    /// `db` without adding or removing a name (snapshots are renamed into place, blobs are
+    /// created new), so when the names are the same only `db` needs syncing.
+    names: Mutex<Vec<std::ffi::OsString>>,
 }
 
 impl std::fmt::Debug for SledEngine {
@@ -153,6 +157,7 @@ impl SledEngine {
             file,
             hook: options.sync_hook,
             synced: Mutex::default(),
+            names: Mutex::default(),
         };
         // Whatever sled wrote while opening (its config, a new database) is made durable,
         // directory entries included.
@@ -174,8 +179,23 @@ impl SledEngine {
     /// Syncs every file under the folder that changed since its last sync, and the folders
     /// whose entries changed.
     fn sync_changed_files(&self) -> Result<()> {
-        let mut synced = self.synced.lock().unwrap_or_else(PoisonError::into_inner);
+        let names = self.names_now()?;
         let db_path = self.dir.join("db");
+        {
+            let mut last = self.names.lock().unwrap_or_else(PoisonError::into_inner);
+            if *last == names {
+                // Only `db` changed, and it was just synced.
+                if let Some(state) = file_state(&db_path) {
+                    self.synced
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(db_path, state);
+                }
+                return Ok(());
+            }
+            *last = names;
+        }
+        let mut synced = self.synced.lock().unwrap_or_else(PoisonError::into_inner);
         let mut new_entry_in: Vec<PathBuf> = Vec::new();
         let files = files_below(&self.dir)?;
         for path in &files {
@@ -210,6 +230,25 @@ impl SledEngine {
                 .map_err(|e| StoreError::Sync(format!("{}: {e}", dir.display())))?;
         }
         Ok(())
+    }
+
+    /// Returns the names in the folder and in `blobs/`, sorted.
+    fn names_now(&self) -> Result<Vec<std::ffi::OsString>> {
+        let mut names = Vec::new();
+        for dir in [self.dir.clone(), self.dir.join("blobs")] {
+            match std::fs::read_dir(&dir) {
+                Ok(entries) => {
+                    for e in entries {
+                        names.push(e?.file_name());
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+            names.push(std::ffi::OsString::from("/"));
+        }
+        names.sort();
+        Ok(names)
     }
 
     /// Reads a stored value, joining its chunks.

@@ -181,11 +181,6 @@ pub(crate) mod layout {
 
     pub const DEAD_LETTERS: &[u8] = b"dl/";
 
-    /// Where a message id is queued or dead-lettered.
-    pub fn message(message_id: &uuid::Uuid) -> Vec<u8> {
-        key("om/", &[message_id.as_bytes()])
-    }
-
     /// The receipt given for an inbound message.
     pub fn inbox(message_id: &uuid::Uuid) -> Vec<u8> {
         key("i/", &[message_id.as_bytes()])

@@ -62,14 +62,6 @@ pub struct InboxEntry {
     pub received_at: OffsetDateTime,
 }
 
-/// Where a message id is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct Whereabouts {
-    peer: NodeId,
-    seq: u64,
-    dead: bool,
-}
-
 /// Returns the data-key subject that seals envelopes about `topic`.
 pub fn subject_of(topic: &Topic) -> Subject {
     match topic {
@@ -87,20 +79,9 @@ fn aad(message_id: MessageId) -> Vec<u8> {
     a
 }
 
-fn depth_key(peer: NodeId) -> String {
-    format!("outbox_depth/{peer}")
-}
-
 impl Tx<'_> {
-    fn add_to_counter(&mut self, name: &str, delta: i64) -> Result<()> {
-        let key = layout::meta(name);
-        let now = self
-            .get_raw(&key)?
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0);
-        let next = now.saturating_add_signed(delta);
-        self.put_raw(&key, &next.to_be_bytes())
+    fn count_queued(&mut self, peer: NodeId, delta: i64) {
+        *self.fx.queued.entry(peer).or_default() += delta;
     }
 
     /// Seals an encoded envelope under its topic's key and queues it for `peer`, after
@@ -127,15 +108,7 @@ impl Tx<'_> {
             last_error: String::new(),
         };
         self.put_json(&layout::outbox(peer, seq), &item)?;
-        self.put_json(
-            &layout::message(&message_id.uuid()),
-            &Whereabouts {
-                peer,
-                seq,
-                dead: false,
-            },
-        )?;
-        self.add_to_counter(&depth_key(peer), 1)?;
+        self.count_queued(peer, 1);
         self.fx.outbox_seq = self.fx.outbox_seq.max(Some(seq));
         self.note(Note::Wake(peer));
         Ok(seq)
@@ -153,8 +126,7 @@ impl Tx<'_> {
             return Ok(());
         }
         self.delete(&layout::outbox(item.peer, item.seq))?;
-        self.delete(&layout::message(&item.message_id.uuid()))?;
-        self.add_to_counter(&depth_key(item.peer), -1)?;
+        self.count_queued(item.peer, -1);
         if let Some(r) = receipt {
             self.put_raw(&layout::receipt(&item.message_id.uuid()), r)?;
         }
@@ -173,15 +145,8 @@ impl Tx<'_> {
         dead.last_error = why.to_owned();
         dead.attempts = dead.attempts.saturating_add(1);
         self.put_json(&layout::dead_letter(item.peer, item.seq), &dead)?;
-        self.put_json(
-            &layout::message(&item.message_id.uuid()),
-            &Whereabouts {
-                peer: item.peer,
-                seq: item.seq,
-                dead: true,
-            },
-        )?;
-        self.add_to_counter("dead_letters", 1)
+        self.fx.dead_letters += 1;
+        Ok(())
     }
 
     /// Records a failed attempt on a queued item (if still queued).
@@ -194,17 +159,22 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Returns the dead letter of `message_id`.
+    /// Returns the dead letter of `message_id` (dead letters are few: a scan, no index).
     pub fn dead_letter_of(&mut self, message_id: MessageId) -> Result<Option<OutboxItem>> {
-        let Some(w) =
-            self.get_json::<Whereabouts>("message index", &layout::message(&message_id.uuid()))?
-        else {
-            return Ok(None);
-        };
-        if !w.dead {
-            return Ok(None);
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.scan_raw(layout::DEAD_LETTERS, after.as_deref(), 256)?;
+            let Some((last, _)) = page.last() else {
+                return Ok(None);
+            };
+            after = Some(last.clone());
+            for (_, v) in page {
+                let item: OutboxItem = decode("dead letter", &v)?;
+                if item.message_id == message_id {
+                    return Ok(Some(item));
+                }
+            }
         }
-        self.get_json("dead letter", &layout::dead_letter(w.peer, w.seq))
     }
 
     /// Opens a queued or dead envelope; `None` when its topic's key was shredded.
@@ -228,16 +198,8 @@ impl Tx<'_> {
         };
         self.delete(&layout::dead_letter(dead.peer, dead.seq))?;
         self.put_json(&layout::outbox(dead.peer, dead.seq), &item)?;
-        self.put_json(
-            &layout::message(&dead.message_id.uuid()),
-            &Whereabouts {
-                peer: dead.peer,
-                seq: dead.seq,
-                dead: false,
-            },
-        )?;
-        self.add_to_counter("dead_letters", -1)?;
-        self.add_to_counter(&depth_key(dead.peer), 1)?;
+        self.fx.dead_letters -= 1;
+        self.count_queued(dead.peer, 1);
         self.note(Note::Wake(dead.peer));
         Ok(())
     }
@@ -338,23 +300,32 @@ impl Store {
         )
     }
 
-    fn counter(&self, name: &str) -> Result<u64> {
-        Ok(self
-            .engine()
-            .get(&layout::meta(name))?
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0))
-    }
-
-    /// Returns how many envelopes are queued for `peer` (a counter: no scan).
+    /// Returns how many envelopes are queued for `peer` (kept in memory: no scan).
     pub fn outbox_depth(&self, peer: NodeId) -> Result<u64> {
-        self.counter(&depth_key(peer))
+        Ok(self.shared().counts.queued(peer))
     }
 
-    /// Returns how many dead letters there are (a counter: no scan).
+    /// Returns how many dead letters there are (kept in memory: no scan).
     pub fn dead_letter_count(&self) -> Result<u64> {
-        self.counter("dead_letters")
+        Ok(self.shared().counts.dead_letters())
+    }
+
+    /// Counts what is queued and dead-lettered (once, when the store opens).
+    pub(crate) fn count_outbox(&self) -> Result<()> {
+        let mut queued: std::collections::HashMap<NodeId, i64> = Default::default();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.scan_raw(layout::OUTBOX, after.as_deref(), 4096)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (_, v) in page {
+                let item: OutboxItem = decode("outbox item", &v)?;
+                *queued.entry(item.peer).or_default() += 1;
+            }
+        }
+        let dead = self.scan_raw(layout::DEAD_LETTERS, None, usize::MAX)?.len() as i64;
+        self.shared().counts.apply(&queued, dead);
+        Ok(())
     }
 
     /// Returns the receipt a peer gave for outbound `message_id`.

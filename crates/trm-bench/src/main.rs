@@ -1,0 +1,569 @@
+//! `trm-bench`: the machine's ceiling and the node, measured side by side in one run.
+//!
+//! It starts, as child processes of itself, a bare tonic mutual-TLS unary echo server and
+//! two nodes (AT and RO, real mutual TLS, sled) on loopback, then reports, at 1, 16 and 64
+//! requests in flight: `echo_rps`; `submit_rps` (durable SubmitReferral, each on its own
+//! case); `delivered_rps` (arrived at RO, from the first submission to the last arrival);
+//! `submit_p99_ms`; `delivered_p99_ms` (submission to arrival at half the sustained
+//! end-to-end maximum); and `idle_rss_mb` of a node. `--preload N` first stores N cases in
+//! AT's store and reports `startup_s` as well. A table goes to stdout, JSON to `--json`.
+#![forbid(unsafe_code)]
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use tokio::process::{Child, Command};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server};
+use trm_core::ids::{NodeId, Role};
+use trm_proto::v1::{self as w, referral_service_client::ReferralServiceClient};
+use trmctl::sandbox::{self, NodeSpec};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "trm-bench",
+    about = "Measure a node against a bare mutual-TLS echo"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Inner>,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Store this many cases in AT before it starts (reports start-up time too).
+    #[arg(long, default_value_t = 0)]
+    preload: usize,
+    /// Requests per measurement.
+    #[arg(long, default_value_t = 2000)]
+    requests: usize,
+    /// Concurrency levels to measure.
+    #[arg(long, default_value = "1,16,64", value_delimiter = ',')]
+    concurrency: Vec<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Inner {
+    /// Runs one node (a child process of the benchmark).
+    #[command(hide = true)]
+    Node { config: PathBuf },
+    /// Runs the bare echo server (a child process of the benchmark).
+    #[command(hide = true)]
+    Echo { dir: PathBuf, addr: SocketAddr },
+}
+
+/// One row of results.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+struct Row {
+    concurrency: usize,
+    echo_rps: f64,
+    submit_rps: f64,
+    delivered_rps: f64,
+    submit_p99_ms: f64,
+    delivered_p99_ms: f64,
+    submit_pct_of_echo: f64,
+    delivered_pct_of_echo: f64,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    trm_node::install_crypto_provider();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Some(Inner::Node { config }) => rt.block_on(run_node(config)),
+        Some(Inner::Echo { dir, addr }) => rt.block_on(run_echo(dir, addr)),
+        None => rt.block_on(bench(cli)),
+    }
+}
+
+async fn run_node(config: PathBuf) -> Result<()> {
+    let config = trm_node::NodeConfig::load(&config)?;
+    let listeners = trm_node::Listeners::bind(&config.listen).await?;
+    trm_node::run(config, listeners, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    Ok(())
+}
+
+/// A bare unary gRPC service over the same mutual TLS the nodes use: the ceiling.
+async fn run_echo(dir: PathBuf, addr: SocketAddr) -> Result<()> {
+    let nd = dir.join("AT");
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(Identity::from_pem(
+            std::fs::read(nd.join("tls/services.pem"))?,
+            std::fs::read(nd.join("tls/services.key"))?,
+        ))
+        .client_ca_root(Certificate::from_pem(std::fs::read(
+            nd.join("tls/client-ca.pem"),
+        )?));
+    let (_, health) = tonic_health::server::health_reporter();
+    Server::builder()
+        .tls_config(tls)?
+        .add_service(health)
+        .serve_with_shutdown(addr, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
+
+fn free_port_base() -> Result<u16> {
+    // Ten consecutive free ports for two nodes (services, federation, admin, metrics).
+    for _ in 0..50 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let base = l.local_addr()?.port();
+        drop(l);
+        if base < 60000
+            && (0..24).all(|d| std::net::TcpListener::bind(("127.0.0.1", base + d)).is_ok())
+        {
+            return Ok(base);
+        }
+    }
+    bail!("no free ports")
+}
+
+fn child(args: &[&std::ffi::OsStr]) -> Result<Child> {
+    Ok(Command::new(std::env::current_exe()?)
+        .args(args)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
+async fn connect(dir: &Path, addr: SocketAddr, role: Role) -> Result<Channel> {
+    let nd = dir.join("AT");
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(
+            nd.join("services-ca.pem"),
+        )?))
+        .identity(Identity::from_pem(
+            std::fs::read(nd.join(format!("clients/{role}.pem")))?,
+            std::fs::read(nd.join(format!("clients/{role}.key")))?,
+        ))
+        .domain_name("localhost");
+    Ok(Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(tls)?
+        .timeout(Duration::from_secs(60))
+        .connect()
+        .await?)
+}
+
+/// Connects to `dir/<node>`'s services port as `role`, waiting until it serves.
+async fn node_client(dir: &Path, node: NodeId, role: Role) -> Result<Channel> {
+    let cfg = trm_node::NodeConfig::load(&sandbox::config_path(dir, node))?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match trmctl::scenario::client(dir, node, role, false).await {
+            Ok(ch) => {
+                let mut h = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+                if h.check(tonic_health::pb::HealthCheckRequest::default())
+                    .await
+                    .is_ok()
+                {
+                    return Ok(ch);
+                }
+            }
+            Err(_) if Instant::now() < deadline => {}
+            Err(e) => return Err(e.context(format!("node at {}", cfg.listen.services))),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Runs `n` calls of `f` with `c` in flight; returns the elapsed time and each latency.
+async fn drive<F, Fut>(n: usize, c: usize, f: F) -> Result<(Duration, Vec<f64>)>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let f = Arc::new(f);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..c.max(1) {
+        let (f, next) = (f.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if i >= n {
+                    return Ok::<_, anyhow::Error>(lat);
+                }
+                let t = Instant::now();
+                f(i).await?;
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    Ok((started.elapsed(), all))
+}
+
+async fn echo_rps(channel: Channel, n: usize, c: usize) -> Result<f64> {
+    let (elapsed, _) = drive(n, c, move |_| {
+        let mut h = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        async move {
+            h.check(tonic_health::pb::HealthCheckRequest::default())
+                .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+/// Creates `n` cases at AT, each with a referral consent to RO; returns their ids.
+async fn cases(sp: &ReferralServiceClient<Channel>, n: usize) -> Result<Vec<String>> {
+    let ids = Arc::new(std::sync::Mutex::new(vec![String::new(); n]));
+    let (sp, out) = (sp.clone(), ids.clone());
+    drive(n, 16, move |i| {
+        let (mut sp, out) = (sp.clone(), out.clone());
+        async move {
+            let case = sp
+                .create_case(w::CreateCaseRequest {
+                    person: Some(w::Person {
+                        given_name: format!("Bench {i}"),
+                        family_name: "Person".into(),
+                        gender: w::Gender::Female as i32,
+                        citizenship: vec!["RO".into()],
+                        date_of_birth: "1995-05-05".into(),
+                        ..Default::default()
+                    }),
+                    needs: Some(w::Needs {
+                        kinds: vec![w::NeedKind::Shelter as i32],
+                        urgency: w::Urgency::Routine as i32,
+                        notes: String::new(),
+                    }),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            sp.record_consent(w::RecordConsentRequest {
+                case_id: case.case_id.clone(),
+                purposes: vec![w::Purpose::ReferralAssistance as i32],
+                recipients: vec!["RO".into()],
+                informed: true,
+                information_language: "en".into(),
+                ..Default::default()
+            })
+            .await?;
+            if let Ok(mut o) = out.lock() {
+                o[i] = case.case_id;
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    let ids = ids.lock().map(|v| v.clone()).unwrap_or_default();
+    Ok(ids)
+}
+
+/// Submits one referral per case, `c` in flight; returns (elapsed, latencies, submission
+/// instants by referral id).
+async fn submit(
+    sp: &ReferralServiceClient<Channel>,
+    case_ids: Vec<String>,
+    c: usize,
+    pace: Option<f64>,
+) -> Result<(Duration, Vec<f64>, Vec<(String, time::OffsetDateTime)>)> {
+    let n = case_ids.len();
+    let case_ids = Arc::new(case_ids);
+    let sent = Arc::new(std::sync::Mutex::new(Vec::with_capacity(n)));
+    let started = Instant::now();
+    let (sp, out) = (sp.clone(), sent.clone());
+    let (elapsed, lat) = drive(n, c, move |i| {
+        let (mut sp, out, ids) = (sp.clone(), out.clone(), case_ids.clone());
+        async move {
+            if let Some(rate) = pace {
+                let due = started + Duration::from_secs_f64(i as f64 / rate);
+                tokio::time::sleep_until(due.into()).await;
+            }
+            let at = time::OffsetDateTime::now_utc();
+            let r = sp
+                .submit_referral(w::SubmitReferralRequest {
+                    case_id: ids[i].clone(),
+                    destination: "RO".into(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            if let Ok(mut o) = out.lock() {
+                o.push((r.referral_id, at));
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    let sent = sent.lock().map(|v| v.clone()).unwrap_or_default();
+    Ok((elapsed, lat, sent))
+}
+
+/// Waits until every referral of `sent` is at RO; returns the arrival latencies (ms) and
+/// the time from the first submission to the last arrival.
+async fn arrivals(
+    ro: &ReferralServiceClient<Channel>,
+    sent: &[(String, time::OffsetDateTime)],
+    known: &mut std::collections::HashMap<String, time::OffsetDateTime>,
+) -> Result<(Vec<f64>, Duration)> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let mut token = String::new();
+        loop {
+            let page = ro
+                .clone()
+                .list_referrals(w::ListReferralsRequest {
+                    direction: w::Direction::Incoming as i32,
+                    page_size: 100,
+                    page_token: token.clone(),
+                })
+                .await?
+                .into_inner();
+            for r in page.referrals {
+                if let Some(t) = r.created_at {
+                    let at = time::OffsetDateTime::from_unix_timestamp(t.seconds)?
+                        + time::Duration::nanoseconds(i64::from(t.nanos));
+                    known.entry(r.referral_id).or_insert(at);
+                }
+            }
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        if sent.iter().all(|(id, _)| known.contains_key(id)) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("referrals did not all arrive");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let first = sent.iter().map(|(_, t)| *t).min().context("nothing sent")?;
+    let mut last = first;
+    let mut lat = Vec::new();
+    for (id, at) in sent {
+        let arrived = known[id];
+        last = last.max(arrived);
+        lat.push((arrived - *at).as_seconds_f64() * 1000.0);
+    }
+    Ok((lat, (last - first).try_into().unwrap_or_default()))
+}
+
+/// Writes `n` cases straight into a stopped node's store (the preload).
+fn preload(dir: &Path, n: usize) -> Result<()> {
+    let cfg = trm_node::NodeConfig::load(&sandbox::config_path(dir, "AT".parse()?))?;
+    let store = trm_store::Store::open(trm_store::StoreOptions {
+        node: cfg.node.id,
+        data_dir: cfg.node.data_dir.clone(),
+        key_store: cfg.node.key_store.clone(),
+        master: trm_crypto::aead::SecretKey::load(&cfg.node.master_key)?,
+        sled: Default::default(),
+    })?;
+    let chunk = 1000;
+    let mut done = 0;
+    while done < n {
+        let k = chunk.min(n - done);
+        store
+            .commit_blocking::<(), (), _>(move |tx| {
+                for i in 0..k {
+                    let case = trm_core::model::CaseRecord {
+                        case_id: trm_core::ids::CaseId::new(),
+                        person: trm_core::model::Person {
+                            given_name: format!("Preloaded {}", done + i),
+                            family_name: "Person".into(),
+                            date_of_birth: None,
+                            gender: trm_core::model::Gender::Female,
+                            citizenship: vec![],
+                            languages: vec!["ro".into()],
+                            document_number: String::new(),
+                            address: String::new(),
+                            phone: String::new(),
+                        },
+                        needs: Default::default(),
+                        exploitation: Default::default(),
+                        child: Default::default(),
+                        identified_on: time::OffsetDateTime::now_utc().date(),
+                        organisation: "sp1"
+                            .parse()
+                            .map_err(|_| trm_store::TxFail::Store(trm_store::StoreError::Encode))?,
+                        created_at: time::OffsetDateTime::now_utc(),
+                    };
+                    tx.put_case(&case)?;
+                }
+                Ok(())
+            })
+            .map_err(|e| anyhow::anyhow!("preload: {:?}", e.into_store()))?;
+        done += k;
+        if done % 100_000 == 0 {
+            eprintln!("preloaded {done} cases");
+        }
+    }
+    store.close()?;
+    Ok(())
+}
+
+async fn bench(cli: Cli) -> Result<()> {
+    let tmp = tempfile_dir()?;
+    let dir = tmp.clone();
+    let base = free_port_base()?;
+    let specs = vec![
+        NodeSpec::from_base("AT".parse()?, 0, base)?,
+        NodeSpec::from_base("RO".parse()?, 1, base)?,
+    ];
+    sandbox::init(&dir, &specs, true)?;
+    for id in ["AT", "RO"] {
+        // The benchmark measures the node, not its rate limits.
+        let path = dir.join(id).join("node.toml");
+        let mut text = std::fs::read_to_string(&path)?;
+        text.push_str(
+            "\n[limits]\nclient_requests_per_second = 1000000\nclient_burst = 1000000\npeer_requests_per_second = 1000000\npeer_burst = 1000000\n",
+        );
+        std::fs::write(&path, text)?;
+    }
+    if cli.preload > 0 {
+        eprintln!("preloading {} cases", cli.preload);
+        let t = Instant::now();
+        preload(&dir, cli.preload)?;
+        eprintln!("preloaded in {:.1} s", t.elapsed().as_secs_f64());
+    }
+
+    let echo_addr: SocketAddr = ([127, 0, 0, 1], base + 20).into();
+    let _echo = child(&[
+        "echo".as_ref(),
+        dir.as_os_str(),
+        echo_addr.to_string().as_ref(),
+    ])?;
+    let ro_cfg = sandbox::config_path(&dir, "RO".parse()?);
+    let at_cfg = sandbox::config_path(&dir, "AT".parse()?);
+    let _ro = child(&["node".as_ref(), ro_cfg.as_os_str()])?;
+    let started = Instant::now();
+    let at = child(&["node".as_ref(), at_cfg.as_os_str()])?;
+    let at_pid = at.id().context("AT exited")?;
+    let sp =
+        ReferralServiceClient::new(node_client(&dir, "AT".parse()?, Role::ServiceProvider).await?);
+    let startup_s = started.elapsed().as_secs_f64();
+    let ro = ReferralServiceClient::new(node_client(&dir, "RO".parse()?, Role::FocalPoint).await?);
+    // Idle: let start-up work settle, then read AT's resident memory.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_rss_mb = rss_mb(at_pid);
+    let echo = {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match connect(&dir, echo_addr, Role::ServiceProvider).await {
+                Ok(c) => break c,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    echo_rps(echo.clone(), 500, 16).await?; // warm-up
+    let mut rows = Vec::new();
+    let mut known = std::collections::HashMap::new();
+    for &c in &cli.concurrency {
+        let n = cli.requests;
+        let echo_rps = echo_rps(echo.clone(), n.max(5000), c).await?;
+        let ids = cases(&sp, n).await?;
+        let (elapsed, mut lat, sent) = submit(&sp, ids, c, None).await?;
+        let submit_rps = n as f64 / elapsed.as_secs_f64();
+        let (_, span) = arrivals(&ro, &sent, &mut known).await?;
+        let delivered_rps = n as f64 / span.as_secs_f64().max(1e-9);
+        // Submission to arrival at half the sustained end-to-end maximum.
+        let rate = 0.5 * submit_rps.min(delivered_rps);
+        let m = ((rate * 5.0) as usize).clamp(50, n);
+        let ids = cases(&sp, m).await?;
+        let (_, _, paced) = submit(&sp, ids, c, Some(rate)).await?;
+        let (mut arrival_lat, _) = arrivals(&ro, &paced, &mut known).await?;
+        rows.push(Row {
+            concurrency: c,
+            echo_rps,
+            submit_rps,
+            delivered_rps,
+            submit_p99_ms: percentile(&mut lat, 0.99),
+            delivered_p99_ms: percentile(&mut arrival_lat, 0.99),
+            submit_pct_of_echo: 100.0 * submit_rps / echo_rps,
+            delivered_pct_of_echo: 100.0 * delivered_rps / echo_rps,
+        });
+    }
+    let busy_rss_mb = rss_mb(at_pid);
+    println!(
+        "{:>5} {:>10} {:>10} {:>7} {:>10} {:>7} {:>10} {:>12}",
+        "in", "echo/s", "submit/s", "% echo", "deliver/s", "% echo", "submit p99", "arrival p99"
+    );
+    for r in &rows {
+        println!(
+            "{:>5} {:>10.0} {:>10.0} {:>6.1}% {:>10.0} {:>6.1}% {:>8.1}ms {:>10.1}ms",
+            r.concurrency,
+            r.echo_rps,
+            r.submit_rps,
+            r.submit_pct_of_echo,
+            r.delivered_rps,
+            r.delivered_pct_of_echo,
+            r.submit_p99_ms,
+            r.delivered_p99_ms
+        );
+    }
+    println!("idle RSS of a node: {idle_rss_mb:.1} MB (after the run: {busy_rss_mb:.1} MB)");
+    if cli.preload > 0 {
+        println!(
+            "with {} cases stored: start-up {startup_s:.2} s",
+            cli.preload
+        );
+    }
+    if let Some(path) = cli.json {
+        let mut out = serde_json::json!({
+            "rows": rows,
+            "idle_rss_mb": idle_rss_mb,
+            "busy_rss_mb": busy_rss_mb,
+        });
+        if cli.preload > 0 {
+            out["preload"] = serde_json::json!(cli.preload);
+            out["startup_s"] = serde_json::json!(startup_s);
+        }
+        std::fs::write(&path, serde_json::to_vec_pretty(&out)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+/// Returns a fresh folder for the run's nodes.
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("trm-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
