@@ -520,6 +520,205 @@ async fn a_peer_that_was_down_receives_everything_exactly_once_in_order() -> any
 }
 
 #[tokio::test]
+async fn batches_in_flight_together_are_applied_in_queue_order() -> anyhow::Result<()> {
+    // Three envelopes per batch and four batches in flight: a queue of offers, each
+    // followed by its withdrawal, is sent as several batches at once. A withdrawal applied
+    // before its offer would be refused and dead-lettered.
+    let mut fed = TestFederation::builder()
+        .nodes(&["AT", "RO"])
+        .config(|_, c| {
+            c.delivery.batch_envelopes = 3;
+            c.delivery.batches_in_flight = 4;
+        })
+        .start()
+        .await?;
+    fed.stop_node("RO").await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let mut sent = Vec::new();
+    for _ in 0..7 {
+        let id = trm_tests::refer(&fed, "AT", "RO").await?;
+        sp.withdraw_referral(w::WithdrawReferralRequest {
+            referral_id: id.clone(),
+            reason: "plans changed".into(),
+            ..Default::default()
+        })
+        .await?;
+        sent.push(id);
+    }
+    fed.start_node("RO").await?;
+    let fp = fed.referrals("RO", Role::FocalPoint).await?;
+    for id in &sent {
+        trm_tests::referral_with_status(&fp, id, w::ReferralStatus::Withdrawn).await?;
+    }
+    let mut got = fp
+        .clone()
+        .list_referrals(w::ListReferralsRequest {
+            direction: w::Direction::Incoming as i32,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .referrals;
+    got.sort_by_key(|r| r.created_at.map(|t| (t.seconds, t.nanos)));
+    assert_eq!(
+        got.iter()
+            .map(|r| r.referral_id.clone())
+            .collect::<Vec<_>>(),
+        sent,
+        "exactly once, in the order submitted"
+    );
+    let mut admin = fed.admin("AT", Role::Operator).await?;
+    let status = admin
+        .status(w::StatusRequest::default())
+        .await?
+        .into_inner();
+    assert_eq!((status.outbox_depth, status.dead_letters), (0, 0));
+    let page = trm_tests::metrics(fed.node("RO")?.addrs.metrics).await?;
+    assert!(page.contains("trm_envelopes_accepted_total 14"), "{page}");
+    let batches: u64 = page
+        .lines()
+        .find_map(|l| l.strip_prefix("trm_batches_received_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_default();
+    assert!(batches >= 5, "14 envelopes, 3 per batch: {batches} batches");
+    fed.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_later_batch_that_overtakes_an_earlier_one_waits_for_it() -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let (at, ro): (NodeId, NodeId) = ("AT".parse()?, "RO".parse()?);
+    let ro_key = SigningIdentity::load(&fed.dir().join("RO/keys/signing.pem"))?;
+    let client = as_ro(&fed).await?;
+    // Batch 0 is slow to check (many signatures) and ends with an offer; batch 1, quick to
+    // check, withdraws that offer and is sent first.
+    let target = offer("t", None);
+    let Payload::ReferralOffer(o) = &target else {
+        anyhow::bail!("an offer")
+    };
+    let referral_id = o.referral_id.clone();
+    let mut first: Vec<_> = (0..40)
+        .map(|i| {
+            envelope::seal(
+                &ro_key,
+                ro,
+                at,
+                &format!("o{i}"),
+                offer(&format!("o{i}"), None),
+            )
+        })
+        .collect();
+    first.push(envelope::seal(&ro_key, ro, at, "t", target));
+    let withdraw = envelope::seal(
+        &ro_key,
+        ro,
+        at,
+        "t",
+        Payload::ReferralUpdate(w::ReferralUpdate {
+            referral_id: referral_id.clone(),
+            status: w::ReferralStatus::Withdrawn as i32,
+            reason: "plans changed".into(),
+        }),
+    );
+    let later = {
+        let mut c = client.clone();
+        tokio::spawn(async move {
+            c.deliver_batch(w::DeliverBatchRequest {
+                envelopes: vec![withdraw],
+                session: "s1".into(),
+                sequence: 1,
+            })
+            .await
+        })
+    };
+    tokio::task::yield_now().await;
+    client
+        .clone()
+        .deliver_batch(w::DeliverBatchRequest {
+            envelopes: first,
+            session: "s1".into(),
+            sequence: 0,
+        })
+        .await?;
+    let receipt = later.await??.into_inner();
+    let body = w::BatchReceiptBody::decode(receipt.body.as_slice())?;
+    assert_eq!(
+        (body.entries[0].outcome, body.entries[0].reason.as_str()),
+        (ReceiptOutcome::Accepted as i32, ""),
+        "the withdrawal is applied after the offer it follows"
+    );
+    let fp = fed.referrals("AT", Role::FocalPoint).await?;
+    trm_tests::referral_with_status(&fp, &referral_id, w::ReferralStatus::Withdrawn).await?;
+    fed.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_refused_batch_stops_the_rest_of_its_session() -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let (at, ro): (NodeId, NodeId) = ("AT".parse()?, "RO".parse()?);
+    let ro_key = SigningIdentity::load(&fed.dir().join("RO/keys/signing.pem"))?;
+    let mut client = as_ro(&fed).await?;
+    let batch = |n: u64, envelopes| w::DeliverBatchRequest {
+        envelopes,
+        session: "s1".into(),
+        sequence: n,
+    };
+    let first = envelope::seal(&ro_key, ro, at, "q1", offer("q1", None));
+    let mut tampered = envelope::seal(&ro_key, ro, at, "q2", offer("q2", None));
+    tampered.signature[0] ^= 1;
+    let third = envelope::seal(&ro_key, ro, at, "q3", offer("q3", None));
+    client.deliver_batch(batch(0, vec![first])).await?;
+    let err = client
+        .deliver_batch(batch(1, vec![tampered]))
+        .await
+        .expect_err("tampered");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    // Batch 2 was sent before the sender learnt of the refusal: applying it would put it
+    // before the envelopes of batch 1 that the sender will send again.
+    let err = client
+        .deliver_batch(batch(2, vec![third.clone()]))
+        .await
+        .expect_err("after a refused batch");
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(
+        err.message().contains("start a new session"),
+        "{}",
+        err.message()
+    );
+    let err = client
+        .deliver_batch(w::DeliverBatchRequest {
+            session: "x".repeat(65),
+            ..batch(0, vec![third.clone()])
+        })
+        .await
+        .expect_err("session name too long");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("session"), "{}", err.message());
+    let fp = fed.referrals("AT", Role::FocalPoint).await?;
+    let incoming = fp
+        .clone()
+        .list_referrals(w::ListReferralsRequest {
+            direction: w::Direction::Incoming as i32,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .referrals;
+    assert_eq!(incoming.len(), 1, "only the first batch took effect");
+    // A new session starts from 0 and goes through.
+    client
+        .deliver_batch(w::DeliverBatchRequest {
+            session: "s2".into(),
+            ..batch(0, vec![third])
+        })
+        .await?;
+    fed.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_black_holed_peer_does_not_hold_up_delivery_to_another() -> anyhow::Result<()> {
     use std::sync::{
         atomic::{AtomicUsize, Ordering},
@@ -761,6 +960,7 @@ async fn a_batch_is_checked_whole_before_any_effect_and_answered_entry_by_entry(
     let err = client
         .deliver_batch(w::DeliverBatchRequest {
             envelopes: vec![second.clone(), tampered],
+            ..Default::default()
         })
         .await
         .expect_err("tampered entry");
@@ -770,6 +970,7 @@ async fn a_batch_is_checked_whole_before_any_effect_and_answered_entry_by_entry(
     let receipt = client
         .deliver_batch(w::DeliverBatchRequest {
             envelopes: vec![first.clone(), second.clone(), leaky.clone()],
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -808,7 +1009,10 @@ async fn a_batch_is_checked_whole_before_any_effect_and_answered_entry_by_entry(
         })
         .collect();
     let err = client
-        .deliver_batch(w::DeliverBatchRequest { envelopes: many })
+        .deliver_batch(w::DeliverBatchRequest {
+            envelopes: many,
+            ..Default::default()
+        })
         .await
         .expect_err("too many");
     assert_eq!(err.code(), Code::ResourceExhausted);

@@ -412,6 +412,7 @@ async fn a_duplicate_in_a_batch_carries_the_original_rejection() -> anyhow::Resu
     let receipt = client
         .deliver_batch(w::DeliverBatchRequest {
             envelopes: vec![env],
+            ..Default::default()
         })
         .await?
         .into_inner();

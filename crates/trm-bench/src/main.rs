@@ -22,7 +22,10 @@ use clap::{Parser, Subcommand};
 use tokio::process::{Child, Command};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server};
 use trm_core::ids::{NodeId, Role};
-use trm_proto::v1::{self as w, referral_service_client::ReferralServiceClient};
+use trm_proto::v1::{
+    self as w, admin_service_client::AdminServiceClient,
+    referral_service_client::ReferralServiceClient,
+};
 use trmctl::sandbox::{self, NodeSpec};
 
 #[derive(Debug, Parser)]
@@ -331,51 +334,61 @@ async fn submit(
     Ok((elapsed, lat, sent))
 }
 
-/// Waits until every referral of `sent` is at RO; returns the arrival latencies (ms) and
-/// the time from the first submission to the last arrival.
+/// Waits until AT's outbox is empty (every referral of `sent` delivered and its receipt
+/// kept), then reads RO's incoming referrals once; returns the arrival latencies (ms) and
+/// the time from the first submission to the last arrival. Polling AT's status is O(1) and
+/// does not load RO while it receives.
 async fn arrivals(
+    admin: &AdminServiceClient<Channel>,
     ro: &ReferralServiceClient<Channel>,
     sent: &[(String, time::OffsetDateTime)],
     known: &mut std::collections::HashMap<String, time::OffsetDateTime>,
 ) -> Result<(Vec<f64>, Duration)> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let mut token = String::new();
-        loop {
-            let page = ro
-                .clone()
-                .list_referrals(w::ListReferralsRequest {
-                    direction: w::Direction::Incoming as i32,
-                    page_size: 100,
-                    page_token: token.clone(),
-                })
-                .await?
-                .into_inner();
-            for r in page.referrals {
-                if let Some(t) = r.created_at {
-                    let at = time::OffsetDateTime::from_unix_timestamp(t.seconds)?
-                        + time::Duration::nanoseconds(i64::from(t.nanos));
-                    known.entry(r.referral_id).or_insert(at);
-                }
-            }
-            if page.next_page_token.is_empty() {
-                break;
-            }
-            token = page.next_page_token;
-        }
-        if sent.iter().all(|(id, _)| known.contains_key(id)) {
+        let status = admin
+            .clone()
+            .status(w::StatusRequest::default())
+            .await?
+            .into_inner();
+        if status.outbox_depth == 0 {
             break;
         }
         if Instant::now() > deadline {
-            bail!("referrals did not all arrive");
+            bail!("AT's outbox did not drain");
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut token = String::new();
+    loop {
+        let page = ro
+            .clone()
+            .list_referrals(w::ListReferralsRequest {
+                direction: w::Direction::Incoming as i32,
+                page_size: 500,
+                page_token: token.clone(),
+            })
+            .await?
+            .into_inner();
+        for r in page.referrals {
+            if let Some(t) = r.created_at {
+                let at = time::OffsetDateTime::from_unix_timestamp(t.seconds)?
+                    + time::Duration::nanoseconds(i64::from(t.nanos));
+                known.entry(r.referral_id).or_insert(at);
+            }
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
     }
     let first = sent.iter().map(|(_, t)| *t).min().context("nothing sent")?;
     let mut last = first;
     let mut lat = Vec::new();
     for (id, at) in sent {
-        let arrived = known[id];
+        let arrived = *known
+            .get(id)
+            .with_context(|| format!("referral {id} delivered but not listed at RO"))?;
         last = last.max(arrived);
         lat.push((arrived - *at).as_seconds_f64() * 1000.0);
     }
@@ -435,6 +448,85 @@ fn preload(dir: &Path, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// The clients of one measurement: AT's service provider and operator, RO's focal point.
+struct Clients {
+    sp: ReferralServiceClient<Channel>,
+    admin: AdminServiceClient<Channel>,
+    ro: ReferralServiceClient<Channel>,
+}
+
+/// Starts AT (a child process); returns it, its clients and its start-up time (process
+/// start to serving).
+async fn start_at(dir: &Path) -> Result<(Child, Clients, f64)> {
+    let at_cfg = sandbox::config_path(dir, "AT".parse()?);
+    let started = Instant::now();
+    let at = child(&["node".as_ref(), at_cfg.as_os_str()])?;
+    let sp =
+        ReferralServiceClient::new(node_client(dir, "AT".parse()?, Role::ServiceProvider).await?);
+    let startup_s = started.elapsed().as_secs_f64();
+    let admin = AdminServiceClient::new(
+        trmctl::scenario::client(dir, "AT".parse()?, Role::Operator, true).await?,
+    );
+    let ro = ReferralServiceClient::new(node_client(dir, "RO".parse()?, Role::FocalPoint).await?);
+    Ok((at, Clients { sp, admin, ro }, startup_s))
+}
+
+/// Measures the rows at each concurrency of `cli`.
+async fn measure(cli: &Cli, echo: &Channel, c: &Clients) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    let mut known = std::collections::HashMap::new();
+    for &k in &cli.concurrency {
+        let n = cli.requests;
+        eprintln!("{k} in flight: echo");
+        let echo_rps = echo_rps(echo.clone(), n.max(5000), k).await?;
+        eprintln!("{k} in flight: creating {n} cases");
+        let ids = cases(&c.sp, n).await?;
+        eprintln!("{k} in flight: submitting");
+        let (elapsed, mut lat, sent) = submit(&c.sp, ids, k, None).await?;
+        let submit_rps = n as f64 / elapsed.as_secs_f64();
+        let (_, span) = arrivals(&c.admin, &c.ro, &sent, &mut known).await?;
+        let delivered_rps = n as f64 / span.as_secs_f64().max(1e-9);
+        // Submission to arrival at half the sustained end-to-end maximum.
+        let rate = 0.5 * submit_rps.min(delivered_rps);
+        let m = ((rate * 5.0) as usize).clamp(50, n);
+        let ids = cases(&c.sp, m).await?;
+        eprintln!("{k} in flight: {m} paced at {rate:.0}/s");
+        let (_, _, paced) = submit(&c.sp, ids, k, Some(rate)).await?;
+        let (mut arrival_lat, _) = arrivals(&c.admin, &c.ro, &paced, &mut known).await?;
+        rows.push(Row {
+            concurrency: k,
+            echo_rps,
+            submit_rps,
+            delivered_rps,
+            submit_p99_ms: percentile(&mut lat, 0.99),
+            delivered_p99_ms: percentile(&mut arrival_lat, 0.99),
+            submit_pct_of_echo: 100.0 * submit_rps / echo_rps,
+            delivered_pct_of_echo: 100.0 * delivered_rps / echo_rps,
+        });
+    }
+    Ok(rows)
+}
+
+fn print_rows(rows: &[Row]) {
+    println!(
+        "{:>5} {:>10} {:>10} {:>7} {:>10} {:>7} {:>10} {:>12}",
+        "in", "echo/s", "submit/s", "% echo", "deliver/s", "% echo", "submit p99", "arrival p99"
+    );
+    for r in rows {
+        println!(
+            "{:>5} {:>10.0} {:>10.0} {:>6.1}% {:>10.0} {:>6.1}% {:>8.1}ms {:>10.1}ms",
+            r.concurrency,
+            r.echo_rps,
+            r.submit_rps,
+            r.submit_pct_of_echo,
+            r.delivered_rps,
+            r.delivered_pct_of_echo,
+            r.submit_p99_ms,
+            r.delivered_p99_ms
+        );
+    }
+}
+
 async fn bench(cli: Cli) -> Result<()> {
     let tmp = tempfile_dir()?;
     let dir = tmp.clone();
@@ -453,13 +545,6 @@ async fn bench(cli: Cli) -> Result<()> {
         );
         std::fs::write(&path, text)?;
     }
-    if cli.preload > 0 {
-        eprintln!("preloading {} cases", cli.preload);
-        let t = Instant::now();
-        preload(&dir, cli.preload)?;
-        eprintln!("preloaded in {:.1} s", t.elapsed().as_secs_f64());
-    }
-
     let echo_addr: SocketAddr = ([127, 0, 0, 1], base + 20).into();
     let _echo = child(&[
         "echo".as_ref(),
@@ -467,15 +552,9 @@ async fn bench(cli: Cli) -> Result<()> {
         echo_addr.to_string().as_ref(),
     ])?;
     let ro_cfg = sandbox::config_path(&dir, "RO".parse()?);
-    let at_cfg = sandbox::config_path(&dir, "AT".parse()?);
     let _ro = child(&["node".as_ref(), ro_cfg.as_os_str()])?;
-    let started = Instant::now();
-    let at = child(&["node".as_ref(), at_cfg.as_os_str()])?;
+    let (at, clients, startup_s) = start_at(&dir).await?;
     let at_pid = at.id().context("AT exited")?;
-    let sp =
-        ReferralServiceClient::new(node_client(&dir, "AT".parse()?, Role::ServiceProvider).await?);
-    let startup_s = started.elapsed().as_secs_f64();
-    let ro = ReferralServiceClient::new(node_client(&dir, "RO".parse()?, Role::FocalPoint).await?);
     // Idle: let start-up work settle, then read AT's resident memory.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_rss_mb = rss_mb(at_pid);
@@ -492,69 +571,50 @@ async fn bench(cli: Cli) -> Result<()> {
         }
     };
     echo_rps(echo.clone(), 500, 16).await?; // warm-up
-    let mut rows = Vec::new();
-    let mut known = std::collections::HashMap::new();
-    for &c in &cli.concurrency {
-        let n = cli.requests;
-        let echo_rps = echo_rps(echo.clone(), n.max(5000), c).await?;
-        let ids = cases(&sp, n).await?;
-        let (elapsed, mut lat, sent) = submit(&sp, ids, c, None).await?;
-        let submit_rps = n as f64 / elapsed.as_secs_f64();
-        let (_, span) = arrivals(&ro, &sent, &mut known).await?;
-        let delivered_rps = n as f64 / span.as_secs_f64().max(1e-9);
-        // Submission to arrival at half the sustained end-to-end maximum.
-        let rate = 0.5 * submit_rps.min(delivered_rps);
-        let m = ((rate * 5.0) as usize).clamp(50, n);
-        let ids = cases(&sp, m).await?;
-        let (_, _, paced) = submit(&sp, ids, c, Some(rate)).await?;
-        let (mut arrival_lat, _) = arrivals(&ro, &paced, &mut known).await?;
-        rows.push(Row {
-            concurrency: c,
-            echo_rps,
-            submit_rps,
-            delivered_rps,
-            submit_p99_ms: percentile(&mut lat, 0.99),
-            delivered_p99_ms: percentile(&mut arrival_lat, 0.99),
-            submit_pct_of_echo: 100.0 * submit_rps / echo_rps,
-            delivered_pct_of_echo: 100.0 * delivered_rps / echo_rps,
-        });
-    }
+    let rows = measure(&cli, &echo, &clients).await?;
     let busy_rss_mb = rss_mb(at_pid);
+    print_rows(&rows);
     println!(
-        "{:>5} {:>10} {:>10} {:>7} {:>10} {:>7} {:>10} {:>12}",
-        "in", "echo/s", "submit/s", "% echo", "deliver/s", "% echo", "submit p99", "arrival p99"
+        "idle RSS of a node: {idle_rss_mb:.1} MB (after the run: {busy_rss_mb:.1} MB); start-up {startup_s:.2} s"
     );
-    for r in &rows {
-        println!(
-            "{:>5} {:>10.0} {:>10.0} {:>6.1}% {:>10.0} {:>6.1}% {:>8.1}ms {:>10.1}ms",
-            r.concurrency,
-            r.echo_rps,
-            r.submit_rps,
-            r.submit_pct_of_echo,
-            r.delivered_rps,
-            r.delivered_pct_of_echo,
-            r.submit_p99_ms,
-            r.delivered_p99_ms
-        );
-    }
-    println!("idle RSS of a node: {idle_rss_mb:.1} MB (after the run: {busy_rss_mb:.1} MB)");
+    let mut out = serde_json::json!({
+        "rows": rows,
+        "idle_rss_mb": idle_rss_mb,
+        "busy_rss_mb": busy_rss_mb,
+        "startup_s": startup_s,
+    });
     if cli.preload > 0 {
+        // Stop AT, store the cases straight into its store, start it again and measure
+        // the same rows.
+        drop(clients);
+        let mut at = at;
+        at.kill().await?;
+        at.wait().await?;
+        eprintln!("preloading {} cases", cli.preload);
+        let t = Instant::now();
+        preload(&dir, cli.preload)?;
+        eprintln!("preloaded in {:.1} s", t.elapsed().as_secs_f64());
+        let (at, clients, startup_s) = start_at(&dir).await?;
+        let at_pid = at.id().context("AT exited")?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let idle_rss_mb = rss_mb(at_pid);
+        let rows = measure(&cli, &echo, &clients).await?;
+        let busy_rss_mb = rss_mb(at_pid);
+        println!("with {} cases stored:", cli.preload);
+        print_rows(&rows);
         println!(
-            "with {} cases stored: start-up {startup_s:.2} s",
-            cli.preload
+            "idle RSS of a node: {idle_rss_mb:.1} MB (after the run: {busy_rss_mb:.1} MB); start-up {startup_s:.2} s"
         );
-    }
-    if let Some(path) = cli.json {
-        let mut out = serde_json::json!({
+        out["preloaded"] = serde_json::json!({
+            "cases": cli.preload,
             "rows": rows,
             "idle_rss_mb": idle_rss_mb,
             "busy_rss_mb": busy_rss_mb,
+            "startup_s": startup_s,
         });
-        if cli.preload > 0 {
-            out["preload"] = serde_json::json!(cli.preload);
-            out["startup_s"] = serde_json::json!(startup_s);
-        }
-        std::fs::write(&path, serde_json::to_vec_pretty(&out)?)
+    }
+    if let Some(path) = &cli.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&out)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     let _ = std::fs::remove_dir_all(&tmp);

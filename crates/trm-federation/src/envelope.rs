@@ -60,16 +60,15 @@ pub fn seal_with_id(
     }
 }
 
-/// Builds and signs a receipt bound to the exact envelope body received.
-pub fn receipt(
-    identity: &SigningIdentity,
+/// Builds the body of a receipt bound to the exact envelope body received.
+pub fn receipt_body(
     receiver: NodeId,
     message_id: &str,
     envelope_body: &[u8],
     outcome: ReceiptOutcome,
     reason: &str,
-) -> SignedReceipt {
-    let body = ReceiptBody {
+) -> Vec<u8> {
+    ReceiptBody {
         message_id: message_id.to_owned(),
         body_sha256: trm_crypto::sha256(envelope_body).to_vec(),
         receiver: receiver.to_string(),
@@ -77,7 +76,11 @@ pub fn receipt(
         outcome: outcome as i32,
         reason: reason.to_owned(),
     }
-    .encode_to_vec();
+    .encode_to_vec()
+}
+
+/// Signs a receipt body (ed25519 is deterministic: the same key gives the same bytes).
+pub fn sign_receipt(identity: &SigningIdentity, body: Vec<u8>) -> SignedReceipt {
     SignedReceipt {
         signature: identity.sign(RECEIPT_TAG, &body),
         key_id: identity.key_id().to_owned(),

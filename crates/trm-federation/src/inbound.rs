@@ -11,7 +11,7 @@ use std::sync::Arc;
 use prost::Message;
 use time::{Duration, OffsetDateTime};
 use tonic::{Request, Response, Status};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use trm_core::{
     ids::{MessageId, NodeId},
     limits::{MAX_BATCH, MAX_ENVELOPE},
@@ -29,6 +29,7 @@ use trm_proto::{
 use trm_store::{audit::AuditRecord, Note, Store, StoreError, Tx, TxFail};
 
 use crate::refusals::RefusalLog;
+use crate::sequence::Sequencer;
 use crate::slots::{PeerSlots, Slot};
 use crate::{
     envelope, payload_kind, Counters, Delivery, FlowHandler, Inbound, Peer, PeerDirectory, Refusal,
@@ -60,9 +61,9 @@ impl InboundConfig {
     }
 }
 
-/// Returns the outcome and reason a receipt gave.
-fn outcome_of(receipt: &SignedReceipt) -> Option<(ReceiptOutcome, String)> {
-    let body = ReceiptBody::decode(receipt.body.as_slice()).ok()?;
+/// Returns the outcome and reason a receipt body gave.
+fn outcome_of(receipt_body: &[u8]) -> Option<(ReceiptOutcome, String)> {
+    let body = ReceiptBody::decode(receipt_body).ok()?;
     let outcome = ReceiptOutcome::try_from(body.outcome).ok()?;
     Some((outcome, body.reason))
 }
@@ -89,7 +90,8 @@ pub const MAX_BATCH_ENVELOPES: usize = 512;
 
 /// What applying one envelope gave.
 struct Applied {
-    receipt: SignedReceipt,
+    /// The receipt's body (signed outside the writer, after the commit).
+    receipt_body: Vec<u8>,
     outcome: ReceiptOutcome,
     reason: String,
     /// Seen before: no second effect.
@@ -109,27 +111,24 @@ struct Checked {
 #[derive(Clone)]
 struct Applier {
     node: NodeId,
-    identity: Arc<Signer>,
     handler: Arc<dyn FlowHandler>,
 }
 
 impl Applier {
     /// Applies one checked envelope in `tx`: a duplicate gets its original receipt (and
     /// outcome) back with no second effect; otherwise the flow applies it under a savepoint
-    /// of its own, and the signed receipt (ACCEPTED, or REJECTED with the reason) is kept with
+    /// of its own, and the receipt's body (ACCEPTED, or REJECTED with the reason) is kept with
     /// its audit entry.
     fn apply(&self, tx: &mut Tx<'_>, c: &Checked) -> Result<Applied, StoreError> {
         let mid = c.inbound.message_id;
         if let Some(seen) = tx.inbox(mid)? {
-            let receipt = SignedReceipt::decode(seen.receipt.as_slice())
-                .map_err(|_| StoreError::Decode("stored receipt"))?;
             // A duplicate carries the original outcome: one first rejected stays rejected.
-            let (outcome, reason) = match outcome_of(&receipt) {
+            let (outcome, reason) = match outcome_of(&seen.receipt_body) {
                 Some((ReceiptOutcome::Rejected, reason)) => (ReceiptOutcome::Rejected, reason),
                 _ => (ReceiptOutcome::Duplicate, String::new()),
             };
             return Ok(Applied {
-                receipt,
+                receipt_body: seen.receipt_body,
                 outcome,
                 reason,
                 duplicate: true,
@@ -148,15 +147,9 @@ impl Applier {
             Ok(()) => (ReceiptOutcome::Accepted, String::new()),
             Err(Rejection(reason)) => (ReceiptOutcome::Rejected, reason),
         };
-        let receipt = envelope::receipt(
-            &self.identity.current(),
-            self.node,
-            &mid.to_string(),
-            &c.body,
-            outcome,
-            &reason,
-        );
-        tx.put_inbox(mid, &receipt.encode_to_vec())?;
+        let receipt_body =
+            envelope::receipt_body(self.node, &mid.to_string(), &c.body, outcome, &reason);
+        tx.put_inbox(mid, &receipt_body)?;
         let actor = format!("peer:{}", c.inbound.sender);
         let record = match outcome {
             ReceiptOutcome::Accepted => {
@@ -168,7 +161,7 @@ impl Applier {
         };
         tx.audit(record)?;
         Ok(Applied {
-            receipt,
+            receipt_body,
             outcome,
             reason,
             duplicate: false,
@@ -255,6 +248,7 @@ pub struct FederationServer {
     counters: Arc<Counters>,
     slots: PeerSlots,
     refusals: Arc<RefusalLog>,
+    sequencer: Sequencer,
 }
 
 impl FederationServer {
@@ -279,6 +273,7 @@ impl FederationServer {
             delivery,
             counters,
             slots: PeerSlots::new(cfg_slots),
+            sequencer: Sequencer::new(std::time::Duration::from_secs(10)),
         }
     }
 
@@ -352,7 +347,6 @@ impl FederationServer {
     fn applier(&self) -> Applier {
         Applier {
             node: self.cfg.node,
-            identity: self.identity.clone(),
             handler: self.handler.clone(),
         }
     }
@@ -394,7 +388,10 @@ impl FederationServer {
             .map_err(|e| self.unavailable(e))?;
         self.count(&committed.value, &checked);
         self.after_durable(&committed.notes);
-        Ok(committed.value.receipt)
+        Ok(envelope::sign_receipt(
+            &self.identity.current(),
+            committed.value.receipt_body,
+        ))
     }
 
     /// Runs the pipeline for a batch: every envelope is checked before any has an effect
@@ -404,9 +401,26 @@ impl FederationServer {
     pub async fn receive_batch(
         &self,
         entry: &Peer,
-        envelopes: Vec<SignedEnvelope>,
+        batch: DeliverBatchRequest,
     ) -> Result<SignedReceipt, Status> {
         let peer = entry.id;
+        let DeliverBatchRequest {
+            envelopes,
+            session,
+            sequence,
+        } = batch;
+        if session.len() > crate::sequence::MAX_SESSION {
+            return Err(self
+                .refuse(
+                    Some(peer),
+                    "-",
+                    Refusal::Malformed,
+                    "session: longer than 64 characters",
+                )
+                .await);
+        }
+        // Dropped on any refusal below: the session's later batches are refused too.
+        let turn = self.sequencer.turn(peer, &session, sequence);
         let total: usize = envelopes.iter().map(|e| e.body.len()).sum();
         if envelopes.len() > MAX_BATCH_ENVELOPES || total > MAX_BATCH {
             return Err(self
@@ -427,19 +441,29 @@ impl FederationServer {
                 }
             }
         }
+        if let Some(turn) = &turn {
+            turn.wait().await.map_err(|why| {
+                debug!(peer = %peer, reason = %why, "batch out of turn");
+                Status::unavailable(why.to_string())
+            })?;
+        }
         let applier = self.applier();
         let all = checked.clone();
-        let committed = self
+        let queued = self
             .store
-            .commit::<Vec<Applied>, (), _>(move |tx| {
+            .queue::<Vec<Applied>, (), _>(move |tx| {
                 let mut out = Vec::with_capacity(all.len());
                 for c in &all {
                     out.push(applier.apply(tx, c)?);
                 }
                 Ok(out)
             })
-            .await
-            .map_err(|e| self.unavailable(e))?;
+            .map_err(|e| self.unavailable(TxFail::Store(e)))?;
+        // Queued behind the session's earlier batches: the next one may queue now.
+        if let Some(turn) = turn {
+            turn.taken();
+        }
+        let committed = queued.await.map_err(|e| self.unavailable(e))?;
         let mut entries = Vec::with_capacity(checked.len());
         for (c, applied) in checked.iter().zip(&committed.value) {
             self.count(applied, c);
@@ -459,12 +483,7 @@ impl FederationServer {
             entries,
         }
         .encode_to_vec();
-        let signer = self.identity.current();
-        Ok(SignedReceipt {
-            signature: signer.sign(trm_crypto::signing::RECEIPT_TAG, &body),
-            key_id: signer.key_id().to_owned(),
-            body,
-        })
+        Ok(envelope::sign_receipt(&self.identity.current(), body))
     }
 
     /// Logs a storage fault and returns what the peer is told.
@@ -582,7 +601,7 @@ impl FederationService for FederationServer {
     ) -> Result<Response<SignedReceipt>, Status> {
         let peer = self.tls_peer(&request).await?;
         let _slot = self.slot(peer.id).await?;
-        self.receive_batch(&peer, request.into_inner().envelopes)
+        self.receive_batch(&peer, request.into_inner())
             .await
             .map(Response::new)
     }

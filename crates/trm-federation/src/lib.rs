@@ -8,6 +8,7 @@
 //! - [`inbound`]: the receive pipeline, verifying in DESIGN.md's order before any effect;
 //! - [`keys`]: this node's signing keys over time (rotation with overlap);
 //! - [`slots`]: the per-peer cap on concurrent inbound requests;
+//! - [`sequence`]: applying a peer's pipelined batches in their session's order;
 //! - [`refusals`]: auditing refusals, aggregated under a flood;
 //! - [`outbox`]: queueing envelopes in the same transaction as the state change, and the
 //!   worker that delivers them and keeps the peers' signed receipts.
@@ -21,6 +22,7 @@ pub mod inbound;
 pub mod keys;
 pub mod outbox;
 pub mod refusals;
+pub mod sequence;
 pub mod slots;
 
 use trm_core::{

@@ -1,13 +1,18 @@
 //! The outbox and its delivery worker. An envelope is signed and queued in the same store
 //! transaction as the state change that caused it ([`enqueue`]), sealed under the key of
 //! the record it is about (so erasing the record destroys the queued copy too). One worker
-//! per peer delivers its queue in order, only what is durable, in batches; verifies the
-//! peer's signed receipt against the exact bytes sent; and records it in one transaction
-//! with the outbox removal and the flow's reaction. Failures back off exponentially with
+//! per peer delivers its queue in order, only what is durable, in batches, several in flight
+//! on one delivery session that the peer applies in order ([`crate::sequence`]); verifies
+//! the peer's signed receipt against the exact bytes sent; and records each batch's receipt
+//! in one transaction with the outbox removals and the flow's reactions. Failures back off exponentially with
 //! jitter up to a cap; one peer's trouble never holds up another's queue. Work left in the
 //! outbox is picked up again at start-up.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::Duration,
+};
 
 use prost::Message;
 use rand::Rng;
@@ -33,8 +38,6 @@ use crate::{envelope, payload_kind, Counters, FlowHandler, PeerDirectory};
 /// What a connection to a peer was built for: its endpoint, CA and pin.
 type TrustKey = (String, String, Option<String>);
 
-/// The most envelopes sent in one batch.
-const SEND_BATCH: usize = 64;
 /// The most sealed bytes sent in one batch (well inside the receiver's 16 MiB limit).
 const SEND_BATCH_BYTES: usize = 8 << 20;
 
@@ -107,6 +110,10 @@ pub struct DeliveryConfig {
     pub backoff_cap: Duration,
     /// How long one delivery attempt may take.
     pub request_timeout: Duration,
+    /// The most envelopes in one batch.
+    pub batch_envelopes: usize,
+    /// The most batches in flight to one peer.
+    pub batches_in_flight: usize,
     /// This node's federation certificate and key (PEM), presented as TLS client.
     pub tls_cert_pem: String,
     pub tls_key_pem: String,
@@ -393,7 +400,7 @@ impl Delivery {
                 }
                 continue;
             };
-            let queue = match self.inner.store.outbox_head(peer, SEND_BATCH) {
+            let queue = match self.inner.store.outbox_head(peer, 1) {
                 Ok(items) => items,
                 Err(e) => {
                     warn!(peer = %peer, error = %e, "cannot read the outbox");
@@ -410,47 +417,34 @@ impl Delivery {
             }
             let window = time::Duration::try_from(self.inner.cfg.replay_window)
                 .unwrap_or(time::Duration::days(7));
-            let now = OffsetDateTime::now_utc();
-            // A batch: the envelopes at the head of the queue still inside the window, within
-            // the batch limits; the first one past the window goes to the dead letters alone.
-            let mut batch = Vec::new();
-            let mut bytes = 0usize;
-            for item in queue {
-                let expired = now - item.created_at > window;
-                if (expired && !batch.is_empty())
-                    || batch.len() >= SEND_BATCH
-                    || bytes + item.sealed.len() > SEND_BATCH_BYTES && !batch.is_empty()
-                {
-                    break;
-                }
-                bytes += item.sealed.len();
-                batch.push(item);
-                if expired {
-                    break;
-                }
-            }
-            let item = batch[0].clone();
-            let outcome = if now - item.created_at > window {
+            let item = queue[0].clone();
+            let expired = OffsetDateTime::now_utc() - item.created_at > window;
+            let mut failed_batch = 0;
+            // Shutdown interrupts an attempt in flight: the receiver is idempotent, so an
+            // envelope whose receipt is lost is simply sent again after the restart.
+            let outcome = if expired {
                 Err(Failure::Permanent(
                     "undelivered within the replay window".into(),
                 ))
-            } else if batch.len() > 1 && !single {
-                // Shutdown interrupts an attempt in flight: the receiver is idempotent, so an
-                // envelope whose receipt is lost is simply sent again after the restart.
+            } else if single {
                 tokio::select! {
-                    r = self.attempt_batch(client, peer, &batch) => r,
+                    r = self.attempt(client, peer, &item) => r,
                     _ = shutdown.changed() => return,
                 }
             } else {
                 tokio::select! {
-                    r = self.attempt(client, peer, &item) => r,
+                    r = self.pipeline(client, peer, window) => r.map_err(|(failure, sent)| {
+                        // Every batch before the failed one was recorded: it is at the head.
+                        failed_batch = sent;
+                        failure
+                    }),
                     _ = shutdown.changed() => return,
                 }
             };
             // A batch refused as a whole is sent one by one, so that only the envelope at
             // fault goes to the dead letters.
             let outcome = match outcome {
-                Err(Failure::Permanent(why)) if batch.len() > 1 && !single => {
+                Err(Failure::Permanent(why)) if failed_batch > 1 => {
                     debug!(peer = %peer, reason = %why, "batch refused; sending one by one");
                     single = true;
                     continue;
@@ -574,31 +568,111 @@ impl Delivery {
         Ok(())
     }
 
-    /// Sends several queued envelopes in one `DeliverBatch` and records every outcome in
-    /// one transaction.
-    async fn attempt_batch(
+    /// Delivers the queue from its head in batches, up to `batches_in_flight` of them in flight on
+    /// one delivery session (the receiver applies them in the session's order), and records
+    /// each batch's outcomes, in order, in one transaction. Returns when nothing more can be
+    /// sent this way (queue empty, or its next envelope past the replay window); on the first
+    /// failure the session is abandoned (the receiver refuses its later batches) and the
+    /// caller goes back to the head; the error carries the size of the failed batch (0 when
+    /// nothing was sent), which is then at the head of the queue.
+    async fn pipeline(
         &self,
         client: &mut FederationServiceClient<Channel>,
         peer: NodeId,
-        batch: &[OutboxItem],
-    ) -> Result<(), Failure> {
-        let mut envelopes = Vec::with_capacity(batch.len());
-        for item in batch {
-            match self.open(item)? {
-                Some(env) => envelopes.push(env),
-                // Erased meanwhile: drop it and try again with what is left.
-                None => return self.drop_erased(item).await,
+        window: time::Duration,
+    ) -> Result<(), (Failure, usize)> {
+        type Sent = (
+            Vec<OutboxItem>,
+            Vec<SignedEnvelope>,
+            Result<tonic::Response<SignedReceipt>, tonic::Status>,
+        );
+        let session = uuid::Uuid::new_v4().simple().to_string();
+        let mut sequence = 0u64;
+        let mut after: Option<u64> = None;
+        let mut more = true;
+        let mut in_flight: VecDeque<tokio::task::JoinHandle<Sent>> = VecDeque::new();
+        // Requests still in flight when this returns are abandoned.
+        struct AbortOnDrop<'a>(&'a mut VecDeque<tokio::task::JoinHandle<Sent>>);
+        impl Drop for AbortOnDrop<'_> {
+            fn drop(&mut self) {
+                for t in self.0.drain(..) {
+                    t.abort();
+                }
             }
         }
-        let receipt = client
-            .deliver_batch(DeliverBatchRequest {
-                envelopes: envelopes.clone(),
-            })
-            .await
-            .map_err(Failure::from)?
-            .into_inner();
+        let in_flight = AbortOnDrop(&mut in_flight);
+        loop {
+            while more && in_flight.0.len() < self.inner.cfg.batches_in_flight.max(1) {
+                let items = self
+                    .inner
+                    .store
+                    .outbox_after(peer, after, self.inner.cfg.batch_envelopes.max(1))
+                    .map_err(|e| (Failure::Store(e.to_string()), 0))?;
+                if items.is_empty() {
+                    more = false;
+                    break;
+                }
+                let now = OffsetDateTime::now_utc();
+                let (mut batch, mut envelopes, mut bytes) = (Vec::new(), Vec::new(), 0usize);
+                for item in items {
+                    if now - item.created_at > window {
+                        // Goes to the dead letters from the head, after what is in flight.
+                        more = false;
+                        break;
+                    }
+                    if bytes + item.sealed.len() > SEND_BATCH_BYTES && !batch.is_empty() {
+                        break;
+                    }
+                    after = Some(item.seq);
+                    match self.open(&item).map_err(|f| (f, 0))? {
+                        Some(env) => {
+                            bytes += item.sealed.len();
+                            envelopes.push(env);
+                            batch.push(item);
+                        }
+                        // Erased meanwhile: the queued copy went with it.
+                        None => self.drop_erased(&item).await.map_err(|f| (f, 0))?,
+                    }
+                }
+                if batch.is_empty() {
+                    continue;
+                }
+                let request = DeliverBatchRequest {
+                    envelopes: envelopes.clone(),
+                    session: session.clone(),
+                    sequence,
+                };
+                sequence += 1;
+                let mut c = client.clone();
+                in_flight.0.push_back(tokio::spawn(async move {
+                    let r = c.deliver_batch(request).await;
+                    (batch, envelopes, r)
+                }));
+            }
+            let Some(task) = in_flight.0.pop_front() else {
+                return Ok(());
+            };
+            let (batch, envelopes, result) = task
+                .await
+                .map_err(|_| (Failure::Retry("delivery task failed".into()), 0))?;
+            let sent = batch.len();
+            let receipt = result.map_err(|s| (Failure::from(s), sent))?.into_inner();
+            self.record_batch(peer, &batch, &envelopes, receipt)
+                .await
+                .map_err(|f| (f, sent))?;
+        }
+    }
+
+    /// Verifies a batch receipt and records every outcome in one transaction.
+    async fn record_batch(
+        &self,
+        peer: NodeId,
+        batch: &[OutboxItem],
+        envelopes: &[SignedEnvelope],
+        receipt: SignedReceipt,
+    ) -> Result<(), Failure> {
         let outcomes = self
-            .verify_batch_receipt(peer, batch, &envelopes, &receipt)
+            .verify_batch_receipt(peer, batch, envelopes, &receipt)
             .map_err(Failure::Retry)?;
         let handler = self.inner.handler.clone();
         let proof = receipt.encode_to_vec();

@@ -185,6 +185,12 @@ pub struct DeliverySection {
     /// How long one delivery attempt may take, in seconds.
     #[serde(default = "default_request_timeout")]
     pub request_timeout_secs: u64,
+    /// The most envelopes in one batch to a peer.
+    #[serde(default = "default_batch_envelopes")]
+    pub batch_envelopes: usize,
+    /// The most batches in flight to one peer (the peer applies them in order).
+    #[serde(default = "default_batches_in_flight")]
+    pub batches_in_flight: usize,
 }
 
 fn default_backoff_cap() -> u64 {
@@ -193,12 +199,20 @@ fn default_backoff_cap() -> u64 {
 fn default_request_timeout() -> u64 {
     10
 }
+fn default_batch_envelopes() -> usize {
+    64
+}
+fn default_batches_in_flight() -> usize {
+    4
+}
 
 impl Default for DeliverySection {
     fn default() -> Self {
         Self {
             backoff_cap_secs: default_backoff_cap(),
             request_timeout_secs: default_request_timeout(),
+            batch_envelopes: default_batch_envelopes(),
+            batches_in_flight: default_batches_in_flight(),
         }
     }
 }
@@ -438,6 +452,19 @@ impl NodeConfig {
             1,
             600,
         )?;
+        // A peer takes at most 512 envelopes per batch and 16 requests in flight per peer.
+        bounded(
+            "delivery.batch_envelopes",
+            self.delivery.batch_envelopes,
+            1,
+            512,
+        )?;
+        bounded(
+            "delivery.batches_in_flight",
+            self.delivery.batches_in_flight,
+            1,
+            8,
+        )?;
         if self.storage.engine != "sled" {
             return Err(invalid(
                 "storage.engine",
@@ -634,6 +661,14 @@ key = "a"
             (
                 "delivery.backoff_cap_secs",
                 Box::new(|c| c.delivery.backoff_cap_secs = u64::MAX),
+            ),
+            (
+                "delivery.batch_envelopes",
+                Box::new(|c| c.delivery.batch_envelopes = 513),
+            ),
+            (
+                "delivery.batches_in_flight",
+                Box::new(|c| c.delivery.batches_in_flight = 0),
             ),
             (
                 "limits.handshake_timeout_secs",

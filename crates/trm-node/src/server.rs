@@ -334,6 +334,8 @@ pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, No
             replay_window,
             backoff_cap: Duration::from_secs(config.delivery.backoff_cap_secs),
             request_timeout: Duration::from_secs(config.delivery.request_timeout_secs),
+            batch_envelopes: config.delivery.batch_envelopes,
+            batches_in_flight: config.delivery.batches_in_flight,
             tls_cert_pem: files::read_text(&tls.federation_cert)?,
             tls_key_pem: files::read_text(&tls.federation_key)?,
         },

@@ -218,9 +218,26 @@ impl Store {
         R: Send + 'static,
         E: Send + 'static,
     {
+        self.queue(f)?.await
+    }
+
+    /// Queues `f` now, behind every commit queued before it, and returns the wait for its
+    /// outcome (as [`Store::commit`]). For callers that must keep an order among their
+    /// commits without waiting for each in turn: the writer applies jobs in queue order.
+    pub fn queue<R, E, F>(
+        &self,
+        f: F,
+    ) -> Result<impl std::future::Future<Output = std::result::Result<Committed<R>, TxFail<E>>>>
+    where
+        F: Fn(&mut Tx<'_>) -> std::result::Result<R, TxFail<E>> + Send + 'static,
+        R: Send + 'static,
+        E: Send + 'static,
+    {
         let rx = self.send(Self::job(f))?;
-        let out = rx.await.map_err(|_| StoreError::Stopped)?;
-        Self::unpack(out)
+        Ok(async move {
+            let out = rx.await.map_err(|_| StoreError::Stopped)?;
+            Self::unpack(out)
+        })
     }
 
     /// Same as [`Store::commit`], for callers outside an async runtime (it blocks; never call

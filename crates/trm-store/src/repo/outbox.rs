@@ -56,9 +56,9 @@ pub struct OutboxItem {
 /// The receipt given for an inbound message, kept so a duplicate gets it back unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InboxEntry {
-    /// The encoded `SignedReceipt`.
+    /// The encoded `ReceiptBody` (signed again, to the same bytes, for a duplicate).
     #[serde(with = "hex_bytes")]
-    pub receipt: Vec<u8>,
+    pub receipt_body: Vec<u8>,
     pub received_at: OffsetDateTime,
 }
 
@@ -209,12 +209,12 @@ impl Tx<'_> {
         self.get_json("inbox entry", &layout::inbox(&message_id.uuid()))
     }
 
-    /// Keeps the receipt given for inbound `message_id`.
-    pub fn put_inbox(&mut self, message_id: MessageId, receipt: &[u8]) -> Result<()> {
+    /// Keeps the body of the receipt given for inbound `message_id`.
+    pub fn put_inbox(&mut self, message_id: MessageId, receipt_body: &[u8]) -> Result<()> {
         self.put_json(
             &layout::inbox(&message_id.uuid()),
             &InboxEntry {
-                receipt: receipt.to_vec(),
+                receipt_body: receipt_body.to_vec(),
                 received_at: OffsetDateTime::now_utc(),
             },
         )
@@ -252,9 +252,21 @@ fn uuid_floor(t: OffsetDateTime) -> [u8; 16] {
 impl Store {
     /// Returns up to `limit` durable items at the head of `peer`'s queue, in order.
     pub fn outbox_head(&self, peer: NodeId, limit: usize) -> Result<Vec<OutboxItem>> {
+        self.outbox_after(peer, None, limit)
+    }
+
+    /// Returns up to `limit` durable items of `peer`'s queue after position `after` (from the
+    /// head when `None`), in order: what a sender with batches in flight sends next.
+    pub fn outbox_after(
+        &self,
+        peer: NodeId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<OutboxItem>> {
         let durable = self.shared().outbox_durable.load(Ordering::SeqCst);
+        let after = after.map(|seq| layout::outbox(peer, seq));
         let mut out = Vec::new();
-        for (_, v) in self.scan_raw(&layout::outbox_of(peer), None, limit)? {
+        for (_, v) in self.scan_raw(&layout::outbox_of(peer), after.as_deref(), limit)? {
             let item: OutboxItem = decode("outbox item", &v)?;
             if item.seq > durable {
                 break;
