@@ -592,7 +592,8 @@ async fn bench(cli: Cli) -> Result<()> {
         at.wait().await?;
         eprintln!("preloading {} cases", cli.preload);
         let t = Instant::now();
-        preload(&dir, cli.preload)?;
+        let (d, n) = (dir.clone(), cli.preload);
+        tokio::task::spawn_blocking(move || preload(&d, n)).await??;
         eprintln!("preloaded in {:.1} s", t.elapsed().as_secs_f64());
         let (at, clients, startup_s) = start_at(&dir).await?;
         let at_pid = at.id().context("AT exited")?;

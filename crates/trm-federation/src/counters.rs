@@ -5,7 +5,7 @@ use std::{
     collections::BTreeMap,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Mutex,
+        Mutex, PoisonError,
     },
 };
 
@@ -50,20 +50,11 @@ impl Refusal {
 
     /// Returns the gRPC error DESIGN.md prescribes, with `detail` as its message.
     pub fn status(self, detail: &str) -> tonic::Status {
-        use tonic::Status;
-        let msg = format!("{}: {detail}", self.label());
-        match self {
-            Refusal::UnknownPeer
-            | Refusal::UntrustedCertificate
-            | Refusal::UnknownKey
-            | Refusal::BadSignature
-            | Refusal::RetiredKey => Status::unauthenticated(msg),
-            Refusal::SenderMismatch | Refusal::RemovedPeer => Status::permission_denied(msg),
-            Refusal::Malformed | Refusal::WrongRecipient | Refusal::Stale | Refusal::Future => {
-                Status::invalid_argument(msg)
-            }
-            Refusal::Oversize | Refusal::TooManyRequests => Status::resource_exhausted(msg),
+        crate::error::FederationError::Refused {
+            refusal: self,
+            detail: detail.to_owned(),
         }
+        .into()
     }
 }
 
@@ -88,17 +79,18 @@ pub struct Counters {
 impl Counters {
     /// Counts a refusal.
     pub fn refused(&self, r: Refusal) {
-        if let Ok(mut m) = self.refused.lock() {
-            *m.entry(r.label()).or_default() += 1;
-        }
+        *self
+            .refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(r.label())
+            .or_default() += 1;
     }
 
     /// Returns the refusal counts by reason.
     pub fn refusals(&self) -> Vec<(&'static str, u64)> {
-        self.refused
-            .lock()
-            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
-            .unwrap_or_default()
+        let m = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+        m.iter().map(|(k, v)| (*k, *v)).collect()
     }
 
     /// Adds one to a counter.

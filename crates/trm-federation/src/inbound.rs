@@ -28,6 +28,7 @@ use trm_proto::{
 };
 use trm_store::{audit::AuditRecord, Note, Store, StoreError, Tx, TxFail};
 
+use crate::error::FederationError;
 use crate::refusals::RefusalLog;
 use crate::sequence::Sequencer;
 use crate::slots::{PeerSlots, Slot};
@@ -308,8 +309,7 @@ impl FederationServer {
         let record = AuditRecord::new(actor.clone(), "envelope.refuse", message_id, "refused")
             .detail(format!("{:?}: {}", status.code(), status.message()));
         if let Err(e) = self.refusals.record(&actor, refusal.label(), record).await {
-            warn!(error = %e, "cannot audit a refusal");
-            return Status::unavailable("storage unavailable");
+            return FederationError::Storage(format!("cannot audit a refusal: {e}")).into();
         }
         status
     }
@@ -444,7 +444,7 @@ impl FederationServer {
         if let Some(turn) = &turn {
             turn.wait().await.map_err(|why| {
                 debug!(peer = %peer, reason = %why, "batch out of turn");
-                Status::unavailable(why.to_string())
+                FederationError::from(why)
             })?;
         }
         let applier = self.applier();
@@ -488,8 +488,7 @@ impl FederationServer {
 
     /// Logs a storage fault and returns what the peer is told.
     fn unavailable(&self, e: TxFail<()>) -> Status {
-        warn!(error = %e.into_store(), "storage fault while applying envelopes");
-        Status::unavailable("storage unavailable")
+        FederationError::Storage(format!("applying envelopes: {}", e.into_store())).into()
     }
 
     /// The checks before any effect; a refusal carries the message id when known.

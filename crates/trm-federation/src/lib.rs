@@ -5,6 +5,7 @@
 //! - [`directory`]: peers with their endpoint, TLS trust (CA, optional pin) and signing keys,
 //!   changed at run time;
 //! - [`envelope`]: sealing outbound envelopes and signing receipts;
+//! - [`error`]: what the federation port answers a request it does not take;
 //! - [`inbound`]: the receive pipeline, verifying in DESIGN.md's order before any effect;
 //! - [`keys`]: this node's signing keys over time (rotation with overlap);
 //! - [`slots`]: the per-peer cap on concurrent inbound requests;
@@ -18,6 +19,7 @@ pub mod connect;
 pub mod counters;
 pub mod directory;
 pub mod envelope;
+pub mod error;
 pub mod inbound;
 pub mod keys;
 pub mod outbox;

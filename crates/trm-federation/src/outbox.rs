@@ -41,6 +41,13 @@ type TrustKey = (String, String, Option<String>);
 /// The most sealed bytes sent in one batch (well inside the receiver's 16 MiB limit).
 const SEND_BATCH_BYTES: usize = 8 << 20;
 
+/// Locks `m`, recovering it if a thread panicked while holding it: these maps stay
+/// consistent whatever the panic, and a poisoned lock must never turn into silently doing
+/// nothing (a worker not started, a wake-up lost).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Why a dead letter could not be retried.
 #[derive(Debug, thiserror::Error)]
 pub enum RetryError {
@@ -268,9 +275,7 @@ impl Delivery {
 
     /// Starts the worker of `peer` if it has none (a peer added at run time).
     pub fn ensure_worker(&self, peer: NodeId) {
-        let Ok(mut wakers) = self.inner.wakers.lock() else {
-            return;
-        };
+        let mut wakers = lock(&self.inner.wakers);
         if wakers.contains_key(&peer) {
             return;
         }
@@ -278,19 +283,12 @@ impl Delivery {
         let d = self.clone();
         let shutdown = self.inner.shutdown.clone();
         let task = tokio::spawn(async move { d.run_peer(peer, shutdown).await });
-        if let Ok(mut t) = self.inner.tasks.lock() {
-            t.push(task);
-        }
+        lock(&self.inner.tasks).push(task);
     }
 
     /// Waits until every worker has stopped (after the shutdown signal).
     pub async fn stopped(&self) {
-        let tasks = self
-            .inner
-            .tasks
-            .lock()
-            .map(|mut t| std::mem::take(&mut *t))
-            .unwrap_or_default();
+        let tasks = std::mem::take(&mut *lock(&self.inner.tasks));
         for t in tasks {
             let _ = t.await;
         }
@@ -307,34 +305,25 @@ impl Delivery {
 
     /// Tells the worker of `peer` that new work is queued.
     pub fn wake(&self, peer: NodeId) {
-        if let Some(n) = self
-            .inner
-            .wakers
-            .lock()
-            .ok()
-            .and_then(|w| w.get(&peer).cloned())
-        {
+        if let Some(n) = lock(&self.inner.wakers).get(&peer).cloned() {
             n.notify_one();
         }
     }
 
     /// Returns what the worker knows of `peer`.
     pub fn peer_state(&self, peer: NodeId) -> PeerState {
-        self.inner
-            .states
-            .lock()
-            .ok()
-            .and_then(|s| s.get(&peer).cloned())
+        lock(&self.inner.states)
+            .get(&peer)
+            .cloned()
             .unwrap_or_default()
     }
 
     fn set_state(&self, peer: NodeId, reachable: bool, delivered: bool) {
-        if let Ok(mut states) = self.inner.states.lock() {
-            let s = states.entry(peer).or_default();
-            s.reachable = reachable;
-            if delivered {
-                s.last_delivery = Some(OffsetDateTime::now_utc());
-            }
+        let mut states = lock(&self.inner.states);
+        let s = states.entry(peer).or_default();
+        s.reachable = reachable;
+        if delivered {
+            s.last_delivery = Some(OffsetDateTime::now_utc());
         }
     }
 
@@ -356,13 +345,7 @@ impl Delivery {
     }
 
     async fn run_peer(self, peer: NodeId, mut shutdown: watch::Receiver<bool>) {
-        let Some(notify) = self
-            .inner
-            .wakers
-            .lock()
-            .ok()
-            .and_then(|w| w.get(&peer).cloned())
-        else {
+        let Some(notify) = lock(&self.inner.wakers).get(&peer).cloned() else {
             return;
         };
         // The client (and its connection) is rebuilt when the peer's endpoint or TLS trust

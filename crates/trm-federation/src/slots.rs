@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use trm_core::ids::NodeId;
@@ -33,7 +33,7 @@ impl PeerSlots {
 
     /// Takes a slot for `peer`, or `None` when it already has `limit` requests in flight.
     pub fn try_acquire(&self, peer: NodeId) -> Option<Slot> {
-        let mut used = self.used.lock().ok()?;
+        let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
         let n = used.entry(peer).or_default();
         if *n >= self.limit {
             return None;
@@ -48,10 +48,9 @@ impl PeerSlots {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Ok(mut used) = self.used.lock() {
-            if let Some(n) = used.get_mut(&self.peer) {
-                *n = n.saturating_sub(1);
-            }
+        let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = used.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
         }
     }
 }

@@ -84,7 +84,7 @@ impl Admin {
 }
 
 fn unavailable(rpc: &str, capability: &str) -> Status {
-    Status::unimplemented(format!("{rpc}: {capability} is not available yet"))
+    ApiError::Unimplemented(format!("{rpc}: {capability} is not available yet")).into()
 }
 
 fn time_of(t: Option<OffsetDateTime>) -> Option<prost_types::Timestamp> {

@@ -1,14 +1,14 @@
 //! Who is calling: the principal in the client certificate (`trm://client/<role>/<org>`),
 //! and what each role may do (DESIGN.md, "Identities and trust").
 
-use tonic::{Request, Status};
+use tonic::Request;
 use trm_core::ids::{OrgId, Principal, Role};
 
 use crate::error::ApiError;
 
 /// Returns the principal of a local request; UNAUTHENTICATED without a usable client
 /// certificate (the TLS handshake already checked its chain to the client CA).
-pub fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
+pub fn principal<T>(request: &Request<T>) -> Result<Principal, ApiError> {
     request
         .peer_certs()
         .and_then(|certs| {
@@ -16,11 +16,9 @@ pub fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
                 .first()
                 .and_then(|c| trm_crypto::pki::principal_of(c.as_ref()))
         })
-        .ok_or_else(|| {
-            Status::unauthenticated(
-                "client certificate carries no trm://client/<role>/<org> identity",
-            )
-        })
+        .ok_or(ApiError::Unauthenticated(
+            "client certificate carries no trm://client/<role>/<org> identity",
+        ))
 }
 
 /// Returns the key of the client certificate of a request (its serial number), which

@@ -1,32 +1,62 @@
-//! Errors of the local services, mapped to gRPC codes in one place. Storage and crypto
-//! details are logged here and never sent to the client.
+//! Errors of the local services. Their gRPC codes come from the one map of
+//! `trm_proto::status`; storage details are logged there and never sent to the client.
 
 use tonic::Status;
-use tracing::error;
 use trm_core::{FieldError, GuardError};
+use trm_proto::status::{to_status, ErrorCode, ServiceError};
 use trm_store::{StoreError, TxFail};
 
 /// What a local RPC can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// Bad input: INVALID_ARGUMENT naming the field.
+    /// Bad input, naming the field.
     #[error(transparent)]
     Field(#[from] FieldError),
-    /// A guard refused: FAILED_PRECONDITION naming the guard.
+    /// A guard refused, naming the guard.
     #[error(transparent)]
     Guard(#[from] GuardError),
-    /// NOT_FOUND, naming what (never a value).
+    /// Naming what (never a value).
     #[error("{0} not found")]
     NotFound(&'static str),
-    /// PERMISSION_DENIED.
     #[error("{0}")]
     Denied(String),
-    /// ALREADY_EXISTS.
     #[error("{0}")]
     Exists(String),
-    /// UNAVAILABLE: the detail is logged, not sent.
+    /// No usable or a revoked client certificate.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// Over a rate or size limit.
+    #[error("{0}")]
+    Exhausted(&'static str),
+    /// A capability this node does not offer.
+    #[error("{0}")]
+    Unimplemented(String),
+    /// The detail is logged, not sent.
     #[error("storage unavailable")]
     Store(String),
+}
+
+impl ServiceError for ApiError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            ApiError::Field(_) => ErrorCode::InvalidArgument,
+            ApiError::Guard(_) => ErrorCode::FailedPrecondition,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::Denied(_) => ErrorCode::PermissionDenied,
+            ApiError::Exists(_) => ErrorCode::AlreadyExists,
+            ApiError::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            ApiError::Exhausted(_) => ErrorCode::ResourceExhausted,
+            ApiError::Unimplemented(_) => ErrorCode::Unimplemented,
+            ApiError::Store(_) => ErrorCode::Unavailable,
+        }
+    }
+
+    fn detail(&self) -> Option<&str> {
+        match self {
+            ApiError::Store(detail) => Some(detail),
+            _ => None,
+        }
+    }
 }
 
 impl From<StoreError> for ApiError {
@@ -52,17 +82,7 @@ impl From<ApiError> for TxFail<ApiError> {
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
-        match e {
-            ApiError::Field(f) => Status::invalid_argument(f.to_string()),
-            ApiError::Guard(g) => Status::failed_precondition(g.to_string()),
-            ApiError::NotFound(what) => Status::not_found(format!("{what} not found")),
-            ApiError::Denied(why) => Status::permission_denied(why),
-            ApiError::Exists(why) => Status::already_exists(why),
-            ApiError::Store(detail) => {
-                error!(detail = %detail, "storage fault");
-                Status::unavailable("storage unavailable")
-            }
-        }
+        to_status(&e)
     }
 }
 

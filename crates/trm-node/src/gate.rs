@@ -21,6 +21,8 @@ use rustls::{
 };
 use tonic::{Request, Status};
 
+use crate::error::ApiError;
+
 pub use trm_store::repo::directory::Revoked;
 
 /// The revoked client certificates of this node, as every request sees them.
@@ -146,14 +148,15 @@ impl Gate {
     pub fn check<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let certs = request.peer_certs();
         let Some(leaf) = certs.as_deref().and_then(|c| c.first()) else {
-            return Err(Status::unauthenticated("a client certificate is required"));
+            return Err(ApiError::Unauthenticated("a client certificate is required").into());
         };
         if let Some(r) = &self.revocations {
             if r.leaf_revoked(leaf.as_ref()) {
                 self.revoked.fetch_add(1, Ordering::Relaxed);
-                return Err(Status::unauthenticated(
+                return Err(ApiError::Unauthenticated(
                     "client certificate revoked by the node's operator",
-                ));
+                )
+                .into());
             }
         }
         let caller = match self.key {
@@ -163,9 +166,10 @@ impl Gate {
         .unwrap_or_default();
         if self.limiter.check_key(&caller).is_err() {
             self.rate_limited.fetch_add(1, Ordering::Relaxed);
-            return Err(Status::resource_exhausted(
+            return Err(ApiError::Exhausted(
                 "rate limit: too many requests from this caller; retry later",
-            ));
+            )
+            .into());
         }
         if self.limiter.len() > 100_000 {
             self.limiter.retain_recent();

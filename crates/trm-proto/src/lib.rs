@@ -1,8 +1,10 @@
 //! The `trm.v1` wire contract: prost messages and tonic services generated from `proto/`,
-//! and beside them the conversions wire <-> domain (`convert`), where input is parsed.
+//! and beside them the conversions wire <-> domain (`convert`), where input is parsed, and
+//! the one map from every port's errors to gRPC statuses (`status`).
 #![forbid(unsafe_code)]
 
 pub mod convert;
+pub mod status;
 
 /// Generated code of package `trm.v1`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
