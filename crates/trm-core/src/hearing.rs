@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 
 use crate::{
     error::{Guard, GuardError},
+    exchange::Side,
     ids::NodeId,
     ids::{HearingId, WitnessRecord},
 };
@@ -90,11 +91,13 @@ pub enum HearingEvent {
 }
 
 impl HearingEvent {
-    /// Returns whether the requested country (where the witness is) or the requesting one
-    /// may cause this event.
-    pub fn allowed_for(self, witness_side: bool) -> bool {
+    /// Returns whether `side` may cause this event: the witness's country (the destination)
+    /// accepts, declines and schedules; either side holds or cancels.
+    pub fn allowed_for(self, side: Side) -> bool {
         match self {
-            HearingEvent::Accept | HearingEvent::Decline | HearingEvent::Schedule => witness_side,
+            HearingEvent::Accept | HearingEvent::Decline | HearingEvent::Schedule => {
+                side == Side::Destination
+            }
             HearingEvent::Hold | HearingEvent::Cancel => true,
         }
     }
@@ -134,6 +137,16 @@ pub fn next(status: HearingStatus, event: HearingEvent) -> Result<HearingStatus,
         }
     };
     Ok(to)
+}
+
+/// What a local record tells about the witness: the pairwise reference towards the other
+/// country, whether a child, and which organisation looks after the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Witness {
+    pub record: WitnessRecord,
+    pub case_ref: Option<String>,
+    pub is_child: bool,
+    pub organisation: Option<crate::ids::OrgId>,
 }
 
 /// A hearing as one node holds it; `hearing_id` is the same on both nodes.
@@ -182,9 +195,10 @@ impl HearingRecord {
         Ok(())
     }
 
-    /// Returns whether `me` is the witness's country.
-    pub fn at_witness_side(&self, me: NodeId) -> bool {
-        self.witness_country == me
+    /// Returns the side `me` is on: the requesting country is the origin, the witness's
+    /// country the destination.
+    pub fn side(&self, me: NodeId) -> Side {
+        Side::of(self.requesting_country, me)
     }
 
     /// Returns the other node.
@@ -230,7 +244,7 @@ mod tests {
             }
         }
         assert!(next(S::Accepted, E::Hold).is_err());
-        assert!(!E::Accept.allowed_for(false));
-        assert!(E::Cancel.allowed_for(false) && E::Cancel.allowed_for(true));
+        assert!(!E::Accept.allowed_for(Side::Origin));
+        assert!(E::Cancel.allowed_for(Side::Origin) && E::Cancel.allowed_for(Side::Destination));
     }
 }

@@ -7,7 +7,9 @@
 //! - [`model`]: victim records and the enums of the contract.
 //! - [`consent`]: the victim's consent and whether it covers a disclosure.
 //! - [`policy`]: the versioned disclosure table, applied outbound and inbound.
-//! - [`messages`]: the kinds of envelope between nodes and the record each is about.
+//! - [`messages`]: the kinds of envelope between nodes, the record each is about, and a
+//!   peer's payloads as domain messages.
+//! - [`exchange`]: which side of a shared record acts, and the erasure of the other's copy.
 //! - [`referral`]: the referral state machine.
 //! - [`returns`]: return-planning guards and the return state machine.
 //! - [`hearing`]: witness-hearing states and the child-witness rule.
@@ -15,6 +17,7 @@
 
 pub mod consent;
 pub mod error;
+pub mod exchange;
 pub mod hearing;
 pub mod ids;
 pub mod limits;

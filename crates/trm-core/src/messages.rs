@@ -2,8 +2,15 @@
 //! each is about.
 
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
-use crate::ids::{HearingId, ReferralId, ReturnId};
+use crate::{
+    hearing::{HearingStatus, HearingStep, ProtectiveMeasure},
+    ids::{HearingId, ReferralId, ReturnId},
+    model::{DisclosedCase, NeedKind},
+    referral::ReferralStatus,
+    returns::{ReturnStatus, StepDetails},
+};
 
 /// The kind of payload an envelope carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -64,6 +71,82 @@ impl std::fmt::Display for Topic {
             Topic::Hearing(id) => write!(f, "{id}"),
             Topic::Erasure(id) => write!(f, "{id}"),
             Topic::NodeKeys => f.write_str("keys"),
+        }
+    }
+}
+
+/// A peer's payload as the domain reads it: parsed and checked field by field at the edge
+/// (trm-proto) before any flow sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerMessage {
+    /// A referral of a case to this node.
+    ReferralOffer {
+        referral_id: ReferralId,
+        disclosed: DisclosedCase,
+        requested_services: Vec<NeedKind>,
+    },
+    /// The other side's step in a referral's life.
+    ReferralUpdate {
+        referral_id: ReferralId,
+        status: ReferralStatus,
+        reason: String,
+    },
+    /// A return plan proposed to this node.
+    ReturnRequest {
+        return_id: ReturnId,
+        disclosed: DisclosedCase,
+        hearing_pending: bool,
+        compensation_pending: bool,
+    },
+    /// The other side's step in a return plan.
+    ReturnUpdate {
+        return_id: ReturnId,
+        status: ReturnStatus,
+        step: StepDetails,
+    },
+    /// A hearing of a witness held here, named only by the envelope's case reference.
+    HearingRequest {
+        hearing_id: HearingId,
+        proceeding_reference: String,
+        legal_basis: String,
+        measures: Vec<ProtectiveMeasure>,
+        language: String,
+        proposed_times: Vec<OffsetDateTime>,
+    },
+    /// The other side's step in a hearing.
+    HearingUpdate {
+        hearing_id: HearingId,
+        status: HearingStatus,
+        step: HearingStep,
+    },
+    /// Erase the copy of a referral or return plan (by its id) received from the sender.
+    ErasureRequest {
+        subject_id: uuid::Uuid,
+        reason: String,
+    },
+    /// The sender erased its copy of a record this node sent it.
+    ErasureConfirmation { subject_id: uuid::Uuid },
+    /// The sender's new signing key (its curve point is checked by the flow).
+    KeyAnnouncement {
+        key_id: String,
+        public_key: [u8; 32],
+        valid_from: Option<OffsetDateTime>,
+    },
+}
+
+impl PeerMessage {
+    /// Returns the kind of envelope that carries it.
+    pub fn kind(&self) -> EnvelopeKind {
+        match self {
+            PeerMessage::ReferralOffer { .. } => EnvelopeKind::ReferralOffer,
+            PeerMessage::ReferralUpdate { .. } => EnvelopeKind::ReferralUpdate,
+            PeerMessage::ReturnRequest { .. } => EnvelopeKind::ReturnRequest,
+            PeerMessage::ReturnUpdate { .. } => EnvelopeKind::ReturnUpdate,
+            PeerMessage::HearingRequest { .. } => EnvelopeKind::HearingRequest,
+            PeerMessage::HearingUpdate { .. } => EnvelopeKind::HearingUpdate,
+            PeerMessage::ErasureRequest { .. } => EnvelopeKind::ErasureRequest,
+            PeerMessage::ErasureConfirmation { .. } => EnvelopeKind::ErasureConfirmation,
+            PeerMessage::KeyAnnouncement { .. } => EnvelopeKind::KeyAnnouncement,
         }
     }
 }

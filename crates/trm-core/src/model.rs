@@ -240,6 +240,16 @@ pub struct DisclosedCase {
     pub identity: Option<DisclosedIdentity>,
 }
 
+impl DisclosedCase {
+    /// Returns what is kept of an erased copy: the pairwise reference, nothing else.
+    pub fn tombstone(&self) -> DisclosedCase {
+        DisclosedCase {
+            case_ref: self.case_ref.clone(),
+            ..Default::default()
+        }
+    }
+}
+
 /// Parses a `YYYY-MM-DD` date; `field` names the input for the error.
 pub fn parse_date(field: &str, s: &str) -> Result<Date, FieldError> {
     let format = time::macros::format_description!("[year]-[month]-[day]");

@@ -264,10 +264,22 @@ pub fn fields_present(d: &DisclosedCase) -> Vec<Field> {
 
 /// A payload carries a field its purpose does not allow.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("policy violation: {} ({}) is not allowed for {}", field.path(), field.category().as_str(), purpose.as_str())]
+#[error("policy violation: {}", self.detail())]
 pub struct PolicyViolation {
     pub purpose: Purpose,
     pub field: Field,
+}
+
+impl PolicyViolation {
+    /// Returns which field is not allowed for which purpose.
+    pub fn detail(&self) -> String {
+        format!(
+            "{} ({}) is not allowed for {}",
+            self.field.path(),
+            self.field.category().as_str(),
+            self.purpose.as_str()
+        )
+    }
 }
 
 /// Checks an inbound disclosed case against the same table the sender must apply: a field

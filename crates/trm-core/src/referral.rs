@@ -1,11 +1,14 @@
 //! The referral state machine: `draft -> sent -> delivered -> accepted | declined ->
-//! in_assistance -> closed`, and `withdrawn` from any open state.
+//! in_assistance -> closed`, and `withdrawn` from any open state. The destination's copy
+//! starts `delivered` ([`ReferralRecord::received`]); an erased copy is `withdrawn` whatever
+//! it was ([`ReferralRecord::erase_copy`]).
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::{
     error::{Guard, GuardError},
+    exchange::{Erasure, Side},
     ids::{CaseId, ConsentId, NodeId, OrgId, ReferralId},
     model::{DisclosedCase, NeedKind},
 };
@@ -30,10 +33,9 @@ pub struct ReferralRecord {
     /// the destination's copy.
     #[serde(default)]
     pub consent_ids: Vec<ConsentId>,
-    /// Origin only: erasure of the destination's copy was requested.
+    /// Origin only: where the erasure of the destination's copy stands.
     #[serde(default)]
-    pub erasure_requested: bool,
-    pub erasure_confirmed: bool,
+    pub erasure: Erasure,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
 }
@@ -46,6 +48,80 @@ pub enum Direction {
 }
 
 impl ReferralRecord {
+    /// Returns the destination's copy of a referral offered by `origin`, as it arrived.
+    pub fn received(
+        referral_id: ReferralId,
+        origin: NodeId,
+        destination: NodeId,
+        disclosed: DisclosedCase,
+        requested_services: Vec<NeedKind>,
+        now: OffsetDateTime,
+    ) -> Self {
+        Self {
+            referral_id,
+            origin,
+            destination,
+            status: ReferralStatus::Delivered,
+            disclosed,
+            requested_services,
+            case_id: None,
+            organisation: None,
+            status_reason: String::new(),
+            consent_ids: vec![],
+            erasure: Erasure::NotRequested,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// Applies `event` with its reason.
+    pub fn apply(
+        &mut self,
+        event: ReferralEvent,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), GuardError> {
+        self.status = next(self.status, event)?;
+        self.status_reason = reason.to_owned();
+        self.updated_at = now;
+        Ok(())
+    }
+
+    /// Erases the destination's copy on the origin's request: only the pairwise reference is
+    /// kept, and the referral is withdrawn whatever its state.
+    pub fn erase_copy(&mut self, reason: &str, now: OffsetDateTime) {
+        self.disclosed = self.disclosed.tombstone();
+        self.requested_services.clear();
+        self.status = ReferralStatus::Withdrawn;
+        self.status_reason = reason.to_owned();
+        self.updated_at = now;
+    }
+
+    /// At the origin: asks for the destination's copy to be erased (an open referral is
+    /// withdrawn); with `erase_own`, this node's record of what it sent keeps only the
+    /// pairwise reference too. Returns `false` when erasure was already requested.
+    pub fn request_erasure(&mut self, reason: &str, erase_own: bool, now: OffsetDateTime) -> bool {
+        if self.erasure.requested() {
+            return false;
+        }
+        if let Ok(withdrawn) = next(self.status, ReferralEvent::Withdraw) {
+            self.status = withdrawn;
+        }
+        self.status_reason = reason.to_owned();
+        self.erasure = Erasure::Requested;
+        if erase_own {
+            self.disclosed = self.disclosed.tombstone();
+            self.requested_services.clear();
+        }
+        self.updated_at = now;
+        true
+    }
+
+    /// Returns the side `me` is on.
+    pub fn side(&self, me: NodeId) -> Side {
+        Side::of(self.origin, me)
+    }
+
     /// Returns the direction of the referral as seen from `me`.
     pub fn direction(&self, me: NodeId) -> Direction {
         if self.origin == me {
@@ -117,20 +193,20 @@ pub enum ReferralEvent {
 }
 
 impl ReferralEvent {
-    /// Returns whether the destination (`true`) or the origin (`false`) may cause this
-    /// event: only the destination answers and assigns; either side closes or withdraws.
-    pub fn allowed_for(self, at_destination: bool) -> bool {
+    /// Returns whether `side` may cause this event: only the destination answers and
+    /// assigns; either side closes or withdraws.
+    pub fn allowed_for(self, side: Side) -> bool {
         match self {
             ReferralEvent::Accept | ReferralEvent::Decline | ReferralEvent::Assign => {
-                at_destination
+                side == Side::Destination
             }
             ReferralEvent::Close | ReferralEvent::Withdraw => true,
-            ReferralEvent::Send | ReferralEvent::Delivered => !at_destination,
+            ReferralEvent::Send | ReferralEvent::Delivered => side == Side::Origin,
         }
     }
 
     /// Returns the event a peer's update to `status` announces, if that side may cause it.
-    pub fn leading_to(status: ReferralStatus, from_destination: bool) -> Option<Self> {
+    pub fn leading_to(status: ReferralStatus, side: Side) -> Option<Self> {
         let event = match status {
             ReferralStatus::Accepted => ReferralEvent::Accept,
             ReferralStatus::Declined => ReferralEvent::Decline,
@@ -141,7 +217,7 @@ impl ReferralEvent {
                 return None
             }
         };
-        event.allowed_for(from_destination).then_some(event)
+        event.allowed_for(side).then_some(event)
     }
 }
 
@@ -208,18 +284,19 @@ mod tests {
 
     #[test]
     fn only_the_destination_answers_and_either_side_closes() {
+        use Side::{Destination, Origin};
         assert_eq!(
-            ReferralEvent::leading_to(S::Accepted, true),
+            ReferralEvent::leading_to(S::Accepted, Destination),
             Some(E::Accept)
         );
-        assert_eq!(ReferralEvent::leading_to(S::Accepted, false), None);
-        assert_eq!(ReferralEvent::leading_to(S::InAssistance, false), None);
-        assert_eq!(ReferralEvent::leading_to(S::Closed, false), Some(E::Close));
+        assert_eq!(ReferralEvent::leading_to(S::Accepted, Origin), None);
+        assert_eq!(ReferralEvent::leading_to(S::InAssistance, Origin), None);
+        assert_eq!(ReferralEvent::leading_to(S::Closed, Origin), Some(E::Close));
         assert_eq!(
-            ReferralEvent::leading_to(S::Withdrawn, true),
+            ReferralEvent::leading_to(S::Withdrawn, Destination),
             Some(E::Withdraw)
         );
-        assert_eq!(ReferralEvent::leading_to(S::Delivered, true), None);
+        assert_eq!(ReferralEvent::leading_to(S::Delivered, Destination), None);
     }
 
     #[test]

@@ -1,13 +1,17 @@
 //! Return planning: safe and preferably voluntary return (UN Protocol art. 8, CoE Convention
 //! art. 13 and 16, non-refoulement). The guards a return request must pass, and the plan's
 //! state machine: `requested -> reception_confirmed | concern_raised -> scheduled ->
-//! travelled -> arrived -> follow_up* -> closed`, and `halted` from any open state.
+//! travelled -> arrived -> follow_up* -> closed`, and `halted` from any open state. The
+//! country of return's copy starts `requested` ([`ReturnRecord::received`]); an erased copy
+//! is halted if still open ([`ReturnRecord::erase_copy`]).
 
 use serde::{Deserialize, Serialize};
 use time::{Date, Duration, OffsetDateTime};
 
+pub use crate::exchange::Side;
 use crate::{
     error::{Guard, GuardError},
+    exchange::Erasure,
     ids::{AssessmentId, CaseId, ConsentId, NodeId, OrgId, ReturnId},
     model::{CaseRecord, DisclosedCase},
 };
@@ -179,24 +183,15 @@ pub enum ReturnEvent {
     Halt,
 }
 
-/// Which node of a plan acts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// The node that requested the return (where the victim is).
-    Requesting,
-    /// The country of return.
-    Receiving,
-}
-
 impl ReturnEvent {
     /// Returns whether `side` may cause this event.
     pub fn allowed_for(self, side: Side) -> bool {
         use ReturnEvent as E;
         match self {
             E::ConfirmReception | E::RaiseConcern | E::ResolveConcern | E::Arrive | E::FollowUp => {
-                side == Side::Receiving
+                side == Side::Destination
             }
-            E::Schedule | E::Travel => side == Side::Requesting,
+            E::Schedule | E::Travel => side == Side::Origin,
             E::Close | E::Halt => true,
         }
     }
@@ -278,8 +273,9 @@ pub struct ReturnRecord {
     pub travel_details: String,
     pub follow_ups: Vec<FollowUpRecord>,
     pub consent_ids: Vec<ConsentId>,
-    pub erasure_requested: bool,
-    pub erasure_confirmed: bool,
+    /// Requesting side only: where the erasure of the other node's copy stands.
+    #[serde(default)]
+    pub erasure: Erasure,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
 }
@@ -334,11 +330,75 @@ impl ReturnRecord {
 
     /// Returns this node's side of the plan.
     pub fn side(&self, me: NodeId) -> Side {
-        if self.origin == me {
-            Side::Requesting
-        } else {
-            Side::Receiving
+        Side::of(self.origin, me)
+    }
+
+    /// Returns the country of return's copy of a plan requested by `origin`, as it arrived.
+    pub fn received(
+        return_id: ReturnId,
+        origin: NodeId,
+        destination: NodeId,
+        disclosed: DisclosedCase,
+        hearing_pending: bool,
+        compensation_pending: bool,
+        now: OffsetDateTime,
+    ) -> Self {
+        Self {
+            return_id,
+            origin,
+            destination,
+            status: ReturnStatus::Requested,
+            disclosed,
+            hearing_pending,
+            compensation_pending,
+            case_id: None,
+            organisation: None,
+            status_reason: String::new(),
+            reception_details: String::new(),
+            travel_at: None,
+            travel_details: String::new(),
+            follow_ups: vec![],
+            consent_ids: vec![],
+            erasure: Erasure::NotRequested,
+            created_at: now,
+            updated_at: now,
         }
+    }
+
+    /// At the requesting node: asks for the country of return's copy to be erased (an open
+    /// plan is halted); with `erase_own`, this node's record of what it sent keeps only the
+    /// pairwise reference too. Returns `false` when erasure was already requested.
+    pub fn request_erasure(&mut self, reason: &str, erase_own: bool, now: OffsetDateTime) -> bool {
+        if self.erasure.requested() {
+            return false;
+        }
+        if let Ok(halted) = next(self.status, ReturnEvent::Halt) {
+            self.status = halted;
+        }
+        self.status_reason = reason.to_owned();
+        self.erasure = Erasure::Requested;
+        if erase_own {
+            self.disclosed = self.disclosed.tombstone();
+            self.reception_details.clear();
+            self.travel_details.clear();
+            self.follow_ups.clear();
+        }
+        self.updated_at = now;
+        true
+    }
+
+    /// Erases the country of return's copy on the requesting node's request: only the
+    /// pairwise reference is kept, and an open plan is halted.
+    pub fn erase_copy(&mut self, reason: &str, now: OffsetDateTime) {
+        self.disclosed = self.disclosed.tombstone();
+        self.reception_details.clear();
+        self.travel_details.clear();
+        self.follow_ups.clear();
+        if let Ok(halted) = next(self.status, ReturnEvent::Halt) {
+            self.status = halted;
+        }
+        self.status_reason = reason.to_owned();
+        self.updated_at = now;
     }
 
     /// Returns the other node.
@@ -555,23 +615,23 @@ mod tests {
     #[test]
     fn each_side_announces_only_its_own_events() {
         assert_eq!(
-            ReturnEvent::leading_to(S::ReceptionConfirmed, Side::Receiving, S::Requested),
+            ReturnEvent::leading_to(S::ReceptionConfirmed, Side::Destination, S::Requested),
             Some(E::ConfirmReception)
         );
         assert_eq!(
-            ReturnEvent::leading_to(S::ReceptionConfirmed, Side::Requesting, S::Requested),
+            ReturnEvent::leading_to(S::ReceptionConfirmed, Side::Origin, S::Requested),
             None
         );
         assert_eq!(
-            ReturnEvent::leading_to(S::Scheduled, Side::Receiving, S::ReceptionConfirmed),
+            ReturnEvent::leading_to(S::Scheduled, Side::Destination, S::ReceptionConfirmed),
             None
         );
         assert_eq!(
-            ReturnEvent::leading_to(S::Requested, Side::Receiving, S::ConcernRaised),
+            ReturnEvent::leading_to(S::Requested, Side::Destination, S::ConcernRaised),
             Some(E::ResolveConcern)
         );
         assert_eq!(
-            ReturnEvent::leading_to(S::Halted, Side::Requesting, S::Scheduled),
+            ReturnEvent::leading_to(S::Halted, Side::Origin, S::Scheduled),
             Some(E::Halt)
         );
     }
@@ -595,8 +655,7 @@ mod tests {
             travel_details: String::new(),
             follow_ups: vec![],
             consent_ids: vec![],
-            erasure_requested: false,
-            erasure_confirmed: false,
+            erasure: Erasure::NotRequested,
             created_at: now,
             updated_at: now,
         };

@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 use trm_core::{
     ids::{MessageId, NodeId},
     limits::{MAX_BATCH, MAX_ENVELOPE},
+    messages::EnvelopeKind,
     policy::POLICY_VERSION,
 };
 use trm_crypto::signing::{Signer, ENVELOPE_TAG};
@@ -102,7 +103,12 @@ struct Applied {
 /// An envelope that passed every check before any effect.
 #[derive(Debug, Clone)]
 struct Checked {
-    inbound: Inbound,
+    sender: NodeId,
+    message_id: MessageId,
+    kind: EnvelopeKind,
+    /// The envelope with its payload parsed, or why the payload does not parse (answered
+    /// REJECTED, as a flow's refusal is).
+    inbound: Result<Inbound, Rejection>,
     /// The exact body bytes received (receipts are bound to them).
     body: Vec<u8>,
     policy_version: String,
@@ -121,7 +127,7 @@ impl Applier {
     /// of its own, and the receipt's body (ACCEPTED, or REJECTED with the reason) is kept with
     /// its audit entry.
     fn apply(&self, tx: &mut Tx<'_>, c: &Checked) -> Result<Applied, StoreError> {
-        let mid = c.inbound.message_id;
+        let mid = c.message_id;
         if let Some(seen) = tx.inbox(mid)? {
             // A duplicate carries the original outcome: one first rejected stays rejected.
             let (outcome, reason) = match outcome_of(&seen.receipt_body) {
@@ -135,23 +141,26 @@ impl Applier {
                 duplicate: true,
             });
         }
-        let kind = payload_kind(&c.inbound.payload);
+        let kind = c.kind;
         let result = if c.policy_version != POLICY_VERSION {
-            Err(Rejection(format!(
-                "policy violation: policy version {} is not {POLICY_VERSION}",
+            Err(Rejection::PolicyViolation(format!(
+                "policy version {} is not {POLICY_VERSION}",
                 c.policy_version
             )))
         } else {
-            tx.attempt(|tx| self.handler.apply(tx, &c.inbound))?
+            match &c.inbound {
+                Ok(inbound) => tx.attempt(|tx| self.handler.apply(tx, inbound))?,
+                Err(unparsed) => Err(unparsed.clone()),
+            }
         };
         let (outcome, reason) = match result {
             Ok(()) => (ReceiptOutcome::Accepted, String::new()),
-            Err(Rejection(reason)) => (ReceiptOutcome::Rejected, reason),
+            Err(rejection) => (ReceiptOutcome::Rejected, rejection.to_string()),
         };
         let receipt_body =
             envelope::receipt_body(self.node, &mid.to_string(), &c.body, outcome, &reason);
         tx.put_inbox(mid, &receipt_body)?;
-        let actor = format!("peer:{}", c.inbound.sender);
+        let actor = format!("peer:{}", c.sender);
         let record = match outcome {
             ReceiptOutcome::Accepted => {
                 AuditRecord::new(actor, "envelope.accept", mid.to_string(), "accepted")
@@ -356,11 +365,11 @@ impl FederationServer {
         match (applied.duplicate, applied.outcome) {
             (true, _) => {
                 Counters::bump(&self.counters.duplicates);
-                info!(peer = %c.inbound.sender, message_id = %c.inbound.message_id, "duplicate envelope: original receipt returned");
+                info!(peer = %c.sender, message_id = %c.message_id, "duplicate envelope: original receipt returned");
             }
             (false, ReceiptOutcome::Rejected) => {
                 Counters::bump(&self.counters.rejected);
-                warn!(peer = %c.inbound.sender, message_id = %c.inbound.message_id, kind = %payload_kind(&c.inbound.payload), reason = %applied.reason, "envelope rejected");
+                warn!(peer = %c.sender, message_id = %c.message_id, kind = %c.kind, reason = %applied.reason, "envelope rejected");
             }
             _ => Counters::bump(&self.counters.accepted),
         }
@@ -468,7 +477,7 @@ impl FederationServer {
         for (c, applied) in checked.iter().zip(&committed.value) {
             self.count(applied, c);
             entries.push(BatchReceiptEntry {
-                message_id: c.inbound.message_id.to_string(),
+                message_id: c.message_id.to_string(),
                 body_sha256: trm_crypto::sha256(&c.body).to_vec(),
                 outcome: applied.outcome as i32,
                 reason: applied.reason.clone(),
@@ -553,15 +562,21 @@ impl FederationServer {
         let Some(payload) = body.payload else {
             return Err(fail(Refusal::Malformed, "payload is required"));
         };
-        Ok(Checked {
-            inbound: Inbound {
+        let inbound = trm_proto::peer::parse(&payload)
+            .map_err(Rejection::from)
+            .map(|message| Inbound {
                 sender: entry.id,
                 key_id: env.key_id.clone(),
                 message_id,
                 case_ref: body.case_ref,
                 created_at,
-                payload,
-            },
+                message,
+            });
+        Ok(Checked {
+            sender: entry.id,
+            message_id,
+            kind: payload_kind(&payload),
+            inbound,
             body: env.body.clone(),
             policy_version: body.policy_version,
         })

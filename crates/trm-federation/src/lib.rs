@@ -41,10 +41,40 @@ pub use outbox::{Delivery, DeliveryConfig};
 
 /// Why a node refuses an authenticated envelope on policy or state: the reason goes into the
 /// signed REJECTED receipt and the audit log, so it names fields and states, never values.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection(pub String);
+/// Its text starts with the kind (`policy violation: ...`), which peers read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The payload carries, or would need, what its purpose does not allow.
+    #[error("policy violation: {0}")]
+    PolicyViolation(String),
+    /// The step is not one the record's state machine allows from this sender.
+    #[error("invalid transition: {0}")]
+    InvalidTransition(String),
+    /// The payload names a record this node does not share with the sender.
+    #[error("unknown case reference: {0}")]
+    UnknownCaseReference(String),
+    /// A field is missing or malformed.
+    #[error("malformed: {0}")]
+    Malformed(String),
+}
 
-/// An authenticated, decoded inbound envelope.
+impl From<trm_proto::peer::PayloadError> for Rejection {
+    fn from(e: trm_proto::peer::PayloadError) -> Self {
+        use trm_proto::peer::PayloadError;
+        match e {
+            PayloadError::Malformed(f) => Rejection::Malformed(f.to_string()),
+            PayloadError::Disclosure(f) => Rejection::PolicyViolation(f.to_string()),
+        }
+    }
+}
+
+impl From<trm_core::policy::PolicyViolation> for Rejection {
+    fn from(v: trm_core::policy::PolicyViolation) -> Self {
+        Rejection::PolicyViolation(v.detail())
+    }
+}
+
+/// An authenticated inbound envelope with its payload parsed.
 #[derive(Debug, Clone)]
 pub struct Inbound {
     pub sender: NodeId,
@@ -53,13 +83,13 @@ pub struct Inbound {
     pub message_id: MessageId,
     pub case_ref: String,
     pub created_at: time::OffsetDateTime,
-    pub payload: Payload,
+    pub message: trm_core::messages::PeerMessage,
 }
 
 /// What the node does with the federation's traffic. Both calls run inside the store
 /// transaction that also records the receipt, so effect and receipt commit together.
 pub trait FlowHandler: Send + Sync + 'static {
-    /// Applies an inbound payload; a [`Rejection`] keeps nothing it wrote and is answered
+    /// Applies an inbound message; a [`Rejection`] keeps nothing it wrote and is answered
     /// REJECTED.
     fn apply(&self, tx: &mut Tx<'_>, inbound: &Inbound) -> Result<(), TxFail<Rejection>>;
 

@@ -2,10 +2,7 @@
 //! side of the exchange. The recipient's side is in [`crate::flows`].
 
 use time::OffsetDateTime;
-use trm_core::{
-    ids::Shared, messages::Topic, model::DisclosedCase, referral::ReferralStatus,
-    returns::ReturnStatus,
-};
+use trm_core::{ids::Shared, messages::Topic};
 use trm_federation::outbox;
 use trm_proto::v1::{envelope_body::Payload, ErasureRequest};
 use trm_store::{Subject, Tx};
@@ -29,47 +26,23 @@ pub fn request(ctx: &Ctx, tx: &mut Tx<'_>, shared: Shared, erase_local: bool) ->
             let Some(mut r) = tx.referral(id)? else {
                 return Ok(false);
             };
-            if r.erasure_requested || r.origin != ctx.id {
+            if r.origin != ctx.id || !r.request_erasure(REASON, erase_local, now) {
                 return Ok(false);
-            }
-            if !r.status.is_final() {
-                r.status = ReferralStatus::Withdrawn;
-            }
-            r.status_reason = REASON.into();
-            r.erasure_requested = true;
-            r.updated_at = now;
-            let case_ref = r.disclosed.case_ref.clone();
-            if erase_local {
-                r.disclosed = tombstone(&r.disclosed);
-                r.requested_services.clear();
             }
             tx.shred(&Subject::referral(id))?;
             tx.put_referral(&r)?;
-            (r.destination, case_ref, Topic::Referral(id))
+            (r.destination, r.disclosed.case_ref, Topic::Referral(id))
         }
         Shared::Return(id) => {
             let Some(mut r) = tx.return_plan(id)? else {
                 return Ok(false);
             };
-            if r.erasure_requested || r.origin != ctx.id {
+            if r.origin != ctx.id || !r.request_erasure(REASON, erase_local, now) {
                 return Ok(false);
-            }
-            if !r.status.is_final() {
-                r.status = ReturnStatus::Halted;
-            }
-            r.status_reason = REASON.into();
-            r.erasure_requested = true;
-            r.updated_at = now;
-            let case_ref = r.disclosed.case_ref.clone();
-            if erase_local {
-                r.disclosed = tombstone(&r.disclosed);
-                r.reception_details.clear();
-                r.travel_details.clear();
-                r.follow_ups.clear();
             }
             tx.shred(&Subject::return_plan(id))?;
             tx.put_return_plan(&r)?;
-            (r.destination, case_ref, Topic::Return(id))
+            (r.destination, r.disclosed.case_ref, Topic::Return(id))
         }
     };
     let subject_id = match shared {
@@ -89,12 +62,4 @@ pub fn request(ctx: &Ctx, tx: &mut Tx<'_>, shared: Shared, erase_local: bool) ->
         Payload::ErasureRequest(request),
     )?;
     Ok(true)
-}
-
-/// Returns what is kept of an erased copy: the pairwise reference, nothing else.
-pub fn tombstone(d: &DisclosedCase) -> DisclosedCase {
-    DisclosedCase {
-        case_ref: d.case_ref.clone(),
-        ..Default::default()
-    }
 }

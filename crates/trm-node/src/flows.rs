@@ -7,11 +7,11 @@ use time::OffsetDateTime;
 use trm_core::{
     hearing::{check_child_measures, HearingEvent, HearingRecord, HearingStatus, HearingStep},
     ids::{HearingId, NodeId, ReferralId, ReturnId, WitnessRecord},
-    messages::{EnvelopeKind, Topic},
-    model::Purpose,
+    messages::{EnvelopeKind, PeerMessage, Topic},
+    model::{DisclosedCase, NeedKind, Purpose},
     policy,
-    referral::{next, ReferralEvent, ReferralRecord, ReferralStatus},
-    returns::{ReturnEvent, ReturnRecord, ReturnStatus, Side, StepDetails},
+    referral::{ReferralEvent, ReferralRecord, ReferralStatus},
+    returns::{ReturnEvent, ReturnRecord, ReturnStatus, StepDetails},
 };
 use trm_crypto::signing::Signer;
 use trm_federation::{
@@ -19,16 +19,10 @@ use trm_federation::{
     outbox, FlowHandler, Inbound, PeerDirectory, PeerKey, Rejection,
 };
 use trm_proto::{
-    convert,
     convert::ts,
-    v1::{
-        envelope_body::Payload, ErasureConfirmation, ErasureRequest, HearingRequest, HearingUpdate,
-        ReceiptOutcome, ReferralOffer, ReferralUpdate, ReturnRequest, ReturnUpdate,
-    },
+    v1::{envelope_body::Payload, ErasureConfirmation, ReceiptOutcome},
 };
 use trm_store::{repo::outbox::OutboxItem, Note, Subject, Tx, TxFail};
-
-use crate::{erasure::tombstone, hearing::witness_of};
 
 /// Applies the flows' payloads for node `id`.
 #[derive(Debug)]
@@ -42,19 +36,37 @@ pub struct Flows {
 
 type FlowResult = Result<(), TxFail<Rejection>>;
 
-fn reject(reason: impl Into<String>) -> TxFail<Rejection> {
-    TxFail::Abort(Rejection(reason.into()))
+fn policy(why: impl Into<String>) -> TxFail<Rejection> {
+    TxFail::Abort(Rejection::PolicyViolation(why.into()))
+}
+
+fn transition(why: impl Into<String>) -> TxFail<Rejection> {
+    TxFail::Abort(Rejection::InvalidTransition(why.into()))
+}
+
+fn unknown(why: impl Into<String>) -> TxFail<Rejection> {
+    TxFail::Abort(Rejection::UnknownCaseReference(why.into()))
+}
+
+fn malformed(why: impl Into<String>) -> TxFail<Rejection> {
+    TxFail::Abort(Rejection::Malformed(why.into()))
 }
 
 /// Refuses an id a peer chose for a new record when it names any record this node holds,
 /// of whatever kind: a peer never reaches a local record through an id it picked.
 fn id_is_new(tx: &mut Tx<'_>, id: uuid::Uuid, field: &str) -> FlowResult {
     if tx.names_a_record(id)? {
-        return Err(reject(format!(
-            "invalid transition: {field} names a record that already exists"
+        return Err(transition(format!(
+            "{field} names a record that already exists"
         )));
     }
     Ok(())
+}
+
+/// Refuses a step the record's state machine does not allow: a status the sender's side may
+/// not announce, or one its current state does not lead to.
+fn step<E>(event: Option<E>, status: &str) -> Result<E, TxFail<Rejection>> {
+    event.ok_or_else(|| transition(format!("{status} from this sender")))
 }
 
 impl Flows {
@@ -62,35 +74,20 @@ impl Flows {
         &self,
         tx: &mut Tx<'_>,
         inbound: &Inbound,
-        offer: &ReferralOffer,
+        referral_id: ReferralId,
+        disclosed: &DisclosedCase,
+        requested_services: &[NeedKind],
     ) -> FlowResult {
-        let referral_id = ReferralId::parse("referral_id", &offer.referral_id)
-            .map_err(|_| reject("malformed: referral_id"))?;
-        let disclosed = inbound_disclosure(
-            inbound,
-            offer.disclosed.as_ref(),
-            Purpose::ReferralAssistance,
-        )?;
-        let requested_services = convert::enums("requested_services", &offer.requested_services)
-            .map_err(|e| reject(format!("malformed: {e}")))?;
+        check_disclosure(inbound, disclosed, Purpose::ReferralAssistance)?;
         id_is_new(tx, referral_id.uuid(), "referral_id")?;
-        let now = OffsetDateTime::now_utc();
-        let record = ReferralRecord {
+        let record = ReferralRecord::received(
             referral_id,
-            origin: inbound.sender,
-            destination: self.id,
-            status: ReferralStatus::Delivered,
-            disclosed,
-            requested_services,
-            case_id: None,
-            organisation: None,
-            status_reason: String::new(),
-            consent_ids: vec![],
-            erasure_requested: false,
-            erasure_confirmed: false,
-            created_at: now,
-            updated_at: now,
-        };
+            inbound.sender,
+            self.id,
+            disclosed.clone(),
+            requested_services.to_vec(),
+            OffsetDateTime::now_utc(),
+        );
         tx.put_referral(&record)?;
         tx.remember_received_ref(
             inbound.sender,
@@ -104,78 +101,54 @@ impl Flows {
         &self,
         tx: &mut Tx<'_>,
         inbound: &Inbound,
-        update: &ReferralUpdate,
+        referral_id: ReferralId,
+        status: ReferralStatus,
+        reason: &str,
     ) -> FlowResult {
-        let referral_id = ReferralId::parse("referral_id", &update.referral_id)
-            .map_err(|_| reject("malformed: referral_id"))?;
-        let status = convert::referral_status_from_wire("status", update.status)
-            .map_err(|e| reject(format!("malformed: {e}")))?;
         let mut r = tx
             .referral(referral_id)?
-            .ok_or_else(|| reject("unknown case reference: no such referral"))?;
+            .ok_or_else(|| unknown("no such referral"))?;
         if r.peer(self.id) != inbound.sender {
-            return Err(reject(
-                "unknown case reference: referral not shared with the sender",
-            ));
+            return Err(unknown("referral not shared with the sender"));
         }
-        let from_destination = r.destination == inbound.sender;
-        let event = ReferralEvent::leading_to(status, from_destination).ok_or_else(|| {
-            reject(format!(
-                "invalid transition: {} from this sender",
-                status.as_str()
-            ))
-        })?;
-        r.status = next(r.status, event)
-            .map_err(|g| reject(format!("invalid transition: {}", g.reason)))?;
-        r.status_reason = convert::text("reason", &update.reason)
-            .map_err(|e| reject(format!("malformed: {e}")))?;
-        r.updated_at = OffsetDateTime::now_utc();
+        let event = step(
+            ReferralEvent::leading_to(status, r.side(inbound.sender)),
+            status.as_str(),
+        )?;
+        r.apply(event, reason, OffsetDateTime::now_utc())
+            .map_err(|g| transition(g.reason))?;
         tx.put_referral(&r)?;
         Ok(())
     }
 
     /// Erases what the origin disclosed under a withdrawn consent: the copy becomes a
-    /// tombstone with ids only, its data key is destroyed, and a signed confirmation goes back.
+    /// tombstone with ids only, its data key is destroyed (so earlier copies, in backups or
+    /// queued, stay unreadable), and a signed confirmation goes back.
     fn erasure_request(
         &self,
         tx: &mut Tx<'_>,
         inbound: &Inbound,
-        req: &ErasureRequest,
+        id: uuid::Uuid,
+        reason: &str,
     ) -> FlowResult {
-        let id =
-            uuid::Uuid::try_parse(&req.subject_id).map_err(|_| reject("malformed: subject_id"))?;
-        let reason = convert::text("reason", &req.reason).unwrap_or_default();
         let now = OffsetDateTime::now_utc();
-        let not_from_sender =
-            || reject("unknown case reference: subject not received from the sender");
-        // The copy becomes a tombstone with ids only; destroying the old data key keeps
-        // earlier copies, in backups or queued, unreadable.
+        let from_sender = |origin: NodeId, destination: NodeId| {
+            if origin == inbound.sender && destination == self.id {
+                Ok(())
+            } else {
+                Err(unknown("subject not received from the sender"))
+            }
+        };
         let referral_id = ReferralId::from_uuid(id);
         let return_id = ReturnId::from_uuid(id);
         if let Some(mut r) = tx.referral(referral_id)? {
-            if r.origin != inbound.sender || r.destination != self.id {
-                return Err(not_from_sender());
-            }
-            r.disclosed = tombstone(&r.disclosed);
-            r.requested_services.clear();
-            r.status = ReferralStatus::Withdrawn;
-            r.status_reason = reason;
-            r.updated_at = now;
+            from_sender(r.origin, r.destination)?;
+            r.erase_copy(reason, now);
             tx.shred(&Subject::referral(referral_id))?;
             tx.put_referral(&r)?;
         } else if let Some(mut r) = tx.return_plan(return_id)? {
-            if r.origin != inbound.sender || r.destination != self.id {
-                return Err(not_from_sender());
-            }
-            r.disclosed = tombstone(&r.disclosed);
-            r.reception_details.clear();
-            r.travel_details.clear();
-            r.follow_ups.clear();
-            if !r.status.is_final() {
-                r.status = ReturnStatus::Halted;
-            }
-            r.status_reason = reason;
-            r.updated_at = now;
+            from_sender(r.origin, r.destination)?;
+            r.erase_copy(reason, now);
             tx.shred(&Subject::return_plan(return_id))?;
             tx.put_return_plan(&r)?;
         }
@@ -199,34 +172,28 @@ impl Flows {
         &self,
         tx: &mut Tx<'_>,
         inbound: &Inbound,
-        c: &ErasureConfirmation,
+        id: uuid::Uuid,
     ) -> FlowResult {
-        let id =
-            uuid::Uuid::try_parse(&c.subject_id).map_err(|_| reject("malformed: subject_id"))?;
-        let not_sent = || reject("unknown case reference: subject not sent to the sender");
-        let no_request = || reject("invalid transition: no erasure was requested");
+        let sent_to_sender = |origin: NodeId, destination: NodeId| {
+            if destination == inbound.sender && origin == self.id {
+                Ok(())
+            } else {
+                Err(unknown("subject not sent to the sender"))
+            }
+        };
+        let now = OffsetDateTime::now_utc();
         if let Some(mut r) = tx.referral(ReferralId::from_uuid(id))? {
-            if r.destination != inbound.sender || r.origin != self.id {
-                return Err(not_sent());
-            }
-            if !r.erasure_requested {
-                return Err(no_request());
-            }
-            r.erasure_confirmed = true;
-            r.updated_at = OffsetDateTime::now_utc();
+            sent_to_sender(r.origin, r.destination)?;
+            r.erasure.confirm().map_err(|g| transition(g.reason))?;
+            r.updated_at = now;
             tx.put_referral(&r)?;
         } else if let Some(mut r) = tx.return_plan(ReturnId::from_uuid(id))? {
-            if r.destination != inbound.sender || r.origin != self.id {
-                return Err(not_sent());
-            }
-            if !r.erasure_requested {
-                return Err(no_request());
-            }
-            r.erasure_confirmed = true;
-            r.updated_at = OffsetDateTime::now_utc();
+            sent_to_sender(r.origin, r.destination)?;
+            r.erasure.confirm().map_err(|g| transition(g.reason))?;
+            r.updated_at = now;
             tx.put_return_plan(&r)?;
         } else {
-            return Err(reject("unknown case reference: no such subject"));
+            return Err(unknown("no such subject"));
         }
         Ok(())
     }
@@ -235,35 +202,22 @@ impl Flows {
         &self,
         tx: &mut Tx<'_>,
         inbound: &Inbound,
-        req: &ReturnRequest,
+        return_id: ReturnId,
+        disclosed: &DisclosedCase,
+        hearing_pending: bool,
+        compensation_pending: bool,
     ) -> FlowResult {
-        let return_id = ReturnId::parse("return_id", &req.return_id)
-            .map_err(|_| reject("malformed: return_id"))?;
-        let disclosed =
-            inbound_disclosure(inbound, req.disclosed.as_ref(), Purpose::ReturnPlanning)?;
+        check_disclosure(inbound, disclosed, Purpose::ReturnPlanning)?;
         id_is_new(tx, return_id.uuid(), "return_id")?;
-        let now = OffsetDateTime::now_utc();
-        let record = ReturnRecord {
+        let record = ReturnRecord::received(
             return_id,
-            origin: inbound.sender,
-            destination: self.id,
-            status: ReturnStatus::Requested,
-            disclosed,
-            hearing_pending: req.hearing_pending,
-            compensation_pending: req.compensation_pending,
-            case_id: None,
-            organisation: None,
-            status_reason: String::new(),
-            reception_details: String::new(),
-            travel_at: None,
-            travel_details: String::new(),
-            follow_ups: vec![],
-            consent_ids: vec![],
-            erasure_requested: false,
-            erasure_confirmed: false,
-            created_at: now,
-            updated_at: now,
-        };
+            inbound.sender,
+            self.id,
+            disclosed.clone(),
+            hearing_pending,
+            compensation_pending,
+            OffsetDateTime::now_utc(),
+        );
         tx.put_return_plan(&record)?;
         tx.remember_received_ref(
             inbound.sender,
@@ -273,45 +227,25 @@ impl Flows {
         Ok(())
     }
 
-    fn return_update(&self, tx: &mut Tx<'_>, inbound: &Inbound, u: &ReturnUpdate) -> FlowResult {
-        let id = ReturnId::parse("return_id", &u.return_id)
-            .map_err(|_| reject("malformed: return_id"))?;
-        let status = convert::return_status_from_wire("status", u.status)
-            .map_err(|e| reject(format!("malformed: {e}")))?;
+    fn return_update(
+        &self,
+        tx: &mut Tx<'_>,
+        inbound: &Inbound,
+        id: ReturnId,
+        status: ReturnStatus,
+        details: &StepDetails,
+    ) -> FlowResult {
         let mut r = tx
             .return_plan(id)?
-            .ok_or_else(|| reject("unknown case reference: no such return plan"))?;
+            .ok_or_else(|| unknown("no such return plan"))?;
         if r.peer(self.id) != inbound.sender {
-            return Err(reject(
-                "unknown case reference: return plan not shared with the sender",
-            ));
+            return Err(unknown("return plan not shared with the sender"));
         }
-        let sender_side = if r.origin == inbound.sender {
-            Side::Requesting
-        } else {
-            Side::Receiving
-        };
-        let event = ReturnEvent::leading_to(status, sender_side, r.status).ok_or_else(|| {
-            reject(format!(
-                "invalid transition: {} from this sender",
-                status.as_str()
-            ))
-        })?;
-        let step = StepDetails {
-            reason: convert::text("reason", &u.reason)
-                .map_err(|e| reject(format!("malformed: {e}")))?,
-            details: convert::text("details", &u.details)
-                .map_err(|e| reject(format!("malformed: {e}")))?,
-            travel_at: match u.travel_at.as_ref() {
-                Some(t) => Some(
-                    convert::from_ts("travel_at", Some(t))
-                        .map_err(|e| reject(format!("malformed: {e}")))?,
-                ),
-                None => None,
-            },
-        };
-        r.apply(event, &step)
-            .map_err(|g| reject(format!("invalid transition: {}", g.reason)))?;
+        let event = step(
+            ReturnEvent::leading_to(status, r.side(inbound.sender), r.status),
+            status.as_str(),
+        )?;
+        r.apply(event, details).map_err(|g| transition(g.reason))?;
         tx.put_return_plan(&r)?;
         Ok(())
     }
@@ -322,20 +256,18 @@ impl Flows {
         &self,
         tx: &mut Tx<'_>,
         inbound: &Inbound,
-        req: &HearingRequest,
+        hearing_id: HearingId,
+        request: HearingAsked<'_>,
     ) -> FlowResult {
-        let malformed = |e: trm_core::FieldError| reject(format!("malformed: {e}"));
-        let hearing_id = HearingId::parse("hearing_id", &req.hearing_id)
-            .map_err(|_| reject("malformed: hearing_id"))?;
         let record = tx
             .resolve_ref(inbound.sender, &inbound.case_ref)?
-            .ok_or_else(|| reject("unknown case reference: no record was exchanged with the requesting country under it"))?;
-        let witness = witness_of(tx, record, inbound.sender)
-            .map_err(|_| reject("unknown case reference"))?
-            .ok_or_else(|| reject("unknown case reference: the record is gone"))?;
-        let measures = convert::enums("measures", &req.measures).map_err(malformed)?;
-        check_child_measures(witness.is_child, &measures)
-            .map_err(|g| reject(format!("policy violation: {}", g.reason)))?;
+            .ok_or_else(|| {
+                unknown("no record was exchanged with the requesting country under it")
+            })?;
+        let witness = tx
+            .witness_of(record, inbound.sender)?
+            .ok_or_else(|| unknown("the record is gone"))?;
+        check_child_measures(witness.is_child, request.measures).map_err(|g| policy(g.reason))?;
         id_is_new(tx, hearing_id.uuid(), "hearing_id")?;
         let now = OffsetDateTime::now_utc();
         let record = HearingRecord {
@@ -345,18 +277,11 @@ impl Flows {
             status: HearingStatus::Requested,
             case_ref: inbound.case_ref.clone(),
             subject: record,
-            proceeding_reference: convert::short(
-                "proceeding_reference",
-                &req.proceeding_reference,
-                true,
-            )
-            .map_err(malformed)?,
-            legal_basis: convert::short("legal_basis", &req.legal_basis, true)
-                .map_err(malformed)?,
-            measures,
-            language: convert::language("language", &req.language).map_err(malformed)?,
-            proposed_times: convert::timestamps("proposed_times", &req.proposed_times)
-                .map_err(malformed)?,
+            proceeding_reference: request.proceeding_reference.to_owned(),
+            legal_basis: request.legal_basis.to_owned(),
+            measures: request.measures.to_vec(),
+            language: request.language.to_owned(),
+            proposed_times: request.proposed_times.to_vec(),
             scheduled_at: None,
             status_reason: String::new(),
             minutes_reference: String::new(),
@@ -367,39 +292,23 @@ impl Flows {
         Ok(())
     }
 
-    fn hearing_update(&self, tx: &mut Tx<'_>, inbound: &Inbound, u: &HearingUpdate) -> FlowResult {
-        let malformed = |e: trm_core::FieldError| reject(format!("malformed: {e}"));
-        let id = HearingId::parse("hearing_id", &u.hearing_id)
-            .map_err(|_| reject("malformed: hearing_id"))?;
-        let status = convert::hearing_status_from_wire("status", u.status).map_err(malformed)?;
-        let mut h = tx
-            .hearing(id)?
-            .ok_or_else(|| reject("unknown case reference: no such hearing"))?;
+    fn hearing_update(
+        &self,
+        tx: &mut Tx<'_>,
+        inbound: &Inbound,
+        id: HearingId,
+        status: HearingStatus,
+        details: &HearingStep,
+    ) -> FlowResult {
+        let mut h = tx.hearing(id)?.ok_or_else(|| unknown("no such hearing"))?;
         if h.peer(self.id) != inbound.sender {
-            return Err(reject(
-                "unknown case reference: hearing not shared with the sender",
-            ));
+            return Err(unknown("hearing not shared with the sender"));
         }
-        let from_witness_side = h.witness_country == inbound.sender;
-        let event = HearingEvent::leading_to(status)
-            .filter(|e| e.allowed_for(from_witness_side))
-            .ok_or_else(|| {
-                reject(format!(
-                    "invalid transition: {} from this sender",
-                    status.as_str()
-                ))
-            })?;
-        let step = HearingStep {
-            reason: convert::text("reason", &u.reason).map_err(malformed)?,
-            scheduled_at: match u.scheduled_at.as_ref() {
-                Some(t) => Some(convert::from_ts("scheduled_at", Some(t)).map_err(malformed)?),
-                None => None,
-            },
-            minutes_reference: convert::short("minutes_reference", &u.minutes_reference, false)
-                .map_err(malformed)?,
-        };
-        h.apply(event, &step)
-            .map_err(|g| reject(format!("invalid transition: {}", g.reason)))?;
+        let event = step(
+            HearingEvent::leading_to(status).filter(|e| e.allowed_for(h.side(inbound.sender))),
+            status.as_str(),
+        )?;
+        h.apply(event, details).map_err(|g| transition(g.reason))?;
         tx.put_hearing(&h)?;
         Ok(())
     }
@@ -414,28 +323,20 @@ impl Flows {
         &self,
         tx: &mut Tx<'_>,
         inbound: &Inbound,
-        a: &trm_proto::v1::KeyAnnouncement,
+        key_id: &str,
+        public_key: &[u8; 32],
+        valid_from: Option<OffsetDateTime>,
     ) -> FlowResult {
-        let k = a
-            .key
-            .as_ref()
-            .ok_or_else(|| reject("malformed: key is required"))?;
-        let public = trm_crypto::signing::public_from_bytes(&k.public_key)
-            .map_err(|_| reject("malformed: key.public_key"))?;
-        if trm_crypto::signing::key_id(&public) != k.key_id {
-            return Err(reject(
-                "malformed: key.key_id does not match key.public_key",
-            ));
+        let public = trm_crypto::signing::public_from_bytes(public_key)
+            .map_err(|_| malformed("key.public_key"))?;
+        if trm_crypto::signing::key_id(&public) != key_id {
+            return Err(malformed("key.key_id does not match key.public_key"));
         }
-        let valid_from = match k.valid_from.as_ref() {
-            Some(t) => convert::from_ts("key.valid_from", Some(t))
-                .map_err(|e| reject(format!("malformed: {e}")))?,
-            None => inbound.created_at,
-        };
+        let valid_from = valid_from.unwrap_or(inbound.created_at);
         let base = self
             .directory
             .base_keys(inbound.sender)
-            .ok_or_else(|| reject("unknown case reference: sender not in the directory"))?;
+            .ok_or_else(|| unknown("sender not in the directory"))?;
         let mut learned = tx.learned_keys()?;
         let mut known: Vec<PeerKey> = learned
             .peers
@@ -453,25 +354,25 @@ impl Flows {
             tls_pin: None,
             keys: merge_keys(&base, &known),
         };
-        if peer.key(&k.key_id).is_some() {
+        if peer.key(key_id).is_some() {
             return Ok(());
         }
         let signer = peer
             .key(&inbound.key_id)
-            .ok_or_else(|| reject("policy violation: the announcement's signer is unknown"))?;
+            .ok_or_else(|| policy("the announcement's signer is unknown"))?;
         if peer.newest_key().map(|n| n.key_id.as_str()) != Some(inbound.key_id.as_str()) {
-            return Err(reject(
-                "policy violation: a key announcement must be signed by the sender's newest key",
+            return Err(policy(
+                "a key announcement must be signed by the sender's newest key",
             ));
         }
         if valid_from < inbound.created_at {
-            return Err(reject(
-                "policy violation: key.valid_from is before the announcement's created_at",
+            return Err(policy(
+                "key.valid_from is before the announcement's created_at",
             ));
         }
         if signer.valid_from.is_some_and(|from| valid_from < from) {
-            return Err(reject(
-                "policy violation: key.valid_from is before the signer's own valid_from",
+            return Err(policy(
+                "key.valid_from is before the signer's own valid_from",
             ));
         }
         let signer_from = signer.valid_from;
@@ -490,7 +391,7 @@ impl Flows {
             }
         }
         known.push(PeerKey {
-            key_id: k.key_id.clone(),
+            key_id: key_id.to_owned(),
             public,
             valid_from: Some(valid_from),
             valid_until: None,
@@ -499,7 +400,7 @@ impl Flows {
             .iter()
             .map(stored_from_key)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| reject("malformed: key"))?;
+            .map_err(|_| malformed("key"))?;
         learned.peers.insert(inbound.sender, stored);
         tx.put_learned_keys(&learned)?;
         tx.note(Note::PeerKeys(inbound.sender));
@@ -507,37 +408,93 @@ impl Flows {
     }
 }
 
-/// Parses what crossed for `purpose` and checks it against the same disclosure table the
-/// sender must apply: a field the purpose does not allow refuses the whole payload.
-fn inbound_disclosure(
-    inbound: &Inbound,
-    wire: Option<&trm_proto::v1::DisclosedCase>,
-    purpose: Purpose,
-) -> Result<trm_core::model::DisclosedCase, TxFail<Rejection>> {
-    let wire = wire.ok_or_else(|| reject("malformed: disclosed is required"))?;
-    let disclosed =
-        convert::disclosed_from_wire(wire).map_err(|e| reject(format!("policy violation: {e}")))?;
-    policy::check_inbound(purpose, &disclosed).map_err(|v| reject(v.to_string()))?;
+/// What a hearing request asks for.
+struct HearingAsked<'a> {
+    proceeding_reference: &'a str,
+    legal_basis: &'a str,
+    measures: &'a [trm_core::hearing::ProtectiveMeasure],
+    language: &'a str,
+    proposed_times: &'a [OffsetDateTime],
+}
+
+/// Checks what crossed for `purpose` against the same disclosure table the sender must
+/// apply: a field the purpose does not allow refuses the whole payload.
+fn check_disclosure(inbound: &Inbound, disclosed: &DisclosedCase, purpose: Purpose) -> FlowResult {
+    policy::check_inbound(purpose, disclosed).map_err(|v| TxFail::Abort(Rejection::from(v)))?;
     if disclosed.case_ref != inbound.case_ref {
-        return Err(reject(
-            "malformed: disclosed.case_ref differs from the envelope's case_ref",
+        return Err(malformed(
+            "disclosed.case_ref differs from the envelope's case_ref",
         ));
     }
-    Ok(disclosed)
+    Ok(())
 }
 
 impl FlowHandler for Flows {
     fn apply(&self, tx: &mut Tx<'_>, inbound: &Inbound) -> FlowResult {
-        match &inbound.payload {
-            Payload::ReferralOffer(offer) => self.referral_offer(tx, inbound, offer),
-            Payload::ReferralUpdate(update) => self.referral_update(tx, inbound, update),
-            Payload::ReturnRequest(req) => self.return_request(tx, inbound, req),
-            Payload::ReturnUpdate(u) => self.return_update(tx, inbound, u),
-            Payload::HearingRequest(req) => self.hearing_request(tx, inbound, req),
-            Payload::HearingUpdate(u) => self.hearing_update(tx, inbound, u),
-            Payload::KeyAnnouncement(a) => self.key_announcement(tx, inbound, a),
-            Payload::ErasureRequest(req) => self.erasure_request(tx, inbound, req),
-            Payload::ErasureConfirmation(c) => self.erasure_confirmation(tx, inbound, c),
+        match &inbound.message {
+            PeerMessage::ReferralOffer {
+                referral_id,
+                disclosed,
+                requested_services,
+            } => self.referral_offer(tx, inbound, *referral_id, disclosed, requested_services),
+            PeerMessage::ReferralUpdate {
+                referral_id,
+                status,
+                reason,
+            } => self.referral_update(tx, inbound, *referral_id, *status, reason),
+            PeerMessage::ReturnRequest {
+                return_id,
+                disclosed,
+                hearing_pending,
+                compensation_pending,
+            } => self.return_request(
+                tx,
+                inbound,
+                *return_id,
+                disclosed,
+                *hearing_pending,
+                *compensation_pending,
+            ),
+            PeerMessage::ReturnUpdate {
+                return_id,
+                status,
+                step,
+            } => self.return_update(tx, inbound, *return_id, *status, step),
+            PeerMessage::HearingRequest {
+                hearing_id,
+                proceeding_reference,
+                legal_basis,
+                measures,
+                language,
+                proposed_times,
+            } => self.hearing_request(
+                tx,
+                inbound,
+                *hearing_id,
+                HearingAsked {
+                    proceeding_reference,
+                    legal_basis,
+                    measures,
+                    language,
+                    proposed_times,
+                },
+            ),
+            PeerMessage::HearingUpdate {
+                hearing_id,
+                status,
+                step,
+            } => self.hearing_update(tx, inbound, *hearing_id, *status, step),
+            PeerMessage::KeyAnnouncement {
+                key_id,
+                public_key,
+                valid_from,
+            } => self.key_announcement(tx, inbound, key_id, public_key, *valid_from),
+            PeerMessage::ErasureRequest { subject_id, reason } => {
+                self.erasure_request(tx, inbound, *subject_id, reason)
+            }
+            PeerMessage::ErasureConfirmation { subject_id } => {
+                self.erasure_confirmation(tx, inbound, *subject_id)
+            }
         }
     }
 
@@ -553,18 +510,23 @@ impl FlowHandler for Flows {
                 let Some(mut r) = tx.referral(id)? else {
                     return Ok(());
                 };
+                let now = OffsetDateTime::now_utc();
                 match outcome {
-                    ReceiptOutcome::Accepted | ReceiptOutcome::Duplicate
-                        if r.status == ReferralStatus::Sent =>
-                    {
-                        r.status = ReferralStatus::Delivered;
+                    ReceiptOutcome::Accepted | ReceiptOutcome::Duplicate => {
+                        // Only a referral still `sent`: an answer may have overtaken it.
+                        let status_reason = r.status_reason.clone();
+                        if r.apply(ReferralEvent::Delivered, &status_reason, now)
+                            .is_err()
+                        {
+                            return Ok(());
+                        }
                     }
                     ReceiptOutcome::Rejected => {
                         r.status_reason = format!("refused by {}: {reason}", item.peer);
+                        r.updated_at = now;
                     }
                     _ => return Ok(()),
                 }
-                r.updated_at = OffsetDateTime::now_utc();
                 tx.put_referral(&r)?;
             }
             (EnvelopeKind::HearingRequest, Topic::Hearing(id))
@@ -573,11 +535,15 @@ impl FlowHandler for Flows {
                 let Some(mut h) = tx.hearing(id)? else {
                     return Ok(());
                 };
+                // A request the witness's country refused outright is cancelled.
                 if h.status == HearingStatus::Requested {
-                    h.status = HearingStatus::Cancelled;
-                    h.status_reason = format!("refused by {}: {reason}", item.peer);
-                    h.updated_at = OffsetDateTime::now_utc();
-                    tx.put_hearing(&h)?;
+                    let step = HearingStep {
+                        reason: format!("refused by {}: {reason}", item.peer),
+                        ..HearingStep::default()
+                    };
+                    if h.apply(HearingEvent::Cancel, &step).is_ok() {
+                        tx.put_hearing(&h)?;
+                    }
                 }
             }
             _ => {}

@@ -13,7 +13,7 @@ use trm_core::{
         check_child_measures, HearingEvent, HearingRecord, HearingStatus, HearingStep,
         ProtectiveMeasure,
     },
-    ids::{CaseId, HearingId, NodeId, OrgId, Principal, ReferralId, ReturnId, Role, WitnessRecord},
+    ids::{HearingId, OrgId, Principal, Role, WitnessRecord},
     messages::Topic,
     FieldError, Guard, GuardError,
 };
@@ -46,64 +46,6 @@ impl Hearings {
     pub fn new(ctx: Ctx) -> Self {
         Self { ctx }
     }
-}
-
-/// What a local record tells about the witness: the pairwise reference towards `peer`,
-/// whether a child, and which organisation looks after the record.
-#[derive(Debug)]
-pub struct Witness {
-    pub record: WitnessRecord,
-    pub case_ref: Option<String>,
-    pub is_child: bool,
-    pub organisation: Option<OrgId>,
-}
-
-/// Looks up a local record by id: a case, or a referral or return plan (the reference
-/// counts only if it is shared with `peer`).
-pub fn witness(tx: &mut Tx<'_>, id: uuid::Uuid, peer: NodeId) -> TxResult<Option<Witness>> {
-    for record in [
-        WitnessRecord::Case(CaseId::from_uuid(id)),
-        WitnessRecord::Referral(ReferralId::from_uuid(id)),
-        WitnessRecord::Return(ReturnId::from_uuid(id)),
-    ] {
-        if let Some(w) = witness_of(tx, record, peer)? {
-            return Ok(Some(w));
-        }
-    }
-    Ok(None)
-}
-
-/// Looks up the witness a known local record is.
-pub fn witness_of(
-    tx: &mut Tx<'_>,
-    record: WitnessRecord,
-    peer: NodeId,
-) -> TxResult<Option<Witness>> {
-    Ok(match record {
-        WitnessRecord::Case(id) => match tx.case(id)? {
-            Some(c) => Some(Witness {
-                record,
-                case_ref: tx.case_ref(id, peer)?,
-                is_child: c.child.is_child,
-                organisation: Some(c.organisation),
-            }),
-            None => None,
-        },
-        WitnessRecord::Referral(id) => tx.referral(id)?.map(|r| Witness {
-            record,
-            case_ref: (r.origin == peer || r.destination == peer)
-                .then(|| r.disclosed.case_ref.clone()),
-            is_child: r.disclosed.child.is_some_and(|c| c.is_child),
-            organisation: r.organisation,
-        }),
-        WitnessRecord::Return(id) => tx.return_plan(id)?.map(|r| Witness {
-            record,
-            case_ref: (r.origin == peer || r.destination == peer)
-                .then(|| r.disclosed.case_ref.clone()),
-            is_child: r.disclosed.child.is_some_and(|c| c.is_child),
-            organisation: r.organisation,
-        }),
-    })
 }
 
 /// Returns the organisation that looks after a hearing's local subject, read outside a
@@ -157,8 +99,7 @@ fn step_in(
 ) -> TxResult<HearingRecord> {
     let me = ctx.id;
     let mut h = tx.hearing(id)?.ok_or(ApiError::NotFound("hearing"))?;
-    let witness_side = h.at_witness_side(me);
-    if !event.allowed_for(witness_side) {
+    if !event.allowed_for(h.side(me)) {
         return Err(ApiError::Denied(format!(
             "only the witness's country may {event:?} a hearing"
         ))
@@ -263,7 +204,7 @@ impl WitnessHearingService for Hearings {
                 idem,
                 |h: &HearingRecord| h.hearing_id.to_string(),
                 move |tx| {
-                    let s = witness(tx, subject_id, witness_country)?
+                    let s = tx.witness(subject_id, witness_country)?
                         .ok_or(ApiError::NotFound("case"))?;
                     let case_ref = s.case_ref.clone().ok_or_else(|| {
                         ApiError::from(GuardError::new(

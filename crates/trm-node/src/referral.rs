@@ -7,10 +7,11 @@ use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 use trm_core::{
     consent::Consent,
+    exchange::Erasure,
     ids::{CaseId, ConsentId, OrgId, Principal, ReferralId, Role, Shared},
     messages::Topic,
     model::{CaseRecord, Purpose},
-    referral::{next, Direction, ReferralEvent, ReferralRecord, ReferralStatus},
+    referral::{next, ReferralEvent, ReferralRecord, ReferralStatus},
     FieldError, Guard, GuardError,
 };
 use trm_federation::outbox;
@@ -64,8 +65,7 @@ fn update_referral(
 ) -> TxResult<ReferralRecord> {
     let mut r = load_referral(tx, id)?;
     let me = ctx.id;
-    let at_destination = r.direction(me) == Direction::Incoming;
-    if !event.allowed_for(at_destination) {
+    if !event.allowed_for(r.side(me)) {
         return Err(
             ApiError::Denied("only the destination answers or assigns a referral".into()).into(),
         );
@@ -73,9 +73,8 @@ fn update_referral(
     if p.role != Role::FocalPoint {
         require_org(p, r.organisation.as_ref())?;
     }
-    r.status = next(r.status, event).map_err(ApiError::from)?;
-    r.status_reason = reason.to_owned();
-    r.updated_at = OffsetDateTime::now_utc();
+    r.apply(event, reason, OffsetDateTime::now_utc())
+        .map_err(ApiError::from)?;
     if let Some(org) = assign {
         r.organisation = Some(org.clone());
     }
@@ -453,8 +452,7 @@ impl ReferralService for Referrals {
                         organisation: Some(d.case.organisation.clone()),
                         status_reason: String::new(),
                         consent_ids: d.consent_ids.clone(),
-                        erasure_requested: false,
-                        erasure_confirmed: false,
+                        erasure: Erasure::NotRequested,
                         created_at: now,
                         updated_at: now,
                     };

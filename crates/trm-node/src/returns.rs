@@ -7,6 +7,7 @@ use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 use trm_core::{
+    exchange::Erasure,
     ids::{AssessmentId, CaseId, OrgId, Principal, ReturnId, Role, Shared},
     messages::Topic,
     model::{CaseRecord, Purpose},
@@ -80,7 +81,7 @@ fn step_in(
     let mut r = load_return(tx, id)?;
     let side = r.side(me);
     if !event.allowed_for(side) {
-        let who = if side == Side::Requesting {
+        let who = if side == Side::Origin {
             "requesting"
         } else {
             "receiving"
@@ -90,11 +91,9 @@ fn step_in(
         );
     }
     match side {
-        Side::Requesting if p.role == Role::ServiceProvider => {
-            require_org(p, r.organisation.as_ref())?
-        }
-        Side::Requesting => {}
-        Side::Receiving => require(p, &[Role::FocalPoint], "act on an incoming return plan")?,
+        Side::Origin if p.role == Role::ServiceProvider => require_org(p, r.organisation.as_ref())?,
+        Side::Origin => {}
+        Side::Destination => require(p, &[Role::FocalPoint], "act on an incoming return plan")?,
     }
     r.apply(event, step).map_err(ApiError::from)?;
     tx.put_return_plan(&r)?;
@@ -362,8 +361,7 @@ impl ReturnPlanningService for Returns {
                         travel_details: String::new(),
                         follow_ups: vec![],
                         consent_ids: d.consent_ids.clone(),
-                        erasure_requested: false,
-                        erasure_confirmed: false,
+                        erasure: Erasure::NotRequested,
                         created_at: now,
                         updated_at: now,
                     };

@@ -537,8 +537,8 @@ pub fn referral_to_wire(r: &ReferralRecord) -> w::Referral {
         disclosed: Some(disclosed_to_wire(&r.disclosed)),
         created_at: Some(ts(r.created_at)),
         updated_at: Some(ts(r.updated_at)),
-        erasure_confirmed: r.erasure_confirmed,
-        erasure_requested: r.erasure_requested,
+        erasure_confirmed: r.erasure.confirmed(),
+        erasure_requested: r.erasure.requested(),
         requested_services: enums_to_wire(&r.requested_services),
         case_id: r.case_id.map(|c| c.to_string()).unwrap_or_default(),
         status_reason: r.status_reason.clone(),
@@ -677,8 +677,8 @@ pub fn return_to_wire(r: &ReturnRecord) -> w::ReturnPlan {
             })
             .collect(),
         case_id: r.case_id.map(|c| c.to_string()).unwrap_or_default(),
-        erasure_requested: r.erasure_requested,
-        erasure_confirmed: r.erasure_confirmed,
+        erasure_requested: r.erasure.requested(),
+        erasure_confirmed: r.erasure.confirmed(),
     }
 }
 

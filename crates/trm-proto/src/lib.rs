@@ -1,9 +1,11 @@
 //! The `trm.v1` wire contract: prost messages and tonic services generated from `proto/`,
-//! and beside them the conversions wire <-> domain (`convert`), where input is parsed, and
-//! the one map from every port's errors to gRPC statuses (`status`).
+//! and beside them the conversions wire <-> domain (`convert`), where input is parsed; a
+//! peer's payloads parsed into domain messages (`peer`); and the one map from every port's
+//! errors to gRPC statuses (`status`).
 #![forbid(unsafe_code)]
 
 pub mod convert;
+pub mod peer;
 pub mod status;
 
 /// Generated code of package `trm.v1`.

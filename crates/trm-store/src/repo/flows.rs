@@ -4,8 +4,8 @@
 //! each destination.
 
 use trm_core::{
-    hearing::HearingRecord,
-    ids::{CaseId, HearingId, NodeId, OrgId, ReferralId, ReturnId},
+    hearing::{HearingRecord, Witness},
+    ids::{CaseId, HearingId, NodeId, OrgId, ReferralId, ReturnId, WitnessRecord},
     referral::{Direction, ReferralRecord},
     returns::ReturnRecord,
 };
@@ -37,6 +37,50 @@ fn id_after(key: &[u8], prefix_len: usize) -> Option<[u8; 16]> {
 }
 
 impl Tx<'_> {
+    /// Looks up a local record by id: a case, or a referral or return plan (whose reference
+    /// counts only if it is shared with `peer`).
+    pub fn witness(&mut self, id: uuid::Uuid, peer: NodeId) -> Result<Option<Witness>> {
+        for record in [
+            WitnessRecord::Case(CaseId::from_uuid(id)),
+            WitnessRecord::Referral(ReferralId::from_uuid(id)),
+            WitnessRecord::Return(ReturnId::from_uuid(id)),
+        ] {
+            if let Some(w) = self.witness_of(record, peer)? {
+                return Ok(Some(w));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Returns what the known local `record` tells about the witness, towards `peer`.
+    pub fn witness_of(&mut self, record: WitnessRecord, peer: NodeId) -> Result<Option<Witness>> {
+        Ok(match record {
+            WitnessRecord::Case(id) => match self.case(id)? {
+                Some(c) => Some(Witness {
+                    record,
+                    case_ref: self.case_ref(id, peer)?,
+                    is_child: c.child.is_child,
+                    organisation: Some(c.organisation),
+                }),
+                None => None,
+            },
+            WitnessRecord::Referral(id) => self.referral(id)?.map(|r| Witness {
+                record,
+                case_ref: (r.origin == peer || r.destination == peer)
+                    .then(|| r.disclosed.case_ref.clone()),
+                is_child: r.disclosed.child.is_some_and(|c| c.is_child),
+                organisation: r.organisation,
+            }),
+            WitnessRecord::Return(id) => self.return_plan(id)?.map(|r| Witness {
+                record,
+                case_ref: (r.origin == peer || r.destination == peer)
+                    .then(|| r.disclosed.case_ref.clone()),
+                is_child: r.disclosed.child.is_some_and(|c| c.is_child),
+                organisation: r.organisation,
+            }),
+        })
+    }
+
     /// Returns the referral `id`.
     pub fn referral(&mut self, id: ReferralId) -> Result<Option<ReferralRecord>> {
         self.get_sealed("referral", &layout::referral(id), &Subject::referral(id))

@@ -1,0 +1,172 @@
+//! A peer's payload parsed at the edge, the way mini-redis turns a frame into a `Command`
+//! before applying it: every field is checked here and the flows see only a domain
+//! [`PeerMessage`]. What fails is either malformed or, inside the disclosed case, a policy
+//! violation (a field that may not cross, or cannot be represented).
+
+use trm_core::{
+    hearing::HearingStep,
+    ids::{HearingId, ReferralId, ReturnId},
+    messages::PeerMessage,
+    returns::StepDetails,
+    FieldError,
+};
+
+use crate::{
+    convert::{
+        disclosed_from_wire, enums, from_ts, hearing_status_from_wire, language,
+        referral_status_from_wire, return_status_from_wire, short, text, timestamps,
+    },
+    v1::{self as w, envelope_body::Payload},
+};
+
+/// Why a payload does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    /// A field is missing or malformed.
+    #[error("{0}")]
+    Malformed(FieldError),
+    /// The disclosed case carries what may not cross a border, or cannot be read.
+    #[error("{0}")]
+    Disclosure(FieldError),
+}
+
+impl From<FieldError> for PayloadError {
+    fn from(e: FieldError) -> Self {
+        PayloadError::Malformed(e)
+    }
+}
+
+fn disclosed(
+    wire: Option<&w::DisclosedCase>,
+) -> Result<trm_core::model::DisclosedCase, PayloadError> {
+    let wire = wire.ok_or_else(|| FieldError::new("disclosed", "is required"))?;
+    disclosed_from_wire(wire).map_err(PayloadError::Disclosure)
+}
+
+fn subject(field: &str, s: &str) -> Result<uuid::Uuid, FieldError> {
+    uuid::Uuid::try_parse(s).map_err(|_| FieldError::new(field, "must be a UUID"))
+}
+
+fn optional_ts(
+    field: &str,
+    t: Option<&prost_types::Timestamp>,
+) -> Result<Option<time::OffsetDateTime>, FieldError> {
+    t.map(|t| from_ts(field, Some(t))).transpose()
+}
+
+/// Parses a peer's payload into the domain message.
+pub fn parse(payload: &Payload) -> Result<PeerMessage, PayloadError> {
+    Ok(match payload {
+        Payload::ReferralOffer(o) => PeerMessage::ReferralOffer {
+            referral_id: ReferralId::parse("referral_id", &o.referral_id)?,
+            disclosed: disclosed(o.disclosed.as_ref())?,
+            requested_services: enums("requested_services", &o.requested_services)?,
+        },
+        Payload::ReferralUpdate(u) => PeerMessage::ReferralUpdate {
+            referral_id: ReferralId::parse("referral_id", &u.referral_id)?,
+            status: referral_status_from_wire("status", u.status)?,
+            reason: text("reason", &u.reason)?,
+        },
+        Payload::ReturnRequest(r) => PeerMessage::ReturnRequest {
+            return_id: ReturnId::parse("return_id", &r.return_id)?,
+            disclosed: disclosed(r.disclosed.as_ref())?,
+            hearing_pending: r.hearing_pending,
+            compensation_pending: r.compensation_pending,
+        },
+        Payload::ReturnUpdate(u) => PeerMessage::ReturnUpdate {
+            return_id: ReturnId::parse("return_id", &u.return_id)?,
+            status: return_status_from_wire("status", u.status)?,
+            step: StepDetails {
+                reason: text("reason", &u.reason)?,
+                details: text("details", &u.details)?,
+                travel_at: optional_ts("travel_at", u.travel_at.as_ref())?,
+            },
+        },
+        Payload::HearingRequest(h) => PeerMessage::HearingRequest {
+            hearing_id: HearingId::parse("hearing_id", &h.hearing_id)?,
+            proceeding_reference: short("proceeding_reference", &h.proceeding_reference, true)?,
+            legal_basis: short("legal_basis", &h.legal_basis, true)?,
+            measures: enums("measures", &h.measures)?,
+            language: language("language", &h.language)?,
+            proposed_times: timestamps("proposed_times", &h.proposed_times)?,
+        },
+        Payload::HearingUpdate(u) => PeerMessage::HearingUpdate {
+            hearing_id: HearingId::parse("hearing_id", &u.hearing_id)?,
+            status: hearing_status_from_wire("status", u.status)?,
+            step: HearingStep {
+                reason: text("reason", &u.reason)?,
+                scheduled_at: optional_ts("scheduled_at", u.scheduled_at.as_ref())?,
+                minutes_reference: short("minutes_reference", &u.minutes_reference, false)?,
+            },
+        },
+        Payload::ErasureRequest(e) => PeerMessage::ErasureRequest {
+            subject_id: subject("subject_id", &e.subject_id)?,
+            // The erasure happens whatever the reason says.
+            reason: text("reason", &e.reason).unwrap_or_default(),
+        },
+        Payload::ErasureConfirmation(c) => PeerMessage::ErasureConfirmation {
+            subject_id: subject("subject_id", &c.subject_id)?,
+        },
+        Payload::KeyAnnouncement(a) => {
+            let k = a
+                .key
+                .as_ref()
+                .ok_or_else(|| FieldError::new("key", "is required"))?;
+            PeerMessage::KeyAnnouncement {
+                key_id: k.key_id.clone(),
+                public_key: k.public_key.as_slice().try_into().map_err(|_| {
+                    FieldError::new("key.public_key", "must be 32 raw bytes of an ed25519 key")
+                })?,
+                valid_from: optional_ts("key.valid_from", k.valid_from.as_ref())?,
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_is_parsed_whole_or_refused_naming_the_field() {
+        let id = uuid::Uuid::now_v7().to_string();
+        let update = |status: w::ReferralStatus| {
+            Payload::ReferralUpdate(w::ReferralUpdate {
+                referral_id: id.clone(),
+                status: status as i32,
+                reason: "ok".into(),
+            })
+        };
+        assert!(matches!(
+            parse(&update(w::ReferralStatus::Accepted)),
+            Ok(PeerMessage::ReferralUpdate { .. })
+        ));
+        let err = parse(&update(w::ReferralStatus::Unspecified)).unwrap_err();
+        assert!(
+            matches!(&err, PayloadError::Malformed(f) if f.field == "status"),
+            "{err}"
+        );
+        let offer = Payload::ReferralOffer(w::ReferralOffer {
+            referral_id: "not-an-id".into(),
+            ..Default::default()
+        });
+        let err = parse(&offer).unwrap_err();
+        assert!(
+            matches!(&err, PayloadError::Malformed(f) if f.field == "referral_id"),
+            "{err}"
+        );
+        let leaky = Payload::ReturnRequest(w::ReturnRequest {
+            return_id: id.clone(),
+            disclosed: Some(w::DisclosedCase {
+                case_ref: "c".into(),
+                needs: Some(w::Needs {
+                    notes: "free text".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert!(matches!(parse(&leaky), Err(PayloadError::Disclosure(_))));
+    }
+}
