@@ -3,6 +3,8 @@
 
 mod access;
 mod audit;
+#[cfg(unix)]
+mod crash;
 mod directory;
 mod durability;
 mod hearing;

@@ -428,94 +428,14 @@ impl NodeConfig {
                 "must be at least 30 (Council of Europe Convention art. 13)",
             ));
         }
-        bounded(
-            "policy.reflection_period_days",
-            self.policy.reflection_period_days,
-            30,
-            3650,
-        )?;
-        bounded(
-            "policy.replay_window_days",
-            self.policy.replay_window_days,
-            1,
-            90,
-        )?;
-        bounded(
-            "delivery.backoff_cap_secs",
-            self.delivery.backoff_cap_secs,
-            1,
-            86_400,
-        )?;
-        bounded(
-            "delivery.request_timeout_secs",
-            self.delivery.request_timeout_secs,
-            1,
-            600,
-        )?;
-        // A peer takes at most 512 envelopes per batch and 16 requests in flight per peer.
-        bounded(
-            "delivery.batch_envelopes",
-            self.delivery.batch_envelopes,
-            1,
-            512,
-        )?;
-        bounded(
-            "delivery.batches_in_flight",
-            self.delivery.batches_in_flight,
-            1,
-            8,
-        )?;
+        for (key, value, lo, hi) in self.bounds() {
+            bounded(key, value, lo, hi)?;
+        }
         if self.storage.engine != "sled" {
             return Err(invalid(
                 "storage.engine",
                 "must be \"sled\" (the PostgreSQL engine is not available in this build)",
             ));
-        }
-        bounded(
-            "storage.kek_rotation_hours",
-            self.storage.kek_rotation_hours,
-            1,
-            24 * 30,
-        )?;
-        let l = &self.limits;
-        bounded("limits.max_connections", l.max_connections, 1, 65_536)?;
-        bounded(
-            "limits.handshake_timeout_secs",
-            l.handshake_timeout_secs,
-            1,
-            300,
-        )?;
-        bounded(
-            "limits.max_concurrent_streams",
-            l.max_concurrent_streams,
-            1,
-            4096,
-        )?;
-        bounded(
-            "limits.keepalive_interval_secs",
-            l.keepalive_interval_secs,
-            1,
-            3600,
-        )?;
-        bounded(
-            "limits.keepalive_timeout_secs",
-            l.keepalive_timeout_secs,
-            1,
-            600,
-        )?;
-        for (key, v) in [
-            (
-                "limits.client_requests_per_second",
-                l.client_requests_per_second,
-            ),
-            ("limits.client_burst", l.client_burst),
-            (
-                "limits.peer_requests_per_second",
-                l.peer_requests_per_second,
-            ),
-            ("limits.peer_burst", l.peer_burst),
-        ] {
-            bounded(key, v, 1, 1_000_000)?;
         }
         if self.node.key_store.starts_with(&self.node.data_dir) {
             return Err(invalid(
@@ -541,6 +461,86 @@ impl NodeConfig {
                 ));
             }
         }
+        self.validate_peers()
+    }
+
+    /// Every numeric setting with its bounds: below, nothing would work; above, a value
+    /// would overflow a duration or stall the node.
+    fn bounds(&self) -> [(&'static str, u64, u64, u64); 16] {
+        let (d, l) = (&self.delivery, &self.limits);
+        let n = |v: usize| v as u64;
+        [
+            (
+                "policy.reflection_period_days",
+                self.policy.reflection_period_days.into(),
+                30,
+                3650,
+            ),
+            (
+                "policy.replay_window_days",
+                self.policy.replay_window_days.into(),
+                1,
+                90,
+            ),
+            ("delivery.backoff_cap_secs", d.backoff_cap_secs, 1, 86_400),
+            (
+                "delivery.request_timeout_secs",
+                d.request_timeout_secs,
+                1,
+                600,
+            ),
+            // A peer takes at most 512 envelopes per batch and 16 requests in flight.
+            ("delivery.batch_envelopes", n(d.batch_envelopes), 1, 512),
+            ("delivery.batches_in_flight", n(d.batches_in_flight), 1, 8),
+            (
+                "storage.kek_rotation_hours",
+                self.storage.kek_rotation_hours.into(),
+                1,
+                24 * 30,
+            ),
+            ("limits.max_connections", n(l.max_connections), 1, 65_536),
+            (
+                "limits.handshake_timeout_secs",
+                l.handshake_timeout_secs,
+                1,
+                300,
+            ),
+            (
+                "limits.max_concurrent_streams",
+                l.max_concurrent_streams.into(),
+                1,
+                4096,
+            ),
+            (
+                "limits.keepalive_interval_secs",
+                l.keepalive_interval_secs,
+                1,
+                3600,
+            ),
+            (
+                "limits.keepalive_timeout_secs",
+                l.keepalive_timeout_secs,
+                1,
+                600,
+            ),
+            (
+                "limits.client_requests_per_second",
+                l.client_requests_per_second.into(),
+                1,
+                1_000_000,
+            ),
+            ("limits.client_burst", l.client_burst.into(), 1, 1_000_000),
+            (
+                "limits.peer_requests_per_second",
+                l.peer_requests_per_second.into(),
+                1,
+                1_000_000,
+            ),
+            ("limits.peer_burst", l.peer_burst.into(), 1, 1_000_000),
+        ]
+    }
+
+    fn validate_peers(&self) -> Result<(), ConfigError> {
         let mut seen = Vec::new();
         for (i, peer) in self.peers.iter().enumerate() {
             let key = format!("peers[{i}]");

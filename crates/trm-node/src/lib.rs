@@ -15,11 +15,13 @@
 //! - [`admin`]: `AdminService`; [`metrics`]: the plain-HTTP probes;
 //! - [`listen`]: accepting TLS connections under limits (handshake deadline, connection cap);
 //! - [`gate`]: the per-request checks (revoked certificates, request rates);
-//! - [`error`]: the one place where errors become gRPC codes.
+//! - [`error`]: the local services' errors (their gRPC codes come from `trm_proto::status`);
+//! - [`cli`]: the `trm-node --config FILE` command.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod authz;
+pub mod cli;
 pub mod config;
 pub mod ctx;
 pub mod disclosure;

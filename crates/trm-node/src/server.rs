@@ -383,13 +383,41 @@ pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, No
     })
 }
 
+/// Turns the node NOT_SERVING for good once a durable point of `store` has failed.
+fn latch_health(store: &Store, health: tonic_health::server::HealthReporter) -> JoinHandle<()> {
+    let mut failure = store.watch_failure();
+    tokio::spawn(async move {
+        while failure.changed().await.is_ok() {
+            if failure.borrow().is_some() {
+                not_serving(&health).await;
+                return;
+            }
+        }
+    })
+}
+
+/// A server task of one port, named for the logs.
+type ServerTask = (&'static str, JoinHandle<Result<(), String>>);
+
+/// Runs the server of port `name` as a task.
+fn serve<F, E>(name: &'static str, server: F) -> ServerTask
+where
+    F: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    (
+        name,
+        tokio::spawn(async move { server.await.map_err(|e| e.to_string()) }),
+    )
+}
+
 /// A running node: its server tasks, to drain on shutdown.
 pub struct Running {
     node: trm_core::ids::NodeId,
     health: tonic_health::server::HealthReporter,
     health_task: JoinHandle<()>,
     stop: watch::Sender<bool>,
-    tasks: Vec<(&'static str, JoinHandle<Result<(), String>>)>,
+    tasks: Vec<ServerTask>,
     acceptors: Vec<JoinHandle<()>>,
     housekeeping: JoinHandle<()>,
     delivery: Delivery,
@@ -500,17 +528,7 @@ impl Built {
             .set_serving::<ReferralServiceServer<Referrals>>()
             .await;
         health.set_serving::<AdminServiceServer<Admin>>().await;
-        // A failed durable point turns the node NOT_SERVING for good.
-        let mut failure = store.watch_failure();
-        let on_failure = health.clone();
-        let health_task = tokio::spawn(async move {
-            while failure.changed().await.is_ok() {
-                if failure.borrow().is_some() {
-                    not_serving(&on_failure).await;
-                    return;
-                }
-            }
-        });
+        let health_task = latch_health(&store, health.clone());
         let services_gate = client_gate.clone();
         let services_server = services_builder
             .layer(tonic::service::InterceptorLayer::new(
@@ -558,22 +576,13 @@ impl Built {
             kek_rotation,
             stopped,
         ));
-        let tasks: Vec<(&str, JoinHandle<Result<(), String>>)> = vec![
-            (
-                "federation",
-                tokio::spawn(async move { fed_server.await.map_err(|e| e.to_string()) }),
-            ),
-            (
-                "services",
-                tokio::spawn(async move { services_server.await.map_err(|e| e.to_string()) }),
-            ),
-            (
-                "admin",
-                tokio::spawn(async move { admin_server.await.map_err(|e| e.to_string()) }),
-            ),
-            (
+        let tasks = vec![
+            serve("federation", fed_server),
+            serve("services", services_server),
+            serve("admin", admin_server),
+            serve(
                 "metrics",
-                tokio::spawn(async move { metrics_server.await.map_err(|e| e.to_string()) }),
+                std::future::IntoFuture::into_future(metrics_server),
             ),
         ];
         info!(node = %ctx.id, "node running");

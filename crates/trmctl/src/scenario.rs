@@ -101,69 +101,9 @@ pub async fn run(
     let mut sp = referrals(dir, origin, Role::ServiceProvider).await?;
     let mut dest_fp = referrals(dir, destination, Role::FocalPoint).await?;
 
-    writeln!(
-        out,
-        "== {origin}: a service provider records an identified victim (fictional data)"
-    )?;
-    let case = sp
-        .create_case(w::CreateCaseRequest {
-            person: Some(w::Person {
-                given_name: "Maria".into(),
-                family_name: "Exemplu".into(),
-                date_of_birth: "2001-04-02".into(),
-                gender: w::Gender::Female as i32,
-                citizenship: vec![destination.to_string()],
-                languages: vec!["ro".into(), "en".into()],
-                document_number: "SANDBOX-0001".into(),
-                address: "Shelter 1, Sandbox Street".into(),
-                phone: "+00 000 0000".into(),
-            }),
-            needs: Some(w::Needs {
-                kinds: vec![
-                    w::NeedKind::Shelter as i32,
-                    w::NeedKind::Psychological as i32,
-                ],
-                urgency: w::Urgency::Urgent as i32,
-                notes: "case worker's private notes".into(),
-            }),
-            exploitation: Some(w::Exploitation {
-                types: vec![w::ExploitationType::ForcedLabour as i32],
-                countries: vec![origin.to_string()],
-            }),
-            child: Some(w::ChildInfo::default()),
-            identified_on: String::new(),
-            ..Default::default()
-        })
-        .await
-        .context("CreateCase")?
-        .into_inner();
-    writeln!(
-        out,
-        "   {origin} holds case {} (full record, sealed at rest):",
-        case.case_id
-    )?;
-    writeln!(out, "   {:?}", case.person)?;
+    let case = record_case(&mut sp, origin, destination, out).await?;
 
-    writeln!(
-        out,
-        "== {origin}: a referral to {destination} without consent is refused"
-    )?;
-    let refused = sp
-        .submit_referral(w::SubmitReferralRequest {
-            case_id: case.case_id.clone(),
-            destination: destination.to_string(),
-            requested_services: vec![w::NeedKind::Shelter as i32],
-            reason: String::new(),
-            ..Default::default()
-        })
-        .await;
-    let without_consent = match refused {
-        Ok(_) => bail!("a referral without consent was accepted"),
-        Err(status) => {
-            writeln!(out, "   {:?}: {}", status.code(), status.message())?;
-            status.code()
-        }
-    };
+    let without_consent = refused_without_consent(&mut sp, origin, destination, &case, out).await?;
 
     writeln!(
         out,
@@ -272,17 +212,7 @@ pub async fn run(
     let hearing_at_witness = hearing_story(dir, origin, destination, &case.case_id, out).await?;
 
     for node in [origin, destination] {
-        let mut admin = AdminServiceClient::new(client(dir, node, Role::Operator, true).await?);
-        let audit = admin
-            .verify_audit(w::VerifyAuditRequest {})
-            .await?
-            .into_inner();
-        let status = admin.status(w::StatusRequest {}).await?.into_inner();
-        writeln!(
-            out,
-            "== {node}: audit chain ok={} ({} entries); outbox depth {}",
-            audit.ok, audit.entries_checked, status.outbox_depth
-        )?;
+        audit_summary(dir, node, out).await?;
     }
     Ok(Outcome {
         at_origin,
@@ -292,6 +222,107 @@ pub async fn run(
         return_at_destination,
         hearing_at_witness,
     })
+}
+
+/// A service provider at `origin` records an identified victim (fictional data).
+async fn record_case(
+    sp: &mut ReferralServiceClient<Channel>,
+    origin: NodeId,
+    destination: NodeId,
+    out: &mut impl Write,
+) -> Result<w::Case> {
+    writeln!(
+        out,
+        "== {origin}: a service provider records an identified victim (fictional data)"
+    )?;
+    let case = sp
+        .create_case(w::CreateCaseRequest {
+            person: Some(w::Person {
+                given_name: "Maria".into(),
+                family_name: "Exemplu".into(),
+                date_of_birth: "2001-04-02".into(),
+                gender: w::Gender::Female as i32,
+                citizenship: vec![destination.to_string()],
+                languages: vec!["ro".into(), "en".into()],
+                document_number: "SANDBOX-0001".into(),
+                address: "Shelter 1, Sandbox Street".into(),
+                phone: "+00 000 0000".into(),
+            }),
+            needs: Some(w::Needs {
+                kinds: vec![
+                    w::NeedKind::Shelter as i32,
+                    w::NeedKind::Psychological as i32,
+                ],
+                urgency: w::Urgency::Urgent as i32,
+                notes: "case worker's private notes".into(),
+            }),
+            exploitation: Some(w::Exploitation {
+                types: vec![w::ExploitationType::ForcedLabour as i32],
+                countries: vec![origin.to_string()],
+            }),
+            child: Some(w::ChildInfo::default()),
+            identified_on: String::new(),
+            ..Default::default()
+        })
+        .await
+        .context("CreateCase")?
+        .into_inner();
+    writeln!(
+        out,
+        "   {origin} holds case {} (full record, sealed at rest):",
+        case.case_id
+    )?;
+    writeln!(out, "   {:?}", case.person)?;
+
+    Ok(case)
+}
+
+/// A referral before any consent: refused; returns the code.
+async fn refused_without_consent(
+    sp: &mut ReferralServiceClient<Channel>,
+    origin: NodeId,
+    destination: NodeId,
+    case: &w::Case,
+    out: &mut impl Write,
+) -> Result<tonic::Code> {
+    writeln!(
+        out,
+        "== {origin}: a referral to {destination} without consent is refused"
+    )?;
+    let refused = sp
+        .submit_referral(w::SubmitReferralRequest {
+            case_id: case.case_id.clone(),
+            destination: destination.to_string(),
+            requested_services: vec![w::NeedKind::Shelter as i32],
+            reason: String::new(),
+            ..Default::default()
+        })
+        .await;
+    let without_consent = match refused {
+        Ok(_) => bail!("a referral without consent was accepted"),
+        Err(status) => {
+            writeln!(out, "   {:?}: {}", status.code(), status.message())?;
+            status.code()
+        }
+    };
+
+    Ok(without_consent)
+}
+
+/// Verifies `node`'s audit chain and prints it with the outbox depth.
+async fn audit_summary(dir: &Path, node: NodeId, out: &mut impl Write) -> Result<()> {
+    let mut admin = AdminServiceClient::new(client(dir, node, Role::Operator, true).await?);
+    let audit = admin
+        .verify_audit(w::VerifyAuditRequest {})
+        .await?
+        .into_inner();
+    let status = admin.status(w::StatusRequest {}).await?.into_inner();
+    writeln!(
+        out,
+        "== {node}: audit chain ok={} ({} entries); outbox depth {}",
+        audit.ok, audit.entries_checked, status.outbox_depth
+    )?;
+    Ok(())
 }
 
 async fn wait_hearing(

@@ -1,13 +1,13 @@
-//! The real `trm-node` binary, killed with SIGKILL right after it acknowledged a client:
-//! what it acknowledged is delivered after it restarts.
-#![cfg(unix)]
+//! The `trm-node` command as a real process, killed with SIGKILL right after it
+//! acknowledged a client: what it acknowledged is delivered after it restarts.
 
-use std::{net::SocketAddr, path::Path, process::Stdio, time::Duration};
+use std::{net::SocketAddr, path::Path, process::Stdio};
 
 use tokio::process::{Child, Command};
 
 use trm_core::ids::Role;
 use trm_proto::v1::{self as w, referral_service_client::ReferralServiceClient};
+use trm_tests::eventually;
 use trmctl::sandbox::{self, NodeSpec};
 
 fn free_addr() -> anyhow::Result<SocketAddr> {
@@ -27,7 +27,7 @@ fn spec(id: &str) -> anyhow::Result<NodeSpec> {
 
 /// Runs `trm-node --config DIR/<ID>/node.toml` as a child process.
 fn start(dir: &Path, id: &str) -> anyhow::Result<Child> {
-    Ok(Command::new(env!("CARGO_BIN_EXE_trm-node"))
+    Ok(Command::new(env!("CARGO_BIN_EXE_trm-test-node"))
         .arg("--config")
         .arg(dir.join(id).join("node.toml"))
         .env("RUST_LOG", "warn")
@@ -35,25 +35,6 @@ fn start(dir: &Path, id: &str) -> anyhow::Result<Child> {
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()?)
-}
-
-/// Polls `f` every 50 ms for at most 30 s.
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn client(
@@ -66,9 +47,9 @@ async fn client(
     let ch = eventually("the node to serve", || {
         let (dir, id) = (dir.clone(), id.clone());
         async move {
-            trmctl::scenario::client(&dir, id.parse().ok()?, role, false)
+            Ok(trmctl::scenario::client(&dir, id.parse()?, role, false)
                 .await
-                .ok()
+                .ok())
         }
     })
     .await?;
@@ -78,7 +59,6 @@ async fn client(
 #[tokio::test]
 async fn a_referral_acknowledged_just_before_sigkill_is_delivered_after_restart(
 ) -> anyhow::Result<()> {
-    trm_node::install_crypto_provider();
     let dir = tempfile::tempdir()?;
     sandbox::init(dir.path(), &[spec("AT")?, spec("RO")?], false)?;
 
@@ -122,10 +102,11 @@ async fn a_referral_acknowledged_just_before_sigkill_is_delivered_after_restart(
         let mut fp = fp.clone();
         let id = referral.referral_id.clone();
         async move {
-            fp.get_referral(w::GetReferralRequest { referral_id: id })
+            Ok(fp
+                .get_referral(w::GetReferralRequest { referral_id: id })
                 .await
                 .ok()
-                .map(|r| r.into_inner())
+                .map(|r| r.into_inner()))
         }
     })
     .await?;
@@ -137,10 +118,9 @@ async fn a_referral_acknowledged_just_before_sigkill_is_delivered_after_restart(
         async move {
             let r = sp
                 .get_referral(w::GetReferralRequest { referral_id: id })
-                .await
-                .ok()?
+                .await?
                 .into_inner();
-            (r.status == w::ReferralStatus::Delivered as i32).then_some(r)
+            Ok((r.status == w::ReferralStatus::Delivered as i32).then_some(r))
         }
     })
     .await?;
