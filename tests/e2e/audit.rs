@@ -125,7 +125,7 @@ async fn a_chain_recomputed_by_someone_without_the_signing_key_is_detected() -> 
         entries[1].1.record.actor = "client:focal_point/someone-else".into();
         let mut prev = entries[0].1.hash.clone();
         for (k, e) in entries.iter_mut().skip(1) {
-            *e = AuditEntry::chain(e.seq, e.at.clone(), e.record.clone(), prev.clone());
+            *e = AuditEntry::chain(e.seq, e.at, e.record.clone(), prev.clone());
             prev = e.hash.clone();
             db.put_audit(k, e)?;
         }

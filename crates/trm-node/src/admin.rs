@@ -514,7 +514,10 @@ impl AdminService for Admin {
             .take(size)
             .map(|e| w::AuditEntry {
                 seq: e.seq,
-                at: e.at,
+                at: e
+                    .at
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
                 actor: e.record.actor,
                 action: e.record.action,
                 subject: e.record.subject,

@@ -36,7 +36,8 @@ pub const WRAPPED: usize = 24 + 32 + 16;
 #[derive(Clone)]
 pub struct Kek {
     pub epoch: u64,
-    pub created_at: i64,
+    /// Kept in the key file as whole seconds since the Unix epoch.
+    pub created_at: OffsetDateTime,
     key: SecretKey,
 }
 
@@ -113,7 +114,10 @@ impl KekFile {
             if epoch == 0 {
                 continue;
             }
-            let created_at = i64::from_be_bytes(slot[8..16].try_into().unwrap_or_default());
+            let created_at = OffsetDateTime::from_unix_timestamp(i64::from_be_bytes(
+                slot[8..16].try_into().unwrap_or_default(),
+            ))
+            .map_err(|_| StoreError::Corrupt("a KEK's creation time"))?;
             let key = kf
                 .master
                 .unwrap_key(&kek_aad(epoch), &slot[16..16 + WRAPPED])
@@ -133,7 +137,7 @@ impl KekFile {
     fn generate(epoch: u64) -> Kek {
         Kek {
             epoch,
-            created_at: OffsetDateTime::now_utc().unix_timestamp(),
+            created_at: OffsetDateTime::now_utc(),
             key: SecretKey::generate(),
         }
     }
@@ -143,7 +147,7 @@ impl KekFile {
         let mut slot = [0u8; SLOT];
         if let Some(k) = kek {
             slot[..8].copy_from_slice(&k.epoch.to_be_bytes());
-            slot[8..16].copy_from_slice(&k.created_at.to_be_bytes());
+            slot[8..16].copy_from_slice(&k.created_at.unix_timestamp().to_be_bytes());
             let wrapped = self.master.wrap(&kek_aad(k.epoch), &k.key)?;
             slot[16..16 + WRAPPED].copy_from_slice(&wrapped);
         }
@@ -214,12 +218,11 @@ impl KeyRing {
 
     /// Returns the epoch and creation time of the current KEK, and the epoch of the one
     /// being retired if any.
-    pub fn epochs(&self) -> (u64, i64, Option<u64>) {
+    pub fn epochs(&self) -> (u64, OffsetDateTime, Option<u64>) {
         let keks = self.keks.read().unwrap_or_else(PoisonError::into_inner);
         let (epoch, created) = keks
             .current()
-            .map(|k| (k.epoch, k.created_at))
-            .unwrap_or_default();
+            .map_or((0, OffsetDateTime::UNIX_EPOCH), |k| (k.epoch, k.created_at));
         (epoch, created, keks.retiring().map(|k| k.epoch))
     }
 

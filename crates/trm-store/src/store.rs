@@ -449,9 +449,8 @@ impl Store {
     pub async fn rotate_kek_if_due(&self, max_age_secs: i64) -> Result<bool> {
         let keys = &self.inner.shared.keys;
         let (_, created, retiring) = keys.epochs();
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
         if retiring.is_none() {
-            if now - created < max_age_secs {
+            if (time::OffsetDateTime::now_utc() - created).whole_seconds() < max_age_secs {
                 return Ok(false);
             }
             keys.begin_rotation()?;

@@ -3,7 +3,7 @@
 //! callers pass ids, field names, purposes and reasons only).
 
 use serde::{Deserialize, Serialize};
-use time::{format_description::well_known::Rfc3339, OffsetDateTime};
+use time::OffsetDateTime;
 
 use crate::{
     engine::EngineTx,
@@ -58,8 +58,9 @@ impl AuditRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub seq: u64,
-    /// RFC 3339 UTC.
-    pub at: String,
+    /// Stored (and hashed) as RFC 3339 UTC.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
     pub record: AuditRecord,
     /// Hex SHA-256 of the previous entry ("" for the first).
     pub prev: String,
@@ -70,14 +71,15 @@ pub struct AuditEntry {
 #[derive(Serialize)]
 struct Hashed<'a> {
     seq: u64,
-    at: &'a str,
+    #[serde(with = "time::serde::rfc3339")]
+    at: OffsetDateTime,
     record: &'a AuditRecord,
     prev: &'a str,
 }
 
 impl AuditEntry {
     /// Builds the entry following `prev` (sequence `seq`).
-    pub fn chain(seq: u64, at: String, record: AuditRecord, prev: String) -> Self {
+    pub fn chain(seq: u64, at: OffsetDateTime, record: AuditRecord, prev: String) -> Self {
         let mut e = Self {
             seq,
             at,
@@ -93,7 +95,7 @@ impl AuditEntry {
     pub fn compute_hash(&self) -> String {
         let canonical = serde_json::to_vec(&Hashed {
             seq: self.seq,
-            at: &self.at,
+            at: self.at,
             record: &self.record,
             prev: &self.prev,
         })
@@ -196,10 +198,7 @@ impl Tx<'_> {
             .get_json("audit head", &layout::meta(HEAD))?
             .unwrap_or_default();
         let seq = head.seq + 1;
-        let at = OffsetDateTime::now_utc()
-            .format(&Rfc3339)
-            .unwrap_or_default();
-        let entry = AuditEntry::chain(seq, at, record, head.hash);
+        let entry = AuditEntry::chain(seq, OffsetDateTime::now_utc(), record, head.hash);
         self.put_json(&layout::audit(seq), &entry)?;
         self.put_json(
             &layout::meta(HEAD),
