@@ -179,3 +179,48 @@ async fn a_retried_request_returns_the_original_result_and_changes_nothing() -> 
     fed.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn retried_operator_requests_act_once() -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO", "NG"]).await?;
+    let mut admin = fed.admin("AT", Role::Operator).await?;
+    let rotate = w::RotateSigningKeyRequest {
+        overlap_days: 30,
+        request_id: uuid::Uuid::new_v4().to_string(),
+    };
+    let first = admin.rotate_signing_key(rotate.clone()).await?.into_inner();
+    let again = admin.rotate_signing_key(rotate.clone()).await?.into_inner();
+    assert_eq!(first.key_id, again.key_id, "the original result");
+    let keys = crate::transport::as_ro(&fed)
+        .await?
+        .get_node_info(w::GetNodeInfoRequest::default())
+        .await?
+        .into_inner()
+        .keys;
+    assert_eq!(keys.len(), 2, "one rotation: the old key and one new key");
+    let another = admin
+        .rotate_signing_key(w::RotateSigningKeyRequest {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            ..rotate
+        })
+        .await?
+        .into_inner();
+    assert_ne!(another.key_id, first.key_id, "a new id is a new rotation");
+
+    let remove = w::RemovePeerRequest {
+        node_id: "NG".into(),
+        request_id: uuid::Uuid::new_v4().to_string(),
+    };
+    admin.remove_peer(remove.clone()).await?;
+    admin.remove_peer(remove.clone()).await?;
+    let err = admin
+        .remove_peer(w::RemovePeerRequest {
+            request_id: String::new(),
+            ..remove
+        })
+        .await
+        .expect_err("without an id, a second removal finds no peer");
+    assert_eq!(err.code(), Code::NotFound);
+    fed.stop().await?;
+    Ok(())
+}

@@ -1,6 +1,8 @@
 //! `AdminService`, for operators only: node status, peers, the outbox, audit verification,
 //! key rotation and client-certificate revocation. Never returns victim records.
 
+use std::sync::Arc;
+
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 use tracing::{error, info};
@@ -23,7 +25,7 @@ use trm_store::{audit::AuditRecord, repo::directory::Revoked, repo::outbox::Outb
 
 use crate::{
     authz::{self, require},
-    ctx::Ctx,
+    ctx::{Ctx, Idempotent},
     error::ApiError,
 };
 
@@ -34,6 +36,8 @@ pub const MAX_OVERLAP_DAYS: u32 = 3650;
 #[derive(Debug, Clone)]
 pub struct Admin {
     ctx: Ctx,
+    /// One key rotation at a time (a retried rotation must see the first one's result).
+    rotation: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn field_error(field: &str, problem: &str) -> Status {
@@ -43,7 +47,10 @@ fn field_error(field: &str, problem: &str) -> Status {
 impl Admin {
     /// Returns the service.
     pub fn new(ctx: Ctx) -> Self {
-        Self { ctx }
+        Self {
+            ctx,
+            rotation: Arc::default(),
+        }
     }
 
     fn operator<T>(request: &Request<T>) -> Result<(), Status> {
@@ -392,7 +399,11 @@ impl AdminService for Admin {
         request: Request<w::RemovePeerRequest>,
     ) -> Result<Response<w::RemovePeerResponse>, Status> {
         Self::operator(&request)?;
+        let idem = Idempotent::of(&request)?;
         let id = convert::country("node_id", &request.get_ref().node_id).map_err(ApiError::from)?;
+        if self.ctx.done_before(&idem).await?.is_some() {
+            return Ok(Response::new(w::RemovePeerResponse {}));
+        }
         if self.ctx.directory.get(id).is_none() {
             return Err(ApiError::NotFound("peer").into());
         }
@@ -405,6 +416,7 @@ impl AdminService for Admin {
         .await?;
         self.ctx.directory.remove(id);
         info!(peer = %id, "peer removed: no traffic either way");
+        self.ctx.remember(idem, id.to_string()).await?;
         Ok(Response::new(w::RemovePeerResponse {}))
     }
 
@@ -463,10 +475,17 @@ impl AdminService for Admin {
         request: Request<w::RetryDeliveryRequest>,
     ) -> Result<Response<w::RetryDeliveryResponse>, Status> {
         Self::operator(&request)?;
+        let idem = Idempotent::of(&request)?;
         let message_id = MessageId::parse("message_id", &request.get_ref().message_id)
             .map_err(ApiError::from)?;
+        if self.ctx.done_before(&idem).await?.is_some() {
+            return Ok(Response::new(w::RetryDeliveryResponse {}));
+        }
         match self.ctx.delivery.retry(message_id).await {
-            Ok(_) => Ok(Response::new(w::RetryDeliveryResponse {})),
+            Ok(_) => {
+                self.ctx.remember(idem, message_id.to_string()).await?;
+                Ok(Response::new(w::RetryDeliveryResponse {}))
+            }
             Err(RetryError::NotFound) => Err(ApiError::NotFound("dead letter").into()),
             Err(RetryError::Erased) => Err(ApiError::from(GuardError::new(
                 Guard::Consent,
@@ -553,6 +572,11 @@ impl AdminService for Admin {
         request: Request<w::RotateSigningKeyRequest>,
     ) -> Result<Response<w::RotateSigningKeyResponse>, Status> {
         Self::operator(&request)?;
+        let idem = Idempotent::of(&request)?;
+        let _one_at_a_time = self.rotation.lock().await;
+        if let Some(key_id) = self.ctx.done_before(&idem).await? {
+            return Ok(Response::new(w::RotateSigningKeyResponse { key_id }));
+        }
         let requested = request.get_ref().overlap_days;
         if requested > MAX_OVERLAP_DAYS {
             return Err(field_error(
@@ -589,6 +613,9 @@ impl AdminService for Admin {
         let (signer, new_id) = (old.clone(), new.key_id().to_owned());
         let committed = ctx
             .commit(move |tx| {
+                if let Some(i) = &idem {
+                    i.remember(tx, new_id.clone())?;
+                }
                 tx.put_own_keys(&keys)?;
                 for peer in &peers {
                     // Signed by the old key, which the peer trusts, dated at its last instant.

@@ -6,6 +6,7 @@ use time::{Date, OffsetDateTime};
 use trm_core::ids::{NodeId, Principal};
 use trm_crypto::signing::Signer;
 use trm_federation::{Delivery, PeerDirectory};
+use trm_proto::v1 as w;
 use trm_store::{audit::AuditRecord, Note, Store, Tx, TxFail};
 
 use crate::{
@@ -62,6 +63,37 @@ impl Ctx {
         }
     }
 
+    /// Announces a local step of a shared record to the other node (`peer`): the signed
+    /// update is queued and the step audited, in the caller's transaction.
+    #[allow(clippy::too_many_arguments)]
+    pub fn announce(
+        &self,
+        tx: &mut Tx<'_>,
+        p: &Principal,
+        peer: NodeId,
+        topic: trm_core::messages::Topic,
+        case_ref: &str,
+        payload: w::envelope_body::Payload,
+        action: &str,
+        outcome: &str,
+    ) -> TxResult<()> {
+        trm_federation::outbox::enqueue(
+            tx,
+            &self.identity.current(),
+            peer,
+            topic,
+            case_ref,
+            payload,
+        )?;
+        tx.audit(AuditRecord::new(
+            actor(p),
+            action,
+            topic.to_string(),
+            outcome,
+        ))?;
+        Ok(())
+    }
+
     /// Records a read of victim records (who, which ids, when) durably before the answer:
     /// a read whose audit entry cannot be written is refused.
     pub async fn audit_read(
@@ -109,20 +141,70 @@ pub enum Done<R> {
     Before(String),
 }
 
+/// A mutating request with an optional client-chosen `request_id` (AIP-155).
+pub trait Retryable: prost::Message + Clone {
+    fn request_id(&self) -> &str;
+    fn clear_request_id(&mut self);
+}
+
+macro_rules! retryable {
+    ($($t:ident),* $(,)?) => {
+        $(impl Retryable for w::$t {
+            fn request_id(&self) -> &str {
+                &self.request_id
+            }
+            fn clear_request_id(&mut self) {
+                self.request_id.clear();
+            }
+        })*
+    };
+}
+
+retryable!(
+    CreateCaseRequest,
+    RecordConsentRequest,
+    WithdrawConsentRequest,
+    EraseCaseRequest,
+    SubmitReferralRequest,
+    RespondToReferralRequest,
+    AssignCaseRequest,
+    CloseReferralRequest,
+    WithdrawReferralRequest,
+    RecordRiskAssessmentRequest,
+    RecordReturnDecisionRequest,
+    ProposeReturnRequest,
+    RespondToReturnRequest,
+    ResolveConcernRequest,
+    ScheduleReturnRequest,
+    RecordTravelRequest,
+    ConfirmArrivalRequest,
+    RecordFollowUpRequest,
+    CloseReturnRequest,
+    HaltReturnRequest,
+    RequestHearingRequest,
+    RespondToHearingRequest,
+    RecordHearingOutcomeRequest,
+    CancelHearingRequest,
+    UpsertPeerRequest,
+    RemovePeerRequest,
+    RetryDeliveryRequest,
+    RotateSigningKeyRequest,
+    RevokeClientCertificateRequest,
+);
+
 impl Idempotent {
-    /// Reads the `request_id` of `request` (`None` when empty); `without_id` is the
-    /// request with its id cleared, whose digest tells a retry from a different request.
-    pub fn of<T, M: prost::Message>(
-        request: &tonic::Request<T>,
-        request_id: &str,
-        without_id: &M,
-    ) -> ApiResult<Option<Self>> {
-        if request_id.is_empty() {
+    /// Reads the `request_id` of `request` (`None` when empty), and the digest of the
+    /// request without it, which tells a retry from a different request under the same id.
+    pub fn of<M: Retryable>(request: &tonic::Request<M>) -> ApiResult<Option<Self>> {
+        let m = request.get_ref();
+        if m.request_id().is_empty() {
             return Ok(None);
         }
-        let id = uuid::Uuid::try_parse(request_id).map_err(|_| {
+        let id = uuid::Uuid::try_parse(m.request_id()).map_err(|_| {
             ApiError::from(trm_core::FieldError::new("request_id", "must be a UUID"))
         })?;
+        let mut without_id = m.clone();
+        without_id.clear_request_id();
         Ok(Some(Self {
             client: crate::authz::client_key(request),
             request_id: id,
@@ -160,6 +242,24 @@ impl Idempotent {
 }
 
 impl Ctx {
+    /// Returns the key of the result of `idem`'s request if it was done before (for
+    /// requests whose effect is not one store commit, checked before acting).
+    pub async fn done_before(&self, idem: &Option<Idempotent>) -> ApiResult<Option<String>> {
+        let Some(i) = idem.clone() else {
+            return Ok(None);
+        };
+        self.commit(move |tx| i.before(tx)).await
+    }
+
+    /// Remembers `result` as what `idem`'s request gave (after an effect that is not one
+    /// store commit).
+    pub async fn remember(&self, idem: Option<Idempotent>, result: String) -> ApiResult<()> {
+        let Some(i) = idem else {
+            return Ok(());
+        };
+        self.commit(move |tx| i.remember(tx, result.clone())).await
+    }
+
     /// Commits a retryable request: when `idem` names a request already done, nothing is
     /// changed and the key of its result is returned; otherwise `f` runs, and the key of its
     /// result (`key`) is remembered with it in the same transaction.

@@ -70,12 +70,6 @@ fn field<T>(r: Result<T, FieldError>) -> Result<T, Status> {
     r.map_err(|e| ApiError::from(e).into())
 }
 
-fn without_id<M: Clone>(m: &M, clear: impl Fn(&mut M)) -> M {
-    let mut c = m.clone();
-    clear(&mut c);
-    c
-}
-
 /// Returns whether `p` sees the hearing's details; `Some(false)`: only that it is pending
 /// (a service provider looking after the witness's record).
 fn visibility(store: &Store, p: &Principal, h: &HearingRecord) -> Option<bool> {
@@ -114,20 +108,16 @@ fn step_in(
         scheduled_at: step.scheduled_at.map(convert::ts),
         minutes_reference: step.minutes_reference.clone(),
     };
-    outbox::enqueue(
+    ctx.announce(
         tx,
-        &ctx.identity.current(),
+        p,
         h.peer(me),
         Topic::Hearing(id),
         &h.case_ref,
         Payload::HearingUpdate(update),
-    )?;
-    tx.audit(AuditRecord::new(
-        actor(p),
         "hearing.update",
-        id.to_string(),
         h.status.as_str(),
-    ))?;
+    )?;
     Ok(h)
 }
 
@@ -173,11 +163,7 @@ impl WitnessHearingService for Hearings {
         let p = authz::principal(&request)?;
         require(&p, &[Role::JudicialAuthority], "request hearings")?;
         let req = request.get_ref();
-        let idem = Idempotent::of(
-            &request,
-            &req.request_id,
-            &without_id(req, |r| r.request_id.clear()),
-        )?;
+        let idem = Idempotent::of(&request)?;
         let subject_id = field(trm_core::ids::parse_id("case_id", &req.case_id))?;
         let witness_country = field(convert::country("witness_country", &req.witness_country))?;
         if witness_country == self.ctx.id || self.ctx.directory.get(witness_country).is_none() {
@@ -358,11 +344,7 @@ impl WitnessHearingService for Hearings {
         let p = authz::principal(&request)?;
         require(&p, HEARING_ROLES, "answer hearing requests")?;
         let req = request.get_ref();
-        let idem = Idempotent::of(
-            &request,
-            &req.request_id,
-            &without_id(req, |r| r.request_id.clear()),
-        )?;
+        let idem = Idempotent::of(&request)?;
         let id = field(HearingId::parse("hearing_id", &req.hearing_id))?;
         let reason = field(convert::text("reason", &req.reason))?;
         let (event, scheduled_at) = match w::HearingDecision::try_from(req.decision) {
@@ -416,11 +398,7 @@ impl WitnessHearingService for Hearings {
         let p = authz::principal(&request)?;
         require(&p, HEARING_ROLES, "record hearing outcomes")?;
         let req = request.get_ref();
-        let idem = Idempotent::of(
-            &request,
-            &req.request_id,
-            &without_id(req, |r| r.request_id.clear()),
-        )?;
+        let idem = Idempotent::of(&request)?;
         let id = field(HearingId::parse("hearing_id", &req.hearing_id))?;
         let minutes_reference = field(convert::short(
             "minutes_reference",
@@ -450,11 +428,7 @@ impl WitnessHearingService for Hearings {
         let p = authz::principal(&request)?;
         require(&p, HEARING_ROLES, "cancel hearings")?;
         let req = request.get_ref();
-        let idem = Idempotent::of(
-            &request,
-            &req.request_id,
-            &without_id(req, |r| r.request_id.clear()),
-        )?;
+        let idem = Idempotent::of(&request)?;
         let id = field(HearingId::parse("hearing_id", &req.hearing_id))?;
         let reason = field(convert::text("reason", &req.reason))?;
         if reason.trim().is_empty() {

@@ -14,7 +14,6 @@ use trm_core::{
     referral::{next, ReferralEvent, ReferralRecord, ReferralStatus},
     FieldError, Guard, GuardError,
 };
-use trm_federation::outbox;
 use trm_proto::{
     convert,
     v1::{self as w, envelope_body::Payload, referral_service_server::ReferralService},
@@ -44,13 +43,6 @@ impl Referrals {
 fn load_referral(tx: &mut Tx<'_>, id: ReferralId) -> TxResult<ReferralRecord> {
     tx.referral(id)?
         .ok_or_else(|| ApiError::NotFound("referral").into())
-}
-
-/// Returns the request without its request id, for the digest of a retry.
-fn without_id<M: Clone>(m: &M, clear: impl Fn(&mut M)) -> M {
-    let mut c = m.clone();
-    clear(&mut c);
-    c
 }
 
 /// Sends a referral status change to the other node, with the audit entry, atomically.
@@ -84,20 +76,16 @@ fn update_referral(
         status: convert::referral_status_to_wire(r.status) as i32,
         reason: reason.to_owned(),
     };
-    outbox::enqueue(
+    ctx.announce(
         tx,
-        &ctx.identity.current(),
+        p,
         r.peer(me),
         Topic::Referral(id),
         &r.disclosed.case_ref,
         Payload::ReferralUpdate(update),
-    )?;
-    tx.audit(AuditRecord::new(
-        actor(p),
         "referral.update",
-        id.to_string(),
         r.status.as_str(),
-    ))?;
+    )?;
     Ok(r)
 }
 
@@ -153,11 +141,7 @@ impl ReferralService for Referrals {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "create cases")?;
         let req = request.get_ref();
-        let idem = Idempotent::of(
-            &request,
-            &req.request_id,
-            &without_id(req, |r| r.request_id.clear()),
-        )?;
+        let idem = Idempotent::of(&request)?;
         let new = convert::new_case(req, today()).map_err(ApiError::from)?;
         let case = CaseRecord {
             case_id: CaseId::new(),
@@ -271,11 +255,7 @@ impl ReferralService for Referrals {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "record consent")?;
         let req = request.get_ref();
-        let idem = Idempotent::of(
-            &request,
-            &req.request_id,
-            &without_id(req, |r| r.request_id.clear()),
-        )?;
+        let idem = Idempotent::of(&request)?;
         let input = convert::consent_input(req, today()).map_err(ApiError::from)?;
         let consent = Consent {
             consent_id: ConsentId::new(),
@@ -341,11 +321,7 @@ impl ReferralService for Referrals {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "withdraw consent")?;
         let req = request.get_ref();
-        let idem = Idempotent::of(
-            &request,
-            &req.request_id,
-            &without_id(req, |r| r.request_id.clear()),
-        )?;
+        let idem = Idempotent::of(&request)?;
         let case_id = CaseId::parse("case_id", &req.case_id).map_err(ApiError::from)?;
         let consent_id = ConsentId::parse("consent_id", &req.consent_id).map_err(ApiError::from)?;
         let (ctx, who) = (self.ctx.clone(), p.clone());
@@ -407,11 +383,7 @@ impl ReferralService for Referrals {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "submit referrals")?;
         let req = request.get_ref();
-        let idem = Idempotent::of(
-            &request,
-            &req.request_id,
-            &without_id(req, |r| r.request_id.clear()),
-        )?;
+        let idem = Idempotent::of(&request)?;
         let case_id = CaseId::parse("case_id", &req.case_id).map_err(ApiError::from)?;
         let destination = disclosure::peer_destination(&self.ctx, "destination", &req.destination)?;
         let requested_services = convert::enums("requested_services", &req.requested_services)
@@ -561,11 +533,7 @@ impl ReferralService for Referrals {
         let p = authz::principal(&request)?;
         require(&p, &[Role::FocalPoint], "answer incoming referrals")?;
         let req = request.get_ref();
-        let idem = Idempotent::of(
-            &request,
-            &req.request_id,
-            &without_id(req, |r| r.request_id.clear()),
-        )?;
+        let idem = Idempotent::of(&request)?;
         let id = ReferralId::parse("referral_id", &req.referral_id).map_err(ApiError::from)?;
         let event = match w::ReferralDecision::try_from(req.decision) {
             Ok(w::ReferralDecision::Accept) => ReferralEvent::Accept,
@@ -590,11 +558,7 @@ impl ReferralService for Referrals {
         let p = authz::principal(&request)?;
         require(&p, &[Role::FocalPoint], "assign cases")?;
         let req = request.get_ref();
-        let idem = Idempotent::of(
-            &request,
-            &req.request_id,
-            &without_id(req, |r| r.request_id.clear()),
-        )?;
+        let idem = Idempotent::of(&request)?;
         let id = ReferralId::parse("referral_id", &req.referral_id).map_err(ApiError::from)?;
         let org = OrgId::parse("organisation", &req.organisation).map_err(ApiError::from)?;
         self.step(p, idem, id, ReferralEvent::Assign, String::new(), Some(org))
@@ -609,11 +573,7 @@ impl ReferralService for Referrals {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "close referrals")?;
         let req = request.get_ref();
-        let idem = Idempotent::of(
-            &request,
-            &req.request_id,
-            &without_id(req, |r| r.request_id.clear()),
-        )?;
+        let idem = Idempotent::of(&request)?;
         let id = ReferralId::parse("referral_id", &req.referral_id).map_err(ApiError::from)?;
         let reason = convert::text("reason", &req.reason).map_err(ApiError::from)?;
         self.step(p, idem, id, ReferralEvent::Close, reason, None)
@@ -628,11 +588,7 @@ impl ReferralService for Referrals {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "erase victim records")?;
         let req = request.get_ref();
-        let idem = Idempotent::of(
-            &request,
-            &req.request_id,
-            &without_id(req, |r| r.request_id.clear()),
-        )?;
+        let idem = Idempotent::of(&request)?;
         let case_id = CaseId::parse("case_id", &req.case_id).map_err(ApiError::from)?;
         let reason = convert::short("reason", &req.reason, false).map_err(ApiError::from)?;
         let (ctx, who) = (self.ctx.clone(), p.clone());
@@ -690,11 +646,7 @@ impl ReferralService for Referrals {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "withdraw referrals")?;
         let req = request.get_ref();
-        let idem = Idempotent::of(
-            &request,
-            &req.request_id,
-            &without_id(req, |r| r.request_id.clear()),
-        )?;
+        let idem = Idempotent::of(&request)?;
         let id = ReferralId::parse("referral_id", &req.referral_id).map_err(ApiError::from)?;
         let reason = convert::text("reason", &req.reason).map_err(ApiError::from)?;
         self.step(p, idem, id, ReferralEvent::Withdraw, reason, None)

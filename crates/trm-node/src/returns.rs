@@ -17,7 +17,6 @@ use trm_core::{
     },
     FieldError,
 };
-use trm_federation::outbox;
 use trm_proto::{
     convert,
     v1::{
@@ -54,12 +53,6 @@ pub fn load_return(tx: &mut Tx<'_>, id: ReturnId) -> TxResult<ReturnRecord> {
 
 fn parse<T>(r: Result<T, FieldError>) -> Result<T, Status> {
     r.map_err(|e| ApiError::from(e).into())
-}
-
-fn without_id<M: Clone>(m: &M, clear: impl Fn(&mut M)) -> M {
-    let mut c = m.clone();
-    clear(&mut c);
-    c
 }
 
 /// Returns whether `p` may read a plan of organisation `org`.
@@ -104,20 +97,16 @@ fn step_in(
         details: step.details.clone(),
         travel_at: step.travel_at.map(convert::ts),
     };
-    outbox::enqueue(
+    ctx.announce(
         tx,
-        &ctx.identity.current(),
+        p,
         r.peer(me),
         Topic::Return(id),
         &r.disclosed.case_ref,
         Payload::ReturnUpdate(update),
-    )?;
-    tx.audit(AuditRecord::new(
-        actor(p),
         "return.update",
-        id.to_string(),
         r.status.as_str(),
-    ))?;
+    )?;
     Ok(r)
 }
 
@@ -182,11 +171,7 @@ impl ReturnPlanningService for Returns {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "record risk assessments")?;
         let req = request.get_ref();
-        let idem = Idempotent::of(
-            &request,
-            &req.request_id,
-            &without_id(req, |r| r.request_id.clear()),
-        )?;
+        let idem = Idempotent::of(&request)?;
         let case_id = parse(CaseId::parse("case_id", &req.case_id))?;
         let assessment = RiskAssessment {
             assessment_id: AssessmentId::new(),
@@ -254,11 +239,7 @@ impl ReturnPlanningService for Returns {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "record return decisions")?;
         let req = request.get_ref();
-        let idem = Idempotent::of(
-            &request,
-            &req.request_id,
-            &without_id(req, |r| r.request_id.clear()),
-        )?;
+        let idem = Idempotent::of(&request)?;
         let case_id = parse(CaseId::parse("case_id", &req.case_id))?;
         let decision = ReturnDecision {
             case_id,
@@ -306,11 +287,7 @@ impl ReturnPlanningService for Returns {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "propose returns")?;
         let req = request.get_ref().clone();
-        let idem = Idempotent::of(
-            &request,
-            &req.request_id,
-            &without_id(&req, |r| r.request_id.clear()),
-        )?;
+        let idem = Idempotent::of(&request)?;
         let case_id = parse(CaseId::parse("case_id", &req.case_id))?;
         let destination = disclosure::peer_destination(&self.ctx, "destination", &req.destination)?;
         let return_id = ReturnId::new();
@@ -471,11 +448,7 @@ impl ReturnPlanningService for Returns {
         let p = authz::principal(&request)?;
         require(&p, &[Role::FocalPoint], "answer incoming return requests")?;
         let req = request.get_ref();
-        let idem = Idempotent::of(
-            &request,
-            &req.request_id,
-            &without_id(req, |r| r.request_id.clear()),
-        )?;
+        let idem = Idempotent::of(&request)?;
         let id = parse(ReturnId::parse("return_id", &req.return_id))?;
         let event =
             match w::ReturnResponse::try_from(req.response) {
@@ -503,11 +476,7 @@ impl ReturnPlanningService for Returns {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "schedule returns")?;
         let req = request.get_ref();
-        let idem = Idempotent::of(
-            &request,
-            &req.request_id,
-            &without_id(req, |r| r.request_id.clear()),
-        )?;
+        let idem = Idempotent::of(&request)?;
         let id = parse(ReturnId::parse("return_id", &req.return_id))?;
         let travel_at =
             convert::from_ts("travel_at", req.travel_at.as_ref()).map_err(ApiError::from)?;
@@ -534,11 +503,7 @@ impl ReturnPlanningService for Returns {
         let p = authz::principal(&request)?;
         require(&p, &[Role::FocalPoint], "confirm arrivals")?;
         let req = request.get_ref();
-        let idem = Idempotent::of(
-            &request,
-            &req.request_id,
-            &without_id(req, |r| r.request_id.clear()),
-        )?;
+        let idem = Idempotent::of(&request)?;
         let id = parse(ReturnId::parse("return_id", &req.return_id))?;
         let details = text("details", &req.details)?;
         self.respond(
@@ -562,11 +527,7 @@ impl ReturnPlanningService for Returns {
         let p = authz::principal(&request)?;
         require(&p, &[Role::FocalPoint], "record follow-ups")?;
         let req = request.get_ref();
-        let idem = Idempotent::of(
-            &request,
-            &req.request_id,
-            &without_id(req, |r| r.request_id.clear()),
-        )?;
+        let idem = Idempotent::of(&request)?;
         let id = parse(ReturnId::parse("return_id", &req.return_id))?;
         let details = required_text("notes", &req.notes)?;
         self.respond(
@@ -590,11 +551,7 @@ impl ReturnPlanningService for Returns {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "halt returns")?;
         let req = request.get_ref();
-        let idem = Idempotent::of(
-            &request,
-            &req.request_id,
-            &without_id(req, |r| r.request_id.clear()),
-        )?;
+        let idem = Idempotent::of(&request)?;
         let id = parse(ReturnId::parse("return_id", &req.return_id))?;
         let reason = required_text("reason", &req.reason)?;
         self.respond(
@@ -618,11 +575,7 @@ impl ReturnPlanningService for Returns {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "record travel")?;
         let req = request.get_ref();
-        let idem = Idempotent::of(
-            &request,
-            &req.request_id,
-            &without_id(req, |r| r.request_id.clear()),
-        )?;
+        let idem = Idempotent::of(&request)?;
         let id = parse(ReturnId::parse("return_id", &req.return_id))?;
         self.respond(p, idem, id, ReturnEvent::Travel, StepDetails::default())
             .await
@@ -636,11 +589,7 @@ impl ReturnPlanningService for Returns {
         let p = authz::principal(&request)?;
         require(&p, &[Role::FocalPoint], "resolve concerns")?;
         let req = request.get_ref();
-        let idem = Idempotent::of(
-            &request,
-            &req.request_id,
-            &without_id(req, |r| r.request_id.clear()),
-        )?;
+        let idem = Idempotent::of(&request)?;
         let id = parse(ReturnId::parse("return_id", &req.return_id))?;
         let details = required_text("details", &req.details)?;
         self.respond(
@@ -664,11 +613,7 @@ impl ReturnPlanningService for Returns {
         let p = authz::principal(&request)?;
         require(&p, CASE_ROLES, "close returns")?;
         let req = request.get_ref();
-        let idem = Idempotent::of(
-            &request,
-            &req.request_id,
-            &without_id(req, |r| r.request_id.clear()),
-        )?;
+        let idem = Idempotent::of(&request)?;
         let id = parse(ReturnId::parse("return_id", &req.return_id))?;
         let reason = required_text("reason", &req.reason)?;
         self.respond(

@@ -19,7 +19,6 @@ use trm_crypto::aead::SecretKey;
 
 use crate::{
     engine::{
-        prefix_end,
         sled::{SledEngine, SledOptions},
         Engine,
     },
@@ -357,15 +356,8 @@ impl Store {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let start = match after {
-            Some(a) => {
-                let mut s = a.to_vec();
-                s.push(0);
-                s
-            }
-            None => prefix.to_vec(),
-        };
-        self.engine().range(&start, &prefix_end(prefix), limit)
+        let (start, end) = crate::engine::scan_bounds(prefix, after);
+        self.engine().range(&start, &end, limit)
     }
 
     /// Opens bytes sealed under `subject`; `None` when the key that sealed them is gone.

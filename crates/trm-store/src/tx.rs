@@ -5,13 +5,7 @@
 use serde::{de::DeserializeOwned, Serialize};
 use trm_core::ids::NodeId;
 
-use crate::{
-    engine::{prefix_end, EngineTx},
-    keys::KeyRing,
-    repo::layout,
-    subject::Subject,
-    Result, StoreError,
-};
+use crate::{engine::EngineTx, keys::KeyRing, repo::layout, subject::Subject, Result, StoreError};
 
 /// What a committed transaction asks of the node once it is durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,15 +142,8 @@ impl Tx<'_> {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let start = match after {
-            Some(a) => {
-                let mut s = a.to_vec();
-                s.push(0);
-                s
-            }
-            None => prefix.to_vec(),
-        };
-        self.etx.range(&start, &prefix_end(prefix), limit)
+        let (start, end) = crate::engine::scan_bounds(prefix, after);
+        self.etx.range(&start, &end, limit)
     }
 
     pub(crate) fn get_json<T: DeserializeOwned>(

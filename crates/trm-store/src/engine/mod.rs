@@ -64,6 +64,20 @@ pub trait EngineTx {
 
 /// Returns the smallest key greater than every key starting with `prefix` (the end of a
 /// prefix range); `None` when there is none (a prefix of only 0xff bytes).
+/// Returns the range of a scan of the keys starting with `prefix`, after key `after` (from
+/// the first such key when `None`).
+pub fn scan_bounds(prefix: &[u8], after: Option<&[u8]>) -> (Vec<u8>, Vec<u8>) {
+    let start = match after {
+        Some(a) => {
+            let mut s = a.to_vec();
+            s.push(0);
+            s
+        }
+        None => prefix.to_vec(),
+    };
+    (start, prefix_end(prefix))
+}
+
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {

@@ -179,29 +179,10 @@ impl Store {
         visible: impl Fn(Option<&OrgId>) -> bool,
     ) -> Result<Vec<ReferralRecord>> {
         let tag = dir_tag(direction);
-        let prefix = layout::referral_indexes(tag);
-        let mut from = after.map(|a| layout::referral_index(tag, a));
-        let mut out = Vec::new();
-        while out.len() < limit {
-            let page = self.scan_raw(&prefix, from.as_deref(), 256)?;
-            let Some((last, _)) = page.last() else { break };
-            from = Some(last.clone());
-            for (k, org) in page {
-                if out.len() >= limit {
-                    break;
-                }
-                if !visible(org_of(&org).as_ref()) {
-                    continue;
-                }
-                let Some(id) = id_after(&k, prefix.len()) else {
-                    continue;
-                };
-                if let Some(r) = self.referral(ReferralId::from_bytes(id))? {
-                    out.push(r);
-                }
-            }
-        }
-        Ok(out)
+        let from = after.map(|a| layout::referral_index(tag, a));
+        self.indexed(&layout::referral_indexes(tag), from, limit, visible, |id| {
+            self.referral(ReferralId::from_bytes(id))
+        })
     }
 
     /// Returns the return plan `id`.
@@ -223,11 +204,25 @@ impl Store {
         visible: impl Fn(Option<&OrgId>) -> bool,
     ) -> Result<Vec<ReturnRecord>> {
         let tag = dir_tag(direction);
-        let prefix = layout::return_indexes(tag);
-        let mut from = after.map(|a| layout::return_index(tag, a));
+        let from = after.map(|a| layout::return_index(tag, a));
+        self.indexed(&layout::return_indexes(tag), from, limit, visible, |id| {
+            self.return_plan(ReturnId::from_bytes(id))
+        })
+    }
+
+    /// Reads up to `limit` records through an index of (direction, id) -> organisation,
+    /// after index key `from`, skipping (before opening anything) those `visible` refuses.
+    fn indexed<R>(
+        &self,
+        prefix: &[u8],
+        mut from: Option<Vec<u8>>,
+        limit: usize,
+        visible: impl Fn(Option<&OrgId>) -> bool,
+        load: impl Fn([u8; 16]) -> Result<Option<R>>,
+    ) -> Result<Vec<R>> {
         let mut out = Vec::new();
         while out.len() < limit {
-            let page = self.scan_raw(&prefix, from.as_deref(), 256)?;
+            let page = self.scan_raw(prefix, from.as_deref(), 256)?;
             let Some((last, _)) = page.last() else { break };
             from = Some(last.clone());
             for (k, org) in page {
@@ -240,7 +235,7 @@ impl Store {
                 let Some(id) = id_after(&k, prefix.len()) else {
                     continue;
                 };
-                if let Some(r) = self.return_plan(ReturnId::from_bytes(id))? {
+                if let Some(r) = load(id)? {
                     out.push(r);
                 }
             }
