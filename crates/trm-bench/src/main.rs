@@ -48,6 +48,9 @@ struct Cli {
     /// Concurrency levels to measure.
     #[arg(long, default_value = "1,16,64", value_delimiter = ',')]
     concurrency: Vec<usize>,
+    /// Keep the nodes' folder (printed) instead of removing it, to look at afterwards.
+    #[arg(long)]
+    keep: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -618,7 +621,11 @@ async fn bench(cli: Cli) -> Result<()> {
         std::fs::write(path, serde_json::to_vec_pretty(&out)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    let _ = std::fs::remove_dir_all(&tmp);
+    if cli.keep {
+        eprintln!("kept {}", tmp.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
     Ok(())
 }
 
