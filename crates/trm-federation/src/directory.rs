@@ -27,6 +27,41 @@ use trm_core::ids::NodeId;
 use trm_crypto::signing::PublicKey;
 pub use trm_store::repo::directory::{DirectoryChanges, LearnedKeys, StoredKey, StoredPeer};
 
+/// Records in `tx` the operator's change of `peer`: added or changed (`Some`, with what is
+/// stored of it) or removed (`None`). The change log is applied over the configured peers
+/// at every start ([`PeerDirectory::apply`]); what the peer announced before is forgotten,
+/// and the change is audited. The caller applies the change to the running directory once
+/// it is durable.
+pub fn record_change(
+    tx: &mut trm_store::Tx<'_>,
+    peer: NodeId,
+    upserted: Option<StoredPeer>,
+) -> Result<(), trm_store::StoreError> {
+    let mut changes = tx.directory_changes()?;
+    changes.upserted.retain(|p| p.id != peer);
+    changes.removed.retain(|r| *r != peer);
+    let outcome = match upserted {
+        Some(stored) => {
+            changes.upserted.push(stored);
+            "added or changed"
+        }
+        None => {
+            changes.removed.push(peer);
+            "removed"
+        }
+    };
+    tx.put_directory_changes(&changes)?;
+    let mut learned = tx.learned_keys()?;
+    if learned.peers.remove(&peer).is_some() {
+        tx.put_learned_keys(&learned)?;
+    }
+    tx.audit(
+        trm_store::audit::AuditRecord::new("operator", "peers.change", peer.to_string(), "ok")
+            .detail(outcome),
+    )?;
+    Ok(())
+}
+
 /// One of a peer's signing keys, with its validity window (rotation with overlap).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerKey {

@@ -10,7 +10,7 @@ use trm_core::{ids::MessageId, messages::Topic};
 use trm_core::{ids::Role, limits::Page, policy::POLICY_VERSION, FieldError, Guard, GuardError};
 use trm_crypto::signing::SigningIdentity;
 use trm_federation::{
-    directory::{stored_from_peer, DirectoryChanges},
+    directory::{record_change, stored_from_peer},
     keys,
     outbox::{self, RetryError},
     Peer, PeerKey,
@@ -56,37 +56,6 @@ impl Admin {
     fn operator<T>(request: &Request<T>) -> Result<(), Status> {
         let p = authz::principal(request)?;
         require(&p, &[Role::Operator], "use the admin service").map_err(Status::from)
-    }
-
-    /// Records a change of the peer directory durably (applied over the configured peers at
-    /// every start), forgetting what the changed peer announced, audited.
-    async fn change_directory(
-        &self,
-        peer: trm_core::ids::NodeId,
-        f: impl Fn(&mut DirectoryChanges) + Send + 'static,
-    ) -> Result<(), ApiError> {
-        self.ctx
-            .commit(move |tx| {
-                let mut changes = tx.directory_changes()?;
-                f(&mut changes);
-                tx.put_directory_changes(&changes)?;
-                let mut learned = tx.learned_keys()?;
-                if learned.peers.remove(&peer).is_some() {
-                    tx.put_learned_keys(&learned)?;
-                }
-                let removed = changes.removed.contains(&peer);
-                tx.audit(
-                    AuditRecord::new("operator", "peers.change", peer.to_string(), "ok").detail(
-                        if removed {
-                            "removed"
-                        } else {
-                            "added or changed"
-                        },
-                    ),
-                )?;
-                Ok(())
-            })
-            .await
     }
 }
 
@@ -377,12 +346,9 @@ impl AdminService for Admin {
             keys,
         };
         let stored = stored_from_peer(&peer).map_err(|e| ApiError::Store(e.to_string()))?;
-        self.change_directory(id, move |changes| {
-            changes.removed.retain(|r| *r != id);
-            changes.upserted.retain(|p| p.id != id);
-            changes.upserted.push(stored.clone());
-        })
-        .await?;
+        self.ctx
+            .commit(move |tx| Ok(record_change(tx, id, Some(stored.clone()))?))
+            .await?;
         if let Err(e) = self.ctx.directory.upsert(peer.clone()) {
             // Checked above; the change is stored and applies at the next start.
             error!(peer = %id, error = %e, "peer change stored but not applied");
@@ -407,13 +373,9 @@ impl AdminService for Admin {
         if self.ctx.directory.get(id).is_none() {
             return Err(ApiError::NotFound("peer").into());
         }
-        self.change_directory(id, move |changes| {
-            changes.upserted.retain(|p| p.id != id);
-            if !changes.removed.contains(&id) {
-                changes.removed.push(id);
-            }
-        })
-        .await?;
+        self.ctx
+            .commit(move |tx| Ok(record_change(tx, id, None)?))
+            .await?;
         self.ctx.directory.remove(id);
         info!(peer = %id, "peer removed: no traffic either way");
         self.ctx.remember(idem, id.to_string()).await?;
