@@ -11,5 +11,6 @@ mod hearing;
 mod privacy;
 mod referral;
 mod returns;
+mod stats;
 mod transport;
 mod trust;

@@ -13,6 +13,7 @@
 //! - [`referral`]: the referral state machine.
 //! - [`returns`]: return-planning guards and the return state machine.
 //! - [`hearing`]: witness-hearing states and the child-witness rule.
+//! - [`stats`]: monitoring statistics: the counted cells, closed periods, suppression.
 #![forbid(unsafe_code)]
 
 pub mod consent;
@@ -26,5 +27,6 @@ pub mod model;
 pub mod policy;
 pub mod referral;
 pub mod returns;
+pub mod stats;
 
 pub use error::{FieldError, Guard, GuardError};

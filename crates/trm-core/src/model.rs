@@ -9,7 +9,7 @@ use crate::{
     ids::{CaseId, NodeId, OrgId},
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Gender {
     Female,
     Male,
@@ -48,8 +48,8 @@ pub enum ExploitationType {
     Other,
 }
 
-/// The age bands of the Human Trafficking Case Data Standard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// The broad age bands the Counter Trafficking Data Collaborative (CTDC) publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum AgeBand {
     B0To8,
     B9To17,

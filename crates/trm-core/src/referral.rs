@@ -41,7 +41,7 @@ pub struct ReferralRecord {
 }
 
 /// Which way a record travelled, seen from this node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Direction {
     Incoming,
     Outgoing,
@@ -141,7 +141,7 @@ impl ReferralRecord {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ReferralStatus {
     Draft,
     Sent,

@@ -18,6 +18,8 @@ use crate::{files, sha256, CryptoError, Result};
 pub const ENVELOPE_TAG: &[u8] = b"trm/envelope/v1";
 /// Tag of receipt signatures.
 pub const RECEIPT_TAG: &[u8] = b"trm/receipt/v1";
+/// Tag of statistics-report signatures.
+pub const STATISTICS_TAG: &[u8] = b"trm/statistics/v1";
 
 /// Returns the key id of a public key: the first 16 lowercase hex characters of SHA-256 of
 /// the raw 32 bytes.

@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
+use prost::Message;
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 use tracing::{error, info};
-use trm_core::{ids::MessageId, messages::Topic};
+use trm_core::{ids::MessageId, messages::Topic, model::parse_date, stats::Period};
 use trm_core::{ids::Role, limits::Page, policy::POLICY_VERSION, FieldError, Guard, GuardError};
 use trm_crypto::signing::SigningIdentity;
 use trm_federation::{
@@ -618,7 +619,52 @@ impl AdminService for Admin {
         request: Request<w::ExportStatisticsRequest>,
     ) -> Result<Response<w::ExportStatisticsResponse>, Status> {
         Self::operator(&request)?;
-        Err(unavailable("ExportStatistics", "aggregate statistics"))
+        let req = request.get_ref();
+        let start = parse_date("period_start", &req.period_start).map_err(ApiError::from)?;
+        let end = parse_date("period_end", &req.period_end).map_err(ApiError::from)?;
+        let period = Period::closed(start, end, crate::ctx::today()).map_err(ApiError::from)?;
+        let ctx = &self.ctx;
+        // Everything acknowledged so far counts.
+        ctx.store.durable().await.map_err(ApiError::from)?;
+        let raw: Vec<_> = ctx
+            .store
+            .stat_counts(period)
+            .map_err(ApiError::from)?
+            .iter()
+            .map(|(cell, n)| trm_proto::stats::published(cell, *n))
+            .collect();
+        let cells = trm_core::stats::publish(raw, ctx.min_cell_count);
+        let report = w::StatisticsReport {
+            node_id: ctx.id.to_string(),
+            period_start: start.to_string(),
+            period_end: end.to_string(),
+            min_cell_count: u32::try_from(ctx.min_cell_count).unwrap_or(u32::MAX),
+            policy_version: trm_core::policy::POLICY_VERSION.to_owned(),
+            created_at: Some(ts(OffsetDateTime::now_utc())),
+            cells: cells.iter().map(trm_proto::stats::cell_to_wire).collect(),
+        }
+        .encode_to_vec();
+        let signer = ctx.identity.current();
+        let signature = signer.sign(trm_crypto::signing::STATISTICS_TAG, &report);
+        let suppressed = cells.iter().filter(|c| c.suppressed).count();
+        let detail = format!(
+            "period={start}..{end} cells={} suppressed={suppressed} min_cell_count={}",
+            cells.len(),
+            ctx.min_cell_count
+        );
+        ctx.commit(move |tx| {
+            tx.audit(
+                AuditRecord::new("operator", "statistics.export", "statistics", "ok")
+                    .detail(detail.clone()),
+            )?;
+            Ok(())
+        })
+        .await?;
+        Ok(Response::new(w::ExportStatisticsResponse {
+            report,
+            key_id: signer.key_id().to_owned(),
+            signature,
+        }))
     }
 
     async fn backup(

@@ -48,6 +48,8 @@ pub struct NodeConfig {
     pub limits: LimitsSection,
     #[serde(default)]
     pub storage: StorageSection,
+    #[serde(default)]
+    pub statistics: StatisticsSection,
     /// The peer directory.
     #[serde(default)]
     pub peers: Vec<PeerSection>,
@@ -213,6 +215,28 @@ impl Default for DeliverySection {
             request_timeout_secs: default_request_timeout(),
             batch_envelopes: default_batch_envelopes(),
             batches_in_flight: default_batches_in_flight(),
+        }
+    }
+}
+
+/// Monitoring statistics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatisticsSection {
+    /// Cells counting fewer persons than this are suppressed (CTDC publishes none below
+    /// 11; a node refuses to start below 5).
+    #[serde(default = "default_min_cell_count")]
+    pub min_cell_count: u64,
+}
+
+fn default_min_cell_count() -> u64 {
+    trm_core::stats::DEFAULT_MIN_CELL_COUNT
+}
+
+impl Default for StatisticsSection {
+    fn default() -> Self {
+        Self {
+            min_cell_count: default_min_cell_count(),
         }
     }
 }
@@ -466,7 +490,7 @@ impl NodeConfig {
 
     /// Every numeric setting with its bounds: below, nothing would work; above, a value
     /// would overflow a duration or stall the node.
-    fn bounds(&self) -> [(&'static str, u64, u64, u64); 16] {
+    fn bounds(&self) -> [(&'static str, u64, u64, u64); 17] {
         let (d, l) = (&self.delivery, &self.limits);
         let n = |v: usize| v as u64;
         [
@@ -481,6 +505,12 @@ impl NodeConfig {
                 self.policy.replay_window_days.into(),
                 1,
                 90,
+            ),
+            (
+                "statistics.min_cell_count",
+                self.statistics.min_cell_count,
+                trm_core::stats::MIN_CELL_COUNT_FLOOR,
+                1000,
             ),
             ("delivery.backoff_cap_secs", d.backoff_cap_secs, 1, 86_400),
             (
@@ -665,6 +695,10 @@ key = "a"
             (
                 "delivery.batch_envelopes",
                 Box::new(|c| c.delivery.batch_envelopes = 513),
+            ),
+            (
+                "statistics.min_cell_count",
+                Box::new(|c| c.statistics.min_cell_count = 4),
             ),
             (
                 "delivery.batches_in_flight",

@@ -35,6 +35,8 @@ pub struct Ctx {
     pub replay_window_days: u32,
     /// Revoked client certificates, checked on every request.
     pub revocations: Arc<crate::gate::Revocations>,
+    /// Statistics cells counting fewer persons are suppressed.
+    pub min_cell_count: u64,
 }
 
 impl Ctx {

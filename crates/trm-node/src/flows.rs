@@ -93,6 +93,7 @@ impl Flows {
             inbound.sender,
             &inbound.case_ref,
             WitnessRecord::Referral(referral_id),
+            disclosed,
         )?;
         Ok(())
     }
@@ -223,6 +224,7 @@ impl Flows {
             inbound.sender,
             &inbound.case_ref,
             WitnessRecord::Return(return_id),
+            disclosed,
         )?;
         Ok(())
     }

@@ -357,6 +357,7 @@ pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, No
         signing_key_path: config.signing.key.clone(),
         replay_window_days: config.policy.replay_window_days,
         revocations,
+        min_cell_count: config.statistics.min_cell_count,
     };
     let mut inbound = InboundConfig::new(node);
     inbound.replay_window = time::Duration::days(i64::from(config.policy.replay_window_days));

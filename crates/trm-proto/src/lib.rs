@@ -1,11 +1,12 @@
 //! The `trm.v1` wire contract: prost messages and tonic services generated from `proto/`,
 //! and beside them the conversions wire <-> domain (`convert`), where input is parsed; a
-//! peer's payloads parsed into domain messages (`peer`); and the one map from every port's
-//! errors to gRPC statuses (`status`).
+//! peer's payloads parsed into domain messages (`peer`); statistics cells in the wire's
+//! terms (`stats`); and the one map from every port's errors to gRPC statuses (`status`).
 #![forbid(unsafe_code)]
 
 pub mod convert;
 pub mod peer;
+pub mod stats;
 pub mod status;
 
 /// Generated code of package `trm.v1`.

@@ -431,3 +431,48 @@ fn queue_depths_follow_only_committed_work_and_are_recounted_on_reopening() {
     );
     assert_eq!(store.dead_letter_count().unwrap(), 1);
 }
+
+#[test]
+fn statistics_count_a_person_once_and_follow_a_referral_to_its_state() {
+    use trm_core::{
+        ids::ReferralId,
+        referral::{Direction, ReferralRecord, ReferralStatus},
+        stats::{Cell, Month, Period},
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &SecretKey::generate());
+    let c = case("Counted");
+    put(&store, &c);
+    put(&store, &c); // written again: still one person
+    let ro: NodeId = "RO".parse().unwrap();
+    let mut r = ReferralRecord::received(
+        ReferralId::new(),
+        ro,
+        "AT".parse().unwrap(),
+        Default::default(),
+        vec![],
+        OffsetDateTime::now_utc(),
+    );
+    for status in [ReferralStatus::Delivered, ReferralStatus::Accepted] {
+        r.status = status;
+        let r = r.clone();
+        store
+            .commit_blocking::<(), (), _>(move |tx| Ok(tx.put_referral(&r)?))
+            .unwrap();
+    }
+    let month = |d: time::Date| Period {
+        start: d.replace_day(1).unwrap(),
+        end: Month::of(d).next_first_day(),
+    };
+    let counts = store.stat_counts(month(c.identified_on)).unwrap();
+    assert_eq!(counts.get(&Cell::Child(Some(false))), Some(&1));
+    let now = store
+        .stat_counts(month(OffsetDateTime::now_utc().date()))
+        .unwrap();
+    let referral = |status| Cell::Referral {
+        direction: Direction::Incoming,
+        status,
+    };
+    assert_eq!(now.get(&referral(ReferralStatus::Accepted)), Some(&1));
+    assert_eq!(now.get(&referral(ReferralStatus::Delivered)), None, "moved");
+}

@@ -1,6 +1,6 @@
 //! The operator CLI's library: the sandbox federation ([`sandbox`]), admin-port commands
-//! ([`admin`]), local client
-//! certificates ([`client`]) and gRPC connections with a node's client certificates
+//! ([`admin`]), monitoring statistics ([`stats`]), local client certificates ([`client`]),
+//! a node's own keys ([`keys`]), gRPC connections with a node's client certificates
 //! ([`connect`]), and the sandbox story ([`scenario`]).
 #![forbid(unsafe_code)]
 
@@ -10,3 +10,4 @@ pub mod connect;
 pub mod keys;
 pub mod sandbox;
 pub mod scenario;
+pub mod stats;

@@ -42,6 +42,55 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Monitoring statistics (counts that expose no one).
+    Stats {
+        #[command(subcommand)]
+        command: StatsCommand,
+    },
+}
+
+/// How a report is printed.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Csv,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum StatsCommand {
+    /// Prints the node's signed report of a closed period of whole months, after verifying
+    /// its signature. The export is audited.
+    Export {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// First day of the period: the 1st of a month (YYYY-MM-DD).
+        #[arg(long)]
+        from: String,
+        /// The day after the period: the 1st of a later month, not after the 1st of this one.
+        #[arg(long)]
+        to: String,
+        #[arg(long, value_enum, default_value = "csv")]
+        format: Format,
+        /// Also trust this public key (PEM) for the signature.
+        #[arg(long)]
+        key: Vec<PathBuf>,
+    },
+    /// Adds the JSON reports of several nodes for one period together (each signature
+    /// verified against the keys of the node in --config and its peers, or --key), and
+    /// suppresses small cells of the sums again.
+    Merge {
+        /// A node configuration whose own and peers' keys are trusted.
+        #[arg(long)]
+        config: PathBuf,
+        /// Also trust this public key (PEM).
+        #[arg(long)]
+        key: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "csv")]
+        format: Format,
+        /// Reports written by `trmctl stats export --format json`.
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+    },
 }
 
 /// How to reach a node's admin port.
@@ -225,7 +274,77 @@ fn main() -> Result<()> {
         Command::Client {
             command: ClientCommand::Revoked { admin, json },
         } => tokio::runtime::Runtime::new()?.block_on(revoked(admin, json)),
+        Command::Stats {
+            command:
+                StatsCommand::Export {
+                    admin,
+                    from,
+                    to,
+                    format,
+                    key,
+                },
+        } => tokio::runtime::Runtime::new()?.block_on(stats_export(admin, from, to, format, key)),
+        Command::Stats {
+            command:
+                StatsCommand::Merge {
+                    config,
+                    key,
+                    format,
+                    reports,
+                },
+        } => stats_merge(&config, &key, format, &reports),
     }
+}
+
+fn print_report(report: &trmctl::stats::ReportFile, format: Format) -> Result<()> {
+    match format {
+        Format::Csv => trmctl::stats::to_csv(report, &mut std::io::stdout()),
+        Format::Json => {
+            println!("{}", serde_json::to_string_pretty(report)?);
+            Ok(())
+        }
+    }
+}
+
+async fn stats_export(
+    admin: AdminArgs,
+    from: String,
+    to: String,
+    format: Format,
+    key: Vec<PathBuf>,
+) -> Result<()> {
+    let keys = trmctl::stats::trusted_keys(&admin.config, &key)?;
+    let mut c =
+        trmctl::admin::connect(&admin.config, admin.client.as_deref(), admin.ca.as_deref()).await?;
+    let report = trmctl::stats::export(&mut c, &keys, &from, &to).await?;
+    print_report(&report, format)
+}
+
+fn stats_merge(
+    config: &std::path::Path,
+    key: &[PathBuf],
+    format: Format,
+    reports: &[PathBuf],
+) -> Result<()> {
+    let keys = trmctl::stats::trusted_keys(config, key)?;
+    let mut files = Vec::new();
+    for path in reports {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        files.push(
+            serde_json::from_str::<trmctl::stats::ReportFile>(&text).with_context(|| {
+                format!(
+                    "{} is not a report written by `trmctl stats export --format json`",
+                    path.display()
+                )
+            })?,
+        );
+    }
+    let min = trm_node::NodeConfig::load(config)?
+        .statistics
+        .min_cell_count;
+    let merged = trmctl::stats::merge(&files, &keys, min)?;
+    print_report(&merged, format)
 }
 
 async fn status(admin: AdminArgs) -> Result<()> {

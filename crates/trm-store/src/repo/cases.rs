@@ -47,6 +47,10 @@ impl Tx<'_> {
 
     /// Writes a case (new or changed).
     pub fn put_case(&mut self, case: &CaseRecord) -> Result<()> {
+        if !self.exists(&layout::case(case.case_id))? {
+            let cells = trm_core::stats::Profile::of_case(case).cells();
+            self.count_person(trm_core::stats::Month::of(case.identified_on), &cells)?;
+        }
         self.put_sealed(
             &layout::case(case.case_id),
             &Subject::case(case.case_id),
@@ -146,15 +150,23 @@ impl Tx<'_> {
     }
 
     /// Lets `peer`'s reference resolve to `record` (the first record received under it).
+    /// The first record received under a reference counts its person (what `disclosed`
+    /// tells of them) in the statistics of this month.
     pub fn remember_received_ref(
         &mut self,
         peer: NodeId,
         case_ref: &str,
         record: WitnessRecord,
+        disclosed: &trm_core::model::DisclosedCase,
     ) -> Result<()> {
         let key = layout::ref_received(peer, case_ref);
         if !self.exists(&key)? {
             self.put_raw(&key, &target_bytes(record))?;
+            let cells = trm_core::stats::Profile::of_disclosed(disclosed).cells();
+            self.count_person(
+                trm_core::stats::Month::at(time::OffsetDateTime::now_utc()),
+                &cells,
+            )?;
         }
         Ok(())
     }

@@ -10,8 +10,10 @@ use trm_core::{
     returns::ReturnRecord,
 };
 
+use trm_core::stats::{Cell, Month};
+
 use crate::{
-    repo::{layout, INCOMING, OUTGOING},
+    repo::{layout, stats, INCOMING, OUTGOING},
     subject::Subject,
     Result, Store, Tx,
 };
@@ -95,6 +97,15 @@ impl Tx<'_> {
             &layout::referral_index(dir_tag(dir), id),
             &org_bytes(r.organisation.as_ref()),
         )?;
+        self.recount(
+            stats::REFERRAL,
+            id.as_bytes(),
+            Month::at(r.created_at),
+            Cell::Referral {
+                direction: dir,
+                status: r.status,
+            },
+        )?;
         if let (Direction::Outgoing, Some(case)) = (dir, r.case_id) {
             let open = layout::open_referral(case, r.destination);
             if r.status.is_final() {
@@ -141,6 +152,12 @@ impl Tx<'_> {
         self.put_raw(
             &layout::return_index(dir_tag(dir), id),
             &org_bytes(r.organisation.as_ref()),
+        )?;
+        self.recount(
+            stats::RETURN,
+            id.as_bytes(),
+            Month::at(r.created_at),
+            Cell::Return(r.status),
         )
     }
 
@@ -159,7 +176,13 @@ impl Tx<'_> {
         } else {
             Direction::Outgoing
         };
-        self.put_raw(&layout::hearing_index(dir_tag(dir), id), b"")
+        self.put_raw(&layout::hearing_index(dir_tag(dir), id), b"")?;
+        self.recount(
+            stats::HEARING,
+            id.as_bytes(),
+            Month::at(h.created_at),
+            Cell::Hearing(h.status),
+        )
     }
 }
 

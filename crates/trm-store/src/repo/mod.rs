@@ -11,6 +11,7 @@ pub mod directory;
 pub mod flows;
 pub mod outbox;
 pub mod requests;
+pub mod stats;
 
 /// The key layout: one ordered key space, each record kind under a prefix of its own.
 pub(crate) mod layout {
@@ -212,6 +213,21 @@ pub(crate) mod layout {
     }
 
     pub const REQUESTS: &[u8] = b"q/";
+
+    /// A statistics counter: month (`YYYYMM`), then the cell.
+    pub fn stat(month: &str, cell: &[u8]) -> Vec<u8> {
+        key("st/", &[month.as_bytes(), b"/", cell])
+    }
+
+    /// The counters of one month.
+    pub fn stats_of(month: &str) -> Vec<u8> {
+        key("st/", &[month.as_bytes(), b"/"])
+    }
+
+    /// Where a referral, return plan or hearing is counted now (`kind`, record id).
+    pub fn counted(kind: u8, id: &[u8; 16]) -> Vec<u8> {
+        key("sx/", &[&[kind], id])
+    }
 }
 
 /// Direction tags of the flow indexes.

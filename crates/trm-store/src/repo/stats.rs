@@ -1,0 +1,101 @@
+//! Statistics counters: one per month and [`Cell`], updated in the transaction that changes
+//! the record, so an export reads counts and decrypts nothing. They hold no id, no
+//! reference and no value finer than the month: aggregates, not personal data. A person is
+//! counted once, in the month a case was identified here ([`Tx::put_case`] of a new case)
+//! or first arrived from a peer ([`Tx::remember_received_ref`]); a referral, return plan or
+//! hearing once, in its state of now, in the month it was created (the state it was counted
+//! in is kept beside it, so a change moves the count).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use trm_core::stats::{Cell, Month, Period};
+
+use crate::{repo::layout, tx::decode, Result, Store, Tx};
+
+/// What a record is counted as now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Counted {
+    month: Month,
+    cell: Cell,
+}
+
+/// The kinds of record counted by state.
+pub(crate) const REFERRAL: u8 = b'r';
+pub(crate) const RETURN: u8 = b't';
+pub(crate) const HEARING: u8 = b'h';
+
+fn cell_key(cell: &Cell) -> Result<Vec<u8>> {
+    serde_json::to_vec(cell).map_err(|_| crate::StoreError::Encode)
+}
+
+impl Tx<'_> {
+    /// Adds `delta` to the counter of `cell` in `month`.
+    pub fn count(&mut self, month: Month, cell: &Cell, delta: i64) -> Result<()> {
+        let key = layout::stat(&month.key(), &cell_key(cell)?);
+        let now = self
+            .get_raw(&key)?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes);
+        let next = now.saturating_add_signed(delta);
+        if next == 0 {
+            self.delete(&key)
+        } else {
+            self.put_raw(&key, &next.to_be_bytes())
+        }
+    }
+
+    /// Counts a person in every cell of `cells`, in `month`.
+    pub(crate) fn count_person(&mut self, month: Month, cells: &[Cell]) -> Result<()> {
+        for c in cells {
+            self.count(month, c, 1)?;
+        }
+        Ok(())
+    }
+
+    /// Moves the count of record `id` (of `kind`) to `cell` in `month`, where it was counted
+    /// elsewhere before.
+    pub(crate) fn recount(
+        &mut self,
+        kind: u8,
+        id: &[u8; 16],
+        month: Month,
+        cell: Cell,
+    ) -> Result<()> {
+        let key = layout::counted(kind, id);
+        let before: Option<Counted> = self.get_json("counted record", &key)?;
+        let now = Counted { month, cell };
+        if before.as_ref() == Some(&now) {
+            return Ok(());
+        }
+        if let Some(b) = before {
+            self.count(b.month, &b.cell, -1)?;
+        }
+        self.count(now.month, &now.cell, 1)?;
+        self.put_json(&key, &now)
+    }
+}
+
+impl Store {
+    /// Returns the counts of every cell over the months of `period`.
+    pub fn stat_counts(&self, period: Period) -> Result<BTreeMap<Cell, u64>> {
+        let mut out = BTreeMap::new();
+        for month in period.months() {
+            let prefix = layout::stats_of(&month.key());
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let page = self.scan_raw(&prefix, after.as_deref(), 1024)?;
+                let Some((last, _)) = page.last() else { break };
+                after = Some(last.clone());
+                for (k, v) in page {
+                    let cell: Cell = decode("statistics cell", &k[prefix.len()..])?;
+                    let n = <[u8; 8]>::try_from(v.as_slice())
+                        .map(u64::from_be_bytes)
+                        .map_err(|_| crate::StoreError::Corrupt("statistics counter"))?;
+                    *out.entry(cell).or_insert(0) += n;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
