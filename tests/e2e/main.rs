@@ -8,6 +8,7 @@ mod crash;
 mod directory;
 mod durability;
 mod hearing;
+mod ops;
 mod privacy;
 mod referral;
 mod returns;

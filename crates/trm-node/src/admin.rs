@@ -60,10 +60,6 @@ impl Admin {
     }
 }
 
-fn unavailable(rpc: &str, capability: &str) -> Status {
-    ApiError::Unimplemented(format!("{rpc}: {capability} is not available yet")).into()
-}
-
 fn time_of(t: Option<OffsetDateTime>) -> Option<prost_types::Timestamp> {
     t.map(ts)
 }
@@ -672,7 +668,42 @@ impl AdminService for Admin {
         request: Request<w::BackupRequest>,
     ) -> Result<Response<w::BackupResponse>, Status> {
         Self::operator(&request)?;
-        Err(unavailable("Backup", "online backup"))
+        let path = std::path::PathBuf::from(&request.get_ref().path);
+        if !path.is_absolute() {
+            return Err(field_error(
+                "path",
+                "must be an absolute path on the node's host",
+            ));
+        }
+        let ctx = &self.ctx;
+        let manifest = ctx.store.backup(&path).await.map_err(|e| match e {
+            trm_store::StoreError::Io(io) if io.kind() == std::io::ErrorKind::AlreadyExists => {
+                ApiError::from(FieldError::new("path", "must not exist or be empty"))
+            }
+            e => ApiError::from(e),
+        })?;
+        let detail = format!(
+            "records={} bytes={} created_at={}",
+            manifest.records,
+            manifest.bytes(),
+            manifest.created_at
+        );
+        ctx.commit(move |tx| {
+            tx.audit(
+                AuditRecord::new("operator", "node.backup", "store", "ok").detail(detail.clone()),
+            )?;
+            Ok(())
+        })
+        .await?;
+        info!(
+            records = manifest.records,
+            bytes = manifest.bytes(),
+            "backup written"
+        );
+        Ok(Response::new(w::BackupResponse {
+            path: path.display().to_string(),
+            bytes: manifest.bytes(),
+        }))
     }
 
     async fn revoke_client_certificate(

@@ -12,6 +12,7 @@
 //! - [`Subject`]: whose key seals what, namespaced per kind of record.
 #![forbid(unsafe_code)]
 
+pub mod backup;
 pub mod engine;
 mod error;
 pub mod keys;

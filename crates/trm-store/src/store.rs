@@ -66,6 +66,7 @@ struct Inner {
     writer: Mutex<Option<JoinHandle<()>>>,
     /// A copy of the signed audit head outside the database (beside the key file).
     anchor: PathBuf,
+    key_store: PathBuf,
 }
 
 impl std::fmt::Debug for Store {
@@ -112,6 +113,7 @@ impl Store {
             signer: RwLock::new(None),
             tampered: AtomicBool::new(false),
             counts: Default::default(),
+            journal: crate::backup::journal_path(key_store),
         });
         let (tx, rx) = sync_channel(QUEUE);
         let s = shared.clone();
@@ -125,6 +127,7 @@ impl Store {
                 jobs: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(writer)),
                 anchor: key_store.with_extension("audit-anchor"),
+                key_store: key_store.to_path_buf(),
             }),
         };
         store.count_outbox()?;
@@ -160,6 +163,10 @@ impl Store {
 
     pub(crate) fn anchor_path(&self) -> &Path {
         &self.inner.anchor
+    }
+
+    pub(crate) fn key_store_path(&self) -> &Path {
+        &self.inner.key_store
     }
 
     fn send(&self, run: writer::JobFn) -> Result<oneshot::Receiver<writer::JobOutput>> {

@@ -243,6 +243,32 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Destroys the data key in `slot` (as the erasure journal names it) and moves its
+    /// subject past that generation: a restore re-applying an erasure.
+    pub(crate) fn destroy_data_key(&mut self, slot: &[u8]) -> Result<()> {
+        let parsed = slot
+            .strip_prefix(layout::DATA_KEYS)
+            .filter(|rest| rest.len() >= 6)
+            .and_then(|rest| {
+                let len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+                let subject = rest.get(2..2 + len)?;
+                let gen: [u8; 4] = rest.get(2 + len..)?.try_into().ok()?;
+                Some((
+                    Subject::from_bytes(subject.to_vec()),
+                    u32::from_be_bytes(gen),
+                ))
+            });
+        let Some((subject, gen)) = parsed else {
+            return Err(StoreError::Corrupt("an erasure journal entry"));
+        };
+        self.etx.delete(slot)?;
+        if self.generation(&subject)? <= gen {
+            self.etx
+                .put(&layout::generation(&subject), &(gen + 1).to_be_bytes())?;
+        }
+        Ok(())
+    }
+
     /// Returns the next value of the counter `name` (1 for the first).
     pub(crate) fn next_counter(&mut self, name: &str) -> Result<u64> {
         let key = layout::meta(name);

@@ -135,6 +135,8 @@ pub(crate) struct Shared {
     /// The chain was found rewritten: nothing is signed over it again.
     pub tampered: AtomicBool,
     pub counts: Counts,
+    /// The erasure journal: every destroyed data key, synced before its commit.
+    pub journal: std::path::PathBuf,
 }
 
 /// Runs groups of requests until every sender is gone.
@@ -221,6 +223,15 @@ fn run_group(shared: &Shared, mut group: Vec<Job>) {
                     return refuse_all(group, &e.to_string());
                 }
             }
+        }
+    }
+    if !all.shredded.is_empty() {
+        // Before the commit: a restore of an older backup must find every erasure.
+        if let Err(e) = crate::backup::journal_erasures(&shared.journal, &all.shredded) {
+            drop(etx);
+            let why = format!("cannot write the erasure journal: {e}");
+            shared.health.fail(why.clone());
+            return refuse_all(group, &why);
         }
     }
     if let Err(e) = etx.commit() {

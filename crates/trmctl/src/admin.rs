@@ -1,5 +1,5 @@
 //! Operator commands over a node's admin port: status, audit verification and export,
-//! client-certificate revocation.
+//! client-certificate revocation, backups; and the restore of a stopped node.
 
 use std::path::{Path, PathBuf};
 
@@ -157,4 +157,44 @@ pub async fn export_audit(
 /// The tag of audit-head signatures (`trm/audit-head/v1`).
 fn trm_store_head_tag() -> &'static [u8] {
     b"trm/audit-head/v1"
+}
+
+/// Asks the node to write a backup into `out` (a folder on the node's host: absolute, new or
+/// empty).
+pub async fn backup(
+    admin: &mut AdminServiceClient<Channel>,
+    out: &Path,
+) -> Result<w::BackupResponse> {
+    let out = if out.is_absolute() {
+        out.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(out)
+    };
+    Ok(admin
+        .backup(w::BackupRequest {
+            path: out.display().to_string(),
+        })
+        .await?
+        .into_inner())
+}
+
+/// Restores the backup in `from` into the stopped node of `config` (its store and key file;
+/// with `force` over existing data), then destroys again every data key the node's erasure
+/// journal lists.
+pub fn restore(config: &Path, from: &Path, force: bool) -> Result<trm_store::backup::Restored> {
+    let cfg = NodeConfig::load(config)?;
+    let master = trm_crypto::aead::SecretKey::load(&cfg.node.master_key)
+        .with_context(|| format!("reading the master key {}", cfg.node.master_key.display()))?;
+    trm_store::backup::restore(
+        trm_store::StoreOptions {
+            node: cfg.node.id,
+            data_dir: cfg.node.data_dir.clone(),
+            key_store: cfg.node.key_store.clone(),
+            master,
+            sled: Default::default(),
+        },
+        from,
+        force,
+    )
+    .map_err(|e| anyhow::anyhow!("restore from {}: {e}", from.display()))
 }

@@ -42,6 +42,28 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Writes a consistent backup of the running node into a folder on its host (the
+    /// store and its key file with a manifest of digests; never the master key).
+    Backup {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The folder to write (new or empty).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restores a backup into a stopped node, then destroys again everything erased since
+    /// (the erasure journal beside the key store).
+    Restore {
+        /// The node's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The backup folder.
+        #[arg(long)]
+        from: PathBuf,
+        /// Replace the node's existing data.
+        #[arg(long)]
+        force: bool,
+    },
     /// Monitoring statistics (counts that expose no one).
     Stats {
         #[command(subcommand)]
@@ -274,6 +296,26 @@ fn main() -> Result<()> {
         Command::Client {
             command: ClientCommand::Revoked { admin, json },
         } => tokio::runtime::Runtime::new()?.block_on(revoked(admin, json)),
+        Command::Backup { admin, out } => tokio::runtime::Runtime::new()?.block_on(async {
+            let mut c =
+                trmctl::admin::connect(&admin.config, admin.client.as_deref(), admin.ca.as_deref())
+                    .await?;
+            let r = trmctl::admin::backup(&mut c, &out).await?;
+            println!("backup written to {} ({} bytes)", r.path, r.bytes);
+            Ok(())
+        }),
+        Command::Restore {
+            config,
+            from,
+            force,
+        } => {
+            let r = trmctl::admin::restore(&config, &from, force)?;
+            println!(
+                "restored {} records of node {} taken {}; {} erasures re-applied from the journal",
+                r.manifest.records, r.manifest.node, r.manifest.created_at, r.erasures_applied
+            );
+            Ok(())
+        }
         Command::Stats {
             command:
                 StatsCommand::Export {

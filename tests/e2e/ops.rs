@@ -1,0 +1,112 @@
+//! What an operator does to keep a node alive: backups and restores.
+
+use tonic::Code;
+use trm_core::ids::Role;
+use trm_proto::v1 as w;
+use trm_tests::{requests, TestFederation};
+
+/// Runs `trmctl restore` (blocking, as the command is) off the test's runtime.
+async fn restore(
+    config: &std::path::Path,
+    from: &std::path::Path,
+    force: bool,
+) -> anyhow::Result<trm_store::backup::Restored> {
+    let (config, from) = (config.to_path_buf(), from.to_path_buf());
+    tokio::task::spawn_blocking(move || trmctl::admin::restore(&config, &from, force)).await?
+}
+
+#[tokio::test]
+async fn a_restored_backup_brings_back_what_it_held_but_nothing_erased_since() -> anyhow::Result<()>
+{
+    let mut fed = TestFederation::start(&["AT"]).await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let kept = sp
+        .create_case(requests::case("Kept", 3))
+        .await?
+        .into_inner();
+    let erased = sp
+        .create_case(requests::case("Erased", 3))
+        .await?
+        .into_inner();
+    let mut admin = fed.admin("AT", Role::Operator).await?;
+    let backup = fed.dir().join("backups/at-1");
+    let r = admin
+        .backup(w::BackupRequest {
+            path: backup.display().to_string(),
+        })
+        .await?
+        .into_inner();
+    assert!(r.bytes > 0);
+    let err = admin
+        .backup(w::BackupRequest {
+            path: backup.display().to_string(),
+        })
+        .await
+        .expect_err("the folder is not empty");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("path"), "{}", err.message());
+    let err = admin
+        .backup(w::BackupRequest {
+            path: "relative/folder".into(),
+        })
+        .await
+        .expect_err("relative");
+    assert!(err.message().starts_with("path"), "{}", err.message());
+
+    // After the backup: a case is erased, and a new one created.
+    sp.erase_case(w::EraseCaseRequest {
+        case_id: erased.case_id.clone(),
+        reason: "victim's request".into(),
+        ..Default::default()
+    })
+    .await?;
+    drop((sp, admin));
+    fed.stop_node("AT").await?;
+
+    let config = fed.dir().join("AT/node.toml");
+    let err = restore(&config, &backup, false)
+        .await
+        .expect_err("data present");
+    assert!(err.to_string().contains("--force"), "{err}");
+    // A backup whose files do not match the manifest is refused.
+    let forged = fed.dir().join("backups/forged");
+    std::fs::create_dir_all(&forged)?;
+    for f in std::fs::read_dir(&backup)? {
+        let f = f?;
+        std::fs::copy(f.path(), forged.join(f.file_name()))?;
+    }
+    let mut bytes = std::fs::read(forged.join("store.kv"))?;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(forged.join("store.kv"), bytes)?;
+    let err = restore(&config, &forged, true).await.expect_err("tampered");
+    assert!(err.to_string().contains("digest"), "{err}");
+
+    let restored = restore(&config, &backup, true).await?;
+    assert!(restored.erasures_applied >= 1);
+    fed.start_node("AT").await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let back = sp
+        .get_case(w::GetCaseRequest {
+            case_id: kept.case_id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(back.person.map(|p| p.given_name), Some("Kept".to_owned()));
+    let err = sp
+        .get_case(w::GetCaseRequest {
+            case_id: erased.case_id.clone(),
+        })
+        .await
+        .expect_err("erased after the backup: still erased");
+    assert_eq!(err.code(), Code::NotFound);
+    let audit = fed
+        .admin("AT", Role::Operator)
+        .await?
+        .verify_audit(w::VerifyAuditRequest::default())
+        .await?
+        .into_inner();
+    assert!(audit.ok, "{audit:?}");
+    fed.stop().await?;
+    Ok(())
+}
