@@ -3,6 +3,7 @@
 
 mod access;
 mod audit;
+mod cli;
 #[cfg(unix)]
 mod crash;
 mod directory;

@@ -327,6 +327,25 @@ impl Delivery {
         }
     }
 
+    /// Probes `peer` now: a GetNodeInfo over a new mutual-TLS connection that must prove
+    /// the peer's identity, within `timeout`. Returns how long it took, or why it failed.
+    pub async fn probe(&self, peer: NodeId, timeout: Duration) -> Result<Duration, String> {
+        let mut client = self
+            .client(peer)
+            .ok_or_else(|| "no usable endpoint or trust anchor".to_owned())?;
+        let started = std::time::Instant::now();
+        match tokio::time::timeout(
+            timeout,
+            client.get_node_info(trm_proto::v1::GetNodeInfoRequest::default()),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(started.elapsed()),
+            Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
+            Err(_) => Err(format!("no answer within {} s", timeout.as_secs())),
+        }
+    }
+
     fn client(&self, peer: NodeId) -> Option<FederationServiceClient<Channel>> {
         let entry = self.inner.directory.get(peer)?;
         let cfg = &self.inner.cfg;

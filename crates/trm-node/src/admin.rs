@@ -258,28 +258,61 @@ impl AdminService for Admin {
         request: Request<w::StatusRequest>,
     ) -> Result<Response<w::StatusResponse>, Status> {
         Self::operator(&request)?;
-        let store = &self.ctx.store;
-        let peers = self
-            .ctx
-            .directory
-            .ids()
-            .into_iter()
-            .map(|id| {
-                let state = self.ctx.delivery.peer_state(id);
-                w::PeerStatus {
-                    node_id: id.to_string(),
-                    reachable: state.reachable,
-                    outbox_depth: store.outbox_depth(id).unwrap_or_default(),
-                    last_delivery: state.last_delivery.map(ts),
-                }
-            })
-            .collect::<Vec<_>>();
+        let ctx = &self.ctx;
+        let store = &ctx.store;
+        // Every peer is probed now, all at once.
+        let mut probes = tokio::task::JoinSet::new();
+        for id in ctx.directory.ids() {
+            let delivery = ctx.delivery.clone();
+            probes.spawn(async move {
+                (
+                    id,
+                    delivery.probe(id, std::time::Duration::from_secs(3)).await,
+                )
+            });
+        }
+        let mut peers = Vec::new();
+        while let Some(done) = probes.join_next().await {
+            let Ok((id, probe)) = done else { continue };
+            let state = ctx.delivery.peer_state(id);
+            let oldest = store
+                .outbox_head(id, 1)
+                .ok()
+                .and_then(|items| items.first().map(|i| ts(i.created_at)));
+            peers.push(w::PeerStatus {
+                node_id: id.to_string(),
+                reachable: probe.is_ok(),
+                outbox_depth: store.outbox_depth(id).unwrap_or_default(),
+                last_delivery: state.last_delivery.map(ts),
+                probe_ms: probe
+                    .as_ref()
+                    .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
+                probe_error: probe.err().unwrap_or_default(),
+                oldest_queued: oldest,
+            });
+        }
+        peers.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        let health = match store.failure() {
+            None => "SERVING".to_owned(),
+            Some(why) => format!("NOT_SERVING: {why}"),
+        };
         Ok(Response::new(w::StatusResponse {
-            node_id: self.ctx.id.to_string(),
+            node_id: ctx.id.to_string(),
             policy_version: POLICY_VERSION.to_owned(),
             outbox_depth: peers.iter().map(|p| p.outbox_depth).sum(),
             dead_letters: store.dead_letter_count().map_err(ApiError::from)?,
             peers,
+            health,
+            expiries: ctx
+                .expiries
+                .iter()
+                .map(|(name, at)| w::Expiry {
+                    name: name.clone(),
+                    not_after: at.map(ts),
+                })
+                .collect(),
+            signing_key_id: ctx.identity.current().key_id().to_owned(),
+            key_encryption_key_created_at: Some(ts(store.keys().epochs().1)),
         }))
     }
 

@@ -37,6 +37,8 @@ pub struct Ctx {
     pub revocations: Arc<crate::gate::Revocations>,
     /// Statistics cells counting fewer persons are suppressed.
     pub min_cell_count: u64,
+    /// The node's certificates and when each expires (read at start).
+    pub expiries: Vec<(String, Option<OffsetDateTime>)>,
 }
 
 impl Ctx {

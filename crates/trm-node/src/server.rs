@@ -358,6 +358,7 @@ pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, No
         replay_window_days: config.policy.replay_window_days,
         revocations,
         min_cell_count: config.statistics.min_cell_count,
+        expiries: expiries(&config),
     };
     let mut inbound = InboundConfig::new(node);
     inbound.replay_window = time::Duration::days(i64::from(config.policy.replay_window_days));
@@ -382,6 +383,26 @@ pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, No
         local_tls,
         gates: GateCounters::default(),
     })
+}
+
+/// Returns when each of the node's certificates expires (`None`: unreadable).
+fn expiries(config: &NodeConfig) -> Vec<(String, Option<time::OffsetDateTime>)> {
+    let t = &config.tls;
+    [
+        ("federation certificate", &t.federation_cert),
+        ("federation CA", &t.federation_ca),
+        ("services certificate", &t.services_cert),
+        ("client CA", &t.client_ca),
+    ]
+    .into_iter()
+    .map(|(name, path)| {
+        let not_after = files::read_text(path)
+            .ok()
+            .and_then(|pem| trm_crypto::pki::first_der(&pem).ok())
+            .and_then(|der| trm_crypto::pki::not_after(&der));
+        (name.to_owned(), not_after)
+    })
+    .collect()
 }
 
 /// Turns the node NOT_SERVING for good once a durable point of `store` has failed.

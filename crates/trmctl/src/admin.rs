@@ -198,3 +198,144 @@ pub fn restore(config: &Path, from: &Path, force: bool) -> Result<trm_store::bac
     )
     .map_err(|e| anyhow::anyhow!("restore from {}: {e}", from.display()))
 }
+
+/// Returns every peer of the node's directory, page by page.
+pub async fn peers(admin: &mut AdminServiceClient<Channel>) -> Result<Vec<w::Peer>> {
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = admin
+            .list_peers(w::ListPeersRequest {
+                page_size: 100,
+                page_token: page_token.clone(),
+            })
+            .await?
+            .into_inner();
+        out.extend(page.peers);
+        if page.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// What a peer is, as an operator gives it.
+#[derive(Debug, Clone)]
+pub struct PeerSpec {
+    pub node_id: String,
+    /// `host:port` of its federation port.
+    pub endpoint: String,
+    /// PEM file of the CA its federation certificate chains to.
+    pub ca: PathBuf,
+    /// PEM files of its signing public keys.
+    pub keys: Vec<PathBuf>,
+    /// SHA-256 of its federation certificate (64 lower-case hex), to pin it.
+    pub pin: Option<String>,
+}
+
+/// Adds a peer (`must_exist = false`: refused if known) or changes one (`true`: refused if
+/// unknown).
+pub async fn upsert_peer(
+    admin: &mut AdminServiceClient<Channel>,
+    spec: &PeerSpec,
+    must_exist: bool,
+) -> Result<w::Peer> {
+    let known = peers(admin)
+        .await?
+        .iter()
+        .any(|p| p.node_id == spec.node_id);
+    match (known, must_exist) {
+        (true, false) => anyhow::bail!(
+            "{} is already a peer: use `trmctl peer update` to change it",
+            spec.node_id
+        ),
+        (false, true) => anyhow::bail!(
+            "{} is not a peer: use `trmctl peer add` to add it",
+            spec.node_id
+        ),
+        _ => {}
+    }
+    let tls_ca_pem = trm_crypto::files::read_text(&spec.ca)
+        .with_context(|| format!("reading the peer's CA {}", spec.ca.display()))?;
+    let mut signing_keys_pem = Vec::new();
+    for k in &spec.keys {
+        signing_keys_pem.push(
+            trm_crypto::files::read_text(k)
+                .with_context(|| format!("reading the peer's key {}", k.display()))?,
+        );
+    }
+    Ok(admin
+        .upsert_peer(w::UpsertPeerRequest {
+            peer: Some(w::Peer {
+                node_id: spec.node_id.clone(),
+                endpoint: spec.endpoint.clone(),
+                tls_ca_pem,
+                signing_keys_pem,
+                tls_pin_sha256: spec.pin.clone().unwrap_or_default(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner())
+}
+
+/// Removes a peer: nothing is sent to it or accepted from it from now on.
+pub async fn remove_peer(admin: &mut AdminServiceClient<Channel>, node_id: &str) -> Result<()> {
+    admin
+        .remove_peer(w::RemovePeerRequest {
+            node_id: node_id.to_owned(),
+            ..Default::default()
+        })
+        .await?;
+    Ok(())
+}
+
+/// Returns the queued envelopes (or only the dead letters), of one peer or all.
+pub async fn outbox(
+    admin: &mut AdminServiceClient<Channel>,
+    peer: Option<&str>,
+    dead_letters_only: bool,
+) -> Result<Vec<w::OutboxEntry>> {
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = admin
+            .list_outbox(w::ListOutboxRequest {
+                peer: peer.unwrap_or_default().to_owned(),
+                dead_letters_only,
+                page_size: 100,
+                page_token: page_token.clone(),
+            })
+            .await?
+            .into_inner();
+        out.extend(page.entries);
+        if page.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Queues a dead letter again.
+pub async fn retry(admin: &mut AdminServiceClient<Channel>, message_id: &str) -> Result<()> {
+    admin
+        .retry_delivery(w::RetryDeliveryRequest {
+            message_id: message_id.to_owned(),
+            ..Default::default()
+        })
+        .await?;
+    Ok(())
+}
+
+/// Rotates the node's signing key; returns the new key id.
+pub async fn rotate(admin: &mut AdminServiceClient<Channel>, overlap_days: u32) -> Result<String> {
+    Ok(admin
+        .rotate_signing_key(w::RotateSigningKeyRequest {
+            overlap_days,
+            request_id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await?
+        .into_inner()
+        .key_id)
+}

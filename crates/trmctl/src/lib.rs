@@ -1,10 +1,11 @@
 //! The operator CLI's library: the sandbox federation ([`sandbox`]), admin-port commands
 //! ([`admin`]), monitoring statistics ([`stats`]), local client certificates ([`client`]),
 //! a node's own keys ([`keys`]), gRPC connections with a node's client certificates
-//! ([`connect`]), and the sandbox story ([`scenario`]).
+//! ([`connect`]), the sandbox story ([`scenario`]), and the command line itself ([`cli`]).
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod cli;
 pub mod client;
 pub mod connect;
 pub mod keys;
