@@ -12,3 +12,4 @@ pub mod keys;
 pub mod sandbox;
 pub mod scenario;
 pub mod stats;
+pub mod table;

@@ -16,7 +16,7 @@ use trm_proto::v1::{
     witness_hearing_service_client::WitnessHearingServiceClient,
 };
 
-use crate::{connect, sandbox};
+use crate::{connect, sandbox, table};
 
 /// What the story ended with, for callers that check it.
 #[derive(Debug, Clone)]
@@ -77,8 +77,12 @@ where
     }
 }
 
-fn status_name(v: i32) -> &'static str {
-    w::ReferralStatus::try_from(v).map_or("?", |s| s.as_str_name())
+fn status_name(v: i32) -> String {
+    table::name(
+        v,
+        |s: w::ReferralStatus| s.as_str_name(),
+        "REFERRAL_STATUS_",
+    )
 }
 
 async fn referral_status(c: &mut ReferralServiceClient<Channel>, id: &str) -> Result<w::Referral> {
@@ -160,9 +164,15 @@ pub async fn run(
     .await?;
     writeln!(
         out,
-        "== what crossed the border ({origin} -> {destination}), as {destination} holds it:"
+        "== what crossed the border ({origin} -> {destination}) for the referral:"
     )?;
-    writeln!(out, "   {:?}", arrived.disclosed)?;
+    table::side_by_side(
+        out,
+        &format!("{origin} holds"),
+        &table::case_rows(&case),
+        &format!("{destination} received"),
+        &table::disclosed_rows(&arrived.disclosed.clone().unwrap_or_default()),
+    )?;
 
     writeln!(
         out,
@@ -269,10 +279,9 @@ async fn record_case(
         .into_inner();
     writeln!(
         out,
-        "   {origin} holds case {} (full record, sealed at rest):",
+        "   {origin} holds case {} (the full record, sealed at rest)",
         case.case_id
     )?;
-    writeln!(out, "   {:?}", case.person)?;
 
     Ok(case)
 }
@@ -384,20 +393,26 @@ async fn hearing_story(
     let id = hearing.hearing_id.clone();
     let arrived = wait_hearing(&fp, &id, w::HearingStatus::Requested).await?;
     writeln!(out, "== what crossed the border for the hearing ({origin} -> {destination}): the witness only by reference")?;
-    let measures: Vec<&str> = arrived
+    let measures: Vec<String> = arrived
         .measures
         .iter()
-        .map(|m| w::ProtectiveMeasure::try_from(*m).map_or("?", |m| m.as_str_name()))
+        .map(|m| {
+            table::name(
+                *m,
+                |m: w::ProtectiveMeasure| m.as_str_name(),
+                "PROTECTIVE_MEASURE_",
+            )
+        })
         .collect();
-    writeln!(
-        out,
-        "   case_ref {} proceeding {} legal basis {:?} language {} measures {:?}",
-        arrived.case_ref,
-        arrived.proceeding_reference,
-        arrived.legal_basis,
-        arrived.language,
-        measures
-    )?;
+    for (field, value) in [
+        ("pairwise reference", arrived.case_ref.clone()),
+        ("proceeding", arrived.proceeding_reference.clone()),
+        ("legal basis", arrived.legal_basis.clone()),
+        ("language", arrived.language.clone()),
+        ("protective measures", measures.join(", ")),
+    ] {
+        writeln!(out, "   {field:<20} {value}")?;
+    }
     fp.respond_to_hearing(w::RespondToHearingRequest {
         hearing_id: id.clone(),
         decision: w::HearingDecision::Schedule as i32,
@@ -419,14 +434,18 @@ async fn hearing_story(
     writeln!(
         out,
         "   hearing {id}: {} (minutes {})",
-        w::HearingStatus::try_from(held.status).map_or("?", |s| s.as_str_name()),
+        table::name(
+            held.status,
+            |s: w::HearingStatus| s.as_str_name(),
+            "HEARING_STATUS_"
+        ),
         held.minutes_reference
     )?;
     Ok(held)
 }
 
-fn return_status_name(v: i32) -> &'static str {
-    w::ReturnStatus::try_from(v).map_or("?", |s| s.as_str_name())
+fn return_status_name(v: i32) -> String {
+    table::name(v, |s: w::ReturnStatus| s.as_str_name(), "RETURN_STATUS_")
 }
 
 async fn wait_return(
@@ -491,7 +510,7 @@ async fn return_story(
     if let Err(status) = &early {
         writeln!(
             out,
-            "   before her decision is recorded: {:?}: {}",
+            "   before her decision is recorded, refused ({:?}): {}",
             status.code(),
             status.message()
         )?;
@@ -528,8 +547,24 @@ async fn return_story(
         .into_inner();
     let id = plan.return_id.clone();
     let arrived = wait_return(&ro, &id, w::ReturnStatus::Requested).await?;
-    writeln!(out, "== what crossed the border for the return ({origin} -> {destination}), as {destination} holds it:")?;
-    writeln!(out, "   {:?}", arrived.disclosed)?;
+    writeln!(
+        out,
+        "== what crossed the border ({origin} -> {destination}) for the return:"
+    )?;
+    let held = sp
+        .get_case(w::GetCaseRequest {
+            case_id: case_id.to_owned(),
+        })
+        .await
+        .context("GetCase")?
+        .into_inner();
+    table::side_by_side(
+        out,
+        &format!("{origin} holds"),
+        &table::case_rows(&held),
+        &format!("{destination} received"),
+        &table::disclosed_rows(&arrived.disclosed.clone().unwrap_or_default()),
+    )?;
     ro.respond_to_return(w::RespondToReturnRequest {
         return_id: id.clone(),
         response: w::ReturnResponse::ConfirmReception as i32,
