@@ -481,6 +481,18 @@ async fn a_peer_that_was_down_receives_everything_exactly_once_in_order() -> any
     for _ in 0..6 {
         sent.push(trm_tests::refer(&fed, "AT", "RO").await?);
     }
+    // The failing peer shows at the default level, not only at debug.
+    trm_tests::eventually("a warning about RO", || async {
+        Ok(trm_tests::captured_logs()
+            .lines()
+            .any(|l| {
+                l.contains("WARN")
+                    && l.contains("cannot deliver to the peer")
+                    && l.contains("peer=RO")
+            })
+            .then_some(()))
+    })
+    .await?;
     fed.start_node("RO").await?;
     let fp = fed.referrals("RO", Role::FocalPoint).await?;
     let mut got = trm_tests::eventually("all six at RO", || {
@@ -511,6 +523,39 @@ async fn a_peer_that_was_down_receives_everything_exactly_once_in_order() -> any
     }
     let page = trm_tests::metrics(fed.node("RO")?.addrs.metrics).await?;
     assert!(page.contains("trm_envelopes_accepted_total 6"), "{page}");
+    let page_at = trm_tests::metrics(fed.node("AT")?.addrs.metrics).await?;
+    let body = page_at.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let families = trm_tests::check_metrics(body)?;
+    for bad in [
+        "# TYPE x_total counter\nx_total 1\n",
+        "# HELP x x\n# TYPE x counter\nx 1\n",
+        "# HELP h h\n# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_sum 1\nh_count 2\n",
+    ] {
+        assert!(trm_tests::check_metrics(bad).is_err(), "{bad}");
+    }
+    for (name, kind) in [
+        ("trm_grpc_requests_total", "counter"),
+        ("trm_delivery_latency_seconds", "histogram"),
+        ("trm_storage_sync_seconds", "histogram"),
+        ("trm_outbox_oldest_age_seconds", "gauge"),
+        ("trm_certificate_expiry_timestamp_seconds", "gauge"),
+    ] {
+        assert_eq!(families.get(name).map(String::as_str), Some(kind), "{name}");
+    }
+    assert!(
+        page_at.contains(
+            "trm_grpc_requests_total{method=\"trm.v1.ReferralService/SubmitReferral\",code=\"OK\"} 6"
+        ),
+        "{page_at}"
+    );
+    assert!(
+        page_at.contains("trm_outbox_depth{peer=\"RO\"} 0"),
+        "{page_at}"
+    );
+    assert!(
+        page_at.contains("trm_delivery_latency_seconds_count 6"),
+        "{page_at}"
+    );
     assert!(
         !page.contains("trm_batches_received_total 0"),
         "the queue was sent in batches: {page}"

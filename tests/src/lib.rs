@@ -745,3 +745,111 @@ impl RawDb {
         Ok(())
     }
 }
+
+/// Checks a metrics page against the rules of the Prometheus text format that
+/// `promtool check metrics` enforces: every family has HELP and TYPE before its samples and
+/// is declared once; names and label names are valid; counters end in `_total`; a
+/// histogram's samples are its `_bucket` (with `le`, non-decreasing, ending at `+Inf`),
+/// `_sum` and `_count`; every value is a number. Returns the families by name.
+pub fn check_metrics(page: &str) -> Result<std::collections::BTreeMap<String, String>> {
+    let valid = |n: &str| {
+        let mut chars = n.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    let mut kinds = std::collections::BTreeMap::new();
+    let mut helped = std::collections::BTreeSet::new();
+    let mut current: Option<(String, String)> = None;
+    let mut last_bucket: Option<(String, f64)> = None;
+    for line in page.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap_or_default().to_owned();
+            anyhow::ensure!(valid(&name), "bad family name {name}");
+            anyhow::ensure!(helped.insert(name.clone()), "HELP of {name} twice");
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            let name = parts.next().unwrap_or_default().to_owned();
+            let kind = parts.next().unwrap_or_default().to_owned();
+            anyhow::ensure!(helped.contains(&name), "TYPE of {name} before its HELP");
+            anyhow::ensure!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind.as_str()),
+                "{name}: unknown type {kind}"
+            );
+            anyhow::ensure!(
+                kind != "counter" || name.ends_with("_total"),
+                "counter {name} must end in _total"
+            );
+            anyhow::ensure!(
+                kinds.insert(name.clone(), kind.clone()).is_none(),
+                "TYPE of {name} twice"
+            );
+            current = Some((name, kind));
+            continue;
+        }
+        anyhow::ensure!(!line.starts_with('#'), "stray comment: {line}");
+        if line.is_empty() {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .ok_or_else(|| anyhow::anyhow!("no value: {line}"))?;
+        let value: f64 = value
+            .parse()
+            .map_err(|_| anyhow::anyhow!("value is not a number: {line}"))?;
+        let (name, labels) = match series.split_once('{') {
+            Some((n, rest)) => (
+                n,
+                rest.strip_suffix('}')
+                    .ok_or_else(|| anyhow::anyhow!("unclosed labels: {line}"))?,
+            ),
+            None => (series, ""),
+        };
+        let (family, kind) = current
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("sample before any TYPE: {line}"))?;
+        let allowed = if kind == "histogram" {
+            [
+                format!("{family}_bucket"),
+                format!("{family}_sum"),
+                format!("{family}_count"),
+            ]
+            .contains(&name.to_owned())
+        } else {
+            name == family
+        };
+        anyhow::ensure!(allowed, "{name} is not of family {family}");
+        let mut le = None;
+        if !labels.is_empty() {
+            for pair in labels.split("\",") {
+                let (k, v) = pair
+                    .split_once("=\"")
+                    .ok_or_else(|| anyhow::anyhow!("bad label {pair} in {line}"))?;
+                anyhow::ensure!(valid(k) && !k.starts_with("__"), "bad label name {k}");
+                let v = v.trim_end_matches('"');
+                anyhow::ensure!(!v.contains('\n'), "newline in a label value");
+                if k == "le" {
+                    le = Some(v.to_owned());
+                }
+            }
+        }
+        if name.ends_with("_bucket") && kind == "histogram" {
+            let le = le.ok_or_else(|| anyhow::anyhow!("bucket without le: {line}"))?;
+            if let Some((prev_le, prev)) = &last_bucket {
+                anyhow::ensure!(prev_le != "+Inf", "bucket after +Inf: {line}");
+                anyhow::ensure!(value >= *prev, "buckets decrease: {line}");
+            }
+            last_bucket = Some((le, value));
+        } else if name.ends_with("_sum") && kind == "histogram" {
+            anyhow::ensure!(
+                last_bucket.as_ref().is_some_and(|(le, _)| le == "+Inf"),
+                "{family}: no +Inf bucket"
+            );
+            last_bucket = None;
+        }
+    }
+    Ok(kinds)
+}

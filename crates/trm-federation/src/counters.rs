@@ -74,6 +74,8 @@ pub struct Counters {
     pub dead_lettered: AtomicU64,
     /// Failed outbound attempts (to be retried).
     pub attempts_failed: AtomicU64,
+    /// From an envelope's queueing to its peer's verified receipt.
+    pub delivery_latency: trm_store::histogram::Histogram,
 }
 
 impl Counters {

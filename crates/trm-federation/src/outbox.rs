@@ -48,6 +48,9 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// How often a peer's failing deliveries are logged at the default level.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
 /// Why a dead letter could not be retried.
 #[derive(Debug, thiserror::Error)]
 pub enum RetryError {
@@ -371,6 +374,7 @@ impl Delivery {
         // (CA, pin) changes: identity is checked when a connection is made.
         let mut client: Option<(TrustKey, FederationServiceClient<Channel>)> = None;
         let mut failures: u32 = 0;
+        let mut warned: Option<std::time::Instant> = None;
         let mut single = false;
         loop {
             if *shutdown.borrow() {
@@ -463,7 +467,11 @@ impl Delivery {
             };
             match outcome {
                 Ok(()) => {
+                    if failures > 0 {
+                        info!(peer = %peer, failures, "delivery resumed");
+                    }
                     failures = 0;
+                    warned = None;
                     self.set_state(peer, true, true);
                 }
                 Err(failure) => {
@@ -476,7 +484,13 @@ impl Delivery {
                     failures = failures.saturating_add(1);
                     self.note_failure(&item, &why).await;
                     let wait = self.backoff(failures);
-                    debug!(peer = %peer, message_id = %item.message_id, wait_ms = wait.as_millis() as u64, reason = %why, "delivery failed; backing off");
+                    // At the default level, at most once a minute per peer.
+                    if warned.is_none_or(|at: std::time::Instant| at.elapsed() >= WARN_EVERY) {
+                        warned = Some(std::time::Instant::now());
+                        warn!(peer = %peer, failures, queued = self.inner.store.outbox_depth(peer).unwrap_or_default(), wait_ms = wait.as_millis() as u64, reason = %why, "cannot deliver to the peer; retrying");
+                    } else {
+                        debug!(peer = %peer, message_id = %item.message_id, wait_ms = wait.as_millis() as u64, reason = %why, "delivery failed; backing off");
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = shutdown.changed() => return,
@@ -559,14 +573,18 @@ impl Delivery {
             .map_err(Failure::Retry)?;
         let handler = self.inner.handler.clone();
         let proof = receipt.encode_to_vec();
-        let item = item.clone();
+        let queued = item.clone();
         self.inner
             .store
             .commit(move |tx| {
-                record_outcome(tx, handler.as_ref(), &item, &proof, outcome, &reason, "")
+                record_outcome(tx, handler.as_ref(), &queued, &proof, outcome, &reason, "")
             })
             .await?;
         Counters::bump(&self.inner.counters.delivered);
+        self.inner
+            .counters
+            .delivery_latency
+            .observe((OffsetDateTime::now_utc() - item.created_at).as_seconds_f64());
         Ok(())
     }
 
@@ -696,8 +714,13 @@ impl Delivery {
                 Ok(())
             })
             .await?;
-        for _ in batch {
+        let now = OffsetDateTime::now_utc();
+        for item in batch {
             Counters::bump(&self.inner.counters.delivered);
+            self.inner
+                .counters
+                .delivery_latency
+                .observe((now - item.created_at).as_seconds_f64());
         }
         Ok(())
     }

@@ -18,17 +18,20 @@ struct Args {
 /// Parses the command line, runs the node and returns the process's exit code.
 pub fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    let config = match crate::NodeConfig::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("trm-node: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    init_logging(&config.log);
     crate::install_crypto_provider();
     let outcome = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(crate::NodeError::from)
-        .and_then(|rt| rt.block_on(start(args)));
+        .and_then(|rt| rt.block_on(start(config)));
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -39,8 +42,20 @@ pub fn main() -> std::process::ExitCode {
     }
 }
 
-async fn start(args: Args) -> Result<(), crate::NodeError> {
-    let config = crate::NodeConfig::load(&args.config)?;
+/// Logs as the configuration says (`RUST_LOG` overrides the level): text or JSON lines,
+/// structured fields, never personal data (the code logs ids, kinds and reasons only).
+fn init_logging(log: &crate::config::LogSection) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(log.level.as_str()));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if log.format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn start(config: crate::NodeConfig) -> Result<(), crate::NodeError> {
     let listeners = crate::Listeners::bind(&config.listen).await?;
     crate::run(config, listeners, shutdown_signal()).await
 }

@@ -50,6 +50,8 @@ pub struct NodeConfig {
     pub storage: StorageSection,
     #[serde(default)]
     pub statistics: StatisticsSection,
+    #[serde(default)]
+    pub log: LogSection,
     /// The peer directory.
     #[serde(default)]
     pub peers: Vec<PeerSection>,
@@ -215,6 +217,34 @@ impl Default for DeliverySection {
             request_timeout_secs: default_request_timeout(),
             batch_envelopes: default_batch_envelopes(),
             batches_in_flight: default_batches_in_flight(),
+        }
+    }
+}
+
+/// What the node logs and how. `RUST_LOG`, when set, overrides `level`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// `text` (for people) or `json` (one object a line, for log collectors).
+    #[serde(default = "default_log_format")]
+    pub format: String,
+    /// A tracing filter: `info`, `warn`, or per module (`info,trm_federation=debug`).
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+fn default_log_format() -> String {
+    "text".into()
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            format: default_log_format(),
+            level: default_log_level(),
         }
     }
 }
@@ -454,6 +484,20 @@ impl NodeConfig {
         }
         for (key, value, lo, hi) in self.bounds() {
             bounded(key, value, lo, hi)?;
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(invalid("log.format", "must be \"text\" or \"json\""));
+        }
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            return Err(invalid(
+                "log.level",
+                "must be a tracing filter such as info, warn or info,trm_federation=debug",
+            ));
         }
         if self.storage.engine != "sled" {
             return Err(invalid(
@@ -700,6 +744,8 @@ key = "a"
                 "statistics.min_cell_count",
                 Box::new(|c| c.statistics.min_cell_count = 4),
             ),
+            ("log.format", Box::new(|c| c.log.format = "xml".into())),
+            ("log.level", Box::new(|c| c.log.level = "info,[=".into())),
             (
                 "delivery.batches_in_flight",
                 Box::new(|c| c.delivery.batches_in_flight = 0),

@@ -1,23 +1,30 @@
 //! The `metrics` port: plain HTTP `/metrics` (Prometheus text), `/healthz` and `/readyz`.
 //! Only counts, never personal data or ids.
 
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, PoisonError},
+};
+
 use axum::{extract::State, http::StatusCode, routing::get, Router};
 use trm_federation::Counters;
 
 use crate::{ctx::Ctx, gate::GateCounters};
 
 /// Returns the router of the metrics port.
-pub fn router(ctx: Ctx, gates: GateCounters) -> Router {
+pub fn router(ctx: Ctx, gates: GateCounters, requests: Arc<Requests>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(live))
         .route("/readyz", get(ready))
-        .with_state((ctx, gates))
+        .with_state((ctx, gates, requests))
 }
 
 /// Alive unless the store stopped taking writes after a failed durable point (only a
 /// restart, after the disk is looked at, brings it back).
-async fn live(State((ctx, _)): State<(Ctx, GateCounters)>) -> (StatusCode, String) {
+async fn live(
+    State((ctx, _, _)): State<(Ctx, GateCounters, Arc<Requests>)>,
+) -> (StatusCode, String) {
     match ctx.store.failure() {
         None => (StatusCode::OK, "ok\n".into()),
         Some(why) => (
@@ -30,7 +37,9 @@ async fn live(State((ctx, _)): State<(Ctx, GateCounters)>) -> (StatusCode, Strin
 /// Ready when the database answers and takes writes. Verifying the audit chain is
 /// `VerifyAudit`'s job: it reads every entry, too much for a probe that runs every few
 /// seconds.
-async fn ready(State((ctx, _)): State<(Ctx, GateCounters)>) -> (StatusCode, String) {
+async fn ready(
+    State((ctx, _, _)): State<(Ctx, GateCounters, Arc<Requests>)>,
+) -> (StatusCode, String) {
     if let Some(why) = ctx.store.failure() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -47,96 +56,346 @@ async fn ready(State((ctx, _)): State<(Ctx, GateCounters)>) -> (StatusCode, Stri
     }
 }
 
-async fn metrics(State((ctx, gates)): State<(Ctx, GateCounters)>) -> String {
+/// Requests answered, by gRPC method and status code.
+#[derive(Debug, Default)]
+pub struct Requests {
+    counts: Mutex<BTreeMap<(String, &'static str), u64>>,
+}
+
+impl Requests {
+    fn bump(&self, method: String, code: &'static str) {
+        *self
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry((method, code))
+            .or_default() += 1;
+    }
+
+    fn snapshot(&self) -> Vec<((String, &'static str), u64)> {
+        self.counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+}
+
+/// The name of a gRPC status code, from the `grpc-status` header ("OK" when the answer
+/// carries it in its trailers).
+fn code_name(header: Option<&http::HeaderValue>) -> &'static str {
+    let n = header
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .unwrap_or(0);
+    match tonic::Code::from_i32(n) {
+        tonic::Code::Ok => "OK",
+        tonic::Code::Cancelled => "CANCELLED",
+        tonic::Code::Unknown => "UNKNOWN",
+        tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
+        tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        tonic::Code::NotFound => "NOT_FOUND",
+        tonic::Code::AlreadyExists => "ALREADY_EXISTS",
+        tonic::Code::PermissionDenied => "PERMISSION_DENIED",
+        tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
+        tonic::Code::Aborted => "ABORTED",
+        tonic::Code::OutOfRange => "OUT_OF_RANGE",
+        tonic::Code::Unimplemented => "UNIMPLEMENTED",
+        tonic::Code::Internal => "INTERNAL",
+        tonic::Code::Unavailable => "UNAVAILABLE",
+        tonic::Code::DataLoss => "DATA_LOSS",
+        tonic::Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// A layer that counts every request of a gRPC server by method and status code.
+#[derive(Debug, Clone)]
+pub struct CountRequests(pub Arc<Requests>);
+
+impl<S> tower::Layer<S> for CountRequests {
+    type Service = Counted<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Counted {
+            inner,
+            requests: self.0.clone(),
+        }
+    }
+}
+
+/// A service whose requests are counted.
+#[derive(Debug, Clone)]
+pub struct Counted<S> {
+    inner: S,
+    requests: Arc<Requests>,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for Counted<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        // Only the contract's methods are labels (a bounded set), whatever a client sends.
+        let path = request.uri().path();
+        let method = if path.starts_with("/trm.v1.") || path.starts_with("/grpc.") {
+            path.trim_start_matches('/').to_owned()
+        } else {
+            "other".to_owned()
+        };
+        let requests = self.requests.clone();
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let r = answer.await;
+            let code = match &r {
+                Ok(response) => code_name(response.headers().get("grpc-status")),
+                Err(_) => "UNKNOWN",
+            };
+            requests.bump(method, code);
+            r
+        })
+    }
+}
+
+/// Writes the `# HELP` and `# TYPE` lines of a family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+}
+
+fn sample(out: &mut String, name: &str, labels: &str, value: impl std::fmt::Display) {
+    if labels.is_empty() {
+        out.push_str(&format!("{name} {value}\n"));
+    } else {
+        out.push_str(&format!("{name}{{{labels}}} {value}\n"));
+    }
+}
+
+/// Renders the metrics page. Every figure is kept in memory or read in O(peers): a scrape
+/// never scans the store.
+pub fn render(ctx: &Ctx, gates: &GateCounters, requests: &Requests) -> String {
     let s = &ctx.store;
     let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, value: usize| {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
-        ));
-    };
     let peers = ctx.directory.ids();
-    gauge(
+    let now = time::OffsetDateTime::now_utc();
+
+    family(
+        &mut out,
         "trm_outbox_depth",
-        "Envelopes waiting for delivery.",
-        peers
-            .iter()
-            .map(|p| s.outbox_depth(*p).unwrap_or_default())
-            .sum::<u64>() as usize,
+        "gauge",
+        "Envelopes waiting for delivery, by peer.",
     );
-    gauge(
-        "trm_dead_letters",
-        "Envelopes refused for good by a peer.",
-        s.dead_letter_count().unwrap_or_default() as usize,
-    );
-    gauge(
-        "trm_audit_entries",
-        "Entries in the audit chain.",
-        s.audit_len().unwrap_or_default() as usize,
-    );
-    gauge(
-        "trm_peers",
-        "Peers in the directory.",
-        ctx.directory.ids().len(),
-    );
-    let c = &ctx.counters;
-    let mut counter = |name: &str, help: &str, value: u64| {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
-        ));
-    };
-    counter(
-        "trm_envelopes_accepted_total",
-        "Inbound envelopes accepted.",
-        Counters::get(&c.accepted),
-    );
-    counter(
-        "trm_envelopes_rejected_total",
-        "Inbound envelopes answered REJECTED.",
-        Counters::get(&c.rejected),
-    );
-    counter(
-        "trm_envelopes_duplicate_total",
-        "Inbound duplicates answered with the original receipt.",
-        Counters::get(&c.duplicates),
-    );
-    counter(
-        "trm_batches_received_total",
-        "Inbound DeliverBatch calls answered.",
-        Counters::get(&c.batches),
-    );
-    counter(
-        "trm_deliveries_total",
-        "Outbound envelopes with a verified receipt.",
-        Counters::get(&c.delivered),
-    );
-    counter(
-        "trm_delivery_failures_total",
-        "Failed outbound attempts (retried).",
-        Counters::get(&c.attempts_failed),
-    );
-    counter(
-        "trm_dead_lettered_total",
-        "Outbound envelopes moved to the dead letters.",
-        Counters::get(&c.dead_lettered),
-    );
-    counter(
-        "trm_requests_rate_limited_total",
-        "Requests refused for going over their caller's rate (RESOURCE_EXHAUSTED).",
-        gates
-            .rate_limited
-            .load(std::sync::atomic::Ordering::Relaxed),
-    );
-    counter(
-        "trm_requests_revoked_total",
-        "Requests refused because their client certificate is revoked.",
-        gates.revoked.load(std::sync::atomic::Ordering::Relaxed),
-    );
-    out.push_str("# HELP trm_envelopes_refused_total Inbound envelopes refused before any effect, by reason.\n# TYPE trm_envelopes_refused_total counter\n");
-    for (reason, n) in c.refusals() {
-        out.push_str(&format!(
-            "trm_envelopes_refused_total{{reason=\"{reason}\"}} {n}\n"
-        ));
+    for p in &peers {
+        sample(
+            &mut out,
+            "trm_outbox_depth",
+            &format!("peer=\"{p}\""),
+            s.outbox_depth(*p).unwrap_or_default(),
+        );
     }
+    family(
+        &mut out,
+        "trm_outbox_oldest_age_seconds",
+        "gauge",
+        "Age of the oldest envelope waiting for a peer (0 when none waits).",
+    );
+    for p in &peers {
+        let age = s
+            .outbox_head(*p, 1)
+            .ok()
+            .and_then(|items| items.first().map(|i| (now - i.created_at).as_seconds_f64()))
+            .unwrap_or(0.0)
+            .max(0.0);
+        sample(
+            &mut out,
+            "trm_outbox_oldest_age_seconds",
+            &format!("peer=\"{p}\""),
+            age,
+        );
+    }
+    family(
+        &mut out,
+        "trm_dead_letters",
+        "gauge",
+        "Envelopes refused for good by a peer.",
+    );
+    sample(
+        &mut out,
+        "trm_dead_letters",
+        "",
+        s.dead_letter_count().unwrap_or_default(),
+    );
+    family(
+        &mut out,
+        "trm_audit_entries",
+        "gauge",
+        "Entries in the audit chain.",
+    );
+    sample(
+        &mut out,
+        "trm_audit_entries",
+        "",
+        s.audit_len().unwrap_or_default(),
+    );
+    family(&mut out, "trm_peers", "gauge", "Peers in the directory.");
+    sample(&mut out, "trm_peers", "", peers.len());
+    family(
+        &mut out,
+        "trm_storage_failed",
+        "gauge",
+        "1 once a durable point failed (the node takes no writes until restarted).",
+    );
+    sample(
+        &mut out,
+        "trm_storage_failed",
+        "",
+        u8::from(s.failure().is_some()),
+    );
+
+    let c = &ctx.counters;
+    for (name, help, value) in [
+        (
+            "trm_envelopes_accepted_total",
+            "Inbound envelopes accepted.",
+            Counters::get(&c.accepted),
+        ),
+        (
+            "trm_envelopes_rejected_total",
+            "Inbound envelopes answered REJECTED.",
+            Counters::get(&c.rejected),
+        ),
+        (
+            "trm_envelopes_duplicate_total",
+            "Inbound duplicates answered with the original receipt.",
+            Counters::get(&c.duplicates),
+        ),
+        (
+            "trm_batches_received_total",
+            "Inbound DeliverBatch calls answered.",
+            Counters::get(&c.batches),
+        ),
+        (
+            "trm_deliveries_total",
+            "Outbound envelopes with a verified receipt.",
+            Counters::get(&c.delivered),
+        ),
+        (
+            "trm_delivery_failures_total",
+            "Failed outbound attempts (retried).",
+            Counters::get(&c.attempts_failed),
+        ),
+        (
+            "trm_dead_lettered_total",
+            "Outbound envelopes moved to the dead letters.",
+            Counters::get(&c.dead_lettered),
+        ),
+        (
+            "trm_requests_rate_limited_total",
+            "Requests refused for going over their caller's rate (RESOURCE_EXHAUSTED).",
+            gates
+                .rate_limited
+                .load(std::sync::atomic::Ordering::Relaxed),
+        ),
+        (
+            "trm_requests_revoked_total",
+            "Requests refused because their client certificate is revoked.",
+            gates.revoked.load(std::sync::atomic::Ordering::Relaxed),
+        ),
+    ] {
+        family(&mut out, name, "counter", help);
+        sample(&mut out, name, "", value);
+    }
+    family(
+        &mut out,
+        "trm_envelopes_refused_total",
+        "counter",
+        "Inbound envelopes refused before any effect, by reason.",
+    );
+    for (reason, n) in c.refusals() {
+        sample(
+            &mut out,
+            "trm_envelopes_refused_total",
+            &format!("reason=\"{reason}\""),
+            n,
+        );
+    }
+    family(
+        &mut out,
+        "trm_grpc_requests_total",
+        "counter",
+        "gRPC requests answered, by method and status code.",
+    );
+    for ((method, code), n) in requests.snapshot() {
+        sample(
+            &mut out,
+            "trm_grpc_requests_total",
+            &format!("method=\"{method}\",code=\"{code}\""),
+            n,
+        );
+    }
+    family(
+        &mut out,
+        "trm_delivery_latency_seconds",
+        "histogram",
+        "From an envelope's queueing to the peer's verified receipt.",
+    );
+    c.delivery_latency
+        .render(&mut out, "trm_delivery_latency_seconds", "");
+    family(
+        &mut out,
+        "trm_storage_sync_seconds",
+        "histogram",
+        "How long each durable point (commit and sync of every file written) takes.",
+    );
+    s.sync_latency()
+        .render(&mut out, "trm_storage_sync_seconds", "");
+    family(
+        &mut out,
+        "trm_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "When each of the node's certificates expires (Unix time).",
+    );
+    for (name, at) in &ctx.expiries {
+        if let Some(at) = at {
+            sample(
+                &mut out,
+                "trm_certificate_expiry_timestamp_seconds",
+                &format!("certificate=\"{}\"", name.replace(' ', "_")),
+                at.unix_timestamp(),
+            );
+        }
+    }
+    family(
+        &mut out,
+        "trm_key_encryption_key_created_timestamp_seconds",
+        "gauge",
+        "When the current key-encryption key was made (it rotates on schedule).",
+    );
+    sample(
+        &mut out,
+        "trm_key_encryption_key_created_timestamp_seconds",
+        "",
+        s.keys().epochs().1.unix_timestamp(),
+    );
     out
+}
+
+async fn metrics(
+    State((ctx, gates, requests)): State<(Ctx, GateCounters, Arc<Requests>)>,
+) -> String {
+    render(&ctx, &gates, &requests)
 }

@@ -504,6 +504,7 @@ impl Built {
         let services_incoming = incoming(listeners.services, &self.local_tls);
         let admin_incoming = incoming(listeners.admin, &self.local_tls);
 
+        let requests = metrics::CountRequests(Arc::default());
         let peer_gate = self.gate(CallerKey::PeerNode);
         let client_gate = self.gate(CallerKey::ClientCertificate);
         let servers = [self.server(), self.server(), self.server()];
@@ -524,6 +525,7 @@ impl Built {
         let federation =
             FederationServiceServer::new(federation).max_decoding_message_size(MAX_BATCH + FRAMING);
         let fed_server = fed_builder
+            .layer(requests.clone())
             .layer(tonic::service::InterceptorLayer::new(
                 move |r: tonic::Request<()>| {
                     precheck.check(&r)?;
@@ -553,6 +555,7 @@ impl Built {
         let health_task = latch_health(&store, health.clone());
         let services_gate = client_gate.clone();
         let services_server = services_builder
+            .layer(requests.clone())
             .layer(tonic::service::InterceptorLayer::new(
                 move |r: tonic::Request<()>| services_gate.check(&r).map(|()| r),
             ))
@@ -574,6 +577,7 @@ impl Built {
             .serve_with_incoming_shutdown(services_incoming, shutdown_signal(stopped.clone()));
         let admin_gate = client_gate;
         let admin_server = admin_builder
+            .layer(requests.clone())
             .layer(tonic::service::InterceptorLayer::new(
                 move |r: tonic::Request<()>| admin_gate.check(&r).map(|()| r),
             ))
@@ -585,8 +589,11 @@ impl Built {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(admin_incoming, shutdown_signal(stopped.clone()));
-        let metrics_server = axum::serve(listeners.metrics, metrics::router(ctx.clone(), gates))
-            .with_graceful_shutdown(shutdown_signal(stopped.clone()));
+        let metrics_server = axum::serve(
+            listeners.metrics,
+            metrics::router(ctx.clone(), gates, requests.0.clone()),
+        )
+        .with_graceful_shutdown(shutdown_signal(stopped.clone()));
 
         let replay_window =
             Duration::from_secs(u64::from(config.policy.replay_window_days) * 86_400);

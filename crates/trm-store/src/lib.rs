@@ -15,6 +15,7 @@
 pub mod backup;
 pub mod engine;
 mod error;
+pub mod histogram;
 pub mod keys;
 pub mod repo;
 mod store;

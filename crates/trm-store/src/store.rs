@@ -114,6 +114,7 @@ impl Store {
             tampered: AtomicBool::new(false),
             counts: Default::default(),
             journal: crate::backup::journal_path(key_store),
+            sync_latency: Default::default(),
         });
         let (tx, rx) = sync_channel(QUEUE);
         let s = shared.clone();
@@ -163,6 +164,11 @@ impl Store {
 
     pub(crate) fn anchor_path(&self) -> &Path {
         &self.inner.anchor
+    }
+
+    /// How long the durable points take.
+    pub fn sync_latency(&self) -> &crate::histogram::Histogram {
+        &self.inner.shared.sync_latency
     }
 
     pub(crate) fn key_store_path(&self) -> &Path {

@@ -137,6 +137,8 @@ pub(crate) struct Shared {
     pub counts: Counts,
     /// The erasure journal: every destroyed data key, synced before its commit.
     pub journal: std::path::PathBuf,
+    /// How long each durable point (commit and sync) takes.
+    pub sync_latency: crate::histogram::Histogram,
 }
 
 /// Runs groups of requests until every sender is gone.
@@ -234,7 +236,10 @@ fn run_group(shared: &Shared, mut group: Vec<Job>) {
             return refuse_all(group, &why);
         }
     }
-    if let Err(e) = etx.commit() {
+    let started = std::time::Instant::now();
+    let committed = etx.commit();
+    shared.sync_latency.observe(started.elapsed().as_secs_f64());
+    if let Err(e) = committed {
         shared.health.fail(e.to_string());
         return refuse_all(group, &e.to_string());
     }
