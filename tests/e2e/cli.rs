@@ -183,3 +183,72 @@ async fn an_operator_watches_changes_and_repairs_a_node_with_trmctl() -> anyhow:
     fed.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_node_made_by_node_init_starts_and_answers_its_operator() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = dir.path().join("at");
+    let (ok, out, err) = trmctl(&[
+        "node",
+        "init",
+        "--dir",
+        &s(&node),
+        "--id",
+        "AT",
+        "--name",
+        "Austria national focal point",
+        "--host",
+        "localhost",
+        "--host",
+        "127.0.0.1",
+    ])
+    .await?;
+    assert!(ok, "{err}");
+    assert!(out.contains("next:") && out.contains("master.key"), "{out}");
+    let (ok, _, err) = trmctl(&[
+        "node",
+        "init",
+        "--dir",
+        &s(&node),
+        "--id",
+        "AT",
+        "--name",
+        "x",
+        "--host",
+        "localhost",
+    ])
+    .await?;
+    assert!(!ok && err.contains("already holds a node"), "{err}");
+    // Free ports instead of the defaults, then the real node process.
+    let config = node.join("node.toml");
+    let mut text = std::fs::read_to_string(&config)?;
+    for default in [
+        "127.0.0.1:7400",
+        "0.0.0.0:7401",
+        "127.0.0.1:7402",
+        "127.0.0.1:7403",
+    ] {
+        let free = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        text = text.replace(default, &free.to_string());
+    }
+    std::fs::write(&config, text)?;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_trm-test-node"))
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let out = trm_tests::eventually("the new node to answer", || {
+        let config = s(&config);
+        async move {
+            let (ok, out, _) = trmctl(&["status", "--config", &config]).await?;
+            Ok(ok.then_some(out))
+        }
+    })
+    .await?;
+    assert!(out.contains("node AT: SERVING"), "{out}");
+    child.kill().await?;
+    Ok(())
+}

@@ -186,6 +186,60 @@ impl Authority {
     }
 }
 
+/// A private key and a certificate signing request for it (PEM), for a certificate an
+/// outside authority issues.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub csr_pem: String,
+    pub key_pem: String,
+}
+
+/// The parameters of a request: a name, no serial and no validity (the issuer sets both).
+fn request_params(common_name: &str) -> Result<CertificateParams> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "TRM federation");
+    Ok(params)
+}
+
+fn request(params: CertificateParams) -> Result<Request> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let csr = params.serialize_request(&key)?;
+    Ok(Request {
+        csr_pem: csr.pem()?,
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// Returns a request for a node's federation certificate: `trm://node/<ID>` and `hosts`,
+/// server and client authentication (what [`Authority::issue_node`] issues).
+pub fn request_node(node: NodeId, hosts: &[String]) -> Result<Request> {
+    let mut params = request_params(&format!("trm node {node}"))?;
+    params
+        .subject_alt_names
+        .push(SanType::URI(ids::node_uri(node).as_str().try_into()?));
+    add_hosts(&mut params, hosts)?;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    request(params)
+}
+
+/// Returns a request for the server certificate of a node's local ports.
+pub fn request_server(common_name: &str, hosts: &[String]) -> Result<Request> {
+    let mut params = request_params(common_name)?;
+    add_hosts(&mut params, hosts)?;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    request(params)
+}
+
 /// Returns the SAN URIs of a DER certificate.
 pub fn san_uris(cert_der: &[u8]) -> Result<Vec<String>> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der)

@@ -23,6 +23,11 @@ enum Command {
         #[command(subcommand)]
         command: SandboxCommand,
     },
+    /// A production node's folder.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
     /// Local client certificates.
     Client {
         #[command(subcommand)]
@@ -224,6 +229,33 @@ enum OutboxCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// Writes a new node's folder: node.toml with every key and its default, signing and
+    /// master keys, a client CA with an operator certificate, and either self-signed TLS
+    /// certificates or signing requests for your PKI. Never overwrites a node.
+    Init {
+        /// The folder to write.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The country's ISO 3166-1 alpha-2 code.
+        #[arg(long)]
+        id: NodeId,
+        /// A name for people, e.g. "Austria national focal point".
+        #[arg(long)]
+        name: String,
+        /// A host name or address the node is reached at (repeat for several).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// Where the federation port listens.
+        #[arg(long, default_value = "0.0.0.0:7401")]
+        federation_listen: String,
+        /// Write keys and certificate signing requests instead of self-signed certificates.
+        #[arg(long)]
+        csr: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum KeysCommand {
     /// Creates the signing key and master key named in the config if missing (mode 0600);
     /// never overwrites one.
@@ -350,6 +382,38 @@ pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<(
         Command::Sandbox {
             command: SandboxCommand::Up { dir, scenario },
         } => tokio::runtime::Runtime::new()?.block_on(up(dir, scenario)),
+        Command::Node {
+            command:
+                NodeCommand::Init {
+                    dir,
+                    id,
+                    name,
+                    hosts,
+                    federation_listen,
+                    csr,
+                },
+        } => {
+            let (written, next) = trmctl::node::init(&trmctl::node::NodeInit {
+                dir,
+                id,
+                name,
+                hosts,
+                federation_listen,
+                certificates: if csr {
+                    trmctl::node::Certificates::Requests
+                } else {
+                    trmctl::node::Certificates::SelfSigned
+                },
+            })?;
+            for p in written {
+                println!("wrote {}", p.display());
+            }
+            println!("next:");
+            for step in next {
+                println!("  - {step}");
+            }
+            Ok(())
+        }
         Command::Keys {
             command: KeysCommand::Init { config },
         } => {

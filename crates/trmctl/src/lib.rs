@@ -1,6 +1,6 @@
 //! The operator CLI's library: the sandbox federation ([`sandbox`]), admin-port commands
 //! ([`admin`]), monitoring statistics ([`stats`]), local client certificates ([`client`]),
-//! a node's own keys ([`keys`]), gRPC connections with a node's client certificates
+//! a node's own keys ([`keys`]), a production node's folder ([`node`]), gRPC connections with a node's client certificates
 //! ([`connect`]), the sandbox story ([`scenario`]), and the command line itself ([`cli`]).
 #![forbid(unsafe_code)]
 
@@ -9,6 +9,7 @@ pub mod cli;
 pub mod client;
 pub mod connect;
 pub mod keys;
+pub mod node;
 pub mod sandbox;
 pub mod scenario;
 pub mod stats;
