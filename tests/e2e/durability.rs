@@ -81,6 +81,18 @@ async fn a_failed_sync_stops_writes_turns_the_node_not_serving_and_loses_nothing
     })
     .await?;
     assert_eq!(status, ServingStatus::NotServing as i32);
+    // The same health in clear text on the metrics port, for probes without a certificate.
+    let plain = tonic::transport::Endpoint::from_shared(format!("http://{metrics}"))?
+        .connect()
+        .await?;
+    let s = HealthClient::new(plain)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "trm.v1.ReferralService".into(),
+        })
+        .await?
+        .into_inner()
+        .status;
+    assert_eq!(s, ServingStatus::NotServing as i32);
     assert!(
         captured_logs().contains("a durable point failed"),
         "the cause is logged"

@@ -12,11 +12,27 @@ use trm_federation::Counters;
 use crate::{ctx::Ctx, gate::GateCounters};
 
 /// Returns the router of the metrics port.
-pub fn router(ctx: Ctx, gates: GateCounters, requests: Arc<Requests>) -> Router {
+/// Besides the plain-HTTP pages, the port answers gRPC health checks in clear text
+/// (HTTP/2 without TLS), for probes that cannot present a client certificate (Kubernetes'
+/// gRPC probes): the same health the services and admin ports report.
+pub fn router<H>(ctx: Ctx, gates: GateCounters, requests: Arc<Requests>, health: H) -> Router
+where
+    H: tower::Service<
+            axum::extract::Request,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    H::Future: Send + 'static,
+{
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(live))
         .route("/readyz", get(ready))
+        .route_service("/grpc.health.v1.Health/Check", health.clone())
+        .route_service("/grpc.health.v1.Health/Watch", health)
         .with_state((ctx, gates, requests))
 }
 

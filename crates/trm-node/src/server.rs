@@ -585,13 +585,13 @@ impl Built {
                 AdminServiceServer::new(Admin::new(ctx.clone()))
                     .max_decoding_message_size(MAX_LOCAL_REQUEST),
             )
-            .add_service(health_service)
+            .add_service(health_service.clone())
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(admin_incoming, shutdown_signal(stopped.clone()));
         let metrics_server = axum::serve(
             listeners.metrics,
-            metrics::router(ctx.clone(), gates, requests.0.clone()),
+            metrics::router(ctx.clone(), gates, requests.0.clone(), health_service.clone()),
         )
         .with_graceful_shutdown(shutdown_signal(stopped.clone()));
 

@@ -307,6 +307,10 @@ enum SandboxCommand {
         /// Overwrite existing node folders.
         #[arg(long)]
         force: bool,
+        /// For containers of one network (deploy/compose.yaml): every node listens on all
+        /// addresses on ports 7400-7403 and is reached by its lower-case id.
+        #[arg(long)]
+        compose: bool,
     },
     /// Runs every node of the sandbox (initialising it if needed) until Ctrl-C; with
     /// --scenario, plays the story through the public API and exits.
@@ -377,8 +381,21 @@ pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<(
                     nodes,
                     base_port,
                     force,
+                    compose,
                 },
-        } => init(&dir, &nodes, base_port, force),
+        } => {
+            if compose {
+                report(sandbox::init_in(
+                    &dir,
+                    &sandbox::compose_specs(&nodes),
+                    force,
+                    true,
+                )?);
+                Ok(())
+            } else {
+                init(&dir, &nodes, base_port, force)
+            }
+        }
         Command::Sandbox {
             command: SandboxCommand::Up { dir, scenario },
         } => tokio::runtime::Runtime::new()?.block_on(up(dir, scenario)),
@@ -875,7 +892,12 @@ fn init(dir: &std::path::Path, nodes: &[NodeId], base_port: u16, force: bool) ->
         .enumerate()
         .map(|(i, id)| NodeSpec::from_base(*id, i, base_port))
         .collect::<Result<Vec<_>>>()?;
-    for outcome in sandbox::init(dir, &specs, force)? {
+    report(sandbox::init(dir, &specs, force)?);
+    Ok(())
+}
+
+fn report(outcomes: Vec<InitOutcome>) {
+    for outcome in outcomes {
         match outcome {
             InitOutcome::Created(p) => println!("created {}", p.display()),
             InitOutcome::Kept(p) => {
@@ -883,7 +905,6 @@ fn init(dir: &std::path::Path, nodes: &[NodeId], base_port: u16, force: bool) ->
             }
         }
     }
-    Ok(())
 }
 
 async fn up(dir: PathBuf, scenario: bool) -> Result<()> {

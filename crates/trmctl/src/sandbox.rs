@@ -87,9 +87,35 @@ fn federation_ca(dir: &Path) -> Result<Authority> {
 /// Writes the sandbox for `nodes` into `dir`. An existing node folder is kept as it is
 /// unless `force`.
 pub fn init(dir: &Path, nodes: &[NodeSpec], force: bool) -> Result<Vec<InitOutcome>> {
+    init_in(dir, nodes, force, false)
+}
+
+/// Returns the specs of a sandbox whose nodes run in containers of one network (compose):
+/// each listens on every address on the standard ports and is reached by its lower-case id.
+pub fn compose_specs(ids: &[NodeId]) -> Vec<NodeSpec> {
+    let any = |port: u16| SocketAddr::from(([0, 0, 0, 0], port));
+    ids.iter()
+        .map(|id| NodeSpec {
+            id: *id,
+            services: any(7400),
+            federation: any(7401),
+            admin: any(7402),
+            metrics: any(7403),
+        })
+        .collect()
+}
+
+/// Writes the sandbox; with `compose`, for nodes reached by their lower-case ids on the
+/// standard ports (see [`compose_specs`]).
+pub fn init_in(
+    dir: &Path,
+    nodes: &[NodeSpec],
+    force: bool,
+    compose: bool,
+) -> Result<Vec<InitOutcome>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let fed_ca = federation_ca(dir)?;
-    let hosts = ["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let host_of = |id: NodeId| id.as_str().to_lowercase();
     // Signing keys first: every node needs its peers' public keys.
     let mut publics = Vec::new();
     let mut outcomes = Vec::new();
@@ -115,6 +141,10 @@ pub fn init(dir: &Path, nodes: &[NodeSpec], force: bool) -> Result<Vec<InitOutco
         SecretKey::generate().save(&nd.join("keys/master.key"))?;
         publics.push(public);
 
+        let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        if compose {
+            hosts.push(host_of(spec.id));
+        }
         let node_cert = fed_ca.issue_node(spec.id, &hosts)?;
         files::write_public(
             &nd.join("tls/federation.pem"),
@@ -168,9 +198,14 @@ pub fn init(dir: &Path, nodes: &[NodeSpec], force: bool) -> Result<Vec<InitOutco
             }
             let key_file = format!("peers/{}.pub.pem", peer.id);
             files::write_public(&nd.join(&key_file), publics[j].as_bytes())?;
+            let endpoint = if compose {
+                format!("{}:{}", host_of(peer.id), peer.federation.port())
+            } else {
+                peer.federation.to_string()
+            };
             peers.push_str(&format!(
-                "\n[[peers]]\nid = \"{}\"\nendpoint = \"{}\"\ntls_ca = \"tls/federation-ca.pem\"\nsigning_keys = [\"{key_file}\"]\n",
-                peer.id, peer.federation
+                "\n[[peers]]\nid = \"{}\"\nendpoint = \"{endpoint}\"\ntls_ca = \"tls/federation-ca.pem\"\nsigning_keys = [\"{key_file}\"]\n",
+                peer.id
             ));
         }
         let toml = format!(
