@@ -591,7 +591,12 @@ impl Built {
             .serve_with_incoming_shutdown(admin_incoming, shutdown_signal(stopped.clone()));
         let metrics_server = axum::serve(
             listeners.metrics,
-            metrics::router(ctx.clone(), gates, requests.0.clone(), health_service.clone()),
+            metrics::router(
+                ctx.clone(),
+                gates,
+                requests.0.clone(),
+                health_service.clone(),
+            ),
         )
         .with_graceful_shutdown(shutdown_signal(stopped.clone()));
 
