@@ -184,8 +184,14 @@ fn decode_wrapped(v: &[u8]) -> Option<(u64, &[u8])> {
 /// The node's keys at run time: the KEKs and a bounded cache of unwrapped data keys.
 pub struct KeyRing {
     keks: RwLock<KekFile>,
-    cache: Mutex<lru::LruCache<Vec<u8>, SecretKey>>,
+    /// By slot: the stored (wrapped) bytes the key was unwrapped from, and the key. A hit
+    /// needs the same stored bytes, so a key made by a transaction that was then rolled
+    /// back is never taken for the key later committed under the same slot.
+    cache: Mutex<lru::LruCache<Vec<u8>, CachedKey>>,
 }
+
+/// A cached data key: the stored bytes it was unwrapped from, and the key.
+type CachedKey = (Vec<u8>, SecretKey);
 
 impl std::fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -238,11 +244,12 @@ impl KeyRing {
 
     /// Unwraps the stored data key of `slot`.
     pub(crate) fn unwrap(&self, slot: &[u8], stored: &[u8]) -> Result<SecretKey> {
-        if let Some(k) = self
+        if let Some((_, k)) = self
             .cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(slot)
+            .filter(|(from, _)| from.as_slice() == stored)
         {
             return Ok(k.clone());
         }
@@ -259,7 +266,7 @@ impl KeyRing {
         self.cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .put(slot.to_vec(), dk.clone());
+            .put(slot.to_vec(), (stored.to_vec(), dk.clone()));
         Ok(dk)
     }
 

@@ -476,3 +476,20 @@ fn statistics_count_a_person_once_and_follow_a_referral_to_its_state() {
     assert_eq!(now.get(&referral(ReferralStatus::Accepted)), Some(&1));
     assert_eq!(now.get(&referral(ReferralStatus::Delivered)), None, "moved");
 }
+
+#[test]
+fn a_data_key_read_in_a_refused_request_is_never_used_for_a_later_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &SecretKey::generate());
+    let c = case("Retried");
+    let first = c.clone();
+    let refused = store.commit_blocking::<(), &'static str, _>(move |tx| {
+        tx.put_case(&first)?;
+        // Opening it caches the key this refused request made.
+        assert!(tx.case(first.case_id)?.is_some());
+        Err(TxFail::Abort("refused"))
+    });
+    assert!(matches!(refused, Err(TxFail::Abort("refused"))));
+    put(&store, &c); // a new key for the same record, this time committed
+    assert_eq!(store.case(c.case_id).unwrap(), Some(c));
+}
