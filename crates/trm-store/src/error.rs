@@ -29,6 +29,9 @@ pub enum StoreError {
     KeyStoreMissing(String),
     #[error("the store's writer has stopped")]
     Stopped,
+    /// Another writer (a replica) changed what this transaction read: run it again.
+    #[error("a write conflict with another writer")]
+    Conflict,
 }
 
 impl From<sled::Error> for StoreError {

@@ -163,13 +163,57 @@ fn refuse_all(group: Vec<Job>, why: &str) {
     }
 }
 
+/// How often a group is run again after a serialization conflict (replicas writing at
+/// once) before its requests are answered UNAVAILABLE.
+const CONFLICT_RETRIES: usize = 8;
+
+/// A group's attempt that must not be answered: run it again.
+struct Conflicted;
+
 fn run_group(shared: &Shared, mut group: Vec<Job>) {
     if let Some(why) = shared.health.failure() {
         return refuse_all(group, &why);
     }
+    for attempt in 0..=CONFLICT_RETRIES {
+        match attempt_group(shared, &mut group) {
+            Ok(Some((outputs, all))) => return finish_group(shared, group, outputs, all),
+            Ok(None) => return,
+            Err(Conflicted) if attempt < CONFLICT_RETRIES => {
+                tracing::debug!(
+                    attempt,
+                    "write conflict with another replica; running the group again"
+                );
+            }
+            Err(Conflicted) => break,
+        }
+    }
+    refuse_all(group, "write conflicts with another replica; retry")
+}
+
+/// A failed commit or sync: with sled the lost writes may already be visible (the node
+/// stops taking writes); with PostgreSQL the commit is atomic (the group is refused and the
+/// next one tries again).
+fn commit_failed(shared: &Shared, group: Vec<Job>, e: &StoreError) {
+    if shared.engine.latches_on_failed_commit() {
+        shared.health.fail(e.to_string());
+    }
+    refuse_all(group, &e.to_string())
+}
+
+/// Runs every job of the group in one transaction with one durable point. `Ok(None)`: the
+/// group was answered (refused); `Err`: a conflict, run it again.
+#[allow(clippy::type_complexity)]
+fn attempt_group(
+    shared: &Shared,
+    group: &mut Vec<Job>,
+) -> Result<Option<(Vec<JobOutput>, Effects)>, Conflicted> {
     let mut etx = match shared.engine.begin() {
         Ok(t) => t,
-        Err(e) => return refuse_all(group, &e.to_string()),
+        Err(StoreError::Conflict) => return Err(Conflicted),
+        Err(e) => {
+            refuse_all(std::mem::take(group), &e.to_string());
+            return Ok(None);
+        }
     };
     let mut outputs: Vec<JobOutput> = Vec::with_capacity(group.len());
     let mut all = Effects::default();
@@ -196,12 +240,14 @@ fn run_group(shared: &Shared, mut group: Vec<Job>) {
                 }
                 Err(e) => outputs.push(Err(JobFail::Store(e))),
             },
+            Err(JobFail::Store(StoreError::Conflict)) => return Err(Conflicted),
             Err(fail) => {
                 if let Err(e) = etx.rollback_to_savepoint() {
                     // The transaction can no longer be trusted: nothing of it is committed.
                     drop(etx);
                     shared.health.fail(e.to_string());
-                    return refuse_all(group, &e.to_string());
+                    refuse_all(std::mem::take(group), &e.to_string());
+                    return Ok(None);
                 }
                 outputs.push(Err(fail));
             }
@@ -220,9 +266,11 @@ fn run_group(shared: &Shared, mut group: Vec<Job>) {
                     shared.tampered.store(true, Ordering::SeqCst);
                     error!("the audit chain no longer holds the head this node signed: not signing over it");
                 }
+                Err(StoreError::Conflict) => return Err(Conflicted),
                 Err(e) => {
                     drop(etx);
-                    return refuse_all(group, &e.to_string());
+                    refuse_all(std::mem::take(group), &e.to_string());
+                    return Ok(None);
                 }
             }
         }
@@ -233,16 +281,25 @@ fn run_group(shared: &Shared, mut group: Vec<Job>) {
             drop(etx);
             let why = format!("cannot write the erasure journal: {e}");
             shared.health.fail(why.clone());
-            return refuse_all(group, &why);
+            refuse_all(std::mem::take(group), &why);
+            return Ok(None);
         }
     }
     let started = std::time::Instant::now();
     let committed = etx.commit();
     shared.sync_latency.observe(started.elapsed().as_secs_f64());
-    if let Err(e) = committed {
-        shared.health.fail(e.to_string());
-        return refuse_all(group, &e.to_string());
+    match committed {
+        Ok(()) => Ok(Some((outputs, all))),
+        Err(StoreError::Conflict) => Err(Conflicted),
+        Err(e) => {
+            commit_failed(shared, std::mem::take(group), &e);
+            Ok(None)
+        }
     }
+}
+
+/// Does what a durable group asked for and answers its requests.
+fn finish_group(shared: &Shared, group: Vec<Job>, outputs: Vec<JobOutput>, all: Effects) {
     for slot in &all.shredded {
         shared.keys.forget(slot);
     }

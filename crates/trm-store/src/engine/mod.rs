@@ -4,7 +4,10 @@
 //! what both engines can keep: sled (embedded, one writer per process) and PostgreSQL (a
 //! table of keys and values, transactions with savepoints, the commit as the durable point).
 
+pub mod postgres;
 pub mod sled;
+
+use std::collections::BTreeMap;
 
 use crate::Result;
 
@@ -30,6 +33,19 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Flushes whatever the engine buffers; called on shutdown.
     fn close(&self) -> Result<()>;
+
+    /// Whether a failed commit must stop every later write: true where what a failed
+    /// durable point wrote may already be visible (a file system), false where the commit
+    /// is atomic (a database server).
+    fn latches_on_failed_commit(&self) -> bool {
+        true
+    }
+
+    /// Whether what is committed is durable as soon as it is visible (a database server), so
+    /// readers need not wait for the writer to publish its durable point.
+    fn committed_is_durable(&self) -> bool {
+        false
+    }
 }
 
 /// A write transaction: reads see its own writes; savepoints let one request of a group
@@ -87,4 +103,104 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
         }
     }
     vec![0xff; prefix.len() + 1]
+}
+
+/// A transaction's own writes, one layer per open savepoint (`None`: deleted), shared by
+/// the engines that apply a transaction's writes at commit.
+#[derive(Debug, Default)]
+pub(crate) struct Layers {
+    layers: Vec<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+}
+
+impl Layers {
+    /// Returns this transaction's write of `key`, if it made one (`Some(None)`: deleted).
+    pub fn lookup(&self, key: &[u8]) -> Option<&Option<Vec<u8>>> {
+        self.layers.iter().rev().find_map(|l| l.get(key))
+    }
+
+    fn top(&mut self) -> &mut BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+        if self.layers.is_empty() {
+            self.layers.push(BTreeMap::new());
+        }
+        let last = self.layers.len() - 1;
+        &mut self.layers[last]
+    }
+
+    pub fn put(&mut self, key: &[u8], value: &[u8]) {
+        self.top().insert(key.to_vec(), Some(value.to_vec()));
+    }
+
+    pub fn delete(&mut self, key: &[u8]) {
+        self.top().insert(key.to_vec(), None);
+    }
+
+    pub fn savepoint(&mut self) {
+        self.layers.push(BTreeMap::new());
+    }
+
+    pub fn rollback_to_savepoint(&mut self) {
+        if self.layers.len() > 1 {
+            self.layers.pop();
+        } else if let Some(l) = self.layers.first_mut() {
+            l.clear();
+        }
+    }
+
+    pub fn release_savepoint(&mut self) {
+        if self.layers.len() > 1 {
+            if let Some(top) = self.layers.pop() {
+                self.top().extend(top);
+            }
+        }
+    }
+
+    /// Returns how many of this transaction's writes in `start..end` are deletions (a
+    /// committed range must be read that much longer to fill `limit`).
+    pub fn deleted_in(&self, start: &[u8], end: &[u8]) -> usize {
+        self.mine(start, end)
+            .values()
+            .filter(|v| v.is_none())
+            .count()
+    }
+
+    fn mine(&self, start: &[u8], end: &[u8]) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+        let mut mine = BTreeMap::new();
+        for layer in &self.layers {
+            for (k, v) in layer.range(start.to_vec()..end.to_vec()) {
+                mine.insert(k.clone(), v.clone());
+            }
+        }
+        mine
+    }
+
+    /// Returns `committed` (a committed range) as this transaction sees it.
+    pub fn merge(
+        &self,
+        committed: Vec<Entry>,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Vec<Entry> {
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = committed.into_iter().collect();
+        for (k, v) in self.mine(start, end) {
+            match v {
+                Some(v) => {
+                    merged.insert(k, v);
+                }
+                None => {
+                    merged.remove(&k);
+                }
+            }
+        }
+        merged.into_iter().take(limit).collect()
+    }
+
+    /// Returns every write, the newest of each key.
+    pub fn into_writes(self) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+        let mut writes = BTreeMap::new();
+        for layer in self.layers {
+            writes.extend(layer);
+        }
+        writes
+    }
 }

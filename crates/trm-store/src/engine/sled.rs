@@ -13,14 +13,14 @@
 //! any blob that appears anyway is synced with the rest.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     fs::File,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
     time::SystemTime,
 };
 
-use super::{Engine, EngineTx, Entry};
+use super::{Engine, EngineTx, Entry, Layers};
 use crate::{Result, StoreError};
 
 /// The largest value piece stored inline. A sled leaf holds up to 17 entries and sled
@@ -297,7 +297,7 @@ impl Engine for SledEngine {
     fn begin(&self) -> Result<Box<dyn EngineTx + '_>> {
         Ok(Box::new(SledTx {
             engine: self,
-            layers: vec![BTreeMap::new()],
+            layers: Layers::default(),
         }))
     }
 
@@ -318,98 +318,55 @@ impl Engine for SledEngine {
 /// applied in one batch at commit.
 struct SledTx<'a> {
     engine: &'a SledEngine,
-    layers: Vec<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
-}
-
-impl SledTx<'_> {
-    fn lookup(&self, key: &[u8]) -> Option<&Option<Vec<u8>>> {
-        self.layers.iter().rev().find_map(|l| l.get(key))
-    }
-
-    fn top(&mut self) -> &mut BTreeMap<Vec<u8>, Option<Vec<u8>>> {
-        if self.layers.is_empty() {
-            self.layers.push(BTreeMap::new());
-        }
-        let last = self.layers.len() - 1;
-        &mut self.layers[last]
-    }
+    layers: Layers,
 }
 
 impl EngineTx for SledTx<'_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        match self.lookup(key) {
+        match self.layers.lookup(key) {
             Some(v) => Ok(v.clone()),
             None => self.engine.get(key),
         }
     }
 
     fn range(&mut self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>> {
-        // The writes of this transaction in the range, newest layer winning.
-        let mut mine: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
-        for layer in &self.layers {
-            for (k, v) in layer.range(start.to_vec()..end.to_vec()) {
-                mine.insert(k.clone(), v.clone());
-            }
-        }
-        let deleted = mine.values().filter(|v| v.is_none()).count();
+        let deleted = self.layers.deleted_in(start, end);
         let committed = self
             .engine
             .range(start, end, limit.saturating_add(deleted))?;
-        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = committed.into_iter().collect();
-        for (k, v) in mine {
-            match v {
-                Some(v) => {
-                    merged.insert(k, v);
-                }
-                None => {
-                    merged.remove(&k);
-                }
-            }
-        }
-        Ok(merged.into_iter().take(limit).collect())
+        Ok(self.layers.merge(committed, start, end, limit))
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         if key.first() == Some(&CHUNK_SPACE) {
             return Err(StoreError::Corrupt("key in the reserved space"));
         }
-        self.top().insert(key.to_vec(), Some(value.to_vec()));
+        self.layers.put(key, value);
         Ok(())
     }
 
     fn delete(&mut self, key: &[u8]) -> Result<()> {
-        self.top().insert(key.to_vec(), None);
+        self.layers.delete(key);
         Ok(())
     }
 
     fn savepoint(&mut self) -> Result<()> {
-        self.layers.push(BTreeMap::new());
+        self.layers.savepoint();
         Ok(())
     }
 
     fn rollback_to_savepoint(&mut self) -> Result<()> {
-        if self.layers.len() > 1 {
-            self.layers.pop();
-        } else {
-            self.layers[0].clear();
-        }
+        self.layers.rollback_to_savepoint();
         Ok(())
     }
 
     fn release_savepoint(&mut self) -> Result<()> {
-        if self.layers.len() > 1 {
-            if let Some(top) = self.layers.pop() {
-                self.top().extend(top);
-            }
-        }
+        self.layers.release_savepoint();
         Ok(())
     }
 
     fn commit(self: Box<Self>) -> Result<()> {
-        let mut writes: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
-        for layer in self.layers {
-            writes.extend(layer);
-        }
+        let writes = self.layers.into_writes();
         if writes.is_empty() {
             return Ok(());
         }

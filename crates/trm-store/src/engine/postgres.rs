@@ -1,0 +1,378 @@
+//! The PostgreSQL engine: the key space is one table (`kv`, keys and values as `bytea`,
+//! compared byte by byte as sled compares them) in a schema of the node's own, and the
+//! durable point is the commit (with `synchronous_commit` on, PostgreSQL's default, a
+//! commit returns once its WAL is on stable storage). PostgreSQL holds what the store
+//! writes: sealed records, wrapped data keys; never a clear value.
+//!
+//! The client is `postgres`, the blocking face of `tokio-postgres` (sfackler's
+//! rust-postgres, the maintained PostgreSQL client of the Rust ecosystem): the store writes
+//! from one thread of its own, one transaction at a time, so a blocking client fits it
+//! without a second async runtime. Each connection lives on a thread of its own and is
+//! handed work over a channel, so the store's readers (on the node's async runtime) never
+//! run a blocking client inside it.
+//!
+//! Transactions are SERIALIZABLE: replicas of one country may write at once, and a conflict
+//! ([`StoreError::Conflict`]) makes the writer run the whole group again. A transaction's
+//! writes are kept in layers (one per savepoint, as with sled) and written at commit.
+//!
+//! The schema is versioned: migrations run at start-up under an advisory lock, and a schema
+//! newer than the binary is refused.
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc, Mutex, PoisonError,
+    },
+    thread,
+};
+
+use postgres::{error::SqlState, Client, NoTls};
+
+use super::{Engine, EngineTx, Entry, Layers};
+use crate::{Result, StoreError};
+
+/// The schema version this binary writes and reads.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// The migrations, in order: version `i + 1` is `MIGRATIONS[i]`.
+const MIGRATIONS: &[&str] = &["CREATE TABLE kv (k bytea PRIMARY KEY, v bytea NOT NULL)"];
+
+/// Where the engine connects and which schema it uses.
+#[derive(Clone)]
+pub struct PostgresOptions {
+    /// A libpq-style URL or key-value string, e.g. `postgres://trm@db/trm`.
+    pub url: String,
+    /// The node's schema (created when missing), e.g. `trm_at`.
+    pub schema: String,
+    /// Connections for reads outside transactions.
+    pub readers: usize,
+}
+
+impl std::fmt::Debug for PostgresOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password.
+        f.debug_struct("PostgresOptions")
+            .field("schema", &self.schema)
+            .field("readers", &self.readers)
+            .finish_non_exhaustive()
+    }
+}
+
+fn pg_error(e: postgres::Error) -> StoreError {
+    match e.code() {
+        Some(c)
+            if *c == SqlState::T_R_SERIALIZATION_FAILURE
+                || *c == SqlState::T_R_DEADLOCK_DETECTED =>
+        {
+            StoreError::Conflict
+        }
+        _ => StoreError::Engine(format!("postgres: {e}")),
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut Option<Client>) + Send>;
+
+/// One connection on a thread of its own, reconnecting when it was lost.
+struct Conn {
+    jobs: Mutex<mpsc::Sender<Job>>,
+}
+
+impl Conn {
+    fn start(name: String, url: String, schema: String) -> Result<Self> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        thread::Builder::new().name(name).spawn(move || {
+            let mut client: Option<Client> = None;
+            while let Ok(job) = rx.recv() {
+                if client.as_ref().is_none_or(Client::is_closed) {
+                    client = connect(&url, &schema).ok();
+                }
+                job(&mut client);
+            }
+        })?;
+        Ok(Self {
+            jobs: Mutex::new(tx),
+        })
+    }
+
+    /// Runs `f` on the connection's thread and returns what it gives.
+    fn run<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let (reply, answer) = mpsc::channel();
+        let job: Job = Box::new(move |client| {
+            let r = match client.as_mut() {
+                Some(c) => f(c),
+                None => Err(StoreError::Engine("postgres: not connected".into())),
+            };
+            let _ = reply.send(r);
+        });
+        self.jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .send(job)
+            .map_err(|_| StoreError::Stopped)?;
+        answer.recv().map_err(|_| StoreError::Stopped)?
+    }
+}
+
+fn connect(url: &str, schema: &str) -> Result<Client> {
+    let mut client = Client::connect(url, NoTls).map_err(pg_error)?;
+    client
+        .batch_execute(&format!("SET search_path TO {schema}"))
+        .map_err(pg_error)?;
+    Ok(client)
+}
+
+fn valid_schema(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// Creates the schema if needed and brings it to [`SCHEMA_VERSION`]; refuses a newer one.
+fn migrate(url: &str, schema: &str) -> Result<()> {
+    let mut client = Client::connect(url, NoTls).map_err(pg_error)?;
+    let mut tx = client.transaction().map_err(pg_error)?;
+    // One node migrating at a time, whatever replicas start together.
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&schema])
+        .map_err(pg_error)?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema};
+         CREATE TABLE IF NOT EXISTS {schema}.schema_version (
+             version integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now())"
+    ))
+    .map_err(pg_error)?;
+    let current: i32 = tx
+        .query_one(
+            &format!("SELECT coalesce(max(version), 0) FROM {schema}.schema_version"),
+            &[],
+        )
+        .map_err(pg_error)?
+        .get(0);
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::Engine(format!(
+            "the database schema {schema} is at version {current}, newer than this binary \
+             ({SCHEMA_VERSION}): run a newer trm-node"
+        )));
+    }
+    tx.batch_execute(&format!("SET LOCAL search_path TO {schema}"))
+        .map_err(pg_error)?;
+    for (i, sql) in MIGRATIONS.iter().enumerate() {
+        let version = i as i32 + 1;
+        if version > current {
+            tx.batch_execute(sql).map_err(pg_error)?;
+            tx.execute(
+                "INSERT INTO schema_version (version) VALUES ($1)",
+                &[&version],
+            )
+            .map_err(pg_error)?;
+        }
+    }
+    tx.commit().map_err(pg_error)
+}
+
+/// The engine: a connection for transactions and a few for reads.
+pub struct PostgresEngine {
+    writer: Conn,
+    readers: Vec<Conn>,
+    next: AtomicUsize,
+}
+
+impl PostgresEngine {
+    /// Connects, creates or migrates the node's schema, and starts the connections.
+    pub fn open(options: &PostgresOptions) -> Result<Self> {
+        if !valid_schema(&options.schema) {
+            return Err(StoreError::Engine(
+                "postgres schema: lower-case letters, digits and _".into(),
+            ));
+        }
+        let (url, schema) = (options.url.clone(), options.schema.clone());
+        // Connecting blocks: done on a thread of its own, as every later call is.
+        thread::spawn(move || migrate(&url, &schema))
+            .join()
+            .map_err(|_| StoreError::Engine("postgres: migration thread failed".into()))??;
+        let conn = |name: String| Conn::start(name, options.url.clone(), options.schema.clone());
+        let writer = conn("trm-pg-writer".into())?;
+        let readers = (0..options.readers.max(1))
+            .map(|i| conn(format!("trm-pg-reader-{i}")))
+            .collect::<Result<Vec<_>>>()?;
+        let engine = Self {
+            writer,
+            readers,
+            next: AtomicUsize::new(0),
+        };
+        // Fail now, with the reason, rather than at the first request.
+        engine.get(b"\0")?;
+        Ok(engine)
+    }
+
+    fn reader(&self) -> &Conn {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        &self.readers[i]
+    }
+}
+
+fn get_on(c: &mut impl postgres::GenericClient, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    Ok(c.query_opt("SELECT v FROM kv WHERE k = $1", &[&key])
+        .map_err(pg_error)?
+        .map(|row| row.get(0)))
+}
+
+fn range_on(
+    c: &mut impl postgres::GenericClient,
+    start: &[u8],
+    end: &[u8],
+    limit: usize,
+) -> Result<Vec<Entry>> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    Ok(c.query(
+        "SELECT k, v FROM kv WHERE k >= $1 AND k < $2 ORDER BY k LIMIT $3",
+        &[&start, &end, &limit],
+    )
+    .map_err(pg_error)?
+    .into_iter()
+    .map(|row| (row.get(0), row.get(1)))
+    .collect())
+}
+
+impl Engine for PostgresEngine {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let key = key.to_vec();
+        self.reader().run(move |c| get_on(c, &key))
+    }
+
+    fn range(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>> {
+        let (start, end) = (start.to_vec(), end.to_vec());
+        self.reader().run(move |c| range_on(c, &start, &end, limit))
+    }
+
+    fn begin(&self) -> Result<Box<dyn EngineTx + '_>> {
+        self.writer.run(|c| {
+            c.batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+                .map_err(pg_error)
+        })?;
+        Ok(Box::new(PostgresTx {
+            engine: self,
+            layers: Layers::default(),
+            open: true,
+        }))
+    }
+
+    fn close(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn latches_on_failed_commit(&self) -> bool {
+        false
+    }
+
+    fn committed_is_durable(&self) -> bool {
+        true
+    }
+}
+
+/// A SERIALIZABLE transaction on the writer connection; its writes wait in layers until
+/// the commit writes them all.
+struct PostgresTx<'a> {
+    engine: &'a PostgresEngine,
+    layers: Layers,
+    open: bool,
+}
+
+impl EngineTx for PostgresTx<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.layers.lookup(key) {
+            Some(v) => Ok(v.clone()),
+            None => {
+                let key = key.to_vec();
+                self.engine.writer.run(move |c| get_on(c, &key))
+            }
+        }
+    }
+
+    fn range(&mut self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>> {
+        let deleted = self.layers.deleted_in(start, end);
+        let (s, e) = (start.to_vec(), end.to_vec());
+        let committed = self
+            .engine
+            .writer
+            .run(move |c| range_on(c, &s, &e, limit.saturating_add(deleted)))?;
+        Ok(self.layers.merge(committed, start, end, limit))
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.layers.put(key, value);
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<()> {
+        self.layers.delete(key);
+        Ok(())
+    }
+
+    fn savepoint(&mut self) -> Result<()> {
+        self.layers.savepoint();
+        Ok(())
+    }
+
+    fn rollback_to_savepoint(&mut self) -> Result<()> {
+        self.layers.rollback_to_savepoint();
+        Ok(())
+    }
+
+    fn release_savepoint(&mut self) -> Result<()> {
+        self.layers.release_savepoint();
+        Ok(())
+    }
+
+    fn commit(mut self: Box<Self>) -> Result<()> {
+        let writes = std::mem::take(&mut self.layers).into_writes();
+        self.open = false;
+        let (mut keys, mut values, mut gone) = (Vec::new(), Vec::new(), Vec::new());
+        for (k, v) in writes {
+            match v {
+                Some(v) => {
+                    keys.push(k);
+                    values.push(v);
+                }
+                None => gone.push(k),
+            }
+        }
+        self.engine.writer.run(move |c| {
+            let r = (|| {
+                if !gone.is_empty() {
+                    c.execute("DELETE FROM kv WHERE k = ANY($1)", &[&gone])
+                        .map_err(pg_error)?;
+                }
+                if !keys.is_empty() {
+                    c.execute(
+                        "INSERT INTO kv (k, v) SELECT * FROM unnest($1::bytea[], $2::bytea[])
+                         ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+                        &[&keys, &values],
+                    )
+                    .map_err(pg_error)?;
+                }
+                c.batch_execute("COMMIT").map_err(pg_error)
+            })();
+            if r.is_err() {
+                let _ = c.batch_execute("ROLLBACK");
+            }
+            r
+        })
+    }
+}
+
+impl Drop for PostgresTx<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            let _ = self
+                .engine
+                .writer
+                .run(|c| c.batch_execute("ROLLBACK").map_err(pg_error));
+        }
+    }
+}
