@@ -50,7 +50,7 @@ async fn tampering_with_the_audit_log_on_disk_is_detected() -> anyhow::Result<()
         (
             "modified",
             Box::new(|t, e| {
-                let mut entry: AuditEntry = serde_json::from_slice(&e[1].1[1..]).unwrap();
+                let mut entry: AuditEntry = t.decode(&e[1].1).unwrap();
                 entry.record.actor = "client:focal_point/someone-else".into();
                 t.put_audit(&e[1].0, &entry).unwrap();
             }),

@@ -116,14 +116,21 @@ impl FederationBuilder {
         self
     }
 
-    /// Runs `hook` before each sync of node `id`'s durable point (an error fails it).
+    /// Runs `hook` before each sync of node `id`'s durable point (an error fails it). The
+    /// hook is on sled's file syncs, so node `id` runs on sled whatever engine the suite
+    /// runs on (the PostgreSQL suite fails its commits by stopping the database instead).
     pub fn sync_hook(
         mut self,
         id: &str,
         hook: impl Fn() -> std::io::Result<()> + Send + Sync + 'static,
     ) -> Self {
         self.options.entry(id.to_owned()).or_default().sync_hook = Some(Arc::new(hook));
-        self
+        let on = id.to_owned();
+        self.config(move |node, c| {
+            if node.as_str() == on {
+                c.storage = Default::default();
+            }
+        })
     }
 
     /// Does not capture the nodes' logs (benchmarks).
@@ -267,6 +274,23 @@ fn write_node(dir: &Path, spec: &Spec) -> Result<()> {
     Ok(())
 }
 
+/// The `[storage]` section of a test node in `node_dir`: the PostgreSQL engine, a schema of
+/// its own, when the suite runs on PostgreSQL (see [`trm_store::testing`]); else none (sled).
+fn storage_section(node_dir: &Path) -> Result<String> {
+    Ok(match trm_store::testing::postgres_url() {
+        Some(url) => format!(
+            "\n[storage]\nengine = \"postgres\"\nurl = \"{url}\"\nschema = \"{}\"\n",
+            trm_store::testing::schema_for(node_dir)?
+        ),
+        None => String::new(),
+    })
+}
+
+/// Whether this run of the suite is on PostgreSQL.
+pub fn on_postgres() -> bool {
+    trm_store::testing::postgres_url().is_some()
+}
+
 /// Writes `node.toml` for `spec`, listing `peers` with each peer's own CA and key.
 fn write_config(dir: &Path, spec: &Spec, peers: &[&Spec]) -> Result<()> {
     let nd = dir.join(spec.id.as_str());
@@ -309,7 +333,8 @@ key = "keys/signing.pem"
 
 [delivery]
 backoff_cap_secs = 5
-{peer_sections}"#,
+{storage}{peer_sections}"#,
+        storage = storage_section(&nd)?,
         id = spec.id,
         services = spec.services,
         federation = spec.federation,
@@ -665,25 +690,40 @@ pub fn open_store(fed: &TestFederation, id: &str) -> Result<trm_store::Store> {
         data_dir: cfg.node.data_dir.clone(),
         key_store: cfg.node.key_store.clone(),
         master: SecretKey::load(&cfg.node.master_key)?,
-        sled: Default::default(),
+        engine: trm_node::config::engine_options(&cfg)?,
     })?)
 }
 
-/// The raw database of a stopped node, as an intruder with disk access sees it: the sled
-/// engine's layout (audit entries under `a/` by sequence, small node state under `m/`,
-/// every small value behind a zero tag byte).
-pub struct RawDb {
-    db: sled::Db,
+/// The raw database of a stopped node, as an intruder with access to its storage sees it:
+/// the store's layout (audit entries under `a/` by sequence, small node state under `m/`,
+/// every small value behind a zero tag byte), in sled's folder or in the node's PostgreSQL
+/// table, whichever engine the suite runs on.
+pub enum RawDb {
+    Sled(sled::Db),
+    Postgres(Box<std::sync::Mutex<postgres::Client>>),
 }
 
 impl RawDb {
-    /// Opens the database folder of a stopped node.
+    /// Opens the database of a stopped node whose data folder is `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self> {
+        if let Some(url) = trm_store::testing::postgres_url() {
+            let node_dir = data_dir.parent().context("a data folder has a parent")?;
+            let schema = trm_store::testing::schema_for(node_dir)?;
+            let url = url.clone();
+            let client = std::thread::spawn(move || -> Result<postgres::Client> {
+                let mut c = postgres::Client::connect(&url, postgres::NoTls)?;
+                c.batch_execute(&format!("SET search_path TO {schema}"))?;
+                Ok(c)
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("connecting to PostgreSQL"))??;
+            return Ok(Self::Postgres(Box::new(std::sync::Mutex::new(client))));
+        }
         // sled releases its lock once its last background write of the stopped node ends.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             match sled::open(data_dir) {
-                Ok(db) => return Ok(Self { db }),
+                Ok(db) => return Ok(Self::Sled(db)),
                 Err(_) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(20))
                 }
@@ -692,56 +732,124 @@ impl RawDb {
         }
     }
 
+    /// Runs `f` on the PostgreSQL client (a blocking client: off the async runtime).
+    fn pg<R: Send>(
+        client: &std::sync::Mutex<postgres::Client>,
+        f: impl FnOnce(&mut postgres::Client) -> Result<R> + Send,
+    ) -> Result<R> {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut c = client
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                f(&mut c)
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("a PostgreSQL call panicked"))?
+        })
+    }
+
     /// Returns every audit entry, raw, in order.
     pub fn audit_raw(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.db
-            .scan_prefix(b"a/")
-            .map(|r| {
-                let (k, v) = r?;
-                Ok((k.to_vec(), v.to_vec()))
-            })
-            .collect()
+        match self {
+            Self::Sled(db) => db
+                .scan_prefix(b"a/")
+                .map(|r| {
+                    let (k, v) = r?;
+                    Ok((k.to_vec(), v.to_vec()))
+                })
+                .collect(),
+            Self::Postgres(c) => Self::pg(c, |c| {
+                Ok(c.query(
+                    "SELECT k, v FROM kv WHERE k >= $1 AND k < $2 ORDER BY k",
+                    &[&&b"a/"[..], &&b"a0"[..]],
+                )?
+                .into_iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect())
+            }),
+        }
     }
 
     /// Returns every audit entry, decoded, with its key.
     pub fn audit(&self) -> Result<Vec<(Vec<u8>, trm_store::audit::AuditEntry)>> {
         self.audit_raw()?
             .into_iter()
-            .map(|(k, v)| Ok((k, serde_json::from_slice(&v[1..])?)))
+            .map(|(k, v)| Ok((k, self.decode(&v)?)))
             .collect()
+    }
+
+    /// Decodes a raw value (sled's engine puts a tag byte before each small value).
+    pub fn decode<T: serde::de::DeserializeOwned>(&self, raw: &[u8]) -> Result<T> {
+        let v = match self {
+            Self::Sled(_) => raw.get(1..).context("a tagged value")?,
+            Self::Postgres(_) => raw,
+        };
+        Ok(serde_json::from_slice(v)?)
+    }
+
+    /// Encodes a value as the engine stores it.
+    fn encode<T: serde::Serialize>(&self, value: &T) -> Result<Vec<u8>> {
+        let mut v = match self {
+            Self::Sled(_) => vec![0u8],
+            Self::Postgres(_) => Vec::new(),
+        };
+        v.extend(serde_json::to_vec(value)?);
+        Ok(v)
     }
 
     /// Writes an audit entry under `key`.
     pub fn put_audit(&self, key: &[u8], e: &trm_store::audit::AuditEntry) -> Result<()> {
-        let mut v = vec![0u8];
-        v.extend(serde_json::to_vec(e)?);
-        self.db.insert(key, v)?;
-        Ok(())
+        self.put_raw(key, &self.encode(e)?)
     }
 
     /// Writes raw bytes under `key`.
     pub fn put_raw(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.db.insert(key, value)?;
+        match self {
+            Self::Sled(db) => {
+                db.insert(key, value)?;
+            }
+            Self::Postgres(c) => Self::pg(c, |c| {
+                c.execute(
+                    "INSERT INTO kv (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+                    &[&key, &value],
+                )?;
+                Ok(())
+            })?,
+        }
         Ok(())
     }
 
     /// Removes `key`.
     pub fn remove(&self, key: &[u8]) -> Result<()> {
-        self.db.remove(key)?;
+        match self {
+            Self::Sled(db) => {
+                db.remove(key)?;
+            }
+            Self::Postgres(c) => Self::pg(c, |c| {
+                c.execute("DELETE FROM kv WHERE k = $1", &[&key])?;
+                Ok(())
+            })?,
+        }
         Ok(())
     }
 
     /// Sets the chain's head.
     pub fn set_head(&self, head: &trm_store::audit::AuditHead) -> Result<()> {
-        let mut v = vec![0u8];
-        v.extend(serde_json::to_vec(head)?);
-        self.db.insert(b"m/audit_head", v)?;
-        Ok(())
+        self.put_raw(b"m/audit_head", &self.encode(head)?)
     }
 
     /// Flushes and closes the database.
     pub fn close(self) -> Result<()> {
-        self.db.flush()?;
+        match self {
+            Self::Sled(db) => {
+                db.flush()?;
+            }
+            // The blocking client must not be dropped on the async runtime.
+            Self::Postgres(c) => std::thread::spawn(move || drop(c))
+                .join()
+                .map_err(|_| anyhow::anyhow!("closing the PostgreSQL client"))?,
+        }
         Ok(())
     }
 }

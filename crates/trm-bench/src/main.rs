@@ -406,7 +406,7 @@ fn preload(dir: &Path, n: usize) -> Result<()> {
         data_dir: cfg.node.data_dir.clone(),
         key_store: cfg.node.key_store.clone(),
         master: trm_crypto::aead::SecretKey::load(&cfg.node.master_key)?,
-        sled: Default::default(),
+        engine: trm_node::config::engine_options(&cfg)?,
     })?;
     let chunk = 1000;
     let mut done = 0;

@@ -275,9 +275,23 @@ impl Default for StatisticsSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSection {
-    /// `sled` (embedded, the default).
+    /// `sled` (embedded, the default) or `postgres` (a database the node's replicas share).
     #[serde(default = "default_engine")]
     pub engine: String,
+    /// With `postgres`: the database, e.g. `postgres://trm@db/trm` (prefer `url_file` when
+    /// the URL carries a password).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// With `postgres`: a file holding the URL (a secret mounted beside the config).
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
+    /// With `postgres`: the node's schema in that database (default `trm_<node id in lower
+    /// case>`); replicas of one node name the same.
+    #[serde(default)]
+    pub schema: Option<String>,
+    /// With `postgres`: connections kept for reads outside transactions.
+    #[serde(default = "default_pg_readers")]
+    pub readers: usize,
     /// Hours between rotations of the key-encryption key: older copies of the database
     /// (sled's log segments, copies of the folder) stop opening erased records within this
     /// bound.
@@ -288,6 +302,9 @@ pub struct StorageSection {
 fn default_engine() -> String {
     "sled".into()
 }
+fn default_pg_readers() -> usize {
+    4
+}
 fn default_kek_rotation() -> u32 {
     24
 }
@@ -296,6 +313,10 @@ impl Default for StorageSection {
     fn default() -> Self {
         Self {
             engine: default_engine(),
+            url: None,
+            url_file: None,
+            schema: None,
+            readers: default_pg_readers(),
             kek_rotation_hours: default_kek_rotation(),
         }
     }
@@ -468,6 +489,9 @@ impl NodeConfig {
         if let Some(p) = self.tls.client_ca_key.as_mut() {
             fix(p);
         }
+        if let Some(p) = self.storage.url_file.as_mut() {
+            fix(p);
+        }
         for peer in &mut self.peers {
             fix(&mut peer.tls_ca);
             peer.signing_keys.iter_mut().for_each(fix);
@@ -499,12 +523,7 @@ impl NodeConfig {
                 "must be a tracing filter such as info, warn or info,trm_federation=debug",
             ));
         }
-        if self.storage.engine != "sled" {
-            return Err(invalid(
-                "storage.engine",
-                "must be \"sled\" (the PostgreSQL engine is not available in this build)",
-            ));
-        }
+        self.validate_storage()?;
         if self.node.key_store.starts_with(&self.node.data_dir) {
             return Err(invalid(
                 "node.key_store",
@@ -614,6 +633,67 @@ impl NodeConfig {
         ]
     }
 
+    fn validate_storage(&self) -> Result<(), ConfigError> {
+        let s = &self.storage;
+        match s.engine.as_str() {
+            "sled" => {
+                if s.url.is_some() || s.url_file.is_some() || s.schema.is_some() {
+                    return Err(invalid(
+                        "storage.url",
+                        "url, url_file and schema are settings of engine = \"postgres\"",
+                    ));
+                }
+            }
+            "postgres" => {
+                match (&s.url, &s.url_file) {
+                    (Some(_), Some(_)) => {
+                        return Err(invalid(
+                            "storage.url_file",
+                            "give url or url_file, not both",
+                        ))
+                    }
+                    (None, None) => {
+                        return Err(invalid(
+                            "storage.url",
+                            "engine = \"postgres\" needs url or url_file",
+                        ))
+                    }
+                    (None, Some(f)) if !f.is_file() => {
+                        return Err(invalid(
+                            "storage.url_file",
+                            format!("{} is not a readable file", f.display()),
+                        ))
+                    }
+                    _ => {}
+                }
+                if !trm_store::engine::postgres::valid_schema(&self.pg_schema()) {
+                    return Err(invalid(
+                        "storage.schema",
+                        "lower-case letters, digits and _, starting with a letter, at most 63",
+                    ));
+                }
+                if !(1..=64).contains(&s.readers) {
+                    return Err(invalid("storage.readers", "must be 1 to 64"));
+                }
+            }
+            _ => {
+                return Err(invalid(
+                    "storage.engine",
+                    "must be \"sled\" or \"postgres\"",
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// The node's PostgreSQL schema: `storage.schema`, else `trm_<id in lower case>`.
+    pub fn pg_schema(&self) -> String {
+        self.storage
+            .schema
+            .clone()
+            .unwrap_or_else(|| format!("trm_{}", self.node.id.as_str().to_ascii_lowercase()))
+    }
+
     fn validate_peers(&self) -> Result<(), ConfigError> {
         let mut seen = Vec::new();
         for (i, peer) in self.peers.iter().enumerate() {
@@ -658,6 +738,37 @@ impl NodeConfig {
         }
         Ok(())
     }
+}
+
+/// Returns the store's engine settings of `config` (reading `storage.url_file`).
+pub fn engine_options(config: &NodeConfig) -> Result<trm_store::EngineOptions, ConfigError> {
+    let s = &config.storage;
+    if s.engine != "postgres" {
+        return Ok(trm_store::EngineOptions::default());
+    }
+    let url = match (&s.url, &s.url_file) {
+        (Some(u), _) => u.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .map_err(|source| ConfigError::Read {
+                path: f.display().to_string(),
+                source,
+            })?
+            .trim()
+            .to_owned(),
+        (None, None) => {
+            return Err(invalid(
+                "storage.url",
+                "engine = \"postgres\" needs url or url_file",
+            ))
+        }
+    };
+    Ok(trm_store::EngineOptions::Postgres(
+        trm_store::engine::postgres::PostgresOptions {
+            url,
+            schema: config.pg_schema(),
+            readers: s.readers,
+        },
+    ))
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use trm_proto::v1::{
     return_planning_service_server::ReturnPlanningServiceServer,
     witness_hearing_service_server::WitnessHearingServiceServer, FILE_DESCRIPTOR_SET,
 };
-use trm_store::{engine::sled::SledOptions, Store, StoreOptions};
+use trm_store::{engine::sled::SledOptions, EngineOptions, Store, StoreOptions};
 
 use crate::{
     admin::Admin,
@@ -296,9 +296,12 @@ pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, No
         data_dir: config.node.data_dir.clone(),
         key_store: config.node.key_store.clone(),
         master,
-        sled: SledOptions {
-            sync_hook: options.sync_hook,
-            ..SledOptions::default()
+        engine: match crate::config::engine_options(&config)? {
+            EngineOptions::Sled(sled) => EngineOptions::Sled(SledOptions {
+                sync_hook: options.sync_hook,
+                ..sled
+            }),
+            pg => pg,
         },
     })?;
     trm_federation::keys::recover_rotation(&store, &config.signing.key)?;

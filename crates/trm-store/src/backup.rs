@@ -20,7 +20,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::{Result, Store, StoreError, StoreOptions, TxFail};
+use crate::{engine::postgres, EngineOptions, Result, Store, StoreError, StoreOptions, TxFail};
 
 /// The format name in a backup's manifest.
 pub const FORMAT: &str = "trm-backup/1";
@@ -237,20 +237,28 @@ pub fn restore(options: StoreOptions, from: &Path, force: bool) -> Result<Restor
             ),
         )));
     }
-    let holds_data =
-        options.data_dir.exists() && std::fs::read_dir(&options.data_dir)?.next().is_some();
+    let (holds_data, place) = match &options.engine {
+        EngineOptions::Sled(_) => (
+            options.data_dir.exists() && std::fs::read_dir(&options.data_dir)?.next().is_some(),
+            options.data_dir.display().to_string(),
+        ),
+        EngineOptions::Postgres(pg) => (
+            postgres::holds_data(pg)?,
+            format!("the PostgreSQL schema {}", pg.schema),
+        ),
+    };
     if holds_data && !force {
         return Err(StoreError::Io(std::io::Error::new(
             std::io::ErrorKind::AlreadyExists,
-            format!(
-                "{} holds a store: stop the node and pass --force to replace it",
-                options.data_dir.display()
-            ),
+            format!("{place} holds a store: stop the node and pass --force to replace it"),
         )));
     }
     let erased = read_journal(&journal_path(&options.key_store))?;
     if holds_data {
-        std::fs::remove_dir_all(&options.data_dir)?;
+        match &options.engine {
+            EngineOptions::Sled(_) => std::fs::remove_dir_all(&options.data_dir)?,
+            EngineOptions::Postgres(pg) => postgres::drop_schema(pg)?,
+        }
     }
     std::fs::copy(from.join(KEY_FILE), &options.key_store)?;
     std::fs::File::open(&options.key_store)?.sync_all()?;

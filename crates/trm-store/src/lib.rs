@@ -20,12 +20,13 @@ pub mod keys;
 pub mod repo;
 mod store;
 mod subject;
+pub mod testing;
 mod tx;
 pub mod writer;
 
 pub use error::{Result, StoreError, TxFail};
 pub use repo::audit;
-pub use store::{Committed, Store, StoreOptions};
+pub use store::{Committed, EngineOptions, Store, StoreOptions};
 pub use subject::Subject;
 pub use tx::{Note, Tx};
 

@@ -19,6 +19,7 @@ use trm_crypto::aead::SecretKey;
 
 use crate::{
     engine::{
+        postgres::{PostgresEngine, PostgresOptions},
         sled::{SledEngine, SledOptions},
         Engine,
     },
@@ -43,7 +44,22 @@ pub struct StoreOptions {
     /// The key file (KEKs), outside `data_dir`.
     pub key_store: PathBuf,
     pub master: SecretKey,
-    pub sled: SledOptions,
+    pub engine: EngineOptions,
+}
+
+/// Which engine holds the store, and its settings.
+#[derive(Debug, Clone)]
+pub enum EngineOptions {
+    /// Embedded, in `data_dir` (the default).
+    Sled(SledOptions),
+    /// A PostgreSQL database shared by the node's replicas (`data_dir` is not used).
+    Postgres(PostgresOptions),
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self::Sled(SledOptions::default())
+    }
 }
 
 /// A committed request's value and what the node must do now that it is durable.
@@ -82,10 +98,14 @@ impl std::fmt::Debug for Store {
 const KEY_FILE_IN_USE: &str = "key_file_in_use";
 
 impl Store {
-    /// Opens (or creates) the store with the sled engine.
+    /// Opens (or creates) the store on the engine `options` names.
     pub fn open(options: StoreOptions) -> Result<Self> {
-        let engine: Arc<dyn Engine> =
-            Arc::new(SledEngine::open(&options.data_dir, options.sled.clone())?);
+        let engine: Arc<dyn Engine> = match &options.engine {
+            EngineOptions::Sled(sled) => {
+                Arc::new(SledEngine::open(&options.data_dir, sled.clone())?)
+            }
+            EngineOptions::Postgres(pg) => Arc::new(PostgresEngine::open(pg)?),
+        };
         Self::with_engine(options.node, engine, &options.key_store, options.master)
     }
 

@@ -15,18 +15,31 @@ use crate::{
     Store, StoreError, StoreOptions, Subject, TxFail,
 };
 
+/// The options of a store in `dir` on the engine under test (see [`crate::testing`]).
 fn options(dir: &Path, master: &SecretKey) -> StoreOptions {
+    StoreOptions {
+        engine: crate::testing::engine_for(dir).unwrap(),
+        ..sled_options(dir, master)
+    }
+}
+
+/// The options of a store in `dir` on sled, for what only sled has (its files).
+fn sled_options(dir: &Path, master: &SecretKey) -> StoreOptions {
     StoreOptions {
         node: "AT".parse::<NodeId>().unwrap(),
         data_dir: dir.join("db"),
         key_store: dir.join("keys/kek.store"),
         master: master.clone(),
-        sled: SledOptions::default(),
+        engine: Default::default(),
     }
 }
 
 fn open(dir: &Path, master: &SecretKey) -> Store {
     Store::open(options(dir, master)).unwrap()
+}
+
+fn open_sled(dir: &Path, master: &SecretKey) -> Store {
+    Store::open(sled_options(dir, master)).unwrap()
 }
 
 fn case(name: &str) -> CaseRecord {
@@ -108,7 +121,7 @@ fn copy_dir(from: &Path, to: &Path) {
 fn sealed_records_are_never_on_disk_in_clear_and_a_shredded_case_is_gone_from_every_copy() {
     let dir = tempfile::tempdir().unwrap();
     let master = SecretKey::generate();
-    let store = open(dir.path(), &master);
+    let store = open_sled(dir.path(), &master);
     let c = case("Zorica Unique-Name");
     put(&store, &c);
     assert_eq!(
@@ -123,7 +136,7 @@ fn sealed_records_are_never_on_disk_in_clear_and_a_shredded_case_is_gone_from_ev
     copy_dir(&dir.path().join("db"), &backup.join("db"));
     copy_dir(&dir.path().join("keys"), &backup.join("keys"));
 
-    let store = open(dir.path(), &master);
+    let store = open_sled(dir.path(), &master);
     let erased = c.clone();
     store
         .commit_blocking::<(), (), _>(move |tx| {
@@ -147,7 +160,7 @@ fn sealed_records_are_never_on_disk_in_clear_and_a_shredded_case_is_gone_from_ev
     // The old copy of the database, with the master key and the live key file: nothing.
     let old = Store::open(StoreOptions {
         data_dir: backup.join("db"),
-        ..options(dir.path(), &master)
+        ..sled_options(dir.path(), &master)
     })
     .unwrap();
     assert!(matches!(
@@ -223,7 +236,7 @@ fn a_failed_durable_point_latches_and_refuses_every_later_write() {
     let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let f = fail.clone();
     let store = Store::open(StoreOptions {
-        sled: SledOptions {
+        engine: crate::EngineOptions::Sled(SledOptions {
             sync_hook: Some(std::sync::Arc::new(move || {
                 if f.load(std::sync::atomic::Ordering::SeqCst) {
                     Err(std::io::Error::other("injected"))
@@ -232,8 +245,8 @@ fn a_failed_durable_point_latches_and_refuses_every_later_write() {
                 }
             })),
             ..Default::default()
-        },
-        ..options(dir.path(), &SecretKey::generate())
+        }),
+        ..sled_options(dir.path(), &SecretKey::generate())
     })
     .unwrap();
     put(&store, &case("before"));
@@ -259,7 +272,7 @@ fn a_failed_durable_point_latches_and_refuses_every_later_write() {
 #[test]
 fn every_file_written_is_synced_before_the_commit_returns() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), &SecretKey::generate());
+    let store = open_sled(dir.path(), &SecretKey::generate());
     for i in 0..200 {
         let mut c = case(&"x".repeat(2000 + i));
         c.person.address = "y".repeat(9000);
@@ -272,7 +285,7 @@ fn every_file_written_is_synced_before_the_commit_returns() {
 fn audit_chain_detects_modification_reordering_and_removal() {
     let dir = tempfile::tempdir().unwrap();
     let master = SecretKey::generate();
-    let store = open(dir.path(), &master);
+    let store = open_sled(dir.path(), &master);
     for i in 0..4 {
         put(&store, &case(&format!("k{i}")));
     }
@@ -335,7 +348,7 @@ fn audit_chain_detects_modification_reordering_and_removal() {
             f(t, e);
         });
         let saved = saved.into_inner();
-        let store = open(dir.path(), &master);
+        let store = open_sled(dir.path(), &master);
         let r = store.verify_audit().unwrap();
         assert!(!r.ok, "{what}");
         assert_eq!(r.first_bad_entry, first_bad, "{what}");
@@ -346,7 +359,7 @@ fn audit_chain_detects_modification_reordering_and_removal() {
                 t.insert(k, v.clone()).unwrap();
             }
         });
-        let store = open(dir.path(), &master);
+        let store = open_sled(dir.path(), &master);
         assert!(
             store.verify_audit().unwrap().ok,
             "after restoring the {what} entry"

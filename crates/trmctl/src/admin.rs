@@ -191,7 +191,7 @@ pub fn restore(config: &Path, from: &Path, force: bool) -> Result<trm_store::bac
             data_dir: cfg.node.data_dir.clone(),
             key_store: cfg.node.key_store.clone(),
             master,
-            sled: Default::default(),
+            engine: trm_node::config::engine_options(&cfg)?,
         },
         from,
         force,

@@ -124,7 +124,8 @@ fn connect(url: &str, schema: &str) -> Result<Client> {
     Ok(client)
 }
 
-fn valid_schema(s: &str) -> bool {
+/// Whether `s` may name a node's schema (it is written into SQL as is).
+pub fn valid_schema(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.starts_with(|c: char| c.is_ascii_lowercase())
@@ -133,8 +134,7 @@ fn valid_schema(s: &str) -> bool {
 }
 
 /// Creates the schema if needed and brings it to [`SCHEMA_VERSION`]; refuses a newer one.
-fn migrate(url: &str, schema: &str) -> Result<()> {
-    let mut client = Client::connect(url, NoTls).map_err(pg_error)?;
+fn migrate(client: &mut Client, schema: &str) -> Result<()> {
     let mut tx = client.transaction().map_err(pg_error)?;
     // One node migrating at a time, whatever replicas start together.
     tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&schema])
@@ -175,6 +175,52 @@ fn migrate(url: &str, schema: &str) -> Result<()> {
     tx.commit().map_err(pg_error)
 }
 
+/// Runs `f` with a connection of its own, on a thread of its own (a blocking client must
+/// not run on the caller's async runtime).
+fn with_client<R: Send + 'static>(
+    url: &str,
+    f: impl FnOnce(&mut Client) -> Result<R> + Send + 'static,
+) -> Result<R> {
+    let url = url.to_owned();
+    thread::spawn(move || f(&mut Client::connect(&url, NoTls).map_err(pg_error)?))
+        .join()
+        .map_err(|_| StoreError::Engine("postgres: a connection thread failed".into()))?
+}
+
+/// Whether the node's schema holds any record.
+pub fn holds_data(options: &PostgresOptions) -> Result<bool> {
+    let schema = options.schema.clone();
+    with_client(&options.url, move |c| {
+        let table: Option<String> = c
+            .query_one("SELECT to_regclass($1)::text", &[&format!("{schema}.kv")])
+            .map_err(pg_error)?
+            .get(0);
+        if table.is_none() {
+            return Ok(false);
+        }
+        Ok(
+            c.query_opt(&format!("SELECT 1 FROM {schema}.kv LIMIT 1"), &[])
+                .map_err(pg_error)?
+                .is_some(),
+        )
+    })
+}
+
+/// Drops the node's schema and everything in it (a restore or `sandbox init --force`
+/// replacing a node's data); the next open creates it again.
+pub fn drop_schema(options: &PostgresOptions) -> Result<()> {
+    if !valid_schema(&options.schema) {
+        return Err(StoreError::Engine(
+            "postgres schema: lower-case letters, digits and _".into(),
+        ));
+    }
+    let schema = options.schema.clone();
+    with_client(&options.url, move |c| {
+        c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .map_err(pg_error)
+    })
+}
+
 /// The engine: a connection for transactions and a few for reads.
 pub struct PostgresEngine {
     writer: Conn,
@@ -190,11 +236,8 @@ impl PostgresEngine {
                 "postgres schema: lower-case letters, digits and _".into(),
             ));
         }
-        let (url, schema) = (options.url.clone(), options.schema.clone());
-        // Connecting blocks: done on a thread of its own, as every later call is.
-        thread::spawn(move || migrate(&url, &schema))
-            .join()
-            .map_err(|_| StoreError::Engine("postgres: migration thread failed".into()))??;
+        let schema = options.schema.clone();
+        with_client(&options.url, move |c| migrate(c, &schema))?;
         let conn = |name: String| Conn::start(name, options.url.clone(), options.schema.clone());
         let writer = conn("trm-pg-writer".into())?;
         let readers = (0..options.readers.max(1))

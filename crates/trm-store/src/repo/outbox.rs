@@ -263,7 +263,13 @@ impl Store {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<OutboxItem>> {
-        let durable = self.shared().outbox_durable.load(Ordering::SeqCst);
+        // On an engine whose commits are durable once visible, every item read is durable
+        // (and may have been queued by another replica of the node).
+        let durable = if self.engine().committed_is_durable() {
+            u64::MAX
+        } else {
+            self.shared().outbox_durable.load(Ordering::SeqCst)
+        };
         let after = after.map(|seq| layout::outbox(peer, seq));
         let mut out = Vec::new();
         for (_, v) in self.scan_raw(&layout::outbox_of(peer), after.as_deref(), limit)? {
