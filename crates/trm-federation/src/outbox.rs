@@ -127,6 +127,9 @@ pub struct DeliveryConfig {
     /// This node's federation certificate and key (PEM), presented as TLS client.
     pub tls_cert_pem: String,
     pub tls_key_pem: String,
+    /// How long an idle worker waits before it looks at its queue again unwoken: short
+    /// where other replicas of the node queue envelopes it is not told of.
+    pub idle_poll: Duration,
 }
 
 impl std::fmt::Debug for DeliveryConfig {
@@ -162,6 +165,9 @@ struct Inner {
     shutdown: watch::Receiver<bool>,
     states: std::sync::Mutex<HashMap<NodeId, PeerState>>,
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Whether this process may deliver (it holds the delivery lease among the node's
+    /// replicas; always, for a node without replicas).
+    active: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -268,6 +274,7 @@ impl Delivery {
                 shutdown,
                 states: Default::default(),
                 tasks: Default::default(),
+                active: watch::channel(true).0,
             }),
         };
         for peer in delivery.inner.directory.ids() {
@@ -287,6 +294,21 @@ impl Delivery {
         let shutdown = self.inner.shutdown.clone();
         let task = tokio::spawn(async move { d.run_peer(peer, shutdown).await });
         lock(&self.inner.tasks).push(task);
+    }
+
+    /// Lets the workers deliver, or stops them at once (another replica of the node holds
+    /// the delivery lease). An attempt in flight is abandoned: the receiver is idempotent.
+    pub fn set_active(&self, active: bool) {
+        self.inner.active.send_if_modified(|a| {
+            let changed = *a != active;
+            *a = active;
+            changed
+        });
+    }
+
+    /// Whether this process delivers now.
+    pub fn is_active(&self) -> bool {
+        *self.inner.active.borrow()
     }
 
     /// Waits until every worker has stopped (after the shutdown signal).
@@ -376,9 +398,18 @@ impl Delivery {
         let mut failures: u32 = 0;
         let mut warned: Option<std::time::Instant> = None;
         let mut single = false;
+        let mut active = self.inner.active.subscribe();
+        let idle = self.inner.cfg.idle_poll;
         loop {
             if *shutdown.borrow() {
                 return;
+            }
+            if !*active.borrow_and_update() {
+                tokio::select! {
+                    _ = active.wait_for(|a| *a) => {}
+                    _ = shutdown.changed() => return,
+                }
+                continue;
             }
             let Some(entry) = self.inner.directory.get(peer) else {
                 // Removed: nothing is sent until it is a peer again.
@@ -416,7 +447,7 @@ impl Delivery {
             if queue.is_empty() {
                 tokio::select! {
                     _ = notify.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                    _ = tokio::time::sleep(idle) => {}
                     _ = shutdown.changed() => return,
                 }
                 continue;
@@ -436,6 +467,7 @@ impl Delivery {
                 tokio::select! {
                     r = self.attempt(client, peer, &item) => r,
                     _ = shutdown.changed() => return,
+                    _ = active.wait_for(|a| !*a) => continue,
                 }
             } else {
                 tokio::select! {
@@ -445,6 +477,7 @@ impl Delivery {
                         failure
                     }),
                     _ = shutdown.changed() => return,
+                    _ = active.wait_for(|a| !*a) => continue,
                 }
             };
             // A batch refused as a whole is sent one by one, so that only the envelope at

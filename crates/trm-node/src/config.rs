@@ -195,6 +195,14 @@ pub struct DeliverySection {
     /// The most batches in flight to one peer (the peer applies them in order).
     #[serde(default = "default_batches_in_flight")]
     pub batches_in_flight: usize,
+    /// With replicas (the PostgreSQL engine): how long the delivery lease lasts; another
+    /// replica takes delivery over at most this long after its holder died.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
+    /// With replicas: how often the delivering replica looks for envelopes the others
+    /// queued (milliseconds).
+    #[serde(default = "default_replica_poll_ms")]
+    pub replica_poll_ms: u64,
 }
 
 fn default_backoff_cap() -> u64 {
@@ -205,6 +213,12 @@ fn default_request_timeout() -> u64 {
 }
 fn default_batch_envelopes() -> usize {
     64
+}
+fn default_lease_secs() -> u64 {
+    5
+}
+fn default_replica_poll_ms() -> u64 {
+    200
 }
 fn default_batches_in_flight() -> usize {
     4
@@ -217,6 +231,8 @@ impl Default for DeliverySection {
             request_timeout_secs: default_request_timeout(),
             batch_envelopes: default_batch_envelopes(),
             batches_in_flight: default_batches_in_flight(),
+            lease_secs: default_lease_secs(),
+            replica_poll_ms: default_replica_poll_ms(),
         }
     }
 }
@@ -553,7 +569,7 @@ impl NodeConfig {
 
     /// Every numeric setting with its bounds: below, nothing would work; above, a value
     /// would overflow a duration or stall the node.
-    fn bounds(&self) -> [(&'static str, u64, u64, u64); 17] {
+    fn bounds(&self) -> [(&'static str, u64, u64, u64); 19] {
         let (d, l) = (&self.delivery, &self.limits);
         let n = |v: usize| v as u64;
         [
@@ -585,6 +601,8 @@ impl NodeConfig {
             // A peer takes at most 512 envelopes per batch and 16 requests in flight.
             ("delivery.batch_envelopes", n(d.batch_envelopes), 1, 512),
             ("delivery.batches_in_flight", n(d.batches_in_flight), 1, 8),
+            ("delivery.lease_secs", d.lease_secs, 2, 300),
+            ("delivery.replica_poll_ms", d.replica_poll_ms, 10, 60_000),
             (
                 "storage.kek_rotation_hours",
                 self.storage.kek_rotation_hours.into(),

@@ -33,6 +33,7 @@ pub mod hearing;
 pub mod listen;
 pub mod metrics;
 pub mod referral;
+pub mod replicas;
 pub mod returns;
 pub mod server;
 

@@ -271,6 +271,18 @@ pub fn render(ctx: &Ctx, gates: &GateCounters, requests: &Requests) -> String {
     sample(&mut out, "trm_peers", "", peers.len());
     family(
         &mut out,
+        "trm_delivery_active",
+        "gauge",
+        "1 when this process runs the delivery workers (it holds the delivery lease among the node's replicas).",
+    );
+    sample(
+        &mut out,
+        "trm_delivery_active",
+        "",
+        u8::from(ctx.delivery.is_active()),
+    );
+    family(
+        &mut out,
         "trm_storage_failed",
         "gauge",
         "1 once a durable point failed (the node takes no writes until restarted).",

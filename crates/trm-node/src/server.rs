@@ -137,6 +137,7 @@ async fn shutdown_signal(mut rx: watch::Receiver<bool>) {
 /// window, and once more on the way out).
 async fn housekeeping(
     store: Store,
+    delivery: Delivery,
     refusals: Arc<RefusalLog>,
     replay_window: Duration,
     kek_rotation: Duration,
@@ -158,9 +159,12 @@ async fn housekeeping(
             if let Err(e) = pruned {
                 warn!(error = %e.into_store(), "cannot forget old request ids");
             }
-            match store.rotate_kek_if_due(kek_rotation.as_secs() as i64).await {
-                Ok(true) | Ok(false) => {}
-                Err(e) => warn!(error = %e, "cannot rotate the key-encryption key"),
+            // Among replicas, the one that delivers rotates.
+            if delivery.is_active() {
+                match store.rotate_kek_if_due(kek_rotation.as_secs() as i64).await {
+                    Ok(true) | Ok(false) => {}
+                    Err(e) => warn!(error = %e, "cannot rotate the key-encryption key"),
+                }
             }
             last_prune = Some(tokio::time::Instant::now());
         }
@@ -341,6 +345,11 @@ pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, No
             batches_in_flight: config.delivery.batches_in_flight,
             tls_cert_pem: files::read_text(&tls.federation_cert)?,
             tls_key_pem: files::read_text(&tls.federation_key)?,
+            idle_poll: if store.shared_by_replicas() {
+                Duration::from_millis(config.delivery.replica_poll_ms)
+            } else {
+                Duration::from_secs(30)
+            },
         },
         store.clone(),
         identity.clone(),
@@ -445,6 +454,8 @@ pub struct Running {
     tasks: Vec<ServerTask>,
     acceptors: Vec<JoinHandle<()>>,
     housekeeping: JoinHandle<()>,
+    /// Holds the delivery lease among the node's replicas (shared database only).
+    replica: Option<JoinHandle<()>>,
     delivery: Delivery,
     store: Store,
 }
@@ -606,8 +617,25 @@ impl Built {
         let replay_window =
             Duration::from_secs(u64::from(config.policy.replay_window_days) * 86_400);
         let kek_rotation = Duration::from_secs(u64::from(config.storage.kek_rotation_hours) * 3600);
+        let replica = store.shared_by_replicas().then(|| {
+            tokio::spawn(
+                crate::replicas::Replica {
+                    store: store.clone(),
+                    delivery: delivery.clone(),
+                    directory: ctx.directory.clone(),
+                    revocations: ctx.revocations.clone(),
+                    lease: Duration::from_secs(config.delivery.lease_secs),
+                }
+                .run(stopped.clone()),
+            )
+        });
+        if replica.is_some() {
+            // Until the lease says this replica delivers.
+            delivery.set_active(false);
+        }
         let housekeeping = tokio::spawn(housekeeping(
             store.clone(),
+            delivery.clone(),
             refusals,
             replay_window,
             kek_rotation,
@@ -631,6 +659,7 @@ impl Built {
             tasks,
             acceptors,
             housekeeping,
+            replica,
             delivery,
             store,
         })
@@ -669,6 +698,9 @@ impl Running {
             let _ = a.await;
         }
         self.delivery.stopped().await;
+        if let Some(r) = self.replica {
+            let _ = r.await;
+        }
         let _ = self.housekeeping.await;
         self.store.close()?;
         info!(node = %self.node, "stopped");

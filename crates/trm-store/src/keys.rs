@@ -199,6 +199,9 @@ impl std::fmt::Debug for KeyRing {
     }
 }
 
+/// The meta key holding the current KEK's epoch in the database (see [`KeyRing::reload`]).
+pub const KEK_EPOCH: &str = "kek_epoch";
+
 /// Data keys kept unwrapped in memory at most.
 const CACHE: usize = 4096;
 
@@ -254,6 +257,10 @@ impl KeyRing {
             return Ok(k.clone());
         }
         let (epoch, wrapped) = decode_wrapped(stored).ok_or(StoreError::Corrupt("data key"))?;
+        if self.epochs().0 < epoch {
+            // Another replica of the node rotated the KEK in the shared key file.
+            self.reload()?;
+        }
         let keks = self.keks.read().unwrap_or_else(PoisonError::into_inner);
         let kek = keks
             .slots
@@ -268,6 +275,14 @@ impl KeyRing {
             .unwrap_or_else(PoisonError::into_inner)
             .put(slot.to_vec(), (stored.to_vec(), dk.clone()));
         Ok(dk)
+    }
+
+    /// Reads the key file again (another replica of the node changed it).
+    pub fn reload(&self) -> Result<()> {
+        let mut keks = self.keks.write().unwrap_or_else(PoisonError::into_inner);
+        let fresh = KekFile::open_or_create(&keks.path, keks.master.clone(), false)?;
+        *keks = fresh;
+        Ok(())
     }
 
     /// Returns the stored form of `slot`'s key re-wrapped under the current KEK, when it is

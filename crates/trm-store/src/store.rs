@@ -169,6 +169,39 @@ impl Store {
         Ok(store)
     }
 
+    /// Whether other processes (replicas of this node) write the same database: then
+    /// in-memory state read from it at start (directory, revocations) must be read again
+    /// from time to time, and only the holder of a lease may do one-at-a-time work.
+    pub fn shared_by_replicas(&self) -> bool {
+        self.engine().shared_by_replicas()
+    }
+
+    /// Takes or renews lease `name` for `holder` (see [`crate::repo::lease`]); returns
+    /// until when `holder` may act on it, or `None` when another replica holds it.
+    pub async fn hold_lease(
+        &self,
+        name: &'static str,
+        holder: String,
+        length: time::Duration,
+    ) -> Result<Option<time::OffsetDateTime>> {
+        let now = time::OffsetDateTime::now_utc();
+        let me = holder.clone();
+        let lease = self
+            .commit::<_, (), _>(move |tx| Ok(tx.take_lease(name, &me, now, length)?))
+            .await
+            .map_err(TxFail::into_store)?
+            .value;
+        Ok((lease.holder == holder).then(|| lease.usable_until(length)))
+    }
+
+    /// Gives lease `name` up if `holder` holds it.
+    pub async fn release_lease(&self, name: &'static str, holder: String) -> Result<()> {
+        self.commit::<(), (), _>(move |tx| Ok(tx.release_lease(name, &holder)?))
+            .await
+            .map_err(TxFail::into_store)?;
+        Ok(())
+    }
+
     /// Returns the node whose store this is.
     pub fn node(&self) -> NodeId {
         self.inner.node
@@ -473,6 +506,9 @@ impl Store {
     /// the writer, then the old KEK is overwritten. Returns whether a KEK was retired.
     pub async fn rotate_kek_if_due(&self, max_age_secs: i64) -> Result<bool> {
         let keys = &self.inner.shared.keys;
+        if self.engine().shared_by_replicas() {
+            keys.reload()?;
+        }
         let (_, created, retiring) = keys.epochs();
         if retiring.is_none() {
             if (time::OffsetDateTime::now_utc() - created).whole_seconds() < max_age_secs {
@@ -480,6 +516,14 @@ impl Store {
             }
             keys.begin_rotation()?;
         }
+        // Replicas sharing the database learn of the new KEK from it before the passes.
+        let epoch = keys.epochs().0;
+        self.commit::<(), (), _>(move |tx| {
+            tx.put_raw(&layout::meta(crate::keys::KEK_EPOCH), &epoch.to_be_bytes())?;
+            Ok(())
+        })
+        .await
+        .map_err(TxFail::into_store)?;
         // Whatever was in flight when the new KEK became current is committed before the
         // pass starts; keys created from now on are wrapped under the new KEK. Passes repeat
         // until one finds no key under the old KEK: only then is it destroyed.

@@ -91,6 +91,15 @@ pub(crate) struct Counts {
 }
 
 impl Counts {
+    /// Replaces every count (a recount).
+    pub(crate) fn reset(&self) {
+        self.queued
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        self.dead_letters.store(0, Ordering::SeqCst);
+    }
+
     pub(crate) fn apply(
         &self,
         queued: &std::collections::HashMap<trm_core::ids::NodeId, i64>,

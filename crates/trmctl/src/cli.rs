@@ -311,6 +311,8 @@ enum SandboxCommand {
         /// addresses on ports 7400-7403 and is reached by its lower-case id.
         #[arg(long)]
         compose: bool,
+        #[command(flatten)]
+        storage: StorageArgs,
     },
     /// Runs every node of the sandbox (initialising it if needed) until Ctrl-C; with
     /// --scenario, plays the story through the public API and exits.
@@ -319,7 +321,43 @@ enum SandboxCommand {
         dir: PathBuf,
         #[arg(long)]
         scenario: bool,
+        /// The store of a sandbox initialised by this command.
+        #[command(flatten)]
+        storage: StorageArgs,
     },
+}
+
+/// Where a sandbox's nodes keep their stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum StorageKind {
+    /// Embedded, in each node's data/ folder.
+    Sled,
+    /// One PostgreSQL database (--postgres-url); each node its own schema trm_<id>.
+    Postgres,
+}
+
+#[derive(Debug, clap::Args)]
+struct StorageArgs {
+    /// The storage engine of every node.
+    #[arg(long, value_enum, default_value = "sled")]
+    storage: StorageKind,
+    /// With --storage postgres: the database, e.g. postgres://trm@127.0.0.1/trm (each
+    /// node's schema is created if missing, emptied with --force).
+    #[arg(long, required_if_eq("storage", "postgres"))]
+    postgres_url: Option<String>,
+}
+
+impl StorageArgs {
+    fn storage(&self) -> Result<sandbox::Storage> {
+        match (self.storage, &self.postgres_url) {
+            (StorageKind::Sled, None) => Ok(sandbox::Storage::Sled),
+            (StorageKind::Sled, Some(_)) => bail!("--postgres-url needs --storage postgres"),
+            (StorageKind::Postgres, Some(url)) => {
+                Ok(sandbox::Storage::Postgres { url: url.clone() })
+            }
+            (StorageKind::Postgres, None) => bail!("--storage postgres needs --postgres-url URL"),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -382,23 +420,34 @@ pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<(
                     base_port,
                     force,
                     compose,
+                    storage,
                 },
         } => {
+            let storage = storage.storage()?;
             if compose {
                 report(sandbox::init_in(
                     &dir,
                     &sandbox::compose_specs(&nodes),
                     force,
                     true,
+                    &storage,
                 )?);
                 Ok(())
             } else {
-                init(&dir, &nodes, base_port, force)
+                init(&dir, &nodes, base_port, force, &storage)
             }
         }
         Command::Sandbox {
-            command: SandboxCommand::Up { dir, scenario },
-        } => tokio::runtime::Runtime::new()?.block_on(up(dir, scenario)),
+            command:
+                SandboxCommand::Up {
+                    dir,
+                    scenario,
+                    storage,
+                },
+        } => {
+            let storage = storage.storage()?;
+            tokio::runtime::Runtime::new()?.block_on(up(dir, scenario, storage))
+        }
         Command::Node {
             command:
                 NodeCommand::Init {
@@ -883,7 +932,13 @@ async fn revoked(admin: AdminArgs, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn init(dir: &std::path::Path, nodes: &[NodeId], base_port: u16, force: bool) -> Result<()> {
+fn init(
+    dir: &std::path::Path,
+    nodes: &[NodeId],
+    base_port: u16,
+    force: bool,
+    storage: &sandbox::Storage,
+) -> Result<()> {
     if nodes.is_empty() {
         bail!("--nodes names no node");
     }
@@ -892,7 +947,7 @@ fn init(dir: &std::path::Path, nodes: &[NodeId], base_port: u16, force: bool) ->
         .enumerate()
         .map(|(i, id)| NodeSpec::from_base(*id, i, base_port))
         .collect::<Result<Vec<_>>>()?;
-    report(sandbox::init(dir, &specs, force)?);
+    report(sandbox::init_in(dir, &specs, force, false, storage)?);
     Ok(())
 }
 
@@ -907,14 +962,12 @@ fn report(outcomes: Vec<InitOutcome>) {
     }
 }
 
-async fn up(dir: PathBuf, scenario: bool) -> Result<()> {
+async fn up(dir: PathBuf, scenario: bool, storage: sandbox::Storage) -> Result<()> {
     if !dir.is_dir() || sandbox::nodes_in(&dir)?.is_empty() {
-        init(
-            &dir,
-            &["AT".parse()?, "RO".parse()?, "NG".parse()?],
-            7400,
-            false,
-        )?;
+        let nodes = ["AT".parse()?, "RO".parse()?, "NG".parse()?];
+        // Connecting to PostgreSQL blocks: off the runtime.
+        let d = dir.clone();
+        tokio::task::spawn_blocking(move || init(&d, &nodes, 7400, false, &storage)).await??;
     }
     let ids = sandbox::nodes_in(&dir)?;
     let mut nodes = Vec::new();

@@ -87,7 +87,45 @@ fn federation_ca(dir: &Path) -> Result<Authority> {
 /// Writes the sandbox for `nodes` into `dir`. An existing node folder is kept as it is
 /// unless `force`.
 pub fn init(dir: &Path, nodes: &[NodeSpec], force: bool) -> Result<Vec<InitOutcome>> {
-    init_in(dir, nodes, force, false)
+    init_in(dir, nodes, force, false, &Storage::Sled)
+}
+
+/// Where the sandbox's nodes keep their stores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// sled, in each node's `data/` (the default).
+    Sled,
+    /// One PostgreSQL database; each node its own schema `trm_<id in lower case>`. The URL
+    /// goes to each node's `keys/postgres.url` (a secret file), not into its config.
+    Postgres { url: String },
+}
+
+/// The `[storage]` section of a sandbox node, after its store is made ready: on
+/// PostgreSQL, the node's schema emptied when `force`, and refused when it holds the data
+/// of another sandbox otherwise (that data cannot be read without the keys it was sealed
+/// under).
+fn storage_section(nd: &Path, id: NodeId, storage: &Storage, force: bool) -> Result<String> {
+    let Storage::Postgres { url } = storage else {
+        return Ok(String::new());
+    };
+    files::write_secret(&nd.join("keys/postgres.url"), url.as_bytes())?;
+    let pg = trm_store::engine::postgres::PostgresOptions {
+        url: url.clone(),
+        schema: format!("trm_{}", id.as_str().to_ascii_lowercase()),
+        readers: 1,
+    };
+    if force {
+        trm_store::engine::postgres::drop_schema(&pg)
+            .with_context(|| format!("emptying the schema {}", pg.schema))?;
+    } else if trm_store::engine::postgres::holds_data(&pg)
+        .with_context(|| format!("reaching PostgreSQL for the schema {}", pg.schema))?
+    {
+        anyhow::bail!(
+            "the PostgreSQL schema {} holds another sandbox's data: pass --force to empty it",
+            pg.schema
+        );
+    }
+    Ok("\n[storage]\nengine = \"postgres\"\nurl_file = \"keys/postgres.url\"\n".into())
 }
 
 /// Returns the specs of a sandbox whose nodes run in containers of one network (compose):
@@ -112,6 +150,7 @@ pub fn init_in(
     nodes: &[NodeSpec],
     force: bool,
     compose: bool,
+    storage: &Storage,
 ) -> Result<Vec<InitOutcome>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let fed_ca = federation_ca(dir)?;
@@ -208,6 +247,7 @@ pub fn init_in(
                 peer.id
             ));
         }
+        let storage = storage_section(nd, spec.id, storage, force)?;
         let toml = format!(
             r#"# Sandbox node {id}: throwaway keys and certificates, loopback only.
 [node]
@@ -240,7 +280,7 @@ reflection_period_days = 30
 
 [delivery]
 backoff_cap_secs = 5
-{peers}"#,
+{storage}{peers}"#,
             id = spec.id,
             services = spec.services,
             federation = spec.federation,

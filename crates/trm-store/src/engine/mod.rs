@@ -46,6 +46,11 @@ pub trait Engine: Send + Sync + 'static {
     fn committed_is_durable(&self) -> bool {
         false
     }
+
+    /// Whether other processes may write the same key space (replicas of one node).
+    fn shared_by_replicas(&self) -> bool {
+        false
+    }
 }
 
 /// A write transaction: reads see its own writes; savepoints let one request of a group

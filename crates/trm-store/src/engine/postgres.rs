@@ -316,6 +316,10 @@ impl Engine for PostgresEngine {
     fn committed_is_durable(&self) -> bool {
         true
     }
+
+    fn shared_by_replicas(&self) -> bool {
+        true
+    }
 }
 
 /// A SERIALIZABLE transaction on the writer connection; its writes wait in layers until

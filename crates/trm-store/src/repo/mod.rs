@@ -9,6 +9,7 @@ pub mod audit;
 pub mod cases;
 pub mod directory;
 pub mod flows;
+pub mod lease;
 pub mod outbox;
 pub mod requests;
 pub mod stats;

@@ -342,8 +342,14 @@ impl Store {
             }
         }
         let dead = self.scan_raw(layout::DEAD_LETTERS, None, usize::MAX)?.len() as i64;
+        self.shared().counts.reset();
         self.shared().counts.apply(&queued, dead);
         Ok(())
+    }
+
+    /// Counts the queues again (replicas of the node change them too).
+    pub fn recount_outbox(&self) -> Result<()> {
+        self.count_outbox()
     }
 
     /// Returns the receipt a peer gave for outbound `message_id`.
