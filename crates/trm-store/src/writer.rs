@@ -174,7 +174,16 @@ fn refuse_all(group: Vec<Job>, why: &str) {
 
 /// How often a group is run again after a serialization conflict (replicas writing at
 /// once) before its requests are answered UNAVAILABLE.
-const CONFLICT_RETRIES: usize = 8;
+const CONFLICT_RETRIES: u32 = 32;
+
+/// The wait before retry `attempt` after a conflict: random, up to a bound that doubles
+/// with each attempt (from 1 ms to 64 ms), so two replicas racing for the same rows (the
+/// audit head, the outbox sequence) stop colliding.
+fn conflict_backoff(attempt: u32) -> std::time::Duration {
+    let bound_us = 1000u64 << attempt.min(6);
+    let jitter = u64::from(uuid::Uuid::new_v4().as_fields().0) % bound_us;
+    std::time::Duration::from_micros(jitter)
+}
 
 /// A group's attempt that must not be answered: run it again.
 struct Conflicted;
@@ -192,6 +201,7 @@ fn run_group(shared: &Shared, mut group: Vec<Job>) {
                     attempt,
                     "write conflict with another replica; running the group again"
                 );
+                std::thread::sleep(conflict_backoff(attempt));
             }
             Err(Conflicted) => break,
         }

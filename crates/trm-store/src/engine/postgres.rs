@@ -116,8 +116,25 @@ impl Conn {
     }
 }
 
+/// Connects to `url`, with bounds on a network that stops answering (a database host gone
+/// without closing its connections must fail requests, not hang them): the URL's own
+/// `connect_timeout` or 5 s, and 10 s for unacknowledged data and idle keepalives.
+fn open_client(url: &str) -> Result<Client> {
+    let mut config: postgres::Config = url
+        .parse()
+        .map_err(|_| StoreError::Engine("postgres: the storage url does not parse".into()))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(std::time::Duration::from_secs(5));
+    }
+    config
+        .tcp_user_timeout(std::time::Duration::from_secs(10))
+        .keepalives(true)
+        .keepalives_idle(std::time::Duration::from_secs(10));
+    config.connect(NoTls).map_err(pg_error)
+}
+
 fn connect(url: &str, schema: &str) -> Result<Client> {
-    let mut client = Client::connect(url, NoTls).map_err(pg_error)?;
+    let mut client = open_client(url)?;
     client
         .batch_execute(&format!("SET search_path TO {schema}"))
         .map_err(pg_error)?;
@@ -182,7 +199,7 @@ fn with_client<R: Send + 'static>(
     f: impl FnOnce(&mut Client) -> Result<R> + Send + 'static,
 ) -> Result<R> {
     let url = url.to_owned();
-    thread::spawn(move || f(&mut Client::connect(&url, NoTls).map_err(pg_error)?))
+    thread::spawn(move || f(&mut open_client(&url)?))
         .join()
         .map_err(|_| StoreError::Engine("postgres: a connection thread failed".into()))?
 }
@@ -253,6 +270,22 @@ impl PostgresEngine {
         Ok(engine)
     }
 
+    /// Runs read `f` on a reader connection; once more on a fresh connection when the
+    /// first was found closed (the database restarted since it was last used). Reads
+    /// change nothing, so running one again is safe.
+    fn read<R: Send + 'static>(
+        &self,
+        f: impl Fn(&mut Client) -> Result<R> + Send + Sync + 'static,
+    ) -> Result<R> {
+        let f = std::sync::Arc::new(f);
+        let conn = self.reader();
+        let once = f.clone();
+        match conn.run(move |c| once(c)) {
+            Err(StoreError::Engine(_)) => conn.run(move |c| f(c)),
+            other => other,
+        }
+    }
+
     fn reader(&self) -> &Conn {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.readers.len();
         &self.readers[i]
@@ -285,12 +318,12 @@ fn range_on(
 impl Engine for PostgresEngine {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let key = key.to_vec();
-        self.reader().run(move |c| get_on(c, &key))
+        self.read(move |c| get_on(c, &key))
     }
 
     fn range(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>> {
         let (start, end) = (start.to_vec(), end.to_vec());
-        self.reader().run(move |c| range_on(c, &start, &end, limit))
+        self.read(move |c| range_on(c, &start, &end, limit))
     }
 
     fn begin(&self) -> Result<Box<dyn EngineTx + '_>> {

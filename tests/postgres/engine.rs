@@ -1,0 +1,232 @@
+//! The engine itself: schema versions, two writers on one schema, the database going away
+//! under a running node.
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
+
+use tokio::net::{TcpListener, TcpStream};
+use tonic::Code;
+use trm_core::ids::Role;
+use trm_crypto::aead::SecretKey;
+use trm_store::{audit::AuditRecord, engine::postgres::PostgresOptions, EngineOptions, Store};
+use trm_tests::{eventually, requests, TestFederation};
+
+fn options(dir: &Path, master: &SecretKey, schema: &str) -> trm_store::StoreOptions {
+    trm_store::StoreOptions {
+        node: trm_core::ids::NodeId::parse("node", "AT")
+            .unwrap_or_else(|_| unreachable!("a node id")),
+        data_dir: dir.join("db"),
+        key_store: dir.join("keys/kek.store"),
+        master: master.clone(),
+        engine: EngineOptions::Postgres(PostgresOptions {
+            url: crate::url(),
+            schema: schema.to_owned(),
+            readers: 2,
+        }),
+    }
+}
+
+/// Runs `statement` on a connection of its own (off any async runtime).
+fn sql(statement: String) -> anyhow::Result<()> {
+    std::thread::spawn(move || -> anyhow::Result<()> {
+        postgres::Client::connect(&crate::url(), postgres::NoTls)?.batch_execute(&statement)?;
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the SQL thread panicked"))?
+}
+
+#[test]
+fn a_schema_newer_than_the_binary_is_refused_and_an_older_one_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = SecretKey::generate();
+    let schema = crate::fresh_schema();
+    Store::open(options(dir.path(), &master, &schema))
+        .unwrap()
+        .close()
+        .unwrap();
+    // Opening again finds the schema at its version and changes nothing.
+    Store::open(options(dir.path(), &master, &schema))
+        .unwrap()
+        .close()
+        .unwrap();
+    sql(format!(
+        "INSERT INTO {schema}.schema_version (version) VALUES (99)"
+    ))
+    .unwrap();
+    let err = Store::open(options(dir.path(), &master, &schema)).unwrap_err();
+    assert!(err.to_string().contains("newer than this binary"), "{err}");
+    sql(format!("DROP SCHEMA {schema} CASCADE")).unwrap();
+}
+
+#[test]
+fn two_replicas_appending_at_once_keep_one_unbroken_audit_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = SecretKey::generate();
+    let schema = crate::fresh_schema();
+    let a = Store::open(options(dir.path(), &master, &schema)).unwrap();
+    let b = Store::open(options(dir.path(), &master, &schema)).unwrap();
+    let per_replica = 150;
+    let writers: Vec<_> = [a.clone(), b.clone()]
+        .into_iter()
+        .enumerate()
+        .map(|(r, store)| {
+            std::thread::spawn(move || {
+                for i in 0..per_replica {
+                    store
+                        .commit_blocking::<(), (), _>(move |tx| {
+                            tx.audit(AuditRecord::new(
+                                format!("replica:{r}"),
+                                "test.append",
+                                format!("{i}"),
+                                "OK",
+                            ))?;
+                            Ok(())
+                        })
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    for store in [&a, &b] {
+        let report = store.verify_audit().unwrap();
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.entries_checked, 2 * per_replica);
+    }
+    a.close().unwrap();
+    b.close().unwrap();
+    sql(format!("DROP SCHEMA {schema} CASCADE")).unwrap();
+}
+
+/// A TCP proxy to PostgreSQL that can be cut: while down it drops every connection it
+/// carries and refuses new ones, as a database server that went away does.
+struct Proxy {
+    addr: SocketAddr,
+    down: Arc<AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Proxy {
+    async fn start(target: SocketAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let down = Arc::new(AtomicBool::new(false));
+        let (cut, cuts) = tokio::sync::watch::channel(0u64);
+        let d = down.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if d.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let mut cuts = cuts.clone();
+                cuts.mark_unchanged(); // only a cut from now on closes this connection
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cuts.changed() => {}
+                    }
+                });
+            }
+        });
+        Ok(Self { addr, down, cut })
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+        if down {
+            self.cut.send_modify(|n| *n += 1);
+        }
+    }
+}
+
+// Two workers: the proxy must run while the node opens its store (a blocking call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_database_is_away_requests_fail_unavailable_and_nothing_acknowledged_is_lost(
+) -> anyhow::Result<()> {
+    let url = crate::url();
+    let parsed: postgres::Config = url.parse()?;
+    let port = parsed.get_ports().first().copied().unwrap_or(5432);
+    let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    let user = parsed.get_user().unwrap_or("postgres").to_owned();
+    let dbname = parsed.get_dbname().unwrap_or("postgres").to_owned();
+    let via_proxy = format!(
+        "postgres://{user}@127.0.0.1:{}/{dbname}?connect_timeout=2",
+        proxy.addr.port()
+    );
+    let schema = crate::fresh_schema();
+    let s = schema.clone();
+    let mut fed = TestFederation::builder()
+        .nodes(&["AT"])
+        .config(move |_, c| {
+            c.storage.engine = "postgres".into();
+            c.storage.url = Some(via_proxy.clone());
+            c.storage.schema = Some(s.clone());
+        })
+        .start()
+        .await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let mut kept = Vec::new();
+    for i in 0..5 {
+        kept.push(
+            sp.create_case(requests::case(&format!("Before {i}"), 3))
+                .await?
+                .into_inner()
+                .case_id,
+        );
+    }
+
+    proxy.set_down(true);
+    let err = sp
+        .create_case(requests::case("While away", 3))
+        .await
+        .expect_err("the database is away");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(err.message(), "storage unavailable", "no detail leaks");
+    let err = sp
+        .get_case(trm_proto::v1::GetCaseRequest {
+            case_id: kept[0].clone(),
+        })
+        .await
+        .expect_err("reads need the database too");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+
+    // Back: the node takes writes again without a restart and has lost nothing.
+    proxy.set_down(false);
+    let after = eventually("writes to be taken again", || {
+        let mut sp = sp.clone();
+        async move {
+            Ok(sp
+                .create_case(requests::case("After", 3))
+                .await
+                .ok()
+                .map(|r| r.into_inner().case_id))
+        }
+    })
+    .await?;
+    kept.push(after);
+    for id in &kept {
+        let c = sp
+            .get_case(trm_proto::v1::GetCaseRequest {
+                case_id: id.clone(),
+            })
+            .await?
+            .into_inner();
+        assert_eq!(&c.case_id, id);
+    }
+    fed.stop_node("AT").await?;
+    fed.stop().await?;
+    sql(format!("DROP SCHEMA {schema} CASCADE"))?;
+    Ok(())
+}
