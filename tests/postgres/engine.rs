@@ -116,29 +116,40 @@ struct Proxy {
 }
 
 impl Proxy {
-    async fn start(target: SocketAddr) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
+    /// Starts the proxy on a runtime of its own, as a server outside the node's process
+    /// would be: the node's blocking reads must not starve it.
+    fn start(target: SocketAddr) -> anyhow::Result<Self> {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
         let down = Arc::new(AtomicBool::new(false));
         let (cut, cuts) = tokio::sync::watch::channel(0u64);
         let d = down.clone();
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if d.load(Ordering::SeqCst) {
-                    continue; // dropped: refused
-                }
-                let mut cuts = cuts.clone();
-                cuts.mark_unchanged(); // only a cut from now on closes this connection
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cuts.changed() => {}
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = TcpListener::from_std(std_listener) else {
+                    return;
+                };
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if d.load(Ordering::SeqCst) {
+                        continue; // dropped: refused
                     }
-                });
-            }
+                    let mut cuts = cuts.clone();
+                    cuts.mark_unchanged(); // only a cut from now on closes this connection
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) = TcpStream::connect(target).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = cuts.changed() => {}
+                        }
+                    });
+                }
+            })
         });
         Ok(Self { addr, down, cut })
     }
@@ -151,14 +162,13 @@ impl Proxy {
     }
 }
 
-// Two workers: the proxy must run while the node opens its store (a blocking call).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn while_the_database_is_away_requests_fail_unavailable_and_nothing_acknowledged_is_lost(
 ) -> anyhow::Result<()> {
     let url = crate::url();
     let parsed: postgres::Config = url.parse()?;
     let port = parsed.get_ports().first().copied().unwrap_or(5432);
-    let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], port)))?;
     let user = parsed.get_user().unwrap_or("postgres").to_owned();
     let dbname = parsed.get_dbname().unwrap_or("postgres").to_owned();
     let via_proxy = format!(
