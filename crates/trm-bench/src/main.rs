@@ -51,6 +51,10 @@ struct Cli {
     /// Keep the nodes' folder (printed) instead of removing it, to look at afterwards.
     #[arg(long)]
     keep: bool,
+    /// Run both nodes on PostgreSQL (each a fresh schema in this database, dropped after
+    /// the run unless --keep) instead of sled.
+    #[arg(long, value_name = "URL")]
+    postgres_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -539,6 +543,7 @@ async fn bench(cli: Cli) -> Result<()> {
         NodeSpec::from_base("RO".parse()?, 1, base)?,
     ];
     sandbox::init(&dir, &specs, true)?;
+    let mut schemas = Vec::new();
     for id in ["AT", "RO"] {
         // The benchmark measures the node, not its rate limits.
         let path = dir.join(id).join("node.toml");
@@ -546,6 +551,21 @@ async fn bench(cli: Cli) -> Result<()> {
         text.push_str(
             "\n[limits]\nclient_requests_per_second = 1000000\nclient_burst = 1000000\npeer_requests_per_second = 1000000\npeer_burst = 1000000\n",
         );
+        if let Some(url) = &cli.postgres_url {
+            let schema = format!(
+                "trm_bench_{}_{}",
+                id.to_ascii_lowercase(),
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            );
+            text.push_str(&format!(
+                "\n[storage]\nengine = \"postgres\"\nurl = \"{url}\"\nschema = \"{schema}\"\n"
+            ));
+            schemas.push(trm_store::engine::postgres::PostgresOptions {
+                url: url.clone(),
+                schema,
+                readers: 1,
+            });
+        }
         std::fs::write(&path, text)?;
     }
     let echo_addr: SocketAddr = ([127, 0, 0, 1], base + 20).into();
@@ -581,6 +601,7 @@ async fn bench(cli: Cli) -> Result<()> {
         "idle RSS of a node: {idle_rss_mb:.1} MB (after the run: {busy_rss_mb:.1} MB); start-up {startup_s:.2} s"
     );
     let mut out = serde_json::json!({
+        "storage": if cli.postgres_url.is_some() { "postgres" } else { "sled" },
         "rows": rows,
         "idle_rss_mb": idle_rss_mb,
         "busy_rss_mb": busy_rss_mb,
@@ -625,6 +646,11 @@ async fn bench(cli: Cli) -> Result<()> {
         eprintln!("kept {}", tmp.display());
     } else {
         let _ = std::fs::remove_dir_all(&tmp);
+        for pg in &schemas {
+            let pg = pg.clone();
+            tokio::task::spawn_blocking(move || trm_store::engine::postgres::drop_schema(&pg))
+                .await??;
+        }
     }
     Ok(())
 }

@@ -112,7 +112,20 @@ impl Conn {
             .unwrap_or_else(PoisonError::into_inner)
             .send(job)
             .map_err(|_| StoreError::Stopped)?;
-        answer.recv().map_err(|_| StoreError::Stopped)?
+        wait_outside_runtime(|| answer.recv().map_err(|_| StoreError::Stopped))?
+    }
+}
+
+/// Runs `wait` (a wait for the database) so that it does not hold up the async tasks of a
+/// caller on a multi-threaded runtime (the node's): the worker hands its other tasks to
+/// the rest while it waits. The store's reads are plain calls from the node's handlers;
+/// with sled they take microseconds, here a network round trip.
+fn wait_outside_runtime<R>(wait: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        _ => wait(),
     }
 }
 
