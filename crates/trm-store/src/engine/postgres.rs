@@ -70,7 +70,25 @@ fn pg_error(e: postgres::Error) -> StoreError {
     }
 }
 
-type Job = Box<dyn FnOnce(&mut Option<Client>) + Send>;
+type Job = Box<dyn FnOnce(&mut Option<Session>) + Send>;
+
+/// A connection and the statements prepared on it (prepared once: a query by text would
+/// cost a second round trip each time, to prepare it).
+struct Session {
+    client: Client,
+    statements: std::collections::HashMap<&'static str, postgres::Statement>,
+}
+
+impl Session {
+    fn prepared(&mut self, sql: &'static str) -> Result<postgres::Statement> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql).map_err(pg_error)?;
+        self.statements.insert(sql, s.clone());
+        Ok(s)
+    }
+}
 
 /// One connection on a thread of its own, reconnecting when it was lost.
 struct Conn {
@@ -81,12 +99,15 @@ impl Conn {
     fn start(name: String, url: String, schema: String) -> Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
         thread::Builder::new().name(name).spawn(move || {
-            let mut client: Option<Client> = None;
+            let mut session: Option<Session> = None;
             while let Ok(job) = rx.recv() {
-                if client.as_ref().is_none_or(Client::is_closed) {
-                    client = connect(&url, &schema).ok();
+                if session.as_ref().is_none_or(|s| s.client.is_closed()) {
+                    session = connect(&url, &schema).ok().map(|client| Session {
+                        client,
+                        statements: Default::default(),
+                    });
                 }
-                job(&mut client);
+                job(&mut session);
             }
         })?;
         Ok(Self {
@@ -97,7 +118,7 @@ impl Conn {
     /// Runs `f` on the connection's thread and returns what it gives.
     fn run<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Client) -> Result<R> + Send + 'static,
+        f: impl FnOnce(&mut Session) -> Result<R> + Send + 'static,
     ) -> Result<R> {
         let (reply, answer) = mpsc::channel();
         let job: Job = Box::new(move |client| {
@@ -288,7 +309,7 @@ impl PostgresEngine {
     /// change nothing, so running one again is safe.
     fn read<R: Send + 'static>(
         &self,
-        f: impl Fn(&mut Client) -> Result<R> + Send + Sync + 'static,
+        f: impl Fn(&mut Session) -> Result<R> + Send + Sync + 'static,
     ) -> Result<R> {
         let f = std::sync::Arc::new(f);
         let conn = self.reader();
@@ -305,27 +326,23 @@ impl PostgresEngine {
     }
 }
 
-fn get_on(c: &mut impl postgres::GenericClient, key: &[u8]) -> Result<Option<Vec<u8>>> {
-    Ok(c.query_opt("SELECT v FROM kv WHERE k = $1", &[&key])
+fn get_on(c: &mut Session, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    let st = c.prepared("SELECT v FROM kv WHERE k = $1")?;
+    Ok(c.client
+        .query_opt(&st, &[&key])
         .map_err(pg_error)?
         .map(|row| row.get(0)))
 }
 
-fn range_on(
-    c: &mut impl postgres::GenericClient,
-    start: &[u8],
-    end: &[u8],
-    limit: usize,
-) -> Result<Vec<Entry>> {
+fn range_on(c: &mut Session, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    Ok(c.query(
-        "SELECT k, v FROM kv WHERE k >= $1 AND k < $2 ORDER BY k LIMIT $3",
-        &[&start, &end, &limit],
-    )
-    .map_err(pg_error)?
-    .into_iter()
-    .map(|row| (row.get(0), row.get(1)))
-    .collect())
+    let st = c.prepared("SELECT k, v FROM kv WHERE k >= $1 AND k < $2 ORDER BY k LIMIT $3")?;
+    Ok(c.client
+        .query(&st, &[&start, &end, &limit])
+        .map_err(pg_error)?
+        .into_iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect())
 }
 
 impl Engine for PostgresEngine {
@@ -341,7 +358,8 @@ impl Engine for PostgresEngine {
 
     fn begin(&self) -> Result<Box<dyn EngineTx + '_>> {
         self.writer.run(|c| {
-            c.batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+            c.client
+                .batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
                 .map_err(pg_error)
         })?;
         Ok(Box::new(PostgresTx {
@@ -438,21 +456,20 @@ impl EngineTx for PostgresTx<'_> {
         self.engine.writer.run(move |c| {
             let r = (|| {
                 if !gone.is_empty() {
-                    c.execute("DELETE FROM kv WHERE k = ANY($1)", &[&gone])
-                        .map_err(pg_error)?;
+                    let st = c.prepared("DELETE FROM kv WHERE k = ANY($1)")?;
+                    c.client.execute(&st, &[&gone]).map_err(pg_error)?;
                 }
                 if !keys.is_empty() {
-                    c.execute(
+                    let st = c.prepared(
                         "INSERT INTO kv (k, v) SELECT * FROM unnest($1::bytea[], $2::bytea[])
                          ON CONFLICT (k) DO UPDATE SET v = excluded.v",
-                        &[&keys, &values],
-                    )
-                    .map_err(pg_error)?;
+                    )?;
+                    c.client.execute(&st, &[&keys, &values]).map_err(pg_error)?;
                 }
-                c.batch_execute("COMMIT").map_err(pg_error)
+                c.client.batch_execute("COMMIT").map_err(pg_error)
             })();
             if r.is_err() {
-                let _ = c.batch_execute("ROLLBACK");
+                let _ = c.client.batch_execute("ROLLBACK");
             }
             r
         })
@@ -465,7 +482,7 @@ impl Drop for PostgresTx<'_> {
             let _ = self
                 .engine
                 .writer
-                .run(|c| c.batch_execute("ROLLBACK").map_err(pg_error));
+                .run(|c| c.client.batch_execute("ROLLBACK").map_err(pg_error));
         }
     }
 }
