@@ -793,6 +793,37 @@ pub fn engine_options(config: &NodeConfig) -> Result<trm_store::EngineOptions, C
 mod tests {
     use super::*;
 
+    /// The `node.toml` of a Kubernetes manifest's ConfigMap.
+    fn manifest_config(manifest: &str) -> String {
+        manifest
+            .lines()
+            .skip_while(|l| l.trim() != "node.toml: |")
+            .skip(1)
+            .take_while(|l| l.starts_with("    ") || l.is_empty())
+            .map(|l| l.get(4..).unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn the_deployment_manifests_configs_parse_with_every_key_known() {
+        for manifest in [
+            include_str!("../../../deploy/kubernetes/trm-node.yaml"),
+            include_str!("../../../deploy/kubernetes/trm-node-replicas.yaml"),
+        ] {
+            let text = manifest_config(manifest);
+            assert!(text.contains("[node]"), "{text}");
+            let cfg = NodeConfig::parse(&text).unwrap();
+            assert_eq!(cfg.node.id.as_str(), "AT");
+        }
+        let replicas = NodeConfig::parse(&manifest_config(include_str!(
+            "../../../deploy/kubernetes/trm-node-replicas.yaml"
+        )))
+        .unwrap();
+        assert_eq!(replicas.storage.engine, "postgres");
+        assert_eq!(replicas.pg_schema(), "trm_at");
+    }
+
     const MINIMAL: &str = r#"
 [node]
 id = "AT"
