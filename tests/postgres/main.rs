@@ -6,6 +6,8 @@
 mod engine;
 #[cfg(unix)]
 mod replicas;
+#[cfg(unix)]
+mod restart;
 
 /// The database of this suite.
 pub fn url() -> String {

@@ -172,6 +172,21 @@ fn connect(url: &str, schema: &str) -> Result<Client> {
     client
         .batch_execute(&format!("SET search_path TO {schema}"))
         .map_err(pg_error)?;
+    // An acknowledgement waits for the commit's WAL on disk: a server (or role) configured
+    // with synchronous_commit = off would lose acknowledged writes in a crash. Stricter
+    // settings (remote_write, remote_apply: the standby too) are kept.
+    let mode: String = client
+        .query_one("SHOW synchronous_commit", &[])
+        .map_err(pg_error)?
+        .get(0);
+    if mode == "off" {
+        tracing::warn!(
+            "PostgreSQL has synchronous_commit = off; the node sets it on for its connections"
+        );
+        client
+            .batch_execute("SET synchronous_commit TO on")
+            .map_err(pg_error)?;
+    }
     Ok(client)
 }
 

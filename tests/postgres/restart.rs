@@ -1,0 +1,249 @@
+//! A PostgreSQL server of the test's own (initdb in a temporary folder, its own port),
+//! crashed (`pg_ctl stop -m immediate`: no checkpoint, recovery from the WAL at start) and
+//! started again under a stream of writes: requests fail UNAVAILABLE while it is down, the
+//! node takes writes again once it is back, and every acknowledged write is there. The
+//! server is configured with `synchronous_commit = off`, as a careless one might be: the
+//! node turns it on for its own connections (without that, acknowledged writes are lost in
+//! the crash: this test fails).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    time::Duration,
+};
+
+use tonic::Code;
+use trm_core::ids::Role;
+use trm_tests::{eventually, requests, TestFederation};
+
+/// The PostgreSQL programs: `TRM_TEST_PG_BINDIR`, else the newest /usr/lib/postgresql/*/bin.
+fn bindir() -> anyhow::Result<PathBuf> {
+    if let Ok(d) = std::env::var("TRM_TEST_PG_BINDIR") {
+        return Ok(d.into());
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|b| b.join("initdb").is_file())
+        .collect();
+    found.sort();
+    found.pop().ok_or_else(|| {
+        anyhow::anyhow!("no initdb under /usr/lib/postgresql/*/bin: set TRM_TEST_PG_BINDIR")
+    })
+}
+
+/// A command of the server's programs, as the `postgres` user when this runs as root
+/// (initdb refuses root).
+fn pg(bin: &Path, program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let root = Command::new("id").arg("-u").output()?.stdout == b"0\n";
+    let mut cmd = if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin.join(program));
+        c
+    } else {
+        Command::new(bin.join(program))
+    };
+    let out = cmd.args(args).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+struct Server {
+    bin: PathBuf,
+    data: String,
+    options: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start_new(port: u16) -> anyhow::Result<Self> {
+        let bin = bindir()?;
+        let dir = tempfile::tempdir()?;
+        let root = Command::new("id").arg("-u").output()?.stdout == b"0\n";
+        if root {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:"])
+                .arg(dir.path())
+                .status()?;
+            anyhow::ensure!(status.success(), "chown to postgres");
+        }
+        let data = dir.path().join("pg").display().to_string();
+        pg(
+            &bin,
+            "initdb",
+            &["-D", &data, "-A", "trust", "-U", "postgres", "-N"],
+        )?;
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=on -c synchronous_commit=off",
+            dir.path().display()
+        );
+        let server = Self {
+            bin,
+            data,
+            options,
+            _dir: dir,
+        };
+        server.start()?;
+        Ok(server)
+    }
+
+    fn start(&self) -> anyhow::Result<()> {
+        let log = format!("{}/log", self.data);
+        pg(
+            &self.bin,
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data,
+                "-o",
+                &self.options,
+                "-l",
+                &log,
+                "-w",
+                "start",
+            ],
+        )
+    }
+
+    /// A crash: no shutdown checkpoint; the next start recovers from the WAL.
+    fn crash(&self) -> anyhow::Result<()> {
+        pg(
+            &self.bin,
+            "pg_ctl",
+            &["-D", &self.data, "-m", "immediate", "-w", "stop"],
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = pg(
+            &self.bin,
+            "pg_ctl",
+            &["-D", &self.data, "-m", "fast", "-w", "stop"],
+        );
+    }
+}
+
+// Multi-threaded: the server's commands run in place on a worker (block_in_place).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_crashed_and_restarted_under_load_loses_nothing_acknowledged(
+) -> anyhow::Result<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let server = tokio::task::spawn_blocking(move || Server::start_new(port)).await??;
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres?connect_timeout=2");
+    let fed = TestFederation::builder()
+        .nodes(&["AT"])
+        .config(move |_, c| {
+            c.storage.engine = "postgres".into();
+            c.storage.url = Some(url.clone());
+            c.storage.schema = Some("trm_at".into());
+            // The writers' pace, not the node's rate limit, is under test.
+            c.limits.client_requests_per_second = 100_000;
+            c.limits.client_burst = 100_000;
+        })
+        .start()
+        .await?;
+    let sp = fed.referrals("AT", Role::ServiceProvider).await?;
+
+    // Four writers at once, until told to stop; each keeps what it was told.
+    #[derive(Default)]
+    struct Outcomes {
+        acknowledged: Vec<String>,
+        refused: usize,
+    }
+    let outcomes = Arc::new(Mutex::new(Outcomes::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (mut sp, outcomes, stop) = (sp.clone(), outcomes.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                let r = sp
+                    .create_case(requests::case(&format!("Load {w}-{i}"), 3))
+                    .await;
+                let refused = {
+                    let mut o = outcomes.lock().unwrap_or_else(PoisonError::into_inner);
+                    match r {
+                        Ok(r) => {
+                            o.acknowledged.push(r.into_inner().case_id);
+                            false
+                        }
+                        Err(e) => {
+                            assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+                            assert_eq!(e.message(), "storage unavailable", "no detail leaks");
+                            o.refused += 1;
+                            true
+                        }
+                    }
+                };
+                if refused {
+                    // A client backs off before it tries again.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+    }
+    let acked = || {
+        outcomes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .acknowledged
+            .len()
+    };
+    eventually("writes under way", || async {
+        Ok((acked() >= 40).then_some(()))
+    })
+    .await?;
+    tokio::task::block_in_place(|| server.crash())?;
+    let before = acked();
+    tokio::time::sleep(Duration::from_secs(2)).await; // down: the writers keep trying
+    tokio::task::block_in_place(|| server.start())?;
+    eventually("writes taken again after the restart", || async {
+        Ok((acked() >= before + 40).then_some(()))
+    })
+    .await?;
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.await?;
+    }
+    let (acknowledged, refused) = {
+        let o = outcomes.lock().unwrap_or_else(PoisonError::into_inner);
+        (o.acknowledged.clone(), o.refused)
+    };
+    assert!(
+        refused > 0,
+        "requests made while the server was down were refused"
+    );
+    let mut sp = sp;
+    for id in &acknowledged {
+        let c = sp
+            .get_case(trm_proto::v1::GetCaseRequest {
+                case_id: id.clone(),
+            })
+            .await?
+            .into_inner();
+        assert_eq!(
+            &c.case_id, id,
+            "acknowledged before, during or after the crash"
+        );
+    }
+    println!(
+        "restart under load: {} acknowledged, all present; {refused} refused UNAVAILABLE while down",
+        acknowledged.len()
+    );
+    fed.stop().await?;
+    drop(server);
+    Ok(())
+}
