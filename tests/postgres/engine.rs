@@ -240,3 +240,119 @@ async fn while_the_database_is_away_requests_fail_unavailable_and_nothing_acknow
     sql(format!("DROP SCHEMA {schema} CASCADE"))?;
     Ok(())
 }
+
+fn case(name: &str) -> trm_core::model::CaseRecord {
+    use trm_core::model::{CaseRecord, ChildInfo, Exploitation, Gender, Needs, Person};
+    CaseRecord {
+        case_id: trm_core::ids::CaseId::new(),
+        person: Person {
+            given_name: name.into(),
+            family_name: "Testperson".into(),
+            date_of_birth: None,
+            gender: Gender::Female,
+            citizenship: vec![],
+            languages: vec![],
+            document_number: String::new(),
+            address: String::new(),
+            phone: String::new(),
+        },
+        needs: Needs::default(),
+        exploitation: Exploitation::default(),
+        child: ChildInfo::default(),
+        identified_on: time::OffsetDateTime::now_utc().date(),
+        organisation: trm_core::ids::OrgId::parse("organisation", "sp1")
+            .unwrap_or_else(|_| unreachable!("a fixed organisation id")),
+        created_at: time::OffsetDateTime::now_utc(),
+    }
+}
+
+/// Every row of `schema`'s table, as a base backup or the WAL keeps them.
+fn rows(schema: &str) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let sql = format!("SELECT k, v FROM {schema}.kv");
+    std::thread::spawn(move || -> anyhow::Result<_> {
+        let mut c = postgres::Client::connect(&crate::url(), postgres::NoTls)?;
+        Ok(c.query(&sql, &[])?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the SQL thread panicked"))?
+}
+
+/// Replaces every row of `schema`'s table with `rows`.
+fn put_rows(schema: &str, rows: Vec<(Vec<u8>, Vec<u8>)>) -> anyhow::Result<()> {
+    let schema = schema.to_owned();
+    std::thread::spawn(move || -> anyhow::Result<()> {
+        let mut c = postgres::Client::connect(&crate::url(), postgres::NoTls)?;
+        c.batch_execute(&format!("DELETE FROM {schema}.kv"))?;
+        for (k, v) in rows {
+            c.execute(
+                &format!("INSERT INTO {schema}.kv (k, v) VALUES ($1, $2)"),
+                &[&k, &v],
+            )?;
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the SQL thread panicked"))?
+}
+
+#[test]
+fn an_old_copy_of_the_database_stops_opening_an_erased_case_once_the_kek_rotated() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = SecretKey::generate();
+    let (live, copy) = (crate::fresh_schema(), crate::fresh_schema());
+    let store = Store::open(options(dir.path(), &master, &live)).unwrap();
+    let c = case("Erased Later");
+    let kept = c.clone();
+    store
+        .commit_blocking::<(), (), _>(move |tx| Ok(tx.put_case(&kept)?))
+        .unwrap();
+    // A copy taken before the erasure (a base backup, a standby, old WAL): it holds the
+    // case, and with the node's key file it opens it.
+    let before = rows(&live).unwrap();
+    Store::open(options(dir.path(), &master, &copy))
+        .unwrap()
+        .close()
+        .unwrap();
+    put_rows(&copy, before.clone()).unwrap();
+    let old = Store::open(options(dir.path(), &master, &copy)).unwrap();
+    assert_eq!(
+        old.case(c.case_id).unwrap(),
+        Some(c.clone()),
+        "the copy is real"
+    );
+    old.close().unwrap();
+    drop(old);
+
+    let erased = c.clone();
+    store
+        .commit_blocking::<(), (), _>(move |tx| Ok(tx.erase_case(&erased)?))
+        .unwrap();
+    assert_eq!(
+        store.case(c.case_id).unwrap(),
+        None,
+        "the live copy is gone at once"
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    assert!(rt.block_on(store.rotate_kek_if_due(0)).unwrap());
+    store.close().unwrap();
+    drop(store);
+
+    // The same copy, with the master key and the key file as they are now: nothing.
+    put_rows(&copy, before).unwrap();
+    let old = Store::open(options(dir.path(), &master, &copy)).unwrap();
+    assert!(matches!(
+        old.case(c.case_id),
+        Err(trm_store::StoreError::Corrupt(_)) | Ok(None)
+    ));
+    old.close().unwrap();
+    sql(format!(
+        "DROP SCHEMA {live} CASCADE; DROP SCHEMA {copy} CASCADE"
+    ))
+    .unwrap();
+}

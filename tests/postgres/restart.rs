@@ -247,3 +247,82 @@ async fn postgresql_crashed_and_restarted_under_load_loses_nothing_acknowledged(
     drop(server);
     Ok(())
 }
+
+/// Every file below `dir` holding `needle`.
+fn files_holding(dir: &Path, needle: &[u8]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    hits.push(path);
+                }
+            }
+        }
+    }
+    Ok(hits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_file_of_postgresql_holds_a_victims_data_in_clear() -> anyhow::Result<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let server = tokio::task::spawn_blocking(move || Server::start_new(port)).await??;
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let u = url.clone();
+    let fed = TestFederation::builder()
+        .nodes(&["AT", "RO"])
+        .config(move |id, c| {
+            c.storage.engine = "postgres".into();
+            c.storage.url = Some(u.clone());
+            c.storage.schema = Some(format!("trm_{}", id.as_str().to_ascii_lowercase()));
+        })
+        .start()
+        .await?;
+    // A referral AT -> RO: the case at AT, the disclosed copy at RO, the envelope queued.
+    let id = trm_tests::refer(&fed, "AT", "RO").await?;
+    let fp = fed.referrals("RO", Role::FocalPoint).await?;
+    eventually("the referral at RO", || {
+        let (mut fp, id) = (fp.clone(), id.clone());
+        async move {
+            Ok(fp
+                .get_referral(trm_proto::v1::GetReferralRequest { referral_id: id })
+                .await
+                .ok())
+        }
+    })
+    .await?;
+    drop(fp);
+    fed.stop().await?;
+    // Everything in the data files and the WAL, nothing left in shared buffers.
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        // A control: a value written in clear is found by the same search.
+        postgres::Client::connect(&url, postgres::NoTls)?.batch_execute(
+            "CREATE TABLE control (v text); INSERT INTO control VALUES ('Control-Value-7f3a'); CHECKPOINT",
+        )?;
+        Ok(())
+    })
+    .await??;
+    let data = Path::new(&server.data).to_path_buf();
+    assert!(
+        !files_holding(&data, b"Control-Value-7f3a")?.is_empty(),
+        "the search finds clear values"
+    );
+    // The identity and contact values of trm_tests::requests::case.
+    for needle in [
+        "Testperson",
+        "P-1234567",
+        "Strada Test 1",
+        "+40 700 000 000",
+    ] {
+        let hits = files_holding(&data, needle.as_bytes())?;
+        assert!(hits.is_empty(), "{needle:?} in clear in {hits:?}");
+    }
+    drop(server);
+    Ok(())
+}

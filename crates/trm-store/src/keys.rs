@@ -66,6 +66,49 @@ struct KekFile {
 }
 
 impl KekFile {
+    /// Writes a new key file with a first KEK beside `path` and links it to `path` unless
+    /// a file is there already (another process published its own first): never
+    /// overwrites, so every process of the node ends up reading the same KEKs.
+    fn publish_fresh(path: &Path, master: &SecretKey) -> Result<()> {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or(StoreError::Corrupt("key file name"))?;
+        let tmp = path.with_file_name(format!(".{name}.new-{}", uuid::Uuid::new_v4().simple()));
+        {
+            let mut options = OpenOptions::new();
+            options.read(true).write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            let mut file = options.open(&tmp)?;
+            let mut fresh = vec![0u8; HEADER + 2 * SLOT];
+            fresh[..8].copy_from_slice(MAGIC);
+            file.write_all(&fresh)?;
+            file.sync_all()?;
+            let mut kf = Self {
+                path: tmp.clone(),
+                file,
+                master: master.clone(),
+                slots: [None, None],
+            };
+            kf.write_slot(0, Some(&Self::generate(1)))?;
+        }
+        let linked = std::fs::hard_link(&tmp, path);
+        std::fs::remove_file(&tmp)?;
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e.into()),
+        }
+        if let Some(dir) = path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
     fn open_or_create(path: &Path, master: SecretKey, create: bool) -> Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
@@ -73,6 +116,11 @@ impl KekFile {
         let exists = path.is_file();
         if !exists && !create {
             return Err(StoreError::KeyStoreMissing(path.display().to_string()));
+        }
+        if !exists {
+            // Replicas of a node starting at once all try: one file wins, all read it.
+            Self::publish_fresh(path, &master)?;
+            return Self::open_or_create(path, master, false);
         }
         let mut options = OpenOptions::new();
         options.read(true).write(true).create(true).truncate(false);
@@ -346,6 +394,36 @@ impl KeyRing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replicas_creating_the_key_file_at_once_all_read_the_same_keks() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("keys.store");
+            let master = SecretKey::generate();
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+            let rings: Vec<KeyRing> = (0..4)
+                .map(|_| {
+                    let (path, master, barrier) = (path.clone(), master.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        KeyRing::open(&path, master, true).unwrap()
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .collect();
+            let (dk, stored) = rings[0].new_data_key(b"case/1").unwrap();
+            let sealed = dk.seal(b"a", b"x").unwrap();
+            for ring in &rings[1..] {
+                let k = ring.unwrap(b"case/1", &stored).unwrap();
+                assert!(k.open(b"a", &sealed).is_ok(), "one KEK for every replica");
+            }
+            let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+            assert_eq!(leftovers, 1, "no temporary file left behind");
+        }
+    }
 
     #[test]
     fn keks_survive_reopening_and_a_retired_kek_is_overwritten() {
