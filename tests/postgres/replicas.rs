@@ -176,7 +176,18 @@ async fn the_replica_that_delivers_is_killed_mid_stream_and_the_other_delivers_e
         // Both replicas take submissions until one is gone.
         let to = if killed_at.is_some() { survivor } else { i % 2 };
         if let Ok(id) = submit(&mut clients[to], i).await {
-            acknowledged.push(id);
+            // Every third referral is withdrawn at once: a second envelope that must reach
+            // RO after the first, across the takeover too.
+            let withdrawn = i % 3 == 0
+                && clients[to]
+                    .withdraw_referral(w::WithdrawReferralRequest {
+                        referral_id: id.clone(),
+                        reason: "the person moved on".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .is_ok();
+            acknowledged.push((id, withdrawn));
         }
     }
     let killed_at = killed_at.ok_or_else(|| anyhow::anyhow!("no kill"))?;
@@ -190,27 +201,38 @@ async fn the_replica_that_delivers_is_killed_mid_stream_and_the_other_delivers_e
     let fp = trmctl::scenario::client(dir.path(), "RO".parse()?, Role::FocalPoint, false).await?;
     let fp = ReferralServiceClient::new(fp);
     let sp = clients[survivor].clone();
-    for id in &acknowledged {
-        eventually("every acknowledged referral at RO", || {
-            let mut fp = fp.clone();
-            let id = id.clone();
-            async move {
-                Ok(fp
-                    .get_referral(w::GetReferralRequest { referral_id: id })
-                    .await
-                    .ok())
-            }
-        })
+    let mut withdrawn = 0;
+    for (id, was_withdrawn) in &acknowledged {
+        let status = if *was_withdrawn {
+            withdrawn += 1;
+            w::ReferralStatus::Withdrawn
+        } else {
+            w::ReferralStatus::Delivered
+        };
+        // In order at RO: a withdrawal overtaking its referral would have been refused.
+        let at_ro = if *was_withdrawn {
+            w::ReferralStatus::Withdrawn
+        } else {
+            w::ReferralStatus::Sent
+        };
+        let r = eventually(
+            "every acknowledged referral at RO, in its last state",
+            || {
+                let mut fp = fp.clone();
+                let id = id.clone();
+                async move {
+                    Ok(fp
+                        .get_referral(w::GetReferralRequest { referral_id: id })
+                        .await
+                        .ok()
+                        .map(|r| r.into_inner())
+                        .filter(|r| !*was_withdrawn || r.status == at_ro as i32))
+                }
+            },
+        )
         .await?;
-        let r = fp
-            .clone()
-            .get_referral(w::GetReferralRequest {
-                referral_id: id.clone(),
-            })
-            .await?
-            .into_inner();
         assert_eq!(r.origin, "AT");
-        trm_tests::referral_with_status(&sp, id, w::ReferralStatus::Delivered).await?;
+        trm_tests::referral_with_status(&sp, id, status).await?;
     }
     let incoming = fp
         .clone()
@@ -227,7 +249,8 @@ async fn the_replica_that_delivers_is_killed_mid_stream_and_the_other_delivers_e
         "each acknowledged referral arrived exactly once"
     );
     println!(
-        "failover: {} acknowledged, {} arrived, lost 0, applied twice 0, takeover {} ms",
+        "failover: {} acknowledged ({withdrawn} withdrawn right after), {} arrived, lost 0, \
+         applied twice 0, in order, takeover {} ms",
         acknowledged.len(),
         incoming.referrals.len(),
         takeover.as_millis()
