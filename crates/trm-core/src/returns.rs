@@ -465,6 +465,30 @@ mod tests {
         }
     }
 
+    /// DOMAIN §54: a reflection period of at least 30 days. Identified on day 0, the victim
+    /// has had 30 whole days on day 30: a return may be proposed that day, not the day before.
+    #[test]
+    fn the_reflection_period_ends_after_thirty_whole_days() {
+        let identified = date!(2026 - 01 - 01);
+        let c = case(identified, ChildInfo::default());
+        let low = risk(RiskLevel::Low, false, false, false);
+        let yes = decision(true, true, false);
+        let on = |day: i64| {
+            check_guards(
+                &c,
+                Some(&low),
+                Some(&yes),
+                30,
+                identified + Duration::days(day),
+            )
+            .err()
+            .map(|e| e.guard)
+        };
+        assert_eq!(on(29), Some(Guard::ReflectionPeriod), "day 29: 29 days had");
+        assert_eq!(on(30), None, "day 30: 30 days had");
+        assert_eq!(on(31), None);
+    }
+
     #[test]
     fn each_guard_refuses_by_name_and_then_allows() {
         let today = date!(2026 - 03 - 01);
