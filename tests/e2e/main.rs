@@ -9,6 +9,7 @@ mod crash;
 mod directory;
 mod durability;
 mod hearing;
+mod matrix;
 mod ops;
 mod privacy;
 mod referral;

@@ -34,6 +34,12 @@ use crate::{
 
 /// Roles that handle hearings (never victim records).
 const HEARING_ROLES: &[Role] = &[Role::JudicialAuthority, Role::FocalPoint];
+/// Who may read hearings (a service provider sees only that one is pending).
+const READ_ROLES: &[Role] = &[
+    Role::JudicialAuthority,
+    Role::FocalPoint,
+    Role::ServiceProvider,
+];
 
 /// The hearing service of one node.
 #[derive(Debug, Clone)]
@@ -264,6 +270,8 @@ impl WitnessHearingService for Hearings {
         request: Request<w::GetHearingRequest>,
     ) -> Result<Response<w::Hearing>, Status> {
         let p = authz::principal(&request)?;
+        // Who may read hearings at all, before the request is read (as every RPC does).
+        require(&p, READ_ROLES, "read hearings")?;
         let id = field(HearingId::parse(
             "hearing_id",
             &request.get_ref().hearing_id,
@@ -286,15 +294,7 @@ impl WitnessHearingService for Hearings {
         request: Request<w::ListHearingsRequest>,
     ) -> Result<Response<w::ListHearingsResponse>, Status> {
         let p = authz::principal(&request)?;
-        require(
-            &p,
-            &[
-                Role::JudicialAuthority,
-                Role::FocalPoint,
-                Role::ServiceProvider,
-            ],
-            "read hearings",
-        )?;
+        require(&p, READ_ROLES, "read hearings")?;
         let req = request.get_ref();
         let direction = field(convert::direction("direction", req.direction))?;
         let page = field(convert::page(req.page_size, &req.page_token))?;
