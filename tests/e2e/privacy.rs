@@ -345,3 +345,89 @@ async fn erasing_a_case_destroys_it_here_and_every_copy_elsewhere() -> anyhow::R
     fed.stop().await?;
     Ok(())
 }
+
+/// The sandbox's whole story (referral, return plan, witness hearing between AT and RO),
+/// then everything a node leaves behind: its files (databases, key files, journals), a
+/// backup of each node, its audit export, its metrics page and every log line.
+#[tokio::test]
+async fn the_whole_sandbox_story_leaves_no_victims_data_in_logs_metrics_exports_backups_or_files(
+) -> anyhow::Result<()> {
+    use trmctl::sandbox::{self, NodeSpec};
+    trm_tests::capture_logs();
+    let free = || -> anyhow::Result<std::net::SocketAddr> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+    };
+    let dir = tempfile::tempdir()?;
+    let mut specs = Vec::new();
+    for id in ["AT", "RO"] {
+        specs.push(NodeSpec {
+            id: id.parse()?,
+            services: free()?,
+            federation: free()?,
+            admin: free()?,
+            metrics: free()?,
+        });
+    }
+    sandbox::init(dir.path(), &specs, false)?;
+    let mut nodes = Vec::new();
+    for spec in &specs {
+        let cfg = trm_node::NodeConfig::load(&sandbox::config_path(dir.path(), spec.id))?;
+        let listeners = trm_node::Listeners::bind(&cfg.listen).await?;
+        nodes.push(trm_node::NodeHandle::spawn(cfg, listeners)?);
+    }
+    let mut story = Vec::new();
+    trmctl::scenario::run(dir.path(), specs[0].id, specs[1].id, &mut story).await?;
+    let story = String::from_utf8_lossy(&story);
+    assert!(
+        story.contains("Exemplu"),
+        "the story shows the user what each node holds"
+    );
+
+    let mut outputs = String::new();
+    for (spec, node) in specs.iter().zip(&nodes) {
+        let ch = trmctl::scenario::client(dir.path(), spec.id, Role::Operator, true).await?;
+        let mut admin = trm_proto::v1::admin_service_client::AdminServiceClient::new(ch);
+        let audit = admin
+            .export_audit(w::ExportAuditRequest {
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        assert!(!audit.entries.is_empty());
+        outputs.push_str(&format!("{audit:?}"));
+        admin
+            .backup(w::BackupRequest {
+                path: dir
+                    .path()
+                    .join(format!("backups/{}", spec.id))
+                    .display()
+                    .to_string(),
+            })
+            .await?;
+        outputs.push_str(&trm_tests::metrics(node.addrs.metrics).await?);
+    }
+    for node in nodes {
+        node.stop().await?;
+    }
+    let logs = captured_logs();
+    assert!(logs.contains("referral submitted"), "logs were captured");
+    // Every identity and contact value of the sandbox's victim (trmctl's scenario).
+    for needle in [
+        "Maria",
+        "Exemplu",
+        "2001-04-02",
+        "SANDBOX-0001",
+        "Shelter 1, Sandbox Street",
+        "+00 000 0000",
+    ] {
+        assert!(!logs.contains(needle), "{needle} in the logs");
+        assert!(
+            !outputs.contains(needle),
+            "{needle} in an export or metrics"
+        );
+        let hits = files_containing(dir.path(), needle.as_bytes());
+        assert!(hits.is_empty(), "{needle} in clear in {hits:?}");
+    }
+    Ok(())
+}

@@ -60,7 +60,9 @@ impl std::io::Write for BufferWriter {
     }
 }
 
-fn capture_logs() {
+/// Sends this process's log lines to the buffer [`captured_logs`] reads (once; later calls do
+/// nothing).
+pub fn capture_logs() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let filter = tracing_subscriber::EnvFilter::new(
