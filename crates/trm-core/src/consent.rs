@@ -180,13 +180,34 @@ mod tests {
     fn withdrawn_consent_grants_nothing() {
         let mut c = consent(&[Purpose::ReferralAssistance], "RO", None);
         c.withdrawn_at = Some(datetime!(2026-01-02 0:00 UTC));
-        assert!(grant(
-            &[c],
+        let refused = grant(
+            &[c.clone()],
             Purpose::ReferralAssistance,
             "RO".parse().unwrap(),
-            date!(2026 - 01 - 03)
+            date!(2026 - 01 - 03),
         )
-        .is_err());
+        .unwrap_err();
+        // The refusal names the lapsed consent and why, so a case worker knows what to ask.
+        assert!(
+            refused.reason.contains("was withdrawn"),
+            "{}",
+            refused.reason
+        );
+        assert!(!refused.reason.contains("expired"), "{}", refused.reason);
+        // A consent for another recipient or purpose is not named as if it had lapsed.
+        for (purpose, to) in [
+            (Purpose::ReferralAssistance, "NG"),
+            (Purpose::ReturnPlanning, "RO"),
+        ] {
+            let other = grant(
+                &[c.clone()],
+                purpose,
+                to.parse().unwrap(),
+                date!(2026 - 01 - 03),
+            )
+            .unwrap_err();
+            assert!(!other.reason.contains("withdrawn"), "{}", other.reason);
+        }
     }
 
     #[test]
