@@ -465,6 +465,68 @@ mod tests {
         }
     }
 
+    #[test]
+    fn erasure_of_a_plan_halts_it_keeps_only_the_reference_and_is_asked_once() {
+        let (at, ro): (NodeId, NodeId) = ("AT".parse().unwrap(), "RO".parse().unwrap());
+        let now = datetime!(2026-02-01 0:00 UTC);
+        let disclosed = DisclosedCase {
+            case_ref: "ref-1".into(),
+            gender: Some(crate::model::Gender::Female),
+            languages: vec!["ro".into()],
+            ..Default::default()
+        };
+        let mut copy = ReturnRecord::received(
+            ReturnId::from_uuid(uuid::Uuid::nil()),
+            at,
+            ro,
+            disclosed.clone(),
+            false,
+            false,
+            now,
+        );
+        assert_eq!((copy.peer(ro), copy.peer(at)), (at, ro), "the other node");
+        copy.reception_details = "met at the airport".into();
+        copy.erase_copy("victim's request", now);
+        assert_eq!(copy.status, ReturnStatus::Halted, "an open plan is halted");
+        assert_eq!(copy.disclosed, disclosed.tombstone());
+        assert!(copy.reception_details.is_empty());
+        assert_eq!(copy.status_reason, "victim's request");
+
+        let mut sent = ReturnRecord::received(
+            ReturnId::from_uuid(uuid::Uuid::nil()),
+            at,
+            ro,
+            disclosed.clone(),
+            false,
+            false,
+            now,
+        );
+        assert!(
+            sent.request_erasure("consent withdrawn", true, now),
+            "first request"
+        );
+        assert_eq!(sent.status, ReturnStatus::Halted);
+        assert_eq!(sent.disclosed, disclosed.tombstone(), "its own copy too");
+        assert!(sent.erasure.requested());
+        assert!(!sent.request_erasure("again", false, now), "asked once");
+        assert_eq!(sent.status_reason, "consent withdrawn");
+
+        let mut kept = ReturnRecord::received(
+            ReturnId::from_uuid(uuid::Uuid::nil()),
+            at,
+            ro,
+            disclosed.clone(),
+            false,
+            false,
+            now,
+        );
+        assert!(kept.request_erasure("consent withdrawn", false, now));
+        assert_eq!(
+            kept.disclosed, disclosed,
+            "without erase_own its record is kept"
+        );
+    }
+
     /// DOMAIN §54: a reflection period of at least 30 days. Identified on day 0, the victim
     /// has had 30 whole days on day 30: a return may be proposed that day, not the day before.
     #[test]
