@@ -356,3 +356,30 @@ fn an_old_copy_of_the_database_stops_opening_an_erased_case_once_the_kek_rotated
     ))
     .unwrap();
 }
+
+#[test]
+fn replicas_opening_a_new_schema_at_once_all_start() {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let master = SecretKey::generate();
+        let schema = crate::fresh_schema();
+        let barrier = Arc::new(std::sync::Barrier::new(3));
+        let opened: Vec<_> = (0..3)
+            .map(|_| {
+                let (opts, barrier) = (options(dir.path(), &master, &schema), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    Store::open(opts)
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        for store in opened {
+            let store = store.unwrap(); // none lost a race at start
+            store.close().unwrap();
+        }
+        sql(format!("DROP SCHEMA {schema} CASCADE")).unwrap();
+    }
+}

@@ -119,10 +119,23 @@ impl Store {
         let in_use = engine.get(&layout::meta(KEY_FILE_IN_USE))?.is_some();
         let keys = Arc::new(KeyRing::open(key_store, master, !in_use)?);
         if !in_use {
-            // Before the writer runs: it is the only other writer.
-            let mut tx = engine.begin()?;
-            tx.put(&layout::meta(KEY_FILE_IN_USE), b"1")?;
-            tx.commit()?;
+            // Before the writer runs: it is the only other writer of this process. Replicas
+            // of the node starting at once write the same mark: one of them may lose a
+            // serialization race, and tries again.
+            let mark = layout::meta(KEY_FILE_IN_USE);
+            let mut attempts = 0;
+            loop {
+                let mut tx = engine.begin()?;
+                let written = match tx.get(&mark)? {
+                    Some(_) => break,
+                    None => tx.put(&mark, b"1").and_then(|()| tx.commit()),
+                };
+                match written {
+                    Ok(()) => break,
+                    Err(StoreError::Conflict) if attempts < 16 => attempts += 1,
+                    Err(e) => return Err(e),
+                }
+            }
         }
         let shared = Arc::new(Shared {
             node,
