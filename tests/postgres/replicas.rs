@@ -24,13 +24,16 @@ fn spec(id: &str) -> anyhow::Result<NodeSpec> {
     })
 }
 
+/// Starts a node process; its warnings and errors go to `<config>.log`, which a failing
+/// test prints.
 fn start(config: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(config.with_extension("log"))?;
     Ok(Command::new(env!("CARGO_BIN_EXE_trm-test-node"))
         .arg("--config")
         .arg(config)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .kill_on_drop(true)
         .spawn()?)
 }
@@ -148,7 +151,13 @@ async fn the_replica_that_delivers_is_killed_mid_stream_and_the_other_delivers_e
     }
     let mut clients = Vec::new();
     for r in &replicas {
-        clients.push(referrals(dir.path(), r.services).await?);
+        match referrals(dir.path(), r.services).await {
+            Ok(c) => clients.push(c),
+            Err(e) => {
+                let log = std::fs::read_to_string(r.config.with_extension("log"))?;
+                anyhow::bail!("{e}; the replica's log:\n{log}");
+            }
+        }
     }
     let holder = eventually("one replica to hold the delivery lease", || {
         let m = [replicas[0].metrics, replicas[1].metrics];

@@ -310,14 +310,21 @@ impl Store {
             return Ok(());
         }
         let path = self.anchor_path();
-        let tmp = path.with_extension("audit-anchor.tmp");
+        // A name of its own: replicas of the node sharing the key folder write it too.
+        let tmp = path.with_extension(format!(
+            "audit-anchor.tmp-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
         {
             use std::io::Write;
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(&encode(&signed)?)?;
             f.sync_all()?;
         }
-        std::fs::rename(&tmp, path)?;
+        if let Err(e) = std::fs::rename(&tmp, path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
         if let Some(dir) = path.parent() {
             std::fs::File::open(dir)?.sync_all()?;
         }
