@@ -1,40 +1,22 @@
 //! The `trm-node` command as a real process, killed with SIGKILL right after it
 //! acknowledged a client: what it acknowledged is delivered after it restarts.
 
-use std::{net::SocketAddr, path::Path, process::Stdio};
+use std::path::Path;
 
 use tokio::process::{Child, Command};
 
 use trm_core::ids::Role;
 use trm_proto::v1::{self as w, referral_service_client::ReferralServiceClient};
 use trm_tests::eventually;
-use trmctl::sandbox::{self, NodeSpec};
-
-fn free_addr() -> anyhow::Result<SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?)
-}
-
-fn spec(id: &str) -> anyhow::Result<NodeSpec> {
-    Ok(NodeSpec {
-        id: id.parse()?,
-        services: free_addr()?,
-        federation: free_addr()?,
-        admin: free_addr()?,
-        metrics: free_addr()?,
-    })
-}
+use trm_tests::free_node_spec as spec;
+use trmctl::sandbox;
 
 /// Runs `trm-node --config DIR/<ID>/node.toml` as a child process.
 fn start(dir: &Path, id: &str) -> anyhow::Result<Child> {
-    Ok(Command::new(env!("CARGO_BIN_EXE_trm-test-node"))
-        .arg("--config")
-        .arg(dir.join(id).join("node.toml"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?)
+    trm_tests::spawn_node_process(
+        env!("CARGO_BIN_EXE_trm-test-node"),
+        &dir.join(id).join("node.toml"),
+    )
 }
 
 async fn client(
@@ -306,13 +288,13 @@ async fn a_storm_of_sigkills_on_either_node_loses_nothing_and_applies_nothing_tw
                 let (request_id, case_id) = (consent_req.clone(), case_id.clone());
                 async move {
                     c.record_consent(w::RecordConsentRequest {
-                        case_id,
-                        purposes: vec![w::Purpose::ReferralAssistance as i32],
-                        recipients: vec!["RO".into()],
-                        informed: true,
-                        information_language: "en".into(),
                         request_id,
-                        ..Default::default()
+                        ..trm_tests::requests::consent(
+                            &case_id,
+                            &[w::Purpose::ReferralAssistance],
+                            &["RO"],
+                            &[],
+                        )
                     })
                     .await
                 }

@@ -352,22 +352,13 @@ async fn erasing_a_case_destroys_it_here_and_every_copy_elsewhere() -> anyhow::R
 #[tokio::test]
 async fn the_whole_sandbox_story_leaves_no_victims_data_in_logs_metrics_exports_backups_or_files(
 ) -> anyhow::Result<()> {
-    use trmctl::sandbox::{self, NodeSpec};
+    use trmctl::sandbox;
     trm_tests::capture_logs();
-    let free = || -> anyhow::Result<std::net::SocketAddr> {
-        Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-    };
     let dir = tempfile::tempdir()?;
-    let mut specs = Vec::new();
-    for id in ["AT", "RO"] {
-        specs.push(NodeSpec {
-            id: id.parse()?,
-            services: free()?,
-            federation: free()?,
-            admin: free()?,
-            metrics: free()?,
-        });
-    }
+    let specs = vec![
+        trm_tests::free_node_spec("AT")?,
+        trm_tests::free_node_spec("RO")?,
+    ];
     sandbox::init(dir.path(), &specs, false)?;
     let mut nodes = Vec::new();
     for spec in &specs {

@@ -2,40 +2,17 @@
 //! delivers under the lease; SIGKILL the one that delivers during a stream of referrals and
 //! the other takes delivery over: nothing acknowledged is lost, nothing arrives twice.
 
-use std::{net::SocketAddr, path::Path, process::Stdio, time::Instant};
+use std::{net::SocketAddr, path::Path, time::Instant};
 
 use tokio::process::{Child, Command};
 use trm_core::ids::Role;
 use trm_proto::v1::{self as w, referral_service_client::ReferralServiceClient};
+use trm_tests::free_node_spec as spec;
 use trm_tests::{eventually, http_get};
-use trmctl::sandbox::{self, NodeSpec};
+use trmctl::sandbox;
 
-fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-fn spec(id: &str) -> anyhow::Result<NodeSpec> {
-    Ok(NodeSpec {
-        id: id.parse()?,
-        services: free_addr()?,
-        federation: free_addr()?,
-        admin: free_addr()?,
-        metrics: free_addr()?,
-    })
-}
-
-/// Starts a node process; its warnings and errors go to `<config>.log`, which a failing
-/// test prints.
 fn start(config: &Path) -> anyhow::Result<Child> {
-    let log = std::fs::File::create(config.with_extension("log"))?;
-    Ok(Command::new(env!("CARGO_BIN_EXE_trm-test-node"))
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()?)
+    trm_tests::spawn_node_process(env!("CARGO_BIN_EXE_trm-test-node"), config)
 }
 
 /// A replica of AT: its config, services and metrics addresses.
@@ -82,14 +59,12 @@ async fn submit(
         .create_case(trm_tests::requests::case(&format!("Stream {i}"), 3))
         .await?
         .into_inner();
-    sp.record_consent(w::RecordConsentRequest {
-        case_id: case.case_id.clone(),
-        purposes: vec![w::Purpose::ReferralAssistance as i32],
-        recipients: vec!["RO".into()],
-        informed: true,
-        information_language: "en".into(),
-        ..Default::default()
-    })
+    sp.record_consent(trm_tests::requests::consent(
+        &case.case_id,
+        &[w::Purpose::ReferralAssistance],
+        &["RO"],
+        &[],
+    ))
     .await?;
     Ok(sp
         .submit_referral(w::SubmitReferralRequest {

@@ -963,3 +963,32 @@ pub fn check_metrics(page: &str) -> Result<std::collections::BTreeMap<String, St
     }
     Ok(kinds)
 }
+
+/// A sandbox node `id` on free loopback ports (for tests that lay out a sandbox and run
+/// its nodes themselves).
+pub fn free_node_spec(id: &str) -> Result<trmctl::sandbox::NodeSpec> {
+    let free =
+        || -> Result<SocketAddr> { Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?) };
+    Ok(trmctl::sandbox::NodeSpec {
+        id: id.parse()?,
+        services: free()?,
+        federation: free()?,
+        admin: free()?,
+        metrics: free()?,
+    })
+}
+
+/// Runs `exe` (a test's `trm-test-node`, from `env!("CARGO_BIN_EXE_trm-test-node")`) with
+/// `--config config` as a child process, killed when dropped; its warnings and errors go
+/// to `<config>.log`.
+pub fn spawn_node_process(exe: &str, config: &Path) -> Result<tokio::process::Child> {
+    let log = std::fs::File::create(config.with_extension("log"))?;
+    Ok(tokio::process::Command::new(exe)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()?)
+}

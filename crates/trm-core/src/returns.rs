@@ -475,15 +475,18 @@ mod tests {
             languages: vec!["ro".into()],
             ..Default::default()
         };
-        let mut copy = ReturnRecord::received(
-            ReturnId::from_uuid(uuid::Uuid::nil()),
-            at,
-            ro,
-            disclosed.clone(),
-            false,
-            false,
-            now,
-        );
+        let plan = || {
+            ReturnRecord::received(
+                ReturnId::from_uuid(uuid::Uuid::nil()),
+                at,
+                ro,
+                disclosed.clone(),
+                false,
+                false,
+                now,
+            )
+        };
+        let mut copy = plan();
         assert_eq!((copy.peer(ro), copy.peer(at)), (at, ro), "the other node");
         copy.reception_details = "met at the airport".into();
         copy.erase_copy("victim's request", now);
@@ -492,15 +495,7 @@ mod tests {
         assert!(copy.reception_details.is_empty());
         assert_eq!(copy.status_reason, "victim's request");
 
-        let mut sent = ReturnRecord::received(
-            ReturnId::from_uuid(uuid::Uuid::nil()),
-            at,
-            ro,
-            disclosed.clone(),
-            false,
-            false,
-            now,
-        );
+        let mut sent = plan();
         assert!(
             sent.request_erasure("consent withdrawn", true, now),
             "first request"
@@ -511,15 +506,7 @@ mod tests {
         assert!(!sent.request_erasure("again", false, now), "asked once");
         assert_eq!(sent.status_reason, "consent withdrawn");
 
-        let mut kept = ReturnRecord::received(
-            ReturnId::from_uuid(uuid::Uuid::nil()),
-            at,
-            ro,
-            disclosed.clone(),
-            false,
-            false,
-            now,
-        );
+        let mut kept = plan();
         assert!(kept.request_erasure("consent withdrawn", false, now));
         assert_eq!(
             kept.disclosed, disclosed,

@@ -236,6 +236,8 @@ pub struct KeyRing {
     /// needs the same stored bytes, so a key made by a transaction that was then rolled
     /// back is never taken for the key later committed under the same slot.
     cache: Mutex<lru::LruCache<Vec<u8>, CachedKey>>,
+    /// Other processes (replicas of the node) share the key file and may rotate it.
+    shared: std::sync::atomic::AtomicBool,
 }
 
 /// A cached data key: the stored bytes it was unwrapped from, and the key.
@@ -261,6 +263,7 @@ impl KeyRing {
             cache: Mutex::new(lru::LruCache::new(
                 NonZeroUsize::new(CACHE).unwrap_or(NonZeroUsize::MIN),
             )),
+            shared: Default::default(),
         })
     }
 
@@ -323,6 +326,17 @@ impl KeyRing {
             .unwrap_or_else(PoisonError::into_inner)
             .put(slot.to_vec(), (stored.to_vec(), dk.clone()));
         Ok(dk)
+    }
+
+    /// Marks the key file as shared with other processes of the node (replicas).
+    pub(crate) fn set_shared(&self) {
+        self.shared
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether other processes may rotate the KEKs behind this ring's back.
+    pub(crate) fn is_shared(&self) -> bool {
+        self.shared.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Reads the key file again (another replica of the node changed it).

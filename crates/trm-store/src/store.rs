@@ -118,6 +118,9 @@ impl Store {
     ) -> Result<Self> {
         let in_use = engine.get(&layout::meta(KEY_FILE_IN_USE))?.is_some();
         let keys = Arc::new(KeyRing::open(key_store, master, !in_use)?);
+        if engine.shared_by_replicas() {
+            keys.set_shared();
+        }
         if !in_use {
             // Before the writer runs: it is the only other writer of this process. Replicas
             // of the node starting at once write the same mark: one of them may lose a
@@ -519,7 +522,7 @@ impl Store {
     /// the writer, then the old KEK is overwritten. Returns whether a KEK was retired.
     pub async fn rotate_kek_if_due(&self, max_age_secs: i64) -> Result<bool> {
         let keys = &self.inner.shared.keys;
-        if self.engine().shared_by_replicas() {
+        if keys.is_shared() {
             keys.reload()?;
         }
         let (_, created, retiring) = keys.epochs();

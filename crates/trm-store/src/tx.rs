@@ -179,17 +179,20 @@ impl Tx<'_> {
         let dk = match self.etx.get(&slot)? {
             Some(stored) => self.keys.unwrap(&slot, &stored)?,
             None => {
-                // The KEK epoch is in the database too: a key made here after another replica
-                // rotated the KEK is wrapped under the new one (this read conflicts with the
-                // rotation's write, so no key slips under a KEK about to be destroyed).
-                let epoch = self
-                    .etx
-                    .get(&layout::meta(crate::keys::KEK_EPOCH))?
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes)
-                    .unwrap_or(0);
-                if epoch > self.keys.epochs().0 {
-                    self.keys.reload()?;
+                // With replicas, the KEK epoch is read from the database: a key made here
+                // after another replica rotated the KEK is wrapped under the new one (this
+                // read conflicts with the rotation's write, so no key slips under a KEK
+                // about to be destroyed). Alone, this process's ring is always current.
+                if self.keys.is_shared() {
+                    let epoch = self
+                        .etx
+                        .get(&layout::meta(crate::keys::KEK_EPOCH))?
+                        .and_then(|b| b.try_into().ok())
+                        .map(u64::from_be_bytes)
+                        .unwrap_or(0);
+                    if epoch > self.keys.epochs().0 {
+                        self.keys.reload()?;
+                    }
                 }
                 let (dk, stored) = self.keys.new_data_key(&slot)?;
                 self.etx.put(&slot, &stored)?;
