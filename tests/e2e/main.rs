@@ -8,6 +8,8 @@ mod cli;
 mod crash;
 mod directory;
 mod durability;
+#[cfg(unix)]
+mod flood;
 mod hearing;
 mod matrix;
 mod ops;

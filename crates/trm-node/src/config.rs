@@ -345,6 +345,11 @@ pub struct LimitsSection {
     /// Connections open at once on each port, TLS handshakes included.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Established connections one client certificate (on the local ports) or one peer
+    /// (on the federation port) may hold at once on each port: one caller cannot take every
+    /// place of `max_connections`.
+    #[serde(default = "default_max_connections_per_client")]
+    pub max_connections_per_client: usize,
     /// Seconds a client may take to finish the TLS handshake before it is disconnected.
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout_secs: u64,
@@ -373,6 +378,9 @@ pub struct LimitsSection {
 
 fn default_max_connections() -> usize {
     1024
+}
+fn default_max_connections_per_client() -> usize {
+    64
 }
 fn default_handshake_timeout() -> u64 {
     10
@@ -403,6 +411,7 @@ impl Default for LimitsSection {
     fn default() -> Self {
         Self {
             max_connections: default_max_connections(),
+            max_connections_per_client: default_max_connections_per_client(),
             handshake_timeout_secs: default_handshake_timeout(),
             max_concurrent_streams: default_max_streams(),
             keepalive_interval_secs: default_keepalive_interval(),
@@ -569,7 +578,7 @@ impl NodeConfig {
 
     /// Every numeric setting with its bounds: below, nothing would work; above, a value
     /// would overflow a duration or stall the node.
-    fn bounds(&self) -> [(&'static str, u64, u64, u64); 19] {
+    fn bounds(&self) -> [(&'static str, u64, u64, u64); 20] {
         let (d, l) = (&self.delivery, &self.limits);
         let n = |v: usize| v as u64;
         [
@@ -610,6 +619,12 @@ impl NodeConfig {
                 24 * 30,
             ),
             ("limits.max_connections", n(l.max_connections), 1, 65_536),
+            (
+                "limits.max_connections_per_client",
+                n(l.max_connections_per_client),
+                1,
+                n(l.max_connections),
+            ),
             (
                 "limits.handshake_timeout_secs",
                 l.handshake_timeout_secs,
@@ -909,6 +924,10 @@ key = "a"
             (
                 "delivery.batches_in_flight",
                 Box::new(|c| c.delivery.batches_in_flight = 0),
+            ),
+            (
+                "limits.max_connections_per_client",
+                Box::new(|c| c.limits.max_connections_per_client = c.limits.max_connections + 1),
             ),
             (
                 "limits.handshake_timeout_secs",

@@ -1,13 +1,17 @@
 //! Accepting TLS connections on a port before tonic sees them: each accepted socket gets
 //! TCP_NODELAY, at most `max_connections` are open at once (a flood waits in the kernel's
 //! backlog instead of exhausting the node), and a handshake that does not finish within
-//! `handshake_timeout` is closed. The established streams carry their peer's certificates to
-//! the gRPC handlers (`Request::peer_certs`).
+//! `handshake_timeout` is closed. One caller (the end-entity certificate it presented) holds
+//! at most `max_connections_per_client` established connections of a port: a further one
+//! is closed right after its handshake, so one client or peer cannot take every place. The
+//! established streams carry their peer's certificates to the gRPC handlers
+//! (`Request::peer_certs`).
 
 use std::{
+    collections::HashMap,
     io,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
     time::Duration,
 };
@@ -21,13 +25,15 @@ use tokio::{
 use tokio_rustls::{server::TlsStream, TlsAcceptor};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// Bounds on the connections of one port.
 #[derive(Debug, Clone, Copy)]
 pub struct AcceptLimits {
     /// Connections open at once, handshakes included.
     pub max_connections: usize,
+    /// Established connections one caller's certificate may hold at once.
+    pub max_connections_per_client: usize,
     /// How long a client may take to finish the TLS handshake.
     pub handshake_timeout: Duration,
 }
@@ -37,6 +43,52 @@ pub struct AcceptLimits {
 pub struct Conn {
     tcp: TcpStream,
     _permit: OwnedSemaphorePermit,
+    caller: Option<CallerSlot>,
+}
+
+/// The established connections of each caller on one port, by its end-entity certificate.
+#[derive(Debug, Default)]
+struct Callers {
+    open: Mutex<HashMap<Vec<u8>, usize>>,
+}
+
+impl Callers {
+    /// Takes a place for `cert`, or none when it already holds `max`.
+    fn take(self: &Arc<Self>, cert: &[u8], max: usize) -> Option<CallerSlot> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = open.entry(cert.to_vec()).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(CallerSlot {
+            callers: self.clone(),
+            cert: cert.to_vec(),
+        })
+    }
+}
+
+/// One established connection of a caller, given back when the connection closes.
+#[derive(Debug)]
+struct CallerSlot {
+    callers: Arc<Callers>,
+    cert: Vec<u8>,
+}
+
+impl Drop for CallerSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .callers
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.cert) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.cert);
+            }
+        }
+    }
 }
 
 impl Connected for Conn {
@@ -102,6 +154,7 @@ pub fn incoming(
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let callers = Arc::new(Callers::default());
     let task = tokio::spawn(async move {
         loop {
             let permit = tokio::select! {
@@ -125,15 +178,34 @@ pub fn incoming(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            let (acceptor, tx, callers) = (acceptor.clone(), tx.clone(), callers.clone());
             tokio::spawn(async move {
                 let conn = Conn {
                     tcp,
                     _permit: permit,
+                    caller: None,
                 };
                 match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(conn)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
+                    Ok(Ok(mut tls)) => {
+                        // Every port requires a client certificate; callers without one,
+                        // were a port to let them in, would share one count.
+                        let cert = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .map(|c| c.as_ref().to_vec())
+                            .unwrap_or_default();
+                        match callers.take(&cert, limits.max_connections_per_client.max(1)) {
+                            Some(slot) => {
+                                tls.get_mut().0.caller = Some(slot);
+                                let _ = tx.send(Ok(tls)).await;
+                            }
+                            None => warn!(
+                                limit = limits.max_connections_per_client,
+                                "a caller is over its connection limit; connection closed"
+                            ),
+                        }
                     }
                     Ok(Err(e)) => debug!(error = %e, "tls handshake failed"),
                     Err(_) => debug!("tls handshake timed out; connection closed"),

@@ -505,6 +505,7 @@ impl Built {
         let l = &self.config.limits;
         let accept = AcceptLimits {
             max_connections: l.max_connections,
+            max_connections_per_client: l.max_connections_per_client,
             handshake_timeout: Duration::from_secs(l.handshake_timeout_secs),
         };
         let mut acceptors = Vec::new();

@@ -169,11 +169,12 @@ batch_envelopes = 64                        # 1..512 per batch
 batches_in_flight = 4                       # 1..8, applied in order by the peer
 
 [storage]
-engine = "sled"                             # embedded; the only engine of this build
+engine = "sled"                             # embedded; or "postgres" with url or url_file
 kek_rotation_hours = 24                     # old copies stop opening erased records within
 
 [limits]
 max_connections = 1024                      # per port, TLS handshakes included
+max_connections_per_client = 64             # per client certificate or peer, per port
 handshake_timeout_secs = 10
 max_concurrent_streams = 64                 # HTTP/2 streams per connection
 keepalive_interval_secs = 30

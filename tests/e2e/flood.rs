@@ -1,0 +1,327 @@
+//! Floods, bounded in count and time, on loopback, against a `trm-node` process: one client
+//! certificate or one peer sending as fast as it can starves no other client or peer, and
+//! connections that never finish their TLS handshake, or hold more than a caller's share of
+//! a port, are closed. (The node's memory and the latencies under a flood are measured by
+//! `trm-bench --flood`, not asserted here.)
+
+use std::{
+    path::Path,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::{transport::Channel, Code};
+use trm_core::ids::Role;
+use trm_proto::v1::{
+    self as w, federation_service_client::FederationServiceClient,
+    referral_service_client::ReferralServiceClient,
+};
+use trm_tests::{eventually, free_node_spec as spec};
+use trmctl::sandbox;
+
+use crate::crash::{channel, start};
+
+/// How long each flood runs.
+const FLOOD: Duration = Duration::from_secs(3);
+/// The stated bound: while a flood runs, every request of another client is served, each
+/// within this time (on a loaded 2-core machine; a starved client times out or is refused).
+const SERVED_WITHIN: Duration = Duration::from_secs(5);
+/// The same for a referral from another peer: submitted at its node, readable at AT.
+const ARRIVES_WITHIN: Duration = Duration::from_secs(15);
+/// AT's bounds in this test.
+const MAX_CONNECTIONS: usize = 32;
+const PER_CLIENT: usize = 8;
+
+/// What a flood's requests got back.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    exhausted: AtomicU64,
+    other: AtomicU64,
+}
+
+impl Tally {
+    fn count<T>(&self, r: &Result<T, tonic::Status>) {
+        match r {
+            Ok(_) => &self.ok,
+            Err(s) if s.code() == Code::ResourceExhausted => &self.exhausted,
+            Err(_) => &self.other,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+    fn get(&self) -> (u64, u64, u64) {
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.exhausted.load(Ordering::Relaxed),
+            self.other.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Runs `call` on each of `channels` from 16 tasks at once, as fast as they go, for FLOOD.
+fn flood<F, Fut, T>(channels: Vec<Channel>, call: F) -> (Arc<Tally>, tokio::task::JoinSet<()>)
+where
+    F: Fn(Channel) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>> + Send,
+    T: Send,
+{
+    let tally = Arc::new(Tally::default());
+    let until = Instant::now() + FLOOD;
+    let mut tasks = tokio::task::JoinSet::new();
+    for ch in channels {
+        for _ in 0..16 {
+            let (ch, call, tally) = (ch.clone(), call.clone(), tally.clone());
+            tasks.spawn(async move {
+                while Instant::now() < until {
+                    tally.count(&call(ch.clone()).await);
+                }
+            });
+        }
+    }
+    (tally, tasks)
+}
+
+/// Resident memory of process `pid`, in MiB (for the test's report only).
+fn rss_mib(pid: Option<u32>) -> f64 {
+    let status = pid
+        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// `n` connections to AT's services port as `role`, each its own TLS connection.
+async fn connections(dir: &Path, role: Role, n: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(channel(dir, "AT", role).await?);
+    }
+    Ok(out)
+}
+
+/// A connection to AT's federation port presenting `peer`'s federation certificate.
+async fn as_peer(dir: &Path, peer: &str) -> anyhow::Result<Channel> {
+    let at = trm_node::NodeConfig::load(&sandbox::config_path(dir, "AT".parse()?))?;
+    let tls = dir.join(peer).join("tls");
+    trm_tests::connect(
+        at.listen.federation,
+        &tls.join("federation-ca.pem"),
+        &tls.join("federation.pem"),
+        &tls.join("federation.key"),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_client_or_peer_starves_no_one_and_stalled_or_surplus_connections_are_closed(
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    sandbox::init(dir.path(), &[spec("AT")?, spec("RO")?, spec("NG")?], false)?;
+    let config = sandbox::config_path(dir.path(), "AT".parse()?);
+    let mut text = std::fs::read_to_string(&config)?;
+    text.push_str(&format!(
+        "\n[limits]\nmax_connections = {MAX_CONNECTIONS}\nmax_connections_per_client = \
+         {PER_CLIENT}\nhandshake_timeout_secs = 1\nclient_requests_per_second = 100\n\
+         client_burst = 100\npeer_requests_per_second = 100\npeer_burst = 100\n"
+    ));
+    std::fs::write(&config, text)?;
+    let mut at = start(dir.path(), "AT")?;
+    let (mut ro, mut ng) = (start(dir.path(), "RO")?, start(dir.path(), "NG")?);
+    let d = dir.path();
+    let fp = ReferralServiceClient::new(channel(d, "AT", Role::FocalPoint).await?);
+    let rss_before = rss_mib(at.id());
+
+    // 1. One client certificate floods the services port over all the connections it may
+    // hold; another client's reads and writes are all served, each within the bound.
+    let (tally, mut tasks) = flood(
+        connections(d, Role::ServiceProvider, PER_CLIENT).await?,
+        |ch| async move {
+            ReferralServiceClient::new(ch)
+                .list_cases(w::ListCasesRequest::default())
+                .await
+        },
+    );
+    let until = Instant::now() + FLOOD;
+    let (mut served, mut slowest) = (0, Duration::ZERO);
+    while Instant::now() < until {
+        let t = Instant::now();
+        let mut c = fp.clone();
+        let case_id = c
+            .create_case(trm_tests::requests::case("Floodtest", 3))
+            .await?
+            .into_inner()
+            .case_id;
+        c.get_case(w::GetCaseRequest { case_id }).await?;
+        slowest = slowest.max(t.elapsed());
+        served += 1;
+    }
+    while tasks.join_next().await.is_some() {}
+    let (ok, exhausted, other) = tally.get();
+    println!(
+        "flood: client: {} requests of the flooder ({ok} served, {exhausted} refused \
+         RESOURCE_EXHAUSTED, {other} other); the other client: {served} served, slowest \
+         {slowest:?}",
+        ok + exhausted + other
+    );
+    assert!(
+        exhausted > ok,
+        "the flooder is held to its rate: {ok} served"
+    );
+    assert!(
+        served > 0 && slowest < SERVED_WITHIN,
+        "served {served}, slowest {slowest:?}"
+    );
+
+    // 2. One peer floods the federation port; another peer's referrals arrive.
+    let (tally, mut tasks) = flood(
+        {
+            let mut chs = Vec::new();
+            for _ in 0..PER_CLIENT {
+                chs.push(as_peer(d, "RO").await?);
+            }
+            chs
+        },
+        |ch| async move {
+            FederationServiceClient::new(ch)
+                .get_node_info(w::GetNodeInfoRequest::default())
+                .await
+        },
+    );
+    let ng_sp = ReferralServiceClient::new(channel(d, "NG", Role::ServiceProvider).await?);
+    let until = Instant::now() + FLOOD;
+    let (mut arrived, mut slowest) = (0, Duration::ZERO);
+    while Instant::now() < until {
+        let t = Instant::now();
+        let id = trm_tests::refer_with(&ng_sp, "AT").await?;
+        let deadline = t + ARRIVES_WITHIN;
+        loop {
+            let got = fp
+                .clone()
+                .get_referral(w::GetReferralRequest {
+                    referral_id: id.clone(),
+                })
+                .await;
+            if got.is_ok() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "NG's referral {id} did not arrive"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        slowest = slowest.max(t.elapsed());
+        arrived += 1;
+    }
+    while tasks.join_next().await.is_some() {}
+    let (ok, exhausted, other) = tally.get();
+    println!(
+        "flood: peer: {} requests of the flooding peer ({ok} served, {exhausted} refused \
+         RESOURCE_EXHAUSTED, {other} other); the other peer: {arrived} referrals arrived, \
+         slowest {slowest:?}",
+        ok + exhausted + other
+    );
+    assert!(
+        exhausted > ok,
+        "the flooding peer is held to its rate: {ok} served"
+    );
+    assert!(arrived > 0, "the other peer's referrals arrive");
+    // The flooding peer is served again once it slows down.
+    let ro_sp = ReferralServiceClient::new(channel(d, "RO", Role::ServiceProvider).await?);
+    let id = trm_tests::refer_with(&ro_sp, "AT").await?;
+    eventually("RO's referral after its flood", || {
+        let (mut fp, id) = (fp.clone(), id.clone());
+        async move {
+            Ok(fp
+                .get_referral(w::GetReferralRequest { referral_id: id })
+                .await
+                .ok())
+        }
+    })
+    .await?;
+
+    // 3. Connections that never finish a handshake (silent, or stalled half-way through a
+    // record) take every place of the port, several times over: another client still gets
+    // in, and each stalled connection is closed.
+    let services = trm_node::NodeConfig::load(&config)?.listen.services;
+    let mut stalled = Vec::new();
+    for i in 0..(3 * MAX_CONNECTIONS) {
+        let mut tcp = tokio::net::TcpStream::connect(services).await?;
+        if i % 2 == 1 {
+            tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await?;
+        }
+        stalled.push(tcp);
+    }
+    let t = Instant::now();
+    let mut late = ReferralServiceClient::new(channel(d, "AT", Role::FocalPoint).await?);
+    late.list_cases(w::ListCasesRequest::default()).await?;
+    println!(
+        "flood: {} stalled handshakes; another client served after {:?}",
+        stalled.len(),
+        t.elapsed()
+    );
+    for (i, tcp) in stalled.iter_mut().enumerate() {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(30), tcp.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "stalled connection {i} still open: {read:?}"
+        );
+    }
+
+    // 4. A caller holds at most its share of the port's connections; others still connect,
+    // and a place given back is taken again.
+    let mut held = Vec::new();
+    for _ in 0..PER_CLIENT {
+        let mut c = ReferralServiceClient::new(channel(d, "AT", Role::ServiceProvider).await?);
+        c.list_cases(w::ListCasesRequest::default()).await?;
+        held.push(c);
+    }
+    let sp = Role::ServiceProvider;
+    let (ca, cert, key) = (
+        d.join("AT/services-ca.pem"),
+        d.join(format!("AT/clients/{sp}.pem")),
+        d.join(format!("AT/clients/{sp}.key")),
+    );
+    let sp_connection = || trm_tests::connect(services, &ca, &cert, &key);
+    let surplus = sp_connection().await;
+    let refused = match surplus {
+        Err(_) => true,
+        Ok(ch) => ReferralServiceClient::new(ch)
+            .list_cases(w::ListCasesRequest::default())
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a connection over the caller's share is closed");
+    fp.clone()
+        .list_cases(w::ListCasesRequest::default())
+        .await?;
+    held.pop();
+    eventually("the place given back to be taken again", || async {
+        let Ok(ch) = sp_connection().await else {
+            return Ok(None);
+        };
+        Ok(ReferralServiceClient::new(ch)
+            .list_cases(w::ListCasesRequest::default())
+            .await
+            .ok())
+    })
+    .await?;
+    println!(
+        "flood: AT's resident memory {rss_before:.1} MiB before the floods, {:.1} MiB after",
+        rss_mib(at.id())
+    );
+    drop((held, late, fp, ng_sp, ro_sp));
+    for child in [&mut at, &mut ro, &mut ng] {
+        child.start_kill()?;
+        child.wait().await?;
+    }
+    Ok(())
+}
