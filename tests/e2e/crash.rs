@@ -5,14 +5,19 @@ use std::path::Path;
 
 use tokio::process::{Child, Command};
 
+use tonic::transport::Channel;
 use trm_core::ids::Role;
-use trm_proto::v1::{self as w, referral_service_client::ReferralServiceClient};
+use trm_proto::v1::{
+    self as w, referral_service_client::ReferralServiceClient,
+    return_planning_service_client::ReturnPlanningServiceClient,
+    witness_hearing_service_client::WitnessHearingServiceClient,
+};
 use trm_tests::eventually;
 use trm_tests::free_node_spec as spec;
 use trmctl::sandbox;
 
 /// Runs `trm-node --config DIR/<ID>/node.toml` as a child process.
-fn start(dir: &Path, id: &str) -> anyhow::Result<Child> {
+pub(crate) fn start(dir: &Path, id: &str) -> anyhow::Result<Child> {
     trm_tests::spawn_node_process(
         env!("CARGO_BIN_EXE_trm-test-node"),
         &dir.join(id).join("node.toml"),
@@ -23,7 +28,12 @@ async fn client(
     dir: &Path,
     id: &str,
     role: Role,
-) -> anyhow::Result<ReferralServiceClient<tonic::transport::Channel>> {
+) -> anyhow::Result<ReferralServiceClient<Channel>> {
+    Ok(ReferralServiceClient::new(channel(dir, id, role).await?))
+}
+
+/// A connection to a sandbox node's services port as `role`, once the node serves.
+pub(crate) async fn channel(dir: &Path, id: &str, role: Role) -> anyhow::Result<Channel> {
     let dir = dir.to_path_buf();
     let id = id.to_owned();
     let ch = eventually("the node to serve", || {
@@ -35,7 +45,7 @@ async fn client(
         }
     })
     .await?;
-    Ok(ReferralServiceClient::new(ch))
+    Ok(ch)
 }
 
 #[tokio::test]
@@ -182,13 +192,13 @@ async fn until_ok<T, F, Fut>(
     mut call: F,
 ) -> anyhow::Result<T>
 where
-    F: FnMut(ReferralServiceClient<tonic::transport::Channel>) -> Fut,
+    F: FnMut(Channel) -> Fut,
     Fut: std::future::Future<Output = Result<T, tonic::Status>>,
 {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(90);
     loop {
-        let c = client(dir, node, role).await?;
-        match call(c).await {
+        let ch = channel(dir, node, role).await?;
+        match call(ch).await {
             Ok(v) => return Ok(v),
             Err(e) if tokio::time::Instant::now() > deadline => {
                 anyhow::bail!("{what} at {node}: still failing: {e}")
@@ -198,10 +208,323 @@ where
     }
 }
 
-/// SIGKILL either node at random moments during a stream of referrals (every third
-/// accepted by RO: a step the other way), restarting it each time. Every request is
-/// retried with its request id until acknowledged, as a client does. Then: every referral
-/// is at RO exactly once, and both sides agree on its state.
+/// What one round of the storm did; checked on both sides afterwards.
+enum Step {
+    /// A referral AT -> RO, `accepted` by RO or left delivered.
+    Referral { id: String, accepted: bool },
+    /// A referral AT -> RO accepted by RO, then a witness hearing requested by AT's
+    /// judicial authority and accepted by RO.
+    Hearing { referral: String, hearing: String },
+    /// A return plan AT -> RO whose reception RO confirmed.
+    Return { id: String },
+}
+
+/// The victims' identity and contact values every case of the storm carries
+/// (`requests::case`), besides the given name `Stormvictim<n>`.
+const STORM_PERSONAL: [&str; 6] = [
+    "Stormvictim",
+    "Testperson",
+    "1995-05-05",
+    "P-1234567",
+    "Strada Test 1",
+    "+40 700 000 000",
+];
+
+/// A storm's requests: each made with a request id of its own and retried with it until
+/// acknowledged.
+struct Storm<'a> {
+    dir: &'a Path,
+}
+
+impl Storm<'_> {
+    /// A case at AT (identified `days_ago` days ago) with an informed consent to RO for
+    /// `purpose`.
+    async fn case(&self, n: usize, days_ago: i64, purpose: w::Purpose) -> anyhow::Result<String> {
+        let (case_req, consent_req) = (new_id(), new_id());
+        let case_id = until_ok(self.dir, "AT", Role::ServiceProvider, "create case", |ch| {
+            let request_id = case_req.clone();
+            async move {
+                Ok(ReferralServiceClient::new(ch)
+                    .create_case(w::CreateCaseRequest {
+                        request_id,
+                        ..trm_tests::requests::case(&format!("Stormvictim{n}"), days_ago)
+                    })
+                    .await?
+                    .into_inner()
+                    .case_id)
+            }
+        })
+        .await?;
+        until_ok(
+            self.dir,
+            "AT",
+            Role::ServiceProvider,
+            "record consent",
+            |ch| {
+                let (request_id, case_id) = (consent_req.clone(), case_id.clone());
+                async move {
+                    ReferralServiceClient::new(ch)
+                        .record_consent(w::RecordConsentRequest {
+                            request_id,
+                            ..trm_tests::requests::consent(&case_id, &[purpose], &["RO"], &[])
+                        })
+                        .await
+                }
+            },
+        )
+        .await?;
+        Ok(case_id)
+    }
+
+    /// A referral of a new case to RO, accepted there if `accept`.
+    async fn referral(&self, n: usize, accept: bool) -> anyhow::Result<String> {
+        let case_id = self.case(n, 3, w::Purpose::ReferralAssistance).await?;
+        let submit_req = new_id();
+        let referral_id = until_ok(self.dir, "AT", Role::ServiceProvider, "submit", |ch| {
+            let (request_id, case_id) = (submit_req.clone(), case_id.clone());
+            async move {
+                Ok(ReferralServiceClient::new(ch)
+                    .submit_referral(w::SubmitReferralRequest {
+                        case_id,
+                        destination: "RO".into(),
+                        request_id,
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner()
+                    .referral_id)
+            }
+        })
+        .await?;
+        if accept {
+            let respond_req = new_id();
+            until_ok(self.dir, "RO", Role::FocalPoint, "accept", |ch| {
+                let (request_id, referral_id) = (respond_req.clone(), referral_id.clone());
+                async move {
+                    ReferralServiceClient::new(ch)
+                        .respond_to_referral(w::RespondToReferralRequest {
+                            referral_id,
+                            decision: w::ReferralDecision::Accept as i32,
+                            request_id,
+                            ..Default::default()
+                        })
+                        .await
+                }
+            })
+            .await?;
+        }
+        Ok(referral_id)
+    }
+
+    /// A witness hearing on a case referred to RO and accepted: requested by AT's judicial
+    /// authority, accepted by RO.
+    async fn hearing(&self, n: usize) -> anyhow::Result<Step> {
+        let referral = self.referral(n, true).await?;
+        let case_id = until_ok(self.dir, "AT", Role::FocalPoint, "read referral", |ch| {
+            let referral_id = referral.clone();
+            async move {
+                Ok(ReferralServiceClient::new(ch)
+                    .get_referral(w::GetReferralRequest { referral_id })
+                    .await?
+                    .into_inner()
+                    .case_id)
+            }
+        })
+        .await?;
+        let (request_req, accept_req) = (new_id(), new_id());
+        let hearing = until_ok(
+            self.dir,
+            "AT",
+            Role::JudicialAuthority,
+            "request hearing",
+            |ch| {
+                let (request_id, case_id) = (request_req.clone(), case_id.clone());
+                async move {
+                    Ok(WitnessHearingServiceClient::new(ch)
+                        .request_hearing(w::RequestHearingRequest {
+                            case_id,
+                            witness_country: "RO".into(),
+                            proceeding_reference: format!("AT-LG-2026-{n:04}"),
+                            language: "ro".into(),
+                            legal_basis: "MLA request (UNTOC art. 18)".into(),
+                            proposed_times: vec![prost_types::Timestamp {
+                                seconds: 1_900_000_000,
+                                nanos: 0,
+                            }],
+                            request_id,
+                            ..Default::default()
+                        })
+                        .await?
+                        .into_inner()
+                        .hearing_id)
+                }
+            },
+        )
+        .await?;
+        until_ok(self.dir, "RO", Role::FocalPoint, "accept hearing", |ch| {
+            let (request_id, hearing_id) = (accept_req.clone(), hearing.clone());
+            async move {
+                WitnessHearingServiceClient::new(ch)
+                    .respond_to_hearing(w::RespondToHearingRequest {
+                        hearing_id,
+                        decision: w::HearingDecision::Accept as i32,
+                        request_id,
+                        ..Default::default()
+                    })
+                    .await
+            }
+        })
+        .await?;
+        Ok(Step::Hearing { referral, hearing })
+    }
+
+    /// A return plan of a case past its reflection period, from risk assessment to RO's
+    /// confirmed reception.
+    async fn return_plan(&self, n: usize) -> anyhow::Result<Step> {
+        let case_id = self.case(n, 45, w::Purpose::ReturnPlanning).await?;
+        let (risk_req, decision_req, propose_req, confirm_req) =
+            (new_id(), new_id(), new_id(), new_id());
+        until_ok(self.dir, "AT", Role::ServiceProvider, "assess risk", |ch| {
+            let (request_id, case_id) = (risk_req.clone(), case_id.clone());
+            async move {
+                ReturnPlanningServiceClient::new(ch)
+                    .record_risk_assessment(w::RecordRiskAssessmentRequest {
+                        case_id,
+                        level: w::RiskLevel::Low as i32,
+                        factors: vec!["family contacted".into()],
+                        request_id,
+                        ..Default::default()
+                    })
+                    .await
+            }
+        })
+        .await?;
+        until_ok(
+            self.dir,
+            "AT",
+            Role::ServiceProvider,
+            "decide return",
+            |ch| {
+                let (request_id, case_id) = (decision_req.clone(), case_id.clone());
+                async move {
+                    ReturnPlanningServiceClient::new(ch)
+                        .record_return_decision(w::RecordReturnDecisionRequest {
+                            case_id,
+                            voluntary: true,
+                            informed: true,
+                            request_id,
+                            ..Default::default()
+                        })
+                        .await
+                }
+            },
+        )
+        .await?;
+        let id = until_ok(
+            self.dir,
+            "AT",
+            Role::ServiceProvider,
+            "propose return",
+            |ch| {
+                let (request_id, case_id) = (propose_req.clone(), case_id.clone());
+                async move {
+                    Ok(ReturnPlanningServiceClient::new(ch)
+                        .propose_return(w::ProposeReturnRequest {
+                            case_id,
+                            destination: "RO".into(),
+                            request_id,
+                            ..Default::default()
+                        })
+                        .await?
+                        .into_inner()
+                        .return_id)
+                }
+            },
+        )
+        .await?;
+        until_ok(
+            self.dir,
+            "RO",
+            Role::FocalPoint,
+            "confirm reception",
+            |ch| {
+                let (request_id, return_id) = (confirm_req.clone(), id.clone());
+                async move {
+                    ReturnPlanningServiceClient::new(ch)
+                        .respond_to_return(w::RespondToReturnRequest {
+                            return_id,
+                            response: w::ReturnResponse::ConfirmReception as i32,
+                            details: "met at arrivals by the shelter".into(),
+                            request_id,
+                        })
+                        .await
+                }
+            },
+        )
+        .await?;
+        Ok(Step::Return { id })
+    }
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Every hearing id of `direction` at `node`, page after page.
+async fn all_hearings(ch: Channel, direction: w::Direction) -> anyhow::Result<Vec<String>> {
+    let mut c = WitnessHearingServiceClient::new(ch);
+    let (mut ids, mut page_token) = (Vec::new(), String::new());
+    loop {
+        let page = c
+            .list_hearings(w::ListHearingsRequest {
+                direction: direction as i32,
+                page_size: 100,
+                page_token,
+            })
+            .await?
+            .into_inner();
+        ids.extend(page.hearings.into_iter().map(|h| h.hearing_id));
+        if page.next_page_token.is_empty() {
+            return Ok(ids);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Every return plan id of `direction` at `node`, page after page.
+async fn all_returns(ch: Channel, direction: w::Direction) -> anyhow::Result<Vec<String>> {
+    let mut c = ReturnPlanningServiceClient::new(ch);
+    let (mut ids, mut page_token) = (Vec::new(), String::new());
+    loop {
+        let page = c
+            .list_return_plans(w::ListReturnPlansRequest {
+                direction: direction as i32,
+                page_size: 100,
+                page_token,
+            })
+            .await?
+            .into_inner();
+        ids.extend(page.return_plans.into_iter().map(|r| r.return_id));
+        if page.next_page_token.is_empty() {
+            return Ok(ids);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// `ids` hold no id twice and exactly `want` ids.
+fn exactly_once(ids: &[String], want: usize, what: &str) {
+    let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len(), "{what}: none twice");
+    assert_eq!(ids.len(), want, "{what}: each once");
+}
+
+/// SIGKILL either node at random moments during a stream of referrals, witness-hearing
+/// steps and return plans, each with a step the other way (RO accepts or confirms),
+/// restarting the node each time. Every request is retried with its request id until
+/// acknowledged, as a client does. Then: every referral, hearing and return plan is at RO
+/// exactly once, both sides agree on its state, and no file or log line of either node
+/// holds a victim's identity or contact value in clear.
 ///
 /// `TRM_STORM_KILLS` (default 6) kills; `TRM_STORM_SEED` repeats a run (the seed is
 /// printed). The documented long run: `TRM_STORM_KILLS=100 cargo test -p trm-tests --test
@@ -251,137 +574,164 @@ async fn a_storm_of_sigkills_on_either_node_loses_nothing_and_applies_nothing_tw
         })
     };
 
-    let mut referrals: Vec<(String, bool)> = Vec::new();
-    let mut i = 0;
-    while !storm_done.load(std::sync::atomic::Ordering::SeqCst) || referrals.len() < 3 {
-        i += 1;
-        let (case_req, consent_req, submit_req) = (
-            uuid::Uuid::new_v4().to_string(),
-            uuid::Uuid::new_v4().to_string(),
-            uuid::Uuid::new_v4().to_string(),
-        );
-        let case_id = until_ok(
-            dir.path(),
-            "AT",
-            Role::ServiceProvider,
-            "create case",
-            |mut c| {
-                let request_id = case_req.clone();
-                async move {
-                    Ok(c.create_case(w::CreateCaseRequest {
-                        request_id,
-                        ..trm_tests::requests::case(&format!("Storm {i}"), 3)
-                    })
-                    .await?
-                    .into_inner()
-                    .case_id)
-                }
+    let storm = Storm { dir: dir.path() };
+    let mut steps: Vec<Step> = Vec::new();
+    let mut n = 0;
+    while !storm_done.load(std::sync::atomic::Ordering::SeqCst) || steps.len() < 3 {
+        n += 1;
+        steps.push(match n % 3 {
+            0 => storm.hearing(n).await?,
+            1 => Step::Referral {
+                id: storm.referral(n, n % 2 == 0).await?,
+                accepted: n % 2 == 0,
             },
-        )
-        .await?;
-        until_ok(
-            dir.path(),
-            "AT",
-            Role::ServiceProvider,
-            "record consent",
-            |mut c| {
-                let (request_id, case_id) = (consent_req.clone(), case_id.clone());
-                async move {
-                    c.record_consent(w::RecordConsentRequest {
-                        request_id,
-                        ..trm_tests::requests::consent(
-                            &case_id,
-                            &[w::Purpose::ReferralAssistance],
-                            &["RO"],
-                            &[],
-                        )
-                    })
-                    .await
-                }
-            },
-        )
-        .await?;
-        let referral_id = until_ok(
-            dir.path(),
-            "AT",
-            Role::ServiceProvider,
-            "submit",
-            |mut c| {
-                let (request_id, case_id) = (submit_req.clone(), case_id.clone());
-                async move {
-                    Ok(c.submit_referral(w::SubmitReferralRequest {
-                        case_id,
-                        destination: "RO".into(),
-                        request_id,
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_inner()
-                    .referral_id)
-                }
-            },
-        )
-        .await?;
-        let accept = i % 3 == 0;
-        if accept {
-            let respond_req = uuid::Uuid::new_v4().to_string();
-            until_ok(dir.path(), "RO", Role::FocalPoint, "accept", |mut c| {
-                let (request_id, referral_id) = (respond_req.clone(), referral_id.clone());
-                async move {
-                    c.respond_to_referral(w::RespondToReferralRequest {
-                        referral_id,
-                        decision: w::ReferralDecision::Accept as i32,
-                        request_id,
-                        ..Default::default()
-                    })
-                    .await
-                }
-            })
-            .await?;
-        }
-        referrals.push((referral_id, accept));
+            _ => storm.return_plan(n).await?,
+        });
     }
     let killed = killer.await??;
 
-    // Both sides agree on every referral's state; RO holds each exactly once.
-    let (mut at, mut ro) = (
-        client(dir.path(), "AT", Role::ServiceProvider).await?,
-        client(dir.path(), "RO", Role::FocalPoint).await?,
+    // Both sides agree on every step's state; RO holds each exactly once.
+    let (at, ro) = (
+        channel(dir.path(), "AT", Role::FocalPoint).await?,
+        channel(dir.path(), "RO", Role::FocalPoint).await?,
     );
-    for (id, accepted) in &referrals {
-        let want = if *accepted {
-            w::ReferralStatus::Accepted
-        } else {
-            w::ReferralStatus::Delivered
-        };
-        trm_tests::referral_with_status(&at, id, want).await?;
-        let at_ro = ro
-            .get_referral(w::GetReferralRequest {
-                referral_id: id.clone(),
-            })
-            .await?
-            .into_inner();
-        if *accepted {
-            assert_eq!(at_ro.status, w::ReferralStatus::Accepted as i32, "{id}");
+    let at_ja = channel(dir.path(), "AT", Role::JudicialAuthority).await?;
+    let (at_refs, mut ro_refs) = (
+        ReferralServiceClient::new(at.clone()),
+        ReferralServiceClient::new(ro.clone()),
+    );
+    let (at_returns, mut ro_returns) = (
+        ReturnPlanningServiceClient::new(at.clone()),
+        ReturnPlanningServiceClient::new(ro.clone()),
+    );
+    let mut ro_hearings = WitnessHearingServiceClient::new(ro.clone());
+    let (mut referrals, mut hearings, mut returns) = (0, 0, 0);
+    for step in &steps {
+        match step {
+            Step::Referral { id, accepted } => {
+                referrals += 1;
+                let want = if *accepted {
+                    w::ReferralStatus::Accepted
+                } else {
+                    w::ReferralStatus::Delivered
+                };
+                trm_tests::referral_with_status(&at_refs, id, want).await?;
+                let at_ro = ro_refs
+                    .get_referral(w::GetReferralRequest {
+                        referral_id: id.clone(),
+                    })
+                    .await?
+                    .into_inner();
+                if *accepted {
+                    assert_eq!(at_ro.status, w::ReferralStatus::Accepted as i32, "{id}");
+                }
+            }
+            Step::Hearing { referral, hearing } => {
+                referrals += 1;
+                hearings += 1;
+                trm_tests::referral_with_status(&at_refs, referral, w::ReferralStatus::Accepted)
+                    .await?;
+                let at_at = eventually("AT to see the hearing accepted", || {
+                    let mut c = WitnessHearingServiceClient::new(at_ja.clone());
+                    let hearing_id = hearing.clone();
+                    async move {
+                        let h = c
+                            .get_hearing(w::GetHearingRequest { hearing_id })
+                            .await?
+                            .into_inner();
+                        Ok((h.status == w::HearingStatus::Accepted as i32).then_some(h))
+                    }
+                })
+                .await?;
+                let at_ro = ro_hearings
+                    .get_hearing(w::GetHearingRequest {
+                        hearing_id: hearing.clone(),
+                    })
+                    .await?
+                    .into_inner();
+                assert_eq!(at_ro.status, at_at.status, "{hearing}");
+                assert_eq!(at_ro.case_ref, at_at.case_ref, "{hearing}");
+            }
+            Step::Return { id } => {
+                returns += 1;
+                let at_at = eventually("AT to see the reception confirmed", || {
+                    let mut c = at_returns.clone();
+                    let return_id = id.clone();
+                    async move {
+                        let r = c
+                            .get_return_plan(w::GetReturnPlanRequest { return_id })
+                            .await?
+                            .into_inner();
+                        Ok((r.status == w::ReturnStatus::ReceptionConfirmed as i32).then_some(r))
+                    }
+                })
+                .await?;
+                let at_ro = ro_returns
+                    .get_return_plan(w::GetReturnPlanRequest {
+                        return_id: id.clone(),
+                    })
+                    .await?
+                    .into_inner();
+                assert_eq!(at_ro.status, at_at.status, "{id}");
+                assert_eq!(at_ro.reception_details, at_at.reception_details, "{id}");
+            }
         }
     }
-    let (incoming, outgoing) = (
-        all_referrals(&mut ro, w::Direction::Incoming).await?,
-        all_referrals(&mut at, w::Direction::Outgoing).await?,
+    let (mut at_refs, mut ro_refs) = (at_refs, ro_refs);
+    exactly_once(
+        &all_referrals(&mut ro_refs, w::Direction::Incoming).await?,
+        referrals,
+        "referrals at RO",
     );
-    let distinct: std::collections::BTreeSet<&String> = incoming.iter().collect();
-    assert_eq!(distinct.len(), incoming.len(), "no referral twice at RO");
-    assert_eq!(incoming.len(), referrals.len(), "each once at RO");
-    assert_eq!(outgoing.len(), referrals.len(), "each once at AT");
+    exactly_once(
+        &all_referrals(&mut at_refs, w::Direction::Outgoing).await?,
+        referrals,
+        "referrals at AT",
+    );
+    exactly_once(
+        &all_hearings(ro.clone(), w::Direction::Incoming).await?,
+        hearings,
+        "hearings at RO",
+    );
+    exactly_once(
+        &all_hearings(at_ja.clone(), w::Direction::Outgoing).await?,
+        hearings,
+        "hearings at AT",
+    );
+    exactly_once(
+        &all_returns(ro.clone(), w::Direction::Incoming).await?,
+        returns,
+        "return plans at RO",
+    );
+    exactly_once(
+        &all_returns(at.clone(), w::Direction::Outgoing).await?,
+        returns,
+        "return plans at AT",
+    );
     println!(
-        "storm: seed {seed}: {} kills (AT {}, RO {}), {} referrals acknowledged, {} accepted; \
-         lost 0, applied twice 0, both sides agree",
-        kills,
+        "storm: seed {seed}: {kills} kills (AT {}, RO {}), acknowledged: {referrals} \
+         referrals ({} accepted), {hearings} hearings accepted, {returns} return plans \
+         confirmed; lost 0, applied twice 0, both sides agree",
         killed[0],
         killed[1],
-        referrals.len(),
-        referrals.iter().filter(|(_, a)| *a).count()
+        steps
+            .iter()
+            .filter(|s| matches!(
+                s,
+                Step::Referral { accepted: true, .. } | Step::Hearing { .. }
+            ))
+            .count(),
     );
+    drop((
+        at,
+        ro,
+        at_ja,
+        ro_hearings,
+        ro_returns,
+        at_returns,
+        at_refs,
+        ro_refs,
+    ));
     let mut n = nodes.lock().await;
     for child in n.iter_mut() {
         if let Some(pid) = child.id() {
@@ -392,6 +742,16 @@ async fn a_storm_of_sigkills_on_either_node_loses_nothing_and_applies_nothing_tw
                 .await?;
             assert!(child.wait().await?.success());
         }
+    }
+    // Every file the storm left (databases, key files, the nodes' logs of every run).
+    let log = std::fs::read_to_string(dir.path().join("AT/node.log"))?;
+    assert!(
+        log.contains("referral submitted"),
+        "the nodes' logs of every run were kept"
+    );
+    for needle in STORM_PERSONAL {
+        let hits = trm_tests::files_containing(dir.path(), needle.as_bytes());
+        assert!(hits.is_empty(), "{needle} in clear in {hits:?}");
     }
     Ok(())
 }

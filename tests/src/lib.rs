@@ -640,7 +640,13 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
 /// Creates a case at `from` (as its service provider), records a referral consent to `to`
 /// and submits a referral there. Returns the referral id.
 pub async fn refer(fed: &TestFederation, from: &str, to: &str) -> Result<String> {
-    let mut sp = fed.referrals(from, Role::ServiceProvider).await?;
+    refer_with(&fed.referrals(from, Role::ServiceProvider).await?, to).await
+}
+
+/// Creates a case through `sp` (a service provider's client), records its consent to `to`
+/// and submits a referral to `to`; returns the referral id.
+pub async fn refer_with(sp: &ReferralServiceClient<Channel>, to: &str) -> Result<String> {
+    let mut sp = sp.clone();
     let case = sp
         .create_case(requests::case("Referred", 5))
         .await?
@@ -979,15 +985,18 @@ pub fn free_node_spec(id: &str) -> Result<trmctl::sandbox::NodeSpec> {
 }
 
 /// Runs `exe` (a test's `trm-test-node`, from `env!("CARGO_BIN_EXE_trm-test-node")`) with
-/// `--config config` as a child process, killed when dropped; its warnings and errors go
-/// to `<config>.log`.
+/// `--config config` as a child process, killed when dropped; its log (at the level a
+/// node runs by default) is appended to `<config>.log`, one run after another.
 pub fn spawn_node_process(exe: &str, config: &Path) -> Result<tokio::process::Child> {
-    let log = std::fs::File::create(config.with_extension("log"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(config.with_extension("log"))?;
     Ok(tokio::process::Command::new(exe)
         .arg("--config")
         .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
+        .env_remove("RUST_LOG")
+        .stdout(log.try_clone()?)
         .stderr(log)
         .kill_on_drop(true)
         .spawn()?)
