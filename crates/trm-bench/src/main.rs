@@ -7,6 +7,11 @@
 //! `submit_p99_ms`; `delivered_p99_ms` (submission to arrival at half the sustained
 //! end-to-end maximum); and `idle_rss_mb` of a node. `--preload N` first stores N cases in
 //! AT's store and reports `startup_s` as well. A table goes to stdout, JSON to `--json`.
+//!
+//! `--flood SECS` measures floods instead, against AT under its default limits: another
+//! client's latency idle and while one client certificate floods the services port over
+//! every connection it may hold, AT's resident memory before, during (peak) and after, and
+//! how long a new client waits while stalled TLS handshakes hold every place of the port.
 #![forbid(unsafe_code)]
 
 use std::{
@@ -55,6 +60,9 @@ struct Cli {
     /// the run unless --keep) instead of sled.
     #[arg(long, value_name = "URL")]
     postgres_url: Option<String>,
+    /// Measure floods of this many seconds each instead (see the crate's documentation).
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    flood: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -545,12 +553,14 @@ async fn bench(cli: Cli) -> Result<()> {
     sandbox::init(&dir, &specs, true)?;
     let mut schemas = Vec::new();
     for id in ["AT", "RO"] {
-        // The benchmark measures the node, not its rate limits.
         let path = dir.join(id).join("node.toml");
         let mut text = std::fs::read_to_string(&path)?;
-        text.push_str(
-            "\n[limits]\nclient_requests_per_second = 1000000\nclient_burst = 1000000\npeer_requests_per_second = 1000000\npeer_burst = 1000000\n",
-        );
+        if cli.flood == 0 {
+            // The benchmark measures the node, not its rate limits (a flood meets them).
+            text.push_str(
+                "\n[limits]\nclient_requests_per_second = 1000000\nclient_burst = 1000000\npeer_requests_per_second = 1000000\npeer_burst = 1000000\n",
+            );
+        }
         if let Some(url) = &cli.postgres_url {
             let schema = format!(
                 "trm_bench_{}_{}",
@@ -567,6 +577,18 @@ async fn bench(cli: Cli) -> Result<()> {
             });
         }
         std::fs::write(&path, text)?;
+    }
+    if cli.flood > 0 {
+        let ro_cfg = sandbox::config_path(&dir, "RO".parse()?);
+        let _ro = child(&["node".as_ref(), ro_cfg.as_os_str()])?;
+        let (at, _clients, _) = start_at(&dir).await?;
+        let report = flood(&dir, &at, Duration::from_secs(cli.flood)).await?;
+        if let Some(path) = &cli.json {
+            std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Ok(());
     }
     let echo_addr: SocketAddr = ([127, 0, 0, 1], base + 20).into();
     let _echo = child(&[
@@ -653,6 +675,155 @@ async fn bench(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Latencies (ms) of another client's requests (a case created, then read) made one after
+/// another, 20 a second (within its own rate), for `d`, and the slowest.
+async fn victim(fp: &ReferralServiceClient<Channel>, d: Duration) -> Result<(Vec<f64>, f64)> {
+    let until = Instant::now() + d;
+    let mut lat = Vec::new();
+    let mut pace = tokio::time::interval(Duration::from_millis(50));
+    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while Instant::now() < until {
+        pace.tick().await;
+        let t = Instant::now();
+        let mut c = fp.clone();
+        let case_id = c
+            .create_case(w::CreateCaseRequest {
+                person: Some(w::Person {
+                    given_name: "Bench".into(),
+                    gender: w::Gender::Female as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .case_id;
+        c.get_case(w::GetCaseRequest { case_id }).await?;
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let max = lat.iter().copied().fold(0.0, f64::max);
+    Ok((lat, max))
+}
+
+/// The flood measurements of `--flood` against AT (default limits), `d` each.
+async fn flood(dir: &Path, at: &Child, d: Duration) -> Result<serde_json::Value> {
+    let at_pid = at.id().context("AT exited")?;
+    let cfg = trm_node::NodeConfig::load(&sandbox::config_path(dir, "AT".parse()?))?;
+    let limits = cfg.limits.clone();
+    let services = cfg.listen.services;
+    let fp = ReferralServiceClient::new(node_client(dir, "AT".parse()?, Role::FocalPoint).await?);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_rss_mb = rss_mb(at_pid);
+    eprintln!("flood: another client alone for {d:?}");
+    let (mut alone, alone_max) = victim(&fp, d).await?;
+
+    // One client certificate over every connection it may hold, 16 requests in flight on
+    // each, as fast as they go.
+    let conns = limits.max_connections_per_client;
+    eprintln!("flood: one client over {conns} connections x 16 in flight for {d:?}");
+    let mut flooders = Vec::new();
+    for _ in 0..conns {
+        flooders.push(connect(dir, services, Role::ServiceProvider).await?);
+    }
+    let counts = Arc::new([
+        std::sync::atomic::AtomicU64::new(0),
+        std::sync::atomic::AtomicU64::new(0),
+    ]);
+    let until = Instant::now() + d;
+    let mut tasks = tokio::task::JoinSet::new();
+    for ch in &flooders {
+        for _ in 0..16 {
+            let (mut c, counts) = (ReferralServiceClient::new(ch.clone()), counts.clone());
+            tasks.spawn(async move {
+                while Instant::now() < until {
+                    let ok = c.list_cases(w::ListCasesRequest::default()).await.is_ok();
+                    counts[usize::from(!ok)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    }
+    let peak = {
+        let stop = until;
+        tokio::spawn(async move {
+            let mut peak = 0.0f64;
+            while Instant::now() < stop {
+                peak = peak.max(rss_mb(at_pid));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            peak
+        })
+    };
+    let (mut flooded, flooded_max) = victim(&fp, d).await?;
+    while tasks.join_next().await.is_some() {}
+    let peak_rss_mb = peak.await?;
+    let [served, refused] = [0, 1].map(|i| counts[i].load(std::sync::atomic::Ordering::Relaxed));
+    drop(flooders);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after_rss_mb = rss_mb(at_pid);
+
+    // Stalled handshakes: twice the port's places, each holding one until its deadline.
+    let n = 2 * limits.max_connections;
+    eprintln!("flood: {n} stalled TLS handshakes");
+    let mut stalled = Vec::new();
+    for _ in 0..n {
+        stalled.push(tokio::net::TcpStream::connect(services).await?);
+    }
+    let t = Instant::now();
+    let mut late = ReferralServiceClient::new(connect(dir, services, Role::FocalPoint).await?);
+    late.list_cases(w::ListCasesRequest::default()).await?;
+    let new_client_s = t.elapsed().as_secs_f64();
+    let stalled_rss_mb = rss_mb(at_pid);
+    drop(stalled);
+
+    let (p50, p99) = (percentile(&mut alone, 0.5), percentile(&mut alone, 0.99));
+    let (fp50, fp99) = (
+        percentile(&mut flooded, 0.5),
+        percentile(&mut flooded, 0.99),
+    );
+    println!("another client's requests (create a case, read it), one after another:");
+    println!(
+        "{:>10} {:>8} {:>8} {:>8} {:>8}",
+        "", "n", "p50 ms", "p99 ms", "max ms"
+    );
+    println!(
+        "{:>10} {:>8} {p50:>8.1} {p99:>8.1} {alone_max:>8.1}",
+        "alone",
+        alone.len()
+    );
+    println!(
+        "{:>10} {:>8} {fp50:>8.1} {fp99:>8.1} {flooded_max:>8.1}",
+        "flooded",
+        flooded.len()
+    );
+    println!(
+        "the flooder: {} requests in {:.0} s, {served} served, {refused} refused ({:.0}/s served; limit {}/s, burst {})",
+        served + refused,
+        d.as_secs_f64(),
+        served as f64 / d.as_secs_f64(),
+        limits.client_requests_per_second,
+        limits.client_burst
+    );
+    println!(
+        "AT's RSS: {idle_rss_mb:.1} MB idle, {peak_rss_mb:.1} MB peak in the flood, {after_rss_mb:.1} MB after, {stalled_rss_mb:.1} MB with {n} stalled handshakes"
+    );
+    println!(
+        "{n} stalled handshakes (max_connections {}, handshake_timeout {} s): a new client served after {new_client_s:.2} s",
+        limits.max_connections, limits.handshake_timeout_secs
+    );
+    Ok(serde_json::json!({
+        "flood_secs": d.as_secs_f64(),
+        "alone": {"n": alone.len(), "p50_ms": p50, "p99_ms": p99, "max_ms": alone_max},
+        "flooded": {"n": flooded.len(), "p50_ms": fp50, "p99_ms": fp99, "max_ms": flooded_max},
+        "flooder": {"connections": conns, "served": served, "refused": refused},
+        "idle_rss_mb": idle_rss_mb,
+        "peak_rss_mb": peak_rss_mb,
+        "after_rss_mb": after_rss_mb,
+        "stalled_handshakes": n,
+        "stalled_rss_mb": stalled_rss_mb,
+        "new_client_after_stalled_s": new_client_s,
+    }))
 }
 
 /// Returns a fresh folder for the run's nodes.
