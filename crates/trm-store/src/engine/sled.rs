@@ -354,7 +354,9 @@ impl Engine for SledEngine {
     }
 }
 
-/// The most free space kept in reserve by default: far more than one group writes.
+/// The most free space kept in reserve by default: many times what a group of ordinary
+/// requests writes (a group of very large requests could still need more: then sled meets
+/// the full disk and the store latches).
 const DEFAULT_RESERVE: u64 = 64 << 20;
 
 /// A transaction of the sled engine: writes are kept in layers (one per savepoint) and
