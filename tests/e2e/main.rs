@@ -17,5 +17,7 @@ mod privacy;
 mod referral;
 mod returns;
 mod stats;
+#[cfg(target_os = "linux")]
+mod storage;
 mod transport;
 mod trust;

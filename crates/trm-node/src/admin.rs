@@ -292,7 +292,7 @@ impl AdminService for Admin {
             });
         }
         peers.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-        let health = match store.failure() {
+        let health = match store.write_fault() {
             None => "SERVING".to_owned(),
             Some(why) => format!("NOT_SERVING: {why}"),
         };

@@ -313,6 +313,13 @@ pub struct StorageSection {
     /// bound.
     #[serde(default = "default_kek_rotation")]
     pub kek_rotation_hours: u32,
+    /// With `sled`: MiB the data folder's file system must keep free before a write is
+    /// tried; below it writes are refused (UNAVAILABLE) until space returns, so sled never
+    /// meets a full disk. Default: the smaller of 64 MiB and a sixteenth of the file system;
+    /// `0`: no reserve (a full disk then fails a write inside sled, and the node takes no
+    /// writes until it is restarted).
+    #[serde(default)]
+    pub min_free_mib: Option<u64>,
 }
 
 fn default_engine() -> String {
@@ -334,6 +341,7 @@ impl Default for StorageSection {
             schema: None,
             readers: default_pg_readers(),
             kek_rotation_hours: default_kek_rotation(),
+            min_free_mib: None,
         }
     }
 }
@@ -777,7 +785,12 @@ impl NodeConfig {
 pub fn engine_options(config: &NodeConfig) -> Result<trm_store::EngineOptions, ConfigError> {
     let s = &config.storage;
     if s.engine != "postgres" {
-        return Ok(trm_store::EngineOptions::default());
+        return Ok(trm_store::EngineOptions::Sled(
+            trm_store::engine::sled::SledOptions {
+                min_free_bytes: s.min_free_mib.map(|m| m.saturating_mul(1 << 20)),
+                ..Default::default()
+            },
+        ));
     }
     let url = match (&s.url, &s.url_file) {
         (Some(u), _) => u.clone(),

@@ -37,7 +37,10 @@ where
 }
 
 /// Alive unless the store stopped taking writes after a failed durable point (only a
-/// restart, after the disk is looked at, brings it back).
+/// restart, after the disk is looked at, brings it back: a failing liveness probe is what
+/// makes an orchestrator restart the node). A disk that is full or read-only for now fails
+/// readiness only: a restart would free no space, and the node takes writes again by itself
+/// when the disk does.
 async fn live(
     State((ctx, _, _)): State<(Ctx, GateCounters, Arc<Requests>)>,
 ) -> (StatusCode, String) {
@@ -50,7 +53,8 @@ async fn live(
     }
 }
 
-/// Ready when the database answers and takes writes. Verifying the audit chain is
+/// Ready when the database answers and takes writes (no failed durable point, the data
+/// folder neither full nor read-only). Verifying the audit chain is
 /// `VerifyAudit`'s job: it reads every entry, too much for a probe that runs every few
 /// seconds.
 async fn ready(
@@ -60,6 +64,12 @@ async fn ready(
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("storage failed: {why}\n"),
+        );
+    }
+    if let Some(why) = ctx.store.write_fault() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("storage refuses writes: {why}\n"),
         );
     }
     if ctx.store.is_readable() {
@@ -292,6 +302,18 @@ pub fn render(ctx: &Ctx, gates: &GateCounters, requests: &Requests) -> String {
         "trm_storage_failed",
         "",
         u8::from(s.failure().is_some()),
+    );
+    family(
+        &mut out,
+        "trm_storage_refusing_writes",
+        "gauge",
+        "1 while the store cannot take a write (failed durable point, data folder full or read-only).",
+    );
+    sample(
+        &mut out,
+        "trm_storage_refusing_writes",
+        "",
+        u8::from(s.write_fault().is_some()),
     );
 
     let c = &ctx.counters;

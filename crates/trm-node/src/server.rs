@@ -417,14 +417,51 @@ fn expiries(config: &NodeConfig) -> Vec<(String, Option<time::OffsetDateTime>)> 
     .collect()
 }
 
-/// Turns the node NOT_SERVING for good once a durable point of `store` has failed.
+/// How often the gRPC health follows a disk that is full or read-only, and back.
+const STORAGE_CHECK: Duration = Duration::from_secs(1);
+
+/// Marks every service of a node SERVING for gRPC health checking.
+async fn serving(health: &tonic_health::server::HealthReporter) {
+    health
+        .set_serving::<ReferralServiceServer<Referrals>>()
+        .await;
+    health.set_serving::<AdminServiceServer<Admin>>().await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+}
+
+/// Keeps the gRPC health of the node in step with its store: NOT_SERVING for good once a
+/// durable point has failed, and NOT_SERVING while the data folder is full or read-only
+/// (SERVING again as soon as it takes writes).
 fn latch_health(store: &Store, health: tonic_health::server::HealthReporter) -> JoinHandle<()> {
     let mut failure = store.watch_failure();
+    let store = store.clone();
     tokio::spawn(async move {
-        while failure.changed().await.is_ok() {
-            if failure.borrow().is_some() {
+        let mut tick = tokio::time::interval(STORAGE_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut refusing = false;
+        loop {
+            tokio::select! {
+                changed = failure.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                _ = tick.tick() => {}
+            }
+            if store.failure().is_some() {
                 not_serving(&health).await;
                 return;
+            }
+            let now = store.write_fault().is_some();
+            if now != refusing {
+                refusing = now;
+                if now {
+                    not_serving(&health).await;
+                } else {
+                    serving(&health).await;
+                }
             }
         }
     })

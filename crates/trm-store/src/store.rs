@@ -349,6 +349,14 @@ impl Store {
         self.inner.shared.health.failure()
     }
 
+    /// Returns why the store cannot take a write now: a failed durable point (latched, see
+    /// [`Store::failure`]) or a disk that refuses writes at the moment (full, read-only;
+    /// this passes when the disk takes writes again). For readiness probes: a cheap check,
+    /// no write.
+    pub fn write_fault(&self) -> Option<String> {
+        self.failure().or_else(|| self.engine().write_refusal())
+    }
+
     /// Returns a receiver that sees a failed durable point when it happens.
     pub fn watch_failure(&self) -> tokio::sync::watch::Receiver<Option<String>> {
         self.inner.shared.health.watch()
@@ -399,7 +407,11 @@ impl Store {
         self.anchor_audit_head()
     }
 
-    /// Stops the writer (after every request already queued) and flushes the engine.
+    /// Stops the writer (after every request already queued) and flushes the engine. After
+    /// a failed durable point the flush may fail again (sled keeps its first I/O error until
+    /// it is opened again): nothing is lost by it, since every write after the failure was
+    /// refused and everything acknowledged before it was durable, so that is logged, not
+    /// returned.
     pub fn close(&self) -> Result<()> {
         self.inner
             .jobs
@@ -415,7 +427,14 @@ impl Store {
         {
             let _ = w.join();
         }
-        self.engine().close()?;
+        match self.engine().close() {
+            Ok(()) => {}
+            Err(e) if self.failure().is_some() => tracing::warn!(
+                error = %e,
+                "the store's last flush failed as its durable point did; everything acknowledged was durable before"
+            ),
+            Err(e) => return Err(e),
+        }
         self.anchor_audit_head()
     }
 

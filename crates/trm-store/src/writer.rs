@@ -4,6 +4,8 @@
 //! signs the audit head, and commits once: one durable point for the whole group. Then it
 //! answers each request with its own result. A failed durable point latches: from then on
 //! every write is refused, because what the group wrote may already have been seen.
+//! A disk that cannot take writes now (full, read-only: [`Engine::write_refusal`]) refuses
+//! each group before anything is written, and only as long as it lasts.
 
 use std::{
     any::Any,
@@ -43,11 +45,13 @@ pub(crate) struct Job {
     pub reply: oneshot::Sender<JobOutput>,
 }
 
-/// The store's health: whether a durable point failed (and why).
+/// The store's health: whether a durable point failed (and why), and whether the disk
+/// refused the last group (and why).
 #[derive(Debug)]
 pub struct Health {
     failed: Mutex<Option<String>>,
     changes: tokio::sync::watch::Sender<Option<String>>,
+    refusing: Mutex<Option<String>>,
 }
 
 impl Default for Health {
@@ -55,6 +59,7 @@ impl Default for Health {
         Self {
             failed: Mutex::default(),
             changes: tokio::sync::watch::channel(None).0,
+            refusing: Mutex::default(),
         }
     }
 }
@@ -71,6 +76,26 @@ impl Health {
     /// Returns a receiver that sees the failure when it happens.
     pub fn watch(&self) -> tokio::sync::watch::Receiver<Option<String>> {
         self.changes.subscribe()
+    }
+
+    /// Notes that the disk refuses writes (logged once, when it starts).
+    fn refuse(&self, why: &str) {
+        let mut r = self.refusing.lock().unwrap_or_else(PoisonError::into_inner);
+        if r.as_deref() != Some(why) {
+            tracing::warn!(
+                reason = %why,
+                "storage refuses writes: every write is answered UNAVAILABLE until the data folder takes writes again"
+            );
+            *r = Some(why.to_owned());
+        }
+    }
+
+    /// Notes that the disk takes writes (logged once, when a refusal ends).
+    fn writable(&self) {
+        let mut r = self.refusing.lock().unwrap_or_else(PoisonError::into_inner);
+        if r.take().is_some() {
+            tracing::info!("storage takes writes again");
+        }
     }
 
     fn fail(&self, why: String) {
@@ -192,6 +217,11 @@ fn run_group(shared: &Shared, mut group: Vec<Job>) {
     if let Some(why) = shared.health.failure() {
         return refuse_all(group, &why);
     }
+    if let Some(why) = shared.engine.write_refusal() {
+        shared.health.refuse(&why);
+        return refuse_all(group, &why);
+    }
+    shared.health.writable();
     for attempt in 0..=CONFLICT_RETRIES {
         match attempt_group(shared, &mut group) {
             Ok(Some((outputs, all))) => return finish_group(shared, group, outputs, all),

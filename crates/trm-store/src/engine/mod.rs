@@ -31,6 +31,15 @@ pub trait Engine: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// Returns why the engine cannot take a write now (its folder full or read-only), or
+    /// `None`. The writer asks before each group, so that a full or read-only disk refuses
+    /// writes before the engine fails on it: such a refusal changes nothing, latches
+    /// nothing, and ends as soon as the disk takes writes again. `None` for an engine
+    /// without local files (a database server answers for itself).
+    fn write_refusal(&self) -> Option<String> {
+        None
+    }
+
     /// Flushes whatever the engine buffers; called on shutdown.
     fn close(&self) -> Result<()>;
 

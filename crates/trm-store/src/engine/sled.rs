@@ -11,6 +11,16 @@
 //! would exceed a quarter of a segment to a file of its own under `blobs/` and never syncs
 //! it; values here are split into chunks small enough that no node reaches that size, and
 //! any blob that appears anyway is synced with the rest.
+//!
+//! A full or read-only disk: sled 0.34 keeps the first I/O error of a write (its
+//! `global_error`) and fails every later write and flush until the database is opened
+//! again, and an error from its `flush` cannot be told apart from a failed writeback (the
+//! page cache may then hold what the disk does not). So the engine does not let sled meet a
+//! full disk: before each group the writer asks [`Engine::write_refusal`], which refuses
+//! while the folder is read-only or has less free space than a reserve, and the node takes
+//! writes again as soon as space returns, without a restart. A write that fails inside sled
+//! anyway (the disk filled by someone else within one group, an I/O error) latches the
+//! store until the node is restarted.
 
 use std::{
     collections::HashMap,
@@ -44,6 +54,10 @@ pub struct SledOptions {
     pub cache_bytes: Option<u64>,
     /// Called before each sync; an error fails the durable point.
     pub sync_hook: Option<SyncHook>,
+    /// Free bytes the data folder's file system must keep before a write is tried
+    /// (`None`: the smaller of 64 MiB and a sixteenth of the file system; `Some(0)`: no
+    /// reserve, sled meets a full disk itself and the store latches).
+    pub min_free_bytes: Option<u64>,
 }
 
 impl std::fmt::Debug for SledOptions {
@@ -51,6 +65,7 @@ impl std::fmt::Debug for SledOptions {
         f.debug_struct("SledOptions")
             .field("cache_bytes", &self.cache_bytes)
             .field("sync_hook", &self.sync_hook.is_some())
+            .field("min_free_bytes", &self.min_free_bytes)
             .finish()
     }
 }
@@ -64,6 +79,7 @@ pub struct SledEngine {
     dir: PathBuf,
     file: File,
     hook: Option<SyncHook>,
+    min_free_bytes: Option<u64>,
     /// The files under `dir` as last synced.
     synced: Mutex<HashMap<PathBuf, FileState>>,
     /// The names in the folder and in `blobs/` at the last sync: sled changes no file but
@@ -156,6 +172,7 @@ impl SledEngine {
             dir: dir.to_path_buf(),
             file,
             hook: options.sync_hook,
+            min_free_bytes: options.min_free_bytes,
             synced: Mutex::default(),
             names: Mutex::default(),
         };
@@ -312,7 +329,35 @@ impl Engine for SledEngine {
     fn close(&self) -> Result<()> {
         self.sync_all()
     }
+
+    #[cfg(unix)]
+    fn write_refusal(&self) -> Option<String> {
+        use rustix::fs::StatVfsMountFlags;
+        let fs = match rustix::fs::statvfs(&self.dir) {
+            Ok(fs) => fs,
+            Err(e) => return Some(format!("the data folder cannot be examined: {e}")),
+        };
+        if fs.f_flag.contains(StatVfsMountFlags::RDONLY) {
+            return Some("the data folder is read-only".into());
+        }
+        let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+        let reserve = self
+            .min_free_bytes
+            .unwrap_or_else(|| (fs.f_blocks.saturating_mul(fs.f_frsize) / 16).min(DEFAULT_RESERVE));
+        (reserve > 0 && free < reserve).then(|| {
+            format!(
+                "the data folder is full: {} KiB free, {} KiB kept in reserve",
+                free >> 10,
+                reserve >> 10
+            )
+        })
+    }
 }
+
+/// The most free space kept in reserve by default: many times what a group of ordinary
+/// requests writes (a group of very large requests could still need more: then sled meets
+/// the full disk and the store latches).
+const DEFAULT_RESERVE: u64 = 64 << 20;
 
 /// A transaction of the sled engine: writes are kept in layers (one per savepoint) and
 /// applied in one batch at commit.

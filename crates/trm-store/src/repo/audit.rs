@@ -301,6 +301,12 @@ impl Store {
     /// Copies the signed audit head to its anchor outside the database (written whole and
     /// synced). Run periodically and at shutdown; the anchor may lag the signed head.
     pub fn anchor_audit_head(&self) -> Result<()> {
+        if self.failure().is_some() {
+            // After a failed durable point the engine may show what the failed group wrote
+            // (sled keeps it in memory): anchoring that head would anchor what the disk may
+            // not hold. The anchor stays at the last head known durable.
+            return Ok(());
+        }
         let Some(signed) =
             self.get_json::<SignedHead>("signed audit head", &layout::meta(SIGNED))?
         else {
