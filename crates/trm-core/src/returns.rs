@@ -709,6 +709,196 @@ mod tests {
         );
     }
 
+    const STATUSES: [ReturnStatus; 10] = [
+        S::Proposed,
+        S::Requested,
+        S::ReceptionConfirmed,
+        S::ConcernRaised,
+        S::Scheduled,
+        S::Travelled,
+        S::Arrived,
+        S::FollowUp,
+        S::Closed,
+        S::Halted,
+    ];
+    const EVENTS: [ReturnEvent; 9] = [
+        E::ConfirmReception,
+        E::RaiseConcern,
+        E::ResolveConcern,
+        E::Schedule,
+        E::Travel,
+        E::Arrive,
+        E::FollowUp,
+        E::Close,
+        E::Halt,
+    ];
+
+    #[test]
+    fn status_names_are_the_ones_errors_and_audit_entries_use() {
+        let names: Vec<&str> = STATUSES.iter().map(|s| s.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "proposed",
+                "requested",
+                "reception_confirmed",
+                "concern_raised",
+                "scheduled",
+                "travelled",
+                "arrived",
+                "follow_up",
+                "closed",
+                "halted"
+            ]
+        );
+        let err = next(S::Travelled, E::Schedule).unwrap_err();
+        assert_eq!(
+            err.reason,
+            "return plan is travelled; Schedule is not possible"
+        );
+    }
+
+    /// The other node's announcement of a status is read back as exactly the event that
+    /// made it, and never as an event the announcing side may not make (an event that does
+    /// not lead there from the plan's state is then refused by `next`).
+    #[test]
+    fn an_announced_status_is_read_back_as_the_event_that_made_it_from_its_side_only() {
+        for side in [Side::Origin, Side::Destination] {
+            for from in STATUSES {
+                for to in STATUSES {
+                    let made_by: Vec<ReturnEvent> = EVENTS
+                        .into_iter()
+                        .filter(|e| e.allowed_for(side) && next(from, *e).ok() == Some(to))
+                        .collect();
+                    let read = ReturnEvent::leading_to(to, side, from);
+                    match made_by.as_slice() {
+                        [] => {
+                            if let Some(e) = read {
+                                assert!(e.allowed_for(side), "{side:?} {from:?} -> {to:?}");
+                                assert_ne!(next(from, e).ok(), Some(to), "{from:?} {e:?}");
+                            }
+                        }
+                        [e] => assert_eq!(read, Some(*e), "{side:?} {from:?} -> {to:?}"),
+                        many => panic!("{from:?} -> {to:?} by {many:?}"),
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn each_side_may_make_only_its_own_events() {
+        let origin: Vec<ReturnEvent> = EVENTS
+            .into_iter()
+            .filter(|e| e.allowed_for(Side::Origin))
+            .collect();
+        let destination: Vec<ReturnEvent> = EVENTS
+            .into_iter()
+            .filter(|e| e.allowed_for(Side::Destination))
+            .collect();
+        assert_eq!(origin, [E::Schedule, E::Travel, E::Close, E::Halt]);
+        assert_eq!(
+            destination,
+            [
+                E::ConfirmReception,
+                E::RaiseConcern,
+                E::ResolveConcern,
+                E::Arrive,
+                E::FollowUp,
+                E::Close,
+                E::Halt
+            ]
+        );
+    }
+
+    fn plan(status: ReturnStatus) -> ReturnRecord {
+        let now = OffsetDateTime::now_utc();
+        ReturnRecord {
+            return_id: ReturnId::new(),
+            origin: "AT".parse().unwrap(),
+            destination: "RO".parse().unwrap(),
+            status,
+            disclosed: DisclosedCase::default(),
+            hearing_pending: false,
+            compensation_pending: false,
+            case_id: None,
+            organisation: None,
+            status_reason: String::new(),
+            reception_details: String::new(),
+            travel_at: None,
+            travel_details: String::new(),
+            follow_ups: vec![],
+            consent_ids: vec![],
+            erasure: Erasure::NotRequested,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    #[test]
+    fn each_step_keeps_the_details_that_go_with_it() {
+        let step = |details: &str| StepDetails {
+            details: details.into(),
+            ..Default::default()
+        };
+        let mut p = plan(S::Requested);
+        p.apply(E::ConfirmReception, &step("met at arrivals"))
+            .unwrap();
+        assert_eq!(p.reception_details, "met at arrivals");
+        assert_eq!(p.status_reason, "", "reception details are not a reason");
+        let at = datetime!(2030-03-01 10:00 UTC);
+        p.apply(
+            E::Schedule,
+            &StepDetails {
+                details: "flight OS 791".into(),
+                travel_at: Some(at),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (p.travel_at, p.travel_details.as_str()),
+            (Some(at), "flight OS 791")
+        );
+        assert_eq!(p.reception_details, "met at arrivals");
+        p.apply(E::RaiseConcern, &step("shelter full")).unwrap();
+        assert_eq!(p.status_reason, "shelter full");
+        p.apply(E::ResolveConcern, &step("")).unwrap();
+        assert_eq!(
+            p.status_reason, "shelter full",
+            "no details keep the reason"
+        );
+        p.apply(E::ConfirmReception, &step("met at the station"))
+            .unwrap();
+        p.apply(E::Schedule, &step("bus")).unwrap();
+        p.apply(E::Travel, &step("boarded")).unwrap();
+        assert_eq!(
+            p.status_reason, "shelter full",
+            "travel details are not a reason"
+        );
+        p.apply(E::Arrive, &step("arrived well")).unwrap();
+        assert_eq!(p.status_reason, "arrived well");
+        p.apply(E::FollowUp, &step("first visit")).unwrap();
+        assert_eq!(p.follow_ups.len(), 1);
+        assert_eq!(p.follow_ups[0].notes, "first visit");
+        assert_eq!(
+            p.status_reason, "arrived well",
+            "follow-up notes are not a reason"
+        );
+        p.apply(
+            E::Close,
+            &StepDetails {
+                reason: "reintegrated".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (p.status, p.status_reason.as_str()),
+            (S::Closed, "reintegrated")
+        );
+    }
+
     #[test]
     fn a_plan_keeps_at_most_64_follow_ups_whoever_adds_them() {
         let now = OffsetDateTime::now_utc();
