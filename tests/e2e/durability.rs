@@ -236,3 +236,162 @@ async fn retried_operator_requests_act_once() -> anyhow::Result<()> {
     fed.stop().await?;
     Ok(())
 }
+
+/// What a disk that loses power holds: the node's files as they were at its last
+/// completed sync. The sync hook copies the node's folders just before each sync (sled has
+/// written everything it will sync by then) and, once the power is "cut", fails every sync:
+/// from that instant nothing more becomes durable, so nothing more may be acknowledged.
+#[derive(Default)]
+struct PowerCut {
+    /// The node's folder, known once the federation has started.
+    node_dir: std::sync::Mutex<Option<std::path::PathBuf>>,
+    cut: AtomicBool,
+    syncs: std::sync::atomic::AtomicU64,
+}
+
+/// The folders a node writes: its database and its keys (the data-key store and the audit
+/// anchor beside it).
+const WRITTEN: [&str; 2] = ["data", "keys"];
+
+impl PowerCut {
+    fn hook(&self) -> std::io::Result<()> {
+        if self.cut.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("injected: the power is off"));
+        }
+        let dir = self
+            .node_dir
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(dir) = dir {
+            let disk = dir.with_extension("disk");
+            let _ = std::fs::remove_dir_all(&disk);
+            for d in WRITTEN {
+                copy_dir(&dir.join(d), &disk.join(d))?;
+            }
+            self.syncs.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// After the node stopped: its folders become what the disk held.
+    fn power_back(&self) -> anyhow::Result<()> {
+        let dir = self
+            .node_dir
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("no node folder"))?;
+        let disk = dir.with_extension("disk");
+        for d in WRITTEN {
+            std::fs::remove_dir_all(dir.join(d))?;
+            copy_dir(&disk.join(d), &dir.join(d))?;
+        }
+        self.cut.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Power cuts of either node during a stream of referrals: each node's files go back to
+/// what its disk held at its last completed sync (everything written since is lost, as on a
+/// disk whose cache dies with the power). Every referral AT acknowledged arrives at RO
+/// exactly once, every receipt AT holds is for a referral RO still has, and both audit
+/// chains verify.
+#[tokio::test]
+async fn power_cuts_lose_nothing_acknowledged_and_nothing_a_receipt_was_given_for(
+) -> anyhow::Result<()> {
+    let cuts: std::collections::BTreeMap<&str, Arc<PowerCut>> = ["AT", "RO"]
+        .into_iter()
+        .map(|id| (id, Arc::new(PowerCut::default())))
+        .collect();
+    let mut builder = TestFederation::builder().nodes(&["AT", "RO"]);
+    for (id, cut) in &cuts {
+        let cut = cut.clone();
+        builder = builder.sync_hook(id, move || cut.hook());
+    }
+    let mut fed = builder.start().await?;
+    for (id, cut) in &cuts {
+        *cut.node_dir
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fed.node_dir(id));
+    }
+    let mut acknowledged = Vec::new();
+    for (round, victim) in ["RO", "AT", "RO", "AT"].into_iter().enumerate() {
+        for _ in 0..5 {
+            acknowledged.push(trm_tests::refer(&fed, "AT", "RO").await?);
+        }
+        // The cut comes while deliveries and receipts may still be under way.
+        let cut = &cuts[victim];
+        cut.cut.store(true, Ordering::SeqCst);
+        // A write after the cut is never acknowledged.
+        let err = fed
+            .referrals(victim, Role::ServiceProvider)
+            .await?
+            .create_case(requests::case("After the cut", 3))
+            .await
+            .expect_err("the power is off");
+        assert_eq!(err.code(), Code::Unavailable, "round {round}: {err:?}");
+        fed.stop_node(victim).await?;
+        cut.power_back()?;
+        fed.start_node(victim).await?;
+    }
+    let (at, ro) = (
+        fed.referrals("AT", Role::FocalPoint).await?,
+        fed.referrals("RO", Role::FocalPoint).await?,
+    );
+    for id in &acknowledged {
+        trm_tests::referral_with_status(&at, id, w::ReferralStatus::Delivered).await?;
+        ro.clone()
+            .get_referral(w::GetReferralRequest {
+                referral_id: id.clone(),
+            })
+            .await?;
+    }
+    let incoming = ro
+        .clone()
+        .list_referrals(w::ListReferralsRequest {
+            direction: w::Direction::Incoming as i32,
+            page_size: 100,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .referrals;
+    assert_eq!(
+        incoming.len(),
+        acknowledged.len(),
+        "each exactly once at RO"
+    );
+    for id in ["AT", "RO"] {
+        let v = fed
+            .admin(id, Role::Operator)
+            .await?
+            .verify_audit(w::VerifyAuditRequest {})
+            .await?
+            .into_inner();
+        assert!(v.ok, "{id}'s audit chain: {v:?}");
+    }
+    println!(
+        "power cuts: 4 (RO, AT, RO, AT); {} referrals acknowledged, all at RO once; syncs \
+         copied: AT {}, RO {}",
+        acknowledged.len(),
+        cuts["AT"].syncs.load(Ordering::SeqCst),
+        cuts["RO"].syncs.load(Ordering::SeqCst)
+    );
+    fed.stop().await?;
+    Ok(())
+}
