@@ -177,6 +177,32 @@ mod tests {
     }
 
     #[test]
+    fn an_uninformed_consent_is_not_named_as_expired() {
+        let mut c = consent(
+            &[Purpose::ReferralAssistance],
+            "RO",
+            Some(date!(2026 - 03 - 01)),
+        );
+        c.informed = false;
+        // Before and on its last day: refused for want of information, never "expired".
+        for today in [date!(2026 - 02 - 01), date!(2026 - 03 - 01)] {
+            let refused = grant(
+                std::slice::from_ref(&c),
+                Purpose::ReferralAssistance,
+                "RO".parse().unwrap(),
+                today,
+            )
+            .unwrap_err();
+            assert!(!refused.reason.contains("expired"), "{}", refused.reason);
+            assert!(
+                refused.reason.starts_with("no active consent covers"),
+                "{}",
+                refused.reason
+            );
+        }
+    }
+
+    #[test]
     fn withdrawn_consent_grants_nothing() {
         let mut c = consent(&[Purpose::ReferralAssistance], "RO", None);
         c.withdrawn_at = Some(datetime!(2026-01-02 0:00 UTC));

@@ -330,6 +330,52 @@ mod tests {
         }
     }
 
+    #[test]
+    fn each_field_is_named_by_its_path_in_the_disclosed_case() {
+        let paths: Vec<&str> = Field::ALL.iter().map(|f| f.path()).collect();
+        assert_eq!(
+            paths,
+            [
+                "disclosed.age_band",
+                "disclosed.gender",
+                "disclosed.citizenship",
+                "disclosed.languages",
+                "disclosed.needs.kinds",
+                "disclosed.needs.urgency",
+                "disclosed.exploitation.types",
+                "disclosed.exploitation.countries",
+                "disclosed.child",
+                "disclosed.identity.given_name",
+                "disclosed.identity.family_name",
+                "disclosed.identity.date_of_birth",
+                "disclosed.identity.document_number",
+                "disclosed.identity.address",
+                "disclosed.identity.phone",
+            ]
+        );
+        let v = PolicyViolation {
+            purpose: Purpose::WitnessHearing,
+            field: Field::Address,
+        };
+        assert_eq!(
+            v.detail(),
+            "disclosed.identity.address (contact) is not allowed for witness_hearing"
+        );
+        assert_eq!(v.to_string(), format!("policy violation: {}", v.detail()));
+    }
+
+    #[test]
+    fn a_disclosure_carries_its_pairwise_reference() {
+        for purpose in [
+            Purpose::ReferralAssistance,
+            Purpose::ReturnPlanning,
+            Purpose::WitnessHearing,
+        ] {
+            let d = disclose(&case(), purpose, &all(), "ref-AT-RO-1".into(), date!(2026 - 02 - 01));
+            assert_eq!(d.case_ref, "ref-AT-RO-1", "{purpose:?}");
+        }
+    }
+
     fn all() -> BTreeSet<DataCategory> {
         [
             DataCategory::Identity,

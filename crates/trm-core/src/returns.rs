@@ -196,14 +196,16 @@ impl ReturnEvent {
         }
     }
 
-    /// Returns the event that leads to `status` when announced by `side`, if any.
-    pub fn leading_to(status: ReturnStatus, side: Side, from: ReturnStatus) -> Option<Self> {
+    /// Returns the event that leads to `status` when announced by `side`, if any. Whether
+    /// it may happen in the plan's present state is [`next`]'s to say (a plan is requested
+    /// again only once its concern is resolved).
+    pub fn leading_to(status: ReturnStatus, side: Side) -> Option<Self> {
         use ReturnEvent as E;
         use ReturnStatus as S;
         let event = match status {
             S::ReceptionConfirmed => E::ConfirmReception,
             S::ConcernRaised => E::RaiseConcern,
-            S::Requested if from == S::ConcernRaised => E::ResolveConcern,
+            S::Requested => E::ResolveConcern,
             S::Scheduled => E::Schedule,
             S::Travelled => E::Travel,
             S::Arrived => E::Arrive,
@@ -688,23 +690,23 @@ mod tests {
     #[test]
     fn each_side_announces_only_its_own_events() {
         assert_eq!(
-            ReturnEvent::leading_to(S::ReceptionConfirmed, Side::Destination, S::Requested),
+            ReturnEvent::leading_to(S::ReceptionConfirmed, Side::Destination),
             Some(E::ConfirmReception)
         );
         assert_eq!(
-            ReturnEvent::leading_to(S::ReceptionConfirmed, Side::Origin, S::Requested),
+            ReturnEvent::leading_to(S::ReceptionConfirmed, Side::Origin),
             None
         );
         assert_eq!(
-            ReturnEvent::leading_to(S::Scheduled, Side::Destination, S::ReceptionConfirmed),
+            ReturnEvent::leading_to(S::Scheduled, Side::Destination),
             None
         );
         assert_eq!(
-            ReturnEvent::leading_to(S::Requested, Side::Destination, S::ConcernRaised),
+            ReturnEvent::leading_to(S::Requested, Side::Destination),
             Some(E::ResolveConcern)
         );
         assert_eq!(
-            ReturnEvent::leading_to(S::Halted, Side::Origin, S::Scheduled),
+            ReturnEvent::leading_to(S::Halted, Side::Origin),
             Some(E::Halt)
         );
     }
@@ -770,7 +772,7 @@ mod tests {
                         .into_iter()
                         .filter(|e| e.allowed_for(side) && next(from, *e).ok() == Some(to))
                         .collect();
-                    let read = ReturnEvent::leading_to(to, side, from);
+                    let read = ReturnEvent::leading_to(to, side);
                     match made_by.as_slice() {
                         [] => {
                             if let Some(e) = read {

@@ -66,3 +66,57 @@ pub fn require_org(p: &Principal, owner: Option<&OrgId>) -> Result<(), ApiError>
 pub fn actor(p: &Principal) -> String {
     format!("client:{}/{}", p.role, p.org)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(role: Role, org: &str) -> Principal {
+        Principal {
+            role,
+            org: org.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn only_the_listed_roles_pass_and_the_refusal_names_role_and_action() {
+        let judge = p(Role::JudicialAuthority, "court1");
+        assert!(require(&judge, &[Role::JudicialAuthority], "request hearings").is_ok());
+        match require(&judge, CASE_ROLES, "read cases") {
+            Err(ApiError::Denied(why)) => {
+                assert_eq!(why, "role judicial_authority may not read cases")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(require(&p(Role::Operator, "ops"), &[], "anything").is_err());
+    }
+
+    #[test]
+    fn providers_reach_only_their_own_organisations_records_and_focal_points_all() {
+        let sp1: OrgId = "sp1".parse().unwrap();
+        let sp2: OrgId = "sp2".parse().unwrap();
+        assert!(require_org(&p(Role::ServiceProvider, "sp1"), Some(&sp1)).is_ok());
+        for owner in [Some(&sp2), None] {
+            match require_org(&p(Role::ServiceProvider, "sp1"), owner) {
+                Err(ApiError::Denied(why)) => {
+                    assert_eq!(why, "organisation sp1 may not access this record")
+                }
+                other => panic!("{owner:?}: {other:?}"),
+            }
+        }
+        for owner in [Some(&sp1), Some(&sp2), None] {
+            assert!(require_org(&p(Role::FocalPoint, "fp"), owner).is_ok());
+        }
+        for role in [Role::JudicialAuthority, Role::Operator] {
+            assert!(require_org(&p(role, "sp1"), Some(&sp1)).is_err(), "{role}");
+        }
+    }
+
+    #[test]
+    fn the_audit_names_the_caller_by_role_and_organisation() {
+        assert_eq!(
+            actor(&p(Role::ServiceProvider, "sp1")),
+            "client:service_provider/sp1"
+        );
+    }
+}

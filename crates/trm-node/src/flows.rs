@@ -244,7 +244,7 @@ impl Flows {
             return Err(unknown("return plan not shared with the sender"));
         }
         let event = step(
-            ReturnEvent::leading_to(status, r.side(inbound.sender), r.status),
+            ReturnEvent::leading_to(status, r.side(inbound.sender)),
             status.as_str(),
         )?;
         r.apply(event, details).map_err(|g| transition(g.reason))?;
