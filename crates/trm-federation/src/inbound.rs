@@ -100,9 +100,9 @@ struct Applied {
     duplicate: bool,
 }
 
-/// An envelope that passed every check before any effect.
+/// An envelope that passed every check before any effect (see [`open`]).
 #[derive(Debug, Clone)]
-struct Checked {
+pub struct Checked {
     sender: NodeId,
     message_id: MessageId,
     kind: EnvelopeKind,
@@ -113,6 +113,23 @@ struct Checked {
     body: Vec<u8>,
     policy_version: String,
 }
+
+impl Checked {
+    /// Returns the envelope's message id.
+    pub fn message_id(&self) -> MessageId {
+        self.message_id
+    }
+
+    /// Returns the envelope with its payload parsed, or why the payload does not parse
+    /// (what the REJECTED receipt says).
+    pub fn inbound(&self) -> Result<&Inbound, &Rejection> {
+        self.inbound.as_ref()
+    }
+}
+
+/// Why [`open`] refused an envelope: the message id when the body decoded far enough to
+/// name one (`-` otherwise), the refusal and its detail (field names, never values).
+pub type Refused = (String, Refusal, &'static str);
 
 /// What the receive pipeline needs inside the writer's transaction.
 #[derive(Clone)]
@@ -500,86 +517,9 @@ impl FederationServer {
         FederationError::Storage(format!("applying envelopes: {}", e.into_store())).into()
     }
 
-    /// The checks before any effect; a refusal carries the message id when known.
-    fn check(
-        &self,
-        entry: &Peer,
-        env: &SignedEnvelope,
-    ) -> Result<Checked, (String, Refusal, &'static str)> {
-        let early = |r: Refusal, d: &'static str| ("-".to_owned(), r, d);
-        if env.body.len() > MAX_ENVELOPE {
-            return Err(early(Refusal::Oversize, "envelope larger than the limit"));
-        }
-        let key = entry.key(&env.key_id).ok_or_else(|| {
-            early(
-                Refusal::UnknownKey,
-                "key id names none of the peer's signing keys",
-            )
-        })?;
-        trm_crypto::signing::verify(&key.public, ENVELOPE_TAG, &env.body, &env.signature).map_err(
-            |_| {
-                early(
-                    Refusal::BadSignature,
-                    "signature does not verify over the body",
-                )
-            },
-        )?;
-        let body = EnvelopeBody::decode(env.body.as_slice())
-            .map_err(|_| early(Refusal::Malformed, "body does not decode"))?;
-        let mid = body.message_id.clone();
-        let fail = |r: Refusal, d: &'static str| (mid.clone(), r, d);
-        if body.sender != entry.id.as_str() {
-            return Err(fail(Refusal::SenderMismatch, "sender is not the TLS peer"));
-        }
-        let created_at = from_ts("created_at", body.created_at.as_ref())
-            .map_err(|_| fail(Refusal::Malformed, "created_at is missing or out of range"))?;
-        if !key.valid_at(created_at) {
-            return Err(fail(
-                Refusal::RetiredKey,
-                "signing key not valid at created_at",
-            ));
-        }
-        if body.recipient != self.cfg.node.as_str() {
-            return Err(fail(Refusal::WrongRecipient, "recipient is not this node"));
-        }
-        let now = OffsetDateTime::now_utc();
-        if created_at < now - self.cfg.replay_window {
-            return Err(fail(
-                Refusal::Stale,
-                "created_at is outside the replay window",
-            ));
-        }
-        if created_at > now + self.cfg.clock_skew {
-            return Err(fail(
-                Refusal::Future,
-                "created_at is ahead of the allowed clock skew",
-            ));
-        }
-        let message_id = match uuid::Uuid::try_parse(&body.message_id) {
-            Ok(u) if u.get_version_num() == 7 => MessageId::from_uuid(u),
-            _ => return Err(fail(Refusal::Malformed, "message_id must be a UUIDv7")),
-        };
-        let Some(payload) = body.payload else {
-            return Err(fail(Refusal::Malformed, "payload is required"));
-        };
-        let inbound = trm_proto::peer::parse(&payload)
-            .map_err(Rejection::from)
-            .map(|message| Inbound {
-                sender: entry.id,
-                key_id: env.key_id.clone(),
-                message_id,
-                case_ref: body.case_ref,
-                created_at,
-                message,
-            });
-        Ok(Checked {
-            sender: entry.id,
-            message_id,
-            kind: payload_kind(&payload),
-            inbound,
-            body: env.body.clone(),
-            policy_version: body.policy_version,
-        })
+    /// The checks before any effect, at the present time.
+    fn check(&self, entry: &Peer, env: &SignedEnvelope) -> Result<Checked, Refused> {
+        open(&self.cfg, entry, env, OffsetDateTime::now_utc())
     }
 
     /// What the applied envelopes asked for once durable: replies they queued (an erasure
@@ -594,6 +534,94 @@ impl FederationServer {
             }
         }
     }
+}
+
+/// Opens an envelope from the authenticated TLS peer `entry`, with every check of DESIGN.md
+/// that comes before an effect, in its order, as of `now`: size, key id, the signature over
+/// the exact body bytes, only then the decoding of the body, sender, the key's validity at
+/// `created_at`, recipient, replay window and clock skew, message id, and the payload parsed
+/// into its domain message (a payload that does not parse is carried as the rejection its
+/// receipt will give). Nothing is read from or written to the store: a duplicate is found
+/// when the envelope is applied.
+pub fn open(
+    cfg: &InboundConfig,
+    entry: &Peer,
+    env: &SignedEnvelope,
+    now: OffsetDateTime,
+) -> Result<Checked, Refused> {
+    let early = |r: Refusal, d: &'static str| ("-".to_owned(), r, d);
+    if env.body.len() > MAX_ENVELOPE {
+        return Err(early(Refusal::Oversize, "envelope larger than the limit"));
+    }
+    let key = entry.key(&env.key_id).ok_or_else(|| {
+        early(
+            Refusal::UnknownKey,
+            "key id names none of the peer's signing keys",
+        )
+    })?;
+    trm_crypto::signing::verify(&key.public, ENVELOPE_TAG, &env.body, &env.signature).map_err(
+        |_| {
+            early(
+                Refusal::BadSignature,
+                "signature does not verify over the body",
+            )
+        },
+    )?;
+    let body = EnvelopeBody::decode(env.body.as_slice())
+        .map_err(|_| early(Refusal::Malformed, "body does not decode"))?;
+    let mid = body.message_id.clone();
+    let fail = |r: Refusal, d: &'static str| (mid.clone(), r, d);
+    if body.sender != entry.id.as_str() {
+        return Err(fail(Refusal::SenderMismatch, "sender is not the TLS peer"));
+    }
+    let created_at = from_ts("created_at", body.created_at.as_ref())
+        .map_err(|_| fail(Refusal::Malformed, "created_at is missing or out of range"))?;
+    if !key.valid_at(created_at) {
+        return Err(fail(
+            Refusal::RetiredKey,
+            "signing key not valid at created_at",
+        ));
+    }
+    if body.recipient != cfg.node.as_str() {
+        return Err(fail(Refusal::WrongRecipient, "recipient is not this node"));
+    }
+    if created_at < now - cfg.replay_window {
+        return Err(fail(
+            Refusal::Stale,
+            "created_at is outside the replay window",
+        ));
+    }
+    if created_at > now + cfg.clock_skew {
+        return Err(fail(
+            Refusal::Future,
+            "created_at is ahead of the allowed clock skew",
+        ));
+    }
+    let message_id = match uuid::Uuid::try_parse(&body.message_id) {
+        Ok(u) if u.get_version_num() == 7 => MessageId::from_uuid(u),
+        _ => return Err(fail(Refusal::Malformed, "message_id must be a UUIDv7")),
+    };
+    let Some(payload) = body.payload else {
+        return Err(fail(Refusal::Malformed, "payload is required"));
+    };
+    let inbound = trm_proto::peer::parse(&payload)
+        .map_err(Rejection::from)
+        .map(|message| Inbound {
+            sender: entry.id,
+            key_id: env.key_id.clone(),
+            message_id,
+            case_ref: body.case_ref,
+            created_at,
+            message,
+        });
+    Ok(Checked {
+        sender: entry.id,
+        message_id,
+        kind: payload_kind(&payload),
+        inbound,
+        body: env.body.clone(),
+        policy_version: body.policy_version,
+    })
 }
 
 #[tonic::async_trait]

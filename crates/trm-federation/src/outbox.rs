@@ -24,10 +24,10 @@ use trm_core::{
     ids::{MessageId, NodeId},
     messages::Topic,
 };
-use trm_crypto::signing::{Signer, SigningIdentity, RECEIPT_TAG};
+use trm_crypto::signing::{Signer, SigningIdentity};
 use trm_proto::v1::{
-    envelope_body::Payload, federation_service_client::FederationServiceClient, BatchReceiptBody,
-    DeliverBatchRequest, ReceiptBody, ReceiptOutcome, SignedEnvelope, SignedReceipt,
+    envelope_body::Payload, federation_service_client::FederationServiceClient,
+    DeliverBatchRequest, ReceiptOutcome, SignedEnvelope, SignedReceipt,
 };
 use trm_store::{
     audit::AuditRecord, repo::outbox::OutboxItem, Note, Store, StoreError, Tx, TxFail,
@@ -758,8 +758,8 @@ impl Delivery {
         Ok(())
     }
 
-    /// Checks a batch receipt: signed by a key of `peer`, one entry per envelope sent, each
-    /// naming its message id and the hash of its exact body.
+    /// Checks a batch receipt against the directory entry of `peer` (see
+    /// [`envelope::open_batch_receipt`]).
     fn verify_batch_receipt(
         &self,
         peer: NodeId,
@@ -772,37 +772,16 @@ impl Delivery {
             .directory
             .get(peer)
             .ok_or("peer no longer in the directory")?;
-        let key = entry
-            .key(&receipt.key_id)
-            .ok_or("receipt signed by an unknown key")?;
-        trm_crypto::signing::verify(&key.public, RECEIPT_TAG, &receipt.body, &receipt.signature)
-            .map_err(|_| "receipt signature does not verify")?;
-        let body = BatchReceiptBody::decode(receipt.body.as_slice())
-            .map_err(|_| "batch receipt does not decode")?;
-        if body.receiver != peer.as_str() || body.entries.len() != batch.len() {
-            return Err("batch receipt is not for the batch sent".into());
-        }
-        batch
+        let sent: Vec<(MessageId, &[u8])> = batch
             .iter()
             .zip(envelopes)
-            .zip(&body.entries)
-            .map(|((item, env), e)| {
-                if e.message_id != item.message_id.to_string()
-                    || e.body_sha256 != trm_crypto::sha256(&env.body)
-                {
-                    return Err("batch receipt entry is not for the envelope sent".to_owned());
-                }
-                match ReceiptOutcome::try_from(e.outcome) {
-                    Ok(ReceiptOutcome::Unspecified) | Err(_) => {
-                        Err("batch receipt outcome unknown".to_owned())
-                    }
-                    Ok(o) => Ok((o, e.reason.clone())),
-                }
-            })
-            .collect()
+            .map(|(item, env)| (item.message_id, env.body.as_slice()))
+            .collect();
+        envelope::open_batch_receipt(&entry, &sent, receipt)
     }
 
-    /// Checks a receipt: signed by a key of `peer`, for this message id, over the exact body.
+    /// Checks a receipt against the directory entry of `peer` (see
+    /// [`envelope::open_receipt`]).
     fn verify_receipt(
         &self,
         peer: NodeId,
@@ -815,25 +794,7 @@ impl Delivery {
             .directory
             .get(peer)
             .ok_or("peer no longer in the directory")?;
-        let key = entry
-            .key(&receipt.key_id)
-            .ok_or("receipt signed by an unknown key")?;
-        trm_crypto::signing::verify(&key.public, RECEIPT_TAG, &receipt.body, &receipt.signature)
-            .map_err(|_| "receipt signature does not verify")?;
-        let body =
-            ReceiptBody::decode(receipt.body.as_slice()).map_err(|_| "receipt does not decode")?;
-        if body.message_id != item.message_id.to_string()
-            || body.body_sha256 != trm_crypto::sha256(&env.body)
-            || body.receiver != peer.as_str()
-        {
-            return Err("receipt is not for the envelope sent".into());
-        }
-        let outcome =
-            ReceiptOutcome::try_from(body.outcome).map_err(|_| "receipt outcome unknown")?;
-        if outcome == ReceiptOutcome::Unspecified {
-            return Err("receipt outcome unspecified".into());
-        }
-        Ok((outcome, body.reason))
+        envelope::open_receipt(&entry, item.message_id, &env.body, receipt)
     }
 
     /// Moves an entry the peer will never accept to the dead letters, where operators see it

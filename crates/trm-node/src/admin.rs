@@ -7,8 +7,13 @@ use prost::Message;
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 use tracing::{error, info};
-use trm_core::{ids::MessageId, messages::Topic, model::parse_date, stats::Period};
 use trm_core::{ids::Role, limits::Page, policy::POLICY_VERSION, FieldError, Guard, GuardError};
+use trm_core::{
+    ids::{MessageId, NodeId},
+    messages::Topic,
+    model::parse_date,
+    stats::Period,
+};
 use trm_crypto::signing::SigningIdentity;
 use trm_federation::{
     directory::{record_change, stored_from_peer},
@@ -157,6 +162,45 @@ fn keys_from_wire(wire: &w::Peer, known: &[PeerKey]) -> Result<Vec<PeerKey>, Sta
         );
     }
     Ok(keys)
+}
+
+/// Parses the peer of an `UpsertPeerRequest` (from node `own`): node id, endpoint, trust
+/// anchor, signing keys (raw with windows, or PEM, whose windows are kept from `known`, the
+/// keys the directory holds for a node) and pin. A bad field is refused naming it.
+pub fn peer_from_wire(
+    wire: &w::Peer,
+    own: NodeId,
+    known: impl FnOnce(NodeId) -> Vec<PeerKey>,
+) -> Result<Peer, Status> {
+    let id = convert::country("peer.node_id", &wire.node_id).map_err(ApiError::from)?;
+    if id == own {
+        return Err(field_error("peer.node_id", "a node is not its own peer"));
+    }
+    let endpoint = convert::short("peer.endpoint", &wire.endpoint, true).map_err(ApiError::from)?;
+    if !endpoint.contains(':') {
+        return Err(field_error("peer.endpoint", "must be host:port"));
+    }
+    if trm_federation::PeerDirectory::check_anchor(&wire.tls_ca_pem).is_err() {
+        return Err(field_error("peer.tls_ca_pem", "must be a PEM certificate"));
+    }
+    let keys = keys_from_wire(wire, &known(id))?;
+    let tls_pin = match wire.tls_pin_sha256.as_str() {
+        "" => None,
+        pin if crate::config::valid_pin(pin) => Some(pin.to_owned()),
+        _ => {
+            return Err(field_error(
+                "peer.tls_pin_sha256",
+                "must be 64 lowercase hex characters",
+            ))
+        }
+    };
+    Ok(Peer {
+        id,
+        endpoint,
+        tls_ca_pem: wire.tls_ca_pem.clone(),
+        tls_pin,
+        keys,
+    })
 }
 
 fn page_of(size: i32, token: &str) -> Result<Page, Status> {
@@ -339,42 +383,14 @@ impl AdminService for Admin {
             .into_inner()
             .peer
             .ok_or_else(|| field_error("peer", "is required"))?;
-        let id = convert::country("peer.node_id", &wire.node_id).map_err(ApiError::from)?;
-        if id == self.ctx.id {
-            return Err(field_error("peer.node_id", "a node is not its own peer"));
-        }
-        let endpoint =
-            convert::short("peer.endpoint", &wire.endpoint, true).map_err(ApiError::from)?;
-        if !endpoint.contains(':') {
-            return Err(field_error("peer.endpoint", "must be host:port"));
-        }
-        if trm_federation::PeerDirectory::check_anchor(&wire.tls_ca_pem).is_err() {
-            return Err(field_error("peer.tls_ca_pem", "must be a PEM certificate"));
-        }
-        let known = self
-            .ctx
-            .directory
-            .get(id)
-            .map(|p| p.keys)
-            .unwrap_or_default();
-        let keys = keys_from_wire(&wire, &known)?;
-        let tls_pin = match wire.tls_pin_sha256.as_str() {
-            "" => None,
-            pin if crate::config::valid_pin(pin) => Some(pin.to_owned()),
-            _ => {
-                return Err(field_error(
-                    "peer.tls_pin_sha256",
-                    "must be 64 lowercase hex characters",
-                ))
-            }
-        };
-        let peer = Peer {
-            id,
-            endpoint,
-            tls_ca_pem: wire.tls_ca_pem.clone(),
-            tls_pin,
-            keys,
-        };
+        let peer = peer_from_wire(&wire, self.ctx.id, |id| {
+            self.ctx
+                .directory
+                .get(id)
+                .map(|p| p.keys)
+                .unwrap_or_default()
+        })?;
+        let id = peer.id;
         let stored = stored_from_peer(&peer).map_err(|e| ApiError::Store(e.to_string()))?;
         self.ctx
             .commit(move |tx| Ok(record_change(tx, id, Some(stored.clone()))?))

@@ -1,0 +1,370 @@
+//! Writes the fuzzing fixtures and seeds.
+//!
+//! `seed fixtures`: a fresh signing key and CA for the fixture peer AT, a node certificate
+//! AT's CA issued, and one from another CA (in `fuzz/fixtures/`; made for fuzzing only).
+//! `seed corpus`: valid inputs of every target into `fuzz/corpus/<target>/` (envelopes
+//! signed with the fixture key, payloads of every kind, local requests, configurations,
+//! PEM texts), from which `cargo fuzz cmin` keeps what adds coverage.
+#![forbid(unsafe_code)]
+
+use std::path::Path;
+
+use prost::Message;
+use trm_crypto::{
+    pki::Authority,
+    signing::{SigningIdentity, RECEIPT_TAG},
+};
+use trm_fuzz_common as fx;
+use trm_proto::v1 as w;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn main() -> Result<()> {
+    match std::env::args().nth(1).as_deref() {
+        Some("fixtures") => fixtures(),
+        Some("corpus") => corpus(),
+        _ => Err("usage: seed fixtures|corpus".into()),
+    }
+}
+
+fn fixtures() -> Result<()> {
+    let dir = fx::fixtures_dir();
+    std::fs::create_dir_all(&dir)?;
+    SigningIdentity::generate().save(&dir.join("peer-signing.pem"))?;
+    let ca = Authority::generate("fuzzing fixture CA of AT")?;
+    std::fs::write(dir.join("ca.pem"), ca.cert_pem())?;
+    let node = ca.issue_node(fx::node(fx::SENDER), &["localhost".into()])?;
+    std::fs::write(
+        dir.join("node.pem"),
+        format!("{}{}", node.cert_pem, ca.cert_pem()),
+    )?;
+    let other = Authority::generate("fuzzing fixture CA of nobody")?;
+    let stranger = other.issue_node(fx::node(fx::SENDER), &["localhost".into()])?;
+    std::fs::write(dir.join("stranger.pem"), stranger.cert_pem)?;
+    let client = ca.issue_client(
+        trm_core::ids::Role::FocalPoint,
+        &"fp".parse().map_err(|_| "org id")?,
+    )?;
+    std::fs::write(dir.join("client.pem"), client.cert_pem)?;
+    Ok(())
+}
+
+fn write(target: &str, name: &str, bytes: &[u8]) -> Result<()> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../corpus")
+        .join(target);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join(name), bytes)?;
+    Ok(())
+}
+
+fn corpus() -> Result<()> {
+    let payloads = fx::payloads();
+    let mut envelopes = Vec::new();
+    for (i, p) in payloads.iter().enumerate() {
+        let env = fx::sealed(p.clone());
+        // A seed must pass every check, or fuzzing starts from a refusal.
+        let opened = trm_federation::inbound::open(
+            fx::receiver_config(),
+            fx::sender_peer(),
+            &env,
+            fx::now(),
+        )
+        .map_err(|(_, r, d)| format!("seed {i} refused: {r:?} {d}"))?;
+        if let Err(r) = opened.inbound() {
+            return Err(format!("seed {i} rejected: {r}").into());
+        }
+        write(
+            "envelope_open",
+            &format!("deliver-{i}"),
+            &env.encode_to_vec(),
+        )?;
+        write("peer_payload", &format!("body-{i}"), &env.body)?;
+        envelopes.push(env);
+    }
+    let batch = w::DeliverBatchRequest {
+        envelopes: envelopes.clone(),
+        session: "0f1e2d3c4b5a69788796a5b4c3d2e1f0".into(),
+        sequence: 3,
+    };
+    write("envelope_open", "batch", &batch.encode_to_vec())?;
+
+    // The structured target takes libFuzzer's bytes through `arbitrary`: its seeds are the
+    // encoded bodies, which `arbitrary` reads from the front (short runs start it well).
+    for (i, env) in envelopes.iter().enumerate() {
+        write("envelope_sealed", &format!("body-{i}"), &env.body)?;
+    }
+
+    // Receipts: as received (mode 0) and as bodies that the target signs (mode 1).
+    let key = fx::sender_key();
+    let sent = fx::receipt_fixture();
+    for (i, outcome) in [
+        w::ReceiptOutcome::Accepted,
+        w::ReceiptOutcome::Duplicate,
+        w::ReceiptOutcome::Rejected,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let body = w::ReceiptBody {
+            message_id: sent[0].0.to_string(),
+            body_sha256: trm_crypto::sha256(&sent[0].1).to_vec(),
+            receiver: fx::SENDER.into(),
+            received_at: Some(trm_proto::convert::ts(fx::now())),
+            outcome: outcome as i32,
+            reason: if outcome == w::ReceiptOutcome::Rejected {
+                "policy violation: disclosed.needs.notes".into()
+            } else {
+                String::new()
+            },
+        }
+        .encode_to_vec();
+        let signed = w::SignedReceipt {
+            signature: key.sign(RECEIPT_TAG, &body),
+            key_id: key.key_id().to_owned(),
+            body: body.clone(),
+        };
+        write(
+            "receipt_open",
+            &format!("signed-{i}"),
+            &[&[0], &signed.encode_to_vec()[..]].concat(),
+        )?;
+        write(
+            "receipt_open",
+            &format!("body-{i}"),
+            &[&[1], &body[..]].concat(),
+        )?;
+    }
+    let batch = w::BatchReceiptBody {
+        receiver: fx::SENDER.into(),
+        received_at: Some(trm_proto::convert::ts(fx::now())),
+        entries: sent
+            .iter()
+            .map(|(id, body)| w::BatchReceiptEntry {
+                message_id: id.to_string(),
+                body_sha256: trm_crypto::sha256(body).to_vec(),
+                outcome: w::ReceiptOutcome::Accepted as i32,
+                reason: String::new(),
+                duplicate: false,
+            })
+            .collect(),
+    }
+    .encode_to_vec();
+    let signed = w::SignedReceipt {
+        signature: key.sign(RECEIPT_TAG, &batch),
+        key_id: key.key_id().to_owned(),
+        body: batch.clone(),
+    };
+    write(
+        "receipt_open",
+        "batch-signed",
+        &[&[0], &signed.encode_to_vec()[..]].concat(),
+    )?;
+    write("receipt_open", "batch-body", &[&[1], &batch[..]].concat())?;
+
+    local_requests()?;
+
+    // Configurations: the sandbox's and the examples of node-config/.
+    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../node-config");
+    for entry in std::fs::read_dir(configs)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            write("config", &name.unwrap_or_default(), &std::fs::read(&path)?)?;
+        }
+    }
+
+    write(
+        "config",
+        "postgres.toml",
+        br#"[node]
+id = "RO"
+data_dir = "data"
+key_store = "../keys/data-keys.store"
+[storage]
+engine = "postgres"
+url = "postgres://trm@127.0.0.1:5432/trm"
+schema = "trm_ro"
+[log]
+format = "json"
+level = "info,trm_federation=debug"
+[[peers]]
+id = "AT"
+endpoint = "127.0.0.1:7401"
+tls_ca = "peers/AT-ca.pem"
+signing_keys = ["peers/AT-signing.pub.pem"]
+tls_pin_sha256 = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+"#,
+    )?;
+
+    // PEM texts: the fixture CA, a node chain, a stranger's and a client's certificate, a
+    // signing public key; and the raw DER of the node certificate.
+    for name in ["ca.pem", "node.pem", "stranger.pem", "client.pem"] {
+        write("peer_pem", name, fx::fixture(name).as_bytes())?;
+    }
+    let public = trm_crypto::signing::public_to_pem(&key.public())?;
+    write("peer_pem", "signing-public.pem", public.as_bytes())?;
+    let der = trm_crypto::pki::first_der(&fx::fixture("node.pem"))?;
+    write("peer_pem", "node.der", &der)?;
+    Ok(())
+}
+
+fn local_requests() -> Result<()> {
+    let case_id = uuid::Uuid::now_v7().to_string();
+    let person = w::Person {
+        given_name: "Ada".into(),
+        family_name: "Example".into(),
+        date_of_birth: "2001-04-05".into(),
+        gender: w::Gender::Female as i32,
+        citizenship: vec!["NG".into()],
+        languages: vec!["en".into()],
+        document_number: "X0000000".into(),
+        address: "1 Example Street".into(),
+        phone: "+430000000".into(),
+    };
+    let requests: Vec<(u8, Vec<u8>)> = vec![
+        (
+            0,
+            w::CreateCaseRequest {
+                person: Some(person.clone()),
+                needs: Some(w::Needs {
+                    kinds: vec![w::NeedKind::Shelter as i32],
+                    urgency: w::Urgency::Emergency as i32,
+                    notes: "met at the shelter".into(),
+                }),
+                exploitation: Some(w::Exploitation {
+                    types: vec![w::ExploitationType::ForcedLabour as i32],
+                    countries: vec!["AT".into()],
+                }),
+                child: None,
+                identified_on: "2025-12-01".into(),
+                request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            1,
+            w::RecordConsentRequest {
+                case_id: case_id.clone(),
+                purposes: vec![w::Purpose::ReferralAssistance as i32],
+                recipients: vec!["RO".into()],
+                expires_on: "2026-12-31".into(),
+                informed: true,
+                information_language: "en".into(),
+                categories: vec![w::DataCategory::Needs as i32],
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        (
+            2,
+            w::SubmitReferralRequest {
+                case_id: case_id.clone(),
+                destination: "RO".into(),
+                requested_services: vec![w::NeedKind::Legal as i32],
+                reason: "family in RO".into(),
+                request_id: uuid::Uuid::new_v4().to_string(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            3,
+            w::ListReferralsRequest {
+                direction: w::Direction::Incoming as i32,
+                page_size: 50,
+                page_token: case_id.clone(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            6,
+            w::RecordRiskAssessmentRequest {
+                case_id: case_id.clone(),
+                level: w::RiskLevel::High as i32,
+                non_refoulement_concern: true,
+                factors: vec!["trafficker at home".into()],
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        (
+            9,
+            w::ScheduleReturnRequest {
+                return_id: case_id.clone(),
+                travel_at: Some(trm_proto::convert::ts(fx::now())),
+                details: "escorted".into(),
+                request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            10,
+            w::RequestHearingRequest {
+                case_id: case_id.clone(),
+                witness_country: "RO".into(),
+                proceeding_reference: "2025/CR/118".into(),
+                measures: vec![w::ProtectiveMeasure::Anonymity as i32],
+                language: "ro".into(),
+                legal_basis: "EU 2014/41".into(),
+                proposed_times: vec![trm_proto::convert::ts(fx::now())],
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        (
+            11,
+            w::RespondToHearingRequest {
+                hearing_id: case_id.clone(),
+                decision: w::HearingDecision::Schedule as i32,
+                reason: String::new(),
+                scheduled_at: Some(trm_proto::convert::ts(fx::now())),
+                request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            12,
+            w::UpsertPeerRequest {
+                peer: Some(w::Peer {
+                    node_id: "AT".into(),
+                    endpoint: "at.example:7443".into(),
+                    tls_ca_pem: fx::fixture("ca.pem"),
+                    signing_keys_pem: vec![trm_crypto::signing::public_to_pem(
+                        &fx::sender_key().public(),
+                    )?],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        (
+            12,
+            w::UpsertPeerRequest {
+                peer: Some(w::Peer {
+                    node_id: "AT".into(),
+                    endpoint: "at.example:7443".into(),
+                    tls_ca_pem: fx::fixture("ca.pem"),
+                    signing_keys: vec![w::SigningKey {
+                        key_id: fx::sender_key().key_id().into(),
+                        public_key: fx::sender_key().public().as_bytes().to_vec(),
+                        valid_from: Some(trm_proto::convert::ts(fx::now())),
+                        valid_until: None,
+                    }],
+                    tls_pin_sha256: "ab".repeat(32),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+    ];
+    for (i, (which, body)) in requests.into_iter().enumerate() {
+        write(
+            "local_request",
+            &format!("request-{i}"),
+            &[&[which], &body[..]].concat(),
+        )?;
+    }
+    Ok(())
+}
