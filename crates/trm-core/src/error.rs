@@ -82,3 +82,38 @@ impl GuardError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Clients tell refusals apart by these names in FAILED_PRECONDITION messages.
+    #[test]
+    fn guard_names_are_the_ones_refusals_carry() {
+        let names = [
+            (Guard::Consent, "consent"),
+            (Guard::ReflectionPeriod, "reflection_period"),
+            (Guard::NonRefoulement, "non_refoulement"),
+            (Guard::Risk, "risk"),
+            (Guard::BestInterests, "best_interests"),
+            (Guard::Guardian, "guardian"),
+            (Guard::Decision, "decision"),
+            (Guard::State, "state"),
+        ];
+        for (guard, name) in names {
+            assert_eq!(guard.as_str(), name);
+            assert_eq!(guard.to_string(), name);
+        }
+        assert_eq!(
+            GuardError::new(Guard::ReflectionPeriod, "ends on day 30").to_string(),
+            "reflection_period: ends on day 30"
+        );
+    }
+
+    #[test]
+    fn a_field_error_names_the_field_with_its_parents() {
+        let err = FieldError::new("case_id", "is required").within("referral");
+        assert_eq!(err.field, "referral.case_id");
+        assert_eq!(err.to_string(), "referral.case_id: is required");
+    }
+}
