@@ -62,6 +62,20 @@ impl Page {
 mod tests {
     use super::*;
 
+    /// DESIGN.md, "Limits" and "Pagination".
+    #[test]
+    fn limits_have_their_documented_values() {
+        const MIB: usize = 1024 * 1024;
+        assert_eq!((MAX_SHORT, MAX_TEXT, MAX_ITEMS), (200, 4000, 64));
+        assert_eq!(
+            (MAX_LOCAL_REQUEST, MAX_ENVELOPE, MAX_BATCH),
+            (MIB, 4 * MIB, 16 * MIB)
+        );
+        assert_eq!((DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE), (50, 100));
+        assert_eq!(Page::first().size, DEFAULT_PAGE_SIZE);
+        assert_eq!(Page::first().after, None);
+    }
+
     #[test]
     fn pages_follow_each_other_without_gaps_or_repeats() {
         let items: Vec<String> = (0..7).map(|i| format!("k{i}")).collect();
@@ -70,15 +84,31 @@ mod tests {
             after: None,
         };
         let mut seen = Vec::new();
-        loop {
+        let mut tokens = Vec::new();
+        // Three pages of 3, 3 and 1; a fourth round would be a page too many.
+        for _ in 0..4 {
             let (got, next) = page.take(items.clone(), |s| s.clone());
             assert!(got.len() <= 3);
             seen.extend(got);
             if next.is_empty() {
                 break;
             }
+            tokens.push(next.clone());
             page.after = Some(next);
         }
         assert_eq!(seen, items);
+        assert_eq!(tokens, ["k2", "k5"], "a token is the last key of its page");
+    }
+
+    #[test]
+    fn a_list_that_fills_its_page_exactly_has_no_next_page() {
+        let page = Page {
+            size: 2,
+            after: None,
+        };
+        assert_eq!(
+            page.take(["a", "b"], |s| s.to_string()),
+            (vec!["a", "b"], String::new())
+        );
     }
 }
