@@ -247,4 +247,141 @@ mod tests {
         assert!(!E::Accept.allowed_for(Side::Origin));
         assert!(E::Cancel.allowed_for(Side::Origin) && E::Cancel.allowed_for(Side::Destination));
     }
+    const STATUSES: [HearingStatus; 6] = [
+        S::Requested,
+        S::Accepted,
+        S::Declined,
+        S::Scheduled,
+        S::Held,
+        S::Cancelled,
+    ];
+    const EVENTS: [HearingEvent; 5] = [E::Accept, E::Decline, E::Schedule, E::Hold, E::Cancel];
+
+    #[test]
+    fn status_names_are_the_ones_errors_and_audit_entries_use() {
+        let names: Vec<&str> = STATUSES.iter().map(|s| s.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "requested",
+                "accepted",
+                "declined",
+                "scheduled",
+                "held",
+                "cancelled"
+            ]
+        );
+        let err = next(S::Held, E::Accept).unwrap_err();
+        assert_eq!(err.reason, "hearing is held; Accept is not possible");
+    }
+
+    /// The witness may decline until a time is fixed; either side may cancel an open hearing.
+    #[test]
+    fn a_hearing_is_declined_before_it_is_scheduled_and_cancelled_while_open() {
+        let outcome = |s, e| next(s, e).map_err(|err| err.guard);
+        assert_eq!(outcome(S::Requested, E::Decline), Ok(S::Declined));
+        assert_eq!(outcome(S::Accepted, E::Decline), Ok(S::Declined));
+        assert_eq!(outcome(S::Scheduled, E::Decline), Err(Guard::State));
+        for open in [S::Requested, S::Accepted, S::Scheduled] {
+            assert!(!open.is_final(), "{open:?}");
+            assert_eq!(outcome(open, E::Cancel), Ok(S::Cancelled), "{open:?}");
+        }
+        for over in [S::Declined, S::Held, S::Cancelled] {
+            assert!(over.is_final(), "{over:?}");
+        }
+    }
+
+    /// The other node's update announcing a status is read back as exactly the event that
+    /// made it (one event leads to each status; none to `requested`).
+    #[test]
+    fn an_announced_status_is_read_back_as_the_event_that_made_it() {
+        for from in STATUSES {
+            for to in STATUSES {
+                let made_by: Vec<HearingEvent> = EVENTS
+                    .into_iter()
+                    .filter(|e| next(from, *e).ok() == Some(to))
+                    .collect();
+                match made_by.as_slice() {
+                    [] => {}
+                    [e] => assert_eq!(HearingEvent::leading_to(to), Some(*e), "{from:?} -> {to:?}"),
+                    many => panic!("{from:?} -> {to:?} by {many:?}"),
+                }
+            }
+        }
+        assert_eq!(HearingEvent::leading_to(S::Requested), None);
+    }
+
+    fn hearing() -> HearingRecord {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        HearingRecord {
+            hearing_id: HearingId::new(),
+            requesting_country: "AT".parse().unwrap(),
+            witness_country: "RO".parse().unwrap(),
+            status: S::Requested,
+            case_ref: "ref-1".into(),
+            subject: WitnessRecord::Case(crate::ids::CaseId::new()),
+            proceeding_reference: "St 12/26".into(),
+            legal_basis: "UNTOC art. 18".into(),
+            measures: vec![],
+            language: "ro".into(),
+            proposed_times: vec![],
+            scheduled_at: None,
+            status_reason: String::new(),
+            minutes_reference: String::new(),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    #[test]
+    fn each_step_keeps_what_goes_with_it_and_a_refused_one_changes_nothing() {
+        let at = time::macros::datetime!(2030-03-01 10:00 UTC);
+        let mut h = hearing();
+        h.apply(
+            E::Accept,
+            &HearingStep {
+                reason: "witness agrees".into(),
+                scheduled_at: Some(at),
+                minutes_reference: "M-0".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(h.status, S::Accepted);
+        assert_eq!(h.status_reason, "witness agrees");
+        assert_eq!(h.scheduled_at, None, "only scheduling fixes a time");
+        assert_eq!(h.minutes_reference, "", "only a held hearing has minutes");
+        assert!(h.updated_at > h.created_at);
+
+        let schedule = HearingStep {
+            scheduled_at: Some(at),
+            minutes_reference: "M-0".into(),
+            ..Default::default()
+        };
+        h.apply(E::Schedule, &schedule).unwrap();
+        assert_eq!(h.scheduled_at, Some(at));
+        assert_eq!(h.minutes_reference, "");
+
+        let held = HearingStep {
+            minutes_reference: "M-17".into(),
+            ..Default::default()
+        };
+        h.apply(E::Hold, &held).unwrap();
+        assert_eq!(
+            (h.status, h.scheduled_at, h.minutes_reference.as_str()),
+            (S::Held, Some(at), "M-17")
+        );
+
+        let before = h.clone();
+        let err = h.apply(E::Cancel, &HearingStep::default()).unwrap_err();
+        assert_eq!(err.guard, Guard::State);
+        assert_eq!(h, before);
+    }
+
+    #[test]
+    fn the_peer_is_the_other_country_from_either_side() {
+        let h = hearing();
+        let (at, ro) = (h.requesting_country, h.witness_country);
+        assert_eq!((h.peer(at), h.peer(ro)), (ro, at));
+        assert_eq!((h.side(at), h.side(ro)), (Side::Origin, Side::Destination));
+    }
 }
