@@ -342,4 +342,50 @@ mod tests {
         assert_eq!(parse_client_uri("trm://node/AT"), None);
         assert_eq!(parse_node_uri("trm://node/AT"), Some("AT".parse().unwrap()));
     }
+    /// Serde writes ids through `String::from`, so this is their text on disk and wire.
+    #[test]
+    fn ids_are_written_as_their_text() {
+        let at: NodeId = "AT".parse().unwrap();
+        assert_eq!(String::from(at), "AT");
+        let org: OrgId = "sp-1_a".parse().unwrap();
+        assert_eq!(org.as_str(), "sp-1_a");
+        assert_eq!(String::from(org), "sp-1_a");
+        assert_eq!(node_uri(at), "trm://node/AT");
+    }
+
+    #[test]
+    fn organisation_ids_are_1_to_64_of_lower_case_letters_digits_dash_underscore() {
+        let longest = "a".repeat(64);
+        for good in ["a", "0", "-", "_", "sp1", "red-cross_at", longest.as_str()] {
+            assert_eq!(
+                good.parse::<OrgId>().map(|o| o.to_string()),
+                Ok(good.into())
+            );
+        }
+        let too_long = "a".repeat(65);
+        for bad in ["", too_long.as_str(), "Sp1", "sp 1", "sp.1", "sp/1", "ä"] {
+            assert_eq!(bad.parse::<OrgId>(), Err(InvalidOrgId), "{bad:?}");
+        }
+        let err = OrgId::parse("organisation", "Sp1").unwrap_err();
+        assert_eq!(err.field, "organisation");
+        let err = NodeId::parse("witness_country", "at").unwrap_err();
+        assert_eq!(err.field, "witness_country");
+    }
+
+    #[test]
+    fn a_record_id_must_be_a_uuid_naming_the_field() {
+        let text = "0190b1e2-7c3a-7def-8123-456789abcdef";
+        let id = CaseId::parse("case_id", text).unwrap();
+        assert_eq!(id.to_string(), text);
+        assert_eq!(
+            parse_id("case_id", text).map(|u| u.to_string()),
+            Ok(text.into())
+        );
+        for (bad, problem) in [("", "is required"), ("case-1", "must be a UUID")] {
+            assert_eq!(
+                parse_id("referral.case_id", bad),
+                Err(FieldError::new("referral.case_id", problem))
+            );
+        }
+    }
 }
