@@ -371,7 +371,13 @@ mod tests {
             Purpose::ReturnPlanning,
             Purpose::WitnessHearing,
         ] {
-            let d = disclose(&case(), purpose, &all(), "ref-AT-RO-1".into(), date!(2026 - 02 - 01));
+            let d = disclose(
+                &case(),
+                purpose,
+                &all(),
+                "ref-AT-RO-1".into(),
+                date!(2026 - 02 - 01),
+            );
             assert_eq!(d.case_ref, "ref-AT-RO-1", "{purpose:?}");
         }
     }
