@@ -6,6 +6,8 @@
 # coverage instrumentation only, with debug assertions and overflow checks on. New inputs
 # found go to fuzz/target/new-corpus/<target>/ (not kept); a crash stops the script, its
 # input in fuzz/artifacts/<target>/. Needs cargo-fuzz (`cargo install cargo-fuzz --locked`).
+# TRM_FUZZ_DEV=1 builds without optimisation (CI: a quicker build; far fewer executions a
+# second, enough to replay the corpus and catch a regression).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -19,14 +21,18 @@ fi
 
 # cargo-fuzz has no --locked: check the lock file first, so the build cannot change it.
 cargo fetch --locked
-cargo fuzz build --sanitizer none
+build=(--sanitizer none)
+if [ "${TRM_FUZZ_DEV:-}" = 1 ]; then
+    build+=(--dev)
+fi
+cargo fuzz build "${build[@]}"
 total=0
 summary=()
 for t in "${targets[@]}"; do
     mkdir -p "target/new-corpus/$t" "corpus/$t"
     log="target/fuzz-$t.log"
     echo "== $t: ${seconds}s"
-    if ! cargo fuzz run --sanitizer none "$t" "target/new-corpus/$t" "corpus/$t" -- \
+    if ! cargo fuzz run "${build[@]}" "$t" "target/new-corpus/$t" "corpus/$t" -- \
         -max_total_time="$seconds" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 \
         >"$log" 2>&1; then
         tail -n 40 "$log"
