@@ -150,3 +150,107 @@ impl PeerMessage {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each payload travels in the envelope of its own kind, named as in the outbox listing
+    /// and audit entries.
+    #[test]
+    fn each_payload_goes_in_the_envelope_of_its_kind_and_name() {
+        let id = uuid::Uuid::nil();
+        let messages = [
+            (
+                PeerMessage::ReferralOffer {
+                    referral_id: ReferralId::from_uuid(id),
+                    disclosed: DisclosedCase::default(),
+                    requested_services: vec![],
+                },
+                "referral_offer",
+            ),
+            (
+                PeerMessage::ReferralUpdate {
+                    referral_id: ReferralId::from_uuid(id),
+                    status: ReferralStatus::Accepted,
+                    reason: String::new(),
+                },
+                "referral_update",
+            ),
+            (
+                PeerMessage::ReturnRequest {
+                    return_id: ReturnId::from_uuid(id),
+                    disclosed: DisclosedCase::default(),
+                    hearing_pending: false,
+                    compensation_pending: false,
+                },
+                "return_request",
+            ),
+            (
+                PeerMessage::ReturnUpdate {
+                    return_id: ReturnId::from_uuid(id),
+                    status: ReturnStatus::Halted,
+                    step: StepDetails::default(),
+                },
+                "return_update",
+            ),
+            (
+                PeerMessage::HearingRequest {
+                    hearing_id: HearingId::from_uuid(id),
+                    proceeding_reference: String::new(),
+                    legal_basis: String::new(),
+                    measures: vec![],
+                    language: String::new(),
+                    proposed_times: vec![],
+                },
+                "hearing_request",
+            ),
+            (
+                PeerMessage::HearingUpdate {
+                    hearing_id: HearingId::from_uuid(id),
+                    status: HearingStatus::Accepted,
+                    step: HearingStep::default(),
+                },
+                "hearing_update",
+            ),
+            (
+                PeerMessage::ErasureRequest {
+                    subject_id: id,
+                    reason: String::new(),
+                },
+                "erasure_request",
+            ),
+            (
+                PeerMessage::ErasureConfirmation { subject_id: id },
+                "erasure_confirmation",
+            ),
+            (
+                PeerMessage::KeyAnnouncement {
+                    key_id: String::new(),
+                    public_key: [0; 32],
+                    valid_from: None,
+                },
+                "key_announcement",
+            ),
+        ];
+        for (message, name) in messages {
+            assert_eq!(message.kind().as_str(), name);
+            assert_eq!(message.kind().to_string(), name);
+        }
+    }
+
+    #[test]
+    fn a_topic_is_written_as_the_id_of_its_record() {
+        let text = "0190b1e2-7c3a-7def-8123-456789abcdef";
+        let u = uuid::Uuid::parse_str(text).unwrap();
+        for topic in [
+            Topic::Referral(ReferralId::from_uuid(u)),
+            Topic::Return(ReturnId::from_uuid(u)),
+            Topic::Hearing(HearingId::from_uuid(u)),
+            Topic::Erasure(u),
+        ] {
+            assert_eq!(topic.to_string(), text, "{topic:?}");
+        }
+        assert_eq!(Topic::NodeKeys.to_string(), "keys");
+    }
+}
