@@ -287,4 +287,129 @@ mod tests {
             assert_eq!(err.field, "person.date_of_birth");
         }
     }
+    /// Each CTDC band begins and ends on the birthday of its bounds.
+    #[test]
+    fn each_age_band_has_its_published_bounds() {
+        use AgeBand as B;
+        let born = date!(2000 - 03 - 10);
+        let bands = [
+            (0, B::B0To8),
+            (8, B::B0To8),
+            (9, B::B9To17),
+            (17, B::B9To17),
+            (18, B::B18To20),
+            (20, B::B18To20),
+            (21, B::B21To23),
+            (23, B::B21To23),
+            (24, B::B24To26),
+            (26, B::B24To26),
+            (27, B::B27To29),
+            (29, B::B27To29),
+            (30, B::B30To38),
+            (38, B::B30To38),
+            (39, B::B39To47),
+            (47, B::B39To47),
+            (48, B::B48Plus),
+            (90, B::B48Plus),
+        ];
+        for (age, band) in bands {
+            let birthday = born.replace_year(2000 + age).unwrap();
+            assert_eq!(AgeBand::of(born, birthday), band, "age {age}");
+        }
+    }
+
+    /// Any one identity field makes the identity category present, and any one contact
+    /// field the contact category: the policy checks both before data crosses a border.
+    #[test]
+    fn one_field_is_enough_to_make_its_category_present() {
+        let none = DisclosedIdentity::default();
+        assert!(!none.has_identity() && !none.has_contact());
+        let identity = [
+            DisclosedIdentity {
+                given_name: "A".into(),
+                ..Default::default()
+            },
+            DisclosedIdentity {
+                family_name: "B".into(),
+                ..Default::default()
+            },
+            DisclosedIdentity {
+                date_of_birth: Some(date!(2000 - 01 - 01)),
+                ..Default::default()
+            },
+            DisclosedIdentity {
+                document_number: "X1".into(),
+                ..Default::default()
+            },
+        ];
+        for one in identity {
+            assert!(one.has_identity() && !one.has_contact(), "{one:?}");
+        }
+        let contact = [
+            DisclosedIdentity {
+                address: "Main St 1".into(),
+                ..Default::default()
+            },
+            DisclosedIdentity {
+                phone: "+43 1".into(),
+                ..Default::default()
+            },
+        ];
+        for one in contact {
+            assert!(one.has_contact() && !one.has_identity(), "{one:?}");
+        }
+    }
+
+    #[test]
+    fn purpose_and_category_names_are_the_ones_audit_entries_use() {
+        use DataCategory as C;
+        use Purpose as P;
+        let purposes: Vec<&str> = [P::ReferralAssistance, P::ReturnPlanning, P::WitnessHearing]
+            .map(P::as_str)
+            .to_vec();
+        assert_eq!(
+            purposes,
+            ["referral_assistance", "return_planning", "witness_hearing"]
+        );
+        let categories: Vec<&str> = [
+            C::Identity,
+            C::Contact,
+            C::Demographics,
+            C::Needs,
+            C::Exploitation,
+            C::Child,
+            C::Proceedings,
+        ]
+        .map(C::as_str)
+        .to_vec();
+        assert_eq!(
+            categories,
+            [
+                "identity",
+                "contact",
+                "demographics",
+                "needs",
+                "exploitation",
+                "child",
+                "proceedings"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_erased_copy_keeps_only_its_pairwise_reference() {
+        let copy = DisclosedCase {
+            case_ref: "ref-1".into(),
+            gender: Some(Gender::Male),
+            languages: vec!["ro".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            copy.tombstone(),
+            DisclosedCase {
+                case_ref: "ref-1".into(),
+                ..Default::default()
+            }
+        );
+    }
 }
