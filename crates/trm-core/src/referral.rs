@@ -304,4 +304,198 @@ mod tests {
         assert!(next(S::Delivered, E::Assign).is_err());
         assert_eq!(next(S::Delivered, E::Withdraw), Ok(S::Withdrawn));
     }
+    const STATUSES: [ReferralStatus; 8] = [
+        S::Draft,
+        S::Sent,
+        S::Delivered,
+        S::Accepted,
+        S::Declined,
+        S::InAssistance,
+        S::Closed,
+        S::Withdrawn,
+    ];
+    const EVENTS: [ReferralEvent; 7] = [
+        E::Send,
+        E::Delivered,
+        E::Accept,
+        E::Decline,
+        E::Assign,
+        E::Close,
+        E::Withdraw,
+    ];
+
+    #[test]
+    fn status_names_are_the_ones_errors_and_audit_entries_use() {
+        let names: Vec<&str> = STATUSES.iter().map(|s| s.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "draft",
+                "sent",
+                "delivered",
+                "accepted",
+                "declined",
+                "in_assistance",
+                "closed",
+                "withdrawn"
+            ]
+        );
+        let err = next(S::Delivered, E::Close).unwrap_err();
+        assert_eq!(err.reason, "referral is delivered; Close is not possible");
+    }
+
+    #[test]
+    fn every_open_referral_can_be_withdrawn() {
+        for s in STATUSES {
+            let open = ![S::Declined, S::Closed, S::Withdrawn].contains(&s);
+            assert_eq!(s.is_final(), !open, "{s:?}");
+            assert_eq!(next(s, E::Withdraw).is_ok(), open, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn each_side_may_make_only_its_own_events() {
+        let made_by = |side| -> Vec<ReferralEvent> {
+            EVENTS.into_iter().filter(|e| e.allowed_for(side)).collect()
+        };
+        assert_eq!(
+            made_by(Side::Origin),
+            [E::Send, E::Delivered, E::Close, E::Withdraw]
+        );
+        assert_eq!(
+            made_by(Side::Destination),
+            [E::Accept, E::Decline, E::Assign, E::Close, E::Withdraw]
+        );
+    }
+
+    /// A peer's update announcing a status is read back as exactly the event that made it,
+    /// from the side that may make it. Draft, sent and delivered are never announced by an
+    /// update: the offer and its signed receipt carry them.
+    #[test]
+    fn an_announced_status_is_read_back_as_the_event_that_made_it_from_its_side_only() {
+        for side in [Side::Origin, Side::Destination] {
+            for from in STATUSES {
+                for to in [
+                    S::Accepted,
+                    S::Declined,
+                    S::InAssistance,
+                    S::Closed,
+                    S::Withdrawn,
+                ] {
+                    let made_by: Vec<ReferralEvent> = EVENTS
+                        .into_iter()
+                        .filter(|e| e.allowed_for(side) && next(from, *e).ok() == Some(to))
+                        .collect();
+                    let read = ReferralEvent::leading_to(to, side);
+                    match made_by.as_slice() {
+                        [] => {
+                            if let Some(e) = read {
+                                assert!(e.allowed_for(side), "{side:?} {from:?} -> {to:?}");
+                                assert_ne!(next(from, e).ok(), Some(to), "{from:?} {e:?}");
+                            }
+                        }
+                        [e] => assert_eq!(read, Some(*e), "{side:?} {from:?} -> {to:?}"),
+                        many => panic!("{from:?} -> {to:?} by {many:?}"),
+                    }
+                }
+            }
+        }
+        for side in [Side::Origin, Side::Destination] {
+            for s in [S::Draft, S::Sent, S::Delivered] {
+                assert_eq!(ReferralEvent::leading_to(s, side), None);
+            }
+        }
+    }
+
+    fn offer() -> ReferralRecord {
+        let disclosed = DisclosedCase {
+            case_ref: "ref-1".into(),
+            languages: vec!["ro".into()],
+            ..Default::default()
+        };
+        ReferralRecord::received(
+            ReferralId::new(),
+            "AT".parse().unwrap(),
+            "RO".parse().unwrap(),
+            disclosed,
+            vec![NeedKind::Shelter],
+            time::macros::datetime!(2026-01-01 0:00 UTC),
+        )
+    }
+
+    #[test]
+    fn a_received_offer_is_delivered_and_incoming_from_its_origin() {
+        let r = offer();
+        let (at, ro) = (r.origin, r.destination);
+        assert_eq!(r.status, S::Delivered);
+        assert_eq!(r.requested_services, [NeedKind::Shelter]);
+        assert_eq!((r.case_id, r.organisation.as_ref()), (None, None));
+        assert_eq!(r.erasure, Erasure::NotRequested);
+        assert_eq!(r.created_at, r.updated_at);
+        assert_eq!(
+            (r.direction(ro), r.direction(at)),
+            (Direction::Incoming, Direction::Outgoing)
+        );
+        assert_eq!((r.side(ro), r.side(at)), (Side::Destination, Side::Origin));
+        assert_eq!((r.peer(ro), r.peer(at)), (at, ro));
+    }
+
+    #[test]
+    fn a_step_keeps_its_reason_and_a_refused_one_changes_nothing() {
+        let later = time::macros::datetime!(2026-01-02 0:00 UTC);
+        let mut r = offer();
+        r.apply(E::Accept, "shelter place free", later).unwrap();
+        assert_eq!(
+            (r.status, r.status_reason.as_str(), r.updated_at),
+            (S::Accepted, "shelter place free", later)
+        );
+        let before = r.clone();
+        let err = r.apply(E::Send, "again", later).unwrap_err();
+        assert_eq!(err.guard, Guard::State);
+        assert_eq!(r, before);
+    }
+
+    #[test]
+    fn erasure_withdraws_keeps_only_the_reference_and_is_asked_once() {
+        let later = time::macros::datetime!(2026-01-02 0:00 UTC);
+        let mut copy = offer();
+        copy.apply(E::Accept, "", later).unwrap();
+        copy.erase_copy("victim's request", later);
+        assert_eq!(copy.status, S::Withdrawn);
+        assert_eq!(copy.disclosed, offer().disclosed.tombstone());
+        assert!(copy.requested_services.is_empty());
+        assert_eq!(copy.status_reason, "victim's request");
+
+        let mut sent = offer();
+        assert!(sent.request_erasure("consent withdrawn", true, later));
+        assert_eq!(sent.status, S::Withdrawn, "an open referral is withdrawn");
+        assert_eq!(sent.erasure, Erasure::Requested);
+        assert_eq!(
+            sent.disclosed,
+            offer().disclosed.tombstone(),
+            "its own copy too"
+        );
+        assert!(sent.requested_services.is_empty());
+        assert_eq!(
+            (sent.status_reason.as_str(), sent.updated_at),
+            ("consent withdrawn", later)
+        );
+        assert!(!sent.request_erasure("again", false, later), "asked once");
+        assert_eq!(sent.status_reason, "consent withdrawn");
+
+        let mut kept = offer();
+        kept.apply(E::Decline, "no place", later).unwrap();
+        assert!(kept.request_erasure("consent withdrawn", false, later));
+        assert_eq!(
+            kept.status,
+            S::Declined,
+            "a final referral stays as it ended"
+        );
+        assert_eq!(
+            kept.disclosed,
+            offer().disclosed,
+            "without erase_own it is kept"
+        );
+        assert_eq!(kept.requested_services, [NeedKind::Shelter]);
+    }
 }
