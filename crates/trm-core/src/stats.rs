@@ -119,7 +119,9 @@ impl Period {
             ));
         }
         let period = Self { start, end };
-        if period.months().count() > MAX_PERIOD_MONTHS as usize {
+        let most = MAX_PERIOD_MONTHS as usize;
+        // Counting stops one month past the limit, however long the period asked for.
+        if period.months().take(most + 1).count() > most {
             return Err(FieldError::new(
                 "period_end",
                 format!("a report covers at most {MAX_PERIOD_MONTHS} months"),
@@ -365,7 +367,7 @@ mod tests {
         );
         let p = Period::closed(date!(2025 - 11 - 01), date!(2026 - 02 - 01), today).unwrap();
         assert_eq!(
-            p.months().map(Month::key).collect::<Vec<_>>(),
+            p.months().take(4).map(Month::key).collect::<Vec<_>>(),
             vec!["202511", "202512", "202601"]
         );
     }
@@ -424,5 +426,325 @@ mod tests {
         );
         assert!(out.iter().any(|c| c.labels[0].1 == "a" && c.suppressed));
         assert_eq!(out.iter().filter(|c| c.suppressed).count(), 2);
+    }
+    #[test]
+    fn months_follow_each_other_across_the_year_and_sort_by_key() {
+        let nov = Month::of(date!(2026 - 11 - 30));
+        assert_eq!(
+            nov,
+            Month {
+                year: 2026,
+                month: 11
+            }
+        );
+        assert_eq!(
+            nov.next(),
+            Month {
+                year: 2026,
+                month: 12
+            }
+        );
+        assert_eq!(
+            nov.next().next(),
+            Month {
+                year: 2027,
+                month: 1
+            }
+        );
+        assert_eq!(nov.next_first_day(), date!(2026 - 12 - 01));
+        assert_eq!(nov.next().next_first_day(), date!(2027 - 01 - 01));
+        assert_eq!(
+            Month {
+                year: 2027,
+                month: 1
+            }
+            .key(),
+            "202701"
+        );
+        assert_eq!(
+            Month {
+                year: 812,
+                month: 3
+            }
+            .key(),
+            "081203"
+        );
+        // 23:30 on 31 January an hour west of UTC is already February in UTC.
+        let t = time::macros::datetime!(2026-01-31 23:30 -01:00);
+        assert_eq!(
+            Month::at(t),
+            Month {
+                year: 2026,
+                month: 2
+            }
+        );
+    }
+
+    #[test]
+    fn a_period_ends_by_this_month_and_covers_at_most_120_months() {
+        let today = date!(2026 - 12 - 15);
+        // At most one month past the limit is counted: a test must end whatever `next` does.
+        let closed = |s, e| {
+            Period::closed(s, e, today)
+                .map(|p| p.months().take(MAX_PERIOD_MONTHS as usize + 1).count())
+        };
+        assert_eq!(closed(date!(2026 - 11 - 01), date!(2026 - 12 - 01)), Ok(1));
+        assert_eq!(
+            closed(date!(2026 - 12 - 01), date!(2027 - 01 - 01))
+                .unwrap_err()
+                .problem,
+            "the period must be closed: end on or before 2026-12-01"
+        );
+        assert_eq!(
+            closed(date!(2016 - 12 - 01), date!(2026 - 12 - 01)),
+            Ok(MAX_PERIOD_MONTHS as usize)
+        );
+        let too_long = closed(date!(2016 - 11 - 01), date!(2026 - 12 - 01)).unwrap_err();
+        assert_eq!(
+            (too_long.field.as_str(), too_long.problem.as_str()),
+            ("period_end", "a report covers at most 120 months")
+        );
+        assert_eq!(
+            closed(date!(2026 - 05 - 01), date!(2026 - 04 - 01))
+                .unwrap_err()
+                .problem,
+            "must be after period_start"
+        );
+    }
+
+    #[test]
+    fn cells_count_in_the_tables_of_their_fixed_names() {
+        let tables = [
+            (
+                Cell::GenderAge {
+                    gender: None,
+                    age_band: None,
+                },
+                "victims_by_gender_age",
+            ),
+            (Cell::Exploitation(None), "victims_by_exploitation"),
+            (Cell::Citizenship(None), "victims_by_citizenship"),
+            (Cell::Child(None), "children"),
+            (
+                Cell::Referral {
+                    direction: Direction::Incoming,
+                    status: ReferralStatus::Sent,
+                },
+                "referrals_by_direction_status",
+            ),
+            (Cell::Return(ReturnStatus::Closed), "returns_by_status"),
+            (Cell::Hearing(HearingStatus::Held), "hearings_by_status"),
+        ];
+        for (cell, table) in tables {
+            assert_eq!(cell.table(), table, "{cell:?}");
+        }
+        assert_eq!(
+            (MIN_CELL_COUNT_FLOOR, DEFAULT_MIN_CELL_COUNT),
+            (5, 11),
+            "CTDC's threshold by default, never below 5"
+        );
+    }
+
+    /// A person counts once in each table, and once per distinct value in the tables of
+    /// values one may have several of; what the node does not know counts as unspecified.
+    #[test]
+    fn a_person_counts_once_per_table_and_value() {
+        use crate::model::*;
+        let (at, ro): (NodeId, NodeId) = ("AT".parse().unwrap(), "RO".parse().unwrap());
+        let case = CaseRecord {
+            case_id: crate::ids::CaseId::new(),
+            person: Person {
+                given_name: "A".into(),
+                family_name: String::new(),
+                date_of_birth: Some(date!(2008 - 06 - 16)),
+                gender: Gender::Female,
+                citizenship: vec![ro, at, ro],
+                languages: vec![],
+                document_number: String::new(),
+                address: String::new(),
+                phone: String::new(),
+            },
+            needs: Needs::default(),
+            exploitation: Exploitation {
+                types: vec![ExploitationType::Begging, ExploitationType::Sexual],
+                countries: vec![],
+            },
+            child: ChildInfo {
+                is_child: true,
+                ..Default::default()
+            },
+            identified_on: date!(2026 - 06 - 15),
+            organisation: "sp1".parse().unwrap(),
+            created_at: time::macros::datetime!(2026-06-15 0:00 UTC),
+        };
+        let profile = Profile::of_case(&case);
+        assert_eq!(
+            profile.cells(),
+            [
+                Cell::GenderAge {
+                    gender: Some(Gender::Female),
+                    age_band: Some(AgeBand::B9To17),
+                },
+                Cell::Exploitation(Some(ExploitationType::Sexual)),
+                Cell::Exploitation(Some(ExploitationType::Begging)),
+                Cell::Citizenship(Some(at)),
+                Cell::Citizenship(Some(ro)),
+                Cell::Child(Some(true)),
+            ],
+            "aged 17 the day identified"
+        );
+        let disclosed = DisclosedCase {
+            age_band: Some(AgeBand::B30To38),
+            exploitation: Some(Exploitation {
+                types: vec![ExploitationType::Other],
+                countries: vec![],
+            }),
+            child: Some(ChildInfo::default()),
+            citizenship: vec![ro],
+            ..Default::default()
+        };
+        assert_eq!(
+            Profile::of_disclosed(&disclosed),
+            Profile {
+                gender: None,
+                age_band: Some(AgeBand::B30To38),
+                citizenship: vec![ro],
+                exploitation: vec![ExploitationType::Other],
+                is_child: Some(false),
+            }
+        );
+        let nothing = Profile::of_disclosed(&DisclosedCase::default());
+        assert_eq!(nothing, Profile::default());
+        assert_eq!(
+            nothing.cells(),
+            [
+                Cell::GenderAge {
+                    gender: None,
+                    age_band: None,
+                },
+                Cell::Exploitation(None),
+                Cell::Citizenship(None),
+                Cell::Child(None),
+            ]
+        );
+    }
+
+    fn counts(out: &[Published], table: &str) -> Vec<(String, u64, bool)> {
+        out.iter()
+            .filter(|c| c.table == table)
+            .map(|c| {
+                let labels: Vec<String> =
+                    c.labels.iter().map(|(d, v)| format!("{d}={v}")).collect();
+                (labels.join(";"), c.count, c.suppressed)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_cell_of_min_persons_is_published_and_one_fewer_is_not() {
+        let out = publish(
+            vec![
+                cell("t", "a", 6),
+                cell("t", "a", 5),
+                cell("t", "b", 10),
+                cell("t", "c", 10),
+                cell("t", "d", 12),
+            ],
+            11,
+        );
+        assert_eq!(
+            counts(&out, "t"),
+            [
+                ("v=a".into(), 11, false),
+                ("v=b".into(), 0, true),
+                ("v=c".into(), 0, true),
+                ("v=d".into(), 12, false),
+            ],
+            "two hidden cells need no complement"
+        );
+    }
+
+    #[test]
+    fn the_complement_is_the_next_smallest_cell_the_first_of_a_tie() {
+        let out = publish(
+            vec![
+                cell("t", "a", 20),
+                cell("t", "b", 15),
+                cell("t", "c", 15),
+                cell("t", "d", 1),
+                cell("u", "a", 15),
+                cell("u", "b", 30),
+            ],
+            11,
+        );
+        assert_eq!(
+            counts(&out, "t"),
+            [
+                ("v=a".into(), 20, false),
+                ("v=b".into(), 0, true),
+                ("v=c".into(), 15, false),
+                ("v=d".into(), 0, true),
+            ]
+        );
+        assert_eq!(
+            counts(&out, "u"),
+            [("v=a".into(), 15, false), ("v=b".into(), 30, false)],
+            "a table with nothing hidden keeps everything"
+        );
+    }
+
+    #[test]
+    fn rare_citizenships_add_up_in_other_which_may_then_be_published() {
+        let citizenship = |value: &str, count, suppressed| Published {
+            table: CITIZENSHIP_TABLE.into(),
+            labels: vec![("citizenship".into(), value.into())],
+            count,
+            suppressed,
+        };
+        let out = publish(
+            vec![
+                citizenship("RO", 30, false),
+                citizenship("NG", 6, false),
+                citizenship("AT", 5, false),
+                citizenship("UA", 11, false),
+                citizenship("OTHER", 2, false),
+            ],
+            11,
+        );
+        assert_eq!(
+            counts(&out, CITIZENSHIP_TABLE),
+            [
+                ("citizenship=OTHER".into(), 13, false),
+                ("citizenship=RO".into(), 30, false),
+                ("citizenship=UA".into(), 11, false),
+            ]
+        );
+        // A citizenship hidden in a summed report is folded, and OTHER stays hidden.
+        let out = publish(
+            vec![
+                citizenship("RO", 30, false),
+                citizenship("UA", 40, false),
+                citizenship("NG", 0, true),
+                citizenship("AT", 20, false),
+            ],
+            11,
+        );
+        assert_eq!(
+            counts(&out, CITIZENSHIP_TABLE),
+            [
+                ("citizenship=AT".into(), 0, true),
+                ("citizenship=OTHER".into(), 0, true),
+                ("citizenship=RO".into(), 30, false),
+                ("citizenship=UA".into(), 40, false),
+            ]
+        );
+        let unlabelled = Published {
+            labels: vec![],
+            ..citizenship("", 3, false)
+        };
+        assert_eq!(
+            publish(vec![unlabelled], 11)[0].labels,
+            [("citizenship".to_owned(), OTHER.to_owned())]
+        );
     }
 }
