@@ -97,6 +97,20 @@ pub enum CallerKey {
     PeerNode,
 }
 
+impl CallerKey {
+    /// Returns the caller a connection or request with end-entity certificate `leaf` is
+    /// counted as: its serial number (local ports: every certificate of the client CA is
+    /// one caller), or the node it names (federation port: whatever certificates a peer's
+    /// CA issues for it, one peer is one caller). Empty when the certificate has neither.
+    pub fn of(self, leaf: &[u8]) -> String {
+        match self {
+            CallerKey::ClientCertificate => trm_crypto::pki::serial_hex(leaf),
+            CallerKey::PeerNode => trm_crypto::pki::node_of(leaf).map(|n| n.to_string()),
+        }
+        .unwrap_or_default()
+    }
+}
+
 /// The per-request gate of one port.
 pub struct Gate {
     revocations: Option<Arc<Revocations>>,
@@ -159,11 +173,7 @@ impl Gate {
                 .into());
             }
         }
-        let caller = match self.key {
-            CallerKey::ClientCertificate => trm_crypto::pki::serial_hex(leaf.as_ref()),
-            CallerKey::PeerNode => trm_crypto::pki::node_of(leaf.as_ref()).map(|n| n.to_string()),
-        }
-        .unwrap_or_default();
+        let caller = self.key.of(leaf.as_ref());
         if self.limiter.check_key(&caller).is_err() {
             self.rate_limited.fetch_add(1, Ordering::Relaxed);
             return Err(ApiError::Exhausted(

@@ -1,9 +1,11 @@
 //! Accepting TLS connections on a port before tonic sees them: each accepted socket gets
 //! TCP_NODELAY, at most `max_connections` are open at once (a flood waits in the kernel's
 //! backlog instead of exhausting the node), and a handshake that does not finish within
-//! `handshake_timeout` is closed. One caller (the end-entity certificate it presented) holds
-//! at most `max_connections_per_client` established connections of a port: a further one
-//! is closed right after its handshake, so one client or peer cannot take every place. The
+//! `handshake_timeout` is closed. One caller (as the port's rate limit counts it: a client
+//! certificate's serial, or the peer node a federation certificate names, see
+//! [`CallerKey::of`]) holds at most `max_connections_per_client` established connections of
+//! a port: a further one is closed right after its handshake, so one client or peer cannot
+//! take every place, however many certificates it holds. The
 //! established streams carry their peer's certificates to the gRPC handlers
 //! (`Request::peer_certs`).
 
@@ -13,7 +15,7 @@ use std::{
     pin::Pin,
     sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::{
@@ -26,6 +28,8 @@ use tokio_rustls::{server::TlsStream, TlsAcceptor};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tracing::{debug, warn};
+
+use crate::gate::CallerKey;
 
 /// Bounds on the connections of one port.
 #[derive(Debug, Clone, Copy)]
@@ -46,25 +50,47 @@ pub struct Conn {
     caller: Option<CallerSlot>,
 }
 
-/// The established connections of each caller on one port, by its end-entity certificate.
+/// The established connections of each caller on one port.
 #[derive(Debug, Default)]
 struct Callers {
-    open: Mutex<HashMap<Vec<u8>, usize>>,
+    open: Mutex<HashMap<String, usize>>,
+    /// When a connection over a caller's limit was last logged, and how many were closed
+    /// since without a line (one line a minute at most: a caller reconnecting in a loop
+    /// does not flood the log).
+    warned: Mutex<(Option<Instant>, u64)>,
 }
 
+/// How often a port logs connections closed over a caller's limit.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
 impl Callers {
-    /// Takes a place for `cert`, or none when it already holds `max`.
-    fn take(self: &Arc<Self>, cert: &[u8], max: usize) -> Option<CallerSlot> {
+    /// Takes a place for `caller`, or none when it already holds `max`.
+    fn take(self: &Arc<Self>, caller: &str, max: usize) -> Option<CallerSlot> {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = open.entry(cert.to_vec()).or_default();
+        let n = open.entry(caller.to_owned()).or_default();
         if *n >= max {
             return None;
         }
         *n += 1;
         Some(CallerSlot {
             callers: self.clone(),
-            cert: cert.to_vec(),
+            caller: caller.to_owned(),
         })
+    }
+
+    /// Logs a connection of `caller` closed over its limit, at most once a minute.
+    fn over_limit(&self, caller: &str, limit: usize) {
+        let mut w = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
+        w.1 += 1;
+        if w.0.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+            warn!(
+                caller,
+                limit,
+                closed = w.1,
+                "a caller is over its connection limit; connection closed"
+            );
+            *w = (Some(Instant::now()), 0);
+        }
     }
 }
 
@@ -72,7 +98,7 @@ impl Callers {
 #[derive(Debug)]
 struct CallerSlot {
     callers: Arc<Callers>,
-    cert: Vec<u8>,
+    caller: String,
 }
 
 impl Drop for CallerSlot {
@@ -82,10 +108,10 @@ impl Drop for CallerSlot {
             .open
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = open.get_mut(&self.cert) {
+        if let Some(n) = open.get_mut(&self.caller) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                open.remove(&self.cert);
+                open.remove(&self.caller);
             }
         }
     }
@@ -143,12 +169,13 @@ impl AsyncWrite for Conn {
 pub type Incoming = ReceiverStream<io::Result<TlsStream<Conn>>>;
 
 /// Accepts connections on `listener` and completes their TLS handshakes under `limits`
-/// until `stop` turns true. Returns the stream of established connections and the task
-/// that accepts them.
+/// (callers counted by `key`) until `stop` turns true. Returns the stream of established
+/// connections and the task that accepts them.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     limits: AcceptLimits,
+    key: CallerKey,
     mut stop: watch::Receiver<bool>,
 ) -> (Incoming, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(64);
@@ -189,22 +216,20 @@ pub fn incoming(
                     Ok(Ok(mut tls)) => {
                         // Every port requires a client certificate; callers without one,
                         // were a port to let them in, would share one count.
-                        let cert = tls
+                        let caller = tls
                             .get_ref()
                             .1
                             .peer_certificates()
                             .and_then(|c| c.first())
-                            .map(|c| c.as_ref().to_vec())
+                            .map(|c| key.of(c.as_ref()))
                             .unwrap_or_default();
-                        match callers.take(&cert, limits.max_connections_per_client.max(1)) {
+                        let max = limits.max_connections_per_client.max(1);
+                        match callers.take(&caller, max) {
                             Some(slot) => {
                                 tls.get_mut().0.caller = Some(slot);
                                 let _ = tx.send(Ok(tls)).await;
                             }
-                            None => warn!(
-                                limit = limits.max_connections_per_client,
-                                "a caller is over its connection limit; connection closed"
-                            ),
+                            None => callers.over_limit(&caller, max),
                         }
                     }
                     Ok(Err(e)) => debug!(error = %e, "tls handshake failed"),
