@@ -721,7 +721,7 @@ async fn flood(dir: &Path, at: &Child, d: Duration) -> Result<serde_json::Value>
 
     // One client certificate over every connection it may hold, 16 requests in flight on
     // each, as fast as they go.
-    let conns = limits.max_connections_per_client;
+    let conns = limits.per_client();
     eprintln!("flood: one client over {conns} connections x 16 in flight for {d:?}");
     let mut flooders = Vec::new();
     for _ in 0..conns {

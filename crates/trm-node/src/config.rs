@@ -355,9 +355,10 @@ pub struct LimitsSection {
     pub max_connections: usize,
     /// Established connections one client certificate (on the local ports) or one peer
     /// (on the federation port) may hold at once on each port: one caller cannot take every
-    /// place of `max_connections`.
-    #[serde(default = "default_max_connections_per_client")]
-    pub max_connections_per_client: usize,
+    /// place of `max_connections`. Default: 64, or `max_connections` if lower (see
+    /// [`LimitsSection::per_client`]).
+    #[serde(default)]
+    pub max_connections_per_client: Option<usize>,
     /// Seconds a client may take to finish the TLS handshake before it is disconnected.
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout_secs: u64,
@@ -387,9 +388,17 @@ pub struct LimitsSection {
 fn default_max_connections() -> usize {
     1024
 }
-fn default_max_connections_per_client() -> usize {
-    64
+/// Connections per caller when the configuration does not say.
+const DEFAULT_PER_CLIENT: usize = 64;
+
+impl LimitsSection {
+    /// Established connections one caller may hold on each port.
+    pub fn per_client(&self) -> usize {
+        self.max_connections_per_client
+            .unwrap_or(DEFAULT_PER_CLIENT.min(self.max_connections))
+    }
 }
+
 fn default_handshake_timeout() -> u64 {
     10
 }
@@ -419,7 +428,7 @@ impl Default for LimitsSection {
     fn default() -> Self {
         Self {
             max_connections: default_max_connections(),
-            max_connections_per_client: default_max_connections_per_client(),
+            max_connections_per_client: None,
             handshake_timeout_secs: default_handshake_timeout(),
             max_concurrent_streams: default_max_streams(),
             keepalive_interval_secs: default_keepalive_interval(),
@@ -629,7 +638,7 @@ impl NodeConfig {
             ("limits.max_connections", n(l.max_connections), 1, 65_536),
             (
                 "limits.max_connections_per_client",
-                n(l.max_connections_per_client),
+                n(l.per_client()),
                 1,
                 n(l.max_connections),
             ),
@@ -940,7 +949,9 @@ key = "a"
             ),
             (
                 "limits.max_connections_per_client",
-                Box::new(|c| c.limits.max_connections_per_client = c.limits.max_connections + 1),
+                Box::new(|c| {
+                    c.limits.max_connections_per_client = Some(c.limits.max_connections + 1)
+                }),
             ),
             (
                 "limits.handshake_timeout_secs",
@@ -953,6 +964,31 @@ key = "a"
             let err = cfg.validate().unwrap_err().to_string();
             assert!(err.starts_with(key), "{key}: {err}");
         }
+    }
+
+    #[test]
+    fn a_node_with_few_connections_gives_each_caller_at_most_all_of_them() {
+        // A configuration written before the per-caller limit existed still starts.
+        let cfg =
+            NodeConfig::parse(&format!("{MINIMAL}\n[limits]\nmax_connections = 16\n")).unwrap();
+        // (Its made-up files fail later checks; the limits pass.)
+        let checked = cfg
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(checked.starts_with("tls."), "{checked}");
+        assert_eq!(cfg.limits.per_client(), 16);
+        assert_eq!(NodeConfig::parse(MINIMAL).unwrap().limits.per_client(), 64);
+        let cfg = NodeConfig::parse(&format!(
+            "{MINIMAL}\n[limits]\nmax_connections = 16\nmax_connections_per_client = 17\n"
+        ))
+        .unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.starts_with("limits.max_connections_per_client"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -542,19 +542,32 @@ impl Built {
         let l = &self.config.limits;
         let accept = AcceptLimits {
             max_connections: l.max_connections,
-            max_connections_per_client: l.max_connections_per_client,
+            max_connections_per_client: l.per_client(),
             handshake_timeout: Duration::from_secs(l.handshake_timeout_secs),
         };
         let mut acceptors = Vec::new();
-        let mut incoming = |listener: TcpListener, tls: &Arc<rustls::ServerConfig>| {
-            let (stream, task) =
-                listen::incoming(listener, tls.clone(), accept, self.stopped.clone());
-            acceptors.push(task);
-            stream
-        };
-        let fed_incoming = incoming(listeners.federation, &self.federation_tls);
-        let services_incoming = incoming(listeners.services, &self.local_tls);
-        let admin_incoming = incoming(listeners.admin, &self.local_tls);
+        let mut incoming =
+            |listener: TcpListener, tls: &Arc<rustls::ServerConfig>, key: CallerKey| {
+                let (stream, task) =
+                    listen::incoming(listener, tls.clone(), accept, key, self.stopped.clone());
+                acceptors.push(task);
+                stream
+            };
+        let fed_incoming = incoming(
+            listeners.federation,
+            &self.federation_tls,
+            CallerKey::PeerNode,
+        );
+        let services_incoming = incoming(
+            listeners.services,
+            &self.local_tls,
+            CallerKey::ClientCertificate,
+        );
+        let admin_incoming = incoming(
+            listeners.admin,
+            &self.local_tls,
+            CallerKey::ClientCertificate,
+        );
 
         let requests = metrics::CountRequests(Arc::default());
         let peer_gate = self.gate(CallerKey::PeerNode);
@@ -710,9 +723,12 @@ impl Running {
     /// node has stopped), stops the delivery worker and flushes the store.
     pub async fn drain(self) -> Result<(), NodeError> {
         info!(node = %self.node, "shutting down");
-        // Load balancers and probes see the node leave before its ports close.
-        not_serving(&self.health).await;
+        // Load balancers and probes see the node leave before its ports close. The task that
+        // follows the store's health goes first, so that it cannot turn a service back to
+        // SERVING while the node drains.
         self.health_task.abort();
+        let _ = self.health_task.await;
+        not_serving(&self.health).await;
         let _ = self.stop.send(true);
         let mut failure = None;
         let deadline = tokio::time::Instant::now() + GRACE;
