@@ -151,6 +151,8 @@ impl Store {
             counts: Default::default(),
             journal: crate::backup::journal_path(key_store),
             sync_latency: Default::default(),
+            commits_begun: AtomicU64::new(0),
+            commits_returned: AtomicU64::new(0),
         });
         let (tx, rx) = sync_channel(QUEUE);
         let s = shared.clone();

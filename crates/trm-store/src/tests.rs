@@ -269,6 +269,67 @@ fn a_failed_durable_point_latches_and_refuses_every_later_write() {
     assert!(matches!(r, Err(TxFail::Store(StoreError::Unavailable(_)))));
 }
 
+/// sled shows a group's batch before its sync returns: an audit anchor written in that
+/// moment (housekeeping anchors every few seconds) would name a head that a power cut then
+/// takes away, and the node would report its own chain as tampered with.
+#[test]
+fn the_audit_anchor_never_holds_a_head_whose_commit_has_not_returned() {
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, OnceLock,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cell: Arc<OnceLock<Store>> = Arc::default();
+    let power_cut = Arc::new(AtomicBool::new(false));
+    let (c, cut) = (cell.clone(), power_cut.clone());
+    let store = Store::open(StoreOptions {
+        engine: crate::EngineOptions::Sled(SledOptions {
+            sync_hook: Some(Arc::new(move || {
+                if !cut.load(Ordering::SeqCst) {
+                    return Ok(());
+                }
+                // The group is written, not yet synced: housekeeping anchors now.
+                if let Some(store) = c.get() {
+                    store.anchor_audit_head().unwrap();
+                }
+                Err(std::io::Error::other("injected: the power is off"))
+            })),
+            ..Default::default()
+        }),
+        ..sled_options(dir.path(), &SecretKey::generate())
+    })
+    .unwrap();
+    assert!(cell.set(store.clone()).is_ok());
+    let signer = trm_crypto::signing::Signer::new(trm_crypto::signing::SigningIdentity::generate());
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(store.sign_audit_head_with(Arc::new(signer)))
+        .unwrap();
+    put(&store, &case("durable"));
+    store.anchor_audit_head().unwrap();
+    let durable = std::fs::read(store.anchor_path()).unwrap();
+
+    power_cut.store(true, Ordering::SeqCst);
+    let c = case("lost");
+    let r = store.commit_blocking::<(), (), _>(move |tx| {
+        tx.put_case(&c)?;
+        tx.audit(AuditRecord::new(
+            "client:test/sp1",
+            "case.create",
+            "lost",
+            "ok",
+        ))?;
+        Ok(())
+    });
+    assert!(r.is_err(), "the sync failed");
+    assert_eq!(
+        std::fs::read(store.anchor_path()).unwrap(),
+        durable,
+        "the anchor holds only a head the disk holds"
+    );
+}
+
 #[test]
 fn every_file_written_is_synced_before_the_commit_returns() {
     let dir = tempfile::tempdir().unwrap();

@@ -78,16 +78,22 @@ impl Health {
         self.changes.subscribe()
     }
 
-    /// Notes that the disk refuses writes (logged once, when it starts).
-    fn refuse(&self, why: &str) {
+    /// Notes that the disk refuses writes (logged once when it starts, and again only when
+    /// its cause changes: "full" to "read-only", not every time the free space figure in
+    /// the text moves, which would flood a log that may be on the same disk).
+    /// Returns whether it logged.
+    fn refuse(&self, why: &str) -> bool {
+        let cause = |w: &str| w.split(':').next().unwrap_or_default().to_owned();
         let mut r = self.refusing.lock().unwrap_or_else(PoisonError::into_inner);
-        if r.as_deref() != Some(why) {
-            tracing::warn!(
-                reason = %why,
-                "storage refuses writes: every write is answered UNAVAILABLE until the data folder takes writes again"
-            );
-            *r = Some(why.to_owned());
+        if r.as_deref().map(cause) == Some(cause(why)) {
+            return false;
         }
+        tracing::warn!(
+            reason = %why,
+            "storage refuses writes: every write is answered UNAVAILABLE until the data folder takes writes again"
+        );
+        *r = Some(why.to_owned());
+        true
     }
 
     /// Notes that the disk takes writes (logged once, when a refusal ends).
@@ -173,6 +179,10 @@ pub(crate) struct Shared {
     pub journal: std::path::PathBuf,
     /// How long each durable point (commit and sync) takes.
     pub sync_latency: crate::histogram::Histogram,
+    /// Commits begun (an engine may show what a commit wrote before its sync returns) and
+    /// commits returned: while the first is ahead, what is seen may not be durable yet.
+    pub commits_begun: AtomicU64,
+    pub commits_returned: AtomicU64,
 }
 
 /// Runs groups of requests until every sender is gone.
@@ -335,7 +345,10 @@ fn attempt_group(
         }
     }
     let started = std::time::Instant::now();
+    let n = shared.commits_begun.fetch_add(1, Ordering::SeqCst) + 1;
     let committed = etx.commit();
+    // Durable, or not applied, or the store latched (which stops the anchor on its own).
+    shared.commits_returned.fetch_max(n, Ordering::SeqCst);
     shared.sync_latency.observe(started.elapsed().as_secs_f64());
     match committed {
         Ok(()) => Ok(Some((outputs, all))),
@@ -358,5 +371,21 @@ fn finish_group(shared: &Shared, group: Vec<Job>, outputs: Vec<JobOutput>, all: 
     shared.counts.apply(&all.queued, all.dead_letters);
     for (job, output) in group.into_iter().zip(outputs) {
         let _ = job.reply.send(output);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Health;
+
+    #[test]
+    fn a_disk_refusing_writes_is_logged_once_per_cause_not_per_free_space_figure() {
+        let h = Health::default();
+        assert!(h.refuse("the data folder is full: 900 KiB free, 1024 KiB kept in reserve"));
+        assert!(!h.refuse("the data folder is full: 899 KiB free, 1024 KiB kept in reserve"));
+        assert!(h.refuse("the data folder is read-only"));
+        assert!(!h.refuse("the data folder is read-only"));
+        h.writable();
+        assert!(h.refuse("the data folder is full: 10 KiB free, 1024 KiB kept in reserve"));
     }
 }

@@ -312,6 +312,21 @@ impl Store {
         else {
             return Ok(());
         };
+        // The head read may be a commit's whose sync has not returned (sled shows a batch
+        // before it syncs it): a power cut would then leave the anchor ahead of the chain.
+        // Only when every commit begun before the read has returned is the head durable;
+        // otherwise the next round anchors it.
+        let shared = self.shared();
+        let begun = shared
+            .commits_begun
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if shared
+            .commits_returned
+            .load(std::sync::atomic::Ordering::SeqCst)
+            < begun
+        {
+            return Ok(());
+        }
         if self.read_anchor()?.as_ref() == Some(&signed) {
             return Ok(());
         }
