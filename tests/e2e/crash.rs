@@ -90,18 +90,7 @@ async fn a_referral_acknowledged_just_before_sigkill_is_delivered_after_restart(
     let mut ro = start(dir.path(), "RO")?;
     let mut at = start(dir.path(), "AT")?;
     let mut fp = client(dir.path(), "RO", Role::FocalPoint).await?;
-    let arrived = eventually("the referral at RO", || {
-        let mut fp = fp.clone();
-        let id = referral.referral_id.clone();
-        async move {
-            Ok(fp
-                .get_referral(w::GetReferralRequest { referral_id: id })
-                .await
-                .ok()
-                .map(|r| r.into_inner()))
-        }
-    })
-    .await?;
+    let arrived = trm_tests::referral_arrived(&fp, &referral.referral_id).await?;
     assert_eq!(arrived.origin, "AT");
     let sp = client(dir.path(), "AT", Role::ServiceProvider).await?;
     let delivered = eventually("AT to hold RO's receipt", || {

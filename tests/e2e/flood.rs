@@ -249,16 +249,7 @@ async fn a_flooding_client_or_peer_starves_no_one_and_stalled_or_surplus_connect
     // The flooding peer is served again once it slows down.
     let ro_sp = ReferralServiceClient::new(channel(d, "RO", Role::ServiceProvider).await?);
     let id = trm_tests::refer_with(&ro_sp, "AT").await?;
-    eventually("RO's referral after its flood", || {
-        let (mut fp, id) = (fp.clone(), id.clone());
-        async move {
-            Ok(fp
-                .get_referral(w::GetReferralRequest { referral_id: id })
-                .await
-                .ok())
-        }
-    })
-    .await?;
+    trm_tests::referral_arrived(&fp, &id).await?;
 
     // 3. Connections that never finish a handshake (silent, or stalled half-way through a
     // record) take every place of the port, several times over: another client still gets

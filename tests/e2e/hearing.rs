@@ -46,17 +46,7 @@ async fn referred_case(fed: &TestFederation, child: bool) -> anyhow::Result<(Str
         .into_inner()
         .referral_id;
     let mut ro = fed.referrals("RO", Role::FocalPoint).await?;
-    eventually("the referral at RO", || {
-        let mut ro = ro.clone();
-        let id = referral_id.clone();
-        async move {
-            Ok(ro
-                .get_referral(w::GetReferralRequest { referral_id: id })
-                .await
-                .ok())
-        }
-    })
-    .await?;
+    trm_tests::referral_arrived(&ro, &referral_id).await?;
     ro.respond_to_referral(w::RespondToReferralRequest {
         referral_id: referral_id.clone(),
         decision: w::ReferralDecision::Accept as i32,

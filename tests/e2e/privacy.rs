@@ -61,17 +61,7 @@ async fn consent_withdrawal_erases_every_recipient_copy_and_each_confirms() -> a
     // Both arrive; RO accepts.
     for (to, id) in &sent {
         let mut fp = fed.referrals(to, Role::FocalPoint).await?;
-        eventually("the referral to arrive", || {
-            let mut fp = fp.clone();
-            let id = id.clone();
-            async move {
-                Ok(fp
-                    .get_referral(w::GetReferralRequest { referral_id: id })
-                    .await
-                    .ok())
-            }
-        })
-        .await?;
+        trm_tests::referral_arrived(&fp, id).await?;
         if *to == "RO" {
             fp.respond_to_referral(w::RespondToReferralRequest {
                 referral_id: id.clone(),

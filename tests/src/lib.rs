@@ -690,6 +690,26 @@ pub async fn referral_with_status(
     .await
 }
 
+/// Polls `client` until it holds referral `id` (in whatever state); returns it.
+pub async fn referral_arrived(
+    client: &ReferralServiceClient<Channel>,
+    id: &str,
+) -> Result<trm_proto::v1::Referral> {
+    eventually("the referral to arrive", || {
+        let mut c = client.clone();
+        let id = id.to_owned();
+        async move {
+            Ok(
+                c.get_referral(trm_proto::v1::GetReferralRequest { referral_id: id })
+                    .await
+                    .ok()
+                    .map(|r| r.into_inner()),
+            )
+        }
+    })
+    .await
+}
+
 /// Opens the store of stopped node `id` of `fed` (its config's folders and keys).
 pub fn open_store(fed: &TestFederation, id: &str) -> Result<trm_store::Store> {
     let cfg = fed.config(id.parse()?)?;
