@@ -208,7 +208,7 @@ fn page_of(size: i32, token: &str) -> Result<Page, Status> {
 }
 
 /// Parses a certificate serial as `RevokeClientCertificate` takes it.
-fn serial(s: &str) -> Result<String, Status> {
+pub fn serial(s: &str) -> Result<String, Status> {
     let ok = !s.is_empty()
         && s.len() <= 40
         && s.bytes()
@@ -222,6 +222,23 @@ fn serial(s: &str) -> Result<String, Status> {
             "must be the serial number in lower-case hex, without separators or leading zeros",
         ))
     }
+}
+
+/// Parses an `ExportAudit` page: its size (0 asks for 500, at most 1000) and the sequence
+/// number of the last entry already read (an empty token starts from the first).
+pub fn audit_page(size: i32, token: &str) -> Result<(usize, u64), Status> {
+    let size = match usize::try_from(size) {
+        Err(_) => return Err(field_error("page_size", "must not be negative")),
+        Ok(0) => 500,
+        Ok(n) => n.min(1000),
+    };
+    let after = match token {
+        "" => 0,
+        t => t
+            .parse::<u64>()
+            .map_err(|_| field_error("page_token", "is not a token this node gave"))?,
+    };
+    Ok((size, after))
 }
 
 impl Admin {
@@ -518,17 +535,7 @@ impl AdminService for Admin {
     ) -> Result<Response<w::ExportAuditResponse>, Status> {
         Self::operator(&request)?;
         let req = request.get_ref();
-        let size = match usize::try_from(req.page_size) {
-            Err(_) => return Err(field_error("page_size", "must not be negative")),
-            Ok(0) => 500,
-            Ok(n) => n.min(1000),
-        };
-        let after = match req.page_token.as_str() {
-            "" => 0,
-            t => t
-                .parse::<u64>()
-                .map_err(|_| field_error("page_token", "is not a token this node gave"))?,
-        };
+        let (size, after) = audit_page(req.page_size, &req.page_token)?;
         let store = &self.ctx.store;
         store.durable().await.map_err(ApiError::from)?;
         let report = store.verify_audit().map_err(ApiError::from)?;

@@ -218,3 +218,83 @@ pub fn receipt_fixture() -> &'static [(trm_core::ids::MessageId, Vec<u8>)] {
         .collect()
     })
 }
+
+/// Declares [`Local`], one variant per request, in selector order.
+macro_rules! local_requests {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// The request a `local_request` input holds, chosen by its first byte (modulo the
+        /// number of requests): one per RPC of the local services, grouped by service.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(u8)]
+        pub enum Local {
+            $($(#[$doc])* $name),*
+        }
+
+        impl Local {
+            /// Every request, in selector order.
+            pub const ALL: &'static [Local] = &[$(Local::$name),*];
+
+            /// The request a selector byte picks.
+            pub fn of(byte: u8) -> Local {
+                Self::ALL[usize::from(byte) % Self::ALL.len()]
+            }
+
+            /// The selector byte of this request.
+            pub fn byte(self) -> u8 {
+                self as u8
+            }
+        }
+    };
+}
+
+local_requests! {
+    // ReferralService
+    CreateCase,
+    GetCase,
+    ListCases,
+    RecordConsent,
+    WithdrawConsent,
+    SubmitReferral,
+    GetReferral,
+    ListReferrals,
+    RespondToReferral,
+    AssignCase,
+    CloseReferral,
+    EraseCase,
+    WithdrawReferral,
+    // ReturnPlanningService
+    RecordRiskAssessment,
+    RecordReturnDecision,
+    ProposeReturn,
+    GetReturnPlan,
+    ListReturnPlans,
+    RespondToReturn,
+    ScheduleReturn,
+    ConfirmArrival,
+    RecordFollowUp,
+    HaltReturn,
+    RecordTravel,
+    ResolveConcern,
+    CloseReturn,
+    // WitnessHearingService
+    RequestHearing,
+    GetHearing,
+    ListHearings,
+    RespondToHearing,
+    RecordHearingOutcome,
+    CancelHearing,
+    // AdminService
+    Status,
+    ListPeers,
+    UpsertPeer,
+    RemovePeer,
+    ListOutbox,
+    RetryDelivery,
+    VerifyAudit,
+    RotateSigningKey,
+    ExportStatistics,
+    Backup,
+    RevokeClientCertificate,
+    ListRevokedClientCertificates,
+    ExportAudit,
+}

@@ -14,7 +14,7 @@ use trm_crypto::{
     pki::Authority,
     signing::{SigningIdentity, RECEIPT_TAG},
 };
-use trm_fuzz_common as fx;
+use trm_fuzz_common::{self as fx, Local as L};
 use trm_proto::v1 as w;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -224,7 +224,7 @@ fn local_requests() -> Result<()> {
     };
     let requests: Vec<(u8, Vec<u8>)> = vec![
         (
-            0,
+            L::CreateCase.byte(),
             w::CreateCaseRequest {
                 person: Some(person.clone()),
                 needs: Some(w::Needs {
@@ -243,7 +243,7 @@ fn local_requests() -> Result<()> {
             .encode_to_vec(),
         ),
         (
-            1,
+            L::RecordConsent.byte(),
             w::RecordConsentRequest {
                 case_id: case_id.clone(),
                 purposes: vec![w::Purpose::ReferralAssistance as i32],
@@ -257,7 +257,7 @@ fn local_requests() -> Result<()> {
             .encode_to_vec(),
         ),
         (
-            2,
+            L::SubmitReferral.byte(),
             w::SubmitReferralRequest {
                 case_id: case_id.clone(),
                 destination: "RO".into(),
@@ -268,7 +268,7 @@ fn local_requests() -> Result<()> {
             .encode_to_vec(),
         ),
         (
-            3,
+            L::ListReferrals.byte(),
             w::ListReferralsRequest {
                 direction: w::Direction::Incoming as i32,
                 page_size: 50,
@@ -277,7 +277,7 @@ fn local_requests() -> Result<()> {
             .encode_to_vec(),
         ),
         (
-            6,
+            L::RecordRiskAssessment.byte(),
             w::RecordRiskAssessmentRequest {
                 case_id: case_id.clone(),
                 level: w::RiskLevel::High as i32,
@@ -288,7 +288,7 @@ fn local_requests() -> Result<()> {
             .encode_to_vec(),
         ),
         (
-            9,
+            L::ScheduleReturn.byte(),
             w::ScheduleReturnRequest {
                 return_id: case_id.clone(),
                 travel_at: Some(trm_proto::convert::ts(fx::now())),
@@ -298,7 +298,7 @@ fn local_requests() -> Result<()> {
             .encode_to_vec(),
         ),
         (
-            10,
+            L::RequestHearing.byte(),
             w::RequestHearingRequest {
                 case_id: case_id.clone(),
                 witness_country: "RO".into(),
@@ -312,7 +312,7 @@ fn local_requests() -> Result<()> {
             .encode_to_vec(),
         ),
         (
-            11,
+            L::RespondToHearing.byte(),
             w::RespondToHearingRequest {
                 hearing_id: case_id.clone(),
                 decision: w::HearingDecision::Schedule as i32,
@@ -323,7 +323,7 @@ fn local_requests() -> Result<()> {
             .encode_to_vec(),
         ),
         (
-            12,
+            L::UpsertPeer.byte(),
             w::UpsertPeerRequest {
                 peer: Some(w::Peer {
                     node_id: "AT".into(),
@@ -339,7 +339,7 @@ fn local_requests() -> Result<()> {
             .encode_to_vec(),
         ),
         (
-            12,
+            L::UpsertPeer.byte(),
             w::UpsertPeerRequest {
                 peer: Some(w::Peer {
                     node_id: "AT".into(),
@@ -359,7 +359,299 @@ fn local_requests() -> Result<()> {
             .encode_to_vec(),
         ),
     ];
-    for (i, (which, body)) in requests.into_iter().enumerate() {
+    let id = || uuid::Uuid::now_v7().to_string();
+    let page = |page_size| (page_size, id());
+    let more: Vec<(L, Vec<u8>)> = vec![
+        // ReferralService
+        (
+            L::GetCase,
+            w::GetCaseRequest { case_id: id() }.encode_to_vec(),
+        ),
+        (L::ListCases, {
+            let (page_size, page_token) = page(20);
+            w::ListCasesRequest {
+                page_size,
+                page_token,
+            }
+            .encode_to_vec()
+        }),
+        (
+            L::WithdrawConsent,
+            w::WithdrawConsentRequest {
+                case_id: id(),
+                consent_id: id(),
+                request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::GetReferral,
+            w::GetReferralRequest { referral_id: id() }.encode_to_vec(),
+        ),
+        (
+            L::RespondToReferral,
+            w::RespondToReferralRequest {
+                referral_id: id(),
+                decision: w::ReferralDecision::Accept as i32,
+                reason: "we can take this case".into(),
+                request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::AssignCase,
+            w::AssignCaseRequest {
+                referral_id: id(),
+                organisation: "shelter-ro".into(),
+                request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::CloseReferral,
+            w::CloseReferralRequest {
+                referral_id: id(),
+                reason: "services delivered".into(),
+                request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::EraseCase,
+            w::EraseCaseRequest {
+                case_id: id(),
+                reason: "retention period over".into(),
+                request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::WithdrawReferral,
+            w::WithdrawReferralRequest {
+                referral_id: id(),
+                reason: "sent by mistake".into(),
+                request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        // ReturnPlanningService
+        (
+            L::RecordReturnDecision,
+            w::RecordReturnDecisionRequest {
+                case_id: id(),
+                voluntary: true,
+                informed: true,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::ProposeReturn,
+            w::ProposeReturnRequest {
+                case_id: id(),
+                destination: "RO".into(),
+                hearing_pending: true,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::GetReturnPlan,
+            w::GetReturnPlanRequest { return_id: id() }.encode_to_vec(),
+        ),
+        (L::ListReturnPlans, {
+            let (page_size, page_token) = page(10);
+            w::ListReturnPlansRequest {
+                direction: w::Direction::Outgoing as i32,
+                page_size,
+                page_token,
+            }
+            .encode_to_vec()
+        }),
+        (
+            L::RespondToReturn,
+            w::RespondToReturnRequest {
+                return_id: id(),
+                response: w::ReturnResponse::ConfirmReception as i32,
+                details: "reception at the shelter".into(),
+                request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::ConfirmArrival,
+            w::ConfirmArrivalRequest {
+                return_id: id(),
+                details: "arrived".into(),
+                request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::RecordFollowUp,
+            w::RecordFollowUpRequest {
+                return_id: id(),
+                notes: "visited after a month".into(),
+                request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::HaltReturn,
+            w::HaltReturnRequest {
+                return_id: id(),
+                reason: "new risk".into(),
+                request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::RecordTravel,
+            w::RecordTravelRequest {
+                return_id: id(),
+                request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::ResolveConcern,
+            w::ResolveConcernRequest {
+                return_id: id(),
+                details: "escort arranged".into(),
+                request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::CloseReturn,
+            w::CloseReturnRequest {
+                return_id: id(),
+                reason: "follow-up complete".into(),
+                request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        // WitnessHearingService
+        (
+            L::GetHearing,
+            w::GetHearingRequest { hearing_id: id() }.encode_to_vec(),
+        ),
+        (L::ListHearings, {
+            let (page_size, page_token) = page(5);
+            w::ListHearingsRequest {
+                direction: w::Direction::Incoming as i32,
+                page_size,
+                page_token,
+            }
+            .encode_to_vec()
+        }),
+        (
+            L::RecordHearingOutcome,
+            w::RecordHearingOutcomeRequest {
+                hearing_id: id(),
+                minutes_reference: "2026/M/7".into(),
+                request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::CancelHearing,
+            w::CancelHearingRequest {
+                hearing_id: id(),
+                reason: "witness unwell".into(),
+                request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        // AdminService
+        (L::Status, Vec::new()),
+        (L::VerifyAudit, Vec::new()),
+        (
+            L::ListPeers,
+            w::ListPeersRequest {
+                page_size: 10,
+                page_token: "AT".into(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::RemovePeer,
+            w::RemovePeerRequest {
+                node_id: "AT".into(),
+                request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::ListOutbox,
+            w::ListOutboxRequest {
+                peer: "AT".into(),
+                dead_letters_only: true,
+                page_size: 10,
+                page_token: id(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::RetryDelivery,
+            w::RetryDeliveryRequest {
+                message_id: id(),
+                request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::RotateSigningKey,
+            w::RotateSigningKeyRequest {
+                overlap_days: 30,
+                request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::ExportStatistics,
+            w::ExportStatisticsRequest {
+                period_start: "2025-01-01".into(),
+                period_end: "2025-07-01".into(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::Backup,
+            w::BackupRequest {
+                path: "/var/backups/trm/2026-01-01".into(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::RevokeClientCertificate,
+            w::RevokeClientCertificateRequest {
+                serial_hex: "1f3a9c".into(),
+                request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::ListRevokedClientCertificates,
+            w::ListRevokedClientCertificatesRequest {
+                page_size: 10,
+                page_token: "1f3a9c".into(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::ExportAudit,
+            w::ExportAuditRequest {
+                page_size: 100,
+                page_token: "41".into(),
+            }
+            .encode_to_vec(),
+        ),
+    ];
+    let requests = requests
+        .into_iter()
+        .chain(more.into_iter().map(|(l, body)| (l.byte(), body)));
+    for (i, (which, body)) in requests.enumerate() {
         write(
             "local_request",
             &format!("request-{i}"),
