@@ -356,7 +356,8 @@ impl Store {
     /// this passes when the disk takes writes again). For readiness probes: a cheap check,
     /// no write.
     pub fn write_fault(&self) -> Option<String> {
-        self.failure().or_else(|| self.engine().write_refusal())
+        self.failure()
+            .or_else(|| self.engine().write_refusal().map(|r| r.to_string()))
     }
 
     /// Returns a receiver that sees a failed durable point when it happens.

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use tracing::error;
 
 use crate::{
-    engine::Engine,
+    engine::{Engine, WriteRefusal},
     keys::KeyRing,
     repo::audit::sign_head,
     tx::{Effects, Note, Tx},
@@ -51,7 +51,7 @@ pub(crate) struct Job {
 pub struct Health {
     failed: Mutex<Option<String>>,
     changes: tokio::sync::watch::Sender<Option<String>>,
-    refusing: Mutex<Option<String>>,
+    refusing: Mutex<Option<WriteRefusal>>,
 }
 
 impl Default for Health {
@@ -79,20 +79,18 @@ impl Health {
     }
 
     /// Notes that the disk refuses writes (logged once when it starts, and again only when
-    /// its cause changes: "full" to "read-only", not every time the free space figure in
-    /// the text moves, which would flood a log that may be on the same disk).
-    /// Returns whether it logged.
-    fn refuse(&self, why: &str) -> bool {
-        let cause = |w: &str| w.split(':').next().unwrap_or_default().to_owned();
+    /// its cause changes: "full" to "read-only", not every time the free space moves, which
+    /// would flood a log that may be on the same disk). Returns whether it logged.
+    fn refuse(&self, why: &WriteRefusal) -> bool {
         let mut r = self.refusing.lock().unwrap_or_else(PoisonError::into_inner);
-        if r.as_deref().map(cause) == Some(cause(why)) {
+        if r.as_ref().is_some_and(|was| was.same_cause(why)) {
             return false;
         }
         tracing::warn!(
             reason = %why,
             "storage refuses writes: every write is answered UNAVAILABLE until the data folder takes writes again"
         );
-        *r = Some(why.to_owned());
+        *r = Some(why.clone());
         true
     }
 
@@ -229,7 +227,7 @@ fn run_group(shared: &Shared, mut group: Vec<Job>) {
     }
     if let Some(why) = shared.engine.write_refusal() {
         shared.health.refuse(&why);
-        return refuse_all(group, &why);
+        return refuse_all(group, &why.to_string());
     }
     shared.health.writable();
     for attempt in 0..=CONFLICT_RETRIES {
@@ -376,16 +374,24 @@ fn finish_group(shared: &Shared, group: Vec<Job>, outputs: Vec<JobOutput>, all: 
 
 #[cfg(test)]
 mod tests {
-    use super::Health;
+    use super::{Health, WriteRefusal};
 
     #[test]
     fn a_disk_refusing_writes_is_logged_once_per_cause_not_per_free_space_figure() {
+        let full = |free_kib: u64| WriteRefusal::Full {
+            free_bytes: free_kib << 10,
+            reserve_bytes: 1024 << 10,
+        };
+        assert_eq!(
+            full(900).to_string(),
+            "the data folder is full: 900 KiB free, 1024 KiB kept in reserve"
+        );
         let h = Health::default();
-        assert!(h.refuse("the data folder is full: 900 KiB free, 1024 KiB kept in reserve"));
-        assert!(!h.refuse("the data folder is full: 899 KiB free, 1024 KiB kept in reserve"));
-        assert!(h.refuse("the data folder is read-only"));
-        assert!(!h.refuse("the data folder is read-only"));
+        assert!(h.refuse(&full(900)));
+        assert!(!h.refuse(&full(899)));
+        assert!(h.refuse(&WriteRefusal::ReadOnly));
+        assert!(!h.refuse(&WriteRefusal::ReadOnly));
         h.writable();
-        assert!(h.refuse("the data folder is full: 10 KiB free, 1024 KiB kept in reserve"));
+        assert!(h.refuse(&full(10)));
     }
 }

@@ -7,6 +7,44 @@
 pub mod postgres;
 pub mod sled;
 
+/// Why a disk does not take writes at the moment ([`Engine::write_refusal`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteRefusal {
+    /// Less free space than the reserve.
+    Full {
+        free_bytes: u64,
+        reserve_bytes: u64,
+    },
+    ReadOnly,
+    /// The folder's file system could not be asked.
+    Unexamined(String),
+}
+
+impl WriteRefusal {
+    /// Returns whether `other` has the same cause (whatever its figures).
+    pub fn same_cause(&self, other: &Self) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
+}
+
+impl std::fmt::Display for WriteRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteRefusal::Full {
+                free_bytes,
+                reserve_bytes,
+            } => write!(
+                f,
+                "the data folder is full: {} KiB free, {} KiB kept in reserve",
+                free_bytes >> 10,
+                reserve_bytes >> 10
+            ),
+            WriteRefusal::ReadOnly => f.write_str("the data folder is read-only"),
+            WriteRefusal::Unexamined(e) => write!(f, "the data folder cannot be examined: {e}"),
+        }
+    }
+}
+
 use std::collections::BTreeMap;
 
 use crate::Result;
@@ -36,7 +74,7 @@ pub trait Engine: Send + Sync + 'static {
     /// writes before the engine fails on it: such a refusal changes nothing, latches
     /// nothing, and ends as soon as the disk takes writes again. `None` for an engine
     /// without local files (a database server answers for itself).
-    fn write_refusal(&self) -> Option<String> {
+    fn write_refusal(&self) -> Option<WriteRefusal> {
         None
     }
 

@@ -331,25 +331,23 @@ impl Engine for SledEngine {
     }
 
     #[cfg(unix)]
-    fn write_refusal(&self) -> Option<String> {
+    fn write_refusal(&self) -> Option<super::WriteRefusal> {
+        use super::WriteRefusal;
         use rustix::fs::StatVfsMountFlags;
         let fs = match rustix::fs::statvfs(&self.dir) {
             Ok(fs) => fs,
-            Err(e) => return Some(format!("the data folder cannot be examined: {e}")),
+            Err(e) => return Some(WriteRefusal::Unexamined(e.to_string())),
         };
         if fs.f_flag.contains(StatVfsMountFlags::RDONLY) {
-            return Some("the data folder is read-only".into());
+            return Some(WriteRefusal::ReadOnly);
         }
-        let free = fs.f_bavail.saturating_mul(fs.f_frsize);
-        let reserve = self
+        let free_bytes = fs.f_bavail.saturating_mul(fs.f_frsize);
+        let reserve_bytes = self
             .min_free_bytes
             .unwrap_or_else(|| (fs.f_blocks.saturating_mul(fs.f_frsize) / 16).min(DEFAULT_RESERVE));
-        (reserve > 0 && free < reserve).then(|| {
-            format!(
-                "the data folder is full: {} KiB free, {} KiB kept in reserve",
-                free >> 10,
-                reserve >> 10
-            )
+        (reserve_bytes > 0 && free_bytes < reserve_bytes).then_some(WriteRefusal::Full {
+            free_bytes,
+            reserve_bytes,
         })
     }
 }
