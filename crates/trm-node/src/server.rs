@@ -8,6 +8,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tonic::transport::Server;
+use tonic_health::ServingStatus;
 use tracing::{error, info, warn};
 use trm_core::limits::{MAX_BATCH, MAX_LOCAL_REQUEST};
 use trm_crypto::{
@@ -256,15 +257,26 @@ impl std::fmt::Debug for NodeOptions {
     }
 }
 
+/// Sets the gRPC health of every service of a node (and of the node as a whole, "").
+async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    health
+        .set_service_status(
+            <ReferralServiceServer<Referrals> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+    health
+        .set_service_status(
+            <AdminServiceServer<Admin> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+    health.set_service_status("", status).await;
+}
+
 /// Marks every service of a node NOT_SERVING for gRPC health checking.
 async fn not_serving(health: &tonic_health::server::HealthReporter) {
-    health
-        .set_not_serving::<ReferralServiceServer<Referrals>>()
-        .await;
-    health.set_not_serving::<AdminServiceServer<Admin>>().await;
-    health
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
+    set_health(health, ServingStatus::NotServing).await;
 }
 
 /// A node whose state is loaded, ready to serve.
@@ -420,17 +432,6 @@ fn expiries(config: &NodeConfig) -> Vec<(String, Option<time::OffsetDateTime>)> 
 /// How often the gRPC health follows a disk that is full or read-only, and back.
 const STORAGE_CHECK: Duration = Duration::from_secs(1);
 
-/// Marks every service of a node SERVING for gRPC health checking.
-async fn serving(health: &tonic_health::server::HealthReporter) {
-    health
-        .set_serving::<ReferralServiceServer<Referrals>>()
-        .await;
-    health.set_serving::<AdminServiceServer<Admin>>().await;
-    health
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
-}
-
 /// Keeps the gRPC health of the node in step with its store: NOT_SERVING for good once a
 /// durable point has failed, and NOT_SERVING while the data folder is full or read-only
 /// (SERVING again as soon as it takes writes).
@@ -457,11 +458,12 @@ fn latch_health(store: &Store, health: tonic_health::server::HealthReporter) -> 
             let now = store.write_fault().is_some();
             if now != refusing {
                 refusing = now;
-                if now {
-                    not_serving(&health).await;
+                let status = if now {
+                    ServingStatus::NotServing
                 } else {
-                    serving(&health).await;
-                }
+                    ServingStatus::Serving
+                };
+                set_health(&health, status).await;
             }
         }
     })
@@ -613,10 +615,7 @@ impl Built {
         let reflection_v1alpha = reflection()
             .build_v1alpha()
             .map_err(|e| NodeError::Reflection(e.to_string()))?;
-        health
-            .set_serving::<ReferralServiceServer<Referrals>>()
-            .await;
-        health.set_serving::<AdminServiceServer<Admin>>().await;
+        set_health(&health, ServingStatus::Serving).await;
         let health_task = latch_health(&store, health.clone());
         let services_gate = client_gate.clone();
         let services_server = services_builder
