@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use tonic::transport::Channel;
 use trm_core::ids::Role;
@@ -118,15 +118,7 @@ async fn a_referral_acknowledged_just_before_sigkill_is_delivered_after_restart(
     // A clean stop this time: SIGTERM drains and exits 0.
     drop((sp, fp));
     for child in [&mut at, &mut ro] {
-        let pid = child
-            .id()
-            .ok_or_else(|| anyhow::anyhow!("child already gone"))?;
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .await?;
-        let status = child.wait().await?;
+        let status = trm_tests::terminate(child).await?;
         assert!(status.success(), "{status:?}");
     }
     Ok(())
@@ -171,32 +163,6 @@ impl Rng {
     }
 }
 
-/// Runs `call` until it succeeds, as a client retrying with the same request id does;
-/// a new connection each time one fails (the node may have been restarted).
-async fn until_ok<T, F, Fut>(
-    dir: &Path,
-    node: &str,
-    role: Role,
-    what: &str,
-    mut call: F,
-) -> anyhow::Result<T>
-where
-    F: FnMut(Channel) -> Fut,
-    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
-{
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(90);
-    loop {
-        let ch = channel(dir, node, role).await?;
-        match call(ch).await {
-            Ok(v) => return Ok(v),
-            Err(e) if tokio::time::Instant::now() > deadline => {
-                anyhow::bail!("{what} at {node}: still failing: {e}")
-            }
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
-        }
-    }
-}
-
 /// What one round of the storm did; checked on both sides afterwards.
 enum Step {
     /// A referral AT -> RO, `accepted` by RO or left delivered.
@@ -226,40 +192,64 @@ struct Storm<'a> {
 }
 
 impl Storm<'_> {
+    /// Sends `request` with `call` to `node` as `role` until it succeeds, as a client
+    /// retrying with the same request (and so the same request id) does; a new connection
+    /// each time one fails (the node may have been restarted).
+    async fn send<R, T, F, Fut>(
+        &self,
+        node: &str,
+        role: Role,
+        what: &str,
+        request: R,
+        mut call: F,
+    ) -> anyhow::Result<T>
+    where
+        R: Clone,
+        F: FnMut(Channel, R) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(90);
+        loop {
+            let ch = channel(self.dir, node, role).await?;
+            match call(ch, request.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(e) if tokio::time::Instant::now() > deadline => {
+                    anyhow::bail!("{what} at {node}: still failing: {e}")
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+    }
+
     /// A case at AT (identified `days_ago` days ago) with an informed consent to RO for
     /// `purpose`.
     async fn case(&self, n: usize, days_ago: i64, purpose: w::Purpose) -> anyhow::Result<String> {
-        let (case_req, consent_req) = (new_id(), new_id());
-        let case_id = until_ok(self.dir, "AT", Role::ServiceProvider, "create case", |ch| {
-            let request_id = case_req.clone();
-            async move {
-                Ok(ReferralServiceClient::new(ch)
-                    .create_case(w::CreateCaseRequest {
-                        request_id,
-                        ..trm_tests::requests::case(&format!("Stormvictim{n}"), days_ago)
-                    })
-                    .await?
-                    .into_inner()
-                    .case_id)
-            }
-        })
-        .await?;
-        until_ok(
-            self.dir,
+        let create = w::CreateCaseRequest {
+            request_id: new_id(),
+            ..trm_tests::requests::case(&format!("Stormvictim{n}"), days_ago)
+        };
+        let case_id = self
+            .send(
+                "AT",
+                Role::ServiceProvider,
+                "create case",
+                create,
+                |ch, r| async move {
+                    let c = ReferralServiceClient::new(ch).create_case(r).await?;
+                    Ok(c.into_inner().case_id)
+                },
+            )
+            .await?;
+        let consent = w::RecordConsentRequest {
+            request_id: new_id(),
+            ..trm_tests::requests::consent(&case_id, &[purpose], &["RO"], &[])
+        };
+        self.send(
             "AT",
             Role::ServiceProvider,
             "record consent",
-            |ch| {
-                let (request_id, case_id) = (consent_req.clone(), case_id.clone());
-                async move {
-                    ReferralServiceClient::new(ch)
-                        .record_consent(w::RecordConsentRequest {
-                            request_id,
-                            ..trm_tests::requests::consent(&case_id, &[purpose], &["RO"], &[])
-                        })
-                        .await
-                }
-            },
+            consent,
+            |ch, r| async move { ReferralServiceClient::new(ch).record_consent(r).await },
         )
         .await?;
         Ok(case_id)
@@ -268,38 +258,38 @@ impl Storm<'_> {
     /// A referral of a new case to RO, accepted there if `accept`.
     async fn referral(&self, n: usize, accept: bool) -> anyhow::Result<String> {
         let case_id = self.case(n, 3, w::Purpose::ReferralAssistance).await?;
-        let submit_req = new_id();
-        let referral_id = until_ok(self.dir, "AT", Role::ServiceProvider, "submit", |ch| {
-            let (request_id, case_id) = (submit_req.clone(), case_id.clone());
-            async move {
-                Ok(ReferralServiceClient::new(ch)
-                    .submit_referral(w::SubmitReferralRequest {
-                        case_id,
-                        destination: "RO".into(),
-                        request_id,
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_inner()
-                    .referral_id)
-            }
-        })
-        .await?;
+        let submit = w::SubmitReferralRequest {
+            case_id,
+            destination: "RO".into(),
+            request_id: new_id(),
+            ..Default::default()
+        };
+        let referral_id = self
+            .send(
+                "AT",
+                Role::ServiceProvider,
+                "submit",
+                submit,
+                |ch, r| async move {
+                    let r = ReferralServiceClient::new(ch).submit_referral(r).await?;
+                    Ok(r.into_inner().referral_id)
+                },
+            )
+            .await?;
         if accept {
-            let respond_req = new_id();
-            until_ok(self.dir, "RO", Role::FocalPoint, "accept", |ch| {
-                let (request_id, referral_id) = (respond_req.clone(), referral_id.clone());
-                async move {
-                    ReferralServiceClient::new(ch)
-                        .respond_to_referral(w::RespondToReferralRequest {
-                            referral_id,
-                            decision: w::ReferralDecision::Accept as i32,
-                            request_id,
-                            ..Default::default()
-                        })
-                        .await
-                }
-            })
+            let respond = w::RespondToReferralRequest {
+                referral_id: referral_id.clone(),
+                decision: w::ReferralDecision::Accept as i32,
+                request_id: new_id(),
+                ..Default::default()
+            };
+            self.send(
+                "RO",
+                Role::FocalPoint,
+                "accept",
+                respond,
+                |ch, r| async move { ReferralServiceClient::new(ch).respond_to_referral(r).await },
+            )
             .await?;
         }
         Ok(referral_id)
@@ -309,60 +299,65 @@ impl Storm<'_> {
     /// authority, accepted by RO.
     async fn hearing(&self, n: usize) -> anyhow::Result<Step> {
         let referral = self.referral(n, true).await?;
-        let case_id = until_ok(self.dir, "AT", Role::FocalPoint, "read referral", |ch| {
-            let referral_id = referral.clone();
-            async move {
-                Ok(ReferralServiceClient::new(ch)
-                    .get_referral(w::GetReferralRequest { referral_id })
-                    .await?
-                    .into_inner()
-                    .case_id)
-            }
-        })
-        .await?;
-        let (request_req, accept_req) = (new_id(), new_id());
-        let hearing = until_ok(
-            self.dir,
-            "AT",
-            Role::JudicialAuthority,
-            "request hearing",
-            |ch| {
-                let (request_id, case_id) = (request_req.clone(), case_id.clone());
-                async move {
-                    Ok(WitnessHearingServiceClient::new(ch)
-                        .request_hearing(w::RequestHearingRequest {
-                            case_id,
-                            witness_country: "RO".into(),
-                            proceeding_reference: format!("AT-LG-2026-{n:04}"),
-                            language: "ro".into(),
-                            legal_basis: "MLA request (UNTOC art. 18)".into(),
-                            proposed_times: vec![prost_types::Timestamp {
-                                seconds: 1_900_000_000,
-                                nanos: 0,
-                            }],
-                            request_id,
-                            ..Default::default()
-                        })
-                        .await?
-                        .into_inner()
-                        .hearing_id)
-                }
+        let read = w::GetReferralRequest {
+            referral_id: referral.clone(),
+        };
+        let case_id = self
+            .send(
+                "AT",
+                Role::FocalPoint,
+                "read referral",
+                read,
+                |ch, r| async move {
+                    let r = ReferralServiceClient::new(ch).get_referral(r).await?;
+                    Ok(r.into_inner().case_id)
+                },
+            )
+            .await?;
+        let request = w::RequestHearingRequest {
+            case_id,
+            witness_country: "RO".into(),
+            proceeding_reference: format!("AT-LG-2026-{n:04}"),
+            language: "ro".into(),
+            legal_basis: "MLA request (UNTOC art. 18)".into(),
+            proposed_times: vec![prost_types::Timestamp {
+                seconds: 1_900_000_000,
+                nanos: 0,
+            }],
+            request_id: new_id(),
+            ..Default::default()
+        };
+        let hearing = self
+            .send(
+                "AT",
+                Role::JudicialAuthority,
+                "request hearing",
+                request,
+                |ch, r| async move {
+                    let h = WitnessHearingServiceClient::new(ch)
+                        .request_hearing(r)
+                        .await?;
+                    Ok(h.into_inner().hearing_id)
+                },
+            )
+            .await?;
+        let accept = w::RespondToHearingRequest {
+            hearing_id: hearing.clone(),
+            decision: w::HearingDecision::Accept as i32,
+            request_id: new_id(),
+            ..Default::default()
+        };
+        self.send(
+            "RO",
+            Role::FocalPoint,
+            "accept hearing",
+            accept,
+            |ch, r| async move {
+                WitnessHearingServiceClient::new(ch)
+                    .respond_to_hearing(r)
+                    .await
             },
         )
-        .await?;
-        until_ok(self.dir, "RO", Role::FocalPoint, "accept hearing", |ch| {
-            let (request_id, hearing_id) = (accept_req.clone(), hearing.clone());
-            async move {
-                WitnessHearingServiceClient::new(ch)
-                    .respond_to_hearing(w::RespondToHearingRequest {
-                        hearing_id,
-                        decision: w::HearingDecision::Accept as i32,
-                        request_id,
-                        ..Default::default()
-                    })
-                    .await
-            }
-        })
         .await?;
         Ok(Step::Hearing { referral, hearing })
     }
@@ -371,83 +366,79 @@ impl Storm<'_> {
     /// confirmed reception.
     async fn return_plan(&self, n: usize) -> anyhow::Result<Step> {
         let case_id = self.case(n, 45, w::Purpose::ReturnPlanning).await?;
-        let (risk_req, decision_req, propose_req, confirm_req) =
-            (new_id(), new_id(), new_id(), new_id());
-        until_ok(self.dir, "AT", Role::ServiceProvider, "assess risk", |ch| {
-            let (request_id, case_id) = (risk_req.clone(), case_id.clone());
-            async move {
+        let risk = w::RecordRiskAssessmentRequest {
+            case_id: case_id.clone(),
+            level: w::RiskLevel::Low as i32,
+            factors: vec!["family contacted".into()],
+            request_id: new_id(),
+            ..Default::default()
+        };
+        self.send(
+            "AT",
+            Role::ServiceProvider,
+            "assess risk",
+            risk,
+            |ch, r| async move {
                 ReturnPlanningServiceClient::new(ch)
-                    .record_risk_assessment(w::RecordRiskAssessmentRequest {
-                        case_id,
-                        level: w::RiskLevel::Low as i32,
-                        factors: vec!["family contacted".into()],
-                        request_id,
-                        ..Default::default()
-                    })
+                    .record_risk_assessment(r)
                     .await
-            }
-        })
+            },
+        )
         .await?;
-        until_ok(
-            self.dir,
+        let decision = w::RecordReturnDecisionRequest {
+            case_id: case_id.clone(),
+            voluntary: true,
+            informed: true,
+            request_id: new_id(),
+            ..Default::default()
+        };
+        self.send(
             "AT",
             Role::ServiceProvider,
             "decide return",
-            |ch| {
-                let (request_id, case_id) = (decision_req.clone(), case_id.clone());
-                async move {
-                    ReturnPlanningServiceClient::new(ch)
-                        .record_return_decision(w::RecordReturnDecisionRequest {
-                            case_id,
-                            voluntary: true,
-                            informed: true,
-                            request_id,
-                            ..Default::default()
-                        })
-                        .await
-                }
+            decision,
+            |ch, r| async move {
+                ReturnPlanningServiceClient::new(ch)
+                    .record_return_decision(r)
+                    .await
             },
         )
         .await?;
-        let id = until_ok(
-            self.dir,
-            "AT",
-            Role::ServiceProvider,
-            "propose return",
-            |ch| {
-                let (request_id, case_id) = (propose_req.clone(), case_id.clone());
-                async move {
-                    Ok(ReturnPlanningServiceClient::new(ch)
-                        .propose_return(w::ProposeReturnRequest {
-                            case_id,
-                            destination: "RO".into(),
-                            request_id,
-                            ..Default::default()
-                        })
-                        .await?
-                        .into_inner()
-                        .return_id)
-                }
-            },
-        )
-        .await?;
-        until_ok(
-            self.dir,
+        let propose = w::ProposeReturnRequest {
+            case_id,
+            destination: "RO".into(),
+            request_id: new_id(),
+            ..Default::default()
+        };
+        let id = self
+            .send(
+                "AT",
+                Role::ServiceProvider,
+                "propose return",
+                propose,
+                |ch, r| async move {
+                    let p = ReturnPlanningServiceClient::new(ch)
+                        .propose_return(r)
+                        .await?;
+                    Ok(p.into_inner().return_id)
+                },
+            )
+            .await?;
+        let confirm = w::RespondToReturnRequest {
+            return_id: id.clone(),
+            response: w::ReturnResponse::ConfirmReception as i32,
+            details: "met at arrivals by the shelter".into(),
+            request_id: new_id(),
+        };
+        self.send(
             "RO",
             Role::FocalPoint,
             "confirm reception",
-            |ch| {
-                let (request_id, return_id) = (confirm_req.clone(), id.clone());
-                async move {
-                    ReturnPlanningServiceClient::new(ch)
-                        .respond_to_return(w::RespondToReturnRequest {
-                            return_id,
-                            response: w::ReturnResponse::ConfirmReception as i32,
-                            details: "met at arrivals by the shelter".into(),
-                            request_id,
-                        })
-                        .await
-                }
+            confirm,
+            |ch, r| async move {
+                ReturnPlanningServiceClient::new(ch)
+                    .respond_to_return(r)
+                    .await
             },
         )
         .await?;
@@ -723,14 +714,7 @@ async fn a_storm_of_sigkills_on_either_node_loses_nothing_and_applies_nothing_tw
     ));
     let mut n = nodes.lock().await;
     for child in n.iter_mut() {
-        if let Some(pid) = child.id() {
-            Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status()
-                .await?;
-            assert!(child.wait().await?.success());
-        }
+        assert!(trm_tests::terminate(child).await?.success());
     }
     // Every file the storm left (databases, key files, the nodes' logs of every run).
     let log = std::fs::read_to_string(dir.path().join("AT/node.log"))?;

@@ -66,21 +66,7 @@ async fn a_failed_sync_stops_writes_turns_the_node_not_serving_and_loses_nothing
     assert!(ready.starts_with("HTTP/1.0 503"), "{ready}");
     assert!(ready.contains("storage failed"), "{ready}");
     let channel = fed.channel("AT", Role::ServiceProvider, false).await?;
-    let status = trm_tests::eventually("NOT_SERVING", || {
-        let mut health = HealthClient::new(channel.clone());
-        async move {
-            let s = health
-                .check(tonic_health::pb::HealthCheckRequest {
-                    service: "trm.v1.ReferralService".into(),
-                })
-                .await?
-                .into_inner()
-                .status;
-            Ok((s == ServingStatus::NotServing as i32).then_some(s))
-        }
-    })
-    .await?;
-    assert_eq!(status, ServingStatus::NotServing as i32);
+    trm_tests::referral_health_becomes(&channel, ServingStatus::NotServing).await?;
     // The same health in clear text on the metrics port, for probes without a certificate.
     let plain = tonic::transport::Endpoint::from_shared(format!("http://{metrics}"))?
         .connect()

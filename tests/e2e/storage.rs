@@ -24,7 +24,7 @@ use tokio::{
     process::{Child, Command},
 };
 use tonic::{transport::Channel, Code};
-use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::health_check_response::ServingStatus;
 use trm_core::ids::Role;
 use trm_proto::v1::{
     self as w, admin_service_client::AdminServiceClient,
@@ -198,17 +198,6 @@ async fn channel(dir: &Path, role: Role, admin: bool) -> anyhow::Result<Channel>
     .await
 }
 
-/// Sends SIGTERM to `child` and returns whether it exited 0.
-async fn terminate(child: &mut Child) -> anyhow::Result<std::process::ExitStatus> {
-    let pid = child.id().ok_or_else(|| anyhow!("child already gone"))?;
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .await?;
-    Ok(child.wait().await?)
-}
-
 /// Polls `/readyz` until it answers `code`; returns the answer.
 async fn readyz(metrics: std::net::SocketAddr, code: &str) -> anyhow::Result<String> {
     eventually(&format!("/readyz {code}"), || async move {
@@ -224,20 +213,7 @@ async fn grpc_health(metrics: std::net::SocketAddr, want: ServingStatus) -> anyh
     let plain = tonic::transport::Endpoint::from_shared(format!("http://{metrics}"))?
         .connect()
         .await?;
-    eventually(&format!("gRPC health {want:?}"), || {
-        let mut health = HealthClient::new(plain.clone());
-        async move {
-            let s = health
-                .check(tonic_health::pb::HealthCheckRequest {
-                    service: "trm.v1.ReferralService".into(),
-                })
-                .await?
-                .into_inner()
-                .status;
-            Ok((s == want as i32).then_some(()))
-        }
-    })
-    .await
+    trm_tests::referral_health_becomes(&plain, want).await
 }
 
 fn unavailable<T: std::fmt::Debug>(r: Result<T, tonic::Status>, what: &str) -> anyhow::Result<()> {
@@ -464,7 +440,7 @@ async fn a_full_then_read_only_data_folder_refuses_writes_serves_reads_and_takes
     }
 
     drop((sp, admin));
-    let status = terminate(&mut at).await?;
+    let status = trm_tests::terminate(&mut at).await?;
     assert!(status.success(), "a clean shutdown exits 0: {status:?}");
 
     // Everything acknowledged is on the disk, exactly once.
@@ -487,7 +463,7 @@ async fn a_full_then_read_only_data_folder_refuses_writes_serves_reads_and_takes
     assert_eq!(ids, want, "every acknowledged case, and no refused one");
     assert_eq!(outgoing(&mut sp).await?.len(), 2);
     drop(sp);
-    assert!(terminate(&mut ro).await?.success());
+    assert!(trm_tests::terminate(&mut ro).await?.success());
     Ok(())
 }
 
@@ -536,7 +512,7 @@ async fn a_write_that_fails_inside_sled_latches_the_node_until_a_restart_and_los
         assert!(!log.contains(name), "no personal data in the log");
     }
     drop(sp);
-    let status = terminate(&mut at).await?;
+    let status = trm_tests::terminate(&mut at).await?;
     assert!(status.success(), "a clean shutdown exits 0: {status:?}");
 
     let _at = disk.spawn_node(&config)?;

@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, path::Path, time::Instant};
 
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use trm_core::ids::Role;
 use trm_proto::v1::{self as w, referral_service_client::ReferralServiceClient};
 use trm_tests::free_node_spec as spec;
@@ -245,13 +245,8 @@ async fn the_replica_that_delivers_is_killed_mid_stream_and_the_other_delivers_e
     );
 
     for child in children.iter_mut().chain(std::iter::once(&mut ro_node)) {
-        if let Some(pid) = child.id() {
-            Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status()
-                .await?;
-            let status = child.wait().await?;
+        if child.id().is_some() {
+            let status = trm_tests::terminate(child).await?;
             assert!(status.success(), "{status:?}");
         }
     }

@@ -690,6 +690,27 @@ pub async fn referral_with_status(
     .await
 }
 
+/// Polls the gRPC health of `ReferralService` over `channel` until it is `want`.
+pub async fn referral_health_becomes(
+    channel: &Channel,
+    want: tonic_health::pb::health_check_response::ServingStatus,
+) -> Result<()> {
+    eventually(&format!("gRPC health {want:?}"), || {
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        async move {
+            let s = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: "trm.v1.ReferralService".into(),
+                })
+                .await?
+                .into_inner()
+                .status;
+            Ok((s == want as i32).then_some(()))
+        }
+    })
+    .await
+}
+
 /// Polls `client` until it holds referral `id` (in whatever state); returns it.
 pub async fn referral_arrived(
     client: &ReferralServiceClient<Channel>,
@@ -1002,6 +1023,17 @@ pub fn free_node_spec(id: &str) -> Result<trmctl::sandbox::NodeSpec> {
         admin: free()?,
         metrics: free()?,
     })
+}
+
+/// Sends SIGTERM to `child` (a node process) and returns how it exited.
+pub async fn terminate(child: &mut tokio::process::Child) -> Result<std::process::ExitStatus> {
+    let pid = child.id().context("child already gone")?;
+    tokio::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .await?;
+    Ok(child.wait().await?)
 }
 
 /// Runs `exe` (a test's `trm-test-node`, from `env!("CARGO_BIN_EXE_trm-test-node")`) with
