@@ -5,9 +5,8 @@
 //! certificate's serial, or the peer node a federation certificate names, see
 //! [`CallerKey::of`]) holds at most `max_connections_per_client` established connections of
 //! a port: a further one is closed right after its handshake, so one client or peer cannot
-//! take every place, however many certificates it holds. The
-//! established streams carry their peer's certificates to the gRPC handlers
-//! (`Request::peer_certs`).
+//! take every place, however many certificates it holds. The established streams carry
+//! their peer's certificates to the gRPC handlers (`Request::peer_certs`).
 
 use std::{
     collections::HashMap,
@@ -36,7 +35,7 @@ use crate::gate::CallerKey;
 pub struct AcceptLimits {
     /// Connections open at once, handshakes included.
     pub max_connections: usize,
-    /// Established connections one caller's certificate may hold at once.
+    /// Established connections one caller may hold at once.
     pub max_connections_per_client: usize,
     /// How long a client may take to finish the TLS handshake.
     pub handshake_timeout: Duration,
