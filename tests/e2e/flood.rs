@@ -145,7 +145,8 @@ async fn a_flooding_client_or_peer_starves_no_one_and_stalled_or_surplus_connect
     let rss_before = rss_mib(at.id());
 
     // 1. One client certificate floods the services port over all the connections it may
-    // hold; another client's reads and writes are all served, each within the bound.
+    // hold; another client's reads and writes are all served, each within its channel's
+    // 30 s request deadline (a starved request fails the test with DEADLINE_EXCEEDED).
     let started = Instant::now();
     let (tally, mut tasks) = flood(
         connections(d, Role::ServiceProvider, PER_CLIENT).await?,
