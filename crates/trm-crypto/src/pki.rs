@@ -286,6 +286,33 @@ pub fn serial_hex(cert_der: &[u8]) -> Option<String> {
     })
 }
 
+/// Returns who issued a certificate, as callers are told apart together with the serial:
+/// the first 16 lower-case hex characters of the SHA-256 of the issuer's name (DER).
+pub fn issuer_id(cert_der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let digest = crate::sha256(cert.issuer().as_raw());
+    Some(hex::encode(&digest[..8]))
+}
+
+/// Returns the issuer id (see [`issuer_id`]) of the certificates a CA certificate issues:
+/// the id of its subject.
+pub fn subject_id(ca_der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(ca_der).ok()?;
+    let digest = crate::sha256(cert.subject().as_raw());
+    Some(hex::encode(&digest[..8]))
+}
+
+/// Returns the identity a client certificate's caller is known by (idempotent requests,
+/// request rates, connection counts): its issuer and serial, `<issuer_id>:<serial_hex>`.
+/// Two certificate authorities may give the same serial; never one issuer twice.
+pub fn caller_id(cert_der: &[u8]) -> Option<String> {
+    Some(format!(
+        "{}:{}",
+        issuer_id(cert_der)?,
+        serial_hex(cert_der)?
+    ))
+}
+
 /// Returns a certificate's end of validity.
 pub fn not_after(cert_der: &[u8]) -> Option<OffsetDateTime> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;

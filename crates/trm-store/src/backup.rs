@@ -1,32 +1,53 @@
-//! Backups of a running store, restores into a stopped one, and the erasure journal that
-//! keeps a restore from bringing an erased record back.
+//! Backups of a running store, and restores into a stopped one that never undo what
+//! happened since (DESIGN "Storage engines, erasure and backups").
 //!
-//! A backup is a folder: `store.kv` (every record, as the store holds it: sealed records stay
-//! sealed), `keys.kek` (the key file, its KEKs wrapped by the master key, which is never in
-//! a backup) and `manifest.json` (the node, the time, and each file's size and SHA-256). It is
-//! taken as one job of the writer, so no write lands half in it.
+//! A backup is a folder: `store.kv` (every record as the store holds it: sealed records stay
+//! sealed) and `manifest.json` (the node, the time, the backup's key id and expiry, each
+//! file's size and SHA-256). It holds no key that opens a record: its data keys are wrapped
+//! under a key of this backup alone, which the node's key file keeps until the backup
+//! expires (`[storage] backup_retention_days`) and then destroys. Never a KEK, never the
+//! master key. A backup alone, or with the master key, opens nothing; restored without the
+//! node's key file it is refused, naming the file; once expired it opens for no one, while
+//! the live KEK goes on rotating daily. It is taken as one job of the writer, so no write
+//! lands half in it. Files are owner-only.
 //!
-//! The erasure journal (`<key_store>.erasures`, beside the key store, never in a backup)
-//! lists every data key destroyed, with its time: the journal is synced before the commit
-//! that destroys the key. A restore removes every key it lists from the restored store, so
-//! whatever was erased after the backup was taken stays erased.
+//! A restore replaces the store of a stopped node (refused while any process of the node
+//! holds it, whatever the flags), re-wraps the backup's data keys under the live KEK, then
+//! re-applies the journal beside the key file (see [`crate::journal`]): erasures,
+//! revocations, peer directory changes, ended key windows and published statistics. It
+//! writes an audit entry naming who restored which backup and what was re-applied, in the
+//! restored chain.
 
 use std::{
-    io::{BufRead, BufReader, BufWriter, Read, Write},
-    path::{Path, PathBuf},
+    io::{BufWriter, Read, Write},
+    path::Path,
     sync::Arc,
 };
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::{engine::postgres, EngineOptions, Result, Store, StoreError, StoreOptions, TxFail};
+use crate::{
+    audit::AuditRecord,
+    engine::postgres,
+    journal::{self, merge, Journal, JournalCounts},
+    keys::{decode_wrapped, encode_wrapped, BackupKey, KeyRing},
+    repo::{
+        directory::{DirectoryChanges, LearnedKeys, OwnKey, Revoked},
+        layout,
+    },
+    tx::{decode, verify_row},
+    EngineOptions, Result, Store, StoreError, StoreOptions, TxFail,
+};
 
 /// The format name in a backup's manifest.
-pub const FORMAT: &str = "trm-backup/1";
+pub const FORMAT: &str = "trm-backup/2";
+/// The format of earlier versions, which carried a copy of the key file.
+const FORMAT_V1: &str = "trm-backup/1";
 const STORE_FILE: &str = "store.kv";
-const KEY_FILE: &str = "keys.kek";
 const MANIFEST: &str = "manifest.json";
+/// The epoch that marks a data key wrapped under the backup's own key.
+const BACKUP_EPOCH: u64 = u64::MAX;
 
 /// One file of a backup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +64,12 @@ pub struct Manifest {
     pub node: String,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// The id of the backup's key in the node's key file.
+    #[serde(default)]
+    pub backup_key: String,
+    /// When the backup's key is destroyed: it opens for no one after.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub expires_at: Option<OffsetDateTime>,
     pub records: u64,
     pub files: Vec<FileDigest>,
 }
@@ -52,59 +79,6 @@ impl Manifest {
     pub fn bytes(&self) -> u64 {
         self.files.iter().map(|f| f.bytes).sum()
     }
-}
-
-/// One line of the erasure journal: a destroyed data key (its slot) and when.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Erased {
-    #[serde(with = "time::serde::rfc3339")]
-    at: OffsetDateTime,
-    slot: String,
-}
-
-/// Returns the erasure journal of the key store at `key_store`.
-pub fn journal_path(key_store: &Path) -> PathBuf {
-    key_store.with_extension("erasures")
-}
-
-/// Appends destroyed data keys to the journal and syncs it (before their commit).
-pub(crate) fn journal_erasures(journal: &Path, slots: &[Vec<u8>]) -> std::io::Result<()> {
-    let at = OffsetDateTime::now_utc();
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(journal)?;
-    let mut text = String::new();
-    for s in slots {
-        let line = serde_json::to_string(&Erased {
-            at,
-            slot: hex::encode(s),
-        })
-        .map_err(std::io::Error::other)?;
-        text.push_str(&line);
-        text.push('\n');
-    }
-    f.write_all(text.as_bytes())?;
-    f.sync_all()
-}
-
-fn read_journal(journal: &Path) -> Result<Vec<Vec<u8>>> {
-    let f = match std::fs::File::open(journal) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
-    let mut out = Vec::new();
-    for line in BufReader::new(f).lines() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let e: Erased =
-            serde_json::from_str(&line).map_err(|_| StoreError::Decode("erasure journal"))?;
-        out.push(hex::decode(&e.slot).map_err(|_| StoreError::Decode("erasure journal"))?);
-    }
-    Ok(out)
 }
 
 fn digest(dir: &Path, name: &str) -> Result<FileDigest> {
@@ -139,10 +113,16 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Writes every record and the key file into `target`; runs as one writer job, so nothing
-/// else is written while it runs.
-fn dump(tx: &mut crate::Tx<'_>, target: &Path, key_store: &Path) -> Result<u64> {
-    let mut out = BufWriter::new(std::fs::File::create(target.join(STORE_FILE))?);
+/// Whether `key` is a lease row (not kept in a backup: a restored node takes its own).
+fn is_lease(key: &[u8]) -> bool {
+    key.starts_with(&layout::meta("lease/"))
+}
+
+/// Writes every record into `target`, each data key re-wrapped under the backup's key;
+/// runs as one writer job, so nothing else is written while it runs.
+fn dump(tx: &mut crate::Tx<'_>, target: &Path, key: &BackupKey) -> Result<u64> {
+    let file = journal::create_private_file(&target.join(STORE_FILE))?;
+    let mut out = BufWriter::new(file);
     let mut records = 0u64;
     let mut after: Option<Vec<u8>> = None;
     loop {
@@ -150,6 +130,15 @@ fn dump(tx: &mut crate::Tx<'_>, target: &Path, key_store: &Path) -> Result<u64> 
         let Some((last, _)) = page.last() else { break };
         after = Some(last.clone());
         for (k, v) in page {
+            if is_lease(&k) {
+                continue;
+            }
+            let v = if k.starts_with(layout::DATA_KEYS) {
+                let dk = tx.keys.unwrap(&k, &v)?;
+                encode_wrapped(BACKUP_EPOCH, &key.wrap(&k, &dk)?)
+            } else {
+                v
+            };
             write_frame(&mut out, &k)?;
             write_frame(&mut out, &v)?;
             records += 1;
@@ -159,37 +148,42 @@ fn dump(tx: &mut crate::Tx<'_>, target: &Path, key_store: &Path) -> Result<u64> 
         .into_inner()
         .map_err(|e| StoreError::Io(e.into_error()))?;
     f.sync_all()?;
-    std::fs::copy(key_store, target.join(KEY_FILE))?;
-    std::fs::File::open(target.join(KEY_FILE))?.sync_all()?;
     Ok(records)
 }
 
 impl Store {
-    /// Writes a consistent backup of the running store into `dir` (created; it must not
-    /// exist or be empty). Returns its manifest.
-    pub async fn backup(&self, dir: &Path) -> Result<Manifest> {
+    /// Writes a consistent backup of the running store into `dir` (created owner-only; it
+    /// must not exist or be empty), restorable with the node's key file for `retention`.
+    /// Returns its manifest.
+    pub async fn backup(&self, dir: &Path, retention: time::Duration) -> Result<Manifest> {
         if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
             return Err(StoreError::Io(std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
                 format!("{} is not empty", dir.display()),
             )));
         }
-        std::fs::create_dir_all(dir)?;
-        let (target, key_store) = (dir.to_path_buf(), self.key_store_path().to_path_buf());
+        journal::create_private_dir(dir)?;
+        // Kept in the key file (durably) before any data key is wrapped under it.
+        let key = self
+            .keys()
+            .new_backup_key(OffsetDateTime::now_utc() + retention)?;
+        let (target, k) = (dir.to_path_buf(), key.clone());
         let records = self
-            .commit::<u64, (), _>(move |tx| Ok(dump(tx, &target, &key_store)?))
+            .commit::<u64, (), _>(move |tx| Ok(dump(tx, &target, &k)?))
             .await
             .map_err(TxFail::into_store)?
             .value;
         let manifest = Manifest {
             format: FORMAT.to_owned(),
             node: self.node().to_string(),
-            created_at: OffsetDateTime::now_utc(),
+            created_at: key.created_at,
+            backup_key: key.id.clone(),
+            expires_at: Some(key.expires_at),
             records,
-            files: vec![digest(dir, STORE_FILE)?, digest(dir, KEY_FILE)?],
+            files: vec![digest(dir, STORE_FILE)?],
         };
         let text = serde_json::to_vec_pretty(&manifest).map_err(|_| StoreError::Encode)?;
-        let mut f = std::fs::File::create(dir.join(MANIFEST))?;
+        let mut f = journal::create_private_file(&dir.join(MANIFEST))?;
         f.write_all(&text)?;
         f.sync_all()?;
         sync_dir(dir)?;
@@ -201,8 +195,13 @@ impl Store {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Restored {
     pub manifest: Manifest,
-    /// Data keys destroyed again from the erasure journal.
-    pub erasures_applied: usize,
+    /// What the journal re-applied.
+    pub reapplied: JournalCounts,
+}
+
+/// Why a restore refused, in words an operator can act on.
+fn refused(why: String) -> StoreError {
+    StoreError::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, why))
 }
 
 /// Reads and checks a backup's manifest and every file's digest.
@@ -210,6 +209,13 @@ pub fn check(from: &Path) -> Result<Manifest> {
     let text = std::fs::read(from.join(MANIFEST))?;
     let manifest: Manifest =
         serde_json::from_slice(&text).map_err(|_| StoreError::Decode("backup manifest"))?;
+    if manifest.format == FORMAT_V1 {
+        return Err(refused(format!(
+            "{} was taken by an earlier version, which copied the key file into the backup: \
+             it is not restored (delete it, and take a new backup)",
+            from.display()
+        )));
+    }
     if manifest.format != FORMAT {
         return Err(StoreError::Corrupt("backup format"));
     }
@@ -223,20 +229,84 @@ pub fn check(from: &Path) -> Result<Manifest> {
     Ok(manifest)
 }
 
-/// Restores the backup in `from` into the stopped node of `options`: the store and its key
-/// file are replaced (only with `force` when the node holds data), then every data key the
-/// erasure journal lists is destroyed again. The master key is the node's own.
-pub fn restore(options: StoreOptions, from: &Path, force: bool) -> Result<Restored> {
+/// Holds the store of a stopped node while it is restored: refused when a process of the
+/// node holds it (sled's own lock on its files; on PostgreSQL, the lock every replica
+/// holds in the database).
+enum Held {
+    Sled { _db: Option<std::fs::File> },
+    Postgres { _lock: postgres::NodeLock },
+}
+
+fn hold_stopped(options: &StoreOptions) -> Result<Held> {
+    let running = || {
+        refused(format!(
+            "node {} is running (it holds its store): stop every process of the node first; \
+             a restore never replaces the store under a running node",
+            options.node
+        ))
+    };
+    match &options.engine {
+        EngineOptions::Sled(_) => {
+            let db = options.data_dir.join("db");
+            let file = match std::fs::File::open(&db) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Ok(Held::Sled { _db: None })
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => Ok(Held::Sled { _db: Some(file) }),
+                Err(rustix::io::Errno::WOULDBLOCK) => Err(running()),
+                Err(e) => Err(std::io::Error::from(e).into()),
+            }
+        }
+        EngineOptions::Postgres(pg) => match postgres::NodeLock::try_exclusive(pg)? {
+            Some(lock) => Ok(Held::Postgres { _lock: lock }),
+            None => Err(running()),
+        },
+    }
+}
+
+/// Restores the backup in `from` into the stopped node of `options` (see the module's
+/// documentation); `who` names the person restoring, for the audit. The store is replaced
+/// only with `force` when the node holds data.
+pub fn restore(options: StoreOptions, from: &Path, force: bool, who: &str) -> Result<Restored> {
     let manifest = check(from)?;
     if manifest.node != options.node.to_string() {
-        return Err(StoreError::Io(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!(
-                "the backup is of node {}, not {}",
-                manifest.node, options.node
-            ),
+        return Err(refused(format!(
+            "the backup is of node {}, not {}",
+            manifest.node, options.node
         )));
     }
+    let held = hold_stopped(&options)?;
+    if !options.key_store.is_file() {
+        return Err(refused(format!(
+            "a restore needs the node's key file {} (and its journal {} beside it): the backup \
+             holds no key. Copy them back from where they are kept apart from backups",
+            options.key_store.display(),
+            journal::path(&options.key_store).display()
+        )));
+    }
+    let ring = KeyRing::open(&options.key_store, options.master.clone(), false)?;
+    let Some(backup_key) = ring.backup_key(&manifest.backup_key)? else {
+        let when = manifest
+            .expires_at
+            .filter(|e| *e <= OffsetDateTime::now_utc())
+            .map(|e| format!("it expired on {e} and its key was destroyed: it opens for no one"))
+            .unwrap_or_else(|| {
+                format!(
+                    "the key file {} holds no key of it: it is not the key file of the node \
+                     that took it",
+                    options.key_store.display()
+                )
+            });
+        return Err(refused(format!(
+            "the backup {} taken {}: {when}",
+            manifest.backup_key, manifest.created_at
+        )));
+    };
+    drop(ring);
     let (holds_data, place) = match &options.engine {
         EngineOptions::Sled(_) => (
             options.data_dir.exists() && std::fs::read_dir(&options.data_dir)?.next().is_some(),
@@ -250,24 +320,62 @@ pub fn restore(options: StoreOptions, from: &Path, force: bool) -> Result<Restor
     if holds_data && !force {
         return Err(StoreError::Io(std::io::Error::new(
             std::io::ErrorKind::AlreadyExists,
-            format!("{place} holds a store: stop the node and pass --force to replace it"),
+            format!("{place} holds a store: pass --force to replace it"),
         )));
     }
-    let erased = read_journal(&journal_path(&options.key_store))?;
+    let journal = Journal::read(&options.key_store)?;
     if holds_data {
         match &options.engine {
             EngineOptions::Sled(_) => std::fs::remove_dir_all(&options.data_dir)?,
             EngineOptions::Postgres(pg) => postgres::drop_schema(pg)?,
         }
     }
-    std::fs::copy(from.join(KEY_FILE), &options.key_store)?;
-    std::fs::File::open(&options.key_store)?.sync_all()?;
+    // The sled lock was on the files just removed; the new store takes its own.
+    let held = match held {
+        Held::Sled { .. } => None,
+        other => Some(other),
+    };
     let anchor = options.key_store.with_extension("audit-anchor");
     if anchor.exists() {
         // Rewritten from the restored chain when the store closes.
         std::fs::remove_file(&anchor)?;
     }
     let store = Store::open(options)?;
+    import(&store, from, &backup_key)?;
+    let reapplied = reapply(&store, &journal)?;
+    let detail = format!(
+        "backup={} taken_at={} records={} erasures={} revocations={} directory_changes={} \
+         key_changes={} published_months={}",
+        manifest.backup_key,
+        manifest
+            .created_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        manifest.records,
+        reapplied.erasures,
+        reapplied.revocations,
+        reapplied.directory_changes,
+        reapplied.key_changes,
+        reapplied.published_months,
+    );
+    let (who, id) = (who.to_owned(), manifest.backup_key.clone());
+    store
+        .commit_blocking::<(), (), _>(move |tx| {
+            tx.audit(AuditRecord::new(&who, "store.restore", &id, "ok").detail(detail.clone()))?;
+            Ok(())
+        })
+        .map_err(TxFail::into_store)?;
+    store.close()?;
+    drop(held);
+    Ok(Restored {
+        manifest,
+        reapplied,
+    })
+}
+
+/// Writes the backup's records into the (empty) store, each data key re-wrapped from the
+/// backup's key under the live KEK, each trusted row checked to be the node's own.
+fn import(store: &Store, from: &Path, backup_key: &BackupKey) -> Result<()> {
     let mut input = std::io::BufReader::new(std::fs::File::open(from.join(STORE_FILE))?);
     loop {
         let mut batch = Vec::new();
@@ -276,7 +384,19 @@ pub fn restore(options: StoreOptions, from: &Path, force: bool) -> Result<Restor
                 break;
             };
             let v = read_frame(&mut input)?.ok_or(StoreError::Corrupt("backup record"))?;
-            batch.push((k, v));
+            if k.starts_with(layout::DATA_KEYS) {
+                let (epoch, wrapped) =
+                    decode_wrapped(&v).ok_or(StoreError::Corrupt("a backup's data key"))?;
+                if epoch != BACKUP_EPOCH {
+                    return Err(StoreError::Corrupt("a backup's data key"));
+                }
+                let dk = backup_key.unwrap(&k, wrapped)?;
+                batch.push((k, Wrapped::Data(dk)));
+            } else if k == layout::meta(crate::keys::KEK_EPOCH) || is_lease(&k) {
+                continue;
+            } else {
+                batch.push((k, Wrapped::Plain(v)));
+            }
         }
         if batch.is_empty() {
             break;
@@ -285,25 +405,82 @@ pub fn restore(options: StoreOptions, from: &Path, force: bool) -> Result<Restor
         store
             .commit_blocking::<(), (), _>(move |tx| {
                 for (k, v) in batch.iter() {
-                    tx.put_raw(k, v)?;
+                    match v {
+                        Wrapped::Data(dk) => {
+                            let stored = tx.keys.wrap_current(k, dk)?;
+                            tx.put_raw(k, &stored)?;
+                        }
+                        Wrapped::Plain(v) => tx.put_raw(k, v)?,
+                    }
                 }
                 Ok(())
             })
             .map_err(TxFail::into_store)?;
     }
-    let slots = Arc::new(erased);
-    let applied = slots.len();
+    Ok(())
+}
+
+enum Wrapped {
+    Data(trm_crypto::aead::SecretKey),
+    Plain(Vec<u8>),
+}
+
+/// Re-applies the journal to a restored store: nothing erased, revoked, removed or ended
+/// since the backup comes back.
+fn reapply(store: &Store, j: &Journal) -> Result<JournalCounts> {
+    let counts = j.counts();
+    let journal = Arc::new(j.clone());
     store
         .commit_blocking::<(), (), _>(move |tx| {
-            for slot in slots.iter() {
+            for slot in &journal.erased {
                 tx.destroy_data_key(slot)?;
             }
+            let trust = &journal.trust;
+            let row = |tx: &mut crate::Tx<'_>, name: &str| -> Result<Option<Vec<u8>>> {
+                let key = layout::meta(name);
+                match tx.get_raw(&key)? {
+                    Some(v) => Ok(Some(verify_row(tx.keys, "row", &key, &v)?.to_vec())),
+                    None => Ok(None),
+                }
+            };
+            let revoked: Vec<Revoked> = match row(tx, "revoked_clients")? {
+                Some(v) => decode("revoked clients", &v)?,
+                None => Vec::new(),
+            };
+            tx.put_trusted(
+                &layout::meta("revoked_clients"),
+                &merge::revoked(revoked, trust),
+            )?;
+            let changes: DirectoryChanges = match row(tx, "directory_changes")? {
+                Some(v) => decode("directory changes", &v)?,
+                None => DirectoryChanges::default(),
+            };
+            tx.put_trusted(
+                &layout::meta("directory_changes"),
+                &merge::directory(changes, trust),
+            )?;
+            let learned: LearnedKeys = match row(tx, "learned_keys")? {
+                Some(v) => decode("learned keys", &v)?,
+                None => LearnedKeys::default(),
+            };
+            tx.put_trusted(
+                &layout::meta("learned_keys"),
+                &merge::learned(learned, trust),
+            )?;
+            let own: Vec<OwnKey> = match row(tx, "own_keys")? {
+                Some(v) => decode("own keys", &v)?,
+                None => Vec::new(),
+            };
+            tx.put_trusted(&layout::meta("own_keys"), &merge::own(own, trust))?;
+            for (month, report) in &journal.published {
+                if tx.published_report(*month)?.is_none() {
+                    tx.put_json(&layout::published(&month.key()), report)?;
+                }
+            }
+            let epoch = tx.keys.epochs().0;
+            tx.put_raw(&layout::meta(crate::keys::KEK_EPOCH), &epoch.to_be_bytes())?;
             Ok(())
         })
         .map_err(TxFail::into_store)?;
-    store.close()?;
-    Ok(Restored {
-        manifest,
-        erasures_applied: applied,
-    })
+    Ok(counts)
 }

@@ -29,6 +29,10 @@ pub enum StoreError {
     KeyStoreMissing(String),
     #[error("the store's writer has stopped")]
     Stopped,
+    /// A row the node trusts without a seal does not carry the node's authentication:
+    /// someone with write access to the database wrote it.
+    #[error("the stored {0} is not authenticated by this node: it was written by someone else")]
+    Forged(&'static str),
     /// Another writer (a replica) changed what this transaction read: run it again.
     #[error("a write conflict with another writer")]
     Conflict,

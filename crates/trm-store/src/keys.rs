@@ -1,9 +1,10 @@
 //! The key hierarchy of sealed records: master key -> key-encryption key (KEK) -> data keys.
 //!
 //! - The master key (a file, never in the database or a backup) wraps the KEKs.
-//! - The KEKs live in the key file (`[node] key_store`, outside the data folder): two
-//!   fixed slots overwritten in place, the current KEK and, while it is being retired, the
-//!   one before.
+//! - The key file (`[node] key_store`, outside the data folder) holds the current KEK and,
+//!   while it is being retired, the one before; and one backup key per backup still kept
+//!   (see [`crate::backup`]: a backup's data keys are wrapped under its own backup key,
+//!   never under a KEK, and the backup key is destroyed when the backup expires).
 //! - Each subject's data key lives in the database, wrapped under a KEK, written in the
 //!   same transaction as the first record sealed under it: no extra file to sync, nothing
 //!   loaded at start-up (keys are read on demand and cached).
@@ -11,26 +12,38 @@
 //!   copy is gone once the erasure is durable. Older copies (sled's log segments, a copy of
 //!   the folder) hold the key wrapped under the KEK of their time; the KEK rotates on a
 //!   schedule (default daily): live keys are re-wrapped under a new KEK and the old one is
-//!   overwritten, after which those copies open nothing.
+//!   destroyed, after which those copies open nothing.
+//!
+//! The key file is replaced whole, never rewritten in place: a new file is written and
+//! synced beside it and renamed over it, so replicas of the node sharing it (also on a
+//! network file system) never read half a change. Changes are made under a lock on
+//! `<key_store>.lock` and on the file as it is now (another replica may have changed it).
+//! The replaced file's bytes are then overwritten with zeros, so a destroyed key does not
+//! linger in a file still open somewhere. Key files of earlier versions (two fixed slots)
+//! are read and replaced by the current form at their first change.
 
 use std::{
     fs::{File, OpenOptions},
-    io::{Read, Seek, SeekFrom, Write},
+    io::{Read, Write},
     num::NonZeroUsize,
     path::{Path, PathBuf},
     sync::{Mutex, PoisonError, RwLock},
 };
 
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use trm_crypto::aead::SecretKey;
 
 use crate::{Result, StoreError};
 
-const MAGIC: &[u8; 8] = b"TRMKEK01";
-const HEADER: usize = 16;
-const SLOT: usize = 128;
+/// The first bytes of a key file of earlier versions.
+const MAGIC_V1: &[u8; 8] = b"TRMKEK01";
+const HEADER_V1: usize = 16;
+const SLOT_V1: usize = 128;
 /// Nonce, 32-byte key, tag.
 pub const WRAPPED: usize = 24 + 32 + 16;
+/// The format name of the key file.
+const FORMAT: &str = "trm-keys/2";
 
 /// One key-encryption key.
 #[derive(Clone)]
@@ -50,114 +63,227 @@ impl std::fmt::Debug for Kek {
     }
 }
 
+/// The key of one backup: opens that backup's data keys until it expires.
+#[derive(Clone)]
+pub struct BackupKey {
+    pub id: String,
+    pub created_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+    key: SecretKey,
+}
+
+impl std::fmt::Debug for BackupKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackupKey")
+            .field("id", &self.id)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BackupKey {
+    /// Wraps a data key of `slot` for the backup.
+    pub(crate) fn wrap(&self, slot: &[u8], dk: &SecretKey) -> Result<Vec<u8>> {
+        Ok(self.key.wrap(slot, dk)?)
+    }
+
+    /// Unwraps a data key of `slot` from the backup.
+    pub(crate) fn unwrap(&self, slot: &[u8], wrapped: &[u8]) -> Result<SecretKey> {
+        Ok(self.key.unwrap_key(slot, wrapped)?)
+    }
+}
+
 fn kek_aad(epoch: u64) -> Vec<u8> {
     let mut a = b"trm/kek/".to_vec();
     a.extend_from_slice(&epoch.to_be_bytes());
     a
 }
 
-/// The key file: the current KEK and the one being retired, wrapped by the master key.
-struct KekFile {
-    path: PathBuf,
-    file: File,
-    master: SecretKey,
-    /// Slot index -> KEK (two slots).
-    slots: [Option<Kek>; 2],
+fn backup_aad(id: &str) -> Vec<u8> {
+    let mut a = b"trm/backup-key/".to_vec();
+    a.extend_from_slice(id.as_bytes());
+    a
 }
 
-impl KekFile {
-    /// Writes a new key file with a first KEK beside `path` and links it to `path` unless
-    /// a file is there already (another process published its own first): never
-    /// overwrites, so every process of the node ends up reading the same KEKs.
-    fn publish_fresh(path: &Path, master: &SecretKey) -> Result<()> {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or(StoreError::Corrupt("key file name"))?;
-        let tmp = path.with_file_name(format!(".{name}.new-{}", uuid::Uuid::new_v4().simple()));
-        {
-            let mut options = OpenOptions::new();
-            options.read(true).write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                options.mode(0o600);
-            }
-            let mut file = options.open(&tmp)?;
-            let mut fresh = vec![0u8; HEADER + 2 * SLOT];
-            fresh[..8].copy_from_slice(MAGIC);
-            file.write_all(&fresh)?;
-            file.sync_all()?;
-            let mut kf = Self {
-                path: tmp.clone(),
-                file,
-                master: master.clone(),
-                slots: [None, None],
-            };
-            kf.write_slot(0, Some(&Self::generate(1)))?;
-        }
-        let linked = std::fs::hard_link(&tmp, path);
-        std::fs::remove_file(&tmp)?;
-        match linked {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e.into()),
-        }
-        if let Some(dir) = path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    }
+/// A key as the file holds it: wrapped by the master key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredKek {
+    epoch: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    wrapped: String,
+}
 
-    fn open_or_create(path: &Path, master: SecretKey, create: bool) -> Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let exists = path.is_file();
-        if !exists && !create {
-            return Err(StoreError::KeyStoreMissing(path.display().to_string()));
-        }
-        if !exists {
-            // Replicas of a node starting at once all try: one file wins, all read it.
-            Self::publish_fresh(path, &master)?;
-            return Self::open_or_create(path, master, false);
-        }
-        let mut options = OpenOptions::new();
-        options.read(true).write(true).create(true).truncate(false);
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredBackupKey {
+    id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    expires_at: OffsetDateTime,
+    wrapped: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Stored {
+    format: String,
+    keks: Vec<StoredKek>,
+    #[serde(default)]
+    backup_keys: Vec<StoredBackupKey>,
+}
+
+/// Holds `<key_store>.lock` (a POSIX lock, which network file systems honour) while a
+/// process changes the key file; and, since POSIX locks are a process's, a lock of this
+/// process too (two stores of one process never change a key file at once).
+struct FileLock(File, #[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
+
+/// Changes of key files by this process, one at a time.
+static IN_PROCESS: Mutex<()> = Mutex::new(());
+
+impl FileLock {
+    fn take(key_store: &Path) -> Result<Self> {
+        let here = IN_PROCESS.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut o = OpenOptions::new();
+        o.read(true).write(true).create(true).truncate(false);
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
+            o.mode(0o600);
         }
-        let mut file = options.open(path)?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
-        let mut kf = Self {
+        let f = o.open(key_store.with_extension("lock"))?;
+        rustix::fs::fcntl_lock(&f, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(std::io::Error::from)?;
+        Ok(Self(f, here))
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        let _ = rustix::fs::fcntl_lock(&self.0, rustix::fs::FlockOperation::Unlock);
+    }
+}
+
+/// The key file: the current KEK and the one being retired, and the backups' keys, all
+/// wrapped by the master key.
+struct KekFile {
+    path: PathBuf,
+    master: SecretKey,
+    keks: Vec<Kek>,
+    backups: Vec<BackupKey>,
+}
+
+impl KekFile {
+    fn empty(path: &Path, master: SecretKey) -> Self {
+        Self {
             path: path.to_path_buf(),
-            file,
             master,
-            slots: [None, None],
-        };
-        if bytes.len() < HEADER + 2 * SLOT || &bytes[..8] != MAGIC {
-            if exists && !bytes.is_empty() {
-                return Err(StoreError::Corrupt(
-                    "key file is not a TRM key file (it may predate the key hierarchy)",
-                ));
+            keks: Vec::new(),
+            backups: Vec::new(),
+        }
+    }
+
+    fn open_or_create(path: &Path, master: SecretKey, create: bool) -> Result<Self> {
+        if path.is_file() {
+            return Self::read(path, master);
+        }
+        if !create {
+            return Err(StoreError::KeyStoreMissing(path.display().to_string()));
+        }
+        if let Some(dir) = path.parent() {
+            crate::journal::create_private_dir(dir)?;
+        }
+        // Replicas of a node starting at once all try: the first under the lock writes it,
+        // the others read it.
+        let _lock = FileLock::take(path)?;
+        if path.is_file() {
+            return Self::read(path, master);
+        }
+        let mut kf = Self::empty(path, master);
+        kf.keks.push(Self::generate(1));
+        kf.write()?;
+        Ok(kf)
+    }
+
+    /// Reads the key file (a replica may be replacing it: a file caught half-zeroed is
+    /// read again).
+    fn read(path: &Path, master: SecretKey) -> Result<Self> {
+        let mut last = StoreError::Corrupt("key file");
+        for _ in 0..5 {
+            let mut bytes = Vec::new();
+            match File::open(path) {
+                Ok(mut f) => f.read_to_end(&mut bytes)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(StoreError::KeyStoreMissing(path.display().to_string()))
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match Self::parse(path, master.clone(), &bytes) {
+                Ok(kf) => return Ok(kf),
+                // Caught while a replica replaced it (the old bytes being zeroed).
+                Err(e @ StoreError::Corrupt(_)) => last = e,
+                Err(e) => return Err(e),
             }
-            let mut fresh = vec![0u8; HEADER + 2 * SLOT];
-            fresh[..8].copy_from_slice(MAGIC);
-            kf.file.seek(SeekFrom::Start(0))?;
-            kf.file.write_all(&fresh)?;
-            kf.file.sync_all()?;
-            if let Some(dir) = path.parent() {
-                File::open(dir)?.sync_all()?;
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Err(last)
+    }
+
+    fn parse(path: &Path, master: SecretKey, bytes: &[u8]) -> Result<Self> {
+        let mut kf = Self::empty(path, master);
+        if bytes.starts_with(MAGIC_V1) {
+            kf.parse_v1(bytes)?;
+        } else {
+            let stored: Stored = serde_json::from_slice(bytes).map_err(|_| {
+                StoreError::Corrupt(
+                    "the key file is not a TRM key file (it may predate the key hierarchy)",
+                )
+            })?;
+            if stored.format != FORMAT {
+                return Err(StoreError::Corrupt("the key file's format is unknown"));
             }
-            kf.write_slot(0, Some(&Self::generate(1)))?;
-            return Ok(kf);
+            for k in stored.keks {
+                let wrapped = hex::decode(&k.wrapped).map_err(|_| StoreError::Corrupt("a KEK"))?;
+                let key = kf
+                    .master
+                    .unwrap_key(&kek_aad(k.epoch), &wrapped)
+                    .map_err(|_| StoreError::Corrupt("a KEK does not open with this master key"))?;
+                kf.keks.push(Kek {
+                    epoch: k.epoch,
+                    created_at: k.created_at,
+                    key,
+                });
+            }
+            for b in stored.backup_keys {
+                let wrapped =
+                    hex::decode(&b.wrapped).map_err(|_| StoreError::Corrupt("a backup key"))?;
+                let key = kf
+                    .master
+                    .unwrap_key(&backup_aad(&b.id), &wrapped)
+                    .map_err(|_| {
+                        StoreError::Corrupt("a backup key does not open with this master key")
+                    })?;
+                kf.backups.push(BackupKey {
+                    id: b.id,
+                    created_at: b.created_at,
+                    expires_at: b.expires_at,
+                    key,
+                });
+            }
+        }
+        if kf.keks.is_empty() {
+            return Err(StoreError::Corrupt("key file holds no KEK"));
+        }
+        Ok(kf)
+    }
+
+    /// Reads a key file of earlier versions: two fixed slots.
+    fn parse_v1(&mut self, bytes: &[u8]) -> Result<()> {
+        if bytes.len() < HEADER_V1 + 2 * SLOT_V1 {
+            return Err(StoreError::Corrupt("key file"));
         }
         for i in 0..2 {
-            let at = HEADER + i * SLOT;
-            let slot = &bytes[at..at + SLOT];
+            let at = HEADER_V1 + i * SLOT_V1;
+            let slot = &bytes[at..at + SLOT_V1];
             let epoch = u64::from_be_bytes(slot[..8].try_into().unwrap_or_default());
             if epoch == 0 {
                 continue;
@@ -166,20 +292,17 @@ impl KekFile {
                 slot[8..16].try_into().unwrap_or_default(),
             ))
             .map_err(|_| StoreError::Corrupt("a KEK's creation time"))?;
-            let key = kf
+            let key = self
                 .master
                 .unwrap_key(&kek_aad(epoch), &slot[16..16 + WRAPPED])
                 .map_err(|_| StoreError::Corrupt("a KEK does not open with this master key"))?;
-            kf.slots[i] = Some(Kek {
+            self.keks.push(Kek {
                 epoch,
                 created_at,
                 key,
             });
         }
-        if kf.slots.iter().all(Option::is_none) {
-            return Err(StoreError::Corrupt("key file holds no KEK"));
-        }
-        Ok(kf)
+        Ok(())
     }
 
     fn generate(epoch: u64) -> Kek {
@@ -190,30 +313,69 @@ impl KekFile {
         }
     }
 
-    /// Writes (or, with `None`, overwrites with zeros) slot `i` and syncs the file.
-    fn write_slot(&mut self, i: usize, kek: Option<&Kek>) -> Result<()> {
-        let mut slot = [0u8; SLOT];
-        if let Some(k) = kek {
-            slot[..8].copy_from_slice(&k.epoch.to_be_bytes());
-            slot[8..16].copy_from_slice(&k.created_at.unix_timestamp().to_be_bytes());
-            let wrapped = self.master.wrap(&kek_aad(k.epoch), &k.key)?;
-            slot[16..16 + WRAPPED].copy_from_slice(&wrapped);
+    /// Replaces the file with what this holds: written and synced beside it, renamed over
+    /// it, the folder synced; then the bytes of the replaced file are zeroed.
+    fn write(&self) -> Result<()> {
+        let mut stored = Stored {
+            format: FORMAT.to_owned(),
+            keks: Vec::new(),
+            backup_keys: Vec::new(),
+        };
+        for k in &self.keks {
+            stored.keks.push(StoredKek {
+                epoch: k.epoch,
+                created_at: k.created_at,
+                wrapped: hex::encode(self.master.wrap(&kek_aad(k.epoch), &k.key)?),
+            });
         }
-        self.file
-            .seek(SeekFrom::Start((HEADER + i * SLOT) as u64))?;
-        self.file.write_all(&slot)?;
-        self.file.sync_data()?;
-        self.slots[i] = kek.cloned();
+        for b in &self.backups {
+            stored.backup_keys.push(StoredBackupKey {
+                id: b.id.clone(),
+                created_at: b.created_at,
+                expires_at: b.expires_at,
+                wrapped: hex::encode(self.master.wrap(&backup_aad(&b.id), &b.key)?),
+            });
+        }
+        let bytes = serde_json::to_vec_pretty(&stored).map_err(|_| StoreError::Encode)?;
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = self
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or(StoreError::Corrupt("key file name"))?;
+        let old = File::options().read(true).write(true).open(&self.path).ok();
+        crate::journal::write_whole(dir, name, &bytes)?;
+        if let Some(mut old) = old {
+            // What the replaced file held (a destroyed KEK, an expired backup key): zeroed
+            // where it lay, not left to whoever reads the disk.
+            let len = old.metadata()?.len();
+            old.write_all(&vec![0u8; len as usize])?;
+            old.sync_all()?;
+        }
         Ok(())
     }
 
+    /// Reads the file again under the lock and applies `change` to what it holds now.
+    fn change<R>(&mut self, change: impl FnOnce(&mut Self) -> Result<R>) -> Result<R> {
+        let _lock = FileLock::take(&self.path)?;
+        let mut now = Self::read(&self.path, self.master.clone())?;
+        let r = change(&mut now)?;
+        now.write()?;
+        *self = now;
+        Ok(r)
+    }
+
     fn current(&self) -> Option<&Kek> {
-        self.slots.iter().flatten().max_by_key(|k| k.epoch)
+        self.keks.iter().max_by_key(|k| k.epoch)
     }
 
     fn retiring(&self) -> Option<&Kek> {
         let current = self.current()?.epoch;
-        self.slots.iter().flatten().find(|k| k.epoch != current)
+        self.keks.iter().find(|k| k.epoch != current)
     }
 }
 
@@ -224,7 +386,7 @@ pub(crate) fn encode_wrapped(epoch: u64, wrapped: &[u8]) -> Vec<u8> {
     v
 }
 
-fn decode_wrapped(v: &[u8]) -> Option<(u64, &[u8])> {
+pub(crate) fn decode_wrapped(v: &[u8]) -> Option<(u64, &[u8])> {
     let (e, w) = v.split_at_checked(8)?;
     Some((u64::from_be_bytes(e.try_into().ok()?), w))
 }
@@ -238,6 +400,11 @@ pub struct KeyRing {
     cache: Mutex<lru::LruCache<Vec<u8>, CachedKey>>,
     /// Other processes (replicas of the node) share the key file and may rotate it.
     shared: std::sync::atomic::AtomicBool,
+    /// Authenticates the rows the node trusts without a seal (derived from the master).
+    row_key: SecretKey,
+    /// Data-key slots the journal lists as destroyed: never unwrapped again, even if a row
+    /// of an older copy is written back into the database.
+    erased: RwLock<std::collections::HashSet<Vec<u8>>>,
 }
 
 /// A cached data key: the stored bytes it was unwrapped from, and the key.
@@ -258,13 +425,37 @@ const CACHE: usize = 4096;
 impl KeyRing {
     /// Opens the key file at `path` (created, with a first KEK, when `create`).
     pub fn open(path: &Path, master: SecretKey, create: bool) -> Result<Self> {
+        let row_key = master.derive(b"trm/row-authentication/v1");
         Ok(Self {
+            row_key,
+            erased: RwLock::default(),
             keks: RwLock::new(KekFile::open_or_create(path, master, create)?),
             cache: Mutex::new(lru::LruCache::new(
                 NonZeroUsize::new(CACHE).unwrap_or(NonZeroUsize::MIN),
             )),
             shared: Default::default(),
         })
+    }
+
+    /// Remembers slots as destroyed (read from the journal, or shredded now).
+    pub(crate) fn mark_erased(&self, slots: impl IntoIterator<Item = Vec<u8>>) {
+        self.erased
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(slots);
+    }
+
+    /// Whether the journal lists `slot`'s key as destroyed.
+    pub(crate) fn is_erased(&self, slot: &[u8]) -> bool {
+        self.erased
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(slot)
+    }
+
+    /// Returns the key that authenticates trusted rows.
+    pub(crate) fn row_key(&self) -> &SecretKey {
+        &self.row_key
     }
 
     /// Returns the key file's path.
@@ -296,6 +487,13 @@ impl KeyRing {
         Ok((dk, encode_wrapped(kek.epoch, &wrapped)))
     }
 
+    /// Returns the stored form of data key `dk` of `slot` wrapped under the current KEK.
+    pub(crate) fn wrap_current(&self, slot: &[u8], dk: &SecretKey) -> Result<Vec<u8>> {
+        let keks = self.keks.read().unwrap_or_else(PoisonError::into_inner);
+        let kek = keks.current().ok_or(StoreError::Corrupt("no KEK"))?;
+        Ok(encode_wrapped(kek.epoch, &kek.key.wrap(slot, dk)?))
+    }
+
     /// Unwraps the stored data key of `slot`.
     pub(crate) fn unwrap(&self, slot: &[u8], stored: &[u8]) -> Result<SecretKey> {
         if let Some((_, k)) = self
@@ -314,9 +512,8 @@ impl KeyRing {
         }
         let keks = self.keks.read().unwrap_or_else(PoisonError::into_inner);
         let kek = keks
-            .slots
+            .keks
             .iter()
-            .flatten()
             .find(|k| k.epoch == epoch)
             .ok_or(StoreError::Corrupt("a data key's KEK is gone"))?;
         let dk = kek.key.unwrap_key(slot, wrapped)?;
@@ -379,29 +576,73 @@ impl KeyRing {
     /// becomes the one being retired. Does nothing while a rotation is unfinished.
     pub fn begin_rotation(&self) -> Result<bool> {
         let mut keks = self.keks.write().unwrap_or_else(PoisonError::into_inner);
-        if keks.retiring().is_some() {
-            return Ok(false);
-        }
-        let current = keks.current().map(|k| k.epoch).unwrap_or_default();
-        let free = keks.slots.iter().position(Option::is_none).unwrap_or(1);
-        let new = KekFile::generate(current + 1);
-        keks.write_slot(free, Some(&new))?;
-        Ok(true)
+        keks.change(|kf| {
+            if kf.retiring().is_some() {
+                return Ok(false);
+            }
+            let current = kf.current().map(|k| k.epoch).unwrap_or_default();
+            kf.keks.push(KekFile::generate(current + 1));
+            Ok(true)
+        })
     }
 
     /// Finishes a rotation once no data key is wrapped under the retiring KEK any more:
-    /// its slot is overwritten with zeros and synced.
+    /// it is destroyed (the file replaced without it, its old bytes zeroed).
     pub fn finish_rotation(&self) -> Result<()> {
         let mut keks = self.keks.write().unwrap_or_else(PoisonError::into_inner);
-        let Some(retiring) = keks.retiring().map(|k| k.epoch) else {
-            return Ok(());
+        keks.change(|kf| {
+            if let Some(retiring) = kf.retiring().map(|k| k.epoch) {
+                kf.keks.retain(|k| k.epoch != retiring);
+            }
+            Ok(())
+        })
+    }
+
+    /// Makes the key of a new backup, kept in the key file (durably) until `expires_at`.
+    pub fn new_backup_key(&self, expires_at: OffsetDateTime) -> Result<BackupKey> {
+        let key = BackupKey {
+            id: uuid::Uuid::new_v4().to_string(),
+            created_at: OffsetDateTime::now_utc(),
+            expires_at,
+            key: SecretKey::generate(),
         };
-        let i = keks
-            .slots
+        let mut keks = self.keks.write().unwrap_or_else(PoisonError::into_inner);
+        let k = key.clone();
+        keks.change(move |kf| {
+            kf.backups.push(k);
+            Ok(())
+        })?;
+        Ok(key)
+    }
+
+    /// Returns the key of backup `id`, if the key file still holds it.
+    pub fn backup_key(&self, id: &str) -> Result<Option<BackupKey>> {
+        self.reload()?;
+        let keks = self.keks.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(keks.backups.iter().find(|b| b.id == id).cloned())
+    }
+
+    /// Returns the backups whose keys the file holds: (id, created, expires).
+    pub fn backup_keys(&self) -> Vec<(String, OffsetDateTime, OffsetDateTime)> {
+        let keks = self.keks.read().unwrap_or_else(PoisonError::into_inner);
+        keks.backups
             .iter()
-            .position(|s| s.as_ref().is_some_and(|k| k.epoch == retiring))
-            .ok_or(StoreError::Corrupt("retiring KEK slot"))?;
-        keks.write_slot(i, None)
+            .map(|b| (b.id.clone(), b.created_at, b.expires_at))
+            .collect()
+    }
+
+    /// Destroys the keys of backups expired at `now`: those backups open for no one from
+    /// then on. Returns how many it destroyed.
+    pub fn destroy_expired_backup_keys(&self, now: OffsetDateTime) -> Result<usize> {
+        let mut keks = self.keks.write().unwrap_or_else(PoisonError::into_inner);
+        if !keks.backups.iter().any(|b| b.expires_at <= now) {
+            return Ok(0);
+        }
+        keks.change(|kf| {
+            let before = kf.backups.len();
+            kf.backups.retain(|b| b.expires_at > now);
+            Ok(before - kf.backups.len())
+        })
     }
 }
 
@@ -434,8 +675,14 @@ mod tests {
                 let k = ring.unwrap(b"case/1", &stored).unwrap();
                 assert!(k.open(b"a", &sealed).is_ok(), "one KEK for every replica");
             }
-            let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
-            assert_eq!(leftovers, 1, "no temporary file left behind");
+            let leftovers = std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| {
+                    let name = e.as_ref().unwrap().file_name();
+                    name.to_string_lossy().contains(".tmp-")
+                })
+                .count();
+            assert_eq!(leftovers, 0, "no temporary file left behind");
         }
     }
 
@@ -462,12 +709,104 @@ mod tests {
         // The old wrapping no longer opens: its KEK is gone from the file.
         let fresh = KeyRing::open(&path, master.clone(), false).unwrap();
         assert!(fresh.unwrap(b"case/1", &stored).is_err());
-        let raw_after = std::fs::read(&path).unwrap();
-        let old_slot = &raw_before[HEADER..HEADER + SLOT];
-        assert!(!raw_after.windows(SLOT).any(|w| w == old_slot));
+        // Nothing of the retired KEK is left in the file.
+        let wrapped_of = |raw: &[u8]| -> Vec<String> {
+            let stored: Stored = serde_json::from_slice(raw).unwrap();
+            stored.keks.into_iter().map(|k| k.wrapped).collect()
+        };
+        let before = wrapped_of(&raw_before);
+        let after = String::from_utf8(std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(before.len(), 1);
+        assert!(!after.contains(&before[0]), "the retired KEK is gone");
         assert!(matches!(
             KeyRing::open(&dir.path().join("missing"), master, false),
             Err(StoreError::KeyStoreMissing(_))
         ));
+    }
+
+    #[test]
+    fn a_replaced_key_file_is_switched_whole_and_its_old_bytes_zeroed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.store");
+        let master = SecretKey::generate();
+        let ring = KeyRing::open(&path, master.clone(), true).unwrap();
+        // A reader that opened the file before the change.
+        let mut old = File::open(&path).unwrap();
+        let len = old.metadata().unwrap().len();
+        ring.begin_rotation().unwrap();
+        let mut seen = Vec::new();
+        old.read_to_end(&mut seen).unwrap();
+        assert_eq!(seen.len() as u64, len);
+        assert!(
+            seen.iter().all(|b| *b == 0),
+            "the replaced bytes are zeroed"
+        );
+        // Another process reads the new file whole.
+        let other = KeyRing::open(&path, master, false).unwrap();
+        assert_eq!(other.epochs().0, 2);
+        assert_eq!(other.epochs().2, Some(1));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "owner-only");
+        }
+    }
+
+    #[test]
+    fn a_key_file_of_two_fixed_slots_is_read_and_replaced_at_its_first_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.store");
+        let master = SecretKey::generate();
+        // The earlier form: magic, then two slots (epoch, created, wrapped KEK).
+        let kek = SecretKey::generate();
+        let mut bytes = vec![0u8; HEADER_V1 + 2 * SLOT_V1];
+        bytes[..8].copy_from_slice(MAGIC_V1);
+        let slot = &mut bytes[HEADER_V1..HEADER_V1 + SLOT_V1];
+        slot[..8].copy_from_slice(&7u64.to_be_bytes());
+        slot[8..16].copy_from_slice(&1_700_000_000i64.to_be_bytes());
+        let wrapped = master.wrap(&kek_aad(7), &kek).unwrap();
+        slot[16..16 + WRAPPED].copy_from_slice(&wrapped);
+        std::fs::write(&path, &bytes).unwrap();
+        let ring = KeyRing::open(&path, master.clone(), false).unwrap();
+        assert_eq!(ring.epochs().0, 7);
+        let dk = SecretKey::generate();
+        let stored = encode_wrapped(7, &kek.wrap(b"case/1", &dk).unwrap());
+        assert!(
+            ring.unwrap(b"case/1", &stored).is_ok(),
+            "its KEK opens old keys"
+        );
+        ring.begin_rotation().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(FORMAT), "{text}");
+        let again = KeyRing::open(&path, master, false).unwrap();
+        assert_eq!(again.epochs(), (8, again.epochs().1, Some(7)));
+    }
+
+    #[test]
+    fn a_backup_key_opens_its_backup_until_it_expires_then_is_destroyed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.store");
+        let master = SecretKey::generate();
+        let ring = KeyRing::open(&path, master.clone(), true).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let kept = ring.new_backup_key(now + time::Duration::days(35)).unwrap();
+        let ending = ring
+            .new_backup_key(now - time::Duration::seconds(1))
+            .unwrap();
+        let other = KeyRing::open(&path, master.clone(), false).unwrap();
+        let dk = SecretKey::generate();
+        let wrapped = kept.wrap(b"case/1", &dk).unwrap();
+        let found = other.backup_key(&kept.id).unwrap().expect("kept");
+        assert!(found.unwrap(b"case/1", &wrapped).is_ok());
+        assert_eq!(ring.destroy_expired_backup_keys(now).unwrap(), 1);
+        assert!(other.backup_key(&ending.id).unwrap().is_none(), "destroyed");
+        assert!(other.backup_key(&kept.id).unwrap().is_some());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains(&ending.id));
+        // A KEK rotation keeps the backups' keys.
+        ring.begin_rotation().unwrap();
+        ring.finish_rotation().unwrap();
+        assert!(other.backup_key(&kept.id).unwrap().is_some());
     }
 }

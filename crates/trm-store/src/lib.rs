@@ -16,6 +16,7 @@ pub mod backup;
 pub mod engine;
 mod error;
 pub mod histogram;
+pub mod journal;
 pub mod keys;
 pub mod repo;
 mod store;

@@ -97,6 +97,65 @@ impl std::fmt::Debug for Store {
 /// is refused instead of silently starting an empty one.
 const KEY_FILE_IN_USE: &str = "key_file_in_use";
 
+/// Adopts the rows the node trusts without a seal the first time this version opens the
+/// store beside a journal: rows of earlier versions get the node's authentication tag, the
+/// revocations and directory are written to the journal as its baseline. Once the journal
+/// holds its baseline nothing is adopted again (a row without a tag is refused): deleting
+/// a mark in the database cannot make the node adopt a forged row.
+fn authenticate_rows(engine: &dyn Engine, keys: &KeyRing, key_store: &Path) -> Result<()> {
+    use crate::journal::{self, Entry};
+    use crate::repo::directory::{DirectoryChanges, LearnedKeys, OwnKey, Revoked, TRUSTED_ROWS};
+    let trust = journal::read_trust(key_store)?;
+    if trust.iter().any(|r| r.entry == Entry::Baseline) {
+        return Ok(());
+    }
+    let mut attempts = 0;
+    loop {
+        let mut tx = engine.begin()?;
+        let mut rows = Vec::new();
+        for name in TRUSTED_ROWS {
+            rows.push(layout::meta(name));
+        }
+        let (start, end) = crate::engine::scan_bounds(&layout::meta("lease/"), None);
+        rows.extend(
+            tx.range(&start, &end, usize::MAX)?
+                .into_iter()
+                .map(|(k, _)| k),
+        );
+        let mut baseline = vec![Entry::Baseline];
+        for key in rows {
+            let Some(row) = tx.get(&key)? else { continue };
+            let plain = match crate::tx::verify_row(keys, "row", &key, &row) {
+                Ok(plain) => plain.to_vec(),
+                Err(_) => row.clone(),
+            };
+            if key == layout::meta("revoked_clients") {
+                let all: Vec<Revoked> = decode("revoked clients", &plain)?;
+                baseline.extend(all.into_iter().map(|revoked| Entry::Revoked { revoked }));
+            }
+            if key == layout::meta("directory_changes") {
+                let changes: DirectoryChanges = decode("directory changes", &plain)?;
+                baseline.push(Entry::Directory { changes });
+            }
+            if key == layout::meta("learned_keys") {
+                let keys: LearnedKeys = decode("learned keys", &plain)?;
+                baseline.push(Entry::LearnedKeys { keys });
+            }
+            if key == layout::meta("own_keys") {
+                let keys: Vec<OwnKey> = decode("own keys", &plain)?;
+                baseline.push(Entry::OwnKeys { keys });
+            }
+            tx.put(&key, &crate::tx::authenticate(keys, &key, plain))?;
+        }
+        journal::append(&journal::path(key_store), &baseline)?;
+        match tx.commit() {
+            Ok(()) => return Ok(()),
+            Err(StoreError::Conflict) if attempts < 16 => attempts += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl Store {
     /// Opens (or creates) the store on the engine `options` names.
     pub fn open(options: StoreOptions) -> Result<Self> {
@@ -140,6 +199,8 @@ impl Store {
                 }
             }
         }
+        authenticate_rows(&*engine, &keys, key_store)?;
+        keys.mark_erased(crate::journal::read_erased(key_store)?);
         let shared = Arc::new(Shared {
             node,
             engine,
@@ -149,7 +210,7 @@ impl Store {
             signer: RwLock::new(None),
             tampered: AtomicBool::new(false),
             counts: Default::default(),
-            journal: crate::backup::journal_path(key_store),
+            journal: crate::journal::path(key_store),
             sync_latency: Default::default(),
             commits_begun: AtomicU64::new(0),
             commits_returned: AtomicU64::new(0),
@@ -452,6 +513,22 @@ impl Store {
         }
     }
 
+    /// Reads a committed row the node trusts without a seal (see [`crate::tx`]).
+    pub(crate) fn get_trusted<T: DeserializeOwned>(
+        &self,
+        what: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>> {
+        match self.engine().get(key)? {
+            Some(b) => decode(
+                what,
+                crate::tx::verify_row(&self.inner.shared.keys, what, key, &b)?,
+            )
+            .map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Returns up to `limit` committed entries whose keys start with `prefix`, after
     /// `after` if given.
     pub(crate) fn scan_raw(
@@ -473,6 +550,9 @@ impl Store {
     ) -> Result<Option<Vec<u8>>> {
         let (gen, ct) = split_generation(sealed)?;
         let slot = layout::data_key(subject, gen);
+        if self.inner.shared.keys.is_erased(&slot) {
+            return Ok(None);
+        }
         match self.engine().get(&slot)? {
             Some(stored) => Ok(Some(
                 self.inner
@@ -541,7 +621,7 @@ impl Store {
 
     /// Rotates the KEK when the current one is older than `max_age_secs` (or a rotation is
     /// unfinished): live data keys are re-wrapped under a new KEK, a page at a time through
-    /// the writer, then the old KEK is overwritten. Returns whether a KEK was retired.
+    /// the writer, then the old KEK is destroyed. Returns whether a KEK was retired.
     pub async fn rotate_kek_if_due(&self, max_age_secs: i64) -> Result<bool> {
         let keys = &self.inner.shared.keys;
         if keys.is_shared() {
@@ -564,10 +644,35 @@ impl Store {
         .map_err(TxFail::into_store)?;
         // Whatever was in flight when the new KEK became current is committed before the
         // pass starts; keys created from now on are wrapped under the new KEK. Passes repeat
-        // until one finds no key under the old KEK: only then is it destroyed.
+        // until one finds no key under the old KEK; then one transaction reads every data
+        // key and writes the epoch again: a key another replica wraps under the old KEK
+        // concurrently conflicts with it (it read the epoch this writes), so it is retried
+        // under the new KEK instead of slipping under one about to be destroyed. Only then
+        // is the old KEK destroyed.
         loop {
             self.durable().await?;
-            if self.rewrap_pass().await? == 0 {
+            if self.rewrap_pass().await? > 0 {
+                continue;
+            }
+            let none_left = self
+                .commit::<bool, (), _>(move |tx| {
+                    let keys = tx.keys;
+                    let mut after: Option<Vec<u8>> = None;
+                    loop {
+                        let page = tx.scan_raw(layout::DATA_KEYS, after.as_deref(), 4096)?;
+                        let Some((last, _)) = page.last() else { break };
+                        after = Some(last.clone());
+                        if page.iter().any(|(_, v)| keys.is_retiring(v)) {
+                            return Ok(false);
+                        }
+                    }
+                    tx.put_raw(&layout::meta(crate::keys::KEK_EPOCH), &epoch.to_be_bytes())?;
+                    Ok(true)
+                })
+                .await
+                .map_err(TxFail::into_store)?
+                .value;
+            if none_left {
                 break;
             }
         }
@@ -577,5 +682,22 @@ impl Store {
             "key-encryption key rotated; the old one is destroyed"
         );
         Ok(true)
+    }
+
+    /// Destroys the keys of backups past their retention (those backups then open for no
+    /// one) and prunes erasures no restorable backup predates. Returns how many backup
+    /// keys it destroyed.
+    pub fn expire_backups(&self, retention: time::Duration) -> Result<usize> {
+        let now = time::OffsetDateTime::now_utc();
+        let destroyed = self.keys().destroy_expired_backup_keys(now)?;
+        if destroyed > 0 {
+            tracing::info!(destroyed, "keys of expired backups destroyed");
+        }
+        // A day's margin over the retention: clocks of replicas may differ a little.
+        crate::journal::prune_erasures(
+            self.key_store_path(),
+            now - retention - time::Duration::days(1),
+        )?;
+        Ok(destroyed)
     }
 }

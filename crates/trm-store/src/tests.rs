@@ -618,3 +618,306 @@ fn a_data_key_read_in_a_refused_request_is_never_used_for_a_later_one() {
     put(&store, &c); // a new key for the same record, this time committed
     assert_eq!(store.case(c.case_id).unwrap(), Some(c));
 }
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn erase(store: &Store, c: &CaseRecord) {
+    let c = c.clone();
+    store
+        .commit_blocking::<(), (), _>(move |tx| Ok(tx.erase_case(&c)?))
+        .unwrap();
+}
+
+#[cfg(unix)]
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn a_backup_holds_no_key_outlives_kek_rotations_and_opens_for_no_one_once_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = SecretKey::generate();
+    let store = open(dir.path(), &master);
+    let (kept, erased) = (case("Kept"), case("Erased later"));
+    put(&store, &kept);
+    put(&store, &erased);
+    let backup = dir.path().join("backups/one");
+    let expired = dir.path().join("backups/expired");
+    let rt = rt();
+    let m = rt
+        .block_on(store.backup(&backup, time::Duration::days(35)))
+        .unwrap();
+    rt.block_on(store.backup(&expired, time::Duration::seconds(-1)))
+        .unwrap();
+    // The backup is the store and its manifest: no key file, nothing that opens a record.
+    let mut names: Vec<String> = std::fs::read_dir(&backup)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["manifest.json", "store.kv"]);
+    #[cfg(unix)]
+    {
+        assert_eq!(mode(&backup), 0o700);
+        assert_eq!(mode(&backup.join("store.kv")), 0o600);
+        assert_eq!(mode(&backup.join("manifest.json")), 0o600);
+    }
+    assert!(m.expires_at.is_some_and(|e| e > OffsetDateTime::now_utc()));
+    // Two KEK rotations: the KEK of the backup's time is long destroyed.
+    assert!(rt.block_on(store.rotate_kek_if_due(0)).unwrap());
+    assert!(rt.block_on(store.rotate_kek_if_due(0)).unwrap());
+    erase(&store, &erased);
+    assert_eq!(store.expire_backups(time::Duration::days(35)).unwrap(), 1);
+    store.close().unwrap();
+    drop(store);
+
+    // A fresh host with the master key but without the key file: refused, naming it.
+    let fresh = tempfile::tempdir().unwrap();
+    let err = crate::backup::restore(options(fresh.path(), &master), &backup, true, "test")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("kek.store") && err.contains("key file"),
+        "{err}"
+    );
+    assert!(!fresh.path().join("db").exists(), "nothing restored");
+
+    // With the node's key file: restorable after the rotations, erasures re-applied.
+    let r = crate::backup::restore(options(dir.path(), &master), &backup, true, "test").unwrap();
+    assert!(r.reapplied.erasures >= 1);
+    let store = open(dir.path(), &master);
+    assert_eq!(store.case(kept.case_id).unwrap(), Some(kept.clone()));
+    assert_eq!(store.case(erased.case_id).unwrap(), None);
+    store.close().unwrap();
+    drop(store);
+
+    // Expired: its key was destroyed, it opens for no one.
+    let err = crate::backup::restore(options(dir.path(), &master), &expired, true, "test")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("expired"), "{err}");
+    let store = open(dir.path(), &master);
+    assert_eq!(
+        store.case(kept.case_id).unwrap(),
+        Some(kept),
+        "a refused restore changes nothing"
+    );
+}
+
+#[test]
+fn a_restore_reapplies_revocations_peer_removals_ended_keys_and_audits_itself() {
+    use crate::repo::directory::{DirectoryChanges, Revoked, StoredKey, StoredPeer};
+    let dir = tempfile::tempdir().unwrap();
+    let master = SecretKey::generate();
+    let store = open(dir.path(), &master);
+    let ro: NodeId = "RO".parse().unwrap();
+    let key = StoredKey {
+        public_pem: "pem".into(),
+        valid_from: None,
+        valid_until: None,
+    };
+    let peer = StoredPeer {
+        id: ro,
+        endpoint: "https://ro.example:7401".into(),
+        tls_ca_pem: "ca".into(),
+        tls_pin: None,
+        keys: vec![key.clone()],
+    };
+    let (p, k) = (peer.clone(), key.clone());
+    store
+        .commit_blocking::<(), (), _>(move |tx| {
+            tx.put_directory_changes(&DirectoryChanges {
+                upserted: vec![p.clone()],
+                ..Default::default()
+            })?;
+            let mut learned = crate::repo::directory::LearnedKeys::default();
+            learned.peers.insert(ro, vec![k.clone()]);
+            tx.put_learned_keys(&learned)?;
+            Ok(())
+        })
+        .unwrap();
+    let backup = dir.path().join("backup");
+    rt().block_on(store.backup(&backup, time::Duration::days(35)))
+        .unwrap();
+    // After the backup: a revocation, the peer removed, its key's window ended.
+    let ended = OffsetDateTime::now_utc();
+    let revoked = Revoked {
+        issuer: "0123456789abcdef".into(),
+        serial_hex: "1f".into(),
+        revoked_at: ended,
+    };
+    let (r, k) = (revoked.clone(), key.clone());
+    store
+        .commit_blocking::<(), (), _>(move |tx| {
+            tx.put_revoked_clients(std::slice::from_ref(&r))?;
+            tx.put_directory_changes(&DirectoryChanges {
+                removed: vec![ro],
+                ..Default::default()
+            })?;
+            let mut learned = tx.learned_keys()?;
+            learned.peers.insert(
+                ro,
+                vec![StoredKey {
+                    valid_until: Some(ended),
+                    ..k.clone()
+                }],
+            );
+            tx.put_learned_keys(&learned)?;
+            Ok(())
+        })
+        .unwrap();
+    store.close().unwrap();
+    drop(store);
+    let r =
+        crate::backup::restore(options(dir.path(), &master), &backup, true, "os:tester").unwrap();
+    assert!(r.reapplied.revocations >= 1 && r.reapplied.directory_changes >= 2);
+    let store = open(dir.path(), &master);
+    assert!(store
+        .revoked_clients()
+        .unwrap()
+        .iter()
+        .any(|x| x.same_certificate(&revoked)));
+    let d = store.directory_changes().unwrap();
+    assert_eq!(d.removed, vec![ro], "the removed peer stays removed");
+    assert!(d.upserted.is_empty());
+    let learned = store.learned_keys().unwrap();
+    assert_eq!(learned.peers[&ro][0].valid_until, Some(ended));
+    // The restore is in the restored chain: who, which backup, what was re-applied.
+    let page = store.audit_entries(0, 10_000).unwrap();
+    let last = &page.last().unwrap().record;
+    assert_eq!(
+        (
+            last.actor.as_str(),
+            last.action.as_str(),
+            last.subject.as_str()
+        ),
+        ("os:tester", "store.restore", r.manifest.backup_key.as_str())
+    );
+    assert!(last.detail.contains("revocations=1"), "{}", last.detail);
+    assert!(store.verify_audit().unwrap().ok);
+}
+
+#[test]
+fn trusted_rows_written_by_another_are_refused_and_old_ones_written_back_lose() {
+    use crate::repo::directory::{DirectoryChanges, Revoked};
+    let dir = tempfile::tempdir().unwrap();
+    let master = SecretKey::generate();
+    let store = open(dir.path(), &master);
+    let ro: NodeId = "RO".parse().unwrap();
+    let revoked = Revoked {
+        issuer: String::new(),
+        serial_hex: "2a".into(),
+        revoked_at: OffsetDateTime::now_utc(),
+    };
+    let r = revoked.clone();
+    store
+        .commit_blocking::<(), (), _>(move |tx| {
+            tx.put_revoked_clients(std::slice::from_ref(&r))?;
+            tx.put_directory_changes(&DirectoryChanges::default())?;
+            Ok(())
+        })
+        .unwrap();
+    let raw = |k: &str| store.engine().get(&crate::repo::layout::meta(k)).unwrap();
+    let write_raw = |k: &str, v: Option<&[u8]>| {
+        let mut tx = store.engine().begin().unwrap();
+        match v {
+            Some(v) => tx.put(&crate::repo::layout::meta(k), v).unwrap(),
+            None => tx.delete(&crate::repo::layout::meta(k)).unwrap(),
+        }
+        tx.commit().unwrap();
+    };
+    let old_directory = raw("directory_changes").unwrap();
+    // Someone with write access to the database deletes the revocation: it holds.
+    write_raw("revoked_clients", None);
+    assert!(store
+        .revoked_clients()
+        .unwrap()
+        .iter()
+        .any(|x| x.same_certificate(&revoked)));
+    // ... writes a peer of their own: refused, naming the row.
+    let forged = serde_json::to_vec(&DirectoryChanges {
+        removed: vec![],
+        upserted: vec![],
+        version: 99,
+    })
+    .unwrap();
+    write_raw("directory_changes", Some(&forged));
+    let err = store.directory_changes().unwrap_err();
+    assert!(
+        matches!(err, StoreError::Forged("directory changes")),
+        "{err}"
+    );
+    // ... writes back an old row of the node's own, from before a peer was removed: the
+    // journal's newer directory wins.
+    write_raw("directory_changes", Some(&old_directory));
+    store
+        .commit_blocking::<(), (), _>(move |tx| {
+            tx.put_directory_changes(&DirectoryChanges {
+                removed: vec![ro],
+                ..Default::default()
+            })?;
+            Ok(())
+        })
+        .unwrap();
+    write_raw("directory_changes", Some(&old_directory));
+    assert_eq!(store.directory_changes().unwrap().removed, vec![ro]);
+    // The journal beside the key file is owner-only.
+    #[cfg(unix)]
+    {
+        let journal = crate::journal::path(&dir.path().join("keys/kek.store"));
+        assert_eq!(mode(&journal.join("trust")), 0o700);
+        for f in std::fs::read_dir(journal.join("trust")).unwrap() {
+            assert_eq!(mode(&f.unwrap().path()), 0o600);
+        }
+    }
+}
+
+#[test]
+fn erasing_a_case_erases_its_consents_references_and_indexes() {
+    use trm_core::{consent::Consent, ids::ConsentId, ids::ReferralId, ids::Shared};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &SecretKey::generate());
+    let c = case("Erased with everything");
+    put(&store, &c);
+    let ro: NodeId = "RO".parse().unwrap();
+    let id = c.case_id;
+    let consent_id = ConsentId::new();
+    store
+        .commit_blocking::<(), (), _>(move |tx| {
+            let consent = Consent {
+                consent_id,
+                case_id: id,
+                purposes: vec![trm_core::model::Purpose::ReferralAssistance],
+                recipients: vec![ro],
+                expires_on: None,
+                informed: true,
+                information_language: "ro".into(),
+                categories: vec![],
+                recorded_at: OffsetDateTime::now_utc(),
+                withdrawn_at: None,
+            };
+            tx.put_consents(id, &[consent])?;
+            tx.record_disclosure(consent_id, Shared::Referral(ReferralId::new()))?;
+            tx.case_ref_or_new(id, ro)?;
+            Ok(())
+        })
+        .unwrap();
+    let case_ref = store.case_ref(id, ro).unwrap().expect("a reference");
+    erase(&store, &c);
+    assert!(store.consents(id).unwrap().is_empty(), "consents");
+    assert_eq!(store.case_ref(id, ro).unwrap(), None, "the reference");
+    let left = |prefix: &[u8]| store.scan_raw(prefix, None, 100).unwrap();
+    assert!(
+        left(b"cd/").is_empty(),
+        "what was disclosed under each consent"
+    );
+    assert!(left(b"xr/").is_empty(), "the reference back to the case");
+    assert!(left(b"co/").is_empty(), "the organisation's index");
+    let _ = case_ref;
+}

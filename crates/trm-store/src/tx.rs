@@ -30,6 +30,8 @@ pub(crate) struct Effects {
     pub queued: std::collections::HashMap<NodeId, i64>,
     /// Change in the number of dead letters.
     pub dead_letters: i64,
+    /// What the journal must hold before this commits (besides the shredded keys).
+    pub journal: Vec<crate::journal::Entry>,
 }
 
 impl Effects {
@@ -46,6 +48,7 @@ impl Effects {
             *self.queued.entry(peer).or_default() += d;
         }
         self.dead_letters += other.dead_letters;
+        self.journal.extend(other.journal);
     }
 }
 
@@ -72,6 +75,43 @@ pub(crate) fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> R
     serde_json::from_slice(bytes).map_err(|_| StoreError::Decode(what))
 }
 
+/// Length of a trusted row's authentication tag.
+const TAG: usize = 32;
+
+fn row_mac_input(key: &[u8], plain: &[u8]) -> Vec<u8> {
+    let mut m = b"trm/row/v1\0".to_vec();
+    m.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    m.extend_from_slice(key);
+    m.extend_from_slice(plain);
+    m
+}
+
+/// Returns a row the node trusts without a seal as stored: its bytes, then an HMAC over
+/// the row's key and bytes under a key derived from the master key. Whoever can write the
+/// database but holds no key of the node cannot write a row the node accepts (a peer it
+/// would trust, a revocation it would forget).
+pub(crate) fn authenticate(keys: &KeyRing, key: &[u8], mut plain: Vec<u8>) -> Vec<u8> {
+    let tag = keys.row_key().mac(&row_mac_input(key, &plain));
+    plain.extend_from_slice(&tag);
+    plain
+}
+
+/// Returns the bytes of an authenticated row, or [`StoreError::Forged`].
+pub(crate) fn verify_row<'a>(
+    keys: &KeyRing,
+    what: &'static str,
+    key: &[u8],
+    row: &'a [u8],
+) -> Result<&'a [u8]> {
+    let split = row.len().checked_sub(TAG).ok_or(StoreError::Forged(what))?;
+    let (plain, tag) = row.split_at(split);
+    if keys.row_key().verify_mac(&row_mac_input(key, plain), tag) {
+        Ok(plain)
+    } else {
+        Err(StoreError::Forged(what))
+    }
+}
+
 /// Length of the key generation that prefixes sealed bytes.
 const GEN_LEN: usize = 4;
 
@@ -95,6 +135,11 @@ impl Tx<'_> {
         if !self.fx.notes.contains(&note) {
             self.fx.notes.push(note);
         }
+    }
+
+    /// Asks for `entry` to be written to the journal before this transaction commits.
+    pub(crate) fn journal(&mut self, entry: crate::journal::Entry) {
+        self.fx.journal.push(entry);
     }
 
     /// Runs `f` under a savepoint of its own: when it refuses, what it wrote (and asked for
@@ -161,6 +206,26 @@ impl Tx<'_> {
         self.etx.put(key, &encode(value)?)
     }
 
+    /// Reads a row the node trusts without a seal (directory, revocations, keys, leases):
+    /// it must carry the node's authentication tag (see [`authenticate`]).
+    pub(crate) fn get_trusted<T: DeserializeOwned>(
+        &mut self,
+        what: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>> {
+        match self.etx.get(key)? {
+            Some(b) => decode(what, verify_row(self.keys, what, key, &b)?).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a row the node trusts without a seal, with its authentication tag.
+    pub(crate) fn put_trusted<T: Serialize>(&mut self, key: &[u8], value: &T) -> Result<()> {
+        let plain = encode(value)?;
+        let row = authenticate(self.keys, key, plain);
+        self.etx.put(key, &row)
+    }
+
     fn generation(&mut self, subject: &Subject) -> Result<u32> {
         Ok(self
             .etx
@@ -213,6 +278,9 @@ impl Tx<'_> {
     ) -> Result<Option<Vec<u8>>> {
         let (gen, ct) = split_generation(sealed)?;
         let slot = layout::data_key(subject, gen);
+        if self.keys.is_erased(&slot) {
+            return Ok(None);
+        }
         match self.etx.get(&slot)? {
             Some(stored) => Ok(Some(self.keys.unwrap(&slot, &stored)?.open(aad, ct)?)),
             None => Ok(None),

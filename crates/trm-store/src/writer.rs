@@ -173,7 +173,7 @@ pub(crate) struct Shared {
     /// The chain was found rewritten: nothing is signed over it again.
     pub tampered: AtomicBool,
     pub counts: Counts,
-    /// The erasure journal: every destroyed data key, synced before its commit.
+    /// The journal folder (see [`crate::journal`]): written before each commit that needs it.
     pub journal: std::path::PathBuf,
     /// How long each durable point (commit and sync) takes.
     pub sync_latency: crate::histogram::Histogram,
@@ -332,11 +332,20 @@ fn attempt_group(
             }
         }
     }
-    if !all.shredded.is_empty() {
-        // Before the commit: a restore of an older backup must find every erasure.
-        if let Err(e) = crate::backup::journal_erasures(&shared.journal, &all.shredded) {
+    if !all.shredded.is_empty() || !all.journal.is_empty() {
+        // Before the commit: a restore of an older backup must find every erasure,
+        // revocation and distrusted peer or key.
+        let mut entries: Vec<crate::journal::Entry> = all
+            .shredded
+            .iter()
+            .map(|slot| crate::journal::Entry::Erased {
+                slot: hex::encode(slot),
+            })
+            .collect();
+        entries.extend(all.journal.iter().cloned());
+        if let Err(e) = crate::journal::append(&shared.journal, &entries) {
             drop(etx);
-            let why = format!("cannot write the erasure journal: {e}");
+            let why = format!("cannot write the journal: {e}");
             shared.health.fail(why.clone());
             refuse_all(std::mem::take(group), &why);
             return Ok(None);
@@ -363,6 +372,7 @@ fn finish_group(shared: &Shared, group: Vec<Job>, outputs: Vec<JobOutput>, all: 
     for slot in &all.shredded {
         shared.keys.forget(slot);
     }
+    shared.keys.mark_erased(all.shredded.iter().cloned());
     if let Some(seq) = all.outbox_seq {
         shared.outbox_durable.fetch_max(seq, Ordering::SeqCst);
     }

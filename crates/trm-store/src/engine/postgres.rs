@@ -292,6 +292,8 @@ pub struct PostgresEngine {
     writer: Conn,
     readers: Vec<Conn>,
     next: AtomicUsize,
+    /// Held while the engine is open: no restore replaces the store under it.
+    _lock: Option<NodeLock>,
 }
 
 impl PostgresEngine {
@@ -313,6 +315,7 @@ impl PostgresEngine {
             writer,
             readers,
             next: AtomicUsize::new(0),
+            _lock: NodeLock::shared(options)?,
         };
         // Fail now, with the reason, rather than at the first request.
         engine.get(b"\0")?;
@@ -498,6 +501,152 @@ impl Drop for PostgresTx<'_> {
                 .engine
                 .writer
                 .run(|c| c.client.batch_execute("ROLLBACK").map_err(pg_error));
+        }
+    }
+}
+
+/// The lock a running process of a node holds on its schema (shared: every replica holds
+/// one), and a restore takes exclusively: a restore never replaces the store under a
+/// running replica. A PostgreSQL advisory lock on a connection of its own (on a thread of
+/// its own, like the engine's connections), released when it is dropped or the process
+/// dies; a running process takes it again after the database restarted.
+pub struct NodeLock {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// The schema this process holds exclusively (a restore), if it does.
+    exclusive: Option<String>,
+}
+
+/// The schemas this process holds exclusively: the restore's own engine opens them without
+/// waiting for a shared lock it would never get.
+static EXCLUSIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+impl std::fmt::Debug for NodeLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeLock").finish_non_exhaustive()
+    }
+}
+
+impl Drop for NodeLock {
+    fn drop(&mut self) {
+        if let Some(schema) = self.exclusive.take() {
+            EXCLUSIVE
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .retain(|s| *s != schema);
+        }
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The advisory lock key of a schema: 64 bits of the SHA-256 of its name.
+fn node_lock_key(schema: &str) -> i64 {
+    let d = trm_crypto::sha256(format!("trm/node-lock/{schema}").as_bytes());
+    i64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+impl NodeLock {
+    /// Takes the shared lock of a running process (waits while a restore holds it); none
+    /// when this process holds the schema exclusively (the engine of a restore).
+    pub fn shared(options: &PostgresOptions) -> Result<Option<Self>> {
+        if EXCLUSIVE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&options.schema)
+        {
+            return Ok(None);
+        }
+        let taken = Self::start(
+            options,
+            "SELECT true FROM (SELECT pg_advisory_lock_shared($1)) AS locked",
+            true,
+        )?;
+        taken
+            .map(Some)
+            .ok_or_else(|| StoreError::Engine("postgres: the node lock was not taken".into()))
+    }
+
+    /// Takes the exclusive lock of a restore; `None` when a process of the node holds it.
+    pub fn try_exclusive(options: &PostgresOptions) -> Result<Option<Self>> {
+        let lock = Self::start(options, "SELECT pg_try_advisory_lock($1)", false)?;
+        Ok(lock.map(|mut l| {
+            EXCLUSIVE
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(options.schema.clone());
+            l.exclusive = Some(options.schema.clone());
+            l
+        }))
+    }
+
+    /// Runs the lock's connection on a thread: `lock` answers whether it was taken; with
+    /// `again`, the lock is taken again whenever the connection was lost.
+    fn start(options: &PostgresOptions, lock: &'static str, again: bool) -> Result<Option<Self>> {
+        let (url, key) = (options.url.clone(), node_lock_key(&options.schema));
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let (first, taken) = std::sync::mpsc::sync_channel::<Result<bool>>(1);
+        let thread = std::thread::Builder::new()
+            .name("trm-pg-node-lock".into())
+            .spawn(move || {
+                let mut first = Some(first);
+                loop {
+                    let took = open_client(&url).and_then(|mut c| {
+                        let row = c.query_one(lock, &[&key]).map_err(pg_error)?;
+                        Ok((c, row.get::<_, bool>(0)))
+                    });
+                    let client = match took {
+                        Ok((c, taken)) => {
+                            if let Some(f) = first.take() {
+                                let _ = f.send(Ok(taken));
+                            }
+                            if !taken {
+                                return;
+                            }
+                            Some(c)
+                        }
+                        Err(e) => {
+                            if let Some(f) = first.take() {
+                                let _ = f.send(Err(e));
+                                return;
+                            }
+                            None
+                        }
+                    };
+                    // Hold it until dropped; see every few seconds that it is still held.
+                    let mut client = client;
+                    loop {
+                        match stopped.recv_timeout(std::time::Duration::from_secs(2)) {
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                            _ => return,
+                        }
+                        let alive = client.as_mut().is_some_and(|c| c.simple_query("").is_ok());
+                        if !alive {
+                            if !again {
+                                return;
+                            }
+                            tracing::warn!(
+                                "the node lock's database connection was lost: taking it again"
+                            );
+                            break;
+                        }
+                    }
+                }
+            })?;
+        let lock = Self {
+            stop: Some(stop),
+            thread: Some(thread),
+            exclusive: None,
+        };
+        match wait_outside_runtime(|| taken.recv()) {
+            Ok(Ok(true)) => Ok(Some(lock)),
+            Ok(Ok(false)) => Ok(None),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(StoreError::Engine(
+                "postgres: the node lock's thread stopped".into(),
+            )),
         }
     }
 }

@@ -331,24 +331,17 @@ impl Store {
             return Ok(());
         }
         let path = self.anchor_path();
-        // A name of its own: replicas of the node sharing the key folder write it too.
-        let tmp = path.with_extension(format!(
-            "audit-anchor.tmp-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&encode(&signed)?)?;
-            f.sync_all()?;
-        }
-        if let Err(e) = std::fs::rename(&tmp, path) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e.into());
-        }
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
+        // Written whole (a temporary name of its own: replicas of the node sharing the key
+        // folder write it too), owner-only.
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or(crate::StoreError::Corrupt("audit anchor name"))?;
+        crate::journal::write_whole(dir, name, &encode(&signed)?)?;
         Ok(())
     }
 

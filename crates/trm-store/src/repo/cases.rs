@@ -60,14 +60,40 @@ impl Tx<'_> {
     }
 
     /// Erases a case: its key is shredded (its record, risk assessments and decisions can
-    /// never be opened again) and its records removed.
+    /// never be opened again) and its records removed, with what is kept about it in
+    /// clear: its consents (purposes, recipients, information language) and what was
+    /// disclosed under each, its pairwise references and its indexes. (Call it after the
+    /// erasure requests to its recipients are queued: they are built from those.)
     pub fn erase_case(&mut self, case: &CaseRecord) -> Result<()> {
         let id = case.case_id;
         self.shred(&Subject::case(id))?;
         self.delete(&layout::case(id))?;
         self.delete(&layout::case_of_org(&case.organisation, id))?;
         self.delete(&layout::risk(id))?;
-        self.delete(&layout::decisions(id))
+        self.delete(&layout::decisions(id))?;
+        for c in self.consents(id)? {
+            let prefix = layout::disclosures(c.consent_id);
+            for (k, _) in self.scan_raw(&prefix, None, usize::MAX)? {
+                self.delete(&k)?;
+            }
+        }
+        self.delete(&layout::consents(id))?;
+        let refs = layout::refs_of(id);
+        for (k, v) in self.scan_raw(&refs, None, usize::MAX)? {
+            let peer = std::str::from_utf8(&k[refs.len()..])
+                .ok()
+                .and_then(|p| p.parse::<NodeId>().ok());
+            let case_ref: Option<String> = crate::tx::decode("case reference", &v).ok();
+            if let (Some(peer), Some(case_ref)) = (peer, case_ref) {
+                self.delete(&layout::ref_given(peer, &case_ref))?;
+            }
+            self.delete(&k)?;
+        }
+        let open = layout::open_referrals_of(id);
+        for (k, _) in self.scan_raw(&open, None, usize::MAX)? {
+            self.delete(&k)?;
+        }
+        Ok(())
     }
 
     /// Returns the consents recorded for a case.

@@ -114,6 +114,11 @@ pub(crate) mod layout {
         key("xo/", &[case.as_bytes(), peer.as_str().as_bytes()])
     }
 
+    /// Every pairwise reference of a case (origin side), by peer.
+    pub fn refs_of(case: CaseId) -> Vec<u8> {
+        key("xo/", &[case.as_bytes()])
+    }
+
     /// A reference this node gave a peer, back to the case.
     pub fn ref_given(peer: NodeId, case_ref: &str) -> Vec<u8> {
         key("xr/", &[peer.as_str().as_bytes(), case_ref.as_bytes()])
@@ -140,6 +145,11 @@ pub(crate) mod layout {
     /// The open referral of a case to a destination.
     pub fn open_referral(case: CaseId, destination: NodeId) -> Vec<u8> {
         key("ro/", &[case.as_bytes(), destination.as_str().as_bytes()])
+    }
+
+    /// The open referrals of a case, by destination.
+    pub fn open_referrals_of(case: CaseId) -> Vec<u8> {
+        key("ro/", &[case.as_bytes()])
     }
 
     pub fn return_plan(id: ReturnId) -> Vec<u8> {

@@ -89,7 +89,12 @@ impl Tx<'_> {
     }
 
     /// Keeps the report first published for `month`.
+    /// It is journalled too: a restore of an older backup keeps it.
     pub fn put_published_report(&mut self, month: Month, r: &PublishedReport) -> Result<()> {
+        self.journal(crate::journal::Entry::Published {
+            month,
+            report: r.clone(),
+        });
         self.put_json(&layout::published(&month.key()), r)
     }
 
