@@ -178,8 +178,13 @@ async fn an_operator_watches_changes_and_repairs_a_node_with_trmctl() -> anyhow:
     let backup = s(&fed.dir().join("backups/cli"));
     let (ok, out, err) = trmctl(&["backup", "--config", &at, "--out", &backup]).await?;
     assert!(ok && out.starts_with("backup written to"), "{out} {err}");
-    let (ok, _, err) = trmctl(&["restore", "--config", &at, "--from", &backup]).await?;
-    assert!(!ok && err.contains("--force"), "{err}");
+    // A restore never replaces the store under the running node, whatever the flags.
+    for force in [&[][..], &["--force"][..]] {
+        let mut args = vec!["restore", "--config", &at, "--from", &backup];
+        args.extend_from_slice(force);
+        let (ok, _, err) = trmctl(&args).await?;
+        assert!(!ok && err.contains("node AT is running"), "{err}");
+    }
     fed.stop().await?;
     Ok(())
 }

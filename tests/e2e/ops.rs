@@ -83,7 +83,7 @@ async fn a_restored_backup_brings_back_what_it_held_but_nothing_erased_since() -
     assert!(err.to_string().contains("digest"), "{err}");
 
     let restored = restore(&config, &backup, true).await?;
-    assert!(restored.erasures_applied >= 1);
+    assert!(restored.reapplied.erasures >= 1);
     fed.start_node("AT").await?;
     let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
     let back = sp
@@ -107,6 +107,169 @@ async fn a_restored_backup_brings_back_what_it_held_but_nothing_erased_since() -
         .await?
         .into_inner();
     assert!(audit.ok, "{audit:?}");
+    fed.stop().await?;
+    Ok(())
+}
+
+/// Copies `from` into `to`, leaving out the entries `skip` names.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path, skip: &[&str]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if skip.iter().any(|s| name.starts_with(s)) {
+            continue;
+        }
+        if e.file_type()?.is_dir() {
+            copy_tree(&e.path(), &to.join(&name), skip)?;
+        } else {
+            std::fs::copy(e.path(), to.join(&name))?;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_backup_restored_on_a_fresh_host_without_the_key_file_is_refused() -> anyhow::Result<()> {
+    let mut fed = TestFederation::start(&["AT"]).await?;
+    if trm_tests::on_postgres() {
+        // The fresh host would share the database schema: this is about files.
+        return fed.stop().await.map(drop);
+    }
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let erased = sp
+        .create_case(requests::case("Erased Before-Restore", 3))
+        .await?
+        .into_inner();
+    let backup = fed.dir().join("backups/at");
+    fed.admin("AT", Role::Operator)
+        .await?
+        .backup(w::BackupRequest {
+            path: backup.display().to_string(),
+        })
+        .await?;
+    sp.erase_case(w::EraseCaseRequest {
+        case_id: erased.case_id.clone(),
+        reason: "victim's request".into(),
+        ..Default::default()
+    })
+    .await?;
+    drop(sp);
+    fed.stop_node("AT").await?;
+    // Someone holding the backup and the master key, on a host of their own: the node's
+    // folder without its data, key file and journal.
+    let node = fed.dir().join("AT");
+    let cfg = trm_node::NodeConfig::load(&node.join("node.toml"))?;
+    let fresh = fed.dir().join("fresh-AT");
+    let key_file = cfg
+        .node
+        .key_store
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let key_stem = key_file.split('.').next().unwrap_or_default().to_owned();
+    let data = cfg
+        .node
+        .data_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    copy_tree(&node, &fresh, &[&data, &key_stem])?;
+    let err = restore(&fresh.join("node.toml"), &backup, true)
+        .await
+        .expect_err("no key file: nothing opens")
+        .to_string();
+    assert!(
+        err.contains("key file") && err.contains(&key_file),
+        "the refusal names the file it needs: {err}"
+    );
+    assert!(
+        trm_tests::files_containing(&fresh, b"Erased Before-Restore").is_empty(),
+        "nothing of the erased case in clear"
+    );
+    fed.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_restore_never_undoes_a_revocation_or_a_peer_removal_and_is_audited() -> anyhow::Result<()>
+{
+    let mut fed = TestFederation::start(&["AT", "RO"]).await?;
+    let mut admin = fed.admin("AT", Role::Operator).await?;
+    let backup = fed.dir().join("backups/at");
+    admin
+        .backup(w::BackupRequest {
+            path: backup.display().to_string(),
+        })
+        .await?;
+    // After the backup: a client certificate revoked, the peer RO removed.
+    let ja = fed.dir().join("AT/clients/judicial_authority.pem");
+    let serial = trmctl::admin::serial_of_pem(&ja)?;
+    admin
+        .revoke_client_certificate(w::RevokeClientCertificateRequest {
+            serial_hex: serial.clone(),
+            ..Default::default()
+        })
+        .await?;
+    admin
+        .remove_peer(w::RemovePeerRequest {
+            node_id: "RO".into(),
+            ..Default::default()
+        })
+        .await?;
+    drop(admin);
+    fed.stop_node("AT").await?;
+    restore(&fed.config_path("AT".parse()?), &backup, true).await?;
+    fed.start_node("AT").await?;
+    let mut admin = fed.admin("AT", Role::Operator).await?;
+    let revoked = admin
+        .list_revoked_client_certificates(w::ListRevokedClientCertificatesRequest::default())
+        .await?
+        .into_inner()
+        .certificates;
+    assert!(
+        revoked.iter().any(|c| c.serial_hex == serial),
+        "the revocation holds after the restore: {revoked:?}"
+    );
+    let refused = match fed.hearings("AT", Role::JudicialAuthority).await {
+        Err(_) => true,
+        Ok(mut c) => c
+            .list_hearings(w::ListHearingsRequest::default())
+            .await
+            .is_err(),
+    };
+    assert!(refused, "the revoked certificate is refused");
+    let peers = admin
+        .list_peers(w::ListPeersRequest::default())
+        .await?
+        .into_inner()
+        .peers;
+    assert!(
+        peers.iter().all(|p| p.node_id != "RO"),
+        "the removed peer stays removed: {peers:?}"
+    );
+    let audit = admin
+        .export_audit(w::ExportAuditRequest {
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let restore_entry = audit
+        .entries
+        .iter()
+        .find(|e| e.action == "store.restore")
+        .ok_or_else(|| anyhow::anyhow!("the restore is not in the restored chain"))?;
+    assert!(restore_entry.actor.starts_with("os:"), "{restore_entry:?}");
+    assert!(
+        restore_entry.detail.contains("revocations=") && restore_entry.detail.contains("backup="),
+        "{restore_entry:?}"
+    );
+    let verified = admin
+        .verify_audit(w::VerifyAuditRequest::default())
+        .await?
+        .into_inner();
+    assert!(verified.ok, "{verified:?}");
     fed.stop().await?;
     Ok(())
 }

@@ -627,7 +627,7 @@ async fn a_revoked_client_certificate_is_refused_at_once_and_after_a_restart() -
     let ja = fed.dir().join("AT/clients/judicial_authority.pem");
     let mut cli = trmctl::admin::connect(&fed.config_path("AT".parse()?), None, None).await?;
     let ja_serial = trmctl::admin::serial_of_pem(&ja)?;
-    trmctl::admin::revoke(&mut cli, &ja_serial).await?;
+    trmctl::admin::revoke(&mut cli, &ja_serial, "").await?;
     let listed: Vec<String> = trmctl::admin::revoked(&mut cli)
         .await?
         .into_iter()

@@ -691,17 +691,26 @@ impl AdminService for Admin {
             ));
         }
         let ctx = &self.ctx;
-        let manifest = ctx.store.backup(&path).await.map_err(|e| match e {
-            trm_store::StoreError::Io(io) if io.kind() == std::io::ErrorKind::AlreadyExists => {
-                ApiError::from(FieldError::new("path", "must not exist or be empty"))
-            }
-            e => ApiError::from(e),
-        })?;
+        let manifest = ctx
+            .store
+            .backup(&path, ctx.backup_retention)
+            .await
+            .map_err(|e| match e {
+                trm_store::StoreError::Io(io) if io.kind() == std::io::ErrorKind::AlreadyExists => {
+                    ApiError::from(FieldError::new("path", "must not exist or be empty"))
+                }
+                e => ApiError::from(e),
+            })?;
         let detail = format!(
-            "records={} bytes={} created_at={}",
+            "records={} bytes={} created_at={} backup_key={} expires_at={}",
             manifest.records,
             manifest.bytes(),
-            manifest.created_at
+            manifest.created_at,
+            manifest.backup_key,
+            manifest
+                .expires_at
+                .map(|e| e.to_string())
+                .unwrap_or_default()
         );
         ctx.commit(move |tx| {
             tx.audit(
@@ -727,6 +736,20 @@ impl AdminService for Admin {
     ) -> Result<Response<w::RevokedClientCertificate>, Status> {
         Self::operator(&request)?;
         let serial_hex = serial(&request.get_ref().serial_hex)?;
+        let issuers = match request.get_ref().issuer.as_str() {
+            "" => self.ctx.client_issuers.clone(),
+            i if i.len() == 16
+                && i.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+            {
+                vec![i.to_owned()]
+            }
+            _ => {
+                return Err(field_error(
+                    "issuer",
+                    "must be 16 lower-case hex characters (the issuer id), or empty for the node's client CA",
+                ))
+            }
+        };
         let now = OffsetDateTime::now_utc();
         let serial_for = serial_hex.clone();
         let revoked = self
@@ -734,29 +757,43 @@ impl AdminService for Admin {
             .commit(move |tx| {
                 let serial_hex = serial_for.clone();
                 let mut all = tx.revoked_clients()?;
-                if let Some(r) = all.iter().find(|r| r.serial_hex == serial_hex) {
-                    return Ok(r.clone());
+                let mut these = Vec::new();
+                for issuer in &issuers {
+                    let r = Revoked {
+                        issuer: issuer.clone(),
+                        serial_hex: serial_hex.clone(),
+                        revoked_at: now,
+                    };
+                    match all.iter().find(|x| x.same_certificate(&r)) {
+                        Some(before) => these.push(before.clone()),
+                        None => {
+                            all.push(r.clone());
+                            these.push(r);
+                        }
+                    }
                 }
-                let r = Revoked {
-                    serial_hex: serial_hex.clone(),
-                    revoked_at: now,
-                };
-                all.push(r.clone());
-                tx.put_revoked_clients(&all)?;
-                tx.audit(AuditRecord::new(
-                    "operator",
-                    "client.revoke",
-                    &serial_hex,
-                    "revoked",
-                ))?;
-                Ok(r)
+                if these.iter().any(|r| r.revoked_at == now) {
+                    tx.put_revoked_clients(&all)?;
+                    tx.audit(
+                        AuditRecord::new("operator", "client.revoke", &serial_hex, "revoked")
+                            .detail(format!("issuers={}", issuers.join(","))),
+                    )?;
+                }
+                Ok(these)
             })
             .await?;
-        self.ctx.revocations.add(&revoked);
+        for r in &revoked {
+            self.ctx.revocations.add(r);
+        }
         info!(serial = %serial_hex, "client certificate revoked");
+        let first = revoked
+            .into_iter()
+            .next()
+            .ok_or_else(|| ApiError::Store("the node has no client CA to revoke under".into()))?;
         Ok(Response::new(w::RevokedClientCertificate {
-            serial_hex: revoked.serial_hex,
-            revoked_at: Some(ts(revoked.revoked_at)),
+            serial_hex: first.serial_hex,
+            revoked_at: Some(ts(first.revoked_at)),
+            issuer: first.issuer,
         }))
     }
 
@@ -767,14 +804,16 @@ impl AdminService for Admin {
         Self::operator(&request)?;
         let req = request.get_ref();
         let page = page_of(req.page_size, &req.page_token)?;
-        let (items, next_page_token) =
-            page.take(self.ctx.revocations.list(), |r| r.serial_hex.clone());
+        let (items, next_page_token) = page.take(self.ctx.revocations.list(), |r| {
+            format!("{}/{}", r.serial_hex, r.issuer)
+        });
         Ok(Response::new(w::ListRevokedClientCertificatesResponse {
             certificates: items
                 .into_iter()
                 .map(|r| w::RevokedClientCertificate {
                     serial_hex: r.serial_hex,
                     revoked_at: Some(ts(r.revoked_at)),
+                    issuer: r.issuer,
                 })
                 .collect(),
             next_page_token,

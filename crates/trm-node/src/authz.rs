@@ -21,15 +21,15 @@ pub fn principal<T>(request: &Request<T>) -> Result<Principal, ApiError> {
         ))
 }
 
-/// Returns the key of the client certificate of a request (its serial number), which
-/// idempotent requests are remembered under.
+/// Returns the key of the client certificate of a request (its issuer and serial number),
+/// which idempotent requests are remembered under.
 pub fn client_key<T>(request: &Request<T>) -> String {
     request
         .peer_certs()
         .and_then(|certs| {
             certs
                 .first()
-                .and_then(|c| trm_crypto::pki::serial_hex(c.as_ref()))
+                .and_then(|c| trm_crypto::pki::caller_id(c.as_ref()))
         })
         .unwrap_or_default()
 }

@@ -313,6 +313,10 @@ pub struct StorageSection {
     /// bound.
     #[serde(default = "default_kek_rotation")]
     pub kek_rotation_hours: u32,
+    /// Days a backup stays restorable (with the node's key file): its key is destroyed
+    /// after, and it opens for no one.
+    #[serde(default = "default_backup_retention")]
+    pub backup_retention_days: u32,
     /// With `sled`: MiB the data folder's file system must keep free before a write is
     /// tried; below it writes are refused (UNAVAILABLE) until space returns, so sled never
     /// meets a full disk. Default: the smaller of 64 MiB and a sixteenth of the file system;
@@ -331,6 +335,9 @@ fn default_pg_readers() -> usize {
 fn default_kek_rotation() -> u32 {
     24
 }
+fn default_backup_retention() -> u32 {
+    35
+}
 
 impl Default for StorageSection {
     fn default() -> Self {
@@ -341,6 +348,7 @@ impl Default for StorageSection {
             schema: None,
             readers: default_pg_readers(),
             kek_rotation_hours: default_kek_rotation(),
+            backup_retention_days: default_backup_retention(),
             min_free_mib: None,
         }
     }

@@ -39,6 +39,11 @@ pub struct Ctx {
     pub min_cell_count: u64,
     /// The node's certificates and when each expires (read at start).
     pub expiries: Vec<(String, Option<OffsetDateTime>)>,
+    /// Who issues the node's client certificates (the ids of its client CAs): a
+    /// revocation by serial alone names a certificate of these.
+    pub client_issuers: Vec<String>,
+    /// How long a backup stays restorable.
+    pub backup_retention: time::Duration,
 }
 
 impl Ctx {

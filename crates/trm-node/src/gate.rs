@@ -4,7 +4,6 @@
 //! takes effect on open connections as well as at the next handshake.
 
 use std::{
-    collections::BTreeMap,
     num::NonZeroU32,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -28,54 +27,59 @@ pub use trm_store::repo::directory::Revoked;
 /// The revoked client certificates of this node, as every request sees them.
 #[derive(Debug, Default)]
 pub struct Revocations {
-    serials: RwLock<BTreeMap<String, time::OffsetDateTime>>,
+    revoked: RwLock<Vec<Revoked>>,
 }
 
 impl Revocations {
     /// Returns the set holding `revoked`.
     pub fn new(revoked: &[Revoked]) -> Self {
         Self {
-            serials: RwLock::new(
-                revoked
-                    .iter()
-                    .map(|r| (r.serial_hex.clone(), r.revoked_at))
-                    .collect(),
-            ),
+            revoked: RwLock::new(revoked.to_vec()),
         }
     }
 
-    /// Returns whether the certificate with this serial is revoked.
-    pub fn is_revoked(&self, serial_hex: &str) -> bool {
-        self.serials
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains_key(serial_hex)
-    }
-
-    /// Revokes a serial (after the revocation is durable).
-    pub fn add(&self, r: &Revoked) {
-        self.serials
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(r.serial_hex.clone(), r.revoked_at);
-    }
-
-    /// Returns every revoked serial, in order.
-    pub fn list(&self) -> Vec<Revoked> {
-        self.serials
+    /// Returns whether the certificate of `issuer` with this serial is revoked.
+    pub fn is_revoked(&self, issuer: &str, serial_hex: &str) -> bool {
+        self.revoked
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .map(|(s, t)| Revoked {
-                serial_hex: s.clone(),
-                revoked_at: *t,
-            })
-            .collect()
+            .any(|r| r.covers(issuer, serial_hex))
+    }
+
+    /// Revokes a certificate (after the revocation is durable).
+    pub fn add(&self, r: &Revoked) {
+        let mut all = self.revoked.write().unwrap_or_else(PoisonError::into_inner);
+        if !all.iter().any(|x| x.same_certificate(r)) {
+            all.push(r.clone());
+        }
+    }
+
+    /// Replaces the set (another replica revoked, or the journal says more).
+    pub fn replace(&self, revoked: &[Revoked]) {
+        *self.revoked.write().unwrap_or_else(PoisonError::into_inner) = revoked.to_vec();
+    }
+
+    /// Returns every revocation, by serial then issuer.
+    pub fn list(&self) -> Vec<Revoked> {
+        let mut all = self
+            .revoked
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        all.sort_by(|a, b| (&a.serial_hex, &a.issuer).cmp(&(&b.serial_hex, &b.issuer)));
+        all
     }
 
     /// Returns whether the leaf of `certs` is revoked.
     fn leaf_revoked(&self, leaf: &[u8]) -> bool {
-        trm_crypto::pki::serial_hex(leaf).is_some_and(|s| self.is_revoked(&s))
+        match (
+            trm_crypto::pki::issuer_id(leaf),
+            trm_crypto::pki::serial_hex(leaf),
+        ) {
+            (Some(issuer), Some(serial)) => self.is_revoked(&issuer, &serial),
+            _ => false,
+        }
     }
 }
 
@@ -99,12 +103,12 @@ pub enum CallerKey {
 
 impl CallerKey {
     /// Returns the caller a connection or request with end-entity certificate `leaf` is
-    /// counted as: its serial number (local ports: every certificate of the client CA is
-    /// one caller), or the node it names (federation port: whatever certificates a peer's
-    /// CA issues for it, one peer is one caller). Empty when the certificate has neither.
+    /// counted as: its issuer and serial number (local ports: every certificate is one
+    /// caller), or the node it names (federation port: whatever certificates a peer's CA
+    /// issues for it, one peer is one caller). Empty when the certificate has neither.
     pub fn of(self, leaf: &[u8]) -> String {
         match self {
-            CallerKey::ClientCertificate => trm_crypto::pki::serial_hex(leaf),
+            CallerKey::ClientCertificate => trm_crypto::pki::caller_id(leaf),
             CallerKey::PeerNode => trm_crypto::pki::node_of(leaf).map(|n| n.to_string()),
         }
         .unwrap_or_default()

@@ -142,6 +142,7 @@ async fn housekeeping(
     refusals: Arc<RefusalLog>,
     replay_window: Duration,
     kek_rotation: Duration,
+    backup_retention: time::Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut last_prune: Option<tokio::time::Instant> = None;
@@ -160,11 +161,15 @@ async fn housekeeping(
             if let Err(e) = pruned {
                 warn!(error = %e.into_store(), "cannot forget old request ids");
             }
-            // Among replicas, the one that delivers rotates.
+            // Among replicas, the one that delivers rotates, and destroys the keys of
+            // expired backups.
             if delivery.is_active() {
                 match store.rotate_kek_if_due(kek_rotation.as_secs() as i64).await {
                     Ok(true) | Ok(false) => {}
                     Err(e) => warn!(error = %e, "cannot rotate the key-encryption key"),
+                }
+                if let Err(e) = store.expire_backups(backup_retention) {
+                    warn!(error = %e, "cannot destroy the keys of expired backups");
                 }
             }
             last_prune = Some(tokio::time::Instant::now());
@@ -383,6 +388,8 @@ pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, No
         revocations,
         min_cell_count: config.statistics.min_cell_count,
         expiries: expiries(&config),
+        client_issuers: client_issuers(&tls.client_ca)?,
+        backup_retention: time::Duration::days(i64::from(config.storage.backup_retention_days)),
     };
     let mut inbound = InboundConfig::new(node);
     inbound.replay_window = time::Duration::days(i64::from(config.policy.replay_window_days));
@@ -407,6 +414,14 @@ pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, No
         local_tls,
         gates: GateCounters::default(),
     })
+}
+
+/// Returns the ids of the client CAs in `client_ca` (who issues the node's clients).
+fn client_issuers(client_ca: &std::path::Path) -> Result<Vec<String>, NodeError> {
+    Ok(CertificateDer::pem_slice_iter(&files::read(client_ca)?)
+        .filter_map(|c| c.ok())
+        .filter_map(|c| trm_crypto::pki::subject_id(c.as_ref()))
+        .collect())
 }
 
 /// Returns when each of the node's certificates expires (`None`: unreadable).
@@ -689,6 +704,7 @@ impl Built {
             refusals,
             replay_window,
             kek_rotation,
+            ctx.backup_retention,
             stopped,
         ));
         let tasks = vec![

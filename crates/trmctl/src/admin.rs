@@ -52,14 +52,26 @@ pub fn serial_of_pem(path: &Path) -> Result<String> {
         .with_context(|| format!("{} does not parse as a certificate", path.display()))
 }
 
-/// Revokes the client certificate with `serial_hex`.
+/// Returns who issued the certificate in the PEM file at `path` (its issuer id).
+pub fn issuer_of_pem(path: &Path) -> Result<String> {
+    let pem = trm_crypto::files::read_text(path)?;
+    let der = trm_crypto::pki::first_der(&pem)
+        .with_context(|| format!("{} holds no PEM certificate", path.display()))?;
+    trm_crypto::pki::issuer_id(&der)
+        .with_context(|| format!("{} does not parse as a certificate", path.display()))
+}
+
+/// Revokes the client certificate with `serial_hex` issued by `issuer` (empty: the node's
+/// own client CA).
 pub async fn revoke(
     admin: &mut AdminServiceClient<Channel>,
     serial_hex: &str,
+    issuer: &str,
 ) -> Result<w::RevokedClientCertificate> {
     Ok(admin
         .revoke_client_certificate(w::RevokeClientCertificateRequest {
             serial_hex: serial_hex.to_owned(),
+            issuer: issuer.to_owned(),
             ..Default::default()
         })
         .await?
@@ -178,9 +190,10 @@ pub async fn backup(
         .into_inner())
 }
 
-/// Restores the backup in `from` into the stopped node of `config` (its store and key file;
-/// with `force` over existing data), then destroys again every data key the node's erasure
-/// journal lists.
+/// Restores the backup in `from` into the stopped node of `config` (with `force` over
+/// existing data), with the node's own key file, then re-applies the node's journal
+/// (erasures, revocations, peer changes, ended keys, published statistics). The audit
+/// names the operating-system account that ran it.
 pub fn restore(config: &Path, from: &Path, force: bool) -> Result<trm_store::backup::Restored> {
     let cfg = NodeConfig::load(config)?;
     let master = trm_crypto::aead::SecretKey::load(&cfg.node.master_key)
@@ -195,6 +208,10 @@ pub fn restore(config: &Path, from: &Path, force: bool) -> Result<trm_store::bac
         },
         from,
         force,
+        &format!(
+            "os:{}",
+            std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+        ),
     )
     .map_err(|e| anyhow::anyhow!("restore from {}: {e}", from.display()))
 }

@@ -559,9 +559,19 @@ pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<(
             force,
         } => {
             let r = trmctl::admin::restore(&config, &from, force)?;
+            let a = r.reapplied;
             println!(
-                "restored {} records of node {} taken {}; {} erasures re-applied from the journal",
-                r.manifest.records, r.manifest.node, r.manifest.created_at, r.erasures_applied
+                "restored {} records of node {} taken {}; re-applied from the journal: {} \
+                 erasures, {} revocations, {} peer directory changes, {} key changes, {} \
+                 published months",
+                r.manifest.records,
+                r.manifest.node,
+                r.manifest.created_at,
+                a.erasures,
+                a.revocations,
+                a.directory_changes,
+                a.key_changes,
+                a.published_months
             );
             Ok(())
         }
@@ -883,14 +893,17 @@ async fn export_audit(admin: AdminArgs, out: Option<PathBuf>) -> Result<()> {
 }
 
 async fn revoke(admin: AdminArgs, serial: Option<String>, cert: Option<PathBuf>) -> Result<()> {
-    let serial = match (serial, cert) {
-        (Some(s), _) => s,
-        (None, Some(path)) => trmctl::admin::serial_of_pem(&path)?,
+    let (serial, issuer) = match (serial, cert) {
+        (Some(s), _) => (s, String::new()),
+        (None, Some(path)) => (
+            trmctl::admin::serial_of_pem(&path)?,
+            trmctl::admin::issuer_of_pem(&path)?,
+        ),
         (None, None) => bail!("name the certificate with --serial HEX or --cert PEM"),
     };
     let mut c =
         trmctl::admin::connect(&admin.config, admin.client.as_deref(), admin.ca.as_deref()).await?;
-    let r = trmctl::admin::revoke(&mut c, &serial).await?;
+    let r = trmctl::admin::revoke(&mut c, &serial, &issuer).await?;
     println!(
         "revoked client certificate {}: every request made with it is refused from now on",
         r.serial_hex
