@@ -409,6 +409,7 @@ pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<(
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     trm_node::install_crypto_provider();
     match cli.command {
