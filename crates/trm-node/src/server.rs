@@ -440,8 +440,16 @@ pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, No
     }
     store.sign_audit_head_with(identity.clone()).await?;
     seed_directory(&config, &store).await?;
-    let directory = PeerDirectory::new(Vec::new())?;
-    directory.apply(&store.directory_changes()?, &store.learned_keys()?)?;
+    let changes = store.directory_changes()?;
+    // A removed node that node.toml still lists keeps its trust anchor among the removed
+    // ones, so that its connections get through the handshake to be refused
+    // PERMISSION_DENIED (for good) rather than fail like a network fault (retried).
+    let removed_configured = load_directory(&config)?
+        .all()
+        .into_iter()
+        .filter(|p| changes.removed.contains(&p.id));
+    let directory = PeerDirectory::new(removed_configured)?;
+    directory.apply(&changes, &store.learned_keys()?)?;
     let directory = Arc::new(directory);
     let revocations = Arc::new(Revocations::new(&store.revoked_clients()?));
     let tls = &config.tls;
