@@ -8,7 +8,7 @@ use trm_proto::v1 as w;
 use trm_tests::TestFederation;
 
 /// Runs `trmctl ARGS...`; returns (success, stdout, stderr).
-async fn trmctl(args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+pub(crate) async fn trmctl(args: &[&str]) -> anyhow::Result<(bool, String, String)> {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_trm-test-ctl"))
         .args(args)
         .env("RUST_LOG", "error")
@@ -21,7 +21,7 @@ async fn trmctl(args: &[&str]) -> anyhow::Result<(bool, String, String)> {
     ))
 }
 
-fn s(p: &Path) -> String {
+pub(crate) fn s(p: &Path) -> String {
     p.display().to_string()
 }
 

@@ -118,7 +118,48 @@ pub fn explain(status: &tonic::Status, peer: NodeId, endpoint: &str) -> String {
         deepest = e.to_string();
         cause = e.source();
     }
+    // The HTTP/2 layer may keep the TLS failure only as text.
+    if let Some(why) = tls_cause_in_text(&deepest, peer, endpoint) {
+        return why;
+    }
     format!("{deepest} (connecting to {endpoint})")
+}
+
+/// Explains a TLS failure known only by its text (rustls's own wording).
+fn tls_cause_in_text(text: &str, peer: NodeId, endpoint: &str) -> Option<String> {
+    use rustls::{AlertDescription as A, CertificateError as C};
+    let alerts = [
+        ("UnknownCA", A::UnknownCA),
+        ("BadCertificate", A::BadCertificate),
+        ("CertificateUnknown", A::CertificateUnknown),
+        ("AccessDenied", A::AccessDenied),
+        ("CertificateRevoked", A::CertificateRevoked),
+        ("CertificateRequired", A::CertificateRequired),
+        ("CertificateExpired", A::CertificateExpired),
+        ("DecryptError", A::DecryptError),
+    ];
+    if text.contains("received fatal alert") {
+        let alert = alerts.iter().find(|(name, _)| text.contains(name))?.1;
+        return Some(tls_cause(&rustls::Error::AlertReceived(alert), peer, endpoint));
+    }
+    let certificate = [
+        ("UnknownIssuer", C::UnknownIssuer),
+        ("BadSignature", C::BadSignature),
+        ("NotValidForName", C::NotValidForName),
+        ("Expired", C::Expired),
+    ];
+    if text.contains("invalid peer certificate") {
+        let error = certificate
+            .into_iter()
+            .find(|(name, _)| text.contains(name))?
+            .1;
+        return Some(tls_cause(
+            &rustls::Error::InvalidCertificate(error),
+            peer,
+            endpoint,
+        ));
+    }
+    None
 }
 
 /// Explains a gRPC refusal from a peer that answered.
