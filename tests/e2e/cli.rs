@@ -223,7 +223,10 @@ async fn a_node_made_by_node_init_starts_and_answers_its_operator() -> anyhow::R
     assert!(ok, "{err}");
     assert!(out.contains("next:") && out.contains("master.key"), "{out}");
     assert!(state.join("data").is_dir() && state.join("keys/signing.pem").is_file());
-    assert!(!node.join("data").exists(), "nothing the node writes under the configuration");
+    assert!(
+        !node.join("data").exists(),
+        "nothing the node writes under the configuration"
+    );
     let (ok, _, err) = trmctl(&[
         "node",
         "init",
@@ -258,7 +261,10 @@ async fn a_node_made_by_node_init_starts_and_answers_its_operator() -> anyhow::R
     for addr in [&services, &federation, &admin, &metrics] {
         assert!(started.contains(addr.as_str()), "{addr} not in: {log}");
     }
-    assert!(!log.contains('\u{1b}'), "colour codes in a log file: {log:?}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log file: {log:?}"
+    );
     // A second node on the same addresses is refused, naming the address and its key.
     let second = tokio::process::Command::new(env!("CARGO_BIN_EXE_trm-test-node"))
         .arg("--config")

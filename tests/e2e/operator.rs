@@ -19,7 +19,7 @@ async fn json(args: &[&str]) -> anyhow::Result<serde_json::Value> {
     all.push("--json");
     let (ok, out, err) = trmctl(&all).await?;
     anyhow::ensure!(ok, "trmctl {args:?} failed: {err}");
-    Ok(serde_json::from_str(&out).map_err(|e| anyhow::anyhow!("{e}: {out}"))?)
+    serde_json::from_str(&out).map_err(|e| anyhow::anyhow!("{e}: {out}"))
 }
 
 /// The key id of the public key in a PEM file.
@@ -38,17 +38,27 @@ fn is_rfc3339(v: &serde_json::Value) -> bool {
 #[tokio::test]
 async fn a_rotation_then_routine_peer_updates_keep_delivery_working() -> anyhow::Result<()> {
     let fed = TestFederation::start(&["AT", "RO"]).await?;
-    let (at, ro) = (s(&fed.config_path("AT".parse()?)), s(&fed.config_path("RO".parse()?)));
+    let (at, ro) = (
+        s(&fed.config_path("AT".parse()?)),
+        s(&fed.config_path("RO".parse()?)),
+    );
     let at_pub = fed.dir().join("AT/keys/signing.pub.pem");
 
     // The rotation rewrites the file node init tells operators to give their peers, and
     // `keys show` prints the same key.
     let rotated = json(&["keys", "rotate", "--config", &at]).await?;
     let new_key = rotated["key_id"].as_str().unwrap_or_default().to_owned();
-    assert_eq!(key_id_of(&at_pub)?, new_key, "the public key file is current");
+    assert_eq!(
+        key_id_of(&at_pub)?,
+        new_key,
+        "the public key file is current"
+    );
     let shown = json(&["keys", "show", "--config", &at]).await?;
     assert_eq!(shown["current_key_id"], new_key.as_str());
-    assert!(shown["keys"].as_array().is_some_and(|k| k.len() == 2), "{shown}");
+    assert!(
+        shown["keys"].as_array().is_some_and(|k| k.len() == 2),
+        "{shown}"
+    );
     let (ok, pem, _) = trmctl(&["keys", "show", "--config", &at, "--pem"]).await?;
     assert!(ok);
     assert_eq!(pem, files::read_text(&at_pub)?);
@@ -57,7 +67,14 @@ async fn a_rotation_then_routine_peer_updates_keep_delivery_working() -> anyhow:
     // neither drops the key AT announced.
     let endpoint = fed.node("AT")?.addrs.federation.to_string();
     let changed = json(&[
-        "peer", "update", "--config", &ro, "--node-id", "AT", "--endpoint", &endpoint,
+        "peer",
+        "update",
+        "--config",
+        &ro,
+        "--node-id",
+        "AT",
+        "--endpoint",
+        &endpoint,
     ])
     .await?;
     assert_eq!(changed["endpoint"], endpoint.as_str());
@@ -94,7 +111,10 @@ async fn a_rotation_then_routine_peer_updates_keep_delivery_working() -> anyhow:
 async fn a_peer_that_drops_our_new_key_shows_unhealthy_in_status_with_the_reason(
 ) -> anyhow::Result<()> {
     let fed = TestFederation::start(&["AT", "RO"]).await?;
-    let (at, ro) = (s(&fed.config_path("AT".parse()?)), s(&fed.config_path("RO".parse()?)));
+    let (at, ro) = (
+        s(&fed.config_path("AT".parse()?)),
+        s(&fed.config_path("RO".parse()?)),
+    );
     let at_pub = fed.dir().join("AT/keys/signing.pub.pem");
     let old_pem = files::read_text(&at_pub)?;
     let rotated = json(&["keys", "rotate", "--config", &at]).await?;
@@ -149,7 +169,11 @@ async fn a_peer_that_drops_our_new_key_shows_unhealthy_in_status_with_the_reason
     })
     .await?;
     assert!(refused.0.contains("unknown_key"), "{}", refused.0);
-    assert!(is_rfc3339(&refused.1["peers"][0]["delivery_failing_since"]), "{}", refused.1);
+    assert!(
+        is_rfc3339(&refused.1["peers"][0]["delivery_failing_since"]),
+        "{}",
+        refused.1
+    );
     // The cure the problem names: RO adds the key `keys show --pem` prints.
     let (_, pem, _) = trmctl(&["keys", "show", "--config", &at, "--pem"]).await?;
     let key_file = fed.dir().join("at-current.pub.pem");
@@ -213,7 +237,10 @@ async fn before_a_peer_adds_us_both_sides_say_what_is_wrong() -> anyhow::Result<
         why.contains("has not added this node as a peer yet") && !why.contains("transport error"),
         "{why}"
     );
-    assert!(ro["problem"].as_str().is_some_and(|p| p.contains(why)), "{status}");
+    assert!(
+        ro["problem"].as_str().is_some_and(|p| p.contains(why)),
+        "{status}"
+    );
     // RO's log names AT and what usually causes it.
     let logged = eventually("RO to log the refused handshake", || async {
         let logs = trm_tests::captured_logs();
@@ -238,7 +265,9 @@ async fn before_a_peer_adds_us_both_sides_say_what_is_wrong() -> anyhow::Result<
     .await?;
     assert!(ok, "{err}");
     let status = json(&["status", "--config", &at]).await?;
-    let why = status["peers"][0]["probe_error"].as_str().unwrap_or_default();
+    let why = status["peers"][0]["probe_error"]
+        .as_str()
+        .unwrap_or_default();
     assert!(!why.contains("transport error") && !why.is_empty(), "{why}");
     fed.stop().await?;
     Ok(())
@@ -309,7 +338,10 @@ async fn a_revoked_certificate_is_told_so_and_the_operator_sees_it_counted_logge
     assert_eq!(entry["role"], "service_provider", "{list}");
     assert_eq!(entry["org"], "ngo-lefo");
     assert_eq!(entry["revoked"], true);
-    assert!(is_rfc3339(&entry["revoked_at"]) && is_rfc3339(&entry["not_after"]), "{entry}");
+    assert!(
+        is_rfc3339(&entry["revoked_at"]) && is_rfc3339(&entry["not_after"]),
+        "{entry}"
+    );
     let revoked = json(&["client", "revoked", "--config", &at]).await?;
     assert!(is_rfc3339(&revoked[0]["revoked_at"]), "{revoked}");
     fed.stop().await?;
@@ -317,20 +349,29 @@ async fn a_revoked_certificate_is_told_so_and_the_operator_sees_it_counted_logge
 }
 
 #[tokio::test]
-async fn every_command_prints_json_with_rfc3339_times_and_errors_are_one_line(
-) -> anyhow::Result<()> {
+async fn every_command_prints_json_with_rfc3339_times_and_errors_are_one_line() -> anyhow::Result<()>
+{
     let mut fed = TestFederation::start(&["AT", "RO"]).await?;
     let at = s(&fed.config_path("AT".parse()?));
     let verified = json(&["audit", "verify", "--config", &at]).await?;
     assert_eq!(verified["ok"], true, "{verified}");
     assert!(verified["entries_checked"].is_u64());
     let rotated = json(&["keys", "rotate", "--config", &at]).await?;
-    assert!(rotated["key_id"].as_str().is_some_and(|k| k.len() == 16), "{rotated}");
+    assert!(
+        rotated["key_id"].as_str().is_some_and(|k| k.len() == 16),
+        "{rotated}"
+    );
     let backup = fed.dir().join("backups/json");
     let written = json(&["backup", "--config", &at, "--out", &s(&backup)]).await?;
-    assert!(written["bytes"].as_u64().is_some_and(|b| b > 0), "{written}");
+    assert!(
+        written["bytes"].as_u64().is_some_and(|b| b > 0),
+        "{written}"
+    );
     let status = json(&["status", "--config", &at]).await?;
-    assert!(is_rfc3339(&status["key_encryption_key_created_at"]), "{status}");
+    assert!(
+        is_rfc3339(&status["key_encryption_key_created_at"]),
+        "{status}"
+    );
     // A peer never delivered to: null, never "-".
     assert!(
         status["peers"][0]["last_delivery"].is_null()
@@ -352,7 +393,9 @@ async fn every_command_prints_json_with_rfc3339_times_and_errors_are_one_line(
         .find(|e| e["action"] == "keys.rotate")
         .unwrap_or_default();
     assert!(
-        rotation["actor"].as_str().is_some_and(|a| a.contains(&operator)),
+        rotation["actor"]
+            .as_str()
+            .is_some_and(|a| a.contains(&operator)),
         "{rotation}"
     );
 
@@ -366,7 +409,16 @@ async fn every_command_prints_json_with_rfc3339_times_and_errors_are_one_line(
             && !err.contains("Caused by")
     };
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_trm-test-ctl"))
-        .args(["stats", "export", "--config", &at, "--from", "2020-01-02", "--to", "2020-02-01"])
+        .args([
+            "stats",
+            "export",
+            "--config",
+            &at,
+            "--from",
+            "2020-01-02",
+            "--to",
+            "2020-02-01",
+        ])
         .env("RUST_BACKTRACE", "full")
         .env("RUST_LOG", "error")
         .output()
@@ -427,7 +479,10 @@ async fn the_scenario_plays_with_200_referrals_already_held_at_the_destination(
         })
         .await?
         .into_inner();
-    assert!(!incoming.next_page_token.is_empty(), "RO holds more than a page");
+    assert!(
+        !incoming.next_page_token.is_empty(),
+        "RO holds more than a page"
+    );
     fed.stop().await?;
     Ok(())
 }
@@ -440,7 +495,10 @@ async fn node_toml_only_seeds_the_directory_and_stats_merge_trusts_the_directory
         .not_peers("AT", "NG")
         .start()
         .await?;
-    let (at, ng) = (s(&fed.config_path("AT".parse()?)), s(&fed.config_path("NG".parse()?)));
+    let (at, ng) = (
+        s(&fed.config_path("AT".parse()?)),
+        s(&fed.config_path("NG".parse()?)),
+    );
     // AT's operator adds NG at run time: node.toml does not list it.
     let ng_dir = fed.dir().join("NG");
     let (ok, _, err) = trmctl(&[
@@ -476,7 +534,13 @@ async fn node_toml_only_seeds_the_directory_and_stats_merge_trusts_the_directory
         files_of.push(s(&file));
     }
     let (ok, out, err) = trmctl(&[
-        "stats", "merge", "--config", &at, &files_of[0], &files_of[1], "--json",
+        "stats",
+        "merge",
+        "--config",
+        &at,
+        &files_of[0],
+        &files_of[1],
+        "--json",
     ])
     .await?;
     assert!(ok, "{err}");

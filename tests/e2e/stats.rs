@@ -326,9 +326,7 @@ async fn merged_reports_keep_every_suppressed_cell_hidden() -> anyhow::Result<()
 
     // AT's own keys, and its peers' as its directory holds them.
     let mut keys = trmctl::stats::trusted_keys(&fed.dir().join("AT/node.toml"), &[])?;
-    keys.extend(
-        trmctl::admin::directory_keys(&mut fed.admin("AT", Role::Operator).await?).await?,
-    );
+    keys.extend(trmctl::admin::directory_keys(&mut fed.admin("AT", Role::Operator).await?).await?);
     let mut files = Vec::new();
     for node in ["AT", "RO"] {
         let mut admin = fed.admin(node, Role::Operator).await?;

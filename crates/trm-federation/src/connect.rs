@@ -140,7 +140,11 @@ fn tls_cause_in_text(text: &str, peer: NodeId, endpoint: &str) -> Option<String>
     ];
     if text.contains("received fatal alert") {
         let alert = alerts.iter().find(|(name, _)| text.contains(name))?.1;
-        return Some(tls_cause(&rustls::Error::AlertReceived(alert), peer, endpoint));
+        return Some(tls_cause(
+            &rustls::Error::AlertReceived(alert),
+            peer,
+            endpoint,
+        ));
     }
     let certificate = [
         ("UnknownIssuer", C::UnknownIssuer),

@@ -661,7 +661,11 @@ impl FederationService for FederationServer {
                 .collect(),
             policy_version: POLICY_VERSION.to_owned(),
             // The caller's own public keys: telling it which we hold discloses nothing.
-            caller_keys: caller.keys.iter().map(crate::keys::peer_key_to_wire).collect(),
+            caller_keys: caller
+                .keys
+                .iter()
+                .map(crate::keys::peer_key_to_wire)
+                .collect(),
         }))
     }
 }

@@ -385,7 +385,9 @@ impl Delivery {
             .map(|p| p.endpoint)
             .unwrap_or_default();
         let mut client = self.client(peer).ok_or_else(|| {
-            format!("no usable connection to {peer}: its endpoint or CA in the directory is unusable")
+            format!(
+                "no usable connection to {peer}: its endpoint or CA in the directory is unusable"
+            )
         })?;
         let started = std::time::Instant::now();
         match tokio::time::timeout(
@@ -402,10 +404,9 @@ impl Delivery {
                     holds_for_us: (!keys.is_empty()).then(|| {
                         keys.iter()
                             .map(|k| {
-                                let until = k
-                                    .valid_until
-                                    .as_ref()
-                                    .and_then(|t| OffsetDateTime::from_unix_timestamp(t.seconds).ok());
+                                let until = k.valid_until.as_ref().and_then(|t| {
+                                    OffsetDateTime::from_unix_timestamp(t.seconds).ok()
+                                });
                                 (k.key_id.clone(), until.is_none_or(|u| u > now))
                             })
                             .collect()
@@ -923,8 +924,13 @@ impl Delivery {
                 );
                 tx.requeue(&dead, &fresh.encode_to_vec())?;
                 tx.audit(
-                    AuditRecord::new(actor.clone(), "outbox.retry", message_id.to_string(), "queued")
-                        .detail(dead.kind.as_str()),
+                    AuditRecord::new(
+                        actor.clone(),
+                        "outbox.retry",
+                        message_id.to_string(),
+                        "queued",
+                    )
+                    .detail(dead.kind.as_str()),
                 )?;
                 Ok(dead.peer)
             })

@@ -795,7 +795,8 @@ impl AdminService for Admin {
         );
         ctx.commit(move |tx| {
             tx.audit(
-                AuditRecord::new(actor.clone(), "node.backup", "store", "ok").detail(detail.clone()),
+                AuditRecord::new(actor.clone(), "node.backup", "store", "ok")
+                    .detail(detail.clone()),
             )?;
             Ok(())
         })

@@ -54,7 +54,10 @@ pub async fn directory_keys(
     let node = status_node_id(admin).await?;
     let mut keys = Vec::new();
     for k in &own.keys {
-        keys.push((node.clone(), trm_crypto::signing::public_from_bytes(&k.public_key)?));
+        keys.push((
+            node.clone(),
+            trm_crypto::signing::public_from_bytes(&k.public_key)?,
+        ));
     }
     for p in peers(admin).await? {
         for k in &p.signing_keys {
@@ -299,7 +302,9 @@ pub fn public_keys_of(path: &Path) -> Result<Vec<trm_crypto::signing::PublicKey>
         let block_end = rest[start..]
             .find("-----END PUBLIC KEY-----")
             .map(|e| start + e + "-----END PUBLIC KEY-----".len())
-            .with_context(|| format!("{} has a PUBLIC KEY block without its end", path.display()))?;
+            .with_context(|| {
+                format!("{} has a PUBLIC KEY block without its end", path.display())
+            })?;
         keys.push(
             trm_crypto::signing::public_from_pem(&rest[start..block_end]).with_context(|| {
                 format!("{} holds a public key that is not ed25519", path.display())

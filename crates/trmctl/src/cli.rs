@@ -1222,9 +1222,10 @@ async fn rotate(admin: AdminArgs, overlap_days: u32, json: bool) -> Result<()> {
     println!(
         "signing key rotated: {key_id} signs from now on; every peer is told. Its public key is \
          in {} and `trmctl keys show` prints it",
-        public
-            .as_ref()
-            .map_or_else(|| "the file beside the signing key".to_owned(), |p| p.display().to_string())
+        public.as_ref().map_or_else(
+            || "the file beside the signing key".to_owned(),
+            |p| p.display().to_string()
+        )
     );
     Ok(())
 }
@@ -1432,12 +1433,14 @@ async fn up(
     let mut nodes = Vec::new();
     for id in &ids {
         let cfg = trm_node::NodeConfig::load(&sandbox::config_path(&dir, *id))?;
-        let listeners = trm_node::Listeners::bind(&cfg.listen).await.with_context(|| {
-            format!(
-                "starting {id} (is another sandbox running? `sandbox up --base-port` on a new \
+        let listeners = trm_node::Listeners::bind(&cfg.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "starting {id} (is another sandbox running? `sandbox up --base-port` on a new \
                  --dir picks other ports)"
-            )
-        })?;
+                )
+            })?;
         let handle = trm_node::NodeHandle::spawn(cfg, listeners)?;
         println!(
             "node {id}: services {} federation {} admin {} metrics http://{}/metrics",
@@ -1458,7 +1461,9 @@ async fn up(
             .map(|_| ())
     } else {
         println!("sandbox running in {}; Ctrl-C stops it", dir.display());
-        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
         Ok(())
     };
     for node in nodes {
@@ -1488,8 +1493,17 @@ mod tests {
                 .to_string()
         };
         let e = err(&[
-            "trmctl", "client", "issue", "--config", "c", "--role", "service_provider", "--org",
-            "NGO Lefo", "--out", "x",
+            "trmctl",
+            "client",
+            "issue",
+            "--config",
+            "c",
+            "--role",
+            "service_provider",
+            "--org",
+            "NGO Lefo",
+            "--out",
+            "x",
         ]);
         assert!(e.contains("--org") && e.contains("a-z, 0-9"), "{e}");
         let e = err(&[
@@ -1497,7 +1511,15 @@ mod tests {
         ]);
         assert!(e.contains("--serial") && e.contains("leading zeros"), "{e}");
         let e = err(&[
-            "trmctl", "peer", "update", "--config", "c", "--node-id", "RO", "--endpoint", "ro",
+            "trmctl",
+            "peer",
+            "update",
+            "--config",
+            "c",
+            "--node-id",
+            "RO",
+            "--endpoint",
+            "ro",
         ]);
         assert!(e.contains("--endpoint") && e.contains("host:port"), "{e}");
     }

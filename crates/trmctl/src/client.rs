@@ -61,7 +61,12 @@ pub fn record(path: &Path, entry: &Issued) -> Result<()> {
         .create(true)
         .append(true)
         .open(path)
-        .with_context(|| format!("opening the register of issued certificates {}", path.display()))?;
+        .with_context(|| {
+            format!(
+                "opening the register of issued certificates {}",
+                path.display()
+            )
+        })?;
     let mut line = serde_json::to_string(entry)?;
     line.push('\n');
     f.write_all(line.as_bytes())
@@ -80,8 +85,9 @@ pub fn read_register(path: &Path) -> Result<Vec<Issued>> {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            serde_json::from_str(l)
-                .with_context(|| format!("{} line {} is not a register entry", path.display(), i + 1))
+            serde_json::from_str(l).with_context(|| {
+                format!("{} line {} is not a register entry", path.display(), i + 1)
+            })
         })
         .collect()
 }

@@ -387,14 +387,21 @@ mod tests {
             ("signing.key", cfg.signing.key.clone()),
             ("backups", var.join("backups")),
         ] {
-            assert!(under(&path), "{what} {} is not writable under the unit", path.display());
+            assert!(
+                under(&path),
+                "{what} {} is not writable under the unit",
+                path.display()
+            );
             assert!(path.starts_with(&var), "{what}");
         }
         for (what, path) in [
             ("node.master_key", cfg.node.master_key.clone()),
             ("tls.federation_key", cfg.tls.federation_key.clone()),
         ] {
-            assert!(path.starts_with(&etc), "{what} stays with the configuration");
+            assert!(
+                path.starts_with(&etc),
+                "{what} stays with the configuration"
+            );
         }
         assert_eq!(cfg.listen.services.port(), 7500);
         assert_eq!(cfg.listen.admin.port(), 7502);
@@ -403,6 +410,9 @@ mod tests {
             dir: root.path().join("etc/other"),
             ..n
         });
-        assert!(again.unwrap_err().to_string().contains("state"), "state is never overwritten");
+        assert!(
+            again.unwrap_err().to_string().contains("state"),
+            "state is never overwritten"
+        );
     }
 }

@@ -120,10 +120,7 @@ fn transport_cause(e: &(dyn std::error::Error + 'static)) -> Option<String> {
 
 /// Returns an I/O error in one line, with what usually causes it.
 fn io_line(io: &std::io::Error) -> String {
-    if let Some(tls) = io
-        .get_ref()
-        .and_then(|i| i.downcast_ref::<rustls::Error>())
-    {
+    if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
         return match tls {
             rustls::Error::InvalidCertificate(_) => format!(
                 "{tls}: the node's server certificate does not verify against --ca (the CA of \
@@ -187,8 +184,14 @@ mod tests {
             "revoking: --serial: must be the serial number in lower-case hex (the node refused: invalid argument)"
         );
         assert!(!line.contains("metadata") && !line.contains("Status {"));
-        assert_eq!(with_flag("peer.signing_keys_pem[2]: bad"), "--signing-key: bad");
-        assert_eq!(with_flag("consent: no active consent"), "consent: no active consent");
+        assert_eq!(
+            with_flag("peer.signing_keys_pem[2]: bad"),
+            "--signing-key: bad"
+        );
+        assert_eq!(
+            with_flag("consent: no active consent"),
+            "consent: no active consent"
+        );
     }
 
     #[test]
@@ -197,7 +200,10 @@ mod tests {
             seconds: 1_700_000_000,
             nanos: 0,
         };
-        assert_eq!(json_time(Some(&t)), Value::String("2023-11-14T22:13:20Z".into()));
+        assert_eq!(
+            json_time(Some(&t)),
+            Value::String("2023-11-14T22:13:20Z".into())
+        );
         assert_eq!(json_time(None), Value::Null);
         assert_eq!(when(None), "-");
     }

@@ -217,7 +217,10 @@ pub fn init_in(
         for role in Role::ALL {
             let org = sandbox_org(role)?;
             let c = client_ca.issue_client(role, &org)?;
-            crate::client::record(&register, &crate::client::entry_of(&c.cert_pem, role, &org)?)?;
+            crate::client::record(
+                &register,
+                &crate::client::entry_of(&c.cert_pem, role, &org)?,
+            )?;
             files::write_public(
                 &nd.join(format!("clients/{role}.pem")),
                 c.cert_pem.as_bytes(),
