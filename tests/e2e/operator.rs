@@ -269,6 +269,27 @@ async fn before_a_peer_adds_us_both_sides_say_what_is_wrong() -> anyhow::Result<
         .as_str()
         .unwrap_or_default();
     assert!(!why.contains("transport error") && !why.is_empty(), "{why}");
+    // So does an endpoint where nothing listens.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .to_string();
+    let (ok, _, err) = trmctl(&[
+        "peer",
+        "update",
+        "--config",
+        &at,
+        "--node-id",
+        "RO",
+        "--endpoint",
+        &closed,
+    ])
+    .await?;
+    assert!(ok, "{err}");
+    let status = json(&["status", "--config", &at]).await?;
+    let why = status["peers"][0]["probe_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(why.contains("nothing accepts connections"), "{why}");
     fed.stop().await?;
     Ok(())
 }

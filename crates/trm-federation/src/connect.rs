@@ -103,13 +103,12 @@ pub fn channel(
 /// it: the gRPC status of a peer that answered, or the transport error underneath tonic's
 /// "transport error" (connection refused, timeout, a certificate refused on either side).
 pub fn explain(status: &tonic::Status, peer: NodeId, endpoint: &str) -> String {
-    if !status.message().is_empty()
-        && status.message() != "transport error"
-        && status.code() != tonic::Code::Unknown
-    {
+    // A status made on this side from a failed connection carries its cause; a peer's
+    // answer carries none.
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    if cause.is_none() && status.message() != "transport error" {
         return explain_refusal(status, peer);
     }
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     let mut deepest = status.message().to_owned();
     while let Some(e) = cause {
         if let Some(why) = transport_cause(e, peer, endpoint) {
