@@ -589,3 +589,38 @@ async fn node_toml_only_seeds_the_directory_and_stats_merge_trusts_the_directory
     fed.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn sandbox_up_names_a_base_port_that_differs_from_the_sandboxs_own() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let sandbox = s(&dir.path().join("sandbox"));
+    let (ok, _, err) = trmctl(&[
+        "sandbox",
+        "init",
+        "--dir",
+        &sandbox,
+        "--nodes",
+        "AT,RO",
+        "--base-port",
+        "27400",
+    ])
+    .await?;
+    assert!(ok, "{err}");
+    // Refused before any port is bound, saying how to move it.
+    let (ok, _, err) = trmctl(&[
+        "sandbox",
+        "up",
+        "--dir",
+        &sandbox,
+        "--base-port",
+        "27500",
+        "--scenario",
+    ])
+    .await?;
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("--base-port 27500") && err.contains("27400") && err.contains("--force"),
+        "{err}"
+    );
+    Ok(())
+}
