@@ -374,3 +374,198 @@ async fn merged_reports_keep_every_suppressed_cell_hidden() -> anyhow::Result<()
     fed.stop().await?;
     Ok(())
 }
+
+/// The first day of the month `back` months before this one.
+fn months_ago(back: i32) -> Date {
+    let today = OffsetDateTime::now_utc().date();
+    let mut d = today.replace_day(1).unwrap_or(today);
+    for _ in 0..back {
+        d = (d - Duration::days(1)).replace_day(1).unwrap_or(d);
+    }
+    d
+}
+
+fn shown(report: &w::StatisticsReport, table: &str, labels: &[(&str, &str)]) -> Option<u64> {
+    cell(report, table, labels).and_then(|c| (!c.suppressed).then_some(c.count))
+}
+
+fn decode(r: &w::ExportStatisticsResponse) -> anyhow::Result<w::StatisticsReport> {
+    Ok(w::StatisticsReport::decode(r.report.as_slice())?)
+}
+
+/// Forty women in each month, so that every table has cells to show.
+async fn background(sp: &mut ReferralServiceClient<Channel>, month: Date) -> anyhow::Result<()> {
+    for (age, citizenship, n) in [(22, "RO", 20), (25, "BG", 15)] {
+        let kind = Kind {
+            gender: w::Gender::Female,
+            age,
+            citizenship,
+            exploitation: w::ExploitationType::Sexual,
+            child: false,
+        };
+        create(sp, &kind, n, month + Duration::days(4)).await?;
+    }
+    Ok(())
+}
+
+const MEN_30_38: [(&str, &str); 2] = [("gender", "GENDER_MALE"), ("age_band", "AGE_BAND_30_38")];
+
+#[tokio::test]
+async fn no_month_hidden_cell_comes_back_as_the_difference_of_two_periods() -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT"]).await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let (m1, m2, m3, end) = (months_ago(3), months_ago(2), months_ago(1), months_ago(0));
+    let man = Kind {
+        gender: w::Gender::Male,
+        age: 33,
+        citizenship: "RO",
+        exploitation: w::ExploitationType::ForcedLabour,
+        child: false,
+    };
+    for m in [m1, m2, m3] {
+        background(&mut sp, m).await?;
+    }
+    create(&mut sp, &man, 12, m1 + Duration::days(9)).await?;
+    create(&mut sp, &man, 3, m3 + Duration::days(9)).await?;
+
+    let last = decode(&export(&fed, "AT", (m3, end)).await?)?;
+    let hidden = cell(&last, "victims_by_gender_age", &MEN_30_38)
+        .ok_or_else(|| anyhow::anyhow!("no cell of the three men"))?;
+    assert!(hidden.suppressed, "three men are hidden in their month");
+    let all = decode(&export(&fed, "AT", (m1, end)).await?)?;
+    let before = decode(&export(&fed, "AT", (m1, m3)).await?)?;
+    // Every cell the last month hides is hidden in any period that adds it.
+    for c in last.cells.iter().filter(|c| c.suppressed) {
+        let labels: Vec<(&str, &str)> = c
+            .labels
+            .iter()
+            .map(|l| (l.dimension.as_str(), l.value.as_str()))
+            .collect();
+        let (with, without) = (
+            shown(&all, &c.table, &labels),
+            shown(&before, &c.table, &labels),
+        );
+        if let (Some(with), Some(without)) = (with, without) {
+            panic!(
+                "{} {labels:?} recovered by subtraction: {with} - {without} = {}",
+                c.table,
+                with - without
+            );
+        }
+    }
+    assert_eq!(
+        shown(&before, "victims_by_gender_age", &MEN_30_38),
+        Some(12)
+    );
+    assert_eq!(shown(&all, "victims_by_gender_age", &MEN_30_38), None);
+    fed.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_published_month_answers_the_same_bytes_after_a_late_case() -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT"]).await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let month = (months_ago(2), months_ago(1));
+    background(&mut sp, month.0).await?;
+    let first = export(&fed, "AT", month).await?;
+    // A case identified in that month, entered after it was published.
+    let late = Kind {
+        gender: w::Gender::Male,
+        age: 40,
+        citizenship: "NG",
+        exploitation: w::ExploitationType::Begging,
+        child: false,
+    };
+    create(&mut sp, &late, 1, month.0 + Duration::days(12)).await?;
+    let again = export(&fed, "AT", month).await?;
+    let (a, b) = (decode(&first)?, decode(&again)?);
+    for c in &b.cells {
+        let labels: Vec<(&str, &str)> = c
+            .labels
+            .iter()
+            .map(|l| (l.dimension.as_str(), l.value.as_str()))
+            .collect();
+        let earlier = cell(&a, &c.table, &labels).map(|e| (e.count, e.suppressed));
+        assert_eq!(
+            earlier,
+            Some((c.count, c.suppressed)),
+            "{} {labels:?} changed between two exports of a closed month",
+            c.table
+        );
+    }
+    assert_eq!(a.cells.len(), b.cells.len(), "a cell appeared");
+    assert_eq!(
+        (&again.report, &again.key_id, &again.signature),
+        (&first.report, &first.key_id, &first.signature),
+        "a closed month is answered byte for byte as first published"
+    );
+    fed.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_hidden_child_cell_cannot_be_recovered_from_the_children_table() -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT"]).await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let month = (months_ago(2), months_ago(1));
+    let day = month.0 + Duration::days(6);
+    let person = |gender, age, child| Kind {
+        gender,
+        age,
+        citizenship: "RO",
+        exploitation: w::ExploitationType::Sexual,
+        child,
+    };
+    create(&mut sp, &person(w::Gender::Female, 12, true), 13, day).await?;
+    create(&mut sp, &person(w::Gender::Male, 12, true), 3, day).await?;
+    create(&mut sp, &person(w::Gender::Female, 33, false), 40, day).await?;
+    create(&mut sp, &person(w::Gender::Male, 33, false), 12, day).await?;
+    let r = decode(&export(&fed, "AT", month).await?)?;
+    let boys = cell(
+        &r,
+        "victims_by_gender_age",
+        &[("gender", "GENDER_MALE"), ("age_band", "AGE_BAND_9_17")],
+    )
+    .ok_or_else(|| anyhow::anyhow!("no cell of the boys"))?;
+    assert!(boys.suppressed);
+    // Children by the childhood table, minus the children of every child age band shown.
+    if let Some(children) = shown(&r, "children", &[("is_child", "true")]) {
+        let mut unknown = 0;
+        let mut shown_children = 0;
+        for c in r
+            .cells
+            .iter()
+            .filter(|c| c.table == "victims_by_gender_age")
+        {
+            let child_band = c
+                .labels
+                .iter()
+                .any(|l| l.value == "AGE_BAND_0_8" || l.value == "AGE_BAND_9_17");
+            if child_band {
+                if c.suppressed {
+                    unknown += 1;
+                } else {
+                    shown_children += c.count;
+                }
+            }
+        }
+        assert!(
+            unknown > 1,
+            "the boys recovered by subtraction: {children} - {shown_children} = {}",
+            children - shown_children
+        );
+    }
+    // The node's own audit of the report agrees: no hidden cell narrower than 11.
+    let cells: Vec<_> = r
+        .cells
+        .iter()
+        .map(trm_proto::stats::cell_from_wire)
+        .collect();
+    assert_eq!(
+        trm_core::stats::protect::exposed(&cells, 11),
+        Vec::<usize>::new()
+    );
+    fed.stop().await?;
+    Ok(())
+}

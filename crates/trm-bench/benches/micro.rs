@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the work every message pays: sealing and opening an envelope
 //! (sign, verify), projecting a case through the disclosure policy, and sealing and opening
-//! a record at rest. Run: `cargo bench -p trm-bench --bench micro`.
+//! a record at rest; and what publishing statistics costs: a year of monthly reports
+//! protected across their tables, and audited. Run: `cargo bench -p trm-bench --bench micro`.
 
 use std::collections::BTreeSet;
 
@@ -100,5 +101,134 @@ fn benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(micro, benches);
+/// A node's year: twelve months of `persons` each, drawn (deterministically) from a mix of
+/// common and rare profiles, with referrals by state; the raw cells of each month.
+fn a_year_of_months(persons: usize) -> Vec<Vec<trm_core::stats::Published>> {
+    use trm_core::{
+        model::{AgeBand, ExploitationType as E},
+        referral::{Direction, ReferralStatus},
+        stats::{Cell, Profile},
+    };
+    let mut seed: u64 = 0x5eed;
+    let mut next = move |n: usize| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        // Squared: small values are common, large ones rare.
+        let u = ((seed >> 33) as f64) / ((1u64 << 31) as f64);
+        ((u * u) * n as f64) as usize % n
+    };
+    let countries: Vec<trm_core::ids::NodeId> = ["RO", "NG", "BG", "UA", "VN", "AL", "MD", "CN"]
+        .iter()
+        .filter_map(|c| c.parse().ok())
+        .collect();
+    let bands = [
+        AgeBand::B21To23,
+        AgeBand::B24To26,
+        AgeBand::B18To20,
+        AgeBand::B27To29,
+        AgeBand::B30To38,
+        AgeBand::B9To17,
+        AgeBand::B39To47,
+        AgeBand::B0To8,
+        AgeBand::B48Plus,
+    ];
+    let kinds = [
+        E::Sexual,
+        E::ForcedLabour,
+        E::DomesticServitude,
+        E::ForcedCriminality,
+        E::Begging,
+        E::ForcedMarriage,
+        E::Other,
+        E::OrganRemoval,
+    ];
+    let genders = [Gender::Female, Gender::Male, Gender::Other];
+    (0..12)
+        .map(|_| {
+            let mut counts: std::collections::BTreeMap<Cell, u64> = Default::default();
+            for _ in 0..persons {
+                let band = bands[next(bands.len())];
+                let mut exploitation = vec![kinds[next(kinds.len())]];
+                if next(4) == 3 {
+                    exploitation.push(kinds[next(kinds.len())]);
+                }
+                let p = Profile {
+                    gender: Some(genders[next(genders.len())]),
+                    age_band: Some(band),
+                    citizenship: vec![countries[next(countries.len())]],
+                    exploitation,
+                    is_child: Some(matches!(band, AgeBand::B0To8 | AgeBand::B9To17)),
+                };
+                for c in p.cells() {
+                    *counts.entry(c).or_default() += 1;
+                }
+            }
+            for status in [
+                ReferralStatus::Accepted,
+                ReferralStatus::Declined,
+                ReferralStatus::Closed,
+                ReferralStatus::Withdrawn,
+            ] {
+                let n = next(persons / 2) as u64;
+                for direction in [Direction::Incoming, Direction::Outgoing] {
+                    *counts
+                        .entry(Cell::Referral { direction, status })
+                        .or_default() += n;
+                }
+            }
+            counts
+                .iter()
+                .map(|(c, n)| trm_proto::stats::published(c, *n))
+                .collect()
+        })
+        .collect()
+}
+
+fn statistics(c: &mut Criterion) {
+    use trm_core::stats::{protect, publish};
+    let min = trm_core::stats::DEFAULT_MIN_CELL_COUNT;
+    let year = a_year_of_months(150);
+    c.bench_function(
+        "statistics: publish and protect a year of monthly reports",
+        |b| {
+            b.iter(|| {
+                for month in black_box(&year) {
+                    black_box(protect::protect(publish(month.clone(), min), min));
+                }
+            })
+        },
+    );
+    let published: Vec<_> = year
+        .iter()
+        .map(|m| protect::protect(publish(m.clone(), min), min))
+        .collect();
+    let hidden: usize = published
+        .iter()
+        .map(|m| m.iter().filter(|c| c.suppressed).count())
+        .sum();
+    let cells: usize = published.iter().map(Vec::len).sum();
+    let by_table_only: usize = year
+        .iter()
+        .map(|m| {
+            publish(m.clone(), min)
+                .iter()
+                .filter(|c| c.suppressed)
+                .count()
+        })
+        .sum();
+    eprintln!(
+        "a year of reports: {cells} cells, {hidden} suppressed ({by_table_only} by the rules \
+         of one table)"
+    );
+    c.bench_function("statistics: audit a year of monthly reports", |b| {
+        b.iter(|| {
+            for month in black_box(&published) {
+                black_box(protect::intervals(month));
+            }
+        })
+    });
+}
+
+criterion_group!(micro, benches, statistics);
 criterion_main!(micro);

@@ -10,6 +10,8 @@
 //! citizenships folded into `OTHER`; every cell below `min_cell_count` suppressed, and a
 //! second one wherever a table would hold exactly one suppressed cell.
 
+pub mod protect;
+
 use serde::{Deserialize, Serialize};
 use time::{Date, Month as CalendarMonth, OffsetDateTime};
 
@@ -328,6 +330,18 @@ pub fn publish(cells: Vec<Published>, min: u64) -> Vec<Published> {
     }
     out
 }
+
+/// Builds a period of several months from the months' published reports only, as reports
+/// of several nodes are added together: a cell is the sum of the months' visible cells,
+/// suppressed wherever any month's cell is; then [`publish`] again (rare citizenships into
+/// `OTHER`, small sums and complements). No difference of two periods can then reveal a
+/// suppressed cell of a month: whatever is visible is a sum of visible monthly cells.
+pub fn merge_months(months: Vec<Vec<Published>>, min: u64) -> Vec<Published> {
+    publish(months.into_iter().flatten().collect(), min)
+}
+
+#[cfg(test)]
+mod audit_tests;
 
 #[cfg(test)]
 mod tests {

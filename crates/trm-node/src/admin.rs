@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use prost::Message;
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 use tracing::{error, info};
@@ -724,48 +723,8 @@ impl AdminService for Admin {
         let start = parse_date("period_start", &req.period_start).map_err(ApiError::from)?;
         let end = parse_date("period_end", &req.period_end).map_err(ApiError::from)?;
         let period = Period::closed(start, end, crate::ctx::today()).map_err(ApiError::from)?;
-        let ctx = &self.ctx;
-        // Everything acknowledged so far counts.
-        ctx.store.durable().await.map_err(ApiError::from)?;
-        let raw: Vec<_> = ctx
-            .store
-            .stat_counts(period)
-            .map_err(ApiError::from)?
-            .iter()
-            .map(|(cell, n)| trm_proto::stats::published(cell, *n))
-            .collect();
-        let cells = trm_core::stats::publish(raw, ctx.min_cell_count);
-        let report = w::StatisticsReport {
-            node_id: ctx.id.to_string(),
-            period_start: start.to_string(),
-            period_end: end.to_string(),
-            min_cell_count: u32::try_from(ctx.min_cell_count).unwrap_or(u32::MAX),
-            policy_version: trm_core::policy::POLICY_VERSION.to_owned(),
-            created_at: Some(ts(OffsetDateTime::now_utc())),
-            cells: cells.iter().map(trm_proto::stats::cell_to_wire).collect(),
-        }
-        .encode_to_vec();
-        let signer = ctx.identity.current();
-        let signature = signer.sign(trm_crypto::signing::STATISTICS_TAG, &report);
-        let suppressed = cells.iter().filter(|c| c.suppressed).count();
-        let detail = format!(
-            "period={start}..{end} cells={} suppressed={suppressed} min_cell_count={}",
-            cells.len(),
-            ctx.min_cell_count
-        );
-        ctx.commit(move |tx| {
-            tx.audit(
-                AuditRecord::new(actor.clone(), "statistics.export", "statistics", "ok")
-                    .detail(detail.clone()),
-            )?;
-            Ok(())
-        })
-        .await?;
-        Ok(Response::new(w::ExportStatisticsResponse {
-            report,
-            key_id: signer.key_id().to_owned(),
-            signature,
-        }))
+        let answer = crate::statistics::export(&self.ctx, period, &actor).await?;
+        Ok(Response::new(answer))
     }
 
     async fn backup(

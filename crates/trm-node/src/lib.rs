@@ -13,6 +13,7 @@
 //! - [`ctx`]: what every service shares (store, signer, directory, delivery);
 //! - [`flows`]: the node's reaction to peers' envelopes and receipts;
 //! - [`admin`]: `AdminService`; [`metrics`]: the plain-HTTP probes;
+//! - [`statistics`]: monthly reports published once, kept and added up into periods;
 //! - [`listen`]: accepting TLS connections under limits (handshake deadline, connection cap);
 //! - [`gate`]: the per-request checks (revoked certificates, request rates);
 //! - [`error`]: the local services' errors (their gRPC codes come from `trm_proto::status`);
@@ -36,6 +37,7 @@ pub mod referral;
 pub mod replicas;
 pub mod returns;
 pub mod server;
+pub mod statistics;
 
 pub use config::NodeConfig;
 pub use server::{run, run_with, Addrs, Listeners, NodeError, NodeHandle, NodeOptions};

@@ -552,6 +552,57 @@ fn statistics_count_a_person_once_and_follow_a_referral_to_its_state() {
 }
 
 #[test]
+fn a_person_identified_in_a_published_month_counts_in_the_month_entered() {
+    use crate::repo::stats::PublishedReport;
+    use trm_core::stats::{Cell, Month, Period};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &SecretKey::generate());
+    let published = Month::of(date!(2026 - 03 - 10));
+    let kept = PublishedReport {
+        report: vec![1, 2, 3],
+        key_id: "k".into(),
+        signature: vec![4],
+    };
+    let k = kept.clone();
+    store
+        .commit_blocking::<(), (), _>(move |tx| Ok(tx.put_published_report(published, &k)?))
+        .unwrap();
+    assert_eq!(store.published_report(published).unwrap(), Some(kept));
+    let mut late = case("Late");
+    late.identified_on = date!(2026 - 03 - 20);
+    let mut timely = case("Timely");
+    timely.identified_on = date!(2026 - 04 - 02);
+    put(&store, &late);
+    put(&store, &timely);
+    let month = |m: Month| Period {
+        start: time::Date::from_calendar_date(m.year, m.month.try_into().unwrap(), 1).unwrap(),
+        end: m.next_first_day(),
+    };
+    let persons = |m: Month| {
+        store
+            .stat_counts(month(m))
+            .unwrap()
+            .get(&Cell::Child(Some(false)))
+            .copied()
+    };
+    assert_eq!(
+        persons(published),
+        None,
+        "the published month keeps its counts"
+    );
+    assert_eq!(
+        persons(published.next()),
+        Some(1),
+        "an open month counts its own"
+    );
+    assert_eq!(
+        persons(Month::at(OffsetDateTime::now_utc())),
+        Some(1),
+        "the late person counts in the month entered"
+    );
+}
+
+#[test]
 fn a_data_key_read_in_a_refused_request_is_never_used_for_a_later_one() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), &SecretKey::generate());

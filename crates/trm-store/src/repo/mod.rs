@@ -225,6 +225,11 @@ pub(crate) mod layout {
         key("st/", &[month.as_bytes(), b"/"])
     }
 
+    /// A month's published statistics report (`YYYYMM`), kept to be answered again.
+    pub fn published(month: &str) -> Vec<u8> {
+        key("sp/", &[month.as_bytes()])
+    }
+
     /// Where a referral, return plan or hearing is counted now (`kind`, record id).
     pub fn counted(kind: u8, id: &[u8; 16]) -> Vec<u8> {
         key("sx/", &[&[kind], id])

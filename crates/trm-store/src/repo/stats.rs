@@ -5,6 +5,11 @@
 //! or first arrived from a peer ([`Tx::remember_received_ref`]); a referral, return plan or
 //! hearing once, in its state of now, in the month it was created (the state it was counted
 //! in is kept beside it, so a change moves the count).
+//!
+//! A closed month's report is published once and kept ([`PublishedReport`]): every later
+//! export answers it, whatever its counters do afterwards. A person whose month was
+//! already published counts in the month they are entered instead, so that two exports
+//! of one month never differ by them.
 
 use std::collections::BTreeMap;
 
@@ -29,7 +34,81 @@ fn cell_key(cell: &Cell) -> Result<Vec<u8>> {
     serde_json::to_vec(cell).map_err(|_| crate::StoreError::Encode)
 }
 
+/// A month's statistics report as first published: the signed bytes, answered unchanged
+/// by every later export of the month.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedReport {
+    /// The serialized `StatisticsReport`.
+    #[serde(with = "hex_bytes")]
+    pub report: Vec<u8>,
+    pub key_id: String,
+    #[serde(with = "hex_bytes")]
+    pub signature: Vec<u8>,
+}
+
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(b))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        hex::decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Reads the counters of one month from a scan of its prefix.
+fn month_counts(
+    mut scan: impl FnMut(&[u8], Option<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>>,
+    month: Month,
+    out: &mut BTreeMap<Cell, u64>,
+) -> Result<()> {
+    let prefix = layout::stats_of(&month.key());
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = scan(&prefix, after.as_deref())?;
+        let Some((last, _)) = page.last() else { break };
+        after = Some(last.clone());
+        for (k, v) in page {
+            let cell: Cell = decode("statistics cell", &k[prefix.len()..])?;
+            let n = <[u8; 8]>::try_from(v.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| crate::StoreError::Corrupt("statistics counter"))?;
+            *out.entry(cell).or_insert(0) += n;
+        }
+    }
+    Ok(())
+}
+
 impl Tx<'_> {
+    /// Returns the report published for `month`, if it was.
+    pub fn published_report(&mut self, month: Month) -> Result<Option<PublishedReport>> {
+        self.get_json("published report", &layout::published(&month.key()))
+    }
+
+    /// Keeps the report first published for `month`.
+    pub fn put_published_report(&mut self, month: Month, r: &PublishedReport) -> Result<()> {
+        self.put_json(&layout::published(&month.key()), r)
+    }
+
+    /// Returns the counters of `month` as this transaction sees them.
+    pub fn month_counts(&mut self, month: Month) -> Result<BTreeMap<Cell, u64>> {
+        let mut out = BTreeMap::new();
+        month_counts(|p, a| self.scan_raw(p, a, 1024), month, &mut out)?;
+        Ok(out)
+    }
+
+    /// Returns the month a person identified in `month` counts in: that month, or, once it
+    /// is published, the month of now.
+    fn counting_month(&mut self, month: Month) -> Result<Month> {
+        if self.published_report(month)?.is_none() {
+            return Ok(month);
+        }
+        Ok(Month::at(time::OffsetDateTime::now_utc()))
+    }
+
     /// Adds `delta` to the counter of `cell` in `month`.
     pub fn count(&mut self, month: Month, cell: &Cell, delta: i64) -> Result<()> {
         let key = layout::stat(&month.key(), &cell_key(cell)?);
@@ -47,6 +126,7 @@ impl Tx<'_> {
 
     /// Counts a person in every cell of `cells`, in `month`.
     pub(crate) fn count_person(&mut self, month: Month, cells: &[Cell]) -> Result<()> {
+        let month = self.counting_month(month)?;
         for c in cells {
             self.count(month, c, 1)?;
         }
@@ -81,21 +161,13 @@ impl Store {
     pub fn stat_counts(&self, period: Period) -> Result<BTreeMap<Cell, u64>> {
         let mut out = BTreeMap::new();
         for month in period.months() {
-            let prefix = layout::stats_of(&month.key());
-            let mut after: Option<Vec<u8>> = None;
-            loop {
-                let page = self.scan_raw(&prefix, after.as_deref(), 1024)?;
-                let Some((last, _)) = page.last() else { break };
-                after = Some(last.clone());
-                for (k, v) in page {
-                    let cell: Cell = decode("statistics cell", &k[prefix.len()..])?;
-                    let n = <[u8; 8]>::try_from(v.as_slice())
-                        .map(u64::from_be_bytes)
-                        .map_err(|_| crate::StoreError::Corrupt("statistics counter"))?;
-                    *out.entry(cell).or_insert(0) += n;
-                }
-            }
+            month_counts(|p, a| self.scan_raw(p, a, 1024), month, &mut out)?;
         }
         Ok(out)
+    }
+
+    /// Returns the report published for `month`, if it was.
+    pub fn published_report(&self, month: Month) -> Result<Option<PublishedReport>> {
+        self.get_json("published report", &layout::published(&month.key()))
     }
 }
