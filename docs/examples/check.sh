@@ -1,25 +1,44 @@
 #!/usr/bin/env bash
-# Runs the integration guide's Python example against a real sandbox node: generates the
-# Python stubs from proto/ with a stock grpcio-tools, starts the node, calls it. CI runs it.
+# Runs the integration guide's commands and its Python example against two real sandbox
+# nodes (AT and RO): the guide's block marked `ci: python-setup` is run as written (only
+# `python` is this script's virtual environment and the sandbox is a fresh one on ports of
+# its own), then the example plays referral, arrival, answers, a return and a hearing.
+# CI runs it (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-venv=target/docs-venv
+repo=$(pwd)
+target="${CARGO_TARGET_DIR:-$repo/target}"
+venv="$target/docs-venv"
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
-"$venv/bin/pip" install --quiet --disable-pip-version-check grpcio grpcio-tools
-stubs=target/docs-python
-rm -rf "$stubs" && mkdir -p "$stubs"
-"$venv/bin/python" -m grpc_tools.protoc -I proto --python_out="$stubs" \
-    --grpc_python_out="$stubs" proto/trm/v1/*.proto
 cargo build --quiet --locked -p trm-node -p trmctl
-dir=$(mktemp -d)
-trap 'kill "${node:-0}" 2>/dev/null || true; rm -rf "$dir"' EXIT
-target/debug/trmctl sandbox init --dir "$dir" --nodes AT,RO --base-port 17400 >/dev/null
-RUST_LOG=warn target/debug/trm-node --config "$dir/AT/node.toml" &
-node=$!
-for _ in $(seq 1 100); do
-    target/debug/trmctl status --config "$dir/AT/node.toml" >/dev/null 2>&1 && break
-    sleep 0.1
+work=$(mktemp -d)
+# The nodes stop (and flush) before their folders go.
+trap 'kill ${nodes:-} 2>/dev/null || true; wait ${nodes:-} 2>/dev/null || true; rm -rf "$work"' EXIT
+"$target/debug/trmctl" sandbox init --dir "$work/sandbox" --nodes AT,RO --base-port 17400 >/dev/null
+for id in AT RO; do
+    RUST_LOG=warn "$target/debug/trm-node" --config "$work/sandbox/$id/node.toml" &
+    nodes="${nodes:-} $!"
 done
-PYTHONPATH="$stubs" "$venv/bin/python" docs/examples/referral_client.py "$dir/AT" localhost:17400
+for id in AT RO; do
+    for _ in $(seq 1 100); do
+        "$target/debug/trmctl" status --config "$work/sandbox/$id/node.toml" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+done
+
+# The guide's block, run where `sandbox/` is this run's sandbox and `proto/` and `docs/`
+# are the repository's, with this run's ports.
+block=$(awk '/<!-- ci: python-setup -->/{on=1; next} on && /^```sh/{next} on && /^```/{exit} on' \
+    docs/integration-guide.md)
+if [ -z "$block" ]; then
+    echo "docs/integration-guide.md has no block marked ci: python-setup" >&2
+    exit 1
+fi
+cp -r proto docs "$work/"
+cd "$work"
+block=${block//localhost:7400/localhost:17400}
+block=${block//localhost:7410/localhost:17410}
+echo "$block"
+PATH="$venv/bin:$PATH" bash -euo pipefail -c "$block"

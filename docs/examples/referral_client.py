@@ -1,16 +1,34 @@
-"""A service provider's own system calling its TRM node: create a case, read it back, and
-see how bad input is refused. Run by docs/examples/check.sh against a sandbox node.
+"""A case-management system calling its TRM node, the whole way: a service provider in AT
+records a case and the victim's consent, refers her to RO, follows the referral until RO
+answers; RO's focal point sees it arrive, accepts it and assigns it to a local service
+provider (who only then sees it); a voluntary return and a witness hearing follow. Along
+the way: how bad input, missing consent and retries with request_id behave.
 
-    python referral_client.py NODE_DIR HOST:PORT
+Run by docs/examples/check.sh against two sandbox nodes:
+
+    python referral_client.py SANDBOX_DIR AT_ADDRESS RO_ADDRESS
+    python referral_client.py sandbox localhost:7400 localhost:7410
 """
 import sys
+import time
+import uuid
 
 import grpc
 
-from trm.v1 import common_pb2, referral_pb2, referral_pb2_grpc
+from trm.v1 import (
+    common_pb2,
+    hearing_pb2,
+    hearing_pb2_grpc,
+    referral_pb2,
+    referral_pb2_grpc,
+    returns_pb2,
+    returns_pb2_grpc,
+)
 
 
-def channel(node_dir: str, address: str, role: str = "service_provider") -> grpc.Channel:
+def channel(node_dir: str, address: str, role: str) -> grpc.Channel:
+    """A channel to a node presenting the sandbox's client certificate of `role`."""
+
     def read(name: str) -> bytes:
         with open(f"{node_dir}/{name}", "rb") as f:
             return f.read()
@@ -26,38 +44,190 @@ def channel(node_dir: str, address: str, role: str = "service_provider") -> grpc
     )
 
 
-def main(node_dir: str, address: str) -> None:
-    stub = referral_pb2_grpc.ReferralServiceStub(channel(node_dir, address))
-    case = stub.CreateCase(
-        referral_pb2.CreateCaseRequest(
-            person=common_pb2.Person(
-                given_name="Ana", family_name="Example", gender=common_pb2.GENDER_FEMALE
-            ),
-            # A retry with the same id returns this case instead of making a second one.
-            request_id="0190a6f2-3c1d-7a8e-9b2c-4d5e6f708192",
-        )
-    )
-    back = stub.GetCase(referral_pb2.GetCaseRequest(case_id=case.case_id))
-    assert back.person.given_name == "Ana", back
-    again = stub.CreateCase(
-        referral_pb2.CreateCaseRequest(
-            person=common_pb2.Person(
-                given_name="Ana", family_name="Example", gender=common_pb2.GENDER_FEMALE
-            ),
-            request_id="0190a6f2-3c1d-7a8e-9b2c-4d5e6f708192",
-        )
-    )
-    assert again.case_id == case.case_id, "a retry is the same case"
+def wait_for(what: str, check, seconds: float = 30.0):
+    """Polls `check` until it returns something truthy (a later version watches events)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def call_with_retry(rpc, request, attempts: int = 5):
+    """Calls a mutating RPC; retries what may succeed later with the same request (and so
+    the same request_id: a retry never does the work twice)."""
+    for attempt in range(attempts):
+        try:
+            return rpc(request, timeout=10)
+        except grpc.RpcError as e:
+            if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                grpc.StatusCode.RESOURCE_EXHAUSTED) or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * 2**attempt)
+
+
+def get_referral(stub, referral_id: str):
+    """The referral, or None while this node does not hold it (NOT_FOUND)."""
     try:
-        stub.CreateCase(
-            referral_pb2.CreateCaseRequest(person=common_pb2.Person(given_name="B"))
-        )
+        return stub.GetReferral(referral_pb2.GetReferralRequest(referral_id=referral_id))
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.NOT_FOUND:
+            return None
+        raise
+
+
+def with_status(stub_get, status):
+    """A check for wait_for: the record once it has `status`."""
+    def check():
+        record = stub_get()
+        return record if record is not None and record.status == status else None
+    return check
+
+
+def main(sandbox: str, at_address: str, ro_address: str) -> None:
+    at_dir, ro_dir = f"{sandbox}/AT", f"{sandbox}/RO"
+    at_sp = referral_pb2_grpc.ReferralServiceStub(channel(at_dir, at_address, "service_provider"))
+    ro_fp = referral_pb2_grpc.ReferralServiceStub(channel(ro_dir, ro_address, "focal_point"))
+    ro_sp = referral_pb2_grpc.ReferralServiceStub(channel(ro_dir, ro_address, "service_provider"))
+
+    # 1. A case. identified_on starts the reflection period (default: today).
+    create = referral_pb2.CreateCaseRequest(
+        person=common_pb2.Person(
+            given_name="Ana", family_name="Example", date_of_birth="2001-04-02",
+            gender=common_pb2.GENDER_FEMALE, citizenship=["RO"], languages=["ro"],
+        ),
+        needs=common_pb2.Needs(kinds=[common_pb2.NEED_KIND_SHELTER], urgency=common_pb2.URGENCY_URGENT),
+        exploitation=common_pb2.Exploitation(types=[common_pb2.EXPLOITATION_TYPE_FORCED_LABOUR]),
+        request_id=str(uuid.uuid4()),  # your own id: the same on a retry
+    )
+    case = call_with_retry(at_sp.CreateCase, create)
+    again = call_with_retry(at_sp.CreateCase, create)
+    assert again.case_id == case.case_id, "a retry with the same request_id is the same case"
+    print("created case", case.case_id)
+
+    # Bad input is INVALID_ARGUMENT naming the field; no personal data in any message.
+    try:
+        at_sp.CreateCase(referral_pb2.CreateCaseRequest(person=common_pb2.Person(given_name="B")))
         raise SystemExit("a case without a gender was accepted")
     except grpc.RpcError as e:
         assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
+        assert e.details().startswith("person.gender"), e.details()
         print("refused:", e.details())
-    print("created case", case.case_id)
+
+    # 2. No referral without consent: FAILED_PRECONDITION naming the guard.
+    submit = referral_pb2.SubmitReferralRequest(
+        case_id=case.case_id, destination="RO",
+        requested_services=[common_pb2.NEED_KIND_SHELTER], request_id=str(uuid.uuid4()),
+    )
+    try:
+        at_sp.SubmitReferral(submit)
+        raise SystemExit("a referral without consent was accepted")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.FAILED_PRECONDITION, e
+        assert e.details().startswith("consent"), e.details()
+        print("refused:", e.details())
+
+    # 3. The victim's informed consent: purpose, recipient countries, optional expiry and
+    # categories (empty: everything the purpose allows except contact).
+    call_with_retry(at_sp.RecordConsent, referral_pb2.RecordConsentRequest(
+        case_id=case.case_id, purposes=[common_pb2.PURPOSE_REFERRAL_ASSISTANCE],
+        recipients=["RO"], informed=True, information_language="ro",
+        request_id=str(uuid.uuid4()),
+    ))
+
+    # 4. The referral: SENT once durably queued; DELIVERED once RO's signed receipt is back.
+    referral = call_with_retry(at_sp.SubmitReferral, submit)
+    assert referral.status == referral_pb2.REFERRAL_STATUS_SENT, referral
+    assert not referral.disclosed.HasField("identity"), "no identity crosses for a referral"
+    wait_for("DELIVERED at AT", with_status(
+        lambda: get_referral(at_sp, referral.referral_id), referral_pb2.REFERRAL_STATUS_DELIVERED))
+    print("referral", referral.referral_id, "delivered to RO")
+
+    # 5. At RO: the focal point answers incoming referrals. The referral id is the same on
+    # both nodes; RO's service providers do not see it until it is assigned to them.
+    arrived = wait_for("the referral at RO", lambda: get_referral(ro_fp, referral.referral_id))
+    assert arrived.disclosed == referral.disclosed, "RO holds exactly what AT sent"
+    incoming = ro_sp.ListReferrals(referral_pb2.ListReferralsRequest(direction=common_pb2.DIRECTION_INCOMING))
+    assert referral.referral_id not in [r.referral_id for r in incoming.referrals]
+    call_with_retry(ro_fp.RespondToReferral, referral_pb2.RespondToReferralRequest(
+        referral_id=referral.referral_id, decision=referral_pb2.REFERRAL_DECISION_ACCEPT,
+        request_id=str(uuid.uuid4()),
+    ))
+    call_with_retry(ro_fp.AssignCase, referral_pb2.AssignCaseRequest(
+        referral_id=referral.referral_id, organisation="sp1", request_id=str(uuid.uuid4()),
+    ))
+    seen = ro_sp.GetReferral(referral_pb2.GetReferralRequest(referral_id=referral.referral_id))
+    assert seen.assigned_organisation == "sp1", seen
+    # Paging: every List* takes page_size (at most 100) and page_token.
+    page, ids = referral_pb2.ListReferralsRequest(direction=common_pb2.DIRECTION_INCOMING, page_size=100), []
+    while True:
+        got = ro_fp.ListReferrals(page)
+        ids += [r.referral_id for r in got.referrals]
+        if not got.next_page_token:
+            break
+        page.page_token = got.next_page_token
+    assert referral.referral_id in ids
+    wait_for("IN_ASSISTANCE at AT", with_status(
+        lambda: get_referral(at_sp, referral.referral_id), referral_pb2.REFERRAL_STATUS_IN_ASSISTANCE))
+    print("referral", referral.referral_id, "accepted and assigned at RO")
+
+    # 6. A voluntary return to RO: a risk assessment, her decision and consent for return
+    # planning first; every guard refused is FAILED_PRECONDITION naming it.
+    at_returns = returns_pb2_grpc.ReturnPlanningServiceStub(channel(at_dir, at_address, "service_provider"))
+    ro_returns = returns_pb2_grpc.ReturnPlanningServiceStub(channel(ro_dir, ro_address, "focal_point"))
+    call_with_retry(at_returns.RecordRiskAssessment, returns_pb2.RecordRiskAssessmentRequest(
+        case_id=case.case_id, level=returns_pb2.RISK_LEVEL_LOW, request_id=str(uuid.uuid4())))
+    try:
+        at_returns.ProposeReturn(returns_pb2.ProposeReturnRequest(case_id=case.case_id, destination="RO"))
+        raise SystemExit("a return without the victim's decision was proposed")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.FAILED_PRECONDITION, e
+        print("refused:", e.details())
+    call_with_retry(at_returns.RecordReturnDecision, returns_pb2.RecordReturnDecisionRequest(
+        case_id=case.case_id, voluntary=True, informed=True, reflection_period_waived=True,
+        request_id=str(uuid.uuid4())))
+    call_with_retry(at_sp.RecordConsent, referral_pb2.RecordConsentRequest(
+        case_id=case.case_id, purposes=[common_pb2.PURPOSE_RETURN_PLANNING], recipients=["RO"],
+        informed=True, information_language="ro", request_id=str(uuid.uuid4())))
+    plan = call_with_retry(at_returns.ProposeReturn, returns_pb2.ProposeReturnRequest(
+        case_id=case.case_id, destination="RO", request_id=str(uuid.uuid4())))
+    get_plan = lambda stub: lambda: stub.GetReturnPlan(returns_pb2.GetReturnPlanRequest(return_id=plan.return_id))
+    wait_for("the return request at RO", lambda: _or_none(get_plan(ro_returns)))
+    call_with_retry(ro_returns.RespondToReturn, returns_pb2.RespondToReturnRequest(
+        return_id=plan.return_id, response=returns_pb2.RETURN_RESPONSE_CONFIRM_RECEPTION,
+        details="met at arrivals", request_id=str(uuid.uuid4())))
+    wait_for("RECEPTION_CONFIRMED at AT", with_status(
+        get_plan(at_returns), returns_pb2.RETURN_STATUS_RECEPTION_CONFIRMED))
+    print("return", plan.return_id, "reception confirmed by RO")
+
+    # 7. A witness hearing: AT's judicial authority asks RO to hear her by video-conference;
+    # the MLA request is its legal basis (not consent). She is named only by reference.
+    ja = hearing_pb2_grpc.WitnessHearingServiceStub(channel(at_dir, at_address, "judicial_authority"))
+    ro_hearings = hearing_pb2_grpc.WitnessHearingServiceStub(channel(ro_dir, ro_address, "focal_point"))
+    hearing = call_with_retry(ja.RequestHearing, hearing_pb2.RequestHearingRequest(
+        case_id=case.case_id, witness_country="RO", proceeding_reference="PROC-1",
+        measures=[hearing_pb2.PROTECTIVE_MEASURE_INTERPRETER], language="ro",
+        legal_basis="MLA request under UNTOC art. 18 para. 18", request_id=str(uuid.uuid4())))
+    get_hearing = lambda stub: lambda: stub.GetHearing(hearing_pb2.GetHearingRequest(hearing_id=hearing.hearing_id))
+    wait_for("the hearing request at RO", lambda: _or_none(get_hearing(ro_hearings)))
+    call_with_retry(ro_hearings.RespondToHearing, hearing_pb2.RespondToHearingRequest(
+        hearing_id=hearing.hearing_id, decision=hearing_pb2.HEARING_DECISION_ACCEPT,
+        request_id=str(uuid.uuid4())))
+    wait_for("ACCEPTED at AT", with_status(get_hearing(ja), hearing_pb2.HEARING_STATUS_ACCEPTED))
+    print("hearing", hearing.hearing_id, "accepted by RO")
+
+
+def _or_none(get):
+    """Calls `get`; None while the node does not hold the record yet."""
+    try:
+        return get()
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.NOT_FOUND:
+            return None
+        raise
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], sys.argv[3])

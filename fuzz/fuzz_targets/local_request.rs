@@ -7,8 +7,8 @@
 //! ([`trm_node::admin::peer_from_wire`], `serial`, `audit_page`). The first byte chooses the
 //! request ([`fx::Local`], one per RPC, in the order below).
 //!
-//! Requests with no fields to parse (decoding only): `Status` and `VerifyAudit` (empty
-//! messages). What handlers check beyond parsing (authorisation, the peer directory, the
+//! Requests with no fields to parse (decoding only): `Status`, `VerifyAudit` and
+//! `ListSigningKeys` (empty messages). What handlers check beyond parsing (authorisation, the peer directory, the
 //! store) is not here; nor are `request_id`s, which come from the metadata, not the body.
 #![no_main]
 
@@ -240,5 +240,6 @@ fuzz_target!(|data: &[u8]| {
         L::ExportAudit => on(data, |r: w::ExportAuditRequest| {
             let _ = admin::audit_page(r.page_size, &r.page_token);
         }),
+        L::ListSigningKeys => on(data, |_: w::ListSigningKeysRequest| {}),
     }
 });

@@ -87,7 +87,7 @@ async fn service_providers_see_only_their_own_organisation_and_issued_certificat
 
     // A second organisation, with a certificate from `trmctl client issue`.
     let prefix = fed.dir().join("sp2");
-    let (cert, key) = trmctl::client::issue(
+    let trmctl::client::IssueReport { cert, key, .. } = trmctl::client::issue(
         &fed.dir().join("AT/node.toml"),
         Role::ServiceProvider,
         &"sp2".parse()?,

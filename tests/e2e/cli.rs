@@ -8,7 +8,7 @@ use trm_proto::v1 as w;
 use trm_tests::TestFederation;
 
 /// Runs `trmctl ARGS...`; returns (success, stdout, stderr).
-async fn trmctl(args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+pub(crate) async fn trmctl(args: &[&str]) -> anyhow::Result<(bool, String, String)> {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_trm-test-ctl"))
         .args(args)
         .env("RUST_LOG", "error")
@@ -21,7 +21,7 @@ async fn trmctl(args: &[&str]) -> anyhow::Result<(bool, String, String)> {
     ))
 }
 
-fn s(p: &Path) -> String {
+pub(crate) fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
@@ -174,7 +174,7 @@ async fn an_operator_watches_changes_and_repairs_a_node_with_trmctl() -> anyhow:
         &this_month.to_string(),
     ])
     .await?;
-    assert!(!ok && err.contains("period_end"), "{err}");
+    assert!(!ok && err.contains("--to"), "{err}");
     let backup = s(&fed.dir().join("backups/cli"));
     let (ok, out, err) = trmctl(&["backup", "--config", &at, "--out", &backup]).await?;
     assert!(ok && out.starts_with("backup written to"), "{out} {err}");
@@ -192,12 +192,21 @@ async fn an_operator_watches_changes_and_repairs_a_node_with_trmctl() -> anyhow:
 #[tokio::test]
 async fn a_node_made_by_node_init_starts_and_answers_its_operator() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let node = dir.path().join("at");
+    // The operator guide's layout: configuration apart from what the node writes.
+    let (node, state) = (dir.path().join("etc/trm"), dir.path().join("var/lib/trm"));
+    let free = || -> anyhow::Result<String> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .to_string())
+    };
+    let (services, federation, admin, metrics) = (free()?, free()?, free()?, free()?);
     let (ok, out, err) = trmctl(&[
         "node",
         "init",
         "--dir",
         &s(&node),
+        "--state-dir",
+        &s(&state),
         "--id",
         "AT",
         "--name",
@@ -206,10 +215,23 @@ async fn a_node_made_by_node_init_starts_and_answers_its_operator() -> anyhow::R
         "localhost",
         "--host",
         "127.0.0.1",
+        "--services-listen",
+        &services,
+        "--federation-listen",
+        &federation,
+        "--admin-listen",
+        &admin,
+        "--metrics-listen",
+        &metrics,
     ])
     .await?;
     assert!(ok, "{err}");
     assert!(out.contains("next:") && out.contains("master.key"), "{out}");
+    assert!(state.join("data").is_dir() && state.join("keys/signing.pem").is_file());
+    assert!(
+        !node.join("data").exists(),
+        "nothing the node writes under the configuration"
+    );
     let (ok, _, err) = trmctl(&[
         "node",
         "init",
@@ -224,27 +246,9 @@ async fn a_node_made_by_node_init_starts_and_answers_its_operator() -> anyhow::R
     ])
     .await?;
     assert!(!ok && err.contains("already holds a node"), "{err}");
-    // Free ports instead of the defaults, then the real node process.
+    // The real node process, its log going to a file as under a service manager.
     let config = node.join("node.toml");
-    let mut text = std::fs::read_to_string(&config)?;
-    for default in [
-        "127.0.0.1:7400",
-        "0.0.0.0:7401",
-        "127.0.0.1:7402",
-        "127.0.0.1:7403",
-    ] {
-        let free = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        text = text.replace(default, &free.to_string());
-    }
-    std::fs::write(&config, text)?;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_trm-test-node"))
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
+    let mut child = trm_tests::spawn_node_process(env!("CARGO_BIN_EXE_trm-test-node"), &config)?;
     let out = trm_tests::eventually("the new node to answer", || {
         let config = s(&config);
         async move {
@@ -254,6 +258,31 @@ async fn a_node_made_by_node_init_starts_and_answers_its_operator() -> anyhow::R
     })
     .await?;
     assert!(out.contains("node AT: SERVING"), "{out}");
-    child.kill().await?;
+    let log = std::fs::read_to_string(config.with_extension("log"))?;
+    let started = log
+        .lines()
+        .find(|l| l.contains("listening"))
+        .unwrap_or_default();
+    for addr in [&services, &federation, &admin, &metrics] {
+        assert!(started.contains(addr.as_str()), "{addr} not in: {log}");
+    }
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log file: {log:?}"
+    );
+    // A second node on the same addresses is refused, naming the address and its key.
+    let second = tokio::process::Command::new(env!("CARGO_BIN_EXE_trm-test-node"))
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "error")
+        .output()
+        .await?;
+    assert!(!second.status.success());
+    let err = String::from_utf8(second.stderr)?;
+    assert!(
+        err.contains(&services) && err.contains("listen.services") && err.contains("in use"),
+        "{err}"
+    );
+    trm_tests::terminate(&mut child).await?;
     Ok(())
 }

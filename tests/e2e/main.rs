@@ -12,6 +12,7 @@ mod durability;
 mod flood;
 mod hearing;
 mod matrix;
+mod operator;
 mod ops;
 mod privacy;
 mod referral;

@@ -107,6 +107,7 @@ const TABLE: &[(&str, &str, Allowed)] = &[
     ("AdminService", "RevokeClientCertificate", OPERATOR),
     ("AdminService", "ListRevokedClientCertificates", OPERATOR),
     ("AdminService", "ExportAudit", OPERATOR),
+    ("AdminService", "ListSigningKeys", OPERATOR),
     ("FederationService", "Deliver", Allowed::Peer),
     ("FederationService", "DeliverBatch", Allowed::Peer),
     ("FederationService", "GetNodeInfo", Allowed::Peer),

@@ -324,7 +324,9 @@ async fn merged_reports_keep_every_suppressed_cell_hidden() -> anyhow::Result<()
     create(&mut ro, &woman(22), 6, identified).await?;
     create(&mut ro, &man, 12, identified).await?;
 
-    let keys = trmctl::stats::trusted_keys(&fed.dir().join("AT/node.toml"), &[])?;
+    // AT's own keys, and its peers' as its directory holds them.
+    let mut keys = trmctl::stats::trusted_keys(&fed.dir().join("AT/node.toml"), &[])?;
+    keys.extend(trmctl::admin::directory_keys(&mut fed.admin("AT", Role::Operator).await?).await?);
     let mut files = Vec::new();
     for node in ["AT", "RO"] {
         let mut admin = fed.admin(node, Role::Operator).await?;

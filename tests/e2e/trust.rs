@@ -493,17 +493,19 @@ async fn a_key_announcement_never_overrides_the_configuration() -> anyhow::Resul
     let mut fed = TestFederation::start(&["AT", "RO"]).await?;
     let (at, ro): (NodeId, NodeId) = ("AT".parse()?, "RO".parse()?);
     let (_, new) = rotate_ro(&fed).await?;
-    // The operator pins RO's certificate in node.toml after the announcement was learnt.
+    // The operator pins RO's certificate after the announcement was learnt (changing only
+    // the pin, as `trmctl peer update --pin` does), then restarts the node.
+    let mut cli = trmctl::admin::connect(&fed.config_path(at), None, None).await?;
+    trmctl::admin::update_peer(
+        &mut cli,
+        &trmctl::admin::PeerChange {
+            node_id: "RO".into(),
+            pin: Some("0".repeat(64)),
+            ..Default::default()
+        },
+    )
+    .await?;
     fed.stop_node("AT").await?;
-    let config = fed.dir().join("AT/node.toml");
-    let text = std::fs::read_to_string(&config)?;
-    std::fs::write(
-        &config,
-        text.replace(
-            "id = \"RO\"\n",
-            &format!("id = \"RO\"\ntls_pin_sha256 = \"{}\"\n", "0".repeat(64)),
-        ),
-    )?;
     fed.start_node("AT").await?;
     let err = as_ro(&fed)
         .await?

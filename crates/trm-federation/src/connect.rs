@@ -98,3 +98,174 @@ pub fn channel(
         .timeout(timeout)
         .connect_with_connector_lazy(connector))
 }
+
+/// Returns, for people, why a call to `peer` at `endpoint` failed and what usually causes
+/// it: the gRPC status of a peer that answered, or the transport error underneath tonic's
+/// "transport error" (connection refused, timeout, a certificate refused on either side).
+pub fn explain(status: &tonic::Status, peer: NodeId, endpoint: &str) -> String {
+    // A status made on this side from a failed connection carries its cause; a peer's
+    // answer carries none.
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    if cause.is_none() && status.message() != "transport error" {
+        return explain_refusal(status, peer);
+    }
+    let mut deepest = status.message().to_owned();
+    while let Some(e) = cause {
+        if let Some(why) = transport_cause(e, peer, endpoint) {
+            return why;
+        }
+        deepest = e.to_string();
+        cause = e.source();
+    }
+    // The HTTP/2 layer may keep the TLS failure only as text.
+    if let Some(why) = tls_cause_in_text(&deepest, peer, endpoint) {
+        return why;
+    }
+    format!("{deepest} (connecting to {endpoint})")
+}
+
+/// Explains a TLS failure known only by its text (rustls's own wording).
+fn tls_cause_in_text(text: &str, peer: NodeId, endpoint: &str) -> Option<String> {
+    use rustls::{AlertDescription as A, CertificateError as C};
+    let alerts = [
+        ("UnknownCA", A::UnknownCA),
+        ("BadCertificate", A::BadCertificate),
+        ("CertificateUnknown", A::CertificateUnknown),
+        ("AccessDenied", A::AccessDenied),
+        ("CertificateRevoked", A::CertificateRevoked),
+        ("CertificateRequired", A::CertificateRequired),
+        ("CertificateExpired", A::CertificateExpired),
+        ("DecryptError", A::DecryptError),
+    ];
+    if text.contains("received fatal alert") {
+        let alert = alerts.iter().find(|(name, _)| text.contains(name))?.1;
+        return Some(tls_cause(
+            &rustls::Error::AlertReceived(alert),
+            peer,
+            endpoint,
+        ));
+    }
+    let certificate = [
+        ("UnknownIssuer", C::UnknownIssuer),
+        ("BadSignature", C::BadSignature),
+        ("NotValidForName", C::NotValidForName),
+        ("Expired", C::Expired),
+    ];
+    if text.contains("invalid peer certificate") {
+        let error = certificate
+            .into_iter()
+            .find(|(name, _)| text.contains(name))?
+            .1;
+        return Some(tls_cause(
+            &rustls::Error::InvalidCertificate(error),
+            peer,
+            endpoint,
+        ));
+    }
+    None
+}
+
+/// Explains a gRPC refusal from a peer that answered.
+fn explain_refusal(status: &tonic::Status, peer: NodeId) -> String {
+    let message = status.message();
+    let said = format!("{:?}: {message}", status.code());
+    let label = message.split(':').next().unwrap_or_default();
+    match label {
+        "unknown_key" => format!(
+            "{said}; {peer} does not hold our current signing key: its operator adds it with \
+             `trmctl peer update --node-id <us> --signing-key <file>`, the file from our \
+             `trmctl keys show`"
+        ),
+        "unknown_peer" => format!(
+            "{said}; {peer} does not list this node as a peer: its operator adds us with \
+             `trmctl peer add`"
+        ),
+        "removed_peer" => format!(
+            "{said}; {peer}'s operator removed this node from its peers: it takes nothing from \
+             us until it adds us again"
+        ),
+        "untrusted_certificate" => format!(
+            "{said}; our federation certificate does not chain to the CA {peer} holds for us: \
+             its operator sets our federation CA with `trmctl peer update --tls-ca`"
+        ),
+        _ => said,
+    }
+}
+
+/// Explains one error of the chain under a failed connection, if it is one we know.
+fn transport_cause(
+    e: &(dyn std::error::Error + 'static),
+    peer: NodeId,
+    endpoint: &str,
+) -> Option<String> {
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return Some(tls_cause(tls, peer, endpoint));
+    }
+    let io = e.downcast_ref::<io::Error>()?;
+    if let Some(tls) = io
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        return Some(tls_cause(tls, peer, endpoint));
+    }
+    Some(match io.kind() {
+        io::ErrorKind::ConnectionRefused => format!(
+            "nothing accepts connections at {endpoint}: {peer}'s node is down, or the endpoint \
+             (host or port) is wrong"
+        ),
+        io::ErrorKind::TimedOut => format!(
+            "no answer from {endpoint}: a firewall drops the traffic, or the endpoint is wrong"
+        ),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof => format!(
+            "{endpoint} closed the connection during the TLS handshake: most likely {peer} has \
+             not added this node as a peer yet (or holds another CA for us), so it refuses our \
+             federation certificate; or the endpoint is not {peer}'s federation port"
+        ),
+        io::ErrorKind::InvalidData if io.to_string().contains("does not") => {
+            format!("{io}")
+        }
+        _ if io.to_string().contains("failed to lookup")
+            || io.to_string().contains("Name or service not known") =>
+        {
+            format!("cannot resolve the host of {endpoint}: check the endpoint")
+        }
+        _ => return None,
+    })
+}
+
+/// Explains a TLS failure with `peer`.
+fn tls_cause(e: &rustls::Error, peer: NodeId, endpoint: &str) -> String {
+    use rustls::{AlertDescription as A, CertificateError as C};
+    match e {
+        rustls::Error::AlertReceived(
+            A::UnknownCA
+            | A::BadCertificate
+            | A::CertificateUnknown
+            | A::AccessDenied
+            | A::CertificateRevoked
+            | A::CertificateRequired
+            | A::DecryptError,
+        ) => format!(
+            "{peer} refused our federation certificate in the TLS handshake ({e}): most likely \
+             {peer} has not added this node as a peer yet (its operator runs `trmctl peer add` \
+             with our federation CA and signing key), or it holds another CA for us"
+        ),
+        rustls::Error::AlertReceived(A::CertificateExpired) => {
+            format!("{peer} refused our federation certificate as expired: renew it")
+        }
+        rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => format!(
+            "the certificate at {endpoint} does not chain to the CA we hold for {peer}: the CA \
+             given with `trmctl peer add|update --tls-ca` is not {peer}'s federation CA, or the \
+             endpoint is another server"
+        ),
+        rustls::Error::InvalidCertificate(C::NotValidForName)
+        | rustls::Error::InvalidCertificate(C::NotValidForNameContext { .. }) => format!(
+            "the certificate at {endpoint} is not valid for its host name: use an endpoint \
+             whose host {peer}'s federation certificate names"
+        ),
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            format!("the certificate at {endpoint} has expired: {peer} must renew it")
+        }
+        other => format!("TLS handshake with {endpoint} failed: {other}"),
+    }
+}

@@ -27,13 +27,15 @@ use trm_core::ids::NodeId;
 use trm_crypto::signing::PublicKey;
 pub use trm_store::repo::directory::{DirectoryChanges, LearnedKeys, StoredKey, StoredPeer};
 
-/// Records in `tx` the operator's change of `peer`: added or changed (`Some`, with what is
-/// stored of it) or removed (`None`). The change log is applied over the configured peers
-/// at every start ([`PeerDirectory::apply`]); what the peer announced before is forgotten,
+/// Records in `tx` a change of `peer` made by `actor` (an operator, or `node.toml` when a
+/// configured peer is first taken into the directory): added or changed (`Some`, with what
+/// is stored of it) or removed (`None`). The stored directory is what the node loads at
+/// every start ([`PeerDirectory::apply`]); what the peer announced before is forgotten,
 /// and the change is audited. The caller applies the change to the running directory once
 /// it is durable.
 pub fn record_change(
     tx: &mut trm_store::Tx<'_>,
+    actor: &str,
     peer: NodeId,
     upserted: Option<StoredPeer>,
 ) -> Result<(), trm_store::StoreError> {
@@ -56,7 +58,7 @@ pub fn record_change(
         tx.put_learned_keys(&learned)?;
     }
     tx.audit(
-        trm_store::audit::AuditRecord::new("operator", "peers.change", peer.to_string(), "ok")
+        trm_store::audit::AuditRecord::new(actor, "peers.change", peer.to_string(), "ok")
             .detail(outcome),
     )?;
     Ok(())
@@ -176,7 +178,12 @@ pub struct PeerDirectory {
     /// Leaf certificate digest -> (peer, generation) of a chain verified against the peer's
     /// own anchor, so that each request re-checks it at the cost of a hash.
     verified: RwLock<HashMap<[u8; 32], (NodeId, u64)>>,
+    /// When a refused handshake of each claimed node was last logged.
+    warned: std::sync::Mutex<HashMap<String, std::time::Instant>>,
 }
+
+/// How often refused federation handshakes of one claimed node are logged.
+const HANDSHAKE_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl std::fmt::Debug for PeerDirectory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -248,6 +255,7 @@ impl PeerDirectory {
             state: RwLock::default(),
             provider: Arc::new(rustls::crypto::ring::default_provider()),
             verified: RwLock::default(),
+            warned: Default::default(),
         };
         for p in peers {
             directory.upsert(p)?;
@@ -259,6 +267,50 @@ impl PeerDirectory {
     pub fn check_anchor(pem: &str) -> Result<(), DirectoryError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         verifier_over(&anchors(pem)?, &provider).map(|_| ())
+    }
+
+    /// Logs a federation handshake refused for `node` (its certificate's claim), with what
+    /// usually causes it, at most once a minute per node.
+    fn warn_refused_handshake(&self, node: Option<NodeId>, why: &rustls::Error) {
+        let key = node.map_or_else(|| "-".to_owned(), |n| n.to_string());
+        {
+            let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = std::time::Instant::now();
+            if warned
+                .get(&key)
+                .is_some_and(|at| now.duration_since(*at) < HANDSHAKE_WARN_EVERY)
+            {
+                return;
+            }
+            if warned.len() > 1000 {
+                warned.clear();
+            }
+            warned.insert(key, now);
+        }
+        let state = self.read();
+        match node {
+            None => tracing::warn!(
+                error = %why,
+                "federation handshake refused: the certificate names no node (trm://node/<ID>)"
+            ),
+            Some(n) if state.peers.contains_key(&n) => tracing::warn!(
+                peer = %n,
+                error = %why,
+                "federation handshake refused: the certificate does not chain to the CA this \
+                 node holds for the peer (did its CA change? `trmctl peer update --tls-ca`)"
+            ),
+            Some(n) if state.removed.contains_key(&n) => tracing::warn!(
+                peer = %n,
+                error = %why,
+                "federation handshake refused: an operator removed this node from the peers"
+            ),
+            Some(n) => tracing::warn!(
+                peer = %n,
+                error = %why,
+                "federation handshake refused: the node is not a peer and its CA is unknown here \
+                 (if it should be a peer: `trmctl peer add` with its federation CA and signing key)"
+            ),
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -483,9 +535,12 @@ impl ClientCertVerifier for PeerCertVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let node = trm_crypto::pki::node_of(end_entity.as_ref()).ok_or(
-            rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure),
-        )?;
+        let Some(node) = trm_crypto::pki::node_of(end_entity.as_ref()) else {
+            let refused =
+                rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure);
+            self.directory.warn_refused_handshake(None, &refused);
+            return Err(refused);
+        };
         let verifier = {
             let state = self.directory.read();
             match state.peers.get(&node) {
@@ -493,12 +548,16 @@ impl ClientCertVerifier for PeerCertVerifier {
                 None => state.any_anchor.clone(),
             }
         };
-        match verifier {
+        let verified = match verifier {
             Some(v) => v.verify_client_cert(end_entity, intermediates, now),
             None => Err(rustls::Error::InvalidCertificate(
                 CertificateError::UnknownIssuer,
             )),
+        };
+        if let Err(e) = &verified {
+            self.directory.warn_refused_handshake(Some(node), e);
         }
+        verified
     }
 
     fn verify_tls12_signature(

@@ -652,7 +652,7 @@ impl FederationService for FederationServer {
         &self,
         request: Request<GetNodeInfoRequest>,
     ) -> Result<Response<NodeInfo>, Status> {
-        self.tls_peer(&request).await?;
+        let caller = self.tls_peer(&request).await?;
         Ok(Response::new(NodeInfo {
             node_id: self.cfg.node.to_string(),
             keys: crate::keys::listed(&self.store, &self.identity.current())
@@ -660,6 +660,12 @@ impl FederationService for FederationServer {
                 .map(crate::keys::to_wire)
                 .collect(),
             policy_version: POLICY_VERSION.to_owned(),
+            // The caller's own public keys: telling it which we hold discloses nothing.
+            caller_keys: caller
+                .keys
+                .iter()
+                .map(crate::keys::peer_key_to_wire)
+                .collect(),
         }))
     }
 }

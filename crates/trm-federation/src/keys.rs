@@ -30,6 +30,16 @@ pub fn to_wire(k: &OwnKey) -> SigningKey {
     }
 }
 
+/// Returns the wire form of a key the directory holds for a peer.
+pub fn peer_key_to_wire(k: &crate::PeerKey) -> SigningKey {
+    SigningKey {
+        key_id: k.key_id.clone(),
+        public_key: k.public.as_bytes().to_vec(),
+        valid_from: k.valid_from.map(ts),
+        valid_until: k.valid_until.map(ts),
+    }
+}
+
 /// Returns the keys to list now: the stored set (always including `current`) without the
 /// keys whose listing ended.
 pub fn listed(store: &Store, current: &SigningIdentity) -> Vec<OwnKey> {
@@ -45,6 +55,33 @@ pub fn listed(store: &Store, current: &SigningIdentity) -> Vec<OwnKey> {
 /// Returns where a rotation stages the new key before it is committed.
 pub fn staged_path(key_path: &std::path::Path) -> std::path::PathBuf {
     key_path.with_extension("rotating")
+}
+
+/// Returns the file beside the signing key `key_path` that holds its public half (SPKI
+/// PEM), the file a peer's operator is given: `keys/signing.pem` -> `keys/signing.pub.pem`.
+pub fn public_path(key_path: &std::path::Path) -> std::path::PathBuf {
+    key_path.with_extension("pub.pem")
+}
+
+/// Makes the public key file beside `key_path` hold the public half of `identity` (the key
+/// that signs now), rewriting it only when it differs. Returns whether it was rewritten.
+pub fn publish_public(
+    key_path: &std::path::Path,
+    identity: &SigningIdentity,
+) -> Result<bool, trm_crypto::CryptoError> {
+    let path = public_path(key_path);
+    let pem = trm_crypto::signing::public_to_pem(&identity.public())?;
+    if std::fs::read_to_string(&path).is_ok_and(|held| held == pem) {
+        return Ok(false);
+    }
+    // Written beside and renamed: a reader never sees half a key.
+    let staged = key_path.with_extension("pub.pem.new");
+    trm_crypto::files::write_public(&staged, pem.as_bytes())?;
+    std::fs::rename(&staged, &path).map_err(|source| trm_crypto::CryptoError::KeyFile {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(true)
 }
 
 /// Finishes or undoes a rotation a crash interrupted: a staged key that the store lists (its

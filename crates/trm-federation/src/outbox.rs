@@ -146,6 +146,19 @@ impl std::fmt::Debug for DeliveryConfig {
 pub struct PeerState {
     pub reachable: bool,
     pub last_delivery: Option<OffsetDateTime>,
+    /// While deliveries fail: the last failure's reason (explained for people) and since
+    /// when they fail. Cleared by the next delivery the peer acknowledges.
+    pub failing: Option<(String, OffsetDateTime)>,
+}
+
+/// A peer's answer to a probe.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// How long the probe took.
+    pub latency: Duration,
+    /// The key ids the peer holds for this node, each with whether it is valid now; `None`
+    /// when the peer does not say (an older version).
+    pub holds_for_us: Option<Vec<(String, bool)>>,
 }
 
 /// The delivery worker: one task per peer.
@@ -188,10 +201,10 @@ enum Failure {
     Store(String),
 }
 
-impl From<tonic::Status> for Failure {
-    /// A peer's gRPC error: for good (dead letter) or worth another attempt.
-    fn from(s: tonic::Status) -> Self {
-        let why = format!("{:?}: {}", s.code(), s.message());
+impl Failure {
+    /// A peer's gRPC error: for good (dead letter) or worth another attempt, explained.
+    fn of(s: tonic::Status, peer: NodeId, endpoint: &str) -> Self {
+        let why = crate::connect::explain(&s, peer, endpoint);
         if is_permanent(s.code()) {
             Failure::Permanent(why)
         } else {
@@ -343,21 +356,39 @@ impl Delivery {
             .unwrap_or_default()
     }
 
-    fn set_state(&self, peer: NodeId, reachable: bool, delivered: bool) {
+    /// Records the outcome of an attempt: delivered (`failure` is `None`) or failed, why.
+    fn set_state(&self, peer: NodeId, reachable: bool, failure: Option<&str>) {
         let mut states = lock(&self.inner.states);
         let s = states.entry(peer).or_default();
         s.reachable = reachable;
-        if delivered {
-            s.last_delivery = Some(OffsetDateTime::now_utc());
+        let now = OffsetDateTime::now_utc();
+        match failure {
+            None => {
+                s.last_delivery = Some(now);
+                s.failing = None;
+            }
+            Some(why) => {
+                let since = s.failing.as_ref().map_or(now, |(_, since)| *since);
+                s.failing = Some((why.to_owned(), since));
+            }
         }
     }
 
     /// Probes `peer` now: a GetNodeInfo over a new mutual-TLS connection that must prove
-    /// the peer's identity, within `timeout`. Returns how long it took, or why it failed.
-    pub async fn probe(&self, peer: NodeId, timeout: Duration) -> Result<Duration, String> {
-        let mut client = self
-            .client(peer)
-            .ok_or_else(|| "no usable endpoint or trust anchor".to_owned())?;
+    /// the peer's identity, within `timeout`. Returns how long it took and which of our keys
+    /// the peer holds, or why it failed (explained, with the likely causes).
+    pub async fn probe(&self, peer: NodeId, timeout: Duration) -> Result<Probe, String> {
+        let endpoint = self
+            .inner
+            .directory
+            .get(peer)
+            .map(|p| p.endpoint)
+            .unwrap_or_default();
+        let mut client = self.client(peer).ok_or_else(|| {
+            format!(
+                "no usable connection to {peer}: its endpoint or CA in the directory is unusable"
+            )
+        })?;
         let started = std::time::Instant::now();
         match tokio::time::timeout(
             timeout,
@@ -365,10 +396,39 @@ impl Delivery {
         )
         .await
         {
-            Ok(Ok(_)) => Ok(started.elapsed()),
-            Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
-            Err(_) => Err(format!("no answer within {} s", timeout.as_secs())),
+            Ok(Ok(info)) => {
+                let now = OffsetDateTime::now_utc();
+                let keys = &info.get_ref().caller_keys;
+                Ok(Probe {
+                    latency: started.elapsed(),
+                    holds_for_us: (!keys.is_empty()).then(|| {
+                        keys.iter()
+                            .map(|k| {
+                                let until = k.valid_until.as_ref().and_then(|t| {
+                                    OffsetDateTime::from_unix_timestamp(t.seconds).ok()
+                                });
+                                (k.key_id.clone(), until.is_none_or(|u| u > now))
+                            })
+                            .collect()
+                    }),
+                })
+            }
+            Ok(Err(status)) => Err(crate::connect::explain(&status, peer, &endpoint)),
+            Err(_) => Err(format!(
+                "no answer from {endpoint} within {} s: a firewall drops the traffic, or the \
+                 endpoint is wrong",
+                timeout.as_secs()
+            )),
         }
+    }
+
+    /// Returns the endpoint the directory holds for `peer` (empty when it is none).
+    fn endpoint_of(&self, peer: NodeId) -> String {
+        self.inner
+            .directory
+            .get(peer)
+            .map(|p| p.endpoint)
+            .unwrap_or_default()
     }
 
     fn client(&self, peer: NodeId) -> Option<FederationServiceClient<Channel>> {
@@ -493,7 +553,11 @@ impl Delivery {
             single = false;
             let outcome = match outcome {
                 Err(Failure::Permanent(why)) => match self.dead_letter(&item, &why).await {
-                    Ok(()) => continue,
+                    // The peer answers but refuses: operators see why in `status`.
+                    Ok(()) => {
+                        self.set_state(peer, true, Some(&why));
+                        continue;
+                    }
                     Err(e) => Err(e),
                 },
                 other => other,
@@ -505,7 +569,7 @@ impl Delivery {
                     }
                     failures = 0;
                     warned = None;
-                    self.set_state(peer, true, true);
+                    self.set_state(peer, true, None);
                 }
                 Err(failure) => {
                     let (reachable, why) = match failure {
@@ -513,7 +577,7 @@ impl Delivery {
                         Failure::Store(why) | Failure::Permanent(why) => (true, why),
                     };
                     Counters::bump(&self.inner.counters.attempts_failed);
-                    self.set_state(peer, reachable, false);
+                    self.set_state(peer, reachable, Some(&why));
                     failures = failures.saturating_add(1);
                     self.note_failure(&item, &why).await;
                     let wait = self.backoff(failures);
@@ -599,7 +663,7 @@ impl Delivery {
         let receipt = client
             .deliver(env.clone())
             .await
-            .map_err(Failure::from)?
+            .map_err(|s| Failure::of(s, peer, &self.endpoint_of(peer)))?
             .into_inner();
         let (outcome, reason) = self
             .verify_receipt(peer, item, &env, &receipt)
@@ -709,7 +773,9 @@ impl Delivery {
                 .await
                 .map_err(|_| (Failure::Retry("delivery task failed".into()), 0))?;
             let sent = batch.len();
-            let receipt = result.map_err(|s| (Failure::from(s), sent))?.into_inner();
+            let receipt = result
+                .map_err(|s| (Failure::of(s, peer, &self.endpoint_of(peer)), sent))?
+                .into_inner();
             self.record_batch(peer, &batch, &envelopes, receipt)
                 .await
                 .map_err(|f| (f, sent))?;
@@ -826,7 +892,8 @@ impl Delivery {
 
     /// An operator's retry of a dead letter: the envelope is re-sealed with the same message
     /// id and a fresh `created_at`, and queued again in its place.
-    pub async fn retry(&self, message_id: MessageId) -> Result<NodeId, RetryError> {
+    pub async fn retry(&self, message_id: MessageId, actor: &str) -> Result<NodeId, RetryError> {
+        let actor = actor.to_owned();
         let identity = self.inner.identity.clone();
         let node = self.inner.cfg.node;
         let r = self
@@ -857,8 +924,13 @@ impl Delivery {
                 );
                 tx.requeue(&dead, &fresh.encode_to_vec())?;
                 tx.audit(
-                    AuditRecord::new("operator", "outbox.retry", message_id.to_string(), "queued")
-                        .detail(dead.kind.as_str()),
+                    AuditRecord::new(
+                        actor.clone(),
+                        "outbox.retry",
+                        message_id.to_string(),
+                        "queued",
+                    )
+                    .detail(dead.kind.as_str()),
                 )?;
                 Ok(dead.peer)
             })

@@ -58,9 +58,12 @@ impl Admin {
         }
     }
 
-    fn operator<T>(request: &Request<T>) -> Result<(), Status> {
+    /// Refuses every caller but an operator; returns the operator's name for the audit log:
+    /// `operator:<org>/<certificate serial>`, so that an entry says which operator acted.
+    fn operator<T>(request: &Request<T>) -> Result<String, Status> {
         let p = authz::principal(request)?;
-        require(&p, &[Role::Operator], "use the admin service").map_err(Status::from)
+        require(&p, &[Role::Operator], "use the admin service").map_err(Status::from)?;
+        Ok(format!("operator:{}/{}", p.org, authz::client_key(request)))
     }
 }
 
@@ -202,6 +205,38 @@ pub fn peer_from_wire(
     })
 }
 
+/// Returns why traffic with peer `id` is stopped, for people (empty when nothing stops it):
+/// the probe failed, the peer does not hold our current signing key `our_key` (so it will
+/// refuse what we sign with it), or its answers to our deliveries are refusals.
+pub fn peer_problem(
+    id: NodeId,
+    our_key: &str,
+    probe: &Result<trm_federation::outbox::Probe, String>,
+    state: &trm_federation::outbox::PeerState,
+) -> String {
+    match probe {
+        Err(why) => return format!("unreachable: {why}"),
+        Ok(p) => {
+            if let Some(held) = &p.holds_for_us {
+                if !held.iter().any(|(k, valid)| k == our_key && *valid) {
+                    let held: Vec<&str> = held.iter().map(|(k, _)| k.as_str()).collect();
+                    return format!(
+                        "{id} does not hold our current signing key {our_key} (it holds {}): it \
+                         refuses what we sign (unknown_key); its operator adds our key with \
+                         `trmctl peer update --node-id <us> --signing-key <file>`, the file from \
+                         our `trmctl keys show --pem`",
+                        held.join(", ")
+                    );
+                }
+            }
+        }
+    }
+    match &state.failing {
+        Some((why, _)) => format!("deliveries fail: {why}"),
+        None => String::new(),
+    }
+}
+
 fn page_of(size: i32, token: &str) -> Result<Page, Status> {
     convert::page(size, token).map_err(|e| ApiError::from(e).into())
 }
@@ -332,6 +367,7 @@ impl AdminService for Admin {
             });
         }
         let mut peers = Vec::new();
+        let our_key = ctx.identity.current().key_id().to_owned();
         while let Some(done) = probes.join_next().await {
             let Ok((id, probe)) = done else { continue };
             let state = ctx.delivery.peer_state(id);
@@ -339,16 +375,25 @@ impl AdminService for Admin {
                 .outbox_head(id, 1)
                 .ok()
                 .and_then(|items| items.first().map(|i| ts(i.created_at)));
+            let problem = peer_problem(id, &our_key, &probe, &state);
+            let (delivery_error, delivery_failing_since) = match state.failing {
+                Some((why, since)) => (why, Some(ts(since))),
+                None => (String::new(), None),
+            };
             peers.push(w::PeerStatus {
                 node_id: id.to_string(),
                 reachable: probe.is_ok(),
                 outbox_depth: store.outbox_depth(id).unwrap_or_default(),
                 last_delivery: state.last_delivery.map(ts),
-                probe_ms: probe
-                    .as_ref()
-                    .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
+                probe_ms: probe.as_ref().map_or(0, |p| {
+                    u32::try_from(p.latency.as_millis()).unwrap_or(u32::MAX)
+                }),
                 probe_error: probe.err().unwrap_or_default(),
                 oldest_queued: oldest,
+                healthy: problem.is_empty(),
+                problem,
+                delivery_error,
+                delivery_failing_since,
             });
         }
         peers.sort_by(|a, b| a.node_id.cmp(&b.node_id));
@@ -394,7 +439,7 @@ impl AdminService for Admin {
         &self,
         request: Request<w::UpsertPeerRequest>,
     ) -> Result<Response<w::Peer>, Status> {
-        Self::operator(&request)?;
+        let actor = Self::operator(&request)?;
         let wire = request
             .into_inner()
             .peer
@@ -409,7 +454,7 @@ impl AdminService for Admin {
         let id = peer.id;
         let stored = stored_from_peer(&peer).map_err(|e| ApiError::Store(e.to_string()))?;
         self.ctx
-            .commit(move |tx| Ok(record_change(tx, id, Some(stored.clone()))?))
+            .commit(move |tx| Ok(record_change(tx, &actor, id, Some(stored.clone()))?))
             .await?;
         if let Err(e) = self.ctx.directory.upsert(peer.clone()) {
             // Checked above; the change is stored and applies at the next start.
@@ -426,7 +471,7 @@ impl AdminService for Admin {
         &self,
         request: Request<w::RemovePeerRequest>,
     ) -> Result<Response<w::RemovePeerResponse>, Status> {
-        Self::operator(&request)?;
+        let actor = Self::operator(&request)?;
         let idem = Idempotent::of(&request)?;
         let id = convert::country("node_id", &request.get_ref().node_id).map_err(ApiError::from)?;
         if self.ctx.done_before(&idem).await?.is_some() {
@@ -436,7 +481,7 @@ impl AdminService for Admin {
             return Err(ApiError::NotFound("peer").into());
         }
         self.ctx
-            .commit(move |tx| Ok(record_change(tx, id, None)?))
+            .commit(move |tx| Ok(record_change(tx, &actor, id, None)?))
             .await?;
         self.ctx.directory.remove(id);
         info!(peer = %id, "peer removed: no traffic either way");
@@ -498,14 +543,14 @@ impl AdminService for Admin {
         &self,
         request: Request<w::RetryDeliveryRequest>,
     ) -> Result<Response<w::RetryDeliveryResponse>, Status> {
-        Self::operator(&request)?;
+        let actor = Self::operator(&request)?;
         let idem = Idempotent::of(&request)?;
         let message_id = MessageId::parse("message_id", &request.get_ref().message_id)
             .map_err(ApiError::from)?;
         if self.ctx.done_before(&idem).await?.is_some() {
             return Ok(Response::new(w::RetryDeliveryResponse {}));
         }
-        match self.ctx.delivery.retry(message_id).await {
+        match self.ctx.delivery.retry(message_id, &actor).await {
             Ok(_) => {
                 self.ctx.remember(idem, message_id.to_string()).await?;
                 Ok(Response::new(w::RetryDeliveryResponse {}))
@@ -585,7 +630,7 @@ impl AdminService for Admin {
         &self,
         request: Request<w::RotateSigningKeyRequest>,
     ) -> Result<Response<w::RotateSigningKeyResponse>, Status> {
-        Self::operator(&request)?;
+        let actor = Self::operator(&request)?;
         let idem = Idempotent::of(&request)?;
         let _one_at_a_time = self.rotation.lock().await;
         if let Some(key_id) = self.ctx.done_before(&idem).await? {
@@ -639,7 +684,7 @@ impl AdminService for Admin {
                     outbox::enqueue_at(tx, &signer, *peer, Topic::NodeKeys, "", payload, now)?;
                 }
                 tx.audit(
-                    AuditRecord::new("operator", "keys.rotate", new_id.clone(), "ok").detail(
+                    AuditRecord::new(actor.clone(), "keys.rotate", new_id.clone(), "ok").detail(
                         format!(
                             "previous={} overlap_days={overlap_days} announced_to={}",
                             signer.key_id(),
@@ -660,6 +705,10 @@ impl AdminService for Admin {
             error!(error = %e, "cannot move the new signing key into place yet");
         }
         let key_id = new.key_id().to_owned();
+        if let Err(e) = keys::publish_public(&ctx.signing_key_path, &new) {
+            // Rewritten at the next start; `trmctl keys show` prints the key meanwhile.
+            error!(error = %e, "cannot rewrite the public signing key file");
+        }
         ctx.identity.replace(new);
         info!(key_id = %key_id, "signing key rotated");
         Ok(Response::new(w::RotateSigningKeyResponse { key_id }))
@@ -669,12 +718,12 @@ impl AdminService for Admin {
         &self,
         request: Request<w::ExportStatisticsRequest>,
     ) -> Result<Response<w::ExportStatisticsResponse>, Status> {
-        Self::operator(&request)?;
+        let actor = Self::operator(&request)?;
         let req = request.get_ref();
         let start = parse_date("period_start", &req.period_start).map_err(ApiError::from)?;
         let end = parse_date("period_end", &req.period_end).map_err(ApiError::from)?;
         let period = Period::closed(start, end, crate::ctx::today()).map_err(ApiError::from)?;
-        let answer = crate::statistics::export(&self.ctx, period).await?;
+        let answer = crate::statistics::export(&self.ctx, period, &actor).await?;
         Ok(Response::new(answer))
     }
 
@@ -682,7 +731,7 @@ impl AdminService for Admin {
         &self,
         request: Request<w::BackupRequest>,
     ) -> Result<Response<w::BackupResponse>, Status> {
-        Self::operator(&request)?;
+        let actor = Self::operator(&request)?;
         let path = std::path::PathBuf::from(&request.get_ref().path);
         if !path.is_absolute() {
             return Err(field_error(
@@ -714,7 +763,8 @@ impl AdminService for Admin {
         );
         ctx.commit(move |tx| {
             tx.audit(
-                AuditRecord::new("operator", "node.backup", "store", "ok").detail(detail.clone()),
+                AuditRecord::new(actor.clone(), "node.backup", "store", "ok")
+                    .detail(detail.clone()),
             )?;
             Ok(())
         })
@@ -734,7 +784,7 @@ impl AdminService for Admin {
         &self,
         request: Request<w::RevokeClientCertificateRequest>,
     ) -> Result<Response<w::RevokedClientCertificate>, Status> {
-        Self::operator(&request)?;
+        let actor = Self::operator(&request)?;
         let serial_hex = serial(&request.get_ref().serial_hex)?;
         let issuers = match request.get_ref().issuer.as_str() {
             "" => self.ctx.client_issuers.clone(),
@@ -775,7 +825,7 @@ impl AdminService for Admin {
                 if these.iter().any(|r| r.revoked_at == now) {
                     tx.put_revoked_clients(&all)?;
                     tx.audit(
-                        AuditRecord::new("operator", "client.revoke", &serial_hex, "revoked")
+                        AuditRecord::new(actor.clone(), "client.revoke", &serial_hex, "revoked")
                             .detail(format!("issuers={}", issuers.join(","))),
                     )?;
                 }
@@ -794,6 +844,22 @@ impl AdminService for Admin {
             serial_hex: first.serial_hex,
             revoked_at: Some(ts(first.revoked_at)),
             issuer: first.issuer,
+        }))
+    }
+
+    async fn list_signing_keys(
+        &self,
+        request: Request<w::ListSigningKeysRequest>,
+    ) -> Result<Response<w::ListSigningKeysResponse>, Status> {
+        Self::operator(&request)?;
+        let current = self.ctx.identity.current();
+        let mut keys = keys::listed(&self.ctx.store, &current);
+        keys.sort_by_key(|k| k.valid_from);
+        Ok(Response::new(w::ListSigningKeysResponse {
+            keys: keys.iter().map(keys::to_wire).collect(),
+            current_key_id: current.key_id().to_owned(),
+            current_public_key_pem: trm_crypto::signing::public_to_pem(&current.public())
+                .map_err(|e| ApiError::Store(e.to_string()))?,
         }))
     }
 

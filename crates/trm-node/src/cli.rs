@@ -47,7 +47,11 @@ pub fn main() -> std::process::ExitCode {
 fn init_logging(log: &crate::config::LogSection) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(log.level.as_str()));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only for a person at a terminal: a file or a journal gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     if log.format == "json" {
         builder.json().flatten_event(true).init();
     } else {

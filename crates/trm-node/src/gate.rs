@@ -1,7 +1,11 @@
 //! What every request passes before any service sees it: its client certificate is not
 //! revoked, and its caller (one client certificate on the local ports, one peer node on the
 //! federation port) stays within its request rate. Checked per request, so a revocation
-//! takes effect on open connections as well as at the next handshake.
+//! takes effect on open connections as well as new ones. A revoked certificate still
+//! completes its TLS handshake (its chain is verified as any other): every request on it is
+//! then refused UNAUTHENTICATED saying it was revoked, counted
+//! (`trm_requests_revoked_total`) and logged by serial, where a refused handshake would
+//! look to a client like a network fault worth retrying and to the operator like nothing.
 
 use std::{
     num::NonZeroU32,
@@ -12,12 +16,6 @@ use std::{
 };
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use rustls::{
-    client::danger::HandshakeSignatureValid,
-    pki_types::{CertificateDer, UnixTime},
-    server::danger::{ClientCertVerified, ClientCertVerifier},
-    CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme,
-};
 use tonic::{Request, Status};
 
 use crate::error::ApiError;
@@ -71,15 +69,11 @@ impl Revocations {
         all
     }
 
-    /// Returns whether the leaf of `certs` is revoked.
-    fn leaf_revoked(&self, leaf: &[u8]) -> bool {
-        match (
-            trm_crypto::pki::issuer_id(leaf),
-            trm_crypto::pki::serial_hex(leaf),
-        ) {
-            (Some(issuer), Some(serial)) => self.is_revoked(&issuer, &serial),
-            _ => false,
-        }
+    /// Returns the serial of certificate `leaf` when it is revoked (by its issuer and
+    /// serial).
+    fn revoked_serial(&self, leaf: &[u8]) -> Option<String> {
+        let issuer = trm_crypto::pki::issuer_id(leaf)?;
+        trm_crypto::pki::serial_hex(leaf).filter(|s| self.is_revoked(&issuer, s))
     }
 }
 
@@ -124,7 +118,12 @@ pub struct Gate {
     pub rate_limited: Arc<AtomicU64>,
     /// Requests refused because their certificate is revoked.
     pub revoked: Arc<AtomicU64>,
+    /// When each revoked serial was last logged (one line a minute per serial at most).
+    warned: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
+
+/// How often the use of one revoked certificate is logged.
+const REVOKED_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl std::fmt::Debug for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -158,7 +157,29 @@ impl Gate {
             key,
             rate_limited: counters.rate_limited.clone(),
             revoked: counters.revoked.clone(),
+            warned: Default::default(),
         }
+    }
+
+    /// Logs a request refused for the revoked certificate `serial`, at most once a minute
+    /// per serial.
+    fn warn_revoked(&self, serial: &str) {
+        let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        if warned
+            .get(serial)
+            .is_some_and(|at| now.duration_since(*at) < REVOKED_WARN_EVERY)
+        {
+            return;
+        }
+        if warned.len() > 10_000 {
+            warned.retain(|_, at| now.duration_since(*at) < REVOKED_WARN_EVERY);
+        }
+        warned.insert(serial.to_owned(), now);
+        tracing::warn!(
+            serial,
+            "request refused: its client certificate is revoked (logged once a minute per certificate)"
+        );
     }
 
     /// Lets a request through or refuses it (UNAUTHENTICATED for a revoked certificate,
@@ -169,10 +190,11 @@ impl Gate {
             return Err(ApiError::Unauthenticated("a client certificate is required").into());
         };
         if let Some(r) = &self.revocations {
-            if r.leaf_revoked(leaf.as_ref()) {
+            if let Some(serial) = r.revoked_serial(leaf.as_ref()) {
                 self.revoked.fetch_add(1, Ordering::Relaxed);
+                self.warn_revoked(&serial);
                 return Err(ApiError::Unauthenticated(
-                    "client certificate revoked by the node's operator",
+                    "client certificate revoked by the node's operator: ask the operator for a new one",
                 )
                 .into());
             }
@@ -189,67 +211,5 @@ impl Gate {
             self.limiter.retain_recent();
         }
         Ok(())
-    }
-}
-
-/// A client-certificate verifier that also refuses revoked certificates at the handshake.
-pub struct RevocationAware {
-    inner: Arc<dyn ClientCertVerifier>,
-    revocations: Arc<Revocations>,
-}
-
-impl std::fmt::Debug for RevocationAware {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RevocationAware").finish_non_exhaustive()
-    }
-}
-
-impl RevocationAware {
-    /// Wraps `inner`.
-    pub fn new(inner: Arc<dyn ClientCertVerifier>, revocations: Arc<Revocations>) -> Self {
-        Self { inner, revocations }
-    }
-}
-
-impl ClientCertVerifier for RevocationAware {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        if self.revocations.leaf_revoked(end_entity.as_ref()) {
-            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
-        }
-        Ok(verified)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
     }
 }

@@ -33,7 +33,7 @@ use crate::{
     config::{ListenSection, NodeConfig},
     ctx::Ctx,
     flows::Flows,
-    gate::{CallerKey, Gate, GateCounters, RateLimits, RevocationAware, Revocations},
+    gate::{CallerKey, Gate, GateCounters, RateLimits, Revocations},
     hearing::Hearings,
     listen::{self, AcceptLimits},
     metrics,
@@ -65,6 +65,12 @@ pub enum NodeError {
     Reflection(String),
     #[error("a server task failed: {0}")]
     Task(String),
+    #[error("cannot listen on {addr} (listen.{key}): {source}")]
+    Listen {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// The node's four listening sockets, bound before the node starts (tests bind port 0).
@@ -86,13 +92,27 @@ pub struct Addrs {
 }
 
 impl Listeners {
-    /// Binds the addresses of a `[listen]` section.
-    pub async fn bind(listen: &ListenSection) -> std::io::Result<Self> {
+    /// Binds the addresses of a `[listen]` section; an address that cannot be bound (in use,
+    /// not of this host, a privileged port) is refused naming its key and address.
+    pub async fn bind(listen: &ListenSection) -> Result<Self, NodeError> {
+        async fn one(key: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
+            TcpListener::bind(addr).await.map_err(|source| {
+                let source = if source.kind() == std::io::ErrorKind::AddrInUse {
+                    std::io::Error::new(
+                        source.kind(),
+                        "address already in use (another node, or another program, listens there)",
+                    )
+                } else {
+                    source
+                };
+                NodeError::Listen { key, addr, source }
+            })
+        }
         Ok(Self {
-            services: TcpListener::bind(listen.services).await?,
-            federation: TcpListener::bind(listen.federation).await?,
-            admin: TcpListener::bind(listen.admin).await?,
-            metrics: TcpListener::bind(listen.metrics).await?,
+            services: one("services", listen.services).await?,
+            federation: one("federation", listen.federation).await?,
+            admin: one("admin", listen.admin).await?,
+            metrics: one("metrics", listen.metrics).await?,
         })
     }
 
@@ -127,6 +147,93 @@ pub fn load_directory(config: &NodeConfig) -> Result<PeerDirectory, NodeError> {
         });
     }
     Ok(PeerDirectory::new(peers)?)
+}
+
+/// Takes node.toml's `[[peers]]` into the peer directory the store keeps, by one rule: the
+/// store's directory is the node's one peer directory, changed by `trmctl peer`; a
+/// `[[peers]]` entry only introduces a node the directory has never held (neither as a peer
+/// nor as a node an operator removed), as if an operator had added it (audited, actor
+/// `node.toml`). Entries for nodes the directory already holds are not read: where one
+/// differs from the directory, or names a removed node, a warning says so and which command
+/// changes the directory.
+pub async fn seed_directory(config: &NodeConfig, store: &Store) -> Result<(), NodeError> {
+    let configured = load_directory(config)?.all();
+    let changes = store.directory_changes()?;
+    let mut new = Vec::new();
+    for peer in configured {
+        if changes.removed.contains(&peer.id) {
+            warn!(
+                peer = %peer.id,
+                "node.toml lists a peer an operator removed: it stays removed (`trmctl peer add` \
+                 takes it back); delete its [[peers]] entry"
+            );
+            continue;
+        }
+        match changes.upserted.iter().find(|p| p.id == peer.id) {
+            Some(held) => {
+                let differs = directory_differences(&peer, held);
+                if !differs.is_empty() {
+                    warn!(
+                        peer = %peer.id,
+                        differs = %differs.join(","),
+                        "node.toml's [[peers]] entry differs from the peer directory, which holds \
+                         (see `trmctl peer list`): change the directory with `trmctl peer update`, \
+                         and node.toml to match"
+                    );
+                }
+            }
+            None => new.push(
+                trm_federation::directory::stored_from_peer(&peer)
+                    .map_err(|e| NodeError::Tls(e.to_string()))?,
+            ),
+        }
+    }
+    if new.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = new.iter().map(|p| p.id.to_string()).collect();
+    store
+        .commit::<(), (), _>(move |tx| {
+            for p in &new {
+                trm_federation::directory::record_change(tx, "node.toml", p.id, Some(p.clone()))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| NodeError::Store(e.into_store()))?;
+    info!(peers = %ids.join(","), "peers of node.toml taken into the peer directory");
+    Ok(())
+}
+
+/// Returns what of `configured` the directory's `held` entry does not match (field names).
+fn directory_differences(
+    configured: &Peer,
+    held: &trm_federation::directory::StoredPeer,
+) -> Vec<&'static str> {
+    let mut differs = Vec::new();
+    if configured.endpoint != held.endpoint {
+        differs.push("endpoint");
+    }
+    if configured.tls_ca_pem.trim() != held.tls_ca_pem.trim() {
+        differs.push("tls_ca");
+    }
+    if configured.tls_pin != held.tls_pin {
+        differs.push("tls_pin_sha256");
+    }
+    let held_keys: Vec<String> = held
+        .keys
+        .iter()
+        .filter_map(|k| trm_federation::directory::key_from_stored(k).ok())
+        .map(|k| k.key_id)
+        .collect();
+    if configured
+        .keys
+        .iter()
+        .any(|k| !held_keys.contains(&k.key_id))
+    {
+        differs.push("signing_keys");
+    }
+    differs
 }
 
 async fn shutdown_signal(mut rx: watch::Receiver<bool>) {
@@ -229,11 +336,10 @@ fn server_tls(
     Ok(Arc::new(config))
 }
 
-/// Returns the verifier of local client certificates: the node's client CA, revoked
-/// certificates refused.
+/// Returns the verifier of local client certificates: the node's client CA. Revoked
+/// certificates pass the handshake and are refused at every request (see [`crate::gate`]).
 fn client_verifier(
     client_ca: &std::path::Path,
-    revocations: Arc<Revocations>,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, NodeError> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(&files::read(client_ca)?) {
@@ -244,7 +350,7 @@ fn client_verifier(
         rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
             .build()
             .map_err(tls_error)?;
-    Ok(Arc::new(RevocationAware::new(inner, revocations)))
+    Ok(inner)
 }
 
 /// What a node is built with besides its configuration (tests inject faults here).
@@ -327,9 +433,28 @@ pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, No
     })?;
     trm_federation::keys::recover_rotation(&store, &config.signing.key)?;
     let identity = Arc::new(Signer::new(SigningIdentity::load(&config.signing.key)?));
+    // The file peers are given always holds the key that signs (a rotation that a crash
+    // interrupted, or a file copied from elsewhere, is corrected here).
+    match trm_federation::keys::publish_public(&config.signing.key, &identity.current()) {
+        Ok(true) => info!(
+            key_id = identity.current().key_id(),
+            "public signing key file rewritten"
+        ),
+        Ok(false) => {}
+        Err(e) => warn!(error = %e, "cannot write the public signing key file"),
+    }
     store.sign_audit_head_with(identity.clone()).await?;
-    let directory = load_directory(&config)?;
-    directory.apply(&store.directory_changes()?, &store.learned_keys()?)?;
+    seed_directory(&config, &store).await?;
+    let changes = store.directory_changes()?;
+    // A removed node that node.toml still lists keeps its trust anchor among the removed
+    // ones, so that its connections get through the handshake to be refused
+    // PERMISSION_DENIED (for good) rather than fail like a network fault (retried).
+    let removed_configured = load_directory(&config)?
+        .all()
+        .into_iter()
+        .filter(|p| changes.removed.contains(&p.id));
+    let directory = PeerDirectory::new(removed_configured)?;
+    directory.apply(&changes, &store.learned_keys()?)?;
     let directory = Arc::new(directory);
     let revocations = Arc::new(Revocations::new(&store.revoked_clients()?));
     let tls = &config.tls;
@@ -341,7 +466,7 @@ pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, No
     let local_tls = server_tls(
         &tls.services_cert,
         &tls.services_key,
-        client_verifier(&tls.client_ca, revocations.clone())?,
+        client_verifier(&tls.client_ca)?,
     )?;
 
     let (stop, stopped) = watch::channel(false);
@@ -556,6 +681,7 @@ impl Built {
 
     /// Starts the housekeeping and the four ports on `listeners`.
     pub async fn spawn(self, listeners: Listeners) -> Result<Running, NodeError> {
+        let addrs = listeners.addrs()?;
         let l = &self.config.limits;
         let accept = AcceptLimits {
             max_connections: l.max_connections,
@@ -716,7 +842,14 @@ impl Built {
                 std::future::IntoFuture::into_future(metrics_server),
             ),
         ];
-        info!(node = %ctx.id, "node running");
+        info!(
+            node = %ctx.id,
+            services = %addrs.services,
+            federation = %addrs.federation,
+            admin = %addrs.admin,
+            metrics = %addrs.metrics,
+            "node running: listening"
+        );
         Ok(Running {
             node: ctx.id,
             health,

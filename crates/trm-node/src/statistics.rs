@@ -24,7 +24,12 @@ const ATTEMPTS: usize = 8;
 
 /// Returns the signed report of `period`: the month's kept report for one month, the sum
 /// of the months' kept reports for several.
-pub async fn export(ctx: &Ctx, period: Period) -> ApiResult<w::ExportStatisticsResponse> {
+pub async fn export(
+    ctx: &Ctx,
+    period: Period,
+    actor: &str,
+) -> ApiResult<w::ExportStatisticsResponse> {
+    let actor = actor.to_owned();
     let months: Vec<Month> = period.months().collect();
     let mut monthly = Vec::with_capacity(months.len());
     for month in &months {
@@ -58,7 +63,7 @@ pub async fn export(ctx: &Ctx, period: Period) -> ApiResult<w::ExportStatisticsR
     );
     ctx.commit(move |tx| {
         tx.audit(
-            AuditRecord::new("operator", "statistics.export", "statistics", "ok")
+            AuditRecord::new(actor.clone(), "statistics.export", "statistics", "ok")
                 .detail(detail.clone()),
         )?;
         Ok(())

@@ -24,8 +24,56 @@ pub async fn connect(
     let key = PathBuf::from(format!("{}.key", client.display()));
     let channel = crate::connect::channel(&cfg.listen.admin.to_string(), &ca, &cert, &key)
         .await
-        .context("opening the admin port")?;
+        .with_context(|| {
+            format!(
+                "cannot reach the node's admin port {} ([listen] admin of {}): is the node running?",
+                cfg.listen.admin,
+                config.display()
+            )
+        })?;
     Ok(AdminServiceClient::new(channel))
+}
+
+/// Returns the node's own signing keys as it publishes them.
+pub async fn signing_keys(
+    admin: &mut AdminServiceClient<Channel>,
+) -> Result<w::ListSigningKeysResponse> {
+    Ok(admin
+        .list_signing_keys(w::ListSigningKeysRequest {})
+        .await?
+        .into_inner())
+}
+
+/// Returns every key the running node trusts for statistics and other signed documents:
+/// its own published keys and each peer's keys as its directory holds them (the directory
+/// is the node's one list of peers), with the node each belongs to.
+pub async fn directory_keys(
+    admin: &mut AdminServiceClient<Channel>,
+) -> Result<Vec<(String, trm_crypto::signing::PublicKey)>> {
+    let own = signing_keys(admin).await?;
+    let node = status_node_id(admin).await?;
+    let mut keys = Vec::new();
+    for k in &own.keys {
+        keys.push((
+            node.clone(),
+            trm_crypto::signing::public_from_bytes(&k.public_key)?,
+        ));
+    }
+    for p in peers(admin).await? {
+        for k in &p.signing_keys {
+            keys.push((
+                p.node_id.clone(),
+                trm_crypto::signing::public_from_bytes(&k.public_key)?,
+            ));
+        }
+    }
+    Ok(keys)
+}
+
+async fn status_node_id(admin: &mut AdminServiceClient<Channel>) -> Result<String> {
+    // ListPeers does not name the node itself; its outbox listing needs no probe either,
+    // but Status is the one answer that carries the id.
+    Ok(status(admin).await?.node_id)
 }
 
 /// Verifies the node's audit chain; returns the report.
@@ -236,6 +284,122 @@ pub async fn peers(admin: &mut AdminServiceClient<Channel>) -> Result<Vec<w::Pee
     }
 }
 
+/// A change of a known peer: each field given replaces that one thing; keys are added
+/// (`add_keys`) or removed by id (`remove_keys`), every other key kept with its window
+/// (including the keys the peer announced itself).
+#[derive(Debug, Clone, Default)]
+pub struct PeerChange {
+    pub node_id: String,
+    pub endpoint: Option<String>,
+    pub ca: Option<PathBuf>,
+    pub add_keys: Vec<PathBuf>,
+    pub remove_keys: Vec<String>,
+    /// `Some("")` removes the pin.
+    pub pin: Option<String>,
+}
+
+impl PeerChange {
+    /// Returns whether the change changes anything.
+    pub fn is_empty(&self) -> bool {
+        self.endpoint.is_none()
+            && self.ca.is_none()
+            && self.add_keys.is_empty()
+            && self.remove_keys.is_empty()
+            && self.pin.is_none()
+    }
+}
+
+/// Reads every ed25519 public key of a PEM file (one or several PUBLIC KEY blocks).
+pub fn public_keys_of(path: &Path) -> Result<Vec<trm_crypto::signing::PublicKey>> {
+    let text = trm_crypto::files::read_text(path)
+        .with_context(|| format!("reading the key file {}", path.display()))?;
+    let mut keys = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find("-----BEGIN PUBLIC KEY-----") {
+        let block_end = rest[start..]
+            .find("-----END PUBLIC KEY-----")
+            .map(|e| start + e + "-----END PUBLIC KEY-----".len())
+            .with_context(|| {
+                format!("{} has a PUBLIC KEY block without its end", path.display())
+            })?;
+        keys.push(
+            trm_crypto::signing::public_from_pem(&rest[start..block_end]).with_context(|| {
+                format!("{} holds a public key that is not ed25519", path.display())
+            })?,
+        );
+        rest = &rest[block_end..];
+    }
+    if keys.is_empty() {
+        anyhow::bail!(
+            "{} holds no PUBLIC KEY (the peer's signing.pub.pem, or `trmctl keys show --pem` on its node)",
+            path.display()
+        );
+    }
+    Ok(keys)
+}
+
+/// Applies `change` to the peer as the node's directory holds it and sends the result:
+/// a list-then-upsert of the windowed keys, so nothing not named changes.
+pub async fn update_peer(
+    admin: &mut AdminServiceClient<Channel>,
+    change: &PeerChange,
+) -> Result<w::Peer> {
+    let Some(mut peer) = peers(admin)
+        .await?
+        .into_iter()
+        .find(|p| p.node_id == change.node_id)
+    else {
+        anyhow::bail!(
+            "{} is not a peer: use `trmctl peer add` to add it",
+            change.node_id
+        );
+    };
+    if let Some(e) = &change.endpoint {
+        peer.endpoint = e.clone();
+    }
+    if let Some(ca) = &change.ca {
+        peer.tls_ca_pem = trm_crypto::files::read_text(ca)
+            .with_context(|| format!("reading the peer's CA {}", ca.display()))?;
+    }
+    if let Some(pin) = &change.pin {
+        peer.tls_pin_sha256 = pin.clone();
+    }
+    for id in &change.remove_keys {
+        let before = peer.signing_keys.len();
+        peer.signing_keys.retain(|k| &k.key_id != id);
+        if peer.signing_keys.len() == before {
+            anyhow::bail!(
+                "--remove-key {id}: {} holds no key with that id (see `trmctl peer list`)",
+                change.node_id
+            );
+        }
+    }
+    for path in &change.add_keys {
+        for public in public_keys_of(path)? {
+            let key_id = trm_crypto::signing::key_id(&public);
+            if !peer.signing_keys.iter().any(|k| k.key_id == key_id) {
+                peer.signing_keys.push(w::SigningKey {
+                    key_id,
+                    public_key: public.as_bytes().to_vec(),
+                    valid_from: None,
+                    valid_until: None,
+                });
+            }
+        }
+    }
+    if peer.signing_keys.is_empty() {
+        anyhow::bail!("--remove-key: a peer keeps at least one signing key");
+    }
+    peer.signing_keys_pem.clear();
+    Ok(admin
+        .upsert_peer(w::UpsertPeerRequest {
+            peer: Some(peer),
+            request_id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await?
+        .into_inner())
+}
+
 /// What a peer is, as an operator gives it.
 #[derive(Debug, Clone)]
 pub struct PeerSpec {
@@ -276,10 +440,9 @@ pub async fn upsert_peer(
         .with_context(|| format!("reading the peer's CA {}", spec.ca.display()))?;
     let mut signing_keys_pem = Vec::new();
     for k in &spec.keys {
-        signing_keys_pem.push(
-            trm_crypto::files::read_text(k)
-                .with_context(|| format!("reading the peer's key {}", k.display()))?,
-        );
+        for public in public_keys_of(k)? {
+            signing_keys_pem.push(trm_crypto::signing::public_to_pem(&public)?);
+        }
     }
     Ok(admin
         .upsert_peer(w::UpsertPeerRequest {

@@ -1,12 +1,18 @@
 //! The `trmctl` command line: parsing and printing; each command's work is in the library's
-//! modules.
+//! modules. Every command that prints data takes `--json` (times in RFC 3339, absent ones
+//! `null`); every error is one line naming the flag to fix ([`crate::out::describe`]).
 
-use std::path::PathBuf;
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use crate as trmctl;
+use crate::out::{json_datetime, json_time, print_json, when};
 use crate::sandbox::{self, InitOutcome, NodeSpec};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use serde_json::json;
 use trm_core::ids::{NodeId, OrgId, Role};
 
 #[derive(Debug, Parser)]
@@ -33,8 +39,8 @@ enum Command {
         #[command(subcommand)]
         command: ClientCommand,
     },
-    /// The node's health, each peer probed now (reachable, latency, queue), dead letters,
-    /// and when its certificates expire.
+    /// The node's health, each peer probed now (reachable, holds our signing key, accepts
+    /// our deliveries), queues, dead letters, and when its certificates expire.
     Status {
         #[command(flatten)]
         admin: AdminArgs,
@@ -42,7 +48,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The node's peer directory (changes take effect at once and survive restarts).
+    /// The node's peer directory (changes take effect at once and survive restarts; the
+    /// directory, not node.toml, is the node's list of peers).
     Peer {
         #[command(subcommand)]
         command: PeerCommand,
@@ -67,9 +74,12 @@ enum Command {
     Backup {
         #[command(flatten)]
         admin: AdminArgs,
-        /// The folder to write (new or empty).
+        /// The folder to write (new or empty), on the node's host.
         #[arg(long)]
         out: PathBuf,
+        /// Prints JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Restores a backup into a stopped node, then destroys again everything erased since
     /// (the erasure journal beside the key store).
@@ -83,6 +93,9 @@ enum Command {
         /// Replace the node's existing data.
         #[arg(long)]
         force: bool,
+        /// Prints JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Monitoring statistics (counts that expose no one).
     Stats {
@@ -113,22 +126,27 @@ enum StatsCommand {
         to: String,
         #[arg(long, value_enum, default_value = "csv")]
         format: Format,
+        /// The same as --format json.
+        #[arg(long, conflicts_with = "format")]
+        json: bool,
         /// Also trust this public key (PEM) for the signature.
         #[arg(long)]
         key: Vec<PathBuf>,
     },
-    /// Adds the JSON reports of several nodes for one period together (each signature
-    /// verified against the keys of the node in --config and its peers, or --key), and
-    /// suppresses small cells of the sums again.
+    /// Adds the JSON reports of several nodes for one period together and suppresses small
+    /// cells of the sums again. Each signature is verified against the keys the running
+    /// node of --config publishes and holds for its peers (its peer directory), or --key.
     Merge {
-        /// A node configuration whose own and peers' keys are trusted.
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        admin: AdminArgs,
         /// Also trust this public key (PEM).
         #[arg(long)]
         key: Vec<PathBuf>,
         #[arg(long, value_enum, default_value = "csv")]
         format: Format,
+        /// The same as --format json.
+        #[arg(long, conflicts_with = "format")]
+        json: bool,
         /// Reports written by `trmctl stats export --format json`.
         #[arg(required = true)]
         reports: Vec<PathBuf>,
@@ -138,11 +156,11 @@ enum StatsCommand {
 /// How to reach a node's admin port.
 #[derive(Debug, clap::Args)]
 struct AdminArgs {
-    /// The node's configuration file.
+    /// The node's configuration file (its [listen] admin is where trmctl connects).
     #[arg(long)]
     config: PathBuf,
     /// Operator certificate prefix (PREFIX.pem, PREFIX.key); default: clients/operator
-    /// beside the config, as in the sandbox.
+    /// beside the config, as `node init` and the sandbox write it.
     #[arg(long)]
     client: Option<PathBuf>,
     /// CA of the node's admin server certificate; default: services-ca.pem beside the config.
@@ -150,24 +168,99 @@ struct AdminArgs {
     ca: Option<PathBuf>,
 }
 
-/// A peer as the operator gives it.
+/// A new peer, as the operator gives it.
 #[derive(Debug, clap::Args)]
 struct PeerArgs {
-    /// The peer's node id (ISO 3166-1 alpha-2).
+    /// The peer's node id (ISO 3166-1 alpha-2, upper case).
     #[arg(long)]
-    node_id: String,
+    node_id: NodeId,
     /// host:port of the peer's federation port.
-    #[arg(long)]
+    #[arg(long, value_parser = endpoint)]
     endpoint: String,
-    /// PEM file of the CA the peer's federation certificate chains to.
+    /// PEM file of the CA the peer's federation certificate chains to (its
+    /// tls/federation-ca.pem).
     #[arg(long)]
     tls_ca: PathBuf,
-    /// PEM file of a signing public key of the peer (repeat for several).
+    /// PEM file of the peer's signing public key (its keys/signing.pub.pem, or the output of
+    /// `trmctl keys show --pem` on its node); repeat for several.
     #[arg(long = "signing-key", required = true)]
     keys: Vec<PathBuf>,
     /// SHA-256 of the peer's federation certificate (64 lower-case hex), to pin it.
-    #[arg(long)]
+    #[arg(long, value_parser = pin)]
     pin: Option<String>,
+    /// Prints the peer as the node now holds it, as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A change to a known peer: only what is given changes.
+#[derive(Debug, clap::Args)]
+struct PeerUpdateArgs {
+    /// The peer's node id (ISO 3166-1 alpha-2, upper case).
+    #[arg(long)]
+    node_id: NodeId,
+    /// A new host:port of the peer's federation port.
+    #[arg(long, value_parser = endpoint)]
+    endpoint: Option<String>,
+    /// A new CA (PEM file) the peer's federation certificate chains to.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Adds the signing public key(s) of this PEM file (its keys already known stay, with
+    /// their windows, including those the peer announced itself); repeat for several.
+    #[arg(long = "signing-key")]
+    keys: Vec<PathBuf>,
+    /// Removes the signing key with this id (see `trmctl peer list`); repeat for several.
+    #[arg(long = "remove-key")]
+    remove_keys: Vec<String>,
+    /// Pins the peer's federation certificate (SHA-256, 64 lower-case hex).
+    #[arg(long, value_parser = pin, conflicts_with = "no_pin")]
+    pin: Option<String>,
+    /// Removes the pin.
+    #[arg(long)]
+    no_pin: bool,
+    /// Prints the peer as the node now holds it, as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Parses `--endpoint`: host:port.
+fn endpoint(s: &str) -> Result<String, String> {
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(s.to_owned()),
+        _ => Err("must be host:port, e.g. trm.ro.example:7401".to_owned()),
+    }
+}
+
+/// Parses `--pin`: a SHA-256 in lower-case hex.
+fn pin(s: &str) -> Result<String, String> {
+    if trm_node::config::valid_pin(s) {
+        Ok(s.to_owned())
+    } else {
+        Err("must be 64 lower-case hex characters (the SHA-256 of the DER certificate)".to_owned())
+    }
+}
+
+/// Parses `--serial`: lower-case hex without separators or leading zeros.
+fn serial(s: &str) -> Result<String, String> {
+    trm_node::admin::serial(s).map_err(|_| {
+        "must be the serial number in lower-case hex without separators or leading zeros \
+         (`trmctl client list` shows each)"
+            .to_owned()
+    })
+}
+
+/// Parses `--org`.
+fn org(s: &str) -> Result<OrgId, String> {
+    s.parse::<OrgId>()
+        .map_err(|_| "must be 1 to 64 characters of a-z, 0-9, '-' or '_' (e.g. ngo-lefo)".into())
+}
+
+/// Parses `--role`.
+fn role(s: &str) -> Result<Role, String> {
+    s.parse::<Role>().map_err(|_| {
+        let all: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
+        format!("must be one of {}", all.join(", "))
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,19 +280,23 @@ enum PeerCommand {
         #[command(flatten)]
         peer: PeerArgs,
     },
-    /// Changes a peer's endpoint, CA, keys or pin (refused if it is not a peer).
+    /// Changes what is given of a known peer (endpoint, CA, pin; adds or removes keys) and
+    /// keeps everything else, its announced keys included.
     Update {
         #[command(flatten)]
         admin: AdminArgs,
         #[command(flatten)]
-        peer: PeerArgs,
+        peer: PeerUpdateArgs,
     },
     /// Removes a peer: nothing is sent to it or accepted from it any more.
     Remove {
         #[command(flatten)]
         admin: AdminArgs,
         #[arg(long)]
-        node_id: String,
+        node_id: NodeId,
+        /// Prints JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -211,7 +308,7 @@ enum OutboxCommand {
         admin: AdminArgs,
         /// Only this peer's.
         #[arg(long)]
-        peer: Option<String>,
+        peer: Option<NodeId>,
         /// Only the dead letters.
         #[arg(long)]
         dead: bool,
@@ -223,20 +320,31 @@ enum OutboxCommand {
     Retry {
         #[command(flatten)]
         admin: AdminArgs,
+        /// The dead letter's message id (`trmctl outbox list --dead`).
         #[arg(long)]
         message_id: String,
+        /// Prints JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
 #[derive(Debug, Subcommand)]
 enum NodeCommand {
-    /// Writes a new node's folder: node.toml with every key and its default, signing and
-    /// master keys, a client CA with an operator certificate, and either self-signed TLS
-    /// certificates or signing requests for your PKI. Never overwrites a node.
+    /// Writes a new node: node.toml with every key and its default, signing and master
+    /// keys, a client CA with an operator certificate, and either self-signed TLS
+    /// certificates or signing requests for your PKI. Never overwrites a node. With
+    /// --state-dir, what the node writes (its store, signing key, key store, backups) goes
+    /// there and the configuration stays read-only in --dir (deploy/trm-node.service:
+    /// --dir /etc/trm --state-dir /var/lib/trm).
     Init {
-        /// The folder to write.
+        /// The configuration's folder (node.toml, certificates, master key).
         #[arg(long)]
         dir: PathBuf,
+        /// The folder the node writes into (data/, keys/signing.pem, the key store,
+        /// backups/); default: --dir.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
         /// The country's ISO 3166-1 alpha-2 code.
         #[arg(long)]
         id: NodeId,
@@ -246,12 +354,24 @@ enum NodeCommand {
         /// A host name or address the node is reached at (repeat for several).
         #[arg(long = "host", required = true)]
         hosts: Vec<String>,
-        /// Where the federation port listens.
+        /// Where the services port (local users) listens.
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        services_listen: SocketAddr,
+        /// Where the federation port (peer nodes) listens.
         #[arg(long, default_value = "0.0.0.0:7401")]
-        federation_listen: String,
+        federation_listen: SocketAddr,
+        /// Where the admin port (operators) listens; keep it on loopback.
+        #[arg(long, default_value = "127.0.0.1:7402")]
+        admin_listen: SocketAddr,
+        /// Where the metrics port (plain HTTP /metrics, /healthz, /readyz) listens.
+        #[arg(long, default_value = "127.0.0.1:7403")]
+        metrics_listen: SocketAddr,
         /// Write keys and certificate signing requests instead of self-signed certificates.
         #[arg(long)]
         csr: bool,
+        /// Prints JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -262,15 +382,35 @@ enum KeysCommand {
     Init {
         #[arg(long)]
         config: PathBuf,
+        /// Prints JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prints the signing keys the running node publishes to its peers: the one that signs
+    /// now (give it to the peers' operators: `trmctl peer update --signing-key`) and the
+    /// retired ones still listed for the overlap.
+    Show {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Prints only the current key as PEM, for a file to give the peers.
+        #[arg(long, conflicts_with = "json")]
+        pem: bool,
+        /// Prints JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Rotates the running node's signing key: the new key is announced to every peer, the
-    /// old one keeps verifying what it signed for the overlap (at least the replay window).
+    /// old one keeps verifying what it signed for the overlap (at least the replay window),
+    /// and the public key file beside the signing key is rewritten.
     Rotate {
         #[command(flatten)]
         admin: AdminArgs,
         /// Days the old key stays listed.
         #[arg(long, default_value_t = 0)]
         overlap_days: u32,
+        /// Prints JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -281,9 +421,13 @@ enum AuditCommand {
     Verify {
         #[command(flatten)]
         admin: AdminArgs,
+        /// Prints JSON (also when the chain is broken; the exit code still says so).
+        #[arg(long)]
+        json: bool,
     },
-    /// Writes the audit chain (ids, actions, outcomes; no personal data) and the node's
-    /// signed head as JSON lines, after checking the signature.
+    /// Writes the audit chain (ids, actions, outcomes, the operator's certificate serial;
+    /// no personal data) and the node's signed head as JSON lines, after checking the
+    /// signature.
     Export {
         #[command(flatten)]
         admin: AdminArgs,
@@ -302,6 +446,8 @@ enum SandboxCommand {
         /// Comma-separated node ids (ISO 3166-1 alpha-2).
         #[arg(long, default_value = "AT,RO,NG", value_delimiter = ',')]
         nodes: Vec<NodeId>,
+        /// The i-th node listens on base+10i (services), +1 (federation), +2 (admin),
+        /// +3 (metrics).
         #[arg(long, default_value_t = 7400)]
         base_port: u16,
         /// Overwrite existing node folders.
@@ -321,6 +467,11 @@ enum SandboxCommand {
         dir: PathBuf,
         #[arg(long)]
         scenario: bool,
+        /// The base port of a sandbox this command initialises (default 7400); a sandbox
+        /// already initialised keeps its ports (`sandbox init --force --base-port` moves
+        /// them).
+        #[arg(long)]
+        base_port: Option<u16>,
         /// The store of a sandbox initialised by this command.
         #[command(flatten)]
         storage: StorageArgs,
@@ -362,14 +513,18 @@ impl StorageArgs {
 
 #[derive(Debug, Subcommand)]
 enum ClientCommand {
-    /// Issues a client certificate signed by a node's client CA.
+    /// Issues a client certificate signed by a node's client CA, prints its serial and
+    /// records it in the register of issued certificates beside the CA's key.
     Issue {
         #[arg(long)]
         config: PathBuf,
         /// service_provider, focal_point, judicial_authority or operator.
-        #[arg(long)]
+        #[arg(long, value_parser = role)]
         role: Role,
-        #[arg(long)]
+        /// The organisation the certificate speaks for: 1 to 64 characters of a-z, 0-9,
+        /// '-' or '_' (e.g. ngo-lefo). A service provider sees only its organisation's
+        /// cases.
+        #[arg(long, value_parser = org)]
         org: OrgId,
         /// Writes PREFIX.pem and PREFIX.key.
         #[arg(long)]
@@ -377,6 +532,18 @@ enum ClientCommand {
         /// Days the certificate is valid.
         #[arg(long, default_value_t = trm_crypto::pki::CLIENT_VALIDITY_DAYS)]
         days: u32,
+        /// Prints JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists the certificates issued with this host's client CA (serial, role,
+    /// organisation, expiry) and whether the running node has revoked each.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Prints JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Revokes a client certificate of the node: every request made with it is refused from
     /// now on, open connections included.
@@ -384,11 +551,14 @@ enum ClientCommand {
         #[command(flatten)]
         admin: AdminArgs,
         /// The certificate's serial number (lower-case hex, no separators or leading zeros).
-        #[arg(long, conflicts_with = "cert", required_unless_present = "cert")]
+        #[arg(long, conflicts_with = "cert", required_unless_present = "cert", value_parser = serial)]
         serial: Option<String>,
         /// The certificate itself (PEM file); its serial is read from it.
         #[arg(long)]
         cert: Option<PathBuf>,
+        /// Prints JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Lists the revoked client certificates.
     Revoked {
@@ -400,6 +570,21 @@ enum ClientCommand {
     },
 }
 
+/// Runs `trmctl` with the process's arguments: prints a failure as one line on standard
+/// error (never a backtrace, whatever RUST_BACKTRACE says) and returns the exit code.
+pub fn main() -> std::process::ExitCode {
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("trmctl: internal error: {info}");
+    }));
+    match main_with(std::env::args_os()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trmctl: {}", crate::out::describe(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs the command line `args` (the program name first).
 pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<()> {
     let cli = Cli::parse_from(args);
@@ -409,8 +594,10 @@ pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<(
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     trm_node::install_crypto_provider();
+    let rt = || tokio::runtime::Runtime::new().context("starting the async runtime");
     match cli.command {
         Command::Sandbox {
             command:
@@ -442,48 +629,72 @@ pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<(
                 SandboxCommand::Up {
                     dir,
                     scenario,
+                    base_port,
                     storage,
                 },
         } => {
             let storage = storage.storage()?;
-            tokio::runtime::Runtime::new()?.block_on(up(dir, scenario, storage))
+            rt()?.block_on(up(dir, scenario, base_port, storage))
         }
         Command::Node {
             command:
                 NodeCommand::Init {
                     dir,
+                    state_dir,
                     id,
                     name,
                     hosts,
+                    services_listen,
                     federation_listen,
+                    admin_listen,
+                    metrics_listen,
                     csr,
+                    json,
                 },
         } => {
-            let (written, next) = trmctl::node::init(&trmctl::node::NodeInit {
+            let r = trmctl::node::init(&trmctl::node::NodeInit {
                 dir,
+                state_dir,
                 id,
                 name,
                 hosts,
+                services_listen,
                 federation_listen,
+                admin_listen,
+                metrics_listen,
                 certificates: if csr {
                     trmctl::node::Certificates::Requests
                 } else {
                     trmctl::node::Certificates::SelfSigned
                 },
             })?;
-            for p in written {
+            if json {
+                return print_json(&json!({
+                    "config": r.config, "written": r.written, "next": r.next,
+                    "signing_key_id": r.signing_key_id,
+                    "signing_public_key": r.signing_public_key,
+                    "federation_ca": r.federation_ca,
+                }));
+            }
+            for p in &r.written {
                 println!("wrote {}", p.display());
             }
             println!("next:");
-            for step in next {
+            for step in &r.next {
                 println!("  - {step}");
             }
             Ok(())
         }
         Command::Keys {
-            command: KeysCommand::Init { config },
+            command: KeysCommand::Init { config, json },
         } => {
             let r = trmctl::keys::init(&config)?;
+            if json {
+                return print_json(&json!({
+                    "key_id": r.key_id, "public_key": r.public_key,
+                    "created": r.created, "kept": r.kept,
+                }));
+            }
             for p in &r.created {
                 println!("created {}", p.display());
             }
@@ -497,29 +708,26 @@ pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<(
             );
             Ok(())
         }
-        Command::Status { admin, json } => {
-            tokio::runtime::Runtime::new()?.block_on(status(admin, json))
-        }
-        Command::Peer { command } => tokio::runtime::Runtime::new()?.block_on(peer(command)),
-        Command::Outbox { command } => tokio::runtime::Runtime::new()?.block_on(outbox(command)),
+        Command::Keys {
+            command: KeysCommand::Show { admin, pem, json },
+        } => rt()?.block_on(keys_show(admin, pem, json)),
+        Command::Status { admin, json } => rt()?.block_on(status(admin, json)),
+        Command::Peer { command } => rt()?.block_on(peer(command)),
+        Command::Outbox { command } => rt()?.block_on(outbox(command)),
         Command::Keys {
             command:
                 KeysCommand::Rotate {
                     admin,
                     overlap_days,
+                    json,
                 },
-        } => tokio::runtime::Runtime::new()?.block_on(async {
-            let mut c = connect(&admin).await?;
-            let key_id = trmctl::admin::rotate(&mut c, overlap_days).await?;
-            println!("signing key rotated: {key_id} signs from now on; every peer is told");
-            Ok(())
-        }),
+        } => rt()?.block_on(rotate(admin, overlap_days, json)),
         Command::Audit {
-            command: AuditCommand::Verify { admin },
-        } => tokio::runtime::Runtime::new()?.block_on(verify_audit(admin)),
+            command: AuditCommand::Verify { admin, json },
+        } => rt()?.block_on(verify_audit(admin, json)),
         Command::Audit {
             command: AuditCommand::Export { admin, out },
-        } => tokio::runtime::Runtime::new()?.block_on(export_audit(admin, out)),
+        } => rt()?.block_on(export_audit(admin, out)),
         Command::Client {
             command:
                 ClientCommand::Issue {
@@ -528,28 +736,53 @@ pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<(
                     org,
                     out,
                     days,
+                    json,
                 },
         } => {
-            let (cert, key) = trmctl::client::issue(&config, role, &org, &out, days)?;
-            println!("wrote {} and {}", cert.display(), key.display());
+            let r = trmctl::client::issue(&config, role, &org, &out, days)?;
+            if json {
+                return print_json(&json!({
+                    "cert": r.cert, "key": r.key, "serial_hex": r.issued.serial_hex,
+                    "role": r.issued.role, "org": r.issued.org,
+                    "not_after": json_datetime(r.issued.not_after),
+                }));
+            }
+            println!(
+                "wrote {} and {}: serial {}, {} of {}, valid until {}",
+                r.cert.display(),
+                r.key.display(),
+                r.issued.serial_hex,
+                r.issued.role,
+                r.issued.org,
+                json_datetime(r.issued.not_after)
+                    .as_str()
+                    .unwrap_or_default()
+            );
             Ok(())
         }
+        Command::Client {
+            command: ClientCommand::List { admin, json },
+        } => rt()?.block_on(client_list(admin, json)),
         Command::Client {
             command:
                 ClientCommand::Revoke {
                     admin,
                     serial,
                     cert,
+                    json,
                 },
-        } => tokio::runtime::Runtime::new()?.block_on(revoke(admin, serial, cert)),
+        } => rt()?.block_on(revoke(admin, serial, cert, json)),
         Command::Client {
             command: ClientCommand::Revoked { admin, json },
-        } => tokio::runtime::Runtime::new()?.block_on(revoked(admin, json)),
-        Command::Backup { admin, out } => tokio::runtime::Runtime::new()?.block_on(async {
-            let mut c =
-                trmctl::admin::connect(&admin.config, admin.client.as_deref(), admin.ca.as_deref())
-                    .await?;
-            let r = trmctl::admin::backup(&mut c, &out).await?;
+        } => rt()?.block_on(revoked(admin, json)),
+        Command::Backup { admin, out, json } => rt()?.block_on(async {
+            let mut c = connect(&admin).await?;
+            let r = trmctl::admin::backup(&mut c, &out)
+                .await
+                .context("writing the backup")?;
+            if json {
+                return print_json(&json!({"path": r.path, "bytes": r.bytes}));
+            }
             println!("backup written to {} ({} bytes)", r.path, r.bytes);
             Ok(())
         }),
@@ -557,16 +790,28 @@ pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<(
             config,
             from,
             force,
+            json,
         } => {
             let r = trmctl::admin::restore(&config, &from, force)?;
             let a = r.reapplied;
+            if json {
+                return print_json(&json!({
+                    "node": r.manifest.node, "records": r.manifest.records,
+                    "created_at": json_datetime(r.manifest.created_at),
+                    "backup_key": r.manifest.backup_key,
+                    "expires_at": r.manifest.expires_at.map(json_datetime),
+                    "reapplied": a,
+                }));
+            }
             println!(
                 "restored {} records of node {} taken {}; re-applied from the journal: {} \
                  erasures, {} revocations, {} peer directory changes, {} key changes, {} \
                  published months",
                 r.manifest.records,
                 r.manifest.node,
-                r.manifest.created_at,
+                json_datetime(r.manifest.created_at)
+                    .as_str()
+                    .unwrap_or_default(),
                 a.erasures,
                 a.revocations,
                 a.directory_changes,
@@ -582,18 +827,31 @@ pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<(
                     from,
                     to,
                     format,
+                    json,
                     key,
                 },
-        } => tokio::runtime::Runtime::new()?.block_on(stats_export(admin, from, to, format, key)),
+        } => rt()?.block_on(stats_export(
+            admin,
+            from,
+            to,
+            if json { Format::Json } else { format },
+            key,
+        )),
         Command::Stats {
             command:
                 StatsCommand::Merge {
-                    config,
+                    admin,
                     key,
                     format,
+                    json,
                     reports,
                 },
-        } => stats_merge(&config, &key, format, &reports),
+        } => rt()?.block_on(stats_merge(
+            admin,
+            &key,
+            if json { Format::Json } else { format },
+            &reports,
+        )),
     }
 }
 
@@ -614,20 +872,19 @@ async fn stats_export(
     format: Format,
     key: Vec<PathBuf>,
 ) -> Result<()> {
-    let keys = trmctl::stats::trusted_keys(&admin.config, &key)?;
-    let mut c =
-        trmctl::admin::connect(&admin.config, admin.client.as_deref(), admin.ca.as_deref()).await?;
+    let mut keys = trmctl::stats::trusted_keys(&admin.config, &key)?;
+    let mut c = connect(&admin).await?;
+    keys.extend(trmctl::admin::directory_keys(&mut c).await?);
     let report = trmctl::stats::export(&mut c, &keys, &from, &to).await?;
     print_report(&report, format)
 }
 
-fn stats_merge(
-    config: &std::path::Path,
+async fn stats_merge(
+    admin: AdminArgs,
     key: &[PathBuf],
     format: Format,
     reports: &[PathBuf],
 ) -> Result<()> {
-    let keys = trmctl::stats::trusted_keys(config, key)?;
     let mut files = Vec::new();
     for path in reports {
         let text =
@@ -641,7 +898,17 @@ fn stats_merge(
             })?,
         );
     }
-    let min = trm_node::NodeConfig::load(config)?
+    let mut keys = trmctl::stats::trusted_keys(&admin.config, key)?;
+    let mut c = connect(&admin).await.context(
+        "the peers' keys are those of the node's peer directory; start the node, or name every \
+         signer's key with --key",
+    );
+    match &mut c {
+        Ok(c) => keys.extend(trmctl::admin::directory_keys(c).await?),
+        Err(_) if !key.is_empty() => {}
+        Err(_) => return c.map(|_| ()),
+    }
+    let min = trm_node::NodeConfig::load(&admin.config)?
         .statistics
         .min_cell_count;
     let merged = trmctl::stats::merge(&files, &keys, min)?;
@@ -654,16 +921,6 @@ async fn connect(
     trmctl::admin::connect(&admin.config, admin.client.as_deref(), admin.ca.as_deref()).await
 }
 
-/// Formats a wire time as RFC 3339 ("-" when absent).
-fn when(t: Option<&prost_types::Timestamp>) -> String {
-    t.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| "-".to_owned())
-}
-
 async fn status(admin: AdminArgs, json: bool) -> Result<()> {
     let mut c = connect(&admin).await?;
     let s = trmctl::admin::status(&mut c).await?;
@@ -672,30 +929,29 @@ async fn status(admin: AdminArgs, json: bool) -> Result<()> {
             .peers
             .iter()
             .map(|p| {
-                serde_json::json!({
-                    "node_id": p.node_id, "reachable": p.reachable, "probe_ms": p.probe_ms,
-                    "probe_error": p.probe_error, "outbox_depth": p.outbox_depth,
-                    "oldest_queued": when(p.oldest_queued.as_ref()),
-                    "last_delivery": when(p.last_delivery.as_ref()),
+                json!({
+                    "node_id": p.node_id, "healthy": p.healthy, "problem": p.problem,
+                    "reachable": p.reachable, "probe_ms": p.probe_ms,
+                    "probe_error": p.probe_error, "delivery_error": p.delivery_error,
+                    "delivery_failing_since": json_time(p.delivery_failing_since.as_ref()),
+                    "outbox_depth": p.outbox_depth,
+                    "oldest_queued": json_time(p.oldest_queued.as_ref()),
+                    "last_delivery": json_time(p.last_delivery.as_ref()),
                 })
             })
             .collect();
         let expiries: Vec<_> = s
             .expiries
             .iter()
-            .map(|e| serde_json::json!({"name": e.name, "not_after": when(e.not_after.as_ref())}))
+            .map(|e| json!({"name": e.name, "not_after": json_time(e.not_after.as_ref())}))
             .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "node_id": s.node_id, "health": s.health, "policy_version": s.policy_version,
-                "outbox_depth": s.outbox_depth, "dead_letters": s.dead_letters,
-                "signing_key_id": s.signing_key_id,
-                "key_encryption_key_created_at": when(s.key_encryption_key_created_at.as_ref()),
-                "peers": peers, "expiries": expiries,
-            }))?
-        );
-        return Ok(());
+        return print_json(&json!({
+            "node_id": s.node_id, "health": s.health, "policy_version": s.policy_version,
+            "outbox_depth": s.outbox_depth, "dead_letters": s.dead_letters,
+            "signing_key_id": s.signing_key_id,
+            "key_encryption_key_created_at": json_time(s.key_encryption_key_created_at.as_ref()),
+            "peers": peers, "expiries": expiries,
+        }));
     }
     println!(
         "node {}: {} (policy {}); outbox {}, dead letters {}",
@@ -707,20 +963,23 @@ async fn status(admin: AdminArgs, json: bool) -> Result<()> {
         when(s.key_encryption_key_created_at.as_ref())
     );
     println!(
-        "{:<6} {:<10} {:>8} {:>7}  {:<25} {:<25} problem",
-        "peer", "reachable", "probe", "queued", "oldest queued", "last delivery"
+        "{:<6} {:<8} {:<10} {:>8} {:>7}  {:<25} {:<25}",
+        "peer", "healthy", "reachable", "probe", "queued", "oldest queued", "last delivery"
     );
     for p in &s.peers {
         println!(
-            "{:<6} {:<10} {:>6}ms {:>7}  {:<25} {:<25} {}",
+            "{:<6} {:<8} {:<10} {:>6}ms {:>7}  {:<25} {:<25}",
             p.node_id,
+            if p.healthy { "yes" } else { "NO" },
             if p.reachable { "yes" } else { "NO" },
             p.probe_ms,
             p.outbox_depth,
             when(p.oldest_queued.as_ref()),
             when(p.last_delivery.as_ref()),
-            p.probe_error
         );
+        if !p.problem.is_empty() {
+            println!("       problem: {}", p.problem);
+        }
     }
     for e in &s.expiries {
         println!("{:<24} expires {}", e.name, when(e.not_after.as_ref()));
@@ -728,52 +987,52 @@ async fn status(admin: AdminArgs, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// The JSON of a peer as the directory holds it.
+fn peer_json(p: &trm_proto::v1::Peer) -> serde_json::Value {
+    let keys: Vec<_> = p
+        .signing_keys
+        .iter()
+        .map(|k| {
+            json!({
+                "key_id": k.key_id,
+                "valid_from": json_time(k.valid_from.as_ref()),
+                "valid_until": json_time(k.valid_until.as_ref()),
+            })
+        })
+        .collect();
+    json!({
+        "node_id": p.node_id, "endpoint": p.endpoint,
+        "tls_pin_sha256": p.tls_pin_sha256, "signing_keys": keys,
+    })
+}
+
 async fn peer(command: PeerCommand) -> Result<()> {
-    let spec = |p: PeerArgs| trmctl::admin::PeerSpec {
-        node_id: p.node_id,
-        endpoint: p.endpoint,
-        ca: p.tls_ca,
-        keys: p.keys,
-        pin: p.pin,
-    };
     match command {
         PeerCommand::List { admin, json } => {
             let mut c = connect(&admin).await?;
             let peers = trmctl::admin::peers(&mut c).await?;
             if json {
-                let items: Vec<_> = peers
-                    .iter()
-                    .map(|p| {
-                        let keys: Vec<_> = p
-                            .signing_keys
-                            .iter()
-                            .map(|k| {
-                                serde_json::json!({
-                                    "key_id": k.key_id,
-                                    "valid_from": when(k.valid_from.as_ref()),
-                                    "valid_until": when(k.valid_until.as_ref()),
-                                })
-                            })
-                            .collect();
-                        serde_json::json!({
-                            "node_id": p.node_id, "endpoint": p.endpoint,
-                            "tls_pin_sha256": p.tls_pin_sha256, "signing_keys": keys,
-                        })
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&items)?);
-                return Ok(());
+                return print_json(&serde_json::Value::Array(
+                    peers.iter().map(peer_json).collect(),
+                ));
             }
             if peers.is_empty() {
                 println!("no peers");
             }
             for p in peers {
-                let keys: Vec<&str> = p.signing_keys.iter().map(|k| k.key_id.as_str()).collect();
+                let keys: Vec<String> = p
+                    .signing_keys
+                    .iter()
+                    .map(|k| match k.valid_until.as_ref() {
+                        Some(until) => format!("{} (until {})", k.key_id, when(Some(until))),
+                        None => k.key_id.clone(),
+                    })
+                    .collect();
                 println!(
                     "{:<4} {:<24} keys {}{}",
                     p.node_id,
                     p.endpoint,
-                    keys.join(","),
+                    keys.join(", "),
                     if p.tls_pin_sha256.is_empty() {
                         String::new()
                     } else {
@@ -788,19 +1047,63 @@ async fn peer(command: PeerCommand) -> Result<()> {
         }
         PeerCommand::Add { admin, peer } => {
             let mut c = connect(&admin).await?;
-            let p = trmctl::admin::upsert_peer(&mut c, &spec(peer), false).await?;
+            let spec = trmctl::admin::PeerSpec {
+                node_id: peer.node_id.to_string(),
+                endpoint: peer.endpoint,
+                ca: peer.tls_ca,
+                keys: peer.keys,
+                pin: peer.pin,
+            };
+            let p = trmctl::admin::upsert_peer(&mut c, &spec, false).await?;
+            if peer.json {
+                return print_json(&peer_json(&p));
+            }
             println!("added peer {} at {}", p.node_id, p.endpoint);
             Ok(())
         }
         PeerCommand::Update { admin, peer } => {
+            let change = trmctl::admin::PeerChange {
+                node_id: peer.node_id.to_string(),
+                endpoint: peer.endpoint,
+                ca: peer.tls_ca,
+                add_keys: peer.keys,
+                remove_keys: peer.remove_keys,
+                pin: if peer.no_pin {
+                    Some(String::new())
+                } else {
+                    peer.pin
+                },
+            };
+            if change.is_empty() {
+                bail!(
+                    "nothing to change: give --endpoint, --tls-ca, --signing-key, --remove-key, \
+                     --pin or --no-pin"
+                );
+            }
             let mut c = connect(&admin).await?;
-            let p = trmctl::admin::upsert_peer(&mut c, &spec(peer), true).await?;
-            println!("changed peer {} (now at {})", p.node_id, p.endpoint);
+            let p = trmctl::admin::update_peer(&mut c, &change).await?;
+            if peer.json {
+                return print_json(&peer_json(&p));
+            }
+            let keys: Vec<&str> = p.signing_keys.iter().map(|k| k.key_id.as_str()).collect();
+            println!(
+                "changed peer {}: at {}, keys {}",
+                p.node_id,
+                p.endpoint,
+                keys.join(", ")
+            );
             Ok(())
         }
-        PeerCommand::Remove { admin, node_id } => {
+        PeerCommand::Remove {
+            admin,
+            node_id,
+            json,
+        } => {
             let mut c = connect(&admin).await?;
-            trmctl::admin::remove_peer(&mut c, &node_id).await?;
+            trmctl::admin::remove_peer(&mut c, node_id.as_str()).await?;
+            if json {
+                return print_json(&json!({"node_id": node_id.to_string(), "removed": true}));
+            }
             println!("removed peer {node_id}: nothing goes to it or is taken from it any more");
             Ok(())
         }
@@ -816,20 +1119,20 @@ async fn outbox(command: OutboxCommand) -> Result<()> {
             json,
         } => {
             let mut c = connect(&admin).await?;
+            let peer = peer.map(|p| p.to_string());
             let entries = trmctl::admin::outbox(&mut c, peer.as_deref(), dead).await?;
             if json {
                 let items: Vec<_> = entries
                     .iter()
                     .map(|e| {
-                        serde_json::json!({
+                        json!({
                             "message_id": e.message_id, "peer": e.peer, "kind": e.kind,
-                            "attempts": e.attempts, "created_at": when(e.created_at.as_ref()),
+                            "attempts": e.attempts, "created_at": json_time(e.created_at.as_ref()),
                             "dead_letter": e.dead_letter, "last_error": e.last_error,
                         })
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&items)?);
-                return Ok(());
+                return print_json(&serde_json::Value::Array(items));
             }
             if entries.is_empty() {
                 println!("nothing queued");
@@ -848,19 +1151,109 @@ async fn outbox(command: OutboxCommand) -> Result<()> {
             }
             Ok(())
         }
-        OutboxCommand::Retry { admin, message_id } => {
+        OutboxCommand::Retry {
+            admin,
+            message_id,
+            json,
+        } => {
+            if uuid::Uuid::parse_str(&message_id).is_err() {
+                bail!("--message-id must be a message id as `trmctl outbox list --dead` shows it");
+            }
             let mut c = connect(&admin).await?;
             trmctl::admin::retry(&mut c, &message_id).await?;
+            if json {
+                return print_json(&json!({"message_id": message_id, "queued": true}));
+            }
             println!("queued {message_id} again");
             Ok(())
         }
     }
 }
 
-async fn verify_audit(admin: AdminArgs) -> Result<()> {
-    let mut c =
-        trmctl::admin::connect(&admin.config, admin.client.as_deref(), admin.ca.as_deref()).await?;
+async fn keys_show(admin: AdminArgs, pem: bool, json: bool) -> Result<()> {
+    let mut c = connect(&admin).await?;
+    let keys = trmctl::admin::signing_keys(&mut c).await?;
+    if pem {
+        print!("{}", keys.current_public_key_pem);
+        return Ok(());
+    }
+    if json {
+        let items: Vec<_> = keys
+            .keys
+            .iter()
+            .map(|k| {
+                json!({
+                    "key_id": k.key_id, "current": k.key_id == keys.current_key_id,
+                    "public_key_hex": hex::encode(&k.public_key),
+                    "valid_from": json_time(k.valid_from.as_ref()),
+                    "valid_until": json_time(k.valid_until.as_ref()),
+                })
+            })
+            .collect();
+        return print_json(&json!({
+            "current_key_id": keys.current_key_id,
+            "current_public_key_pem": keys.current_public_key_pem,
+            "keys": items,
+        }));
+    }
+    for k in &keys.keys {
+        let state = if k.key_id == keys.current_key_id {
+            "signs now".to_owned()
+        } else {
+            format!(
+                "retired {}, verifies what it signed before",
+                when(k.valid_until.as_ref())
+            )
+        };
+        println!(
+            "{}  valid from {}  {state}",
+            k.key_id,
+            when(k.valid_from.as_ref())
+        );
+    }
+    println!(
+        "the key peers need (give it to their operators: `trmctl peer update --node-id <this \
+         node> --signing-key FILE`):"
+    );
+    print!("{}", keys.current_public_key_pem);
+    Ok(())
+}
+
+async fn rotate(admin: AdminArgs, overlap_days: u32, json: bool) -> Result<()> {
+    let mut c = connect(&admin).await?;
+    let key_id = trmctl::admin::rotate(&mut c, overlap_days).await?;
+    let public = trm_node::NodeConfig::load(&admin.config)
+        .map(|cfg| trm_federation_public_path(&cfg.signing.key))
+        .ok();
+    if json {
+        return print_json(&json!({"key_id": key_id, "public_key_file": public}));
+    }
+    println!(
+        "signing key rotated: {key_id} signs from now on; every peer is told. Its public key is \
+         in {} and `trmctl keys show` prints it",
+        public.as_ref().map_or_else(
+            || "the file beside the signing key".to_owned(),
+            |p| p.display().to_string()
+        )
+    );
+    Ok(())
+}
+
+/// The public key file beside a signing key (the node rewrites it on rotation).
+fn trm_federation_public_path(key: &Path) -> PathBuf {
+    key.with_extension("pub.pem")
+}
+
+async fn verify_audit(admin: AdminArgs, json: bool) -> Result<()> {
+    let mut c = connect(&admin).await?;
     let r = trmctl::admin::verify_audit(&mut c).await?;
+    if json {
+        print_json(&json!({
+            "ok": r.ok, "entries_checked": r.entries_checked,
+            "first_bad_entry": r.first_bad_entry, "signed_through": r.signed_through,
+            "signed_by": r.signed_by,
+        }))?;
+    }
     if !r.ok {
         bail!(
             "audit chain broken at entry {} ({} entries verified before it)",
@@ -868,13 +1261,14 @@ async fn verify_audit(admin: AdminArgs) -> Result<()> {
             r.entries_checked
         );
     }
-    println!("audit chain ok: {} entries verified", r.entries_checked);
+    if !json {
+        println!("audit chain ok: {} entries verified", r.entries_checked);
+    }
     Ok(())
 }
 
 async fn export_audit(admin: AdminArgs, out: Option<PathBuf>) -> Result<()> {
-    let mut c =
-        trmctl::admin::connect(&admin.config, admin.client.as_deref(), admin.ca.as_deref()).await?;
+    let mut c = connect(&admin).await?;
     let n = match &out {
         Some(path) => {
             let mut f = std::fs::File::create(path)
@@ -892,18 +1286,30 @@ async fn export_audit(admin: AdminArgs, out: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-async fn revoke(admin: AdminArgs, serial: Option<String>, cert: Option<PathBuf>) -> Result<()> {
+async fn revoke(
+    admin: AdminArgs,
+    serial: Option<String>,
+    cert: Option<PathBuf>,
+    json: bool,
+) -> Result<()> {
     let (serial, issuer) = match (serial, cert) {
         (Some(s), _) => (s, String::new()),
         (None, Some(path)) => (
-            trmctl::admin::serial_of_pem(&path)?,
-            trmctl::admin::issuer_of_pem(&path)?,
+            trmctl::admin::serial_of_pem(&path)
+                .with_context(|| format!("--cert {}", path.display()))?,
+            trmctl::admin::issuer_of_pem(&path)
+                .with_context(|| format!("--cert {}", path.display()))?,
         ),
         (None, None) => bail!("name the certificate with --serial HEX or --cert PEM"),
     };
-    let mut c =
-        trmctl::admin::connect(&admin.config, admin.client.as_deref(), admin.ca.as_deref()).await?;
+    let mut c = connect(&admin).await?;
     let r = trmctl::admin::revoke(&mut c, &serial, &issuer).await?;
+    if json {
+        return print_json(&json!({
+            "serial_hex": r.serial_hex, "issuer": r.issuer,
+            "revoked_at": json_time(r.revoked_at.as_ref()),
+        }));
+    }
     println!(
         "revoked client certificate {}: every request made with it is refused from now on",
         r.serial_hex
@@ -912,41 +1318,81 @@ async fn revoke(admin: AdminArgs, serial: Option<String>, cert: Option<PathBuf>)
 }
 
 async fn revoked(admin: AdminArgs, json: bool) -> Result<()> {
-    let mut c =
-        trmctl::admin::connect(&admin.config, admin.client.as_deref(), admin.ca.as_deref()).await?;
+    let mut c = connect(&admin).await?;
     let all = trmctl::admin::revoked(&mut c).await?;
     if json {
         let items: Vec<_> = all
             .iter()
             .map(|r| {
-                serde_json::json!({
+                json!({
                     "serial_hex": r.serial_hex,
-                    "revoked_at": r.revoked_at.as_ref().map(|t| t.seconds),
+                    "revoked_at": json_time(r.revoked_at.as_ref()),
                 })
             })
             .collect();
-        println!("{}", serde_json::Value::Array(items));
-        return Ok(());
+        return print_json(&serde_json::Value::Array(items));
     }
     if all.is_empty() {
         println!("no client certificate is revoked");
     }
     for r in all {
-        let at = r
-            .revoked_at
-            .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
+        println!("{}  revoked {}", r.serial_hex, when(r.revoked_at.as_ref()));
+    }
+    Ok(())
+}
+
+async fn client_list(admin: AdminArgs, json: bool) -> Result<()> {
+    let register = trmctl::client::register_of(&admin.config)?;
+    let issued = trmctl::client::read_register(&register)?;
+    let mut c = connect(&admin).await?;
+    let revoked = trmctl::admin::revoked(&mut c).await?;
+    let revoked_at = |serial: &str| {
+        revoked
+            .iter()
+            .find(|r| r.serial_hex == serial)
+            .map(|r| r.revoked_at)
+    };
+    if json {
+        let items: Vec<_> = issued
+            .iter()
+            .map(|i| {
+                let at = revoked_at(&i.serial_hex);
+                json!({
+                    "serial_hex": i.serial_hex, "role": i.role, "org": i.org,
+                    "issued_at": json_datetime(i.issued_at),
+                    "not_after": json_datetime(i.not_after),
+                    "revoked": at.is_some(),
+                    "revoked_at": at.map_or(serde_json::Value::Null, |t| json_time(t.as_ref())),
+                })
             })
-            .unwrap_or_default();
-        println!("{}  revoked {at}", r.serial_hex);
+            .collect();
+        return print_json(&serde_json::Value::Array(items));
+    }
+    if issued.is_empty() {
+        println!("no client certificate issued here ({})", register.display());
+    }
+    println!(
+        "{:<40} {:<20} {:<20} {:<21} revoked",
+        "serial", "role", "org", "expires"
+    );
+    for i in &issued {
+        let state = match revoked_at(&i.serial_hex) {
+            Some(at) => format!("REVOKED {}", when(at.as_ref())),
+            None => "no".to_owned(),
+        };
+        println!(
+            "{:<40} {:<20} {:<20} {:<21} {state}",
+            i.serial_hex,
+            i.role,
+            i.org,
+            json_datetime(i.not_after).as_str().unwrap_or_default(),
+        );
     }
     Ok(())
 }
 
 fn init(
-    dir: &std::path::Path,
+    dir: &Path,
     nodes: &[NodeId],
     base_port: u16,
     force: bool,
@@ -975,12 +1421,27 @@ fn report(outcomes: Vec<InitOutcome>) {
     }
 }
 
-async fn up(dir: PathBuf, scenario: bool, storage: sandbox::Storage) -> Result<()> {
+async fn up(
+    dir: PathBuf,
+    scenario: bool,
+    base_port: Option<u16>,
+    storage: sandbox::Storage,
+) -> Result<()> {
     if !dir.is_dir() || sandbox::nodes_in(&dir)?.is_empty() {
         let nodes = ["AT".parse()?, "RO".parse()?, "NG".parse()?];
         // Connecting to PostgreSQL blocks: off the runtime.
         let d = dir.clone();
-        tokio::task::spawn_blocking(move || init(&d, &nodes, 7400, false, &storage)).await??;
+        let base = base_port.unwrap_or(7400);
+        tokio::task::spawn_blocking(move || init(&d, &nodes, base, false, &storage)).await??;
+    } else if let (Some(asked), Some(held)) = (base_port, sandbox::base_port_of(&dir)?) {
+        if asked != held {
+            bail!(
+                "--base-port {asked}: the sandbox in {} was initialised with base port {held}; \
+                 move it with `trmctl sandbox init --dir {} --force --base-port {asked}`",
+                dir.display(),
+                dir.display()
+            );
+        }
     }
     let ids = sandbox::nodes_in(&dir)?;
     let mut nodes = Vec::new();
@@ -988,7 +1449,12 @@ async fn up(dir: PathBuf, scenario: bool, storage: sandbox::Storage) -> Result<(
         let cfg = trm_node::NodeConfig::load(&sandbox::config_path(&dir, *id))?;
         let listeners = trm_node::Listeners::bind(&cfg.listen)
             .await
-            .with_context(|| format!("binding the ports of {id} (is another sandbox running?)"))?;
+            .with_context(|| {
+                format!(
+                    "starting {id} (is another sandbox running? `sandbox up --base-port` on a new \
+                 --dir picks other ports)"
+                )
+            })?;
         let handle = trm_node::NodeHandle::spawn(cfg, listeners)?;
         println!(
             "node {id}: services {} federation {} admin {} metrics http://{}/metrics",
@@ -1009,7 +1475,9 @@ async fn up(dir: PathBuf, scenario: bool, storage: sandbox::Storage) -> Result<(
             .map(|_| ())
     } else {
         println!("sandbox running in {}; Ctrl-C stops it", dir.display());
-        tokio::signal::ctrl_c().await?;
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
         Ok(())
     };
     for node in nodes {
@@ -1023,10 +1491,50 @@ async fn up(dir: PathBuf, scenario: bool, storage: sandbox::Storage) -> Result<(
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
+    use clap::{CommandFactory, Parser};
 
     #[test]
     fn every_command_line_is_well_formed() {
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_flag_values_are_refused_naming_the_flag_and_the_rule() {
+        let err = |args: &[&str]| {
+            super::Cli::try_parse_from(args)
+                .map(|_| ())
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(&[
+            "trmctl",
+            "client",
+            "issue",
+            "--config",
+            "c",
+            "--role",
+            "service_provider",
+            "--org",
+            "NGO Lefo",
+            "--out",
+            "x",
+        ]);
+        assert!(e.contains("--org") && e.contains("a-z, 0-9"), "{e}");
+        let e = err(&[
+            "trmctl", "client", "revoke", "--config", "c", "--serial", "0a1",
+        ]);
+        assert!(e.contains("--serial") && e.contains("leading zeros"), "{e}");
+        let e = err(&[
+            "trmctl",
+            "peer",
+            "update",
+            "--config",
+            "c",
+            "--node-id",
+            "RO",
+            "--endpoint",
+            "ro",
+        ]);
+        assert!(e.contains("--endpoint") && e.contains("host:port"), "{e}");
     }
 }

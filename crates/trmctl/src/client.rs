@@ -1,21 +1,115 @@
-//! `trmctl client issue`: a local client certificate signed by a node's client CA.
+//! `trmctl client issue` and `client list`: local client certificates signed by a node's
+//! client CA, and the register of every certificate issued, kept beside the CA's key
+//! (`<client_ca_key>` with the extension `issued.jsonl`: one JSON object a line; serials,
+//! roles, organisations and dates only) so that an operator can see what is out there.
 
-use std::path::{Path, PathBuf};
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 use trm_core::ids::{OrgId, Role};
 use trm_crypto::{files, pki::Authority};
 use trm_node::NodeConfig;
 
+/// One certificate of the register.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Issued {
+    /// Lower-case hex, no separators or leading zeros (as `client revoke --serial` takes it).
+    pub serial_hex: String,
+    pub role: String,
+    pub org: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub issued_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+}
+
+/// What `issue` wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssueReport {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub issued: Issued,
+}
+
+/// Returns the register beside a client CA's private key.
+pub fn register_path(client_ca_key: &Path) -> PathBuf {
+    client_ca_key.with_extension("issued.jsonl")
+}
+
+/// Returns the register entry of a certificate (PEM) issued for `role` and `org`.
+pub fn entry_of(cert_pem: &str, role: Role, org: &OrgId) -> Result<Issued> {
+    let der = trm_crypto::pki::first_der(cert_pem)?;
+    Ok(Issued {
+        serial_hex: trm_crypto::pki::serial_hex(&der)
+            .context("the issued certificate has no readable serial")?,
+        role: role.to_string(),
+        org: org.to_string(),
+        issued_at: OffsetDateTime::now_utc(),
+        not_after: trm_crypto::pki::not_after(&der)
+            .context("the issued certificate has no readable validity")?,
+    })
+}
+
+/// Appends `entry` to the register at `path` (created if missing).
+pub fn record(path: &Path, entry: &Issued) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "opening the register of issued certificates {}",
+                path.display()
+            )
+        })?;
+    let mut line = serde_json::to_string(entry)?;
+    line.push('\n');
+    f.write_all(line.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing to {}", path.display()))
+}
+
+/// Reads the register at `path` (empty when it does not exist yet).
+pub fn read_register(path: &Path) -> Result<Vec<Issued>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).with_context(|| {
+                format!("{} line {} is not a register entry", path.display(), i + 1)
+            })
+        })
+        .collect()
+}
+
+/// Returns the register of the node configured in `config`; refused where the client CA's
+/// key is not (certificates are issued, and registered, where it is).
+pub fn register_of(config: &Path) -> Result<PathBuf> {
+    let cfg = NodeConfig::load(config)?;
+    match cfg.tls.client_ca_key.as_ref() {
+        Some(key) => Ok(register_path(key)),
+        None => bail!(
+            "tls.client_ca_key is not set in {}: certificates are issued, and registered, on \
+             the host that holds the client CA's key; run this command there",
+            config.display()
+        ),
+    }
+}
+
 /// Issues a client certificate for `role` and `org`, valid for `days` days, from the client
-/// CA of the node configured in `config`; writes `PREFIX.pem` and `PREFIX.key` (mode 0600).
-pub fn issue(
-    config: &Path,
-    role: Role,
-    org: &OrgId,
-    out: &Path,
-    days: u32,
-) -> Result<(PathBuf, PathBuf)> {
+/// CA of the node configured in `config`; writes `PREFIX.pem` and `PREFIX.key` (mode 0600)
+/// and records it in the register.
+pub fn issue(config: &Path, role: Role, org: &OrgId, out: &Path, days: u32) -> Result<IssueReport> {
     if days == 0 || days > 3650 {
         bail!("--days must be between 1 and 3650");
     }
@@ -36,7 +130,13 @@ pub fn issue(
     let key = with_ext(out, "key");
     files::write_public(&cert, issued.cert_pem.as_bytes())?;
     files::write_secret(&key, issued.key_pem.as_bytes())?;
-    Ok((cert, key))
+    let entry = entry_of(&issued.cert_pem, role, org)?;
+    record(&register_path(ca_key), &entry)?;
+    Ok(IssueReport {
+        cert,
+        key,
+        issued: entry,
+    })
 }
 
 fn with_ext(prefix: &Path, ext: &str) -> PathBuf {
@@ -44,4 +144,32 @@ fn with_ext(prefix: &Path, ext: &str) -> PathBuf {
     s.push(".");
     s.push(ext);
     PathBuf::from(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_register_keeps_every_issued_certificate_in_order_and_an_absent_one_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = register_path(&dir.path().join("client-ca.key"));
+        assert_eq!(path, dir.path().join("client-ca.issued.jsonl"));
+        assert!(read_register(&path).unwrap().is_empty());
+        let ca = Authority::generate("test client CA").unwrap();
+        let org: OrgId = "ngo-lefo".parse().unwrap();
+        for role in [Role::ServiceProvider, Role::Operator] {
+            let c = ca.issue_client(role, &org).unwrap();
+            record(&path, &entry_of(&c.cert_pem, role, &org).unwrap()).unwrap();
+        }
+        let all = read_register(&path).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].role, "service_provider");
+        assert_eq!(all[1].role, "operator");
+        assert_ne!(all[0].serial_hex, all[1].serial_hex);
+        assert!(!all[0].serial_hex.starts_with('0'));
+        std::fs::write(&path, "not json\n").unwrap();
+        let err = read_register(&path).unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
+    }
 }

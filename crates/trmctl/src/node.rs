@@ -2,7 +2,10 @@
 //! with its default and what it does), its keys, and either self-signed certificates (a CA
 //! of its own per port) or certificate signing requests for the country's own PKI.
 
-use std::path::{Path, PathBuf};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{bail, Context, Result};
 use trm_core::ids::{NodeId, OrgId, Role};
@@ -20,18 +23,39 @@ pub enum Certificates {
 /// What `node init` is asked for.
 #[derive(Debug, Clone)]
 pub struct NodeInit {
+    /// The configuration's folder: node.toml, certificates, the master key (read-only to
+    /// the running node).
     pub dir: PathBuf,
+    /// Where the node writes: its store, its signing key (rewritten by rotations), its key
+    /// store and backups. `None`: the same folder as `dir`.
+    pub state_dir: Option<PathBuf>,
     pub id: NodeId,
     pub name: String,
     /// Host names or addresses the certificates are valid for.
     pub hosts: Vec<String>,
-    pub federation_listen: String,
+    pub services_listen: SocketAddr,
+    pub federation_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
     pub certificates: Certificates,
+}
+
+/// What `init` wrote and what the operator does next.
+#[derive(Debug, Clone)]
+pub struct InitReport {
+    pub written: Vec<PathBuf>,
+    pub next: Vec<String>,
+    /// The signing key's id and the file of its public half, for the peers.
+    pub signing_key_id: String,
+    pub signing_public_key: PathBuf,
+    /// The node's federation CA (self-signed certificates only), for the peers.
+    pub federation_ca: Option<PathBuf>,
+    pub config: PathBuf,
 }
 
 /// Writes a node's folder; refuses to touch one that holds a configuration. Returns what
 /// was written and what the operator must do next.
-pub fn init(n: &NodeInit) -> Result<(Vec<PathBuf>, Vec<String>)> {
+pub fn init(n: &NodeInit) -> Result<InitReport> {
     let d = &n.dir;
     if d.join("node.toml").exists() {
         bail!(
@@ -42,9 +66,31 @@ pub fn init(n: &NodeInit) -> Result<(Vec<PathBuf>, Vec<String>)> {
     if n.hosts.is_empty() {
         bail!("name at least one host the node is reached at (--host)");
     }
-    for sub in ["keys", "tls", "clients", "peers", "data", "backups"] {
+    // The state folder is written into node.toml as an absolute path when it is not the
+    // configuration's own folder (relative paths are resolved against node.toml's folder).
+    let state = match &n.state_dir {
+        None => None,
+        Some(s) if s.is_absolute() => Some(s.clone()),
+        Some(s) => Some(
+            std::env::current_dir()
+                .context("reading the current folder")?
+                .join(s),
+        ),
+    };
+    let sd: &Path = state.as_deref().unwrap_or(d);
+    if sd.join("data").exists() || sd.join("keys/signing.pem").exists() {
+        bail!(
+            "{} already holds a node's state (data/ or keys/signing.pem): nothing was changed; \
+             give another --state-dir",
+            sd.display()
+        );
+    }
+    for sub in ["keys", "tls", "clients", "peers"] {
         std::fs::create_dir_all(d.join(sub))
             .with_context(|| format!("creating {}", d.join(sub).display()))?;
+    }
+    for sub in ["keys", "data", "backups"] {
+        create_private_dir(&sd.join(sub))?;
     }
     let mut written = Vec::new();
     let mut public = |path: PathBuf, text: &str| -> Result<()> {
@@ -53,26 +99,38 @@ pub fn init(n: &NodeInit) -> Result<(Vec<PathBuf>, Vec<String>)> {
         Ok(())
     };
     let signing = SigningIdentity::generate();
-    signing.save(&d.join("keys/signing.pem"))?;
+    signing.save(&sd.join("keys/signing.pem"))?;
+    let signing_public_key = sd.join("keys/signing.pub.pem");
     public(
-        d.join("keys/signing.pub.pem"),
+        signing_public_key.clone(),
         &trm_crypto::signing::public_to_pem(&signing.public())?,
     )?;
     SecretKey::generate().save(&d.join("keys/master.key"))?;
     let mut next = vec![
         format!(
-            "give your peers tls/federation-ca.pem and keys/signing.pub.pem (key id {})",
+            "give your peers' operators tls/federation-ca.pem and {} (key id {}); after a key \
+             rotation `trmctl keys show` prints the current key",
+            signing_public_key.display(),
             signing.key_id()
         ),
-        "back up keys/master.key apart from data/ and from any backup".to_owned(),
+        format!(
+            "back up {} apart from the state folder and from any backup",
+            d.join("keys/master.key").display()
+        ),
     ];
     // The client CA is always the node's own: it certifies the node's local users.
     let client_ca = pki::Authority::generate(&format!("TRM {} client CA", n.id))?;
     public(d.join("tls/client-ca.pem"), client_ca.cert_pem())?;
     files::write_secret(&d.join("tls/client-ca.key"), client_ca.key_pem().as_bytes())?;
-    let operator = client_ca.issue_client(Role::Operator, &"operators".parse::<OrgId>()?)?;
+    let operators = "operators".parse::<OrgId>()?;
+    let operator = client_ca.issue_client(Role::Operator, &operators)?;
     public(d.join("clients/operator.pem"), &operator.cert_pem)?;
     files::write_secret(&d.join("clients/operator.key"), operator.key_pem.as_bytes())?;
+    crate::client::record(
+        &crate::client::register_path(&d.join("tls/client-ca.key")),
+        &crate::client::entry_of(&operator.cert_pem, Role::Operator, &operators)?,
+    )?;
+    let mut federation_ca = None;
     match n.certificates {
         Certificates::SelfSigned => {
             let fed_ca = pki::Authority::generate(&format!("TRM {} federation CA", n.id))?;
@@ -80,6 +138,7 @@ pub fn init(n: &NodeInit) -> Result<(Vec<PathBuf>, Vec<String>)> {
             public(d.join("tls/federation.pem"), &cert.cert_pem)?;
             files::write_secret(&d.join("tls/federation.key"), cert.key_pem.as_bytes())?;
             public(d.join("tls/federation-ca.pem"), fed_ca.cert_pem())?;
+            federation_ca = Some(d.join("tls/federation-ca.pem"));
             let services_ca = pki::Authority::generate(&format!("TRM {} services CA", n.id))?;
             let server =
                 services_ca.issue_server(&format!("trm node {} services", n.id), &n.hosts)?;
@@ -110,17 +169,45 @@ pub fn init(n: &NodeInit) -> Result<(Vec<PathBuf>, Vec<String>)> {
             );
         }
     }
-    let config = template(n);
+    let config = template(n, state.as_deref());
     public(d.join("node.toml"), &config)?;
     next.push(format!(
-        "add peers (`trmctl peer add` once running, or [[peers]] in node.toml), then run \
-         `trm-node --config {}`",
+        "run `trm-node --config {}`, then add peers with `trmctl peer add` (the peer \
+         directory is the node's; [[peers]] in node.toml only seeds it at a start)",
         d.join("node.toml").display()
     ));
-    Ok((written, next))
+    Ok(InitReport {
+        written,
+        next,
+        signing_key_id: signing.key_id().to_owned(),
+        signing_public_key,
+        federation_ca,
+        config: d.join("node.toml"),
+    })
 }
 
-fn template(n: &NodeInit) -> String {
+/// Creates a folder (and its parents) readable by its owner only.
+fn create_private_dir(path: &Path) -> Result<()> {
+    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Returns how a path of the state folder is written into node.toml: relative to node.toml
+/// when the state is beside it, else absolute.
+fn state_path(state: Option<&Path>, rel: &str) -> String {
+    match state {
+        None => rel.to_owned(),
+        Some(s) => s.join(rel).display().to_string().replace('\\', "/"),
+    }
+}
+
+fn template(n: &NodeInit, state: Option<&Path>) -> String {
     format!(
         r#"# Node {id}: written by `trmctl node init`. Every key is shown with its default.
 # Relative paths are resolved against this file's folder.
@@ -128,16 +215,16 @@ fn template(n: &NodeInit) -> String {
 [node]
 id = "{id}"                                 # ISO 3166-1 alpha-2 code of the country
 name = "{name}"
-data_dir = "data"                           # the store; everything personal sealed
+data_dir = "{data_dir}"                     # the store (written); everything personal sealed
 master_key = "keys/master.key"              # 32 bytes, mode 0600; back it up apart
-key_store = "keys/data-keys.store"          # the KEKs (outside data_dir); the erasure
-                                            # journal and audit anchor live beside it
+key_store = "{key_store}"                   # the KEKs (written; outside data_dir); the
+                                            # erasure journal and audit anchor live beside it
 
 [listen]
-services = "127.0.0.1:7400"                 # local users (client mTLS)
+services = "{services}"                     # local users (client mTLS)
 federation = "{federation}"                 # peer nodes (node mTLS)
-admin = "127.0.0.1:7402"                    # operators (operator mTLS); keep on loopback
-metrics = "127.0.0.1:7403"                  # plain HTTP /metrics /healthz /readyz
+admin = "{admin}"                           # operators (operator mTLS); keep on loopback
+metrics = "{metrics}"                       # plain HTTP /metrics /healthz /readyz
 
 [tls]
 federation_cert = "tls/federation.pem"      # carries trm://node/{id}
@@ -149,7 +236,8 @@ client_ca = "tls/client-ca.pem"
 client_ca_key = "tls/client-ca.key"         # only where `trmctl client issue` runs
 
 [signing]
-key = "keys/signing.pem"                    # ed25519, PKCS#8 PEM, mode 0600
+key = "{signing_key}"                       # ed25519, PKCS#8 PEM, mode 0600; a rotation
+                                            # rewrites it and signing.pub.pem beside it
 
 [policy]
 reflection_period_days = 30                 # never below 30
@@ -186,7 +274,9 @@ client_burst = 400
 peer_requests_per_second = 500              # per peer node (federation)
 peer_burst = 1000
 
-# A peer: its federation endpoint, the CA its certificate chains to, its signing keys.
+# Peers are added with `trmctl peer add` while the node runs. An entry here only seeds
+# the node's peer directory: it is taken in at a start if the directory never held that
+# node; after that `trmctl peer update|remove` changes the peer, not this file.
 # [[peers]]
 # id = "RO"
 # endpoint = "trm.ro.example:7401"
@@ -195,8 +285,14 @@ peer_burst = 1000
 # tls_pin_sha256 = ""                       # optional: pin the peer's exact certificate
 "#,
         id = n.id,
-        name = n.name.replace('"', "'"),
+        name = n.name.replace(['"', '\\'], "'"),
+        services = n.services_listen,
         federation = n.federation_listen,
+        admin = n.admin_listen,
+        metrics = n.metrics_listen,
+        data_dir = state_path(state, "data"),
+        key_store = state_path(state, "keys/data-keys.store"),
+        signing_key = state_path(state, "keys/signing.pem"),
     )
 }
 
@@ -214,13 +310,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let n = NodeInit {
             dir: dir.path().join("at"),
+            state_dir: None,
             id: "AT".parse().unwrap(),
             name: "Austria national focal point".into(),
             hosts: vec!["trm.at.example".into(), "127.0.0.1".into()],
-            federation_listen: "0.0.0.0:7401".into(),
+            services_listen: "127.0.0.1:7400".parse().unwrap(),
+            federation_listen: "0.0.0.0:7401".parse().unwrap(),
+            admin_listen: "127.0.0.1:7402".parse().unwrap(),
+            metrics_listen: "127.0.0.1:7403".parse().unwrap(),
             certificates: Certificates::SelfSigned,
         };
-        let (written, next) = init(&n).unwrap();
+        let report = init(&n).unwrap();
+        let (written, next) = (report.written, report.next);
         assert!(written.iter().any(|p| p.ends_with("node.toml")));
         assert!(next.iter().any(|s| s.contains("master.key")));
         let cfg = ready(&n.dir).unwrap();
@@ -236,11 +337,82 @@ mod tests {
             certificates: Certificates::Requests,
             ..n
         };
-        let (_, next) = init(&csr).unwrap();
+        let next = init(&csr).unwrap().next;
         let request = files::read_text(&csr.dir.join("tls/federation.csr")).unwrap();
         assert!(request.starts_with("-----BEGIN CERTIFICATE REQUEST-----"));
         assert!(next.iter().any(|s| s.contains("trm://node/RO")));
         let err = ready(&csr.dir).unwrap_err().to_string();
         assert!(err.contains("tls.federation_cert"), "{err}");
+    }
+
+    /// The folders deploy/trm-node.service lets the node write (ReadWritePaths=).
+    fn writable_in_the_unit() -> Vec<PathBuf> {
+        include_str!("../../../deploy/trm-node.service")
+            .lines()
+            .filter_map(|l| l.strip_prefix("ReadWritePaths="))
+            .flat_map(|l| l.split_whitespace().map(PathBuf::from).collect::<Vec<_>>())
+            .collect()
+    }
+
+    #[test]
+    fn the_guides_layout_puts_everything_the_node_writes_where_the_unit_lets_it_write() {
+        let root = tempfile::tempdir().unwrap();
+        // The operator guide: --dir /etc/trm --state-dir /var/lib/trm, inside a scratch root.
+        let etc = root.path().join("etc/trm");
+        let var = root.path().join("var/lib/trm");
+        let n = NodeInit {
+            dir: etc.clone(),
+            state_dir: Some(var.clone()),
+            id: "DE".parse().unwrap(),
+            name: "Germany".into(),
+            hosts: vec!["trm.de.example".into()],
+            services_listen: "127.0.0.1:7500".parse().unwrap(),
+            federation_listen: "0.0.0.0:7501".parse().unwrap(),
+            admin_listen: "127.0.0.1:7502".parse().unwrap(),
+            metrics_listen: "127.0.0.1:7503".parse().unwrap(),
+            certificates: Certificates::SelfSigned,
+        };
+        let report = init(&n).unwrap();
+        assert_eq!(report.signing_public_key, var.join("keys/signing.pub.pem"));
+        let cfg = ready(&etc).unwrap();
+        let writable: Vec<PathBuf> = writable_in_the_unit()
+            .iter()
+            .map(|p| root.path().join(p.strip_prefix("/").unwrap()))
+            .collect();
+        assert!(!writable.is_empty());
+        let under = |p: &Path| writable.iter().any(|w| p.starts_with(w));
+        for (what, path) in [
+            ("node.data_dir", cfg.node.data_dir.clone()),
+            ("node.key_store", cfg.node.key_store.clone()),
+            ("signing.key", cfg.signing.key.clone()),
+            ("backups", var.join("backups")),
+        ] {
+            assert!(
+                under(&path),
+                "{what} {} is not writable under the unit",
+                path.display()
+            );
+            assert!(path.starts_with(&var), "{what}");
+        }
+        for (what, path) in [
+            ("node.master_key", cfg.node.master_key.clone()),
+            ("tls.federation_key", cfg.tls.federation_key.clone()),
+        ] {
+            assert!(
+                path.starts_with(&etc),
+                "{what} stays with the configuration"
+            );
+        }
+        assert_eq!(cfg.listen.services.port(), 7500);
+        assert_eq!(cfg.listen.admin.port(), 7502);
+        assert_eq!(cfg.listen.metrics.port(), 7503);
+        let again = init(&NodeInit {
+            dir: root.path().join("etc/other"),
+            ..n
+        });
+        assert!(
+            again.unwrap_err().to_string().contains("state"),
+            "state is never overwritten"
+        );
     }
 }

@@ -213,8 +213,14 @@ pub fn init_in(
             &nd.join("tls/client-ca.key"),
             client_ca.key_pem().as_bytes(),
         )?;
+        let register = crate::client::register_path(&nd.join("tls/client-ca.key"));
         for role in Role::ALL {
-            let c = client_ca.issue_client(role, &sandbox_org(role)?)?;
+            let org = sandbox_org(role)?;
+            let c = client_ca.issue_client(role, &org)?;
+            crate::client::record(
+                &register,
+                &crate::client::entry_of(&c.cert_pem, role, &org)?,
+            )?;
             files::write_public(
                 &nd.join(format!("clients/{role}.pem")),
                 c.cert_pem.as_bytes(),
@@ -290,6 +296,20 @@ backoff_cap_secs = 5
         files::write_public(&nd.join("node.toml"), toml.as_bytes())?;
     }
     Ok(outcomes)
+}
+
+/// Returns the base port a sandbox folder was initialised with: the services port of its
+/// first node (`None` when it holds no node).
+pub fn base_port_of(dir: &Path) -> Result<Option<u16>> {
+    let Some(first) = nodes_in(dir)?.first().copied() else {
+        return Ok(None);
+    };
+    Ok(Some(
+        trm_node::NodeConfig::load(&config_path(dir, first))?
+            .listen
+            .services
+            .port(),
+    ))
 }
 
 /// Returns the ids of the nodes in a sandbox folder (every `<ID>/node.toml`), in the order

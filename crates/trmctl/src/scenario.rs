@@ -147,18 +147,20 @@ pub async fn run(
     let id = referral.referral_id.clone();
     writeln!(out, "   referral {id}: {}", status_name(referral.status))?;
 
+    // The referral id is the same on both nodes: the destination's focal point reads it
+    // directly (NOT_FOUND until it arrives), however many referrals it already holds.
     let arrived = wait_for("the referral to arrive", deadline, || {
         let mut c = dest_fp.clone();
         let id = id.clone();
         async move {
-            let list = c
-                .list_referrals(w::ListReferralsRequest {
-                    direction: w::Direction::Incoming as i32,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            Ok(list.referrals.into_iter().find(|r| r.referral_id == id))
+            match c
+                .get_referral(w::GetReferralRequest { referral_id: id })
+                .await
+            {
+                Ok(r) => Ok(Some(r.into_inner())),
+                Err(s) if s.code() == Code::NotFound => Ok(None),
+                Err(s) => Err(s.into()),
+            }
         }
     })
     .await?;

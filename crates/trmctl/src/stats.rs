@@ -39,8 +39,9 @@ pub struct ReportFile {
     pub signed: Vec<Signed>,
 }
 
-/// The keys a report may be signed with: the node's own (its signing key, and its public
-/// key file beside it) and its configured peers', plus any given.
+/// The keys a report may be signed with that are on this host: the node's own (its signing
+/// key, and its public key file beside it), plus any given. The peers' keys come from the
+/// running node's directory (`trmctl::admin::directory_keys`), never from node.toml.
 pub fn trusted_keys(
     config: &Path,
     extra: &[std::path::PathBuf],
@@ -54,11 +55,6 @@ pub fn trusted_keys(
         cfg.node.id.to_string(),
         cfg.signing.key.with_extension("pub.pem"),
     )];
-    for p in &cfg.peers {
-        for k in &p.signing_keys {
-            files.push((p.id.to_string(), k.clone()));
-        }
-    }
     files.extend(extra.iter().map(|p| (String::new(), p.clone())));
     for (owner, path) in files {
         if let Ok(pem) = trm_crypto::files::read_text(&path) {

@@ -297,4 +297,5 @@ local_requests! {
     RevokeClientCertificate,
     ListRevokedClientCertificates,
     ExportAudit,
+    ListSigningKeys,
 }

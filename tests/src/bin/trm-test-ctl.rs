@@ -1,7 +1,7 @@
 //! The `trmctl` command, built inside the test package so that its tests run the real
-//! command line (parsing, output, exit codes) against running nodes.
+//! command line (parsing, output, errors, exit codes) against running nodes.
 #![forbid(unsafe_code)]
 
-fn main() -> anyhow::Result<()> {
-    trmctl::cli::main_with(std::env::args_os())
+fn main() -> std::process::ExitCode {
+    trmctl::cli::main()
 }

@@ -647,6 +647,10 @@ fn local_requests() -> Result<()> {
             }
             .encode_to_vec(),
         ),
+        (
+            L::ListSigningKeys,
+            w::ListSigningKeysRequest {}.encode_to_vec(),
+        ),
     ];
     let requests = requests
         .into_iter()
