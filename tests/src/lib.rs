@@ -28,8 +28,25 @@ pub struct TestFederation {
     options: std::collections::HashMap<String, trm_node::NodeOptions>,
 }
 
+/// Returns a free loopback port below the kernel's range of ephemeral ports (32768 and up
+/// on Linux), bound: a node stopped and started again on its port never finds it taken by
+/// the local end of some other test's outgoing connection.
+fn reserve_port() -> Result<std::net::TcpListener> {
+    let mut last = None;
+    for _ in 0..200 {
+        let port = 20_000 + (uuid::Uuid::new_v4().as_u128() % 12_000) as u16;
+        match std::net::TcpListener::bind(("127.0.0.1", port)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.map_or_else(|| anyhow::anyhow!("no free port"), Into::into))
+}
+
 async fn bind() -> Result<(TcpListener, SocketAddr)> {
-    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let l = reserve_port()?;
+    l.set_nonblocking(true)?;
+    let l = TcpListener::from_std(l)?;
     let a = l.local_addr()?;
     Ok((l, a))
 }
@@ -1014,8 +1031,7 @@ pub fn check_metrics(page: &str) -> Result<std::collections::BTreeMap<String, St
 /// A sandbox node `id` on free loopback ports (for tests that lay out a sandbox and run
 /// its nodes themselves).
 pub fn free_node_spec(id: &str) -> Result<trmctl::sandbox::NodeSpec> {
-    let free =
-        || -> Result<SocketAddr> { Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?) };
+    let free = || -> Result<SocketAddr> { Ok(reserve_port()?.local_addr()?) };
     Ok(trmctl::sandbox::NodeSpec {
         id: id.parse()?,
         services: free()?,
