@@ -753,8 +753,19 @@ fn a_restore_reapplies_revocations_peer_removals_ended_keys_and_audits_itself() 
         revoked_at: ended,
     };
     let (r, k) = (revoked.clone(), key.clone());
+    let month = trm_core::stats::Month {
+        year: 2026,
+        month: 2,
+    };
+    let report = crate::repo::stats::PublishedReport {
+        report: vec![7, 7],
+        key_id: "k".into(),
+        signature: vec![1],
+    };
+    let published = report.clone();
     store
         .commit_blocking::<(), (), _>(move |tx| {
+            tx.put_published_report(month, &published)?;
             tx.put_revoked_clients(std::slice::from_ref(&r))?;
             tx.put_directory_changes(&DirectoryChanges {
                 removed: vec![ro],
@@ -788,6 +799,11 @@ fn a_restore_reapplies_revocations_peer_removals_ended_keys_and_audits_itself() 
     assert!(d.upserted.is_empty());
     let learned = store.learned_keys().unwrap();
     assert_eq!(learned.peers[&ro][0].valid_until, Some(ended));
+    assert_eq!(
+        store.published_report(month).unwrap(),
+        Some(report),
+        "a month published after the backup stays as published"
+    );
     // The restore is in the restored chain: who, which backup, what was re-applied.
     let page = store.audit_entries(0, 10_000).unwrap();
     let last = &page.last().unwrap().record;

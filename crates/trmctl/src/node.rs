@@ -259,6 +259,7 @@ batches_in_flight = 4                       # 1..8, applied in order by the peer
 [storage]
 engine = "sled"                             # embedded; or "postgres" with url or url_file
 kek_rotation_hours = 24                     # old copies stop opening erased records within
+backup_retention_days = 35                  # a backup opens (with the key file) this long, then for no one
 # min_free_mib = 64                         # sled: refuse writes below this free space;
                                             # default: the lesser of 64 MiB, 1/16 of disk
 
