@@ -33,7 +33,7 @@ pub async fn export(
     let months: Vec<Month> = period.months().collect();
     let mut monthly = Vec::with_capacity(months.len());
     for month in &months {
-        monthly.push(published(ctx, *month).await?);
+        monthly.push(published(ctx, *month, &actor).await?);
     }
     let answer = match monthly.as_slice() {
         [one] => w::ExportStatisticsResponse {
@@ -104,7 +104,8 @@ enum Kept {
 /// Returns the kept report of `month`, publishing it first if it was not yet. The
 /// protection is computed outside the writer (it may take a while); the transaction keeps
 /// it only if the counters it was computed from are still those of the month.
-async fn published(ctx: &Ctx, month: Month) -> ApiResult<PublishedReport> {
+async fn published(ctx: &Ctx, month: Month, actor: &str) -> ApiResult<PublishedReport> {
+    let actor = actor.to_owned();
     if let Some(kept) = ctx.store.published_report(month)? {
         return Ok(kept);
     }
@@ -134,6 +135,7 @@ async fn published(ctx: &Ctx, month: Month) -> ApiResult<PublishedReport> {
             month.key(),
             cells.len()
         );
+        let actor = actor.clone();
         let kept = ctx
             .commit(move |tx| {
                 if let Some(before) = tx.published_report(month)? {
@@ -144,7 +146,7 @@ async fn published(ctx: &Ctx, month: Month) -> ApiResult<PublishedReport> {
                 }
                 tx.put_published_report(month, &new)?;
                 tx.audit(
-                    AuditRecord::new("operator", "statistics.publish", "statistics", "ok")
+                    AuditRecord::new(actor.clone(), "statistics.publish", "statistics", "ok")
                         .detail(detail.clone()),
                 )?;
                 Ok(Kept::Report(new.clone()))
