@@ -1,13 +1,128 @@
-//! What the three shared records (referral, return plan, hearing) have in common: two nodes,
-//! one of which acts at each step ([`Side`]), and, for a referral or a return plan, where
-//! the erasure of the other node's copy stands ([`Erasure`]).
+//! What the shared records (referral, return plan, hearing) have in common, and what a new
+//! one implements to join them: one lifecycle ([`SharedRecord`]) between two nodes, one of
+//! which acts at each step ([`Side`]), its kind registered once ([`RecordKind`]), and, for a
+//! record that carries a victim's data, where the erasure of the other node's copy stands
+//! ([`Erasure`], [`ErasableRecord`]). The store keys, indexes and counts records by kind, and
+//! the node takes, announces, lists and erases them with one pipeline each, over this trait.
+
+use std::fmt::{Debug, Display};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
     error::{Guard, GuardError},
-    ids::NodeId,
+    ids::{NodeId, OrgId},
+    referral::Direction,
 };
+
+/// The kinds of shared record, registered once: whatever iterates them (the store's key
+/// layout, the rule that a peer never reaches a local record through an id it chose,
+/// statistics) covers a new kind by its entry here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum RecordKind {
+    Referral,
+    Return,
+    Hearing,
+}
+
+impl RecordKind {
+    /// Every kind.
+    pub const ALL: [RecordKind; 3] = [
+        RecordKind::Referral,
+        RecordKind::Return,
+        RecordKind::Hearing,
+    ];
+
+    /// Returns the kind in words ("referral", "return plan", "hearing"), as errors name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            RecordKind::Referral => "referral",
+            RecordKind::Return => "return plan",
+            RecordKind::Hearing => "hearing",
+        }
+    }
+
+    /// Returns the kind's one-byte tag in keys.
+    pub fn tag(self) -> u8 {
+        match self {
+            RecordKind::Referral => b'r',
+            RecordKind::Return => b't',
+            RecordKind::Hearing => b'h',
+        }
+    }
+}
+
+/// One lifecycle for every record two nodes share: who holds which side, which events each
+/// side may take, what an event does. Implemented by each shared record; the pipelines of
+/// the node and the repository of the store are written once over it.
+pub trait SharedRecord: Clone + Debug + Send + Sync + 'static {
+    /// The record's id (the same on both nodes).
+    type Id: Copy + Eq + Debug + Display + Send + Sync + 'static;
+    type Status: Copy + Eq + Debug + Send + Sync + 'static;
+    type Event: Copy + Eq + Debug + Send + Sync + 'static;
+    /// What a step carries besides its event (a reason, a date ...).
+    type Step: Clone + Debug + Default + Send + Sync + 'static;
+    const KIND: RecordKind;
+
+    fn id(&self) -> Self::Id;
+    /// The node that created the record and sent it.
+    fn origin(&self) -> NodeId;
+    /// The node it was sent to.
+    fn destination(&self) -> NodeId;
+    fn status(&self) -> Self::Status;
+    /// Returns the status's name, as audit entries and errors write it.
+    fn status_name(&self) -> &'static str;
+    /// The pairwise reference the two nodes know the case by.
+    fn case_ref(&self) -> &str;
+    /// The organisation that looks after the record on this node besides focal points.
+    fn owner(&self) -> Option<&OrgId>;
+    /// Returns whether `side` may take `event`.
+    fn may_take(event: Self::Event, side: Side) -> bool;
+    /// Returns the event the other node, on `side`, took to reach `status` (what its update
+    /// announces), when that side may.
+    fn event_to(status: Self::Status, side: Side) -> Option<Self::Event>;
+    /// Applies `event` with `step` (a local step, or the other node's announcement of it).
+    fn apply(&mut self, event: Self::Event, step: &Self::Step) -> Result<(), GuardError>;
+
+    /// Returns the side `me` is on.
+    fn side(&self, me: NodeId) -> Side {
+        Side::of(self.origin(), me)
+    }
+
+    /// Returns the other node.
+    fn peer(&self, me: NodeId) -> NodeId {
+        if self.origin() == me {
+            self.destination()
+        } else {
+            self.origin()
+        }
+    }
+
+    /// Returns which way the record travelled, seen from `me`.
+    fn direction(&self, me: NodeId) -> Direction {
+        if self.origin() == me {
+            Direction::Outgoing
+        } else {
+            Direction::Incoming
+        }
+    }
+}
+
+/// A shared record that carries a victim's data: the origin can ask for the other node's
+/// copy to be erased, and the other node erases it.
+pub trait ErasableRecord: SharedRecord {
+    /// Where the erasure of the other node's copy stands (kept at the origin).
+    fn erasure(&self) -> Erasure;
+    /// At the origin: asks for the other copy's erasure (an open record is ended); with
+    /// `erase_own`, this node's record keeps only the pairwise reference too. Returns
+    /// `false` when erasure was already requested.
+    fn request_erasure(&mut self, reason: &str, erase_own: bool, now: time::OffsetDateTime)
+        -> bool;
+    /// At the destination: erases this copy (only the pairwise reference is kept).
+    fn erase_copy(&mut self, reason: &str, now: time::OffsetDateTime);
+    /// At the origin: the destination confirmed the erasure of its copy.
+    fn confirm_erasure(&mut self) -> Result<(), GuardError>;
+}
 
 /// Which node of a shared record acts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

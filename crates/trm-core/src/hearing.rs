@@ -211,6 +211,47 @@ impl HearingRecord {
     }
 }
 
+impl crate::exchange::SharedRecord for HearingRecord {
+    type Id = HearingId;
+    type Status = HearingStatus;
+    type Event = HearingEvent;
+    type Step = HearingStep;
+    const KIND: crate::exchange::RecordKind = crate::exchange::RecordKind::Hearing;
+
+    fn id(&self) -> HearingId {
+        self.hearing_id
+    }
+    fn origin(&self) -> NodeId {
+        self.requesting_country
+    }
+    fn destination(&self) -> NodeId {
+        self.witness_country
+    }
+    fn status(&self) -> HearingStatus {
+        self.status
+    }
+    fn status_name(&self) -> &'static str {
+        self.status.as_str()
+    }
+    fn case_ref(&self) -> &str {
+        &self.case_ref
+    }
+    /// A hearing is owned by no organisation: who may act on one is the role's; who looks
+    /// after the witness is the subject's owner.
+    fn owner(&self) -> Option<&crate::ids::OrgId> {
+        None
+    }
+    fn may_take(event: HearingEvent, side: Side) -> bool {
+        event.allowed_for(side)
+    }
+    fn event_to(status: HearingStatus, side: Side) -> Option<HearingEvent> {
+        HearingEvent::leading_to(status).filter(|e| e.allowed_for(side))
+    }
+    fn apply(&mut self, event: HearingEvent, step: &HearingStep) -> Result<(), GuardError> {
+        HearingRecord::apply(self, event, step)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,13 +9,16 @@
 //! - [`policy`]: the versioned disclosure table, applied outbound and inbound.
 //! - [`messages`]: the kinds of envelope between nodes, the record each is about, and a
 //!   peer's payloads as domain messages.
-//! - [`exchange`]: which side of a shared record acts, and the erasure of the other's copy.
+//! - [`exchange`]: the one lifecycle of every shared record (its kind, sides, events,
+//!   erasure of the other copy), which the referral, return plan and hearing implement.
+//! - [`access`]: the role table and the one rule for reaching a record.
 //! - [`referral`]: the referral state machine.
 //! - [`returns`]: return-planning guards and the return state machine.
 //! - [`hearing`]: witness-hearing states and the child-witness rule.
 //! - [`stats`]: monitoring statistics: the counted cells, closed periods, suppression.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod consent;
 pub mod error;
 pub mod exchange;

@@ -248,6 +248,72 @@ pub fn next(status: ReferralStatus, event: ReferralEvent) -> Result<ReferralStat
     Ok(to)
 }
 
+/// What a referral step carries besides its event: a reason, and for an assignment the
+/// local service provider that takes the case on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReferralStep {
+    pub reason: String,
+    pub assign: Option<OrgId>,
+}
+
+impl crate::exchange::SharedRecord for ReferralRecord {
+    type Id = ReferralId;
+    type Status = ReferralStatus;
+    type Event = ReferralEvent;
+    type Step = ReferralStep;
+    const KIND: crate::exchange::RecordKind = crate::exchange::RecordKind::Referral;
+
+    fn id(&self) -> ReferralId {
+        self.referral_id
+    }
+    fn origin(&self) -> NodeId {
+        self.origin
+    }
+    fn destination(&self) -> NodeId {
+        self.destination
+    }
+    fn status(&self) -> ReferralStatus {
+        self.status
+    }
+    fn status_name(&self) -> &'static str {
+        self.status.as_str()
+    }
+    fn case_ref(&self) -> &str {
+        &self.disclosed.case_ref
+    }
+    fn owner(&self) -> Option<&OrgId> {
+        self.organisation.as_ref()
+    }
+    fn may_take(event: ReferralEvent, side: Side) -> bool {
+        event.allowed_for(side)
+    }
+    fn event_to(status: ReferralStatus, side: Side) -> Option<ReferralEvent> {
+        ReferralEvent::leading_to(status, side)
+    }
+    fn apply(&mut self, event: ReferralEvent, step: &ReferralStep) -> Result<(), GuardError> {
+        ReferralRecord::apply(self, event, &step.reason, OffsetDateTime::now_utc())?;
+        if let Some(org) = &step.assign {
+            self.organisation = Some(org.clone());
+        }
+        Ok(())
+    }
+}
+
+impl crate::exchange::ErasableRecord for ReferralRecord {
+    fn erasure(&self) -> Erasure {
+        self.erasure
+    }
+    fn request_erasure(&mut self, reason: &str, erase_own: bool, now: OffsetDateTime) -> bool {
+        ReferralRecord::request_erasure(self, reason, erase_own, now)
+    }
+    fn erase_copy(&mut self, reason: &str, now: OffsetDateTime) {
+        ReferralRecord::erase_copy(self, reason, now)
+    }
+    fn confirm_erasure(&mut self) -> Result<(), GuardError> {
+        self.erasure.confirm()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -413,6 +413,60 @@ impl ReturnRecord {
     }
 }
 
+impl crate::exchange::SharedRecord for ReturnRecord {
+    type Id = ReturnId;
+    type Status = ReturnStatus;
+    type Event = ReturnEvent;
+    type Step = StepDetails;
+    const KIND: crate::exchange::RecordKind = crate::exchange::RecordKind::Return;
+
+    fn id(&self) -> ReturnId {
+        self.return_id
+    }
+    fn origin(&self) -> NodeId {
+        self.origin
+    }
+    fn destination(&self) -> NodeId {
+        self.destination
+    }
+    fn status(&self) -> ReturnStatus {
+        self.status
+    }
+    fn status_name(&self) -> &'static str {
+        self.status.as_str()
+    }
+    fn case_ref(&self) -> &str {
+        &self.disclosed.case_ref
+    }
+    fn owner(&self) -> Option<&OrgId> {
+        self.organisation.as_ref()
+    }
+    fn may_take(event: ReturnEvent, side: Side) -> bool {
+        event.allowed_for(side)
+    }
+    fn event_to(status: ReturnStatus, side: Side) -> Option<ReturnEvent> {
+        ReturnEvent::leading_to(status, side)
+    }
+    fn apply(&mut self, event: ReturnEvent, step: &StepDetails) -> Result<(), GuardError> {
+        ReturnRecord::apply(self, event, step)
+    }
+}
+
+impl crate::exchange::ErasableRecord for ReturnRecord {
+    fn erasure(&self) -> Erasure {
+        self.erasure
+    }
+    fn request_erasure(&mut self, reason: &str, erase_own: bool, now: OffsetDateTime) -> bool {
+        ReturnRecord::request_erasure(self, reason, erase_own, now)
+    }
+    fn erase_copy(&mut self, reason: &str, now: OffsetDateTime) {
+        ReturnRecord::erase_copy(self, reason, now)
+    }
+    fn confirm_erasure(&mut self) -> Result<(), GuardError> {
+        self.erasure.confirm()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
