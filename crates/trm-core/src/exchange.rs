@@ -5,7 +5,7 @@
 //! ([`Erasure`], [`ErasableRecord`]). The store keys, indexes and counts records by kind, and
 //! the node takes, announces, lists and erases them with one pipeline each, over this trait.
 
-use std::fmt::{Debug, Display};
+use std::fmt::Debug;
 
 use serde::{Deserialize, Serialize};
 
@@ -57,7 +57,7 @@ impl RecordKind {
 /// the node and the repository of the store are written once over it.
 pub trait SharedRecord: Clone + Debug + Send + Sync + 'static {
     /// The record's id (the same on both nodes).
-    type Id: Copy + Eq + Debug + Display + Send + Sync + 'static;
+    type Id: crate::ids::RecordId;
     type Status: Copy + Eq + Debug + Send + Sync + 'static;
     type Event: Copy + Eq + Debug + Send + Sync + 'static;
     /// What a step carries besides its event (a reason, a date ...).

@@ -212,6 +212,18 @@ pub fn parse_id(field: &str, s: &str) -> Result<uuid::Uuid, FieldError> {
     uuid::Uuid::try_parse(s).map_err(|_| FieldError::new(field, "must be a UUID"))
 }
 
+/// What every record id is: a UUID with a type of its own.
+pub trait RecordId: Copy + Eq + fmt::Debug + fmt::Display + Send + Sync + 'static {
+    /// Returns the id a UUID is.
+    fn of_uuid(u: uuid::Uuid) -> Self;
+    /// Returns the UUID.
+    fn to_uuid(self) -> uuid::Uuid;
+    /// Parses the canonical text; `field` names the input for the error.
+    fn parse_field(field: &str, s: &str) -> Result<Self, FieldError> {
+        parse_id(field, s).map(Self::of_uuid)
+    }
+}
+
 macro_rules! record_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -254,6 +266,15 @@ macro_rules! record_id {
         impl Default for $name {
             fn default() -> Self {
                 Self::new()
+            }
+        }
+
+        impl RecordId for $name {
+            fn of_uuid(u: uuid::Uuid) -> Self {
+                Self(u)
+            }
+            fn to_uuid(self) -> uuid::Uuid {
+                self.0
             }
         }
 

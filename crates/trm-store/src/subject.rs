@@ -37,6 +37,20 @@ impl Subject {
         Self::named("hearing", id.as_bytes())
     }
 
+    /// The subject of a shared record of `kind` (the same names as the kind's own
+    /// constructor above).
+    pub fn of_record(kind: trm_core::exchange::RecordKind, id: &[u8; 16]) -> Self {
+        use trm_core::exchange::RecordKind as K;
+        Self::named(
+            match kind {
+                K::Referral => "referral",
+                K::Return => "return",
+                K::Hearing => "hearing",
+            },
+            id,
+        )
+    }
+
     /// Returns the subject's bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0

@@ -211,14 +211,10 @@ impl Tx<'_> {
         Ok(None)
     }
 
-    /// Returns whether any record of this node (case, referral, return plan, hearing) has
-    /// the id `id`.
+    /// Returns whether any record of this node (a case, or a shared record of any
+    /// registered kind) has the id `id`.
     pub fn names_a_record(&mut self, id: uuid::Uuid) -> Result<bool> {
-        use trm_core::ids::{HearingId, ReferralId, ReturnId};
-        Ok(self.exists(&layout::case(CaseId::from_uuid(id)))?
-            || self.exists(&layout::referral(ReferralId::from_uuid(id)))?
-            || self.exists(&layout::return_plan(ReturnId::from_uuid(id)))?
-            || self.exists(&layout::hearing(HearingId::from_uuid(id)))?)
+        Ok(self.exists(&layout::case(CaseId::from_uuid(id)))? || self.names_a_shared_record(id)?)
     }
 }
 

@@ -1,7 +1,8 @@
-//! The flows' records: referrals, return plans and hearings, each sealed under its own key,
-//! with an index by direction (holding the organisation that may read the record, so that a
-//! listing filters before it opens anything), and the index of a case's open referral to
-//! each destination.
+//! The shared records (referrals, return plans, hearings, and any kind added to
+//! [`RecordKind`]), kept one way ([`StoredRecord`]): each sealed under a key of its own
+//! (a subject of its kind), with an index by direction holding the organisation that may
+//! read it (a listing filters before it opens anything), counted in the statistics by its
+//! state; and the index of a case's open referral to each destination.
 
 use trm_core::{
     hearing::{HearingRecord, Witness},
@@ -10,10 +11,16 @@ use trm_core::{
     returns::ReturnRecord,
 };
 
-use trm_core::stats::{Cell, Month};
+use serde::{de::DeserializeOwned, Serialize};
+use time::OffsetDateTime;
+use trm_core::{
+    exchange::{RecordKind, SharedRecord},
+    ids::RecordId,
+    stats::{Cell, Month},
+};
 
 use crate::{
-    repo::{layout, stats, INCOMING, OUTGOING},
+    repo::{layout, INCOMING, OUTGOING},
     subject::Subject,
     Result, Store, Tx,
 };
@@ -38,7 +45,100 @@ fn id_after(key: &[u8], prefix_len: usize) -> Option<[u8; 16]> {
     key.get(prefix_len..)?.try_into().ok()
 }
 
+/// How the store keeps one kind of shared record.
+pub trait StoredRecord: SharedRecord + Serialize + DeserializeOwned {
+    /// The statistics cell the record counts in now, seen from this node (`dir`).
+    fn cell(&self, dir: Direction) -> Cell;
+    /// When the record was created: it counts in that month.
+    fn created(&self) -> OffsetDateTime;
+    /// Keeps indexes of its own besides the generic ones.
+    fn index(&self, _tx: &mut Tx<'_>, _dir: Direction) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl StoredRecord for ReferralRecord {
+    fn cell(&self, direction: Direction) -> Cell {
+        Cell::Referral {
+            direction,
+            status: self.status,
+        }
+    }
+    fn created(&self) -> OffsetDateTime {
+        self.created_at
+    }
+    /// The open referral of a case to a destination (one at a time).
+    fn index(&self, tx: &mut Tx<'_>, dir: Direction) -> Result<()> {
+        if let (Direction::Outgoing, Some(case)) = (dir, self.case_id) {
+            let open = layout::open_referral(case, self.destination);
+            if self.status.is_final() {
+                if tx.get_raw(&open)?.as_deref() == Some(self.referral_id.as_bytes()) {
+                    tx.delete(&open)?;
+                }
+            } else {
+                tx.put_raw(&open, self.referral_id.as_bytes())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl StoredRecord for ReturnRecord {
+    fn cell(&self, _dir: Direction) -> Cell {
+        Cell::Return(self.status)
+    }
+    fn created(&self) -> OffsetDateTime {
+        self.created_at
+    }
+}
+
+impl StoredRecord for HearingRecord {
+    fn cell(&self, _dir: Direction) -> Cell {
+        Cell::Hearing(self.status)
+    }
+    fn created(&self) -> OffsetDateTime {
+        self.created_at
+    }
+}
+
+fn uuid_bytes<I: RecordId>(id: I) -> [u8; 16] {
+    *id.to_uuid().as_bytes()
+}
+
+fn subject<R: StoredRecord>(id: R::Id) -> Subject {
+    Subject::of_record(R::KIND, &uuid_bytes(id))
+}
+
 impl Tx<'_> {
+    /// Returns the shared record `id` of kind `R`.
+    pub fn record<R: StoredRecord>(&mut self, id: R::Id) -> Result<Option<R>> {
+        let key = layout::record(R::KIND, &uuid_bytes(id));
+        self.get_sealed(R::KIND.name(), &key, &subject::<R>(id))
+    }
+
+    /// Writes a shared record (new or changed), keeps its indexes and moves its count.
+    pub fn put_record<R: StoredRecord>(&mut self, r: &R) -> Result<()> {
+        let id = uuid_bytes(r.id());
+        self.put_sealed(&layout::record(R::KIND, &id), &subject::<R>(r.id()), r)?;
+        let dir = r.direction(self.node);
+        self.put_raw(
+            &layout::record_index(R::KIND, dir_tag(dir), &id),
+            &org_bytes(r.owner()),
+        )?;
+        self.recount(R::KIND.tag(), &id, Month::at(r.created()), r.cell(dir))?;
+        r.index(self, dir)
+    }
+
+    /// Returns whether a shared record of any kind has the id `id`.
+    pub fn names_a_shared_record(&mut self, id: uuid::Uuid) -> Result<bool> {
+        for kind in RecordKind::ALL {
+            if self.exists(&layout::record(kind, id.as_bytes()))? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Looks up a local record by id: a case, or a referral or return plan (whose reference
     /// counts only if it is shared with `peer`).
     pub fn witness(&mut self, id: uuid::Uuid, peer: NodeId) -> Result<Option<Witness>> {
@@ -85,38 +185,12 @@ impl Tx<'_> {
 
     /// Returns the referral `id`.
     pub fn referral(&mut self, id: ReferralId) -> Result<Option<ReferralRecord>> {
-        self.get_sealed("referral", &layout::referral(id), &Subject::referral(id))
+        self.record(id)
     }
 
     /// Writes a referral (new or changed) and keeps its indexes.
     pub fn put_referral(&mut self, r: &ReferralRecord) -> Result<()> {
-        let id = r.referral_id;
-        self.put_sealed(&layout::referral(id), &Subject::referral(id), r)?;
-        let dir = r.direction(self.node);
-        self.put_raw(
-            &layout::referral_index(dir_tag(dir), id),
-            &org_bytes(r.organisation.as_ref()),
-        )?;
-        self.recount(
-            stats::REFERRAL,
-            id.as_bytes(),
-            Month::at(r.created_at),
-            Cell::Referral {
-                direction: dir,
-                status: r.status,
-            },
-        )?;
-        if let (Direction::Outgoing, Some(case)) = (dir, r.case_id) {
-            let open = layout::open_referral(case, r.destination);
-            if r.status.is_final() {
-                if self.get_raw(&open)?.as_deref() == Some(id.as_bytes()) {
-                    self.delete(&open)?;
-                }
-            } else {
-                self.put_raw(&open, id.as_bytes())?;
-            }
-        }
-        Ok(())
+        self.put_record(r)
     }
 
     /// Returns the open referral of `case` to `destination`, if one is open.
@@ -133,63 +207,80 @@ impl Tx<'_> {
 
     /// Returns the return plan `id`.
     pub fn return_plan(&mut self, id: ReturnId) -> Result<Option<ReturnRecord>> {
-        self.get_sealed(
-            "return plan",
-            &layout::return_plan(id),
-            &Subject::return_plan(id),
-        )
+        self.record(id)
     }
 
     /// Writes a return plan (new or changed) and keeps its index.
     pub fn put_return_plan(&mut self, r: &ReturnRecord) -> Result<()> {
-        let id = r.return_id;
-        self.put_sealed(&layout::return_plan(id), &Subject::return_plan(id), r)?;
-        let dir = if r.origin == self.node {
-            Direction::Outgoing
-        } else {
-            Direction::Incoming
-        };
-        self.put_raw(
-            &layout::return_index(dir_tag(dir), id),
-            &org_bytes(r.organisation.as_ref()),
-        )?;
-        self.recount(
-            stats::RETURN,
-            id.as_bytes(),
-            Month::at(r.created_at),
-            Cell::Return(r.status),
-        )
+        self.put_record(r)
     }
 
     /// Returns the hearing `id`.
     pub fn hearing(&mut self, id: HearingId) -> Result<Option<HearingRecord>> {
-        self.get_sealed("hearing", &layout::hearing(id), &Subject::hearing(id))
+        self.record(id)
     }
 
     /// Writes a hearing (new or changed) and keeps its index (incoming: this node is the
     /// witness's country).
     pub fn put_hearing(&mut self, h: &HearingRecord) -> Result<()> {
-        let id = h.hearing_id;
-        self.put_sealed(&layout::hearing(id), &Subject::hearing(id), h)?;
-        let dir = if h.witness_country == self.node {
-            Direction::Incoming
-        } else {
-            Direction::Outgoing
-        };
-        self.put_raw(&layout::hearing_index(dir_tag(dir), id), b"")?;
-        self.recount(
-            stats::HEARING,
-            id.as_bytes(),
-            Month::at(h.created_at),
-            Cell::Hearing(h.status),
-        )
+        self.put_record(h)
     }
 }
 
 impl Store {
+    /// Returns the shared record `id` of kind `R`.
+    pub fn record<R: StoredRecord>(&self, id: R::Id) -> Result<Option<R>> {
+        let key = layout::record(R::KIND, &uuid_bytes(id));
+        self.get_sealed(R::KIND.name(), &key, &subject::<R>(id))
+    }
+
+    /// Returns up to `limit` shared records of kind `R` and one direction after `after`, in
+    /// id order: of those whose organisation `visible` lets through (checked before
+    /// anything is opened), those `keep` keeps. Also returns where the scan stopped (the
+    /// id to page on from), which may be past the last record returned: records it could
+    /// not open (erased) or did not keep never shorten a page that has more after it.
+    pub fn records<R: StoredRecord>(
+        &self,
+        direction: Direction,
+        after: Option<R::Id>,
+        limit: usize,
+        visible: impl Fn(Option<&OrgId>) -> bool,
+        keep: impl Fn(&R) -> bool,
+    ) -> Result<(Vec<R>, Option<R::Id>)> {
+        let tag = dir_tag(direction);
+        let prefix = layout::record_indexes(R::KIND, tag);
+        let mut from = after.map(|a| layout::record_index(R::KIND, tag, &uuid_bytes(a)));
+        let mut out = Vec::new();
+        let mut last_seen = None;
+        'pages: while out.len() < limit {
+            let page = self.scan_raw(&prefix, from.as_deref(), 256)?;
+            let Some((last, _)) = page.last() else { break };
+            from = Some(last.clone());
+            for (k, org) in page {
+                if out.len() >= limit {
+                    break 'pages;
+                }
+                let Some(id) = id_after(&k, prefix.len()) else {
+                    continue;
+                };
+                let id = R::Id::of_uuid(uuid::Uuid::from_bytes(id));
+                last_seen = Some(id);
+                if !visible(org_of(&org).as_ref()) {
+                    continue;
+                }
+                if let Some(r) = self.record::<R>(id)? {
+                    if keep(&r) {
+                        out.push(r);
+                    }
+                }
+            }
+        }
+        Ok((out, last_seen))
+    }
+
     /// Returns the referral `id`.
     pub fn referral(&self, id: ReferralId) -> Result<Option<ReferralRecord>> {
-        self.get_sealed("referral", &layout::referral(id), &Subject::referral(id))
+        self.record(id)
     }
 
     /// Returns up to `limit` referrals of one direction after `after`, in id order, of
@@ -201,20 +292,12 @@ impl Store {
         limit: usize,
         visible: impl Fn(Option<&OrgId>) -> bool,
     ) -> Result<Vec<ReferralRecord>> {
-        let tag = dir_tag(direction);
-        let from = after.map(|a| layout::referral_index(tag, a));
-        self.indexed(&layout::referral_indexes(tag), from, limit, visible, |id| {
-            self.referral(ReferralId::from_bytes(id))
-        })
+        Ok(self.records(direction, after, limit, visible, |_| true)?.0)
     }
 
     /// Returns the return plan `id`.
     pub fn return_plan(&self, id: ReturnId) -> Result<Option<ReturnRecord>> {
-        self.get_sealed(
-            "return plan",
-            &layout::return_plan(id),
-            &Subject::return_plan(id),
-        )
+        self.record(id)
     }
 
     /// Returns up to `limit` return plans of one direction (outgoing: this node requested)
@@ -226,49 +309,12 @@ impl Store {
         limit: usize,
         visible: impl Fn(Option<&OrgId>) -> bool,
     ) -> Result<Vec<ReturnRecord>> {
-        let tag = dir_tag(direction);
-        let from = after.map(|a| layout::return_index(tag, a));
-        self.indexed(&layout::return_indexes(tag), from, limit, visible, |id| {
-            self.return_plan(ReturnId::from_bytes(id))
-        })
-    }
-
-    /// Reads up to `limit` records through an index of (direction, id) -> organisation,
-    /// after index key `from`, skipping (before opening anything) those `visible` refuses.
-    fn indexed<R>(
-        &self,
-        prefix: &[u8],
-        mut from: Option<Vec<u8>>,
-        limit: usize,
-        visible: impl Fn(Option<&OrgId>) -> bool,
-        load: impl Fn([u8; 16]) -> Result<Option<R>>,
-    ) -> Result<Vec<R>> {
-        let mut out = Vec::new();
-        while out.len() < limit {
-            let page = self.scan_raw(prefix, from.as_deref(), 256)?;
-            let Some((last, _)) = page.last() else { break };
-            from = Some(last.clone());
-            for (k, org) in page {
-                if out.len() >= limit {
-                    break;
-                }
-                if !visible(org_of(&org).as_ref()) {
-                    continue;
-                }
-                let Some(id) = id_after(&k, prefix.len()) else {
-                    continue;
-                };
-                if let Some(r) = load(id)? {
-                    out.push(r);
-                }
-            }
-        }
-        Ok(out)
+        Ok(self.records(direction, after, limit, visible, |_| true)?.0)
     }
 
     /// Returns the hearing `id`.
     pub fn hearing(&self, id: HearingId) -> Result<Option<HearingRecord>> {
-        self.get_sealed("hearing", &layout::hearing(id), &Subject::hearing(id))
+        self.record(id)
     }
 
     /// Returns up to `limit` hearings of one direction after `after` that `keep` keeps.
@@ -279,28 +325,6 @@ impl Store {
         limit: usize,
         keep: impl Fn(&HearingRecord) -> bool,
     ) -> Result<Vec<HearingRecord>> {
-        let tag = dir_tag(direction);
-        let prefix = layout::hearing_indexes(tag);
-        let mut from = after.map(|a| layout::hearing_index(tag, a));
-        let mut out = Vec::new();
-        while out.len() < limit {
-            let page = self.scan_raw(&prefix, from.as_deref(), 256)?;
-            let Some((last, _)) = page.last() else { break };
-            from = Some(last.clone());
-            for (k, _) in page {
-                if out.len() >= limit {
-                    break;
-                }
-                let Some(id) = id_after(&k, prefix.len()) else {
-                    continue;
-                };
-                if let Some(h) = self.hearing(HearingId::from_bytes(id))? {
-                    if keep(&h) {
-                        out.push(h);
-                    }
-                }
-            }
-        }
-        Ok(out)
+        Ok(self.records(direction, after, limit, |_| true, keep)?.0)
     }
 }

@@ -16,9 +16,7 @@ pub mod stats;
 
 /// The key layout: one ordered key space, each record kind under a prefix of its own.
 pub(crate) mod layout {
-    use trm_core::ids::{
-        CaseId, ConsentId, HearingId, NodeId, OrgId, ReferralId, ReturnId, Shared,
-    };
+    use trm_core::ids::{CaseId, ConsentId, NodeId, OrgId, ReferralId, ReturnId, Shared};
 
     use crate::subject::Subject;
 
@@ -129,17 +127,18 @@ pub(crate) mod layout {
         key("xi/", &[peer.as_str().as_bytes(), case_ref.as_bytes()])
     }
 
-    pub fn referral(id: ReferralId) -> Vec<u8> {
-        key("r/", &[id.as_bytes()])
+    /// A shared record of `kind`: the kind's tag, then `/` and the id (`r/`, `t/`, `h/`).
+    pub fn record(kind: trm_core::exchange::RecordKind, id: &[u8; 16]) -> Vec<u8> {
+        [&[kind.tag(), b'/'][..], id].concat()
     }
 
-    /// Index of referrals by direction (`i` incoming, `o` outgoing).
-    pub fn referral_index(dir: u8, id: ReferralId) -> Vec<u8> {
-        key("ri/", &[&[dir], id.as_bytes()])
+    /// Index of the shared records of `kind` by direction (`ri/`, `ti/`, `hi/`).
+    pub fn record_index(kind: trm_core::exchange::RecordKind, dir: u8, id: &[u8; 16]) -> Vec<u8> {
+        [&[kind.tag(), b'i', b'/', dir][..], id].concat()
     }
 
-    pub fn referral_indexes(dir: u8) -> Vec<u8> {
-        key("ri/", &[&[dir]])
+    pub fn record_indexes(kind: trm_core::exchange::RecordKind, dir: u8) -> Vec<u8> {
+        vec![kind.tag(), b'i', b'/', dir]
     }
 
     /// The open referral of a case to a destination.
@@ -150,30 +149,6 @@ pub(crate) mod layout {
     /// The open referrals of a case, by destination.
     pub fn open_referrals_of(case: CaseId) -> Vec<u8> {
         key("ro/", &[case.as_bytes()])
-    }
-
-    pub fn return_plan(id: ReturnId) -> Vec<u8> {
-        key("t/", &[id.as_bytes()])
-    }
-
-    pub fn return_index(dir: u8, id: ReturnId) -> Vec<u8> {
-        key("ti/", &[&[dir], id.as_bytes()])
-    }
-
-    pub fn return_indexes(dir: u8) -> Vec<u8> {
-        key("ti/", &[&[dir]])
-    }
-
-    pub fn hearing(id: HearingId) -> Vec<u8> {
-        key("h/", &[id.as_bytes()])
-    }
-
-    pub fn hearing_index(dir: u8, id: HearingId) -> Vec<u8> {
-        key("hi/", &[&[dir], id.as_bytes()])
-    }
-
-    pub fn hearing_indexes(dir: u8) -> Vec<u8> {
-        key("hi/", &[&[dir]])
     }
 
     /// A queued envelope: per peer, in the order queued.

@@ -25,11 +25,6 @@ struct Counted {
     cell: Cell,
 }
 
-/// The kinds of record counted by state.
-pub(crate) const REFERRAL: u8 = b'r';
-pub(crate) const RETURN: u8 = b't';
-pub(crate) const HEARING: u8 = b'h';
-
 fn cell_key(cell: &Cell) -> Result<Vec<u8>> {
     serde_json::to_vec(cell).map_err(|_| crate::StoreError::Encode)
 }
@@ -138,7 +133,7 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Moves the count of record `id` (of `kind`) to `cell` in `month`, where it was counted
+    /// Moves the count of record `id` (of the kind tagged `kind`) to `cell` in `month`, where it was counted
     /// elsewhere before.
     pub(crate) fn recount(
         &mut self,
