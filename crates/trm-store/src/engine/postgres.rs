@@ -17,16 +17,23 @@
 //!
 //! The schema is versioned: migrations run at start-up under an advisory lock, and a schema
 //! newer than the binary is refused.
+//!
+//! Connections use TLS as libpq does ([`tls`]: `sslmode` in the URL, the server's CA in
+//! [`PostgresOptions::ca_file`]); a server off this machine is reached only once its
+//! certificate is verified.
+
+pub mod tls;
 
 use std::{
+    path::PathBuf,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        mpsc, Mutex, PoisonError,
+        mpsc, Arc, Mutex, PoisonError,
     },
     thread,
 };
 
-use postgres::{error::SqlState, Client, NoTls};
+use postgres::{error::SqlState, Client};
 
 use super::{Engine, EngineTx, Entry, Layers};
 use crate::{Result, StoreError};
@@ -40,8 +47,13 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE kv (k bytea PRIMARY KEY, v bytea NOT
 /// Where the engine connects and which schema it uses.
 #[derive(Clone)]
 pub struct PostgresOptions {
-    /// A libpq-style URL or key-value string, e.g. `postgres://trm@db/trm`.
+    /// A libpq-style URL or key-value string, e.g.
+    /// `postgres://trm@db.example/trm?sslmode=verify-full`; its `sslmode` as libpq reads
+    /// it ([`tls`]).
     pub url: String,
+    /// The PEM file of the CA that signed the server's certificate (needed by
+    /// `verify-ca` and `verify-full`, and so by any host that is not loopback).
+    pub ca_file: Option<PathBuf>,
     /// The node's schema (created when missing), e.g. `trm_at`.
     pub schema: String,
     /// Connections for reads outside transactions.
@@ -52,6 +64,7 @@ impl std::fmt::Debug for PostgresOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The URL may carry a password.
         f.debug_struct("PostgresOptions")
+            .field("ca_file", &self.ca_file)
             .field("schema", &self.schema)
             .field("readers", &self.readers)
             .finish_non_exhaustive()
@@ -96,13 +109,13 @@ struct Conn {
 }
 
 impl Conn {
-    fn start(name: String, url: String, schema: String) -> Result<Self> {
+    fn start(name: String, connector: Arc<tls::Connector>, schema: String) -> Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
         thread::Builder::new().name(name).spawn(move || {
             let mut session: Option<Session> = None;
             while let Ok(job) = rx.recv() {
                 if session.as_ref().is_none_or(|s| s.client.is_closed()) {
-                    session = connect(&url, &schema).ok().map(|client| Session {
+                    session = connect(&connector, &schema).ok().map(|client| Session {
                         client,
                         statements: Default::default(),
                     });
@@ -150,25 +163,36 @@ fn wait_outside_runtime<R>(wait: impl FnOnce() -> R) -> R {
     }
 }
 
-/// Connects to `url`, with bounds on a network that stops answering (a database host gone
-/// without closing its connections must fail requests, not hang them): the URL's own
-/// `connect_timeout` or 5 s, and 10 s for unacknowledged data and idle keepalives.
-fn open_client(url: &str) -> Result<Client> {
-    let mut config: postgres::Config = url
-        .parse()
-        .map_err(|_| StoreError::Engine("postgres: the storage url does not parse".into()))?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(std::time::Duration::from_secs(5));
-    }
-    config
-        .tcp_user_timeout(std::time::Duration::from_secs(10))
-        .keepalives(true)
-        .keepalives_idle(std::time::Duration::from_secs(10));
-    config.connect(NoTls).map_err(pg_error)
+/// Checks the options' URL and CA file and prepares TLS ([`tls::Connector::new`]).
+fn connector(options: &PostgresOptions) -> Result<tls::Connector> {
+    tls::Connector::new(&options.url, options.ca_file.as_deref()).map_err(|e| {
+        StoreError::Engine(match e {
+            tls::SettingError::Url(problem) => format!("postgres url: {problem}"),
+            tls::SettingError::CaFile(problem) => format!("postgres ca_file: {problem}"),
+        })
+    })
 }
 
-fn connect(url: &str, schema: &str) -> Result<Client> {
-    let mut client = open_client(url)?;
+/// Opens a connection; a refusal says why (a server certificate refused: which setting to
+/// check; the server's own refusal, such as no `pg_hba.conf` entry or a wrong password:
+/// its message, which carries names at most).
+fn open_client(connector: &tls::Connector) -> Result<Client> {
+    connector.connect().map_err(|e| {
+        if let Some(problem) = tls::certificate_problem(&e) {
+            return StoreError::Engine(format!("postgres: {problem}"));
+        }
+        match e.as_db_error() {
+            Some(db) => StoreError::Engine(format!(
+                "postgres: the server refused the connection: {}",
+                db.message()
+            )),
+            None => pg_error(e),
+        }
+    })
+}
+
+fn connect(connector: &tls::Connector, schema: &str) -> Result<Client> {
+    let mut client = open_client(connector)?;
     client
         .batch_execute(&format!("SET search_path TO {schema}"))
         .map_err(pg_error)?;
@@ -244,11 +268,11 @@ fn migrate(client: &mut Client, schema: &str) -> Result<()> {
 /// Runs `f` with a connection of its own, on a thread of its own (a blocking client must
 /// not run on the caller's async runtime).
 fn with_client<R: Send + 'static>(
-    url: &str,
+    connector: &Arc<tls::Connector>,
     f: impl FnOnce(&mut Client) -> Result<R> + Send + 'static,
 ) -> Result<R> {
-    let url = url.to_owned();
-    thread::spawn(move || f(&mut open_client(&url)?))
+    let connector = connector.clone();
+    thread::spawn(move || f(&mut open_client(&connector)?))
         .join()
         .map_err(|_| StoreError::Engine("postgres: a connection thread failed".into()))?
 }
@@ -256,7 +280,7 @@ fn with_client<R: Send + 'static>(
 /// Whether the node's schema holds any record.
 pub fn holds_data(options: &PostgresOptions) -> Result<bool> {
     let schema = options.schema.clone();
-    with_client(&options.url, move |c| {
+    with_client(&Arc::new(connector(options)?), move |c| {
         let table: Option<String> = c
             .query_one("SELECT to_regclass($1)::text", &[&format!("{schema}.kv")])
             .map_err(pg_error)?
@@ -281,7 +305,7 @@ pub fn drop_schema(options: &PostgresOptions) -> Result<()> {
         ));
     }
     let schema = options.schema.clone();
-    with_client(&options.url, move |c| {
+    with_client(&Arc::new(connector(options)?), move |c| {
         c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
             .map_err(pg_error)
     })
@@ -302,9 +326,10 @@ impl PostgresEngine {
                 "postgres schema: lower-case letters, digits and _".into(),
             ));
         }
+        let connector = Arc::new(connector(options)?);
         let schema = options.schema.clone();
-        with_client(&options.url, move |c| migrate(c, &schema))?;
-        let conn = |name: String| Conn::start(name, options.url.clone(), options.schema.clone());
+        with_client(&connector, move |c| migrate(c, &schema))?;
+        let conn = |name: String| Conn::start(name, connector.clone(), options.schema.clone());
         let writer = conn("trm-pg-writer".into())?;
         let readers = (0..options.readers.max(1))
             .map(|i| conn(format!("trm-pg-reader-{i}")))
