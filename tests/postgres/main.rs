@@ -8,6 +8,10 @@ mod engine;
 mod replicas;
 #[cfg(unix)]
 mod restart;
+#[cfg(unix)]
+mod server;
+#[cfg(unix)]
+mod tls;
 
 /// The database of this suite.
 pub fn url() -> String {
