@@ -897,6 +897,31 @@ mod tests {
         assert_eq!(replicas.pg_schema(), "trm_at");
     }
 
+    #[test]
+    fn the_replicas_manifest_reaches_postgresql_with_its_certificate_verified() {
+        let manifest = include_str!("../../../deploy/kubernetes/trm-node-replicas.yaml");
+        // The URL the manifest tells the operator to put in the secret trm-at-postgres.
+        let url = manifest
+            .lines()
+            .find_map(|l| l.split("--from-literal=url='").nth(1))
+            .and_then(|rest| rest.split('\'').next())
+            .unwrap();
+        let mut cfg = NodeConfig::parse(&manifest_config(manifest)).unwrap();
+        assert_eq!(
+            cfg.storage.ca_file.as_deref(),
+            Some(Path::new("/etc/trm/postgres-ca/ca.crt"))
+        );
+        // The secrets as the pod mounts them, here in a folder of the test's.
+        let dir = tempfile::tempdir().unwrap();
+        let (url_file, ca_file) = (dir.path().join("url"), dir.path().join("ca.crt"));
+        std::fs::write(&url_file, url).unwrap();
+        let ca = trm_crypto::pki::Authority::generate("trm-pg ca").unwrap();
+        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+        cfg.storage.url_file = Some(url_file);
+        cfg.storage.ca_file = Some(ca_file);
+        cfg.validate_storage().unwrap();
+    }
+
     const MINIMAL: &str = r#"
 [node]
 id = "AT"

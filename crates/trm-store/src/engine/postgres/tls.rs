@@ -628,6 +628,8 @@ mod tests {
             "postgres://root@[::1]:5432/test",
             "host=/var/run/postgresql user=trm dbname=trm",
             "postgres://trm@%2Fvar%2Frun%2Fpostgresql/trm",
+            // As deploy/compose-replicas.yaml reaches its primary.
+            "postgres://trm:trm-sandbox@/trm?host=/pg-socket",
         ] {
             let c = Connector::new(url, None).unwrap_or_else(|e| panic!("{url}: {e}"));
             assert_eq!(c.mode(), SslMode::Prefer, "{url}");
