@@ -7,9 +7,13 @@
 //! The client is `postgres`, the blocking face of `tokio-postgres` (sfackler's
 //! rust-postgres, the maintained PostgreSQL client of the Rust ecosystem): the store writes
 //! from one thread of its own, one transaction at a time, so a blocking client fits it
-//! without a second async runtime. Each connection lives on a thread of its own and is
-//! handed work over a channel, so the store's readers (on the node's async runtime) never
-//! run a blocking client inside it.
+//! without a second async runtime. The engine keeps one connection for transactions and a
+//! few for reads; a caller borrows one and runs its statement on its own thread, with no
+//! hand-over to another thread and back (measured: that hand-over, not the database, was
+//! most of a read's time). A caller on a worker of a multi-threaded runtime (the node's
+//! handlers) waits inside `block_in_place`, so the worker's other tasks move to another
+//! thread meanwhile; on a current-thread runtime the statement runs on a thread of its own
+//! ([`off_runtime`]).
 //!
 //! Transactions are SERIALIZABLE: replicas of one country may write at once, and a conflict
 //! ([`StoreError::Conflict`]) makes the writer run the whole group again. A transaction's
@@ -26,10 +30,7 @@ pub mod tls;
 
 use std::{
     path::PathBuf,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        mpsc, Arc, Mutex, PoisonError,
-    },
+    sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError},
     thread,
 };
 
@@ -83,8 +84,6 @@ fn pg_error(e: postgres::Error) -> StoreError {
     }
 }
 
-type Job = Box<dyn FnOnce(&mut Option<Session>) + Send>;
-
 /// A connection and the statements prepared on it (prepared once: a query by text would
 /// cost a second round trip each time, to prepare it).
 struct Session {
@@ -103,63 +102,106 @@ impl Session {
     }
 }
 
-/// One connection on a thread of its own, reconnecting when it was lost.
-struct Conn {
-    jobs: Mutex<mpsc::Sender<Job>>,
+/// A place for one connection of the engine: `None` until it is opened, and again once it
+/// was found closed (the database restarted since it was last used).
+type Slot = Option<Session>;
+
+/// Returns the session of `slot`, connecting first when it has none or it was closed.
+fn ready<'s>(
+    slot: &'s mut Slot,
+    connector: &tls::Connector,
+    schema: &str,
+) -> Result<&'s mut Session> {
+    if slot.as_ref().is_none_or(|s| s.client.is_closed()) {
+        *slot = None;
+        *slot = Some(Session {
+            client: connect(connector, schema)?,
+            statements: Default::default(),
+        });
+    }
+    slot.as_mut()
+        .ok_or_else(|| StoreError::Engine("postgres: not connected".into()))
 }
 
-impl Conn {
-    fn start(name: String, connector: Arc<tls::Connector>, schema: String) -> Result<Self> {
-        let (tx, rx) = mpsc::channel::<Job>();
-        thread::Builder::new().name(name).spawn(move || {
-            let mut session: Option<Session> = None;
-            while let Ok(job) = rx.recv() {
-                if session.as_ref().is_none_or(|s| s.client.is_closed()) {
-                    session = connect(&connector, &schema).ok().map(|client| Session {
-                        client,
-                        statements: Default::default(),
-                    });
-                }
-                job(&mut session);
-            }
-        })?;
-        Ok(Self {
-            jobs: Mutex::new(tx),
-        })
+/// Runs `work` (statements of a blocking client) where it may block: in place on a thread
+/// outside any runtime; inside `block_in_place` on a worker of a multi-threaded runtime
+/// (the node's: the worker hands its other tasks to the rest while it waits); on a thread
+/// of its own on a current-thread runtime, whose thread must not block on a client's own
+/// runtime.
+fn off_runtime<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Err(_) => work(),
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        Ok(_) => thread::scope(|scope| match scope.spawn(work).join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }),
     }
+}
 
-    /// Runs `f` on the connection's thread and returns what it gives.
-    fn run<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Session) -> Result<R> + Send + 'static,
-    ) -> Result<R> {
-        let (reply, answer) = mpsc::channel();
-        let job: Job = Box::new(move |client| {
-            let r = match client.as_mut() {
-                Some(c) => f(c),
-                None => Err(StoreError::Engine("postgres: not connected".into())),
-            };
-            let _ = reply.send(r);
-        });
-        self.jobs
+/// Closes `sessions` on a thread of their own: closing a blocking client runs its own
+/// runtime, which must not happen on a thread of the caller's (an engine dropped by an
+/// async task).
+fn retire(sessions: Vec<Session>) {
+    if sessions.is_empty() {
+        return;
+    }
+    let spawned = thread::Builder::new()
+        .name("trm-pg-close".into())
+        .spawn(move || drop(sessions));
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "postgres connections left to the server to close");
+    }
+}
+
+/// The connections for reads outside transactions: each lent to one caller at a time.
+struct Readers {
+    idle: Mutex<Vec<Slot>>,
+    returned: Condvar,
+}
+
+impl Readers {
+    /// Waits for a free connection (blocking: call it off the runtime).
+    fn lend(&self) -> Lent<'_> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(slot) = idle.pop() {
+                return Lent {
+                    readers: self,
+                    slot: Some(slot),
+                };
+            }
+            idle = self
+                .returned
+                .wait(idle)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// A reader connection lent out; it goes back when this is dropped, whatever happened.
+struct Lent<'a> {
+    readers: &'a Readers,
+    slot: Option<Slot>,
+}
+
+impl Lent<'_> {
+    fn slot(&mut self) -> &mut Slot {
+        self.slot.get_or_insert(None)
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        let slot = self.slot.take().unwrap_or(None);
+        self.readers
+            .idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .send(job)
-            .map_err(|_| StoreError::Stopped)?;
-        wait_outside_runtime(|| answer.recv().map_err(|_| StoreError::Stopped))?
-    }
-}
-
-/// Runs `wait` (a wait for the database) so that it does not hold up the async tasks of a
-/// caller on a multi-threaded runtime (the node's): the worker hands its other tasks to
-/// the rest while it waits. The store's reads are plain calls from the node's handlers;
-/// with sled they take microseconds, here a network round trip.
-fn wait_outside_runtime<R>(wait: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(wait)
-        }
-        _ => wait(),
+            .push(slot);
+        self.readers.returned.notify_one();
     }
 }
 
@@ -313,9 +355,10 @@ pub fn drop_schema(options: &PostgresOptions) -> Result<()> {
 
 /// The engine: a connection for transactions and a few for reads.
 pub struct PostgresEngine {
-    writer: Conn,
-    readers: Vec<Conn>,
-    next: AtomicUsize,
+    connector: Arc<tls::Connector>,
+    schema: String,
+    writer: Mutex<Slot>,
+    readers: Readers,
 }
 
 impl PostgresEngine {
@@ -329,15 +372,14 @@ impl PostgresEngine {
         let connector = Arc::new(connector(options)?);
         let schema = options.schema.clone();
         with_client(&connector, move |c| migrate(c, &schema))?;
-        let conn = |name: String| Conn::start(name, connector.clone(), options.schema.clone());
-        let writer = conn("trm-pg-writer".into())?;
-        let readers = (0..options.readers.max(1))
-            .map(|i| conn(format!("trm-pg-reader-{i}")))
-            .collect::<Result<Vec<_>>>()?;
         let engine = Self {
-            writer,
-            readers,
-            next: AtomicUsize::new(0),
+            connector,
+            schema: options.schema.clone(),
+            writer: Mutex::new(None),
+            readers: Readers {
+                idle: Mutex::new((0..options.readers.max(1)).map(|_| None).collect()),
+                returned: Condvar::new(),
+            },
         };
         // Fail now, with the reason, rather than at the first request.
         engine.get(b"\0")?;
@@ -347,22 +389,35 @@ impl PostgresEngine {
     /// Runs read `f` on a reader connection; once more on a fresh connection when the
     /// first was found closed (the database restarted since it was last used). Reads
     /// change nothing, so running one again is safe.
-    fn read<R: Send + 'static>(
-        &self,
-        f: impl Fn(&mut Session) -> Result<R> + Send + Sync + 'static,
-    ) -> Result<R> {
-        let f = std::sync::Arc::new(f);
-        let conn = self.reader();
-        let once = f.clone();
-        match conn.run(move |c| once(c)) {
-            Err(StoreError::Engine(_)) => conn.run(move |c| f(c)),
-            other => other,
-        }
+    fn read<R: Send>(&self, f: impl Fn(&mut Session) -> Result<R> + Send + Sync) -> Result<R> {
+        off_runtime(|| {
+            let mut lent = self.readers.lend();
+            let mut attempt = || ready(lent.slot(), &self.connector, &self.schema).and_then(&f);
+            match attempt() {
+                Err(StoreError::Engine(_)) => attempt(),
+                other => other,
+            }
+        })
     }
+}
 
-    fn reader(&self) -> &Conn {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.readers.len();
-        &self.readers[i]
+impl Drop for PostgresEngine {
+    fn drop(&mut self) {
+        let mut sessions: Vec<Session> = self
+            .readers
+            .idle
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .flatten()
+            .collect();
+        sessions.extend(
+            self.writer
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        retire(sessions);
     }
 }
 
@@ -387,23 +442,24 @@ fn range_on(c: &mut Session, start: &[u8], end: &[u8], limit: usize) -> Result<V
 
 impl Engine for PostgresEngine {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let key = key.to_vec();
-        self.read(move |c| get_on(c, &key))
+        self.read(|c| get_on(c, key))
     }
 
     fn range(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>> {
-        let (start, end) = (start.to_vec(), end.to_vec());
-        self.read(move |c| range_on(c, &start, &end, limit))
+        self.read(|c| range_on(c, start, end, limit))
     }
 
     fn begin(&self) -> Result<Box<dyn EngineTx + '_>> {
-        self.writer.run(|c| {
-            c.client
+        let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = &mut *writer;
+        off_runtime(|| {
+            ready(slot, &self.connector, &self.schema)?
+                .client
                 .batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
                 .map_err(pg_error)
         })?;
         Ok(Box::new(PostgresTx {
-            engine: self,
+            writer,
             layers: Layers::default(),
             open: true,
         }))
@@ -426,32 +482,36 @@ impl Engine for PostgresEngine {
     }
 }
 
-/// A SERIALIZABLE transaction on the writer connection; its writes wait in layers until
-/// the commit writes them all.
+/// A SERIALIZABLE transaction on the writer connection (held for the transaction's life);
+/// its writes wait in layers until the commit writes them all.
 struct PostgresTx<'a> {
-    engine: &'a PostgresEngine,
+    writer: MutexGuard<'a, Slot>,
     layers: Layers,
     open: bool,
+}
+
+impl PostgresTx<'_> {
+    /// Runs `f` on the transaction's connection, off the runtime.
+    fn run<R: Send>(&mut self, f: impl FnOnce(&mut Session) -> Result<R> + Send) -> Result<R> {
+        let slot = &mut *self.writer;
+        off_runtime(move || match slot.as_mut() {
+            Some(session) => f(session),
+            None => Err(StoreError::Engine("postgres: not connected".into())),
+        })
+    }
 }
 
 impl EngineTx for PostgresTx<'_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         match self.layers.lookup(key) {
             Some(v) => Ok(v.clone()),
-            None => {
-                let key = key.to_vec();
-                self.engine.writer.run(move |c| get_on(c, &key))
-            }
+            None => self.run(|c| get_on(c, key)),
         }
     }
 
     fn range(&mut self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>> {
         let deleted = self.layers.deleted_in(start, end);
-        let (s, e) = (start.to_vec(), end.to_vec());
-        let committed = self
-            .engine
-            .writer
-            .run(move |c| range_on(c, &s, &e, limit.saturating_add(deleted)))?;
+        let committed = self.run(|c| range_on(c, start, end, limit.saturating_add(deleted)))?;
         Ok(self.layers.merge(committed, start, end, limit))
     }
 
@@ -493,7 +553,7 @@ impl EngineTx for PostgresTx<'_> {
                 None => gone.push(k),
             }
         }
-        self.engine.writer.run(move |c| {
+        self.run(move |c| {
             let r = (|| {
                 if !gone.is_empty() {
                     let st = c.prepared("DELETE FROM kv WHERE k = ANY($1)")?;
@@ -519,10 +579,7 @@ impl EngineTx for PostgresTx<'_> {
 impl Drop for PostgresTx<'_> {
     fn drop(&mut self) {
         if self.open {
-            let _ = self
-                .engine
-                .writer
-                .run(|c| c.client.batch_execute("ROLLBACK").map_err(pg_error));
+            let _ = self.run(|c| c.client.batch_execute("ROLLBACK").map_err(pg_error));
         }
     }
 }
