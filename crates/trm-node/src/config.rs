@@ -288,7 +288,7 @@ impl Default for StatisticsSection {
 }
 
 /// The storage engine and its key hierarchy.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSection {
     /// `sled` (embedded, the default) or `postgres` (a database the node's replicas share).
@@ -337,6 +337,22 @@ fn default_pg_readers() -> usize {
 }
 fn default_kek_rotation() -> u32 {
     24
+}
+
+impl std::fmt::Debug for StorageSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the URL: it may carry the database password.
+        f.debug_struct("StorageSection")
+            .field("engine", &self.engine)
+            .field("url", &self.url.as_ref().map(|_| "(hidden)"))
+            .field("url_file", &self.url_file)
+            .field("ca_file", &self.ca_file)
+            .field("schema", &self.schema)
+            .field("readers", &self.readers)
+            .field("kek_rotation_hours", &self.kek_rotation_hours)
+            .field("min_free_mib", &self.min_free_mib)
+            .finish()
+    }
 }
 
 impl Default for StorageSection {
@@ -895,6 +911,19 @@ mod tests {
         .unwrap();
         assert_eq!(replicas.storage.engine, "postgres");
         assert_eq!(replicas.pg_schema(), "trm_at");
+    }
+
+    #[test]
+    fn a_printed_configuration_holds_no_database_password() {
+        let cfg = NodeConfig::parse(&format!(
+            "{MINIMAL}\n[storage]\nengine = \"postgres\"\nurl = \"postgres://trm:s3cret@localhost/trm\"\n"
+        ))
+        .unwrap();
+        let printed = format!("{cfg:?}");
+        assert!(
+            printed.contains("StorageSection") && !printed.contains("s3cret"),
+            "{printed}"
+        );
     }
 
     #[test]
