@@ -26,6 +26,7 @@ fn options(dir: &Path, master: &SecretKey, schema: &str) -> trm_store::StoreOpti
         master: master.clone(),
         engine: EngineOptions::Postgres(PostgresOptions {
             url: crate::url(),
+            ca_file: None,
             schema: schema.to_owned(),
             readers: 2,
         }),

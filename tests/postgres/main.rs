@@ -1,13 +1,19 @@
 //! The PostgreSQL suite: what only the PostgreSQL engine has, against a real server named by
-//! `TRM_TEST_POSTGRES_URL` (`.ci/run` sets it; see README). The behavioural suite (the
-//! store tests and tests/e2e) runs on PostgreSQL too, with the same variable. This target
-//! is built only with `--features postgres-suite`, and fails when the variable is not set.
+//! `TRM_TEST_POSTGRES_URL` (`.ci/run` sets it; see README), and against servers the tests
+//! start themselves ([`server`]: a crash and restart, the files on disk, TLS with
+//! certificates of their own). The behavioural suite (the store tests and tests/e2e) runs
+//! on PostgreSQL too, with the same variable. This target is built only with `--features
+//! postgres-suite`, and fails when the variable is not set.
 
 mod engine;
 #[cfg(unix)]
 mod replicas;
 #[cfg(unix)]
 mod restart;
+#[cfg(unix)]
+mod server;
+#[cfg(unix)]
+mod tls;
 
 /// The database of this suite.
 pub fn url() -> String {

@@ -8,7 +8,6 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex, PoisonError,
@@ -20,126 +19,25 @@ use tonic::Code;
 use trm_core::ids::Role;
 use trm_tests::{eventually, requests, TestFederation};
 
-/// The PostgreSQL programs: `TRM_TEST_PG_BINDIR`, else the newest /usr/lib/postgresql/*/bin.
-fn bindir() -> anyhow::Result<PathBuf> {
-    if let Ok(d) = std::env::var("TRM_TEST_PG_BINDIR") {
-        return Ok(d.into());
-    }
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")?
-        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-        .filter(|b| b.join("initdb").is_file())
-        .collect();
-    found.sort();
-    found.pop().ok_or_else(|| {
-        anyhow::anyhow!("no initdb under /usr/lib/postgresql/*/bin: set TRM_TEST_PG_BINDIR")
-    })
-}
+use crate::server::{free_port, Server, Setup};
 
-/// A command of the server's programs, as the `postgres` user when this runs as root
-/// (initdb refuses root).
-fn pg(bin: &Path, program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let root = Command::new("id").arg("-u").output()?.stdout == b"0\n";
-    let mut cmd = if root {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(bin.join(program));
-        c
-    } else {
-        Command::new(bin.join(program))
-    };
-    let out = cmd.args(args).output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
-struct Server {
-    bin: PathBuf,
-    data: String,
-    options: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start_new(port: u16) -> anyhow::Result<Self> {
-        let bin = bindir()?;
-        let dir = tempfile::tempdir()?;
-        let root = Command::new("id").arg("-u").output()?.stdout == b"0\n";
-        if root {
-            let status = Command::new("chown")
-                .args(["-R", "postgres:"])
-                .arg(dir.path())
-                .status()?;
-            anyhow::ensure!(status.success(), "chown to postgres");
-        }
-        let data = dir.path().join("pg").display().to_string();
-        pg(
-            &bin,
-            "initdb",
-            &["-D", &data, "-A", "trust", "-U", "postgres", "-N"],
-        )?;
-        let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=on -c synchronous_commit=off",
-            dir.path().display()
-        );
-        let server = Self {
-            bin,
-            data,
-            options,
-            _dir: dir,
-        };
-        server.start()?;
-        Ok(server)
-    }
-
-    fn start(&self) -> anyhow::Result<()> {
-        let log = format!("{}/log", self.data);
-        pg(
-            &self.bin,
-            "pg_ctl",
-            &[
-                "-D",
-                &self.data,
-                "-o",
-                &self.options,
-                "-l",
-                &log,
-                "-w",
-                "start",
-            ],
-        )
-    }
-
-    /// A crash: no shutdown checkpoint; the next start recovers from the WAL.
-    fn crash(&self) -> anyhow::Result<()> {
-        pg(
-            &self.bin,
-            "pg_ctl",
-            &["-D", &self.data, "-m", "immediate", "-w", "stop"],
-        )
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = pg(
-            &self.bin,
-            "pg_ctl",
-            &["-D", &self.data, "-m", "fast", "-w", "stop"],
-        );
-    }
+/// A server configured with `synchronous_commit = off`, as a careless one might be.
+fn careless_server(port: u16) -> anyhow::Result<Server> {
+    Server::start_new(
+        port,
+        Setup {
+            settings: &["fsync=on", "synchronous_commit=off"],
+            ..Setup::default()
+        },
+    )
 }
 
 // Multi-threaded: the server's commands run in place on a worker (block_in_place).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgresql_crashed_and_restarted_under_load_loses_nothing_acknowledged(
 ) -> anyhow::Result<()> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let server = tokio::task::spawn_blocking(move || Server::start_new(port)).await??;
+    let port = free_port()?;
+    let server = tokio::task::spawn_blocking(move || careless_server(port)).await??;
     let url = format!("postgres://postgres@127.0.0.1:{port}/postgres?connect_timeout=2");
     let fed = TestFederation::builder()
         .nodes(&["AT"])
@@ -269,10 +167,8 @@ fn files_holding(dir: &Path, needle: &[u8]) -> anyhow::Result<Vec<PathBuf>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_file_of_postgresql_holds_a_victims_data_in_clear() -> anyhow::Result<()> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let server = tokio::task::spawn_blocking(move || Server::start_new(port)).await??;
+    let port = free_port()?;
+    let server = tokio::task::spawn_blocking(move || careless_server(port)).await??;
     let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
     let u = url.clone();
     let fed = TestFederation::builder()

@@ -572,6 +572,7 @@ async fn bench(cli: Cli) -> Result<()> {
             ));
             schemas.push(trm_store::engine::postgres::PostgresOptions {
                 url: url.clone(),
+                ca_file: None,
                 schema,
                 readers: 1,
             });

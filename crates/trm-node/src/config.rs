@@ -288,19 +288,26 @@ impl Default for StatisticsSection {
 }
 
 /// The storage engine and its key hierarchy.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSection {
     /// `sled` (embedded, the default) or `postgres` (a database the node's replicas share).
     #[serde(default = "default_engine")]
     pub engine: String,
-    /// With `postgres`: the database, e.g. `postgres://trm@db/trm` (prefer `url_file` when
-    /// the URL carries a password).
+    /// With `postgres`: the database, e.g.
+    /// `postgres://trm@db.example/trm?sslmode=verify-full` (prefer `url_file` when the URL
+    /// carries a password). `sslmode` as libpq reads it; unset, `prefer` on a loopback host
+    /// and `verify-full` on any other, where only `verify-full` and `verify-ca` are taken.
     #[serde(default)]
     pub url: Option<String>,
     /// With `postgres`: a file holding the URL (a secret mounted beside the config).
     #[serde(default)]
     pub url_file: Option<PathBuf>,
+    /// With `postgres`: the PEM file of the CA that signed the PostgreSQL server's
+    /// certificate; needed with `sslmode=verify-full` or `verify-ca`, and so for any host
+    /// that is not loopback.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// With `postgres`: the node's schema in that database (default `trm_<node id in lower
     /// case>`); replicas of one node name the same.
     #[serde(default)]
@@ -339,12 +346,29 @@ fn default_backup_retention() -> u32 {
     35
 }
 
+impl std::fmt::Debug for StorageSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the URL: it may carry the database password.
+        f.debug_struct("StorageSection")
+            .field("engine", &self.engine)
+            .field("url", &self.url.as_ref().map(|_| "(hidden)"))
+            .field("url_file", &self.url_file)
+            .field("ca_file", &self.ca_file)
+            .field("schema", &self.schema)
+            .field("readers", &self.readers)
+            .field("kek_rotation_hours", &self.kek_rotation_hours)
+            .field("min_free_mib", &self.min_free_mib)
+            .finish()
+    }
+}
+
 impl Default for StorageSection {
     fn default() -> Self {
         Self {
             engine: default_engine(),
             url: None,
             url_file: None,
+            ca_file: None,
             schema: None,
             readers: default_pg_readers(),
             kek_rotation_hours: default_kek_rotation(),
@@ -542,6 +566,9 @@ impl NodeConfig {
         if let Some(p) = self.storage.url_file.as_mut() {
             fix(p);
         }
+        if let Some(p) = self.storage.ca_file.as_mut() {
+            fix(p);
+        }
         for peer in &mut self.peers {
             fix(&mut peer.tls_ca);
             peer.signing_keys.iter_mut().for_each(fix);
@@ -701,6 +728,12 @@ impl NodeConfig {
                         "url, url_file and schema are settings of engine = \"postgres\"",
                     ));
                 }
+                if s.ca_file.is_some() {
+                    return Err(invalid(
+                        "storage.ca_file",
+                        "a setting of engine = \"postgres\"",
+                    ));
+                }
             }
             "postgres" => {
                 match (&s.url, &s.url_file) {
@@ -733,6 +766,16 @@ impl NodeConfig {
                 if !(1..=64).contains(&s.readers) {
                     return Err(invalid("storage.readers", "must be 1 to 64"));
                 }
+                // The URL and the CA as the engine will take them: a host off this machine
+                // without its certificate verified, or a CA file that does not hold one,
+                // stops the node here.
+                use trm_store::engine::postgres::tls::SettingError as Setting;
+                let (key, url) = storage_url(self)?;
+                trm_store::engine::postgres::tls::Connector::new(&url, s.ca_file.as_deref())
+                    .map_err(|e| match e {
+                        Setting::Url(problem) => invalid(key, problem),
+                        Setting::CaFile(problem) => invalid("storage.ca_file", problem),
+                    })?;
             }
             _ => {
                 return Err(invalid(
@@ -798,6 +841,29 @@ impl NodeConfig {
     }
 }
 
+/// Returns the PostgreSQL URL of `config` (reading `storage.url_file`) and the key it
+/// came from.
+fn storage_url(config: &NodeConfig) -> Result<(&'static str, String), ConfigError> {
+    let s = &config.storage;
+    match (&s.url, &s.url_file) {
+        (Some(u), _) => Ok(("storage.url", u.clone())),
+        (None, Some(f)) => Ok((
+            "storage.url_file",
+            std::fs::read_to_string(f)
+                .map_err(|source| ConfigError::Read {
+                    path: f.display().to_string(),
+                    source,
+                })?
+                .trim()
+                .to_owned(),
+        )),
+        (None, None) => Err(invalid(
+            "storage.url",
+            "engine = \"postgres\" needs url or url_file",
+        )),
+    }
+}
+
 /// Returns the store's engine settings of `config` (reading `storage.url_file`).
 pub fn engine_options(config: &NodeConfig) -> Result<trm_store::EngineOptions, ConfigError> {
     let s = &config.storage;
@@ -809,25 +875,11 @@ pub fn engine_options(config: &NodeConfig) -> Result<trm_store::EngineOptions, C
             },
         ));
     }
-    let url = match (&s.url, &s.url_file) {
-        (Some(u), _) => u.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .map_err(|source| ConfigError::Read {
-                path: f.display().to_string(),
-                source,
-            })?
-            .trim()
-            .to_owned(),
-        (None, None) => {
-            return Err(invalid(
-                "storage.url",
-                "engine = \"postgres\" needs url or url_file",
-            ))
-        }
-    };
+    let (_, url) = storage_url(config)?;
     Ok(trm_store::EngineOptions::Postgres(
         trm_store::engine::postgres::PostgresOptions {
             url,
+            ca_file: s.ca_file.clone(),
             schema: config.pg_schema(),
             readers: s.readers,
         },
@@ -867,6 +919,44 @@ mod tests {
         .unwrap();
         assert_eq!(replicas.storage.engine, "postgres");
         assert_eq!(replicas.pg_schema(), "trm_at");
+    }
+
+    #[test]
+    fn a_printed_configuration_holds_no_database_password() {
+        let cfg = NodeConfig::parse(&format!(
+            "{MINIMAL}\n[storage]\nengine = \"postgres\"\nurl = \"postgres://trm:s3cret@localhost/trm\"\n"
+        ))
+        .unwrap();
+        let printed = format!("{cfg:?}");
+        assert!(
+            printed.contains("StorageSection") && !printed.contains("s3cret"),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn the_replicas_manifest_reaches_postgresql_with_its_certificate_verified() {
+        let manifest = include_str!("../../../deploy/kubernetes/trm-node-replicas.yaml");
+        // The URL the manifest tells the operator to put in the secret trm-at-postgres.
+        let url = manifest
+            .lines()
+            .find_map(|l| l.split("--from-literal=url='").nth(1))
+            .and_then(|rest| rest.split('\'').next())
+            .unwrap();
+        let mut cfg = NodeConfig::parse(&manifest_config(manifest)).unwrap();
+        assert_eq!(
+            cfg.storage.ca_file.as_deref(),
+            Some(Path::new("/etc/trm/postgres-ca/ca.crt"))
+        );
+        // The secrets as the pod mounts them, here in a folder of the test's.
+        let dir = tempfile::tempdir().unwrap();
+        let (url_file, ca_file) = (dir.path().join("url"), dir.path().join("ca.crt"));
+        std::fs::write(&url_file, url).unwrap();
+        let ca = trm_crypto::pki::Authority::generate("trm-pg ca").unwrap();
+        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+        cfg.storage.url_file = Some(url_file);
+        cfg.storage.ca_file = Some(ca_file);
+        cfg.validate_storage().unwrap();
     }
 
     const MINIMAL: &str = r#"
@@ -997,6 +1087,82 @@ key = "a"
             err.starts_with("limits.max_connections_per_client"),
             "{err}"
         );
+    }
+
+    /// The storage error of MINIMAL with `storage` as its `[storage]` section, loaded from
+    /// a file in `dir` (relative paths resolved there); `None` when storage passes (the
+    /// made-up TLS files then fail).
+    fn storage_error(dir: &Path, storage: &str) -> Option<String> {
+        let path = dir.join("node.toml");
+        std::fs::write(&path, format!("{MINIMAL}\n[storage]\n{storage}\n")).unwrap();
+        let err = NodeConfig::load(&path).unwrap_err().to_string();
+        (!err.starts_with("tls.")).then_some(err)
+    }
+
+    #[test]
+    fn a_postgresql_host_off_this_machine_needs_its_certificate_verified_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = trm_crypto::pki::Authority::generate("postgresql ca").unwrap();
+        std::fs::write(dir.path().join("pg-ca.pem"), ca.cert_pem()).unwrap();
+        std::fs::write(dir.path().join("not-a-ca.pem"), "trm").unwrap();
+        let pg = "engine = \"postgres\"";
+        for mode in ["disable", "prefer", "require"] {
+            let err = storage_error(
+                dir.path(),
+                &format!("{pg}\nurl = \"postgres://trm:s3cret@db.example/trm?sslmode={mode}\""),
+            )
+            .unwrap();
+            assert!(
+                err.starts_with(&format!("storage.url: sslmode={mode} does not verify")),
+                "{err}"
+            );
+            assert!(
+                err.contains("verify-full") && !err.contains("s3cret"),
+                "{err}"
+            );
+        }
+        std::fs::write(
+            dir.path().join("pg.url"),
+            "postgres://trm@db.example/trm?sslmode=require\n",
+        )
+        .unwrap();
+        let err = storage_error(dir.path(), &format!("{pg}\nurl_file = \"pg.url\"")).unwrap();
+        assert!(
+            err.starts_with("storage.url_file: sslmode=require"),
+            "{err}"
+        );
+        // Unset: verify-full off loopback, which needs the CA.
+        let remote = format!("{pg}\nurl = \"postgres://trm@db.example/trm\"");
+        let err = storage_error(dir.path(), &remote).unwrap();
+        assert!(err.starts_with("storage.ca_file: missing"), "{err}");
+        let err = storage_error(dir.path(), &format!("{remote}\nca_file = \"not-a-ca.pem\""));
+        let err = err.unwrap();
+        assert!(
+            err.starts_with("storage.ca_file: ") && err.contains("no PEM"),
+            "{err}"
+        );
+        let err = storage_error(dir.path(), &format!("{remote}\nca_file = \"missing.pem\""));
+        assert!(err.unwrap().starts_with("storage.ca_file: "));
+        // Verified, the CA beside the config: storage passes.
+        for url in [
+            "postgres://trm@db.example/trm",
+            "postgres://trm@db.example/trm?sslmode=verify-full",
+            "postgres://trm@db.example/trm?sslmode=verify-ca",
+        ] {
+            let verified = format!("{pg}\nurl = \"{url}\"\nca_file = \"pg-ca.pem\"");
+            assert_eq!(storage_error(dir.path(), &verified), None, "{url}");
+        }
+        // Loopback: libpq's modes, the default prefer.
+        for url in [
+            "postgres://root@127.0.0.1:5432/test",
+            "postgres://root@localhost/test?sslmode=disable",
+            "postgres://root@[::1]/test?sslmode=require",
+        ] {
+            let local = format!("{pg}\nurl = \"{url}\"");
+            assert_eq!(storage_error(dir.path(), &local), None, "{url}");
+        }
+        let err = storage_error(dir.path(), "ca_file = \"pg-ca.pem\"").unwrap();
+        assert!(err.starts_with("storage.ca_file: "), "sled: {err}");
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub fn engine_for(dir: &Path) -> std::io::Result<EngineOptions> {
     Ok(match postgres_url() {
         Some(url) => EngineOptions::Postgres(PostgresOptions {
             url,
+            ca_file: None,
             schema: schema_for(dir)?,
             readers: 2,
         }),

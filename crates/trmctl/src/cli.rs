@@ -493,18 +493,39 @@ struct StorageArgs {
     #[arg(long, value_enum, default_value = "sled")]
     storage: StorageKind,
     /// With --storage postgres: the database, e.g. postgres://trm@127.0.0.1/trm (each
-    /// node's schema is created if missing, emptied with --force).
+    /// node's schema is created if missing, emptied with --force). A host that is not
+    /// loopback needs sslmode=verify-full (the default there) or verify-ca, and
+    /// --postgres-ca.
     #[arg(long, required_if_eq("storage", "postgres"))]
     postgres_url: Option<String>,
+    /// With --storage postgres: the PEM file of the CA that signed the PostgreSQL server's
+    /// certificate (copied to each node as its [storage] ca_file).
+    #[arg(long, value_name = "FILE")]
+    postgres_ca: Option<PathBuf>,
 }
 
 impl StorageArgs {
     fn storage(&self) -> Result<sandbox::Storage> {
         match (self.storage, &self.postgres_url) {
-            (StorageKind::Sled, None) => Ok(sandbox::Storage::Sled),
-            (StorageKind::Sled, Some(_)) => bail!("--postgres-url needs --storage postgres"),
+            (StorageKind::Sled, None) if self.postgres_ca.is_none() => Ok(sandbox::Storage::Sled),
+            (StorageKind::Sled, _) => {
+                bail!("--postgres-url and --postgres-ca need --storage postgres")
+            }
             (StorageKind::Postgres, Some(url)) => {
-                Ok(sandbox::Storage::Postgres { url: url.clone() })
+                // The URL and the CA checked before anything is written.
+                trm_store::engine::postgres::tls::Connector::new(url, self.postgres_ca.as_deref())
+                    .map_err(|e| match e {
+                        trm_store::engine::postgres::tls::SettingError::Url(p) => {
+                            anyhow::anyhow!("--postgres-url: {p}")
+                        }
+                        trm_store::engine::postgres::tls::SettingError::CaFile(p) => {
+                            anyhow::anyhow!("--postgres-ca: {p}")
+                        }
+                    })?;
+                Ok(sandbox::Storage::Postgres {
+                    url: url.clone(),
+                    ca_file: self.postgres_ca.clone(),
+                })
             }
             (StorageKind::Postgres, None) => bail!("--storage postgres needs --postgres-url URL"),
         }

@@ -260,6 +260,8 @@ batches_in_flight = 4                       # 1..8, applied in order by the peer
 engine = "sled"                             # embedded; or "postgres" with url or url_file
 kek_rotation_hours = 24                     # old copies stop opening erased records within
 backup_retention_days = 35                  # a backup opens (with the key file) this long, then for no one
+# url_file = "keys/postgres.url"            # postgres: postgres://trm@db.example/trm?sslmode=verify-full
+# ca_file = "postgres-ca.pem"               # postgres: the CA of the server's certificate
 # min_free_mib = 64                         # sled: refuse writes below this free space;
                                             # default: the lesser of 64 MiB, 1/16 of disk
 

@@ -96,8 +96,13 @@ pub enum Storage {
     /// sled, in each node's `data/` (the default).
     Sled,
     /// One PostgreSQL database; each node its own schema `trm_<id in lower case>`. The URL
-    /// goes to each node's `keys/postgres.url` (a secret file), not into its config.
-    Postgres { url: String },
+    /// goes to each node's `keys/postgres.url` (a secret file), not into its config; the
+    /// server's CA (`ca_file`, needed by a host that is not loopback) is copied to each
+    /// node's `keys/postgres-ca.pem`.
+    Postgres {
+        url: String,
+        ca_file: Option<PathBuf>,
+    },
 }
 
 /// The `[storage]` section of a sandbox node, after its store is made ready: on
@@ -105,12 +110,18 @@ pub enum Storage {
 /// of another sandbox otherwise (that data cannot be read without the keys it was sealed
 /// under).
 fn storage_section(nd: &Path, id: NodeId, storage: &Storage, force: bool) -> Result<String> {
-    let Storage::Postgres { url } = storage else {
+    let Storage::Postgres { url, ca_file } = storage else {
         return Ok(String::new());
     };
     files::write_secret(&nd.join("keys/postgres.url"), url.as_bytes())?;
+    let ca_copy = nd.join("keys/postgres-ca.pem");
+    if let Some(ca) = ca_file {
+        std::fs::copy(ca, &ca_copy)
+            .with_context(|| format!("copying the PostgreSQL CA {}", ca.display()))?;
+    }
     let pg = trm_store::engine::postgres::PostgresOptions {
         url: url.clone(),
+        ca_file: ca_file.as_ref().map(|_| ca_copy),
         schema: format!("trm_{}", id.as_str().to_ascii_lowercase()),
         readers: 1,
     };
@@ -125,7 +136,12 @@ fn storage_section(nd: &Path, id: NodeId, storage: &Storage, force: bool) -> Res
             pg.schema
         );
     }
-    Ok("\n[storage]\nengine = \"postgres\"\nurl_file = \"keys/postgres.url\"\n".into())
+    let mut section =
+        "\n[storage]\nengine = \"postgres\"\nurl_file = \"keys/postgres.url\"\n".to_owned();
+    if pg.ca_file.is_some() {
+        section.push_str("ca_file = \"keys/postgres-ca.pem\"\n");
+    }
+    Ok(section)
 }
 
 /// Returns the specs of a sandbox whose nodes run in containers of one network (compose):

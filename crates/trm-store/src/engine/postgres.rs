@@ -7,9 +7,13 @@
 //! The client is `postgres`, the blocking face of `tokio-postgres` (sfackler's
 //! rust-postgres, the maintained PostgreSQL client of the Rust ecosystem): the store writes
 //! from one thread of its own, one transaction at a time, so a blocking client fits it
-//! without a second async runtime. Each connection lives on a thread of its own and is
-//! handed work over a channel, so the store's readers (on the node's async runtime) never
-//! run a blocking client inside it.
+//! without a second async runtime. The engine keeps one connection for transactions and a
+//! few for reads; a caller borrows one and runs its statement on its own thread, with no
+//! hand-over to another thread and back (measured: that hand-over, not the database, was
+//! most of a read's time). A caller on a worker of a multi-threaded runtime (the node's
+//! handlers) waits inside `block_in_place`, so the worker's other tasks move to another
+//! thread meanwhile; on a current-thread runtime the statement runs on a thread of its own
+//! ([`off_runtime`]).
 //!
 //! Transactions are SERIALIZABLE: replicas of one country may write at once, and a conflict
 //! ([`StoreError::Conflict`]) makes the writer run the whole group again. A transaction's
@@ -17,16 +21,20 @@
 //!
 //! The schema is versioned: migrations run at start-up under an advisory lock, and a schema
 //! newer than the binary is refused.
+//!
+//! Connections use TLS as libpq does ([`tls`]: `sslmode` in the URL, the server's CA in
+//! [`PostgresOptions::ca_file`]); a server off this machine is reached only once its
+//! certificate is verified.
+
+pub mod tls;
 
 use std::{
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        mpsc, Mutex, PoisonError,
-    },
+    path::PathBuf,
+    sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError},
     thread,
 };
 
-use postgres::{error::SqlState, Client, NoTls};
+use postgres::{error::SqlState, Client};
 
 use super::{Engine, EngineTx, Entry, Layers};
 use crate::{Result, StoreError};
@@ -40,8 +48,13 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE kv (k bytea PRIMARY KEY, v bytea NOT
 /// Where the engine connects and which schema it uses.
 #[derive(Clone)]
 pub struct PostgresOptions {
-    /// A libpq-style URL or key-value string, e.g. `postgres://trm@db/trm`.
+    /// A libpq-style URL or key-value string, e.g.
+    /// `postgres://trm@db.example/trm?sslmode=verify-full`; its `sslmode` as libpq reads
+    /// it ([`tls`]).
     pub url: String,
+    /// The PEM file of the CA that signed the server's certificate (needed by
+    /// `verify-ca` and `verify-full`, and so by any host that is not loopback).
+    pub ca_file: Option<PathBuf>,
     /// The node's schema (created when missing), e.g. `trm_at`.
     pub schema: String,
     /// Connections for reads outside transactions.
@@ -52,6 +65,7 @@ impl std::fmt::Debug for PostgresOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The URL may carry a password.
         f.debug_struct("PostgresOptions")
+            .field("ca_file", &self.ca_file)
             .field("schema", &self.schema)
             .field("readers", &self.readers)
             .finish_non_exhaustive()
@@ -69,8 +83,6 @@ fn pg_error(e: postgres::Error) -> StoreError {
         _ => StoreError::Engine(format!("postgres: {e}")),
     }
 }
-
-type Job = Box<dyn FnOnce(&mut Option<Session>) + Send>;
 
 /// A connection and the statements prepared on it (prepared once: a query by text would
 /// cost a second round trip each time, to prepare it).
@@ -90,85 +102,139 @@ impl Session {
     }
 }
 
-/// One connection on a thread of its own, reconnecting when it was lost.
-struct Conn {
-    jobs: Mutex<mpsc::Sender<Job>>,
+/// A place for one connection of the engine: `None` until it is opened, and again once it
+/// was found closed (the database restarted since it was last used).
+type Slot = Option<Session>;
+
+/// Returns the session of `slot`, connecting first when it has none or it was closed.
+fn ready<'s>(
+    slot: &'s mut Slot,
+    connector: &tls::Connector,
+    schema: &str,
+) -> Result<&'s mut Session> {
+    if slot.as_ref().is_none_or(|s| s.client.is_closed()) {
+        *slot = None;
+        *slot = Some(Session {
+            client: connect(connector, schema)?,
+            statements: Default::default(),
+        });
+    }
+    slot.as_mut()
+        .ok_or_else(|| StoreError::Engine("postgres: not connected".into()))
 }
 
-impl Conn {
-    fn start(name: String, url: String, schema: String) -> Result<Self> {
-        let (tx, rx) = mpsc::channel::<Job>();
-        thread::Builder::new().name(name).spawn(move || {
-            let mut session: Option<Session> = None;
-            while let Ok(job) = rx.recv() {
-                if session.as_ref().is_none_or(|s| s.client.is_closed()) {
-                    session = connect(&url, &schema).ok().map(|client| Session {
-                        client,
-                        statements: Default::default(),
-                    });
-                }
-                job(&mut session);
-            }
-        })?;
-        Ok(Self {
-            jobs: Mutex::new(tx),
-        })
+/// Runs `work` (statements of a blocking client) where it may block: in place on a thread
+/// outside any runtime; inside `block_in_place` on a worker of a multi-threaded runtime
+/// (the node's: the worker hands its other tasks to the rest while it waits); on a thread
+/// of its own on a current-thread runtime, whose thread must not block on a client's own
+/// runtime.
+fn off_runtime<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Err(_) => work(),
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        Ok(_) => thread::scope(|scope| match scope.spawn(work).join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }),
     }
+}
 
-    /// Runs `f` on the connection's thread and returns what it gives.
-    fn run<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Session) -> Result<R> + Send + 'static,
-    ) -> Result<R> {
-        let (reply, answer) = mpsc::channel();
-        let job: Job = Box::new(move |client| {
-            let r = match client.as_mut() {
-                Some(c) => f(c),
-                None => Err(StoreError::Engine("postgres: not connected".into())),
-            };
-            let _ = reply.send(r);
-        });
-        self.jobs
+/// Closes `sessions` on a thread of their own: closing a blocking client runs its own
+/// runtime, which must not happen on a thread of the caller's (an engine dropped by an
+/// async task).
+fn retire(sessions: Vec<Session>) {
+    if sessions.is_empty() {
+        return;
+    }
+    let spawned = thread::Builder::new()
+        .name("trm-pg-close".into())
+        .spawn(move || drop(sessions));
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "postgres connections left to the server to close");
+    }
+}
+
+/// The connections for reads outside transactions: each lent to one caller at a time.
+struct Readers {
+    idle: Mutex<Vec<Slot>>,
+    returned: Condvar,
+}
+
+impl Readers {
+    /// Waits for a free connection (blocking: call it off the runtime).
+    fn lend(&self) -> Lent<'_> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(slot) = idle.pop() {
+                return Lent {
+                    readers: self,
+                    slot: Some(slot),
+                };
+            }
+            idle = self
+                .returned
+                .wait(idle)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// A reader connection lent out; it goes back when this is dropped, whatever happened.
+struct Lent<'a> {
+    readers: &'a Readers,
+    slot: Option<Slot>,
+}
+
+impl Lent<'_> {
+    fn slot(&mut self) -> &mut Slot {
+        self.slot.get_or_insert(None)
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        let slot = self.slot.take().unwrap_or(None);
+        self.readers
+            .idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .send(job)
-            .map_err(|_| StoreError::Stopped)?;
-        wait_outside_runtime(|| answer.recv().map_err(|_| StoreError::Stopped))?
+            .push(slot);
+        self.readers.returned.notify_one();
     }
 }
 
-/// Runs `wait` (a wait for the database) so that it does not hold up the async tasks of a
-/// caller on a multi-threaded runtime (the node's): the worker hands its other tasks to
-/// the rest while it waits. The store's reads are plain calls from the node's handlers;
-/// with sled they take microseconds, here a network round trip.
-fn wait_outside_runtime<R>(wait: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(wait)
+/// Checks the options' URL and CA file and prepares TLS ([`tls::Connector::new`]).
+fn connector(options: &PostgresOptions) -> Result<tls::Connector> {
+    tls::Connector::new(&options.url, options.ca_file.as_deref()).map_err(|e| {
+        StoreError::Engine(match e {
+            tls::SettingError::Url(problem) => format!("postgres url: {problem}"),
+            tls::SettingError::CaFile(problem) => format!("postgres ca_file: {problem}"),
+        })
+    })
+}
+
+/// Opens a connection; a refusal says why (a server certificate refused: which setting to
+/// check; the server's own refusal, such as no `pg_hba.conf` entry or a wrong password:
+/// its message, which carries names at most).
+fn open_client(connector: &tls::Connector) -> Result<Client> {
+    connector.connect().map_err(|e| {
+        if let Some(problem) = tls::certificate_problem(&e) {
+            return StoreError::Engine(format!("postgres: {problem}"));
         }
-        _ => wait(),
-    }
+        match e.as_db_error() {
+            Some(db) => StoreError::Engine(format!(
+                "postgres: the server refused the connection: {}",
+                db.message()
+            )),
+            None => pg_error(e),
+        }
+    })
 }
 
-/// Connects to `url`, with bounds on a network that stops answering (a database host gone
-/// without closing its connections must fail requests, not hang them): the URL's own
-/// `connect_timeout` or 5 s, and 10 s for unacknowledged data and idle keepalives.
-fn open_client(url: &str) -> Result<Client> {
-    let mut config: postgres::Config = url
-        .parse()
-        .map_err(|_| StoreError::Engine("postgres: the storage url does not parse".into()))?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(std::time::Duration::from_secs(5));
-    }
-    config
-        .tcp_user_timeout(std::time::Duration::from_secs(10))
-        .keepalives(true)
-        .keepalives_idle(std::time::Duration::from_secs(10));
-    config.connect(NoTls).map_err(pg_error)
-}
-
-fn connect(url: &str, schema: &str) -> Result<Client> {
-    let mut client = open_client(url)?;
+fn connect(connector: &tls::Connector, schema: &str) -> Result<Client> {
+    let mut client = open_client(connector)?;
     client
         .batch_execute(&format!("SET search_path TO {schema}"))
         .map_err(pg_error)?;
@@ -244,11 +310,11 @@ fn migrate(client: &mut Client, schema: &str) -> Result<()> {
 /// Runs `f` with a connection of its own, on a thread of its own (a blocking client must
 /// not run on the caller's async runtime).
 fn with_client<R: Send + 'static>(
-    url: &str,
+    connector: &Arc<tls::Connector>,
     f: impl FnOnce(&mut Client) -> Result<R> + Send + 'static,
 ) -> Result<R> {
-    let url = url.to_owned();
-    thread::spawn(move || f(&mut open_client(&url)?))
+    let connector = connector.clone();
+    thread::spawn(move || f(&mut open_client(&connector)?))
         .join()
         .map_err(|_| StoreError::Engine("postgres: a connection thread failed".into()))?
 }
@@ -256,7 +322,7 @@ fn with_client<R: Send + 'static>(
 /// Whether the node's schema holds any record.
 pub fn holds_data(options: &PostgresOptions) -> Result<bool> {
     let schema = options.schema.clone();
-    with_client(&options.url, move |c| {
+    with_client(&Arc::new(connector(options)?), move |c| {
         let table: Option<String> = c
             .query_one("SELECT to_regclass($1)::text", &[&format!("{schema}.kv")])
             .map_err(pg_error)?
@@ -281,7 +347,7 @@ pub fn drop_schema(options: &PostgresOptions) -> Result<()> {
         ));
     }
     let schema = options.schema.clone();
-    with_client(&options.url, move |c| {
+    with_client(&Arc::new(connector(options)?), move |c| {
         c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
             .map_err(pg_error)
     })
@@ -289,9 +355,10 @@ pub fn drop_schema(options: &PostgresOptions) -> Result<()> {
 
 /// The engine: a connection for transactions and a few for reads.
 pub struct PostgresEngine {
-    writer: Conn,
-    readers: Vec<Conn>,
-    next: AtomicUsize,
+    connector: Arc<tls::Connector>,
+    schema: String,
+    writer: Mutex<Slot>,
+    readers: Readers,
     /// Held while the engine is open: no restore replaces the store under it.
     _lock: Option<NodeLock>,
 }
@@ -304,18 +371,18 @@ impl PostgresEngine {
                 "postgres schema: lower-case letters, digits and _".into(),
             ));
         }
+        let connector = Arc::new(connector(options)?);
         let schema = options.schema.clone();
-        with_client(&options.url, move |c| migrate(c, &schema))?;
-        let conn = |name: String| Conn::start(name, options.url.clone(), options.schema.clone());
-        let writer = conn("trm-pg-writer".into())?;
-        let readers = (0..options.readers.max(1))
-            .map(|i| conn(format!("trm-pg-reader-{i}")))
-            .collect::<Result<Vec<_>>>()?;
+        with_client(&connector, move |c| migrate(c, &schema))?;
         let engine = Self {
-            writer,
-            readers,
-            next: AtomicUsize::new(0),
-            _lock: NodeLock::shared(options)?,
+            _lock: NodeLock::shared(options, &connector)?,
+            connector,
+            schema: options.schema.clone(),
+            writer: Mutex::new(None),
+            readers: Readers {
+                idle: Mutex::new((0..options.readers.max(1)).map(|_| None).collect()),
+                returned: Condvar::new(),
+            },
         };
         // Fail now, with the reason, rather than at the first request.
         engine.get(b"\0")?;
@@ -325,22 +392,35 @@ impl PostgresEngine {
     /// Runs read `f` on a reader connection; once more on a fresh connection when the
     /// first was found closed (the database restarted since it was last used). Reads
     /// change nothing, so running one again is safe.
-    fn read<R: Send + 'static>(
-        &self,
-        f: impl Fn(&mut Session) -> Result<R> + Send + Sync + 'static,
-    ) -> Result<R> {
-        let f = std::sync::Arc::new(f);
-        let conn = self.reader();
-        let once = f.clone();
-        match conn.run(move |c| once(c)) {
-            Err(StoreError::Engine(_)) => conn.run(move |c| f(c)),
-            other => other,
-        }
+    fn read<R: Send>(&self, f: impl Fn(&mut Session) -> Result<R> + Send + Sync) -> Result<R> {
+        off_runtime(|| {
+            let mut lent = self.readers.lend();
+            let mut attempt = || ready(lent.slot(), &self.connector, &self.schema).and_then(&f);
+            match attempt() {
+                Err(StoreError::Engine(_)) => attempt(),
+                other => other,
+            }
+        })
     }
+}
 
-    fn reader(&self) -> &Conn {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.readers.len();
-        &self.readers[i]
+impl Drop for PostgresEngine {
+    fn drop(&mut self) {
+        let mut sessions: Vec<Session> = self
+            .readers
+            .idle
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .flatten()
+            .collect();
+        sessions.extend(
+            self.writer
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        retire(sessions);
     }
 }
 
@@ -365,23 +445,24 @@ fn range_on(c: &mut Session, start: &[u8], end: &[u8], limit: usize) -> Result<V
 
 impl Engine for PostgresEngine {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let key = key.to_vec();
-        self.read(move |c| get_on(c, &key))
+        self.read(|c| get_on(c, key))
     }
 
     fn range(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>> {
-        let (start, end) = (start.to_vec(), end.to_vec());
-        self.read(move |c| range_on(c, &start, &end, limit))
+        self.read(|c| range_on(c, start, end, limit))
     }
 
     fn begin(&self) -> Result<Box<dyn EngineTx + '_>> {
-        self.writer.run(|c| {
-            c.client
+        let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = &mut *writer;
+        off_runtime(|| {
+            ready(slot, &self.connector, &self.schema)?
+                .client
                 .batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
                 .map_err(pg_error)
         })?;
         Ok(Box::new(PostgresTx {
-            engine: self,
+            writer,
             layers: Layers::default(),
             open: true,
         }))
@@ -404,32 +485,36 @@ impl Engine for PostgresEngine {
     }
 }
 
-/// A SERIALIZABLE transaction on the writer connection; its writes wait in layers until
-/// the commit writes them all.
+/// A SERIALIZABLE transaction on the writer connection (held for the transaction's life);
+/// its writes wait in layers until the commit writes them all.
 struct PostgresTx<'a> {
-    engine: &'a PostgresEngine,
+    writer: MutexGuard<'a, Slot>,
     layers: Layers,
     open: bool,
+}
+
+impl PostgresTx<'_> {
+    /// Runs `f` on the transaction's connection, off the runtime.
+    fn run<R: Send>(&mut self, f: impl FnOnce(&mut Session) -> Result<R> + Send) -> Result<R> {
+        let slot = &mut *self.writer;
+        off_runtime(move || match slot.as_mut() {
+            Some(session) => f(session),
+            None => Err(StoreError::Engine("postgres: not connected".into())),
+        })
+    }
 }
 
 impl EngineTx for PostgresTx<'_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         match self.layers.lookup(key) {
             Some(v) => Ok(v.clone()),
-            None => {
-                let key = key.to_vec();
-                self.engine.writer.run(move |c| get_on(c, &key))
-            }
+            None => self.run(|c| get_on(c, key)),
         }
     }
 
     fn range(&mut self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>> {
         let deleted = self.layers.deleted_in(start, end);
-        let (s, e) = (start.to_vec(), end.to_vec());
-        let committed = self
-            .engine
-            .writer
-            .run(move |c| range_on(c, &s, &e, limit.saturating_add(deleted)))?;
+        let committed = self.run(|c| range_on(c, start, end, limit.saturating_add(deleted)))?;
         Ok(self.layers.merge(committed, start, end, limit))
     }
 
@@ -471,7 +556,7 @@ impl EngineTx for PostgresTx<'_> {
                 None => gone.push(k),
             }
         }
-        self.engine.writer.run(move |c| {
+        self.run(move |c| {
             let r = (|| {
                 if !gone.is_empty() {
                     let st = c.prepared("DELETE FROM kv WHERE k = ANY($1)")?;
@@ -497,10 +582,7 @@ impl EngineTx for PostgresTx<'_> {
 impl Drop for PostgresTx<'_> {
     fn drop(&mut self) {
         if self.open {
-            let _ = self
-                .engine
-                .writer
-                .run(|c| c.client.batch_execute("ROLLBACK").map_err(pg_error));
+            let _ = self.run(|c| c.client.batch_execute("ROLLBACK").map_err(pg_error));
         }
     }
 }
@@ -551,7 +633,10 @@ fn node_lock_key(schema: &str) -> i64 {
 impl NodeLock {
     /// Takes the shared lock of a running process (waits while a restore holds it); none
     /// when this process holds the schema exclusively (the engine of a restore).
-    pub fn shared(options: &PostgresOptions) -> Result<Option<Self>> {
+    pub fn shared(
+        options: &PostgresOptions,
+        connector: &Arc<tls::Connector>,
+    ) -> Result<Option<Self>> {
         if EXCLUSIVE
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -561,6 +646,7 @@ impl NodeLock {
         }
         let taken = Self::start(
             options,
+            connector.clone(),
             "SELECT true FROM (SELECT pg_advisory_lock_shared($1)) AS locked",
             true,
         )?;
@@ -571,7 +657,8 @@ impl NodeLock {
 
     /// Takes the exclusive lock of a restore; `None` when a process of the node holds it.
     pub fn try_exclusive(options: &PostgresOptions) -> Result<Option<Self>> {
-        let lock = Self::start(options, "SELECT pg_try_advisory_lock($1)", false)?;
+        let connector = Arc::new(connector(options)?);
+        let lock = Self::start(options, connector, "SELECT pg_try_advisory_lock($1)", false)?;
         Ok(lock.map(|mut l| {
             EXCLUSIVE
                 .lock()
@@ -584,8 +671,13 @@ impl NodeLock {
 
     /// Runs the lock's connection on a thread: `lock` answers whether it was taken; with
     /// `again`, the lock is taken again whenever the connection was lost.
-    fn start(options: &PostgresOptions, lock: &'static str, again: bool) -> Result<Option<Self>> {
-        let (url, key) = (options.url.clone(), node_lock_key(&options.schema));
+    fn start(
+        options: &PostgresOptions,
+        connector: Arc<tls::Connector>,
+        lock: &'static str,
+        again: bool,
+    ) -> Result<Option<Self>> {
+        let key = node_lock_key(&options.schema);
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let (first, taken) = std::sync::mpsc::sync_channel::<Result<bool>>(1);
         let thread = std::thread::Builder::new()
@@ -593,7 +685,7 @@ impl NodeLock {
             .spawn(move || {
                 let mut first = Some(first);
                 loop {
-                    let took = open_client(&url).and_then(|mut c| {
+                    let took = open_client(&connector).and_then(|mut c| {
                         let row = c.query_one(lock, &[&key]).map_err(pg_error)?;
                         Ok((c, row.get::<_, bool>(0)))
                     });
@@ -640,7 +732,7 @@ impl NodeLock {
             thread: Some(thread),
             exclusive: None,
         };
-        match wait_outside_runtime(|| taken.recv()) {
+        match off_runtime(move || taken.recv()) {
             Ok(Ok(true)) => Ok(Some(lock)),
             Ok(Ok(false)) => Ok(None),
             Ok(Err(e)) => Err(e),
