@@ -305,20 +305,12 @@ impl WitnessHearingService for Hearings {
             .transpose()
             .map_err(ApiError::from)?;
         let store = &self.ctx.store;
-        let mut found = store
+        let read = store
             .hearings(direction, after, page.size + 1, |h| {
                 visibility(store, &p, h).is_some()
             })
             .map_err(ApiError::from)?;
-        let next_page_token = if found.len() > page.size {
-            found.truncate(page.size);
-            found
-                .last()
-                .map(|h| h.hearing_id.to_string())
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let (found, next_page_token) = page.cut(read, |h| h.hearing_id.to_string());
         let hearings: Vec<w::Hearing> = found
             .iter()
             .map(|h| {
