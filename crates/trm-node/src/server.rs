@@ -134,8 +134,10 @@ async fn shutdown_signal(mut rx: watch::Receiver<bool>) {
 }
 
 /// Periodic upkeep until shutdown: forgets inbound message ids older than twice the replay
-/// window (at start, then hourly) and writes the aggregate entries of refusal floods (every
-/// window, and once more on the way out).
+/// window and request ids older than a day, and rotates the key-encryption key when due (at
+/// start, then hourly; among replicas, only the one that delivers does this, the others
+/// look again every window); writes the aggregate entries of refusal floods (every window,
+/// and once more on the way out).
 async fn housekeeping(
     store: Store,
     delivery: Delivery,
@@ -146,7 +148,8 @@ async fn housekeeping(
 ) {
     let mut last_prune: Option<tokio::time::Instant> = None;
     loop {
-        if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
+        let due = last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600));
+        if due && delivery.is_active() {
             let before = time::OffsetDateTime::now_utc() - 2 * replay_window;
             match trm_federation::inbound::prune_inbox(&store, before).await {
                 Ok(0) => {}
@@ -154,18 +157,14 @@ async fn housekeeping(
                 Err(e) => warn!(error = %e, "cannot prune the inbox"),
             }
             let day_ago = time::OffsetDateTime::now_utc() - time::Duration::hours(24);
-            let pruned = store
-                .commit::<usize, (), _>(move |tx| Ok(tx.forget_requests_before(day_ago, 4096)?))
-                .await;
-            if let Err(e) = pruned {
-                warn!(error = %e.into_store(), "cannot forget old request ids");
+            match store.prune_requests(day_ago).await {
+                Ok(0) => {}
+                Ok(n) => info!(forgotten = n, "request ids older than a day forgotten"),
+                Err(e) => warn!(error = %e, "cannot forget old request ids"),
             }
-            // Among replicas, the one that delivers rotates.
-            if delivery.is_active() {
-                match store.rotate_kek_if_due(kek_rotation.as_secs() as i64).await {
-                    Ok(true) | Ok(false) => {}
-                    Err(e) => warn!(error = %e, "cannot rotate the key-encryption key"),
-                }
+            match store.rotate_kek_if_due(kek_rotation.as_secs() as i64).await {
+                Ok(true) | Ok(false) => {}
+                Err(e) => warn!(error = %e, "cannot rotate the key-encryption key"),
             }
             last_prune = Some(tokio::time::Instant::now());
         }

@@ -215,6 +215,15 @@ pub(crate) mod layout {
 
     pub const REQUESTS: &[u8] = b"q/";
 
+    /// The age index of idempotent requests: when one was made (milliseconds since the
+    /// epoch, big-endian), then the rest of its key, so that the oldest come first.
+    pub fn request_by_age(at_ms: u64, request_key: &[u8]) -> Vec<u8> {
+        let rest = request_key.get(REQUESTS.len()..).unwrap_or_default();
+        key("qa/", &[&at_ms.to_be_bytes(), rest])
+    }
+
+    pub const REQUESTS_BY_AGE: &[u8] = b"qa/";
+
     /// A statistics counter: month (`YYYYMM`), then the cell.
     pub fn stat(month: &str, cell: &[u8]) -> Vec<u8> {
         key("st/", &[month.as_bytes(), b"/", cell])
