@@ -852,6 +852,11 @@ impl RawDb {
         self.put_raw(key, &self.encode(e)?)
     }
 
+    /// Writes `value` under `key` as the store encodes a small value.
+    pub fn put_json<T: serde::Serialize>(&self, key: &[u8], value: &T) -> Result<()> {
+        self.put_raw(key, &self.encode(value)?)
+    }
+
     /// Writes raw bytes under `key`.
     pub fn put_raw(&self, key: &[u8], value: &[u8]) -> Result<()> {
         match self {

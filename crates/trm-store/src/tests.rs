@@ -701,3 +701,46 @@ fn idempotency_records_older_than_a_day_are_forgotten_however_many_newer_ones_so
     assert_eq!(pass.forgotten, 4200 + 3);
     assert!(!pass.more);
 }
+
+#[test]
+fn inbound_message_ids_past_their_time_are_forgotten_in_either_layout() {
+    use crate::repo::{layout, outbox::InboxEntry};
+    use trm_core::ids::MessageId;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &SecretKey::generate());
+    let now = OffsetDateTime::now_utc();
+    let made = |t: OffsetDateTime| {
+        let ts = uuid::Timestamp::from_unix(uuid::NoContext, t.unix_timestamp() as u64, 0);
+        MessageId::from_uuid(uuid::Uuid::new_v7(ts))
+    };
+    let (old, recent) = (made(now - time::Duration::days(20)), made(now));
+    let ro: NodeId = "RO".parse().unwrap();
+    store
+        .commit_blocking::<(), (), _>(move |tx| {
+            for id in [old, recent] {
+                tx.put_inbox(ro, id, b"receipt")?;
+                // As a version that kept no sender did.
+                tx.put_json(
+                    &layout::legacy_inbox(&id.uuid()),
+                    &InboxEntry {
+                        receipt_body: b"receipt".to_vec(),
+                        received_at: now,
+                    },
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let before = now - time::Duration::days(14);
+    let n = store
+        .commit_blocking::<_, (), _>(move |tx| Ok(tx.forget_inbox_before(before, 512)?))
+        .unwrap();
+    assert_eq!(n, 2);
+    store
+        .commit_blocking::<(), (), _>(move |tx| {
+            assert!(tx.inbox(ro, old)?.is_none() && tx.legacy_inbox(old)?.is_none());
+            assert!(tx.inbox(ro, recent)?.is_some() && tx.legacy_inbox(recent)?.is_some());
+            Ok(())
+        })
+        .unwrap();
+}

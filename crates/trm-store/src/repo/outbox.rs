@@ -204,15 +204,26 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Returns the receipt given for inbound `message_id`.
-    pub fn inbox(&mut self, message_id: MessageId) -> Result<Option<InboxEntry>> {
-        self.get_json("inbox entry", &layout::inbox(&message_id.uuid()))
+    /// Returns the receipt given for `sender`'s inbound message `message_id`.
+    pub fn inbox(&mut self, sender: NodeId, message_id: MessageId) -> Result<Option<InboxEntry>> {
+        self.get_json("inbox entry", &layout::inbox(sender, &message_id.uuid()))
     }
 
-    /// Keeps the body of the receipt given for inbound `message_id`.
-    pub fn put_inbox(&mut self, message_id: MessageId, receipt_body: &[u8]) -> Result<()> {
+    /// Returns the receipt an older version kept for inbound `message_id`, whoever sent it
+    /// (that version kept no sender: see [`Tx::audited_actor_near`] to find it).
+    pub fn legacy_inbox(&mut self, message_id: MessageId) -> Result<Option<InboxEntry>> {
+        self.get_json("inbox entry", &layout::legacy_inbox(&message_id.uuid()))
+    }
+
+    /// Keeps the body of the receipt given for `sender`'s inbound message `message_id`.
+    pub fn put_inbox(
+        &mut self,
+        sender: NodeId,
+        message_id: MessageId,
+        receipt_body: &[u8],
+    ) -> Result<()> {
         self.put_json(
-            &layout::inbox(&message_id.uuid()),
+            &layout::inbox(sender, &message_id.uuid()),
             &InboxEntry {
                 receipt_body: receipt_body.to_vec(),
                 received_at: OffsetDateTime::now_utc(),
@@ -220,22 +231,28 @@ impl Tx<'_> {
         )
     }
 
-    /// Forgets inbound message ids received before `before` (their UUIDv7 time).
+    /// Forgets up to `limit` inbound message ids made before `before` (their UUIDv7 time),
+    /// of the current layout and of the one older versions kept. Returns how many.
     pub fn forget_inbox_before(&mut self, before: OffsetDateTime, limit: usize) -> Result<usize> {
         let cutoff = uuid_floor(before);
         let mut n = 0;
-        for (k, _) in self.scan_raw(layout::INBOX, None, limit)? {
-            let Some(id) = k
-                .get(layout::INBOX.len()..)
-                .and_then(|b| <[u8; 16]>::try_from(b).ok())
-            else {
-                continue;
-            };
-            if id >= cutoff {
+        for prefix in [layout::INBOX, layout::LEGACY_INBOX] {
+            for (k, _) in self.scan_raw(prefix, None, limit - n)? {
+                let Some(id) = k
+                    .get(prefix.len()..prefix.len() + 16)
+                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                else {
+                    continue;
+                };
+                if id >= cutoff {
+                    break;
+                }
+                self.delete(&k)?;
+                n += 1;
+            }
+            if n == limit {
                 break;
             }
-            self.delete(&k)?;
-            n += 1;
         }
         Ok(n)
     }
