@@ -743,6 +743,7 @@ impl AdminService for Admin {
                 };
                 all.push(r.clone());
                 tx.put_revoked_clients(&all)?;
+                tx.changed_shared_state()?;
                 tx.audit(AuditRecord::new(
                     "operator",
                     "client.revoke",

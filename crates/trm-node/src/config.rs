@@ -200,7 +200,8 @@ pub struct DeliverySection {
     #[serde(default = "default_lease_secs")]
     pub lease_secs: u64,
     /// With replicas: how often the delivering replica looks for envelopes the others
-    /// queued (milliseconds).
+    /// queued, and every replica for a change the others made to the peer directory or the
+    /// revoked client certificates (milliseconds).
     #[serde(default = "default_replica_poll_ms")]
     pub replica_poll_ms: u64,
 }

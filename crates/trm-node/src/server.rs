@@ -674,6 +674,7 @@ impl Built {
                     directory: ctx.directory.clone(),
                     revocations: ctx.revocations.clone(),
                     lease: Duration::from_secs(config.delivery.lease_secs),
+                    poll: Duration::from_millis(config.delivery.replica_poll_ms),
                 }
                 .run(stopped.clone()),
             )
