@@ -151,3 +151,74 @@ async fn a_restored_backup_brings_back_what_it_held_but_nothing_erased_since() -
     fed.stop().await?;
     Ok(())
 }
+
+/// A PostgreSQL server that takes connections and never answers, until told to hang up
+/// (or after `hold`): a database that does not answer yet.
+struct SilentDatabase {
+    addr: std::net::SocketAddr,
+    hang_up: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl SilentDatabase {
+    fn start(hold: std::time::Duration) -> anyhow::Result<Self> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        let (hang_up, told) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let until = std::time::Instant::now() + hold;
+            let mut held = Vec::new();
+            while std::time::Instant::now() < until {
+                if let Ok((conn, _)) = listener.accept() {
+                    held.push(conn);
+                }
+                if told
+                    .recv_timeout(std::time::Duration::from_millis(10))
+                    .is_ok()
+                {
+                    break;
+                }
+            }
+        });
+        Ok(Self {
+            addr,
+            hang_up,
+            thread,
+        })
+    }
+
+    fn hang_up(self) {
+        let _ = self.hang_up.send(());
+        let _ = self.thread.join();
+    }
+}
+
+#[tokio::test]
+async fn a_node_whose_database_does_not_answer_yet_holds_up_nothing_else_in_its_process(
+) -> anyhow::Result<()> {
+    // One thread runs everything here, as it may in a process that runs several nodes.
+    let fed = TestFederation::start(&["AT"]).await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let db = SilentDatabase::start(std::time::Duration::from_secs(20))?;
+    let mut cfg = fed.config("AT".parse()?)?;
+    cfg.storage.engine = "postgres".into();
+    cfg.storage.url = Some(format!("postgres://trm@{}/trm", db.addr));
+    cfg.storage.url_file = None;
+    cfg.node.data_dir = fed.dir().join("silent");
+    let building = tokio::spawn(trm_node::server::build(cfg, Default::default()));
+    // While the other node waits for its database, this one serves.
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+        sp.list_cases(w::ListCasesRequest::default()).await?;
+    }
+    assert!(
+        !building.is_finished(),
+        "the other node is still opening its store, and held up nothing"
+    );
+    db.hang_up();
+    let refused = building.await?;
+    assert!(refused.is_err(), "a database that hangs up is refused");
+    fed.stop().await?;
+    Ok(())
+}

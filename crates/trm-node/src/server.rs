@@ -306,7 +306,7 @@ impl std::fmt::Debug for Built {
 pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, NodeError> {
     let node = config.node.id;
     let master = SecretKey::load(&config.node.master_key)?;
-    let store = Store::open(StoreOptions {
+    let store_options = StoreOptions {
         node,
         data_dir: config.node.data_dir.clone(),
         key_store: config.node.key_store.clone(),
@@ -318,8 +318,17 @@ pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, No
             }),
             pg => pg,
         },
-    })?;
-    trm_federation::keys::recover_rotation(&store, &config.signing.key)?;
+    };
+    // Opening reads the disk or waits for the database (and counts the outbox): on a
+    // thread for blocking work, so that nothing else of the process waits meanwhile.
+    let signing_key = config.signing.key.clone();
+    let store = tokio::task::spawn_blocking(move || -> Result<Store, NodeError> {
+        let store = Store::open(store_options)?;
+        trm_federation::keys::recover_rotation(&store, &signing_key)?;
+        Ok(store)
+    })
+    .await
+    .map_err(|e| NodeError::Task(format!("opening the store: {e}")))??;
     let identity = Arc::new(Signer::new(SigningIdentity::load(&config.signing.key)?));
     store.sign_audit_head_with(identity.clone()).await?;
     let directory = load_directory(&config)?;
