@@ -554,6 +554,9 @@ impl Built {
             max_connections: l.max_connections,
             max_connections_per_client: l.per_client(),
             handshake_timeout: Duration::from_secs(l.handshake_timeout_secs),
+            max_handshakes_per_address: l.per_address(),
+            reserved_for_known_addresses: l.reserved(),
+            pressure_timeout: Duration::from_millis(l.pressure_timeout_ms()),
         };
         let mut acceptors = Vec::new();
         let mut incoming =
