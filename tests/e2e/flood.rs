@@ -1,8 +1,10 @@
 //! Floods, bounded in count and time, on loopback, against a `trm-node` process: one client
-//! certificate or one peer sending as fast as it can starves no other client or peer, and
-//! connections that never finish their TLS handshake, or hold more than a caller's share of
-//! a port, are closed. (The node's memory and the latencies under a flood are measured by
-//! `trm-bench --flood`, not asserted here.)
+//! certificate or one peer sending as fast as it can starves no other client or peer;
+//! connections that never finish their TLS handshake, from one address or from many, stop
+//! no one else and are closed; connections over a caller's share of a port are closed.
+//! Loopback has many source addresses (127.0.0.0/8): a client binds to one of its own.
+//! (The node's memory and the latencies under a flood are measured by `trm-bench --flood`,
+//! not asserted here.)
 
 use std::{
     path::Path,
@@ -31,9 +33,15 @@ const FLOOD: Duration = Duration::from_secs(3);
 /// counts as starved (a deadline to poll against, not a speed target: `trm-bench --flood`
 /// measures the latencies).
 const ARRIVES_WITHIN: Duration = Duration::from_secs(30);
+/// How long a client's request may take, connecting included (as the channels' own
+/// deadline: a deadline to poll against, not a speed target).
+const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 /// AT's bounds in this test.
 const MAX_CONNECTIONS: usize = 32;
 const PER_CLIENT: usize = 8;
+const PER_ADDRESS: usize = 4;
+/// Places of MAX_CONNECTIONS new addresses may take (the rest is kept for known ones).
+const UNKNOWN_PLACES: usize = MAX_CONNECTIONS - MAX_CONNECTIONS / 4;
 const RATE: u64 = 100;
 const BURST: u64 = 100;
 
@@ -112,6 +120,60 @@ async fn connections(dir: &Path, role: Role, n: usize) -> anyhow::Result<Vec<Cha
     Ok(out)
 }
 
+/// `n` connections to `addr` from source address `ip` that never finish a TLS handshake:
+/// every other one sends the first bytes of a record and stops.
+async fn stall(
+    addr: std::net::SocketAddr,
+    ip: [u8; 4],
+    n: usize,
+) -> anyhow::Result<Vec<tokio::net::TcpStream>> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind((std::net::Ipv4Addr::from(ip), 0).into())?;
+        let mut tcp = socket.connect(addr).await?;
+        if i % 2 == 1 {
+            tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await?;
+        }
+        out.push(tcp);
+    }
+    Ok(out)
+}
+
+/// A focal point's connection to AT's services port from source address `ip`.
+async fn connect_from(dir: &Path, ip: [u8; 4]) -> anyhow::Result<Channel> {
+    let at = trm_node::NodeConfig::load(&sandbox::config_path(dir, "AT".parse()?))?;
+    let nd = dir.join("AT");
+    let fp = Role::FocalPoint;
+    trm_tests::connect_from(
+        std::net::Ipv4Addr::from(ip).into(),
+        at.listen.services,
+        &nd.join("services-ca.pem"),
+        &nd.join(format!("clients/{fp}.pem")),
+        &nd.join(format!("clients/{fp}.key")),
+    )
+    .await
+}
+
+/// A focal point from source address `ip` connects to AT and lists cases, within its
+/// request deadline (connecting included: a client starved behind stalled handshakes
+/// would miss it). Returns the client.
+async fn served_from(dir: &Path, ip: [u8; 4]) -> anyhow::Result<ReferralServiceClient<Channel>> {
+    let served = tokio::time::timeout(REQUEST_DEADLINE, async {
+        let mut c = ReferralServiceClient::new(connect_from(dir, ip).await?);
+        c.list_cases(w::ListCasesRequest::default()).await?;
+        anyhow::Ok(c)
+    })
+    .await;
+    match served {
+        Ok(c) => c,
+        Err(_) => anyhow::bail!(
+            "a client from {} missed its {REQUEST_DEADLINE:?} deadline",
+            std::net::Ipv4Addr::from(ip)
+        ),
+    }
+}
+
 /// A connection to AT's federation port presenting `peer`'s federation certificate.
 async fn as_peer(dir: &Path, peer: &str) -> anyhow::Result<Channel> {
     let at = trm_node::NodeConfig::load(&sandbox::config_path(dir, "AT".parse()?))?;
@@ -132,10 +194,14 @@ async fn a_flooding_client_or_peer_starves_no_one_and_stalled_or_surplus_connect
     sandbox::init(dir.path(), &[spec("AT")?, spec("RO")?, spec("NG")?], false)?;
     let config = sandbox::config_path(dir.path(), "AT".parse()?);
     let mut text = std::fs::read_to_string(&config)?;
+    // A handshake may take a minute, longer than any request here waits: only the limits
+    // before the handshake, and the short deadline under pressure, let anyone in.
     text.push_str(&format!(
         "\n[limits]\nmax_connections = {MAX_CONNECTIONS}\nmax_connections_per_client = \
-         {PER_CLIENT}\nhandshake_timeout_secs = 1\nclient_requests_per_second = {RATE}\n\
-         client_burst = {BURST}\npeer_requests_per_second = {RATE}\npeer_burst = {BURST}\n"
+         {PER_CLIENT}\nhandshake_timeout_secs = 60\nmax_handshakes_per_address = \
+         {PER_ADDRESS}\nhandshake_timeout_under_pressure_ms = 500\n\
+         client_requests_per_second = {RATE}\nclient_burst = {BURST}\n\
+         peer_requests_per_second = {RATE}\npeer_burst = {BURST}\n"
     ));
     std::fs::write(&config, text)?;
     let mut at = start(dir.path(), "AT")?;
@@ -253,23 +319,52 @@ async fn a_flooding_client_or_peer_starves_no_one_and_stalled_or_surplus_connect
     trm_tests::referral_arrived(&fp, &id).await?;
 
     // 3. Connections that never finish a handshake (silent, or stalled half-way through a
-    // record) take every place of the port, several times over: another client still gets
-    // in, and each stalled connection is closed.
+    // record), several times the port's places, from one address: a client from another
+    // address is served, each request within its deadline, and the flood keeps no more
+    // places than one address may hold: every connection past them is closed at once.
     let services = trm_node::NodeConfig::load(&config)?.listen.services;
-    let mut stalled = Vec::new();
-    for i in 0..(3 * MAX_CONNECTIONS) {
-        let mut tcp = tokio::net::TcpStream::connect(services).await?;
-        if i % 2 == 1 {
-            tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await?;
-        }
-        stalled.push(tcp);
+    let mut stalled = stall(services, [127, 0, 0, 1], 3 * MAX_CONNECTIONS).await?;
+    let t = Instant::now();
+    let other = served_from(d, [127, 0, 0, 2]).await?;
+    println!(
+        "flood: {} stalled handshakes from one address; a client from another served after \
+         {:?}",
+        stalled.len(),
+        t.elapsed()
+    );
+    // (A connection still held waits for the deadline of its handshake: a minute.)
+    let closed = || {
+        stalled
+            .iter()
+            .filter(|tcp| {
+                let mut buf = [0u8; 64];
+                match tcp.try_read(&mut buf) {
+                    Ok(0) => true,
+                    Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                    Ok(_) => false,
+                }
+            })
+            .count()
+    };
+    eventually("all but one address's places to be closed", || async {
+        Ok((closed() >= stalled.len() - PER_ADDRESS).then_some(()))
+    })
+    .await?;
+
+    // Then as many addresses as it takes to hold every place new addresses may take: a
+    // client from an address a caller was served from (127.0.0.2, above) still gets in, and
+    // under this pressure every stalled connection is closed long before a minute.
+    let mut addresses = 0;
+    while addresses * PER_ADDRESS < UNKNOWN_PLACES + PER_ADDRESS {
+        let ip = [127, 0, 1, 1 + addresses as u8];
+        stalled.extend(stall(services, ip, PER_ADDRESS).await?);
+        addresses += 1;
     }
     let t = Instant::now();
-    let mut late = ReferralServiceClient::new(channel(d, "AT", Role::FocalPoint).await?);
-    late.list_cases(w::ListCasesRequest::default()).await?;
+    let known = served_from(d, [127, 0, 0, 2]).await?;
     println!(
-        "flood: {} stalled handshakes; another client served after {:?}",
-        stalled.len(),
+        "flood: stalled handshakes from {addresses} more addresses; a client from a known \
+         address served after {:?}",
         t.elapsed()
     );
     for (i, tcp) in stalled.iter_mut().enumerate() {
@@ -280,6 +375,9 @@ async fn a_flooding_client_or_peer_starves_no_one_and_stalled_or_surplus_connect
             "stalled connection {i} still open: {read:?}"
         );
     }
+    // And a client from a new address is served again.
+    served_from(d, [127, 0, 0, 3]).await?;
+    let late = (other, known);
 
     // 4. A caller holds at most its share of the port's connections; others still connect,
     // and a place given back is taken again.

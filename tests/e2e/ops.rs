@@ -15,6 +15,33 @@ async fn restore(
     tokio::task::spawn_blocking(move || trmctl::admin::restore(&config, &from, force)).await?
 }
 
+/// Pages through `ListCases` with pages of `size`; returns the case ids in order. A page is
+/// full or it is the last.
+async fn list_all_cases(
+    client: &mut trm_proto::v1::referral_service_client::ReferralServiceClient<
+        tonic::transport::Channel,
+    >,
+    size: i32,
+) -> anyhow::Result<Vec<String>> {
+    let (mut ids, mut token) = (Vec::new(), String::new());
+    loop {
+        let page = client
+            .list_cases(w::ListCasesRequest {
+                page_size: size,
+                page_token: token.clone(),
+            })
+            .await?
+            .into_inner();
+        let n = page.cases.len();
+        ids.extend(page.cases.into_iter().map(|c| c.case_id));
+        if page.next_page_token.is_empty() {
+            return Ok(ids);
+        }
+        anyhow::ensure!(n == size as usize, "a page with a next token is full: {n}");
+        token = page.next_page_token;
+    }
+}
+
 #[tokio::test]
 async fn a_restored_backup_brings_back_what_it_held_but_nothing_erased_since() -> anyhow::Result<()>
 {
@@ -26,6 +53,10 @@ async fn a_restored_backup_brings_back_what_it_held_but_nothing_erased_since() -
         .into_inner();
     let erased = sp
         .create_case(requests::case("Erased", 3))
+        .await?
+        .into_inner();
+    let later = sp
+        .create_case(requests::case("Later", 3))
         .await?
         .into_inner();
     let mut admin = fed.admin("AT", Role::Operator).await?;
@@ -100,6 +131,16 @@ async fn a_restored_backup_brings_back_what_it_held_but_nothing_erased_since() -
         .await
         .expect_err("erased after the backup: still erased");
     assert_eq!(err.code(), Code::NotFound);
+    // The erased case's sealed record is back with the backup, but not its key: a client
+    // paging through the cases one at a time passes over it and reaches every other case.
+    for role in [Role::ServiceProvider, Role::FocalPoint] {
+        let listed = list_all_cases(&mut fed.referrals("AT", role).await?, 1).await?;
+        assert_eq!(
+            listed,
+            [kept.case_id.clone(), later.case_id.clone()],
+            "{role} pages through every case"
+        );
+    }
     let audit = fed
         .admin("AT", Role::Operator)
         .await?
@@ -270,6 +311,77 @@ async fn a_restore_never_undoes_a_revocation_or_a_peer_removal_and_is_audited() 
         .await?
         .into_inner();
     assert!(verified.ok, "{verified:?}");
+    fed.stop().await?;
+    Ok(())
+}
+
+/// A PostgreSQL server that takes connections and never answers, until told to hang up
+/// (or after `hold`): a database that does not answer yet.
+struct SilentDatabase {
+    addr: std::net::SocketAddr,
+    hang_up: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl SilentDatabase {
+    fn start(hold: std::time::Duration) -> anyhow::Result<Self> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        let (hang_up, told) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let until = std::time::Instant::now() + hold;
+            let mut held = Vec::new();
+            while std::time::Instant::now() < until {
+                if let Ok((conn, _)) = listener.accept() {
+                    held.push(conn);
+                }
+                if told
+                    .recv_timeout(std::time::Duration::from_millis(10))
+                    .is_ok()
+                {
+                    break;
+                }
+            }
+        });
+        Ok(Self {
+            addr,
+            hang_up,
+            thread,
+        })
+    }
+
+    fn hang_up(self) {
+        let _ = self.hang_up.send(());
+        let _ = self.thread.join();
+    }
+}
+
+#[tokio::test]
+async fn a_node_whose_database_does_not_answer_yet_holds_up_nothing_else_in_its_process(
+) -> anyhow::Result<()> {
+    // One thread runs everything here, as it may in a process that runs several nodes.
+    let fed = TestFederation::start(&["AT"]).await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let db = SilentDatabase::start(std::time::Duration::from_secs(20))?;
+    let mut cfg = fed.config("AT".parse()?)?;
+    cfg.storage.engine = "postgres".into();
+    cfg.storage.url = Some(format!("postgres://trm@{}/trm", db.addr));
+    cfg.storage.url_file = None;
+    cfg.node.data_dir = fed.dir().join("silent");
+    let building = tokio::spawn(trm_node::server::build(cfg, Default::default()));
+    // While the other node waits for its database, this one serves.
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+        sp.list_cases(w::ListCasesRequest::default()).await?;
+    }
+    assert!(
+        !building.is_finished(),
+        "the other node is still opening its store, and held up nothing"
+    );
+    db.hang_up();
+    let refused = building.await?;
+    assert!(refused.is_err(), "a database that hangs up is refused");
     fed.stop().await?;
     Ok(())
 }

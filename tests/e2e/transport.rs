@@ -1066,3 +1066,128 @@ async fn a_batch_is_checked_whole_before_any_effect_and_answered_entry_by_entry(
     fed.stop().await?;
     Ok(())
 }
+
+/// A client of AT's federation port presenting NG's real federation certificate.
+async fn as_ng(fed: &TestFederation) -> anyhow::Result<FederationServiceClient<Channel>> {
+    let ng = fed.dir().join("NG/tls");
+    federation_client(
+        fed.node("AT")?.addrs.federation,
+        &fed.dir().join("AT/tls/federation-ca.pem"),
+        &files::read_text(&ng.join("federation.pem"))?,
+        &files::read_text(&ng.join("federation.key"))?,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_message_id_is_unique_per_sender_and_receipts_kept_by_older_versions_still_count(
+) -> anyhow::Result<()> {
+    let mut fed = TestFederation::start(&["AT", "RO", "NG"]).await?;
+    let (at, ro, ng): (NodeId, NodeId, NodeId) = ("AT".parse()?, "RO".parse()?, "NG".parse()?);
+    let ro_key = SigningIdentity::load(&fed.dir().join("RO/keys/signing.pem"))?;
+    let ng_key = SigningIdentity::load(&fed.dir().join("NG/keys/signing.pem"))?;
+    let (mut from_ro, mut from_ng) = (as_ro(&fed).await?, as_ng(&fed).await?);
+    let outcome = |r: &w::SignedReceipt| -> anyhow::Result<i32> {
+        Ok(ReceiptBody::decode(r.body.as_slice())?.outcome)
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let shared_id = uuid::Uuid::now_v7().to_string();
+    let seal = |key: &SigningIdentity, sender: NodeId, case_ref: &str, created_at| {
+        envelope::seal_with_id(
+            key,
+            sender,
+            at,
+            case_ref,
+            offer(case_ref, None),
+            &shared_id,
+            created_at,
+        )
+    };
+
+    // RO's referral, then NG's under the same message id: each is a message of its own.
+    let ro_env = seal(&ro_key, ro, "ro-ref", now);
+    let ro_receipt = from_ro.deliver(ro_env.clone()).await?.into_inner();
+    assert_eq!(outcome(&ro_receipt)?, ReceiptOutcome::Accepted as i32);
+    let ng_env = seal(&ng_key, ng, "ng-ref", now);
+    let ng_receipt = from_ng.deliver(ng_env.clone()).await?.into_inner();
+    assert_eq!(
+        ReceiptBody::decode(ng_receipt.body.as_slice())?.body_sha256,
+        trm_crypto::sha256(&ng_env.body).to_vec(),
+        "NG's receipt is for NG's message, not RO's"
+    );
+    assert_eq!(outcome(&ng_receipt)?, ReceiptOutcome::Accepted as i32);
+    let incoming = fed
+        .referrals("AT", Role::FocalPoint)
+        .await?
+        .list_referrals(w::ListReferralsRequest {
+            direction: w::Direction::Incoming as i32,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .referrals;
+    let mut origins: Vec<String> = incoming.iter().map(|r| r.origin.clone()).collect();
+    origins.sort();
+    assert_eq!(origins, ["NG", "RO"], "both referrals arrived");
+
+    // RO's message again, as sent and as an operator's retry re-seals it (a fresh
+    // created_at): a duplicate, answered with the original receipt.
+    for again in [
+        ro_env,
+        seal(&ro_key, ro, "ro-ref", now + time::Duration::seconds(1)),
+    ] {
+        let receipt = from_ro.deliver(again).await?.into_inner();
+        assert_eq!(receipt.body, ro_receipt.body, "the original receipt");
+    }
+
+    // A receipt an older version kept by message id alone (it did not say whose) still
+    // makes RO's message a duplicate, however re-sealed, and is not NG's.
+    let old_id = uuid::Uuid::now_v7();
+    let seal_old = |key: &SigningIdentity, sender: NodeId, case_ref: &str, created_at| {
+        envelope::seal_with_id(
+            key,
+            sender,
+            at,
+            case_ref,
+            offer(case_ref, None),
+            &old_id.to_string(),
+            created_at,
+        )
+    };
+    let first = seal_old(&ro_key, ro, "ro-old", now);
+    let kept = from_ro.deliver(first.clone()).await?.into_inner();
+    let received_at = ReceiptBody::decode(kept.body.as_slice())?.received_at;
+    drop((from_ro, from_ng));
+    fed.stop_node("AT").await?;
+    let db = trm_tests::RawDb::open(&fed.config(at)?.node.data_dir)?;
+    let mut current = b"ib/".to_vec();
+    current.extend_from_slice(old_id.as_bytes());
+    current.extend_from_slice(b"RO");
+    db.remove(&current)?;
+    let mut legacy = b"i/".to_vec();
+    legacy.extend_from_slice(old_id.as_bytes());
+    db.put_json(
+        &legacy,
+        &trm_store::repo::outbox::InboxEntry {
+            receipt_body: kept.body.clone(),
+            received_at: trm_proto::convert::from_ts("received_at", received_at.as_ref())?,
+        },
+    )?;
+    db.close()?;
+    fed.start_node("AT").await?;
+    let (mut from_ro, mut from_ng) = (as_ro(&fed).await?, as_ng(&fed).await?);
+    for again in [
+        first,
+        seal_old(&ro_key, ro, "ro-old", now + time::Duration::seconds(1)),
+    ] {
+        let receipt = from_ro.deliver(again).await?.into_inner();
+        assert_eq!(receipt.body, kept.body, "the receipt an older version kept");
+    }
+    let ng_env = seal_old(&ng_key, ng, "ng-old", now);
+    let receipt = from_ng.deliver(ng_env.clone()).await?.into_inner();
+    let body = ReceiptBody::decode(receipt.body.as_slice())?;
+    assert_eq!(body.body_sha256, trm_crypto::sha256(&ng_env.body).to_vec());
+    assert_eq!(body.outcome, ReceiptOutcome::Accepted as i32);
+    fed.stop().await?;
+    Ok(())
+}

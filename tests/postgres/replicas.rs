@@ -1,12 +1,17 @@
 //! Two `trm-node` processes of one country on one PostgreSQL schema: either serves, one
 //! delivers under the lease; SIGKILL the one that delivers during a stream of referrals and
-//! the other takes delivery over: nothing acknowledged is lost, nothing arrives twice.
+//! the other takes delivery over: nothing acknowledged is lost, nothing arrives twice. And
+//! what one replica changes (a revocation, a peer removed) or queues holds on the other.
 
 use std::{net::SocketAddr, path::Path, time::Instant};
 
 use tokio::process::Child;
 use trm_core::ids::Role;
-use trm_proto::v1::{self as w, referral_service_client::ReferralServiceClient};
+use trm_proto::v1::{
+    self as w, admin_service_client::AdminServiceClient,
+    federation_service_client::FederationServiceClient,
+    referral_service_client::ReferralServiceClient,
+};
 use trm_tests::free_node_spec as spec;
 use trm_tests::{eventually, http_get};
 use trmctl::sandbox;
@@ -249,6 +254,178 @@ async fn the_replica_that_delivers_is_killed_mid_stream_and_the_other_delivers_e
             let status = trm_tests::terminate(child).await?;
             assert!(status.success(), "{status:?}");
         }
+    }
+    let schema_sql = format!("DROP SCHEMA {schema} CASCADE");
+    std::thread::spawn(move || -> anyhow::Result<()> {
+        postgres::Client::connect(&crate::url(), postgres::NoTls)?.batch_execute(&schema_sql)?;
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("dropping the schema"))??;
+    Ok(())
+}
+
+/// Stops an in-process replica.
+async fn stop(node: trm_node::NodeHandle) -> anyhow::Result<()> {
+    Ok(node.stop().await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_one_replica_changes_or_queues_holds_on_the_other() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (at, ro) = (spec("AT")?, spec("RO")?);
+    sandbox::init(dir.path(), &[at, ro], false)?;
+    // Two replicas of AT on one schema, with the longest lease there is: how soon a replica
+    // sees what another changed must not hang on how often it renews the lease.
+    let schema = crate::fresh_schema();
+    let first = dir.path().join("AT/node.toml");
+    let text = std::fs::read_to_string(&first)?.replace(
+        "backoff_cap_secs = 5\n",
+        &format!(
+            "backoff_cap_secs = 5\nlease_secs = 300\n\n[storage]\nengine = \"postgres\"\nurl = \"{}\"\nschema = \"{schema}\"\n",
+            crate::url()
+        ),
+    );
+    std::fs::write(&first, &text)?;
+    let other = spec("AT")?;
+    let mut second_text = text.clone();
+    for (a, b) in [
+        (at.services, other.services),
+        (at.federation, other.federation),
+        (at.admin, other.admin),
+        (at.metrics, other.metrics),
+    ] {
+        second_text = second_text.replace(&format!("\"{a}\""), &format!("\"{b}\""));
+    }
+    let second = dir.path().join("AT/node-2.toml");
+    std::fs::write(&second, second_text)?;
+    let mut replicas = Vec::new();
+    for config in [&first, &second] {
+        let cfg = trm_node::NodeConfig::load(config)?;
+        let listeners = trm_node::server::Listeners::bind(&cfg.listen).await?;
+        replicas.push(trm_node::NodeHandle::spawn(cfg, listeners)?);
+    }
+
+    // On the second replica: a service provider's open connection, and RO.
+    let nd = dir.path().join("AT");
+    let (ca, cert, key) = (
+        nd.join("services-ca.pem"),
+        nd.join("clients/service_provider.pem"),
+        nd.join("clients/service_provider.key"),
+    );
+    let sp_connection = || trm_tests::connect(other.services, &ca, &cert, &key);
+    let mut sp = ReferralServiceClient::new(
+        eventually("the second replica to serve", || async {
+            Ok(sp_connection().await.ok())
+        })
+        .await?,
+    );
+    sp.list_cases(w::ListCasesRequest::default()).await?;
+    let ro_tls = dir.path().join("RO/tls");
+    let ro_channel = trm_tests::connect(
+        other.federation,
+        &dir.path().join("AT/tls/federation-ca.pem"),
+        &ro_tls.join("federation.pem"),
+        &ro_tls.join("federation.key"),
+    )
+    .await?;
+    let mut as_ro = FederationServiceClient::new(ro_channel);
+    as_ro
+        .get_node_info(w::GetNodeInfoRequest::default())
+        .await?;
+
+    // A referral queued through the first replica (RO is down) is counted on the second.
+    let mut first_sp = referrals(dir.path(), at.services).await?;
+    submit(&mut first_sp, 0).await?;
+    let mut second_admin = AdminServiceClient::new(
+        trm_tests::connect(
+            other.admin,
+            &ca,
+            &nd.join("clients/operator.pem"),
+            &nd.join("clients/operator.key"),
+        )
+        .await?,
+    );
+    eventually("the second replica to count the queued referral", || {
+        let mut a = second_admin.clone();
+        async move {
+            let s = a.status(w::StatusRequest {}).await?.into_inner();
+            let ro = s
+                .peers
+                .iter()
+                .find(|p| p.node_id == "RO")
+                .map(|p| p.outbox_depth);
+            Ok((s.outbox_depth == 1 && ro == Some(1)).then_some(()))
+        }
+    })
+    .await?;
+
+    // Through the first replica: the certificate revoked, RO removed.
+    let mut admin = AdminServiceClient::new(
+        trmctl::scenario::client(dir.path(), "AT".parse()?, Role::Operator, true).await?,
+    );
+    let pem = std::fs::read_to_string(nd.join("clients/service_provider.pem"))?;
+    let serial = trm_crypto::pki::serial_hex(&trm_crypto::pki::first_der(&pem)?)
+        .ok_or_else(|| anyhow::anyhow!("no serial"))?;
+    let changed = Instant::now();
+    admin
+        .revoke_client_certificate(w::RevokeClientCertificateRequest {
+            serial_hex: serial,
+            ..Default::default()
+        })
+        .await?;
+    admin
+        .remove_peer(w::RemovePeerRequest {
+            node_id: "RO".into(),
+            ..Default::default()
+        })
+        .await?;
+    eventually(
+        "the second replica to refuse the revoked certificate",
+        || {
+            let mut sp = sp.clone();
+            async move {
+                Ok(match sp.list_cases(w::ListCasesRequest::default()).await {
+                    Err(e) if e.code() == tonic::Code::Unauthenticated => Some(()),
+                    _ => None,
+                })
+            }
+        },
+    )
+    .await?;
+    eventually("the second replica to refuse the removed peer", || {
+        let mut as_ro = as_ro.clone();
+        async move {
+            Ok(
+                match as_ro.get_node_info(w::GetNodeInfoRequest::default()).await {
+                    Err(e) if e.code() == tonic::Code::PermissionDenied => Some(()),
+                    _ => None,
+                },
+            )
+        }
+    })
+    .await?;
+    println!(
+        "replicas: a revocation and a peer removal through one replica held on the other \
+         after {} ms",
+        changed.elapsed().as_millis()
+    );
+    // A new connection with the revoked certificate gets nowhere either.
+    let refused = match sp_connection().await {
+        Err(_) => true,
+        Ok(ch) => ReferralServiceClient::new(ch)
+            .list_cases(w::ListCasesRequest::default())
+            .await
+            .is_err(),
+    };
+    assert!(
+        refused,
+        "a new connection with the revoked certificate is refused"
+    );
+
+    drop((sp, as_ro, admin, second_admin, first_sp));
+    for r in replicas {
+        stop(r).await?;
     }
     let schema_sql = format!("DROP SCHEMA {schema} CASCADE");
     std::thread::spawn(move || -> anyhow::Result<()> {

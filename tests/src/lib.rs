@@ -367,12 +367,34 @@ backoff_cap_secs = 5
 /// Opens a channel to `addr` trusting `ca` for the server (host name `localhost`) and
 /// presenting the client certificate `cert`/`key` (PEM files), as any client of a node does.
 pub async fn connect(addr: SocketAddr, ca: &Path, cert: &Path, key: &Path) -> Result<Channel> {
+    connect_with(None, addr, ca, cert, key).await
+}
+
+/// Same as [`connect`], from source address `local` (loopback has many: 127.0.0.0/8).
+pub async fn connect_from(
+    local: std::net::IpAddr,
+    addr: SocketAddr,
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<Channel> {
+    connect_with(Some(local), addr, ca, cert, key).await
+}
+
+async fn connect_with(
+    local: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<Channel> {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(files::read(ca)?))
         .identity(Identity::from_pem(files::read(cert)?, files::read(key)?))
         .domain_name("localhost");
     Endpoint::from_shared(format!("https://{addr}"))?
         .tls_config(tls)?
+        .local_address(local)
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))
         .connect()
@@ -867,6 +889,11 @@ impl RawDb {
     /// Writes an audit entry under `key`.
     pub fn put_audit(&self, key: &[u8], e: &trm_store::audit::AuditEntry) -> Result<()> {
         self.put_raw(key, &self.encode(e)?)
+    }
+
+    /// Writes `value` under `key` as the store encodes a small value.
+    pub fn put_json<T: serde::Serialize>(&self, key: &[u8], value: &T) -> Result<()> {
+        self.put_raw(key, &self.encode(value)?)
     }
 
     /// Writes raw bytes under `key`.

@@ -11,7 +11,8 @@
 //! `--flood SECS` measures floods instead, against AT under its default limits: another
 //! client's latency idle and while one client certificate floods the services port over
 //! every connection it may hold, AT's resident memory before, during (peak) and after, and
-//! how long a new client waits while stalled TLS handshakes hold every place of the port.
+//! how long a client from a known address, then one from a new address, waits while
+//! stalled TLS handshakes from many addresses hold every place they may.
 #![forbid(unsafe_code)]
 
 use std::{
@@ -159,6 +160,16 @@ fn child(args: &[&std::ffi::OsStr]) -> Result<Child> {
 }
 
 async fn connect(dir: &Path, addr: SocketAddr, role: Role) -> Result<Channel> {
+    connect_from(dir, None, addr, role).await
+}
+
+/// Same as [`connect`], from source address `local` (loopback has many: 127.0.0.0/8).
+async fn connect_from(
+    dir: &Path,
+    local: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    role: Role,
+) -> Result<Channel> {
     let nd = dir.join("AT");
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(std::fs::read(
@@ -171,9 +182,33 @@ async fn connect(dir: &Path, addr: SocketAddr, role: Role) -> Result<Channel> {
         .domain_name("localhost");
     Ok(Endpoint::from_shared(format!("https://{addr}"))?
         .tls_config(tls)?
+        .local_address(local)
         .timeout(Duration::from_secs(60))
         .connect()
         .await?)
+}
+
+/// Seconds until a focal point connecting from `local` is served a `ListCases`, trying
+/// again while its connection is refused (a new address while stalled handshakes hold
+/// every place new addresses may take).
+async fn served_after(dir: &Path, local: std::net::IpAddr, addr: SocketAddr) -> Result<f64> {
+    let t = Instant::now();
+    loop {
+        let served = match connect_from(dir, Some(local), addr, Role::FocalPoint).await {
+            Ok(ch) => ReferralServiceClient::new(ch)
+                .list_cases(w::ListCasesRequest::default())
+                .await
+                .is_ok(),
+            Err(_) => false,
+        };
+        if served {
+            return Ok(t.elapsed().as_secs_f64());
+        }
+        if t.elapsed() > Duration::from_secs(120) {
+            bail!("a client from {local} was not served within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Connects to `dir/<node>`'s services port as `role`, waiting until it serves.
@@ -764,18 +799,30 @@ async fn flood(dir: &Path, at: &Child, d: Duration) -> Result<serde_json::Value>
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after_rss_mb = rss_mb(at_pid);
 
-    // Stalled handshakes: twice the port's places, each holding one until its deadline.
+    // Stalled handshakes: twice the port's places, from as many addresses as that takes at
+    // each one's limit (127.0.1.0 onwards), each holding a place until its deadline. A
+    // client from an address already served (127.0.0.1), then one from a new address.
     let n = 2 * limits.max_connections;
-    eprintln!("flood: {n} stalled TLS handshakes");
+    let per_address = limits.per_address();
+    eprintln!("flood: {n} stalled TLS handshakes, {per_address} an address");
     let mut stalled = Vec::new();
-    for _ in 0..n {
-        stalled.push(tokio::net::TcpStream::connect(services).await?);
+    for i in 0..n {
+        let a = (i / per_address) as u32;
+        let ip = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(127, 0, 1, 0)) + a);
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind((ip, 0).into())?;
+        stalled.push(socket.connect(services).await?);
     }
-    let t = Instant::now();
-    let mut late = ReferralServiceClient::new(connect(dir, services, Role::FocalPoint).await?);
-    late.list_cases(w::ListCasesRequest::default()).await?;
-    let new_client_s = t.elapsed().as_secs_f64();
     let stalled_rss_mb = rss_mb(at_pid);
+    let known_client_s = served_after(dir, [127, 0, 0, 1].into(), services).await?;
+    let new_client_s = served_after(dir, [127, 0, 0, 9].into(), services).await?;
+    let still_open = stalled
+        .iter()
+        .filter(|tcp| {
+            let mut buf = [0u8; 8];
+            matches!(tcp.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        })
+        .count();
     drop(stalled);
 
     let (p50, p99) = (percentile(&mut alone, 0.5), percentile(&mut alone, 0.99));
@@ -810,8 +857,8 @@ async fn flood(dir: &Path, at: &Child, d: Duration) -> Result<serde_json::Value>
         "AT's RSS: {idle_rss_mb:.1} MB idle, {peak_rss_mb:.1} MB peak in the flood, {after_rss_mb:.1} MB after, {stalled_rss_mb:.1} MB with {n} stalled handshakes"
     );
     println!(
-        "{n} stalled handshakes (max_connections {}, handshake_timeout {} s): a new client served after {new_client_s:.2} s",
-        limits.max_connections, limits.handshake_timeout_secs
+        "{n} stalled handshakes, {per_address} an address (max_connections {}, handshake_timeout {} s, {} ms under pressure): a client from a known address served after {known_client_s:.2} s, from a new address after {new_client_s:.2} s; {still_open} stalled connections open by then",
+        limits.max_connections, limits.handshake_timeout_secs, limits.pressure_timeout_ms()
     );
     Ok(serde_json::json!({
         "flood_secs": d.as_secs_f64(),
@@ -823,7 +870,9 @@ async fn flood(dir: &Path, at: &Child, d: Duration) -> Result<serde_json::Value>
         "after_rss_mb": after_rss_mb,
         "stalled_handshakes": n,
         "stalled_rss_mb": stalled_rss_mb,
+        "known_client_after_stalled_s": known_client_s,
         "new_client_after_stalled_s": new_client_s,
+        "stalled_still_open": still_open,
     }))
 }
 

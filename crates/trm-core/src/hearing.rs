@@ -44,6 +44,29 @@ pub fn check_child_measures(
     Ok(())
 }
 
+/// The measures a hearing of a child witness is held with: those asked for, and a
+/// child-friendly room and a support person where they were not. The node that holds the
+/// child's case adds them rather than refusing a request without them: a refusal would
+/// tell the caller, who reads no case, that the witness is a child before any hearing
+/// exists.
+pub fn with_child_measures(
+    is_child: bool,
+    measures: &[ProtectiveMeasure],
+) -> Vec<ProtectiveMeasure> {
+    let mut out = measures.to_vec();
+    if is_child {
+        for m in [
+            ProtectiveMeasure::ChildFriendlyRoom,
+            ProtectiveMeasure::SupportPerson,
+        ] {
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+    }
+    out
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum HearingStatus {
     Requested,
@@ -269,6 +292,19 @@ mod tests {
             &[M::SupportPerson, M::ChildFriendlyRoom, M::Anonymity]
         )
         .is_ok());
+    }
+
+    #[test]
+    fn a_child_witness_is_heard_with_a_child_friendly_room_and_a_support_person() {
+        use ProtectiveMeasure as M;
+        assert_eq!(with_child_measures(false, &[M::Anonymity]), [M::Anonymity]);
+        assert_eq!(
+            with_child_measures(true, &[M::SupportPerson, M::Anonymity]),
+            [M::SupportPerson, M::Anonymity, M::ChildFriendlyRoom]
+        );
+        let all = with_child_measures(true, &[]);
+        assert_eq!(all, [M::ChildFriendlyRoom, M::SupportPerson]);
+        assert!(check_child_measures(true, &all).is_ok());
     }
 
     #[test]

@@ -43,17 +43,26 @@ impl Page {
         items: impl IntoIterator<Item = T>,
         key: impl Fn(&T) -> String,
     ) -> (Vec<T>, String) {
-        let mut out: Vec<T> = items
+        let read = items
             .into_iter()
             .filter(|item| self.after.as_ref().is_none_or(|a| key(item) > *a))
             .take(self.size + 1)
             .collect();
-        if out.len() > self.size {
-            out.truncate(self.size);
-            let next = out.last().map(&key).unwrap_or_default();
-            (out, next)
+        self.cut(read, key)
+    }
+
+    /// Returns the page out of `read`: what a store read after the token, in key order, up
+    /// to `size + 1` items (the item past the page only tells that another page exists), and
+    /// the token of the next page (empty on the last page). A page is full or it is the
+    /// last: a reader that passes over records it cannot show must read on until it has
+    /// `size + 1` items or none are left.
+    pub fn cut<T>(&self, mut read: Vec<T>, key: impl Fn(&T) -> String) -> (Vec<T>, String) {
+        if read.len() > self.size {
+            read.truncate(self.size);
+            let next = read.last().map(&key).unwrap_or_default();
+            (read, next)
         } else {
-            (out, String::new())
+            (read, String::new())
         }
     }
 }

@@ -57,6 +57,7 @@ pub fn record_change(
     if learned.peers.remove(&peer).is_some() {
         tx.put_learned_keys(&learned)?;
     }
+    tx.changed_shared_state()?;
     tx.audit(
         trm_store::audit::AuditRecord::new(actor, "peers.change", peer.to_string(), "ok")
             .detail(outcome),

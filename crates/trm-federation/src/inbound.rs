@@ -27,7 +27,9 @@ use trm_proto::{
         ReceiptOutcome, SignedEnvelope, SignedReceipt,
     },
 };
-use trm_store::{audit::AuditRecord, Note, Store, StoreError, Tx, TxFail};
+use trm_store::{
+    audit::AuditRecord, repo::outbox::InboxEntry, Note, Store, StoreError, Tx, TxFail,
+};
 
 use crate::error::FederationError;
 use crate::refusals::RefusalLog;
@@ -145,7 +147,7 @@ impl Applier {
     /// its audit entry.
     fn apply(&self, tx: &mut Tx<'_>, c: &Checked) -> Result<Applied, StoreError> {
         let mid = c.message_id;
-        if let Some(seen) = tx.inbox(mid)? {
+        if let Some(seen) = seen_before(tx, c)? {
             // A duplicate carries the original outcome: one first rejected stays rejected.
             let (outcome, reason) = match outcome_of(&seen.receipt_body) {
                 Some((ReceiptOutcome::Rejected, reason)) => (ReceiptOutcome::Rejected, reason),
@@ -176,14 +178,14 @@ impl Applier {
         };
         let receipt_body =
             envelope::receipt_body(self.node, &mid.to_string(), &c.body, outcome, &reason);
-        tx.put_inbox(mid, &receipt_body)?;
-        let actor = format!("peer:{}", c.sender);
+        tx.put_inbox(c.sender, mid, &receipt_body)?;
+        let actor = peer_actor(c.sender);
         let record = match outcome {
             ReceiptOutcome::Accepted => {
-                AuditRecord::new(actor, "envelope.accept", mid.to_string(), "accepted")
+                AuditRecord::new(actor, ACCEPTED_ACTION, mid.to_string(), "accepted")
                     .detail(kind.as_str())
             }
-            _ => AuditRecord::new(actor, "envelope.reject", mid.to_string(), "rejected")
+            _ => AuditRecord::new(actor, REJECTED_ACTION, mid.to_string(), "rejected")
                 .detail(format!("{kind}: {reason}")),
         };
         tx.audit(record)?;
@@ -194,6 +196,45 @@ impl Applier {
             duplicate: false,
         })
     }
+}
+
+/// Returns the receipt given before for this message of this sender, if any. A message id
+/// is unique per sender: two peers may use the same. Versions before this one kept receipts
+/// by message id alone: such an entry is this sender's when the receipt is bound to these
+/// very bytes, or when the audit entry written with it names this sender (a retry re-sealed
+/// with a fresh `created_at` has other bytes); when neither can be told, it counts, as it
+/// did when it was written.
+fn seen_before(tx: &mut Tx<'_>, c: &Checked) -> Result<Option<InboxEntry>, StoreError> {
+    if let Some(seen) = tx.inbox(c.sender, c.message_id)? {
+        return Ok(Some(seen));
+    }
+    let Some(legacy) = tx.legacy_inbox(c.message_id)? else {
+        return Ok(None);
+    };
+    let bound_to = ReceiptBody::decode(legacy.receipt_body.as_slice())
+        .ok()
+        .map(|b| b.body_sha256);
+    if bound_to.as_deref() == Some(trm_crypto::sha256(&c.body).as_slice()) {
+        return Ok(Some(legacy));
+    }
+    let actor = tx.audited_actor_near(
+        &c.message_id.to_string(),
+        &[ACCEPTED_ACTION, REJECTED_ACTION],
+        legacy.received_at,
+    )?;
+    Ok(match actor {
+        Some(actor) if actor != peer_actor(c.sender) => None,
+        _ => Some(legacy),
+    })
+}
+
+/// The audit actions of an applied envelope.
+const ACCEPTED_ACTION: &str = "envelope.accept";
+const REJECTED_ACTION: &str = "envelope.reject";
+
+/// Returns how a peer is named in the audit log.
+fn peer_actor(peer: NodeId) -> String {
+    format!("peer:{peer}")
 }
 
 /// The peer check of the federation port's interceptor (see [`FederationServer::precheck`]).

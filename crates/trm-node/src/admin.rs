@@ -824,6 +824,7 @@ impl AdminService for Admin {
                 }
                 if these.iter().any(|r| r.revoked_at == now) {
                     tx.put_revoked_clients(&all)?;
+                    tx.changed_shared_state()?;
                     tx.audit(
                         AuditRecord::new(actor.clone(), "client.revoke", &serial_hex, "revoked")
                             .detail(format!("issuers={}", issuers.join(","))),

@@ -200,7 +200,8 @@ pub struct DeliverySection {
     #[serde(default = "default_lease_secs")]
     pub lease_secs: u64,
     /// With replicas: how often the delivering replica looks for envelopes the others
-    /// queued (milliseconds).
+    /// queued, and every replica for a change the others made to the peer directory or the
+    /// revoked client certificates (milliseconds).
     #[serde(default = "default_replica_poll_ms")]
     pub replica_poll_ms: u64,
 }
@@ -394,6 +395,27 @@ pub struct LimitsSection {
     /// Seconds a client may take to finish the TLS handshake before it is disconnected.
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout_secs: u64,
+    /// Connections from one source address (an IPv4 address, or an IPv6 /64) still in
+    /// their TLS handshake at once on each port: a further one is closed as soon as it is
+    /// accepted, before any TLS work, so that stalled sockets from one address cannot take
+    /// every place. Default: 64, or `max_connections` if lower (see
+    /// [`LimitsSection::per_address`]). Behind a balancer that hides clients' addresses,
+    /// every connection comes from its address: raise this to `max_connections`.
+    #[serde(default)]
+    pub max_handshakes_per_address: Option<usize>,
+    /// Places of `max_connections` that connections still in their handshake may take only
+    /// if they come from an address a caller completed a handshake from in the last day:
+    /// stalled sockets from new addresses, however many, leave these to callers already
+    /// known. Default: a quarter of `max_connections` (see [`LimitsSection::reserved`]).
+    #[serde(default)]
+    pub reserved_for_known_addresses: Option<usize>,
+    /// Milliseconds a handshake may take while the port is under pressure (connections in
+    /// their handshake hold half of the places new addresses may take, or more), instead
+    /// of `handshake_timeout_secs`; handshakes already under way are held to it too.
+    /// Default: 2000, or `handshake_timeout_secs` if shorter (see
+    /// [`LimitsSection::pressure_timeout_ms`]).
+    #[serde(default)]
+    pub handshake_timeout_under_pressure_ms: Option<u64>,
     /// Concurrent requests (HTTP/2 streams) on one connection.
     #[serde(default = "default_max_streams")]
     pub max_concurrent_streams: u32,
@@ -423,11 +445,35 @@ fn default_max_connections() -> usize {
 /// Connections per caller when the configuration does not say.
 const DEFAULT_PER_CLIENT: usize = 64;
 
+/// Handshakes per address when the configuration does not say.
+const DEFAULT_PER_ADDRESS: usize = 64;
+/// The handshake timeout under pressure when the configuration does not say.
+const DEFAULT_PRESSURE_TIMEOUT_MS: u64 = 2000;
+
 impl LimitsSection {
     /// Established connections one caller may hold on each port.
     pub fn per_client(&self) -> usize {
         self.max_connections_per_client
             .unwrap_or(DEFAULT_PER_CLIENT.min(self.max_connections))
+    }
+
+    /// Connections one source address may hold in their handshake on each port.
+    pub fn per_address(&self) -> usize {
+        self.max_handshakes_per_address
+            .unwrap_or(DEFAULT_PER_ADDRESS.min(self.max_connections))
+    }
+
+    /// Places kept for handshakes from addresses callers are known at.
+    pub fn reserved(&self) -> usize {
+        self.reserved_for_known_addresses
+            .unwrap_or(self.max_connections / 4)
+    }
+
+    /// How long a handshake may take under pressure, in milliseconds.
+    pub fn pressure_timeout_ms(&self) -> u64 {
+        self.handshake_timeout_under_pressure_ms.unwrap_or(
+            DEFAULT_PRESSURE_TIMEOUT_MS.min(self.handshake_timeout_secs.saturating_mul(1000)),
+        )
     }
 }
 
@@ -462,6 +508,9 @@ impl Default for LimitsSection {
             max_connections: default_max_connections(),
             max_connections_per_client: None,
             handshake_timeout_secs: default_handshake_timeout(),
+            max_handshakes_per_address: None,
+            reserved_for_known_addresses: None,
+            handshake_timeout_under_pressure_ms: None,
             max_concurrent_streams: default_max_streams(),
             keepalive_interval_secs: default_keepalive_interval(),
             keepalive_timeout_secs: default_keepalive_timeout(),
@@ -630,7 +679,7 @@ impl NodeConfig {
 
     /// Every numeric setting with its bounds: below, nothing would work; above, a value
     /// would overflow a duration or stall the node.
-    fn bounds(&self) -> [(&'static str, u64, u64, u64); 20] {
+    fn bounds(&self) -> [(&'static str, u64, u64, u64); 23] {
         let (d, l) = (&self.delivery, &self.limits);
         let n = |v: usize| v as u64;
         [
@@ -682,6 +731,25 @@ impl NodeConfig {
                 l.handshake_timeout_secs,
                 1,
                 300,
+            ),
+            (
+                "limits.max_handshakes_per_address",
+                n(l.per_address()),
+                1,
+                n(l.max_connections),
+            ),
+            // New addresses keep at least one place.
+            (
+                "limits.reserved_for_known_addresses",
+                n(l.reserved()),
+                0,
+                n(l.max_connections).saturating_sub(1),
+            ),
+            (
+                "limits.handshake_timeout_under_pressure_ms",
+                l.pressure_timeout_ms(),
+                100,
+                l.handshake_timeout_secs.saturating_mul(1000).max(100),
             ),
             (
                 "limits.max_concurrent_streams",
@@ -1055,6 +1123,27 @@ key = "a"
                 "limits.handshake_timeout_secs",
                 Box::new(|c| c.limits.handshake_timeout_secs = 0),
             ),
+            (
+                "limits.handshake_timeout_secs",
+                Box::new(|c| c.limits.handshake_timeout_secs = u64::MAX),
+            ),
+            (
+                "limits.max_handshakes_per_address",
+                Box::new(|c| c.limits.max_handshakes_per_address = Some(0)),
+            ),
+            (
+                "limits.reserved_for_known_addresses",
+                Box::new(|c| {
+                    c.limits.reserved_for_known_addresses = Some(c.limits.max_connections)
+                }),
+            ),
+            (
+                "limits.handshake_timeout_under_pressure_ms",
+                Box::new(|c| {
+                    c.limits.handshake_timeout_under_pressure_ms =
+                        Some(c.limits.handshake_timeout_secs * 1000 + 1)
+                }),
+            ),
         ];
         for (key, change) in cases {
             let mut cfg = NodeConfig::parse(MINIMAL).unwrap();
@@ -1077,7 +1166,18 @@ key = "a"
             .unwrap_or_default();
         assert!(checked.starts_with("tls."), "{checked}");
         assert_eq!(cfg.limits.per_client(), 16);
-        assert_eq!(NodeConfig::parse(MINIMAL).unwrap().limits.per_client(), 64);
+        assert_eq!(cfg.limits.per_address(), 16);
+        assert_eq!(cfg.limits.reserved(), 4);
+        let defaults = NodeConfig::parse(MINIMAL).unwrap().limits;
+        assert_eq!(
+            (
+                defaults.per_client(),
+                defaults.per_address(),
+                defaults.reserved(),
+                defaults.pressure_timeout_ms()
+            ),
+            (64, 64, 256, 2000)
+        );
         let cfg = NodeConfig::parse(&format!(
             "{MINIMAL}\n[limits]\nmax_connections = 16\nmax_connections_per_client = 17\n"
         ))

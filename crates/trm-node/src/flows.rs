@@ -405,6 +405,7 @@ impl Flows {
             .map_err(|_| malformed("key"))?;
         learned.peers.insert(inbound.sender, stored);
         tx.put_learned_keys(&learned)?;
+        tx.changed_shared_state()?;
         tx.note(Note::PeerKeys(inbound.sender));
         Ok(())
     }

@@ -10,12 +10,12 @@ use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 use trm_core::{
     hearing::{
-        check_child_measures, HearingEvent, HearingRecord, HearingStatus, HearingStep,
+        with_child_measures, HearingEvent, HearingRecord, HearingStatus, HearingStep,
         ProtectiveMeasure,
     },
     ids::{HearingId, OrgId, Principal, Role, WitnessRecord},
     messages::Topic,
-    FieldError, Guard, GuardError,
+    FieldError,
 };
 use trm_federation::outbox;
 use trm_proto::{
@@ -196,15 +196,15 @@ impl WitnessHearingService for Hearings {
                 idem,
                 |h: &HearingRecord| h.hearing_id.to_string(),
                 move |tx| {
-                    let s = tx.witness(subject_id, witness_country)?
+                    // A judicial authority reads no case: a case that does not exist and one
+                    // never exchanged with the witness's country are answered alike, and a
+                    // child witness is heard with the measures a child needs, added where
+                    // the request lacks them, rather than refused.
+                    let (s, case_ref) = tx
+                        .witness(subject_id, witness_country)?
+                        .and_then(|s| s.case_ref.clone().map(|r| (s, r)))
                         .ok_or(ApiError::NotFound("case"))?;
-                    let case_ref = s.case_ref.clone().ok_or_else(|| {
-                        ApiError::from(GuardError::new(
-                            Guard::State,
-                            format!("the case was never exchanged with {witness_country}"),
-                        ))
-                    })?;
-                    check_child_measures(s.is_child, &measures).map_err(ApiError::from)?;
+                    let measures = with_child_measures(s.is_child, &measures);
                     let now = OffsetDateTime::now_utc();
                     let record = HearingRecord {
                         hearing_id,
@@ -305,20 +305,12 @@ impl WitnessHearingService for Hearings {
             .transpose()
             .map_err(ApiError::from)?;
         let store = &self.ctx.store;
-        let mut found = store
+        let read = store
             .hearings(direction, after, page.size + 1, |h| {
                 visibility(store, &p, h).is_some()
             })
             .map_err(ApiError::from)?;
-        let next_page_token = if found.len() > page.size {
-            found.truncate(page.size);
-            found
-                .last()
-                .map(|h| h.hearing_id.to_string())
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let (found, next_page_token) = page.cut(read, |h| h.hearing_id.to_string());
         let hearings: Vec<w::Hearing> = found
             .iter()
             .map(|h| {

@@ -223,20 +223,12 @@ impl ReferralService for Referrals {
             .transpose()
             .map_err(ApiError::from)?;
         let org = (p.role != Role::FocalPoint).then_some(&p.org);
-        let mut cases = self
+        let read = self
             .ctx
             .store
             .cases(org, after, page.size + 1)
             .map_err(ApiError::from)?;
-        let next_page_token = if cases.len() > page.size {
-            cases.truncate(page.size);
-            cases
-                .last()
-                .map(|c| c.case_id.to_string())
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let (cases, next_page_token) = page.cut(read, |c| c.case_id.to_string());
         let ids: Vec<String> = cases.iter().map(|c| c.case_id.to_string()).collect();
         self.ctx
             .audit_read(&p, "case.list", "-".into(), ids.join(","))
@@ -496,22 +488,14 @@ impl ReferralService for Referrals {
             .map(|t| ReferralId::parse("page_token", t))
             .transpose()
             .map_err(ApiError::from)?;
-        let mut referrals = self
+        let read = self
             .ctx
             .store
             .referrals(direction, after, page.size + 1, |org| {
                 require_org(&p, org).is_ok()
             })
             .map_err(ApiError::from)?;
-        let next_page_token = if referrals.len() > page.size {
-            referrals.truncate(page.size);
-            referrals
-                .last()
-                .map(|r| r.referral_id.to_string())
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let (referrals, next_page_token) = page.cut(read, |r| r.referral_id.to_string());
         let ids: Vec<String> = referrals
             .iter()
             .map(|r| r.referral_id.to_string())

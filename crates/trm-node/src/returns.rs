@@ -416,20 +416,12 @@ impl ReturnPlanningService for Returns {
             .map(|t| ReturnId::parse("page_token", t))
             .transpose()
             .map_err(ApiError::from)?;
-        let mut plans = self
+        let read = self
             .ctx
             .store
             .return_plans(direction, after, page.size + 1, |org| readable(&p, org))
             .map_err(ApiError::from)?;
-        let next_page_token = if plans.len() > page.size {
-            plans.truncate(page.size);
-            plans
-                .last()
-                .map(|r| r.return_id.to_string())
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let (plans, next_page_token) = page.cut(read, |r| r.return_id.to_string());
         let ids: Vec<String> = plans.iter().map(|r| r.return_id.to_string()).collect();
         self.ctx
             .audit_read(&p, "return.list", "-".into(), ids.join(","))

@@ -241,8 +241,10 @@ async fn shutdown_signal(mut rx: watch::Receiver<bool>) {
 }
 
 /// Periodic upkeep until shutdown: forgets inbound message ids older than twice the replay
-/// window (at start, then hourly) and writes the aggregate entries of refusal floods (every
-/// window, and once more on the way out).
+/// window and request ids older than a day, and rotates the key-encryption key when due (at
+/// start, then hourly; among replicas, only the one that delivers does this, the others
+/// look again every window); writes the aggregate entries of refusal floods (every window,
+/// and once more on the way out).
 async fn housekeeping(
     store: Store,
     delivery: Delivery,
@@ -254,7 +256,8 @@ async fn housekeeping(
 ) {
     let mut last_prune: Option<tokio::time::Instant> = None;
     loop {
-        if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
+        let due = last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600));
+        if due && delivery.is_active() {
             let before = time::OffsetDateTime::now_utc() - 2 * replay_window;
             match trm_federation::inbound::prune_inbox(&store, before).await {
                 Ok(0) => {}
@@ -262,22 +265,17 @@ async fn housekeeping(
                 Err(e) => warn!(error = %e, "cannot prune the inbox"),
             }
             let day_ago = time::OffsetDateTime::now_utc() - time::Duration::hours(24);
-            let pruned = store
-                .commit::<usize, (), _>(move |tx| Ok(tx.forget_requests_before(day_ago, 4096)?))
-                .await;
-            if let Err(e) = pruned {
-                warn!(error = %e.into_store(), "cannot forget old request ids");
+            match store.prune_requests(day_ago).await {
+                Ok(0) => {}
+                Ok(n) => info!(forgotten = n, "request ids older than a day forgotten"),
+                Err(e) => warn!(error = %e, "cannot forget old request ids"),
             }
-            // Among replicas, the one that delivers rotates, and destroys the keys of
-            // expired backups.
-            if delivery.is_active() {
-                match store.rotate_kek_if_due(kek_rotation.as_secs() as i64).await {
-                    Ok(true) | Ok(false) => {}
-                    Err(e) => warn!(error = %e, "cannot rotate the key-encryption key"),
-                }
-                if let Err(e) = store.expire_backups(backup_retention) {
-                    warn!(error = %e, "cannot destroy the keys of expired backups");
-                }
+            match store.rotate_kek_if_due(kek_rotation.as_secs() as i64).await {
+                Ok(true) | Ok(false) => {}
+                Err(e) => warn!(error = %e, "cannot rotate the key-encryption key"),
+            }
+            if let Err(e) = store.expire_backups(backup_retention) {
+                warn!(error = %e, "cannot destroy the keys of expired backups");
             }
             last_prune = Some(tokio::time::Instant::now());
         }
@@ -418,7 +416,7 @@ impl std::fmt::Debug for Built {
 pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, NodeError> {
     let node = config.node.id;
     let master = SecretKey::load(&config.node.master_key)?;
-    let store = Store::open(StoreOptions {
+    let store_options = StoreOptions {
         node,
         data_dir: config.node.data_dir.clone(),
         key_store: config.node.key_store.clone(),
@@ -430,8 +428,17 @@ pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, No
             }),
             pg => pg,
         },
-    })?;
-    trm_federation::keys::recover_rotation(&store, &config.signing.key)?;
+    };
+    // Opening reads the disk or waits for the database (and counts the outbox): on a
+    // thread for blocking work, so that nothing else of the process waits meanwhile.
+    let signing_key = config.signing.key.clone();
+    let store = tokio::task::spawn_blocking(move || -> Result<Store, NodeError> {
+        let store = Store::open(store_options)?;
+        trm_federation::keys::recover_rotation(&store, &signing_key)?;
+        Ok(store)
+    })
+    .await
+    .map_err(|e| NodeError::Task(format!("opening the store: {e}")))??;
     let identity = Arc::new(Signer::new(SigningIdentity::load(&config.signing.key)?));
     // The file peers are given always holds the key that signs (a rotation that a crash
     // interrupted, or a file copied from elsewhere, is corrected here).
@@ -687,6 +694,9 @@ impl Built {
             max_connections: l.max_connections,
             max_connections_per_client: l.per_client(),
             handshake_timeout: Duration::from_secs(l.handshake_timeout_secs),
+            max_handshakes_per_address: l.per_address(),
+            reserved_for_known_addresses: l.reserved(),
+            pressure_timeout: Duration::from_millis(l.pressure_timeout_ms()),
         };
         let mut acceptors = Vec::new();
         let mut incoming =
@@ -816,6 +826,7 @@ impl Built {
                     directory: ctx.directory.clone(),
                     revocations: ctx.revocations.clone(),
                     lease: Duration::from_secs(config.delivery.lease_secs),
+                    poll: Duration::from_millis(config.delivery.replica_poll_ms),
                 }
                 .run(stopped.clone()),
             )

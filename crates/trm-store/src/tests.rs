@@ -937,3 +937,129 @@ fn erasing_a_case_erases_its_consents_references_and_indexes() {
     assert!(left(b"co/").is_empty(), "the organisation's index");
     let _ = case_ref;
 }
+
+#[test]
+fn idempotency_records_older_than_a_day_are_forgotten_however_many_newer_ones_sort_first() {
+    use crate::repo::{layout, requests::RequestRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &SecretKey::generate());
+    let now = OffsetDateTime::now_utc();
+    let record = |at| RequestRecord {
+        digest: vec![7; 32],
+        result: "id".into(),
+        at,
+    };
+    let day_ago = now - time::Duration::hours(24);
+    let old_at = now - time::Duration::hours(25);
+    // Records an older version wrote (no index by age), recent and old.
+    let legacy_recent: Vec<uuid::Uuid> = (0..3).map(|_| uuid::Uuid::new_v4()).collect();
+    let legacy_old: Vec<uuid::Uuid> = (0..3).map(|_| uuid::Uuid::new_v4()).collect();
+    let (r, o) = (legacy_recent.clone(), legacy_old.clone());
+    store
+        .commit_blocking::<(), (), _>(move |tx| {
+            for (id, at) in r
+                .iter()
+                .map(|i| (i, now))
+                .chain(o.iter().map(|i| (i, old_at)))
+            {
+                tx.put_json(&layout::request("mmmm", id), &record(at))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    // More recent requests than one pass looks at, of a client whose records sort first;
+    // then old ones of another client.
+    let recent: Vec<uuid::Uuid> = (0..4200).map(|_| uuid::Uuid::new_v4()).collect();
+    let old: Vec<uuid::Uuid> = (0..5).map(|_| uuid::Uuid::new_v4()).collect();
+    let (r, o) = (recent.clone(), old.clone());
+    store
+        .commit_blocking::<(), (), _>(move |tx| {
+            for id in &r {
+                tx.put_request("aaaa", *id, &record(now))?;
+            }
+            for id in &o {
+                tx.put_request("zzzz", *id, &record(old_at))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    // Passes of bounded work until none is left.
+    let (mut forgotten, mut passes) = (0, 0);
+    loop {
+        let pass = store
+            .commit_blocking::<_, (), _>(move |tx| Ok(tx.forget_requests_before(day_ago, 1000)?))
+            .unwrap();
+        forgotten += pass.forgotten;
+        passes += 1;
+        assert!(passes < 20, "the passes come to an end");
+        if !pass.more {
+            break;
+        }
+    }
+    assert_eq!(forgotten, old.len() + legacy_old.len());
+    let check = move |tx: &mut crate::Tx<'_>| -> Result<(), TxFail<()>> {
+        for (client, ids, kept) in [
+            ("zzzz", &old, false),
+            ("aaaa", &recent, true),
+            ("mmmm", &legacy_old, false),
+            ("mmmm", &legacy_recent, true),
+        ] {
+            for id in ids {
+                assert_eq!(tx.request(client, *id)?.is_some(), kept, "{client}");
+            }
+        }
+        Ok(())
+    };
+    store.commit_blocking::<(), (), _>(check).unwrap();
+    // A day later the rest goes too, the records an older version wrote included, from the
+    // index alone.
+    let later = now + time::Duration::hours(25);
+    let pass = store
+        .commit_blocking::<_, (), _>(move |tx| Ok(tx.forget_requests_before(later, 10_000)?))
+        .unwrap();
+    assert_eq!(pass.forgotten, 4200 + 3);
+    assert!(!pass.more);
+}
+
+#[test]
+fn inbound_message_ids_past_their_time_are_forgotten_in_either_layout() {
+    use crate::repo::{layout, outbox::InboxEntry};
+    use trm_core::ids::MessageId;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &SecretKey::generate());
+    let now = OffsetDateTime::now_utc();
+    let made = |t: OffsetDateTime| {
+        let ts = uuid::Timestamp::from_unix(uuid::NoContext, t.unix_timestamp() as u64, 0);
+        MessageId::from_uuid(uuid::Uuid::new_v7(ts))
+    };
+    let (old, recent) = (made(now - time::Duration::days(20)), made(now));
+    let ro: NodeId = "RO".parse().unwrap();
+    store
+        .commit_blocking::<(), (), _>(move |tx| {
+            for id in [old, recent] {
+                tx.put_inbox(ro, id, b"receipt")?;
+                // As a version that kept no sender did.
+                tx.put_json(
+                    &layout::legacy_inbox(&id.uuid()),
+                    &InboxEntry {
+                        receipt_body: b"receipt".to_vec(),
+                        received_at: now,
+                    },
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let before = now - time::Duration::days(14);
+    let n = store
+        .commit_blocking::<_, (), _>(move |tx| Ok(tx.forget_inbox_before(before, 512)?))
+        .unwrap();
+    assert_eq!(n, 2);
+    store
+        .commit_blocking::<(), (), _>(move |tx| {
+            assert!(tx.inbox(ro, old)?.is_none() && tx.legacy_inbox(old)?.is_none());
+            assert!(tx.inbox(ro, recent)?.is_some() && tx.legacy_inbox(recent)?.is_some());
+            Ok(())
+        })
+        .unwrap();
+}

@@ -117,16 +117,21 @@ impl Health {
 pub(crate) struct Counts {
     queued: Mutex<std::collections::HashMap<trm_core::ids::NodeId, u64>>,
     dead_letters: AtomicU64,
+    /// When the queues were last counted from the store (replicas count again when asked,
+    /// see [`crate::Store::outbox_depth`]); held while counting, so one count serves every
+    /// caller waiting.
+    pub(crate) counted_at: Mutex<Option<std::time::Instant>>,
 }
 
 impl Counts {
-    /// Replaces every count (a recount).
-    pub(crate) fn reset(&self) {
-        self.queued
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
-        self.dead_letters.store(0, Ordering::SeqCst);
+    /// Replaces every count with what a count of the store found.
+    pub(crate) fn replace(
+        &self,
+        queued: std::collections::HashMap<trm_core::ids::NodeId, u64>,
+        dead: u64,
+    ) {
+        *self.queued.lock().unwrap_or_else(PoisonError::into_inner) = queued;
+        self.dead_letters.store(dead, Ordering::SeqCst);
     }
 
     pub(crate) fn apply(

@@ -212,6 +212,65 @@ impl Tx<'_> {
     }
 }
 
+/// How far apart in time an audit entry and the record written with it may be, for
+/// [`Tx::audited_actor_near`]: both are stamped in one transaction, so this is slack.
+const NEAR: time::Duration = time::Duration::seconds(5);
+/// The most entries [`Tx::audited_actor_near`] reads past the first one near the time.
+const NEAR_SCAN: usize = 20_000;
+
+impl Tx<'_> {
+    /// Returns who (the entry's actor) was audited doing one of `actions` to `subject` in
+    /// the transaction that also stamped a record with `at`; `None` when no such entry is
+    /// found near that time. Entries are appended in time order, so the search is by time:
+    /// a binary search for the first entry a little before `at`, then a bounded scan. For
+    /// records older versions kept without saying who made them.
+    pub fn audited_actor_near(
+        &mut self,
+        subject: &str,
+        actions: &[&str],
+        at: OffsetDateTime,
+    ) -> Result<Option<String>> {
+        let head: AuditHead = self
+            .get_json("audit head", &layout::meta(HEAD))?
+            .unwrap_or_default();
+        let (from, until) = (at - NEAR, at + NEAR);
+        // The first sequence whose entry is not before `from` (entries 1..=head.seq).
+        let (mut lo, mut hi) = (1u64, head.seq + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let before = match self.get_json::<AuditEntry>("audit entry", &layout::audit(mid))? {
+                Some(e) => e.at < from,
+                None => true,
+            };
+            if before {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let mut after = Some(layout::audit(lo - 1));
+        let mut read = 0;
+        while read < NEAR_SCAN {
+            let page = self.scan_raw(layout::AUDIT, after.as_deref(), 256)?;
+            let Some((last, _)) = page.last() else {
+                return Ok(None);
+            };
+            after = Some(last.clone());
+            for (_, v) in page {
+                read += 1;
+                let e: AuditEntry = decode("audit entry", &v)?;
+                if e.at > until {
+                    return Ok(None);
+                }
+                if e.record.subject == subject && actions.contains(&e.record.action.as_str()) {
+                    return Ok(Some(e.record.actor));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// Signs the head in `etx` unless it is signed already; refuses (returns `false`) when the
 /// chain no longer holds, at the last signed sequence, the hash that was signed.
 pub(crate) fn sign_head(

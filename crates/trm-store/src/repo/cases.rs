@@ -225,38 +225,48 @@ impl Store {
     }
 
     /// Returns up to `limit` cases after `after` (in id order: creation order), of one
-    /// organisation or of the whole node.
+    /// organisation or of the whole node. A case whose record cannot be opened (its data key
+    /// destroyed: erased after the backup it was restored from) is passed over, and the scan
+    /// goes on until `limit` cases are found or none is left: fewer than `limit` means there
+    /// are no more.
     pub fn cases(
         &self,
         org: Option<&OrgId>,
         after: Option<CaseId>,
         limit: usize,
     ) -> Result<Vec<CaseRecord>> {
+        let prefix = match org {
+            Some(org) => layout::cases_of_org(org),
+            None => layout::CASES.to_vec(),
+        };
+        let mut from = after.map(|a| match org {
+            Some(org) => layout::case_of_org(org, a),
+            None => layout::case(a),
+        });
         let mut out = Vec::new();
-        match org {
-            Some(org) => {
-                let prefix = layout::cases_of_org(org);
-                let after = after.map(|a| layout::case_of_org(org, a));
-                for (k, _) in self.scan_raw(&prefix, after.as_deref(), limit)? {
-                    let Ok(id) = <[u8; 16]>::try_from(&k[prefix.len()..]) else {
-                        continue;
-                    };
-                    if let Some(c) = self.case(CaseId::from_bytes(id))? {
-                        out.push(c);
-                    }
-                }
+        while out.len() < limit {
+            let want = (limit - out.len()).clamp(1, 256);
+            let page = self.scan_raw(&prefix, from.as_deref(), want)?;
+            let Some((last, _)) = page.last() else { break };
+            from = Some(last.clone());
+            let full = page.len() == want;
+            for (k, v) in page {
+                let Ok(id) = <[u8; 16]>::try_from(&k[prefix.len()..]) else {
+                    continue;
+                };
+                let id = CaseId::from_bytes(id);
+                let case = match org {
+                    // The index holds no record: read it.
+                    Some(_) => self.case(id)?,
+                    None => match self.open_sealed(&Subject::case(id), &k, &v)? {
+                        Some(plain) => Some(crate::tx::decode("case", &plain)?),
+                        None => None,
+                    },
+                };
+                out.extend(case);
             }
-            None => {
-                let after = after.map(layout::case);
-                for (k, v) in self.scan_raw(layout::CASES, after.as_deref(), limit)? {
-                    let Ok(id) = <[u8; 16]>::try_from(&k[layout::CASES.len()..]) else {
-                        continue;
-                    };
-                    let id = CaseId::from_bytes(id);
-                    if let Some(plain) = self.open_sealed(&Subject::case(id), &k, &v)? {
-                        out.push(crate::tx::decode("case", &plain)?);
-                    }
-                }
+            if !full {
+                break;
             }
         }
         Ok(out)

@@ -3,6 +3,11 @@
 //! before then, and any replica takes it once it has ended. Times are the replicas' own
 //! clocks, so replicas must keep time (NTP); the holder gives its lease up early (see
 //! [`Lease::usable_until`]) to leave room for a small skew.
+//!
+//! And what replicas keep in memory from the database (the peer directory, the keys peers
+//! announced, revoked client certificates): each change of it counts one more in a change
+//! counter, in the same transaction, so that a replica learns of a change made through
+//! another by reading one number, and reads the rest again only then.
 
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
@@ -71,5 +76,32 @@ impl Tx<'_> {
             self.delete(&layout::meta(&format!("lease/{name}")))?;
         }
         Ok(())
+    }
+}
+
+/// The counter of changes to what replicas keep in memory.
+const SHARED_VERSION: &str = "shared_version";
+
+impl Tx<'_> {
+    /// Counts a change to what replicas keep in memory (the peer directory, announced keys,
+    /// revoked client certificates), in this transaction: every replica reads it again.
+    pub fn changed_shared_state(&mut self) -> Result<()> {
+        let key = layout::meta(SHARED_VERSION);
+        let n = self
+            .get_raw(&key)?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes);
+        self.put_raw(&key, &(n + 1).to_be_bytes())
+    }
+}
+
+impl crate::Store {
+    /// Returns the count of changes to what replicas keep in memory (one small read).
+    pub fn shared_version(&self) -> Result<u64> {
+        Ok(self
+            .engine()
+            .get(&layout::meta(SHARED_VERSION))?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes))
     }
 }

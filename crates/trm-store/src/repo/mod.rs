@@ -168,12 +168,22 @@ pub(crate) mod layout {
 
     pub const DEAD_LETTERS: &[u8] = b"dl/";
 
-    /// The receipt given for an inbound message.
-    pub fn inbox(message_id: &uuid::Uuid) -> Vec<u8> {
+    /// The receipt given for an inbound message: a message id is unique per sender. The id
+    /// (a UUIDv7) comes first, so that entries are kept in the order their ids were made.
+    pub fn inbox(sender: NodeId, message_id: &uuid::Uuid) -> Vec<u8> {
+        key("ib/", &[message_id.as_bytes(), sender.as_str().as_bytes()])
+    }
+
+    pub const INBOX: &[u8] = b"ib/";
+
+    /// The receipt given for an inbound message as versions before the sender was part of
+    /// the key kept it (read, and pruned, until the last such entry is older than twice the
+    /// replay window).
+    pub fn legacy_inbox(message_id: &uuid::Uuid) -> Vec<u8> {
         key("i/", &[message_id.as_bytes()])
     }
 
-    pub const INBOX: &[u8] = b"i/";
+    pub const LEGACY_INBOX: &[u8] = b"i/";
 
     /// A peer's receipt for an outbound message.
     pub fn receipt(message_id: &uuid::Uuid) -> Vec<u8> {
@@ -199,6 +209,15 @@ pub(crate) mod layout {
     }
 
     pub const REQUESTS: &[u8] = b"q/";
+
+    /// The age index of idempotent requests: when one was made (milliseconds since the
+    /// epoch, big-endian), then the rest of its key, so that the oldest come first.
+    pub fn request_by_age(at_ms: u64, request_key: &[u8]) -> Vec<u8> {
+        let rest = request_key.get(REQUESTS.len()..).unwrap_or_default();
+        key("qa/", &[&at_ms.to_be_bytes(), rest])
+    }
+
+    pub const REQUESTS_BY_AGE: &[u8] = b"qa/";
 
     /// A statistics counter: month (`YYYYMM`), then the cell.
     pub fn stat(month: &str, cell: &[u8]) -> Vec<u8> {

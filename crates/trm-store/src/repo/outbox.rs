@@ -73,6 +73,10 @@ pub fn subject_of(topic: &Topic) -> Subject {
     }
 }
 
+/// How long a count of the queues serves on a shared database (see
+/// [`Store::outbox_depth`]).
+pub const COUNTS_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn aad(message_id: MessageId) -> Vec<u8> {
     let mut a = b"outbox\0".to_vec();
     a.extend_from_slice(message_id.as_bytes());
@@ -204,15 +208,26 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Returns the receipt given for inbound `message_id`.
-    pub fn inbox(&mut self, message_id: MessageId) -> Result<Option<InboxEntry>> {
-        self.get_json("inbox entry", &layout::inbox(&message_id.uuid()))
+    /// Returns the receipt given for `sender`'s inbound message `message_id`.
+    pub fn inbox(&mut self, sender: NodeId, message_id: MessageId) -> Result<Option<InboxEntry>> {
+        self.get_json("inbox entry", &layout::inbox(sender, &message_id.uuid()))
     }
 
-    /// Keeps the body of the receipt given for inbound `message_id`.
-    pub fn put_inbox(&mut self, message_id: MessageId, receipt_body: &[u8]) -> Result<()> {
+    /// Returns the receipt an older version kept for inbound `message_id`, whoever sent it
+    /// (that version kept no sender: see [`Tx::audited_actor_near`] to find it).
+    pub fn legacy_inbox(&mut self, message_id: MessageId) -> Result<Option<InboxEntry>> {
+        self.get_json("inbox entry", &layout::legacy_inbox(&message_id.uuid()))
+    }
+
+    /// Keeps the body of the receipt given for `sender`'s inbound message `message_id`.
+    pub fn put_inbox(
+        &mut self,
+        sender: NodeId,
+        message_id: MessageId,
+        receipt_body: &[u8],
+    ) -> Result<()> {
         self.put_json(
-            &layout::inbox(&message_id.uuid()),
+            &layout::inbox(sender, &message_id.uuid()),
             &InboxEntry {
                 receipt_body: receipt_body.to_vec(),
                 received_at: OffsetDateTime::now_utc(),
@@ -220,22 +235,28 @@ impl Tx<'_> {
         )
     }
 
-    /// Forgets inbound message ids received before `before` (their UUIDv7 time).
+    /// Forgets up to `limit` inbound message ids made before `before` (their UUIDv7 time),
+    /// of the current layout and of the one older versions kept. Returns how many.
     pub fn forget_inbox_before(&mut self, before: OffsetDateTime, limit: usize) -> Result<usize> {
         let cutoff = uuid_floor(before);
         let mut n = 0;
-        for (k, _) in self.scan_raw(layout::INBOX, None, limit)? {
-            let Some(id) = k
-                .get(layout::INBOX.len()..)
-                .and_then(|b| <[u8; 16]>::try_from(b).ok())
-            else {
-                continue;
-            };
-            if id >= cutoff {
+        for prefix in [layout::INBOX, layout::LEGACY_INBOX] {
+            for (k, _) in self.scan_raw(prefix, None, limit - n)? {
+                let Some(id) = k
+                    .get(prefix.len()..prefix.len() + 16)
+                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                else {
+                    continue;
+                };
+                if id >= cutoff {
+                    break;
+                }
+                self.delete(&k)?;
+                n += 1;
+            }
+            if n == limit {
                 break;
             }
-            self.delete(&k)?;
-            n += 1;
         }
         Ok(n)
     }
@@ -318,38 +339,67 @@ impl Store {
         )
     }
 
-    /// Returns how many envelopes are queued for `peer` (kept in memory: no scan).
+    /// Returns how many envelopes are queued for `peer`: kept in memory, no scan. Replicas
+    /// of the node change the queues too, so on a shared database the count is taken again
+    /// when asked and it is older than [`COUNTS_FRESH`] (a metrics scrape, `Status`), and
+    /// never while nobody asks.
     pub fn outbox_depth(&self, peer: NodeId) -> Result<u64> {
+        self.fresh_counts()?;
         Ok(self.shared().counts.queued(peer))
     }
 
-    /// Returns how many dead letters there are (kept in memory: no scan).
+    /// Returns how many dead letters there are (as [`Store::outbox_depth`]).
     pub fn dead_letter_count(&self) -> Result<u64> {
+        self.fresh_counts()?;
         Ok(self.shared().counts.dead_letters())
     }
 
-    /// Counts what is queued and dead-lettered (once, when the store opens).
+    /// Counts the queues again when replicas share them and the last count is stale.
+    fn fresh_counts(&self) -> Result<()> {
+        if !self.engine().shared_by_replicas() {
+            return Ok(());
+        }
+        let counts = &self.shared().counts;
+        let mut at = counts
+            .counted_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if at.is_some_and(|t| t.elapsed() < COUNTS_FRESH) {
+            return Ok(());
+        }
+        self.count_outbox()?;
+        *at = Some(std::time::Instant::now());
+        Ok(())
+    }
+
+    /// Counts what is queued and dead-lettered, from the keys alone (each names its peer):
+    /// when the store opens, and on a shared database when asked (see above).
     pub(crate) fn count_outbox(&self) -> Result<()> {
-        let mut queued: std::collections::HashMap<NodeId, i64> = Default::default();
+        let mut queued: std::collections::HashMap<NodeId, u64> = Default::default();
         let mut after: Option<Vec<u8>> = None;
         loop {
             let page = self.scan_raw(layout::OUTBOX, after.as_deref(), 4096)?;
             let Some((last, _)) = page.last() else { break };
             after = Some(last.clone());
-            for (_, v) in page {
-                let item: OutboxItem = decode("outbox item", &v)?;
-                *queued.entry(item.peer).or_default() += 1;
+            for (k, _) in page {
+                let peer = k
+                    .get(layout::OUTBOX.len()..k.len().saturating_sub(8))
+                    .and_then(|p| std::str::from_utf8(p).ok())
+                    .and_then(|p| p.parse::<NodeId>().ok())
+                    .ok_or(crate::StoreError::Corrupt("outbox key"))?;
+                *queued.entry(peer).or_default() += 1;
             }
         }
-        let dead = self.scan_raw(layout::DEAD_LETTERS, None, usize::MAX)?.len() as i64;
-        self.shared().counts.reset();
-        self.shared().counts.apply(&queued, dead);
+        let mut dead = 0u64;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.scan_raw(layout::DEAD_LETTERS, after.as_deref(), 4096)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            dead += page.len() as u64;
+        }
+        self.shared().counts.replace(queued, dead);
         Ok(())
-    }
-
-    /// Counts the queues again (replicas of the node change them too).
-    pub fn recount_outbox(&self) -> Result<()> {
-        self.count_outbox()
     }
 
     /// Returns the receipt a peer gave for outbound `message_id`.
