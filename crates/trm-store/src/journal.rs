@@ -29,7 +29,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use trm_core::{ids::NodeId, stats::Month};
+use trm_core::stats::Month;
 
 use crate::{
     repo::{
@@ -326,11 +326,12 @@ pub fn prune_erasures(key_store: &Path, before: OffsetDateTime) -> Result<usize>
 /// What the distrust entries of the journal say, merged over what the database says: the
 /// database's rows are authenticated (no one without the node's keys can write a row the
 /// node accepts), but an old row may be written back. The journal, beside the key file,
-/// settles it: revocations are the union; each peer's operator entry is the most recently
-/// changed one of either source; windows of keys only ever end.
+/// settles it: revocations are the union; the operator's directory and the keys peers
+/// announced are the journal's last snapshot when it is newer than the row (each counts
+/// its versions); windows of this node's own keys only ever end. The journal never adds
+/// trust the database does not hold, except as a newer snapshot the node itself wrote.
 pub mod merge {
     use super::*;
-    use crate::repo::directory::StoredKey;
 
     /// Returns the revocations of the database and the journal together.
     pub fn revoked(db: Vec<Revoked>, journal: &[Record]) -> Vec<Revoked> {
@@ -358,38 +359,21 @@ pub mod merge {
         }
     }
 
-    /// Ends every window the journal has ended: a key's `valid_until` is the earliest of
-    /// either source.
-    fn end_windows(keys: &mut [StoredKey], ended: &[StoredKey]) {
-        for k in keys.iter_mut() {
-            for e in ended.iter().filter(|e| e.public_pem == k.public_pem) {
-                k.valid_until = match (k.valid_until, e.valid_until) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-            }
+    /// Returns the keys peers announced: the journal's last snapshot when it is newer than
+    /// the database's row (the row was written back from an older copy), else the row.
+    pub fn learned(db: LearnedKeys, journal: &[Record]) -> LearnedKeys {
+        let last = journal.iter().rev().find_map(|r| match &r.entry {
+            Entry::LearnedKeys { keys } => Some(keys),
+            _ => None,
+        });
+        match last {
+            Some(j) if j.version > db.version => j.clone(),
+            _ => db,
         }
     }
 
-    /// Returns the keys peers announced, with every window the journal ended ended.
-    pub fn learned(mut db: LearnedKeys, journal: &[Record]) -> LearnedKeys {
-        for r in journal {
-            if let Entry::LearnedKeys { keys } = &r.entry {
-                for (peer, ended) in &keys.peers {
-                    let known = db.peers.entry(*peer).or_default();
-                    end_windows(known, ended);
-                    for k in ended {
-                        if !known.iter().any(|x| x.public_pem == k.public_pem) {
-                            known.push(k.clone());
-                        }
-                    }
-                }
-            }
-        }
-        db
-    }
-
-    /// Returns this node's signing keys, with every window the journal ended ended.
+    /// Returns this node's signing keys, with every window the journal ended ended (the
+    /// journal never adds a key).
     pub fn own(mut db: Vec<OwnKey>, journal: &[Record]) -> Vec<OwnKey> {
         let min = |a: Option<OffsetDateTime>, b: Option<OffsetDateTime>| match (a, b) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -398,29 +382,13 @@ pub mod merge {
         for r in journal {
             if let Entry::OwnKeys { keys } = &r.entry {
                 for k in keys {
-                    match db.iter_mut().find(|x| x.key_id == k.key_id) {
-                        Some(x) => {
-                            x.valid_until = min(x.valid_until, k.valid_until);
-                            x.listed_until = min(x.listed_until, k.listed_until);
-                        }
-                        None => db.push(k.clone()),
+                    if let Some(x) = db.iter_mut().find(|x| x.key_id == k.key_id) {
+                        x.valid_until = min(x.valid_until, k.valid_until);
+                        x.listed_until = min(x.listed_until, k.listed_until);
                     }
                 }
             }
         }
         db
-    }
-
-    /// Returns the peers whose removal the journal records last (removed from the node's
-    /// directory whatever the database says).
-    pub fn removed_peers(journal: &[Record]) -> Vec<NodeId> {
-        journal
-            .iter()
-            .rev()
-            .find_map(|r| match &r.entry {
-                Entry::Directory { changes } => Some(changes.removed.clone()),
-                _ => None,
-            })
-            .unwrap_or_default()
     }
 }

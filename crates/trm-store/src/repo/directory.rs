@@ -56,6 +56,9 @@ pub struct DirectoryChanges {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LearnedKeys {
     pub peers: BTreeMap<NodeId, Vec<StoredKey>>,
+    /// Counts the changes: the journal's snapshot wins over an older row.
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// One of this node's own signing keys: public part and windows. A rotated key stops
@@ -134,8 +137,10 @@ impl Tx<'_> {
 
     /// Writes the keys peers announced, journalled.
     pub fn put_learned_keys(&mut self, k: &LearnedKeys) -> Result<()> {
+        let mut k = k.clone();
+        k.version = self.learned_keys()?.version + 1;
         self.journal(Entry::LearnedKeys { keys: k.clone() });
-        self.put_trusted(&layout::meta(LEARNED), k)
+        self.put_trusted(&layout::meta(LEARNED), &k)
     }
 
     /// Returns this node's signing keys over time.
