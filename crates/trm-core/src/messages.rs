@@ -125,7 +125,10 @@ pub enum PeerMessage {
         reason: String,
     },
     /// The sender erased its copy of a record this node sent it.
-    ErasureConfirmation { subject_id: uuid::Uuid },
+    ErasureConfirmation {
+        subject_id: uuid::Uuid,
+        erased_at: Option<OffsetDateTime>,
+    },
     /// The sender's new signing key (its curve point is checked by the flow).
     KeyAnnouncement {
         key_id: String,
@@ -221,7 +224,10 @@ mod tests {
                 "erasure_request",
             ),
             (
-                PeerMessage::ErasureConfirmation { subject_id: id },
+                PeerMessage::ErasureConfirmation {
+                    subject_id: id,
+                    erased_at: None,
+                },
                 "erasure_confirmation",
             ),
             (

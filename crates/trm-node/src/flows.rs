@@ -495,7 +495,7 @@ impl FlowHandler for Flows {
             PeerMessage::ErasureRequest { subject_id, reason } => {
                 self.erasure_request(tx, inbound, *subject_id, reason)
             }
-            PeerMessage::ErasureConfirmation { subject_id } => {
+            PeerMessage::ErasureConfirmation { subject_id, .. } => {
                 self.erasure_confirmation(tx, inbound, *subject_id)
             }
         }

@@ -1,7 +1,8 @@
 //! A peer's payload parsed at the edge, the way mini-redis turns a frame into a `Command`
 //! before applying it: every field is checked here and the flows see only a domain
 //! [`PeerMessage`]. What fails is either malformed or, inside the disclosed case, a policy
-//! violation (a field that may not cross, or cannot be represented).
+//! violation (a field that may not cross, or cannot be represented). Outbound, the node
+//! builds domain messages too, and [`to_wire`] (the mirror of [`parse`]) writes them.
 
 use trm_core::{
     hearing::HearingStep,
@@ -13,8 +14,10 @@ use trm_core::{
 
 use crate::{
     convert::{
-        disclosed_from_wire, enums, from_ts, hearing_status_from_wire, language,
-        referral_status_from_wire, return_status_from_wire, short, text, timestamps,
+        disclosed_from_wire, disclosed_to_wire, enums, enums_to_wire, from_ts,
+        hearing_status_from_wire, hearing_status_to_wire, language, referral_status_from_wire,
+        referral_status_to_wire, return_status_from_wire, return_status_to_wire, short, text,
+        timestamps, ts,
     },
     v1::{self as w, envelope_body::Payload},
 };
@@ -106,6 +109,7 @@ pub fn parse(payload: &Payload) -> Result<PeerMessage, PayloadError> {
         },
         Payload::ErasureConfirmation(c) => PeerMessage::ErasureConfirmation {
             subject_id: subject("subject_id", &c.subject_id)?,
+            erased_at: optional_ts("erased_at", c.erased_at.as_ref())?,
         },
         Payload::KeyAnnouncement(a) => {
             let k = a
@@ -121,6 +125,103 @@ pub fn parse(payload: &Payload) -> Result<PeerMessage, PayloadError> {
             }
         }
     })
+}
+
+/// Writes a domain message as the payload a peer parses back with [`parse`].
+pub fn to_wire(m: &PeerMessage) -> Payload {
+    match m {
+        PeerMessage::ReferralOffer {
+            referral_id,
+            disclosed,
+            requested_services,
+        } => Payload::ReferralOffer(w::ReferralOffer {
+            referral_id: referral_id.to_string(),
+            disclosed: Some(disclosed_to_wire(disclosed)),
+            requested_services: enums_to_wire(requested_services),
+        }),
+        PeerMessage::ReferralUpdate {
+            referral_id,
+            status,
+            reason,
+        } => Payload::ReferralUpdate(w::ReferralUpdate {
+            referral_id: referral_id.to_string(),
+            status: referral_status_to_wire(*status) as i32,
+            reason: reason.clone(),
+        }),
+        PeerMessage::ReturnRequest {
+            return_id,
+            disclosed,
+            hearing_pending,
+            compensation_pending,
+        } => Payload::ReturnRequest(w::ReturnRequest {
+            return_id: return_id.to_string(),
+            disclosed: Some(disclosed_to_wire(disclosed)),
+            hearing_pending: *hearing_pending,
+            compensation_pending: *compensation_pending,
+        }),
+        PeerMessage::ReturnUpdate {
+            return_id,
+            status,
+            step,
+        } => Payload::ReturnUpdate(w::ReturnUpdate {
+            return_id: return_id.to_string(),
+            status: return_status_to_wire(*status),
+            reason: step.reason.clone(),
+            details: step.details.clone(),
+            travel_at: step.travel_at.map(ts),
+        }),
+        PeerMessage::HearingRequest {
+            hearing_id,
+            proceeding_reference,
+            legal_basis,
+            measures,
+            language,
+            proposed_times,
+        } => Payload::HearingRequest(w::HearingRequest {
+            hearing_id: hearing_id.to_string(),
+            proceeding_reference: proceeding_reference.clone(),
+            legal_basis: legal_basis.clone(),
+            measures: enums_to_wire(measures),
+            language: language.clone(),
+            proposed_times: proposed_times.iter().copied().map(ts).collect(),
+        }),
+        PeerMessage::HearingUpdate {
+            hearing_id,
+            status,
+            step,
+        } => Payload::HearingUpdate(w::HearingUpdate {
+            hearing_id: hearing_id.to_string(),
+            status: hearing_status_to_wire(*status),
+            reason: step.reason.clone(),
+            scheduled_at: step.scheduled_at.map(ts),
+            minutes_reference: step.minutes_reference.clone(),
+        }),
+        PeerMessage::ErasureRequest { subject_id, reason } => {
+            Payload::ErasureRequest(w::ErasureRequest {
+                subject_id: subject_id.to_string(),
+                reason: reason.clone(),
+            })
+        }
+        PeerMessage::ErasureConfirmation {
+            subject_id,
+            erased_at,
+        } => Payload::ErasureConfirmation(w::ErasureConfirmation {
+            subject_id: subject_id.to_string(),
+            erased_at: erased_at.map(ts),
+        }),
+        PeerMessage::KeyAnnouncement {
+            key_id,
+            public_key,
+            valid_from,
+        } => Payload::KeyAnnouncement(w::KeyAnnouncement {
+            key: Some(w::SigningKey {
+                key_id: key_id.clone(),
+                public_key: public_key.to_vec(),
+                valid_from: valid_from.map(ts),
+                valid_until: None,
+            }),
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -168,5 +269,81 @@ mod tests {
             ..Default::default()
         });
         assert!(matches!(parse(&leaky), Err(PayloadError::Disclosure(_))));
+    }
+
+    /// What the node writes, a peer parses back to the same message.
+    #[test]
+    fn every_message_written_parses_back_the_same() {
+        use trm_core::{
+            hearing::{HearingStatus, ProtectiveMeasure},
+            model::{DisclosedCase, NeedKind},
+            referral::ReferralStatus,
+            returns::ReturnStatus,
+        };
+        let at = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let disclosed = DisclosedCase {
+            case_ref: "ref".into(),
+            ..Default::default()
+        };
+        let messages = [
+            PeerMessage::ReferralOffer {
+                referral_id: ReferralId::new(),
+                disclosed: disclosed.clone(),
+                requested_services: vec![NeedKind::Shelter],
+            },
+            PeerMessage::ReferralUpdate {
+                referral_id: ReferralId::new(),
+                status: ReferralStatus::Accepted,
+                reason: "yes".into(),
+            },
+            PeerMessage::ReturnRequest {
+                return_id: ReturnId::new(),
+                disclosed,
+                hearing_pending: true,
+                compensation_pending: false,
+            },
+            PeerMessage::ReturnUpdate {
+                return_id: ReturnId::new(),
+                status: ReturnStatus::Scheduled,
+                step: StepDetails {
+                    reason: String::new(),
+                    details: "flight".into(),
+                    travel_at: Some(at),
+                },
+            },
+            PeerMessage::HearingRequest {
+                hearing_id: HearingId::new(),
+                proceeding_reference: "P-1".into(),
+                legal_basis: "UNTOC art. 18".into(),
+                measures: vec![ProtectiveMeasure::Interpreter],
+                language: "ro".into(),
+                proposed_times: vec![at],
+            },
+            PeerMessage::HearingUpdate {
+                hearing_id: HearingId::new(),
+                status: HearingStatus::Scheduled,
+                step: HearingStep {
+                    reason: String::new(),
+                    scheduled_at: Some(at),
+                    minutes_reference: String::new(),
+                },
+            },
+            PeerMessage::ErasureRequest {
+                subject_id: uuid::Uuid::now_v7(),
+                reason: "withdrawn".into(),
+            },
+            PeerMessage::ErasureConfirmation {
+                subject_id: uuid::Uuid::now_v7(),
+                erased_at: Some(at),
+            },
+            PeerMessage::KeyAnnouncement {
+                key_id: "0123456789abcdef".into(),
+                public_key: [7; 32],
+                valid_from: Some(at),
+            },
+        ];
+        for m in messages {
+            assert_eq!(parse(&to_wire(&m)), Ok(m.clone()), "{m:?}");
+        }
     }
 }
