@@ -269,6 +269,14 @@ backup_retention_days = 35                  # a backup opens (with the key file)
 max_connections = 1024                      # per port, TLS handshakes included
 max_connections_per_client = 64             # per client certificate or peer, per port
 handshake_timeout_secs = 10
+max_handshakes_per_address = 64             # per source address (IPv6: per /64), per port,
+                                            # before the handshake; behind a balancer that
+                                            # hides addresses, raise to max_connections
+reserved_for_known_addresses = 256          # of max_connections (default a quarter): only
+                                            # for addresses a caller completed a handshake
+                                            # from in the last day
+handshake_timeout_under_pressure_ms = 2000  # once handshakes hold half of the places new
+                                            # addresses may take
 max_concurrent_streams = 64                 # HTTP/2 streams per connection
 keepalive_interval_secs = 30
 keepalive_timeout_secs = 10
