@@ -172,13 +172,16 @@ pub fn require(p: &Principal, action: Action) -> Result<(), Denied> {
     }
 }
 
-/// Refuses a service provider a record of another organisation (or of none); every other
-/// role that got past [`require`] reaches every record of the node.
+/// Refuses a service provider a record of another organisation (or of none); a focal point
+/// reaches every record of the node; no other role reaches a victim's record.
 pub fn require_owner(p: &Principal, owner: Option<&OrgId>) -> Result<(), Denied> {
-    if p.role != SP || owner == Some(&p.org) {
+    if p.role == FP || (p.role == SP && owner == Some(&p.org)) {
         Ok(())
     } else {
-        Err(Denied("the record belongs to another organisation".into()))
+        Err(Denied(format!(
+            "organisation {} may not access this record",
+            p.org
+        )))
     }
 }
 
@@ -306,6 +309,16 @@ mod tests {
             )
         };
         assert_eq!(hearing(&sp1), Ok(Sight::Summary));
+        for role in [JA, OP] {
+            assert!(
+                require_owner(&p(role, "sp1"), Some(&owner)).is_err(),
+                "{role}"
+            );
+        }
+        assert_eq!(
+            require_owner(&sp2, None).unwrap_err().0,
+            "organisation sp2 may not access this record"
+        );
         assert!(hearing(&sp2).is_err());
         assert_eq!(hearing(&p(JA, "pros")), Ok(Sight::Full));
     }

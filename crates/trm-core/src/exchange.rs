@@ -83,6 +83,11 @@ pub trait SharedRecord: Clone + Debug + Send + Sync + 'static {
     fn event_to(status: Self::Status, side: Side) -> Option<Self::Event>;
     /// Applies `event` with `step` (a local step, or the other node's announcement of it).
     fn apply(&mut self, event: Self::Event, step: &Self::Step) -> Result<(), GuardError>;
+    /// Returns the message that tells the other node of a step just taken (`step`, the
+    /// record in its new state).
+    fn update_message(&self, step: &Self::Step) -> crate::messages::PeerMessage;
+    /// Returns what the record's envelopes are about.
+    fn topic(&self) -> crate::messages::Topic;
 
     /// Returns the side `me` is on.
     fn side(&self, me: NodeId) -> Side {

@@ -273,6 +273,16 @@ impl crate::exchange::SharedRecord for HearingRecord {
     fn apply(&mut self, event: HearingEvent, step: &HearingStep) -> Result<(), GuardError> {
         HearingRecord::apply(self, event, step)
     }
+    fn update_message(&self, step: &HearingStep) -> crate::messages::PeerMessage {
+        crate::messages::PeerMessage::HearingUpdate {
+            hearing_id: self.hearing_id,
+            status: self.status,
+            step: step.clone(),
+        }
+    }
+    fn topic(&self) -> crate::messages::Topic {
+        crate::messages::Topic::Hearing(self.hearing_id)
+    }
 }
 
 #[cfg(test)]

@@ -297,6 +297,16 @@ impl crate::exchange::SharedRecord for ReferralRecord {
         }
         Ok(())
     }
+    fn update_message(&self, step: &ReferralStep) -> crate::messages::PeerMessage {
+        crate::messages::PeerMessage::ReferralUpdate {
+            referral_id: self.referral_id,
+            status: self.status,
+            reason: step.reason.clone(),
+        }
+    }
+    fn topic(&self) -> crate::messages::Topic {
+        crate::messages::Topic::Referral(self.referral_id)
+    }
 }
 
 impl crate::exchange::ErasableRecord for ReferralRecord {
@@ -310,7 +320,9 @@ impl crate::exchange::ErasableRecord for ReferralRecord {
         ReferralRecord::erase_copy(self, reason, now)
     }
     fn confirm_erasure(&mut self) -> Result<(), GuardError> {
-        self.erasure.confirm()
+        self.erasure.confirm()?;
+        self.updated_at = OffsetDateTime::now_utc();
+        Ok(())
     }
 }
 

@@ -450,6 +450,16 @@ impl crate::exchange::SharedRecord for ReturnRecord {
     fn apply(&mut self, event: ReturnEvent, step: &StepDetails) -> Result<(), GuardError> {
         ReturnRecord::apply(self, event, step)
     }
+    fn update_message(&self, step: &StepDetails) -> crate::messages::PeerMessage {
+        crate::messages::PeerMessage::ReturnUpdate {
+            return_id: self.return_id,
+            status: self.status,
+            step: step.clone(),
+        }
+    }
+    fn topic(&self) -> crate::messages::Topic {
+        crate::messages::Topic::Return(self.return_id)
+    }
 }
 
 impl crate::exchange::ErasableRecord for ReturnRecord {
@@ -463,7 +473,9 @@ impl crate::exchange::ErasableRecord for ReturnRecord {
         ReturnRecord::erase_copy(self, reason, now)
     }
     fn confirm_erasure(&mut self) -> Result<(), GuardError> {
-        self.erasure.confirm()
+        self.erasure.confirm()?;
+        self.updated_at = OffsetDateTime::now_utc();
+        Ok(())
     }
 }
 

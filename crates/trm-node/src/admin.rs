@@ -6,13 +6,13 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 use tracing::{error, info};
-use trm_core::{ids::Role, limits::Page, policy::POLICY_VERSION, FieldError, Guard, GuardError};
 use trm_core::{
     ids::{MessageId, NodeId},
     messages::Topic,
     model::parse_date,
     stats::Period,
 };
+use trm_core::{limits::Page, policy::POLICY_VERSION, FieldError, Guard, GuardError};
 use trm_crypto::signing::SigningIdentity;
 use trm_federation::{
     directory::{record_change, stored_from_peer},
@@ -29,7 +29,7 @@ use trm_proto::{
 use trm_store::{audit::AuditRecord, repo::directory::Revoked, repo::outbox::OutboxItem};
 
 use crate::{
-    authz::{self, require},
+    authz,
     ctx::{Ctx, Idempotent},
     error::ApiError,
 };
@@ -62,7 +62,8 @@ impl Admin {
     /// `operator:<org>/<certificate serial>`, so that an entry says which operator acted.
     fn operator<T>(request: &Request<T>) -> Result<String, Status> {
         let p = authz::principal(request)?;
-        require(&p, &[Role::Operator], "use the admin service").map_err(Status::from)?;
+        trm_core::access::require(&p, trm_core::access::Action::Administer)
+            .map_err(|e| Status::from(ApiError::from(e)))?;
         Ok(format!("operator:{}/{}", p.org, authz::client_key(request)))
     }
 }

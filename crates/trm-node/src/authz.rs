@@ -2,7 +2,7 @@
 //! and what each role may do (DESIGN.md, "Identities and trust").
 
 use tonic::Request;
-use trm_core::ids::{OrgId, Principal, Role};
+use trm_core::ids::Principal;
 
 use crate::error::ApiError;
 
@@ -34,34 +34,6 @@ pub fn client_key<T>(request: &Request<T>) -> String {
         .unwrap_or_default()
 }
 
-/// Refuses unless the principal has one of `roles`.
-pub fn require(p: &Principal, roles: &[Role], action: &str) -> Result<(), ApiError> {
-    if roles.contains(&p.role) {
-        Ok(())
-    } else {
-        Err(ApiError::Denied(format!(
-            "role {} may not {action}",
-            p.role
-        )))
-    }
-}
-
-/// Roles that may read victim records (their own organisation's, or all for focal points).
-pub const CASE_ROLES: &[Role] = &[Role::ServiceProvider, Role::FocalPoint];
-
-/// Refuses a service provider access to a record of another organisation. Focal points see
-/// the whole node.
-pub fn require_org(p: &Principal, owner: Option<&OrgId>) -> Result<(), ApiError> {
-    match p.role {
-        Role::FocalPoint => Ok(()),
-        Role::ServiceProvider if owner == Some(&p.org) => Ok(()),
-        _ => Err(ApiError::Denied(format!(
-            "organisation {} may not access this record",
-            p.org
-        ))),
-    }
-}
-
 /// Returns the audit actor name of a principal.
 pub fn actor(p: &Principal) -> String {
     format!("client:{}/{}", p.role, p.org)
@@ -70,45 +42,12 @@ pub fn actor(p: &Principal) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use trm_core::ids::Role;
 
     fn p(role: Role, org: &str) -> Principal {
         Principal {
             role,
             org: org.parse().unwrap(),
-        }
-    }
-
-    #[test]
-    fn only_the_listed_roles_pass_and_the_refusal_names_role_and_action() {
-        let judge = p(Role::JudicialAuthority, "court1");
-        assert!(require(&judge, &[Role::JudicialAuthority], "request hearings").is_ok());
-        match require(&judge, CASE_ROLES, "read cases") {
-            Err(ApiError::Denied(why)) => {
-                assert_eq!(why, "role judicial_authority may not read cases")
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(require(&p(Role::Operator, "ops"), &[], "anything").is_err());
-    }
-
-    #[test]
-    fn providers_reach_only_their_own_organisations_records_and_focal_points_all() {
-        let sp1: OrgId = "sp1".parse().unwrap();
-        let sp2: OrgId = "sp2".parse().unwrap();
-        assert!(require_org(&p(Role::ServiceProvider, "sp1"), Some(&sp1)).is_ok());
-        for owner in [Some(&sp2), None] {
-            match require_org(&p(Role::ServiceProvider, "sp1"), owner) {
-                Err(ApiError::Denied(why)) => {
-                    assert_eq!(why, "organisation sp1 may not access this record")
-                }
-                other => panic!("{owner:?}: {other:?}"),
-            }
-        }
-        for owner in [Some(&sp1), Some(&sp2), None] {
-            assert!(require_org(&p(Role::FocalPoint, "fp"), owner).is_ok());
-        }
-        for role in [Role::JudicialAuthority, Role::Operator] {
-            assert!(require_org(&p(role, "sp1"), Some(&sp1)).is_err(), "{role}");
         }
     }
 

@@ -82,7 +82,7 @@ impl Ctx {
         peer: NodeId,
         topic: trm_core::messages::Topic,
         case_ref: &str,
-        payload: w::envelope_body::Payload,
+        message: &trm_core::messages::PeerMessage,
         action: &str,
         outcome: &str,
     ) -> TxResult<()> {
@@ -92,7 +92,7 @@ impl Ctx {
             peer,
             topic,
             case_ref,
-            payload,
+            trm_proto::peer::to_wire(message),
         )?;
         tx.audit(AuditRecord::new(
             actor(p),

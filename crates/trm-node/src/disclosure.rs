@@ -6,16 +6,16 @@
 use trm_core::{
     consent,
     ids::{CaseId, ConsentId, NodeId, Principal, Shared},
+    messages::PeerMessage,
     messages::Topic,
     model::{CaseRecord, DisclosedCase, Purpose},
     policy, FieldError,
 };
 use trm_federation::outbox;
-use trm_proto::v1::envelope_body::Payload;
 use trm_store::{audit::AuditRecord, Tx};
 
 use crate::{
-    authz::{actor, require_org},
+    authz::actor,
     ctx::{today, Ctx, TxResult},
     error::{ApiError, ApiResult},
 };
@@ -58,7 +58,7 @@ pub fn prepare(
     guards: impl Fn(&mut Tx<'_>, &CaseRecord) -> TxResult<()>,
 ) -> TxResult<Disclosure> {
     let case = load_case(tx, case_id)?;
-    require_org(p, Some(&case.organisation))?;
+    trm_core::access::require_owner(p, Some(&case.organisation)).map_err(ApiError::from)?;
     guards(tx, &case)?;
     let consents = tx.consents(case_id)?;
     let grant = consent::grant(&consents, purpose, recipient, today()).map_err(ApiError::from)?;
@@ -75,7 +75,7 @@ pub fn prepare(
 }
 
 impl Disclosure {
-    /// Records `shared` under the consents the disclosure relies on, queues `payload` to the
+    /// Records `shared` under the consents the disclosure relies on, queues `message` to the
     /// recipient and audits `action` with the fields that crossed (names, never values).
     #[allow(clippy::too_many_arguments)]
     pub fn send(
@@ -84,7 +84,7 @@ impl Disclosure {
         ctx: &Ctx,
         p: &Principal,
         shared: Shared,
-        payload: Payload,
+        message: &PeerMessage,
         action: &str,
         outcome: &str,
         detail: &str,
@@ -102,7 +102,7 @@ impl Disclosure {
             self.recipient,
             topic,
             &self.case_ref,
-            payload,
+            trm_proto::peer::to_wire(message),
         )?;
         let fields: Vec<&str> = policy::fields_present(&self.disclosed)
             .iter()

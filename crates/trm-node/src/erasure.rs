@@ -1,11 +1,17 @@
 //! Erasure at the recipients of a disclosure (consent withdrawn, case erased): the origin
-//! side of the exchange. The recipient's side is in [`crate::flows`].
+//! side of the exchange, for every kind of record that carries a victim's data. The
+//! recipient's side is [`crate::lifecycle::erase_any_copy`].
 
 use time::OffsetDateTime;
-use trm_core::{ids::Shared, messages::Topic};
+use trm_core::{
+    exchange::ErasableRecord,
+    ids::{RecordId, Shared},
+    messages::PeerMessage,
+    referral::ReferralRecord,
+    returns::ReturnRecord,
+};
 use trm_federation::outbox;
-use trm_proto::v1::{envelope_body::Payload, ErasureRequest};
-use trm_store::{Subject, Tx};
+use trm_store::{repo::flows::StoredRecord, Subject, Tx};
 
 use crate::ctx::{Ctx, TxResult};
 
@@ -20,46 +26,38 @@ const REASON: &str = "consent withdrawn";
 /// With `erase_local` (the whole case is erased), this node's own record of what it sent
 /// keeps nothing but the pairwise reference as well.
 pub fn request(ctx: &Ctx, tx: &mut Tx<'_>, shared: Shared, erase_local: bool) -> TxResult<bool> {
+    match shared {
+        Shared::Referral(id) => request_for::<ReferralRecord>(ctx, tx, id, erase_local),
+        Shared::Return(id) => request_for::<ReturnRecord>(ctx, tx, id, erase_local),
+    }
+}
+
+fn request_for<R: StoredRecord + ErasableRecord>(
+    ctx: &Ctx,
+    tx: &mut Tx<'_>,
+    id: R::Id,
+    erase_local: bool,
+) -> TxResult<bool> {
     let now = OffsetDateTime::now_utc();
-    let (recipient, case_ref, topic) = match shared {
-        Shared::Referral(id) => {
-            let Some(mut r) = tx.referral(id)? else {
-                return Ok(false);
-            };
-            if r.origin != ctx.id || !r.request_erasure(REASON, erase_local, now) {
-                return Ok(false);
-            }
-            tx.shred(&Subject::referral(id))?;
-            tx.put_referral(&r)?;
-            (r.destination, r.disclosed.case_ref, Topic::Referral(id))
-        }
-        Shared::Return(id) => {
-            let Some(mut r) = tx.return_plan(id)? else {
-                return Ok(false);
-            };
-            if r.origin != ctx.id || !r.request_erasure(REASON, erase_local, now) {
-                return Ok(false);
-            }
-            tx.shred(&Subject::return_plan(id))?;
-            tx.put_return_plan(&r)?;
-            (r.destination, r.disclosed.case_ref, Topic::Return(id))
-        }
+    let Some(mut r) = tx.record::<R>(id)? else {
+        return Ok(false);
     };
-    let subject_id = match shared {
-        Shared::Referral(id) => id.to_string(),
-        Shared::Return(id) => id.to_string(),
-    };
-    let request = ErasureRequest {
-        subject_id,
+    if r.origin() != ctx.id || !r.request_erasure(REASON, erase_local, now) {
+        return Ok(false);
+    }
+    tx.shred(&Subject::of_record(R::KIND, id.to_uuid().as_bytes()))?;
+    tx.put_record(&r)?;
+    let request = PeerMessage::ErasureRequest {
+        subject_id: id.to_uuid(),
         reason: REASON.into(),
     };
     outbox::enqueue(
         tx,
         &ctx.identity.current(),
-        recipient,
-        topic,
-        &case_ref,
-        Payload::ErasureRequest(request),
+        r.destination(),
+        r.topic(),
+        r.case_ref(),
+        trm_proto::peer::to_wire(&request),
     )?;
     Ok(true)
 }

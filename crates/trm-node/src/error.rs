@@ -59,6 +59,12 @@ impl ServiceError for ApiError {
     }
 }
 
+impl From<trm_core::access::Denied> for ApiError {
+    fn from(e: trm_core::access::Denied) -> Self {
+        ApiError::Denied(e.0)
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         ApiError::Store(e.to_string())

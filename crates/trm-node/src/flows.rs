@@ -10,19 +10,16 @@ use trm_core::{
     messages::{EnvelopeKind, PeerMessage, Topic},
     model::{DisclosedCase, NeedKind, Purpose},
     policy,
-    referral::{ReferralEvent, ReferralRecord, ReferralStatus},
-    returns::{ReturnEvent, ReturnRecord, ReturnStatus, StepDetails},
+    referral::{ReferralEvent, ReferralRecord, ReferralStep},
+    returns::ReturnRecord,
 };
 use trm_crypto::signing::Signer;
 use trm_federation::{
     directory::{key_from_stored, merge_keys, stored_from_key},
     outbox, FlowHandler, Inbound, PeerDirectory, PeerKey, Rejection,
 };
-use trm_proto::{
-    convert::ts,
-    v1::{envelope_body::Payload, ErasureConfirmation, ReceiptOutcome},
-};
-use trm_store::{repo::outbox::OutboxItem, Note, Subject, Tx, TxFail};
+use trm_proto::v1::ReceiptOutcome;
+use trm_store::{repo::outbox::OutboxItem, Note, Tx, TxFail};
 
 /// Applies the flows' payloads for node `id`.
 #[derive(Debug)]
@@ -34,18 +31,10 @@ pub struct Flows {
     pub directory: Arc<PeerDirectory>,
 }
 
-type FlowResult = Result<(), TxFail<Rejection>>;
+use crate::lifecycle::{self, transition, unknown, FlowResult};
 
 fn policy(why: impl Into<String>) -> TxFail<Rejection> {
     TxFail::Abort(Rejection::PolicyViolation(why.into()))
-}
-
-fn transition(why: impl Into<String>) -> TxFail<Rejection> {
-    TxFail::Abort(Rejection::InvalidTransition(why.into()))
-}
-
-fn unknown(why: impl Into<String>) -> TxFail<Rejection> {
-    TxFail::Abort(Rejection::UnknownCaseReference(why.into()))
 }
 
 fn malformed(why: impl Into<String>) -> TxFail<Rejection> {
@@ -61,12 +50,6 @@ fn id_is_new(tx: &mut Tx<'_>, id: uuid::Uuid, field: &str) -> FlowResult {
         )));
     }
     Ok(())
-}
-
-/// Refuses a step the record's state machine does not allow: a status the sender's side may
-/// not announce, or one its current state does not lead to.
-fn step<E>(event: Option<E>, status: &str) -> Result<E, TxFail<Rejection>> {
-    event.ok_or_else(|| transition(format!("{status} from this sender")))
 }
 
 impl Flows {
@@ -98,30 +81,6 @@ impl Flows {
         Ok(())
     }
 
-    fn referral_update(
-        &self,
-        tx: &mut Tx<'_>,
-        inbound: &Inbound,
-        referral_id: ReferralId,
-        status: ReferralStatus,
-        reason: &str,
-    ) -> FlowResult {
-        let mut r = tx
-            .referral(referral_id)?
-            .ok_or_else(|| unknown("no such referral"))?;
-        if r.peer(self.id) != inbound.sender {
-            return Err(unknown("referral not shared with the sender"));
-        }
-        let event = step(
-            ReferralEvent::leading_to(status, r.side(inbound.sender)),
-            status.as_str(),
-        )?;
-        r.apply(event, reason, OffsetDateTime::now_utc())
-            .map_err(|g| transition(g.reason))?;
-        tx.put_referral(&r)?;
-        Ok(())
-    }
-
     /// Erases what the origin disclosed under a withdrawn consent: the copy becomes a
     /// tombstone with ids only, its data key is destroyed (so earlier copies, in backups or
     /// queued, stay unreadable), and a signed confirmation goes back.
@@ -133,30 +92,11 @@ impl Flows {
         reason: &str,
     ) -> FlowResult {
         let now = OffsetDateTime::now_utc();
-        let from_sender = |origin: NodeId, destination: NodeId| {
-            if origin == inbound.sender && destination == self.id {
-                Ok(())
-            } else {
-                Err(unknown("subject not received from the sender"))
-            }
-        };
-        let referral_id = ReferralId::from_uuid(id);
-        let return_id = ReturnId::from_uuid(id);
-        if let Some(mut r) = tx.referral(referral_id)? {
-            from_sender(r.origin, r.destination)?;
-            r.erase_copy(reason, now);
-            tx.shred(&Subject::referral(referral_id))?;
-            tx.put_referral(&r)?;
-        } else if let Some(mut r) = tx.return_plan(return_id)? {
-            from_sender(r.origin, r.destination)?;
-            r.erase_copy(reason, now);
-            tx.shred(&Subject::return_plan(return_id))?;
-            tx.put_return_plan(&r)?;
-        }
+        lifecycle::erase_any_copy(self.id, tx, inbound.sender, id, reason, now)?;
         // Nothing held (never arrived, or erased before) is erased as well: confirm either way.
-        let confirmation = ErasureConfirmation {
-            subject_id: id.to_string(),
-            erased_at: Some(ts(now)),
+        let confirmation = PeerMessage::ErasureConfirmation {
+            subject_id: id,
+            erased_at: Some(now),
         };
         outbox::enqueue(
             tx,
@@ -164,7 +104,7 @@ impl Flows {
             inbound.sender,
             Topic::Erasure(id),
             &inbound.case_ref,
-            Payload::ErasureConfirmation(confirmation),
+            trm_proto::peer::to_wire(&confirmation),
         )?;
         Ok(())
     }
@@ -175,25 +115,7 @@ impl Flows {
         inbound: &Inbound,
         id: uuid::Uuid,
     ) -> FlowResult {
-        let sent_to_sender = |origin: NodeId, destination: NodeId| {
-            if destination == inbound.sender && origin == self.id {
-                Ok(())
-            } else {
-                Err(unknown("subject not sent to the sender"))
-            }
-        };
-        let now = OffsetDateTime::now_utc();
-        if let Some(mut r) = tx.referral(ReferralId::from_uuid(id))? {
-            sent_to_sender(r.origin, r.destination)?;
-            r.erasure.confirm().map_err(|g| transition(g.reason))?;
-            r.updated_at = now;
-            tx.put_referral(&r)?;
-        } else if let Some(mut r) = tx.return_plan(ReturnId::from_uuid(id))? {
-            sent_to_sender(r.origin, r.destination)?;
-            r.erasure.confirm().map_err(|g| transition(g.reason))?;
-            r.updated_at = now;
-            tx.put_return_plan(&r)?;
-        } else {
+        if !lifecycle::confirm_any_erasure(self.id, tx, inbound.sender, id)? {
             return Err(unknown("no such subject"));
         }
         Ok(())
@@ -226,29 +148,6 @@ impl Flows {
             WitnessRecord::Return(return_id),
             disclosed,
         )?;
-        Ok(())
-    }
-
-    fn return_update(
-        &self,
-        tx: &mut Tx<'_>,
-        inbound: &Inbound,
-        id: ReturnId,
-        status: ReturnStatus,
-        details: &StepDetails,
-    ) -> FlowResult {
-        let mut r = tx
-            .return_plan(id)?
-            .ok_or_else(|| unknown("no such return plan"))?;
-        if r.peer(self.id) != inbound.sender {
-            return Err(unknown("return plan not shared with the sender"));
-        }
-        let event = step(
-            ReturnEvent::leading_to(status, r.side(inbound.sender)),
-            status.as_str(),
-        )?;
-        r.apply(event, details).map_err(|g| transition(g.reason))?;
-        tx.put_return_plan(&r)?;
         Ok(())
     }
 
@@ -291,27 +190,6 @@ impl Flows {
             updated_at: now,
         };
         tx.put_hearing(&record)?;
-        Ok(())
-    }
-
-    fn hearing_update(
-        &self,
-        tx: &mut Tx<'_>,
-        inbound: &Inbound,
-        id: HearingId,
-        status: HearingStatus,
-        details: &HearingStep,
-    ) -> FlowResult {
-        let mut h = tx.hearing(id)?.ok_or_else(|| unknown("no such hearing"))?;
-        if h.peer(self.id) != inbound.sender {
-            return Err(unknown("hearing not shared with the sender"));
-        }
-        let event = step(
-            HearingEvent::leading_to(status).filter(|e| e.allowed_for(h.side(inbound.sender))),
-            status.as_str(),
-        )?;
-        h.apply(event, details).map_err(|g| transition(g.reason))?;
-        tx.put_hearing(&h)?;
         Ok(())
     }
 
@@ -444,7 +322,20 @@ impl FlowHandler for Flows {
                 referral_id,
                 status,
                 reason,
-            } => self.referral_update(tx, inbound, *referral_id, *status, reason),
+            } => {
+                let step = ReferralStep {
+                    reason: reason.clone(),
+                    assign: None,
+                };
+                lifecycle::update_in::<ReferralRecord>(
+                    self.id,
+                    tx,
+                    inbound,
+                    *referral_id,
+                    *status,
+                    &step,
+                )
+            }
             PeerMessage::ReturnRequest {
                 return_id,
                 disclosed,
@@ -462,7 +353,9 @@ impl FlowHandler for Flows {
                 return_id,
                 status,
                 step,
-            } => self.return_update(tx, inbound, *return_id, *status, step),
+            } => lifecycle::update_in::<ReturnRecord>(
+                self.id, tx, inbound, *return_id, *status, step,
+            ),
             PeerMessage::HearingRequest {
                 hearing_id,
                 proceeding_reference,
@@ -486,7 +379,14 @@ impl FlowHandler for Flows {
                 hearing_id,
                 status,
                 step,
-            } => self.hearing_update(tx, inbound, *hearing_id, *status, step),
+            } => lifecycle::update_in::<HearingRecord>(
+                self.id,
+                tx,
+                inbound,
+                *hearing_id,
+                *status,
+                step,
+            ),
             PeerMessage::KeyAnnouncement {
                 key_id,
                 public_key,

@@ -12,10 +12,14 @@
 //! - [`erasure`]: erasure requests to the recipients of a disclosure;
 //! - [`ctx`]: what every service shares (store, signer, directory, delivery);
 //! - [`flows`]: the node's reaction to peers' envelopes and receipts;
+//! - [`lifecycle`]: every shared record's pipelines (a local step, the other node's
+//!   update, the erasure of a copy), written once;
 //! - [`admin`]: `AdminService`; [`metrics`]: the plain-HTTP probes;
 //! - [`statistics`]: monthly reports published once, kept and added up into periods;
 //! - [`listen`]: accepting TLS connections under limits (handshake deadline, connection cap);
 //! - [`gate`]: the per-request checks (revoked certificates, request rates);
+//! - [`rpc`]: what every local RPC shares: the one adapter to a gRPC status, idempotent
+//!   commits with their replay, pages;
 //! - [`error`]: the local services' errors (their gRPC codes come from `trm_proto::status`);
 //! - [`cli`]: the `trm-node --config FILE` command.
 #![forbid(unsafe_code)]
@@ -31,11 +35,13 @@ pub mod error;
 pub mod flows;
 pub mod gate;
 pub mod hearing;
+pub mod lifecycle;
 pub mod listen;
 pub mod metrics;
 pub mod referral;
 pub mod replicas;
 pub mod returns;
+pub mod rpc;
 pub mod server;
 pub mod statistics;
 

@@ -4,32 +4,33 @@
 //! before anything leaves; each later step is carried to the other node.
 
 use time::OffsetDateTime;
-use tonic::{Request, Response, Status};
+use tonic::Request;
 use tracing::{info, instrument};
 use trm_core::{
+    access::{self, Action},
     exchange::Erasure,
-    ids::{AssessmentId, CaseId, OrgId, Principal, ReturnId, Role, Shared},
-    messages::Topic,
+    ids::{AssessmentId, CaseId, Principal, ReturnId, Shared},
+    messages::PeerMessage,
     model::{CaseRecord, Purpose},
     returns::{
         check_guards, ReturnDecision, ReturnEvent, ReturnRecord, ReturnStatus, RiskAssessment,
-        Side, StepDetails,
+        StepDetails,
     },
     FieldError,
 };
 use trm_proto::{
     convert,
-    v1::{
-        self as w, envelope_body::Payload, return_planning_service_server::ReturnPlanningService,
-    },
+    v1::{self as w, return_planning_service_server::ReturnPlanningService},
 };
 use trm_store::{audit::AuditRecord, Tx};
 
 use crate::{
-    authz::{self, actor, require, require_org, CASE_ROLES},
-    ctx::{today, Ctx, Done, Idempotent, TxResult},
+    authz::{self, actor},
+    ctx::{today, Ctx, Idempotent, TxResult},
     disclosure::{self, load_case},
     error::{ApiError, ApiResult},
+    lifecycle,
+    rpc::{self, Remembered, Replay},
 };
 
 /// The return-planning service of one node.
@@ -43,204 +44,147 @@ impl Returns {
     pub fn new(ctx: Ctx) -> Self {
         Self { ctx }
     }
-}
 
-/// Loads a return plan inside a transaction; NOT_FOUND when absent.
-pub fn load_return(tx: &mut Tx<'_>, id: ReturnId) -> TxResult<ReturnRecord> {
-    tx.return_plan(id)?
-        .ok_or_else(|| ApiError::NotFound("return plan").into())
-}
-
-fn parse<T>(r: Result<T, FieldError>) -> Result<T, Status> {
-    r.map_err(|e| ApiError::from(e).into())
-}
-
-/// Returns whether `p` may read a plan of organisation `org`.
-fn readable(p: &Principal, org: Option<&OrgId>) -> bool {
-    p.role == Role::FocalPoint || (p.role == Role::ServiceProvider && org == Some(&p.org))
-}
-
-/// One step of a plan by a local user: authorised for its side, valid for its state,
-/// recorded and announced to the other node in one transaction.
-fn step_in(
-    ctx: &Ctx,
-    tx: &mut Tx<'_>,
-    p: &Principal,
-    id: ReturnId,
-    event: ReturnEvent,
-    step: &StepDetails,
-) -> TxResult<ReturnRecord> {
-    let me = ctx.id;
-    let mut r = load_return(tx, id)?;
-    let side = r.side(me);
-    if !event.allowed_for(side) {
-        let who = if side == Side::Origin {
-            "requesting"
-        } else {
-            "receiving"
-        };
-        return Err(
-            ApiError::Denied(format!("the {who} country may not {event:?} a return plan")).into(),
-        );
-    }
-    match side {
-        Side::Origin if p.role == Role::ServiceProvider => require_org(p, r.organisation.as_ref())?,
-        Side::Origin => {}
-        Side::Destination => require(p, &[Role::FocalPoint], "act on an incoming return plan")?,
-    }
-    r.apply(event, step).map_err(ApiError::from)?;
-    tx.put_return_plan(&r)?;
-    let update = w::ReturnUpdate {
-        return_id: id.to_string(),
-        status: convert::return_status_to_wire(r.status),
-        reason: step.reason.clone(),
-        details: step.details.clone(),
-        travel_at: step.travel_at.map(convert::ts),
-    };
-    ctx.announce(
-        tx,
-        p,
-        r.peer(me),
-        Topic::Return(id),
-        &r.disclosed.case_ref,
-        Payload::ReturnUpdate(update),
-        "return.update",
-        r.status.as_str(),
-    )?;
-    Ok(r)
-}
-
-impl Returns {
-    /// Returns the plan a retried request produced, as it stands now.
-    async fn replayed(&self, p: &Principal, key: &str) -> ApiResult<w::ReturnPlan> {
-        let id = ReturnId::parse("request_id", key)?;
-        let r = self
+    /// Takes a step of a plan (idempotent) and answers with the plan as it now stands.
+    async fn respond(
+        &self,
+        request_p: (Principal, Option<Idempotent>),
+        action: Action,
+        id: ReturnId,
+        event: ReturnEvent,
+        step: StepDetails,
+    ) -> ApiResult<w::ReturnPlan> {
+        let (p, idem) = request_p;
+        let (ctx, who) = (self.ctx.clone(), p.clone());
+        let r: ReturnRecord = self
             .ctx
-            .store
-            .return_plan(id)?
-            .ok_or(ApiError::NotFound("return plan"))?;
-        self.ctx
-            .audit_read(p, "return.read", id.to_string(), "replay".into())
+            .once(idem, &p, move |tx| {
+                lifecycle::step(&ctx, tx, &who, action, id, event, &step)
+            })
             .await?;
         Ok(convert::return_to_wire(&r))
     }
 
-    /// Takes a step and answers with the plan as it now stands.
-    async fn respond(
-        &self,
-        p: Principal,
-        idem: Option<Idempotent>,
-        id: ReturnId,
-        event: ReturnEvent,
-        step: StepDetails,
-    ) -> Result<Response<w::ReturnPlan>, Status> {
-        let (ctx, who) = (self.ctx.clone(), p.clone());
-        let done = self
-            .ctx
-            .commit_once(
-                idem,
-                |r: &ReturnRecord| r.return_id.to_string(),
-                move |tx| step_in(&ctx, tx, &who, id, event, &step),
-            )
-            .await?;
-        Ok(Response::new(match done {
-            Done::Now(r) => convert::return_to_wire(&r),
-            Done::Before(key) => self.replayed(&p, &key).await?,
-        }))
+    /// The caller of a step: its principal, allowed `action`, and its retry id.
+    fn caller<M: crate::ctx::Retryable>(
+        request: &Request<M>,
+        action: Action,
+    ) -> ApiResult<(Principal, Option<Idempotent>)> {
+        let p = authz::principal(request)?;
+        access::require(&p, action)?;
+        Ok((p, Idempotent::of(request)?))
     }
 }
 
-fn text(field: &str, s: &str) -> Result<String, Status> {
-    parse(convert::text(field, s))
+/// Loads a return plan inside a transaction; NOT_FOUND when absent.
+pub fn load_return(tx: &mut Tx<'_>, id: ReturnId) -> TxResult<ReturnRecord> {
+    lifecycle::load(tx, id)
 }
 
-fn required_text(field: &str, s: &str) -> Result<String, Status> {
+/// Parses a free text that must not be empty.
+fn required_text(field: &str, s: &str) -> ApiResult<String> {
     if s.trim().is_empty() {
-        return Err(ApiError::from(FieldError::new(field, "is required")).into());
+        return Err(FieldError::new(field, "is required").into());
     }
-    text(field, s)
+    Ok(convert::text(field, s)?)
 }
 
-#[tonic::async_trait]
-impl ReturnPlanningService for Returns {
+fn parse_id(s: &str) -> ApiResult<ReturnId> {
+    Ok(ReturnId::parse("return_id", s)?)
+}
+
+impl Replay for RiskAssessment {
+    fn key(&self) -> String {
+        format!("{}/{}", self.case_id, self.assessment_id)
+    }
+    fn replay(ctx: &Ctx, key: &str) -> ApiResult<Self> {
+        let (case, id) = key
+            .split_once('/')
+            .ok_or_else(|| FieldError::new("request_id", "names no risk assessment"))?;
+        let case = CaseId::parse("request_id", case)?;
+        let id = AssessmentId::parse("request_id", id)?;
+        ctx.store
+            .risk_assessments(case)?
+            .into_iter()
+            .find(|a| a.assessment_id == id)
+            .ok_or(ApiError::NotFound("risk assessment"))
+    }
+}
+
+crate::grpc_service!(Returns => ReturnPlanningService {
+    record_risk_assessment(w::RecordRiskAssessmentRequest) -> w::RiskAssessment;
+    record_return_decision(w::RecordReturnDecisionRequest) -> w::ReturnDecision;
+    propose_return(w::ProposeReturnRequest) -> w::ReturnPlan;
+    get_return_plan(w::GetReturnPlanRequest) -> w::ReturnPlan;
+    list_return_plans(w::ListReturnPlansRequest) -> w::ListReturnPlansResponse;
+    respond_to_return(w::RespondToReturnRequest) -> w::ReturnPlan;
+    schedule_return(w::ScheduleReturnRequest) -> w::ReturnPlan;
+    confirm_arrival(w::ConfirmArrivalRequest) -> w::ReturnPlan;
+    record_follow_up(w::RecordFollowUpRequest) -> w::ReturnPlan;
+    halt_return(w::HaltReturnRequest) -> w::ReturnPlan;
+    record_travel(w::RecordTravelRequest) -> w::ReturnPlan;
+    resolve_concern(w::ResolveConcernRequest) -> w::ReturnPlan;
+    close_return(w::CloseReturnRequest) -> w::ReturnPlan;
+});
+
+impl Returns {
     #[instrument(skip_all)]
     async fn record_risk_assessment(
         &self,
         request: Request<w::RecordRiskAssessmentRequest>,
-    ) -> Result<Response<w::RiskAssessment>, Status> {
-        let p = authz::principal(&request)?;
-        require(&p, CASE_ROLES, "record risk assessments")?;
+    ) -> ApiResult<w::RiskAssessment> {
+        let (p, idem) = Self::caller(&request, Action::RecordRiskAssessment)?;
         let req = request.get_ref();
-        let idem = Idempotent::of(&request)?;
-        let case_id = parse(CaseId::parse("case_id", &req.case_id))?;
+        let case_id = CaseId::parse("case_id", &req.case_id)?;
         let assessment = RiskAssessment {
             assessment_id: AssessmentId::new(),
             case_id,
-            level: convert::risk_level("level", req.level).map_err(ApiError::from)?,
+            level: convert::risk_level("level", req.level)?,
             non_refoulement_concern: req.non_refoulement_concern,
             retrafficking_risk: req.retrafficking_risk,
             family_at_risk: req.family_at_risk,
-            factors: convert::shorts("factors", &req.factors).map_err(ApiError::from)?,
+            factors: convert::shorts("factors", &req.factors)?,
             recorded_at: OffsetDateTime::now_utc(),
         };
-        let (record, who) = (assessment.clone(), p.clone());
-        let done = self
+        let who = p.clone();
+        let assessment: RiskAssessment = self
             .ctx
-            .commit_once(
-                idem,
-                |a: &RiskAssessment| a.assessment_id.to_string(),
-                move |tx| {
-                    let case = load_case(tx, case_id)?;
-                    require_org(&who, Some(&case.organisation))?;
-                    let mut all = tx.risk_assessments(case_id)?;
-                    if all.len() >= trm_core::limits::MAX_ITEMS {
-                        return Err(ApiError::from(FieldError::new(
-                            "case_id",
-                            "the case already holds 64 risk assessments, the most one case keeps",
-                        ))
-                        .into());
-                    }
-                    all.push(record.clone());
-                    tx.put_risk_assessments(case_id, &all)?;
-                    tx.audit(
-                        AuditRecord::new(
-                            actor(&who),
-                            "risk.record",
-                            record.assessment_id.to_string(),
-                            "ok",
-                        )
-                        .detail(format!("case={case_id}")),
-                    )?;
-                    Ok(record.clone())
-                },
-            )
+            .once(idem, &p, move |tx| {
+                let case = load_case(tx, case_id)?;
+                access::require_owner(&who, Some(&case.organisation)).map_err(ApiError::from)?;
+                let mut all = tx.risk_assessments(case_id)?;
+                if all.len() >= trm_core::limits::MAX_ITEMS {
+                    return Err(ApiError::from(FieldError::new(
+                        "case_id",
+                        "the case already holds 64 risk assessments, the most one case keeps",
+                    ))
+                    .into());
+                }
+                all.push(assessment.clone());
+                tx.put_risk_assessments(case_id, &all)?;
+                tx.audit(
+                    AuditRecord::new(
+                        actor(&who),
+                        "risk.record",
+                        assessment.assessment_id.to_string(),
+                        "ok",
+                    )
+                    .detail(format!("case={case_id}")),
+                )?;
+                Ok(assessment.clone())
+            })
             .await?;
-        let assessment = match done {
-            Done::Now(a) => a,
-            Done::Before(key) => {
-                let id = AssessmentId::parse("request_id", &key).map_err(ApiError::from)?;
-                self.ctx
-                    .store
-                    .risk_assessments(case_id)
-                    .map_err(ApiError::from)?
-                    .into_iter()
-                    .find(|a| a.assessment_id == id)
-                    .ok_or(ApiError::NotFound("risk assessment"))?
-            }
-        };
-        Ok(Response::new(convert::risk_to_wire(&assessment)))
+        Ok(convert::risk_to_wire(&assessment))
     }
 
     #[instrument(skip_all)]
     async fn record_return_decision(
         &self,
         request: Request<w::RecordReturnDecisionRequest>,
-    ) -> Result<Response<w::ReturnDecision>, Status> {
-        let p = authz::principal(&request)?;
-        require(&p, CASE_ROLES, "record return decisions")?;
+    ) -> ApiResult<w::ReturnDecision> {
+        let (p, idem) = Self::caller(&request, Action::RecordReturnDecision)?;
         let req = request.get_ref();
-        let idem = Idempotent::of(&request)?;
-        let case_id = parse(CaseId::parse("case_id", &req.case_id))?;
+        let case_id = CaseId::parse("case_id", &req.case_id)?;
         let decision = ReturnDecision {
             case_id,
             voluntary: req.voluntary,
@@ -249,240 +193,208 @@ impl ReturnPlanningService for Returns {
             recorded_at: OffsetDateTime::now_utc(),
         };
         let (record, who) = (decision.clone(), p.clone());
-        self.ctx
-            .commit_once(
-                idem,
-                |_: &()| String::new(),
-                move |tx| {
-                    let case = load_case(tx, case_id)?;
-                    require_org(&who, Some(&case.organisation))?;
-                    let mut all = tx.return_decisions(case_id)?;
-                    if all.len() >= trm_core::limits::MAX_ITEMS {
-                        return Err(ApiError::from(FieldError::new(
-                            "case_id",
-                            "the case already holds 64 return decisions, the most one case keeps",
-                        ))
-                        .into());
-                    }
-                    all.push(record.clone());
-                    tx.put_return_decisions(case_id, &all)?;
-                    tx.audit(AuditRecord::new(
-                        actor(&who),
-                        "return.decision",
-                        case_id.to_string(),
-                        "ok",
-                    ))?;
-                    Ok(())
-                },
-            )
+        let _: Remembered = self
+            .ctx
+            .once(idem, &p, move |tx| {
+                let case = load_case(tx, case_id)?;
+                access::require_owner(&who, Some(&case.organisation)).map_err(ApiError::from)?;
+                let mut all = tx.return_decisions(case_id)?;
+                if all.len() >= trm_core::limits::MAX_ITEMS {
+                    return Err(ApiError::from(FieldError::new(
+                        "case_id",
+                        "the case already holds 64 return decisions, the most one case keeps",
+                    ))
+                    .into());
+                }
+                all.push(record.clone());
+                tx.put_return_decisions(case_id, &all)?;
+                tx.audit(AuditRecord::new(
+                    actor(&who),
+                    "return.decision",
+                    case_id.to_string(),
+                    "ok",
+                ))?;
+                Ok(Remembered(String::new()))
+            })
             .await?;
-        Ok(Response::new(convert::decision_to_wire(&decision)))
+        Ok(convert::decision_to_wire(&decision))
     }
 
     #[instrument(skip_all)]
     async fn propose_return(
         &self,
         request: Request<w::ProposeReturnRequest>,
-    ) -> Result<Response<w::ReturnPlan>, Status> {
-        let p = authz::principal(&request)?;
-        require(&p, CASE_ROLES, "propose returns")?;
+    ) -> ApiResult<w::ReturnPlan> {
+        let (p, idem) = Self::caller(&request, Action::ProposeReturn)?;
         let req = request.get_ref().clone();
-        let idem = Idempotent::of(&request)?;
-        let case_id = parse(CaseId::parse("case_id", &req.case_id))?;
+        let case_id = CaseId::parse("case_id", &req.case_id)?;
         let destination = disclosure::peer_destination(&self.ctx, "destination", &req.destination)?;
         let return_id = ReturnId::new();
         let reflection_days = self.ctx.reflection_period_days;
         let (ctx, who) = (self.ctx.clone(), p.clone());
-        let done = self
+        let r: ReturnRecord = self
             .ctx
-            .commit_once(
-                idem,
-                |r: &ReturnRecord| r.return_id.to_string(),
-                move |tx| {
-                    // Every guard of the return, on the latest assessment and decision.
-                    let guards = |tx: &mut Tx<'_>, case: &CaseRecord| -> TxResult<()> {
-                        let risk = tx.risk_assessments(case_id)?;
-                        let decisions = tx.return_decisions(case_id)?;
-                        check_guards(
-                            case,
-                            risk.last(),
-                            decisions.last(),
-                            reflection_days,
-                            today(),
-                        )
-                        .map_err(ApiError::from)?;
-                        Ok(())
-                    };
-                    let d = disclosure::prepare(
-                        tx,
-                        &who,
-                        case_id,
-                        Purpose::ReturnPlanning,
-                        destination,
-                        guards,
-                    )?;
-                    let now = OffsetDateTime::now_utc();
-                    let record = ReturnRecord {
-                        return_id,
-                        origin: ctx.id,
-                        destination,
-                        status: ReturnStatus::Requested,
-                        disclosed: d.disclosed.clone(),
-                        hearing_pending: req.hearing_pending,
-                        compensation_pending: req.compensation_pending,
-                        case_id: Some(case_id),
-                        organisation: Some(d.case.organisation.clone()),
-                        status_reason: String::new(),
-                        reception_details: String::new(),
-                        travel_at: None,
-                        travel_details: String::new(),
-                        follow_ups: vec![],
-                        consent_ids: d.consent_ids.clone(),
-                        erasure: Erasure::NotRequested,
-                        created_at: now,
-                        updated_at: now,
-                    };
-                    tx.put_return_plan(&record)?;
-                    let request = w::ReturnRequest {
-                        return_id: return_id.to_string(),
-                        disclosed: Some(convert::disclosed_to_wire(&record.disclosed)),
-                        hearing_pending: record.hearing_pending,
-                        compensation_pending: record.compensation_pending,
-                    };
-                    d.send(
-                        tx,
-                        &ctx,
-                        &who,
-                        Shared::Return(return_id),
-                        Payload::ReturnRequest(request),
-                        "return.propose",
-                        "requested",
-                        "",
-                    )?;
-                    Ok(record)
-                },
-            )
+            .once(idem, &p, move |tx| {
+                // Every guard of the return, on the latest assessment and decision.
+                let guards = |tx: &mut Tx<'_>, case: &CaseRecord| -> TxResult<()> {
+                    let risk = tx.risk_assessments(case_id)?;
+                    let decisions = tx.return_decisions(case_id)?;
+                    check_guards(
+                        case,
+                        risk.last(),
+                        decisions.last(),
+                        reflection_days,
+                        today(),
+                    )
+                    .map_err(ApiError::from)?;
+                    Ok(())
+                };
+                let d = disclosure::prepare(
+                    tx,
+                    &who,
+                    case_id,
+                    Purpose::ReturnPlanning,
+                    destination,
+                    guards,
+                )?;
+                let now = OffsetDateTime::now_utc();
+                let record = ReturnRecord {
+                    return_id,
+                    origin: ctx.id,
+                    destination,
+                    status: ReturnStatus::Requested,
+                    disclosed: d.disclosed.clone(),
+                    hearing_pending: req.hearing_pending,
+                    compensation_pending: req.compensation_pending,
+                    case_id: Some(case_id),
+                    organisation: Some(d.case.organisation.clone()),
+                    status_reason: String::new(),
+                    reception_details: String::new(),
+                    travel_at: None,
+                    travel_details: String::new(),
+                    follow_ups: vec![],
+                    consent_ids: d.consent_ids.clone(),
+                    erasure: Erasure::NotRequested,
+                    created_at: now,
+                    updated_at: now,
+                };
+                tx.put_return_plan(&record)?;
+                let request = PeerMessage::ReturnRequest {
+                    return_id,
+                    disclosed: record.disclosed.clone(),
+                    hearing_pending: record.hearing_pending,
+                    compensation_pending: record.compensation_pending,
+                };
+                d.send(
+                    tx,
+                    &ctx,
+                    &who,
+                    Shared::Return(return_id),
+                    &request,
+                    "return.propose",
+                    "requested",
+                    "",
+                )?;
+                Ok(record)
+            })
             .await?;
-        let plan = match done {
-            Done::Now(r) => {
-                info!(return_id = %return_id, to = %destination, "return requested");
-                convert::return_to_wire(&r)
-            }
-            Done::Before(key) => self.replayed(&p, &key).await?,
-        };
-        Ok(Response::new(plan))
+        info!(return_id = %r.return_id, to = %destination, "return requested");
+        Ok(convert::return_to_wire(&r))
     }
 
     #[instrument(skip_all)]
     async fn get_return_plan(
         &self,
         request: Request<w::GetReturnPlanRequest>,
-    ) -> Result<Response<w::ReturnPlan>, Status> {
+    ) -> ApiResult<w::ReturnPlan> {
         let p = authz::principal(&request)?;
-        require(&p, CASE_ROLES, "read return plans")?;
-        let id = parse(ReturnId::parse("return_id", &request.get_ref().return_id))?;
+        access::require(&p, Action::ReadReturnPlans)?;
+        let id = parse_id(&request.get_ref().return_id)?;
         let r = self
             .ctx
             .store
-            .return_plan(id)
-            .map_err(ApiError::from)?
+            .return_plan(id)?
             .ok_or(ApiError::NotFound("return plan"))?;
-        if !readable(&p, r.organisation.as_ref()) {
-            return Err(ApiError::Denied(format!(
-                "organisation {} may not access this record",
-                p.org
-            ))
-            .into());
-        }
+        access::require_owner(&p, r.organisation.as_ref())?;
         self.ctx
             .audit_read(&p, "return.read", id.to_string(), String::new())
             .await?;
-        Ok(Response::new(convert::return_to_wire(&r)))
+        Ok(convert::return_to_wire(&r))
     }
 
     #[instrument(skip_all)]
     async fn list_return_plans(
         &self,
         request: Request<w::ListReturnPlansRequest>,
-    ) -> Result<Response<w::ListReturnPlansResponse>, Status> {
+    ) -> ApiResult<w::ListReturnPlansResponse> {
         let p = authz::principal(&request)?;
-        require(&p, CASE_ROLES, "read return plans")?;
+        access::require(&p, Action::ReadReturnPlans)?;
         let req = request.get_ref();
-        let direction = convert::direction("direction", req.direction).map_err(ApiError::from)?;
-        let page = convert::page(req.page_size, &req.page_token).map_err(ApiError::from)?;
-        let after = page
-            .after
-            .as_deref()
-            .map(|t| ReturnId::parse("page_token", t))
-            .transpose()
-            .map_err(ApiError::from)?;
-        let read = self
-            .ctx
-            .store
-            .return_plans(direction, after, page.size + 1, |org| readable(&p, org))
-            .map_err(ApiError::from)?;
-        let (plans, next_page_token) = page.cut(read, |r| r.return_id.to_string());
+        let direction = convert::direction("direction", req.direction)?;
+        let (page, after) = rpc::page::<ReturnId>(req.page_size, &req.page_token)?;
+        let (read, _) = self.ctx.store.records::<ReturnRecord>(
+            direction,
+            after,
+            page.size + 1,
+            |org| access::require_owner(&p, org).is_ok(),
+            |_| Ok(true),
+        )?;
+        let (plans, next_page_token) = rpc::cut(&page, read, |r| r.return_id);
         let ids: Vec<String> = plans.iter().map(|r| r.return_id.to_string()).collect();
         self.ctx
             .audit_read(&p, "return.list", "-".into(), ids.join(","))
             .await?;
-        Ok(Response::new(w::ListReturnPlansResponse {
+        Ok(w::ListReturnPlansResponse {
             return_plans: plans.iter().map(convert::return_to_wire).collect(),
             next_page_token,
-        }))
+        })
     }
 
     #[instrument(skip_all)]
     async fn respond_to_return(
         &self,
         request: Request<w::RespondToReturnRequest>,
-    ) -> Result<Response<w::ReturnPlan>, Status> {
-        let p = authz::principal(&request)?;
-        require(&p, &[Role::FocalPoint], "answer incoming return requests")?;
+    ) -> ApiResult<w::ReturnPlan> {
+        let caller = Self::caller(&request, Action::AnswerReturn)?;
         let req = request.get_ref();
-        let idem = Idempotent::of(&request)?;
-        let id = parse(ReturnId::parse("return_id", &req.return_id))?;
+        let id = parse_id(&req.return_id)?;
         let event =
             match w::ReturnResponse::try_from(req.response) {
                 Ok(w::ReturnResponse::ConfirmReception) => ReturnEvent::ConfirmReception,
                 Ok(w::ReturnResponse::RaiseConcern) => ReturnEvent::RaiseConcern,
-                _ => return Err(ApiError::from(FieldError::new(
+                _ => return Err(FieldError::new(
                     "response",
                     "must be RETURN_RESPONSE_CONFIRM_RECEPTION or RETURN_RESPONSE_RAISE_CONCERN",
-                ))
+                )
                 .into()),
             };
-        let details = required_text("details", &req.details)?;
         let step = StepDetails {
-            details,
+            details: required_text("details", &req.details)?,
             ..Default::default()
         };
-        self.respond(p, idem, id, event, step).await
+        self.respond(caller, Action::AnswerReturn, id, event, step)
+            .await
     }
 
     #[instrument(skip_all)]
     async fn schedule_return(
         &self,
         request: Request<w::ScheduleReturnRequest>,
-    ) -> Result<Response<w::ReturnPlan>, Status> {
-        let p = authz::principal(&request)?;
-        require(&p, CASE_ROLES, "schedule returns")?;
+    ) -> ApiResult<w::ReturnPlan> {
+        let caller = Self::caller(&request, Action::ScheduleReturn)?;
         let req = request.get_ref();
-        let idem = Idempotent::of(&request)?;
-        let id = parse(ReturnId::parse("return_id", &req.return_id))?;
-        let travel_at =
-            convert::from_ts("travel_at", req.travel_at.as_ref()).map_err(ApiError::from)?;
-        let details = text("details", &req.details)?;
+        let step = StepDetails {
+            details: convert::text("details", &req.details)?,
+            travel_at: Some(convert::from_ts("travel_at", req.travel_at.as_ref())?),
+            ..Default::default()
+        };
+        let id = parse_id(&req.return_id)?;
         self.respond(
-            p,
-            idem,
+            caller,
+            Action::ScheduleReturn,
             id,
             ReturnEvent::Schedule,
-            StepDetails {
-                details,
-                travel_at: Some(travel_at),
-                ..Default::default()
-            },
+            step,
         )
         .await
     }
@@ -491,22 +403,20 @@ impl ReturnPlanningService for Returns {
     async fn confirm_arrival(
         &self,
         request: Request<w::ConfirmArrivalRequest>,
-    ) -> Result<Response<w::ReturnPlan>, Status> {
-        let p = authz::principal(&request)?;
-        require(&p, &[Role::FocalPoint], "confirm arrivals")?;
+    ) -> ApiResult<w::ReturnPlan> {
+        let caller = Self::caller(&request, Action::ConfirmArrival)?;
         let req = request.get_ref();
-        let idem = Idempotent::of(&request)?;
-        let id = parse(ReturnId::parse("return_id", &req.return_id))?;
-        let details = text("details", &req.details)?;
+        let id = parse_id(&req.return_id)?;
+        let step = StepDetails {
+            details: convert::text("details", &req.details)?,
+            ..Default::default()
+        };
         self.respond(
-            p,
-            idem,
+            caller,
+            Action::ConfirmArrival,
             id,
             ReturnEvent::Arrive,
-            StepDetails {
-                details,
-                ..Default::default()
-            },
+            step,
         )
         .await
     }
@@ -515,22 +425,20 @@ impl ReturnPlanningService for Returns {
     async fn record_follow_up(
         &self,
         request: Request<w::RecordFollowUpRequest>,
-    ) -> Result<Response<w::ReturnPlan>, Status> {
-        let p = authz::principal(&request)?;
-        require(&p, &[Role::FocalPoint], "record follow-ups")?;
+    ) -> ApiResult<w::ReturnPlan> {
+        let caller = Self::caller(&request, Action::RecordFollowUp)?;
         let req = request.get_ref();
-        let idem = Idempotent::of(&request)?;
-        let id = parse(ReturnId::parse("return_id", &req.return_id))?;
-        let details = required_text("notes", &req.notes)?;
+        let id = parse_id(&req.return_id)?;
+        let step = StepDetails {
+            details: required_text("notes", &req.notes)?,
+            ..Default::default()
+        };
         self.respond(
-            p,
-            idem,
+            caller,
+            Action::RecordFollowUp,
             id,
             ReturnEvent::FollowUp,
-            StepDetails {
-                details,
-                ..Default::default()
-            },
+            step,
         )
         .await
     }
@@ -539,37 +447,27 @@ impl ReturnPlanningService for Returns {
     async fn halt_return(
         &self,
         request: Request<w::HaltReturnRequest>,
-    ) -> Result<Response<w::ReturnPlan>, Status> {
-        let p = authz::principal(&request)?;
-        require(&p, CASE_ROLES, "halt returns")?;
+    ) -> ApiResult<w::ReturnPlan> {
+        let caller = Self::caller(&request, Action::HaltReturn)?;
         let req = request.get_ref();
-        let idem = Idempotent::of(&request)?;
-        let id = parse(ReturnId::parse("return_id", &req.return_id))?;
-        let reason = required_text("reason", &req.reason)?;
-        self.respond(
-            p,
-            idem,
-            id,
-            ReturnEvent::Halt,
-            StepDetails {
-                reason,
-                ..Default::default()
-            },
-        )
-        .await
+        let id = parse_id(&req.return_id)?;
+        let step = StepDetails {
+            reason: required_text("reason", &req.reason)?,
+            ..Default::default()
+        };
+        self.respond(caller, Action::HaltReturn, id, ReturnEvent::Halt, step)
+            .await
     }
 
     #[instrument(skip_all)]
     async fn record_travel(
         &self,
         request: Request<w::RecordTravelRequest>,
-    ) -> Result<Response<w::ReturnPlan>, Status> {
-        let p = authz::principal(&request)?;
-        require(&p, CASE_ROLES, "record travel")?;
-        let req = request.get_ref();
-        let idem = Idempotent::of(&request)?;
-        let id = parse(ReturnId::parse("return_id", &req.return_id))?;
-        self.respond(p, idem, id, ReturnEvent::Travel, StepDetails::default())
+    ) -> ApiResult<w::ReturnPlan> {
+        let caller = Self::caller(&request, Action::RecordTravel)?;
+        let id = parse_id(&request.get_ref().return_id)?;
+        let step = StepDetails::default();
+        self.respond(caller, Action::RecordTravel, id, ReturnEvent::Travel, step)
             .await
     }
 
@@ -577,47 +475,32 @@ impl ReturnPlanningService for Returns {
     async fn resolve_concern(
         &self,
         request: Request<w::ResolveConcernRequest>,
-    ) -> Result<Response<w::ReturnPlan>, Status> {
-        let p = authz::principal(&request)?;
-        require(&p, &[Role::FocalPoint], "resolve concerns")?;
+    ) -> ApiResult<w::ReturnPlan> {
+        let caller = Self::caller(&request, Action::ResolveConcern)?;
         let req = request.get_ref();
-        let idem = Idempotent::of(&request)?;
-        let id = parse(ReturnId::parse("return_id", &req.return_id))?;
-        let details = required_text("details", &req.details)?;
-        self.respond(
-            p,
-            idem,
-            id,
-            ReturnEvent::ResolveConcern,
-            StepDetails {
-                details,
-                ..Default::default()
-            },
-        )
-        .await
+        let id = parse_id(&req.return_id)?;
+        let step = StepDetails {
+            details: required_text("details", &req.details)?,
+            ..Default::default()
+        };
+        let event = ReturnEvent::ResolveConcern;
+        self.respond(caller, Action::ResolveConcern, id, event, step)
+            .await
     }
 
     #[instrument(skip_all)]
     async fn close_return(
         &self,
         request: Request<w::CloseReturnRequest>,
-    ) -> Result<Response<w::ReturnPlan>, Status> {
-        let p = authz::principal(&request)?;
-        require(&p, CASE_ROLES, "close returns")?;
+    ) -> ApiResult<w::ReturnPlan> {
+        let caller = Self::caller(&request, Action::CloseReturn)?;
         let req = request.get_ref();
-        let idem = Idempotent::of(&request)?;
-        let id = parse(ReturnId::parse("return_id", &req.return_id))?;
-        let reason = required_text("reason", &req.reason)?;
-        self.respond(
-            p,
-            idem,
-            id,
-            ReturnEvent::Close,
-            StepDetails {
-                reason,
-                ..Default::default()
-            },
-        )
-        .await
+        let id = parse_id(&req.return_id)?;
+        let step = StepDetails {
+            reason: required_text("reason", &req.reason)?,
+            ..Default::default()
+        };
+        self.respond(caller, Action::CloseReturn, id, ReturnEvent::Close, step)
+            .await
     }
 }

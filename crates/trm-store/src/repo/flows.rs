@@ -245,7 +245,7 @@ impl Store {
         after: Option<R::Id>,
         limit: usize,
         visible: impl Fn(Option<&OrgId>) -> bool,
-        keep: impl Fn(&R) -> bool,
+        keep: impl Fn(&R) -> Result<bool>,
     ) -> Result<(Vec<R>, Option<R::Id>)> {
         let tag = dir_tag(direction);
         let prefix = layout::record_indexes(R::KIND, tag);
@@ -269,7 +269,7 @@ impl Store {
                     continue;
                 }
                 if let Some(r) = self.record::<R>(id)? {
-                    if keep(&r) {
+                    if keep(&r)? {
                         out.push(r);
                     }
                 }
@@ -292,7 +292,9 @@ impl Store {
         limit: usize,
         visible: impl Fn(Option<&OrgId>) -> bool,
     ) -> Result<Vec<ReferralRecord>> {
-        Ok(self.records(direction, after, limit, visible, |_| true)?.0)
+        Ok(self
+            .records(direction, after, limit, visible, |_| Ok(true))?
+            .0)
     }
 
     /// Returns the return plan `id`.
@@ -309,7 +311,9 @@ impl Store {
         limit: usize,
         visible: impl Fn(Option<&OrgId>) -> bool,
     ) -> Result<Vec<ReturnRecord>> {
-        Ok(self.records(direction, after, limit, visible, |_| true)?.0)
+        Ok(self
+            .records(direction, after, limit, visible, |_| Ok(true))?
+            .0)
     }
 
     /// Returns the hearing `id`.
@@ -323,7 +327,7 @@ impl Store {
         direction: Direction,
         after: Option<HearingId>,
         limit: usize,
-        keep: impl Fn(&HearingRecord) -> bool,
+        keep: impl Fn(&HearingRecord) -> Result<bool>,
     ) -> Result<Vec<HearingRecord>> {
         Ok(self.records(direction, after, limit, |_| true, keep)?.0)
     }

@@ -1,0 +1,210 @@
+//! The pipelines of every shared record, written once over its lifecycle
+//! ([`SharedRecord`] in trm-core, [`StoredRecord`] in trm-store): a local step (load,
+//! authorize, apply, keep, announce), the other node's update, the erasure of the copy a
+//! node received, and the confirmation of it. A new shared record implements those two
+//! traits and [`NodeRecord`], and the services and the federation flows take it through
+//! these functions (docs/architecture.md).
+
+use time::OffsetDateTime;
+use trm_core::{
+    access::{self, Action},
+    exchange::{ErasableRecord, RecordKind},
+    hearing::HearingRecord,
+    ids::{NodeId, Principal, RecordId},
+    referral::ReferralRecord,
+    returns::ReturnRecord,
+};
+use trm_federation::{Inbound, Rejection};
+use trm_store::{repo::flows::StoredRecord, Subject, Tx, TxFail};
+
+use crate::{
+    ctx::{Ctx, TxResult},
+    error::ApiError,
+};
+
+/// What the node needs of a shared record besides its lifecycle and its storage.
+pub trait NodeRecord: StoredRecord {
+    /// The audit action of a local step announced to the other node.
+    const UPDATE_ACTION: &'static str;
+}
+
+impl NodeRecord for ReferralRecord {
+    const UPDATE_ACTION: &'static str = "referral.update";
+}
+
+impl NodeRecord for ReturnRecord {
+    const UPDATE_ACTION: &'static str = "return.update";
+}
+
+impl NodeRecord for HearingRecord {
+    const UPDATE_ACTION: &'static str = "hearing.update";
+}
+
+/// Loads record `id` of kind `R` in a transaction; NOT_FOUND naming the kind when absent.
+pub fn load<R: StoredRecord>(tx: &mut Tx<'_>, id: R::Id) -> TxResult<R> {
+    tx.record::<R>(id)?
+        .ok_or_else(|| ApiError::NotFound(R::KIND.name()).into())
+}
+
+/// One step of a shared record by a local user (`action`, of the role table): authorised
+/// for the caller and the record's side, valid for its state, kept and announced to the
+/// other node in the caller's transaction.
+pub fn step<R: NodeRecord>(
+    ctx: &Ctx,
+    tx: &mut Tx<'_>,
+    p: &Principal,
+    action: Action,
+    id: R::Id,
+    event: R::Event,
+    step: &R::Step,
+) -> TxResult<R> {
+    let me = ctx.id;
+    let mut r = load::<R>(tx, id)?;
+    let side = r.side(me);
+    let turn = R::may_take(event, side);
+    access::reach(p, action, Some(R::KIND), side, r.owner(), Some(turn)).map_err(ApiError::from)?;
+    r.apply(event, step).map_err(ApiError::from)?;
+    tx.put_record(&r)?;
+    ctx.announce(
+        tx,
+        p,
+        r.peer(me),
+        r.topic(),
+        r.case_ref(),
+        &r.update_message(step),
+        R::UPDATE_ACTION,
+        r.status_name(),
+    )?;
+    Ok(r)
+}
+
+/// The result of applying what a peer sent.
+pub type FlowResult = Result<(), TxFail<Rejection>>;
+
+/// Refuses what a peer sent, for the reason given.
+pub fn unknown(why: impl Into<String>) -> TxFail<Rejection> {
+    TxFail::Abort(Rejection::UnknownCaseReference(why.into()))
+}
+
+/// Refuses a step the record's state machine does not allow.
+pub fn transition(why: impl Into<String>) -> TxFail<Rejection> {
+    TxFail::Abort(Rejection::InvalidTransition(why.into()))
+}
+
+/// The other node's step of a shared record (`status`, with `step`): the record must be
+/// shared with the sender, the sender's side may announce that status, and the record's
+/// state must lead to it.
+pub fn update_in<R: StoredRecord>(
+    me: NodeId,
+    tx: &mut Tx<'_>,
+    inbound: &Inbound,
+    id: R::Id,
+    status: R::Status,
+    step: &R::Step,
+) -> FlowResult {
+    let mut r = tx
+        .record::<R>(id)?
+        .ok_or_else(|| unknown(format!("no such {}", R::KIND.name())))?;
+    if r.peer(me) != inbound.sender {
+        return Err(unknown(format!(
+            "{} not shared with the sender",
+            R::KIND.name()
+        )));
+    }
+    let event = R::event_to(status, r.side(inbound.sender))
+        .ok_or_else(|| transition(format!("{status:?} from this sender")))?;
+    r.apply(event, step).map_err(|g| transition(g.reason))?;
+    tx.put_record(&r)?;
+    Ok(())
+}
+
+/// At the destination: erases the copy of record `id` of kind `R` received from `sender`
+/// (only the pairwise reference is kept, its data key destroyed). Returns whether this
+/// node held such a record.
+pub fn erase_copy_in<R: StoredRecord + ErasableRecord>(
+    me: NodeId,
+    tx: &mut Tx<'_>,
+    sender: NodeId,
+    id: uuid::Uuid,
+    reason: &str,
+    now: OffsetDateTime,
+) -> Result<bool, TxFail<Rejection>> {
+    let id = R::Id::of_uuid(id);
+    let Some(mut r) = tx.record::<R>(id)? else {
+        return Ok(false);
+    };
+    if r.origin() != sender || r.destination() != me {
+        return Err(unknown("subject not received from the sender"));
+    }
+    r.erase_copy(reason, now);
+    tx.shred(&Subject::of_record(R::KIND, id.to_uuid().as_bytes()))?;
+    tx.put_record(&r)?;
+    Ok(true)
+}
+
+/// At the origin: the destination (`sender`) confirmed it erased its copy of record `id`.
+/// Returns whether this node holds such a record.
+pub fn confirm_erasure_in<R: StoredRecord + ErasableRecord>(
+    me: NodeId,
+    tx: &mut Tx<'_>,
+    sender: NodeId,
+    id: uuid::Uuid,
+) -> Result<bool, TxFail<Rejection>> {
+    let Some(mut r) = tx.record::<R>(R::Id::of_uuid(id))? else {
+        return Ok(false);
+    };
+    if r.destination() != sender || r.origin() != me {
+        return Err(unknown("subject not sent to the sender"));
+    }
+    r.confirm_erasure().map_err(|g| transition(g.reason))?;
+    tx.put_record(&r)?;
+    Ok(true)
+}
+
+/// The kinds whose copies carry a victim's data (an erasure names one by its id alone).
+pub const ERASABLE: [RecordKind; 2] = [RecordKind::Referral, RecordKind::Return];
+
+/// Erases the copy of whichever erasable record `id` names (see [`erase_copy_in`]).
+pub fn erase_any_copy(
+    me: NodeId,
+    tx: &mut Tx<'_>,
+    sender: NodeId,
+    id: uuid::Uuid,
+    reason: &str,
+    now: OffsetDateTime,
+) -> Result<bool, TxFail<Rejection>> {
+    for kind in ERASABLE {
+        let held = match kind {
+            RecordKind::Referral => {
+                erase_copy_in::<ReferralRecord>(me, tx, sender, id, reason, now)?
+            }
+            RecordKind::Return => erase_copy_in::<ReturnRecord>(me, tx, sender, id, reason, now)?,
+            RecordKind::Hearing => false,
+        };
+        if held {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Confirms the erasure of whichever erasable record `id` names (see
+/// [`confirm_erasure_in`]).
+pub fn confirm_any_erasure(
+    me: NodeId,
+    tx: &mut Tx<'_>,
+    sender: NodeId,
+    id: uuid::Uuid,
+) -> Result<bool, TxFail<Rejection>> {
+    for kind in ERASABLE {
+        let held = match kind {
+            RecordKind::Referral => confirm_erasure_in::<ReferralRecord>(me, tx, sender, id)?,
+            RecordKind::Return => confirm_erasure_in::<ReturnRecord>(me, tx, sender, id)?,
+            RecordKind::Hearing => false,
+        };
+        if held {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}

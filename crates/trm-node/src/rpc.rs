@@ -1,0 +1,170 @@
+//! The shape every local RPC shares, written once: handlers return the service's own result
+//! ([`ApiResult`]) and [`grpc_service!`] turns it into a `Status` in one place; a mutating
+//! request is committed once whatever a client retries ([`Ctx::once`], with its result read
+//! back through [`Replay`]); a list is cut into pages in one place ([`page`]).
+
+use trm_core::{
+    consent::Consent,
+    hearing::HearingRecord,
+    ids::{CaseId, ConsentId, Principal, RecordId},
+    limits::Page,
+    model::CaseRecord,
+    referral::ReferralRecord,
+    returns::ReturnRecord,
+    FieldError,
+};
+use trm_store::Tx;
+
+use crate::{
+    ctx::{Ctx, Done, Idempotent, TxResult},
+    error::{ApiError, ApiResult},
+};
+
+/// Implements a tonic service trait over inherent handlers of the same names that return
+/// [`ApiResult`]: the one adapter from a service's result to a gRPC `Status`.
+#[macro_export]
+macro_rules! grpc_service {
+    ($service:ty => $trait:path { $($rpc:ident($req:ty) -> $resp:ty;)* }) => {
+        #[tonic::async_trait]
+        impl $trait for $service {
+            $(
+                async fn $rpc(
+                    &self,
+                    request: tonic::Request<$req>,
+                ) -> Result<tonic::Response<$resp>, tonic::Status> {
+                    <$service>::$rpc(self, request)
+                        .await
+                        .map(tonic::Response::new)
+                        .map_err(tonic::Status::from)
+                }
+            )*
+        }
+    };
+}
+
+/// What a retried request gets back: the result's key (ids only, never personal data) is
+/// remembered with the request, and the result read again from it.
+pub trait Replay: Sized + Send + 'static {
+    /// The audit action of reading the result back, when it holds a victim's data.
+    const READ: Option<&'static str> = None;
+    /// Returns the key of the result.
+    fn key(&self) -> String;
+    /// Reads the result of `key` again, as it stands now.
+    fn replay(ctx: &Ctx, key: &str) -> ApiResult<Self>;
+}
+
+fn record_of<R: trm_store::repo::flows::StoredRecord>(ctx: &Ctx, key: &str) -> ApiResult<R> {
+    let id = R::Id::parse_field("request_id", key)?;
+    ctx.store
+        .record::<R>(id)?
+        .ok_or(ApiError::NotFound(R::KIND.name()))
+}
+
+impl Replay for ReferralRecord {
+    const READ: Option<&'static str> = Some("referral.read");
+    fn key(&self) -> String {
+        self.referral_id.to_string()
+    }
+    fn replay(ctx: &Ctx, key: &str) -> ApiResult<Self> {
+        record_of(ctx, key)
+    }
+}
+
+impl Replay for ReturnRecord {
+    const READ: Option<&'static str> = Some("return.read");
+    fn key(&self) -> String {
+        self.return_id.to_string()
+    }
+    fn replay(ctx: &Ctx, key: &str) -> ApiResult<Self> {
+        record_of(ctx, key)
+    }
+}
+
+impl Replay for HearingRecord {
+    fn key(&self) -> String {
+        self.hearing_id.to_string()
+    }
+    fn replay(ctx: &Ctx, key: &str) -> ApiResult<Self> {
+        record_of(ctx, key)
+    }
+}
+
+impl Replay for CaseRecord {
+    const READ: Option<&'static str> = Some("case.read");
+    fn key(&self) -> String {
+        self.case_id.to_string()
+    }
+    fn replay(ctx: &Ctx, key: &str) -> ApiResult<Self> {
+        let id = CaseId::parse("request_id", key)?;
+        ctx.store.case(id)?.ok_or(ApiError::NotFound("case"))
+    }
+}
+
+impl Replay for Consent {
+    fn key(&self) -> String {
+        format!("{}/{}", self.case_id, self.consent_id)
+    }
+    fn replay(ctx: &Ctx, key: &str) -> ApiResult<Self> {
+        let (case, consent) = key
+            .split_once('/')
+            .ok_or_else(|| FieldError::new("request_id", "names no consent"))?;
+        let case = CaseId::parse("request_id", case)?;
+        let consent = ConsentId::parse("request_id", consent)?;
+        ctx.store
+            .consents(case)?
+            .into_iter()
+            .find(|c| c.consent_id == consent)
+            .ok_or(ApiError::NotFound("consent"))
+    }
+}
+
+/// A result that is its own key (a count, an id): replayed as remembered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remembered(pub String);
+
+impl Replay for Remembered {
+    fn key(&self) -> String {
+        self.0.clone()
+    }
+    fn replay(_: &Ctx, key: &str) -> ApiResult<Self> {
+        Ok(Self(key.to_owned()))
+    }
+}
+
+impl Ctx {
+    /// Commits a mutating request once: when `idem` names a request already done, nothing
+    /// changes and its result is read back (and, for a victim's data, the read audited);
+    /// otherwise `f` runs and its result's key is remembered in the same transaction.
+    pub async fn once<R, F>(&self, idem: Option<Idempotent>, p: &Principal, f: F) -> ApiResult<R>
+    where
+        R: Replay,
+        F: Fn(&mut Tx<'_>) -> TxResult<R> + Send + 'static,
+    {
+        match self.commit_once(idem, R::key, f).await? {
+            Done::Now(r) => Ok(r),
+            Done::Before(key) => {
+                let r = R::replay(self, &key)?;
+                if let Some(action) = R::READ {
+                    self.audit_read(p, action, key, "replay".into()).await?;
+                }
+                Ok(r)
+            }
+        }
+    }
+}
+
+/// Parses a page request (size, token) whose tokens are ids of `I`.
+pub fn page<I: RecordId>(size: i32, token: &str) -> ApiResult<(Page, Option<I>)> {
+    let page = trm_proto::convert::page(size, token)?;
+    let after = page
+        .after
+        .as_deref()
+        .map(|t| I::parse_field("page_token", t))
+        .transpose()?;
+    Ok((page, after))
+}
+
+/// Cuts what a store read (up to one more than a page) into the page and the next token.
+pub fn cut<T, I: RecordId>(page: &Page, read: Vec<T>, id: impl Fn(&T) -> I) -> (Vec<T>, String) {
+    page.cut(read, |t| id(t).to_string())
+}
