@@ -6,7 +6,6 @@ use time::{Date, OffsetDateTime};
 use trm_core::ids::{NodeId, Principal};
 use trm_crypto::signing::Signer;
 use trm_federation::{Delivery, PeerDirectory};
-use trm_proto::v1 as w;
 use trm_store::{audit::AuditRecord, Note, Store, Tx, TxFail};
 
 use crate::{
@@ -150,56 +149,7 @@ pub enum Done<R> {
     Before(String),
 }
 
-/// A mutating request with an optional client-chosen `request_id` (AIP-155).
-pub trait Retryable: prost::Message + Clone {
-    fn request_id(&self) -> &str;
-    fn clear_request_id(&mut self);
-}
-
-macro_rules! retryable {
-    ($($t:ident),* $(,)?) => {
-        $(impl Retryable for w::$t {
-            fn request_id(&self) -> &str {
-                &self.request_id
-            }
-            fn clear_request_id(&mut self) {
-                self.request_id.clear();
-            }
-        })*
-    };
-}
-
-retryable!(
-    CreateCaseRequest,
-    RecordConsentRequest,
-    WithdrawConsentRequest,
-    EraseCaseRequest,
-    SubmitReferralRequest,
-    RespondToReferralRequest,
-    AssignCaseRequest,
-    CloseReferralRequest,
-    WithdrawReferralRequest,
-    RecordRiskAssessmentRequest,
-    RecordReturnDecisionRequest,
-    ProposeReturnRequest,
-    RespondToReturnRequest,
-    ResolveConcernRequest,
-    ScheduleReturnRequest,
-    RecordTravelRequest,
-    ConfirmArrivalRequest,
-    RecordFollowUpRequest,
-    CloseReturnRequest,
-    HaltReturnRequest,
-    RequestHearingRequest,
-    RespondToHearingRequest,
-    RecordHearingOutcomeRequest,
-    CancelHearingRequest,
-    UpsertPeerRequest,
-    RemovePeerRequest,
-    RetryDeliveryRequest,
-    RotateSigningKeyRequest,
-    RevokeClientCertificateRequest,
-);
+pub use trm_proto::Retryable;
 
 impl Idempotent {
     /// Reads the `request_id` of `request` (`None` when empty), and the digest of the

@@ -9,6 +9,18 @@ pub mod peer;
 pub mod stats;
 pub mod status;
 
+/// A request that changes state and takes an optional client-chosen `request_id`
+/// (AIP-155): a retry with the same id returns the original result and changes nothing.
+/// Implemented, by the build, for every message of the contract with a `request_id`.
+pub trait Retryable: prost::Message + Clone {
+    /// Returns the request's `request_id` (empty: none).
+    fn request_id(&self) -> &str;
+    /// Clears it (what is left tells a retry from another request under the same id).
+    fn clear_request_id(&mut self);
+}
+
+include!(concat!(env!("OUT_DIR"), "/retryable.rs"));
+
 /// Generated code of package `trm.v1`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v1 {
