@@ -113,6 +113,16 @@ pub trait SharedRecord: Clone + Debug + Send + Sync + 'static {
     }
 }
 
+/// A local request for one step of record `R`: which record, which event, with what. Parsed
+/// from the wire by trm-proto (`TryFrom` of each step's request), taken by the node's one
+/// step pipeline.
+#[derive(Debug, Clone)]
+pub struct StepRequest<R: SharedRecord> {
+    pub id: R::Id,
+    pub event: R::Event,
+    pub step: R::Step,
+}
+
 /// A shared record that carries a victim's data: the origin can ask for the other node's
 /// copy to be erased, and the other node erases it.
 pub trait ErasableRecord: SharedRecord {

@@ -21,12 +21,11 @@ use crate::{
 };
 
 /// Parses a destination that must be a peer of this node; `field` names it in the error.
-pub fn peer_destination(ctx: &Ctx, field: &str, s: &str) -> ApiResult<NodeId> {
-    let destination = trm_proto::convert::country(field, s)?;
+pub fn peer_destination(ctx: &Ctx, field: &str, destination: NodeId) -> ApiResult<()> {
     if destination == ctx.id || ctx.directory.get(destination).is_none() {
         return Err(FieldError::new(field, "is not a peer of this node").into());
     }
-    Ok(destination)
+    Ok(())
 }
 
 /// Loads a case inside a transaction; NOT_FOUND when absent.

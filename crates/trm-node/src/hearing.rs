@@ -11,13 +11,13 @@ use tracing::{info, instrument};
 use trm_core::{
     access::{self, Action, Sight},
     exchange::{RecordKind, SharedRecord},
-    hearing::{with_child_measures, HearingEvent, HearingRecord, HearingStatus, HearingStep},
+    hearing::{with_child_measures, HearingRecord, HearingStatus},
     ids::{HearingId, OrgId, Principal, WitnessRecord},
     messages::PeerMessage,
-    FieldError,
 };
 use trm_federation::outbox;
 use trm_proto::{
+    command::{Get, RequestHearing},
     convert,
     v1::{self as w, witness_hearing_service_server::WitnessHearingService},
 };
@@ -27,7 +27,7 @@ use crate::{
     authz::{self, actor},
     ctx::{Ctx, Idempotent},
     error::{ApiError, ApiResult},
-    lifecycle, rpc,
+    lifecycle,
 };
 
 /// The hearing service of one node.
@@ -42,27 +42,7 @@ impl Hearings {
         Self { ctx }
     }
 
-    /// Takes a step of a hearing (idempotent) and answers with it as it now stands.
-    async fn step(
-        &self,
-        request: (Principal, Option<Idempotent>),
-        action: Action,
-        id: HearingId,
-        event: HearingEvent,
-        step: HearingStep,
-    ) -> ApiResult<w::Hearing> {
-        let (p, idem) = request;
-        let (ctx, who) = (self.ctx.clone(), p.clone());
-        let h: HearingRecord = self
-            .ctx
-            .once(idem, &p, move |tx| {
-                lifecycle::step(&ctx, tx, &who, action, id, event, &step)
-            })
-            .await?;
-        Ok(convert::hearing_to_wire(&h, false))
-    }
-
-    /// The caller of a step: its principal, allowed `action`, and its retry id.
+    /// The caller of a request: its principal, allowed `action`, and its retry id.
     fn caller<M: crate::ctx::Retryable>(
         request: &Request<M>,
         action: Action,
@@ -105,22 +85,14 @@ fn sight(
     )?)
 }
 
-/// Parses a free text that must not be empty (`why` says what it is for).
-fn required_text(field: &str, s: &str, why: &str) -> ApiResult<String> {
-    let text = convert::text(field, s)?;
-    if text.trim().is_empty() {
-        return Err(FieldError::new(field, why).into());
-    }
-    Ok(text)
-}
-
 crate::grpc_service!(Hearings => WitnessHearingService {
     request_hearing(w::RequestHearingRequest) -> w::Hearing;
     get_hearing(w::GetHearingRequest) -> w::Hearing;
     list_hearings(w::ListHearingsRequest) -> w::ListHearingsResponse;
-    respond_to_hearing(w::RespondToHearingRequest) -> w::Hearing;
-    record_hearing_outcome(w::RecordHearingOutcomeRequest) -> w::Hearing;
-    cancel_hearing(w::CancelHearingRequest) -> w::Hearing;
+} steps of HearingRecord {
+    respond_to_hearing(w::RespondToHearingRequest) -> w::Hearing = AnswerHearing;
+    record_hearing_outcome(w::RecordHearingOutcomeRequest) -> w::Hearing = RecordHearingOutcome;
+    cancel_hearing(w::CancelHearingRequest) -> w::Hearing = CancelHearing;
 });
 
 impl Hearings {
@@ -130,18 +102,16 @@ impl Hearings {
         request: Request<w::RequestHearingRequest>,
     ) -> ApiResult<w::Hearing> {
         let (p, idem) = Self::caller(&request, Action::RequestHearing)?;
-        let req = request.get_ref();
-        let subject_id = trm_core::ids::parse_id("case_id", &req.case_id)?;
-        let witness_country = convert::country("witness_country", &req.witness_country)?;
-        if witness_country == self.ctx.id || self.ctx.directory.get(witness_country).is_none() {
-            return Err(FieldError::new("witness_country", "is not a peer of this node").into());
-        }
-        let proceeding_reference =
-            convert::short("proceeding_reference", &req.proceeding_reference, true)?;
-        let legal_basis = convert::short("legal_basis", &req.legal_basis, true)?;
-        let measures = convert::enums("measures", &req.measures)?;
-        let language = convert::language("language", &req.language)?;
-        let proposed_times = convert::timestamps("proposed_times", &req.proposed_times)?;
+        let RequestHearing {
+            subject_id,
+            witness_country,
+            proceeding_reference,
+            legal_basis,
+            measures,
+            language,
+            proposed_times,
+        } = request.get_ref().try_into()?;
+        crate::disclosure::peer_destination(&self.ctx, "witness_country", witness_country)?;
         let hearing_id = HearingId::new();
         let (ctx, who) = (self.ctx.clone(), p.clone());
         let record: HearingRecord = self
@@ -216,7 +186,7 @@ impl Hearings {
         let p = authz::principal(&request)?;
         // Who may read hearings at all, before the request is read (as every RPC does).
         access::require(&p, Action::ReadHearings)?;
-        let id = HearingId::parse("hearing_id", &request.get_ref().hearing_id)?;
+        let Get(id) = request.get_ref().try_into()?;
         let h = self
             .ctx
             .store
@@ -236,114 +206,23 @@ impl Hearings {
     ) -> ApiResult<w::ListHearingsResponse> {
         let p = authz::principal(&request)?;
         access::require(&p, Action::ReadHearings)?;
-        let req = request.get_ref();
-        let direction = convert::direction("direction", req.direction)?;
-        let (page, after) = rpc::page::<HearingId>(req.page_size, &req.page_token)?;
+        let list = request.get_ref().try_into()?;
         let (store, me) = (&self.ctx.store, self.ctx.id);
-        let (read, _) = store.records::<HearingRecord>(
-            direction,
-            after,
-            page.size + 1,
-            |_| true,
-            |h| match sight(store, me, &p, h) {
-                Ok(_) => Ok(true),
-                Err(ApiError::Denied(_)) => Ok(false),
-                Err(ApiError::Store(detail)) => Err(trm_store::StoreError::Engine(detail)),
-                Err(_) => Ok(false),
-            },
-        )?;
-        let (found, next_page_token) = rpc::cut(&page, read, |h| h.hearing_id);
+        let keep = |h: &HearingRecord| match sight(store, me, &p, h) {
+            Ok(_) => Ok(true),
+            Err(ApiError::Store(detail)) => Err(trm_store::StoreError::Engine(detail)),
+            Err(_) => Ok(false),
+        };
+        let (found, next_page_token) =
+            lifecycle::list(&self.ctx, &p, &list, "hearing.list", |_| true, keep).await?;
         let mut hearings = Vec::with_capacity(found.len());
         for h in &found {
             let seen = sight(store, me, &p, h)?;
             hearings.push(convert::hearing_to_wire(h, seen == Sight::Summary));
         }
-        let ids: Vec<&str> = hearings.iter().map(|h| h.hearing_id.as_str()).collect();
-        self.ctx
-            .audit_read(&p, "hearing.list", "-".into(), ids.join(","))
-            .await?;
         Ok(w::ListHearingsResponse {
             hearings,
             next_page_token,
         })
-    }
-
-    #[instrument(skip_all)]
-    async fn respond_to_hearing(
-        &self,
-        request: Request<w::RespondToHearingRequest>,
-    ) -> ApiResult<w::Hearing> {
-        let caller = Self::caller(&request, Action::AnswerHearing)?;
-        let req = request.get_ref();
-        let id = HearingId::parse("hearing_id", &req.hearing_id)?;
-        let reason = convert::text("reason", &req.reason)?;
-        let (event, scheduled_at) = match w::HearingDecision::try_from(req.decision) {
-            Ok(w::HearingDecision::Accept) => (HearingEvent::Accept, None),
-            Ok(w::HearingDecision::Decline) => {
-                required_text(
-                    "reason",
-                    &reason,
-                    "is required to decline (witness declined, protection risk, legal grounds)",
-                )?;
-                (HearingEvent::Decline, None)
-            }
-            Ok(w::HearingDecision::Schedule) => (
-                HearingEvent::Schedule,
-                Some(convert::from_ts("scheduled_at", req.scheduled_at.as_ref())?),
-            ),
-            _ => {
-                return Err(FieldError::new(
-                    "decision",
-                    "must be HEARING_DECISION_ACCEPT, _DECLINE or _SCHEDULE",
-                )
-                .into())
-            }
-        };
-        let step = HearingStep {
-            reason,
-            scheduled_at,
-            ..Default::default()
-        };
-        self.step(caller, Action::AnswerHearing, id, event, step)
-            .await
-    }
-
-    #[instrument(skip_all)]
-    async fn record_hearing_outcome(
-        &self,
-        request: Request<w::RecordHearingOutcomeRequest>,
-    ) -> ApiResult<w::Hearing> {
-        let caller = Self::caller(&request, Action::RecordHearingOutcome)?;
-        let req = request.get_ref();
-        let id = HearingId::parse("hearing_id", &req.hearing_id)?;
-        let step = HearingStep {
-            minutes_reference: convert::short("minutes_reference", &req.minutes_reference, true)?,
-            ..Default::default()
-        };
-        let action = Action::RecordHearingOutcome;
-        self.step(caller, action, id, HearingEvent::Hold, step)
-            .await
-    }
-
-    #[instrument(skip_all)]
-    async fn cancel_hearing(
-        &self,
-        request: Request<w::CancelHearingRequest>,
-    ) -> ApiResult<w::Hearing> {
-        let caller = Self::caller(&request, Action::CancelHearing)?;
-        let req = request.get_ref();
-        let id = HearingId::parse("hearing_id", &req.hearing_id)?;
-        let step = HearingStep {
-            reason: required_text("reason", &req.reason, "is required")?,
-            ..Default::default()
-        };
-        self.step(
-            caller,
-            Action::CancelHearing,
-            id,
-            HearingEvent::Cancel,
-            step,
-        )
-        .await
     }
 }

@@ -6,20 +6,25 @@
 //! these functions (docs/architecture.md).
 
 use time::OffsetDateTime;
+use tonic::Request;
 use trm_core::{
     access::{self, Action},
-    exchange::{ErasableRecord, RecordKind},
+    exchange::{ErasableRecord, RecordKind, StepRequest},
     hearing::HearingRecord,
-    ids::{NodeId, Principal, RecordId},
+    ids::{NodeId, OrgId, Principal, RecordId},
     referral::ReferralRecord,
     returns::ReturnRecord,
+    FieldError,
 };
 use trm_federation::{Inbound, Rejection};
+use trm_proto::command::{List, Paged};
 use trm_store::{repo::flows::StoredRecord, Subject, Tx, TxFail};
 
 use crate::{
-    ctx::{Ctx, TxResult},
-    error::ApiError,
+    authz,
+    ctx::{Ctx, Idempotent, Retryable, TxResult},
+    error::{ApiError, ApiResult},
+    rpc::{self, Replay},
 };
 
 /// What the node needs of a shared record besides its lifecycle and its storage.
@@ -46,6 +51,46 @@ pub fn load<R: StoredRecord>(tx: &mut Tx<'_>, id: R::Id) -> TxResult<R> {
         .ok_or_else(|| ApiError::NotFound(R::KIND.name()).into())
 }
 
+/// A step request of a local client (`action`, of the role table): the caller allowed the
+/// action, the request parsed into its step ([`StepRequest`], by trm-proto), then the step
+/// taken once whatever the client retries ([`step`]). What every step RPC runs.
+pub async fn take<R, Q>(ctx: &Ctx, request: Request<Q>, action: Action) -> ApiResult<R>
+where
+    R: NodeRecord + Replay,
+    Q: Retryable,
+    for<'a> StepRequest<R>: TryFrom<&'a Q, Error = FieldError>,
+{
+    let p = authz::principal(&request)?;
+    access::require(&p, action)?;
+    let command = StepRequest::<R>::try_from(request.get_ref())?;
+    let idem = Idempotent::of(&request)?;
+    let (c, who) = (ctx.clone(), p.clone());
+    ctx.once(idem, &p, move |tx| step(&c, tx, &who, action, &command))
+        .await
+}
+
+/// A page of the shared records of kind `R` that `p` may see (`visible`: by the
+/// organisation that looks after a record; `keep`: by the record itself), their ids
+/// audited as read under `audit`. Returns the records and the next page's token.
+pub async fn list<R: StoredRecord>(
+    ctx: &Ctx,
+    p: &Principal,
+    list: &List<R::Id>,
+    audit: &'static str,
+    visible: impl Fn(Option<&OrgId>) -> bool,
+    keep: impl Fn(&R) -> trm_store::Result<bool>,
+) -> ApiResult<(Vec<R>, String)> {
+    let Paged { page, after } = &list.paged;
+    let limit = page.size + 1;
+    let (read, _) = ctx
+        .store
+        .records::<R>(list.direction, *after, limit, visible, keep)?;
+    let (found, token) = rpc::cut(page, read, |r| r.id());
+    let ids: Vec<String> = found.iter().map(|r| r.id().to_string()).collect();
+    ctx.audit_read(p, audit, "-".into(), ids.join(",")).await?;
+    Ok((found, token))
+}
+
 /// One step of a shared record by a local user (`action`, of the role table): authorised
 /// for the caller and the record's side, valid for its state, kept and announced to the
 /// other node in the caller's transaction.
@@ -54,16 +99,15 @@ pub fn step<R: NodeRecord>(
     tx: &mut Tx<'_>,
     p: &Principal,
     action: Action,
-    id: R::Id,
-    event: R::Event,
-    step: &R::Step,
+    command: &StepRequest<R>,
 ) -> TxResult<R> {
     let me = ctx.id;
-    let mut r = load::<R>(tx, id)?;
+    let mut r = load::<R>(tx, command.id)?;
     let side = r.side(me);
-    let turn = R::may_take(event, side);
+    let turn = R::may_take(command.event, side);
     access::reach(p, action, Some(R::KIND), side, r.owner(), Some(turn)).map_err(ApiError::from)?;
-    r.apply(event, step).map_err(ApiError::from)?;
+    r.apply(command.event, &command.step)
+        .map_err(ApiError::from)?;
     tx.put_record(&r)?;
     ctx.announce(
         tx,
@@ -71,7 +115,7 @@ pub fn step<R: NodeRecord>(
         r.peer(me),
         r.topic(),
         r.case_ref(),
-        &r.update_message(step),
+        &r.update_message(&command.step),
         R::UPDATE_ACTION,
         r.status_name(),
     )?;

@@ -14,10 +14,11 @@ use trm_core::{
     ids::{CaseId, ConsentId, OrgId, Principal, ReferralId, Role, Shared},
     messages::PeerMessage,
     model::{CaseRecord, Purpose},
-    referral::{next, ReferralEvent, ReferralRecord, ReferralStatus, ReferralStep},
+    referral::{next, ReferralEvent, ReferralRecord, ReferralStatus},
     FieldError, Guard, GuardError,
 };
 use trm_proto::{
+    command::{EraseCase, Get, Paged, SubmitReferral, WithdrawConsent},
     convert,
     v1::{self as w, referral_service_server::ReferralService},
 };
@@ -43,26 +44,6 @@ impl Referrals {
     pub fn new(ctx: Ctx) -> Self {
         Self { ctx }
     }
-
-    /// Takes a step of a referral (idempotent) and answers with it as it now stands.
-    async fn step(
-        &self,
-        p: Principal,
-        idem: Option<Idempotent>,
-        action: Action,
-        id: ReferralId,
-        event: ReferralEvent,
-        step: ReferralStep,
-    ) -> ApiResult<w::Referral> {
-        let (ctx, who) = (self.ctx.clone(), p.clone());
-        let r: ReferralRecord = self
-            .ctx
-            .once(idem, &p, move |tx| {
-                lifecycle::step(&ctx, tx, &who, action, id, event, &step)
-            })
-            .await?;
-        Ok(convert::referral_to_wire(&r))
-    }
 }
 
 crate::grpc_service!(Referrals => ReferralService {
@@ -74,11 +55,12 @@ crate::grpc_service!(Referrals => ReferralService {
     submit_referral(w::SubmitReferralRequest) -> w::Referral;
     get_referral(w::GetReferralRequest) -> w::Referral;
     list_referrals(w::ListReferralsRequest) -> w::ListReferralsResponse;
-    respond_to_referral(w::RespondToReferralRequest) -> w::Referral;
-    assign_case(w::AssignCaseRequest) -> w::Referral;
-    close_referral(w::CloseReferralRequest) -> w::Referral;
     erase_case(w::EraseCaseRequest) -> w::EraseCaseResponse;
-    withdraw_referral(w::WithdrawReferralRequest) -> w::Referral;
+} steps of ReferralRecord {
+    respond_to_referral(w::RespondToReferralRequest) -> w::Referral = AnswerReferral;
+    assign_case(w::AssignCaseRequest) -> w::Referral = AssignCase;
+    close_referral(w::CloseReferralRequest) -> w::Referral = CloseReferral;
+    withdraw_referral(w::WithdrawReferralRequest) -> w::Referral = WithdrawReferral;
 });
 
 /// Refuses `p` what `action` does not let its role do.
@@ -129,7 +111,7 @@ impl Referrals {
     async fn get_case(&self, request: Request<w::GetCaseRequest>) -> ApiResult<w::Case> {
         let p = authz::principal(&request)?;
         allowed(&p, Action::ReadCase)?;
-        let id = CaseId::parse("case_id", &request.get_ref().case_id)?;
+        let Get(id) = request.get_ref().try_into()?;
         let case = self.ctx.store.case(id)?.ok_or(ApiError::NotFound("case"))?;
         owns(&p, &case)?;
         self.ctx
@@ -145,8 +127,7 @@ impl Referrals {
     ) -> ApiResult<w::ListCasesResponse> {
         let p = authz::principal(&request)?;
         allowed(&p, Action::ReadCase)?;
-        let req = request.get_ref();
-        let (page, after) = rpc::page::<CaseId>(req.page_size, &req.page_token)?;
+        let Paged { page, after } = request.get_ref().try_into()?;
         let org = (p.role != Role::FocalPoint).then_some(&p.org);
         let read = self.ctx.store.cases(org, after, page.size + 1)?;
         let (cases, next_page_token) = rpc::cut(&page, read, |c| c.case_id);
@@ -223,9 +204,10 @@ impl Referrals {
     ) -> ApiResult<w::Consent> {
         let p = authz::principal(&request)?;
         allowed(&p, Action::WithdrawConsent)?;
-        let req = request.get_ref();
-        let case_id = CaseId::parse("case_id", &req.case_id)?;
-        let consent_id = ConsentId::parse("consent_id", &req.consent_id)?;
+        let WithdrawConsent {
+            case_id,
+            consent_id,
+        } = request.get_ref().try_into()?;
         let (ctx, who) = (self.ctx.clone(), p.clone());
         let consent: Consent = self
             .ctx
@@ -274,11 +256,13 @@ impl Referrals {
     ) -> ApiResult<w::Referral> {
         let p = authz::principal(&request)?;
         allowed(&p, Action::SubmitReferral)?;
-        let req = request.get_ref();
-        let case_id = CaseId::parse("case_id", &req.case_id)?;
-        let destination = disclosure::peer_destination(&self.ctx, "destination", &req.destination)?;
-        let requested_services = convert::enums("requested_services", &req.requested_services)?;
-        let reason = convert::text("reason", &req.reason)?;
+        let SubmitReferral {
+            case_id,
+            destination,
+            requested_services,
+            reason,
+        } = request.get_ref().try_into()?;
+        disclosure::peer_destination(&self.ctx, "destination", destination)?;
         let referral_id = ReferralId::new();
         let (ctx, who) = (self.ctx.clone(), p.clone());
         let r: ReferralRecord = self
@@ -345,7 +329,7 @@ impl Referrals {
     ) -> ApiResult<w::Referral> {
         let p = authz::principal(&request)?;
         allowed(&p, Action::ReadReferrals)?;
-        let id = ReferralId::parse("referral_id", &request.get_ref().referral_id)?;
+        let Get(id) = request.get_ref().try_into()?;
         let r = self
             .ctx
             .store
@@ -365,122 +349,21 @@ impl Referrals {
     ) -> ApiResult<w::ListReferralsResponse> {
         let p = authz::principal(&request)?;
         allowed(&p, Action::ReadReferrals)?;
-        let req = request.get_ref();
-        let direction = convert::direction("direction", req.direction)?;
-        let (page, after) = rpc::page::<ReferralId>(req.page_size, &req.page_token)?;
-        let (read, _) = self.ctx.store.records::<ReferralRecord>(
-            direction,
-            after,
-            page.size + 1,
-            |org| access::require_owner(&p, org).is_ok(),
+        let list = request.get_ref().try_into()?;
+        let visible = |org: Option<&OrgId>| access::require_owner(&p, org).is_ok();
+        let (referrals, next_page_token) = lifecycle::list::<ReferralRecord>(
+            &self.ctx,
+            &p,
+            &list,
+            "referral.list",
+            visible,
             |_| Ok(true),
-        )?;
-        let (referrals, next_page_token) = rpc::cut(&page, read, |r| r.referral_id);
-        let ids: Vec<String> = referrals
-            .iter()
-            .map(|r| r.referral_id.to_string())
-            .collect();
-        self.ctx
-            .audit_read(&p, "referral.list", "-".into(), ids.join(","))
-            .await?;
+        )
+        .await?;
         Ok(w::ListReferralsResponse {
             referrals: referrals.iter().map(convert::referral_to_wire).collect(),
             next_page_token,
         })
-    }
-
-    #[instrument(skip_all)]
-    async fn respond_to_referral(
-        &self,
-        request: Request<w::RespondToReferralRequest>,
-    ) -> ApiResult<w::Referral> {
-        let p = authz::principal(&request)?;
-        allowed(&p, Action::AnswerReferral)?;
-        let req = request.get_ref();
-        let id = ReferralId::parse("referral_id", &req.referral_id)?;
-        let event = match w::ReferralDecision::try_from(req.decision) {
-            Ok(w::ReferralDecision::Accept) => ReferralEvent::Accept,
-            Ok(w::ReferralDecision::Decline) => ReferralEvent::Decline,
-            _ => {
-                return Err(FieldError::new(
-                    "decision",
-                    "must be REFERRAL_DECISION_ACCEPT or REFERRAL_DECISION_DECLINE",
-                )
-                .into())
-            }
-        };
-        let step = ReferralStep {
-            reason: convert::text("reason", &req.reason)?,
-            assign: None,
-        };
-        let idem = Idempotent::of(&request)?;
-        self.step(p, idem, Action::AnswerReferral, id, event, step)
-            .await
-    }
-
-    #[instrument(skip_all)]
-    async fn assign_case(&self, request: Request<w::AssignCaseRequest>) -> ApiResult<w::Referral> {
-        let p = authz::principal(&request)?;
-        allowed(&p, Action::AssignCase)?;
-        let req = request.get_ref();
-        let id = ReferralId::parse("referral_id", &req.referral_id)?;
-        let step = ReferralStep {
-            reason: String::new(),
-            assign: Some(OrgId::parse("organisation", &req.organisation)?),
-        };
-        let idem = Idempotent::of(&request)?;
-        self.step(p, idem, Action::AssignCase, id, ReferralEvent::Assign, step)
-            .await
-    }
-
-    #[instrument(skip_all)]
-    async fn close_referral(
-        &self,
-        request: Request<w::CloseReferralRequest>,
-    ) -> ApiResult<w::Referral> {
-        let p = authz::principal(&request)?;
-        allowed(&p, Action::CloseReferral)?;
-        let req = request.get_ref();
-        let id = ReferralId::parse("referral_id", &req.referral_id)?;
-        let step = ReferralStep {
-            reason: convert::text("reason", &req.reason)?,
-            assign: None,
-        };
-        let idem = Idempotent::of(&request)?;
-        self.step(
-            p,
-            idem,
-            Action::CloseReferral,
-            id,
-            ReferralEvent::Close,
-            step,
-        )
-        .await
-    }
-
-    #[instrument(skip_all)]
-    async fn withdraw_referral(
-        &self,
-        request: Request<w::WithdrawReferralRequest>,
-    ) -> ApiResult<w::Referral> {
-        let p = authz::principal(&request)?;
-        allowed(&p, Action::WithdrawReferral)?;
-        let req = request.get_ref();
-        let id = ReferralId::parse("referral_id", &req.referral_id)?;
-        let step = ReferralStep {
-            reason: convert::text("reason", &req.reason)?,
-            assign: None,
-        };
-        let idem = Idempotent::of(&request)?;
-        self.step(
-            p,
-            idem,
-            Action::WithdrawReferral,
-            id,
-            ReferralEvent::Withdraw,
-            step,
-        )
-        .await
     }
 
     #[instrument(skip_all)]
@@ -490,9 +373,7 @@ impl Referrals {
     ) -> ApiResult<w::EraseCaseResponse> {
         let p = authz::principal(&request)?;
         allowed(&p, Action::EraseCase)?;
-        let req = request.get_ref();
-        let case_id = CaseId::parse("case_id", &req.case_id)?;
-        let reason = convert::short("reason", &req.reason, false)?;
+        let EraseCase { case_id, reason } = request.get_ref().try_into()?;
         let (ctx, who) = (self.ctx.clone(), p.clone());
         let requested: Remembered = self
             .ctx

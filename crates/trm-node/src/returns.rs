@@ -9,16 +9,14 @@ use tracing::{info, instrument};
 use trm_core::{
     access::{self, Action},
     exchange::Erasure,
-    ids::{AssessmentId, CaseId, Principal, ReturnId, Shared},
+    ids::{AssessmentId, CaseId, OrgId, Principal, ReturnId, Shared},
     messages::PeerMessage,
     model::{CaseRecord, Purpose},
-    returns::{
-        check_guards, ReturnDecision, ReturnEvent, ReturnRecord, ReturnStatus, RiskAssessment,
-        StepDetails,
-    },
+    returns::{check_guards, ReturnDecision, ReturnRecord, ReturnStatus, RiskAssessment},
     FieldError,
 };
 use trm_proto::{
+    command::{Get, ProposeReturn, RecordDecision, RecordRisk},
     convert,
     v1::{self as w, return_planning_service_server::ReturnPlanningService},
 };
@@ -30,7 +28,7 @@ use crate::{
     disclosure::{self, load_case},
     error::{ApiError, ApiResult},
     lifecycle,
-    rpc::{self, Remembered, Replay},
+    rpc::{Remembered, Replay},
 };
 
 /// The return-planning service of one node.
@@ -45,27 +43,7 @@ impl Returns {
         Self { ctx }
     }
 
-    /// Takes a step of a plan (idempotent) and answers with the plan as it now stands.
-    async fn respond(
-        &self,
-        request_p: (Principal, Option<Idempotent>),
-        action: Action,
-        id: ReturnId,
-        event: ReturnEvent,
-        step: StepDetails,
-    ) -> ApiResult<w::ReturnPlan> {
-        let (p, idem) = request_p;
-        let (ctx, who) = (self.ctx.clone(), p.clone());
-        let r: ReturnRecord = self
-            .ctx
-            .once(idem, &p, move |tx| {
-                lifecycle::step(&ctx, tx, &who, action, id, event, &step)
-            })
-            .await?;
-        Ok(convert::return_to_wire(&r))
-    }
-
-    /// The caller of a step: its principal, allowed `action`, and its retry id.
+    /// The caller of a request: its principal, allowed `action`, and its retry id.
     fn caller<M: crate::ctx::Retryable>(
         request: &Request<M>,
         action: Action,
@@ -79,18 +57,6 @@ impl Returns {
 /// Loads a return plan inside a transaction; NOT_FOUND when absent.
 pub fn load_return(tx: &mut Tx<'_>, id: ReturnId) -> TxResult<ReturnRecord> {
     lifecycle::load(tx, id)
-}
-
-/// Parses a free text that must not be empty.
-fn required_text(field: &str, s: &str) -> ApiResult<String> {
-    if s.trim().is_empty() {
-        return Err(FieldError::new(field, "is required").into());
-    }
-    Ok(convert::text(field, s)?)
-}
-
-fn parse_id(s: &str) -> ApiResult<ReturnId> {
-    Ok(ReturnId::parse("return_id", s)?)
 }
 
 impl Replay for RiskAssessment {
@@ -117,14 +83,15 @@ crate::grpc_service!(Returns => ReturnPlanningService {
     propose_return(w::ProposeReturnRequest) -> w::ReturnPlan;
     get_return_plan(w::GetReturnPlanRequest) -> w::ReturnPlan;
     list_return_plans(w::ListReturnPlansRequest) -> w::ListReturnPlansResponse;
-    respond_to_return(w::RespondToReturnRequest) -> w::ReturnPlan;
-    schedule_return(w::ScheduleReturnRequest) -> w::ReturnPlan;
-    confirm_arrival(w::ConfirmArrivalRequest) -> w::ReturnPlan;
-    record_follow_up(w::RecordFollowUpRequest) -> w::ReturnPlan;
-    halt_return(w::HaltReturnRequest) -> w::ReturnPlan;
-    record_travel(w::RecordTravelRequest) -> w::ReturnPlan;
-    resolve_concern(w::ResolveConcernRequest) -> w::ReturnPlan;
-    close_return(w::CloseReturnRequest) -> w::ReturnPlan;
+} steps of ReturnRecord {
+    respond_to_return(w::RespondToReturnRequest) -> w::ReturnPlan = AnswerReturn;
+    schedule_return(w::ScheduleReturnRequest) -> w::ReturnPlan = ScheduleReturn;
+    confirm_arrival(w::ConfirmArrivalRequest) -> w::ReturnPlan = ConfirmArrival;
+    record_follow_up(w::RecordFollowUpRequest) -> w::ReturnPlan = RecordFollowUp;
+    halt_return(w::HaltReturnRequest) -> w::ReturnPlan = HaltReturn;
+    record_travel(w::RecordTravelRequest) -> w::ReturnPlan = RecordTravel;
+    resolve_concern(w::ResolveConcernRequest) -> w::ReturnPlan = ResolveConcern;
+    close_return(w::CloseReturnRequest) -> w::ReturnPlan = CloseReturn;
 });
 
 impl Returns {
@@ -134,16 +101,16 @@ impl Returns {
         request: Request<w::RecordRiskAssessmentRequest>,
     ) -> ApiResult<w::RiskAssessment> {
         let (p, idem) = Self::caller(&request, Action::RecordRiskAssessment)?;
-        let req = request.get_ref();
-        let case_id = CaseId::parse("case_id", &req.case_id)?;
+        let r: RecordRisk = request.get_ref().try_into()?;
+        let case_id = r.case_id;
         let assessment = RiskAssessment {
             assessment_id: AssessmentId::new(),
             case_id,
-            level: convert::risk_level("level", req.level)?,
-            non_refoulement_concern: req.non_refoulement_concern,
-            retrafficking_risk: req.retrafficking_risk,
-            family_at_risk: req.family_at_risk,
-            factors: convert::shorts("factors", &req.factors)?,
+            level: r.level,
+            non_refoulement_concern: r.non_refoulement_concern,
+            retrafficking_risk: r.retrafficking_risk,
+            family_at_risk: r.family_at_risk,
+            factors: r.factors,
             recorded_at: OffsetDateTime::now_utc(),
         };
         let who = p.clone();
@@ -183,13 +150,13 @@ impl Returns {
         request: Request<w::RecordReturnDecisionRequest>,
     ) -> ApiResult<w::ReturnDecision> {
         let (p, idem) = Self::caller(&request, Action::RecordReturnDecision)?;
-        let req = request.get_ref();
-        let case_id = CaseId::parse("case_id", &req.case_id)?;
+        let d: RecordDecision = request.get_ref().try_into()?;
+        let case_id = d.case_id;
         let decision = ReturnDecision {
             case_id,
-            voluntary: req.voluntary,
-            informed: req.informed,
-            reflection_period_waived: req.reflection_period_waived,
+            voluntary: d.voluntary,
+            informed: d.informed,
+            reflection_period_waived: d.reflection_period_waived,
             recorded_at: OffsetDateTime::now_utc(),
         };
         let (record, who) = (decision.clone(), p.clone());
@@ -226,9 +193,9 @@ impl Returns {
         request: Request<w::ProposeReturnRequest>,
     ) -> ApiResult<w::ReturnPlan> {
         let (p, idem) = Self::caller(&request, Action::ProposeReturn)?;
-        let req = request.get_ref().clone();
-        let case_id = CaseId::parse("case_id", &req.case_id)?;
-        let destination = disclosure::peer_destination(&self.ctx, "destination", &req.destination)?;
+        let req: ProposeReturn = request.get_ref().try_into()?;
+        let (case_id, destination) = (req.case_id, req.destination);
+        disclosure::peer_destination(&self.ctx, "destination", destination)?;
         let return_id = ReturnId::new();
         let reflection_days = self.ctx.reflection_period_days;
         let (ctx, who) = (self.ctx.clone(), p.clone());
@@ -309,7 +276,7 @@ impl Returns {
     ) -> ApiResult<w::ReturnPlan> {
         let p = authz::principal(&request)?;
         access::require(&p, Action::ReadReturnPlans)?;
-        let id = parse_id(&request.get_ref().return_id)?;
+        let Get(id) = request.get_ref().try_into()?;
         let r = self
             .ctx
             .store
@@ -329,178 +296,16 @@ impl Returns {
     ) -> ApiResult<w::ListReturnPlansResponse> {
         let p = authz::principal(&request)?;
         access::require(&p, Action::ReadReturnPlans)?;
-        let req = request.get_ref();
-        let direction = convert::direction("direction", req.direction)?;
-        let (page, after) = rpc::page::<ReturnId>(req.page_size, &req.page_token)?;
-        let (read, _) = self.ctx.store.records::<ReturnRecord>(
-            direction,
-            after,
-            page.size + 1,
-            |org| access::require_owner(&p, org).is_ok(),
-            |_| Ok(true),
-        )?;
-        let (plans, next_page_token) = rpc::cut(&page, read, |r| r.return_id);
-        let ids: Vec<String> = plans.iter().map(|r| r.return_id.to_string()).collect();
-        self.ctx
-            .audit_read(&p, "return.list", "-".into(), ids.join(","))
+        let list = request.get_ref().try_into()?;
+        let visible = |org: Option<&OrgId>| access::require_owner(&p, org).is_ok();
+        let (plans, next_page_token) =
+            lifecycle::list::<ReturnRecord>(&self.ctx, &p, &list, "return.list", visible, |_| {
+                Ok(true)
+            })
             .await?;
         Ok(w::ListReturnPlansResponse {
             return_plans: plans.iter().map(convert::return_to_wire).collect(),
             next_page_token,
         })
-    }
-
-    #[instrument(skip_all)]
-    async fn respond_to_return(
-        &self,
-        request: Request<w::RespondToReturnRequest>,
-    ) -> ApiResult<w::ReturnPlan> {
-        let caller = Self::caller(&request, Action::AnswerReturn)?;
-        let req = request.get_ref();
-        let id = parse_id(&req.return_id)?;
-        let event =
-            match w::ReturnResponse::try_from(req.response) {
-                Ok(w::ReturnResponse::ConfirmReception) => ReturnEvent::ConfirmReception,
-                Ok(w::ReturnResponse::RaiseConcern) => ReturnEvent::RaiseConcern,
-                _ => return Err(FieldError::new(
-                    "response",
-                    "must be RETURN_RESPONSE_CONFIRM_RECEPTION or RETURN_RESPONSE_RAISE_CONCERN",
-                )
-                .into()),
-            };
-        let step = StepDetails {
-            details: required_text("details", &req.details)?,
-            ..Default::default()
-        };
-        self.respond(caller, Action::AnswerReturn, id, event, step)
-            .await
-    }
-
-    #[instrument(skip_all)]
-    async fn schedule_return(
-        &self,
-        request: Request<w::ScheduleReturnRequest>,
-    ) -> ApiResult<w::ReturnPlan> {
-        let caller = Self::caller(&request, Action::ScheduleReturn)?;
-        let req = request.get_ref();
-        let step = StepDetails {
-            details: convert::text("details", &req.details)?,
-            travel_at: Some(convert::from_ts("travel_at", req.travel_at.as_ref())?),
-            ..Default::default()
-        };
-        let id = parse_id(&req.return_id)?;
-        self.respond(
-            caller,
-            Action::ScheduleReturn,
-            id,
-            ReturnEvent::Schedule,
-            step,
-        )
-        .await
-    }
-
-    #[instrument(skip_all)]
-    async fn confirm_arrival(
-        &self,
-        request: Request<w::ConfirmArrivalRequest>,
-    ) -> ApiResult<w::ReturnPlan> {
-        let caller = Self::caller(&request, Action::ConfirmArrival)?;
-        let req = request.get_ref();
-        let id = parse_id(&req.return_id)?;
-        let step = StepDetails {
-            details: convert::text("details", &req.details)?,
-            ..Default::default()
-        };
-        self.respond(
-            caller,
-            Action::ConfirmArrival,
-            id,
-            ReturnEvent::Arrive,
-            step,
-        )
-        .await
-    }
-
-    #[instrument(skip_all)]
-    async fn record_follow_up(
-        &self,
-        request: Request<w::RecordFollowUpRequest>,
-    ) -> ApiResult<w::ReturnPlan> {
-        let caller = Self::caller(&request, Action::RecordFollowUp)?;
-        let req = request.get_ref();
-        let id = parse_id(&req.return_id)?;
-        let step = StepDetails {
-            details: required_text("notes", &req.notes)?,
-            ..Default::default()
-        };
-        self.respond(
-            caller,
-            Action::RecordFollowUp,
-            id,
-            ReturnEvent::FollowUp,
-            step,
-        )
-        .await
-    }
-
-    #[instrument(skip_all)]
-    async fn halt_return(
-        &self,
-        request: Request<w::HaltReturnRequest>,
-    ) -> ApiResult<w::ReturnPlan> {
-        let caller = Self::caller(&request, Action::HaltReturn)?;
-        let req = request.get_ref();
-        let id = parse_id(&req.return_id)?;
-        let step = StepDetails {
-            reason: required_text("reason", &req.reason)?,
-            ..Default::default()
-        };
-        self.respond(caller, Action::HaltReturn, id, ReturnEvent::Halt, step)
-            .await
-    }
-
-    #[instrument(skip_all)]
-    async fn record_travel(
-        &self,
-        request: Request<w::RecordTravelRequest>,
-    ) -> ApiResult<w::ReturnPlan> {
-        let caller = Self::caller(&request, Action::RecordTravel)?;
-        let id = parse_id(&request.get_ref().return_id)?;
-        let step = StepDetails::default();
-        self.respond(caller, Action::RecordTravel, id, ReturnEvent::Travel, step)
-            .await
-    }
-
-    #[instrument(skip_all)]
-    async fn resolve_concern(
-        &self,
-        request: Request<w::ResolveConcernRequest>,
-    ) -> ApiResult<w::ReturnPlan> {
-        let caller = Self::caller(&request, Action::ResolveConcern)?;
-        let req = request.get_ref();
-        let id = parse_id(&req.return_id)?;
-        let step = StepDetails {
-            details: required_text("details", &req.details)?,
-            ..Default::default()
-        };
-        let event = ReturnEvent::ResolveConcern;
-        self.respond(caller, Action::ResolveConcern, id, event, step)
-            .await
-    }
-
-    #[instrument(skip_all)]
-    async fn close_return(
-        &self,
-        request: Request<w::CloseReturnRequest>,
-    ) -> ApiResult<w::ReturnPlan> {
-        let caller = Self::caller(&request, Action::CloseReturn)?;
-        let req = request.get_ref();
-        let id = parse_id(&req.return_id)?;
-        let step = StepDetails {
-            reason: required_text("reason", &req.reason)?,
-            ..Default::default()
-        };
-        self.respond(caller, Action::CloseReturn, id, ReturnEvent::Close, step)
-            .await
     }
 }

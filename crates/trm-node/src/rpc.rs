@@ -21,10 +21,17 @@ use crate::{
 };
 
 /// Implements a tonic service trait over inherent handlers of the same names that return
-/// [`ApiResult`]: the one adapter from a service's result to a gRPC `Status`.
+/// [`ApiResult`]: the one adapter from a service's result to a gRPC `Status`. The optional
+/// `steps` table lists the RPCs that are a step of one shared record, each with the action
+/// of the role table it needs: they run [`crate::lifecycle::take`] and answer the record
+/// as it now stands ([`ToWire`]).
 #[macro_export]
 macro_rules! grpc_service {
-    ($service:ty => $trait:path { $($rpc:ident($req:ty) -> $resp:ty;)* }) => {
+    ($service:ty => $trait:path {
+        $($rpc:ident($req:ty) -> $resp:ty;)*
+    } $(steps of $record:ty {
+        $($step:ident($sreq:ty) -> $sresp:ty = $action:ident;)*
+    })?) => {
         #[tonic::async_trait]
         impl $trait for $service {
             $(
@@ -38,8 +45,51 @@ macro_rules! grpc_service {
                         .map_err(tonic::Status::from)
                 }
             )*
+            $($(
+                #[tracing::instrument(skip_all)]
+                async fn $step(
+                    &self,
+                    request: tonic::Request<$sreq>,
+                ) -> Result<tonic::Response<$sresp>, tonic::Status> {
+                    let action = trm_core::access::Action::$action;
+                    $crate::lifecycle::take::<$record, _>(&self.ctx, request, action)
+                        .await
+                        .map(|r| tonic::Response::new($crate::rpc::ToWire::to_wire(&r)))
+                        .map_err(tonic::Status::from)
+                }
+            )*)?
         }
     };
+}
+
+/// A record's answer to a local client, as it now stands.
+pub trait ToWire {
+    /// The wire message.
+    type Wire;
+    /// Returns the record as the contract writes it.
+    fn to_wire(&self) -> Self::Wire;
+}
+
+impl ToWire for ReferralRecord {
+    type Wire = trm_proto::v1::Referral;
+    fn to_wire(&self) -> Self::Wire {
+        trm_proto::convert::referral_to_wire(self)
+    }
+}
+
+impl ToWire for ReturnRecord {
+    type Wire = trm_proto::v1::ReturnPlan;
+    fn to_wire(&self) -> Self::Wire {
+        trm_proto::convert::return_to_wire(self)
+    }
+}
+
+impl ToWire for HearingRecord {
+    type Wire = trm_proto::v1::Hearing;
+    fn to_wire(&self) -> Self::Wire {
+        // Whoever may take a step sees the whole hearing.
+        trm_proto::convert::hearing_to_wire(self, false)
+    }
 }
 
 /// What a retried request gets back: the result's key (ids only, never personal data) is
@@ -151,17 +201,6 @@ impl Ctx {
             }
         }
     }
-}
-
-/// Parses a page request (size, token) whose tokens are ids of `I`.
-pub fn page<I: RecordId>(size: i32, token: &str) -> ApiResult<(Page, Option<I>)> {
-    let page = trm_proto::convert::page(size, token)?;
-    let after = page
-        .after
-        .as_deref()
-        .map(|t| I::parse_field("page_token", t))
-        .transpose()?;
-    Ok((page, after))
 }
 
 /// Cuts what a store read (up to one more than a page) into the page and the next token.

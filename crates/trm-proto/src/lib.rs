@@ -4,6 +4,7 @@
 //! terms (`stats`); and the one map from every port's errors to gRPC statuses (`status`).
 #![forbid(unsafe_code)]
 
+pub mod command;
 pub mod convert;
 pub mod peer;
 pub mod stats;

@@ -1,0 +1,513 @@
+//! Local requests parsed into commands, once, at the edge (`TryFrom<&Request>`): a bad
+//! field is refused naming it, and what the node's handlers receive is already domain
+//! types. The handlers and the `local_request` fuzz target call these same conversions.
+//!
+//! Every step of a shared record parses into a [`StepRequest`] of its record; the requests
+//! that create something, read or list parse into the commands below.
+
+use time::OffsetDateTime;
+use trm_core::{
+    exchange::{SharedRecord, StepRequest},
+    hearing::{HearingEvent, HearingRecord, HearingStep, ProtectiveMeasure},
+    ids::{parse_id, CaseId, ConsentId, HearingId, NodeId, OrgId, RecordId, ReferralId, ReturnId},
+    limits::Page,
+    model::NeedKind,
+    referral::{Direction, ReferralEvent, ReferralRecord, ReferralStep},
+    returns::{ReturnEvent, ReturnRecord, RiskLevel, StepDetails},
+    FieldError,
+};
+use uuid::Uuid;
+
+use crate::{convert as c, v1 as w};
+
+/// Parses free text that must not be empty (`why` says what it is for).
+fn required_text(field: &str, s: &str, why: &str) -> Result<String, FieldError> {
+    let text = c::text(field, s)?;
+    if text.trim().is_empty() {
+        return Err(FieldError::new(field, why));
+    }
+    Ok(text)
+}
+
+/// The step `event` of record `R` named by `id` (the request's `field`), with `step`.
+fn step_of<R: SharedRecord>(
+    field: &str,
+    id: &str,
+    event: R::Event,
+    step: R::Step,
+) -> Result<StepRequest<R>, FieldError> {
+    Ok(StepRequest {
+        id: R::Id::parse_field(field, id)?,
+        event,
+        step,
+    })
+}
+
+// Referral steps.
+
+impl TryFrom<&w::RespondToReferralRequest> for StepRequest<ReferralRecord> {
+    type Error = FieldError;
+    fn try_from(r: &w::RespondToReferralRequest) -> Result<Self, FieldError> {
+        let id = ReferralId::parse_field("referral_id", &r.referral_id)?;
+        let event = match w::ReferralDecision::try_from(r.decision) {
+            Ok(w::ReferralDecision::Accept) => ReferralEvent::Accept,
+            Ok(w::ReferralDecision::Decline) => ReferralEvent::Decline,
+            _ => {
+                return Err(FieldError::new(
+                    "decision",
+                    "must be REFERRAL_DECISION_ACCEPT or REFERRAL_DECISION_DECLINE",
+                ))
+            }
+        };
+        let step = ReferralStep {
+            reason: c::text("reason", &r.reason)?,
+            assign: None,
+        };
+        Ok(StepRequest { id, event, step })
+    }
+}
+
+impl TryFrom<&w::AssignCaseRequest> for StepRequest<ReferralRecord> {
+    type Error = FieldError;
+    fn try_from(r: &w::AssignCaseRequest) -> Result<Self, FieldError> {
+        let id = ReferralId::parse_field("referral_id", &r.referral_id)?;
+        let step = ReferralStep {
+            reason: String::new(),
+            assign: Some(OrgId::parse("organisation", &r.organisation)?),
+        };
+        Ok(StepRequest {
+            id,
+            event: ReferralEvent::Assign,
+            step,
+        })
+    }
+}
+
+/// A referral's step that takes only an optional reason.
+fn referral_end(
+    id: &str,
+    reason: &str,
+    event: ReferralEvent,
+) -> Result<StepRequest<ReferralRecord>, FieldError> {
+    let step = ReferralStep {
+        reason: c::text("reason", reason)?,
+        assign: None,
+    };
+    step_of("referral_id", id, event, step)
+}
+
+impl TryFrom<&w::CloseReferralRequest> for StepRequest<ReferralRecord> {
+    type Error = FieldError;
+    fn try_from(r: &w::CloseReferralRequest) -> Result<Self, FieldError> {
+        referral_end(&r.referral_id, &r.reason, ReferralEvent::Close)
+    }
+}
+
+impl TryFrom<&w::WithdrawReferralRequest> for StepRequest<ReferralRecord> {
+    type Error = FieldError;
+    fn try_from(r: &w::WithdrawReferralRequest) -> Result<Self, FieldError> {
+        referral_end(&r.referral_id, &r.reason, ReferralEvent::Withdraw)
+    }
+}
+
+// Return-plan steps.
+
+/// A plan's step whose text (`field`: `reason`, or what the details say) may be `required`.
+fn return_step(
+    id: &str,
+    event: ReturnEvent,
+    field: &str,
+    text: &str,
+    required: bool,
+) -> Result<StepRequest<ReturnRecord>, FieldError> {
+    let text = match required {
+        true => required_text(field, text, "is required")?,
+        false => c::text(field, text)?,
+    };
+    let step = match field {
+        "reason" => StepDetails {
+            reason: text,
+            ..Default::default()
+        },
+        _ => StepDetails {
+            details: text,
+            ..Default::default()
+        },
+    };
+    step_of("return_id", id, event, step)
+}
+
+impl TryFrom<&w::RespondToReturnRequest> for StepRequest<ReturnRecord> {
+    type Error = FieldError;
+    fn try_from(r: &w::RespondToReturnRequest) -> Result<Self, FieldError> {
+        let id = ReturnId::parse_field("return_id", &r.return_id)?;
+        let event =
+            match w::ReturnResponse::try_from(r.response) {
+                Ok(w::ReturnResponse::ConfirmReception) => ReturnEvent::ConfirmReception,
+                Ok(w::ReturnResponse::RaiseConcern) => ReturnEvent::RaiseConcern,
+                _ => return Err(FieldError::new(
+                    "response",
+                    "must be RETURN_RESPONSE_CONFIRM_RECEPTION or RETURN_RESPONSE_RAISE_CONCERN",
+                )),
+            };
+        let step = StepDetails {
+            details: required_text("details", &r.details, "is required")?,
+            ..Default::default()
+        };
+        Ok(StepRequest { id, event, step })
+    }
+}
+
+impl TryFrom<&w::ScheduleReturnRequest> for StepRequest<ReturnRecord> {
+    type Error = FieldError;
+    fn try_from(r: &w::ScheduleReturnRequest) -> Result<Self, FieldError> {
+        let step = StepDetails {
+            details: c::text("details", &r.details)?,
+            travel_at: Some(c::from_ts("travel_at", r.travel_at.as_ref())?),
+            ..Default::default()
+        };
+        step_of("return_id", &r.return_id, ReturnEvent::Schedule, step)
+    }
+}
+
+impl TryFrom<&w::ConfirmArrivalRequest> for StepRequest<ReturnRecord> {
+    type Error = FieldError;
+    fn try_from(r: &w::ConfirmArrivalRequest) -> Result<Self, FieldError> {
+        return_step(
+            &r.return_id,
+            ReturnEvent::Arrive,
+            "details",
+            &r.details,
+            false,
+        )
+    }
+}
+
+impl TryFrom<&w::RecordFollowUpRequest> for StepRequest<ReturnRecord> {
+    type Error = FieldError;
+    fn try_from(r: &w::RecordFollowUpRequest) -> Result<Self, FieldError> {
+        return_step(&r.return_id, ReturnEvent::FollowUp, "notes", &r.notes, true)
+    }
+}
+
+impl TryFrom<&w::HaltReturnRequest> for StepRequest<ReturnRecord> {
+    type Error = FieldError;
+    fn try_from(r: &w::HaltReturnRequest) -> Result<Self, FieldError> {
+        return_step(&r.return_id, ReturnEvent::Halt, "reason", &r.reason, true)
+    }
+}
+
+impl TryFrom<&w::RecordTravelRequest> for StepRequest<ReturnRecord> {
+    type Error = FieldError;
+    fn try_from(r: &w::RecordTravelRequest) -> Result<Self, FieldError> {
+        let step = StepDetails::default();
+        step_of("return_id", &r.return_id, ReturnEvent::Travel, step)
+    }
+}
+
+impl TryFrom<&w::ResolveConcernRequest> for StepRequest<ReturnRecord> {
+    type Error = FieldError;
+    fn try_from(r: &w::ResolveConcernRequest) -> Result<Self, FieldError> {
+        let event = ReturnEvent::ResolveConcern;
+        return_step(&r.return_id, event, "details", &r.details, true)
+    }
+}
+
+impl TryFrom<&w::CloseReturnRequest> for StepRequest<ReturnRecord> {
+    type Error = FieldError;
+    fn try_from(r: &w::CloseReturnRequest) -> Result<Self, FieldError> {
+        return_step(&r.return_id, ReturnEvent::Close, "reason", &r.reason, true)
+    }
+}
+
+// Hearing steps.
+
+impl TryFrom<&w::RespondToHearingRequest> for StepRequest<HearingRecord> {
+    type Error = FieldError;
+    fn try_from(r: &w::RespondToHearingRequest) -> Result<Self, FieldError> {
+        let id = HearingId::parse_field("hearing_id", &r.hearing_id)?;
+        let reason = c::text("reason", &r.reason)?;
+        let (event, scheduled_at) = match w::HearingDecision::try_from(r.decision) {
+            Ok(w::HearingDecision::Accept) => (HearingEvent::Accept, None),
+            Ok(w::HearingDecision::Decline) => {
+                required_text(
+                    "reason",
+                    &reason,
+                    "is required to decline (witness declined, protection risk, legal grounds)",
+                )?;
+                (HearingEvent::Decline, None)
+            }
+            Ok(w::HearingDecision::Schedule) => (
+                HearingEvent::Schedule,
+                Some(c::from_ts("scheduled_at", r.scheduled_at.as_ref())?),
+            ),
+            _ => {
+                return Err(FieldError::new(
+                    "decision",
+                    "must be HEARING_DECISION_ACCEPT, _DECLINE or _SCHEDULE",
+                ))
+            }
+        };
+        let step = HearingStep {
+            reason,
+            scheduled_at,
+            ..Default::default()
+        };
+        Ok(StepRequest { id, event, step })
+    }
+}
+
+impl TryFrom<&w::RecordHearingOutcomeRequest> for StepRequest<HearingRecord> {
+    type Error = FieldError;
+    fn try_from(r: &w::RecordHearingOutcomeRequest) -> Result<Self, FieldError> {
+        let step = HearingStep {
+            minutes_reference: c::short("minutes_reference", &r.minutes_reference, true)?,
+            ..Default::default()
+        };
+        step_of("hearing_id", &r.hearing_id, HearingEvent::Hold, step)
+    }
+}
+
+impl TryFrom<&w::CancelHearingRequest> for StepRequest<HearingRecord> {
+    type Error = FieldError;
+    fn try_from(r: &w::CancelHearingRequest) -> Result<Self, FieldError> {
+        let step = HearingStep {
+            reason: required_text("reason", &r.reason, "is required")?,
+            ..Default::default()
+        };
+        step_of("hearing_id", &r.hearing_id, HearingEvent::Cancel, step)
+    }
+}
+
+// Reads and lists.
+
+/// A read of one record: its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Get<I>(pub I);
+
+macro_rules! get {
+    ($($req:ident . $field:ident => $id:ty;)*) => {
+        $(impl TryFrom<&w::$req> for Get<$id> {
+            type Error = FieldError;
+            fn try_from(r: &w::$req) -> Result<Self, FieldError> {
+                Ok(Get(<$id>::parse_field(stringify!($field), &r.$field)?))
+            }
+        })*
+    };
+}
+
+get! {
+    GetCaseRequest.case_id => CaseId;
+    GetReferralRequest.referral_id => ReferralId;
+    GetReturnPlanRequest.return_id => ReturnId;
+    GetHearingRequest.hearing_id => HearingId;
+}
+
+/// A page of a list of ids `I`: how many, and after which id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paged<I> {
+    pub page: Page,
+    pub after: Option<I>,
+}
+
+impl<I: RecordId> Paged<I> {
+    /// Parses a page request (size, token) whose tokens are ids of `I`.
+    pub fn parse(size: i32, token: &str) -> Result<Self, FieldError> {
+        let page = c::page(size, token)?;
+        let after = page
+            .after
+            .as_deref()
+            .map(|t| I::parse_field("page_token", t))
+            .transpose()?;
+        Ok(Paged { page, after })
+    }
+}
+
+impl TryFrom<&w::ListCasesRequest> for Paged<CaseId> {
+    type Error = FieldError;
+    fn try_from(r: &w::ListCasesRequest) -> Result<Self, FieldError> {
+        Paged::parse(r.page_size, &r.page_token)
+    }
+}
+
+/// A page of a list of shared records with ids `I`, by the way they travelled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct List<I> {
+    pub direction: Direction,
+    pub paged: Paged<I>,
+}
+
+macro_rules! list {
+    ($($req:ident => $id:ty;)*) => {
+        $(impl TryFrom<&w::$req> for List<$id> {
+            type Error = FieldError;
+            fn try_from(r: &w::$req) -> Result<Self, FieldError> {
+                Ok(List {
+                    direction: c::direction("direction", r.direction)?,
+                    paged: Paged::parse(r.page_size, &r.page_token)?,
+                })
+            }
+        })*
+    };
+}
+
+list! {
+    ListReferralsRequest => ReferralId;
+    ListReturnPlansRequest => ReturnId;
+    ListHearingsRequest => HearingId;
+}
+
+// Requests that create or change something on a case.
+
+/// `WithdrawConsent`: which consent of which case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WithdrawConsent {
+    pub case_id: CaseId,
+    pub consent_id: ConsentId,
+}
+
+impl TryFrom<&w::WithdrawConsentRequest> for WithdrawConsent {
+    type Error = FieldError;
+    fn try_from(r: &w::WithdrawConsentRequest) -> Result<Self, FieldError> {
+        Ok(Self {
+            case_id: CaseId::parse("case_id", &r.case_id)?,
+            consent_id: ConsentId::parse("consent_id", &r.consent_id)?,
+        })
+    }
+}
+
+/// `EraseCase`: the case and why (ids and length only reach the audit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EraseCase {
+    pub case_id: CaseId,
+    pub reason: String,
+}
+
+impl TryFrom<&w::EraseCaseRequest> for EraseCase {
+    type Error = FieldError;
+    fn try_from(r: &w::EraseCaseRequest) -> Result<Self, FieldError> {
+        Ok(Self {
+            case_id: CaseId::parse("case_id", &r.case_id)?,
+            reason: c::short("reason", &r.reason, false)?,
+        })
+    }
+}
+
+/// `SubmitReferral`: the case, the destination country (checked against the peer
+/// directory by the node), the services asked for, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubmitReferral {
+    pub case_id: CaseId,
+    pub destination: NodeId,
+    pub requested_services: Vec<NeedKind>,
+    pub reason: String,
+}
+
+impl TryFrom<&w::SubmitReferralRequest> for SubmitReferral {
+    type Error = FieldError;
+    fn try_from(r: &w::SubmitReferralRequest) -> Result<Self, FieldError> {
+        Ok(Self {
+            case_id: CaseId::parse("case_id", &r.case_id)?,
+            destination: c::country("destination", &r.destination)?,
+            requested_services: c::enums("requested_services", &r.requested_services)?,
+            reason: c::text("reason", &r.reason)?,
+        })
+    }
+}
+
+/// `ProposeReturn`: the case, the country of return (checked against the peer directory by
+/// the node), and what the requesting side says is pending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProposeReturn {
+    pub case_id: CaseId,
+    pub destination: NodeId,
+    pub hearing_pending: bool,
+    pub compensation_pending: bool,
+}
+
+impl TryFrom<&w::ProposeReturnRequest> for ProposeReturn {
+    type Error = FieldError;
+    fn try_from(r: &w::ProposeReturnRequest) -> Result<Self, FieldError> {
+        Ok(Self {
+            case_id: CaseId::parse("case_id", &r.case_id)?,
+            destination: c::country("destination", &r.destination)?,
+            hearing_pending: r.hearing_pending,
+            compensation_pending: r.compensation_pending,
+        })
+    }
+}
+
+/// `RecordRiskAssessment`: what the assessment found (the node gives it an id and a time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordRisk {
+    pub case_id: CaseId,
+    pub level: RiskLevel,
+    pub non_refoulement_concern: bool,
+    pub retrafficking_risk: bool,
+    pub family_at_risk: bool,
+    pub factors: Vec<String>,
+}
+
+impl TryFrom<&w::RecordRiskAssessmentRequest> for RecordRisk {
+    type Error = FieldError;
+    fn try_from(r: &w::RecordRiskAssessmentRequest) -> Result<Self, FieldError> {
+        Ok(Self {
+            case_id: CaseId::parse("case_id", &r.case_id)?,
+            level: c::risk_level("level", r.level)?,
+            non_refoulement_concern: r.non_refoulement_concern,
+            retrafficking_risk: r.retrafficking_risk,
+            family_at_risk: r.family_at_risk,
+            factors: c::shorts("factors", &r.factors)?,
+        })
+    }
+}
+
+/// `RecordReturnDecision`: the victim's decision on a case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordDecision {
+    pub case_id: CaseId,
+    pub voluntary: bool,
+    pub informed: bool,
+    pub reflection_period_waived: bool,
+}
+
+impl TryFrom<&w::RecordReturnDecisionRequest> for RecordDecision {
+    type Error = FieldError;
+    fn try_from(r: &w::RecordReturnDecisionRequest) -> Result<Self, FieldError> {
+        Ok(Self {
+            case_id: CaseId::parse("case_id", &r.case_id)?,
+            voluntary: r.voluntary,
+            informed: r.informed,
+            reflection_period_waived: r.reflection_period_waived,
+        })
+    }
+}
+
+/// `RequestHearing`: the local record of the witness (a case, or a referral or plan that
+/// names it), the witness's country (checked against the peer directory by the node), and
+/// the hearing asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHearing {
+    pub subject_id: Uuid,
+    pub witness_country: NodeId,
+    pub proceeding_reference: String,
+    pub legal_basis: String,
+    pub measures: Vec<ProtectiveMeasure>,
+    pub language: String,
+    pub proposed_times: Vec<OffsetDateTime>,
+}
+
+impl TryFrom<&w::RequestHearingRequest> for RequestHearing {
+    type Error = FieldError;
+    fn try_from(r: &w::RequestHearingRequest) -> Result<Self, FieldError> {
+        Ok(Self {
+            subject_id: parse_id("case_id", &r.case_id)?,
+            witness_country: c::country("witness_country", &r.witness_country)?,
+            proceeding_reference: c::short("proceeding_reference", &r.proceeding_reference, true)?,
+            legal_basis: c::short("legal_basis", &r.legal_basis, true)?,
+            measures: c::enums("measures", &r.measures)?,
+            language: c::language("language", &r.language)?,
+            proposed_times: c::timestamps("proposed_times", &r.proposed_times)?,
+        })
+    }
+}
