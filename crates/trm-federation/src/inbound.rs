@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use trm_core::{
     ids::{MessageId, NodeId},
     limits::{MAX_BATCH, MAX_ENVELOPE},
-    messages::EnvelopeKind,
+    messages::{EnvelopeKind, PeerMessage},
     policy::POLICY_VERSION,
 };
 use trm_crypto::signing::{Signer, ENVELOPE_TAG};
@@ -137,6 +137,7 @@ pub type Refused = (String, Refusal, &'static str);
 #[derive(Clone)]
 struct Applier {
     node: NodeId,
+    directory: Arc<PeerDirectory>,
     handler: Arc<dyn FlowHandler>,
 }
 
@@ -168,7 +169,13 @@ impl Applier {
             )))
         } else {
             match &c.inbound {
-                Ok(inbound) => tx.attempt(|tx| self.handler.apply(tx, inbound))?,
+                // A peer's new key is the directory's, before any flow.
+                Ok(inbound) => tx.attempt(|tx| match inbound.message {
+                    PeerMessage::KeyAnnouncement { .. } => {
+                        crate::announce::learn_key(&self.directory, tx, inbound)
+                    }
+                    _ => self.handler.apply(tx, inbound),
+                })?,
                 Err(unparsed) => Err(unparsed.clone()),
             }
         };
@@ -414,6 +421,7 @@ impl FederationServer {
     fn applier(&self) -> Applier {
         Applier {
             node: self.cfg.node,
+            directory: self.directory.clone(),
             handler: self.handler.clone(),
         }
     }

@@ -15,6 +15,7 @@
 //!   worker that delivers them and keeps the peers' signed receipts.
 #![forbid(unsafe_code)]
 
+pub mod announce;
 pub mod connect;
 pub mod counters;
 pub mod directory;

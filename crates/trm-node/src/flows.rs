@@ -14,12 +14,9 @@ use trm_core::{
     returns::ReturnRecord,
 };
 use trm_crypto::signing::Signer;
-use trm_federation::{
-    directory::{key_from_stored, merge_keys, stored_from_key},
-    outbox, FlowHandler, Inbound, PeerDirectory, PeerKey, Rejection,
-};
+use trm_federation::{outbox, FlowHandler, Inbound, PeerDirectory, Rejection};
 use trm_proto::v1::ReceiptOutcome;
-use trm_store::{repo::outbox::OutboxItem, Note, Tx, TxFail};
+use trm_store::{repo::outbox::OutboxItem, Tx, TxFail};
 
 /// Applies the flows' payloads for node `id`.
 #[derive(Debug)]
@@ -192,101 +189,6 @@ impl Flows {
         tx.put_hearing(&record)?;
         Ok(())
     }
-
-    /// A peer's new signing key. Accepted only when signed by the peer's newest known key,
-    /// valid from no earlier than the envelope's `created_at` and the signer's own start;
-    /// the signer (and any older key still open) then ends where the new key starts, and no
-    /// newer key is ever ended. A retired key verifies old messages; it never introduces
-    /// keys. What is learned is kept apart from the operator's directory and applied to the
-    /// in-memory directory only after the commit.
-    fn key_announcement(
-        &self,
-        tx: &mut Tx<'_>,
-        inbound: &Inbound,
-        key_id: &str,
-        public_key: &[u8; 32],
-        valid_from: Option<OffsetDateTime>,
-    ) -> FlowResult {
-        let public = trm_crypto::signing::public_from_bytes(public_key)
-            .map_err(|_| malformed("key.public_key"))?;
-        if trm_crypto::signing::key_id(&public) != key_id {
-            return Err(malformed("key.key_id does not match key.public_key"));
-        }
-        let valid_from = valid_from.unwrap_or(inbound.created_at);
-        let base = self
-            .directory
-            .base_keys(inbound.sender)
-            .ok_or_else(|| unknown("sender not in the directory"))?;
-        let mut learned = tx.learned_keys()?;
-        let mut known: Vec<PeerKey> = learned
-            .peers
-            .get(&inbound.sender)
-            .map(|keys| {
-                keys.iter()
-                    .filter_map(|k| key_from_stored(k).ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let peer = trm_federation::Peer {
-            id: inbound.sender,
-            endpoint: String::new(),
-            tls_ca_pem: String::new(),
-            tls_pin: None,
-            keys: merge_keys(&base, &known),
-        };
-        if peer.key(key_id).is_some() {
-            return Ok(());
-        }
-        let signer = peer
-            .key(&inbound.key_id)
-            .ok_or_else(|| policy("the announcement's signer is unknown"))?;
-        if peer.newest_key().map(|n| n.key_id.as_str()) != Some(inbound.key_id.as_str()) {
-            return Err(policy(
-                "a key announcement must be signed by the sender's newest key",
-            ));
-        }
-        if valid_from < inbound.created_at {
-            return Err(policy(
-                "key.valid_from is before the announcement's created_at",
-            ));
-        }
-        if signer.valid_from.is_some_and(|from| valid_from < from) {
-            return Err(policy(
-                "key.valid_from is before the signer's own valid_from",
-            ));
-        }
-        let signer_from = signer.valid_from;
-        // The signer is the newest key: ending it and the older keys still open never ends
-        // a newer one.
-        for old in peer
-            .keys
-            .iter()
-            .filter(|o| o.valid_until.is_none() && o.valid_from <= signer_from)
-        {
-            let mut ended = old.clone();
-            ended.valid_until = Some(valid_from);
-            match known.iter_mut().find(|x| x.key_id == ended.key_id) {
-                Some(x) => *x = ended,
-                None => known.push(ended),
-            }
-        }
-        known.push(PeerKey {
-            key_id: key_id.to_owned(),
-            public,
-            valid_from: Some(valid_from),
-            valid_until: None,
-        });
-        let stored = known
-            .iter()
-            .map(stored_from_key)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| malformed("key"))?;
-        learned.peers.insert(inbound.sender, stored);
-        tx.put_learned_keys(&learned)?;
-        tx.changed_shared_state()?;
-        tx.note(Note::PeerKeys(inbound.sender));
-        Ok(())
-    }
 }
 
 /// What a hearing request asks for.
@@ -387,11 +289,10 @@ impl FlowHandler for Flows {
                 *status,
                 step,
             ),
-            PeerMessage::KeyAnnouncement {
-                key_id,
-                public_key,
-                valid_from,
-            } => self.key_announcement(tx, inbound, key_id, public_key, *valid_from),
+            // Taken by the directory before any flow (trm_federation::announce).
+            PeerMessage::KeyAnnouncement { .. } => Err(malformed(
+                "a key announcement is the directory's, not a flow's",
+            )),
             PeerMessage::ErasureRequest { subject_id, reason } => {
                 self.erasure_request(tx, inbound, *subject_id, reason)
             }
