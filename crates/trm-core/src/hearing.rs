@@ -195,6 +195,71 @@ pub struct HearingRecord {
     pub updated_at: OffsetDateTime,
 }
 
+/// What a judicial authority asks for in a hearing request: the terms of the MLA request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HearingTerms {
+    pub proceeding_reference: String,
+    pub legal_basis: String,
+    pub measures: Vec<ProtectiveMeasure>,
+    pub language: String,
+    pub proposed_times: Vec<OffsetDateTime>,
+}
+
+/// Who a new hearing is between and whom it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HearingParties {
+    pub hearing_id: HearingId,
+    pub requesting_country: NodeId,
+    pub witness_country: NodeId,
+    /// The pairwise reference of the witness's case between the two countries.
+    pub case_ref: String,
+    /// The local record the reference resolves to.
+    pub subject: WitnessRecord,
+}
+
+impl HearingRecord {
+    /// A hearing just requested, as each of the two nodes keeps it.
+    pub fn requested(parties: HearingParties, terms: HearingTerms, now: OffsetDateTime) -> Self {
+        HearingRecord {
+            hearing_id: parties.hearing_id,
+            requesting_country: parties.requesting_country,
+            witness_country: parties.witness_country,
+            status: HearingStatus::Requested,
+            case_ref: parties.case_ref,
+            subject: parties.subject,
+            proceeding_reference: terms.proceeding_reference,
+            legal_basis: terms.legal_basis,
+            measures: terms.measures,
+            language: terms.language,
+            proposed_times: terms.proposed_times,
+            scheduled_at: None,
+            status_reason: String::new(),
+            minutes_reference: String::new(),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// Returns the terms the hearing was requested on.
+    pub fn terms(&self) -> HearingTerms {
+        HearingTerms {
+            proceeding_reference: self.proceeding_reference.clone(),
+            legal_basis: self.legal_basis.clone(),
+            measures: self.measures.clone(),
+            language: self.language.clone(),
+            proposed_times: self.proposed_times.clone(),
+        }
+    }
+
+    /// Returns the message that carries the request to the witness's country.
+    pub fn request_message(&self) -> crate::messages::PeerMessage {
+        crate::messages::PeerMessage::HearingRequest {
+            hearing_id: self.hearing_id,
+            terms: self.terms(),
+        }
+    }
+}
+
 /// What a hearing step carries besides its event.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HearingStep {

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::{
-    hearing::{HearingStatus, HearingStep, ProtectiveMeasure},
+    hearing::{HearingStatus, HearingStep, HearingTerms},
     ids::{HearingId, ReferralId, ReturnId},
     model::{DisclosedCase, NeedKind},
     referral::ReferralStatus,
@@ -107,11 +107,7 @@ pub enum PeerMessage {
     /// A hearing of a witness held here, named only by the envelope's case reference.
     HearingRequest {
         hearing_id: HearingId,
-        proceeding_reference: String,
-        legal_basis: String,
-        measures: Vec<ProtectiveMeasure>,
-        language: String,
-        proposed_times: Vec<OffsetDateTime>,
+        terms: HearingTerms,
     },
     /// The other side's step in a hearing.
     HearingUpdate {
@@ -200,11 +196,7 @@ mod tests {
             (
                 PeerMessage::HearingRequest {
                     hearing_id: HearingId::from_uuid(id),
-                    proceeding_reference: String::new(),
-                    legal_basis: String::new(),
-                    measures: vec![],
-                    language: String::new(),
-                    proposed_times: vec![],
+                    terms: HearingTerms::default(),
                 },
                 "hearing_request",
             ),

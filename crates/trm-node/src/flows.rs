@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 use trm_core::{
-    hearing::{check_child_measures, HearingEvent, HearingRecord, HearingStatus, HearingStep},
+    hearing::{
+        check_child_measures, HearingEvent, HearingParties, HearingRecord, HearingStatus,
+        HearingStep, HearingTerms,
+    },
     ids::{HearingId, NodeId, ReferralId, ReturnId, WitnessRecord},
     messages::{EnvelopeKind, PeerMessage, Topic},
     model::{DisclosedCase, NeedKind, Purpose},
@@ -155,7 +158,7 @@ impl Flows {
         tx: &mut Tx<'_>,
         inbound: &Inbound,
         hearing_id: HearingId,
-        request: HearingAsked<'_>,
+        terms: HearingTerms,
     ) -> FlowResult {
         let record = tx
             .resolve_ref(inbound.sender, &inbound.case_ref)?
@@ -165,39 +168,54 @@ impl Flows {
         let witness = tx
             .witness_of(record, inbound.sender)?
             .ok_or_else(|| unknown("the record is gone"))?;
-        check_child_measures(witness.is_child, request.measures).map_err(|g| policy(g.reason))?;
+        check_child_measures(witness.is_child, &terms.measures).map_err(|g| policy(g.reason))?;
         id_is_new(tx, hearing_id.uuid(), "hearing_id")?;
-        let now = OffsetDateTime::now_utc();
-        let record = HearingRecord {
+        let parties = HearingParties {
             hearing_id,
             requesting_country: inbound.sender,
             witness_country: self.id,
-            status: HearingStatus::Requested,
             case_ref: inbound.case_ref.clone(),
             subject: record,
-            proceeding_reference: request.proceeding_reference.to_owned(),
-            legal_basis: request.legal_basis.to_owned(),
-            measures: request.measures.to_vec(),
-            language: request.language.to_owned(),
-            proposed_times: request.proposed_times.to_vec(),
-            scheduled_at: None,
-            status_reason: String::new(),
-            minutes_reference: String::new(),
-            created_at: now,
-            updated_at: now,
         };
-        tx.put_hearing(&record)?;
+        let now = OffsetDateTime::now_utc();
+        tx.put_hearing(&HearingRecord::requested(parties, terms, now))?;
         Ok(())
     }
 }
 
-/// What a hearing request asks for.
-struct HearingAsked<'a> {
-    proceeding_reference: &'a str,
-    legal_basis: &'a str,
-    measures: &'a [trm_core::hearing::ProtectiveMeasure],
-    language: &'a str,
-    proposed_times: &'a [OffsetDateTime],
+impl Flows {
+    /// The other node's step of a record both hold.
+    fn update(&self, tx: &mut Tx<'_>, inbound: &Inbound) -> FlowResult {
+        let me = self.id;
+        match &inbound.message {
+            PeerMessage::ReferralUpdate {
+                referral_id,
+                status,
+                reason,
+            } => {
+                let step = ReferralStep {
+                    reason: reason.clone(),
+                    assign: None,
+                };
+                let id = *referral_id;
+                lifecycle::update_in::<ReferralRecord>(me, tx, inbound, id, *status, &step)
+            }
+            PeerMessage::ReturnUpdate {
+                return_id,
+                status,
+                step,
+            } => lifecycle::update_in::<ReturnRecord>(me, tx, inbound, *return_id, *status, step),
+            PeerMessage::HearingUpdate {
+                hearing_id,
+                status,
+                step,
+            } => {
+                let id = *hearing_id;
+                lifecycle::update_in::<HearingRecord>(me, tx, inbound, id, *status, step)
+            }
+            _ => Err(malformed("not an update of a shared record")),
+        }
+    }
 }
 
 /// Checks what crossed for `purpose` against the same disclosure table the sender must
@@ -220,24 +238,9 @@ impl FlowHandler for Flows {
                 disclosed,
                 requested_services,
             } => self.referral_offer(tx, inbound, *referral_id, disclosed, requested_services),
-            PeerMessage::ReferralUpdate {
-                referral_id,
-                status,
-                reason,
-            } => {
-                let step = ReferralStep {
-                    reason: reason.clone(),
-                    assign: None,
-                };
-                lifecycle::update_in::<ReferralRecord>(
-                    self.id,
-                    tx,
-                    inbound,
-                    *referral_id,
-                    *status,
-                    &step,
-                )
-            }
+            PeerMessage::ReferralUpdate { .. }
+            | PeerMessage::ReturnUpdate { .. }
+            | PeerMessage::HearingUpdate { .. } => self.update(tx, inbound),
             PeerMessage::ReturnRequest {
                 return_id,
                 disclosed,
@@ -251,44 +254,9 @@ impl FlowHandler for Flows {
                 *hearing_pending,
                 *compensation_pending,
             ),
-            PeerMessage::ReturnUpdate {
-                return_id,
-                status,
-                step,
-            } => lifecycle::update_in::<ReturnRecord>(
-                self.id, tx, inbound, *return_id, *status, step,
-            ),
-            PeerMessage::HearingRequest {
-                hearing_id,
-                proceeding_reference,
-                legal_basis,
-                measures,
-                language,
-                proposed_times,
-            } => self.hearing_request(
-                tx,
-                inbound,
-                *hearing_id,
-                HearingAsked {
-                    proceeding_reference,
-                    legal_basis,
-                    measures,
-                    language,
-                    proposed_times,
-                },
-            ),
-            PeerMessage::HearingUpdate {
-                hearing_id,
-                status,
-                step,
-            } => lifecycle::update_in::<HearingRecord>(
-                self.id,
-                tx,
-                inbound,
-                *hearing_id,
-                *status,
-                step,
-            ),
+            PeerMessage::HearingRequest { hearing_id, terms } => {
+                self.hearing_request(tx, inbound, *hearing_id, terms.clone())
+            }
             // Taken by the directory before any flow (trm_federation::announce).
             PeerMessage::KeyAnnouncement { .. } => Err(malformed(
                 "a key announcement is the directory's, not a flow's",

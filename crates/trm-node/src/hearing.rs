@@ -11,9 +11,8 @@ use tracing::{info, instrument};
 use trm_core::{
     access::{self, Action, Sight},
     exchange::{RecordKind, SharedRecord},
-    hearing::{with_child_measures, HearingRecord, HearingStatus},
+    hearing::{with_child_measures, HearingParties, HearingRecord},
     ids::{HearingId, OrgId, Principal, WitnessRecord},
-    messages::PeerMessage,
 };
 use trm_federation::outbox;
 use trm_proto::{
@@ -105,11 +104,7 @@ impl Hearings {
         let RequestHearing {
             subject_id,
             witness_country,
-            proceeding_reference,
-            legal_basis,
-            measures,
-            language,
-            proposed_times,
+            terms,
         } = request.get_ref().try_into()?;
         crate::disclosure::peer_destination(&self.ctx, "witness_country", witness_country)?;
         let hearing_id = HearingId::new();
@@ -125,42 +120,24 @@ impl Hearings {
                     .witness(subject_id, witness_country)?
                     .and_then(|s| s.case_ref.clone().map(|r| (s, r)))
                     .ok_or(ApiError::NotFound("case"))?;
-                let measures = with_child_measures(s.is_child, &measures);
-                let now = OffsetDateTime::now_utc();
-                let record = HearingRecord {
+                let parties = HearingParties {
                     hearing_id,
                     requesting_country: ctx.id,
                     witness_country,
-                    status: HearingStatus::Requested,
-                    case_ref: case_ref.clone(),
+                    case_ref,
                     subject: s.record,
-                    proceeding_reference: proceeding_reference.clone(),
-                    legal_basis: legal_basis.clone(),
-                    measures: measures.clone(),
-                    language: language.clone(),
-                    proposed_times: proposed_times.clone(),
-                    scheduled_at: None,
-                    status_reason: String::new(),
-                    minutes_reference: String::new(),
-                    created_at: now,
-                    updated_at: now,
                 };
+                let mut terms = terms.clone();
+                terms.measures = with_child_measures(s.is_child, &terms.measures);
+                let record = HearingRecord::requested(parties, terms, OffsetDateTime::now_utc());
                 tx.put_hearing(&record)?;
-                let message = PeerMessage::HearingRequest {
-                    hearing_id,
-                    proceeding_reference: proceeding_reference.clone(),
-                    legal_basis: legal_basis.clone(),
-                    measures,
-                    language: language.clone(),
-                    proposed_times: proposed_times.clone(),
-                };
                 let message_id = outbox::enqueue(
                     tx,
                     &ctx.identity.current(),
                     witness_country,
                     record.topic(),
-                    &case_ref,
-                    trm_proto::peer::to_wire(&message),
+                    &record.case_ref,
+                    trm_proto::peer::to_wire(&record.request_message()),
                 )?;
                 tx.audit(
                     AuditRecord::new(
@@ -171,7 +148,7 @@ impl Hearings {
                     )
                     .detail(format!(
                         "to={witness_country} purpose=witness_hearing legal_basis_len={} message={message_id}",
-                        legal_basis.len()
+                        record.legal_basis.len()
                     )),
                 )?;
                 Ok(record)

@@ -5,10 +5,9 @@
 //! Every step of a shared record parses into a [`StepRequest`] of its record; the requests
 //! that create something, read or list parse into the commands below.
 
-use time::OffsetDateTime;
 use trm_core::{
     exchange::{SharedRecord, StepRequest},
-    hearing::{HearingEvent, HearingRecord, HearingStep, ProtectiveMeasure},
+    hearing::{HearingEvent, HearingRecord, HearingStep, HearingTerms},
     ids::{parse_id, CaseId, ConsentId, HearingId, NodeId, OrgId, RecordId, ReferralId, ReturnId},
     limits::Page,
     model::NeedKind,
@@ -485,29 +484,28 @@ impl TryFrom<&w::RecordReturnDecisionRequest> for RecordDecision {
 
 /// `RequestHearing`: the local record of the witness (a case, or a referral or plan that
 /// names it), the witness's country (checked against the peer directory by the node), and
-/// the hearing asked for.
+/// the terms of the hearing asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHearing {
     pub subject_id: Uuid,
     pub witness_country: NodeId,
-    pub proceeding_reference: String,
-    pub legal_basis: String,
-    pub measures: Vec<ProtectiveMeasure>,
-    pub language: String,
-    pub proposed_times: Vec<OffsetDateTime>,
+    pub terms: HearingTerms,
 }
 
 impl TryFrom<&w::RequestHearingRequest> for RequestHearing {
     type Error = FieldError;
     fn try_from(r: &w::RequestHearingRequest) -> Result<Self, FieldError> {
-        Ok(Self {
-            subject_id: parse_id("case_id", &r.case_id)?,
-            witness_country: c::country("witness_country", &r.witness_country)?,
+        let terms = HearingTerms {
             proceeding_reference: c::short("proceeding_reference", &r.proceeding_reference, true)?,
             legal_basis: c::short("legal_basis", &r.legal_basis, true)?,
             measures: c::enums("measures", &r.measures)?,
             language: c::language("language", &r.language)?,
             proposed_times: c::timestamps("proposed_times", &r.proposed_times)?,
+        };
+        Ok(Self {
+            subject_id: parse_id("case_id", &r.case_id)?,
+            witness_country: c::country("witness_country", &r.witness_country)?,
+            terms,
         })
     }
 }

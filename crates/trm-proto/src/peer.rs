@@ -5,10 +5,10 @@
 //! builds domain messages too, and [`to_wire`] (the mirror of [`parse`]) writes them.
 
 use trm_core::{
-    hearing::HearingStep,
+    hearing::{HearingStatus, HearingStep, HearingTerms},
     ids::{HearingId, ReferralId, ReturnId},
     messages::PeerMessage,
-    returns::StepDetails,
+    returns::{ReturnStatus, StepDetails},
     FieldError,
 };
 
@@ -87,11 +87,13 @@ pub fn parse(payload: &Payload) -> Result<PeerMessage, PayloadError> {
         },
         Payload::HearingRequest(h) => PeerMessage::HearingRequest {
             hearing_id: HearingId::parse("hearing_id", &h.hearing_id)?,
-            proceeding_reference: short("proceeding_reference", &h.proceeding_reference, true)?,
-            legal_basis: short("legal_basis", &h.legal_basis, true)?,
-            measures: enums("measures", &h.measures)?,
-            language: language("language", &h.language)?,
-            proposed_times: timestamps("proposed_times", &h.proposed_times)?,
+            terms: HearingTerms {
+                proceeding_reference: short("proceeding_reference", &h.proceeding_reference, true)?,
+                legal_basis: short("legal_basis", &h.legal_basis, true)?,
+                measures: enums("measures", &h.measures)?,
+                language: language("language", &h.language)?,
+                proposed_times: timestamps("proposed_times", &h.proposed_times)?,
+            },
         },
         Payload::HearingUpdate(u) => PeerMessage::HearingUpdate {
             hearing_id: HearingId::parse("hearing_id", &u.hearing_id)?,
@@ -163,39 +165,22 @@ pub fn to_wire(m: &PeerMessage) -> Payload {
             return_id,
             status,
             step,
-        } => Payload::ReturnUpdate(w::ReturnUpdate {
-            return_id: return_id.to_string(),
-            status: return_status_to_wire(*status),
-            reason: step.reason.clone(),
-            details: step.details.clone(),
-            travel_at: step.travel_at.map(ts),
-        }),
-        PeerMessage::HearingRequest {
-            hearing_id,
-            proceeding_reference,
-            legal_basis,
-            measures,
-            language,
-            proposed_times,
-        } => Payload::HearingRequest(w::HearingRequest {
-            hearing_id: hearing_id.to_string(),
-            proceeding_reference: proceeding_reference.clone(),
-            legal_basis: legal_basis.clone(),
-            measures: enums_to_wire(measures),
-            language: language.clone(),
-            proposed_times: proposed_times.iter().copied().map(ts).collect(),
-        }),
+        } => Payload::ReturnUpdate(return_update(*return_id, *status, step)),
+        PeerMessage::HearingRequest { hearing_id, terms } => {
+            Payload::HearingRequest(w::HearingRequest {
+                hearing_id: hearing_id.to_string(),
+                proceeding_reference: terms.proceeding_reference.clone(),
+                legal_basis: terms.legal_basis.clone(),
+                measures: enums_to_wire(&terms.measures),
+                language: terms.language.clone(),
+                proposed_times: terms.proposed_times.iter().copied().map(ts).collect(),
+            })
+        }
         PeerMessage::HearingUpdate {
             hearing_id,
             status,
             step,
-        } => Payload::HearingUpdate(w::HearingUpdate {
-            hearing_id: hearing_id.to_string(),
-            status: hearing_status_to_wire(*status),
-            reason: step.reason.clone(),
-            scheduled_at: step.scheduled_at.map(ts),
-            minutes_reference: step.minutes_reference.clone(),
-        }),
+        } => Payload::HearingUpdate(hearing_update(*hearing_id, *status, step)),
         PeerMessage::ErasureRequest { subject_id, reason } => {
             Payload::ErasureRequest(w::ErasureRequest {
                 subject_id: subject_id.to_string(),
@@ -214,13 +199,41 @@ pub fn to_wire(m: &PeerMessage) -> Payload {
             public_key,
             valid_from,
         } => Payload::KeyAnnouncement(w::KeyAnnouncement {
-            key: Some(w::SigningKey {
-                key_id: key_id.clone(),
-                public_key: public_key.to_vec(),
-                valid_from: valid_from.map(ts),
-                valid_until: None,
-            }),
+            key: Some(signing_key(key_id, public_key, *valid_from)),
         }),
+    }
+}
+
+fn return_update(id: ReturnId, status: ReturnStatus, step: &StepDetails) -> w::ReturnUpdate {
+    w::ReturnUpdate {
+        return_id: id.to_string(),
+        status: return_status_to_wire(status),
+        reason: step.reason.clone(),
+        details: step.details.clone(),
+        travel_at: step.travel_at.map(ts),
+    }
+}
+
+fn hearing_update(id: HearingId, status: HearingStatus, step: &HearingStep) -> w::HearingUpdate {
+    w::HearingUpdate {
+        hearing_id: id.to_string(),
+        status: hearing_status_to_wire(status),
+        reason: step.reason.clone(),
+        scheduled_at: step.scheduled_at.map(ts),
+        minutes_reference: step.minutes_reference.clone(),
+    }
+}
+
+fn signing_key(
+    key_id: &str,
+    public_key: &[u8; 32],
+    from: Option<time::OffsetDateTime>,
+) -> w::SigningKey {
+    w::SigningKey {
+        key_id: key_id.to_owned(),
+        public_key: public_key.to_vec(),
+        valid_from: from.map(ts),
+        valid_until: None,
     }
 }
 
@@ -313,11 +326,13 @@ mod tests {
             },
             PeerMessage::HearingRequest {
                 hearing_id: HearingId::new(),
-                proceeding_reference: "P-1".into(),
-                legal_basis: "UNTOC art. 18".into(),
-                measures: vec![ProtectiveMeasure::Interpreter],
-                language: "ro".into(),
-                proposed_times: vec![at],
+                terms: HearingTerms {
+                    proceeding_reference: "P-1".into(),
+                    legal_basis: "UNTOC art. 18".into(),
+                    measures: vec![ProtectiveMeasure::Interpreter],
+                    language: "ro".into(),
+                    proposed_times: vec![at],
+                },
             },
             PeerMessage::HearingUpdate {
                 hearing_id: HearingId::new(),
