@@ -12,6 +12,7 @@ mod durability;
 mod flood;
 mod hearing;
 mod matrix;
+mod metrics;
 mod operator;
 mod ops;
 mod privacy;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use time::OffsetDateTime;
-use tonic::{Request, Response, Status};
+use tonic::Request;
 use tracing::{error, info};
 use trm_core::{
     ids::{MessageId, NodeId},
@@ -12,7 +12,7 @@ use trm_core::{
     model::parse_date,
     stats::Period,
 };
-use trm_core::{limits::Page, policy::POLICY_VERSION, FieldError, Guard, GuardError};
+use trm_core::{policy::POLICY_VERSION, FieldError, Guard, GuardError};
 use trm_crypto::signing::SigningIdentity;
 use trm_federation::{
     directory::{record_change, stored_from_peer},
@@ -31,7 +31,7 @@ use trm_store::{audit::AuditRecord, repo::directory::Revoked, repo::outbox::Outb
 use crate::{
     authz,
     ctx::{Ctx, Idempotent},
-    error::ApiError,
+    error::{ApiError, ApiResult},
 };
 
 /// The longest overlap a rotation may ask for (ten years).
@@ -45,8 +45,9 @@ pub struct Admin {
     rotation: Arc<tokio::sync::Mutex<()>>,
 }
 
-fn field_error(field: &str, problem: &str) -> Status {
-    ApiError::from(FieldError::new(field, problem)).into()
+/// Refuses a request's field, naming it and what is wrong with it.
+fn field_error(field: &str, problem: &str) -> ApiError {
+    FieldError::new(field, problem).into()
 }
 
 impl Admin {
@@ -60,10 +61,9 @@ impl Admin {
 
     /// Refuses every caller but an operator; returns the operator's name for the audit log:
     /// `operator:<org>/<certificate serial>`, so that an entry says which operator acted.
-    fn operator<T>(request: &Request<T>) -> Result<String, Status> {
+    fn operator<T>(request: &Request<T>) -> ApiResult<String> {
         let p = authz::principal(request)?;
-        trm_core::access::require(&p, trm_core::access::Action::Administer)
-            .map_err(|e| Status::from(ApiError::from(e)))?;
+        trm_core::access::require(&p, trm_core::access::Action::Administer)?;
         Ok(format!("operator:{}/{}", p.org, authz::client_key(request)))
     }
 }
@@ -99,7 +99,7 @@ fn peer_to_wire(p: Peer) -> w::Peer {
 
 /// Parses the keys of an `UpsertPeer`: the windowed keys when given, else the PEMs, each
 /// keeping the window the directory already knows for it (so nothing retired revives).
-fn keys_from_wire(wire: &w::Peer, known: &[PeerKey]) -> Result<Vec<PeerKey>, Status> {
+fn keys_from_wire(wire: &w::Peer, known: &[PeerKey]) -> ApiResult<Vec<PeerKey>> {
     if !wire.signing_keys.is_empty() {
         let mut keys = Vec::new();
         for (i, k) in wire.signing_keys.iter().enumerate() {
@@ -120,7 +120,6 @@ fn keys_from_wire(wire: &w::Peer, known: &[PeerKey]) -> Result<Vec<PeerKey>, Sta
             let window = |f: &str, t: Option<&prost_types::Timestamp>| {
                 t.map(|t| convert::from_ts(&format!("{name}.{f}"), Some(t)))
                     .transpose()
-                    .map_err(|e| Status::from(ApiError::from(e)))
             };
             let valid_from = window("valid_from", k.valid_from.as_ref())?;
             let valid_until = window("valid_until", k.valid_until.as_ref())?;
@@ -174,12 +173,12 @@ pub fn peer_from_wire(
     wire: &w::Peer,
     own: NodeId,
     known: impl FnOnce(NodeId) -> Vec<PeerKey>,
-) -> Result<Peer, Status> {
-    let id = convert::country("peer.node_id", &wire.node_id).map_err(ApiError::from)?;
+) -> ApiResult<Peer> {
+    let id = convert::country("peer.node_id", &wire.node_id)?;
     if id == own {
         return Err(field_error("peer.node_id", "a node is not its own peer"));
     }
-    let endpoint = convert::short("peer.endpoint", &wire.endpoint, true).map_err(ApiError::from)?;
+    let endpoint = convert::short("peer.endpoint", &wire.endpoint, true)?;
     if !endpoint.contains(':') {
         return Err(field_error("peer.endpoint", "must be host:port"));
     }
@@ -238,12 +237,8 @@ pub fn peer_problem(
     }
 }
 
-fn page_of(size: i32, token: &str) -> Result<Page, Status> {
-    convert::page(size, token).map_err(|e| ApiError::from(e).into())
-}
-
 /// Parses a certificate serial as `RevokeClientCertificate` takes it.
-pub fn serial(s: &str) -> Result<String, Status> {
+pub fn serial(s: &str) -> ApiResult<String> {
     let ok = !s.is_empty()
         && s.len() <= 40
         && s.bytes()
@@ -261,7 +256,7 @@ pub fn serial(s: &str) -> Result<String, Status> {
 
 /// Parses an `ExportAudit` page: its size (0 asks for 500, at most 1000) and the sequence
 /// number of the last entry already read (an empty token starts from the first).
-pub fn audit_page(size: i32, token: &str) -> Result<(usize, u64), Status> {
+pub fn audit_page(size: i32, token: &str) -> ApiResult<(usize, u64)> {
     let size = match usize::try_from(size) {
         Err(_) => return Err(field_error("page_size", "must not be negative")),
         Ok(0) => 500,
@@ -293,7 +288,7 @@ impl Admin {
     /// Verifies the audit chain and that it matches the head this node signed: a chain
     /// recomputed by someone who could write the database, but does not hold the signing
     /// key, is detected.
-    async fn verified_audit(&self) -> Result<w::VerifyAuditResponse, ApiError> {
+    async fn verified_audit(&self) -> ApiResult<w::VerifyAuditResponse> {
         let store = &self.ctx.store;
         let mut attempt = 0;
         loop {
@@ -347,16 +342,99 @@ impl Admin {
     }
 }
 
-#[tonic::async_trait]
-impl AdminService for Admin {
-    async fn status(
-        &self,
-        request: Request<w::StatusRequest>,
-    ) -> Result<Response<w::StatusResponse>, Status> {
-        Self::operator(&request)?;
+crate::grpc_service!(Admin => AdminService {
+    status(w::StatusRequest) -> w::StatusResponse;
+    list_peers(w::ListPeersRequest) -> w::ListPeersResponse;
+    upsert_peer(w::UpsertPeerRequest) -> w::Peer;
+    remove_peer(w::RemovePeerRequest) -> w::RemovePeerResponse;
+    list_outbox(w::ListOutboxRequest) -> w::ListOutboxResponse;
+    retry_delivery(w::RetryDeliveryRequest) -> w::RetryDeliveryResponse;
+    verify_audit(w::VerifyAuditRequest) -> w::VerifyAuditResponse;
+    export_audit(w::ExportAuditRequest) -> w::ExportAuditResponse;
+    rotate_signing_key(w::RotateSigningKeyRequest) -> w::RotateSigningKeyResponse;
+    export_statistics(w::ExportStatisticsRequest) -> w::ExportStatisticsResponse;
+    backup(w::BackupRequest) -> w::BackupResponse;
+    revoke_client_certificate(w::RevokeClientCertificateRequest) -> w::RevokedClientCertificate;
+    list_signing_keys(w::ListSigningKeysRequest) -> w::ListSigningKeysResponse;
+    list_revoked_client_certificates(
+        w::ListRevokedClientCertificatesRequest
+    ) -> w::ListRevokedClientCertificatesResponse;
+});
+
+/// Returns the wire form of a revoked client certificate.
+fn revoked_to_wire(r: Revoked) -> w::RevokedClientCertificate {
+    w::RevokedClientCertificate {
+        serial_hex: r.serial_hex,
+        revoked_at: Some(ts(r.revoked_at)),
+        issuer: r.issuer,
+    }
+}
+
+/// Returns the wire form of an outbox entry (`dead`: a dead letter).
+fn outbox_entry_to_wire(i: OutboxItem, dead: bool) -> w::OutboxEntry {
+    w::OutboxEntry {
+        message_id: i.message_id.to_string(),
+        peer: i.peer.to_string(),
+        kind: i.kind.as_str().to_owned(),
+        attempts: i.attempts,
+        created_at: Some(convert::ts(i.created_at)),
+        next_attempt_at: None,
+        dead_letter: dead,
+        last_error: i.last_error,
+    }
+}
+
+/// Returns the wire form of an audit entry.
+fn audit_entry_to_wire(e: trm_store::audit::AuditEntry) -> w::AuditEntry {
+    w::AuditEntry {
+        seq: e.seq,
+        at: e
+            .at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        actor: e.record.actor,
+        action: e.record.action,
+        subject: e.record.subject,
+        outcome: e.record.outcome,
+        detail: e.record.detail,
+        prev: e.prev,
+        hash: e.hash,
+    }
+}
+
+/// Parses the issuer of a `RevokeClientCertificate`: empty for every client CA of the node
+/// (`client_issuers`), else the id of one issuer (16 lower-case hex characters).
+fn issuers(issuer: &str, client_issuers: &[String]) -> ApiResult<Vec<String>> {
+    match issuer {
+        "" => Ok(client_issuers.to_vec()),
+        i if i.len() == 16
+            && i.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+        {
+            Ok(vec![i.to_owned()])
+        }
+        _ => Err(field_error(
+            "issuer",
+            "must be 16 lower-case hex characters (the issuer id), or empty for the node's client CA",
+        )),
+    }
+}
+
+/// What a key rotation commits: the old key retired at `now`, the new one announced.
+struct Rotation {
+    actor: String,
+    idem: Option<Idempotent>,
+    old: Arc<SigningIdentity>,
+    new_id: String,
+    announced: keys::OwnKey,
+    now: OffsetDateTime,
+    overlap_days: u32,
+}
+
+impl Admin {
+    /// Probes every peer at once and returns how traffic with each stands, by node id.
+    async fn peer_statuses(&self) -> Vec<w::PeerStatus> {
         let ctx = &self.ctx;
         let store = &ctx.store;
-        // Every peer is probed now, all at once.
         let mut probes = tokio::task::JoinSet::new();
         for id in ctx.directory.ids() {
             let delivery = ctx.delivery.clone();
@@ -398,15 +476,24 @@ impl AdminService for Admin {
             });
         }
         peers.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        peers
+    }
+
+    async fn status(&self, request: Request<w::StatusRequest>) -> ApiResult<w::StatusResponse> {
+        Self::operator(&request)?;
+        let ctx = &self.ctx;
+        let store = &ctx.store;
+        // Every peer is probed now, all at once.
+        let peers = self.peer_statuses().await;
         let health = match store.write_fault() {
             None => "SERVING".to_owned(),
             Some(why) => format!("NOT_SERVING: {why}"),
         };
-        Ok(Response::new(w::StatusResponse {
+        Ok(w::StatusResponse {
             node_id: ctx.id.to_string(),
             policy_version: POLICY_VERSION.to_owned(),
             outbox_depth: peers.iter().map(|p| p.outbox_depth).sum(),
-            dead_letters: store.dead_letter_count().map_err(ApiError::from)?,
+            dead_letters: store.dead_letter_count()?,
             peers,
             health,
             expiries: ctx
@@ -419,27 +506,24 @@ impl AdminService for Admin {
                 .collect(),
             signing_key_id: ctx.identity.current().key_id().to_owned(),
             key_encryption_key_created_at: Some(ts(store.keys().epochs().1)),
-        }))
+        })
     }
 
     async fn list_peers(
         &self,
         request: Request<w::ListPeersRequest>,
-    ) -> Result<Response<w::ListPeersResponse>, Status> {
+    ) -> ApiResult<w::ListPeersResponse> {
         Self::operator(&request)?;
         let req = request.get_ref();
-        let page = page_of(req.page_size, &req.page_token)?;
+        let page = convert::page(req.page_size, &req.page_token)?;
         let (peers, next_page_token) = page.take(self.ctx.directory.all(), |p| p.id.to_string());
-        Ok(Response::new(w::ListPeersResponse {
+        Ok(w::ListPeersResponse {
             peers: peers.into_iter().map(peer_to_wire).collect(),
             next_page_token,
-        }))
+        })
     }
 
-    async fn upsert_peer(
-        &self,
-        request: Request<w::UpsertPeerRequest>,
-    ) -> Result<Response<w::Peer>, Status> {
+    async fn upsert_peer(&self, request: Request<w::UpsertPeerRequest>) -> ApiResult<w::Peer> {
         let actor = Self::operator(&request)?;
         let wire = request
             .into_inner()
@@ -460,26 +544,26 @@ impl AdminService for Admin {
         if let Err(e) = self.ctx.directory.upsert(peer.clone()) {
             // Checked above; the change is stored and applies at the next start.
             error!(peer = %id, error = %e, "peer change stored but not applied");
-            return Err(ApiError::Store(e.to_string()).into());
+            return Err(ApiError::Store(e.to_string()));
         }
         self.ctx.delivery.ensure_worker(id);
         self.ctx.delivery.wake(id);
         info!(peer = %id, "peer added or changed");
-        Ok(Response::new(peer_to_wire(peer)))
+        Ok(peer_to_wire(peer))
     }
 
     async fn remove_peer(
         &self,
         request: Request<w::RemovePeerRequest>,
-    ) -> Result<Response<w::RemovePeerResponse>, Status> {
+    ) -> ApiResult<w::RemovePeerResponse> {
         let actor = Self::operator(&request)?;
         let idem = Idempotent::of(&request)?;
-        let id = convert::country("node_id", &request.get_ref().node_id).map_err(ApiError::from)?;
+        let id = convert::country("node_id", &request.get_ref().node_id)?;
         if self.ctx.done_before(&idem).await?.is_some() {
-            return Ok(Response::new(w::RemovePeerResponse {}));
+            return Ok(w::RemovePeerResponse {});
         }
         if self.ctx.directory.get(id).is_none() {
-            return Err(ApiError::NotFound("peer").into());
+            return Err(ApiError::NotFound("peer"));
         }
         self.ctx
             .commit(move |tx| Ok(record_change(tx, &actor, id, None)?))
@@ -487,33 +571,31 @@ impl AdminService for Admin {
         self.ctx.directory.remove(id);
         info!(peer = %id, "peer removed: no traffic either way");
         self.ctx.remember(idem, id.to_string()).await?;
-        Ok(Response::new(w::RemovePeerResponse {}))
+        Ok(w::RemovePeerResponse {})
     }
 
     async fn list_outbox(
         &self,
         request: Request<w::ListOutboxRequest>,
-    ) -> Result<Response<w::ListOutboxResponse>, Status> {
+    ) -> ApiResult<w::ListOutboxResponse> {
         Self::operator(&request)?;
         let req = request.get_ref();
-        let page = page_of(req.page_size, &req.page_token)?;
+        let page = convert::page(req.page_size, &req.page_token)?;
         let peer = if req.peer.is_empty() {
             None
         } else {
-            Some(convert::country("peer", &req.peer).map_err(ApiError::from)?)
+            Some(convert::country("peer", &req.peer)?)
         };
         let store = &self.ctx.store;
         let mut items: Vec<(OutboxItem, bool)> = store
-            .dead_letters(None, usize::MAX)
-            .map_err(ApiError::from)?
+            .dead_letters(None, usize::MAX)?
             .into_iter()
             .map(|i| (i, true))
             .collect();
         if !req.dead_letters_only {
             items.extend(
                 store
-                    .outbox_items(None, usize::MAX)
-                    .map_err(ApiError::from)?
+                    .outbox_items(None, usize::MAX)?
                     .into_iter()
                     .map(|i| (i, false)),
             );
@@ -521,90 +603,64 @@ impl AdminService for Admin {
         items.retain(|(i, _)| peer.is_none_or(|p| i.peer == p));
         items.sort_by_key(|(i, _)| i.message_id);
         let (items, next_page_token) = page.take(items, |(i, _)| i.message_id.to_string());
-        let entries = items
-            .into_iter()
-            .map(|(i, dead)| w::OutboxEntry {
-                message_id: i.message_id.to_string(),
-                peer: i.peer.to_string(),
-                kind: i.kind.as_str().to_owned(),
-                attempts: i.attempts,
-                created_at: Some(convert::ts(i.created_at)),
-                next_attempt_at: None,
-                dead_letter: dead,
-                last_error: i.last_error,
-            })
-            .collect();
-        Ok(Response::new(w::ListOutboxResponse {
-            entries,
+        Ok(w::ListOutboxResponse {
+            entries: items
+                .into_iter()
+                .map(|(i, dead)| outbox_entry_to_wire(i, dead))
+                .collect(),
             next_page_token,
-        }))
+        })
     }
 
     async fn retry_delivery(
         &self,
         request: Request<w::RetryDeliveryRequest>,
-    ) -> Result<Response<w::RetryDeliveryResponse>, Status> {
+    ) -> ApiResult<w::RetryDeliveryResponse> {
         let actor = Self::operator(&request)?;
         let idem = Idempotent::of(&request)?;
-        let message_id = MessageId::parse("message_id", &request.get_ref().message_id)
-            .map_err(ApiError::from)?;
+        let message_id = MessageId::parse("message_id", &request.get_ref().message_id)?;
         if self.ctx.done_before(&idem).await?.is_some() {
-            return Ok(Response::new(w::RetryDeliveryResponse {}));
+            return Ok(w::RetryDeliveryResponse {});
         }
         match self.ctx.delivery.retry(message_id, &actor).await {
             Ok(_) => {
                 self.ctx.remember(idem, message_id.to_string()).await?;
-                Ok(Response::new(w::RetryDeliveryResponse {}))
+                Ok(w::RetryDeliveryResponse {})
             }
-            Err(RetryError::NotFound) => Err(ApiError::NotFound("dead letter").into()),
-            Err(RetryError::Erased) => Err(ApiError::from(GuardError::new(
+            Err(RetryError::NotFound) => Err(ApiError::NotFound("dead letter")),
+            Err(RetryError::Erased) => Err(GuardError::new(
                 Guard::Consent,
                 "the envelope's subject was erased (consent withdrawn or case erased); nothing may be sent",
-            ))
+            )
             .into()),
-            Err(RetryError::Store(detail)) => Err(ApiError::Store(detail).into()),
+            Err(RetryError::Store(detail)) => Err(ApiError::Store(detail)),
         }
     }
 
     async fn verify_audit(
         &self,
         request: Request<w::VerifyAuditRequest>,
-    ) -> Result<Response<w::VerifyAuditResponse>, Status> {
+    ) -> ApiResult<w::VerifyAuditResponse> {
         Self::operator(&request)?;
-        Ok(Response::new(self.verified_audit().await?))
+        self.verified_audit().await
     }
 
     async fn export_audit(
         &self,
         request: Request<w::ExportAuditRequest>,
-    ) -> Result<Response<w::ExportAuditResponse>, Status> {
+    ) -> ApiResult<w::ExportAuditResponse> {
         Self::operator(&request)?;
         let req = request.get_ref();
         let (size, after) = audit_page(req.page_size, &req.page_token)?;
         let store = &self.ctx.store;
-        store.durable().await.map_err(ApiError::from)?;
-        let report = store.verify_audit().map_err(ApiError::from)?;
-        let entries = store
-            .audit_entries(after, size + 1)
-            .map_err(ApiError::from)?;
+        store.durable().await?;
+        let report = store.verify_audit()?;
+        let entries = store.audit_entries(after, size + 1)?;
         let more = entries.len() > size;
         let entries: Vec<w::AuditEntry> = entries
             .into_iter()
             .take(size)
-            .map(|e| w::AuditEntry {
-                seq: e.seq,
-                at: e
-                    .at
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default(),
-                actor: e.record.actor,
-                action: e.record.action,
-                subject: e.record.subject,
-                outcome: e.record.outcome,
-                detail: e.record.detail,
-                prev: e.prev,
-                hash: e.hash,
-            })
+            .map(audit_entry_to_wire)
             .collect();
         let next_page_token = match (more, entries.last()) {
             (true, Some(last)) => last.seq.to_string(),
@@ -620,39 +676,34 @@ impl AdminService for Admin {
             key_id: s.key_id,
             signature_hex: s.signature,
         });
-        Ok(Response::new(w::ExportAuditResponse {
+        Ok(w::ExportAuditResponse {
             entries,
             head,
             next_page_token,
-        }))
+        })
     }
 
+    /// Rotates the node's signing key: the new key is announced to every peer, signed by
+    /// the old one, which stays listed for the overlap; a retried request gets the first
+    /// rotation's key.
     async fn rotate_signing_key(
         &self,
         request: Request<w::RotateSigningKeyRequest>,
-    ) -> Result<Response<w::RotateSigningKeyResponse>, Status> {
+    ) -> ApiResult<w::RotateSigningKeyResponse> {
         let actor = Self::operator(&request)?;
         let idem = Idempotent::of(&request)?;
         let _one_at_a_time = self.rotation.lock().await;
         if let Some(key_id) = self.ctx.done_before(&idem).await? {
-            return Ok(Response::new(w::RotateSigningKeyResponse { key_id }));
+            return Ok(w::RotateSigningKeyResponse { key_id });
         }
-        let requested = request.get_ref().overlap_days;
-        if requested > MAX_OVERLAP_DAYS {
-            return Err(field_error(
-                "overlap_days",
-                &format!("must be at most {MAX_OVERLAP_DAYS}"),
-            ));
-        }
+        let overlap_days = self.overlap_days(request.get_ref().overlap_days)?;
         let ctx = &self.ctx;
-        let overlap_days = requested.max(ctx.replay_window_days);
         let old = ctx.identity.current();
         let new = SigningIdentity::generate();
         // The rotation instant is a whole second: key windows are kept and announced in
         // seconds, and the announcement (dated at it) must not predate the new key.
         let now = OffsetDateTime::now_utc();
         let now = now.replace_nanosecond(0).unwrap_or(now);
-        let listed_until = now + time::Duration::days(i64::from(overlap_days));
         // The new key is staged beside the old one and takes its place only once its
         // announcement is durable: a crash in between is finished (or undone) at start-up,
         // so the node never signs with a key its peers were not told about.
@@ -662,45 +713,82 @@ impl AdminService for Admin {
         // From now on the old key dates what it signs no later than `now`, the instant its
         // validity ends at the peers.
         ctx.identity.replace(old.retiring_at(now));
-        let mut keys = keys::listed(&ctx.store, &old);
-        for k in keys.iter_mut().filter(|k| k.key_id == old.key_id()) {
-            k.valid_until = Some(now);
-            k.listed_until = Some(listed_until);
-        }
-        let announced = keys::own_key(&new, Some(now));
-        keys.push(announced.clone());
-        let peers = ctx.directory.ids();
-        let (signer, new_id) = (old.clone(), new.key_id().to_owned());
-        let committed = ctx
-            .commit(move |tx| {
-                if let Some(i) = &idem {
-                    i.remember(tx, new_id.clone())?;
-                }
-                tx.put_own_keys(&keys)?;
-                for peer in &peers {
-                    // Signed by the old key, which the peer trusts, dated at its last instant.
-                    let payload = Payload::KeyAnnouncement(w::KeyAnnouncement {
-                        key: Some(keys::to_wire(&announced)),
-                    });
-                    outbox::enqueue_at(tx, &signer, *peer, Topic::NodeKeys, "", payload, now)?;
-                }
-                tx.audit(
-                    AuditRecord::new(actor.clone(), "keys.rotate", new_id.clone(), "ok").detail(
-                        format!(
-                            "previous={} overlap_days={overlap_days} announced_to={}",
-                            signer.key_id(),
-                            peers.len()
-                        ),
-                    ),
-                )?;
-                Ok(())
-            })
-            .await;
-        if let Err(e) = committed {
+        let rotation = Rotation {
+            actor,
+            idem,
+            old: old.clone(),
+            new_id: new.key_id().to_owned(),
+            announced: keys::own_key(&new, Some(now)),
+            now,
+            overlap_days,
+        };
+        if let Err(e) = self.commit_rotation(rotation).await {
             ctx.identity.replace((*old).clone());
             let _ = std::fs::remove_file(&staged);
-            return Err(e.into());
+            return Err(e);
         }
+        Ok(w::RotateSigningKeyResponse {
+            key_id: self.put_new_key_in_place(new),
+        })
+    }
+
+    /// Returns the overlap a rotation keeps the old key listed for: as asked (at most
+    /// [`MAX_OVERLAP_DAYS`]), and never shorter than the replay window.
+    fn overlap_days(&self, requested: u32) -> ApiResult<u32> {
+        if requested > MAX_OVERLAP_DAYS {
+            return Err(field_error(
+                "overlap_days",
+                &format!("must be at most {MAX_OVERLAP_DAYS}"),
+            ));
+        }
+        Ok(requested.max(self.ctx.replay_window_days))
+    }
+
+    /// Commits a rotation in one transaction: the node's keys (the old one valid until the
+    /// rotation instant, listed for the overlap; the new one added), an announcement of the
+    /// new key to every peer, signed by the old key and dated at its last instant, and the
+    /// audit entry.
+    async fn commit_rotation(&self, r: Rotation) -> ApiResult<()> {
+        let ctx = &self.ctx;
+        let listed_until = r.now + time::Duration::days(i64::from(r.overlap_days));
+        let mut keys = keys::listed(&ctx.store, &r.old);
+        for k in keys.iter_mut().filter(|k| k.key_id == r.old.key_id()) {
+            k.valid_until = Some(r.now);
+            k.listed_until = Some(listed_until);
+        }
+        keys.push(r.announced.clone());
+        let peers = ctx.directory.ids();
+        ctx.commit(move |tx| {
+            if let Some(i) = &r.idem {
+                i.remember(tx, r.new_id.clone())?;
+            }
+            tx.put_own_keys(&keys)?;
+            for peer in &peers {
+                // Signed by the old key, which the peer trusts, dated at its last instant.
+                let payload = Payload::KeyAnnouncement(w::KeyAnnouncement {
+                    key: Some(keys::to_wire(&r.announced)),
+                });
+                outbox::enqueue_at(tx, &r.old, *peer, Topic::NodeKeys, "", payload, r.now)?;
+            }
+            tx.audit(
+                AuditRecord::new(r.actor.clone(), "keys.rotate", r.new_id.clone(), "ok").detail(
+                    format!(
+                        "previous={} overlap_days={} announced_to={}",
+                        r.old.key_id(),
+                        r.overlap_days,
+                        peers.len()
+                    ),
+                ),
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Once a rotation is committed, moves the staged key into place, rewrites the public
+    /// key file and signs with the new key from now on; returns its id.
+    fn put_new_key_in_place(&self, new: SigningIdentity) -> String {
+        let ctx = &self.ctx;
         if let Err(e) = keys::recover_rotation(&ctx.store, &ctx.signing_key_path) {
             // The rotation is committed; the staged key takes its place at the next start.
             error!(error = %e, "cannot move the new signing key into place yet");
@@ -712,26 +800,22 @@ impl AdminService for Admin {
         }
         ctx.identity.replace(new);
         info!(key_id = %key_id, "signing key rotated");
-        Ok(Response::new(w::RotateSigningKeyResponse { key_id }))
+        key_id
     }
 
     async fn export_statistics(
         &self,
         request: Request<w::ExportStatisticsRequest>,
-    ) -> Result<Response<w::ExportStatisticsResponse>, Status> {
+    ) -> ApiResult<w::ExportStatisticsResponse> {
         let actor = Self::operator(&request)?;
         let req = request.get_ref();
-        let start = parse_date("period_start", &req.period_start).map_err(ApiError::from)?;
-        let end = parse_date("period_end", &req.period_end).map_err(ApiError::from)?;
-        let period = Period::closed(start, end, crate::ctx::today()).map_err(ApiError::from)?;
-        let answer = crate::statistics::export(&self.ctx, period, &actor).await?;
-        Ok(Response::new(answer))
+        let start = parse_date("period_start", &req.period_start)?;
+        let end = parse_date("period_end", &req.period_end)?;
+        let period = Period::closed(start, end, crate::ctx::today())?;
+        crate::statistics::export(&self.ctx, period, &actor).await
     }
 
-    async fn backup(
-        &self,
-        request: Request<w::BackupRequest>,
-    ) -> Result<Response<w::BackupResponse>, Status> {
+    async fn backup(&self, request: Request<w::BackupRequest>) -> ApiResult<w::BackupResponse> {
         let actor = Self::operator(&request)?;
         let path = std::path::PathBuf::from(&request.get_ref().path);
         if !path.is_absolute() {
@@ -747,7 +831,7 @@ impl AdminService for Admin {
             .await
             .map_err(|e| match e {
                 trm_store::StoreError::Io(io) if io.kind() == std::io::ErrorKind::AlreadyExists => {
-                    ApiError::from(FieldError::new("path", "must not exist or be empty"))
+                    field_error("path", "must not exist or be empty")
                 }
                 e => ApiError::from(e),
             })?;
@@ -775,32 +859,19 @@ impl AdminService for Admin {
             bytes = manifest.bytes(),
             "backup written"
         );
-        Ok(Response::new(w::BackupResponse {
+        Ok(w::BackupResponse {
             path: path.display().to_string(),
             bytes: manifest.bytes(),
-        }))
+        })
     }
 
     async fn revoke_client_certificate(
         &self,
         request: Request<w::RevokeClientCertificateRequest>,
-    ) -> Result<Response<w::RevokedClientCertificate>, Status> {
+    ) -> ApiResult<w::RevokedClientCertificate> {
         let actor = Self::operator(&request)?;
         let serial_hex = serial(&request.get_ref().serial_hex)?;
-        let issuers = match request.get_ref().issuer.as_str() {
-            "" => self.ctx.client_issuers.clone(),
-            i if i.len() == 16
-                && i.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
-            {
-                vec![i.to_owned()]
-            }
-            _ => {
-                return Err(field_error(
-                    "issuer",
-                    "must be 16 lower-case hex characters (the issuer id), or empty for the node's client CA",
-                ))
-            }
-        };
+        let issuers = issuers(&request.get_ref().issuer, &self.ctx.client_issuers)?;
         let now = OffsetDateTime::now_utc();
         let serial_for = serial_hex.clone();
         let revoked = self
@@ -842,49 +913,38 @@ impl AdminService for Admin {
             .into_iter()
             .next()
             .ok_or_else(|| ApiError::Store("the node has no client CA to revoke under".into()))?;
-        Ok(Response::new(w::RevokedClientCertificate {
-            serial_hex: first.serial_hex,
-            revoked_at: Some(ts(first.revoked_at)),
-            issuer: first.issuer,
-        }))
+        Ok(revoked_to_wire(first))
     }
 
     async fn list_signing_keys(
         &self,
         request: Request<w::ListSigningKeysRequest>,
-    ) -> Result<Response<w::ListSigningKeysResponse>, Status> {
+    ) -> ApiResult<w::ListSigningKeysResponse> {
         Self::operator(&request)?;
         let current = self.ctx.identity.current();
         let mut keys = keys::listed(&self.ctx.store, &current);
         keys.sort_by_key(|k| k.valid_from);
-        Ok(Response::new(w::ListSigningKeysResponse {
+        Ok(w::ListSigningKeysResponse {
             keys: keys.iter().map(keys::to_wire).collect(),
             current_key_id: current.key_id().to_owned(),
             current_public_key_pem: trm_crypto::signing::public_to_pem(&current.public())
                 .map_err(|e| ApiError::Store(e.to_string()))?,
-        }))
+        })
     }
 
     async fn list_revoked_client_certificates(
         &self,
         request: Request<w::ListRevokedClientCertificatesRequest>,
-    ) -> Result<Response<w::ListRevokedClientCertificatesResponse>, Status> {
+    ) -> ApiResult<w::ListRevokedClientCertificatesResponse> {
         Self::operator(&request)?;
         let req = request.get_ref();
-        let page = page_of(req.page_size, &req.page_token)?;
+        let page = convert::page(req.page_size, &req.page_token)?;
         let (items, next_page_token) = page.take(self.ctx.revocations.list(), |r| {
             format!("{}/{}", r.serial_hex, r.issuer)
         });
-        Ok(Response::new(w::ListRevokedClientCertificatesResponse {
-            certificates: items
-                .into_iter()
-                .map(|r| w::RevokedClientCertificate {
-                    serial_hex: r.serial_hex,
-                    revoked_at: Some(ts(r.revoked_at)),
-                    issuer: r.issuer,
-                })
-                .collect(),
+        Ok(w::ListRevokedClientCertificatesResponse {
+            certificates: items.into_iter().map(revoked_to_wire).collect(),
             next_page_token,
-        }))
+        })
     }
 }

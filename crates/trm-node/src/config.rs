@@ -559,6 +559,134 @@ pub fn valid_pin(pin: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// A numeric setting with its bounds: its key, its value, the least and the most allowed.
+type Bound = (&'static str, u64, u64, u64);
+
+/// A count as a setting's value.
+fn count(v: usize) -> u64 {
+    v as u64
+}
+
+impl DeliverySection {
+    /// The bounds of delivery: back-off, timeouts, batches and the replicas' lease.
+    fn bounds(&self) -> [Bound; 6] {
+        [
+            (
+                "delivery.backoff_cap_secs",
+                self.backoff_cap_secs,
+                1,
+                86_400,
+            ),
+            (
+                "delivery.request_timeout_secs",
+                self.request_timeout_secs,
+                1,
+                600,
+            ),
+            // A peer takes at most 512 envelopes per batch and 16 requests in flight.
+            (
+                "delivery.batch_envelopes",
+                count(self.batch_envelopes),
+                1,
+                512,
+            ),
+            (
+                "delivery.batches_in_flight",
+                count(self.batches_in_flight),
+                1,
+                8,
+            ),
+            ("delivery.lease_secs", self.lease_secs, 2, 300),
+            ("delivery.replica_poll_ms", self.replica_poll_ms, 10, 60_000),
+        ]
+    }
+}
+
+impl LimitsSection {
+    /// The bounds of the connections of a port: how many, per caller and per address, and
+    /// how long a handshake may take.
+    fn connection_bounds(&self) -> [Bound; 6] {
+        let max = count(self.max_connections);
+        [
+            ("limits.max_connections", max, 1, 65_536),
+            (
+                "limits.max_connections_per_client",
+                count(self.per_client()),
+                1,
+                max,
+            ),
+            (
+                "limits.handshake_timeout_secs",
+                self.handshake_timeout_secs,
+                1,
+                300,
+            ),
+            (
+                "limits.max_handshakes_per_address",
+                count(self.per_address()),
+                1,
+                max,
+            ),
+            // New addresses keep at least one place.
+            (
+                "limits.reserved_for_known_addresses",
+                count(self.reserved()),
+                0,
+                max.saturating_sub(1),
+            ),
+            (
+                "limits.handshake_timeout_under_pressure_ms",
+                self.pressure_timeout_ms(),
+                100,
+                self.handshake_timeout_secs.saturating_mul(1000).max(100),
+            ),
+        ]
+    }
+
+    /// The bounds of the requests on a connection: streams, keepalive and request rates.
+    fn request_bounds(&self) -> [Bound; 7] {
+        [
+            (
+                "limits.max_concurrent_streams",
+                self.max_concurrent_streams.into(),
+                1,
+                4096,
+            ),
+            (
+                "limits.keepalive_interval_secs",
+                self.keepalive_interval_secs,
+                1,
+                3600,
+            ),
+            (
+                "limits.keepalive_timeout_secs",
+                self.keepalive_timeout_secs,
+                1,
+                600,
+            ),
+            (
+                "limits.client_requests_per_second",
+                self.client_requests_per_second.into(),
+                1,
+                1_000_000,
+            ),
+            (
+                "limits.client_burst",
+                self.client_burst.into(),
+                1,
+                1_000_000,
+            ),
+            (
+                "limits.peer_requests_per_second",
+                self.peer_requests_per_second.into(),
+                1,
+                1_000_000,
+            ),
+            ("limits.peer_burst", self.peer_burst.into(), 1, 1_000_000),
+        ]
+    }
+}
+
 impl NodeConfig {
     /// Reads, resolves and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -679,9 +807,25 @@ impl NodeConfig {
 
     /// Every numeric setting with its bounds: below, nothing would work; above, a value
     /// would overflow a duration or stall the node.
-    fn bounds(&self) -> [(&'static str, u64, u64, u64); 23] {
-        let (d, l) = (&self.delivery, &self.limits);
-        let n = |v: usize| v as u64;
+    fn bounds(&self) -> Vec<Bound> {
+        [
+            &self.retention_bounds()[..],
+            &self.delivery.bounds(),
+            &[(
+                "storage.kek_rotation_hours",
+                self.storage.kek_rotation_hours.into(),
+                1,
+                24 * 30,
+            )],
+            &self.limits.connection_bounds(),
+            &self.limits.request_bounds(),
+        ]
+        .concat()
+    }
+
+    /// The bounds of what the node keeps and publishes: the reflection period, the replay
+    /// window and the smallest count a statistics cell shows.
+    fn retention_bounds(&self) -> [Bound; 3] {
         [
             (
                 "policy.reflection_period_days",
@@ -701,88 +845,6 @@ impl NodeConfig {
                 trm_core::stats::MIN_CELL_COUNT_FLOOR,
                 1000,
             ),
-            ("delivery.backoff_cap_secs", d.backoff_cap_secs, 1, 86_400),
-            (
-                "delivery.request_timeout_secs",
-                d.request_timeout_secs,
-                1,
-                600,
-            ),
-            // A peer takes at most 512 envelopes per batch and 16 requests in flight.
-            ("delivery.batch_envelopes", n(d.batch_envelopes), 1, 512),
-            ("delivery.batches_in_flight", n(d.batches_in_flight), 1, 8),
-            ("delivery.lease_secs", d.lease_secs, 2, 300),
-            ("delivery.replica_poll_ms", d.replica_poll_ms, 10, 60_000),
-            (
-                "storage.kek_rotation_hours",
-                self.storage.kek_rotation_hours.into(),
-                1,
-                24 * 30,
-            ),
-            ("limits.max_connections", n(l.max_connections), 1, 65_536),
-            (
-                "limits.max_connections_per_client",
-                n(l.per_client()),
-                1,
-                n(l.max_connections),
-            ),
-            (
-                "limits.handshake_timeout_secs",
-                l.handshake_timeout_secs,
-                1,
-                300,
-            ),
-            (
-                "limits.max_handshakes_per_address",
-                n(l.per_address()),
-                1,
-                n(l.max_connections),
-            ),
-            // New addresses keep at least one place.
-            (
-                "limits.reserved_for_known_addresses",
-                n(l.reserved()),
-                0,
-                n(l.max_connections).saturating_sub(1),
-            ),
-            (
-                "limits.handshake_timeout_under_pressure_ms",
-                l.pressure_timeout_ms(),
-                100,
-                l.handshake_timeout_secs.saturating_mul(1000).max(100),
-            ),
-            (
-                "limits.max_concurrent_streams",
-                l.max_concurrent_streams.into(),
-                1,
-                4096,
-            ),
-            (
-                "limits.keepalive_interval_secs",
-                l.keepalive_interval_secs,
-                1,
-                3600,
-            ),
-            (
-                "limits.keepalive_timeout_secs",
-                l.keepalive_timeout_secs,
-                1,
-                600,
-            ),
-            (
-                "limits.client_requests_per_second",
-                l.client_requests_per_second.into(),
-                1,
-                1_000_000,
-            ),
-            ("limits.client_burst", l.client_burst.into(), 1, 1_000_000),
-            (
-                "limits.peer_requests_per_second",
-                l.peer_requests_per_second.into(),
-                1,
-                1_000_000,
-            ),
-            ("limits.peer_burst", l.peer_burst.into(), 1, 1_000_000),
         ]
     }
 

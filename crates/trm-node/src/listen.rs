@@ -416,87 +416,124 @@ pub fn incoming(
     config: Arc<rustls::ServerConfig>,
     limits: AcceptLimits,
     key: CallerKey,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> (Incoming, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(64);
-    let acceptor = TlsAcceptor::from(config);
+    let handshakes = Handshakes {
+        acceptor: TlsAcceptor::from(config),
+        callers: Arc::new(Callers::default()),
+        limits,
+        key,
+        established: tx,
+    };
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let callers = Arc::new(Callers::default());
     let admission = Admission::new(limits);
-    let task = tokio::spawn(async move {
-        loop {
-            let permit = tokio::select! {
-                p = slots.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
-                _ = stop.wait_for(|s| *s) => return,
-            };
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = stop.wait_for(|s| *s) => return,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a little, keep serving.
-                    debug!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let source = Source::of(peer.ip());
-            let handshaking = match admission.admit(source) {
-                Ok(h) => h,
-                Err(why) => {
-                    // Closed before any TLS work; its place is free at once.
-                    admission.refused(source, why);
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let (acceptor, tx, callers) = (acceptor.clone(), tx.clone(), callers.clone());
-            let pressure = admission.pressure.subscribe();
-            tokio::spawn(async move {
-                let start = tokio::time::Instant::now();
-                let conn = Conn {
-                    tcp,
-                    _permit: permit,
-                    caller: None,
-                };
-                let handshake = tokio::select! {
-                    r = acceptor.accept(conn) => Some(r),
-                    _ = handshake_deadline(start, limits, pressure) => None,
-                };
-                match handshake {
-                    Some(Ok(mut tls)) => {
-                        handshaking.admission.known_at(source);
-                        drop(handshaking);
-                        // Every port requires a client certificate; callers without one,
-                        // were a port to let them in, would share one count.
-                        let caller = tls
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|c| c.first())
-                            .map(|c| key.of(c.as_ref()))
-                            .unwrap_or_default();
-                        let max = limits.max_connections_per_client.max(1);
-                        match callers.take(&caller, max) {
-                            Some(slot) => {
-                                tls.get_mut().0.caller = Some(slot);
-                                let _ = tx.send(Ok(tls)).await;
-                            }
-                            None => callers.over_limit(&caller, max),
-                        }
-                    }
-                    Some(Err(e)) => debug!(error = %e, "tls handshake failed"),
-                    None => debug!("tls handshake timed out; connection closed"),
-                }
-            });
-        }
-    });
+    let task = tokio::spawn(accept(listener, slots, admission, handshakes, stop));
     (ReceiverStream::new(rx), task)
+}
+
+/// Accepts connections on `listener` until `stop` turns true: each waits for one of the
+/// port's `slots`, is closed at once when its source address may start no handshake (see
+/// [`Admission::admit`]), and completes its handshake on a task of its own.
+async fn accept(
+    listener: TcpListener,
+    slots: Arc<Semaphore>,
+    admission: Arc<Admission>,
+    handshakes: Handshakes,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: wait a little, keep serving.
+                debug!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let source = Source::of(peer.ip());
+        let handshaking = match admission.admit(source) {
+            Ok(h) => h,
+            Err(why) => {
+                // Closed before any TLS work; its place is free at once.
+                admission.refused(source, why);
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let pressure = admission.pressure.subscribe();
+        let conn = Conn {
+            tcp,
+            _permit: permit,
+            caller: None,
+        };
+        tokio::spawn(handshakes.clone().complete(conn, handshaking, pressure));
+    }
+}
+
+/// What completes the TLS handshakes of one port and hands the established connections
+/// to its server.
+#[derive(Clone)]
+struct Handshakes {
+    acceptor: TlsAcceptor,
+    callers: Arc<Callers>,
+    limits: AcceptLimits,
+    key: CallerKey,
+    established: mpsc::Sender<io::Result<TlsStream<Conn>>>,
+}
+
+impl Handshakes {
+    /// Completes the handshake of an admitted connection before its deadline (shortened
+    /// if the port comes under `pressure`), or closes it.
+    async fn complete(self, conn: Conn, handshaking: Handshaking, pressure: watch::Receiver<bool>) {
+        let start = tokio::time::Instant::now();
+        let handshake = tokio::select! {
+            r = self.acceptor.accept(conn) => Some(r),
+            _ = handshake_deadline(start, self.limits, pressure) => None,
+        };
+        match handshake {
+            Some(Ok(tls)) => self.hand_on(tls, handshaking).await,
+            Some(Err(e)) => debug!(error = %e, "tls handshake failed"),
+            None => debug!("tls handshake timed out; connection closed"),
+        }
+    }
+
+    /// Remembers the connection's address as known, gives the connection a place among
+    /// its caller's and hands it to the server; closes it when the caller holds every
+    /// place it may.
+    async fn hand_on(&self, mut tls: TlsStream<Conn>, handshaking: Handshaking) {
+        handshaking.admission.known_at(handshaking.source);
+        drop(handshaking);
+        // Every port requires a client certificate; callers without one, were a port to
+        // let them in, would share one count.
+        let caller = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| self.key.of(c.as_ref()))
+            .unwrap_or_default();
+        let max = self.limits.max_connections_per_client.max(1);
+        match self.callers.take(&caller, max) {
+            Some(slot) => {
+                tls.get_mut().0.caller = Some(slot);
+                let _ = self.established.send(Ok(tls)).await;
+            }
+            None => self.callers.over_limit(&caller, max),
+        }
+    }
 }
 
 #[cfg(test)]

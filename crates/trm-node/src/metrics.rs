@@ -3,11 +3,14 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{atomic::Ordering, Arc, Mutex, PoisonError},
 };
 
 use axum::{extract::State, http::StatusCode, routing::get, Router};
+use tracing::error;
+use trm_core::ids::NodeId;
 use trm_federation::Counters;
+use trm_store::{Store, StoreError};
 
 use crate::{ctx::Ctx, gate::GateCounters};
 
@@ -203,6 +206,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
 }
 
+/// Writes one sample of a family (`labels` without braces, empty for none).
 fn sample(out: &mut String, name: &str, labels: &str, value: impl std::fmt::Display) {
     if labels.is_empty() {
         out.push_str(&format!("{name} {value}\n"));
@@ -211,112 +215,144 @@ fn sample(out: &mut String, name: &str, labels: &str, value: impl std::fmt::Disp
     }
 }
 
+/// Writes a family of one unlabelled sample.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    family(out, name, kind, help);
+    sample(out, name, "", value);
+}
+
+/// Writes a family with one sample per label set.
+fn labelled<V: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (String, V)>,
+) {
+    family(out, name, kind, help);
+    for (labels, value) in samples {
+        sample(out, name, &labels, value);
+    }
+}
+
+/// A store read of the metrics page that failed: the page is not served rather than show
+/// the figure as zero (a storage fault must not read as an empty queue).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the {what}: {source}")]
+pub struct ReadError {
+    /// Which figure was being read (never a value).
+    pub what: &'static str,
+    #[source]
+    source: StoreError,
+}
+
+/// Names the figure of a failed store read.
+fn reading(what: &'static str) -> impl FnOnce(StoreError) -> ReadError {
+    move |source| ReadError { what, source }
+}
+
 /// Renders the metrics page. Every figure is kept in memory or read in O(peers): a scrape
-/// never scans the store.
-pub fn render(ctx: &Ctx, gates: &GateCounters, requests: &Requests) -> String {
-    let s = &ctx.store;
+/// never scans the store. A store read that fails fails the page.
+pub fn render(ctx: &Ctx, gates: &GateCounters, requests: &Requests) -> Result<String, ReadError> {
     let mut out = String::new();
     let peers = ctx.directory.ids();
-    let now = time::OffsetDateTime::now_utc();
+    outbox_gauges(&mut out, &ctx.store, &peers)?;
+    store_gauges(&mut out, &ctx.store)?;
+    node_gauges(&mut out, ctx, peers.len());
+    delivery_counters(&mut out, &ctx.counters, gates);
+    labelled_counters(&mut out, &ctx.counters, requests);
+    latency_histograms(&mut out, ctx);
+    key_dates(&mut out, ctx);
+    Ok(out)
+}
 
-    family(
-        &mut out,
+/// The outbound queues, per peer: how many envelopes wait, and how long the oldest has.
+fn outbox_gauges(out: &mut String, s: &Store, peers: &[NodeId]) -> Result<(), ReadError> {
+    let mut depths = Vec::with_capacity(peers.len());
+    for p in peers {
+        let depth = s.outbox_depth(*p).map_err(reading("outbox depth"))?;
+        depths.push((format!("peer=\"{p}\""), depth));
+    }
+    labelled(
+        out,
         "trm_outbox_depth",
         "gauge",
         "Envelopes waiting for delivery, by peer.",
+        depths,
     );
-    for p in &peers {
-        sample(
-            &mut out,
-            "trm_outbox_depth",
-            &format!("peer=\"{p}\""),
-            s.outbox_depth(*p).unwrap_or_default(),
-        );
+    let now = time::OffsetDateTime::now_utc();
+    let mut ages = Vec::with_capacity(peers.len());
+    for p in peers {
+        let head = s.outbox_head(*p, 1).map_err(reading("outbox head"))?;
+        let age = head
+            .first()
+            .map(|i| (now - i.created_at).as_seconds_f64())
+            .unwrap_or(0.0)
+            .max(0.0);
+        ages.push((format!("peer=\"{p}\""), age));
     }
-    family(
-        &mut out,
+    labelled(
+        out,
         "trm_outbox_oldest_age_seconds",
         "gauge",
         "Age of the oldest envelope waiting for a peer (0 when none waits).",
+        ages,
     );
-    for p in &peers {
-        let age = s
-            .outbox_head(*p, 1)
-            .ok()
-            .and_then(|items| items.first().map(|i| (now - i.created_at).as_seconds_f64()))
-            .unwrap_or(0.0)
-            .max(0.0);
-        sample(
-            &mut out,
-            "trm_outbox_oldest_age_seconds",
-            &format!("peer=\"{p}\""),
-            age,
-        );
-    }
-    family(
-        &mut out,
+    Ok(())
+}
+
+/// What the store counts: dead letters and the length of the audit chain.
+fn store_gauges(out: &mut String, s: &Store) -> Result<(), ReadError> {
+    let dead_letters = s
+        .dead_letter_count()
+        .map_err(reading("dead letter count"))?;
+    single(
+        out,
         "trm_dead_letters",
         "gauge",
         "Envelopes refused for good by a peer.",
+        dead_letters,
     );
-    sample(
-        &mut out,
-        "trm_dead_letters",
-        "",
-        s.dead_letter_count().unwrap_or_default(),
-    );
-    family(
-        &mut out,
+    let audit_entries = s.audit_len().map_err(reading("audit chain length"))?;
+    single(
+        out,
         "trm_audit_entries",
         "gauge",
         "Entries in the audit chain.",
+        audit_entries,
     );
-    sample(
-        &mut out,
-        "trm_audit_entries",
-        "",
-        s.audit_len().unwrap_or_default(),
-    );
-    family(&mut out, "trm_peers", "gauge", "Peers in the directory.");
-    sample(&mut out, "trm_peers", "", peers.len());
-    family(
-        &mut out,
+    Ok(())
+}
+
+/// The node's state: its peers, whether it delivers, whether its store takes writes.
+fn node_gauges(out: &mut String, ctx: &Ctx, peers: usize) {
+    let s = &ctx.store;
+    single(out, "trm_peers", "gauge", "Peers in the directory.", peers);
+    single(
+        out,
         "trm_delivery_active",
         "gauge",
         "1 when this process runs the delivery workers (it holds the delivery lease among the node's replicas).",
-    );
-    sample(
-        &mut out,
-        "trm_delivery_active",
-        "",
         u8::from(ctx.delivery.is_active()),
     );
-    family(
-        &mut out,
+    single(
+        out,
         "trm_storage_failed",
         "gauge",
         "1 once a durable point failed (the node takes no writes until restarted).",
-    );
-    sample(
-        &mut out,
-        "trm_storage_failed",
-        "",
         u8::from(s.failure().is_some()),
     );
-    family(
-        &mut out,
+    single(
+        out,
         "trm_storage_refusing_writes",
         "gauge",
         "1 while the store cannot take a write (failed durable point, data folder full or read-only).",
-    );
-    sample(
-        &mut out,
-        "trm_storage_refusing_writes",
-        "",
         u8::from(s.write_fault().is_some()),
     );
+}
 
-    let c = &ctx.counters;
+/// The running totals of the federation traffic and of the requests the gates refused.
+fn delivery_counters(out: &mut String, c: &Counters, gates: &GateCounters) {
     for (name, help, value) in [
         (
             "trm_envelopes_accepted_total",
@@ -356,96 +392,101 @@ pub fn render(ctx: &Ctx, gates: &GateCounters, requests: &Requests) -> String {
         (
             "trm_requests_rate_limited_total",
             "Requests refused for going over their caller's rate (RESOURCE_EXHAUSTED).",
-            gates
-                .rate_limited
-                .load(std::sync::atomic::Ordering::Relaxed),
+            gates.rate_limited.load(Ordering::Relaxed),
         ),
         (
             "trm_requests_revoked_total",
             "Requests refused because their client certificate is revoked.",
-            gates.revoked.load(std::sync::atomic::Ordering::Relaxed),
+            gates.revoked.load(Ordering::Relaxed),
         ),
     ] {
-        family(&mut out, name, "counter", help);
-        sample(&mut out, name, "", value);
+        single(out, name, "counter", help, value);
     }
-    family(
-        &mut out,
+}
+
+/// The totals kept by label: inbound refusals by reason, gRPC requests by method and code.
+fn labelled_counters(out: &mut String, c: &Counters, requests: &Requests) {
+    labelled(
+        out,
         "trm_envelopes_refused_total",
         "counter",
         "Inbound envelopes refused before any effect, by reason.",
+        c.refusals()
+            .into_iter()
+            .map(|(reason, n)| (format!("reason=\"{reason}\""), n)),
     );
-    for (reason, n) in c.refusals() {
-        sample(
-            &mut out,
-            "trm_envelopes_refused_total",
-            &format!("reason=\"{reason}\""),
-            n,
-        );
-    }
-    family(
-        &mut out,
+    labelled(
+        out,
         "trm_grpc_requests_total",
         "counter",
         "gRPC requests answered, by method and status code.",
+        requests
+            .snapshot()
+            .into_iter()
+            .map(|((method, code), n)| (format!("method=\"{method}\",code=\"{code}\""), n)),
     );
-    for ((method, code), n) in requests.snapshot() {
-        sample(
-            &mut out,
-            "trm_grpc_requests_total",
-            &format!("method=\"{method}\",code=\"{code}\""),
-            n,
-        );
-    }
+}
+
+/// How long deliveries and durable points take.
+fn latency_histograms(out: &mut String, ctx: &Ctx) {
     family(
-        &mut out,
+        out,
         "trm_delivery_latency_seconds",
         "histogram",
         "From an envelope's queueing to the peer's verified receipt.",
     );
-    c.delivery_latency
-        .render(&mut out, "trm_delivery_latency_seconds", "");
+    ctx.counters
+        .delivery_latency
+        .render(out, "trm_delivery_latency_seconds", "");
     family(
-        &mut out,
+        out,
         "trm_storage_sync_seconds",
         "histogram",
         "How long each durable point (commit and sync of every file written) takes.",
     );
-    s.sync_latency()
-        .render(&mut out, "trm_storage_sync_seconds", "");
-    family(
-        &mut out,
+    ctx.store
+        .sync_latency()
+        .render(out, "trm_storage_sync_seconds", "");
+}
+
+/// When the node's certificates expire and when its key-encryption key was made.
+fn key_dates(out: &mut String, ctx: &Ctx) {
+    labelled(
+        out,
         "trm_certificate_expiry_timestamp_seconds",
         "gauge",
         "When each of the node's certificates expires (Unix time).",
+        ctx.expiries.iter().filter_map(|(name, at)| {
+            at.map(|at| {
+                (
+                    format!("certificate=\"{}\"", name.replace(' ', "_")),
+                    at.unix_timestamp(),
+                )
+            })
+        }),
     );
-    for (name, at) in &ctx.expiries {
-        if let Some(at) = at {
-            sample(
-                &mut out,
-                "trm_certificate_expiry_timestamp_seconds",
-                &format!("certificate=\"{}\"", name.replace(' ', "_")),
-                at.unix_timestamp(),
-            );
-        }
-    }
-    family(
-        &mut out,
+    single(
+        out,
         "trm_key_encryption_key_created_timestamp_seconds",
         "gauge",
         "When the current key-encryption key was made (it rotates on schedule).",
+        ctx.store.keys().epochs().1.unix_timestamp(),
     );
-    sample(
-        &mut out,
-        "trm_key_encryption_key_created_timestamp_seconds",
-        "",
-        s.keys().epochs().1.unix_timestamp(),
-    );
-    out
 }
 
+/// Serves the metrics page; a store read that fails is logged (naming the read) and
+/// answered 500, so that a scraper sees a fault rather than figures read as zero.
 async fn metrics(
     State((ctx, gates, requests)): State<(Ctx, GateCounters, Arc<Requests>)>,
-) -> String {
-    render(&ctx, &gates, &requests)
+) -> (StatusCode, String) {
+    match render(&ctx, &gates, &requests) {
+        Ok(page) => (StatusCode::OK, page),
+        Err(e) => {
+            error!(read = e.what, error = %e, "cannot read the store for the metrics page");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot read the {}\n", e.what),
+            )
+        }
+    }
 }

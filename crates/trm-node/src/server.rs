@@ -7,8 +7,14 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
-use tonic::transport::Server;
-use tonic_health::ServingStatus;
+use tonic::{
+    service::{Routes, RoutesBuilder},
+    transport::Server,
+};
+use tonic_health::{
+    pb::health_server::{Health, HealthServer},
+    ServingStatus,
+};
 use tracing::{error, info, warn};
 use trm_core::limits::{MAX_BATCH, MAX_LOCAL_REQUEST};
 use trm_crypto::{
@@ -415,54 +421,10 @@ impl std::fmt::Debug for Built {
 /// peers announced, revoked client certificates, TLS configurations, the delivery worker.
 pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, NodeError> {
     let node = config.node.id;
-    let master = SecretKey::load(&config.node.master_key)?;
-    let store_options = StoreOptions {
-        node,
-        data_dir: config.node.data_dir.clone(),
-        key_store: config.node.key_store.clone(),
-        master,
-        engine: match crate::config::engine_options(&config)? {
-            EngineOptions::Sled(sled) => EngineOptions::Sled(SledOptions {
-                sync_hook: options.sync_hook,
-                ..sled
-            }),
-            pg => pg,
-        },
-    };
-    // Opening reads the disk or waits for the database (and counts the outbox): on a
-    // thread for blocking work, so that nothing else of the process waits meanwhile.
-    let signing_key = config.signing.key.clone();
-    let store = tokio::task::spawn_blocking(move || -> Result<Store, NodeError> {
-        let store = Store::open(store_options)?;
-        trm_federation::keys::recover_rotation(&store, &signing_key)?;
-        Ok(store)
-    })
-    .await
-    .map_err(|e| NodeError::Task(format!("opening the store: {e}")))??;
-    let identity = Arc::new(Signer::new(SigningIdentity::load(&config.signing.key)?));
-    // The file peers are given always holds the key that signs (a rotation that a crash
-    // interrupted, or a file copied from elsewhere, is corrected here).
-    match trm_federation::keys::publish_public(&config.signing.key, &identity.current()) {
-        Ok(true) => info!(
-            key_id = identity.current().key_id(),
-            "public signing key file rewritten"
-        ),
-        Ok(false) => {}
-        Err(e) => warn!(error = %e, "cannot write the public signing key file"),
-    }
+    let store = open_store(&config, options).await?;
+    let identity = load_identity(&config)?;
     store.sign_audit_head_with(identity.clone()).await?;
-    seed_directory(&config, &store).await?;
-    let changes = store.directory_changes()?;
-    // A removed node that node.toml still lists keeps its trust anchor among the removed
-    // ones, so that its connections get through the handshake to be refused
-    // PERMISSION_DENIED (for good) rather than fail like a network fault (retried).
-    let removed_configured = load_directory(&config)?
-        .all()
-        .into_iter()
-        .filter(|p| changes.removed.contains(&p.id));
-    let directory = PeerDirectory::new(removed_configured)?;
-    directory.apply(&changes, &store.learned_keys()?)?;
-    let directory = Arc::new(directory);
+    let directory = load_peers(&config, &store).await?;
     let revocations = Arc::new(Revocations::new(&store.revoked_clients()?));
     let tls = &config.tls;
     let federation_tls = server_tls(
@@ -478,28 +440,13 @@ pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, No
 
     let (stop, stopped) = watch::channel(false);
     let counters = Arc::new(trm_federation::Counters::default());
-    let replay_window = Duration::from_secs(u64::from(config.policy.replay_window_days) * 86_400);
     let handler = Arc::new(Flows {
         id: node,
         identity: identity.clone(),
         directory: directory.clone(),
     });
     let delivery = Delivery::start(
-        DeliveryConfig {
-            node,
-            replay_window,
-            backoff_cap: Duration::from_secs(config.delivery.backoff_cap_secs),
-            request_timeout: Duration::from_secs(config.delivery.request_timeout_secs),
-            batch_envelopes: config.delivery.batch_envelopes,
-            batches_in_flight: config.delivery.batches_in_flight,
-            tls_cert_pem: files::read_text(&tls.federation_cert)?,
-            tls_key_pem: files::read_text(&tls.federation_key)?,
-            idle_poll: if store.shared_by_replicas() {
-                Duration::from_millis(config.delivery.replica_poll_ms)
-            } else {
-                Duration::from_secs(30)
-            },
-        },
+        delivery_config(&config, &store)?,
         store.clone(),
         identity.clone(),
         counters.clone(),
@@ -510,11 +457,11 @@ pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, No
     let ctx = Ctx {
         id: node,
         store: store.clone(),
-        identity: identity.clone(),
-        directory: directory.clone(),
+        identity,
+        directory,
         delivery: delivery.clone(),
         reflection_period_days: config.policy.reflection_period_days,
-        counters: counters.clone(),
+        counters,
         signing_key_path: config.signing.key.clone(),
         replay_window_days: config.policy.replay_window_days,
         revocations,
@@ -523,17 +470,7 @@ pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, No
         client_issuers: client_issuers(&tls.client_ca)?,
         backup_retention: time::Duration::days(i64::from(config.storage.backup_retention_days)),
     };
-    let mut inbound = InboundConfig::new(node);
-    inbound.replay_window = time::Duration::days(i64::from(config.policy.replay_window_days));
-    let federation = FederationServer::new(
-        inbound,
-        identity,
-        directory,
-        store.clone(),
-        handler,
-        delivery.clone(),
-        counters,
-    );
+    let federation = federation_server(&config, &ctx, handler);
     Ok(Built {
         config,
         ctx,
@@ -546,6 +483,104 @@ pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, No
         local_tls,
         gates: GateCounters::default(),
     })
+}
+
+/// Opens the store (finishing a key rotation a crash interrupted). Opening reads the disk
+/// or waits for the database (and counts the outbox): on a thread for blocking work, so
+/// that nothing else of the process waits meanwhile.
+async fn open_store(config: &NodeConfig, options: NodeOptions) -> Result<Store, NodeError> {
+    let store_options = StoreOptions {
+        node: config.node.id,
+        data_dir: config.node.data_dir.clone(),
+        key_store: config.node.key_store.clone(),
+        master: SecretKey::load(&config.node.master_key)?,
+        engine: match crate::config::engine_options(config)? {
+            EngineOptions::Sled(sled) => EngineOptions::Sled(SledOptions {
+                sync_hook: options.sync_hook,
+                ..sled
+            }),
+            pg => pg,
+        },
+    };
+    let signing_key = config.signing.key.clone();
+    tokio::task::spawn_blocking(move || -> Result<Store, NodeError> {
+        let store = Store::open(store_options)?;
+        trm_federation::keys::recover_rotation(&store, &signing_key)?;
+        Ok(store)
+    })
+    .await
+    .map_err(|e| NodeError::Task(format!("opening the store: {e}")))?
+}
+
+/// Loads the node's signing key. The file peers are given always holds the key that signs
+/// (a rotation that a crash interrupted, or a file copied from elsewhere, is corrected
+/// here).
+fn load_identity(config: &NodeConfig) -> Result<Arc<Signer>, NodeError> {
+    let identity = Arc::new(Signer::new(SigningIdentity::load(&config.signing.key)?));
+    match trm_federation::keys::publish_public(&config.signing.key, &identity.current()) {
+        Ok(true) => info!(
+            key_id = identity.current().key_id(),
+            "public signing key file rewritten"
+        ),
+        Ok(false) => {}
+        Err(e) => warn!(error = %e, "cannot write the public signing key file"),
+    }
+    Ok(identity)
+}
+
+/// Returns the peer directory: node.toml's new peers taken in, then the operator's changes
+/// and the keys peers announced.
+async fn load_peers(config: &NodeConfig, store: &Store) -> Result<Arc<PeerDirectory>, NodeError> {
+    seed_directory(config, store).await?;
+    let changes = store.directory_changes()?;
+    // A removed node that node.toml still lists keeps its trust anchor among the removed
+    // ones, so that its connections get through the handshake to be refused
+    // PERMISSION_DENIED (for good) rather than fail like a network fault (retried).
+    let removed_configured = load_directory(config)?
+        .all()
+        .into_iter()
+        .filter(|p| changes.removed.contains(&p.id));
+    let directory = PeerDirectory::new(removed_configured)?;
+    directory.apply(&changes, &store.learned_keys()?)?;
+    Ok(Arc::new(directory))
+}
+
+/// Returns the settings of the delivery worker: `[delivery]`, the replay window, the
+/// federation certificate it presents, and how often it looks for work (often when
+/// replicas share the queues).
+fn delivery_config(config: &NodeConfig, store: &Store) -> Result<DeliveryConfig, NodeError> {
+    let d = &config.delivery;
+    Ok(DeliveryConfig {
+        node: config.node.id,
+        replay_window: Duration::from_secs(u64::from(config.policy.replay_window_days) * 86_400),
+        backoff_cap: Duration::from_secs(d.backoff_cap_secs),
+        request_timeout: Duration::from_secs(d.request_timeout_secs),
+        batch_envelopes: d.batch_envelopes,
+        batches_in_flight: d.batches_in_flight,
+        tls_cert_pem: files::read_text(&config.tls.federation_cert)?,
+        tls_key_pem: files::read_text(&config.tls.federation_key)?,
+        idle_poll: if store.shared_by_replicas() {
+            Duration::from_millis(d.replica_poll_ms)
+        } else {
+            Duration::from_secs(30)
+        },
+    })
+}
+
+/// Returns the federation service: envelopes from peers, checked against the replay
+/// window and handed to `handler`.
+fn federation_server(config: &NodeConfig, ctx: &Ctx, handler: Arc<Flows>) -> FederationServer {
+    let mut inbound = InboundConfig::new(ctx.id);
+    inbound.replay_window = time::Duration::days(i64::from(config.policy.replay_window_days));
+    FederationServer::new(
+        inbound,
+        ctx.identity.clone(),
+        ctx.directory.clone(),
+        ctx.store.clone(),
+        handler,
+        ctx.delivery.clone(),
+        ctx.counters.clone(),
+    )
 }
 
 /// Returns the ids of the client CAs in `client_ca` (who issues the node's clients).
@@ -686,164 +721,115 @@ impl Built {
         Arc::new(Gate::new(limits, key, revocations, &self.gates))
     }
 
-    /// Starts the housekeeping and the four ports on `listeners`.
-    pub async fn spawn(self, listeners: Listeners) -> Result<Running, NodeError> {
-        let addrs = listeners.addrs()?;
+    /// Returns the bounds on the connections of every port.
+    fn accept_limits(&self) -> AcceptLimits {
         let l = &self.config.limits;
-        let accept = AcceptLimits {
+        AcceptLimits {
             max_connections: l.max_connections,
             max_connections_per_client: l.per_client(),
             handshake_timeout: Duration::from_secs(l.handshake_timeout_secs),
             max_handshakes_per_address: l.per_address(),
             reserved_for_known_addresses: l.reserved(),
             pressure_timeout: Duration::from_millis(l.pressure_timeout_ms()),
-        };
+        }
+    }
+
+    /// Prepares the gRPC port of `listener`: connections accepted under the node's limits
+    /// with `tls` (the accepting task joins `acceptors`), callers counted by `key` and every
+    /// request counted in `requests` and passed through `gate`.
+    fn port(
+        &self,
+        listener: TcpListener,
+        tls: &Arc<rustls::ServerConfig>,
+        key: CallerKey,
+        gate: Arc<Gate>,
+        requests: &metrics::CountRequests,
+        acceptors: &mut Vec<JoinHandle<()>>,
+    ) -> Port {
+        let (incoming, task) = listen::incoming(
+            listener,
+            tls.clone(),
+            self.accept_limits(),
+            key,
+            self.stopped.clone(),
+        );
+        acceptors.push(task);
+        Port {
+            server: self.server(),
+            requests: requests.clone(),
+            gate,
+            incoming,
+            stopped: self.stopped.clone(),
+        }
+    }
+
+    /// Prepares the three gRPC ports: federation (peers, under the peers' gate), services
+    /// and admin (clients, under one gate: a client's rate counts across both). Returns
+    /// them with the tasks that accept their connections.
+    fn grpc_ports(
+        &self,
+        federation: TcpListener,
+        services: TcpListener,
+        admin: TcpListener,
+        requests: &metrics::CountRequests,
+    ) -> (Port, Port, Port, Vec<JoinHandle<()>>) {
+        let client_gate = self.gate(CallerKey::ClientCertificate);
         let mut acceptors = Vec::new();
-        let mut incoming =
-            |listener: TcpListener, tls: &Arc<rustls::ServerConfig>, key: CallerKey| {
-                let (stream, task) =
-                    listen::incoming(listener, tls.clone(), accept, key, self.stopped.clone());
-                acceptors.push(task);
-                stream
-            };
-        let fed_incoming = incoming(
-            listeners.federation,
+        let fed_port = self.port(
+            federation,
             &self.federation_tls,
             CallerKey::PeerNode,
+            self.gate(CallerKey::PeerNode),
+            requests,
+            &mut acceptors,
         );
-        let services_incoming = incoming(
-            listeners.services,
+        let services_port = self.port(
+            services,
             &self.local_tls,
             CallerKey::ClientCertificate,
+            client_gate.clone(),
+            requests,
+            &mut acceptors,
         );
-        let admin_incoming = incoming(
-            listeners.admin,
+        let admin_port = self.port(
+            admin,
             &self.local_tls,
             CallerKey::ClientCertificate,
+            client_gate,
+            requests,
+            &mut acceptors,
         );
+        (fed_port, services_port, admin_port, acceptors)
+    }
 
+    /// Starts the housekeeping and the four ports on `listeners`.
+    pub async fn spawn(self, listeners: Listeners) -> Result<Running, NodeError> {
+        let addrs = listeners.addrs()?;
         let requests = metrics::CountRequests(Arc::default());
-        let peer_gate = self.gate(CallerKey::PeerNode);
-        let client_gate = self.gate(CallerKey::ClientCertificate);
-        let servers = [self.server(), self.server(), self.server()];
-        let Built {
-            config,
-            ctx,
-            store,
-            delivery,
-            federation,
-            stop,
-            stopped,
-            gates,
-            ..
-        } = self;
-        let [fed_builder, services_builder, admin_builder] = servers;
-        let refusals = federation.refusal_log();
-        let precheck = federation.precheck();
-        let federation =
-            FederationServiceServer::new(federation).max_decoding_message_size(MAX_BATCH + FRAMING);
-        let fed_server = fed_builder
-            .layer(requests.clone())
-            .layer(tonic::service::InterceptorLayer::new(
-                move |r: tonic::Request<()>| {
-                    precheck.check(&r)?;
-                    peer_gate.check(&r).map(|()| r)
-                },
-            ))
-            .add_service(federation)
-            .serve_with_incoming_shutdown(fed_incoming, shutdown_signal(stopped.clone()));
+        let (fed_port, services_port, admin_port, acceptors) = self.grpc_ports(
+            listeners.federation,
+            listeners.services,
+            listeners.admin,
+            &requests,
+        );
+        let (config, ctx, store, stopped) = (self.config, self.ctx, self.store, self.stopped);
+        let refusals = self.federation.refusal_log();
+        let fed_server = fed_port.serve_federation(self.federation);
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        };
-        // v1 for current tools, v1alpha for the many clients that still only speak it.
-        let reflection_v1 = reflection()
-            .build_v1()
-            .map_err(|e| NodeError::Reflection(e.to_string()))?;
-        let reflection_v1alpha = reflection()
-            .build_v1alpha()
-            .map_err(|e| NodeError::Reflection(e.to_string()))?;
+        let introspection = introspection(health_service.clone())?;
         set_health(&health, ServingStatus::Serving).await;
         let health_task = latch_health(&store, health.clone());
-        let services_gate = client_gate.clone();
-        let services_server = services_builder
-            .layer(requests.clone())
-            .layer(tonic::service::InterceptorLayer::new(
-                move |r: tonic::Request<()>| services_gate.check(&r).map(|()| r),
-            ))
-            .add_service(
-                ReferralServiceServer::new(Referrals::new(ctx.clone()))
-                    .max_decoding_message_size(MAX_LOCAL_REQUEST),
-            )
-            .add_service(
-                ReturnPlanningServiceServer::new(Returns::new(ctx.clone()))
-                    .max_decoding_message_size(MAX_LOCAL_REQUEST),
-            )
-            .add_service(
-                WitnessHearingServiceServer::new(Hearings::new(ctx.clone()))
-                    .max_decoding_message_size(MAX_LOCAL_REQUEST),
-            )
-            .add_service(health_service.clone())
-            .add_service(reflection_v1.clone())
-            .add_service(reflection_v1alpha.clone())
-            .serve_with_incoming_shutdown(services_incoming, shutdown_signal(stopped.clone()));
-        let admin_gate = client_gate;
-        let admin_server = admin_builder
-            .layer(requests.clone())
-            .layer(tonic::service::InterceptorLayer::new(
-                move |r: tonic::Request<()>| admin_gate.check(&r).map(|()| r),
-            ))
-            .add_service(
-                AdminServiceServer::new(Admin::new(ctx.clone()))
-                    .max_decoding_message_size(MAX_LOCAL_REQUEST),
-            )
-            .add_service(health_service.clone())
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(admin_incoming, shutdown_signal(stopped.clone()));
+        let services_server = services_port.serve(services_routes(&ctx, introspection.clone()));
+        let admin_server = admin_port.serve(admin_routes(&ctx, introspection));
         let metrics_server = axum::serve(
             listeners.metrics,
-            metrics::router(
-                ctx.clone(),
-                gates,
-                requests.0.clone(),
-                health_service.clone(),
-            ),
+            metrics::router(ctx.clone(), self.gates, requests.0.clone(), health_service),
         )
         .with_graceful_shutdown(shutdown_signal(stopped.clone()));
 
-        let replay_window =
-            Duration::from_secs(u64::from(config.policy.replay_window_days) * 86_400);
-        let kek_rotation = Duration::from_secs(u64::from(config.storage.kek_rotation_hours) * 3600);
-        let replica = store.shared_by_replicas().then(|| {
-            tokio::spawn(
-                crate::replicas::Replica {
-                    store: store.clone(),
-                    delivery: delivery.clone(),
-                    directory: ctx.directory.clone(),
-                    revocations: ctx.revocations.clone(),
-                    lease: Duration::from_secs(config.delivery.lease_secs),
-                    poll: Duration::from_millis(config.delivery.replica_poll_ms),
-                }
-                .run(stopped.clone()),
-            )
-        });
-        if replica.is_some() {
-            // Until the lease says this replica delivers.
-            delivery.set_active(false);
-        }
-        let housekeeping = tokio::spawn(housekeeping(
-            store.clone(),
-            delivery.clone(),
-            refusals,
-            replay_window,
-            kek_rotation,
-            ctx.backup_retention,
-            stopped,
-        ));
+        let replica = start_replica(&config, &ctx, &stopped);
+        let housekeeping = start_housekeeping(&config, &ctx, refusals, stopped);
         let tasks = vec![
             serve("federation", fed_server),
             serve("services", services_server),
@@ -865,15 +851,159 @@ impl Built {
             node: ctx.id,
             health,
             health_task,
-            stop,
+            stop: self.stop,
             tasks,
             acceptors,
             housekeeping,
             replica,
-            delivery,
+            delivery: self.delivery,
             store,
         })
     }
+}
+
+/// A gRPC port about to be served: a server with the node's connection limits, the count
+/// of requests, the gate every request passes, the established connections and the signal
+/// to stop.
+struct Port {
+    server: Server,
+    requests: metrics::CountRequests,
+    gate: Arc<Gate>,
+    incoming: listen::Incoming,
+    stopped: watch::Receiver<bool>,
+}
+
+impl Port {
+    /// Serves `routes` on a local port: every request counted, then passed through the gate
+    /// (a revoked certificate, a caller over its rate, is refused).
+    fn serve(
+        self,
+        routes: Routes,
+    ) -> impl Future<Output = Result<(), tonic::transport::Error>> + Send + 'static {
+        let gate = self.gate;
+        self.server
+            .layer(self.requests)
+            .layer(tonic::service::InterceptorLayer::new(
+                move |r: tonic::Request<()>| gate.check(&r).map(|()| r),
+            ))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(self.incoming, shutdown_signal(self.stopped))
+    }
+
+    /// Serves the federation service to peers: every request counted, then prechecked (a
+    /// removed or unknown peer is refused before any work), then passed through the gate.
+    fn serve_federation(
+        self,
+        federation: FederationServer,
+    ) -> impl Future<Output = Result<(), tonic::transport::Error>> + Send + 'static {
+        let (gate, precheck) = (self.gate, federation.precheck());
+        let federation =
+            FederationServiceServer::new(federation).max_decoding_message_size(MAX_BATCH + FRAMING);
+        self.server
+            .layer(self.requests)
+            .layer(tonic::service::InterceptorLayer::new(
+                move |r: tonic::Request<()>| {
+                    precheck.check(&r)?;
+                    gate.check(&r).map(|()| r)
+                },
+            ))
+            .add_service(federation)
+            .serve_with_incoming_shutdown(self.incoming, shutdown_signal(self.stopped))
+    }
+}
+
+/// The services both local ports answer besides their own: gRPC health, and reflection
+/// (v1 for current tools, v1alpha for the many clients that still only speak it).
+fn introspection(health: HealthServer<impl Health>) -> Result<RoutesBuilder, NodeError> {
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|e| NodeError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| NodeError::Reflection(e.to_string()))?;
+    let mut routes = RoutesBuilder::default();
+    routes
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    Ok(routes)
+}
+
+/// The routes of the services port: referrals, return planning and witness hearings, with
+/// `introspection`.
+fn services_routes(ctx: &Ctx, mut introspection: RoutesBuilder) -> Routes {
+    introspection
+        .add_service(
+            ReferralServiceServer::new(Referrals::new(ctx.clone()))
+                .max_decoding_message_size(MAX_LOCAL_REQUEST),
+        )
+        .add_service(
+            ReturnPlanningServiceServer::new(Returns::new(ctx.clone()))
+                .max_decoding_message_size(MAX_LOCAL_REQUEST),
+        )
+        .add_service(
+            WitnessHearingServiceServer::new(Hearings::new(ctx.clone()))
+                .max_decoding_message_size(MAX_LOCAL_REQUEST),
+        );
+    introspection.routes()
+}
+
+/// The routes of the admin port: the admin service, with `introspection`.
+fn admin_routes(ctx: &Ctx, mut introspection: RoutesBuilder) -> Routes {
+    introspection.add_service(
+        AdminServiceServer::new(Admin::new(ctx.clone()))
+            .max_decoding_message_size(MAX_LOCAL_REQUEST),
+    );
+    introspection.routes()
+}
+
+/// Starts the periodic upkeep of the node (see [`housekeeping`]).
+fn start_housekeeping(
+    config: &NodeConfig,
+    ctx: &Ctx,
+    refusals: Arc<RefusalLog>,
+    stopped: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(housekeeping(
+        ctx.store.clone(),
+        ctx.delivery.clone(),
+        refusals,
+        Duration::from_secs(u64::from(config.policy.replay_window_days) * 86_400),
+        Duration::from_secs(u64::from(config.storage.kek_rotation_hours) * 3600),
+        ctx.backup_retention,
+        stopped,
+    ))
+}
+
+/// Starts the task that holds the delivery lease among the node's replicas, when they
+/// share a database; until the lease says so, this replica does not deliver.
+fn start_replica(
+    config: &NodeConfig,
+    ctx: &Ctx,
+    stopped: &watch::Receiver<bool>,
+) -> Option<JoinHandle<()>> {
+    if !ctx.store.shared_by_replicas() {
+        return None;
+    }
+    let replica = tokio::spawn(
+        crate::replicas::Replica {
+            store: ctx.store.clone(),
+            delivery: ctx.delivery.clone(),
+            directory: ctx.directory.clone(),
+            revocations: ctx.revocations.clone(),
+            lease: Duration::from_secs(config.delivery.lease_secs),
+            poll: Duration::from_millis(config.delivery.replica_poll_ms),
+        }
+        .run(stopped.clone()),
+    );
+    // Until the lease says this replica delivers.
+    ctx.delivery.set_active(false);
+    Some(replica)
 }
 
 impl Running {
