@@ -705,6 +705,7 @@ impl FederationService for FederationServer {
         Ok(Response::new(NodeInfo {
             node_id: self.cfg.node.to_string(),
             keys: crate::keys::listed(&self.store, &self.identity.current())
+                .map_err(|e| self.unavailable(TxFail::Store(e)))?
                 .iter()
                 .map(crate::keys::to_wire)
                 .collect(),

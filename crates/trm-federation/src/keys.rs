@@ -41,15 +41,16 @@ pub fn peer_key_to_wire(k: &crate::PeerKey) -> SigningKey {
 }
 
 /// Returns the keys to list now: the stored set (always including `current`) without the
-/// keys whose listing ended.
-pub fn listed(store: &Store, current: &SigningIdentity) -> Vec<OwnKey> {
+/// keys whose listing ended. A storage fault is an error: a rotation must never write back
+/// a list that lost the older keys.
+pub fn listed(store: &Store, current: &SigningIdentity) -> trm_store::Result<Vec<OwnKey>> {
     let now = OffsetDateTime::now_utc();
-    let mut keys = store.own_keys().unwrap_or_default();
+    let mut keys = store.own_keys()?;
     if !keys.iter().any(|k| k.key_id == current.key_id()) {
         keys.push(own_key(current, None));
     }
     keys.retain(|k| k.listed_until.is_none_or(|t| t > now));
-    keys
+    Ok(keys)
 }
 
 /// Returns where a rotation stages the new key before it is committed.

@@ -272,17 +272,18 @@ pub fn audit_page(size: i32, token: &str) -> ApiResult<(usize, u64)> {
 }
 
 impl Admin {
-    /// Returns the public key of this node's signing key `key_id` (current or still listed).
-    fn own_key(&self, key_id: &str) -> Option<trm_crypto::signing::PublicKey> {
+    /// Returns the public key of this node's signing key `key_id` (current or still listed;
+    /// a storage fault is an error, never "no such key").
+    fn own_key(&self, key_id: &str) -> ApiResult<Option<trm_crypto::signing::PublicKey>> {
         let current = self.ctx.identity.current();
         if current.key_id() == key_id {
-            return Some(current.public());
+            return Ok(Some(current.public()));
         }
-        keys::listed(&self.ctx.store, &current)
+        Ok(keys::listed(&self.ctx.store, &current)?
             .into_iter()
             .find(|k| k.key_id == key_id)
             .and_then(|k| hex::decode(k.public).ok())
-            .and_then(|b| trm_crypto::signing::public_from_bytes(&b).ok())
+            .and_then(|b| trm_crypto::signing::public_from_bytes(&b).ok()))
     }
 
     /// Verifies the audit chain and that it matches the head this node signed: a chain
@@ -311,7 +312,7 @@ impl Admin {
                 out.first_bad_entry = u64::from(!out.ok);
                 return Ok(out);
             };
-            let signature_ok = self.own_key(&signed.key_id).is_some_and(|key| {
+            let signature_ok = self.own_key(&signed.key_id)?.is_some_and(|key| {
                 hex::decode(&signed.signature).is_ok_and(|sig| {
                     trm_crypto::signing::verify(
                         &key,
@@ -431,8 +432,9 @@ struct Rotation {
 }
 
 impl Admin {
-    /// Probes every peer at once and returns how traffic with each stands, by node id.
-    async fn peer_statuses(&self) -> Vec<w::PeerStatus> {
+    /// Probes every peer at once and returns how traffic with each stands, by node id (a
+    /// storage fault is an error, never an empty queue).
+    async fn peer_statuses(&self) -> ApiResult<Vec<w::PeerStatus>> {
         let ctx = &self.ctx;
         let store = &ctx.store;
         let mut probes = tokio::task::JoinSet::new();
@@ -450,10 +452,7 @@ impl Admin {
         while let Some(done) = probes.join_next().await {
             let Ok((id, probe)) = done else { continue };
             let state = ctx.delivery.peer_state(id);
-            let oldest = store
-                .outbox_head(id, 1)
-                .ok()
-                .and_then(|items| items.first().map(|i| ts(i.created_at)));
+            let oldest = store.outbox_head(id, 1)?.first().map(|i| ts(i.created_at));
             let problem = peer_problem(id, &our_key, &probe, &state);
             let (delivery_error, delivery_failing_since) = match state.failing {
                 Some((why, since)) => (why, Some(ts(since))),
@@ -462,7 +461,7 @@ impl Admin {
             peers.push(w::PeerStatus {
                 node_id: id.to_string(),
                 reachable: probe.is_ok(),
-                outbox_depth: store.outbox_depth(id).unwrap_or_default(),
+                outbox_depth: store.outbox_depth(id)?,
                 last_delivery: state.last_delivery.map(ts),
                 probe_ms: probe.as_ref().map_or(0, |p| {
                     u32::try_from(p.latency.as_millis()).unwrap_or(u32::MAX)
@@ -476,7 +475,7 @@ impl Admin {
             });
         }
         peers.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-        peers
+        Ok(peers)
     }
 
     async fn status(&self, request: Request<w::StatusRequest>) -> ApiResult<w::StatusResponse> {
@@ -484,7 +483,7 @@ impl Admin {
         let ctx = &self.ctx;
         let store = &ctx.store;
         // Every peer is probed now, all at once.
-        let peers = self.peer_statuses().await;
+        let peers = self.peer_statuses().await?;
         let health = match store.write_fault() {
             None => "SERVING".to_owned(),
             Some(why) => format!("NOT_SERVING: {why}"),
@@ -666,16 +665,19 @@ impl Admin {
             (true, Some(last)) => last.seq.to_string(),
             _ => String::new(),
         };
-        let head = report.signed.map(|s| w::SignedAuditHead {
-            public_key: self
-                .own_key(&s.key_id)
-                .map(|k| k.as_bytes().to_vec())
-                .unwrap_or_default(),
-            seq: s.seq,
-            hash: s.hash,
-            key_id: s.key_id,
-            signature_hex: s.signature,
-        });
+        let head = match report.signed {
+            Some(s) => Some(w::SignedAuditHead {
+                public_key: self
+                    .own_key(&s.key_id)?
+                    .map(|k| k.as_bytes().to_vec())
+                    .unwrap_or_default(),
+                seq: s.seq,
+                hash: s.hash,
+                key_id: s.key_id,
+                signature_hex: s.signature,
+            }),
+            None => None,
+        };
         Ok(w::ExportAuditResponse {
             entries,
             head,
@@ -751,7 +753,7 @@ impl Admin {
     async fn commit_rotation(&self, r: Rotation) -> ApiResult<()> {
         let ctx = &self.ctx;
         let listed_until = r.now + time::Duration::days(i64::from(r.overlap_days));
-        let mut keys = keys::listed(&ctx.store, &r.old);
+        let mut keys = keys::listed(&ctx.store, &r.old)?;
         for k in keys.iter_mut().filter(|k| k.key_id == r.old.key_id()) {
             k.valid_until = Some(r.now);
             k.listed_until = Some(listed_until);
@@ -922,7 +924,7 @@ impl Admin {
     ) -> ApiResult<w::ListSigningKeysResponse> {
         Self::operator(&request)?;
         let current = self.ctx.identity.current();
-        let mut keys = keys::listed(&self.ctx.store, &current);
+        let mut keys = keys::listed(&self.ctx.store, &current)?;
         keys.sort_by_key(|k| k.valid_from);
         Ok(w::ListSigningKeysResponse {
             keys: keys.iter().map(keys::to_wire).collect(),
