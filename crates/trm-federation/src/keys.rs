@@ -40,6 +40,15 @@ pub fn peer_key_to_wire(k: &crate::PeerKey) -> SigningKey {
     }
 }
 
+/// Why an interrupted rotation cannot be finished now (the staged key is left in place).
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    #[error("keys: {0}")]
+    Key(#[from] trm_crypto::CryptoError),
+    #[error("storage: reading this node's signing keys: {0}")]
+    Store(#[from] trm_store::StoreError),
+}
+
 /// Returns the keys to list now: the stored set (always including `current`) without the
 /// keys whose listing ended. A storage fault is an error: a rotation must never write back
 /// a list that lost the older keys.
@@ -88,18 +97,16 @@ pub fn publish_public(
 /// Finishes or undoes a rotation a crash interrupted: a staged key that the store lists (its
 /// announcement committed) replaces the key file; one it does not list is deleted. Returns
 /// whether the key file was replaced.
-pub fn recover_rotation(
-    store: &Store,
-    key_path: &std::path::Path,
-) -> Result<bool, trm_crypto::CryptoError> {
+pub fn recover_rotation(store: &Store, key_path: &std::path::Path) -> Result<bool, RecoverError> {
     let staged = staged_path(key_path);
     if !staged.is_file() {
         return Ok(false);
     }
     let identity = SigningIdentity::load(&staged)?;
+    // A storage fault must not read as "never committed": that would drop the key peers
+    // were already told of.
     let committed = store
-        .own_keys()
-        .unwrap_or_default()
+        .own_keys()?
         .iter()
         .any(|k| k.key_id == identity.key_id());
     let io = |source| trm_crypto::CryptoError::KeyFile {

@@ -59,6 +59,8 @@ pub enum NodeError {
     Config(#[from] crate::config::ConfigError),
     #[error("keys: {0}")]
     Crypto(#[from] trm_crypto::CryptoError),
+    #[error(transparent)]
+    Rotation(#[from] trm_federation::keys::RecoverError),
     #[error("storage: {0}")]
     Store(#[from] trm_store::StoreError),
     #[error("io: {0}")]
