@@ -21,13 +21,12 @@ use trm_core::hearing::HearingRecord as Hearing;
 use trm_core::ids::{CaseId, HearingId, MessageId, ReferralId, ReturnId};
 use trm_core::model::parse_date;
 use trm_core::referral::ReferralRecord as Referral;
-use trm_core::returns::ReturnRecord as Return;
+use trm_core::returns::{ReturnDecision, ReturnRecord as Return, RiskAssessment};
 use trm_core::stats::Period;
 use trm_fuzz_common::{self as fx, Local as L};
 use trm_node::admin;
 use trm_proto::command::{
-    EraseCase, Get, List, Paged, ProposeReturn, RecordDecision, RecordRisk, RequestHearing,
-    SubmitReferral, WithdrawConsent,
+    EraseCase, Get, List, Paged, ProposeReturn, RequestHearing, SubmitReferral, WithdrawConsent,
 };
 use trm_proto::{convert as c, v1 as w};
 
@@ -76,8 +75,8 @@ fuzz_target!(|data: &[u8]| {
         L::WithdrawReferral => parse::<w::WithdrawReferralRequest, StepRequest<Referral>>(data),
 
         // ReturnPlanningService
-        L::RecordRiskAssessment => parse::<w::RecordRiskAssessmentRequest, RecordRisk>(data),
-        L::RecordReturnDecision => parse::<w::RecordReturnDecisionRequest, RecordDecision>(data),
+        L::RecordRiskAssessment => parse::<w::RecordRiskAssessmentRequest, RiskAssessment>(data),
+        L::RecordReturnDecision => parse::<w::RecordReturnDecisionRequest, ReturnDecision>(data),
         L::ProposeReturn => parse::<w::ProposeReturnRequest, ProposeReturn>(data),
         L::GetReturnPlan => parse::<w::GetReturnPlanRequest, Get<ReturnId>>(data),
         L::ListReturnPlans => parse::<w::ListReturnPlansRequest, List<ReturnId>>(data),

@@ -2,9 +2,12 @@
 //! and what each role may do (DESIGN.md, "Identities and trust").
 
 use tonic::Request;
-use trm_core::ids::Principal;
+use trm_core::{access::Action, ids::Principal};
 
-use crate::error::ApiError;
+use crate::{
+    ctx::{Idempotent, Retryable},
+    error::{ApiError, ApiResult},
+};
 
 /// Returns the principal of a local request; UNAUTHENTICATED without a usable client
 /// certificate (the TLS handshake already checked its chain to the client CA).
@@ -19,6 +22,17 @@ pub fn principal<T>(request: &Request<T>) -> Result<Principal, ApiError> {
         .ok_or(ApiError::Unauthenticated(
             "client certificate carries no trm://client/<role>/<org> identity",
         ))
+}
+
+/// The caller of a mutating request: its principal, allowed `action` by the role table,
+/// and the request's retry id. Checked before the request body is read.
+pub fn caller<M: Retryable>(
+    request: &Request<M>,
+    action: Action,
+) -> ApiResult<(Principal, Option<Idempotent>)> {
+    let p = principal(request)?;
+    trm_core::access::require(&p, action)?;
+    Ok((p, Idempotent::of(request)?))
 }
 
 /// Returns the key of the client certificate of a request (its issuer and serial number),

@@ -24,7 +24,7 @@ use trm_store::{audit::AuditRecord, Store};
 
 use crate::{
     authz::{self, actor},
-    ctx::{Ctx, Idempotent},
+    ctx::Ctx,
     error::{ApiError, ApiResult},
     lifecycle,
 };
@@ -39,16 +39,6 @@ impl Hearings {
     /// Returns the service.
     pub fn new(ctx: Ctx) -> Self {
         Self { ctx }
-    }
-
-    /// The caller of a request: its principal, allowed `action`, and its retry id.
-    fn caller<M: crate::ctx::Retryable>(
-        request: &Request<M>,
-        action: Action,
-    ) -> ApiResult<(Principal, Option<Idempotent>)> {
-        let p = authz::principal(request)?;
-        access::require(&p, action)?;
-        Ok((p, Idempotent::of(request)?))
     }
 }
 
@@ -100,7 +90,7 @@ impl Hearings {
         &self,
         request: Request<w::RequestHearingRequest>,
     ) -> ApiResult<w::Hearing> {
-        let (p, idem) = Self::caller(&request, Action::RequestHearing)?;
+        let (p, idem) = authz::caller(&request, Action::RequestHearing)?;
         let RequestHearing {
             subject_id,
             witness_country,

@@ -22,7 +22,7 @@ use trm_store::{repo::flows::StoredRecord, Subject, Tx, TxFail};
 
 use crate::{
     authz,
-    ctx::{Ctx, Idempotent, Retryable, TxResult},
+    ctx::{Ctx, Retryable, TxResult},
     error::{ApiError, ApiResult},
     rpc::{self, Replay},
 };
@@ -60,10 +60,8 @@ where
     Q: Retryable,
     for<'a> StepRequest<R>: TryFrom<&'a Q, Error = FieldError>,
 {
-    let p = authz::principal(&request)?;
-    access::require(&p, action)?;
+    let (p, idem) = authz::caller(&request, action)?;
     let command = StepRequest::<R>::try_from(request.get_ref())?;
-    let idem = Idempotent::of(&request)?;
     let (c, who) = (ctx.clone(), p.clone());
     ctx.once(idem, &p, move |tx| step(&c, tx, &who, action, &command))
         .await

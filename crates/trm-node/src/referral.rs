@@ -26,7 +26,7 @@ use trm_store::audit::AuditRecord;
 
 use crate::{
     authz::{self, actor},
-    ctx::{today, Ctx, Idempotent},
+    ctx::{today, Ctx},
     disclosure::{self, load_case},
     error::{ApiError, ApiResult},
     lifecycle,
@@ -76,8 +76,7 @@ fn owns(p: &Principal, case: &CaseRecord) -> ApiResult<()> {
 impl Referrals {
     #[instrument(skip_all)]
     async fn create_case(&self, request: Request<w::CreateCaseRequest>) -> ApiResult<w::Case> {
-        let p = authz::principal(&request)?;
-        allowed(&p, Action::CreateCase)?;
+        let (p, idem) = authz::caller(&request, Action::CreateCase)?;
         let new = convert::new_case(request.get_ref(), today())?;
         let case = CaseRecord {
             case_id: CaseId::new(),
@@ -92,7 +91,7 @@ impl Referrals {
         let who = actor(&p);
         let case: CaseRecord = self
             .ctx
-            .once(Idempotent::of(&request)?, &p, move |tx| {
+            .once(idem, &p, move |tx| {
                 tx.put_case(&case)?;
                 tx.audit(AuditRecord::new(
                     who.clone(),
@@ -146,8 +145,7 @@ impl Referrals {
         &self,
         request: Request<w::RecordConsentRequest>,
     ) -> ApiResult<w::Consent> {
-        let p = authz::principal(&request)?;
-        allowed(&p, Action::RecordConsent)?;
+        let (p, idem) = authz::caller(&request, Action::RecordConsent)?;
         let input = convert::consent_input(request.get_ref(), today())?;
         let consent = Consent {
             consent_id: ConsentId::new(),
@@ -164,7 +162,7 @@ impl Referrals {
         let who = p.clone();
         let consent: Consent = self
             .ctx
-            .once(Idempotent::of(&request)?, &p, move |tx| {
+            .once(idem, &p, move |tx| {
                 let case = load_case(tx, consent.case_id)?;
                 owns(&who, &case)?;
                 let mut consents = tx.consents(consent.case_id)?;
@@ -202,8 +200,7 @@ impl Referrals {
         &self,
         request: Request<w::WithdrawConsentRequest>,
     ) -> ApiResult<w::Consent> {
-        let p = authz::principal(&request)?;
-        allowed(&p, Action::WithdrawConsent)?;
+        let (p, idem) = authz::caller(&request, Action::WithdrawConsent)?;
         let WithdrawConsent {
             case_id,
             consent_id,
@@ -211,7 +208,7 @@ impl Referrals {
         let (ctx, who) = (self.ctx.clone(), p.clone());
         let consent: Consent = self
             .ctx
-            .once(Idempotent::of(&request)?, &p, move |tx| {
+            .once(idem, &p, move |tx| {
                 let case = load_case(tx, case_id)?;
                 owns(&who, &case)?;
                 let mut consents = tx.consents(case_id)?;
@@ -254,8 +251,7 @@ impl Referrals {
         &self,
         request: Request<w::SubmitReferralRequest>,
     ) -> ApiResult<w::Referral> {
-        let p = authz::principal(&request)?;
-        allowed(&p, Action::SubmitReferral)?;
+        let (p, idem) = authz::caller(&request, Action::SubmitReferral)?;
         let SubmitReferral {
             case_id,
             destination,
@@ -267,7 +263,7 @@ impl Referrals {
         let (ctx, who) = (self.ctx.clone(), p.clone());
         let r: ReferralRecord = self
             .ctx
-            .once(Idempotent::of(&request)?, &p, move |tx| {
+            .once(idem, &p, move |tx| {
                 if let Some(open) = tx.open_referral(case_id, destination)? {
                     return Err(ApiError::Exists(format!(
                         "referral {open} of this case to {destination} is still open"
@@ -371,13 +367,12 @@ impl Referrals {
         &self,
         request: Request<w::EraseCaseRequest>,
     ) -> ApiResult<w::EraseCaseResponse> {
-        let p = authz::principal(&request)?;
-        allowed(&p, Action::EraseCase)?;
+        let (p, idem) = authz::caller(&request, Action::EraseCase)?;
         let EraseCase { case_id, reason } = request.get_ref().try_into()?;
         let (ctx, who) = (self.ctx.clone(), p.clone());
         let requested: Remembered = self
             .ctx
-            .once(Idempotent::of(&request)?, &p, move |tx| {
+            .once(idem, &p, move |tx| {
                 let case = load_case(tx, case_id)?;
                 owns(&who, &case)?;
                 let mut consents = tx.consents(case_id)?;

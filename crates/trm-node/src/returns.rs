@@ -9,14 +9,14 @@ use tracing::{info, instrument};
 use trm_core::{
     access::{self, Action},
     exchange::Erasure,
-    ids::{AssessmentId, CaseId, OrgId, Principal, ReturnId, Shared},
+    ids::{AssessmentId, CaseId, OrgId, ReturnId, Shared},
     messages::PeerMessage,
     model::{CaseRecord, Purpose},
     returns::{check_guards, ReturnDecision, ReturnRecord, ReturnStatus, RiskAssessment},
     FieldError,
 };
 use trm_proto::{
-    command::{Get, ProposeReturn, RecordDecision, RecordRisk},
+    command::{Get, ProposeReturn},
     convert,
     v1::{self as w, return_planning_service_server::ReturnPlanningService},
 };
@@ -24,7 +24,7 @@ use trm_store::{audit::AuditRecord, Tx};
 
 use crate::{
     authz::{self, actor},
-    ctx::{today, Ctx, Idempotent, TxResult},
+    ctx::{today, Ctx, TxResult},
     disclosure::{self, load_case},
     error::{ApiError, ApiResult},
     lifecycle,
@@ -41,16 +41,6 @@ impl Returns {
     /// Returns the service.
     pub fn new(ctx: Ctx) -> Self {
         Self { ctx }
-    }
-
-    /// The caller of a request: its principal, allowed `action`, and its retry id.
-    fn caller<M: crate::ctx::Retryable>(
-        request: &Request<M>,
-        action: Action,
-    ) -> ApiResult<(Principal, Option<Idempotent>)> {
-        let p = authz::principal(request)?;
-        access::require(&p, action)?;
-        Ok((p, Idempotent::of(request)?))
     }
 }
 
@@ -100,19 +90,9 @@ impl Returns {
         &self,
         request: Request<w::RecordRiskAssessmentRequest>,
     ) -> ApiResult<w::RiskAssessment> {
-        let (p, idem) = Self::caller(&request, Action::RecordRiskAssessment)?;
-        let r: RecordRisk = request.get_ref().try_into()?;
-        let case_id = r.case_id;
-        let assessment = RiskAssessment {
-            assessment_id: AssessmentId::new(),
-            case_id,
-            level: r.level,
-            non_refoulement_concern: r.non_refoulement_concern,
-            retrafficking_risk: r.retrafficking_risk,
-            family_at_risk: r.family_at_risk,
-            factors: r.factors,
-            recorded_at: OffsetDateTime::now_utc(),
-        };
+        let (p, idem) = authz::caller(&request, Action::RecordRiskAssessment)?;
+        let assessment = RiskAssessment::try_from(request.get_ref())?;
+        let case_id = assessment.case_id;
         let who = p.clone();
         let assessment: RiskAssessment = self
             .ctx
@@ -149,16 +129,9 @@ impl Returns {
         &self,
         request: Request<w::RecordReturnDecisionRequest>,
     ) -> ApiResult<w::ReturnDecision> {
-        let (p, idem) = Self::caller(&request, Action::RecordReturnDecision)?;
-        let d: RecordDecision = request.get_ref().try_into()?;
-        let case_id = d.case_id;
-        let decision = ReturnDecision {
-            case_id,
-            voluntary: d.voluntary,
-            informed: d.informed,
-            reflection_period_waived: d.reflection_period_waived,
-            recorded_at: OffsetDateTime::now_utc(),
-        };
+        let (p, idem) = authz::caller(&request, Action::RecordReturnDecision)?;
+        let decision = ReturnDecision::try_from(request.get_ref())?;
+        let case_id = decision.case_id;
         let (record, who) = (decision.clone(), p.clone());
         let _: Remembered = self
             .ctx
@@ -192,7 +165,7 @@ impl Returns {
         &self,
         request: Request<w::ProposeReturnRequest>,
     ) -> ApiResult<w::ReturnPlan> {
-        let (p, idem) = Self::caller(&request, Action::ProposeReturn)?;
+        let (p, idem) = authz::caller(&request, Action::ProposeReturn)?;
         let req: ProposeReturn = request.get_ref().try_into()?;
         let (case_id, destination) = (req.case_id, req.destination);
         disclosure::peer_destination(&self.ctx, "destination", destination)?;

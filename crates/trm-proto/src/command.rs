@@ -5,14 +5,18 @@
 //! Every step of a shared record parses into a [`StepRequest`] of its record; the requests
 //! that create something, read or list parse into the commands below.
 
+use time::OffsetDateTime;
 use trm_core::{
     exchange::{SharedRecord, StepRequest},
     hearing::{HearingEvent, HearingRecord, HearingStep, HearingTerms},
-    ids::{parse_id, CaseId, ConsentId, HearingId, NodeId, OrgId, RecordId, ReferralId, ReturnId},
+    ids::{
+        parse_id, AssessmentId, CaseId, ConsentId, HearingId, NodeId, OrgId, RecordId, ReferralId,
+        ReturnId,
+    },
     limits::Page,
     model::NeedKind,
     referral::{Direction, ReferralEvent, ReferralRecord, ReferralStep},
-    returns::{ReturnEvent, ReturnRecord, RiskLevel, StepDetails},
+    returns::{ReturnDecision, ReturnEvent, ReturnRecord, RiskAssessment, StepDetails},
     FieldError,
 };
 use uuid::Uuid;
@@ -436,41 +440,25 @@ impl TryFrom<&w::ProposeReturnRequest> for ProposeReturn {
     }
 }
 
-/// `RecordRiskAssessment`: what the assessment found (the node gives it an id and a time).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordRisk {
-    pub case_id: CaseId,
-    pub level: RiskLevel,
-    pub non_refoulement_concern: bool,
-    pub retrafficking_risk: bool,
-    pub family_at_risk: bool,
-    pub factors: Vec<String>,
-}
-
-impl TryFrom<&w::RecordRiskAssessmentRequest> for RecordRisk {
+/// `RecordRiskAssessment`: what the assessment found, as a new assessment (a new id, now).
+impl TryFrom<&w::RecordRiskAssessmentRequest> for RiskAssessment {
     type Error = FieldError;
     fn try_from(r: &w::RecordRiskAssessmentRequest) -> Result<Self, FieldError> {
         Ok(Self {
+            assessment_id: AssessmentId::new(),
             case_id: CaseId::parse("case_id", &r.case_id)?,
             level: c::risk_level("level", r.level)?,
             non_refoulement_concern: r.non_refoulement_concern,
             retrafficking_risk: r.retrafficking_risk,
             family_at_risk: r.family_at_risk,
             factors: c::shorts("factors", &r.factors)?,
+            recorded_at: OffsetDateTime::now_utc(),
         })
     }
 }
 
-/// `RecordReturnDecision`: the victim's decision on a case.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RecordDecision {
-    pub case_id: CaseId,
-    pub voluntary: bool,
-    pub informed: bool,
-    pub reflection_period_waived: bool,
-}
-
-impl TryFrom<&w::RecordReturnDecisionRequest> for RecordDecision {
+/// `RecordReturnDecision`: the victim's decision on a case, recorded now.
+impl TryFrom<&w::RecordReturnDecisionRequest> for ReturnDecision {
     type Error = FieldError;
     fn try_from(r: &w::RecordReturnDecisionRequest) -> Result<Self, FieldError> {
         Ok(Self {
@@ -478,6 +466,7 @@ impl TryFrom<&w::RecordReturnDecisionRequest> for RecordDecision {
             voluntary: r.voluntary,
             informed: r.informed,
             reflection_period_waived: r.reflection_period_waived,
+            recorded_at: OffsetDateTime::now_utc(),
         })
     }
 }
