@@ -450,6 +450,20 @@ enum Wrapped {
     Plain(Vec<u8>),
 }
 
+/// Reads the trusted row `name` of the restored store (checked to be the node's own) and
+/// decodes it as `what`; the default when there is none.
+fn trusted_row<T: serde::de::DeserializeOwned + Default>(
+    tx: &mut crate::Tx<'_>,
+    name: &str,
+    what: &'static str,
+) -> Result<T> {
+    let key = layout::meta(name);
+    match tx.get_raw(&key)? {
+        Some(v) => decode(what, verify_row(tx.keys, "row", &key, &v)?),
+        None => Ok(T::default()),
+    }
+}
+
 /// Re-applies the journal to a restored store: nothing erased, revoked, removed or ended
 /// since the backup comes back.
 fn reapply(store: &Store, j: &Journal) -> Result<JournalCounts> {
@@ -461,41 +475,23 @@ fn reapply(store: &Store, j: &Journal) -> Result<JournalCounts> {
                 tx.destroy_data_key(slot)?;
             }
             let trust = &journal.trust;
-            let row = |tx: &mut crate::Tx<'_>, name: &str| -> Result<Option<Vec<u8>>> {
-                let key = layout::meta(name);
-                match tx.get_raw(&key)? {
-                    Some(v) => Ok(Some(verify_row(tx.keys, "row", &key, &v)?.to_vec())),
-                    None => Ok(None),
-                }
-            };
-            let revoked: Vec<Revoked> = match row(tx, "revoked_clients")? {
-                Some(v) => decode("revoked clients", &v)?,
-                None => Vec::new(),
-            };
+            let revoked: Vec<Revoked> = trusted_row(tx, "revoked_clients", "revoked clients")?;
             tx.put_trusted(
                 &layout::meta("revoked_clients"),
                 &merge::revoked(revoked, trust),
             )?;
-            let changes: DirectoryChanges = match row(tx, "directory_changes")? {
-                Some(v) => decode("directory changes", &v)?,
-                None => DirectoryChanges::default(),
-            };
+            let changes: DirectoryChanges =
+                trusted_row(tx, "directory_changes", "directory changes")?;
             tx.put_trusted(
                 &layout::meta("directory_changes"),
                 &merge::directory(changes, trust),
             )?;
-            let learned: LearnedKeys = match row(tx, "learned_keys")? {
-                Some(v) => decode("learned keys", &v)?,
-                None => LearnedKeys::default(),
-            };
+            let learned: LearnedKeys = trusted_row(tx, "learned_keys", "learned keys")?;
             tx.put_trusted(
                 &layout::meta("learned_keys"),
                 &merge::learned(learned, trust),
             )?;
-            let own: Vec<OwnKey> = match row(tx, "own_keys")? {
-                Some(v) => decode("own keys", &v)?,
-                None => Vec::new(),
-            };
+            let own: Vec<OwnKey> = trusted_row(tx, "own_keys", "own keys")?;
             tx.put_trusted(&layout::meta("own_keys"), &merge::own(own, trust))?;
             for (month, report) in &journal.published {
                 if tx.published_report(*month)?.is_none() {
