@@ -899,6 +899,7 @@ impl Latencies {
         );
     }
 
+    /// The latencies as the JSON results give them.
     fn json(&self) -> serde_json::Value {
         serde_json::json!({"n": self.n, "p50_ms": self.p50, "p99_ms": self.p99, "max_ms": self.max})
     }
