@@ -577,6 +577,8 @@ fn print_rows(rows: &[Row]) {
     }
 }
 
+/// The benchmark: writes two nodes, then measures them against the echo (or, with
+/// `--flood`, measures floods), prints the results and writes them as JSON if asked.
 async fn bench(cli: Cli) -> Result<()> {
     let tmp = tempfile_dir()?;
     let dir = tmp.clone();
@@ -586,6 +588,61 @@ async fn bench(cli: Cli) -> Result<()> {
         NodeSpec::from_base("RO".parse()?, 1, base)?,
     ];
     sandbox::init(&dir, &specs, true)?;
+    let schemas = write_configs(&dir, &cli)?;
+    if cli.flood > 0 {
+        return flood_run(&dir, &cli).await;
+    }
+    let echo_addr: SocketAddr = ([127, 0, 0, 1], base + 20).into();
+    let _echo = child(&[
+        "echo".as_ref(),
+        dir.as_os_str(),
+        echo_addr.to_string().as_ref(),
+    ])?;
+    let ro_cfg = sandbox::config_path(&dir, "RO".parse()?);
+    let _ro = child(&["node".as_ref(), ro_cfg.as_os_str()])?;
+    let (at, clients, startup_s) = start_at(&dir).await?;
+    let (at_pid, idle_rss_mb) = settled(&at).await?;
+    let echo = connect_echo(&dir, echo_addr).await?;
+    echo_rps(echo.clone(), 500, 16).await?; // warm-up
+    let rows = measure(&cli, &echo, &clients).await?;
+    let run = Measured {
+        rows,
+        idle_rss_mb,
+        busy_rss_mb: rss_mb(at_pid),
+        startup_s,
+    };
+    run.print();
+    let mut out = serde_json::json!({
+        "storage": if cli.postgres_url.is_some() { "postgres" } else { "sled" },
+        "rows": run.rows,
+        "idle_rss_mb": run.idle_rss_mb,
+        "busy_rss_mb": run.busy_rss_mb,
+        "startup_s": run.startup_s,
+    });
+    if cli.preload > 0 {
+        out["preloaded"] = preloaded(&cli, &dir, at, clients, &echo).await?;
+    }
+    write_json(cli.json.as_deref(), &out)?;
+    if cli.keep {
+        eprintln!("kept {}", tmp.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&tmp);
+        for pg in &schemas {
+            let pg = pg.clone();
+            tokio::task::spawn_blocking(move || trm_store::engine::postgres::drop_schema(&pg))
+                .await??;
+        }
+    }
+    Ok(())
+}
+
+/// Edits both nodes' node.toml for the run: no rate limits unless floods are measured
+/// (the benchmark measures the node, not its limits), and a fresh PostgreSQL schema each
+/// with `--postgres-url`. Returns those schemas, to drop after the run.
+fn write_configs(
+    dir: &Path,
+    cli: &Cli,
+) -> Result<Vec<trm_store::engine::postgres::PostgresOptions>> {
     let mut schemas = Vec::new();
     for id in ["AT", "RO"] {
         let path = dir.join(id).join("node.toml");
@@ -614,103 +671,105 @@ async fn bench(cli: Cli) -> Result<()> {
         }
         std::fs::write(&path, text)?;
     }
-    if cli.flood > 0 {
-        let ro_cfg = sandbox::config_path(&dir, "RO".parse()?);
-        let _ro = child(&["node".as_ref(), ro_cfg.as_os_str()])?;
-        let (at, _clients, _) = start_at(&dir).await?;
-        let report = flood(&dir, &at, Duration::from_secs(cli.flood)).await?;
-        if let Some(path) = &cli.json {
-            std::fs::write(path, serde_json::to_vec_pretty(&report)?)
-                .with_context(|| format!("writing {}", path.display()))?;
-        }
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Ok(());
-    }
-    let echo_addr: SocketAddr = ([127, 0, 0, 1], base + 20).into();
-    let _echo = child(&[
-        "echo".as_ref(),
-        dir.as_os_str(),
-        echo_addr.to_string().as_ref(),
-    ])?;
-    let ro_cfg = sandbox::config_path(&dir, "RO".parse()?);
+    Ok(schemas)
+}
+
+/// `--flood`: starts both nodes, measures the floods against AT, writes the JSON if asked
+/// and removes the nodes' folder.
+async fn flood_run(dir: &Path, cli: &Cli) -> Result<()> {
+    let ro_cfg = sandbox::config_path(dir, "RO".parse()?);
     let _ro = child(&["node".as_ref(), ro_cfg.as_os_str()])?;
-    let (at, clients, startup_s) = start_at(&dir).await?;
-    let at_pid = at.id().context("AT exited")?;
-    // Idle: let start-up work settle, then read AT's resident memory.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle_rss_mb = rss_mb(at_pid);
-    let echo = {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match connect(&dir, echo_addr, Role::ServiceProvider).await {
-                Ok(c) => break c,
-                Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    };
-    echo_rps(echo.clone(), 500, 16).await?; // warm-up
-    let rows = measure(&cli, &echo, &clients).await?;
-    let busy_rss_mb = rss_mb(at_pid);
-    print_rows(&rows);
-    println!(
-        "idle RSS of a node: {idle_rss_mb:.1} MB (after the run: {busy_rss_mb:.1} MB); start-up {startup_s:.2} s"
-    );
-    let mut out = serde_json::json!({
-        "storage": if cli.postgres_url.is_some() { "postgres" } else { "sled" },
-        "rows": rows,
-        "idle_rss_mb": idle_rss_mb,
-        "busy_rss_mb": busy_rss_mb,
-        "startup_s": startup_s,
-    });
-    if cli.preload > 0 {
-        // Stop AT, store the cases straight into its store, start it again and measure
-        // the same rows.
-        drop(clients);
-        let mut at = at;
-        at.kill().await?;
-        at.wait().await?;
-        eprintln!("preloading {} cases", cli.preload);
-        let t = Instant::now();
-        let (d, n) = (dir.clone(), cli.preload);
-        tokio::task::spawn_blocking(move || preload(&d, n)).await??;
-        eprintln!("preloaded in {:.1} s", t.elapsed().as_secs_f64());
-        let (at, clients, startup_s) = start_at(&dir).await?;
-        let at_pid = at.id().context("AT exited")?;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let idle_rss_mb = rss_mb(at_pid);
-        let rows = measure(&cli, &echo, &clients).await?;
-        let busy_rss_mb = rss_mb(at_pid);
-        println!("with {} cases stored:", cli.preload);
-        print_rows(&rows);
-        println!(
-            "idle RSS of a node: {idle_rss_mb:.1} MB (after the run: {busy_rss_mb:.1} MB); start-up {startup_s:.2} s"
-        );
-        out["preloaded"] = serde_json::json!({
-            "cases": cli.preload,
-            "rows": rows,
-            "idle_rss_mb": idle_rss_mb,
-            "busy_rss_mb": busy_rss_mb,
-            "startup_s": startup_s,
-        });
-    }
-    if let Some(path) = &cli.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&out)?)
+    let (at, _clients, _) = start_at(dir).await?;
+    let report = flood(dir, &at, Duration::from_secs(cli.flood)).await?;
+    write_json(cli.json.as_deref(), &report)?;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
+/// Writes the results as JSON to `path`, if one was given.
+fn write_json(path: Option<&Path>, results: &serde_json::Value) -> Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, serde_json::to_vec_pretty(results)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    if cli.keep {
-        eprintln!("kept {}", tmp.display());
-    } else {
-        let _ = std::fs::remove_dir_all(&tmp);
-        for pg in &schemas {
-            let pg = pg.clone();
-            tokio::task::spawn_blocking(move || trm_store::engine::postgres::drop_schema(&pg))
-                .await??;
+    Ok(())
+}
+
+/// Lets AT's start-up work settle, then returns its process id and resident memory idle.
+async fn settled(at: &Child) -> Result<(u32, f64)> {
+    let at_pid = at.id().context("AT exited")?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok((at_pid, rss_mb(at_pid)))
+}
+
+/// Connects to the echo server, waiting up to 30 s for it to listen.
+async fn connect_echo(dir: &Path, echo_addr: SocketAddr) -> Result<Channel> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match connect(dir, echo_addr, Role::ServiceProvider).await {
+            Ok(c) => return Ok(c),
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => return Err(e),
         }
     }
-    Ok(())
+}
+
+/// What one run of the rows measured of AT.
+struct Measured {
+    rows: Vec<Row>,
+    idle_rss_mb: f64,
+    busy_rss_mb: f64,
+    startup_s: f64,
+}
+
+impl Measured {
+    /// Prints the rows, then AT's resident memory and start-up time.
+    fn print(&self) {
+        print_rows(&self.rows);
+        println!(
+            "idle RSS of a node: {:.1} MB (after the run: {:.1} MB); start-up {:.2} s",
+            self.idle_rss_mb, self.busy_rss_mb, self.startup_s
+        );
+    }
+}
+
+/// `--preload`: stops AT, stores the cases straight into its store, starts it again and
+/// measures the same rows; returns them as JSON.
+async fn preloaded(
+    cli: &Cli,
+    dir: &Path,
+    mut at: Child,
+    clients: Clients,
+    echo: &Channel,
+) -> Result<serde_json::Value> {
+    drop(clients);
+    at.kill().await?;
+    at.wait().await?;
+    eprintln!("preloading {} cases", cli.preload);
+    let t = Instant::now();
+    let (d, n) = (dir.to_path_buf(), cli.preload);
+    tokio::task::spawn_blocking(move || preload(&d, n)).await??;
+    eprintln!("preloaded in {:.1} s", t.elapsed().as_secs_f64());
+    let (at, clients, startup_s) = start_at(dir).await?;
+    let (at_pid, idle_rss_mb) = settled(&at).await?;
+    let rows = measure(cli, echo, &clients).await?;
+    let run = Measured {
+        rows,
+        idle_rss_mb,
+        busy_rss_mb: rss_mb(at_pid),
+        startup_s,
+    };
+    println!("with {} cases stored:", cli.preload);
+    run.print();
+    Ok(serde_json::json!({
+        "cases": cli.preload,
+        "rows": run.rows,
+        "idle_rss_mb": run.idle_rss_mb,
+        "busy_rss_mb": run.busy_rss_mb,
+        "startup_s": run.startup_s,
+    }))
 }
 
 /// Latencies (ms) of another client's requests (a case created, then read) made one after
@@ -753,11 +812,119 @@ async fn flood(dir: &Path, at: &Child, d: Duration) -> Result<serde_json::Value>
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_rss_mb = rss_mb(at_pid);
     eprintln!("flood: another client alone for {d:?}");
-    let (mut alone, alone_max) = victim(&fp, d).await?;
-
-    // One client certificate over every connection it may hold, 16 requests in flight on
-    // each, as fast as they go.
+    let (alone, alone_max) = victim(&fp, d).await?;
+    let alone = Latencies::of(alone, alone_max);
     let conns = limits.per_client();
+    let flooded = client_flood(dir, services, conns, &fp, at_pid, d).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after_rss_mb = rss_mb(at_pid);
+    let stalled = stalled_handshakes(dir, services, &limits, at_pid).await?;
+    let Stalled {
+        n,
+        per_address,
+        stalled_rss_mb,
+        known_client_s,
+        new_client_s,
+        still_open,
+    } = stalled;
+    let Flooded {
+        victim: flooded,
+        served,
+        refused,
+        peak_rss_mb,
+    } = flooded;
+    println!("another client's requests (create a case, read it), one after another:");
+    println!(
+        "{:>10} {:>8} {:>8} {:>8} {:>8}",
+        "", "n", "p50 ms", "p99 ms", "max ms"
+    );
+    alone.print_row("alone");
+    flooded.print_row("flooded");
+    println!(
+        "the flooder: {} requests in {:.0} s, {served} served, {refused} refused ({:.0}/s served; limit {}/s, burst {})",
+        served + refused,
+        d.as_secs_f64(),
+        served as f64 / d.as_secs_f64(),
+        limits.client_requests_per_second,
+        limits.client_burst
+    );
+    println!(
+        "AT's RSS: {idle_rss_mb:.1} MB idle, {peak_rss_mb:.1} MB peak in the flood, {after_rss_mb:.1} MB after, {stalled_rss_mb:.1} MB with {n} stalled handshakes"
+    );
+    println!(
+        "{n} stalled handshakes, {per_address} an address (max_connections {}, handshake_timeout {} s, {} ms under pressure): a client from a known address served after {known_client_s:.2} s, from a new address after {new_client_s:.2} s; {still_open} stalled connections open by then",
+        limits.max_connections, limits.handshake_timeout_secs, limits.pressure_timeout_ms()
+    );
+    Ok(serde_json::json!({
+        "flood_secs": d.as_secs_f64(),
+        "alone": alone.json(),
+        "flooded": flooded.json(),
+        "flooder": {"connections": conns, "served": served, "refused": refused},
+        "idle_rss_mb": idle_rss_mb,
+        "peak_rss_mb": peak_rss_mb,
+        "after_rss_mb": after_rss_mb,
+        "stalled_handshakes": n,
+        "stalled_rss_mb": stalled_rss_mb,
+        "known_client_after_stalled_s": known_client_s,
+        "new_client_after_stalled_s": new_client_s,
+        "stalled_still_open": still_open,
+    }))
+}
+
+/// Another client's request latencies over one measurement (ms).
+struct Latencies {
+    n: usize,
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Latencies {
+    /// Summarises the latencies `lat` (ms) and their slowest, `max`.
+    fn of(mut lat: Vec<f64>, max: f64) -> Self {
+        let (p50, p99) = (percentile(&mut lat, 0.5), percentile(&mut lat, 0.99));
+        Self {
+            n: lat.len(),
+            p50,
+            p99,
+            max,
+        }
+    }
+
+    /// Prints one row of the latency table, labelled `label`.
+    fn print_row(&self, label: &str) {
+        println!(
+            "{:>10} {:>8} {:>8.1} {:>8.1} {:>8.1}",
+            label, self.n, self.p50, self.p99, self.max
+        );
+    }
+
+    /// The latencies as the JSON results give them.
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({"n": self.n, "p50_ms": self.p50, "p99_ms": self.p99, "max_ms": self.max})
+    }
+}
+
+/// What one client flooding the services port did: another client's latencies meanwhile,
+/// the flooder's requests served and refused, and AT's peak resident memory.
+struct Flooded {
+    victim: Latencies,
+    served: u64,
+    refused: u64,
+    peak_rss_mb: f64,
+}
+
+/// One client certificate over every connection it may hold (`conns`), 16 requests in
+/// flight on each, as fast as they go, for `d`, while another client (`fp`) makes its
+/// requests and AT's resident memory is sampled.
+async fn client_flood(
+    dir: &Path,
+    services: SocketAddr,
+    conns: usize,
+    fp: &ReferralServiceClient<Channel>,
+    at_pid: u32,
+    d: Duration,
+) -> Result<Flooded> {
     eprintln!("flood: one client over {conns} connections x 16 in flight for {d:?}");
     let mut flooders = Vec::new();
     for _ in 0..conns {
@@ -791,17 +958,40 @@ async fn flood(dir: &Path, at: &Child, d: Duration) -> Result<serde_json::Value>
             peak
         })
     };
-    let (mut flooded, flooded_max) = victim(&fp, d).await?;
+    let (flooded, flooded_max) = victim(fp, d).await?;
     while tasks.join_next().await.is_some() {}
     let peak_rss_mb = peak.await?;
     let [served, refused] = [0, 1].map(|i| counts[i].load(std::sync::atomic::Ordering::Relaxed));
     drop(flooders);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after_rss_mb = rss_mb(at_pid);
+    Ok(Flooded {
+        victim: Latencies::of(flooded, flooded_max),
+        served,
+        refused,
+        peak_rss_mb,
+    })
+}
 
-    // Stalled handshakes: twice the port's places, from as many addresses as that takes at
-    // each one's limit (127.0.1.0 onwards), each holding a place until its deadline. A
-    // client from an address already served (127.0.0.1), then one from a new address.
+/// What stalled TLS handshakes did: how many, from how many an address, AT's resident
+/// memory with them, how long a client from a known address and one from a new address
+/// waited to be served, and how many stalled connections were still open by then.
+struct Stalled {
+    n: usize,
+    per_address: usize,
+    stalled_rss_mb: f64,
+    known_client_s: f64,
+    new_client_s: f64,
+    still_open: usize,
+}
+
+/// Stalled handshakes: twice the port's places, from as many addresses as that takes at
+/// each one's limit (127.0.1.0 onwards), each holding a place until its deadline. A
+/// client from an address already served (127.0.0.1), then one from a new address.
+async fn stalled_handshakes(
+    dir: &Path,
+    services: SocketAddr,
+    limits: &trm_node::config::LimitsSection,
+    at_pid: u32,
+) -> Result<Stalled> {
     let n = 2 * limits.max_connections;
     let per_address = limits.per_address();
     eprintln!("flood: {n} stalled TLS handshakes, {per_address} an address");
@@ -824,56 +1014,14 @@ async fn flood(dir: &Path, at: &Child, d: Duration) -> Result<serde_json::Value>
         })
         .count();
     drop(stalled);
-
-    let (p50, p99) = (percentile(&mut alone, 0.5), percentile(&mut alone, 0.99));
-    let (fp50, fp99) = (
-        percentile(&mut flooded, 0.5),
-        percentile(&mut flooded, 0.99),
-    );
-    println!("another client's requests (create a case, read it), one after another:");
-    println!(
-        "{:>10} {:>8} {:>8} {:>8} {:>8}",
-        "", "n", "p50 ms", "p99 ms", "max ms"
-    );
-    println!(
-        "{:>10} {:>8} {p50:>8.1} {p99:>8.1} {alone_max:>8.1}",
-        "alone",
-        alone.len()
-    );
-    println!(
-        "{:>10} {:>8} {fp50:>8.1} {fp99:>8.1} {flooded_max:>8.1}",
-        "flooded",
-        flooded.len()
-    );
-    println!(
-        "the flooder: {} requests in {:.0} s, {served} served, {refused} refused ({:.0}/s served; limit {}/s, burst {})",
-        served + refused,
-        d.as_secs_f64(),
-        served as f64 / d.as_secs_f64(),
-        limits.client_requests_per_second,
-        limits.client_burst
-    );
-    println!(
-        "AT's RSS: {idle_rss_mb:.1} MB idle, {peak_rss_mb:.1} MB peak in the flood, {after_rss_mb:.1} MB after, {stalled_rss_mb:.1} MB with {n} stalled handshakes"
-    );
-    println!(
-        "{n} stalled handshakes, {per_address} an address (max_connections {}, handshake_timeout {} s, {} ms under pressure): a client from a known address served after {known_client_s:.2} s, from a new address after {new_client_s:.2} s; {still_open} stalled connections open by then",
-        limits.max_connections, limits.handshake_timeout_secs, limits.pressure_timeout_ms()
-    );
-    Ok(serde_json::json!({
-        "flood_secs": d.as_secs_f64(),
-        "alone": {"n": alone.len(), "p50_ms": p50, "p99_ms": p99, "max_ms": alone_max},
-        "flooded": {"n": flooded.len(), "p50_ms": fp50, "p99_ms": fp99, "max_ms": flooded_max},
-        "flooder": {"connections": conns, "served": served, "refused": refused},
-        "idle_rss_mb": idle_rss_mb,
-        "peak_rss_mb": peak_rss_mb,
-        "after_rss_mb": after_rss_mb,
-        "stalled_handshakes": n,
-        "stalled_rss_mb": stalled_rss_mb,
-        "known_client_after_stalled_s": known_client_s,
-        "new_client_after_stalled_s": new_client_s,
-        "stalled_still_open": still_open,
-    }))
+    Ok(Stalled {
+        n,
+        per_address,
+        stalled_rss_mb,
+        known_client_s,
+        new_client_s,
+        still_open,
+    })
 }
 
 /// Returns a fresh folder for the run's nodes.

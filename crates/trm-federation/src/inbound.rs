@@ -507,15 +507,7 @@ impl FederationServer {
                 )
                 .await);
         }
-        let mut checked = Vec::with_capacity(envelopes.len());
-        for env in &envelopes {
-            match self.check(entry, env) {
-                Ok(c) => checked.push(c),
-                Err((message_id, refusal, detail)) => {
-                    return Err(self.refuse(Some(peer), &message_id, refusal, detail).await)
-                }
-            }
-        }
+        let checked = self.check_batch(entry, &envelopes).await?;
         if let Some(turn) = &turn {
             turn.wait().await.map_err(|why| {
                 debug!(peer = %peer, reason = %why, "batch out of turn");
@@ -539,8 +531,41 @@ impl FederationServer {
             turn.taken();
         }
         let committed = queued.await.map_err(|e| self.unavailable(e))?;
+        Ok(self.batch_receipt(&checked, &committed.value, &committed.notes))
+    }
+
+    /// Checks every envelope of a batch before any has an effect: the first that fails a
+    /// check refuses the whole batch.
+    async fn check_batch(
+        &self,
+        entry: &Peer,
+        envelopes: &[SignedEnvelope],
+    ) -> Result<Vec<Checked>, Status> {
+        let mut checked = Vec::with_capacity(envelopes.len());
+        for env in envelopes {
+            match self.check(entry, env) {
+                Ok(c) => checked.push(c),
+                Err((message_id, refusal, detail)) => {
+                    return Err(self
+                        .refuse(Some(entry.id), &message_id, refusal, detail)
+                        .await)
+                }
+            }
+        }
+        Ok(checked)
+    }
+
+    /// Once a batch is durable: counts each envelope's outcome, does what they asked for
+    /// (see [`Self::after_durable`]), and returns the signed receipt listing each message's
+    /// id, hash and outcome.
+    fn batch_receipt(
+        &self,
+        checked: &[Checked],
+        applied: &[Applied],
+        notes: &[Note],
+    ) -> SignedReceipt {
         let mut entries = Vec::with_capacity(checked.len());
-        for (c, applied) in checked.iter().zip(&committed.value) {
+        for (c, applied) in checked.iter().zip(applied) {
             self.count(applied, c);
             entries.push(BatchReceiptEntry {
                 message_id: c.message_id.to_string(),
@@ -551,14 +576,14 @@ impl FederationServer {
             });
         }
         Counters::bump(&self.counters.batches);
-        self.after_durable(&committed.notes);
+        self.after_durable(notes);
         let body = BatchReceiptBody {
             receiver: self.cfg.node.to_string(),
             received_at: Some(trm_proto::convert::ts(OffsetDateTime::now_utc())),
             entries,
         }
         .encode_to_vec();
-        Ok(envelope::sign_receipt(&self.identity.current(), body))
+        envelope::sign_receipt(&self.identity.current(), body)
     }
 
     /// Logs a storage fault and returns what the peer is told.

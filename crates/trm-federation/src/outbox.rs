@@ -51,6 +51,24 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// How often a peer's failing deliveries are logged at the default level.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
+/// A peer's run of failed deliveries: how many in a row, and when the last warning was
+/// logged.
+#[derive(Debug, Default)]
+struct Trouble {
+    failures: u32,
+    warned: Option<std::time::Instant>,
+}
+
+/// Waits for the peer's worker to be woken (a directory or queue change), or `wait`;
+/// `false` when shutdown came first.
+async fn woken(notify: &Notify, wait: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = notify.notified() => true,
+        _ = tokio::time::sleep(wait) => true,
+        _ = shutdown.changed() => false,
+    }
+}
+
 /// Why a dead letter could not be retried.
 #[derive(Debug, thiserror::Error)]
 pub enum RetryError {
@@ -448,6 +466,8 @@ impl Delivery {
         }
     }
 
+    /// The worker of one peer: delivers its queue from the head while this process is
+    /// active, backs off on failures, and stops at shutdown.
     async fn run_peer(self, peer: NodeId, mut shutdown: watch::Receiver<bool>) {
         let Some(notify) = lock(&self.inner.wakers).get(&peer).cloned() else {
             return;
@@ -455,8 +475,7 @@ impl Delivery {
         // The client (and its connection) is rebuilt when the peer's endpoint or TLS trust
         // (CA, pin) changes: identity is checked when a connection is made.
         let mut client: Option<(TrustKey, FederationServiceClient<Channel>)> = None;
-        let mut failures: u32 = 0;
-        let mut warned: Option<std::time::Instant> = None;
+        let mut trouble = Trouble::default();
         let mut single = false;
         let mut active = self.inner.active.subscribe();
         let idle = self.inner.cfg.idle_poll;
@@ -471,71 +490,29 @@ impl Delivery {
                 }
                 continue;
             }
-            let Some(entry) = self.inner.directory.get(peer) else {
-                // Removed: nothing is sent until it is a peer again.
-                tokio::select! {
-                    _ = notify.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
-                    _ = shutdown.changed() => return,
+            let Some(client) = self.current_client(peer, &mut client) else {
+                if !woken(&notify, Duration::from_secs(30), &mut shutdown).await {
+                    return;
                 }
                 continue;
             };
-            let built_for = (
-                entry.endpoint.clone(),
-                entry.tls_ca_pem.clone(),
-                entry.tls_pin.clone(),
-            );
-            if client.as_ref().is_none_or(|(b, _)| *b != built_for) {
-                client = self.client(peer).map(|c| (built_for, c));
-            }
-            let Some((_, client)) = client.as_mut() else {
-                warn!(peer = %peer, "peer endpoint or trust anchor unusable; waiting for a directory change");
-                tokio::select! {
-                    _ = notify.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
-                    _ = shutdown.changed() => return,
+            let Some(item) = self.head(peer) else {
+                if !woken(&notify, idle, &mut shutdown).await {
+                    return;
                 }
                 continue;
             };
-            let queue = match self.inner.store.outbox_head(peer, 1) {
-                Ok(items) => items,
-                Err(e) => {
-                    warn!(peer = %peer, error = %e, "cannot read the outbox");
-                    Vec::new()
-                }
-            };
-            if queue.is_empty() {
-                tokio::select! {
-                    _ = notify.notified() => {}
-                    _ = tokio::time::sleep(idle) => {}
-                    _ = shutdown.changed() => return,
-                }
-                continue;
-            }
             let window = time::Duration::try_from(self.inner.cfg.replay_window)
                 .unwrap_or(time::Duration::days(7));
-            let item = queue[0].clone();
             let expired = OffsetDateTime::now_utc() - item.created_at > window;
-            let mut failed_batch = 0;
             // Shutdown interrupts an attempt in flight: the receiver is idempotent, so an
             // envelope whose receipt is lost is simply sent again after the restart.
-            let outcome = if expired {
-                Err(Failure::Permanent(
-                    "undelivered within the replay window".into(),
-                ))
-            } else if single {
-                tokio::select! {
-                    r = self.attempt(client, peer, &item) => r,
-                    _ = shutdown.changed() => return,
-                    _ = active.wait_for(|a| !*a) => continue,
-                }
+            let (outcome, failed_batch) = if expired {
+                let why = "undelivered within the replay window".into();
+                (Err(Failure::Permanent(why)), 0)
             } else {
                 tokio::select! {
-                    r = self.pipeline(client, peer, window) => r.map_err(|(failure, sent)| {
-                        // Every batch before the failed one was recorded: it is at the head.
-                        failed_batch = sent;
-                        failure
-                    }),
+                    r = self.send_from_head(client, peer, &item, window, single) => r,
                     _ = shutdown.changed() => return,
                     _ = active.wait_for(|a| !*a) => continue,
                 }
@@ -551,50 +528,139 @@ impl Delivery {
                 other => other,
             };
             single = false;
-            let outcome = match outcome {
-                Err(Failure::Permanent(why)) => match self.dead_letter(&item, &why).await {
-                    // The peer answers but refuses: operators see why in `status`.
-                    Ok(()) => {
-                        self.set_state(peer, true, Some(&why));
-                        continue;
-                    }
-                    Err(e) => Err(e),
-                },
-                other => other,
-            };
-            match outcome {
-                Ok(()) => {
-                    if failures > 0 {
-                        info!(peer = %peer, failures, "delivery resumed");
-                    }
-                    failures = 0;
-                    warned = None;
-                    self.set_state(peer, true, None);
-                }
-                Err(failure) => {
-                    let (reachable, why) = match failure {
-                        Failure::Retry(why) => (false, why),
-                        Failure::Store(why) | Failure::Permanent(why) => (true, why),
-                    };
-                    Counters::bump(&self.inner.counters.attempts_failed);
-                    self.set_state(peer, reachable, Some(&why));
-                    failures = failures.saturating_add(1);
-                    self.note_failure(&item, &why).await;
-                    let wait = self.backoff(failures);
-                    // At the default level, at most once a minute per peer.
-                    if warned.is_none_or(|at: std::time::Instant| at.elapsed() >= WARN_EVERY) {
-                        warned = Some(std::time::Instant::now());
-                        warn!(peer = %peer, failures, queued = self.inner.store.outbox_depth(peer).unwrap_or_default(), wait_ms = wait.as_millis() as u64, reason = %why, "cannot deliver to the peer; retrying");
-                    } else {
-                        debug!(peer = %peer, message_id = %item.message_id, wait_ms = wait.as_millis() as u64, reason = %why, "delivery failed; backing off");
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = shutdown.changed() => return,
-                    }
+            if let Some(wait) = self.settle(peer, &item, outcome, &mut trouble).await {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => return,
                 }
             }
         }
+    }
+
+    /// Returns the client for `peer`, built again when its endpoint or TLS trust changed;
+    /// `None` while the peer is not in the directory (removed: nothing is sent until it is
+    /// a peer again) or its entry cannot be used (warned).
+    fn current_client<'a>(
+        &self,
+        peer: NodeId,
+        client: &'a mut Option<(TrustKey, FederationServiceClient<Channel>)>,
+    ) -> Option<&'a mut FederationServiceClient<Channel>> {
+        let entry = self.inner.directory.get(peer)?;
+        let built_for = (
+            entry.endpoint.clone(),
+            entry.tls_ca_pem.clone(),
+            entry.tls_pin.clone(),
+        );
+        if client.as_ref().is_none_or(|(b, _)| *b != built_for) {
+            *client = self.client(peer).map(|c| (built_for, c));
+        }
+        match client.as_mut() {
+            Some((_, client)) => Some(client),
+            None => {
+                warn!(peer = %peer, "peer endpoint or trust anchor unusable; waiting for a directory change");
+                None
+            }
+        }
+    }
+
+    /// Returns the head of the peer's queue; `None` when it is empty or cannot be read
+    /// (warned).
+    fn head(&self, peer: NodeId) -> Option<OutboxItem> {
+        match self.inner.store.outbox_head(peer, 1) {
+            Ok(items) => items.into_iter().next(),
+            Err(e) => {
+                warn!(peer = %peer, error = %e, "cannot read the outbox");
+                None
+            }
+        }
+    }
+
+    /// Sends from the head of the queue: `item` alone (`single`), or the queue in pipelined
+    /// batches. Returns the outcome and the size of the batch that failed (0 when none did,
+    /// or nothing was sent).
+    async fn send_from_head(
+        &self,
+        client: &mut FederationServiceClient<Channel>,
+        peer: NodeId,
+        item: &OutboxItem,
+        window: time::Duration,
+        single: bool,
+    ) -> (Result<(), Failure>, usize) {
+        if single {
+            return (self.attempt(client, peer, item).await, 0);
+        }
+        match self.pipeline(client, peer, window).await {
+            Ok(()) => (Ok(()), 0),
+            // Every batch before the failed one was recorded: it is at the head.
+            Err((failure, sent)) => (Err(failure), sent),
+        }
+    }
+
+    /// Acts on the outcome of an attempt at the head `item`: a refusal for good moves it to
+    /// the dead letters, a delivery ends the peer's trouble, a failure is recorded. Returns
+    /// how long to back off before the next attempt (`None`: go on at once).
+    async fn settle(
+        &self,
+        peer: NodeId,
+        item: &OutboxItem,
+        outcome: Result<(), Failure>,
+        trouble: &mut Trouble,
+    ) -> Option<Duration> {
+        let outcome = match outcome {
+            Err(Failure::Permanent(why)) => match self.dead_letter(item, &why).await {
+                // The peer answers but refuses: operators see why in `status`.
+                Ok(()) => {
+                    self.set_state(peer, true, Some(&why));
+                    return None;
+                }
+                Err(e) => Err(e),
+            },
+            other => other,
+        };
+        match outcome {
+            Ok(()) => {
+                if trouble.failures > 0 {
+                    info!(peer = %peer, failures = trouble.failures, "delivery resumed");
+                }
+                *trouble = Trouble::default();
+                self.set_state(peer, true, None);
+                None
+            }
+            Err(failure) => Some(self.failed(peer, item, failure, trouble).await),
+        }
+    }
+
+    /// Records a failed attempt at `item`: the peer's state, the counters, the failure
+    /// noted on the queued item, and a log line (a warning at most once a minute per peer).
+    /// Returns the backoff before the next attempt.
+    async fn failed(
+        &self,
+        peer: NodeId,
+        item: &OutboxItem,
+        failure: Failure,
+        trouble: &mut Trouble,
+    ) -> Duration {
+        let (reachable, why) = match failure {
+            Failure::Retry(why) => (false, why),
+            Failure::Store(why) | Failure::Permanent(why) => (true, why),
+        };
+        Counters::bump(&self.inner.counters.attempts_failed);
+        self.set_state(peer, reachable, Some(&why));
+        trouble.failures = trouble.failures.saturating_add(1);
+        let failures = trouble.failures;
+        self.note_failure(item, &why).await;
+        let wait = self.backoff(failures);
+        // At the default level, at most once a minute per peer.
+        if trouble
+            .warned
+            .is_none_or(|at: std::time::Instant| at.elapsed() >= WARN_EVERY)
+        {
+            trouble.warned = Some(std::time::Instant::now());
+            warn!(peer = %peer, failures, queued = self.inner.store.outbox_depth(peer).unwrap_or_default(), wait_ms = wait.as_millis() as u64, reason = %why, "cannot deliver to the peer; retrying");
+        } else {
+            debug!(peer = %peer, message_id = %item.message_id, wait_ms = wait.as_millis() as u64, reason = %why, "delivery failed; backing off");
+        }
+        wait
     }
 
     /// Returns the wait after `failures` consecutive failures: exponential from 200 ms,
@@ -665,24 +731,11 @@ impl Delivery {
             .await
             .map_err(|s| Failure::of(s, peer, &self.endpoint_of(peer)))?
             .into_inner();
-        let (outcome, reason) = self
+        let outcome = self
             .verify_receipt(peer, item, &env, &receipt)
             .map_err(Failure::Retry)?;
-        let handler = self.inner.handler.clone();
-        let proof = receipt.encode_to_vec();
-        let queued = item.clone();
-        self.inner
-            .store
-            .commit(move |tx| {
-                record_outcome(tx, handler.as_ref(), &queued, &proof, outcome, &reason, "")
-            })
-            .await?;
-        Counters::bump(&self.inner.counters.delivered);
-        self.inner
-            .counters
-            .delivery_latency
-            .observe((OffsetDateTime::now_utc() - item.created_at).as_seconds_f64());
-        Ok(())
+        self.record_outcomes(std::slice::from_ref(item), vec![outcome], &receipt, "")
+            .await
     }
 
     /// Delivers the queue from its head in batches, up to `batches_in_flight` of them in flight on
@@ -720,37 +773,11 @@ impl Delivery {
         let in_flight = AbortOnDrop(&mut in_flight);
         loop {
             while more && in_flight.0.len() < self.inner.cfg.batches_in_flight.max(1) {
-                let items = self
-                    .inner
-                    .store
-                    .outbox_after(peer, after, self.inner.cfg.batch_envelopes.max(1))
-                    .map_err(|e| (Failure::Store(e.to_string()), 0))?;
-                if items.is_empty() {
-                    more = false;
-                    break;
-                }
-                let now = OffsetDateTime::now_utc();
-                let (mut batch, mut envelopes, mut bytes) = (Vec::new(), Vec::new(), 0usize);
-                for item in items {
-                    if now - item.created_at > window {
-                        // Goes to the dead letters from the head, after what is in flight.
-                        more = false;
-                        break;
-                    }
-                    if bytes + item.sealed.len() > SEND_BATCH_BYTES && !batch.is_empty() {
-                        break;
-                    }
-                    after = Some(item.seq);
-                    match self.open(&item).map_err(|f| (f, 0))? {
-                        Some(env) => {
-                            bytes += item.sealed.len();
-                            envelopes.push(env);
-                            batch.push(item);
-                        }
-                        // Erased meanwhile: the queued copy went with it.
-                        None => self.drop_erased(&item).await.map_err(|f| (f, 0))?,
-                    }
-                }
+                let (batch, envelopes, more_after) = self
+                    .next_batch(peer, &mut after, window)
+                    .await
+                    .map_err(|f| (f, 0))?;
+                more = more_after;
                 if batch.is_empty() {
                     continue;
                 }
@@ -782,6 +809,49 @@ impl Delivery {
         }
     }
 
+    /// Reads the next batch to send from the peer's queue, after `after` (moved past each
+    /// item taken, or dropped because its subject was erased meanwhile): at most
+    /// `batch_envelopes` envelopes and [`SEND_BATCH_BYTES`] sealed bytes, opened. Returns
+    /// the items, their envelopes, and whether more may follow (not when the queue ended or
+    /// its next envelope is past the replay `window`). The batch may be empty.
+    async fn next_batch(
+        &self,
+        peer: NodeId,
+        after: &mut Option<u64>,
+        window: time::Duration,
+    ) -> Result<(Vec<OutboxItem>, Vec<SignedEnvelope>, bool), Failure> {
+        let items = self
+            .inner
+            .store
+            .outbox_after(peer, *after, self.inner.cfg.batch_envelopes.max(1))
+            .map_err(|e| Failure::Store(e.to_string()))?;
+        if items.is_empty() {
+            return Ok((Vec::new(), Vec::new(), false));
+        }
+        let now = OffsetDateTime::now_utc();
+        let (mut batch, mut envelopes, mut bytes) = (Vec::new(), Vec::new(), 0usize);
+        for item in items {
+            if now - item.created_at > window {
+                // Goes to the dead letters from the head, after what is in flight.
+                return Ok((batch, envelopes, false));
+            }
+            if bytes + item.sealed.len() > SEND_BATCH_BYTES && !batch.is_empty() {
+                break;
+            }
+            *after = Some(item.seq);
+            match self.open(&item)? {
+                Some(env) => {
+                    bytes += item.sealed.len();
+                    envelopes.push(env);
+                    batch.push(item);
+                }
+                // Erased meanwhile: the queued copy went with it.
+                None => self.drop_erased(&item).await?,
+            }
+        }
+        Ok((batch, envelopes, true))
+    }
+
     /// Verifies a batch receipt and records every outcome in one transaction.
     async fn record_batch(
         &self,
@@ -793,28 +863,34 @@ impl Delivery {
         let outcomes = self
             .verify_batch_receipt(peer, batch, envelopes, &receipt)
             .map_err(Failure::Retry)?;
+        self.record_outcomes(batch, outcomes, &receipt, " (batch)")
+            .await
+    }
+
+    /// Records the peer's verified outcomes of `items` (see [`record_outcome`]; `how` is
+    /// added to the audit detail) in one transaction, with the receipt as proof, and counts
+    /// them delivered.
+    async fn record_outcomes(
+        &self,
+        items: &[OutboxItem],
+        outcomes: Vec<(ReceiptOutcome, String)>,
+        receipt: &SignedReceipt,
+        how: &'static str,
+    ) -> Result<(), Failure> {
         let handler = self.inner.handler.clone();
         let proof = receipt.encode_to_vec();
-        let items = batch.to_vec();
+        let queued = items.to_vec();
         self.inner
             .store
             .commit(move |tx| {
-                for (item, (outcome, reason)) in items.iter().zip(&outcomes) {
-                    record_outcome(
-                        tx,
-                        handler.as_ref(),
-                        item,
-                        &proof,
-                        *outcome,
-                        reason,
-                        " (batch)",
-                    )?;
+                for (item, (outcome, reason)) in queued.iter().zip(&outcomes) {
+                    record_outcome(tx, handler.as_ref(), item, &proof, *outcome, reason, how)?;
                 }
                 Ok(())
             })
             .await?;
         let now = OffsetDateTime::now_utc();
-        for item in batch {
+        for item in items {
             Counters::bump(&self.inner.counters.delivered);
             self.inner
                 .counters

@@ -280,6 +280,41 @@ pub fn restore(options: StoreOptions, from: &Path, force: bool, who: &str) -> Re
         )));
     }
     let held = hold_stopped(&options)?;
+    let backup_key = unlock_backup(&options, &manifest)?;
+    let holds_data = may_replace(&options, force)?;
+    let journal = Journal::read(&options.key_store)?;
+    if holds_data {
+        match &options.engine {
+            EngineOptions::Sled(_) => std::fs::remove_dir_all(&options.data_dir)?,
+            EngineOptions::Postgres(pg) => postgres::drop_schema(pg)?,
+        }
+    }
+    // The sled lock was on the files just removed; the new store takes its own.
+    let held = match held {
+        Held::Sled { .. } => None,
+        other => Some(other),
+    };
+    let anchor = options.key_store.with_extension("audit-anchor");
+    if anchor.exists() {
+        // Rewritten from the restored chain when the store closes.
+        std::fs::remove_file(&anchor)?;
+    }
+    let store = Store::open(options)?;
+    import(&store, from, &backup_key)?;
+    let reapplied = reapply(&store, &journal)?;
+    audit_restore(&store, &manifest, &reapplied, who)?;
+    store.close()?;
+    drop(held);
+    Ok(Restored {
+        manifest,
+        reapplied,
+    })
+}
+
+/// Returns the backup's own key from the node's key file: refused, naming the file, when
+/// the key file is missing, is not the node's that took the backup, or the backup expired
+/// (its key destroyed).
+fn unlock_backup(options: &StoreOptions, manifest: &Manifest) -> Result<BackupKey> {
     if !options.key_store.is_file() {
         return Err(refused(format!(
             "a restore needs the node's key file {} (and its journal {} beside it): the backup \
@@ -306,7 +341,12 @@ pub fn restore(options: StoreOptions, from: &Path, force: bool, who: &str) -> Re
             manifest.backup_key, manifest.created_at
         )));
     };
-    drop(ring);
+    Ok(backup_key)
+}
+
+/// Returns whether the node already holds a store (its data folder, or its PostgreSQL
+/// schema); refused when it does and `force` was not given.
+fn may_replace(options: &StoreOptions, force: bool) -> Result<bool> {
     let (holds_data, place) = match &options.engine {
         EngineOptions::Sled(_) => (
             options.data_dir.exists() && std::fs::read_dir(&options.data_dir)?.next().is_some(),
@@ -323,26 +363,17 @@ pub fn restore(options: StoreOptions, from: &Path, force: bool, who: &str) -> Re
             format!("{place} holds a store: pass --force to replace it"),
         )));
     }
-    let journal = Journal::read(&options.key_store)?;
-    if holds_data {
-        match &options.engine {
-            EngineOptions::Sled(_) => std::fs::remove_dir_all(&options.data_dir)?,
-            EngineOptions::Postgres(pg) => postgres::drop_schema(pg)?,
-        }
-    }
-    // The sled lock was on the files just removed; the new store takes its own.
-    let held = match held {
-        Held::Sled { .. } => None,
-        other => Some(other),
-    };
-    let anchor = options.key_store.with_extension("audit-anchor");
-    if anchor.exists() {
-        // Rewritten from the restored chain when the store closes.
-        std::fs::remove_file(&anchor)?;
-    }
-    let store = Store::open(options)?;
-    import(&store, from, &backup_key)?;
-    let reapplied = reapply(&store, &journal)?;
+    Ok(holds_data)
+}
+
+/// Writes the audit entry of a restore, in the restored chain: who restored which backup
+/// and what the journal re-applied.
+fn audit_restore(
+    store: &Store,
+    manifest: &Manifest,
+    reapplied: &JournalCounts,
+    who: &str,
+) -> Result<()> {
     let detail = format!(
         "backup={} taken_at={} records={} erasures={} revocations={} directory_changes={} \
          key_changes={} published_months={}",
@@ -364,13 +395,7 @@ pub fn restore(options: StoreOptions, from: &Path, force: bool, who: &str) -> Re
             tx.audit(AuditRecord::new(&who, "store.restore", &id, "ok").detail(detail.clone()))?;
             Ok(())
         })
-        .map_err(TxFail::into_store)?;
-    store.close()?;
-    drop(held);
-    Ok(Restored {
-        manifest,
-        reapplied,
-    })
+        .map_err(TxFail::into_store)
 }
 
 /// Writes the backup's records into the (empty) store, each data key re-wrapped from the
@@ -425,6 +450,20 @@ enum Wrapped {
     Plain(Vec<u8>),
 }
 
+/// Reads the trusted row `name` of the restored store (checked to be the node's own) and
+/// decodes it as `what`; the default when there is none.
+fn trusted_row<T: serde::de::DeserializeOwned + Default>(
+    tx: &mut crate::Tx<'_>,
+    name: &str,
+    what: &'static str,
+) -> Result<T> {
+    let key = layout::meta(name);
+    match tx.get_raw(&key)? {
+        Some(v) => decode(what, verify_row(tx.keys, "row", &key, &v)?),
+        None => Ok(T::default()),
+    }
+}
+
 /// Re-applies the journal to a restored store: nothing erased, revoked, removed or ended
 /// since the backup comes back.
 fn reapply(store: &Store, j: &Journal) -> Result<JournalCounts> {
@@ -436,41 +475,23 @@ fn reapply(store: &Store, j: &Journal) -> Result<JournalCounts> {
                 tx.destroy_data_key(slot)?;
             }
             let trust = &journal.trust;
-            let row = |tx: &mut crate::Tx<'_>, name: &str| -> Result<Option<Vec<u8>>> {
-                let key = layout::meta(name);
-                match tx.get_raw(&key)? {
-                    Some(v) => Ok(Some(verify_row(tx.keys, "row", &key, &v)?.to_vec())),
-                    None => Ok(None),
-                }
-            };
-            let revoked: Vec<Revoked> = match row(tx, "revoked_clients")? {
-                Some(v) => decode("revoked clients", &v)?,
-                None => Vec::new(),
-            };
+            let revoked: Vec<Revoked> = trusted_row(tx, "revoked_clients", "revoked clients")?;
             tx.put_trusted(
                 &layout::meta("revoked_clients"),
                 &merge::revoked(revoked, trust),
             )?;
-            let changes: DirectoryChanges = match row(tx, "directory_changes")? {
-                Some(v) => decode("directory changes", &v)?,
-                None => DirectoryChanges::default(),
-            };
+            let changes: DirectoryChanges =
+                trusted_row(tx, "directory_changes", "directory changes")?;
             tx.put_trusted(
                 &layout::meta("directory_changes"),
                 &merge::directory(changes, trust),
             )?;
-            let learned: LearnedKeys = match row(tx, "learned_keys")? {
-                Some(v) => decode("learned keys", &v)?,
-                None => LearnedKeys::default(),
-            };
+            let learned: LearnedKeys = trusted_row(tx, "learned_keys", "learned keys")?;
             tx.put_trusted(
                 &layout::meta("learned_keys"),
                 &merge::learned(learned, trust),
             )?;
-            let own: Vec<OwnKey> = match row(tx, "own_keys")? {
-                Some(v) => decode("own keys", &v)?,
-                None => Vec::new(),
-            };
+            let own: Vec<OwnKey> = trusted_row(tx, "own_keys", "own keys")?;
             tx.put_trusted(&layout::meta("own_keys"), &merge::own(own, trust))?;
             for (month, report) in &journal.published {
                 if tx.published_report(*month)?.is_none() {

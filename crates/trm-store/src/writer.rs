@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use tracing::error;
 
 use crate::{
-    engine::{Engine, WriteRefusal},
+    engine::{Engine, EngineTx, WriteRefusal},
     keys::KeyRing,
     repo::audit::sign_head,
     tx::{Effects, Note, Tx},
@@ -262,6 +262,15 @@ fn commit_failed(shared: &Shared, group: Vec<Job>, e: &StoreError) {
     refuse_all(group, &e.to_string())
 }
 
+/// Why a group's attempt stopped before its commit.
+enum Stop {
+    /// A serialization conflict: run the group again.
+    Conflict,
+    /// The transaction cannot go on: nothing of it is committed and every request of the
+    /// group is refused with `why`; `latch` also stops the store taking writes.
+    Refuse { why: String, latch: bool },
+}
+
 /// Runs every job of the group in one transaction with one durable point. `Ok(None)`: the
 /// group was answered (refused); `Err`: a conflict, run it again.
 #[allow(clippy::type_complexity)]
@@ -277,6 +286,34 @@ fn attempt_group(
             return Ok(None);
         }
     };
+    let staged = run_jobs(shared, &mut *etx, group).and_then(|(outputs, all)| {
+        sign_audit_head(shared, &mut *etx, &all)?;
+        journal_before_commit(shared, &all)?;
+        Ok((outputs, all))
+    });
+    let (outputs, all) = match staged {
+        Ok(staged) => staged,
+        Err(Stop::Conflict) => return Err(Conflicted),
+        Err(Stop::Refuse { why, latch }) => {
+            // Nothing of the transaction is committed.
+            drop(etx);
+            if latch {
+                shared.health.fail(why.clone());
+            }
+            refuse_all(std::mem::take(group), &why);
+            return Ok(None);
+        }
+    };
+    commit_group(shared, etx, group, outputs, all)
+}
+
+/// Runs each job of the group under its own savepoint: a job that fails leaves nothing
+/// and fails no other. Returns each job's output and the effects of those that succeeded.
+fn run_jobs(
+    shared: &Shared,
+    etx: &mut dyn EngineTx,
+    group: &mut [Job],
+) -> Result<(Vec<JobOutput>, Effects), Stop> {
     let mut outputs: Vec<JobOutput> = Vec::with_capacity(group.len());
     let mut all = Effects::default();
     for job in group.iter_mut() {
@@ -302,60 +339,84 @@ fn attempt_group(
                 }
                 Err(e) => outputs.push(Err(JobFail::Store(e))),
             },
-            Err(JobFail::Store(StoreError::Conflict)) => return Err(Conflicted),
+            Err(JobFail::Store(StoreError::Conflict)) => return Err(Stop::Conflict),
             Err(fail) => {
                 if let Err(e) = etx.rollback_to_savepoint() {
                     // The transaction can no longer be trusted: nothing of it is committed.
-                    drop(etx);
-                    shared.health.fail(e.to_string());
-                    refuse_all(std::mem::take(group), &e.to_string());
-                    return Ok(None);
+                    return Err(Stop::Refuse {
+                        why: e.to_string(),
+                        latch: true,
+                    });
                 }
                 outputs.push(Err(fail));
             }
         }
     }
-    if all.audited && !shared.tampered.load(Ordering::SeqCst) {
-        let signer = shared
-            .signer
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        if let Some(signer) = signer {
-            match sign_head(&mut *etx, &signer) {
-                Ok(true) => {}
-                Ok(false) => {
-                    shared.tampered.store(true, Ordering::SeqCst);
-                    error!("the audit chain no longer holds the head this node signed: not signing over it");
-                }
-                Err(StoreError::Conflict) => return Err(Conflicted),
-                Err(e) => {
-                    drop(etx);
-                    refuse_all(std::mem::take(group), &e.to_string());
-                    return Ok(None);
-                }
-            }
-        }
+    Ok((outputs, all))
+}
+
+/// Signs the audit head over what the group audited, once the node's key is known and
+/// unless the chain was found rewritten (then it is marked tampered and left unsigned).
+fn sign_audit_head(shared: &Shared, etx: &mut dyn EngineTx, all: &Effects) -> Result<(), Stop> {
+    if !all.audited || shared.tampered.load(Ordering::SeqCst) {
+        return Ok(());
     }
-    if !all.shredded.is_empty() || !all.journal.is_empty() {
-        // Before the commit: a restore of an older backup must find every erasure,
-        // revocation and distrusted peer or key.
-        let mut entries: Vec<crate::journal::Entry> = all
-            .shredded
-            .iter()
-            .map(|slot| crate::journal::Entry::Erased {
-                slot: hex::encode(slot),
-            })
-            .collect();
-        entries.extend(all.journal.iter().cloned());
-        if let Err(e) = crate::journal::append(&shared.journal, &entries) {
-            drop(etx);
-            let why = format!("cannot write the journal: {e}");
-            shared.health.fail(why.clone());
-            refuse_all(std::mem::take(group), &why);
-            return Ok(None);
+    let signer = shared
+        .signer
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let Some(signer) = signer else {
+        return Ok(());
+    };
+    match sign_head(etx, &signer) {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            shared.tampered.store(true, Ordering::SeqCst);
+            error!(
+                "the audit chain no longer holds the head this node signed: not signing over it"
+            );
+            Ok(())
         }
+        Err(StoreError::Conflict) => Err(Stop::Conflict),
+        Err(e) => Err(Stop::Refuse {
+            why: e.to_string(),
+            latch: false,
+        }),
     }
+}
+
+/// Writes the group's erasures and journal entries to the journal. Before the commit: a
+/// restore of an older backup must find every erasure, revocation and distrusted peer or
+/// key.
+fn journal_before_commit(shared: &Shared, all: &Effects) -> Result<(), Stop> {
+    if all.shredded.is_empty() && all.journal.is_empty() {
+        return Ok(());
+    }
+    let mut entries: Vec<crate::journal::Entry> = all
+        .shredded
+        .iter()
+        .map(|slot| crate::journal::Entry::Erased {
+            slot: hex::encode(slot),
+        })
+        .collect();
+    entries.extend(all.journal.iter().cloned());
+    crate::journal::append(&shared.journal, &entries).map_err(|e| Stop::Refuse {
+        why: format!("cannot write the journal: {e}"),
+        latch: true,
+    })
+}
+
+/// Commits the group (its durable point), timing it. `Ok(None)`: the commit failed and the
+/// group was refused; `Err`: a conflict, run it again.
+#[allow(clippy::type_complexity)]
+fn commit_group(
+    shared: &Shared,
+    etx: Box<dyn EngineTx + '_>,
+    group: &mut Vec<Job>,
+    outputs: Vec<JobOutput>,
+    all: Effects,
+) -> Result<Option<(Vec<JobOutput>, Effects)>, Conflicted> {
     let started = std::time::Instant::now();
     let n = shared.commits_begun.fetch_add(1, Ordering::SeqCst) + 1;
     let committed = etx.commit();

@@ -618,18 +618,41 @@ pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<(
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     trm_node::install_crypto_provider();
-    let rt = || tokio::runtime::Runtime::new().context("starting the async runtime");
     match cli.command {
-        Command::Sandbox {
-            command:
-                SandboxCommand::Init {
-                    dir,
-                    nodes,
-                    base_port,
-                    force,
-                    compose,
-                    storage,
-                },
+        Command::Sandbox { command } => sandbox_command(command),
+        Command::Node { command } => node_command(command),
+        Command::Keys { command } => keys_command(command),
+        Command::Status { admin, json } => runtime()?.block_on(status(admin, json)),
+        Command::Peer { command } => runtime()?.block_on(peer(command)),
+        Command::Outbox { command } => runtime()?.block_on(outbox(command)),
+        Command::Audit { command } => audit_command(command),
+        Command::Client { command } => client_command(command),
+        Command::Backup { admin, out, json } => runtime()?.block_on(backup(admin, out, json)),
+        Command::Restore {
+            config,
+            from,
+            force,
+            json,
+        } => restore(&config, &from, force, json),
+        Command::Stats { command } => stats_command(command),
+    }
+}
+
+/// Starts the async runtime of a command that talks to a running node.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().context("starting the async runtime")
+}
+/// `trmctl sandbox`: writes a sandbox (for loopback, or for containers with --compose),
+/// or runs one.
+fn sandbox_command(command: SandboxCommand) -> Result<()> {
+    match command {
+        SandboxCommand::Init {
+            dir,
+            nodes,
+            base_port,
+            force,
+            compose,
+            storage,
         } => {
             let storage = storage.storage()?;
             if compose {
@@ -645,229 +668,239 @@ pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<(
                 init(&dir, &nodes, base_port, force, &storage)
             }
         }
-        Command::Sandbox {
-            command:
-                SandboxCommand::Up {
-                    dir,
-                    scenario,
-                    base_port,
-                    storage,
-                },
+        SandboxCommand::Up {
+            dir,
+            scenario,
+            base_port,
+            storage,
         } => {
             let storage = storage.storage()?;
-            rt()?.block_on(up(dir, scenario, base_port, storage))
+            runtime()?.block_on(up(dir, scenario, base_port, storage))
         }
-        Command::Node {
-            command:
-                NodeCommand::Init {
-                    dir,
-                    state_dir,
-                    id,
-                    name,
-                    hosts,
-                    services_listen,
-                    federation_listen,
-                    admin_listen,
-                    metrics_listen,
-                    csr,
-                    json,
-                },
-        } => {
-            let r = trmctl::node::init(&trmctl::node::NodeInit {
-                dir,
-                state_dir,
-                id,
-                name,
-                hosts,
-                services_listen,
-                federation_listen,
-                admin_listen,
-                metrics_listen,
-                certificates: if csr {
-                    trmctl::node::Certificates::Requests
-                } else {
-                    trmctl::node::Certificates::SelfSigned
-                },
-            })?;
-            if json {
-                return print_json(&json!({
-                    "config": r.config, "written": r.written, "next": r.next,
-                    "signing_key_id": r.signing_key_id,
-                    "signing_public_key": r.signing_public_key,
-                    "federation_ca": r.federation_ca,
-                }));
-            }
-            for p in &r.written {
-                println!("wrote {}", p.display());
-            }
-            println!("next:");
-            for step in &r.next {
-                println!("  - {step}");
-            }
-            Ok(())
-        }
-        Command::Keys {
-            command: KeysCommand::Init { config, json },
-        } => {
-            let r = trmctl::keys::init(&config)?;
-            if json {
-                return print_json(&json!({
-                    "key_id": r.key_id, "public_key": r.public_key,
-                    "created": r.created, "kept": r.kept,
-                }));
-            }
-            for p in &r.created {
-                println!("created {}", p.display());
-            }
-            for p in &r.kept {
-                println!("kept {} as it is", p.display());
-            }
-            println!(
-                "signing key id {}; public key for peers: {}",
-                r.key_id,
-                r.public_key.display()
-            );
-            Ok(())
-        }
-        Command::Keys {
-            command: KeysCommand::Show { admin, pem, json },
-        } => rt()?.block_on(keys_show(admin, pem, json)),
-        Command::Status { admin, json } => rt()?.block_on(status(admin, json)),
-        Command::Peer { command } => rt()?.block_on(peer(command)),
-        Command::Outbox { command } => rt()?.block_on(outbox(command)),
-        Command::Keys {
-            command:
-                KeysCommand::Rotate {
-                    admin,
-                    overlap_days,
-                    json,
-                },
-        } => rt()?.block_on(rotate(admin, overlap_days, json)),
-        Command::Audit {
-            command: AuditCommand::Verify { admin, json },
-        } => rt()?.block_on(verify_audit(admin, json)),
-        Command::Audit {
-            command: AuditCommand::Export { admin, out },
-        } => rt()?.block_on(export_audit(admin, out)),
-        Command::Client {
-            command:
-                ClientCommand::Issue {
-                    config,
-                    role,
-                    org,
-                    out,
-                    days,
-                    json,
-                },
-        } => {
-            let r = trmctl::client::issue(&config, role, &org, &out, days)?;
-            if json {
-                return print_json(&json!({
-                    "cert": r.cert, "key": r.key, "serial_hex": r.issued.serial_hex,
-                    "role": r.issued.role, "org": r.issued.org,
-                    "not_after": json_datetime(r.issued.not_after),
-                }));
-            }
-            println!(
-                "wrote {} and {}: serial {}, {} of {}, valid until {}",
-                r.cert.display(),
-                r.key.display(),
-                r.issued.serial_hex,
-                r.issued.role,
-                r.issued.org,
-                json_datetime(r.issued.not_after)
-                    .as_str()
-                    .unwrap_or_default()
-            );
-            Ok(())
-        }
-        Command::Client {
-            command: ClientCommand::List { admin, json },
-        } => rt()?.block_on(client_list(admin, json)),
-        Command::Client {
-            command:
-                ClientCommand::Revoke {
-                    admin,
-                    serial,
-                    cert,
-                    json,
-                },
-        } => rt()?.block_on(revoke(admin, serial, cert, json)),
-        Command::Client {
-            command: ClientCommand::Revoked { admin, json },
-        } => rt()?.block_on(revoked(admin, json)),
-        Command::Backup { admin, out, json } => rt()?.block_on(async {
-            let mut c = connect(&admin).await?;
-            let r = trmctl::admin::backup(&mut c, &out)
-                .await
-                .context("writing the backup")?;
-            if json {
-                return print_json(&json!({"path": r.path, "bytes": r.bytes}));
-            }
-            println!("backup written to {} ({} bytes)", r.path, r.bytes);
-            Ok(())
-        }),
-        Command::Restore {
-            config,
-            from,
-            force,
+    }
+}
+
+/// `trmctl node init`: writes a new node's folder and prints what was written and what
+/// to do next.
+fn node_command(command: NodeCommand) -> Result<()> {
+    let NodeCommand::Init {
+        dir,
+        state_dir,
+        id,
+        name,
+        hosts,
+        services_listen,
+        federation_listen,
+        admin_listen,
+        metrics_listen,
+        csr,
+        json,
+    } = command;
+    let r = trmctl::node::init(&trmctl::node::NodeInit {
+        dir,
+        state_dir,
+        id,
+        name,
+        hosts,
+        services_listen,
+        federation_listen,
+        admin_listen,
+        metrics_listen,
+        certificates: if csr {
+            trmctl::node::Certificates::Requests
+        } else {
+            trmctl::node::Certificates::SelfSigned
+        },
+    })?;
+    if json {
+        return print_json(&json!({
+            "config": r.config, "written": r.written, "next": r.next,
+            "signing_key_id": r.signing_key_id,
+            "signing_public_key": r.signing_public_key,
+            "federation_ca": r.federation_ca,
+        }));
+    }
+    for p in &r.written {
+        println!("wrote {}", p.display());
+    }
+    println!("next:");
+    for step in &r.next {
+        println!("  - {step}");
+    }
+    Ok(())
+}
+
+/// `trmctl keys`: creates a node's keys, or shows or rotates the running node's signing
+/// key.
+fn keys_command(command: KeysCommand) -> Result<()> {
+    match command {
+        KeysCommand::Init { config, json } => keys_init(&config, json),
+        KeysCommand::Show { admin, pem, json } => runtime()?.block_on(keys_show(admin, pem, json)),
+        KeysCommand::Rotate {
+            admin,
+            overlap_days,
             json,
-        } => {
-            let r = trmctl::admin::restore(&config, &from, force)?;
-            let a = r.reapplied;
-            if json {
-                return print_json(&json!({
-                    "node": r.manifest.node, "records": r.manifest.records,
-                    "created_at": json_datetime(r.manifest.created_at),
-                    "backup_key": r.manifest.backup_key,
-                    "expires_at": r.manifest.expires_at.map(json_datetime),
-                    "reapplied": a,
-                }));
-            }
-            println!(
-                "restored {} records of node {} taken {}; re-applied from the journal: {} \
-                 erasures, {} revocations, {} peer directory changes, {} key changes, {} \
-                 published months",
-                r.manifest.records,
-                r.manifest.node,
-                json_datetime(r.manifest.created_at)
-                    .as_str()
-                    .unwrap_or_default(),
-                a.erasures,
-                a.revocations,
-                a.directory_changes,
-                a.key_changes,
-                a.published_months
-            );
-            Ok(())
-        }
-        Command::Stats {
-            command:
-                StatsCommand::Export {
-                    admin,
-                    from,
-                    to,
-                    format,
-                    json,
-                    key,
-                },
-        } => rt()?.block_on(stats_export(
+        } => runtime()?.block_on(rotate(admin, overlap_days, json)),
+    }
+}
+
+/// `trmctl keys init`: creates the signing and master keys the config names if missing,
+/// and prints which were created and which kept.
+fn keys_init(config: &Path, json: bool) -> Result<()> {
+    let r = trmctl::keys::init(config)?;
+    if json {
+        return print_json(&json!({
+            "key_id": r.key_id, "public_key": r.public_key,
+            "created": r.created, "kept": r.kept,
+        }));
+    }
+    for p in &r.created {
+        println!("created {}", p.display());
+    }
+    for p in &r.kept {
+        println!("kept {} as it is", p.display());
+    }
+    println!(
+        "signing key id {}; public key for peers: {}",
+        r.key_id,
+        r.public_key.display()
+    );
+    Ok(())
+}
+
+/// `trmctl audit`: verifies or exports the running node's audit chain.
+fn audit_command(command: AuditCommand) -> Result<()> {
+    match command {
+        AuditCommand::Verify { admin, json } => runtime()?.block_on(verify_audit(admin, json)),
+        AuditCommand::Export { admin, out } => runtime()?.block_on(export_audit(admin, out)),
+    }
+}
+
+/// `trmctl client`: issues a client certificate, or lists, revokes or shows the revoked
+/// certificates of the running node.
+fn client_command(command: ClientCommand) -> Result<()> {
+    match command {
+        ClientCommand::Issue {
+            config,
+            role,
+            org,
+            out,
+            days,
+            json,
+        } => client_issue(&config, role, &org, &out, days, json),
+        ClientCommand::List { admin, json } => runtime()?.block_on(client_list(admin, json)),
+        ClientCommand::Revoke {
+            admin,
+            serial,
+            cert,
+            json,
+        } => runtime()?.block_on(revoke(admin, serial, cert, json)),
+        ClientCommand::Revoked { admin, json } => runtime()?.block_on(revoked(admin, json)),
+    }
+}
+
+/// `trmctl client issue`: issues a client certificate with the node's client CA and prints
+/// where it was written and what it holds.
+fn client_issue(
+    config: &Path,
+    role: Role,
+    org: &OrgId,
+    out: &Path,
+    days: u32,
+    json: bool,
+) -> Result<()> {
+    let r = trmctl::client::issue(config, role, org, out, days)?;
+    if json {
+        return print_json(&json!({
+            "cert": r.cert, "key": r.key, "serial_hex": r.issued.serial_hex,
+            "role": r.issued.role, "org": r.issued.org,
+            "not_after": json_datetime(r.issued.not_after),
+        }));
+    }
+    println!(
+        "wrote {} and {}: serial {}, {} of {}, valid until {}",
+        r.cert.display(),
+        r.key.display(),
+        r.issued.serial_hex,
+        r.issued.role,
+        r.issued.org,
+        json_datetime(r.issued.not_after)
+            .as_str()
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// `trmctl backup`: has the running node write a backup and prints where and how large.
+async fn backup(admin: AdminArgs, out: PathBuf, json: bool) -> Result<()> {
+    let mut c = connect(&admin).await?;
+    let r = trmctl::admin::backup(&mut c, &out)
+        .await
+        .context("writing the backup")?;
+    if json {
+        return print_json(&json!({"path": r.path, "bytes": r.bytes}));
+    }
+    println!("backup written to {} ({} bytes)", r.path, r.bytes);
+    Ok(())
+}
+
+/// `trmctl restore`: restores a backup into the stopped node of `config` and prints what
+/// was restored and what the journal re-applied.
+fn restore(config: &Path, from: &Path, force: bool, json: bool) -> Result<()> {
+    let r = trmctl::admin::restore(config, from, force)?;
+    let a = r.reapplied;
+    if json {
+        return print_json(&json!({
+            "node": r.manifest.node, "records": r.manifest.records,
+            "created_at": json_datetime(r.manifest.created_at),
+            "backup_key": r.manifest.backup_key,
+            "expires_at": r.manifest.expires_at.map(json_datetime),
+            "reapplied": a,
+        }));
+    }
+    println!(
+        "restored {} records of node {} taken {}; re-applied from the journal: {} \
+         erasures, {} revocations, {} peer directory changes, {} key changes, {} \
+         published months",
+        r.manifest.records,
+        r.manifest.node,
+        json_datetime(r.manifest.created_at)
+            .as_str()
+            .unwrap_or_default(),
+        a.erasures,
+        a.revocations,
+        a.directory_changes,
+        a.key_changes,
+        a.published_months
+    );
+    Ok(())
+}
+
+/// `trmctl stats`: exports the node's signed report of a period, or merges several nodes'
+/// reports.
+fn stats_command(command: StatsCommand) -> Result<()> {
+    match command {
+        StatsCommand::Export {
+            admin,
+            from,
+            to,
+            format,
+            json,
+            key,
+        } => runtime()?.block_on(stats_export(
             admin,
             from,
             to,
             if json { Format::Json } else { format },
             key,
         )),
-        Command::Stats {
-            command:
-                StatsCommand::Merge {
-                    admin,
-                    key,
-                    format,
-                    json,
-                    reports,
-                },
-        } => rt()?.block_on(stats_merge(
+        StatsCommand::Merge {
+            admin,
+            key,
+            format,
+            json,
+            reports,
+        } => runtime()?.block_on(stats_merge(
             admin,
             &key,
             if json { Format::Json } else { format },
@@ -1027,94 +1060,12 @@ fn peer_json(p: &trm_proto::v1::Peer) -> serde_json::Value {
     })
 }
 
+/// `trmctl peer`: lists, adds, changes or removes the running node's peers.
 async fn peer(command: PeerCommand) -> Result<()> {
     match command {
-        PeerCommand::List { admin, json } => {
-            let mut c = connect(&admin).await?;
-            let peers = trmctl::admin::peers(&mut c).await?;
-            if json {
-                return print_json(&serde_json::Value::Array(
-                    peers.iter().map(peer_json).collect(),
-                ));
-            }
-            if peers.is_empty() {
-                println!("no peers");
-            }
-            for p in peers {
-                let keys: Vec<String> = p
-                    .signing_keys
-                    .iter()
-                    .map(|k| match k.valid_until.as_ref() {
-                        Some(until) => format!("{} (until {})", k.key_id, when(Some(until))),
-                        None => k.key_id.clone(),
-                    })
-                    .collect();
-                println!(
-                    "{:<4} {:<24} keys {}{}",
-                    p.node_id,
-                    p.endpoint,
-                    keys.join(", "),
-                    if p.tls_pin_sha256.is_empty() {
-                        String::new()
-                    } else {
-                        format!(
-                            " pinned {}",
-                            &p.tls_pin_sha256[..p.tls_pin_sha256.len().min(16)]
-                        )
-                    }
-                );
-            }
-            Ok(())
-        }
-        PeerCommand::Add { admin, peer } => {
-            let mut c = connect(&admin).await?;
-            let spec = trmctl::admin::PeerSpec {
-                node_id: peer.node_id.to_string(),
-                endpoint: peer.endpoint,
-                ca: peer.tls_ca,
-                keys: peer.keys,
-                pin: peer.pin,
-            };
-            let p = trmctl::admin::upsert_peer(&mut c, &spec, false).await?;
-            if peer.json {
-                return print_json(&peer_json(&p));
-            }
-            println!("added peer {} at {}", p.node_id, p.endpoint);
-            Ok(())
-        }
-        PeerCommand::Update { admin, peer } => {
-            let change = trmctl::admin::PeerChange {
-                node_id: peer.node_id.to_string(),
-                endpoint: peer.endpoint,
-                ca: peer.tls_ca,
-                add_keys: peer.keys,
-                remove_keys: peer.remove_keys,
-                pin: if peer.no_pin {
-                    Some(String::new())
-                } else {
-                    peer.pin
-                },
-            };
-            if change.is_empty() {
-                bail!(
-                    "nothing to change: give --endpoint, --tls-ca, --signing-key, --remove-key, \
-                     --pin or --no-pin"
-                );
-            }
-            let mut c = connect(&admin).await?;
-            let p = trmctl::admin::update_peer(&mut c, &change).await?;
-            if peer.json {
-                return print_json(&peer_json(&p));
-            }
-            let keys: Vec<&str> = p.signing_keys.iter().map(|k| k.key_id.as_str()).collect();
-            println!(
-                "changed peer {}: at {}, keys {}",
-                p.node_id,
-                p.endpoint,
-                keys.join(", ")
-            );
-            Ok(())
-        }
+        PeerCommand::List { admin, json } => peer_list(admin, json).await,
+        PeerCommand::Add { admin, peer } => peer_add(admin, peer).await,
+        PeerCommand::Update { admin, peer } => peer_update(admin, peer).await,
         PeerCommand::Remove {
             admin,
             node_id,
@@ -1129,6 +1080,99 @@ async fn peer(command: PeerCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `trmctl peer list`: one line per peer (id, endpoint, keys with the end of their window,
+/// the start of its pin).
+async fn peer_list(admin: AdminArgs, json: bool) -> Result<()> {
+    let mut c = connect(&admin).await?;
+    let peers = trmctl::admin::peers(&mut c).await?;
+    if json {
+        return print_json(&serde_json::Value::Array(
+            peers.iter().map(peer_json).collect(),
+        ));
+    }
+    if peers.is_empty() {
+        println!("no peers");
+    }
+    for p in peers {
+        let keys: Vec<String> = p
+            .signing_keys
+            .iter()
+            .map(|k| match k.valid_until.as_ref() {
+                Some(until) => format!("{} (until {})", k.key_id, when(Some(until))),
+                None => k.key_id.clone(),
+            })
+            .collect();
+        println!(
+            "{:<4} {:<24} keys {}{}",
+            p.node_id,
+            p.endpoint,
+            keys.join(", "),
+            if p.tls_pin_sha256.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " pinned {}",
+                    &p.tls_pin_sha256[..p.tls_pin_sha256.len().min(16)]
+                )
+            }
+        );
+    }
+    Ok(())
+}
+
+/// `trmctl peer add`: adds a peer (refused if it is one already).
+async fn peer_add(admin: AdminArgs, peer: PeerArgs) -> Result<()> {
+    let mut c = connect(&admin).await?;
+    let spec = trmctl::admin::PeerSpec {
+        node_id: peer.node_id.to_string(),
+        endpoint: peer.endpoint,
+        ca: peer.tls_ca,
+        keys: peer.keys,
+        pin: peer.pin,
+    };
+    let p = trmctl::admin::upsert_peer(&mut c, &spec, false).await?;
+    if peer.json {
+        return print_json(&peer_json(&p));
+    }
+    println!("added peer {} at {}", p.node_id, p.endpoint);
+    Ok(())
+}
+
+/// `trmctl peer update`: changes what is given of a known peer; refused when nothing is.
+async fn peer_update(admin: AdminArgs, peer: PeerUpdateArgs) -> Result<()> {
+    let change = trmctl::admin::PeerChange {
+        node_id: peer.node_id.to_string(),
+        endpoint: peer.endpoint,
+        ca: peer.tls_ca,
+        add_keys: peer.keys,
+        remove_keys: peer.remove_keys,
+        pin: if peer.no_pin {
+            Some(String::new())
+        } else {
+            peer.pin
+        },
+    };
+    if change.is_empty() {
+        bail!(
+            "nothing to change: give --endpoint, --tls-ca, --signing-key, --remove-key, \
+             --pin or --no-pin"
+        );
+    }
+    let mut c = connect(&admin).await?;
+    let p = trmctl::admin::update_peer(&mut c, &change).await?;
+    if peer.json {
+        return print_json(&peer_json(&p));
+    }
+    let keys: Vec<&str> = p.signing_keys.iter().map(|k| k.key_id.as_str()).collect();
+    println!(
+        "changed peer {}: at {}, keys {}",
+        p.node_id,
+        p.endpoint,
+        keys.join(", ")
+    );
+    Ok(())
 }
 
 async fn outbox(command: OutboxCommand) -> Result<()> {

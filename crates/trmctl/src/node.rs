@@ -57,6 +57,74 @@ pub struct InitReport {
 /// was written and what the operator must do next.
 pub fn init(n: &NodeInit) -> Result<InitReport> {
     let d = &n.dir;
+    let state = prepare_folders(n)?;
+    let sd: &Path = state.as_deref().unwrap_or(d);
+    let mut written = Written::default();
+    let signing = SigningIdentity::generate();
+    signing.save(&sd.join("keys/signing.pem"))?;
+    let signing_public_key = sd.join("keys/signing.pub.pem");
+    written.public(
+        signing_public_key.clone(),
+        &trm_crypto::signing::public_to_pem(&signing.public())?,
+    )?;
+    SecretKey::generate().save(&d.join("keys/master.key"))?;
+    let mut next = vec![
+        format!(
+            "give your peers' operators tls/federation-ca.pem and {} (key id {}); after a key \
+             rotation `trmctl keys show` prints the current key",
+            signing_public_key.display(),
+            signing.key_id()
+        ),
+        format!(
+            "back up {} apart from the state folder and from any backup",
+            d.join("keys/master.key").display()
+        ),
+    ];
+    write_client_ca(n, &mut written)?;
+    let federation_ca = match n.certificates {
+        Certificates::SelfSigned => write_self_signed(n, &mut written, &mut next)?,
+        Certificates::Requests => {
+            write_requests(n, &mut written, &mut next)?;
+            None
+        }
+    };
+    let config = template(n, state.as_deref());
+    written.public(d.join("node.toml"), &config)?;
+    next.push(format!(
+        "run `trm-node --config {}`, then add peers with `trmctl peer add` (the peer \
+         directory is the node's; [[peers]] in node.toml only seeds it at a start)",
+        d.join("node.toml").display()
+    ));
+    Ok(InitReport {
+        written: written.0,
+        next,
+        signing_key_id: signing.key_id().to_owned(),
+        signing_public_key,
+        federation_ca,
+        config: d.join("node.toml"),
+    })
+}
+
+/// The files `init` wrote that others may read, in the order written.
+#[derive(Debug, Default)]
+struct Written(Vec<PathBuf>);
+
+impl Written {
+    /// Writes a file others may read (a certificate, a public key, the configuration) and
+    /// notes it.
+    fn public(&mut self, path: PathBuf, text: &str) -> Result<()> {
+        files::write_public(&path, text.as_bytes())?;
+        self.0.push(path);
+        Ok(())
+    }
+}
+
+/// Checks that neither the configuration's folder nor the state folder holds a node, and
+/// creates their sub-folders (those of the state owner-only). Returns the state folder
+/// when it is not the configuration's own: absolute, since it is written into node.toml
+/// (relative paths are resolved against node.toml's folder).
+fn prepare_folders(n: &NodeInit) -> Result<Option<PathBuf>> {
+    let d = &n.dir;
     if d.join("node.toml").exists() {
         bail!(
             "{} already holds a node (node.toml): nothing was changed",
@@ -66,8 +134,6 @@ pub fn init(n: &NodeInit) -> Result<InitReport> {
     if n.hosts.is_empty() {
         bail!("name at least one host the node is reached at (--host)");
     }
-    // The state folder is written into node.toml as an absolute path when it is not the
-    // configuration's own folder (relative paths are resolved against node.toml's folder).
     let state = match &n.state_dir {
         None => None,
         Some(s) if s.is_absolute() => Some(s.clone()),
@@ -92,98 +158,76 @@ pub fn init(n: &NodeInit) -> Result<InitReport> {
     for sub in ["keys", "data", "backups"] {
         create_private_dir(&sd.join(sub))?;
     }
-    let mut written = Vec::new();
-    let mut public = |path: PathBuf, text: &str| -> Result<()> {
-        files::write_public(&path, text.as_bytes())?;
-        written.push(path);
-        Ok(())
-    };
-    let signing = SigningIdentity::generate();
-    signing.save(&sd.join("keys/signing.pem"))?;
-    let signing_public_key = sd.join("keys/signing.pub.pem");
-    public(
-        signing_public_key.clone(),
-        &trm_crypto::signing::public_to_pem(&signing.public())?,
-    )?;
-    SecretKey::generate().save(&d.join("keys/master.key"))?;
-    let mut next = vec![
-        format!(
-            "give your peers' operators tls/federation-ca.pem and {} (key id {}); after a key \
-             rotation `trmctl keys show` prints the current key",
-            signing_public_key.display(),
-            signing.key_id()
-        ),
-        format!(
-            "back up {} apart from the state folder and from any backup",
-            d.join("keys/master.key").display()
-        ),
-    ];
-    // The client CA is always the node's own: it certifies the node's local users.
+    Ok(state)
+}
+
+/// Writes the node's client CA (always the node's own: it certifies the node's local
+/// users) and an operator certificate it issued, recorded in the register of issued
+/// certificates.
+fn write_client_ca(n: &NodeInit, written: &mut Written) -> Result<()> {
+    let d = &n.dir;
     let client_ca = pki::Authority::generate(&format!("TRM {} client CA", n.id))?;
-    public(d.join("tls/client-ca.pem"), client_ca.cert_pem())?;
+    written.public(d.join("tls/client-ca.pem"), client_ca.cert_pem())?;
     files::write_secret(&d.join("tls/client-ca.key"), client_ca.key_pem().as_bytes())?;
     let operators = "operators".parse::<OrgId>()?;
     let operator = client_ca.issue_client(Role::Operator, &operators)?;
-    public(d.join("clients/operator.pem"), &operator.cert_pem)?;
+    written.public(d.join("clients/operator.pem"), &operator.cert_pem)?;
     files::write_secret(&d.join("clients/operator.key"), operator.key_pem.as_bytes())?;
     crate::client::record(
         &crate::client::register_path(&d.join("tls/client-ca.key")),
         &crate::client::entry_of(&operator.cert_pem, Role::Operator, &operators)?,
     )?;
-    let mut federation_ca = None;
-    match n.certificates {
-        Certificates::SelfSigned => {
-            let fed_ca = pki::Authority::generate(&format!("TRM {} federation CA", n.id))?;
-            let cert = fed_ca.issue_node(n.id, &n.hosts)?;
-            public(d.join("tls/federation.pem"), &cert.cert_pem)?;
-            files::write_secret(&d.join("tls/federation.key"), cert.key_pem.as_bytes())?;
-            public(d.join("tls/federation-ca.pem"), fed_ca.cert_pem())?;
-            federation_ca = Some(d.join("tls/federation-ca.pem"));
-            let services_ca = pki::Authority::generate(&format!("TRM {} services CA", n.id))?;
-            let server =
-                services_ca.issue_server(&format!("trm node {} services", n.id), &n.hosts)?;
-            public(d.join("tls/services.pem"), &server.cert_pem)?;
-            files::write_secret(&d.join("tls/services.key"), server.key_pem.as_bytes())?;
-            public(d.join("services-ca.pem"), services_ca.cert_pem())?;
-            next.push(
-                "give local clients services-ca.pem; issue their certificates with `trmctl client issue`"
-                    .to_owned(),
-            );
-        }
-        Certificates::Requests => {
-            let fed = pki::request_node(n.id, &n.hosts)?;
-            public(d.join("tls/federation.csr"), &fed.csr_pem)?;
-            files::write_secret(&d.join("tls/federation.key"), fed.key_pem.as_bytes())?;
-            let services = pki::request_server(&format!("trm node {} services", n.id), &n.hosts)?;
-            public(d.join("tls/services.csr"), &services.csr_pem)?;
-            files::write_secret(&d.join("tls/services.key"), services.key_pem.as_bytes())?;
-            next.push(format!(
-                "have tls/federation.csr signed (it carries trm://node/{}) and save the \
-                 certificate as tls/federation.pem and its CA as tls/federation-ca.pem",
-                n.id
-            ));
-            next.push(
-                "have tls/services.csr signed and save it as tls/services.pem; give local \
-                 clients its CA as services-ca.pem"
-                    .to_owned(),
-            );
-        }
-    }
-    let config = template(n, state.as_deref());
-    public(d.join("node.toml"), &config)?;
+    Ok(())
+}
+
+/// Writes self-signed TLS certificates: a federation CA of the node's own and the
+/// federation certificate it issued, a services CA and the services certificate. Returns
+/// the federation CA's file, for the peers.
+fn write_self_signed(
+    n: &NodeInit,
+    written: &mut Written,
+    next: &mut Vec<String>,
+) -> Result<Option<PathBuf>> {
+    let d = &n.dir;
+    let fed_ca = pki::Authority::generate(&format!("TRM {} federation CA", n.id))?;
+    let cert = fed_ca.issue_node(n.id, &n.hosts)?;
+    written.public(d.join("tls/federation.pem"), &cert.cert_pem)?;
+    files::write_secret(&d.join("tls/federation.key"), cert.key_pem.as_bytes())?;
+    written.public(d.join("tls/federation-ca.pem"), fed_ca.cert_pem())?;
+    let federation_ca = Some(d.join("tls/federation-ca.pem"));
+    let services_ca = pki::Authority::generate(&format!("TRM {} services CA", n.id))?;
+    let server = services_ca.issue_server(&format!("trm node {} services", n.id), &n.hosts)?;
+    written.public(d.join("tls/services.pem"), &server.cert_pem)?;
+    files::write_secret(&d.join("tls/services.key"), server.key_pem.as_bytes())?;
+    written.public(d.join("services-ca.pem"), services_ca.cert_pem())?;
+    next.push(
+        "give local clients services-ca.pem; issue their certificates with `trmctl client issue`"
+            .to_owned(),
+    );
+    Ok(federation_ca)
+}
+
+/// Writes the keys and certificate signing requests of the federation and services
+/// certificates, for the country's own PKI to sign.
+fn write_requests(n: &NodeInit, written: &mut Written, next: &mut Vec<String>) -> Result<()> {
+    let d = &n.dir;
+    let fed = pki::request_node(n.id, &n.hosts)?;
+    written.public(d.join("tls/federation.csr"), &fed.csr_pem)?;
+    files::write_secret(&d.join("tls/federation.key"), fed.key_pem.as_bytes())?;
+    let services = pki::request_server(&format!("trm node {} services", n.id), &n.hosts)?;
+    written.public(d.join("tls/services.csr"), &services.csr_pem)?;
+    files::write_secret(&d.join("tls/services.key"), services.key_pem.as_bytes())?;
     next.push(format!(
-        "run `trm-node --config {}`, then add peers with `trmctl peer add` (the peer \
-         directory is the node's; [[peers]] in node.toml only seeds it at a start)",
-        d.join("node.toml").display()
+        "have tls/federation.csr signed (it carries trm://node/{}) and save the \
+         certificate as tls/federation.pem and its CA as tls/federation-ca.pem",
+        n.id
     ));
-    Ok(InitReport {
-        written,
-        next,
-        signing_key_id: signing.key_id().to_owned(),
-        signing_public_key,
-        federation_ca,
-        config: d.join("node.toml"),
-    })
+    next.push(
+        "have tls/services.csr signed and save it as tls/services.pem; give local \
+         clients its CA as services-ca.pem"
+            .to_owned(),
+    );
+    Ok(())
 }
 
 /// Creates a folder (and its parents) readable by its owner only.

@@ -170,108 +170,151 @@ pub fn init_in(
 ) -> Result<Vec<InitOutcome>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let fed_ca = federation_ca(dir)?;
-    let host_of = |id: NodeId| id.as_str().to_lowercase();
     // Signing keys first: every node needs its peers' public keys.
     let mut publics = Vec::new();
     let mut outcomes = Vec::new();
     for spec in nodes {
         let nd = node_dir(dir, spec.id);
-        let pub_path = nd.join("keys/signing.pub.pem");
         if nd.join("node.toml").is_file() && !force {
-            publics
-                .push(files::read_text(&pub_path).context("kept node lacks keys/signing.pub.pem")?);
+            publics.push(
+                files::read_text(&nd.join("keys/signing.pub.pem"))
+                    .context("kept node lacks keys/signing.pub.pem")?,
+            );
             outcomes.push(InitOutcome::Kept(nd));
             continue;
         }
-        if nd.exists() {
-            std::fs::remove_dir_all(&nd)?;
-        }
-        for sub in ["keys", "tls", "clients", "peers", "data"] {
-            std::fs::create_dir_all(nd.join(sub))?;
-        }
-        let signing = SigningIdentity::generate();
-        signing.save(&nd.join("keys/signing.pem"))?;
-        let public = trm_crypto::signing::public_to_pem(&signing.public())?;
-        files::write_public(&pub_path, public.as_bytes())?;
-        SecretKey::generate().save(&nd.join("keys/master.key"))?;
-        publics.push(public);
-
-        let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-        if compose {
-            hosts.push(host_of(spec.id));
-        }
-        let node_cert = fed_ca.issue_node(spec.id, &hosts)?;
-        files::write_public(
-            &nd.join("tls/federation.pem"),
-            node_cert.cert_pem.as_bytes(),
-        )?;
-        files::write_secret(&nd.join("tls/federation.key"), node_cert.key_pem.as_bytes())?;
-        files::write_public(
-            &nd.join("tls/federation-ca.pem"),
-            fed_ca.cert_pem().as_bytes(),
-        )?;
-
-        let services_ca = Authority::generate(&format!("TRM sandbox {} services CA", spec.id))?;
-        files::write_public(
-            &nd.join("services-ca.pem"),
-            services_ca.cert_pem().as_bytes(),
-        )?;
-        let server = services_ca.issue_server(&format!("trm node {} services", spec.id), &hosts)?;
-        files::write_public(&nd.join("tls/services.pem"), server.cert_pem.as_bytes())?;
-        files::write_secret(&nd.join("tls/services.key"), server.key_pem.as_bytes())?;
-
-        let client_ca = Authority::generate(&format!("TRM sandbox {} client CA", spec.id))?;
-        files::write_public(
-            &nd.join("tls/client-ca.pem"),
-            client_ca.cert_pem().as_bytes(),
-        )?;
-        files::write_secret(
-            &nd.join("tls/client-ca.key"),
-            client_ca.key_pem().as_bytes(),
-        )?;
-        let register = crate::client::register_path(&nd.join("tls/client-ca.key"));
-        for role in Role::ALL {
-            let org = sandbox_org(role)?;
-            let c = client_ca.issue_client(role, &org)?;
-            crate::client::record(
-                &register,
-                &crate::client::entry_of(&c.cert_pem, role, &org)?,
-            )?;
-            files::write_public(
-                &nd.join(format!("clients/{role}.pem")),
-                c.cert_pem.as_bytes(),
-            )?;
-            files::write_secret(
-                &nd.join(format!("clients/{role}.key")),
-                c.key_pem.as_bytes(),
-            )?;
-        }
+        publics.push(write_node(&nd, spec, &fed_ca, compose)?);
         outcomes.push(InitOutcome::Created(nd));
     }
     for (i, spec) in nodes.iter().enumerate() {
         let InitOutcome::Created(nd) = &outcomes[i] else {
             continue;
         };
-        let mut peers = String::new();
-        for (j, peer) in nodes.iter().enumerate() {
-            if i == j {
-                continue;
-            }
-            let key_file = format!("peers/{}.pub.pem", peer.id);
-            files::write_public(&nd.join(&key_file), publics[j].as_bytes())?;
-            let endpoint = if compose {
-                format!("{}:{}", host_of(peer.id), peer.federation.port())
-            } else {
-                peer.federation.to_string()
-            };
-            peers.push_str(&format!(
-                "\n[[peers]]\nid = \"{}\"\nendpoint = \"{endpoint}\"\ntls_ca = \"tls/federation-ca.pem\"\nsigning_keys = [\"{key_file}\"]\n",
-                peer.id
-            ));
-        }
+        let peers = peers_section(nd, i, nodes, &publics, compose)?;
         let storage = storage_section(nd, spec.id, storage, force)?;
-        let toml = format!(
-            r#"# Sandbox node {id}: throwaway keys and certificates, loopback only.
+        files::write_public(
+            &nd.join("node.toml"),
+            node_toml(spec, &storage, &peers).as_bytes(),
+        )?;
+    }
+    Ok(outcomes)
+}
+
+/// The host a node is reached at in a compose network: its lower-case id.
+fn compose_host(id: NodeId) -> String {
+    id.as_str().to_lowercase()
+}
+
+/// Writes a new node's folder `nd` (emptied first), all but its node.toml: its signing and
+/// master keys, its federation certificate issued by the sandbox's CA, a services CA and
+/// certificate, and its client CA with a certificate per role. Returns the signing public
+/// key (PEM), for its peers.
+fn write_node(nd: &Path, spec: &NodeSpec, fed_ca: &Authority, compose: bool) -> Result<String> {
+    if nd.exists() {
+        std::fs::remove_dir_all(nd)?;
+    }
+    for sub in ["keys", "tls", "clients", "peers", "data"] {
+        std::fs::create_dir_all(nd.join(sub))?;
+    }
+    let signing = SigningIdentity::generate();
+    signing.save(&nd.join("keys/signing.pem"))?;
+    let public = trm_crypto::signing::public_to_pem(&signing.public())?;
+    files::write_public(&nd.join("keys/signing.pub.pem"), public.as_bytes())?;
+    SecretKey::generate().save(&nd.join("keys/master.key"))?;
+
+    let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    if compose {
+        hosts.push(compose_host(spec.id));
+    }
+    let node_cert = fed_ca.issue_node(spec.id, &hosts)?;
+    files::write_public(
+        &nd.join("tls/federation.pem"),
+        node_cert.cert_pem.as_bytes(),
+    )?;
+    files::write_secret(&nd.join("tls/federation.key"), node_cert.key_pem.as_bytes())?;
+    files::write_public(
+        &nd.join("tls/federation-ca.pem"),
+        fed_ca.cert_pem().as_bytes(),
+    )?;
+
+    let services_ca = Authority::generate(&format!("TRM sandbox {} services CA", spec.id))?;
+    files::write_public(
+        &nd.join("services-ca.pem"),
+        services_ca.cert_pem().as_bytes(),
+    )?;
+    let server = services_ca.issue_server(&format!("trm node {} services", spec.id), &hosts)?;
+    files::write_public(&nd.join("tls/services.pem"), server.cert_pem.as_bytes())?;
+    files::write_secret(&nd.join("tls/services.key"), server.key_pem.as_bytes())?;
+    write_clients(nd, spec.id)?;
+    Ok(public)
+}
+
+/// Writes a node's client CA and a client certificate for each role (clients/ROLE.pem and
+/// .key), each recorded in the register of issued certificates.
+fn write_clients(nd: &Path, id: NodeId) -> Result<()> {
+    let client_ca = Authority::generate(&format!("TRM sandbox {id} client CA"))?;
+    files::write_public(
+        &nd.join("tls/client-ca.pem"),
+        client_ca.cert_pem().as_bytes(),
+    )?;
+    files::write_secret(
+        &nd.join("tls/client-ca.key"),
+        client_ca.key_pem().as_bytes(),
+    )?;
+    let register = crate::client::register_path(&nd.join("tls/client-ca.key"));
+    for role in Role::ALL {
+        let org = sandbox_org(role)?;
+        let c = client_ca.issue_client(role, &org)?;
+        crate::client::record(
+            &register,
+            &crate::client::entry_of(&c.cert_pem, role, &org)?,
+        )?;
+        files::write_public(
+            &nd.join(format!("clients/{role}.pem")),
+            c.cert_pem.as_bytes(),
+        )?;
+        files::write_secret(
+            &nd.join(format!("clients/{role}.key")),
+            c.key_pem.as_bytes(),
+        )?;
+    }
+    Ok(())
+}
+
+/// Writes the public keys of node `i`'s peers (every other node) into its peers/ folder
+/// and returns its `[[peers]]` tables.
+fn peers_section(
+    nd: &Path,
+    i: usize,
+    nodes: &[NodeSpec],
+    publics: &[String],
+    compose: bool,
+) -> Result<String> {
+    let mut peers = String::new();
+    for (j, peer) in nodes.iter().enumerate() {
+        if i == j {
+            continue;
+        }
+        let key_file = format!("peers/{}.pub.pem", peer.id);
+        files::write_public(&nd.join(&key_file), publics[j].as_bytes())?;
+        let endpoint = if compose {
+            format!("{}:{}", compose_host(peer.id), peer.federation.port())
+        } else {
+            peer.federation.to_string()
+        };
+        peers.push_str(&format!(
+            "\n[[peers]]\nid = \"{}\"\nendpoint = \"{endpoint}\"\ntls_ca = \"tls/federation-ca.pem\"\nsigning_keys = [\"{key_file}\"]\n",
+            peer.id
+        ));
+    }
+    Ok(peers)
+}
+
+/// Returns a sandbox node's node.toml, its `[storage]` section and `[[peers]]` tables at
+/// the end.
+fn node_toml(spec: &NodeSpec, storage: &str, peers: &str) -> String {
+    format!(
+        r#"# Sandbox node {id}: throwaway keys and certificates, loopback only.
 [node]
 id = "{id}"
 name = "{id} national focal point (sandbox)"
@@ -303,15 +346,12 @@ reflection_period_days = 30
 [delivery]
 backoff_cap_secs = 5
 {storage}{peers}"#,
-            id = spec.id,
-            services = spec.services,
-            federation = spec.federation,
-            admin = spec.admin,
-            metrics = spec.metrics,
-        );
-        files::write_public(&nd.join("node.toml"), toml.as_bytes())?;
-    }
-    Ok(outcomes)
+        id = spec.id,
+        services = spec.services,
+        federation = spec.federation,
+        admin = spec.admin,
+        metrics = spec.metrics,
+    )
 }
 
 /// Returns the base port a sandbox folder was initialised with: the services port of its

@@ -130,72 +130,9 @@ impl Connector {
                 "names no host (e.g. postgres://trm@db.example:5432/trm)".into(),
             ));
         }
-        let given = given
-            .map(|m| {
-                SslMode::parse(&m).ok_or_else(|| {
-                    SettingError::Url(format!(
-                        "sslmode={m}: must be disable, prefer, require, verify-ca or verify-full"
-                    ))
-                })
-            })
-            .transpose()?;
-        let remote = remote_host(&config);
-        let mode = given.unwrap_or(if remote.is_some() {
-            SslMode::VerifyFull
-        } else {
-            SslMode::Prefer
-        });
-        if let Some(host) = &remote {
-            if !mode.verifies() {
-                return Err(SettingError::Url(format!(
-                    "sslmode={mode} does not verify the server, and the host {host} is not \
-                     loopback: use sslmode=verify-full (or verify-ca) with the server's CA in ca_file"
-                )));
-            }
-        }
-        if mode.verifies() && ca_file.is_none() {
-            let why = match (given, &remote) {
-                (None, Some(host)) => format!(
-                    "the host {host} is not loopback, so its certificate is verified (sslmode \
-                     verify-full unless the url says verify-ca)"
-                ),
-                _ => format!("sslmode={mode} verifies the server's certificate"),
-            };
-            return Err(SettingError::CaFile(format!(
-                "missing: {why}; give the PEM file of the CA that signed it"
-            )));
-        }
-        if mode == SslMode::Disable && ca_file.is_some() {
-            return Err(SettingError::CaFile(
-                "given, but sslmode=disable uses no TLS: remove one of them".into(),
-            ));
-        }
+        let mode = mode_in_force(&config, given.as_deref(), ca_file)?;
         let roots = ca_file.map(load_roots).transpose()?;
-
-        // What tokio-postgres does on the wire; the engine's verifier does the rest.
-        let wire = if unix_sockets_only(&config) {
-            WireMode::Disable
-        } else {
-            match mode {
-                SslMode::Disable => WireMode::Disable,
-                SslMode::Prefer => WireMode::Prefer,
-                SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => WireMode::Require,
-            }
-        };
-        config.ssl_mode(wire);
-        // Bounds on a network that stops answering (a database host gone without closing
-        // its connections must fail requests, not hang them): the string's own
-        // `connect_timeout` or 5 s, and 10 s for unacknowledged data and idle keepalives.
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(5));
-        }
-        config
-            .tcp_user_timeout(Duration::from_secs(10))
-            .keepalives(true)
-            .keepalives_idle(Duration::from_secs(10));
-        if config.get_application_name().is_none() {
-            config.application_name(APPLICATION_NAME);
-        }
+        let wire = set_wire(&mut config, mode);
         let tls = match wire {
             WireMode::Disable => None,
             _ => Some(MakeRustlsConnect::new(client_config(mode, roots)?)),
@@ -215,6 +152,88 @@ impl Connector {
             Some(tls) => self.config.connect(tls.clone()),
         }
     }
+}
+
+/// Returns the `sslmode` in force: the one `given` in the string, or the default for its
+/// host (`verify-full` off this machine, `prefer` on it). Refused when it cannot work: a
+/// mode that does not verify a host off this machine, a verifying mode without a CA file,
+/// a CA file with no TLS.
+fn mode_in_force(
+    config: &Config,
+    given: Option<&str>,
+    ca_file: Option<&Path>,
+) -> Result<SslMode, SettingError> {
+    let given = given
+        .map(|m| {
+            SslMode::parse(m).ok_or_else(|| {
+                SettingError::Url(format!(
+                    "sslmode={m}: must be disable, prefer, require, verify-ca or verify-full"
+                ))
+            })
+        })
+        .transpose()?;
+    let remote = remote_host(config);
+    let mode = given.unwrap_or(if remote.is_some() {
+        SslMode::VerifyFull
+    } else {
+        SslMode::Prefer
+    });
+    if let Some(host) = &remote {
+        if !mode.verifies() {
+            return Err(SettingError::Url(format!(
+                "sslmode={mode} does not verify the server, and the host {host} is not \
+                 loopback: use sslmode=verify-full (or verify-ca) with the server's CA in ca_file"
+            )));
+        }
+    }
+    if mode.verifies() && ca_file.is_none() {
+        let why = match (given, &remote) {
+            (None, Some(host)) => format!(
+                "the host {host} is not loopback, so its certificate is verified (sslmode \
+                 verify-full unless the url says verify-ca)"
+            ),
+            _ => format!("sslmode={mode} verifies the server's certificate"),
+        };
+        return Err(SettingError::CaFile(format!(
+            "missing: {why}; give the PEM file of the CA that signed it"
+        )));
+    }
+    if mode == SslMode::Disable && ca_file.is_some() {
+        return Err(SettingError::CaFile(
+            "given, but sslmode=disable uses no TLS: remove one of them".into(),
+        ));
+    }
+    Ok(mode)
+}
+
+/// Sets what tokio-postgres does on the wire for `mode` (the engine's verifier does the
+/// rest), the bounds on a network that stops answering and the application name; returns
+/// the wire mode.
+fn set_wire(config: &mut Config, mode: SslMode) -> WireMode {
+    let wire = if unix_sockets_only(config) {
+        WireMode::Disable
+    } else {
+        match mode {
+            SslMode::Disable => WireMode::Disable,
+            SslMode::Prefer => WireMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => WireMode::Require,
+        }
+    };
+    config.ssl_mode(wire);
+    // Bounds on a network that stops answering (a database host gone without closing
+    // its connections must fail requests, not hang them): the string's own
+    // `connect_timeout` or 5 s, and 10 s for unacknowledged data and idle keepalives.
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    config
+        .tcp_user_timeout(Duration::from_secs(10))
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10));
+    if config.get_application_name().is_none() {
+        config.application_name(APPLICATION_NAME);
+    }
+    wire
 }
 
 /// Says why a connection failed when the server's certificate was refused (which file or
@@ -440,27 +459,27 @@ fn client_config(
         .map_err(|e| SettingError::CaFile(format!("TLS cannot be set up: {e}")))?;
     let config = match (mode, roots) {
         (SslMode::VerifyFull, Some(roots)) => builder.with_root_certificates(roots),
-        (_, Some(roots)) => builder
+        (_, roots) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ChainOnly {
-                roots: Arc::new(roots),
+            .with_custom_certificate_verifier(Arc::new(ChainOrNothing {
+                roots: roots.map(Arc::new),
                 algorithms,
             })),
-        (_, None) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Unverified { algorithms })),
     };
     Ok(config.with_no_client_auth())
 }
 
-/// `verify-ca`: the certificate chains to one of `roots`, whatever name it holds.
+/// Every mode but `verify-full`. With `roots` (`verify-ca`, and `require` or `prefer` with
+/// a CA): the certificate chains to one of them, whatever name it holds. Without (`require`
+/// and `prefer` without a CA, loopback only): encryption, no verification of the
+/// certificate, as libpq does. The handshake's signatures are checked either way.
 #[derive(Debug)]
-struct ChainOnly {
-    roots: Arc<RootCertStore>,
+struct ChainOrNothing {
+    roots: Option<Arc<RootCertStore>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for ChainOrNothing {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -469,56 +488,16 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// `require` and `prefer` without a CA (loopback only): encryption, no verification of the
-/// certificate, as libpq does.
-#[derive(Debug)]
-struct Unverified {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(roots) = &self.roots {
+            let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
