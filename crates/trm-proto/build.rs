@@ -5,22 +5,22 @@ use std::{env, fs, path::PathBuf};
 
 use prost::Message;
 
-const FILES: &[&str] = &[
-    "trm/v1/common.proto",
-    "trm/v1/referral.proto",
-    "trm/v1/returns.proto",
-    "trm/v1/hearing.proto",
-    "trm/v1/federation.proto",
-    "trm/v1/admin.proto",
-];
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     println!("cargo:rerun-if-changed={}", root.display());
-    for file in FILES {
-        println!("cargo:rerun-if-changed={}", root.join(file).display());
+    // Every file of the package: a new service is a new file here, listed nowhere else.
+    let mut files = Vec::new();
+    for entry in fs::read_dir(root.join("trm/v1"))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "proto") {
+            println!("cargo:rerun-if-changed={}", path.display());
+            if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                files.push(format!("trm/v1/{name}"));
+            }
+        }
     }
-    let fds = protox::compile(FILES, [&root])?;
+    files.sort();
+    let fds = protox::compile(&files, [&root])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out.join("trm_v1_descriptor.bin"), fds.encode_to_vec())?;
     fs::write(out.join("retryable.rs"), retryable(&fds))?;

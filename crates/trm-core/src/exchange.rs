@@ -42,6 +42,15 @@ impl RecordKind {
         }
     }
 
+    /// Returns the audit action of a local step announced to the other node.
+    pub fn update_action(self) -> &'static str {
+        match self {
+            RecordKind::Referral => "referral.update",
+            RecordKind::Return => "return.update",
+            RecordKind::Hearing => "hearing.update",
+        }
+    }
+
     /// Returns the kind's one-byte tag in keys.
     pub fn tag(self) -> u8 {
         match self {

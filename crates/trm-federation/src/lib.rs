@@ -28,11 +28,7 @@ pub mod refusals;
 pub mod sequence;
 pub mod slots;
 
-use trm_core::{
-    ids::{MessageId, NodeId},
-    messages::EnvelopeKind,
-};
-use trm_proto::v1::envelope_body::Payload;
+use trm_core::ids::{MessageId, NodeId};
 use trm_store::{repo::outbox::OutboxItem, Tx, TxFail};
 
 pub use counters::{Counters, Refusal};
@@ -104,17 +100,5 @@ pub trait FlowHandler: Send + Sync + 'static {
     ) -> Result<(), TxFail<Rejection>>;
 }
 
-/// Returns the kind of a payload.
-pub fn payload_kind(p: &Payload) -> EnvelopeKind {
-    match p {
-        Payload::ReferralOffer(_) => EnvelopeKind::ReferralOffer,
-        Payload::ReferralUpdate(_) => EnvelopeKind::ReferralUpdate,
-        Payload::ReturnRequest(_) => EnvelopeKind::ReturnRequest,
-        Payload::ReturnUpdate(_) => EnvelopeKind::ReturnUpdate,
-        Payload::HearingRequest(_) => EnvelopeKind::HearingRequest,
-        Payload::HearingUpdate(_) => EnvelopeKind::HearingUpdate,
-        Payload::ErasureRequest(_) => EnvelopeKind::ErasureRequest,
-        Payload::ErasureConfirmation(_) => EnvelopeKind::ErasureConfirmation,
-        Payload::KeyAnnouncement(_) => EnvelopeKind::KeyAnnouncement,
-    }
-}
+/// Returns the kind of a payload (written beside the payload's parse, in trm-proto).
+pub use trm_proto::peer::kind as payload_kind;

@@ -26,7 +26,7 @@ use crate::{
     authz::{self, actor},
     ctx::Ctx,
     error::{ApiError, ApiResult},
-    lifecycle,
+    lifecycle, rpc,
 };
 
 /// The hearing service of one node.
@@ -72,6 +72,23 @@ fn sight(
         owner.as_ref(),
         None,
     )?)
+}
+
+impl rpc::Replay for HearingRecord {
+    fn key(&self) -> String {
+        self.hearing_id.to_string()
+    }
+    fn replay(ctx: &Ctx, key: &str) -> ApiResult<Self> {
+        rpc::record_of(ctx, key)
+    }
+}
+
+impl rpc::ToWire for HearingRecord {
+    type Wire = trm_proto::v1::Hearing;
+    fn to_wire(&self) -> Self::Wire {
+        // Whoever may take a step sees the whole hearing.
+        trm_proto::convert::hearing_to_wire(self, false)
+    }
 }
 
 crate::grpc_service!(Hearings => WitnessHearingService {

@@ -2,7 +2,7 @@
 //! ([`SharedRecord`] in trm-core, [`StoredRecord`] in trm-store): a local step (load,
 //! authorize, apply, keep, announce), the other node's update, the erasure of the copy a
 //! node received, and the confirmation of it. A new shared record implements those two
-//! traits and [`NodeRecord`], and the services and the federation flows take it through
+//! traits, and the services and the federation flows take it through
 //! these functions (docs/architecture.md).
 
 use time::OffsetDateTime;
@@ -10,7 +10,6 @@ use tonic::Request;
 use trm_core::{
     access::{self, Action},
     exchange::{ErasableRecord, RecordKind, StepRequest},
-    hearing::HearingRecord,
     ids::{NodeId, OrgId, Principal, RecordId},
     referral::ReferralRecord,
     returns::ReturnRecord,
@@ -27,24 +26,6 @@ use crate::{
     rpc::{self, Replay},
 };
 
-/// What the node needs of a shared record besides its lifecycle and its storage.
-pub trait NodeRecord: StoredRecord {
-    /// The audit action of a local step announced to the other node.
-    const UPDATE_ACTION: &'static str;
-}
-
-impl NodeRecord for ReferralRecord {
-    const UPDATE_ACTION: &'static str = "referral.update";
-}
-
-impl NodeRecord for ReturnRecord {
-    const UPDATE_ACTION: &'static str = "return.update";
-}
-
-impl NodeRecord for HearingRecord {
-    const UPDATE_ACTION: &'static str = "hearing.update";
-}
-
 /// Loads record `id` of kind `R` in a transaction; NOT_FOUND naming the kind when absent.
 pub fn load<R: StoredRecord>(tx: &mut Tx<'_>, id: R::Id) -> TxResult<R> {
     tx.record::<R>(id)?
@@ -56,7 +37,7 @@ pub fn load<R: StoredRecord>(tx: &mut Tx<'_>, id: R::Id) -> TxResult<R> {
 /// taken once whatever the client retries ([`step`]). What every step RPC runs.
 pub async fn take<R, Q>(ctx: &Ctx, request: Request<Q>, action: Action) -> ApiResult<R>
 where
-    R: NodeRecord + Replay,
+    R: StoredRecord + Replay,
     Q: Retryable,
     for<'a> StepRequest<R>: TryFrom<&'a Q, Error = FieldError>,
 {
@@ -92,7 +73,7 @@ pub async fn list<R: StoredRecord>(
 /// One step of a shared record by a local user (`action`, of the role table): authorised
 /// for the caller and the record's side, valid for its state, kept and announced to the
 /// other node in the caller's transaction.
-pub fn step<R: NodeRecord>(
+pub fn step<R: StoredRecord>(
     ctx: &Ctx,
     tx: &mut Tx<'_>,
     p: &Principal,
@@ -114,7 +95,7 @@ pub fn step<R: NodeRecord>(
         r.topic(),
         r.case_ref(),
         &r.update_message(&command.step),
-        R::UPDATE_ACTION,
+        R::KIND.update_action(),
         r.status_name(),
     )?;
     Ok(r)

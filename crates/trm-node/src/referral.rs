@@ -46,6 +46,23 @@ impl Referrals {
     }
 }
 
+impl rpc::Replay for ReferralRecord {
+    const READ: Option<&'static str> = Some("referral.read");
+    fn key(&self) -> String {
+        self.referral_id.to_string()
+    }
+    fn replay(ctx: &Ctx, key: &str) -> ApiResult<Self> {
+        rpc::record_of(ctx, key)
+    }
+}
+
+impl rpc::ToWire for ReferralRecord {
+    type Wire = trm_proto::v1::Referral;
+    fn to_wire(&self) -> Self::Wire {
+        trm_proto::convert::referral_to_wire(self)
+    }
+}
+
 crate::grpc_service!(Referrals => ReferralService {
     create_case(w::CreateCaseRequest) -> w::Case;
     get_case(w::GetCaseRequest) -> w::Case;

@@ -28,7 +28,7 @@ use crate::{
     disclosure::{self, load_case},
     error::{ApiError, ApiResult},
     lifecycle,
-    rpc::{Remembered, Replay},
+    rpc::{self, Remembered, Replay},
 };
 
 /// The return-planning service of one node.
@@ -64,6 +64,23 @@ impl Replay for RiskAssessment {
             .into_iter()
             .find(|a| a.assessment_id == id)
             .ok_or(ApiError::NotFound("risk assessment"))
+    }
+}
+
+impl Replay for ReturnRecord {
+    const READ: Option<&'static str> = Some("return.read");
+    fn key(&self) -> String {
+        self.return_id.to_string()
+    }
+    fn replay(ctx: &Ctx, key: &str) -> ApiResult<Self> {
+        rpc::record_of(ctx, key)
+    }
+}
+
+impl rpc::ToWire for ReturnRecord {
+    type Wire = trm_proto::v1::ReturnPlan;
+    fn to_wire(&self) -> Self::Wire {
+        trm_proto::convert::return_to_wire(self)
     }
 }
 

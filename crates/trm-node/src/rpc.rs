@@ -5,12 +5,9 @@
 
 use trm_core::{
     consent::Consent,
-    hearing::HearingRecord,
     ids::{CaseId, ConsentId, Principal, RecordId},
     limits::Page,
     model::CaseRecord,
-    referral::ReferralRecord,
-    returns::ReturnRecord,
     FieldError,
 };
 use trm_store::Tx;
@@ -70,28 +67,6 @@ pub trait ToWire {
     fn to_wire(&self) -> Self::Wire;
 }
 
-impl ToWire for ReferralRecord {
-    type Wire = trm_proto::v1::Referral;
-    fn to_wire(&self) -> Self::Wire {
-        trm_proto::convert::referral_to_wire(self)
-    }
-}
-
-impl ToWire for ReturnRecord {
-    type Wire = trm_proto::v1::ReturnPlan;
-    fn to_wire(&self) -> Self::Wire {
-        trm_proto::convert::return_to_wire(self)
-    }
-}
-
-impl ToWire for HearingRecord {
-    type Wire = trm_proto::v1::Hearing;
-    fn to_wire(&self) -> Self::Wire {
-        // Whoever may take a step sees the whole hearing.
-        trm_proto::convert::hearing_to_wire(self, false)
-    }
-}
-
 /// What a retried request gets back: the result's key (ids only, never personal data) is
 /// remembered with the request, and the result read again from it.
 pub trait Replay: Sized + Send + 'static {
@@ -103,40 +78,12 @@ pub trait Replay: Sized + Send + 'static {
     fn replay(ctx: &Ctx, key: &str) -> ApiResult<Self>;
 }
 
-fn record_of<R: trm_store::repo::flows::StoredRecord>(ctx: &Ctx, key: &str) -> ApiResult<R> {
+/// Reads back the shared record a replayed step answered with.
+pub fn record_of<R: trm_store::repo::flows::StoredRecord>(ctx: &Ctx, key: &str) -> ApiResult<R> {
     let id = R::Id::parse_field("request_id", key)?;
     ctx.store
         .record::<R>(id)?
         .ok_or(ApiError::NotFound(R::KIND.name()))
-}
-
-impl Replay for ReferralRecord {
-    const READ: Option<&'static str> = Some("referral.read");
-    fn key(&self) -> String {
-        self.referral_id.to_string()
-    }
-    fn replay(ctx: &Ctx, key: &str) -> ApiResult<Self> {
-        record_of(ctx, key)
-    }
-}
-
-impl Replay for ReturnRecord {
-    const READ: Option<&'static str> = Some("return.read");
-    fn key(&self) -> String {
-        self.return_id.to_string()
-    }
-    fn replay(ctx: &Ctx, key: &str) -> ApiResult<Self> {
-        record_of(ctx, key)
-    }
-}
-
-impl Replay for HearingRecord {
-    fn key(&self) -> String {
-        self.hearing_id.to_string()
-    }
-    fn replay(ctx: &Ctx, key: &str) -> ApiResult<Self> {
-        record_of(ctx, key)
-    }
 }
 
 impl Replay for CaseRecord {

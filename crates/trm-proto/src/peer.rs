@@ -7,7 +7,7 @@
 use trm_core::{
     hearing::{HearingStatus, HearingStep, HearingTerms},
     ids::{HearingId, ReferralId, ReturnId},
-    messages::PeerMessage,
+    messages::{EnvelopeKind, PeerMessage},
     returns::{ReturnStatus, StepDetails},
     FieldError,
 };
@@ -127,6 +127,21 @@ pub fn parse(payload: &Payload) -> Result<PeerMessage, PayloadError> {
             }
         }
     })
+}
+
+/// Returns the kind of a payload.
+pub fn kind(p: &Payload) -> EnvelopeKind {
+    match p {
+        Payload::ReferralOffer(_) => EnvelopeKind::ReferralOffer,
+        Payload::ReferralUpdate(_) => EnvelopeKind::ReferralUpdate,
+        Payload::ReturnRequest(_) => EnvelopeKind::ReturnRequest,
+        Payload::ReturnUpdate(_) => EnvelopeKind::ReturnUpdate,
+        Payload::HearingRequest(_) => EnvelopeKind::HearingRequest,
+        Payload::HearingUpdate(_) => EnvelopeKind::HearingUpdate,
+        Payload::ErasureRequest(_) => EnvelopeKind::ErasureRequest,
+        Payload::ErasureConfirmation(_) => EnvelopeKind::ErasureConfirmation,
+        Payload::KeyAnnouncement(_) => EnvelopeKind::KeyAnnouncement,
+    }
 }
 
 /// Writes a domain message as the payload a peer parses back with [`parse`].
