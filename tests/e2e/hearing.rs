@@ -19,15 +19,22 @@ type Hearings = WitnessHearingServiceClient<Channel>;
 /// A case in AT referred to RO and accepted there, assigned to RO's `sp1`. Returns the case
 /// id and the referral id.
 async fn referred_case(fed: &TestFederation, child: bool) -> anyhow::Result<(String, String)> {
+    let info = child.then_some(w::ChildInfo {
+        is_child: true,
+        guardian_assigned: true,
+        best_interests_determined: true,
+    });
+    referred_with(fed, info).await
+}
+
+/// [`referred_case`] with the child information given.
+async fn referred_with(
+    fed: &TestFederation,
+    child: Option<w::ChildInfo>,
+) -> anyhow::Result<(String, String)> {
     let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
     let mut req = requests::case("Witness", 40);
-    if child {
-        req.child = Some(w::ChildInfo {
-            is_child: true,
-            guardian_assigned: true,
-            best_interests_determined: true,
-        });
-    }
+    req.child = child;
     let case_id = sp.create_case(req).await?.into_inner().case_id;
     sp.record_consent(requests::consent(
         &case_id,
@@ -584,6 +591,95 @@ async fn the_hearing_request_on_the_wire_carries_no_identity() -> anyhow::Result
     fed.start_node("AT").await?;
     let ro = fed.hearings("RO", Role::FocalPoint).await?;
     wait_hearing(&ro, &id, w::HearingStatus::Requested).await?;
+    fed.stop().await?;
+    Ok(())
+}
+
+/// A child witness is heard only with a guardian and a best-interests determination,
+/// checked by the witness's country on the child's record it holds (the referral's copy).
+#[tokio::test]
+async fn a_child_witness_without_a_guardian_or_a_determination_is_not_heard() -> anyhow::Result<()>
+{
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let mut ja = fed.hearings("AT", Role::JudicialAuthority).await?;
+    let mut ro = fed.hearings("RO", Role::FocalPoint).await?;
+    for (guardian, determined, word) in [(false, true, "guardian"), (true, false, "best_interests")]
+    {
+        let (case_id, _) = referred_with(
+            &fed,
+            Some(w::ChildInfo {
+                is_child: true,
+                guardian_assigned: guardian,
+                best_interests_determined: determined,
+            }),
+        )
+        .await?;
+        let h = ja
+            .request_hearing(hearing_request(&case_id, &[]))
+            .await?
+            .into_inner();
+        wait_hearing(&ro, &h.hearing_id, w::HearingStatus::Requested).await?;
+        for decision in [w::HearingDecision::Accept, w::HearingDecision::Schedule] {
+            let refused = ro
+                .respond_to_hearing(w::RespondToHearingRequest {
+                    hearing_id: h.hearing_id.clone(),
+                    decision: decision as i32,
+                    scheduled_at: Some(at(1_900_000_000)),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+            assert!(refused.message().contains(word), "{}", refused.message());
+        }
+    }
+    // With both, the child is heard.
+    let (case_id, _) = referred_case(&fed, true).await?;
+    let h = ja
+        .request_hearing(hearing_request(&case_id, &[]))
+        .await?
+        .into_inner();
+    wait_hearing(&ro, &h.hearing_id, w::HearingStatus::Requested).await?;
+    ro.respond_to_hearing(w::RespondToHearingRequest {
+        hearing_id: h.hearing_id.clone(),
+        decision: w::HearingDecision::Accept as i32,
+        ..Default::default()
+    })
+    .await?;
+    fed.stop().await?;
+    Ok(())
+}
+
+/// `hearing_pending` says whether a hearing of the case is open on the node: what the
+/// client types in is ignored.
+#[tokio::test]
+async fn a_return_proposed_while_a_hearing_of_the_witness_is_open_says_so() -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let (case_id, _) = referred_case(&fed, false).await?;
+    let mut ja = fed.hearings("AT", Role::JudicialAuthority).await?;
+    let h = ja
+        .request_hearing(hearing_request(&case_id, &[]))
+        .await?
+        .into_inner();
+    let mut at = crate::returns::returns(&fed, "AT", Role::ServiceProvider).await?;
+    at.record_risk_assessment(crate::returns::risk(
+        &case_id,
+        w::RiskLevel::Low,
+        false,
+        false,
+        false,
+    ))
+    .await?;
+    at.record_return_decision(crate::returns::decision(&case_id, true))
+        .await?;
+    let mut request = crate::returns::propose(&case_id);
+    request.hearing_pending = false;
+    let plan = at.propose_return(request).await?.into_inner();
+    assert!(plan.hearing_pending, "hearing {} is open", h.hearing_id);
+    let ro = crate::returns::returns(&fed, "RO", Role::FocalPoint).await?;
+    let there =
+        crate::returns::wait_status(&ro, &plan.return_id, w::ReturnStatus::Requested).await?;
+    assert!(there.hearing_pending, "the flag travels with the request");
     fed.stop().await?;
     Ok(())
 }

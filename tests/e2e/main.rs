@@ -23,3 +23,4 @@ mod stats;
 mod storage;
 mod transport;
 mod trust;
+mod until_departure;

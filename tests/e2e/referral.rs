@@ -66,7 +66,10 @@ async fn referral_from_at_is_accepted_by_ro_and_only_the_referral_fields_cross(
     // contact did not; the plan reached follow-up on both sides.
     for plan in [&outcome.return_at_origin, &outcome.return_at_destination] {
         assert_eq!(plan.status, w::ReturnStatus::FollowUp as i32);
-        assert!(plan.compensation_pending);
+        assert!(
+            !plan.compensation_pending,
+            "no claim is open: a flag the client types in is ignored"
+        );
     }
     let person = outcome
         .return_at_destination

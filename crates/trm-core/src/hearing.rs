@@ -44,6 +44,27 @@ pub fn check_child_measures(
     Ok(())
 }
 
+/// Refuses to hear a child witness without an assigned guardian and a best-interests
+/// determination (DOMAIN: children), on the child's record as the witness's node holds it.
+pub fn check_child_witness(child: &crate::model::ChildInfo) -> Result<(), GuardError> {
+    if !child.is_child {
+        return Ok(());
+    }
+    if !child.guardian_assigned {
+        return Err(GuardError::new(
+            Guard::Guardian,
+            "a child witness is heard only with an assigned guardian",
+        ));
+    }
+    if !child.best_interests_determined {
+        return Err(GuardError::new(
+            Guard::BestInterests,
+            "a child witness is heard only after a best-interests determination",
+        ));
+    }
+    Ok(())
+}
+
 /// The measures a hearing of a child witness is held with: those asked for, and a
 /// child-friendly room and a support person where they were not. The node that holds the
 /// child's case adds them rather than refusing a request without them: a refusal would

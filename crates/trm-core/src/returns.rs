@@ -47,21 +47,10 @@ pub struct ReturnDecision {
     pub recorded_at: OffsetDateTime,
 }
 
-/// Checks every guard of a return request; the first refusal names its guard. The consent
-/// guard is checked by the disclosure itself.
-pub fn check_guards(
-    case: &CaseRecord,
-    risk: Option<&RiskAssessment>,
-    decision: Option<&ReturnDecision>,
-    reflection_period_days: u32,
-    today: Date,
-) -> Result<(), GuardError> {
-    let Some(risk) = risk else {
-        return Err(GuardError::new(
-            Guard::Risk,
-            "no risk assessment is recorded for the case",
-        ));
-    };
+/// Refuses a return while `risk`, the latest risk assessment, finds a risk: a
+/// non-refoulement concern, a re-trafficking risk, the family at risk, or HIGH. A return
+/// plan still open when such an assessment is recorded is halted.
+pub fn check_risk(risk: &RiskAssessment) -> Result<(), GuardError> {
     if risk.non_refoulement_concern {
         return Err(GuardError::new(
             Guard::NonRefoulement,
@@ -86,6 +75,16 @@ pub fn check_guards(
             "the latest risk assessment is HIGH",
         ));
     }
+    Ok(())
+}
+
+/// Refuses a return on `decision`, the victim's latest decision: none, not informed and
+/// voluntary, or recorded before `risk`, the latest risk assessment (the victim decides
+/// knowing the latest risk).
+pub fn check_decision(
+    decision: Option<&ReturnDecision>,
+    risk: &RiskAssessment,
+) -> Result<(), GuardError> {
     let Some(decision) = decision else {
         return Err(GuardError::new(
             Guard::Decision,
@@ -98,6 +97,36 @@ pub fn check_guards(
             "the victim's recorded decision is not informed and voluntary",
         ));
     }
+    if decision.recorded_at < risk.recorded_at {
+        return Err(GuardError::new(
+            Guard::Decision,
+            "the victim's decision was recorded before the latest risk assessment",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks every guard of a return, when it is requested and again at each step until
+/// departure; the first refusal names its guard. The consent guard is checked by the
+/// disclosure itself.
+pub fn check_guards(
+    case: &CaseRecord,
+    risk: Option<&RiskAssessment>,
+    decision: Option<&ReturnDecision>,
+    reflection_period_days: u32,
+    today: Date,
+) -> Result<(), GuardError> {
+    let Some(risk) = risk else {
+        return Err(GuardError::new(
+            Guard::Risk,
+            "no risk assessment is recorded for the case",
+        ));
+    };
+    check_risk(risk)?;
+    check_decision(decision, risk)?;
+    let Some(decision) = decision else {
+        return Ok(());
+    };
     let period_ends = case.identified_on + Duration::days(i64::from(reflection_period_days));
     if today < period_ends && !decision.reflection_period_waived {
         return Err(GuardError::new(
@@ -157,6 +186,16 @@ impl ReturnStatus {
     /// Returns whether the plan is over.
     pub fn is_final(self) -> bool {
         matches!(self, ReturnStatus::Closed | ReturnStatus::Halted)
+    }
+
+    /// Returns whether the person has not left yet: the plan is open and not travelled.
+    /// The guards of a return hold until then.
+    pub fn before_departure(self) -> bool {
+        !self.is_final()
+            && !matches!(
+                self,
+                ReturnStatus::Travelled | ReturnStatus::Arrived | ReturnStatus::FollowUp
+            )
     }
 }
 
@@ -604,6 +643,20 @@ mod tests {
         assert_eq!(on(29), Some(Guard::ReflectionPeriod), "day 29: 29 days had");
         assert_eq!(on(30), None, "day 30: 30 days had");
         assert_eq!(on(31), None);
+    }
+
+    /// A decision counts only if the victim made it knowing the latest risk assessment.
+    #[test]
+    fn a_decision_recorded_before_the_latest_risk_assessment_does_not_count() {
+        let c = case(date!(2026 - 01 - 01), ChildInfo::default());
+        let mut later = risk(RiskLevel::Low, false, false, false);
+        later.recorded_at = datetime!(2026-02-01 0:00 UTC);
+        let before = decision(true, true, false);
+        let err = check_guards(&c, Some(&later), Some(&before), 30, date!(2026 - 03 - 01));
+        assert_eq!(err.map_err(|e| e.guard), Err(Guard::Decision));
+        let mut after = before.clone();
+        after.recorded_at = datetime!(2026-02-02 0:00 UTC);
+        assert!(check_guards(&c, Some(&later), Some(&after), 30, date!(2026 - 03 - 01)).is_ok());
     }
 
     #[test]

@@ -28,6 +28,18 @@ pub fn peer_destination(ctx: &Ctx, field: &str, destination: NodeId) -> ApiResul
     Ok(())
 }
 
+/// Returns every record this node sent with data of case `case`, under any of its
+/// consents (each once).
+pub fn shared_of_case(tx: &mut Tx<'_>, case: CaseId) -> TxResult<Vec<Shared>> {
+    let mut shared = Vec::new();
+    for c in tx.consents(case)? {
+        shared.extend(tx.disclosures(c.consent_id)?);
+    }
+    shared.sort();
+    shared.dedup();
+    Ok(shared)
+}
+
 /// Loads a case inside a transaction; NOT_FOUND when absent.
 pub fn load_case(tx: &mut Tx<'_>, id: CaseId) -> TxResult<CaseRecord> {
     tx.case(id)?

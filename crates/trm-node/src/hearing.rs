@@ -11,8 +11,12 @@ use tracing::{info, instrument};
 use trm_core::{
     access::{self, Action, Sight},
     exchange::{RecordKind, SharedRecord},
-    hearing::{with_child_measures, HearingParties, HearingRecord},
+    hearing::{
+        check_child_witness, with_child_measures, HearingEvent, HearingParties, HearingRecord,
+    },
     ids::{HearingId, OrgId, Principal, WitnessRecord},
+    referral::ReferralRecord,
+    returns::ReturnRecord,
 };
 use trm_federation::outbox;
 use trm_proto::{
@@ -20,11 +24,11 @@ use trm_proto::{
     convert,
     v1::{self as w, witness_hearing_service_server::WitnessHearingService},
 };
-use trm_store::{audit::AuditRecord, Store};
+use trm_store::{audit::AuditRecord, Store, Tx};
 
 use crate::{
     authz::{self, actor},
-    ctx::Ctx,
+    ctx::{Ctx, TxResult},
     error::{ApiError, ApiResult},
     lifecycle, rpc,
 };
@@ -88,6 +92,33 @@ impl rpc::ToWire for HearingRecord {
     fn to_wire(&self) -> Self::Wire {
         // Whoever may take a step sees the whole hearing.
         trm_proto::convert::hearing_to_wire(self, false)
+    }
+}
+
+impl lifecycle::StepRules for HearingRecord {
+    /// A child witness is heard only with a guardian and a best-interests determination:
+    /// checked when the witness's country accepts or schedules the hearing, on the child's
+    /// record it holds (its own case, or the copy a peer sent, which `UpdateCase` keeps
+    /// current).
+    fn check_step(&self, ctx: &Ctx, tx: &mut Tx<'_>, event: HearingEvent) -> TxResult<()> {
+        if !matches!(event, HearingEvent::Accept | HearingEvent::Schedule)
+            || self.witness_country != ctx.id
+        {
+            return Ok(());
+        }
+        let child = match self.subject {
+            WitnessRecord::Case(id) => tx.case(id)?.map(|c| c.child),
+            WitnessRecord::Referral(id) => tx
+                .record::<ReferralRecord>(id)?
+                .and_then(|r| r.disclosed.child),
+            WitnessRecord::Return(id) => tx
+                .record::<ReturnRecord>(id)?
+                .and_then(|r| r.disclosed.child),
+        };
+        if let Some(child) = child {
+            check_child_witness(&child).map_err(ApiError::from)?;
+        }
+        Ok(())
     }
 }
 

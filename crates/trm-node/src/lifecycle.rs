@@ -37,7 +37,7 @@ pub fn load<R: StoredRecord>(tx: &mut Tx<'_>, id: R::Id) -> TxResult<R> {
 /// taken once whatever the client retries ([`step`]). What every step RPC runs.
 pub async fn take<R, Q>(ctx: &Ctx, request: Request<Q>, action: Action) -> ApiResult<R>
 where
-    R: StoredRecord + Replay,
+    R: StepRules + Replay,
     Q: Retryable,
     for<'a> StepRequest<R>: TryFrom<&'a Q, Error = FieldError>,
 {
@@ -70,10 +70,20 @@ pub async fn list<R: StoredRecord>(
     Ok((found, token))
 }
 
+/// What a record's own rules check before a local step, beyond its state machine and the
+/// role table: a return's guards, which hold until departure; the protection a child
+/// witness needs. Implemented beside each record's service (most check nothing more).
+pub trait StepRules: StoredRecord {
+    /// Refuses `event` on the record as it stands (before the step), naming the guard.
+    fn check_step(&self, _ctx: &Ctx, _tx: &mut Tx<'_>, _event: Self::Event) -> TxResult<()> {
+        Ok(())
+    }
+}
+
 /// One step of a shared record by a local user (`action`, of the role table): authorised
-/// for the caller and the record's side, valid for its state, kept and announced to the
-/// other node in the caller's transaction.
-pub fn step<R: StoredRecord>(
+/// for the caller and the record's side, valid for its state and its own rules
+/// ([`StepRules`]), kept and announced to the other node in the caller's transaction.
+pub fn step<R: StepRules>(
     ctx: &Ctx,
     tx: &mut Tx<'_>,
     p: &Principal,
@@ -85,20 +95,33 @@ pub fn step<R: StoredRecord>(
     let side = r.side(me);
     let turn = R::may_take(command.event, side);
     access::reach(p, action, Some(R::KIND), side, r.owner(), Some(turn)).map_err(ApiError::from)?;
+    r.check_step(ctx, tx, command.event)?;
     r.apply(command.event, &command.step)
         .map_err(ApiError::from)?;
-    tx.put_record(&r)?;
+    keep_and_announce(ctx, tx, p, &r, &command.step)?;
+    Ok(r)
+}
+
+/// Keeps a record that just took a step (`step`) and announces the step to the other node,
+/// audited as `p`'s, in `tx`.
+pub fn keep_and_announce<R: StoredRecord>(
+    ctx: &Ctx,
+    tx: &mut Tx<'_>,
+    p: &Principal,
+    r: &R,
+    step: &R::Step,
+) -> TxResult<()> {
+    tx.put_record(r)?;
     ctx.announce(
         tx,
         p,
-        r.peer(me),
+        r.peer(ctx.id),
         r.topic(),
         r.case_ref(),
-        &r.update_message(&command.step),
+        &r.update_message(step),
         R::KIND.update_action(),
         r.status_name(),
-    )?;
-    Ok(r)
+    )
 }
 
 /// The result of applying what a peer sent.

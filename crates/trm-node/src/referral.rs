@@ -63,6 +63,8 @@ impl rpc::ToWire for ReferralRecord {
     }
 }
 
+impl lifecycle::StepRules for ReferralRecord {}
+
 crate::grpc_service!(Referrals => ReferralService {
     create_case(w::CreateCaseRequest) -> w::Case;
     get_case(w::GetCaseRequest) -> w::Case;
@@ -392,15 +394,12 @@ impl Referrals {
             .once(idem, &p, move |tx| {
                 let case = load_case(tx, case_id)?;
                 owns(&who, &case)?;
+                let disclosures = disclosure::shared_of_case(tx, case_id)?;
                 let mut consents = tx.consents(case_id)?;
                 let now = OffsetDateTime::now_utc();
-                let mut disclosures = Vec::new();
                 for c in consents.iter_mut() {
                     c.withdrawn_at.get_or_insert(now);
-                    disclosures.extend(tx.disclosures(c.consent_id)?);
                 }
-                disclosures.sort();
-                disclosures.dedup();
                 tx.put_consents(case_id, &consents)?;
                 let mut requested: u32 = 0;
                 for shared in &disclosures {

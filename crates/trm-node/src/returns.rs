@@ -8,12 +8,18 @@ use tonic::Request;
 use tracing::{info, instrument};
 use trm_core::{
     access::{self, Action},
+    consent,
     exchange::Erasure,
-    ids::{AssessmentId, CaseId, OrgId, ReturnId, Shared},
+    hearing::HearingRecord,
+    ids::{AssessmentId, CaseId, OrgId, Principal, ReturnId, Shared, WitnessRecord},
     messages::PeerMessage,
     model::{CaseRecord, Purpose},
-    returns::{check_guards, ReturnDecision, ReturnRecord, ReturnStatus, RiskAssessment},
-    FieldError,
+    referral::ReferralRecord,
+    returns::{
+        check_guards, check_risk, ReturnDecision, ReturnEvent, ReturnRecord, ReturnStatus,
+        RiskAssessment, StepDetails,
+    },
+    FieldError, GuardError,
 };
 use trm_proto::{
     command::{Get, ProposeReturn},
@@ -41,6 +47,92 @@ impl Returns {
     /// Returns the service.
     pub fn new(ctx: Ctx) -> Self {
         Self { ctx }
+    }
+}
+
+/// The guards of a return of `case` on its latest risk assessment and decision (`days`:
+/// the node's reflection period): a storage fault is the outer error, a refusal the inner.
+fn guards_of(days: u32, tx: &mut Tx<'_>, case: &CaseRecord) -> TxResult<Result<(), GuardError>> {
+    let risk = tx.risk_assessments(case.case_id)?;
+    let decisions = tx.return_decisions(case.case_id)?;
+    Ok(check_guards(
+        case,
+        risk.last(),
+        decisions.last(),
+        days,
+        today(),
+    ))
+}
+
+/// Halts every return of case `case` this node requested that has not left yet (HALTED
+/// with `why`, the guard's word first, told to the other node), audited as `p`'s. Returns
+/// how many.
+fn halt_open_returns(
+    ctx: &Ctx,
+    tx: &mut Tx<'_>,
+    p: &Principal,
+    case: CaseId,
+    why: &GuardError,
+) -> TxResult<usize> {
+    let mut halted = 0;
+    for shared in disclosure::shared_of_case(tx, case)? {
+        let Shared::Return(id) = shared else { continue };
+        let Some(mut r) = tx.record::<ReturnRecord>(id)? else {
+            continue;
+        };
+        if r.origin != ctx.id || !r.status.before_departure() {
+            continue;
+        }
+        let step = StepDetails {
+            reason: why.to_string(),
+            ..Default::default()
+        };
+        r.apply(ReturnEvent::Halt, &step).map_err(ApiError::from)?;
+        lifecycle::keep_and_announce(ctx, tx, p, &r, &step)?;
+        halted += 1;
+    }
+    Ok(halted)
+}
+
+/// Returns whether a hearing of case `case` is open on this node, either direction (the
+/// hearing names the case, or a referral or plan of it).
+fn hearing_pending(tx: &mut Tx<'_>, case: CaseId) -> TxResult<bool> {
+    for h in tx.records_where::<HearingRecord>(|h| !h.status.is_final())? {
+        let of = match h.subject {
+            WitnessRecord::Case(c) => Some(c),
+            WitnessRecord::Referral(id) => tx.record::<ReferralRecord>(id)?.and_then(|r| r.case_id),
+            WitnessRecord::Return(id) => tx.record::<ReturnRecord>(id)?.and_then(|r| r.case_id),
+        };
+        if of == Some(case) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+impl lifecycle::StepRules for ReturnRecord {
+    /// Scheduling and travel check every guard of the return again, on the case as it
+    /// stands now: a risk found, a decision taken back or the consent withdrawn since the
+    /// plan was requested stops the person from leaving.
+    fn check_step(&self, ctx: &Ctx, tx: &mut Tx<'_>, event: ReturnEvent) -> TxResult<()> {
+        if !matches!(event, ReturnEvent::Schedule | ReturnEvent::Travel) {
+            return Ok(());
+        }
+        // A plan whose case was erased is already ended.
+        let Some(case_id) = self.case_id else {
+            return Ok(());
+        };
+        let case = load_case(tx, case_id)?;
+        guards_of(ctx.reflection_period_days, tx, &case)?.map_err(ApiError::from)?;
+        let consents = tx.consents(case_id)?;
+        consent::grant(
+            &consents,
+            Purpose::ReturnPlanning,
+            self.destination,
+            today(),
+        )
+        .map_err(ApiError::from)?;
+        Ok(())
     }
 }
 
@@ -110,7 +202,7 @@ impl Returns {
         let (p, idem) = authz::caller(&request, Action::RecordRiskAssessment)?;
         let assessment = RiskAssessment::try_from(request.get_ref())?;
         let case_id = assessment.case_id;
-        let who = p.clone();
+        let (ctx, who) = (self.ctx.clone(), p.clone());
         let assessment: RiskAssessment = self
             .ctx
             .once(idem, &p, move |tx| {
@@ -126,6 +218,11 @@ impl Returns {
                 }
                 all.push(assessment.clone());
                 tx.put_risk_assessments(case_id, &all)?;
+                // A risk found stops every return of the case not yet under way.
+                let halted = match check_risk(&assessment) {
+                    Ok(()) => 0,
+                    Err(why) => halt_open_returns(&ctx, tx, &who, case_id, &why)?,
+                };
                 tx.audit(
                     AuditRecord::new(
                         actor(&who),
@@ -133,7 +230,7 @@ impl Returns {
                         assessment.assessment_id.to_string(),
                         "ok",
                     )
-                    .detail(format!("case={case_id}")),
+                    .detail(format!("case={case_id} returns_halted={halted}")),
                 )?;
                 Ok(assessment.clone())
             })
@@ -149,7 +246,7 @@ impl Returns {
         let (p, idem) = authz::caller(&request, Action::RecordReturnDecision)?;
         let decision = ReturnDecision::try_from(request.get_ref())?;
         let case_id = decision.case_id;
-        let (record, who) = (decision.clone(), p.clone());
+        let (record, who, ctx) = (decision.clone(), p.clone(), self.ctx.clone());
         let _: Remembered = self
             .ctx
             .once(idem, &p, move |tx| {
@@ -165,12 +262,17 @@ impl Returns {
                 }
                 all.push(record.clone());
                 tx.put_return_decisions(case_id, &all)?;
-                tx.audit(AuditRecord::new(
-                    actor(&who),
-                    "return.decision",
-                    case_id.to_string(),
-                    "ok",
-                ))?;
+                // A decision withdrawn or changed so that a return no longer holds (not
+                // voluntary, not informed, a waiver taken back) stops every return of the
+                // case not yet under way.
+                let halted = match guards_of(ctx.reflection_period_days, tx, &case)? {
+                    Ok(()) => 0,
+                    Err(why) => halt_open_returns(&ctx, tx, &who, case_id, &why)?,
+                };
+                tx.audit(
+                    AuditRecord::new(actor(&who), "return.decision", case_id.to_string(), "ok")
+                        .detail(format!("returns_halted={halted}")),
+                )?;
                 Ok(Remembered(String::new()))
             })
             .await?;
@@ -194,17 +296,7 @@ impl Returns {
             .once(idem, &p, move |tx| {
                 // Every guard of the return, on the latest assessment and decision.
                 let guards = |tx: &mut Tx<'_>, case: &CaseRecord| -> TxResult<()> {
-                    let risk = tx.risk_assessments(case_id)?;
-                    let decisions = tx.return_decisions(case_id)?;
-                    check_guards(
-                        case,
-                        risk.last(),
-                        decisions.last(),
-                        reflection_days,
-                        today(),
-                    )
-                    .map_err(ApiError::from)?;
-                    Ok(())
+                    Ok(guards_of(reflection_days, tx, case)?.map_err(ApiError::from)?)
                 };
                 let d = disclosure::prepare(
                     tx,
@@ -221,8 +313,10 @@ impl Returns {
                     destination,
                     status: ReturnStatus::Requested,
                     disclosed: d.disclosed.clone(),
-                    hearing_pending: req.hearing_pending,
-                    compensation_pending: req.compensation_pending,
+                    // Derived, never typed in: a hearing of the case open on this node.
+                    hearing_pending: hearing_pending(tx, case_id)?,
+                    // No claim is open before claims exist (remedies).
+                    compensation_pending: false,
                     case_id: Some(case_id),
                     organisation: Some(d.case.organisation.clone()),
                     status_reason: String::new(),

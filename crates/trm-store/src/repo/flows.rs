@@ -129,6 +129,34 @@ impl Tx<'_> {
         r.index(self, dir)
     }
 
+    /// Returns every shared record of kind `R` this node holds, both directions, that `keep`
+    /// keeps (records it cannot open, erased, are skipped): for a rule that must see all of
+    /// a kind that stays small (the open hearings of a case).
+    pub fn records_where<R: StoredRecord>(&mut self, keep: impl Fn(&R) -> bool) -> Result<Vec<R>> {
+        let mut out = Vec::new();
+        for dir in [Direction::Incoming, Direction::Outgoing] {
+            let prefix = layout::record_indexes(R::KIND, dir_tag(dir));
+            let mut from: Option<Vec<u8>> = None;
+            loop {
+                let page = self.scan_raw(&prefix, from.as_deref(), 256)?;
+                let Some((last, _)) = page.last() else { break };
+                from = Some(last.clone());
+                for (k, _) in page {
+                    let Some(id) = id_after(&k, prefix.len()) else {
+                        continue;
+                    };
+                    let id = R::Id::of_uuid(uuid::Uuid::from_bytes(id));
+                    if let Some(r) = self.record::<R>(id)? {
+                        if keep(&r) {
+                            out.push(r);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Returns whether a shared record of any kind has the id `id`.
     pub fn names_a_shared_record(&mut self, id: uuid::Uuid) -> Result<bool> {
         for kind in RecordKind::ALL {

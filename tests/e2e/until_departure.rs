@@ -1,0 +1,121 @@
+//! The return guards hold until the day of departure, not only when a return is requested:
+//! a risk found later halts the plan on both nodes, a decision made before the latest risk
+//! assessment does not let the person leave, a decision taken back halts the plan, and the
+//! coordination flags are derived from what is open, never typed in.
+
+use tonic::Code;
+use trm_core::ids::Role;
+use trm_proto::v1 as w;
+use trm_tests::TestFederation;
+
+use crate::returns::{decision, propose, ready_case, returns, risk, wait_status, Returns};
+
+/// A plan AT requested for a ready case, with reception confirmed by RO. Returns the case
+/// id, the plan id and both nodes' clients.
+async fn confirmed_plan(
+    fed: &TestFederation,
+) -> anyhow::Result<(String, String, Returns, Returns)> {
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let mut at = returns(fed, "AT", Role::ServiceProvider).await?;
+    let mut ro = returns(fed, "RO", Role::FocalPoint).await?;
+    let case_id = ready_case(&mut sp, &mut at, &[]).await?;
+    let id = at
+        .propose_return(propose(&case_id))
+        .await?
+        .into_inner()
+        .return_id;
+    wait_status(&ro, &id, w::ReturnStatus::Requested).await?;
+    ro.respond_to_return(w::RespondToReturnRequest {
+        return_id: id.clone(),
+        response: w::ReturnResponse::ConfirmReception as i32,
+        details: "met at the airport by the shelter".into(),
+        ..Default::default()
+    })
+    .await?;
+    wait_status(&at, &id, w::ReturnStatus::ReceptionConfirmed).await?;
+    Ok((case_id, id, at, ro))
+}
+
+fn schedule(id: &str) -> w::ScheduleReturnRequest {
+    w::ScheduleReturnRequest {
+        return_id: id.into(),
+        travel_at: Some(prost_types::Timestamp {
+            seconds: 1_900_000_000,
+            nanos: 0,
+        }),
+        details: "flight".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_risk_found_after_the_request_halts_the_plan_on_both_nodes() -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let (case_id, id, mut at, ro) = confirmed_plan(&fed).await?;
+
+    at.record_risk_assessment(risk(&case_id, w::RiskLevel::Low, true, false, false))
+        .await?;
+    let here = wait_status(&at, &id, w::ReturnStatus::Halted).await?;
+    assert!(
+        here.status_reason.starts_with("non_refoulement"),
+        "the guard's word is the reason: {}",
+        here.status_reason
+    );
+    let there = wait_status(&ro, &id, w::ReturnStatus::Halted).await?;
+    assert!(there.status_reason.starts_with("non_refoulement"));
+    let refused = at.schedule_return(schedule(&id)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    fed.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_decision_older_than_the_latest_risk_assessment_does_not_let_the_person_leave(
+) -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let (case_id, id, mut at, ro) = confirmed_plan(&fed).await?;
+
+    // A routine reassessment finds nothing: the plan stays, but the victim decides again.
+    at.record_risk_assessment(risk(&case_id, w::RiskLevel::Low, false, false, false))
+        .await?;
+    let refused = at.schedule_return(schedule(&id)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("decision"),
+        "{}",
+        refused.message()
+    );
+    let plan = at
+        .get_return_plan(w::GetReturnPlanRequest {
+            return_id: id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(plan.status, w::ReturnStatus::ReceptionConfirmed as i32);
+
+    at.record_return_decision(decision(&case_id, false)).await?;
+    at.schedule_return(schedule(&id)).await?;
+    wait_status(&ro, &id, w::ReturnStatus::Scheduled).await?;
+
+    // Taken back before departure: the plan halts on both nodes and cannot travel.
+    let mut no = decision(&case_id, false);
+    no.voluntary = false;
+    at.record_return_decision(no).await?;
+    let here = wait_status(&at, &id, w::ReturnStatus::Halted).await?;
+    assert!(
+        here.status_reason.starts_with("decision"),
+        "{}",
+        here.status_reason
+    );
+    wait_status(&ro, &id, w::ReturnStatus::Halted).await?;
+    let travel = at
+        .record_travel(w::RecordTravelRequest {
+            return_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(travel.code(), Code::FailedPrecondition);
+    fed.stop().await?;
+    Ok(())
+}
