@@ -1,5 +1,5 @@
 //! The pipelines of every shared record, written once over its lifecycle
-//! ([`SharedRecord`] in trm-core, [`StoredRecord`] in trm-store): a local step (load,
+//! ([`SharedRecord`](trm_core::exchange::SharedRecord) in trm-core, [`StoredRecord`] in trm-store): a local step (load,
 //! authorize, apply, keep, announce), the other node's update, the erasure of the copy a
 //! node received, and the confirmation of it. A new shared record implements those two
 //! traits, and the services and the federation flows take it through

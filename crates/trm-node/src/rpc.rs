@@ -1,5 +1,5 @@
 //! The shape every local RPC shares, written once: handlers return the service's own result
-//! ([`ApiResult`]) and [`grpc_service!`] turns it into a `Status` in one place; a mutating
+//! ([`ApiResult`]) and [`grpc_service!`](crate::grpc_service) turns it into a `Status` in one place; a mutating
 //! request is committed once whatever a client retries ([`Ctx::once`], with its result read
 //! back through [`Replay`]); a list is cut into pages in one place ([`cut`]).
 
