@@ -115,6 +115,13 @@ pub enum PeerMessage {
         status: HearingStatus,
         step: HearingStep,
     },
+    /// The case changed at the sender (UpdateCase): the copy it sent under `subject`
+    /// (a referral or return plan) now holds `disclosed`, what its purpose and consent
+    /// allow. Travels as a `ReferralUpdate` or `ReturnUpdate` carrying `disclosed` only.
+    CopyUpdate {
+        subject: crate::ids::Shared,
+        disclosed: DisclosedCase,
+    },
     /// Erase the copy of a referral or return plan (by its id) received from the sender.
     ErasureRequest {
         subject_id: uuid::Uuid,
@@ -143,6 +150,10 @@ impl PeerMessage {
             PeerMessage::ReturnUpdate { .. } => EnvelopeKind::ReturnUpdate,
             PeerMessage::HearingRequest { .. } => EnvelopeKind::HearingRequest,
             PeerMessage::HearingUpdate { .. } => EnvelopeKind::HearingUpdate,
+            PeerMessage::CopyUpdate { subject, .. } => match subject {
+                crate::ids::Shared::Referral(_) => EnvelopeKind::ReferralUpdate,
+                crate::ids::Shared::Return(_) => EnvelopeKind::ReturnUpdate,
+            },
             PeerMessage::ErasureRequest { .. } => EnvelopeKind::ErasureRequest,
             PeerMessage::ErasureConfirmation { .. } => EnvelopeKind::ErasureConfirmation,
             PeerMessage::KeyAnnouncement { .. } => EnvelopeKind::KeyAnnouncement,

@@ -248,6 +248,11 @@ impl DisclosedCase {
             ..Default::default()
         }
     }
+
+    /// Returns whether this is what is kept of an erased copy.
+    pub fn is_tombstone(&self) -> bool {
+        *self == self.tombstone()
+    }
 }
 
 /// Parses a `YYYY-MM-DD` date; `field` names the input for the error.

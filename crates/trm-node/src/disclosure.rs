@@ -9,7 +9,10 @@ use trm_core::{
     messages::PeerMessage,
     messages::Topic,
     model::{CaseRecord, DisclosedCase, Purpose},
-    policy, FieldError,
+    policy,
+    referral::ReferralRecord,
+    returns::ReturnRecord,
+    FieldError,
 };
 use trm_federation::outbox;
 use trm_store::{audit::AuditRecord, Tx};
@@ -38,6 +41,103 @@ pub fn shared_of_case(tx: &mut Tx<'_>, case: CaseId) -> TxResult<Vec<Shared>> {
     shared.sort();
     shared.dedup();
     Ok(shared)
+}
+
+/// After a change of `case`, brings every copy this node sent of it up to date: each
+/// referral or return plan whose consent still covers its purpose and recipient, and whose
+/// erasure was not asked for, gets what the purpose and the consent allow of the case as
+/// it now stands, sent to the recipient as a copy update and audited (field names only).
+/// Returns how many copies changed.
+pub fn refresh_copies(
+    ctx: &Ctx,
+    tx: &mut Tx<'_>,
+    p: &Principal,
+    case: &CaseRecord,
+) -> TxResult<usize> {
+    let consents = tx.consents(case.case_id)?;
+    let mut sent = 0;
+    for shared in shared_of_case(tx, case.case_id)? {
+        let (purpose, recipient, held) = match shared {
+            Shared::Referral(id) => match tx.record::<ReferralRecord>(id)? {
+                Some(r) if !r.erasure.requested() => {
+                    (Purpose::ReferralAssistance, r.destination, r.disclosed)
+                }
+                _ => continue,
+            },
+            Shared::Return(id) => match tx.record::<ReturnRecord>(id)? {
+                Some(r) if !r.erasure.requested() => {
+                    (Purpose::ReturnPlanning, r.destination, r.disclosed)
+                }
+                _ => continue,
+            },
+        };
+        // A copy whose consent lapsed is being erased, not updated.
+        let Ok(grant) = consent::grant(&consents, purpose, recipient, today()) else {
+            continue;
+        };
+        let now = policy::disclose(
+            case,
+            purpose,
+            &grant.categories,
+            held.case_ref.clone(),
+            today(),
+        );
+        if now == held {
+            continue;
+        }
+        keep_copy(tx, shared, &now)?;
+        let topic = match shared {
+            Shared::Referral(id) => Topic::Referral(id),
+            Shared::Return(id) => Topic::Return(id),
+        };
+        let message = PeerMessage::CopyUpdate {
+            subject: shared,
+            disclosed: now.clone(),
+        };
+        let message_id = outbox::enqueue(
+            tx,
+            &ctx.identity.current(),
+            recipient,
+            topic,
+            &now.case_ref,
+            trm_proto::peer::to_wire(&message),
+        )?;
+        let fields: Vec<&str> = policy::fields_present(&now)
+            .iter()
+            .map(|f| f.path())
+            .collect();
+        tx.audit(
+            AuditRecord::new(actor(p), "case.copy_update", topic.to_string(), "sent").detail(
+                format!(
+                    "case={} to={recipient} purpose={} message={message_id} fields={}",
+                    case.case_id,
+                    purpose.as_str(),
+                    fields.join(",")
+                ),
+            ),
+        )?;
+        sent += 1;
+    }
+    Ok(sent)
+}
+
+/// Keeps, in this node's record of a copy it sent, what the copy now holds.
+fn keep_copy(tx: &mut Tx<'_>, shared: Shared, now: &DisclosedCase) -> TxResult<()> {
+    match shared {
+        Shared::Referral(id) => {
+            if let Some(mut r) = tx.record::<ReferralRecord>(id)? {
+                r.disclosed = now.clone();
+                tx.put_record(&r)?;
+            }
+        }
+        Shared::Return(id) => {
+            if let Some(mut r) = tx.record::<ReturnRecord>(id)? {
+                r.disclosed = now.clone();
+                tx.put_record(&r)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Loads a case inside a transaction; NOT_FOUND when absent.

@@ -9,7 +9,7 @@ use trm_core::{
         check_child_measures, HearingEvent, HearingParties, HearingRecord, HearingStatus,
         HearingStep, HearingTerms,
     },
-    ids::{HearingId, NodeId, ReferralId, ReturnId, WitnessRecord},
+    ids::{HearingId, NodeId, ReferralId, ReturnId, Shared, WitnessRecord},
     messages::{EnvelopeKind, PeerMessage, Topic},
     model::{DisclosedCase, NeedKind, Purpose},
     policy,
@@ -19,7 +19,10 @@ use trm_core::{
 use trm_crypto::signing::Signer;
 use trm_federation::{outbox, FlowHandler, Inbound, PeerDirectory, Rejection};
 use trm_proto::v1::ReceiptOutcome;
-use trm_store::{repo::outbox::OutboxItem, Tx, TxFail};
+use trm_store::{
+    repo::{flows::StoredRecord, outbox::OutboxItem},
+    Tx, TxFail,
+};
 
 /// Applies the flows' payloads for node `id`.
 #[derive(Debug)]
@@ -218,6 +221,60 @@ impl Flows {
     }
 }
 
+impl Flows {
+    /// The case behind a copy this node received changed at the sender (UpdateCase): the
+    /// copy now holds `disclosed`, checked against the same disclosure table as when it
+    /// first crossed, under the same reference. An erased copy stays erased.
+    fn copy_update(
+        &self,
+        tx: &mut Tx<'_>,
+        inbound: &Inbound,
+        subject: Shared,
+        disclosed: &DisclosedCase,
+    ) -> FlowResult {
+        match subject {
+            Shared::Referral(id) => {
+                check_disclosure(inbound, disclosed, Purpose::ReferralAssistance)?;
+                refresh_copy::<ReferralRecord>(tx, inbound, id, disclosed, |r| &mut r.disclosed)
+            }
+            Shared::Return(id) => {
+                check_disclosure(inbound, disclosed, Purpose::ReturnPlanning)?;
+                refresh_copy::<ReturnRecord>(tx, inbound, id, disclosed, |r| &mut r.disclosed)
+            }
+        }
+    }
+}
+
+/// Replaces the disclosed case (`copy` of the record) of record `id`, received from the
+/// sender of `inbound`, with `disclosed`.
+fn refresh_copy<R: StoredRecord>(
+    tx: &mut Tx<'_>,
+    inbound: &Inbound,
+    id: R::Id,
+    disclosed: &DisclosedCase,
+    copy: impl Fn(&mut R) -> &mut DisclosedCase,
+) -> FlowResult {
+    let mut r = tx
+        .record::<R>(id)?
+        .ok_or_else(|| unknown(format!("no such {}", R::KIND.name())))?;
+    if r.origin() != inbound.sender {
+        return Err(unknown(format!(
+            "{} not received from the sender",
+            R::KIND.name()
+        )));
+    }
+    let held = copy(&mut r);
+    if held.is_tombstone() {
+        return Err(transition("the copy was erased"));
+    }
+    if held.case_ref != disclosed.case_ref {
+        return Err(malformed("disclosed.case_ref differs from the copy's"));
+    }
+    *held = disclosed.clone();
+    tx.put_record(&r)?;
+    Ok(())
+}
+
 /// Checks what crossed for `purpose` against the same disclosure table the sender must
 /// apply: a field the purpose does not allow refuses the whole payload.
 fn check_disclosure(inbound: &Inbound, disclosed: &DisclosedCase, purpose: Purpose) -> FlowResult {
@@ -261,6 +318,9 @@ impl FlowHandler for Flows {
             PeerMessage::KeyAnnouncement { .. } => Err(malformed(
                 "a key announcement is the directory's, not a flow's",
             )),
+            PeerMessage::CopyUpdate { subject, disclosed } => {
+                self.copy_update(tx, inbound, *subject, disclosed)
+            }
             PeerMessage::ErasureRequest { subject_id, reason } => {
                 self.erasure_request(tx, inbound, *subject_id, reason)
             }

@@ -6,7 +6,7 @@
 
 use trm_core::{
     hearing::{HearingStatus, HearingStep, HearingTerms},
-    ids::{HearingId, ReferralId, ReturnId},
+    ids::{HearingId, ReferralId, ReturnId, Shared},
     messages::{EnvelopeKind, PeerMessage},
     returns::{ReturnStatus, StepDetails},
     FieldError,
@@ -57,6 +57,17 @@ fn optional_ts(
     t.map(|t| from_ts(field, Some(t))).transpose()
 }
 
+/// The disclosed case of an update that carries only that (its status unspecified).
+fn copy_only(
+    status: i32,
+    d: Option<&w::DisclosedCase>,
+) -> Result<trm_core::model::DisclosedCase, PayloadError> {
+    if status != 0 {
+        return Err(FieldError::new("status", "must be unspecified when disclosed is set").into());
+    }
+    disclosed(d)
+}
+
 /// Parses a peer's payload into the domain message.
 pub fn parse(payload: &Payload) -> Result<PeerMessage, PayloadError> {
     Ok(match payload {
@@ -64,6 +75,11 @@ pub fn parse(payload: &Payload) -> Result<PeerMessage, PayloadError> {
             referral_id: ReferralId::parse("referral_id", &o.referral_id)?,
             disclosed: disclosed(o.disclosed.as_ref())?,
             requested_services: enums("requested_services", &o.requested_services)?,
+        },
+        // A copy's new disclosed case comes with no step: one or the other.
+        Payload::ReferralUpdate(u) if u.disclosed.is_some() => PeerMessage::CopyUpdate {
+            subject: Shared::Referral(ReferralId::parse("referral_id", &u.referral_id)?),
+            disclosed: copy_only(u.status, u.disclosed.as_ref())?,
         },
         Payload::ReferralUpdate(u) => PeerMessage::ReferralUpdate {
             referral_id: ReferralId::parse("referral_id", &u.referral_id)?,
@@ -75,6 +91,10 @@ pub fn parse(payload: &Payload) -> Result<PeerMessage, PayloadError> {
             disclosed: disclosed(r.disclosed.as_ref())?,
             hearing_pending: r.hearing_pending,
             compensation_pending: r.compensation_pending,
+        },
+        Payload::ReturnUpdate(u) if u.disclosed.is_some() => PeerMessage::CopyUpdate {
+            subject: Shared::Return(ReturnId::parse("return_id", &u.return_id)?),
+            disclosed: copy_only(u.status, u.disclosed.as_ref())?,
         },
         Payload::ReturnUpdate(u) => PeerMessage::ReturnUpdate {
             return_id: ReturnId::parse("return_id", &u.return_id)?,
@@ -164,6 +184,7 @@ pub fn to_wire(m: &PeerMessage) -> Payload {
             referral_id: referral_id.to_string(),
             status: referral_status_to_wire(*status) as i32,
             reason: reason.clone(),
+            disclosed: None,
         }),
         PeerMessage::ReturnRequest {
             return_id,
@@ -196,6 +217,21 @@ pub fn to_wire(m: &PeerMessage) -> Payload {
             status,
             step,
         } => Payload::HearingUpdate(hearing_update(*hearing_id, *status, step)),
+        PeerMessage::CopyUpdate { subject, disclosed } => {
+            let disclosed = Some(disclosed_to_wire(disclosed));
+            match subject {
+                Shared::Referral(id) => Payload::ReferralUpdate(w::ReferralUpdate {
+                    referral_id: id.to_string(),
+                    disclosed,
+                    ..Default::default()
+                }),
+                Shared::Return(id) => Payload::ReturnUpdate(w::ReturnUpdate {
+                    return_id: id.to_string(),
+                    disclosed,
+                    ..Default::default()
+                }),
+            }
+        }
         PeerMessage::ErasureRequest { subject_id, reason } => {
             Payload::ErasureRequest(w::ErasureRequest {
                 subject_id: subject_id.to_string(),
@@ -226,6 +262,7 @@ fn return_update(id: ReturnId, status: ReturnStatus, step: &StepDetails) -> w::R
         reason: step.reason.clone(),
         details: step.details.clone(),
         travel_at: step.travel_at.map(ts),
+        disclosed: None,
     }
 }
 
@@ -264,6 +301,7 @@ mod tests {
                 referral_id: id.clone(),
                 status: status as i32,
                 reason: "ok".into(),
+                disclosed: None,
             })
         };
         assert!(matches!(
@@ -326,7 +364,7 @@ mod tests {
             },
             PeerMessage::ReturnRequest {
                 return_id: ReturnId::new(),
-                disclosed,
+                disclosed: disclosed.clone(),
                 hearing_pending: true,
                 compensation_pending: false,
             },
@@ -357,6 +395,14 @@ mod tests {
                     scheduled_at: Some(at),
                     minutes_reference: String::new(),
                 },
+            },
+            PeerMessage::CopyUpdate {
+                subject: Shared::Referral(ReferralId::new()),
+                disclosed: disclosed.clone(),
+            },
+            PeerMessage::CopyUpdate {
+                subject: Shared::Return(ReturnId::new()),
+                disclosed: disclosed.clone(),
             },
             PeerMessage::ErasureRequest {
                 subject_id: uuid::Uuid::now_v7(),

@@ -39,6 +39,9 @@ fn target_from(b: &[u8]) -> Option<WitnessRecord> {
     }
 }
 
+/// The tag under which where a person counts is kept (beside the shared records' kinds).
+const PERSON: u8 = b'c';
+
 impl Tx<'_> {
     /// Returns the case `id`.
     pub fn case(&mut self, id: CaseId) -> Result<Option<CaseRecord>> {
@@ -49,7 +52,10 @@ impl Tx<'_> {
     pub fn put_case(&mut self, case: &CaseRecord) -> Result<()> {
         if !self.exists(&layout::case(case.case_id))? {
             let cells = trm_core::stats::Profile::of_case(case).cells();
-            self.count_person(trm_core::stats::Month::of(case.identified_on), &cells)?;
+            let month =
+                self.count_person(trm_core::stats::Month::of(case.identified_on), &cells)?;
+            // Which month the person counts in (ids only), for a later change to move it.
+            self.put_json(&layout::counted(PERSON, case.case_id.as_bytes()), &month)?;
         }
         self.put_sealed(
             &layout::case(case.case_id),
@@ -57,6 +63,32 @@ impl Tx<'_> {
             case,
         )?;
         self.put_raw(&layout::case_of_org(&case.organisation, case.case_id), b"")
+    }
+
+    /// Writes a case that changed (`before` is how it stood): the person's count in the
+    /// statistics moves with the change while the month it counts in is not yet published;
+    /// a published month never changes.
+    pub fn update_case(&mut self, before: &CaseRecord, case: &CaseRecord) -> Result<()> {
+        use trm_core::stats::{Month, Profile};
+        let (old, new) = (
+            Profile::of_case(before).cells(),
+            Profile::of_case(case).cells(),
+        );
+        if old != new {
+            let key = layout::counted(PERSON, case.case_id.as_bytes());
+            let month = self
+                .get_json::<Month>("counted person", &key)?
+                .unwrap_or_else(|| Month::of(before.identified_on));
+            if self.published_report(month)?.is_none() {
+                for c in &old {
+                    self.count(month, c, -1)?;
+                }
+                for c in &new {
+                    self.count(month, c, 1)?;
+                }
+            }
+        }
+        self.put_case(case)
     }
 
     /// Erases a case: its key is shredded (its record, risk assessments and decisions can
@@ -71,6 +103,7 @@ impl Tx<'_> {
         self.delete(&layout::case_of_org(&case.organisation, id))?;
         self.delete(&layout::risk(id))?;
         self.delete(&layout::decisions(id))?;
+        self.delete(&layout::counted(PERSON, id.as_bytes()))?;
         for c in self.consents(id)? {
             let prefix = layout::disclosures(c.consent_id);
             for (k, _) in self.scan_raw(&prefix, None, usize::MAX)? {

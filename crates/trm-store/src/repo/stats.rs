@@ -124,13 +124,14 @@ impl Tx<'_> {
         }
     }
 
-    /// Counts a person in every cell of `cells`, in `month`.
-    pub(crate) fn count_person(&mut self, month: Month, cells: &[Cell]) -> Result<()> {
+    /// Counts a person in every cell of `cells`, in `month` (or now, once `month` is
+    /// published); returns the month it counted in.
+    pub(crate) fn count_person(&mut self, month: Month, cells: &[Cell]) -> Result<Month> {
         let month = self.counting_month(month)?;
         for c in cells {
             self.count(month, c, 1)?;
         }
-        Ok(())
+        Ok(month)
     }
 
     /// Moves the count of record `id` (of the kind tagged `kind`) to `cell` in `month`, where it was counted
