@@ -39,6 +39,7 @@ const OPERATOR: Allowed = Allowed::Roles(&[OP]);
 /// The table: every RPC of package trm.v1 and who may call it.
 const TABLE: &[(&str, &str, Allowed)] = &[
     ("ReferralService", "CreateCase", CASE),
+    ("ReferralService", "UpdateCase", CASE),
     ("ReferralService", "GetCase", CASE),
     ("ReferralService", "ListCases", CASE),
     ("ReferralService", "RecordConsent", CASE),

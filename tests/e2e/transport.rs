@@ -216,6 +216,7 @@ async fn envelopes_are_verified_before_any_effect_and_receipts_bind_the_bytes() 
         referral_id: incoming.referrals[0].referral_id.clone(),
         status: w::ReferralStatus::Accepted as i32,
         reason: String::new(),
+        disclosed: None,
     });
     let r = client
         .deliver(envelope::seal(&ro_key, ro, at, "ref-a", update))
@@ -664,6 +665,7 @@ async fn a_later_batch_that_overtakes_an_earlier_one_waits_for_it() -> anyhow::R
             referral_id: referral_id.clone(),
             status: w::ReferralStatus::Withdrawn as i32,
             reason: "plans changed".into(),
+            disclosed: None,
         }),
     );
     let later = {

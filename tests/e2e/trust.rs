@@ -404,6 +404,7 @@ async fn a_duplicate_in_a_batch_carries_the_original_rejection() -> anyhow::Resu
         referral_id: uuid::Uuid::now_v7().to_string(),
         status: w::ReferralStatus::Accepted as i32,
         reason: String::new(),
+        disclosed: None,
     });
     let env = envelope::seal(&ro_key, ro, at, "ref", unknown);
     let mut client = as_ro(&fed).await?;

@@ -18,7 +18,7 @@ use trm_core::{
     FieldError, Guard, GuardError,
 };
 use trm_proto::{
-    command::{EraseCase, Get, Paged, SubmitReferral, WithdrawConsent},
+    command::{EraseCase, Get, Paged, SubmitReferral, UpdateCase, WithdrawConsent},
     convert,
     v1::{self as w, referral_service_server::ReferralService},
 };
@@ -67,6 +67,7 @@ impl lifecycle::StepRules for ReferralRecord {}
 
 crate::grpc_service!(Referrals => ReferralService {
     create_case(w::CreateCaseRequest) -> w::Case;
+    update_case(w::UpdateCaseRequest) -> w::Case;
     get_case(w::GetCaseRequest) -> w::Case;
     list_cases(w::ListCasesRequest) -> w::ListCasesResponse;
     record_consent(w::RecordConsentRequest) -> w::Consent;
@@ -122,6 +123,35 @@ impl Referrals {
             })
             .await?;
         info!(case_id = %case.case_id, org = %p.org, "case created");
+        Ok(convert::case_to_wire(&case))
+    }
+
+    #[instrument(skip_all)]
+    async fn update_case(&self, request: Request<w::UpdateCaseRequest>) -> ApiResult<w::Case> {
+        let (p, idem) = authz::caller(&request, Action::UpdateCase)?;
+        let update = UpdateCase::try_from(request.get_ref())?;
+        let (ctx, who) = (self.ctx.clone(), p.clone());
+        let case: CaseRecord = self
+            .ctx
+            .once(idem, &p, move |tx| {
+                let before = load_case(tx, update.case_id)?;
+                owns(&who, &before)?;
+                let mut case = before.clone();
+                update.apply(&mut case);
+                tx.update_case(&before, &case)?;
+                // What changed reaches every copy its purpose and consent allow.
+                let copies = disclosure::refresh_copies(&ctx, tx, &who, &case)?;
+                tx.audit(
+                    AuditRecord::new(actor(&who), "case.update", case.case_id.to_string(), "ok")
+                        .detail(format!(
+                            "fields={} copies_updated={copies}",
+                            update.fields().join(",")
+                        )),
+                )?;
+                Ok(case)
+            })
+            .await?;
+        info!(case_id = %case.case_id, "case updated");
         Ok(convert::case_to_wire(&case))
     }
 

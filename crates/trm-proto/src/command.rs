@@ -14,7 +14,7 @@ use trm_core::{
         ReturnId,
     },
     limits::Page,
-    model::NeedKind,
+    model::{ChildInfo, Exploitation, NeedKind, Needs, Person},
     referral::{Direction, ReferralEvent, ReferralRecord, ReferralStep},
     returns::{ReturnDecision, ReturnEvent, ReturnRecord, RiskAssessment, StepDetails},
     FieldError,
@@ -496,5 +496,101 @@ impl TryFrom<&w::RequestHearingRequest> for RequestHearing {
             witness_country: c::country("witness_country", &r.witness_country)?,
             terms,
         })
+    }
+}
+
+/// `UpdateCase`: the case and the groups named in `update_mask` (AIP-134), each parsed
+/// whole as `CreateCase` parses it; a group not named is left as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateCase {
+    pub case_id: CaseId,
+    pub person: Option<Person>,
+    pub needs: Option<Needs>,
+    pub exploitation: Option<Exploitation>,
+    pub child: Option<ChildInfo>,
+}
+
+/// The paths `update_mask` may name.
+pub const CASE_PATHS: [&str; 4] = ["person", "needs", "exploitation", "child"];
+
+impl UpdateCase {
+    /// Returns the groups it changes, as the audit names them.
+    pub fn fields(&self) -> Vec<&'static str> {
+        let named = [
+            self.person.is_some(),
+            self.needs.is_some(),
+            self.exploitation.is_some(),
+            self.child.is_some(),
+        ];
+        CASE_PATHS
+            .iter()
+            .zip(named)
+            .filter_map(|(p, n)| n.then_some(*p))
+            .collect()
+    }
+
+    /// Applies the groups it changes to `case`.
+    pub fn apply(&self, case: &mut trm_core::model::CaseRecord) {
+        if let Some(p) = &self.person {
+            case.person = p.clone();
+        }
+        if let Some(n) = &self.needs {
+            case.needs = n.clone();
+        }
+        if let Some(e) = &self.exploitation {
+            case.exploitation = e.clone();
+        }
+        if let Some(c) = self.child {
+            case.child = c;
+        }
+    }
+}
+
+impl TryFrom<&w::UpdateCaseRequest> for UpdateCase {
+    type Error = FieldError;
+    fn try_from(r: &w::UpdateCaseRequest) -> Result<Self, FieldError> {
+        let case_id = CaseId::parse("case_id", &r.case_id)?;
+        let paths = r.update_mask.as_ref().map_or(&[][..], |m| &m.paths[..]);
+        if paths.is_empty() {
+            return Err(FieldError::new(
+                "update_mask",
+                "is required: name the groups to change (person, needs, exploitation, child)",
+            ));
+        }
+        let today = time::OffsetDateTime::now_utc().date();
+        let mut u = UpdateCase {
+            case_id,
+            person: None,
+            needs: None,
+            exploitation: None,
+            child: None,
+        };
+        for path in paths {
+            match path.as_str() {
+                "person" => u.person = Some(c::person(r.person.as_ref(), today)?),
+                "needs" => u.needs = Some(c::needs(r.needs.as_ref())?),
+                "exploitation" => u.exploitation = Some(c::exploitation(r.exploitation.as_ref())?),
+                "child" => u.child = Some(c::child(r.child.as_ref())),
+                other => {
+                    // A path is echoed only when it reads as one.
+                    let shown = if other.len() <= 64
+                        && other
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.')
+                    {
+                        format!("{other:?}")
+                    } else {
+                        "a path".to_owned()
+                    };
+                    return Err(FieldError::new(
+                        "update_mask",
+                        format!(
+                            "names {shown}, which is not one of person, needs, exploitation, child"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(u)
     }
 }

@@ -252,10 +252,28 @@ fn opt_date_text(d: Option<Date>) -> String {
 
 /// Parses `CreateCaseRequest`.
 pub fn new_case(req: &w::CreateCaseRequest, today: Date) -> Result<d::NewCase, FieldError> {
-    let p = req
-        .person
-        .as_ref()
-        .ok_or_else(|| FieldError::new("person", "is required"))?;
+    let person = person(req.person.as_ref(), today)?;
+    let needs = needs(req.needs.as_ref())?;
+    let exploitation = exploitation(req.exploitation.as_ref())?;
+    let identified_on = opt_date("identified_on", &req.identified_on)?;
+    if identified_on.is_some_and(|day| day > today) {
+        return Err(FieldError::new(
+            "identified_on",
+            "must not be in the future",
+        ));
+    }
+    Ok(d::NewCase {
+        person,
+        needs,
+        exploitation,
+        child: child(req.child.as_ref()),
+        identified_on,
+    })
+}
+
+/// Parses a case's `person` (required, with a given or a family name).
+pub fn person(p: Option<&w::Person>, today: Date) -> Result<d::Person, FieldError> {
+    let p = p.ok_or_else(|| FieldError::new("person", "is required"))?;
     let date_of_birth = opt_date("person.date_of_birth", &p.date_of_birth)?;
     if date_of_birth.is_some_and(|dob| dob > today) {
         return Err(FieldError::new(
@@ -280,35 +298,35 @@ pub fn new_case(req: &w::CreateCaseRequest, today: Date) -> Result<d::NewCase, F
             "a given or family name is required",
         ));
     }
-    let needs = match &req.needs {
+    Ok(person)
+}
+
+/// Parses a case's `needs` (none: no needs recorded).
+pub fn needs(n: Option<&w::Needs>) -> Result<d::Needs, FieldError> {
+    Ok(match n {
         Some(n) => d::Needs {
             kinds: enums("needs.kinds", &n.kinds)?,
             urgency: Some(d::Urgency::from_wire("needs.urgency", n.urgency)?),
             notes: text("needs.notes", &n.notes)?,
         },
         None => d::Needs::default(),
-    };
-    let exploitation = match &req.exploitation {
+    })
+}
+
+/// Parses a case's `exploitation` (none: nothing recorded).
+pub fn exploitation(e: Option<&w::Exploitation>) -> Result<d::Exploitation, FieldError> {
+    Ok(match e {
         Some(e) => d::Exploitation {
             types: enums("exploitation.types", &e.types)?,
             countries: countries("exploitation.countries", &e.countries)?,
         },
         None => d::Exploitation::default(),
-    };
-    let identified_on = opt_date("identified_on", &req.identified_on)?;
-    if identified_on.is_some_and(|day| day > today) {
-        return Err(FieldError::new(
-            "identified_on",
-            "must not be in the future",
-        ));
-    }
-    Ok(d::NewCase {
-        person,
-        needs,
-        exploitation,
-        child: req.child.map(child_from_wire).unwrap_or_default(),
-        identified_on,
     })
+}
+
+/// Parses a case's `child` information (none: not a child).
+pub fn child(c: Option<&w::ChildInfo>) -> d::ChildInfo {
+    c.copied().map(child_from_wire).unwrap_or_default()
 }
 
 fn child_from_wire(c: w::ChildInfo) -> d::ChildInfo {

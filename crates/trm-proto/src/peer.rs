@@ -337,6 +337,24 @@ mod tests {
         assert!(matches!(parse(&leaky), Err(PayloadError::Disclosure(_))));
     }
 
+    /// An update carries a step or a copy's new disclosed case, never both.
+    #[test]
+    fn a_copy_update_with_a_status_is_refused() {
+        let both = Payload::ReferralUpdate(w::ReferralUpdate {
+            referral_id: uuid::Uuid::now_v7().to_string(),
+            status: w::ReferralStatus::Accepted as i32,
+            reason: String::new(),
+            disclosed: Some(w::DisclosedCase {
+                case_ref: "ref".into(),
+                ..Default::default()
+            }),
+        });
+        assert!(matches!(
+            parse(&both),
+            Err(PayloadError::Malformed(f)) if f.to_string().contains("status")
+        ));
+    }
+
     /// What the node writes, a peer parses back to the same message.
     #[test]
     fn every_message_written_parses_back_the_same() {

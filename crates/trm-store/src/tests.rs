@@ -602,6 +602,60 @@ fn a_person_identified_in_a_published_month_counts_in_the_month_entered() {
     );
 }
 
+/// A change of a case moves where its person counts while that month is unpublished; a
+/// published month never changes.
+#[test]
+fn a_changed_case_moves_its_count_only_within_an_unpublished_month() {
+    use crate::repo::stats::PublishedReport;
+    use trm_core::stats::{Cell, Month, Period};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &SecretKey::generate());
+    let period = |m: Month| Period {
+        start: time::Date::from_calendar_date(m.year, m.month.try_into().unwrap(), 1).unwrap(),
+        end: m.next_first_day(),
+    };
+    let children = |m: Month, child: bool| {
+        store
+            .stat_counts(period(m))
+            .unwrap()
+            .get(&Cell::Child(Some(child)))
+            .copied()
+    };
+    let change = |before: &CaseRecord| {
+        let (before, mut after) = (before.clone(), before.clone());
+        after.child.is_child = true;
+        store
+            .commit_blocking::<(), (), _>(move |tx| Ok(tx.update_case(&before, &after)?))
+            .unwrap();
+    };
+    let open_month = Month::of(date!(2026 - 01 - 01));
+    let c = case("Open");
+    put(&store, &c);
+    change(&c);
+    assert_eq!(children(open_month, true), Some(1), "moved");
+    assert_eq!(children(open_month, false), None);
+
+    let mut d = case("Published");
+    d.identified_on = date!(2026 - 02 - 10);
+    put(&store, &d);
+    let published = Month::of(d.identified_on);
+    let kept = PublishedReport {
+        report: vec![1],
+        key_id: "k".into(),
+        signature: vec![2],
+    };
+    store
+        .commit_blocking::<(), (), _>(move |tx| Ok(tx.put_published_report(published, &kept)?))
+        .unwrap();
+    change(&d);
+    assert_eq!(
+        children(published, false),
+        Some(1),
+        "the published month keeps it"
+    );
+    assert_eq!(children(published, true), None);
+}
+
 #[test]
 fn a_data_key_read_in_a_refused_request_is_never_used_for_a_later_one() {
     let dir = tempfile::tempdir().unwrap();

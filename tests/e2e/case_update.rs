@@ -1,0 +1,167 @@
+//! A case changes over its life (`UpdateCase`, AIP-134): only the groups the mask names
+//! change, and what changed reaches every copy sent under a still active consent, as far
+//! as that copy's purpose and consent allow.
+
+use prost_types::FieldMask;
+use tonic::{transport::Channel, Code};
+use trm_core::ids::Role;
+use trm_proto::v1::{self as w, referral_service_client::ReferralServiceClient};
+use trm_tests::{eventually, requests, TestFederation};
+
+fn update(case_id: &str, paths: &[&str]) -> w::UpdateCaseRequest {
+    w::UpdateCaseRequest {
+        case_id: case_id.into(),
+        update_mask: Some(FieldMask {
+            paths: paths.iter().map(|p| (*p).into()).collect(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The referral's copy at RO once `pred` holds of it.
+async fn copy_at_ro(
+    ro: &ReferralServiceClient<Channel>,
+    id: &str,
+    what: &str,
+    pred: fn(&w::DisclosedCase) -> bool,
+) -> anyhow::Result<w::DisclosedCase> {
+    eventually(what, || {
+        let mut ro = ro.clone();
+        let id = id.to_owned();
+        async move {
+            let r = ro
+                .get_referral(w::GetReferralRequest { referral_id: id })
+                .await?
+                .into_inner();
+            Ok(r.disclosed.filter(pred))
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_update_changes_the_groups_named_and_reaches_the_copy_as_far_as_it_may(
+) -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let case_id = sp
+        .create_case(requests::case("Ana", 10))
+        .await?
+        .into_inner()
+        .case_id;
+    sp.record_consent(requests::consent(
+        &case_id,
+        &[w::Purpose::ReferralAssistance],
+        &["RO"],
+        &[],
+    ))
+    .await?;
+    let referral_id = sp
+        .submit_referral(w::SubmitReferralRequest {
+            case_id: case_id.clone(),
+            destination: "RO".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .referral_id;
+    let ro = fed.referrals("RO", Role::FocalPoint).await?;
+    trm_tests::referral_arrived(&ro, &referral_id).await?;
+
+    // Needs and the child's protection change; the person, sent but not named, does not.
+    let mut req = update(&case_id, &["needs", "child"]);
+    req.needs = Some(w::Needs {
+        kinds: vec![w::NeedKind::Shelter as i32, w::NeedKind::Medical as i32],
+        urgency: w::Urgency::Urgent as i32,
+        notes: "needs a doctor".into(),
+    });
+    req.child = Some(w::ChildInfo {
+        is_child: true,
+        guardian_assigned: true,
+        best_interests_determined: false,
+    });
+    req.person = Some(w::Person {
+        given_name: "NotNamedInTheMask".into(),
+        ..Default::default()
+    });
+    let case = sp.update_case(req).await?.into_inner();
+    assert_eq!(case.person.clone().unwrap_or_default().given_name, "Ana");
+    assert_eq!(case.needs.clone().unwrap_or_default().kinds.len(), 2);
+    assert!(case.child.unwrap_or_default().guardian_assigned);
+
+    let copy = copy_at_ro(&ro, &referral_id, "the copy's new needs", |d| {
+        d.needs.as_ref().is_some_and(|n| n.kinds.len() == 2)
+    })
+    .await?;
+    let needs = copy.needs.clone().unwrap_or_default();
+    assert!(needs.notes.is_empty(), "free-text notes never leave");
+    assert!(copy
+        .child
+        .is_some_and(|c| c.is_child && c.guardian_assigned));
+    assert!(
+        copy.identity.is_none(),
+        "a referral's copy holds no identity, before or after"
+    );
+
+    // The person changes here; nothing of it may cross for a referral.
+    let mut req = update(&case_id, &["person"]);
+    req.person = Some(w::Person {
+        given_name: "Anca".into(),
+        family_name: "Testperson".into(),
+        date_of_birth: "1995-05-05".into(),
+        gender: w::Gender::Female as i32,
+        citizenship: vec!["RO".into()],
+        ..Default::default()
+    });
+    let case = sp.update_case(req).await?.into_inner();
+    assert_eq!(case.person.unwrap_or_default().given_name, "Anca");
+    let copy = copy_at_ro(&ro, &referral_id, "the copy as it was", |_| true).await?;
+    assert!(copy.identity.is_none());
+
+    // Bad masks change nothing and name the field.
+    for (paths, why) in [
+        (&[][..], "an empty mask"),
+        (&["person.secret"][..], "an unknown path"),
+        (&["needs", "case_id"][..], "a path that is not a group"),
+    ] {
+        let err = sp.update_case(update(&case_id, paths)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{why}");
+        assert!(
+            err.message().contains("update_mask"),
+            "{why}: {}",
+            err.message()
+        );
+    }
+    let after = sp
+        .get_case(w::GetCaseRequest {
+            case_id: case_id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(after.needs.unwrap_or_default().kinds.len(), 2);
+
+    // Another organisation's provider may not change the case.
+    let prefix = fed.dir().join("sp2");
+    let trmctl::client::IssueReport { cert, key, .. } = trmctl::client::issue(
+        &fed.dir().join("AT/node.toml"),
+        Role::ServiceProvider,
+        &"sp2".parse()?,
+        &prefix,
+        trm_crypto::pki::CLIENT_VALIDITY_DAYS,
+    )?;
+    let channel = trmctl::connect::channel(
+        &fed.node("AT")?.addrs.services.to_string(),
+        &fed.dir().join("AT/services-ca.pem"),
+        &cert,
+        &key,
+    )
+    .await?;
+    let mut sp2 = ReferralServiceClient::new(channel);
+    let err = sp2
+        .update_case(update(&case_id, &["child"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    fed.stop().await?;
+    Ok(())
+}
