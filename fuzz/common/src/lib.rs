@@ -131,6 +131,13 @@ pub fn payloads() -> Vec<Payload> {
             referral_id: id7(),
             status: w::ReferralStatus::Accepted as i32,
             reason: "capacity available".into(),
+            disclosed: None,
+        }),
+        // A copy's new disclosed case (UpdateCase at the origin).
+        Payload::ReferralUpdate(w::ReferralUpdate {
+            referral_id: id7(),
+            disclosed: Some(disclosed(false)),
+            ..Default::default()
         }),
         Payload::ReturnRequest(w::ReturnRequest {
             return_id: id7(),
@@ -144,6 +151,7 @@ pub fn payloads() -> Vec<Payload> {
             reason: String::new(),
             details: "escorted".into(),
             travel_at: Some(ts(later)),
+            disclosed: None,
         }),
         Payload::HearingRequest(w::HearingRequest {
             hearing_id: id7(),
