@@ -2,7 +2,7 @@
 
 use tonic::Code;
 use trm_core::ids::Role;
-use trm_proto::v1::{self as w, referral_service_client::ReferralServiceClient};
+use trm_proto::v1 as w;
 use trm_tests::TestFederation;
 
 fn case() -> w::CreateCaseRequest {
@@ -86,22 +86,7 @@ async fn service_providers_see_only_their_own_organisation_and_issued_certificat
     assert_eq!(mine.organisation, "sp1");
 
     // A second organisation, with a certificate from `trmctl client issue`.
-    let prefix = fed.dir().join("sp2");
-    let trmctl::client::IssueReport { cert, key, .. } = trmctl::client::issue(
-        &fed.dir().join("AT/node.toml"),
-        Role::ServiceProvider,
-        &"sp2".parse()?,
-        &prefix,
-        trm_crypto::pki::CLIENT_VALIDITY_DAYS,
-    )?;
-    let channel = trmctl::connect::channel(
-        &fed.node("AT")?.addrs.services.to_string(),
-        &fed.dir().join("AT/services-ca.pem"),
-        &cert,
-        &key,
-    )
-    .await?;
-    let mut sp2 = ReferralServiceClient::new(channel);
+    let mut sp2 = fed.referrals_of_org("AT", "sp2").await?;
     let theirs = sp2.create_case(case()).await?.into_inner();
     assert_eq!(theirs.organisation, "sp2");
 

@@ -141,22 +141,7 @@ async fn an_update_changes_the_groups_named_and_reaches_the_copy_as_far_as_it_ma
     assert_eq!(after.needs.unwrap_or_default().kinds.len(), 2);
 
     // Another organisation's provider may not change the case.
-    let prefix = fed.dir().join("sp2");
-    let trmctl::client::IssueReport { cert, key, .. } = trmctl::client::issue(
-        &fed.dir().join("AT/node.toml"),
-        Role::ServiceProvider,
-        &"sp2".parse()?,
-        &prefix,
-        trm_crypto::pki::CLIENT_VALIDITY_DAYS,
-    )?;
-    let channel = trmctl::connect::channel(
-        &fed.node("AT")?.addrs.services.to_string(),
-        &fed.dir().join("AT/services-ca.pem"),
-        &cert,
-        &key,
-    )
-    .await?;
-    let mut sp2 = ReferralServiceClient::new(channel);
+    let mut sp2 = fed.referrals_of_org("AT", "sp2").await?;
     let err = sp2
         .update_case(update(&case_id, &["child"]))
         .await

@@ -524,6 +524,30 @@ impl TestFederation {
         ))
     }
 
+    /// Returns a `ReferralService` client of node `id` for a service provider of another
+    /// organisation, `org`, with a certificate from `trmctl client issue`.
+    pub async fn referrals_of_org(
+        &self,
+        id: &str,
+        org: &str,
+    ) -> Result<ReferralServiceClient<Channel>> {
+        let trmctl::client::IssueReport { cert, key, .. } = trmctl::client::issue(
+            &self.dir().join(format!("{id}/node.toml")),
+            Role::ServiceProvider,
+            &org.parse()?,
+            &self.dir().join(org),
+            trm_crypto::pki::CLIENT_VALIDITY_DAYS,
+        )?;
+        let channel = trmctl::connect::channel(
+            &self.node(id)?.addrs.services.to_string(),
+            &self.dir().join(format!("{id}/services-ca.pem")),
+            &cert,
+            &key,
+        )
+        .await?;
+        Ok(ReferralServiceClient::new(channel))
+    }
+
     /// Returns a `WitnessHearingService` client of node `id` authenticated as `role`.
     pub async fn hearings(
         &self,
