@@ -507,6 +507,8 @@ mod tests {
             identified_on,
             organisation: "sp1".parse().unwrap(),
             created_at: datetime!(2026-01-01 0:00 UTC),
+            identifications: vec![],
+            residence: None,
         }
     }
 

@@ -104,6 +104,8 @@ impl Referrals {
             identified_on: new.identified_on.unwrap_or_else(today),
             organisation: p.org.clone(),
             created_at: OffsetDateTime::now_utc(),
+            identifications: vec![],
+            residence: None,
         };
         let who = actor(&p);
         let case: CaseRecord = self
