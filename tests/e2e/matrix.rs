@@ -53,6 +53,13 @@ const TABLE: &[(&str, &str, Allowed)] = &[
     ("ReferralService", "CloseReferral", CASE),
     ("ReferralService", "EraseCase", CASE),
     ("ReferralService", "WithdrawReferral", CASE),
+    ("ReferralService", "ListConsents", CASE),
+    ("ReferralService", "RecordIdentification", CASE),
+    (
+        "ReferralService",
+        "RecordResidenceStatus",
+        Allowed::Roles(&[FP, IA]),
+    ),
     ("ReturnPlanningService", "RecordRiskAssessment", CASE),
     ("ReturnPlanningService", "RecordReturnDecision", CASE),
     ("ReturnPlanningService", "ProposeReturn", CASE),
