@@ -26,7 +26,8 @@ use trm_core::stats::Period;
 use trm_fuzz_common::{self as fx, Local as L};
 use trm_node::admin;
 use trm_proto::command::{
-    EraseCase, Get, List, Paged, ProposeReturn, RequestHearing, SubmitReferral, WithdrawConsent,
+    EraseCase, Get, List, ListConsents, Paged, ProposeReturn, RecordIdentification,
+    RecordResidenceStatus, RequestHearing, SubmitReferral, UpdateCase, WithdrawConsent,
 };
 use trm_proto::{convert as c, v1 as w};
 
@@ -73,6 +74,14 @@ fuzz_target!(|data: &[u8]| {
         L::CloseReferral => parse::<w::CloseReferralRequest, StepRequest<Referral>>(data),
         L::EraseCase => parse::<w::EraseCaseRequest, EraseCase>(data),
         L::WithdrawReferral => parse::<w::WithdrawReferralRequest, StepRequest<Referral>>(data),
+        L::ListConsents => parse::<w::ListConsentsRequest, ListConsents>(data),
+        L::RecordIdentification => {
+            parse::<w::RecordIdentificationRequest, RecordIdentification>(data)
+        }
+        L::RecordResidenceStatus => {
+            parse::<w::RecordResidenceStatusRequest, RecordResidenceStatus>(data)
+        }
+        L::UpdateCase => parse::<w::UpdateCaseRequest, UpdateCase>(data),
 
         // ReturnPlanningService
         L::RecordRiskAssessment => parse::<w::RecordRiskAssessmentRequest, RiskAssessment>(data),

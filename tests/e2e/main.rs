@@ -3,6 +3,7 @@
 
 mod access;
 mod audit;
+mod case_life;
 mod case_update;
 mod cli;
 #[cfg(unix)]

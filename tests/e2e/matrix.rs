@@ -32,7 +32,9 @@ const SP: Role = Role::ServiceProvider;
 const FP: Role = Role::FocalPoint;
 const JA: Role = Role::JudicialAuthority;
 const OP: Role = Role::Operator;
+const IA: Role = Role::ImmigrationAuthority;
 const CASE: Allowed = Allowed::Roles(&[SP, FP]);
+const RETURN_PLANS: Allowed = Allowed::Roles(&[SP, FP, IA]);
 const FOCAL: Allowed = Allowed::Roles(&[FP]);
 const OPERATOR: Allowed = Allowed::Roles(&[OP]);
 
@@ -52,11 +54,18 @@ const TABLE: &[(&str, &str, Allowed)] = &[
     ("ReferralService", "CloseReferral", CASE),
     ("ReferralService", "EraseCase", CASE),
     ("ReferralService", "WithdrawReferral", CASE),
+    ("ReferralService", "ListConsents", CASE),
+    ("ReferralService", "RecordIdentification", CASE),
+    (
+        "ReferralService",
+        "RecordResidenceStatus",
+        Allowed::Roles(&[FP, IA]),
+    ),
     ("ReturnPlanningService", "RecordRiskAssessment", CASE),
     ("ReturnPlanningService", "RecordReturnDecision", CASE),
     ("ReturnPlanningService", "ProposeReturn", CASE),
-    ("ReturnPlanningService", "GetReturnPlan", CASE),
-    ("ReturnPlanningService", "ListReturnPlans", CASE),
+    ("ReturnPlanningService", "GetReturnPlan", RETURN_PLANS),
+    ("ReturnPlanningService", "ListReturnPlans", RETURN_PLANS),
     ("ReturnPlanningService", "RespondToReturn", FOCAL),
     ("ReturnPlanningService", "ScheduleReturn", CASE),
     ("ReturnPlanningService", "ConfirmArrival", FOCAL),

@@ -119,3 +119,33 @@ async fn a_decision_older_than_the_latest_risk_assessment_does_not_let_the_perso
     fed.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_protection_status_halts_the_return_and_refuses_a_new_one() -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let (case_id, id, mut at, ro) = confirmed_plan(&fed).await?;
+
+    let mut fp = fed.referrals("AT", Role::FocalPoint).await?;
+    fp.record_residence_status(w::RecordResidenceStatusRequest {
+        case_id: case_id.clone(),
+        status: w::ResidenceStatus::AsylumPending as i32,
+        ..Default::default()
+    })
+    .await?;
+    let here = wait_status(&at, &id, w::ReturnStatus::Halted).await?;
+    assert!(
+        here.status_reason.starts_with("non_refoulement"),
+        "{}",
+        here.status_reason
+    );
+    wait_status(&ro, &id, w::ReturnStatus::Halted).await?;
+    let refused = at.propose_return(propose(&case_id)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("non_refoulement"),
+        "{}",
+        refused.message()
+    );
+    fed.stop().await?;
+    Ok(())
+}

@@ -264,6 +264,8 @@ fn case(name: &str) -> trm_core::model::CaseRecord {
         organisation: trm_core::ids::OrgId::parse("organisation", "sp1")
             .unwrap_or_else(|_| unreachable!("a fixed organisation id")),
         created_at: time::OffsetDateTime::now_utc(),
+        identifications: vec![],
+        residence: None,
     }
 }
 

@@ -227,6 +227,7 @@ pub fn test_org(role: Role) -> OrgId {
         Role::FocalPoint => "nfp",
         Role::JudicialAuthority => "prosecutor",
         Role::Operator => "ops",
+        Role::ImmigrationAuthority => "immigration",
     };
     OrgId::parse("org", org).unwrap_or_else(|_| unreachable!("fixed organisation ids parse"))
 }

@@ -38,6 +38,8 @@ fn case() -> CaseRecord {
         identified_on: time::macros::date!(2026 - 01 - 01),
         organisation: "sp1".parse().unwrap_or_else(|_| unreachable!()),
         created_at: time::OffsetDateTime::now_utc(),
+        identifications: vec![],
+        residence: None,
     }
 }
 

@@ -483,6 +483,8 @@ fn preload(dir: &Path, n: usize) -> Result<()> {
                             .parse()
                             .map_err(|_| trm_store::TxFail::Store(trm_store::StoreError::Encode))?,
                         created_at: time::OffsetDateTime::now_utc(),
+                        identifications: vec![],
+                        residence: None,
                     };
                     tx.put_case(&case)?;
                 }

@@ -1,12 +1,14 @@
 //! Who may do what on a node: the role table of DESIGN.md in one place ([`Action`]), and
 //! the one rule for reaching a record ([`reach`]): a role may take an action, a service
 //! provider only on its own organisation's records, and a step of a shared record only on
-//! the side whose turn it is. Pure: the node's services ask it, the store is not its
+//! the side whose turn it is; and what a caller sees of what it reached
+//! ([`return_plan_seen_by`]). Pure: the node's services ask it, the store is not its
 //! concern.
 
 use crate::{
     exchange::{RecordKind, Side},
     ids::{OrgId, Principal, Role},
+    returns::ReturnRecord,
 };
 
 /// What a caller asks to do.
@@ -15,6 +17,8 @@ pub enum Action {
     CreateCase,
     ReadCase,
     UpdateCase,
+    RecordIdentification,
+    RecordResidenceStatus,
     RecordConsent,
     WithdrawConsent,
     EraseCase,
@@ -44,14 +48,19 @@ pub enum Action {
     Administer,
 }
 
-use Role::{FocalPoint as FP, JudicialAuthority as JA, Operator as OP, ServiceProvider as SP};
+use Role::{
+    FocalPoint as FP, ImmigrationAuthority as IA, JudicialAuthority as JA, Operator as OP,
+    ServiceProvider as SP,
+};
 
 impl Action {
     /// Every action, for tables and tests.
-    pub const ALL: [Action; 30] = [
+    pub const ALL: [Action; 32] = [
         Action::CreateCase,
         Action::ReadCase,
         Action::UpdateCase,
+        Action::RecordIdentification,
+        Action::RecordResidenceStatus,
         Action::RecordConsent,
         Action::WithdrawConsent,
         Action::EraseCase,
@@ -88,6 +97,7 @@ impl Action {
             A::CreateCase
             | A::ReadCase
             | A::UpdateCase
+            | A::RecordIdentification
             | A::RecordConsent
             | A::WithdrawConsent
             | A::EraseCase
@@ -98,7 +108,6 @@ impl Action {
             | A::RecordRiskAssessment
             | A::RecordReturnDecision
             | A::ProposeReturn
-            | A::ReadReturnPlans
             | A::ScheduleReturn
             | A::RecordTravel
             | A::HaltReturn
@@ -109,6 +118,12 @@ impl Action {
             | A::ConfirmArrival
             | A::RecordFollowUp
             | A::ResolveConcern => &[FP],
+            // Residence is the state's decision: the immigration authority records it, the
+            // focal point on its word; a service provider reads it on its cases.
+            A::RecordResidenceStatus => &[FP, IA],
+            // What crossed for travel documents; never needs, exploitation or notes
+            // (`return_plan_seen_by`).
+            A::ReadReturnPlans => &[SP, FP, IA],
             A::RequestHearing => &[JA],
             A::ReadHearings => &[JA, FP, SP],
             A::AnswerHearing | A::RecordHearingOutcome | A::CancelHearing => &[JA, FP],
@@ -123,6 +138,8 @@ impl Action {
             A::CreateCase => "create cases",
             A::ReadCase => "read victim records",
             A::UpdateCase => "update cases",
+            A::RecordIdentification => "record identification decisions",
+            A::RecordResidenceStatus => "record residence status",
             A::RecordConsent => "record consent",
             A::WithdrawConsent => "withdraw consent",
             A::EraseCase => "erase victim records",
@@ -172,10 +189,20 @@ pub fn require(p: &Principal, action: Action) -> Result<(), Denied> {
     }
 }
 
+/// Returns whether `role` acts for the whole node rather than for its organisation: the focal
+/// point, and the immigration authority (a national authority, not an organisation that
+/// owns cases). What either may do is its row of [`Action::roles`]: the immigration
+/// authority's keeps it to recording residence status and reading return plans, so it never
+/// reaches a case's data, a referral or a hearing.
+fn node_wide(role: Role) -> bool {
+    matches!(role, FP | IA)
+}
+
 /// Refuses a service provider a record of another organisation (or of none); a focal point
-/// reaches every record of the node; no other role reaches a victim's record.
+/// and an immigration authority reach every record of the node (for the actions their roles
+/// may take, checked before with [`require`]); no other role reaches a victim's record.
 pub fn require_owner(p: &Principal, owner: Option<&OrgId>) -> Result<(), Denied> {
-    if p.role == FP || (p.role == SP && owner == Some(&p.org)) {
+    if node_wide(p.role) || (p.role == SP && owner == Some(&p.org)) {
         Ok(())
     } else {
         Err(Denied(format!(
@@ -183,6 +210,20 @@ pub fn require_owner(p: &Principal, owner: Option<&OrgId>) -> Result<(), Denied>
             p.org
         )))
     }
+}
+
+/// Returns what `p` sees of a return plan it reached: all of it, except for an immigration
+/// authority, which sees what crossed for travel documents (identity, demographics, the
+/// child flags) and the plan's course, never the victim's needs, exploitation or the
+/// follow-up notes.
+pub fn return_plan_seen_by(p: &Principal, r: &ReturnRecord) -> ReturnRecord {
+    let mut seen = r.clone();
+    if p.role == IA {
+        seen.disclosed.needs = None;
+        seen.disclosed.exploitation = None;
+        seen.follow_ups.clear();
+    }
+    seen
 }
 
 /// What a caller may see of a record it reached.
@@ -275,7 +316,13 @@ mod tests {
             )),
             "judicial authorities never read victim records"
         );
+        assert!(
+            may(IA) == [Action::RecordResidenceStatus, Action::ReadReturnPlans],
+            "immigration authorities record residence and read return plans, nothing else"
+        );
         assert!(!may(SP).contains(&Action::AnswerReferral));
+        assert!(!may(SP).contains(&Action::RecordResidenceStatus));
+        assert!(may(SP).contains(&Action::RecordIdentification));
         assert!(may(FP).len() > may(SP).len());
         let err = require(&p(JA, "pros"), Action::ReadCase).unwrap_err();
         assert_eq!(err.0, "role judicial_authority may not read victim records");
@@ -321,6 +368,75 @@ mod tests {
         );
         assert!(hearing(&sp2).is_err());
         assert_eq!(hearing(&p(JA, "pros")), Ok(Sight::Full));
+    }
+
+    /// An immigration authority acts for the whole node, but its role reaches only
+    /// residence status and return plans, and it sees no needs, exploitation or notes.
+    #[test]
+    fn an_immigration_authority_reads_return_plans_but_never_a_victim_record() {
+        use crate::{
+            exchange::Erasure,
+            model::{DisclosedCase, DisclosedNeeds, Exploitation},
+            returns::{FollowUpRecord, ReturnStatus},
+        };
+        let ia = p(IA, "bfa");
+        let owner: OrgId = "sp1".parse().unwrap();
+        assert!(require(&ia, Action::ReadReturnPlans).is_ok());
+        assert!(require_owner(&ia, Some(&owner)).is_ok());
+        assert!(
+            require_owner(&ia, None).is_ok(),
+            "incoming plans have no owner"
+        );
+        assert!(require(&ia, Action::RecordResidenceStatus).is_ok());
+        for action in [
+            Action::ReadCase,
+            Action::ReadReferrals,
+            Action::ReadHearings,
+            Action::RecordIdentification,
+            Action::ScheduleReturn,
+        ] {
+            let kinds = [None, Some(RecordKind::Referral), Some(RecordKind::Hearing)];
+            for kind in kinds {
+                assert!(
+                    reach(&ia, action, kind, Side::Origin, Some(&owner), None).is_err(),
+                    "{action:?} {kind:?}"
+                );
+            }
+        }
+        let now = time::OffsetDateTime::UNIX_EPOCH;
+        let plan = ReturnRecord {
+            return_id: crate::ids::ReturnId::new(),
+            origin: "AT".parse().unwrap(),
+            destination: "RO".parse().unwrap(),
+            status: ReturnStatus::FollowUp,
+            disclosed: DisclosedCase {
+                case_ref: "ref".into(),
+                needs: Some(DisclosedNeeds::default()),
+                exploitation: Some(Exploitation::default()),
+                ..Default::default()
+            },
+            hearing_pending: false,
+            compensation_pending: false,
+            case_id: None,
+            organisation: Some(owner.clone()),
+            status_reason: String::new(),
+            reception_details: String::new(),
+            travel_at: None,
+            travel_details: String::new(),
+            follow_ups: vec![FollowUpRecord {
+                recorded_at: now,
+                notes: "settled".into(),
+            }],
+            consent_ids: vec![],
+            erasure: Erasure::NotRequested,
+            created_at: now,
+            updated_at: now,
+        };
+        let seen = return_plan_seen_by(&ia, &plan);
+        assert!(seen.disclosed.needs.is_none() && seen.disclosed.exploitation.is_none());
+        assert!(seen.follow_ups.is_empty());
+        assert_eq!(seen.disclosed.case_ref, "ref");
+        assert_eq!(return_plan_seen_by(&p(FP, "nfp"), &plan), plan);
     }
 
     #[test]

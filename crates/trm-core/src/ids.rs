@@ -129,15 +129,19 @@ pub enum Role {
     JudicialAuthority,
     /// Keeps the node running: admin RPCs only, never victim records.
     Operator,
+    /// Immigration authorities: record residence status and read return plans (what
+    /// crossed for travel documents), never needs, exploitation or notes.
+    ImmigrationAuthority,
 }
 
 impl Role {
     /// Every role, in the order of the contract.
-    pub const ALL: [Role; 4] = [
+    pub const ALL: [Role; 5] = [
         Role::ServiceProvider,
         Role::FocalPoint,
         Role::JudicialAuthority,
         Role::Operator,
+        Role::ImmigrationAuthority,
     ];
 
     /// Returns the role's name as written in certificates and on the command line.
@@ -147,6 +151,7 @@ impl Role {
             Role::FocalPoint => "focal_point",
             Role::JudicialAuthority => "judicial_authority",
             Role::Operator => "operator",
+            Role::ImmigrationAuthority => "immigration_authority",
         }
     }
 }
@@ -169,7 +174,9 @@ impl fmt::Display for Role {
 
 /// The text names no role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("unknown role (service_provider, focal_point, judicial_authority, operator)")]
+#[error(
+    "unknown role (service_provider, focal_point, judicial_authority, operator, immigration_authority)"
+)]
 pub struct UnknownRole;
 
 /// The principal behind a local request, read from its client certificate.
@@ -360,6 +367,13 @@ mod tests {
             })
         );
         assert_eq!(parse_client_uri("trm://client/admin/x"), None);
+        assert_eq!(
+            parse_client_uri("trm://client/immigration_authority/bfa").map(|p| p.role),
+            Some(Role::ImmigrationAuthority)
+        );
+        for role in Role::ALL {
+            assert_eq!(role.as_str().parse::<Role>(), Ok(role));
+        }
         assert_eq!(parse_client_uri("trm://node/AT"), None);
         assert_eq!(parse_node_uri("trm://node/AT"), Some("AT".parse().unwrap()));
     }

@@ -174,6 +174,92 @@ pub struct NewCase {
     pub identified_on: Option<Date>,
 }
 
+/// The stage of the formal identification of a victim (DESIGN.md, "Cases over time").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum IdentificationStage {
+    /// Presumed a victim (first indicators); assistance starts.
+    Presumed,
+    /// Reasonable grounds to believe the person is a victim: where recorded, this decision
+    /// starts the reflection period.
+    ReasonableGrounds,
+    /// Conclusively identified as a victim.
+    Conclusive,
+    /// Found not to be a victim.
+    NotIdentified,
+}
+
+impl IdentificationStage {
+    /// Returns the stage's name as used in audit entries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentificationStage::Presumed => "presumed",
+            IdentificationStage::ReasonableGrounds => "reasonable_grounds",
+            IdentificationStage::Conclusive => "conclusive",
+            IdentificationStage::NotIdentified => "not_identified",
+        }
+    }
+}
+
+/// One identification decision recorded on a case.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identification {
+    pub stage: IdentificationStage,
+    /// The day the decision was taken (never in the future when recorded).
+    pub decided_on: Date,
+    /// The organisation that recorded the decision.
+    pub organisation: OrgId,
+    pub recorded_at: OffsetDateTime,
+}
+
+/// A victim's residence status in the country of the node (DESIGN.md, "Cases over time").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ResidenceStatus {
+    /// No residence right.
+    None,
+    /// Staying under the recovery and reflection period.
+    ReflectionPeriod,
+    TemporaryPermit,
+    PermanentPermit,
+    AsylumPending,
+    Refugee,
+    SubsidiaryProtection,
+}
+
+impl ResidenceStatus {
+    /// Returns whether the status trips the `non_refoulement` guard of any return: an asylum
+    /// claim pending, refugee status or subsidiary protection (UNHCR guidance, paper §60).
+    pub fn trips_non_refoulement(self) -> bool {
+        matches!(
+            self,
+            ResidenceStatus::AsylumPending
+                | ResidenceStatus::Refugee
+                | ResidenceStatus::SubsidiaryProtection
+        )
+    }
+
+    /// Returns the status's name as used in audit entries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResidenceStatus::None => "none",
+            ResidenceStatus::ReflectionPeriod => "reflection_period",
+            ResidenceStatus::TemporaryPermit => "temporary_permit",
+            ResidenceStatus::PermanentPermit => "permanent_permit",
+            ResidenceStatus::AsylumPending => "asylum_pending",
+            ResidenceStatus::Refugee => "refugee",
+            ResidenceStatus::SubsidiaryProtection => "subsidiary_protection",
+        }
+    }
+}
+
+/// The residence status last recorded on a case.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Residence {
+    pub status: ResidenceStatus,
+    /// The last day of the permit, if it has one.
+    pub valid_until: Option<Date>,
+    pub recorded_at: OffsetDateTime,
+}
+
 /// A victim record held by the node that collected it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaseRecord {
@@ -187,6 +273,40 @@ pub struct CaseRecord {
     /// The service provider organisation that owns the case.
     pub organisation: OrgId,
     pub created_at: OffsetDateTime,
+    /// Every identification decision recorded, in the order recorded (the last is the
+    /// case's current identification). Empty in cases stored before it existed.
+    #[serde(default)]
+    pub identifications: Vec<Identification>,
+    /// The residence status last recorded; none in cases stored before it existed.
+    #[serde(default)]
+    pub residence: Option<Residence>,
+}
+
+impl CaseRecord {
+    /// Returns the identification decision recorded last, if any.
+    pub fn identification(&self) -> Option<&Identification> {
+        self.identifications.last()
+    }
+
+    /// Returns the day the recovery and reflection period starts: the day of the
+    /// reasonable-grounds decision recorded last, where one is recorded, else the day the
+    /// victim was identified (`identified_on`). The return guards and `Case` use this one
+    /// start.
+    pub fn reflection_starts_on(&self) -> Date {
+        self.identifications
+            .iter()
+            .rev()
+            .find(|i| i.stage == IdentificationStage::ReasonableGrounds)
+            .map_or(self.identified_on, |i| i.decided_on)
+    }
+
+    /// Returns the day a reflection period of `days` days ends: its start plus `days` (the
+    /// latest representable date if that overflows).
+    pub fn reflection_period_ends_on(&self, days: u32) -> Date {
+        self.reflection_starts_on()
+            .checked_add(time::Duration::days(i64::from(days)))
+            .unwrap_or(Date::MAX)
+    }
 }
 
 /// Needs as they may cross a border: no free-text notes.
@@ -398,6 +518,86 @@ mod tests {
                 "child",
                 "proceedings"
             ]
+        );
+    }
+
+    fn a_case(identified_on: Date) -> CaseRecord {
+        CaseRecord {
+            case_id: CaseId::new(),
+            person: Person {
+                given_name: "A".into(),
+                family_name: String::new(),
+                date_of_birth: None,
+                gender: Gender::Female,
+                citizenship: vec![],
+                languages: vec![],
+                document_number: String::new(),
+                address: String::new(),
+                phone: String::new(),
+            },
+            needs: Needs::default(),
+            exploitation: Exploitation::default(),
+            child: ChildInfo::default(),
+            identified_on,
+            organisation: "sp1".parse().unwrap(),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            identifications: vec![],
+            residence: None,
+        }
+    }
+
+    fn decided(stage: IdentificationStage, on: Date) -> Identification {
+        Identification {
+            stage,
+            decided_on: on,
+            organisation: "nfp".parse().unwrap(),
+            recorded_at: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    /// DESIGN.md, "Cases over time": the period runs from `identified_on`, or from the
+    /// reasonable-grounds decision where one is recorded, whatever stage comes after it.
+    #[test]
+    fn the_reflection_period_starts_at_the_reasonable_grounds_decision_where_recorded() {
+        use IdentificationStage as S;
+        let mut case = a_case(date!(2026 - 01 - 10));
+        assert_eq!(case.reflection_starts_on(), date!(2026 - 01 - 10));
+        assert_eq!(case.reflection_period_ends_on(30), date!(2026 - 02 - 09));
+        case.identifications
+            .push(decided(S::Presumed, date!(2026 - 01 - 12)));
+        assert_eq!(case.reflection_starts_on(), date!(2026 - 01 - 10));
+        case.identifications
+            .push(decided(S::ReasonableGrounds, date!(2026 - 02 - 01)));
+        case.identifications
+            .push(decided(S::Conclusive, date!(2026 - 03 - 01)));
+        assert_eq!(case.identification().map(|i| i.stage), Some(S::Conclusive));
+        assert_eq!(case.reflection_starts_on(), date!(2026 - 02 - 01));
+        assert_eq!(case.reflection_period_ends_on(45), date!(2026 - 03 - 18));
+        assert_eq!(
+            a_case(Date::MAX).reflection_period_ends_on(30),
+            Date::MAX,
+            "no overflow"
+        );
+    }
+
+    #[test]
+    fn asylum_and_international_protection_trip_non_refoulement() {
+        use ResidenceStatus as R;
+        let tripping: Vec<R> = [
+            R::None,
+            R::ReflectionPeriod,
+            R::TemporaryPermit,
+            R::PermanentPermit,
+            R::AsylumPending,
+            R::Refugee,
+            R::SubsidiaryProtection,
+        ]
+        .into_iter()
+        .filter(|s| s.trips_non_refoulement())
+        .collect();
+        assert_eq!(
+            tripping,
+            [R::AsylumPending, R::Refugee, R::SubsidiaryProtection]
         );
     }
 

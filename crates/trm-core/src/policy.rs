@@ -327,6 +327,8 @@ mod tests {
             identified_on: date!(2026 - 01 - 01),
             organisation: "sp1".parse().unwrap(),
             created_at: datetime!(2026-01-01 0:00 UTC),
+            identifications: vec![],
+            residence: None,
         }
     }
 

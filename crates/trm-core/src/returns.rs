@@ -6,7 +6,7 @@
 //! is halted if still open ([`ReturnRecord::erase_copy`]).
 
 use serde::{Deserialize, Serialize};
-use time::{Date, Duration, OffsetDateTime};
+use time::{Date, OffsetDateTime};
 
 pub use crate::exchange::Side;
 use crate::{
@@ -45,6 +45,19 @@ pub struct ReturnDecision {
     pub informed: bool,
     pub reflection_period_waived: bool,
     pub recorded_at: OffsetDateTime,
+}
+
+/// Refuses a return of a person whose residence status protects them from it: asylum
+/// pending, refugee or subsidiary protection (UNHCR guidance, paper §60). Recording such a
+/// status halts every return of the case not yet under way.
+pub fn check_residence(case: &CaseRecord) -> Result<(), GuardError> {
+    match &case.residence {
+        Some(r) if r.status.trips_non_refoulement() => Err(GuardError::new(
+            Guard::NonRefoulement,
+            format!("the person's residence status is {}", r.status.as_str()),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Refuses a return while `risk`, the latest risk assessment, finds a risk: a
@@ -122,12 +135,13 @@ pub fn check_guards(
             "no risk assessment is recorded for the case",
         ));
     };
+    check_residence(case)?;
     check_risk(risk)?;
     check_decision(decision, risk)?;
     let Some(decision) = decision else {
         return Ok(());
     };
-    let period_ends = case.identified_on + Duration::days(i64::from(reflection_period_days));
+    let period_ends = case.reflection_period_ends_on(reflection_period_days);
     if today < period_ends && !decision.reflection_period_waived {
         return Err(GuardError::new(
             Guard::ReflectionPeriod,
@@ -523,6 +537,7 @@ mod tests {
     use super::*;
     use crate::model::*;
     use time::macros::{date, datetime};
+    use time::Duration;
     use ReturnEvent as E;
     use ReturnStatus as S;
 
@@ -546,6 +561,8 @@ mod tests {
             identified_on,
             organisation: "sp1".parse().unwrap(),
             created_at: datetime!(2026-01-01 0:00 UTC),
+            identifications: vec![],
+            residence: None,
         }
     }
 

@@ -590,6 +590,8 @@ mod tests {
             identified_on: date!(2026 - 06 - 15),
             organisation: "sp1".parse().unwrap(),
             created_at: time::macros::datetime!(2026-06-15 0:00 UTC),
+            identifications: vec![],
+            residence: None,
         };
         let profile = Profile::of_case(&case);
         assert_eq!(

@@ -162,9 +162,16 @@ pub struct PolicySection {
     /// How old an inbound envelope may be, in days.
     #[serde(default = "default_replay_window")]
     pub replay_window_days: u32,
+    /// How many days before a residence permit's `valid_until` it shows as a task, so that
+    /// its renewal is asked for in time (DESIGN.md, "Cases over time").
+    #[serde(default = "default_residence_notice")]
+    pub residence_notice_days: u32,
 }
 
 fn default_reflection() -> u32 {
+    30
+}
+fn default_residence_notice() -> u32 {
     30
 }
 fn default_replay_window() -> u32 {
@@ -176,6 +183,7 @@ impl Default for PolicySection {
         Self {
             reflection_period_days: default_reflection(),
             replay_window_days: default_replay_window(),
+            residence_notice_days: default_residence_notice(),
         }
     }
 }
@@ -824,8 +832,9 @@ impl NodeConfig {
     }
 
     /// The bounds of what the node keeps and publishes: the reflection period, the replay
-    /// window and the smallest count a statistics cell shows.
-    fn retention_bounds(&self) -> [Bound; 3] {
+    /// window, the notice before a residence permit ends and the smallest count a
+    /// statistics cell shows.
+    fn retention_bounds(&self) -> [Bound; 4] {
         [
             (
                 "policy.reflection_period_days",
@@ -838,6 +847,12 @@ impl NodeConfig {
                 self.policy.replay_window_days.into(),
                 1,
                 90,
+            ),
+            (
+                "policy.residence_notice_days",
+                self.policy.residence_notice_days.into(),
+                1,
+                365,
             ),
             (
                 "statistics.min_cell_count",
@@ -1108,6 +1123,7 @@ key = "a"
     fn defaults_are_safe() {
         let cfg = NodeConfig::parse(MINIMAL).unwrap();
         assert_eq!(cfg.policy.reflection_period_days, 30);
+        assert_eq!(cfg.policy.residence_notice_days, 30);
         assert!(cfg.listen.services.ip().is_loopback());
         assert!(cfg.listen.admin.ip().is_loopback());
         assert!(cfg.listen.metrics.ip().is_loopback());
@@ -1152,6 +1168,14 @@ key = "a"
             (
                 "policy.reflection_period_days",
                 Box::new(|c| c.policy.reflection_period_days = u32::MAX),
+            ),
+            (
+                "policy.residence_notice_days",
+                Box::new(|c| c.policy.residence_notice_days = 0),
+            ),
+            (
+                "policy.residence_notice_days",
+                Box::new(|c| c.policy.residence_notice_days = 366),
             ),
             (
                 "delivery.request_timeout_secs",

@@ -26,6 +26,9 @@ pub struct Ctx {
     pub delivery: Delivery,
     /// The node's recovery and reflection period (never below 30 days).
     pub reflection_period_days: u32,
+    /// How many days before a residence permit ends it shows as a task
+    /// (`[policy] residence_notice_days`).
+    pub residence_notice_days: u32,
     /// Federation traffic counters, for the metrics port.
     pub counters: Arc<trm_federation::Counters>,
     /// Where the signing key lives (key rotation replaces it).

@@ -13,12 +13,16 @@ use trm_core::{
     exchange::{Erasure, RecordKind, Side},
     ids::{CaseId, ConsentId, OrgId, Principal, ReferralId, Role, Shared},
     messages::PeerMessage,
-    model::{CaseRecord, Purpose},
+    model::{CaseRecord, Identification, Purpose, Residence},
     referral::{next, ReferralEvent, ReferralRecord, ReferralStatus},
+    returns::check_residence,
     FieldError, Guard, GuardError,
 };
 use trm_proto::{
-    command::{EraseCase, Get, Paged, SubmitReferral, UpdateCase, WithdrawConsent},
+    command::{
+        EraseCase, Get, ListConsents, Paged, RecordIdentification, RecordResidenceStatus,
+        SubmitReferral, UpdateCase, WithdrawConsent,
+    },
     convert,
     v1::{self as w, referral_service_server::ReferralService},
 };
@@ -76,6 +80,9 @@ crate::grpc_service!(Referrals => ReferralService {
     get_referral(w::GetReferralRequest) -> w::Referral;
     list_referrals(w::ListReferralsRequest) -> w::ListReferralsResponse;
     erase_case(w::EraseCaseRequest) -> w::EraseCaseResponse;
+    list_consents(w::ListConsentsRequest) -> w::ListConsentsResponse;
+    record_identification(w::RecordIdentificationRequest) -> w::Case;
+    record_residence_status(w::RecordResidenceStatusRequest) -> w::Case;
 } steps of ReferralRecord {
     respond_to_referral(w::RespondToReferralRequest) -> w::Referral = AnswerReferral;
     assign_case(w::AssignCaseRequest) -> w::Referral = AssignCase;
@@ -94,6 +101,26 @@ fn owns(p: &Principal, case: &CaseRecord) -> ApiResult<()> {
 }
 
 impl Referrals {
+    /// Returns the case as `p` sees it: with its consents for a role that reads victim
+    /// records; for any other (an immigration authority recording residence status) its
+    /// status only: id, organisation, dates, identification and residence, never the
+    /// victim's person, needs, exploitation, child data or consents.
+    fn case_out(&self, p: &Principal, case: &CaseRecord) -> ApiResult<w::Case> {
+        let days = self.ctx.reflection_period_days;
+        if access::require(p, Action::ReadCase).is_ok() {
+            let consents = self.ctx.store.consents(case.case_id)?;
+            Ok(convert::case_to_wire(case, &consents, days))
+        } else {
+            Ok(w::Case {
+                person: None,
+                needs: None,
+                exploitation: None,
+                child: None,
+                ..convert::case_to_wire(case, &[], days)
+            })
+        }
+    }
+
     #[instrument(skip_all)]
     async fn create_case(&self, request: Request<w::CreateCaseRequest>) -> ApiResult<w::Case> {
         let (p, idem) = authz::caller(&request, Action::CreateCase)?;
@@ -107,6 +134,8 @@ impl Referrals {
             identified_on: new.identified_on.unwrap_or_else(today),
             organisation: p.org.clone(),
             created_at: OffsetDateTime::now_utc(),
+            identifications: vec![],
+            residence: None,
         };
         let who = actor(&p);
         let case: CaseRecord = self
@@ -123,7 +152,7 @@ impl Referrals {
             })
             .await?;
         info!(case_id = %case.case_id, org = %p.org, "case created");
-        Ok(convert::case_to_wire(&case))
+        self.case_out(&p, &case)
     }
 
     #[instrument(skip_all)]
@@ -152,7 +181,7 @@ impl Referrals {
             })
             .await?;
         info!(case_id = %case.case_id, "case updated");
-        Ok(convert::case_to_wire(&case))
+        self.case_out(&p, &case)
     }
 
     #[instrument(skip_all)]
@@ -165,7 +194,7 @@ impl Referrals {
         self.ctx
             .audit_read(&p, "case.read", id.to_string(), String::new())
             .await?;
-        Ok(convert::case_to_wire(&case))
+        self.case_out(&p, &case)
     }
 
     #[instrument(skip_all)]
@@ -184,7 +213,10 @@ impl Referrals {
             .audit_read(&p, "case.list", "-".into(), ids.join(","))
             .await?;
         Ok(w::ListCasesResponse {
-            cases: cases.iter().map(convert::case_to_wire).collect(),
+            cases: cases
+                .iter()
+                .map(|c| self.case_out(&p, c))
+                .collect::<ApiResult<_>>()?,
             next_page_token,
         })
     }
@@ -242,6 +274,134 @@ impl Referrals {
             })
             .await?;
         Ok(convert::consent_to_wire(&consent))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_consents(
+        &self,
+        request: Request<w::ListConsentsRequest>,
+    ) -> ApiResult<w::ListConsentsResponse> {
+        let p = authz::principal(&request)?;
+        allowed(&p, Action::ReadCase)?;
+        let ListConsents {
+            case_id,
+            paged: Paged { page, after },
+        } = request.get_ref().try_into()?;
+        let case = self
+            .ctx
+            .store
+            .case(case_id)?
+            .ok_or(ApiError::NotFound("case"))?;
+        owns(&p, &case)?;
+        let all = self.ctx.store.consents(case_id)?;
+        let start = match after {
+            None => 0,
+            Some(a) => all
+                .iter()
+                .position(|c| c.consent_id == a)
+                .map(|i| i + 1)
+                .ok_or_else(|| FieldError::new("page_token", "names no consent of this case"))?,
+        };
+        let read: Vec<Consent> = all.into_iter().skip(start).take(page.size + 1).collect();
+        let (consents, next_page_token) = rpc::cut(&page, read, |c| c.consent_id);
+        let ids: Vec<String> = consents.iter().map(|c| c.consent_id.to_string()).collect();
+        self.ctx
+            .audit_read(&p, "consent.list", case_id.to_string(), ids.join(","))
+            .await?;
+        Ok(w::ListConsentsResponse {
+            consents: consents.iter().map(convert::consent_to_wire).collect(),
+            next_page_token,
+        })
+    }
+
+    #[instrument(skip_all)]
+    async fn record_identification(
+        &self,
+        request: Request<w::RecordIdentificationRequest>,
+    ) -> ApiResult<w::Case> {
+        let (p, idem) = authz::caller(&request, Action::RecordIdentification)?;
+        let RecordIdentification {
+            case_id,
+            stage,
+            decided_on,
+        } = request.get_ref().try_into()?;
+        let who = p.clone();
+        let case: CaseRecord = self
+            .ctx
+            .once(idem, &p, move |tx| {
+                let mut case = load_case(tx, case_id)?;
+                owns(&who, &case)?;
+                if case.identifications.len() >= trm_core::limits::MAX_ITEMS {
+                    return Err(ApiError::from(FieldError::new(
+                        "case_id",
+                        "too many identification decisions recorded for this case",
+                    ))
+                    .into());
+                }
+                case.identifications.push(Identification {
+                    stage,
+                    decided_on,
+                    organisation: who.org.clone(),
+                    recorded_at: OffsetDateTime::now_utc(),
+                });
+                tx.put_case(&case)?;
+                tx.audit(
+                    AuditRecord::new(
+                        actor(&who),
+                        "case.identification",
+                        case_id.to_string(),
+                        "ok",
+                    )
+                    .detail("fields=stage,decided_on"),
+                )?;
+                Ok(case)
+            })
+            .await?;
+        info!(case_id = %case_id, "identification recorded");
+        self.case_out(&p, &case)
+    }
+
+    #[instrument(skip_all)]
+    async fn record_residence_status(
+        &self,
+        request: Request<w::RecordResidenceStatusRequest>,
+    ) -> ApiResult<w::Case> {
+        let (p, idem) = authz::caller(&request, Action::RecordResidenceStatus)?;
+        let RecordResidenceStatus {
+            case_id,
+            status,
+            valid_until,
+        } = request.get_ref().try_into()?;
+        let (ctx, who) = (self.ctx.clone(), p.clone());
+        let case: CaseRecord = self
+            .ctx
+            .once(idem, &p, move |tx| {
+                let mut case = load_case(tx, case_id)?;
+                owns(&who, &case)?;
+                case.residence = Some(Residence {
+                    status,
+                    valid_until,
+                    recorded_at: OffsetDateTime::now_utc(),
+                });
+                tx.put_case(&case)?;
+                // A protection status stops every return of the case not yet under way.
+                let halted = match check_residence(&case) {
+                    Ok(()) => 0,
+                    Err(why) => crate::returns::halt_open_returns(&ctx, tx, &who, case_id, &why)?,
+                };
+                let fields = match valid_until {
+                    Some(_) => "status,valid_until",
+                    None => "status",
+                };
+                tx.audit(
+                    AuditRecord::new(actor(&who), "case.residence", case_id.to_string(), "ok")
+                        .detail(format!("fields={fields} returns_halted={halted}")),
+                )?;
+                Ok(case)
+            })
+            .await?;
+        info!(case_id = %case_id, "residence status recorded");
+        self.case_out(&p, &case)
     }
 
     #[instrument(skip_all)]

@@ -67,7 +67,7 @@ fn guards_of(days: u32, tx: &mut Tx<'_>, case: &CaseRecord) -> TxResult<Result<(
 /// Halts every return of case `case` this node requested that has not left yet (HALTED
 /// with `why`, the guard's word first, told to the other node), audited as `p`'s. Returns
 /// how many.
-fn halt_open_returns(
+pub(crate) fn halt_open_returns(
     ctx: &Ctx,
     tx: &mut Tx<'_>,
     p: &Principal,
@@ -370,7 +370,9 @@ impl Returns {
         self.ctx
             .audit_read(&p, "return.read", id.to_string(), String::new())
             .await?;
-        Ok(convert::return_to_wire(&r))
+        Ok(convert::return_to_wire(&access::return_plan_seen_by(
+            &p, &r,
+        )))
     }
 
     #[instrument(skip_all)]
@@ -388,7 +390,10 @@ impl Returns {
             })
             .await?;
         Ok(w::ListReturnPlansResponse {
-            return_plans: plans.iter().map(convert::return_to_wire).collect(),
+            return_plans: plans
+                .iter()
+                .map(|r| convert::return_to_wire(&access::return_plan_seen_by(&p, r)))
+                .collect(),
             next_page_token,
         })
     }

@@ -463,6 +463,7 @@ pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, No
         directory,
         delivery: delivery.clone(),
         reflection_period_days: config.policy.reflection_period_days,
+        residence_notice_days: config.policy.residence_notice_days,
         counters,
         signing_key_path: config.signing.key.clone(),
         replay_window_days: config.policy.replay_window_days,

@@ -14,14 +14,20 @@ use trm_core::{
         ReturnId,
     },
     limits::Page,
-    model::{ChildInfo, Exploitation, NeedKind, Needs, Person},
+    model::{
+        parse_date, ChildInfo, Exploitation, IdentificationStage, NeedKind, Needs, Person,
+        ResidenceStatus,
+    },
     referral::{Direction, ReferralEvent, ReferralRecord, ReferralStep},
     returns::{ReturnDecision, ReturnEvent, ReturnRecord, RiskAssessment, StepDetails},
     FieldError,
 };
 use uuid::Uuid;
 
-use crate::{convert as c, v1 as w};
+use crate::{
+    convert::{self as c, WireEnum},
+    v1 as w,
+};
 
 /// Parses free text that must not be empty (`why` says what it is for).
 fn required_text(field: &str, s: &str, why: &str) -> Result<String, FieldError> {
@@ -333,6 +339,23 @@ impl TryFrom<&w::ListCasesRequest> for Paged<CaseId> {
     }
 }
 
+/// `ListConsents`: the consents of one case, a page at a time (tokens are consent ids).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListConsents {
+    pub case_id: CaseId,
+    pub paged: Paged<ConsentId>,
+}
+
+impl TryFrom<&w::ListConsentsRequest> for ListConsents {
+    type Error = FieldError;
+    fn try_from(r: &w::ListConsentsRequest) -> Result<Self, FieldError> {
+        Ok(Self {
+            case_id: CaseId::parse("case_id", &r.case_id)?,
+            paged: Paged::parse(r.page_size, &r.page_token)?,
+        })
+    }
+}
+
 /// A page of a list of shared records with ids `I`, by the way they travelled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct List<I> {
@@ -375,6 +398,54 @@ impl TryFrom<&w::WithdrawConsentRequest> for WithdrawConsent {
         Ok(Self {
             case_id: CaseId::parse("case_id", &r.case_id)?,
             consent_id: ConsentId::parse("consent_id", &r.consent_id)?,
+        })
+    }
+}
+
+/// `RecordIdentification`: the stage decided on a case, and the day (required, never in
+/// the future).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordIdentification {
+    pub case_id: CaseId,
+    pub stage: IdentificationStage,
+    pub decided_on: time::Date,
+}
+
+impl TryFrom<&w::RecordIdentificationRequest> for RecordIdentification {
+    type Error = FieldError;
+    fn try_from(r: &w::RecordIdentificationRequest) -> Result<Self, FieldError> {
+        let case_id = CaseId::parse("case_id", &r.case_id)?;
+        let stage = IdentificationStage::from_wire("stage", r.stage)?;
+        if r.decided_on.is_empty() {
+            return Err(FieldError::new("decided_on", "is required"));
+        }
+        let decided_on = parse_date("decided_on", &r.decided_on)?;
+        if decided_on > OffsetDateTime::now_utc().date() {
+            return Err(FieldError::new("decided_on", "must not be in the future"));
+        }
+        Ok(Self {
+            case_id,
+            stage,
+            decided_on,
+        })
+    }
+}
+
+/// `RecordResidenceStatus`: the status and, if the permit has one, its last day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordResidenceStatus {
+    pub case_id: CaseId,
+    pub status: ResidenceStatus,
+    pub valid_until: Option<time::Date>,
+}
+
+impl TryFrom<&w::RecordResidenceStatusRequest> for RecordResidenceStatus {
+    type Error = FieldError;
+    fn try_from(r: &w::RecordResidenceStatusRequest) -> Result<Self, FieldError> {
+        Ok(Self {
+            case_id: CaseId::parse("case_id", &r.case_id)?,
+            status: ResidenceStatus::from_wire("status", r.status)?,
+            valid_until: c::opt_date("valid_until", &r.valid_until)?,
         })
     }
 }
@@ -592,5 +663,82 @@ impl TryFrom<&w::UpdateCaseRequest> for UpdateCase {
             }
         }
         Ok(u)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trm_core::model::format_date;
+
+    fn identification(
+        stage: w::IdentificationStage,
+        decided_on: &str,
+    ) -> w::RecordIdentificationRequest {
+        w::RecordIdentificationRequest {
+            case_id: CaseId::new().to_string(),
+            stage: stage as i32,
+            decided_on: decided_on.into(),
+            request_id: String::new(),
+        }
+    }
+
+    #[test]
+    fn an_identification_is_refused_naming_its_bad_field() {
+        let today = OffsetDateTime::now_utc().date();
+        let tomorrow = format_date(today + time::Duration::days(1));
+        let refused = |r: w::RecordIdentificationRequest| {
+            RecordIdentification::try_from(&r).unwrap_err().field
+        };
+        use w::IdentificationStage as S;
+        assert_eq!(
+            refused(identification(S::Conclusive, &tomorrow)),
+            "decided_on"
+        );
+        assert_eq!(refused(identification(S::Conclusive, "")), "decided_on");
+        assert_eq!(
+            refused(identification(S::Conclusive, "1.2.2026")),
+            "decided_on"
+        );
+        assert_eq!(
+            refused(identification(S::Unspecified, "2026-01-01")),
+            "stage"
+        );
+        let ok = RecordIdentification::try_from(&identification(
+            S::ReasonableGrounds,
+            &format_date(today),
+        ))
+        .unwrap();
+        assert_eq!(ok.stage, IdentificationStage::ReasonableGrounds);
+        assert_eq!(ok.decided_on, today);
+    }
+
+    #[test]
+    fn a_residence_status_keeps_its_optional_last_day() {
+        let r = |status: w::ResidenceStatus, valid_until: &str| w::RecordResidenceStatusRequest {
+            case_id: CaseId::new().to_string(),
+            status: status as i32,
+            valid_until: valid_until.into(),
+            request_id: String::new(),
+        };
+        let parsed =
+            RecordResidenceStatus::try_from(&r(w::ResidenceStatus::TemporaryPermit, "2027-03-31"))
+                .unwrap();
+        assert_eq!(parsed.status, ResidenceStatus::TemporaryPermit);
+        assert_eq!(
+            parsed.valid_until.map(format_date).as_deref(),
+            Some("2027-03-31")
+        );
+        let none = RecordResidenceStatus::try_from(&r(w::ResidenceStatus::None, "")).unwrap();
+        assert_eq!(
+            (none.status, none.valid_until),
+            (ResidenceStatus::None, None)
+        );
+        let err =
+            RecordResidenceStatus::try_from(&r(w::ResidenceStatus::Unspecified, "")).unwrap_err();
+        assert_eq!(err.field, "status");
+        let err =
+            RecordResidenceStatus::try_from(&r(w::ResidenceStatus::Refugee, "soon")).unwrap_err();
+        assert_eq!(err.field, "valid_until");
     }
 }

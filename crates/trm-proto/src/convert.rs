@@ -76,6 +76,15 @@ wire_enum!(ProtectiveMeasure <=> ProtectiveMeasure {
     ChildFriendlyRoom <=> ChildFriendlyRoom, ClosedSession <=> ClosedSession,
     Interpreter <=> Interpreter,
 });
+wire_enum!(IdentificationStage <=> IdentificationStage {
+    Presumed <=> Presumed, ReasonableGrounds <=> ReasonableGrounds, Conclusive <=> Conclusive,
+    NotIdentified <=> NotIdentified,
+});
+wire_enum!(ResidenceStatus <=> ResidenceStatus {
+    None <=> None, ReflectionPeriod <=> ReflectionPeriod, TemporaryPermit <=> TemporaryPermit,
+    PermanentPermit <=> PermanentPermit, AsylumPending <=> AsylumPending, Refugee <=> Refugee,
+    SubsidiaryProtection <=> SubsidiaryProtection,
+});
 wire_enum!(DataCategory <=> DataCategory {
     Identity <=> Identity, Contact <=> Contact, Demographics <=> Demographics, Needs <=> Needs,
     Exploitation <=> Exploitation, Child <=> Child, Proceedings <=> Proceedings,
@@ -350,7 +359,14 @@ fn countries_to_wire(c: &[NodeId]) -> Vec<String> {
 }
 
 /// Returns the wire form of a victim record (for its own node's authorised readers only).
-pub fn case_to_wire(c: &d::CaseRecord) -> w::Case {
+///
+/// `consents` are the case's consents (withdrawn ones included), `reflection_period_days`
+/// the node's period, from which `reflection_period_ends_on` is computed.
+pub fn case_to_wire(
+    c: &d::CaseRecord,
+    consents: &[Consent],
+    reflection_period_days: u32,
+) -> w::Case {
     let p = &c.person;
     w::Case {
         case_id: c.case_id.to_string(),
@@ -378,6 +394,18 @@ pub fn case_to_wire(c: &d::CaseRecord) -> w::Case {
         identified_on: format_date(c.identified_on),
         organisation: c.organisation.to_string(),
         created_at: Some(ts(c.created_at)),
+        consents: consents.iter().map(consent_to_wire).collect(),
+        identification: c.identification().map(|i| w::Identification {
+            stage: i.stage.to_wire(),
+            decided_on: format_date(i.decided_on),
+            organisation: i.organisation.to_string(),
+        }),
+        reflection_period_ends_on: format_date(c.reflection_period_ends_on(reflection_period_days)),
+        residence: c.residence.as_ref().map(|r| w::Residence {
+            status: r.status.to_wire(),
+            valid_until: opt_date_text(r.valid_until),
+            recorded_at: Some(ts(r.recorded_at)),
+        }),
     }
 }
 

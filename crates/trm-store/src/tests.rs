@@ -62,6 +62,8 @@ fn case(name: &str) -> CaseRecord {
         identified_on: date!(2026 - 01 - 01),
         organisation: "sp1".parse::<OrgId>().unwrap(),
         created_at: OffsetDateTime::now_utc(),
+        identifications: vec![],
+        residence: None,
     }
 }
 
@@ -115,6 +117,29 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(e.path(), target).unwrap();
         }
     }
+}
+
+/// A case sealed before it had identification and residence (its stored JSON lacks them)
+/// still opens, with none of either.
+#[test]
+fn a_case_stored_before_identification_and_residence_still_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &SecretKey::generate());
+    let c = case("Old");
+    let mut old = serde_json::to_value(&c).unwrap();
+    let fields = old.as_object_mut().unwrap();
+    assert!(fields.remove("identifications").is_some());
+    assert!(fields.remove("residence").is_some());
+    let id = c.case_id;
+    store
+        .commit_blocking::<(), (), _>(move |tx| {
+            tx.put_sealed(&crate::repo::layout::case(id), &Subject::case(id), &old)?;
+            Ok(())
+        })
+        .unwrap();
+    let opened = store.case(id).unwrap().unwrap();
+    assert!(opened.identifications.is_empty() && opened.residence.is_none());
+    assert_eq!(opened.reflection_starts_on(), c.identified_on);
 }
 
 #[test]

@@ -539,7 +539,8 @@ enum ClientCommand {
     Issue {
         #[arg(long)]
         config: PathBuf,
-        /// service_provider, focal_point, judicial_authority or operator.
+        /// service_provider, focal_point, judicial_authority, operator or
+        /// immigration_authority.
         #[arg(long, value_parser = role)]
         role: Role,
         /// The organisation the certificate speaks for: 1 to 64 characters of a-z, 0-9,

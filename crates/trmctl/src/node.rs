@@ -286,6 +286,7 @@ key = "{signing_key}"                       # ed25519, PKCS#8 PEM, mode 0600; a 
 [policy]
 reflection_period_days = 30                 # never below 30
 replay_window_days = 7                      # 1..90
+residence_notice_days = 30                  # a permit ending this soon shows as a task
 
 [log]
 format = "text"                             # or "json": one object a line

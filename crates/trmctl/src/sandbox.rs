@@ -50,6 +50,7 @@ pub fn sandbox_org(role: Role) -> Result<OrgId> {
         Role::FocalPoint => "nfp",
         Role::JudicialAuthority => "prosecutor",
         Role::Operator => "ops",
+        Role::ImmigrationAuthority => "immigration",
     };
     Ok(OrgId::parse("org", org)?)
 }

@@ -306,4 +306,10 @@ local_requests! {
     ListRevokedClientCertificates,
     ExportAudit,
     ListSigningKeys,
+    // ReferralService, cases over time (after the others: the selector bytes of the kept
+    // seeds stay what they were)
+    ListConsents,
+    RecordIdentification,
+    RecordResidenceStatus,
+    UpdateCase,
 }

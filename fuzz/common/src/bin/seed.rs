@@ -628,6 +628,7 @@ fn local_requests() -> Result<()> {
             w::RevokeClientCertificateRequest {
                 serial_hex: "1f3a9c".into(),
                 request_id: String::new(),
+                issuer: String::new(),
             }
             .encode_to_vec(),
         ),
@@ -650,6 +651,52 @@ fn local_requests() -> Result<()> {
         (
             L::ListSigningKeys,
             w::ListSigningKeysRequest {}.encode_to_vec(),
+        ),
+        // ReferralService, cases over time
+        (L::ListConsents, {
+            let (page_size, page_token) = page(10);
+            w::ListConsentsRequest {
+                case_id: id(),
+                page_size,
+                page_token,
+            }
+            .encode_to_vec()
+        }),
+        (
+            L::RecordIdentification,
+            w::RecordIdentificationRequest {
+                case_id: id(),
+                stage: w::IdentificationStage::ReasonableGrounds as i32,
+                decided_on: "2025-12-03".into(),
+                request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::RecordResidenceStatus,
+            w::RecordResidenceStatusRequest {
+                case_id: id(),
+                status: w::ResidenceStatus::TemporaryPermit as i32,
+                valid_until: "2026-12-31".into(),
+                request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::UpdateCase,
+            w::UpdateCaseRequest {
+                case_id: id(),
+                child: Some(w::ChildInfo {
+                    is_child: true,
+                    guardian_assigned: true,
+                    best_interests_determined: false,
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["child".into()],
+                }),
+                ..Default::default()
+            }
+            .encode_to_vec(),
         ),
     ];
     let requests = requests
