@@ -683,3 +683,62 @@ async fn a_return_proposed_while_a_hearing_of_the_witness_is_open_says_so() -> a
     fed.stop().await?;
     Ok(())
 }
+
+/// A child's hearing refused for want of a guardian is accepted once the guardian and the
+/// determination are recorded at the case's node and have reached the copy the witness's
+/// node holds (UpdateCase).
+#[tokio::test]
+async fn a_child_is_heard_once_the_guardian_and_the_determination_reach_the_copy(
+) -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let mut ja = fed.hearings("AT", Role::JudicialAuthority).await?;
+    let mut ro = fed.hearings("RO", Role::FocalPoint).await?;
+    let (case_id, _) = referred_with(
+        &fed,
+        Some(w::ChildInfo {
+            is_child: true,
+            guardian_assigned: false,
+            best_interests_determined: false,
+        }),
+    )
+    .await?;
+    let h = ja
+        .request_hearing(hearing_request(&case_id, &[]))
+        .await?
+        .into_inner();
+    wait_hearing(&ro, &h.hearing_id, w::HearingStatus::Requested).await?;
+    let accept = w::RespondToHearingRequest {
+        hearing_id: h.hearing_id.clone(),
+        decision: w::HearingDecision::Accept as i32,
+        ..Default::default()
+    };
+    let refused = ro.respond_to_hearing(accept.clone()).await.unwrap_err();
+    assert!(
+        refused.message().contains("guardian"),
+        "{}",
+        refused.message()
+    );
+
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    sp.update_case(w::UpdateCaseRequest {
+        case_id: case_id.clone(),
+        child: Some(w::ChildInfo {
+            is_child: true,
+            guardian_assigned: true,
+            best_interests_determined: true,
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["child".into()],
+        }),
+        ..Default::default()
+    })
+    .await?;
+    eventually("the hearing accepted once the copy is current", || {
+        let (mut ro, accept) = (ro.clone(), accept.clone());
+        async move { Ok(ro.respond_to_hearing(accept).await.ok()) }
+    })
+    .await?;
+    wait_hearing(&ja, &h.hearing_id, w::HearingStatus::Accepted).await?;
+    fed.stop().await?;
+    Ok(())
+}
