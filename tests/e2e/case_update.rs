@@ -150,3 +150,65 @@ async fn an_update_changes_the_groups_named_and_reaches_the_copy_as_far_as_it_ma
     fed.stop().await?;
     Ok(())
 }
+
+/// One person, one case: a second case of the same person (names in another order and
+/// case, the same date of birth) is found through a keyed blind index, never by opening a
+/// case; it is still created and its creator is told nothing; the pair waits for a focal
+/// point; erasing either case removes it from the index.
+#[tokio::test]
+async fn a_second_case_of_the_same_person_is_found_without_telling_its_creator(
+) -> anyhow::Result<()> {
+    let mut fed = TestFederation::start(&["AT", "RO"]).await?;
+    let mut sp1 = fed.referrals("AT", Role::ServiceProvider).await?;
+    let mut sp2 = fed.referrals_of_org("AT", "sp2").await?;
+    let first = sp1
+        .create_case(requests::case("Ana Maria", 10))
+        .await?
+        .into_inner();
+    let mut same = requests::case("ana", 3);
+    if let Some(p) = same.person.as_mut() {
+        p.family_name = "MARIA Testperson".into();
+        p.phone = String::new();
+    }
+    let second = sp2.create_case(same).await?.into_inner();
+    let mut other = requests::case("Ana Maria", 10);
+    if let Some(p) = other.person.as_mut() {
+        p.date_of_birth = "1996-06-06".into();
+    }
+    let third = sp2.create_case(other).await?.into_inner();
+    assert_eq!(second.organisation, "sp2", "created as any case is");
+    // Both answers are a case as any other: nothing in them tells of the first.
+    assert_eq!(
+        (second.identification.is_none(), second.consents.len()),
+        (third.identification.is_none(), third.consents.len())
+    );
+
+    fed.stop_node("AT").await?;
+    let store = trm_tests::open_store(&fed, "AT")?;
+    let pairs: Vec<(String, String)> = store
+        .possible_duplicates()?
+        .into_iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    store.close()?;
+    drop(store);
+    assert_eq!(pairs, [(second.case_id.clone(), first.case_id.clone())]);
+    fed.start_node("AT").await?;
+
+    // The same client, reconnected.
+    sp2.erase_case(w::EraseCaseRequest {
+        case_id: second.case_id.clone(),
+        reason: "duplicate".into(),
+        ..Default::default()
+    })
+    .await?;
+    fed.stop_node("AT").await?;
+    let store = trm_tests::open_store(&fed, "AT")?;
+    assert!(
+        store.possible_duplicates()?.is_empty(),
+        "erased with the case"
+    );
+    store.close()?;
+    fed.stop().await?;
+    Ok(())
+}

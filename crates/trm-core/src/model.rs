@@ -282,6 +282,26 @@ pub struct CaseRecord {
     pub residence: Option<Residence>,
 }
 
+impl Person {
+    /// Returns what identifies the person for finding a second case of the same person on
+    /// one node: the words of the names, lower case, in order, and the date of birth; none
+    /// without a date of birth or a name (too many different people would share it). Only
+    /// ever used under a key of the node (a blind index), never stored.
+    pub fn match_input(&self) -> Option<String> {
+        let dob = self.date_of_birth?;
+        let names = format!("{} {}", self.given_name, self.family_name).to_lowercase();
+        let mut words: Vec<&str> = names
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .collect();
+        if words.is_empty() {
+            return None;
+        }
+        words.sort_unstable();
+        Some(format!("{}|{}", words.join(" "), format_date(dob)))
+    }
+}
+
 impl CaseRecord {
     /// Returns the identification decision recorded last, if any.
     pub fn identification(&self) -> Option<&Identification> {

@@ -148,6 +148,20 @@ impl Referrals {
                     case.case_id.to_string(),
                     "ok",
                 ))?;
+                // One person, one case: a second case of the same person on this node is
+                // still created, and its creator learns nothing of the other; the pair
+                // waits for a focal point to confirm or dismiss it.
+                for other in tx.index_person(&case)? {
+                    tx.audit(
+                        AuditRecord::new(
+                            who.clone(),
+                            "case.possible_duplicate",
+                            case.case_id.to_string(),
+                            "recorded",
+                        )
+                        .detail(format!("other={other}")),
+                    )?;
+                }
                 Ok(case.clone())
             })
             .await?;

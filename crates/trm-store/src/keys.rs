@@ -402,6 +402,9 @@ pub struct KeyRing {
     shared: std::sync::atomic::AtomicBool,
     /// Authenticates the rows the node trusts without a seal (derived from the master).
     row_key: SecretKey,
+    /// Keys the blind index of persons (derived from the master): equal names and dates of
+    /// birth give equal entries, which say nothing of either without this key.
+    blind_key: SecretKey,
     /// Data-key slots the journal lists as destroyed: never unwrapped again, even if a row
     /// of an older copy is written back into the database.
     erased: RwLock<std::collections::HashSet<Vec<u8>>>,
@@ -426,8 +429,10 @@ impl KeyRing {
     /// Opens the key file at `path` (created, with a first KEK, when `create`).
     pub fn open(path: &Path, master: SecretKey, create: bool) -> Result<Self> {
         let row_key = master.derive(b"trm/row-authentication/v1");
+        let blind_key = master.derive(b"trm/person-blind-index/v1");
         Ok(Self {
             row_key,
+            blind_key,
             erased: RwLock::default(),
             keks: RwLock::new(KekFile::open_or_create(path, master, create)?),
             cache: Mutex::new(lru::LruCache::new(
@@ -451,6 +456,11 @@ impl KeyRing {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .contains(slot)
+    }
+
+    /// Returns the key of the blind index of persons.
+    pub(crate) fn blind_key(&self) -> &SecretKey {
+        &self.blind_key
     }
 
     /// Returns the key that authenticates trusted rows.

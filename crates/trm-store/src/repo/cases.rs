@@ -88,7 +88,59 @@ impl Tx<'_> {
                 }
             }
         }
+        if before.person != case.person {
+            self.unindex_person(before)?;
+            self.index_person(case)?;
+        }
         self.put_case(case)
+    }
+
+    /// Keeps `case` in the blind index of persons (a keyed digest of its names and date
+    /// of birth, never the values) and returns the other cases of this node of the same
+    /// person, found without opening any case; each pair is kept as a possible duplicate
+    /// for a focal point to confirm or dismiss.
+    pub fn index_person(&mut self, case: &CaseRecord) -> Result<Vec<CaseId>> {
+        let Some(digest) = self.person_digest(case) else {
+            return Ok(Vec::new());
+        };
+        let prefix = layout::person_index_of(&digest);
+        let mut others = Vec::new();
+        for (k, _) in self.scan_raw(&prefix, None, usize::MAX)? {
+            let Some(id) = k
+                .get(prefix.len()..)
+                .and_then(|b| <[u8; 16]>::try_from(b).ok())
+            else {
+                continue;
+            };
+            let other = CaseId::from_uuid(uuid::Uuid::from_bytes(id));
+            if other != case.case_id {
+                self.put_raw(&layout::possible_duplicate(case.case_id, other), b"")?;
+                others.push(other);
+            }
+        }
+        self.put_raw(&layout::person_index(&digest, case.case_id), b"")?;
+        Ok(others)
+    }
+
+    /// Takes `case` (as it stood) out of the blind index of persons, with the possible
+    /// duplicates that name it.
+    pub fn unindex_person(&mut self, case: &CaseRecord) -> Result<()> {
+        if let Some(digest) = self.person_digest(case) {
+            self.delete(&layout::person_index(&digest, case.case_id))?;
+        }
+        let prefix = layout::possible_duplicates();
+        for (k, _) in self.scan_raw(&prefix, None, usize::MAX)? {
+            let ids = k.get(prefix.len()..).unwrap_or_default();
+            if ids.chunks(16).any(|id| id == case.case_id.as_bytes()) {
+                self.delete(&k)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn person_digest(&self, case: &CaseRecord) -> Option<[u8; 32]> {
+        let input = case.person.match_input()?;
+        Some(self.keys.blind_key().mac(input.as_bytes()))
     }
 
     /// Erases a case: its key is shredded (its record, risk assessments and decisions can
@@ -104,6 +156,7 @@ impl Tx<'_> {
         self.delete(&layout::risk(id))?;
         self.delete(&layout::decisions(id))?;
         self.delete(&layout::counted(PERSON, id.as_bytes()))?;
+        self.unindex_person(case)?;
         for c in self.consents(id)? {
             let prefix = layout::disclosures(c.consent_id);
             for (k, _) in self.scan_raw(&prefix, None, usize::MAX)? {
@@ -300,6 +353,26 @@ impl Store {
             }
             if !full {
                 break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Returns the possible second cases of one person: (newer, older) pairs.
+    pub fn possible_duplicates(&self) -> Result<Vec<(CaseId, CaseId)>> {
+        let prefix = layout::possible_duplicates();
+        let mut out = Vec::new();
+        for (k, _) in self.scan_raw(&prefix, None, usize::MAX)? {
+            let ids = k.get(prefix.len()..).unwrap_or_default();
+            if let (Some(a), Some(b)) = (ids.get(..16), ids.get(16..32)) {
+                let id = |b: &[u8]| {
+                    <[u8; 16]>::try_from(b)
+                        .ok()
+                        .map(|b| CaseId::from_uuid(uuid::Uuid::from_bytes(b)))
+                };
+                if let (Some(a), Some(b)) = (id(a), id(b)) {
+                    out.push((a, b));
+                }
             }
         }
         Ok(out)

@@ -28,6 +28,26 @@ pub(crate) mod layout {
         k
     }
 
+    /// The blind index of persons: a keyed digest of who the person is, then a case.
+    pub fn person_index(digest: &[u8; 32], case: CaseId) -> Vec<u8> {
+        key("bi/", &[digest, b"/", case.as_bytes()])
+    }
+
+    /// The cases of one digest of the blind index.
+    pub fn person_index_of(digest: &[u8; 32]) -> Vec<u8> {
+        key("bi/", &[digest, b"/"])
+    }
+
+    /// A possible second case of the same person: the newer case, then the older.
+    pub fn possible_duplicate(newer: CaseId, older: CaseId) -> Vec<u8> {
+        key("du/", &[newer.as_bytes(), older.as_bytes()])
+    }
+
+    /// Every possible duplicate.
+    pub fn possible_duplicates() -> Vec<u8> {
+        key("du/", &[])
+    }
+
     /// Small node state, by name.
     pub fn meta(name: &str) -> Vec<u8> {
         key("m/", &[name.as_bytes()])
