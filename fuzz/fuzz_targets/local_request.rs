@@ -26,7 +26,7 @@ use trm_core::stats::Period;
 use trm_fuzz_common::{self as fx, Local as L};
 use trm_node::admin;
 use trm_proto::command::{
-    EraseCase, Get, List, ListConsents, Paged, ProposeReturn, RecordIdentification,
+    EraseCase, Get, List, ListConsents, ListTasks, Paged, ProposeReturn, RecordIdentification,
     RecordResidenceStatus, RequestHearing, SubmitReferral, UpdateCase, WithdrawConsent,
 };
 use trm_proto::{convert as c, v1 as w};
@@ -82,6 +82,7 @@ fuzz_target!(|data: &[u8]| {
             parse::<w::RecordResidenceStatusRequest, RecordResidenceStatus>(data)
         }
         L::UpdateCase => parse::<w::UpdateCaseRequest, UpdateCase>(data),
+        L::ListTasks => parse::<w::ListTasksRequest, ListTasks>(data),
 
         // ReturnPlanningService
         L::RecordRiskAssessment => parse::<w::RecordRiskAssessmentRequest, RiskAssessment>(data),

@@ -23,6 +23,7 @@ mod returns;
 mod stats;
 #[cfg(target_os = "linux")]
 mod storage;
+mod tasks;
 mod transport;
 mod trust;
 mod until_departure;

@@ -104,6 +104,11 @@ const TABLE: &[(&str, &str, Allowed)] = &[
         "CancelHearing",
         Allowed::Roles(&[JA, FP]),
     ),
+    (
+        "WorkService",
+        "ListTasks",
+        Allowed::Roles(&[SP, FP, JA, IA]),
+    ),
     ("AdminService", "Status", OPERATOR),
     ("AdminService", "ListPeers", OPERATOR),
     ("AdminService", "UpsertPeer", OPERATOR),

@@ -45,6 +45,7 @@ pub enum Action {
     AnswerHearing,
     RecordHearingOutcome,
     CancelHearing,
+    ListTasks,
     Administer,
 }
 
@@ -55,7 +56,7 @@ use Role::{
 
 impl Action {
     /// Every action, for tables and tests.
-    pub const ALL: [Action; 32] = [
+    pub const ALL: [Action; 33] = [
         Action::CreateCase,
         Action::ReadCase,
         Action::UpdateCase,
@@ -87,6 +88,7 @@ impl Action {
         Action::AnswerHearing,
         Action::RecordHearingOutcome,
         Action::CancelHearing,
+        Action::ListTasks,
         Action::Administer,
     ];
 
@@ -127,6 +129,8 @@ impl Action {
             A::RequestHearing => &[JA],
             A::ReadHearings => &[JA, FP, SP],
             A::AnswerHearing | A::RecordHearingOutcome | A::CancelHearing => &[JA, FP],
+            // Each sees the tasks its role may answer (`Task::seen_by`).
+            A::ListTasks => &[SP, FP, JA, IA],
             A::Administer => &[OP],
         }
     }
@@ -166,6 +170,7 @@ impl Action {
             A::AnswerHearing => "answer hearing requests",
             A::RecordHearingOutcome => "record hearing outcomes",
             A::CancelHearing => "cancel hearings",
+            A::ListTasks => "list tasks",
             A::Administer => "use the admin service",
         }
     }
@@ -313,11 +318,17 @@ mod tests {
                     | Action::AnswerHearing
                     | Action::RecordHearingOutcome
                     | Action::CancelHearing
+                    | Action::ListTasks
             )),
-            "judicial authorities never read victim records"
+            "judicial authorities never read victim records (a task holds ids only)"
         );
         assert!(
-            may(IA) == [Action::RecordResidenceStatus, Action::ReadReturnPlans],
+            may(IA)
+                == [
+                    Action::RecordResidenceStatus,
+                    Action::ReadReturnPlans,
+                    Action::ListTasks
+                ],
             "immigration authorities record residence and read return plans, nothing else"
         );
         assert!(!may(SP).contains(&Action::AnswerReferral));

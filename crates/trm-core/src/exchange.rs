@@ -79,6 +79,8 @@ pub trait SharedRecord: Clone + Debug + Send + Sync + 'static {
     /// The node it was sent to.
     fn destination(&self) -> NodeId;
     fn status(&self) -> Self::Status;
+    /// Returns whether the record is over (no step is left to take).
+    fn is_final(&self) -> bool;
     /// Returns the status's name, as audit entries and errors write it.
     fn status_name(&self) -> &'static str;
     /// The pairwise reference the two nodes know the case by.

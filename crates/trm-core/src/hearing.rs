@@ -339,6 +339,9 @@ impl crate::exchange::SharedRecord for HearingRecord {
     fn status(&self) -> HearingStatus {
         self.status
     }
+    fn is_final(&self) -> bool {
+        self.status.is_final()
+    }
     fn status_name(&self) -> &'static str {
         self.status.as_str()
     }

@@ -321,6 +321,10 @@ record_id!(
     /// One envelope between nodes (UUIDv7).
     MessageId
 );
+record_id!(
+    /// One task of the work queue.
+    TaskId
+);
 
 /// A record another node holds a copy of: what a consent's withdrawal erases there, and
 /// what a hearing's witness reference resolves to.

@@ -31,5 +31,6 @@ pub mod policy;
 pub mod referral;
 pub mod returns;
 pub mod stats;
+pub mod tasks;
 
 pub use error::{FieldError, Guard, GuardError};

@@ -275,6 +275,9 @@ impl crate::exchange::SharedRecord for ReferralRecord {
     fn status(&self) -> ReferralStatus {
         self.status
     }
+    fn is_final(&self) -> bool {
+        self.status.is_final()
+    }
     fn status_name(&self) -> &'static str {
         self.status.as_str()
     }

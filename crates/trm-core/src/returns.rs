@@ -485,6 +485,9 @@ impl crate::exchange::SharedRecord for ReturnRecord {
     fn status(&self) -> ReturnStatus {
         self.status
     }
+    fn is_final(&self) -> bool {
+        self.status.is_final()
+    }
     fn status_name(&self) -> &'static str {
         self.status.as_str()
     }

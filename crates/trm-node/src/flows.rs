@@ -11,10 +11,11 @@ use trm_core::{
     },
     ids::{HearingId, NodeId, ReferralId, ReturnId, Shared, WitnessRecord},
     messages::{EnvelopeKind, PeerMessage, Topic},
-    model::{DisclosedCase, NeedKind, Purpose},
+    model::{DisclosedCase, NeedKind, Purpose, Urgency},
     policy,
     referral::{ReferralEvent, ReferralRecord, ReferralStep},
     returns::ReturnRecord,
+    tasks::{due, Task, TaskKind},
 };
 use trm_crypto::signing::Signer;
 use trm_federation::{outbox, FlowHandler, Inbound, PeerDirectory, Rejection};
@@ -81,6 +82,22 @@ impl Flows {
             WitnessRecord::Referral(referral_id),
             disclosed,
         )?;
+        let urgent = disclosed
+            .needs
+            .as_ref()
+            .and_then(|n| n.urgency)
+            .is_some_and(|u| u != Urgency::Routine);
+        let within = match urgent {
+            true => due::ANSWER_URGENT_REFERRAL,
+            false => due::ANSWER_REFERRAL,
+        };
+        let now = OffsetDateTime::now_utc();
+        tx.open_task(&Task::due_in(
+            TaskKind::AnswerReferral,
+            referral_id.uuid(),
+            within,
+            now,
+        ))?;
         Ok(())
     }
 
@@ -151,6 +168,13 @@ impl Flows {
             WitnessRecord::Return(return_id),
             disclosed,
         )?;
+        let now = OffsetDateTime::now_utc();
+        tx.open_task(&Task::due_in(
+            TaskKind::AnswerReturn,
+            return_id.uuid(),
+            due::ANSWER_RETURN,
+            now,
+        ))?;
         Ok(())
     }
 
@@ -182,6 +206,13 @@ impl Flows {
         };
         let now = OffsetDateTime::now_utc();
         tx.put_hearing(&HearingRecord::requested(parties, terms, now))?;
+        let answer = Task::due_in(
+            TaskKind::AnswerHearing,
+            hearing_id.uuid(),
+            due::ANSWER_HEARING,
+            now,
+        );
+        tx.open_task(&answer)?;
         Ok(())
     }
 }

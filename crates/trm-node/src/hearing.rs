@@ -17,6 +17,7 @@ use trm_core::{
     ids::{HearingId, OrgId, Principal, WitnessRecord},
     referral::ReferralRecord,
     returns::ReturnRecord,
+    tasks::TaskKind,
 };
 use trm_federation::outbox;
 use trm_proto::{
@@ -117,6 +118,17 @@ impl lifecycle::StepRules for HearingRecord {
         };
         if let Some(child) = child {
             check_child_witness(&child).map_err(ApiError::from)?;
+        }
+        Ok(())
+    }
+
+    /// Accepting, declining or scheduling answers the incoming request's task.
+    fn after_step(&self, tx: &mut Tx<'_>, event: HearingEvent) -> TxResult<()> {
+        if matches!(
+            event,
+            HearingEvent::Accept | HearingEvent::Decline | HearingEvent::Schedule
+        ) {
+            tx.close_task(TaskKind::AnswerHearing, self.hearing_id.uuid())?;
         }
         Ok(())
     }

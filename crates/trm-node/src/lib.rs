@@ -44,6 +44,7 @@ pub mod returns;
 pub mod rpc;
 pub mod server;
 pub mod statistics;
+pub mod work;
 
 pub use config::NodeConfig;
 pub use server::{run, run_with, Addrs, Listeners, NodeError, NodeHandle, NodeOptions};

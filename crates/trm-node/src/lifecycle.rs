@@ -78,6 +78,12 @@ pub trait StepRules: StoredRecord {
     fn check_step(&self, _ctx: &Ctx, _tx: &mut Tx<'_>, _event: Self::Event) -> TxResult<()> {
         Ok(())
     }
+
+    /// What the step changes besides the record, in its transaction (after it): the task
+    /// it answers closes.
+    fn after_step(&self, _tx: &mut Tx<'_>, _event: Self::Event) -> TxResult<()> {
+        Ok(())
+    }
 }
 
 /// One step of a shared record by a local user (`action`, of the role table): authorised
@@ -99,6 +105,7 @@ pub fn step<R: StepRules>(
     r.apply(command.event, &command.step)
         .map_err(ApiError::from)?;
     keep_and_announce(ctx, tx, p, &r, &command.step)?;
+    r.after_step(tx, command.event)?;
     Ok(r)
 }
 
@@ -161,6 +168,10 @@ pub fn update_in<R: StoredRecord>(
         .ok_or_else(|| transition(format!("{status:?} from this sender")))?;
     r.apply(event, step).map_err(|g| transition(g.reason))?;
     tx.put_record(&r)?;
+    // A record the other node ended waits for no answer here.
+    if r.is_final() {
+        tx.close_tasks_of(id.to_uuid())?;
+    }
     Ok(())
 }
 
@@ -185,6 +196,7 @@ pub fn erase_copy_in<R: StoredRecord + ErasableRecord>(
     r.erase_copy(reason, now);
     tx.shred(&Subject::of_record(R::KIND, id.to_uuid().as_bytes()))?;
     tx.put_record(&r)?;
+    tx.close_tasks_of(id.to_uuid())?;
     Ok(true)
 }
 

@@ -251,13 +251,15 @@ fn reading(what: &'static str) -> impl FnOnce(StoreError) -> ReadError {
     move |source| ReadError { what, source }
 }
 
-/// Renders the metrics page. Every figure is kept in memory or read in O(peers): a scrape
+/// Renders the metrics page. Every figure is kept in memory or read in O(peers), except the
+/// overdue tasks, read from the head of the queue up to the first not yet due: a scrape
 /// never scans the store. A store read that fails fails the page.
 pub fn render(ctx: &Ctx, gates: &GateCounters, requests: &Requests) -> Result<String, ReadError> {
     let mut out = String::new();
     let peers = ctx.directory.ids();
     outbox_gauges(&mut out, &ctx.store, &peers)?;
     store_gauges(&mut out, &ctx.store)?;
+    task_gauges(&mut out, &ctx.store)?;
     node_gauges(&mut out, ctx, peers.len());
     delivery_counters(&mut out, &ctx.counters, gates);
     labelled_counters(&mut out, &ctx.counters, requests);
@@ -297,6 +299,37 @@ fn outbox_gauges(out: &mut String, s: &Store, peers: &[NodeId]) -> Result<(), Re
         "gauge",
         "Age of the oldest envelope waiting for a peer (0 when none waits).",
         ages,
+    );
+    Ok(())
+}
+
+/// The work queue, per kind: tasks open, and past due.
+fn task_gauges(out: &mut String, s: &Store) -> Result<(), ReadError> {
+    use trm_core::tasks::TaskKind;
+    let mut open = Vec::new();
+    for kind in TaskKind::ALL {
+        let n = s.open_tasks(kind).map_err(reading("open tasks"))?;
+        open.push((format!("kind=\"{}\"", kind.as_str()), n));
+    }
+    labelled(
+        out,
+        "trm_tasks_open",
+        "gauge",
+        "Tasks waiting for an answer on this node.",
+        open,
+    );
+    let overdue = s
+        .overdue_tasks(time::OffsetDateTime::now_utc())
+        .map_err(reading("overdue tasks"))?;
+    labelled(
+        out,
+        "trm_tasks_overdue",
+        "gauge",
+        "Tasks past their due time.",
+        TaskKind::ALL.iter().map(|k| {
+            let n = overdue.iter().find(|(o, _)| o == k).map_or(0, |(_, n)| *n);
+            (format!("kind=\"{}\"", k.as_str()), n)
+        }),
     );
     Ok(())
 }

@@ -16,6 +16,7 @@ use trm_core::{
     model::{CaseRecord, Identification, Purpose, Residence},
     referral::{next, ReferralEvent, ReferralRecord, ReferralStatus},
     returns::check_residence,
+    tasks::{due, Task, TaskKind},
     FieldError, Guard, GuardError,
 };
 use trm_proto::{
@@ -26,11 +27,11 @@ use trm_proto::{
     convert,
     v1::{self as w, referral_service_server::ReferralService},
 };
-use trm_store::audit::AuditRecord;
+use trm_store::{audit::AuditRecord, Tx};
 
 use crate::{
     authz::{self, actor},
-    ctx::{today, Ctx},
+    ctx::{today, Ctx, TxResult},
     disclosure::{self, load_case},
     error::{ApiError, ApiResult},
     lifecycle,
@@ -67,7 +68,37 @@ impl rpc::ToWire for ReferralRecord {
     }
 }
 
-impl lifecycle::StepRules for ReferralRecord {}
+impl lifecycle::StepRules for ReferralRecord {
+    /// Accepting or declining answers the incoming referral's task.
+    fn after_step(&self, tx: &mut Tx<'_>, event: ReferralEvent) -> TxResult<()> {
+        if matches!(event, ReferralEvent::Accept | ReferralEvent::Decline) {
+            tx.close_task(TaskKind::AnswerReferral, self.referral_id.uuid())?;
+        }
+        Ok(())
+    }
+}
+
+/// Keeps the task of a case's expiring permit: due on its last day, in the queue from
+/// `notice_days` before; none without a `valid_until`.
+fn residence_task(tx: &mut Tx<'_>, case: &CaseRecord, notice_days: u32) -> TxResult<()> {
+    tx.close_task(TaskKind::ResidenceExpiring, case.case_id.uuid())?;
+    let Some(until) = case.residence.as_ref().and_then(|r| r.valid_until) else {
+        return Ok(());
+    };
+    let due_at = until.midnight().assume_utc();
+    let now = OffsetDateTime::now_utc();
+    let mut task = Task::due_in(
+        TaskKind::ResidenceExpiring,
+        case.case_id.uuid(),
+        due_at - now,
+        now,
+    );
+    task.due_at = due_at;
+    task.shows_from = due_at - time::Duration::days(i64::from(notice_days));
+    task.organisation = Some(case.organisation.clone());
+    tx.open_task(&task)?;
+    Ok(())
+}
 
 crate::grpc_service!(Referrals => ReferralService {
     create_case(w::CreateCaseRequest) -> w::Case;
@@ -151,7 +182,19 @@ impl Referrals {
                 // One person, one case: a second case of the same person on this node is
                 // still created, and its creator learns nothing of the other; the pair
                 // waits for a focal point to confirm or dismiss it.
-                for other in tx.index_person(&case)? {
+                let others = tx.index_person(&case)?;
+                if !others.is_empty() {
+                    let now = OffsetDateTime::now_utc();
+                    let mut review = Task::due_in(
+                        TaskKind::PossibleDuplicate,
+                        case.case_id.uuid(),
+                        due::REVIEW,
+                        now,
+                    );
+                    review.organisation = Some(case.organisation.clone());
+                    tx.open_task(&review)?;
+                }
+                for other in others {
                     tx.audit(
                         AuditRecord::new(
                             who.clone(),
@@ -398,6 +441,7 @@ impl Referrals {
                     recorded_at: OffsetDateTime::now_utc(),
                 });
                 tx.put_case(&case)?;
+                residence_task(tx, &case, ctx.residence_notice_days)?;
                 // A protection status stops every return of the case not yet under way.
                 let halted = match check_residence(&case) {
                     Ok(()) => 0,
@@ -611,6 +655,7 @@ impl Referrals {
                 }
                 // Crypto-shredding: without its data key the sealed record is gone for good.
                 tx.erase_case(&case)?;
+                tx.close_tasks_of(case_id.uuid())?;
                 tx.audit(
                     AuditRecord::new(actor(&who), "case.erase", case_id.to_string(), "ok").detail(
                         format!("erasure_requests={requested} reason_len={}", reason.len()),

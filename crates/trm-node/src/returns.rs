@@ -19,6 +19,7 @@ use trm_core::{
         check_guards, check_risk, ReturnDecision, ReturnEvent, ReturnRecord, ReturnStatus,
         RiskAssessment, StepDetails,
     },
+    tasks::{due, Task, TaskKind},
     FieldError, GuardError,
 };
 use trm_proto::{
@@ -132,6 +133,22 @@ impl lifecycle::StepRules for ReturnRecord {
             today(),
         )
         .map_err(ApiError::from)?;
+        Ok(())
+    }
+
+    /// Confirming reception or raising a concern answers the incoming request's task; once
+    /// the person has left (or the plan ended), the witness's prosecutor has nothing left
+    /// to weigh.
+    fn after_step(&self, tx: &mut Tx<'_>, event: ReturnEvent) -> TxResult<()> {
+        if matches!(
+            event,
+            ReturnEvent::ConfirmReception | ReturnEvent::RaiseConcern
+        ) {
+            tx.close_task(TaskKind::AnswerReturn, self.return_id.uuid())?;
+        }
+        if !self.status.before_departure() {
+            tx.close_task(TaskKind::ReturnOfWitnessProposed, self.return_id.uuid())?;
+        }
         Ok(())
     }
 }
@@ -307,6 +324,17 @@ impl Returns {
                     guards,
                 )?;
                 let now = OffsetDateTime::now_utc();
+                let witness = hearing_pending(tx, case_id)?;
+                if witness {
+                    // The prosecutor who asked to hear the person is told of the return.
+                    let tell = Task::due_in(
+                        TaskKind::ReturnOfWitnessProposed,
+                        return_id.uuid(),
+                        due::REVIEW,
+                        now,
+                    );
+                    tx.open_task(&tell)?;
+                }
                 let record = ReturnRecord {
                     return_id,
                     origin: ctx.id,
@@ -314,7 +342,7 @@ impl Returns {
                     status: ReturnStatus::Requested,
                     disclosed: d.disclosed.clone(),
                     // Derived, never typed in: a hearing of the case open on this node.
-                    hearing_pending: hearing_pending(tx, case_id)?,
+                    hearing_pending: witness,
                     // No claim is open before claims exist (remedies).
                     compensation_pending: false,
                     case_id: Some(case_id),

@@ -30,7 +30,8 @@ use trm_proto::v1::{
     admin_service_server::AdminServiceServer, federation_service_server::FederationServiceServer,
     referral_service_server::ReferralServiceServer,
     return_planning_service_server::ReturnPlanningServiceServer,
-    witness_hearing_service_server::WitnessHearingServiceServer, FILE_DESCRIPTOR_SET,
+    witness_hearing_service_server::WitnessHearingServiceServer,
+    work_service_server::WorkServiceServer, FILE_DESCRIPTOR_SET,
 };
 use trm_store::{engine::sled::SledOptions, EngineOptions, Store, StoreOptions};
 
@@ -937,7 +938,8 @@ fn introspection(health: HealthServer<impl Health>) -> Result<RoutesBuilder, Nod
     Ok(routes)
 }
 
-/// The routes of the services port: referrals, return planning and witness hearings, with
+/// The routes of the services port: referrals, return planning, witness hearings and the
+/// work queue, with
 /// `introspection`.
 fn services_routes(ctx: &Ctx, mut introspection: RoutesBuilder) -> Routes {
     introspection
@@ -951,6 +953,10 @@ fn services_routes(ctx: &Ctx, mut introspection: RoutesBuilder) -> Routes {
         )
         .add_service(
             WitnessHearingServiceServer::new(Hearings::new(ctx.clone()))
+                .max_decoding_message_size(MAX_LOCAL_REQUEST),
+        )
+        .add_service(
+            WorkServiceServer::new(crate::work::Work::new(ctx.clone()))
                 .max_decoding_message_size(MAX_LOCAL_REQUEST),
         );
     introspection.routes()

@@ -742,3 +742,63 @@ mod tests {
         assert_eq!(err.field, "valid_until");
     }
 }
+
+/// `ListTasks`: which kinds (none: all), only overdue ones, and the page (its token is
+/// the hex of the last task key read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListTasks {
+    pub kinds: Vec<trm_core::tasks::TaskKind>,
+    pub overdue_only: bool,
+    pub page: Page,
+}
+
+/// Parses a wire task kind; zero and unknown values are refused naming `field`.
+pub fn task_kind(field: &str, v: i32) -> Result<trm_core::tasks::TaskKind, FieldError> {
+    use trm_core::tasks::TaskKind as K;
+    Ok(match w::TaskKind::try_from(v) {
+        Ok(w::TaskKind::AnswerReferral) => K::AnswerReferral,
+        Ok(w::TaskKind::AnswerReturn) => K::AnswerReturn,
+        Ok(w::TaskKind::AnswerHearing) => K::AnswerHearing,
+        Ok(w::TaskKind::AcknowledgeSafetyAlert) => K::AcknowledgeSafetyAlert,
+        Ok(w::TaskKind::AttestVictimStatus) => K::AttestVictimStatus,
+        Ok(w::TaskKind::ResidenceExpiring) => K::ResidenceExpiring,
+        Ok(w::TaskKind::ReturnOfWitnessProposed) => K::ReturnOfWitnessProposed,
+        Ok(w::TaskKind::PossibleDuplicate) => K::PossibleDuplicate,
+        Ok(w::TaskKind::DeliveryFailed) => K::DeliveryFailed,
+        _ => return Err(FieldError::new(field, "is not a task kind")),
+    })
+}
+
+/// Returns the wire form of a task kind.
+pub fn task_kind_to_wire(k: trm_core::tasks::TaskKind) -> w::TaskKind {
+    use trm_core::tasks::TaskKind as K;
+    match k {
+        K::AnswerReferral => w::TaskKind::AnswerReferral,
+        K::AnswerReturn => w::TaskKind::AnswerReturn,
+        K::AnswerHearing => w::TaskKind::AnswerHearing,
+        K::AcknowledgeSafetyAlert => w::TaskKind::AcknowledgeSafetyAlert,
+        K::AttestVictimStatus => w::TaskKind::AttestVictimStatus,
+        K::ResidenceExpiring => w::TaskKind::ResidenceExpiring,
+        K::ReturnOfWitnessProposed => w::TaskKind::ReturnOfWitnessProposed,
+        K::PossibleDuplicate => w::TaskKind::PossibleDuplicate,
+        K::DeliveryFailed => w::TaskKind::DeliveryFailed,
+    }
+}
+
+impl TryFrom<&w::ListTasksRequest> for ListTasks {
+    type Error = FieldError;
+    fn try_from(r: &w::ListTasksRequest) -> Result<Self, FieldError> {
+        if r.kinds.len() > trm_core::limits::MAX_ITEMS {
+            return Err(FieldError::new("kinds", "too many kinds"));
+        }
+        Ok(Self {
+            kinds: r
+                .kinds
+                .iter()
+                .map(|k| task_kind("kinds", *k))
+                .collect::<Result<_, _>>()?,
+            overdue_only: r.overdue_only,
+            page: c::page(r.page_size, &r.page_token)?,
+        })
+    }
+}

@@ -312,4 +312,6 @@ local_requests! {
     RecordIdentification,
     RecordResidenceStatus,
     UpdateCase,
+    // WorkService
+    ListTasks,
 }

@@ -13,6 +13,7 @@ pub mod lease;
 pub mod outbox;
 pub mod requests;
 pub mod stats;
+pub mod tasks;
 
 /// The key layout: one ordered key space, each record kind under a prefix of its own.
 pub(crate) mod layout {
@@ -46,6 +47,26 @@ pub(crate) mod layout {
     /// Every possible duplicate.
     pub fn possible_duplicates() -> Vec<u8> {
         key("du/", &[])
+    }
+
+    /// A task in the queue, by due time then id.
+    pub fn task(due: &[u8; 8], task: &[u8; 16]) -> Vec<u8> {
+        key("tq/", &[due, task])
+    }
+
+    /// The queue.
+    pub fn tasks() -> Vec<u8> {
+        key("tq/", &[])
+    }
+
+    /// How many tasks of one kind are open.
+    pub fn task_count(kind: u8) -> Vec<u8> {
+        key("tc/", &[&[kind]])
+    }
+
+    /// The open task of one kind on one record (its value: the task's key).
+    pub fn task_of(kind: u8, record: &[u8; 16]) -> Vec<u8> {
+        key("tk/", &[&[kind], record])
     }
 
     /// Small node state, by name.

@@ -698,6 +698,16 @@ fn local_requests() -> Result<()> {
             }
             .encode_to_vec(),
         ),
+        (
+            L::ListTasks,
+            w::ListTasksRequest {
+                kinds: vec![w::TaskKind::AnswerReferral as i32],
+                overdue_only: true,
+                page_size: 10,
+                page_token: String::new(),
+            }
+            .encode_to_vec(),
+        ),
     ];
     let requests = requests
         .into_iter()
