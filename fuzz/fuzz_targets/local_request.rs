@@ -27,7 +27,8 @@ use trm_fuzz_common::{self as fx, Local as L};
 use trm_node::admin;
 use trm_proto::command::{
     EraseCase, Get, List, ListConsents, ListTasks, Paged, ProposeReturn, RecordIdentification,
-    RecordResidenceStatus, RequestHearing, SubmitReferral, UpdateCase, WithdrawConsent,
+    RecordResidenceStatus, RequestHearing, ResolveDuplicate, SubmitReferral, UpdateCase,
+    WithdrawConsent,
 };
 use trm_proto::{convert as c, v1 as w};
 
@@ -83,6 +84,9 @@ fuzz_target!(|data: &[u8]| {
         }
         L::UpdateCase => parse::<w::UpdateCaseRequest, UpdateCase>(data),
         L::ListTasks => parse::<w::ListTasksRequest, ListTasks>(data),
+        L::ResolvePossibleDuplicate => {
+            parse::<w::ResolvePossibleDuplicateRequest, ResolveDuplicate>(data)
+        }
 
         // ReturnPlanningService
         L::RecordRiskAssessment => parse::<w::RecordRiskAssessmentRequest, RiskAssessment>(data),

@@ -42,6 +42,7 @@ const OPERATOR: Allowed = Allowed::Roles(&[OP]);
 const TABLE: &[(&str, &str, Allowed)] = &[
     ("ReferralService", "CreateCase", CASE),
     ("ReferralService", "UpdateCase", CASE),
+    ("ReferralService", "ResolvePossibleDuplicate", FOCAL),
     ("ReferralService", "GetCase", CASE),
     ("ReferralService", "ListCases", CASE),
     ("ReferralService", "RecordConsent", CASE),

@@ -144,6 +144,25 @@ async fn a_permit_shows_as_expiring_within_the_notice_and_a_second_case_waits_fo
     )
     .await?
     .is_empty());
+
+    // Settled: the task closes, and a second settling finds nothing.
+    let resolve = w::ResolvePossibleDuplicateRequest {
+        case_id: again.case_id.clone(),
+        same_person: true,
+        ..Default::default()
+    };
+    let settled = fp
+        .resolve_possible_duplicate(resolve.clone())
+        .await?
+        .into_inner();
+    assert_eq!(settled.pairs, 1);
+    assert!(
+        tasks(&fed, "AT", Role::FocalPoint, w::TaskKind::PossibleDuplicate)
+            .await?
+            .is_empty()
+    );
+    let twice = fp.resolve_possible_duplicate(resolve).await.unwrap_err();
+    assert_eq!(twice.code(), tonic::Code::NotFound);
     fed.stop().await?;
     Ok(())
 }

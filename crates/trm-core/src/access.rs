@@ -46,6 +46,7 @@ pub enum Action {
     RecordHearingOutcome,
     CancelHearing,
     ListTasks,
+    ResolveDuplicate,
     Administer,
 }
 
@@ -56,7 +57,7 @@ use Role::{
 
 impl Action {
     /// Every action, for tables and tests.
-    pub const ALL: [Action; 33] = [
+    pub const ALL: [Action; 34] = [
         Action::CreateCase,
         Action::ReadCase,
         Action::UpdateCase,
@@ -89,6 +90,7 @@ impl Action {
         Action::RecordHearingOutcome,
         Action::CancelHearing,
         Action::ListTasks,
+        Action::ResolveDuplicate,
         Action::Administer,
     ];
 
@@ -119,7 +121,8 @@ impl Action {
             | A::AnswerReturn
             | A::ConfirmArrival
             | A::RecordFollowUp
-            | A::ResolveConcern => &[FP],
+            | A::ResolveConcern
+            | A::ResolveDuplicate => &[FP],
             // Residence is the state's decision: the immigration authority records it, the
             // focal point on its word; a service provider reads it on its cases.
             A::RecordResidenceStatus => &[FP, IA],
@@ -171,6 +174,7 @@ impl Action {
             A::RecordHearingOutcome => "record hearing outcomes",
             A::CancelHearing => "cancel hearings",
             A::ListTasks => "list tasks",
+            A::ResolveDuplicate => "settle possible duplicates",
             A::Administer => "use the admin service",
         }
     }

@@ -22,7 +22,7 @@ use trm_core::{
 use trm_proto::{
     command::{
         EraseCase, Get, ListConsents, Paged, RecordIdentification, RecordResidenceStatus,
-        SubmitReferral, UpdateCase, WithdrawConsent,
+        ResolveDuplicate, SubmitReferral, UpdateCase, WithdrawConsent,
     },
     convert,
     v1::{self as w, referral_service_server::ReferralService},
@@ -103,6 +103,7 @@ fn residence_task(tx: &mut Tx<'_>, case: &CaseRecord, notice_days: u32) -> TxRes
 crate::grpc_service!(Referrals => ReferralService {
     create_case(w::CreateCaseRequest) -> w::Case;
     update_case(w::UpdateCaseRequest) -> w::Case;
+    resolve_possible_duplicate(w::ResolvePossibleDuplicateRequest) -> w::ResolvePossibleDuplicateResponse;
     get_case(w::GetCaseRequest) -> w::Case;
     list_cases(w::ListCasesRequest) -> w::ListCasesResponse;
     record_consent(w::RecordConsentRequest) -> w::Consent;
@@ -239,6 +240,48 @@ impl Referrals {
             .await?;
         info!(case_id = %case.case_id, "case updated");
         self.case_out(&p, &case)
+    }
+
+    #[instrument(skip_all)]
+    async fn resolve_possible_duplicate(
+        &self,
+        request: Request<w::ResolvePossibleDuplicateRequest>,
+    ) -> ApiResult<w::ResolvePossibleDuplicateResponse> {
+        let (p, idem) = authz::caller(&request, Action::ResolveDuplicate)?;
+        let ResolveDuplicate {
+            case_id,
+            same_person,
+        } = request.get_ref().try_into()?;
+        let who = p.clone();
+        let pairs: Remembered = self
+            .ctx
+            .once(idem, &p, move |tx| {
+                let case = load_case(tx, case_id)?;
+                owns(&who, &case)?;
+                let pairs = tx.resolve_duplicates(&case, same_person)?;
+                if pairs == 0 {
+                    return Err(ApiError::NotFound("possible duplicate").into());
+                }
+                tx.close_task(TaskKind::PossibleDuplicate, case_id.uuid())?;
+                tx.audit(
+                    AuditRecord::new(
+                        actor(&who),
+                        "case.duplicate_resolved",
+                        case_id.to_string(),
+                        "ok",
+                    )
+                    .detail(format!("same_person={same_person} pairs={pairs}")),
+                )?;
+                Ok(Remembered(pairs.to_string()))
+            })
+            .await?;
+        let pairs = pairs.0.parse().map_err(|_| {
+            ApiError::Store("the remembered result of a resolution is not a count".into())
+        })?;
+        Ok(w::ResolvePossibleDuplicateResponse {
+            case_id: case_id.to_string(),
+            pairs,
+        })
     }
 
     #[instrument(skip_all)]

@@ -802,3 +802,20 @@ impl TryFrom<&w::ListTasksRequest> for ListTasks {
         })
     }
 }
+
+/// `ResolvePossibleDuplicate`: the newer case of a pair, and the focal point's finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResolveDuplicate {
+    pub case_id: CaseId,
+    pub same_person: bool,
+}
+
+impl TryFrom<&w::ResolvePossibleDuplicateRequest> for ResolveDuplicate {
+    type Error = FieldError;
+    fn try_from(r: &w::ResolvePossibleDuplicateRequest) -> Result<Self, FieldError> {
+        Ok(Self {
+            case_id: CaseId::parse("case_id", &r.case_id)?,
+            same_person: r.same_person,
+        })
+    }
+}

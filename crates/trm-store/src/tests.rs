@@ -681,6 +681,53 @@ fn a_changed_case_moves_its_count_only_within_an_unpublished_month() {
     assert_eq!(children(published, true), None);
 }
 
+/// A second case of one person, once a focal point says it is the same person, counts
+/// once in the statistics.
+#[test]
+fn a_confirmed_duplicate_counts_as_one_person() {
+    use trm_core::stats::{Cell, Month, Period};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &SecretKey::generate());
+    let month = Month::of(date!(2026 - 01 - 01));
+    let persons = || {
+        store
+            .stat_counts(Period {
+                start: date!(2026 - 01 - 01),
+                end: month.next_first_day(),
+            })
+            .unwrap()
+            .get(&Cell::Child(Some(false)))
+            .copied()
+    };
+    let first = case("Same");
+    let second = case("Same");
+    put(&store, &first);
+    put(&store, &second);
+    assert_eq!(persons(), Some(2));
+    let index = |c: &CaseRecord| {
+        let c = c.clone();
+        store
+            .commit_blocking::<Vec<CaseId>, (), _>(move |tx| Ok(tx.index_person(&c)?))
+            .unwrap()
+    };
+    assert!(index(&first).is_empty());
+    assert_eq!(index(&second), [first.case_id]);
+    let resolve = |c: &CaseRecord, same: bool| {
+        let c = c.clone();
+        store
+            .commit_blocking::<u32, (), _>(move |tx| Ok(tx.resolve_duplicates(&c, same)?))
+            .unwrap()
+    };
+    assert_eq!(
+        resolve(&first, true),
+        0,
+        "the pair names the newer case first"
+    );
+    assert_eq!(resolve(&second, true), 1);
+    assert_eq!(persons(), Some(1), "one person");
+    assert!(store.possible_duplicates().unwrap().is_empty());
+}
+
 #[test]
 fn a_data_key_read_in_a_refused_request_is_never_used_for_a_later_one() {
     let dir = tempfile::tempdir().unwrap();

@@ -314,4 +314,6 @@ local_requests! {
     UpdateCase,
     // WorkService
     ListTasks,
+    // ReferralService, one person one case
+    ResolvePossibleDuplicate,
 }

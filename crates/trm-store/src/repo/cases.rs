@@ -76,10 +76,15 @@ impl Tx<'_> {
         );
         if old != new {
             let key = layout::counted(PERSON, case.case_id.as_bytes());
+            // None: counted as another case's person (a confirmed duplicate).
             let month = self
-                .get_json::<Month>("counted person", &key)?
-                .unwrap_or_else(|| Month::of(before.identified_on));
-            if self.published_report(month)?.is_none() {
+                .get_json::<Option<Month>>("counted person", &key)?
+                .unwrap_or_else(|| Some(Month::of(before.identified_on)));
+            let open = match month {
+                Some(m) => self.published_report(m)?.is_none().then_some(m),
+                None => None,
+            };
+            if let Some(month) = open {
                 for c in &old {
                     self.count(month, c, -1)?;
                 }
@@ -136,6 +141,38 @@ impl Tx<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Settles the possible duplicates of `case` (the newer of each pair): for the same
+    /// person, it no longer counts in the statistics as a person of its own (taken out of
+    /// its month while that month is unpublished); either way the pairs are gone. Returns
+    /// how many pairs there were.
+    pub fn resolve_duplicates(&mut self, case: &CaseRecord, same_person: bool) -> Result<u32> {
+        use trm_core::stats::{Month, Profile};
+        let prefix = [
+            layout::possible_duplicates(),
+            case.case_id.as_bytes().to_vec(),
+        ]
+        .concat();
+        let pairs = self.scan_raw(&prefix, None, usize::MAX)?;
+        for (k, _) in &pairs {
+            self.delete(k)?;
+        }
+        if same_person && !pairs.is_empty() {
+            let key = layout::counted(PERSON, case.case_id.as_bytes());
+            let month = self
+                .get_json::<Option<Month>>("counted person", &key)?
+                .unwrap_or_else(|| Some(Month::of(case.identified_on)));
+            if let Some(month) = month {
+                if self.published_report(month)?.is_none() {
+                    for c in Profile::of_case(case).cells() {
+                        self.count(month, &c, -1)?;
+                    }
+                }
+            }
+            self.put_json(&key, &None::<Month>)?;
+        }
+        Ok(u32::try_from(pairs.len()).unwrap_or(u32::MAX))
     }
 
     fn person_digest(&self, case: &CaseRecord) -> Option<[u8; 32]> {

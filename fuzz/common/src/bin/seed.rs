@@ -708,6 +708,15 @@ fn local_requests() -> Result<()> {
             }
             .encode_to_vec(),
         ),
+        (
+            L::ResolvePossibleDuplicate,
+            w::ResolvePossibleDuplicateRequest {
+                case_id: id(),
+                same_person: true,
+                request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
     ];
     let requests = requests
         .into_iter()
