@@ -111,6 +111,27 @@ fn hearing_pending(tx: &mut Tx<'_>, case: CaseId) -> TxResult<bool> {
     Ok(false)
 }
 
+/// Returns whether a hearing of case `case` is open on this node; if one is, the
+/// judicial authority that asked to hear the person is told of its return `plan` (a task).
+fn tell_of_witness(
+    tx: &mut Tx<'_>,
+    case: CaseId,
+    plan: ReturnId,
+    now: OffsetDateTime,
+) -> TxResult<bool> {
+    let witness = hearing_pending(tx, case)?;
+    if witness {
+        let tell = Task::due_in(
+            TaskKind::ReturnOfWitnessProposed,
+            plan.uuid(),
+            due::REVIEW,
+            now,
+        );
+        tx.open_task(&tell)?;
+    }
+    Ok(witness)
+}
+
 impl lifecycle::StepRules for ReturnRecord {
     /// Scheduling and travel check every guard of the return again, on the case as it
     /// stands now: a risk found, a decision taken back or the consent withdrawn since the
@@ -324,17 +345,7 @@ impl Returns {
                     guards,
                 )?;
                 let now = OffsetDateTime::now_utc();
-                let witness = hearing_pending(tx, case_id)?;
-                if witness {
-                    // The prosecutor who asked to hear the person is told of the return.
-                    let tell = Task::due_in(
-                        TaskKind::ReturnOfWitnessProposed,
-                        return_id.uuid(),
-                        due::REVIEW,
-                        now,
-                    );
-                    tx.open_task(&tell)?;
-                }
+                let witness = tell_of_witness(tx, case_id, return_id, now)?;
                 let record = ReturnRecord {
                     return_id,
                     origin: ctx.id,

@@ -217,21 +217,7 @@ pub fn to_wire(m: &PeerMessage) -> Payload {
             status,
             step,
         } => Payload::HearingUpdate(hearing_update(*hearing_id, *status, step)),
-        PeerMessage::CopyUpdate { subject, disclosed } => {
-            let disclosed = Some(disclosed_to_wire(disclosed));
-            match subject {
-                Shared::Referral(id) => Payload::ReferralUpdate(w::ReferralUpdate {
-                    referral_id: id.to_string(),
-                    disclosed,
-                    ..Default::default()
-                }),
-                Shared::Return(id) => Payload::ReturnUpdate(w::ReturnUpdate {
-                    return_id: id.to_string(),
-                    disclosed,
-                    ..Default::default()
-                }),
-            }
-        }
+        PeerMessage::CopyUpdate { subject, disclosed } => copy_update(*subject, disclosed),
         PeerMessage::ErasureRequest { subject_id, reason } => {
             Payload::ErasureRequest(w::ErasureRequest {
                 subject_id: subject_id.to_string(),
@@ -251,6 +237,23 @@ pub fn to_wire(m: &PeerMessage) -> Payload {
             valid_from,
         } => Payload::KeyAnnouncement(w::KeyAnnouncement {
             key: Some(signing_key(key_id, public_key, *valid_from)),
+        }),
+    }
+}
+
+/// A copy's new disclosed case: the record's update with `disclosed` and no step.
+fn copy_update(subject: Shared, disclosed: &trm_core::model::DisclosedCase) -> Payload {
+    let disclosed = Some(disclosed_to_wire(disclosed));
+    match subject {
+        Shared::Referral(id) => Payload::ReferralUpdate(w::ReferralUpdate {
+            referral_id: id.to_string(),
+            disclosed,
+            ..Default::default()
+        }),
+        Shared::Return(id) => Payload::ReturnUpdate(w::ReturnUpdate {
+            return_id: id.to_string(),
+            disclosed,
+            ..Default::default()
         }),
     }
 }
