@@ -130,7 +130,28 @@ impl Task {
     }
 }
 
-/// How long a node has to answer, by kind (`[tasks]` will make these configurable).
+/// How long a node has to answer an incoming request, by kind (`[tasks]` of node.toml).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DueTimes {
+    pub answer_referral: Duration,
+    /// For a referral whose needs are urgent or an emergency.
+    pub answer_urgent_referral: Duration,
+    pub answer_return: Duration,
+    pub answer_hearing: Duration,
+}
+
+impl Default for DueTimes {
+    fn default() -> Self {
+        DueTimes {
+            answer_referral: due::ANSWER_REFERRAL,
+            answer_urgent_referral: due::ANSWER_URGENT_REFERRAL,
+            answer_return: due::ANSWER_RETURN,
+            answer_hearing: due::ANSWER_HEARING,
+        }
+    }
+}
+
+/// The default due times (and those of tasks no setting names).
 pub mod due {
     use time::Duration;
 

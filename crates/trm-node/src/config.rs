@@ -51,6 +51,8 @@ pub struct NodeConfig {
     #[serde(default)]
     pub statistics: StatisticsSection,
     #[serde(default)]
+    pub tasks: TasksSection,
+    #[serde(default)]
     pub log: LogSection,
     /// The peer directory.
     #[serde(default)]
@@ -271,6 +273,91 @@ impl Default for LogSection {
             format: default_log_format(),
             level: default_log_level(),
         }
+    }
+}
+
+/// When the tasks of the work queue fall due, in hours from the arrival.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TasksSection {
+    /// An incoming referral.
+    #[serde(default = "default_answer_referral")]
+    pub answer_referral_hours: u32,
+    /// An incoming referral whose needs are URGENT or EMERGENCY.
+    #[serde(default = "default_urgent_referral")]
+    pub urgent_referral_hours: u32,
+    /// An incoming return request.
+    #[serde(default = "default_answer_return")]
+    pub answer_return_hours: u32,
+    /// An incoming hearing request.
+    #[serde(default = "default_answer_hearing")]
+    pub answer_hearing_hours: u32,
+}
+
+fn default_answer_referral() -> u32 {
+    48
+}
+fn default_urgent_referral() -> u32 {
+    4
+}
+fn default_answer_return() -> u32 {
+    72
+}
+fn default_answer_hearing() -> u32 {
+    168
+}
+
+impl Default for TasksSection {
+    fn default() -> Self {
+        Self {
+            answer_referral_hours: default_answer_referral(),
+            urgent_referral_hours: default_urgent_referral(),
+            answer_return_hours: default_answer_return(),
+            answer_hearing_hours: default_answer_hearing(),
+        }
+    }
+}
+
+impl TasksSection {
+    /// The due times the flows open tasks with.
+    pub fn due_times(&self) -> trm_core::tasks::DueTimes {
+        let hours = |h: u32| time::Duration::hours(i64::from(h));
+        trm_core::tasks::DueTimes {
+            answer_referral: hours(self.answer_referral_hours),
+            answer_urgent_referral: hours(self.urgent_referral_hours),
+            answer_return: hours(self.answer_return_hours),
+            answer_hearing: hours(self.answer_hearing_hours),
+        }
+    }
+
+    /// Each due time: at least an hour, at most a year.
+    fn bounds(&self) -> [Bound; 4] {
+        [
+            (
+                "tasks.answer_referral_hours",
+                self.answer_referral_hours.into(),
+                1,
+                8760,
+            ),
+            (
+                "tasks.urgent_referral_hours",
+                self.urgent_referral_hours.into(),
+                1,
+                8760,
+            ),
+            (
+                "tasks.answer_return_hours",
+                self.answer_return_hours.into(),
+                1,
+                8760,
+            ),
+            (
+                "tasks.answer_hearing_hours",
+                self.answer_hearing_hours.into(),
+                1,
+                8760,
+            ),
+        ]
     }
 }
 
@@ -827,6 +914,7 @@ impl NodeConfig {
             )],
             &self.limits.connection_bounds(),
             &self.limits.request_bounds(),
+            &self.tasks.bounds(),
         ]
         .concat()
     }
@@ -1176,6 +1264,10 @@ key = "a"
             (
                 "policy.residence_notice_days",
                 Box::new(|c| c.policy.residence_notice_days = 366),
+            ),
+            (
+                "tasks.urgent_referral_hours",
+                Box::new(|c| c.tasks.urgent_referral_hours = 0),
             ),
             (
                 "delivery.request_timeout_secs",

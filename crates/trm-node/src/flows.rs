@@ -15,7 +15,7 @@ use trm_core::{
     policy,
     referral::{ReferralEvent, ReferralRecord, ReferralStep},
     returns::ReturnRecord,
-    tasks::{due, Task, TaskKind},
+    tasks::{DueTimes, Task, TaskKind},
 };
 use trm_crypto::signing::Signer;
 use trm_federation::{outbox, FlowHandler, Inbound, PeerDirectory, Rejection};
@@ -33,6 +33,8 @@ pub struct Flows {
     pub identity: Arc<Signer>,
     /// Knows peers' keys, for their announcements of new ones.
     pub directory: Arc<PeerDirectory>,
+    /// When the tasks an arrival opens fall due (`[tasks]`).
+    pub due: DueTimes,
 }
 
 use crate::lifecycle::{self, transition, unknown, FlowResult};
@@ -88,8 +90,8 @@ impl Flows {
             .and_then(|n| n.urgency)
             .is_some_and(|u| u != Urgency::Routine);
         let within = match urgent {
-            true => due::ANSWER_URGENT_REFERRAL,
-            false => due::ANSWER_REFERRAL,
+            true => self.due.answer_urgent_referral,
+            false => self.due.answer_referral,
         };
         let now = OffsetDateTime::now_utc();
         tx.open_task(&Task::due_in(
@@ -172,7 +174,7 @@ impl Flows {
         tx.open_task(&Task::due_in(
             TaskKind::AnswerReturn,
             return_id.uuid(),
-            due::ANSWER_RETURN,
+            self.due.answer_return,
             now,
         ))?;
         Ok(())
@@ -209,7 +211,7 @@ impl Flows {
         let answer = Task::due_in(
             TaskKind::AnswerHearing,
             hearing_id.uuid(),
-            due::ANSWER_HEARING,
+            self.due.answer_hearing,
             now,
         );
         tx.open_task(&answer)?;

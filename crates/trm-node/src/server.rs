@@ -447,6 +447,7 @@ pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, No
         id: node,
         identity: identity.clone(),
         directory: directory.clone(),
+        due: config.tasks.due_times(),
     });
     let delivery = Delivery::start(
         delivery_config(&config, &store)?,

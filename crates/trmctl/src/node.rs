@@ -295,6 +295,12 @@ level = "info"                              # RUST_LOG, when set, overrides it
 [statistics]
 min_cell_count = 11                         # CTDC's threshold; never below 5
 
+[tasks]                                     # when the work queue's tasks fall due, hours
+answer_referral_hours = 48                  # an incoming referral
+urgent_referral_hours = 4                   # one with URGENT or EMERGENCY needs
+answer_return_hours = 72                    # an incoming return request
+answer_hearing_hours = 168                  # an incoming hearing request
+
 [delivery]
 backoff_cap_secs = 600                      # longest wait between attempts to one peer
 request_timeout_secs = 10                   # one delivery attempt
