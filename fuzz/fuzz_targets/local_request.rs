@@ -17,11 +17,11 @@ use std::path::Path;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use trm_core::exchange::StepRequest;
-use trm_core::hearing::HearingRecord as Hearing;
+use trm_core::hearing::{HearingRecord as Hearing, HearingStatus};
 use trm_core::ids::{CaseId, HearingId, MessageId, ReferralId, ReturnId};
 use trm_core::model::parse_date;
-use trm_core::referral::ReferralRecord as Referral;
-use trm_core::returns::{ReturnDecision, ReturnRecord as Return, RiskAssessment};
+use trm_core::referral::{ReferralRecord as Referral, ReferralStatus};
+use trm_core::returns::{ReturnDecision, ReturnRecord as Return, ReturnStatus, RiskAssessment};
 use trm_core::stats::Period;
 use trm_fuzz_common::{self as fx, Local as L};
 use trm_node::admin;
@@ -69,7 +69,9 @@ fuzz_target!(|data: &[u8]| {
         L::WithdrawConsent => parse::<w::WithdrawConsentRequest, WithdrawConsent>(data),
         L::SubmitReferral => parse::<w::SubmitReferralRequest, SubmitReferral>(data),
         L::GetReferral => parse::<w::GetReferralRequest, Get<ReferralId>>(data),
-        L::ListReferrals => parse::<w::ListReferralsRequest, List<ReferralId>>(data),
+        L::ListReferrals => {
+            parse::<w::ListReferralsRequest, List<ReferralId, ReferralStatus>>(data)
+        }
         L::RespondToReferral => parse::<w::RespondToReferralRequest, StepRequest<Referral>>(data),
         L::AssignCase => parse::<w::AssignCaseRequest, StepRequest<Referral>>(data),
         L::CloseReferral => parse::<w::CloseReferralRequest, StepRequest<Referral>>(data),
@@ -93,7 +95,9 @@ fuzz_target!(|data: &[u8]| {
         L::RecordReturnDecision => parse::<w::RecordReturnDecisionRequest, ReturnDecision>(data),
         L::ProposeReturn => parse::<w::ProposeReturnRequest, ProposeReturn>(data),
         L::GetReturnPlan => parse::<w::GetReturnPlanRequest, Get<ReturnId>>(data),
-        L::ListReturnPlans => parse::<w::ListReturnPlansRequest, List<ReturnId>>(data),
+        L::ListReturnPlans => {
+            parse::<w::ListReturnPlansRequest, List<ReturnId, ReturnStatus>>(data)
+        }
         L::RespondToReturn => parse::<w::RespondToReturnRequest, StepRequest<Return>>(data),
         L::ScheduleReturn => parse::<w::ScheduleReturnRequest, StepRequest<Return>>(data),
         L::ConfirmArrival => parse::<w::ConfirmArrivalRequest, StepRequest<Return>>(data),
@@ -106,7 +110,7 @@ fuzz_target!(|data: &[u8]| {
         // WitnessHearingService
         L::RequestHearing => parse::<w::RequestHearingRequest, RequestHearing>(data),
         L::GetHearing => parse::<w::GetHearingRequest, Get<HearingId>>(data),
-        L::ListHearings => parse::<w::ListHearingsRequest, List<HearingId>>(data),
+        L::ListHearings => parse::<w::ListHearingsRequest, List<HearingId, HearingStatus>>(data),
         L::RespondToHearing => parse::<w::RespondToHearingRequest, StepRequest<Hearing>>(data),
         L::RecordHearingOutcome => {
             parse::<w::RecordHearingOutcomeRequest, StepRequest<Hearing>>(data)

@@ -136,6 +136,7 @@ async fn all_referrals(
                 direction: direction as i32,
                 page_size: 100,
                 page_token,
+                ..Default::default()
             })
             .await?
             .into_inner();
@@ -460,6 +461,7 @@ async fn all_hearings(ch: Channel, direction: w::Direction) -> anyhow::Result<Ve
                 direction: direction as i32,
                 page_size: 100,
                 page_token,
+                ..Default::default()
             })
             .await?
             .into_inner();
@@ -481,6 +483,7 @@ async fn all_returns(ch: Channel, direction: w::Direction) -> anyhow::Result<Vec
                 direction: direction as i32,
                 page_size: 100,
                 page_token,
+                ..Default::default()
             })
             .await?
             .into_inner();

@@ -82,6 +82,43 @@ async fn an_incoming_referral_waits_in_the_focal_points_queue_until_answered() -
         tasks(&fed, "RO", Role::FocalPoint, kind).await?.is_empty(),
         "answered: closed"
     );
+
+    // Lists narrow to statuses and to what changed since an instant.
+    let listed = |status: Vec<w::ReferralStatus>, since: Option<prost_types::Timestamp>| {
+        let mut ro = ro.clone();
+        async move {
+            let r = ro
+                .list_referrals(w::ListReferralsRequest {
+                    direction: w::Direction::Incoming as i32,
+                    status: status.into_iter().map(|s| s as i32).collect(),
+                    updated_since: since,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            anyhow::Ok(r.referrals.len())
+        }
+    };
+    assert_eq!(listed(vec![w::ReferralStatus::Accepted], None).await?, 1);
+    assert_eq!(listed(vec![w::ReferralStatus::Declined], None).await?, 0);
+    let later = prost_types::Timestamp {
+        seconds: time::OffsetDateTime::now_utc().unix_timestamp() + 3600,
+        nanos: 0,
+    };
+    assert_eq!(
+        listed(vec![], Some(later)).await?,
+        0,
+        "nothing changed since"
+    );
+    let bad = ro
+        .list_referrals(w::ListReferralsRequest {
+            direction: w::Direction::Incoming as i32,
+            status: vec![0],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(bad.message().contains("status"), "{}", bad.message());
     fed.stop().await?;
     Ok(())
 }

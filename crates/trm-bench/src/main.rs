@@ -417,6 +417,7 @@ async fn arrivals(
                 direction: w::Direction::Incoming as i32,
                 page_size: 500,
                 page_token: token.clone(),
+                ..Default::default()
             })
             .await?
             .into_inner();

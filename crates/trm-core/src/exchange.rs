@@ -81,6 +81,8 @@ pub trait SharedRecord: Clone + Debug + Send + Sync + 'static {
     fn status(&self) -> Self::Status;
     /// Returns whether the record is over (no step is left to take).
     fn is_final(&self) -> bool;
+    /// When the record last changed on this node.
+    fn updated_at(&self) -> time::OffsetDateTime;
     /// Returns the status's name, as audit entries and errors write it.
     fn status_name(&self) -> &'static str;
     /// The pairwise reference the two nodes know the case by.

@@ -342,6 +342,9 @@ impl crate::exchange::SharedRecord for HearingRecord {
     fn is_final(&self) -> bool {
         self.status.is_final()
     }
+    fn updated_at(&self) -> OffsetDateTime {
+        self.updated_at
+    }
     fn status_name(&self) -> &'static str {
         self.status.as_str()
     }

@@ -49,21 +49,25 @@ where
 }
 
 /// A page of the shared records of kind `R` that `p` may see (`visible`: by the
-/// organisation that looks after a record; `keep`: by the record itself), their ids
+/// organisation that looks after a record; `keep`: by the record itself) and `list` asks
+/// for (its statuses, changed since), their ids
 /// audited as read under `audit`. Returns the records and the next page's token.
 pub async fn list<R: StoredRecord>(
     ctx: &Ctx,
     p: &Principal,
-    list: &List<R::Id>,
+    list: &List<R::Id, R::Status>,
     audit: &'static str,
     visible: impl Fn(Option<&OrgId>) -> bool,
     keep: impl Fn(&R) -> trm_store::Result<bool>,
 ) -> ApiResult<(Vec<R>, String)> {
     let Paged { page, after } = &list.paged;
     let limit = page.size + 1;
+    let wanted = |r: &R| -> trm_store::Result<bool> {
+        Ok(list.keeps(r.status(), r.updated_at()) && keep(r)?)
+    };
     let (read, _) = ctx
         .store
-        .records::<R>(list.direction, *after, limit, visible, keep)?;
+        .records::<R>(list.direction, *after, limit, visible, wanted)?;
     let (found, token) = rpc::cut(page, read, |r| r.id());
     let ids: Vec<String> = found.iter().map(|r| r.id().to_string()).collect();
     ctx.audit_read(p, audit, "-".into(), ids.join(",")).await?;

@@ -356,21 +356,46 @@ impl TryFrom<&w::ListConsentsRequest> for ListConsents {
     }
 }
 
-/// A page of a list of shared records with ids `I`, by the way they travelled.
+/// A page of a list of shared records with ids `I` and statuses `S`, by the way they
+/// travelled, narrowed to some statuses and to what changed since an instant.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct List<I> {
+pub struct List<I, S> {
     pub direction: Direction,
     pub paged: Paged<I>,
+    /// Only these statuses (empty: any).
+    pub statuses: Vec<S>,
+    pub updated_since: Option<time::OffsetDateTime>,
+}
+
+impl<I, S: PartialEq> List<I, S> {
+    /// Returns whether a record in `status`, changed at `updated_at`, is listed.
+    pub fn keeps(&self, status: S, updated_at: time::OffsetDateTime) -> bool {
+        (self.statuses.is_empty() || self.statuses.contains(&status))
+            && self.updated_since.is_none_or(|t| updated_at >= t)
+    }
 }
 
 macro_rules! list {
-    ($($req:ident => $id:ty;)*) => {
-        $(impl TryFrom<&w::$req> for List<$id> {
+    ($($req:ident => $id:ty, $status:ty, $parse:path;)*) => {
+        $(impl TryFrom<&w::$req> for List<$id, $status> {
             type Error = FieldError;
             fn try_from(r: &w::$req) -> Result<Self, FieldError> {
+                if r.status.len() > trm_core::limits::MAX_ITEMS {
+                    return Err(FieldError::new("status", "too many statuses"));
+                }
                 Ok(List {
                     direction: c::direction("direction", r.direction)?,
                     paged: Paged::parse(r.page_size, &r.page_token)?,
+                    statuses: r
+                        .status
+                        .iter()
+                        .map(|s| $parse("status", *s))
+                        .collect::<Result<_, _>>()?,
+                    updated_since: r
+                        .updated_since
+                        .as_ref()
+                        .map(|t| c::from_ts("updated_since", Some(t)))
+                        .transpose()?,
                 })
             }
         })*
@@ -378,9 +403,9 @@ macro_rules! list {
 }
 
 list! {
-    ListReferralsRequest => ReferralId;
-    ListReturnPlansRequest => ReturnId;
-    ListHearingsRequest => HearingId;
+    ListReferralsRequest => ReferralId, trm_core::referral::ReferralStatus, c::referral_status_from_wire;
+    ListReturnPlansRequest => ReturnId, trm_core::returns::ReturnStatus, c::return_status_from_wire;
+    ListHearingsRequest => HearingId, trm_core::hearing::HearingStatus, c::hearing_status_from_wire;
 }
 
 // Requests that create or change something on a case.
