@@ -126,6 +126,29 @@ pub trait SharedRecord: Clone + Debug + Send + Sync + 'static {
     }
 }
 
+/// Writes the accessors of [`SharedRecord`] that every record has alike: its id (the
+/// field named), its status and when it changed.
+macro_rules! record_accessors {
+    ($id:ident: $id_type:ty, $status:ty) => {
+        fn id(&self) -> $id_type {
+            self.$id
+        }
+        fn status(&self) -> $status {
+            self.status
+        }
+        fn status_name(&self) -> &'static str {
+            self.status.as_str()
+        }
+        fn is_final(&self) -> bool {
+            self.status.is_final()
+        }
+        fn updated_at(&self) -> time::OffsetDateTime {
+            self.updated_at
+        }
+    };
+}
+pub(crate) use record_accessors;
+
 /// A local request for one step of record `R`: which record, which event, with what. Parsed
 /// from the wire by trm-proto (`TryFrom` of each step's request), taken by the node's one
 /// step pipeline.

@@ -327,26 +327,13 @@ impl crate::exchange::SharedRecord for HearingRecord {
     type Step = HearingStep;
     const KIND: crate::exchange::RecordKind = crate::exchange::RecordKind::Hearing;
 
-    fn id(&self) -> HearingId {
-        self.hearing_id
-    }
+    crate::exchange::record_accessors!(hearing_id: HearingId, HearingStatus);
+
     fn origin(&self) -> NodeId {
         self.requesting_country
     }
     fn destination(&self) -> NodeId {
         self.witness_country
-    }
-    fn status(&self) -> HearingStatus {
-        self.status
-    }
-    fn is_final(&self) -> bool {
-        self.status.is_final()
-    }
-    fn updated_at(&self) -> OffsetDateTime {
-        self.updated_at
-    }
-    fn status_name(&self) -> &'static str {
-        self.status.as_str()
     }
     fn case_ref(&self) -> &str {
         &self.case_ref

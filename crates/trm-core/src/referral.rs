@@ -263,26 +263,13 @@ impl crate::exchange::SharedRecord for ReferralRecord {
     type Step = ReferralStep;
     const KIND: crate::exchange::RecordKind = crate::exchange::RecordKind::Referral;
 
-    fn id(&self) -> ReferralId {
-        self.referral_id
-    }
+    crate::exchange::record_accessors!(referral_id: ReferralId, ReferralStatus);
+
     fn origin(&self) -> NodeId {
         self.origin
     }
     fn destination(&self) -> NodeId {
         self.destination
-    }
-    fn status(&self) -> ReferralStatus {
-        self.status
-    }
-    fn is_final(&self) -> bool {
-        self.status.is_final()
-    }
-    fn updated_at(&self) -> OffsetDateTime {
-        self.updated_at
-    }
-    fn status_name(&self) -> &'static str {
-        self.status.as_str()
     }
     fn case_ref(&self) -> &str {
         &self.disclosed.case_ref

@@ -473,26 +473,13 @@ impl crate::exchange::SharedRecord for ReturnRecord {
     type Step = StepDetails;
     const KIND: crate::exchange::RecordKind = crate::exchange::RecordKind::Return;
 
-    fn id(&self) -> ReturnId {
-        self.return_id
-    }
+    crate::exchange::record_accessors!(return_id: ReturnId, ReturnStatus);
+
     fn origin(&self) -> NodeId {
         self.origin
     }
     fn destination(&self) -> NodeId {
         self.destination
-    }
-    fn status(&self) -> ReturnStatus {
-        self.status
-    }
-    fn is_final(&self) -> bool {
-        self.status.is_final()
-    }
-    fn updated_at(&self) -> OffsetDateTime {
-        self.updated_at
-    }
-    fn status_name(&self) -> &'static str {
-        self.status.as_str()
     }
     fn case_ref(&self) -> &str {
         &self.disclosed.case_ref
