@@ -142,10 +142,9 @@ async fn an_update_changes_the_groups_named_and_reaches_the_copy_as_far_as_it_ma
 
     // Another organisation's provider may not change the case.
     let mut sp2 = fed.referrals_of_org("AT", "sp2").await?;
-    let err = sp2
-        .update_case(update(&case_id, &["child"]))
-        .await
-        .unwrap_err();
+    let mut theirs = update(&case_id, &["child"]);
+    theirs.child = Some(w::ChildInfo::default());
+    let err = sp2.update_case(theirs).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     fed.stop().await?;
     Ok(())
@@ -209,6 +208,81 @@ async fn a_second_case_of_the_same_person_is_found_without_telling_its_creator(
         "erased with the case"
     );
     store.close()?;
+    fed.stop().await?;
+    Ok(())
+}
+
+/// A copy that an update made rely on a consent given later is erased when that consent is
+/// withdrawn: the update records the copy under every consent it used.
+#[tokio::test]
+async fn a_copy_that_came_to_rely_on_a_later_consent_goes_with_it() -> anyhow::Result<()> {
+    use crate::returns::{propose, ready_case, returns, wait_status};
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let mut at = returns(&fed, "AT", Role::ServiceProvider).await?;
+    let ro = returns(&fed, "RO", Role::FocalPoint).await?;
+    let case_id = ready_case(
+        &mut sp,
+        &mut at,
+        &[w::DataCategory::Demographics, w::DataCategory::Needs],
+    )
+    .await?;
+    let id = at
+        .propose_return(propose(&case_id))
+        .await?
+        .into_inner()
+        .return_id;
+    let first = wait_status(&ro, &id, w::ReturnStatus::Requested).await?;
+    assert!(first.disclosed.unwrap_or_default().identity.is_none());
+
+    // A later consent lets identity and contact cross for the return; an update sends them.
+    let later = sp
+        .record_consent(requests::consent(
+            &case_id,
+            &[w::Purpose::ReturnPlanning],
+            &["RO"],
+            &[w::DataCategory::Identity, w::DataCategory::Contact],
+        ))
+        .await?
+        .into_inner();
+    let mut req = update(&case_id, &["person"]);
+    req.person = requests::case("Elena", 45).person;
+    sp.update_case(req).await?;
+    let has_identity = |plan: &w::ReturnPlan| {
+        plan.disclosed
+            .as_ref()
+            .and_then(|d| d.identity.as_ref())
+            .is_some_and(|p| !p.phone.is_empty())
+    };
+    eventually("the copy holds what the later consent allows", || {
+        let (mut ro, id) = (ro.clone(), id.clone());
+        async move {
+            let p = ro
+                .get_return_plan(w::GetReturnPlanRequest { return_id: id })
+                .await?
+                .into_inner();
+            Ok(has_identity(&p).then_some(()))
+        }
+    })
+    .await?;
+
+    sp.withdraw_consent(w::WithdrawConsentRequest {
+        case_id: case_id.clone(),
+        consent_id: later.consent_id.clone(),
+        ..Default::default()
+    })
+    .await?;
+    eventually("the copy erased with the consent it relied on", || {
+        let (mut ro, id) = (ro.clone(), id.clone());
+        async move {
+            let p = ro
+                .get_return_plan(w::GetReturnPlanRequest { return_id: id })
+                .await?
+                .into_inner();
+            Ok((!has_identity(&p)).then_some(()))
+        }
+    })
+    .await?;
     fed.stop().await?;
     Ok(())
 }

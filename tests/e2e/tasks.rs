@@ -119,6 +119,18 @@ async fn an_incoming_referral_waits_in_the_focal_points_queue_until_answered() -
         .await
         .unwrap_err();
     assert!(bad.message().contains("status"), "{}", bad.message());
+    for token in ["00", "zz", "74712f"] {
+        let refused = work(&fed, "RO", Role::FocalPoint)
+            .await?
+            .list_tasks(w::ListTasksRequest {
+                page_token: token.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{token}");
+        assert!(refused.message().contains("page_token"), "{token}");
+    }
     fed.stop().await?;
     Ok(())
 }

@@ -57,7 +57,7 @@ pub fn learn_key(directory: &PeerDirectory, tx: &mut Tx<'_>, inbound: &Inbound) 
         ))
     })?;
     let mut learned = tx.learned_keys()?;
-    let mut known = known_keys(&learned, inbound);
+    let mut known = known_keys(&learned, inbound)?;
     let peer = Peer {
         id: inbound.sender,
         endpoint: String::new(),
@@ -83,17 +83,20 @@ pub fn learn_key(directory: &PeerDirectory, tx: &mut Tx<'_>, inbound: &Inbound) 
     Ok(())
 }
 
-/// The keys the sender announced before (those that still read).
-fn known_keys(learned: &LearnedKeys, inbound: &Inbound) -> Vec<PeerKey> {
-    learned
-        .peers
-        .get(&inbound.sender)
-        .map(|keys| {
-            keys.iter()
-                .filter_map(|k| key_from_stored(k).ok())
-                .collect()
+/// The keys the sender announced before. One that does not read is a damaged store: never
+/// dropped (the list is written back), an error.
+fn known_keys(learned: &LearnedKeys, inbound: &Inbound) -> Result<Vec<PeerKey>, TxFail<Rejection>> {
+    let Some(keys) = learned.peers.get(&inbound.sender) else {
+        return Ok(Vec::new());
+    };
+    keys.iter()
+        .map(key_from_stored)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| {
+            TxFail::Store(trm_store::StoreError::Corrupt(
+                "a learned key of the sender",
+            ))
         })
-        .unwrap_or_default()
 }
 
 /// Checks that the announcement is signed by the sender's newest key and that the new key

@@ -279,11 +279,18 @@ impl Admin {
         if current.key_id() == key_id {
             return Ok(Some(current.public()));
         }
-        Ok(keys::listed(&self.ctx.store, &current)?
+        let Some(k) = keys::listed(&self.ctx.store, &current)?
             .into_iter()
             .find(|k| k.key_id == key_id)
-            .and_then(|k| hex::decode(k.public).ok())
-            .and_then(|b| trm_crypto::signing::public_from_bytes(&b).ok()))
+        else {
+            return Ok(None);
+        };
+        // A listed key that does not read is a damaged store, never "no such key".
+        let public = hex::decode(&k.public)
+            .ok()
+            .and_then(|b| trm_crypto::signing::public_from_bytes(&b).ok())
+            .ok_or_else(|| ApiError::Store(format!("own signing key {key_id} does not read")))?;
+        Ok(Some(public))
     }
 
     /// Verifies the audit chain and that it matches the head this node signed: a chain

@@ -58,14 +58,16 @@ pub fn refresh_copies(
     let mut sent = 0;
     for shared in shared_of_case(tx, case.case_id)? {
         let (purpose, recipient, held) = match shared {
+            // Only a copy still in use: an ended referral, a plan ended or under way (a
+            // return halted for an asylum claim) gets nothing more.
             Shared::Referral(id) => match tx.record::<ReferralRecord>(id)? {
-                Some(r) if !r.erasure.requested() => {
+                Some(r) if !r.erasure.requested() && !r.status.is_final() => {
                     (Purpose::ReferralAssistance, r.destination, r.disclosed)
                 }
                 _ => continue,
             },
             Shared::Return(id) => match tx.record::<ReturnRecord>(id)? {
-                Some(r) if !r.erasure.requested() => {
+                Some(r) if !r.erasure.requested() && r.status.before_departure() => {
                     (Purpose::ReturnPlanning, r.destination, r.disclosed)
                 }
                 _ => continue,
@@ -85,7 +87,12 @@ pub fn refresh_copies(
         if now == held {
             continue;
         }
-        keep_copy(tx, shared, &now)?;
+        // The copy now relies on every consent the grant combined: withdrawing any of them
+        // erases it.
+        for c in &grant.consent_ids {
+            tx.record_disclosure(*c, shared)?;
+        }
+        keep_copy(tx, shared, &now, &grant.consent_ids)?;
         let topic = match shared {
             Shared::Referral(id) => Topic::Referral(id),
             Shared::Return(id) => Topic::Return(id),
@@ -121,18 +128,33 @@ pub fn refresh_copies(
     Ok(sent)
 }
 
-/// Keeps, in this node's record of a copy it sent, what the copy now holds.
-fn keep_copy(tx: &mut Tx<'_>, shared: Shared, now: &DisclosedCase) -> TxResult<()> {
+/// Keeps, in this node's record of a copy it sent, what the copy now holds and the
+/// consents it relies on.
+fn keep_copy(
+    tx: &mut Tx<'_>,
+    shared: Shared,
+    now: &DisclosedCase,
+    consents: &[ConsentId],
+) -> TxResult<()> {
+    let merge = |held: &mut Vec<ConsentId>| {
+        for c in consents {
+            if !held.contains(c) {
+                held.push(*c);
+            }
+        }
+    };
     match shared {
         Shared::Referral(id) => {
             if let Some(mut r) = tx.record::<ReferralRecord>(id)? {
                 r.disclosed = now.clone();
+                merge(&mut r.consent_ids);
                 tx.put_record(&r)?;
             }
         }
         Shared::Return(id) => {
             if let Some(mut r) = tx.record::<ReturnRecord>(id)? {
                 r.disclosed = now.clone();
+                merge(&mut r.consent_ids);
                 tx.put_record(&r)?;
             }
         }

@@ -296,6 +296,9 @@ fn refresh_copy<R: StoredRecord>(
             R::KIND.name()
         )));
     }
+    if r.is_final() {
+        return Err(transition(format!("the {} has ended", R::KIND.name())));
+    }
     let held = copy(&mut r);
     if held.is_tombstone() {
         return Err(transition("the copy was erased"));

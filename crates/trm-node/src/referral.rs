@@ -16,7 +16,7 @@ use trm_core::{
     model::{CaseRecord, Identification, Purpose, Residence},
     referral::{next, ReferralEvent, ReferralRecord, ReferralStatus},
     returns::check_residence,
-    tasks::{due, Task, TaskKind},
+    tasks::{Task, TaskKind},
     FieldError, Guard, GuardError,
 };
 use trm_proto::{
@@ -183,19 +183,7 @@ impl Referrals {
                 // One person, one case: a second case of the same person on this node is
                 // still created, and its creator learns nothing of the other; the pair
                 // waits for a focal point to confirm or dismiss it.
-                let others = tx.index_person(&case)?;
-                if !others.is_empty() {
-                    let now = OffsetDateTime::now_utc();
-                    let mut review = Task::due_in(
-                        TaskKind::PossibleDuplicate,
-                        case.case_id.uuid(),
-                        due::REVIEW,
-                        now,
-                    );
-                    review.organisation = Some(case.organisation.clone());
-                    tx.open_task(&review)?;
-                }
-                for other in others {
+                for other in tx.index_person(&case)? {
                     tx.audit(
                         AuditRecord::new(
                             who.clone(),

@@ -66,7 +66,7 @@ fn guards_of(days: u32, tx: &mut Tx<'_>, case: &CaseRecord) -> TxResult<Result<(
 }
 
 /// Halts every return of case `case` this node requested that has not left yet (HALTED
-/// with `why`, the guard's word first, told to the other node), audited as `p`'s. Returns
+/// with the word of `why`'s guard as reason, told to the other node), audited as `p`'s. Returns
 /// how many.
 pub(crate) fn halt_open_returns(
     ctx: &Ctx,
@@ -85,11 +85,14 @@ pub(crate) fn halt_open_returns(
             continue;
         }
         let step = StepDetails {
-            reason: why.to_string(),
+            // The guard's word only: why it tripped (an asylum claim, a risk to the family)
+            // is the victim's and never reaches the country of return.
+            reason: why.guard.as_str().to_owned(),
             ..Default::default()
         };
         r.apply(ReturnEvent::Halt, &step).map_err(ApiError::from)?;
         lifecycle::keep_and_announce(ctx, tx, p, &r, &step)?;
+        lifecycle::StepRules::after_step(&r, tx, ReturnEvent::Halt)?;
         halted += 1;
     }
     Ok(halted)

@@ -65,9 +65,13 @@ impl Work {
         let after = page
             .after
             .as_deref()
-            .map(hex::decode)
-            .transpose()
-            .map_err(|_| FieldError::new("page_token", "is not a token this node gave"))?;
+            .map(|t| {
+                hex::decode(t)
+                    .ok()
+                    .filter(|k| trm_store::repo::tasks::is_task_key(k))
+                    .ok_or_else(|| FieldError::new("page_token", "is not a token this node gave"))
+            })
+            .transpose()?;
         let now = OffsetDateTime::now_utc();
         let read = self
             .ctx

@@ -666,7 +666,13 @@ impl TryFrom<&w::UpdateCaseRequest> for UpdateCase {
                 "person" => u.person = Some(c::person(r.person.as_ref(), today)?),
                 "needs" => u.needs = Some(c::needs(r.needs.as_ref())?),
                 "exploitation" => u.exploitation = Some(c::exploitation(r.exploitation.as_ref())?),
-                "child" => u.child = Some(c::child(r.child.as_ref())),
+                // A child group named must be given: none would read as "not a child".
+                "child" => {
+                    let given = r.child.as_ref().ok_or_else(|| {
+                        FieldError::new("child", "is required when named in update_mask")
+                    })?;
+                    u.child = Some(c::child(Some(given)));
+                }
                 other => {
                     // A path is echoed only when it reads as one.
                     let shown = if other.len() <= 64

@@ -57,13 +57,18 @@ fn optional_ts(
     t.map(|t| from_ts(field, Some(t))).transpose()
 }
 
-/// The disclosed case of an update that carries only that (its status unspecified).
+/// The disclosed case of an update that carries only that: its status unspecified and
+/// each field of a step (`empty`: each named with whether it is empty) left out.
 fn copy_only(
     status: i32,
+    empty: &[(&str, bool)],
     d: Option<&w::DisclosedCase>,
 ) -> Result<trm_core::model::DisclosedCase, PayloadError> {
     if status != 0 {
         return Err(FieldError::new("status", "must be unspecified when disclosed is set").into());
+    }
+    if let Some((field, _)) = empty.iter().find(|(_, e)| !e) {
+        return Err(FieldError::new(*field, "must be empty when disclosed is set").into());
     }
     disclosed(d)
 }
@@ -79,7 +84,11 @@ pub fn parse(payload: &Payload) -> Result<PeerMessage, PayloadError> {
         // A copy's new disclosed case comes with no step: one or the other.
         Payload::ReferralUpdate(u) if u.disclosed.is_some() => PeerMessage::CopyUpdate {
             subject: Shared::Referral(ReferralId::parse("referral_id", &u.referral_id)?),
-            disclosed: copy_only(u.status, u.disclosed.as_ref())?,
+            disclosed: copy_only(
+                u.status,
+                &[("reason", u.reason.is_empty())],
+                u.disclosed.as_ref(),
+            )?,
         },
         Payload::ReferralUpdate(u) => PeerMessage::ReferralUpdate {
             referral_id: ReferralId::parse("referral_id", &u.referral_id)?,
@@ -94,7 +103,15 @@ pub fn parse(payload: &Payload) -> Result<PeerMessage, PayloadError> {
         },
         Payload::ReturnUpdate(u) if u.disclosed.is_some() => PeerMessage::CopyUpdate {
             subject: Shared::Return(ReturnId::parse("return_id", &u.return_id)?),
-            disclosed: copy_only(u.status, u.disclosed.as_ref())?,
+            disclosed: copy_only(
+                u.status,
+                &[
+                    ("reason", u.reason.is_empty()),
+                    ("details", u.details.is_empty()),
+                    ("travel_at", u.travel_at.is_none()),
+                ],
+                u.disclosed.as_ref(),
+            )?,
         },
         Payload::ReturnUpdate(u) => PeerMessage::ReturnUpdate {
             return_id: ReturnId::parse("return_id", &u.return_id)?,

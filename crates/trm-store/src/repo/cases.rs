@@ -93,7 +93,8 @@ impl Tx<'_> {
                 }
             }
         }
-        if before.person != case.person {
+        // Who the person is for the index (names, date of birth), not an address or phone.
+        if before.person.match_input() != case.person.match_input() {
             self.unindex_person(before)?;
             self.index_person(case)?;
         }
@@ -124,6 +125,18 @@ impl Tx<'_> {
             }
         }
         self.put_raw(&layout::person_index(&digest, case.case_id), b"")?;
+        if !others.is_empty() {
+            // A focal point confirms or dismisses the pair (the newer case's task).
+            let now = time::OffsetDateTime::now_utc();
+            let mut review = trm_core::tasks::Task::due_in(
+                trm_core::tasks::TaskKind::PossibleDuplicate,
+                case.case_id.uuid(),
+                trm_core::tasks::due::REVIEW,
+                now,
+            );
+            review.organisation = Some(case.organisation.clone());
+            self.open_task(&review)?;
+        }
         Ok(others)
     }
 
@@ -134,10 +147,22 @@ impl Tx<'_> {
             self.delete(&layout::person_index(&digest, case.case_id))?;
         }
         let prefix = layout::possible_duplicates();
+        let mut newer = Vec::new();
         for (k, _) in self.scan_raw(&prefix, None, usize::MAX)? {
             let ids = k.get(prefix.len()..).unwrap_or_default();
             if ids.chunks(16).any(|id| id == case.case_id.as_bytes()) {
                 self.delete(&k)?;
+                newer.push(ids.get(..16).unwrap_or_default().to_vec());
+            }
+        }
+        // A review left with no pair has nothing to settle: its task closes.
+        for id in newer {
+            let still = [prefix.clone(), id.clone()].concat();
+            if self.scan_raw(&still, None, 1)?.is_empty() {
+                if let Ok(id) = <[u8; 16]>::try_from(id.as_slice()) {
+                    let task = trm_core::tasks::TaskKind::PossibleDuplicate;
+                    self.close_task(task, uuid::Uuid::from_bytes(id))?;
+                }
             }
         }
         Ok(())

@@ -7,6 +7,22 @@ use trm_core::tasks::{Task, TaskKind};
 
 use crate::{repo::layout, store::Store, tx::Tx, Result};
 
+/// Reads a task counter (none: 0); a value of another size is corrupt, never 0.
+fn count_of(value: Option<Vec<u8>>) -> Result<u64> {
+    match value {
+        None => Ok(0),
+        Some(b) => <[u8; 8]>::try_from(b.as_slice())
+            .map(u64::from_be_bytes)
+            .map_err(|_| crate::StoreError::Corrupt("task count")),
+    }
+}
+
+/// Returns whether `key` is the key of a task in the queue (a page token names one).
+pub fn is_task_key(key: &[u8]) -> bool {
+    let prefix = layout::tasks();
+    key.len() == prefix.len() + 8 + 16 && key.starts_with(&prefix)
+}
+
 /// The key of `task` in due order.
 fn queue_key(task: &Task) -> Vec<u8> {
     // Seconds since the epoch with the sign bit flipped: byte order is time order.
@@ -30,10 +46,7 @@ impl Tx<'_> {
     /// Moves the count of open tasks of `kind` by `delta`.
     fn count_task(&mut self, kind: TaskKind, delta: i64) -> Result<()> {
         let key = layout::task_count(kind.tag());
-        let now = self
-            .get_raw(&key)?
-            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-            .map_or(0, u64::from_be_bytes);
+        let now = count_of(self.get_raw(&key)?)?;
         self.put_raw(&key, &now.saturating_add_signed(delta).to_be_bytes())
     }
 
@@ -61,11 +74,7 @@ impl Tx<'_> {
 impl Store {
     /// Returns how many tasks of `kind` are open (a counter: no scan).
     pub fn open_tasks(&self, kind: TaskKind) -> Result<u64> {
-        Ok(self
-            .engine()
-            .get(&layout::task_count(kind.tag()))?
-            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-            .map_or(0, u64::from_be_bytes))
+        count_of(self.engine().get(&layout::task_count(kind.tag()))?)
     }
 
     /// Returns, by kind, how many tasks are past due at `now`: the head of the queue,
