@@ -337,7 +337,7 @@ async fn what_one_replica_changes_or_queues_holds_on_the_other() -> anyhow::Resu
     // A referral queued through the first replica (RO is down) is counted on the second.
     let mut first_sp = referrals(dir.path(), at.services).await?;
     submit(&mut first_sp, 0).await?;
-    let mut second_admin = AdminServiceClient::new(
+    let second_admin = AdminServiceClient::new(
         trm_tests::connect(
             other.admin,
             &ca,
