@@ -149,6 +149,34 @@ macro_rules! record_accessors {
 }
 pub(crate) use record_accessors;
 
+/// Writes the rest of [`SharedRecord`]'s accessors for a record that carries a disclosed
+/// case (a referral, a return plan): its two nodes, the disclosed case's reference, the
+/// organisation that looks after it, and which side takes which event (the event's own
+/// `allowed_for` and `leading_to`).
+macro_rules! disclosed_record_accessors {
+    ($event:ty, $status:ty) => {
+        fn origin(&self) -> crate::ids::NodeId {
+            self.origin
+        }
+        fn destination(&self) -> crate::ids::NodeId {
+            self.destination
+        }
+        fn case_ref(&self) -> &str {
+            &self.disclosed.case_ref
+        }
+        fn owner(&self) -> Option<&crate::ids::OrgId> {
+            self.organisation.as_ref()
+        }
+        fn may_take(event: $event, side: crate::exchange::Side) -> bool {
+            event.allowed_for(side)
+        }
+        fn event_to(status: $status, side: crate::exchange::Side) -> Option<$event> {
+            <$event>::leading_to(status, side)
+        }
+    };
+}
+pub(crate) use disclosed_record_accessors;
+
 /// A local request for one step of record `R`: which record, which event, with what. Parsed
 /// from the wire by trm-proto (`TryFrom` of each step's request), taken by the node's one
 /// step pipeline.

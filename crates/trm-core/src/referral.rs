@@ -265,24 +265,7 @@ impl crate::exchange::SharedRecord for ReferralRecord {
 
     crate::exchange::record_accessors!(referral_id: ReferralId, ReferralStatus);
 
-    fn origin(&self) -> NodeId {
-        self.origin
-    }
-    fn destination(&self) -> NodeId {
-        self.destination
-    }
-    fn case_ref(&self) -> &str {
-        &self.disclosed.case_ref
-    }
-    fn owner(&self) -> Option<&OrgId> {
-        self.organisation.as_ref()
-    }
-    fn may_take(event: ReferralEvent, side: Side) -> bool {
-        event.allowed_for(side)
-    }
-    fn event_to(status: ReferralStatus, side: Side) -> Option<ReferralEvent> {
-        ReferralEvent::leading_to(status, side)
-    }
+    crate::exchange::disclosed_record_accessors!(ReferralEvent, ReferralStatus);
     fn apply(&mut self, event: ReferralEvent, step: &ReferralStep) -> Result<(), GuardError> {
         ReferralRecord::apply(self, event, &step.reason, OffsetDateTime::now_utc())?;
         if let Some(org) = &step.assign {

@@ -475,24 +475,7 @@ impl crate::exchange::SharedRecord for ReturnRecord {
 
     crate::exchange::record_accessors!(return_id: ReturnId, ReturnStatus);
 
-    fn origin(&self) -> NodeId {
-        self.origin
-    }
-    fn destination(&self) -> NodeId {
-        self.destination
-    }
-    fn case_ref(&self) -> &str {
-        &self.disclosed.case_ref
-    }
-    fn owner(&self) -> Option<&OrgId> {
-        self.organisation.as_ref()
-    }
-    fn may_take(event: ReturnEvent, side: Side) -> bool {
-        event.allowed_for(side)
-    }
-    fn event_to(status: ReturnStatus, side: Side) -> Option<ReturnEvent> {
-        ReturnEvent::leading_to(status, side)
-    }
+    crate::exchange::disclosed_record_accessors!(ReturnEvent, ReturnStatus);
     fn apply(&mut self, event: ReturnEvent, step: &StepDetails) -> Result<(), GuardError> {
         ReturnRecord::apply(self, event, step)
     }
