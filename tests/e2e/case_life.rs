@@ -62,26 +62,6 @@ fn residence(
     }
 }
 
-/// A service provider of a second organisation (`sp2`) of node AT, with a certificate from
-/// `trmctl client issue`.
-async fn other_organisation(fed: &TestFederation) -> anyhow::Result<Referrals> {
-    let trmctl::client::IssueReport { cert, key, .. } = trmctl::client::issue(
-        &fed.dir().join("AT/node.toml"),
-        Role::ServiceProvider,
-        &"sp2".parse()?,
-        &fed.dir().join("sp2"),
-        trm_crypto::pki::CLIENT_VALIDITY_DAYS,
-    )?;
-    let channel = trmctl::connect::channel(
-        &fed.node("AT")?.addrs.services.to_string(),
-        &fed.dir().join("AT/services-ca.pem"),
-        &cert,
-        &key,
-    )
-    .await?;
-    Ok(ReferralServiceClient::new(channel))
-}
-
 /// Asserts that a call was refused PERMISSION_DENIED.
 fn denied<T>(answer: Result<T, tonic::Status>, what: &str) {
     match answer {
@@ -183,7 +163,7 @@ async fn a_case_lists_its_consents_withdrawn_ones_included_to_its_readers_only(
     assert!(err.message().contains("page_token"), "{}", err.message());
 
     // Another organisation's provider, and roles that never read victim records.
-    let mut sp2 = other_organisation(&fed).await?;
+    let mut sp2 = fed.referrals_of_org("AT", "sp2").await?;
     let err = sp2
         .list_consents(list(&case_id, 0, ""))
         .await
@@ -317,7 +297,7 @@ async fn identification_decisions_are_shown_and_reasonable_grounds_start_the_ref
     assert_eq!(get(&mut sp, &case_id).await?, conclusive);
 
     // Another organisation's provider, and roles that may not record it.
-    let mut sp2 = other_organisation(&fed).await?;
+    let mut sp2 = fed.referrals_of_org("AT", "sp2").await?;
     let err = sp2
         .record_identification(identification(&case_id, S::Conclusive, &days_ago(1)))
         .await

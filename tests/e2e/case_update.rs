@@ -49,22 +49,7 @@ async fn an_update_changes_the_groups_named_and_reaches_the_copy_as_far_as_it_ma
         .await?
         .into_inner()
         .case_id;
-    sp.record_consent(requests::consent(
-        &case_id,
-        &[w::Purpose::ReferralAssistance],
-        &["RO"],
-        &[],
-    ))
-    .await?;
-    let referral_id = sp
-        .submit_referral(w::SubmitReferralRequest {
-            case_id: case_id.clone(),
-            destination: "RO".into(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .referral_id;
+    let referral_id = trm_tests::refer_case(&sp, &case_id, "RO").await?;
     let ro = fed.referrals("RO", Role::FocalPoint).await?;
     trm_tests::referral_arrived(&ro, &referral_id).await?;
 

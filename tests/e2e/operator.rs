@@ -23,6 +23,31 @@ async fn json(args: &[&str]) -> anyhow::Result<serde_json::Value> {
 }
 
 /// The key id of the public key in a PEM file.
+/// `trmctl peer add` of node `peer` of `fed` to the node whose config is `config`, with
+/// the peer's endpoint, federation CA and signing key: (success, stdout, stderr).
+async fn peer_add(
+    fed: &TestFederation,
+    config: &str,
+    peer: &str,
+) -> anyhow::Result<(bool, String, String)> {
+    let dir = fed.dir().join(peer);
+    trmctl(&[
+        "peer",
+        "add",
+        "--config",
+        config,
+        "--node-id",
+        peer,
+        "--endpoint",
+        &fed.node(peer)?.addrs.federation.to_string(),
+        "--tls-ca",
+        &s(&dir.join("tls/federation-ca.pem")),
+        "--signing-key",
+        &s(&dir.join("keys/signing.pub.pem")),
+    ])
+    .await
+}
+
 fn key_id_of(path: &Path) -> anyhow::Result<String> {
     let public = trm_crypto::signing::public_from_pem(&files::read_text(path)?)?;
     Ok(trm_crypto::signing::key_id(&public))
@@ -211,23 +236,8 @@ async fn before_a_peer_adds_us_both_sides_say_what_is_wrong() -> anyhow::Result<
         .start()
         .await?;
     let at = s(&fed.config_path("AT".parse()?));
-    let ro_dir = fed.dir().join("RO");
     // AT's operator adds RO; RO has not added AT yet.
-    let (ok, _, err) = trmctl(&[
-        "peer",
-        "add",
-        "--config",
-        &at,
-        "--node-id",
-        "RO",
-        "--endpoint",
-        &fed.node("RO")?.addrs.federation.to_string(),
-        "--tls-ca",
-        &s(&ro_dir.join("tls/federation-ca.pem")),
-        "--signing-key",
-        &s(&ro_dir.join("keys/signing.pub.pem")),
-    ])
-    .await?;
+    let (ok, _, err) = peer_add(&fed, &at, "RO").await?;
     assert!(ok, "{err}");
     let status = json(&["status", "--config", &at]).await?;
     let ro = &status["peers"][0];
@@ -521,22 +531,7 @@ async fn node_toml_only_seeds_the_directory_and_stats_merge_trusts_the_directory
         s(&fed.config_path("NG".parse()?)),
     );
     // AT's operator adds NG at run time: node.toml does not list it.
-    let ng_dir = fed.dir().join("NG");
-    let (ok, _, err) = trmctl(&[
-        "peer",
-        "add",
-        "--config",
-        &at,
-        "--node-id",
-        "NG",
-        "--endpoint",
-        &fed.node("NG")?.addrs.federation.to_string(),
-        "--tls-ca",
-        &s(&ng_dir.join("tls/federation-ca.pem")),
-        "--signing-key",
-        &s(&ng_dir.join("keys/signing.pub.pem")),
-    ])
-    .await?;
+    let (ok, _, err) = peer_add(&fed, &at, "NG").await?;
     assert!(ok, "{err}");
     // NG's statistics verify against AT's directory.
     let today = time::OffsetDateTime::now_utc().date();

@@ -715,8 +715,19 @@ pub async fn refer_with(sp: &ReferralServiceClient<Channel>, to: &str) -> Result
         .create_case(requests::case("Referred", 5))
         .await?
         .into_inner();
+    refer_case(&sp, &case.case_id, to).await
+}
+
+/// Records a referral consent of case `case_id` to `to` and submits a referral there, as
+/// `sp`. Returns the referral id.
+pub async fn refer_case(
+    sp: &ReferralServiceClient<Channel>,
+    case_id: &str,
+    to: &str,
+) -> Result<String> {
+    let mut sp = sp.clone();
     sp.record_consent(requests::consent(
-        &case.case_id,
+        case_id,
         &[trm_proto::v1::Purpose::ReferralAssistance],
         &[to],
         &[],
@@ -724,7 +735,7 @@ pub async fn refer_with(sp: &ReferralServiceClient<Channel>, to: &str) -> Result
     .await?;
     Ok(sp
         .submit_referral(trm_proto::v1::SubmitReferralRequest {
-            case_id: case.case_id,
+            case_id: case_id.into(),
             destination: to.into(),
             ..Default::default()
         })
