@@ -312,7 +312,7 @@ async fn identification_decisions_are_shown_and_reasonable_grounds_start_the_ref
         assert_eq!(err.code(), Code::PermissionDenied, "{role}");
     }
 
-    // Audited with field names and the case id only; asylum pending halted the open plan.
+    // Audited with field names and the case id only.
     let entries = audited(&fed, "case.identification").await?;
     assert_eq!(entries.len(), 3);
     for e in &entries {

@@ -88,8 +88,14 @@ async fn an_update_changes_the_groups_named_and_reaches_the_copy_as_far_as_it_ma
         "a referral's copy holds no identity, before or after"
     );
 
-    // The person changes here; nothing of it may cross for a referral.
-    let mut req = update(&case_id, &["person"]);
+    // The person changes here; nothing of it may cross for a referral (the needs changed
+    // with it show when the update has arrived).
+    let mut req = update(&case_id, &["person", "needs"]);
+    req.needs = Some(w::Needs {
+        kinds: vec![w::NeedKind::Shelter as i32],
+        urgency: w::Urgency::Routine as i32,
+        notes: String::new(),
+    });
     req.person = Some(w::Person {
         given_name: "Anca".into(),
         family_name: "Testperson".into(),
@@ -100,8 +106,11 @@ async fn an_update_changes_the_groups_named_and_reaches_the_copy_as_far_as_it_ma
     });
     let case = sp.update_case(req).await?.into_inner();
     assert_eq!(case.person.unwrap_or_default().given_name, "Anca");
-    let copy = copy_at_ro(&ro, &referral_id, "the copy as it was", |_| true).await?;
-    assert!(copy.identity.is_none());
+    let copy = copy_at_ro(&ro, &referral_id, "the second update at RO", |d| {
+        d.needs.as_ref().is_some_and(|n| n.kinds.len() == 1)
+    })
+    .await?;
+    assert!(copy.identity.is_none(), "still no identity");
 
     // Bad masks change nothing and name the field.
     for (paths, why) in [
@@ -123,7 +132,7 @@ async fn an_update_changes_the_groups_named_and_reaches_the_copy_as_far_as_it_ma
         })
         .await?
         .into_inner();
-    assert_eq!(after.needs.unwrap_or_default().kinds.len(), 2);
+    assert_eq!(after.needs.unwrap_or_default().kinds.len(), 1);
 
     // Another organisation's provider may not change the case.
     let mut sp2 = fed.referrals_of_org("AT", "sp2").await?;
@@ -137,10 +146,10 @@ async fn an_update_changes_the_groups_named_and_reaches_the_copy_as_far_as_it_ma
 
 /// One person, one case: a second case of the same person (names in another order and
 /// case, the same date of birth) is found through a keyed blind index, never by opening a
-/// case; it is still created and its creator is told nothing; the pair waits for a focal
-/// point; erasing either case removes it from the index.
+/// case, and is still created; another person is not paired; erasing the case removes the
+/// pair. (Who sees the review, and that the provider does not: `tasks.rs`.)
 #[tokio::test]
-async fn a_second_case_of_the_same_person_is_found_without_telling_its_creator(
+async fn a_second_case_of_the_same_person_is_found_and_forgotten_with_its_erasure(
 ) -> anyhow::Result<()> {
     let mut fed = TestFederation::start(&["AT", "RO"]).await?;
     let mut sp1 = fed.referrals("AT", Role::ServiceProvider).await?;
@@ -159,13 +168,8 @@ async fn a_second_case_of_the_same_person_is_found_without_telling_its_creator(
     if let Some(p) = other.person.as_mut() {
         p.date_of_birth = "1996-06-06".into();
     }
-    let third = sp2.create_case(other).await?.into_inner();
+    sp2.create_case(other).await?;
     assert_eq!(second.organisation, "sp2", "created as any case is");
-    // Both answers are a case as any other: nothing in them tells of the first.
-    assert_eq!(
-        (second.identification.is_none(), second.consents.len()),
-        (third.identification.is_none(), third.consents.len())
-    );
 
     fed.stop_node("AT").await?;
     let store = trm_tests::open_store(&fed, "AT")?;

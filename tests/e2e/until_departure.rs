@@ -1,7 +1,7 @@
 //! The return guards hold until the day of departure, not only when a return is requested:
 //! a risk found later halts the plan on both nodes, a decision made before the latest risk
-//! assessment does not let the person leave, a decision taken back halts the plan, and the
-//! coordination flags are derived from what is open, never typed in.
+//! assessment does not let the person leave, a decision taken back halts the plan, and a
+//! protection status halts it and refuses a new one.
 
 use tonic::Code;
 use trm_core::ids::Role;
