@@ -396,12 +396,7 @@ impl Delivery {
     /// the peer's identity, within `timeout`. Returns how long it took and which of our keys
     /// the peer holds, or why it failed (explained, with the likely causes).
     pub async fn probe(&self, peer: NodeId, timeout: Duration) -> Result<Probe, String> {
-        let endpoint = self
-            .inner
-            .directory
-            .get(peer)
-            .map(|p| p.endpoint)
-            .unwrap_or_default();
+        let endpoint = self.endpoint_of(peer);
         let mut client = self.client(peer).ok_or_else(|| {
             format!(
                 "no usable connection to {peer}: its endpoint or CA in the directory is unusable"

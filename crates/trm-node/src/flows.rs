@@ -18,7 +18,7 @@ use trm_core::{
     tasks::{DueTimes, Task, TaskKind},
 };
 use trm_crypto::signing::Signer;
-use trm_federation::{outbox, FlowHandler, Inbound, PeerDirectory, Rejection};
+use trm_federation::{outbox, FlowHandler, Inbound, Rejection};
 use trm_proto::v1::ReceiptOutcome;
 use trm_store::{
     repo::{flows::StoredRecord, outbox::OutboxItem},
@@ -31,8 +31,6 @@ pub struct Flows {
     pub id: NodeId,
     /// Signs replies queued while applying (erasure confirmations).
     pub identity: Arc<Signer>,
-    /// Knows peers' keys, for their announcements of new ones.
-    pub directory: Arc<PeerDirectory>,
     /// When the tasks an arrival opens fall due (`[tasks]`).
     pub due: DueTimes,
 }

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use tonic::Request;
 use trm_core::{
     access::{self, Action},
-    exchange::{ErasableRecord, RecordKind, StepRequest},
+    exchange::{ErasableRecord, StepRequest},
     ids::{NodeId, OrgId, Principal, RecordId},
     referral::ReferralRecord,
     returns::ReturnRecord,
@@ -223,9 +223,6 @@ pub fn confirm_erasure_in<R: StoredRecord + ErasableRecord>(
     Ok(true)
 }
 
-/// The kinds whose copies carry a victim's data (an erasure names one by its id alone).
-pub const ERASABLE: [RecordKind; 2] = [RecordKind::Referral, RecordKind::Return];
-
 /// Erases the copy of whichever erasable record `id` names (see [`erase_copy_in`]).
 pub fn erase_any_copy(
     me: NodeId,
@@ -235,19 +232,11 @@ pub fn erase_any_copy(
     reason: &str,
     now: OffsetDateTime,
 ) -> Result<bool, TxFail<Rejection>> {
-    for kind in ERASABLE {
-        let held = match kind {
-            RecordKind::Referral => {
-                erase_copy_in::<ReferralRecord>(me, tx, sender, id, reason, now)?
-            }
-            RecordKind::Return => erase_copy_in::<ReturnRecord>(me, tx, sender, id, reason, now)?,
-            RecordKind::Hearing => false,
-        };
-        if held {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+    // The records whose copies carry a victim's data (a hearing names none).
+    Ok(
+        erase_copy_in::<ReferralRecord>(me, tx, sender, id, reason, now)?
+            || erase_copy_in::<ReturnRecord>(me, tx, sender, id, reason, now)?,
+    )
 }
 
 /// Confirms the erasure of whichever erasable record `id` names (see
@@ -258,15 +247,6 @@ pub fn confirm_any_erasure(
     sender: NodeId,
     id: uuid::Uuid,
 ) -> Result<bool, TxFail<Rejection>> {
-    for kind in ERASABLE {
-        let held = match kind {
-            RecordKind::Referral => confirm_erasure_in::<ReferralRecord>(me, tx, sender, id)?,
-            RecordKind::Return => confirm_erasure_in::<ReturnRecord>(me, tx, sender, id)?,
-            RecordKind::Hearing => false,
-        };
-        if held {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+    Ok(confirm_erasure_in::<ReferralRecord>(me, tx, sender, id)?
+        || confirm_erasure_in::<ReturnRecord>(me, tx, sender, id)?)
 }

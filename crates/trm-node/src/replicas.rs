@@ -164,7 +164,8 @@ impl Replica {
             }
         }
         match self.store.revoked_clients() {
-            Ok(revoked) => revoked.iter().for_each(|r| self.revocations.add(r)),
+            // The stored list is whole (a revocation is committed before it takes effect).
+            Ok(revoked) => self.revocations.replace(&revoked),
             Err(e) => {
                 warn!(error = %e, "cannot read the revoked client certificates");
                 ok = false;

@@ -177,11 +177,6 @@ impl lifecycle::StepRules for ReturnRecord {
     }
 }
 
-/// Loads a return plan inside a transaction; NOT_FOUND when absent.
-pub fn load_return(tx: &mut Tx<'_>, id: ReturnId) -> TxResult<ReturnRecord> {
-    lifecycle::load(tx, id)
-}
-
 impl Replay for RiskAssessment {
     fn key(&self) -> String {
         format!("{}/{}", self.case_id, self.assessment_id)

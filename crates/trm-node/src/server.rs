@@ -446,7 +446,6 @@ pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, No
     let handler = Arc::new(Flows {
         id: node,
         identity: identity.clone(),
-        directory: directory.clone(),
         due: config.tasks.due_times(),
     });
     let delivery = Delivery::start(
