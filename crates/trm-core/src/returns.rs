@@ -94,10 +94,10 @@ pub fn check_risk(risk: &RiskAssessment) -> Result<(), GuardError> {
 /// Refuses a return on `decision`, the victim's latest decision: none, not informed and
 /// voluntary, or recorded before `risk`, the latest risk assessment (the victim decides
 /// knowing the latest risk).
-pub fn check_decision(
-    decision: Option<&ReturnDecision>,
+pub fn check_decision<'a>(
+    decision: Option<&'a ReturnDecision>,
     risk: &RiskAssessment,
-) -> Result<(), GuardError> {
+) -> Result<&'a ReturnDecision, GuardError> {
     let Some(decision) = decision else {
         return Err(GuardError::new(
             Guard::Decision,
@@ -116,7 +116,7 @@ pub fn check_decision(
             "the victim's decision was recorded before the latest risk assessment",
         ));
     }
-    Ok(())
+    Ok(decision)
 }
 
 /// Checks every guard of a return, when it is requested and again at each step until
@@ -137,10 +137,7 @@ pub fn check_guards(
     };
     check_residence(case)?;
     check_risk(risk)?;
-    check_decision(decision, risk)?;
-    let Some(decision) = decision else {
-        return Ok(());
-    };
+    let decision = check_decision(decision, risk)?;
     let period_ends = case.reflection_period_ends_on(reflection_period_days);
     if today < period_ends && !decision.reflection_period_waived {
         return Err(GuardError::new(
