@@ -632,15 +632,6 @@ impl KeyRing {
         Ok(keks.backups.iter().find(|b| b.id == id).cloned())
     }
 
-    /// Returns the backups whose keys the file holds: (id, created, expires).
-    pub fn backup_keys(&self) -> Vec<(String, OffsetDateTime, OffsetDateTime)> {
-        let keks = self.keks.read().unwrap_or_else(PoisonError::into_inner);
-        keks.backups
-            .iter()
-            .map(|b| (b.id.clone(), b.created_at, b.expires_at))
-            .collect()
-    }
-
     /// Destroys the keys of backups expired at `now`: those backups open for no one from
     /// then on. Returns how many it destroyed.
     pub fn destroy_expired_backup_keys(&self, now: OffsetDateTime) -> Result<usize> {

@@ -69,22 +69,13 @@ impl Tx<'_> {
     /// statistics moves with the change while the month it counts in is not yet published;
     /// a published month never changes.
     pub fn update_case(&mut self, before: &CaseRecord, case: &CaseRecord) -> Result<()> {
-        use trm_core::stats::{Month, Profile};
+        use trm_core::stats::Profile;
         let (old, new) = (
             Profile::of_case(before).cells(),
             Profile::of_case(case).cells(),
         );
         if old != new {
-            let key = layout::counted(PERSON, case.case_id.as_bytes());
-            // None: counted as another case's person (a confirmed duplicate).
-            let month = self
-                .get_json::<Option<Month>>("counted person", &key)?
-                .unwrap_or_else(|| Some(Month::of(before.identified_on)));
-            let open = match month {
-                Some(m) => self.published_report(m)?.is_none().then_some(m),
-                None => None,
-            };
-            if let Some(month) = open {
+            if let Some(month) = self.open_person_month(before)? {
                 for c in &old {
                     self.count(month, c, -1)?;
                 }
@@ -168,6 +159,22 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Returns the month the person of `case` counts in, while that month is unpublished
+    /// (a change may still move its count); none once published, or when the person
+    /// counts as another case's (a confirmed duplicate).
+    fn open_person_month(&mut self, case: &CaseRecord) -> Result<Option<trm_core::stats::Month>> {
+        use trm_core::stats::Month;
+        let key = layout::counted(PERSON, case.case_id.as_bytes());
+        // Kept at creation; a case older than that counts in the month it was identified.
+        let month = self
+            .get_json::<Option<Month>>("counted person", &key)?
+            .unwrap_or_else(|| Some(Month::of(case.identified_on)));
+        Ok(match month {
+            Some(m) if self.published_report(m)?.is_none() => Some(m),
+            _ => None,
+        })
+    }
+
     /// Settles the possible duplicates of `case` (the newer of each pair): for the same
     /// person, it no longer counts in the statistics as a person of its own (taken out of
     /// its month while that month is unpublished); either way the pairs are gone. Returns
@@ -184,17 +191,12 @@ impl Tx<'_> {
             self.delete(k)?;
         }
         if same_person && !pairs.is_empty() {
-            let key = layout::counted(PERSON, case.case_id.as_bytes());
-            let month = self
-                .get_json::<Option<Month>>("counted person", &key)?
-                .unwrap_or_else(|| Some(Month::of(case.identified_on)));
-            if let Some(month) = month {
-                if self.published_report(month)?.is_none() {
-                    for c in Profile::of_case(case).cells() {
-                        self.count(month, &c, -1)?;
-                    }
+            if let Some(month) = self.open_person_month(case)? {
+                for c in Profile::of_case(case).cells() {
+                    self.count(month, &c, -1)?;
                 }
             }
+            let key = layout::counted(PERSON, case.case_id.as_bytes());
             self.put_json(&key, &None::<Month>)?;
         }
         Ok(u32::try_from(pairs.len()).unwrap_or(u32::MAX))

@@ -311,52 +311,13 @@ impl Store {
         self.record(id)
     }
 
-    /// Returns up to `limit` referrals of one direction after `after`, in id order, of
-    /// those whose organisation `visible` lets through (checked before anything is opened).
-    pub fn referrals(
-        &self,
-        direction: Direction,
-        after: Option<ReferralId>,
-        limit: usize,
-        visible: impl Fn(Option<&OrgId>) -> bool,
-    ) -> Result<Vec<ReferralRecord>> {
-        Ok(self
-            .records(direction, after, limit, visible, |_| Ok(true))?
-            .0)
-    }
-
     /// Returns the return plan `id`.
     pub fn return_plan(&self, id: ReturnId) -> Result<Option<ReturnRecord>> {
         self.record(id)
     }
 
-    /// Returns up to `limit` return plans of one direction (outgoing: this node requested)
-    /// after `after`, of those whose organisation `visible` lets through.
-    pub fn return_plans(
-        &self,
-        direction: Direction,
-        after: Option<ReturnId>,
-        limit: usize,
-        visible: impl Fn(Option<&OrgId>) -> bool,
-    ) -> Result<Vec<ReturnRecord>> {
-        Ok(self
-            .records(direction, after, limit, visible, |_| Ok(true))?
-            .0)
-    }
-
     /// Returns the hearing `id`.
     pub fn hearing(&self, id: HearingId) -> Result<Option<HearingRecord>> {
         self.record(id)
-    }
-
-    /// Returns up to `limit` hearings of one direction after `after` that `keep` keeps.
-    pub fn hearings(
-        &self,
-        direction: Direction,
-        after: Option<HearingId>,
-        limit: usize,
-        keep: impl Fn(&HearingRecord) -> Result<bool>,
-    ) -> Result<Vec<HearingRecord>> {
-        Ok(self.records(direction, after, limit, |_| true, keep)?.0)
     }
 }

@@ -115,8 +115,11 @@ impl Store {
             let Some((last, _)) = page.last() else { break };
             from = Some(last.clone());
             for (k, v) in page {
+                if out.len() >= limit {
+                    break;
+                }
                 let task: Task = crate::tx::decode("task", &v)?;
-                if task.shows(now) && keep(&task) && out.len() < limit {
+                if task.shows(now) && keep(&task) {
                     out.push((k, task));
                 }
             }
