@@ -67,6 +67,24 @@ fn case(name: &str) -> CaseRecord {
     }
 }
 
+/// Restores `backup`, waiting (with a deadline) for sled's last background write of the
+/// store this process just closed to let go of its files: a restore is refused while
+/// anything holds the store.
+fn restore_once_free(opts: StoreOptions, backup: &Path) -> crate::backup::Restored {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match crate::backup::restore(opts.clone(), backup, true, "test") {
+            Ok(r) => return r,
+            Err(e)
+                if e.to_string().contains("is running") && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(e) => panic!("restore: {e}"),
+        }
+    }
+}
+
 fn put(store: &Store, c: &CaseRecord) {
     let c = c.clone();
     store
@@ -815,7 +833,7 @@ fn a_backup_holds_no_key_outlives_kek_rotations_and_opens_for_no_one_once_expire
     assert!(!fresh.path().join("db").exists(), "nothing restored");
 
     // With the node's key file: restorable after the rotations, erasures re-applied.
-    let r = crate::backup::restore(options(dir.path(), &master), &backup, true, "test").unwrap();
+    let r = restore_once_free(options(dir.path(), &master), &backup);
     assert!(r.reapplied.erasures >= 1);
     let store = open(dir.path(), &master);
     assert_eq!(store.case(kept.case_id).unwrap(), Some(kept.clone()));
