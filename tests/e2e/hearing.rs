@@ -680,9 +680,7 @@ async fn a_return_proposed_while_a_hearing_of_the_witness_is_open_says_so() -> a
     let there =
         crate::returns::wait_status(&ro, &plan.return_id, w::ReturnStatus::Requested).await?;
     assert!(there.hearing_pending, "the flag travels with the request");
-    let mut work = trm_proto::v1::work_service_client::WorkServiceClient::new(
-        fed.channel("AT", Role::JudicialAuthority, false).await?,
-    );
+    let mut work = fed.work("AT", Role::JudicialAuthority).await?;
     let told = work
         .list_tasks(w::ListTasksRequest {
             kinds: vec![w::TaskKind::ReturnOfWitnessProposed as i32],

@@ -3,20 +3,9 @@
 //! proposed and a possible second case of one person each wait for the role that answers
 //! them, and nobody else sees them.
 
-use tonic::transport::Channel;
 use trm_core::ids::Role;
-use trm_proto::v1::{self as w, work_service_client::WorkServiceClient};
+use trm_proto::v1 as w;
 use trm_tests::{eventually, requests, TestFederation};
-
-async fn work(
-    fed: &TestFederation,
-    node: &str,
-    role: Role,
-) -> anyhow::Result<WorkServiceClient<Channel>> {
-    Ok(WorkServiceClient::new(
-        fed.channel(node, role, false).await?,
-    ))
-}
 
 /// The tasks `role` of `node` sees, of `kind`.
 async fn tasks(
@@ -25,7 +14,8 @@ async fn tasks(
     role: Role,
     kind: w::TaskKind,
 ) -> anyhow::Result<Vec<w::Task>> {
-    Ok(work(fed, node, role)
+    Ok(fed
+        .work(node, role)
         .await?
         .list_tasks(w::ListTasksRequest {
             kinds: vec![kind as i32],
@@ -120,7 +110,8 @@ async fn an_incoming_referral_waits_in_the_focal_points_queue_until_answered() -
         .unwrap_err();
     assert!(bad.message().contains("status"), "{}", bad.message());
     for token in ["00", "zz", "74712f"] {
-        let refused = work(&fed, "RO", Role::FocalPoint)
+        let refused = fed
+            .work("RO", Role::FocalPoint)
             .await?
             .list_tasks(w::ListTasksRequest {
                 page_token: token.into(),

@@ -18,6 +18,7 @@ use trm_proto::v1::{
     admin_service_client::AdminServiceClient, referral_service_client::ReferralServiceClient,
     return_planning_service_client::ReturnPlanningServiceClient,
     witness_hearing_service_client::WitnessHearingServiceClient,
+    work_service_client::WorkServiceClient,
 };
 /// Real nodes on loopback, stopped by [`TestFederation::stop`] (or dropped with the runtime).
 pub struct TestFederation {
@@ -558,6 +559,11 @@ impl TestFederation {
         Ok(WitnessHearingServiceClient::new(
             self.channel(id, role, false).await?,
         ))
+    }
+
+    /// Returns a `WorkService` client of node `id` authenticated as `role`.
+    pub async fn work(&self, id: &str, role: Role) -> Result<WorkServiceClient<Channel>> {
+        Ok(WorkServiceClient::new(self.channel(id, role, false).await?))
     }
 
     /// Returns a `ReturnPlanningService` client of node `id` authenticated as `role`.
