@@ -580,13 +580,13 @@ pub struct RequestHearing {
 impl TryFrom<&w::RequestHearingRequest> for RequestHearing {
     type Error = FieldError;
     fn try_from(r: &w::RequestHearingRequest) -> Result<Self, FieldError> {
-        let terms = HearingTerms {
-            proceeding_reference: c::short("proceeding_reference", &r.proceeding_reference, true)?,
-            legal_basis: c::short("legal_basis", &r.legal_basis, true)?,
-            measures: c::enums("measures", &r.measures)?,
-            language: c::language("language", &r.language)?,
-            proposed_times: c::timestamps("proposed_times", &r.proposed_times)?,
-        };
+        let terms = c::hearing_terms(
+            &r.proceeding_reference,
+            &r.legal_basis,
+            &r.measures,
+            &r.language,
+            &r.proposed_times,
+        )?;
         Ok(Self {
             subject_id: parse_id("case_id", &r.case_id)?,
             witness_country: c::country("witness_country", &r.witness_country)?,

@@ -358,6 +358,24 @@ fn countries_to_wire(c: &[NodeId]) -> Vec<String> {
     c.iter().map(ToString::to_string).collect()
 }
 
+/// Parses the terms of a hearing request, from a local request or a peer's payload (the
+/// same fields on both).
+pub fn hearing_terms(
+    proceeding_reference: &str,
+    legal_basis: &str,
+    measures: &[i32],
+    language_tag: &str,
+    proposed_times: &[Timestamp],
+) -> Result<trm_core::hearing::HearingTerms, FieldError> {
+    Ok(trm_core::hearing::HearingTerms {
+        proceeding_reference: short("proceeding_reference", proceeding_reference, true)?,
+        legal_basis: short("legal_basis", legal_basis, true)?,
+        measures: enums("measures", measures)?,
+        language: language("language", language_tag)?,
+        proposed_times: timestamps("proposed_times", proposed_times)?,
+    })
+}
+
 /// Returns the wire form of a victim record (for its own node's authorised readers only).
 ///
 /// `consents` are the case's consents (withdrawn ones included), `reflection_period_days`

@@ -5,7 +5,7 @@
 //! builds domain messages too, and [`to_wire`] (the mirror of [`parse`]) writes them.
 
 use trm_core::{
-    hearing::{HearingStatus, HearingStep, HearingTerms},
+    hearing::{HearingStatus, HearingStep},
     ids::{HearingId, ReferralId, ReturnId, Shared},
     messages::{EnvelopeKind, PeerMessage},
     returns::{ReturnStatus, StepDetails},
@@ -15,9 +15,8 @@ use trm_core::{
 use crate::{
     convert::{
         disclosed_from_wire, disclosed_to_wire, enums, enums_to_wire, from_ts,
-        hearing_status_from_wire, hearing_status_to_wire, language, referral_status_from_wire,
-        referral_status_to_wire, return_status_from_wire, return_status_to_wire, short, text,
-        timestamps, ts,
+        hearing_status_from_wire, hearing_status_to_wire, referral_status_from_wire,
+        referral_status_to_wire, return_status_from_wire, return_status_to_wire, short, text, ts,
     },
     v1::{self as w, envelope_body::Payload},
 };
@@ -124,13 +123,13 @@ pub fn parse(payload: &Payload) -> Result<PeerMessage, PayloadError> {
         },
         Payload::HearingRequest(h) => PeerMessage::HearingRequest {
             hearing_id: HearingId::parse("hearing_id", &h.hearing_id)?,
-            terms: HearingTerms {
-                proceeding_reference: short("proceeding_reference", &h.proceeding_reference, true)?,
-                legal_basis: short("legal_basis", &h.legal_basis, true)?,
-                measures: enums("measures", &h.measures)?,
-                language: language("language", &h.language)?,
-                proposed_times: timestamps("proposed_times", &h.proposed_times)?,
-            },
+            terms: crate::convert::hearing_terms(
+                &h.proceeding_reference,
+                &h.legal_basis,
+                &h.measures,
+                &h.language,
+                &h.proposed_times,
+            )?,
         },
         Payload::HearingUpdate(u) => PeerMessage::HearingUpdate {
             hearing_id: HearingId::parse("hearing_id", &u.hearing_id)?,
@@ -417,7 +416,7 @@ mod tests {
             },
             PeerMessage::HearingRequest {
                 hearing_id: HearingId::new(),
-                terms: HearingTerms {
+                terms: trm_core::hearing::HearingTerms {
                     proceeding_reference: "P-1".into(),
                     legal_basis: "UNTOC art. 18".into(),
                     measures: vec![ProtectiveMeasure::Interpreter],
