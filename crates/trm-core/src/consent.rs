@@ -51,9 +51,11 @@ impl Consent {
     pub fn granted_categories(&self, purpose: Purpose) -> BTreeSet<DataCategory> {
         let allowed = policy::allowed_categories(purpose);
         if self.categories.is_empty() {
+            // Contact crosses only where listed; so does identity for legal remedies.
             allowed
                 .into_iter()
                 .filter(|c| *c != DataCategory::Contact)
+                .filter(|c| purpose != Purpose::LegalRemedies || *c != DataCategory::Identity)
                 .collect()
         } else {
             self.categories
@@ -123,9 +125,14 @@ pub fn grant(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use time::macros::{date, datetime};
+
+    /// An informed consent for `purpose` to RO, with no expiry.
+    pub(crate) fn consent_for(purpose: Purpose) -> Consent {
+        consent(&[purpose], "RO", None)
+    }
 
     fn consent(purposes: &[Purpose], to: &str, expires: Option<Date>) -> Consent {
         Consent {

@@ -89,6 +89,11 @@ pub enum Purpose {
     ReferralAssistance,
     ReturnPlanning,
     WitnessHearing,
+    /// A safety alert about the victim (an offender extradited or released): child only.
+    Safety,
+    /// Compensation claims and non-punishment: demographics, child, proceedings; identity
+    /// only where the consent lists it.
+    LegalRemedies,
 }
 
 impl Purpose {
@@ -98,6 +103,8 @@ impl Purpose {
             Purpose::ReferralAssistance => "referral_assistance",
             Purpose::ReturnPlanning => "return_planning",
             Purpose::WitnessHearing => "witness_hearing",
+            Purpose::Safety => "safety",
+            Purpose::LegalRemedies => "legal_remedies",
         }
     }
 }

@@ -14,7 +14,8 @@ use crate::model::{
 };
 
 /// Version of the table below; carried in every envelope as `policy_version`.
-pub const POLICY_VERSION: &str = "trm-policy-1";
+/// `trm-policy-2` added the purposes SAFETY and LEGAL_REMEDIES.
+pub const POLICY_VERSION: &str = "trm-policy-2";
 
 /// A field of a disclosed case, named as in the proto contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -126,6 +127,20 @@ pub fn allowed_fields(purpose: Purpose) -> &'static [Field] {
         ],
         // Language and child flags only; support needs only.
         Purpose::WitnessHearing => &[Languages, NeedKinds, Child],
+        // Whether the person is a child (a child's safety weighs first), nothing else.
+        Purpose::Safety => &[Child],
+        // A payment needs a name: identity crosses only where the consent lists it.
+        Purpose::LegalRemedies => &[
+            AgeBand,
+            Gender,
+            Citizenship,
+            Languages,
+            Child,
+            GivenName,
+            FamilyName,
+            DateOfBirth,
+            DocumentNumber,
+        ],
     }
 }
 
@@ -136,7 +151,10 @@ pub fn allowed_categories(purpose: Purpose) -> BTreeSet<DataCategory> {
         .iter()
         .map(|f| f.category())
         .collect();
-    if matches!(purpose, Purpose::ReturnPlanning | Purpose::WitnessHearing) {
+    if matches!(
+        purpose,
+        Purpose::ReturnPlanning | Purpose::WitnessHearing | Purpose::LegalRemedies
+    ) {
         set.insert(DataCategory::Proceedings);
     }
     set
@@ -416,6 +434,69 @@ mod tests {
             assert_eq!(present, allowed, "{purpose:?}");
             assert!(check_inbound(purpose, &d).is_ok());
         }
+    }
+
+    /// A safety alert tells whether the person is a child and nothing else; a claim carries
+    /// demographics and the child flags, and a name only where the consent lists identity.
+    #[test]
+    fn safety_carries_the_child_flags_only_and_remedies_a_name_only_when_listed() {
+        let d = disclose(
+            &case(),
+            Purpose::Safety,
+            &all(),
+            "r".into(),
+            date!(2026 - 06 - 01),
+        );
+        assert_eq!(fields_present(&d), vec![Field::Child]);
+        let unlisted = crate::consent::Consent {
+            categories: vec![],
+            ..crate::consent::tests::consent_for(Purpose::LegalRemedies)
+        };
+        let granted = unlisted.granted_categories(Purpose::LegalRemedies);
+        assert!(!granted.contains(&DataCategory::Identity));
+        assert!(granted.contains(&DataCategory::Proceedings));
+        let d = disclose(
+            &case(),
+            Purpose::LegalRemedies,
+            &granted,
+            "r".into(),
+            date!(2026 - 06 - 01),
+        );
+        assert!(d.identity.is_none());
+        assert_eq!(
+            fields_present(&d),
+            vec![
+                Field::AgeBand,
+                Field::Gender,
+                Field::Citizenship,
+                Field::Languages,
+                Field::Child
+            ]
+        );
+        let listed = crate::consent::Consent {
+            categories: vec![DataCategory::Identity, DataCategory::Contact],
+            ..unlisted
+        };
+        let granted = listed.granted_categories(Purpose::LegalRemedies);
+        let d = disclose(
+            &case(),
+            Purpose::LegalRemedies,
+            &granted,
+            "r".into(),
+            date!(2026 - 06 - 01),
+        );
+        let id = d.identity.as_ref().expect("identity listed");
+        assert_eq!((id.family_name.as_str(), id.address.as_str()), ("Pop", ""));
+        assert!(check_inbound(Purpose::LegalRemedies, &d).is_ok());
+        let more = disclose(
+            &case(),
+            Purpose::ReferralAssistance,
+            &all(),
+            "r".into(),
+            date!(2026 - 06 - 01),
+        );
+        assert!(check_inbound(Purpose::LegalRemedies, &more).is_err());
+        assert!(check_inbound(Purpose::Safety, &more).is_err());
     }
 
     #[test]

@@ -67,7 +67,7 @@ wire_enum!(AgeBand <=> AgeBand {
 });
 wire_enum!(Purpose <=> Purpose {
     ReferralAssistance <=> ReferralAssistance, ReturnPlanning <=> ReturnPlanning,
-    WitnessHearing <=> WitnessHearing,
+    WitnessHearing <=> WitnessHearing, Safety <=> Safety, LegalRemedies <=> LegalRemedies,
 });
 wire_enum!(ProtectiveMeasure <=> ProtectiveMeasure {
     Anonymity <=> Anonymity, VoiceDistortion <=> VoiceDistortion,
