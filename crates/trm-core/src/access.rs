@@ -46,6 +46,9 @@ pub enum Action {
     RecordHearingOutcome,
     CancelHearing,
     ListTasks,
+    RaiseSafetyAlert,
+    ReadSafetyAlerts,
+    AcknowledgeSafetyAlert,
     ResolveDuplicate,
     Administer,
 }
@@ -57,7 +60,7 @@ use Role::{
 
 impl Action {
     /// Every action, for tables and tests.
-    pub const ALL: [Action; 34] = [
+    pub const ALL: [Action; 37] = [
         Action::CreateCase,
         Action::ReadCase,
         Action::UpdateCase,
@@ -89,6 +92,9 @@ impl Action {
         Action::AnswerHearing,
         Action::RecordHearingOutcome,
         Action::CancelHearing,
+        Action::RaiseSafetyAlert,
+        Action::ReadSafetyAlerts,
+        Action::AcknowledgeSafetyAlert,
         Action::ListTasks,
         Action::ResolveDuplicate,
         Action::Administer,
@@ -132,6 +138,8 @@ impl Action {
             A::RequestHearing => &[JA],
             A::ReadHearings => &[JA, FP, SP],
             A::AnswerHearing | A::RecordHearingOutcome | A::CancelHearing => &[JA, FP],
+            // The authorities that learn of an extradition or a release, and the focal point.
+            A::RaiseSafetyAlert | A::ReadSafetyAlerts | A::AcknowledgeSafetyAlert => &[JA, FP],
             // Each sees the tasks its role may answer (`Task::seen_by`).
             A::ListTasks => &[SP, FP, JA, IA],
             A::Administer => &[OP],
@@ -173,6 +181,9 @@ impl Action {
             A::AnswerHearing => "answer hearing requests",
             A::RecordHearingOutcome => "record hearing outcomes",
             A::CancelHearing => "cancel hearings",
+            A::RaiseSafetyAlert => "raise safety alerts",
+            A::ReadSafetyAlerts => "read safety alerts",
+            A::AcknowledgeSafetyAlert => "acknowledge safety alerts",
             A::ListTasks => "list tasks",
             A::ResolveDuplicate => "settle possible duplicates",
             A::Administer => "use the admin service",
@@ -275,6 +286,8 @@ pub fn reach(
             require_owner(p, owner).map(|()| Sight::Summary)
         }
         Some(RecordKind::Hearing) => Ok(Sight::Full),
+        // An alert names no victim: who may act on one is the role's.
+        Some(RecordKind::SafetyAlert) => Ok(Sight::Full),
         // An incoming return plan is the focal point's to answer.
         Some(RecordKind::Return) if side == Side::Destination && step.is_some() => {
             if p.role == FP {
@@ -323,8 +336,11 @@ mod tests {
                     | Action::RecordHearingOutcome
                     | Action::CancelHearing
                     | Action::ListTasks
+                    | Action::RaiseSafetyAlert
+                    | Action::ReadSafetyAlerts
+                    | Action::AcknowledgeSafetyAlert
             )),
-            "judicial authorities never read victim records (a task holds ids only)"
+            "judicial authorities never read victim records (a task and an alert hold ids only)"
         );
         assert!(
             may(IA)

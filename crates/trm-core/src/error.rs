@@ -41,6 +41,7 @@ pub enum Guard {
     Guardian,
     Decision,
     State,
+    SafetyAlert,
 }
 
 impl Guard {
@@ -55,6 +56,7 @@ impl Guard {
             Guard::Guardian => "guardian",
             Guard::Decision => "decision",
             Guard::State => "state",
+            Guard::SafetyAlert => "safety_alert",
         }
     }
 }

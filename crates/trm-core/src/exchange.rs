@@ -23,14 +23,16 @@ pub enum RecordKind {
     Referral,
     Return,
     Hearing,
+    SafetyAlert,
 }
 
 impl RecordKind {
     /// Every kind.
-    pub const ALL: [RecordKind; 3] = [
+    pub const ALL: [RecordKind; 4] = [
         RecordKind::Referral,
         RecordKind::Return,
         RecordKind::Hearing,
+        RecordKind::SafetyAlert,
     ];
 
     /// Returns the kind in words ("referral", "return plan", "hearing"), as errors name it.
@@ -39,6 +41,7 @@ impl RecordKind {
             RecordKind::Referral => "referral",
             RecordKind::Return => "return plan",
             RecordKind::Hearing => "hearing",
+            RecordKind::SafetyAlert => "safety alert",
         }
     }
 
@@ -48,6 +51,7 @@ impl RecordKind {
             RecordKind::Referral => "referral.update",
             RecordKind::Return => "return.update",
             RecordKind::Hearing => "hearing.update",
+            RecordKind::SafetyAlert => "safety_alert.update",
         }
     }
 
@@ -57,6 +61,7 @@ impl RecordKind {
             RecordKind::Referral => b'r',
             RecordKind::Return => b't',
             RecordKind::Hearing => b'h',
+            RecordKind::SafetyAlert => b'w',
         }
     }
 }

@@ -310,6 +310,10 @@ record_id!(
     HearingId
 );
 record_id!(
+    /// A safety alert; the same on every node it reached.
+    AlertId
+);
+record_id!(
     /// One recorded consent.
     ConsentId
 );

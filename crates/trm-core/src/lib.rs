@@ -15,6 +15,7 @@
 //! - [`referral`]: the referral state machine.
 //! - [`returns`]: return-planning guards and the return state machine.
 //! - [`hearing`]: witness-hearing states and the child-witness rule.
+//! - [`safety`]: safety alerts and the block they put on returns.
 //! - [`stats`]: monitoring statistics: the counted cells, closed periods, suppression.
 #![forbid(unsafe_code)]
 
@@ -30,6 +31,7 @@ pub mod model;
 pub mod policy;
 pub mod referral;
 pub mod returns;
+pub mod safety;
 pub mod stats;
 pub mod tasks;
 

@@ -6,10 +6,11 @@ use time::OffsetDateTime;
 
 use crate::{
     hearing::{HearingStatus, HearingStep, HearingTerms},
-    ids::{HearingId, ReferralId, ReturnId},
+    ids::{AlertId, HearingId, ReferralId, ReturnId},
     model::{DisclosedCase, NeedKind},
     referral::ReferralStatus,
     returns::{ReturnStatus, StepDetails},
+    safety::{AlertTerms, SafetyAlertStatus},
 };
 
 /// The kind of payload an envelope carries.
@@ -25,6 +26,8 @@ pub enum EnvelopeKind {
     ErasureRequest,
     ErasureConfirmation,
     KeyAnnouncement,
+    SafetyAlertNotice,
+    SafetyAlertUpdate,
 }
 
 impl EnvelopeKind {
@@ -40,6 +43,8 @@ impl EnvelopeKind {
             EnvelopeKind::ErasureRequest => "erasure_request",
             EnvelopeKind::ErasureConfirmation => "erasure_confirmation",
             EnvelopeKind::KeyAnnouncement => "key_announcement",
+            EnvelopeKind::SafetyAlertNotice => "safety_alert_notice",
+            EnvelopeKind::SafetyAlertUpdate => "safety_alert_update",
         }
     }
 }
@@ -57,6 +62,7 @@ pub enum Topic {
     Referral(ReferralId),
     Return(ReturnId),
     Hearing(HearingId),
+    SafetyAlert(AlertId),
     /// The confirmation of an erasure of a copy this node may never have held.
     Erasure(uuid::Uuid),
     /// The node's own signing keys.
@@ -69,6 +75,7 @@ impl std::fmt::Display for Topic {
             Topic::Referral(id) => write!(f, "{id}"),
             Topic::Return(id) => write!(f, "{id}"),
             Topic::Hearing(id) => write!(f, "{id}"),
+            Topic::SafetyAlert(id) => write!(f, "{id}"),
             Topic::Erasure(id) => write!(f, "{id}"),
             Topic::NodeKeys => f.write_str("keys"),
         }
@@ -97,6 +104,8 @@ pub enum PeerMessage {
         disclosed: DisclosedCase,
         hearing_pending: bool,
         compensation_pending: bool,
+        /// When the latest risk assessment of the case was recorded (the origin's clock).
+        risk_assessed_at: Option<OffsetDateTime>,
     },
     /// The other side's step in a return plan.
     ReturnUpdate {
@@ -132,6 +141,21 @@ pub enum PeerMessage {
         subject_id: uuid::Uuid,
         erased_at: Option<OffsetDateTime>,
     },
+    /// A safety alert about the case the envelope's reference names, whose copy this node
+    /// holds (purpose SAFETY: the child flags at most, and only as the copy already has them).
+    SafetyAlertNotice {
+        alert_id: AlertId,
+        terms: AlertTerms,
+        /// When the origin raised it, by its clock.
+        raised_at: OffsetDateTime,
+        /// The pairwise reference, and the child flags where the copy has them.
+        disclosed: DisclosedCase,
+    },
+    /// The recipient acknowledged the alert.
+    SafetyAlertUpdate {
+        alert_id: AlertId,
+        status: SafetyAlertStatus,
+    },
     /// The sender's new signing key (its curve point is checked by the flow).
     KeyAnnouncement {
         key_id: String,
@@ -157,6 +181,8 @@ impl PeerMessage {
             PeerMessage::ErasureRequest { .. } => EnvelopeKind::ErasureRequest,
             PeerMessage::ErasureConfirmation { .. } => EnvelopeKind::ErasureConfirmation,
             PeerMessage::KeyAnnouncement { .. } => EnvelopeKind::KeyAnnouncement,
+            PeerMessage::SafetyAlertNotice { .. } => EnvelopeKind::SafetyAlertNotice,
+            PeerMessage::SafetyAlertUpdate { .. } => EnvelopeKind::SafetyAlertUpdate,
         }
     }
 }
@@ -193,6 +219,7 @@ mod tests {
                     disclosed: DisclosedCase::default(),
                     hearing_pending: false,
                     compensation_pending: false,
+                    risk_assessed_at: None,
                 },
                 "return_request",
             ),

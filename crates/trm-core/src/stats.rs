@@ -157,6 +157,8 @@ pub enum Cell {
     },
     Return(ReturnStatus),
     Hearing(HearingStatus),
+    /// Safety alerts raised here or received, by kind.
+    SafetyAlert(crate::safety::SafetyAlertKind),
 }
 
 impl Cell {
@@ -170,6 +172,7 @@ impl Cell {
             Cell::Referral { .. } => "referrals_by_direction_status",
             Cell::Return(_) => "returns_by_status",
             Cell::Hearing(_) => "hearings_by_status",
+            Cell::SafetyAlert(_) => "safety_alerts_by_kind",
         }
     }
 }
@@ -548,6 +551,10 @@ mod tests {
             ),
             (Cell::Return(ReturnStatus::Closed), "returns_by_status"),
             (Cell::Hearing(HearingStatus::Held), "hearings_by_status"),
+            (
+                Cell::SafetyAlert(crate::safety::SafetyAlertKind::Release),
+                "safety_alerts_by_kind",
+            ),
         ];
         for (cell, table) in tables {
             assert_eq!(cell.table(), table, "{cell:?}");

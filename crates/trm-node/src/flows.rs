@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 use trm_core::{
+    exchange::SharedRecord,
     hearing::{
         check_child_measures, HearingEvent, HearingParties, HearingRecord, HearingStatus,
         HearingStep, HearingTerms,
@@ -14,8 +15,9 @@ use trm_core::{
     model::{DisclosedCase, NeedKind, Purpose, Urgency},
     policy,
     referral::{ReferralEvent, ReferralRecord, ReferralStep},
-    returns::ReturnRecord,
-    tasks::{DueTimes, Task, TaskKind},
+    returns::{ReturnEvent, ReturnRecord, StepDetails},
+    safety::{AlertTerms, SafetyAlertRecord, SafetyAlertStatus},
+    tasks::{due, DueTimes, Task, TaskKind},
 };
 use trm_crypto::signing::Signer;
 use trm_federation::{outbox, FlowHandler, Inbound, Rejection};
@@ -113,6 +115,14 @@ impl Flows {
     ) -> FlowResult {
         let now = OffsetDateTime::now_utc();
         lifecycle::erase_any_copy(self.id, tx, inbound.sender, id, reason, now)?;
+        // What an alert of the case said of the person (the child flags) goes with the copy.
+        let (sender, case_ref) = (inbound.sender, inbound.case_ref.as_str());
+        for mut a in tx.records_where::<SafetyAlertRecord>(|a| {
+            a.origin == sender && a.case_ref == case_ref && a.child.is_some()
+        })? {
+            a.child = None;
+            tx.put_record(&a)?;
+        }
         // Nothing held (never arrived, or erased before) is erased as well: confirm either way.
         let confirmation = PeerMessage::ErasureConfirmation {
             subject_id: id,
@@ -147,10 +157,19 @@ impl Flows {
         inbound: &Inbound,
         return_id: ReturnId,
         disclosed: &DisclosedCase,
-        hearing_pending: bool,
-        compensation_pending: bool,
+        (hearing_pending, compensation_pending): (bool, bool),
+        risk_assessed_at: Option<OffsetDateTime>,
     ) -> FlowResult {
         check_disclosure(inbound, disclosed, Purpose::ReturnPlanning)?;
+        // A safety alert of the sender's about the case, naming this country, stands until
+        // the sender assessed the risk again.
+        crate::safety::check_copy(
+            tx,
+            self.id,
+            (inbound.sender, &inbound.case_ref),
+            risk_assessed_at,
+        )?
+        .map_err(|g| policy(g.to_string()))?;
         id_is_new(tx, return_id.uuid(), "return_id")?;
         let record = ReturnRecord::received(
             return_id,
@@ -218,6 +237,101 @@ impl Flows {
 }
 
 impl Flows {
+    /// A safety alert about a case whose copy this node received from the sender, under the
+    /// envelope's reference: kept, a task to acknowledge it opened, and, when it names this
+    /// country, every open return of that copy halted here and told to the sender.
+    fn safety_alert(
+        &self,
+        tx: &mut Tx<'_>,
+        inbound: &Inbound,
+        alert_id: trm_core::ids::AlertId,
+        terms: AlertTerms,
+        raised_at: OffsetDateTime,
+        disclosed: &DisclosedCase,
+    ) -> FlowResult {
+        check_disclosure(inbound, disclosed, Purpose::Safety)?;
+        if tx.resolve_ref(inbound.sender, &inbound.case_ref)?.is_none() {
+            return Err(unknown("no copy was received from the sender under it"));
+        }
+        id_is_new(tx, alert_id.uuid(), "alert_id")?;
+        let now = OffsetDateTime::now_utc();
+        let record = SafetyAlertRecord::received(
+            alert_id,
+            (inbound.sender, self.id),
+            terms,
+            inbound.case_ref.clone(),
+            disclosed.child,
+            raised_at,
+            now,
+        );
+        tx.put_record(&record)?;
+        let within = match crate::safety::is_child(disclosed.child) {
+            true => self.due.answer_urgent_referral,
+            false => due::ACKNOWLEDGE_SAFETY_ALERT,
+        };
+        tx.open_task(&Task::due_in(
+            TaskKind::AcknowledgeSafetyAlert,
+            alert_id.uuid(),
+            within,
+            now,
+        ))?;
+        if terms.country == self.id {
+            self.halt_copies(tx, inbound)?;
+        }
+        Ok(())
+    }
+
+    /// Halts every open return plan received from the sender under the envelope's reference
+    /// (HALTED, reason `safety_alert`), told to the sender.
+    fn halt_copies(&self, tx: &mut Tx<'_>, inbound: &Inbound) -> FlowResult {
+        let (sender, case_ref) = (inbound.sender, inbound.case_ref.as_str());
+        let open = tx.records_where::<ReturnRecord>(|r| {
+            r.origin == sender && r.disclosed.case_ref == case_ref && r.status.before_departure()
+        })?;
+        for mut r in open {
+            let step = StepDetails {
+                reason: trm_core::Guard::SafetyAlert.as_str().to_owned(),
+                ..Default::default()
+            };
+            r.apply(ReturnEvent::Halt, &step)
+                .map_err(|g| transition(g.reason))?;
+            tx.put_record(&r)?;
+            tx.close_tasks_of(r.return_id.uuid())?;
+            outbox::enqueue(
+                tx,
+                &self.identity.current(),
+                sender,
+                r.topic(),
+                case_ref,
+                trm_proto::peer::to_wire(&r.update_message(&step)),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A recipient acknowledged an alert this node raised.
+    fn alert_answered(
+        &self,
+        tx: &mut Tx<'_>,
+        inbound: &Inbound,
+        alert_id: trm_core::ids::AlertId,
+        status: SafetyAlertStatus,
+    ) -> FlowResult {
+        let mut a = tx
+            .record::<SafetyAlertRecord>(alert_id)?
+            .ok_or_else(|| unknown("no such safety alert"))?;
+        if a.origin != self.id || !a.recipients.iter().any(|r| r.node == inbound.sender) {
+            return Err(unknown("safety alert not sent to the sender"));
+        }
+        if status != SafetyAlertStatus::Acknowledged {
+            return Err(transition(format!("{status:?} from this sender")));
+        }
+        if a.recipient_reached(inbound.sender, status) {
+            tx.put_record(&a)?;
+        }
+        Ok(())
+    }
+
     /// The other node's step of a record both hold.
     fn update(&self, tx: &mut Tx<'_>, inbound: &Inbound) -> FlowResult {
         let me = self.id;
@@ -337,14 +451,24 @@ impl FlowHandler for Flows {
                 disclosed,
                 hearing_pending,
                 compensation_pending,
+                risk_assessed_at,
             } => self.return_request(
                 tx,
                 inbound,
                 *return_id,
                 disclosed,
-                *hearing_pending,
-                *compensation_pending,
+                (*hearing_pending, *compensation_pending),
+                *risk_assessed_at,
             ),
+            PeerMessage::SafetyAlertNotice {
+                alert_id,
+                terms,
+                raised_at,
+                disclosed,
+            } => self.safety_alert(tx, inbound, *alert_id, *terms, *raised_at, disclosed),
+            PeerMessage::SafetyAlertUpdate { alert_id, status } => {
+                self.alert_answered(tx, inbound, *alert_id, *status)
+            }
             PeerMessage::HearingRequest { hearing_id, terms } => {
                 self.hearing_request(tx, inbound, *hearing_id, terms.clone())
             }
@@ -394,6 +518,19 @@ impl FlowHandler for Flows {
                     _ => return Ok(()),
                 }
                 tx.put_referral(&r)?;
+            }
+            (EnvelopeKind::SafetyAlertNotice, Topic::SafetyAlert(id))
+                if matches!(
+                    outcome,
+                    ReceiptOutcome::Accepted | ReceiptOutcome::Duplicate
+                ) =>
+            {
+                let Some(mut a) = tx.record::<SafetyAlertRecord>(id)? else {
+                    return Ok(());
+                };
+                if a.recipient_reached(item.peer, SafetyAlertStatus::Delivered) {
+                    tx.put_record(&a)?;
+                }
             }
             (EnvelopeKind::HearingRequest, Topic::Hearing(id))
                 if outcome == ReceiptOutcome::Rejected =>

@@ -8,6 +8,7 @@
 //! - [`referral`]: `ReferralService` (cases, consent, referrals);
 //! - [`returns`]: `ReturnPlanningService` (guards, plans, every step across the border);
 //! - [`hearing`]: `WitnessHearingService` (MLA video-conference hearings);
+//! - [`safety`]: `SafetyService` (safety alerts and the block they put on returns);
 //! - [`disclosure`]: what leaves the node for a purpose, under consent, and its record;
 //! - [`erasure`]: erasure requests to the recipients of a disclosure;
 //! - [`ctx`]: what every service shares (store, signer, directory, delivery);
@@ -42,6 +43,7 @@ pub mod referral;
 pub mod replicas;
 pub mod returns;
 pub mod rpc;
+pub mod safety;
 pub mod server;
 pub mod statistics;
 pub mod work;

@@ -476,7 +476,9 @@ impl Referrals {
                 // A protection status stops every return of the case not yet under way.
                 let halted = match check_residence(&case) {
                     Ok(()) => 0,
-                    Err(why) => crate::returns::halt_open_returns(&ctx, tx, &who, case_id, &why)?,
+                    Err(why) => {
+                        crate::returns::halt_open_returns(&ctx, tx, &who, case_id, None, &why)?
+                    }
                 };
                 let fields = match valid_until {
                     Some(_) => "status,valid_until",

@@ -11,7 +11,7 @@ use trm_core::{
     consent,
     exchange::Erasure,
     hearing::HearingRecord,
-    ids::{AssessmentId, CaseId, OrgId, Principal, ReturnId, Shared, WitnessRecord},
+    ids::{AssessmentId, CaseId, NodeId, OrgId, Principal, ReturnId, Shared, WitnessRecord},
     messages::PeerMessage,
     model::{CaseRecord, Purpose},
     referral::ReferralRecord,
@@ -65,14 +65,15 @@ fn guards_of(days: u32, tx: &mut Tx<'_>, case: &CaseRecord) -> TxResult<Result<(
     ))
 }
 
-/// Halts every return of case `case` this node requested that has not left yet (HALTED
-/// with the word of `why`'s guard as reason, told to the other node), audited as `p`'s. Returns
-/// how many.
+/// Halts every return of case `case` this node requested that has not left yet (`to`: only
+/// those to that country), HALTED with the word of `why`'s guard as reason, told to the other
+/// node, audited as `p`'s. Returns how many.
 pub(crate) fn halt_open_returns(
     ctx: &Ctx,
     tx: &mut Tx<'_>,
     p: &Principal,
     case: CaseId,
+    to: Option<NodeId>,
     why: &GuardError,
 ) -> TxResult<usize> {
     let mut halted = 0;
@@ -81,7 +82,10 @@ pub(crate) fn halt_open_returns(
         let Some(mut r) = tx.record::<ReturnRecord>(id)? else {
             continue;
         };
-        if r.origin != ctx.id || !r.status.before_departure() {
+        if r.origin != ctx.id
+            || !r.status.before_departure()
+            || to.is_some_and(|to| r.destination != to)
+        {
             continue;
         }
         let step = StepDetails {
@@ -149,6 +153,8 @@ impl lifecycle::StepRules for ReturnRecord {
         };
         let case = load_case(tx, case_id)?;
         guards_of(ctx.reflection_period_days, tx, &case)?.map_err(ApiError::from)?;
+        crate::safety::check_returns(tx, ctx.id, case_id, self.destination)?
+            .map_err(ApiError::from)?;
         let consents = tx.consents(case_id)?;
         consent::grant(
             &consents,
@@ -257,7 +263,7 @@ impl Returns {
                 // A risk found stops every return of the case not yet under way.
                 let halted = match check_risk(&assessment) {
                     Ok(()) => 0,
-                    Err(why) => halt_open_returns(&ctx, tx, &who, case_id, &why)?,
+                    Err(why) => halt_open_returns(&ctx, tx, &who, case_id, None, &why)?,
                 };
                 tx.audit(
                     AuditRecord::new(
@@ -303,7 +309,7 @@ impl Returns {
                 // case not yet under way.
                 let halted = match guards_of(ctx.reflection_period_days, tx, &case)? {
                     Ok(()) => 0,
-                    Err(why) => halt_open_returns(&ctx, tx, &who, case_id, &why)?,
+                    Err(why) => halt_open_returns(&ctx, tx, &who, case_id, None, &why)?,
                 };
                 tx.audit(
                     AuditRecord::new(actor(&who), "return.decision", case_id.to_string(), "ok")
@@ -331,8 +337,12 @@ impl Returns {
             .ctx
             .once(idem, &p, move |tx| {
                 // Every guard of the return, on the latest assessment and decision.
+                let me = ctx.id;
                 let guards = |tx: &mut Tx<'_>, case: &CaseRecord| -> TxResult<()> {
-                    Ok(guards_of(reflection_days, tx, case)?.map_err(ApiError::from)?)
+                    guards_of(reflection_days, tx, case)?.map_err(ApiError::from)?;
+                    crate::safety::check_returns(tx, me, case.case_id, destination)?
+                        .map_err(ApiError::from)?;
+                    Ok(())
                 };
                 let d = disclosure::prepare(
                     tx,
@@ -372,6 +382,7 @@ impl Returns {
                     disclosed: record.disclosed.clone(),
                     hearing_pending: record.hearing_pending,
                     compensation_pending: record.compensation_pending,
+                    risk_assessed_at: tx.risk_assessments(case_id)?.last().map(|r| r.recorded_at),
                 };
                 d.send(
                     tx,

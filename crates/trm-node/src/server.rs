@@ -30,6 +30,7 @@ use trm_proto::v1::{
     admin_service_server::AdminServiceServer, federation_service_server::FederationServiceServer,
     referral_service_server::ReferralServiceServer,
     return_planning_service_server::ReturnPlanningServiceServer,
+    safety_service_server::SafetyServiceServer,
     witness_hearing_service_server::WitnessHearingServiceServer,
     work_service_server::WorkServiceServer, FILE_DESCRIPTOR_SET,
 };
@@ -953,6 +954,10 @@ fn services_routes(ctx: &Ctx, mut introspection: RoutesBuilder) -> Routes {
         )
         .add_service(
             WitnessHearingServiceServer::new(Hearings::new(ctx.clone()))
+                .max_decoding_message_size(MAX_LOCAL_REQUEST),
+        )
+        .add_service(
+            SafetyServiceServer::new(crate::safety::Safety::new(ctx.clone()))
                 .max_decoding_message_size(MAX_LOCAL_REQUEST),
         )
         .add_service(

@@ -288,6 +288,22 @@ impl TryFrom<&w::CancelHearingRequest> for StepRequest<HearingRecord> {
     }
 }
 
+// Safety alert steps.
+
+impl TryFrom<&w::AcknowledgeSafetyAlertRequest>
+    for StepRequest<trm_core::safety::SafetyAlertRecord>
+{
+    type Error = FieldError;
+    fn try_from(r: &w::AcknowledgeSafetyAlertRequest) -> Result<Self, FieldError> {
+        step_of(
+            "alert_id",
+            &r.alert_id,
+            trm_core::safety::SafetyAlertEvent::Acknowledge,
+            trm_core::safety::SafetyAlertStep,
+        )
+    }
+}
+
 // Reads and lists.
 
 /// A read of one record: its id.
@@ -310,6 +326,7 @@ get! {
     GetReferralRequest.referral_id => ReferralId;
     GetReturnPlanRequest.return_id => ReturnId;
     GetHearingRequest.hearing_id => HearingId;
+    GetSafetyAlertRequest.alert_id => trm_core::ids::AlertId;
 }
 
 /// A page of a list of ids `I`: how many, and after which id.
@@ -406,6 +423,7 @@ list! {
     ListReferralsRequest => ReferralId, trm_core::referral::ReferralStatus, c::referral_status_from_wire;
     ListReturnPlansRequest => ReturnId, trm_core::returns::ReturnStatus, c::return_status_from_wire;
     ListHearingsRequest => HearingId, trm_core::hearing::HearingStatus, c::hearing_status_from_wire;
+    ListSafetyAlertsRequest => trm_core::ids::AlertId, trm_core::safety::SafetyAlertStatus, c::WireEnum::from_wire;
 }
 
 // Requests that create or change something on a case.
@@ -591,6 +609,23 @@ impl TryFrom<&w::RequestHearingRequest> for RequestHearing {
             subject_id: parse_id("case_id", &r.case_id)?,
             witness_country: c::country("witness_country", &r.witness_country)?,
             terms,
+        })
+    }
+}
+
+/// `RaiseSafetyAlert`: the local case, and what the alert says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaiseSafetyAlert {
+    pub case_id: CaseId,
+    pub terms: trm_core::safety::AlertTerms,
+}
+
+impl TryFrom<&w::RaiseSafetyAlertRequest> for RaiseSafetyAlert {
+    type Error = FieldError;
+    fn try_from(r: &w::RaiseSafetyAlertRequest) -> Result<Self, FieldError> {
+        Ok(Self {
+            case_id: CaseId::parse("case_id", &r.case_id)?,
+            terms: c::alert_terms("country", &r.country, r.kind, &r.effective_on)?,
         })
     }
 }

@@ -22,6 +22,7 @@ use crate::v1 as w;
 mod d {
     pub use trm_core::hearing::ProtectiveMeasure;
     pub use trm_core::model::*;
+    pub use trm_core::safety::{SafetyAlertKind, SafetyAlertStatus};
 }
 
 /// A domain enum with a wire counterpart.
@@ -68,6 +69,12 @@ wire_enum!(AgeBand <=> AgeBand {
 wire_enum!(Purpose <=> Purpose {
     ReferralAssistance <=> ReferralAssistance, ReturnPlanning <=> ReturnPlanning,
     WitnessHearing <=> WitnessHearing, Safety <=> Safety, LegalRemedies <=> LegalRemedies,
+});
+wire_enum!(SafetyAlertKind <=> SafetyAlertKind {
+    Extradition <=> Extradition, Release <=> Release, Escape <=> Escape, Other <=> Other,
+});
+wire_enum!(SafetyAlertStatus <=> SafetyAlertStatus {
+    Raised <=> Raised, Delivered <=> Delivered, Acknowledged <=> Acknowledged,
 });
 wire_enum!(ProtectiveMeasure <=> ProtectiveMeasure {
     Anonymity <=> Anonymity, VoiceDistortion <=> VoiceDistortion,
@@ -924,5 +931,45 @@ mod tests {
             + time::Duration::nanoseconds(5);
         assert_eq!(from_ts("t", Some(&ts(t))).unwrap(), t);
         assert!(from_ts("t", None).is_err());
+    }
+}
+
+/// Parses what a safety alert says (a local request's or a peer's notice).
+pub fn alert_terms(
+    country_field: &str,
+    country_value: &str,
+    kind: i32,
+    effective_on: &str,
+) -> Result<trm_core::safety::AlertTerms, FieldError> {
+    Ok(trm_core::safety::AlertTerms {
+        country: country(country_field, country_value)?,
+        kind: WireEnum::from_wire("kind", kind)?,
+        effective_on: parse_date("effective_on", effective_on)?,
+    })
+}
+
+/// Returns the wire form of a safety alert as this node holds it.
+pub fn alert_to_wire(a: &trm_core::safety::SafetyAlertRecord) -> w::SafetyAlert {
+    w::SafetyAlert {
+        alert_id: a.alert_id.to_string(),
+        origin: a.origin.to_string(),
+        country: a.terms.country.to_string(),
+        kind: a.terms.kind.to_wire(),
+        effective_on: format_date(a.terms.effective_on),
+        case_ref: a.case_ref.clone(),
+        status: a.status.to_wire(),
+        created_at: Some(ts(a.created_at)),
+        updated_at: Some(ts(a.updated_at)),
+        case_id: a.case_id.map(|c| c.to_string()).unwrap_or_default(),
+        recipients: a
+            .recipients
+            .iter()
+            .map(|r| w::SafetyAlertRecipient {
+                node_id: r.node.to_string(),
+                status: r.status.to_wire(),
+            })
+            .collect(),
+        raised_at: Some(ts(a.raised_at)),
+        child: a.child.map(child_to_wire),
     }
 }

@@ -6,7 +6,7 @@
 
 use trm_core::{
     hearing::{HearingStatus, HearingStep},
-    ids::{HearingId, ReferralId, ReturnId, Shared},
+    ids::{AlertId, HearingId, ReferralId, ReturnId, Shared},
     messages::{EnvelopeKind, PeerMessage},
     returns::{ReturnStatus, StepDetails},
     FieldError,
@@ -17,6 +17,7 @@ use crate::{
         disclosed_from_wire, disclosed_to_wire, enums, enums_to_wire, from_ts,
         hearing_status_from_wire, hearing_status_to_wire, referral_status_from_wire,
         referral_status_to_wire, return_status_from_wire, return_status_to_wire, short, text, ts,
+        WireEnum,
     },
     v1::{self as w, envelope_body::Payload},
 };
@@ -99,6 +100,7 @@ pub fn parse(payload: &Payload) -> Result<PeerMessage, PayloadError> {
             disclosed: disclosed(r.disclosed.as_ref())?,
             hearing_pending: r.hearing_pending,
             compensation_pending: r.compensation_pending,
+            risk_assessed_at: optional_ts("risk_assessed_at", r.risk_assessed_at.as_ref())?,
         },
         Payload::ReturnUpdate(u) if u.disclosed.is_some() => PeerMessage::CopyUpdate {
             subject: Shared::Return(ReturnId::parse("return_id", &u.return_id)?),
@@ -149,6 +151,16 @@ pub fn parse(payload: &Payload) -> Result<PeerMessage, PayloadError> {
             subject_id: subject("subject_id", &c.subject_id)?,
             erased_at: optional_ts("erased_at", c.erased_at.as_ref())?,
         },
+        Payload::SafetyAlertNotice(n) => PeerMessage::SafetyAlertNotice {
+            alert_id: AlertId::parse("alert_id", &n.alert_id)?,
+            terms: crate::convert::alert_terms("country", &n.country, n.kind, &n.effective_on)?,
+            raised_at: from_ts("raised_at", n.raised_at.as_ref())?,
+            disclosed: disclosed(n.disclosed.as_ref())?,
+        },
+        Payload::SafetyAlertUpdate(u) => PeerMessage::SafetyAlertUpdate {
+            alert_id: AlertId::parse("alert_id", &u.alert_id)?,
+            status: WireEnum::from_wire("status", u.status)?,
+        },
         Payload::KeyAnnouncement(a) => {
             let k = a
                 .key
@@ -177,6 +189,8 @@ pub fn kind(p: &Payload) -> EnvelopeKind {
         Payload::ErasureRequest(_) => EnvelopeKind::ErasureRequest,
         Payload::ErasureConfirmation(_) => EnvelopeKind::ErasureConfirmation,
         Payload::KeyAnnouncement(_) => EnvelopeKind::KeyAnnouncement,
+        Payload::SafetyAlertNotice(_) => EnvelopeKind::SafetyAlertNotice,
+        Payload::SafetyAlertUpdate(_) => EnvelopeKind::SafetyAlertUpdate,
     }
 }
 
@@ -207,11 +221,13 @@ pub fn to_wire(m: &PeerMessage) -> Payload {
             disclosed,
             hearing_pending,
             compensation_pending,
+            risk_assessed_at,
         } => Payload::ReturnRequest(w::ReturnRequest {
             return_id: return_id.to_string(),
             disclosed: Some(disclosed_to_wire(disclosed)),
             hearing_pending: *hearing_pending,
             compensation_pending: *compensation_pending,
+            risk_assessed_at: risk_assessed_at.map(ts),
         }),
         PeerMessage::ReturnUpdate {
             return_id,
@@ -254,6 +270,25 @@ pub fn to_wire(m: &PeerMessage) -> Payload {
         } => Payload::KeyAnnouncement(w::KeyAnnouncement {
             key: Some(signing_key(key_id, public_key, *valid_from)),
         }),
+        PeerMessage::SafetyAlertNotice {
+            alert_id,
+            terms,
+            raised_at,
+            disclosed,
+        } => Payload::SafetyAlertNotice(w::SafetyAlertNotice {
+            alert_id: alert_id.to_string(),
+            country: terms.country.to_string(),
+            kind: terms.kind.to_wire(),
+            effective_on: trm_core::model::format_date(terms.effective_on),
+            raised_at: Some(ts(*raised_at)),
+            disclosed: Some(disclosed_to_wire(disclosed)),
+        }),
+        PeerMessage::SafetyAlertUpdate { alert_id, status } => {
+            Payload::SafetyAlertUpdate(w::SafetyAlertUpdate {
+                alert_id: alert_id.to_string(),
+                status: status.to_wire(),
+            })
+        }
     }
 }
 
@@ -404,6 +439,7 @@ mod tests {
                 disclosed: disclosed.clone(),
                 hearing_pending: true,
                 compensation_pending: false,
+                risk_assessed_at: Some(at),
             },
             PeerMessage::ReturnUpdate {
                 return_id: ReturnId::new(),
@@ -453,6 +489,23 @@ mod tests {
                 key_id: "0123456789abcdef".into(),
                 public_key: [7; 32],
                 valid_from: Some(at),
+            },
+            PeerMessage::SafetyAlertNotice {
+                alert_id: trm_core::ids::AlertId::new(),
+                terms: trm_core::safety::AlertTerms {
+                    country: "RO".parse().unwrap(),
+                    kind: trm_core::safety::SafetyAlertKind::Extradition,
+                    effective_on: time::macros::date!(2026 - 05 - 01),
+                },
+                raised_at: at,
+                disclosed: DisclosedCase {
+                    child: Some(trm_core::model::ChildInfo::default()),
+                    ..disclosed.clone()
+                },
+            },
+            PeerMessage::SafetyAlertUpdate {
+                alert_id: trm_core::ids::AlertId::new(),
+                status: trm_core::safety::SafetyAlertStatus::Acknowledged,
             },
         ];
         for m in messages {

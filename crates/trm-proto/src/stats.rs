@@ -70,6 +70,10 @@ pub fn published(cell: &Cell, count: u64) -> Published {
                 .unwrap_or_default()
                 .as_str_name(),
         )],
+        Cell::SafetyAlert(k) => vec![label(
+            "kind",
+            enum_name(Some(*k), |k: w::SafetyAlertKind| k.as_str_name()),
+        )],
     };
     Published {
         table: cell.table().to_owned(),

@@ -46,6 +46,7 @@ impl Subject {
                 K::Referral => "referral",
                 K::Return => "return",
                 K::Hearing => "hearing",
+                K::SafetyAlert => "safety_alert",
             },
             id,
         )

@@ -92,6 +92,16 @@ impl StoredRecord for ReturnRecord {
     }
 }
 
+/// An alert counts once on each node that holds it, by kind.
+impl StoredRecord for trm_core::safety::SafetyAlertRecord {
+    fn cell(&self, _dir: Direction) -> Cell {
+        Cell::SafetyAlert(self.terms.kind)
+    }
+    fn created(&self) -> OffsetDateTime {
+        self.created_at
+    }
+}
+
 impl StoredRecord for HearingRecord {
     fn cell(&self, _dir: Direction) -> Cell {
         Cell::Hearing(self.status)

@@ -68,6 +68,9 @@ pub fn subject_of(topic: &Topic) -> Subject {
         Topic::Referral(id) => Subject::referral(*id),
         Topic::Return(id) => Subject::return_plan(*id),
         Topic::Hearing(id) => Subject::hearing(*id),
+        Topic::SafetyAlert(id) => {
+            Subject::of_record(trm_core::exchange::RecordKind::SafetyAlert, id.as_bytes())
+        }
         Topic::Erasure(id) => Subject::named("erasure", id.as_bytes()),
         Topic::NodeKeys => Subject::named("node", b"keys"),
     }

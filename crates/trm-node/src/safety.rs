@@ -1,0 +1,259 @@
+//! `SafetyService`: safety alerts across borders (paper §22). A judicial authority or focal
+//! point raises an alert for a case this node holds: it goes, under purpose SAFETY, to every
+//! node holding a copy of the case (named there by its own pairwise reference), where it opens
+//! a task to acknowledge; and here, as there, a return of the case to the alert's country is
+//! refused, and an open one halted, naming `safety_alert`, until a risk assessment of the case
+//! is recorded after the alert ([`check_returns`]).
+
+use std::collections::BTreeMap;
+
+use time::OffsetDateTime;
+use tonic::Request;
+use tracing::{info, instrument};
+use trm_core::{
+    access::{self, Action},
+    exchange::{RecordKind, SharedRecord},
+    ids::{AlertId, CaseId, NodeId, Shared},
+    model::ChildInfo,
+    referral::ReferralRecord,
+    returns::ReturnRecord,
+    safety::{
+        check_alerts, AlertRecipient, SafetyAlertEvent, SafetyAlertRecord, SafetyAlertStatus,
+    },
+    tasks::TaskKind,
+    GuardError,
+};
+use trm_federation::outbox;
+use trm_proto::{
+    command::{Get, RaiseSafetyAlert},
+    convert,
+    v1::{self as w, safety_service_server::SafetyService},
+};
+use trm_store::{audit::AuditRecord, Tx};
+
+use crate::{
+    authz::{self, actor},
+    ctx::{Ctx, TxResult},
+    disclosure::{self, load_case},
+    error::{ApiError, ApiResult},
+    lifecycle, returns, rpc,
+};
+
+/// The safety-alert service of one node.
+#[derive(Debug, Clone)]
+pub struct Safety {
+    ctx: Ctx,
+}
+
+impl Safety {
+    /// Returns the service.
+    pub fn new(ctx: Ctx) -> Self {
+        Self { ctx }
+    }
+}
+
+impl rpc::Replay for SafetyAlertRecord {
+    fn key(&self) -> String {
+        self.alert_id.to_string()
+    }
+    fn replay(ctx: &Ctx, key: &str) -> ApiResult<Self> {
+        rpc::record_of(ctx, key)
+    }
+}
+
+impl rpc::ToWire for SafetyAlertRecord {
+    type Wire = w::SafetyAlert;
+    fn to_wire(&self) -> Self::Wire {
+        convert::alert_to_wire(self)
+    }
+}
+
+impl lifecycle::StepRules for SafetyAlertRecord {
+    /// The acknowledgement answers the alert's task.
+    fn after_step(&self, tx: &mut Tx<'_>, event: SafetyAlertEvent) -> TxResult<()> {
+        match event {
+            SafetyAlertEvent::Acknowledge => {
+                tx.close_task(TaskKind::AcknowledgeSafetyAlert, self.alert_id.uuid())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+crate::grpc_service!(Safety => SafetyService {
+    raise_safety_alert(w::RaiseSafetyAlertRequest) -> w::SafetyAlert;
+    get_safety_alert(w::GetSafetyAlertRequest) -> w::SafetyAlert;
+    list_safety_alerts(w::ListSafetyAlertsRequest) -> w::ListSafetyAlertsResponse;
+} steps of SafetyAlertRecord {
+    acknowledge_safety_alert(w::AcknowledgeSafetyAlertRequest) -> w::SafetyAlert = AcknowledgeSafetyAlert;
+});
+
+/// Returns the nodes that hold a copy of `case` sent by this node (a referral or return
+/// plan whose erasure was not asked for), each with the pairwise reference they know it by
+/// and the child flags their copy holds.
+fn holders_of(tx: &mut Tx<'_>, case: CaseId) -> TxResult<Vec<AlertRecipient>> {
+    let mut by_node: BTreeMap<NodeId, AlertRecipient> = BTreeMap::new();
+    for shared in disclosure::shared_of_case(tx, case)? {
+        let held = match shared {
+            Shared::Referral(id) => tx
+                .record::<ReferralRecord>(id)?
+                .filter(|r| !r.erasure.requested())
+                .map(|r| (r.destination, r.disclosed)),
+            Shared::Return(id) => tx
+                .record::<ReturnRecord>(id)?
+                .filter(|r| !r.erasure.requested())
+                .map(|r| (r.destination, r.disclosed)),
+        };
+        let Some((node, disclosed)) = held else {
+            continue;
+        };
+        let entry = by_node.entry(node).or_insert_with(|| AlertRecipient {
+            node,
+            case_ref: disclosed.case_ref.clone(),
+            child: None,
+            status: SafetyAlertStatus::Raised,
+        });
+        entry.child = entry.child.or(disclosed.child);
+    }
+    Ok(by_node.into_values().collect())
+}
+
+/// Refuses a return of `case` (held here) to `destination` while an alert of the case
+/// names that country and no risk assessment was recorded after it, naming `safety_alert`.
+pub(crate) fn check_returns(
+    tx: &mut Tx<'_>,
+    me: NodeId,
+    case: CaseId,
+    destination: NodeId,
+) -> TxResult<Result<(), GuardError>> {
+    let alerts =
+        tx.records_where::<SafetyAlertRecord>(|a| a.origin == me && a.case_id == Some(case))?;
+    if alerts.is_empty() {
+        return Ok(Ok(()));
+    }
+    let assessed_at = tx.risk_assessments(case)?.last().map(|r| r.recorded_at);
+    Ok(check_alerts(&alerts, destination, assessed_at))
+}
+
+/// Refuses a step towards the return of a copy received from `origin` under `case_ref` to
+/// this node while an alert from `origin` about that case names this country
+/// (`assessed_at`: the origin's latest risk assessment, where it said).
+pub(crate) fn check_copy(
+    tx: &mut Tx<'_>,
+    me: NodeId,
+    (origin, case_ref): (NodeId, &str),
+    assessed_at: Option<OffsetDateTime>,
+) -> trm_store::Result<Result<(), GuardError>> {
+    let alerts = tx.records_where::<SafetyAlertRecord>(|a| {
+        a.origin == origin && a.holder == me && a.case_ref == case_ref
+    })?;
+    Ok(check_alerts(&alerts, me, assessed_at))
+}
+
+impl Safety {
+    #[instrument(skip_all)]
+    async fn raise_safety_alert(
+        &self,
+        request: Request<w::RaiseSafetyAlertRequest>,
+    ) -> ApiResult<w::SafetyAlert> {
+        let (p, idem) = authz::caller(&request, Action::RaiseSafetyAlert)?;
+        let RaiseSafetyAlert { case_id, terms } = request.get_ref().try_into()?;
+        let alert_id = AlertId::new();
+        let (ctx, who) = (self.ctx.clone(), p.clone());
+        let record: SafetyAlertRecord = self
+            .ctx
+            .once(idem, &p, move |tx| {
+                let case = load_case(tx, case_id)?;
+                let recipients = holders_of(tx, case_id)?;
+                let now = OffsetDateTime::now_utc();
+                let record = SafetyAlertRecord::raised(
+                    alert_id,
+                    ctx.id,
+                    terms,
+                    (case_id, case.organisation.clone()),
+                    recipients,
+                    now,
+                );
+                tx.put_record(&record)?;
+                // Halted first: a recipient hears of the halt before the alert itself.
+                let why = GuardError::new(trm_core::Guard::SafetyAlert, "safety alert");
+                let halted =
+                    returns::halt_open_returns(&ctx, tx, &who, case_id, Some(terms.country), &why)?;
+                for r in &record.recipients {
+                    outbox::enqueue(
+                        tx,
+                        &ctx.identity.current(),
+                        r.node,
+                        record.topic(),
+                        &r.case_ref,
+                        trm_proto::peer::to_wire(&record.notice_to(r)),
+                    )?;
+                }
+                tx.audit(
+                    AuditRecord::new(
+                        actor(&who),
+                        "safety_alert.raise",
+                        alert_id.to_string(),
+                        "raised",
+                    )
+                    .detail(format!(
+                        "case={case_id} country={} kind={} purpose=safety recipients={} returns_halted={halted}",
+                        terms.country,
+                        terms.kind.as_str(),
+                        record.recipients.len()
+                    )),
+                )?;
+                Ok(record)
+            })
+            .await?;
+        info!(alert_id = %record.alert_id, recipients = record.recipients.len(), "safety alert raised");
+        Ok(convert::alert_to_wire(&record))
+    }
+
+    #[instrument(skip_all)]
+    async fn get_safety_alert(
+        &self,
+        request: Request<w::GetSafetyAlertRequest>,
+    ) -> ApiResult<w::SafetyAlert> {
+        let p = authz::principal(&request)?;
+        access::require(&p, Action::ReadSafetyAlerts)?;
+        let Get(id) = request.get_ref().try_into()?;
+        let a = self
+            .ctx
+            .store
+            .record::<SafetyAlertRecord>(id)?
+            .ok_or(ApiError::NotFound(RecordKind::SafetyAlert.name()))?;
+        self.ctx
+            .audit_read(&p, "safety_alert.read", id.to_string(), String::new())
+            .await?;
+        Ok(convert::alert_to_wire(&a))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_safety_alerts(
+        &self,
+        request: Request<w::ListSafetyAlertsRequest>,
+    ) -> ApiResult<w::ListSafetyAlertsResponse> {
+        let p = authz::principal(&request)?;
+        access::require(&p, Action::ReadSafetyAlerts)?;
+        let list = request.get_ref().try_into()?;
+        let (found, next_page_token) = lifecycle::list::<SafetyAlertRecord>(
+            &self.ctx,
+            &p,
+            &list,
+            "safety_alert.list",
+            |_| true,
+            |_| Ok(true),
+        )
+        .await?;
+        Ok(w::ListSafetyAlertsResponse {
+            safety_alerts: found.iter().map(convert::alert_to_wire).collect(),
+            next_page_token,
+        })
+    }
+}
+
+/// Whether `child` says the person is a child (a child's alert is answered first).
+pub(crate) fn is_child(child: Option<ChildInfo>) -> bool {
+    child.is_some_and(|c| c.is_child)
+}
