@@ -20,6 +20,7 @@ mod privacy;
 mod read_faults;
 mod referral;
 mod returns;
+mod safety;
 mod stats;
 #[cfg(target_os = "linux")]
 mod storage;

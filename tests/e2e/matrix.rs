@@ -37,6 +37,7 @@ const CASE: Allowed = Allowed::Roles(&[SP, FP]);
 const RETURN_PLANS: Allowed = Allowed::Roles(&[SP, FP, IA]);
 const FOCAL: Allowed = Allowed::Roles(&[FP]);
 const OPERATOR: Allowed = Allowed::Roles(&[OP]);
+const JUDICIAL_AND_FOCAL: Allowed = Allowed::Roles(&[JA, FP]);
 
 /// The table: every RPC of package trm.v1 and who may call it.
 const TABLE: &[(&str, &str, Allowed)] = &[
@@ -104,6 +105,14 @@ const TABLE: &[(&str, &str, Allowed)] = &[
         "WitnessHearingService",
         "CancelHearing",
         Allowed::Roles(&[JA, FP]),
+    ),
+    ("SafetyService", "RaiseSafetyAlert", JUDICIAL_AND_FOCAL),
+    ("SafetyService", "GetSafetyAlert", JUDICIAL_AND_FOCAL),
+    ("SafetyService", "ListSafetyAlerts", JUDICIAL_AND_FOCAL),
+    (
+        "SafetyService",
+        "AcknowledgeSafetyAlert",
+        JUDICIAL_AND_FOCAL,
     ),
     (
         "WorkService",

@@ -561,6 +561,56 @@ impl TestFederation {
         ))
     }
 
+    /// Returns a `SafetyService` client of node `id` authenticated as `role`.
+    pub async fn safety(
+        &self,
+        id: &str,
+        role: Role,
+    ) -> Result<trm_proto::v1::safety_service_client::SafetyServiceClient<Channel>> {
+        Ok(
+            trm_proto::v1::safety_service_client::SafetyServiceClient::new(
+                self.channel(id, role, false).await?,
+            ),
+        )
+    }
+
+    /// Delivers `payload` to node `to` as node `from` would, under `case_ref`: signed with
+    /// `from`'s own key over its own TLS identity (what a peer that ignores a rule of its
+    /// own can send). Returns the decoded receipt.
+    pub async fn deliver_as(
+        &self,
+        (from, to): (&str, &str),
+        case_ref: &str,
+        payload: trm_proto::v1::envelope_body::Payload,
+    ) -> Result<trm_proto::v1::ReceiptBody> {
+        use prost::Message;
+        let key = SigningIdentity::load(&self.dir().join(from).join("keys/signing.pem"))?;
+        let tls = self.dir().join(from).join("tls");
+        let channel =
+            Endpoint::from_shared(format!("https://{}", self.node(to)?.addrs.federation))?
+                .tls_config(
+                    ClientTlsConfig::new()
+                        .ca_certificate(Certificate::from_pem(files::read(
+                            &self.dir().join(from).join(format!("peers/{to}-ca.pem")),
+                        )?))
+                        .identity(Identity::from_pem(
+                            files::read(&tls.join("federation.pem"))?,
+                            files::read(&tls.join("federation.key"))?,
+                        ))
+                        .domain_name("localhost"),
+                )?
+                .connect()
+                .await?;
+        let env =
+            trm_federation::envelope::seal(&key, from.parse()?, to.parse()?, case_ref, payload);
+        let receipt =
+            trm_proto::v1::federation_service_client::FederationServiceClient::new(channel)
+                .deliver(env)
+                .await?
+                .into_inner();
+        Ok(trm_proto::v1::ReceiptBody::decode(receipt.body.as_slice())?)
+    }
+
     /// Returns a `WorkService` client of node `id` authenticated as `role`.
     pub async fn work(&self, id: &str, role: Role) -> Result<WorkServiceClient<Channel>> {
         Ok(WorkServiceClient::new(self.channel(id, role, false).await?))
