@@ -18,7 +18,8 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use trm_core::exchange::StepRequest;
 use trm_core::hearing::{HearingRecord as Hearing, HearingStatus};
-use trm_core::ids::{CaseId, HearingId, MessageId, ReferralId, ReturnId};
+use trm_core::ids::{AlertId, CaseId, HearingId, MessageId, ReferralId, ReturnId};
+use trm_core::safety::{SafetyAlertRecord, SafetyAlertStatus};
 use trm_core::model::parse_date;
 use trm_core::referral::{ReferralRecord as Referral, ReferralStatus};
 use trm_core::returns::{ReturnDecision, ReturnRecord as Return, ReturnStatus, RiskAssessment};
@@ -26,7 +27,8 @@ use trm_core::stats::Period;
 use trm_fuzz_common::{self as fx, Local as L};
 use trm_node::admin;
 use trm_proto::command::{
-    EraseCase, Get, List, ListConsents, ListTasks, Paged, ProposeReturn, RecordIdentification,
+    EraseCase, Get, List, ListConsents, ListTasks, Paged, ProposeReturn, RaiseSafetyAlert,
+    RecordIdentification,
     RecordResidenceStatus, RequestHearing, ResolveDuplicate, SubmitReferral, UpdateCase,
     WithdrawConsent,
 };
@@ -88,6 +90,16 @@ fuzz_target!(|data: &[u8]| {
         L::ListTasks => parse::<w::ListTasksRequest, ListTasks>(data),
         L::ResolvePossibleDuplicate => {
             parse::<w::ResolvePossibleDuplicateRequest, ResolveDuplicate>(data)
+        }
+
+        // SafetyService
+        L::RaiseSafetyAlert => parse::<w::RaiseSafetyAlertRequest, RaiseSafetyAlert>(data),
+        L::GetSafetyAlert => parse::<w::GetSafetyAlertRequest, Get<AlertId>>(data),
+        L::ListSafetyAlerts => {
+            parse::<w::ListSafetyAlertsRequest, List<AlertId, SafetyAlertStatus>>(data)
+        }
+        L::AcknowledgeSafetyAlert => {
+            parse::<w::AcknowledgeSafetyAlertRequest, StepRequest<SafetyAlertRecord>>(data)
         }
 
         // ReturnPlanningService

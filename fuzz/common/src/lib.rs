@@ -144,6 +144,7 @@ pub fn payloads() -> Vec<Payload> {
             disclosed: Some(disclosed(true)),
             hearing_pending: true,
             compensation_pending: false,
+            risk_assessed_at: Some(ts(now())),
         }),
         Payload::ReturnUpdate(w::ReturnUpdate {
             return_id: id7(),
@@ -178,6 +179,26 @@ pub fn payloads() -> Vec<Payload> {
         Payload::ErasureConfirmation(w::ErasureConfirmation {
             subject_id: uuid::Uuid::new_v4().to_string(),
             erased_at: Some(ts(now())),
+        }),
+        Payload::SafetyAlertNotice(w::SafetyAlertNotice {
+            alert_id: id7(),
+            country: "AT".into(),
+            kind: w::SafetyAlertKind::Release as i32,
+            effective_on: "2026-02-01".into(),
+            raised_at: Some(ts(now())),
+            disclosed: Some(w::DisclosedCase {
+                case_ref: "c-7f3a".into(),
+                child: Some(w::ChildInfo {
+                    is_child: true,
+                    guardian_assigned: true,
+                    best_interests_determined: true,
+                }),
+                ..Default::default()
+            }),
+        }),
+        Payload::SafetyAlertUpdate(w::SafetyAlertUpdate {
+            alert_id: id7(),
+            status: w::SafetyAlertStatus::Acknowledged as i32,
         }),
         Payload::KeyAnnouncement(w::KeyAnnouncement {
             key: Some(w::SigningKey {
@@ -316,4 +337,9 @@ local_requests! {
     ListTasks,
     // ReferralService, one person one case
     ResolvePossibleDuplicate,
+    // SafetyService
+    RaiseSafetyAlert,
+    GetSafetyAlert,
+    ListSafetyAlerts,
+    AcknowledgeSafetyAlert,
 }

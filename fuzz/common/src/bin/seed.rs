@@ -273,6 +273,7 @@ fn local_requests() -> Result<()> {
                 direction: w::Direction::Incoming as i32,
                 page_size: 50,
                 page_token: case_id.clone(),
+                ..Default::default()
             }
             .encode_to_vec(),
         ),
@@ -465,6 +466,7 @@ fn local_requests() -> Result<()> {
                 direction: w::Direction::Outgoing as i32,
                 page_size,
                 page_token,
+                ..Default::default()
             }
             .encode_to_vec()
         }),
@@ -542,6 +544,7 @@ fn local_requests() -> Result<()> {
                 direction: w::Direction::Incoming as i32,
                 page_size,
                 page_token,
+                ..Default::default()
             }
             .encode_to_vec()
         }),
@@ -714,6 +717,39 @@ fn local_requests() -> Result<()> {
                 case_id: id(),
                 same_person: true,
                 request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::RaiseSafetyAlert,
+            w::RaiseSafetyAlertRequest {
+                case_id: id(),
+                country: "RO".into(),
+                kind: w::SafetyAlertKind::Extradition as i32,
+                effective_on: "2026-03-01".into(),
+                request_id: id(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::GetSafetyAlert,
+            w::GetSafetyAlertRequest { alert_id: id() }.encode_to_vec(),
+        ),
+        (
+            L::ListSafetyAlerts,
+            w::ListSafetyAlertsRequest {
+                direction: w::Direction::Incoming as i32,
+                status: vec![w::SafetyAlertStatus::Delivered as i32],
+                page_size: 20,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::AcknowledgeSafetyAlert,
+            w::AcknowledgeSafetyAlertRequest {
+                alert_id: id(),
+                request_id: id(),
             }
             .encode_to_vec(),
         ),
