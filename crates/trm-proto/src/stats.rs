@@ -113,3 +113,23 @@ pub fn cell_from_wire(c: &w::StatisticCell) -> Published {
         suppressed: c.suppressed,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Alerts publish in their own table, labelled by the proto enum name of their kind.
+    #[test]
+    fn a_safety_alert_cell_is_published_by_kind() {
+        let p = published(
+            &Cell::SafetyAlert(trm_core::safety::SafetyAlertKind::Release),
+            12,
+        );
+        assert_eq!(p.table, "safety_alerts_by_kind");
+        assert_eq!(
+            p.labels,
+            [("kind".to_owned(), "SAFETY_ALERT_KIND_RELEASE".to_owned())]
+        );
+        assert_eq!(p.count, 12);
+    }
+}

@@ -594,6 +594,53 @@ fn statistics_count_a_person_once_and_follow_a_referral_to_its_state() {
     assert_eq!(now.get(&referral(ReferralStatus::Delivered)), None, "moved");
 }
 
+/// An alert counts once where it is held, by kind, in the month it was raised or arrived,
+/// however often it changes.
+#[test]
+fn statistics_count_a_safety_alert_once_by_kind() {
+    use trm_core::{
+        ids::{AlertId, CaseId},
+        safety::{AlertTerms, SafetyAlertKind, SafetyAlertRecord, SafetyAlertStatus},
+        stats::{Cell, Month, Period},
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &SecretKey::generate());
+    let terms = AlertTerms {
+        country: "RO".parse().unwrap(),
+        kind: SafetyAlertKind::Extradition,
+        effective_on: time::macros::date!(2026 - 01 - 01),
+    };
+    let now = OffsetDateTime::now_utc();
+    let mut a = SafetyAlertRecord::raised(
+        AlertId::new(),
+        "AT".parse().unwrap(),
+        terms,
+        (CaseId::new(), "sp1".parse().unwrap()),
+        vec![],
+        now,
+    );
+    for status in [SafetyAlertStatus::Raised, SafetyAlertStatus::Delivered] {
+        a.status = status;
+        let a = a.clone();
+        store
+            .commit_blocking::<(), (), _>(move |tx| Ok(tx.put_record(&a)?))
+            .unwrap();
+    }
+    let period = Period {
+        start: now.date().replace_day(1).unwrap(),
+        end: Month::of(now.date()).next_first_day(),
+    };
+    let counts = store.stat_counts(period).unwrap();
+    assert_eq!(
+        counts.get(&Cell::SafetyAlert(SafetyAlertKind::Extradition)),
+        Some(&1)
+    );
+    assert_eq!(
+        counts.get(&Cell::SafetyAlert(SafetyAlertKind::Release)),
+        None
+    );
+}
+
 #[test]
 fn a_person_identified_in_a_published_month_counts_in_the_month_entered() {
     use crate::repo::stats::PublishedReport;
