@@ -88,6 +88,14 @@ async fn referral_from_at_is_accepted_by_ro_and_only_the_referral_fields_cross(
     );
     assert_eq!(outcome.hearing_at_witness.case_ref, d.case_ref);
 
+    // The release alert reached the destination under its own reference and was
+    // acknowledged there; the origin knows.
+    assert_eq!(outcome.alert_at_destination.case_ref, d.case_ref);
+    for alert in [&outcome.alert_at_origin, &outcome.alert_at_destination] {
+        assert_eq!(alert.status, w::SafetyAlertStatus::Acknowledged as i32);
+        assert_eq!(alert.country, "RO");
+    }
+
     // Nothing personal is in clear in either node's files.
     let dir = fed.stop().await?;
     for node in ["AT", "RO"] {

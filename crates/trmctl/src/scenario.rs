@@ -13,6 +13,7 @@ use trm_proto::v1::{
     self as w, admin_service_client::AdminServiceClient,
     referral_service_client::ReferralServiceClient,
     return_planning_service_client::ReturnPlanningServiceClient,
+    safety_service_client::SafetyServiceClient,
     witness_hearing_service_client::WitnessHearingServiceClient,
 };
 
@@ -33,6 +34,10 @@ pub struct Outcome {
     pub return_at_destination: w::ReturnPlan,
     /// The hearing as the witness's country holds it at the end.
     pub hearing_at_witness: w::Hearing,
+    /// The safety alert as the country that raised it holds it at the end.
+    pub alert_at_origin: w::SafetyAlert,
+    /// The safety alert as the country it names holds it at the end.
+    pub alert_at_destination: w::SafetyAlert,
 }
 
 /// Opens a channel to a sandbox node's services (or admin) port as `role`.
@@ -222,6 +227,8 @@ pub async fn run(
     let (return_at_origin, return_at_destination) =
         return_story(dir, origin, destination, &case.case_id, out).await?;
     let hearing_at_witness = hearing_story(dir, origin, destination, &case.case_id, out).await?;
+    let (alert_at_origin, alert_at_destination) =
+        safety_story(dir, origin, destination, &case.case_id, out).await?;
 
     for node in [origin, destination] {
         audit_summary(dir, node, out).await?;
@@ -233,6 +240,8 @@ pub async fn run(
         return_at_origin,
         return_at_destination,
         hearing_at_witness,
+        alert_at_origin,
+        alert_at_destination,
     })
 }
 
@@ -630,4 +639,95 @@ async fn return_story(
         return_status_name(ro_view.status)
     )?;
     Ok((at_view, ro_view))
+}
+
+/// Waits until `c`'s view of alert `id` stands at `status`.
+async fn wait_alert(
+    c: &SafetyServiceClient<Channel>,
+    id: &str,
+    status: w::SafetyAlertStatus,
+) -> Result<w::SafetyAlert> {
+    wait_for(
+        "the safety alert to move on",
+        Duration::from_secs(60),
+        || {
+            let mut c = c.clone();
+            let id = id.to_owned();
+            async move {
+                let a = c
+                    .get_safety_alert(w::GetSafetyAlertRequest { alert_id: id })
+                    .await;
+                Ok(a.ok()
+                    .map(|a| a.into_inner())
+                    .filter(|a| a.status == status as i32))
+            }
+        },
+    )
+    .await
+}
+
+/// The offender is released in `destination`, where the victim now lives: the prosecution
+/// in `origin` raises a safety alert; `destination`, which holds copies of the case, gets it
+/// under its own reference with a task, and acknowledges it.
+async fn safety_story(
+    dir: &Path,
+    origin: NodeId,
+    destination: NodeId,
+    case_id: &str,
+    out: &mut impl Write,
+) -> Result<(w::SafetyAlert, w::SafetyAlert)> {
+    let mut ja =
+        SafetyServiceClient::new(client(dir, origin, Role::JudicialAuthority, false).await?);
+    let mut fp = SafetyServiceClient::new(client(dir, destination, Role::FocalPoint, false).await?);
+    writeln!(
+        out,
+        "== {origin}: the trafficker is released in {destination}; the prosecutor raises a safety alert"
+    )?;
+    let effective = time::OffsetDateTime::now_utc().date();
+    let raised = ja
+        .raise_safety_alert(w::RaiseSafetyAlertRequest {
+            case_id: case_id.to_owned(),
+            country: destination.to_string(),
+            kind: w::SafetyAlertKind::Release as i32,
+            effective_on: trm_core::model::format_date(effective),
+            ..Default::default()
+        })
+        .await
+        .context("RaiseSafetyAlert")?
+        .into_inner();
+    let id = raised.alert_id.clone();
+    let recipients: Vec<&str> = raised
+        .recipients
+        .iter()
+        .map(|r| r.node_id.as_str())
+        .collect();
+    writeln!(
+        out,
+        "   alert {id} sent to every node holding a copy: {}",
+        recipients.join(", ")
+    )?;
+    let arrived = wait_alert(&fp, &id, w::SafetyAlertStatus::Delivered).await?;
+    writeln!(
+        out,
+        "== what crossed the border ({origin} -> {destination}) for the alert: the case only by reference {}",
+        arrived.case_ref
+    )?;
+    writeln!(
+        out,
+        "== {destination}: the focal point acknowledges the alert and plans protection"
+    )?;
+    let at_destination = fp
+        .acknowledge_safety_alert(w::AcknowledgeSafetyAlertRequest {
+            alert_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .context("AcknowledgeSafetyAlert")?
+        .into_inner();
+    let at_origin = wait_alert(&ja, &id, w::SafetyAlertStatus::Acknowledged).await?;
+    writeln!(
+        out,
+        "   {origin} sees alert {id}: acknowledged; a return of the case to {destination} now waits for a new risk assessment"
+    )?;
+    Ok((at_origin, at_destination))
 }
