@@ -1,7 +1,8 @@
 """A case-management system calling its TRM node, the whole way: a service provider in AT
 records a case and the victim's consent, refers her to RO, follows the referral until RO
 answers; RO's focal point sees it arrive, accepts it and assigns it to a local service
-provider (who only then sees it); a voluntary return and a witness hearing follow. Along
+provider (who only then sees it); a voluntary return, a witness hearing and a safety alert
+follow. Along
 the way: how bad input, missing consent and retries with request_id behave.
 
 Run by docs/examples/check.sh against two sandbox nodes:
@@ -23,6 +24,8 @@ from trm.v1 import (
     referral_pb2_grpc,
     returns_pb2,
     returns_pb2_grpc,
+    safety_pb2,
+    safety_pb2_grpc,
 )
 
 
@@ -217,6 +220,24 @@ def main(sandbox: str, at_address: str, ro_address: str) -> None:
         request_id=str(uuid.uuid4())))
     wait_for("ACCEPTED at AT", with_status(get_hearing(ja), hearing_pb2.HEARING_STATUS_ACCEPTED))
     print("hearing", hearing.hearing_id, "accepted by RO")
+
+    # 8. A safety alert: the trafficker is released in RO. It goes to every node holding a
+    # copy of the case (RO, under its own reference); the open return to RO halts, naming
+    # safety_alert, and a new one waits for a risk assessment recorded after the alert.
+    at_safety = safety_pb2_grpc.SafetyServiceStub(channel(at_dir, at_address, "judicial_authority"))
+    ro_safety = safety_pb2_grpc.SafetyServiceStub(channel(ro_dir, ro_address, "focal_point"))
+    alert = call_with_retry(at_safety.RaiseSafetyAlert, safety_pb2.RaiseSafetyAlertRequest(
+        case_id=case.case_id, country="RO", kind=safety_pb2.SAFETY_ALERT_KIND_RELEASE,
+        effective_on=time.strftime("%Y-%m-%d"), request_id=str(uuid.uuid4())))
+    assert [r.node_id for r in alert.recipients] == ["RO"], alert
+    halted = wait_for("HALTED at AT", with_status(get_plan(at_returns), returns_pb2.RETURN_STATUS_HALTED))
+    assert halted.status_reason == "safety_alert", halted
+    get_alert = lambda stub: lambda: stub.GetSafetyAlert(safety_pb2.GetSafetyAlertRequest(alert_id=alert.alert_id))
+    wait_for("the alert at RO", lambda: _or_none(get_alert(ro_safety)))
+    call_with_retry(ro_safety.AcknowledgeSafetyAlert, safety_pb2.AcknowledgeSafetyAlertRequest(
+        alert_id=alert.alert_id, request_id=str(uuid.uuid4())))
+    wait_for("ACKNOWLEDGED at AT", with_status(get_alert(at_safety), safety_pb2.SAFETY_ALERT_STATUS_ACKNOWLEDGED))
+    print("safety alert", alert.alert_id, "acknowledged by RO")
 
 
 def _or_none(get):
