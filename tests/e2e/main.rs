@@ -10,6 +10,7 @@ mod cli;
 mod crash;
 mod directory;
 mod durability;
+mod events;
 #[cfg(unix)]
 mod flood;
 mod hearing;

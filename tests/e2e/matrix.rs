@@ -106,6 +106,11 @@ const TABLE: &[(&str, &str, Allowed)] = &[
         "CancelHearing",
         Allowed::Roles(&[JA, FP]),
     ),
+    (
+        "WorkService",
+        "WatchEvents",
+        Allowed::Roles(&[SP, FP, JA, IA]),
+    ),
     ("SafetyService", "RaiseSafetyAlert", JUDICIAL_AND_FOCAL),
     ("SafetyService", "GetSafetyAlert", JUDICIAL_AND_FOCAL),
     ("SafetyService", "ListSafetyAlerts", JUDICIAL_AND_FOCAL),
@@ -183,11 +188,25 @@ async fn call(channel: &Channel, service: &str, method: &str) -> Code {
         Ok(p) => p,
         Err(_) => return Code::Internal,
     };
-    match grpc.unary(tonic::Request::new(Vec::new()), path, Raw).await {
-        Ok(_) => Code::Ok,
+    // A stream that opens is allowed: its first answer (headers) is enough.
+    let answer = match STREAMS.contains(&method) {
+        true => grpc
+            .server_streaming(tonic::Request::new(Vec::new()), path, Raw)
+            .await
+            .map(|_| ()),
+        false => grpc
+            .unary(tonic::Request::new(Vec::new()), path, Raw)
+            .await
+            .map(|_| ()),
+    };
+    match answer {
+        Ok(()) => Code::Ok,
         Err(s) => s.code(),
     }
 }
+
+/// The server-streaming RPCs of the contract (checked against the descriptor set).
+const STREAMS: &[&str] = &["WatchEvents"];
 
 /// A lazily connecting channel to `addr` trusting `ca`, presenting `identity` if any.
 fn channel(
@@ -244,6 +263,19 @@ async fn every_caller_on_every_rpc_gets_the_code_of_the_table() -> anyhow::Resul
         .map(|(s, m, _)| ((*s).to_owned(), (*m).to_owned()))
         .collect();
     let rpcs = contract()?;
+    let set = prost_types::FileDescriptorSet::decode(trm_proto::v1::FILE_DESCRIPTOR_SET)?;
+    let streaming: Vec<&str> = set
+        .file
+        .iter()
+        .flat_map(|f| f.service.iter())
+        .flat_map(|s| s.method.iter())
+        .filter(|m| m.server_streaming())
+        .map(|m| m.name())
+        .collect();
+    assert_eq!(
+        streaming, STREAMS,
+        "the streams the calls below open as streams"
+    );
     let missing: Vec<_> = rpcs.difference(&listed).collect();
     assert!(
         missing.is_empty(),

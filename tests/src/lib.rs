@@ -533,21 +533,33 @@ impl TestFederation {
         id: &str,
         org: &str,
     ) -> Result<ReferralServiceClient<Channel>> {
+        Ok(ReferralServiceClient::new(
+            self.channel_of_org(id, org).await?,
+        ))
+    }
+
+    /// Returns a `WorkService` client of node `id` for a service provider of `org`.
+    pub async fn work_of_org(&self, id: &str, org: &str) -> Result<WorkServiceClient<Channel>> {
+        Ok(WorkServiceClient::new(self.channel_of_org(id, org).await?))
+    }
+
+    /// Returns a channel to node `id`'s services as a service provider of `org`, with a
+    /// certificate from `trmctl client issue`.
+    async fn channel_of_org(&self, id: &str, org: &str) -> Result<Channel> {
         let trmctl::client::IssueReport { cert, key, .. } = trmctl::client::issue(
             &self.dir().join(format!("{id}/node.toml")),
             Role::ServiceProvider,
             &org.parse()?,
-            &self.dir().join(org),
+            &self.dir().join(format!("{org}-at-{id}")),
             trm_crypto::pki::CLIENT_VALIDITY_DAYS,
         )?;
-        let channel = trmctl::connect::channel(
+        trmctl::connect::channel(
             &self.node(id)?.addrs.services.to_string(),
             &self.dir().join(format!("{id}/services-ca.pem")),
             &cert,
             &key,
         )
-        .await?;
-        Ok(ReferralServiceClient::new(channel))
+        .await
     }
 
     /// Returns a `WitnessHearingService` client of node `id` authenticated as `role`.

@@ -11,6 +11,7 @@
 //!   peer's payloads as domain messages.
 //! - [`exchange`]: the one lifecycle of every shared record (its kind, sides, events,
 //!   erasure of the other copy), which the referral, return plan and hearing implement.
+//! - [`events`]: what changed on a node (ids, kinds, statuses), and who may see it.
 //! - [`access`]: the role table and the one rule for reaching a record.
 //! - [`referral`]: the referral state machine.
 //! - [`returns`]: return-planning guards and the return state machine.
@@ -22,6 +23,7 @@
 pub mod access;
 pub mod consent;
 pub mod error;
+pub mod events;
 pub mod exchange;
 pub mod hearing;
 pub mod ids;

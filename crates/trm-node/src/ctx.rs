@@ -46,6 +46,8 @@ pub struct Ctx {
     pub client_issuers: Vec<String>,
     /// How long a backup stays restorable.
     pub backup_retention: time::Duration,
+    /// Turns true when the node is asked to stop: open streams end.
+    pub stopped: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Ctx {

@@ -69,6 +69,11 @@ impl Revocations {
         all
     }
 
+    /// Returns whether certificate `leaf` is revoked (a stream already open checks it again).
+    pub fn revokes(&self, leaf: &[u8]) -> bool {
+        self.revoked_serial(leaf).is_some()
+    }
+
     /// Returns the serial of certificate `leaf` when it is revoked (by its issuer and
     /// serial).
     fn revoked_serial(&self, leaf: &[u8]) -> Option<String> {

@@ -200,6 +200,13 @@ pub fn erase_copy_in<R: StoredRecord + ErasableRecord>(
     r.erase_copy(reason, now);
     tx.shred(&Subject::of_record(R::KIND, id.to_uuid().as_bytes()))?;
     tx.put_record(&r)?;
+    tx.record_event(
+        trm_core::events::EventKind::Erased,
+        trm_core::events::EventRecord::Shared(R::KIND),
+        id.to_uuid(),
+        r.status_name(),
+        r.owner(),
+    )?;
     tx.close_tasks_of(id.to_uuid())?;
     Ok(true)
 }

@@ -21,16 +21,31 @@ use crate::{
 /// [`ApiResult`]: the one adapter from a service's result to a gRPC `Status`. The optional
 /// `steps` table lists the RPCs that are a step of one shared record, each with the action
 /// of the role table it needs: they run [`crate::lifecycle::take`] and answer the record
-/// as it now stands ([`ToWire`]).
+/// as it now stands ([`ToWire`]). The optional `streams` table lists server-streaming RPCs
+/// with the stream type their handler returns.
 #[macro_export]
 macro_rules! grpc_service {
     ($service:ty => $trait:path {
         $($rpc:ident($req:ty) -> $resp:ty;)*
     } $(steps of $record:ty {
         $($step:ident($sreq:ty) -> $sresp:ty = $action:ident;)*
+    })? $(streams {
+        $($srpc:ident($streq:ty) -> $assoc:ident = $stream:ty;)*
     })?) => {
         #[tonic::async_trait]
         impl $trait for $service {
+            $($(
+                type $assoc = $stream;
+                async fn $srpc(
+                    &self,
+                    request: tonic::Request<$streq>,
+                ) -> Result<tonic::Response<$stream>, tonic::Status> {
+                    <$service>::$srpc(self, request)
+                        .await
+                        .map(tonic::Response::new)
+                        .map_err(tonic::Status::from)
+                }
+            )*)?
             $(
                 async fn $rpc(
                     &self,

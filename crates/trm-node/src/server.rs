@@ -474,6 +474,7 @@ pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, No
         expiries: expiries(&config),
         client_issuers: client_issuers(&tls.client_ca)?,
         backup_retention: time::Duration::days(i64::from(config.storage.backup_retention_days)),
+        stopped: stopped.clone(),
     };
     let federation = federation_server(&config, &ctx, handler);
     Ok(Built {

@@ -214,6 +214,8 @@ impl Store {
             sync_latency: Default::default(),
             commits_begun: AtomicU64::new(0),
             commits_returned: AtomicU64::new(0),
+            events_durable: AtomicU64::new(0),
+            event_changes: tokio::sync::watch::channel(0).0,
         });
         let (tx, rx) = sync_channel(QUEUE);
         let s = shared.clone();
@@ -245,6 +247,20 @@ impl Store {
             .shared
             .outbox_durable
             .store(last, Ordering::SeqCst);
+        // So is every event.
+        let events = store
+            .inner
+            .shared
+            .engine
+            .get(&layout::meta("event_seq"))?
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        store
+            .inner
+            .shared
+            .events_durable
+            .store(events, Ordering::SeqCst);
         Ok(store)
     }
 

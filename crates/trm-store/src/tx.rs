@@ -32,6 +32,8 @@ pub(crate) struct Effects {
     pub dead_letters: i64,
     /// What the journal must hold before this commits (besides the shredded keys).
     pub journal: Vec<crate::journal::Entry>,
+    /// The highest event number written.
+    pub event_seq: Option<u64>,
 }
 
 impl Effects {
@@ -49,6 +51,7 @@ impl Effects {
         }
         self.dead_letters += other.dead_letters;
         self.journal.extend(other.journal);
+        self.event_seq = self.event_seq.max(other.event_seq);
     }
 }
 

@@ -186,6 +186,10 @@ pub(crate) struct Shared {
     /// commits returned: while the first is ahead, what is seen may not be durable yet.
     pub commits_begun: AtomicU64,
     pub commits_returned: AtomicU64,
+    /// The highest event number known durable: a watcher reads nothing beyond it.
+    pub events_durable: AtomicU64,
+    /// Tells watchers that events became durable (the number of the last).
+    pub event_changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// Runs groups of requests until every sender is gone.
@@ -443,6 +447,10 @@ fn finish_group(shared: &Shared, group: Vec<Job>, outputs: Vec<JobOutput>, all: 
         shared.outbox_durable.fetch_max(seq, Ordering::SeqCst);
     }
     shared.counts.apply(&all.queued, all.dead_letters);
+    if let Some(seq) = all.event_seq {
+        shared.events_durable.fetch_max(seq, Ordering::SeqCst);
+        shared.event_changes.send_replace(seq);
+    }
     for (job, output) in group.into_iter().zip(outputs) {
         let _ = job.reply.send(output);
     }

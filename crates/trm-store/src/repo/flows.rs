@@ -136,6 +136,13 @@ impl Tx<'_> {
             &org_bytes(r.owner()),
         )?;
         self.recount(R::KIND.tag(), &id, Month::at(r.created()), r.cell(dir))?;
+        self.record_written(
+            trm_core::events::EventRecord::Shared(R::KIND),
+            (R::KIND.tag(), &id),
+            r.status_name(),
+            dir == Direction::Incoming,
+            r.owner(),
+        )?;
         r.index(self, dir)
     }
 

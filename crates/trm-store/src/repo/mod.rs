@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod cases;
 pub mod directory;
+pub mod events;
 pub mod flows;
 pub mod lease;
 pub mod outbox;
@@ -67,6 +68,21 @@ pub(crate) mod layout {
     /// The open task of one kind on one record (its value: the task's key).
     pub fn task_of(kind: u8, record: &[u8; 16]) -> Vec<u8> {
         key("tk/", &[&[kind], record])
+    }
+
+    /// An event of the event log, by number.
+    pub fn event(seq: u64) -> Vec<u8> {
+        key("ev/", &[&seq.to_be_bytes()])
+    }
+
+    /// The event log.
+    pub fn events() -> Vec<u8> {
+        key("ev/", &[])
+    }
+
+    /// The status the last event of one shared record named.
+    pub fn event_state(kind: u8, record: &[u8; 16]) -> Vec<u8> {
+        key("es/", &[&[kind], record])
     }
 
     /// Small node state, by name.

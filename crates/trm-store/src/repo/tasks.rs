@@ -3,7 +3,10 @@
 //! task. Ids, kinds, organisations and times only: nothing here is personal data.
 
 use time::OffsetDateTime;
-use trm_core::tasks::{Task, TaskKind};
+use trm_core::{
+    events::{EventKind, EventRecord},
+    tasks::{Task, TaskKind},
+};
 
 use crate::{repo::layout, store::Store, tx::Tx, Result};
 
@@ -40,7 +43,19 @@ impl Tx<'_> {
         let key = queue_key(task);
         self.put_json(&key, task)?;
         self.count_task(task.kind, 1)?;
-        self.put_raw(&index, &key)
+        self.put_raw(&index, &key)?;
+        self.task_event(EventKind::TaskOpened, task)
+    }
+
+    /// Announces that `task` opened or closed.
+    fn task_event(&mut self, kind: EventKind, task: &Task) -> Result<()> {
+        self.record_event(
+            kind,
+            EventRecord::Task(task.kind),
+            task.record_id,
+            "",
+            task.organisation.as_ref(),
+        )
     }
 
     /// Moves the count of open tasks of `kind` by `delta`.
@@ -56,6 +71,10 @@ impl Tx<'_> {
         let Some(key) = self.get_raw(&index)? else {
             return Ok(false);
         };
+        let task: Option<Task> = self.get_json("task", &key)?;
+        if let Some(task) = &task {
+            self.task_event(EventKind::TaskClosed, task)?;
+        }
         self.delete(&key)?;
         self.delete(&index)?;
         self.count_task(kind, -1)?;

@@ -1,0 +1,111 @@
+//! The event log of `WorkService.WatchEvents`: what changed on the node, numbered in the
+//! order of the transactions that made the changes (`ev/`, by number), written in those
+//! transactions, and, per shared record, the status the last event named (`es/`), so that a
+//! write that changes nothing announces nothing. Ids, kinds and statuses only: nothing here
+//! is personal data. Kept [`RETENTION`](trm_core::events::RETENTION), at most
+//! [`MAX_KEPT`](trm_core::events::MAX_KEPT) events.
+
+use std::sync::atomic::Ordering;
+
+use time::OffsetDateTime;
+use trm_core::{
+    events::{expired, Event, EventKind, EventRecord, MAX_KEPT},
+    ids::OrgId,
+};
+
+use crate::{repo::layout, store::Store, tx::decode, tx::Tx, Result};
+
+/// How many of the oldest events one new event may clear away.
+const PRUNE_PER_EVENT: usize = 4;
+
+fn seq_of(key: &[u8]) -> Option<u64> {
+    let prefix = layout::events();
+    let b: [u8; 8] = key.get(prefix.len()..)?.try_into().ok()?;
+    Some(u64::from_be_bytes(b))
+}
+
+impl Tx<'_> {
+    /// Appends an event (`kind` of `record` `id`, now in `status`), and clears away a few of
+    /// the oldest past keeping.
+    pub fn record_event(
+        &mut self,
+        kind: EventKind,
+        record: EventRecord,
+        id: uuid::Uuid,
+        status: &str,
+        organisation: Option<&OrgId>,
+    ) -> Result<()> {
+        let seq = self.next_counter("event_seq")?;
+        let now = OffsetDateTime::now_utc();
+        let event = Event {
+            seq,
+            kind,
+            record,
+            record_id: id,
+            status: status.to_owned(),
+            organisation: organisation.cloned(),
+            occurred_at: now,
+        };
+        self.put_json(&layout::event(seq), &event)?;
+        self.fx.event_seq = self.fx.event_seq.max(Some(seq));
+        for (key, value) in self.scan_raw(&layout::events(), None, PRUNE_PER_EVENT)? {
+            let old: Event = decode("event", &value)?;
+            let too_many = seq.saturating_sub(old.seq) >= MAX_KEPT;
+            if !(too_many || expired(old.occurred_at, now)) {
+                break;
+            }
+            self.delete(&key)?;
+        }
+        Ok(())
+    }
+
+    /// Announces a shared record just written (`tag`, `id`) in `status`: its arrival when
+    /// it is new here and came from another node (`incoming`), a status change otherwise;
+    /// nothing when its status is the one last announced.
+    pub(crate) fn record_written(
+        &mut self,
+        record: EventRecord,
+        (tag, id): (u8, &[u8; 16]),
+        status: &str,
+        incoming: bool,
+        organisation: Option<&OrgId>,
+    ) -> Result<()> {
+        let state = layout::event_state(tag, id);
+        let before = self.get_raw(&state)?;
+        if before.as_deref() == Some(status.as_bytes()) {
+            return Ok(());
+        }
+        let kind = match (before.is_none(), incoming) {
+            (true, true) => EventKind::Arrived,
+            _ => EventKind::StatusChanged,
+        };
+        self.put_raw(&state, status.as_bytes())?;
+        let id = uuid::Uuid::from_bytes(*id);
+        self.record_event(kind, record, id, status, organisation)
+    }
+}
+
+impl Store {
+    /// Returns up to `limit` durable events after number `after`, oldest first.
+    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        let durable = if self.engine().committed_is_durable() {
+            u64::MAX
+        } else {
+            self.shared().events_durable.load(Ordering::SeqCst)
+        };
+        let from = layout::event(after);
+        let mut out = Vec::new();
+        for (key, value) in self.scan_raw(&layout::events(), Some(&from), limit)? {
+            match seq_of(&key) {
+                Some(seq) if seq <= durable => out.push(decode("event", &value)?),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Returns a receiver that changes each time events become durable on this replica.
+    pub fn event_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared().event_changes.subscribe()
+    }
+}
