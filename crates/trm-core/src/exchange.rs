@@ -23,14 +23,18 @@ pub enum RecordKind {
     Referral,
     Return,
     Hearing,
+    Claim,
+    VictimStatus,
 }
 
 impl RecordKind {
     /// Every kind.
-    pub const ALL: [RecordKind; 3] = [
+    pub const ALL: [RecordKind; 5] = [
         RecordKind::Referral,
         RecordKind::Return,
         RecordKind::Hearing,
+        RecordKind::Claim,
+        RecordKind::VictimStatus,
     ];
 
     /// Returns the kind in words ("referral", "return plan", "hearing"), as errors name it.
@@ -39,6 +43,8 @@ impl RecordKind {
             RecordKind::Referral => "referral",
             RecordKind::Return => "return plan",
             RecordKind::Hearing => "hearing",
+            RecordKind::Claim => "claim",
+            RecordKind::VictimStatus => "victim status request",
         }
     }
 
@@ -48,6 +54,8 @@ impl RecordKind {
             RecordKind::Referral => "referral.update",
             RecordKind::Return => "return.update",
             RecordKind::Hearing => "hearing.update",
+            RecordKind::Claim => "claim.update",
+            RecordKind::VictimStatus => "victim_status.answer",
         }
     }
 
@@ -57,6 +65,8 @@ impl RecordKind {
             RecordKind::Referral => b'r',
             RecordKind::Return => b't',
             RecordKind::Hearing => b'h',
+            RecordKind::Claim => b'l',
+            RecordKind::VictimStatus => b'v',
         }
     }
 }

@@ -15,6 +15,7 @@
 //! - [`referral`]: the referral state machine.
 //! - [`returns`]: return-planning guards and the return state machine.
 //! - [`hearing`]: witness-hearing states and the child-witness rule.
+//! - [`remedies`]: compensation claims and victim-status attestations (non-punishment).
 //! - [`stats`]: monitoring statistics: the counted cells, closed periods, suppression.
 #![forbid(unsafe_code)]
 
@@ -29,6 +30,7 @@ pub mod messages;
 pub mod model;
 pub mod policy;
 pub mod referral;
+pub mod remedies;
 pub mod returns;
 pub mod stats;
 pub mod tasks;

@@ -6,9 +6,10 @@ use time::OffsetDateTime;
 
 use crate::{
     hearing::{HearingStatus, HearingStep, HearingTerms},
-    ids::{HearingId, ReferralId, ReturnId},
+    ids::{ClaimId, HearingId, ReferralId, ReturnId, StatusRequestId},
     model::{DisclosedCase, NeedKind},
     referral::ReferralStatus,
+    remedies::{ClaimKind, ClaimStatus, SignedAttestation, VictimStatusState},
     returns::{ReturnStatus, StepDetails},
 };
 
@@ -25,6 +26,10 @@ pub enum EnvelopeKind {
     ErasureRequest,
     ErasureConfirmation,
     KeyAnnouncement,
+    ClaimNotice,
+    ClaimUpdate,
+    VictimStatusQuery,
+    VictimStatusAnswer,
 }
 
 impl EnvelopeKind {
@@ -40,6 +45,10 @@ impl EnvelopeKind {
             EnvelopeKind::ErasureRequest => "erasure_request",
             EnvelopeKind::ErasureConfirmation => "erasure_confirmation",
             EnvelopeKind::KeyAnnouncement => "key_announcement",
+            EnvelopeKind::ClaimNotice => "claim_notice",
+            EnvelopeKind::ClaimUpdate => "claim_update",
+            EnvelopeKind::VictimStatusQuery => "victim_status_query",
+            EnvelopeKind::VictimStatusAnswer => "victim_status_answer",
         }
     }
 }
@@ -61,6 +70,8 @@ pub enum Topic {
     Erasure(uuid::Uuid),
     /// The node's own signing keys.
     NodeKeys,
+    Claim(ClaimId),
+    VictimStatus(StatusRequestId),
 }
 
 impl std::fmt::Display for Topic {
@@ -71,6 +82,8 @@ impl std::fmt::Display for Topic {
             Topic::Hearing(id) => write!(f, "{id}"),
             Topic::Erasure(id) => write!(f, "{id}"),
             Topic::NodeKeys => f.write_str("keys"),
+            Topic::Claim(id) => write!(f, "{id}"),
+            Topic::VictimStatus(id) => write!(f, "{id}"),
         }
     }
 }
@@ -138,6 +151,28 @@ pub enum PeerMessage {
         public_key: [u8; 32],
         valid_from: Option<OffsetDateTime>,
     },
+    /// A compensation claim filed in this node's forum (purpose LEGAL_REMEDIES).
+    ClaimNotice {
+        claim_id: ClaimId,
+        kind: ClaimKind,
+        disclosed: DisclosedCase,
+    },
+    /// The other side's step in a claim.
+    ClaimUpdate {
+        claim_id: ClaimId,
+        status: ClaimStatus,
+        reason: String,
+    },
+    /// Asks this node whether the person of the envelope's case reference was identified
+    /// as a victim.
+    VictimStatusQuery { status_request_id: StatusRequestId },
+    /// The answer to a victim-status query: attested (with the signed attestation) or
+    /// declined.
+    VictimStatusAnswer {
+        status_request_id: StatusRequestId,
+        state: VictimStatusState,
+        attestation: Option<SignedAttestation>,
+    },
 }
 
 impl PeerMessage {
@@ -153,10 +188,15 @@ impl PeerMessage {
             PeerMessage::CopyUpdate { subject, .. } => match subject {
                 crate::ids::Shared::Referral(_) => EnvelopeKind::ReferralUpdate,
                 crate::ids::Shared::Return(_) => EnvelopeKind::ReturnUpdate,
+                crate::ids::Shared::Claim(_) => EnvelopeKind::ClaimUpdate,
             },
             PeerMessage::ErasureRequest { .. } => EnvelopeKind::ErasureRequest,
             PeerMessage::ErasureConfirmation { .. } => EnvelopeKind::ErasureConfirmation,
             PeerMessage::KeyAnnouncement { .. } => EnvelopeKind::KeyAnnouncement,
+            PeerMessage::ClaimNotice { .. } => EnvelopeKind::ClaimNotice,
+            PeerMessage::ClaimUpdate { .. } => EnvelopeKind::ClaimUpdate,
+            PeerMessage::VictimStatusQuery { .. } => EnvelopeKind::VictimStatusQuery,
+            PeerMessage::VictimStatusAnswer { .. } => EnvelopeKind::VictimStatusAnswer,
         }
     }
 }

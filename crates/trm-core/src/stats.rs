@@ -157,6 +157,7 @@ pub enum Cell {
     },
     Return(ReturnStatus),
     Hearing(HearingStatus),
+    Claim(crate::remedies::ClaimStatus),
 }
 
 impl Cell {
@@ -170,6 +171,7 @@ impl Cell {
             Cell::Referral { .. } => "referrals_by_direction_status",
             Cell::Return(_) => "returns_by_status",
             Cell::Hearing(_) => "hearings_by_status",
+            Cell::Claim(_) => "claims_by_status",
         }
     }
 }
@@ -548,6 +550,10 @@ mod tests {
             ),
             (Cell::Return(ReturnStatus::Closed), "returns_by_status"),
             (Cell::Hearing(HearingStatus::Held), "hearings_by_status"),
+            (
+                Cell::Claim(crate::remedies::ClaimStatus::Paid),
+                "claims_by_status",
+            ),
         ];
         for (cell, table) in tables {
             assert_eq!(cell.table(), table, "{cell:?}");
