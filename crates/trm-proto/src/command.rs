@@ -310,6 +310,8 @@ get! {
     GetReferralRequest.referral_id => ReferralId;
     GetReturnPlanRequest.return_id => ReturnId;
     GetHearingRequest.hearing_id => HearingId;
+    GetClaimRequest.claim_id => trm_core::ids::ClaimId;
+    GetVictimStatusRequest.status_request_id => trm_core::ids::StatusRequestId;
 }
 
 /// A page of a list of ids `I`: how many, and after which id.
@@ -406,6 +408,8 @@ list! {
     ListReferralsRequest => ReferralId, trm_core::referral::ReferralStatus, c::referral_status_from_wire;
     ListReturnPlansRequest => ReturnId, trm_core::returns::ReturnStatus, c::return_status_from_wire;
     ListHearingsRequest => HearingId, trm_core::hearing::HearingStatus, c::hearing_status_from_wire;
+    ListClaimsRequest => trm_core::ids::ClaimId, trm_core::remedies::ClaimStatus, c::claim_status_from_wire;
+    ListVictimStatusRequestsRequest => trm_core::ids::StatusRequestId, trm_core::remedies::VictimStatusState, c::victim_status_state_from_wire;
 }
 
 // Requests that create or change something on a case.
@@ -694,6 +698,73 @@ impl TryFrom<&w::UpdateCaseRequest> for UpdateCase {
             }
         }
         Ok(u)
+    }
+}
+
+// Legal remedies.
+
+/// `FileClaim`: a claim of which kind, for which case of this node, in which forum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileClaim {
+    pub case_id: CaseId,
+    pub kind: trm_core::remedies::ClaimKind,
+    pub forum_country: NodeId,
+}
+
+impl TryFrom<&w::FileClaimRequest> for FileClaim {
+    type Error = FieldError;
+    fn try_from(r: &w::FileClaimRequest) -> Result<Self, FieldError> {
+        Ok(Self {
+            case_id: CaseId::parse("case_id", &r.case_id)?,
+            kind: WireEnum::from_wire("kind", r.kind)?,
+            forum_country: c::country("forum_country", &r.forum_country)?,
+        })
+    }
+}
+
+/// `UpdateClaim`: the status names the step (none leads back to FILED).
+impl TryFrom<&w::UpdateClaimRequest> for StepRequest<trm_core::remedies::ClaimRecord> {
+    type Error = FieldError;
+    fn try_from(r: &w::UpdateClaimRequest) -> Result<Self, FieldError> {
+        let status = c::claim_status_from_wire("status", r.status)?;
+        let event = trm_core::remedies::ClaimEvent::leading_to(status)
+            .ok_or_else(|| FieldError::new("status", "must be a status a claim moves to"))?;
+        let step = trm_core::remedies::ClaimStep {
+            reason: c::text("reason", &r.reason)?,
+        };
+        step_of("claim_id", &r.claim_id, event, step)
+    }
+}
+
+/// `RequestVictimStatus`: the referral or return plan received from the node asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestVictimStatus {
+    pub subject_id: Uuid,
+}
+
+impl TryFrom<&w::RequestVictimStatusRequest> for RequestVictimStatus {
+    type Error = FieldError;
+    fn try_from(r: &w::RequestVictimStatusRequest) -> Result<Self, FieldError> {
+        Ok(Self {
+            subject_id: parse_id("case_id", &r.case_id)?,
+        })
+    }
+}
+
+/// `AttestVictimStatus`: the peer's request and the decision (the attestation itself is
+/// made by the node).
+impl TryFrom<&w::AttestVictimStatusRequest>
+    for StepRequest<trm_core::remedies::VictimStatusRecord>
+{
+    type Error = FieldError;
+    fn try_from(r: &w::AttestVictimStatusRequest) -> Result<Self, FieldError> {
+        let event = WireEnum::from_wire("decision", r.decision)?;
+        step_of(
+            "request_id_of_peer",
+            &r.request_id_of_peer,
+            event,
+            trm_core::remedies::StatusStep::default(),
+        )
     }
 }
 

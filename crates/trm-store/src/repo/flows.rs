@@ -47,6 +47,8 @@ fn id_after(key: &[u8], prefix_len: usize) -> Option<[u8; 16]> {
 
 /// How the store keeps one kind of shared record.
 pub trait StoredRecord: SharedRecord + Serialize + DeserializeOwned {
+    /// Whether the record counts in a statistics table at all.
+    const COUNTED: bool = true;
     /// The statistics cell the record counts in now, seen from this node (`dir`).
     fn cell(&self, dir: Direction) -> Cell;
     /// When the record was created: it counts in that month.
@@ -101,6 +103,28 @@ impl StoredRecord for HearingRecord {
     }
 }
 
+impl StoredRecord for trm_core::remedies::ClaimRecord {
+    fn cell(&self, _dir: Direction) -> Cell {
+        Cell::Claim(self.status)
+    }
+    fn created(&self) -> OffsetDateTime {
+        self.created_at
+    }
+}
+
+/// A victim-status request counts in no table: it is a question about a person already
+/// counted, and holds no status of the person's own.
+impl StoredRecord for trm_core::remedies::VictimStatusRecord {
+    const COUNTED: bool = false;
+    /// Never counted (`COUNTED` is false); a cell is named only to satisfy the trait.
+    fn cell(&self, _dir: Direction) -> Cell {
+        Cell::Child(None)
+    }
+    fn created(&self) -> OffsetDateTime {
+        self.created_at
+    }
+}
+
 fn uuid_bytes<I: RecordId>(id: I) -> [u8; 16] {
     *id.to_uuid().as_bytes()
 }
@@ -125,7 +149,9 @@ impl Tx<'_> {
             &layout::record_index(R::KIND, dir_tag(dir), &id),
             &org_bytes(r.owner()),
         )?;
-        self.recount(R::KIND.tag(), &id, Month::at(r.created()), r.cell(dir))?;
+        if R::COUNTED {
+            self.recount(R::KIND.tag(), &id, Month::at(r.created()), r.cell(dir))?;
+        }
         r.index(self, dir)
     }
 

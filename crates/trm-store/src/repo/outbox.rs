@@ -70,6 +70,8 @@ pub fn subject_of(topic: &Topic) -> Subject {
         Topic::Hearing(id) => Subject::hearing(*id),
         Topic::Erasure(id) => Subject::named("erasure", id.as_bytes()),
         Topic::NodeKeys => Subject::named("node", b"keys"),
+        Topic::Claim(id) => Subject::claim(*id),
+        Topic::VictimStatus(id) => Subject::victim_status(*id),
     }
 }
 
