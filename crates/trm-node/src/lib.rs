@@ -8,6 +8,7 @@
 //! - [`referral`]: `ReferralService` (cases, consent, referrals);
 //! - [`returns`]: `ReturnPlanningService` (guards, plans, every step across the border);
 //! - [`hearing`]: `WitnessHearingService` (MLA video-conference hearings);
+//! - [`remedies`]: `RemediesService` (compensation claims, victim-status attestations);
 //! - [`disclosure`]: what leaves the node for a purpose, under consent, and its record;
 //! - [`erasure`]: erasure requests to the recipients of a disclosure;
 //! - [`ctx`]: what every service shares (store, signer, directory, delivery);
@@ -39,6 +40,7 @@ pub mod lifecycle;
 pub mod listen;
 pub mod metrics;
 pub mod referral;
+pub mod remedies;
 pub mod replicas;
 pub mod returns;
 pub mod rpc;

@@ -28,7 +28,7 @@ use trm_federation::{
 };
 use trm_proto::v1::{
     admin_service_server::AdminServiceServer, federation_service_server::FederationServiceServer,
-    referral_service_server::ReferralServiceServer,
+    referral_service_server::ReferralServiceServer, remedies_service_server::RemediesServiceServer,
     return_planning_service_server::ReturnPlanningServiceServer,
     witness_hearing_service_server::WitnessHearingServiceServer,
     work_service_server::WorkServiceServer, FILE_DESCRIPTOR_SET,
@@ -447,6 +447,7 @@ pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, No
         id: node,
         identity: identity.clone(),
         due: config.tasks.due_times(),
+        directory: directory.clone(),
     });
     let delivery = Delivery::start(
         delivery_config(&config, &store)?,
@@ -953,6 +954,10 @@ fn services_routes(ctx: &Ctx, mut introspection: RoutesBuilder) -> Routes {
         )
         .add_service(
             WitnessHearingServiceServer::new(Hearings::new(ctx.clone()))
+                .max_decoding_message_size(MAX_LOCAL_REQUEST),
+        )
+        .add_service(
+            RemediesServiceServer::new(crate::remedies::Remedies::new(ctx.clone()))
                 .max_decoding_message_size(MAX_LOCAL_REQUEST),
         )
         .add_service(
