@@ -19,6 +19,7 @@ mod ops;
 mod privacy;
 mod read_faults;
 mod referral;
+mod remedies;
 mod returns;
 mod stats;
 #[cfg(target_os = "linux")]
