@@ -273,6 +273,7 @@ fn local_requests() -> Result<()> {
                 direction: w::Direction::Incoming as i32,
                 page_size: 50,
                 page_token: case_id.clone(),
+                ..Default::default()
             }
             .encode_to_vec(),
         ),
@@ -465,6 +466,7 @@ fn local_requests() -> Result<()> {
                 direction: w::Direction::Outgoing as i32,
                 page_size,
                 page_token,
+                ..Default::default()
             }
             .encode_to_vec()
         }),
@@ -542,6 +544,7 @@ fn local_requests() -> Result<()> {
                 direction: w::Direction::Incoming as i32,
                 page_size,
                 page_token,
+                ..Default::default()
             }
             .encode_to_vec()
         }),
@@ -714,6 +717,75 @@ fn local_requests() -> Result<()> {
                 case_id: id(),
                 same_person: true,
                 request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        // RemediesService
+        (
+            L::FileClaim,
+            w::FileClaimRequest {
+                case_id: id(),
+                kind: w::ClaimKind::StateFund as i32,
+                forum_country: "RO".into(),
+                request_id: id(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::UpdateClaim,
+            w::UpdateClaimRequest {
+                claim_id: id(),
+                status: w::ClaimStatus::Awarded as i32,
+                reason: "order 17/26".into(),
+                request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::GetClaim,
+            w::GetClaimRequest { claim_id: id() }.encode_to_vec(),
+        ),
+        (
+            L::ListClaims,
+            w::ListClaimsRequest {
+                direction: w::Direction::Incoming as i32,
+                page_size: 20,
+                status: vec![w::ClaimStatus::Filed as i32],
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::RequestVictimStatus,
+            w::RequestVictimStatusRequest {
+                case_id: id(),
+                request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::AttestVictimStatus,
+            w::AttestVictimStatusRequest {
+                request_id_of_peer: id(),
+                decision: w::AttestationDecision::Attest as i32,
+                request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::GetVictimStatus,
+            w::GetVictimStatusRequest {
+                status_request_id: id(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::ListVictimStatusRequests,
+            w::ListVictimStatusRequestsRequest {
+                direction: w::Direction::Outgoing as i32,
+                page_size: 5,
+                status: vec![w::VictimStatusState::Attested as i32],
+                ..Default::default()
             }
             .encode_to_vec(),
         ),
