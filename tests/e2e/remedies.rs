@@ -827,3 +827,87 @@ async fn an_attestation_needs_the_victims_consent_and_an_identification_decision
     fed.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn an_answer_whose_attestation_does_not_verify_is_rejected_by_the_requester(
+) -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let (at, ro): (NodeId, NodeId) = ("AT".parse()?, "RO".parse()?);
+    // RO refers a case to AT; AT's judicial authority asks RO about it.
+    let mut ro_sp = fed.referrals("RO", Role::ServiceProvider).await?;
+    let case_id = ro_sp
+        .create_case(requests::case("Mira", 45))
+        .await?
+        .into_inner()
+        .case_id;
+    let referral_id = trm_tests::refer_case(&ro_sp, &case_id, "AT").await?;
+    let at_fp = fed.referrals("AT", Role::FocalPoint).await?;
+    referral_with_status(&at_fp, &referral_id, w::ReferralStatus::Delivered).await?;
+    let mut ja = fed.remedies("AT", Role::JudicialAuthority).await?;
+    let asked = ja
+        .request_victim_status(w::RequestVictimStatusRequest {
+            case_id: referral_id,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let ro_key = SigningIdentity::load(&fed.dir().join("RO/keys/signing.pem"))?;
+    let attestation = |case_ref: &str| {
+        w::VictimStatusAttestation {
+            case_ref: case_ref.into(),
+            stage: w::IdentificationStage::Conclusive as i32,
+            decided_month: "2026-01".into(),
+            issuer: "RO".into(),
+            issued_at: Some(prost_types::Timestamp {
+                seconds: time::OffsetDateTime::now_utc().unix_timestamp(),
+                nanos: 0,
+            }),
+        }
+        .encode_to_vec()
+    };
+    let good = attestation(&asked.case_ref);
+    let mut bad_signature = ro_key.sign(trm_core::remedies::ATTESTATION_TAG, &good);
+    bad_signature[0] ^= 1;
+    let other_ref = attestation("another-reference");
+    let cases = [
+        ("attestation.signature", good.clone(), bad_signature),
+        (
+            "attestation.case_ref",
+            other_ref.clone(),
+            ro_key.sign(trm_core::remedies::ATTESTATION_TAG, &other_ref),
+        ),
+    ];
+    let mut client = crate::transport::as_ro(&fed).await?;
+    for (field, bytes, signature) in cases {
+        let answer = Payload::VictimStatusAnswer(w::VictimStatusAnswer {
+            status_request_id: asked.status_request_id.clone(),
+            state: w::VictimStatusState::Attested as i32,
+            attestation: Some(w::SignedAttestation {
+                attestation: bytes,
+                key_id: ro_key.key_id().to_owned(),
+                signature,
+            }),
+        });
+        let receipt = client
+            .deliver(envelope::seal(&ro_key, ro, at, &asked.case_ref, answer))
+            .await?
+            .into_inner();
+        let (outcome, reason) = outcome_of(&receipt)?;
+        assert_eq!(
+            outcome,
+            ReceiptOutcome::Rejected as i32,
+            "{field}: {reason}"
+        );
+        assert!(reason.contains(field), "{field}: {reason}");
+    }
+    let still = ja
+        .get_victim_status(w::GetVictimStatusRequest {
+            status_request_id: asked.status_request_id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(still.state, w::VictimStatusState::Requested as i32);
+    assert!(still.attestation.is_none(), "nothing unverified is kept");
+    fed.stop().await?;
+    Ok(())
+}

@@ -319,6 +319,13 @@ impl Flows {
         if a.case_ref != record.case_ref {
             return Err(policy("attestation.case_ref is not the request's"));
         }
+        let issued_at = trm_proto::convert::from_ts("attestation.issued_at", a.issued_at.as_ref())
+            .map_err(|e| malformed(e.to_string()))?;
+        if !key.valid_at(issued_at) {
+            return Err(policy(
+                "attestation.key_id was not valid when it was issued",
+            ));
+        }
         Ok(())
     }
 
