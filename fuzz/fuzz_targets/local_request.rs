@@ -1,5 +1,5 @@
 //! A local client's request bodies: every request of the local services (`ReferralService`,
-//! `ReturnPlanningService`, `WitnessHearingService`, `AdminService`), decoded as tonic
+//! `ReturnPlanningService`, `WitnessHearingService`, `RemediesService`, `AdminService`), decoded as tonic
 //! decodes them, then converted into domain types as the node's handlers do, with the same
 //! functions: the commands of `trm_proto::command` (`TryFrom` of each request, the very
 //! conversion the handler runs), the whole-message conversions of `trm-proto` (`new_case`,
@@ -18,18 +18,23 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use trm_core::exchange::StepRequest;
 use trm_core::hearing::{HearingRecord as Hearing, HearingStatus};
-use trm_core::ids::{AlertId, CaseId, HearingId, MessageId, ReferralId, ReturnId};
-use trm_core::safety::{SafetyAlertRecord, SafetyAlertStatus};
+use trm_core::ids::{
+    AlertId, CaseId, ClaimId, HearingId, MessageId, ReferralId, ReturnId, StatusRequestId,
+};
 use trm_core::model::parse_date;
 use trm_core::referral::{ReferralRecord as Referral, ReferralStatus};
+use trm_core::remedies::{
+    ClaimRecord as Claim, ClaimStatus, VictimStatusRecord as VictimStatus, VictimStatusState,
+};
 use trm_core::returns::{ReturnDecision, ReturnRecord as Return, ReturnStatus, RiskAssessment};
+use trm_core::safety::{SafetyAlertRecord, SafetyAlertStatus};
 use trm_core::stats::Period;
 use trm_fuzz_common::{self as fx, Local as L};
 use trm_node::admin;
 use trm_proto::command::{
-    EraseCase, Get, List, ListConsents, ListTasks, Paged, ProposeReturn, RaiseSafetyAlert,
-    RecordIdentification,
-    RecordResidenceStatus, RequestHearing, ResolveDuplicate, SubmitReferral, UpdateCase,
+    EraseCase, FileClaim, Get, List, ListConsents, ListTasks, Paged, ProposeReturn,
+    RaiseSafetyAlert, RecordIdentification, RecordResidenceStatus, RequestHearing,
+    RequestVictimStatus, ResolveDuplicate, SubmitReferral, UpdateCase, WatchEvents,
     WithdrawConsent,
 };
 use trm_proto::{convert as c, v1 as w};
@@ -101,6 +106,21 @@ fuzz_target!(|data: &[u8]| {
         L::AcknowledgeSafetyAlert => {
             parse::<w::AcknowledgeSafetyAlertRequest, StepRequest<SafetyAlertRecord>>(data)
         }
+        // RemediesService
+        L::FileClaim => parse::<w::FileClaimRequest, FileClaim>(data),
+        L::UpdateClaim => parse::<w::UpdateClaimRequest, StepRequest<Claim>>(data),
+        L::GetClaim => parse::<w::GetClaimRequest, Get<ClaimId>>(data),
+        L::ListClaims => parse::<w::ListClaimsRequest, List<ClaimId, ClaimStatus>>(data),
+        L::RequestVictimStatus => parse::<w::RequestVictimStatusRequest, RequestVictimStatus>(data),
+        L::AttestVictimStatus => {
+            parse::<w::AttestVictimStatusRequest, StepRequest<VictimStatus>>(data)
+        }
+        L::GetVictimStatus => parse::<w::GetVictimStatusRequest, Get<StatusRequestId>>(data),
+        L::WatchEvents => parse::<w::WatchEventsRequest, WatchEvents>(data),
+        L::ListVictimStatusRequests => parse::<
+            w::ListVictimStatusRequestsRequest,
+            List<StatusRequestId, VictimStatusState>,
+        >(data),
 
         // ReturnPlanningService
         L::RecordRiskAssessment => parse::<w::RecordRiskAssessmentRequest, RiskAssessment>(data),

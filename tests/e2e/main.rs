@@ -20,6 +20,7 @@ mod ops;
 mod privacy;
 mod read_faults;
 mod referral;
+mod remedies;
 mod returns;
 mod safety;
 mod stats;

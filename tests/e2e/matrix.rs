@@ -106,6 +106,26 @@ const TABLE: &[(&str, &str, Allowed)] = &[
         "CancelHearing",
         Allowed::Roles(&[JA, FP]),
     ),
+    ("RemediesService", "FileClaim", CASE),
+    ("RemediesService", "UpdateClaim", CASE),
+    ("RemediesService", "GetClaim", CASE),
+    ("RemediesService", "ListClaims", CASE),
+    (
+        "RemediesService",
+        "RequestVictimStatus",
+        Allowed::Roles(&[JA, FP]),
+    ),
+    ("RemediesService", "AttestVictimStatus", FOCAL),
+    (
+        "RemediesService",
+        "GetVictimStatus",
+        Allowed::Roles(&[JA, FP]),
+    ),
+    (
+        "RemediesService",
+        "ListVictimStatusRequests",
+        Allowed::Roles(&[JA, FP]),
+    ),
     (
         "WorkService",
         "WatchEvents",

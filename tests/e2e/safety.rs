@@ -146,7 +146,7 @@ async fn an_alert_reaches_every_copy_halts_returns_to_its_country_and_is_acknowl
             w::TaskKind::AcknowledgeSafetyAlert,
         )
         .await?;
-        assert_eq!(open, [raised.alert_id.clone()], "{node}");
+        assert_eq!(open, std::slice::from_ref(&raised.alert_id), "{node}");
     }
     alert_status(&ja, &raised.alert_id, w::SafetyAlertStatus::Delivered).await?;
 

@@ -16,6 +16,7 @@ use trm_crypto::{aead::SecretKey, files, pki::Authority, signing::SigningIdentit
 use trm_node::{Listeners, NodeConfig, NodeHandle};
 use trm_proto::v1::{
     admin_service_client::AdminServiceClient, referral_service_client::ReferralServiceClient,
+    remedies_service_client::RemediesServiceClient,
     return_planning_service_client::ReturnPlanningServiceClient,
     witness_hearing_service_client::WitnessHearingServiceClient,
     work_service_client::WorkServiceClient,
@@ -621,6 +622,13 @@ impl TestFederation {
                 .await?
                 .into_inner();
         Ok(trm_proto::v1::ReceiptBody::decode(receipt.body.as_slice())?)
+    }
+
+    /// Returns a `RemediesService` client of node `id` authenticated as `role`.
+    pub async fn remedies(&self, id: &str, role: Role) -> Result<RemediesServiceClient<Channel>> {
+        Ok(RemediesServiceClient::new(
+            self.channel(id, role, false).await?,
+        ))
     }
 
     /// Returns a `WorkService` client of node `id` authenticated as `role`.

@@ -51,6 +51,12 @@ pub enum Action {
     AcknowledgeSafetyAlert,
     ResolveDuplicate,
     Administer,
+    FileClaim,
+    UpdateClaim,
+    ReadClaims,
+    RequestVictimStatus,
+    AttestVictimStatus,
+    ReadVictimStatus,
 }
 
 use Role::{
@@ -60,7 +66,7 @@ use Role::{
 
 impl Action {
     /// Every action, for tables and tests.
-    pub const ALL: [Action; 37] = [
+    pub const ALL: [Action; 43] = [
         Action::CreateCase,
         Action::ReadCase,
         Action::UpdateCase,
@@ -98,6 +104,12 @@ impl Action {
         Action::ListTasks,
         Action::ResolveDuplicate,
         Action::Administer,
+        Action::FileClaim,
+        Action::UpdateClaim,
+        Action::ReadClaims,
+        Action::RequestVictimStatus,
+        Action::AttestVictimStatus,
+        Action::ReadVictimStatus,
     ];
 
     /// Returns the roles that may take the action (DESIGN.md's role table).
@@ -143,6 +155,12 @@ impl Action {
             // Each sees the tasks its role may answer (`Task::seen_by`).
             A::ListTasks => &[SP, FP, JA, IA],
             A::Administer => &[OP],
+            // A claim is the victim's, filed by who looks after the case.
+            A::FileClaim | A::UpdateClaim | A::ReadClaims => &[SP, FP],
+            // Non-punishment: the prosecutor asks, and reads the answer (the focal point
+            // too, which sees the same queue); only the issuing focal point attests.
+            A::RequestVictimStatus | A::ReadVictimStatus => &[JA, FP],
+            A::AttestVictimStatus => &[FP],
         }
     }
 
@@ -187,6 +205,12 @@ impl Action {
             A::ListTasks => "list tasks",
             A::ResolveDuplicate => "settle possible duplicates",
             A::Administer => "use the admin service",
+            A::FileClaim => "file claims",
+            A::UpdateClaim => "update claims",
+            A::ReadClaims => "read claims",
+            A::RequestVictimStatus => "request victim-status attestations",
+            A::AttestVictimStatus => "attest victim status",
+            A::ReadVictimStatus => "read victim-status attestations",
         }
     }
 }
@@ -288,6 +312,8 @@ pub fn reach(
         Some(RecordKind::Hearing) => Ok(Sight::Full),
         // An alert names no victim: who may act on one is the role's.
         Some(RecordKind::SafetyAlert) => Ok(Sight::Full),
+        // A victim-status request holds no victim data: who may act on one is the role's.
+        Some(RecordKind::VictimStatus) => Ok(Sight::Full),
         // An incoming return plan is the focal point's to answer.
         Some(RecordKind::Return) if side == Side::Destination && step.is_some() => {
             if p.role == FP {
@@ -339,6 +365,8 @@ mod tests {
                     | Action::RaiseSafetyAlert
                     | Action::ReadSafetyAlerts
                     | Action::AcknowledgeSafetyAlert
+                    | Action::RequestVictimStatus
+                    | Action::ReadVictimStatus
             )),
             "judicial authorities never read victim records (a task and an alert hold ids only)"
         );

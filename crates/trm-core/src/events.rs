@@ -46,6 +46,8 @@ impl EventRecord {
             EventRecord::Shared(RecordKind::Return) => "return_plan",
             EventRecord::Shared(RecordKind::Hearing) => "hearing",
             EventRecord::Shared(RecordKind::SafetyAlert) => "safety_alert",
+            EventRecord::Shared(RecordKind::Claim) => "claim",
+            EventRecord::Shared(RecordKind::VictimStatus) => "victim_status_request",
             EventRecord::Task(_) => "task",
         }
     }
@@ -86,6 +88,8 @@ fn read_action(kind: RecordKind) -> Action {
         RecordKind::Return => Action::ReadReturnPlans,
         RecordKind::Hearing => Action::ReadHearings,
         RecordKind::SafetyAlert => Action::ReadSafetyAlerts,
+        RecordKind::Claim => Action::ReadClaims,
+        RecordKind::VictimStatus => Action::ReadVictimStatus,
     }
 }
 

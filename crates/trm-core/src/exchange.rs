@@ -24,15 +24,19 @@ pub enum RecordKind {
     Return,
     Hearing,
     SafetyAlert,
+    Claim,
+    VictimStatus,
 }
 
 impl RecordKind {
     /// Every kind.
-    pub const ALL: [RecordKind; 4] = [
+    pub const ALL: [RecordKind; 6] = [
         RecordKind::Referral,
         RecordKind::Return,
         RecordKind::Hearing,
         RecordKind::SafetyAlert,
+        RecordKind::Claim,
+        RecordKind::VictimStatus,
     ];
 
     /// Returns the kind in words ("referral", "return plan", "hearing"), as errors name it.
@@ -42,6 +46,8 @@ impl RecordKind {
             RecordKind::Return => "return plan",
             RecordKind::Hearing => "hearing",
             RecordKind::SafetyAlert => "safety alert",
+            RecordKind::Claim => "claim",
+            RecordKind::VictimStatus => "victim status request",
         }
     }
 
@@ -52,6 +58,8 @@ impl RecordKind {
             RecordKind::Return => "return.update",
             RecordKind::Hearing => "hearing.update",
             RecordKind::SafetyAlert => "safety_alert.update",
+            RecordKind::Claim => "claim.update",
+            RecordKind::VictimStatus => "victim_status.answer",
         }
     }
 
@@ -62,6 +70,8 @@ impl RecordKind {
             RecordKind::Return => b't',
             RecordKind::Hearing => b'h',
             RecordKind::SafetyAlert => b'w',
+            RecordKind::Claim => b'l',
+            RecordKind::VictimStatus => b'v',
         }
     }
 }

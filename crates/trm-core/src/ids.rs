@@ -329,6 +329,14 @@ record_id!(
     /// One task of the work queue.
     TaskId
 );
+record_id!(
+    /// A compensation claim; the same on both nodes.
+    ClaimId
+);
+record_id!(
+    /// A request for an attestation of victim status; the same on both nodes.
+    StatusRequestId
+);
 
 /// A record another node holds a copy of: what a consent's withdrawal erases there, and
 /// what a hearing's witness reference resolves to.
@@ -336,6 +344,7 @@ record_id!(
 pub enum Shared {
     Referral(ReferralId),
     Return(ReturnId),
+    Claim(ClaimId),
 }
 
 /// The local record a witness is known by: a case of this node, or a referral or return

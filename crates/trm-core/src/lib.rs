@@ -17,6 +17,7 @@
 //! - [`returns`]: return-planning guards and the return state machine.
 //! - [`hearing`]: witness-hearing states and the child-witness rule.
 //! - [`safety`]: safety alerts and the block they put on returns.
+//! - [`remedies`]: compensation claims and victim-status attestations (non-punishment).
 //! - [`stats`]: monitoring statistics: the counted cells, closed periods, suppression.
 #![forbid(unsafe_code)]
 
@@ -32,6 +33,7 @@ pub mod messages;
 pub mod model;
 pub mod policy;
 pub mod referral;
+pub mod remedies;
 pub mod returns;
 pub mod safety;
 pub mod stats;

@@ -6,9 +6,10 @@ use time::OffsetDateTime;
 
 use crate::{
     hearing::{HearingStatus, HearingStep, HearingTerms},
-    ids::{AlertId, HearingId, ReferralId, ReturnId},
+    ids::{AlertId, ClaimId, HearingId, ReferralId, ReturnId, StatusRequestId},
     model::{DisclosedCase, NeedKind},
     referral::ReferralStatus,
+    remedies::{ClaimKind, ClaimStatus, SignedAttestation, VictimStatusState},
     returns::{ReturnStatus, StepDetails},
     safety::{AlertTerms, SafetyAlertStatus},
 };
@@ -28,6 +29,10 @@ pub enum EnvelopeKind {
     KeyAnnouncement,
     SafetyAlertNotice,
     SafetyAlertUpdate,
+    ClaimNotice,
+    ClaimUpdate,
+    VictimStatusQuery,
+    VictimStatusAnswer,
 }
 
 impl EnvelopeKind {
@@ -45,6 +50,10 @@ impl EnvelopeKind {
             EnvelopeKind::KeyAnnouncement => "key_announcement",
             EnvelopeKind::SafetyAlertNotice => "safety_alert_notice",
             EnvelopeKind::SafetyAlertUpdate => "safety_alert_update",
+            EnvelopeKind::ClaimNotice => "claim_notice",
+            EnvelopeKind::ClaimUpdate => "claim_update",
+            EnvelopeKind::VictimStatusQuery => "victim_status_query",
+            EnvelopeKind::VictimStatusAnswer => "victim_status_answer",
         }
     }
 }
@@ -67,6 +76,8 @@ pub enum Topic {
     Erasure(uuid::Uuid),
     /// The node's own signing keys.
     NodeKeys,
+    Claim(ClaimId),
+    VictimStatus(StatusRequestId),
 }
 
 impl std::fmt::Display for Topic {
@@ -78,6 +89,8 @@ impl std::fmt::Display for Topic {
             Topic::SafetyAlert(id) => write!(f, "{id}"),
             Topic::Erasure(id) => write!(f, "{id}"),
             Topic::NodeKeys => f.write_str("keys"),
+            Topic::Claim(id) => write!(f, "{id}"),
+            Topic::VictimStatus(id) => write!(f, "{id}"),
         }
     }
 }
@@ -162,6 +175,28 @@ pub enum PeerMessage {
         public_key: [u8; 32],
         valid_from: Option<OffsetDateTime>,
     },
+    /// A compensation claim filed in this node's forum (purpose LEGAL_REMEDIES).
+    ClaimNotice {
+        claim_id: ClaimId,
+        kind: ClaimKind,
+        disclosed: DisclosedCase,
+    },
+    /// The other side's step in a claim.
+    ClaimUpdate {
+        claim_id: ClaimId,
+        status: ClaimStatus,
+        reason: String,
+    },
+    /// Asks this node whether the person of the envelope's case reference was identified
+    /// as a victim.
+    VictimStatusQuery { status_request_id: StatusRequestId },
+    /// The answer to a victim-status query: attested (with the signed attestation) or
+    /// declined.
+    VictimStatusAnswer {
+        status_request_id: StatusRequestId,
+        state: VictimStatusState,
+        attestation: Option<SignedAttestation>,
+    },
 }
 
 impl PeerMessage {
@@ -177,12 +212,17 @@ impl PeerMessage {
             PeerMessage::CopyUpdate { subject, .. } => match subject {
                 crate::ids::Shared::Referral(_) => EnvelopeKind::ReferralUpdate,
                 crate::ids::Shared::Return(_) => EnvelopeKind::ReturnUpdate,
+                crate::ids::Shared::Claim(_) => EnvelopeKind::ClaimUpdate,
             },
             PeerMessage::ErasureRequest { .. } => EnvelopeKind::ErasureRequest,
             PeerMessage::ErasureConfirmation { .. } => EnvelopeKind::ErasureConfirmation,
             PeerMessage::KeyAnnouncement { .. } => EnvelopeKind::KeyAnnouncement,
             PeerMessage::SafetyAlertNotice { .. } => EnvelopeKind::SafetyAlertNotice,
             PeerMessage::SafetyAlertUpdate { .. } => EnvelopeKind::SafetyAlertUpdate,
+            PeerMessage::ClaimNotice { .. } => EnvelopeKind::ClaimNotice,
+            PeerMessage::ClaimUpdate { .. } => EnvelopeKind::ClaimUpdate,
+            PeerMessage::VictimStatusQuery { .. } => EnvelopeKind::VictimStatusQuery,
+            PeerMessage::VictimStatusAnswer { .. } => EnvelopeKind::VictimStatusAnswer,
         }
     }
 }

@@ -159,6 +159,7 @@ pub enum Cell {
     Hearing(HearingStatus),
     /// Safety alerts raised here or received, by kind.
     SafetyAlert(crate::safety::SafetyAlertKind),
+    Claim(crate::remedies::ClaimStatus),
 }
 
 impl Cell {
@@ -173,6 +174,7 @@ impl Cell {
             Cell::Return(_) => "returns_by_status",
             Cell::Hearing(_) => "hearings_by_status",
             Cell::SafetyAlert(_) => "safety_alerts_by_kind",
+            Cell::Claim(_) => "claims_by_status",
         }
     }
 }
@@ -554,6 +556,10 @@ mod tests {
             (
                 Cell::SafetyAlert(crate::safety::SafetyAlertKind::Release),
                 "safety_alerts_by_kind",
+            ),
+            (
+                Cell::Claim(crate::remedies::ClaimStatus::Paid),
+                "claims_by_status",
             ),
         ];
         for (cell, table) in tables {

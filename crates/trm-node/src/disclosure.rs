@@ -11,6 +11,7 @@ use trm_core::{
     model::{CaseRecord, DisclosedCase, Purpose},
     policy,
     referral::ReferralRecord,
+    remedies::ClaimRecord,
     returns::ReturnRecord,
     FieldError,
 };
@@ -72,6 +73,13 @@ pub fn refresh_copies(
                 }
                 _ => continue,
             },
+            // A claim's forum needs the victim's data while it decides and pays.
+            Shared::Claim(id) => match tx.record::<ClaimRecord>(id)? {
+                Some(c) if !c.erasure.requested() && !c.is_local() && c.is_open() => {
+                    (Purpose::LegalRemedies, c.forum_country, c.disclosed)
+                }
+                _ => continue,
+            },
         };
         // A copy whose consent lapsed is being erased, not updated.
         let Ok(grant) = consent::grant(&consents, purpose, recipient, today()) else {
@@ -93,10 +101,7 @@ pub fn refresh_copies(
             tx.record_disclosure(*c, shared)?;
         }
         keep_copy(tx, shared, &now, &grant.consent_ids)?;
-        let topic = match shared {
-            Shared::Referral(id) => Topic::Referral(id),
-            Shared::Return(id) => Topic::Return(id),
-        };
+        let topic = topic_of(shared);
         let message = PeerMessage::CopyUpdate {
             subject: shared,
             disclosed: now.clone(),
@@ -158,8 +163,24 @@ fn keep_copy(
                 tx.put_record(&r)?;
             }
         }
+        Shared::Claim(id) => {
+            if let Some(mut c) = tx.record::<ClaimRecord>(id)? {
+                c.disclosed = now.clone();
+                merge(&mut c.consent_ids);
+                tx.put_record(&c)?;
+            }
+        }
     }
     Ok(())
+}
+
+/// Returns what the envelopes about disclosure `shared` are about.
+fn topic_of(shared: Shared) -> Topic {
+    match shared {
+        Shared::Referral(id) => Topic::Referral(id),
+        Shared::Return(id) => Topic::Return(id),
+        Shared::Claim(id) => Topic::Claim(id),
+    }
 }
 
 /// Loads a case inside a transaction; NOT_FOUND when absent.
@@ -225,10 +246,8 @@ impl Disclosure {
         for c in &self.consent_ids {
             tx.record_disclosure(*c, shared)?;
         }
-        let (topic, subject) = match shared {
-            Shared::Referral(id) => (Topic::Referral(id), id.to_string()),
-            Shared::Return(id) => (Topic::Return(id), id.to_string()),
-        };
+        let topic = topic_of(shared);
+        let subject = topic.to_string();
         let message_id = outbox::enqueue(
             tx,
             &ctx.identity.current(),

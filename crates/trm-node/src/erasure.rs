@@ -8,6 +8,7 @@ use trm_core::{
     ids::{RecordId, Shared},
     messages::PeerMessage,
     referral::ReferralRecord,
+    remedies::ClaimRecord,
     returns::ReturnRecord,
 };
 use trm_federation::outbox;
@@ -29,6 +30,7 @@ pub fn request(ctx: &Ctx, tx: &mut Tx<'_>, shared: Shared, erase_local: bool) ->
     match shared {
         Shared::Referral(id) => request_for::<ReferralRecord>(ctx, tx, id, erase_local),
         Shared::Return(id) => request_for::<ReturnRecord>(ctx, tx, id, erase_local),
+        Shared::Claim(id) => request_for::<ClaimRecord>(ctx, tx, id, erase_local),
     }
 }
 

@@ -10,11 +10,17 @@ use trm_core::{
         check_child_measures, HearingEvent, HearingParties, HearingRecord, HearingStatus,
         HearingStep, HearingTerms,
     },
-    ids::{HearingId, NodeId, ReferralId, ReturnId, Shared, WitnessRecord},
+    ids::{
+        ClaimId, HearingId, NodeId, ReferralId, ReturnId, Shared, StatusRequestId, WitnessRecord,
+    },
     messages::{EnvelopeKind, PeerMessage, Topic},
     model::{DisclosedCase, NeedKind, Purpose, Urgency},
     policy,
     referral::{ReferralEvent, ReferralRecord, ReferralStep},
+    remedies::{
+        ClaimKind, ClaimRecord, ClaimStep, SignedAttestation, StatusStep, VictimStatusRecord,
+        ATTESTATION_TAG,
+    },
     returns::{ReturnEvent, ReturnRecord, StepDetails},
     safety::{AlertTerms, SafetyAlertRecord, SafetyAlertStatus},
     tasks::{due, DueTimes, Task, TaskKind},
@@ -35,6 +41,8 @@ pub struct Flows {
     pub identity: Arc<Signer>,
     /// When the tasks an arrival opens fall due (`[tasks]`).
     pub due: DueTimes,
+    /// The peers' signing keys: an attestation is verified against its issuer's.
+    pub directory: Arc<trm_federation::directory::PeerDirectory>,
 }
 
 use crate::lifecycle::{self, transition, unknown, FlowResult};
@@ -250,7 +258,15 @@ impl Flows {
         disclosed: &DisclosedCase,
     ) -> FlowResult {
         check_disclosure(inbound, disclosed, Purpose::Safety)?;
-        if tx.resolve_ref(inbound.sender, &inbound.case_ref)?.is_none() {
+        // A copy received under the reference: a referral or return plan, or a claim.
+        let (sender, case_ref) = (inbound.sender, inbound.case_ref.as_str());
+        let held = tx.resolve_ref(sender, case_ref)?.is_some()
+            || !tx
+                .records_where::<ClaimRecord>(|c| {
+                    c.origin == sender && c.disclosed.case_ref == case_ref
+                })?
+                .is_empty();
+        if !held {
             return Err(unknown("no copy was received from the sender under it"));
         }
         id_is_new(tx, alert_id.uuid(), "alert_id")?;
@@ -332,6 +348,109 @@ impl Flows {
         Ok(())
     }
 
+    /// A claim filed in this node's forum: what crossed must be within LEGAL_REMEDIES.
+    fn claim_notice(
+        &self,
+        tx: &mut Tx<'_>,
+        inbound: &Inbound,
+        claim_id: ClaimId,
+        kind: ClaimKind,
+        disclosed: &DisclosedCase,
+    ) -> FlowResult {
+        check_disclosure(inbound, disclosed, Purpose::LegalRemedies)?;
+        id_is_new(tx, claim_id.uuid(), "claim_id")?;
+        let record = ClaimRecord::received(
+            claim_id,
+            inbound.sender,
+            self.id,
+            kind,
+            disclosed.clone(),
+            OffsetDateTime::now_utc(),
+        );
+        tx.put_record(&record)?;
+        Ok(())
+    }
+
+    /// A peer asks whether the person it knows by the envelope's reference (a case this
+    /// node sent it) was identified as a victim: the request is kept and the focal point's
+    /// task to answer it opens.
+    fn victim_status_query(
+        &self,
+        tx: &mut Tx<'_>,
+        inbound: &Inbound,
+        id: StatusRequestId,
+    ) -> FlowResult {
+        let subject = match tx.resolve_ref(inbound.sender, &inbound.case_ref)? {
+            Some(WitnessRecord::Case(case)) => WitnessRecord::Case(case),
+            _ => return Err(unknown("no case of this node was sent under it")),
+        };
+        id_is_new(tx, id.uuid(), "status_request_id")?;
+        let now = OffsetDateTime::now_utc();
+        let record = VictimStatusRecord::requested(
+            id,
+            inbound.sender,
+            self.id,
+            inbound.case_ref.clone(),
+            subject,
+            now,
+        );
+        tx.put_record(&record)?;
+        tx.open_task(&Task::due_in(
+            TaskKind::AttestVictimStatus,
+            id.uuid(),
+            self.due.answer_hearing,
+            now,
+        ))?;
+        Ok(())
+    }
+
+    /// Checks a signed attestation before it is kept: signed by a known key of the sender
+    /// over the attestation tag and the exact bytes, issued by the sender, about the
+    /// request's own reference.
+    fn check_attestation(
+        &self,
+        tx: &mut Tx<'_>,
+        inbound: &Inbound,
+        id: StatusRequestId,
+        signed: &SignedAttestation,
+    ) -> FlowResult {
+        let record = tx
+            .record::<VictimStatusRecord>(id)?
+            .ok_or_else(|| unknown("no such victim status request"))?;
+        let peer = self
+            .directory
+            .get(inbound.sender)
+            .ok_or_else(|| unknown("the sender is not a peer"))?;
+        let key = peer
+            .key(&signed.key_id)
+            .ok_or_else(|| policy("attestation.key_id names no key of the sender"))?;
+        trm_crypto::signing::verify(
+            &key.public,
+            ATTESTATION_TAG,
+            &signed.attestation,
+            &signed.signature,
+        )
+        .map_err(|_| policy("attestation.signature does not verify"))?;
+        let a = <trm_proto::v1::VictimStatusAttestation as prost::Message>::decode(
+            signed.attestation.as_slice(),
+        )
+        .map_err(|_| malformed("attestation.attestation does not decode"))?;
+        if a.issuer != inbound.sender.as_str() {
+            return Err(policy("attestation.issuer is not the sender"));
+        }
+        if a.case_ref != record.case_ref {
+            return Err(policy("attestation.case_ref is not the request's"));
+        }
+        let issued_at = trm_proto::convert::from_ts("attestation.issued_at", a.issued_at.as_ref())
+            .map_err(|e| malformed(e.to_string()))?;
+        if !key.valid_at(issued_at) {
+            return Err(policy(
+                "attestation.key_id was not valid when it was issued",
+            ));
+        }
+        Ok(())
+    }
+
     /// The other node's step of a record both hold.
     fn update(&self, tx: &mut Tx<'_>, inbound: &Inbound) -> FlowResult {
         let me = self.id;
@@ -361,6 +480,30 @@ impl Flows {
                 let id = *hearing_id;
                 lifecycle::update_in::<HearingRecord>(me, tx, inbound, id, *status, step)
             }
+            PeerMessage::ClaimUpdate {
+                claim_id,
+                status,
+                reason,
+            } => {
+                let step = ClaimStep {
+                    reason: reason.clone(),
+                };
+                lifecycle::update_in::<ClaimRecord>(me, tx, inbound, *claim_id, *status, &step)
+            }
+            PeerMessage::VictimStatusAnswer {
+                status_request_id,
+                state,
+                attestation,
+            } => {
+                let id = *status_request_id;
+                if let Some(signed) = attestation {
+                    self.check_attestation(tx, inbound, id, signed)?;
+                }
+                let step = StatusStep {
+                    attestation: attestation.clone(),
+                };
+                lifecycle::update_in::<VictimStatusRecord>(me, tx, inbound, id, *state, &step)
+            }
             _ => Err(malformed("not an update of a shared record")),
         }
     }
@@ -385,6 +528,10 @@ impl Flows {
             Shared::Return(id) => {
                 check_disclosure(inbound, disclosed, Purpose::ReturnPlanning)?;
                 refresh_copy::<ReturnRecord>(tx, inbound, id, disclosed, |r| &mut r.disclosed)
+            }
+            Shared::Claim(id) => {
+                check_disclosure(inbound, disclosed, Purpose::LegalRemedies)?;
+                refresh_copy::<ClaimRecord>(tx, inbound, id, disclosed, |c| &mut c.disclosed)
             }
         }
     }
@@ -445,7 +592,17 @@ impl FlowHandler for Flows {
             } => self.referral_offer(tx, inbound, *referral_id, disclosed, requested_services),
             PeerMessage::ReferralUpdate { .. }
             | PeerMessage::ReturnUpdate { .. }
-            | PeerMessage::HearingUpdate { .. } => self.update(tx, inbound),
+            | PeerMessage::HearingUpdate { .. }
+            | PeerMessage::ClaimUpdate { .. }
+            | PeerMessage::VictimStatusAnswer { .. } => self.update(tx, inbound),
+            PeerMessage::ClaimNotice {
+                claim_id,
+                kind,
+                disclosed,
+            } => self.claim_notice(tx, inbound, *claim_id, *kind, disclosed),
+            PeerMessage::VictimStatusQuery { status_request_id } => {
+                self.victim_status_query(tx, inbound, *status_request_id)
+            }
             PeerMessage::ReturnRequest {
                 return_id,
                 disclosed,

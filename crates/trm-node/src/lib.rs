@@ -9,6 +9,7 @@
 //! - [`returns`]: `ReturnPlanningService` (guards, plans, every step across the border);
 //! - [`hearing`]: `WitnessHearingService` (MLA video-conference hearings);
 //! - [`safety`]: `SafetyService` (safety alerts and the block they put on returns);
+//! - [`remedies`]: `RemediesService` (compensation claims, victim-status attestations);
 //! - [`disclosure`]: what leaves the node for a purpose, under consent, and its record;
 //! - [`erasure`]: erasure requests to the recipients of a disclosure;
 //! - [`ctx`]: what every service shares (store, signer, directory, delivery);
@@ -40,6 +41,7 @@ pub mod lifecycle;
 pub mod listen;
 pub mod metrics;
 pub mod referral;
+pub mod remedies;
 pub mod replicas;
 pub mod returns;
 pub mod rpc;

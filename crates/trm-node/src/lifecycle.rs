@@ -12,6 +12,7 @@ use trm_core::{
     exchange::{ErasableRecord, StepRequest},
     ids::{NodeId, OrgId, Principal, RecordId},
     referral::ReferralRecord,
+    remedies::ClaimRecord,
     returns::ReturnRecord,
     FieldError,
 };
@@ -242,7 +243,8 @@ pub fn erase_any_copy(
     // The records whose copies carry a victim's data (a hearing names none).
     Ok(
         erase_copy_in::<ReferralRecord>(me, tx, sender, id, reason, now)?
-            || erase_copy_in::<ReturnRecord>(me, tx, sender, id, reason, now)?,
+            || erase_copy_in::<ReturnRecord>(me, tx, sender, id, reason, now)?
+            || erase_copy_in::<ClaimRecord>(me, tx, sender, id, reason, now)?,
     )
 }
 
@@ -255,5 +257,6 @@ pub fn confirm_any_erasure(
     id: uuid::Uuid,
 ) -> Result<bool, TxFail<Rejection>> {
     Ok(confirm_erasure_in::<ReferralRecord>(me, tx, sender, id)?
-        || confirm_erasure_in::<ReturnRecord>(me, tx, sender, id)?)
+        || confirm_erasure_in::<ReturnRecord>(me, tx, sender, id)?
+        || confirm_erasure_in::<ClaimRecord>(me, tx, sender, id)?)
 }

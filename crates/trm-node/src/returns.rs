@@ -362,8 +362,8 @@ impl Returns {
                     disclosed: d.disclosed.clone(),
                     // Derived, never typed in: a hearing of the case open on this node.
                     hearing_pending: witness,
-                    // No claim is open before claims exist (remedies).
-                    compensation_pending: false,
+                    // Derived, never typed in: a claim of the case open on this node.
+                    compensation_pending: crate::remedies::open_claims_of(tx, case_id)? > 0,
                     case_id: Some(case_id),
                     organisation: Some(d.case.organisation.clone()),
                     status_reason: String::new(),

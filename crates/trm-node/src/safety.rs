@@ -88,8 +88,8 @@ crate::grpc_service!(Safety => SafetyService {
     acknowledge_safety_alert(w::AcknowledgeSafetyAlertRequest) -> w::SafetyAlert = AcknowledgeSafetyAlert;
 });
 
-/// Returns the nodes that hold a copy of `case` sent by this node (a referral or return
-/// plan whose erasure was not asked for), each with the pairwise reference they know it by
+/// Returns the nodes that hold a copy of `case` sent by this node (a referral, return plan
+/// or claim whose erasure was not asked for), each with the pairwise reference they know it by
 /// and the child flags their copy holds.
 fn holders_of(tx: &mut Tx<'_>, case: CaseId) -> TxResult<Vec<AlertRecipient>> {
     let mut by_node: BTreeMap<NodeId, AlertRecipient> = BTreeMap::new();
@@ -103,6 +103,11 @@ fn holders_of(tx: &mut Tx<'_>, case: CaseId) -> TxResult<Vec<AlertRecipient>> {
                 .record::<ReturnRecord>(id)?
                 .filter(|r| !r.erasure.requested())
                 .map(|r| (r.destination, r.disclosed)),
+            // A claim's forum holds a copy of the case too.
+            Shared::Claim(id) => tx
+                .record::<trm_core::remedies::ClaimRecord>(id)?
+                .filter(|c| !c.erasure.requested())
+                .map(|c| (c.forum_country, c.disclosed)),
         };
         let Some((node, disclosed)) = held else {
             continue;

@@ -28,7 +28,7 @@ use trm_federation::{
 };
 use trm_proto::v1::{
     admin_service_server::AdminServiceServer, federation_service_server::FederationServiceServer,
-    referral_service_server::ReferralServiceServer,
+    referral_service_server::ReferralServiceServer, remedies_service_server::RemediesServiceServer,
     return_planning_service_server::ReturnPlanningServiceServer,
     safety_service_server::SafetyServiceServer,
     witness_hearing_service_server::WitnessHearingServiceServer,
@@ -448,6 +448,7 @@ pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, No
         id: node,
         identity: identity.clone(),
         due: config.tasks.due_times(),
+        directory: directory.clone(),
     });
     let delivery = Delivery::start(
         delivery_config(&config, &store)?,
@@ -959,6 +960,10 @@ fn services_routes(ctx: &Ctx, mut introspection: RoutesBuilder) -> Routes {
         )
         .add_service(
             SafetyServiceServer::new(crate::safety::Safety::new(ctx.clone()))
+                .max_decoding_message_size(MAX_LOCAL_REQUEST),
+        )
+        .add_service(
+            RemediesServiceServer::new(crate::remedies::Remedies::new(ctx.clone()))
                 .max_decoding_message_size(MAX_LOCAL_REQUEST),
         )
         .add_service(

@@ -15,7 +15,7 @@ use trm_core::{
     FieldError,
 };
 use trm_proto::{
-    command::{task_kind_to_wire, ListTasks},
+    command::{task_kind_to_wire, ListTasks, WatchEvents},
     convert,
     v1::{self as w, work_service_server::WorkService},
 };
@@ -145,12 +145,7 @@ impl Work {
     ) -> ApiResult<EventStream> {
         let p = authz::principal(&request)?;
         access::require(&p, Action::ListTasks)?;
-        let after = match request.get_ref().after.as_str() {
-            "" => 0,
-            id => id
-                .parse::<u64>()
-                .map_err(|_| FieldError::new("after", "is not an event id this node gave"))?,
-        };
+        let WatchEvents { after } = request.get_ref().try_into()?;
         let leaf = request
             .peer_certs()
             .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()));

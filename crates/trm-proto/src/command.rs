@@ -327,6 +327,8 @@ get! {
     GetReturnPlanRequest.return_id => ReturnId;
     GetHearingRequest.hearing_id => HearingId;
     GetSafetyAlertRequest.alert_id => trm_core::ids::AlertId;
+    GetClaimRequest.claim_id => trm_core::ids::ClaimId;
+    GetVictimStatusRequest.status_request_id => trm_core::ids::StatusRequestId;
 }
 
 /// A page of a list of ids `I`: how many, and after which id.
@@ -424,6 +426,8 @@ list! {
     ListReturnPlansRequest => ReturnId, trm_core::returns::ReturnStatus, c::return_status_from_wire;
     ListHearingsRequest => HearingId, trm_core::hearing::HearingStatus, c::hearing_status_from_wire;
     ListSafetyAlertsRequest => trm_core::ids::AlertId, trm_core::safety::SafetyAlertStatus, c::WireEnum::from_wire;
+    ListClaimsRequest => trm_core::ids::ClaimId, trm_core::remedies::ClaimStatus, c::claim_status_from_wire;
+    ListVictimStatusRequestsRequest => trm_core::ids::StatusRequestId, trm_core::remedies::VictimStatusState, c::victim_status_state_from_wire;
 }
 
 // Requests that create or change something on a case.
@@ -613,6 +617,25 @@ impl TryFrom<&w::RequestHearingRequest> for RequestHearing {
     }
 }
 
+/// `WatchEvents`: the number of the last event the client received (0: none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchEvents {
+    pub after: u64,
+}
+
+impl TryFrom<&w::WatchEventsRequest> for WatchEvents {
+    type Error = FieldError;
+    fn try_from(r: &w::WatchEventsRequest) -> Result<Self, FieldError> {
+        let after = match r.after.as_str() {
+            "" => 0,
+            id => id
+                .parse::<u64>()
+                .map_err(|_| FieldError::new("after", "is not an event id this node gave"))?,
+        };
+        Ok(Self { after })
+    }
+}
+
 /// `RaiseSafetyAlert`: the local case, and what the alert says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RaiseSafetyAlert {
@@ -729,6 +752,73 @@ impl TryFrom<&w::UpdateCaseRequest> for UpdateCase {
             }
         }
         Ok(u)
+    }
+}
+
+// Legal remedies.
+
+/// `FileClaim`: a claim of which kind, for which case of this node, in which forum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileClaim {
+    pub case_id: CaseId,
+    pub kind: trm_core::remedies::ClaimKind,
+    pub forum_country: NodeId,
+}
+
+impl TryFrom<&w::FileClaimRequest> for FileClaim {
+    type Error = FieldError;
+    fn try_from(r: &w::FileClaimRequest) -> Result<Self, FieldError> {
+        Ok(Self {
+            case_id: CaseId::parse("case_id", &r.case_id)?,
+            kind: WireEnum::from_wire("kind", r.kind)?,
+            forum_country: c::country("forum_country", &r.forum_country)?,
+        })
+    }
+}
+
+/// `UpdateClaim`: the status names the step (none leads back to FILED).
+impl TryFrom<&w::UpdateClaimRequest> for StepRequest<trm_core::remedies::ClaimRecord> {
+    type Error = FieldError;
+    fn try_from(r: &w::UpdateClaimRequest) -> Result<Self, FieldError> {
+        let status = c::claim_status_from_wire("status", r.status)?;
+        let event = trm_core::remedies::ClaimEvent::leading_to(status)
+            .ok_or_else(|| FieldError::new("status", "must be a status a claim moves to"))?;
+        let step = trm_core::remedies::ClaimStep {
+            reason: c::text("reason", &r.reason)?,
+        };
+        step_of("claim_id", &r.claim_id, event, step)
+    }
+}
+
+/// `RequestVictimStatus`: the referral or return plan received from the node asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestVictimStatus {
+    pub subject_id: Uuid,
+}
+
+impl TryFrom<&w::RequestVictimStatusRequest> for RequestVictimStatus {
+    type Error = FieldError;
+    fn try_from(r: &w::RequestVictimStatusRequest) -> Result<Self, FieldError> {
+        Ok(Self {
+            subject_id: parse_id("case_id", &r.case_id)?,
+        })
+    }
+}
+
+/// `AttestVictimStatus`: the peer's request and the decision (the attestation itself is
+/// made by the node).
+impl TryFrom<&w::AttestVictimStatusRequest>
+    for StepRequest<trm_core::remedies::VictimStatusRecord>
+{
+    type Error = FieldError;
+    fn try_from(r: &w::AttestVictimStatusRequest) -> Result<Self, FieldError> {
+        let event = WireEnum::from_wire("decision", r.decision)?;
+        step_of(
+            "request_id_of_peer",
+            &r.request_id_of_peer,
+            event,
+            trm_core::remedies::StatusStep::default(),
+        )
     }
 }
 

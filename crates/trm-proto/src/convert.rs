@@ -22,6 +22,7 @@ use crate::v1 as w;
 mod d {
     pub use trm_core::hearing::ProtectiveMeasure;
     pub use trm_core::model::*;
+    pub use trm_core::remedies::{AttestDecision, ClaimKind, ClaimStatus, VictimStatusState};
     pub use trm_core::safety::{SafetyAlertKind, SafetyAlertStatus};
 }
 
@@ -92,6 +93,18 @@ wire_enum!(ResidenceStatus <=> ResidenceStatus {
     PermanentPermit <=> PermanentPermit, AsylumPending <=> AsylumPending, Refugee <=> Refugee,
     SubsidiaryProtection <=> SubsidiaryProtection,
 });
+wire_enum!(ClaimKind <=> ClaimKind {
+    CriminalCompensation <=> CriminalCompensation, CivilDamages <=> CivilDamages,
+    StateFund <=> StateFund, UnpaidWages <=> UnpaidWages, ConfiscatedAssets <=> ConfiscatedAssets,
+});
+wire_enum!(ClaimStatus <=> ClaimStatus {
+    Filed <=> Filed, UnderReview <=> UnderReview, Awarded <=> Awarded, Paid <=> Paid,
+    Rejected <=> Rejected, Withdrawn <=> Withdrawn,
+});
+wire_enum!(VictimStatusState <=> VictimStatusState {
+    Requested <=> Requested, Attested <=> Attested, Declined <=> Declined,
+});
+wire_enum!(AttestDecision <=> AttestationDecision { Attest <=> Attest, Decline <=> Decline });
 wire_enum!(DataCategory <=> DataCategory {
     Identity <=> Identity, Contact <=> Contact, Demographics <=> Demographics, Needs <=> Needs,
     Exploitation <=> Exploitation, Child <=> Child, Proceedings <=> Proceedings,
@@ -842,6 +855,106 @@ pub fn page(size: i32, token: &str) -> Result<trm_core::limits::Page, FieldError
     })
 }
 
+/// Returns the wire form of a claim as this node holds it.
+pub fn claim_to_wire(c: &trm_core::remedies::ClaimRecord) -> w::Claim {
+    w::Claim {
+        claim_id: c.claim_id.to_string(),
+        case_id: c.case_id.map(|id| id.to_string()).unwrap_or_default(),
+        forum_country: c.forum_country.to_string(),
+        kind: c.kind.to_wire(),
+        status: c.status.to_wire(),
+        created_at: Some(ts(c.created_at)),
+        updated_at: Some(ts(c.updated_at)),
+        origin: c.origin.to_string(),
+        case_ref: c.disclosed.case_ref.clone(),
+        status_reason: c.status_reason.clone(),
+        disclosed: (!c.is_local()).then(|| disclosed_to_wire(&c.disclosed)),
+        erasure_requested: c.erasure.requested(),
+        erasure_confirmed: c.erasure.confirmed(),
+    }
+}
+
+/// Returns the wire form of a signed attestation.
+pub fn attestation_to_wire(a: &trm_core::remedies::SignedAttestation) -> w::SignedAttestation {
+    w::SignedAttestation {
+        attestation: a.attestation.clone(),
+        key_id: a.key_id.clone(),
+        signature: a.signature.clone(),
+    }
+}
+
+/// Returns the wire form of a victim-status request as this node holds it.
+pub fn status_request_to_wire(
+    r: &trm_core::remedies::VictimStatusRecord,
+) -> w::VictimStatusRequest {
+    w::VictimStatusRequest {
+        status_request_id: r.status_request_id.to_string(),
+        requesting_country: r.requesting_country.to_string(),
+        issuing_country: r.issuing_country.to_string(),
+        case_ref: r.case_ref.clone(),
+        state: r.state.to_wire(),
+        attestation: r.attestation.as_ref().map(attestation_to_wire),
+        created_at: Some(ts(r.created_at)),
+        updated_at: Some(ts(r.updated_at)),
+    }
+}
+
+/// Parses a claim status (required, for inbound updates and filters).
+pub fn claim_status_from_wire(
+    field: &str,
+    v: i32,
+) -> Result<trm_core::remedies::ClaimStatus, FieldError> {
+    WireEnum::from_wire(field, v)
+}
+
+/// Parses a victim-status state (required, for inbound answers and filters).
+pub fn victim_status_state_from_wire(
+    field: &str,
+    v: i32,
+) -> Result<trm_core::remedies::VictimStatusState, FieldError> {
+    WireEnum::from_wire(field, v)
+}
+
+/// Parses what a safety alert says (a local request's or a peer's notice).
+pub fn alert_terms(
+    country_field: &str,
+    country_value: &str,
+    kind: i32,
+    effective_on: &str,
+) -> Result<trm_core::safety::AlertTerms, FieldError> {
+    Ok(trm_core::safety::AlertTerms {
+        country: country(country_field, country_value)?,
+        kind: WireEnum::from_wire("kind", kind)?,
+        effective_on: parse_date("effective_on", effective_on)?,
+    })
+}
+
+/// Returns the wire form of a safety alert as this node holds it.
+pub fn alert_to_wire(a: &trm_core::safety::SafetyAlertRecord) -> w::SafetyAlert {
+    w::SafetyAlert {
+        alert_id: a.alert_id.to_string(),
+        origin: a.origin.to_string(),
+        country: a.terms.country.to_string(),
+        kind: a.terms.kind.to_wire(),
+        effective_on: format_date(a.terms.effective_on),
+        case_ref: a.case_ref.clone(),
+        status: a.status.to_wire(),
+        created_at: Some(ts(a.created_at)),
+        updated_at: Some(ts(a.updated_at)),
+        case_id: a.case_id.map(|c| c.to_string()).unwrap_or_default(),
+        recipients: a
+            .recipients
+            .iter()
+            .map(|r| w::SafetyAlertRecipient {
+                node_id: r.node.to_string(),
+                status: r.status.to_wire(),
+            })
+            .collect(),
+        raised_at: Some(ts(a.raised_at)),
+        child: a.child.map(child_to_wire),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -931,45 +1044,5 @@ mod tests {
             + time::Duration::nanoseconds(5);
         assert_eq!(from_ts("t", Some(&ts(t))).unwrap(), t);
         assert!(from_ts("t", None).is_err());
-    }
-}
-
-/// Parses what a safety alert says (a local request's or a peer's notice).
-pub fn alert_terms(
-    country_field: &str,
-    country_value: &str,
-    kind: i32,
-    effective_on: &str,
-) -> Result<trm_core::safety::AlertTerms, FieldError> {
-    Ok(trm_core::safety::AlertTerms {
-        country: country(country_field, country_value)?,
-        kind: WireEnum::from_wire("kind", kind)?,
-        effective_on: parse_date("effective_on", effective_on)?,
-    })
-}
-
-/// Returns the wire form of a safety alert as this node holds it.
-pub fn alert_to_wire(a: &trm_core::safety::SafetyAlertRecord) -> w::SafetyAlert {
-    w::SafetyAlert {
-        alert_id: a.alert_id.to_string(),
-        origin: a.origin.to_string(),
-        country: a.terms.country.to_string(),
-        kind: a.terms.kind.to_wire(),
-        effective_on: format_date(a.terms.effective_on),
-        case_ref: a.case_ref.clone(),
-        status: a.status.to_wire(),
-        created_at: Some(ts(a.created_at)),
-        updated_at: Some(ts(a.updated_at)),
-        case_id: a.case_id.map(|c| c.to_string()).unwrap_or_default(),
-        recipients: a
-            .recipients
-            .iter()
-            .map(|r| w::SafetyAlertRecipient {
-                node_id: r.node.to_string(),
-                status: r.status.to_wire(),
-            })
-            .collect(),
-        raised_at: Some(ts(a.raised_at)),
-        child: a.child.map(child_to_wire),
     }
 }

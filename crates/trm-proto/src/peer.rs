@@ -6,7 +6,7 @@
 
 use trm_core::{
     hearing::{HearingStatus, HearingStep},
-    ids::{AlertId, HearingId, ReferralId, ReturnId, Shared},
+    ids::{AlertId, ClaimId, HearingId, ReferralId, ReturnId, Shared, StatusRequestId},
     messages::{EnvelopeKind, PeerMessage},
     returns::{ReturnStatus, StepDetails},
     FieldError,
@@ -14,10 +14,10 @@ use trm_core::{
 
 use crate::{
     convert::{
-        disclosed_from_wire, disclosed_to_wire, enums, enums_to_wire, from_ts,
-        hearing_status_from_wire, hearing_status_to_wire, referral_status_from_wire,
-        referral_status_to_wire, return_status_from_wire, return_status_to_wire, short, text, ts,
-        WireEnum,
+        attestation_to_wire, claim_status_from_wire, disclosed_from_wire, disclosed_to_wire, enums,
+        enums_to_wire, from_ts, hearing_status_from_wire, hearing_status_to_wire,
+        referral_status_from_wire, referral_status_to_wire, return_status_from_wire,
+        return_status_to_wire, short, text, ts, victim_status_state_from_wire, WireEnum,
     },
     v1::{self as w, envelope_body::Payload},
 };
@@ -161,6 +161,28 @@ pub fn parse(payload: &Payload) -> Result<PeerMessage, PayloadError> {
             alert_id: AlertId::parse("alert_id", &u.alert_id)?,
             status: WireEnum::from_wire("status", u.status)?,
         },
+        Payload::ClaimNotice(n) => PeerMessage::ClaimNotice {
+            claim_id: ClaimId::parse("claim_id", &n.claim_id)?,
+            kind: WireEnum::from_wire("kind", n.kind)?,
+            disclosed: disclosed(n.disclosed.as_ref())?,
+        },
+        Payload::ClaimUpdate(u) if u.disclosed.is_some() => PeerMessage::CopyUpdate {
+            subject: Shared::Claim(ClaimId::parse("claim_id", &u.claim_id)?),
+            disclosed: copy_only(
+                u.status,
+                &[("reason", u.reason.is_empty())],
+                u.disclosed.as_ref(),
+            )?,
+        },
+        Payload::ClaimUpdate(u) => PeerMessage::ClaimUpdate {
+            claim_id: ClaimId::parse("claim_id", &u.claim_id)?,
+            status: claim_status_from_wire("status", u.status)?,
+            reason: text("reason", &u.reason)?,
+        },
+        Payload::VictimStatusQuery(q) => PeerMessage::VictimStatusQuery {
+            status_request_id: StatusRequestId::parse("status_request_id", &q.status_request_id)?,
+        },
+        Payload::VictimStatusAnswer(a) => victim_status_answer(a)?,
         Payload::KeyAnnouncement(a) => {
             let k = a
                 .key
@@ -191,6 +213,10 @@ pub fn kind(p: &Payload) -> EnvelopeKind {
         Payload::KeyAnnouncement(_) => EnvelopeKind::KeyAnnouncement,
         Payload::SafetyAlertNotice(_) => EnvelopeKind::SafetyAlertNotice,
         Payload::SafetyAlertUpdate(_) => EnvelopeKind::SafetyAlertUpdate,
+        Payload::ClaimNotice(_) => EnvelopeKind::ClaimNotice,
+        Payload::ClaimUpdate(_) => EnvelopeKind::ClaimUpdate,
+        Payload::VictimStatusQuery(_) => EnvelopeKind::VictimStatusQuery,
+        Payload::VictimStatusAnswer(_) => EnvelopeKind::VictimStatusAnswer,
     }
 }
 
@@ -289,7 +315,80 @@ pub fn to_wire(m: &PeerMessage) -> Payload {
                 status: status.to_wire(),
             })
         }
+        PeerMessage::ClaimNotice {
+            claim_id,
+            kind,
+            disclosed,
+        } => Payload::ClaimNotice(w::ClaimNotice {
+            claim_id: claim_id.to_string(),
+            kind: kind.to_wire(),
+            disclosed: Some(disclosed_to_wire(disclosed)),
+        }),
+        PeerMessage::ClaimUpdate {
+            claim_id,
+            status,
+            reason,
+        } => Payload::ClaimUpdate(w::ClaimUpdate {
+            claim_id: claim_id.to_string(),
+            status: status.to_wire(),
+            reason: reason.clone(),
+            disclosed: None,
+        }),
+        PeerMessage::VictimStatusQuery { status_request_id } => {
+            Payload::VictimStatusQuery(w::VictimStatusQuery {
+                status_request_id: status_request_id.to_string(),
+            })
+        }
+        PeerMessage::VictimStatusAnswer {
+            status_request_id,
+            state,
+            attestation,
+        } => Payload::VictimStatusAnswer(w::VictimStatusAnswer {
+            status_request_id: status_request_id.to_string(),
+            state: state.to_wire(),
+            attestation: attestation.as_ref().map(attestation_to_wire),
+        }),
     }
+}
+
+/// An answer to a victim-status query: ATTESTED with its signed attestation (the bytes,
+/// the key id and the signature, checked by the flow against the issuer's keys), DECLINED
+/// with none.
+fn victim_status_answer(a: &w::VictimStatusAnswer) -> Result<PeerMessage, PayloadError> {
+    use trm_core::remedies::{SignedAttestation, VictimStatusState};
+    let state = victim_status_state_from_wire("state", a.state)?;
+    let attestation = match (state, a.attestation.as_ref()) {
+        (VictimStatusState::Attested, Some(s)) => {
+            if s.attestation.is_empty() || s.attestation.len() > trm_core::limits::MAX_TEXT {
+                return Err(
+                    FieldError::new("attestation.attestation", "must be 1 to 4000 bytes").into(),
+                );
+            }
+            if s.signature.len() != 64 {
+                return Err(FieldError::new("attestation.signature", "must be 64 bytes").into());
+            }
+            Some(SignedAttestation {
+                attestation: s.attestation.clone(),
+                key_id: short("attestation.key_id", &s.key_id, true)?,
+                signature: s.signature.clone(),
+            })
+        }
+        (VictimStatusState::Attested, None) => {
+            return Err(FieldError::new("attestation", "is required with ATTESTED").into())
+        }
+        (VictimStatusState::Declined, None) => None,
+        (VictimStatusState::Declined, Some(_)) => {
+            return Err(FieldError::new("attestation", "must be empty with DECLINED").into())
+        }
+        (VictimStatusState::Requested, _) => {
+            return Err(FieldError::new("state", "must be ATTESTED or DECLINED").into())
+        }
+    };
+    Ok(PeerMessage::VictimStatusAnswer {
+        status_request_id: StatusRequestId::parse("status_request_id", &a.status_request_id)?,
+        state,
+        attestation,
+    })
 }
 
 /// A copy's new disclosed case: the record's update with `disclosed` and no step.
@@ -303,6 +402,11 @@ fn copy_update(subject: Shared, disclosed: &trm_core::model::DisclosedCase) -> P
         }),
         Shared::Return(id) => Payload::ReturnUpdate(w::ReturnUpdate {
             return_id: id.to_string(),
+            disclosed,
+            ..Default::default()
+        }),
+        Shared::Claim(id) => Payload::ClaimUpdate(w::ClaimUpdate {
+            claim_id: id.to_string(),
             disclosed,
             ..Default::default()
         }),
@@ -506,6 +610,37 @@ mod tests {
             PeerMessage::SafetyAlertUpdate {
                 alert_id: trm_core::ids::AlertId::new(),
                 status: trm_core::safety::SafetyAlertStatus::Acknowledged,
+            },
+            PeerMessage::ClaimNotice {
+                claim_id: ClaimId::new(),
+                kind: trm_core::remedies::ClaimKind::StateFund,
+                disclosed: disclosed.clone(),
+            },
+            PeerMessage::ClaimUpdate {
+                claim_id: ClaimId::new(),
+                status: trm_core::remedies::ClaimStatus::Awarded,
+                reason: "court order".into(),
+            },
+            PeerMessage::CopyUpdate {
+                subject: Shared::Claim(ClaimId::new()),
+                disclosed: disclosed.clone(),
+            },
+            PeerMessage::VictimStatusQuery {
+                status_request_id: StatusRequestId::new(),
+            },
+            PeerMessage::VictimStatusAnswer {
+                status_request_id: StatusRequestId::new(),
+                state: trm_core::remedies::VictimStatusState::Attested,
+                attestation: Some(trm_core::remedies::SignedAttestation {
+                    attestation: vec![1, 2, 3],
+                    key_id: "0123456789abcdef".into(),
+                    signature: vec![9; 64],
+                }),
+            },
+            PeerMessage::VictimStatusAnswer {
+                status_request_id: StatusRequestId::new(),
+                state: trm_core::remedies::VictimStatusState::Declined,
+                attestation: None,
             },
         ];
         for m in messages {

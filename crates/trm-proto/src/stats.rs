@@ -74,6 +74,12 @@ pub fn published(cell: &Cell, count: u64) -> Published {
             "kind",
             enum_name(Some(*k), |k: w::SafetyAlertKind| k.as_str_name()),
         )],
+        Cell::Claim(s) => vec![label(
+            "status",
+            w::ClaimStatus::try_from(s.to_wire())
+                .unwrap_or_default()
+                .as_str_name(),
+        )],
     };
     Published {
         table: cell.table().to_owned(),

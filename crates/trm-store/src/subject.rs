@@ -37,6 +37,16 @@ impl Subject {
         Self::named("hearing", id.as_bytes())
     }
 
+    /// A claim (at either node).
+    pub fn claim(id: trm_core::ids::ClaimId) -> Self {
+        Self::named("claim", id.as_bytes())
+    }
+
+    /// A victim-status request (at either node).
+    pub fn victim_status(id: trm_core::ids::StatusRequestId) -> Self {
+        Self::named("victim_status", id.as_bytes())
+    }
+
     /// The subject of a shared record of `kind` (the same names as the kind's own
     /// constructor above).
     pub fn of_record(kind: trm_core::exchange::RecordKind, id: &[u8; 16]) -> Self {
@@ -47,6 +57,8 @@ impl Subject {
                 K::Return => "return",
                 K::Hearing => "hearing",
                 K::SafetyAlert => "safety_alert",
+                K::Claim => "claim",
+                K::VictimStatus => "victim_status",
             },
             id,
         )

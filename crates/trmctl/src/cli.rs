@@ -102,6 +102,31 @@ enum Command {
         #[command(subcommand)]
         command: StatsCommand,
     },
+    /// Victim-status attestations (non-punishment), verified offline.
+    Attestation {
+        #[command(subcommand)]
+        command: AttestationCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AttestationCommand {
+    /// Verifies an attestation file against the issuing node's published signing key and
+    /// prints what it attests; exits non-zero if it was altered or signed by another key.
+    /// FILE is JSON {"attestation": base64, "key_id": "...", "signature": base64}, the
+    /// SignedAttestation of RemediesService.GetVictimStatus.
+    Verify {
+        /// The attestation file.
+        file: PathBuf,
+        /// The issuer's ed25519 public key, SubjectPublicKeyInfo PEM (its
+        /// keys/signing.pub.pem, `trmctl keys show --pem` on its node, or `openssl pkey
+        /// -pubout` of its signing key).
+        #[arg(long)]
+        public_key: PathBuf,
+        /// Prints JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// How a report is printed.
@@ -636,7 +661,28 @@ pub fn main_with(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<(
             json,
         } => restore(&config, &from, force, json),
         Command::Stats { command } => stats_command(command),
+        Command::Attestation { command } => attestation_command(command),
     }
+}
+
+/// `trmctl attestation verify`: prints the attestation once its signature verifies.
+fn attestation_command(command: AttestationCommand) -> Result<()> {
+    let AttestationCommand::Verify {
+        file,
+        public_key,
+        json,
+    } = command;
+    let v = trmctl::attestation::verify_files(&file, &public_key)?;
+    if json {
+        return trmctl::out::print_json(&serde_json::to_value(&v)?);
+    }
+    println!("signature: valid");
+    println!("case_ref: {}", v.case_ref);
+    println!("stage: {}", v.stage);
+    println!("decided_month: {}", v.decided_month);
+    println!("issuer: {}", v.issuer);
+    println!("issued_at: {}", v.issued_at);
+    Ok(())
 }
 
 /// Starts the async runtime of a command that talks to a running node.

@@ -208,7 +208,47 @@ pub fn payloads() -> Vec<Payload> {
                 valid_until: None,
             }),
         }),
+        Payload::ClaimNotice(w::ClaimNotice {
+            claim_id: id7(),
+            kind: w::ClaimKind::CriminalCompensation as i32,
+            disclosed: Some(w::DisclosedCase {
+                needs: None,
+                exploitation: None,
+                ..disclosed(true)
+            }),
+        }),
+        Payload::ClaimUpdate(w::ClaimUpdate {
+            claim_id: id7(),
+            status: w::ClaimStatus::Awarded as i32,
+            reason: "order 17/26".into(),
+            disclosed: None,
+        }),
+        Payload::VictimStatusQuery(w::VictimStatusQuery {
+            status_request_id: id7(),
+        }),
+        Payload::VictimStatusAnswer(w::VictimStatusAnswer {
+            status_request_id: id7(),
+            state: w::VictimStatusState::Attested as i32,
+            attestation: Some(w::SignedAttestation {
+                attestation: attestation(),
+                key_id: sender_key().key_id().to_owned(),
+                signature: sender_key().sign(trm_core::remedies::ATTESTATION_TAG, &attestation()),
+            }),
+        }),
     ]
+}
+
+/// Returns a serialized attestation of the sending peer about the fixtures' case.
+fn attestation() -> Vec<u8> {
+    use prost::Message;
+    w::VictimStatusAttestation {
+        case_ref: "c-7f3a".into(),
+        stage: w::IdentificationStage::Conclusive as i32,
+        decided_month: "2025-11".into(),
+        issuer: SENDER.into(),
+        issued_at: Some(ts(now())),
+    }
+    .encode_to_vec()
 }
 
 /// Returns `payload` sealed by the sending peer for the receiver, created a minute before
@@ -342,4 +382,15 @@ local_requests! {
     GetSafetyAlert,
     ListSafetyAlerts,
     AcknowledgeSafetyAlert,
+    // RemediesService
+    FileClaim,
+    UpdateClaim,
+    GetClaim,
+    ListClaims,
+    RequestVictimStatus,
+    AttestVictimStatus,
+    GetVictimStatus,
+    ListVictimStatusRequests,
+    // WorkService, the event stream
+    WatchEvents,
 }

@@ -47,6 +47,8 @@ fn id_after(key: &[u8], prefix_len: usize) -> Option<[u8; 16]> {
 
 /// How the store keeps one kind of shared record.
 pub trait StoredRecord: SharedRecord + Serialize + DeserializeOwned {
+    /// Whether the record counts in a statistics table at all.
+    const COUNTED: bool = true;
     /// The statistics cell the record counts in now, seen from this node (`dir`).
     fn cell(&self, dir: Direction) -> Cell;
     /// When the record was created: it counts in that month.
@@ -111,6 +113,28 @@ impl StoredRecord for HearingRecord {
     }
 }
 
+impl StoredRecord for trm_core::remedies::ClaimRecord {
+    fn cell(&self, _dir: Direction) -> Cell {
+        Cell::Claim(self.status)
+    }
+    fn created(&self) -> OffsetDateTime {
+        self.created_at
+    }
+}
+
+/// A victim-status request counts in no table: it is a question about a person already
+/// counted, and holds no status of the person's own.
+impl StoredRecord for trm_core::remedies::VictimStatusRecord {
+    const COUNTED: bool = false;
+    /// Never counted (`COUNTED` is false); a cell is named only to satisfy the trait.
+    fn cell(&self, _dir: Direction) -> Cell {
+        Cell::Child(None)
+    }
+    fn created(&self) -> OffsetDateTime {
+        self.created_at
+    }
+}
+
 fn uuid_bytes<I: RecordId>(id: I) -> [u8; 16] {
     *id.to_uuid().as_bytes()
 }
@@ -135,7 +159,6 @@ impl Tx<'_> {
             &layout::record_index(R::KIND, dir_tag(dir), &id),
             &org_bytes(r.owner()),
         )?;
-        self.recount(R::KIND.tag(), &id, Month::at(r.created()), r.cell(dir))?;
         self.record_written(
             trm_core::events::EventRecord::Shared(R::KIND),
             (R::KIND.tag(), &id),
@@ -143,6 +166,9 @@ impl Tx<'_> {
             dir == Direction::Incoming,
             r.owner(),
         )?;
+        if R::COUNTED {
+            self.recount(R::KIND.tag(), &id, Month::at(r.created()), r.cell(dir))?;
+        }
         r.index(self, dir)
     }
 

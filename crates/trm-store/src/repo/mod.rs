@@ -130,6 +130,7 @@ pub(crate) mod layout {
         let (tag, id) = match s {
             Shared::Referral(r) => (b'r', *r.as_bytes()),
             Shared::Return(r) => (b't', *r.as_bytes()),
+            Shared::Claim(c) => (b'l', *c.as_bytes()),
         };
         let mut b = [0u8; 17];
         b[0] = tag;
@@ -143,6 +144,7 @@ pub(crate) mod layout {
         match tag {
             b'r' => Some(Shared::Referral(ReferralId::from_bytes(id))),
             b't' => Some(Shared::Return(ReturnId::from_bytes(id))),
+            b'l' => Some(Shared::Claim(trm_core::ids::ClaimId::from_bytes(id))),
             _ => None,
         }
     }

@@ -73,6 +73,8 @@ pub fn subject_of(topic: &Topic) -> Subject {
         }
         Topic::Erasure(id) => Subject::named("erasure", id.as_bytes()),
         Topic::NodeKeys => Subject::named("node", b"keys"),
+        Topic::Claim(id) => Subject::claim(*id),
+        Topic::VictimStatus(id) => Subject::victim_status(*id),
     }
 }
 

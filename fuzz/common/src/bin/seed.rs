@@ -753,6 +753,82 @@ fn local_requests() -> Result<()> {
             }
             .encode_to_vec(),
         ),
+        // RemediesService
+        (
+            L::FileClaim,
+            w::FileClaimRequest {
+                case_id: id(),
+                kind: w::ClaimKind::StateFund as i32,
+                forum_country: "RO".into(),
+                request_id: id(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::UpdateClaim,
+            w::UpdateClaimRequest {
+                claim_id: id(),
+                status: w::ClaimStatus::Awarded as i32,
+                reason: "order 17/26".into(),
+                request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::GetClaim,
+            w::GetClaimRequest { claim_id: id() }.encode_to_vec(),
+        ),
+        (
+            L::ListClaims,
+            w::ListClaimsRequest {
+                direction: w::Direction::Incoming as i32,
+                page_size: 20,
+                status: vec![w::ClaimStatus::Filed as i32],
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::RequestVictimStatus,
+            w::RequestVictimStatusRequest {
+                case_id: id(),
+                request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::AttestVictimStatus,
+            w::AttestVictimStatusRequest {
+                request_id_of_peer: id(),
+                decision: w::AttestationDecision::Attest as i32,
+                request_id: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::GetVictimStatus,
+            w::GetVictimStatusRequest {
+                status_request_id: id(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::ListVictimStatusRequests,
+            w::ListVictimStatusRequestsRequest {
+                direction: w::Direction::Outgoing as i32,
+                page_size: 5,
+                status: vec![w::VictimStatusState::Attested as i32],
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        (
+            L::WatchEvents,
+            w::WatchEventsRequest {
+                after: "1024".into(),
+            }
+            .encode_to_vec(),
+        ),
     ];
     let requests = requests
         .into_iter()

@@ -1,0 +1,518 @@
+//! `RemediesService`: compensation claims and victim-status attestations.
+//!
+//! A claim is filed for a case of this node in a forum: this node's own country (the claim
+//! stays here, never announced) or a peer's, where it travels as a `ClaimNotice` under
+//! LEGAL_REMEDIES, built by the disclosure machinery (consent required; identity only where
+//! the consent lists it) and erasable like a referral's copy. The forum reviews, awards and
+//! rejects; the filing side withdraws; either records a payment. Nothing else closes a
+//! claim.
+//!
+//! A judicial authority asks the node that sent this node a case's copy whether the person
+//! was identified as a victim (non-punishment); that node's focal point attests, with the
+//! case's identification stage and month signed by the node's key over
+//! `trm/attestation/v1`, or declines. Only under the victim's consent for LEGAL_REMEDIES to
+//! the requesting country, and only for a case with an identification decision.
+
+use prost::Message as _;
+use time::OffsetDateTime;
+use tonic::Request;
+use tracing::{info, instrument};
+use trm_core::{
+    access::{self, Action},
+    consent,
+    exchange::{Erasure, RecordKind, SharedRecord, StepRequest},
+    ids::{
+        ClaimId, NodeId, OrgId, Principal, ReferralId, ReturnId, StatusRequestId, WitnessRecord,
+    },
+    messages::PeerMessage,
+    model::Purpose,
+    referral::ReferralRecord,
+    remedies::{
+        decided_month, AttestDecision, ClaimRecord, SignedAttestation, StatusStep,
+        VictimStatusRecord, ATTESTATION_TAG,
+    },
+    returns::ReturnRecord,
+    tasks::TaskKind,
+    Guard, GuardError,
+};
+use trm_federation::outbox;
+use trm_proto::{
+    command::{FileClaim, Get, RequestVictimStatus},
+    convert::{self, WireEnum},
+    v1::{self as w, remedies_service_server::RemediesService},
+};
+use trm_store::{audit::AuditRecord, Tx};
+
+use crate::{
+    authz::{self, actor},
+    ctx::{today, Ctx, TxResult},
+    disclosure,
+    error::{ApiError, ApiResult},
+    lifecycle, rpc,
+};
+
+/// The remedies service of one node.
+#[derive(Debug, Clone)]
+pub struct Remedies {
+    ctx: Ctx,
+}
+
+impl Remedies {
+    /// Returns the service.
+    pub fn new(ctx: Ctx) -> Self {
+        Self { ctx }
+    }
+}
+
+impl rpc::Replay for ClaimRecord {
+    const READ: Option<&'static str> = Some("claim.read");
+    fn key(&self) -> String {
+        self.claim_id.to_string()
+    }
+    fn replay(ctx: &Ctx, key: &str) -> ApiResult<Self> {
+        rpc::record_of(ctx, key)
+    }
+}
+
+impl rpc::Replay for VictimStatusRecord {
+    fn key(&self) -> String {
+        self.status_request_id.to_string()
+    }
+    fn replay(ctx: &Ctx, key: &str) -> ApiResult<Self> {
+        rpc::record_of(ctx, key)
+    }
+}
+
+crate::grpc_service!(Remedies => RemediesService {
+    file_claim(w::FileClaimRequest) -> w::Claim;
+    update_claim(w::UpdateClaimRequest) -> w::Claim;
+    get_claim(w::GetClaimRequest) -> w::Claim;
+    list_claims(w::ListClaimsRequest) -> w::ListClaimsResponse;
+    request_victim_status(w::RequestVictimStatusRequest) -> w::VictimStatusRequest;
+    attest_victim_status(w::AttestVictimStatusRequest) -> w::VictimStatusRequest;
+    get_victim_status(w::GetVictimStatusRequest) -> w::VictimStatusRequest;
+    list_victim_status_requests(w::ListVictimStatusRequestsRequest)
+        -> w::ListVictimStatusRequestsResponse;
+});
+
+/// Returns the claims of case `case` on this node that are still open.
+pub(crate) fn open_claims_of(
+    tx: &mut Tx<'_>,
+    case: trm_core::ids::CaseId,
+) -> trm_store::Result<usize> {
+    Ok(tx
+        .records_where::<ClaimRecord>(|c| c.case_id == Some(case) && c.is_open())?
+        .len())
+}
+
+/// Files claim `claim_id` in this node's own forum: nothing crosses a border.
+fn file_local(
+    ctx: &Ctx,
+    tx: &mut Tx<'_>,
+    p: &Principal,
+    claim_id: ClaimId,
+    command: &FileClaim,
+) -> TxResult<ClaimRecord> {
+    let case = disclosure::load_case(tx, command.case_id)?;
+    access::require_owner(p, Some(&case.organisation)).map_err(ApiError::from)?;
+    let now = OffsetDateTime::now_utc();
+    let record = ClaimRecord {
+        case_id: Some(command.case_id),
+        organisation: Some(case.organisation.clone()),
+        ..ClaimRecord::received(
+            claim_id,
+            ctx.id,
+            ctx.id,
+            command.kind,
+            Default::default(),
+            now,
+        )
+    };
+    tx.put_record(&record)?;
+    tx.audit(
+        AuditRecord::new(actor(p), "claim.file", claim_id.to_string(), "filed").detail(format!(
+            "case={} forum={} kind={} local",
+            command.case_id,
+            ctx.id,
+            command.kind.as_str()
+        )),
+    )?;
+    Ok(record)
+}
+
+/// Files claim `claim_id` in a peer's forum: what LEGAL_REMEDIES and the victim's consent
+/// allow crosses as a `ClaimNotice`, recorded on the consents it relies on.
+fn file_abroad(
+    ctx: &Ctx,
+    tx: &mut Tx<'_>,
+    p: &Principal,
+    claim_id: ClaimId,
+    command: &FileClaim,
+) -> TxResult<ClaimRecord> {
+    let d = disclosure::prepare(
+        tx,
+        p,
+        command.case_id,
+        Purpose::LegalRemedies,
+        command.forum_country,
+        |_, _| Ok(()),
+    )?;
+    let now = OffsetDateTime::now_utc();
+    let record = ClaimRecord {
+        case_id: Some(command.case_id),
+        organisation: Some(d.case.organisation.clone()),
+        consent_ids: d.consent_ids.clone(),
+        erasure: Erasure::NotRequested,
+        ..ClaimRecord::received(
+            claim_id,
+            ctx.id,
+            command.forum_country,
+            command.kind,
+            d.disclosed.clone(),
+            now,
+        )
+    };
+    tx.put_record(&record)?;
+    let notice = PeerMessage::ClaimNotice {
+        claim_id,
+        kind: command.kind,
+        disclosed: record.disclosed.clone(),
+    };
+    let detail = format!("kind={}", command.kind.as_str());
+    d.send(
+        tx,
+        ctx,
+        p,
+        trm_core::ids::Shared::Claim(claim_id),
+        &notice,
+        "claim.file",
+        "filed",
+        &detail,
+    )?;
+    Ok(record)
+}
+
+/// One step of a claim by a local user: on its side (a claim heard where it was filed is
+/// both sides), kept, and announced to the other node unless the claim is local.
+fn update_claim_in(
+    ctx: &Ctx,
+    tx: &mut Tx<'_>,
+    p: &Principal,
+    command: &StepRequest<ClaimRecord>,
+) -> TxResult<ClaimRecord> {
+    let mut c = lifecycle::load::<ClaimRecord>(tx, command.id)?;
+    let side = c.side(ctx.id);
+    let turn = c.is_local() || ClaimRecord::may_take(command.event, side);
+    access::reach(
+        p,
+        Action::UpdateClaim,
+        Some(RecordKind::Claim),
+        side,
+        c.owner(),
+        Some(turn),
+    )
+    .map_err(ApiError::from)?;
+    c.apply(command.event, &command.step)
+        .map_err(ApiError::from)?;
+    if c.is_local() {
+        tx.put_record(&c)?;
+        tx.audit(AuditRecord::new(
+            actor(p),
+            RecordKind::Claim.update_action(),
+            c.claim_id.to_string(),
+            c.status_name(),
+        ))?;
+    } else {
+        lifecycle::keep_and_announce(ctx, tx, p, &c, &command.step)?;
+    }
+    Ok(c)
+}
+
+/// Returns the copy this node received as `id` (a referral or return plan from another
+/// node): its record, the node that sent it and the pairwise reference.
+fn received_copy(
+    tx: &mut Tx<'_>,
+    me: NodeId,
+    id: uuid::Uuid,
+) -> TxResult<Option<(WitnessRecord, NodeId, String)>> {
+    if let Some(r) = tx.record::<ReferralRecord>(ReferralId::from_uuid(id))? {
+        if r.destination == me && r.origin != me {
+            let record = WitnessRecord::Referral(r.referral_id);
+            return Ok(Some((record, r.origin, r.disclosed.case_ref)));
+        }
+    }
+    if let Some(r) = tx.record::<ReturnRecord>(ReturnId::from_uuid(id))? {
+        if r.destination == me && r.origin != me {
+            return Ok(Some((
+                WitnessRecord::Return(r.return_id),
+                r.origin,
+                r.disclosed.case_ref,
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Makes and signs the attestation that answers request `r`: only under an active consent
+/// of the case for LEGAL_REMEDIES to the requesting country (`consent`), and only for a case
+/// with an identification decision (`state`). It holds the stage and month of that
+/// decision, nothing else of the case.
+fn attestation_of(
+    ctx: &Ctx,
+    tx: &mut Tx<'_>,
+    r: &VictimStatusRecord,
+    issued_at: OffsetDateTime,
+) -> TxResult<SignedAttestation> {
+    let WitnessRecord::Case(case_id) = r.subject else {
+        return Err(ApiError::NotFound("case").into());
+    };
+    let case = disclosure::load_case(tx, case_id)?;
+    let consents = tx.consents(case_id)?;
+    consent::grant(
+        &consents,
+        Purpose::LegalRemedies,
+        r.requesting_country,
+        today(),
+    )
+    .map_err(ApiError::from)?;
+    let decision = case.identification().ok_or_else(|| {
+        ApiError::from(GuardError::new(
+            Guard::State,
+            "the case has no identification decision",
+        ))
+    })?;
+    let attestation = w::VictimStatusAttestation {
+        case_ref: r.case_ref.clone(),
+        stage: decision.stage.to_wire(),
+        decided_month: decided_month(decision.decided_on),
+        issuer: ctx.id.to_string(),
+        issued_at: Some(convert::ts(issued_at)),
+    }
+    .encode_to_vec();
+    let signer = ctx.identity.current();
+    let signature = signer.sign(ATTESTATION_TAG, &attestation);
+    Ok(SignedAttestation {
+        attestation,
+        key_id: signer.key_id().to_owned(),
+        signature,
+    })
+}
+
+/// The focal point's answer to a peer's victim-status request: attested (signed) or
+/// declined, kept, sent back, its task closed.
+fn attest_in(
+    ctx: &Ctx,
+    tx: &mut Tx<'_>,
+    p: &Principal,
+    command: &StepRequest<VictimStatusRecord>,
+    issued_at: OffsetDateTime,
+) -> TxResult<VictimStatusRecord> {
+    let mut r = lifecycle::load::<VictimStatusRecord>(tx, command.id)?;
+    let side = r.side(ctx.id);
+    let turn = VictimStatusRecord::may_take(command.event, side);
+    access::reach(
+        p,
+        Action::AttestVictimStatus,
+        Some(RecordKind::VictimStatus),
+        side,
+        None,
+        Some(turn),
+    )
+    .map_err(ApiError::from)?;
+    if r.state.is_final() {
+        return Err(ApiError::from(GuardError::new(
+            Guard::State,
+            format!("victim status request is {}", r.state.as_str()),
+        ))
+        .into());
+    }
+    let step = StatusStep {
+        attestation: match command.event {
+            AttestDecision::Attest => Some(attestation_of(ctx, tx, &r, issued_at)?),
+            AttestDecision::Decline => None,
+        },
+    };
+    r.apply(command.event, &step).map_err(ApiError::from)?;
+    lifecycle::keep_and_announce(ctx, tx, p, &r, &step)?;
+    tx.close_task(TaskKind::AttestVictimStatus, r.status_request_id.uuid())?;
+    Ok(r)
+}
+
+impl Remedies {
+    #[instrument(skip_all)]
+    async fn file_claim(&self, request: Request<w::FileClaimRequest>) -> ApiResult<w::Claim> {
+        let (p, idem) = authz::caller(&request, Action::FileClaim)?;
+        let command: FileClaim = request.get_ref().try_into()?;
+        let local = command.forum_country == self.ctx.id;
+        if !local {
+            disclosure::peer_destination(&self.ctx, "forum_country", command.forum_country)?;
+        }
+        let claim_id = ClaimId::new();
+        let (ctx, who) = (self.ctx.clone(), p.clone());
+        let c: ClaimRecord = self
+            .ctx
+            .once(idem, &p, move |tx| match local {
+                true => file_local(&ctx, tx, &who, claim_id, &command),
+                false => file_abroad(&ctx, tx, &who, claim_id, &command),
+            })
+            .await?;
+        info!(claim_id = %c.claim_id, forum = %c.forum_country, "claim filed");
+        Ok(convert::claim_to_wire(&c))
+    }
+
+    #[instrument(skip_all)]
+    async fn update_claim(&self, request: Request<w::UpdateClaimRequest>) -> ApiResult<w::Claim> {
+        let (p, idem) = authz::caller(&request, Action::UpdateClaim)?;
+        let command = StepRequest::<ClaimRecord>::try_from(request.get_ref())?;
+        let (ctx, who) = (self.ctx.clone(), p.clone());
+        let c = self
+            .ctx
+            .once(idem, &p, move |tx| {
+                update_claim_in(&ctx, tx, &who, &command)
+            })
+            .await?;
+        Ok(convert::claim_to_wire(&c))
+    }
+
+    #[instrument(skip_all)]
+    async fn get_claim(&self, request: Request<w::GetClaimRequest>) -> ApiResult<w::Claim> {
+        let p = authz::principal(&request)?;
+        access::require(&p, Action::ReadClaims)?;
+        let Get(id) = request.get_ref().try_into()?;
+        let c = self
+            .ctx
+            .store
+            .record::<ClaimRecord>(id)?
+            .ok_or(ApiError::NotFound("claim"))?;
+        access::require_owner(&p, c.organisation.as_ref())?;
+        self.ctx
+            .audit_read(&p, "claim.read", id.to_string(), String::new())
+            .await?;
+        Ok(convert::claim_to_wire(&c))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_claims(
+        &self,
+        request: Request<w::ListClaimsRequest>,
+    ) -> ApiResult<w::ListClaimsResponse> {
+        let p = authz::principal(&request)?;
+        access::require(&p, Action::ReadClaims)?;
+        let list = request.get_ref().try_into()?;
+        let visible = |org: Option<&OrgId>| access::require_owner(&p, org).is_ok();
+        let (claims, next_page_token) =
+            lifecycle::list::<ClaimRecord>(&self.ctx, &p, &list, "claim.list", visible, |_| {
+                Ok(true)
+            })
+            .await?;
+        Ok(w::ListClaimsResponse {
+            claims: claims.iter().map(convert::claim_to_wire).collect(),
+            next_page_token,
+        })
+    }
+
+    #[instrument(skip_all)]
+    async fn request_victim_status(
+        &self,
+        request: Request<w::RequestVictimStatusRequest>,
+    ) -> ApiResult<w::VictimStatusRequest> {
+        let (p, idem) = authz::caller(&request, Action::RequestVictimStatus)?;
+        let RequestVictimStatus { subject_id } = request.get_ref().try_into()?;
+        let id = StatusRequestId::new();
+        let (ctx, who) = (self.ctx.clone(), p.clone());
+        let r: VictimStatusRecord = self
+            .ctx
+            .once(idem, &p, move |tx| {
+                // A judicial authority reads no case: an unknown id and one this node did
+                // not receive from a peer are answered alike.
+                let (subject, issuer, case_ref) =
+                    received_copy(tx, ctx.id, subject_id)?.ok_or(ApiError::NotFound("case"))?;
+                let now = OffsetDateTime::now_utc();
+                let r = VictimStatusRecord::requested(id, ctx.id, issuer, case_ref, subject, now);
+                tx.put_record(&r)?;
+                let query = PeerMessage::VictimStatusQuery {
+                    status_request_id: id,
+                };
+                let message_id = outbox::enqueue(
+                    tx,
+                    &ctx.identity.current(),
+                    issuer,
+                    r.topic(),
+                    &r.case_ref,
+                    trm_proto::peer::to_wire(&query),
+                )?;
+                tx.audit(
+                    AuditRecord::new(actor(&who), "victim_status.request", id.to_string(), "requested")
+                        .detail(format!(
+                            "subject={subject_id} to={issuer} purpose=legal_remedies message={message_id}"
+                        )),
+                )?;
+                Ok(r)
+            })
+            .await?;
+        info!(status_request_id = %r.status_request_id, to = %r.issuing_country, "victim status requested");
+        Ok(convert::status_request_to_wire(&r))
+    }
+
+    #[instrument(skip_all)]
+    async fn attest_victim_status(
+        &self,
+        request: Request<w::AttestVictimStatusRequest>,
+    ) -> ApiResult<w::VictimStatusRequest> {
+        let (p, idem) = authz::caller(&request, Action::AttestVictimStatus)?;
+        let command = StepRequest::<VictimStatusRecord>::try_from(request.get_ref())?;
+        // Chosen before the transaction, which may run more than once.
+        let issued_at = OffsetDateTime::now_utc();
+        let (ctx, who) = (self.ctx.clone(), p.clone());
+        let r = self
+            .ctx
+            .once(idem, &p, move |tx| {
+                attest_in(&ctx, tx, &who, &command, issued_at)
+            })
+            .await?;
+        info!(status_request_id = %r.status_request_id, state = r.state.as_str(), "victim status answered");
+        Ok(convert::status_request_to_wire(&r))
+    }
+
+    #[instrument(skip_all)]
+    async fn get_victim_status(
+        &self,
+        request: Request<w::GetVictimStatusRequest>,
+    ) -> ApiResult<w::VictimStatusRequest> {
+        let p = authz::principal(&request)?;
+        access::require(&p, Action::ReadVictimStatus)?;
+        let Get(id) = request.get_ref().try_into()?;
+        let r = self
+            .ctx
+            .store
+            .record::<VictimStatusRecord>(id)?
+            .ok_or(ApiError::NotFound("victim status request"))?;
+        self.ctx
+            .audit_read(&p, "victim_status.read", id.to_string(), String::new())
+            .await?;
+        Ok(convert::status_request_to_wire(&r))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_victim_status_requests(
+        &self,
+        request: Request<w::ListVictimStatusRequestsRequest>,
+    ) -> ApiResult<w::ListVictimStatusRequestsResponse> {
+        let p = authz::principal(&request)?;
+        access::require(&p, Action::ReadVictimStatus)?;
+        let list = request.get_ref().try_into()?;
+        let (found, next_page_token) = lifecycle::list::<VictimStatusRecord>(
+            &self.ctx,
+            &p,
+            &list,
+            "victim_status.list",
+            |_| true,
+            |_| Ok(true),
+        )
+        .await?;
+        Ok(w::ListVictimStatusRequestsResponse {
+            requests: found.iter().map(convert::status_request_to_wire).collect(),
+            next_page_token,
+        })
+    }
+}
