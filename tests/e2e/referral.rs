@@ -96,6 +96,13 @@ async fn referral_from_at_is_accepted_by_ro_and_only_the_referral_fields_cross(
         assert_eq!(alert.country, "RO");
     }
 
+    // The claim reached the forum with her name (listed in the consent) and no more.
+    let claim = &outcome.claim_at_forum;
+    assert_eq!(claim.status, w::ClaimStatus::UnderReview as i32);
+    let crossed = claim.disclosed.clone().unwrap_or_default();
+    assert_eq!(crossed.identity.unwrap_or_default().family_name, "Exemplu");
+    assert!(crossed.needs.is_none() && crossed.exploitation.is_none());
+
     // Nothing personal is in clear in either node's files.
     let dir = fed.stop().await?;
     for node in ["AT", "RO"] {

@@ -11,7 +11,7 @@ use trm_core::ids::{NodeId, Role};
 use trm_node::NodeConfig;
 use trm_proto::v1::{
     self as w, admin_service_client::AdminServiceClient,
-    referral_service_client::ReferralServiceClient,
+    referral_service_client::ReferralServiceClient, remedies_service_client::RemediesServiceClient,
     return_planning_service_client::ReturnPlanningServiceClient,
     safety_service_client::SafetyServiceClient,
     witness_hearing_service_client::WitnessHearingServiceClient,
@@ -38,6 +38,8 @@ pub struct Outcome {
     pub alert_at_origin: w::SafetyAlert,
     /// The safety alert as the country it names holds it at the end.
     pub alert_at_destination: w::SafetyAlert,
+    /// The compensation claim as the forum holds it at the end.
+    pub claim_at_forum: w::Claim,
 }
 
 /// Opens a channel to a sandbox node's services (or admin) port as `role`.
@@ -229,6 +231,7 @@ pub async fn run(
     let hearing_at_witness = hearing_story(dir, origin, destination, &case.case_id, out).await?;
     let (alert_at_origin, alert_at_destination) =
         safety_story(dir, origin, destination, &case.case_id, out).await?;
+    let claim_at_forum = claim_story(dir, origin, destination, &case.case_id, out).await?;
 
     for node in [origin, destination] {
         audit_summary(dir, node, out).await?;
@@ -242,6 +245,7 @@ pub async fn run(
         hearing_at_witness,
         alert_at_origin,
         alert_at_destination,
+        claim_at_forum,
     })
 }
 
@@ -730,4 +734,111 @@ async fn safety_story(
         "   {origin} sees alert {id}: acknowledged; a return of the case to {destination} now waits for a new risk assessment"
     )?;
     Ok((at_origin, at_destination))
+}
+
+/// Waits until `c`'s view of claim `id` stands at `status`.
+async fn wait_claim(
+    c: &RemediesServiceClient<Channel>,
+    id: &str,
+    status: w::ClaimStatus,
+) -> Result<w::Claim> {
+    wait_for("the claim to move on", Duration::from_secs(60), || {
+        let mut c = c.clone();
+        let id = id.to_owned();
+        async move {
+            let got = c.get_claim(w::GetClaimRequest { claim_id: id }).await;
+            Ok(got
+                .ok()
+                .map(|c| c.into_inner())
+                .filter(|c| c.status == status as i32))
+        }
+    })
+    .await
+}
+
+/// The victim claims compensation before the court in `destination` that tries the
+/// trafficker: with her consent for legal remedies (her name listed: a payment needs it),
+/// the claim travels there; the forum takes it under review, and a return home or the
+/// referral's end never closes it.
+async fn claim_story(
+    dir: &Path,
+    origin: NodeId,
+    destination: NodeId,
+    case_id: &str,
+    out: &mut impl Write,
+) -> Result<w::Claim> {
+    let mut sp = referrals(dir, origin, Role::ServiceProvider).await?;
+    let mut filer =
+        RemediesServiceClient::new(client(dir, origin, Role::ServiceProvider, false).await?);
+    let mut forum =
+        RemediesServiceClient::new(client(dir, destination, Role::FocalPoint, false).await?);
+    writeln!(
+        out,
+        "== {origin}: the victim claims compensation before the court in {destination}"
+    )?;
+    sp.record_consent(w::RecordConsentRequest {
+        case_id: case_id.to_owned(),
+        purposes: vec![w::Purpose::LegalRemedies as i32],
+        recipients: vec![destination.to_string()],
+        informed: true,
+        information_language: "ro".into(),
+        categories: vec![
+            w::DataCategory::Identity as i32,
+            w::DataCategory::Demographics as i32,
+            w::DataCategory::Proceedings as i32,
+        ],
+        ..Default::default()
+    })
+    .await
+    .context("RecordConsent (legal remedies)")?;
+    let claim = filer
+        .file_claim(w::FileClaimRequest {
+            case_id: case_id.to_owned(),
+            kind: w::ClaimKind::CriminalCompensation as i32,
+            forum_country: destination.to_string(),
+            ..Default::default()
+        })
+        .await
+        .context("FileClaim")?
+        .into_inner();
+    let id = claim.claim_id.clone();
+    let arrived = wait_claim(&forum, &id, w::ClaimStatus::Filed).await?;
+    writeln!(
+        out,
+        "== what crossed the border ({origin} -> {destination}) for the claim: her name for the payment, nothing of her needs or exploitation"
+    )?;
+    table::side_by_side(
+        out,
+        &format!("{origin} holds"),
+        &table::case_rows(
+            &sp.get_case(w::GetCaseRequest {
+                case_id: case_id.to_owned(),
+            })
+            .await
+            .context("GetCase")?
+            .into_inner(),
+        ),
+        &format!("{destination} received"),
+        &table::disclosed_rows(&arrived.disclosed.clone().unwrap_or_default()),
+    )?;
+    forum
+        .update_claim(w::UpdateClaimRequest {
+            claim_id: id.clone(),
+            status: w::ClaimStatus::UnderReview as i32,
+            reason: "listed for the sentencing hearing".into(),
+            ..Default::default()
+        })
+        .await
+        .context("UpdateClaim")?;
+    wait_claim(&filer, &id, w::ClaimStatus::UnderReview).await?;
+    writeln!(
+        out,
+        "   {origin} sees claim {id}: under review in {destination} (a return or the referral's end never closes it)"
+    )?;
+    let at_forum = forum
+        .get_claim(w::GetClaimRequest { claim_id: id })
+        .await
+        .context("GetClaim")?
+        .into_inner();
+    Ok(at_forum)
 }
