@@ -26,6 +26,8 @@ from trm.v1 import (
     returns_pb2_grpc,
     safety_pb2,
     safety_pb2_grpc,
+    work_pb2,
+    work_pb2_grpc,
 )
 
 
@@ -140,6 +142,11 @@ def main(sandbox: str, at_address: str, ro_address: str) -> None:
         request_id=str(uuid.uuid4()),
     ))
 
+    # RO's focal point watches its node instead of polling: opened before the referral is
+    # sent, the stream shows it arrive (ids and statuses only) and its task open.
+    ro_work = work_pb2_grpc.WorkServiceStub(channel(ro_dir, ro_address, "focal_point"))
+    ro_events = ro_work.WatchEvents(work_pb2.WatchEventsRequest(after=""), timeout=60)
+
     # 4. The referral: SENT once durably queued; DELIVERED once RO's signed receipt is back.
     referral = call_with_retry(at_sp.SubmitReferral, submit)
     assert referral.status == referral_pb2.REFERRAL_STATUS_SENT, referral
@@ -150,7 +157,12 @@ def main(sandbox: str, at_address: str, ro_address: str) -> None:
 
     # 5. At RO: the focal point answers incoming referrals. The referral id is the same on
     # both nodes; RO's service providers do not see it until it is assigned to them.
-    arrived = wait_for("the referral at RO", lambda: get_referral(ro_fp, referral.referral_id))
+    for event in ro_events:
+        if event.kind == work_pb2.EVENT_KIND_ARRIVED and event.record_id == referral.referral_id:
+            assert event.record_type == "referral" and event.status == "delivered", event
+            break
+    ro_events.cancel()
+    arrived = ro_fp.GetReferral(referral_pb2.GetReferralRequest(referral_id=referral.referral_id))
     assert arrived.disclosed == referral.disclosed, "RO holds exactly what AT sent"
     incoming = ro_sp.ListReferrals(referral_pb2.ListReferralsRequest(direction=common_pb2.DIRECTION_INCOMING))
     assert referral.referral_id not in [r.referral_id for r in incoming.referrals]
