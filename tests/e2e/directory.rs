@@ -142,6 +142,25 @@ async fn a_removed_peer_gets_nothing_and_is_refused_and_dead_letters_can_be_retr
         Ok((incoming(&fed, "AT").await? == 1).then_some(()))
     })
     .await?;
+    // The focal point has it in its queue until the envelope is sent again.
+    let failed = || async {
+        let list = fed
+            .work("AT", Role::FocalPoint)
+            .await?
+            .list_tasks(w::ListTasksRequest {
+                kinds: vec![w::TaskKind::DeliveryFailed as i32],
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        anyhow::Ok(
+            list.tasks
+                .into_iter()
+                .map(|t| t.record_id)
+                .collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(failed().await?, std::slice::from_ref(&dead[0].message_id));
     let mut at_admin = fed.admin("AT", Role::Operator).await?;
     at_admin
         .retry_delivery(w::RetryDeliveryRequest {
@@ -149,6 +168,7 @@ async fn a_removed_peer_gets_nothing_and_is_refused_and_dead_letters_can_be_retr
             ..Default::default()
         })
         .await?;
+    assert!(failed().await?.is_empty(), "sent again: nothing waits");
     referral_with_status(&at_sp, &at_referral, w::ReferralStatus::Delivered).await?;
     assert_eq!(incoming(&fed, "RO").await?, 1);
     assert!(outbox(&fed, "AT", false).await?.is_empty());

@@ -162,6 +162,8 @@ pub mod due {
     pub const ANSWER_RETURN: Duration = Duration::hours(72);
     /// An incoming hearing request.
     pub const ANSWER_HEARING: Duration = Duration::days(7);
+    /// An envelope that became a dead letter (to send again, or to give up on).
+    pub const DELIVERY_FAILED: Duration = Duration::hours(24);
     /// A safety alert received (a child's: as an urgent referral).
     pub const ACKNOWLEDGE_SAFETY_ALERT: Duration = Duration::hours(24);
     /// A possible second case of one person, or the return of a witness proposed.

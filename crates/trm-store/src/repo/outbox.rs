@@ -155,7 +155,14 @@ impl Tx<'_> {
         dead.attempts = dead.attempts.saturating_add(1);
         self.put_json(&layout::dead_letter(item.peer, item.seq), &dead)?;
         self.fx.dead_letters += 1;
-        Ok(())
+        // Someone must look at it: the focal point, who asks the operator to send it again.
+        let task = trm_core::tasks::Task::due_in(
+            trm_core::tasks::TaskKind::DeliveryFailed,
+            item.message_id.uuid(),
+            trm_core::tasks::due::DELIVERY_FAILED,
+            OffsetDateTime::now_utc(),
+        );
+        self.open_task(&task)
     }
 
     /// Records a failed attempt on a queued item (if still queued).
@@ -206,6 +213,10 @@ impl Tx<'_> {
             ..dead.clone()
         };
         self.delete(&layout::dead_letter(dead.peer, dead.seq))?;
+        self.close_task(
+            trm_core::tasks::TaskKind::DeliveryFailed,
+            dead.message_id.uuid(),
+        )?;
         self.put_json(&layout::outbox(dead.peer, dead.seq), &item)?;
         self.fx.dead_letters -= 1;
         self.count_queued(dead.peer, 1);
