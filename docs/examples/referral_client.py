@@ -241,7 +241,9 @@ def main(sandbox: str, at_address: str, ro_address: str) -> None:
     alert = call_with_retry(at_safety.RaiseSafetyAlert, safety_pb2.RaiseSafetyAlertRequest(
         case_id=case.case_id, country="RO", kind=safety_pb2.SAFETY_ALERT_KIND_RELEASE,
         effective_on=time.strftime("%Y-%m-%d"), request_id=str(uuid.uuid4())))
-    assert [r.node_id for r in alert.recipients] == ["RO"], alert
+    at_fp_safety = safety_pb2_grpc.SafetyServiceStub(channel(at_dir, at_address, "focal_point"))
+    seen = at_fp_safety.GetSafetyAlert(safety_pb2.GetSafetyAlertRequest(alert_id=alert.alert_id))
+    assert [r.node_id for r in seen.recipients] == ["RO"], seen  # the focal point sees where
     halted = wait_for("HALTED at AT", with_status(get_plan(at_returns), returns_pb2.RETURN_STATUS_HALTED))
     assert halted.status_reason == "safety_alert", halted
     get_alert = lambda stub: lambda: stub.GetSafetyAlert(safety_pb2.GetSafetyAlertRequest(alert_id=alert.alert_id))

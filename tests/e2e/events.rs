@@ -134,3 +134,63 @@ async fn a_watch_sees_a_referral_arrive_resumes_without_loss_and_hides_other_org
     fed.stop().await?;
     Ok(())
 }
+
+/// A certificate holds at most four streams; a resume point the node never gave is refused;
+/// a stream whose certificate is revoked ends, refused.
+#[tokio::test]
+async fn streams_are_bounded_per_certificate_and_end_when_it_is_revoked() -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let mut ja = fed.work("AT", Role::JudicialAuthority).await?;
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        open.push(watch(&mut ja, "").await?);
+    }
+    let fifth = ja
+        .watch_events(w::WatchEventsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(fifth.code(), Code::ResourceExhausted, "{fifth:?}");
+    // Closing one frees its place (once the node has seen the client go).
+    drop(open.pop());
+    let again = trm_tests::eventually("a place for a stream", || {
+        let mut ja = ja.clone();
+        async move {
+            Ok(ja
+                .watch_events(w::WatchEventsRequest::default())
+                .await
+                .ok()
+                .map(|s| s.into_inner()))
+        }
+    })
+    .await?;
+    open.push(again);
+
+    let ahead = fed
+        .work("AT", Role::FocalPoint)
+        .await?
+        .watch_events(w::WatchEventsRequest {
+            after: "999999".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(ahead.code(), Code::FailedPrecondition);
+    assert!(ahead.message().contains("after"), "{}", ahead.message());
+
+    let serial =
+        trmctl::admin::serial_of_pem(&fed.dir().join("AT/clients/judicial_authority.pem"))?;
+    fed.admin("AT", Role::Operator)
+        .await?
+        .revoke_client_certificate(w::RevokeClientCertificateRequest {
+            serial_hex: serial,
+            ..Default::default()
+        })
+        .await?;
+    let mut stream = open.remove(0);
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(30), stream.message())
+        .await?
+        .unwrap_err();
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    assert!(ended.message().contains("revoked"), "{}", ended.message());
+    fed.stop().await?;
+    Ok(())
+}

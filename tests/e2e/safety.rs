@@ -100,7 +100,19 @@ async fn an_alert_reaches_every_copy_halts_returns_to_its_country_and_is_acknowl
         .raise_safety_alert(alert(&case_id, "RO"))
         .await?
         .into_inner();
-    let mut nodes: Vec<&str> = raised
+    assert!(
+        raised.recipients.is_empty(),
+        "a judicial authority does not see where the case was sent"
+    );
+    let at_fp = fed
+        .safety("AT", Role::FocalPoint)
+        .await?
+        .get_safety_alert(w::GetSafetyAlertRequest {
+            alert_id: raised.alert_id.clone(),
+        })
+        .await?
+        .into_inner();
+    let mut nodes: Vec<&str> = at_fp
         .recipients
         .iter()
         .map(|r| r.node_id.as_str())
@@ -326,6 +338,21 @@ async fn a_notice_carrying_more_than_safety_allows_is_rejected() -> anyhow::Resu
     };
     let receipt = fed
         .deliver_as(("AT", "RO"), &elsewhere.case_ref.clone(), notice(elsewhere))
+        .await?;
+    assert_eq!(receipt.outcome, w::ReceiptOutcome::Rejected as i32);
+    assert!(
+        receipt.reason.starts_with("unknown case reference"),
+        "{}",
+        receipt.reason
+    );
+    // RO only received AT's case: it holds no case of its own under the reference, so an
+    // alert "about" it from RO is refused at AT.
+    let backwards = w::DisclosedCase {
+        case_ref: case_ref.clone(),
+        ..Default::default()
+    };
+    let receipt = fed
+        .deliver_as(("RO", "AT"), &case_ref, notice(backwards))
         .await?;
     assert_eq!(receipt.outcome, w::ReceiptOutcome::Rejected as i32);
     assert!(

@@ -48,6 +48,8 @@ pub struct Ctx {
     pub backup_retention: time::Duration,
     /// Turns true when the node is asked to stop: open streams end.
     pub stopped: tokio::sync::watch::Receiver<bool>,
+    /// The open event streams of each caller.
+    pub watchers: Arc<crate::watch::Watchers>,
 }
 
 impl Ctx {

@@ -258,9 +258,10 @@ impl Flows {
         disclosed: &DisclosedCase,
     ) -> FlowResult {
         check_disclosure(inbound, disclosed, Purpose::Safety)?;
-        // A copy received under the reference: a referral or return plan, or a claim.
+        // A copy received from the sender under the reference (a referral or return plan,
+        // or a claim): never a reference this node gave it for a case of its own.
         let (sender, case_ref) = (inbound.sender, inbound.case_ref.as_str());
-        let held = tx.resolve_ref(sender, case_ref)?.is_some()
+        let held = tx.received_under(sender, case_ref)?.is_some()
             || !tx
                 .records_where::<ClaimRecord>(|c| {
                     c.origin == sender && c.disclosed.case_ref == case_ref
@@ -320,6 +321,15 @@ impl Flows {
                 r.topic(),
                 case_ref,
                 trm_proto::peer::to_wire(&r.update_message(&step)),
+            )?;
+            tx.audit(
+                trm_store::audit::AuditRecord::new(
+                    format!("peer:{sender}"),
+                    "return.halt",
+                    r.return_id.to_string(),
+                    "halted",
+                )
+                .detail("guard=safety_alert"),
             )?;
         }
         Ok(())

@@ -10,6 +10,7 @@
 //! - [`hearing`]: `WitnessHearingService` (MLA video-conference hearings);
 //! - [`safety`]: `SafetyService` (safety alerts and the block they put on returns);
 //! - [`remedies`]: `RemediesService` (compensation claims, victim-status attestations);
+//! - [`work`]: `WorkService` (the task queue), and [`watch`]: its event streams;
 //! - [`disclosure`]: what leaves the node for a purpose, under consent, and its record;
 //! - [`erasure`]: erasure requests to the recipients of a disclosure;
 //! - [`ctx`]: what every service shares (store, signer, directory, delivery);
@@ -48,6 +49,7 @@ pub mod rpc;
 pub mod safety;
 pub mod server;
 pub mod statistics;
+pub mod watch;
 pub mod work;
 
 pub use config::NodeConfig;

@@ -212,7 +212,7 @@ impl Safety {
             })
             .await?;
         info!(alert_id = %record.alert_id, recipients = record.recipients.len(), "safety alert raised");
-        Ok(convert::alert_to_wire(&record))
+        Ok(seen_by(&p, &record))
     }
 
     #[instrument(skip_all)]
@@ -231,7 +231,7 @@ impl Safety {
         self.ctx
             .audit_read(&p, "safety_alert.read", id.to_string(), String::new())
             .await?;
-        Ok(convert::alert_to_wire(&a))
+        Ok(seen_by(&p, &a))
     }
 
     #[instrument(skip_all)]
@@ -252,10 +252,20 @@ impl Safety {
         )
         .await?;
         Ok(w::ListSafetyAlertsResponse {
-            safety_alerts: found.iter().map(convert::alert_to_wire).collect(),
+            safety_alerts: found.iter().map(|a| seen_by(&p, a)).collect(),
             next_page_token,
         })
     }
+}
+
+/// Returns the alert as `p` may see it: a judicial authority, who reads no victim record,
+/// does not see to which countries the case was sent (only how far the alert got).
+fn seen_by(p: &trm_core::ids::Principal, a: &SafetyAlertRecord) -> w::SafetyAlert {
+    let mut wire = convert::alert_to_wire(a);
+    if p.role == trm_core::ids::Role::JudicialAuthority {
+        wire.recipients.clear();
+    }
+    wire
 }
 
 /// Whether `child` says the person is a child (a child's alert is answered first).

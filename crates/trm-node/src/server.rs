@@ -476,6 +476,7 @@ pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, No
         client_issuers: client_issuers(&tls.client_ca)?,
         backup_retention: time::Duration::days(i64::from(config.storage.backup_retention_days)),
         stopped: stopped.clone(),
+        watchers: Arc::default(),
     };
     let federation = federation_server(&config, &ctx, handler);
     Ok(Built {

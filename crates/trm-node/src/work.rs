@@ -9,8 +9,6 @@ use tonic::Request;
 use tracing::instrument;
 use trm_core::{
     access::{self, Action},
-    events::{Event, EventKind, EventRecord},
-    ids::Principal,
     tasks::Task,
     FieldError,
 };
@@ -20,11 +18,7 @@ use trm_proto::{
     v1::{self as w, work_service_server::WorkService},
 };
 
-use crate::{
-    authz,
-    ctx::Ctx,
-    error::{ApiError, ApiResult},
-};
+use crate::{authz, ctx::Ctx, error::ApiResult};
 
 /// The work service of one node.
 #[derive(Debug, Clone)]
@@ -42,86 +36,8 @@ impl Work {
 crate::grpc_service!(Work => WorkService {
     list_tasks(w::ListTasksRequest) -> w::ListTasksResponse;
 } streams {
-    watch_events(w::WatchEventsRequest) -> WatchEventsStream = EventStream;
+    watch_events(w::WatchEventsRequest) -> WatchEventsStream = crate::watch::EventStream;
 });
-
-/// The stream of events one watcher receives.
-pub type EventStream =
-    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<w::Event, tonic::Status>> + Send>>;
-
-/// How many events a watcher reads at a time.
-const EVENT_PAGE: usize = 100;
-
-/// How long a watcher waits for a change before it looks again (another replica's events,
-/// a revocation of its certificate).
-const EVENT_POLL: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Returns the wire form of an event.
-fn event_to_wire(e: &Event) -> w::Event {
-    let kind = match e.kind {
-        EventKind::Arrived => w::EventKind::Arrived,
-        EventKind::StatusChanged => w::EventKind::StatusChanged,
-        EventKind::Erased => w::EventKind::Erased,
-        EventKind::TaskOpened => w::EventKind::TaskOpened,
-        EventKind::TaskClosed => w::EventKind::TaskClosed,
-    };
-    w::Event {
-        event_id: e.seq.to_string(),
-        kind: kind as i32,
-        record_type: e.record.type_name().to_owned(),
-        record_id: e.record_id.to_string(),
-        status: e.status.clone(),
-        occurred_at: Some(convert::ts(e.occurred_at)),
-        task_kind: match e.record {
-            EventRecord::Task(k) => task_kind_to_wire(k) as i32,
-            EventRecord::Shared(_) => 0,
-        },
-    }
-}
-
-/// Sends `p` the events after `after` it may see, then each new one once durable, until the
-/// client goes away or its certificate is revoked.
-async fn watch(ctx: Ctx, p: Principal, leaf: Option<Vec<u8>>, mut after: u64, out: Sender) {
-    let mut changes = ctx.store.event_changes();
-    let mut stopped = ctx.stopped.clone();
-    loop {
-        if leaf.as_deref().is_some_and(|l| ctx.revocations.revokes(l)) {
-            let revoked =
-                tonic::Status::unauthenticated("client certificate revoked by the node's operator");
-            let _ = out.send(Err(revoked)).await;
-            return;
-        }
-        let page = match ctx.store.events_after(after, EVENT_PAGE) {
-            Ok(page) => page,
-            Err(e) => {
-                let _ = out.send(Err(ApiError::from(e).into())).await;
-                return;
-            }
-        };
-        let full = page.len() == EVENT_PAGE;
-        for e in page {
-            after = e.seq;
-            if e.seen_by(&p) && out.send(Ok(event_to_wire(&e))).await.is_err() {
-                return;
-            }
-        }
-        if full {
-            continue;
-        }
-        tokio::select! {
-            _ = out.closed() => return,
-            _ = stopped.wait_for(|stop| *stop) => break,
-            _ = changes.changed() => {}
-            _ = tokio::time::sleep(EVENT_POLL) => {}
-        }
-    }
-    // The node is stopping: the client reconnects to it, or another replica, and resumes.
-    let _ = out
-        .send(Err(tonic::Status::unavailable("the node is stopping")))
-        .await;
-}
-
-type Sender = tokio::sync::mpsc::Sender<Result<w::Event, tonic::Status>>;
 
 /// Returns the wire form of a task, overdue or not at `now`.
 fn task_to_wire(t: &Task, now: OffsetDateTime) -> w::Task {
@@ -142,19 +58,17 @@ impl Work {
     async fn watch_events(
         &self,
         request: Request<w::WatchEventsRequest>,
-    ) -> ApiResult<EventStream> {
+    ) -> ApiResult<crate::watch::EventStream> {
         let p = authz::principal(&request)?;
         access::require(&p, Action::ListTasks)?;
         let WatchEvents { after } = request.get_ref().try_into()?;
-        let leaf = request
-            .peer_certs()
-            .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()));
+        let caller = crate::watch::Caller::of(&request, p.clone());
+        let slot = self.ctx.watchers.admit(&caller)?;
+        crate::watch::check_after(&self.ctx.store, after)?;
         self.ctx
             .audit_read(&p, "events.watch", "-".into(), format!("after={after}"))
             .await?;
-        let (tx, rx) = tokio::sync::mpsc::channel(EVENT_PAGE);
-        tokio::spawn(watch(self.ctx.clone(), p, leaf, after, tx));
-        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        Ok(crate::watch::start(self.ctx.clone(), caller, slot, after))
     }
 
     #[instrument(skip_all)]

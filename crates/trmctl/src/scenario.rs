@@ -700,11 +700,15 @@ async fn safety_story(
         .context("RaiseSafetyAlert")?
         .into_inner();
     let id = raised.alert_id.clone();
-    let recipients: Vec<&str> = raised
-        .recipients
-        .iter()
-        .map(|r| r.node_id.as_str())
-        .collect();
+    // The prosecutor does not see where the case was sent; the focal point does.
+    let seen = SafetyServiceClient::new(client(dir, origin, Role::FocalPoint, false).await?)
+        .get_safety_alert(w::GetSafetyAlertRequest {
+            alert_id: id.clone(),
+        })
+        .await
+        .context("GetSafetyAlert")?
+        .into_inner();
+    let recipients: Vec<&str> = seen.recipients.iter().map(|r| r.node_id.as_str()).collect();
     writeln!(
         out,
         "   alert {id} sent to every node holding a copy: {}",

@@ -347,6 +347,17 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Returns the referral or return plan this node received from `peer` under `case_ref`.
+    pub fn received_under(
+        &mut self,
+        peer: NodeId,
+        case_ref: &str,
+    ) -> Result<Option<WitnessRecord>> {
+        Ok(self
+            .get_raw(&layout::ref_received(peer, case_ref))?
+            .and_then(|b| target_from(&b)))
+    }
+
     /// Resolves a reference shared with `peer` (either way) to the local record it names:
     /// a case this node sent, or a referral or return plan it received.
     pub fn resolve_ref(&mut self, peer: NodeId, case_ref: &str) -> Result<Option<WitnessRecord>> {

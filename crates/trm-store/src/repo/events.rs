@@ -15,8 +15,8 @@ use trm_core::{
 
 use crate::{repo::layout, store::Store, tx::decode, tx::Tx, Result};
 
-/// How many of the oldest events one new event may clear away.
-const PRUNE_PER_EVENT: usize = 4;
+/// Every how many events the oldest past keeping are cleared away, at most as many.
+const PRUNE_EVERY: u64 = 32;
 
 fn seq_of(key: &[u8]) -> Option<u64> {
     let prefix = layout::events();
@@ -25,8 +25,8 @@ fn seq_of(key: &[u8]) -> Option<u64> {
 }
 
 impl Tx<'_> {
-    /// Appends an event (`kind` of `record` `id`, now in `status`), and clears away a few of
-    /// the oldest past keeping.
+    /// Appends an event (`kind` of `record` `id`, now in `status`), and now and then clears
+    /// away the oldest past keeping.
     pub fn record_event(
         &mut self,
         kind: EventKind,
@@ -48,7 +48,12 @@ impl Tx<'_> {
         };
         self.put_json(&layout::event(seq), &event)?;
         self.fx.event_seq = self.fx.event_seq.max(Some(seq));
-        for (key, value) in self.scan_raw(&layout::events(), None, PRUNE_PER_EVENT)? {
+        // Every so many events, the oldest past keeping go (a scan per event would cost
+        // the serial writer more than the event itself).
+        if seq % PRUNE_EVERY != 0 {
+            return Ok(());
+        }
+        for (key, value) in self.scan_raw(&layout::events(), None, PRUNE_EVERY as usize)? {
             let old: Event = decode("event", &value)?;
             let too_many = seq.saturating_sub(old.seq) >= MAX_KEPT;
             if !(too_many || expired(old.occurred_at, now)) {
@@ -102,6 +107,25 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Returns the number of the oldest event kept (none: no event is kept) and of the
+    /// newest durable one (0: none yet).
+    pub fn event_bounds(&self) -> Result<(Option<u64>, u64)> {
+        let oldest = self
+            .scan_raw(&layout::events(), None, 1)?
+            .first()
+            .and_then(|(k, _)| seq_of(k));
+        let head = if self.engine().committed_is_durable() {
+            self.engine()
+                .get(&layout::meta("event_seq"))?
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0)
+        } else {
+            self.shared().events_durable.load(Ordering::SeqCst)
+        };
+        Ok((oldest, head))
     }
 
     /// Returns a receiver that changes each time events become durable on this replica.
