@@ -852,30 +852,46 @@ async fn an_answer_whose_attestation_does_not_verify_is_rejected_by_the_requeste
         .await?
         .into_inner();
     let ro_key = SigningIdentity::load(&fed.dir().join("RO/keys/signing.pem"))?;
-    let attestation = |case_ref: &str| {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let made = |case_ref: &str, stage: w::IdentificationStage, issued: i64| {
         w::VictimStatusAttestation {
             case_ref: case_ref.into(),
-            stage: w::IdentificationStage::Conclusive as i32,
+            stage: stage as i32,
             decided_month: "2026-01".into(),
             issuer: "RO".into(),
             issued_at: Some(prost_types::Timestamp {
-                seconds: time::OffsetDateTime::now_utc().unix_timestamp(),
+                seconds: issued,
                 nanos: 0,
             }),
         }
         .encode_to_vec()
     };
+    let attestation = |case_ref: &str| made(case_ref, w::IdentificationStage::Conclusive, now);
     let good = attestation(&asked.case_ref);
     let mut bad_signature = ro_key.sign(trm_core::remedies::ATTESTATION_TAG, &good);
     bad_signature[0] ^= 1;
     let other_ref = attestation("another-reference");
+    // Dated a month back (into an older key's time, were one retired), or with no stage.
+    let backdated = made(
+        &asked.case_ref,
+        w::IdentificationStage::Conclusive,
+        now - 30 * 86_400,
+    );
+    let no_stage = made(&asked.case_ref, w::IdentificationStage::Unspecified, now);
+    let signed = |b: &Vec<u8>| ro_key.sign(trm_core::remedies::ATTESTATION_TAG, b);
     let cases = [
         ("attestation.signature", good.clone(), bad_signature),
         (
             "attestation.case_ref",
             other_ref.clone(),
-            ro_key.sign(trm_core::remedies::ATTESTATION_TAG, &other_ref),
+            signed(&other_ref),
         ),
+        (
+            "attestation.issued_at",
+            backdated.clone(),
+            signed(&backdated),
+        ),
+        ("attestation.stage", no_stage.clone(), signed(&no_stage)),
     ];
     let mut client = crate::transport::as_ro(&fed).await?;
     for (field, bytes, signature) in cases {

@@ -458,6 +458,17 @@ impl Flows {
                 "attestation.key_id was not valid when it was issued",
             ));
         }
+        // Issued when the answer was sealed, or before it within the replay window (an
+        // answer sent again): never dated back into an older key's time.
+        let (sealed, window) = (inbound.created_at, time::Duration::days(7));
+        if issued_at > sealed + time::Duration::minutes(5) || issued_at < sealed - window {
+            return Err(policy(
+                "attestation.issued_at is far from the envelope's created_at",
+            ));
+        }
+        if a.stage == 0 {
+            return Err(policy("attestation.stage is unspecified"));
+        }
         Ok(())
     }
 
@@ -685,6 +696,37 @@ impl FlowHandler for Flows {
                     _ => return Ok(()),
                 }
                 tx.put_referral(&r)?;
+            }
+            // A claim or a status question the other node refused outright is over: it
+            // waits for nothing (and no return carries a claim that was never filed there).
+            (EnvelopeKind::ClaimNotice, Topic::Claim(id))
+                if outcome == ReceiptOutcome::Rejected =>
+            {
+                let Some(mut c) = tx.record::<ClaimRecord>(id)? else {
+                    return Ok(());
+                };
+                let step = ClaimStep {
+                    reason: format!("refused by {}: {reason}", item.peer),
+                };
+                if c.apply(trm_core::remedies::ClaimEvent::Reject, &step)
+                    .is_ok()
+                {
+                    tx.put_record(&c)?;
+                }
+            }
+            (EnvelopeKind::VictimStatusQuery, Topic::VictimStatus(id))
+                if outcome == ReceiptOutcome::Rejected =>
+            {
+                let Some(mut v) = tx.record::<VictimStatusRecord>(id)? else {
+                    return Ok(());
+                };
+                let declined = v.apply(
+                    trm_core::remedies::AttestDecision::Decline,
+                    &StatusStep::default(),
+                );
+                if declined.is_ok() {
+                    tx.put_record(&v)?;
+                }
             }
             (EnvelopeKind::SafetyAlertNotice, Topic::SafetyAlert(id))
                 if matches!(
