@@ -771,6 +771,54 @@ async fn an_attestation_of_victim_status_is_signed_by_the_issuer_and_verifies_of
     let file = trmctl::attestation::AttestationFile::of(&altered);
     std::fs::write(&forged, serde_json::to_string(&file)?)?;
     assert!(trmctl::attestation::verify_files(&forged, &dir.path().join("key.pem")).is_err());
+
+    // The victim withdraws the consent it was given under: RO keeps the answer's state and
+    // nothing of the attestation; AT learns RO erased it.
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let consents = sp
+        .list_consents(w::ListConsentsRequest {
+            case_id: case_id.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .consents;
+    sp.withdraw_consent(w::WithdrawConsentRequest {
+        case_id: case_id.clone(),
+        consent_id: consents[0].consent_id.clone(),
+        ..Default::default()
+    })
+    .await?;
+    let erased = eventually("the attestation erased at RO", || {
+        let mut ja = ja.clone();
+        let id = id.clone();
+        async move {
+            let v = ja
+                .get_victim_status(w::GetVictimStatusRequest {
+                    status_request_id: id,
+                })
+                .await?
+                .into_inner();
+            Ok(v.attestation_erased.then_some(v))
+        }
+    })
+    .await?;
+    assert!(erased.attestation.is_none(), "{erased:?}");
+    assert_eq!(erased.state, w::VictimStatusState::Attested as i32);
+    eventually("AT to learn it", || {
+        let mut fp = fp.clone();
+        let id = id.clone();
+        async move {
+            let v = fp
+                .get_victim_status(w::GetVictimStatusRequest {
+                    status_request_id: id,
+                })
+                .await?
+                .into_inner();
+            Ok(v.erasure_confirmed.then_some(()))
+        }
+    })
+    .await?;
     fed.stop().await?;
     Ok(())
 }

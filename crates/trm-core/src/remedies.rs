@@ -359,6 +359,17 @@ pub struct VictimStatusRecord {
     pub attestation: Option<SignedAttestation>,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
+    /// Issuer: the consents the attestation was given under (withdrawing one erases it at
+    /// the requester).
+    #[serde(default)]
+    pub consent_ids: Vec<crate::ids::ConsentId>,
+    /// Issuer: where the erasure of the requester's attestation stands.
+    #[serde(default)]
+    pub erasure: crate::exchange::Erasure,
+    /// Requester: the issuer had the attestation erased (the consent was withdrawn or the
+    /// case erased); only the answer's state is kept.
+    #[serde(default)]
+    pub attestation_erased: bool,
 }
 
 impl VictimStatusRecord {
@@ -381,6 +392,9 @@ impl VictimStatusRecord {
             attestation: None,
             created_at: now,
             updated_at: now,
+            consent_ids: vec![],
+            erasure: crate::exchange::Erasure::NotRequested,
+            attestation_erased: false,
         }
     }
 

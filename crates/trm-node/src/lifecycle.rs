@@ -244,7 +244,9 @@ pub fn erase_any_copy(
     Ok(
         erase_copy_in::<ReferralRecord>(me, tx, sender, id, reason, now)?
             || erase_copy_in::<ReturnRecord>(me, tx, sender, id, reason, now)?
-            || erase_copy_in::<ClaimRecord>(me, tx, sender, id, reason, now)?,
+            || erase_copy_in::<ClaimRecord>(me, tx, sender, id, reason, now)?
+            // An attestation travels the other way: the issuer asks the requester.
+            || crate::remedies::erase_attestation_in(me, tx, sender, id)?,
     )
 }
 
@@ -258,5 +260,6 @@ pub fn confirm_any_erasure(
 ) -> Result<bool, TxFail<Rejection>> {
     Ok(confirm_erasure_in::<ReferralRecord>(me, tx, sender, id)?
         || confirm_erasure_in::<ReturnRecord>(me, tx, sender, id)?
-        || confirm_erasure_in::<ClaimRecord>(me, tx, sender, id)?)
+        || confirm_erasure_in::<ClaimRecord>(me, tx, sender, id)?
+        || crate::remedies::confirm_attestation_erased_in(me, tx, sender, id)?)
 }

@@ -57,6 +57,94 @@ pub struct Remedies {
     ctx: Ctx,
 }
 
+/// At the issuer: asks the requesters of the attestations given about case `case` (under
+/// consent `withdrawn`, or every one when the case is erased, `erase_local`) to erase them:
+/// the request is kept with its erasure requested, and a signed erasure request queued.
+/// Returns how many were asked.
+pub(crate) fn erase_attestations(
+    ctx: &Ctx,
+    tx: &mut Tx<'_>,
+    case: trm_core::ids::CaseId,
+    withdrawn: Option<trm_core::ids::ConsentId>,
+    erase_local: bool,
+) -> TxResult<usize> {
+    let me = ctx.id;
+    let given = tx.records_where::<VictimStatusRecord>(|v| {
+        v.issuing_country == me
+            && v.subject == WitnessRecord::Case(case)
+            && v.attestation.is_some()
+            && !v.erasure.requested()
+            && withdrawn.is_none_or(|c| v.consent_ids.contains(&c))
+    })?;
+    for mut v in given.iter().cloned() {
+        v.erasure = trm_core::exchange::Erasure::Requested;
+        if erase_local {
+            v.attestation = None;
+        }
+        v.updated_at = OffsetDateTime::now_utc();
+        tx.put_record(&v)?;
+        let request = trm_core::messages::PeerMessage::ErasureRequest {
+            subject_id: v.status_request_id.uuid(),
+            reason: "consent withdrawn".into(),
+        };
+        trm_federation::outbox::enqueue(
+            tx,
+            &ctx.identity.current(),
+            v.requesting_country,
+            v.topic(),
+            &v.case_ref,
+            trm_proto::peer::to_wire(&request),
+        )?;
+    }
+    Ok(given.len())
+}
+
+/// At the requester: the issuer (`sender`) asked for the attestation of request `id` to be
+/// erased; only the answer's state is kept. Returns whether this node held such a request.
+pub(crate) fn erase_attestation_in(
+    me: trm_core::ids::NodeId,
+    tx: &mut Tx<'_>,
+    sender: trm_core::ids::NodeId,
+    id: uuid::Uuid,
+) -> Result<bool, trm_store::TxFail<trm_federation::Rejection>> {
+    let Some(mut v) = tx.record::<VictimStatusRecord>(StatusRequestId::from_uuid(id))? else {
+        return Ok(false);
+    };
+    if v.requesting_country != me || v.issuing_country != sender {
+        return Err(lifecycle::unknown("request not answered by the sender"));
+    }
+    v.attestation = None;
+    v.attestation_erased = true;
+    v.updated_at = OffsetDateTime::now_utc();
+    tx.shred(&trm_store::Subject::of_record(
+        RecordKind::VictimStatus,
+        id.as_bytes(),
+    ))?;
+    tx.put_record(&v)?;
+    Ok(true)
+}
+
+/// At the issuer: the requester (`sender`) confirmed it erased the attestation of request
+/// `id`. Returns whether this node holds such a request.
+pub(crate) fn confirm_attestation_erased_in(
+    me: trm_core::ids::NodeId,
+    tx: &mut Tx<'_>,
+    sender: trm_core::ids::NodeId,
+    id: uuid::Uuid,
+) -> Result<bool, trm_store::TxFail<trm_federation::Rejection>> {
+    let Some(mut v) = tx.record::<VictimStatusRecord>(StatusRequestId::from_uuid(id))? else {
+        return Ok(false);
+    };
+    if v.issuing_country != me || v.requesting_country != sender {
+        return Err(lifecycle::unknown("request not sent by the sender"));
+    }
+    v.erasure
+        .confirm()
+        .map_err(|g| lifecycle::transition(g.reason))?;
+    tx.put_record(&v)?;
+    Ok(true)
+}
+
 impl Remedies {
     /// Returns the service.
     pub fn new(ctx: Ctx) -> Self {
@@ -262,13 +350,13 @@ fn attestation_of(
     tx: &mut Tx<'_>,
     r: &VictimStatusRecord,
     issued_at: OffsetDateTime,
-) -> TxResult<SignedAttestation> {
+) -> TxResult<(SignedAttestation, Vec<trm_core::ids::ConsentId>)> {
     let WitnessRecord::Case(case_id) = r.subject else {
         return Err(ApiError::NotFound("case").into());
     };
     let case = disclosure::load_case(tx, case_id)?;
     let consents = tx.consents(case_id)?;
-    consent::grant(
+    let grant = consent::grant(
         &consents,
         Purpose::LegalRemedies,
         r.requesting_country,
@@ -291,11 +379,12 @@ fn attestation_of(
     .encode_to_vec();
     let signer = ctx.identity.current();
     let signature = signer.sign(ATTESTATION_TAG, &attestation);
-    Ok(SignedAttestation {
+    let signed = SignedAttestation {
         attestation,
         key_id: signer.key_id().to_owned(),
         signature,
-    })
+    };
+    Ok((signed, grant.consent_ids))
 }
 
 /// The focal point's answer to a peer's victim-status request: attested (signed) or
@@ -328,7 +417,12 @@ fn attest_in(
     }
     let step = StatusStep {
         attestation: match command.event {
-            AttestDecision::Attest => Some(attestation_of(ctx, tx, &r, issued_at)?),
+            AttestDecision::Attest => {
+                let (signed, consents) = attestation_of(ctx, tx, &r, issued_at)?;
+                // Withdrawing any of these erases the attestation at the requester.
+                r.consent_ids = consents;
+                Some(signed)
+            }
             AttestDecision::Decline => None,
         },
     };

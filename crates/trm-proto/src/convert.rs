@@ -896,6 +896,8 @@ pub fn status_request_to_wire(
         attestation: r.attestation.as_ref().map(attestation_to_wire),
         created_at: Some(ts(r.created_at)),
         updated_at: Some(ts(r.updated_at)),
+        attestation_erased: r.attestation_erased,
+        erasure_confirmed: r.erasure.confirmed(),
     }
 }
 
