@@ -233,34 +233,14 @@ impl Store {
             }),
         };
         store.count_outbox()?;
-        // Every queued envelope present at start is durable.
-        let last = store
-            .inner
-            .shared
-            .engine
-            .get(&layout::meta("outbox_seq"))?
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0);
-        store
-            .inner
-            .shared
+        // Every queued envelope and every event present at start is durable.
+        let shared = &store.inner.shared;
+        shared
             .outbox_durable
-            .store(last, Ordering::SeqCst);
-        // So is every event.
-        let events = store
-            .inner
-            .shared
-            .engine
-            .get(&layout::meta("event_seq"))?
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0);
-        store
-            .inner
-            .shared
+            .store(store.counter("outbox_seq")?, Ordering::SeqCst);
+        shared
             .events_durable
-            .store(events, Ordering::SeqCst);
+            .store(store.counter("event_seq")?, Ordering::SeqCst);
         Ok(store)
     }
 
@@ -527,6 +507,16 @@ impl Store {
             Some(b) => decode(what, &b).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// Returns the committed value of counter `name` (0 before its first use).
+    pub(crate) fn counter(&self, name: &str) -> Result<u64> {
+        Ok(self
+            .engine()
+            .get(&layout::meta(name))?
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0))
     }
 
     /// Reads a committed row the node trusts without a seal (see [`crate::tx`]).

@@ -117,11 +117,7 @@ impl Store {
             .first()
             .and_then(|(k, _)| seq_of(k));
         let head = if self.engine().committed_is_durable() {
-            self.engine()
-                .get(&layout::meta("event_seq"))?
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-                .unwrap_or(0)
+            self.counter("event_seq")?
         } else {
             self.shared().events_durable.load(Ordering::SeqCst)
         };
