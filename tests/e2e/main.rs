@@ -6,6 +6,7 @@ mod audit;
 mod case_life;
 mod case_update;
 mod cli;
+mod console;
 #[cfg(unix)]
 mod crash;
 mod directory;

@@ -103,6 +103,7 @@ struct Spec {
     federation: SocketAddr,
     admin: SocketAddr,
     metrics: SocketAddr,
+    console: SocketAddr,
 }
 
 /// A change to a node's configuration before it starts (every start, restarts included).
@@ -182,11 +183,13 @@ impl FederationBuilder {
             let (federation, f) = bind().await?;
             let (admin, a) = bind().await?;
             let (metrics, m) = bind().await?;
+            let (console, c) = bind().await?;
             listeners.push(Listeners {
                 services,
                 federation,
                 admin,
                 metrics,
+                console: Some(console),
             });
             specs.push(Spec {
                 id: id.parse()?,
@@ -194,6 +197,7 @@ impl FederationBuilder {
                 federation: f,
                 admin: a,
                 metrics: m,
+                console: c,
             });
         }
         for spec in &specs {
@@ -340,6 +344,7 @@ services = "{services}"
 federation = "{federation}"
 admin = "{admin}"
 metrics = "{metrics}"
+console = "{console}"
 
 [tls]
 federation_cert = "tls/federation.pem"
@@ -362,6 +367,7 @@ backoff_cap_secs = 5
         federation = spec.federation,
         admin = spec.admin,
         metrics = spec.metrics,
+        console = spec.console,
     );
     files::write_public(&nd.join("node.toml"), toml.as_bytes())?;
     Ok(())
@@ -466,6 +472,7 @@ impl TestFederation {
             federation: TcpListener::bind(spec.federation).await?,
             admin: TcpListener::bind(spec.admin).await?,
             metrics: TcpListener::bind(spec.metrics).await?,
+            console: Some(TcpListener::bind(spec.console).await?),
         };
         let cfg = self.config(id)?;
         let options = self.options_of(id);
@@ -1177,6 +1184,7 @@ pub fn free_node_spec(id: &str) -> Result<trmctl::sandbox::NodeSpec> {
         federation: free()?,
         admin: free()?,
         metrics: free()?,
+        console: free()?,
     })
 }
 

@@ -1,6 +1,9 @@
 //! Who is calling: the principal in the client certificate (`trm://client/<role>/<org>`),
 //! and what each role may do (DESIGN.md, "Identities and trust").
 
+use std::sync::Arc;
+
+use rustls::pki_types::CertificateDer;
 use tonic::Request;
 use trm_core::{access::Action, ids::Principal};
 
@@ -9,11 +12,27 @@ use crate::{
     error::{ApiError, ApiResult},
 };
 
+/// The client certificate chain of a request the console makes in process on behalf of a
+/// browser that presented it (checked by the console's TLS handshake against the same
+/// client CA). Only code of this node can set a request extension: a remote caller cannot.
+#[derive(Debug, Clone)]
+pub struct ClientCertificates(pub Arc<Vec<CertificateDer<'static>>>);
+
+/// Returns the client certificate chain of a local request: the TLS connection's, or the
+/// one the console passes on.
+pub fn peer_certs<T>(request: &Request<T>) -> Option<Arc<Vec<CertificateDer<'static>>>> {
+    request.peer_certs().or_else(|| {
+        request
+            .extensions()
+            .get::<ClientCertificates>()
+            .map(|c| c.0.clone())
+    })
+}
+
 /// Returns the principal of a local request; UNAUTHENTICATED without a usable client
 /// certificate (the TLS handshake already checked its chain to the client CA).
 pub fn principal<T>(request: &Request<T>) -> Result<Principal, ApiError> {
-    request
-        .peer_certs()
+    peer_certs(request)
         .and_then(|certs| {
             certs
                 .first()
@@ -38,8 +57,7 @@ pub fn caller<M: Retryable>(
 /// Returns the key of the client certificate of a request (its issuer and serial number),
 /// which idempotent requests are remembered under.
 pub fn client_key<T>(request: &Request<T>) -> String {
-    request
-        .peer_certs()
+    peer_certs(request)
         .and_then(|certs| {
             certs
                 .first()

@@ -100,6 +100,10 @@ pub struct ListenSection {
     pub admin: SocketAddr,
     #[serde(default = "default_metrics")]
     pub metrics: SocketAddr,
+    /// The browser console (HTTPS, the services port's certificate and client CA); none
+    /// when absent.
+    #[serde(default)]
+    pub console: Option<SocketAddr>,
 }
 
 fn loopback(port: u16) -> SocketAddr {
@@ -125,6 +129,7 @@ impl Default for ListenSection {
             federation: default_federation(),
             admin: default_admin(),
             metrics: default_metrics(),
+            console: None,
         }
     }
 }

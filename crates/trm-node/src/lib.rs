@@ -11,6 +11,7 @@
 //! - [`safety`]: `SafetyService` (safety alerts and the block they put on returns);
 //! - [`remedies`]: `RemediesService` (compensation claims, victim-status attestations);
 //! - [`work`]: `WorkService` (the task queue), and [`watch`]: its event streams;
+//! - [`console`]: the browser console (HTML over HTTPS, through the same services);
 //! - [`disclosure`]: what leaves the node for a purpose, under consent, and its record;
 //! - [`erasure`]: erasure requests to the recipients of a disclosure;
 //! - [`ctx`]: what every service shares (store, signer, directory, delivery);
@@ -31,6 +32,7 @@ pub mod admin;
 pub mod authz;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod ctx;
 pub mod disclosure;
 pub mod erasure;

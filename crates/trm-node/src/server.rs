@@ -90,6 +90,8 @@ pub struct Listeners {
     pub federation: TcpListener,
     pub admin: TcpListener,
     pub metrics: TcpListener,
+    /// The browser console, when `[listen] console` is set.
+    pub console: Option<TcpListener>,
 }
 
 /// The addresses a node listens on.
@@ -99,6 +101,7 @@ pub struct Addrs {
     pub federation: SocketAddr,
     pub admin: SocketAddr,
     pub metrics: SocketAddr,
+    pub console: Option<SocketAddr>,
 }
 
 impl Listeners {
@@ -123,6 +126,10 @@ impl Listeners {
             federation: one("federation", listen.federation).await?,
             admin: one("admin", listen.admin).await?,
             metrics: one("metrics", listen.metrics).await?,
+            console: match listen.console {
+                Some(addr) => Some(one("console", addr).await?),
+                None => None,
+            },
         })
     }
 
@@ -133,6 +140,7 @@ impl Listeners {
             federation: self.federation.local_addr()?,
             admin: self.admin.local_addr()?,
             metrics: self.metrics.local_addr()?,
+            console: self.console.as_ref().map(|c| c.local_addr()).transpose()?,
         })
     }
 }
@@ -674,6 +682,32 @@ where
     )
 }
 
+/// Serves the browser console on `listener`: the services port's certificate, the node's
+/// client CA (a certificate is asked for, not required: a browser without one is told how
+/// to get one).
+fn console_server(
+    config: &NodeConfig,
+    ctx: &Ctx,
+    listener: tokio::net::TcpListener,
+    stopped: watch::Receiver<bool>,
+) -> Result<ServerTask, NodeError> {
+    let tls = &config.tls;
+    let (chain, key) = cert_and_key(&tls.services_cert, &tls.services_key)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&files::read(&tls.client_ca)?) {
+        roots.add(c.map_err(tls_error)?).map_err(tls_error)?;
+    }
+    let tls = crate::console::tls_config(chain, key, roots).map_err(tls_error)?;
+    let listener = crate::console::TlsListener::new(listener, tls)?;
+    let app = crate::console::router(ctx.clone())
+        .into_make_service_with_connect_info::<crate::console::Peer>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal(stopped));
+    Ok(serve(
+        "console",
+        std::future::IntoFuture::into_future(server),
+    ))
+}
+
 /// A running node: its server tasks, to drain on shutdown.
 pub struct Running {
     node: trm_core::ids::NodeId,
@@ -836,9 +870,13 @@ impl Built {
         )
         .with_graceful_shutdown(shutdown_signal(stopped.clone()));
 
+        let console = match listeners.console {
+            Some(listener) => Some(console_server(&config, &ctx, listener, stopped.clone())?),
+            None => None,
+        };
         let replica = start_replica(&config, &ctx, &stopped);
         let housekeeping = start_housekeeping(&config, &ctx, refusals, stopped);
-        let tasks = vec![
+        let mut tasks = vec![
             serve("federation", fed_server),
             serve("services", services_server),
             serve("admin", admin_server),
@@ -847,12 +885,14 @@ impl Built {
                 std::future::IntoFuture::into_future(metrics_server),
             ),
         ];
+        tasks.extend(console);
         info!(
             node = %ctx.id,
             services = %addrs.services,
             federation = %addrs.federation,
             admin = %addrs.admin,
             metrics = %addrs.metrics,
+            console = ?addrs.console,
             "node running: listening"
         );
         Ok(Running {

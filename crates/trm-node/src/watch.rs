@@ -54,9 +54,8 @@ pub struct Caller {
 impl Caller {
     /// Returns the caller of `request`, `principal` by its certificate.
     pub fn of<T>(request: &Request<T>, principal: Principal) -> Self {
-        let leaf = request
-            .peer_certs()
-            .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()));
+        let leaf =
+            authz::peer_certs(request).and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()));
         let leaf = leaf.as_deref();
         Caller {
             principal,

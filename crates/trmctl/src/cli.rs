@@ -1575,6 +1575,17 @@ async fn up(
             handle.addrs.admin,
             handle.addrs.metrics
         );
+        if let Some(console) = handle.addrs.console {
+            println!(
+                "node {id}: console https://localhost:{} (a browser presents a client \
+                 certificate of {}; trust {})",
+                console.port(),
+                sandbox::node_dir(&dir, *id).join("clients").display(),
+                sandbox::node_dir(&dir, *id)
+                    .join("services-ca.pem")
+                    .display()
+            );
+        }
         nodes.push(handle);
     }
     let result = if scenario {

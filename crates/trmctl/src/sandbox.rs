@@ -21,6 +21,7 @@ pub struct NodeSpec {
     pub federation: SocketAddr,
     pub admin: SocketAddr,
     pub metrics: SocketAddr,
+    pub console: SocketAddr,
 }
 
 impl NodeSpec {
@@ -39,6 +40,7 @@ impl NodeSpec {
             federation: port(1)?,
             admin: port(2)?,
             metrics: port(3)?,
+            console: port(4)?,
         })
     }
 }
@@ -156,6 +158,7 @@ pub fn compose_specs(ids: &[NodeId]) -> Vec<NodeSpec> {
             federation: any(7401),
             admin: any(7402),
             metrics: any(7403),
+            console: any(7404),
         })
         .collect()
 }
@@ -328,6 +331,7 @@ services = "{services}"
 federation = "{federation}"
 admin = "{admin}"
 metrics = "{metrics}"
+console = "{console}"
 
 [tls]
 federation_cert = "tls/federation.pem"
@@ -352,6 +356,7 @@ backoff_cap_secs = 5
         federation = spec.federation,
         admin = spec.admin,
         metrics = spec.metrics,
+        console = spec.console,
     )
 }
 

@@ -1,0 +1,209 @@
+//! The browser console (`[listen] console`): server-rendered HTML over HTTPS for the people
+//! who answer requests and have no system of their own. A browser presents a client
+//! certificate of the node's client CA, as a gRPC client does; every page and form calls
+//! the same services in process, with that certificate
+//! ([`ClientCertificates`](crate::authz::ClientCertificates)), so authorization, audit and
+//! idempotency are the services' own: there is no second path to the store.
+//!
+//! Made for a hostile browser world: no script and no inline style (a
+//! Content-Security-Policy that forbids them), `Cache-Control: no-store` on every answer,
+//! every state change a POST checked against cross-site requests (Fetch metadata, else
+//! `Origin`), ids only in URLs. A browser without a certificate gets a page that says how
+//! to get one.
+
+mod pages;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{
+    extract::{connect_info::Connected, Request},
+    http::{header, HeaderValue, Method, StatusCode},
+    middleware::Next,
+    response::{IntoResponse, Response},
+    serve::IncomingStream,
+    Router,
+};
+use rustls::pki_types::CertificateDer;
+use tokio::{net::TcpListener, sync::mpsc};
+use tokio_rustls::{server::TlsStream, TlsAcceptor};
+use tracing::debug;
+
+use crate::ctx::Ctx;
+
+/// What every answer of the console carries.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                   form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// How long a browser may take to complete its TLS handshake.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Handshakes in progress at once (a slow client holds one place, never the port).
+const HANDSHAKES: usize = 64;
+
+/// Who is on the other end of a console connection: the address and the client
+/// certificate chain the browser presented, if any.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub remote: SocketAddr,
+    pub certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+}
+
+/// The console's listener: TLS handshakes run concurrently, each under a deadline; only
+/// established connections are handed to the server.
+pub struct TlsListener {
+    established: mpsc::Receiver<(TlsStream<tokio::net::TcpStream>, Peer)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    /// Accepts on `listener` with `config` until the receiver is dropped.
+    pub fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+        let local = listener.local_addr()?;
+        let (tx, established) = mpsc::channel(HANDSHAKES);
+        let acceptor = TlsAcceptor::from(config);
+        let slots = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
+        tokio::spawn(async move {
+            // Ends (and frees the port) as soon as the server stops taking connections.
+            loop {
+                let permit = tokio::select! {
+                    _ = tx.closed() => return,
+                    p = slots.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                };
+                let accepted = tokio::select! {
+                    _ = tx.closed() => return,
+                    a = listener.accept() => a,
+                };
+                let (tcp, remote) = match accepted {
+                    Ok(c) => c,
+                    Err(e) => {
+                        debug!(error = %e, "console accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let (acceptor, sender) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await
+                    else {
+                        return;
+                    };
+                    let certs = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .map(|c| Arc::new(c.iter().map(|d| d.clone().into_owned()).collect()));
+                    let _ = sender.send((tls, Peer { remote, certs })).await;
+                });
+            }
+        });
+        Ok(Self { established, local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<tokio::net::TcpStream>;
+    type Addr = Peer;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.established.recv().await {
+            Some(c) => c,
+            // The accepting task is gone only when the listener is: wait for shutdown.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(Peer {
+            remote: self.local,
+            certs: None,
+        })
+    }
+}
+
+impl Connected<IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
+        stream.remote_addr().clone()
+    }
+}
+
+/// Returns the console's TLS configuration: the services port's certificate, the node's
+/// client CA, and no certificate required at the handshake (the console says how to get
+/// one rather than failing the connection).
+pub fn tls_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+    client_roots: rustls::RootCertStore,
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(client_roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Returns the console's routes over `ctx`.
+pub fn router(ctx: Ctx) -> Router {
+    pages::routes(ctx)
+        .layer(axum::middleware::from_fn(same_origin_posts))
+        .layer(axum::middleware::from_fn(security_headers))
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+}
+
+/// Sets the headers every answer carries.
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_SECURITY_POLICY, CSP),
+        (header::CACHE_CONTROL, "no-store"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::STRICT_TRANSPORT_SECURITY, "max-age=31536000"),
+    ] {
+        h.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// Refuses a state change another site started: a POST must come from this console's own
+/// pages (Fetch metadata `same-origin`; a browser without Fetch metadata must send an
+/// `Origin` naming this host).
+async fn same_origin_posts(request: Request, next: Next) -> Response {
+    if request.method() != Method::POST || same_origin(&request) {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::FORBIDDEN,
+        "refused: a change must be made from this console's own pages",
+    )
+        .into_response()
+}
+
+fn same_origin(request: &Request) -> bool {
+    let headers = request.headers();
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return site == "same-origin";
+    }
+    let (Some(origin), Some(host)) = (headers.get(header::ORIGIN), headers.get(header::HOST))
+    else {
+        return false;
+    };
+    match (origin.to_str(), host.to_str()) {
+        (Ok(origin), Ok(host)) => origin == format!("https://{host}"),
+        _ => false,
+    }
+}

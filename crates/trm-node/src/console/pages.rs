@@ -1,0 +1,375 @@
+//! The console's pages. Each one calls a service in process with the browser's certificate
+//! and renders what it answers (maud escapes every value). Labels in English and French,
+//! by the browser's `Accept-Language`.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{ConnectInfo, Query, State},
+    http::{header, HeaderMap, StatusCode},
+    response::{Html, IntoResponse, Redirect, Response},
+    routing::{get, post},
+    Form, Router,
+};
+use maud::{html, Markup, DOCTYPE};
+use rustls::pki_types::CertificateDer;
+use serde::Deserialize;
+use trm_proto::v1::{
+    self as w, referral_service_server::ReferralService, work_service_server::WorkService,
+};
+
+use super::Peer;
+use crate::{authz::ClientCertificates, ctx::Ctx, referral::Referrals, work::Work};
+
+/// The console's routes.
+pub fn routes(ctx: Ctx) -> Router {
+    Router::new()
+        .route("/", get(tasks))
+        .route("/referrals", get(referrals))
+        .route("/referrals/answer", post(answer_referral))
+        .route("/style.css", get(style))
+        .with_state(ctx)
+}
+
+/// The labels of one language.
+struct Labels {
+    lang: &'static str,
+    title: &'static str,
+    tasks: &'static str,
+    incoming: &'static str,
+    outgoing: &'static str,
+    kind: &'static str,
+    record: &'static str,
+    due: &'static str,
+    overdue: &'static str,
+    nothing: &'static str,
+    status: &'static str,
+    from_to: &'static str,
+    updated: &'static str,
+    answer: &'static str,
+    accept: &'static str,
+    decline: &'static str,
+    refused: &'static str,
+    no_certificate: &'static str,
+    how_to_get_one: &'static str,
+}
+
+const EN: Labels = Labels {
+    lang: "en",
+    title: "TRM node console",
+    tasks: "Work queue",
+    incoming: "Incoming referrals",
+    outgoing: "Outgoing referrals",
+    kind: "Task",
+    record: "Record",
+    due: "Due (UTC)",
+    overdue: "overdue",
+    nothing: "Nothing waits.",
+    status: "Status",
+    from_to: "From, to",
+    updated: "Changed (UTC)",
+    answer: "Answer",
+    accept: "Accept",
+    decline: "Decline",
+    refused: "Refused",
+    no_certificate: "This console needs your client certificate",
+    how_to_get_one: "Ask your node's operator for a client certificate of your role and \
+                     organisation (trmctl client issue), import it into your browser, and \
+                     open this page again. Without it nothing of the node is shown.",
+};
+
+const FR: Labels = Labels {
+    lang: "fr",
+    title: "Console du nœud TRM",
+    tasks: "File de travail",
+    incoming: "Orientations reçues",
+    outgoing: "Orientations envoyées",
+    kind: "Tâche",
+    record: "Dossier",
+    due: "Échéance (UTC)",
+    overdue: "en retard",
+    nothing: "Rien n'attend.",
+    status: "Statut",
+    from_to: "De, vers",
+    updated: "Modifié (UTC)",
+    answer: "Réponse",
+    accept: "Accepter",
+    decline: "Refuser",
+    refused: "Refusé",
+    no_certificate: "Cette console demande votre certificat client",
+    how_to_get_one: "Demandez à l'opérateur de votre nœud un certificat client de votre rôle \
+                     et de votre organisation (trmctl client issue), importez-le dans votre \
+                     navigateur et rouvrez cette page. Sans lui, rien du nœud n'est montré.",
+};
+
+/// Returns the labels of the browser's language (French where it asks for it first).
+fn labels(headers: &HeaderMap) -> &'static Labels {
+    let first = headers
+        .get(header::ACCEPT_LANGUAGE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .trim_start();
+    if first.starts_with("fr") {
+        &FR
+    } else {
+        &EN
+    }
+}
+
+/// Wraps a page's body.
+fn page(l: &Labels, heading: &str, body: Markup) -> Html<String> {
+    let page = html! {
+        (DOCTYPE)
+        html lang=(l.lang) {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (heading) " · " (l.title) }
+                link rel="stylesheet" href="/style.css";
+            }
+            body {
+                header {
+                    nav aria-label=(l.title) {
+                        a href="/" { (l.tasks) }
+                        " "
+                        a href="/referrals?direction=incoming" { (l.incoming) }
+                        " "
+                        a href="/referrals?direction=outgoing" { (l.outgoing) }
+                    }
+                }
+                main {
+                    h1 { (heading) }
+                    (body)
+                }
+            }
+        }
+    };
+    Html(page.into_string())
+}
+
+/// The certificate chain of the browser when it may use the console: one of the node's
+/// client CA that names a role, not revoked.
+fn caller(ctx: &Ctx, peer: &Peer) -> Option<Arc<Vec<CertificateDer<'static>>>> {
+    peer.certs
+        .as_ref()
+        .filter(|certs| {
+            certs.first().is_some_and(|leaf| {
+                trm_crypto::pki::principal_of(leaf.as_ref()).is_some()
+                    && !ctx.revocations.revokes(leaf.as_ref())
+            })
+        })
+        .cloned()
+}
+
+/// The page for a browser without a usable certificate: how to get one.
+fn no_certificate(l: &Labels) -> Response {
+    let body = html! { p { (l.how_to_get_one) } };
+    (StatusCode::UNAUTHORIZED, page(l, l.no_certificate, body)).into_response()
+}
+
+/// A request to a service, made with the browser's certificate.
+fn request<T>(certs: &Arc<Vec<CertificateDer<'static>>>, message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.extensions_mut().insert(ClientCertificates(certs.clone()));
+    r
+}
+
+/// The page of a service's refusal: its code and its message (which names fields and
+/// guards, never personal data).
+fn refusal(l: &Labels, status: &tonic::Status) -> Response {
+    let code = match status.code() {
+        tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+        tonic::Code::NotFound => StatusCode::NOT_FOUND,
+        tonic::Code::FailedPrecondition | tonic::Code::AlreadyExists => StatusCode::CONFLICT,
+        tonic::Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let body = html! { p role="alert" { (status.message()) } };
+    (code, page(l, l.refused, body)).into_response()
+}
+
+/// Writes an instant as `YYYY-MM-DD HH:MM`.
+fn when(t: Option<&prost_types::Timestamp>) -> String {
+    t.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
+        .map(|t| {
+            format!(
+                "{} {:02}:{:02}",
+                trm_core::model::format_date(t.date()),
+                t.hour(),
+                t.minute()
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// The enum's proto name without its prefix, in lower case with spaces.
+fn name_of(full: &str, prefix: &str) -> String {
+    full.trim_start_matches(prefix)
+        .to_ascii_lowercase()
+        .replace('_', " ")
+}
+
+/// `GET /`: the work queue, due first, overdue marked.
+async fn tasks(
+    State(ctx): State<Ctx>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+) -> Response {
+    let l = labels(&headers);
+    let Some(certs) = caller(&ctx, &peer) else {
+        return no_certificate(l);
+    };
+    let work = Work::new(ctx.clone());
+    let list = match work
+        .list_tasks(request(&certs, w::ListTasksRequest::default()))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) => return refusal(l, &s),
+    };
+    let body = html! {
+        @if list.tasks.is_empty() {
+            p { (l.nothing) }
+        } @else {
+            table {
+                thead { tr { th scope="col" { (l.kind) } th scope="col" { (l.record) } th scope="col" { (l.due) } } }
+                tbody {
+                    @for t in &list.tasks {
+                        tr class=[t.overdue.then_some("overdue")] {
+                            td { (name_of(w::TaskKind::try_from(t.kind).unwrap_or_default().as_str_name(), "TASK_KIND_")) }
+                            td { code { (t.record_id) } }
+                            td {
+                                (when(t.due_at.as_ref()))
+                                @if t.overdue { " " strong { "(" (l.overdue) ")" } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(l, l.tasks, body).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct Listing {
+    direction: Option<String>,
+}
+
+/// `GET /referrals?direction=incoming|outgoing`: the referrals, with the answer to give to
+/// an incoming one that waits.
+async fn referrals(
+    State(ctx): State<Ctx>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Query(q): Query<Listing>,
+) -> Response {
+    let l = labels(&headers);
+    let Some(certs) = caller(&ctx, &peer) else {
+        return no_certificate(l);
+    };
+    let incoming = q.direction.as_deref() != Some("outgoing");
+    let direction = match incoming {
+        true => w::Direction::Incoming,
+        false => w::Direction::Outgoing,
+    };
+    let service = Referrals::new(ctx.clone());
+    let list = w::ListReferralsRequest {
+        direction: direction as i32,
+        page_size: 100,
+        ..Default::default()
+    };
+    let found = match service.list_referrals(request(&certs, list)).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => return refusal(l, &s),
+    };
+    let heading = if incoming { l.incoming } else { l.outgoing };
+    let body = html! {
+        @if found.referrals.is_empty() {
+            p { (l.nothing) }
+        } @else {
+            table {
+                thead { tr {
+                    th scope="col" { (l.record) } th scope="col" { (l.from_to) }
+                    th scope="col" { (l.status) } th scope="col" { (l.updated) }
+                    @if incoming { th scope="col" { (l.answer) } }
+                } }
+                tbody {
+                    @for r in &found.referrals {
+                        tr {
+                            td { code { (r.referral_id) } }
+                            td { (r.origin) " → " (r.destination) }
+                            td { (name_of(w::ReferralStatus::try_from(r.status).unwrap_or_default().as_str_name(), "REFERRAL_STATUS_")) }
+                            td { (when(r.updated_at.as_ref())) }
+                            @if incoming {
+                                td {
+                                    @if r.status == w::ReferralStatus::Delivered as i32 {
+                                        form method="post" action="/referrals/answer" {
+                                            input type="hidden" name="referral_id" value=(r.referral_id);
+                                            input type="hidden" name="request_id" value=(uuid::Uuid::new_v4().to_string());
+                                            button type="submit" name="decision" value="accept" { (l.accept) }
+                                            " "
+                                            button type="submit" name="decision" value="decline" { (l.decline) }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(l, heading, body).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct Answer {
+    referral_id: String,
+    decision: String,
+    #[serde(default)]
+    request_id: String,
+}
+
+/// `POST /referrals/answer`: accepts or declines an incoming referral (the service checks
+/// who may, and a form sent twice changes nothing twice: its `request_id`).
+async fn answer_referral(
+    State(ctx): State<Ctx>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Form(a): Form<Answer>,
+) -> Response {
+    let l = labels(&headers);
+    let Some(certs) = caller(&ctx, &peer) else {
+        return no_certificate(l);
+    };
+    let decision = match a.decision.as_str() {
+        "accept" => w::ReferralDecision::Accept,
+        "decline" => w::ReferralDecision::Decline,
+        _ => w::ReferralDecision::Unspecified,
+    };
+    let answer = w::RespondToReferralRequest {
+        referral_id: a.referral_id,
+        decision: decision as i32,
+        reason: String::new(),
+        request_id: a.request_id,
+    };
+    match Referrals::new(ctx)
+        .respond_to_referral(request(&certs, answer))
+        .await
+    {
+        Ok(_) => Redirect::to("/referrals?direction=incoming").into_response(),
+        Err(s) => refusal(l, &s),
+    }
+}
+
+/// `GET /style.css`: the one stylesheet (no inline style anywhere).
+async fn style() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("style.css"),
+    )
+        .into_response()
+}

@@ -1,0 +1,230 @@
+//! The browser console over real HTTPS, as a browser would use it (HTTP/1.1 over TLS with
+//! the client certificate of a role, or none): the page for a browser without a
+//! certificate, the work queue, an incoming referral answered through a form, a cross-site
+//! form refused, and the headers every page carries. (A real browser walk with axe-core is
+//! its own suite, still to come.)
+
+use std::{path::Path, sync::Arc};
+
+use anyhow::Context;
+use rustls_pki_types::pem::PemObject;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use trm_core::ids::Role;
+use trm_proto::v1 as w;
+use trm_tests::{refer, referral_arrived, referral_with_status, TestFederation};
+
+/// One answer: status code, headers (lower-cased names), body.
+struct Answer {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            (n.eq_ignore_ascii_case(name)).then_some(v.trim())
+        })
+    }
+}
+
+/// Sends one HTTP/1.1 request to node `node`'s console, presenting `role`'s certificate (or
+/// none), and reads the whole answer.
+async fn send(
+    fed: &TestFederation,
+    node: &str,
+    role: Option<Role>,
+    request: &str,
+) -> anyhow::Result<Answer> {
+    let dir = fed.node_dir(node);
+    let addr = fed.node(node)?.addrs.console.context("no console")?;
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = trm_crypto::files::read(&dir.join("services-ca.pem"))?;
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(c?)?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots);
+    let mut config = match role {
+        None => builder.with_no_client_auth(),
+        Some(role) => {
+            let (cert, key) = client_files(&dir, role);
+            let chain =
+                rustls_pki_types::CertificateDer::pem_slice_iter(&trm_crypto::files::read(&cert)?)
+                    .collect::<Result<Vec<_>, _>>()?;
+            let key =
+                rustls_pki_types::PrivateKeyDer::from_pem_slice(&trm_crypto::files::read(&key)?)?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("localhost".try_into()?, tcp)
+        .await?;
+    tls.write_all(request.replace("HOST", &addr.to_string()).as_bytes())
+        .await?;
+    let mut raw = Vec::new();
+    tls.read_to_end(&mut raw).await.ok();
+    let text = String::from_utf8(raw)?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status line")?;
+    Ok(Answer {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    })
+}
+
+fn client_files(dir: &Path, role: Role) -> (std::path::PathBuf, std::path::PathBuf) {
+    let base = dir.join("clients").join(role.as_str());
+    (base.with_extension("pem"), base.with_extension("key"))
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: HOST\r\nAccept-Language: en\r\nConnection: close\r\n\r\n")
+}
+
+fn post(path: &str, form: &str, extra: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: HOST\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\n{extra}Connection: close\r\n\r\n{form}",
+        form.len()
+    )
+}
+
+/// The value of the hidden input `name` in the first form of `body`.
+fn hidden(body: &str, name: &str) -> Option<String> {
+    let at = body.find(&format!("name=\"{name}\" value=\""))?;
+    let rest = &body[at + name.len() + 15..];
+    Some(rest[..rest.find('"')?].to_owned())
+}
+
+#[tokio::test]
+async fn the_console_shows_the_queue_and_answers_a_referral_from_its_own_pages_only(
+) -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+
+    // No certificate: a page that says how to get one, and nothing of the node.
+    let bare = send(&fed, "RO", None, &get("/")).await?;
+    assert_eq!(bare.status, 401, "{}", bare.head);
+    assert!(bare.body.contains("client certificate"), "{}", bare.body);
+    for (name, value) in [
+        ("content-security-policy", "default-src 'none'"),
+        ("content-security-policy", "frame-ancestors 'none'"),
+        ("cache-control", "no-store"),
+        ("x-content-type-options", "nosniff"),
+    ] {
+        let got = bare.header(name).unwrap_or_default();
+        assert!(got.contains(value), "{name}: {got}");
+    }
+
+    // A referral arrives at RO: its focal point sees the task, then the referral.
+    let id = refer(&fed, "AT", "RO").await?;
+    referral_arrived(&fed.referrals("RO", Role::FocalPoint).await?, &id).await?;
+    let queue = send(&fed, "RO", Some(Role::FocalPoint), &get("/")).await?;
+    assert_eq!(queue.status, 200, "{}", queue.body);
+    assert!(queue.body.contains("answer referral") && queue.body.contains(&id));
+    let list = send(
+        &fed,
+        "RO",
+        Some(Role::FocalPoint),
+        &get("/referrals?direction=incoming"),
+    )
+    .await?;
+    assert!(list.body.contains(&id), "{}", list.body);
+    for page in [&bare.body, &queue.body, &list.body] {
+        assert!(
+            !page.contains("<script") && !page.contains("style="),
+            "{page}"
+        );
+    }
+    let request_id = hidden(&list.body, "request_id").context("no answer form")?;
+    let form = format!("referral_id={id}&request_id={request_id}&decision=accept");
+
+    // Another site's form is refused and changes nothing; a form of the console's own
+    // pages is taken.
+    let cross = send(
+        &fed,
+        "RO",
+        Some(Role::FocalPoint),
+        &post("/referrals/answer", &form, "Sec-Fetch-Site: cross-site\r\n"),
+    )
+    .await?;
+    assert_eq!(cross.status, 403, "{}", cross.body);
+    let no_origin = send(
+        &fed,
+        "RO",
+        Some(Role::FocalPoint),
+        &post("/referrals/answer", &form, ""),
+    )
+    .await?;
+    assert_eq!(no_origin.status, 403, "neither Fetch metadata nor Origin");
+    let ro = fed.referrals("RO", Role::FocalPoint).await?;
+    let still = referral_arrived(&ro, &id).await?;
+    assert_eq!(still.status, w::ReferralStatus::Delivered as i32);
+
+    // A service provider may not answer: the service's own refusal, shown as a page.
+    let sp = send(
+        &fed,
+        "RO",
+        Some(Role::ServiceProvider),
+        &post(
+            "/referrals/answer",
+            &form,
+            "Sec-Fetch-Site: same-origin\r\n",
+        ),
+    )
+    .await?;
+    assert_eq!(sp.status, 403, "{}", sp.body);
+
+    let ok = send(
+        &fed,
+        "RO",
+        Some(Role::FocalPoint),
+        &post(
+            "/referrals/answer",
+            &form,
+            "Sec-Fetch-Site: same-origin\r\n",
+        ),
+    )
+    .await?;
+    assert_eq!(ok.status, 303, "{}", ok.body);
+    let at = fed.referrals("AT", Role::ServiceProvider).await?;
+    referral_with_status(&at, &id, w::ReferralStatus::Accepted).await?;
+    // The same form sent again (a double click) changes nothing twice.
+    let again = send(
+        &fed,
+        "RO",
+        Some(Role::FocalPoint),
+        &post(
+            "/referrals/answer",
+            &form,
+            "Sec-Fetch-Site: same-origin\r\n",
+        ),
+    )
+    .await?;
+    assert_eq!(again.status, 303, "{}", again.body);
+    let queue = send(&fed, "RO", Some(Role::FocalPoint), &get("/")).await?;
+    assert!(!queue.body.contains(&id), "answered: no longer waits");
+
+    // French labels where the browser asks for them.
+    let fr = send(
+        &fed,
+        "RO",
+        Some(Role::FocalPoint),
+        &get("/").replace("Accept-Language: en", "Accept-Language: fr-FR,fr;q=0.9"),
+    )
+    .await?;
+    assert!(fr.body.contains("lang=\"fr\"") && fr.body.contains("File de travail"));
+    fed.stop().await?;
+    Ok(())
+}
