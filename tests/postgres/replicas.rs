@@ -106,6 +106,7 @@ async fn the_replica_that_delivers_is_killed_mid_stream_and_the_other_delivers_e
         (at.federation, other.federation),
         (at.admin, other.admin),
         (at.metrics, other.metrics),
+        (at.console, other.console),
     ] {
         second_text = second_text.replace(&format!("\"{a}\""), &format!("\"{b}\""));
     }
@@ -294,6 +295,7 @@ async fn what_one_replica_changes_or_queues_holds_on_the_other() -> anyhow::Resu
         (at.federation, other.federation),
         (at.admin, other.admin),
         (at.metrics, other.metrics),
+        (at.console, other.console),
     ] {
         second_text = second_text.replace(&format!("\"{a}\""), &format!("\"{b}\""));
     }
