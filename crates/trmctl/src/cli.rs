@@ -579,6 +579,10 @@ enum ClientCommand {
         /// Days the certificate is valid.
         #[arg(long, default_value_t = trm_crypto::pki::CLIENT_VALIDITY_DAYS)]
         days: u32,
+        /// Also writes PREFIX.p12 for a browser (the console), encrypted under a passphrase
+        /// printed once: give it to the person apart from the file.
+        #[arg(long)]
+        p12: bool,
         /// Prints JSON.
         #[arg(long)]
         json: bool,
@@ -833,8 +837,9 @@ fn client_command(command: ClientCommand) -> Result<()> {
             org,
             out,
             days,
+            p12,
             json,
-        } => client_issue(&config, role, &org, &out, days, json),
+        } => client_issue(&config, role, &org, (&out, days, p12), json),
         ClientCommand::List { admin, json } => runtime()?.block_on(client_list(admin, json)),
         ClientCommand::Revoke {
             admin,
@@ -852,17 +857,29 @@ fn client_issue(
     config: &Path,
     role: Role,
     org: &OrgId,
-    out: &Path,
-    days: u32,
+    (out, days, p12): (&Path, u32, bool),
     json: bool,
 ) -> Result<()> {
     let r = trmctl::client::issue(config, role, org, out, days)?;
+    let bundle = match p12 {
+        true => Some(trmctl::client::write_p12(config, &r, out)?),
+        false => None,
+    };
     if json {
         return print_json(&json!({
             "cert": r.cert, "key": r.key, "serial_hex": r.issued.serial_hex,
             "role": r.issued.role, "org": r.issued.org,
             "not_after": json_datetime(r.issued.not_after),
+            "p12": bundle.as_ref().map(|b| &b.p12),
+            "p12_passphrase": bundle.as_ref().map(|b| &b.passphrase),
         }));
+    }
+    if let Some(b) = &bundle {
+        println!(
+            "wrote {} for a browser; its passphrase (shown once, give it apart from the file): {}",
+            b.p12.display(),
+            b.passphrase
+        );
     }
     println!(
         "wrote {} and {}: serial {}, {} of {}, valid until {}",
@@ -1577,10 +1594,13 @@ async fn up(
         );
         if let Some(console) = handle.addrs.console {
             println!(
-                "node {id}: console https://localhost:{} (a browser presents a client \
-                 certificate of {}; trust {})",
+                "node {id}: console https://localhost:{} (import {} into a browser, \
+                 passphrase \"{}\"; trust {})",
                 console.port(),
-                sandbox::node_dir(&dir, *id).join("clients").display(),
+                sandbox::node_dir(&dir, *id)
+                    .join("clients/focal_point.p12")
+                    .display(),
+                sandbox::SANDBOX_P12_PASSPHRASE,
                 sandbox::node_dir(&dir, *id)
                     .join("services-ca.pem")
                     .display()

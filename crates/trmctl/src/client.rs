@@ -139,6 +139,63 @@ pub fn issue(config: &Path, role: Role, org: &OrgId, out: &Path, days: u32) -> R
     })
 }
 
+/// A browser's copy of an issued certificate: `PREFIX.p12` and the passphrase it is
+/// encrypted under (to hand to the person apart from the file).
+#[derive(Debug, Clone)]
+pub struct BrowserBundle {
+    pub p12: PathBuf,
+    pub passphrase: String,
+}
+
+/// Writes the certificate and key of an issue (`report`), with the client CA, as `PREFIX.p12`
+/// (mode 0600), encrypted under a passphrase generated here (128 random bits), returned and
+/// never written.
+pub fn write_p12(config: &Path, report: &IssueReport, out: &Path) -> Result<BrowserBundle> {
+    let cfg = NodeConfig::load(config)?;
+    let passphrase = uuid::Uuid::new_v4().simple().to_string();
+    let alias = format!("TRM {} {}", report.issued.role, report.issued.org);
+    let bytes = p12_bytes(
+        (&files::read(&report.cert)?, &files::read(&report.key)?),
+        &files::read(&cfg.tls.client_ca)?,
+        &alias,
+        &passphrase,
+    )?;
+    let p12 = with_ext(out, "p12");
+    files::write_secret(&p12, &bytes)?;
+    Ok(BrowserBundle { p12, passphrase })
+}
+
+/// Returns a PKCS#12 file a browser imports: the certificate and its key (`PEM`s), with
+/// the CA, encrypted with PBES2 (PBKDF2-HMAC-SHA-256, AES-256-CBC) under `passphrase`, with
+/// an HMAC-SHA-256 MAC (what browsers and `openssl pkcs12` read).
+pub fn p12_bytes(
+    (cert_pem, key_pem): (&[u8], &[u8]),
+    ca_pem: &[u8],
+    alias: &str,
+    passphrase: &str,
+) -> Result<Vec<u8>> {
+    use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let mut certs = Vec::new();
+    for pem in [cert_pem, ca_pem] {
+        for der in CertificateDer::pem_slice_iter(pem) {
+            certs.push(p12_keystore::Certificate::from_der(der?.as_ref())?);
+        }
+    }
+    let key = match PrivateKeyDer::from_pem_slice(key_pem)? {
+        PrivateKeyDer::Pkcs8(k) => p12_keystore::PrivateKey::from_der(k.secret_pkcs8_der())?,
+        _ => bail!("the client key is not a PKCS#8 key"),
+    };
+    let local_id = uuid::Uuid::new_v4().into_bytes().to_vec();
+    let chain = p12_keystore::PrivateKeyChain::new(local_id, key, certs);
+    let mut store = p12_keystore::KeyStore::new();
+    store.add_entry(alias, p12_keystore::KeyStoreEntry::PrivateKeyChain(chain));
+    Ok(store
+        .writer(passphrase)
+        .encryption_algorithm(p12_keystore::EncryptionAlgorithm::PbeWithHmacSha256AndAes256)
+        .mac_algorithm(p12_keystore::MacAlgorithm::HmacSha256)
+        .write()?)
+}
+
 fn with_ext(prefix: &Path, ext: &str) -> PathBuf {
     let mut s = prefix.as_os_str().to_owned();
     s.push(".");
@@ -149,6 +206,50 @@ fn with_ext(prefix: &Path, ext: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A browser's bundle opens with its passphrase, in this crate's reader and in openssl,
+    /// and holds exactly the issued certificate, its key and the CA; a wrong passphrase
+    /// opens nothing.
+    #[test]
+    fn a_p12_holds_the_certificate_its_key_and_the_ca_under_its_passphrase() {
+        let ca = Authority::generate("test client CA").unwrap();
+        let org: OrgId = "ngo-lefo".parse().unwrap();
+        let c = ca.issue_client(Role::FocalPoint, &org).unwrap();
+        let bytes = p12_bytes(
+            (c.cert_pem.as_bytes(), c.key_pem.as_bytes()),
+            ca.cert_pem().as_bytes(),
+            "TRM focal_point ngo-lefo",
+            "correct horse",
+        )
+        .unwrap();
+        let policy = p12_keystore::Pkcs12ImportPolicy::Strict;
+        assert!(p12_keystore::KeyStore::from_pkcs12(&bytes, "wrong", policy).is_err());
+        let store = p12_keystore::KeyStore::from_pkcs12(&bytes, "correct horse", policy).unwrap();
+        let (alias, chain) = store.private_key_chain().unwrap();
+        assert_eq!(alias, "TRM focal_point ngo-lefo");
+        use rustls_pki_types::{pem::PemObject, CertificateDer};
+        let leaf = CertificateDer::from_pem_slice(c.cert_pem.as_bytes()).unwrap();
+        assert_eq!(chain.certs()[0].as_der(), leaf.as_ref());
+        assert_eq!(chain.certs().len(), 2, "the certificate and its CA");
+        // openssl (what an operator or a browser's import would rely on) reads it too.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fp.p12");
+        std::fs::write(&path, &bytes).unwrap();
+        let out = std::process::Command::new("openssl")
+            .args(["pkcs12", "-in"])
+            .arg(&path)
+            .args(["-passin", "pass:correct horse", "-clcerts", "-nokeys"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let printed = String::from_utf8_lossy(&out.stdout);
+        let got = CertificateDer::from_pem_slice(printed.as_bytes()).unwrap();
+        assert_eq!(got.as_ref(), leaf.as_ref());
+    }
 
     #[test]
     fn the_register_keeps_every_issued_certificate_in_order_and_an_absent_one_is_empty() {

@@ -281,9 +281,20 @@ fn write_clients(nd: &Path, id: NodeId) -> Result<()> {
             &nd.join(format!("clients/{role}.key")),
             c.key_pem.as_bytes(),
         )?;
+        // For a browser (the console); a throwaway sandbox's passphrase is no secret.
+        let p12 = crate::client::p12_bytes(
+            (c.cert_pem.as_bytes(), c.key_pem.as_bytes()),
+            client_ca.cert_pem().as_bytes(),
+            &format!("TRM sandbox {id} {role}"),
+            SANDBOX_P12_PASSPHRASE,
+        )?;
+        files::write_secret(&nd.join(format!("clients/{role}.p12")), &p12)?;
     }
     Ok(())
 }
+
+/// The passphrase of the sandbox's `clients/ROLE.p12` files (a throwaway federation).
+pub const SANDBOX_P12_PASSPHRASE: &str = "sandbox";
 
 /// Writes the public keys of node `i`'s peers (every other node) into its peers/ folder
 /// and returns its `[[peers]]` tables.

@@ -74,8 +74,9 @@ const EN: Labels = Labels {
     refused: "Refused",
     no_certificate: "This console needs your client certificate",
     how_to_get_one: "Ask your node's operator for a client certificate of your role and \
-                     organisation (trmctl client issue), import it into your browser, and \
-                     open this page again. Without it nothing of the node is shown.",
+                     organisation for a browser (trmctl client issue --p12: a .p12 file and \
+                     its passphrase), import it into your browser, and open this page again. \
+                     Without it nothing of the node is shown.",
 };
 
 const FR: Labels = Labels {
@@ -98,8 +99,9 @@ const FR: Labels = Labels {
     refused: "Refusé",
     no_certificate: "Cette console demande votre certificat client",
     how_to_get_one: "Demandez à l'opérateur de votre nœud un certificat client de votre rôle \
-                     et de votre organisation (trmctl client issue), importez-le dans votre \
-                     navigateur et rouvrez cette page. Sans lui, rien du nœud n'est montré.",
+                     et de votre organisation pour un navigateur (trmctl client issue --p12 : \
+                     un fichier .p12 et sa phrase secrète), importez-le dans votre navigateur \
+                     et rouvrez cette page. Sans lui, rien du nœud n'est montré.",
 };
 
 /// Returns the labels of the browser's language (French where it asks for it first).
