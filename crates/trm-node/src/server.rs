@@ -689,8 +689,9 @@ fn console_server(
     config: &NodeConfig,
     ctx: &Ctx,
     listener: tokio::net::TcpListener,
+    limits: AcceptLimits,
     stopped: watch::Receiver<bool>,
-) -> Result<ServerTask, NodeError> {
+) -> Result<(ServerTask, JoinHandle<()>), NodeError> {
     let tls = &config.tls;
     let (chain, key) = cert_and_key(&tls.services_cert, &tls.services_key)?;
     let mut roots = rustls::RootCertStore::empty();
@@ -698,13 +699,23 @@ fn console_server(
         roots.add(c.map_err(tls_error)?).map_err(tls_error)?;
     }
     let tls = crate::console::tls_config(chain, key, roots).map_err(tls_error)?;
-    let listener = crate::console::TlsListener::new(listener, tls)?;
+    let local = listener.local_addr()?;
+    // The same accept limits as the services port: a connection cap, handshake deadlines,
+    // places per certificate and per address.
+    let (incoming, acceptor) = listen::incoming(
+        listener,
+        tls,
+        limits,
+        CallerKey::ClientCertificate,
+        stopped.clone(),
+    );
+    let listener = crate::console::TlsListener::new(incoming, local);
     let app = crate::console::router(ctx.clone())
         .into_make_service_with_connect_info::<crate::console::Peer>();
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal(stopped));
-    Ok(serve(
-        "console",
-        std::future::IntoFuture::into_future(server),
+    Ok((
+        serve("console", std::future::IntoFuture::into_future(server)),
+        acceptor,
     ))
 }
 
@@ -854,6 +865,7 @@ impl Built {
             listeners.admin,
             &requests,
         );
+        let console_limits = self.accept_limits();
         let (config, ctx, store, stopped) = (self.config, self.ctx, self.store, self.stopped);
         let refusals = self.federation.refusal_log();
         let fed_server = fed_port.serve_federation(self.federation);
@@ -870,8 +882,14 @@ impl Built {
         )
         .with_graceful_shutdown(shutdown_signal(stopped.clone()));
 
+        let mut acceptors = acceptors;
         let console = match listeners.console {
-            Some(listener) => Some(console_server(&config, &ctx, listener, stopped.clone())?),
+            Some(listener) => {
+                let (task, acceptor) =
+                    console_server(&config, &ctx, listener, console_limits, stopped.clone())?;
+                acceptors.push(acceptor);
+                Some(task)
+            }
             None => None,
         };
         let replica = start_replica(&config, &ctx, &stopped);

@@ -13,7 +13,7 @@
 
 mod pages;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
     extract::{connect_info::Connected, Request},
@@ -24,8 +24,7 @@ use axum::{
     Router,
 };
 use rustls::pki_types::CertificateDer;
-use tokio::{net::TcpListener, sync::mpsc};
-use tokio_rustls::{server::TlsStream, TlsAcceptor};
+use tokio_rustls::server::TlsStream;
 use tracing::debug;
 
 use crate::ctx::Ctx;
@@ -33,12 +32,6 @@ use crate::ctx::Ctx;
 /// What every answer of the console carries.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
                    form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
-
-/// How long a browser may take to complete its TLS handshake.
-const HANDSHAKE: Duration = Duration::from_secs(10);
-
-/// Handshakes in progress at once (a slow client holds one place, never the port).
-const HANDSHAKES: usize = 64;
 
 /// Who is on the other end of a console connection: the address and the client
 /// certificate chain the browser presented, if any.
@@ -48,71 +41,44 @@ pub struct Peer {
     pub certs: Option<Arc<Vec<CertificateDer<'static>>>>,
 }
 
-/// The console's listener: TLS handshakes run concurrently, each under a deadline; only
-/// established connections are handed to the server.
+/// The console's listener: connections accepted by the node's own machinery
+/// ([`crate::listen::incoming`]: the connection cap, handshake deadlines, places per
+/// certificate, and per address), with the certificate each browser presented.
 pub struct TlsListener {
-    established: mpsc::Receiver<(TlsStream<tokio::net::TcpStream>, Peer)>,
+    incoming: crate::listen::Incoming,
     local: SocketAddr,
 }
 
 impl TlsListener {
-    /// Accepts on `listener` with `config` until the receiver is dropped.
-    pub fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
-        let local = listener.local_addr()?;
-        let (tx, established) = mpsc::channel(HANDSHAKES);
-        let acceptor = TlsAcceptor::from(config);
-        let slots = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
-        tokio::spawn(async move {
-            // Ends (and frees the port) as soon as the server stops taking connections.
-            loop {
-                let permit = tokio::select! {
-                    _ = tx.closed() => return,
-                    p = slots.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => return,
-                    },
-                };
-                let accepted = tokio::select! {
-                    _ = tx.closed() => return,
-                    a = listener.accept() => a,
-                };
-                let (tcp, remote) = match accepted {
-                    Ok(c) => c,
-                    Err(e) => {
-                        debug!(error = %e, "console accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let (acceptor, sender) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await
-                    else {
-                        return;
-                    };
+    /// Serves the connections of `incoming`, accepted on `local`.
+    pub fn new(incoming: crate::listen::Incoming, local: SocketAddr) -> Self {
+        Self { incoming, local }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<crate::listen::Conn>;
+    type Addr = Peer;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        use tokio_stream::StreamExt;
+        loop {
+            match self.incoming.next().await {
+                Some(Ok(tls)) => {
+                    let remote = tonic::transport::server::Connected::connect_info(tls.get_ref().0)
+                        .remote_addr()
+                        .unwrap_or(self.local);
                     let certs = tls
                         .get_ref()
                         .1
                         .peer_certificates()
                         .map(|c| Arc::new(c.iter().map(|d| d.clone().into_owned()).collect()));
-                    let _ = sender.send((tls, Peer { remote, certs })).await;
-                });
+                    return (tls, Peer { remote, certs });
+                }
+                Some(Err(e)) => debug!(error = %e, "console connection failed"),
+                // The accepting task ends only when the node stops: wait for shutdown.
+                None => std::future::pending::<()>().await,
             }
-        });
-        Ok(Self { established, local })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<tokio::net::TcpStream>;
-    type Addr = Peer;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.established.recv().await {
-            Some(c) => c,
-            // The accepting task is gone only when the listener is: wait for shutdown.
-            None => std::future::pending().await,
         }
     }
 
