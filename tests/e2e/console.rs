@@ -228,3 +228,71 @@ async fn the_console_shows_the_queue_and_answers_a_referral_from_its_own_pages_o
     fed.stop().await?;
     Ok(())
 }
+
+/// The return guards as a checklist, before anyone proposes a return: each one met or
+/// missing with its reason, for who may read the case only.
+#[tokio::test]
+async fn the_return_guards_show_as_a_checklist_of_what_is_missing() -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let case_id = sp
+        .create_case(trm_tests::requests::case("Checked", 45))
+        .await?
+        .into_inner()
+        .case_id;
+    let path = format!("/returns/checklist?case_id={case_id}&destination=RO");
+    let rows = |body: &str| -> Vec<(String, bool)> {
+        body.split("<tr")
+            .filter_map(|row| {
+                let guard = row.split("<code>").nth(1)?.split("</code>").next()?;
+                Some((guard.to_owned(), row.contains(">missing<")))
+            })
+            .collect()
+    };
+    let before = send(&fed, "AT", Some(Role::ServiceProvider), &get(&path)).await?;
+    assert_eq!(before.status, 200, "{}", before.body);
+    let missing: Vec<String> = rows(&before.body)
+        .into_iter()
+        .filter(|(_, m)| *m)
+        .map(|(g, _)| g)
+        .collect();
+    assert_eq!(missing, ["risk", "decision", "consent"], "{}", before.body);
+
+    let mut rp = fed.returns("AT", Role::ServiceProvider).await?;
+    rp.record_risk_assessment(crate::returns::risk(
+        &case_id,
+        w::RiskLevel::Low,
+        false,
+        false,
+        false,
+    ))
+    .await?;
+    rp.record_return_decision(crate::returns::decision(&case_id, false))
+        .await?;
+    sp.record_consent(trm_tests::requests::consent(
+        &case_id,
+        &[w::Purpose::ReturnPlanning],
+        &["RO"],
+        &[],
+    ))
+    .await?;
+    let after = send(&fed, "AT", Some(Role::ServiceProvider), &get(&path)).await?;
+    let all = rows(&after.body);
+    assert_eq!(all.len(), 9, "every guard: {}", after.body);
+    assert!(all.iter().all(|(_, m)| !m), "{}", after.body);
+
+    // Nobody else's case: a judicial authority reads no case at all.
+    let ja = send(&fed, "AT", Some(Role::JudicialAuthority), &get(&path)).await?;
+    assert_eq!(ja.status, 403, "{}", ja.body);
+    let bad = send(
+        &fed,
+        "AT",
+        Some(Role::ServiceProvider),
+        &get("/returns/checklist?case_id=nope&destination=RO"),
+    )
+    .await?;
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("case_id"), "{}", bad.body);
+    fed.stop().await?;
+    Ok(())
+}

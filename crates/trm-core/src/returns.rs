@@ -119,6 +119,104 @@ pub fn check_decision<'a>(
     Ok(decision)
 }
 
+/// One guard of a return, as a checklist shows it: what it asks for, and why it refuses
+/// now (`None`: met).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardCheck {
+    pub guard: Guard,
+    /// What the guard asks for, in words.
+    pub asks: &'static str,
+    pub refusal: Option<GuardError>,
+}
+
+/// Checks every guard of a return on the case as it stands, each on its own (a checklist
+/// of what is missing), in the order [`check_guards`] refuses them. The consent and safety
+/// alerts, which depend on the country of return, are the node's to add.
+pub fn guard_checklist(
+    case: &CaseRecord,
+    risk: Option<&RiskAssessment>,
+    decision: Option<&ReturnDecision>,
+    reflection_period_days: u32,
+    today: Date,
+) -> Vec<GuardCheck> {
+    let check = |guard, asks, r: Result<(), GuardError>| GuardCheck {
+        guard,
+        asks,
+        refusal: r.err(),
+    };
+    let assessed = risk
+        .ok_or_else(|| GuardError::new(Guard::Risk, "no risk assessment is recorded for the case"));
+    let decided = match &assessed {
+        Ok(risk) => check_decision(decision, risk).map(|_| ()),
+        Err(_) => Err(GuardError::new(
+            Guard::Decision,
+            "the victim's decision counts only once a risk assessment precedes it",
+        )),
+    };
+    let waived = decided.is_ok() && decision.is_some_and(|d| d.reflection_period_waived);
+    let period_ends = case.reflection_period_ends_on(reflection_period_days);
+    let reflection = if today < period_ends && !waived {
+        Err(GuardError::new(
+            Guard::ReflectionPeriod,
+            format!(
+                "the reflection period of {reflection_period_days} days ends on {} and was not waived by the victim",
+                crate::model::format_date(period_ends)
+            ),
+        ))
+    } else {
+        Ok(())
+    };
+    let child = |met: bool, guard, why: &str| match case.child.is_child && !met {
+        true => Err(GuardError::new(guard, why)),
+        false => Ok(()),
+    };
+    vec![
+        check(
+            Guard::Risk,
+            "a risk assessment of the case",
+            assessed.as_ref().map(|_| ()).map_err(Clone::clone),
+        ),
+        check(
+            Guard::NonRefoulement,
+            "no protection status (asylum pending, refugee, subsidiary protection)",
+            check_residence(case),
+        ),
+        check(
+            Guard::Risk,
+            "no non-refoulement, re-trafficking or high risk found",
+            assessed.as_ref().map_or(Ok(()), |r| check_risk(r)),
+        ),
+        check(
+            Guard::Decision,
+            "the victim's informed, voluntary decision, after the latest assessment",
+            decided,
+        ),
+        check(
+            Guard::ReflectionPeriod,
+            "the reflection period over, or waived by the victim",
+            reflection,
+        ),
+        check(
+            Guard::BestInterests,
+            "for a child: a best-interests determination",
+            child(
+                case.child.best_interests_determined,
+                Guard::BestInterests,
+                "a child's return needs a best-interests determination",
+            ),
+        ),
+        check(
+            Guard::Guardian,
+            "for a child: an assigned guardian",
+            child(
+                case.child.guardian_assigned,
+                Guard::Guardian,
+                "a child's return needs an assigned guardian",
+            ),
+        ),
+    ]
+}
+
 /// Checks every guard of a return, when it is requested and again at each step until
 /// departure; the first refusal names its guard. The consent guard is checked by the
 /// disclosure itself.
@@ -129,38 +227,13 @@ pub fn check_guards(
     reflection_period_days: u32,
     today: Date,
 ) -> Result<(), GuardError> {
-    let Some(risk) = risk else {
-        return Err(GuardError::new(
-            Guard::Risk,
-            "no risk assessment is recorded for the case",
-        ));
-    };
-    check_residence(case)?;
-    check_risk(risk)?;
-    let decision = check_decision(decision, risk)?;
-    let period_ends = case.reflection_period_ends_on(reflection_period_days);
-    if today < period_ends && !decision.reflection_period_waived {
-        return Err(GuardError::new(
-            Guard::ReflectionPeriod,
-            format!(
-                "the reflection period of {reflection_period_days} days ends on {} and was not waived by the victim",
-                crate::model::format_date(period_ends)
-            ),
-        ));
+    match guard_checklist(case, risk, decision, reflection_period_days, today)
+        .into_iter()
+        .find_map(|c| c.refusal)
+    {
+        Some(refusal) => Err(refusal),
+        None => Ok(()),
     }
-    if case.child.is_child && !case.child.best_interests_determined {
-        return Err(GuardError::new(
-            Guard::BestInterests,
-            "a child's return needs a best-interests determination",
-        ));
-    }
-    if case.child.is_child && !case.child.guardian_assigned {
-        return Err(GuardError::new(
-            Guard::Guardian,
-            "a child's return needs an assigned guardian",
-        ));
-    }
-    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -613,6 +686,50 @@ mod tests {
 
     /// DOMAIN §54: a reflection period of at least 30 days. Identified on day 0, the victim
     /// has had 30 whole days on day 30: a return may be proposed that day, not the day before.
+    /// The checklist shows every guard on its own (what is missing, all at once), and the
+    /// guards refuse in its order: the first missing one is what a request is refused with.
+    #[test]
+    fn the_checklist_shows_each_missing_guard_and_the_first_is_the_refusal() {
+        let today = date!(2026 - 03 - 01);
+        let child = ChildInfo {
+            is_child: true,
+            guardian_assigned: true,
+            best_interests_determined: false,
+        };
+        let c = case(today - Duration::days(3), child);
+        let missing = |risk: Option<&RiskAssessment>, d: Option<&ReturnDecision>| {
+            guard_checklist(&c, risk, d, 30, today)
+                .into_iter()
+                .filter_map(|g| g.refusal.map(|r| r.guard))
+                .collect::<Vec<_>>()
+        };
+        use Guard as G;
+        assert_eq!(
+            missing(None, None),
+            [G::Risk, G::Decision, G::ReflectionPeriod, G::BestInterests]
+        );
+        let low = risk(RiskLevel::Low, false, false, false);
+        let mut later = decision(true, true, true);
+        later.recorded_at = low.recorded_at + Duration::hours(1);
+        assert_eq!(missing(Some(&low), Some(&later)), [G::BestInterests]);
+        let high = risk(RiskLevel::High, false, false, false);
+        assert_eq!(
+            missing(Some(&high), Some(&later)),
+            [G::Risk, G::BestInterests]
+        );
+        for (r, d) in [
+            (None, None),
+            (Some(&low), Some(&later)),
+            (Some(&high), None),
+        ] {
+            let first = guard_checklist(&c, r, d, 30, today)
+                .into_iter()
+                .find_map(|g| g.refusal);
+            assert_eq!(check_guards(&c, r, d, 30, today).err(), first);
+        }
+        assert_eq!(guard_checklist(&c, None, None, 30, today).len(), 7);
+    }
+
     #[test]
     fn the_reflection_period_ends_after_thirty_whole_days() {
         let identified = date!(2026 - 01 - 01);

@@ -183,6 +183,50 @@ impl lifecycle::StepRules for ReturnRecord {
     }
 }
 
+/// The guards of a return of case `case_id` to `destination`, each on its own, as the
+/// console's checklist shows them: those of the case, then the consent for return planning
+/// to that country and the safety alerts naming it. Only for who may read the case (its
+/// organisation's provider, a focal point); read and audited in one transaction.
+pub async fn guard_checklist(
+    ctx: &Ctx,
+    p: &Principal,
+    case_id: CaseId,
+    destination: NodeId,
+) -> ApiResult<Vec<trm_core::returns::GuardCheck>> {
+    access::require(p, Action::ReadCase)?;
+    let (c, who) = (ctx.clone(), p.clone());
+    ctx.commit(move |tx| {
+        let case = load_case(tx, case_id)?;
+        access::require_owner(&who, Some(&case.organisation)).map_err(ApiError::from)?;
+        let risk = tx.risk_assessments(case_id)?;
+        let decisions = tx.return_decisions(case_id)?;
+        let mut list = trm_core::returns::guard_checklist(
+            &case,
+            risk.last(),
+            decisions.last(),
+            c.reflection_period_days,
+            today(),
+        );
+        let consents = tx.consents(case_id)?;
+        list.push(trm_core::returns::GuardCheck {
+            guard: trm_core::Guard::Consent,
+            asks: "the victim's consent to return planning with the country of return",
+            refusal: consent::grant(&consents, Purpose::ReturnPlanning, destination, today()).err(),
+        });
+        list.push(trm_core::returns::GuardCheck {
+            guard: trm_core::Guard::SafetyAlert,
+            asks: "no safety alert naming the country of return, or a risk assessment since",
+            refusal: crate::safety::check_returns(tx, c.id, case_id, destination)?.err(),
+        });
+        tx.audit(
+            AuditRecord::new(actor(&who), "return.checklist", case_id.to_string(), "ok")
+                .detail(format!("to={destination}")),
+        )?;
+        Ok(list)
+    })
+    .await
+}
+
 impl Replay for RiskAssessment {
     fn key(&self) -> String {
         format!("{}/{}", self.case_id, self.assessment_id)

@@ -27,6 +27,7 @@ pub fn routes(ctx: Ctx) -> Router {
         .route("/", get(tasks))
         .route("/referrals", get(referrals))
         .route("/referrals/answer", post(answer_referral))
+        .route("/returns/checklist", get(return_checklist))
         .route("/style.css", get(style))
         .with_state(ctx)
 }
@@ -52,6 +53,14 @@ struct Labels {
     refused: &'static str,
     no_certificate: &'static str,
     how_to_get_one: &'static str,
+    guards: &'static str,
+    case: &'static str,
+    country: &'static str,
+    check: &'static str,
+    guard: &'static str,
+    asks: &'static str,
+    met: &'static str,
+    missing: &'static str,
 }
 
 const EN: Labels = Labels {
@@ -72,6 +81,14 @@ const EN: Labels = Labels {
     accept: "Accept",
     decline: "Decline",
     refused: "Refused",
+    guards: "Return guards",
+    case: "Case id",
+    country: "Country of return (ISO code)",
+    check: "Check",
+    guard: "Guard",
+    asks: "Asks for",
+    met: "met",
+    missing: "missing",
     no_certificate: "This console needs your client certificate",
     how_to_get_one: "Ask your node's operator for a client certificate of your role and \
                      organisation for a browser (trmctl client issue --p12: a .p12 file and \
@@ -97,6 +114,14 @@ const FR: Labels = Labels {
     accept: "Accepter",
     decline: "Refuser",
     refused: "Refusé",
+    guards: "Garanties du retour",
+    case: "Identifiant du dossier",
+    country: "Pays de retour (code ISO)",
+    check: "Vérifier",
+    guard: "Garantie",
+    asks: "Demande",
+    met: "remplie",
+    missing: "manquante",
     no_certificate: "Cette console demande votre certificat client",
     how_to_get_one: "Demandez à l'opérateur de votre nœud un certificat client de votre rôle \
                      et de votre organisation pour un navigateur (trmctl client issue --p12 : \
@@ -137,6 +162,8 @@ fn page(l: &Labels, heading: &str, body: Markup) -> Html<String> {
                         a href="/referrals?direction=incoming" { (l.incoming) }
                         " "
                         a href="/referrals?direction=outgoing" { (l.outgoing) }
+                        " "
+                        a href="/returns/checklist" { (l.guards) }
                     }
                 }
                 main {
@@ -365,6 +392,77 @@ async fn answer_referral(
         Ok(_) => Redirect::to("/referrals?direction=incoming").into_response(),
         Err(s) => refusal(l, &s),
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct Checklist {
+    case_id: Option<String>,
+    destination: Option<String>,
+}
+
+/// `GET /returns/checklist?case_id=..&destination=..`: every guard of a return of the case
+/// to that country, met or missing and why, before anyone proposes it.
+async fn return_checklist(
+    State(ctx): State<Ctx>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Query(q): Query<Checklist>,
+) -> Response {
+    let l = labels(&headers);
+    let Some(certs) = caller(&ctx, &peer) else {
+        return no_certificate(l);
+    };
+    let form = html! {
+        form method="get" action="/returns/checklist" {
+            label for="case_id" { (l.case) } " "
+            input id="case_id" name="case_id" required value=(q.case_id.clone().unwrap_or_default());
+            " "
+            label for="destination" { (l.country) } " "
+            input id="destination" name="destination" required size="2" value=(q.destination.clone().unwrap_or_default());
+            " "
+            button type="submit" { (l.check) }
+        }
+    };
+    let (Some(case_id), Some(destination)) = (q.case_id.as_deref(), q.destination.as_deref())
+    else {
+        return page(l, l.guards, form).into_response();
+    };
+    let parsed = trm_core::ids::CaseId::parse("case_id", case_id)
+        .and_then(|c| Ok((c, trm_proto::convert::country("destination", destination)?)));
+    let (case_id, destination) = match parsed {
+        Ok(p) => p,
+        Err(e) => return refusal(l, &tonic::Status::invalid_argument(e.to_string())),
+    };
+    let request = request(&certs, ());
+    let p = match crate::authz::principal(&request) {
+        Ok(p) => p,
+        Err(e) => return refusal(l, &tonic::Status::from(e)),
+    };
+    let list = match crate::returns::guard_checklist(&ctx, &p, case_id, destination).await {
+        Ok(list) => list,
+        Err(e) => return refusal(l, &tonic::Status::from(e)),
+    };
+    let body = html! {
+        (form)
+        table {
+            thead { tr { th scope="col" { (l.guard) } th scope="col" { (l.asks) } th scope="col" { (l.status) } } }
+            tbody {
+                @for g in &list {
+                    tr class=[g.refusal.is_some().then_some("overdue")] {
+                        td { code { (g.guard.as_str()) } }
+                        td { (g.asks) }
+                        td {
+                            @match &g.refusal {
+                                None => { (l.met) }
+                                Some(why) => { strong { (l.missing) } ": " (why.reason) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(l, l.guards, body).into_response()
 }
 
 /// `GET /style.css`: the one stylesheet (no inline style anywhere).
