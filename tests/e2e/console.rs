@@ -281,6 +281,56 @@ async fn the_return_guards_show_as_a_checklist_of_what_is_missing() -> anyhow::R
     assert_eq!(all.len(), 9, "every guard: {}", after.body);
     assert!(all.iter().all(|(_, m)| !m), "{}", after.body);
 
+    // Proposed now, the plan shows in the lists of returns of both nodes.
+    let plan = rp
+        .propose_return(crate::returns::propose(&case_id))
+        .await?
+        .into_inner();
+    crate::returns::wait_status(
+        &fed.returns("RO", Role::FocalPoint).await?,
+        &plan.return_id,
+        w::ReturnStatus::Requested,
+    )
+    .await?;
+    let sent = send(
+        &fed,
+        "AT",
+        Some(Role::ServiceProvider),
+        &get("/records?kind=returns&direction=outgoing"),
+    )
+    .await?;
+    assert!(sent.body.contains(&plan.return_id), "{}", sent.body);
+    let arrived = send(
+        &fed,
+        "RO",
+        Some(Role::FocalPoint),
+        &get("/records?kind=returns"),
+    )
+    .await?;
+    assert!(
+        arrived.body.contains(&plan.return_id) && arrived.body.contains("requested"),
+        "{}",
+        arrived.body
+    );
+    let alerts = send(
+        &fed,
+        "RO",
+        Some(Role::FocalPoint),
+        &get("/records?kind=alerts"),
+    )
+    .await?;
+    assert_eq!(alerts.status, 200);
+    assert!(alerts.body.contains("Nothing waits."), "{}", alerts.body);
+    let bogus = send(
+        &fed,
+        "RO",
+        Some(Role::FocalPoint),
+        &get("/records?kind=cases"),
+    )
+    .await?;
+    assert_eq!(bogus.status, 400);
+    assert!(bogus.body.contains("kind"), "{}", bogus.body);
+
     // Nobody else's case: a judicial authority reads no case at all.
     let ja = send(&fed, "AT", Some(Role::JudicialAuthority), &get(&path)).await?;
     assert_eq!(ja.status, 403, "{}", ja.body);

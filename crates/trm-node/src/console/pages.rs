@@ -28,6 +28,7 @@ pub fn routes(ctx: Ctx) -> Router {
         .route("/referrals", get(referrals))
         .route("/referrals/answer", post(answer_referral))
         .route("/returns/checklist", get(return_checklist))
+        .route("/records", get(records))
         .route("/style.css", get(style))
         .with_state(ctx)
 }
@@ -61,6 +62,12 @@ struct Labels {
     asks: &'static str,
     met: &'static str,
     missing: &'static str,
+    returns: &'static str,
+    hearings: &'static str,
+    alerts: &'static str,
+    claims: &'static str,
+    incoming_dir: &'static str,
+    outgoing_dir: &'static str,
 }
 
 const EN: Labels = Labels {
@@ -89,6 +96,12 @@ const EN: Labels = Labels {
     asks: "Asks for",
     met: "met",
     missing: "missing",
+    returns: "Return plans",
+    hearings: "Hearings",
+    alerts: "Safety alerts",
+    claims: "Claims",
+    incoming_dir: "received",
+    outgoing_dir: "sent",
     no_certificate: "This console needs your client certificate",
     how_to_get_one: "Ask your node's operator for a client certificate of your role and \
                      organisation for a browser (trmctl client issue --p12: a .p12 file and \
@@ -122,6 +135,12 @@ const FR: Labels = Labels {
     asks: "Demande",
     met: "remplie",
     missing: "manquante",
+    returns: "Plans de retour",
+    hearings: "Auditions",
+    alerts: "Alertes de sécurité",
+    claims: "Demandes d'indemnisation",
+    incoming_dir: "reçus",
+    outgoing_dir: "envoyés",
     no_certificate: "Cette console demande votre certificat client",
     how_to_get_one: "Demandez à l'opérateur de votre nœud un certificat client de votre rôle \
                      et de votre organisation pour un navigateur (trmctl client issue --p12 : \
@@ -162,6 +181,14 @@ fn page(l: &Labels, heading: &str, body: Markup) -> Html<String> {
                         a href="/referrals?direction=incoming" { (l.incoming) }
                         " "
                         a href="/referrals?direction=outgoing" { (l.outgoing) }
+                        " "
+                        a href="/records?kind=returns" { (l.returns) }
+                        " "
+                        a href="/records?kind=hearings" { (l.hearings) }
+                        " "
+                        a href="/records?kind=alerts" { (l.alerts) }
+                        " "
+                        a href="/records?kind=claims" { (l.claims) }
                         " "
                         a href="/returns/checklist" { (l.guards) }
                     }
@@ -463,6 +490,215 @@ async fn return_checklist(
         }
     };
     page(l, l.guards, body).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct Records {
+    kind: Option<String>,
+    direction: Option<String>,
+}
+
+/// One row of a list of shared records: its id, its two countries, its status, when it
+/// last changed.
+struct RecordRow {
+    id: String,
+    from: String,
+    to: String,
+    status: String,
+    updated: String,
+}
+
+/// Reads a page of shared records of `kind` in `direction` through its service, as the
+/// browser's certificate may see them.
+async fn record_rows(
+    ctx: &Ctx,
+    certs: &Arc<Vec<CertificateDer<'static>>>,
+    kind: &str,
+    direction: w::Direction,
+) -> Result<Vec<RecordRow>, tonic::Status> {
+    use trm_proto::v1::{
+        remedies_service_server::RemediesService,
+        return_planning_service_server::ReturnPlanningService,
+        safety_service_server::SafetyService,
+        witness_hearing_service_server::WitnessHearingService,
+    };
+    let (d, size) = (direction as i32, 100);
+    let status = |full: &str, prefix: &str| name_of(full, prefix);
+    Ok(match kind {
+        "returns" => {
+            let list = w::ListReturnPlansRequest {
+                direction: d,
+                page_size: size,
+                ..Default::default()
+            };
+            let got = crate::returns::Returns::new(ctx.clone())
+                .list_return_plans(request(certs, list))
+                .await?
+                .into_inner();
+            got.return_plans
+                .iter()
+                .map(|r| RecordRow {
+                    id: r.return_id.clone(),
+                    from: r.origin.clone(),
+                    to: r.destination.clone(),
+                    status: status(
+                        w::ReturnStatus::try_from(r.status)
+                            .unwrap_or_default()
+                            .as_str_name(),
+                        "RETURN_STATUS_",
+                    ),
+                    updated: when(r.updated_at.as_ref()),
+                })
+                .collect()
+        }
+        "hearings" => {
+            let list = w::ListHearingsRequest {
+                direction: d,
+                page_size: size,
+                ..Default::default()
+            };
+            let got = crate::hearing::Hearings::new(ctx.clone())
+                .list_hearings(request(certs, list))
+                .await?
+                .into_inner();
+            got.hearings
+                .iter()
+                .map(|h| RecordRow {
+                    id: h.hearing_id.clone(),
+                    from: h.requesting_country.clone(),
+                    to: h.witness_country.clone(),
+                    status: status(
+                        w::HearingStatus::try_from(h.status)
+                            .unwrap_or_default()
+                            .as_str_name(),
+                        "HEARING_STATUS_",
+                    ),
+                    updated: when(h.updated_at.as_ref()),
+                })
+                .collect()
+        }
+        "alerts" => {
+            let list = w::ListSafetyAlertsRequest {
+                direction: d,
+                page_size: size,
+                ..Default::default()
+            };
+            let got = crate::safety::Safety::new(ctx.clone())
+                .list_safety_alerts(request(certs, list))
+                .await?
+                .into_inner();
+            got.safety_alerts
+                .iter()
+                .map(|a| RecordRow {
+                    id: a.alert_id.clone(),
+                    from: a.origin.clone(),
+                    to: a.country.clone(),
+                    status: status(
+                        w::SafetyAlertStatus::try_from(a.status)
+                            .unwrap_or_default()
+                            .as_str_name(),
+                        "SAFETY_ALERT_STATUS_",
+                    ),
+                    updated: when(a.updated_at.as_ref()),
+                })
+                .collect()
+        }
+        "claims" => {
+            let list = w::ListClaimsRequest {
+                direction: d,
+                page_size: size,
+                ..Default::default()
+            };
+            let got = crate::remedies::Remedies::new(ctx.clone())
+                .list_claims(request(certs, list))
+                .await?
+                .into_inner();
+            got.claims
+                .iter()
+                .map(|c| RecordRow {
+                    id: c.claim_id.clone(),
+                    from: c.origin.clone(),
+                    to: c.forum_country.clone(),
+                    status: status(
+                        w::ClaimStatus::try_from(c.status)
+                            .unwrap_or_default()
+                            .as_str_name(),
+                        "CLAIM_STATUS_",
+                    ),
+                    updated: when(c.updated_at.as_ref()),
+                })
+                .collect()
+        }
+        _ => {
+            return Err(tonic::Status::invalid_argument(
+                "kind: must be returns, hearings, alerts or claims",
+            ))
+        }
+    })
+}
+
+/// `GET /records?kind=returns|hearings|alerts|claims&direction=incoming|outgoing`: the
+/// shared records of one kind, as the caller may see them.
+async fn records(
+    State(ctx): State<Ctx>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Query(q): Query<Records>,
+) -> Response {
+    let l = labels(&headers);
+    let Some(certs) = caller(&ctx, &peer) else {
+        return no_certificate(l);
+    };
+    let kind = q.kind.as_deref().unwrap_or("returns");
+    let incoming = q.direction.as_deref() != Some("outgoing");
+    let direction = match incoming {
+        true => w::Direction::Incoming,
+        false => w::Direction::Outgoing,
+    };
+    let rows = match record_rows(&ctx, &certs, kind, direction).await {
+        Ok(rows) => rows,
+        Err(s) => return refusal(l, &s),
+    };
+    let heading = match kind {
+        "hearings" => l.hearings,
+        "alerts" => l.alerts,
+        "claims" => l.claims,
+        _ => l.returns,
+    };
+    let (here, there) = match incoming {
+        true => ("incoming", "outgoing"),
+        false => ("outgoing", "incoming"),
+    };
+    let body = html! {
+        p {
+            strong { (if incoming { l.incoming_dir } else { l.outgoing_dir }) }
+            " · "
+            a href={ "/records?kind=" (kind) "&direction=" (there) } {
+                (if incoming { l.outgoing_dir } else { l.incoming_dir })
+            }
+        }
+        @if rows.is_empty() {
+            p { (l.nothing) }
+        } @else {
+            table data-direction=(here) {
+                thead { tr {
+                    th scope="col" { (l.record) } th scope="col" { (l.from_to) }
+                    th scope="col" { (l.status) } th scope="col" { (l.updated) }
+                } }
+                tbody {
+                    @for r in &rows {
+                        tr {
+                            td { code { (r.id) } }
+                            td { (r.from) " → " (r.to) }
+                            td { (r.status) }
+                            td { (r.updated) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(l, heading, body).into_response()
 }
 
 /// `GET /style.css`: the one stylesheet (no inline style anywhere).
