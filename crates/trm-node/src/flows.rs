@@ -125,11 +125,10 @@ impl Flows {
         lifecycle::erase_any_copy(self.id, tx, inbound.sender, id, reason, now)?;
         // What an alert of the case said of the person (the child flags) goes with the copy.
         let (sender, case_ref) = (inbound.sender, inbound.case_ref.as_str());
-        for mut a in tx.records_where::<SafetyAlertRecord>(|a| {
-            a.origin == sender && a.case_ref == case_ref && a.child.is_some()
-        })? {
-            a.child = None;
-            tx.put_record(&a)?;
+        for mut a in tx.alerts_of_copy(sender, case_ref)? {
+            if a.child.take().is_some() {
+                tx.put_record(&a)?;
+            }
         }
         // Nothing held (never arrived, or erased before) is erased as well: confirm either way.
         let confirmation = PeerMessage::ErasureConfirmation {

@@ -131,8 +131,11 @@ pub(crate) fn check_returns(
     case: CaseId,
     destination: NodeId,
 ) -> TxResult<Result<(), GuardError>> {
-    let alerts =
-        tx.records_where::<SafetyAlertRecord>(|a| a.origin == me && a.case_id == Some(case))?;
+    let alerts: Vec<_> = tx
+        .alerts_of_case(case)?
+        .into_iter()
+        .filter(|a| a.origin == me)
+        .collect();
     if alerts.is_empty() {
         return Ok(Ok(()));
     }
@@ -149,9 +152,11 @@ pub(crate) fn check_copy(
     (origin, case_ref): (NodeId, &str),
     assessed_at: Option<OffsetDateTime>,
 ) -> trm_store::Result<Result<(), GuardError>> {
-    let alerts = tx.records_where::<SafetyAlertRecord>(|a| {
-        a.origin == origin && a.holder == me && a.case_ref == case_ref
-    })?;
+    let alerts: Vec<_> = tx
+        .alerts_of_copy(origin, case_ref)?
+        .into_iter()
+        .filter(|a| a.holder == me)
+        .collect();
     Ok(check_alerts(&alerts, me, assessed_at))
 }
 

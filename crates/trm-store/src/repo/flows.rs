@@ -6,9 +6,11 @@
 
 use trm_core::{
     hearing::{HearingRecord, Witness},
+    ids::AlertId,
     ids::{CaseId, HearingId, NodeId, OrgId, ReferralId, ReturnId, WitnessRecord},
     referral::{Direction, ReferralRecord},
     returns::ReturnRecord,
+    safety::SafetyAlertRecord,
 };
 
 use serde::{de::DeserializeOwned, Serialize};
@@ -94,13 +96,22 @@ impl StoredRecord for ReturnRecord {
     }
 }
 
-/// An alert counts once on each node that holds it, by kind.
-impl StoredRecord for trm_core::safety::SafetyAlertRecord {
+/// An alert counts once on each node that holds it, by kind, and is found by its case
+/// (at the origin) or by the copy it is about (at a recipient), never by reading them all.
+impl StoredRecord for SafetyAlertRecord {
     fn cell(&self, _dir: Direction) -> Cell {
         Cell::SafetyAlert(self.terms.kind)
     }
     fn created(&self) -> OffsetDateTime {
         self.created_at
+    }
+    fn index(&self, tx: &mut Tx<'_>, _dir: Direction) -> Result<()> {
+        let id = uuid_bytes(self.alert_id);
+        let key = match self.case_id {
+            Some(case) => layout::alerts_of_case(case, Some(&id)),
+            None => layout::alerts_of_copy(self.origin, &self.case_ref, Some(&id)),
+        };
+        tx.put_raw(&key, &[])
     }
 }
 
@@ -194,6 +205,40 @@ impl Tx<'_> {
                             out.push(r);
                         }
                     }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Returns the safety alerts raised here about case `case`.
+    pub fn alerts_of_case(&mut self, case: CaseId) -> Result<Vec<SafetyAlertRecord>> {
+        self.alerts_under(&layout::alerts_of_case(case, None))
+    }
+
+    /// Returns the safety alerts `origin` sent about the case it knows this node by
+    /// `case_ref`.
+    pub fn alerts_of_copy(
+        &mut self,
+        origin: NodeId,
+        case_ref: &str,
+    ) -> Result<Vec<SafetyAlertRecord>> {
+        self.alerts_under(&layout::alerts_of_copy(origin, case_ref, None))
+    }
+
+    fn alerts_under(&mut self, prefix: &[u8]) -> Result<Vec<SafetyAlertRecord>> {
+        let mut out = Vec::new();
+        let mut from: Option<Vec<u8>> = None;
+        loop {
+            let page = self.scan_raw(prefix, from.as_deref(), 256)?;
+            let Some((last, _)) = page.last() else { break };
+            from = Some(last.clone());
+            for (k, _) in page {
+                let Some(id) = id_after(&k, prefix.len()) else {
+                    continue;
+                };
+                if let Some(a) = self.record::<SafetyAlertRecord>(AlertId::from_bytes(id))? {
+                    out.push(a);
                 }
             }
         }

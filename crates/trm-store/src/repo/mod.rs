@@ -200,6 +200,26 @@ pub(crate) mod layout {
         vec![kind.tag(), b'i', b'/', dir]
     }
 
+    /// The safety alerts raised here about a case (the prefix, without `alert`).
+    pub fn alerts_of_case(case: CaseId, alert: Option<&[u8; 16]>) -> Vec<u8> {
+        key("wc/", &[case.as_bytes(), alert.map_or(&[][..], |a| &a[..])])
+    }
+
+    /// The safety alerts a peer sent about the case it knows this node by `case_ref` (the
+    /// prefix, without `alert`).
+    pub fn alerts_of_copy(origin: NodeId, case_ref: &str, alert: Option<&[u8; 16]>) -> Vec<u8> {
+        key(
+            "wr/",
+            &[
+                origin.as_str().as_bytes(),
+                b"/",
+                case_ref.as_bytes(),
+                b"/",
+                alert.map_or(&[][..], |a| &a[..]),
+            ],
+        )
+    }
+
     /// The open referral of a case to a destination.
     pub fn open_referral(case: CaseId, destination: NodeId) -> Vec<u8> {
         key("ro/", &[case.as_bytes(), destination.as_str().as_bytes()])
