@@ -16,7 +16,7 @@ use trm_store::{repo::flows::StoredRecord, Subject, Tx};
 
 use crate::ctx::{Ctx, TxResult};
 
-const REASON: &str = "consent withdrawn";
+pub(crate) const REASON: &str = "consent withdrawn";
 
 /// Asks the recipient of disclosure `shared` (a referral or a return plan this node sent)
 /// to erase its copy: the record is withdrawn (or halted), its data key shredded so queued

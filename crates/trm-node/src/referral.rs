@@ -530,13 +530,8 @@ impl Referrals {
                 for shared in tx.disclosures(consent_id)? {
                     requested += usize::from(crate::erasure::request(&ctx, tx, shared, false)?);
                 }
-                requested += crate::remedies::erase_attestations(
-                    &ctx,
-                    tx,
-                    case_id,
-                    Some(consent_id),
-                    false,
-                )?;
+                requested +=
+                    crate::remedies::erase_attestations(&ctx, tx, case_id, Some(consent_id))?;
                 tx.audit(
                     AuditRecord::new(
                         actor(&who),
@@ -693,7 +688,7 @@ impl Referrals {
                 for shared in &disclosures {
                     requested += u32::from(crate::erasure::request(&ctx, tx, *shared, true)?);
                 }
-                let attested = crate::remedies::erase_attestations(&ctx, tx, case_id, None, true)?;
+                let attested = crate::remedies::erase_attestations(&ctx, tx, case_id, None)?;
                 requested += u32::try_from(attested).unwrap_or(u32::MAX);
                 // Crypto-shredding: without its data key the sealed record is gone for good.
                 tx.erase_case(&case)?;

@@ -58,38 +58,39 @@ pub struct Remedies {
 }
 
 /// At the issuer: asks the requesters of the attestations given about case `case` (under
-/// consent `withdrawn`, or every one when the case is erased, `erase_local`) to erase them:
-/// the request is kept with its erasure requested, and a signed erasure request queued.
-/// Returns how many were asked.
+/// consent `withdrawn`; every one when the whole case is erased, `None`, and then this
+/// node's copy of each goes too) to erase them: the request is kept with its erasure
+/// requested, and a signed erasure request queued. Returns how many were asked.
 pub(crate) fn erase_attestations(
     ctx: &Ctx,
     tx: &mut Tx<'_>,
     case: trm_core::ids::CaseId,
     withdrawn: Option<trm_core::ids::ConsentId>,
-    erase_local: bool,
 ) -> TxResult<usize> {
-    let me = ctx.id;
-    let given = tx.records_where::<VictimStatusRecord>(|v| {
-        v.issuing_country == me
-            && v.subject == WitnessRecord::Case(case)
-            && v.attestation.is_some()
-            && !v.erasure.requested()
-            && withdrawn.is_none_or(|c| v.consent_ids.contains(&c))
-    })?;
+    let given: Vec<VictimStatusRecord> = tx
+        .status_requests_of_case(case)?
+        .into_iter()
+        .filter(|v| {
+            v.attestation.is_some()
+                && !v.erasure.requested()
+                && withdrawn.is_none_or(|c| v.consent_ids.contains(&c))
+        })
+        .collect();
+    let signer = ctx.identity.current();
     for mut v in given.iter().cloned() {
         v.erasure = trm_core::exchange::Erasure::Requested;
-        if erase_local {
+        if withdrawn.is_none() {
             v.attestation = None;
         }
         v.updated_at = OffsetDateTime::now_utc();
         tx.put_record(&v)?;
         let request = trm_core::messages::PeerMessage::ErasureRequest {
             subject_id: v.status_request_id.uuid(),
-            reason: "consent withdrawn".into(),
+            reason: crate::erasure::REASON.into(),
         };
         trm_federation::outbox::enqueue(
             tx,
-            &ctx.identity.current(),
+            &signer,
             v.requesting_country,
             v.topic(),
             &v.case_ref,

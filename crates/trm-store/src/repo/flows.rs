@@ -6,7 +6,6 @@
 
 use trm_core::{
     hearing::{HearingRecord, Witness},
-    ids::AlertId,
     ids::{CaseId, HearingId, NodeId, OrgId, ReferralId, ReturnId, WitnessRecord},
     referral::{Direction, ReferralRecord},
     returns::ReturnRecord,
@@ -144,6 +143,16 @@ impl StoredRecord for trm_core::remedies::VictimStatusRecord {
     fn created(&self) -> OffsetDateTime {
         self.created_at
     }
+    /// At the issuer, found by the case it is about (an erasure of the case or a withdrawn
+    /// consent reaches its attestations without reading every request).
+    fn index(&self, tx: &mut Tx<'_>, _dir: Direction) -> Result<()> {
+        if let (true, WitnessRecord::Case(case)) = (self.issuing_country == tx.node(), self.subject)
+        {
+            let id = uuid_bytes(self.status_request_id);
+            tx.put_raw(&layout::status_requests_of_case(case, Some(&id)), &[])?;
+        }
+        Ok(())
+    }
 }
 
 fn uuid_bytes<I: RecordId>(id: I) -> [u8; 16] {
@@ -213,7 +222,15 @@ impl Tx<'_> {
 
     /// Returns the safety alerts raised here about case `case`.
     pub fn alerts_of_case(&mut self, case: CaseId) -> Result<Vec<SafetyAlertRecord>> {
-        self.alerts_under(&layout::alerts_of_case(case, None))
+        self.records_indexed(&layout::alerts_of_case(case, None))
+    }
+
+    /// Returns the victim-status requests peers made about case `case` of this node.
+    pub fn status_requests_of_case(
+        &mut self,
+        case: CaseId,
+    ) -> Result<Vec<trm_core::remedies::VictimStatusRecord>> {
+        self.records_indexed(&layout::status_requests_of_case(case, None))
     }
 
     /// Returns the safety alerts `origin` sent about the case it knows this node by
@@ -223,10 +240,12 @@ impl Tx<'_> {
         origin: NodeId,
         case_ref: &str,
     ) -> Result<Vec<SafetyAlertRecord>> {
-        self.alerts_under(&layout::alerts_of_copy(origin, case_ref, None))
+        self.records_indexed(&layout::alerts_of_copy(origin, case_ref, None))
     }
 
-    fn alerts_under(&mut self, prefix: &[u8]) -> Result<Vec<SafetyAlertRecord>> {
+    /// Returns the records of kind `R` whose ids end the keys under `prefix` (an index of
+    /// the record's own, written by [`StoredRecord::index`]).
+    fn records_indexed<R: StoredRecord>(&mut self, prefix: &[u8]) -> Result<Vec<R>> {
         let mut out = Vec::new();
         let mut from: Option<Vec<u8>> = None;
         loop {
@@ -237,8 +256,8 @@ impl Tx<'_> {
                 let Some(id) = id_after(&k, prefix.len()) else {
                     continue;
                 };
-                if let Some(a) = self.record::<SafetyAlertRecord>(AlertId::from_bytes(id))? {
-                    out.push(a);
+                if let Some(r) = self.record::<R>(R::Id::of_uuid(uuid::Uuid::from_bytes(id)))? {
+                    out.push(r);
                 }
             }
         }

@@ -200,6 +200,15 @@ pub(crate) mod layout {
         vec![kind.tag(), b'i', b'/', dir]
     }
 
+    /// The victim-status requests a peer made about a case of this node (the prefix,
+    /// without `request`).
+    pub fn status_requests_of_case(case: CaseId, request: Option<&[u8; 16]>) -> Vec<u8> {
+        key(
+            "vc/",
+            &[case.as_bytes(), request.map_or(&[][..], |r| &r[..])],
+        )
+    }
+
     /// The safety alerts raised here about a case (the prefix, without `alert`).
     pub fn alerts_of_case(case: CaseId, alert: Option<&[u8; 16]>) -> Vec<u8> {
         key("wc/", &[case.as_bytes(), alert.map_or(&[][..], |a| &a[..])])
