@@ -334,11 +334,12 @@ fn cert_and_key(
 }
 
 /// Returns a TLS server configuration presenting `cert`/`key` and verifying clients with
-/// `verifier`, speaking HTTP/2.
+/// `verifier`, speaking `alpn` (HTTP/2 for gRPC, HTTP/1.1 for browsers).
 fn server_tls(
     cert: &std::path::Path,
     key: &std::path::Path,
     verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    alpn: &[u8],
 ) -> Result<Arc<rustls::ServerConfig>, NodeError> {
     let (chain, key) = cert_and_key(cert, key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -348,25 +349,30 @@ fn server_tls(
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(tls_error)?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
 }
 
 /// Returns the verifier of local client certificates: the node's client CA. Revoked
 /// certificates pass the handshake and are refused at every request (see [`crate::gate`]).
+/// With `optional` (the console), a client without a certificate completes the handshake
+/// too, and is told how to get one.
 fn client_verifier(
     client_ca: &std::path::Path,
+    optional: bool,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, NodeError> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(&files::read(client_ca)?) {
         roots.add(c.map_err(tls_error)?).map_err(tls_error)?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let inner =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
-            .map_err(tls_error)?;
-    Ok(inner)
+    let builder =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let builder = match optional {
+        true => builder.allow_unauthenticated(),
+        false => builder,
+    };
+    builder.build().map_err(tls_error)
 }
 
 /// What a node is built with besides its configuration (tests inject faults here).
@@ -443,11 +449,13 @@ pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, No
         &tls.federation_cert,
         &tls.federation_key,
         directory.client_verifier(),
+        b"h2",
     )?;
     let local_tls = server_tls(
         &tls.services_cert,
         &tls.services_key,
-        client_verifier(&tls.client_ca)?,
+        client_verifier(&tls.client_ca, false)?,
+        b"h2",
     )?;
 
     let (stop, stopped) = watch::channel(false);
@@ -693,12 +701,12 @@ fn console_server(
     stopped: watch::Receiver<bool>,
 ) -> Result<(ServerTask, JoinHandle<()>), NodeError> {
     let tls = &config.tls;
-    let (chain, key) = cert_and_key(&tls.services_cert, &tls.services_key)?;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(&files::read(&tls.client_ca)?) {
-        roots.add(c.map_err(tls_error)?).map_err(tls_error)?;
-    }
-    let tls = crate::console::tls_config(chain, key, roots).map_err(tls_error)?;
+    let tls = server_tls(
+        &tls.services_cert,
+        &tls.services_key,
+        client_verifier(&tls.client_ca, true)?,
+        b"http/1.1",
+    )?;
     let local = listener.local_addr()?;
     // The same accept limits as the services port: a connection cap, handshake deadlines,
     // places per certificate and per address.

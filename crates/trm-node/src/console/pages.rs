@@ -246,6 +246,15 @@ fn refusal(l: &Labels, status: &tonic::Status) -> Response {
     (code, page(l, l.refused, body)).into_response()
 }
 
+/// Returns whether a list's `direction` parameter asks for what arrived (anything but
+/// `outgoing`), and the direction to ask the service for.
+fn direction_of(asked: Option<&str>) -> (bool, w::Direction) {
+    match asked != Some("outgoing") {
+        true => (true, w::Direction::Incoming),
+        false => (false, w::Direction::Outgoing),
+    }
+}
+
 /// Writes an instant as `YYYY-MM-DD HH:MM`.
 fn when(t: Option<&prost_types::Timestamp>) -> String {
     t.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
@@ -326,11 +335,7 @@ async fn referrals(
     let Some(certs) = caller(&ctx, &peer) else {
         return no_certificate(l);
     };
-    let incoming = q.direction.as_deref() != Some("outgoing");
-    let direction = match incoming {
-        true => w::Direction::Incoming,
-        false => w::Direction::Outgoing,
-    };
+    let (incoming, direction) = direction_of(q.direction.as_deref());
     let service = Referrals::new(ctx.clone());
     let list = w::ListReferralsRequest {
         direction: direction as i32,
@@ -460,10 +465,12 @@ async fn return_checklist(
         Ok(p) => p,
         Err(e) => return refusal(l, &tonic::Status::invalid_argument(e.to_string())),
     };
-    let request = request(&certs, ());
-    let p = match crate::authz::principal(&request) {
-        Ok(p) => p,
-        Err(e) => return refusal(l, &tonic::Status::from(e)),
+    let p = match certs
+        .first()
+        .and_then(|leaf| trm_crypto::pki::principal_of(leaf.as_ref()))
+    {
+        Some(p) => p,
+        None => return no_certificate(l),
     };
     let list = match crate::returns::guard_checklist(&ctx, &p, case_id, destination).await {
         Ok(list) => list,
@@ -523,7 +530,6 @@ async fn record_rows(
         witness_hearing_service_server::WitnessHearingService,
     };
     let (d, size) = (direction as i32, 100);
-    let status = |full: &str, prefix: &str| name_of(full, prefix);
     Ok(match kind {
         "returns" => {
             let list = w::ListReturnPlansRequest {
@@ -541,7 +547,7 @@ async fn record_rows(
                     id: r.return_id.clone(),
                     from: r.origin.clone(),
                     to: r.destination.clone(),
-                    status: status(
+                    status: name_of(
                         w::ReturnStatus::try_from(r.status)
                             .unwrap_or_default()
                             .as_str_name(),
@@ -567,7 +573,7 @@ async fn record_rows(
                     id: h.hearing_id.clone(),
                     from: h.requesting_country.clone(),
                     to: h.witness_country.clone(),
-                    status: status(
+                    status: name_of(
                         w::HearingStatus::try_from(h.status)
                             .unwrap_or_default()
                             .as_str_name(),
@@ -593,7 +599,7 @@ async fn record_rows(
                     id: a.alert_id.clone(),
                     from: a.origin.clone(),
                     to: a.country.clone(),
-                    status: status(
+                    status: name_of(
                         w::SafetyAlertStatus::try_from(a.status)
                             .unwrap_or_default()
                             .as_str_name(),
@@ -619,7 +625,7 @@ async fn record_rows(
                     id: c.claim_id.clone(),
                     from: c.origin.clone(),
                     to: c.forum_country.clone(),
-                    status: status(
+                    status: name_of(
                         w::ClaimStatus::try_from(c.status)
                             .unwrap_or_default()
                             .as_str_name(),
@@ -650,11 +656,7 @@ async fn records(
         return no_certificate(l);
     };
     let kind = q.kind.as_deref().unwrap_or("returns");
-    let incoming = q.direction.as_deref() != Some("outgoing");
-    let direction = match incoming {
-        true => w::Direction::Incoming,
-        false => w::Direction::Outgoing,
-    };
+    let (incoming, direction) = direction_of(q.direction.as_deref());
     let rows = match record_rows(&ctx, &certs, kind, direction).await {
         Ok(rows) => rows,
         Err(s) => return refusal(l, &s),
