@@ -44,7 +44,14 @@ pub(crate) async fn channel(dir: &Path, id: &str, role: Role) -> anyhow::Result<
                 .ok())
         }
     })
-    .await?;
+    .await
+    .map_err(|e| {
+        // The node's own account of why it does not serve (a port taken, a bad config).
+        let log = std::fs::read_to_string(dir.join(&id).join("node.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        e.context(format!("{id}'s log ends:\n{}", tail.join("\n")))
+    })?;
     Ok(ch)
 }
 

@@ -32,11 +32,23 @@ pub struct TestFederation {
 
 /// Returns a free loopback port below the kernel's range of ephemeral ports (32768 and up
 /// on Linux), bound: a node stopped and started again on its port never finds it taken by
-/// the local end of some other test's outgoing connection.
+/// the local end of some other test's outgoing connection. A port is handed out once per
+/// test process: a test that lays out a sandbox releases its ports until its node processes
+/// bind them, and no other test of the process may take one in between.
 fn reserve_port() -> Result<std::net::TcpListener> {
+    static HANDED_OUT: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<u16>>> =
+        std::sync::OnceLock::new();
+    let handed_out = HANDED_OUT.get_or_init(Default::default);
     let mut last = None;
     for _ in 0..200 {
         let port = 20_000 + (uuid::Uuid::new_v4().as_u128() % 12_000) as u16;
+        let fresh = handed_out
+            .lock()
+            .map_err(|_| anyhow::anyhow!("port registry poisoned"))?
+            .insert(port);
+        if !fresh {
+            continue;
+        }
         match std::net::TcpListener::bind(("127.0.0.1", port)) {
             Ok(l) => return Ok(l),
             Err(e) => last = Some(e),
