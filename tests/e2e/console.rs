@@ -346,3 +346,197 @@ async fn the_return_guards_show_as_a_checklist_of_what_is_missing() -> anyhow::R
     fed.stop().await?;
     Ok(())
 }
+
+/// A case made in the console from its first form to a referral: created (a bad date
+/// refused by name, nothing made), its consent recorded with the language the victim was
+/// informed in (the victim-facing account in that language), identification and residence
+/// recorded, updated, and "what will cross the border" shown before sending exactly as the
+/// referral then carries it. No name reaches a URL.
+#[tokio::test]
+async fn a_case_is_made_consented_and_referred_from_the_console_showing_what_will_cross(
+) -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let same = "Sec-Fetch-Site: same-origin\r\n";
+    let sp = Some(Role::ServiceProvider);
+    let form = "given_name=Ilinca&family_name=Varzarescu&date_of_birth=1999-04-02&\
+                gender=GENDER_FEMALE&citizenship=MD&languages=ro%2C+ru&\
+                document_number=MD0042&phone=%2B37300000&needs=NEED_KIND_SHELTER&\
+                needs=NEED_KIND_MEDICAL&urgency=URGENCY_URGENT&\
+                exploitation=EXPLOITATION_TYPE_FORCED_LABOUR&exploitation_countries=AT";
+    let mut urls = Vec::new();
+
+    let empty = send(&fed, "AT", sp, &get("/cases")).await?;
+    assert!(empty.body.contains("None recorded."), "{}", empty.body);
+    let bad = form.replace("1999-04-02", "02.04.1999");
+    let refused = send(&fed, "AT", sp, &post("/cases", &bad, same)).await?;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(refused.body.contains("date_of_birth"), "{}", refused.body);
+    let mut grpc = fed.referrals("AT", Role::ServiceProvider).await?;
+    let none = grpc.list_cases(w::ListCasesRequest::default()).await?;
+    assert!(
+        none.into_inner().cases.is_empty(),
+        "a refused form makes nothing"
+    );
+
+    let new = send(&fed, "AT", sp, &get("/cases/new")).await?;
+    let request_id = hidden(&new.body, "request_id").context("no request id")?;
+    let made = send(
+        &fed,
+        "AT",
+        sp,
+        &post("/cases", &format!("{form}&request_id={request_id}"), same),
+    )
+    .await?;
+    assert_eq!(made.status, 303, "{}", made.body);
+    let at_case = made.header("location").context("no location")?.to_owned();
+    urls.push(at_case.clone());
+    let case_id = at_case
+        .strip_prefix("/case?case_id=")
+        .context("a case page")?
+        .to_owned();
+    // The same form sent twice makes one case.
+    let twice = send(
+        &fed,
+        "AT",
+        sp,
+        &post("/cases", &format!("{form}&request_id={request_id}"), same),
+    )
+    .await?;
+    assert_eq!(twice.header("location"), Some(at_case.as_str()));
+    let shown = send(&fed, "AT", sp, &get(&at_case)).await?;
+    assert!(shown.body.contains("Varzarescu") && shown.body.contains("shelter"));
+
+    // Consent, informed in French: the account the victim was given reads in French.
+    let consent = format!(
+        "case_id={case_id}&purposes=PURPOSE_REFERRAL_ASSISTANCE&recipients=RO&informed=1&\
+         information_language=fr&request_id={}",
+        uuid::Uuid::new_v4()
+    );
+    let ok = send(&fed, "AT", sp, &post("/case/consent", &consent, same)).await?;
+    assert_eq!(ok.status, 303, "{}", ok.body);
+    // Identification by the case's organisation; residence by the focal point (the
+    // authorities' decision), each as the service allows.
+    for (path, who, form) in [
+        (
+            "/case/identification",
+            sp,
+            format!(
+                "case_id={case_id}&stage=IDENTIFICATION_STAGE_REASONABLE_GROUNDS&decided_on={}&\
+                 request_id={}",
+                trm_core::model::format_date(time::OffsetDateTime::now_utc().date()),
+                uuid::Uuid::new_v4()
+            ),
+        ),
+        (
+            "/case/residence",
+            Some(Role::FocalPoint),
+            format!(
+                "case_id={case_id}&status=RESIDENCE_STATUS_REFLECTION_PERIOD&request_id={}",
+                uuid::Uuid::new_v4()
+            ),
+        ),
+    ] {
+        let ok = send(&fed, "AT", who, &post(path, &form, same)).await?;
+        assert_eq!(ok.status, 303, "{path}: {}", ok.body);
+    }
+    let shown = send(&fed, "AT", sp, &get(&at_case)).await?;
+    assert!(
+        shown.body.contains("lang=\"fr\"") && shown.body.contains("Vous avez accepté"),
+        "{}",
+        shown.body
+    );
+    assert!(shown.body.contains("reasonable grounds") && shown.body.contains("reflection period"));
+
+    // Updated: the needs change, the rest stays.
+    let update = format!(
+        "case_id={case_id}&{}&request_id={}",
+        form.replace("needs=NEED_KIND_MEDICAL&", "needs=NEED_KIND_LEGAL&"),
+        uuid::Uuid::new_v4()
+    );
+    let ok = send(&fed, "AT", sp, &post("/case/update", &update, same)).await?;
+    assert_eq!(ok.status, 303, "{}", ok.body);
+    let case = grpc
+        .get_case(w::GetCaseRequest {
+            case_id: case_id.clone(),
+        })
+        .await?
+        .into_inner();
+    let needs = case.needs.context("needs")?.kinds;
+    assert_eq!(
+        needs,
+        [w::NeedKind::Shelter as i32, w::NeedKind::Legal as i32]
+    );
+    assert_eq!(case.person.context("person")?.family_name, "Varzarescu");
+
+    // What will cross: the referral's fields, no name, no document, no phone.
+    let preview_url = format!("/referrals/new?case_id={case_id}&destination=RO");
+    urls.push(preview_url.clone());
+    let preview = send(&fed, "AT", sp, &get(&preview_url)).await?;
+    assert_eq!(preview.status, 200, "{}", preview.body);
+    let crossing = preview
+        .body
+        .split("id=\"will-cross\"")
+        .nth(1)
+        .and_then(|t| t.split("</table>").next())
+        .context("no table of what crosses")?
+        .to_owned();
+    for shown in [
+        "a new reference",
+        "MD",
+        "ro, ru",
+        "shelter",
+        "legal",
+        "forced labour",
+    ] {
+        assert!(crossing.contains(shown), "{shown}: {crossing}");
+    }
+    for hidden in ["Varzarescu", "Ilinca", "MD0042", "37300000", "1999"] {
+        assert!(!crossing.contains(hidden), "{hidden}: {crossing}");
+    }
+    // Without consent to that country, nothing to preview: the `consent` guard by name.
+    let elsewhere = send(
+        &fed,
+        "AT",
+        sp,
+        &get(&format!("/referrals/new?case_id={case_id}&destination=NG")),
+    )
+    .await?;
+    assert_eq!(elsewhere.status, 400, "NG is no peer: {}", elsewhere.body);
+
+    let submit = format!(
+        "case_id={case_id}&destination=RO&requested_services=NEED_KIND_SHELTER&reason=bed&\
+         request_id={}",
+        hidden(&preview.body, "request_id").context("no request id")?
+    );
+    let sent = send(&fed, "AT", sp, &post("/referrals/submit", &submit, same)).await?;
+    assert_eq!(sent.status, 303, "{}", sent.body);
+    let out = grpc
+        .list_referrals(w::ListReferralsRequest {
+            direction: w::Direction::Outgoing as i32,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .referrals;
+    assert_eq!(out.len(), 1);
+    let disclosed = out[0].disclosed.clone().context("disclosed")?;
+    assert!(disclosed.identity.is_none());
+    assert_eq!(disclosed.citizenship, ["MD"]);
+    assert_eq!(disclosed.languages, ["ro", "ru"]);
+    referral_arrived(
+        &fed.referrals("RO", Role::FocalPoint).await?,
+        &out[0].referral_id,
+    )
+    .await?;
+    // Once sent, the pair's reference is the one the referral carries.
+    let again = send(&fed, "AT", sp, &get(&preview_url)).await?;
+    assert!(again.body.contains(&disclosed.case_ref), "{}", again.body);
+
+    for url in &urls {
+        for name in ["Varzarescu", "Ilinca", "MD0042"] {
+            assert!(!url.contains(name), "{url}");
+        }
+    }
+    fed.stop().await?;
+    Ok(())
+}

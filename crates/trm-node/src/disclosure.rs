@@ -217,7 +217,7 @@ pub fn prepare(
     let consents = tx.consents(case_id)?;
     let grant = consent::grant(&consents, purpose, recipient, today()).map_err(ApiError::from)?;
     let case_ref = tx.case_ref_or_new(case_id, recipient)?;
-    let disclosed = policy::disclose(&case, purpose, &grant.categories, case_ref.clone(), today());
+    let disclosed = disclosed(&case, purpose, &grant, case_ref.clone());
     Ok(Disclosure {
         case,
         purpose,
@@ -226,6 +226,45 @@ pub fn prepare(
         disclosed,
         consent_ids: grant.consent_ids,
     })
+}
+
+/// What crosses for `purpose` under `grant`: the one computation behind a disclosure and
+/// its preview.
+fn disclosed(
+    case: &CaseRecord,
+    purpose: Purpose,
+    grant: &consent::Grant,
+    case_ref: String,
+) -> DisclosedCase {
+    policy::disclose(case, purpose, &grant.categories, case_ref, today())
+}
+
+/// What a disclosure of case `case_id` for `purpose` to `recipient` would hold if it were
+/// sent now, for the person about to send it (the console's "what will cross the border"),
+/// without sending anything or minting a reference: the pair's `case_ref` where one exists,
+/// else empty. Refused like the disclosure itself (owner, `consent` guard); audited as a
+/// read of the case.
+pub async fn preview(
+    ctx: &Ctx,
+    p: &Principal,
+    case_id: CaseId,
+    purpose: Purpose,
+    recipient: NodeId,
+) -> ApiResult<DisclosedCase> {
+    peer_destination(ctx, "destination", recipient)?;
+    let case = ctx.store.case(case_id)?.ok_or(ApiError::NotFound("case"))?;
+    trm_core::access::require_owner(p, Some(&case.organisation)).map_err(ApiError::from)?;
+    let consents = ctx.store.consents(case_id)?;
+    let grant = consent::grant(&consents, purpose, recipient, today()).map_err(ApiError::from)?;
+    let case_ref = ctx.store.case_ref(case_id, recipient)?.unwrap_or_default();
+    ctx.audit_read(
+        p,
+        "case.preview",
+        case_id.to_string(),
+        format!("purpose={purpose:?} recipient={recipient}"),
+    )
+    .await?;
+    Ok(disclosed(&case, purpose, &grant, case_ref))
 }
 
 impl Disclosure {

@@ -11,6 +11,7 @@
 //! `Origin`), ids only in URLs. A browser without a certificate gets a page that says how
 //! to get one.
 
+mod cases;
 mod pages;
 
 use std::{net::SocketAddr, sync::Arc};

@@ -30,14 +30,16 @@ pub fn routes(ctx: Ctx) -> Router {
         .route("/returns/checklist", get(return_checklist))
         .route("/records", get(records))
         .route("/style.css", get(style))
+        .merge(super::cases::routes())
         .with_state(ctx)
 }
 
 /// The labels of one language.
-struct Labels {
-    lang: &'static str,
+pub(super) struct Labels {
+    pub(super) lang: &'static str,
     title: &'static str,
     tasks: &'static str,
+    pub(super) cases: &'static str,
     incoming: &'static str,
     outgoing: &'static str,
     kind: &'static str,
@@ -54,7 +56,7 @@ struct Labels {
     refused: &'static str,
     no_certificate: &'static str,
     how_to_get_one: &'static str,
-    guards: &'static str,
+    pub(super) guards: &'static str,
     case: &'static str,
     country: &'static str,
     check: &'static str,
@@ -74,6 +76,7 @@ const EN: Labels = Labels {
     lang: "en",
     title: "TRM node console",
     tasks: "Work queue",
+    cases: "Cases",
     incoming: "Incoming referrals",
     outgoing: "Outgoing referrals",
     kind: "Task",
@@ -113,6 +116,7 @@ const FR: Labels = Labels {
     lang: "fr",
     title: "Console du nœud TRM",
     tasks: "File de travail",
+    cases: "Dossiers",
     incoming: "Orientations reçues",
     outgoing: "Orientations envoyées",
     kind: "Tâche",
@@ -149,7 +153,7 @@ const FR: Labels = Labels {
 };
 
 /// Returns the labels of the browser's language (French where it asks for it first).
-fn labels(headers: &HeaderMap) -> &'static Labels {
+pub(super) fn labels(headers: &HeaderMap) -> &'static Labels {
     let first = headers
         .get(header::ACCEPT_LANGUAGE)
         .and_then(|v| v.to_str().ok())
@@ -163,7 +167,7 @@ fn labels(headers: &HeaderMap) -> &'static Labels {
 }
 
 /// Wraps a page's body.
-fn page(l: &Labels, heading: &str, body: Markup) -> Html<String> {
+pub(super) fn page(l: &Labels, heading: &str, body: Markup) -> Html<String> {
     let page = html! {
         (DOCTYPE)
         html lang=(l.lang) {
@@ -177,6 +181,8 @@ fn page(l: &Labels, heading: &str, body: Markup) -> Html<String> {
                 header {
                     nav aria-label=(l.title) {
                         a href="/" { (l.tasks) }
+                        " "
+                        a href="/cases" { (l.cases) }
                         " "
                         a href="/referrals?direction=incoming" { (l.incoming) }
                         " "
@@ -205,7 +211,7 @@ fn page(l: &Labels, heading: &str, body: Markup) -> Html<String> {
 
 /// The certificate chain of the browser when it may use the console: one of the node's
 /// client CA that names a role, not revoked.
-fn caller(ctx: &Ctx, peer: &Peer) -> Option<Arc<Vec<CertificateDer<'static>>>> {
+pub(super) fn caller(ctx: &Ctx, peer: &Peer) -> Option<Arc<Vec<CertificateDer<'static>>>> {
     peer.certs
         .as_ref()
         .filter(|certs| {
@@ -218,13 +224,16 @@ fn caller(ctx: &Ctx, peer: &Peer) -> Option<Arc<Vec<CertificateDer<'static>>>> {
 }
 
 /// The page for a browser without a usable certificate: how to get one.
-fn no_certificate(l: &Labels) -> Response {
+pub(super) fn no_certificate(l: &Labels) -> Response {
     let body = html! { p { (l.how_to_get_one) } };
     (StatusCode::UNAUTHORIZED, page(l, l.no_certificate, body)).into_response()
 }
 
 /// A request to a service, made with the browser's certificate.
-fn request<T>(certs: &Arc<Vec<CertificateDer<'static>>>, message: T) -> tonic::Request<T> {
+pub(super) fn request<T>(
+    certs: &Arc<Vec<CertificateDer<'static>>>,
+    message: T,
+) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
     r.extensions_mut().insert(ClientCertificates(certs.clone()));
     r
@@ -232,7 +241,7 @@ fn request<T>(certs: &Arc<Vec<CertificateDer<'static>>>, message: T) -> tonic::R
 
 /// The page of a service's refusal: its code and its message (which names fields and
 /// guards, never personal data).
-fn refusal(l: &Labels, status: &tonic::Status) -> Response {
+pub(super) fn refusal(l: &Labels, status: &tonic::Status) -> Response {
     let code = match status.code() {
         tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
         tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
@@ -256,7 +265,7 @@ fn direction_of(asked: Option<&str>) -> (bool, w::Direction) {
 }
 
 /// Writes an instant as `YYYY-MM-DD HH:MM`.
-fn when(t: Option<&prost_types::Timestamp>) -> String {
+pub(super) fn when(t: Option<&prost_types::Timestamp>) -> String {
     t.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
         .map(|t| {
             format!(
@@ -270,7 +279,7 @@ fn when(t: Option<&prost_types::Timestamp>) -> String {
 }
 
 /// The enum's proto name without its prefix, in lower case with spaces.
-fn name_of(full: &str, prefix: &str) -> String {
+pub(super) fn name_of(full: &str, prefix: &str) -> String {
     full.trim_start_matches(prefix)
         .to_ascii_lowercase()
         .replace('_', " ")
