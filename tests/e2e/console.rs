@@ -281,11 +281,37 @@ async fn the_return_guards_show_as_a_checklist_of_what_is_missing() -> anyhow::R
     assert_eq!(all.len(), 9, "every guard: {}", after.body);
     assert!(all.iter().all(|(_, m)| !m), "{}", after.body);
 
-    // Proposed now, the plan shows in the lists of returns of both nodes.
-    let plan = rp
-        .propose_return(crate::returns::propose(&case_id))
+    // Every guard met: the page shows what the plan will carry (the case's identity: the
+    // return consent lists no category) and proposes it from its own form.
+    let crossing = after
+        .body
+        .split("id=\"will-cross\"")
+        .nth(1)
+        .context("what will cross, once every guard is met")?;
+    assert!(crossing.contains("a new reference"), "{crossing}");
+    let form = format!(
+        "case_id={case_id}&destination=RO&request_id={}",
+        hidden(&after.body, "request_id").context("no propose form")?
+    );
+    let proposed = send(
+        &fed,
+        "AT",
+        Some(Role::ServiceProvider),
+        &post("/returns/propose", &form, "Sec-Fetch-Site: same-origin\r\n"),
+    )
+    .await?;
+    assert_eq!(proposed.status, 303, "{}", proposed.body);
+    let plans = rp
+        .list_return_plans(w::ListReturnPlansRequest {
+            direction: w::Direction::Outgoing as i32,
+            ..Default::default()
+        })
         .await?
-        .into_inner();
+        .into_inner()
+        .return_plans;
+    assert_eq!(plans.len(), 1);
+    let plan = plans[0].clone();
+    assert_eq!(plan.case_id, case_id);
     crate::returns::wait_status(
         &fed.returns("RO", Role::FocalPoint).await?,
         &plan.return_id,
@@ -378,13 +404,34 @@ async fn a_case_is_made_consented_and_referred_from_the_console_showing_what_wil
         "a refused form makes nothing"
     );
 
+    // Saved as a draft first: the address names the draft only, the form comes back
+    // filled in, for the role and organisation that saved it only.
     let new = send(&fed, "AT", sp, &get("/cases/new")).await?;
     let request_id = hidden(&new.body, "request_id").context("no request id")?;
+    let saved = send(&fed, "AT", sp, &post("/cases/draft", form, same)).await?;
+    assert_eq!(saved.status, 303, "{}", saved.body);
+    let draft_url = saved.header("location").context("no location")?.to_owned();
+    urls.push(draft_url.clone());
+    let draft_id = draft_url
+        .strip_prefix("/cases/new?draft=")
+        .context("the draft's form")?
+        .to_owned();
+    let listed = send(&fed, "AT", sp, &get("/cases")).await?;
+    assert!(listed.body.contains(&draft_id), "{}", listed.body);
+    let resumed = send(&fed, "AT", sp, &get(&draft_url)).await?;
+    assert_eq!(resumed.status, 200, "{}", resumed.body);
+    assert!(resumed.body.contains("value=\"Varzarescu\""), "{}", resumed.body);
+    let other = send(&fed, "AT", Some(Role::FocalPoint), &get(&draft_url)).await?;
+    assert_eq!(other.status, 404, "another role's draft: {}", other.body);
     let made = send(
         &fed,
         "AT",
         sp,
-        &post("/cases", &format!("{form}&request_id={request_id}"), same),
+        &post(
+            "/cases",
+            &format!("{form}&request_id={request_id}&draft_id={draft_id}"),
+            same,
+        ),
     )
     .await?;
     assert_eq!(made.status, 303, "{}", made.body);
@@ -405,6 +452,9 @@ async fn a_case_is_made_consented_and_referred_from_the_console_showing_what_wil
     assert_eq!(twice.header("location"), Some(at_case.as_str()));
     let shown = send(&fed, "AT", sp, &get(&at_case)).await?;
     assert!(shown.body.contains("Varzarescu") && shown.body.contains("shelter"));
+    // The draft served: gone, its key shredded.
+    let gone = send(&fed, "AT", sp, &get(&draft_url)).await?;
+    assert_eq!(gone.status, 404, "{}", gone.body);
 
     // Consent, informed in French: the account the victim was given reads in French.
     let consent = format!(

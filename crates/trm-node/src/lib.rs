@@ -35,6 +35,7 @@ pub mod config;
 pub mod console;
 pub mod ctx;
 pub mod disclosure;
+pub mod drafts;
 pub mod erasure;
 pub mod error;
 pub mod flows;

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use trm_proto::v1::{self as w, referral_service_server::ReferralService};
 
 use super::{
-    pages::{caller, labels, no_certificate, page, refusal, request, when, Labels},
+    pages::{caller, labels, no_certificate, page, principal, refusal, request, when, Labels},
     Peer,
 };
 use crate::{ctx::Ctx, referral::Referrals};
@@ -31,6 +31,8 @@ pub fn routes() -> Router<Ctx> {
     Router::new()
         .route("/cases", get(cases).post(post_form))
         .route("/cases/new", get(new_case))
+        .route("/cases/draft", post(post_form))
+        .route("/cases/draft/discard", post(post_form))
         .route("/case", get(case))
         .route("/case/edit", get(edit_case))
         .route("/case/update", post(post_form))
@@ -40,6 +42,7 @@ pub fn routes() -> Router<Ctx> {
         .route("/case/residence", post(post_form))
         .route("/referrals/new", get(new_referral))
         .route("/referrals/submit", post(post_form))
+        .route("/returns/propose", post(post_form))
 }
 
 /// The case pages' labels in one language.
@@ -48,6 +51,11 @@ struct Words {
     case: &'static str,
     edit: &'static str,
     save: &'static str,
+    save_draft: &'static str,
+    draft_saved: &'static str,
+    drafts: &'static str,
+    draft_of: &'static str,
+    discard: &'static str,
     person: &'static str,
     given_name: &'static str,
     family_name: &'static str,
@@ -103,6 +111,8 @@ struct Words {
     reason: &'static str,
     reason_hint: &'static str,
     send: &'static str,
+    propose: &'static str,
+    hearing_pending: &'static str,
     yes: &'static str,
     no: &'static str,
 }
@@ -112,6 +122,11 @@ const EN: Words = Words {
     case: "Case",
     edit: "Update the case",
     save: "Save",
+    save_draft: "Save as draft",
+    draft_saved: "Draft saved (UTC):",
+    drafts: "Drafts",
+    draft_of: "Draft saved (UTC)",
+    discard: "Discard",
     person: "Person",
     given_name: "Given name",
     family_name: "Family name",
@@ -168,6 +183,8 @@ const EN: Words = Words {
     reason: "Reason (stays on this node)",
     reason_hint: "no names: the reason is kept here only",
     send: "Send the referral",
+    propose: "Propose the return",
+    hearing_pending: "A witness hearing is pending",
     yes: "yes",
     no: "no",
 };
@@ -177,6 +194,11 @@ const FR: Words = Words {
     case: "Dossier",
     edit: "Modifier le dossier",
     save: "Enregistrer",
+    save_draft: "Enregistrer comme brouillon",
+    draft_saved: "Brouillon enregistré (UTC) :",
+    drafts: "Brouillons",
+    draft_of: "Brouillon enregistré (UTC)",
+    discard: "Supprimer",
     person: "Personne",
     given_name: "Prénom",
     family_name: "Nom de famille",
@@ -233,6 +255,8 @@ const FR: Words = Words {
     reason: "Motif (reste sur ce nœud)",
     reason_hint: "sans noms : le motif n'est gardé qu'ici",
     send: "Envoyer l'orientation",
+    propose: "Proposer le retour",
+    hearing_pending: "Une audition de témoin est en attente",
     yes: "oui",
     no: "non",
 };
@@ -516,7 +540,17 @@ fn request_id() -> Markup {
 }
 
 /// The form for a new case (`case` none) or an update of `case`.
-fn case_form(l: &Labels, c: Option<&w::Case>) -> Markup {
+/// What a case form is for.
+#[derive(Clone, Copy)]
+enum CaseForm {
+    /// A new case, perhaps from a saved draft.
+    New(Option<uuid::Uuid>),
+    /// An update of the case shown.
+    Update,
+}
+
+/// The form for a case: empty, filled in from a draft, or from the case to update.
+fn case_form(l: &Labels, c: Option<&w::Case>, what: CaseForm) -> Markup {
     let t = words(l);
     let lang = l.lang;
     let person = c.and_then(|c| c.person.clone()).unwrap_or_default();
@@ -525,15 +559,18 @@ fn case_form(l: &Labels, c: Option<&w::Case>) -> Markup {
     let child = c.and_then(|c| c.child).unwrap_or_default();
     let gender = w::Gender::try_from(person.gender).map_or("", |g| g.as_str_name());
     let urgency = w::Urgency::try_from(needs.urgency).map_or("", |u| u.as_str_name());
-    let action = if c.is_some() {
-        "/case/update"
-    } else {
-        "/cases"
+    let (action, draft) = match what {
+        CaseForm::Update => ("/case/update", None),
+        CaseForm::New(draft) => ("/cases", draft),
     };
+    let identified_on = c.map(|c| c.identified_on.as_str()).unwrap_or_default();
     html! {
         form method="post" action=(action) {
             (request_id())
-            @if let Some(c) = c { input type="hidden" name="case_id" value=(c.case_id); }
+            @if let (CaseForm::Update, Some(c)) = (what, c) {
+                input type="hidden" name="case_id" value=(c.case_id);
+            }
+            @if let Some(d) = draft { input type="hidden" name="draft_id" value=(d.to_string()); }
             fieldset {
                 legend { (t.person) }
                 (text("given_name", t.given_name, &person.given_name, None))
@@ -565,8 +602,16 @@ fn case_form(l: &Labels, c: Option<&w::Case>) -> Markup {
                     " "
                 }
             }
-            @if c.is_none() { (text("identified_on", t.identified_on, "", None)) }
-            p { button type="submit" { (t.save) } }
+            @if let CaseForm::New(_) = what {
+                (text("identified_on", t.identified_on, identified_on, None))
+            }
+            p {
+                button type="submit" { (t.save) }
+                @if let CaseForm::New(_) = what {
+                    " "
+                    button type="submit" formaction="/cases/draft" class="secondary" { (t.save_draft) }
+                }
+            }
         }
     }
 }
@@ -590,8 +635,34 @@ async fn cases(
             Ok(r) => r.into_inner(),
             Err(s) => return refusal(l, &s),
         };
+        let drafts = match principal(&certs) {
+            Ok(p) => crate::drafts::list(&ctx, &p)
+                .await
+                .map_err(tonic::Status::from),
+            Err(s) => Err(s),
+        };
+        let drafts = match drafts {
+            Ok(d) => d,
+            Err(s) => return refusal(l, &s),
+        };
         let body = html! {
             p { a href="/cases/new" { (t.new_case) } }
+            @if !drafts.is_empty() {
+                h2 { (t.drafts) }
+                ul {
+                    @for d in &drafts {
+                        li {
+                            a href={ "/cases/new?draft=" (d.draft_id) } { (t.draft_of) " " (when_at(d.saved_at)) }
+                            form method="post" action="/cases/draft/discard" class="inline" {
+                                input type="hidden" name="draft_id" value=(d.draft_id.to_string());
+                                " "
+                                button type="submit" class="secondary" { (t.discard) }
+                            }
+                        }
+                    }
+                }
+                h2 { (l.cases) }
+            }
             @if found.cases.is_empty() {
                 p { (t.none_yet) }
             } @else {
@@ -618,15 +689,62 @@ async fn cases(
     })
 }
 
-/// `GET /cases/new`: the form for a new case.
+#[derive(Debug, Deserialize)]
+struct NewCase {
+    draft: Option<String>,
+}
+
+/// `GET /cases/new?draft=`: the form for a new case, empty or filled in from a draft.
 async fn new_case(
     State(ctx): State<Ctx>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
+    Query(q): Query<NewCase>,
 ) -> Response {
-    with_caller!(ctx, peer, headers, |l, _certs| {
-        page(l, words(l).new_case, case_form(l, None)).into_response()
+    with_caller!(ctx, peer, headers, |l, certs| {
+        let t = words(l);
+        let Some(asked) = q.draft else {
+            return page(l, t.new_case, case_form(l, None, CaseForm::New(None))).into_response();
+        };
+        let found = async {
+            let p = principal(&certs)?;
+            let id = uuid::Uuid::parse_str(&asked)
+                .map_err(|_| tonic::Status::invalid_argument("draft: is not a draft id"))?;
+            Ok::<_, tonic::Status>(crate::drafts::get(&ctx, &p, id).await?)
+        };
+        match found.await {
+            Ok(d) => {
+                let body = html! {
+                    p role="status" { (t.draft_saved) " " (when_at(d.saved_at)) }
+                    (case_form(l, Some(&draft_case(&d)), CaseForm::New(Some(d.draft_id))))
+                };
+                page(l, t.new_case, body).into_response()
+            }
+            Err(s) => refusal(l, &s),
+        }
     })
+}
+
+/// A draft as a case to fill a form with.
+fn draft_case(d: &trm_store::repo::drafts::Draft) -> w::Case {
+    let f = Fields(d.fields.clone());
+    let (person, needs, exploitation, child) = case_groups(&f);
+    w::Case {
+        person: Some(person),
+        needs: Some(needs),
+        exploitation: Some(exploitation),
+        child: Some(child),
+        identified_on: f.one("identified_on"),
+        ..Default::default()
+    }
+}
+
+/// Writes an instant as `YYYY-MM-DD HH:MM` (UTC).
+fn when_at(t: time::OffsetDateTime) -> String {
+    when(Some(&prost_types::Timestamp {
+        seconds: t.unix_timestamp(),
+        nanos: 0,
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -658,7 +776,9 @@ async fn edit_case(
 ) -> Response {
     with_caller!(ctx, peer, headers, |l, certs| {
         match read_case(&ctx, &certs, q.case_id).await {
-            Ok(c) => page(l, words(l).edit, case_form(l, Some(&c))).into_response(),
+            Ok(c) => {
+                page(l, words(l).edit, case_form(l, Some(&c), CaseForm::Update)).into_response()
+            }
             Err(s) => refusal(l, &s),
         }
     })
@@ -925,6 +1045,40 @@ fn crossing_rows(
     rows
 }
 
+/// "What will cross the border": every field `disclosed` holds, as a table.
+pub(super) fn will_cross(l: &Labels, disclosed: &trm_core::model::DisclosedCase) -> Markup {
+    let t = words(l);
+    html! {
+        h2 { (t.will_cross) }
+        p { (t.will_cross_intro) }
+        table id="will-cross" {
+            thead { tr { th scope="col" { (t.field) } th scope="col" { (t.value) } } }
+            tbody {
+                @for (field, value) in crossing_rows(l.lang, t, disclosed) {
+                    tr { th scope="row" { (field) } td { (value) } }
+                }
+            }
+        }
+    }
+}
+
+/// The form that proposes a return of `case_id` to `destination`, once every guard is met.
+pub(super) fn propose_form(l: &Labels, case_id: &str, destination: &str) -> Markup {
+    let t = words(l);
+    html! {
+        form method="post" action="/returns/propose" {
+            (request_id())
+            input type="hidden" name="case_id" value=(case_id);
+            input type="hidden" name="destination" value=(destination);
+            p class="choice" {
+                input type="checkbox" id="hearing_pending" name="hearing_pending" value="1";
+                label for="hearing_pending" { (t.hearing_pending) }
+            }
+            p { button type="submit" { (t.propose) } }
+        }
+    }
+}
+
 /// `GET /referrals/new?case_id=&destination=`: choose the destination, then see exactly
 /// what will cross the border and send it.
 async fn new_referral(
@@ -952,17 +1106,9 @@ async fn new_referral(
         if destination.is_empty() {
             return page(l, t.refer, choose).into_response();
         }
-        let parsed = trm_core::ids::CaseId::parse("case_id", &case_id)
-            .and_then(|c| Ok((c, trm_proto::convert::country("destination", &destination)?)));
-        let (id, to) = match parsed {
-            Ok(p) => p,
-            Err(e) => return refusal(l, &tonic::Status::invalid_argument(e.to_string())),
-        };
-        let Some(p) = certs
-            .first()
-            .and_then(|leaf| trm_crypto::pki::principal_of(leaf.as_ref()))
-        else {
-            return no_certificate(l);
+        let (p, id, to) = match super::pages::asked(&certs, &case_id, &destination) {
+            Ok(asked) => asked,
+            Err(s) => return refusal(l, &s),
         };
         let purpose = trm_core::model::Purpose::ReferralAssistance;
         let disclosed = match crate::disclosure::preview(&ctx, &p, id, purpose, to).await {
@@ -977,16 +1123,7 @@ async fn new_referral(
             .unwrap_or_default();
         let body = html! {
             (choose)
-            h2 { (t.will_cross) }
-            p { (t.will_cross_intro) }
-            table id="will-cross" {
-                thead { tr { th scope="col" { (t.field) } th scope="col" { (t.value) } } }
-                tbody {
-                    @for (field, value) in crossing_rows(l.lang, t, &disclosed) {
-                        tr { th scope="row" { (field) } td { (value) } }
-                    }
-                }
-            }
+            (will_cross(l, &disclosed))
             form method="post" action="/referrals/submit" {
                 (request_id())
                 input type="hidden" name="case_id" value=(case_id);
@@ -1024,6 +1161,20 @@ async fn apply(ctx: &Ctx, certs: &Certs, path: &str, f: &Fields) -> Result<Strin
     let (case_id, request_id) = (f.one("case_id"), f.one("request_id"));
     let groups = || case_groups(f);
     match path {
+        "/cases/draft" => {
+            let p = principal(certs)?;
+            let keep = |(n, _): &(String, String)| n != "request_id" && n != "draft_id";
+            let fields = f.0.iter().filter(|x| keep(x)).cloned().collect();
+            let id = crate::drafts::save(ctx, &p, draft_id(f)?, fields).await?;
+            return Ok(format!("/cases/new?draft={id}"));
+        }
+        "/cases/draft/discard" => {
+            let p = principal(certs)?;
+            if let Some(id) = draft_id(f)? {
+                crate::drafts::discard(ctx, &p, id, "discarded").await?;
+            }
+            return Ok("/cases".to_owned());
+        }
         "/cases" => {
             let (person, needs, exploitation, child) = groups();
             let message = w::CreateCaseRequest {
@@ -1035,6 +1186,10 @@ async fn apply(ctx: &Ctx, certs: &Certs, path: &str, f: &Fields) -> Result<Strin
                 request_id,
             };
             let made = service.create_case(request(certs, message)).await?;
+            // The draft it came from has served: its data now lives in the case.
+            if let Some(id) = draft_id(f)? {
+                crate::drafts::discard(ctx, &principal(certs)?, id, "used").await?;
+            }
             return Ok(case_page(&made.into_inner().case_id));
         }
         "/case/update" => {
@@ -1109,7 +1264,31 @@ async fn apply(ctx: &Ctx, certs: &Certs, path: &str, f: &Fields) -> Result<Strin
             service.submit_referral(request(certs, message)).await?;
             return Ok("/referrals?direction=outgoing".to_owned());
         }
+        "/returns/propose" => {
+            use trm_proto::v1::return_planning_service_server::ReturnPlanningService;
+            let message = w::ProposeReturnRequest {
+                case_id,
+                destination: f.one("destination"),
+                hearing_pending: f.ticked("hearing_pending"),
+                compensation_pending: false,
+                request_id,
+            };
+            crate::returns::Returns::new(ctx.clone())
+                .propose_return(request(certs, message))
+                .await?;
+            return Ok("/records?kind=returns&direction=outgoing".to_owned());
+        }
         _ => return Err(tonic::Status::not_found("no such form")),
     }
     Ok(case_page(&case_id))
+}
+
+/// The form's `draft_id`, when it has one.
+fn draft_id(f: &Fields) -> Result<Option<uuid::Uuid>, tonic::Status> {
+    match f.one("draft_id") {
+        id if id.is_empty() => Ok(None),
+        id => uuid::Uuid::parse_str(&id)
+            .map(Some)
+            .map_err(|_| tonic::Status::invalid_argument("draft_id: is not a draft id")),
+    }
 }

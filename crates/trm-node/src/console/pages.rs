@@ -229,6 +229,36 @@ pub(super) fn no_certificate(l: &Labels) -> Response {
     (StatusCode::UNAUTHORIZED, page(l, l.no_certificate, body)).into_response()
 }
 
+/// Who the browser's certificate names.
+pub(super) fn principal(
+    certs: &Arc<Vec<CertificateDer<'static>>>,
+) -> Result<trm_core::ids::Principal, tonic::Status> {
+    certs
+        .first()
+        .and_then(|leaf| trm_crypto::pki::principal_of(leaf.as_ref()))
+        .ok_or_else(|| tonic::Status::unauthenticated("the certificate names no role"))
+}
+
+/// Who asks, and about which case and destination country (`case_id`, `destination`, as
+/// a page's query names them).
+pub(super) fn asked(
+    certs: &Arc<Vec<CertificateDer<'static>>>,
+    case_id: &str,
+    destination: &str,
+) -> Result<
+    (
+        trm_core::ids::Principal,
+        trm_core::ids::CaseId,
+        trm_core::ids::NodeId,
+    ),
+    tonic::Status,
+> {
+    let invalid = |e: trm_core::FieldError| tonic::Status::invalid_argument(e.to_string());
+    let case_id = trm_core::ids::CaseId::parse("case_id", case_id).map_err(invalid)?;
+    let destination = trm_proto::convert::country("destination", destination).map_err(invalid)?;
+    Ok((principal(certs)?, case_id, destination))
+}
+
 /// A request to a service, made with the browser's certificate.
 pub(super) fn request<T>(
     certs: &Arc<Vec<CertificateDer<'static>>>,
@@ -468,22 +498,24 @@ async fn return_checklist(
     else {
         return page(l, l.guards, form).into_response();
     };
-    let parsed = trm_core::ids::CaseId::parse("case_id", case_id)
-        .and_then(|c| Ok((c, trm_proto::convert::country("destination", destination)?)));
-    let (case_id, destination) = match parsed {
-        Ok(p) => p,
-        Err(e) => return refusal(l, &tonic::Status::invalid_argument(e.to_string())),
-    };
-    let p = match certs
-        .first()
-        .and_then(|leaf| trm_crypto::pki::principal_of(leaf.as_ref()))
-    {
-        Some(p) => p,
-        None => return no_certificate(l),
+    let (p, case_id, destination) = match asked(&certs, case_id, destination) {
+        Ok(asked) => asked,
+        Err(s) => return refusal(l, &s),
     };
     let list = match crate::returns::guard_checklist(&ctx, &p, case_id, destination).await {
         Ok(list) => list,
         Err(e) => return refusal(l, &tonic::Status::from(e)),
+    };
+    // Every guard met: what the plan will carry, and the way to propose it.
+    let proposal = match list.iter().all(|g| g.refusal.is_none()) {
+        false => None,
+        true => {
+            let purpose = trm_core::model::Purpose::ReturnPlanning;
+            match crate::disclosure::preview(&ctx, &p, case_id, purpose, destination).await {
+                Ok(d) => Some(d),
+                Err(e) => return refusal(l, &tonic::Status::from(e)),
+            }
+        }
     };
     let body = html! {
         (form)
@@ -503,6 +535,10 @@ async fn return_checklist(
                     }
                 }
             }
+        }
+        @if let Some(d) = &proposal {
+            (super::cases::will_cross(l, d))
+            (super::cases::propose_form(l, &case_id.to_string(), destination.as_str()))
         }
     };
     page(l, l.guards, body).into_response()

@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod cases;
 pub mod directory;
+pub mod drafts;
 pub mod events;
 pub mod flows;
 pub mod lease;
@@ -112,6 +113,22 @@ pub(crate) mod layout {
     }
 
     pub const CASES: &[u8] = b"c/";
+
+    /// A draft saved by one role of one organisation.
+    pub fn draft(owner: &trm_core::ids::Principal, id: &[u8; 16]) -> Vec<u8> {
+        let mut k = drafts(owner);
+        k.extend_from_slice(id);
+        k
+    }
+
+    /// The drafts of one role of one organisation.
+    pub fn drafts(owner: &trm_core::ids::Principal) -> Vec<u8> {
+        let (role, org) = (
+            owner.role.as_str().as_bytes(),
+            owner.org.as_str().as_bytes(),
+        );
+        key("dr/", &[role, b"/", org, b"/"])
+    }
 
     /// Index of the cases of one organisation.
     pub fn case_of_org(org: &OrgId, id: CaseId) -> Vec<u8> {

@@ -1,0 +1,85 @@
+//! Drafts of a new case, for the console's "save draft": a person saves what they have
+//! typed so far and comes back to it. A draft is sealed in the store like a case (its own
+//! data key, shredded when it is discarded or used), seen only by the role and organisation
+//! that saved it, kept [`DRAFT_DAYS`](trm_store::repo::drafts::DRAFT_DAYS) days, and
+//! audited by id.
+
+use time::OffsetDateTime;
+use trm_core::{
+    access::{self, Action},
+    ids::Principal,
+};
+use trm_store::{audit::AuditRecord, repo::drafts::Draft};
+
+use crate::{
+    authz::actor,
+    ctx::Ctx,
+    error::{ApiError, ApiResult},
+};
+
+/// At most this many fields in a draft, each at most this long (a form, not a store).
+const MAX_FIELDS: usize = 64;
+const MAX_FIELD_LEN: usize = 512;
+
+/// Saves `fields` as `p`'s draft `id` (a new draft when `id` is none); returns its id.
+pub async fn save(
+    ctx: &Ctx,
+    p: &Principal,
+    id: Option<uuid::Uuid>,
+    fields: Vec<(String, String)>,
+) -> ApiResult<uuid::Uuid> {
+    access::require(p, Action::CreateCase)?;
+    if fields.len() > MAX_FIELDS || fields.iter().any(|(_, v)| v.len() > MAX_FIELD_LEN) {
+        return Err(ApiError::from(trm_core::FieldError::new(
+            "draft",
+            "is too long for a form",
+        )));
+    }
+    let draft = Draft {
+        draft_id: id.unwrap_or_else(uuid::Uuid::new_v4),
+        fields,
+        saved_at: OffsetDateTime::now_utc(),
+    };
+    let (owner, saved) = (p.clone(), draft.clone());
+    let audit = AuditRecord::new(actor(p), "draft.save", draft.draft_id.to_string(), "ok");
+    ctx.commit(move |tx| {
+        tx.put_draft(&owner, &saved)?;
+        tx.audit(audit.clone())?;
+        Ok(())
+    })
+    .await?;
+    Ok(draft.draft_id)
+}
+
+/// `p`'s drafts, oldest first; those past keeping are discarded on the way.
+pub async fn list(ctx: &Ctx, p: &Principal) -> ApiResult<Vec<Draft>> {
+    access::require(p, Action::CreateCase)?;
+    let (kept, expired) = ctx.store.drafts(p)?;
+    for id in expired {
+        discard(ctx, p, id, "expired").await?;
+    }
+    Ok(kept)
+}
+
+/// `p`'s draft `id`; NOT_FOUND when there is none (or it is past keeping).
+pub async fn get(ctx: &Ctx, p: &Principal, id: uuid::Uuid) -> ApiResult<Draft> {
+    access::require(p, Action::CreateCase)?;
+    let draft = ctx.store.draft(p, id)?.ok_or(ApiError::NotFound("draft"))?;
+    ctx.audit_read(p, "draft.read", id.to_string(), String::new())
+        .await?;
+    Ok(draft)
+}
+
+/// Deletes `p`'s draft `id` and shreds its key (`why`: discarded, used, expired).
+pub async fn discard(ctx: &Ctx, p: &Principal, id: uuid::Uuid, why: &str) -> ApiResult<()> {
+    access::require(p, Action::CreateCase)?;
+    let owner = p.clone();
+    let audit = AuditRecord::new(actor(p), "draft.discard", id.to_string(), why);
+    ctx.commit(move |tx| {
+        if tx.discard_draft(&owner, id)? {
+            tx.audit(audit.clone())?;
+        }
+        Ok(())
+    })
+    .await
+}
