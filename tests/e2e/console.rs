@@ -216,6 +216,39 @@ async fn the_console_shows_the_queue_and_answers_a_referral_from_its_own_pages_o
     let queue = send(&fed, "RO", Some(Role::FocalPoint), &get("/")).await?;
     assert!(!queue.body.contains(&id), "answered: no longer waits");
 
+    // The referral's page shows its timeline on this node: arrived, then accepted (once,
+    // though the form came twice).
+    let page = send(
+        &fed,
+        "RO",
+        Some(Role::FocalPoint),
+        &get(&format!("/record?kind=referrals&id={id}")),
+    )
+    .await?;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let timeline = page
+        .body
+        .split("id=\"timeline\"")
+        .nth(1)
+        .context("no timeline")?;
+    let steps: Vec<&str> = timeline
+        .split("<tr><td>")
+        .skip(1)
+        .filter_map(|row| row.split("</td>").next())
+        .collect();
+    assert_eq!(steps, ["delivered", "accepted"], "{timeline}");
+    let unknown = send(
+        &fed,
+        "RO",
+        Some(Role::FocalPoint),
+        &get(&format!(
+            "/record?kind=referrals&id={}",
+            uuid::Uuid::new_v4()
+        )),
+    )
+    .await?;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+
     // French labels where the browser asks for them.
     let fr = send(
         &fed,
@@ -420,7 +453,11 @@ async fn a_case_is_made_consented_and_referred_from_the_console_showing_what_wil
     assert!(listed.body.contains(&draft_id), "{}", listed.body);
     let resumed = send(&fed, "AT", sp, &get(&draft_url)).await?;
     assert_eq!(resumed.status, 200, "{}", resumed.body);
-    assert!(resumed.body.contains("value=\"Varzarescu\""), "{}", resumed.body);
+    assert!(
+        resumed.body.contains("value=\"Varzarescu\""),
+        "{}",
+        resumed.body
+    );
     let other = send(&fed, "AT", Some(Role::FocalPoint), &get(&draft_url)).await?;
     assert_eq!(other.status, 404, "another role's draft: {}", other.body);
     let made = send(

@@ -594,6 +594,55 @@ fn statistics_count_a_person_once_and_follow_a_referral_to_its_state() {
     assert_eq!(now.get(&referral(ReferralStatus::Delivered)), None, "moved");
 }
 
+/// A shared record's timeline holds each status it reached once, in order, and goes
+/// with the record: once its key is shredded, nothing of it opens.
+#[test]
+fn a_timeline_keeps_each_status_once_and_is_erased_with_its_record() {
+    use trm_core::{
+        exchange::RecordKind,
+        ids::ReferralId,
+        referral::{ReferralRecord, ReferralStatus},
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &SecretKey::generate());
+    let id = ReferralId::new();
+    let mut r = ReferralRecord::received(
+        id,
+        "RO".parse().unwrap(),
+        "AT".parse().unwrap(),
+        Default::default(),
+        vec![],
+        OffsetDateTime::now_utc(),
+    );
+    for status in [
+        ReferralStatus::Delivered,
+        ReferralStatus::Delivered,
+        ReferralStatus::Accepted,
+    ] {
+        r.status = status;
+        let r = r.clone();
+        store
+            .commit_blocking::<(), (), _>(move |tx| Ok(tx.put_referral(&r)?))
+            .unwrap();
+    }
+    let steps = store.timeline(RecordKind::Referral, id.uuid()).unwrap();
+    let statuses: Vec<&str> = steps.iter().map(|s| s.status.as_str()).collect();
+    assert_eq!(statuses, ["delivered", "accepted"]);
+    assert!(steps[0].at <= steps[1].at);
+    store
+        .commit_blocking::<(), (), _>(move |tx| {
+            Ok(tx.shred(&Subject::of_record(
+                RecordKind::Referral,
+                id.uuid().as_bytes(),
+            ))?)
+        })
+        .unwrap();
+    assert!(store
+        .timeline(RecordKind::Referral, id.uuid())
+        .unwrap()
+        .is_empty());
+}
+
 /// An alert counts once where it is held, by kind, in the month it was raised or arrived,
 /// however often it changes.
 #[test]

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use trm_proto::v1::{self as w, referral_service_server::ReferralService};
 
 use super::{
-    pages::{caller, labels, no_certificate, page, principal, refusal, request, when, Labels},
+    pages::{page, principal, refusal, request, when, Labels},
     Peer,
 };
 use crate::{ctx::Ctx, referral::Referrals};
@@ -454,18 +454,6 @@ fn case_groups(f: &Fields) -> (w::Person, w::Needs, w::Exploitation, w::ChildInf
     (person, needs, exploitation, child)
 }
 
-/// Runs the handler's body for a browser with a usable certificate; any other gets the
-/// page that says how to get one.
-macro_rules! with_caller {
-    ($ctx:expr, $peer:expr, $headers:expr, |$l:ident, $certs:ident| $body:expr) => {{
-        let $l = labels(&$headers);
-        match caller(&$ctx, &$peer) {
-            Some($certs) => $body,
-            None => no_certificate($l),
-        }
-    }};
-}
-
 /// Where a case's page is.
 fn case_page(case_id: &str) -> String {
     format!("/case?case_id={case_id}")
@@ -622,71 +610,70 @@ async fn cases(
     ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
 ) -> Response {
-    with_caller!(ctx, peer, headers, |l, certs| {
-        let t = words(l);
-        let list = w::ListCasesRequest {
-            page_size: 100,
-            ..Default::default()
-        };
-        let found = match Referrals::new(ctx.clone())
-            .list_cases(request(&certs, list))
+    let (l, certs) = browser!(ctx, peer, headers);
+    let t = words(l);
+    let list = w::ListCasesRequest {
+        page_size: 100,
+        ..Default::default()
+    };
+    let found = match Referrals::new(ctx.clone())
+        .list_cases(request(&certs, list))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) => return refusal(l, &s),
+    };
+    let drafts = match principal(&certs) {
+        Ok(p) => crate::drafts::list(&ctx, &p)
             .await
-        {
-            Ok(r) => r.into_inner(),
-            Err(s) => return refusal(l, &s),
-        };
-        let drafts = match principal(&certs) {
-            Ok(p) => crate::drafts::list(&ctx, &p)
-                .await
-                .map_err(tonic::Status::from),
-            Err(s) => Err(s),
-        };
-        let drafts = match drafts {
-            Ok(d) => d,
-            Err(s) => return refusal(l, &s),
-        };
-        let body = html! {
-            p { a href="/cases/new" { (t.new_case) } }
-            @if !drafts.is_empty() {
-                h2 { (t.drafts) }
-                ul {
-                    @for d in &drafts {
-                        li {
-                            a href={ "/cases/new?draft=" (d.draft_id) } { (t.draft_of) " " (when_at(d.saved_at)) }
-                            form method="post" action="/cases/draft/discard" class="inline" {
-                                input type="hidden" name="draft_id" value=(d.draft_id.to_string());
-                                " "
-                                button type="submit" class="secondary" { (t.discard) }
-                            }
-                        }
-                    }
-                }
-                h2 { (l.cases) }
-            }
-            @if found.cases.is_empty() {
-                p { (t.none_yet) }
-            } @else {
-                table {
-                    thead { tr {
-                        th scope="col" { (t.case) } th scope="col" { (t.family_name) }
-                        th scope="col" { (t.given_name) } th scope="col" { (t.organisation) }
-                    } }
-                    tbody {
-                        @for c in &found.cases {
-                            @let person = c.person.clone().unwrap_or_default();
-                            tr {
-                                td { a href={ "/case?case_id=" (c.case_id) } { code { (c.case_id) } } }
-                                td { (person.family_name) }
-                                td { (person.given_name) }
-                                td { (c.organisation) }
-                            }
+            .map_err(tonic::Status::from),
+        Err(s) => Err(s),
+    };
+    let drafts = match drafts {
+        Ok(d) => d,
+        Err(s) => return refusal(l, &s),
+    };
+    let body = html! {
+        p { a href="/cases/new" { (t.new_case) } }
+        @if !drafts.is_empty() {
+            h2 { (t.drafts) }
+            ul {
+                @for d in &drafts {
+                    li {
+                        a href={ "/cases/new?draft=" (d.draft_id) } { (t.draft_of) " " (when_at(d.saved_at)) }
+                        form method="post" action="/cases/draft/discard" class="inline" {
+                            input type="hidden" name="draft_id" value=(d.draft_id.to_string());
+                            " "
+                            button type="submit" class="secondary" { (t.discard) }
                         }
                     }
                 }
             }
-        };
-        page(l, l.cases, body).into_response()
-    })
+            h2 { (l.cases) }
+        }
+        @if found.cases.is_empty() {
+            p { (t.none_yet) }
+        } @else {
+            table {
+                thead { tr {
+                    th scope="col" { (t.case) } th scope="col" { (t.family_name) }
+                    th scope="col" { (t.given_name) } th scope="col" { (t.organisation) }
+                } }
+                tbody {
+                    @for c in &found.cases {
+                        @let person = c.person.clone().unwrap_or_default();
+                        tr {
+                            td { a href={ "/case?case_id=" (c.case_id) } { code { (c.case_id) } } }
+                            td { (person.family_name) }
+                            td { (person.given_name) }
+                            td { (c.organisation) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(l, l.cases, body).into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -701,28 +688,27 @@ async fn new_case(
     headers: HeaderMap,
     Query(q): Query<NewCase>,
 ) -> Response {
-    with_caller!(ctx, peer, headers, |l, certs| {
-        let t = words(l);
-        let Some(asked) = q.draft else {
-            return page(l, t.new_case, case_form(l, None, CaseForm::New(None))).into_response();
-        };
-        let found = async {
-            let p = principal(&certs)?;
-            let id = uuid::Uuid::parse_str(&asked)
-                .map_err(|_| tonic::Status::invalid_argument("draft: is not a draft id"))?;
-            Ok::<_, tonic::Status>(crate::drafts::get(&ctx, &p, id).await?)
-        };
-        match found.await {
-            Ok(d) => {
-                let body = html! {
-                    p role="status" { (t.draft_saved) " " (when_at(d.saved_at)) }
-                    (case_form(l, Some(&draft_case(&d)), CaseForm::New(Some(d.draft_id))))
-                };
-                page(l, t.new_case, body).into_response()
-            }
-            Err(s) => refusal(l, &s),
+    let (l, certs) = browser!(ctx, peer, headers);
+    let t = words(l);
+    let Some(asked) = q.draft else {
+        return page(l, t.new_case, case_form(l, None, CaseForm::New(None))).into_response();
+    };
+    let found = async {
+        let p = principal(&certs)?;
+        let id = uuid::Uuid::parse_str(&asked)
+            .map_err(|_| tonic::Status::invalid_argument("draft: is not a draft id"))?;
+        Ok::<_, tonic::Status>(crate::drafts::get(&ctx, &p, id).await?)
+    };
+    match found.await {
+        Ok(d) => {
+            let body = html! {
+                p role="status" { (t.draft_saved) " " (when_at(d.saved_at)) }
+                (case_form(l, Some(&draft_case(&d)), CaseForm::New(Some(d.draft_id))))
+            };
+            page(l, t.new_case, body).into_response()
         }
-    })
+        Err(s) => refusal(l, &s),
+    }
 }
 
 /// A draft as a case to fill a form with.
@@ -774,14 +760,11 @@ async fn edit_case(
     headers: HeaderMap,
     Query(q): Query<CaseQuery>,
 ) -> Response {
-    with_caller!(ctx, peer, headers, |l, certs| {
-        match read_case(&ctx, &certs, q.case_id).await {
-            Ok(c) => {
-                page(l, words(l).edit, case_form(l, Some(&c), CaseForm::Update)).into_response()
-            }
-            Err(s) => refusal(l, &s),
-        }
-    })
+    let (l, certs) = browser!(ctx, peer, headers);
+    match read_case(&ctx, &certs, q.case_id).await {
+        Ok(c) => page(l, words(l).edit, case_form(l, Some(&c), CaseForm::Update)).into_response(),
+        Err(s) => refusal(l, &s),
+    }
 }
 
 /// The victim-facing account of one consent, in the language the victim was informed in
@@ -837,12 +820,11 @@ async fn case(
     headers: HeaderMap,
     Query(q): Query<CaseQuery>,
 ) -> Response {
-    with_caller!(ctx, peer, headers, |l, certs| {
-        match read_case(&ctx, &certs, q.case_id).await {
-            Ok(c) => page(l, words(l).case, case_body(l, &c)).into_response(),
-            Err(s) => refusal(l, &s),
-        }
-    })
+    let (l, certs) = browser!(ctx, peer, headers);
+    match read_case(&ctx, &certs, q.case_id).await {
+        Ok(c) => page(l, words(l).case, case_body(l, &c)).into_response(),
+        Err(s) => refusal(l, &s),
+    }
 }
 
 fn case_body(l: &Labels, c: &w::Case) -> Markup {
@@ -1087,54 +1069,53 @@ async fn new_referral(
     headers: HeaderMap,
     Query(q): Query<NewReferral>,
 ) -> Response {
-    with_caller!(ctx, peer, headers, |l, certs| {
-        let t = words(l);
-        let case_id = q.case_id.clone().unwrap_or_default();
-        let destination = q.destination.clone().unwrap_or_default();
-        let choose = html! {
-            form method="get" action="/referrals/new" {
-                input type="hidden" name="case_id" value=(case_id);
-                p {
-                    label for="destination" { (t.destination) }
-                    br;
-                    input id="destination" name="destination" type="text" size="2" required value=(destination);
-                    " "
-                    button type="submit" { (t.preview) }
-                }
+    let (l, certs) = browser!(ctx, peer, headers);
+    let t = words(l);
+    let case_id = q.case_id.clone().unwrap_or_default();
+    let destination = q.destination.clone().unwrap_or_default();
+    let choose = html! {
+        form method="get" action="/referrals/new" {
+            input type="hidden" name="case_id" value=(case_id);
+            p {
+                label for="destination" { (t.destination) }
+                br;
+                input id="destination" name="destination" type="text" size="2" required value=(destination);
+                " "
+                button type="submit" { (t.preview) }
             }
-        };
-        if destination.is_empty() {
-            return page(l, t.refer, choose).into_response();
         }
-        let (p, id, to) = match super::pages::asked(&certs, &case_id, &destination) {
-            Ok(asked) => asked,
-            Err(s) => return refusal(l, &s),
-        };
-        let purpose = trm_core::model::Purpose::ReferralAssistance;
-        let disclosed = match crate::disclosure::preview(&ctx, &p, id, purpose, to).await {
-            Ok(d) => d,
-            Err(e) => return refusal(l, &tonic::Status::from(e)),
-        };
-        let needs = read_case(&ctx, &certs, Some(case_id.clone()))
-            .await
-            .ok()
-            .and_then(|c| c.needs)
-            .map(|n| n.kinds)
-            .unwrap_or_default();
-        let body = html! {
-            (choose)
-            (will_cross(l, &disclosed))
-            form method="post" action="/referrals/submit" {
-                (request_id())
-                input type="hidden" name="case_id" value=(case_id);
-                input type="hidden" name="destination" value=(destination);
-                (checkboxes(l.lang, "requested_services", t.requested_services, &names!(w::NeedKind), "NEED_KIND_", &needs, need))
-                (text("reason", t.reason, "", Some(t.reason_hint)))
-                p { button type="submit" { (t.send) } }
-            }
-        };
-        page(l, t.refer, body).into_response()
-    })
+    };
+    if destination.is_empty() {
+        return page(l, t.refer, choose).into_response();
+    }
+    let (p, id, to) = match super::pages::asked(&certs, &case_id, &destination) {
+        Ok(asked) => asked,
+        Err(s) => return refusal(l, &s),
+    };
+    let purpose = trm_core::model::Purpose::ReferralAssistance;
+    let disclosed = match crate::disclosure::preview(&ctx, &p, id, purpose, to).await {
+        Ok(d) => d,
+        Err(e) => return refusal(l, &tonic::Status::from(e)),
+    };
+    let needs = read_case(&ctx, &certs, Some(case_id.clone()))
+        .await
+        .ok()
+        .and_then(|c| c.needs)
+        .map(|n| n.kinds)
+        .unwrap_or_default();
+    let body = html! {
+        (choose)
+        (will_cross(l, &disclosed))
+        form method="post" action="/referrals/submit" {
+            (request_id())
+            input type="hidden" name="case_id" value=(case_id);
+            input type="hidden" name="destination" value=(destination);
+            (checkboxes(l.lang, "requested_services", t.requested_services, &names!(w::NeedKind), "NEED_KIND_", &needs, need))
+            (text("reason", t.reason, "", Some(t.reason_hint)))
+            p { button type="submit" { (t.send) } }
+        }
+    };
+    page(l, t.refer, body).into_response()
 }
 
 /// Every form of the case pages, posted: the service request made from the form with the
@@ -1147,12 +1128,11 @@ async fn post_form(
     uri: Uri,
     body: Bytes,
 ) -> Response {
-    with_caller!(ctx, peer, headers, |l, certs| {
-        match apply(&ctx, &certs, uri.path(), &Fields::parse(&body)).await {
-            Ok(to) => Redirect::to(&to).into_response(),
-            Err(s) => refusal(l, &s),
-        }
-    })
+    let (l, certs) = browser!(ctx, peer, headers);
+    match apply(&ctx, &certs, uri.path(), &Fields::parse(&body)).await {
+        Ok(to) => Redirect::to(&to).into_response(),
+        Err(s) => refusal(l, &s),
+    }
 }
 
 /// Makes the request the form at `path` stands for; returns where the browser goes next.

@@ -11,6 +11,18 @@
 //! `Origin`), ids only in URLs. A browser without a certificate gets a page that says how
 //! to get one.
 
+/// The labels of the browser's language and its certificate chain, for a handler; a
+/// browser without a usable certificate gets the page that says how to get one.
+macro_rules! browser {
+    ($ctx:expr, $peer:expr, $headers:expr) => {{
+        let l = $crate::console::pages::labels(&$headers);
+        match $crate::console::pages::caller(&$ctx, &$peer) {
+            Some(certs) => (l, certs),
+            None => return $crate::console::pages::no_certificate(l),
+        }
+    }};
+}
+
 mod cases;
 mod pages;
 

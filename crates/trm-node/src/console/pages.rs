@@ -20,6 +20,7 @@ use trm_proto::v1::{
 
 use super::Peer;
 use crate::{authz::ClientCertificates, ctx::Ctx, referral::Referrals, work::Work};
+use trm_core::exchange::RecordKind;
 
 /// The console's routes.
 pub fn routes(ctx: Ctx) -> Router {
@@ -29,6 +30,7 @@ pub fn routes(ctx: Ctx) -> Router {
         .route("/referrals/answer", post(answer_referral))
         .route("/returns/checklist", get(return_checklist))
         .route("/records", get(records))
+        .route("/record", get(record))
         .route("/style.css", get(style))
         .merge(super::cases::routes())
         .with_state(ctx)
@@ -65,6 +67,9 @@ pub(super) struct Labels {
     met: &'static str,
     missing: &'static str,
     returns: &'static str,
+    referrals: &'static str,
+    timeline: &'static str,
+    when: &'static str,
     hearings: &'static str,
     alerts: &'static str,
     claims: &'static str,
@@ -100,6 +105,9 @@ const EN: Labels = Labels {
     met: "met",
     missing: "missing",
     returns: "Return plans",
+    referrals: "Referrals",
+    timeline: "Timeline on this node",
+    when: "When (UTC)",
     hearings: "Hearings",
     alerts: "Safety alerts",
     claims: "Claims",
@@ -140,6 +148,9 @@ const FR: Labels = Labels {
     met: "remplie",
     missing: "manquante",
     returns: "Plans de retour",
+    referrals: "Orientations",
+    timeline: "Chronologie sur ce nœud",
+    when: "Quand (UTC)",
     hearings: "Auditions",
     alerts: "Alertes de sécurité",
     claims: "Demandes d'indemnisation",
@@ -321,10 +332,7 @@ async fn tasks(
     ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
 ) -> Response {
-    let l = labels(&headers);
-    let Some(certs) = caller(&ctx, &peer) else {
-        return no_certificate(l);
-    };
+    let (l, certs) = browser!(ctx, peer, headers);
     let work = Work::new(ctx.clone());
     let list = match work
         .list_tasks(request(&certs, w::ListTasksRequest::default()))
@@ -370,10 +378,7 @@ async fn referrals(
     headers: HeaderMap,
     Query(q): Query<Listing>,
 ) -> Response {
-    let l = labels(&headers);
-    let Some(certs) = caller(&ctx, &peer) else {
-        return no_certificate(l);
-    };
+    let (l, certs) = browser!(ctx, peer, headers);
     let (incoming, direction) = direction_of(q.direction.as_deref());
     let service = Referrals::new(ctx.clone());
     let list = w::ListReferralsRequest {
@@ -399,7 +404,7 @@ async fn referrals(
                 tbody {
                     @for r in &found.referrals {
                         tr {
-                            td { code { (r.referral_id) } }
+                            td { a href={ "/record?kind=referrals&id=" (r.referral_id) } { code { (r.referral_id) } } }
                             td { (r.origin) " → " (r.destination) }
                             td { (name_of(w::ReferralStatus::try_from(r.status).unwrap_or_default().as_str_name(), "REFERRAL_STATUS_")) }
                             td { (when(r.updated_at.as_ref())) }
@@ -441,10 +446,7 @@ async fn answer_referral(
     headers: HeaderMap,
     Form(a): Form<Answer>,
 ) -> Response {
-    let l = labels(&headers);
-    let Some(certs) = caller(&ctx, &peer) else {
-        return no_certificate(l);
-    };
+    let (l, certs) = browser!(ctx, peer, headers);
     let decision = match a.decision.as_str() {
         "accept" => w::ReferralDecision::Accept,
         "decline" => w::ReferralDecision::Decline,
@@ -479,10 +481,7 @@ async fn return_checklist(
     headers: HeaderMap,
     Query(q): Query<Checklist>,
 ) -> Response {
-    let l = labels(&headers);
-    let Some(certs) = caller(&ctx, &peer) else {
-        return no_certificate(l);
-    };
+    let (l, certs) = browser!(ctx, peer, headers);
     let form = html! {
         form method="get" action="/returns/checklist" {
             label for="case_id" { (l.case) } " "
@@ -560,132 +559,221 @@ struct RecordRow {
     updated: String,
 }
 
-/// Reads a page of shared records of `kind` in `direction` through its service, as the
-/// browser's certificate may see them.
+/// A shared record as the services answer it, shown as a row.
+trait AsRow {
+    fn row(&self) -> RecordRow;
+}
+
+/// Implements [`AsRow`] for a wire record: its id field, its two countries' fields, its
+/// status enum and that enum's prefix.
+macro_rules! as_row {
+    ($t:ty, $id:ident, $from:ident, $to:ident, $status:ty, $prefix:literal) => {
+        impl AsRow for $t {
+            fn row(&self) -> RecordRow {
+                let status = <$status>::try_from(self.status).unwrap_or_default();
+                RecordRow {
+                    id: self.$id.clone(),
+                    from: self.$from.clone(),
+                    to: self.$to.clone(),
+                    status: name_of(status.as_str_name(), $prefix),
+                    updated: when(self.updated_at.as_ref()),
+                }
+            }
+        }
+    };
+}
+
+as_row!(
+    w::Referral,
+    referral_id,
+    origin,
+    destination,
+    w::ReferralStatus,
+    "REFERRAL_STATUS_"
+);
+as_row!(
+    w::ReturnPlan,
+    return_id,
+    origin,
+    destination,
+    w::ReturnStatus,
+    "RETURN_STATUS_"
+);
+as_row!(
+    w::Hearing,
+    hearing_id,
+    requesting_country,
+    witness_country,
+    w::HearingStatus,
+    "HEARING_STATUS_"
+);
+as_row!(
+    w::SafetyAlert,
+    alert_id,
+    origin,
+    country,
+    w::SafetyAlertStatus,
+    "SAFETY_ALERT_STATUS_"
+);
+as_row!(
+    w::Claim,
+    claim_id,
+    origin,
+    forum_country,
+    w::ClaimStatus,
+    "CLAIM_STATUS_"
+);
+
+/// What a page asks of the shared records of one kind.
+enum Ask<'a> {
+    /// A page of them in one direction.
+    List(w::Direction),
+    /// One of them, by id.
+    Get(&'a str),
+}
+
+fn rows<T: AsRow>(records: &[T]) -> Vec<RecordRow> {
+    records.iter().map(AsRow::row).collect()
+}
+
+/// Reads shared records of `kind` through its service, as the browser's certificate may
+/// see them: a page in one direction, or one record (with the kind the store knows it by).
 async fn record_rows(
     ctx: &Ctx,
     certs: &Arc<Vec<CertificateDer<'static>>>,
     kind: &str,
-    direction: w::Direction,
-) -> Result<Vec<RecordRow>, tonic::Status> {
+    ask: Ask<'_>,
+) -> Result<(Vec<RecordRow>, RecordKind), tonic::Status> {
     use trm_proto::v1::{
         remedies_service_server::RemediesService,
         return_planning_service_server::ReturnPlanningService,
         safety_service_server::SafetyService,
         witness_hearing_service_server::WitnessHearingService,
     };
-    let (d, size) = (direction as i32, 100);
+    /// A page of the records through the service's `List*`, or one through its `Get*`.
+    macro_rules! read {
+        ($service:expr, $list:ident($list_req:ident).$field:ident, $get:ident($get_req:ident.$id:ident), $kind:expr) => {{
+            let service = $service;
+            let found = match &ask {
+                Ask::List(d) => {
+                    let m = w::$list_req {
+                        direction: *d as i32,
+                        page_size: 100,
+                        ..Default::default()
+                    };
+                    rows(&service.$list(request(certs, m)).await?.into_inner().$field)
+                }
+                Ask::Get(id) => {
+                    let m = w::$get_req {
+                        $id: id.to_string(),
+                    };
+                    vec![service.$get(request(certs, m)).await?.into_inner().row()]
+                }
+            };
+            (found, $kind)
+        }};
+    }
     Ok(match kind {
-        "returns" => {
-            let list = w::ListReturnPlansRequest {
-                direction: d,
-                page_size: size,
-                ..Default::default()
-            };
-            let got = crate::returns::Returns::new(ctx.clone())
-                .list_return_plans(request(certs, list))
-                .await?
-                .into_inner();
-            got.return_plans
-                .iter()
-                .map(|r| RecordRow {
-                    id: r.return_id.clone(),
-                    from: r.origin.clone(),
-                    to: r.destination.clone(),
-                    status: name_of(
-                        w::ReturnStatus::try_from(r.status)
-                            .unwrap_or_default()
-                            .as_str_name(),
-                        "RETURN_STATUS_",
-                    ),
-                    updated: when(r.updated_at.as_ref()),
-                })
-                .collect()
-        }
-        "hearings" => {
-            let list = w::ListHearingsRequest {
-                direction: d,
-                page_size: size,
-                ..Default::default()
-            };
-            let got = crate::hearing::Hearings::new(ctx.clone())
-                .list_hearings(request(certs, list))
-                .await?
-                .into_inner();
-            got.hearings
-                .iter()
-                .map(|h| RecordRow {
-                    id: h.hearing_id.clone(),
-                    from: h.requesting_country.clone(),
-                    to: h.witness_country.clone(),
-                    status: name_of(
-                        w::HearingStatus::try_from(h.status)
-                            .unwrap_or_default()
-                            .as_str_name(),
-                        "HEARING_STATUS_",
-                    ),
-                    updated: when(h.updated_at.as_ref()),
-                })
-                .collect()
-        }
-        "alerts" => {
-            let list = w::ListSafetyAlertsRequest {
-                direction: d,
-                page_size: size,
-                ..Default::default()
-            };
-            let got = crate::safety::Safety::new(ctx.clone())
-                .list_safety_alerts(request(certs, list))
-                .await?
-                .into_inner();
-            got.safety_alerts
-                .iter()
-                .map(|a| RecordRow {
-                    id: a.alert_id.clone(),
-                    from: a.origin.clone(),
-                    to: a.country.clone(),
-                    status: name_of(
-                        w::SafetyAlertStatus::try_from(a.status)
-                            .unwrap_or_default()
-                            .as_str_name(),
-                        "SAFETY_ALERT_STATUS_",
-                    ),
-                    updated: when(a.updated_at.as_ref()),
-                })
-                .collect()
-        }
-        "claims" => {
-            let list = w::ListClaimsRequest {
-                direction: d,
-                page_size: size,
-                ..Default::default()
-            };
-            let got = crate::remedies::Remedies::new(ctx.clone())
-                .list_claims(request(certs, list))
-                .await?
-                .into_inner();
-            got.claims
-                .iter()
-                .map(|c| RecordRow {
-                    id: c.claim_id.clone(),
-                    from: c.origin.clone(),
-                    to: c.forum_country.clone(),
-                    status: name_of(
-                        w::ClaimStatus::try_from(c.status)
-                            .unwrap_or_default()
-                            .as_str_name(),
-                        "CLAIM_STATUS_",
-                    ),
-                    updated: when(c.updated_at.as_ref()),
-                })
-                .collect()
-        }
+        "referrals" => read!(
+            Referrals::new(ctx.clone()),
+            list_referrals(ListReferralsRequest).referrals,
+            get_referral(GetReferralRequest.referral_id),
+            RecordKind::Referral
+        ),
+        "returns" => read!(
+            crate::returns::Returns::new(ctx.clone()),
+            list_return_plans(ListReturnPlansRequest).return_plans,
+            get_return_plan(GetReturnPlanRequest.return_id),
+            RecordKind::Return
+        ),
+        "hearings" => read!(
+            crate::hearing::Hearings::new(ctx.clone()),
+            list_hearings(ListHearingsRequest).hearings,
+            get_hearing(GetHearingRequest.hearing_id),
+            RecordKind::Hearing
+        ),
+        "alerts" => read!(
+            crate::safety::Safety::new(ctx.clone()),
+            list_safety_alerts(ListSafetyAlertsRequest).safety_alerts,
+            get_safety_alert(GetSafetyAlertRequest.alert_id),
+            RecordKind::SafetyAlert
+        ),
+        "claims" => read!(
+            crate::remedies::Remedies::new(ctx.clone()),
+            list_claims(ListClaimsRequest).claims,
+            get_claim(GetClaimRequest.claim_id),
+            RecordKind::Claim
+        ),
         _ => {
             return Err(tonic::Status::invalid_argument(
-                "kind: must be returns, hearings, alerts or claims",
+                "kind: must be referrals, returns, hearings, alerts or claims",
             ))
         }
     })
+}
+
+#[derive(Debug, Deserialize)]
+struct RecordQuery {
+    kind: Option<String>,
+    id: Option<String>,
+}
+
+/// `GET /record?kind=..&id=..`: one shared record, as the caller may see it, with its
+/// timeline (every status it reached on this node, and when).
+async fn record(
+    State(ctx): State<Ctx>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Query(q): Query<RecordQuery>,
+) -> Response {
+    let (l, certs) = browser!(ctx, peer, headers);
+    let (kind, id) = (q.kind.unwrap_or_default(), q.id.unwrap_or_default());
+    let (row, stored) = match record_rows(&ctx, &certs, &kind, Ask::Get(&id)).await {
+        Ok((mut rows, stored)) => match rows.pop() {
+            Some(row) => (row, stored),
+            None => return refusal(l, &tonic::Status::not_found("record")),
+        },
+        Err(s) => return refusal(l, &s),
+    };
+    let steps = match uuid::Uuid::parse_str(&row.id)
+        .map_err(|_| crate::error::ApiError::NotFound("record"))
+        .and_then(|u| Ok(ctx.store.timeline(stored, u)?))
+    {
+        Ok(steps) => steps,
+        Err(e) => return refusal(l, &tonic::Status::from(e)),
+    };
+    let body = html! {
+        dl {
+            dt { (l.record) } dd { code { (row.id) } }
+            dt { (l.from_to) } dd { (row.from) " → " (row.to) }
+            dt { (l.status) } dd { (row.status) }
+            dt { (l.updated) } dd { (row.updated) }
+        }
+        h2 { (l.timeline) }
+        table id="timeline" {
+            thead { tr { th scope="col" { (l.status) } th scope="col" { (l.when) } } }
+            tbody {
+                @for step in &steps {
+                    tr {
+                        td { (name_of(&step.status, "")) }
+                        td { (when(Some(&prost_types::Timestamp { seconds: step.at.unix_timestamp(), nanos: 0 }))) }
+                    }
+                }
+            }
+        }
+    };
+    page(l, heading_of(l, &kind), body).into_response()
+}
+
+/// The heading of the records of `kind`.
+fn heading_of(l: &Labels, kind: &str) -> &'static str {
+    match kind {
+        "referrals" => l.referrals,
+        "hearings" => l.hearings,
+        "alerts" => l.alerts,
+        "claims" => l.claims,
+        _ => l.returns,
+    }
 }
 
 /// `GET /records?kind=returns|hearings|alerts|claims&direction=incoming|outgoing`: the
@@ -696,22 +784,14 @@ async fn records(
     headers: HeaderMap,
     Query(q): Query<Records>,
 ) -> Response {
-    let l = labels(&headers);
-    let Some(certs) = caller(&ctx, &peer) else {
-        return no_certificate(l);
-    };
+    let (l, certs) = browser!(ctx, peer, headers);
     let kind = q.kind.as_deref().unwrap_or("returns");
     let (incoming, direction) = direction_of(q.direction.as_deref());
-    let rows = match record_rows(&ctx, &certs, kind, direction).await {
-        Ok(rows) => rows,
+    let rows = match record_rows(&ctx, &certs, kind, Ask::List(direction)).await {
+        Ok((rows, _)) => rows,
         Err(s) => return refusal(l, &s),
     };
-    let heading = match kind {
-        "hearings" => l.hearings,
-        "alerts" => l.alerts,
-        "claims" => l.claims,
-        _ => l.returns,
-    };
+    let heading = heading_of(l, kind);
     let (here, there) = match incoming {
         true => ("incoming", "outgoing"),
         false => ("outgoing", "incoming"),
@@ -735,7 +815,7 @@ async fn records(
                 tbody {
                     @for r in &rows {
                         tr {
-                            td { code { (r.id) } }
+                            td { a href={ "/record?kind=" (kind) "&id=" (r.id) } { code { (r.id) } } }
                             td { (r.from) " → " (r.to) }
                             td { (r.status) }
                             td { (r.updated) }

@@ -10,10 +10,11 @@ use std::sync::atomic::Ordering;
 use time::OffsetDateTime;
 use trm_core::{
     events::{expired, Event, EventKind, EventRecord, MAX_KEPT},
+    exchange::RecordKind,
     ids::OrgId,
 };
 
-use crate::{repo::layout, store::Store, tx::decode, tx::Tx, Result};
+use crate::{repo::layout, store::Store, subject::Subject, tx::decode, tx::Tx, Result};
 
 /// Every how many events the oldest past keeping are cleared away, at most as many.
 const PRUNE_EVERY: u64 = 32;
@@ -26,7 +27,7 @@ fn seq_of(key: &[u8]) -> Option<u64> {
 
 impl Tx<'_> {
     /// Appends an event (`kind` of `record` `id`, now in `status`), and now and then clears
-    /// away the oldest past keeping.
+    /// away the oldest past keeping; returns the event's number.
     pub fn record_event(
         &mut self,
         kind: EventKind,
@@ -34,7 +35,7 @@ impl Tx<'_> {
         id: uuid::Uuid,
         status: &str,
         organisation: Option<&OrgId>,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let seq = self.next_counter("event_seq")?;
         let now = OffsetDateTime::now_utc();
         let event = Event {
@@ -51,7 +52,7 @@ impl Tx<'_> {
         // Every so many events, the oldest past keeping go (a scan per event would cost
         // the serial writer more than the event itself).
         if seq % PRUNE_EVERY != 0 {
-            return Ok(());
+            return Ok(seq);
         }
         for (key, value) in self.scan_raw(&layout::events(), None, PRUNE_EVERY as usize)? {
             let old: Event = decode("event", &value)?;
@@ -61,7 +62,7 @@ impl Tx<'_> {
             }
             self.delete(&key)?;
         }
-        Ok(())
+        Ok(seq)
     }
 
     /// Announces a shared record just written (`tag`, `id`) in `status`: its arrival when
@@ -85,12 +86,49 @@ impl Tx<'_> {
             _ => EventKind::StatusChanged,
         };
         self.put_raw(&state, status.as_bytes())?;
-        let id = uuid::Uuid::from_bytes(*id);
-        self.record_event(kind, record, id, status, organisation)
+        let seq = self.record_event(
+            kind,
+            record,
+            uuid::Uuid::from_bytes(*id),
+            status,
+            organisation,
+        )?;
+        // The record's timeline keeps the step as long as the record: sealed under the
+        // record's own key, so erasing the record erases its timeline too.
+        if let EventRecord::Shared(shared) = record {
+            let step = Step {
+                status: status.to_owned(),
+                at: OffsetDateTime::now_utc(),
+            };
+            let subject = Subject::of_record(shared, id);
+            self.put_sealed(&layout::timeline(tag, id, Some(seq)), &subject, &step)?;
+        }
+        Ok(())
     }
 }
 
+/// One step of a shared record's timeline: the status it reached, and when.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Step {
+    pub status: String,
+    pub at: OffsetDateTime,
+}
+
 impl Store {
+    /// Returns the timeline of the shared record `id` of `kind`, oldest step first (at
+    /// most 200 steps; none once the record is erased).
+    pub fn timeline(&self, kind: RecordKind, id: uuid::Uuid) -> Result<Vec<Step>> {
+        let bytes = id.as_bytes();
+        let subject = Subject::of_record(kind, bytes);
+        let mut steps = Vec::new();
+        for (key, value) in self.scan_raw(&layout::timeline(kind.tag(), bytes, None), None, 200)? {
+            if let Some(plain) = self.open_sealed(&subject, &key, &value)? {
+                steps.push(decode("timeline step", &plain)?);
+            }
+        }
+        Ok(steps)
+    }
+
     /// Returns up to `limit` durable events after number `after`, oldest first.
     pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
         let durable = if self.engine().committed_is_durable() {

@@ -81,6 +81,15 @@ pub(crate) mod layout {
         key("ev/", &[])
     }
 
+    /// One step of a shared record's timeline (its status from the event numbered `seq`
+    /// on); all of them with `seq` none.
+    pub fn timeline(kind: u8, record: &[u8; 16], seq: Option<u64>) -> Vec<u8> {
+        match seq {
+            Some(seq) => key("th/", &[&[kind], record, &seq.to_be_bytes()]),
+            None => key("th/", &[&[kind], record]),
+        }
+    }
+
     /// The status the last event of one shared record named.
     pub fn event_state(kind: u8, record: &[u8; 16]) -> Vec<u8> {
         key("es/", &[&[kind], record])

@@ -55,7 +55,8 @@ impl Tx<'_> {
             task.record_id,
             "",
             task.organisation.as_ref(),
-        )
+        )?;
+        Ok(())
     }
 
     /// Moves the count of open tasks of `kind` by `delta`.
