@@ -130,11 +130,13 @@ async fn a_focal_point_accepts_an_incoming_referral_in_a_real_browser() -> Resul
     .await?;
     ro.open(&other.url).await?;
     ro.click("#go").await?;
-    assert_eq!(ro.path().await?, "/referrals/answer");
+    ro.wait_for_path("/referrals/answer").await?;
     // The refusal is a plain-text 403 today, not one of the console's pages, so it gets no
     // page checks (axe-core finds no lang and no title on it: to fix in the console).
-    let refused = ro.text().await?;
-    assert!(refused.contains("refused"), "{refused}");
+    trm_tests::eventually("the browser to show the refusal", || async {
+        Ok(ro.text().await?.contains("refused").then_some(()))
+    })
+    .await?;
     let still = referral_arrived(&ro_client, &id).await?;
     assert_eq!(
         still.status,
@@ -150,8 +152,7 @@ async fn a_focal_point_accepts_an_incoming_referral_in_a_real_browser() -> Resul
     .await?;
     let row = ro.wait_for_row(&id, "accepted").await?;
     assert!(!row.contains("Accept"), "no answer to give twice: {row}");
-    ro.record_url().await?;
-    assert_eq!(ro.path().await?, "/referrals?direction=incoming");
+    ro.wait_for_path("/referrals?direction=incoming").await?;
     ro.check_page(None).await?;
     let accepted = ro_client
         .get_referral(w::GetReferralRequest {

@@ -343,13 +343,24 @@ impl Browser {
     }
 
     /// Clicks the element `css` (a person's click: the browser sends its own headers).
-    pub async fn click(&mut self, css: &str) -> Result<()> {
+    /// A click that submits a form may return before the browser has left the page: wait
+    /// for where it leads ([`Browser::wait_for_path`], [`Browser::wait_for_row`]).
+    pub async fn click(&self, css: &str) -> Result<()> {
         self.client
             .find(Locator::Css(css))
             .await
             .with_context(|| format!("nothing to click at {css}"))?
             .click()
             .await?;
+        Ok(())
+    }
+
+    /// Waits until the browser shows the page at `path` (and query), and records it.
+    pub async fn wait_for_path(&mut self, path: &str) -> Result<()> {
+        trm_tests::eventually(&format!("the browser at {path}"), || async {
+            Ok((self.path().await? == path).then_some(()))
+        })
+        .await?;
         self.record_url().await
     }
 
