@@ -74,6 +74,7 @@ async fn visit(
 ) -> Result<String> {
     browser.open(&console_url(fed, node, path)?).await?;
     let status = if role.is_some() { 200 } else { 401 };
+    assert_eq!(browser.status().await?, u64::from(status), "{path}");
     assert_headers(fed, node, role, path, status).await?;
     browser.check_page(shot).await?;
     browser.text().await
@@ -134,9 +135,13 @@ async fn a_focal_point_accepts_an_incoming_referral_in_a_real_browser() -> Resul
     // The refusal is a plain-text 403 today, not one of the console's pages, so it gets no
     // page checks (axe-core finds no lang and no title on it: to fix in the console).
     trm_tests::eventually("the browser to show the refusal", || async {
-        Ok(ro.text().await?.contains("refused").then_some(()))
+        let text = ro.text().await?;
+        Ok(text
+            .contains("a change must be made from this console's own pages")
+            .then_some(()))
     })
     .await?;
+    assert_eq!(ro.status().await?, 403);
     let still = referral_arrived(&ro_client, &id).await?;
     assert_eq!(
         still.status,

@@ -300,6 +300,20 @@ impl Browser {
         })
     }
 
+    /// Returns the HTTP status of the page shown, as the browser received it (Navigation
+    /// Timing's `responseStatus`).
+    pub async fn status(&self) -> Result<u64> {
+        let status = self
+            .client
+            .execute(
+                "const n = performance.getEntriesByType('navigation')[0];
+                 return n ? n.responseStatus : 0;",
+                vec![],
+            )
+            .await?;
+        status.as_u64().context("no status of the page")
+    }
+
     /// Returns the text of the page shown, as a person reads it.
     pub async fn text(&self) -> Result<String> {
         let text = self
