@@ -1,8 +1,8 @@
 //! The browser console over real HTTPS, as a browser would use it (HTTP/1.1 over TLS with
 //! the client certificate of a role, or none): the page for a browser without a
 //! certificate, the work queue, an incoming referral answered through a form, a cross-site
-//! form refused, and the headers every page carries. (A real browser walk with axe-core is
-//! its own suite, still to come.)
+//! form refused, and the headers every page carries. The same in a real browser, with
+//! axe-core, is its own suite: tests/browser.
 
 use std::{path::Path, sync::Arc};
 

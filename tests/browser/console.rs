@@ -1,0 +1,256 @@
+//! The console as its users meet it: a focal point answers an incoming referral in a real
+//! browser, with the checks every page must pass along the way; a browser without a
+//! certificate is told how to get one.
+
+use anyhow::Result;
+use trm_core::ids::Role;
+use trm_proto::v1 as w;
+use trm_tests::{captured_logs, referral_arrived, referral_with_status, TestFederation};
+
+use crate::harness::{assert_headers, console_url, Browser, Home, OtherSite, Tools};
+
+/// The victim of the walk: names that appear nowhere else, so that finding one in a URL or
+/// a log line can only mean it leaked.
+const GIVEN_NAME: &str = "Ilinca";
+const FAMILY_NAME: &str = "Zamvirescova";
+
+/// A referral that crossed the border, and its case at the origin.
+struct Referred {
+    case_id: String,
+    referral_id: String,
+}
+
+/// What AT's service provider does before the referral reaches RO: a case, the victim's
+/// consent, the referral.
+///
+/// BROWSER STEPS TO COME (issue 25): these are gRPC calls because the console has no pages
+/// for them yet. When it has, this becomes a walk in `at` (AT's service provider's browser,
+/// already started by the test), each page checked with `at.check_page(..)`:
+/// 1. `/cases/new`: fill in the person (GIVEN_NAME, FAMILY_NAME) and submit (POST `/cases`);
+///    the browser lands on `/case?case_id=..`: read the case id from the page.
+/// 2. `/case?case_id=..`: the consent form (referral assistance, recipient RO, informed in
+///    `ro`), submit.
+/// 3. `/referrals/new?case_id=..`: check "what will cross the border" lists what the
+///    referral discloses (and not the document number the consent did not cover), then
+///    submit (POST `/referrals`); read the referral id from the page.
+async fn origin_refers(fed: &TestFederation, _at: &mut Browser) -> Result<Referred> {
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let mut case = trm_tests::requests::case(GIVEN_NAME, 5);
+    if let Some(person) = case.person.as_mut() {
+        person.family_name = FAMILY_NAME.into();
+    }
+    let case_id = sp.create_case(case).await?.into_inner().case_id;
+    sp.record_consent(trm_tests::requests::consent(
+        &case_id,
+        &[w::Purpose::ReferralAssistance],
+        &["RO"],
+        &[],
+    ))
+    .await?;
+    let referral_id = sp
+        .submit_referral(w::SubmitReferralRequest {
+            case_id: case_id.clone(),
+            destination: "RO".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .referral_id;
+    Ok(Referred {
+        case_id,
+        referral_id,
+    })
+}
+
+/// Opens `path` at `node`'s console in `browser` (as `role`), then checks the page: its
+/// headers (over a separate HTTPS client: WebDriver cannot read them), and in the browser
+/// what [`Browser::check_page`] checks.
+async fn visit(
+    fed: &TestFederation,
+    browser: &mut Browser,
+    (node, role): (&str, Option<Role>),
+    path: &str,
+    shot: Option<&str>,
+) -> Result<String> {
+    browser.open(&console_url(fed, node, path)?).await?;
+    let status = if role.is_some() { 200 } else { 401 };
+    assert_eq!(browser.status().await?, u64::from(status), "{path}");
+    assert_headers(fed, node, role, path, status).await?;
+    browser.check_page(shot).await?;
+    browser.text().await
+}
+
+#[tokio::test]
+async fn a_focal_point_accepts_an_incoming_referral_in_a_real_browser() -> Result<()> {
+    let tools = Tools::find()?;
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let ro_fp = ("RO", Some(Role::FocalPoint));
+    let at_sp = ("AT", Some(Role::ServiceProvider));
+    let mut ro = Browser::start(&tools, Home::new(&fed, "RO", ro_fp.1)?).await?;
+    let mut at = Browser::start(&tools, Home::new(&fed, "AT", at_sp.1)?).await?;
+
+    // At the origin: the case, the consent, the referral.
+    let Referred {
+        case_id,
+        referral_id: id,
+    } = origin_refers(&fed, &mut at).await?;
+    let mut ro_client = fed.referrals("RO", Role::FocalPoint).await?;
+    referral_arrived(&ro_client, &id).await?;
+
+    // At the destination, RO's focal point: the task in the work queue, then the referral.
+    let queue = visit(&fed, &mut ro, ro_fp, "/", Some("work-queue")).await?;
+    assert!(
+        queue.contains("Work queue") && ro.row(&id).await?.contains("answer referral"),
+        "{queue}"
+    );
+    let incoming = visit(
+        &fed,
+        &mut ro,
+        ro_fp,
+        "/referrals?direction=incoming",
+        Some("incoming-referrals"),
+    )
+    .await?;
+    let row = ro.row(&id).await?;
+    assert!(
+        row.contains("AT → RO") && row.contains("delivered"),
+        "{incoming}"
+    );
+
+    // Another site's page posts the same answer: the browser is refused, nothing changes.
+    let action = console_url(&fed, "RO", "/referrals/answer")?;
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let other = OtherSite::serve(
+        &action,
+        &[
+            ("referral_id", &id),
+            ("request_id", &request_id),
+            ("decision", "accept"),
+        ],
+    )
+    .await?;
+    ro.open(&other.url).await?;
+    ro.click("#go").await?;
+    ro.wait_for_path("/referrals/answer").await?;
+    // The refusal is a plain-text 403 today, not one of the console's pages, so it gets no
+    // page checks (axe-core finds no lang and no title on it: to fix in the console).
+    trm_tests::eventually("the browser to show the refusal", || async {
+        let text = ro.text().await?;
+        Ok(text
+            .contains("a change must be made from this console's own pages")
+            .then_some(()))
+    })
+    .await?;
+    assert_eq!(ro.status().await?, 403);
+    let still = referral_arrived(&ro_client, &id).await?;
+    assert_eq!(
+        still.status,
+        w::ReferralStatus::Delivered as i32,
+        "a cross-site form changed the referral"
+    );
+
+    // The focal point's own click on Accept.
+    visit(&fed, &mut ro, ro_fp, "/referrals?direction=incoming", None).await?;
+    ro.click(&format!(
+        "form:has(input[name='referral_id'][value='{id}']) button[value='accept']"
+    ))
+    .await?;
+    let row = ro.wait_for_row(&id, "accepted").await?;
+    assert!(!row.contains("Accept"), "no answer to give twice: {row}");
+    ro.wait_for_path("/referrals?direction=incoming").await?;
+    ro.check_page(None).await?;
+    let accepted = ro_client
+        .get_referral(w::GetReferralRequest {
+            referral_id: id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(accepted.status, w::ReferralStatus::Accepted as i32);
+    let queue = visit(&fed, &mut ro, ro_fp, "/", None).await?;
+    assert!(!queue.contains(&id), "answered, no longer waits: {queue}");
+
+    // The other pages of the destination's console.
+    for (kind, shot) in [
+        ("returns", Some("records")),
+        ("hearings", None),
+        ("alerts", None),
+        ("claims", None),
+    ] {
+        let page = visit(&fed, &mut ro, ro_fp, &format!("/records?kind={kind}"), shot).await?;
+        assert!(page.contains("Nothing waits."), "{kind}: {page}");
+    }
+    visit(&fed, &mut ro, ro_fp, "/referrals?direction=outgoing", None).await?;
+    visit(&fed, &mut ro, ro_fp, "/returns/checklist", None).await?;
+
+    // At the origin, AT's service provider sees the answer, and what a return would lack.
+    referral_with_status(
+        &fed.referrals("AT", Role::ServiceProvider).await?,
+        &id,
+        w::ReferralStatus::Accepted,
+    )
+    .await?;
+    visit(&fed, &mut at, at_sp, "/referrals?direction=outgoing", None).await?;
+    let row = at.row(&id).await?;
+    assert!(row.contains("accepted"), "{row}");
+    let checklist = visit(
+        &fed,
+        &mut at,
+        at_sp,
+        &format!("/returns/checklist?case_id={case_id}&destination=RO"),
+        Some("return-checklist"),
+    )
+    .await?;
+    for guard in ["risk", "decision", "consent"] {
+        assert!(
+            at.row(guard).await?.contains("missing"),
+            "{guard}: {checklist}"
+        );
+    }
+
+    // No personal data in any address the browsers were at, nor in the nodes' logs.
+    let mut visited = ro.close().await?;
+    visited.extend(at.close().await?);
+    assert!(visited.len() >= 15, "{visited:?}");
+    for name in [GIVEN_NAME, FAMILY_NAME] {
+        let needle = name.to_lowercase();
+        for url in &visited {
+            assert!(!url.to_lowercase().contains(&needle), "{name} in {url}");
+        }
+        assert!(
+            !captured_logs().to_lowercase().contains(&needle),
+            "{name} in the nodes' logs"
+        );
+    }
+    drop(other);
+    fed.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_browser_without_a_certificate_is_told_how_to_get_one() -> Result<()> {
+    let tools = Tools::find()?;
+    let fed = TestFederation::start(&["RO"]).await?;
+    let mut bare = Browser::start(&tools, Home::new(&fed, "RO", None)?).await?;
+    let page = visit(&fed, &mut bare, ("RO", None), "/", Some("no-certificate")).await?;
+    assert!(
+        page.contains("This console needs your client certificate")
+            && page.contains("trmctl client issue --p12"),
+        "{page}"
+    );
+    let page = visit(
+        &fed,
+        &mut bare,
+        ("RO", None),
+        "/referrals?direction=incoming",
+        None,
+    )
+    .await?;
+    assert!(
+        page.contains("This console needs your client certificate")
+            && bare.count("table").await? == 0,
+        "nothing of the node: {page}"
+    );
+    bare.close().await?;
+    fed.stop().await?;
+    Ok(())
+}
