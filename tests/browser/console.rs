@@ -20,42 +20,98 @@ struct Referred {
     referral_id: String,
 }
 
-/// What AT's service provider does before the referral reaches RO: a case, the victim's
-/// consent, the referral.
-///
-/// BROWSER STEPS TO COME (issue 25): these are gRPC calls because the console has no pages
-/// for them yet. When it has, this becomes a walk in `at` (AT's service provider's browser,
-/// already started by the test), each page checked with `at.check_page(..)`:
-/// 1. `/cases/new`: fill in the person (GIVEN_NAME, FAMILY_NAME) and submit (POST `/cases`);
-///    the browser lands on `/case?case_id=..`: read the case id from the page.
-/// 2. `/case?case_id=..`: the consent form (referral assistance, recipient RO, informed in
-///    `ro`), submit.
-/// 3. `/referrals/new?case_id=..`: check "what will cross the border" lists what the
-///    referral discloses (and not the document number the consent did not cover), then
-///    submit (POST `/referrals`); read the referral id from the page.
-async fn origin_refers(fed: &TestFederation, _at: &mut Browser) -> Result<Referred> {
-    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
-    let mut case = trm_tests::requests::case(GIVEN_NAME, 5);
-    if let Some(person) = case.person.as_mut() {
-        person.family_name = FAMILY_NAME.into();
+/// The identity document number of the walk's victim: no consent lists identity, so it
+/// must never show among what will cross.
+const DOCUMENT: &str = "MD0042917";
+
+/// What AT's service provider does in the console before the referral reaches RO: a new
+/// case (saved as a draft on the way), the victim's consent (informed in French: the
+/// victim's account then reads in French), what will cross the border, and the referral.
+async fn origin_refers(fed: &TestFederation, at: &mut Browser) -> Result<Referred> {
+    let at_sp = ("AT", Some(Role::ServiceProvider));
+    visit(fed, at, at_sp, "/cases", None).await?;
+    visit(fed, at, at_sp, "/cases/new", Some("new-case")).await?;
+    for (field, value) in [
+        ("#given_name", GIVEN_NAME),
+        ("#family_name", FAMILY_NAME),
+        ("#date_of_birth", "1999-04-02"),
+        ("#citizenship", "MD"),
+        ("#languages", "ro"),
+        ("#document_number", DOCUMENT),
+        ("#exploitation_countries", "AT"),
+    ] {
+        at.fill(field, value).await?;
     }
-    let case_id = sp.create_case(case).await?.into_inner().case_id;
-    sp.record_consent(trm_tests::requests::consent(
-        &case_id,
-        &[w::Purpose::ReferralAssistance],
-        &["RO"],
-        &[],
-    ))
-    .await?;
-    let referral_id = sp
-        .submit_referral(w::SubmitReferralRequest {
-            case_id: case_id.clone(),
-            destination: "RO".into(),
-            ..Default::default()
+    at.choose("#gender", "GENDER_FEMALE").await?;
+    at.choose("#urgency", "URGENCY_URGENT").await?;
+    at.click("#needs-need_kind_shelter").await?;
+    at.click("#needs-need_kind_medical").await?;
+    at.click("#exploitation-exploitation_type_forced_labour")
+        .await?;
+
+    // Saved as a draft first: the form comes back filled in, under an address that names
+    // the draft only.
+    at.click("button[formaction='/cases/draft']").await?;
+    at.wait_for_prefix("/cases/new?draft=").await?;
+    at.check_page(None).await?;
+    assert!(at.text().await?.contains("Draft saved"));
+    at.click("form[action='/cases'] button:not([formaction])")
+        .await?;
+    let case_page = at.wait_for_prefix("/case?case_id=").await?;
+    let case_id = case_page.trim_start_matches("/case?case_id=").to_owned();
+    assert_headers(fed, "AT", at_sp.1, &case_page, 200).await?;
+    at.check_page(None).await?;
+
+    // The consent: referral assistance to RO, the victim informed in French.
+    at.click("#purposes-purpose_referral_assistance").await?;
+    at.fill("#recipients", "RO").await?;
+    at.choose("#information_language", "fr").await?;
+    at.click("#informed").await?;
+    at.click("form[action='/case/consent'] button").await?;
+    at.wait_for_path(&case_page).await?;
+    at.check_page(Some("case")).await?;
+    let account = at.first_text("p.consent-text").await?;
+    assert!(account.starts_with("Vous avez accepté"), "{account}");
+
+    // What will cross the border, before anything is sent: what the purpose and the
+    // consent allow, never the name or the document.
+    at.click(&format!("a[href='/referrals/new?case_id={case_id}']"))
+        .await?;
+    at.wait_for_path(&format!("/referrals/new?case_id={case_id}"))
+        .await?;
+    at.fill("#destination", "RO").await?;
+    at.click("form[action='/referrals/new'] button").await?;
+    let preview = format!("/referrals/new?case_id={case_id}&destination=RO");
+    at.wait_for_path(&preview).await?;
+    assert_headers(fed, "AT", at_sp.1, &preview, 200).await?;
+    at.check_page(Some("what-will-cross")).await?;
+    let crossing = at.first_text("#will-cross").await?;
+    for shown in ["a new reference", "MD", "shelter", "forced labour"] {
+        assert!(crossing.contains(shown), "{shown}: {crossing}");
+    }
+    for hidden in [GIVEN_NAME, FAMILY_NAME, DOCUMENT, "1999"] {
+        assert!(
+            !crossing.contains(hidden),
+            "{hidden} would cross: {crossing}"
+        );
+    }
+    at.click("form[action='/referrals/submit'] button").await?;
+    at.wait_for_path("/referrals?direction=outgoing").await?;
+    at.check_page(None).await?;
+    let referral_id = at.first_text("table tbody tr td code").await?;
+
+    // What crossed is what the page showed.
+    let sent = fed
+        .referrals("AT", Role::ServiceProvider)
+        .await?
+        .get_referral(w::GetReferralRequest {
+            referral_id: referral_id.clone(),
         })
         .await?
-        .into_inner()
-        .referral_id;
+        .into_inner();
+    let disclosed = sent.disclosed.unwrap_or_default();
+    assert!(disclosed.identity.is_none(), "{disclosed:?}");
+    assert_eq!(disclosed.citizenship, ["MD"]);
     Ok(Referred {
         case_id,
         referral_id,
@@ -132,8 +188,6 @@ async fn a_focal_point_accepts_an_incoming_referral_in_a_real_browser() -> Resul
     ro.open(&other.url).await?;
     ro.click("#go").await?;
     ro.wait_for_path("/referrals/answer").await?;
-    // The refusal is a plain-text 403 today, not one of the console's pages, so it gets no
-    // page checks (axe-core finds no lang and no title on it: to fix in the console).
     trm_tests::eventually("the browser to show the refusal", || async {
         let text = ro.text().await?;
         Ok(text
@@ -142,6 +196,7 @@ async fn a_focal_point_accepts_an_incoming_referral_in_a_real_browser() -> Resul
     })
     .await?;
     assert_eq!(ro.status().await?, 403);
+    ro.check_page(None).await?;
     let still = referral_arrived(&ro_client, &id).await?;
     assert_eq!(
         still.status,
@@ -168,6 +223,20 @@ async fn a_focal_point_accepts_an_incoming_referral_in_a_real_browser() -> Resul
     assert_eq!(accepted.status, w::ReferralStatus::Accepted as i32);
     let queue = visit(&fed, &mut ro, ro_fp, "/", None).await?;
     assert!(!queue.contains(&id), "answered, no longer waits: {queue}");
+    // The referral's own page: its timeline on this node.
+    let record = visit(
+        &fed,
+        &mut ro,
+        ro_fp,
+        &format!("/record?kind=referrals&id={id}"),
+        Some("timeline"),
+    )
+    .await?;
+    let timeline = ro.first_text("#timeline tbody").await?;
+    assert!(
+        timeline.find("delivered") < timeline.find("accepted") && timeline.contains("delivered"),
+        "{record}"
+    );
 
     // The other pages of the destination's console.
     for (kind, shot) in [

@@ -335,7 +335,7 @@ impl Browser {
     pub async fn row(&self, id: &str) -> Result<String> {
         let found = self
             .client
-            .find(Locator::XPath(&format!("//tr[td/code[text()='{id}']]")))
+            .find(Locator::XPath(&format!("//tr[td//code[text()='{id}']]")))
             .await;
         let Ok(row) = found else {
             bail!("no row of {id} on {}", self.path().await?);
@@ -345,7 +345,7 @@ impl Browser {
 
     /// Waits until the row of record `id` says `status`, and returns its text.
     pub async fn wait_for_row(&self, id: &str, status: &str) -> Result<String> {
-        let xpath = format!("//tr[td/code[text()='{id}'] and td[text()='{status}']]");
+        let xpath = format!("//tr[td//code[text()='{id}'] and td[text()='{status}']]");
         let row = self
             .client
             .wait()
@@ -367,6 +367,52 @@ impl Browser {
             .click()
             .await?;
         Ok(())
+    }
+
+    /// Types `value` into the empty text input `css`, as a person would.
+    pub async fn fill(&self, css: &str, value: &str) -> Result<()> {
+        let input = self
+            .client
+            .find(Locator::Css(css))
+            .await
+            .with_context(|| format!("no input at {css}"))?;
+        input.clear().await?;
+        input.send_keys(value).await?;
+        Ok(())
+    }
+
+    /// Chooses the option of value `value` in the select `css`.
+    pub async fn choose(&self, css: &str, value: &str) -> Result<()> {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .with_context(|| format!("no select at {css}"))?
+            .select_by_value(value)
+            .await?;
+        Ok(())
+    }
+
+    /// Returns the text of the first element `css` finds.
+    pub async fn first_text(&self, css: &str) -> Result<String> {
+        Ok(self
+            .client
+            .find(Locator::Css(css))
+            .await
+            .with_context(|| format!("nothing at {css}"))?
+            .text()
+            .await?)
+    }
+
+    /// Waits until the browser shows a page whose path and query start with `prefix`,
+    /// records it and returns its path and query.
+    pub async fn wait_for_prefix(&mut self, prefix: &str) -> Result<String> {
+        let at = trm_tests::eventually(&format!("the browser at {prefix}.."), || async {
+            let path = self.path().await?;
+            Ok(path.starts_with(prefix).then_some(path))
+        })
+        .await?;
+        self.record_url().await?;
+        Ok(at)
     }
 
     /// Waits until the browser shows the page at `path` (and query), and records it.

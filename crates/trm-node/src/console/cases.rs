@@ -61,6 +61,8 @@ struct Words {
     family_name: &'static str,
     date_of_birth: &'static str,
     age_band: &'static str,
+    born: &'static str,
+    identified: &'static str,
     gender: &'static str,
     citizenship: &'static str,
     languages: &'static str,
@@ -132,6 +134,8 @@ const EN: Words = Words {
     family_name: "Family name",
     date_of_birth: "Date of birth (YYYY-MM-DD)",
     age_band: "Age band",
+    born: "Date of birth",
+    identified: "Identified on",
     gender: "Gender",
     citizenship: "Citizenship",
     languages: "Languages",
@@ -204,6 +208,8 @@ const FR: Words = Words {
     family_name: "Nom de famille",
     date_of_birth: "Date de naissance (AAAA-MM-JJ)",
     age_band: "Tranche d'âge",
+    born: "Date de naissance",
+    identified: "Identifiée le",
     gender: "Genre",
     citizenship: "Nationalité",
     languages: "Langues",
@@ -849,7 +855,7 @@ fn case_body(l: &Labels, c: &w::Case) -> Markup {
         dl {
             dt { (t.family_name) } dd { (person.family_name) }
             dt { (t.given_name) } dd { (person.given_name) }
-            dt { (t.date_of_birth) } dd { (person.date_of_birth) }
+            dt { (t.born) } dd { (person.date_of_birth) }
             dt { (t.gender) } dd { (term_of!(lang, w::Gender, person.gender, "GENDER_")) }
             dt { (t.citizenship) } dd { (person.citizenship.join(", ")) }
             dt { (t.languages) } dd { (person.languages.join(", ")) }
@@ -857,7 +863,7 @@ fn case_body(l: &Labels, c: &w::Case) -> Markup {
             dt { (t.urgency) } dd { (term_of!(lang, w::Urgency, needs.urgency, "URGENCY_")) }
             dt { (t.exploitation) } dd { (terms_of!(lang, w::ExploitationType, exploitation.types, "EXPLOITATION_TYPE_")) }
             dt { (t.is_child) } dd { (yes_no(child.is_child)) }
-            dt { (t.identified_on) } dd { (c.identified_on) }
+            dt { (t.identified) } dd { (c.identified_on) }
             dt { (t.reflection_ends) } dd { (c.reflection_period_ends_on) }
         }
         h2 { (t.consents) }

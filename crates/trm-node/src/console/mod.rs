@@ -141,11 +141,9 @@ async fn same_origin_posts(request: Request, next: Next) -> Response {
     if request.method() != Method::POST || same_origin(&request) {
         return next.run(request).await;
     }
-    (
-        StatusCode::FORBIDDEN,
-        "refused: a change must be made from this console's own pages",
-    )
-        .into_response()
+    let l = pages::labels(request.headers());
+    let body = maud::html! { p role="alert" { (l.cross_site) } };
+    (StatusCode::FORBIDDEN, pages::page(l, l.refused, body)).into_response()
 }
 
 fn same_origin(request: &Request) -> bool {

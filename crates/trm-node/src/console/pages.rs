@@ -55,7 +55,8 @@ pub(super) struct Labels {
     answer: &'static str,
     accept: &'static str,
     decline: &'static str,
-    refused: &'static str,
+    pub(super) refused: &'static str,
+    pub(super) cross_site: &'static str,
     no_certificate: &'static str,
     how_to_get_one: &'static str,
     pub(super) guards: &'static str,
@@ -96,6 +97,7 @@ const EN: Labels = Labels {
     accept: "Accept",
     decline: "Decline",
     refused: "Refused",
+    cross_site: "Refused: a change must be made from this console's own pages.",
     guards: "Return guards",
     case: "Case id",
     country: "Country of return (ISO code)",
@@ -139,6 +141,7 @@ const FR: Labels = Labels {
     accept: "Accepter",
     decline: "Refuser",
     refused: "Refusé",
+    cross_site: "Refusé : une modification doit être faite depuis les pages de cette console.",
     guards: "Garanties du retour",
     case: "Identifiant du dossier",
     country: "Pays de retour (code ISO)",
@@ -177,8 +180,14 @@ pub(super) fn labels(headers: &HeaderMap) -> &'static Labels {
     }
 }
 
-/// Wraps a page's body.
+/// Wraps a page's body, with the console's navigation.
 pub(super) fn page(l: &Labels, heading: &str, body: Markup) -> Html<String> {
+    layout(l, heading, body, true)
+}
+
+/// Wraps a page's body, with the navigation or (for a browser that may see nothing)
+/// without it.
+fn layout(l: &Labels, heading: &str, body: Markup, nav: bool) -> Html<String> {
     let page = html! {
         (DOCTYPE)
         html lang=(l.lang) {
@@ -189,7 +198,7 @@ pub(super) fn page(l: &Labels, heading: &str, body: Markup) -> Html<String> {
                 link rel="stylesheet" href="/style.css";
             }
             body {
-                header {
+                @if nav { header {
                     nav aria-label=(l.title) {
                         a href="/" { (l.tasks) }
                         " "
@@ -209,7 +218,7 @@ pub(super) fn page(l: &Labels, heading: &str, body: Markup) -> Html<String> {
                         " "
                         a href="/returns/checklist" { (l.guards) }
                     }
-                }
+                } }
                 main {
                     h1 { (heading) }
                     (body)
@@ -237,7 +246,8 @@ pub(super) fn caller(ctx: &Ctx, peer: &Peer) -> Option<Arc<Vec<CertificateDer<'s
 /// The page for a browser without a usable certificate: how to get one.
 pub(super) fn no_certificate(l: &Labels) -> Response {
     let body = html! { p { (l.how_to_get_one) } };
-    (StatusCode::UNAUTHORIZED, page(l, l.no_certificate, body)).into_response()
+    let page = layout(l, l.no_certificate, body, false);
+    (StatusCode::UNAUTHORIZED, page).into_response()
 }
 
 /// Who the browser's certificate names.
