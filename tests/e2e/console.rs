@@ -627,3 +627,52 @@ async fn a_case_is_made_consented_and_referred_from_the_console_showing_what_wil
     fed.stop().await?;
     Ok(())
 }
+
+/// A browser over its certificate's request rate is told to wait (429 with Retry-After,
+/// a page); another certificate is served meanwhile; a connection that sends its headers
+/// too slowly is closed.
+#[tokio::test]
+async fn a_browser_over_its_rate_is_told_to_wait_and_a_dawdling_one_is_closed(
+) -> anyhow::Result<()> {
+    let fed = TestFederation::builder()
+        .nodes(&["AT"])
+        .config(|_, cfg| {
+            cfg.limits.client_requests_per_second = 2;
+            cfg.limits.client_burst = 2;
+            cfg.limits.handshake_timeout_secs = 1;
+        })
+        .start()
+        .await?;
+    // Headers begun and never finished: the console closes the connection once the
+    // deadline passes (a test deadline far beyond it guards against waiting forever).
+    let dawdle = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        send(
+            &fed,
+            "AT",
+            Some(Role::FocalPoint),
+            "GET / HTTP/1.1\r\nHost: HOST\r\nAccept-Lang",
+        ),
+    )
+    .await
+    .context("the console kept a connection whose headers never ended")?;
+    assert!(
+        dawdle.as_ref().map_or(true, |a| a.status == 408),
+        "closed without serving: {:?}",
+        dawdle.map(|a| a.status)
+    );
+    let mut answers = Vec::new();
+    for _ in 0..20 {
+        answers.push(send(&fed, "AT", Some(Role::ServiceProvider), &get("/")).await?);
+    }
+    let waited: Vec<&Answer> = answers.iter().filter(|a| a.status == 429).collect();
+    assert!(!waited.is_empty(), "20 requests in a row exceed 2 a second");
+    assert!(answers.iter().any(|a| a.status == 200), "within the rate");
+    let wait = waited[0];
+    assert_eq!(wait.header("retry-after"), Some("1"));
+    assert!(wait.body.contains("Too many requests") && wait.body.contains("<title>"));
+    let other = send(&fed, "AT", Some(Role::FocalPoint), &get("/")).await?;
+    assert_eq!(other.status, 200, "{}", other.body);
+    fed.stop().await?;
+    Ok(())
+}

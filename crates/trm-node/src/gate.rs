@@ -194,8 +194,15 @@ impl Gate {
         let Some(leaf) = certs.as_deref().and_then(|c| c.first()) else {
             return Err(ApiError::Unauthenticated("a client certificate is required").into());
         };
+        self.check_leaf(leaf.as_ref())
+    }
+
+    /// Lets a request of the caller of certificate `leaf` through or refuses it, as
+    /// [`Gate::check`] (the console, whose requests are not gRPC, counts against the same
+    /// limiter as the services port).
+    pub fn check_leaf(&self, leaf: &[u8]) -> Result<(), Status> {
         if let Some(r) = &self.revocations {
-            if let Some(serial) = r.revoked_serial(leaf.as_ref()) {
+            if let Some(serial) = r.revoked_serial(leaf) {
                 self.revoked.fetch_add(1, Ordering::Relaxed);
                 self.warn_revoked(&serial);
                 return Err(ApiError::Unauthenticated(
@@ -204,7 +211,7 @@ impl Gate {
                 .into());
             }
         }
-        let caller = self.key.of(leaf.as_ref());
+        let caller = self.key.of(leaf);
         if self.limiter.check_key(&caller).is_err() {
             self.rate_limited.fetch_add(1, Ordering::Relaxed);
             return Err(ApiError::Exhausted(

@@ -692,12 +692,12 @@ where
 
 /// Serves the browser console on `listener`: the services port's certificate, the node's
 /// client CA (a certificate is asked for, not required: a browser without one is told how
-/// to get one).
+/// to get one), its accept limits and its callers' request rate (`gate`).
 fn console_server(
     config: &NodeConfig,
     ctx: &Ctx,
     listener: tokio::net::TcpListener,
-    limits: AcceptLimits,
+    (limits, gate): (AcceptLimits, Arc<Gate>),
     stopped: watch::Receiver<bool>,
 ) -> Result<(ServerTask, JoinHandle<()>), NodeError> {
     let tls = &config.tls;
@@ -708,6 +708,7 @@ fn console_server(
         b"http/1.1",
     )?;
     let local = listener.local_addr()?;
+    let header_deadline = limits.handshake_timeout;
     // The same accept limits as the services port: a connection cap, handshake deadlines,
     // places per certificate and per address.
     let (incoming, acceptor) = listen::incoming(
@@ -717,14 +718,10 @@ fn console_server(
         CallerKey::ClientCertificate,
         stopped.clone(),
     );
-    let listener = crate::console::TlsListener::new(incoming, local);
-    let app = crate::console::router(ctx.clone())
-        .into_make_service_with_connect_info::<crate::console::Peer>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal(stopped));
-    Ok((
-        serve("console", std::future::IntoFuture::into_future(server)),
-        acceptor,
-    ))
+    // The same request rate per certificate as the services port, counted together.
+    let app = crate::console::router(ctx.clone(), gate);
+    let server = crate::console::serve((incoming, local), app, header_deadline, stopped);
+    Ok((serve("console", server), acceptor))
 }
 
 /// A running node: its server tasks, to drain on shutdown.
@@ -833,8 +830,9 @@ impl Built {
         services: TcpListener,
         admin: TcpListener,
         requests: &metrics::CountRequests,
-    ) -> (Port, Port, Port, Vec<JoinHandle<()>>) {
+    ) -> (Port, Port, Port, Vec<JoinHandle<()>>, Arc<Gate>) {
         let client_gate = self.gate(CallerKey::ClientCertificate);
+        let console_gate = client_gate.clone();
         let mut acceptors = Vec::new();
         let fed_port = self.port(
             federation,
@@ -860,14 +858,14 @@ impl Built {
             requests,
             &mut acceptors,
         );
-        (fed_port, services_port, admin_port, acceptors)
+        (fed_port, services_port, admin_port, acceptors, console_gate)
     }
 
     /// Starts the housekeeping and the four ports on `listeners`.
     pub async fn spawn(self, listeners: Listeners) -> Result<Running, NodeError> {
         let addrs = listeners.addrs()?;
         let requests = metrics::CountRequests(Arc::default());
-        let (fed_port, services_port, admin_port, acceptors) = self.grpc_ports(
+        let (fed_port, services_port, admin_port, acceptors, client_gate) = self.grpc_ports(
             listeners.federation,
             listeners.services,
             listeners.admin,
@@ -893,8 +891,13 @@ impl Built {
         let mut acceptors = acceptors;
         let console = match listeners.console {
             Some(listener) => {
-                let (task, acceptor) =
-                    console_server(&config, &ctx, listener, console_limits, stopped.clone())?;
+                let (task, acceptor) = console_server(
+                    &config,
+                    &ctx,
+                    listener,
+                    (console_limits, client_gate),
+                    stopped.clone(),
+                )?;
                 acceptors.push(acceptor);
                 Some(task)
             }

@@ -28,19 +28,23 @@ mod pages;
 
 use std::{net::SocketAddr, sync::Arc};
 
+use std::time::Duration;
+
 use axum::{
-    extract::{connect_info::Connected, Request},
+    extract::Request,
     http::{header, HeaderValue, Method, StatusCode},
     middleware::Next,
     response::{IntoResponse, Response},
-    serve::IncomingStream,
     Router,
 };
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto::Builder as AutoBuilder,
+};
 use rustls::pki_types::CertificateDer;
-use tokio_rustls::server::TlsStream;
 use tracing::debug;
 
-use crate::ctx::Ctx;
+use crate::{ctx::Ctx, gate::Gate};
 
 /// What every answer of the console carries.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
@@ -54,67 +58,120 @@ pub struct Peer {
     pub certs: Option<Arc<Vec<CertificateDer<'static>>>>,
 }
 
-/// The console's listener: connections accepted by the node's own machinery
-/// ([`crate::listen::incoming`]: the connection cap, handshake deadlines, places per
-/// certificate, and per address), with the certificate each browser presented.
-pub struct TlsListener {
-    incoming: crate::listen::Incoming,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    /// Serves the connections of `incoming`, accepted on `local`.
-    pub fn new(incoming: crate::listen::Incoming, local: SocketAddr) -> Self {
-        Self { incoming, local }
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<crate::listen::Conn>;
-    type Addr = Peer;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        use tokio_stream::StreamExt;
-        loop {
-            match self.incoming.next().await {
-                Some(Ok(tls)) => {
-                    let remote = tonic::transport::server::Connected::connect_info(tls.get_ref().0)
-                        .remote_addr()
-                        .unwrap_or(self.local);
-                    let certs = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .map(|c| Arc::new(c.iter().map(|d| d.clone().into_owned()).collect()));
-                    return (tls, Peer { remote, certs });
+/// Serves `router` on the connections of `incoming` (accepted by the node's own machinery,
+/// [`crate::listen::incoming`]: the connection cap, handshake deadlines, places per
+/// certificate and per address), each request carrying the [`Peer`] of its connection,
+/// until `stopped`; then lets the requests under way finish. A browser has
+/// `header_deadline` to send a request's headers, as it had to finish its handshake: a
+/// connection that dawdles is closed, so that no one holds the console's places by
+/// sending slowly.
+pub async fn serve(
+    (mut incoming, local): (crate::listen::Incoming, SocketAddr),
+    router: Router,
+    header_deadline: Duration,
+    stopped: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), std::convert::Infallible> {
+    use tokio_stream::StreamExt;
+    let mut connections = tokio::task::JoinSet::new();
+    let mut stop = stopped.clone();
+    loop {
+        let tls = tokio::select! {
+            next = incoming.next() => match next {
+                Some(Ok(tls)) => tls,
+                Some(Err(e)) => {
+                    debug!(error = %e, "console connection failed");
+                    continue;
                 }
-                Some(Err(e)) => debug!(error = %e, "console connection failed"),
-                // The accepting task ends only when the node stops: wait for shutdown.
-                None => std::future::pending::<()>().await,
+                None => break,
+            },
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let remote = tonic::transport::server::Connected::connect_info(tls.get_ref().0)
+            .remote_addr()
+            .unwrap_or(local);
+        let certs = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(|c| Arc::new(c.iter().map(|d| d.clone().into_owned()).collect()));
+        let peer = Peer { remote, certs };
+        let app = router
+            .clone()
+            .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+        let service = hyper_util::service::TowerToHyperService::new(
+            tower::ServiceExt::map_request(app, |r: http::Request<hyper::body::Incoming>| {
+                r.map(axum::body::Body::new)
+            }),
+        );
+        let mut stop = stopped.clone();
+        connections.spawn(async move {
+            let mut builder = AutoBuilder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_deadline);
+            let conn = builder.serve_connection(TokioIo::new(tls), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                done = conn.as_mut() => {
+                    if let Err(e) = done {
+                        debug!(error = %e, "console connection ended");
+                    }
+                    return;
+                }
+                _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
             }
-        }
+            if let Err(e) = conn.await {
+                debug!(error = %e, "console connection ended");
+            }
+        });
+        // Forget the connections that ended.
+        while connections.try_join_next().is_some() {}
     }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(Peer {
-            remote: self.local,
-            certs: None,
-        })
-    }
+    while connections.join_next().await.is_some() {}
+    Ok(())
 }
 
-impl Connected<IncomingStream<'_, TlsListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        stream.remote_addr().clone()
-    }
-}
-
-/// Returns the console's routes over `ctx`.
-pub fn router(ctx: Ctx) -> Router {
+/// Returns the console's routes over `ctx`, each request of a browser with a certificate
+/// counted by `gate` (the services port's: one rate per certificate across both).
+pub fn router(ctx: Ctx, gate: Arc<Gate>) -> Router {
     pages::routes(ctx)
         .layer(axum::middleware::from_fn(same_origin_posts))
+        .layer(axum::middleware::from_fn_with_state(gate, within_rate))
         .layer(axum::middleware::from_fn(security_headers))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+}
+
+/// Refuses a request over its certificate's rate with `429 Too Many Requests` (a page
+/// that says to wait, and `Retry-After`); a revoked certificate goes on to be told so by
+/// the page it asked for.
+async fn within_rate(
+    axum::extract::State(gate): axum::extract::State<Arc<Gate>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let leaf = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<Peer>>()
+        .and_then(|c| c.0.certs.as_ref().and_then(|certs| certs.first().cloned()));
+    let Some(leaf) = leaf else {
+        return next.run(request).await;
+    };
+    match gate.check_leaf(leaf.as_ref()) {
+        Err(refused) if refused.code() == tonic::Code::ResourceExhausted => {
+            let l = pages::labels(request.headers());
+            let body = maud::html! { p role="alert" { (l.too_many) } };
+            let mut page = (
+                StatusCode::TOO_MANY_REQUESTS,
+                pages::page(l, l.refused, body),
+            )
+                .into_response();
+            page.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            page
+        }
+        _ => next.run(request).await,
+    }
 }
 
 /// Sets the headers every answer carries.
