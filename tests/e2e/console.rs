@@ -632,8 +632,8 @@ async fn a_case_is_made_consented_and_referred_from_the_console_showing_what_wil
 /// a page); another certificate is served meanwhile; a connection that sends its headers
 /// too slowly is closed.
 #[tokio::test]
-async fn a_browser_over_its_rate_is_told_to_wait_and_a_dawdling_one_is_closed(
-) -> anyhow::Result<()> {
+async fn a_browser_over_its_rate_is_told_to_wait_and_a_dawdling_one_is_closed() -> anyhow::Result<()>
+{
     let fed = TestFederation::builder()
         .nodes(&["AT"])
         .config(|_, cfg| {

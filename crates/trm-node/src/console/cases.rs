@@ -835,12 +835,6 @@ async fn case(
 
 fn case_body(l: &Labels, c: &w::Case) -> Markup {
     let t = words(l);
-    let lang = l.lang;
-    let person = c.person.clone().unwrap_or_default();
-    let needs = c.needs.clone().unwrap_or_default();
-    let exploitation = c.exploitation.clone().unwrap_or_default();
-    let child = c.child.unwrap_or_default();
-    let yes_no = |b: bool| if b { t.yes } else { t.no };
     let id = &c.case_id;
     html! {
         p { code { (id) } " · " (t.organisation) ": " (c.organisation) }
@@ -851,6 +845,20 @@ fn case_body(l: &Labels, c: &w::Case) -> Markup {
             " · "
             a href={ "/returns/checklist?case_id=" (id) } { (l.guards) }
         }
+        (person_section(l, c))
+        (consents_section(l, c))
+        (decisions_section(l, c))
+    }
+}
+
+/// The case's person, needs and dates.
+fn person_section(l: &Labels, c: &w::Case) -> Markup {
+    let (t, lang) = (words(l), l.lang);
+    let person = c.person.clone().unwrap_or_default();
+    let needs = c.needs.clone().unwrap_or_default();
+    let exploitation = c.exploitation.clone().unwrap_or_default();
+    let child = c.child.unwrap_or_default();
+    html! {
         h2 { (t.person) }
         dl {
             dt { (t.family_name) } dd { (person.family_name) }
@@ -862,10 +870,18 @@ fn case_body(l: &Labels, c: &w::Case) -> Markup {
             dt { (t.needs) } dd { (terms_of!(lang, w::NeedKind, needs.kinds, "NEED_KIND_")) }
             dt { (t.urgency) } dd { (term_of!(lang, w::Urgency, needs.urgency, "URGENCY_")) }
             dt { (t.exploitation) } dd { (terms_of!(lang, w::ExploitationType, exploitation.types, "EXPLOITATION_TYPE_")) }
-            dt { (t.is_child) } dd { (yes_no(child.is_child)) }
+            dt { (t.is_child) } dd { (if child.is_child { t.yes } else { t.no }) }
             dt { (t.identified) } dd { (c.identified_on) }
             dt { (t.reflection_ends) } dd { (c.reflection_period_ends_on) }
         }
+    }
+}
+
+/// The case's consents, each with the victim's account and a way to withdraw it, and the
+/// form that records another.
+fn consents_section(l: &Labels, c: &w::Case) -> Markup {
+    let (t, lang, id) = (words(l), l.lang, &c.case_id);
+    html! {
         h2 { (t.consents) }
         @if c.consents.is_empty() {
             p { (t.none_yet) }
@@ -916,6 +932,13 @@ fn case_body(l: &Labels, c: &w::Case) -> Markup {
             }
             p { button type="submit" { (t.record_consent) } }
         }
+    }
+}
+
+/// The case's identification and residence, each with the form that records the next.
+fn decisions_section(l: &Labels, c: &w::Case) -> Markup {
+    let (t, lang, id) = (words(l), l.lang, &c.case_id);
+    html! {
         h2 { (t.identification) }
         @match &c.identification {
             Some(i) => p {
@@ -1143,8 +1166,27 @@ async fn post_form(
 
 /// Makes the request the form at `path` stands for; returns where the browser goes next.
 async fn apply(ctx: &Ctx, certs: &Certs, path: &str, f: &Fields) -> Result<String, tonic::Status> {
+    match path {
+        "/cases" | "/cases/draft" | "/cases/draft/discard" => {
+            new_case_form(ctx, certs, path, f).await
+        }
+        "/referrals/submit" | "/returns/propose" => sending_form(ctx, certs, path, f).await,
+        _ => {
+            case_form_posted(ctx, certs, path, f).await?;
+            Ok(case_page(&f.one("case_id")))
+        }
+    }
+}
+
+/// The forms of a new case: saved as a draft, the draft discarded, the case created.
+async fn new_case_form(
+    ctx: &Ctx,
+    certs: &Certs,
+    path: &str,
+    f: &Fields,
+) -> Result<String, tonic::Status> {
     let service = Referrals::new(ctx.clone());
-    let (case_id, request_id) = (f.one("case_id"), f.one("request_id"));
+    let request_id = f.one("request_id");
     let groups = || case_groups(f);
     match path {
         "/cases/draft" => {
@@ -1152,14 +1194,14 @@ async fn apply(ctx: &Ctx, certs: &Certs, path: &str, f: &Fields) -> Result<Strin
             let keep = |(n, _): &(String, String)| n != "request_id" && n != "draft_id";
             let fields = f.0.iter().filter(|x| keep(x)).cloned().collect();
             let id = crate::drafts::save(ctx, &p, draft_id(f)?, fields).await?;
-            return Ok(format!("/cases/new?draft={id}"));
+            Ok(format!("/cases/new?draft={id}"))
         }
         "/cases/draft/discard" => {
             let p = principal(certs)?;
             if let Some(id) = draft_id(f)? {
                 crate::drafts::discard(ctx, &p, id, "discarded").await?;
             }
-            return Ok("/cases".to_owned());
+            Ok("/cases".to_owned())
         }
         "/cases" => {
             let (person, needs, exploitation, child) = groups();
@@ -1176,8 +1218,24 @@ async fn apply(ctx: &Ctx, certs: &Certs, path: &str, f: &Fields) -> Result<Strin
             if let Some(id) = draft_id(f)? {
                 crate::drafts::discard(ctx, &principal(certs)?, id, "used").await?;
             }
-            return Ok(case_page(&made.into_inner().case_id));
+            Ok(case_page(&made.into_inner().case_id))
         }
+        _ => Err(tonic::Status::not_found("no such form")),
+    }
+}
+
+/// The forms of a case's page: an update, a consent recorded or withdrawn, an
+/// identification decision, a residence status.
+async fn case_form_posted(
+    ctx: &Ctx,
+    certs: &Certs,
+    path: &str,
+    f: &Fields,
+) -> Result<(), tonic::Status> {
+    let service = Referrals::new(ctx.clone());
+    let (case_id, request_id) = (f.one("case_id"), f.one("request_id"));
+    let groups = || case_groups(f);
+    match path {
         "/case/update" => {
             let (person, needs, exploitation, child) = groups();
             let paths = ["person", "needs", "exploitation", "child"].map(String::from);
@@ -1239,6 +1297,21 @@ async fn apply(ctx: &Ctx, certs: &Certs, path: &str, f: &Fields) -> Result<Strin
                 .record_residence_status(request(certs, message))
                 .await?;
         }
+        _ => return Err(tonic::Status::not_found("no such form")),
+    }
+    Ok(())
+}
+
+/// The forms that send a case's data across the border: a referral, a return proposed.
+async fn sending_form(
+    ctx: &Ctx,
+    certs: &Certs,
+    path: &str,
+    f: &Fields,
+) -> Result<String, tonic::Status> {
+    let service = Referrals::new(ctx.clone());
+    let (case_id, request_id) = (f.one("case_id"), f.one("request_id"));
+    match path {
         "/referrals/submit" => {
             let message = w::SubmitReferralRequest {
                 case_id,
@@ -1248,7 +1321,7 @@ async fn apply(ctx: &Ctx, certs: &Certs, path: &str, f: &Fields) -> Result<Strin
                 request_id,
             };
             service.submit_referral(request(certs, message)).await?;
-            return Ok("/referrals?direction=outgoing".to_owned());
+            Ok("/referrals?direction=outgoing".to_owned())
         }
         "/returns/propose" => {
             use trm_proto::v1::return_planning_service_server::ReturnPlanningService;
@@ -1262,11 +1335,10 @@ async fn apply(ctx: &Ctx, certs: &Certs, path: &str, f: &Fields) -> Result<Strin
             crate::returns::Returns::new(ctx.clone())
                 .propose_return(request(certs, message))
                 .await?;
-            return Ok("/records?kind=returns&direction=outgoing".to_owned());
+            Ok("/records?kind=returns&direction=outgoing".to_owned())
         }
-        _ => return Err(tonic::Status::not_found("no such form")),
+        _ => Err(tonic::Status::not_found("no such form")),
     }
-    Ok(case_page(&case_id))
 }
 
 /// The form's `draft_id`, when it has one.
