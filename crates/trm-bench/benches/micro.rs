@@ -103,11 +103,42 @@ fn benches(c: &mut Criterion) {
     });
 }
 
+/// Age bands, commonest first.
+const BANDS: [trm_core::model::AgeBand; 9] = {
+    use trm_core::model::AgeBand as A;
+    [
+        A::B21To23,
+        A::B24To26,
+        A::B18To20,
+        A::B27To29,
+        A::B30To38,
+        A::B9To17,
+        A::B39To47,
+        A::B0To8,
+        A::B48Plus,
+    ]
+};
+
+/// Forms of exploitation, commonest first.
+const KINDS: [trm_core::model::ExploitationType; 8] = {
+    use trm_core::model::ExploitationType as E;
+    [
+        E::Sexual,
+        E::ForcedLabour,
+        E::DomesticServitude,
+        E::ForcedCriminality,
+        E::Begging,
+        E::ForcedMarriage,
+        E::Other,
+        E::OrganRemoval,
+    ]
+};
+
 /// A node's year: twelve months of `persons` each, drawn (deterministically) from a mix of
 /// common and rare profiles, with referrals by state; the raw cells of each month.
 fn a_year_of_months(persons: usize) -> Vec<Vec<trm_core::stats::Published>> {
     use trm_core::{
-        model::{AgeBand, ExploitationType as E},
+        model::AgeBand,
         referral::{Direction, ReferralStatus},
         stats::{Cell, Profile},
     };
@@ -124,27 +155,7 @@ fn a_year_of_months(persons: usize) -> Vec<Vec<trm_core::stats::Published>> {
         .iter()
         .filter_map(|c| c.parse().ok())
         .collect();
-    let bands = [
-        AgeBand::B21To23,
-        AgeBand::B24To26,
-        AgeBand::B18To20,
-        AgeBand::B27To29,
-        AgeBand::B30To38,
-        AgeBand::B9To17,
-        AgeBand::B39To47,
-        AgeBand::B0To8,
-        AgeBand::B48Plus,
-    ];
-    let kinds = [
-        E::Sexual,
-        E::ForcedLabour,
-        E::DomesticServitude,
-        E::ForcedCriminality,
-        E::Begging,
-        E::ForcedMarriage,
-        E::Other,
-        E::OrganRemoval,
-    ];
+    let (bands, kinds) = (BANDS, KINDS);
     let genders = [Gender::Female, Gender::Male, Gender::Other];
     (0..12)
         .map(|_| {

@@ -129,6 +129,26 @@ pub struct GuardCheck {
     pub refusal: Option<GuardError>,
 }
 
+/// The reflection period's guard: over on `today`, or `waived` by the victim.
+fn reflection_over(
+    case: &CaseRecord,
+    reflection_period_days: u32,
+    waived: bool,
+    today: Date,
+) -> Result<(), GuardError> {
+    let period_ends = case.reflection_period_ends_on(reflection_period_days);
+    if today >= period_ends || waived {
+        return Ok(());
+    }
+    Err(GuardError::new(
+        Guard::ReflectionPeriod,
+        format!(
+            "the reflection period of {reflection_period_days} days ends on {} and was not waived by the victim",
+            crate::model::format_date(period_ends)
+        ),
+    ))
+}
+
 /// Checks every guard of a return on the case as it stands, each on its own (a checklist
 /// of what is missing), in the order [`check_guards`] refuses them. The consent and safety
 /// alerts, which depend on the country of return, are the node's to add.
@@ -154,18 +174,7 @@ pub fn guard_checklist(
         )),
     };
     let waived = decided.is_ok() && decision.is_some_and(|d| d.reflection_period_waived);
-    let period_ends = case.reflection_period_ends_on(reflection_period_days);
-    let reflection = if today < period_ends && !waived {
-        Err(GuardError::new(
-            Guard::ReflectionPeriod,
-            format!(
-                "the reflection period of {reflection_period_days} days ends on {} and was not waived by the victim",
-                crate::model::format_date(period_ends)
-            ),
-        ))
-    } else {
-        Ok(())
-    };
+    let reflection = reflection_over(case, reflection_period_days, waived, today);
     let child = |met: bool, guard, why: &str| match case.child.is_child && !met {
         true => Err(GuardError::new(guard, why)),
         false => Ok(()),

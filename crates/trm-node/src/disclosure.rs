@@ -58,40 +58,14 @@ pub fn refresh_copies(
     let consents = tx.consents(case.case_id)?;
     let mut sent = 0;
     for shared in shared_of_case(tx, case.case_id)? {
-        let (purpose, recipient, held) = match shared {
-            // Only a copy still in use: an ended referral, a plan ended or under way (a
-            // return halted for an asylum claim) gets nothing more.
-            Shared::Referral(id) => match tx.record::<ReferralRecord>(id)? {
-                Some(r) if !r.erasure.requested() && !r.status.is_final() => {
-                    (Purpose::ReferralAssistance, r.destination, r.disclosed)
-                }
-                _ => continue,
-            },
-            Shared::Return(id) => match tx.record::<ReturnRecord>(id)? {
-                Some(r) if !r.erasure.requested() && r.status.before_departure() => {
-                    (Purpose::ReturnPlanning, r.destination, r.disclosed)
-                }
-                _ => continue,
-            },
-            // A claim's forum needs the victim's data while it decides and pays.
-            Shared::Claim(id) => match tx.record::<ClaimRecord>(id)? {
-                Some(c) if !c.erasure.requested() && !c.is_local() && c.is_open() => {
-                    (Purpose::LegalRemedies, c.forum_country, c.disclosed)
-                }
-                _ => continue,
-            },
+        let Some((purpose, recipient, held)) = copy_in_use(tx, shared)? else {
+            continue;
         };
         // A copy whose consent lapsed is being erased, not updated.
         let Ok(grant) = consent::grant(&consents, purpose, recipient, today()) else {
             continue;
         };
-        let now = policy::disclose(
-            case,
-            purpose,
-            &grant.categories,
-            held.case_ref.clone(),
-            today(),
-        );
+        let now = disclosed(case, purpose, &grant, held.case_ref.clone());
         if now == held {
             continue;
         }
@@ -131,6 +105,30 @@ pub fn refresh_copies(
         sent += 1;
     }
     Ok(sent)
+}
+
+/// The purpose, recipient and held data of the copy `shared` this node sent, while it is
+/// still in use: an ended referral, a plan ended or under way (a return halted for an
+/// asylum claim) gets nothing more; a claim's forum needs the victim's data while it
+/// decides and pays.
+fn copy_in_use(
+    tx: &mut Tx<'_>,
+    shared: Shared,
+) -> TxResult<Option<(Purpose, NodeId, DisclosedCase)>> {
+    Ok(match shared {
+        Shared::Referral(id) => tx
+            .record::<ReferralRecord>(id)?
+            .filter(|r| !r.erasure.requested() && !r.status.is_final())
+            .map(|r| (Purpose::ReferralAssistance, r.destination, r.disclosed)),
+        Shared::Return(id) => tx
+            .record::<ReturnRecord>(id)?
+            .filter(|r| !r.erasure.requested() && r.status.before_departure())
+            .map(|r| (Purpose::ReturnPlanning, r.destination, r.disclosed)),
+        Shared::Claim(id) => tx
+            .record::<ClaimRecord>(id)?
+            .filter(|c| !c.erasure.requested() && !c.is_local() && c.is_open())
+            .map(|c| (Purpose::LegalRemedies, c.forum_country, c.disclosed)),
+    })
 }
 
 /// Keeps, in this node's record of a copy it sent, what the copy now holds and the

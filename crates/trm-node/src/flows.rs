@@ -674,27 +674,7 @@ impl FlowHandler for Flows {
     ) -> FlowResult {
         match (item.kind, item.topic) {
             (EnvelopeKind::ReferralOffer, Topic::Referral(id)) => {
-                let Some(mut r) = tx.referral(id)? else {
-                    return Ok(());
-                };
-                let now = OffsetDateTime::now_utc();
-                match outcome {
-                    ReceiptOutcome::Accepted | ReceiptOutcome::Duplicate => {
-                        // Only a referral still `sent`: an answer may have overtaken it.
-                        let status_reason = r.status_reason.clone();
-                        if r.apply(ReferralEvent::Delivered, &status_reason, now)
-                            .is_err()
-                        {
-                            return Ok(());
-                        }
-                    }
-                    ReceiptOutcome::Rejected => {
-                        r.status_reason = format!("refused by {}: {reason}", item.peer);
-                        r.updated_at = now;
-                    }
-                    _ => return Ok(()),
-                }
-                tx.put_referral(&r)?;
+                offer_receipt(tx, id, item, outcome, reason)?;
             }
             // A claim or a status question the other node refused outright is over: it
             // waits for nothing (and no return carries a claim that was never filed there).
@@ -761,4 +741,36 @@ impl FlowHandler for Flows {
         }
         Ok(())
     }
+}
+
+/// The receipt of a referral offer: delivered (only a referral still `sent`: an answer may
+/// have overtaken it), or refused with the peer's reason.
+fn offer_receipt(
+    tx: &mut Tx<'_>,
+    id: ReferralId,
+    item: &OutboxItem,
+    outcome: ReceiptOutcome,
+    reason: &str,
+) -> FlowResult {
+    let Some(mut r) = tx.referral(id)? else {
+        return Ok(());
+    };
+    let now = OffsetDateTime::now_utc();
+    match outcome {
+        ReceiptOutcome::Accepted | ReceiptOutcome::Duplicate => {
+            let status_reason = r.status_reason.clone();
+            if r.apply(ReferralEvent::Delivered, &status_reason, now)
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
+        ReceiptOutcome::Rejected => {
+            r.status_reason = format!("refused by {}: {reason}", item.peer);
+            r.updated_at = now;
+        }
+        _ => return Ok(()),
+    }
+    tx.put_referral(&r)?;
+    Ok(())
 }

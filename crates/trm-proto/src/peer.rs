@@ -102,46 +102,9 @@ pub fn parse(payload: &Payload) -> Result<PeerMessage, PayloadError> {
             compensation_pending: r.compensation_pending,
             risk_assessed_at: optional_ts("risk_assessed_at", r.risk_assessed_at.as_ref())?,
         },
-        Payload::ReturnUpdate(u) if u.disclosed.is_some() => PeerMessage::CopyUpdate {
-            subject: Shared::Return(ReturnId::parse("return_id", &u.return_id)?),
-            disclosed: copy_only(
-                u.status,
-                &[
-                    ("reason", u.reason.is_empty()),
-                    ("details", u.details.is_empty()),
-                    ("travel_at", u.travel_at.is_none()),
-                ],
-                u.disclosed.as_ref(),
-            )?,
-        },
-        Payload::ReturnUpdate(u) => PeerMessage::ReturnUpdate {
-            return_id: ReturnId::parse("return_id", &u.return_id)?,
-            status: return_status_from_wire("status", u.status)?,
-            step: StepDetails {
-                reason: text("reason", &u.reason)?,
-                details: text("details", &u.details)?,
-                travel_at: optional_ts("travel_at", u.travel_at.as_ref())?,
-            },
-        },
-        Payload::HearingRequest(h) => PeerMessage::HearingRequest {
-            hearing_id: HearingId::parse("hearing_id", &h.hearing_id)?,
-            terms: crate::convert::hearing_terms(
-                &h.proceeding_reference,
-                &h.legal_basis,
-                &h.measures,
-                &h.language,
-                &h.proposed_times,
-            )?,
-        },
-        Payload::HearingUpdate(u) => PeerMessage::HearingUpdate {
-            hearing_id: HearingId::parse("hearing_id", &u.hearing_id)?,
-            status: hearing_status_from_wire("status", u.status)?,
-            step: HearingStep {
-                reason: text("reason", &u.reason)?,
-                scheduled_at: optional_ts("scheduled_at", u.scheduled_at.as_ref())?,
-                minutes_reference: short("minutes_reference", &u.minutes_reference, false)?,
-            },
-        },
+        Payload::ReturnUpdate(u) => return_update_from_wire(u)?,
+        Payload::HearingRequest(h) => hearing_request_from_wire(h)?,
+        Payload::HearingUpdate(u) => hearing_update_from_wire(u)?,
         Payload::ErasureRequest(e) => PeerMessage::ErasureRequest {
             subject_id: subject("subject_id", &e.subject_id)?,
             // The erasure happens whatever the reason says.
@@ -183,19 +146,74 @@ pub fn parse(payload: &Payload) -> Result<PeerMessage, PayloadError> {
             status_request_id: StatusRequestId::parse("status_request_id", &q.status_request_id)?,
         },
         Payload::VictimStatusAnswer(a) => victim_status_answer(a)?,
-        Payload::KeyAnnouncement(a) => {
-            let k = a
-                .key
-                .as_ref()
-                .ok_or_else(|| FieldError::new("key", "is required"))?;
-            PeerMessage::KeyAnnouncement {
-                key_id: k.key_id.clone(),
-                public_key: k.public_key.as_slice().try_into().map_err(|_| {
-                    FieldError::new("key.public_key", "must be 32 raw bytes of an ed25519 key")
-                })?,
-                valid_from: optional_ts("key.valid_from", k.valid_from.as_ref())?,
-            }
-        }
+        Payload::KeyAnnouncement(a) => key_announcement_from_wire(a)?,
+    })
+}
+
+/// A return plan's update: a step, or (with `disclosed`) the copy's new disclosed case.
+fn return_update_from_wire(u: &w::ReturnUpdate) -> Result<PeerMessage, PayloadError> {
+    let return_id = ReturnId::parse("return_id", &u.return_id)?;
+    if u.disclosed.is_some() {
+        return Ok(PeerMessage::CopyUpdate {
+            subject: Shared::Return(return_id),
+            disclosed: copy_only(
+                u.status,
+                &[
+                    ("reason", u.reason.is_empty()),
+                    ("details", u.details.is_empty()),
+                    ("travel_at", u.travel_at.is_none()),
+                ],
+                u.disclosed.as_ref(),
+            )?,
+        });
+    }
+    Ok(PeerMessage::ReturnUpdate {
+        return_id,
+        status: return_status_from_wire("status", u.status)?,
+        step: StepDetails {
+            reason: text("reason", &u.reason)?,
+            details: text("details", &u.details)?,
+            travel_at: optional_ts("travel_at", u.travel_at.as_ref())?,
+        },
+    })
+}
+
+fn hearing_request_from_wire(h: &w::HearingRequest) -> Result<PeerMessage, PayloadError> {
+    Ok(PeerMessage::HearingRequest {
+        hearing_id: HearingId::parse("hearing_id", &h.hearing_id)?,
+        terms: crate::convert::hearing_terms(
+            &h.proceeding_reference,
+            &h.legal_basis,
+            &h.measures,
+            &h.language,
+            &h.proposed_times,
+        )?,
+    })
+}
+
+fn hearing_update_from_wire(u: &w::HearingUpdate) -> Result<PeerMessage, PayloadError> {
+    Ok(PeerMessage::HearingUpdate {
+        hearing_id: HearingId::parse("hearing_id", &u.hearing_id)?,
+        status: hearing_status_from_wire("status", u.status)?,
+        step: HearingStep {
+            reason: text("reason", &u.reason)?,
+            scheduled_at: optional_ts("scheduled_at", u.scheduled_at.as_ref())?,
+            minutes_reference: short("minutes_reference", &u.minutes_reference, false)?,
+        },
+    })
+}
+
+fn key_announcement_from_wire(a: &w::KeyAnnouncement) -> Result<PeerMessage, PayloadError> {
+    let k = a
+        .key
+        .as_ref()
+        .ok_or_else(|| FieldError::new("key", "is required"))?;
+    Ok(PeerMessage::KeyAnnouncement {
+        key_id: k.key_id.clone(),
+        public_key: k.public_key.as_slice().try_into().map_err(|_| {
+            FieldError::new("key.public_key", "must be 32 raw bytes of an ed25519 key")
+        })?,
+        valid_from: optional_ts("key.valid_from", k.valid_from.as_ref())?,
     })
 }
 
@@ -227,68 +245,41 @@ pub fn to_wire(m: &PeerMessage) -> Payload {
             referral_id,
             disclosed,
             requested_services,
-        } => Payload::ReferralOffer(w::ReferralOffer {
-            referral_id: referral_id.to_string(),
-            disclosed: Some(disclosed_to_wire(disclosed)),
-            requested_services: enums_to_wire(requested_services),
-        }),
+        } => referral_offer(*referral_id, disclosed, requested_services),
         PeerMessage::ReferralUpdate {
             referral_id,
             status,
             reason,
-        } => Payload::ReferralUpdate(w::ReferralUpdate {
-            referral_id: referral_id.to_string(),
-            status: referral_status_to_wire(*status) as i32,
-            reason: reason.clone(),
-            disclosed: None,
-        }),
+        } => referral_update(*referral_id, *status, reason),
         PeerMessage::ReturnRequest {
             return_id,
             disclosed,
             hearing_pending,
             compensation_pending,
             risk_assessed_at,
-        } => Payload::ReturnRequest(w::ReturnRequest {
-            return_id: return_id.to_string(),
-            disclosed: Some(disclosed_to_wire(disclosed)),
-            hearing_pending: *hearing_pending,
-            compensation_pending: *compensation_pending,
-            risk_assessed_at: risk_assessed_at.map(ts),
-        }),
+        } => return_request(
+            *return_id,
+            disclosed,
+            (*hearing_pending, *compensation_pending),
+            *risk_assessed_at,
+        ),
         PeerMessage::ReturnUpdate {
             return_id,
             status,
             step,
         } => Payload::ReturnUpdate(return_update(*return_id, *status, step)),
-        PeerMessage::HearingRequest { hearing_id, terms } => {
-            Payload::HearingRequest(w::HearingRequest {
-                hearing_id: hearing_id.to_string(),
-                proceeding_reference: terms.proceeding_reference.clone(),
-                legal_basis: terms.legal_basis.clone(),
-                measures: enums_to_wire(&terms.measures),
-                language: terms.language.clone(),
-                proposed_times: terms.proposed_times.iter().copied().map(ts).collect(),
-            })
-        }
+        PeerMessage::HearingRequest { hearing_id, terms } => hearing_request(*hearing_id, terms),
         PeerMessage::HearingUpdate {
             hearing_id,
             status,
             step,
         } => Payload::HearingUpdate(hearing_update(*hearing_id, *status, step)),
         PeerMessage::CopyUpdate { subject, disclosed } => copy_update(*subject, disclosed),
-        PeerMessage::ErasureRequest { subject_id, reason } => {
-            Payload::ErasureRequest(w::ErasureRequest {
-                subject_id: subject_id.to_string(),
-                reason: reason.clone(),
-            })
-        }
+        PeerMessage::ErasureRequest { subject_id, reason } => erasure_request(subject_id, reason),
         PeerMessage::ErasureConfirmation {
             subject_id,
             erased_at,
-        } => Payload::ErasureConfirmation(w::ErasureConfirmation {
-            subject_id: subject_id.to_string(),
-            erased_at: erased_at.map(ts),
-        }),
+        } => erasure_confirmation(subject_id, *erased_at),
         PeerMessage::KeyAnnouncement {
             key_id,
             public_key,
@@ -301,39 +292,18 @@ pub fn to_wire(m: &PeerMessage) -> Payload {
             terms,
             raised_at,
             disclosed,
-        } => Payload::SafetyAlertNotice(w::SafetyAlertNotice {
-            alert_id: alert_id.to_string(),
-            country: terms.country.to_string(),
-            kind: terms.kind.to_wire(),
-            effective_on: trm_core::model::format_date(terms.effective_on),
-            raised_at: Some(ts(*raised_at)),
-            disclosed: Some(disclosed_to_wire(disclosed)),
-        }),
-        PeerMessage::SafetyAlertUpdate { alert_id, status } => {
-            Payload::SafetyAlertUpdate(w::SafetyAlertUpdate {
-                alert_id: alert_id.to_string(),
-                status: status.to_wire(),
-            })
-        }
+        } => alert_notice(*alert_id, terms, *raised_at, disclosed),
+        PeerMessage::SafetyAlertUpdate { alert_id, status } => alert_update(*alert_id, *status),
         PeerMessage::ClaimNotice {
             claim_id,
             kind,
             disclosed,
-        } => Payload::ClaimNotice(w::ClaimNotice {
-            claim_id: claim_id.to_string(),
-            kind: kind.to_wire(),
-            disclosed: Some(disclosed_to_wire(disclosed)),
-        }),
+        } => claim_notice(*claim_id, *kind, disclosed),
         PeerMessage::ClaimUpdate {
             claim_id,
             status,
             reason,
-        } => Payload::ClaimUpdate(w::ClaimUpdate {
-            claim_id: claim_id.to_string(),
-            status: status.to_wire(),
-            reason: reason.clone(),
-            disclosed: None,
-        }),
+        } => claim_update(*claim_id, *status, reason),
         PeerMessage::VictimStatusQuery { status_request_id } => {
             Payload::VictimStatusQuery(w::VictimStatusQuery {
                 status_request_id: status_request_id.to_string(),
@@ -343,12 +313,137 @@ pub fn to_wire(m: &PeerMessage) -> Payload {
             status_request_id,
             state,
             attestation,
-        } => Payload::VictimStatusAnswer(w::VictimStatusAnswer {
-            status_request_id: status_request_id.to_string(),
-            state: state.to_wire(),
-            attestation: attestation.as_ref().map(attestation_to_wire),
-        }),
+        } => victim_status_answer_to_wire(*status_request_id, *state, attestation.as_ref()),
     }
+}
+
+fn referral_offer(
+    referral_id: ReferralId,
+    disclosed: &trm_core::model::DisclosedCase,
+    requested_services: &[trm_core::model::NeedKind],
+) -> Payload {
+    Payload::ReferralOffer(w::ReferralOffer {
+        referral_id: referral_id.to_string(),
+        disclosed: Some(disclosed_to_wire(disclosed)),
+        requested_services: enums_to_wire(requested_services),
+    })
+}
+
+fn referral_update(
+    referral_id: ReferralId,
+    status: trm_core::referral::ReferralStatus,
+    reason: &str,
+) -> Payload {
+    Payload::ReferralUpdate(w::ReferralUpdate {
+        referral_id: referral_id.to_string(),
+        status: referral_status_to_wire(status) as i32,
+        reason: reason.to_owned(),
+        disclosed: None,
+    })
+}
+
+/// A return request; `pending`: a hearing, a compensation claim.
+fn return_request(
+    return_id: ReturnId,
+    disclosed: &trm_core::model::DisclosedCase,
+    (hearing_pending, compensation_pending): (bool, bool),
+    risk_assessed_at: Option<time::OffsetDateTime>,
+) -> Payload {
+    Payload::ReturnRequest(w::ReturnRequest {
+        return_id: return_id.to_string(),
+        disclosed: Some(disclosed_to_wire(disclosed)),
+        hearing_pending,
+        compensation_pending,
+        risk_assessed_at: risk_assessed_at.map(ts),
+    })
+}
+
+fn victim_status_answer_to_wire(
+    status_request_id: StatusRequestId,
+    state: trm_core::remedies::VictimStatusState,
+    attestation: Option<&trm_core::remedies::SignedAttestation>,
+) -> Payload {
+    Payload::VictimStatusAnswer(w::VictimStatusAnswer {
+        status_request_id: status_request_id.to_string(),
+        state: state.to_wire(),
+        attestation: attestation.map(attestation_to_wire),
+    })
+}
+
+fn alert_update(alert_id: AlertId, status: trm_core::safety::SafetyAlertStatus) -> Payload {
+    Payload::SafetyAlertUpdate(w::SafetyAlertUpdate {
+        alert_id: alert_id.to_string(),
+        status: status.to_wire(),
+    })
+}
+
+fn erasure_request(subject_id: &impl std::fmt::Display, reason: &str) -> Payload {
+    Payload::ErasureRequest(w::ErasureRequest {
+        subject_id: subject_id.to_string(),
+        reason: reason.to_owned(),
+    })
+}
+
+fn erasure_confirmation(
+    subject_id: &impl std::fmt::Display,
+    erased_at: Option<time::OffsetDateTime>,
+) -> Payload {
+    Payload::ErasureConfirmation(w::ErasureConfirmation {
+        subject_id: subject_id.to_string(),
+        erased_at: erased_at.map(ts),
+    })
+}
+
+fn claim_notice(
+    claim_id: ClaimId,
+    kind: trm_core::remedies::ClaimKind,
+    disclosed: &trm_core::model::DisclosedCase,
+) -> Payload {
+    Payload::ClaimNotice(w::ClaimNotice {
+        claim_id: claim_id.to_string(),
+        kind: kind.to_wire(),
+        disclosed: Some(disclosed_to_wire(disclosed)),
+    })
+}
+
+fn claim_update(
+    claim_id: ClaimId,
+    status: trm_core::remedies::ClaimStatus,
+    reason: &str,
+) -> Payload {
+    Payload::ClaimUpdate(w::ClaimUpdate {
+        claim_id: claim_id.to_string(),
+        status: status.to_wire(),
+        reason: reason.to_owned(),
+        disclosed: None,
+    })
+}
+
+fn hearing_request(hearing_id: HearingId, terms: &trm_core::hearing::HearingTerms) -> Payload {
+    Payload::HearingRequest(w::HearingRequest {
+        hearing_id: hearing_id.to_string(),
+        proceeding_reference: terms.proceeding_reference.clone(),
+        legal_basis: terms.legal_basis.clone(),
+        measures: enums_to_wire(&terms.measures),
+        language: terms.language.clone(),
+        proposed_times: terms.proposed_times.iter().copied().map(ts).collect(),
+    })
+}
+
+fn alert_notice(
+    alert_id: AlertId,
+    terms: &trm_core::safety::AlertTerms,
+    raised_at: time::OffsetDateTime,
+    disclosed: &trm_core::model::DisclosedCase,
+) -> Payload {
+    Payload::SafetyAlertNotice(w::SafetyAlertNotice {
+        alert_id: alert_id.to_string(),
+        country: terms.country.to_string(),
+        kind: terms.kind.to_wire(),
+        effective_on: trm_core::model::format_date(terms.effective_on),
+        raised_at: Some(ts(raised_at)),
+        disclosed: Some(disclosed_to_wire(disclosed)),
+    })
 }
 
 /// An answer to a victim-status query: ATTESTED with its signed attestation (the bytes,

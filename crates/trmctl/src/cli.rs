@@ -1550,6 +1550,25 @@ fn report(outcomes: Vec<InitOutcome>) {
     }
 }
 
+/// Prints where a sandbox node listens, and how a browser reaches its console.
+fn print_addresses(dir: &Path, id: NodeId, addrs: &trm_node::Addrs) {
+    println!(
+        "node {id}: services {} federation {} admin {} metrics http://{}/metrics",
+        addrs.services, addrs.federation, addrs.admin, addrs.metrics
+    );
+    if let Some(console) = addrs.console {
+        let node_dir = sandbox::node_dir(dir, id);
+        println!(
+            "node {id}: console https://localhost:{} (import {} into a browser, \
+             passphrase \"{}\"; trust {})",
+            console.port(),
+            node_dir.join("clients/focal_point.p12").display(),
+            sandbox::SANDBOX_P12_PASSPHRASE,
+            node_dir.join("services-ca.pem").display()
+        );
+    }
+}
+
 async fn up(
     dir: PathBuf,
     scenario: bool,
@@ -1585,27 +1604,7 @@ async fn up(
                 )
             })?;
         let handle = trm_node::NodeHandle::spawn(cfg, listeners)?;
-        println!(
-            "node {id}: services {} federation {} admin {} metrics http://{}/metrics",
-            handle.addrs.services,
-            handle.addrs.federation,
-            handle.addrs.admin,
-            handle.addrs.metrics
-        );
-        if let Some(console) = handle.addrs.console {
-            println!(
-                "node {id}: console https://localhost:{} (import {} into a browser, \
-                 passphrase \"{}\"; trust {})",
-                console.port(),
-                sandbox::node_dir(&dir, *id)
-                    .join("clients/focal_point.p12")
-                    .display(),
-                sandbox::SANDBOX_P12_PASSPHRASE,
-                sandbox::node_dir(&dir, *id)
-                    .join("services-ca.pem")
-                    .display()
-            );
-        }
+        print_addresses(&dir, *id, &handle.addrs);
         nodes.push(handle);
     }
     let result = if scenario {

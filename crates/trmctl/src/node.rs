@@ -251,111 +251,28 @@ fn state_path(state: Option<&Path>, rel: &str) -> String {
     }
 }
 
+/// The configuration `node init` writes, with `{id}`, `{name}`, the four listen addresses
+/// and the state paths to fill in.
+const TEMPLATE: &str = include_str!("node.toml.template");
+
 fn template(n: &NodeInit, state: Option<&Path>) -> String {
-    format!(
-        r#"# Node {id}: written by `trmctl node init`. Every key is shown with its default.
-# Relative paths are resolved against this file's folder.
-
-[node]
-id = "{id}"                                 # ISO 3166-1 alpha-2 code of the country
-name = "{name}"
-data_dir = "{data_dir}"                     # the store (written); everything personal sealed
-master_key = "keys/master.key"              # 32 bytes, mode 0600; back it up apart
-key_store = "{key_store}"                   # the KEKs (written; outside data_dir); the
-                                            # erasure journal and audit anchor live beside it
-
-[listen]
-services = "{services}"                     # local users (client mTLS)
-federation = "{federation}"                 # peer nodes (node mTLS)
-admin = "{admin}"                           # operators (operator mTLS); keep on loopback
-metrics = "{metrics}"                       # plain HTTP /metrics /healthz /readyz
-
-[tls]
-federation_cert = "tls/federation.pem"      # carries trm://node/{id}
-federation_key = "tls/federation.key"
-federation_ca = "tls/federation-ca.pem"     # this node's own CA, given to its peers
-services_cert = "tls/services.pem"
-services_key = "tls/services.key"
-client_ca = "tls/client-ca.pem"
-client_ca_key = "tls/client-ca.key"         # only where `trmctl client issue` runs
-
-[signing]
-key = "{signing_key}"                       # ed25519, PKCS#8 PEM, mode 0600; a rotation
-                                            # rewrites it and signing.pub.pem beside it
-
-[policy]
-reflection_period_days = 30                 # never below 30
-replay_window_days = 7                      # 1..90
-residence_notice_days = 30                  # a permit ending this soon shows as a task
-
-[log]
-format = "text"                             # or "json": one object a line
-level = "info"                              # RUST_LOG, when set, overrides it
-
-[statistics]
-min_cell_count = 11                         # CTDC's threshold; never below 5
-
-[tasks]                                     # when the work queue's tasks fall due, hours
-answer_referral_hours = 48                  # an incoming referral
-urgent_referral_hours = 4                   # one with URGENT or EMERGENCY needs
-answer_return_hours = 72                    # an incoming return request
-answer_hearing_hours = 168                  # an incoming hearing request
-
-[delivery]
-backoff_cap_secs = 600                      # longest wait between attempts to one peer
-request_timeout_secs = 10                   # one delivery attempt
-batch_envelopes = 64                        # 1..512 per batch
-batches_in_flight = 4                       # 1..8, applied in order by the peer
-
-[storage]
-engine = "sled"                             # embedded; or "postgres" with url or url_file
-kek_rotation_hours = 24                     # old copies stop opening erased records within
-backup_retention_days = 35                  # a backup opens (with the key file) this long, then for no one
-# url_file = "keys/postgres.url"            # postgres: postgres://trm@db.example/trm?sslmode=verify-full
-# ca_file = "postgres-ca.pem"               # postgres: the CA of the server's certificate
-# min_free_mib = 64                         # sled: refuse writes below this free space;
-                                            # default: the lesser of 64 MiB, 1/16 of disk
-
-[limits]
-max_connections = 1024                      # per port, TLS handshakes included
-max_connections_per_client = 64             # per client certificate or peer, per port
-handshake_timeout_secs = 10
-max_handshakes_per_address = 64             # per source address (IPv6: per /64), per port,
-                                            # before the handshake; behind a balancer that
-                                            # hides addresses, raise to max_connections
-reserved_for_known_addresses = 256          # of max_connections (default a quarter): only
-                                            # for addresses a caller completed a handshake
-                                            # from in the last day
-handshake_timeout_under_pressure_ms = 2000  # once handshakes hold half of the places new
-                                            # addresses may take
-max_concurrent_streams = 64                 # HTTP/2 streams per connection
-keepalive_interval_secs = 30
-keepalive_timeout_secs = 10
-client_requests_per_second = 200            # per client certificate (services, admin)
-client_burst = 400
-peer_requests_per_second = 500              # per peer node (federation)
-peer_burst = 1000
-
-# Peers are added with `trmctl peer add` while the node runs. An entry here only seeds
-# the node's peer directory: it is taken in at a start if the directory never held that
-# node; after that `trmctl peer update|remove` changes the peer, not this file.
-# [[peers]]
-# id = "RO"
-# endpoint = "trm.ro.example:7401"
-# tls_ca = "peers/RO-ca.pem"
-# signing_keys = ["peers/RO-signing.pub.pem"]
-# tls_pin_sha256 = ""                       # optional: pin the peer's exact certificate
-"#,
-        id = n.id,
-        name = n.name.replace(['"', '\\'], "'"),
-        services = n.services_listen,
-        federation = n.federation_listen,
-        admin = n.admin_listen,
-        metrics = n.metrics_listen,
-        data_dir = state_path(state, "data"),
-        key_store = state_path(state, "keys/data-keys.store"),
-        signing_key = state_path(state, "keys/signing.pem"),
-    )
+    let values = [
+        ("{id}", n.id.to_string()),
+        ("{services}", n.services_listen.to_string()),
+        ("{federation}", n.federation_listen.to_string()),
+        ("{admin}", n.admin_listen.to_string()),
+        ("{metrics}", n.metrics_listen.to_string()),
+        ("{data_dir}", state_path(state, "data")),
+        ("{key_store}", state_path(state, "keys/data-keys.store")),
+        ("{signing_key}", state_path(state, "keys/signing.pem")),
+        // Last: a name is the operator's text, replaced into nothing after it.
+        ("{name}", n.name.replace(['"', '\\'], "'")),
+    ];
+    values
+        .iter()
+        .fold(TEMPLATE.to_owned(), |text, (key, value)| {
+            text.replace(key, value)
+        })
 }
 
 /// Returns whether `dir` holds what a node needs to start.
