@@ -17,11 +17,10 @@ use axum::{
 };
 use maud::{html, Markup};
 use rustls::pki_types::CertificateDer;
-use serde::Deserialize;
 use trm_proto::v1::{self as w, referral_service_server::ReferralService};
 
 use super::{
-    pages::{page, principal, refusal, request, when, Labels},
+    pages::{page, principal, refusal, request, when, Labels, Params},
     Peer,
 };
 use crate::{ctx::Ctx, referral::Referrals};
@@ -682,17 +681,12 @@ async fn cases(
     page(l, l.cases, body).into_response()
 }
 
-#[derive(Debug, Deserialize)]
-struct NewCase {
-    draft: Option<String>,
-}
-
 /// `GET /cases/new?draft=`: the form for a new case, empty or filled in from a draft.
 async fn new_case(
     State(ctx): State<Ctx>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
-    Query(q): Query<NewCase>,
+    Query(q): Query<Params>,
 ) -> Response {
     let (l, certs) = browser!(ctx, peer, headers);
     let t = words(l);
@@ -739,11 +733,6 @@ fn when_at(t: time::OffsetDateTime) -> String {
     }))
 }
 
-#[derive(Debug, Deserialize)]
-struct CaseQuery {
-    case_id: Option<String>,
-}
-
 /// Reads a case through the service, as the caller may see it.
 async fn read_case(
     ctx: &Ctx,
@@ -764,7 +753,7 @@ async fn edit_case(
     State(ctx): State<Ctx>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
-    Query(q): Query<CaseQuery>,
+    Query(q): Query<Params>,
 ) -> Response {
     let (l, certs) = browser!(ctx, peer, headers);
     match read_case(&ctx, &certs, q.case_id).await {
@@ -824,7 +813,7 @@ async fn case(
     State(ctx): State<Ctx>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
-    Query(q): Query<CaseQuery>,
+    Query(q): Query<Params>,
 ) -> Response {
     let (l, certs) = browser!(ctx, peer, headers);
     match read_case(&ctx, &certs, q.case_id).await {
@@ -972,12 +961,6 @@ fn decisions_section(l: &Labels, c: &w::Case) -> Markup {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct NewReferral {
-    case_id: Option<String>,
-    destination: Option<String>,
-}
-
 /// The rows of "what will cross the border": every field `disclosed` holds, by name.
 fn crossing_rows(
     lang: &str,
@@ -1096,7 +1079,7 @@ async fn new_referral(
     State(ctx): State<Ctx>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
-    Query(q): Query<NewReferral>,
+    Query(q): Query<Params>,
 ) -> Response {
     let (l, certs) = browser!(ctx, peer, headers);
     let t = words(l);

@@ -36,6 +36,18 @@ pub fn routes(ctx: Ctx) -> Router {
         .with_state(ctx)
 }
 
+/// What a page's address may ask (ids and country codes only, never personal data); each
+/// page reads what it needs.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct Params {
+    pub(super) case_id: Option<String>,
+    pub(super) destination: Option<String>,
+    pub(super) direction: Option<String>,
+    pub(super) kind: Option<String>,
+    pub(super) id: Option<String>,
+    pub(super) draft: Option<String>,
+}
+
 /// The labels of one language.
 pub(super) struct Labels {
     pub(super) lang: &'static str,
@@ -378,18 +390,13 @@ async fn tasks(
     page(l, l.tasks, body).into_response()
 }
 
-#[derive(Debug, Deserialize)]
-struct Listing {
-    direction: Option<String>,
-}
-
 /// `GET /referrals?direction=incoming|outgoing`: the referrals, with the answer to give to
 /// an incoming one that waits.
 async fn referrals(
     State(ctx): State<Ctx>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
-    Query(q): Query<Listing>,
+    Query(q): Query<Params>,
 ) -> Response {
     let (l, certs) = browser!(ctx, peer, headers);
     let (incoming, direction) = direction_of(q.direction.as_deref());
@@ -480,19 +487,13 @@ async fn answer_referral(
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct Checklist {
-    case_id: Option<String>,
-    destination: Option<String>,
-}
-
 /// `GET /returns/checklist?case_id=..&destination=..`: every guard of a return of the case
 /// to that country, met or missing and why, before anyone proposes it.
 async fn return_checklist(
     State(ctx): State<Ctx>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
-    Query(q): Query<Checklist>,
+    Query(q): Query<Params>,
 ) -> Response {
     let (l, certs) = browser!(ctx, peer, headers);
     let form = html! {
@@ -554,12 +555,6 @@ async fn return_checklist(
         }
     };
     page(l, l.guards, body).into_response()
-}
-
-#[derive(Debug, Deserialize)]
-struct Records {
-    kind: Option<String>,
-    direction: Option<String>,
 }
 
 /// One row of a list of shared records: its id, its two countries, its status, when it
@@ -725,19 +720,13 @@ async fn record_rows(
     })
 }
 
-#[derive(Debug, Deserialize)]
-struct RecordQuery {
-    kind: Option<String>,
-    id: Option<String>,
-}
-
 /// `GET /record?kind=..&id=..`: one shared record, as the caller may see it, with its
 /// timeline (every status it reached on this node, and when).
 async fn record(
     State(ctx): State<Ctx>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
-    Query(q): Query<RecordQuery>,
+    Query(q): Query<Params>,
 ) -> Response {
     let (l, certs) = browser!(ctx, peer, headers);
     let (kind, id) = (q.kind.unwrap_or_default(), q.id.unwrap_or_default());
@@ -795,7 +784,7 @@ async fn records(
     State(ctx): State<Ctx>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
-    Query(q): Query<Records>,
+    Query(q): Query<Params>,
 ) -> Response {
     let (l, certs) = browser!(ctx, peer, headers);
     let kind = q.kind.as_deref().unwrap_or("returns");
