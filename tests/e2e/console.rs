@@ -555,6 +555,54 @@ async fn a_case_is_made_consented_and_referred_from_the_console_showing_what_wil
     );
     assert_eq!(case.person.context("person")?.family_name, "Varzarescu");
 
+    // Only who may send the referral may see what it would carry: not the immigration
+    // authority, nor a judicial authority (each sees the service's refusal).
+    for role in [Role::ImmigrationAuthority, Role::JudicialAuthority] {
+        let path = format!("/referrals/new?case_id={case_id}&destination=RO");
+        let refused = send(&fed, "AT", Some(role), &get(&path)).await?;
+        assert_eq!(refused.status, 403, "{role}: {}", refused.body);
+        assert!(!refused.body.contains("MD"), "{role}: {}", refused.body);
+    }
+    // Another site may not make the browser read the case (and audit it in the person's
+    // name): only a link to the front page passes; the person's own navigation does.
+    for (headers, path, status) in [
+        (
+            "Sec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: no-cors\r\n",
+            at_case.as_str(),
+            403,
+        ),
+        (
+            "Sec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: navigate\r\n",
+            at_case.as_str(),
+            403,
+        ),
+        (
+            "Sec-Fetch-Site: same-site\r\nSec-Fetch-Mode: navigate\r\n",
+            at_case.as_str(),
+            403,
+        ),
+        (
+            "Sec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: navigate\r\n",
+            "/",
+            200,
+        ),
+        (
+            "Sec-Fetch-Site: none\r\nSec-Fetch-Mode: navigate\r\n",
+            at_case.as_str(),
+            200,
+        ),
+        (
+            "Sec-Fetch-Site: same-origin\r\nSec-Fetch-Mode: navigate\r\n",
+            at_case.as_str(),
+            200,
+        ),
+    ] {
+        let request =
+            get(path).replace("Connection: close", &format!("{headers}Connection: close"));
+        let answer = send(&fed, "AT", sp, &request).await?;
+        assert_eq!(answer.status, status, "{headers} {path}: {}", answer.body);
+    }
+
     // What will cross: the referral's fields, no name, no document, no phone.
     let preview_url = format!("/referrals/new?case_id={case_id}&destination=RO");
     urls.push(preview_url.clone());
@@ -661,6 +709,20 @@ async fn a_browser_over_its_rate_is_told_to_wait_and_a_dawdling_one_is_closed() 
         "closed without serving: {:?}",
         dawdle.map(|a| a.status)
     );
+    // Nothing at all after the handshake (nor an HTTP/2 preface): closed the same way.
+    for silence in ["", "PRI * HTTP/2.0\r\n"] {
+        let quiet = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            send(&fed, "AT", Some(Role::FocalPoint), silence),
+        )
+        .await
+        .context("the console kept a silent connection")?;
+        assert!(
+            quiet.as_ref().map_or(true, |a| a.status >= 400),
+            "closed without serving: {:?}",
+            quiet.map(|a| a.status)
+        );
+    }
     let mut answers = Vec::new();
     for _ in 0..20 {
         answers.push(send(&fed, "AT", Some(Role::ServiceProvider), &get("/")).await?);

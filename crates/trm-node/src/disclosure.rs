@@ -4,6 +4,7 @@
 //! in the caller's transaction.
 
 use trm_core::{
+    access::Action,
     consent,
     ids::{CaseId, ConsentId, NodeId, Principal, Shared},
     messages::PeerMessage,
@@ -249,6 +250,14 @@ pub async fn preview(
     purpose: Purpose,
     recipient: NodeId,
 ) -> ApiResult<DisclosedCase> {
+    // Who may send this disclosure may see it first; no one else (the owner check below
+    // lets every node-wide role through).
+    let action = match purpose {
+        Purpose::ReferralAssistance => Action::SubmitReferral,
+        Purpose::ReturnPlanning => Action::ProposeReturn,
+        _ => return Err(FieldError::new("purpose", "has no preview").into()),
+    };
+    trm_core::access::require(p, action).map_err(ApiError::from)?;
     peer_destination(ctx, "destination", recipient)?;
     let case = ctx.store.case(case_id)?.ok_or(ApiError::NotFound("case"))?;
     trm_core::access::require_owner(p, Some(&case.organisation)).map_err(ApiError::from)?;

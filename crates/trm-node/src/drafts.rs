@@ -9,7 +9,10 @@ use trm_core::{
     access::{self, Action},
     ids::Principal,
 };
-use trm_store::{audit::AuditRecord, repo::drafts::Draft};
+use trm_store::{
+    audit::AuditRecord,
+    repo::drafts::{Draft, Saved},
+};
 
 use crate::{
     authz::actor,
@@ -40,25 +43,30 @@ pub async fn save(
         fields,
         saved_at: OffsetDateTime::now_utc(),
     };
-    let (owner, saved) = (p.clone(), draft.clone());
+    let (owner, saved, new) = (p.clone(), draft.clone(), id.is_none());
     let audit = AuditRecord::new(actor(p), "draft.save", draft.draft_id.to_string(), "ok");
-    ctx.commit(move |tx| {
-        tx.put_draft(&owner, &saved)?;
-        tx.audit(audit.clone())?;
-        Ok(())
-    })
-    .await?;
-    Ok(draft.draft_id)
+    let outcome = ctx
+        .commit(move |tx| {
+            let outcome = tx.put_draft(&owner, &saved, new)?;
+            if outcome == Saved::Saved {
+                tx.audit(audit.clone())?;
+            }
+            Ok(outcome)
+        })
+        .await?;
+    match outcome {
+        Saved::Saved => Ok(draft.draft_id),
+        Saved::NotFound => Err(ApiError::NotFound("draft")),
+        Saved::Full => Err(ApiError::Exhausted(
+            "drafts: at most 20 are kept; finish or discard one first",
+        )),
+    }
 }
 
-/// `p`'s drafts, oldest first; those past keeping are discarded on the way.
-pub async fn list(ctx: &Ctx, p: &Principal) -> ApiResult<Vec<Draft>> {
+/// `p`'s drafts not past keeping, oldest first (housekeeping destroys the others).
+pub fn list(ctx: &Ctx, p: &Principal) -> ApiResult<Vec<Draft>> {
     access::require(p, Action::CreateCase)?;
-    let (kept, expired) = ctx.store.drafts(p)?;
-    for id in expired {
-        discard(ctx, p, id, "expired").await?;
-    }
-    Ok(kept)
+    Ok(ctx.store.drafts(p)?)
 }
 
 /// `p`'s draft `id`; NOT_FOUND when there is none (or it is past keeping).
@@ -70,7 +78,7 @@ pub async fn get(ctx: &Ctx, p: &Principal, id: uuid::Uuid) -> ApiResult<Draft> {
     Ok(draft)
 }
 
-/// Deletes `p`'s draft `id` and shreds its key (`why`: discarded, used, expired).
+/// Deletes `p`'s draft `id` and shreds its key (`why`: discarded, used).
 pub async fn discard(ctx: &Ctx, p: &Principal, id: uuid::Uuid, why: &str) -> ApiResult<()> {
     access::require(p, Action::CreateCase)?;
     let owner = p.clone();

@@ -295,6 +295,11 @@ async fn housekeeping(
             if let Err(e) = store.expire_backups(backup_retention) {
                 warn!(error = %e, "cannot destroy the keys of expired backups");
             }
+            match store.expire_drafts().await {
+                Ok(0) => {}
+                Ok(n) => info!(destroyed = n, "drafts past keeping destroyed"),
+                Err(e) => warn!(error = %e, "cannot destroy drafts past keeping"),
+            }
             last_prune = Some(tokio::time::Instant::now());
         }
         if let Err(e) = refusals.flush(false).await {

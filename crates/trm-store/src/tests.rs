@@ -643,6 +643,59 @@ fn a_timeline_keeps_each_status_once_and_is_erased_with_its_record() {
         .is_empty());
 }
 
+/// Drafts are their owner's alone, at most MAX_DRAFTS of them, and housekeeping destroys
+/// those past keeping for good.
+#[test]
+fn drafts_are_owned_bounded_and_destroyed_once_past_keeping() {
+    use crate::repo::drafts::{Draft, Saved, MAX_DRAFTS};
+    use trm_core::ids::{Principal, Role};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &SecretKey::generate());
+    let owner = Principal {
+        role: Role::ServiceProvider,
+        org: "ngo1".parse().unwrap(),
+    };
+    let other = Principal {
+        role: Role::ServiceProvider,
+        org: "ngo2".parse().unwrap(),
+    };
+    let draft = |days_ago: i64| Draft {
+        draft_id: uuid::Uuid::new_v4(),
+        fields: vec![("family_name".into(), "Draftname".into())],
+        saved_at: OffsetDateTime::now_utc() - time::Duration::days(days_ago),
+    };
+    let save = |p: &Principal, d: &Draft, new: bool| {
+        let (p, d) = (p.clone(), d.clone());
+        store
+            .commit_blocking::<Saved, (), _>(move |tx| Ok(tx.put_draft(&p, &d, new)?))
+            .unwrap()
+    };
+    let old = draft(31);
+    assert_eq!(save(&owner, &old, true), Saved::Saved);
+    let fresh = draft(0);
+    assert_eq!(save(&owner, &fresh, true), Saved::Saved);
+    // Another owner can neither see nor overwrite them.
+    assert_eq!(save(&other, &fresh, false), Saved::NotFound);
+    assert!(store.draft(&other, fresh.draft_id).unwrap().is_none());
+    assert!(store.drafts(&other).unwrap().is_empty());
+    // Past keeping: not shown, then destroyed by housekeeping.
+    let shown: Vec<_> = store.drafts(&owner).unwrap();
+    assert_eq!(shown, std::slice::from_ref(&fresh));
+    assert_eq!(rt().block_on(store.expire_drafts()).unwrap(), 1);
+    assert_eq!(rt().block_on(store.expire_drafts()).unwrap(), 0);
+    assert_eq!(store.drafts(&owner).unwrap(), std::slice::from_ref(&fresh));
+    // At most MAX_DRAFTS each.
+    for _ in 1..MAX_DRAFTS {
+        assert_eq!(save(&owner, &draft(0), true), Saved::Saved);
+    }
+    assert_eq!(save(&owner, &draft(0), true), Saved::Full);
+    assert_eq!(
+        save(&owner, &fresh, false),
+        Saved::Saved,
+        "its own, saved again"
+    );
+}
+
 /// An alert counts once where it is held, by kind, in the month it was raised or arrived,
 /// however often it changes.
 #[test]

@@ -629,9 +629,7 @@ async fn cases(
         Err(s) => return refusal(l, &s),
     };
     let drafts = match principal(&certs) {
-        Ok(p) => crate::drafts::list(&ctx, &p)
-            .await
-            .map_err(tonic::Status::from),
+        Ok(p) => crate::drafts::list(&ctx, &p).map_err(tonic::Status::from),
         Err(s) => Err(s),
     };
     let drafts = match drafts {
@@ -1091,7 +1089,7 @@ async fn new_referral(
             p {
                 label for="destination" { (t.destination) }
                 br;
-                input id="destination" name="destination" type="text" size="2" required value=(destination);
+                input id="destination" name="destination" type="text" size="2" required pattern="[A-Za-z]{2}" autocomplete="off" value=(destination);
                 " "
                 button type="submit" { (t.preview) }
             }

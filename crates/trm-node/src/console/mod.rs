@@ -37,10 +37,7 @@ use axum::{
     response::{IntoResponse, Response},
     Router,
 };
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::conn::auto::Builder as AutoBuilder,
-};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::pki_types::CertificateDer;
 use tracing::debug;
 
@@ -105,9 +102,10 @@ pub async fn serve(
         );
         let mut stop = stopped.clone();
         connections.spawn(async move {
-            let mut builder = AutoBuilder::new(TokioExecutor::new());
+            // HTTP/1.1 only, as the handshake's ALPN says: an HTTP/2 preface (or nothing at
+            // all) meets the same header deadline instead of a protocol sniff without one.
+            let mut builder = hyper::server::conn::http1::Builder::new();
             builder
-                .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_deadline);
             let conn = builder.serve_connection(TokioIo::new(tls), service);
@@ -135,31 +133,36 @@ pub async fn serve(
 /// Returns the console's routes over `ctx`, each request of a browser with a certificate
 /// counted by `gate` (the services port's: one rate per certificate across both).
 pub fn router(ctx: Ctx, gate: Arc<Gate>) -> Router {
-    pages::routes(ctx)
-        .layer(axum::middleware::from_fn(same_origin_posts))
-        .layer(axum::middleware::from_fn_with_state(gate, within_rate))
+    pages::routes(ctx.clone())
+        .layer(axum::middleware::from_fn(same_origin_only))
+        .layer(axum::middleware::from_fn_with_state((ctx, gate), admit))
         .layer(axum::middleware::from_fn(security_headers))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
 }
 
-/// Refuses a request over its certificate's rate with `429 Too Many Requests` (a page
-/// that says to wait, and `Retry-After`); a revoked certificate goes on to be told so by
-/// the page it asked for.
-async fn within_rate(
-    axum::extract::State(gate): axum::extract::State<Arc<Gate>>,
+/// Lets in a browser with a usable certificate within its rate, before any page reads the
+/// request: one without gets the page that says how to get one (the stylesheet aside), one
+/// over its certificate's rate `429 Too Many Requests` (a page that says to wait, and
+/// `Retry-After`).
+async fn admit(
+    axum::extract::State((ctx, gate)): axum::extract::State<(Ctx, Arc<Gate>)>,
     request: Request,
     next: Next,
 ) -> Response {
-    let leaf = request
+    let peer = request
         .extensions()
         .get::<axum::extract::ConnectInfo<Peer>>()
-        .and_then(|c| c.0.certs.as_ref().and_then(|certs| certs.first().cloned()));
-    let Some(leaf) = leaf else {
-        return next.run(request).await;
+        .map(|c| c.0.clone());
+    let certs = peer.as_ref().and_then(|peer| pages::caller(&ctx, peer));
+    let l = pages::labels(request.headers());
+    let Some(leaf) = certs.as_ref().and_then(|c| c.first()) else {
+        if request.uri().path() == "/style.css" {
+            return next.run(request).await;
+        }
+        return pages::no_certificate(l);
     };
     match gate.check_leaf(leaf.as_ref()) {
         Err(refused) if refused.code() == tonic::Code::ResourceExhausted => {
-            let l = pages::labels(request.headers());
             let body = maud::html! { p role="alert" { (l.too_many) } };
             let mut page = (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -185,22 +188,57 @@ async fn security_headers(request: Request, next: Next) -> Response {
         (header::REFERRER_POLICY, "no-referrer"),
         (header::X_FRAME_OPTIONS, "DENY"),
         (header::STRICT_TRANSPORT_SECURITY, "max-age=31536000"),
+        (
+            header::HeaderName::from_static("cross-origin-resource-policy"),
+            "same-origin",
+        ),
+        (
+            header::HeaderName::from_static("cross-origin-opener-policy"),
+            "same-origin",
+        ),
+        (
+            header::HeaderName::from_static("permissions-policy"),
+            "camera=(), microphone=(), geolocation=(), payment=(), usb=()",
+        ),
     ] {
         h.insert(name, HeaderValue::from_static(value));
     }
     response
 }
 
-/// Refuses a state change another site started: a POST must come from this console's own
-/// pages (Fetch metadata `same-origin`; a browser without Fetch metadata must send an
-/// `Origin` naming this host).
-async fn same_origin_posts(request: Request, next: Next) -> Response {
-    if request.method() != Method::POST || same_origin(&request) {
+/// Refuses what another site started: a POST must come from this console's own pages
+/// (Fetch metadata `same-origin`; a browser without Fetch metadata must send an `Origin`
+/// naming this host); any other request another site started (a link, an image, a frame)
+/// may only open the front page, so that no site can make a person's browser read a case
+/// (and audit the read in their name) or spend their request rate.
+async fn same_origin_only(request: Request, next: Next) -> Response {
+    let allowed = match *request.method() {
+        Method::POST => same_origin(&request),
+        _ => started_here(&request),
+    };
+    if allowed {
         return next.run(request).await;
     }
     let l = pages::labels(request.headers());
     let body = maud::html! { p role="alert" { (l.cross_site) } };
     (StatusCode::FORBIDDEN, pages::page(l, l.refused, body)).into_response()
+}
+
+/// Whether a request other than a POST was started by this console's pages or by the
+/// person (typed, bookmarked: Fetch metadata `none`), or is another site's link to the
+/// front page. A browser without Fetch metadata is taken at its word.
+fn started_here(request: &Request) -> bool {
+    let headers = request.headers();
+    let Some(site) = headers.get("sec-fetch-site") else {
+        return true;
+    };
+    if site == "same-origin" || site == "none" {
+        return true;
+    }
+    let navigates = headers
+        .get("sec-fetch-mode")
+        .is_some_and(|m| m == "navigate");
+    navigates && request.uri().path() == "/"
 }
 
 fn same_origin(request: &Request) -> bool {

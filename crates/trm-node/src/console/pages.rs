@@ -110,7 +110,8 @@ const EN: Labels = Labels {
     accept: "Accept",
     decline: "Decline",
     refused: "Refused",
-    cross_site: "Refused: a change must be made from this console's own pages.",
+    cross_site: "Refused: a change must be made from this console's own pages, and a page \
+                 opened from its own address or links.",
     too_many: "Too many requests from your certificate: wait a moment, then open the page again.",
     guards: "Return guards",
     case: "Case id",
@@ -155,7 +156,8 @@ const FR: Labels = Labels {
     accept: "Accepter",
     decline: "Refuser",
     refused: "Refusé",
-    cross_site: "Refusé : une modification doit être faite depuis les pages de cette console.",
+    cross_site: "Refusé : une modification doit être faite depuis les pages de cette \
+                 console, et une page ouverte depuis son adresse ou ses liens.",
     too_many: "Trop de demandes de votre certificat : attendez un instant, puis rouvrez la page.",
     guards: "Garanties du retour",
     case: "Identifiant du dossier",
@@ -499,10 +501,10 @@ async fn return_checklist(
     let form = html! {
         form method="get" action="/returns/checklist" {
             label for="case_id" { (l.case) } " "
-            input id="case_id" name="case_id" required value=(q.case_id.clone().unwrap_or_default());
+            input id="case_id" name="case_id" required pattern="[0-9a-fA-F-]{36}" autocomplete="off" value=(q.case_id.clone().unwrap_or_default());
             " "
             label for="destination" { (l.country) } " "
-            input id="destination" name="destination" required size="2" value=(q.destination.clone().unwrap_or_default());
+            input id="destination" name="destination" required size="2" pattern="[A-Za-z]{2}" autocomplete="off" value=(q.destination.clone().unwrap_or_default());
             " "
             button type="submit" { (l.check) }
         }

@@ -1,17 +1,24 @@
 //! Drafts of a case form that a person saved before the case exists (the console's "save
 //! draft"): the form's fields, sealed under the draft's own data key like every record
-//! holding personal data, keyed by the role and organisation that saved it. Discarding a
-//! draft deletes it and shreds its key, so no copy of the store (a backup included) can
-//! open it again. Drafts are kept [`DRAFT_DAYS`] days.
+//! holding personal data, keyed by the role and organisation that saved it (the key's
+//! subject names the owner too, so no one else can shred it). Discarding a draft deletes
+//! it and shreds its key, so no copy of the store (a backup included) can open it again.
+//! Drafts are kept [`DRAFT_DAYS`] days, at most [`MAX_DRAFTS`] per owner; housekeeping
+//! destroys those past keeping ([`Store::expire_drafts`]).
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use trm_core::ids::Principal;
 
-use crate::{repo::layout, store::Store, subject::Subject, tx::Tx, Result};
+use crate::{
+    audit::AuditRecord, repo::layout, store::Store, subject::Subject, tx::decode, tx::Tx, Result,
+};
 
 /// How long a draft is kept after it was last saved.
 pub const DRAFT_DAYS: i64 = 30;
+
+/// How many drafts one role of one organisation may keep.
+pub const MAX_DRAFTS: usize = 20;
 
 /// A saved form.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,28 +36,51 @@ impl Draft {
     }
 }
 
-fn subject(id: uuid::Uuid) -> Subject {
-    Subject::named("draft", id.as_bytes())
+/// The data key's subject of the draft stored under `key` (its owner and id).
+fn subject(key: &[u8]) -> Subject {
+    Subject::named("draft", key)
+}
+
+/// What saving a draft came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Saved {
+    Saved,
+    /// The owner keeps [`MAX_DRAFTS`] already.
+    Full,
+    /// `draft_id` names no draft of this owner.
+    NotFound,
 }
 
 impl Tx<'_> {
-    /// Saves `draft` for `owner` (a draft saved again replaces the earlier one).
-    pub fn put_draft(&mut self, owner: &Principal, draft: &Draft) -> Result<()> {
-        self.put_sealed(
-            &layout::draft(owner, draft.draft_id.as_bytes()),
-            &subject(draft.draft_id),
-            draft,
-        )
+    /// Saves `draft` for `owner`: a new one (`new`) within the owner's [`MAX_DRAFTS`], or
+    /// one of the owner's own saved again.
+    pub fn put_draft(&mut self, owner: &Principal, draft: &Draft, new: bool) -> Result<Saved> {
+        let key = layout::draft(owner, draft.draft_id.as_bytes());
+        let exists = self.get_raw(&key)?.is_some();
+        if !new && !exists {
+            return Ok(Saved::NotFound);
+        }
+        if new
+            && !exists
+            && self
+                .scan_raw(&layout::drafts(owner), None, MAX_DRAFTS)?
+                .len()
+                >= MAX_DRAFTS
+        {
+            return Ok(Saved::Full);
+        }
+        self.put_sealed(&key, &subject(&key), draft)?;
+        Ok(Saved::Saved)
     }
 
     /// Deletes `owner`'s draft `id` and shreds its key; returns whether there was one.
     pub fn discard_draft(&mut self, owner: &Principal, id: uuid::Uuid) -> Result<bool> {
-        let k = layout::draft(owner, id.as_bytes());
-        if self.get_raw(&k)?.is_none() {
+        let key = layout::draft(owner, id.as_bytes());
+        if self.get_raw(&key)?.is_none() {
             return Ok(false);
         }
-        self.delete(&k)?;
-        self.shred(&subject(id))?;
+        self.delete(&key)?;
+        self.shred(&subject(&key))?;
         Ok(true)
     }
 }
@@ -58,31 +88,62 @@ impl Tx<'_> {
 impl Store {
     /// `owner`'s draft `id`, unless it is past keeping.
     pub fn draft(&self, owner: &Principal, id: uuid::Uuid) -> Result<Option<Draft>> {
-        let found: Option<Draft> =
-            self.get_sealed("draft", &layout::draft(owner, id.as_bytes()), &subject(id))?;
+        let key = layout::draft(owner, id.as_bytes());
+        let found: Option<Draft> = self.get_sealed("draft", &key, &subject(&key))?;
         Ok(found.filter(|d| !d.expired(OffsetDateTime::now_utc())))
     }
 
-    /// `owner`'s drafts (at most 100), oldest first, with those past keeping apart: the
-    /// caller discards them.
-    pub fn drafts(&self, owner: &Principal) -> Result<(Vec<Draft>, Vec<uuid::Uuid>)> {
+    /// `owner`'s drafts not past keeping, oldest first.
+    pub fn drafts(&self, owner: &Principal) -> Result<Vec<Draft>> {
         let now = OffsetDateTime::now_utc();
-        let (mut kept, mut expired) = (Vec::new(), Vec::new());
-        for (k, _) in self.scan_raw(&layout::drafts(owner), None, 100)? {
-            let Some(id) = k
-                .get(k.len().saturating_sub(16)..)
-                .and_then(|b| uuid::Uuid::from_slice(b).ok())
-            else {
-                continue;
-            };
-            match self.get_sealed::<Draft>("draft", &k, &subject(id))? {
-                Some(d) if d.expired(now) => expired.push(id),
-                Some(d) => kept.push(d),
-                // Its key shredded: nothing to show.
-                None => {}
+        let mut kept = Vec::new();
+        for (key, _) in self.scan_raw(&layout::drafts(owner), None, MAX_DRAFTS)? {
+            match self.get_sealed::<Draft>("draft", &key, &subject(&key))? {
+                Some(d) if !d.expired(now) => kept.push(d),
+                // Past keeping, or its key shredded: nothing to show.
+                _ => {}
             }
         }
         kept.sort_by_key(|d| d.saved_at);
-        Ok((kept, expired))
+        Ok(kept)
+    }
+
+    /// Destroys every draft past keeping (and any whose key is gone), each audited by the
+    /// node; returns how many.
+    pub async fn expire_drafts(&self) -> Result<usize> {
+        let now = OffsetDateTime::now_utc();
+        let mut stale = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.scan_raw(&layout::all_drafts(), after.as_deref(), 256)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (key, sealed) in page {
+                let gone = match self.open_sealed(&subject(&key), &key, &sealed)? {
+                    Some(plain) => decode::<Draft>("draft", &plain)?.expired(now),
+                    None => true,
+                };
+                if gone {
+                    stale.push(key);
+                }
+            }
+        }
+        let n = stale.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        self.commit::<(), (), _>(move |tx| {
+            for key in &stale {
+                tx.delete(key)?;
+                tx.shred(&subject(key))?;
+            }
+            let record = AuditRecord::new("node", "draft.expire", "-", "ok")
+                .detail(format!("drafts={}", stale.len()));
+            tx.audit(record)?;
+            Ok(())
+        })
+        .await
+        .map_err(crate::TxFail::into_store)?;
+        Ok(n)
     }
 }

@@ -130,6 +130,11 @@ pub(crate) mod layout {
         k
     }
 
+    /// Every saved draft.
+    pub fn all_drafts() -> Vec<u8> {
+        key("dr/", &[])
+    }
+
     /// The drafts of one role of one organisation.
     pub fn drafts(owner: &trm_core::ids::Principal) -> Vec<u8> {
         let (role, org) = (
