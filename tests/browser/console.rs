@@ -323,3 +323,33 @@ async fn a_browser_without_a_certificate_is_told_how_to_get_one() -> Result<()> 
     fed.stop().await?;
     Ok(())
 }
+
+/// A French-speaking focal point and case worker get the console in French, and its pages
+/// pass the same checks (axe-core included, on pages whose language is French).
+#[tokio::test]
+async fn the_console_speaks_french_to_a_browser_that_asks_for_it() -> Result<()> {
+    let tools = Tools::find()?;
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let id = trm_tests::refer(&fed, "AT", "RO").await?;
+    referral_arrived(&fed.referrals("RO", Role::FocalPoint).await?, &id).await?;
+    let ro_fp = ("RO", Some(Role::FocalPoint));
+    let mut ro = Browser::start_in(&tools, Home::new(&fed, "RO", ro_fp.1)?, "fr-FR").await?;
+    let queue = visit(&fed, &mut ro, ro_fp, "/", None).await?;
+    assert!(queue.contains("File de travail"), "{queue}");
+    let incoming = visit(&fed, &mut ro, ro_fp, "/referrals?direction=incoming", None).await?;
+    assert!(
+        incoming.contains("Orientations reçues") && ro.row(&id).await?.contains("Accepter"),
+        "{incoming}"
+    );
+    ro.close().await?;
+    let at_sp = ("AT", Some(Role::ServiceProvider));
+    let mut at = Browser::start_in(&tools, Home::new(&fed, "AT", at_sp.1)?, "fr-FR").await?;
+    let form = visit(&fed, &mut at, at_sp, "/cases/new", None).await?;
+    assert!(
+        form.contains("Nouveau dossier") && form.contains("Nom de famille"),
+        "{form}"
+    );
+    at.close().await?;
+    fed.stop().await?;
+    Ok(())
+}

@@ -209,6 +209,12 @@ impl Browser {
     /// Starts chromedriver on a port of its choosing with `home` as `HOME` (where Chromium
     /// finds its NSS database), and a session of a headless Chromium with a new profile.
     pub async fn start(tools: &Tools, home: Home) -> Result<Self> {
+        Self::start_in(tools, home, "en-GB").await
+    }
+
+    /// As [`Browser::start`], for a person whose browser asks for pages in `lang` first
+    /// (its `Accept-Language`).
+    pub async fn start_in(tools: &Tools, home: Home, lang: &str) -> Result<Self> {
         let mut driver = tokio::process::Command::new(CHROMEDRIVER)
             .arg("--port=0")
             .env("HOME", home.dir.path())
@@ -252,9 +258,10 @@ impl Browser {
                     "--disable-component-update",
                     "--disable-sync",
                     "--window-size=1200,800",
-                    "--lang=en-GB",
+                    format!("--lang={lang}"),
                     format!("--user-data-dir={}", profile.path().display()),
                 ],
+                "prefs": { "intl.accept_languages": lang },
             },
         });
         let serde_json::Value::Object(caps) = caps else {
