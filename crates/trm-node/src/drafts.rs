@@ -20,6 +20,12 @@ use crate::{
     error::{ApiError, ApiResult},
 };
 
+/// The draft a new case is made from, on a `CreateCase` request the console makes: the
+/// case is created and the draft discarded in one transaction, so the victim's data never
+/// outlives the case in a draft. A request extension, which no remote client can set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsedDraft(pub uuid::Uuid);
+
 /// At most this many fields in a draft, each at most this long (a form, not a store).
 const MAX_FIELDS: usize = 64;
 const MAX_FIELD_LEN: usize = 512;

@@ -33,6 +33,7 @@ use crate::{
     authz::{self, actor},
     ctx::{today, Ctx, TxResult},
     disclosure::{self, load_case},
+    drafts::UsedDraft,
     error::{ApiError, ApiResult},
     lifecycle,
     rpc::{self, Remembered},
@@ -170,10 +171,21 @@ impl Referrals {
             residence: None,
         };
         let who = actor(&p);
+        let (owner, used) = (p.clone(), request.extensions().get::<UsedDraft>().copied());
         let case: CaseRecord = self
             .ctx
             .once(idem, &p, move |tx| {
                 tx.put_case(&case)?;
+                if let Some(UsedDraft(id)) = used {
+                    if tx.discard_draft(&owner, id)? {
+                        tx.audit(AuditRecord::new(
+                            who.clone(),
+                            "draft.discard",
+                            id.to_string(),
+                            "used",
+                        ))?;
+                    }
+                }
                 tx.audit(AuditRecord::new(
                     who.clone(),
                     "case.create",

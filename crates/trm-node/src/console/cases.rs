@@ -1194,11 +1194,12 @@ async fn new_case_form(
                 identified_on: f.one("identified_on"),
                 request_id,
             };
-            let made = service.create_case(request(certs, message)).await?;
-            // The draft it came from has served: its data now lives in the case.
+            // The draft it came from, if any, is discarded with the case's creation.
+            let mut create = request(certs, message);
             if let Some(id) = draft_id(f)? {
-                crate::drafts::discard(ctx, &principal(certs)?, id, "used").await?;
+                create.extensions_mut().insert(crate::drafts::UsedDraft(id));
             }
+            let made = service.create_case(create).await?;
             Ok(case_page(&made.into_inner().case_id))
         }
         _ => Err(tonic::Status::not_found("no such form")),
