@@ -14,7 +14,6 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 use fantoccini::{Client, ClientBuilder, Locator};
-use rustls_pki_types::pem::PemObject;
 use serde::Deserialize;
 use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -600,49 +599,9 @@ pub async fn console_get(
     role: Option<Role>,
     path: &str,
 ) -> Result<(u16, String)> {
-    let dir = fed.node_dir(node);
-    let addr = fed.node(node)?.addrs.console.context("no console")?;
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = trm_crypto::files::read(&dir.join("services-ca.pem"))?;
-    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
-        roots.add(c?)?;
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots);
-    let mut config = match role {
-        None => builder.with_no_client_auth(),
-        Some(role) => {
-            let (cert, key) = client_files(&dir, role);
-            let chain =
-                rustls_pki_types::CertificateDer::pem_slice_iter(&trm_crypto::files::read(&cert)?)
-                    .collect::<Result<Vec<_>, _>>()?;
-            let key =
-                rustls_pki_types::PrivateKeyDer::from_pem_slice(&trm_crypto::files::read(&key)?)?;
-            builder.with_client_auth_cert(chain, key)?
-        }
-    };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let ip = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ip, tcp)
-        .await?;
-    tls.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut raw = Vec::new();
-    tls.read_to_end(&mut raw).await.ok();
-    let text = String::from_utf8_lossy(&raw);
-    let head = text.split("\r\n\r\n").next().unwrap_or_default().to_owned();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no status line")?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n");
+    let answer = trm_tests::console_send(fed, node, role, &request).await?;
+    let (status, head) = (answer.status, answer.head);
     Ok((status, head))
 }
 

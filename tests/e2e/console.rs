@@ -4,90 +4,13 @@
 //! form refused, and the headers every page carries. The same in a real browser, with
 //! axe-core, is its own suite: tests/browser.
 
-use std::{path::Path, sync::Arc};
-
 use anyhow::Context;
-use rustls_pki_types::pem::PemObject;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trm_core::ids::Role;
 use trm_proto::v1 as w;
-use trm_tests::{refer, referral_arrived, referral_with_status, TestFederation};
-
-/// One answer: status code, headers (lower-cased names), body.
-struct Answer {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            (n.eq_ignore_ascii_case(name)).then_some(v.trim())
-        })
-    }
-}
-
-/// Sends one HTTP/1.1 request to node `node`'s console, presenting `role`'s certificate (or
-/// none), and reads the whole answer.
-async fn send(
-    fed: &TestFederation,
-    node: &str,
-    role: Option<Role>,
-    request: &str,
-) -> anyhow::Result<Answer> {
-    let dir = fed.node_dir(node);
-    let addr = fed.node(node)?.addrs.console.context("no console")?;
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = trm_crypto::files::read(&dir.join("services-ca.pem"))?;
-    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
-        roots.add(c?)?;
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots);
-    let mut config = match role {
-        None => builder.with_no_client_auth(),
-        Some(role) => {
-            let (cert, key) = client_files(&dir, role);
-            let chain =
-                rustls_pki_types::CertificateDer::pem_slice_iter(&trm_crypto::files::read(&cert)?)
-                    .collect::<Result<Vec<_>, _>>()?;
-            let key =
-                rustls_pki_types::PrivateKeyDer::from_pem_slice(&trm_crypto::files::read(&key)?)?;
-            builder.with_client_auth_cert(chain, key)?
-        }
-    };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect("localhost".try_into()?, tcp)
-        .await?;
-    tls.write_all(request.replace("HOST", &addr.to_string()).as_bytes())
-        .await?;
-    let mut raw = Vec::new();
-    tls.read_to_end(&mut raw).await.ok();
-    let text = String::from_utf8(raw)?;
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no status line")?;
-    Ok(Answer {
-        status,
-        head: head.to_owned(),
-        body: body.to_owned(),
-    })
-}
-
-fn client_files(dir: &Path, role: Role) -> (std::path::PathBuf, std::path::PathBuf) {
-    let base = dir.join("clients").join(role.as_str());
-    (base.with_extension("pem"), base.with_extension("key"))
-}
+use trm_tests::{
+    console_send as send, refer, referral_arrived, referral_with_status, ConsoleAnswer as Answer,
+    TestFederation,
+};
 
 fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: HOST\r\nAccept-Language: en\r\nConnection: close\r\n\r\n")

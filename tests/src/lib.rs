@@ -1228,3 +1228,77 @@ pub fn spawn_node_process(exe: &str, config: &Path) -> Result<tokio::process::Ch
         .kill_on_drop(true)
         .spawn()?)
 }
+
+/// One answer of a node's console: its status code, its head (status line and headers),
+/// its body.
+pub struct ConsoleAnswer {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl ConsoleAnswer {
+    /// The value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            (n.eq_ignore_ascii_case(name)).then_some(v.trim())
+        })
+    }
+}
+
+/// Sends `request` (raw HTTP/1.1, `HOST` standing for the console's address) to node
+/// `node`'s console over HTTPS as a browser would, presenting `role`'s client certificate
+/// (or none), and reads the whole answer; an error where the console closed the connection
+/// without answering.
+pub async fn console_send(
+    fed: &TestFederation,
+    node: &str,
+    role: Option<Role>,
+    request: &str,
+) -> Result<ConsoleAnswer> {
+    use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = fed.node_dir(node);
+    let addr = fed.node(node)?.addrs.console.context("no console")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&files::read(&dir.join("services-ca.pem"))?) {
+        roots.add(c?)?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots);
+    let mut config = match role {
+        None => builder.with_no_client_auth(),
+        Some(role) => {
+            let base = dir.join("clients").join(role.as_str());
+            let chain = CertificateDer::pem_slice_iter(&files::read(&base.with_extension("pem"))?)
+                .collect::<Result<Vec<_>, _>>()?;
+            let key = PrivateKeyDer::from_pem_slice(&files::read(&base.with_extension("key"))?)?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+        .await?;
+    tls.write_all(request.replace("HOST", &addr.to_string()).as_bytes())
+        .await?;
+    let mut raw = Vec::new();
+    tls.read_to_end(&mut raw).await.ok();
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status line")?;
+    Ok(ConsoleAnswer {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    })
+}
