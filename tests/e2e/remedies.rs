@@ -879,7 +879,17 @@ async fn an_attestation_needs_the_victims_consent_and_an_identification_decision
 #[tokio::test]
 async fn an_answer_whose_attestation_does_not_verify_is_rejected_by_the_requester(
 ) -> anyhow::Result<()> {
-    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    // AT keeps a replay window of 2 days: an attestation older than that, though within
+    // the default 7, is refused as the envelope carrying it would be.
+    let fed = TestFederation::builder()
+        .nodes(&["AT", "RO"])
+        .config(|id, cfg| {
+            if id.as_str() == "AT" {
+                cfg.policy.replay_window_days = 2;
+            }
+        })
+        .start()
+        .await?;
     let (at, ro): (NodeId, NodeId) = ("AT".parse()?, "RO".parse()?);
     // RO refers a case to AT; AT's judicial authority asks RO about it.
     let mut ro_sp = fed.referrals("RO", Role::ServiceProvider).await?;
@@ -926,6 +936,11 @@ async fn an_answer_whose_attestation_does_not_verify_is_rejected_by_the_requeste
         now - 30 * 86_400,
     );
     let no_stage = made(&asked.case_ref, w::IdentificationStage::Unspecified, now);
+    let past_window = made(
+        &asked.case_ref,
+        w::IdentificationStage::Conclusive,
+        now - 3 * 86_400,
+    );
     let signed = |b: &Vec<u8>| ro_key.sign(trm_core::remedies::ATTESTATION_TAG, b);
     let cases = [
         ("attestation.signature", good.clone(), bad_signature),
@@ -940,6 +955,11 @@ async fn an_answer_whose_attestation_does_not_verify_is_rejected_by_the_requeste
             signed(&backdated),
         ),
         ("attestation.stage", no_stage.clone(), signed(&no_stage)),
+        (
+            "attestation.issued_at",
+            past_window.clone(),
+            signed(&past_window),
+        ),
     ];
     let mut client = crate::transport::as_ro(&fed).await?;
     for (field, bytes, signature) in cases {

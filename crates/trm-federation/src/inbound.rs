@@ -53,13 +53,16 @@ pub struct InboundConfig {
     pub max_in_flight_per_peer: usize,
 }
 
+/// How far ahead of this node's clock a peer may date what it signs (DESIGN.md).
+pub const CLOCK_SKEW: Duration = Duration::minutes(5);
+
 impl InboundConfig {
     /// Returns the defaults of DESIGN.md for `node`.
     pub fn new(node: NodeId) -> Self {
         Self {
             node,
             replay_window: Duration::days(7),
-            clock_skew: Duration::minutes(5),
+            clock_skew: CLOCK_SKEW,
             max_in_flight_per_peer: 16,
         }
     }

@@ -43,6 +43,8 @@ pub struct Flows {
     pub due: DueTimes,
     /// The peers' signing keys: an attestation is verified against its issuer's.
     pub directory: Arc<trm_federation::directory::PeerDirectory>,
+    /// How old what a peer signed may be (`policy.replay_window_days`).
+    pub replay_window: time::Duration,
 }
 
 use crate::lifecycle::{self, transition, unknown, FlowResult};
@@ -459,8 +461,8 @@ impl Flows {
         }
         // Issued when the answer was sealed, or before it within the replay window (an
         // answer sent again): never dated back into an older key's time.
-        let (sealed, window) = (inbound.created_at, time::Duration::days(7));
-        if issued_at > sealed + time::Duration::minutes(5) || issued_at < sealed - window {
+        let (sealed, skew) = (inbound.created_at, trm_federation::inbound::CLOCK_SKEW);
+        if issued_at > sealed + skew || issued_at < sealed - self.replay_window {
             return Err(policy(
                 "attestation.issued_at is far from the envelope's created_at",
             ));

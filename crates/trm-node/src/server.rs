@@ -470,6 +470,7 @@ pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, No
         identity: identity.clone(),
         due: config.tasks.due_times(),
         directory: directory.clone(),
+        replay_window: time::Duration::days(i64::from(config.policy.replay_window_days)),
     });
     let delivery = Delivery::start(
         delivery_config(&config, &store)?,
