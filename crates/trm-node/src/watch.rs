@@ -137,7 +137,13 @@ pub fn check_after(store: &Store, after: u64) -> ApiResult<()> {
         return Ok(());
     }
     let (oldest, head) = store.event_bounds()?;
-    let why = if after > head {
+    let restored = store
+        .event_gaps()?
+        .iter()
+        .any(|(from, to)| after > *from && after <= *to);
+    let why = if restored {
+        "after: names an event from before this node was restored from a backup: read the lists again, then watch from an empty after"
+    } else if after > head {
         "after: names an event this node has not given (restored from a backup?): read the lists again, then watch from an empty after"
     } else if oldest.is_some_and(|o| after + 1 < o) {
         "after: the events since are no longer kept (7 days): read the lists again, then watch from an empty after"

@@ -393,6 +393,8 @@ fn audit_restore(
     store
         .commit_blocking::<(), (), _>(move |tx| {
             tx.audit(AuditRecord::new(&who, "store.restore", &id, "ok").detail(detail.clone()))?;
+            // Clients watching events may have seen numbers past the backup's.
+            tx.skip_event_numbers_after_restore()?;
             Ok(())
         })
         .map_err(TxFail::into_store)

@@ -696,6 +696,59 @@ fn drafts_are_owned_bounded_and_destroyed_once_past_keeping() {
     );
 }
 
+/// A restore numbers the node's next events past every number it may have given since
+/// the backup (a watching client may hold them), and remembers the numbers skipped.
+#[test]
+fn after_a_restore_no_event_takes_a_number_a_client_may_have_seen() {
+    use crate::repo::events::RESTORE_GAP;
+    use trm_core::{
+        ids::ReferralId,
+        referral::{ReferralRecord, ReferralStatus},
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let master = SecretKey::generate();
+    let store = open(dir.path(), &master);
+    let referral = |store: &Store| {
+        let mut r = ReferralRecord::received(
+            ReferralId::new(),
+            "RO".parse().unwrap(),
+            "AT".parse().unwrap(),
+            Default::default(),
+            vec![],
+            OffsetDateTime::now_utc(),
+        );
+        r.status = ReferralStatus::Delivered;
+        store
+            .commit_blocking::<(), (), _>(move |tx| Ok(tx.put_referral(&r)?))
+            .unwrap();
+    };
+    referral(&store);
+    let (_, at_backup) = store.event_bounds().unwrap();
+    let backup = dir.path().join("backups/one");
+    rt().block_on(store.backup(&backup, time::Duration::days(35)))
+        .unwrap();
+    // Seen by a watching client, then undone by the restore.
+    referral(&store);
+    let (_, seen) = store.event_bounds().unwrap();
+    assert!(seen > at_backup);
+    store.close().unwrap();
+    drop(store);
+
+    restore_once_free(options(dir.path(), &master), &backup);
+    let store = open(dir.path(), &master);
+    assert_eq!(
+        store.event_gaps().unwrap(),
+        [(at_backup, at_backup + RESTORE_GAP)]
+    );
+    referral(&store);
+    let fresh = store.events_after(at_backup, 10).unwrap();
+    assert!(
+        fresh.iter().all(|e| e.seq > at_backup + RESTORE_GAP),
+        "{fresh:?}"
+    );
+    assert!(!fresh.is_empty());
+}
+
 /// An alert counts once where it is held, by kind, in the month it was raised or arrived,
 /// however often it changes.
 #[test]

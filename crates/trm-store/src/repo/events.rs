@@ -16,6 +16,11 @@ use trm_core::{
 
 use crate::{repo::layout, store::Store, subject::Subject, tx::decode, tx::Tx, Result};
 
+/// How far a restore moves the numbering of events on: past every number the node may have
+/// given between the backup and the restore (a client may have seen them), so that no new
+/// event takes a number a client already holds.
+pub const RESTORE_GAP: u64 = 1 << 32;
+
 /// Every how many events the oldest past keeping are cleared away, at most as many.
 const PRUNE_EVERY: u64 = 32;
 
@@ -26,6 +31,26 @@ fn seq_of(key: &[u8]) -> Option<u64> {
 }
 
 impl Tx<'_> {
+    /// After a restore: numbers the next events past [`RESTORE_GAP`], and remembers the
+    /// numbers skipped, in which no client may resume (what it saw there was undone).
+    pub(crate) fn skip_event_numbers_after_restore(&mut self) -> Result<()> {
+        let key = layout::meta("event_seq");
+        let now = self
+            .get_raw(&key)?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        let next = now.saturating_add(RESTORE_GAP);
+        self.put_raw(&key, &next.to_be_bytes())?;
+        let gaps_key = layout::meta("event_gaps");
+        let mut gaps: Vec<(u64, u64)> = match self.get_raw(&gaps_key)? {
+            Some(raw) => decode("event gaps", &raw)?,
+            None => Vec::new(),
+        };
+        gaps.push((now, next));
+        self.put_json(&gaps_key, &gaps)
+    }
+
     /// Appends an event (`kind` of `record` `id`, now in `status`), and now and then clears
     /// away the oldest past keeping; returns the event's number.
     pub fn record_event(
@@ -160,6 +185,14 @@ impl Store {
             self.shared().events_durable.load(Ordering::SeqCst)
         };
         Ok((oldest, head))
+    }
+
+    /// Returns the event numbers no client may resume in, each `(after, up_to)`: those a
+    /// restore skipped.
+    pub fn event_gaps(&self) -> Result<Vec<(u64, u64)>> {
+        Ok(self
+            .get_json("event gaps", &layout::meta("event_gaps"))?
+            .unwrap_or_default())
     }
 
     /// Returns a receiver that changes each time events become durable on this replica.
