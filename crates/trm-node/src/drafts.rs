@@ -84,11 +84,12 @@ pub async fn get(ctx: &Ctx, p: &Principal, id: uuid::Uuid) -> ApiResult<Draft> {
     Ok(draft)
 }
 
-/// Deletes `p`'s draft `id` and shreds its key (`why`: discarded, used).
-pub async fn discard(ctx: &Ctx, p: &Principal, id: uuid::Uuid, why: &str) -> ApiResult<()> {
+/// Deletes `p`'s draft `id` and shreds its key (a draft used for a case goes with the
+/// case's creation: [`UsedDraft`]).
+pub async fn discard(ctx: &Ctx, p: &Principal, id: uuid::Uuid) -> ApiResult<()> {
     access::require(p, Action::CreateCase)?;
     let owner = p.clone();
-    let audit = AuditRecord::new(actor(p), "draft.discard", id.to_string(), why);
+    let audit = AuditRecord::new(actor(p), "draft.discard", id.to_string(), "discarded");
     ctx.commit(move |tx| {
         if tx.discard_draft(&owner, id)? {
             tx.audit(audit.clone())?;

@@ -357,15 +357,23 @@ impl Tx<'_> {
 
     /// Returns the next value of the counter `name` (1 for the first).
     pub(crate) fn next_counter(&mut self, name: &str) -> Result<u64> {
-        let key = layout::meta(name);
-        let next = self
+        let next = self.counter(name)? + 1;
+        self.set_counter(name, next)?;
+        Ok(next)
+    }
+
+    /// Returns counter `name` as this transaction sees it (0 before its first use).
+    pub(crate) fn counter(&mut self, name: &str) -> Result<u64> {
+        Ok(self
             .etx
-            .get(&key)?
+            .get(&layout::meta(name))?
             .and_then(|b| b.try_into().ok())
             .map(u64::from_be_bytes)
-            .unwrap_or(0)
-            + 1;
-        self.etx.put(&key, &next.to_be_bytes())?;
-        Ok(next)
+            .unwrap_or(0))
+    }
+
+    /// Sets counter `name` to `value`.
+    pub(crate) fn set_counter(&mut self, name: &str, value: u64) -> Result<()> {
+        self.etx.put(&layout::meta(name), &value.to_be_bytes())
     }
 }

@@ -5,24 +5,18 @@
 //! with the browser's certificate, and carries its own `request_id` so a form sent twice
 //! changes nothing twice.
 
-use std::sync::Arc;
-
 use axum::{
     body::Bytes,
-    extract::{ConnectInfo, Query, State},
-    http::{HeaderMap, Uri},
+    extract::{Query, State},
+    http::Uri,
     response::{IntoResponse, Redirect, Response},
     routing::{get, post},
     Router,
 };
 use maud::{html, Markup};
-use rustls::pki_types::CertificateDer;
 use trm_proto::v1::{self as w, referral_service_server::ReferralService};
 
-use super::{
-    pages::{page, principal, refusal, request, when, Labels, Params},
-    Peer,
-};
+use super::pages::{page, refusal, request, when, when_at, Browser, Certs, Labels, Params};
 use crate::{ctx::Ctx, referral::Referrals};
 
 /// The case pages' routes.
@@ -464,8 +458,6 @@ fn case_page(case_id: &str) -> String {
     format!("/case?case_id={case_id}")
 }
 
-type Certs = Arc<Vec<CertificateDer<'static>>>;
-
 /// A text input with its label.
 fn text(id: &str, label: &str, value: &str, hint: Option<&str>) -> Markup {
     html! {
@@ -610,12 +602,8 @@ fn case_form(l: &Labels, c: Option<&w::Case>, what: CaseForm) -> Markup {
 }
 
 /// `GET /cases`: the cases the caller looks after, newest last.
-async fn cases(
-    State(ctx): State<Ctx>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
-) -> Response {
-    let (l, certs) = browser!(ctx, peer, headers);
+async fn cases(State(ctx): State<Ctx>, b: Browser) -> Response {
+    let Browser { l, certs, who } = b;
     let t = words(l);
     let list = w::ListCasesRequest {
         page_size: 100,
@@ -628,11 +616,7 @@ async fn cases(
         Ok(r) => r.into_inner(),
         Err(s) => return refusal(l, &s),
     };
-    let drafts = match principal(&certs) {
-        Ok(p) => crate::drafts::list(&ctx, &p).map_err(tonic::Status::from),
-        Err(s) => Err(s),
-    };
-    let drafts = match drafts {
+    let drafts = match crate::drafts::list(&ctx, &who).map_err(tonic::Status::from) {
         Ok(d) => d,
         Err(s) => return refusal(l, &s),
     };
@@ -680,22 +664,16 @@ async fn cases(
 }
 
 /// `GET /cases/new?draft=`: the form for a new case, empty or filled in from a draft.
-async fn new_case(
-    State(ctx): State<Ctx>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
-    Query(q): Query<Params>,
-) -> Response {
-    let (l, certs) = browser!(ctx, peer, headers);
+async fn new_case(State(ctx): State<Ctx>, b: Browser, Query(q): Query<Params>) -> Response {
+    let Browser { l, who, .. } = b;
     let t = words(l);
     let Some(asked) = q.draft else {
         return page(l, t.new_case, case_form(l, None, CaseForm::New(None))).into_response();
     };
     let found = async {
-        let p = principal(&certs)?;
         let id = uuid::Uuid::parse_str(&asked)
             .map_err(|_| tonic::Status::invalid_argument("draft: is not a draft id"))?;
-        Ok::<_, tonic::Status>(crate::drafts::get(&ctx, &p, id).await?)
+        Ok::<_, tonic::Status>(crate::drafts::get(&ctx, &who, id).await?)
     };
     match found.await {
         Ok(d) => {
@@ -723,14 +701,6 @@ fn draft_case(d: &trm_store::repo::drafts::Draft) -> w::Case {
     }
 }
 
-/// Writes an instant as `YYYY-MM-DD HH:MM` (UTC).
-fn when_at(t: time::OffsetDateTime) -> String {
-    when(Some(&prost_types::Timestamp {
-        seconds: t.unix_timestamp(),
-        nanos: 0,
-    }))
-}
-
 /// Reads a case through the service, as the caller may see it.
 async fn read_case(
     ctx: &Ctx,
@@ -747,13 +717,8 @@ async fn read_case(
 }
 
 /// `GET /case/edit?case_id=`: the case's form, filled in.
-async fn edit_case(
-    State(ctx): State<Ctx>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
-    Query(q): Query<Params>,
-) -> Response {
-    let (l, certs) = browser!(ctx, peer, headers);
+async fn edit_case(State(ctx): State<Ctx>, b: Browser, Query(q): Query<Params>) -> Response {
+    let Browser { l, certs, .. } = b;
     match read_case(&ctx, &certs, q.case_id).await {
         Ok(c) => page(l, words(l).edit, case_form(l, Some(&c), CaseForm::Update)).into_response(),
         Err(s) => refusal(l, &s),
@@ -807,13 +772,8 @@ fn consent_text(page_lang: &str, c: &w::Consent) -> Markup {
 
 /// `GET /case?case_id=`: the case, its consents, identification and residence, with the
 /// forms that record them and the way to a referral or a return's checklist.
-async fn case(
-    State(ctx): State<Ctx>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
-    Query(q): Query<Params>,
-) -> Response {
-    let (l, certs) = browser!(ctx, peer, headers);
+async fn case(State(ctx): State<Ctx>, b: Browser, Query(q): Query<Params>) -> Response {
+    let Browser { l, certs, .. } = b;
     match read_case(&ctx, &certs, q.case_id).await {
         Ok(c) => page(l, words(l).case, case_body(l, &c)).into_response(),
         Err(s) => refusal(l, &s),
@@ -1073,13 +1033,8 @@ pub(super) fn propose_form(l: &Labels, case_id: &str, destination: &str) -> Mark
 
 /// `GET /referrals/new?case_id=&destination=`: choose the destination, then see exactly
 /// what will cross the border and send it.
-async fn new_referral(
-    State(ctx): State<Ctx>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
-    Query(q): Query<Params>,
-) -> Response {
-    let (l, certs) = browser!(ctx, peer, headers);
+async fn new_referral(State(ctx): State<Ctx>, b: Browser, Query(q): Query<Params>) -> Response {
+    let Browser { l, who, .. } = b;
     let t = words(l);
     let case_id = q.case_id.clone().unwrap_or_default();
     let destination = q.destination.clone().unwrap_or_default();
@@ -1098,19 +1053,18 @@ async fn new_referral(
     if destination.is_empty() {
         return page(l, t.refer, choose).into_response();
     }
-    let (p, id, to) = match super::pages::asked(&certs, &case_id, &destination) {
+    let (id, to) = match super::pages::asked(&case_id, &destination) {
         Ok(asked) => asked,
         Err(s) => return refusal(l, &s),
     };
     let purpose = trm_core::model::Purpose::ReferralAssistance;
-    let disclosed = match crate::disclosure::preview(&ctx, &p, id, purpose, to).await {
+    let disclosed = match crate::disclosure::preview(&ctx, &who, id, purpose, to).await {
         Ok(d) => d,
         Err(e) => return refusal(l, &tonic::Status::from(e)),
     };
-    let needs = read_case(&ctx, &certs, Some(case_id.clone()))
-        .await
-        .ok()
-        .and_then(|c| c.needs)
+    // The services asked for start as the needs that will cross.
+    let needs = trm_proto::convert::disclosed_to_wire(&disclosed)
+        .needs
         .map(|n| n.kinds)
         .unwrap_or_default();
     let body = html! {
@@ -1131,29 +1085,22 @@ async fn new_referral(
 /// Every form of the case pages, posted: the service request made from the form with the
 /// browser's certificate, then the page the browser goes to next; a refusal is shown as a
 /// page that names the field or guard.
-async fn post_form(
-    State(ctx): State<Ctx>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    let (l, certs) = browser!(ctx, peer, headers);
-    match apply(&ctx, &certs, uri.path(), &Fields::parse(&body)).await {
+async fn post_form(State(ctx): State<Ctx>, b: Browser, uri: Uri, body: Bytes) -> Response {
+    let Browser { l, certs, who } = b;
+    let b = Browser { l, certs, who };
+    match apply(&ctx, &b, uri.path(), &Fields::parse(&body)).await {
         Ok(to) => Redirect::to(&to).into_response(),
         Err(s) => refusal(l, &s),
     }
 }
 
 /// Makes the request the form at `path` stands for; returns where the browser goes next.
-async fn apply(ctx: &Ctx, certs: &Certs, path: &str, f: &Fields) -> Result<String, tonic::Status> {
+async fn apply(ctx: &Ctx, b: &Browser, path: &str, f: &Fields) -> Result<String, tonic::Status> {
     match path {
-        "/cases" | "/cases/draft" | "/cases/draft/discard" => {
-            new_case_form(ctx, certs, path, f).await
-        }
-        "/referrals/submit" | "/returns/propose" => sending_form(ctx, certs, path, f).await,
+        "/cases" | "/cases/draft" | "/cases/draft/discard" => new_case_form(ctx, b, path, f).await,
+        "/referrals/submit" | "/returns/propose" => sending_form(ctx, b, path, f).await,
         _ => {
-            case_form_posted(ctx, certs, path, f).await?;
+            case_form_posted(ctx, b, path, f).await?;
             Ok(case_page(&f.one("case_id")))
         }
     }
@@ -1162,7 +1109,7 @@ async fn apply(ctx: &Ctx, certs: &Certs, path: &str, f: &Fields) -> Result<Strin
 /// The forms of a new case: saved as a draft, the draft discarded, the case created.
 async fn new_case_form(
     ctx: &Ctx,
-    certs: &Certs,
+    b: &Browser,
     path: &str,
     f: &Fields,
 ) -> Result<String, tonic::Status> {
@@ -1171,16 +1118,14 @@ async fn new_case_form(
     let groups = || case_groups(f);
     match path {
         "/cases/draft" => {
-            let p = principal(certs)?;
             let keep = |(n, _): &(String, String)| n != "request_id" && n != "draft_id";
             let fields = f.0.iter().filter(|x| keep(x)).cloned().collect();
-            let id = crate::drafts::save(ctx, &p, draft_id(f)?, fields).await?;
+            let id = crate::drafts::save(ctx, &b.who, draft_id(f)?, fields).await?;
             Ok(format!("/cases/new?draft={id}"))
         }
         "/cases/draft/discard" => {
-            let p = principal(certs)?;
             if let Some(id) = draft_id(f)? {
-                crate::drafts::discard(ctx, &p, id, "discarded").await?;
+                crate::drafts::discard(ctx, &b.who, id).await?;
             }
             Ok("/cases".to_owned())
         }
@@ -1195,7 +1140,7 @@ async fn new_case_form(
                 request_id,
             };
             // The draft it came from, if any, is discarded with the case's creation.
-            let mut create = request(certs, message);
+            let mut create = request(&b.certs, message);
             if let Some(id) = draft_id(f)? {
                 create.extensions_mut().insert(crate::drafts::UsedDraft(id));
             }
@@ -1210,7 +1155,7 @@ async fn new_case_form(
 /// identification decision, a residence status.
 async fn case_form_posted(
     ctx: &Ctx,
-    certs: &Certs,
+    b: &Browser,
     path: &str,
     f: &Fields,
 ) -> Result<(), tonic::Status> {
@@ -1232,7 +1177,7 @@ async fn case_form_posted(
                 }),
                 request_id,
             };
-            service.update_case(request(certs, message)).await?;
+            service.update_case(request(&b.certs, message)).await?;
         }
         "/case/consent" => {
             let message = w::RecordConsentRequest {
@@ -1245,7 +1190,7 @@ async fn case_form_posted(
                 categories: f.enums("categories", category),
                 request_id,
             };
-            service.record_consent(request(certs, message)).await?;
+            service.record_consent(request(&b.certs, message)).await?;
         }
         "/case/consent/withdraw" => {
             let message = w::WithdrawConsentRequest {
@@ -1253,7 +1198,7 @@ async fn case_form_posted(
                 consent_id: f.one("consent_id"),
                 request_id,
             };
-            service.withdraw_consent(request(certs, message)).await?;
+            service.withdraw_consent(request(&b.certs, message)).await?;
         }
         "/case/identification" => {
             let stage = w::IdentificationStage::from_str_name(&f.one("stage"));
@@ -1264,7 +1209,7 @@ async fn case_form_posted(
                 request_id,
             };
             service
-                .record_identification(request(certs, message))
+                .record_identification(request(&b.certs, message))
                 .await?;
         }
         "/case/residence" => {
@@ -1276,7 +1221,7 @@ async fn case_form_posted(
                 request_id,
             };
             service
-                .record_residence_status(request(certs, message))
+                .record_residence_status(request(&b.certs, message))
                 .await?;
         }
         _ => return Err(tonic::Status::not_found("no such form")),
@@ -1287,7 +1232,7 @@ async fn case_form_posted(
 /// The forms that send a case's data across the border: a referral, a return proposed.
 async fn sending_form(
     ctx: &Ctx,
-    certs: &Certs,
+    b: &Browser,
     path: &str,
     f: &Fields,
 ) -> Result<String, tonic::Status> {
@@ -1302,7 +1247,7 @@ async fn sending_form(
                 reason: f.one("reason"),
                 request_id,
             };
-            service.submit_referral(request(certs, message)).await?;
+            service.submit_referral(request(&b.certs, message)).await?;
             Ok("/referrals?direction=outgoing".to_owned())
         }
         "/returns/propose" => {
@@ -1315,7 +1260,7 @@ async fn sending_form(
                 request_id,
             };
             crate::returns::Returns::new(ctx.clone())
-                .propose_return(request(certs, message))
+                .propose_return(request(&b.certs, message))
                 .await?;
             Ok("/records?kind=returns&direction=outgoing".to_owned())
         }

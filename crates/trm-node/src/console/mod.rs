@@ -11,18 +11,6 @@
 //! `Origin`), ids only in URLs. A browser without a certificate gets a page that says how
 //! to get one.
 
-/// The labels of the browser's language and its certificate chain, for a handler; a
-/// browser without a usable certificate gets the page that says how to get one.
-macro_rules! browser {
-    ($ctx:expr, $peer:expr, $headers:expr) => {{
-        let l = $crate::console::pages::labels(&$headers);
-        match $crate::console::pages::caller(&$ctx, &$peer) {
-            Some(certs) => (l, certs),
-            None => return $crate::console::pages::no_certificate(l),
-        }
-    }};
-}
-
 mod cases;
 mod pages;
 
@@ -141,28 +129,30 @@ pub fn router(ctx: Ctx, gate: Arc<Gate>) -> Router {
 }
 
 /// Lets in a browser with a usable certificate within its rate, before any page reads the
-/// request: one without gets the page that says how to get one (the stylesheet aside), one
+/// request, and leaves what it found for the page's handler ([`pages::Browser`]): one
+/// without gets the page that says how to get one (the stylesheet aside), one
 /// over its certificate's rate `429 Too Many Requests` (a page that says to wait, and
 /// `Retry-After`).
 async fn admit(
     axum::extract::State((ctx, gate)): axum::extract::State<(Ctx, Arc<Gate>)>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
-    let peer = request
+    let admitted = request
         .extensions()
         .get::<axum::extract::ConnectInfo<Peer>>()
-        .map(|c| c.0.clone());
-    let certs = peer.as_ref().and_then(|peer| pages::caller(&ctx, peer));
+        .and_then(|c| pages::admitted(&ctx, &c.0));
     let l = pages::labels(request.headers());
-    let Some(leaf) = certs.as_ref().and_then(|c| c.first()) else {
+    let Some(admitted) = admitted else {
         if request.uri().path() == "/style.css" {
             return next.run(request).await;
         }
         return pages::no_certificate(l);
     };
-    match gate.check_leaf(leaf.as_ref()) {
-        Err(refused) if refused.code() == tonic::Code::ResourceExhausted => {
+    let rate = admitted.leaf().map(|leaf| gate.check_leaf(leaf.as_ref()));
+    request.extensions_mut().insert(admitted);
+    match rate {
+        Some(Err(refused)) if refused.code() == tonic::Code::ResourceExhausted => {
             let body = maud::html! { p role="alert" { (l.too_many) } };
             let mut page = (
                 StatusCode::TOO_MANY_REQUESTS,

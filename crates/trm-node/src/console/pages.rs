@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use axum::{
-    extract::{ConnectInfo, Query, State},
-    http::{header, HeaderMap, StatusCode},
+    extract::{FromRequestParts, Query, State},
+    http::{header, request::Parts, HeaderMap, StatusCode},
     response::{Html, IntoResponse, Redirect, Response},
     routing::{get, post},
     Form, Router,
@@ -20,7 +20,7 @@ use trm_proto::v1::{
 
 use super::Peer;
 use crate::{authz::ClientCertificates, ctx::Ctx, referral::Referrals, work::Work};
-use trm_core::exchange::RecordKind;
+use trm_core::{exchange::RecordKind, ids::Principal};
 
 /// The console's routes.
 pub fn routes(ctx: Ctx) -> Router {
@@ -246,18 +246,58 @@ fn layout(l: &Labels, heading: &str, body: Markup, nav: bool) -> Html<String> {
     Html(page.into_string())
 }
 
-/// The certificate chain of the browser when it may use the console: one of the node's
-/// client CA that names a role, not revoked.
-pub(super) fn caller(ctx: &Ctx, peer: &Peer) -> Option<Arc<Vec<CertificateDer<'static>>>> {
-    peer.certs
-        .as_ref()
-        .filter(|certs| {
-            certs.first().is_some_and(|leaf| {
-                trm_crypto::pki::principal_of(leaf.as_ref()).is_some()
-                    && !ctx.revocations.revokes(leaf.as_ref())
-            })
-        })
-        .cloned()
+/// The browser's certificate chain.
+pub(super) type Certs = Arc<Vec<CertificateDer<'static>>>;
+
+/// A browser [`super::admit`] let in, as the handlers take it: the labels of its language,
+/// its certificate chain (passed on to the services) and who that certificate names.
+pub(super) struct Browser {
+    pub(super) l: &'static Labels,
+    pub(super) certs: Certs,
+    pub(super) who: Principal,
+}
+
+/// What [`super::admit`] found of a browser, left on the request for its handler.
+#[derive(Clone)]
+pub(super) struct Admitted {
+    certs: Certs,
+    who: Principal,
+}
+
+impl Admitted {
+    /// The browser's own certificate (the chain's first, which `admitted` found).
+    pub(super) fn leaf(&self) -> Option<&CertificateDer<'static>> {
+        self.certs.first()
+    }
+}
+
+/// The certificate chain of the browser on the other end of `peer`, and who it names,
+/// when it may use the console: a certificate of the node's client CA that names a role,
+/// not revoked.
+pub(super) fn admitted(ctx: &Ctx, peer: &Peer) -> Option<Admitted> {
+    let certs = peer.certs.as_ref()?;
+    let leaf = certs.first()?;
+    let who = trm_crypto::pki::principal_of(leaf.as_ref())?;
+    (!ctx.revocations.revokes(leaf.as_ref())).then(|| Admitted {
+        certs: certs.clone(),
+        who,
+    })
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Browser {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Response> {
+        let l = labels(&parts.headers);
+        match parts.extensions.get::<Admitted>() {
+            Some(a) => Ok(Browser {
+                l,
+                certs: a.certs.clone(),
+                who: a.who.clone(),
+            }),
+            None => Err(no_certificate(l)),
+        }
+    }
 }
 
 /// The page for a browser without a usable certificate: how to get one.
@@ -267,41 +307,20 @@ pub(super) fn no_certificate(l: &Labels) -> Response {
     (StatusCode::UNAUTHORIZED, page).into_response()
 }
 
-/// Who the browser's certificate names.
-pub(super) fn principal(
-    certs: &Arc<Vec<CertificateDer<'static>>>,
-) -> Result<trm_core::ids::Principal, tonic::Status> {
-    certs
-        .first()
-        .and_then(|leaf| trm_crypto::pki::principal_of(leaf.as_ref()))
-        .ok_or_else(|| tonic::Status::unauthenticated("the certificate names no role"))
-}
-
-/// Who asks, and about which case and destination country (`case_id`, `destination`, as
-/// a page's query names them).
+/// The case and destination country a page asks about (`case_id`, `destination`, as its
+/// query names them).
 pub(super) fn asked(
-    certs: &Arc<Vec<CertificateDer<'static>>>,
     case_id: &str,
     destination: &str,
-) -> Result<
-    (
-        trm_core::ids::Principal,
-        trm_core::ids::CaseId,
-        trm_core::ids::NodeId,
-    ),
-    tonic::Status,
-> {
+) -> Result<(trm_core::ids::CaseId, trm_core::ids::NodeId), tonic::Status> {
     let invalid = |e: trm_core::FieldError| tonic::Status::invalid_argument(e.to_string());
     let case_id = trm_core::ids::CaseId::parse("case_id", case_id).map_err(invalid)?;
     let destination = trm_proto::convert::country("destination", destination).map_err(invalid)?;
-    Ok((principal(certs)?, case_id, destination))
+    Ok((case_id, destination))
 }
 
 /// A request to a service, made with the browser's certificate.
-pub(super) fn request<T>(
-    certs: &Arc<Vec<CertificateDer<'static>>>,
-    message: T,
-) -> tonic::Request<T> {
+pub(super) fn request<T>(certs: &Certs, message: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
     r.extensions_mut().insert(ClientCertificates(certs.clone()));
     r
@@ -335,15 +354,18 @@ fn direction_of(asked: Option<&str>) -> (bool, w::Direction) {
 /// Writes an instant as `YYYY-MM-DD HH:MM`.
 pub(super) fn when(t: Option<&prost_types::Timestamp>) -> String {
     t.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
-        .map(|t| {
-            format!(
-                "{} {:02}:{:02}",
-                trm_core::model::format_date(t.date()),
-                t.hour(),
-                t.minute()
-            )
-        })
+        .map(when_at)
         .unwrap_or_default()
+}
+
+/// Writes an instant as `YYYY-MM-DD HH:MM` (UTC).
+pub(super) fn when_at(t: time::OffsetDateTime) -> String {
+    format!(
+        "{} {:02}:{:02}",
+        trm_core::model::format_date(t.date()),
+        t.hour(),
+        t.minute()
+    )
 }
 
 /// The enum's proto name without its prefix, in lower case with spaces.
@@ -354,12 +376,8 @@ pub(super) fn name_of(full: &str, prefix: &str) -> String {
 }
 
 /// `GET /`: the work queue, due first, overdue marked.
-async fn tasks(
-    State(ctx): State<Ctx>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
-) -> Response {
-    let (l, certs) = browser!(ctx, peer, headers);
+async fn tasks(State(ctx): State<Ctx>, b: Browser) -> Response {
+    let Browser { l, certs, .. } = b;
     let work = Work::new(ctx.clone());
     let list = match work
         .list_tasks(request(&certs, w::ListTasksRequest::default()))
@@ -394,13 +412,8 @@ async fn tasks(
 
 /// `GET /referrals?direction=incoming|outgoing`: the referrals, with the answer to give to
 /// an incoming one that waits.
-async fn referrals(
-    State(ctx): State<Ctx>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
-    Query(q): Query<Params>,
-) -> Response {
-    let (l, certs) = browser!(ctx, peer, headers);
+async fn referrals(State(ctx): State<Ctx>, b: Browser, Query(q): Query<Params>) -> Response {
+    let Browser { l, certs, .. } = b;
     let (incoming, direction) = direction_of(q.direction.as_deref());
     let service = Referrals::new(ctx.clone());
     let list = w::ListReferralsRequest {
@@ -462,13 +475,8 @@ struct Answer {
 
 /// `POST /referrals/answer`: accepts or declines an incoming referral (the service checks
 /// who may, and a form sent twice changes nothing twice: its `request_id`).
-async fn answer_referral(
-    State(ctx): State<Ctx>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
-    Form(a): Form<Answer>,
-) -> Response {
-    let (l, certs) = browser!(ctx, peer, headers);
+async fn answer_referral(State(ctx): State<Ctx>, b: Browser, Form(a): Form<Answer>) -> Response {
+    let Browser { l, certs, .. } = b;
     let decision = match a.decision.as_str() {
         "accept" => w::ReferralDecision::Accept,
         "decline" => w::ReferralDecision::Decline,
@@ -491,13 +499,8 @@ async fn answer_referral(
 
 /// `GET /returns/checklist?case_id=..&destination=..`: every guard of a return of the case
 /// to that country, met or missing and why, before anyone proposes it.
-async fn return_checklist(
-    State(ctx): State<Ctx>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
-    Query(q): Query<Params>,
-) -> Response {
-    let (l, certs) = browser!(ctx, peer, headers);
+async fn return_checklist(State(ctx): State<Ctx>, b: Browser, Query(q): Query<Params>) -> Response {
+    let Browser { l, who, .. } = b;
     let form = html! {
         form method="get" action="/returns/checklist" {
             label for="case_id" { (l.case) } " "
@@ -513,11 +516,11 @@ async fn return_checklist(
     else {
         return page(l, l.guards, form).into_response();
     };
-    let (p, case_id, destination) = match asked(&certs, case_id, destination) {
+    let (case_id, destination) = match asked(case_id, destination) {
         Ok(asked) => asked,
         Err(s) => return refusal(l, &s),
     };
-    let list = match crate::returns::guard_checklist(&ctx, &p, case_id, destination).await {
+    let list = match crate::returns::guard_checklist(&ctx, &who, case_id, destination).await {
         Ok(list) => list,
         Err(e) => return refusal(l, &tonic::Status::from(e)),
     };
@@ -526,7 +529,7 @@ async fn return_checklist(
         false => None,
         true => {
             let purpose = trm_core::model::Purpose::ReturnPlanning;
-            match crate::disclosure::preview(&ctx, &p, case_id, purpose, destination).await {
+            match crate::disclosure::preview(&ctx, &who, case_id, purpose, destination).await {
                 Ok(d) => Some(d),
                 Err(e) => return refusal(l, &tonic::Status::from(e)),
             }
@@ -650,7 +653,7 @@ fn rows<T: AsRow>(records: &[T]) -> Vec<RecordRow> {
 /// see them: a page in one direction, or one record (with the kind the store knows it by).
 async fn record_rows(
     ctx: &Ctx,
-    certs: &Arc<Vec<CertificateDer<'static>>>,
+    certs: &Certs,
     kind: &str,
     ask: Ask<'_>,
 ) -> Result<(Vec<RecordRow>, RecordKind), tonic::Status> {
@@ -724,13 +727,8 @@ async fn record_rows(
 
 /// `GET /record?kind=..&id=..`: one shared record, as the caller may see it, with its
 /// timeline (every status it reached on this node, and when).
-async fn record(
-    State(ctx): State<Ctx>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
-    Query(q): Query<Params>,
-) -> Response {
-    let (l, certs) = browser!(ctx, peer, headers);
+async fn record(State(ctx): State<Ctx>, b: Browser, Query(q): Query<Params>) -> Response {
+    let Browser { l, certs, .. } = b;
     let (kind, id) = (q.kind.unwrap_or_default(), q.id.unwrap_or_default());
     let (row, stored) = match record_rows(&ctx, &certs, &kind, Ask::Get(&id)).await {
         Ok((mut rows, stored)) => match rows.pop() {
@@ -760,7 +758,7 @@ async fn record(
                 @for step in &steps {
                     tr {
                         td { (name_of(&step.status, "")) }
-                        td { (when(Some(&prost_types::Timestamp { seconds: step.at.unix_timestamp(), nanos: 0 }))) }
+                        td { (when_at(step.at)) }
                     }
                 }
             }
@@ -782,13 +780,8 @@ fn heading_of(l: &Labels, kind: &str) -> &'static str {
 
 /// `GET /records?kind=returns|hearings|alerts|claims&direction=incoming|outgoing`: the
 /// shared records of one kind, as the caller may see them.
-async fn records(
-    State(ctx): State<Ctx>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
-    Query(q): Query<Params>,
-) -> Response {
-    let (l, certs) = browser!(ctx, peer, headers);
+async fn records(State(ctx): State<Ctx>, b: Browser, Query(q): Query<Params>) -> Response {
+    let Browser { l, certs, .. } = b;
     let kind = q.kind.as_deref().unwrap_or("returns");
     let (incoming, direction) = direction_of(q.direction.as_deref());
     let rows = match record_rows(&ctx, &certs, kind, Ask::List(direction)).await {

@@ -34,19 +34,11 @@ impl Tx<'_> {
     /// After a restore: numbers the next events past [`RESTORE_GAP`], and remembers the
     /// numbers skipped, in which no client may resume (what it saw there was undone).
     pub(crate) fn skip_event_numbers_after_restore(&mut self) -> Result<()> {
-        let key = layout::meta("event_seq");
-        let now = self
-            .get_raw(&key)?
-            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0);
+        let now = self.counter("event_seq")?;
         let next = now.saturating_add(RESTORE_GAP);
-        self.put_raw(&key, &next.to_be_bytes())?;
+        self.set_counter("event_seq", next)?;
         let gaps_key = layout::meta("event_gaps");
-        let mut gaps: Vec<(u64, u64)> = match self.get_raw(&gaps_key)? {
-            Some(raw) => decode("event gaps", &raw)?,
-            None => Vec::new(),
-        };
+        let mut gaps: Vec<(u64, u64)> = self.get_json("event gaps", &gaps_key)?.unwrap_or_default();
         gaps.push((now, next));
         self.put_json(&gaps_key, &gaps)
     }
