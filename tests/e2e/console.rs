@@ -96,45 +96,21 @@ async fn the_console_shows_the_queue_and_answers_a_referral_from_its_own_pages_o
     assert_eq!(still.status, w::ReferralStatus::Delivered as i32);
 
     // A service provider may not answer: the service's own refusal, shown as a page.
-    let sp = send(
-        &fed,
-        "RO",
-        Some(Role::ServiceProvider),
-        &post(
-            "/referrals/answer",
-            &form,
-            "Sec-Fetch-Site: same-origin\r\n",
-        ),
-    )
-    .await?;
+    let own_page = post(
+        "/referrals/answer",
+        &form,
+        "Sec-Fetch-Site: same-origin\r\n",
+    );
+    let answer = |role| send(&fed, "RO", Some(role), &own_page);
+    let sp = answer(Role::ServiceProvider).await?;
     assert_eq!(sp.status, 403, "{}", sp.body);
 
-    let ok = send(
-        &fed,
-        "RO",
-        Some(Role::FocalPoint),
-        &post(
-            "/referrals/answer",
-            &form,
-            "Sec-Fetch-Site: same-origin\r\n",
-        ),
-    )
-    .await?;
+    let ok = answer(Role::FocalPoint).await?;
     assert_eq!(ok.status, 303, "{}", ok.body);
     let at = fed.referrals("AT", Role::ServiceProvider).await?;
     referral_with_status(&at, &id, w::ReferralStatus::Accepted).await?;
     // The same form sent again (a double click) changes nothing twice.
-    let again = send(
-        &fed,
-        "RO",
-        Some(Role::FocalPoint),
-        &post(
-            "/referrals/answer",
-            &form,
-            "Sec-Fetch-Site: same-origin\r\n",
-        ),
-    )
-    .await?;
+    let again = answer(Role::FocalPoint).await?;
     assert_eq!(again.status, 303, "{}", again.body);
     let queue = send(&fed, "RO", Some(Role::FocalPoint), &get("/")).await?;
     assert!(!queue.body.contains(&id), "answered: no longer waits");

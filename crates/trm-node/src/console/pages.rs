@@ -217,23 +217,20 @@ fn layout(l: &Labels, heading: &str, body: Markup, nav: bool) -> Html<String> {
             body {
                 @if nav { header {
                     nav aria-label=(l.title) {
-                        a href="/" { (l.tasks) }
-                        " "
-                        a href="/cases" { (l.cases) }
-                        " "
-                        a href="/referrals?direction=incoming" { (l.incoming) }
-                        " "
-                        a href="/referrals?direction=outgoing" { (l.outgoing) }
-                        " "
-                        a href="/records?kind=returns" { (l.returns) }
-                        " "
-                        a href="/records?kind=hearings" { (l.hearings) }
-                        " "
-                        a href="/records?kind=alerts" { (l.alerts) }
-                        " "
-                        a href="/records?kind=claims" { (l.claims) }
-                        " "
-                        a href="/returns/checklist" { (l.guards) }
+                        @for (href, label) in [
+                            ("/", l.tasks),
+                            ("/cases", l.cases),
+                            ("/referrals?direction=incoming", l.incoming),
+                            ("/referrals?direction=outgoing", l.outgoing),
+                            ("/records?kind=returns", l.returns),
+                            ("/records?kind=hearings", l.hearings),
+                            ("/records?kind=alerts", l.alerts),
+                            ("/records?kind=claims", l.claims),
+                            ("/returns/checklist", l.guards),
+                        ] {
+                            a href=(href) { (label) }
+                            " "
+                        }
                     }
                 } }
                 main {
