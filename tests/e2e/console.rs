@@ -191,23 +191,7 @@ async fn the_return_guards_show_as_a_checklist_of_what_is_missing() -> anyhow::R
     assert_eq!(missing, ["risk", "decision", "consent"], "{}", before.body);
 
     let mut rp = fed.returns("AT", Role::ServiceProvider).await?;
-    rp.record_risk_assessment(crate::returns::risk(
-        &case_id,
-        w::RiskLevel::Low,
-        false,
-        false,
-        false,
-    ))
-    .await?;
-    rp.record_return_decision(crate::returns::decision(&case_id, false))
-        .await?;
-    sp.record_consent(trm_tests::requests::consent(
-        &case_id,
-        &[w::Purpose::ReturnPlanning],
-        &["RO"],
-        &[],
-    ))
-    .await?;
+    crate::returns::make_ready(&mut sp, &mut rp, &case_id, &[]).await?;
     let after = send(&fed, "AT", Some(Role::ServiceProvider), &get(&path)).await?;
     let all = rows(&after.body);
     assert_eq!(all.len(), 9, "every guard: {}", after.body);

@@ -208,17 +208,29 @@ pub(crate) async fn ready_case(
     categories: &[w::DataCategory],
 ) -> anyhow::Result<String> {
     let case_id = sp_case(sp, 45).await?;
-    rp.record_risk_assessment(risk(&case_id, w::RiskLevel::Low, false, false, false))
+    make_ready(sp, rp, &case_id, categories).await?;
+    Ok(case_id)
+}
+
+/// Records what a return of `case_id` to RO asks for: a low-risk assessment, the victim's
+/// decision, and consent to return planning with the given categories.
+pub(crate) async fn make_ready(
+    sp: &mut ReferralServiceClient<Channel>,
+    rp: &mut Returns,
+    case_id: &str,
+    categories: &[w::DataCategory],
+) -> anyhow::Result<()> {
+    rp.record_risk_assessment(risk(case_id, w::RiskLevel::Low, false, false, false))
         .await?;
-    rp.record_return_decision(decision(&case_id, false)).await?;
+    rp.record_return_decision(decision(case_id, false)).await?;
     sp.record_consent(requests::consent(
-        &case_id,
+        case_id,
         &[w::Purpose::ReturnPlanning],
         &["RO"],
         categories,
     ))
     .await?;
-    Ok(case_id)
+    Ok(())
 }
 
 #[tokio::test]
