@@ -72,16 +72,7 @@ fn denied<T>(answer: Result<T, tonic::Status>, what: &str) {
 
 /// The audit entries of node AT with `action`.
 async fn audited(fed: &TestFederation, action: &str) -> anyhow::Result<Vec<w::AuditEntry>> {
-    let mut admin = fed.admin("AT", Role::Operator).await?;
-    let all = admin
-        .export_audit(w::ExportAuditRequest {
-            page_size: 1000,
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .entries;
-    Ok(all.into_iter().filter(|e| e.action == action).collect())
+    fed.audited("AT", action).await
 }
 
 #[tokio::test]

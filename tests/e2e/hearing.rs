@@ -696,6 +696,16 @@ async fn a_return_proposed_while_a_hearing_of_the_witness_is_open_says_so() -> a
         [plan.return_id.as_str()],
         "the prosecutor is told of the return of its witness"
     );
+    // The hearing ends: the flag follows on both nodes.
+    ja.cancel_hearing(w::CancelHearingRequest {
+        hearing_id: h.hearing_id.clone(),
+        reason: "no longer needed".into(),
+        ..Default::default()
+    })
+    .await?;
+    for (node, client) in [("AT", &at), ("RO", &ro)] {
+        crate::returns::plan_where(client, &plan.return_id, node, |p| !p.hearing_pending).await?;
+    }
     fed.stop().await?;
     Ok(())
 }

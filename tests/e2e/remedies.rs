@@ -12,7 +12,7 @@ use trm_proto::v1::{
 };
 use trm_tests::{eventually, referral_with_status, requests, TestFederation};
 
-use crate::returns::{propose, ready_case, returns, wait_status};
+use crate::returns::{plan_where, propose, ready_case, returns, wait_status};
 
 type Remedies = RemediesServiceClient<Channel>;
 type Referrals = ReferralServiceClient<Channel>;
@@ -334,6 +334,25 @@ async fn compensation_pending_follows_open_claims_and_no_return_or_referral_clos
     })
     .await?;
     referral_with_status(&ro_referrals, &referral_id, w::ReferralStatus::Withdrawn).await?;
+    // Another referral, accepted and closed once assistance is over.
+    let closed = trm_tests::refer_case(&sp, &case_id, "RO").await?;
+    let mut ro_fp = ro_referrals.clone();
+    referral_with_status(&ro_fp, &closed, w::ReferralStatus::Delivered).await?;
+    ro_fp
+        .respond_to_referral(w::RespondToReferralRequest {
+            referral_id: closed.clone(),
+            decision: w::ReferralDecision::Accept as i32,
+            ..Default::default()
+        })
+        .await?;
+    ro_fp
+        .close_referral(w::CloseReferralRequest {
+            referral_id: closed.clone(),
+            reason: "assistance completed".into(),
+            ..Default::default()
+        })
+        .await?;
+    referral_with_status(&sp, &closed, w::ReferralStatus::Closed).await?;
 
     // The return runs to its end.
     ro_rp
@@ -399,7 +418,7 @@ async fn compensation_pending_follows_open_claims_and_no_return_or_referral_clos
         assert_eq!(
             c.status,
             w::ClaimStatus::UnderReview as i32,
-            "{node}: a closed return and a withdrawn referral close no claim"
+            "{node}: a closed return, a closed and a withdrawn referral close no claim"
         );
     }
 
@@ -408,6 +427,62 @@ async fn compensation_pending_follows_open_claims_and_no_return_or_referral_clos
     claim_in(&at, &claim.claim_id, w::ClaimStatus::Rejected).await?;
     let again = at_rp.propose_return(propose(&case_id)).await?.into_inner();
     assert!(!again.compensation_pending, "no claim of the case is open");
+    fed.stop().await?;
+    Ok(())
+}
+
+/// `compensation_pending` is derived while a claim of the case is open, not only when the
+/// plan is proposed: a claim filed or ended later turns it on or off on both nodes, whether
+/// it is heard abroad or at home.
+#[tokio::test]
+async fn compensation_pending_turns_on_and_off_on_both_nodes_as_claims_open_and_end(
+) -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let mut at_rp = returns(&fed, "AT", Role::ServiceProvider).await?;
+    let ro_rp = returns(&fed, "RO", Role::FocalPoint).await?;
+    let mut at = fed.remedies("AT", Role::ServiceProvider).await?;
+    let mut ro = fed.remedies("RO", Role::FocalPoint).await?;
+    let case_id = ready_case(&mut sp, &mut at_rp, &[]).await?;
+    sp.record_consent(requests::consent(
+        &case_id,
+        &[w::Purpose::LegalRemedies],
+        &["RO"],
+        &[],
+    ))
+    .await?;
+    let plan = at_rp.propose_return(propose(&case_id)).await?.into_inner();
+    assert!(!plan.compensation_pending, "no claim of the case yet");
+    let id = plan.return_id.clone();
+    wait_status(&ro_rp, &id, w::ReturnStatus::Requested).await?;
+    let pending = |on: bool| move |p: &w::ReturnPlan| p.compensation_pending == on;
+
+    // A claim heard in RO, filed after the plan was proposed, then rejected there.
+    let abroad = at.file_claim(file(&case_id, "RO")).await?.into_inner();
+    plan_where(&at_rp, &id, "AT: pending with a claim filed", pending(true)).await?;
+    plan_where(&ro_rp, &id, "RO: told of the claim", pending(true)).await?;
+    claim_in(&ro, &abroad.claim_id, w::ClaimStatus::Filed).await?;
+    ro.update_claim(update(&abroad.claim_id, w::ClaimStatus::Rejected, ""))
+        .await?;
+    plan_where(&at_rp, &id, "AT: no claim open", pending(false)).await?;
+    plan_where(&ro_rp, &id, "RO: told it ended", pending(false)).await?;
+
+    // A claim heard at home, filed and withdrawn at AT.
+    let home = at.file_claim(file(&case_id, "AT")).await?.into_inner();
+    plan_where(&ro_rp, &id, "RO: told of the claim at home", pending(true)).await?;
+    at.update_claim(update(&home.claim_id, w::ClaimStatus::Withdrawn, ""))
+        .await?;
+    plan_where(&ro_rp, &id, "RO: told it was withdrawn", pending(false)).await?;
+    let at_plan = at_rp
+        .get_return_plan(w::GetReturnPlanRequest {
+            return_id: id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert!(
+        !at_plan.compensation_pending,
+        "no claim of the case is open"
+    );
     fed.stop().await?;
     Ok(())
 }
@@ -731,6 +806,31 @@ async fn an_attestation_of_victim_status_is_signed_by_the_issuer_and_verifies_of
     refused(err, Code::FailedPrecondition, "state");
 
     let got = status_in(&ja, &id, w::VictimStatusState::Attested).await?;
+    // Both sides audited: who asked and who answered, and each message as it arrived.
+    let by = |node: &'static str, action: &'static str, detail: &'static str| {
+        let fed = &fed;
+        let id = id.clone();
+        async move {
+            let found = fed
+                .audited(node, action)
+                .await?
+                .into_iter()
+                .any(|e| e.subject.contains(&id) || (!detail.is_empty() && e.detail == detail));
+            anyhow::ensure!(found, "{node} audits {action} {detail}");
+            Ok::<_, anyhow::Error>(())
+        }
+    };
+    by("RO", "victim_status.request", "").await?;
+    by("AT", "envelope.accept", "victim_status_query").await?;
+    by("AT", "victim_status.answer", "").await?;
+    by("RO", "envelope.accept", "victim_status_answer").await?;
+    let asked_by = fed.audited("RO", "victim_status.request").await?;
+    assert!(
+        asked_by
+            .iter()
+            .all(|e| e.actor.contains("judicial_authority")),
+        "{asked_by:?}"
+    );
     let signed = got.attestation.clone().unwrap_or_default();
     let a = w::VictimStatusAttestation::decode(signed.attestation.as_slice())?;
     assert_eq!(a.case_ref, asked.case_ref);

@@ -72,16 +72,28 @@ pub(crate) async fn wait_status(
     id: &str,
     status: w::ReturnStatus,
 ) -> anyhow::Result<w::ReturnPlan> {
-    eventually(&format!("return plan {status:?}"), || {
+    plan_where(rp, id, &format!("return plan {status:?}"), |r| {
+        r.status == status as i32
+    })
+    .await
+}
+
+/// Waits until `rp`'s node holds return plan `id` for which `done` holds; returns it.
+pub(crate) async fn plan_where(
+    rp: &Returns,
+    id: &str,
+    what: &str,
+    done: impl Fn(&w::ReturnPlan) -> bool,
+) -> anyhow::Result<w::ReturnPlan> {
+    eventually(what, || {
         let mut rp = rp.clone();
         let id = id.to_owned();
+        let done = &done;
         async move {
             let r = rp
                 .get_return_plan(w::GetReturnPlanRequest { return_id: id })
                 .await;
-            Ok(r.ok()
-                .map(|r| r.into_inner())
-                .filter(|r| r.status == status as i32))
+            Ok(r.ok().map(|r| r.into_inner()).filter(|r| done(r)))
         }
     })
     .await

@@ -671,6 +671,21 @@ impl TestFederation {
         Ok(AdminServiceClient::new(self.channel(id, role, true).await?))
     }
 
+    /// Returns the audit entries of node `id` with `action`, oldest first (the first 1,000
+    /// entries of its log, as its operator exports them).
+    pub async fn audited(&self, id: &str, action: &str) -> Result<Vec<trm_proto::v1::AuditEntry>> {
+        let mut admin = self.admin(id, Role::Operator).await?;
+        let all = admin
+            .export_audit(trm_proto::v1::ExportAuditRequest {
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .entries;
+        Ok(all.into_iter().filter(|e| e.action == action).collect())
+    }
+
     /// Stops every node, flushing their stores.
     pub async fn stop(self) -> Result<TempDir> {
         for n in self.nodes {

@@ -126,6 +126,14 @@ pub enum PeerMessage {
         status: ReturnStatus,
         step: StepDetails,
     },
+    /// The plan's coordination flags as the node that holds the case now derives them: a
+    /// hearing or a compensation claim of the case opened or ended after the plan was
+    /// requested. Travels as a `ReturnUpdate` carrying `flags` only.
+    ReturnFlags {
+        return_id: ReturnId,
+        hearing_pending: bool,
+        compensation_pending: bool,
+    },
     /// A hearing of a witness held here, named only by the envelope's case reference.
     HearingRequest {
         hearing_id: HearingId,
@@ -206,7 +214,9 @@ impl PeerMessage {
             PeerMessage::ReferralOffer { .. } => EnvelopeKind::ReferralOffer,
             PeerMessage::ReferralUpdate { .. } => EnvelopeKind::ReferralUpdate,
             PeerMessage::ReturnRequest { .. } => EnvelopeKind::ReturnRequest,
-            PeerMessage::ReturnUpdate { .. } => EnvelopeKind::ReturnUpdate,
+            PeerMessage::ReturnUpdate { .. } | PeerMessage::ReturnFlags { .. } => {
+                EnvelopeKind::ReturnUpdate
+            }
             PeerMessage::HearingRequest { .. } => EnvelopeKind::HearingRequest,
             PeerMessage::HearingUpdate { .. } => EnvelopeKind::HearingUpdate,
             PeerMessage::CopyUpdate { subject, .. } => match subject {
@@ -268,6 +278,14 @@ mod tests {
                     return_id: ReturnId::from_uuid(id),
                     status: ReturnStatus::Halted,
                     step: StepDetails::default(),
+                },
+                "return_update",
+            ),
+            (
+                PeerMessage::ReturnFlags {
+                    return_id: ReturnId::from_uuid(id),
+                    hearing_pending: true,
+                    compensation_pending: false,
                 },
                 "return_update",
             ),

@@ -233,7 +233,10 @@ impl Flows {
             subject: record,
         };
         let now = OffsetDateTime::now_utc();
-        tx.put_hearing(&HearingRecord::requested(parties, terms, now))?;
+        let hearing = HearingRecord::requested(parties, terms, now);
+        tx.put_hearing(&hearing)?;
+        let by = format!("peer:{}", inbound.sender);
+        crate::returns::after_hearing(tx, &self.identity, (self.id, &by), &hearing)?;
         let answer = Task::due_in(
             TaskKind::AnswerHearing,
             hearing_id.uuid(),
@@ -473,6 +476,35 @@ impl Flows {
         Ok(())
     }
 
+    /// After hearing `id` opened or ended here by the sender's message: the coordination
+    /// flags of the open return plans of its case, if this node holds the case.
+    fn after_hearing(&self, tx: &mut Tx<'_>, inbound: &Inbound, id: HearingId) -> FlowResult {
+        let Some(h) = tx.hearing(id)? else {
+            return Ok(());
+        };
+        let by = format!("peer:{}", inbound.sender);
+        Ok(crate::returns::after_hearing(
+            tx,
+            &self.identity,
+            (self.id, &by),
+            &h,
+        )?)
+    }
+
+    /// After claim `id` opened or ended here (by `by`): the coordination flags of the open
+    /// return plans of its case, if this node holds the case.
+    fn after_claim(&self, tx: &mut Tx<'_>, by: &str, id: ClaimId) -> FlowResult {
+        match tx.record::<ClaimRecord>(id)?.and_then(|c| c.case_id) {
+            Some(case) => Ok(crate::returns::refresh_flags(
+                tx,
+                &self.identity,
+                (self.id, by),
+                case,
+            )?),
+            None => Ok(()),
+        }
+    }
+
     /// The other node's step of a record both hold.
     fn update(&self, tx: &mut Tx<'_>, inbound: &Inbound) -> FlowResult {
         let me = self.id;
@@ -500,7 +532,8 @@ impl Flows {
                 step,
             } => {
                 let id = *hearing_id;
-                lifecycle::update_in::<HearingRecord>(me, tx, inbound, id, *status, step)
+                lifecycle::update_in::<HearingRecord>(me, tx, inbound, id, *status, step)?;
+                self.after_hearing(tx, inbound, id)
             }
             PeerMessage::ClaimUpdate {
                 claim_id,
@@ -510,7 +543,8 @@ impl Flows {
                 let step = ClaimStep {
                     reason: reason.clone(),
                 };
-                lifecycle::update_in::<ClaimRecord>(me, tx, inbound, *claim_id, *status, &step)
+                lifecycle::update_in::<ClaimRecord>(me, tx, inbound, *claim_id, *status, &step)?;
+                self.after_claim(tx, &format!("peer:{}", inbound.sender), *claim_id)
             }
             PeerMessage::VictimStatusAnswer {
                 status_request_id,
@@ -592,6 +626,33 @@ fn refresh_copy<R: StoredRecord>(
     Ok(())
 }
 
+/// The plan's origin derived its coordination flags again (a hearing or a claim of the
+/// case opened or ended there): the copy of plan `id` shows them.
+fn return_flags(
+    tx: &mut Tx<'_>,
+    inbound: &Inbound,
+    id: ReturnId,
+    (hearing_pending, compensation_pending): (bool, bool),
+) -> FlowResult {
+    let mut r = tx
+        .record::<ReturnRecord>(id)?
+        .ok_or_else(|| unknown("no such return plan"))?;
+    if r.origin != inbound.sender {
+        return Err(unknown("return plan not received from the sender"));
+    }
+    if r.disclosed.case_ref != inbound.case_ref {
+        return Err(malformed("case_ref differs from the plan's"));
+    }
+    if r.status.is_final() {
+        return Err(transition("the return plan has ended"));
+    }
+    r.hearing_pending = hearing_pending;
+    r.compensation_pending = compensation_pending;
+    r.updated_at = OffsetDateTime::now_utc();
+    tx.put_record(&r)?;
+    Ok(())
+}
+
 /// Checks what crossed for `purpose` against the same disclosure table the sender must
 /// apply: a field the purpose does not allow refuses the whole payload.
 fn check_disclosure(inbound: &Inbound, disclosed: &DisclosedCase, purpose: Purpose) -> FlowResult {
@@ -658,6 +719,16 @@ impl FlowHandler for Flows {
             PeerMessage::CopyUpdate { subject, disclosed } => {
                 self.copy_update(tx, inbound, *subject, disclosed)
             }
+            PeerMessage::ReturnFlags {
+                return_id,
+                hearing_pending,
+                compensation_pending,
+            } => return_flags(
+                tx,
+                inbound,
+                *return_id,
+                (*hearing_pending, *compensation_pending),
+            ),
             PeerMessage::ErasureRequest { subject_id, reason } => {
                 self.erasure_request(tx, inbound, *subject_id, reason)
             }
@@ -693,6 +764,7 @@ impl FlowHandler for Flows {
                     .is_ok()
                 {
                     tx.put_record(&c)?;
+                    self.after_claim(tx, &format!("peer:{}", item.peer), id)?;
                 }
             }
             (EnvelopeKind::VictimStatusQuery, Topic::VictimStatus(id))
@@ -736,6 +808,8 @@ impl FlowHandler for Flows {
                     };
                     if h.apply(HearingEvent::Cancel, &step).is_ok() {
                         tx.put_hearing(&h)?;
+                        let by = format!("peer:{}", item.peer);
+                        crate::returns::after_hearing(tx, &self.identity, (self.id, &by), &h)?;
                     }
                 }
             }

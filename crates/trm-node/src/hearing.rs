@@ -14,7 +14,7 @@ use trm_core::{
     hearing::{
         check_child_witness, with_child_measures, HearingEvent, HearingParties, HearingRecord,
     },
-    ids::{HearingId, OrgId, Principal, WitnessRecord},
+    ids::{CaseId, HearingId, OrgId, Principal, WitnessRecord},
     referral::ReferralRecord,
     returns::ReturnRecord,
     tasks::TaskKind,
@@ -132,6 +132,11 @@ impl lifecycle::StepRules for HearingRecord {
         }
         Ok(())
     }
+
+    /// A hearing of a case this node holds sets its return plans' `hearing_pending`.
+    fn coordinated_case(&self, tx: &mut Tx<'_>) -> trm_store::Result<Option<CaseId>> {
+        crate::returns::case_heard(tx, self.subject)
+    }
 }
 
 crate::grpc_service!(Hearings => WitnessHearingService {
@@ -201,6 +206,7 @@ impl Hearings {
                         record.legal_basis.len()
                     )),
                 )?;
+                crate::returns::after_hearing(tx, &ctx.identity, (ctx.id, &actor(&who)), &record)?;
                 Ok(record)
             })
             .await?;

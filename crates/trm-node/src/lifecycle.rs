@@ -10,7 +10,7 @@ use tonic::Request;
 use trm_core::{
     access::{self, Action},
     exchange::{ErasableRecord, StepRequest},
-    ids::{NodeId, OrgId, Principal, RecordId},
+    ids::{CaseId, NodeId, OrgId, Principal, RecordId},
     referral::ReferralRecord,
     remedies::ClaimRecord,
     returns::ReturnRecord,
@@ -89,6 +89,12 @@ pub trait StepRules: StoredRecord {
     fn after_step(&self, _tx: &mut Tx<'_>, _event: Self::Event) -> TxResult<()> {
         Ok(())
     }
+
+    /// The case of this node's own whose return plans' coordination flags the record
+    /// decides (a hearing of the case), if any: they are derived again after each step.
+    fn coordinated_case(&self, _tx: &mut Tx<'_>) -> trm_store::Result<Option<CaseId>> {
+        Ok(None)
+    }
 }
 
 /// One step of a shared record by a local user (`action`, of the role table): authorised
@@ -111,6 +117,10 @@ pub fn step<R: StepRules>(
         .map_err(ApiError::from)?;
     keep_and_announce(ctx, tx, p, &r, &command.step)?;
     r.after_step(tx, command.event)?;
+    if let Some(case) = r.coordinated_case(tx)? {
+        let by = crate::authz::actor(p);
+        crate::returns::refresh_flags(tx, &ctx.identity, (ctx.id, &by), case)?;
+    }
     Ok(r)
 }
 

@@ -239,7 +239,17 @@ fn file_local(
             command.kind.as_str()
         )),
     )?;
+    claim_changed(ctx, tx, p, &record)?;
     Ok(record)
+}
+
+/// After claim `c` of a case this node holds opened or ended (by `p`): the coordination
+/// flags of the case's open return plans ([`crate::returns::refresh_flags`]).
+fn claim_changed(ctx: &Ctx, tx: &mut Tx<'_>, p: &Principal, c: &ClaimRecord) -> TxResult<()> {
+    if let Some(case) = c.case_id {
+        crate::returns::refresh_flags(tx, &ctx.identity, (ctx.id, &actor(p)), case)?;
+    }
+    Ok(())
 }
 
 /// Files claim `claim_id` in a peer's forum: what LEGAL_REMEDIES and the victim's consent
@@ -291,6 +301,7 @@ fn file_abroad(
         "filed",
         &detail,
     )?;
+    claim_changed(ctx, tx, p, &record)?;
     Ok(record)
 }
 
@@ -327,6 +338,7 @@ fn update_claim_in(
     } else {
         lifecycle::keep_and_announce(ctx, tx, p, &c, &command.step)?;
     }
+    claim_changed(ctx, tx, p, &c)?;
     Ok(c)
 }
 

@@ -9,7 +9,7 @@ use tracing::{info, instrument};
 use trm_core::{
     access::{self, Action},
     consent,
-    exchange::Erasure,
+    exchange::{Erasure, SharedRecord},
     hearing::HearingRecord,
     ids::{AssessmentId, CaseId, NodeId, OrgId, Principal, ReturnId, Shared, WitnessRecord},
     messages::PeerMessage,
@@ -104,18 +104,94 @@ pub(crate) fn halt_open_returns(
 
 /// Returns whether a hearing of case `case` is open on this node, either direction (the
 /// hearing names the case, or a referral or plan of it).
-fn hearing_pending(tx: &mut Tx<'_>, case: CaseId) -> TxResult<bool> {
+fn hearing_pending(tx: &mut Tx<'_>, case: CaseId) -> trm_store::Result<bool> {
     for h in tx.records_where::<HearingRecord>(|h| !h.status.is_final())? {
-        let of = match h.subject {
-            WitnessRecord::Case(c) => Some(c),
-            WitnessRecord::Referral(id) => tx.record::<ReferralRecord>(id)?.and_then(|r| r.case_id),
-            WitnessRecord::Return(id) => tx.record::<ReturnRecord>(id)?.and_then(|r| r.case_id),
-        };
-        if of == Some(case) {
+        if case_heard(tx, h.subject)? == Some(case) {
             return Ok(true);
         }
     }
     Ok(false)
+}
+
+/// Returns the case of this node's own a hearing's subject is (none for a copy received
+/// from a peer, or an erased record).
+pub(crate) fn case_heard(
+    tx: &mut Tx<'_>,
+    subject: WitnessRecord,
+) -> trm_store::Result<Option<CaseId>> {
+    Ok(match subject {
+        WitnessRecord::Case(c) => Some(c),
+        WitnessRecord::Referral(id) => tx.record::<ReferralRecord>(id)?.and_then(|r| r.case_id),
+        WitnessRecord::Return(id) => tx.record::<ReturnRecord>(id)?.and_then(|r| r.case_id),
+    })
+}
+
+/// After hearing `h` opened or ended here (by `by`, as the audit names it): the open
+/// return plans of its case proposed by this node take their coordination flags again
+/// ([`refresh_flags`]).
+pub(crate) fn after_hearing(
+    tx: &mut Tx<'_>,
+    signer: &trm_crypto::signing::Signer,
+    (me, by): (NodeId, &str),
+    h: &HearingRecord,
+) -> trm_store::Result<()> {
+    match case_heard(tx, h.subject)? {
+        Some(case) => refresh_flags(tx, signer, (me, by), case),
+        None => Ok(()),
+    }
+}
+
+/// Derives again the coordination flags of every open return plan of case `case` that this
+/// node proposed (a hearing or a compensation claim of the case opened or ended since): a
+/// plan whose flags changed is kept and its destination told (`ReturnUpdate` with `flags`),
+/// so that both nodes show them while, and only while, the hearing or claim is open.
+/// Audited as `by`'s (the user or peer whose step changed them).
+pub(crate) fn refresh_flags(
+    tx: &mut Tx<'_>,
+    signer: &trm_crypto::signing::Signer,
+    (me, by): (NodeId, &str),
+    case: CaseId,
+) -> trm_store::Result<()> {
+    let open = tx.records_where::<ReturnRecord>(|r| {
+        r.case_id == Some(case) && r.origin == me && !r.status.is_final()
+    })?;
+    if open.is_empty() {
+        return Ok(());
+    }
+    let flags = (
+        hearing_pending(tx, case)?,
+        crate::remedies::open_claims_of(tx, case)? > 0,
+    );
+    for mut r in open {
+        if (r.hearing_pending, r.compensation_pending) == flags {
+            continue;
+        }
+        (r.hearing_pending, r.compensation_pending) = flags;
+        r.updated_at = OffsetDateTime::now_utc();
+        tx.put_record(&r)?;
+        let message = PeerMessage::ReturnFlags {
+            return_id: r.return_id,
+            hearing_pending: flags.0,
+            compensation_pending: flags.1,
+        };
+        trm_federation::outbox::enqueue(
+            tx,
+            &signer.current(),
+            r.destination,
+            r.topic(),
+            &r.disclosed.case_ref,
+            trm_proto::peer::to_wire(&message),
+        )?;
+        tx.audit(
+            AuditRecord::new(by, "return.flags", r.return_id.to_string(), "updated").detail(
+                format!(
+                    "hearing_pending={} compensation_pending={}",
+                    flags.0, flags.1
+                ),
+            ),
+        )?;
+    }
+    Ok(())
 }
 
 /// Returns whether a hearing of case `case` is open on this node; if one is, the

@@ -150,9 +150,27 @@ pub fn parse(payload: &Payload) -> Result<PeerMessage, PayloadError> {
     })
 }
 
-/// A return plan's update: a step, or (with `disclosed`) the copy's new disclosed case.
+/// A return plan's update: a step, (with `disclosed`) the copy's new disclosed case, or
+/// (with `flags`) its new coordination flags. One of the three.
 fn return_update_from_wire(u: &w::ReturnUpdate) -> Result<PeerMessage, PayloadError> {
     let return_id = ReturnId::parse("return_id", &u.return_id)?;
+    if let Some(flags) = &u.flags {
+        let alone = u.status == 0
+            && u.reason.is_empty()
+            && u.details.is_empty()
+            && u.travel_at.is_none()
+            && u.disclosed.is_none();
+        if !alone {
+            return Err(
+                FieldError::new("flags", "must come alone, with status unspecified").into(),
+            );
+        }
+        return Ok(PeerMessage::ReturnFlags {
+            return_id,
+            hearing_pending: flags.hearing_pending,
+            compensation_pending: flags.compensation_pending,
+        });
+    }
     if u.disclosed.is_some() {
         return Ok(PeerMessage::CopyUpdate {
             subject: Shared::Return(return_id),
@@ -268,6 +286,18 @@ pub fn to_wire(m: &PeerMessage) -> Payload {
             status,
             step,
         } => Payload::ReturnUpdate(return_update(*return_id, *status, step)),
+        PeerMessage::ReturnFlags {
+            return_id,
+            hearing_pending,
+            compensation_pending,
+        } => Payload::ReturnUpdate(w::ReturnUpdate {
+            return_id: return_id.to_string(),
+            flags: Some(w::CoordinationFlags {
+                hearing_pending: *hearing_pending,
+                compensation_pending: *compensation_pending,
+            }),
+            ..Default::default()
+        }),
         PeerMessage::HearingRequest { hearing_id, terms } => hearing_request(*hearing_id, terms),
         PeerMessage::HearingUpdate {
             hearing_id,
@@ -516,6 +546,7 @@ fn return_update(id: ReturnId, status: ReturnStatus, step: &StepDetails) -> w::R
         details: step.details.clone(),
         travel_at: step.travel_at.map(ts),
         disclosed: None,
+        flags: None,
     }
 }
 
@@ -608,6 +639,25 @@ mod tests {
         ));
     }
 
+    /// A plan's new flags come alone: with a step beside them the update is refused,
+    /// naming `flags`.
+    #[test]
+    fn flags_with_a_step_are_refused() {
+        let both = Payload::ReturnUpdate(w::ReturnUpdate {
+            return_id: uuid::Uuid::now_v7().to_string(),
+            status: w::ReturnStatus::Halted as i32,
+            flags: Some(w::CoordinationFlags {
+                hearing_pending: false,
+                compensation_pending: true,
+            }),
+            ..Default::default()
+        });
+        assert!(matches!(
+            parse(&both),
+            Err(PayloadError::Malformed(f)) if f.to_string().contains("flags")
+        ));
+    }
+
     /// What the node writes, a peer parses back to the same message.
     #[test]
     fn every_message_written_parses_back_the_same() {
@@ -675,6 +725,11 @@ mod tests {
             PeerMessage::CopyUpdate {
                 subject: Shared::Return(ReturnId::new()),
                 disclosed: disclosed.clone(),
+            },
+            PeerMessage::ReturnFlags {
+                return_id: ReturnId::new(),
+                hearing_pending: false,
+                compensation_pending: true,
             },
             PeerMessage::ErasureRequest {
                 subject_id: uuid::Uuid::now_v7(),

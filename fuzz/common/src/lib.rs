@@ -153,6 +153,15 @@ pub fn payloads() -> Vec<Payload> {
             details: "escorted".into(),
             travel_at: Some(ts(later)),
             disclosed: None,
+            flags: None,
+        }),
+        Payload::ReturnUpdate(w::ReturnUpdate {
+            return_id: id7(),
+            flags: Some(w::CoordinationFlags {
+                hearing_pending: false,
+                compensation_pending: true,
+            }),
+            ..Default::default()
         }),
         Payload::HearingRequest(w::HearingRequest {
             hearing_id: id7(),
