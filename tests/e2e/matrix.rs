@@ -113,7 +113,7 @@ const TABLE: &[(&str, &str, Allowed)] = &[
     (
         "RemediesService",
         "RequestVictimStatus",
-        Allowed::Roles(&[JA, FP]),
+        Allowed::Roles(&[JA]),
     ),
     ("RemediesService", "AttestVictimStatus", FOCAL),
     (

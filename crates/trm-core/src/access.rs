@@ -157,9 +157,11 @@ impl Action {
             A::Administer => &[OP],
             // A claim is the victim's, filed by who looks after the case.
             A::FileClaim | A::UpdateClaim | A::ReadClaims => &[SP, FP],
-            // Non-punishment: the prosecutor asks, and reads the answer (the focal point
-            // too, which sees the same queue); only the issuing focal point attests.
-            A::RequestVictimStatus | A::ReadVictimStatus => &[JA, FP],
+            // Non-punishment: the prosecutor asks (§25-27: the authority that would
+            // prosecute), and reads the answer; the focal point reads the same queue; only
+            // the issuing focal point attests.
+            A::RequestVictimStatus => &[JA],
+            A::ReadVictimStatus => &[JA, FP],
             A::AttestVictimStatus => &[FP],
         }
     }
