@@ -4,7 +4,11 @@
 //! node that holds the case or a copy, until a risk assessment recorded after it.
 
 use tonic::{transport::Channel, Code};
-use trm_core::ids::Role;
+use trm_core::{
+    ids::Role,
+    safety::SafetyAlertKind,
+    stats::{Cell, Month, Period},
+};
 use trm_proto::v1::{
     self as w, envelope_body::Payload, safety_service_client::SafetyServiceClient,
 };
@@ -79,7 +83,7 @@ async fn tasks(
 #[tokio::test]
 async fn an_alert_reaches_every_copy_halts_returns_to_its_country_and_is_acknowledged(
 ) -> anyhow::Result<()> {
-    let fed = TestFederation::start(&["AT", "RO", "NG"]).await?;
+    let mut fed = TestFederation::start(&["AT", "RO", "NG"]).await?;
     let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
     let mut at = returns(&fed, "AT", Role::ServiceProvider).await?;
     let ro_returns = returns(&fed, "RO", Role::FocalPoint).await?;
@@ -205,6 +209,34 @@ async fn an_alert_reaches_every_copy_halts_returns_to_its_country_and_is_acknowl
     at.record_return_decision(decision(&case_id, false)).await?;
     let again = at.propose_return(propose(&case_id)).await?.into_inner();
     wait_status(&ro_returns, &again.return_id, w::ReturnStatus::Requested).await?;
+
+    // The alert counts once, by its kind, in each node's statistics for its month.
+    let raised_at = raised.created_at.unwrap_or_default();
+    let day = time::OffsetDateTime::from_unix_timestamp(raised_at.seconds)?.date();
+    let period = Period {
+        start: day.replace_day(1)?,
+        end: Month::of(day).next_first_day(),
+    };
+    for node in ["AT", "RO", "NG"] {
+        fed.stop_node(node).await?;
+        let store = trm_tests::open_store(&fed, node)?;
+        let counts = store.stat_counts(period);
+        store.close()?;
+        let counts = counts?;
+        assert_eq!(
+            counts.get(&Cell::SafetyAlert(SafetyAlertKind::Release)),
+            Some(&1),
+            "{node}"
+        );
+        assert_eq!(
+            counts
+                .iter()
+                .filter(|(c, _)| matches!(c, Cell::SafetyAlert(_)))
+                .count(),
+            1,
+            "{node}: no other kind"
+        );
+    }
     fed.stop().await?;
     Ok(())
 }
