@@ -584,25 +584,9 @@ mod tests {
     fn case(identified_on: Date, child: ChildInfo) -> CaseRecord {
         CaseRecord {
             case_id: CaseId::from_uuid(uuid::Uuid::nil()),
-            person: Person {
-                given_name: "A".into(),
-                family_name: String::new(),
-                date_of_birth: None,
-                gender: Gender::Female,
-                citizenship: vec![],
-                languages: vec![],
-                document_number: String::new(),
-                address: String::new(),
-                phone: String::new(),
-            },
-            needs: Needs::default(),
-            exploitation: Exploitation::default(),
             child,
-            identified_on,
-            organisation: "sp1".parse().unwrap(),
             created_at: datetime!(2026-01-01 0:00 UTC),
-            identifications: vec![],
-            residence: None,
+            ..crate::model::tests::a_case(identified_on)
         }
     }
 
