@@ -332,10 +332,11 @@ pub fn reach(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn p(role: Role, org: &str) -> Principal {
+    /// Returns the principal of `role` in organisation `org`.
+    pub(crate) fn p(role: Role, org: &str) -> Principal {
         Principal {
             role,
             org: org.parse().unwrap(),

@@ -101,13 +101,7 @@ pub fn expired(at: OffsetDateTime, now: OffsetDateTime) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn p(role: Role, org: &str) -> Principal {
-        Principal {
-            role,
-            org: org.parse().unwrap(),
-        }
-    }
+    use crate::access::tests::p;
 
     fn event(record: EventRecord, org: Option<&str>) -> Event {
         Event {

@@ -218,6 +218,36 @@ pub trait ErasableRecord: SharedRecord {
     fn confirm_erasure(&mut self) -> Result<(), GuardError>;
 }
 
+/// Writes [`ErasableRecord`] for a record that keeps its [`Erasure`] in a field `erasure`
+/// and erases through its own `request_erasure` and `erase_copy` (what each erases is the
+/// record's own rule); a confirmation is recorded the same way for every record.
+macro_rules! erasable_record {
+    ($record:ty) => {
+        impl crate::exchange::ErasableRecord for $record {
+            fn erasure(&self) -> crate::exchange::Erasure {
+                self.erasure
+            }
+            fn request_erasure(
+                &mut self,
+                reason: &str,
+                erase_own: bool,
+                now: time::OffsetDateTime,
+            ) -> bool {
+                <$record>::request_erasure(self, reason, erase_own, now)
+            }
+            fn erase_copy(&mut self, reason: &str, now: time::OffsetDateTime) {
+                <$record>::erase_copy(self, reason, now)
+            }
+            fn confirm_erasure(&mut self) -> Result<(), crate::error::GuardError> {
+                self.erasure.confirm()?;
+                self.updated_at = time::OffsetDateTime::now_utc();
+                Ok(())
+            }
+        }
+    };
+}
+pub(crate) use erasable_record;
+
 /// Which node of a shared record acts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Side {
@@ -275,8 +305,47 @@ impl Erasure {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Asserts, for a record whose events each side may take, that the other node's
+    /// announcement of each status of `targets` (`leading_to`, read from `side`) is exactly
+    /// the one event of that side that made it from any status, and that an event read
+    /// where none of that side makes it is one `next` then refuses.
+    pub(crate) fn assert_announcements_read_back<S, E>(
+        statuses: &[S],
+        targets: &[S],
+        events: &[E],
+        next: impl Fn(S, E) -> Result<S, GuardError>,
+        allowed_for: impl Fn(E, Side) -> bool,
+        leading_to: impl Fn(S, Side) -> Option<E>,
+    ) where
+        S: Copy + PartialEq + Debug,
+        E: Copy + PartialEq + Debug,
+    {
+        for side in [Side::Origin, Side::Destination] {
+            for &from in statuses {
+                for &to in targets {
+                    let made_by: Vec<E> = events
+                        .iter()
+                        .copied()
+                        .filter(|e| allowed_for(*e, side) && next(from, *e).ok() == Some(to))
+                        .collect();
+                    let read = leading_to(to, side);
+                    match made_by.as_slice() {
+                        [] => {
+                            if let Some(e) = read {
+                                assert!(allowed_for(e, side), "{side:?} {from:?} -> {to:?}");
+                                assert_ne!(next(from, e).ok(), Some(to), "{from:?} {e:?}");
+                            }
+                        }
+                        [e] => assert_eq!(read, Some(*e), "{side:?} {from:?} -> {to:?}"),
+                        many => panic!("{from:?} -> {to:?} by {many:?}"),
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn only_a_requested_erasure_can_be_confirmed() {

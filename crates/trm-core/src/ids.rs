@@ -6,6 +6,32 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::FieldError;
 
+/// Writes what an id kept as text has besides its parser (`FromStr`, failing with `$err`):
+/// the conversions serde goes through (`try_from = "String", into = "String"`) and
+/// `Display`, all from the one parser and the one `as_str`.
+macro_rules! text_id {
+    ($id:ident, $err:ty) => {
+        impl TryFrom<String> for $id {
+            type Error = $err;
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                s.parse()
+            }
+        }
+
+        impl From<$id> for String {
+            fn from(id: $id) -> Self {
+                id.as_str().to_owned()
+            }
+        }
+
+        impl fmt::Display for $id {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
 /// A node id: the ISO 3166-1 alpha-2 code, upper case, of the country that runs the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -35,24 +61,7 @@ impl FromStr for NodeId {
     }
 }
 
-impl TryFrom<String> for NodeId {
-    type Error = InvalidNodeId;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-impl From<NodeId> for String {
-    fn from(id: NodeId) -> Self {
-        id.as_str().to_owned()
-    }
-}
-
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+text_id!(NodeId, InvalidNodeId);
 
 /// The text is not an upper-case ISO 3166-1 alpha-2 code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -93,24 +102,7 @@ impl FromStr for OrgId {
     }
 }
 
-impl TryFrom<String> for OrgId {
-    type Error = InvalidOrgId;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-impl From<OrgId> for String {
-    fn from(id: OrgId) -> Self {
-        id.0
-    }
-}
-
-impl fmt::Display for OrgId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+text_id!(OrgId, InvalidOrgId);
 
 /// The text is not a valid organisation id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

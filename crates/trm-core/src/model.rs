@@ -414,7 +414,7 @@ pub fn format_date(d: Date) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use time::macros::date;
 
@@ -548,7 +548,8 @@ mod tests {
         );
     }
 
-    fn a_case(identified_on: Date) -> CaseRecord {
+    /// Returns a case of a woman named "A" of organisation sp1, identified on `identified_on`.
+    pub(crate) fn a_case(identified_on: Date) -> CaseRecord {
         CaseRecord {
             case_id: CaseId::new(),
             person: Person {

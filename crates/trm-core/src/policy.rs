@@ -350,6 +350,18 @@ mod tests {
         }
     }
 
+    /// The purposes of the first version of the table.
+    const FIRST_PURPOSES: [Purpose; 3] = [
+        Purpose::ReferralAssistance,
+        Purpose::ReturnPlanning,
+        Purpose::WitnessHearing,
+    ];
+
+    /// Returns what crosses of the test case for `purpose` with `granted`, on 2026-06-01.
+    fn disclosed(purpose: Purpose, granted: &BTreeSet<DataCategory>) -> DisclosedCase {
+        disclose(&case(), purpose, granted, "r".into(), date!(2026 - 06 - 01))
+    }
+
     #[test]
     fn each_field_is_named_by_its_path_in_the_disclosed_case() {
         let paths: Vec<&str> = Field::ALL.iter().map(|f| f.path()).collect();
@@ -386,11 +398,7 @@ mod tests {
 
     #[test]
     fn a_disclosure_carries_its_pairwise_reference() {
-        for purpose in [
-            Purpose::ReferralAssistance,
-            Purpose::ReturnPlanning,
-            Purpose::WitnessHearing,
-        ] {
+        for purpose in FIRST_PURPOSES {
             let d = disclose(
                 &case(),
                 purpose,
@@ -417,18 +425,8 @@ mod tests {
 
     #[test]
     fn every_purpose_discloses_exactly_its_fields_when_everything_is_granted() {
-        for purpose in [
-            Purpose::ReferralAssistance,
-            Purpose::ReturnPlanning,
-            Purpose::WitnessHearing,
-        ] {
-            let d = disclose(
-                &case(),
-                purpose,
-                &all(),
-                "ref".into(),
-                date!(2026 - 06 - 01),
-            );
+        for purpose in FIRST_PURPOSES {
+            let d = disclosed(purpose, &all());
             let present: BTreeSet<Field> = fields_present(&d).into_iter().collect();
             let allowed: BTreeSet<Field> = allowed_fields(purpose).iter().copied().collect();
             assert_eq!(present, allowed, "{purpose:?}");
@@ -440,13 +438,7 @@ mod tests {
     /// demographics and the child flags, and a name only where the consent lists identity.
     #[test]
     fn safety_carries_the_child_flags_only_and_remedies_a_name_only_when_listed() {
-        let d = disclose(
-            &case(),
-            Purpose::Safety,
-            &all(),
-            "r".into(),
-            date!(2026 - 06 - 01),
-        );
+        let d = disclosed(Purpose::Safety, &all());
         assert_eq!(fields_present(&d), vec![Field::Child]);
         let unlisted = crate::consent::Consent {
             categories: vec![],
@@ -455,13 +447,7 @@ mod tests {
         let granted = unlisted.granted_categories(Purpose::LegalRemedies);
         assert!(!granted.contains(&DataCategory::Identity));
         assert!(granted.contains(&DataCategory::Proceedings));
-        let d = disclose(
-            &case(),
-            Purpose::LegalRemedies,
-            &granted,
-            "r".into(),
-            date!(2026 - 06 - 01),
-        );
+        let d = disclosed(Purpose::LegalRemedies, &granted);
         assert!(d.identity.is_none());
         assert_eq!(
             fields_present(&d),
@@ -478,36 +464,18 @@ mod tests {
             ..unlisted
         };
         let granted = listed.granted_categories(Purpose::LegalRemedies);
-        let d = disclose(
-            &case(),
-            Purpose::LegalRemedies,
-            &granted,
-            "r".into(),
-            date!(2026 - 06 - 01),
-        );
+        let d = disclosed(Purpose::LegalRemedies, &granted);
         let id = d.identity.as_ref().expect("identity listed");
         assert_eq!((id.family_name.as_str(), id.address.as_str()), ("Pop", ""));
         assert!(check_inbound(Purpose::LegalRemedies, &d).is_ok());
-        let more = disclose(
-            &case(),
-            Purpose::ReferralAssistance,
-            &all(),
-            "r".into(),
-            date!(2026 - 06 - 01),
-        );
+        let more = disclosed(Purpose::ReferralAssistance, &all());
         assert!(check_inbound(Purpose::LegalRemedies, &more).is_err());
         assert!(check_inbound(Purpose::Safety, &more).is_err());
     }
 
     #[test]
     fn referral_carries_age_band_and_never_identity() {
-        let d = disclose(
-            &case(),
-            Purpose::ReferralAssistance,
-            &all(),
-            "r".into(),
-            date!(2026 - 06 - 01),
-        );
+        let d = disclosed(Purpose::ReferralAssistance, &all());
         assert_eq!(d.age_band, Some(AgeBand::B24To26));
         assert!(d.identity.is_none());
     }
@@ -515,20 +483,10 @@ mod tests {
     #[test]
     fn disclosure_matrix_every_purpose_by_every_granted_category() {
         let categories = all();
-        for purpose in [
-            Purpose::ReferralAssistance,
-            Purpose::ReturnPlanning,
-            Purpose::WitnessHearing,
-        ] {
+        for purpose in FIRST_PURPOSES {
             for category in &categories {
                 let granted = [*category].into();
-                let d = disclose(
-                    &case(),
-                    purpose,
-                    &granted,
-                    "r".into(),
-                    date!(2026 - 06 - 01),
-                );
+                let d = disclosed(purpose, &granted);
                 let present: BTreeSet<Field> = fields_present(&d).into_iter().collect();
                 let expected: BTreeSet<Field> = allowed_fields(purpose)
                     .iter()
@@ -570,38 +528,16 @@ mod tests {
     #[test]
     fn consent_narrows_the_purpose() {
         let granted = [DataCategory::Needs].into();
-        let d = disclose(
-            &case(),
-            Purpose::ReferralAssistance,
-            &granted,
-            "r".into(),
-            date!(2026 - 06 - 01),
-        );
+        let d = disclosed(Purpose::ReferralAssistance, &granted);
         let present: Vec<Field> = fields_present(&d);
         assert_eq!(present, vec![Field::NeedKinds, Field::Urgency]);
     }
 
     #[test]
     fn inbound_check_refuses_every_field_outside_the_purpose() {
-        let full = disclose(
-            &case(),
-            Purpose::ReturnPlanning,
-            &all(),
-            "r".into(),
-            date!(2026 - 06 - 01),
-        );
-        let full_ref = disclose(
-            &case(),
-            Purpose::ReferralAssistance,
-            &all(),
-            "r".into(),
-            date!(2026 - 06 - 01),
-        );
-        for purpose in [
-            Purpose::ReferralAssistance,
-            Purpose::ReturnPlanning,
-            Purpose::WitnessHearing,
-        ] {
+        let full = disclosed(Purpose::ReturnPlanning, &all());
+        let full_ref = disclosed(Purpose::ReferralAssistance, &all());
+        for purpose in FIRST_PURPOSES {
             for field in Field::ALL {
                 let allowed = allowed_fields(purpose).contains(&field);
                 // A case carrying just this one field.
@@ -610,8 +546,7 @@ mod tests {
                 } else {
                     &full_ref
                 };
-                let mut one = DisclosedCase::default();
-                copy_field(source, &mut one, field);
+                let one = only_field(source, field);
                 assert_eq!(fields_present(&one), vec![field]);
                 assert_eq!(
                     check_inbound(purpose, &one).is_ok(),
@@ -622,88 +557,42 @@ mod tests {
         }
     }
 
-    fn copy_field(from: &DisclosedCase, to: &mut DisclosedCase, f: Field) {
-        let id = || from.identity.clone().unwrap_or_default();
-        let needs = || from.needs.clone().unwrap_or_default();
-        let ex = || from.exploitation.clone().unwrap_or_default();
+    /// Clears `f` in `d` (the other fields stay as they are).
+    fn clear_field(d: &mut DisclosedCase, f: Field) {
+        let needs = d.needs.get_or_insert_with(Default::default);
+        let ex = d.exploitation.get_or_insert_with(Default::default);
+        let id = d.identity.get_or_insert_with(Default::default);
         match f {
-            Field::AgeBand => to.age_band = from.age_band,
-            Field::Gender => to.gender = from.gender,
-            Field::Citizenship => to.citizenship = from.citizenship.clone(),
-            Field::Languages => to.languages = from.languages.clone(),
-            Field::NeedKinds => {
-                to.needs = Some(DisclosedNeeds {
-                    kinds: needs().kinds,
-                    urgency: None,
-                })
-            }
-            Field::Urgency => {
-                to.needs = Some(DisclosedNeeds {
-                    kinds: vec![],
-                    urgency: needs().urgency,
-                })
-            }
-            Field::ExploitationTypes => {
-                to.exploitation = Some(Exploitation {
-                    types: ex().types,
-                    countries: vec![],
-                })
-            }
-            Field::ExploitationCountries => {
-                to.exploitation = Some(Exploitation {
-                    types: vec![],
-                    countries: ex().countries,
-                })
-            }
-            Field::Child => to.child = from.child,
-            Field::GivenName => {
-                to.identity = Some(DisclosedIdentity {
-                    given_name: id().given_name,
-                    ..Default::default()
-                })
-            }
-            Field::FamilyName => {
-                to.identity = Some(DisclosedIdentity {
-                    family_name: id().family_name,
-                    ..Default::default()
-                })
-            }
-            Field::DateOfBirth => {
-                to.identity = Some(DisclosedIdentity {
-                    date_of_birth: id().date_of_birth,
-                    ..Default::default()
-                })
-            }
-            Field::DocumentNumber => {
-                to.identity = Some(DisclosedIdentity {
-                    document_number: id().document_number,
-                    ..Default::default()
-                })
-            }
-            Field::Address => {
-                to.identity = Some(DisclosedIdentity {
-                    address: id().address,
-                    ..Default::default()
-                })
-            }
-            Field::Phone => {
-                to.identity = Some(DisclosedIdentity {
-                    phone: id().phone,
-                    ..Default::default()
-                })
-            }
+            Field::AgeBand => d.age_band = None,
+            Field::Gender => d.gender = None,
+            Field::Citizenship => d.citizenship.clear(),
+            Field::Languages => d.languages.clear(),
+            Field::NeedKinds => needs.kinds.clear(),
+            Field::Urgency => needs.urgency = None,
+            Field::ExploitationTypes => ex.types.clear(),
+            Field::ExploitationCountries => ex.countries.clear(),
+            Field::Child => d.child = None,
+            Field::GivenName => id.given_name.clear(),
+            Field::FamilyName => id.family_name.clear(),
+            Field::DateOfBirth => id.date_of_birth = None,
+            Field::DocumentNumber => id.document_number.clear(),
+            Field::Address => id.address.clear(),
+            Field::Phone => id.phone.clear(),
         }
+    }
+
+    /// Returns a case carrying only `f` of `from`.
+    fn only_field(from: &DisclosedCase, f: Field) -> DisclosedCase {
+        let mut one = from.clone();
+        for other in Field::ALL.into_iter().filter(|g| *g != f) {
+            clear_field(&mut one, other);
+        }
+        one
     }
 
     #[test]
     fn hearing_gets_support_needs_only() {
-        let d = disclose(
-            &case(),
-            Purpose::WitnessHearing,
-            &all(),
-            "r".into(),
-            date!(2026 - 06 - 01),
-        );
+        let d = disclosed(Purpose::WitnessHearing, &all());
         assert_eq!(
             d.needs.map(|n| n.kinds),
             Some(vec![NeedKind::Psychological])

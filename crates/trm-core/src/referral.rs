@@ -285,22 +285,7 @@ impl crate::exchange::SharedRecord for ReferralRecord {
     }
 }
 
-impl crate::exchange::ErasableRecord for ReferralRecord {
-    fn erasure(&self) -> Erasure {
-        self.erasure
-    }
-    fn request_erasure(&mut self, reason: &str, erase_own: bool, now: OffsetDateTime) -> bool {
-        ReferralRecord::request_erasure(self, reason, erase_own, now)
-    }
-    fn erase_copy(&mut self, reason: &str, now: OffsetDateTime) {
-        ReferralRecord::erase_copy(self, reason, now)
-    }
-    fn confirm_erasure(&mut self) -> Result<(), GuardError> {
-        self.erasure.confirm()?;
-        self.updated_at = OffsetDateTime::now_utc();
-        Ok(())
-    }
-}
+crate::exchange::erasable_record!(ReferralRecord);
 
 #[cfg(test)]
 mod tests {
@@ -320,15 +305,7 @@ mod tests {
     #[test]
     fn final_states_refuse_everything_naming_the_state() {
         for s in [S::Declined, S::Closed, S::Withdrawn] {
-            for e in [
-                E::Send,
-                E::Delivered,
-                E::Accept,
-                E::Decline,
-                E::Assign,
-                E::Close,
-                E::Withdraw,
-            ] {
+            for e in EVENTS {
                 let err = next(s, e).unwrap_err();
                 assert_eq!(err.guard, Guard::State);
                 assert!(err.reason.contains(s.as_str()));
@@ -427,33 +404,20 @@ mod tests {
     /// update: the offer and its signed receipt carry them.
     #[test]
     fn an_announced_status_is_read_back_as_the_event_that_made_it_from_its_side_only() {
-        for side in [Side::Origin, Side::Destination] {
-            for from in STATUSES {
-                for to in [
-                    S::Accepted,
-                    S::Declined,
-                    S::InAssistance,
-                    S::Closed,
-                    S::Withdrawn,
-                ] {
-                    let made_by: Vec<ReferralEvent> = EVENTS
-                        .into_iter()
-                        .filter(|e| e.allowed_for(side) && next(from, *e).ok() == Some(to))
-                        .collect();
-                    let read = ReferralEvent::leading_to(to, side);
-                    match made_by.as_slice() {
-                        [] => {
-                            if let Some(e) = read {
-                                assert!(e.allowed_for(side), "{side:?} {from:?} -> {to:?}");
-                                assert_ne!(next(from, e).ok(), Some(to), "{from:?} {e:?}");
-                            }
-                        }
-                        [e] => assert_eq!(read, Some(*e), "{side:?} {from:?} -> {to:?}"),
-                        many => panic!("{from:?} -> {to:?} by {many:?}"),
-                    }
-                }
-            }
-        }
+        crate::exchange::tests::assert_announcements_read_back(
+            &STATUSES,
+            &[
+                S::Accepted,
+                S::Declined,
+                S::InAssistance,
+                S::Closed,
+                S::Withdrawn,
+            ],
+            &EVENTS,
+            next,
+            ReferralEvent::allowed_for,
+            ReferralEvent::leading_to,
+        );
         for side in [Side::Origin, Side::Destination] {
             for s in [S::Draft, S::Sent, S::Delivered] {
                 assert_eq!(ReferralEvent::leading_to(s, side), None);

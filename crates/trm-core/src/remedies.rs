@@ -222,6 +222,32 @@ impl ClaimRecord {
         self.updated_at = OffsetDateTime::now_utc();
         Ok(())
     }
+
+    /// At the filing node: asks for the forum's copy to be erased (a local claim has none);
+    /// with `erase_own`, this node's record of what it sent keeps only the pairwise
+    /// reference too. The claim's status is left as it is: erasing data is not withdrawing
+    /// a claim (only the filing side's WITHDRAWN does that). Returns `false` when erasure
+    /// was already requested.
+    pub fn request_erasure(&mut self, reason: &str, erase_own: bool, now: OffsetDateTime) -> bool {
+        if self.erasure.requested() || self.is_local() {
+            return false;
+        }
+        self.erasure = Erasure::Requested;
+        self.status_reason = reason.to_owned();
+        if erase_own {
+            self.disclosed = self.disclosed.tombstone();
+        }
+        self.updated_at = now;
+        true
+    }
+
+    /// At the forum: erases this copy (only the pairwise reference is kept; the status
+    /// stays).
+    pub fn erase_copy(&mut self, reason: &str, now: OffsetDateTime) {
+        self.disclosed = self.disclosed.tombstone();
+        self.status_reason = reason.to_owned();
+        self.updated_at = now;
+    }
 }
 
 impl crate::exchange::SharedRecord for ClaimRecord {
@@ -266,36 +292,9 @@ impl crate::exchange::SharedRecord for ClaimRecord {
     }
 }
 
-/// The forum's copy carries the victim's data: withdrawing the consent it relied on, or
-/// erasing the case, erases it. The claim's status is left as it is: erasing data is not
-/// withdrawing a claim (only the filing side's WITHDRAWN does that).
-impl crate::exchange::ErasableRecord for ClaimRecord {
-    fn erasure(&self) -> Erasure {
-        self.erasure
-    }
-    fn request_erasure(&mut self, reason: &str, erase_own: bool, now: OffsetDateTime) -> bool {
-        if self.erasure.requested() || self.is_local() {
-            return false;
-        }
-        self.erasure = Erasure::Requested;
-        self.status_reason = reason.to_owned();
-        if erase_own {
-            self.disclosed = self.disclosed.tombstone();
-        }
-        self.updated_at = now;
-        true
-    }
-    fn erase_copy(&mut self, reason: &str, now: OffsetDateTime) {
-        self.disclosed = self.disclosed.tombstone();
-        self.status_reason = reason.to_owned();
-        self.updated_at = now;
-    }
-    fn confirm_erasure(&mut self) -> Result<(), GuardError> {
-        self.erasure.confirm()?;
-        self.updated_at = OffsetDateTime::now_utc();
-        Ok(())
-    }
-}
+// The forum's copy carries the victim's data: withdrawing the consent it relied on, or
+// erasing the case, erases it.
+crate::exchange::erasable_record!(ClaimRecord);
 
 /// Where a victim-status request stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -535,7 +534,6 @@ mod tests {
 
     #[test]
     fn an_erased_copy_keeps_its_status() {
-        use crate::exchange::ErasableRecord;
         let now = OffsetDateTime::UNIX_EPOCH;
         let mut c = ClaimRecord::received(
             ClaimId::new(),

@@ -570,22 +570,7 @@ impl crate::exchange::SharedRecord for ReturnRecord {
     }
 }
 
-impl crate::exchange::ErasableRecord for ReturnRecord {
-    fn erasure(&self) -> Erasure {
-        self.erasure
-    }
-    fn request_erasure(&mut self, reason: &str, erase_own: bool, now: OffsetDateTime) -> bool {
-        ReturnRecord::request_erasure(self, reason, erase_own, now)
-    }
-    fn erase_copy(&mut self, reason: &str, now: OffsetDateTime) {
-        ReturnRecord::erase_copy(self, reason, now)
-    }
-    fn confirm_erasure(&mut self) -> Result<(), GuardError> {
-        self.erasure.confirm()?;
-        self.updated_at = OffsetDateTime::now_utc();
-        Ok(())
-    }
-}
+crate::exchange::erasable_record!(ReturnRecord);
 
 #[cfg(test)]
 mod tests {
@@ -599,25 +584,9 @@ mod tests {
     fn case(identified_on: Date, child: ChildInfo) -> CaseRecord {
         CaseRecord {
             case_id: CaseId::from_uuid(uuid::Uuid::nil()),
-            person: Person {
-                given_name: "A".into(),
-                family_name: String::new(),
-                date_of_birth: None,
-                gender: Gender::Female,
-                citizenship: vec![],
-                languages: vec![],
-                document_number: String::new(),
-                address: String::new(),
-                phone: String::new(),
-            },
-            needs: Needs::default(),
-            exploitation: Exploitation::default(),
             child,
-            identified_on,
-            organisation: "sp1".parse().unwrap(),
             created_at: datetime!(2026-01-01 0:00 UTC),
-            identifications: vec![],
-            residence: None,
+            ..crate::model::tests::a_case(identified_on)
         }
     }
 
@@ -906,17 +875,7 @@ mod tests {
     #[test]
     fn halted_and_closed_plans_accept_nothing() {
         for s in [S::Halted, S::Closed] {
-            for e in [
-                E::ConfirmReception,
-                E::RaiseConcern,
-                E::ResolveConcern,
-                E::Schedule,
-                E::Travel,
-                E::Arrive,
-                E::FollowUp,
-                E::Close,
-                E::Halt,
-            ] {
+            for e in EVENTS {
                 assert!(next(s, e).is_err(), "{s:?} {e:?}");
             }
         }
@@ -1000,27 +959,14 @@ mod tests {
     /// not lead there from the plan's state is then refused by `next`).
     #[test]
     fn an_announced_status_is_read_back_as_the_event_that_made_it_from_its_side_only() {
-        for side in [Side::Origin, Side::Destination] {
-            for from in STATUSES {
-                for to in STATUSES {
-                    let made_by: Vec<ReturnEvent> = EVENTS
-                        .into_iter()
-                        .filter(|e| e.allowed_for(side) && next(from, *e).ok() == Some(to))
-                        .collect();
-                    let read = ReturnEvent::leading_to(to, side);
-                    match made_by.as_slice() {
-                        [] => {
-                            if let Some(e) = read {
-                                assert!(e.allowed_for(side), "{side:?} {from:?} -> {to:?}");
-                                assert_ne!(next(from, e).ok(), Some(to), "{from:?} {e:?}");
-                            }
-                        }
-                        [e] => assert_eq!(read, Some(*e), "{side:?} {from:?} -> {to:?}"),
-                        many => panic!("{from:?} -> {to:?} by {many:?}"),
-                    }
-                }
-            }
-        }
+        crate::exchange::tests::assert_announcements_read_back(
+            &STATUSES,
+            &STATUSES,
+            &EVENTS,
+            next,
+            ReturnEvent::allowed_for,
+            ReturnEvent::leading_to,
+        );
     }
 
     #[test]
@@ -1049,27 +995,17 @@ mod tests {
     }
 
     fn plan(status: ReturnStatus) -> ReturnRecord {
-        let now = OffsetDateTime::now_utc();
-        ReturnRecord {
-            return_id: ReturnId::new(),
-            origin: "AT".parse().unwrap(),
-            destination: "RO".parse().unwrap(),
-            status,
-            disclosed: DisclosedCase::default(),
-            hearing_pending: false,
-            compensation_pending: false,
-            case_id: None,
-            organisation: None,
-            status_reason: String::new(),
-            reception_details: String::new(),
-            travel_at: None,
-            travel_details: String::new(),
-            follow_ups: vec![],
-            consent_ids: vec![],
-            erasure: Erasure::NotRequested,
-            created_at: now,
-            updated_at: now,
-        }
+        let mut plan = ReturnRecord::received(
+            ReturnId::new(),
+            "AT".parse().unwrap(),
+            "RO".parse().unwrap(),
+            DisclosedCase::default(),
+            false,
+            false,
+            OffsetDateTime::now_utc(),
+        );
+        plan.status = status;
+        plan
     }
 
     #[test]
@@ -1138,27 +1074,7 @@ mod tests {
 
     #[test]
     fn a_plan_keeps_at_most_64_follow_ups_whoever_adds_them() {
-        let now = OffsetDateTime::now_utc();
-        let mut plan = ReturnRecord {
-            return_id: ReturnId::new(),
-            origin: "AT".parse().unwrap(),
-            destination: "RO".parse().unwrap(),
-            status: S::Arrived,
-            disclosed: DisclosedCase::default(),
-            hearing_pending: false,
-            compensation_pending: false,
-            case_id: None,
-            organisation: None,
-            status_reason: String::new(),
-            reception_details: String::new(),
-            travel_at: None,
-            travel_details: String::new(),
-            follow_ups: vec![],
-            consent_ids: vec![],
-            erasure: Erasure::NotRequested,
-            created_at: now,
-            updated_at: now,
-        };
+        let mut plan = plan(S::Arrived);
         let step = StepDetails {
             details: "visited".into(),
             ..Default::default()

@@ -855,14 +855,8 @@ impl Admin {
                 .map(|e| e.to_string())
                 .unwrap_or_default()
         );
-        ctx.commit(move |tx| {
-            tx.audit(
-                AuditRecord::new(actor.clone(), "node.backup", "store", "ok")
-                    .detail(detail.clone()),
-            )?;
-            Ok(())
-        })
-        .await?;
+        let entry = AuditRecord::new(actor, "node.backup", "store", "ok").detail(detail);
+        audit_alone(ctx, entry).await?;
         info!(
             records = manifest.records,
             bytes = manifest.bytes(),
@@ -956,4 +950,14 @@ impl Admin {
             next_page_token,
         })
     }
+}
+
+/// Writes the audit entry of an operator's act that changed nothing else, in a transaction
+/// of its own.
+pub(crate) async fn audit_alone(ctx: &Ctx, entry: AuditRecord) -> ApiResult<()> {
+    ctx.commit(move |tx| {
+        tx.audit(entry.clone())?;
+        Ok(())
+    })
+    .await
 }

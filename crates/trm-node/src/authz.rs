@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rustls::pki_types::CertificateDer;
 use tonic::Request;
-use trm_core::{access::Action, ids::Principal};
+use trm_core::{access::Action, ids::Principal, FieldError};
 
 use crate::{
     ctx::{Idempotent, Retryable},
@@ -54,6 +54,17 @@ pub fn caller<M: Retryable>(
     Ok((p, Idempotent::of(request)?))
 }
 
+/// The caller of a read: its principal, allowed `action` by the role table before the
+/// request is read (as every RPC does), and the request parsed (`Get`, `List` ...).
+pub fn reader<M, Q>(request: &Request<M>, action: Action) -> ApiResult<(Principal, Q)>
+where
+    for<'a> Q: TryFrom<&'a M, Error = FieldError>,
+{
+    let p = principal(request)?;
+    trm_core::access::require(&p, action)?;
+    Ok((p, Q::try_from(request.get_ref())?))
+}
+
 /// Returns the key of the client certificate of a request (its issuer and serial number),
 /// which idempotent requests are remembered under.
 pub fn client_key<T>(request: &Request<T>) -> String {
@@ -76,18 +87,12 @@ mod tests {
     use super::*;
     use trm_core::ids::Role;
 
-    fn p(role: Role, org: &str) -> Principal {
-        Principal {
-            role,
-            org: org.parse().unwrap(),
-        }
-    }
-
     #[test]
     fn the_audit_names_the_caller_by_role_and_organisation() {
-        assert_eq!(
-            actor(&p(Role::ServiceProvider, "sp1")),
-            "client:service_provider/sp1"
-        );
+        let provider = Principal {
+            role: Role::ServiceProvider,
+            org: "sp1".parse().unwrap(),
+        };
+        assert_eq!(actor(&provider), "client:service_provider/sp1");
     }
 }

@@ -21,7 +21,7 @@ use trm_core::{
 };
 use trm_federation::outbox;
 use trm_proto::{
-    command::{Get, RequestHearing},
+    command::RequestHearing,
     convert,
     v1::{self as w, witness_hearing_service_server::WitnessHearingService},
 };
@@ -79,14 +79,7 @@ fn sight(
     )?)
 }
 
-impl rpc::Replay for HearingRecord {
-    fn key(&self) -> String {
-        self.hearing_id.to_string()
-    }
-    fn replay(ctx: &Ctx, key: &str) -> ApiResult<Self> {
-        rpc::record_of(ctx, key)
-    }
-}
+crate::replay_record!(HearingRecord);
 
 impl rpc::ToWire for HearingRecord {
     type Wire = trm_proto::v1::Hearing;
@@ -216,20 +209,18 @@ impl Hearings {
 
     #[instrument(skip_all)]
     async fn get_hearing(&self, request: Request<w::GetHearingRequest>) -> ApiResult<w::Hearing> {
-        let p = authz::principal(&request)?;
-        // Who may read hearings at all, before the request is read (as every RPC does).
-        access::require(&p, Action::ReadHearings)?;
-        let Get(id) = request.get_ref().try_into()?;
-        let h = self
-            .ctx
-            .store
-            .hearing(id)?
-            .ok_or(ApiError::NotFound("hearing"))?;
-        let seen = sight(&self.ctx.store, self.ctx.id, &p, &h)?;
-        self.ctx
-            .audit_read(&p, "hearing.read", id.to_string(), String::new())
-            .await?;
-        Ok(convert::hearing_to_wire(&h, seen == Sight::Summary))
+        let (store, me) = (&self.ctx.store, self.ctx.id);
+        rpc::get(
+            &self.ctx,
+            &request,
+            Action::ReadHearings,
+            "hearing.read",
+            |p, h| {
+                let seen = sight(store, me, p, h)?;
+                Ok(convert::hearing_to_wire(h, seen == Sight::Summary))
+            },
+        )
+        .await
     }
 
     #[instrument(skip_all)]
@@ -237,9 +228,7 @@ impl Hearings {
         &self,
         request: Request<w::ListHearingsRequest>,
     ) -> ApiResult<w::ListHearingsResponse> {
-        let p = authz::principal(&request)?;
-        access::require(&p, Action::ReadHearings)?;
-        let list = request.get_ref().try_into()?;
+        let (p, list) = authz::reader(&request, Action::ReadHearings)?;
         let (store, me) = (&self.ctx.store, self.ctx.id);
         let keep = |h: &HearingRecord| match sight(store, me, &p, h) {
             Ok(_) => Ok(true),

@@ -37,7 +37,7 @@ use trm_core::{
 };
 use trm_federation::outbox;
 use trm_proto::{
-    command::{FileClaim, Get, RequestVictimStatus},
+    command::{FileClaim, RequestVictimStatus},
     convert::{self, WireEnum},
     v1::{self as w, remedies_service_server::RemediesService},
 };
@@ -166,24 +166,9 @@ impl Remedies {
     }
 }
 
-impl rpc::Replay for ClaimRecord {
-    const READ: Option<&'static str> = Some("claim.read");
-    fn key(&self) -> String {
-        self.claim_id.to_string()
-    }
-    fn replay(ctx: &Ctx, key: &str) -> ApiResult<Self> {
-        rpc::record_of(ctx, key)
-    }
-}
+crate::replay_record!(ClaimRecord, read "claim.read");
 
-impl rpc::Replay for VictimStatusRecord {
-    fn key(&self) -> String {
-        self.status_request_id.to_string()
-    }
-    fn replay(ctx: &Ctx, key: &str) -> ApiResult<Self> {
-        rpc::record_of(ctx, key)
-    }
-}
+crate::replay_record!(VictimStatusRecord);
 
 crate::grpc_service!(Remedies => RemediesService {
     file_claim(w::FileClaimRequest) -> w::Claim;
@@ -496,19 +481,17 @@ impl Remedies {
 
     #[instrument(skip_all)]
     async fn get_claim(&self, request: Request<w::GetClaimRequest>) -> ApiResult<w::Claim> {
-        let p = authz::principal(&request)?;
-        access::require(&p, Action::ReadClaims)?;
-        let Get(id) = request.get_ref().try_into()?;
-        let c = self
-            .ctx
-            .store
-            .record::<ClaimRecord>(id)?
-            .ok_or(ApiError::NotFound("claim"))?;
-        access::require_owner(&p, c.organisation.as_ref())?;
-        self.ctx
-            .audit_read(&p, "claim.read", id.to_string(), String::new())
-            .await?;
-        Ok(convert::claim_to_wire(&c))
+        rpc::get(
+            &self.ctx,
+            &request,
+            Action::ReadClaims,
+            "claim.read",
+            |p, c: &ClaimRecord| {
+                access::require_owner(p, c.organisation.as_ref())?;
+                Ok(convert::claim_to_wire(c))
+            },
+        )
+        .await
     }
 
     #[instrument(skip_all)]
@@ -516,9 +499,7 @@ impl Remedies {
         &self,
         request: Request<w::ListClaimsRequest>,
     ) -> ApiResult<w::ListClaimsResponse> {
-        let p = authz::principal(&request)?;
-        access::require(&p, Action::ReadClaims)?;
-        let list = request.get_ref().try_into()?;
+        let (p, list) = authz::reader(&request, Action::ReadClaims)?;
         let visible = |org: Option<&OrgId>| access::require_owner(&p, org).is_ok();
         let (claims, next_page_token) =
             lifecycle::list::<ClaimRecord>(&self.ctx, &p, &list, "claim.list", visible, |_| {
@@ -599,18 +580,11 @@ impl Remedies {
         &self,
         request: Request<w::GetVictimStatusRequest>,
     ) -> ApiResult<w::VictimStatusRequest> {
-        let p = authz::principal(&request)?;
-        access::require(&p, Action::ReadVictimStatus)?;
-        let Get(id) = request.get_ref().try_into()?;
-        let r = self
-            .ctx
-            .store
-            .record::<VictimStatusRecord>(id)?
-            .ok_or(ApiError::NotFound("victim status request"))?;
-        self.ctx
-            .audit_read(&p, "victim_status.read", id.to_string(), String::new())
-            .await?;
-        Ok(convert::status_request_to_wire(&r))
+        let read = Action::ReadVictimStatus;
+        rpc::get(&self.ctx, &request, read, "victim_status.read", |_, r| {
+            Ok(convert::status_request_to_wire(r))
+        })
+        .await
     }
 
     #[instrument(skip_all)]
@@ -618,9 +592,7 @@ impl Remedies {
         &self,
         request: Request<w::ListVictimStatusRequestsRequest>,
     ) -> ApiResult<w::ListVictimStatusRequestsResponse> {
-        let p = authz::principal(&request)?;
-        access::require(&p, Action::ReadVictimStatus)?;
-        let list = request.get_ref().try_into()?;
+        let (p, list) = authz::reader(&request, Action::ReadVictimStatus)?;
         let (found, next_page_token) = lifecycle::list::<VictimStatusRecord>(
             &self.ctx,
             &p,

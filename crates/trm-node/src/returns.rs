@@ -23,7 +23,7 @@ use trm_core::{
     FieldError, GuardError,
 };
 use trm_proto::{
-    command::{Get, ProposeReturn},
+    command::ProposeReturn,
     convert,
     v1::{self as w, return_planning_service_server::ReturnPlanningService},
 };
@@ -303,16 +303,24 @@ pub async fn guard_checklist(
     .await
 }
 
+/// Returns the items a case keeps of one kind (`what`) with `item` added; refused, naming
+/// `case_id`, once the case holds the most it keeps.
+fn with_one_more<T>(mut all: Vec<T>, item: T, what: &str) -> TxResult<Vec<T>> {
+    let most = trm_core::limits::MAX_ITEMS;
+    if all.len() >= most {
+        let problem = format!("the case already holds {most} {what}, the most one case keeps");
+        return Err(ApiError::from(FieldError::new("case_id", problem)).into());
+    }
+    all.push(item);
+    Ok(all)
+}
+
 impl Replay for RiskAssessment {
     fn key(&self) -> String {
         format!("{}/{}", self.case_id, self.assessment_id)
     }
     fn replay(ctx: &Ctx, key: &str) -> ApiResult<Self> {
-        let (case, id) = key
-            .split_once('/')
-            .ok_or_else(|| FieldError::new("request_id", "names no risk assessment"))?;
-        let case = CaseId::parse("request_id", case)?;
-        let id = AssessmentId::parse("request_id", id)?;
+        let (case, id): (_, AssessmentId) = rpc::case_key(key, "risk assessment")?;
         ctx.store
             .risk_assessments(case)?
             .into_iter()
@@ -321,15 +329,7 @@ impl Replay for RiskAssessment {
     }
 }
 
-impl Replay for ReturnRecord {
-    const READ: Option<&'static str> = Some("return.read");
-    fn key(&self) -> String {
-        self.return_id.to_string()
-    }
-    fn replay(ctx: &Ctx, key: &str) -> ApiResult<Self> {
-        rpc::record_of(ctx, key)
-    }
-}
+crate::replay_record!(ReturnRecord, read "return.read");
 
 impl rpc::ToWire for ReturnRecord {
     type Wire = trm_proto::v1::ReturnPlan;
@@ -370,15 +370,11 @@ impl Returns {
             .once(idem, &p, move |tx| {
                 let case = load_case(tx, case_id)?;
                 access::require_owner(&who, Some(&case.organisation)).map_err(ApiError::from)?;
-                let mut all = tx.risk_assessments(case_id)?;
-                if all.len() >= trm_core::limits::MAX_ITEMS {
-                    return Err(ApiError::from(FieldError::new(
-                        "case_id",
-                        "the case already holds 64 risk assessments, the most one case keeps",
-                    ))
-                    .into());
-                }
-                all.push(assessment.clone());
+                let all = with_one_more(
+                    tx.risk_assessments(case_id)?,
+                    assessment.clone(),
+                    "risk assessments",
+                )?;
                 tx.put_risk_assessments(case_id, &all)?;
                 // A risk found stops every return of the case not yet under way.
                 let halted = match check_risk(&assessment) {
@@ -414,15 +410,11 @@ impl Returns {
             .once(idem, &p, move |tx| {
                 let case = load_case(tx, case_id)?;
                 access::require_owner(&who, Some(&case.organisation)).map_err(ApiError::from)?;
-                let mut all = tx.return_decisions(case_id)?;
-                if all.len() >= trm_core::limits::MAX_ITEMS {
-                    return Err(ApiError::from(FieldError::new(
-                        "case_id",
-                        "the case already holds 64 return decisions, the most one case keeps",
-                    ))
-                    .into());
-                }
-                all.push(record.clone());
+                let all = with_one_more(
+                    tx.return_decisions(case_id)?,
+                    record.clone(),
+                    "return decisions",
+                )?;
                 tx.put_return_decisions(case_id, &all)?;
                 // A decision withdrawn or changed so that a return no longer holds (not
                 // voluntary, not informed, a waiver taken back) stops every return of the
@@ -526,21 +518,17 @@ impl Returns {
         &self,
         request: Request<w::GetReturnPlanRequest>,
     ) -> ApiResult<w::ReturnPlan> {
-        let p = authz::principal(&request)?;
-        access::require(&p, Action::ReadReturnPlans)?;
-        let Get(id) = request.get_ref().try_into()?;
-        let r = self
-            .ctx
-            .store
-            .return_plan(id)?
-            .ok_or(ApiError::NotFound("return plan"))?;
-        access::require_owner(&p, r.organisation.as_ref())?;
-        self.ctx
-            .audit_read(&p, "return.read", id.to_string(), String::new())
-            .await?;
-        Ok(convert::return_to_wire(&access::return_plan_seen_by(
-            &p, &r,
-        )))
+        rpc::get(
+            &self.ctx,
+            &request,
+            Action::ReadReturnPlans,
+            "return.read",
+            |p, r: &ReturnRecord| {
+                access::require_owner(p, r.organisation.as_ref())?;
+                Ok(convert::return_to_wire(&access::return_plan_seen_by(p, r)))
+            },
+        )
+        .await
     }
 
     #[instrument(skip_all)]
@@ -548,9 +536,7 @@ impl Returns {
         &self,
         request: Request<w::ListReturnPlansRequest>,
     ) -> ApiResult<w::ListReturnPlansResponse> {
-        let p = authz::principal(&request)?;
-        access::require(&p, Action::ReadReturnPlans)?;
-        let list = request.get_ref().try_into()?;
+        let (p, list) = authz::reader(&request, Action::ReadReturnPlans)?;
         let visible = |org: Option<&OrgId>| access::require_owner(&p, org).is_ok();
         let (plans, next_page_token) =
             lifecycle::list::<ReturnRecord>(&self.ctx, &p, &list, "return.list", visible, |_| {

@@ -3,16 +3,20 @@
 //! request is committed once whatever a client retries ([`Ctx::once`], with its result read
 //! back through [`Replay`]); a list is cut into pages in one place ([`cut`]).
 
+use tonic::Request;
 use trm_core::{
+    access::Action,
     consent::Consent,
     ids::{CaseId, ConsentId, Principal, RecordId},
     limits::Page,
     model::CaseRecord,
     FieldError,
 };
-use trm_store::Tx;
+use trm_proto::command::Get;
+use trm_store::{repo::flows::StoredRecord, Tx};
 
 use crate::{
+    authz,
     ctx::{Ctx, Done, Idempotent, TxResult},
     error::{ApiError, ApiResult},
 };
@@ -94,11 +98,67 @@ pub trait Replay: Sized + Send + 'static {
 }
 
 /// Reads back the shared record a replayed step answered with.
-pub fn record_of<R: trm_store::repo::flows::StoredRecord>(ctx: &Ctx, key: &str) -> ApiResult<R> {
+pub fn record_of<R: StoredRecord>(ctx: &Ctx, key: &str) -> ApiResult<R> {
     let id = R::Id::parse_field("request_id", key)?;
     ctx.store
         .record::<R>(id)?
         .ok_or(ApiError::NotFound(R::KIND.name()))
+}
+
+/// Writes [`Replay`] for a shared record: its id is the key, and the record is read back
+/// from it ([`record_of`]); `read` names the audit action of reading it back, for a
+/// record that holds a victim's data.
+#[macro_export]
+macro_rules! replay_record {
+    ($record:ty $(, read $read:literal)?) => {
+        impl $crate::rpc::Replay for $record {
+            $(const READ: Option<&'static str> = Some($read);)?
+            fn key(&self) -> String {
+                trm_core::exchange::SharedRecord::id(self).to_string()
+            }
+            fn replay(ctx: &$crate::ctx::Ctx, key: &str) -> $crate::error::ApiResult<Self> {
+                $crate::rpc::record_of(ctx, key)
+            }
+        }
+    };
+}
+
+/// Reads one shared record for a local client: the caller allowed `action` and the
+/// request parsed ([`authz::reader`]), the record read (NOT_FOUND naming its kind),
+/// `answer` made of it for the caller (which may still refuse: the record's owner, what
+/// the caller may see), and the read audited as `audit` before the answer goes out.
+pub async fn get<R, M, T>(
+    ctx: &Ctx,
+    request: &Request<M>,
+    action: Action,
+    audit: &str,
+    answer: impl FnOnce(&Principal, &R) -> ApiResult<T>,
+) -> ApiResult<T>
+where
+    R: StoredRecord,
+    for<'a> Get<R::Id>: TryFrom<&'a M, Error = FieldError>,
+{
+    let (p, Get(id)) = authz::reader::<M, Get<R::Id>>(request, action)?;
+    let r = ctx
+        .store
+        .record::<R>(id)?
+        .ok_or(ApiError::NotFound(R::KIND.name()))?;
+    let answer = answer(&p, &r)?;
+    ctx.audit_read(&p, audit, id.to_string(), String::new())
+        .await?;
+    Ok(answer)
+}
+
+/// Splits the key of a result kept under its case (`<case>/<id>`), naming `what` when the
+/// key names none.
+pub fn case_key<I: RecordId>(key: &str, what: &str) -> ApiResult<(CaseId, I)> {
+    let (case, id) = key
+        .split_once('/')
+        .ok_or_else(|| FieldError::new("request_id", format!("names no {what}")))?;
+    Ok((
+        CaseId::parse("request_id", case)?,
+        I::parse_field("request_id", id)?,
+    ))
 }
 
 impl Replay for CaseRecord {
@@ -117,11 +177,7 @@ impl Replay for Consent {
         format!("{}/{}", self.case_id, self.consent_id)
     }
     fn replay(ctx: &Ctx, key: &str) -> ApiResult<Self> {
-        let (case, consent) = key
-            .split_once('/')
-            .ok_or_else(|| FieldError::new("request_id", "names no consent"))?;
-        let case = CaseId::parse("request_id", case)?;
-        let consent = ConsentId::parse("request_id", consent)?;
+        let (case, consent): (_, ConsentId) = case_key(key, "consent")?;
         ctx.store
             .consents(case)?
             .into_iter()

@@ -11,8 +11,8 @@ use time::OffsetDateTime;
 use tonic::Request;
 use tracing::{info, instrument};
 use trm_core::{
-    access::{self, Action},
-    exchange::{RecordKind, SharedRecord},
+    access::Action,
+    exchange::SharedRecord,
     ids::{AlertId, CaseId, NodeId, Shared},
     model::ChildInfo,
     referral::ReferralRecord,
@@ -25,7 +25,7 @@ use trm_core::{
 };
 use trm_federation::outbox;
 use trm_proto::{
-    command::{Get, RaiseSafetyAlert},
+    command::RaiseSafetyAlert,
     convert,
     v1::{self as w, safety_service_server::SafetyService},
 };
@@ -35,7 +35,7 @@ use crate::{
     authz::{self, actor},
     ctx::{Ctx, TxResult},
     disclosure::{self, load_case},
-    error::{ApiError, ApiResult},
+    error::ApiResult,
     lifecycle, returns, rpc,
 };
 
@@ -52,14 +52,7 @@ impl Safety {
     }
 }
 
-impl rpc::Replay for SafetyAlertRecord {
-    fn key(&self) -> String {
-        self.alert_id.to_string()
-    }
-    fn replay(ctx: &Ctx, key: &str) -> ApiResult<Self> {
-        rpc::record_of(ctx, key)
-    }
-}
+crate::replay_record!(SafetyAlertRecord);
 
 impl rpc::ToWire for SafetyAlertRecord {
     type Wire = w::SafetyAlert;
@@ -225,18 +218,11 @@ impl Safety {
         &self,
         request: Request<w::GetSafetyAlertRequest>,
     ) -> ApiResult<w::SafetyAlert> {
-        let p = authz::principal(&request)?;
-        access::require(&p, Action::ReadSafetyAlerts)?;
-        let Get(id) = request.get_ref().try_into()?;
-        let a = self
-            .ctx
-            .store
-            .record::<SafetyAlertRecord>(id)?
-            .ok_or(ApiError::NotFound(RecordKind::SafetyAlert.name()))?;
-        self.ctx
-            .audit_read(&p, "safety_alert.read", id.to_string(), String::new())
-            .await?;
-        Ok(seen_by(&p, &a))
+        let read = Action::ReadSafetyAlerts;
+        rpc::get(&self.ctx, &request, read, "safety_alert.read", |p, a| {
+            Ok(seen_by(p, a))
+        })
+        .await
     }
 
     #[instrument(skip_all)]
@@ -244,9 +230,7 @@ impl Safety {
         &self,
         request: Request<w::ListSafetyAlertsRequest>,
     ) -> ApiResult<w::ListSafetyAlertsResponse> {
-        let p = authz::principal(&request)?;
-        access::require(&p, Action::ReadSafetyAlerts)?;
-        let list = request.get_ref().try_into()?;
+        let (p, list) = authz::reader(&request, Action::ReadSafetyAlerts)?;
         let (found, next_page_token) = lifecycle::list::<SafetyAlertRecord>(
             &self.ctx,
             &p,

@@ -61,14 +61,8 @@ pub async fn export(
         period.end,
         months.len()
     );
-    ctx.commit(move |tx| {
-        tx.audit(
-            AuditRecord::new(actor.clone(), "statistics.export", "statistics", "ok")
-                .detail(detail.clone()),
-        )?;
-        Ok(())
-    })
-    .await?;
+    let entry = AuditRecord::new(actor, "statistics.export", "statistics", "ok").detail(detail);
+    crate::admin::audit_alone(ctx, entry).await?;
     Ok(answer)
 }
 

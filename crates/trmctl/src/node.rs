@@ -284,21 +284,34 @@ pub fn ready(dir: &Path) -> Result<trm_node::NodeConfig> {
 mod tests {
     use super::*;
 
+    /// Returns the init of node `id` in `dir` with self-signed certificates, its ports
+    /// counted from `port` (services, then federation, admin and metrics).
+    fn self_signed(dir: PathBuf, id: &str, name: &str, hosts: &[&str], port: u16) -> NodeInit {
+        let listen = |host: &str, n: u16| format!("{host}:{}", port + n).parse().unwrap();
+        NodeInit {
+            dir,
+            state_dir: None,
+            id: id.parse().unwrap(),
+            name: name.into(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            services_listen: listen("127.0.0.1", 0),
+            federation_listen: listen("0.0.0.0", 1),
+            admin_listen: listen("127.0.0.1", 2),
+            metrics_listen: listen("127.0.0.1", 3),
+            certificates: Certificates::SelfSigned,
+        }
+    }
+
     #[test]
     fn a_self_signed_node_folder_is_a_valid_config_and_is_never_overwritten() {
         let dir = tempfile::tempdir().unwrap();
-        let n = NodeInit {
-            dir: dir.path().join("at"),
-            state_dir: None,
-            id: "AT".parse().unwrap(),
-            name: "Austria national focal point".into(),
-            hosts: vec!["trm.at.example".into(), "127.0.0.1".into()],
-            services_listen: "127.0.0.1:7400".parse().unwrap(),
-            federation_listen: "0.0.0.0:7401".parse().unwrap(),
-            admin_listen: "127.0.0.1:7402".parse().unwrap(),
-            metrics_listen: "127.0.0.1:7403".parse().unwrap(),
-            certificates: Certificates::SelfSigned,
-        };
+        let n = self_signed(
+            dir.path().join("at"),
+            "AT",
+            "Austria national focal point",
+            &["trm.at.example", "127.0.0.1"],
+            7400,
+        );
         let report = init(&n).unwrap();
         let (written, next) = (report.written, report.next);
         assert!(written.iter().any(|p| p.ends_with("node.toml")));
@@ -340,16 +353,8 @@ mod tests {
         let etc = root.path().join("etc/trm");
         let var = root.path().join("var/lib/trm");
         let n = NodeInit {
-            dir: etc.clone(),
             state_dir: Some(var.clone()),
-            id: "DE".parse().unwrap(),
-            name: "Germany".into(),
-            hosts: vec!["trm.de.example".into()],
-            services_listen: "127.0.0.1:7500".parse().unwrap(),
-            federation_listen: "0.0.0.0:7501".parse().unwrap(),
-            admin_listen: "127.0.0.1:7502".parse().unwrap(),
-            metrics_listen: "127.0.0.1:7503".parse().unwrap(),
-            certificates: Certificates::SelfSigned,
+            ..self_signed(etc.clone(), "DE", "Germany", &["trm.de.example"], 7500)
         };
         let report = init(&n).unwrap();
         assert_eq!(report.signing_public_key, var.join("keys/signing.pub.pem"));

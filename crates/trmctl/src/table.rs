@@ -41,6 +41,46 @@ fn push(rows: &mut Vec<Row>, field: &'static str, value: String) {
     rows.push((field, value));
 }
 
+fn gender(v: i32) -> String {
+    name(v, |g: w::Gender| g.as_str_name(), "GENDER_")
+}
+
+fn age_band(v: i32) -> String {
+    name(v, |a: w::AgeBand| a.as_str_name(), "AGE_BAND_")
+}
+
+fn urgency(v: i32) -> String {
+    name(v, |u: w::Urgency| u.as_str_name(), "URGENCY_")
+}
+
+fn need_kinds(vs: &[i32]) -> String {
+    names(vs, |k: w::NeedKind| k.as_str_name(), "NEED_KIND_")
+}
+
+fn yes_no(yes: bool) -> String {
+    if yes { "yes" } else { "no" }.to_owned()
+}
+
+/// Returns the name of a value that may be unset (0: it did not cross), empty when unset.
+fn unless_unset(v: i32, name_of: fn(i32) -> String) -> String {
+    if v == 0 {
+        String::new()
+    } else {
+        name_of(v)
+    }
+}
+
+/// The rows of the exploitation, alike held and crossed.
+fn exploitation_rows(rows: &mut Vec<Row>, e: &w::Exploitation) {
+    let types = names(
+        &e.types,
+        |t: w::ExploitationType| t.as_str_name(),
+        "EXPLOITATION_TYPE_",
+    );
+    push(rows, "exploitation", types);
+    push(rows, "exploited in", e.countries.join(", "));
+}
+
 /// The rows of a victim record as its node holds it.
 pub fn case_rows(c: &w::Case) -> Vec<Row> {
     let mut rows = Vec::new();
@@ -49,11 +89,7 @@ pub fn case_rows(c: &w::Case) -> Vec<Row> {
         push(&mut rows, "family name", p.family_name.clone());
         push(&mut rows, "date of birth", p.date_of_birth.clone());
         push(&mut rows, "age band", String::new());
-        push(
-            &mut rows,
-            "gender",
-            name(p.gender, |g: w::Gender| g.as_str_name(), "GENDER_"),
-        );
+        push(&mut rows, "gender", gender(p.gender));
         push(&mut rows, "citizenship", p.citizenship.join(", "));
         push(&mut rows, "languages", p.languages.join(", "));
         push(&mut rows, "document number", p.document_number.clone());
@@ -61,36 +97,15 @@ pub fn case_rows(c: &w::Case) -> Vec<Row> {
         push(&mut rows, "phone", p.phone.clone());
     }
     if let Some(n) = &c.needs {
-        push(
-            &mut rows,
-            "needs",
-            names(&n.kinds, |k: w::NeedKind| k.as_str_name(), "NEED_KIND_"),
-        );
-        push(
-            &mut rows,
-            "urgency",
-            name(n.urgency, |u: w::Urgency| u.as_str_name(), "URGENCY_"),
-        );
+        push(&mut rows, "needs", need_kinds(&n.kinds));
+        push(&mut rows, "urgency", urgency(n.urgency));
         push(&mut rows, "case worker's notes", n.notes.clone());
     }
     if let Some(e) = &c.exploitation {
-        push(
-            &mut rows,
-            "exploitation",
-            names(
-                &e.types,
-                |t: w::ExploitationType| t.as_str_name(),
-                "EXPLOITATION_TYPE_",
-            ),
-        );
-        push(&mut rows, "exploited in", e.countries.join(", "));
+        exploitation_rows(&mut rows, e);
     }
     if let Some(ch) = &c.child {
-        push(
-            &mut rows,
-            "child",
-            if ch.is_child { "yes" } else { "no" }.into(),
-        );
+        push(&mut rows, "child", yes_no(ch.is_child));
     }
     rows
 }
@@ -102,63 +117,20 @@ pub fn disclosed_rows(d: &w::DisclosedCase) -> Vec<Row> {
     push(&mut rows, "given name", id.given_name);
     push(&mut rows, "family name", id.family_name);
     push(&mut rows, "date of birth", id.date_of_birth);
-    push(
-        &mut rows,
-        "age band",
-        if d.age_band == 0 {
-            String::new()
-        } else {
-            name(d.age_band, |a: w::AgeBand| a.as_str_name(), "AGE_BAND_")
-        },
-    );
-    push(
-        &mut rows,
-        "gender",
-        if d.gender == 0 {
-            String::new()
-        } else {
-            name(d.gender, |g: w::Gender| g.as_str_name(), "GENDER_")
-        },
-    );
+    push(&mut rows, "age band", unless_unset(d.age_band, age_band));
+    push(&mut rows, "gender", unless_unset(d.gender, gender));
     push(&mut rows, "citizenship", d.citizenship.join(", "));
     push(&mut rows, "languages", d.languages.join(", "));
     push(&mut rows, "document number", id.document_number);
     push(&mut rows, "address", id.address);
     push(&mut rows, "phone", id.phone);
     let needs = d.needs.clone().unwrap_or_default();
-    push(
-        &mut rows,
-        "needs",
-        names(&needs.kinds, |k: w::NeedKind| k.as_str_name(), "NEED_KIND_"),
-    );
-    push(
-        &mut rows,
-        "urgency",
-        if needs.urgency == 0 {
-            String::new()
-        } else {
-            name(needs.urgency, |u: w::Urgency| u.as_str_name(), "URGENCY_")
-        },
-    );
+    push(&mut rows, "needs", need_kinds(&needs.kinds));
+    push(&mut rows, "urgency", unless_unset(needs.urgency, urgency));
     push(&mut rows, "case worker's notes", needs.notes);
-    let e = d.exploitation.clone().unwrap_or_default();
-    push(
-        &mut rows,
-        "exploitation",
-        names(
-            &e.types,
-            |t: w::ExploitationType| t.as_str_name(),
-            "EXPLOITATION_TYPE_",
-        ),
-    );
-    push(&mut rows, "exploited in", e.countries.join(", "));
-    push(
-        &mut rows,
-        "child",
-        d.child
-            .map(|c| if c.is_child { "yes" } else { "no" }.to_owned())
-            .unwrap_or_default(),
-    );
+    exploitation_rows(&mut rows, &d.exploitation.clone().unwrap_or_default());
+    let child = d.child.map(|c| yes_no(c.is_child)).unwrap_or_default();
+    push(&mut rows, "child", child);
     push(&mut rows, "pairwise reference", d.case_ref.clone());
     rows
 }
