@@ -334,14 +334,22 @@ async fn a_declined_hearing_leaves_referral_and_return_plan_unchanged_on_both_no
                 b.get_referral(w::GetReferralRequest { referral_id })
                     .await?
                     .into_inner(),
-                ra.get_return_plan(w::GetReturnPlanRequest {
-                    return_id: return_id.clone(),
-                })
-                .await?
-                .into_inner(),
-                rb.get_return_plan(w::GetReturnPlanRequest { return_id })
+                // The plan's hearing_pending showed the hearing while it was open (its
+                // updated_at says when it last did): all else stays as it was.
+                w::ReturnPlan {
+                    updated_at: None,
+                    ..ra.get_return_plan(w::GetReturnPlanRequest {
+                        return_id: return_id.clone(),
+                    })
                     .await?
-                    .into_inner(),
+                    .into_inner()
+                },
+                w::ReturnPlan {
+                    updated_at: None,
+                    ..rb.get_return_plan(w::GetReturnPlanRequest { return_id })
+                        .await?
+                        .into_inner()
+                },
             ))
         }
     };
@@ -355,6 +363,8 @@ async fn a_declined_hearing_leaves_referral_and_return_plan_unchanged_on_both_no
         .hearing_id;
     let mut ro = fed.hearings("RO", Role::FocalPoint).await?;
     wait_hearing(&ro, &id, w::HearingStatus::Requested).await?;
+    let pending = |on: bool| move |p: &w::ReturnPlan| p.hearing_pending == on;
+    crate::returns::plan_where(&ro_rp, &return_id, "RO told of the hearing", pending(true)).await?;
     let err = ro
         .respond_to_hearing(w::RespondToHearingRequest {
             hearing_id: id.clone(),
@@ -372,6 +382,7 @@ async fn a_declined_hearing_leaves_referral_and_return_plan_unchanged_on_both_no
     })
     .await?;
     let declined = wait_hearing(&ja, &id, w::HearingStatus::Declined).await?;
+    crate::returns::plan_where(&ro_rp, &return_id, "RO told it ended", pending(false)).await?;
     assert_eq!(declined.status_reason, "the witness declined");
 
     let after = snapshot(at_ref.clone(), ro_ref.clone()).await?;
