@@ -2,7 +2,8 @@
 # Runs the integration guide's commands and its Python example against two real sandbox
 # nodes (AT and RO): the guide's block marked `ci: python-setup` is run as written (only
 # `python` is this script's virtual environment and the sandbox is a fresh one on ports of
-# its own), then the example plays referral, arrival, answers, a return and a hearing.
+# its own), then the example plays referral, arrival, answers, a return, a hearing, a
+# safety alert and a claim.
 # CI runs it (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/../.."

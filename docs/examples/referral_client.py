@@ -1,8 +1,8 @@
 """A case-management system calling its TRM node, the whole way: a service provider in AT
 records a case and the victim's consent, refers her to RO, follows the referral until RO
 answers; RO's focal point sees it arrive, accepts it and assigns it to a local service
-provider (who only then sees it); a voluntary return, a witness hearing and a safety alert
-follow. Along
+provider (who only then sees it); a voluntary return, a witness hearing, a safety alert and
+a compensation claim follow. Along
 the way: how bad input, missing consent and retries with request_id behave.
 
 Run by docs/examples/check.sh against two sandbox nodes:
@@ -22,6 +22,8 @@ from trm.v1 import (
     hearing_pb2_grpc,
     referral_pb2,
     referral_pb2_grpc,
+    remedies_pb2,
+    remedies_pb2_grpc,
     returns_pb2,
     returns_pb2_grpc,
     safety_pb2,
@@ -252,6 +254,25 @@ def main(sandbox: str, at_address: str, ro_address: str) -> None:
         alert_id=alert.alert_id, request_id=str(uuid.uuid4())))
     wait_for("ACKNOWLEDGED at AT", with_status(get_alert(at_safety), safety_pb2.SAFETY_ALERT_STATUS_ACKNOWLEDGED))
     print("safety alert", alert.alert_id, "acknowledged by RO")
+
+    # 9. A compensation claim heard in RO: it travels there under LEGAL_REMEDIES (the victim's
+    # consent for that purpose first), RO's focal point records each step of the forum, and
+    # AT sees them. No return, closure or withdrawal ever closes it.
+    at_remedies = remedies_pb2_grpc.RemediesServiceStub(channel(at_dir, at_address, "service_provider"))
+    ro_remedies = remedies_pb2_grpc.RemediesServiceStub(channel(ro_dir, ro_address, "focal_point"))
+    call_with_retry(at_sp.RecordConsent, referral_pb2.RecordConsentRequest(
+        case_id=case.case_id, purposes=[common_pb2.PURPOSE_LEGAL_REMEDIES], recipients=["RO"],
+        informed=True, information_language="ro", request_id=str(uuid.uuid4())))
+    claim = call_with_retry(at_remedies.FileClaim, remedies_pb2.FileClaimRequest(
+        case_id=case.case_id, kind=remedies_pb2.CLAIM_KIND_UNPAID_WAGES, forum_country="RO",
+        request_id=str(uuid.uuid4())))
+    get_claim = lambda stub: lambda: stub.GetClaim(remedies_pb2.GetClaimRequest(claim_id=claim.claim_id))
+    wait_for("the claim at RO", lambda: _or_none(get_claim(ro_remedies)))
+    call_with_retry(ro_remedies.UpdateClaim, remedies_pb2.UpdateClaimRequest(
+        claim_id=claim.claim_id, status=remedies_pb2.CLAIM_STATUS_UNDER_REVIEW,
+        request_id=str(uuid.uuid4())))
+    wait_for("UNDER_REVIEW at AT", with_status(get_claim(at_remedies), remedies_pb2.CLAIM_STATUS_UNDER_REVIEW))
+    print("claim", claim.claim_id, "under review in RO")
 
 
 def _or_none(get):
