@@ -87,6 +87,67 @@ struct Row {
     delivered_p99_ms: f64,
     submit_pct_of_echo: f64,
     delivered_pct_of_echo: f64,
+    /// CPU time per referral (submitted and delivered, unpaced), in microseconds: of AT and
+    /// RO, and of each one's store writer thread (the serial part).
+    at_cpu_us: f64,
+    ro_cpu_us: f64,
+    at_writer_cpu_us: f64,
+    ro_writer_cpu_us: f64,
+}
+
+/// Linux's clock ticks per second in `/proc/<pid>/stat` (USER_HZ, 100 on every platform the
+/// kernel supports today).
+const CLOCK_TICKS: f64 = 100.0;
+
+/// The process id of the node started with configuration file `config`.
+fn pid_of(config: &Path) -> Option<u32> {
+    let want = config.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        cmdline.split(|b| *b == 0).any(|a| a == want).then_some(pid)
+    })
+}
+
+/// The CPU seconds (user and system) process `pid` used so far, or only its threads named
+/// `thread`; 0 when it cannot be read.
+fn cpu_s(pid: u32, thread: Option<&str>) -> f64 {
+    let of_stat = |path: std::path::PathBuf| -> f64 {
+        let stat = std::fs::read_to_string(path).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let tick = |i: usize| fields.get(i).and_then(|t| t.parse::<f64>().ok());
+        (tick(11).unwrap_or(0.0) + tick(12).unwrap_or(0.0)) / CLOCK_TICKS
+    };
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let Some(name) = thread else {
+        return of_stat(proc_dir.join("stat"));
+    };
+    let Ok(tasks) = std::fs::read_dir(proc_dir.join("task")) else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .map(|t| of_stat(t.path().join("stat")))
+        .sum()
+}
+
+/// The CPU seconds AT and RO used so far: each process, then each one's store writer.
+fn cpu_now(dir: &Path) -> Result<[f64; 4]> {
+    let pid = |id: &str| -> Result<u32> {
+        pid_of(&sandbox::config_path(dir, id.parse()?)).context("a node is not running")
+    };
+    let (at, ro) = (pid("AT")?, pid("RO")?);
+    const WRITER: Option<&str> = Some("trm-store-write");
+    Ok([
+        cpu_s(at, None),
+        cpu_s(ro, None),
+        cpu_s(at, WRITER),
+        cpu_s(ro, WRITER),
+    ])
 }
 
 fn main() -> Result<()> {
@@ -525,7 +586,7 @@ async fn start_at(dir: &Path) -> Result<(Child, Clients, f64)> {
 }
 
 /// Measures the rows at each concurrency of `cli`.
-async fn measure(cli: &Cli, echo: &Channel, c: &Clients) -> Result<Vec<Row>> {
+async fn measure(cli: &Cli, dir: &Path, echo: &Channel, c: &Clients) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     let mut known = std::collections::HashMap::new();
     for &k in &cli.concurrency {
@@ -535,10 +596,13 @@ async fn measure(cli: &Cli, echo: &Channel, c: &Clients) -> Result<Vec<Row>> {
         eprintln!("{k} in flight: creating {n} cases");
         let ids = cases(&c.sp, n).await?;
         eprintln!("{k} in flight: submitting");
+        let cpu_before = cpu_now(dir)?;
         let (elapsed, mut lat, sent) = submit(&c.sp, ids, k, None).await?;
         let submit_rps = n as f64 / elapsed.as_secs_f64();
         let (_, span) = arrivals(&c.admin, &c.ro, &sent, &mut known).await?;
         let delivered_rps = n as f64 / span.as_secs_f64().max(1e-9);
+        let cpu_after = cpu_now(dir)?;
+        let per_referral_us = |i: usize| 1e6 * (cpu_after[i] - cpu_before[i]) / n as f64;
         // Submission to arrival at half the sustained end-to-end maximum.
         let rate = 0.5 * submit_rps.min(delivered_rps);
         let m = ((rate * 5.0) as usize).clamp(50, n);
@@ -555,6 +619,10 @@ async fn measure(cli: &Cli, echo: &Channel, c: &Clients) -> Result<Vec<Row>> {
             delivered_p99_ms: percentile(&mut arrival_lat, 0.99),
             submit_pct_of_echo: 100.0 * submit_rps / echo_rps,
             delivered_pct_of_echo: 100.0 * delivered_rps / echo_rps,
+            at_cpu_us: per_referral_us(0),
+            ro_cpu_us: per_referral_us(1),
+            at_writer_cpu_us: per_referral_us(2),
+            ro_writer_cpu_us: per_referral_us(3),
         });
     }
     Ok(rows)
@@ -576,6 +644,16 @@ fn print_rows(rows: &[Row]) {
             r.delivered_pct_of_echo,
             r.submit_p99_ms,
             r.delivered_p99_ms
+        );
+    }
+    println!(
+        "{:>5} {:>12} {:>12} {:>12} {:>12}",
+        "in", "AT cpu/ref", "RO cpu/ref", "AT writer", "RO writer"
+    );
+    for r in rows {
+        println!(
+            "{:>5} {:>10.0}us {:>10.0}us {:>10.0}us {:>10.0}us",
+            r.concurrency, r.at_cpu_us, r.ro_cpu_us, r.at_writer_cpu_us, r.ro_writer_cpu_us
         );
     }
 }
@@ -607,7 +685,7 @@ async fn bench(cli: Cli) -> Result<()> {
     let (at_pid, idle_rss_mb) = settled(&at).await?;
     let echo = connect_echo(&dir, echo_addr).await?;
     echo_rps(echo.clone(), 500, 16).await?; // warm-up
-    let rows = measure(&cli, &echo, &clients).await?;
+    let rows = measure(&cli, &dir, &echo, &clients).await?;
     let run = Measured {
         rows,
         idle_rss_mb,
@@ -757,7 +835,7 @@ async fn preloaded(
     eprintln!("preloaded in {:.1} s", t.elapsed().as_secs_f64());
     let (at, clients, startup_s) = start_at(dir).await?;
     let (at_pid, idle_rss_mb) = settled(&at).await?;
-    let rows = measure(cli, echo, &clients).await?;
+    let rows = measure(cli, dir, echo, &clients).await?;
     let run = Measured {
         rows,
         idle_rss_mb,
