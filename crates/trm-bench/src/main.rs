@@ -13,7 +13,11 @@
 //! every connection it may hold, AT's resident memory before, during (peak) and after, and
 //! how long a client from a known address, then one from a new address, waits while
 //! stalled TLS handshakes from many addresses hold every place they may.
+//!
+//! `--nodes N` measures a full mesh of N nodes against two instead (see [`mesh`]).
 #![forbid(unsafe_code)]
+
+mod mesh;
 
 use std::{
     net::SocketAddr,
@@ -64,6 +68,22 @@ struct Cli {
     /// Measure floods of this many seconds each instead (see the crate's documentation).
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     flood: u64,
+    /// With more than 2: measure a full mesh of this many nodes against two, at the same
+    /// total offered load (see `mesh`).
+    #[arg(long, default_value_t = 2)]
+    nodes: usize,
+    /// The mesh's offered load: referrals a second, in all.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// How long the mesh's load is offered.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    seconds: u64,
+    /// In the mesh: one node down this long under load, then started again.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    down_secs: u64,
+    /// The load offered while that node is down, and while it catches up.
+    #[arg(long, default_value_t = 100.0)]
+    down_rate: f64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -196,13 +216,19 @@ async fn run_echo(dir: PathBuf, addr: SocketAddr) -> Result<()> {
 }
 
 fn free_port_base() -> Result<u16> {
-    // Ten consecutive free ports for two nodes (services, federation, admin, metrics).
+    // Ten ports for each of two nodes (services, federation, admin, metrics, console), and
+    // the echo's.
+    free_ports(24)
+}
+
+/// Returns the first of `count` consecutive free ports.
+fn free_ports(count: u16) -> Result<u16> {
     for _ in 0..50 {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         let base = l.local_addr()?.port();
         drop(l);
-        if base < 60000
-            && (0..24).all(|d| std::net::TcpListener::bind(("127.0.0.1", base + d)).is_ok())
+        if base < 65535 - count
+            && (0..count).all(|d| std::net::TcpListener::bind(("127.0.0.1", base + d)).is_ok())
         {
             return Ok(base);
         }
@@ -361,10 +387,21 @@ async fn echo_rps(channel: Channel, n: usize, c: usize) -> Result<f64> {
 
 /// Creates `n` cases at AT, each with a referral consent to RO; returns their ids.
 async fn cases(sp: &ReferralServiceClient<Channel>, n: usize) -> Result<Vec<String>> {
+    cases_for(sp, n, "RO").await
+}
+
+/// Creates `n` cases, each with the victim's consent to a referral to `destination`;
+/// returns their ids.
+async fn cases_for(
+    sp: &ReferralServiceClient<Channel>,
+    n: usize,
+    destination: &str,
+) -> Result<Vec<String>> {
     let ids = Arc::new(std::sync::Mutex::new(vec![String::new(); n]));
     let (sp, out) = (sp.clone(), ids.clone());
+    let destination = destination.to_owned();
     drive(n, 16, move |i| {
-        let (mut sp, out) = (sp.clone(), out.clone());
+        let (mut sp, out, destination) = (sp.clone(), out.clone(), destination.clone());
         async move {
             let case = sp
                 .create_case(w::CreateCaseRequest {
@@ -388,7 +425,7 @@ async fn cases(sp: &ReferralServiceClient<Channel>, n: usize) -> Result<Vec<Stri
             sp.record_consent(w::RecordConsentRequest {
                 case_id: case.case_id.clone(),
                 purposes: vec![w::Purpose::ReferralAssistance as i32],
-                recipients: vec!["RO".into()],
+                recipients: vec![destination],
                 informed: true,
                 information_language: "en".into(),
                 ..Default::default()
@@ -661,6 +698,9 @@ fn print_rows(rows: &[Row]) {
 /// The benchmark: writes two nodes, then measures them against the echo (or, with
 /// `--flood`, measures floods), prints the results and writes them as JSON if asked.
 async fn bench(cli: Cli) -> Result<()> {
+    if cli.nodes > 2 {
+        return mesh::run(&cli).await;
+    }
     let tmp = tempfile_dir()?;
     let dir = tmp.clone();
     let base = free_port_base()?;
@@ -669,7 +709,7 @@ async fn bench(cli: Cli) -> Result<()> {
         NodeSpec::from_base("RO".parse()?, 1, base)?,
     ];
     sandbox::init(&dir, &specs, true)?;
-    let schemas = write_configs(&dir, &cli)?;
+    let schemas = write_configs(&dir, &cli, &["AT", "RO"])?;
     if cli.flood > 0 {
         return flood_run(&dir, &cli).await;
     }
@@ -723,9 +763,10 @@ async fn bench(cli: Cli) -> Result<()> {
 fn write_configs(
     dir: &Path,
     cli: &Cli,
+    ids: &[&str],
 ) -> Result<Vec<trm_store::engine::postgres::PostgresOptions>> {
     let mut schemas = Vec::new();
-    for id in ["AT", "RO"] {
+    for &id in ids {
         let path = dir.join(id).join("node.toml");
         let mut text = std::fs::read_to_string(&path)?;
         if cli.flood == 0 {
