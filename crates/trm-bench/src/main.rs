@@ -507,30 +507,7 @@ async fn arrivals(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let mut token = String::new();
-    loop {
-        let page = ro
-            .clone()
-            .list_referrals(w::ListReferralsRequest {
-                direction: w::Direction::Incoming as i32,
-                page_size: 500,
-                page_token: token.clone(),
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        for r in page.referrals {
-            if let Some(t) = r.created_at {
-                let at = time::OffsetDateTime::from_unix_timestamp(t.seconds)?
-                    + time::Duration::nanoseconds(i64::from(t.nanos));
-                known.entry(r.referral_id).or_insert(at);
-            }
-        }
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        token = page.next_page_token;
-    }
+    mesh::incoming(ro, known).await?;
     let first = sent.iter().map(|(_, t)| *t).min().context("nothing sent")?;
     let mut last = first;
     let mut lat = Vec::new();

@@ -252,7 +252,7 @@ impl Federation {
 }
 
 /// Reads every referral a node received; records when each arrived.
-async fn incoming(
+pub(crate) async fn incoming(
     fp: &ReferralServiceClient<Channel>,
     known: &mut HashMap<String, time::OffsetDateTime>,
 ) -> Result<()> {
@@ -272,7 +272,7 @@ async fn incoming(
             if let Some(t) = r.created_at {
                 let at = time::OffsetDateTime::from_unix_timestamp(t.seconds)?
                     + time::Duration::nanoseconds(i64::from(t.nanos));
-                known.insert(r.referral_id, at);
+                known.entry(r.referral_id).or_insert(at);
             }
         }
         if page.next_page_token.is_empty() {
