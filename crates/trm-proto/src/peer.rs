@@ -290,14 +290,7 @@ pub fn to_wire(m: &PeerMessage) -> Payload {
             return_id,
             hearing_pending,
             compensation_pending,
-        } => Payload::ReturnUpdate(w::ReturnUpdate {
-            return_id: return_id.to_string(),
-            flags: Some(w::CoordinationFlags {
-                hearing_pending: *hearing_pending,
-                compensation_pending: *compensation_pending,
-            }),
-            ..Default::default()
-        }),
+        } => return_flags(*return_id, (*hearing_pending, *compensation_pending)),
         PeerMessage::HearingRequest { hearing_id, terms } => hearing_request(*hearing_id, terms),
         PeerMessage::HearingUpdate {
             hearing_id,
@@ -314,9 +307,7 @@ pub fn to_wire(m: &PeerMessage) -> Payload {
             key_id,
             public_key,
             valid_from,
-        } => Payload::KeyAnnouncement(w::KeyAnnouncement {
-            key: Some(signing_key(key_id, public_key, *valid_from)),
-        }),
+        } => key_announcement(key_id, public_key, *valid_from),
         PeerMessage::SafetyAlertNotice {
             alert_id,
             terms,
@@ -345,6 +336,28 @@ pub fn to_wire(m: &PeerMessage) -> Payload {
             attestation,
         } => victim_status_answer_to_wire(*status_request_id, *state, attestation.as_ref()),
     }
+}
+
+/// A plan's new coordination flags: a `ReturnUpdate` carrying them alone.
+fn return_flags(id: ReturnId, (hearing_pending, compensation_pending): (bool, bool)) -> Payload {
+    Payload::ReturnUpdate(w::ReturnUpdate {
+        return_id: id.to_string(),
+        flags: Some(w::CoordinationFlags {
+            hearing_pending,
+            compensation_pending,
+        }),
+        ..Default::default()
+    })
+}
+
+fn key_announcement(
+    key_id: &str,
+    public_key: &[u8; 32],
+    valid_from: Option<time::OffsetDateTime>,
+) -> Payload {
+    Payload::KeyAnnouncement(w::KeyAnnouncement {
+        key: Some(signing_key(key_id, public_key, valid_from)),
+    })
 }
 
 fn referral_offer(
