@@ -487,6 +487,91 @@ async fn compensation_pending_turns_on_and_off_on_both_nodes_as_claims_open_and_
     Ok(())
 }
 
+/// A plan's flags come only from the node that sent the plan, under the plan's own
+/// reference: a third node's, or one under another reference, is REJECTED and changes
+/// nothing; flags for a plan this side already ended are taken and change nothing.
+#[tokio::test]
+async fn flags_from_a_node_that_did_not_send_the_plan_are_rejected_and_change_nothing(
+) -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO", "NG"]).await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let mut at_rp = returns(&fed, "AT", Role::ServiceProvider).await?;
+    let mut ro_rp = returns(&fed, "RO", Role::FocalPoint).await?;
+    let case_id = ready_case(&mut sp, &mut at_rp, &[]).await?;
+    let plan = at_rp.propose_return(propose(&case_id)).await?.into_inner();
+    let copy = wait_status(&ro_rp, &plan.return_id, w::ReturnStatus::Requested).await?;
+    let case_ref = copy
+        .disclosed
+        .as_ref()
+        .map(|d| d.case_ref.clone())
+        .unwrap_or_default();
+    let flags = Payload::ReturnUpdate(w::ReturnUpdate {
+        return_id: plan.return_id.clone(),
+        flags: Some(w::CoordinationFlags {
+            hearing_pending: true,
+            compensation_pending: true,
+        }),
+        ..Default::default()
+    });
+    let (at, ro, ng): (NodeId, NodeId, NodeId) = ("AT".parse()?, "RO".parse()?, "NG".parse()?);
+    let send = |from: NodeId, case_ref: &str| {
+        let (fed, flags, case_ref) = (&fed, flags.clone(), case_ref.to_owned());
+        async move {
+            let dir = fed.dir().join(from.as_str());
+            let key = SigningIdentity::load(&dir.join("keys/signing.pem"))?;
+            let mut client = crate::transport::federation_client(
+                fed.node("RO")?.addrs.federation,
+                &fed.dir().join("RO/tls/federation-ca.pem"),
+                &trm_crypto::files::read_text(&dir.join("tls/federation.pem"))?,
+                &trm_crypto::files::read_text(&dir.join("tls/federation.key"))?,
+            )
+            .await?;
+            let receipt = client
+                .deliver(envelope::seal(&key, from, ro, &case_ref, flags))
+                .await?
+                .into_inner();
+            outcome_of(&receipt)
+        }
+    };
+    for (from, reference, why) in [
+        (ng, case_ref.as_str(), "not received from the sender"),
+        (at, "another-ref", "case_ref"),
+    ] {
+        let (outcome, reason) = send(from, reference).await?;
+        assert_eq!(outcome, ReceiptOutcome::Rejected as i32, "{from}: {reason}");
+        assert!(reason.contains(why), "{from}: {reason}");
+    }
+    let held = ro_rp
+        .get_return_plan(w::GetReturnPlanRequest {
+            return_id: plan.return_id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert!(
+        !held.hearing_pending && !held.compensation_pending,
+        "nothing changed: {held:?}"
+    );
+
+    // The plan ends; flags the origin sent meanwhile are taken and change nothing.
+    at_rp
+        .halt_return(w::HaltReturnRequest {
+            return_id: plan.return_id.clone(),
+            reason: "concern".into(),
+            ..Default::default()
+        })
+        .await?;
+    let ended = wait_status(&ro_rp, &plan.return_id, w::ReturnStatus::Halted).await?;
+    let (outcome, reason) = send(at, &case_ref).await?;
+    assert_eq!(outcome, ReceiptOutcome::Accepted as i32, "{reason}");
+    let after = wait_status(&ro_rp, &plan.return_id, w::ReturnStatus::Halted).await?;
+    assert_eq!(
+        (after.hearing_pending, after.compensation_pending),
+        (ended.hearing_pending, ended.compensation_pending)
+    );
+    fed.stop().await?;
+    Ok(())
+}
+
 /// Returns the outcome and reason of a single-envelope receipt.
 fn outcome_of(receipt: &w::SignedReceipt) -> anyhow::Result<(i32, String)> {
     let body = ReceiptBody::decode(receipt.body.as_slice())?;

@@ -875,7 +875,8 @@ impl Delivery {
         let handler = self.inner.handler.clone();
         let proof = receipt.encode_to_vec();
         let queued = items.to_vec();
-        self.inner
+        let committed = self
+            .inner
             .store
             .commit(move |tx| {
                 for (item, (outcome, reason)) in queued.iter().zip(&outcomes) {
@@ -884,6 +885,9 @@ impl Delivery {
                 Ok(())
             })
             .await?;
+        // What the flows queued in reaction (to this peer or another) leaves now, not at
+        // the next idle poll.
+        self.wake_noted(&committed.notes);
         let now = OffsetDateTime::now_utc();
         for item in items {
             Counters::bump(&self.inner.counters.delivered);
@@ -940,7 +944,8 @@ impl Delivery {
         warn!(peer = %item.peer, message_id = %item.message_id, reason = %why, "envelope moved to the dead letters");
         let handler = self.inner.handler.clone();
         let (item, why) = (item.clone(), why.to_owned());
-        self.inner
+        let committed = self
+            .inner
             .store
             .commit(move |tx| {
                 tx.dead_letter(&item, &why, None)?;
@@ -957,6 +962,7 @@ impl Delivery {
                 Ok(())
             })
             .await?;
+        self.wake_noted(&committed.notes);
         Counters::bump(&self.inner.counters.dead_lettered);
         Ok(())
     }

@@ -35,7 +35,7 @@ pub fn peer_destination(ctx: &Ctx, field: &str, destination: NodeId) -> ApiResul
 
 /// Returns every record this node sent with data of case `case`, under any of its
 /// consents (each once).
-pub fn shared_of_case(tx: &mut Tx<'_>, case: CaseId) -> TxResult<Vec<Shared>> {
+pub fn shared_of_case(tx: &mut Tx<'_>, case: CaseId) -> trm_store::Result<Vec<Shared>> {
     let mut shared = Vec::new();
     for c in tx.consents(case)? {
         shared.extend(tx.disclosures(c.consent_id)?);

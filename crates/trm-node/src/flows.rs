@@ -627,7 +627,9 @@ fn refresh_copy<R: StoredRecord>(
 }
 
 /// The plan's origin derived its coordination flags again (a hearing or a claim of the
-/// case opened or ended there): the copy of plan `id` shows them.
+/// case opened or ended there): the copy of plan `id` shows them. A plan this side ended
+/// meanwhile (halted, closed) keeps what it showed: the flags crossed its end, and are not
+/// worth a refusal the origin would have to handle.
 fn return_flags(
     tx: &mut Tx<'_>,
     inbound: &Inbound,
@@ -644,7 +646,7 @@ fn return_flags(
         return Err(malformed("case_ref differs from the plan's"));
     }
     if r.status.is_final() {
-        return Err(transition("the return plan has ended"));
+        return Ok(());
     }
     r.hearing_pending = hearing_pending;
     r.compensation_pending = compensation_pending;

@@ -152,9 +152,16 @@ pub(crate) fn refresh_flags(
     (me, by): (NodeId, &str),
     case: CaseId,
 ) -> trm_store::Result<()> {
-    let open = tx.records_where::<ReturnRecord>(|r| {
-        r.case_id == Some(case) && r.origin == me && !r.status.is_final()
-    })?;
+    // The case's own plans, found through its index (never by reading every plan).
+    let mut open = Vec::new();
+    for shared in disclosure::shared_of_case(tx, case)? {
+        let Shared::Return(id) = shared else { continue };
+        if let Some(r) = tx.record::<ReturnRecord>(id)? {
+            if r.origin == me && !r.status.is_final() {
+                open.push(r);
+            }
+        }
+    }
     if open.is_empty() {
         return Ok(());
     }
@@ -162,6 +169,7 @@ pub(crate) fn refresh_flags(
         hearing_pending(tx, case)?,
         crate::remedies::open_claims_of(tx, case)? > 0,
     );
+    let consents = tx.consents(case)?;
     for mut r in open {
         if (r.hearing_pending, r.compensation_pending) == flags {
             continue;
@@ -169,23 +177,29 @@ pub(crate) fn refresh_flags(
         (r.hearing_pending, r.compensation_pending) = flags;
         r.updated_at = OffsetDateTime::now_utc();
         tx.put_record(&r)?;
-        let message = PeerMessage::ReturnFlags {
-            return_id: r.return_id,
-            hearing_pending: flags.0,
-            compensation_pending: flags.1,
-        };
-        trm_federation::outbox::enqueue(
-            tx,
-            &signer.current(),
-            r.destination,
-            r.topic(),
-            &r.disclosed.case_ref,
-            trm_proto::peer::to_wire(&message),
-        )?;
+        // Nothing more crosses for a plan whose consent lapsed (it is being halted or
+        // erased): the flags are kept here only.
+        let granted =
+            consent::grant(&consents, Purpose::ReturnPlanning, r.destination, today()).is_ok();
+        if granted {
+            let message = PeerMessage::ReturnFlags {
+                return_id: r.return_id,
+                hearing_pending: flags.0,
+                compensation_pending: flags.1,
+            };
+            trm_federation::outbox::enqueue(
+                tx,
+                &signer.current(),
+                r.destination,
+                r.topic(),
+                &r.disclosed.case_ref,
+                trm_proto::peer::to_wire(&message),
+            )?;
+        }
         tx.audit(
             AuditRecord::new(by, "return.flags", r.return_id.to_string(), "updated").detail(
                 format!(
-                    "hearing_pending={} compensation_pending={}",
+                    "hearing_pending={} compensation_pending={} sent={granted}",
                     flags.0, flags.1
                 ),
             ),
