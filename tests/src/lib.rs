@@ -671,19 +671,25 @@ impl TestFederation {
         Ok(AdminServiceClient::new(self.channel(id, role, true).await?))
     }
 
-    /// Returns the audit entries of node `id` with `action`, oldest first (the first 1,000
-    /// entries of its log, as its operator exports them).
+    /// Returns the audit entries of node `id` with `action`, oldest first (its whole log,
+    /// page by page, as its operator exports it).
     pub async fn audited(&self, id: &str, action: &str) -> Result<Vec<trm_proto::v1::AuditEntry>> {
         let mut admin = self.admin(id, Role::Operator).await?;
-        let all = admin
-            .export_audit(trm_proto::v1::ExportAuditRequest {
-                page_size: 1000,
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .entries;
-        Ok(all.into_iter().filter(|e| e.action == action).collect())
+        let (mut found, mut token) = (Vec::new(), String::new());
+        loop {
+            let page = admin
+                .export_audit(trm_proto::v1::ExportAuditRequest {
+                    page_size: 1000,
+                    page_token: token,
+                })
+                .await?
+                .into_inner();
+            found.extend(page.entries.into_iter().filter(|e| e.action == action));
+            if page.next_page_token.is_empty() {
+                return Ok(found);
+            }
+            token = page.next_page_token;
+        }
     }
 
     /// Stops every node, flushing their stores.
