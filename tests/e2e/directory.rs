@@ -292,3 +292,43 @@ async fn a_pinned_certificate_is_required_both_ways_and_unknown_nodes_are_refuse
     fed.stop().await?;
     Ok(())
 }
+
+/// A return request the other node refuses leaves the plan REQUESTED at the origin, saying
+/// who refused it and why (as a refused referral does), with the envelope in the dead
+/// letters for the operator.
+#[tokio::test]
+async fn a_return_request_the_peer_refuses_says_so_on_the_plan() -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let mut at = crate::returns::returns(&fed, "AT", Role::ServiceProvider).await?;
+    let case_id = crate::returns::ready_case(&mut sp, &mut at, &[]).await?;
+    fed.admin("RO", Role::Operator)
+        .await?
+        .remove_peer(w::RemovePeerRequest {
+            node_id: "AT".into(),
+            ..Default::default()
+        })
+        .await?;
+    let plan = at
+        .propose_return(crate::returns::propose(&case_id))
+        .await?
+        .into_inner();
+    let refused = crate::returns::plan_where(&at, &plan.return_id, "the refusal", |p| {
+        !p.status_reason.is_empty()
+    })
+    .await?;
+    assert_eq!(refused.status, w::ReturnStatus::Requested as i32);
+    assert!(
+        refused.status_reason.starts_with("refused by RO")
+            && refused.status_reason.contains("removed_peer"),
+        "{}",
+        refused.status_reason
+    );
+    let dead = outbox(&fed, "AT", true).await?;
+    assert_eq!(
+        dead.iter().map(|d| d.kind.as_str()).collect::<Vec<_>>(),
+        ["return_request"]
+    );
+    fed.stop().await?;
+    Ok(())
+}

@@ -751,6 +751,19 @@ impl FlowHandler for Flows {
             (EnvelopeKind::ReferralOffer, Topic::Referral(id)) => {
                 offer_receipt(tx, id, item, outcome, reason)?;
             }
+            // A return request the other node refused: the plan says why, as a refused
+            // referral does (an operator may still retry it from the dead letters).
+            (EnvelopeKind::ReturnRequest, Topic::Return(id))
+                if outcome == ReceiptOutcome::Rejected =>
+            {
+                if let Some(mut r) = tx.record::<ReturnRecord>(id)? {
+                    if r.status == trm_core::returns::ReturnStatus::Requested {
+                        r.status_reason = format!("refused by {}: {reason}", item.peer);
+                        r.updated_at = OffsetDateTime::now_utc();
+                        tx.put_record(&r)?;
+                    }
+                }
+            }
             // A claim or a status question the other node refused outright is over: it
             // waits for nothing (and no return carries a claim that was never filed there).
             (EnvelopeKind::ClaimNotice, Topic::Claim(id))
