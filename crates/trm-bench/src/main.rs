@@ -734,7 +734,8 @@ async fn bench(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-/// Edits both nodes' node.toml for the run: no rate limits unless floods are measured
+/// Edits the nodes' node.toml for the run: the default delivery backoff (not the
+/// sandbox's short one); no rate limits unless floods are measured
 /// (the benchmark measures the node, not its limits), and a fresh PostgreSQL schema each
 /// with `--postgres-url`. Returns those schemas, to drop after the run.
 fn write_configs(
@@ -745,7 +746,8 @@ fn write_configs(
     let mut schemas = Vec::new();
     for &id in ids {
         let path = dir.join(id).join("node.toml");
-        let mut text = std::fs::read_to_string(&path)?;
+        // The node as deployed: the delivery backoff the sandbox shortens is the default.
+        let mut text = std::fs::read_to_string(&path)?.replace("backoff_cap_secs = 5\n", "");
         if cli.flood == 0 {
             // The benchmark measures the node, not its rate limits (a flood meets them).
             text.push_str(

@@ -221,8 +221,11 @@ pub struct DeliverySection {
     pub replica_poll_ms: u64,
 }
 
+/// A minute: once a peer that was down is back, what waited for it leaves within a minute
+/// (with ten, a peer down for an hour could wait ten more minutes for its backlog), and a
+/// peer that stays down costs each sender one failed connection a minute.
 fn default_backoff_cap() -> u64 {
-    600
+    60
 }
 fn default_request_timeout() -> u64 {
     10
@@ -1220,7 +1223,7 @@ key = "a"
         assert!(cfg.listen.services.ip().is_loopback());
         assert!(cfg.listen.admin.ip().is_loopback());
         assert!(cfg.listen.metrics.ip().is_loopback());
-        assert_eq!(cfg.delivery.backoff_cap_secs, 600);
+        assert_eq!(cfg.delivery.backoff_cap_secs, 60);
     }
 
     #[test]
