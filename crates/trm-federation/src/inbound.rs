@@ -243,7 +243,7 @@ const ACCEPTED_ACTION: &str = "envelope.accept";
 const REJECTED_ACTION: &str = "envelope.reject";
 
 /// Returns how a peer is named in the audit log.
-fn peer_actor(peer: NodeId) -> String {
+pub fn peer_actor(peer: NodeId) -> String {
     format!("peer:{peer}")
 }
 

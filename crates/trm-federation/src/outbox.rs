@@ -272,7 +272,7 @@ fn record_outcome(
     handler.on_receipt(tx, item, outcome, reason)?;
     tx.audit(
         AuditRecord::new(
-            format!("peer:{}", item.peer),
+            crate::inbound::peer_actor(item.peer),
             "envelope.receipt",
             item.message_id.to_string(),
             outcome.as_str_name(),

@@ -36,8 +36,18 @@ pub fn peer_destination(ctx: &Ctx, field: &str, destination: NodeId) -> ApiResul
 /// Returns every record this node sent with data of case `case`, under any of its
 /// consents (each once).
 pub fn shared_of_case(tx: &mut Tx<'_>, case: CaseId) -> trm_store::Result<Vec<Shared>> {
+    let consents = tx.consents(case)?;
+    shared_under(tx, &consents)
+}
+
+/// Returns every record this node sent under any of `consents` (each once), for a caller
+/// that holds the case's consents already.
+pub fn shared_under(
+    tx: &mut Tx<'_>,
+    consents: &[consent::Consent],
+) -> trm_store::Result<Vec<Shared>> {
     let mut shared = Vec::new();
-    for c in tx.consents(case)? {
+    for c in consents {
         shared.extend(tx.disclosures(c.consent_id)?);
     }
     shared.sort();
@@ -58,7 +68,7 @@ pub fn refresh_copies(
 ) -> TxResult<usize> {
     let consents = tx.consents(case.case_id)?;
     let mut sent = 0;
-    for shared in shared_of_case(tx, case.case_id)? {
+    for shared in shared_under(tx, &consents)? {
         let Some((purpose, recipient, held)) = copy_in_use(tx, shared)? else {
             continue;
         };

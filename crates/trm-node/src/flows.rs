@@ -26,7 +26,7 @@ use trm_core::{
     tasks::{due, DueTimes, Task, TaskKind},
 };
 use trm_crypto::signing::Signer;
-use trm_federation::{outbox, FlowHandler, Inbound, Rejection};
+use trm_federation::{inbound::peer_actor, outbox, FlowHandler, Inbound, Rejection};
 use trm_proto::v1::ReceiptOutcome;
 use trm_store::{
     repo::{flows::StoredRecord, outbox::OutboxItem},
@@ -235,7 +235,7 @@ impl Flows {
         let now = OffsetDateTime::now_utc();
         let hearing = HearingRecord::requested(parties, terms, now);
         tx.put_hearing(&hearing)?;
-        let by = format!("peer:{}", inbound.sender);
+        let by = peer_actor(inbound.sender);
         crate::returns::after_hearing(tx, &self.identity, (self.id, &by), &hearing)?;
         let answer = Task::due_in(
             TaskKind::AnswerHearing,
@@ -328,7 +328,7 @@ impl Flows {
             )?;
             tx.audit(
                 trm_store::audit::AuditRecord::new(
-                    format!("peer:{sender}"),
+                    peer_actor(sender),
                     "return.halt",
                     r.return_id.to_string(),
                     "halted",
@@ -476,35 +476,6 @@ impl Flows {
         Ok(())
     }
 
-    /// After hearing `id` opened or ended here by the sender's message: the coordination
-    /// flags of the open return plans of its case, if this node holds the case.
-    fn after_hearing(&self, tx: &mut Tx<'_>, inbound: &Inbound, id: HearingId) -> FlowResult {
-        let Some(h) = tx.hearing(id)? else {
-            return Ok(());
-        };
-        let by = format!("peer:{}", inbound.sender);
-        Ok(crate::returns::after_hearing(
-            tx,
-            &self.identity,
-            (self.id, &by),
-            &h,
-        )?)
-    }
-
-    /// After claim `id` opened or ended here (by `by`): the coordination flags of the open
-    /// return plans of its case, if this node holds the case.
-    fn after_claim(&self, tx: &mut Tx<'_>, by: &str, id: ClaimId) -> FlowResult {
-        match tx.record::<ClaimRecord>(id)?.and_then(|c| c.case_id) {
-            Some(case) => Ok(crate::returns::refresh_flags(
-                tx,
-                &self.identity,
-                (self.id, by),
-                case,
-            )?),
-            None => Ok(()),
-        }
-    }
-
     /// The other node's step of a record both hold.
     fn update(&self, tx: &mut Tx<'_>, inbound: &Inbound) -> FlowResult {
         let me = self.id;
@@ -519,21 +490,31 @@ impl Flows {
                     assign: None,
                 };
                 let id = *referral_id;
-                lifecycle::update_in::<ReferralRecord>(me, tx, inbound, id, *status, &step)
+                lifecycle::update_in::<ReferralRecord>(me, tx, inbound, id, *status, &step)?;
+                Ok(())
             }
             PeerMessage::ReturnUpdate {
                 return_id,
                 status,
                 step,
-            } => lifecycle::update_in::<ReturnRecord>(me, tx, inbound, *return_id, *status, step),
+            } => {
+                lifecycle::update_in::<ReturnRecord>(me, tx, inbound, *return_id, *status, step)?;
+                Ok(())
+            }
             PeerMessage::HearingUpdate {
                 hearing_id,
                 status,
                 step,
             } => {
                 let id = *hearing_id;
-                lifecycle::update_in::<HearingRecord>(me, tx, inbound, id, *status, step)?;
-                self.after_hearing(tx, inbound, id)
+                let h = lifecycle::update_in::<HearingRecord>(me, tx, inbound, id, *status, step)?;
+                let by = peer_actor(inbound.sender);
+                Ok(crate::returns::after_hearing(
+                    tx,
+                    &self.identity,
+                    (me, &by),
+                    &h,
+                )?)
             }
             PeerMessage::ClaimUpdate {
                 claim_id,
@@ -543,8 +524,16 @@ impl Flows {
                 let step = ClaimStep {
                     reason: reason.clone(),
                 };
-                lifecycle::update_in::<ClaimRecord>(me, tx, inbound, *claim_id, *status, &step)?;
-                self.after_claim(tx, &format!("peer:{}", inbound.sender), *claim_id)
+                let c = lifecycle::update_in::<ClaimRecord>(
+                    me, tx, inbound, *claim_id, *status, &step,
+                )?;
+                let by = peer_actor(inbound.sender);
+                Ok(crate::returns::after_claim(
+                    tx,
+                    &self.identity,
+                    (me, &by),
+                    &c,
+                )?)
             }
             PeerMessage::VictimStatusAnswer {
                 status_request_id,
@@ -558,7 +547,8 @@ impl Flows {
                 let step = StatusStep {
                     attestation: attestation.clone(),
                 };
-                lifecycle::update_in::<VictimStatusRecord>(me, tx, inbound, id, *state, &step)
+                lifecycle::update_in::<VictimStatusRecord>(me, tx, inbound, id, *state, &step)?;
+                Ok(())
             }
             _ => Err(malformed("not an update of a shared record")),
         }
@@ -758,7 +748,7 @@ impl FlowHandler for Flows {
             {
                 if let Some(mut r) = tx.record::<ReturnRecord>(id)? {
                     if r.status == trm_core::returns::ReturnStatus::Requested {
-                        r.status_reason = format!("refused by {}: {reason}", item.peer);
+                        r.status_reason = refused_by(item, reason);
                         r.updated_at = OffsetDateTime::now_utc();
                         tx.put_record(&r)?;
                     }
@@ -773,13 +763,14 @@ impl FlowHandler for Flows {
                     return Ok(());
                 };
                 let step = ClaimStep {
-                    reason: format!("refused by {}: {reason}", item.peer),
+                    reason: refused_by(item, reason),
                 };
                 if c.apply(trm_core::remedies::ClaimEvent::Reject, &step)
                     .is_ok()
                 {
                     tx.put_record(&c)?;
-                    self.after_claim(tx, &format!("peer:{}", item.peer), id)?;
+                    let by = peer_actor(item.peer);
+                    crate::returns::after_claim(tx, &self.identity, (self.id, &by), &c)?;
                 }
             }
             (EnvelopeKind::VictimStatusQuery, Topic::VictimStatus(id))
@@ -818,12 +809,12 @@ impl FlowHandler for Flows {
                 // A request the witness's country refused outright is cancelled.
                 if h.status == HearingStatus::Requested {
                     let step = HearingStep {
-                        reason: format!("refused by {}: {reason}", item.peer),
+                        reason: refused_by(item, reason),
                         ..HearingStep::default()
                     };
                     if h.apply(HearingEvent::Cancel, &step).is_ok() {
                         tx.put_hearing(&h)?;
-                        let by = format!("peer:{}", item.peer);
+                        let by = peer_actor(item.peer);
                         crate::returns::after_hearing(tx, &self.identity, (self.id, &by), &h)?;
                     }
                 }
@@ -857,11 +848,16 @@ fn offer_receipt(
             }
         }
         ReceiptOutcome::Rejected => {
-            r.status_reason = format!("refused by {}: {reason}", item.peer);
+            r.status_reason = refused_by(item, reason);
             r.updated_at = now;
         }
         _ => return Ok(()),
     }
     tx.put_referral(&r)?;
     Ok(())
+}
+
+/// Why a record waits no more for an envelope the other node refused: who, and its reason.
+fn refused_by(item: &OutboxItem, reason: &str) -> String {
+    format!("refused by {}: {reason}", item.peer)
 }

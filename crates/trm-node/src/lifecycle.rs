@@ -161,7 +161,7 @@ pub fn transition(why: impl Into<String>) -> TxFail<Rejection> {
 
 /// The other node's step of a shared record (`status`, with `step`): the record must be
 /// shared with the sender, the sender's side may announce that status, and the record's
-/// state must lead to it.
+/// state must lead to it. Returns the record as it now stands.
 pub fn update_in<R: StoredRecord>(
     me: NodeId,
     tx: &mut Tx<'_>,
@@ -169,7 +169,7 @@ pub fn update_in<R: StoredRecord>(
     id: R::Id,
     status: R::Status,
     step: &R::Step,
-) -> FlowResult {
+) -> Result<R, TxFail<Rejection>> {
     let mut r = tx
         .record::<R>(id)?
         .ok_or_else(|| unknown(format!("no such {}", R::KIND.name())))?;
@@ -187,7 +187,7 @@ pub fn update_in<R: StoredRecord>(
     if r.is_final() {
         tx.close_tasks_of(id.to_uuid())?;
     }
-    Ok(())
+    Ok(r)
 }
 
 /// At the destination: erases the copy of record `id` of kind `R` received from `sender`

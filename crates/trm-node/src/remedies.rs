@@ -224,17 +224,8 @@ fn file_local(
             command.kind.as_str()
         )),
     )?;
-    claim_changed(ctx, tx, p, &record)?;
+    crate::returns::after_claim(tx, &ctx.identity, (ctx.id, &actor(p)), &record)?;
     Ok(record)
-}
-
-/// After claim `c` of a case this node holds opened or ended (by `p`): the coordination
-/// flags of the case's open return plans ([`crate::returns::refresh_flags`]).
-fn claim_changed(ctx: &Ctx, tx: &mut Tx<'_>, p: &Principal, c: &ClaimRecord) -> TxResult<()> {
-    if let Some(case) = c.case_id {
-        crate::returns::refresh_flags(tx, &ctx.identity, (ctx.id, &actor(p)), case)?;
-    }
-    Ok(())
 }
 
 /// Files claim `claim_id` in a peer's forum: what LEGAL_REMEDIES and the victim's consent
@@ -286,7 +277,7 @@ fn file_abroad(
         "filed",
         &detail,
     )?;
-    claim_changed(ctx, tx, p, &record)?;
+    crate::returns::after_claim(tx, &ctx.identity, (ctx.id, &actor(p)), &record)?;
     Ok(record)
 }
 
@@ -323,7 +314,7 @@ fn update_claim_in(
     } else {
         lifecycle::keep_and_announce(ctx, tx, p, &c, &command.step)?;
     }
-    claim_changed(ctx, tx, p, &c)?;
+    crate::returns::after_claim(tx, &ctx.identity, (ctx.id, &actor(p)), &c)?;
     Ok(c)
 }
 

@@ -141,6 +141,20 @@ pub(crate) fn after_hearing(
     }
 }
 
+/// After claim `c` opened or ended here (by `by`): the open return plans of its case, if
+/// this node holds the case, take their coordination flags again ([`refresh_flags`]).
+pub(crate) fn after_claim(
+    tx: &mut Tx<'_>,
+    signer: &trm_crypto::signing::Signer,
+    (me, by): (NodeId, &str),
+    c: &trm_core::remedies::ClaimRecord,
+) -> trm_store::Result<()> {
+    match c.case_id {
+        Some(case) => refresh_flags(tx, signer, (me, by), case),
+        None => Ok(()),
+    }
+}
+
 /// Derives again the coordination flags of every open return plan of case `case` that this
 /// node proposed (a hearing or a compensation claim of the case opened or ended since): a
 /// plan whose flags changed is kept and its destination told (`ReturnUpdate` with `flags`),
@@ -153,8 +167,9 @@ pub(crate) fn refresh_flags(
     case: CaseId,
 ) -> trm_store::Result<()> {
     // The case's own plans, found through its index (never by reading every plan).
+    let consents = tx.consents(case)?;
     let mut open = Vec::new();
-    for shared in disclosure::shared_of_case(tx, case)? {
+    for shared in disclosure::shared_under(tx, &consents)? {
         let Shared::Return(id) = shared else { continue };
         if let Some(r) = tx.record::<ReturnRecord>(id)? {
             if r.origin == me && !r.status.is_final() {
@@ -169,7 +184,6 @@ pub(crate) fn refresh_flags(
         hearing_pending(tx, case)?,
         crate::remedies::open_claims_of(tx, case)? > 0,
     );
-    let consents = tx.consents(case)?;
     for mut r in open {
         if (r.hearing_pending, r.compensation_pending) == flags {
             continue;
