@@ -64,13 +64,22 @@ fn copy_only(
     empty: &[(&str, bool)],
     d: Option<&w::DisclosedCase>,
 ) -> Result<trm_core::model::DisclosedCase, PayloadError> {
+    alone("disclosed", status, empty)?;
+    disclosed(d)
+}
+
+/// Refuses an update that carries `what` (a copy's `disclosed`, a plan's `flags`) beside a
+/// step: `status` must be unspecified and each of `empty` empty, naming the one that is not.
+fn alone(what: &str, status: i32, empty: &[(&str, bool)]) -> Result<(), PayloadError> {
     if status != 0 {
-        return Err(FieldError::new("status", "must be unspecified when disclosed is set").into());
+        let problem = format!("must be unspecified when {what} is set");
+        return Err(FieldError::new("status", problem).into());
     }
     if let Some((field, _)) = empty.iter().find(|(_, e)| !e) {
-        return Err(FieldError::new(*field, "must be empty when disclosed is set").into());
+        let problem = format!("must be empty when {what} is set");
+        return Err(FieldError::new(*field, problem).into());
     }
-    disclosed(d)
+    Ok(())
 }
 
 /// Parses a peer's payload into the domain message.
@@ -154,17 +163,15 @@ pub fn parse(payload: &Payload) -> Result<PeerMessage, PayloadError> {
 /// (with `flags`) its new coordination flags. One of the three.
 fn return_update_from_wire(u: &w::ReturnUpdate) -> Result<PeerMessage, PayloadError> {
     let return_id = ReturnId::parse("return_id", &u.return_id)?;
+    let step = [
+        ("reason", u.reason.is_empty()),
+        ("details", u.details.is_empty()),
+        ("travel_at", u.travel_at.is_none()),
+    ];
     if let Some(flags) = &u.flags {
-        let alone = u.status == 0
-            && u.reason.is_empty()
-            && u.details.is_empty()
-            && u.travel_at.is_none()
-            && u.disclosed.is_none();
-        if !alone {
-            return Err(
-                FieldError::new("flags", "must come alone, with status unspecified").into(),
-            );
-        }
+        let mut empty = step.to_vec();
+        empty.push(("disclosed", u.disclosed.is_none()));
+        alone("flags", u.status, &empty)?;
         return Ok(PeerMessage::ReturnFlags {
             return_id,
             hearing_pending: flags.hearing_pending,
@@ -174,15 +181,7 @@ fn return_update_from_wire(u: &w::ReturnUpdate) -> Result<PeerMessage, PayloadEr
     if u.disclosed.is_some() {
         return Ok(PeerMessage::CopyUpdate {
             subject: Shared::Return(return_id),
-            disclosed: copy_only(
-                u.status,
-                &[
-                    ("reason", u.reason.is_empty()),
-                    ("details", u.details.is_empty()),
-                    ("travel_at", u.travel_at.is_none()),
-                ],
-                u.disclosed.as_ref(),
-            )?,
+            disclosed: copy_only(u.status, &step, u.disclosed.as_ref())?,
         });
     }
     Ok(PeerMessage::ReturnUpdate {
