@@ -70,11 +70,6 @@ fn denied<T>(answer: Result<T, tonic::Status>, what: &str) {
     }
 }
 
-/// The audit entries of node AT with `action`.
-async fn audited(fed: &TestFederation, action: &str) -> anyhow::Result<Vec<w::AuditEntry>> {
-    fed.audited("AT", action).await
-}
-
 #[tokio::test]
 async fn a_case_lists_its_consents_withdrawn_ones_included_to_its_readers_only(
 ) -> anyhow::Result<()> {
@@ -179,7 +174,7 @@ async fn a_case_lists_its_consents_withdrawn_ones_included_to_its_readers_only(
     assert_eq!(err.code(), Code::NotFound);
 
     // Each read audited by ids: the case, and the consents it showed.
-    let reads = audited(&fed, "consent.list").await?;
+    let reads = fed.audited("AT", "consent.list").await?;
     assert_eq!(reads.len(), 4, "{reads:?}");
     assert!(reads.iter().all(|e| e.subject == case_id));
     assert_eq!(
@@ -304,7 +299,7 @@ async fn identification_decisions_are_shown_and_reasonable_grounds_start_the_ref
     }
 
     // Audited with field names and the case id only.
-    let entries = audited(&fed, "case.identification").await?;
+    let entries = fed.audited("AT", "case.identification").await?;
     assert_eq!(entries.len(), 3);
     for e in &entries {
         assert_eq!(e.subject, case_id);
@@ -434,7 +429,7 @@ async fn the_immigration_authority_records_residence_and_reads_return_plans_but_
     );
 
     // Audited with field names and the case id only; asylum pending halted the open plan.
-    let entries = audited(&fed, "case.residence").await?;
+    let entries = fed.audited("AT", "case.residence").await?;
     let details: Vec<&str> = entries.iter().map(|e| e.detail.as_str()).collect();
     assert_eq!(
         details,

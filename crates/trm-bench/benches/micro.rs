@@ -155,16 +155,15 @@ fn a_year_of_months(persons: usize) -> Vec<Vec<trm_core::stats::Published>> {
         .iter()
         .filter_map(|c| c.parse().ok())
         .collect();
-    let (bands, kinds) = (BANDS, KINDS);
     let genders = [Gender::Female, Gender::Male, Gender::Other];
     (0..12)
         .map(|_| {
             let mut counts: std::collections::BTreeMap<Cell, u64> = Default::default();
             for _ in 0..persons {
-                let band = bands[next(bands.len())];
-                let mut exploitation = vec![kinds[next(kinds.len())]];
+                let band = BANDS[next(BANDS.len())];
+                let mut exploitation = vec![KINDS[next(KINDS.len())]];
                 if next(4) == 3 {
-                    exploitation.push(kinds[next(kinds.len())]);
+                    exploitation.push(KINDS[next(KINDS.len())]);
                 }
                 let p = Profile {
                     gender: Some(genders[next(genders.len())]),

@@ -493,20 +493,7 @@ async fn arrivals(
     known: &mut std::collections::HashMap<String, time::OffsetDateTime>,
 ) -> Result<(Vec<f64>, Duration)> {
     let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let status = admin
-            .clone()
-            .status(w::StatusRequest::default())
-            .await?
-            .into_inner();
-        if status.outbox_depth == 0 {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("AT's outbox did not drain");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    mesh::drained(admin, "AT".parse()?, deadline).await?;
     mesh::incoming(ro, known).await?;
     let first = sent.iter().map(|(_, t)| *t).min().context("nothing sent")?;
     let mut last = first;

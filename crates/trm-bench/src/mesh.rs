@@ -224,21 +224,7 @@ impl Federation {
             if self.nodes[i].is_none() {
                 continue;
             }
-            loop {
-                let depth = admin
-                    .clone()
-                    .status(w::StatusRequest::default())
-                    .await?
-                    .into_inner()
-                    .outbox_depth;
-                if depth == 0 {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    bail!("{}'s outbox did not drain", self.ids[i]);
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            drained(admin, self.ids[i], deadline).await?;
         }
         let mut destinations: Vec<usize> = sent.iter().map(|s| s.destination).collect();
         destinations.sort_unstable();
@@ -248,6 +234,30 @@ impl Federation {
             incoming(&self.fp[d], &mut known).await?;
         }
         Ok(known)
+    }
+}
+
+/// Waits until node `id`'s outbox is empty (each envelope delivered and its receipt kept),
+/// polling its status (O(1), so the node is not loaded while it sends), until `deadline`.
+pub(crate) async fn drained(
+    admin: &AdminServiceClient<Channel>,
+    id: NodeId,
+    deadline: Instant,
+) -> Result<()> {
+    loop {
+        let depth = admin
+            .clone()
+            .status(w::StatusRequest::default())
+            .await?
+            .into_inner()
+            .outbox_depth;
+        if depth == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{id}'s outbox did not drain");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
