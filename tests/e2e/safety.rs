@@ -96,10 +96,14 @@ async fn an_alert_reaches_every_copy_halts_returns_to_its_country_and_is_acknowl
         referral_arrived(&fed.referrals("NG", Role::FocalPoint).await?, &referral).await?;
 
     // A provider raises no alert; a judicial authority does.
-    let mut sp_safety = fed.safety("AT", Role::ServiceProvider).await?;
+    let mut sp_safety = fed
+        .client("AT", Role::ServiceProvider, SafetyServiceClient::new)
+        .await?;
     let denied = sp_safety.raise_safety_alert(alert(&case_id, "RO")).await;
     assert_eq!(denied.unwrap_err().code(), Code::PermissionDenied);
-    let mut ja = fed.safety("AT", Role::JudicialAuthority).await?;
+    let mut ja = fed
+        .client("AT", Role::JudicialAuthority, SafetyServiceClient::new)
+        .await?;
     let raised = ja
         .raise_safety_alert(alert(&case_id, "RO"))
         .await?
@@ -109,7 +113,7 @@ async fn an_alert_reaches_every_copy_halts_returns_to_its_country_and_is_acknowl
         "a judicial authority does not see where the case was sent"
     );
     let at_fp = fed
-        .safety("AT", Role::FocalPoint)
+        .client("AT", Role::FocalPoint, SafetyServiceClient::new)
         .await?
         .get_safety_alert(w::GetSafetyAlertRequest {
             alert_id: raised.alert_id.clone(),
@@ -136,7 +140,9 @@ async fn an_alert_reaches_every_copy_halts_returns_to_its_country_and_is_acknowl
     assert_eq!(there.status_reason, "safety_alert");
 
     // Each recipient holds it under its own pairwise reference, with a task to acknowledge.
-    let ro_ja = fed.safety("RO", Role::JudicialAuthority).await?;
+    let ro_ja = fed
+        .client("RO", Role::JudicialAuthority, SafetyServiceClient::new)
+        .await?;
     let at_ro = alert_arrived(&ro_ja, &raised.alert_id).await?;
     assert_eq!(at_ro.case_ref, copy.disclosed.unwrap_or_default().case_ref);
     assert_eq!(
@@ -144,7 +150,9 @@ async fn an_alert_reaches_every_copy_halts_returns_to_its_country_and_is_acknowl
         ("AT", "RO")
     );
     assert!(at_ro.case_id.is_empty() && at_ro.recipients.is_empty());
-    let ng_fp = fed.safety("NG", Role::FocalPoint).await?;
+    let ng_fp = fed
+        .client("NG", Role::FocalPoint, SafetyServiceClient::new)
+        .await?;
     let at_ng = alert_arrived(&ng_fp, &raised.alert_id).await?;
     assert_eq!(
         at_ng.case_ref,
@@ -259,12 +267,17 @@ async fn a_return_to_the_alert_s_country_is_refused_on_the_node_that_holds_the_c
     let copy = referral_arrived(&fed.referrals("RO", Role::FocalPoint).await?, &referral).await?;
     let case_ref = copy.disclosed.unwrap_or_default().case_ref;
     let raised = fed
-        .safety("AT", Role::FocalPoint)
+        .client("AT", Role::FocalPoint, SafetyServiceClient::new)
         .await?
         .raise_safety_alert(alert(&case_id, "RO"))
         .await?
         .into_inner();
-    alert_arrived(&fed.safety("RO", Role::FocalPoint).await?, &raised.alert_id).await?;
+    alert_arrived(
+        &fed.client("RO", Role::FocalPoint, SafetyServiceClient::new)
+            .await?,
+        &raised.alert_id,
+    )
+    .await?;
 
     let request = |assessed: Option<prost_types::Timestamp>| {
         Payload::ReturnRequest(w::ReturnRequest {
@@ -410,7 +423,7 @@ async fn a_notice_carrying_more_than_safety_allows_is_rejected() -> anyhow::Resu
         receipt.reason
     );
     let listed = fed
-        .safety("RO", Role::JudicialAuthority)
+        .client("RO", Role::JudicialAuthority, SafetyServiceClient::new)
         .await?
         .list_safety_alerts(w::ListSafetyAlertsRequest {
             direction: w::Direction::Incoming as i32,

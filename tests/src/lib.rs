@@ -539,11 +539,16 @@ impl TestFederation {
         .await
     }
 
+    /// Returns a client of node `id`'s services authenticated as `role`, made by `new`, a
+    /// generated client's constructor: `fed.client("AT", role, SafetyServiceClient::new)`.
+    /// A new service needs no helper of its own.
+    pub async fn client<C>(&self, id: &str, role: Role, new: fn(Channel) -> C) -> Result<C> {
+        Ok(new(self.channel(id, role, false).await?))
+    }
+
     /// Returns a `ReferralService` client of node `id` authenticated as `role`.
     pub async fn referrals(&self, id: &str, role: Role) -> Result<ReferralServiceClient<Channel>> {
-        Ok(ReferralServiceClient::new(
-            self.channel(id, role, false).await?,
-        ))
+        self.client(id, role, ReferralServiceClient::new).await
     }
 
     /// Returns a `ReferralService` client of node `id` for a service provider of another
@@ -588,22 +593,8 @@ impl TestFederation {
         id: &str,
         role: Role,
     ) -> Result<WitnessHearingServiceClient<Channel>> {
-        Ok(WitnessHearingServiceClient::new(
-            self.channel(id, role, false).await?,
-        ))
-    }
-
-    /// Returns a `SafetyService` client of node `id` authenticated as `role`.
-    pub async fn safety(
-        &self,
-        id: &str,
-        role: Role,
-    ) -> Result<trm_proto::v1::safety_service_client::SafetyServiceClient<Channel>> {
-        Ok(
-            trm_proto::v1::safety_service_client::SafetyServiceClient::new(
-                self.channel(id, role, false).await?,
-            ),
-        )
+        self.client(id, role, WitnessHearingServiceClient::new)
+            .await
     }
 
     /// Delivers `payload` to node `to` as node `from` would, under `case_ref`: signed with
@@ -645,14 +636,12 @@ impl TestFederation {
 
     /// Returns a `RemediesService` client of node `id` authenticated as `role`.
     pub async fn remedies(&self, id: &str, role: Role) -> Result<RemediesServiceClient<Channel>> {
-        Ok(RemediesServiceClient::new(
-            self.channel(id, role, false).await?,
-        ))
+        self.client(id, role, RemediesServiceClient::new).await
     }
 
     /// Returns a `WorkService` client of node `id` authenticated as `role`.
     pub async fn work(&self, id: &str, role: Role) -> Result<WorkServiceClient<Channel>> {
-        Ok(WorkServiceClient::new(self.channel(id, role, false).await?))
+        self.client(id, role, WorkServiceClient::new).await
     }
 
     /// Returns a `ReturnPlanningService` client of node `id` authenticated as `role`.
@@ -661,9 +650,8 @@ impl TestFederation {
         id: &str,
         role: Role,
     ) -> Result<ReturnPlanningServiceClient<Channel>> {
-        Ok(ReturnPlanningServiceClient::new(
-            self.channel(id, role, false).await?,
-        ))
+        self.client(id, role, ReturnPlanningServiceClient::new)
+            .await
     }
 
     /// Returns an `AdminService` client of node `id` authenticated as `role`.
