@@ -19,12 +19,12 @@ use prost::Message;
 use trm_core::exchange::StepRequest;
 use trm_core::hearing::{HearingRecord as Hearing, HearingStatus};
 use trm_core::ids::{
-    AlertId, CaseId, ClaimId, HearingId, MessageId, ReferralId, ReturnId, StatusRequestId,
+    AlertId, CaseId, ClaimId, HearingId, MessageId, ReferralId, ReturnId,
 };
 use trm_core::model::parse_date;
 use trm_core::referral::{ReferralRecord as Referral, ReferralStatus};
 use trm_core::remedies::{
-    ClaimRecord as Claim, ClaimStatus, VictimStatusRecord as VictimStatus, VictimStatusState,
+    ClaimRecord as Claim, ClaimStatus, StatusRequestId, VictimStatusRecord as VictimStatus, VictimStatusState,
 };
 use trm_core::returns::{ReturnDecision, ReturnRecord as Return, ReturnStatus, RiskAssessment};
 use trm_core::safety::{SafetyAlertRecord, SafetyAlertStatus};

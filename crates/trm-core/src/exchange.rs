@@ -51,6 +51,19 @@ impl RecordKind {
         }
     }
 
+    /// Returns the kind's name in data-key subjects (`hearing/<id>`) and audit actions. Keys
+    /// already stored are found by it: it never changes.
+    pub fn code(self) -> &'static str {
+        match self {
+            RecordKind::Referral => "referral",
+            RecordKind::Return => "return",
+            RecordKind::Hearing => "hearing",
+            RecordKind::SafetyAlert => "safety_alert",
+            RecordKind::Claim => "claim",
+            RecordKind::VictimStatus => "victim_status",
+        }
+    }
+
     /// Returns the audit action of a local step announced to the other node.
     pub fn update_action(self) -> &'static str {
         match self {
@@ -202,9 +215,22 @@ pub struct StepRequest<R: SharedRecord> {
     pub step: R::Step,
 }
 
-/// A shared record that carries a victim's data: the origin can ask for the other node's
-/// copy to be erased, and the other node erases it.
+/// A shared record that carries a victim's data (a disclosed case): the origin keeps the
+/// copy current while the other node uses it, and can ask for it to be erased; the other
+/// node erases it. Every such kind is a [`Shared`](crate::ids::Shared), and code that works
+/// on any of them is written once, generic over this trait, and run on the kind a `Shared`
+/// names by [`on_shared!`](crate::on_shared).
 pub trait ErasableRecord: SharedRecord {
+    /// What the case was disclosed for (the disclosure table's row).
+    const PURPOSE: crate::model::Purpose;
+    /// The victim's data the record carries.
+    fn disclosed(&self) -> &crate::model::DisclosedCase;
+    fn disclosed_mut(&mut self) -> &mut crate::model::DisclosedCase;
+    /// The consents its disclosure relies on.
+    fn consent_ids_mut(&mut self) -> &mut Vec<crate::ids::ConsentId>;
+    /// Returns whether the other node still uses its copy, so that an update of the case
+    /// reaches it (the record's own rule; an erasure asked for ends it too).
+    fn copy_in_use(&self) -> bool;
     /// Where the erasure of the other node's copy stands (kept at the origin).
     fn erasure(&self) -> Erasure;
     /// At the origin: asks for the other copy's erasure (an open record is ended); with
@@ -218,12 +244,28 @@ pub trait ErasableRecord: SharedRecord {
     fn confirm_erasure(&mut self) -> Result<(), GuardError>;
 }
 
-/// Writes [`ErasableRecord`] for a record that keeps its [`Erasure`] in a field `erasure`
-/// and erases through its own `request_erasure` and `erase_copy` (what each erases is the
-/// record's own rule); a confirmation is recorded the same way for every record.
+/// Writes [`ErasableRecord`] for a record that keeps its [`Erasure`] in a field `erasure`,
+/// its disclosed case in `disclosed` and its consents in `consent_ids`, discloses for
+/// `$purpose`, and erases through its own `request_erasure` and `erase_copy` (what each
+/// erases is the record's own rule); `$in_use` says whether the other node still uses the
+/// copy. A confirmation is recorded the same way for every record.
 macro_rules! erasable_record {
-    ($record:ty) => {
+    ($record:ty, $purpose:expr, $in_use:expr) => {
         impl crate::exchange::ErasableRecord for $record {
+            const PURPOSE: crate::model::Purpose = $purpose;
+            fn disclosed(&self) -> &crate::model::DisclosedCase {
+                &self.disclosed
+            }
+            fn disclosed_mut(&mut self) -> &mut crate::model::DisclosedCase {
+                &mut self.disclosed
+            }
+            fn consent_ids_mut(&mut self) -> &mut Vec<crate::ids::ConsentId> {
+                &mut self.consent_ids
+            }
+            fn copy_in_use(&self) -> bool {
+                let in_use: fn(&$record) -> bool = $in_use;
+                in_use(self)
+            }
             fn erasure(&self) -> crate::exchange::Erasure {
                 self.erasure
             }

@@ -223,10 +223,24 @@ pub trait RecordId: Copy + Eq + fmt::Debug + fmt::Display + Send + Sync + 'stati
     }
 }
 
+/// Declares an id: a UUID (v7 when new) with its parse, display and [`RecordId`]. The ids
+/// below are the older records'; a new shared record declares its own beside it, in its own
+/// module (`crate::ids::record_id!(FooId);`), so that adding one leaves this file alone.
 macro_rules! record_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(
+            Debug,
+            Clone,
+            Copy,
+            PartialEq,
+            Eq,
+            Hash,
+            PartialOrd,
+            Ord,
+            serde::Serialize,
+            serde::Deserialize,
+        )]
         #[serde(transparent)]
         pub struct $name(uuid::Uuid);
 
@@ -257,8 +271,8 @@ macro_rules! record_id {
             }
 
             /// Parses the canonical text; `field` names the input for the error.
-            pub fn parse(field: &str, s: &str) -> Result<Self, FieldError> {
-                parse_id(field, s).map(Self)
+            pub fn parse(field: &str, s: &str) -> Result<Self, $crate::error::FieldError> {
+                $crate::ids::parse_id(field, s).map(Self)
             }
         }
 
@@ -268,7 +282,7 @@ macro_rules! record_id {
             }
         }
 
-        impl RecordId for $name {
+        impl $crate::ids::RecordId for $name {
             fn of_uuid(u: uuid::Uuid) -> Self {
                 Self(u)
             }
@@ -277,13 +291,14 @@ macro_rules! record_id {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 self.0.fmt(f)
             }
         }
     };
 }
+pub(crate) use record_id;
 
 record_id!(
     /// A victim's case, held by the node that collected it.
@@ -325,10 +340,6 @@ record_id!(
     /// A compensation claim; the same on both nodes.
     ClaimId
 );
-record_id!(
-    /// A request for an attestation of victim status; the same on both nodes.
-    StatusRequestId
-);
 
 /// A record another node holds a copy of: what a consent's withdrawal erases there, and
 /// what a hearing's witness reference resolves to.
@@ -337,6 +348,65 @@ pub enum Shared {
     Referral(ReferralId),
     Return(ReturnId),
     Claim(ClaimId),
+}
+
+impl Shared {
+    /// Returns the record's kind and id.
+    pub fn record(self) -> (crate::exchange::RecordKind, uuid::Uuid) {
+        use crate::exchange::RecordKind as K;
+        match self {
+            Shared::Referral(id) => (K::Referral, id.0),
+            Shared::Return(id) => (K::Return, id.0),
+            Shared::Claim(id) => (K::Claim, id.0),
+        }
+    }
+
+    /// Returns every record `u` could name, one per kind that is ever shared (an id a peer
+    /// sends without saying its kind).
+    pub fn every(u: uuid::Uuid) -> impl Iterator<Item = Shared> {
+        crate::exchange::RecordKind::ALL
+            .into_iter()
+            .filter_map(move |kind| Shared::of(kind, u))
+    }
+
+    /// Returns the record of `kind` with id `u`, if a copy of that kind is ever shared.
+    pub fn of(kind: crate::exchange::RecordKind, u: uuid::Uuid) -> Option<Self> {
+        use crate::exchange::RecordKind as K;
+        Some(match kind {
+            K::Referral => Shared::Referral(ReferralId(u)),
+            K::Return => Shared::Return(ReturnId(u)),
+            K::Claim => Shared::Claim(ClaimId(u)),
+            K::Hearing | K::SafetyAlert | K::VictimStatus => return None,
+        })
+    }
+}
+
+/// Runs `$body` with `$R` the record type of the copy that `$shared` (a [`Shared`]) names
+/// and `$id` its id: one body, generic over
+/// [`ErasableRecord`](crate::exchange::ErasableRecord), for every kind of record a copy of
+/// which another node holds. This is the one place that lists those kinds by type.
+///
+/// ```text
+/// trm_core::on_shared!(shared, R, id => erase::<R>(tx, id))
+/// ```
+#[macro_export]
+macro_rules! on_shared {
+    ($shared:expr, $R:ident, $id:ident => $body:expr) => {
+        match $shared {
+            $crate::ids::Shared::Referral($id) => {
+                type $R = $crate::referral::ReferralRecord;
+                $body
+            }
+            $crate::ids::Shared::Return($id) => {
+                type $R = $crate::returns::ReturnRecord;
+                $body
+            }
+            $crate::ids::Shared::Claim($id) => {
+                type $R = $crate::remedies::ClaimRecord;
+                $body
+            }
+        }
+    };
 }
 
 /// The local record a witness is known by: a case of this node, or a referral or return

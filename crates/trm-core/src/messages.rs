@@ -6,9 +6,10 @@ use time::OffsetDateTime;
 
 use crate::{
     hearing::{HearingStatus, HearingStep, HearingTerms},
-    ids::{AlertId, ClaimId, HearingId, ReferralId, ReturnId, StatusRequestId},
+    ids::{AlertId, ClaimId, HearingId, ReferralId, ReturnId},
     model::{DisclosedCase, NeedKind},
     referral::ReferralStatus,
+    remedies::StatusRequestId,
     remedies::{ClaimKind, ClaimStatus, SignedAttestation, VictimStatusState},
     returns::{ReturnStatus, StepDetails},
     safety::{AlertTerms, SafetyAlertStatus},
@@ -78,6 +79,34 @@ pub enum Topic {
     NodeKeys,
     Claim(ClaimId),
     VictimStatus(StatusRequestId),
+}
+
+impl Topic {
+    /// Returns the shared record the envelope is about, by kind and id (none for an
+    /// erasure's confirmation or the node's keys).
+    pub fn record(&self) -> Option<(crate::exchange::RecordKind, uuid::Uuid)> {
+        use crate::{exchange::RecordKind as K, ids::RecordId};
+        Some(match self {
+            Topic::Referral(id) => (K::Referral, id.to_uuid()),
+            Topic::Return(id) => (K::Return, id.to_uuid()),
+            Topic::Hearing(id) => (K::Hearing, id.to_uuid()),
+            Topic::SafetyAlert(id) => (K::SafetyAlert, id.to_uuid()),
+            Topic::Claim(id) => (K::Claim, id.to_uuid()),
+            Topic::VictimStatus(id) => (K::VictimStatus, id.to_uuid()),
+            Topic::Erasure(_) | Topic::NodeKeys => return None,
+        })
+    }
+}
+
+impl From<crate::ids::Shared> for Topic {
+    fn from(shared: crate::ids::Shared) -> Self {
+        use crate::ids::Shared;
+        match shared {
+            Shared::Referral(id) => Topic::Referral(id),
+            Shared::Return(id) => Topic::Return(id),
+            Shared::Claim(id) => Topic::Claim(id),
+        }
+    }
 }
 
 impl std::fmt::Display for Topic {

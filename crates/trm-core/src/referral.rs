@@ -285,7 +285,12 @@ impl crate::exchange::SharedRecord for ReferralRecord {
     }
 }
 
-crate::exchange::erasable_record!(ReferralRecord);
+// A referral's copy is used until the referral ends.
+crate::exchange::erasable_record!(
+    ReferralRecord,
+    crate::model::Purpose::ReferralAssistance,
+    |r| !r.status.is_final()
+);
 
 #[cfg(test)]
 mod tests {

@@ -19,9 +19,14 @@ use time::OffsetDateTime;
 use crate::{
     error::{Guard, GuardError},
     exchange::{Erasure, Side},
-    ids::{CaseId, ClaimId, ConsentId, NodeId, OrgId, StatusRequestId, WitnessRecord},
+    ids::{CaseId, ClaimId, ConsentId, NodeId, OrgId, WitnessRecord},
     model::DisclosedCase,
 };
+
+crate::ids::record_id!(
+    /// A request for an attestation of victim status; the same on both nodes.
+    StatusRequestId
+);
 
 /// The ASCII tag an attestation's signature is made over (then one zero byte, then the
 /// serialized attestation).
@@ -294,7 +299,11 @@ impl crate::exchange::SharedRecord for ClaimRecord {
 
 // The forum's copy carries the victim's data: withdrawing the consent it relied on, or
 // erasing the case, erases it.
-crate::exchange::erasable_record!(ClaimRecord);
+// A claim's forum needs the victim's data while it decides and pays; a claim heard here
+// sent no copy.
+crate::exchange::erasable_record!(ClaimRecord, crate::model::Purpose::LegalRemedies, |c| !c
+    .is_local()
+    && c.is_open());
 
 /// Where a victim-status request stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -570,7 +570,11 @@ impl crate::exchange::SharedRecord for ReturnRecord {
     }
 }
 
-crate::exchange::erasable_record!(ReturnRecord);
+// A plan's copy is used until the person departs (a plan halted for an asylum claim, or
+// under way, gets nothing more).
+crate::exchange::erasable_record!(ReturnRecord, crate::model::Purpose::ReturnPlanning, |r| r
+    .status
+    .before_departure());
 
 #[cfg(test)]
 mod tests {

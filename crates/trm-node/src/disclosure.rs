@@ -6,15 +6,12 @@
 use trm_core::{
     access::Action,
     consent,
+    exchange::{ErasableRecord, SharedRecord},
     ids::{CaseId, ConsentId, NodeId, Principal, Shared},
     messages::PeerMessage,
     messages::Topic,
     model::{CaseRecord, DisclosedCase, Purpose},
-    policy,
-    referral::ReferralRecord,
-    remedies::ClaimRecord,
-    returns::ReturnRecord,
-    FieldError,
+    policy, FieldError,
 };
 use trm_federation::outbox;
 use trm_store::{audit::AuditRecord, Tx};
@@ -86,7 +83,7 @@ pub fn refresh_copies(
             tx.record_disclosure(*c, shared)?;
         }
         keep_copy(tx, shared, &now, &grant.consent_ids)?;
-        let topic = topic_of(shared);
+        let topic = Topic::from(shared);
         let message = PeerMessage::CopyUpdate {
             subject: shared,
             disclosed: now.clone(),
@@ -119,27 +116,15 @@ pub fn refresh_copies(
 }
 
 /// The purpose, recipient and held data of the copy `shared` this node sent, while it is
-/// still in use: an ended referral, a plan ended or under way (a return halted for an
-/// asylum claim) gets nothing more; a claim's forum needs the victim's data while it
-/// decides and pays.
+/// still in use ([`ErasableRecord::copy_in_use`]) and its erasure was not asked for.
 fn copy_in_use(
     tx: &mut Tx<'_>,
     shared: Shared,
 ) -> TxResult<Option<(Purpose, NodeId, DisclosedCase)>> {
-    Ok(match shared {
-        Shared::Referral(id) => tx
-            .record::<ReferralRecord>(id)?
-            .filter(|r| !r.erasure.requested() && !r.status.is_final())
-            .map(|r| (Purpose::ReferralAssistance, r.destination, r.disclosed)),
-        Shared::Return(id) => tx
-            .record::<ReturnRecord>(id)?
-            .filter(|r| !r.erasure.requested() && r.status.before_departure())
-            .map(|r| (Purpose::ReturnPlanning, r.destination, r.disclosed)),
-        Shared::Claim(id) => tx
-            .record::<ClaimRecord>(id)?
-            .filter(|c| !c.erasure.requested() && !c.is_local() && c.is_open())
-            .map(|c| (Purpose::LegalRemedies, c.forum_country, c.disclosed)),
-    })
+    trm_core::on_shared!(shared, R, id => Ok(tx
+        .record::<R>(id)?
+        .filter(|r| !r.erasure().requested() && r.copy_in_use())
+        .map(|r| (R::PURPOSE, r.destination(), r.disclosed().clone()))))
 }
 
 /// Keeps, in this node's record of a copy it sent, what the copy now holds and the
@@ -150,46 +135,19 @@ fn keep_copy(
     now: &DisclosedCase,
     consents: &[ConsentId],
 ) -> TxResult<()> {
-    let merge = |held: &mut Vec<ConsentId>| {
-        for c in consents {
-            if !held.contains(c) {
-                held.push(*c);
+    trm_core::on_shared!(shared, R, id => {
+        if let Some(mut r) = tx.record::<R>(id)? {
+            *r.disclosed_mut() = now.clone();
+            let held = r.consent_ids_mut();
+            for c in consents {
+                if !held.contains(c) {
+                    held.push(*c);
+                }
             }
+            tx.put_record(&r)?;
         }
-    };
-    match shared {
-        Shared::Referral(id) => {
-            if let Some(mut r) = tx.record::<ReferralRecord>(id)? {
-                r.disclosed = now.clone();
-                merge(&mut r.consent_ids);
-                tx.put_record(&r)?;
-            }
-        }
-        Shared::Return(id) => {
-            if let Some(mut r) = tx.record::<ReturnRecord>(id)? {
-                r.disclosed = now.clone();
-                merge(&mut r.consent_ids);
-                tx.put_record(&r)?;
-            }
-        }
-        Shared::Claim(id) => {
-            if let Some(mut c) = tx.record::<ClaimRecord>(id)? {
-                c.disclosed = now.clone();
-                merge(&mut c.consent_ids);
-                tx.put_record(&c)?;
-            }
-        }
-    }
+    });
     Ok(())
-}
-
-/// Returns what the envelopes about disclosure `shared` are about.
-fn topic_of(shared: Shared) -> Topic {
-    match shared {
-        Shared::Referral(id) => Topic::Referral(id),
-        Shared::Return(id) => Topic::Return(id),
-        Shared::Claim(id) => Topic::Claim(id),
-    }
 }
 
 /// Loads a case inside a transaction; NOT_FOUND when absent.
@@ -302,7 +260,7 @@ impl Disclosure {
         for c in &self.consent_ids {
             tx.record_disclosure(*c, shared)?;
         }
-        let topic = topic_of(shared);
+        let topic = Topic::from(shared);
         let subject = topic.to_string();
         let message_id = outbox::enqueue(
             tx,

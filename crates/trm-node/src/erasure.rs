@@ -7,9 +7,6 @@ use trm_core::{
     exchange::ErasableRecord,
     ids::{RecordId, Shared},
     messages::PeerMessage,
-    referral::ReferralRecord,
-    remedies::ClaimRecord,
-    returns::ReturnRecord,
 };
 use trm_federation::outbox;
 use trm_store::{repo::flows::StoredRecord, Subject, Tx};
@@ -27,11 +24,7 @@ pub(crate) const REASON: &str = "consent withdrawn";
 /// With `erase_local` (the whole case is erased), this node's own record of what it sent
 /// keeps nothing but the pairwise reference as well.
 pub fn request(ctx: &Ctx, tx: &mut Tx<'_>, shared: Shared, erase_local: bool) -> TxResult<bool> {
-    match shared {
-        Shared::Referral(id) => request_for::<ReferralRecord>(ctx, tx, id, erase_local),
-        Shared::Return(id) => request_for::<ReturnRecord>(ctx, tx, id, erase_local),
-        Shared::Claim(id) => request_for::<ClaimRecord>(ctx, tx, id, erase_local),
-    }
+    trm_core::on_shared!(shared, R, id => request_for::<R>(ctx, tx, id, erase_local))
 }
 
 fn request_for<R: StoredRecord + ErasableRecord>(

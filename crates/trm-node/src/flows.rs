@@ -5,21 +5,19 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 use trm_core::{
-    exchange::SharedRecord,
+    exchange::{ErasableRecord, SharedRecord},
     hearing::{
         check_child_measures, HearingEvent, HearingParties, HearingRecord, HearingStatus,
         HearingStep, HearingTerms,
     },
-    ids::{
-        ClaimId, HearingId, NodeId, ReferralId, ReturnId, Shared, StatusRequestId, WitnessRecord,
-    },
+    ids::{ClaimId, HearingId, NodeId, ReferralId, ReturnId, Shared, WitnessRecord},
     messages::{EnvelopeKind, PeerMessage, Topic},
     model::{DisclosedCase, NeedKind, Purpose, Urgency},
     policy,
     referral::{ReferralEvent, ReferralRecord, ReferralStep},
     remedies::{
-        ClaimKind, ClaimRecord, ClaimStep, SignedAttestation, StatusStep, VictimStatusRecord,
-        ATTESTATION_TAG,
+        ClaimKind, ClaimRecord, ClaimStep, SignedAttestation, StatusRequestId, StatusStep,
+        VictimStatusRecord, ATTESTATION_TAG,
     },
     returns::{ReturnEvent, ReturnRecord, StepDetails},
     safety::{AlertTerms, SafetyAlertRecord, SafetyAlertStatus},
@@ -566,31 +564,20 @@ impl Flows {
         subject: Shared,
         disclosed: &DisclosedCase,
     ) -> FlowResult {
-        match subject {
-            Shared::Referral(id) => {
-                check_disclosure(inbound, disclosed, Purpose::ReferralAssistance)?;
-                refresh_copy::<ReferralRecord>(tx, inbound, id, disclosed, |r| &mut r.disclosed)
-            }
-            Shared::Return(id) => {
-                check_disclosure(inbound, disclosed, Purpose::ReturnPlanning)?;
-                refresh_copy::<ReturnRecord>(tx, inbound, id, disclosed, |r| &mut r.disclosed)
-            }
-            Shared::Claim(id) => {
-                check_disclosure(inbound, disclosed, Purpose::LegalRemedies)?;
-                refresh_copy::<ClaimRecord>(tx, inbound, id, disclosed, |c| &mut c.disclosed)
-            }
-        }
+        trm_core::on_shared!(subject, R, id => {
+            check_disclosure(inbound, disclosed, R::PURPOSE)?;
+            refresh_copy::<R>(tx, inbound, id, disclosed)
+        })
     }
 }
 
-/// Replaces the disclosed case (`copy` of the record) of record `id`, received from the
-/// sender of `inbound`, with `disclosed`.
-fn refresh_copy<R: StoredRecord>(
+/// Replaces the disclosed case of record `id`, received from the sender of `inbound`, with
+/// `disclosed`.
+fn refresh_copy<R: StoredRecord + ErasableRecord>(
     tx: &mut Tx<'_>,
     inbound: &Inbound,
     id: R::Id,
     disclosed: &DisclosedCase,
-    copy: impl Fn(&mut R) -> &mut DisclosedCase,
 ) -> FlowResult {
     let mut r = tx
         .record::<R>(id)?
@@ -604,7 +591,7 @@ fn refresh_copy<R: StoredRecord>(
     if r.is_final() {
         return Err(transition(format!("the {} has ended", R::KIND.name())));
     }
-    let held = copy(&mut r);
+    let held = r.disclosed_mut();
     if held.is_tombstone() {
         return Err(transition("the copy was erased"));
     }

@@ -10,10 +10,7 @@ use tonic::Request;
 use trm_core::{
     access::{self, Action},
     exchange::{ErasableRecord, StepRequest},
-    ids::{CaseId, NodeId, OrgId, Principal, RecordId},
-    referral::ReferralRecord,
-    remedies::ClaimRecord,
-    returns::ReturnRecord,
+    ids::{CaseId, NodeId, OrgId, Principal, RecordId, Shared},
     FieldError,
 };
 use trm_federation::{Inbound, Rejection};
@@ -251,13 +248,14 @@ pub fn erase_any_copy(
     now: OffsetDateTime,
 ) -> Result<bool, TxFail<Rejection>> {
     // The records whose copies carry a victim's data (a hearing names none).
-    Ok(
-        erase_copy_in::<ReferralRecord>(me, tx, sender, id, reason, now)?
-            || erase_copy_in::<ReturnRecord>(me, tx, sender, id, reason, now)?
-            || erase_copy_in::<ClaimRecord>(me, tx, sender, id, reason, now)?
-            // An attestation travels the other way: the issuer asks the requester.
-            || crate::remedies::erase_attestation_in(me, tx, sender, id)?,
-    )
+    for shared in Shared::every(id) {
+        if trm_core::on_shared!(shared, R, _id => erase_copy_in::<R>(me, tx, sender, id, reason, now)?)
+        {
+            return Ok(true);
+        }
+    }
+    // An attestation travels the other way: the issuer asks the requester.
+    crate::remedies::erase_attestation_in(me, tx, sender, id)
 }
 
 /// Confirms the erasure of whichever erasable record `id` names (see
@@ -268,8 +266,10 @@ pub fn confirm_any_erasure(
     sender: NodeId,
     id: uuid::Uuid,
 ) -> Result<bool, TxFail<Rejection>> {
-    Ok(confirm_erasure_in::<ReferralRecord>(me, tx, sender, id)?
-        || confirm_erasure_in::<ReturnRecord>(me, tx, sender, id)?
-        || confirm_erasure_in::<ClaimRecord>(me, tx, sender, id)?
-        || crate::remedies::confirm_attestation_erased_in(me, tx, sender, id)?)
+    for shared in Shared::every(id) {
+        if trm_core::on_shared!(shared, R, _id => confirm_erasure_in::<R>(me, tx, sender, id)?) {
+            return Ok(true);
+        }
+    }
+    crate::remedies::confirm_attestation_erased_in(me, tx, sender, id)
 }

@@ -21,14 +21,12 @@ use trm_core::{
     access::{self, Action},
     consent,
     exchange::{Erasure, RecordKind, SharedRecord, StepRequest},
-    ids::{
-        ClaimId, NodeId, OrgId, Principal, ReferralId, ReturnId, StatusRequestId, WitnessRecord,
-    },
+    ids::{ClaimId, NodeId, OrgId, Principal, ReferralId, ReturnId, WitnessRecord},
     messages::PeerMessage,
     model::Purpose,
     referral::ReferralRecord,
     remedies::{
-        decided_month, AttestDecision, ClaimRecord, SignedAttestation, StatusStep,
+        decided_month, AttestDecision, ClaimRecord, SignedAttestation, StatusRequestId, StatusStep,
         VictimStatusRecord, ATTESTATION_TAG,
     },
     returns::ReturnRecord,

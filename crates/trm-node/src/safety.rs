@@ -12,11 +12,9 @@ use tonic::Request;
 use tracing::{info, instrument};
 use trm_core::{
     access::Action,
-    exchange::SharedRecord,
-    ids::{AlertId, CaseId, NodeId, Shared},
+    exchange::{ErasableRecord, SharedRecord},
+    ids::{AlertId, CaseId, NodeId},
     model::ChildInfo,
-    referral::ReferralRecord,
-    returns::ReturnRecord,
     safety::{
         check_alerts, AlertRecipient, SafetyAlertEvent, SafetyAlertRecord, SafetyAlertStatus,
     },
@@ -87,21 +85,10 @@ crate::grpc_service!(Safety => SafetyService {
 fn holders_of(tx: &mut Tx<'_>, case: CaseId) -> TxResult<Vec<AlertRecipient>> {
     let mut by_node: BTreeMap<NodeId, AlertRecipient> = BTreeMap::new();
     for shared in disclosure::shared_of_case(tx, case)? {
-        let held = match shared {
-            Shared::Referral(id) => tx
-                .record::<ReferralRecord>(id)?
-                .filter(|r| !r.erasure.requested())
-                .map(|r| (r.destination, r.disclosed)),
-            Shared::Return(id) => tx
-                .record::<ReturnRecord>(id)?
-                .filter(|r| !r.erasure.requested())
-                .map(|r| (r.destination, r.disclosed)),
-            // A claim's forum holds a copy of the case too.
-            Shared::Claim(id) => tx
-                .record::<trm_core::remedies::ClaimRecord>(id)?
-                .filter(|c| !c.erasure.requested())
-                .map(|c| (c.forum_country, c.disclosed)),
-        };
+        let held = trm_core::on_shared!(shared, R, id => tx
+            .record::<R>(id)?
+            .filter(|r| !r.erasure().requested())
+            .map(|r| (r.destination(), r.disclosed().clone())));
         let Some((node, disclosed)) = held else {
             continue;
         };

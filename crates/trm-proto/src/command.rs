@@ -328,7 +328,7 @@ get! {
     GetHearingRequest.hearing_id => HearingId;
     GetSafetyAlertRequest.alert_id => trm_core::ids::AlertId;
     GetClaimRequest.claim_id => trm_core::ids::ClaimId;
-    GetVictimStatusRequest.status_request_id => trm_core::ids::StatusRequestId;
+    GetVictimStatusRequest.status_request_id => trm_core::remedies::StatusRequestId;
 }
 
 /// A page of a list of ids `I`: how many, and after which id.
@@ -427,7 +427,7 @@ list! {
     ListHearingsRequest => HearingId, trm_core::hearing::HearingStatus, c::hearing_status_from_wire;
     ListSafetyAlertsRequest => trm_core::ids::AlertId, trm_core::safety::SafetyAlertStatus, c::WireEnum::from_wire;
     ListClaimsRequest => trm_core::ids::ClaimId, trm_core::remedies::ClaimStatus, c::claim_status_from_wire;
-    ListVictimStatusRequestsRequest => trm_core::ids::StatusRequestId, trm_core::remedies::VictimStatusState, c::victim_status_state_from_wire;
+    ListVictimStatusRequestsRequest => trm_core::remedies::StatusRequestId, trm_core::remedies::VictimStatusState, c::victim_status_state_from_wire;
 }
 
 // Requests that create or change something on a case.

@@ -6,8 +6,9 @@
 
 use trm_core::{
     hearing::{HearingStatus, HearingStep},
-    ids::{AlertId, ClaimId, HearingId, ReferralId, ReturnId, Shared, StatusRequestId},
+    ids::{AlertId, ClaimId, HearingId, ReferralId, ReturnId, Shared},
     messages::{EnvelopeKind, PeerMessage},
+    remedies::StatusRequestId,
     returns::{ReturnStatus, StepDetails},
     FieldError,
 };

@@ -2,7 +2,7 @@
 //! id chosen by a peer for one kind of record can never name the key of a record of
 //! another kind.
 
-use trm_core::ids::{CaseId, HearingId, ReferralId, ReturnId};
+use trm_core::ids::CaseId;
 
 /// A data-key subject: a kind of record and its id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -22,46 +22,10 @@ impl Subject {
         Self::named("case", id.as_bytes())
     }
 
-    /// A referral (at either node).
-    pub fn referral(id: ReferralId) -> Self {
-        Self::named("referral", id.as_bytes())
-    }
-
-    /// A return plan (at either node).
-    pub fn return_plan(id: ReturnId) -> Self {
-        Self::named("return", id.as_bytes())
-    }
-
-    /// A hearing (at either node).
-    pub fn hearing(id: HearingId) -> Self {
-        Self::named("hearing", id.as_bytes())
-    }
-
-    /// A claim (at either node).
-    pub fn claim(id: trm_core::ids::ClaimId) -> Self {
-        Self::named("claim", id.as_bytes())
-    }
-
-    /// A victim-status request (at either node).
-    pub fn victim_status(id: trm_core::ids::StatusRequestId) -> Self {
-        Self::named("victim_status", id.as_bytes())
-    }
-
-    /// The subject of a shared record of `kind` (the same names as the kind's own
-    /// constructor above).
+    /// The subject of a shared record of `kind` (`hearing/<id>`, by the kind's
+    /// [`code`](trm_core::exchange::RecordKind::code)).
     pub fn of_record(kind: trm_core::exchange::RecordKind, id: &[u8; 16]) -> Self {
-        use trm_core::exchange::RecordKind as K;
-        Self::named(
-            match kind {
-                K::Referral => "referral",
-                K::Return => "return",
-                K::Hearing => "hearing",
-                K::SafetyAlert => "safety_alert",
-                K::Claim => "claim",
-                K::VictimStatus => "victim_status",
-            },
-            id,
-        )
+        Self::named(kind.code(), id)
     }
 
     /// Returns the subject's bytes.
@@ -72,5 +36,59 @@ impl Subject {
     /// Returns the subject of bytes written by [`Subject::as_bytes`].
     pub fn from_bytes(bytes: Vec<u8>) -> Self {
         Self(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use trm_core::{
+        exchange::RecordKind,
+        ids::{ClaimId, HearingId},
+        messages::Topic,
+    };
+
+    use super::Subject;
+    use crate::repo::outbox::subject_of;
+
+    /// Data keys already stored were sealed under these names: a record whose subject
+    /// changed name could no longer be opened.
+    #[test]
+    fn shared_records_keep_the_subject_names_their_keys_were_stored_under() {
+        let id = [7u8; 16];
+        for (kind, name) in [
+            (RecordKind::Referral, "referral"),
+            (RecordKind::Return, "return"),
+            (RecordKind::Hearing, "hearing"),
+            (RecordKind::SafetyAlert, "safety_alert"),
+            (RecordKind::Claim, "claim"),
+            (RecordKind::VictimStatus, "victim_status"),
+        ] {
+            let expected = [name.as_bytes(), b"/", &id].concat();
+            assert_eq!(
+                Subject::of_record(kind, &id).as_bytes(),
+                expected,
+                "{kind:?}"
+            );
+        }
+    }
+
+    /// An envelope about a record is sealed under that record's key, so that erasing the
+    /// record destroys the queued copy too.
+    #[test]
+    fn an_envelope_is_sealed_under_the_key_of_the_record_it_is_about() {
+        let u = uuid::Uuid::from_bytes([9; 16]);
+        assert_eq!(
+            subject_of(&Topic::Hearing(HearingId::from_uuid(u))),
+            Subject::of_record(RecordKind::Hearing, u.as_bytes())
+        );
+        assert_eq!(
+            subject_of(&Topic::Claim(ClaimId::from_uuid(u))),
+            Subject::of_record(RecordKind::Claim, u.as_bytes())
+        );
+        assert_eq!(
+            subject_of(&Topic::Erasure(u)).as_bytes(),
+            [b"erasure/".as_slice(), u.as_bytes()].concat()
+        );
+        assert_eq!(subject_of(&Topic::NodeKeys).as_bytes(), b"node/keys");
     }
 }

@@ -19,7 +19,8 @@ pub mod tasks;
 
 /// The key layout: one ordered key space, each record kind under a prefix of its own.
 pub(crate) mod layout {
-    use trm_core::ids::{CaseId, ConsentId, NodeId, OrgId, ReferralId, ReturnId, Shared};
+    use trm_core::exchange::RecordKind;
+    use trm_core::ids::{CaseId, ConsentId, NodeId, OrgId, Shared};
 
     use crate::subject::Subject;
 
@@ -157,27 +158,20 @@ pub(crate) mod layout {
         key("cn/", &[case.as_bytes()])
     }
 
+    /// A shared record in keys: its kind's tag, then its id.
     fn shared_bytes(s: Shared) -> [u8; 17] {
-        let (tag, id) = match s {
-            Shared::Referral(r) => (b'r', *r.as_bytes()),
-            Shared::Return(r) => (b't', *r.as_bytes()),
-            Shared::Claim(c) => (b'l', *c.as_bytes()),
-        };
+        let (kind, id) = s.record();
         let mut b = [0u8; 17];
-        b[0] = tag;
-        b[1..].copy_from_slice(&id);
+        b[0] = kind.tag();
+        b[1..].copy_from_slice(id.as_bytes());
         b
     }
 
     pub fn shared_from(b: &[u8]) -> Option<Shared> {
         let (tag, id) = b.split_first()?;
         let id: [u8; 16] = id.try_into().ok()?;
-        match tag {
-            b'r' => Some(Shared::Referral(ReferralId::from_bytes(id))),
-            b't' => Some(Shared::Return(ReturnId::from_bytes(id))),
-            b'l' => Some(Shared::Claim(trm_core::ids::ClaimId::from_bytes(id))),
-            _ => None,
-        }
+        let kind = RecordKind::ALL.into_iter().find(|k| k.tag() == *tag)?;
+        Shared::of(kind, uuid::Uuid::from_bytes(id))
     }
 
     /// A record disclosed under a consent.
@@ -356,6 +350,32 @@ pub(crate) mod layout {
     /// Where a referral, return plan or hearing is counted now (`kind`, record id).
     pub fn counted(kind: u8, id: &[u8; 16]) -> Vec<u8> {
         key("sx/", &[&[kind], id])
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use trm_core::ids::{ClaimId, HearingId, ReferralId, ReturnId, Shared};
+
+        use super::{shared_bytes, shared_from};
+
+        /// Disclosures already stored name their record by these bytes: the kind's tag (as
+        /// every other key of the kind), then its id.
+        #[test]
+        fn a_disclosed_record_keeps_the_key_bytes_it_was_stored_under() {
+            let id = [5u8; 16];
+            for (shared, tag) in [
+                (Shared::Referral(ReferralId::from_bytes(id)), b'r'),
+                (Shared::Return(ReturnId::from_bytes(id)), b't'),
+                (Shared::Claim(ClaimId::from_bytes(id)), b'l'),
+            ] {
+                let bytes = shared_bytes(shared);
+                assert_eq!((bytes[0], &bytes[1..]), (tag, id.as_slice()), "{shared:?}");
+                assert_eq!(shared_from(&bytes), Some(shared));
+            }
+            let hearing = [&[b'h'][..], HearingId::from_bytes(id).as_bytes()].concat();
+            assert_eq!(shared_from(&hearing), None, "a hearing is never disclosed");
+            assert_eq!(shared_from(&[b'r'; 5]), None, "too short");
+        }
     }
 }
 

@@ -64,17 +64,11 @@ pub struct InboxEntry {
 
 /// Returns the data-key subject that seals envelopes about `topic`.
 pub fn subject_of(topic: &Topic) -> Subject {
-    match topic {
-        Topic::Referral(id) => Subject::referral(*id),
-        Topic::Return(id) => Subject::return_plan(*id),
-        Topic::Hearing(id) => Subject::hearing(*id),
-        Topic::SafetyAlert(id) => {
-            Subject::of_record(trm_core::exchange::RecordKind::SafetyAlert, id.as_bytes())
-        }
-        Topic::Erasure(id) => Subject::named("erasure", id.as_bytes()),
-        Topic::NodeKeys => Subject::named("node", b"keys"),
-        Topic::Claim(id) => Subject::claim(*id),
-        Topic::VictimStatus(id) => Subject::victim_status(*id),
+    match (topic.record(), topic) {
+        (Some((kind, id)), _) => Subject::of_record(kind, id.as_bytes()),
+        (None, Topic::Erasure(id)) => Subject::named("erasure", id.as_bytes()),
+        // The node's own signing keys.
+        (None, _) => Subject::named("node", b"keys"),
     }
 }
 
