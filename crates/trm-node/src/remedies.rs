@@ -108,7 +108,8 @@ pub(crate) fn erase_attestation_in(
     sender: trm_core::ids::NodeId,
     id: uuid::Uuid,
 ) -> Result<bool, trm_store::TxFail<trm_federation::Rejection>> {
-    let Some(mut v) = request_between(tx, id, (me, sender), "request not answered by the sender")?
+    let why = "request not answered by the sender";
+    let Some(mut v) = lifecycle::record_between::<VictimStatusRecord>(tx, id, (me, sender), why)?
     else {
         return Ok(false);
     };
@@ -123,23 +124,6 @@ pub(crate) fn erase_attestation_in(
     Ok(true)
 }
 
-/// The victim-status request `id` this node holds, made by `requester` of `issuer`: none
-/// when it holds no such request, refused (`why`) when its parties are others.
-fn request_between(
-    tx: &mut Tx<'_>,
-    id: uuid::Uuid,
-    (requester, issuer): (trm_core::ids::NodeId, trm_core::ids::NodeId),
-    why: &str,
-) -> Result<Option<VictimStatusRecord>, trm_store::TxFail<trm_federation::Rejection>> {
-    let Some(v) = tx.record::<VictimStatusRecord>(StatusRequestId::from_uuid(id))? else {
-        return Ok(None);
-    };
-    if v.requesting_country != requester || v.issuing_country != issuer {
-        return Err(lifecycle::unknown(why));
-    }
-    Ok(Some(v))
-}
-
 /// At the issuer: the requester (`sender`) confirmed it erased the attestation of request
 /// `id`. Returns whether this node holds such a request.
 pub(crate) fn confirm_attestation_erased_in(
@@ -148,7 +132,8 @@ pub(crate) fn confirm_attestation_erased_in(
     sender: trm_core::ids::NodeId,
     id: uuid::Uuid,
 ) -> Result<bool, trm_store::TxFail<trm_federation::Rejection>> {
-    let Some(mut v) = request_between(tx, id, (sender, me), "request not sent by the sender")?
+    let why = "request not sent by the sender";
+    let Some(mut v) = lifecycle::record_between::<VictimStatusRecord>(tx, id, (sender, me), why)?
     else {
         return Ok(false);
     };
