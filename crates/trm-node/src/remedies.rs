@@ -20,12 +20,13 @@ use tracing::{info, instrument};
 use trm_core::{
     access::{self, Action},
     consent,
-    exchange::{Erasure, RecordKind, SharedRecord, StepRequest},
+    exchange::{RecordKind, SharedRecord, StepRequest},
     ids::{
-        ClaimId, NodeId, OrgId, Principal, ReferralId, ReturnId, StatusRequestId, WitnessRecord,
+        ClaimId, ConsentId, NodeId, OrgId, Principal, ReferralId, ReturnId, StatusRequestId,
+        WitnessRecord,
     },
     messages::PeerMessage,
-    model::Purpose,
+    model::{DisclosedCase, Purpose},
     referral::ReferralRecord,
     remedies::{
         decided_month, AttestDecision, ClaimRecord, SignedAttestation, StatusStep,
@@ -177,6 +178,34 @@ pub(crate) fn open_claims_of(
         .len())
 }
 
+/// Keeps the filing node's record of claim `claim_id` (heard in `command.forum_country`)
+/// on the case of `organisation`: `disclosed` is what crosses, under `consent_ids`
+/// (nothing, under none, for a claim heard here).
+fn keep_filed(
+    ctx: &Ctx,
+    tx: &mut Tx<'_>,
+    claim_id: ClaimId,
+    command: &FileClaim,
+    organisation: &OrgId,
+    (disclosed, consent_ids): (DisclosedCase, Vec<ConsentId>),
+) -> TxResult<ClaimRecord> {
+    let record = ClaimRecord {
+        case_id: Some(command.case_id),
+        organisation: Some(organisation.clone()),
+        consent_ids,
+        ..ClaimRecord::received(
+            claim_id,
+            ctx.id,
+            command.forum_country,
+            command.kind,
+            disclosed,
+            OffsetDateTime::now_utc(),
+        )
+    };
+    tx.put_record(&record)?;
+    Ok(record)
+}
+
 /// Files claim `claim_id` in this node's own forum: nothing crosses a border.
 fn file_local(
     ctx: &Ctx,
@@ -187,20 +216,14 @@ fn file_local(
 ) -> TxResult<ClaimRecord> {
     let case = disclosure::load_case(tx, command.case_id)?;
     access::require_owner(p, Some(&case.organisation)).map_err(ApiError::from)?;
-    let now = OffsetDateTime::now_utc();
-    let record = ClaimRecord {
-        case_id: Some(command.case_id),
-        organisation: Some(case.organisation.clone()),
-        ..ClaimRecord::received(
-            claim_id,
-            ctx.id,
-            ctx.id,
-            command.kind,
-            Default::default(),
-            now,
-        )
-    };
-    tx.put_record(&record)?;
+    let record = keep_filed(
+        ctx,
+        tx,
+        claim_id,
+        command,
+        &case.organisation,
+        (Default::default(), vec![]),
+    )?;
     tx.audit(
         AuditRecord::new(actor(p), "claim.file", claim_id.to_string(), "filed").detail(format!(
             "case={} forum={} kind={} local",
@@ -230,22 +253,8 @@ fn file_abroad(
         command.forum_country,
         |_, _| Ok(()),
     )?;
-    let now = OffsetDateTime::now_utc();
-    let record = ClaimRecord {
-        case_id: Some(command.case_id),
-        organisation: Some(d.case.organisation.clone()),
-        consent_ids: d.consent_ids.clone(),
-        erasure: Erasure::NotRequested,
-        ..ClaimRecord::received(
-            claim_id,
-            ctx.id,
-            command.forum_country,
-            command.kind,
-            d.disclosed.clone(),
-            now,
-        )
-    };
-    tx.put_record(&record)?;
+    let shared = (d.disclosed.clone(), d.consent_ids.clone());
+    let record = keep_filed(ctx, tx, claim_id, command, &d.case.organisation, shared)?;
     let notice = PeerMessage::ClaimNotice {
         claim_id,
         kind: command.kind,
