@@ -304,12 +304,6 @@ impl HearingRecord {
         Ok(())
     }
 
-    /// Returns the side `me` is on: the requesting country is the origin, the witness's
-    /// country the destination.
-    pub fn side(&self, me: NodeId) -> Side {
-        Side::of(self.requesting_country, me)
-    }
-
     /// Returns the other node.
     pub fn peer(&self, me: NodeId) -> NodeId {
         if self.witness_country == me {
@@ -367,6 +361,7 @@ impl crate::exchange::SharedRecord for HearingRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exchange::SharedRecord;
     use HearingEvent as E;
     use HearingStatus as S;
 

@@ -116,29 +116,6 @@ impl ReferralRecord {
         self.updated_at = now;
         true
     }
-
-    /// Returns the side `me` is on.
-    pub fn side(&self, me: NodeId) -> Side {
-        Side::of(self.origin, me)
-    }
-
-    /// Returns the direction of the referral as seen from `me`.
-    pub fn direction(&self, me: NodeId) -> Direction {
-        if self.origin == me {
-            Direction::Outgoing
-        } else {
-            Direction::Incoming
-        }
-    }
-
-    /// Returns the other node of the referral, seen from `me`.
-    pub fn peer(&self, me: NodeId) -> NodeId {
-        if self.origin == me {
-            self.destination
-        } else {
-            self.origin
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -295,6 +272,7 @@ crate::exchange::erasable_record!(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exchange::SharedRecord;
     use ReferralEvent as E;
     use ReferralStatus as S;
 

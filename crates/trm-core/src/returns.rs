@@ -534,15 +534,6 @@ impl ReturnRecord {
         self.status_reason = reason.to_owned();
         self.updated_at = now;
     }
-
-    /// Returns the other node.
-    pub fn peer(&self, me: NodeId) -> NodeId {
-        if self.origin == me {
-            self.destination
-        } else {
-            self.origin
-        }
-    }
 }
 
 impl crate::exchange::SharedRecord for ReturnRecord {
@@ -579,6 +570,7 @@ crate::exchange::erasable_record!(ReturnRecord, crate::model::Purpose::ReturnPla
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exchange::SharedRecord;
     use crate::model::*;
     use time::macros::{date, datetime};
     use time::Duration;

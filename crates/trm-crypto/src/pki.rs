@@ -43,14 +43,10 @@ impl std::fmt::Debug for Authority {
     }
 }
 
+/// The parameters of a certificate this authority issues: the request's name, a random
+/// serial and a validity of `validity` from now (back-dated an hour for clock skew).
 fn base_params(common_name: &str, validity: Duration) -> Result<CertificateParams> {
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, common_name);
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "TRM federation");
+    let mut params = request_params(common_name)?;
     let now = OffsetDateTime::now_utc();
     params.not_before = now - Duration::hours(1);
     params.not_after = now + validity;
@@ -69,6 +65,29 @@ fn add_hosts(params: &mut CertificateParams, hosts: &[String]) -> Result<()> {
         };
         params.subject_alt_names.push(san);
     }
+    Ok(())
+}
+
+/// Makes `params` a node's federation certificate: `trm://node/<ID>` and `hosts`, server
+/// and client authentication. What a node's certificate is, issued here or requested.
+fn node_profile(params: &mut CertificateParams, node: NodeId, hosts: &[String]) -> Result<()> {
+    params
+        .subject_alt_names
+        .push(SanType::URI(ids::node_uri(node).as_str().try_into()?));
+    add_hosts(params, hosts)?;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    Ok(())
+}
+
+/// Makes `params` the server certificate of a node's local ports, valid for `hosts`.
+fn server_profile(params: &mut CertificateParams, hosts: &[String]) -> Result<()> {
+    add_hosts(params, hosts)?;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     Ok(())
 }
 
@@ -125,24 +144,14 @@ impl Authority {
     /// as `trm://node/<ID>`, valid for `hosts` (DNS names or IP addresses).
     pub fn issue_node(&self, node: NodeId, hosts: &[String]) -> Result<CertifiedKey> {
         let mut params = base_params(&format!("trm node {node}"), LEAF_VALIDITY)?;
-        params
-            .subject_alt_names
-            .push(SanType::URI(ids::node_uri(node).as_str().try_into()?));
-        add_hosts(&mut params, hosts)?;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        node_profile(&mut params, node, hosts)?;
         self.issue(params)
     }
 
     /// Issues a server certificate for a node's local ports (services, admin).
     pub fn issue_server(&self, common_name: &str, hosts: &[String]) -> Result<CertifiedKey> {
         let mut params = base_params(common_name, LEAF_VALIDITY)?;
-        add_hosts(&mut params, hosts)?;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        server_profile(&mut params, hosts)?;
         self.issue(params)
     }
 
@@ -219,24 +228,14 @@ fn request(params: CertificateParams) -> Result<Request> {
 /// server and client authentication (what [`Authority::issue_node`] issues).
 pub fn request_node(node: NodeId, hosts: &[String]) -> Result<Request> {
     let mut params = request_params(&format!("trm node {node}"))?;
-    params
-        .subject_alt_names
-        .push(SanType::URI(ids::node_uri(node).as_str().try_into()?));
-    add_hosts(&mut params, hosts)?;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    node_profile(&mut params, node, hosts)?;
     request(params)
 }
 
 /// Returns a request for the server certificate of a node's local ports.
 pub fn request_server(common_name: &str, hosts: &[String]) -> Result<Request> {
     let mut params = request_params(common_name)?;
-    add_hosts(&mut params, hosts)?;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    server_profile(&mut params, hosts)?;
     request(params)
 }
 

@@ -198,24 +198,21 @@ pub fn erase_copy_in<R: StoredRecord + ErasableRecord>(
     reason: &str,
     now: OffsetDateTime,
 ) -> Result<bool, TxFail<Rejection>> {
-    let id = R::Id::of_uuid(id);
-    let Some(mut r) = tx.record::<R>(id)? else {
+    let why = "subject not received from the sender";
+    let Some(mut r) = record_between::<R>(tx, id, (sender, me), why)? else {
         return Ok(false);
     };
-    if r.origin() != sender || r.destination() != me {
-        return Err(unknown("subject not received from the sender"));
-    }
     r.erase_copy(reason, now);
-    tx.shred(&Subject::of_record(R::KIND, id.to_uuid().as_bytes()))?;
+    tx.shred(&Subject::of_record(R::KIND, id.as_bytes()))?;
     tx.put_record(&r)?;
     tx.record_event(
         trm_core::events::EventKind::Erased,
         trm_core::events::EventRecord::Shared(R::KIND),
-        id.to_uuid(),
+        id,
         r.status_name(),
         r.owner(),
     )?;
-    tx.close_tasks_of(id.to_uuid())?;
+    tx.close_tasks_of(id)?;
     Ok(true)
 }
 
@@ -227,15 +224,30 @@ pub fn confirm_erasure_in<R: StoredRecord + ErasableRecord>(
     sender: NodeId,
     id: uuid::Uuid,
 ) -> Result<bool, TxFail<Rejection>> {
-    let Some(mut r) = tx.record::<R>(R::Id::of_uuid(id))? else {
+    let why = "subject not sent to the sender";
+    let Some(mut r) = record_between::<R>(tx, id, (me, sender), why)? else {
         return Ok(false);
     };
-    if r.destination() != sender || r.origin() != me {
-        return Err(unknown("subject not sent to the sender"));
-    }
     r.confirm_erasure().map_err(|g| transition(g.reason))?;
     tx.put_record(&r)?;
     Ok(true)
+}
+
+/// The record `id` of kind `R` this node holds, sent by `origin` to `destination`: none
+/// when it holds no such record, refused (`why`) when its parties are others.
+pub(crate) fn record_between<R: StoredRecord>(
+    tx: &mut Tx<'_>,
+    id: uuid::Uuid,
+    (origin, destination): (NodeId, NodeId),
+    why: &str,
+) -> Result<Option<R>, TxFail<Rejection>> {
+    let Some(r) = tx.record::<R>(R::Id::of_uuid(id))? else {
+        return Ok(None);
+    };
+    if r.origin() != origin || r.destination() != destination {
+        return Err(unknown(why));
+    }
+    Ok(Some(r))
 }
 
 /// Erases the copy of whichever erasable record `id` names (see [`erase_copy_in`]).

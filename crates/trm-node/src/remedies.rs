@@ -20,10 +20,10 @@ use tracing::{info, instrument};
 use trm_core::{
     access::{self, Action},
     consent,
-    exchange::{Erasure, RecordKind, SharedRecord, StepRequest},
-    ids::{ClaimId, NodeId, OrgId, Principal, ReferralId, ReturnId, WitnessRecord},
+    exchange::{RecordKind, SharedRecord, StepRequest},
+    ids::{ClaimId, ConsentId, NodeId, OrgId, Principal, ReferralId, ReturnId, WitnessRecord},
     messages::PeerMessage,
-    model::Purpose,
+    model::{DisclosedCase, Purpose},
     referral::ReferralRecord,
     remedies::{
         decided_month, AttestDecision, ClaimRecord, SignedAttestation, StatusRequestId, StatusStep,
@@ -106,7 +106,8 @@ pub(crate) fn erase_attestation_in(
     sender: trm_core::ids::NodeId,
     id: uuid::Uuid,
 ) -> Result<bool, trm_store::TxFail<trm_federation::Rejection>> {
-    let Some(mut v) = request_between(tx, id, (me, sender), "request not answered by the sender")?
+    let why = "request not answered by the sender";
+    let Some(mut v) = lifecycle::record_between::<VictimStatusRecord>(tx, id, (me, sender), why)?
     else {
         return Ok(false);
     };
@@ -121,23 +122,6 @@ pub(crate) fn erase_attestation_in(
     Ok(true)
 }
 
-/// The victim-status request `id` this node holds, made by `requester` of `issuer`: none
-/// when it holds no such request, refused (`why`) when its parties are others.
-fn request_between(
-    tx: &mut Tx<'_>,
-    id: uuid::Uuid,
-    (requester, issuer): (trm_core::ids::NodeId, trm_core::ids::NodeId),
-    why: &str,
-) -> Result<Option<VictimStatusRecord>, trm_store::TxFail<trm_federation::Rejection>> {
-    let Some(v) = tx.record::<VictimStatusRecord>(StatusRequestId::from_uuid(id))? else {
-        return Ok(None);
-    };
-    if v.requesting_country != requester || v.issuing_country != issuer {
-        return Err(lifecycle::unknown(why));
-    }
-    Ok(Some(v))
-}
-
 /// At the issuer: the requester (`sender`) confirmed it erased the attestation of request
 /// `id`. Returns whether this node holds such a request.
 pub(crate) fn confirm_attestation_erased_in(
@@ -146,7 +130,8 @@ pub(crate) fn confirm_attestation_erased_in(
     sender: trm_core::ids::NodeId,
     id: uuid::Uuid,
 ) -> Result<bool, trm_store::TxFail<trm_federation::Rejection>> {
-    let Some(mut v) = request_between(tx, id, (sender, me), "request not sent by the sender")?
+    let why = "request not sent by the sender";
+    let Some(mut v) = lifecycle::record_between::<VictimStatusRecord>(tx, id, (sender, me), why)?
     else {
         return Ok(false);
     };
@@ -190,6 +175,34 @@ pub(crate) fn open_claims_of(
         .len())
 }
 
+/// Keeps the filing node's record of claim `claim_id` (heard in `command.forum_country`)
+/// on the case of `organisation`: `disclosed` is what crosses, under `consent_ids`
+/// (nothing, under none, for a claim heard here).
+fn keep_filed(
+    ctx: &Ctx,
+    tx: &mut Tx<'_>,
+    claim_id: ClaimId,
+    command: &FileClaim,
+    organisation: &OrgId,
+    (disclosed, consent_ids): (DisclosedCase, Vec<ConsentId>),
+) -> TxResult<ClaimRecord> {
+    let record = ClaimRecord {
+        case_id: Some(command.case_id),
+        organisation: Some(organisation.clone()),
+        consent_ids,
+        ..ClaimRecord::received(
+            claim_id,
+            ctx.id,
+            command.forum_country,
+            command.kind,
+            disclosed,
+            OffsetDateTime::now_utc(),
+        )
+    };
+    tx.put_record(&record)?;
+    Ok(record)
+}
+
 /// Files claim `claim_id` in this node's own forum: nothing crosses a border.
 fn file_local(
     ctx: &Ctx,
@@ -200,20 +213,14 @@ fn file_local(
 ) -> TxResult<ClaimRecord> {
     let case = disclosure::load_case(tx, command.case_id)?;
     access::require_owner(p, Some(&case.organisation)).map_err(ApiError::from)?;
-    let now = OffsetDateTime::now_utc();
-    let record = ClaimRecord {
-        case_id: Some(command.case_id),
-        organisation: Some(case.organisation.clone()),
-        ..ClaimRecord::received(
-            claim_id,
-            ctx.id,
-            ctx.id,
-            command.kind,
-            Default::default(),
-            now,
-        )
-    };
-    tx.put_record(&record)?;
+    let record = keep_filed(
+        ctx,
+        tx,
+        claim_id,
+        command,
+        &case.organisation,
+        (Default::default(), vec![]),
+    )?;
     tx.audit(
         AuditRecord::new(actor(p), "claim.file", claim_id.to_string(), "filed").detail(format!(
             "case={} forum={} kind={} local",
@@ -243,22 +250,8 @@ fn file_abroad(
         command.forum_country,
         |_, _| Ok(()),
     )?;
-    let now = OffsetDateTime::now_utc();
-    let record = ClaimRecord {
-        case_id: Some(command.case_id),
-        organisation: Some(d.case.organisation.clone()),
-        consent_ids: d.consent_ids.clone(),
-        erasure: Erasure::NotRequested,
-        ..ClaimRecord::received(
-            claim_id,
-            ctx.id,
-            command.forum_country,
-            command.kind,
-            d.disclosed.clone(),
-            now,
-        )
-    };
-    tx.put_record(&record)?;
+    let shared = (d.disclosed.clone(), d.consent_ids.clone());
+    let record = keep_filed(ctx, tx, claim_id, command, &d.case.organisation, shared)?;
     let notice = PeerMessage::ClaimNotice {
         claim_id,
         kind: command.kind,

@@ -26,7 +26,7 @@ use crate::{
     keys::KeyRing,
     repo::layout,
     subject::Subject,
-    tx::{decode, split_generation, Note, Tx},
+    tx::{decode, Note, Tx},
     writer::{self, Health, Job, JobFail, Shared},
     Result, StoreError, TxFail,
 };
@@ -525,14 +525,7 @@ impl Store {
         what: &'static str,
         key: &[u8],
     ) -> Result<Option<T>> {
-        match self.engine().get(key)? {
-            Some(b) => decode(
-                what,
-                crate::tx::verify_row(&self.inner.shared.keys, what, key, &b)?,
-            )
-            .map(Some),
-            None => Ok(None),
-        }
+        crate::tx::trusted_with(&self.inner.shared.keys, |k| self.engine().get(k), what, key)
     }
 
     /// Returns up to `limit` committed entries whose keys start with `prefix`, after
@@ -554,21 +547,8 @@ impl Store {
         aad: &[u8],
         sealed: &[u8],
     ) -> Result<Option<Vec<u8>>> {
-        let (gen, ct) = split_generation(sealed)?;
-        let slot = layout::data_key(subject, gen);
-        if self.inner.shared.keys.is_erased(&slot) {
-            return Ok(None);
-        }
-        match self.engine().get(&slot)? {
-            Some(stored) => Ok(Some(
-                self.inner
-                    .shared
-                    .keys
-                    .unwrap(&slot, &stored)?
-                    .open(aad, ct)?,
-            )),
-            None => Ok(None),
-        }
+        let keys = &self.inner.shared.keys;
+        crate::tx::open_with(keys, |k| self.engine().get(k), subject, aad, sealed)
     }
 
     pub(crate) fn get_sealed<T: DeserializeOwned>(
@@ -577,13 +557,8 @@ impl Store {
         key: &[u8],
         subject: &Subject,
     ) -> Result<Option<T>> {
-        let Some(sealed) = self.engine().get(key)? else {
-            return Ok(None);
-        };
-        match self.open_sealed(subject, key, &sealed)? {
-            Some(plain) => decode(what, &plain).map(Some),
-            None => Ok(None),
-        }
+        let keys = &self.inner.shared.keys;
+        crate::tx::sealed_with(keys, |k| self.engine().get(k), what, key, subject)
     }
 
     /// Re-wraps every data key still under the retiring KEK; returns how many it found.

@@ -127,6 +127,58 @@ pub(crate) fn split_generation(sealed: &[u8]) -> Result<(u32, &[u8])> {
     Ok((gen, rest))
 }
 
+/// Reads a row the node trusts without a seal through `get` (committed, or as a
+/// transaction sees it): it must carry the node's authentication tag.
+pub(crate) fn trusted_with<T: DeserializeOwned>(
+    keys: &KeyRing,
+    get: impl FnOnce(&[u8]) -> Result<Option<Vec<u8>>>,
+    what: &'static str,
+    key: &[u8],
+) -> Result<Option<T>> {
+    match get(key)? {
+        Some(b) => decode(what, verify_row(keys, what, key, &b)?).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Opens bytes sealed under `subject` (what [`Tx::seal`] made, bound to `aad`), the data
+/// key that sealed them read through `get`; `None` when that key was shredded.
+pub(crate) fn open_with(
+    keys: &KeyRing,
+    get: impl FnOnce(&[u8]) -> Result<Option<Vec<u8>>>,
+    subject: &Subject,
+    aad: &[u8],
+    sealed: &[u8],
+) -> Result<Option<Vec<u8>>> {
+    let (gen, ct) = split_generation(sealed)?;
+    let slot = layout::data_key(subject, gen);
+    if keys.is_erased(&slot) {
+        return Ok(None);
+    }
+    match get(&slot)? {
+        Some(stored) => Ok(Some(keys.unwrap(&slot, &stored)?.open(aad, ct)?)),
+        None => Ok(None),
+    }
+}
+
+/// Reads the value sealed under `subject` at `key` (what `put_sealed` wrote) through
+/// `get`; `None` when there is none or its data key was shredded.
+pub(crate) fn sealed_with<T: DeserializeOwned>(
+    keys: &KeyRing,
+    mut get: impl FnMut(&[u8]) -> Result<Option<Vec<u8>>>,
+    what: &'static str,
+    key: &[u8],
+    subject: &Subject,
+) -> Result<Option<T>> {
+    let Some(sealed) = get(key)? else {
+        return Ok(None);
+    };
+    match open_with(keys, get, subject, key, &sealed)? {
+        Some(plain) => decode(what, &plain).map(Some),
+        None => Ok(None),
+    }
+}
+
 impl Tx<'_> {
     /// Returns the node whose store this is.
     pub fn node(&self) -> NodeId {
@@ -216,10 +268,7 @@ impl Tx<'_> {
         what: &'static str,
         key: &[u8],
     ) -> Result<Option<T>> {
-        match self.etx.get(key)? {
-            Some(b) => decode(what, verify_row(self.keys, what, key, &b)?).map(Some),
-            None => Ok(None),
-        }
+        trusted_with(self.keys, |k| self.etx.get(k), what, key)
     }
 
     /// Writes a row the node trusts without a seal, with its authentication tag.
@@ -279,15 +328,7 @@ impl Tx<'_> {
         aad: &[u8],
         sealed: &[u8],
     ) -> Result<Option<Vec<u8>>> {
-        let (gen, ct) = split_generation(sealed)?;
-        let slot = layout::data_key(subject, gen);
-        if self.keys.is_erased(&slot) {
-            return Ok(None);
-        }
-        match self.etx.get(&slot)? {
-            Some(stored) => Ok(Some(self.keys.unwrap(&slot, &stored)?.open(aad, ct)?)),
-            None => Ok(None),
-        }
+        open_with(self.keys, |k| self.etx.get(k), subject, aad, sealed)
     }
 
     pub(crate) fn put_sealed<T: Serialize>(
@@ -306,13 +347,7 @@ impl Tx<'_> {
         key: &[u8],
         subject: &Subject,
     ) -> Result<Option<T>> {
-        let Some(sealed) = self.etx.get(key)? else {
-            return Ok(None);
-        };
-        match self.open(subject, key, &sealed)? {
-            Some(plain) => decode(what, &plain).map(Some),
-            None => Ok(None),
-        }
+        sealed_with(self.keys, |k| self.etx.get(k), what, key, subject)
     }
 
     /// Destroys `subject`'s current data key in this transaction: what was sealed under it

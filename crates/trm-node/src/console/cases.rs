@@ -400,6 +400,12 @@ impl Fields {
             .collect()
     }
 
+    /// The value of `name` as an enum number (`parse` gives a proto name's number; an
+    /// unknown name is sent as 0, which the service refuses naming the field).
+    fn choice(&self, name: &str, parse: impl Fn(&str) -> Option<i32>) -> i32 {
+        parse(&self.one(name)).unwrap_or(0)
+    }
+
     /// The ticked values of `name` as enum numbers (`parse` gives a proto name's number;
     /// an unknown name is sent as 0, which the service refuses naming the field).
     fn enums(&self, name: &str, parse: impl Fn(&str) -> Option<i32>) -> Vec<i32> {
@@ -410,18 +416,26 @@ impl Fields {
     }
 }
 
-fn need(v: &str) -> Option<i32> {
-    w::NeedKind::from_str_name(v).map(|e| e as i32)
+/// Writes, for each `name: Enum`, `fn name(v: &str) -> Option<i32>`: the number of the
+/// proto enum's value named `v`, `None` for an unknown name.
+macro_rules! enum_parsers {
+    ($($name:ident: $e:ty),* $(,)?) => {
+        $(fn $name(v: &str) -> Option<i32> {
+            <$e>::from_str_name(v).map(|e| e as i32)
+        })*
+    };
 }
-fn purpose(v: &str) -> Option<i32> {
-    w::Purpose::from_str_name(v).map(|e| e as i32)
-}
-fn category(v: &str) -> Option<i32> {
-    w::DataCategory::from_str_name(v).map(|e| e as i32)
-}
-fn exploitation_type(v: &str) -> Option<i32> {
-    w::ExploitationType::from_str_name(v).map(|e| e as i32)
-}
+
+enum_parsers!(
+    need: w::NeedKind,
+    purpose: w::Purpose,
+    category: w::DataCategory,
+    exploitation_type: w::ExploitationType,
+    gender: w::Gender,
+    urgency: w::Urgency,
+    identification_stage: w::IdentificationStage,
+    residence_status: w::ResidenceStatus,
+);
 
 /// The person, needs, exploitation and child groups of a case form.
 fn case_groups(f: &Fields) -> (w::Person, w::Needs, w::Exploitation, w::ChildInfo) {
@@ -429,7 +443,7 @@ fn case_groups(f: &Fields) -> (w::Person, w::Needs, w::Exploitation, w::ChildInf
         given_name: f.one("given_name"),
         family_name: f.one("family_name"),
         date_of_birth: f.one("date_of_birth"),
-        gender: w::Gender::from_str_name(&f.one("gender")).map_or(0, |g| g as i32),
+        gender: f.choice("gender", gender),
         citizenship: f.codes("citizenship"),
         languages: f.codes("languages"),
         document_number: f.one("document_number"),
@@ -438,7 +452,7 @@ fn case_groups(f: &Fields) -> (w::Person, w::Needs, w::Exploitation, w::ChildInf
     };
     let needs = w::Needs {
         kinds: f.enums("needs", need),
-        urgency: w::Urgency::from_str_name(&f.one("urgency")).map_or(0, |u| u as i32),
+        urgency: f.choice("urgency", urgency),
         notes: f.one("notes"),
     };
     let exploitation = w::Exploitation {
@@ -1201,10 +1215,9 @@ async fn case_form_posted(
             service.withdraw_consent(request(&b.certs, message)).await?;
         }
         "/case/identification" => {
-            let stage = w::IdentificationStage::from_str_name(&f.one("stage"));
             let message = w::RecordIdentificationRequest {
                 case_id: case_id.clone(),
-                stage: stage.map_or(0, |s| s as i32),
+                stage: f.choice("stage", identification_stage),
                 decided_on: f.one("decided_on"),
                 request_id,
             };
@@ -1213,10 +1226,9 @@ async fn case_form_posted(
                 .await?;
         }
         "/case/residence" => {
-            let status = w::ResidenceStatus::from_str_name(&f.one("status"));
             let message = w::RecordResidenceStatusRequest {
                 case_id: case_id.clone(),
-                status: status.map_or(0, |s| s as i32),
+                status: f.choice("status", residence_status),
                 valid_until: f.one("valid_until"),
                 request_id,
             };

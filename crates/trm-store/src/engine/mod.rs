@@ -130,6 +130,78 @@ pub trait EngineTx {
     fn commit(self: Box<Self>) -> Result<()>;
 }
 
+/// A transaction's writes as it commits them, the newest of each key (`None`: deleted).
+pub(crate) type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// A transaction that keeps its writes in [`Layers`] and applies them in one batch at
+/// commit (the sled and PostgreSQL engines). Its [`EngineTx`] is written once, below: reads
+/// lay its own writes over the committed state, savepoints are layers.
+pub(crate) trait LayeredTx {
+    /// The transaction's own writes.
+    fn layers(&mut self) -> &mut Layers;
+
+    /// Returns the committed value of `key`.
+    fn committed_get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// Returns up to `limit` committed entries with keys in `start..end`, in key order.
+    fn committed_range(&mut self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>>;
+
+    /// Refuses a key the engine keeps for itself; every key is allowed unless the engine
+    /// says otherwise.
+    fn check_key(&self, _key: &[u8]) -> Result<()> {
+        Ok(())
+    }
+
+    /// Applies `writes` atomically and makes them durable.
+    fn apply(self: Box<Self>, writes: Writes) -> Result<()>;
+}
+
+impl<T: LayeredTx> EngineTx for T {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(v) = self.layers().lookup(key) {
+            return Ok(v.clone());
+        }
+        self.committed_get(key)
+    }
+
+    fn range(&mut self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>> {
+        let deleted = self.layers().deleted_in(start, end);
+        let committed = self.committed_range(start, end, limit.saturating_add(deleted))?;
+        Ok(self.layers().merge(committed, start, end, limit))
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.check_key(key)?;
+        self.layers().put(key, value);
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<()> {
+        self.layers().delete(key);
+        Ok(())
+    }
+
+    fn savepoint(&mut self) -> Result<()> {
+        self.layers().savepoint();
+        Ok(())
+    }
+
+    fn rollback_to_savepoint(&mut self) -> Result<()> {
+        self.layers().rollback_to_savepoint();
+        Ok(())
+    }
+
+    fn release_savepoint(&mut self) -> Result<()> {
+        self.layers().release_savepoint();
+        Ok(())
+    }
+
+    fn commit(mut self: Box<Self>) -> Result<()> {
+        let writes = std::mem::take(self.layers()).into_writes();
+        self.apply(writes)
+    }
+}
+
 /// Returns the smallest key greater than every key starting with `prefix` (the end of a
 /// prefix range); `None` when there is none (a prefix of only 0xff bytes).
 /// Returns the range of a scan of the keys starting with `prefix`, after key `after` (from
@@ -248,7 +320,7 @@ impl Layers {
     }
 
     /// Returns every write, the newest of each key.
-    pub fn into_writes(self) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+    pub fn into_writes(self) -> Writes {
         let mut writes = BTreeMap::new();
         for layer in self.layers {
             writes.extend(layer);

@@ -36,7 +36,7 @@ use std::{
 
 use postgres::{error::SqlState, Client};
 
-use super::{Engine, EngineTx, Entry, Layers};
+use super::{Engine, EngineTx, Entry, LayeredTx, Layers, Writes};
 use crate::{Result, StoreError};
 
 /// The schema version this binary writes and reads.
@@ -504,47 +504,20 @@ impl PostgresTx<'_> {
     }
 }
 
-impl EngineTx for PostgresTx<'_> {
-    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        match self.layers.lookup(key) {
-            Some(v) => Ok(v.clone()),
-            None => self.run(|c| get_on(c, key)),
-        }
+impl LayeredTx for PostgresTx<'_> {
+    fn layers(&mut self) -> &mut Layers {
+        &mut self.layers
     }
 
-    fn range(&mut self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>> {
-        let deleted = self.layers.deleted_in(start, end);
-        let committed = self.run(|c| range_on(c, start, end, limit.saturating_add(deleted)))?;
-        Ok(self.layers.merge(committed, start, end, limit))
+    fn committed_get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.run(|c| get_on(c, key))
     }
 
-    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.layers.put(key, value);
-        Ok(())
+    fn committed_range(&mut self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>> {
+        self.run(|c| range_on(c, start, end, limit))
     }
 
-    fn delete(&mut self, key: &[u8]) -> Result<()> {
-        self.layers.delete(key);
-        Ok(())
-    }
-
-    fn savepoint(&mut self) -> Result<()> {
-        self.layers.savepoint();
-        Ok(())
-    }
-
-    fn rollback_to_savepoint(&mut self) -> Result<()> {
-        self.layers.rollback_to_savepoint();
-        Ok(())
-    }
-
-    fn release_savepoint(&mut self) -> Result<()> {
-        self.layers.release_savepoint();
-        Ok(())
-    }
-
-    fn commit(mut self: Box<Self>) -> Result<()> {
-        let writes = std::mem::take(&mut self.layers).into_writes();
+    fn apply(mut self: Box<Self>, writes: Writes) -> Result<()> {
         self.open = false;
         let (mut keys, mut values, mut gone) = (Vec::new(), Vec::new(), Vec::new());
         for (k, v) in writes {

@@ -30,7 +30,7 @@ use std::{
     time::SystemTime,
 };
 
-use super::{Engine, EngineTx, Entry, Layers};
+use super::{Engine, EngineTx, Entry, LayeredTx, Layers, Writes};
 use crate::{Result, StoreError};
 
 /// The largest value piece stored inline. A sled leaf holds up to 17 entries and sled
@@ -364,52 +364,27 @@ struct SledTx<'a> {
     layers: Layers,
 }
 
-impl EngineTx for SledTx<'_> {
-    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        match self.layers.lookup(key) {
-            Some(v) => Ok(v.clone()),
-            None => self.engine.get(key),
-        }
+impl LayeredTx for SledTx<'_> {
+    fn layers(&mut self) -> &mut Layers {
+        &mut self.layers
     }
 
-    fn range(&mut self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>> {
-        let deleted = self.layers.deleted_in(start, end);
-        let committed = self
-            .engine
-            .range(start, end, limit.saturating_add(deleted))?;
-        Ok(self.layers.merge(committed, start, end, limit))
+    fn committed_get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.engine.get(key)
     }
 
-    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+    fn committed_range(&mut self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>> {
+        self.engine.range(start, end, limit)
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<()> {
         if key.first() == Some(&CHUNK_SPACE) {
             return Err(StoreError::Corrupt("key in the reserved space"));
         }
-        self.layers.put(key, value);
         Ok(())
     }
 
-    fn delete(&mut self, key: &[u8]) -> Result<()> {
-        self.layers.delete(key);
-        Ok(())
-    }
-
-    fn savepoint(&mut self) -> Result<()> {
-        self.layers.savepoint();
-        Ok(())
-    }
-
-    fn rollback_to_savepoint(&mut self) -> Result<()> {
-        self.layers.rollback_to_savepoint();
-        Ok(())
-    }
-
-    fn release_savepoint(&mut self) -> Result<()> {
-        self.layers.release_savepoint();
-        Ok(())
-    }
-
-    fn commit(self: Box<Self>) -> Result<()> {
-        let writes = self.layers.into_writes();
+    fn apply(self: Box<Self>, writes: Writes) -> Result<()> {
         if writes.is_empty() {
             return Ok(());
         }

@@ -9,6 +9,8 @@ use trm_core::{
     returns::{ReturnDecision, RiskAssessment},
 };
 
+use serde::de::DeserializeOwned;
+
 use crate::{repo::layout, subject::Subject, Result, Store, Tx};
 
 /// Returns a new pairwise case reference: 128 random bits, unlinkable across peers.
@@ -275,13 +277,7 @@ impl Tx<'_> {
 
     /// Returns the risk assessments of a case, oldest first.
     pub fn risk_assessments(&mut self, case: CaseId) -> Result<Vec<RiskAssessment>> {
-        Ok(self
-            .get_sealed(
-                "risk assessments",
-                &layout::risk(case),
-                &Subject::case(case),
-            )?
-            .unwrap_or_default())
+        self.case_list("risk assessments", &layout::risk(case), case)
     }
 
     /// Writes the risk assessments of a case.
@@ -291,12 +287,18 @@ impl Tx<'_> {
 
     /// Returns the victim's return decisions on a case, oldest first.
     pub fn return_decisions(&mut self, case: CaseId) -> Result<Vec<ReturnDecision>> {
+        self.case_list("return decisions", &layout::decisions(case), case)
+    }
+
+    /// Returns the list kept at `key`, sealed under case `case`'s key (empty when none).
+    fn case_list<T: DeserializeOwned>(
+        &mut self,
+        what: &'static str,
+        key: &[u8],
+        case: CaseId,
+    ) -> Result<Vec<T>> {
         Ok(self
-            .get_sealed(
-                "return decisions",
-                &layout::decisions(case),
-                &Subject::case(case),
-            )?
+            .get_sealed(what, key, &Subject::case(case))?
             .unwrap_or_default())
     }
 
