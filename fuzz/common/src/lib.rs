@@ -297,9 +297,12 @@ pub fn receipt_fixture() -> &'static [(trm_core::ids::MessageId, Vec<u8>)] {
     })
 }
 
-/// Declares [`Local`], one variant per request, in selector order.
+/// Declares [`Local`], one variant per request, in selector order. A request whose handler
+/// only parses its body into a command names its message and that command
+/// (`Name: Request => Command`), and [`Local::parse_command`] runs the same `TryFrom`; the
+/// others the `local_request` target parses itself, as their handlers do.
 macro_rules! local_requests {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+    ($($(#[$doc:meta])* $name:ident $(: $req:ty => $cmd:ty)?),* $(,)?) => {
         /// The request a `local_request` input holds, chosen by its first byte (modulo the
         /// number of requests): one per RPC of the local services, grouped by service.
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -321,46 +324,94 @@ macro_rules! local_requests {
             pub fn byte(self) -> u8 {
                 self as u8
             }
+
+            /// For a request parsed into a command: decodes `data` as its message and, if it
+            /// decodes, parses it with the `TryFrom` its handler runs. Returns `false` for
+            /// the others, which the caller parses.
+            pub fn parse_command(self, data: &[u8]) -> bool {
+                match self {
+                    $($(Local::$name => {
+                        parse::<$req, $cmd>(data);
+                        true
+                    })?)*
+                    _ => false,
+                }
+            }
         }
     };
 }
 
+/// Decodes `data` as `M` and, if it decodes, parses it into the command `T` the handler
+/// parses it into.
+fn parse<M, T>(data: &[u8])
+where
+    M: prost::Message + Default,
+    T: for<'a> TryFrom<&'a M>,
+{
+    if let Ok(m) = M::decode(data) {
+        let _ = T::try_from(&m);
+    }
+}
+
+/// The types the table below names.
+mod commands {
+    pub use trm_core::exchange::StepRequest;
+    pub use trm_core::hearing::{HearingRecord as Hearing, HearingStatus};
+    pub use trm_core::ids::{AlertId, CaseId, ClaimId, HearingId, ReferralId, ReturnId};
+    pub use trm_core::referral::{ReferralRecord as Referral, ReferralStatus};
+    pub use trm_core::remedies::{
+        ClaimRecord as Claim, ClaimStatus, StatusRequestId, VictimStatusRecord as VictimStatus,
+        VictimStatusState,
+    };
+    pub use trm_core::returns::{
+        ReturnDecision, ReturnRecord as Return, ReturnStatus, RiskAssessment,
+    };
+    pub use trm_core::safety::{SafetyAlertRecord, SafetyAlertStatus};
+    pub use trm_proto::command::{
+        EraseCase, FileClaim, Get, List, ListConsents, ListTasks, Paged, ProposeReturn,
+        RaiseSafetyAlert, RecordIdentification, RecordResidenceStatus, RequestHearing,
+        RequestVictimStatus, ResolveDuplicate, SubmitReferral, UpdateCase, WatchEvents,
+        WithdrawConsent,
+    };
+}
+use commands::*;
+
 local_requests! {
     // ReferralService
     CreateCase,
-    GetCase,
-    ListCases,
+    GetCase: w::GetCaseRequest => Get<CaseId>,
+    ListCases: w::ListCasesRequest => Paged<CaseId>,
     RecordConsent,
-    WithdrawConsent,
-    SubmitReferral,
-    GetReferral,
-    ListReferrals,
-    RespondToReferral,
-    AssignCase,
-    CloseReferral,
-    EraseCase,
-    WithdrawReferral,
+    WithdrawConsent: w::WithdrawConsentRequest => WithdrawConsent,
+    SubmitReferral: w::SubmitReferralRequest => SubmitReferral,
+    GetReferral: w::GetReferralRequest => Get<ReferralId>,
+    ListReferrals: w::ListReferralsRequest => List<ReferralId, ReferralStatus>,
+    RespondToReferral: w::RespondToReferralRequest => StepRequest<Referral>,
+    AssignCase: w::AssignCaseRequest => StepRequest<Referral>,
+    CloseReferral: w::CloseReferralRequest => StepRequest<Referral>,
+    EraseCase: w::EraseCaseRequest => EraseCase,
+    WithdrawReferral: w::WithdrawReferralRequest => StepRequest<Referral>,
     // ReturnPlanningService
-    RecordRiskAssessment,
-    RecordReturnDecision,
-    ProposeReturn,
-    GetReturnPlan,
-    ListReturnPlans,
-    RespondToReturn,
-    ScheduleReturn,
-    ConfirmArrival,
-    RecordFollowUp,
-    HaltReturn,
-    RecordTravel,
-    ResolveConcern,
-    CloseReturn,
+    RecordRiskAssessment: w::RecordRiskAssessmentRequest => RiskAssessment,
+    RecordReturnDecision: w::RecordReturnDecisionRequest => ReturnDecision,
+    ProposeReturn: w::ProposeReturnRequest => ProposeReturn,
+    GetReturnPlan: w::GetReturnPlanRequest => Get<ReturnId>,
+    ListReturnPlans: w::ListReturnPlansRequest => List<ReturnId, ReturnStatus>,
+    RespondToReturn: w::RespondToReturnRequest => StepRequest<Return>,
+    ScheduleReturn: w::ScheduleReturnRequest => StepRequest<Return>,
+    ConfirmArrival: w::ConfirmArrivalRequest => StepRequest<Return>,
+    RecordFollowUp: w::RecordFollowUpRequest => StepRequest<Return>,
+    HaltReturn: w::HaltReturnRequest => StepRequest<Return>,
+    RecordTravel: w::RecordTravelRequest => StepRequest<Return>,
+    ResolveConcern: w::ResolveConcernRequest => StepRequest<Return>,
+    CloseReturn: w::CloseReturnRequest => StepRequest<Return>,
     // WitnessHearingService
-    RequestHearing,
-    GetHearing,
-    ListHearings,
-    RespondToHearing,
-    RecordHearingOutcome,
-    CancelHearing,
+    RequestHearing: w::RequestHearingRequest => RequestHearing,
+    GetHearing: w::GetHearingRequest => Get<HearingId>,
+    ListHearings: w::ListHearingsRequest => List<HearingId, HearingStatus>,
+    RespondToHearing: w::RespondToHearingRequest => StepRequest<Hearing>,
+    RecordHearingOutcome: w::RecordHearingOutcomeRequest => StepRequest<Hearing>,
+    CancelHearing: w::CancelHearingRequest => StepRequest<Hearing>,
     // AdminService
     Status,
     ListPeers,
@@ -378,28 +429,28 @@ local_requests! {
     ListSigningKeys,
     // ReferralService, cases over time (after the others: the selector bytes of the kept
     // seeds stay what they were)
-    ListConsents,
-    RecordIdentification,
-    RecordResidenceStatus,
-    UpdateCase,
+    ListConsents: w::ListConsentsRequest => ListConsents,
+    RecordIdentification: w::RecordIdentificationRequest => RecordIdentification,
+    RecordResidenceStatus: w::RecordResidenceStatusRequest => RecordResidenceStatus,
+    UpdateCase: w::UpdateCaseRequest => UpdateCase,
     // WorkService
-    ListTasks,
+    ListTasks: w::ListTasksRequest => ListTasks,
     // ReferralService, one person one case
-    ResolvePossibleDuplicate,
+    ResolvePossibleDuplicate: w::ResolvePossibleDuplicateRequest => ResolveDuplicate,
     // SafetyService
-    RaiseSafetyAlert,
-    GetSafetyAlert,
-    ListSafetyAlerts,
-    AcknowledgeSafetyAlert,
+    RaiseSafetyAlert: w::RaiseSafetyAlertRequest => RaiseSafetyAlert,
+    GetSafetyAlert: w::GetSafetyAlertRequest => Get<AlertId>,
+    ListSafetyAlerts: w::ListSafetyAlertsRequest => List<AlertId, SafetyAlertStatus>,
+    AcknowledgeSafetyAlert: w::AcknowledgeSafetyAlertRequest => StepRequest<SafetyAlertRecord>,
     // RemediesService
-    FileClaim,
-    UpdateClaim,
-    GetClaim,
-    ListClaims,
-    RequestVictimStatus,
-    AttestVictimStatus,
-    GetVictimStatus,
-    ListVictimStatusRequests,
+    FileClaim: w::FileClaimRequest => FileClaim,
+    UpdateClaim: w::UpdateClaimRequest => StepRequest<Claim>,
+    GetClaim: w::GetClaimRequest => Get<ClaimId>,
+    ListClaims: w::ListClaimsRequest => List<ClaimId, ClaimStatus>,
+    RequestVictimStatus: w::RequestVictimStatusRequest => RequestVictimStatus,
+    AttestVictimStatus: w::AttestVictimStatusRequest => StepRequest<VictimStatus>,
+    GetVictimStatus: w::GetVictimStatusRequest => Get<StatusRequestId>,
+    ListVictimStatusRequests: w::ListVictimStatusRequestsRequest => List<StatusRequestId, VictimStatusState>,
     // WorkService, the event stream
-    WatchEvents,
+    WatchEvents: w::WatchEventsRequest => WatchEvents,
 }
