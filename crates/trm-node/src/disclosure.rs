@@ -225,12 +225,12 @@ pub async fn preview(
         Purpose::ReturnPlanning => Action::ProposeReturn,
         _ => return Err(FieldError::new("purpose", "has no preview").into()),
     };
-    trm_core::access::require(p, action).map_err(ApiError::from)?;
+    trm_core::access::require(p, action)?;
     peer_destination(ctx, "destination", recipient)?;
     let case = ctx.store.case(case_id)?.ok_or(ApiError::NotFound("case"))?;
-    trm_core::access::require_owner(p, Some(&case.organisation)).map_err(ApiError::from)?;
+    trm_core::access::require_owner(p, Some(&case.organisation))?;
     let consents = ctx.store.consents(case_id)?;
-    let grant = consent::grant(&consents, purpose, recipient, today()).map_err(ApiError::from)?;
+    let grant = consent::grant(&consents, purpose, recipient, today())?;
     let case_ref = ctx.store.case_ref(case_id, recipient)?.unwrap_or_default();
     ctx.audit_read(
         p,
