@@ -113,6 +113,9 @@ struct Row {
     ro_cpu_us: f64,
     at_writer_cpu_us: f64,
     ro_writer_cpu_us: f64,
+    /// On PostgreSQL: the CPU time per referral of the machine's PostgreSQL server (every
+    /// process named `postgres`: the nodes' backends, the WAL writer, the checkpointer).
+    server_cpu_us: f64,
 }
 
 /// Linux's clock ticks per second in `/proc/<pid>/stat` (USER_HZ, 100 on every platform the
@@ -155,8 +158,26 @@ fn cpu_s(pid: u32, thread: Option<&str>) -> f64 {
         .sum()
 }
 
-/// The CPU seconds AT and RO used so far: each process, then each one's store writer.
-fn cpu_now(dir: &Path) -> Result<[f64; 4]> {
+/// The CPU seconds the processes named `postgres` used so far (a database server on this
+/// machine; 0 when there is none).
+fn server_cpu_s() -> f64 {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .map(|pid| cpu_s(pid, None))
+        .sum()
+}
+
+/// The CPU seconds AT and RO used so far: each process, then each one's store writer, then
+/// the database server's.
+fn cpu_now(dir: &Path) -> Result<[f64; 5]> {
     let pid = |id: &str| -> Result<u32> {
         pid_of(&sandbox::config_path(dir, id.parse()?)).context("a node is not running")
     };
@@ -167,6 +188,7 @@ fn cpu_now(dir: &Path) -> Result<[f64; 4]> {
         cpu_s(ro, None),
         cpu_s(at, WRITER),
         cpu_s(ro, WRITER),
+        server_cpu_s(),
     ])
 }
 
@@ -624,6 +646,11 @@ async fn measure(cli: &Cli, dir: &Path, echo: &Channel, c: &Clients) -> Result<V
             ro_cpu_us: per_referral_us(1),
             at_writer_cpu_us: per_referral_us(2),
             ro_writer_cpu_us: per_referral_us(3),
+            server_cpu_us: if cli.postgres_url.is_some() {
+                per_referral_us(4)
+            } else {
+                0.0
+            },
         });
     }
     Ok(rows)
@@ -648,13 +675,18 @@ fn print_rows(rows: &[Row]) {
         );
     }
     println!(
-        "{:>5} {:>12} {:>12} {:>12} {:>12}",
-        "in", "AT cpu/ref", "RO cpu/ref", "AT writer", "RO writer"
+        "{:>5} {:>12} {:>12} {:>12} {:>12} {:>12}",
+        "in", "AT cpu/ref", "RO cpu/ref", "AT writer", "RO writer", "PG server"
     );
     for r in rows {
         println!(
-            "{:>5} {:>10.0}us {:>10.0}us {:>10.0}us {:>10.0}us",
-            r.concurrency, r.at_cpu_us, r.ro_cpu_us, r.at_writer_cpu_us, r.ro_writer_cpu_us
+            "{:>5} {:>10.0}us {:>10.0}us {:>10.0}us {:>10.0}us {:>10.0}us",
+            r.concurrency,
+            r.at_cpu_us,
+            r.ro_cpu_us,
+            r.at_writer_cpu_us,
+            r.ro_writer_cpu_us,
+            r.server_cpu_us
         );
     }
 }
