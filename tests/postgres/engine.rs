@@ -386,3 +386,20 @@ fn replicas_opening_a_new_schema_at_once_all_start() {
         sql(format!("DROP SCHEMA {schema} CASCADE")).unwrap();
     }
 }
+
+/// Several keys read in one statement come back as the transaction sees each of them, in
+/// the order asked (what sealing, opening and the check of a peer's new id rely on).
+#[test]
+fn get_many_reads_what_the_transaction_sees_in_order() -> anyhow::Result<()> {
+    let options = PostgresOptions {
+        url: crate::url(),
+        ca_file: None,
+        schema: format!("trm_test_{}", uuid::Uuid::new_v4().simple()),
+        readers: 1,
+    };
+    let engine = trm_store::engine::postgres::PostgresEngine::open(&options)?;
+    let checked = trm_store::testing::check_get_many(&engine);
+    drop(engine);
+    trm_store::engine::postgres::drop_schema(&options)?;
+    Ok(checked?)
+}

@@ -46,3 +46,36 @@ pub fn engine_for(dir: &Path) -> std::io::Result<EngineOptions> {
         None => EngineOptions::default(),
     })
 }
+
+/// Checks what an engine's transaction reads with [`get_many`](crate::engine::EngineTx::get_many):
+/// each key's value as the transaction sees it (its own writes and deletions over what is
+/// committed), in the order asked, a key asked twice answered twice, a missing key `None`.
+/// Run by each engine's tests.
+pub fn check_get_many(engine: &dyn crate::engine::Engine) -> crate::Result<()> {
+    let fail = |what: &str| Err(crate::StoreError::Engine(format!("get_many: {what}")));
+    let mut tx = engine.begin()?;
+    tx.put(b"gm/a", b"1")?;
+    tx.put(b"gm/b", b"2")?;
+    tx.put(b"gm/c", b"3")?;
+    tx.commit()?;
+
+    let mut tx = engine.begin()?;
+    tx.put(b"gm/b", b"20")?;
+    tx.delete(b"gm/c")?;
+    tx.put(b"gm/d", b"4")?;
+    let keys: [&[u8]; 6] = [b"gm/d", b"gm/a", b"gm/none", b"gm/c", b"gm/b", b"gm/a"];
+    let want: [Option<&[u8]>; 6] = [Some(b"4"), Some(b"1"), None, None, Some(b"20"), Some(b"1")];
+    let got = tx.get_many(&keys)?;
+    if got.iter().map(Option::as_deref).ne(want) {
+        return fail("the transaction's view, in order");
+    }
+    drop(tx);
+    let mut tx = engine.begin()?;
+    if !tx.get_many(&[])?.is_empty() {
+        return fail("no keys, no values");
+    }
+    if tx.get_many(&[b"gm/b", b"gm/c"])? != [Some(b"2".to_vec()), Some(b"3".to_vec())] {
+        return fail("an abandoned transaction changed nothing");
+    }
+    Ok(())
+}

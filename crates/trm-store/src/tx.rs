@@ -143,6 +143,14 @@ pub(crate) fn trusted_with<T: DeserializeOwned>(
 
 /// Opens bytes sealed under `subject` (what [`Tx::seal`] made, bound to `aad`), the data
 /// key that sealed them read through `get`; `None` when that key was shredded.
+/// A subject's key generation as stored (0 when none is: its first).
+fn gen_of(stored: Option<&[u8]>) -> u32 {
+    stored
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_be_bytes)
+        .unwrap_or(0)
+}
+
 pub(crate) fn open_with(
     keys: &KeyRing,
     get: impl FnOnce(&[u8]) -> Result<Option<Vec<u8>>>,
@@ -235,6 +243,12 @@ impl Tx<'_> {
         Ok(self.etx.get(key)?.is_some())
     }
 
+    /// Returns whether any of `keys` holds a value (one read for all of them).
+    pub(crate) fn any_exists(&mut self, keys: &[Vec<u8>]) -> Result<bool> {
+        let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        Ok(self.etx.get_many(&keys)?.iter().any(Option::is_some))
+    }
+
     /// Returns up to `limit` entries whose keys start with `prefix`, after `after` if given.
     pub(crate) fn scan_raw(
         &mut self,
@@ -279,21 +293,32 @@ impl Tx<'_> {
     }
 
     fn generation(&mut self, subject: &Subject) -> Result<u32> {
-        Ok(self
-            .etx
-            .get(&layout::generation(subject))?
-            .and_then(|b| b.try_into().ok())
-            .map(u32::from_be_bytes)
-            .unwrap_or(0))
+        Ok(gen_of(
+            self.etx.get(&layout::generation(subject))?.as_deref(),
+        ))
     }
 
     /// Seals `plain` under `subject`'s current data key (created on first use, in this
     /// transaction), bound to `aad`. The sealed bytes name the key's generation, so a later
     /// shred leaves them unreadable for good.
     pub fn seal(&mut self, subject: &Subject, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>> {
-        let gen = self.generation(subject)?;
+        // The generation and the first generation's key in one read: a subject is at its
+        // first generation until it is shredded.
+        let first = layout::data_key(subject, 0);
+        let (gen, first_key) = match self
+            .etx
+            .get_many(&[&layout::generation(subject), &first])?
+            .as_mut_slice()
+        {
+            [gen, first_key] => (gen_of(gen.as_deref()), first_key.take()),
+            _ => return Err(StoreError::Engine("get_many: a value per key".into())),
+        };
         let slot = layout::data_key(subject, gen);
-        let dk = match self.etx.get(&slot)? {
+        let stored = match gen {
+            0 => first_key,
+            _ => self.etx.get(&slot)?,
+        };
+        let dk = match stored {
             Some(stored) => self.keys.unwrap(&slot, &stored)?,
             None => {
                 // With replicas, the KEK epoch is read from the database: a key made here
@@ -347,7 +372,22 @@ impl Tx<'_> {
         key: &[u8],
         subject: &Subject,
     ) -> Result<Option<T>> {
-        sealed_with(self.keys, |k| self.etx.get(k), what, key, subject)
+        // The value and the subject's first-generation key in one read (the key it is
+        // sealed under unless the subject was shredded since).
+        let first = layout::data_key(subject, 0);
+        let read = self.etx.get_many(&[key, &first])?;
+        let etx = &mut self.etx;
+        sealed_with(
+            self.keys,
+            |k| match (k == key, k == first.as_slice()) {
+                (true, _) => Ok(read.first().cloned().flatten()),
+                (_, true) => Ok(read.get(1).cloned().flatten()),
+                _ => etx.get(k),
+            },
+            what,
+            key,
+            subject,
+        )
     }
 
     /// Destroys `subject`'s current data key in this transaction: what was sealed under it

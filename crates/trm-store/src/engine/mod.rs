@@ -107,6 +107,10 @@ pub trait EngineTx {
     /// Returns the value of `key` as this transaction sees it.
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>>;
 
+    /// Returns the values of `keys` as this transaction sees them, in the same order: one
+    /// round trip to a database server for all of them.
+    fn get_many(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>>;
+
     /// Returns up to `limit` entries with keys in `start..end` as this transaction sees
     /// them, in key order.
     fn range(&mut self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>>;
@@ -143,6 +147,12 @@ pub(crate) trait LayeredTx {
     /// Returns the committed value of `key`.
     fn committed_get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>>;
 
+    /// Returns the committed values of `keys`, in the same order (one read each unless the
+    /// engine can do better).
+    fn committed_get_many(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        keys.iter().map(|k| self.committed_get(k)).collect()
+    }
+
     /// Returns up to `limit` committed entries with keys in `start..end`, in key order.
     fn committed_range(&mut self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>>;
 
@@ -162,6 +172,26 @@ impl<T: LayeredTx> EngineTx for T {
             return Ok(v.clone());
         }
         self.committed_get(key)
+    }
+
+    fn get_many(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut found: Vec<Option<Option<Vec<u8>>>> = keys
+            .iter()
+            .map(|k| self.layers().lookup(k).cloned())
+            .collect();
+        let missing: Vec<&[u8]> = keys
+            .iter()
+            .zip(&found)
+            .filter(|(_, f)| f.is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        if !missing.is_empty() {
+            let mut committed = self.committed_get_many(&missing)?.into_iter();
+            for slot in found.iter_mut().filter(|f| f.is_none()) {
+                *slot = Some(committed.next().flatten());
+            }
+        }
+        Ok(found.into_iter().map(Option::flatten).collect())
     }
 
     fn range(&mut self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>> {

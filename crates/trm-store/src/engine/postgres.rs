@@ -432,6 +432,19 @@ fn get_on(c: &mut Session, key: &[u8]) -> Result<Option<Vec<u8>>> {
         .map(|row| row.get(0)))
 }
 
+/// The values of `keys`, in their order, in one statement.
+fn get_many_on(c: &mut Session, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+    let st = c.prepared("SELECT k, v FROM kv WHERE k = ANY($1)")?;
+    let rows: std::collections::HashMap<Vec<u8>, Vec<u8>> = c
+        .client
+        .query(&st, &[&keys])
+        .map_err(pg_error)?
+        .into_iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    Ok(keys.iter().map(|k| rows.get(*k).cloned()).collect())
+}
+
 fn range_on(c: &mut Session, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let st = c.prepared("SELECT k, v FROM kv WHERE k >= $1 AND k < $2 ORDER BY k LIMIT $3")?;
@@ -511,6 +524,10 @@ impl LayeredTx for PostgresTx<'_> {
 
     fn committed_get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.run(|c| get_on(c, key))
+    }
+
+    fn committed_get_many(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.run(|c| get_many_on(c, keys))
     }
 
     fn committed_range(&mut self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>> {

@@ -465,6 +465,12 @@ mod tests {
     }
 
     #[test]
+    fn get_many_reads_what_the_transaction_sees_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::testing::check_get_many(&open(dir.path())).unwrap();
+    }
+
+    #[test]
     fn large_values_are_chunked_never_written_as_unsynced_blobs_and_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let big: Vec<u8> = (0..(3 << 20)).map(|i| (i % 251) as u8).collect();

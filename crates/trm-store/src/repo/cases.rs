@@ -4,6 +4,7 @@
 
 use trm_core::{
     consent::Consent,
+    exchange::RecordKind,
     ids::{CaseId, ConsentId, NodeId, OrgId, Shared, WitnessRecord},
     model::CaseRecord,
     returns::{ReturnDecision, RiskAssessment},
@@ -375,9 +376,11 @@ impl Tx<'_> {
     }
 
     /// Returns whether any record of this node (a case, or a shared record of any
-    /// registered kind) has the id `id`.
+    /// registered kind, `RecordKind::ALL`) has the id `id`: one read for all of them.
     pub fn names_a_record(&mut self, id: uuid::Uuid) -> Result<bool> {
-        Ok(self.exists(&layout::case(CaseId::from_uuid(id)))? || self.names_a_shared_record(id)?)
+        let mut keys = vec![layout::case(CaseId::from_uuid(id))];
+        keys.extend(RecordKind::ALL.map(|kind| layout::record(kind, id.as_bytes())));
+        self.any_exists(&keys)
     }
 }
 

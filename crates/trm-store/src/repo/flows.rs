@@ -15,7 +15,7 @@ use trm_core::{
 use serde::{de::DeserializeOwned, Serialize};
 use time::OffsetDateTime;
 use trm_core::{
-    exchange::{RecordKind, SharedRecord},
+    exchange::SharedRecord,
     ids::RecordId,
     stats::{Cell, Month},
 };
@@ -262,16 +262,6 @@ impl Tx<'_> {
             }
         }
         Ok(out)
-    }
-
-    /// Returns whether a shared record of any kind has the id `id`.
-    pub fn names_a_shared_record(&mut self, id: uuid::Uuid) -> Result<bool> {
-        for kind in RecordKind::ALL {
-            if self.exists(&layout::record(kind, id.as_bytes()))? {
-                return Ok(true);
-            }
-        }
-        Ok(false)
     }
 
     /// Looks up a local record by id: a case, or a referral or return plan (whose reference
