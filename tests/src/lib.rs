@@ -539,9 +539,10 @@ impl TestFederation {
         .await
     }
 
-    /// Returns a client of node `id`'s services authenticated as `role`, made by `new`, a
-    /// generated client's constructor: `fed.client("AT", role, SafetyServiceClient::new)`.
-    /// A new service needs no helper of its own.
+    /// Returns a client of node `id`'s services port authenticated as `role`, made by `new`,
+    /// a generated client's constructor: `fed.client("AT", role, SafetyServiceClient::new)`.
+    /// A new service needs no helper of its own. The admin service is on the admin port:
+    /// [`TestFederation::admin`].
     pub async fn client<C>(&self, id: &str, role: Role, new: fn(Channel) -> C) -> Result<C> {
         Ok(new(self.channel(id, role, false).await?))
     }

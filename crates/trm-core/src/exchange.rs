@@ -51,8 +51,8 @@ impl RecordKind {
         }
     }
 
-    /// Returns the kind's name in data-key subjects (`hearing/<id>`) and audit actions. Keys
-    /// already stored are found by it: it never changes.
+    /// Returns the kind's name in data-key subjects (`hearing/<id>`). Keys already stored
+    /// are found by it: it never changes.
     pub fn code(self) -> &'static str {
         match self {
             RecordKind::Referral => "referral",
@@ -228,8 +228,10 @@ pub trait ErasableRecord: SharedRecord {
     fn disclosed_mut(&mut self) -> &mut crate::model::DisclosedCase;
     /// The consents its disclosure relies on.
     fn consent_ids_mut(&mut self) -> &mut Vec<crate::ids::ConsentId>;
-    /// Returns whether the other node still uses its copy, so that an update of the case
-    /// reaches it (the record's own rule; an erasure asked for ends it too).
+    /// Returns whether the other node still uses its copy, by the record's own rule (its
+    /// status), so that an update of the case reaches it. It does not look at the erasure:
+    /// a caller that sends the copy anything checks [`ErasableRecord::erasure`] too (an
+    /// open claim stays open when its copy's erasure is asked for).
     fn copy_in_use(&self) -> bool;
     /// Where the erasure of the other node's copy stands (kept at the origin).
     fn erasure(&self) -> Erasure;

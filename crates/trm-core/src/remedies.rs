@@ -298,9 +298,8 @@ impl crate::exchange::SharedRecord for ClaimRecord {
 }
 
 // The forum's copy carries the victim's data: withdrawing the consent it relied on, or
-// erasing the case, erases it.
-// A claim's forum needs the victim's data while it decides and pays; a claim heard here
-// sent no copy.
+// erasing the case, erases it. The forum needs that data while it decides and pays; a
+// claim heard here sent no copy.
 crate::exchange::erasable_record!(ClaimRecord, crate::model::Purpose::LegalRemedies, |c| !c
     .is_local()
     && c.is_open());

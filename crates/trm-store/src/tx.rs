@@ -141,8 +141,6 @@ pub(crate) fn trusted_with<T: DeserializeOwned>(
     }
 }
 
-/// Opens bytes sealed under `subject` (what [`Tx::seal`] made, bound to `aad`), the data
-/// key that sealed them read through `get`; `None` when that key was shredded.
 /// A subject's key generation as stored (0 when none is: its first).
 fn gen_of(stored: Option<&[u8]>) -> u32 {
     stored
@@ -151,6 +149,8 @@ fn gen_of(stored: Option<&[u8]>) -> u32 {
         .unwrap_or(0)
 }
 
+/// Opens bytes sealed under `subject` (what [`Tx::seal`] made, bound to `aad`), the data
+/// key that sealed them read through `get`; `None` when that key was shredded.
 pub(crate) fn open_with(
     keys: &KeyRing,
     get: impl FnOnce(&[u8]) -> Result<Option<Vec<u8>>>,
