@@ -1,8 +1,8 @@
 //! The shared records (referrals, return plans, hearings, and any kind added to
-//! [`RecordKind`](trm_core::exchange::RecordKind)), kept one way ([`StoredRecord`]): each sealed under a key of its own
-//! (a subject of its kind), with an index by direction holding the organisation that may
-//! read it (a listing filters before it opens anything), counted in the statistics by its
-//! state; and the index of a case's open referral to each destination.
+//! [`RecordKind`](trm_core::exchange::RecordKind)), kept one way ([`StoredRecord`]): each sealed
+//! under a key of its own (a subject of its kind), with an index by direction holding the
+//! organisation that may read it (a listing filters before it opens anything), counted in the
+//! statistics by its state; and the index of a case's open referral to each destination.
 
 use trm_core::{
     hearing::{HearingRecord, Witness},
