@@ -47,10 +47,11 @@ pub fn engine_for(dir: &Path) -> std::io::Result<EngineOptions> {
     })
 }
 
-/// Checks what an engine's transaction reads with [`get_many`](crate::engine::EngineTx::get_many):
-/// each key's value as the transaction sees it (its own writes and deletions over what is
-/// committed), in the order asked, a key asked twice answered twice, a missing key `None`.
-/// Run by each engine's tests.
+/// Checks what an engine's transaction reads with [`get_many`](crate::engine::EngineTx::get_many)
+/// and `get`: each key's value as the transaction sees it (its own writes and deletions,
+/// those of a savepoint rolled back forgotten, over what is committed, which it reads once),
+/// in the order asked, a key asked twice answered twice, a missing key `None`. Run by each
+/// engine's tests.
 pub fn check_get_many(engine: &dyn crate::engine::Engine) -> crate::Result<()> {
     let fail = |what: &str| Err(crate::StoreError::Engine(format!("get_many: {what}")));
     let mut tx = engine.begin()?;
@@ -70,6 +71,31 @@ pub fn check_get_many(engine: &dyn crate::engine::Engine) -> crate::Result<()> {
         return fail("the transaction's view, in order");
     }
     drop(tx);
+
+    // A committed value read once, then written and rolled back, reads as committed again;
+    // one written and kept reads as written, by either read.
+    let mut tx = engine.begin()?;
+    let first = tx.get(b"gm/a")?;
+    tx.savepoint()?;
+    tx.put(b"gm/a", b"10")?;
+    tx.delete(b"gm/b")?;
+    let inside = (tx.get(b"gm/a")?, tx.get_many(&[b"gm/b"])?);
+    tx.rollback_to_savepoint()?;
+    let after = (tx.get(b"gm/a")?, tx.get_many(&[b"gm/a", b"gm/b"])?);
+    tx.savepoint()?;
+    tx.put(b"gm/b", b"21")?;
+    tx.release_savepoint()?;
+    let kept = (tx.get(b"gm/b")?, tx.get_many(&[b"gm/b"])?);
+    drop(tx);
+    let one = |v: &[u8]| Some(v.to_vec());
+    if first != one(b"1")
+        || inside != (one(b"10"), vec![None])
+        || after != (one(b"1"), vec![one(b"1"), one(b"2")])
+        || kept != (one(b"21"), vec![one(b"21")])
+    {
+        return fail("reads around a savepoint");
+    }
+
     let mut tx = engine.begin()?;
     if !tx.get_many(&[])?.is_empty() {
         return fail("no keys, no values");

@@ -45,7 +45,7 @@ impl std::fmt::Display for WriteRefusal {
     }
 }
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::Result;
 
@@ -168,17 +168,17 @@ pub(crate) trait LayeredTx {
 
 impl<T: LayeredTx> EngineTx for T {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if let Some(v) = self.layers().lookup(key) {
-            return Ok(v.clone());
+        if let Some(v) = self.layers().known(key) {
+            return Ok(v);
         }
-        self.committed_get(key)
+        let v = self.committed_get(key)?;
+        self.layers().remember(key, &v);
+        Ok(v)
     }
 
     fn get_many(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
-        let mut found: Vec<Option<Option<Vec<u8>>>> = keys
-            .iter()
-            .map(|k| self.layers().lookup(k).cloned())
-            .collect();
+        let mut found: Vec<Option<Option<Vec<u8>>>> =
+            keys.iter().map(|k| self.layers().known(k)).collect();
         let missing: Vec<&[u8]> = keys
             .iter()
             .zip(&found)
@@ -186,7 +186,11 @@ impl<T: LayeredTx> EngineTx for T {
             .map(|(k, _)| *k)
             .collect();
         if !missing.is_empty() {
-            let mut committed = self.committed_get_many(&missing)?.into_iter();
+            let committed = self.committed_get_many(&missing)?;
+            for (key, value) in missing.iter().zip(&committed) {
+                self.layers().remember(key, value);
+            }
+            let mut committed = committed.into_iter();
             for slot in found.iter_mut().filter(|f| f.is_none()) {
                 *slot = Some(committed.next().flatten());
             }
@@ -260,16 +264,30 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 }
 
 /// A transaction's own writes, one layer per open savepoint (`None`: deleted), shared by
-/// the engines that apply a transaction's writes at commit.
+/// the engines that apply a transaction's writes at commit; and the committed values it
+/// has read. Those cannot change under it (one writer; on PostgreSQL, the SERIALIZABLE
+/// transaction's one snapshot), so each is read from the engine once.
 #[derive(Debug, Default)]
 pub(crate) struct Layers {
     layers: Vec<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+    read: HashMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl Layers {
     /// Returns this transaction's write of `key`, if it made one (`Some(None)`: deleted).
     pub fn lookup(&self, key: &[u8]) -> Option<&Option<Vec<u8>>> {
         self.layers.iter().rev().find_map(|l| l.get(key))
+    }
+
+    /// Returns the value of `key` as the transaction sees it, if it wrote it or already read
+    /// its committed value.
+    fn known(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        self.lookup(key).or_else(|| self.read.get(key)).cloned()
+    }
+
+    /// Keeps the committed value of `key` as read.
+    fn remember(&mut self, key: &[u8], value: &Option<Vec<u8>>) {
+        self.read.insert(key.to_vec(), value.clone());
     }
 
     fn top(&mut self) -> &mut BTreeMap<Vec<u8>, Option<Vec<u8>>> {
