@@ -243,6 +243,13 @@ impl Tx<'_> {
         Ok(self.etx.get(key)?.is_some())
     }
 
+    /// Reads `keys` in one round trip, so that the transaction's later reads of them cost
+    /// none (it reads each committed value once).
+    pub(crate) fn prefetch(&mut self, keys: &[Vec<u8>]) -> Result<()> {
+        let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        self.etx.get_many(&keys).map(drop)
+    }
+
     /// Returns whether any of `keys` holds a value (one read for all of them).
     pub(crate) fn any_exists(&mut self, keys: &[Vec<u8>]) -> Result<bool> {
         let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();

@@ -173,7 +173,16 @@ impl Tx<'_> {
     /// Writes a shared record (new or changed), keeps its indexes and moves its count.
     pub fn put_record<R: StoredRecord>(&mut self, r: &R) -> Result<()> {
         let id = uuid_bytes(r.id());
-        self.put_sealed(&layout::record(R::KIND, &id), &subject::<R>(r.id()), r)?;
+        let subject = subject::<R>(r.id());
+        // What the writes below read (the data key's generation and first key, the event
+        // state, where the record is counted), in one round trip.
+        self.prefetch(&[
+            layout::generation(&subject),
+            layout::data_key(&subject, 0),
+            layout::event_state(R::KIND.tag(), &id),
+            layout::counted(R::KIND.tag(), &id),
+        ])?;
+        self.put_sealed(&layout::record(R::KIND, &id), &subject, r)?;
         let dir = r.direction(self.node);
         self.put_raw(
             &layout::record_index(R::KIND, dir_tag(dir), &id),
