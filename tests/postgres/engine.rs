@@ -403,3 +403,48 @@ fn get_many_reads_what_the_transaction_sees_in_order() -> anyhow::Result<()> {
     trm_store::engine::postgres::drop_schema(&options)?;
     Ok(checked?)
 }
+
+/// Once a statement of a transaction has failed (here: the connection cut under it), the
+/// transaction refuses everything after, even a key it read before and still holds: a
+/// later request of the writer's group must fail too, not go on as if it could commit.
+#[test]
+fn after_a_failed_statement_a_transaction_refuses_even_what_it_read_before() -> anyhow::Result<()> {
+    let url = crate::url();
+    let parsed: postgres::Config = url.parse()?;
+    let port = parsed.get_ports().first().copied().unwrap_or(5432);
+    let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], port)))?;
+    let user = parsed.get_user().unwrap_or("postgres").to_owned();
+    let dbname = parsed.get_dbname().unwrap_or("postgres").to_owned();
+    let schema = crate::fresh_schema();
+    let direct = PostgresOptions {
+        url,
+        ca_file: None,
+        schema: schema.clone(),
+        readers: 1,
+    };
+    let via_proxy = PostgresOptions {
+        url: format!(
+            "postgres://{user}@127.0.0.1:{}/{dbname}?connect_timeout=2",
+            proxy.addr.port()
+        ),
+        ..direct.clone()
+    };
+    let engine = trm_store::engine::postgres::PostgresEngine::open(&via_proxy)?;
+    let mut tx = trm_store::engine::Engine::begin(&engine)?;
+    assert_eq!(
+        tx.get(b"gm/a")?,
+        None,
+        "read once, known to the transaction"
+    );
+    proxy.set_down(true);
+    assert!(tx.get(b"gm/b").is_err(), "the server is away");
+    let again = tx.get(b"gm/a");
+    assert!(again.is_err(), "a key read before: {again:?}");
+    assert!(tx.get_many(&[b"gm/a"]).is_err());
+    assert!(tx.put(b"gm/c", b"1").is_err());
+    drop(tx);
+    drop(engine);
+    proxy.set_down(false);
+    trm_store::engine::postgres::drop_schema(&direct)?;
+    Ok(())
+}

@@ -156,6 +156,13 @@ pub(crate) trait LayeredTx {
     /// Returns up to `limit` committed entries with keys in `start..end`, in key order.
     fn committed_range(&mut self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>>;
 
+    /// Refuses every further operation once the transaction can only be rolled back (a
+    /// statement of it failed on the server): what it read before must not let a later
+    /// request of the group go on as if it could commit.
+    fn usable(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Refuses a key the engine keeps for itself; every key is allowed unless the engine
     /// says otherwise.
     fn check_key(&self, _key: &[u8]) -> Result<()> {
@@ -168,6 +175,7 @@ pub(crate) trait LayeredTx {
 
 impl<T: LayeredTx> EngineTx for T {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.usable()?;
         if let Some(v) = self.layers().known(key) {
             return Ok(v);
         }
@@ -177,6 +185,7 @@ impl<T: LayeredTx> EngineTx for T {
     }
 
     fn get_many(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.usable()?;
         let mut found: Vec<Option<Option<Vec<u8>>>> =
             keys.iter().map(|k| self.layers().known(k)).collect();
         let missing: Vec<&[u8]> = keys
@@ -199,18 +208,21 @@ impl<T: LayeredTx> EngineTx for T {
     }
 
     fn range(&mut self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>> {
+        self.usable()?;
         let deleted = self.layers().deleted_in(start, end);
         let committed = self.committed_range(start, end, limit.saturating_add(deleted))?;
         Ok(self.layers().merge(committed, start, end, limit))
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.usable()?;
         self.check_key(key)?;
         self.layers().put(key, value);
         Ok(())
     }
 
     fn delete(&mut self, key: &[u8]) -> Result<()> {
+        self.usable()?;
         self.layers().delete(key);
         Ok(())
     }

@@ -478,6 +478,7 @@ impl Engine for PostgresEngine {
             writer,
             layers: Layers::default(),
             open: true,
+            failed: false,
         }))
     }
 
@@ -504,22 +505,35 @@ struct PostgresTx<'a> {
     writer: MutexGuard<'a, Slot>,
     layers: Layers,
     open: bool,
+    /// A statement failed: the server aborted the transaction.
+    failed: bool,
 }
 
 impl PostgresTx<'_> {
     /// Runs `f` on the transaction's connection, off the runtime.
     fn run<R: Send>(&mut self, f: impl FnOnce(&mut Session) -> Result<R> + Send) -> Result<R> {
         let slot = &mut *self.writer;
-        off_runtime(move || match slot.as_mut() {
+        let result = off_runtime(move || match slot.as_mut() {
             Some(session) => f(session),
             None => Err(StoreError::Engine("postgres: not connected".into())),
-        })
+        });
+        self.failed |= result.is_err();
+        result
     }
 }
 
 impl LayeredTx for PostgresTx<'_> {
     fn layers(&mut self) -> &mut Layers {
         &mut self.layers
+    }
+
+    fn usable(&self) -> Result<()> {
+        match self.failed {
+            true => Err(StoreError::Engine(
+                "postgres: a statement of this transaction failed".into(),
+            )),
+            false => Ok(()),
+        }
     }
 
     fn committed_get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
