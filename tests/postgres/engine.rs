@@ -155,6 +155,20 @@ impl Proxy {
         Ok(Self { addr, down, cut })
     }
 
+    /// Starts a proxy to the suite's database; returns it with the URL that goes through it.
+    fn to_postgres() -> anyhow::Result<(Self, String)> {
+        let parsed: postgres::Config = crate::url().parse()?;
+        let port = parsed.get_ports().first().copied().unwrap_or(5432);
+        let proxy = Self::start(SocketAddr::from(([127, 0, 0, 1], port)))?;
+        let user = parsed.get_user().unwrap_or("postgres");
+        let dbname = parsed.get_dbname().unwrap_or("postgres");
+        let url = format!(
+            "postgres://{user}@127.0.0.1:{}/{dbname}?connect_timeout=2",
+            proxy.addr.port()
+        );
+        Ok((proxy, url))
+    }
+
     fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
         if down {
@@ -166,16 +180,7 @@ impl Proxy {
 #[tokio::test]
 async fn while_the_database_is_away_requests_fail_unavailable_and_nothing_acknowledged_is_lost(
 ) -> anyhow::Result<()> {
-    let url = crate::url();
-    let parsed: postgres::Config = url.parse()?;
-    let port = parsed.get_ports().first().copied().unwrap_or(5432);
-    let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], port)))?;
-    let user = parsed.get_user().unwrap_or("postgres").to_owned();
-    let dbname = parsed.get_dbname().unwrap_or("postgres").to_owned();
-    let via_proxy = format!(
-        "postgres://{user}@127.0.0.1:{}/{dbname}?connect_timeout=2",
-        proxy.addr.port()
-    );
+    let (proxy, via_proxy) = Proxy::to_postgres()?;
     let schema = crate::fresh_schema();
     let s = schema.clone();
     let mut fed = TestFederation::builder()
@@ -409,24 +414,15 @@ fn get_many_reads_what_the_transaction_sees_in_order() -> anyhow::Result<()> {
 /// later request of the writer's group must fail too, not go on as if it could commit.
 #[test]
 fn after_a_failed_statement_a_transaction_refuses_even_what_it_read_before() -> anyhow::Result<()> {
-    let url = crate::url();
-    let parsed: postgres::Config = url.parse()?;
-    let port = parsed.get_ports().first().copied().unwrap_or(5432);
-    let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], port)))?;
-    let user = parsed.get_user().unwrap_or("postgres").to_owned();
-    let dbname = parsed.get_dbname().unwrap_or("postgres").to_owned();
-    let schema = crate::fresh_schema();
+    let (proxy, url) = Proxy::to_postgres()?;
     let direct = PostgresOptions {
-        url,
+        url: crate::url(),
         ca_file: None,
-        schema: schema.clone(),
+        schema: crate::fresh_schema(),
         readers: 1,
     };
     let via_proxy = PostgresOptions {
-        url: format!(
-            "postgres://{user}@127.0.0.1:{}/{dbname}?connect_timeout=2",
-            proxy.addr.port()
-        ),
+        url,
         ..direct.clone()
     };
     let engine = trm_store::engine::postgres::PostgresEngine::open(&via_proxy)?;
