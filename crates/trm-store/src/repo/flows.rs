@@ -174,16 +174,24 @@ impl Tx<'_> {
     pub fn put_record<R: StoredRecord>(&mut self, r: &R) -> Result<()> {
         let id = uuid_bytes(r.id());
         let subject = subject::<R>(r.id());
+        let dir = r.direction(self.node);
         // What the writes below read (the data key's generation and first key, the event
-        // state, where the record is counted), in one round trip.
-        self.prefetch(&[
+        // state, where the record is counted and the counter it counts in now), in one
+        // round trip.
+        let mut reads = vec![
             layout::generation(&subject),
             layout::data_key(&subject, 0),
             layout::event_state(R::KIND.tag(), &id),
-            layout::counted(R::KIND.tag(), &id),
-        ])?;
+        ];
+        if R::COUNTED {
+            reads.push(layout::counted(R::KIND.tag(), &id));
+            reads.push(super::stats::stat_key(
+                Month::at(r.created()),
+                &r.cell(dir),
+            )?);
+        }
+        self.prefetch(&reads)?;
         self.put_sealed(&layout::record(R::KIND, &id), &subject, r)?;
-        let dir = r.direction(self.node);
         self.put_raw(
             &layout::record_index(R::KIND, dir_tag(dir), &id),
             &org_bytes(r.owner()),

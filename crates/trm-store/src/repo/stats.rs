@@ -25,6 +25,11 @@ struct Counted {
     cell: Cell,
 }
 
+/// The key of `cell`'s counter in `month`.
+pub(crate) fn stat_key(month: Month, cell: &Cell) -> Result<Vec<u8>> {
+    Ok(layout::stat(&month.key(), &cell_key(cell)?))
+}
+
 fn cell_key(cell: &Cell) -> Result<Vec<u8>> {
     serde_json::to_vec(cell).map_err(|_| crate::StoreError::Encode)
 }
@@ -111,7 +116,7 @@ impl Tx<'_> {
 
     /// Adds `delta` to the counter of `cell` in `month`.
     pub fn count(&mut self, month: Month, cell: &Cell, delta: i64) -> Result<()> {
-        let key = layout::stat(&month.key(), &cell_key(cell)?);
+        let key = stat_key(month, cell)?;
         let now = self
             .get_raw(&key)?
             .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
