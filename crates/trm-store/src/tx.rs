@@ -243,17 +243,21 @@ impl Tx<'_> {
         Ok(self.etx.get(key)?.is_some())
     }
 
-    /// Reads `keys` in one round trip, so that the transaction's later reads of them cost
-    /// none (it reads each committed value once).
-    pub(crate) fn prefetch(&mut self, keys: &[Vec<u8>]) -> Result<()> {
+    /// Returns the values of `keys` in one round trip; the transaction's later reads of
+    /// them cost none (it reads each committed value once).
+    pub(crate) fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
         let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-        self.etx.get_many(&keys).map(drop)
+        self.etx.get_many(&keys)
+    }
+
+    /// Reads `keys` in one round trip ahead of the reads that will need them.
+    pub(crate) fn prefetch(&mut self, keys: &[Vec<u8>]) -> Result<()> {
+        self.get_many(keys).map(drop)
     }
 
     /// Returns whether any of `keys` holds a value (one read for all of them).
     pub(crate) fn any_exists(&mut self, keys: &[Vec<u8>]) -> Result<bool> {
-        let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-        Ok(self.etx.get_many(&keys)?.iter().any(Option::is_some))
+        Ok(self.get_many(keys)?.iter().any(Option::is_some))
     }
 
     /// Returns up to `limit` entries whose keys start with `prefix`, after `after` if given.
