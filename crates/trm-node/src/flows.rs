@@ -506,13 +506,7 @@ impl Flows {
             } => {
                 let id = *hearing_id;
                 let h = lifecycle::update_in::<HearingRecord>(me, tx, inbound, id, *status, step)?;
-                let by = peer_actor(inbound.sender);
-                Ok(crate::returns::after_hearing(
-                    tx,
-                    &self.identity,
-                    (me, &by),
-                    &h,
-                )?)
+                self.refresh_flags(tx, inbound, crate::returns::after_hearing, &h)
             }
             PeerMessage::ClaimUpdate {
                 claim_id,
@@ -525,13 +519,7 @@ impl Flows {
                 let c = lifecycle::update_in::<ClaimRecord>(
                     me, tx, inbound, *claim_id, *status, &step,
                 )?;
-                let by = peer_actor(inbound.sender);
-                Ok(crate::returns::after_claim(
-                    tx,
-                    &self.identity,
-                    (me, &by),
-                    &c,
-                )?)
+                self.refresh_flags(tx, inbound, crate::returns::after_claim, &c)
             }
             PeerMessage::VictimStatusAnswer {
                 status_request_id,
@@ -554,6 +542,20 @@ impl Flows {
 }
 
 impl Flows {
+    /// After the sender's step on `record` (a hearing or a claim), the open return plans of
+    /// its case take their coordination flags again through `after`
+    /// (`returns::after_hearing` or `after_claim`), audited as the sender's.
+    fn refresh_flags<R>(
+        &self,
+        tx: &mut Tx<'_>,
+        inbound: &Inbound,
+        after: fn(&mut Tx<'_>, &Signer, (NodeId, &str), &R) -> trm_store::Result<()>,
+        record: &R,
+    ) -> FlowResult {
+        let by = peer_actor(inbound.sender);
+        Ok(after(tx, &self.identity, (self.id, &by), record)?)
+    }
+
     /// The case behind a copy this node received changed at the sender (UpdateCase): the
     /// copy now holds `disclosed`, checked against the same disclosure table as when it
     /// first crossed, under the same reference. An erased copy stays erased.
