@@ -19,6 +19,12 @@
 
 mod mesh;
 
+/// The nodes' allocator, as in `trm-node`: jemalloc, measured about a quarter less CPU per
+/// referral than glibc's malloc (README, "Performance").
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
