@@ -259,7 +259,7 @@ fn record_outcome(
     tx: &mut Tx<'_>,
     handler: &dyn FlowHandler,
     item: &OutboxItem,
-    proof: &[u8],
+    proof: &trm_store::Proof,
     outcome: ReceiptOutcome,
     reason: &str,
     how: &str,
@@ -873,7 +873,7 @@ impl Delivery {
         how: &'static str,
     ) -> Result<(), Failure> {
         let handler = self.inner.handler.clone();
-        let proof = receipt.encode_to_vec();
+        let proof = trm_store::Proof::new(receipt.encode_to_vec());
         let queued = items.to_vec();
         let committed = self
             .inner

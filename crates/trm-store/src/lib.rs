@@ -26,7 +26,7 @@ mod tx;
 pub mod writer;
 
 pub use error::{Result, StoreError, TxFail};
-pub use repo::audit;
+pub use repo::{audit, outbox::Proof};
 pub use store::{Committed, EngineOptions, Store, StoreOptions};
 pub use subject::Subject;
 pub use tx::{Note, Tx};

@@ -549,6 +549,78 @@ fn queue_depths_follow_only_committed_work_and_are_recounted_on_reopening() {
     assert_eq!(store.dead_letter_count().unwrap(), 1);
 }
 
+/// A batch receipt proves every message it lists: it is stored once, not once per message
+/// (a batch of 64 stored 64 copies of a receipt listing 64), and each message still finds it.
+#[test]
+fn a_batch_receipt_is_stored_once_and_proves_each_message_it_lists() {
+    use trm_core::{
+        ids::{MessageId, ReferralId},
+        messages::{EnvelopeKind, Topic},
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &SecretKey::generate());
+    let de: NodeId = "DE".parse().unwrap();
+    let ids: Vec<MessageId> = (0..5).map(|_| MessageId::new()).collect();
+    let queued = ids.clone();
+    store
+        .commit_blocking::<(), (), _>(move |tx| {
+            for id in &queued {
+                let topic = Topic::Referral(ReferralId::new());
+                tx.queue_envelope(de, *id, topic, EnvelopeKind::ReferralOffer, b"env")?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let items = store.outbox_head(de, 10).unwrap();
+    assert_eq!(items.len(), 5);
+    // Stands for the signed receipt of one batch: what the peer signed, listing all five.
+    let receipt: Vec<u8> = (0..2000u32).flat_map(|i| i.to_be_bytes()).collect();
+    let proof = crate::Proof::new(receipt.clone());
+    let (first, rest) = items.split_first().unwrap();
+    let (first, rest) = (first.clone(), rest.to_vec());
+    store
+        .commit_blocking::<(), (), _>(move |tx| {
+            tx.dead_letter(&first, "refused by peer", Some(&proof))?;
+            for item in &rest {
+                tx.finish_queued(item, Some(&proof))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    for id in &ids {
+        assert_eq!(
+            store.receipt(*id).unwrap().as_deref(),
+            Some(receipt.as_slice()),
+            "each message finds the receipt that proves it"
+        );
+    }
+    assert_eq!(store.receipt(MessageId::new()).unwrap(), None);
+    // A receipt kept the way it was before, under the message, still reads.
+    let old = MessageId::new();
+    store
+        .commit_blocking::<(), (), _>(move |tx| {
+            Ok(tx.put_raw(
+                &crate::repo::layout::legacy_receipt(&old.uuid()),
+                b"older receipt",
+            )?)
+        })
+        .unwrap();
+    assert_eq!(
+        store.receipt(old).unwrap().as_deref(),
+        Some(&b"older receipt"[..])
+    );
+    let stored: usize = ["p/", "pr/", "pb/"]
+        .iter()
+        .flat_map(|p| store.scan_raw(p.as_bytes(), None, 100).unwrap())
+        .map(|(_, v)| v.len())
+        .sum();
+    assert!(
+        stored < receipt.len() + 5 * 64 + b"older receipt".len(),
+        "the receipt is stored once ({stored} bytes for a receipt of {})",
+        receipt.len()
+    );
+}
+
 #[test]
 fn statistics_count_a_person_once_and_follow_a_referral_to_its_state() {
     use trm_core::{

@@ -298,8 +298,20 @@ pub(crate) mod layout {
 
     pub const LEGACY_INBOX: &[u8] = b"i/";
 
-    /// A peer's receipt for an outbound message.
-    pub fn receipt(message_id: &uuid::Uuid) -> Vec<u8> {
+    /// Which receipt proves an outbound message delivered: the receipt's SHA-256.
+    pub fn receipt_of(message_id: &uuid::Uuid) -> Vec<u8> {
+        key("pr/", &[message_id.as_bytes()])
+    }
+
+    /// A peer's signed receipt, once, under its SHA-256: a batch receipt proves every
+    /// message it lists.
+    pub fn receipt(digest: &[u8; 32]) -> Vec<u8> {
+        key("pb/", &[digest])
+    }
+
+    /// Before receipts were kept once: the receipt itself under each message it proves
+    /// (read, never written).
+    pub fn legacy_receipt(message_id: &uuid::Uuid) -> Vec<u8> {
         key("p/", &[message_id.as_bytes()])
     }
 

@@ -82,6 +82,24 @@ fn aad(message_id: MessageId) -> Vec<u8> {
     a
 }
 
+/// A peer's signed receipt, kept as the proof that the messages it lists were delivered.
+/// Made once per receipt (its digest is its key), however many messages it proves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proof {
+    digest: [u8; 32],
+    bytes: Vec<u8>,
+}
+
+impl Proof {
+    /// The receipt's exact bytes, as the peer signed and sent them.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self {
+            digest: trm_crypto::sha256(&bytes),
+            bytes,
+        }
+    }
+}
+
 impl Tx<'_> {
     fn count_queued(&mut self, peer: NodeId, delta: i64) {
         *self.fx.queued.entry(peer).or_default() += delta;
@@ -124,14 +142,16 @@ impl Tx<'_> {
 
     /// Removes a queued item that was delivered (its `receipt` kept as proof) or whose
     /// subject was erased (no receipt).
-    pub fn finish_queued(&mut self, item: &OutboxItem, receipt: Option<&[u8]>) -> Result<()> {
+    pub fn finish_queued(&mut self, item: &OutboxItem, receipt: Option<&Proof>) -> Result<()> {
         if !self.exists(&layout::outbox(item.peer, item.seq))? {
             return Ok(());
         }
         self.delete(&layout::outbox(item.peer, item.seq))?;
         self.count_queued(item.peer, -1);
-        if let Some(r) = receipt {
-            self.put_raw(&layout::receipt(&item.message_id.uuid()), r)?;
+        if let Some(p) = receipt {
+            // Every item of a batch writes the same key: the transaction keeps one copy.
+            self.put_raw(&layout::receipt(&p.digest), &p.bytes)?;
+            self.put_raw(&layout::receipt_of(&item.message_id.uuid()), &p.digest)?;
         }
         Ok(())
     }
@@ -141,7 +161,7 @@ impl Tx<'_> {
         &mut self,
         item: &OutboxItem,
         why: &str,
-        receipt: Option<&[u8]>,
+        receipt: Option<&Proof>,
     ) -> Result<()> {
         self.finish_queued(item, receipt)?;
         let mut dead = item.clone();
@@ -414,7 +434,15 @@ impl Store {
 
     /// Returns the receipt a peer gave for outbound `message_id`.
     pub fn receipt(&self, message_id: MessageId) -> Result<Option<Vec<u8>>> {
-        self.engine().get(&layout::receipt(&message_id.uuid()))
+        let id = message_id.uuid();
+        let Some(digest) = self.engine().get(&layout::receipt_of(&id))? else {
+            return self.engine().get(&layout::legacy_receipt(&id));
+        };
+        let digest: [u8; 32] = digest
+            .as_slice()
+            .try_into()
+            .map_err(|_| crate::StoreError::Corrupt("receipt reference"))?;
+        self.engine().get(&layout::receipt(&digest))
     }
 }
 
