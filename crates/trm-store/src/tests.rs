@@ -137,6 +137,47 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// A record written again under a new data key (as an erased copy keeps its tombstone) is
+/// never read as missing by a reader outside the writer, who reads the value and its key
+/// apart: a client asking while the erasure commits was told "not found".
+#[test]
+fn a_record_sealed_again_under_a_new_key_never_reads_as_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &SecretKey::generate());
+    let id = trm_core::ids::CaseId::new();
+    let key = crate::repo::layout::case(id);
+    store
+        .commit_blocking::<(), (), _>(move |tx| {
+            Ok(tx.put_sealed(&crate::repo::layout::case(id), &Subject::case(id), &0u32)?)
+        })
+        .unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let reads = std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 1..=200u32 {
+                store
+                    .commit_blocking::<(), (), _>(move |tx| {
+                        let (key, subject) = (crate::repo::layout::case(id), Subject::case(id));
+                        tx.shred(&subject)?;
+                        Ok(tx.put_sealed(&key, &subject, &i)?)
+                    })
+                    .unwrap();
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let mut reads = 0u64;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            let read: Option<u32> = store.get_sealed("n", &key, &Subject::case(id)).unwrap();
+            assert!(read.is_some(), "read as missing after {reads} reads");
+            reads += 1;
+        }
+        reads
+    });
+    assert!(reads > 0);
+    let last: Option<u32> = store.get_sealed("n", &key, &Subject::case(id)).unwrap();
+    assert_eq!(last, Some(200));
+}
+
 /// A case sealed before it had identification and residence (its stored JSON lacks them)
 /// still opens, with none of either.
 #[test]

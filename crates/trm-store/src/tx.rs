@@ -178,14 +178,29 @@ pub(crate) fn sealed_with<T: DeserializeOwned>(
     key: &[u8],
     subject: &Subject,
 ) -> Result<Option<T>> {
-    let Some(sealed) = get(key)? else {
+    let Some(mut sealed) = get(key)? else {
         return Ok(None);
     };
-    match open_with(keys, get, subject, key, &sealed)? {
-        Some(plain) => decode(what, &plain).map(Some),
-        None => Ok(None),
+    // Outside a transaction the value and its data key are read apart: a commit between
+    // the two may have shredded that key and sealed the value again under the next one (an
+    // erased copy keeps its tombstone). So the value is read again, and only when it has not
+    // changed is it gone. In a transaction the second read answers the same.
+    for _ in 0..SEALED_READ_TRIES {
+        if let Some(plain) = open_with(keys, &mut get, subject, key, &sealed)? {
+            return decode(what, &plain).map(Some);
+        }
+        match get(key)? {
+            Some(again) if again != sealed => sealed = again,
+            _ => return Ok(None),
+        }
     }
+    Err(StoreError::Conflict)
 }
+
+/// How many times a sealed read follows a value sealed again under a new key before it
+/// answers that the store is too busy ([`StoreError::Conflict`]): each time is a commit of
+/// that very record between two reads.
+const SEALED_READ_TRIES: usize = 8;
 
 impl Tx<'_> {
     /// Returns the node whose store this is.
