@@ -894,6 +894,17 @@ impl Built {
         )
         .with_graceful_shutdown(shutdown_signal(stopped.clone()));
 
+        // Logged before any port answers: an operator (or a test) who got an answer reads
+        // this line in the log already.
+        info!(
+            node = %ctx.id,
+            services = %addrs.services,
+            federation = %addrs.federation,
+            admin = %addrs.admin,
+            metrics = %addrs.metrics,
+            console = ?addrs.console,
+            "node running: listening"
+        );
         let mut acceptors = acceptors;
         let console = match listeners.console {
             Some(listener) => {
@@ -921,15 +932,6 @@ impl Built {
             ),
         ];
         tasks.extend(console);
-        info!(
-            node = %ctx.id,
-            services = %addrs.services,
-            federation = %addrs.federation,
-            admin = %addrs.admin,
-            metrics = %addrs.metrics,
-            console = ?addrs.console,
-            "node running: listening"
-        );
         Ok(Running {
             node: ctx.id,
             health,
