@@ -239,77 +239,113 @@ pub fn request_server(common_name: &str, hosts: &[String]) -> Result<Request> {
     request(params)
 }
 
-/// Returns the SAN URIs of a DER certificate.
-pub fn san_uris(cert_der: &[u8]) -> Result<Vec<String>> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
-        .map_err(|_| CryptoError::Certificate("cannot parse certificate".into()))?;
-    let mut out = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            if let x509_parser::extensions::GeneralName::URI(uri) = name {
-                out.push((*uri).to_owned());
+/// What the node reads from an end-entity certificate to know its caller, in one parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leaf {
+    /// Who issued it (see [`issuer_id`]).
+    pub issuer: String,
+    /// Its serial number (see [`serial_hex`]).
+    pub serial: String,
+    /// Its SAN URIs.
+    pub uris: Vec<String>,
+}
+
+impl Leaf {
+    /// Reads a DER certificate.
+    pub fn parse(cert_der: &[u8]) -> Result<Self> {
+        let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+            .map_err(|_| CryptoError::Certificate("cannot parse certificate".into()))?;
+        let mut uris = Vec::new();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                if let x509_parser::extensions::GeneralName::URI(uri) = name {
+                    uris.push((*uri).to_owned());
+                }
             }
         }
+        let serial = hex::encode(cert.raw_serial());
+        let serial = match serial.trim_start_matches('0') {
+            "" => "0".to_owned(),
+            trimmed => trimmed.to_owned(),
+        };
+        Ok(Self {
+            issuer: name_id(cert.issuer().as_raw()),
+            serial,
+            uris,
+        })
     }
-    Ok(out)
+
+    /// The node a federation certificate names: its one and only URI must be
+    /// `trm://node/<ID>` (a certificate with several URIs names no one).
+    pub fn node(&self) -> Option<NodeId> {
+        match self.uris.as_slice() {
+            [one] => ids::parse_node_uri(one),
+            _ => None,
+        }
+    }
+
+    /// The principal a local client certificate carries: its one and only URI must be
+    /// `trm://client/<role>/<org>`.
+    pub fn principal(&self) -> Option<Principal> {
+        match self.uris.as_slice() {
+            [one] => ids::parse_client_uri(one),
+            _ => None,
+        }
+    }
+
+    /// The identity its caller is known by (see [`caller_id`]).
+    pub fn caller_id(&self) -> String {
+        format!("{}:{}", self.issuer, self.serial)
+    }
+}
+
+/// The id of a certificate's name (DER): the first 16 lower-case hex characters of its
+/// SHA-256.
+fn name_id(name_der: &[u8]) -> String {
+    hex::encode(&crate::sha256(name_der)[..8])
+}
+
+/// Returns the SAN URIs of a DER certificate.
+pub fn san_uris(cert_der: &[u8]) -> Result<Vec<String>> {
+    Ok(Leaf::parse(cert_der)?.uris)
 }
 
 /// Returns the node id a federation certificate carries: its one and only URI must be
 /// `trm://node/<ID>` (a certificate with several URIs names no one).
 pub fn node_of(cert_der: &[u8]) -> Option<NodeId> {
-    match san_uris(cert_der).ok()?.as_slice() {
-        [one] => ids::parse_node_uri(one),
-        _ => None,
-    }
+    Leaf::parse(cert_der).ok()?.node()
 }
 
 /// Returns the principal a local client certificate carries: its one and only URI must be
 /// `trm://client/<role>/<org>`.
 pub fn principal_of(cert_der: &[u8]) -> Option<Principal> {
-    match san_uris(cert_der).ok()?.as_slice() {
-        [one] => ids::parse_client_uri(one),
-        _ => None,
-    }
+    Leaf::parse(cert_der).ok()?.principal()
 }
 
 /// Returns a certificate's serial number in lower-case hex, without separators or leading
 /// zeros (the form `RevokeClientCertificate` takes).
 pub fn serial_hex(cert_der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
-    let hex = hex::encode(cert.raw_serial());
-    let trimmed = hex.trim_start_matches('0');
-    Some(if trimmed.is_empty() {
-        "0".to_owned()
-    } else {
-        trimmed.to_owned()
-    })
+    Some(Leaf::parse(cert_der).ok()?.serial)
 }
 
 /// Returns who issued a certificate, as callers are told apart together with the serial:
 /// the first 16 lower-case hex characters of the SHA-256 of the issuer's name (DER).
 pub fn issuer_id(cert_der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
-    let digest = crate::sha256(cert.issuer().as_raw());
-    Some(hex::encode(&digest[..8]))
+    Some(Leaf::parse(cert_der).ok()?.issuer)
 }
 
 /// Returns the issuer id (see [`issuer_id`]) of the certificates a CA certificate issues:
 /// the id of its subject.
 pub fn subject_id(ca_der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(ca_der).ok()?;
-    let digest = crate::sha256(cert.subject().as_raw());
-    Some(hex::encode(&digest[..8]))
+    Some(name_id(cert.subject().as_raw()))
 }
 
 /// Returns the identity a client certificate's caller is known by (idempotent requests,
 /// request rates, connection counts): its issuer and serial, `<issuer_id>:<serial_hex>`.
 /// Two certificate authorities may give the same serial; never one issuer twice.
 pub fn caller_id(cert_der: &[u8]) -> Option<String> {
-    Some(format!(
-        "{}:{}",
-        issuer_id(cert_der)?,
-        serial_hex(cert_der)?
-    ))
+    Some(Leaf::parse(cert_der).ok()?.caller_id())
 }
 
 /// Returns a certificate's end of validity.
@@ -356,5 +392,32 @@ mod tests {
 
         let again = Authority::load(ca.cert_pem(), &ca.key_pem()).unwrap();
         assert!(again.issue_server("s", &["localhost".into()]).is_ok());
+    }
+
+    /// A client is told apart by its issuer and serial: two CAs' certificates never share
+    /// a caller id, and the id names the serial the operator revokes.
+    #[test]
+    fn a_caller_is_its_issuer_and_serial() {
+        let org: OrgId = "sp1".parse().unwrap();
+        let (a, b) = (
+            Authority::generate("ca a").unwrap(),
+            Authority::generate("ca b").unwrap(),
+        );
+        let der_a = first_der(&a.issue_client(Role::FocalPoint, &org).unwrap().cert_pem).unwrap();
+        let der_b = first_der(&b.issue_client(Role::FocalPoint, &org).unwrap().cert_pem).unwrap();
+        let (leaf_a, leaf_b) = (Leaf::parse(&der_a).unwrap(), Leaf::parse(&der_b).unwrap());
+        assert_eq!(leaf_a.principal(), leaf_b.principal());
+        assert_ne!(leaf_a.caller_id(), leaf_b.caller_id());
+        assert_eq!(
+            Some(leaf_a.issuer.clone()),
+            subject_id(&first_der(a.cert_pem()).unwrap())
+        );
+        assert_eq!(
+            caller_id(&der_a),
+            Some(format!("{}:{}", leaf_a.issuer, leaf_a.serial))
+        );
+        assert!(!leaf_a.serial.starts_with('0') && !leaf_a.serial.is_empty());
+        assert_eq!(leaf_a.node(), None);
+        assert!(Leaf::parse(b"not a certificate").is_err());
     }
 }

@@ -1,11 +1,15 @@
 //! Who is calling: the principal in the client certificate (`trm://client/<role>/<org>`),
 //! and what each role may do (DESIGN.md, "Identities and trust").
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, OnceLock, PoisonError},
+};
 
 use rustls::pki_types::CertificateDer;
 use tonic::Request;
 use trm_core::{access::Action, ids::Principal, FieldError};
+use trm_crypto::pki::Leaf;
 
 use crate::{
     ctx::{Idempotent, Retryable},
@@ -29,6 +33,31 @@ pub fn peer_certs<T>(request: &Request<T>) -> Option<Arc<Vec<CertificateDer<'sta
     })
 }
 
+/// How many certificates [`leaf`] keeps read: more than a node has clients connected.
+const LEAVES_KEPT: usize = 4096;
+
+/// The certificates read, by their DER.
+type Leaves = Mutex<HashMap<Box<[u8]>, Arc<Leaf>>>;
+
+/// Returns what a client certificate says of its caller, read once per certificate: every
+/// request of a connection presents the same one, and the gate, the principal and the retry
+/// key each ask (the parse was a measurable share of a request's CPU). `None`: it does not
+/// parse.
+pub fn leaf(der: &[u8]) -> Option<Arc<Leaf>> {
+    static READ: OnceLock<Leaves> = OnceLock::new();
+    let read = READ.get_or_init(Default::default);
+    if let Some(l) = read.lock().unwrap_or_else(PoisonError::into_inner).get(der) {
+        return Some(l.clone());
+    }
+    let l = Arc::new(Leaf::parse(der).ok()?);
+    let mut kept = read.lock().unwrap_or_else(PoisonError::into_inner);
+    if kept.len() >= LEAVES_KEPT {
+        kept.clear();
+    }
+    kept.insert(der.into(), l.clone());
+    Some(l)
+}
+
 /// Returns the principal of a local request; UNAUTHENTICATED without a usable client
 /// certificate (the TLS handshake already checked its chain to the client CA).
 pub fn principal<T>(request: &Request<T>) -> Result<Principal, ApiError> {
@@ -36,7 +65,8 @@ pub fn principal<T>(request: &Request<T>) -> Result<Principal, ApiError> {
         .and_then(|certs| {
             certs
                 .first()
-                .and_then(|c| trm_crypto::pki::principal_of(c.as_ref()))
+                .and_then(|c| leaf(c.as_ref()))
+                .and_then(|l| l.principal())
         })
         .ok_or(ApiError::Unauthenticated(
             "client certificate carries no trm://client/<role>/<org> identity",
@@ -72,7 +102,8 @@ pub fn client_key<T>(request: &Request<T>) -> String {
         .and_then(|certs| {
             certs
                 .first()
-                .and_then(|c| trm_crypto::pki::caller_id(c.as_ref()))
+                .and_then(|c| leaf(c.as_ref()))
+                .map(|l| l.caller_id())
         })
         .unwrap_or_default()
 }

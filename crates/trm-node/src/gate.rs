@@ -77,8 +77,9 @@ impl Revocations {
     /// Returns the serial of certificate `leaf` when it is revoked (by its issuer and
     /// serial).
     fn revoked_serial(&self, leaf: &[u8]) -> Option<String> {
-        let issuer = trm_crypto::pki::issuer_id(leaf)?;
-        trm_crypto::pki::serial_hex(leaf).filter(|s| self.is_revoked(&issuer, s))
+        let leaf = crate::authz::leaf(leaf)?;
+        self.is_revoked(&leaf.issuer, &leaf.serial)
+            .then(|| leaf.serial.clone())
     }
 }
 
@@ -107,7 +108,7 @@ impl CallerKey {
     /// issues for it, one peer is one caller). Empty when the certificate has neither.
     pub fn of(self, leaf: &[u8]) -> String {
         match self {
-            CallerKey::ClientCertificate => trm_crypto::pki::caller_id(leaf),
+            CallerKey::ClientCertificate => crate::authz::leaf(leaf).map(|l| l.caller_id()),
             CallerKey::PeerNode => trm_crypto::pki::node_of(leaf).map(|n| n.to_string()),
         }
         .unwrap_or_default()

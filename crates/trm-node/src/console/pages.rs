@@ -274,7 +274,7 @@ impl Admitted {
 pub(super) fn admitted(ctx: &Ctx, peer: &Peer) -> Option<Admitted> {
     let certs = peer.certs.as_ref()?;
     let leaf = certs.first()?;
-    let who = trm_crypto::pki::principal_of(leaf.as_ref())?;
+    let who = crate::authz::leaf(leaf.as_ref())?.principal()?;
     (!ctx.revocations.revokes(leaf.as_ref())).then(|| Admitted {
         certs: certs.clone(),
         who,
