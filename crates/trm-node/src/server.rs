@@ -705,7 +705,13 @@ fn console_server(
     listener: tokio::net::TcpListener,
     (limits, gate): (AcceptLimits, Arc<Gate>),
     stopped: watch::Receiver<bool>,
-) -> Result<(ServerTask, JoinHandle<()>), NodeError> {
+) -> Result<
+    (
+        impl Future<Output = Result<(), std::convert::Infallible>> + Send + 'static,
+        JoinHandle<()>,
+    ),
+    NodeError,
+> {
     let tls = &config.tls;
     let tls = server_tls(
         &tls.services_cert,
@@ -727,7 +733,7 @@ fn console_server(
     // The same request rate per certificate as the services port, counted together.
     let app = crate::console::router(ctx.clone(), gate);
     let server = crate::console::serve((incoming, local), app, header_deadline, stopped);
-    Ok((serve("console", server), acceptor))
+    Ok((server, acceptor))
 }
 
 /// A running node: its server tasks, to drain on shutdown.
@@ -894,6 +900,21 @@ impl Built {
         )
         .with_graceful_shutdown(shutdown_signal(stopped.clone()));
 
+        let mut acceptors = acceptors;
+        let console = match listeners.console {
+            Some(listener) => {
+                let (server, acceptor) = console_server(
+                    &config,
+                    &ctx,
+                    listener,
+                    (console_limits, client_gate),
+                    stopped.clone(),
+                )?;
+                acceptors.push(acceptor);
+                Some(server)
+            }
+            None => None,
+        };
         // Logged before any port answers: an operator (or a test) who got an answer reads
         // this line in the log already.
         info!(
@@ -905,21 +926,6 @@ impl Built {
             console = ?addrs.console,
             "node running: listening"
         );
-        let mut acceptors = acceptors;
-        let console = match listeners.console {
-            Some(listener) => {
-                let (task, acceptor) = console_server(
-                    &config,
-                    &ctx,
-                    listener,
-                    (console_limits, client_gate),
-                    stopped.clone(),
-                )?;
-                acceptors.push(acceptor);
-                Some(task)
-            }
-            None => None,
-        };
         let replica = start_replica(&config, &ctx, &stopped);
         let housekeeping = start_housekeeping(&config, &ctx, refusals, stopped);
         let mut tasks = vec![
@@ -931,7 +937,7 @@ impl Built {
                 std::future::IntoFuture::into_future(metrics_server),
             ),
         ];
-        tasks.extend(console);
+        tasks.extend(console.map(|server| serve("console", server)));
         Ok(Running {
             node: ctx.id,
             health,
