@@ -194,12 +194,14 @@ pub(crate) fn sealed_with<T: DeserializeOwned>(
             _ => return Ok(None),
         }
     }
-    Err(StoreError::Conflict)
+    Err(StoreError::Unavailable(format!(
+        "a stored {what} was sealed again under a new key at each of {SEALED_READ_TRIES} reads"
+    )))
 }
 
 /// How many times a sealed read follows a value sealed again under a new key before it
-/// answers that the store is too busy ([`StoreError::Conflict`]): each time is a commit of
-/// that very record between two reads.
+/// answers that the store is too busy ([`StoreError::Unavailable`]): each time is a commit
+/// of that very record between two reads.
 const SEALED_READ_TRIES: usize = 8;
 
 impl Tx<'_> {

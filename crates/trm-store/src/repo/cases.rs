@@ -426,7 +426,9 @@ impl Store {
                     Some(_) => self.case(id)?,
                     None => match self.open_sealed(&Subject::case(id), &k, &v)? {
                         Some(plain) => Some(crate::tx::decode("case", &plain)?),
-                        None => None,
+                        // Sealed again under a new key since the scan read it, or gone: the
+                        // single read tells which.
+                        None => self.case(id)?,
                     },
                 };
                 out.extend(case);
