@@ -650,13 +650,29 @@ fn a_batch_receipt_is_stored_once_and_proves_each_message_it_lists() {
         store.receipt(old).unwrap().as_deref(),
         Some(&b"older receipt"[..])
     );
+    // A receipt that is not the one its digest names is refused, not given as proof.
+    let (forged, digest) = (MessageId::new(), trm_crypto::sha256(b"what was signed"));
+    store
+        .commit_blocking::<(), (), _>(move |tx| {
+            let layout = (
+                crate::repo::layout::receipt_of(&forged.uuid()),
+                crate::repo::layout::receipt(&digest),
+            );
+            tx.put_raw(&layout.0, &digest)?;
+            Ok(tx.put_raw(&layout.1, b"something else")?)
+        })
+        .unwrap();
+    assert!(matches!(
+        store.receipt(forged),
+        Err(crate::StoreError::Corrupt(_))
+    ));
     let stored: usize = ["p/", "pr/", "pb/"]
         .iter()
         .flat_map(|p| store.scan_raw(p.as_bytes(), None, 100).unwrap())
         .map(|(_, v)| v.len())
         .sum();
     assert!(
-        stored < receipt.len() + 5 * 64 + b"older receipt".len(),
+        stored < receipt.len() + 6 * 64 + b"older receipt".len() + b"something else".len(),
         "the receipt is stored once ({stored} bytes for a receipt of {})",
         receipt.len()
     );

@@ -442,7 +442,13 @@ impl Store {
             .as_slice()
             .try_into()
             .map_err(|_| crate::StoreError::Corrupt("receipt reference"))?;
-        self.engine().get(&layout::receipt(&digest))
+        let receipt = self.engine().get(&layout::receipt(&digest))?;
+        match receipt {
+            Some(r) if trm_crypto::sha256(&r) != digest => {
+                Err(crate::StoreError::Corrupt("receipt under another digest"))
+            }
+            r => Ok(r),
+        }
     }
 }
 
