@@ -34,7 +34,11 @@ pub fn peer_certs<T>(request: &Request<T>) -> Option<Arc<Vec<CertificateDer<'sta
 }
 
 /// How many certificates [`leaf`] keeps read: more than a node has clients connected.
-const LEAVES_KEPT: usize = 4096;
+const LEAVES_KEPT: usize = 1024;
+
+/// The largest certificate [`leaf`] keeps (ours are under 1 KiB): the cache holds at most
+/// `LEAVES_KEPT` times this.
+const LEAF_KEPT_BYTES: usize = 4096;
 
 /// The certificates read, by their DER.
 type Leaves = Mutex<HashMap<Box<[u8]>, Arc<Leaf>>>;
@@ -50,6 +54,9 @@ pub fn leaf(der: &[u8]) -> Option<Arc<Leaf>> {
         return Some(l.clone());
     }
     let l = Arc::new(Leaf::parse(der).ok()?);
+    if der.len() > LEAF_KEPT_BYTES {
+        return Some(l);
+    }
     let mut kept = read.lock().unwrap_or_else(PoisonError::into_inner);
     if kept.len() >= LEAVES_KEPT {
         kept.clear();
