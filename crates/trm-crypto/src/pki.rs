@@ -293,7 +293,9 @@ impl Leaf {
         }
     }
 
-    /// The identity its caller is known by (see [`caller_id`]).
+    /// The identity its caller is known by (idempotent requests, request rates, connection
+    /// counts): its issuer and serial, `<issuer_id>:<serial_hex>`. Two certificate
+    /// authorities may give the same serial; never one issuer twice.
     pub fn caller_id(&self) -> String {
         format!("{}:{}", self.issuer, self.serial)
     }
@@ -303,11 +305,6 @@ impl Leaf {
 /// SHA-256.
 fn name_id(name_der: &[u8]) -> String {
     hex::encode(&crate::sha256(name_der)[..8])
-}
-
-/// Returns the SAN URIs of a DER certificate.
-pub fn san_uris(cert_der: &[u8]) -> Result<Vec<String>> {
-    Ok(Leaf::parse(cert_der)?.uris)
 }
 
 /// Returns the node id a federation certificate carries: its one and only URI must be
@@ -339,13 +336,6 @@ pub fn issuer_id(cert_der: &[u8]) -> Option<String> {
 pub fn subject_id(ca_der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(ca_der).ok()?;
     Some(name_id(cert.subject().as_raw()))
-}
-
-/// Returns the identity a client certificate's caller is known by (idempotent requests,
-/// request rates, connection counts): its issuer and serial, `<issuer_id>:<serial_hex>`.
-/// Two certificate authorities may give the same serial; never one issuer twice.
-pub fn caller_id(cert_der: &[u8]) -> Option<String> {
-    Some(Leaf::parse(cert_der).ok()?.caller_id())
 }
 
 /// Returns a certificate's end of validity.
@@ -413,8 +403,10 @@ mod tests {
             subject_id(&first_der(a.cert_pem()).unwrap())
         );
         assert_eq!(
-            caller_id(&der_a),
-            Some(format!("{}:{}", leaf_a.issuer, leaf_a.serial))
+            Some(leaf_a.caller_id()),
+            issuer_id(&der_a)
+                .zip(serial_hex(&der_a))
+                .map(|(i, s)| format!("{i}:{s}"))
         );
         assert!(!leaf_a.serial.starts_with('0') && !leaf_a.serial.is_empty());
         assert_eq!(leaf_a.node(), None);
