@@ -59,12 +59,9 @@ impl Caller {
         let leaf = leaf.as_deref();
         Caller {
             principal,
-            revocable: leaf.and_then(|l| {
-                Some((
-                    trm_crypto::pki::issuer_id(l)?,
-                    trm_crypto::pki::serial_hex(l)?,
-                ))
-            }),
+            revocable: leaf
+                .and_then(authz::leaf)
+                .map(|l| (l.issuer.clone(), l.serial.clone())),
             not_after: leaf.and_then(trm_crypto::pki::not_after),
             key: authz::client_key(request),
         }
