@@ -175,6 +175,8 @@ impl Tx<'_> {
         let id = uuid_bytes(r.id());
         let subject = subject::<R>(r.id());
         let dir = r.direction(self.node);
+        // Where the record counts now, for a kind that counts.
+        let counted = R::COUNTED.then(|| (Month::at(r.created()), r.cell(dir)));
         // What the writes below read (the data key's generation and first key, the event
         // state, where the record is counted and the counter it counts in now), in one
         // round trip.
@@ -183,12 +185,9 @@ impl Tx<'_> {
             layout::data_key(&subject, 0),
             layout::event_state(R::KIND.tag(), &id),
         ];
-        if R::COUNTED {
+        if let Some((month, cell)) = &counted {
             reads.push(layout::counted(R::KIND.tag(), &id));
-            reads.push(super::stats::stat_key(
-                Month::at(r.created()),
-                &r.cell(dir),
-            )?);
+            reads.push(super::stats::stat_key(*month, cell)?);
         }
         self.prefetch(&reads)?;
         self.put_sealed(&layout::record(R::KIND, &id), &subject, r)?;
@@ -203,8 +202,8 @@ impl Tx<'_> {
             dir == Direction::Incoming,
             r.owner(),
         )?;
-        if R::COUNTED {
-            self.recount(R::KIND.tag(), &id, Month::at(r.created()), r.cell(dir))?;
+        if let Some((month, cell)) = counted {
+            self.recount(R::KIND.tag(), &id, month, cell)?;
         }
         r.index(self, dir)
     }
