@@ -726,15 +726,36 @@ impl FlowHandler for Flows {
         outcome: ReceiptOutcome,
         reason: &str,
     ) -> FlowResult {
-        match (item.kind, item.topic) {
-            (EnvelopeKind::ReferralOffer, Topic::Referral(id)) => {
-                offer_receipt(tx, id, item, outcome, reason)?;
+        match (item.kind, item.topic, outcome) {
+            (EnvelopeKind::ReferralOffer, Topic::Referral(id), _) => {
+                offer_receipt(tx, id, item, outcome, reason)
             }
-            // A return request the other node refused: the plan says why, as a refused
-            // referral does (an operator may still retry it from the dead letters).
-            (EnvelopeKind::ReturnRequest, Topic::Return(id))
-                if outcome == ReceiptOutcome::Rejected =>
-            {
+            (
+                EnvelopeKind::SafetyAlertNotice,
+                Topic::SafetyAlert(id),
+                ReceiptOutcome::Accepted | ReceiptOutcome::Duplicate,
+            ) => {
+                let Some(mut a) = tx.record::<SafetyAlertRecord>(id)? else {
+                    return Ok(());
+                };
+                if a.recipient_reached(item.peer, SafetyAlertStatus::Delivered) {
+                    tx.put_record(&a)?;
+                }
+                Ok(())
+            }
+            (_, _, ReceiptOutcome::Rejected) => self.refused(tx, item, reason),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Flows {
+    /// A request the other node refused outright (an operator may still retry it from the
+    /// dead letters): the record says why, and whatever waited on it stops waiting.
+    fn refused(&self, tx: &mut Tx<'_>, item: &OutboxItem, reason: &str) -> FlowResult {
+        match (item.kind, item.topic) {
+            // A refused return request: the plan says why, as a refused referral does.
+            (EnvelopeKind::ReturnRequest, Topic::Return(id)) => {
                 if let Some(mut r) = tx.record::<ReturnRecord>(id)? {
                     if r.status == trm_core::returns::ReturnStatus::Requested {
                         r.status_reason = refused_by(item, reason);
@@ -743,11 +764,9 @@ impl FlowHandler for Flows {
                     }
                 }
             }
-            // A claim or a status question the other node refused outright is over: it
-            // waits for nothing (and no return carries a claim that was never filed there).
-            (EnvelopeKind::ClaimNotice, Topic::Claim(id))
-                if outcome == ReceiptOutcome::Rejected =>
-            {
+            // A refused claim or status question is over: it waits for nothing (and no
+            // return carries a claim that was never filed there).
+            (EnvelopeKind::ClaimNotice, Topic::Claim(id)) => {
                 let Some(mut c) = tx.record::<ClaimRecord>(id)? else {
                     return Ok(());
                 };
@@ -762,9 +781,7 @@ impl FlowHandler for Flows {
                     crate::returns::after_claim(tx, &self.identity, (self.id, &by), &c)?;
                 }
             }
-            (EnvelopeKind::VictimStatusQuery, Topic::VictimStatus(id))
-                if outcome == ReceiptOutcome::Rejected =>
-            {
+            (EnvelopeKind::VictimStatusQuery, Topic::VictimStatus(id)) => {
                 let Some(mut v) = tx.record::<VictimStatusRecord>(id)? else {
                     return Ok(());
                 };
@@ -776,26 +793,11 @@ impl FlowHandler for Flows {
                     tx.put_record(&v)?;
                 }
             }
-            (EnvelopeKind::SafetyAlertNotice, Topic::SafetyAlert(id))
-                if matches!(
-                    outcome,
-                    ReceiptOutcome::Accepted | ReceiptOutcome::Duplicate
-                ) =>
-            {
-                let Some(mut a) = tx.record::<SafetyAlertRecord>(id)? else {
-                    return Ok(());
-                };
-                if a.recipient_reached(item.peer, SafetyAlertStatus::Delivered) {
-                    tx.put_record(&a)?;
-                }
-            }
-            (EnvelopeKind::HearingRequest, Topic::Hearing(id))
-                if outcome == ReceiptOutcome::Rejected =>
-            {
+            // A hearing request the witness's country refused is cancelled.
+            (EnvelopeKind::HearingRequest, Topic::Hearing(id)) => {
                 let Some(mut h) = tx.hearing(id)? else {
                     return Ok(());
                 };
-                // A request the witness's country refused outright is cancelled.
                 if h.status == HearingStatus::Requested {
                     let step = HearingStep {
                         reason: refused_by(item, reason),
