@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
 use crate::{
-    access::{self, Action},
+    access,
     exchange::RecordKind,
     ids::{OrgId, Principal, Role},
     tasks::TaskKind,
@@ -42,12 +42,7 @@ impl EventRecord {
     /// Returns the record type as the contract writes it.
     pub fn type_name(self) -> &'static str {
         match self {
-            EventRecord::Shared(RecordKind::Referral) => "referral",
-            EventRecord::Shared(RecordKind::Return) => "return_plan",
-            EventRecord::Shared(RecordKind::Hearing) => "hearing",
-            EventRecord::Shared(RecordKind::SafetyAlert) => "safety_alert",
-            EventRecord::Shared(RecordKind::Claim) => "claim",
-            EventRecord::Shared(RecordKind::VictimStatus) => "victim_status_request",
+            EventRecord::Shared(kind) => kind.info().type_name,
             EventRecord::Task(_) => "task",
         }
     }
@@ -75,21 +70,9 @@ impl Event {
     pub fn seen_by(&self, p: &Principal) -> bool {
         let role_may = match self.record {
             EventRecord::Task(kind) => kind.roles().contains(&p.role),
-            EventRecord::Shared(kind) => access::require(p, read_action(kind)).is_ok(),
+            EventRecord::Shared(kind) => access::require(p, kind.info().read).is_ok(),
         };
         role_may && (p.role != Role::ServiceProvider || self.organisation.as_ref() == Some(&p.org))
-    }
-}
-
-/// Returns the action of the role table that reads records of `kind`.
-fn read_action(kind: RecordKind) -> Action {
-    match kind {
-        RecordKind::Referral => Action::ReadReferrals,
-        RecordKind::Return => Action::ReadReturnPlans,
-        RecordKind::Hearing => Action::ReadHearings,
-        RecordKind::SafetyAlert => Action::ReadSafetyAlerts,
-        RecordKind::Claim => Action::ReadClaims,
-        RecordKind::VictimStatus => Action::ReadVictimStatus,
     }
 }
 

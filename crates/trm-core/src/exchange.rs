@@ -10,6 +10,7 @@ use std::fmt::Debug;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    access::Action,
     error::{Guard, GuardError},
     ids::{NodeId, OrgId},
     referral::Direction,
@@ -39,54 +40,98 @@ impl RecordKind {
         RecordKind::VictimStatus,
     ];
 
-    /// Returns the kind in words ("referral", "return plan", "hearing"), as errors name it.
-    pub fn name(self) -> &'static str {
+    /// Returns what is fixed about the kind, in one row per kind.
+    pub const fn info(self) -> &'static KindInfo {
         match self {
-            RecordKind::Referral => "referral",
-            RecordKind::Return => "return plan",
-            RecordKind::Hearing => "hearing",
-            RecordKind::SafetyAlert => "safety alert",
-            RecordKind::Claim => "claim",
-            RecordKind::VictimStatus => "victim status request",
+            RecordKind::Referral => &KindInfo {
+                name: "referral",
+                code: "referral",
+                type_name: "referral",
+                update_action: "referral.update",
+                tag: b'r',
+                read: Action::ReadReferrals,
+            },
+            RecordKind::Return => &KindInfo {
+                name: "return plan",
+                code: "return",
+                type_name: "return_plan",
+                update_action: "return.update",
+                tag: b't',
+                read: Action::ReadReturnPlans,
+            },
+            RecordKind::Hearing => &KindInfo {
+                name: "hearing",
+                code: "hearing",
+                type_name: "hearing",
+                update_action: "hearing.update",
+                tag: b'h',
+                read: Action::ReadHearings,
+            },
+            RecordKind::SafetyAlert => &KindInfo {
+                name: "safety alert",
+                code: "safety_alert",
+                type_name: "safety_alert",
+                update_action: "safety_alert.update",
+                tag: b'w',
+                read: Action::ReadSafetyAlerts,
+            },
+            RecordKind::Claim => &KindInfo {
+                name: "claim",
+                code: "claim",
+                type_name: "claim",
+                update_action: "claim.update",
+                tag: b'l',
+                read: Action::ReadClaims,
+            },
+            RecordKind::VictimStatus => &KindInfo {
+                name: "victim status request",
+                code: "victim_status",
+                type_name: "victim_status_request",
+                update_action: "victim_status.answer",
+                tag: b'v',
+                read: Action::ReadVictimStatus,
+            },
         }
     }
 
-    /// Returns the kind's name in data-key subjects (`hearing/<id>`). Keys already stored
-    /// are found by it: it never changes.
+    /// Returns the kind in words ("referral", "return plan", "hearing"), as errors name it.
+    pub fn name(self) -> &'static str {
+        self.info().name
+    }
+
+    /// Returns the kind's name in data-key subjects (`hearing/<id>`).
     pub fn code(self) -> &'static str {
-        match self {
-            RecordKind::Referral => "referral",
-            RecordKind::Return => "return",
-            RecordKind::Hearing => "hearing",
-            RecordKind::SafetyAlert => "safety_alert",
-            RecordKind::Claim => "claim",
-            RecordKind::VictimStatus => "victim_status",
-        }
+        self.info().code
     }
 
     /// Returns the audit action of a local step announced to the other node.
     pub fn update_action(self) -> &'static str {
-        match self {
-            RecordKind::Referral => "referral.update",
-            RecordKind::Return => "return.update",
-            RecordKind::Hearing => "hearing.update",
-            RecordKind::SafetyAlert => "safety_alert.update",
-            RecordKind::Claim => "claim.update",
-            RecordKind::VictimStatus => "victim_status.answer",
-        }
+        self.info().update_action
     }
 
     /// Returns the kind's one-byte tag in keys.
     pub fn tag(self) -> u8 {
-        match self {
-            RecordKind::Referral => b'r',
-            RecordKind::Return => b't',
-            RecordKind::Hearing => b'h',
-            RecordKind::SafetyAlert => b'w',
-            RecordKind::Claim => b'l',
-            RecordKind::VictimStatus => b'v',
-        }
+        self.info().tag
     }
+}
+
+/// What is fixed about a kind of shared record. Stored keys are found by `code` and `tag`,
+/// and clients read `type_name`: none of them ever changes for a kind.
+#[derive(Debug)]
+pub struct KindInfo {
+    /// The kind in words, as errors name it.
+    pub name: &'static str,
+    /// Its name in data-key subjects (`hearing/<id>`).
+    pub code: &'static str,
+    /// The record type as the contract writes it (events, the console).
+    pub type_name: &'static str,
+    /// The audit action of a local step announced to the other node.
+    pub update_action: &'static str,
+    /// Its one-byte tag in keys. Its `X/` and `Xi/` must not already be key prefixes in
+    /// `trm_store::repo::layout`.
+    pub tag: u8,
+    /// The action of the role table that reads records of the kind (and their events).
+    pub read: Action,
 }
 
 /// One lifecycle for every record two nodes share: who holds which side, which events each
