@@ -331,6 +331,18 @@ pub fn reach(
     }
 }
 
+/// Refuses `p` a record of `kind` looked after by `owner` that it may not read, whether it
+/// asks for the record or finds it in a list: the rule of [`reach`] for reading. A
+/// hearing's organisation is its witness's, which the record itself names: the hearing's
+/// service asks [`reach`] again with it.
+pub fn readable(p: &Principal, kind: RecordKind, owner: Option<&OrgId>) -> Result<(), Denied> {
+    let read = kind.info().read;
+    if kind == RecordKind::Hearing {
+        return require(p, read);
+    }
+    reach(p, read, Some(kind), Side::Origin, owner, None).map(|_| ())
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -388,6 +400,36 @@ pub(crate) mod tests {
         assert!(may(FP).len() > may(SP).len());
         let err = require(&p(JA, "pros"), Action::ReadCase).unwrap_err();
         assert_eq!(err.0, "role judicial_authority may not read victim records");
+    }
+
+    #[test]
+    fn who_reads_a_record_is_decided_by_its_kind_and_owner() {
+        let (sp1, sp2, fp, ja, ia) = (
+            p(SP, "sp1"),
+            p(SP, "sp2"),
+            p(FP, "fp"),
+            p(JA, "pros"),
+            p(IA, "imm"),
+        );
+        let owner: OrgId = "sp1".parse().unwrap();
+        let owned = Some(&owner);
+        for kind in [RecordKind::Referral, RecordKind::Return, RecordKind::Claim] {
+            assert!(readable(&sp1, kind, owned).is_ok(), "{kind:?}");
+            assert!(readable(&sp2, kind, owned).is_err(), "{kind:?}");
+            assert!(readable(&sp1, kind, None).is_err(), "{kind:?}");
+            assert!(readable(&fp, kind, owned).is_ok(), "{kind:?}");
+            assert!(readable(&ja, kind, owned).is_err(), "{kind:?}");
+        }
+        // An immigration authority reads return plans, never referrals.
+        assert!(readable(&ia, RecordKind::Return, owned).is_ok());
+        assert!(readable(&ia, RecordKind::Referral, owned).is_err());
+        // Records that name no victim are the role's to read.
+        assert!(readable(&ja, RecordKind::SafetyAlert, None).is_ok());
+        assert!(readable(&ja, RecordKind::VictimStatus, None).is_ok());
+        assert!(readable(&sp1, RecordKind::VictimStatus, None).is_err());
+        // A hearing: the role here, its witness's organisation where the record is read.
+        assert!(readable(&sp2, RecordKind::Hearing, None).is_ok());
+        assert!(readable(&ia, RecordKind::Hearing, None).is_err());
     }
 
     #[test]

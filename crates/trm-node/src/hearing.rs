@@ -210,16 +210,10 @@ impl Hearings {
     #[instrument(skip_all)]
     async fn get_hearing(&self, request: Request<w::GetHearingRequest>) -> ApiResult<w::Hearing> {
         let (store, me) = (&self.ctx.store, self.ctx.id);
-        rpc::get(
-            &self.ctx,
-            &request,
-            Action::ReadHearings,
-            "hearing.read",
-            |p, h| {
-                let seen = sight(store, me, p, h)?;
-                Ok(convert::hearing_to_wire(h, seen == Sight::Summary))
-            },
-        )
+        rpc::get(&self.ctx, &request, "hearing.read", |p, h| {
+            let seen = sight(store, me, p, h)?;
+            Ok(convert::hearing_to_wire(h, seen == Sight::Summary))
+        })
         .await
     }
 
@@ -228,15 +222,14 @@ impl Hearings {
         &self,
         request: Request<w::ListHearingsRequest>,
     ) -> ApiResult<w::ListHearingsResponse> {
-        let (p, list) = authz::reader(&request, Action::ReadHearings)?;
         let (store, me) = (&self.ctx.store, self.ctx.id);
-        let keep = |h: &HearingRecord| match sight(store, me, &p, h) {
+        let keep = |p: &Principal, h: &HearingRecord| match sight(store, me, p, h) {
             Ok(_) => Ok(true),
             Err(ApiError::Store(detail)) => Err(trm_store::StoreError::Engine(detail)),
             Err(_) => Ok(false),
         };
-        let (found, next_page_token) =
-            lifecycle::list(&self.ctx, &p, &list, "hearing.list", |_| true, keep).await?;
+        let (p, found, next_page_token) =
+            lifecycle::list(&self.ctx, &request, "hearing.list", keep).await?;
         let mut hearings = Vec::with_capacity(found.len());
         for h in &found {
             let seen = sight(store, me, &p, h)?;

@@ -46,30 +46,35 @@ where
         .await
 }
 
-/// A page of the shared records of kind `R` that `p` may see (`visible`: by the
-/// organisation that looks after a record; `keep`: by the record itself) and `list` asks
-/// for (its statuses, changed since), their ids
-/// audited as read under `audit`. Returns the records and the next page's token.
-pub async fn list<R: StoredRecord>(
+/// A page of the shared records of kind `R` that the caller may read and find
+/// ([`access::readable`], then `keep`: by the record itself, for a kind with rules of its own)
+/// and that the request asks for (its statuses, changed since), their ids audited as read
+/// under `audit`. What every `List*` RPC of a shared record runs. Returns the caller, the
+/// records and the next page's token.
+pub async fn list<R, M>(
     ctx: &Ctx,
-    p: &Principal,
-    list: &List<R::Id, R::Status>,
+    request: &Request<M>,
     audit: &'static str,
-    visible: impl Fn(Option<&OrgId>) -> bool,
-    keep: impl Fn(&R) -> trm_store::Result<bool>,
-) -> ApiResult<(Vec<R>, String)> {
+    keep: impl Fn(&Principal, &R) -> trm_store::Result<bool>,
+) -> ApiResult<(Principal, Vec<R>, String)>
+where
+    R: StoredRecord,
+    for<'a> List<R::Id, R::Status>: TryFrom<&'a M, Error = FieldError>,
+{
+    let (p, list) = authz::reader::<M, List<R::Id, R::Status>>(request, R::KIND.info().read)?;
     let Paged { page, after } = &list.paged;
     let limit = page.size + 1;
+    let visible = |org: Option<&OrgId>| access::readable(&p, R::KIND, org).is_ok();
     let wanted = |r: &R| -> trm_store::Result<bool> {
-        Ok(list.keeps(r.status(), r.updated_at()) && keep(r)?)
+        Ok(list.keeps(r.status(), r.updated_at()) && keep(&p, r)?)
     };
     let (read, _) = ctx
         .store
         .records::<R>(list.direction, *after, limit, visible, wanted)?;
     let (found, token) = rpc::cut(page, read, |r| r.id());
     let ids: Vec<String> = found.iter().map(|r| r.id().to_string()).collect();
-    ctx.audit_read(p, audit, "-".into(), ids.join(",")).await?;
-    Ok((found, token))
+    ctx.audit_read(&p, audit, "-".into(), ids.join(",")).await?;
+    Ok((p, found, token))
 }
 
 /// What a record's own rules check before a local step, beyond its state machine and the

@@ -8,10 +8,10 @@ use time::OffsetDateTime;
 use tonic::Request;
 use tracing::{info, instrument};
 use trm_core::{
-    access::{self, Action, Sight},
+    access::{self, Action},
     consent::Consent,
-    exchange::{Erasure, RecordKind, Side},
-    ids::{CaseId, ConsentId, OrgId, Principal, ReferralId, Role, Shared},
+    exchange::Erasure,
+    ids::{CaseId, ConsentId, Principal, ReferralId, Role, Shared},
     messages::PeerMessage,
     model::{CaseRecord, Identification, Purpose, Residence},
     referral::{next, ReferralEvent, ReferralRecord, ReferralStatus},
@@ -122,11 +122,6 @@ crate::grpc_service!(Referrals => ReferralService {
     close_referral(w::CloseReferralRequest) -> w::Referral = CloseReferral;
     withdraw_referral(w::WithdrawReferralRequest) -> w::Referral = WithdrawReferral;
 });
-
-/// Refuses `p` what `action` does not let its role do.
-fn allowed(p: &Principal, action: Action) -> ApiResult<()> {
-    Ok(access::require(p, action)?)
-}
 
 /// Refuses `p` a case of another organisation.
 fn owns(p: &Principal, case: &CaseRecord) -> ApiResult<()> {
@@ -286,9 +281,7 @@ impl Referrals {
 
     #[instrument(skip_all)]
     async fn get_case(&self, request: Request<w::GetCaseRequest>) -> ApiResult<w::Case> {
-        let p = authz::principal(&request)?;
-        allowed(&p, Action::ReadCase)?;
-        let Get(id) = request.get_ref().try_into()?;
+        let (p, Get(id)) = authz::reader(&request, Action::ReadCase)?;
         let case = self.ctx.store.case(id)?.ok_or(ApiError::NotFound("case"))?;
         owns(&p, &case)?;
         self.ctx
@@ -302,9 +295,7 @@ impl Referrals {
         &self,
         request: Request<w::ListCasesRequest>,
     ) -> ApiResult<w::ListCasesResponse> {
-        let p = authz::principal(&request)?;
-        allowed(&p, Action::ReadCase)?;
-        let Paged { page, after } = request.get_ref().try_into()?;
+        let (p, Paged { page, after }) = authz::reader(&request, Action::ReadCase)?;
         let org = (p.role != Role::FocalPoint).then_some(&p.org);
         let read = self.ctx.store.cases(org, after, page.size + 1)?;
         let (cases, next_page_token) = rpc::cut(&page, read, |c| c.case_id);
@@ -381,12 +372,13 @@ impl Referrals {
         &self,
         request: Request<w::ListConsentsRequest>,
     ) -> ApiResult<w::ListConsentsResponse> {
-        let p = authz::principal(&request)?;
-        allowed(&p, Action::ReadCase)?;
-        let ListConsents {
-            case_id,
-            paged: Paged { page, after },
-        } = request.get_ref().try_into()?;
+        let (
+            p,
+            ListConsents {
+                case_id,
+                paged: Paged { page, after },
+            },
+        ) = authz::reader(&request, Action::ReadCase)?;
         let case = self
             .ctx
             .store
@@ -637,19 +629,13 @@ impl Referrals {
         &self,
         request: Request<w::GetReferralRequest>,
     ) -> ApiResult<w::Referral> {
-        let p = authz::principal(&request)?;
-        allowed(&p, Action::ReadReferrals)?;
-        let Get(id) = request.get_ref().try_into()?;
-        let r = self
-            .ctx
-            .store
-            .referral(id)?
-            .ok_or(ApiError::NotFound("referral"))?;
-        read_referral(&p, &r)?;
-        self.ctx
-            .audit_read(&p, "referral.read", id.to_string(), String::new())
-            .await?;
-        Ok(convert::referral_to_wire(&r))
+        rpc::get(
+            &self.ctx,
+            &request,
+            "referral.read",
+            |_, r: &ReferralRecord| Ok(convert::referral_to_wire(r)),
+        )
+        .await
     }
 
     #[instrument(skip_all)]
@@ -657,19 +643,11 @@ impl Referrals {
         &self,
         request: Request<w::ListReferralsRequest>,
     ) -> ApiResult<w::ListReferralsResponse> {
-        let p = authz::principal(&request)?;
-        allowed(&p, Action::ReadReferrals)?;
-        let list = request.get_ref().try_into()?;
-        let visible = |org: Option<&OrgId>| access::require_owner(&p, org).is_ok();
-        let (referrals, next_page_token) = lifecycle::list::<ReferralRecord>(
-            &self.ctx,
-            &p,
-            &list,
-            "referral.list",
-            visible,
-            |_| Ok(true),
-        )
-        .await?;
+        let (_, referrals, next_page_token) =
+            lifecycle::list::<ReferralRecord, _>(&self.ctx, &request, "referral.list", |_, _| {
+                Ok(true)
+            })
+            .await?;
         Ok(w::ListReferralsResponse {
             referrals: referrals.iter().map(convert::referral_to_wire).collect(),
             next_page_token,
@@ -721,19 +699,5 @@ impl Referrals {
             case_id: case_id.to_string(),
             erasure_requests,
         })
-    }
-}
-
-/// Refuses `p` a referral it may not read (a service provider: another organisation's).
-fn read_referral(p: &Principal, r: &ReferralRecord) -> ApiResult<()> {
-    match access::reach(
-        p,
-        Action::ReadReferrals,
-        Some(RecordKind::Referral),
-        Side::Origin,
-        r.organisation.as_ref(),
-        None,
-    )? {
-        Sight::Full | Sight::Summary => Ok(()),
     }
 }

@@ -463,16 +463,9 @@ impl Remedies {
 
     #[instrument(skip_all)]
     async fn get_claim(&self, request: Request<w::GetClaimRequest>) -> ApiResult<w::Claim> {
-        rpc::get(
-            &self.ctx,
-            &request,
-            Action::ReadClaims,
-            "claim.read",
-            |p, c: &ClaimRecord| {
-                access::require_owner(p, c.organisation.as_ref())?;
-                Ok(convert::claim_to_wire(c))
-            },
-        )
+        rpc::get(&self.ctx, &request, "claim.read", |_, c: &ClaimRecord| {
+            Ok(convert::claim_to_wire(c))
+        })
         .await
     }
 
@@ -481,13 +474,9 @@ impl Remedies {
         &self,
         request: Request<w::ListClaimsRequest>,
     ) -> ApiResult<w::ListClaimsResponse> {
-        let (p, list) = authz::reader(&request, Action::ReadClaims)?;
-        let visible = |org: Option<&OrgId>| access::require_owner(&p, org).is_ok();
-        let (claims, next_page_token) =
-            lifecycle::list::<ClaimRecord>(&self.ctx, &p, &list, "claim.list", visible, |_| {
-                Ok(true)
-            })
-            .await?;
+        let (_, claims, next_page_token) =
+            lifecycle::list::<ClaimRecord, _>(&self.ctx, &request, "claim.list", |_, _| Ok(true))
+                .await?;
         Ok(w::ListClaimsResponse {
             claims: claims.iter().map(convert::claim_to_wire).collect(),
             next_page_token,
@@ -562,8 +551,7 @@ impl Remedies {
         &self,
         request: Request<w::GetVictimStatusRequest>,
     ) -> ApiResult<w::VictimStatusRequest> {
-        let read = Action::ReadVictimStatus;
-        rpc::get(&self.ctx, &request, read, "victim_status.read", |_, r| {
+        rpc::get(&self.ctx, &request, "victim_status.read", |_, r| {
             Ok(convert::status_request_to_wire(r))
         })
         .await
@@ -574,14 +562,11 @@ impl Remedies {
         &self,
         request: Request<w::ListVictimStatusRequestsRequest>,
     ) -> ApiResult<w::ListVictimStatusRequestsResponse> {
-        let (p, list) = authz::reader(&request, Action::ReadVictimStatus)?;
-        let (found, next_page_token) = lifecycle::list::<VictimStatusRecord>(
+        let (_, found, next_page_token) = lifecycle::list::<VictimStatusRecord, _>(
             &self.ctx,
-            &p,
-            &list,
+            &request,
             "victim_status.list",
-            |_| true,
-            |_| Ok(true),
+            |_, _| Ok(true),
         )
         .await?;
         Ok(w::ListVictimStatusRequestsResponse {

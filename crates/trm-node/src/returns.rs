@@ -11,7 +11,7 @@ use trm_core::{
     consent,
     exchange::{Erasure, SharedRecord},
     hearing::HearingRecord,
-    ids::{AssessmentId, CaseId, NodeId, OrgId, Principal, ReturnId, Shared, WitnessRecord},
+    ids::{AssessmentId, CaseId, NodeId, Principal, ReturnId, Shared, WitnessRecord},
     messages::PeerMessage,
     model::{CaseRecord, Purpose},
     referral::ReferralRecord,
@@ -546,16 +546,9 @@ impl Returns {
         &self,
         request: Request<w::GetReturnPlanRequest>,
     ) -> ApiResult<w::ReturnPlan> {
-        rpc::get(
-            &self.ctx,
-            &request,
-            Action::ReadReturnPlans,
-            "return.read",
-            |p, r: &ReturnRecord| {
-                access::require_owner(p, r.organisation.as_ref())?;
-                Ok(convert::return_to_wire(&access::return_plan_seen_by(p, r)))
-            },
-        )
+        rpc::get(&self.ctx, &request, "return.read", |p, r: &ReturnRecord| {
+            Ok(convert::return_to_wire(&access::return_plan_seen_by(p, r)))
+        })
         .await
     }
 
@@ -564,13 +557,9 @@ impl Returns {
         &self,
         request: Request<w::ListReturnPlansRequest>,
     ) -> ApiResult<w::ListReturnPlansResponse> {
-        let (p, list) = authz::reader(&request, Action::ReadReturnPlans)?;
-        let visible = |org: Option<&OrgId>| access::require_owner(&p, org).is_ok();
-        let (plans, next_page_token) =
-            lifecycle::list::<ReturnRecord>(&self.ctx, &p, &list, "return.list", visible, |_| {
-                Ok(true)
-            })
-            .await?;
+        let (p, plans, next_page_token) =
+            lifecycle::list::<ReturnRecord, _>(&self.ctx, &request, "return.list", |_, _| Ok(true))
+                .await?;
         Ok(w::ListReturnPlansResponse {
             return_plans: plans
                 .iter()

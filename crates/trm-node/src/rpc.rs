@@ -5,7 +5,6 @@
 
 use tonic::Request;
 use trm_core::{
-    access::Action,
     consent::Consent,
     ids::{CaseId, ConsentId, Principal, RecordId},
     limits::Page,
@@ -123,14 +122,14 @@ macro_rules! replay_record {
     };
 }
 
-/// Reads one shared record for a local client: the caller allowed `action` and the
-/// request parsed ([`authz::reader`]), the record read (NOT_FOUND naming its kind),
-/// `answer` made of it for the caller (which may still refuse: the record's owner, what
-/// the caller may see), and the read audited as `audit` before the answer goes out.
+/// Reads one shared record for a local client: the caller allowed to read its kind and the
+/// request parsed ([`authz::reader`]), the record read (NOT_FOUND naming its kind) and
+/// readable by the caller ([`trm_core::access::readable`]), `answer` made of it for the
+/// caller (which may still refuse, by the record's own rules: a hearing's witness), and the
+/// read audited as `audit` before the answer goes out.
 pub async fn get<R, M, T>(
     ctx: &Ctx,
     request: &Request<M>,
-    action: Action,
     audit: &str,
     answer: impl FnOnce(&Principal, &R) -> ApiResult<T>,
 ) -> ApiResult<T>
@@ -138,11 +137,12 @@ where
     R: StoredRecord,
     for<'a> Get<R::Id>: TryFrom<&'a M, Error = FieldError>,
 {
-    let (p, Get(id)) = authz::reader::<M, Get<R::Id>>(request, action)?;
+    let (p, Get(id)) = authz::reader::<M, Get<R::Id>>(request, R::KIND.info().read)?;
     let r = ctx
         .store
         .record::<R>(id)?
         .ok_or(ApiError::NotFound(R::KIND.name()))?;
+    trm_core::access::readable(&p, R::KIND, r.owner())?;
     let answer = answer(&p, &r)?;
     ctx.audit_read(&p, audit, id.to_string(), String::new())
         .await?;

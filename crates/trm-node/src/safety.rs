@@ -205,8 +205,7 @@ impl Safety {
         &self,
         request: Request<w::GetSafetyAlertRequest>,
     ) -> ApiResult<w::SafetyAlert> {
-        let read = Action::ReadSafetyAlerts;
-        rpc::get(&self.ctx, &request, read, "safety_alert.read", |p, a| {
+        rpc::get(&self.ctx, &request, "safety_alert.read", |p, a| {
             Ok(seen_by(p, a))
         })
         .await
@@ -217,14 +216,11 @@ impl Safety {
         &self,
         request: Request<w::ListSafetyAlertsRequest>,
     ) -> ApiResult<w::ListSafetyAlertsResponse> {
-        let (p, list) = authz::reader(&request, Action::ReadSafetyAlerts)?;
-        let (found, next_page_token) = lifecycle::list::<SafetyAlertRecord>(
+        let (p, found, next_page_token) = lifecycle::list::<SafetyAlertRecord, _>(
             &self.ctx,
-            &p,
-            &list,
+            &request,
             "safety_alert.list",
-            |_| true,
-            |_| Ok(true),
+            |_, _| Ok(true),
         )
         .await?;
         Ok(w::ListSafetyAlertsResponse {

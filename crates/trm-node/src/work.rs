@@ -7,11 +7,7 @@
 use time::OffsetDateTime;
 use tonic::Request;
 use tracing::instrument;
-use trm_core::{
-    access::{self, Action},
-    tasks::Task,
-    FieldError,
-};
+use trm_core::{access::Action, tasks::Task, FieldError};
 use trm_proto::{
     command::{task_kind_to_wire, ListTasks, WatchEvents},
     convert,
@@ -59,9 +55,7 @@ impl Work {
         &self,
         request: Request<w::WatchEventsRequest>,
     ) -> ApiResult<crate::watch::EventStream> {
-        let p = authz::principal(&request)?;
-        access::require(&p, Action::ListTasks)?;
-        let WatchEvents { after } = request.get_ref().try_into()?;
+        let (p, WatchEvents { after }) = authz::reader(&request, Action::ListTasks)?;
         let caller = crate::watch::Caller::of(&request, p.clone());
         let slot = self.ctx.watchers.admit(&caller)?;
         crate::watch::check_after(&self.ctx.store, after)?;
@@ -76,13 +70,14 @@ impl Work {
         &self,
         request: Request<w::ListTasksRequest>,
     ) -> ApiResult<w::ListTasksResponse> {
-        let p = authz::principal(&request)?;
-        access::require(&p, Action::ListTasks)?;
-        let ListTasks {
-            kinds,
-            overdue_only,
-            page,
-        } = request.get_ref().try_into()?;
+        let (
+            p,
+            ListTasks {
+                kinds,
+                overdue_only,
+                page,
+            },
+        ) = authz::reader(&request, Action::ListTasks)?;
         let after = page
             .after
             .as_deref()
