@@ -87,6 +87,17 @@ impl rpc::ToWire for HearingRecord {
         // Whoever may take a step sees the whole hearing.
         trm_proto::convert::hearing_to_wire(self, false)
     }
+    fn seen_by(&self, ctx: &Ctx, p: &Principal) -> ApiResult<Self::Wire> {
+        let seen = sight(&ctx.store, ctx.id, p, self)?;
+        Ok(convert::hearing_to_wire(self, seen == Sight::Summary))
+    }
+    fn listed(&self, ctx: &Ctx, p: &Principal) -> trm_store::Result<bool> {
+        match sight(&ctx.store, ctx.id, p, self) {
+            Ok(_) => Ok(true),
+            Err(ApiError::Store(detail)) => Err(trm_store::StoreError::Engine(detail)),
+            Err(_) => Ok(false),
+        }
+    }
 }
 
 impl lifecycle::StepRules for HearingRecord {
@@ -134,12 +145,13 @@ impl lifecycle::StepRules for HearingRecord {
 
 crate::grpc_service!(Hearings => WitnessHearingService {
     request_hearing(w::RequestHearingRequest) -> w::Hearing;
-    get_hearing(w::GetHearingRequest) -> w::Hearing;
-    list_hearings(w::ListHearingsRequest) -> w::ListHearingsResponse;
 } steps of HearingRecord {
     respond_to_hearing(w::RespondToHearingRequest) -> w::Hearing = AnswerHearing;
     record_hearing_outcome(w::RecordHearingOutcomeRequest) -> w::Hearing = RecordHearingOutcome;
     cancel_hearing(w::CancelHearingRequest) -> w::Hearing = CancelHearing;
+} reads of HearingRecord {
+    get get_hearing(w::GetHearingRequest) -> w::Hearing;
+    list list_hearings(w::ListHearingsRequest) -> w::ListHearingsResponse { hearings };
 });
 
 impl Hearings {
@@ -205,39 +217,5 @@ impl Hearings {
             .await?;
         info!(hearing_id = %record.hearing_id, to = %witness_country, "hearing requested");
         Ok(convert::hearing_to_wire(&record, false))
-    }
-
-    #[instrument(skip_all)]
-    async fn get_hearing(&self, request: Request<w::GetHearingRequest>) -> ApiResult<w::Hearing> {
-        let (store, me) = (&self.ctx.store, self.ctx.id);
-        rpc::get(&self.ctx, &request, "hearing.read", |p, h| {
-            let seen = sight(store, me, p, h)?;
-            Ok(convert::hearing_to_wire(h, seen == Sight::Summary))
-        })
-        .await
-    }
-
-    #[instrument(skip_all)]
-    async fn list_hearings(
-        &self,
-        request: Request<w::ListHearingsRequest>,
-    ) -> ApiResult<w::ListHearingsResponse> {
-        let (store, me) = (&self.ctx.store, self.ctx.id);
-        let keep = |p: &Principal, h: &HearingRecord| match sight(store, me, p, h) {
-            Ok(_) => Ok(true),
-            Err(ApiError::Store(detail)) => Err(trm_store::StoreError::Engine(detail)),
-            Err(_) => Ok(false),
-        };
-        let (p, found, next_page_token) =
-            lifecycle::list(&self.ctx, &request, "hearing.list", keep).await?;
-        let mut hearings = Vec::with_capacity(found.len());
-        for h in &found {
-            let seen = sight(store, me, &p, h)?;
-            hearings.push(convert::hearing_to_wire(h, seen == Sight::Summary));
-        }
-        Ok(w::ListHearingsResponse {
-            hearings,
-            next_page_token,
-        })
     }
 }

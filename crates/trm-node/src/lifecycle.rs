@@ -21,7 +21,7 @@ use crate::{
     authz,
     ctx::{Ctx, Retryable, TxResult},
     error::{ApiError, ApiResult},
-    rpc::{self, Replay},
+    rpc::{self, Replay, ToWire},
 };
 
 /// Loads record `id` of kind `R` in a transaction; NOT_FOUND naming the kind when absent.
@@ -47,18 +47,13 @@ where
 }
 
 /// A page of the shared records of kind `R` that the caller may read and find
-/// ([`access::readable`], then `keep`: by the record itself, for a kind with rules of its own)
-/// and that the request asks for (its statuses, changed since), their ids audited as read
-/// under `audit`. What every `List*` RPC of a shared record runs. Returns the caller, the
-/// records and the next page's token.
-pub async fn list<R, M>(
-    ctx: &Ctx,
-    request: &Request<M>,
-    audit: &'static str,
-    keep: impl Fn(&Principal, &R) -> trm_store::Result<bool>,
-) -> ApiResult<(Principal, Vec<R>, String)>
+/// ([`access::readable`], then [`ToWire::listed`] for a kind with rules of its own) and that
+/// the request asks for (its statuses, changed since), as the caller sees them
+/// ([`ToWire::seen_by`]), their ids audited as read under `<kind>.list`. What every
+/// `List*` RPC of a shared record runs. Returns the records and the next page's token.
+pub async fn list<R, M>(ctx: &Ctx, request: &Request<M>) -> ApiResult<(Vec<R::Wire>, String)>
 where
-    R: StoredRecord,
+    R: StoredRecord + ToWire,
     for<'a> List<R::Id, R::Status>: TryFrom<&'a M, Error = FieldError>,
 {
     let (p, list) = authz::reader::<M, List<R::Id, R::Status>>(request, R::KIND.info().read)?;
@@ -66,15 +61,21 @@ where
     let limit = page.size + 1;
     let visible = |org: Option<&OrgId>| access::readable(&p, R::KIND, org).is_ok();
     let wanted = |r: &R| -> trm_store::Result<bool> {
-        Ok(list.keeps(r.status(), r.updated_at()) && keep(&p, r)?)
+        Ok(list.keeps(r.status(), r.updated_at()) && r.listed(ctx, &p)?)
     };
     let (read, _) = ctx
         .store
         .records::<R>(list.direction, *after, limit, visible, wanted)?;
     let (found, token) = rpc::cut(page, read, |r| r.id());
+    let seen = found
+        .iter()
+        .map(|r| r.seen_by(ctx, &p))
+        .collect::<ApiResult<Vec<_>>>()?;
     let ids: Vec<String> = found.iter().map(|r| r.id().to_string()).collect();
-    ctx.audit_read(&p, audit, "-".into(), ids.join(",")).await?;
-    Ok((p, found, token))
+    let audit = format!("{}.list", R::KIND.code());
+    ctx.audit_read(&p, &audit, "-".into(), ids.join(","))
+        .await?;
+    Ok((seen, token))
 }
 
 /// What a record's own rules check before a local step, beyond its state machine and the

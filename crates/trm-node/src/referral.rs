@@ -110,8 +110,6 @@ crate::grpc_service!(Referrals => ReferralService {
     record_consent(w::RecordConsentRequest) -> w::Consent;
     withdraw_consent(w::WithdrawConsentRequest) -> w::Consent;
     submit_referral(w::SubmitReferralRequest) -> w::Referral;
-    get_referral(w::GetReferralRequest) -> w::Referral;
-    list_referrals(w::ListReferralsRequest) -> w::ListReferralsResponse;
     erase_case(w::EraseCaseRequest) -> w::EraseCaseResponse;
     list_consents(w::ListConsentsRequest) -> w::ListConsentsResponse;
     record_identification(w::RecordIdentificationRequest) -> w::Case;
@@ -121,6 +119,9 @@ crate::grpc_service!(Referrals => ReferralService {
     assign_case(w::AssignCaseRequest) -> w::Referral = AssignCase;
     close_referral(w::CloseReferralRequest) -> w::Referral = CloseReferral;
     withdraw_referral(w::WithdrawReferralRequest) -> w::Referral = WithdrawReferral;
+} reads of ReferralRecord {
+    get get_referral(w::GetReferralRequest) -> w::Referral;
+    list list_referrals(w::ListReferralsRequest) -> w::ListReferralsResponse { referrals };
 });
 
 /// Refuses `p` a case of another organisation.
@@ -622,36 +623,6 @@ impl Referrals {
             .await?;
         info!(referral_id = %r.referral_id, to = %destination, "referral submitted");
         Ok(convert::referral_to_wire(&r))
-    }
-
-    #[instrument(skip_all)]
-    async fn get_referral(
-        &self,
-        request: Request<w::GetReferralRequest>,
-    ) -> ApiResult<w::Referral> {
-        rpc::get(
-            &self.ctx,
-            &request,
-            "referral.read",
-            |_, r: &ReferralRecord| Ok(convert::referral_to_wire(r)),
-        )
-        .await
-    }
-
-    #[instrument(skip_all)]
-    async fn list_referrals(
-        &self,
-        request: Request<w::ListReferralsRequest>,
-    ) -> ApiResult<w::ListReferralsResponse> {
-        let (_, referrals, next_page_token) =
-            lifecycle::list::<ReferralRecord, _>(&self.ctx, &request, "referral.list", |_, _| {
-                Ok(true)
-            })
-            .await?;
-        Ok(w::ListReferralsResponse {
-            referrals: referrals.iter().map(convert::referral_to_wire).collect(),
-            next_page_token,
-        })
     }
 
     #[instrument(skip_all)]

@@ -156,14 +156,30 @@ crate::replay_record!(VictimStatusRecord);
 crate::grpc_service!(Remedies => RemediesService {
     file_claim(w::FileClaimRequest) -> w::Claim;
     update_claim(w::UpdateClaimRequest) -> w::Claim;
-    get_claim(w::GetClaimRequest) -> w::Claim;
-    list_claims(w::ListClaimsRequest) -> w::ListClaimsResponse;
     request_victim_status(w::RequestVictimStatusRequest) -> w::VictimStatusRequest;
     attest_victim_status(w::AttestVictimStatusRequest) -> w::VictimStatusRequest;
-    get_victim_status(w::GetVictimStatusRequest) -> w::VictimStatusRequest;
-    list_victim_status_requests(w::ListVictimStatusRequestsRequest)
-        -> w::ListVictimStatusRequestsResponse;
+} reads of ClaimRecord {
+    get get_claim(w::GetClaimRequest) -> w::Claim;
+    list list_claims(w::ListClaimsRequest) -> w::ListClaimsResponse { claims };
+} reads of VictimStatusRecord {
+    get get_victim_status(w::GetVictimStatusRequest) -> w::VictimStatusRequest;
+    list list_victim_status_requests(w::ListVictimStatusRequestsRequest)
+        -> w::ListVictimStatusRequestsResponse { requests };
 });
+
+impl rpc::ToWire for ClaimRecord {
+    type Wire = w::Claim;
+    fn to_wire(&self) -> Self::Wire {
+        convert::claim_to_wire(self)
+    }
+}
+
+impl rpc::ToWire for VictimStatusRecord {
+    type Wire = w::VictimStatusRequest;
+    fn to_wire(&self) -> Self::Wire {
+        convert::status_request_to_wire(self)
+    }
+}
 
 /// Returns the claims of case `case` on this node that are still open.
 pub(crate) fn open_claims_of(
@@ -462,28 +478,6 @@ impl Remedies {
     }
 
     #[instrument(skip_all)]
-    async fn get_claim(&self, request: Request<w::GetClaimRequest>) -> ApiResult<w::Claim> {
-        rpc::get(&self.ctx, &request, "claim.read", |_, c: &ClaimRecord| {
-            Ok(convert::claim_to_wire(c))
-        })
-        .await
-    }
-
-    #[instrument(skip_all)]
-    async fn list_claims(
-        &self,
-        request: Request<w::ListClaimsRequest>,
-    ) -> ApiResult<w::ListClaimsResponse> {
-        let (_, claims, next_page_token) =
-            lifecycle::list::<ClaimRecord, _>(&self.ctx, &request, "claim.list", |_, _| Ok(true))
-                .await?;
-        Ok(w::ListClaimsResponse {
-            claims: claims.iter().map(convert::claim_to_wire).collect(),
-            next_page_token,
-        })
-    }
-
-    #[instrument(skip_all)]
     async fn request_victim_status(
         &self,
         request: Request<w::RequestVictimStatusRequest>,
@@ -544,34 +538,5 @@ impl Remedies {
             .await?;
         info!(status_request_id = %r.status_request_id, state = r.state.as_str(), "victim status answered");
         Ok(convert::status_request_to_wire(&r))
-    }
-
-    #[instrument(skip_all)]
-    async fn get_victim_status(
-        &self,
-        request: Request<w::GetVictimStatusRequest>,
-    ) -> ApiResult<w::VictimStatusRequest> {
-        rpc::get(&self.ctx, &request, "victim_status.read", |_, r| {
-            Ok(convert::status_request_to_wire(r))
-        })
-        .await
-    }
-
-    #[instrument(skip_all)]
-    async fn list_victim_status_requests(
-        &self,
-        request: Request<w::ListVictimStatusRequestsRequest>,
-    ) -> ApiResult<w::ListVictimStatusRequestsResponse> {
-        let (_, found, next_page_token) = lifecycle::list::<VictimStatusRecord, _>(
-            &self.ctx,
-            &request,
-            "victim_status.list",
-            |_, _| Ok(true),
-        )
-        .await?;
-        Ok(w::ListVictimStatusRequestsResponse {
-            requests: found.iter().map(convert::status_request_to_wire).collect(),
-            next_page_token,
-        })
     }
 }

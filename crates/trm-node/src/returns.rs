@@ -364,14 +364,19 @@ impl rpc::ToWire for ReturnRecord {
     fn to_wire(&self) -> Self::Wire {
         trm_proto::convert::return_to_wire(self)
     }
+    /// An immigration authority sees what crossed for travel documents and the plan's
+    /// course, never the victim's needs, exploitation or follow-up notes.
+    fn seen_by(&self, _: &Ctx, p: &Principal) -> ApiResult<Self::Wire> {
+        Ok(trm_proto::convert::return_to_wire(
+            &access::return_plan_seen_by(p, self),
+        ))
+    }
 }
 
 crate::grpc_service!(Returns => ReturnPlanningService {
     record_risk_assessment(w::RecordRiskAssessmentRequest) -> w::RiskAssessment;
     record_return_decision(w::RecordReturnDecisionRequest) -> w::ReturnDecision;
     propose_return(w::ProposeReturnRequest) -> w::ReturnPlan;
-    get_return_plan(w::GetReturnPlanRequest) -> w::ReturnPlan;
-    list_return_plans(w::ListReturnPlansRequest) -> w::ListReturnPlansResponse;
 } steps of ReturnRecord {
     respond_to_return(w::RespondToReturnRequest) -> w::ReturnPlan = AnswerReturn;
     schedule_return(w::ScheduleReturnRequest) -> w::ReturnPlan = ScheduleReturn;
@@ -381,6 +386,9 @@ crate::grpc_service!(Returns => ReturnPlanningService {
     record_travel(w::RecordTravelRequest) -> w::ReturnPlan = RecordTravel;
     resolve_concern(w::ResolveConcernRequest) -> w::ReturnPlan = ResolveConcern;
     close_return(w::CloseReturnRequest) -> w::ReturnPlan = CloseReturn;
+} reads of ReturnRecord {
+    get get_return_plan(w::GetReturnPlanRequest) -> w::ReturnPlan;
+    list list_return_plans(w::ListReturnPlansRequest) -> w::ListReturnPlansResponse { return_plans };
 });
 
 impl Returns {
@@ -539,33 +547,5 @@ impl Returns {
             .await?;
         info!(return_id = %r.return_id, to = %destination, "return requested");
         Ok(convert::return_to_wire(&r))
-    }
-
-    #[instrument(skip_all)]
-    async fn get_return_plan(
-        &self,
-        request: Request<w::GetReturnPlanRequest>,
-    ) -> ApiResult<w::ReturnPlan> {
-        rpc::get(&self.ctx, &request, "return.read", |p, r: &ReturnRecord| {
-            Ok(convert::return_to_wire(&access::return_plan_seen_by(p, r)))
-        })
-        .await
-    }
-
-    #[instrument(skip_all)]
-    async fn list_return_plans(
-        &self,
-        request: Request<w::ListReturnPlansRequest>,
-    ) -> ApiResult<w::ListReturnPlansResponse> {
-        let (p, plans, next_page_token) =
-            lifecycle::list::<ReturnRecord, _>(&self.ctx, &request, "return.list", |_, _| Ok(true))
-                .await?;
-        Ok(w::ListReturnPlansResponse {
-            return_plans: plans
-                .iter()
-                .map(|r| convert::return_to_wire(&access::return_plan_seen_by(&p, r)))
-                .collect(),
-            next_page_token,
-        })
     }
 }

@@ -24,15 +24,20 @@ use crate::{
 /// [`ApiResult`]: the one adapter from a service's result to a gRPC `Status`. The optional
 /// `steps` table lists the RPCs that are a step of one shared record, each with the action
 /// of the role table it needs: they run [`crate::lifecycle::take`] and answer the record
-/// as it now stands ([`ToWire`]). The optional `streams` table lists server-streaming RPCs
-/// with the stream type their handler returns.
+/// as it now stands ([`ToWire`]). Each optional `reads of` table names the `Get*` and
+/// `List*` RPCs of one shared record (with the field of the list response that holds the
+/// records): they run [`get`] and [`crate::lifecycle::list`]. The optional `streams` table
+/// lists server-streaming RPCs with the stream type their handler returns.
 #[macro_export]
 macro_rules! grpc_service {
     ($service:ty => $trait:path {
         $($rpc:ident($req:ty) -> $resp:ty;)*
     } $(steps of $record:ty {
         $($step:ident($sreq:ty) -> $sresp:ty = $action:ident;)*
-    })? $(streams {
+    })? $(reads of $rrecord:ty {
+        get $get:ident($greq:ty) -> $gresp:ty;
+        list $list:ident($lreq:ty) -> $lresp:ty { $field:ident };
+    })* $(streams {
         $($srpc:ident($streq:ty) -> $assoc:ident = $stream:ty;)*
     })?) => {
         #[tonic::async_trait]
@@ -73,6 +78,33 @@ macro_rules! grpc_service {
                         .map_err(tonic::Status::from)
                 }
             )*)?
+            $(
+                #[tracing::instrument(skip_all)]
+                async fn $get(
+                    &self,
+                    request: tonic::Request<$greq>,
+                ) -> Result<tonic::Response<$gresp>, tonic::Status> {
+                    $crate::rpc::get::<$rrecord, _>(&self.ctx, &request)
+                        .await
+                        .map(tonic::Response::new)
+                        .map_err(tonic::Status::from)
+                }
+
+                #[tracing::instrument(skip_all)]
+                async fn $list(
+                    &self,
+                    request: tonic::Request<$lreq>,
+                ) -> Result<tonic::Response<$lresp>, tonic::Status> {
+                    let (found, next_page_token) =
+                        $crate::lifecycle::list::<$rrecord, _>(&self.ctx, &request)
+                            .await
+                            .map_err(tonic::Status::from)?;
+                    let mut answer = <$lresp>::default();
+                    answer.$field = found;
+                    answer.next_page_token = next_page_token;
+                    Ok(tonic::Response::new(answer))
+                }
+            )*
         }
     };
 }
@@ -83,6 +115,20 @@ pub trait ToWire {
     type Wire;
     /// Returns the record as the contract writes it.
     fn to_wire(&self) -> Self::Wire;
+
+    /// Returns what `p`, who may read records of the kind and organisation
+    /// ([`trm_core::access::readable`]), sees of this one: all of it, unless the record has
+    /// rules of its own (a hearing's witness, what an immigration authority sees of a
+    /// return plan), which may refuse it.
+    fn seen_by(&self, _ctx: &Ctx, _p: &Principal) -> ApiResult<Self::Wire> {
+        Ok(self.to_wire())
+    }
+
+    /// Returns whether a list shows the record to `p`: every record `seen_by` would not
+    /// refuse (a storage fault is an error).
+    fn listed(&self, _ctx: &Ctx, _p: &Principal) -> trm_store::Result<bool> {
+        Ok(true)
+    }
 }
 
 /// What a retried request gets back: the result's key (ids only, never personal data) is
@@ -122,19 +168,14 @@ macro_rules! replay_record {
     };
 }
 
-/// Reads one shared record for a local client: the caller allowed to read its kind and the
-/// request parsed ([`authz::reader`]), the record read (NOT_FOUND naming its kind) and
-/// readable by the caller ([`trm_core::access::readable`]), `answer` made of it for the
-/// caller (which may still refuse, by the record's own rules: a hearing's witness), and the
-/// read audited as `audit` before the answer goes out.
-pub async fn get<R, M, T>(
-    ctx: &Ctx,
-    request: &Request<M>,
-    audit: &str,
-    answer: impl FnOnce(&Principal, &R) -> ApiResult<T>,
-) -> ApiResult<T>
+/// Reads one shared record for a local client (what every `Get*` RPC of a shared record
+/// runs): the caller allowed to read its kind and the request parsed ([`authz::reader`]),
+/// the record read (NOT_FOUND naming its kind) and readable by the caller
+/// ([`trm_core::access::readable`]), the answer what the caller sees of it
+/// ([`ToWire::seen_by`]), and the read audited as `<kind>.read` before it goes out.
+pub async fn get<R, M>(ctx: &Ctx, request: &Request<M>) -> ApiResult<R::Wire>
 where
-    R: StoredRecord,
+    R: StoredRecord + ToWire,
     for<'a> Get<R::Id>: TryFrom<&'a M, Error = FieldError>,
 {
     let (p, Get(id)) = authz::reader::<M, Get<R::Id>>(request, R::KIND.info().read)?;
@@ -143,8 +184,9 @@ where
         .record::<R>(id)?
         .ok_or(ApiError::NotFound(R::KIND.name()))?;
     trm_core::access::readable(&p, R::KIND, r.owner())?;
-    let answer = answer(&p, &r)?;
-    ctx.audit_read(&p, audit, id.to_string(), String::new())
+    let answer = r.seen_by(ctx, &p)?;
+    let audit = format!("{}.read", R::KIND.code());
+    ctx.audit_read(&p, &audit, id.to_string(), String::new())
         .await?;
     Ok(answer)
 }

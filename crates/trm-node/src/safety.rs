@@ -57,6 +57,15 @@ impl rpc::ToWire for SafetyAlertRecord {
     fn to_wire(&self) -> Self::Wire {
         convert::alert_to_wire(self)
     }
+    /// A judicial authority, who reads no victim record, does not see to which countries
+    /// the case was sent (only how far the alert got).
+    fn seen_by(&self, _: &Ctx, p: &trm_core::ids::Principal) -> ApiResult<Self::Wire> {
+        let mut wire = convert::alert_to_wire(self);
+        if p.role == trm_core::ids::Role::JudicialAuthority {
+            wire.recipients.clear();
+        }
+        Ok(wire)
+    }
 }
 
 impl lifecycle::StepRules for SafetyAlertRecord {
@@ -73,10 +82,11 @@ impl lifecycle::StepRules for SafetyAlertRecord {
 
 crate::grpc_service!(Safety => SafetyService {
     raise_safety_alert(w::RaiseSafetyAlertRequest) -> w::SafetyAlert;
-    get_safety_alert(w::GetSafetyAlertRequest) -> w::SafetyAlert;
-    list_safety_alerts(w::ListSafetyAlertsRequest) -> w::ListSafetyAlertsResponse;
 } steps of SafetyAlertRecord {
     acknowledge_safety_alert(w::AcknowledgeSafetyAlertRequest) -> w::SafetyAlert = AcknowledgeSafetyAlert;
+} reads of SafetyAlertRecord {
+    get get_safety_alert(w::GetSafetyAlertRequest) -> w::SafetyAlert;
+    list list_safety_alerts(w::ListSafetyAlertsRequest) -> w::ListSafetyAlertsResponse { safety_alerts };
 });
 
 /// Returns the nodes that hold a copy of `case` sent by this node (a referral, return plan
@@ -197,47 +207,8 @@ impl Safety {
             })
             .await?;
         info!(alert_id = %record.alert_id, recipients = record.recipients.len(), "safety alert raised");
-        Ok(seen_by(&p, &record))
+        rpc::ToWire::seen_by(&record, &self.ctx, &p)
     }
-
-    #[instrument(skip_all)]
-    async fn get_safety_alert(
-        &self,
-        request: Request<w::GetSafetyAlertRequest>,
-    ) -> ApiResult<w::SafetyAlert> {
-        rpc::get(&self.ctx, &request, "safety_alert.read", |p, a| {
-            Ok(seen_by(p, a))
-        })
-        .await
-    }
-
-    #[instrument(skip_all)]
-    async fn list_safety_alerts(
-        &self,
-        request: Request<w::ListSafetyAlertsRequest>,
-    ) -> ApiResult<w::ListSafetyAlertsResponse> {
-        let (p, found, next_page_token) = lifecycle::list::<SafetyAlertRecord, _>(
-            &self.ctx,
-            &request,
-            "safety_alert.list",
-            |_, _| Ok(true),
-        )
-        .await?;
-        Ok(w::ListSafetyAlertsResponse {
-            safety_alerts: found.iter().map(|a| seen_by(&p, a)).collect(),
-            next_page_token,
-        })
-    }
-}
-
-/// Returns the alert as `p` may see it: a judicial authority, who reads no victim record,
-/// does not see to which countries the case was sent (only how far the alert got).
-fn seen_by(p: &trm_core::ids::Principal, a: &SafetyAlertRecord) -> w::SafetyAlert {
-    let mut wire = convert::alert_to_wire(a);
-    if p.role == trm_core::ids::Role::JudicialAuthority {
-        wire.recipients.clear();
-    }
-    wire
 }
 
 /// Whether `child` says the person is a child (a child's alert is answered first).
