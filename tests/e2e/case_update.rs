@@ -275,3 +275,93 @@ async fn a_copy_that_came_to_rely_on_a_later_consent_goes_with_it() -> anyhow::R
     fed.stop().await?;
     Ok(())
 }
+
+/// An update the origin sends again after a newer one arrived (an operator retrying a dead
+/// letter) never undoes the newer one: the copy keeps what the origin decided last, by the
+/// order the origin made its messages in (their UUIDv7 ids), not the order they arrive in.
+#[tokio::test]
+async fn an_older_update_sent_again_never_undoes_a_newer_one() -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let case_id = sp
+        .create_case(requests::case("Ana", 10))
+        .await?
+        .into_inner()
+        .case_id;
+    let referral_id = trm_tests::refer_case(&sp, &case_id, "RO").await?;
+    let ro = fed.referrals("RO", Role::FocalPoint).await?;
+    trm_tests::referral_arrived(&ro, &referral_id).await?;
+    let needs = |kinds: &[w::NeedKind]| {
+        let mut req = update(&case_id, &["needs"]);
+        req.needs = Some(w::Needs {
+            kinds: kinds.iter().map(|k| *k as i32).collect(),
+            urgency: w::Urgency::Urgent as i32,
+            notes: String::new(),
+        });
+        req
+    };
+
+    // RO stops taking AT's envelopes: the first update becomes a dead letter at AT.
+    let mut ro_admin = fed.admin("RO", Role::Operator).await?;
+    ro_admin
+        .remove_peer(w::RemovePeerRequest {
+            node_id: "AT".into(),
+            ..Default::default()
+        })
+        .await?;
+    let older = [
+        w::NeedKind::Shelter,
+        w::NeedKind::Medical,
+        w::NeedKind::Legal,
+    ];
+    sp.update_case(needs(&older)).await?;
+    let dead = eventually("the first update's dead letter", || async {
+        let dead = crate::directory::outbox(&fed, "AT", true).await?;
+        Ok(dead.into_iter().find(|e| e.kind == "referral_update"))
+    })
+    .await?;
+
+    // RO trusts AT again, and a newer update arrives.
+    let at_federation = fed.node("AT")?.addrs.federation;
+    ro_admin
+        .upsert_peer(w::UpsertPeerRequest {
+            peer: Some(crate::trust::peer_entry(&fed, "AT", at_federation)),
+            ..Default::default()
+        })
+        .await?;
+    sp.update_case(needs(&[w::NeedKind::Shelter])).await?;
+    copy_at_ro(&ro, &referral_id, "the newer update at RO", |d| {
+        d.needs.as_ref().is_some_and(|n| n.kinds.len() == 1)
+    })
+    .await?;
+
+    // AT's operator sends the older one again: RO acknowledges it and keeps the newer.
+    fed.admin("AT", Role::Operator)
+        .await?
+        .retry_delivery(w::RetryDeliveryRequest {
+            message_id: dead.message_id.clone(),
+            ..Default::default()
+        })
+        .await?;
+    eventually("the older update acknowledged", || async {
+        let left = crate::directory::outbox(&fed, "AT", false).await?;
+        Ok(left.is_empty().then_some(()))
+    })
+    .await?;
+    let copy = ro
+        .clone()
+        .get_referral(w::GetReferralRequest {
+            referral_id: referral_id.clone(),
+        })
+        .await?
+        .into_inner()
+        .disclosed
+        .unwrap_or_default();
+    assert_eq!(
+        copy.needs.unwrap_or_default().kinds,
+        [w::NeedKind::Shelter as i32],
+        "the copy shows the newer update"
+    );
+    fed.stop().await?;
+    Ok(())
+}

@@ -19,7 +19,7 @@ async fn incoming(fed: &TestFederation, node: &str) -> anyhow::Result<usize> {
         .len())
 }
 
-async fn outbox(
+pub(crate) async fn outbox(
     fed: &TestFederation,
     node: &str,
     dead_only: bool,
@@ -124,17 +124,10 @@ async fn a_removed_peer_gets_nothing_and_is_refused_and_dead_letters_can_be_retr
     assert!(!queued[0].dead_letter);
 
     // AT is a peer again: RO's queued referral goes out; AT's operator retries the dead letter.
-    let at = fed.dir().join("AT");
+    let at_federation = fed.node("AT")?.addrs.federation;
     ro_admin
         .upsert_peer(w::UpsertPeerRequest {
-            peer: Some(w::Peer {
-                node_id: "AT".into(),
-                endpoint: fed.node("AT")?.addrs.federation.to_string(),
-                tls_ca_pem: files::read_text(&at.join("tls/federation-ca.pem"))?,
-                signing_keys_pem: vec![files::read_text(&at.join("keys/signing.pub.pem"))?],
-                tls_pin_sha256: String::new(),
-                ..Default::default()
-            }),
+            peer: Some(crate::trust::peer_entry(&fed, "AT", at_federation)),
             ..Default::default()
         })
         .await?;

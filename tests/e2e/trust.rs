@@ -282,7 +282,12 @@ async fn one_members_ca_cannot_certify_another_member() -> anyhow::Result<()> {
 }
 
 /// Returns the `Peer` entry `node` would be upserted with, from its own files.
-fn peer_entry(fed: &TestFederation, node: &str, endpoint: std::net::SocketAddr) -> w::Peer {
+/// The entry that trusts `node` (its CA and signing key, from its files) at `endpoint`.
+pub(crate) fn peer_entry(
+    fed: &TestFederation,
+    node: &str,
+    endpoint: std::net::SocketAddr,
+) -> w::Peer {
     let nd = fed.dir().join(node);
     w::Peer {
         node_id: node.into(),

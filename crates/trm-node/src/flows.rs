@@ -27,7 +27,10 @@ use trm_crypto::signing::Signer;
 use trm_federation::{inbound::peer_actor, outbox, FlowHandler, Inbound, Rejection};
 use trm_proto::v1::ReceiptOutcome;
 use trm_store::{
-    repo::{flows::StoredRecord, outbox::OutboxItem},
+    repo::{
+        flows::{Replaced, StoredRecord},
+        outbox::OutboxItem,
+    },
     Tx, TxFail,
 };
 
@@ -600,6 +603,14 @@ fn refresh_copy<R: StoredRecord + ErasableRecord>(
     if held.case_ref != disclosed.case_ref {
         return Err(malformed("disclosed.case_ref differs from the copy's"));
     }
+    if !tx.newer_update::<R>(id, Replaced::DisclosedCase, inbound.message_id.uuid())? {
+        tracing::info!(
+            kind = R::KIND.name(),
+            message = %inbound.message_id,
+            "an older case update arrived after a newer one: the copy keeps the newer"
+        );
+        return Ok(());
+    }
     *held = disclosed.clone();
     tx.put_record(&r)?;
     Ok(())
@@ -625,6 +636,14 @@ fn return_flags(
         return Err(malformed("case_ref differs from the plan's"));
     }
     if r.status.is_final() {
+        return Ok(());
+    }
+    if !tx.newer_update::<ReturnRecord>(id, Replaced::ReturnFlags, inbound.message_id.uuid())? {
+        tracing::info!(
+            return_id = %id,
+            message = %inbound.message_id,
+            "older coordination flags arrived after newer ones: the plan keeps the newer"
+        );
         return Ok(());
     }
     r.hearing_pending = hearing_pending;

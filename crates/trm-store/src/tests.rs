@@ -1538,3 +1538,45 @@ fn inbound_message_ids_past_their_time_are_forgotten_in_either_layout() {
         })
         .unwrap();
 }
+
+#[test]
+fn a_part_replaced_by_messages_takes_only_a_newer_one_whatever_order_they_arrive_in() {
+    use crate::repo::flows::Replaced;
+    use trm_core::{ids::ReturnId, returns::ReturnRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let master = SecretKey::generate();
+    let store = open(dir.path(), &master);
+    let plan = ReturnId::new();
+    // Three messages, made in this order (UUIDv7 ids sort as they were made).
+    let (first, second, third) = (
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+    );
+    let take = |part: Replaced, message: uuid::Uuid| {
+        store
+            .commit_blocking::<bool, (), _>(move |tx| {
+                Ok(tx.newer_update::<ReturnRecord>(plan, part, message)?)
+            })
+            .unwrap()
+    };
+    assert!(take(Replaced::ReturnFlags, second), "the first to arrive");
+    assert!(
+        !take(Replaced::ReturnFlags, first),
+        "made before, arrived after"
+    );
+    assert!(!take(Replaced::ReturnFlags, second), "the same again");
+    // Each part keeps its own order.
+    assert!(take(Replaced::DisclosedCase, first));
+    assert!(take(Replaced::ReturnFlags, third));
+    assert!(!take(Replaced::ReturnFlags, second));
+    // And after a restart.
+    drop(store);
+    let store = open(dir.path(), &master);
+    let late = store
+        .commit_blocking::<bool, (), _>(move |tx| {
+            Ok(tx.newer_update::<ReturnRecord>(plan, Replaced::ReturnFlags, second)?)
+        })
+        .unwrap();
+    assert!(!late, "the order survives a restart");
+}

@@ -46,6 +46,16 @@ fn id_after(key: &[u8], prefix_len: usize) -> Option<[u8; 16]> {
     key.get(prefix_len..)?.try_into().ok()
 }
 
+/// A part of a shared record that a message from its other node replaces whole (the last
+/// one the sender made wins), rather than moving it a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replaced {
+    /// The case a copy holds (`CopyUpdate`).
+    DisclosedCase,
+    /// A return plan's coordination flags (`ReturnFlags`).
+    ReturnFlags,
+}
+
 /// How the store keeps one kind of shared record.
 pub trait StoredRecord: SharedRecord + Serialize + DeserializeOwned {
     /// Whether the record counts in a statistics table at all.
@@ -206,6 +216,26 @@ impl Tx<'_> {
             self.recount(R::KIND.tag(), &id, month, cell)?;
         }
         r.index(self, dir)
+    }
+
+    /// Returns whether `message` may replace `part` of record `id`: it was made after the
+    /// last message applied to that part, which it then becomes. Message ids are UUIDv7,
+    /// so they sort in the order their sender made them; an older message that arrives
+    /// late (sent again from the dead letters after a newer one) replaces nothing.
+    pub fn newer_update<R: StoredRecord>(
+        &mut self,
+        id: R::Id,
+        part: Replaced,
+        message: uuid::Uuid,
+    ) -> Result<bool> {
+        let key = layout::last_update(R::KIND.tag(), &uuid_bytes(id), part as u8);
+        if let Some(last) = self.get_raw(&key)? {
+            if message.as_bytes().as_slice() <= last.as_slice() {
+                return Ok(false);
+            }
+        }
+        self.put_raw(&key, message.as_bytes())?;
+        Ok(true)
     }
 
     /// Returns every shared record of kind `R` this node holds, both directions, that `keep`

@@ -91,6 +91,11 @@ pub(crate) mod layout {
         }
     }
 
+    /// The id of the last message applied that replaces part `part` of one shared record.
+    pub fn last_update(kind: u8, record: &[u8; 16], part: u8) -> Vec<u8> {
+        key("up/", &[&[kind], record, &[part]])
+    }
+
     /// The status the last event of one shared record named.
     pub fn event_state(kind: u8, record: &[u8; 16]) -> Vec<u8> {
         key("es/", &[&[kind], record])
