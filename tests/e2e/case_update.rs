@@ -39,10 +39,16 @@ async fn copy_at_ro(
     .await
 }
 
-#[tokio::test]
-async fn an_update_changes_the_groups_named_and_reaches_the_copy_as_far_as_it_may(
-) -> anyhow::Result<()> {
-    let fed = TestFederation::start(&["AT", "RO"]).await?;
+/// A case of AT's provider, referred to RO and arrived there.
+struct Referred {
+    sp: ReferralServiceClient<Channel>,
+    case_id: String,
+    referral_id: String,
+    /// RO's focal point.
+    ro: ReferralServiceClient<Channel>,
+}
+
+async fn referred(fed: &TestFederation) -> anyhow::Result<Referred> {
     let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
     let case_id = sp
         .create_case(requests::case("Ana", 10))
@@ -52,6 +58,24 @@ async fn an_update_changes_the_groups_named_and_reaches_the_copy_as_far_as_it_ma
     let referral_id = trm_tests::refer_case(&sp, &case_id, "RO").await?;
     let ro = fed.referrals("RO", Role::FocalPoint).await?;
     trm_tests::referral_arrived(&ro, &referral_id).await?;
+    Ok(Referred {
+        sp,
+        case_id,
+        referral_id,
+        ro,
+    })
+}
+
+#[tokio::test]
+async fn an_update_changes_the_groups_named_and_reaches_the_copy_as_far_as_it_may(
+) -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let Referred {
+        mut sp,
+        case_id,
+        referral_id,
+        ro,
+    } = referred(&fed).await?;
 
     // Needs and the child's protection change; the person, sent but not named, does not.
     let mut req = update(&case_id, &["needs", "child"]);
@@ -282,15 +306,12 @@ async fn a_copy_that_came_to_rely_on_a_later_consent_goes_with_it() -> anyhow::R
 #[tokio::test]
 async fn an_older_update_sent_again_never_undoes_a_newer_one() -> anyhow::Result<()> {
     let fed = TestFederation::start(&["AT", "RO"]).await?;
-    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
-    let case_id = sp
-        .create_case(requests::case("Ana", 10))
-        .await?
-        .into_inner()
-        .case_id;
-    let referral_id = trm_tests::refer_case(&sp, &case_id, "RO").await?;
-    let ro = fed.referrals("RO", Role::FocalPoint).await?;
-    trm_tests::referral_arrived(&ro, &referral_id).await?;
+    let Referred {
+        mut sp,
+        case_id,
+        referral_id,
+        ro,
+    } = referred(&fed).await?;
     let needs = |kinds: &[w::NeedKind]| {
         let mut req = update(&case_id, &["needs"]);
         req.needs = Some(w::Needs {
