@@ -258,6 +258,18 @@ pub fn require_owner(p: &Principal, owner: Option<&OrgId>) -> Result<(), Denied>
     }
 }
 
+/// Returns the organisation whose records `p` is kept to (a service provider's own), or
+/// none for a role that reaches every record of the node: what a listing filters on.
+pub fn scope(p: &Principal) -> Option<&OrgId> {
+    (!node_wide(p.role)).then_some(&p.org)
+}
+
+/// Returns whether `p` sees to which countries a safety alert went: a judicial authority,
+/// who reads no victim record, sees only how far the alert got.
+pub fn sees_alert_recipients(p: &Principal) -> bool {
+    p.role != JA
+}
+
 /// Returns what `p` sees of a return plan it reached: all of it, except for an immigration
 /// authority, which sees what crossed for travel documents (identity, demographics, the
 /// child flags) and the plan's course, never the victim's needs, exploitation or the
@@ -400,6 +412,15 @@ pub(crate) mod tests {
         assert!(may(FP).len() > may(SP).len());
         let err = require(&p(JA, "pros"), Action::ReadCase).unwrap_err();
         assert_eq!(err.0, "role judicial_authority may not read victim records");
+    }
+
+    #[test]
+    fn a_provider_lists_its_own_organisation_and_a_judge_never_where_an_alert_went() {
+        let sp = p(SP, "sp1");
+        assert_eq!(scope(&sp).map(OrgId::as_str), Some("sp1"));
+        assert_eq!(scope(&p(FP, "fp")), None);
+        assert!(!sees_alert_recipients(&p(JA, "pros")));
+        assert!(sees_alert_recipients(&p(FP, "fp")));
     }
 
     #[test]

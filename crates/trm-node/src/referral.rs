@@ -11,7 +11,7 @@ use trm_core::{
     access::{self, Action},
     consent::Consent,
     exchange::Erasure,
-    ids::{CaseId, ConsentId, Principal, ReferralId, Role, Shared},
+    ids::{CaseId, ConsentId, Principal, ReferralId, Shared},
     messages::PeerMessage,
     model::{CaseRecord, Identification, Purpose, Residence},
     referral::{next, ReferralEvent, ReferralRecord, ReferralStatus},
@@ -297,7 +297,7 @@ impl Referrals {
         request: Request<w::ListCasesRequest>,
     ) -> ApiResult<w::ListCasesResponse> {
         let (p, Paged { page, after }) = authz::reader(&request, Action::ReadCase)?;
-        let org = (p.role != Role::FocalPoint).then_some(&p.org);
+        let org = access::scope(&p);
         let read = self.ctx.store.cases(org, after, page.size + 1)?;
         let (cases, next_page_token) = rpc::cut(&page, read, |c| c.case_id);
         let ids: Vec<String> = cases.iter().map(|c| c.case_id.to_string()).collect();

@@ -61,7 +61,7 @@ impl rpc::ToWire for SafetyAlertRecord {
     /// the case was sent (only how far the alert got).
     fn seen_by(&self, _: &Ctx, p: &trm_core::ids::Principal) -> ApiResult<Self::Wire> {
         let mut wire = convert::alert_to_wire(self);
-        if p.role == trm_core::ids::Role::JudicialAuthority {
+        if !trm_core::access::sees_alert_recipients(p) {
             wire.recipients.clear();
         }
         Ok(wire)
