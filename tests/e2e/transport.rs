@@ -419,6 +419,25 @@ async fn stale_future_and_oversize_envelopes_are_refused_counted_and_audited() -
             Code::InvalidArgument,
         ),
         (
+            // A message id dated ahead would outrank every later message of the sender.
+            "future",
+            envelope::seal_with_id(
+                &ro_key,
+                ro,
+                at,
+                "r",
+                offer("r", None),
+                &uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+                    uuid::NoContext,
+                    u64::try_from((now + time::Duration::minutes(10)).unix_timestamp())?,
+                    0,
+                ))
+                .to_string(),
+                now,
+            ),
+            Code::InvalidArgument,
+        ),
+        (
             "oversize",
             envelope::seal(
                 &ro_key,
@@ -461,9 +480,10 @@ async fn stale_future_and_oversize_envelopes_are_refused_counted_and_audited() -
     );
     let page = trm_tests::metrics(fed.node("AT")?.addrs.metrics).await?;
     for (reason, _, _) in &cases {
+        let times = cases.iter().filter(|(r, _, _)| r == reason).count();
         assert!(
             page.contains(&format!(
-                "trm_envelopes_refused_total{{reason=\"{reason}\"}} 1"
+                "trm_envelopes_refused_total{{reason=\"{reason}\"}} {times}"
             )),
             "{reason}: {page}"
         );

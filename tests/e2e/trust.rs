@@ -281,7 +281,6 @@ async fn one_members_ca_cannot_certify_another_member() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Returns the `Peer` entry `node` would be upserted with, from its own files.
 /// The entry that trusts `node` (its CA and signing key, from its files) at `endpoint`.
 pub(crate) fn peer_entry(
     fed: &TestFederation,

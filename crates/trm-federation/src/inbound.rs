@@ -616,7 +616,8 @@ impl FederationServer {
 /// Opens an envelope from the authenticated TLS peer `entry`, with every check of DESIGN.md
 /// that comes before an effect, in its order, as of `now`: size, key id, the signature over
 /// the exact body bytes, only then the decoding of the body, sender, the key's validity at
-/// `created_at`, recipient, replay window and clock skew, message id, and the payload parsed
+/// `created_at`, recipient, replay window and clock skew, message id (a UUIDv7, not dated
+/// ahead of the clock skew: it orders the sender's messages), and the payload parsed
 /// into its domain message (a payload that does not parse is carried as the rejection its
 /// receipt will give). Nothing is read from or written to the store: a duplicate is found
 /// when the envelope is applied.
@@ -675,9 +676,23 @@ pub fn open(
         ));
     }
     let message_id = match uuid::Uuid::try_parse(&body.message_id) {
-        Ok(u) if u.get_version_num() == 7 => MessageId::from_uuid(u),
+        Ok(u) if u.get_version_num() == 7 => u,
         _ => return Err(fail(Refusal::Malformed, "message_id must be a UUIDv7")),
     };
+    // The id orders the sender's messages (a later one replaces what an earlier one set),
+    // so it may not be dated ahead of the clock either: it would outrank every later one.
+    let dated = message_id
+        .get_timestamp()
+        .map(|t| t.to_unix().0)
+        .and_then(|secs| i64::try_from(secs).ok())
+        .and_then(|secs| OffsetDateTime::from_unix_timestamp(secs).ok());
+    if dated.is_none_or(|at| at > now + cfg.clock_skew) {
+        return Err(fail(
+            Refusal::Future,
+            "message_id is dated ahead of the allowed clock skew",
+        ));
+    }
+    let message_id = MessageId::from_uuid(message_id);
     let Some(payload) = body.payload else {
         return Err(fail(Refusal::Malformed, "payload is required"));
     };

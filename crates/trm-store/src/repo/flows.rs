@@ -51,9 +51,10 @@ fn id_after(key: &[u8], prefix_len: usize) -> Option<[u8; 16]> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Replaced {
     /// The case a copy holds (`CopyUpdate`).
-    DisclosedCase,
-    /// A return plan's coordination flags (`ReturnFlags`).
-    ReturnFlags,
+    DisclosedCase = 0,
+    /// A return plan's coordination flags (`ReturnFlags`). The numbers are in stored keys:
+    /// they never change.
+    ReturnFlags = 1,
 }
 
 /// How the store keeps one kind of shared record.
