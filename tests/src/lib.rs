@@ -681,12 +681,49 @@ impl TestFederation {
         }
     }
 
-    /// Stops every node, flushing their stores.
-    pub async fn stop(self) -> Result<TempDir> {
+    /// Stops every node, flushing their stores. The folder stays until what this returns
+    /// is dropped.
+    pub async fn stop(self) -> Result<Stopped> {
         for n in self.nodes {
             n.stop().await?;
         }
-        Ok(self.dir)
+        Ok(Stopped { dir: self.dir })
+    }
+}
+
+/// The folder of a stopped federation, there to be looked at. On PostgreSQL its nodes'
+/// schemas go with it, so that a run of the suite leaves no schema in the database.
+pub struct Stopped {
+    dir: TempDir,
+}
+
+impl Stopped {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let Some(url) = trm_store::testing::postgres_url() else {
+            return;
+        };
+        for file in files_below(self.dir.path()) {
+            if file.file_name().is_none_or(|n| n != "pg-schema") {
+                continue;
+            }
+            let Ok(schema) = std::fs::read_to_string(&file) else {
+                continue;
+            };
+            let options = trm_store::engine::postgres::PostgresOptions {
+                url: url.clone(),
+                ca_file: None,
+                schema: schema.trim().to_owned(),
+                readers: 1,
+            };
+            // Best effort: a schema left behind costs a little room, nothing else.
+            let _ = trm_store::engine::postgres::drop_schema(&options);
+        }
     }
 }
 
