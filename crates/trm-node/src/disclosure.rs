@@ -178,6 +178,7 @@ pub fn prepare(
     recipient: NodeId,
     guards: impl Fn(&mut Tx<'_>, &CaseRecord) -> TxResult<()>,
 ) -> TxResult<Disclosure> {
+    tx.prefetch_disclosure(case_id, recipient)?;
     let case = load_case(tx, case_id)?;
     trm_core::access::require_owner(p, Some(&case.organisation)).map_err(ApiError::from)?;
     guards(tx, &case)?;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 use trm_core::{
-    exchange::{ErasableRecord, SharedRecord},
+    exchange::{ErasableRecord, RecordKind, SharedRecord},
     hearing::{
         check_child_measures, HearingEvent, HearingParties, HearingRecord, HearingStatus,
         HearingStep, HearingTerms,
@@ -60,8 +60,14 @@ fn malformed(why: impl Into<String>) -> TxFail<Rejection> {
 
 /// Refuses an id a peer chose for a new record when it names any record this node holds,
 /// of whatever kind: a peer never reaches a local record through an id it picked.
-fn id_is_new(tx: &mut Tx<'_>, id: uuid::Uuid, field: &str) -> FlowResult {
-    if tx.names_a_record(id)? {
+fn id_is_new(
+    tx: &mut Tx<'_>,
+    inbound: &Inbound,
+    kind: RecordKind,
+    id: uuid::Uuid,
+    field: &str,
+) -> FlowResult {
+    if tx.names_a_record_arriving(id, kind, inbound.sender, &inbound.case_ref)? {
         return Err(transition(format!(
             "{field} names a record that already exists"
         )));
@@ -79,7 +85,13 @@ impl Flows {
         requested_services: &[NeedKind],
     ) -> FlowResult {
         check_disclosure(inbound, disclosed, Purpose::ReferralAssistance)?;
-        id_is_new(tx, referral_id.uuid(), "referral_id")?;
+        id_is_new(
+            tx,
+            inbound,
+            RecordKind::Referral,
+            referral_id.uuid(),
+            "referral_id",
+        )?;
         let record = ReferralRecord::received(
             referral_id,
             inbound.sender,
@@ -180,7 +192,13 @@ impl Flows {
             risk_assessed_at,
         )?
         .map_err(|g| policy(g.to_string()))?;
-        id_is_new(tx, return_id.uuid(), "return_id")?;
+        id_is_new(
+            tx,
+            inbound,
+            RecordKind::Return,
+            return_id.uuid(),
+            "return_id",
+        )?;
         let record = ReturnRecord::received(
             return_id,
             inbound.sender,
@@ -225,7 +243,13 @@ impl Flows {
             .witness_of(record, inbound.sender)?
             .ok_or_else(|| unknown("the record is gone"))?;
         check_child_measures(witness.is_child, &terms.measures).map_err(|g| policy(g.reason))?;
-        id_is_new(tx, hearing_id.uuid(), "hearing_id")?;
+        id_is_new(
+            tx,
+            inbound,
+            RecordKind::Hearing,
+            hearing_id.uuid(),
+            "hearing_id",
+        )?;
         let parties = HearingParties {
             hearing_id,
             requesting_country: inbound.sender,
@@ -275,7 +299,13 @@ impl Flows {
         if !held {
             return Err(unknown("no copy was received from the sender under it"));
         }
-        id_is_new(tx, alert_id.uuid(), "alert_id")?;
+        id_is_new(
+            tx,
+            inbound,
+            RecordKind::SafetyAlert,
+            alert_id.uuid(),
+            "alert_id",
+        )?;
         let now = OffsetDateTime::now_utc();
         let record = SafetyAlertRecord::received(
             alert_id,
@@ -373,7 +403,7 @@ impl Flows {
         disclosed: &DisclosedCase,
     ) -> FlowResult {
         check_disclosure(inbound, disclosed, Purpose::LegalRemedies)?;
-        id_is_new(tx, claim_id.uuid(), "claim_id")?;
+        id_is_new(tx, inbound, RecordKind::Claim, claim_id.uuid(), "claim_id")?;
         let record = ClaimRecord::received(
             claim_id,
             inbound.sender,
@@ -399,7 +429,13 @@ impl Flows {
             Some(WitnessRecord::Case(case)) => WitnessRecord::Case(case),
             _ => return Err(unknown("no case of this node was sent under it")),
         };
-        id_is_new(tx, id.uuid(), "status_request_id")?;
+        id_is_new(
+            tx,
+            inbound,
+            RecordKind::VictimStatus,
+            id.uuid(),
+            "status_request_id",
+        )?;
         let now = OffsetDateTime::now_utc();
         let record = VictimStatusRecord::requested(
             id,

@@ -571,6 +571,7 @@ impl Referrals {
         let r: ReferralRecord = self
             .ctx
             .once(idem, &p, move |tx| {
+                tx.prefetch_disclosure(case_id, destination)?;
                 if let Some(open) = tx.open_referral(case_id, destination)? {
                     return Err(ApiError::Exists(format!(
                         "referral {open} of this case to {destination} is still open"

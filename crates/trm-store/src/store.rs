@@ -237,10 +237,10 @@ impl Store {
         let shared = &store.inner.shared;
         shared
             .outbox_durable
-            .store(store.counter("outbox_seq")?, Ordering::SeqCst);
+            .store(store.counter(crate::repo::outbox::SEQ)?, Ordering::SeqCst);
         shared
             .events_durable
-            .store(store.counter("event_seq")?, Ordering::SeqCst);
+            .store(store.counter(crate::repo::events::SEQ)?, Ordering::SeqCst);
         Ok(store)
     }
 

@@ -282,7 +282,11 @@ fn attempt_group(
     shared: &Shared,
     group: &mut Vec<Job>,
 ) -> Result<Option<(Vec<JobOutput>, Effects)>, Conflicted> {
-    let mut etx = match shared.engine.begin() {
+    let begun = shared.engine.begin().and_then(|mut etx| {
+        read_hot_keys(shared, &mut *etx)?;
+        Ok(etx)
+    });
+    let mut etx = match begun {
         Ok(t) => t,
         Err(StoreError::Conflict) => return Err(Conflicted),
         Err(e) => {
@@ -309,6 +313,23 @@ fn attempt_group(
         }
     };
     commit_group(shared, etx, group, outputs, all)
+}
+
+/// Reads, in one round trip, what nearly every group reads once: the audit head and the
+/// head the node signed, the event and outbox sequences, and (with replicas) the KEK
+/// epoch. On PostgreSQL each read is a statement: this saves four or five a group. The
+/// transaction keeps what it read, so the jobs read them from there.
+fn read_hot_keys(shared: &Shared, etx: &mut dyn EngineTx) -> Result<(), StoreError> {
+    let mut keys = crate::repo::audit::head_keys().to_vec();
+    keys.extend([
+        crate::repo::layout::meta(crate::repo::events::SEQ),
+        crate::repo::layout::meta(crate::repo::outbox::SEQ),
+    ]);
+    if shared.keys.is_shared() {
+        keys.push(crate::repo::layout::meta(crate::keys::KEK_EPOCH));
+    }
+    let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+    etx.get_many(&refs).map(drop)
 }
 
 /// Runs each job of the group under its own savepoint: a job that fails leaves nothing

@@ -15,6 +15,11 @@ use crate::{
 const HEAD: &str = "audit_head";
 const SIGNED: &str = "audit_head_signed";
 
+/// The keys of the audit head and of the head the node last signed.
+pub(crate) fn head_keys() -> [Vec<u8>; 2] {
+    [layout::meta(HEAD), layout::meta(SIGNED)]
+}
+
 /// What a caller records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRecord {

@@ -314,6 +314,20 @@ impl Tx<'_> {
         self.get_json("case reference", &layout::ref_of(case, peer))
     }
 
+    /// Reads in one round trip what a disclosure of `case` to `recipient` reads: the case
+    /// and its data key, its consents, its pairwise reference towards the recipient and its
+    /// open referral there. On PostgreSQL each read is a statement; the transaction keeps
+    /// what it read, so the reads that follow cost nothing more.
+    pub fn prefetch_disclosure(&mut self, case: CaseId, recipient: NodeId) -> Result<()> {
+        self.prefetch(&[
+            layout::case(case),
+            layout::data_key(&Subject::case(case), 0),
+            layout::consents(case),
+            layout::ref_of(case, recipient),
+            layout::open_referral(case, recipient),
+        ])
+    }
+
     /// Returns the pairwise reference of `case` towards `peer`, creating it on first use.
     pub fn case_ref_or_new(&mut self, case: CaseId, peer: NodeId) -> Result<String> {
         if let Some(r) = self.case_ref(case, peer)? {
@@ -378,10 +392,41 @@ impl Tx<'_> {
     /// Returns whether any record of this node (a case, or a shared record of any
     /// registered kind, `RecordKind::ALL`) has the id `id`: one read for all of them.
     pub fn names_a_record(&mut self, id: uuid::Uuid) -> Result<bool> {
-        let mut keys = vec![layout::case(CaseId::from_uuid(id))];
-        keys.extend(RecordKind::ALL.map(|kind| layout::record(kind, id.as_bytes())));
-        self.any_exists(&keys)
+        self.any_exists(&record_keys(id))
     }
+
+    /// [`Tx::names_a_record`] for the id of a record of `kind` arriving from `sender` about
+    /// `case_ref`, reading in the same round trip what keeping it goes on to read: its data
+    /// key, event state and count, and the pairwise reference it came under. On PostgreSQL
+    /// each read is a statement; the transaction keeps what it read.
+    pub fn names_a_record_arriving(
+        &mut self,
+        id: uuid::Uuid,
+        kind: RecordKind,
+        sender: NodeId,
+        case_ref: &str,
+    ) -> Result<bool> {
+        let mut keys = record_keys(id);
+        let named = keys.len();
+        let subject = Subject::of_record(kind, id.as_bytes());
+        keys.extend([
+            layout::generation(&subject),
+            layout::data_key(&subject, 0),
+            layout::event_state(kind.tag(), id.as_bytes()),
+            layout::counted(kind.tag(), id.as_bytes()),
+            layout::ref_received(sender, case_ref),
+        ]);
+        let read = self.get_many(&keys)?;
+        Ok(read.iter().take(named).any(Option::is_some))
+    }
+}
+
+/// The keys a record with the id `id` would be under: a case, or a shared record of any
+/// registered kind.
+fn record_keys(id: uuid::Uuid) -> Vec<Vec<u8>> {
+    let mut keys = vec![layout::case(CaseId::from_uuid(id))];
+    keys.extend(RecordKind::ALL.map(|kind| layout::record(kind, id.as_bytes())));
+    keys
 }
 
 impl Store {

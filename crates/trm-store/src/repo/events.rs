@@ -24,6 +24,9 @@ pub const RESTORE_GAP: u64 = 1 << 32;
 /// Every how many events the oldest past keeping are cleared away, at most as many.
 const PRUNE_EVERY: u64 = 32;
 
+/// The meta counter of the last event's number.
+pub(crate) const SEQ: &str = "event_seq";
+
 fn seq_of(key: &[u8]) -> Option<u64> {
     let prefix = layout::events();
     let b: [u8; 8] = key.get(prefix.len()..)?.try_into().ok()?;
@@ -34,9 +37,9 @@ impl Tx<'_> {
     /// After a restore: numbers the next events past [`RESTORE_GAP`], and remembers the
     /// numbers skipped, in which no client may resume (what it saw there was undone).
     pub(crate) fn skip_event_numbers_after_restore(&mut self) -> Result<()> {
-        let now = self.counter("event_seq")?;
+        let now = self.counter(SEQ)?;
         let next = now.saturating_add(RESTORE_GAP);
-        self.set_counter("event_seq", next)?;
+        self.set_counter(SEQ, next)?;
         let gaps_key = layout::meta("event_gaps");
         let mut gaps: Vec<(u64, u64)> = self.get_json("event gaps", &gaps_key)?.unwrap_or_default();
         gaps.push((now, next));
@@ -53,7 +56,7 @@ impl Tx<'_> {
         status: &str,
         organisation: Option<&OrgId>,
     ) -> Result<u64> {
-        let seq = self.next_counter("event_seq")?;
+        let seq = self.next_counter(SEQ)?;
         let now = OffsetDateTime::now_utc();
         let event = Event {
             seq,
@@ -172,7 +175,7 @@ impl Store {
             .first()
             .and_then(|(k, _)| seq_of(k));
         let head = if self.engine().committed_is_durable() {
-            self.counter("event_seq")?
+            self.counter(SEQ)?
         } else {
             self.shared().events_durable.load(Ordering::SeqCst)
         };

@@ -21,6 +21,9 @@ use crate::{
     Result, Store, Tx,
 };
 
+/// The meta counter of the last queued envelope's number.
+pub(crate) const SEQ: &str = "outbox_seq";
+
 /// Hex for bytes in JSON records.
 pub(crate) mod hex_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -116,7 +119,7 @@ impl Tx<'_> {
         envelope: &[u8],
     ) -> Result<u64> {
         let sealed = self.seal(&subject_of(&topic), &aad(message_id), envelope)?;
-        let seq = self.next_counter("outbox_seq")?;
+        let seq = self.next_counter(SEQ)?;
         let item = OutboxItem {
             seq,
             message_id,
@@ -240,7 +243,11 @@ impl Tx<'_> {
 
     /// Returns the receipt given for `sender`'s inbound message `message_id`.
     pub fn inbox(&mut self, sender: NodeId, message_id: MessageId) -> Result<Option<InboxEntry>> {
-        self.get_json("inbox entry", &layout::inbox(sender, &message_id.uuid()))
+        let key = layout::inbox(sender, &message_id.uuid());
+        // The key an older version kept it under is read next when this one holds nothing
+        // (a new message): both in one round trip.
+        self.prefetch(&[key.clone(), layout::legacy_inbox(&message_id.uuid())])?;
+        self.get_json("inbox entry", &key)
     }
 
     /// Returns the receipt an older version kept for inbound `message_id`, whoever sent it
