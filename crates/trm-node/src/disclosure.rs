@@ -152,6 +152,8 @@ fn keep_copy(
 
 /// Loads a case inside a transaction; NOT_FOUND when absent.
 pub fn load_case(tx: &mut Tx<'_>, id: CaseId) -> TxResult<CaseRecord> {
+    // With its consents, which most steps on a case read next: one round trip.
+    tx.prefetch_case(id)?;
     tx.case(id)?
         .ok_or_else(|| ApiError::NotFound("case").into())
 }

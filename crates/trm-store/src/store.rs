@@ -558,7 +558,25 @@ impl Store {
         subject: &Subject,
     ) -> Result<Option<T>> {
         let keys = &self.inner.shared.keys;
-        crate::tx::sealed_with(keys, |k| self.engine().get(k), what, key, subject)
+        // The value and the subject's first-generation key (the one it is sealed under
+        // unless the subject was shredded since) in one read; any read after that (a later
+        // generation's key, the value read again) goes to the engine.
+        let first = layout::data_key(subject, 0);
+        let mut read = self.engine().get_many(&[key, &first])?.into_iter();
+        let (mut value, mut first_key) = (Some(read.next().flatten()), read.next().flatten());
+        let get = |k: &[u8]| {
+            if k == key {
+                if let Some(v) = value.take() {
+                    return Ok(v);
+                }
+            } else if k == first.as_slice() {
+                if let Some(v) = first_key.take() {
+                    return Ok(Some(v));
+                }
+            }
+            self.engine().get(k)
+        };
+        crate::tx::sealed_with(keys, get, what, key, subject)
     }
 
     /// Re-wraps every data key still under the retiring KEK; returns how many it found.

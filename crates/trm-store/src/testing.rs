@@ -50,8 +50,8 @@ pub fn engine_for(dir: &Path) -> std::io::Result<EngineOptions> {
 /// Checks what an engine's transaction reads with [`get_many`](crate::engine::EngineTx::get_many)
 /// and `get`: each key's value as the transaction sees it (its own writes and deletions,
 /// those of a savepoint rolled back forgotten, over what is committed, which it reads once),
-/// in the order asked, a key asked twice answered twice, a missing key `None`. Run by each
-/// engine's tests.
+/// in the order asked, a key asked twice answered twice, a missing key `None`; and the
+/// engine's own `get_many` of committed values. Run by each engine's tests.
 pub fn check_get_many(engine: &dyn crate::engine::Engine) -> crate::Result<()> {
     let fail = |what: &str| Err(crate::StoreError::Engine(format!("get_many: {what}")));
     let mut tx = engine.begin()?;
@@ -102,6 +102,22 @@ pub fn check_get_many(engine: &dyn crate::engine::Engine) -> crate::Result<()> {
     }
     if tx.get_many(&[b"gm/b", b"gm/c"])? != [Some(b"2".to_vec()), Some(b"3".to_vec())] {
         return fail("an abandoned transaction changed nothing");
+    }
+    drop(tx);
+
+    // Outside a transaction: what is committed, in the order asked.
+    let keys: [&[u8]; 4] = [b"gm/c", b"gm/none", b"gm/a", b"gm/c"];
+    let want: [Option<&[u8]>; 4] = [Some(b"3"), None, Some(b"1"), Some(b"3")];
+    if engine
+        .get_many(&keys)?
+        .iter()
+        .map(Option::as_deref)
+        .ne(want)
+    {
+        return fail("committed values, in order");
+    }
+    if !engine.get_many(&[])?.is_empty() {
+        return fail("no keys, no committed values");
     }
     Ok(())
 }

@@ -57,6 +57,12 @@ pub trait Engine: Send + Sync + 'static {
     /// Returns the committed value of `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
 
+    /// Returns the committed values of `keys`, in their order: in one round trip on an
+    /// engine where each read is one (PostgreSQL, where they are also read at one instant).
+    fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
+
     /// Returns up to `limit` committed entries with keys in `start..end`, in key order.
     fn range(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>>;
 

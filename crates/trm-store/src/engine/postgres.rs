@@ -461,6 +461,10 @@ impl Engine for PostgresEngine {
         self.read(|c| get_on(c, key))
     }
 
+    fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.read(|c| get_many_on(c, keys))
+    }
+
     fn range(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Entry>> {
         self.read(|c| range_on(c, start, end, limit))
     }

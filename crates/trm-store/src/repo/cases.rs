@@ -53,6 +53,13 @@ impl Tx<'_> {
 
     /// Writes a case (new or changed).
     pub fn put_case(&mut self, case: &CaseRecord) -> Result<()> {
+        // Whether it exists, and its data key (sealing reads both), in one round trip.
+        let subject = Subject::case(case.case_id);
+        self.prefetch(&[
+            layout::case(case.case_id),
+            layout::generation(&subject),
+            layout::data_key(&subject, 0),
+        ])?;
         if !self.exists(&layout::case(case.case_id))? {
             let cells = trm_core::stats::Profile::of_case(case).cells();
             let month =
@@ -312,6 +319,17 @@ impl Tx<'_> {
     /// with it.
     pub fn case_ref(&mut self, case: CaseId, peer: NodeId) -> Result<Option<String>> {
         self.get_json("case reference", &layout::ref_of(case, peer))
+    }
+
+    /// Reads in one round trip a case, its data key and its consents (what most steps on a
+    /// case read first). On PostgreSQL each read is a statement; the transaction keeps what
+    /// it read.
+    pub fn prefetch_case(&mut self, case: CaseId) -> Result<()> {
+        self.prefetch(&[
+            layout::case(case),
+            layout::data_key(&Subject::case(case), 0),
+            layout::consents(case),
+        ])
     }
 
     /// Reads in one round trip what a disclosure of `case` to `recipient` reads: the case

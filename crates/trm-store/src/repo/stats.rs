@@ -132,6 +132,12 @@ impl Tx<'_> {
     /// Counts a person in every cell of `cells`, in `month` (or now, once `month` is
     /// published); returns the month it counted in.
     pub(crate) fn count_person(&mut self, month: Month, cells: &[Cell]) -> Result<Month> {
+        // Whether the month is published and its counters, in one round trip.
+        let mut keys = vec![layout::published(&month.key())];
+        for c in cells {
+            keys.push(stat_key(month, c)?);
+        }
+        self.prefetch(&keys)?;
         let month = self.counting_month(month)?;
         for c in cells {
             self.count(month, c, 1)?;
