@@ -80,6 +80,16 @@ pub enum RetryError {
     Store(String),
 }
 
+/// Decodes a queued envelope once opened (`None`: its subject was erased).
+fn decode_envelope(opened: Option<Vec<u8>>) -> Result<Option<SignedEnvelope>, Failure> {
+    opened
+        .map(|bytes| {
+            SignedEnvelope::decode(bytes.as_slice())
+                .map_err(|_| Failure::Store("queued envelope corrupt".into()))
+        })
+        .transpose()
+}
+
 /// Signs an envelope for `peer` and queues it inside the caller's transaction. Returns the
 /// message id. The peer's worker is woken once the transaction is durable.
 pub fn enqueue(
@@ -681,17 +691,12 @@ impl Delivery {
 
     /// Opens a queued envelope; `None` when its subject was erased.
     fn open(&self, item: &OutboxItem) -> Result<Option<SignedEnvelope>, Failure> {
-        match self
-            .inner
-            .store
-            .open_envelope(item)
-            .map_err(|e| Failure::Store(e.to_string()))?
-        {
-            Some(bytes) => SignedEnvelope::decode(bytes.as_slice())
-                .map(Some)
-                .map_err(|_| Failure::Store("queued envelope corrupt".into())),
-            None => Ok(None),
-        }
+        decode_envelope(
+            self.inner
+                .store
+                .open_envelope(item)
+                .map_err(|e| Failure::Store(e.to_string()))?,
+        )
     }
 
     /// Drops a queued item whose subject was erased: the queued copy went with it.
@@ -824,8 +829,13 @@ impl Delivery {
             return Ok((Vec::new(), Vec::new(), false));
         }
         let now = OffsetDateTime::now_utc();
+        let opened = self
+            .inner
+            .store
+            .open_envelopes(&items)
+            .map_err(|e| Failure::Store(e.to_string()))?;
         let (mut batch, mut envelopes, mut bytes) = (Vec::new(), Vec::new(), 0usize);
-        for item in items {
+        for (item, opened) in items.into_iter().zip(opened) {
             if now - item.created_at > window {
                 // Goes to the dead letters from the head, after what is in flight.
                 return Ok((batch, envelopes, false));
@@ -834,7 +844,7 @@ impl Delivery {
                 break;
             }
             *after = Some(item.seq);
-            match self.open(&item)? {
+            match decode_envelope(opened)? {
                 Some(env) => {
                     bytes += item.sealed.len();
                     envelopes.push(env);

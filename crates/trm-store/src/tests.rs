@@ -1580,3 +1580,47 @@ fn a_part_replaced_by_messages_takes_only_a_newer_one_whatever_order_they_arrive
         .unwrap();
     assert!(!late, "the order survives a restart");
 }
+
+#[test]
+fn queued_envelopes_open_together_and_one_whose_record_was_erased_opens_as_none() {
+    use trm_core::{
+        exchange::RecordKind,
+        ids::{MessageId, RecordId, ReferralId},
+        messages::{EnvelopeKind, Topic},
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &SecretKey::generate());
+    let de: NodeId = "DE".parse().unwrap();
+    let (kept, erased) = (ReferralId::new(), ReferralId::new());
+    store
+        .commit_blocking::<(), (), _>(move |tx| {
+            for (id, body) in [(kept, b"kept".as_slice()), (erased, b"erased".as_slice())] {
+                let topic = Topic::Referral(id);
+                tx.queue_envelope(
+                    de,
+                    MessageId::new(),
+                    topic,
+                    EnvelopeKind::ReferralOffer,
+                    body,
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    store
+        .commit_blocking::<(), (), _>(move |tx| {
+            let uuid = erased.to_uuid();
+            tx.shred(&Subject::of_record(RecordKind::Referral, uuid.as_bytes()))?;
+            Ok(())
+        })
+        .unwrap();
+    let items = store.outbox_head(de, 10).unwrap();
+    let opened = store.open_envelopes(&items).unwrap();
+    assert_eq!(opened, [Some(b"kept".to_vec()), None]);
+    // The same as opening each alone.
+    let alone: Vec<_> = items
+        .iter()
+        .map(|i| store.open_envelope(i).unwrap())
+        .collect();
+    assert_eq!(opened, alone);
+}

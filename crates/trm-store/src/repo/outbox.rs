@@ -376,6 +376,34 @@ impl Store {
         )
     }
 
+    /// Opens queued or dead envelopes, as [`Store::open_envelope`] does each, reading all
+    /// their data keys in one round trip.
+    pub fn open_envelopes(&self, items: &[OutboxItem]) -> Result<Vec<Option<Vec<u8>>>> {
+        let slots = items
+            .iter()
+            .map(|i| {
+                let (gen, _) = crate::tx::split_generation(&i.sealed)?;
+                Ok(layout::data_key(&subject_of(&i.topic), gen))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&[u8]> = slots.iter().map(Vec::as_slice).collect();
+        let stored = self.engine().get_many(&refs)?;
+        let keys = &self.shared().keys;
+        items
+            .iter()
+            .zip(stored)
+            .map(|(item, stored)| {
+                crate::tx::open_with(
+                    keys,
+                    |_| Ok(stored),
+                    &subject_of(&item.topic),
+                    &aad(item.message_id),
+                    &item.sealed,
+                )
+            })
+            .collect()
+    }
+
     /// Returns how many envelopes are queued for `peer`: kept in memory, no scan. Replicas
     /// of the node change the queues too, so on a shared database the count is taken again
     /// when asked and it is older than [`COUNTS_FRESH`] (a metrics scrape, `Status`), and
