@@ -324,12 +324,7 @@ async fn an_older_update_sent_again_never_undoes_a_newer_one() -> anyhow::Result
 
     // RO stops taking AT's envelopes: the first update becomes a dead letter at AT.
     let mut ro_admin = fed.admin("RO", Role::Operator).await?;
-    ro_admin
-        .remove_peer(w::RemovePeerRequest {
-            node_id: "AT".into(),
-            ..Default::default()
-        })
-        .await?;
+    crate::directory::remove_peer(&mut ro_admin, "AT").await?;
     let older = [
         w::NeedKind::Shelter,
         w::NeedKind::Medical,

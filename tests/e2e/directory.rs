@@ -1,9 +1,10 @@
 //! The peer directory at run time: removing a peer stops traffic both ways; refused
 //! envelopes become dead letters that operators see and retry.
 
+use tonic::transport::Channel;
 use trm_core::ids::Role;
 use trm_crypto::files;
-use trm_proto::v1 as w;
+use trm_proto::v1::{self as w, admin_service_client::AdminServiceClient};
 use trm_tests::{eventually, metrics, refer, referral_with_status, TestFederation};
 
 async fn incoming(fed: &TestFederation, node: &str) -> anyhow::Result<usize> {
@@ -17,6 +18,20 @@ async fn incoming(fed: &TestFederation, node: &str) -> anyhow::Result<usize> {
         .into_inner()
         .referrals
         .len())
+}
+
+/// Has the node of `admin` remove `peer` from its directory.
+pub(crate) async fn remove_peer(
+    admin: &mut AdminServiceClient<Channel>,
+    peer: &str,
+) -> anyhow::Result<()> {
+    admin
+        .remove_peer(w::RemovePeerRequest {
+            node_id: peer.into(),
+            ..Default::default()
+        })
+        .await?;
+    Ok(())
 }
 
 pub(crate) async fn outbox(
@@ -44,12 +59,7 @@ async fn a_removed_peer_gets_nothing_and_is_refused_and_dead_letters_can_be_retr
     fed.stop_node("AT").await?;
     refer(&fed, "RO", "AT").await?;
     let mut ro_admin = fed.admin("RO", Role::Operator).await?;
-    ro_admin
-        .remove_peer(w::RemovePeerRequest {
-            node_id: "AT".into(),
-            ..Default::default()
-        })
-        .await?;
+    remove_peer(&mut ro_admin, "AT").await?;
     let err = fed
         .referrals("RO", Role::ServiceProvider)
         .await?
