@@ -613,6 +613,31 @@ impl FederationServer {
     }
 }
 
+/// Parses an envelope's message id: a UUIDv7, not dated after `latest`. The id orders the
+/// sender's messages (a later one replaces what an earlier one set), so one dated ahead of
+/// the clock would outrank every later one.
+fn checked_message_id(
+    id: &str,
+    latest: OffsetDateTime,
+) -> Result<MessageId, (Refusal, &'static str)> {
+    let id = match uuid::Uuid::try_parse(id) {
+        Ok(u) if u.get_version_num() == 7 => u,
+        _ => return Err((Refusal::Malformed, "message_id must be a UUIDv7")),
+    };
+    let dated = id
+        .get_timestamp()
+        .map(|t| t.to_unix().0)
+        .and_then(|secs| i64::try_from(secs).ok())
+        .and_then(|secs| OffsetDateTime::from_unix_timestamp(secs).ok());
+    if dated.is_none_or(|at| at > latest) {
+        return Err((
+            Refusal::Future,
+            "message_id is dated ahead of the allowed clock skew",
+        ));
+    }
+    Ok(MessageId::from_uuid(id))
+}
+
 /// Opens an envelope from the authenticated TLS peer `entry`, with every check of DESIGN.md
 /// that comes before an effect, in its order, as of `now`: size, key id, the signature over
 /// the exact body bytes, only then the decoding of the body, sender, the key's validity at
@@ -675,24 +700,8 @@ pub fn open(
             "created_at is ahead of the allowed clock skew",
         ));
     }
-    let message_id = match uuid::Uuid::try_parse(&body.message_id) {
-        Ok(u) if u.get_version_num() == 7 => u,
-        _ => return Err(fail(Refusal::Malformed, "message_id must be a UUIDv7")),
-    };
-    // The id orders the sender's messages (a later one replaces what an earlier one set),
-    // so it may not be dated ahead of the clock either: it would outrank every later one.
-    let dated = message_id
-        .get_timestamp()
-        .map(|t| t.to_unix().0)
-        .and_then(|secs| i64::try_from(secs).ok())
-        .and_then(|secs| OffsetDateTime::from_unix_timestamp(secs).ok());
-    if dated.is_none_or(|at| at > now + cfg.clock_skew) {
-        return Err(fail(
-            Refusal::Future,
-            "message_id is dated ahead of the allowed clock skew",
-        ));
-    }
-    let message_id = MessageId::from_uuid(message_id);
+    let message_id =
+        checked_message_id(&body.message_id, now + cfg.clock_skew).map_err(|(r, d)| fail(r, d))?;
     let Some(payload) = body.payload else {
         return Err(fail(Refusal::Malformed, "payload is required"));
     };
