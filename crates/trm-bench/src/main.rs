@@ -5,7 +5,8 @@
 //! requests in flight: `echo_rps`; `submit_rps` (durable SubmitReferral, each on its own
 //! case); `delivered_rps` (arrived at RO, from the first submission to the last arrival);
 //! `submit_p99_ms`; `delivered_p99_ms` (submission to arrival at half the sustained
-//! end-to-end maximum); and `idle_rss_mb` of a node. `--preload N` first stores N cases in
+//! end-to-end maximum, or at `--paced-rate R` to compare two builds at one load); and
+//! `idle_rss_mb` of a node. `--preload N` first stores N cases in
 //! AT's store and reports `startup_s` as well. A table goes to stdout, JSON to `--json`.
 //!
 //! `--flood SECS` measures floods instead, against AT under its default limits: another
@@ -67,6 +68,10 @@ struct Cli {
     /// Keep the nodes' folder (printed) instead of removing it, to look at afterwards.
     #[arg(long)]
     keep: bool,
+    /// Pace the arrival-latency run at this many referrals a second instead of half the
+    /// sustained maximum just measured: two builds compared at the same load.
+    #[arg(long, value_name = "RATE")]
+    paced_rate: Option<f64>,
     /// Run both nodes on PostgreSQL (each a fresh schema in this database, dropped after
     /// the run unless --keep) instead of sled.
     #[arg(long, value_name = "URL")]
@@ -633,7 +638,9 @@ async fn measure(cli: &Cli, dir: &Path, echo: &Channel, c: &Clients) -> Result<V
         let cpu_after = cpu_now(dir)?;
         let per_referral_us = |i: usize| 1e6 * (cpu_after[i] - cpu_before[i]) / n as f64;
         // Submission to arrival at half the sustained end-to-end maximum.
-        let rate = 0.5 * submit_rps.min(delivered_rps);
+        let rate = cli
+            .paced_rate
+            .unwrap_or(0.5 * submit_rps.min(delivered_rps));
         let m = ((rate * 5.0) as usize).clamp(50, n);
         let ids = cases(&c.sp, m).await?;
         eprintln!("{k} in flight: {m} paced at {rate:.0}/s");
