@@ -109,7 +109,9 @@ impl CallerKey {
     pub fn of(self, leaf: &[u8]) -> String {
         match self {
             CallerKey::ClientCertificate => crate::authz::leaf(leaf).map(|l| l.caller_id()),
-            CallerKey::PeerNode => trm_crypto::pki::node_of(leaf).map(|n| n.to_string()),
+            CallerKey::PeerNode => crate::authz::leaf(leaf)
+                .and_then(|l| l.node())
+                .map(|n| n.to_string()),
         }
         .unwrap_or_default()
     }
