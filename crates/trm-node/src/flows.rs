@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 use trm_core::{
-    exchange::{ErasableRecord, RecordKind, SharedRecord},
+    exchange::{ErasableRecord, SharedRecord},
     hearing::{
         check_child_measures, HearingEvent, HearingParties, HearingRecord, HearingStatus,
         HearingStep, HearingTerms,
@@ -60,14 +60,14 @@ fn malformed(why: impl Into<String>) -> TxFail<Rejection> {
 
 /// Refuses an id a peer chose for a new record when it names any record this node holds,
 /// of whatever kind: a peer never reaches a local record through an id it picked.
-fn id_is_new(
+fn id_is_new<R: SharedRecord>(
     tx: &mut Tx<'_>,
     inbound: &Inbound,
-    kind: RecordKind,
-    id: uuid::Uuid,
+    id: R::Id,
     field: &str,
 ) -> FlowResult {
-    if tx.names_a_record_arriving(id, kind, inbound.sender, &inbound.case_ref)? {
+    let arriving = (R::KIND, inbound.sender, inbound.case_ref.as_str());
+    if tx.names_a_record_arriving(trm_core::ids::RecordId::to_uuid(id), arriving)? {
         return Err(transition(format!(
             "{field} names a record that already exists"
         )));
@@ -85,13 +85,7 @@ impl Flows {
         requested_services: &[NeedKind],
     ) -> FlowResult {
         check_disclosure(inbound, disclosed, Purpose::ReferralAssistance)?;
-        id_is_new(
-            tx,
-            inbound,
-            RecordKind::Referral,
-            referral_id.uuid(),
-            "referral_id",
-        )?;
+        id_is_new::<ReferralRecord>(tx, inbound, referral_id, "referral_id")?;
         let record = ReferralRecord::received(
             referral_id,
             inbound.sender,
@@ -192,13 +186,7 @@ impl Flows {
             risk_assessed_at,
         )?
         .map_err(|g| policy(g.to_string()))?;
-        id_is_new(
-            tx,
-            inbound,
-            RecordKind::Return,
-            return_id.uuid(),
-            "return_id",
-        )?;
+        id_is_new::<ReturnRecord>(tx, inbound, return_id, "return_id")?;
         let record = ReturnRecord::received(
             return_id,
             inbound.sender,
@@ -243,13 +231,7 @@ impl Flows {
             .witness_of(record, inbound.sender)?
             .ok_or_else(|| unknown("the record is gone"))?;
         check_child_measures(witness.is_child, &terms.measures).map_err(|g| policy(g.reason))?;
-        id_is_new(
-            tx,
-            inbound,
-            RecordKind::Hearing,
-            hearing_id.uuid(),
-            "hearing_id",
-        )?;
+        id_is_new::<HearingRecord>(tx, inbound, hearing_id, "hearing_id")?;
         let parties = HearingParties {
             hearing_id,
             requesting_country: inbound.sender,
@@ -299,13 +281,7 @@ impl Flows {
         if !held {
             return Err(unknown("no copy was received from the sender under it"));
         }
-        id_is_new(
-            tx,
-            inbound,
-            RecordKind::SafetyAlert,
-            alert_id.uuid(),
-            "alert_id",
-        )?;
+        id_is_new::<SafetyAlertRecord>(tx, inbound, alert_id, "alert_id")?;
         let now = OffsetDateTime::now_utc();
         let record = SafetyAlertRecord::received(
             alert_id,
@@ -403,7 +379,7 @@ impl Flows {
         disclosed: &DisclosedCase,
     ) -> FlowResult {
         check_disclosure(inbound, disclosed, Purpose::LegalRemedies)?;
-        id_is_new(tx, inbound, RecordKind::Claim, claim_id.uuid(), "claim_id")?;
+        id_is_new::<ClaimRecord>(tx, inbound, claim_id, "claim_id")?;
         let record = ClaimRecord::received(
             claim_id,
             inbound.sender,
@@ -429,13 +405,7 @@ impl Flows {
             Some(WitnessRecord::Case(case)) => WitnessRecord::Case(case),
             _ => return Err(unknown("no case of this node was sent under it")),
         };
-        id_is_new(
-            tx,
-            inbound,
-            RecordKind::VictimStatus,
-            id.uuid(),
-            "status_request_id",
-        )?;
+        id_is_new::<VictimStatusRecord>(tx, inbound, id, "status_request_id")?;
         let now = OffsetDateTime::now_utc();
         let record = VictimStatusRecord::requested(
             id,

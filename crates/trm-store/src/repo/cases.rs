@@ -325,11 +325,7 @@ impl Tx<'_> {
     /// case read first). On PostgreSQL each read is a statement; the transaction keeps what
     /// it read.
     pub fn prefetch_case(&mut self, case: CaseId) -> Result<()> {
-        self.prefetch(&[
-            layout::case(case),
-            layout::data_key(&Subject::case(case), 0),
-            layout::consents(case),
-        ])
+        self.prefetch(&case_reads(case))
     }
 
     /// Reads in one round trip what a disclosure of `case` to `recipient` reads: the case
@@ -337,13 +333,12 @@ impl Tx<'_> {
     /// open referral there. On PostgreSQL each read is a statement; the transaction keeps
     /// what it read, so the reads that follow cost nothing more.
     pub fn prefetch_disclosure(&mut self, case: CaseId, recipient: NodeId) -> Result<()> {
-        self.prefetch(&[
-            layout::case(case),
-            layout::data_key(&Subject::case(case), 0),
-            layout::consents(case),
+        let mut keys = case_reads(case).to_vec();
+        keys.extend([
             layout::ref_of(case, recipient),
             layout::open_referral(case, recipient),
-        ])
+        ]);
+        self.prefetch(&keys)
     }
 
     /// Returns the pairwise reference of `case` towards `peer`, creating it on first use.
@@ -420,23 +415,24 @@ impl Tx<'_> {
     pub fn names_a_record_arriving(
         &mut self,
         id: uuid::Uuid,
-        kind: RecordKind,
-        sender: NodeId,
-        case_ref: &str,
+        (kind, sender, case_ref): (RecordKind, NodeId, &str),
     ) -> Result<bool> {
         let mut keys = record_keys(id);
         let named = keys.len();
-        let subject = Subject::of_record(kind, id.as_bytes());
-        keys.extend([
-            layout::generation(&subject),
-            layout::data_key(&subject, 0),
-            layout::event_state(kind.tag(), id.as_bytes()),
-            layout::counted(kind.tag(), id.as_bytes()),
-            layout::ref_received(sender, case_ref),
-        ]);
+        keys.extend(super::flows::keeping_reads(kind, id.as_bytes()));
+        keys.push(layout::ref_received(sender, case_ref));
         let read = self.get_many(&keys)?;
         Ok(read.iter().take(named).any(Option::is_some))
     }
+}
+
+/// What most steps on a case read first: the case, its data key and its consents.
+fn case_reads(case: CaseId) -> [Vec<u8>; 3] {
+    [
+        layout::case(case),
+        layout::data_key(&Subject::case(case), 0),
+        layout::consents(case),
+    ]
 }
 
 /// The keys a record with the id `id` would be under: a case, or a shared record of any

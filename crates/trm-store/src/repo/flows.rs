@@ -15,7 +15,7 @@ use trm_core::{
 use serde::{de::DeserializeOwned, Serialize};
 use time::OffsetDateTime;
 use trm_core::{
-    exchange::SharedRecord,
+    exchange::{RecordKind, SharedRecord},
     ids::RecordId,
     stats::{Cell, Month},
 };
@@ -170,6 +170,18 @@ fn uuid_bytes<I: RecordId>(id: I) -> [u8; 16] {
     *id.to_uuid().as_bytes()
 }
 
+/// What keeping a shared record of `kind` reads: its data key's generation and first key,
+/// the state its last event named, and where it is counted.
+pub(crate) fn keeping_reads(kind: RecordKind, id: &[u8; 16]) -> Vec<Vec<u8>> {
+    let subject = Subject::of_record(kind, id);
+    vec![
+        layout::generation(&subject),
+        layout::data_key(&subject, 0),
+        layout::event_state(kind.tag(), id),
+        layout::counted(kind.tag(), id),
+    ]
+}
+
 fn subject<R: StoredRecord>(id: R::Id) -> Subject {
     Subject::of_record(R::KIND, &uuid_bytes(id))
 }
@@ -188,16 +200,10 @@ impl Tx<'_> {
         let dir = r.direction(self.node);
         // Where the record counts now, for a kind that counts.
         let counted = R::COUNTED.then(|| (Month::at(r.created()), r.cell(dir)));
-        // What the writes below read (the data key's generation and first key, the event
-        // state, where the record is counted and the counter it counts in now), in one
+        // What the writes below read, and the counter the record counts in now, in one
         // round trip.
-        let mut reads = vec![
-            layout::generation(&subject),
-            layout::data_key(&subject, 0),
-            layout::event_state(R::KIND.tag(), &id),
-        ];
+        let mut reads = keeping_reads(R::KIND, &id);
         if let Some((month, cell)) = &counted {
-            reads.push(layout::counted(R::KIND.tag(), &id));
             reads.push(super::stats::stat_key(*month, cell)?);
         }
         self.prefetch(&reads)?;
