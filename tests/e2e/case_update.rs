@@ -338,13 +338,7 @@ async fn an_older_update_sent_again_never_undoes_a_newer_one() -> anyhow::Result
     .await?;
 
     // RO trusts AT again, and a newer update arrives.
-    let at_federation = fed.node("AT")?.addrs.federation;
-    ro_admin
-        .upsert_peer(w::UpsertPeerRequest {
-            peer: Some(crate::trust::peer_entry(&fed, "AT", at_federation)),
-            ..Default::default()
-        })
-        .await?;
+    crate::directory::trust_again(&fed, &mut ro_admin, "AT").await?;
     sp.update_case(needs(&[w::NeedKind::Shelter])).await?;
     copy_at_ro(&ro, &referral_id, "the newer update at RO", |d| {
         d.needs.as_ref().is_some_and(|n| n.kinds.len() == 1)

@@ -34,6 +34,22 @@ pub(crate) async fn remove_peer(
     Ok(())
 }
 
+/// Has the node of `admin` trust `peer` again, from the peer's own files.
+pub(crate) async fn trust_again(
+    fed: &TestFederation,
+    admin: &mut AdminServiceClient<Channel>,
+    peer: &str,
+) -> anyhow::Result<()> {
+    let endpoint = fed.node(peer)?.addrs.federation;
+    admin
+        .upsert_peer(w::UpsertPeerRequest {
+            peer: Some(crate::trust::peer_entry(fed, peer, endpoint)),
+            ..Default::default()
+        })
+        .await?;
+    Ok(())
+}
+
 pub(crate) async fn outbox(
     fed: &TestFederation,
     node: &str,
@@ -134,13 +150,7 @@ async fn a_removed_peer_gets_nothing_and_is_refused_and_dead_letters_can_be_retr
     assert!(!queued[0].dead_letter);
 
     // AT is a peer again: RO's queued referral goes out; AT's operator retries the dead letter.
-    let at_federation = fed.node("AT")?.addrs.federation;
-    ro_admin
-        .upsert_peer(w::UpsertPeerRequest {
-            peer: Some(crate::trust::peer_entry(&fed, "AT", at_federation)),
-            ..Default::default()
-        })
-        .await?;
+    trust_again(&fed, &mut ro_admin, "AT").await?;
     eventually("RO's referral to reach AT", || async {
         Ok((incoming(&fed, "AT").await? == 1).then_some(()))
     })

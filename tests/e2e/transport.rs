@@ -391,52 +391,25 @@ async fn stale_future_and_oversize_envelopes_are_refused_counted_and_audited() -
     let before = audit_entries(&fed, "AT").await?;
     let now = time::OffsetDateTime::now_utc();
     let id = || uuid::Uuid::now_v7().to_string();
+    // An offer with message id `id`, dated `when`.
+    let dated =
+        |id: &str, when| envelope::seal_with_id(&ro_key, ro, at, "r", offer("r", None), id, when);
+    let ahead = now + time::Duration::minutes(10);
+    let id_ahead = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        u64::try_from(ahead.unix_timestamp())?,
+        0,
+    ))
+    .to_string();
     let cases = [
         (
             "stale",
-            envelope::seal_with_id(
-                &ro_key,
-                ro,
-                at,
-                "r",
-                offer("r", None),
-                &id(),
-                now - time::Duration::days(8),
-            ),
+            dated(&id(), now - time::Duration::days(8)),
             Code::InvalidArgument,
         ),
-        (
-            "future",
-            envelope::seal_with_id(
-                &ro_key,
-                ro,
-                at,
-                "r",
-                offer("r", None),
-                &id(),
-                now + time::Duration::minutes(10),
-            ),
-            Code::InvalidArgument,
-        ),
-        (
-            // A message id dated ahead would outrank every later message of the sender.
-            "future",
-            envelope::seal_with_id(
-                &ro_key,
-                ro,
-                at,
-                "r",
-                offer("r", None),
-                &uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
-                    uuid::NoContext,
-                    u64::try_from((now + time::Duration::minutes(10)).unix_timestamp())?,
-                    0,
-                ))
-                .to_string(),
-                now,
-            ),
-            Code::InvalidArgument,
-        ),
+        ("future", dated(&id(), ahead), Code::InvalidArgument),
+        // A message id dated ahead would outrank every later message of the sender.
+        ("future", dated(&id_ahead, now), Code::InvalidArgument),
         (
             "oversize",
             envelope::seal(
