@@ -1186,3 +1186,64 @@ async fn a_message_id_is_unique_per_sender_and_receipts_kept_by_older_versions_s
     fed.stop().await?;
     Ok(())
 }
+
+/// A peer on another policy version is told which one this node runs; what it wrote in the
+/// field is echoed only when it is a short version name, so a peer cannot fill the receipt,
+/// the audit log and the logs with text of its own.
+#[tokio::test]
+async fn an_envelope_of_another_policy_version_is_refused_without_echoing_a_long_field(
+) -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let ro_key = SigningIdentity::load(&fed.dir().join("RO/keys/signing.pem"))?;
+    let mut client = as_ro(&fed).await?;
+    // An offer signed by RO whose body names `version`.
+    let versioned = |version: &str| {
+        let sealed = envelope::seal(&ro_key, "RO".parse()?, "AT".parse()?, "r", offer("r", None));
+        let mut body = EnvelopeBody::decode(sealed.body.as_slice())?;
+        body.policy_version = version.to_owned();
+        let body = body.encode_to_vec();
+        anyhow::Ok(w::SignedEnvelope {
+            signature: ro_key.sign(trm_crypto::signing::ENVELOPE_TAG, &body),
+            key_id: ro_key.key_id().to_owned(),
+            body,
+        })
+    };
+    let reason = |receipt: w::SignedReceipt| {
+        let body = ReceiptBody::decode(receipt.body.as_slice())?;
+        assert_eq!(body.outcome, ReceiptOutcome::Rejected as i32);
+        anyhow::Ok(body.reason)
+    };
+    let old = reason(
+        client
+            .deliver(versioned("trm-policy-1")?)
+            .await?
+            .into_inner(),
+    )?;
+    assert!(
+        old.contains("trm-policy-1") && old.contains(trm_core::policy::POLICY_VERSION),
+        "{old}"
+    );
+    let long = reason(
+        client
+            .deliver(versioned(&"x".repeat(3_000_000))?)
+            .await?
+            .into_inner(),
+    )?;
+    assert!(
+        long.len() < 200,
+        "the reason echoes the field: {} bytes",
+        long.len()
+    );
+    assert!(long.contains(trm_core::policy::POLICY_VERSION), "{long}");
+    let audited = fed.audited("AT", "envelope.reject").await?;
+    assert_eq!(audited.len(), 2);
+    for entry in &audited {
+        assert!(
+            entry.detail.len() < 300,
+            "audited {} bytes",
+            entry.detail.len()
+        );
+    }
+    fed.stop().await?;
+    Ok(())
+}

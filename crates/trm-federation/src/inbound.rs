@@ -168,7 +168,7 @@ impl Applier {
         let result = if c.policy_version != POLICY_VERSION {
             Err(Rejection::PolicyViolation(format!(
                 "policy version {} is not {POLICY_VERSION}",
-                c.policy_version
+                named_version(&c.policy_version)
             )))
         } else {
             match &c.inbound {
@@ -241,6 +241,23 @@ fn seen_before(tx: &mut Tx<'_>, c: &Checked) -> Result<Option<InboxEntry>, Store
 /// The audit actions of an applied envelope.
 const ACCEPTED_ACTION: &str = "envelope.accept";
 const REJECTED_ACTION: &str = "envelope.reject";
+
+/// How a refusal names the policy version a peer's envelope carries: the peer's text only
+/// when it looks like a version name (a few printable characters), so that the receipt, the
+/// audit log and the logs never carry a peer's text of any length.
+fn named_version(v: &str) -> String {
+    const MOST: usize = 32;
+    if v.is_empty() {
+        "(none)".to_owned()
+    } else if v.len() <= MOST
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        v.to_owned()
+    } else {
+        format!("({} bytes, not a version name)", v.len())
+    }
+}
 
 /// Returns how a peer is named in the audit log.
 pub fn peer_actor(peer: NodeId) -> String {
