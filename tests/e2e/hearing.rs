@@ -779,3 +779,85 @@ async fn a_child_is_heard_once_the_guardian_and_the_determination_reach_the_copy
     fed.stop().await?;
     Ok(())
 }
+
+/// A child's case in AT referred to RO under a consent that leaves out the CHILD category:
+/// RO's copy does not say the person is a child. Returns the case id and the referral id.
+async fn referred_without_the_child_category(
+    fed: &TestFederation,
+    child: w::ChildInfo,
+) -> anyhow::Result<(String, String)> {
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let mut req = requests::case("Witness", 15);
+    req.child = Some(child);
+    let case_id = sp.create_case(req).await?.into_inner().case_id;
+    sp.record_consent(requests::consent(
+        &case_id,
+        &[w::Purpose::ReferralAssistance],
+        &["RO"],
+        &[w::DataCategory::Demographics, w::DataCategory::Needs],
+    ))
+    .await?;
+    let referral_id = sp
+        .submit_referral(w::SubmitReferralRequest {
+            case_id: case_id.clone(),
+            destination: "RO".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .referral_id;
+    let ro = fed.referrals("RO", Role::FocalPoint).await?;
+    trm_tests::referral_arrived(&ro, &referral_id).await?;
+    Ok((case_id, referral_id))
+}
+
+/// RO's copy of a child's case does not say the person is a child (the consent left the
+/// category out), so RO's request names no child measures. AT, which holds the case, adds
+/// them: refusing the request would tell RO's prosecutor that the witness is a child.
+#[tokio::test]
+async fn a_request_without_child_measures_is_completed_by_the_childs_country_never_refused(
+) -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let child = w::ChildInfo {
+        is_child: true,
+        guardian_assigned: true,
+        best_interests_determined: true,
+    };
+    let (_, referral_id) = referred_without_the_child_category(&fed, child).await?;
+    let mut ja = fed.hearings("RO", Role::JudicialAuthority).await?;
+    let mut request = hearing_request(&referral_id, &[w::ProtectiveMeasure::Interpreter]);
+    request.witness_country = "AT".into();
+    let asked = ja.request_hearing(request).await?.into_inner();
+    assert_eq!(
+        asked.measures,
+        [w::ProtectiveMeasure::Interpreter as i32],
+        "RO's copy does not say child"
+    );
+    let at = fed.hearings("AT", Role::FocalPoint).await?;
+    let held = wait_hearing(&at, &asked.hearing_id, w::HearingStatus::Requested).await?;
+    for m in [
+        w::ProtectiveMeasure::Interpreter,
+        w::ProtectiveMeasure::ChildFriendlyRoom,
+        w::ProtectiveMeasure::SupportPerson,
+    ] {
+        assert!(
+            held.measures.contains(&(m as i32)),
+            "{m:?} in {:?}",
+            held.measures
+        );
+    }
+    // At RO the request stands as it was made, and nothing there says child.
+    let seen = ja
+        .get_hearing(w::GetHearingRequest {
+            hearing_id: asked.hearing_id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(seen.status, w::HearingStatus::Requested as i32);
+    assert!(
+        !seen.status_reason.to_lowercase().contains("child"),
+        "{seen:?}"
+    );
+    fed.stop().await?;
+    Ok(())
+}

@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 use trm_core::{
     exchange::{ErasableRecord, SharedRecord},
     hearing::{
-        check_child_measures, HearingEvent, HearingParties, HearingRecord, HearingStatus,
+        with_child_measures, HearingEvent, HearingParties, HearingRecord, HearingStatus,
         HearingStep, HearingTerms,
     },
     ids::{ClaimId, HearingId, NodeId, ReferralId, ReturnId, Shared, WitnessRecord},
@@ -214,7 +214,7 @@ impl Flows {
     }
 
     /// A hearing request for a witness here: the reference must resolve to a record
-    /// exchanged with the requesting country; a child witness needs the child measures.
+    /// exchanged with the requesting country; a child witness is heard with the child measures.
     fn hearing_request(
         &self,
         tx: &mut Tx<'_>,
@@ -230,7 +230,11 @@ impl Flows {
         let witness = tx
             .witness_of(record, inbound.sender)?
             .ok_or_else(|| unknown("the record is gone"))?;
-        check_child_measures(witness.is_child, &terms.measures).map_err(|g| policy(g.reason))?;
+        // The requesting country may not know that the witness is a child (its copy holds
+        // what the consent let cross): the child's measures are added here, never asked
+        // for in a refusal, which would tell it.
+        let mut terms = terms;
+        terms.measures = with_child_measures(witness.is_child, &terms.measures);
         id_is_new::<HearingRecord>(tx, inbound, hearing_id, "hearing_id")?;
         let parties = HearingParties {
             hearing_id,
