@@ -861,3 +861,48 @@ async fn a_request_without_child_measures_is_completed_by_the_childs_country_nev
     fed.stop().await?;
     Ok(())
 }
+
+/// The guardian and the best-interests determination are checked by the node that holds
+/// the child's case. Where the witness's country cannot check them (its copy does not carry
+/// the child category), the requesting node, which holds the case, checks them when the
+/// hearing is requested, and keeps and sends nothing.
+#[tokio::test]
+async fn a_child_heard_where_the_copy_says_nothing_of_it_is_checked_by_the_node_holding_the_case(
+) -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let mut ja = fed.hearings("AT", Role::JudicialAuthority).await?;
+    for (guardian, determined, word) in [(false, true, "guardian"), (true, false, "best_interests")]
+    {
+        let child = w::ChildInfo {
+            is_child: true,
+            guardian_assigned: guardian,
+            best_interests_determined: determined,
+        };
+        let (case_id, _) = referred_without_the_child_category(&fed, child).await?;
+        let refused = ja
+            .request_hearing(hearing_request(&case_id, &[]))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        assert!(refused.message().contains(word), "{}", refused.message());
+    }
+    let listed = ja
+        .list_hearings(w::ListHearingsRequest {
+            direction: w::Direction::Outgoing as i32,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .hearings;
+    assert!(listed.is_empty(), "no hearing was kept: {listed:?}");
+    // With both, the request goes.
+    let child = w::ChildInfo {
+        is_child: true,
+        guardian_assigned: true,
+        best_interests_determined: true,
+    };
+    let (case_id, _) = referred_without_the_child_category(&fed, child).await?;
+    ja.request_hearing(hearing_request(&case_id, &[])).await?;
+    fed.stop().await?;
+    Ok(())
+}

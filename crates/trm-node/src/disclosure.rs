@@ -117,6 +117,24 @@ pub fn refresh_copies(
 
 /// The purpose, recipient and held data of the copy `shared` this node sent, while it is
 /// still in use ([`ErasableRecord::copy_in_use`]) and its erasure was not asked for.
+/// Returns what the copies of case `case_id` that `peer` holds and still uses carry, as
+/// this node sent them (a copy being erased is not counted).
+pub fn copies_held_by(
+    tx: &mut Tx<'_>,
+    case_id: CaseId,
+    peer: NodeId,
+) -> TxResult<Vec<DisclosedCase>> {
+    let mut held = Vec::new();
+    for shared in shared_of_case(tx, case_id)? {
+        if let Some((_, recipient, copy)) = copy_in_use(tx, shared)? {
+            if recipient == peer {
+                held.push(copy);
+            }
+        }
+    }
+    Ok(held)
+}
+
 fn copy_in_use(
     tx: &mut Tx<'_>,
     shared: Shared,

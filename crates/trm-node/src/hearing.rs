@@ -143,6 +143,36 @@ impl lifecycle::StepRules for HearingRecord {
     }
 }
 
+/// A child witness is heard only with a guardian and a best-interests determination,
+/// checked by the node that holds the child's case. When that is this node, the requesting
+/// one, the witness's country checks them at accept and schedule on the copy it holds; a
+/// copy that does not carry the child category (the consent left it out, or the copy is
+/// being erased) says nothing of them, so this node checks them here, when the hearing is
+/// requested.
+fn check_child_held_here(
+    tx: &mut Tx<'_>,
+    record: WitnessRecord,
+    witness_country: trm_core::ids::NodeId,
+) -> TxResult<()> {
+    let case_id = match record {
+        WitnessRecord::Case(id) => Some(id),
+        WitnessRecord::Referral(id) => tx.record::<ReferralRecord>(id)?.and_then(|r| r.case_id),
+        WitnessRecord::Return(id) => tx.record::<ReturnRecord>(id)?.and_then(|r| r.case_id),
+    };
+    let Some(case) = case_id.map(|id| tx.case(id)).transpose()?.flatten() else {
+        return Ok(());
+    };
+    if !case.child.is_child {
+        return Ok(());
+    }
+    let copies = crate::disclosure::copies_held_by(tx, case.case_id, witness_country)?;
+    if !copies.is_empty() && copies.iter().all(|c| c.child.is_some()) {
+        return Ok(());
+    }
+    check_child_witness(&case.child).map_err(ApiError::from)?;
+    Ok(())
+}
+
 crate::grpc_service!(Hearings => WitnessHearingService {
     request_hearing(w::RequestHearingRequest) -> w::Hearing;
 } steps of HearingRecord {
@@ -180,6 +210,7 @@ impl Hearings {
                     .witness(subject_id, witness_country)?
                     .and_then(|s| s.case_ref.clone().map(|r| (s, r)))
                     .ok_or(ApiError::NotFound("case"))?;
+                check_child_held_here(tx, s.record, witness_country)?;
                 let parties = HearingParties {
                     hearing_id,
                     requesting_country: ctx.id,
