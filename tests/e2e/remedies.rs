@@ -1180,3 +1180,52 @@ async fn an_answer_whose_attestation_does_not_verify_is_rejected_by_the_requeste
     fed.stop().await?;
     Ok(())
 }
+
+/// A claim notice the forum never received (its node answered with an error status, which
+/// nobody signs) is not the forum's decision: the claim stays filed, says why it waits, and
+/// once an operator sends it again, the forum's steps reach it.
+#[tokio::test]
+async fn a_claim_that_could_not_be_delivered_stays_filed_and_takes_the_forums_steps_once_sent(
+) -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let at = fed.remedies("AT", Role::ServiceProvider).await?;
+    let mut ro = fed.remedies("RO", Role::FocalPoint).await?;
+    let (case_id, _) = case_for_claims(&mut sp, "Ioana", &[]).await?;
+    let mut ro_admin = fed.admin("RO", Role::Operator).await?;
+    crate::directory::remove_peer(&mut ro_admin, "AT").await?;
+    let claim = at
+        .clone()
+        .file_claim(file(&case_id, "RO"))
+        .await?
+        .into_inner();
+    let dead = eventually("the claim notice's dead letter", || async {
+        let dead = crate::directory::outbox(&fed, "AT", true).await?;
+        Ok(dead.into_iter().find(|e| e.kind == "claim_notice"))
+    })
+    .await?;
+    let waiting = claim_where(&at, &claim.claim_id, "the claim says why", |c| {
+        c.status_reason.contains("RO")
+    })
+    .await?;
+    assert_eq!(
+        waiting.status,
+        w::ClaimStatus::Filed as i32,
+        "only the forum decides a claim: {waiting:?}"
+    );
+
+    crate::directory::trust_again(&fed, &mut ro_admin, "AT").await?;
+    fed.admin("AT", Role::Operator)
+        .await?
+        .retry_delivery(w::RetryDeliveryRequest {
+            message_id: dead.message_id.clone(),
+            ..Default::default()
+        })
+        .await?;
+    claim_in(&ro, &claim.claim_id, w::ClaimStatus::Filed).await?;
+    ro.update_claim(update(&claim.claim_id, w::ClaimStatus::UnderReview, ""))
+        .await?;
+    claim_in(&at, &claim.claim_id, w::ClaimStatus::UnderReview).await?;
+    fed.stop().await?;
+    Ok(())
+}

@@ -98,6 +98,17 @@ pub trait FlowHandler: Send + Sync + 'static {
         outcome: trm_proto::v1::ReceiptOutcome,
         reason: &str,
     ) -> Result<(), TxFail<Rejection>>;
+
+    /// Records that one of our outbox entries went to the dead letters without the peer's
+    /// signed answer (the peer's node answered with an error status, or the envelope grew
+    /// too old to send): not the peer's decision, so no record may take it as one; an
+    /// operator's retry may still deliver the entry.
+    fn undelivered(
+        &self,
+        tx: &mut Tx<'_>,
+        item: &OutboxItem,
+        why: &str,
+    ) -> Result<(), TxFail<Rejection>>;
 }
 
 /// Returns the kind of a payload (written beside the payload's parse, in trm-proto).

@@ -949,7 +949,8 @@ impl Delivery {
     }
 
     /// Moves an entry the peer will never accept to the dead letters, where operators see it
-    /// (`ListOutbox`) and may retry it (`RetryDelivery`); the flow is told as for a refusal.
+    /// (`ListOutbox`) and may retry it (`RetryDelivery`); the flow is told that it was not
+    /// delivered (nobody signed a refusal).
     async fn dead_letter(&self, item: &OutboxItem, why: &str) -> Result<(), Failure> {
         warn!(peer = %item.peer, message_id = %item.message_id, reason = %why, "envelope moved to the dead letters");
         let handler = self.inner.handler.clone();
@@ -959,7 +960,7 @@ impl Delivery {
             .store
             .commit(move |tx| {
                 tx.dead_letter(&item, &why, None)?;
-                handler.on_receipt(tx, &item, ReceiptOutcome::Rejected, &why)?;
+                handler.undelivered(tx, &item, &why)?;
                 tx.audit(
                     AuditRecord::new(
                         "node",

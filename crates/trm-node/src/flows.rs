@@ -776,6 +776,40 @@ impl FlowHandler for Flows {
             _ => Ok(()),
         }
     }
+
+    fn undelivered(&self, tx: &mut Tx<'_>, item: &OutboxItem, why: &str) -> FlowResult {
+        let note = format!("not delivered to {}: {why}", item.peer);
+        match (item.kind, item.topic) {
+            // These only note why they wait, as for a signed refusal.
+            (EnvelopeKind::ReferralOffer, Topic::Referral(id)) => {
+                offer_receipt(tx, id, item, ReceiptOutcome::Rejected, why)
+            }
+            (EnvelopeKind::ReturnRequest, _) => self.refused(tx, item, why),
+            // A claim is decided by its forum and a hearing answered by the witness's
+            // country: one that never reached it stays open, saying why it waits.
+            (EnvelopeKind::ClaimNotice, Topic::Claim(id)) => {
+                if let Some(mut c) = tx.record::<ClaimRecord>(id)? {
+                    if c.status == trm_core::remedies::ClaimStatus::Filed {
+                        c.status_reason = note;
+                        c.updated_at = OffsetDateTime::now_utc();
+                        tx.put_record(&c)?;
+                    }
+                }
+                Ok(())
+            }
+            (EnvelopeKind::HearingRequest, Topic::Hearing(id)) => {
+                if let Some(mut h) = tx.hearing(id)? {
+                    if h.status == HearingStatus::Requested {
+                        h.status_reason = note;
+                        h.updated_at = OffsetDateTime::now_utc();
+                        tx.put_hearing(&h)?;
+                    }
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Flows {
