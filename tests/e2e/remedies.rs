@@ -1229,3 +1229,67 @@ async fn a_claim_that_could_not_be_delivered_stays_filed_and_takes_the_forums_st
     fed.stop().await?;
     Ok(())
 }
+
+/// An attestation not yet delivered when the case is erased is never sent: its envelope
+/// cannot be opened any more, as a referral's is not, and an operator cannot retry it.
+#[tokio::test]
+async fn an_attestation_not_yet_delivered_when_the_case_is_erased_is_never_sent(
+) -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let decided = time::OffsetDateTime::now_utc().date() - time::Duration::days(40);
+    let day = trm_core::model::format_date(decided);
+    let purposes = [w::Purpose::ReferralAssistance, w::Purpose::LegalRemedies];
+    let (case_id, referral_id) = referred_case(&fed, Some(&day), &purposes).await?;
+    let mut ja = fed.remedies("RO", Role::JudicialAuthority).await?;
+    let id = ja
+        .request_victim_status(w::RequestVictimStatusRequest {
+            case_id: referral_id,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .status_request_id;
+    let fp = fed.remedies("AT", Role::FocalPoint).await?;
+    eventually("the request at AT", || {
+        let (mut fp, id) = (fp.clone(), id.clone());
+        async move {
+            let r = fp
+                .get_victim_status(w::GetVictimStatusRequest {
+                    status_request_id: id,
+                })
+                .await;
+            Ok(r.ok().map(|_| ()))
+        }
+    })
+    .await?;
+    // RO stops taking AT's envelopes: the answer becomes a dead letter at AT.
+    crate::directory::remove_peer(&mut fed.admin("RO", Role::Operator).await?, "AT").await?;
+    fp.clone()
+        .attest_victim_status(attest(&id, w::AttestationDecision::Attest))
+        .await?;
+    let dead = eventually("the answer's dead letter", || async {
+        let dead = crate::directory::outbox(&fed, "AT", true).await?;
+        Ok(dead.into_iter().next())
+    })
+    .await?;
+    fed.referrals("AT", Role::ServiceProvider)
+        .await?
+        .erase_case(w::EraseCaseRequest {
+            case_id,
+            reason: "victim asked".into(),
+            ..Default::default()
+        })
+        .await?;
+    let err = fed
+        .admin("AT", Role::Operator)
+        .await?
+        .retry_delivery(w::RetryDeliveryRequest {
+            message_id: dead.message_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("an erased case's attestation is never sent");
+    refused(err, Code::FailedPrecondition, "consent");
+    fed.stop().await?;
+    Ok(())
+}

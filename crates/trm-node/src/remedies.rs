@@ -58,7 +58,8 @@ pub struct Remedies {
 /// At the issuer: asks the requesters of the attestations given about case `case` (under
 /// consent `withdrawn`; every one when the whole case is erased, `None`, and then this
 /// node's copy of each goes too) to erase them: the request is kept with its erasure
-/// requested, and a signed erasure request queued. Returns how many were asked.
+/// requested, an answer not yet delivered is destroyed, and a signed erasure request
+/// queued. Returns how many were asked.
 pub(crate) fn erase_attestations(
     ctx: &Ctx,
     tx: &mut Tx<'_>,
@@ -81,6 +82,12 @@ pub(crate) fn erase_attestations(
             v.attestation = None;
         }
         v.updated_at = OffsetDateTime::now_utc();
+        // An answer still queued (or a dead letter of it) is sealed under the request's key:
+        // shredded, it can no longer be sent, as a referral's copy cannot.
+        tx.shred(&trm_store::Subject::of_record(
+            RecordKind::VictimStatus,
+            v.status_request_id.uuid().as_bytes(),
+        ))?;
         tx.put_record(&v)?;
         let request = trm_core::messages::PeerMessage::ErasureRequest {
             subject_id: v.status_request_id.uuid(),
