@@ -135,3 +135,27 @@ async fn service_providers_see_only_their_own_organisation_and_issued_certificat
     fed.stop().await?;
     Ok(())
 }
+
+/// A provider submitting a referral of another organisation's case learns nothing of it:
+/// not that it exists, nor that it was referred, nor the referral's id.
+#[tokio::test]
+async fn a_referral_of_another_organisations_case_is_refused_before_anything_about_it_is_said(
+) -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let sp1 = fed.referrals("AT", Role::ServiceProvider).await?;
+    let mine = sp1.clone().create_case(case()).await?.into_inner().case_id;
+    let referral_id = trm_tests::refer_case(&sp1, &mine, "RO").await?;
+    let mut sp2 = fed.referrals_of_org("AT", "sp2").await?;
+    let err = sp2
+        .submit_referral(w::SubmitReferralRequest {
+            case_id: mine.clone(),
+            destination: "RO".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("another organisation's case");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(!err.message().contains(&referral_id), "{}", err.message());
+    fed.stop().await?;
+    Ok(())
+}

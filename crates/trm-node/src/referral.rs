@@ -571,20 +571,20 @@ impl Referrals {
         let r: ReferralRecord = self
             .ctx
             .once(idem, &p, move |tx| {
-                tx.prefetch_disclosure(case_id, destination)?;
-                if let Some(open) = tx.open_referral(case_id, destination)? {
-                    return Err(ApiError::Exists(format!(
-                        "referral {open} of this case to {destination} is still open"
-                    ))
-                    .into());
-                }
+                // Whether a referral is open is said only to who may refer the case.
                 let d = disclosure::prepare(
                     tx,
                     &who,
                     case_id,
                     Purpose::ReferralAssistance,
                     destination,
-                    |_, _| Ok(()),
+                    |tx, _| match tx.open_referral(case_id, destination)? {
+                        Some(open) => Err(ApiError::Exists(format!(
+                            "referral {open} of this case to {destination} is still open"
+                        ))
+                        .into()),
+                        None => Ok(()),
+                    },
                 )?;
                 let now = OffsetDateTime::now_utc();
                 let record = ReferralRecord {
