@@ -47,7 +47,7 @@ fn retryable(fds: &prost_types::FileDescriptorSet) -> String {
                 .any(|f| f.name() == "request_id" && f.r#type() == Type::String);
             if has {
                 out.push_str(&format!(
-                    "impl crate::Retryable for v1::{} {{\n    fn request_id(&self) -> &str {{\n        &self.request_id\n    }}\n    fn clear_request_id(&mut self) {{\n        self.request_id.clear();\n    }}\n}}\n",
+                    "impl crate::Retryable for v1::{0} {{\n    const NAME: &'static str = \"trm.v1.{0}\";\n    fn request_id(&self) -> &str {{\n        &self.request_id\n    }}\n    fn clear_request_id(&mut self) {{\n        self.request_id.clear();\n    }}\n}}\n",
                     m.name()
                 ));
             }

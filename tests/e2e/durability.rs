@@ -381,3 +381,34 @@ async fn power_cuts_lose_nothing_acknowledged_and_nothing_a_receipt_was_given_fo
     fed.stop().await?;
     Ok(())
 }
+
+/// A retry id belongs to one kind of request: the same id and the same fields sent to
+/// another RPC are another request, refused, never answered with the first one's result.
+#[tokio::test]
+async fn a_request_id_used_again_for_another_rpc_is_refused_not_replayed() -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let referral_id = trm_tests::refer(&fed, "AT", "RO").await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let withdrawn = sp
+        .withdraw_referral(w::WithdrawReferralRequest {
+            referral_id: referral_id.clone(),
+            reason: "the person moved on".into(),
+            request_id: request_id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(withdrawn.status, w::ReferralStatus::Withdrawn as i32);
+    let err = sp
+        .close_referral(w::CloseReferralRequest {
+            referral_id,
+            reason: "the person moved on".into(),
+            request_id,
+        })
+        .await
+        .expect_err("another RPC under the same id");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().starts_with("request_id"), "{}", err.message());
+    fed.stop().await?;
+    Ok(())
+}

@@ -141,12 +141,15 @@ pub fn today() -> Date {
 }
 
 /// A request that may be retried (AIP-155): the client certificate that made it, its
-/// `request_id`, and a digest of the request without that id.
+/// `request_id`, and a digest of the request's name and of the request without that id.
 #[derive(Debug, Clone)]
 pub struct Idempotent {
     client: String,
     request_id: uuid::Uuid,
     digest: Vec<u8>,
+    /// The digest as versions before the name was in it kept it (of the bytes alone): a
+    /// retry of a request remembered before an upgrade is still told apart.
+    unnamed: Vec<u8>,
 }
 
 /// What a retryable request gave: done now, or done before (the key of its result).
@@ -171,10 +174,13 @@ impl Idempotent {
         })?;
         let mut without_id = m.clone();
         without_id.clear_request_id();
+        let bytes = without_id.encode_to_vec();
+        let named = [M::NAME.as_bytes(), &[0], &bytes].concat();
         Ok(Some(Self {
             client: crate::authz::client_key(request),
             request_id: id,
-            digest: trm_crypto::sha256(&without_id.encode_to_vec()).to_vec(),
+            digest: trm_crypto::sha256(&named).to_vec(),
+            unnamed: trm_crypto::sha256(&bytes).to_vec(),
         }))
     }
 
@@ -182,7 +188,7 @@ impl Idempotent {
     /// with a different request (INVALID_ARGUMENT naming `request_id`).
     pub fn before(&self, tx: &mut Tx<'_>) -> TxResult<Option<String>> {
         match tx.request(&self.client, self.request_id)? {
-            Some(r) if r.digest == self.digest => Ok(Some(r.result)),
+            Some(r) if r.digest == self.digest || r.digest == self.unnamed => Ok(Some(r.result)),
             Some(_) => Err(ApiError::from(trm_core::FieldError::new(
                 "request_id",
                 "was used for a different request",

@@ -14,6 +14,9 @@ pub mod status;
 /// (AIP-155): a retry with the same id returns the original result and changes nothing.
 /// Implemented, by the build, for every message of the contract with a `request_id`.
 pub trait Retryable: prost::Message + Clone {
+    /// The request's full name in the contract (`trm.v1.CloseReferralRequest`): two
+    /// requests of different RPCs may encode to the same bytes.
+    const NAME: &'static str;
     /// Returns the request's `request_id` (empty: none).
     fn request_id(&self) -> &str;
     /// Clears it (what is left tells a retry from another request under the same id).
