@@ -144,3 +144,39 @@ async fn a_protection_status_halts_the_return_and_refuses_a_new_one() -> anyhow:
     fed.stop().await?;
     Ok(())
 }
+
+/// However long a case runs, a new risk assessment or a decision taken back is always
+/// recorded and acted on: the case keeps the latest ones (the guards read the latest), never
+/// refusing the new one because it holds many.
+#[tokio::test]
+async fn a_case_with_many_assessments_and_decisions_still_takes_the_one_that_stops_a_return(
+) -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let (case_id, id, mut at, ro) = confirmed_plan(&fed).await?;
+    let most = trm_core::limits::MAX_ITEMS;
+    for _ in 1..most {
+        at.record_return_decision(decision(&case_id, false)).await?;
+    }
+    let mut taken_back = decision(&case_id, false);
+    taken_back.voluntary = false;
+    at.record_return_decision(taken_back).await?;
+    wait_status(&at, &id, w::ReturnStatus::Halted).await?;
+    wait_status(&ro, &id, w::ReturnStatus::Halted).await?;
+
+    for _ in 1..most {
+        at.record_risk_assessment(risk(&case_id, w::RiskLevel::Low, false, false, false))
+            .await?;
+    }
+    at.record_risk_assessment(risk(&case_id, w::RiskLevel::Low, true, false, false))
+        .await?;
+    at.record_return_decision(decision(&case_id, false)).await?;
+    let refused = at.propose_return(propose(&case_id)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().starts_with("non_refoulement"),
+        "the latest assessment decides: {}",
+        refused.message()
+    );
+    fed.stop().await?;
+    Ok(())
+}

@@ -20,7 +20,7 @@ use trm_core::{
         RiskAssessment, StepDetails,
     },
     tasks::{due, Task, TaskKind},
-    FieldError, GuardError,
+    GuardError,
 };
 use trm_proto::{
     command::ProposeReturn,
@@ -331,16 +331,15 @@ pub async fn guard_checklist(
     .await
 }
 
-/// Returns the items a case keeps of one kind (`what`) with `item` added; refused, naming
-/// `case_id`, once the case holds the most it keeps.
-fn with_one_more<T>(mut all: Vec<T>, item: T, what: &str) -> TxResult<Vec<T>> {
-    let most = trm_core::limits::MAX_ITEMS;
-    if all.len() >= most {
-        let problem = format!("the case already holds {most} {what}, the most one case keeps");
-        return Err(ApiError::from(FieldError::new("case_id", problem)).into());
-    }
+/// Returns the items a case keeps of one kind with `item` added last: at most the latest
+/// [`MAX_ITEMS`](trm_core::limits::MAX_ITEMS), the oldest dropped. A new assessment or
+/// decision is never refused for the number before it: it may be the one that stops a
+/// return, and the guards read only the latest.
+fn with_one_more<T>(mut all: Vec<T>, item: T) -> Vec<T> {
     all.push(item);
-    Ok(all)
+    let extra = all.len().saturating_sub(trm_core::limits::MAX_ITEMS);
+    all.drain(..extra);
+    all
 }
 
 impl Replay for RiskAssessment {
@@ -406,11 +405,7 @@ impl Returns {
             .once(idem, &p, move |tx| {
                 let case = load_case(tx, case_id)?;
                 access::require_owner(&who, Some(&case.organisation)).map_err(ApiError::from)?;
-                let all = with_one_more(
-                    tx.risk_assessments(case_id)?,
-                    assessment.clone(),
-                    "risk assessments",
-                )?;
+                let all = with_one_more(tx.risk_assessments(case_id)?, assessment.clone());
                 tx.put_risk_assessments(case_id, &all)?;
                 // A risk found stops every return of the case not yet under way.
                 let halted = match check_risk(&assessment) {
@@ -446,11 +441,7 @@ impl Returns {
             .once(idem, &p, move |tx| {
                 let case = load_case(tx, case_id)?;
                 access::require_owner(&who, Some(&case.organisation)).map_err(ApiError::from)?;
-                let all = with_one_more(
-                    tx.return_decisions(case_id)?,
-                    record.clone(),
-                    "return decisions",
-                )?;
+                let all = with_one_more(tx.return_decisions(case_id)?, record.clone());
                 tx.put_return_decisions(case_id, &all)?;
                 // A decision withdrawn or changed so that a return no longer holds (not
                 // voluntary, not informed, a waiver taken back) stops every return of the
