@@ -180,3 +180,63 @@ async fn a_case_with_many_assessments_and_decisions_still_takes_the_one_that_sto
     fed.stop().await?;
     Ok(())
 }
+
+/// A plan scheduled on a consent given after it was requested (the first one having
+/// lapsed) relies on that consent from then on: withdrawing it halts the plan and erases
+/// the copy, as withdrawing the first one would have.
+#[tokio::test]
+async fn a_plan_that_came_to_rely_on_a_later_consent_stops_when_it_is_withdrawn(
+) -> anyhow::Result<()> {
+    let mut fed = TestFederation::start(&["AT", "RO"]).await?;
+    let (case_id, id, _, ro) = confirmed_plan(&fed).await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let later = sp
+        .record_consent(trm_tests::requests::consent(
+            &case_id,
+            &[w::Purpose::ReturnPlanning],
+            &["RO"],
+            &[],
+        ))
+        .await?
+        .into_inner()
+        .consent_id;
+    // The consent the plan was requested under lapses.
+    fed.stop_node("AT").await?;
+    let store = trm_tests::open_store(&fed, "AT")?;
+    let case = trm_core::ids::CaseId::from_uuid(uuid::Uuid::parse_str(&case_id)?);
+    let yesterday = time::OffsetDateTime::now_utc().date() - time::Duration::days(1);
+    let keep = later.clone();
+    tokio::task::spawn_blocking(move || {
+        store
+            .commit_blocking::<(), (), _>(move |tx| {
+                let mut consents = tx.consents(case)?;
+                for c in consents
+                    .iter_mut()
+                    .filter(|c| c.consent_id.to_string() != keep)
+                {
+                    c.expires_on = Some(yesterday);
+                }
+                tx.put_consents(case, &consents)?;
+                Ok(())
+            })
+            .map_err(|e| anyhow::anyhow!("{:?}", e.into_store()))?;
+        store.close()?;
+        anyhow::Ok(())
+    })
+    .await??;
+    fed.start_node("AT").await?;
+
+    let mut at = returns(&fed, "AT", Role::ServiceProvider).await?;
+    at.schedule_return(schedule(&id)).await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    sp.withdraw_consent(w::WithdrawConsentRequest {
+        case_id: case_id.clone(),
+        consent_id: later.clone(),
+        ..Default::default()
+    })
+    .await?;
+    wait_status(&at, &id, w::ReturnStatus::Halted).await?;
+    wait_status(&ro, &id, w::ReturnStatus::Halted).await?;
+    fed.stop().await?;
+    Ok(())
+}

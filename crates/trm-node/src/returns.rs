@@ -260,13 +260,18 @@ impl lifecycle::StepRules for ReturnRecord {
         crate::safety::check_returns(tx, ctx.id, case_id, self.destination)?
             .map_err(ApiError::from)?;
         let consents = tx.consents(case_id)?;
-        consent::grant(
+        let grant = consent::grant(
             &consents,
             Purpose::ReturnPlanning,
             self.destination,
             today(),
         )
         .map_err(ApiError::from)?;
+        // The plan goes on under these consents, whichever it was requested under (that one
+        // may have lapsed): withdrawing any of them halts it and erases the copy.
+        for c in grant.consent_ids {
+            tx.record_disclosure(c, trm_core::ids::Shared::Return(self.return_id))?;
+        }
         Ok(())
     }
 
