@@ -906,3 +906,60 @@ async fn a_child_heard_where_the_copy_says_nothing_of_it_is_checked_by_the_node_
     fed.stop().await?;
     Ok(())
 }
+
+/// The prosecutor told that its witness's return was proposed has nothing left to weigh
+/// once the plan ends because the victim withdrew consent: the task closes.
+#[tokio::test]
+async fn the_task_about_a_witness_return_closes_when_the_plan_ends_by_erasure() -> anyhow::Result<()>
+{
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let (case_id, _) = referred_case(&fed, false).await?;
+    let mut ja = fed.hearings("AT", Role::JudicialAuthority).await?;
+    ja.request_hearing(hearing_request(&case_id, &[])).await?;
+    let mut at = crate::returns::returns(&fed, "AT", Role::ServiceProvider).await?;
+    at.record_risk_assessment(crate::returns::risk(
+        &case_id,
+        w::RiskLevel::Low,
+        false,
+        false,
+        false,
+    ))
+    .await?;
+    at.record_return_decision(crate::returns::decision(&case_id, true))
+        .await?;
+    let plan = at
+        .propose_return(crate::returns::propose(&case_id))
+        .await?
+        .into_inner();
+    let work = fed.work("AT", Role::JudicialAuthority).await?;
+    let told = || {
+        let request = w::ListTasksRequest {
+            kinds: vec![w::TaskKind::ReturnOfWitnessProposed as i32],
+            ..Default::default()
+        };
+        let mut work = work.clone();
+        async move { anyhow::Ok(work.list_tasks(request).await?.into_inner().tasks.len()) }
+    };
+    assert_eq!(told().await?, 1);
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let consents = sp
+        .list_consents(w::ListConsentsRequest {
+            case_id: case_id.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .consents;
+    for c in consents {
+        sp.withdraw_consent(w::WithdrawConsentRequest {
+            case_id: case_id.clone(),
+            consent_id: c.consent_id,
+            ..Default::default()
+        })
+        .await?;
+    }
+    crate::returns::wait_status(&at, &plan.return_id, w::ReturnStatus::Halted).await?;
+    assert_eq!(told().await?, 0, "the task closed with the plan");
+    fed.stop().await?;
+    Ok(())
+}

@@ -42,6 +42,9 @@ fn request_for<R: StoredRecord + ErasableRecord>(
     }
     tx.shred(&Subject::of_record(R::KIND, id.to_uuid().as_bytes()))?;
     tx.put_record(&r)?;
+    // The record ended here (an open plan halted): nothing waits on it any more, as at the
+    // other node once its copy is erased.
+    tx.close_tasks_of(id.to_uuid())?;
     let request = PeerMessage::ErasureRequest {
         subject_id: id.to_uuid(),
         reason: REASON.into(),
