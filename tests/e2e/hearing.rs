@@ -963,3 +963,75 @@ async fn the_task_about_a_witness_return_closes_when_the_plan_ends_by_erasure() 
     fed.stop().await?;
     Ok(())
 }
+
+/// A copy erased at the victim's request says nothing more of the person, child or not:
+/// the witness's country cannot check a child's guardian on it, so it does not accept or
+/// schedule the hearing on it, where before it would have taken the silence for an adult.
+#[tokio::test]
+async fn a_hearing_is_not_accepted_on_a_copy_erased_since_it_was_requested() -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let (case_id, referral_id) = referred_with(
+        &fed,
+        Some(w::ChildInfo {
+            is_child: true,
+            guardian_assigned: false,
+            best_interests_determined: false,
+        }),
+    )
+    .await?;
+    let mut ja = fed.hearings("AT", Role::JudicialAuthority).await?;
+    let h = ja
+        .request_hearing(hearing_request(&case_id, &[]))
+        .await?
+        .into_inner();
+    let mut ro = fed.hearings("RO", Role::FocalPoint).await?;
+    wait_hearing(&ro, &h.hearing_id, w::HearingStatus::Requested).await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let consents = sp
+        .list_consents(w::ListConsentsRequest {
+            case_id: case_id.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .consents;
+    for c in consents {
+        sp.withdraw_consent(w::WithdrawConsentRequest {
+            case_id: case_id.clone(),
+            consent_id: c.consent_id,
+            ..Default::default()
+        })
+        .await?;
+    }
+    let ro_referrals = fed.referrals("RO", Role::FocalPoint).await?;
+    eventually("RO's copy erased", || {
+        let (mut r, id) = (ro_referrals.clone(), referral_id.clone());
+        async move {
+            let copy = r
+                .get_referral(w::GetReferralRequest { referral_id: id })
+                .await?
+                .into_inner();
+            let erased = copy.disclosed.is_some_and(|d| d.child.is_none());
+            Ok(erased.then_some(()))
+        }
+    })
+    .await?;
+    for decision in [w::HearingDecision::Accept, w::HearingDecision::Schedule] {
+        let refused = ro
+            .respond_to_hearing(w::RespondToHearingRequest {
+                hearing_id: h.hearing_id.clone(),
+                decision: decision as i32,
+                scheduled_at: Some(at(1_900_000_000)),
+                ..Default::default()
+            })
+            .await
+            .expect_err("nothing left to check the child's guardian on");
+        assert_eq!(
+            refused.code(),
+            tonic::Code::FailedPrecondition,
+            "{refused:?}"
+        );
+    }
+    fed.stop().await?;
+    Ok(())
+}

@@ -111,19 +111,29 @@ impl lifecycle::StepRules for HearingRecord {
         {
             return Ok(());
         }
+        // What the record here says of the person as a child; `None`: it was erased since
+        // the request (a copy keeps only its reference), and silence is not an adult.
         let child = match self.subject {
-            WitnessRecord::Case(id) => tx.case(id)?.map(|c| c.child),
+            WitnessRecord::Case(id) => tx.case(id)?.map(|c| Some(c.child)),
             WitnessRecord::Referral(id) => tx
                 .record::<ReferralRecord>(id)?
-                .and_then(|r| r.disclosed.child),
+                .and_then(|r| held(r.disclosed)),
             WitnessRecord::Return(id) => tx
                 .record::<ReturnRecord>(id)?
-                .and_then(|r| r.disclosed.child),
+                .and_then(|r| held(r.disclosed)),
         };
-        if let Some(child) = child {
-            check_child_witness(&child).map_err(ApiError::from)?;
+        match child {
+            None => Err(ApiError::from(trm_core::GuardError::new(
+                trm_core::Guard::Consent,
+                "the witness's record here was erased: a child's guardian and \
+                 best-interests determination cannot be checked on it",
+            ))
+            .into()),
+            Some(Some(child)) => Ok(check_child_witness(&child).map_err(ApiError::from)?),
+            // The copy does not carry the child category: the requesting node, which holds
+            // the case, checked it (`check_child_held_here`).
+            Some(None) => Ok(()),
         }
-        Ok(())
     }
 
     /// Accepting, declining or scheduling answers the incoming request's task.
@@ -141,6 +151,11 @@ impl lifecycle::StepRules for HearingRecord {
     fn coordinated_case(&self, tx: &mut Tx<'_>) -> trm_store::Result<Option<CaseId>> {
         crate::returns::case_heard(tx, self.subject)
     }
+}
+
+/// What a copy holds of the person as a child, unless it was erased (`None`).
+fn held(d: trm_core::model::DisclosedCase) -> Option<Option<trm_core::model::ChildInfo>> {
+    (!d.is_tombstone()).then_some(d.child)
 }
 
 /// A child witness is heard only with a guardian and a best-interests determination,
