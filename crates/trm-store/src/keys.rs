@@ -632,6 +632,14 @@ impl KeyRing {
         Ok(keks.backups.iter().find(|b| b.id == id).cloned())
     }
 
+    /// Returns when the oldest backup that can still be restored (its key is in the key
+    /// file) was made, if any.
+    pub fn oldest_backup(&self) -> Result<Option<OffsetDateTime>> {
+        self.reload()?;
+        let keks = self.keks.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(keks.backups.iter().map(|b| b.created_at).min())
+    }
+
     /// Destroys the keys of backups expired at `now`: those backups open for no one from
     /// then on. Returns how many it destroyed.
     pub fn destroy_expired_backup_keys(&self, now: OffsetDateTime) -> Result<usize> {

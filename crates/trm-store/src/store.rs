@@ -687,16 +687,29 @@ impl Store {
     /// one) and prunes erasures no restorable backup predates. Returns how many backup
     /// keys it destroyed.
     pub fn expire_backups(&self, retention: time::Duration) -> Result<usize> {
-        let now = time::OffsetDateTime::now_utc();
+        self.expire_backups_at(retention, time::OffsetDateTime::now_utc())
+    }
+
+    /// [`Store::expire_backups`] as of `now`.
+    pub(crate) fn expire_backups_at(
+        &self,
+        retention: time::Duration,
+        now: time::OffsetDateTime,
+    ) -> Result<usize> {
         let destroyed = self.keys().destroy_expired_backup_keys(now)?;
         if destroyed > 0 {
             tracing::info!(destroyed, "keys of expired backups destroyed");
         }
-        // A day's margin over the retention: clocks of replicas may differ a little.
-        crate::journal::prune_erasures(
-            self.key_store_path(),
-            now - retention - time::Duration::days(1),
-        )?;
+        // An erasure is kept while any backup made before it can be restored: the oldest
+        // backup whose key is still kept, whatever the retention is set to now (it may have
+        // been longer when that backup was made), and never less than the retention. A
+        // day's margin: clocks of replicas may differ a little.
+        let oldest = self
+            .keys()
+            .oldest_backup()?
+            .unwrap_or(now)
+            .min(now - retention);
+        crate::journal::prune_erasures(self.key_store_path(), oldest - time::Duration::days(1))?;
         Ok(destroyed)
     }
 }

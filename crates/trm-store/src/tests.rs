@@ -1185,6 +1185,33 @@ fn a_backup_holds_no_key_outlives_kek_rotations_and_opens_for_no_one_once_expire
     );
 }
 
+/// The erasures a backup predates are kept while that backup can be restored, whatever
+/// the retention is set to later: lowering it must not bring an erased case back.
+#[test]
+fn an_erasure_is_kept_while_a_backup_it_postdates_can_be_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = SecretKey::generate();
+    let store = open(dir.path(), &master);
+    let erased = case("Erased after the backup");
+    put(&store, &erased);
+    let backup = dir.path().join("backups/one");
+    let rt = rt();
+    rt.block_on(store.backup(&backup, time::Duration::days(35)))
+        .unwrap();
+    erase(&store, &erased);
+    // Ten days later, with the retention set to 7 days since.
+    let later = OffsetDateTime::now_utc() + time::Duration::days(10);
+    store
+        .expire_backups_at(time::Duration::days(7), later)
+        .unwrap();
+    store.close().unwrap();
+    drop(store);
+
+    restore_once_free(options(dir.path(), &master), &backup);
+    let store = open(dir.path(), &master);
+    assert_eq!(store.case(erased.case_id).unwrap(), None, "still erased");
+}
+
 #[test]
 fn a_restore_reapplies_revocations_peer_removals_ended_keys_and_audits_itself() {
     use crate::repo::directory::{DirectoryChanges, Revoked, StoredKey, StoredPeer};
