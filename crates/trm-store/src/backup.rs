@@ -473,9 +473,12 @@ fn reapply(store: &Store, j: &Journal) -> Result<JournalCounts> {
     let journal = Arc::new(j.clone());
     store
         .commit_blocking::<(), (), _>(move |tx| {
+            let mut cases = Vec::new();
             for slot in &journal.erased {
-                tx.destroy_data_key(slot)?;
+                cases.extend(tx.destroy_data_key(slot)?.case_id());
             }
+            // A case erased since the backup goes with the rows kept of it in clear.
+            tx.erase_restored_cases(&cases)?;
             let trust = &journal.trust;
             let revoked: Vec<Revoked> = trusted_row(tx, "revoked_clients", "revoked clients")?;
             tx.put_trusted(

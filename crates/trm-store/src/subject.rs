@@ -28,6 +28,12 @@ impl Subject {
         Self::named(kind.code(), id)
     }
 
+    /// Returns the case this subject is the key of, if it is a case's.
+    pub fn case_id(&self) -> Option<CaseId> {
+        let id: [u8; 16] = self.0.strip_prefix(b"case/")?.try_into().ok()?;
+        Some(CaseId::from_uuid(uuid::Uuid::from_bytes(id)))
+    }
+
     /// Returns the subject's bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0

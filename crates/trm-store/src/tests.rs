@@ -1440,6 +1440,85 @@ fn erasing_a_case_erases_its_consents_references_and_indexes() {
     let _ = case_ref;
 }
 
+/// A case erased after a backup was made stays erased when that backup is restored: not
+/// only its record (its key is destroyed again) but what was kept of it in clear, so the
+/// same person arriving again is not linked to it and its references name nothing.
+#[test]
+fn a_restore_erases_again_what_was_kept_in_clear_of_a_case_erased_since() {
+    use trm_core::{consent::Consent, ids::ConsentId, ids::ReferralId, ids::Shared};
+    let dir = tempfile::tempdir().unwrap();
+    let master = SecretKey::generate();
+    let store = open(dir.path(), &master);
+    let (c, kept) = (case("Erased after the backup"), case("Kept"));
+    put(&store, &c);
+    put(&store, &kept);
+    let ro: NodeId = "RO".parse().unwrap();
+    let id = c.case_id;
+    let indexed = c.clone();
+    store
+        .commit_blocking::<(), (), _>(move |tx| {
+            let consent = Consent {
+                consent_id: ConsentId::new(),
+                case_id: id,
+                purposes: vec![trm_core::model::Purpose::ReferralAssistance],
+                recipients: vec![ro],
+                expires_on: None,
+                informed: true,
+                information_language: "ro".into(),
+                categories: vec![],
+                recorded_at: OffsetDateTime::now_utc(),
+                withdrawn_at: None,
+            };
+            tx.record_disclosure(consent.consent_id, Shared::Referral(ReferralId::new()))?;
+            tx.put_consents(id, &[consent])?;
+            tx.case_ref_or_new(id, ro)?;
+            tx.index_person(&indexed)?;
+            Ok(())
+        })
+        .unwrap();
+    let backup = dir.path().join("backups/one");
+    rt().block_on(store.backup(&backup, time::Duration::days(35)))
+        .unwrap();
+    store
+        .commit_blocking::<(), (), _>({
+            let c = c.clone();
+            move |tx| {
+                tx.unindex_person(&c)?;
+                Ok(tx.erase_case(&c)?)
+            }
+        })
+        .unwrap();
+    store.close().unwrap();
+    drop(store);
+
+    restore_once_free(options(dir.path(), &master), &backup);
+    let store = open(dir.path(), &master);
+    assert_eq!(store.case(id).unwrap(), None);
+    assert!(store.consents(id).unwrap().is_empty(), "consents");
+    assert_eq!(store.case_ref(id, ro).unwrap(), None, "the reference");
+    let left = |prefix: &[u8]| store.scan_raw(prefix, None, 100).unwrap();
+    assert!(left(b"cd/").is_empty(), "what was disclosed");
+    assert!(left(b"xr/").is_empty(), "the reference back to the case");
+    assert_eq!(
+        left(b"co/").len(),
+        1,
+        "only the kept case in its organisation's index"
+    );
+    assert!(left(b"bi/").is_empty(), "the blind index of persons");
+    let again = CaseRecord {
+        case_id: trm_core::ids::CaseId::new(),
+        ..c.clone()
+    };
+    let linked = store
+        .commit_blocking::<_, (), _>(move |tx| Ok(tx.index_person(&again)?))
+        .unwrap();
+    assert!(
+        linked.is_empty(),
+        "the same person is not linked to the erased case"
+    );
+    assert_eq!(store.case(kept.case_id).unwrap(), Some(kept));
+}
+
 #[test]
 fn idempotency_records_older_than_a_day_are_forgotten_however_many_newer_ones_sort_first() {
     use crate::repo::{layout, requests::RequestRecord};

@@ -433,8 +433,8 @@ impl Tx<'_> {
     }
 
     /// Destroys the data key in `slot` (as the erasure journal names it) and moves its
-    /// subject past that generation: a restore re-applying an erasure.
-    pub(crate) fn destroy_data_key(&mut self, slot: &[u8]) -> Result<()> {
+    /// subject past that generation: a restore re-applying an erasure. Returns the subject.
+    pub(crate) fn destroy_data_key(&mut self, slot: &[u8]) -> Result<Subject> {
         let parsed = slot
             .strip_prefix(layout::DATA_KEYS)
             .filter(|rest| rest.len() >= 6)
@@ -455,7 +455,7 @@ impl Tx<'_> {
             self.etx
                 .put(&layout::generation(&subject), &(gen + 1).to_be_bytes())?;
         }
-        Ok(())
+        Ok(subject)
     }
 
     /// Returns the next value of the counter `name` (1 for the first).

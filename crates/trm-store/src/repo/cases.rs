@@ -147,11 +147,17 @@ impl Tx<'_> {
         if let Some(digest) = self.person_digest(case) {
             self.delete(&layout::person_index(&digest, case.case_id))?;
         }
+        self.forget_duplicates_of(case.case_id)
+    }
+
+    /// Forgets every possible duplicate pair naming case `case`; a review left with no pair
+    /// closes its task.
+    fn forget_duplicates_of(&mut self, case: CaseId) -> Result<()> {
         let prefix = layout::possible_duplicates();
         let mut newer = Vec::new();
         for (k, _) in self.scan_raw(&prefix, None, usize::MAX)? {
             let ids = k.get(prefix.len()..).unwrap_or_default();
-            if ids.chunks(16).any(|id| id == case.case_id.as_bytes()) {
+            if ids.chunks(16).any(|id| id == case.as_bytes()) {
                 self.delete(&k)?;
                 newer.push(ids.get(..16).unwrap_or_default().to_vec());
             }
@@ -225,12 +231,46 @@ impl Tx<'_> {
     pub fn erase_case(&mut self, case: &CaseRecord) -> Result<()> {
         let id = case.case_id;
         self.shred(&Subject::case(id))?;
-        self.delete(&layout::case(id))?;
         self.delete(&layout::case_of_org(&case.organisation, id))?;
+        self.unindex_person(case)?;
+        self.erase_rows_of_case(id)
+    }
+
+    /// After a restore, erases again what the backup still held in clear of the cases
+    /// `ids`, erased since (their keys were destroyed again first): the same rows as
+    /// [`Tx::erase_case`], found by the cases' ids alone, since their records no longer open
+    /// to say their organisation or the person the blind index names (one pass over each
+    /// index for all of them). Their tasks close.
+    pub(crate) fn erase_restored_cases(&mut self, ids: &[CaseId]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let erased: std::collections::HashSet<&[u8]> =
+            ids.iter().map(|id| id.as_bytes().as_slice()).collect();
+        for prefix in [b"co/".as_slice(), b"bi/".as_slice()] {
+            for (k, _) in self.scan_raw(prefix, None, usize::MAX)? {
+                let id = k.len().checked_sub(16).and_then(|at| k.get(at..));
+                if id.is_some_and(|id| erased.contains(id)) {
+                    self.delete(&k)?;
+                }
+            }
+        }
+        for id in ids {
+            self.forget_duplicates_of(*id)?;
+            self.erase_rows_of_case(*id)?;
+            self.close_tasks_of(id.uuid())?;
+        }
+        Ok(())
+    }
+
+    /// Removes the record of case `id` and the rows kept about it by its id: risk
+    /// assessments, decisions, where it is counted, its consents and what was disclosed
+    /// under each, its pairwise references and its open referrals.
+    fn erase_rows_of_case(&mut self, id: CaseId) -> Result<()> {
+        self.delete(&layout::case(id))?;
         self.delete(&layout::risk(id))?;
         self.delete(&layout::decisions(id))?;
         self.delete(&layout::counted(PERSON, id.as_bytes()))?;
-        self.unindex_person(case)?;
         for c in self.consents(id)? {
             let prefix = layout::disclosures(c.consent_id);
             for (k, _) in self.scan_raw(&prefix, None, usize::MAX)? {
