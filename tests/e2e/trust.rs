@@ -905,7 +905,7 @@ where
 
 #[tokio::test]
 async fn lists_come_in_pages_and_lists_inside_records_are_bounded() -> anyhow::Result<()> {
-    let fed = TestFederation::start(&["AT"]).await?;
+    let mut fed = TestFederation::start(&["AT"]).await?;
     let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -960,12 +960,24 @@ async fn lists_come_in_pages_and_lists_inside_records_are_bounded() -> anyhow::R
     for _ in 0..trm_core::limits::MAX_ITEMS {
         rp.record_risk_assessment(risk.clone()).await?;
     }
-    let err = rp
+    // The 65th is kept (it may be the one that stops a return), the oldest dropped.
+    let latest = rp
         .record_risk_assessment(risk)
-        .await
-        .expect_err("the 65th risk assessment");
-    assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().starts_with("case_id"), "{}", err.message());
+        .await?
+        .into_inner()
+        .assessment_id;
+    fed.stop_node("AT").await?;
+    let store = trm_tests::open_store(&fed, "AT")?;
+    let case = trm_core::ids::CaseId::from_uuid(uuid::Uuid::parse_str(&ids[0])?);
+    let kept = store.risk_assessments(case)?;
+    store.close()?;
+    drop(store);
+    assert_eq!(kept.len(), trm_core::limits::MAX_ITEMS, "bounded");
+    assert_eq!(
+        kept.last().map(|a| a.assessment_id.to_string()),
+        Some(latest),
+        "the latest kept last"
+    );
     fed.stop().await?;
     Ok(())
 }
