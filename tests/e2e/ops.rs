@@ -385,3 +385,73 @@ async fn a_node_whose_database_does_not_answer_yet_holds_up_nothing_else_in_its_
     fed.stop().await?;
     Ok(())
 }
+
+/// An erasure asked for after the backup a node is restored from is asked for again: the
+/// request queued then is not in the backup, and without it the other node would keep the
+/// victim's data for good.
+#[tokio::test]
+async fn an_erasure_request_queued_after_the_backup_is_sent_again_after_a_restore(
+) -> anyhow::Result<()> {
+    let mut fed = TestFederation::start(&["AT", "RO"]).await?;
+    let sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let case_id = sp
+        .clone()
+        .create_case(requests::case("Erased after the backup", 30))
+        .await?
+        .into_inner()
+        .case_id;
+    let referral_id = trm_tests::refer_case(&sp, &case_id, "RO").await?;
+    let ro = fed.referrals("RO", Role::FocalPoint).await?;
+    trm_tests::referral_arrived(&ro, &referral_id).await?;
+    let backup = fed.dir().join("backups/at-1");
+    fed.admin("AT", Role::Operator)
+        .await?
+        .backup(w::BackupRequest {
+            path: backup.display().to_string(),
+        })
+        .await?;
+    // RO is away: the erasure request waits in AT's outbox, which the backup predates.
+    fed.stop_node("RO").await?;
+    fed.referrals("AT", Role::ServiceProvider)
+        .await?
+        .erase_case(w::EraseCaseRequest {
+            case_id: case_id.clone(),
+            reason: "victim's request".into(),
+            ..Default::default()
+        })
+        .await?;
+    fed.stop_node("AT").await?;
+    restore(&fed.config_path("AT".parse()?), &backup, true).await?;
+    fed.start_node("AT").await?;
+    fed.start_node("RO").await?;
+    let ro = fed.referrals("RO", Role::FocalPoint).await?;
+    trm_tests::eventually("RO's copy erased", || {
+        let (mut ro, id) = (ro.clone(), referral_id.clone());
+        async move {
+            let copy = ro
+                .get_referral(w::GetReferralRequest { referral_id: id })
+                .await?
+                .into_inner();
+            let erased = copy
+                .disclosed
+                .is_some_and(|d| d.age_band == 0 && d.gender == 0 && d.needs.is_none());
+            Ok(erased.then_some(()))
+        }
+    })
+    .await?;
+    // AT's record of what it sent was ended again, and takes RO's confirmation.
+    let at = fed.referrals("AT", Role::FocalPoint).await?;
+    trm_tests::eventually("RO's confirmation at AT", || {
+        let (mut at, id) = (at.clone(), referral_id.clone());
+        async move {
+            let r = at
+                .get_referral(w::GetReferralRequest { referral_id: id })
+                .await?
+                .into_inner();
+            Ok(r.erasure_confirmed.then_some(()))
+        }
+    })
+    .await?;
+    fed.stop().await?;
+    Ok(())
+}

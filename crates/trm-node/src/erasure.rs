@@ -45,8 +45,18 @@ fn request_for<R: StoredRecord + ErasableRecord>(
     // The record ended here (an open plan halted): nothing waits on it any more, as at the
     // other node once its copy is erased.
     tx.close_tasks_of(id.to_uuid())?;
+    send_request(ctx, tx, &r)?;
+    Ok(true)
+}
+
+/// Queues the signed request to erase the copy of `r` at the other node.
+fn send_request<R: StoredRecord + ErasableRecord>(
+    ctx: &Ctx,
+    tx: &mut Tx<'_>,
+    r: &R,
+) -> TxResult<()> {
     let request = PeerMessage::ErasureRequest {
-        subject_id: id.to_uuid(),
+        subject_id: r.id().to_uuid(),
         reason: REASON.into(),
     };
     outbox::enqueue(
@@ -57,5 +67,36 @@ fn request_for<R: StoredRecord + ErasableRecord>(
         r.case_ref(),
         trm_proto::peer::to_wire(&request),
     )?;
-    Ok(true)
+    Ok(())
+}
+
+/// Asks again for the erasures a restore found asked for after its backup (the requests
+/// queued then were not in the backup), before the node serves: the other nodes would
+/// otherwise keep the victims' data. Returns how many.
+pub async fn resume_requests(ctx: &Ctx) -> Result<usize, trm_store::StoreError> {
+    let c = ctx.clone();
+    ctx.commit(move |tx| {
+        let pending = tx.pending_erasures()?;
+        for shared in &pending {
+            let shared = *shared;
+            trm_core::on_shared!(shared, R, id => {
+                if let Some(r) = tx.record::<R>(id)? {
+                    send_request(&c, tx, &r)?;
+                }
+            });
+            tx.forget_pending_erasure(shared)?;
+            tx.audit(
+                trm_store::audit::AuditRecord::new(
+                    "node",
+                    "erasure.request",
+                    shared.record().1.to_string(),
+                    "sent again",
+                )
+                .detail("after a restore"),
+            )?;
+        }
+        Ok(pending.len())
+    })
+    .await
+    .map_err(|e| trm_store::StoreError::Engine(e.to_string()))
 }

@@ -26,6 +26,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use trm_core::ids::Shared;
 
 use crate::{
     audit::AuditRecord,
@@ -466,6 +467,37 @@ fn trusted_row<T: serde::de::DeserializeOwned + Default>(
     }
 }
 
+/// Writes what a restore keeps of a copy whose erasure was asked for after the backup.
+type Ended = Box<dyn FnOnce(&mut crate::Tx<'_>) -> Result<()> + Send>;
+
+/// The record `shared` of this node as the backup holds it, if this node sent the copy and
+/// had not yet asked for its erasure then: ended as the erasure request ends it (an open
+/// record halted, this node's record of what it sent keeping only the pairwise reference),
+/// to be kept, under a new key, once the backup's keys are destroyed, with a row that has
+/// the node send the request again when it starts (the request queued after the backup is
+/// not in it, and the other node would keep the victim's data).
+fn erasure_asked_since(tx: &mut crate::Tx<'_>, shared: Shared) -> Result<Option<Ended>> {
+    use trm_core::exchange::{ErasableRecord, SharedRecord};
+    let me = tx.node();
+    trm_core::on_shared!(shared, R, id => {
+        let Some(mut r) = tx.record_before_erasure::<R>(id)? else {
+            return Ok(None);
+        };
+        if r.origin() != me || r.erasure().requested() {
+            return Ok(None);
+        }
+        r.request_erasure(ERASED_SINCE, true, OffsetDateTime::now_utc());
+        let keep: Ended = Box::new(move |tx| {
+            tx.put_record(&r)?;
+            tx.put_raw(&layout::pending_erasure(shared), b"")
+        });
+        Ok(Some(keep))
+    })
+}
+
+/// Why a copy's erasure is asked for again after a restore (the words a request carries).
+const ERASED_SINCE: &str = "consent withdrawn";
+
 /// Re-applies the journal to a restored store: nothing erased, revoked, removed or ended
 /// since the backup comes back.
 fn reapply(store: &Store, j: &Journal) -> Result<JournalCounts> {
@@ -473,12 +505,24 @@ fn reapply(store: &Store, j: &Journal) -> Result<JournalCounts> {
     let journal = Arc::new(j.clone());
     store
         .commit_blocking::<(), (), _>(move |tx| {
+            // Copies whose erasure was asked for since the backup: read while the backup's
+            // keys still open them, ended as the request ended them, asked for again.
+            let mut ended = Vec::new();
+            for slot in &journal.erased {
+                let shared = crate::tx::slot_subject(slot).and_then(|(s, _)| s.shared());
+                if let Some(shared) = shared {
+                    ended.extend(erasure_asked_since(tx, shared)?);
+                }
+            }
             let mut cases = Vec::new();
             for slot in &journal.erased {
                 cases.extend(tx.destroy_data_key(slot)?.case_id());
             }
             // A case erased since the backup goes with the rows kept of it in clear.
             tx.erase_restored_cases(&cases)?;
+            for keep in ended {
+                keep(tx)?;
+            }
             let trust = &journal.trust;
             let revoked: Vec<Revoked> = trusted_row(tx, "revoked_clients", "revoked clients")?;
             tx.put_trusted(

@@ -34,6 +34,17 @@ impl Subject {
         Some(CaseId::from_uuid(uuid::Uuid::from_bytes(id)))
     }
 
+    /// Returns the shared record whose copy this subject is the key of, if it is one.
+    pub fn shared(&self) -> Option<trm_core::ids::Shared> {
+        let at = self.0.iter().position(|b| *b == b'/')?;
+        let (code, id) = (self.0.get(..at)?, self.0.get(at + 1..)?);
+        let id: [u8; 16] = id.try_into().ok()?;
+        let kind = trm_core::exchange::RecordKind::ALL
+            .into_iter()
+            .find(|k| k.code().as_bytes() == code)?;
+        trm_core::ids::Shared::of(kind, uuid::Uuid::from_bytes(id))
+    }
+
     /// Returns the subject's bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0

@@ -418,6 +418,28 @@ impl Tx<'_> {
         )
     }
 
+    /// Reads the value sealed under `subject` at `key` though its key is listed as erased:
+    /// only for a restore, which reads a record the backup still holds before destroying
+    /// its key again, to end it as the erasure since ended it (see
+    /// `backup::erasure_asked_since`).
+    pub(crate) fn get_sealed_before_erasure<T: DeserializeOwned>(
+        &mut self,
+        what: &'static str,
+        key: &[u8],
+        subject: &Subject,
+    ) -> Result<Option<T>> {
+        let Some(sealed) = self.etx.get(key)? else {
+            return Ok(None);
+        };
+        let (gen, ct) = split_generation(&sealed)?;
+        let slot = layout::data_key(subject, gen);
+        let Some(stored) = self.etx.get(&slot)? else {
+            return Ok(None);
+        };
+        let plain = self.keys.unwrap(&slot, &stored)?.open(key, ct)?;
+        decode(what, &plain).map(Some)
+    }
+
     /// Destroys `subject`'s current data key in this transaction: what was sealed under it
     /// can never be opened again, here or from any later copy of the store; older copies
     /// stop opening once the KEK they hold it under is retired. What is sealed under the
@@ -435,19 +457,7 @@ impl Tx<'_> {
     /// Destroys the data key in `slot` (as the erasure journal names it) and moves its
     /// subject past that generation: a restore re-applying an erasure. Returns the subject.
     pub(crate) fn destroy_data_key(&mut self, slot: &[u8]) -> Result<Subject> {
-        let parsed = slot
-            .strip_prefix(layout::DATA_KEYS)
-            .filter(|rest| rest.len() >= 6)
-            .and_then(|rest| {
-                let len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
-                let subject = rest.get(2..2 + len)?;
-                let gen: [u8; 4] = rest.get(2 + len..)?.try_into().ok()?;
-                Some((
-                    Subject::from_bytes(subject.to_vec()),
-                    u32::from_be_bytes(gen),
-                ))
-            });
-        let Some((subject, gen)) = parsed else {
+        let Some((subject, gen)) = slot_subject(slot) else {
             return Err(StoreError::Corrupt("an erasure journal entry"));
         };
         self.etx.delete(slot)?;
@@ -479,4 +489,19 @@ impl Tx<'_> {
     pub(crate) fn set_counter(&mut self, name: &str, value: u64) -> Result<()> {
         self.etx.put(&layout::meta(name), &value.to_be_bytes())
     }
+}
+
+/// Returns the subject and generation of the data key in `slot` (as the erasure journal
+/// names it).
+pub(crate) fn slot_subject(slot: &[u8]) -> Option<(Subject, u32)> {
+    let rest = slot
+        .strip_prefix(layout::DATA_KEYS)
+        .filter(|rest| rest.len() >= 6)?;
+    let len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+    let subject = rest.get(2..2 + len)?;
+    let gen: [u8; 4] = rest.get(2 + len..)?.try_into().ok()?;
+    Some((
+        Subject::from_bytes(subject.to_vec()),
+        u32::from_be_bytes(gen),
+    ))
 }

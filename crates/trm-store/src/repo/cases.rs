@@ -313,6 +313,22 @@ impl Tx<'_> {
         self.put_raw(&layout::disclosure(consent, shared), b"")
     }
 
+    /// Returns the copies whose erasure a restore found asked for after its backup, for
+    /// the node to ask again (see [`Tx::forget_pending_erasure`]).
+    pub fn pending_erasures(&mut self) -> Result<Vec<Shared>> {
+        let prefix = layout::PENDING_ERASURES;
+        Ok(self
+            .scan_raw(prefix, None, usize::MAX)?
+            .into_iter()
+            .filter_map(|(k, _)| layout::shared_from(&k[prefix.len()..]))
+            .collect())
+    }
+
+    /// The erasure of `shared` was asked for again.
+    pub fn forget_pending_erasure(&mut self, shared: Shared) -> Result<()> {
+        self.delete(&layout::pending_erasure(shared))
+    }
+
     /// Returns what was disclosed under `consent`.
     pub fn disclosures(&mut self, consent: ConsentId) -> Result<Vec<Shared>> {
         let prefix = layout::disclosures(consent);

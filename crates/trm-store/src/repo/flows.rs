@@ -187,6 +187,15 @@ fn subject<R: StoredRecord>(id: R::Id) -> Subject {
 }
 
 impl Tx<'_> {
+    /// [`Tx::record`] though its key is listed as erased: for a restore only.
+    pub(crate) fn record_before_erasure<R: StoredRecord>(
+        &mut self,
+        id: R::Id,
+    ) -> Result<Option<R>> {
+        let key = layout::record(R::KIND, &uuid_bytes(id));
+        self.get_sealed_before_erasure(R::KIND.name(), &key, &subject::<R>(id))
+    }
+
     /// Returns the shared record `id` of kind `R`.
     pub fn record<R: StoredRecord>(&mut self, id: R::Id) -> Result<Option<R>> {
         let key = layout::record(R::KIND, &uuid_bytes(id));

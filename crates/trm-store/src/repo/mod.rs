@@ -184,6 +184,14 @@ pub(crate) mod layout {
         key("cd/", &[consent.as_bytes(), &shared_bytes(s)])
     }
 
+    /// A copy whose erasure a restore found asked for after the backup: the request is
+    /// sent again when the node starts (ids only).
+    pub fn pending_erasure(s: Shared) -> Vec<u8> {
+        key("pe/", &[&shared_bytes(s)])
+    }
+
+    pub const PENDING_ERASURES: &[u8] = b"pe/";
+
     pub fn disclosures(consent: ConsentId) -> Vec<u8> {
         key("cd/", &[consent.as_bytes()])
     }
