@@ -70,6 +70,9 @@ pub struct BackupKey {
     pub created_at: OffsetDateTime,
     pub expires_at: OffsetDateTime,
     key: SecretKey,
+    /// The backup's manifest carries a MAC under this key, which a restore requires (keys
+    /// of earlier versions: none). Bound to the key in the key file (its wrapping's AAD).
+    seals_manifest: bool,
 }
 
 impl std::fmt::Debug for BackupKey {
@@ -91,6 +94,23 @@ impl BackupKey {
     pub(crate) fn unwrap(&self, slot: &[u8], wrapped: &[u8]) -> Result<SecretKey> {
         Ok(self.key.unwrap_key(slot, wrapped)?)
     }
+
+    /// The MAC of a manifest's bytes under the backup's key.
+    pub(crate) fn mac(&self, manifest: &[u8]) -> [u8; 32] {
+        self.key
+            .mac(&[b"trm/backup-manifest/v1".as_slice(), manifest].concat())
+    }
+
+    /// Whether `tag` is the MAC of a manifest's bytes; `None` for a key of an earlier
+    /// version, whose backups carry none.
+    pub(crate) fn verify_mac(&self, manifest: &[u8], tag: &[u8]) -> Option<bool> {
+        self.seals_manifest.then(|| {
+            self.key.verify_mac(
+                &[b"trm/backup-manifest/v1".as_slice(), manifest].concat(),
+                tag,
+            )
+        })
+    }
 }
 
 fn kek_aad(epoch: u64) -> Vec<u8> {
@@ -99,8 +119,12 @@ fn kek_aad(epoch: u64) -> Vec<u8> {
     a
 }
 
-fn backup_aad(id: &str) -> Vec<u8> {
-    let mut a = b"trm/backup-key/".to_vec();
+fn backup_aad(id: &str, seals_manifest: bool) -> Vec<u8> {
+    let mut a = if seals_manifest {
+        b"trm/backup-key/v2/".to_vec()
+    } else {
+        b"trm/backup-key/".to_vec()
+    };
     a.extend_from_slice(id.as_bytes());
     a
 }
@@ -122,6 +146,8 @@ struct StoredBackupKey {
     #[serde(with = "time::serde::rfc3339")]
     expires_at: OffsetDateTime,
     wrapped: String,
+    #[serde(default)]
+    seals_manifest: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -258,7 +284,7 @@ impl KekFile {
                     hex::decode(&b.wrapped).map_err(|_| StoreError::Corrupt("a backup key"))?;
                 let key = kf
                     .master
-                    .unwrap_key(&backup_aad(&b.id), &wrapped)
+                    .unwrap_key(&backup_aad(&b.id, b.seals_manifest), &wrapped)
                     .map_err(|_| {
                         StoreError::Corrupt("a backup key does not open with this master key")
                     })?;
@@ -267,6 +293,7 @@ impl KekFile {
                     created_at: b.created_at,
                     expires_at: b.expires_at,
                     key,
+                    seals_manifest: b.seals_manifest,
                 });
             }
         }
@@ -333,7 +360,11 @@ impl KekFile {
                 id: b.id.clone(),
                 created_at: b.created_at,
                 expires_at: b.expires_at,
-                wrapped: hex::encode(self.master.wrap(&backup_aad(&b.id), &b.key)?),
+                wrapped: hex::encode(
+                    self.master
+                        .wrap(&backup_aad(&b.id, b.seals_manifest), &b.key)?,
+                ),
+                seals_manifest: b.seals_manifest,
             });
         }
         let bytes = serde_json::to_vec_pretty(&stored).map_err(|_| StoreError::Encode)?;
@@ -615,6 +646,7 @@ impl KeyRing {
             created_at: OffsetDateTime::now_utc(),
             expires_at,
             key: SecretKey::generate(),
+            seals_manifest: true,
         };
         let mut keks = self.keks.write().unwrap_or_else(PoisonError::into_inner);
         let k = key.clone();

@@ -1212,6 +1212,49 @@ fn an_erasure_is_kept_while_a_backup_it_postdates_can_be_restored() {
     assert_eq!(store.case(erased.case_id).unwrap(), None, "still erased");
 }
 
+/// Whoever can write where backups are kept can change a backup's files and digest them
+/// again, but cannot write the manifest's MAC, which only the node's key file opens: such a
+/// backup is refused and changes nothing.
+#[test]
+fn a_backup_altered_and_digested_again_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = SecretKey::generate();
+    let store = open(dir.path(), &master);
+    let kept = case("Kept");
+    put(&store, &kept);
+    let backup = dir.path().join("backups/one");
+    rt().block_on(store.backup(&backup, time::Duration::days(35)))
+        .unwrap();
+    store.close().unwrap();
+    drop(store);
+
+    let file = backup.join("store.kv");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&file, &bytes).unwrap();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(backup.join("manifest.json")).unwrap()).unwrap();
+    manifest["files"][0]["sha256"] = hex::encode(trm_crypto::sha256(&bytes)).into();
+    std::fs::write(
+        backup.join("manifest.json"),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+    crate::backup::check(&backup).expect("the digests match again");
+
+    let err = crate::backup::restore(options(dir.path(), &master), &backup, true, "test")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("altered"), "{err}");
+    let store = open(dir.path(), &master);
+    assert_eq!(
+        store.case(kept.case_id).unwrap(),
+        Some(kept),
+        "nothing changed"
+    );
+}
+
 #[test]
 fn a_restore_reapplies_revocations_peer_removals_ended_keys_and_audits_itself() {
     use crate::repo::directory::{DirectoryChanges, Revoked, StoredKey, StoredPeer};
