@@ -159,3 +159,42 @@ async fn a_chain_recomputed_by_someone_without_the_signing_key_is_detected() -> 
     fed.stop().await?;
     Ok(())
 }
+
+/// `trmctl audit export` checks each entry against its own hash, not only that the hashes
+/// link up: an entry edited in place on disk is not exported as if it were the node's.
+#[tokio::test]
+async fn an_entry_edited_in_place_is_refused_by_the_audit_export() -> anyhow::Result<()> {
+    let mut fed = TestFederation::start(&["AT"]).await?;
+    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    sp.create_case(w::CreateCaseRequest {
+        person: Some(w::Person {
+            given_name: "A".into(),
+            gender: w::Gender::Other as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await?;
+    let mut clean = Vec::new();
+    let mut admin = fed.admin("AT", Role::Operator).await?;
+    trmctl::admin::export_audit(&mut admin, &mut clean).await?;
+    fed.stop_node("AT").await?;
+    {
+        let db = RawDb::open(&fed.dir().join("AT/data"))?;
+        let entries = db.audit()?;
+        let (k, e) = entries.last().ok_or_else(|| anyhow::anyhow!("no entry"))?;
+        let mut edited = e.clone();
+        edited.record.actor = "client:focal_point/someone-else".into();
+        db.put_audit(k, &edited)?;
+        db.close()?;
+    }
+    fed.start_node("AT").await?;
+    let mut admin = fed.admin("AT", Role::Operator).await?;
+    let mut out = Vec::new();
+    let err = trmctl::admin::export_audit(&mut admin, &mut out)
+        .await
+        .expect_err("an edited entry");
+    assert!(err.to_string().contains("its contents"), "{err}");
+    fed.stop().await?;
+    Ok(())
+}

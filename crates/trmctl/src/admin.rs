@@ -171,6 +171,12 @@ pub async fn export_audit(
             if e.prev != prev {
                 anyhow::bail!("the exported chain does not link up at entry {}", e.seq);
             }
+            if !hash_matches(e) {
+                anyhow::bail!(
+                    "entry {} of the exported chain does not match its contents (its hash)",
+                    e.seq
+                );
+            }
             prev = e.hash.clone();
             hashes.push(e.hash.clone());
             let line = serde_json::json!({
@@ -212,6 +218,17 @@ pub async fn export_audit(
     });
     writeln!(out, "{line}")?;
     Ok(count)
+}
+
+/// Whether an exported entry's hash is the hash of its contents, as the node chains them.
+fn hash_matches(e: &w::AuditEntry) -> bool {
+    let Ok(at) = time::OffsetDateTime::parse(&e.at, &time::format_description::well_known::Rfc3339)
+    else {
+        return false;
+    };
+    let record = trm_store::audit::AuditRecord::new(&e.actor, &e.action, &e.subject, &e.outcome)
+        .detail(&e.detail);
+    trm_store::audit::AuditEntry::chain(e.seq, at, record, e.prev.clone()).hash == e.hash
 }
 
 /// The tag of audit-head signatures (`trm/audit-head/v1`).
