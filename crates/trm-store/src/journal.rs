@@ -116,8 +116,12 @@ fn legacy_path(key_store: &Path) -> PathBuf {
     key_store.with_extension("erasures")
 }
 
-/// Creates `dir` (and missing parents) owner-only.
+/// Creates `dir` (and missing parents) owner-only, each new folder's entry in its parent
+/// synced.
 pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    // The folders it creates, so that each one's entry in its parent is made durable: a
+    // file synced in a folder whose own entry was not is lost with it on a power cut.
+    let created: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
     let mut b = std::fs::DirBuilder::new();
     b.recursive(true);
     #[cfg(unix)]
@@ -125,7 +129,13 @@ pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         use std::os::unix::fs::DirBuilderExt;
         b.mode(0o700);
     }
-    b.create(dir)
+    b.create(dir)?;
+    for d in created {
+        if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
+    }
+    Ok(())
 }
 
 /// Creates `path` owner-only for writing; it must not exist.
