@@ -46,7 +46,7 @@ fuzz_target!(|input: Input| {
         .ok()
         .and_then(|b| b.payload);
     let body = EnvelopeBody {
-        message_id: pick(&input.message_id, &uuid::Uuid::now_v7().to_string()),
+        message_id: pick(&input.message_id, &fx::id7()),
         sender: pick(&input.sender, fx::SENDER),
         recipient: pick(&input.recipient, fx::RECEIVER),
         created_at: input.created_at.map(|(s, n)| prost_types::Timestamp {

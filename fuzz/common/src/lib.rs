@@ -73,8 +73,11 @@ pub fn receiver_config() -> &'static InboundConfig {
     CFG.get_or_init(|| InboundConfig::new(node(RECEIVER)))
 }
 
-fn id7() -> String {
-    uuid::Uuid::now_v7().to_string()
+/// A fresh UUIDv7 dated a minute before [`now`], the fixtures' clock: a message id dated
+/// after it would be refused as from the future before anything else is checked.
+pub fn id7() -> String {
+    let at = u64::try_from(NOW_UNIX - 60).unwrap_or_default();
+    uuid::Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, at, 0)).to_string()
 }
 
 fn disclosed(identity: bool) -> w::DisclosedCase {
@@ -323,6 +326,16 @@ macro_rules! local_requests {
             /// The selector byte of this request.
             pub fn byte(self) -> u8 {
                 self as u8
+            }
+
+            /// The request's message with every field at its default, encoded: the seed
+            /// of a request that has no hand-made one (`None` for a request the table does
+            /// not name a message of).
+            pub fn default_body(self) -> Option<Vec<u8>> {
+                match self {
+                    $($(Local::$name => Some(prost::Message::encode_to_vec(&<$req>::default())),)?)*
+                    _ => None,
+                }
             }
 
             /// For a request parsed into a command: decodes `data` as its message and, if it

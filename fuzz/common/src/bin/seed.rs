@@ -830,10 +830,17 @@ fn local_requests() -> Result<()> {
             .encode_to_vec(),
         ),
     ];
-    let requests = requests
+    let mut requests: Vec<(u8, Vec<u8>)> = requests
         .into_iter()
-        .chain(more.into_iter().map(|(l, body)| (l.byte(), body)));
-    for (i, (which, body)) in requests.enumerate() {
+        .chain(more.into_iter().map(|(l, body)| (l.byte(), body)))
+        .collect();
+    // A request added to the table without a seed here gets one of its defaults.
+    for l in L::ALL {
+        if !requests.iter().any(|(b, _)| *b == l.byte()) {
+            requests.extend(l.default_body().map(|body| (l.byte(), body)));
+        }
+    }
+    for (i, (which, body)) in requests.into_iter().enumerate() {
         write(
             "local_request",
             &format!("request-{i}"),
