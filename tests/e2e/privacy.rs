@@ -336,6 +336,67 @@ async fn erasing_a_case_destroys_it_here_and_every_copy_elsewhere() -> anyhow::R
     Ok(())
 }
 
+/// A case erased after a consent was withdrawn is erased here too: the record of what was
+/// sent under that consent, kept while the case was, goes with the case.
+#[tokio::test]
+async fn erasing_a_case_after_a_withdrawal_erases_what_this_node_kept_of_the_copy(
+) -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    let case_id = sp
+        .clone()
+        .create_case(trm_tests::requests::case("Withdrawn then erased", 30))
+        .await?
+        .into_inner()
+        .case_id;
+    let referral_id = trm_tests::refer_case(&sp, &case_id, "RO").await?;
+    let mut sp = sp.clone();
+    let consents = sp
+        .list_consents(w::ListConsentsRequest {
+            case_id: case_id.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .consents;
+    for c in consents {
+        sp.withdraw_consent(w::WithdrawConsentRequest {
+            case_id: case_id.clone(),
+            consent_id: c.consent_id,
+            ..Default::default()
+        })
+        .await?;
+    }
+    let mut fp = fed.referrals("AT", Role::FocalPoint).await?;
+    let kept = fp
+        .get_referral(w::GetReferralRequest {
+            referral_id: referral_id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert!(
+        kept.disclosed.is_some_and(|d| d.age_band != 0),
+        "what was sent is kept while the case is"
+    );
+    sp.erase_case(w::EraseCaseRequest {
+        case_id: case_id.clone(),
+        reason: "victim's request".into(),
+        ..Default::default()
+    })
+    .await?;
+    let after = fp
+        .get_referral(w::GetReferralRequest { referral_id })
+        .await?
+        .into_inner();
+    let d = after.disclosed.unwrap_or_default();
+    assert!(
+        d.age_band == 0 && d.gender == 0 && d.needs.is_none() && d.identity.is_none(),
+        "only the pairwise reference is left: {d:?}"
+    );
+    fed.stop().await?;
+    Ok(())
+}
+
 /// The sandbox's whole story (referral, return plan, witness hearing between AT and RO),
 /// then everything a node leaves behind: its files (databases, key files, journals), a
 /// backup of each node, its audit export, its metrics page and every log line.

@@ -99,8 +99,15 @@ impl ReferralRecord {
 
     /// At the origin: asks for the destination's copy to be erased (an open referral is
     /// withdrawn); with `erase_own`, this node's record of what it sent keeps only the
-    /// pairwise reference too. Returns `false` when erasure was already requested.
+    /// pairwise reference too, even when erasure was asked for before. Returns `false` when
+    /// erasure was already requested (no new request to send).
     pub fn request_erasure(&mut self, reason: &str, erase_own: bool, now: OffsetDateTime) -> bool {
+        // Erasing this node's record too holds even when the other copy's erasure was
+        // asked for before (a consent withdrawn, then the whole case erased).
+        if erase_own {
+            self.disclosed = self.disclosed.tombstone();
+            self.requested_services.clear();
+        }
         if self.erasure.requested() {
             return false;
         }
@@ -109,10 +116,6 @@ impl ReferralRecord {
         }
         self.status_reason = reason.to_owned();
         self.erasure = Erasure::Requested;
-        if erase_own {
-            self.disclosed = self.disclosed.tombstone();
-            self.requested_services.clear();
-        }
         self.updated_at = now;
         true
     }

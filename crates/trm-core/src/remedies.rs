@@ -234,14 +234,16 @@ impl ClaimRecord {
     /// a claim (only the filing side's WITHDRAWN does that). Returns `false` when erasure
     /// was already requested.
     pub fn request_erasure(&mut self, reason: &str, erase_own: bool, now: OffsetDateTime) -> bool {
+        // Erasing this node's record too holds even when the forum's erasure was asked for
+        // before (a consent withdrawn, then the whole case erased).
+        if erase_own {
+            self.disclosed = self.disclosed.tombstone();
+        }
         if self.erasure.requested() || self.is_local() {
             return false;
         }
         self.erasure = Erasure::Requested;
         self.status_reason = reason.to_owned();
-        if erase_own {
-            self.disclosed = self.disclosed.tombstone();
-        }
         self.updated_at = now;
         true
     }

@@ -503,6 +503,14 @@ impl ReturnRecord {
     /// plan is halted); with `erase_own`, this node's record of what it sent keeps only the
     /// pairwise reference too. Returns `false` when erasure was already requested.
     pub fn request_erasure(&mut self, reason: &str, erase_own: bool, now: OffsetDateTime) -> bool {
+        // Erasing this node's record too holds even when the other copy's erasure was
+        // asked for before (a consent withdrawn, then the whole case erased).
+        if erase_own {
+            self.disclosed = self.disclosed.tombstone();
+            self.reception_details.clear();
+            self.travel_details.clear();
+            self.follow_ups.clear();
+        }
         if self.erasure.requested() {
             return false;
         }
@@ -511,12 +519,6 @@ impl ReturnRecord {
         }
         self.status_reason = reason.to_owned();
         self.erasure = Erasure::Requested;
-        if erase_own {
-            self.disclosed = self.disclosed.tombstone();
-            self.reception_details.clear();
-            self.travel_details.clear();
-            self.follow_ups.clear();
-        }
         self.updated_at = now;
         true
     }

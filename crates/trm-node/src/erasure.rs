@@ -37,7 +37,17 @@ fn request_for<R: StoredRecord + ErasableRecord>(
     let Some(mut r) = tx.record::<R>(id)? else {
         return Ok(false);
     };
-    if r.origin() != ctx.id || !r.request_erasure(REASON, erase_local, now) {
+    if r.origin() != ctx.id {
+        return Ok(false);
+    }
+    let held = r.disclosed().clone();
+    if !r.request_erasure(REASON, erase_local, now) {
+        // Asked for before; what this node kept of the copy may only now be erased (the
+        // whole case erased after a consent was withdrawn): sealed again under a new key.
+        if *r.disclosed() != held {
+            tx.shred(&Subject::of_record(R::KIND, id.to_uuid().as_bytes()))?;
+            tx.put_record(&r)?;
+        }
         return Ok(false);
     }
     tx.shred(&Subject::of_record(R::KIND, id.to_uuid().as_bytes()))?;
