@@ -1247,3 +1247,40 @@ async fn an_envelope_of_another_policy_version_is_refused_without_echoing_a_long
     fed.stop().await?;
     Ok(())
 }
+
+/// A method a client makes up is counted as `other`, never as a label of its own: a path
+/// with quotes would break the page every scrape reads, and each new one would grow it.
+#[tokio::test]
+async fn a_made_up_method_is_counted_as_other_and_the_metrics_page_stays_well_formed(
+) -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT"]).await?;
+    let channel = fed.channel("AT", Role::ServiceProvider, false).await?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    for path in [
+        "/trm.v1.X\",code=\"OK\"}9/Y",
+        "/trm.v1.ReferralService/NoSuchMethod",
+    ] {
+        grpc.ready().await?;
+        let answer = grpc
+            .unary::<(), (), _>(
+                tonic::Request::new(()),
+                tonic::codegen::http::uri::PathAndQuery::try_from(path)?,
+                tonic_prost::ProstCodec::default(),
+            )
+            .await;
+        assert!(answer.is_err(), "{path} answered");
+    }
+    let page = trm_tests::metrics(fed.node("AT")?.addrs.metrics).await?;
+    let body = page.split("\r\n\r\n").nth(1).unwrap_or_default();
+    trm_tests::check_metrics(body)?;
+    assert!(
+        !body.contains("X\\\"") && !body.contains("NoSuchMethod"),
+        "{body}"
+    );
+    assert!(
+        body.contains("trm_grpc_requests_total{method=\"other\",code=\"UNIMPLEMENTED\"} 2"),
+        "{body}"
+    );
+    fed.stop().await?;
+    Ok(())
+}

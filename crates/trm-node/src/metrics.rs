@@ -139,6 +139,41 @@ fn code_name(header: Option<&http::HeaderValue>) -> &'static str {
     }
 }
 
+/// Returns the name of the contract's method at `path` (`trm.v1.ReferralService/GetCase`),
+/// or of the health and reflection services'; `None` for any other path.
+fn contract_method(path: &str) -> Option<&'static str> {
+    static METHODS: std::sync::OnceLock<std::collections::HashSet<String>> =
+        std::sync::OnceLock::new();
+    let methods = METHODS.get_or_init(|| {
+        let mut names: Vec<String> = [
+            "grpc.health.v1.Health/Check",
+            "grpc.health.v1.Health/Watch",
+            "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ]
+        .map(String::from)
+        .to_vec();
+        let set = <prost_types::FileDescriptorSet as prost::Message>::decode(
+            trm_proto::v1::FILE_DESCRIPTOR_SET,
+        )
+        .unwrap_or_default();
+        for file in &set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    names.push(format!(
+                        "{}.{}/{}",
+                        file.package(),
+                        service.name(),
+                        method.name()
+                    ));
+                }
+            }
+        }
+        names.into_iter().collect()
+    });
+    methods.get(path.strip_prefix('/')?).map(String::as_str)
+}
+
 /// A layer that counts every request of a gRPC server by method and status code.
 #[derive(Debug, Clone)]
 pub struct CountRequests(pub Arc<Requests>);
@@ -180,13 +215,11 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        // Only the contract's methods are labels (a bounded set), whatever a client sends.
-        let path = request.uri().path();
-        let method = if path.starts_with("/trm.v1.") || path.starts_with("/grpc.") {
-            path.trim_start_matches('/').to_owned()
-        } else {
-            "other".to_owned()
-        };
+        // Only the contract's methods are labels (a bounded set of known names), whatever
+        // a client sends: a made-up path is `other`.
+        let method = contract_method(request.uri().path())
+            .unwrap_or("other")
+            .to_owned();
         let requests = self.requests.clone();
         let answer = self.inner.call(request);
         Box::pin(async move {
