@@ -621,3 +621,28 @@ async fn a_browser_over_its_rate_is_told_to_wait_and_a_dawdling_one_is_closed() 
     fed.stop().await?;
     Ok(())
 }
+
+/// What another site makes a person's browser ask for is refused before it is counted:
+/// a page elsewhere loading the console's pages by the dozen does not use up the rate the
+/// person needs for their own work.
+#[tokio::test]
+async fn requests_another_site_starts_do_not_use_up_a_persons_rate() -> anyhow::Result<()> {
+    let fed = TestFederation::builder()
+        .nodes(&["AT"])
+        .config(|_, cfg| {
+            cfg.limits.client_requests_per_second = 2;
+            cfg.limits.client_burst = 2;
+        })
+        .start()
+        .await?;
+    let cross_site = "GET /case?case_id=0 HTTP/1.1\r\nHost: HOST\r\nSec-Fetch-Site: cross-site\r\n\
+                      Sec-Fetch-Mode: no-cors\r\nSec-Fetch-Dest: image\r\nConnection: close\r\n\r\n";
+    for _ in 0..20 {
+        let refused = send(&fed, "AT", Some(Role::FocalPoint), cross_site).await?;
+        assert_eq!(refused.status, 403, "{}", refused.body);
+    }
+    let own = send(&fed, "AT", Some(Role::FocalPoint), &get("/")).await?;
+    assert_eq!(own.status, 200, "{}", own.body);
+    fed.stop().await?;
+    Ok(())
+}

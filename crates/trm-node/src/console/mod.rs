@@ -121,9 +121,11 @@ pub async fn serve(
 /// Returns the console's routes over `ctx`, each request of a browser with a certificate
 /// counted by `gate` (the services port's: one rate per certificate across both).
 pub fn router(ctx: Ctx, gate: Arc<Gate>) -> Router {
+    // The layer added last runs first: what another site started is refused before the
+    // certificate's rate is spent on it.
     pages::routes(ctx.clone())
-        .layer(axum::middleware::from_fn(same_origin_only))
         .layer(axum::middleware::from_fn_with_state((ctx, gate), admit))
+        .layer(axum::middleware::from_fn(same_origin_only))
         .layer(axum::middleware::from_fn(security_headers))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
 }
