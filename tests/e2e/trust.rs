@@ -1034,3 +1034,25 @@ async fn a_flood_of_refused_envelopes_is_audited_in_aggregate() -> anyhow::Resul
     fed.stop().await?;
     Ok(())
 }
+
+/// A node that rotates its key while a peer is away still reaches it: what it queued after
+/// the rotation is signed with the new key, which the peer learns from the announcement
+/// queued before it, so the announcement goes first and alone ends its batch.
+#[tokio::test]
+async fn envelopes_queued_after_a_rotation_reach_a_peer_that_was_away() -> anyhow::Result<()> {
+    let mut fed = TestFederation::start(&["AT", "RO"]).await?;
+    fed.stop_node("RO").await?;
+    fed.admin("AT", Role::Operator)
+        .await?
+        .rotate_signing_key(w::RotateSigningKeyRequest {
+            overlap_days: 7,
+            ..Default::default()
+        })
+        .await?;
+    let referral_id = trm_tests::refer(&fed, "AT", "RO").await?;
+    fed.start_node("RO").await?;
+    let sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    trm_tests::referral_with_status(&sp, &referral_id, w::ReferralStatus::Delivered).await?;
+    fed.stop().await?;
+    Ok(())
+}

@@ -22,7 +22,7 @@ use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 use trm_core::{
     ids::{MessageId, NodeId},
-    messages::Topic,
+    messages::{EnvelopeKind, Topic},
 };
 use trm_crypto::signing::{Signer, SigningIdentity};
 use trm_proto::v1::{
@@ -844,6 +844,10 @@ impl Delivery {
                 break;
             }
             *after = Some(item.seq);
+            // What follows a key announcement is signed with the announced key, which the
+            // peer learns only once it has applied the announcement: the announcement ends
+            // the batch and the pipeline, and the rest goes after its receipt.
+            let announces = item.kind == EnvelopeKind::KeyAnnouncement;
             match decode_envelope(opened)? {
                 Some(env) => {
                     bytes += item.sealed.len();
@@ -852,6 +856,9 @@ impl Delivery {
                 }
                 // Erased meanwhile: the queued copy went with it.
                 None => self.drop_erased(&item).await?,
+            }
+            if announces {
+                return Ok((batch, envelopes, false));
             }
         }
         Ok((batch, envelopes, true))
