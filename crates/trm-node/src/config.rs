@@ -1240,6 +1240,21 @@ key = "a"
         assert_eq!(cfg.node.id.as_str(), "AT");
     }
 
+    /// The example says it documents every key with its default: where it sets a section
+    /// of defaults, the values are the defaults, or whoever copies it gets others.
+    #[test]
+    fn the_documented_example_shows_the_defaults() {
+        let cfg = NodeConfig::parse(include_str!("../../../node-config/AT.toml")).unwrap();
+        let same = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| {
+            assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        };
+        same(&cfg.policy, &PolicySection::default());
+        same(&cfg.delivery, &DeliverySection::default());
+        same(&cfg.tasks, &TasksSection::default());
+        same(&cfg.statistics, &StatisticsSection::default());
+        // `[limits]` writes out what its unset keys derive from `max_connections`.
+    }
+
     #[test]
     fn the_key_store_must_live_outside_the_data_dir() {
         let mut cfg = NodeConfig::parse(MINIMAL).unwrap();
