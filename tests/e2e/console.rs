@@ -12,7 +12,7 @@ use trm_tests::{
     TestFederation,
 };
 
-fn get(path: &str) -> String {
+pub(crate) fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: HOST\r\nAccept-Language: en\r\nConnection: close\r\n\r\n")
 }
 

@@ -228,6 +228,16 @@ async fn only_judicial_authorities_request_and_providers_see_only_that_a_hearing
             && h.legal_basis.is_empty()
             && h.measures.is_empty()
     );
+    // Nor does the console's page of the hearing show when each step happened.
+    let page = trm_tests::console_send(
+        &fed,
+        "RO",
+        Some(Role::ServiceProvider),
+        &crate::console::get(&format!("/record?kind=hearings&id={id}")),
+    )
+    .await?;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("<tbody></tbody>"), "{}", page.body);
     let err = ro_sp
         .respond_to_hearing(w::RespondToHearingRequest {
             hearing_id: id.clone(),

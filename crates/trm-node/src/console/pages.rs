@@ -567,6 +567,9 @@ struct RecordRow {
     to: String,
     status: String,
     updated: String,
+    /// The answer withholds the record's details from the caller (a hearing as the
+    /// witness's provider sees it): no timeline either.
+    withheld: bool,
 }
 
 /// A shared record as the services answer it, shown as a row.
@@ -575,9 +578,9 @@ trait AsRow {
 }
 
 /// Implements [`AsRow`] for a wire record: its id field, its two countries' fields, its
-/// status enum and that enum's prefix.
+/// status enum and that enum's prefix, and whether the answer withholds its details.
 macro_rules! as_row {
-    ($t:ty, $id:ident, $from:ident, $to:ident, $status:ty, $prefix:literal) => {
+    ($t:ty, $id:ident, $from:ident, $to:ident, $status:ty, $prefix:literal $(, withheld: $withheld:ident)?) => {
         impl AsRow for $t {
             fn row(&self) -> RecordRow {
                 let status = <$status>::try_from(self.status).unwrap_or_default();
@@ -587,6 +590,7 @@ macro_rules! as_row {
                     to: self.$to.clone(),
                     status: name_of(status.as_str_name(), $prefix),
                     updated: when(self.updated_at.as_ref()),
+                    withheld: false $(|| self.$withheld)?,
                 }
             }
         }
@@ -615,7 +619,8 @@ as_row!(
     requesting_country,
     witness_country,
     w::HearingStatus,
-    "HEARING_STATUS_"
+    "HEARING_STATUS_",
+    withheld: details_withheld
 );
 as_row!(
     w::SafetyAlert,
@@ -738,6 +743,8 @@ async fn record(State(ctx): State<Ctx>, b: Browser, Query(q): Query<Params>) -> 
         .map_err(|_| crate::error::ApiError::NotFound("record"))
         .and_then(|u| Ok(ctx.store.timeline(stored, u)?))
     {
+        // When each step happened is a detail too.
+        Ok(_) if row.withheld => Vec::new(),
         Ok(steps) => steps,
         Err(e) => return refusal(l, &tonic::Status::from(e)),
     };
