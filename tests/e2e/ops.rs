@@ -455,3 +455,32 @@ async fn an_erasure_request_queued_after_the_backup_is_sent_again_after_a_restor
     fed.stop().await?;
     Ok(())
 }
+
+/// A secret key file other accounts of the machine can read (copied with `cp` or `scp`
+/// defaults: 0644) stops the node at start, naming the file, rather than running with it.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_node_whose_secret_key_files_others_can_read_does_not_start() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut fed = TestFederation::start(&["AT"]).await?;
+    fed.stop_node("AT").await?;
+    let cfg = trm_node::NodeConfig::load(&fed.config_path("AT".parse()?))?;
+    for (key, path) in [
+        ("node.master_key", cfg.node.master_key.clone()),
+        ("signing.key", cfg.signing.key.clone()),
+        ("tls.federation_key", cfg.tls.federation_key.clone()),
+        ("tls.services_key", cfg.tls.services_key.clone()),
+    ] {
+        let before = std::fs::metadata(&path)?.permissions();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+        let err = match trm_node::server::build(cfg.clone(), Default::default()).await {
+            Ok(_) => anyhow::bail!("started with {key} readable by others"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(key) && err.contains("0600"), "{err}");
+        std::fs::set_permissions(&path, before)?;
+    }
+    fed.start_node("AT").await?;
+    fed.stop().await?;
+    Ok(())
+}

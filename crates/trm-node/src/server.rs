@@ -444,6 +444,7 @@ impl std::fmt::Debug for Built {
 /// peers announced, revoked client certificates, TLS configurations, the delivery worker.
 pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, NodeError> {
     let node = config.node.id;
+    check_secret_files(&config)?;
     let store = open_store(&config, options).await?;
     let identity = load_identity(&config)?;
     store.sign_audit_head_with(identity.clone()).await?;
@@ -513,6 +514,39 @@ pub async fn build(config: NodeConfig, options: NodeOptions) -> Result<Built, No
         local_tls,
         gates: GateCounters::default(),
     })
+}
+
+/// Refuses to start with a secret key file that other accounts of the machine may read or
+/// write (copied with `cp` or `scp` defaults: 0644), naming its key in the configuration:
+/// the node's master key, signing key and TLS keys are for the node's account (and, at
+/// most, its group: a mounted secret's 0440).
+fn check_secret_files(config: &NodeConfig) -> Result<(), NodeError> {
+    #[cfg(unix)]
+    for (key, path) in [
+        ("node.master_key", &config.node.master_key),
+        ("signing.key", &config.signing.key),
+        ("tls.federation_key", &config.tls.federation_key),
+        ("tls.services_key", &config.tls.services_key),
+    ] {
+        use std::os::unix::fs::PermissionsExt;
+        // A file that cannot be read is named by its loader.
+        let Ok(meta) = std::fs::metadata(path) else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        if mode & 0o007 != 0 {
+            return Err(NodeError::Io(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "{key} {} can be read or written by other accounts (mode {:o}): make it \
+                     the node's alone (chmod 0600) and start again",
+                    path.display(),
+                    mode & 0o777
+                ),
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Opens the store (finishing a key rotation a crash interrupted). Opening reads the disk
