@@ -1056,3 +1056,58 @@ async fn envelopes_queued_after_a_rotation_reach_a_peer_that_was_away() -> anyho
     fed.stop().await?;
     Ok(())
 }
+
+/// An operator who adds a peer's new key by hand before its announcement arrives does not
+/// keep the old key alive: the announcement, when it comes, still ends the key that signed
+/// it (the usual reason to rotate is a stolen key).
+#[tokio::test]
+async fn an_announcement_of_a_key_added_by_hand_still_retires_the_old_one() -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let (at, ro): (NodeId, NodeId) = ("AT".parse()?, "RO".parse()?);
+    // RO cannot reach AT for now: its announcement waits in its outbox.
+    let mut ro_admin = fed.admin("RO", Role::Operator).await?;
+    let nowhere: std::net::SocketAddr = "127.0.0.1:9".parse()?;
+    ro_admin
+        .upsert_peer(w::UpsertPeerRequest {
+            peer: Some(peer_entry(&fed, "AT", nowhere)),
+            ..Default::default()
+        })
+        .await?;
+    let old = SigningIdentity::load(&fed.dir().join("RO/keys/signing.pem"))?;
+    ro_admin
+        .rotate_signing_key(w::RotateSigningKeyRequest {
+            overlap_days: 7,
+            ..Default::default()
+        })
+        .await?;
+    // AT's operator adds RO's new key by hand, the old one kept.
+    let mut by_hand = peer_entry(&fed, "RO", fed.node("RO")?.addrs.federation);
+    by_hand
+        .signing_keys_pem
+        .push(trm_crypto::signing::public_to_pem(&old.public())?);
+    fed.admin("AT", Role::Operator)
+        .await?
+        .upsert_peer(w::UpsertPeerRequest {
+            peer: Some(by_hand),
+            ..Default::default()
+        })
+        .await?;
+    crate::directory::trust_again(&fed, &mut ro_admin, "AT").await?;
+    trm_tests::eventually("RO's announcement delivered", || async {
+        let left = crate::directory::outbox(&fed, "RO", false).await?;
+        Ok(left.is_empty().then_some(()))
+    })
+    .await?;
+    let err = as_ro(&fed)
+        .await?
+        .deliver(envelope::seal(&old, ro, at, "r", offer("r", None)))
+        .await
+        .expect_err("the old key is retired");
+    assert!(
+        err.message().starts_with("retired_key"),
+        "{}",
+        err.message()
+    );
+    fed.stop().await?;
+    Ok(())
+}

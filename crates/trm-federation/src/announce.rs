@@ -66,20 +66,67 @@ pub fn learn_key(directory: &PeerDirectory, tx: &mut Tx<'_>, inbound: &Inbound) 
         keys: merge_keys(&base, &known),
     };
     if peer.key(key_id).is_some() {
+        // Known already: the peer's operator added it by hand before the announcement came
+        // (as a node told of an unknown key says to). The announcement still ends the key
+        // that signed it, where the new one starts: the usual reason to rotate is a stolen
+        // key. Only that key: which of several keys added by hand is older is not known.
+        if inbound.key_id != *key_id {
+            end_signer(&peer, inbound, &new, &mut known)?;
+            return keep_learned(tx, &mut learned, inbound, &known);
+        }
         return Ok(());
     }
     let signer_from = check_signer(&peer, inbound, &new)?;
     end_older_keys(&peer, signer_from, &new, &mut known);
     known.push(new);
+    keep_learned(tx, &mut learned, inbound, &known)
+}
+
+/// Keeps `known` as the keys learned from the sender, and has the directory read them.
+fn keep_learned(
+    tx: &mut Tx<'_>,
+    learned: &mut LearnedKeys,
+    inbound: &Inbound,
+    known: &[PeerKey],
+) -> Result<(), TxFail<Rejection>> {
     let stored = known
         .iter()
         .map(stored_from_key)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| malformed("key"))?;
     learned.peers.insert(inbound.sender, stored);
-    tx.put_learned_keys(&learned)?;
+    tx.put_learned_keys(learned)?;
     tx.changed_shared_state()?;
     tx.note(Note::PeerKeys(inbound.sender));
+    Ok(())
+}
+
+/// Ends the announcement's signer where the announced key (known already) starts, no
+/// earlier than the announcement and the signer's own start.
+fn end_signer(
+    peer: &Peer,
+    inbound: &Inbound,
+    new: &PeerKey,
+    known: &mut Vec<PeerKey>,
+) -> Result<(), TxFail<Rejection>> {
+    let signer = peer
+        .key(&inbound.key_id)
+        .ok_or_else(|| policy("the announcement's signer is unknown"))?;
+    let until = new.valid_from.unwrap_or(inbound.created_at);
+    if until < inbound.created_at || signer.valid_from.is_some_and(|from| until < from) {
+        return Err(policy(
+            "key.valid_from is before the announcement or its signer",
+        ));
+    }
+    if signer.valid_until.is_some_and(|end| end <= until) {
+        return Ok(());
+    }
+    let mut ended = signer.clone();
+    ended.valid_until = Some(until);
+    match known.iter_mut().find(|x| x.key_id == ended.key_id) {
+        Some(x) => *x = ended,
+        None => known.push(ended),
+    }
     Ok(())
 }
 
