@@ -1284,3 +1284,59 @@ async fn a_made_up_method_is_counted_as_other_and_the_metrics_page_stays_well_fo
     fed.stop().await?;
     Ok(())
 }
+
+/// A message the receiver refused, sealed again by its sender (an operator's retry from the
+/// dead letters once both run the same version), is judged again: it changed nothing when
+/// refused, so taking it now applies it once. The same bytes sent again keep their refusal.
+#[tokio::test]
+async fn a_refused_message_sealed_again_is_judged_again() -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let (at, ro): (NodeId, NodeId) = ("AT".parse()?, "RO".parse()?);
+    let ro_key = SigningIdentity::load(&fed.dir().join("RO/keys/signing.pem"))?;
+    let mut client = as_ro(&fed).await?;
+    let id = uuid::Uuid::now_v7().to_string();
+    let payload = offer("r", None);
+    let now = time::OffsetDateTime::now_utc();
+    // First sealed by a sender on the older policy version.
+    let first = {
+        let sealed = envelope::seal_with_id(&ro_key, ro, at, "r", payload.clone(), &id, now);
+        let mut body = EnvelopeBody::decode(sealed.body.as_slice())?;
+        body.policy_version = "trm-policy-1".into();
+        let body = body.encode_to_vec();
+        w::SignedEnvelope {
+            signature: ro_key.sign(trm_crypto::signing::ENVELOPE_TAG, &body),
+            key_id: ro_key.key_id().to_owned(),
+            body,
+        }
+    };
+    let outcome = |r: w::SignedReceipt| anyhow::Ok(ReceiptBody::decode(r.body.as_slice())?.outcome);
+    let rejected = ReceiptOutcome::Rejected as i32;
+    assert_eq!(
+        outcome(client.deliver(first.clone()).await?.into_inner())?,
+        rejected
+    );
+    assert_eq!(
+        outcome(client.deliver(first).await?.into_inner())?,
+        rejected,
+        "the same bytes keep their refusal"
+    );
+    let again = envelope::seal_with_id(
+        &ro_key,
+        ro,
+        at,
+        "r",
+        payload,
+        &id,
+        now + time::Duration::seconds(1),
+    );
+    let accepted = client.deliver(again.clone()).await?.into_inner();
+    assert_eq!(outcome(accepted.clone())?, ReceiptOutcome::Accepted as i32);
+    // Sent once more: its original receipt, nothing applied twice.
+    assert_eq!(
+        client.deliver(again).await?.into_inner().body,
+        accepted.body,
+        "applied once"
+    );
+    fed.stop().await?;
+    Ok(())
+}

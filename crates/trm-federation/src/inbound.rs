@@ -69,6 +69,12 @@ impl InboundConfig {
 }
 
 /// Returns the outcome and reason a receipt body gave.
+/// Whether a receipt's body was given for exactly `body`.
+fn same_body(receipt_body: &[u8], body: &[u8]) -> bool {
+    ReceiptBody::decode(receipt_body)
+        .is_ok_and(|r| r.body_sha256 == trm_crypto::sha256(body).as_slice())
+}
+
 fn outcome_of(receipt_body: &[u8]) -> Option<(ReceiptOutcome, String)> {
     let body = ReceiptBody::decode(receipt_body).ok()?;
     let outcome = ReceiptOutcome::try_from(body.outcome).ok()?;
@@ -152,17 +158,23 @@ impl Applier {
     fn apply(&self, tx: &mut Tx<'_>, c: &Checked) -> Result<Applied, StoreError> {
         let mid = c.message_id;
         if let Some(seen) = seen_before(tx, c)? {
-            // A duplicate carries the original outcome: one first rejected stays rejected.
+            // A duplicate carries the original outcome: the same bytes first rejected stay
+            // rejected. A refused message its sender sealed again (a retry from its dead
+            // letters) is judged again: refused, it changed nothing.
             let (outcome, reason) = match outcome_of(&seen.receipt_body) {
                 Some((ReceiptOutcome::Rejected, reason)) => (ReceiptOutcome::Rejected, reason),
                 _ => (ReceiptOutcome::Duplicate, String::new()),
             };
-            return Ok(Applied {
-                receipt_body: seen.receipt_body,
-                outcome,
-                reason,
-                duplicate: true,
-            });
+            let sealed_again =
+                outcome == ReceiptOutcome::Rejected && !same_body(&seen.receipt_body, &c.body);
+            if !sealed_again {
+                return Ok(Applied {
+                    receipt_body: seen.receipt_body,
+                    outcome,
+                    reason,
+                    duplicate: true,
+                });
+            }
         }
         let kind = c.kind;
         let result = if c.policy_version != POLICY_VERSION {
