@@ -951,23 +951,8 @@ async fn the_task_about_a_witness_return_closes_when_the_plan_ends_by_erasure() 
         async move { anyhow::Ok(work.list_tasks(request).await?.into_inner().tasks.len()) }
     };
     assert_eq!(told().await?, 1);
-    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
-    let consents = sp
-        .list_consents(w::ListConsentsRequest {
-            case_id: case_id.clone(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .consents;
-    for c in consents {
-        sp.withdraw_consent(w::WithdrawConsentRequest {
-            case_id: case_id.clone(),
-            consent_id: c.consent_id,
-            ..Default::default()
-        })
-        .await?;
-    }
+    let sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    trm_tests::withdraw_all_consents(&sp, &case_id).await?;
     crate::returns::wait_status(&at, &plan.return_id, w::ReturnStatus::Halted).await?;
     assert_eq!(told().await?, 0, "the task closed with the plan");
     fed.stop().await?;
@@ -996,23 +981,8 @@ async fn a_hearing_is_not_accepted_on_a_copy_erased_since_it_was_requested() -> 
         .into_inner();
     let mut ro = fed.hearings("RO", Role::FocalPoint).await?;
     wait_hearing(&ro, &h.hearing_id, w::HearingStatus::Requested).await?;
-    let mut sp = fed.referrals("AT", Role::ServiceProvider).await?;
-    let consents = sp
-        .list_consents(w::ListConsentsRequest {
-            case_id: case_id.clone(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .consents;
-    for c in consents {
-        sp.withdraw_consent(w::WithdrawConsentRequest {
-            case_id: case_id.clone(),
-            consent_id: c.consent_id,
-            ..Default::default()
-        })
-        .await?;
-    }
+    let sp = fed.referrals("AT", Role::ServiceProvider).await?;
+    trm_tests::withdraw_all_consents(&sp, &case_id).await?;
     let ro_referrals = fed.referrals("RO", Role::FocalPoint).await?;
     eventually("RO's copy erased", || {
         let (mut r, id) = (ro_referrals.clone(), referral_id.clone());

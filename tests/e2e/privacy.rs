@@ -350,23 +350,8 @@ async fn erasing_a_case_after_a_withdrawal_erases_what_this_node_kept_of_the_cop
         .into_inner()
         .case_id;
     let referral_id = trm_tests::refer_case(&sp, &case_id, "RO").await?;
+    trm_tests::withdraw_all_consents(&sp, &case_id).await?;
     let mut sp = sp.clone();
-    let consents = sp
-        .list_consents(w::ListConsentsRequest {
-            case_id: case_id.clone(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .consents;
-    for c in consents {
-        sp.withdraw_consent(w::WithdrawConsentRequest {
-            case_id: case_id.clone(),
-            consent_id: c.consent_id,
-            ..Default::default()
-        })
-        .await?;
-    }
     let mut fp = fed.referrals("AT", Role::FocalPoint).await?;
     let kept = fp
         .get_referral(w::GetReferralRequest {

@@ -860,6 +860,32 @@ pub async fn refer_with(sp: &ReferralServiceClient<Channel>, to: &str) -> Result
     refer_case(&sp, &case.case_id, to).await
 }
 
+/// Withdraws every consent of case `case_id`, as `sp` (the case's provider): the victim
+/// takes back all they agreed to.
+pub async fn withdraw_all_consents(
+    sp: &ReferralServiceClient<Channel>,
+    case_id: &str,
+) -> Result<()> {
+    let mut sp = sp.clone();
+    let consents = sp
+        .list_consents(trm_proto::v1::ListConsentsRequest {
+            case_id: case_id.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .consents;
+    for c in consents {
+        sp.withdraw_consent(trm_proto::v1::WithdrawConsentRequest {
+            case_id: case_id.into(),
+            consent_id: c.consent_id,
+            ..Default::default()
+        })
+        .await?;
+    }
+    Ok(())
+}
+
 /// Records a referral consent of case `case_id` to `to` and submits a referral there, as
 /// `sp`. Returns the referral id.
 pub async fn refer_case(
