@@ -109,4 +109,9 @@ pub async fn resume_requests(ctx: &Ctx) -> Result<usize, trm_store::StoreError> 
     })
     .await
     .map_err(|e| trm_store::StoreError::Engine(e.to_string()))
+    .inspect(|resumed| {
+        if *resumed > 0 {
+            tracing::info!(resumed, "erasure requests queued again after a restore");
+        }
+    })
 }

@@ -920,10 +920,7 @@ impl Built {
         let console_limits = self.accept_limits();
         let (config, ctx, store, stopped) = (self.config, self.ctx, self.store, self.stopped);
         // Erasures a restore found asked for after its backup are asked for again first.
-        let resumed = crate::erasure::resume_requests(&ctx).await?;
-        if resumed > 0 {
-            info!(resumed, "erasure requests queued again after a restore");
-        }
+        crate::erasure::resume_requests(&ctx).await?;
         let refusals = self.federation.refusal_log();
         let fed_server = fed_port.serve_federation(self.federation);
 
