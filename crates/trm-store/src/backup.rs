@@ -135,8 +135,16 @@ fn is_lease(key: &[u8]) -> bool {
 
 /// Writes every record into `target`, each data key re-wrapped under the backup's key;
 /// runs as one writer job, so nothing else is written while it runs.
-fn dump(tx: &mut crate::Tx<'_>, target: &Path, key: &BackupKey) -> Result<u64> {
-    let file = journal::create_private_file(&target.join(STORE_FILE))?;
+pub(crate) fn dump(tx: &mut crate::Tx<'_>, target: &Path, key: &BackupKey) -> Result<u64> {
+    // The folder was empty when the backup began: a file here is this job's own, from a run
+    // the writer started again (a PostgreSQL conflict), and is written anew.
+    let path = target.join(STORE_FILE);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let file = journal::create_private_file(&path)?;
     let mut out = BufWriter::new(file);
     let mut records = 0u64;
     let mut after: Option<Vec<u8>> = None;

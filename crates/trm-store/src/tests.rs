@@ -1255,6 +1255,30 @@ fn a_backup_altered_and_digested_again_is_refused() {
     );
 }
 
+/// The writer may run a backup's job again (a PostgreSQL conflict re-runs the group): the
+/// second run writes the backup whole again instead of failing on the first run's file.
+#[test]
+fn a_backup_job_run_again_writes_the_backup_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &SecretKey::generate());
+    put(&store, &case("Backed up"));
+    let target = dir.path().join("backups/one");
+    crate::journal::create_private_dir(&target).unwrap();
+    let key = store
+        .keys()
+        .new_backup_key(OffsetDateTime::now_utc() + time::Duration::days(1))
+        .unwrap();
+    let t = target.clone();
+    let counts = store
+        .commit_blocking::<_, (), _>(move |tx| {
+            let first = crate::backup::dump(tx, &t, &key)?;
+            let again = crate::backup::dump(tx, &t, &key)?;
+            Ok((first, again))
+        })
+        .unwrap();
+    assert_eq!(counts.0, counts.1);
+}
+
 #[test]
 fn a_restore_reapplies_revocations_peer_removals_ended_keys_and_audits_itself() {
     use crate::repo::directory::{DirectoryChanges, Revoked, StoredKey, StoredPeer};
