@@ -1015,3 +1015,63 @@ async fn a_hearing_is_not_accepted_on_a_copy_erased_since_it_was_requested() -> 
     fed.stop().await?;
     Ok(())
 }
+
+/// The prosecutor told of a witness's return is the one who asked to hear the witness: a
+/// hearing RO requested of a person AT holds tells RO's judicial authority when AT proposes
+/// the return, not AT's, who asked for nothing.
+#[tokio::test]
+async fn the_prosecutor_who_asked_for_the_hearing_is_told_of_the_return() -> anyhow::Result<()> {
+    let fed = TestFederation::start(&["AT", "RO"]).await?;
+    let (case_id, referral_id) = referred_case(&fed, false).await?;
+    let mut ro_ja = fed.hearings("RO", Role::JudicialAuthority).await?;
+    let mut request = hearing_request(&referral_id, &[]);
+    request.witness_country = "AT".into();
+    let h = ro_ja.request_hearing(request).await?.into_inner();
+    wait_hearing(
+        &fed.hearings("AT", Role::FocalPoint).await?,
+        &h.hearing_id,
+        w::HearingStatus::Requested,
+    )
+    .await?;
+    let mut at = crate::returns::returns(&fed, "AT", Role::ServiceProvider).await?;
+    at.record_risk_assessment(crate::returns::risk(
+        &case_id,
+        w::RiskLevel::Low,
+        false,
+        false,
+        false,
+    ))
+    .await?;
+    at.record_return_decision(crate::returns::decision(&case_id, true))
+        .await?;
+    let plan = at
+        .propose_return(crate::returns::propose(&case_id))
+        .await?
+        .into_inner();
+    let told = |node: &'static str| {
+        let fed = &fed;
+        async move {
+            let mut work = fed.work(node, Role::JudicialAuthority).await?;
+            anyhow::Ok(
+                work.list_tasks(w::ListTasksRequest {
+                    kinds: vec![w::TaskKind::ReturnOfWitnessProposed as i32],
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .tasks
+                .into_iter()
+                .map(|t| t.record_id)
+                .collect::<Vec<_>>(),
+            )
+        }
+    };
+    eventually("RO's prosecutor told", || async {
+        let ids = told("RO").await?;
+        Ok((ids == [plan.return_id.clone()]).then_some(()))
+    })
+    .await?;
+    assert!(told("AT").await?.is_empty(), "AT's asked for no hearing");
+    fed.stop().await?;
+    Ok(())
+}

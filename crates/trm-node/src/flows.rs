@@ -187,6 +187,7 @@ impl Flows {
         )?
         .map_err(|g| policy(g.to_string()))?;
         id_is_new::<ReturnRecord>(tx, inbound, return_id, "return_id")?;
+        let known_as = tx.resolve_ref(inbound.sender, &inbound.case_ref)?;
         let record = ReturnRecord::received(
             return_id,
             inbound.sender,
@@ -210,6 +211,9 @@ impl Flows {
             self.due.answer_return,
             now,
         ))?;
+        if let Some(subject) = known_as {
+            crate::returns::tell_of_arriving_witness(tx, self.id, subject, return_id, now)?;
+        }
         Ok(())
     }
 

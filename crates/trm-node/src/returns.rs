@@ -113,6 +113,30 @@ fn hearing_pending(tx: &mut Tx<'_>, case: CaseId) -> trm_store::Result<bool> {
     Ok(false)
 }
 
+/// At the country of return: a plan `plan` of the person this node knows by `subject` (the
+/// record received under the plan's reference) arrived; a judicial authority here that asked
+/// to hear that person in a hearing still open is told (a task).
+pub(crate) fn tell_of_arriving_witness(
+    tx: &mut Tx<'_>,
+    me: NodeId,
+    subject: WitnessRecord,
+    plan: ReturnId,
+    now: OffsetDateTime,
+) -> trm_store::Result<()> {
+    let asked = tx.records_where::<HearingRecord>(|h| {
+        !h.status.is_final() && h.requesting_country == me && h.subject == subject
+    })?;
+    if !asked.is_empty() {
+        tx.open_task(&Task::due_in(
+            TaskKind::ReturnOfWitnessProposed,
+            plan.uuid(),
+            due::REVIEW,
+            now,
+        ))?;
+    }
+    Ok(())
+}
+
 /// Returns the case of this node's own a hearing's subject is (none for a copy received
 /// from a peer, or an erased record).
 pub(crate) fn case_heard(
@@ -226,12 +250,21 @@ pub(crate) fn refresh_flags(
 /// judicial authority that asked to hear the person is told of its return `plan` (a task).
 fn tell_of_witness(
     tx: &mut Tx<'_>,
+    me: NodeId,
     case: CaseId,
     plan: ReturnId,
     now: OffsetDateTime,
 ) -> TxResult<bool> {
     let witness = hearing_pending(tx, case)?;
-    if witness {
+    // Told here only when a judicial authority here asked to hear the person; a hearing the
+    // other country asked for is told there, when the plan arrives.
+    let mut asked_here = false;
+    for h in
+        tx.records_where::<HearingRecord>(|h| !h.status.is_final() && h.requesting_country == me)?
+    {
+        asked_here |= case_heard(tx, h.subject)? == Some(case);
+    }
+    if asked_here {
         let tell = Task::due_in(
             TaskKind::ReturnOfWitnessProposed,
             plan.uuid(),
@@ -497,7 +530,7 @@ impl Returns {
                     guards,
                 )?;
                 let now = OffsetDateTime::now_utc();
-                let witness = tell_of_witness(tx, case_id, return_id, now)?;
+                let witness = tell_of_witness(tx, ctx.id, case_id, return_id, now)?;
                 let record = ReturnRecord {
                     return_id,
                     origin: ctx.id,
