@@ -1279,6 +1279,38 @@ fn a_backup_job_run_again_writes_the_backup_again() {
     assert_eq!(counts.0, counts.1);
 }
 
+/// A job whose attempt fails on the store fails whole: what it wrote before the attempt is
+/// not committed with the others of its group (the attempt's savepoint is undone, so the
+/// writer's rollback of the job undoes the job's own).
+#[test]
+fn a_job_failing_inside_an_attempt_commits_nothing_of_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &SecretKey::generate());
+    let (first, second) = (case("Written before the attempt"), case("Inside it"));
+    let (c1, c2) = (first.clone(), second.clone());
+    let failed = store.commit_blocking::<(), (), _>(move |tx| {
+        tx.put_case(&c1)?;
+        tx.attempt::<(), ()>(|tx| {
+            tx.put_case(&c2)?;
+            Err(TxFail::Store(StoreError::Corrupt(
+                "a fault inside the attempt",
+            )))
+        })?
+        .map_err(TxFail::Abort)?;
+        Ok(())
+    });
+    assert!(failed.is_err());
+    assert_eq!(
+        store.case(first.case_id).unwrap(),
+        None,
+        "nothing of the job"
+    );
+    assert_eq!(store.case(second.case_id).unwrap(), None);
+    // The next transaction commits as usual.
+    put(&store, &first);
+    assert_eq!(store.case(first.case_id).unwrap(), Some(first));
+}
+
 #[test]
 fn a_restore_reapplies_revocations_peer_removals_ended_keys_and_audits_itself() {
     use crate::repo::directory::{DirectoryChanges, Revoked, StoredKey, StoredPeer};

@@ -223,7 +223,8 @@ impl Tx<'_> {
     }
 
     /// Runs `f` under a savepoint of its own: when it refuses, what it wrote (and asked for
-    /// after the commit) is forgotten and the refusal returned, and the transaction goes on.
+    /// after the commit) is forgotten and the refusal returned, and the transaction goes on;
+    /// when it fails on the store, what it wrote is forgotten and the error returned.
     pub fn attempt<R, E>(
         &mut self,
         f: impl FnOnce(&mut Tx<'_>) -> std::result::Result<R, crate::TxFail<E>>,
@@ -240,7 +241,14 @@ impl Tx<'_> {
                 *self.fx = saved;
                 Ok(Err(e))
             }
-            Err(crate::TxFail::Store(e)) => Err(e),
+            // Its savepoint is undone too, so that the caller's own (a job's, which the
+            // writer rolls back when the job fails) is the one next undone: nothing of a
+            // failed job stays in the group.
+            Err(crate::TxFail::Store(e)) => {
+                self.etx.rollback_to_savepoint()?;
+                *self.fx = saved;
+                Err(e)
+            }
         }
     }
 
