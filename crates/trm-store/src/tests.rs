@@ -1077,6 +1077,59 @@ fn a_confirmed_duplicate_counts_as_one_person() {
     assert!(store.possible_duplicates().unwrap().is_empty());
 }
 
+/// Two cases of one person confirmed as the same person count as one across the months,
+/// even when the case named in the confirmation counts in a month already published: the
+/// other case of the pair, in a month still open, is the one taken out.
+#[test]
+fn a_confirmed_duplicate_counts_once_when_the_named_cases_month_is_published() {
+    use crate::repo::stats::PublishedReport;
+    use trm_core::stats::{Cell, Month, Period};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &SecretKey::generate());
+    let january = Month::of(date!(2026 - 01 - 01));
+    let persons = || {
+        store
+            .stat_counts(Period {
+                start: date!(2026 - 01 - 01),
+                end: date!(2026 - 03 - 01),
+            })
+            .unwrap()
+            .get(&Cell::Child(Some(false)))
+            .copied()
+    };
+    let older = case("Same");
+    let mut newer = case("Same");
+    newer.identified_on = date!(2026 - 02 - 10);
+    put(&store, &older);
+    put(&store, &newer);
+    assert_eq!(persons(), Some(2));
+    // The older case indexed again (a corrected name): the pair now names it first.
+    let (o, n) = (older.clone(), newer.clone());
+    store
+        .commit_blocking::<(), (), _>(move |tx| {
+            tx.index_person(&o)?;
+            tx.index_person(&n)?;
+            tx.unindex_person(&o)?;
+            assert_eq!(tx.index_person(&o)?, [n.case_id]);
+            tx.put_published_report(
+                january,
+                &PublishedReport {
+                    report: vec![1],
+                    key_id: "k".into(),
+                    signature: vec![2],
+                },
+            )?;
+            Ok(())
+        })
+        .unwrap();
+    let o = older.clone();
+    let pairs = store
+        .commit_blocking::<u32, (), _>(move |tx| Ok(tx.resolve_duplicates(&o, true)?))
+        .unwrap();
+    assert_eq!(pairs, 1);
+    assert_eq!(persons(), Some(1), "one person over the two months");
+}
+
 #[test]
 fn a_data_key_read_in_a_refused_request_is_never_used_for_a_later_one() {
     let dir = tempfile::tempdir().unwrap();

@@ -191,12 +191,12 @@ impl Tx<'_> {
         })
     }
 
-    /// Settles the possible duplicates of `case` (the newer of each pair): for the same
+    /// Settles the possible duplicates of `case` (the first of each pair): for the same
     /// person, it no longer counts in the statistics as a person of its own (taken out of
-    /// its month while that month is unpublished); either way the pairs are gone. Returns
-    /// how many pairs there were.
+    /// its month while that month is unpublished); when its month is published, the other
+    /// case of each pair is taken out instead where that one's month is open. Either way the
+    /// pairs are gone. Returns how many pairs there were.
     pub fn resolve_duplicates(&mut self, case: &CaseRecord, same_person: bool) -> Result<u32> {
-        use trm_core::stats::{Month, Profile};
         let prefix = [
             layout::possible_duplicates(),
             case.case_id.as_bytes().to_vec(),
@@ -207,15 +207,44 @@ impl Tx<'_> {
             self.delete(k)?;
         }
         if same_person && !pairs.is_empty() {
-            if let Some(month) = self.open_person_month(case)? {
-                for c in Profile::of_case(case).cells() {
-                    self.count(month, &c, -1)?;
+            if self.open_person_month(case)?.is_some() {
+                self.count_as_duplicate(case)?;
+            } else {
+                // The named case counts in a published month, which never changes: the
+                // other case of each pair is taken out instead, where its month is open.
+                let mut moved = false;
+                for (k, _) in &pairs {
+                    let other = k
+                        .get(prefix.len()..)
+                        .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                        .map(|b| CaseId::from_uuid(uuid::Uuid::from_bytes(b)));
+                    let Some(other) = other.map(|id| self.case(id)).transpose()?.flatten() else {
+                        continue;
+                    };
+                    if self.open_person_month(&other)?.is_some() {
+                        self.count_as_duplicate(&other)?;
+                        moved = true;
+                    }
+                }
+                if !moved {
+                    self.count_as_duplicate(case)?;
                 }
             }
-            let key = layout::counted(PERSON, case.case_id.as_bytes());
-            self.put_json(&key, &None::<Month>)?;
         }
         Ok(u32::try_from(pairs.len()).unwrap_or(u32::MAX))
+    }
+
+    /// Takes `case` out of the statistics as a person of its own (from its month, while
+    /// that month is unpublished): it counts as another case's person.
+    fn count_as_duplicate(&mut self, case: &CaseRecord) -> Result<()> {
+        use trm_core::stats::{Month, Profile};
+        if let Some(month) = self.open_person_month(case)? {
+            for c in Profile::of_case(case).cells() {
+                self.count(month, &c, -1)?;
+            }
+        }
+        let key = layout::counted(PERSON, case.case_id.as_bytes());
+        self.put_json(&key, &None::<Month>)
     }
 
     fn person_digest(&self, case: &CaseRecord) -> Option<[u8; 32]> {
