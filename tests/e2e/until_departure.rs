@@ -240,3 +240,46 @@ async fn a_plan_that_came_to_rely_on_a_later_consent_stops_when_it_is_withdrawn(
     fed.stop().await?;
     Ok(())
 }
+
+/// The person's departure and a concern raised by the country of return cross in transit:
+/// both nodes end with the plan travelled (the person left), and the concern reaches the
+/// requesting node with the plan, rather than each node refusing the other's step for good.
+#[tokio::test]
+async fn a_departure_and_a_concern_that_cross_leave_both_nodes_agreeing() -> anyhow::Result<()> {
+    let mut fed = TestFederation::start(&["AT", "RO"]).await?;
+    let (_, id, mut at, _) = confirmed_plan(&fed).await?;
+    at.schedule_return(schedule(&id)).await?;
+    let ro = returns(&fed, "RO", Role::FocalPoint).await?;
+    wait_status(&ro, &id, w::ReturnStatus::Scheduled).await?;
+    // AT records the departure while RO is away; RO raises a concern while AT is away.
+    fed.stop_node("RO").await?;
+    at.record_travel(w::RecordTravelRequest {
+        return_id: id.clone(),
+        ..Default::default()
+    })
+    .await?;
+    fed.stop_node("AT").await?;
+    fed.start_node("RO").await?;
+    let mut ro = returns(&fed, "RO", Role::FocalPoint).await?;
+    ro.respond_to_return(w::RespondToReturnRequest {
+        return_id: id.clone(),
+        response: w::ReturnResponse::RaiseConcern as i32,
+        details: "no shelter place after all".into(),
+        ..Default::default()
+    })
+    .await?;
+    fed.start_node("AT").await?;
+    let at = returns(&fed, "AT", Role::ServiceProvider).await?;
+    let here = crate::returns::plan_where(&at, &id, "AT", |p| {
+        p.status_reason.contains("no shelter place")
+    })
+    .await?;
+    assert_eq!(here.status, w::ReturnStatus::Travelled as i32, "{here:?}");
+    let there = wait_status(&ro, &id, w::ReturnStatus::Travelled).await?;
+    assert!(
+        there.status_reason.contains("no shelter place"),
+        "{there:?}"
+    );
+    fed.stop().await?;
+    Ok(())
+}

@@ -462,6 +462,34 @@ impl ReturnRecord {
         Ok(())
     }
 
+    /// The other node's `event` that crossed this node's own last step in transit (each
+    /// was taken from the state before the other's): the person's departure is a fact that
+    /// stands over a concern the country of return raised before it knew of it, and the
+    /// concern stays with the plan as its reason on both nodes. Returns whether `event`
+    /// settled such a crossing (changing the plan); only the other node's announcement may
+    /// come here, never a local step.
+    pub fn settle_crossing(&mut self, event: ReturnEvent, step: &StepDetails) -> bool {
+        let concern = if step.details.is_empty() {
+            &step.reason
+        } else {
+            &step.details
+        };
+        match (self.status, event) {
+            // At the country of return, which raised the concern: the person left.
+            (ReturnStatus::ConcernRaised, ReturnEvent::Travel) => {
+                self.status = ReturnStatus::Travelled;
+            }
+            // At the requesting node, which recorded the travel: the concern is noted.
+            (ReturnStatus::Travelled, ReturnEvent::RaiseConcern) => {
+                self.status_reason =
+                    format!("concern raised before the departure was known: {concern}");
+            }
+            _ => return false,
+        }
+        self.updated_at = OffsetDateTime::now_utc();
+        true
+    }
+
     /// Returns this node's side of the plan.
     pub fn side(&self, me: NodeId) -> Side {
         Side::of(self.origin, me)
@@ -1004,6 +1032,35 @@ mod tests {
         );
         plan.status = status;
         plan
+    }
+
+    /// Only the departure and a concern settle a crossing: the person left, and the concern
+    /// stays as the reason; any other step the state machine refuses stays refused.
+    #[test]
+    fn a_departure_and_a_concern_that_crossed_settle_on_travelled() {
+        let concern = StepDetails {
+            details: "no shelter place".into(),
+            ..Default::default()
+        };
+        let mut there = plan(S::ConcernRaised);
+        there.status_reason = "no shelter place".into();
+        assert!(there.settle_crossing(E::Travel, &StepDetails::default()));
+        assert_eq!(there.status, S::Travelled);
+        assert_eq!(there.status_reason, "no shelter place");
+        let mut here = plan(S::Travelled);
+        assert!(here.settle_crossing(E::RaiseConcern, &concern));
+        assert_eq!(here.status, S::Travelled);
+        assert!(here.status_reason.ends_with("no shelter place"));
+        for (status, event) in [
+            (S::ConcernRaised, E::Arrive),
+            (S::ConcernRaised, E::Schedule),
+            (S::Halted, E::Travel),
+            (S::Arrived, E::RaiseConcern),
+        ] {
+            let mut p = plan(status);
+            assert!(!p.settle_crossing(event, &concern), "{status:?} {event:?}");
+            assert_eq!(p.status, status);
+        }
     }
 
     #[test]
