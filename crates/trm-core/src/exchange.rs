@@ -169,6 +169,14 @@ pub trait SharedRecord: Clone + Debug + Send + Sync + 'static {
     fn event_to(status: Self::Status, side: Side) -> Option<Self::Event>;
     /// Applies `event` with `step` (a local step, or the other node's announcement of it).
     fn apply(&mut self, event: Self::Event, step: &Self::Step) -> Result<(), GuardError>;
+    /// The other node's `event`, which [`SharedRecord::apply`] refused because it crossed
+    /// this node's own last step in transit (each taken from the state before the other's):
+    /// settles the two if the record has a rule for that crossing, and returns whether it
+    /// did. Only the other node's announcement comes here, never a local step. None by
+    /// default.
+    fn settle_crossing(&mut self, _event: Self::Event, _step: &Self::Step) -> bool {
+        false
+    }
     /// Returns the message that tells the other node of a step just taken (`step`, the
     /// record in its new state).
     fn update_message(&self, step: &Self::Step) -> crate::messages::PeerMessage;

@@ -462,34 +462,6 @@ impl ReturnRecord {
         Ok(())
     }
 
-    /// The other node's `event` that crossed this node's own last step in transit (each
-    /// was taken from the state before the other's): the person's departure is a fact that
-    /// stands over a concern the country of return raised before it knew of it, and the
-    /// concern stays with the plan as its reason on both nodes. Returns whether `event`
-    /// settled such a crossing (changing the plan); only the other node's announcement may
-    /// come here, never a local step.
-    pub fn settle_crossing(&mut self, event: ReturnEvent, step: &StepDetails) -> bool {
-        let concern = if step.details.is_empty() {
-            &step.reason
-        } else {
-            &step.details
-        };
-        match (self.status, event) {
-            // At the country of return, which raised the concern: the person left.
-            (ReturnStatus::ConcernRaised, ReturnEvent::Travel) => {
-                self.status = ReturnStatus::Travelled;
-            }
-            // At the requesting node, which recorded the travel: the concern is noted.
-            (ReturnStatus::Travelled, ReturnEvent::RaiseConcern) => {
-                self.status_reason =
-                    format!("concern raised before the departure was known: {concern}");
-            }
-            _ => return false,
-        }
-        self.updated_at = OffsetDateTime::now_utc();
-        true
-    }
-
     /// Returns this node's side of the plan.
     pub fn side(&self, me: NodeId) -> Side {
         Side::of(self.origin, me)
@@ -578,6 +550,30 @@ impl crate::exchange::SharedRecord for ReturnRecord {
     crate::exchange::disclosed_record_accessors!(ReturnEvent, ReturnStatus);
     fn apply(&mut self, event: ReturnEvent, step: &StepDetails) -> Result<(), GuardError> {
         ReturnRecord::apply(self, event, step)
+    }
+    /// The person's departure is a fact that stands over a concern the country of return
+    /// raised before it knew of it, and the concern stays with the plan as its reason on
+    /// both nodes.
+    fn settle_crossing(&mut self, event: ReturnEvent, step: &StepDetails) -> bool {
+        let concern = if step.details.is_empty() {
+            &step.reason
+        } else {
+            &step.details
+        };
+        match (self.status, event) {
+            // At the country of return, which raised the concern: the person left.
+            (ReturnStatus::ConcernRaised, ReturnEvent::Travel) => {
+                self.status = ReturnStatus::Travelled;
+            }
+            // At the requesting node, which recorded the travel: the concern is noted.
+            (ReturnStatus::Travelled, ReturnEvent::RaiseConcern) => {
+                self.status_reason =
+                    format!("concern raised before the departure was known: {concern}");
+            }
+            _ => return false,
+        }
+        self.updated_at = OffsetDateTime::now_utc();
+        true
     }
     fn update_message(&self, step: &StepDetails) -> crate::messages::PeerMessage {
         crate::messages::PeerMessage::ReturnUpdate {

@@ -513,13 +513,8 @@ impl Flows {
                 status,
                 step,
             } => {
-                let id = *return_id;
-                match lifecycle::update_in::<ReturnRecord>(me, tx, inbound, id, *status, step) {
-                    Err(TxFail::Abort(Rejection::InvalidTransition(why))) => {
-                        crossed_return(me, tx, inbound, id, *status, step, why)
-                    }
-                    other => other.map(|_| ()),
-                }
+                lifecycle::update_in::<ReturnRecord>(me, tx, inbound, *return_id, *status, step)?;
+                Ok(())
             }
             PeerMessage::HearingUpdate {
                 hearing_id,
@@ -886,30 +881,6 @@ impl Flows {
         }
         Ok(())
     }
-}
-
-/// A plan update the state machine refused: taken when it crossed this node's own last
-/// step in transit ([`ReturnRecord::settle_crossing`]: the departure and a concern), else
-/// refused with `why`.
-fn crossed_return(
-    me: NodeId,
-    tx: &mut Tx<'_>,
-    inbound: &Inbound,
-    id: ReturnId,
-    status: trm_core::returns::ReturnStatus,
-    step: &trm_core::returns::StepDetails,
-    why: String,
-) -> FlowResult {
-    let refused = || TxFail::Abort(Rejection::InvalidTransition(why.clone()));
-    let Some(mut r) = tx.record::<ReturnRecord>(id)? else {
-        return Err(refused());
-    };
-    let event = trm_core::returns::ReturnEvent::leading_to(status, r.side(inbound.sender));
-    if r.peer(me) != inbound.sender || !event.is_some_and(|e| r.settle_crossing(e, step)) {
-        return Err(refused());
-    }
-    tx.put_record(&r)?;
-    Ok(())
 }
 
 /// The receipt of a referral offer: delivered (only a referral still `sent`: an answer may

@@ -184,7 +184,13 @@ pub fn update_in<R: StoredRecord>(
     }
     let event = R::event_to(status, r.side(inbound.sender))
         .ok_or_else(|| transition(format!("{status:?} from this sender")))?;
-    r.apply(event, step).map_err(|g| transition(g.reason))?;
+    if let Err(g) = r.apply(event, step) {
+        // Unless it crossed this node's own last step in transit, and the record settles
+        // that crossing.
+        if !r.settle_crossing(event, step) {
+            return Err(transition(g.reason));
+        }
+    }
     tx.put_record(&r)?;
     // A record the other node ended waits for no answer here.
     if r.is_final() {
