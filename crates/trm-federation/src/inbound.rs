@@ -68,17 +68,13 @@ impl InboundConfig {
     }
 }
 
-/// Returns the outcome and reason a receipt body gave.
-/// Whether a receipt's body was given for exactly `body`.
-fn same_body(receipt_body: &[u8], body: &[u8]) -> bool {
-    ReceiptBody::decode(receipt_body)
-        .is_ok_and(|r| r.body_sha256 == trm_crypto::sha256(body).as_slice())
-}
-
-fn outcome_of(receipt_body: &[u8]) -> Option<(ReceiptOutcome, String)> {
-    let body = ReceiptBody::decode(receipt_body).ok()?;
-    let outcome = ReceiptOutcome::try_from(body.outcome).ok()?;
-    Some((outcome, body.reason))
+/// Returns the outcome and reason a receipt body gave, and whether it was given for
+/// exactly `body`.
+fn outcome_of(receipt_body: &[u8], body: &[u8]) -> Option<(ReceiptOutcome, String, bool)> {
+    let r = ReceiptBody::decode(receipt_body).ok()?;
+    let outcome = ReceiptOutcome::try_from(r.outcome).ok()?;
+    let same = r.body_sha256 == trm_crypto::sha256(body).as_slice();
+    Some((outcome, r.reason, same))
 }
 
 /// Forgets inbound message ids received before `before` (DESIGN.md: remembered for at least
@@ -161,12 +157,12 @@ impl Applier {
             // A duplicate carries the original outcome: the same bytes first rejected stay
             // rejected. A refused message its sender sealed again (a retry from its dead
             // letters) is judged again: refused, it changed nothing.
-            let (outcome, reason) = match outcome_of(&seen.receipt_body) {
-                Some((ReceiptOutcome::Rejected, reason)) => (ReceiptOutcome::Rejected, reason),
-                _ => (ReceiptOutcome::Duplicate, String::new()),
+            let (outcome, reason, sealed_again) = match outcome_of(&seen.receipt_body, &c.body) {
+                Some((ReceiptOutcome::Rejected, reason, same)) => {
+                    (ReceiptOutcome::Rejected, reason, !same)
+                }
+                _ => (ReceiptOutcome::Duplicate, String::new(), false),
             };
-            let sealed_again =
-                outcome == ReceiptOutcome::Rejected && !same_body(&seen.receipt_body, &c.body);
             if !sealed_again {
                 return Ok(Applied {
                     receipt_body: seen.receipt_body,

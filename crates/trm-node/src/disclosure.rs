@@ -115,8 +115,6 @@ pub fn refresh_copies(
     Ok(sent)
 }
 
-/// The purpose, recipient and held data of the copy `shared` this node sent, while it is
-/// still in use ([`ErasableRecord::copy_in_use`]) and its erasure was not asked for.
 /// Returns what the copies of case `case_id` that `peer` holds and still uses carry, as
 /// this node sent them (a copy being erased is not counted).
 pub fn copies_held_by(
@@ -135,6 +133,8 @@ pub fn copies_held_by(
     Ok(held)
 }
 
+/// The purpose, recipient and held data of the copy `shared` this node sent, while it is
+/// still in use ([`ErasableRecord::copy_in_use`]) and its erasure was not asked for.
 fn copy_in_use(
     tx: &mut Tx<'_>,
     shared: Shared,

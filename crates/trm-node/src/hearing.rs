@@ -169,11 +169,7 @@ fn check_child_held_here(
     record: WitnessRecord,
     witness_country: trm_core::ids::NodeId,
 ) -> TxResult<()> {
-    let case_id = match record {
-        WitnessRecord::Case(id) => Some(id),
-        WitnessRecord::Referral(id) => tx.record::<ReferralRecord>(id)?.and_then(|r| r.case_id),
-        WitnessRecord::Return(id) => tx.record::<ReturnRecord>(id)?.and_then(|r| r.case_id),
-    };
+    let case_id = crate::returns::case_heard(tx, record)?;
     let Some(case) = case_id.map(|id| tx.case(id)).transpose()?.flatten() else {
         return Ok(());
     };

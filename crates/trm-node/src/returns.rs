@@ -127,12 +127,7 @@ pub(crate) fn tell_of_arriving_witness(
         !h.status.is_final() && h.requesting_country == me && h.subject == subject
     })?;
     if !asked.is_empty() {
-        tx.open_task(&Task::due_in(
-            TaskKind::ReturnOfWitnessProposed,
-            plan.uuid(),
-            due::REVIEW,
-            now,
-        ))?;
+        tell_prosecutor(tx, plan, now)?;
     }
     Ok(())
 }
@@ -255,25 +250,31 @@ fn tell_of_witness(
     plan: ReturnId,
     now: OffsetDateTime,
 ) -> TxResult<bool> {
-    let witness = hearing_pending(tx, case)?;
-    // Told here only when a judicial authority here asked to hear the person; a hearing the
-    // other country asked for is told there, when the plan arrives.
-    let mut asked_here = false;
-    for h in
-        tx.records_where::<HearingRecord>(|h| !h.status.is_final() && h.requesting_country == me)?
-    {
-        asked_here |= case_heard(tx, h.subject)? == Some(case);
+    // A hearing of the case open in either direction is pending; only one a judicial
+    // authority here asked for is told here (one the other country asked for is told
+    // there, when the plan arrives).
+    let (mut witness, mut asked_here) = (false, false);
+    for h in tx.records_where::<HearingRecord>(|h| !h.status.is_final())? {
+        if case_heard(tx, h.subject)? == Some(case) {
+            witness = true;
+            asked_here |= h.requesting_country == me;
+        }
     }
     if asked_here {
-        let tell = Task::due_in(
-            TaskKind::ReturnOfWitnessProposed,
-            plan.uuid(),
-            due::REVIEW,
-            now,
-        );
-        tx.open_task(&tell)?;
+        tell_prosecutor(tx, plan, now)?;
     }
     Ok(witness)
+}
+
+/// Opens the task that tells the judicial authorities of this node of the return `plan` of
+/// a witness they asked to hear.
+fn tell_prosecutor(tx: &mut Tx<'_>, plan: ReturnId, now: OffsetDateTime) -> trm_store::Result<()> {
+    tx.open_task(&Task::due_in(
+        TaskKind::ReturnOfWitnessProposed,
+        plan.uuid(),
+        due::REVIEW,
+        now,
+    ))
 }
 
 impl lifecycle::StepRules for ReturnRecord {
