@@ -97,20 +97,20 @@ impl BackupKey {
 
     /// The MAC of a manifest's bytes under the backup's key.
     pub(crate) fn mac(&self, manifest: &[u8]) -> [u8; 32] {
-        self.key
-            .mac(&[b"trm/backup-manifest/v1".as_slice(), manifest].concat())
+        self.key.mac(&manifest_mac_input(manifest))
     }
 
     /// Whether `tag` is the MAC of a manifest's bytes; `None` for a key of an earlier
     /// version, whose backups carry none.
     pub(crate) fn verify_mac(&self, manifest: &[u8], tag: &[u8]) -> Option<bool> {
-        self.seals_manifest.then(|| {
-            self.key.verify_mac(
-                &[b"trm/backup-manifest/v1".as_slice(), manifest].concat(),
-                tag,
-            )
-        })
+        self.seals_manifest
+            .then(|| self.key.verify_mac(&manifest_mac_input(manifest), tag))
     }
+}
+
+/// What a manifest's MAC is computed over: its bytes, after a tag of their own.
+fn manifest_mac_input(manifest: &[u8]) -> Vec<u8> {
+    [b"trm/backup-manifest/v1".as_slice(), manifest].concat()
 }
 
 fn kek_aad(epoch: u64) -> Vec<u8> {

@@ -206,45 +206,43 @@ impl Tx<'_> {
         for (k, _) in &pairs {
             self.delete(k)?;
         }
-        if same_person && !pairs.is_empty() {
-            if self.open_person_month(case)?.is_some() {
-                self.count_as_duplicate(case)?;
-            } else {
-                // The named case counts in a published month, which never changes: the
-                // other case of each pair is taken out instead, where its month is open.
-                let mut moved = false;
-                for (k, _) in &pairs {
-                    let other = k
-                        .get(prefix.len()..)
-                        .and_then(|b| <[u8; 16]>::try_from(b).ok())
-                        .map(|b| CaseId::from_uuid(uuid::Uuid::from_bytes(b)));
-                    let Some(other) = other.map(|id| self.case(id)).transpose()?.flatten() else {
-                        continue;
-                    };
-                    if self.open_person_month(&other)?.is_some() {
-                        self.count_as_duplicate(&other)?;
-                        moved = true;
-                    }
+        if same_person && !pairs.is_empty() && !self.uncount(case)? {
+            // The named case counts in a published month, which never changes: the other
+            // case of each pair is taken out instead, where its month is open.
+            let mut moved = false;
+            for (k, _) in &pairs {
+                let other = k
+                    .get(prefix.len()..)
+                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                    .map(|b| CaseId::from_uuid(uuid::Uuid::from_bytes(b)));
+                if let Some(other) = other.map(|id| self.case(id)).transpose()?.flatten() {
+                    moved |= self.uncount(&other)?;
                 }
-                if !moved {
-                    self.count_as_duplicate(case)?;
-                }
+            }
+            if !moved {
+                self.mark_counted_elsewhere(case.case_id)?;
             }
         }
         Ok(u32::try_from(pairs.len()).unwrap_or(u32::MAX))
     }
 
-    /// Takes `case` out of the statistics as a person of its own (from its month, while
-    /// that month is unpublished): it counts as another case's person.
-    fn count_as_duplicate(&mut self, case: &CaseRecord) -> Result<()> {
-        use trm_core::stats::{Month, Profile};
-        if let Some(month) = self.open_person_month(case)? {
-            for c in Profile::of_case(case).cells() {
-                self.count(month, &c, -1)?;
-            }
+    /// Takes `case` out of the statistics as a person of its own while the month it counts
+    /// in is unpublished (it counts as another case's person); returns whether it did.
+    fn uncount(&mut self, case: &CaseRecord) -> Result<bool> {
+        let Some(month) = self.open_person_month(case)? else {
+            return Ok(false);
+        };
+        for c in trm_core::stats::Profile::of_case(case).cells() {
+            self.count(month, &c, -1)?;
         }
-        let key = layout::counted(PERSON, case.case_id.as_bytes());
-        self.put_json(&key, &None::<Month>)
+        self.mark_counted_elsewhere(case.case_id)?;
+        Ok(true)
+    }
+
+    /// Keeps that case `case` counts as another case's person (no month of its own).
+    fn mark_counted_elsewhere(&mut self, case: CaseId) -> Result<()> {
+        let key = layout::counted(PERSON, case.as_bytes());
+        self.put_json(&key, &None::<trm_core::stats::Month>)
     }
 
     fn person_digest(&self, case: &CaseRecord) -> Option<[u8; 32]> {
