@@ -70,6 +70,30 @@ async fn referred_with(
     Ok((case_id, referral_id))
 }
 
+/// AT's provider proposes the return of case `case_id` to RO (a low risk found, the
+/// victim's decision recorded); returns its client and the plan.
+async fn proposed_return(
+    fed: &TestFederation,
+    case_id: &str,
+) -> anyhow::Result<(crate::returns::Returns, w::ReturnPlan)> {
+    let mut at = crate::returns::returns(fed, "AT", Role::ServiceProvider).await?;
+    at.record_risk_assessment(crate::returns::risk(
+        case_id,
+        w::RiskLevel::Low,
+        false,
+        false,
+        false,
+    ))
+    .await?;
+    at.record_return_decision(crate::returns::decision(case_id, true))
+        .await?;
+    let plan = at
+        .propose_return(crate::returns::propose(case_id))
+        .await?
+        .into_inner();
+    Ok((at, plan))
+}
+
 fn at(seconds: i64) -> Timestamp {
     Timestamp { seconds, nanos: 0 }
 }
@@ -926,21 +950,7 @@ async fn the_task_about_a_witness_return_closes_when_the_plan_ends_by_erasure() 
     let (case_id, _) = referred_case(&fed, false).await?;
     let mut ja = fed.hearings("AT", Role::JudicialAuthority).await?;
     ja.request_hearing(hearing_request(&case_id, &[])).await?;
-    let mut at = crate::returns::returns(&fed, "AT", Role::ServiceProvider).await?;
-    at.record_risk_assessment(crate::returns::risk(
-        &case_id,
-        w::RiskLevel::Low,
-        false,
-        false,
-        false,
-    ))
-    .await?;
-    at.record_return_decision(crate::returns::decision(&case_id, true))
-        .await?;
-    let plan = at
-        .propose_return(crate::returns::propose(&case_id))
-        .await?
-        .into_inner();
+    let (at, plan) = proposed_return(&fed, &case_id).await?;
     let work = fed.work("AT", Role::JudicialAuthority).await?;
     let told = || {
         let request = w::ListTasksRequest {
@@ -1033,21 +1043,7 @@ async fn the_prosecutor_who_asked_for_the_hearing_is_told_of_the_return() -> any
         w::HearingStatus::Requested,
     )
     .await?;
-    let mut at = crate::returns::returns(&fed, "AT", Role::ServiceProvider).await?;
-    at.record_risk_assessment(crate::returns::risk(
-        &case_id,
-        w::RiskLevel::Low,
-        false,
-        false,
-        false,
-    ))
-    .await?;
-    at.record_return_decision(crate::returns::decision(&case_id, true))
-        .await?;
-    let plan = at
-        .propose_return(crate::returns::propose(&case_id))
-        .await?
-        .into_inner();
+    let (_, plan) = proposed_return(&fed, &case_id).await?;
     let told = |node: &'static str| {
         let fed = &fed;
         async move {
